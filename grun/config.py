@@ -1,0 +1,453 @@
+"""Finding, parsing and validating grun's YAML config, with a guessed default for every key.
+
+Everything works with no config file at all ("personal mode": a master and a node on this
+machine, bound to 127.0.0.1).  A cluster config is a flat YAML mapping, for example::
+
+    master: head.example.org:5184   # host[:port]; "[::1]:6000" for IPv6
+    services: [queue, exec]         # or "exec", or "queue,exec"
+    cpus: 16                        # offered to jobs; default: logical cores
+    memory: 64G                     # MB, or with K/M/G/T; default: physical memory
+    spool: /var/spool/grun          # master state in spool/master, job spool in spool/node
+    output_keep: 2d                 # durations: 45s, 30m, 12h, 1d, 1h30m or seconds
+
+Where the file is found (see find_config_path): ``-C FILE``, then ``$GRUN_CONF``, then
+``/etc/grun.conf``.  Keys not known here are kept in ``Config.raw`` and are not errors, so
+later features can add keys; a known key with a bad value is an error naming file, line and key.
+A key given as ``null`` (or with no value) takes its default, except ``log_file``, where null
+means "log to stderr".
+
+Environment overrides, applied in both modes (tests and personal use rely on them):
+    GRUN_CONF=FILE         config file, when no explicit path is given
+    GRUN_MASTER=host:port  replaces ``master``
+    GRUN_SPOOL=DIR         replaces ``spool``
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import psutil
+import yaml
+
+DEFAULT_PORT = 5184
+ETC_PATH = "/etc/grun.conf"
+SERVICES = frozenset({"queue", "exec"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+KNOWN_KEYS = frozenset({
+    "master", "services", "hostname", "bind", "advertise", "cpus", "memory", "spool",
+    "log_file", "pid_file", "log_level", "node_timeout", "heartbeat", "default_cpus",
+    "default_memory", "output_keep",
+})
+
+
+class ConfigError(Exception):
+    """A config problem, rendered as one line: ``FILE:LINE: key 'KEY': MESSAGE``."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None):
+        # Callers print str(e) as a single log/terminal line, so no embedded newlines.
+        self.message = " ".join(str(message).split())
+        self.path, self.line, self.key = path, line, key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ":".join(str(p) for p in (self.path, self.line) if p is not None)
+        key = f"key {self.key!r}: " if self.key is not None else ""
+        return f"{where}: {key}{self.message}" if where else f"{key}{self.message}"
+
+
+def _got(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE)
+_MEMORY_UNIT = {None: Fraction(1), "k": Fraction(1, 1024), "m": Fraction(1),
+                "g": Fraction(1024), "t": Fraction(1024 ** 2)}
+_DURATION_RE = re.compile(_NUMBER + r"\s*([smhdw])", re.IGNORECASE)
+_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _plain_number(value, what: str) -> Fraction:
+    """A non-negative finite int/float as an exact Fraction; bools are YAML's yes/no, not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected {what}, got {_got(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected {what}, got {_got(value)}")
+    if value < 0:
+        raise ValueError(f"expected {what}, got a negative value {_got(value)}")
+    return Fraction(value)
+
+
+def parse_memory(text: str | int | float) -> int:
+    """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
+    what = "a memory size like 4096 (MB), 500M or 4G"
+    if isinstance(text, str):
+        m = _MEMORY_RE.fullmatch(text.strip())
+        if not m:
+            raise ValueError(f"expected {what}, got {_got(text)}")
+        mb = Fraction(m.group(1)) * _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
+    else:
+        mb = _plain_number(text, what)
+    if mb > 2 ** 40:  # an exabyte: surely a units mistake
+        raise ValueError(f"expected {what}, got an absurd size {_got(text)}")
+    return math.ceil(mb)
+
+
+def parse_cpus(text) -> float:
+    """A CPU count, fractions allowed: "4" -> 4.0, 0.5 -> 0.5."""
+    what = "a number of CPUs like 4 or 0.5"
+    if isinstance(text, str):
+        if not re.fullmatch(_NUMBER, text.strip()):
+            raise ValueError(f"expected {what}, got {_got(text)}")
+        cpus = float(text)
+    else:
+        cpus = float(_plain_number(text, what))
+    if cpus > 100_000:
+        raise ValueError(f"expected {what}, got an absurd count {_got(text)}")
+    return cpus
+
+
+def parse_duration(text) -> float:
+    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m"."""
+    what = "a duration like 30, 45s, 30m, 12h or 1d"
+    if not isinstance(text, str):
+        return float(_plain_number(text, what))
+    s = text.strip()
+    if re.fullmatch(_NUMBER, s):
+        return float(s)
+    # Every number needs a unit once there are several: "1h 30" is ambiguous.
+    if not re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", s, re.IGNORECASE):
+        raise ValueError(f"expected {what}, got {_got(text)}")
+    return float(sum(Fraction(m.group(1)) * _DURATION_UNIT[m.group(2).lower()]
+                     for m in _DURATION_RE.finditer(s)))
+
+
+def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address -> (host, port)."""
+    what = "host or host:port"
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"expected {what}, got {_got(text)}")
+    s, port = text.strip(), None
+    if s.startswith("["):
+        m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", s)
+        if not m:
+            raise ValueError(f"expected {what} ([addr]:port for IPv6), got {_got(text)}")
+        host, port = m.group(1), m.group(2)
+    elif s.count(":") == 1:
+        host, port = s.split(":")
+    else:  # no colon, or a bare IPv6 address that cannot carry a port
+        host = s
+    if not host or re.search(r"[\s/\[\]]", host):
+        raise ValueError(f"expected {what}, got {_got(text)}")
+    if host.isdigit():  # "master: 6000" is a port without a host, not the address 0.0.23.112
+        raise ValueError(f"expected {what}, got only a number {_got(text)}")
+    if port is None:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected a port between 1 and 65535, got {_got(port)} in {_got(text)}")
+    return host, int(port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_services(text) -> frozenset[str]:
+    """ "queue", "queue,exec", "queue exec" or a YAML list -> a non-empty subset of SERVICES."""
+    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"expected a list of services (queue, exec), got {_got(text)}")
+    names = frozenset(i.strip().lower() for i in items if i.strip())
+    if not names or names - SERVICES:
+        raise ValueError(f"expected one or both of queue, exec, got {_got(text)}")
+    return names
+
+
+def _parse_host(text) -> str:
+    if not isinstance(text, str) or not text.strip() or re.search(r"[\s/]", text.strip()):
+        raise ValueError(f"expected a host name or address, got {_got(text)}")
+    return text.strip()
+
+
+def _parse_level(text) -> str:
+    level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {_got(text)}")
+    return level
+
+
+def _positive_duration(text) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above zero, got {_got(text)}")
+    return seconds
+
+
+def user_state_dir(environ=os.environ) -> str:
+    """$XDG_STATE_HOME/grun, else ~/.local/state/grun (XDG says to ignore relative values)."""
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "grun")
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".local", "state", "grun")
+
+
+def default_state_dir(environ=os.environ, euid: int | None = None) -> str:
+    """Where a cluster daemon keeps state: /var/spool/grun as root, else user_state_dir()."""
+    if (os.geteuid() if euid is None else euid) == 0:
+        return "/var/spool/grun"
+    return user_state_dir(environ)
+
+
+def find_config_path(explicit: str | None = None, environ=os.environ,
+                     etc_path: str = ETC_PATH) -> str | None:
+    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode.
+
+    A file the user named explicitly must exist: silently falling back to personal mode
+    would start a private cluster when they meant to join a real one."""
+    for named in (explicit, environ.get("GRUN_CONF")):
+        if named:
+            if not os.path.exists(named):
+                raise ConfigError("cannot read: No such file or directory", named)
+            return named
+    return etc_path if os.path.exists(etc_path) else None
+
+
+def is_this_host(host: str, hostname: str | None = None) -> bool:
+    """Whether `host` names this machine: by name first, then by address (DNS only if needed)."""
+    h = host.lower().rstrip(".")
+    names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
+    if h in names:
+        return True
+    # One side unqualified: "node1" and "node1.example.org" are the same machine.
+    short = h.split(".")[0]
+    if any(("." not in h or "." not in n) and short == n.split(".")[0] for n in names):
+        return True
+    try:
+        addrs = {str(ipaddress.ip_address(h))}
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(h, None)
+        except (OSError, UnicodeError):
+            return False
+        addrs = {info[4][0] for info in infos}
+    local = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
+
+
+def _path(base: str):
+    """Parser for path keys; relative log/pid paths live under the spool."""
+    def parse(text) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"expected a path, got {_got(text)}")
+        return os.path.join(base, os.path.expanduser(text.strip()))
+    return parse
+
+
+def _absolute_path(text) -> str:
+    path = _path("")(text)
+    if not os.path.isabs(path):
+        raise ValueError(f"expected an absolute path, got {_got(text)}")
+    return os.path.normpath(path)
+
+
+@dataclass
+class Config:
+    """The effective configuration; load_config() fills every field.
+
+    Constructing it directly (handy in tests) gives personal-mode values; a log_file or
+    pid_file left as "" is derived from spool."""
+    path: str | None = None
+    personal: bool = True
+    master_host: str = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+    services: frozenset[str] = SERVICES
+    hostname: str = field(default_factory=socket.gethostname)
+    bind: str = "127.0.0.1"
+    advertise: str = "127.0.0.1"
+    cpus: float = field(default_factory=lambda: float(psutil.cpu_count(logical=True) or 1))
+    memory: int = field(default_factory=lambda: psutil.virtual_memory().total // 2 ** 20)
+    spool: str = field(default_factory=user_state_dir)
+    log_file: str | None = ""
+    pid_file: str = ""
+    log_level: str = "info"
+    node_timeout: float = 60.0
+    heartbeat: float = 5.0
+    default_cpus: float = 1.0
+    default_memory: int = 100
+    output_keep: float = 86400.0
+    raw: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.log_file == "":
+            self.log_file = os.path.join(self.spool, "grun.log")
+        if not self.pid_file:
+            self.pid_file = os.path.join(self.spool, "grun.pid")
+
+    @property
+    def master_address(self) -> str:
+        return format_hostport(self.master_host, self.master_port)
+
+    @property
+    def master_dir(self) -> str:
+        return os.path.join(self.spool, "master")
+
+    @property
+    def node_dir(self) -> str:
+        return os.path.join(self.spool, "node")
+
+    @property
+    def unknown_keys(self) -> list[str]:
+        """Keys in the file that nothing reads (typos, or keys of a newer grun): worth a warning."""
+        return sorted(str(k) for k in self.raw if k not in KNOWN_KEYS)
+
+
+# "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
+# base-60 integer 630, so an unquoted top-level master value is quoted before parsing.
+_MASTER_LINE = re.compile(r"^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*)?[ \t]*$",
+                          re.MULTILINE)
+
+
+def _quote_master(text: str) -> str:
+    def quote(m):
+        if m.group(2) in ("~", "null", "Null", "NULL"):
+            return m.group(0)
+        return f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}"
+    return _MASTER_LINE.sub(quote, text)
+
+
+def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
+    """The top-level mapping and the line of each key in it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
+    loader = yaml.SafeLoader(_quote_master(text))
+    try:
+        node = loader.get_single_node()
+        value = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "parse error"
+        raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", path) from None
+    finally:
+        loader.dispose()
+    if value is None:  # empty file, only comments, or a bare "~"
+        return {}, {}
+    if not isinstance(value, dict):
+        kind = {list: "a list"}.get(type(value), f"a single value {_got(value)}")
+        raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}",
+                          path, node.start_mark.line + 1)
+    lines: dict[str, int] = {}
+    for key_node, _ in node.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        if isinstance(key_node, yaml.ScalarNode) and key in lines:
+            # YAML quietly keeps the last one; a silently ignored setting is worse than an error.
+            raise ConfigError(f"given twice (first on line {lines[key]})", path, line, key)
+        if isinstance(key_node, yaml.ScalarNode):
+            lines[key] = line
+    return value, lines
+
+
+def load_config(path: str | None = None, environ=os.environ) -> Config:
+    """Build the effective Config from `path` (as from find_config_path), or personal mode if None."""
+    raw, lines = _read_yaml(path) if path is not None else ({}, {})
+    personal = path is None
+
+    def get(key, parse, default):
+        value = raw.get(key)
+        if value is None:
+            return default() if callable(default) else default
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise ConfigError(str(e), path, lines.get(key), key) from None
+
+    def env(name, parse):
+        try:
+            return parse(environ[name])
+        except ValueError as e:
+            raise ConfigError(str(e), f"${name}") from None
+
+    master_host, master_port = get("master", parse_hostport, lambda: (
+        "127.0.0.1" if personal else socket.gethostname(), DEFAULT_PORT))
+    if environ.get("GRUN_MASTER"):
+        master_host, master_port = env("GRUN_MASTER", parse_hostport)
+    hostname = get("hostname", _parse_host, socket.gethostname)
+    if personal:
+        services = SERVICES
+    else:
+        services = get("services", parse_services, lambda: frozenset(
+            {"exec", "queue"} if is_this_host(master_host, hostname) else {"exec"}))
+
+    bind = get("bind", _parse_host, "127.0.0.1" if personal else "0.0.0.0")
+    advertise = get("advertise", _parse_host, lambda: _guess_advertise(bind, hostname))
+
+    if environ.get("GRUN_SPOOL"):
+        spool = os.path.abspath(os.path.expanduser(environ["GRUN_SPOOL"]))
+    else:
+        spool = get("spool", _absolute_path, lambda: (
+            user_state_dir(environ) if personal else default_state_dir(environ)))
+    if "log_file" in raw and raw["log_file"] in (None, "", "-"):
+        log_file = None  # explicitly asked for no file: log to stderr
+    else:
+        log_file = get("log_file", _path(spool), os.path.join(spool, "grun.log"))
+
+    return Config(
+        path=path, personal=personal, master_host=master_host, master_port=master_port,
+        services=services, hostname=hostname, bind=bind, advertise=advertise,
+        cpus=get("cpus", parse_cpus, lambda: float(psutil.cpu_count(logical=True) or 1)),
+        memory=get("memory", parse_memory, lambda: psutil.virtual_memory().total // 2 ** 20),
+        spool=spool, log_file=log_file,
+        pid_file=get("pid_file", _path(spool), os.path.join(spool, "grun.pid")),
+        log_level=get("log_level", _parse_level, "info"),
+        node_timeout=get("node_timeout", _positive_duration, 60.0),
+        heartbeat=get("heartbeat", _positive_duration, 5.0),
+        default_cpus=get("default_cpus", parse_cpus, 1.0),
+        default_memory=get("default_memory", parse_memory, 100),
+        output_keep=get("output_keep", parse_duration, 86400.0),
+        raw=raw,
+    )
+
+
+def _guess_advertise(bind: str, hostname: str) -> str:
+    if bind.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(bind)
+    except ValueError:
+        return bind  # a host name: others can resolve it too
+    # A loopback bind is only reachable at that very address (127.0.0.1 for the default).
+    return hostname if addr.is_unspecified else bind
+
+
+def describe(cfg: Config) -> str:
+    """The effective config as YAML that load_config() reads back to the same values."""
+    origin = cfg.path or "personal mode, no config file"
+    effective = {
+        "master": cfg.master_address, "services": sorted(cfg.services),
+        "hostname": cfg.hostname, "bind": cfg.bind, "advertise": cfg.advertise,
+        "cpus": cfg.cpus, "memory": cfg.memory, "spool": cfg.spool,
+        "log_file": cfg.log_file, "pid_file": cfg.pid_file, "log_level": cfg.log_level,
+        "node_timeout": cfg.node_timeout, "heartbeat": cfg.heartbeat,
+        "default_cpus": cfg.default_cpus, "default_memory": cfg.default_memory,
+        "output_keep": cfg.output_keep,
+    }
+    extra = {k: v for k, v in cfg.raw.items() if k not in effective}
+    body = yaml.safe_dump({**effective, **extra}, sort_keys=False, default_flow_style=False)
+    return f"# grun config ({origin}); memory in MB, durations in seconds\n{body}"

@@ -1,0 +1,392 @@
+"""Tests for grun.config: real files under tmp_path, no network (IP literals avoid DNS)."""
+
+import math
+import os
+import socket
+
+import psutil
+import pytest
+import yaml
+
+from grun import config as C
+from grun.config import (DEFAULT_PORT, Config, ConfigError, default_state_dir, describe,
+                         find_config_path, load_config, parse_cpus, parse_duration,
+                         parse_hostport, parse_memory, parse_services)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A clean environment with its own home and state dir."""
+    return {"HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state")}
+
+
+@pytest.fixture
+def conf(tmp_path, env):
+    """write(text) -> loaded Config from a real file."""
+    def write(text, environ=None):
+        path = tmp_path / "grun.conf"
+        path.write_text(text)
+        return load_config(str(path), environ=env if environ is None else environ)
+    return write
+
+
+def error(conf, text):
+    with pytest.raises(ConfigError) as e:
+        conf(text)
+    assert "\n" not in str(e.value)
+    return e.value
+
+
+# --- personal mode -------------------------------------------------------------------------
+
+def test_personal_defaults(env, tmp_path):
+    cfg = load_config(None, environ=env)
+    state = str(tmp_path / "state" / "grun")
+    assert cfg.personal and cfg.path is None
+    assert (cfg.master_host, cfg.master_port) == ("127.0.0.1", DEFAULT_PORT) == ("127.0.0.1", 5184)
+    assert cfg.services == {"queue", "exec"}
+    assert cfg.bind == cfg.advertise == "127.0.0.1"
+    assert cfg.hostname == socket.gethostname()
+    assert cfg.cpus == float(psutil.cpu_count(logical=True))
+    assert cfg.memory == psutil.virtual_memory().total // 2 ** 20
+    assert cfg.spool == state  # XDG even though the tests run as root
+    assert cfg.log_file == os.path.join(state, "grun.log")
+    assert cfg.pid_file == os.path.join(state, "grun.pid")
+    assert cfg.master_dir == os.path.join(state, "master")
+    assert cfg.node_dir == os.path.join(state, "node")
+    assert (cfg.log_level, cfg.node_timeout, cfg.heartbeat) == ("info", 60, 5)
+    assert (cfg.default_cpus, cfg.default_memory, cfg.output_keep) == (1, 100, 86400)
+    assert cfg.raw == {} and cfg.unknown_keys == []
+
+
+def test_personal_state_dir_falls_back_to_home(tmp_path):
+    home = str(tmp_path / "h")
+    assert load_config(None, environ={"HOME": home}).spool == f"{home}/.local/state/grun"
+    # XDG says relative values are to be ignored
+    assert C.user_state_dir({"HOME": home, "XDG_STATE_HOME": "rel"}) == f"{home}/.local/state/grun"
+
+
+def test_default_state_dir(env, tmp_path):
+    assert default_state_dir(env, euid=0) == "/var/spool/grun"
+    assert default_state_dir(env, euid=1000) == str(tmp_path / "state" / "grun")
+
+
+def test_config_constructed_directly_gets_personal_values(tmp_path):
+    cfg = Config(spool=str(tmp_path))
+    assert cfg.personal and cfg.services == {"queue", "exec"} and cfg.master_port == 5184
+    assert cfg.log_file == str(tmp_path / "grun.log") and cfg.pid_file == str(tmp_path / "grun.pid")
+    assert Config(spool="/s", log_file=None).log_file is None
+
+
+# --- cluster mode: defaults and every key ----------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "~\n", "---\n"])
+def test_empty_file_means_all_defaults(conf, text, monkeypatch):
+    monkeypatch.setattr(C.os, "geteuid", lambda: 0)
+    cfg = conf(text)
+    assert not cfg.personal and cfg.path.endswith("grun.conf")
+    assert cfg.master_host == socket.gethostname() and cfg.master_port == 5184
+    assert cfg.services == {"queue", "exec"}  # this host is the master
+    assert cfg.bind == "0.0.0.0" and cfg.advertise == cfg.hostname
+    assert cfg.spool == "/var/spool/grun" and cfg.log_file == "/var/spool/grun/grun.log"
+
+
+def test_cluster_spool_as_non_root_is_xdg(conf, monkeypatch, tmp_path):
+    monkeypatch.setattr(C.os, "geteuid", lambda: 1000)
+    assert conf("").spool == str(tmp_path / "state" / "grun")
+
+
+def test_every_key(conf, tmp_path):
+    cfg = conf(f"""
+master: head.example:6000
+services: exec
+hostname: n1
+bind: 10.1.2.3
+advertise: n1.example
+cpus: 3.5
+memory: 16G
+spool: {tmp_path}/sp
+log_file: logs/g.log
+pid_file: /run/g.pid
+log_level: DEBUG
+node_timeout: 2m
+heartbeat: 2.5
+default_cpus: 0.5
+default_memory: 1G
+output_keep: 12h
+future_key: {{a: 1}}
+""")
+    assert (cfg.master_host, cfg.master_port, cfg.services) == ("head.example", 6000, {"exec"})
+    assert (cfg.hostname, cfg.bind, cfg.advertise) == ("n1", "10.1.2.3", "n1.example")
+    assert (cfg.cpus, cfg.memory) == (3.5, 16384)
+    assert cfg.spool == f"{tmp_path}/sp"
+    assert cfg.log_file == f"{tmp_path}/sp/logs/g.log"  # relative: under the spool
+    assert cfg.pid_file == "/run/g.pid"
+    assert (cfg.log_level, cfg.node_timeout, cfg.heartbeat) == ("debug", 120, 2.5)
+    assert (cfg.default_cpus, cfg.default_memory, cfg.output_keep) == (0.5, 1024, 43200)
+    assert cfg.raw["future_key"] == {"a": 1} and cfg.unknown_keys == ["future_key"]
+
+
+@pytest.mark.parametrize("text", ["log_file:\n", "log_file: null\n", "log_file: '-'\n", "log_file: ''\n"])
+def test_log_file_off_means_stderr(conf, text):
+    assert conf(text).log_file is None
+
+
+def test_null_value_takes_the_default(conf):
+    cfg = conf("cpus:\nnode_timeout: ~\n")
+    assert cfg.cpus == float(psutil.cpu_count(logical=True)) and cfg.node_timeout == 60
+
+
+def test_log_level_warn_alias(conf):
+    assert conf("log_level: warn").log_level == "warning"
+
+
+@pytest.mark.parametrize("bind, advertise", [
+    ("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("::1", "::1"),
+    ("10.0.0.5", "10.0.0.5"), ("0.0.0.0", "nodename"), ("::", "nodename"), ("n.lan", "n.lan"),
+])
+def test_advertise_guess(conf, bind, advertise):
+    assert conf(f"hostname: nodename\nbind: '{bind}'\n").advertise == advertise
+
+
+# --- master and services ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, host, port", [
+    ("master: foo.example", "foo.example", 5184),
+    ("master: foo.example:6000", "foo.example", 6000),
+    ("master: [::1]:6000", "::1", 6000),          # unquoted: not valid YAML as such
+    ("master: '[::1]:6000'", "::1", 6000),
+    ("master: [::1]  # comment", "::1", 5184),
+    ("master: ::1", "::1", 5184),
+    ("master: 10.0.0.1:7000", "10.0.0.1", 7000),
+])
+def test_master_forms(conf, text, host, port):
+    cfg = conf(text + "\nservices: exec\n")
+    assert (cfg.master_host, cfg.master_port) == (host, port)
+
+
+@pytest.mark.parametrize("value", ["foo:0", "foo:70000", "foo:http", "foo:", "[::1", "[::1]x",
+                                   "'a b'", "5184", "10:30", "[a, b]"])
+def test_bad_master_is_an_error_with_line(conf, value):
+    e = error(conf, f"cpus: 1\nmaster: {value}\n")
+    assert e.line == 2 and e.key == "master" and ":2: key 'master': " in str(e)
+    assert "630" not in str(e)  # "10:30" is not read as YAML's base-60 integer
+
+
+@pytest.mark.parametrize("text, services", [
+    ("services: queue", {"queue"}),
+    ("services: [queue, exec]", {"queue", "exec"}),
+    ("services: queue,exec", {"queue", "exec"}),
+    ("services: ' Exec '", {"exec"}),
+    ("services:\n  - exec\n  - queue", {"queue", "exec"}),
+])
+def test_services_forms(conf, text, services):
+    assert conf("master: 192.0.2.1\n" + text).services == services
+
+
+@pytest.mark.parametrize("value", ["[]", "bogus", "queue,master", "5", "{a: 1}"])
+def test_bad_services(conf, value):
+    e = error(conf, f"services: {value}")
+    assert (e.line, e.key) == (1, "services")
+
+
+@pytest.mark.parametrize("text, services", [
+    ("master: 192.0.2.1", {"exec"}),                        # TEST-NET: not us
+    ("master: 127.0.0.1", {"queue", "exec"}),
+    ("master: localhost:6000", {"queue", "exec"}),
+    (f"master: {socket.gethostname()}", {"queue", "exec"}),
+    ("hostname: alpha\nmaster: alpha.example.invalid", {"queue", "exec"}),  # short name matches
+    ("hostname: alpha\nmaster: ALPHA", {"queue", "exec"}),
+])
+def test_services_guessed_from_master(conf, text, services):
+    assert conf(text).services == services
+
+
+def test_is_this_host_by_local_address():
+    addrs = [a.address for nic in psutil.net_if_addrs().values() for a in nic
+             if a.family == socket.AF_INET]
+    assert all(C.is_this_host(a) for a in addrs)
+    assert not C.is_this_host("192.0.2.77")
+
+
+def test_personal_mode_always_runs_both_services(env):
+    assert load_config(None, environ={**env, "GRUN_MASTER": "192.0.2.1"}).services == {"queue", "exec"}
+
+
+# --- parsing tables ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, mb", [
+    (3000, 3000), ("3000", 3000), (0, 0), ("0", 0), ("500M", 500), ("500m", 500), ("500MB", 500),
+    ("4G", 4096), ("4g", 4096), ("4GB", 4096), ("4GiB", 4096), ("1T", 1048576), ("512K", 1),
+    ("1.5G", 1536), (" 2 G ", 2048), (1.5, 2), ("0.1", 1), (".5g", 512), ("2048k", 2),
+])
+def test_parse_memory(value, mb):
+    assert parse_memory(value) == mb
+
+
+@pytest.mark.parametrize("value", ["", "lots", "-1", -1, "4X", "4 GBs", "G", "1e3", "500B",
+                                   math.nan, math.inf, "nan", "inf", True, None, [1], "2000000T"])
+def test_parse_memory_refuses(value):
+    with pytest.raises(ValueError, match="expected"):
+        parse_memory(value)
+
+
+@pytest.mark.parametrize("value, cpus", [("4", 4.0), ("0.5", 0.5), (2, 2.0), (0.25, 0.25),
+                                         ("0", 0.0), (" 8 ", 8.0), (100000, 100000.0)])
+def test_parse_cpus(value, cpus):
+    assert parse_cpus(value) == cpus and isinstance(parse_cpus(value), float)
+
+
+@pytest.mark.parametrize("value", ["lots", "", "-1", -0.5, math.nan, math.inf, "nan", "inf",
+                                   100001, "1e9", False, None, "4 cores"])
+def test_parse_cpus_refuses(value):
+    with pytest.raises(ValueError, match="expected"):
+        parse_cpus(value)
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (30, 30), (2.5, 2.5), ("30", 30), ("45s", 45), ("30m", 1800), ("12h", 43200), ("1d", 86400),
+    ("1w", 604800), ("1h30m", 5400), ("1h 30m", 5400), ("1.5h", 5400), ("0", 0), ("2D", 172800),
+])
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "soon", "-5", -5, "1h30", "5x", "h", math.inf, True, None])
+def test_parse_duration_refuses(value):
+    with pytest.raises(ValueError, match="expected"):
+        parse_duration(value)
+
+
+def test_parse_hostport_and_services_directly():
+    assert parse_hostport("h", default_port=1) == ("h", 1)
+    assert parse_services(["exec"]) == {"exec"}
+
+
+# --- errors carry file:line:key ----------------------------------------------------------------
+
+def test_error_format(conf, tmp_path):
+    e = error(conf, "# comment\nmaster: 192.0.2.1\ncpus: lots\n")
+    assert str(e) == f"{tmp_path}/grun.conf:3: key 'cpus': expected a number of CPUs like 4 or 0.5, got 'lots'"
+    assert (e.path, e.line, e.key) == (f"{tmp_path}/grun.conf", 3, "cpus")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("hostname", "'a b'"), ("hostname", "[x]"), ("bind", "''"), ("advertise", "{a: 1}"),
+    ("cpus", "-2"), ("cpus", "yes"), ("memory", "lots"), ("memory", "-1G"), ("spool", "relative/dir"),
+    ("spool", "5"), ("log_file", "[a]"), ("pid_file", "{}"), ("log_level", "loud"),
+    ("node_timeout", "0"), ("heartbeat", "-1"), ("heartbeat", "soon"), ("default_cpus", ".nan"),
+    ("default_memory", "4X"), ("output_keep", "forever"),
+])
+def test_bad_value_of_each_key(conf, key, value):
+    e = error(conf, f"services: exec\n\n{key}: {value}\n")
+    assert (e.line, e.key) == (3, key)
+    assert str(e).startswith(f"{e.path}:3: key '{key}': expected ")
+
+
+def test_multiline_yaml_value_error_still_one_line(conf):
+    e = error(conf, "services: exec\nmemory: |\n  4G\n  and more\n")
+    assert e.line == 2 and "\\n" in str(e)
+
+
+def test_duplicate_key(conf):
+    e = error(conf, "cpus: 1\nmemory: 2G\ncpus: 2\n")
+    assert (e.line, e.key) == (3, "cpus") and "first on line 1" in str(e)
+
+
+def test_malformed_yaml(conf, tmp_path):
+    e = error(conf, "cpus: 1\nmemory: [1, 2\nbind: x\n")
+    assert str(e).startswith(f"{tmp_path}/grun.conf:") and "not valid YAML" in str(e)
+    assert e.line in (3, 4)
+    e = error(conf, "a: 1\n  b: 2\n")
+    assert e.line == 2 and "not valid YAML" in str(e)
+    assert "not valid YAML" in str(error(conf, "a: 1\n---\nb: 2\n"))  # two documents
+    assert "not valid YAML" in str(error(conf, "a: !!python/object:os.system x\n"))
+
+
+@pytest.mark.parametrize("text, line, kind", [
+    ("- cpus: 1\n", 1, "a list"), ("\n\njust a string\n", 3, "a single value"), ("42", 1, "a single")])
+def test_top_level_not_a_mapping(conf, tmp_path, text, line, kind):
+    e = error(conf, text)
+    assert str(e).startswith(f"{tmp_path}/grun.conf:{line}: expected a mapping") and kind in str(e)
+
+
+def test_not_utf8(tmp_path, env):
+    path = tmp_path / "bin.conf"
+    path.write_bytes(b"cpus: 1\nhostname: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bin\.conf:2: not valid UTF-8"):
+        load_config(str(path), environ=env)
+
+
+def test_unreadable(tmp_path, env):
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path), environ=env)  # a directory: root can't read it either
+    assert str(e.value) == f"{tmp_path}: cannot read: Is a directory"
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "nope.conf"), environ=env)
+    assert str(e.value) == f"{tmp_path}/nope.conf: cannot read: No such file or directory"
+
+
+def test_config_error_plain_message():
+    assert str(ConfigError("just this")) == "just this"
+    assert str(ConfigError("bad\n  thing", "/f", 2, "k")) == "/f:2: key 'k': bad thing"
+
+
+# --- environment overrides ---------------------------------------------------------------------
+
+def test_env_overrides(conf, env, tmp_path):
+    environ = {**env, "GRUN_MASTER": "[::1]:7000", "GRUN_SPOOL": str(tmp_path / "s")}
+    cfg = conf("master: 192.0.2.1:6000\nspool: /elsewhere\n", environ=environ)
+    assert (cfg.master_host, cfg.master_port, cfg.spool) == ("::1", 7000, str(tmp_path / "s"))
+    assert cfg.services == {"queue", "exec"}  # guessed from the overriding master
+    assert cfg.pid_file == str(tmp_path / "s" / "grun.pid")
+    personal = load_config(None, environ=environ)
+    assert (personal.master_host, personal.master_port, personal.spool) == ("::1", 7000, str(tmp_path / "s"))
+
+
+def test_bad_env_master(env):
+    with pytest.raises(ConfigError, match=r"^\$GRUN_MASTER: expected a port"):
+        load_config(None, environ={**env, "GRUN_MASTER": "h:99999"})
+
+
+# --- find_config_path ----------------------------------------------------------------------------
+
+def test_find_config_path_precedence(tmp_path):
+    a, b, etc = tmp_path / "a.conf", tmp_path / "b.conf", tmp_path / "etc.conf"
+    for p in (a, b, etc):
+        p.write_text("")
+    assert find_config_path(str(a), {"GRUN_CONF": str(b)}, etc_path=str(etc)) == str(a)
+    assert find_config_path(None, {"GRUN_CONF": str(b)}, etc_path=str(etc)) == str(b)
+    assert find_config_path(None, {"GRUN_CONF": ""}, etc_path=str(etc)) == str(etc)
+    assert find_config_path(None, {}, etc_path=str(etc)) == str(etc)
+    assert find_config_path(None, {}, etc_path=str(tmp_path / "missing")) is None
+
+
+def test_find_config_path_named_but_missing_is_an_error(tmp_path):
+    missing = str(tmp_path / "missing.conf")
+    for explicit, environ in ((missing, {}), (None, {"GRUN_CONF": missing})):
+        with pytest.raises(ConfigError) as e:
+            find_config_path(explicit, environ, etc_path=str(tmp_path))
+        assert str(e.value) == f"{missing}: cannot read: No such file or directory"
+
+
+# --- describe --------------------------------------------------------------------------------------
+
+def test_describe_round_trips(conf, tmp_path, env):
+    cfg = conf(f"master: '[::1]:6000'\nservices: exec\nmemory: 3G\nspool: {tmp_path}/sp\n"
+               "log_file: null\noutput_keep: 1h\nextra: [1, 2]\n")
+    text = describe(cfg)
+    assert text.startswith(f"# grun config ({tmp_path}/grun.conf)")
+    assert yaml.safe_load(text)["memory"] == 3072
+    again = tmp_path / "again.conf"
+    again.write_text(text)
+    back = load_config(str(again), environ=env)
+    skip = {"path", "raw"}
+    assert {k: v for k, v in vars(back).items() if k not in skip} == \
+           {k: v for k, v in vars(cfg).items() if k not in skip}
+    assert back.raw["extra"] == [1, 2]
+
+
+def test_describe_personal(env):
+    text = describe(load_config(None, environ=env))
+    assert "personal mode" in text and yaml.safe_load(text)["master"] == "127.0.0.1:5184"
