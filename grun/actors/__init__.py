@@ -1,0 +1,1 @@
+"""The Pyro5 actors: master (queue), node (exec host) and job supervisor."""

@@ -1,0 +1,412 @@
+"""The node actor (`grun.node.<hostname>`): runs jobs on one exec host.
+
+It owns the host's job spool (one directory per job), the fork server that starts supervisors, the
+side-channel stream server, and the conversation with the master: registration, heartbeats and
+completion reports, which it repeats until the master acknowledges them. Jobs live in their own
+sessions and write to spool files, so they outlive this daemon; a restarted node re-adopts them from
+the spool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import Pyro5.api
+import psutil
+
+from .. import registry, spawner
+from ..stream import StreamServer
+from .supervisor import JobSupervisor
+
+log = logging.getLogger("grun.node")
+
+REPORT_BATCH = 500
+JANITOR_SECS = 10.0
+KILL_GRACE_SECS = 5.0
+
+
+@dataclasses.dataclass
+class LiveJob:
+    id: int
+    dir: str
+    job: dict
+    status: dict | None = None
+    reported: bool = False
+    fetched: bool = False
+    stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
+    stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
+    finished_at: float = 0.0
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@Pyro5.api.expose
+@Pyro5.api.behavior(instance_mode="single")
+class Node:
+    def __init__(self, name: str, spool: str, cpus: float, memory: int, *, master_host: str,
+                 master_port: int, bind: str, advertise: str, heartbeat: float = 5.0,
+                 output_keep: float = 86400.0):
+        self.name, self.cpus, self.memory = name, float(cpus), int(memory)
+        self.master_host, self.master_port = master_host, master_port
+        self.advertise, self.heartbeat_secs, self.output_keep = advertise, heartbeat, output_keep
+        self.jobs_dir = os.path.join(spool, "jobs")
+        os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
+        self.lock = threading.RLock()
+        self.live: dict[int, LiveJob] = {}
+        self._report_now = threading.Event()
+        self._stop = threading.Event()
+        self._ns_queue: list[tuple[str, str | None]] = []
+        self.daemon = registry.start_daemon(bind, advertise)
+        self.uri = str(self.daemon.register(self, registry.node_name(name)))
+        self.stream = StreamServer(bind)
+        # an abstract socket: no path-length limit, and it is gone when we are
+        self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool).encode()).hexdigest()[:20]
+        self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_sock.bind(self.notify_addr)
+        self._forkserver_lock = threading.Lock()
+        self.forkserver = None
+        self._adopt()
+        self._threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in (
+            (self._notify_loop, "grun-node-notify"), (self._master_loop, "grun-node-master"),
+            (self._janitor_loop, "grun-node-janitor"))]
+        self.serve_thread = registry.serve_in_thread(self.daemon, "grun-node-pyro")
+        for t in self._threads:
+            t.start()
+
+    # ---- the fork server -----------------------------------------------------------------------
+
+    def _spawn(self, job_dir: str) -> None:
+        line = f"{job_dir}\t{self.notify_addr}\n".encode()
+        with self._forkserver_lock:
+            for _ in range(2):
+                if self.forkserver is None or self.forkserver.poll() is not None:
+                    self.forkserver = subprocess.Popen(
+                        [sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
+                        start_new_session=True, close_fds=True)
+                try:
+                    self.forkserver.stdin.write(line)
+                    self.forkserver.stdin.flush()
+                    return
+                except (BrokenPipeError, OSError):
+                    self.forkserver = None
+            raise RuntimeError("cannot start the fork server")
+
+    # ---- master-facing -------------------------------------------------------------------------
+
+    def ping(self) -> str:
+        return self.name
+
+    def start(self, jobs: list) -> dict:
+        """Start jobs; idempotent, so the master may offer the same job again."""
+        started, rejected = {}, {}
+        for job in jobs:
+            job_id = int(job["id"])
+            try:
+                with self.lock:
+                    if job_id not in self.live:
+                        self._launch(job_id, job)
+                started[str(job_id)] = None
+            except Exception as exc:
+                log.exception("job %s: cannot start", job_id)
+                rejected[str(job_id)] = f"node {self.name}: {exc}"
+        return {"started": started, "rejected": rejected}
+
+    def _launch(self, job_id: int, job: dict) -> None:
+        job_dir = os.path.join(self.jobs_dir, str(job_id))
+        if os.path.exists(os.path.join(job_dir, "job.json")):
+            self._adopt_one(job_dir)  # we restarted since we started it
+            return
+        os.makedirs(job_dir, exist_ok=True)
+        job = dict(job, node=self.name)
+        live = LiveJob(job_id, job_dir, job)
+        for stream in ("stdout", "stderr"):
+            open(os.path.join(job_dir, stream), "wb").close()
+        if job.get("uid") and os.geteuid() == 0:
+            for path in (job_dir, *(os.path.join(job_dir, s) for s in ("stdout", "stderr"))):
+                os.chown(path, job["uid"], job.get("gid", job["uid"]))
+        if job.get("stdin"):
+            fifo = os.path.join(job_dir, "stdin")
+            os.mkfifo(fifo, 0o600)
+            if job.get("uid") and os.geteuid() == 0:
+                os.chown(fifo, job["uid"], job.get("gid", job["uid"]))
+            live.stdin_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            live.stdin_w = os.open(fifo, os.O_WRONLY)
+        spawner.write_atomic(os.path.join(job_dir, "job.json"), json.dumps(job).encode())
+        self._register_job(live)
+        self._spawn(job_dir)
+
+    def _register_job(self, live: LiveJob) -> None:
+        self.live[live.id] = live
+        self.daemon.register(JobSupervisor(self, live.id), registry.job_name(live.id))
+        self._ns_queue.append((registry.job_name(live.id), self._job_uri(live.id)))
+
+    def _job_uri(self, job_id: int) -> str:
+        return str(self.daemon.uriFor(registry.job_name(job_id)))
+
+    def kill(self, job_ids: list, sig: int = 15) -> dict:
+        out = {}
+        for job_id in job_ids:
+            live = self.live.get(int(job_id))
+            out[str(job_id)] = live is not None and self.signal_job(live, int(sig), escalate=True)
+        return out
+
+    # ---- supervisor-facing ---------------------------------------------------------------------
+
+    def job_status(self, live: LiveJob) -> dict | None:
+        if live.status is None:
+            status = spawner.read_json(os.path.join(live.dir, "status.json"))
+            if status is not None:
+                self._finished(live, status)
+        return live.status
+
+    def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
+        stdin_fd = None
+        if want_stdin:
+            with self.lock:
+                stdin_fd, live.stdin_w = live.stdin_w, None  # one client feeds stdin, once
+        token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
+                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live))
+        return {"host": self.advertise, "port": self.stream.address[1], "token": token}
+
+    def signal_job(self, live: LiveJob, sig: int, escalate: bool = False) -> bool:
+        if self.job_status(live) is not None:
+            return True
+        pid = spawner._read_int(os.path.join(live.dir, "pid"))
+        if pid is None:
+            spawner.write_atomic(os.path.join(live.dir, "killreq"), str(sig).encode())
+            return True
+        spawner._killpg(pid, sig)
+        if sig == signal.SIGCONT:
+            return True
+        spawner._killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
+        if escalate and sig != signal.SIGKILL:
+            timer = threading.Timer(KILL_GRACE_SECS, self._kill_hard, (live, pid))
+            timer.daemon = True
+            timer.start()
+        return True
+
+    def _kill_hard(self, live: LiveJob, pid: int) -> None:
+        if self.job_status(live) is None:
+            spawner._killpg(pid, signal.SIGKILL)
+
+    def mark_fetched(self, live: LiveJob) -> None:
+        live.fetched = True
+
+    # ---- completion ----------------------------------------------------------------------------
+
+    def _finished(self, live: LiveJob, status: dict) -> None:
+        with self.lock:
+            if live.status is not None:
+                return
+            live.status = status
+            live.finished_at = time.time()
+            self._close_stdin(live)
+        self.stream.wake(str(live.id))
+        self._report_now.set()
+
+    def _close_stdin(self, live: LiveJob) -> None:
+        for attr in ("stdin_r", "stdin_w"):
+            fd = getattr(live, attr)
+            if fd is not None:
+                setattr(live, attr, None)
+                os.close(fd)
+
+    def _notify_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.notify_sock.recv(256).decode(errors="replace")
+            except OSError:
+                return
+            what, _, job_id = data.partition(" ")
+            live = self.live.get(int(job_id)) if job_id.isdigit() else None
+            if live is None:
+                continue
+            if what == "started":
+                with self.lock:
+                    if live.stdin_r is not None:
+                        os.close(live.stdin_r)
+                        live.stdin_r = None
+            elif what == "finished":
+                self.job_status(live)
+
+    def _check_jobs(self) -> None:
+        """The fallback for lost pings: status files, and supervisors that died without one."""
+        for live in list(self.live.values()):
+            if live.status is not None or self.job_status(live) is not None:
+                continue
+            sup = spawner._read_int(os.path.join(live.dir, "supervisor.pid"))
+            if sup is not None and not _pid_alive(sup):
+                if self.job_status(live) is None:  # it may have finished in between
+                    self._finished(live, {"exit_code": 255, "signal": None, "error": "job supervisor vanished",
+                                          "end_time": time.time()})
+
+    # ---- the master conversation ---------------------------------------------------------------
+
+    def _master_loop(self) -> None:
+        master = None
+        registered = False
+        next_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                if master is None:
+                    master = registry.proxy(registry.master_uri(self.master_host, self.master_port))
+                if not registered:
+                    self._register(master)
+                    registered = True
+                    next_beat = time.monotonic() + self.heartbeat_secs
+                self._send_reports(master)
+                if time.monotonic() >= next_beat:
+                    self._check_jobs()
+                    reply = master.heartbeat(self.name, self._load())
+                    registered = bool(reply.get("known"))
+                    next_beat = time.monotonic() + self.heartbeat_secs
+                self._register_names()
+            except Exception as exc:
+                if not registry.is_unreachable(exc):
+                    log.exception("talking to the master")
+                else:
+                    log.debug("master unreachable: %s", exc)
+                if master is not None:
+                    registry.reset(master)
+                master, registered = None, False
+                self._stop.wait(1.0)
+                continue
+            self._report_now.wait(min(1.0, self.heartbeat_secs))
+            self._report_now.clear()
+
+    def _register(self, master) -> None:
+        reply = master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
+                                      "memory": self.memory})
+        missing = [j for j in reply.get("jobs", []) if int(j["id"]) not in self.live]
+        if missing:
+            self.start(missing)
+        self._ns_queue.append((registry.node_name(self.name), self.uri))
+        log.info("registered with the master at %s:%s", self.master_host, self.master_port)
+
+    def _send_reports(self, master) -> None:
+        todo = [l for l in list(self.live.values()) if l.status is not None and not l.reported][:REPORT_BATCH]
+        if not todo:
+            return
+        reports = [dict(l.status, id=l.id) for l in todo]
+        acked = set(master.finished(self.name, reports))
+        for live in todo:
+            if live.id in acked:
+                live.reported = True
+                open(os.path.join(live.dir, "reported"), "wb").close()
+        if len(todo) == REPORT_BATCH:
+            self._report_now.set()
+
+    def _register_names(self) -> None:
+        if not self._ns_queue:
+            return
+        batch, self._ns_queue = self._ns_queue, []
+        try:
+            with registry.locate_ns(self.master_host, self.master_port) as ns:
+                for name, uri in batch:
+                    if uri is None:
+                        ns.remove(name)
+                    else:
+                        ns.register(name, uri)
+        except Exception as exc:
+            log.debug("name server: %s", exc)
+            if len(batch) < 100000:
+                self._ns_queue[:0] = batch
+
+    def _load(self) -> dict:
+        return {"running": len([l for l in self.live.values() if l.status is None]),
+                "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20}
+
+    # ---- the spool -----------------------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        for entry in os.listdir(self.jobs_dir):
+            if entry.isdigit():
+                try:
+                    self._adopt_one(os.path.join(self.jobs_dir, entry))
+                except Exception:
+                    log.exception("cannot adopt job spool %s", entry)
+        if self.live:
+            log.info("re-adopted %d jobs from the spool", len(self.live))
+
+    def _adopt_one(self, job_dir: str) -> None:
+        job = spawner.read_json(os.path.join(job_dir, "job.json"))
+        if job is None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return
+        live = LiveJob(int(job["id"]), job_dir, job)
+        live.reported = os.path.exists(os.path.join(job_dir, "reported"))
+        self._register_job(live)
+        if self.job_status(live) is None:
+            sup = spawner._read_int(os.path.join(job_dir, "supervisor.pid"))
+            if sup is None or not _pid_alive(sup):
+                if not os.path.exists(os.path.join(job_dir, "supervisor.pid")) and not live.reported:
+                    self._spawn(job_dir)  # written but never started: start it now
+                elif self.job_status(live) is None:
+                    self._finished(live, {"exit_code": 255, "signal": None,
+                                          "error": "job supervisor vanished while the node was down",
+                                          "end_time": time.time()})
+
+    def _janitor_loop(self) -> None:
+        while not self._stop.wait(JANITOR_SECS):
+            try:
+                self._check_jobs()
+                self._sweep()
+            except Exception:
+                log.exception("janitor")
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for live in list(self.live.values()):
+            if live.status is None or not live.reported:
+                continue
+            if live.fetched or now - live.finished_at > self.output_keep:
+                self._forget(live)
+
+    def _forget(self, live: LiveJob) -> None:
+        with self.lock:
+            self.live.pop(live.id, None)
+            self._close_stdin(live)
+        try:
+            self.daemon.unregister(registry.job_name(live.id))
+        except Exception:
+            pass
+        self._ns_queue.append((registry.job_name(live.id), None))
+        shutil.rmtree(live.dir, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._report_now.set()
+        try:
+            self.daemon.shutdown()
+        except Exception:
+            pass
+        self.stream.close()
+        self.notify_sock.close()
+        if self.forkserver is not None:
+            try:
+                self.forkserver.stdin.close()
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout=3)

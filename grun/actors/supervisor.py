@@ -1,0 +1,54 @@
+"""The job supervisor actor (`grun.job.<id>`): one per job, hosted by its node's Pyro5 daemon.
+
+The process that waits for the job is the small supervisor process from `grun.spawner`; this actor is
+the job's remote face. Clients ask it for the job's status, attach to its output (it hands out a
+one-time token for the node's side-channel stream server), signal it, and say when they have fetched
+the output so the node may drop the spool.
+"""
+
+from __future__ import annotations
+
+import os
+
+import Pyro5.api
+
+
+@Pyro5.api.expose
+class JobSupervisor:
+    def __init__(self, node, job_id: int):
+        self._node = node
+        self._id = job_id
+
+    @property
+    def _live(self):
+        live = self._node.live.get(self._id)
+        if live is None:
+            raise LookupError(f"job {self._id} is no longer on this node")
+        return live
+
+    def status(self) -> dict | None:
+        """The job's final status (exit code, signal, usage), or None while it runs."""
+        return self._node.job_status(self._live)
+
+    def info(self) -> dict:
+        live = self._live
+        sizes = {}
+        for stream in ("stdout", "stderr"):
+            try:
+                sizes[stream] = os.path.getsize(os.path.join(live.dir, stream))
+            except OSError:
+                sizes[stream] = 0
+        return {"id": self._id, "node": self._node.name, "status": self._node.job_status(live), **sizes}
+
+    def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False) -> dict:
+        """A one-time ticket to stream the job's output from the given offsets (and feed its stdin)."""
+        if int(out_offset) < 0 or int(err_offset) < 0:
+            raise ValueError("offsets must be >= 0")
+        return self._node.offer_stream(self._live, int(out_offset), int(err_offset), bool(stdin))
+
+    def signal(self, sig: int = 15) -> bool:
+        return self._node.signal_job(self._live, int(sig))
+
+    def release(self) -> None:
+        """The client has the whole output; the spool may go once the master has the status too."""
+        self._node.mark_fetched(self._live)

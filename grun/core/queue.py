@@ -1,0 +1,179 @@
+"""The job table as a state machine: journal records in, state changes out. Pure code, no I/O.
+
+Every change to the queue is a record (a small dict with an "op"). The master creates records through
+the decision methods, applies them here, and appends them to its journal; after a crash the journal is
+replayed through the same `apply`, so live operation and recovery cannot disagree.
+"""
+
+from __future__ import annotations
+
+import random
+
+from . import jobs as J
+from .placement import NodeView, place
+
+
+class PendingQueue:
+    """Queued jobs in run order: higher priority first, then submission order."""
+
+    def __init__(self):
+        self._by_priority: dict[int, dict[int, dict]] = {}
+
+    def add(self, job: dict) -> None:
+        bucket = self._by_priority.setdefault(job["priority"], {})
+        if bucket and job["id"] < next(reversed(bucket)):
+            # a re-queued job goes back to its place by id, not to the end
+            items = sorted([*bucket.items(), (job["id"], job)])
+            bucket.clear()
+            bucket.update(items)
+        else:
+            bucket[job["id"]] = job
+
+    def remove(self, job: dict) -> None:
+        bucket = self._by_priority.get(job["priority"])
+        if bucket is not None:
+            bucket.pop(job["id"], None)
+            if not bucket:
+                del self._by_priority[job["priority"]]
+
+    def __iter__(self):
+        for priority in sorted(self._by_priority, reverse=True):
+            yield from list(self._by_priority[priority].values())
+
+    def __len__(self):
+        return sum(len(b) for b in self._by_priority.values())
+
+
+class JobTable:
+    def __init__(self, rng: random.Random | None = None):
+        self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
+        self.pending = PendingQueue()
+        self.nodes: dict[str, NodeView] = {}
+        self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
+        self.next_id = 1
+        self.rng = rng or random.Random()
+
+    # ---- records -------------------------------------------------------------------------------
+
+    def apply(self, rec: dict) -> dict | None:
+        """Apply one record; returns the job it touched (the finished record for "finish")."""
+        op = rec["op"]
+        job = self.jobs.get(rec.get("id")) if op != "submit" else None
+        if op == "submit":
+            job = dict(rec["job"])
+            self.jobs[job["id"]] = job
+            self.next_id = max(self.next_id, job["id"] + 1)
+            if job.get("token"):
+                self.tokens[job["token"]] = job["id"]
+            if job["state"] == J.QUEUED:
+                self.pending.add(job)
+            return job
+        if job is None:
+            return None
+        if op == "dispatch":
+            self.pending.remove(job)
+            job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
+            job["attempt"] = job.get("attempt", 0) + 1
+            self._reserve(job)
+        elif op == "start":
+            if job["state"] == J.DISPATCHED:
+                job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
+        elif op == "kill":
+            job["kill_requested"] = rec.get("signal", 15)
+        elif op == "requeue":
+            self._release(job)
+            job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"))
+            self.pending.add(job)
+        elif op == "finish":
+            return self._finish(job, rec)
+        return job
+
+    def _finish(self, job: dict, rec: dict) -> dict:
+        self.pending.remove(job)
+        self._release(job)
+        del self.jobs[job["id"]]
+        if job.get("token"):
+            self.tokens.pop(job["token"], None)
+        result = rec.get("result", {})
+        job.update(result)
+        job["end_time"] = rec["time"]
+        job["exit"] = J.exit_code_of(result)
+        if result.get("status"):
+            job["state"] = result["status"]
+        elif job.get("kill_requested") and result.get("signal"):
+            job["state"] = J.KILLED
+        else:
+            job["state"] = J.DONE if job["exit"] == 0 else J.FAILED
+        return job
+
+    def _reserve(self, job: dict) -> None:
+        node = self.nodes.get(job.get("node"))
+        if node is not None and job["id"] not in node.jobs:
+            node.jobs.add(job["id"])
+            node.used_cpus += job["cpus"]
+            node.used_memory += job["memory"]
+
+    def _release(self, job: dict) -> None:
+        node = self.nodes.get(job.get("node"))
+        if node is not None and job["id"] in node.jobs:
+            node.jobs.discard(job["id"])
+            node.used_cpus = max(0.0, node.used_cpus - job["cpus"])
+            node.used_memory = max(0, node.used_memory - job["memory"])
+
+    # ---- decisions -----------------------------------------------------------------------------
+
+    def submit_record(self, request: dict, now: float) -> dict:
+        job = dict(request)
+        job.update(id=self.next_id, state=J.QUEUED, submit_time=now, attempt=0, node=None)
+        self.next_id += 1
+        return {"op": "submit", "job": job}
+
+    def schedule(self, now: float) -> list[dict]:
+        """Dispatch records for every queued job that fits somewhere now."""
+        if not len(self.pending):
+            return []
+        placed = place(iter(self.pending), list(self.nodes.values()), self.rng)
+        records = []
+        for job, node in placed:
+            # place() already counted the reservation on the view; apply() must not count it twice
+            node.jobs.discard(job["id"])
+            node.used_cpus -= job["cpus"]
+            node.used_memory -= job["memory"]
+            records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
+        return records
+
+    def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None) -> dict | None:
+        """None when the job is unknown or already finished, so a repeated report is applied once."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if node is not None and job.get("node") not in (None, node):
+            return None  # a stale copy on another node; the current dispatch decides
+        return {"op": "finish", "id": job_id, "result": result, "time": now}
+
+    # ---- nodes ---------------------------------------------------------------------------------
+
+    def node_up(self, name: str, cpus: float, memory: int) -> NodeView:
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = NodeView(name, cpus, memory)
+        node.cpus, node.memory, node.up = cpus, memory, True
+        node.jobs = set()
+        node.used_cpus, node.used_memory = 0.0, 0
+        for job in self.jobs.values():
+            if job.get("node") == name and job["state"] in J.ON_NODE_STATES:
+                self._reserve(job)
+        return node
+
+    def jobs_on(self, name: str) -> list[dict]:
+        return [j for j in self.jobs.values() if j.get("node") == name and j["state"] in J.ON_NODE_STATES]
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        return {"next_id": self.next_id, "jobs": [dict(j) for j in self.jobs.values()]}
+
+    def restore(self, state: dict) -> None:
+        self.next_id = state.get("next_id", 1)
+        for job in state.get("jobs", []):
+            self.apply({"op": "submit", "job": job})

@@ -1,0 +1,149 @@
+"""The `grun` command line: one table of options and a parser that stops at the command.
+
+Options come before the command (`grun -c 4 -m 3000 mycmd -c x`: the second -c is mycmd's). Letters
+follow the original grun where they overlap (-c cpus, -m memory, -r priority, -q query, -k kill, -d
+daemon, -e edit, -j name, -f option file, -o output); adding an option is one line in OPTIONS.
+Errors are one line, raised as UsageError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import parse_cpus, parse_memory
+
+
+class UsageError(Exception):
+    pass
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
+
+
+def _signal(text: str) -> int:
+    import signal as _sig
+    name = text.upper()
+    if not name.isdigit():
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(getattr(_sig.Signals, name))
+        except AttributeError:
+            raise ValueError(f"unknown signal {text!r}") from None
+    number = int(name)
+    if not 1 <= number <= 64:
+        raise ValueError(f"bad signal number {text!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Option:
+    short: str | None
+    long: str
+    dest: str
+    kind: str = "flag"          # flag | value | list
+    convert: object = None
+    help: str = ""
+    metavar: str = ""
+
+
+OPTIONS = [
+    Option("c", "cpus", "cpus", "value", parse_cpus, "cpus the job needs (fractions allowed; default 1)", "CPUS"),
+    Option("m", "memory", "memory", "value", parse_memory, "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
+    Option("r", "priority", "priority", "value", _int, "priority, higher runs first (default 20)", "N"),
+    Option("H", "hosts", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
+    Option("E", "env", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
+    Option(None, "nowait", "nowait", help="queue the job, print its id and exit"),
+    Option("v", "verbose", "verbose", help="print the job id and node on stderr"),
+    Option("q", "query", "query", help="query: jobs, status, history, wait ID..."),
+    Option("k", "kill", "kill", help="kill jobs: grun -k ID... (with -d: stop the daemons)"),
+    Option("n", "signal", "signal", "value", _signal, "signal for -k (default TERM)", "SIG"),
+    Option("d", "daemon", "daemon", help="start the configured services in the background"),
+    Option("F", "foreground", "foreground", help="with -d: stay in the foreground"),
+    Option("C", "config", "config", "value", str, "config file (default $GRUN_CONF or /etc/grun.conf)", "FILE"),
+    Option("h", "help", "help", help="show this help"),
+    Option("V", "version", "version", help="show the version"),
+]
+_SHORT = {o.short: o for o in OPTIONS if o.short}
+_LONG = {o.long: o for o in OPTIONS}
+
+USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
+       grun -q jobs|status|history|wait ID...   query
+       grun -k ID... [-n SIG]                   kill jobs
+       grun -d [-F] | -d -k                     start (foreground) | stop the daemons"""
+
+
+def help_text() -> str:
+    lines = [USAGE, "", "options:"]
+    for o in OPTIONS:
+        names = (f"-{o.short}, " if o.short else "    ") + f"--{o.long}" + (f" {o.metavar}" if o.metavar else "")
+        lines.append(f"  {names:<26} {o.help}")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str]) -> tuple[dict, list[str]]:
+    """Options up to the first non-option word, and the words from there on."""
+    opts: dict = {}
+    i = 0
+
+    def take(opt: Option, value: str | None, where: str) -> None:
+        if opt.kind == "flag":
+            if value is not None:
+                raise UsageError(f"option {where} takes no value")
+            opts[opt.dest] = True
+            return
+        if value is None:
+            raise UsageError(f"option {where} needs a value ({opt.metavar})")
+        try:
+            converted = opt.convert(value) if opt.convert else value
+        except ValueError as exc:
+            raise UsageError(f"bad value for {where}: {exc}") from None
+        if opt.kind == "list":
+            opts.setdefault(opt.dest, []).append(converted)
+        else:
+            opts[opt.dest] = converted
+
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return opts, argv[i + 1:]
+        if word.startswith("--") and len(word) > 2:
+            name, eq, value = word[2:].partition("=")
+            opt = _LONG.get(name)
+            if opt is None:
+                raise UsageError(f"unknown option --{name} (see grun --help)")
+            if opt.kind != "flag" and not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else None
+            take(opt, value if (eq or opt.kind != "flag") else None, f"--{name}")
+        elif word.startswith("-") and len(word) > 1 and not _is_number(word):
+            j = 1
+            while j < len(word):
+                opt = _SHORT.get(word[j])
+                if opt is None:
+                    raise UsageError(f"unknown option -{word[j]} (see grun --help)")
+                if opt.kind == "flag":
+                    take(opt, None, f"-{word[j]}")
+                    j += 1
+                    continue
+                value = word[j + 1:]
+                if not value:
+                    i += 1
+                    value = argv[i] if i < len(argv) else None
+                take(opt, value, f"-{word[j]}")
+                break
+        else:
+            return opts, argv[i:]
+        i += 1
+    return opts, []
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+        return True
+    except ValueError:
+        return False

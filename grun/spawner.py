@@ -1,0 +1,188 @@
+"""Starting jobs so that they depend on nobody: the node's fork server and the per-job supervisor process.
+
+The node daemon starts one fork server (`python -m grun.spawner`) in a session of its own. For every
+job, the node writes the job's spool directory and sends its path on the fork server's stdin; the fork
+server forks a small supervisor process, which starts the job in its own session and process group
+with stdout and stderr going straight to spool files, waits for it (wait4, so cpu and memory usage are
+exact), writes `status.json` atomically and pings the node. Killing the node daemon, or the fork server,
+leaves the job and its supervisor running; a restarted node finds the status file in the spool.
+
+The fork server is single-threaded and small, so fork is cheap and safe; it imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+SHELL = "/bin/sh"
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def read_json(path: str):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def job_argv(job: dict) -> list[str]:
+    return [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
+
+
+def _identity(job: dict) -> dict:
+    """Popen arguments that make the job run as its submitter when the node runs as root."""
+    uid = job.get("uid")
+    if os.geteuid() != 0 or uid is None or uid == 0:
+        return {}
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        groups = os.getgrouplist(name, job.get("gid", uid))
+    except KeyError:
+        groups = []
+    return {"user": uid, "group": job.get("gid", uid), "extra_groups": groups}
+
+
+def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[int, str]:
+    """The exit code and message a shell would give for a command it cannot run."""
+    if exc.filename == cwd or (exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(cwd)):
+        return 1, f"grun: cannot change directory to {cwd}: {exc.strerror}"
+    if exc.errno == errno.ENOENT:
+        return 127, f"grun: {argv[0]}: command not found"
+    return 126, f"grun: {argv[0]}: {exc.strerror}"
+
+
+def _usage(rusage, wall: float) -> dict:
+    return {"wall": round(wall, 6), "utime": rusage.ru_utime, "stime": rusage.ru_stime,
+            "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock}
+
+
+def supervise(job_dir: str, notify_path: str | None) -> None:
+    """Run one job to completion and leave its status in the spool. Runs in the forked supervisor."""
+    job = read_json(os.path.join(job_dir, "job.json"))
+    write_atomic(os.path.join(job_dir, "supervisor.pid"), str(os.getpid()).encode())
+    argv = job_argv(job)
+    env = dict(job.get("env") or {})
+    env["GRUN_JOB_ID"] = str(job["id"])
+    env["GRUN_NODE"] = job.get("node") or socket.gethostname()
+    env.setdefault("PATH", os.defpath)
+    out = open(os.path.join(job_dir, "stdout"), "ab")
+    err = open(os.path.join(job_dir, "stderr"), "ab")
+    if job.get("stdin"):
+        # the node holds the write end already, so this open neither blocks nor sees an early EOF
+        fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        stdin = os.fdopen(fd, "rb")
+    else:
+        stdin = open(os.devnull, "rb")
+    start = time.time()
+    status: dict = {"start_time": start}
+    try:
+        proc = subprocess.Popen(argv, cwd=job["cwd"], env=env, stdin=stdin, stdout=out, stderr=err,
+                                start_new_session=True, close_fds=True, **_identity(job))
+    except OSError as exc:
+        code, message = _exec_error(exc, argv, job["cwd"])
+        err.write(message.encode() + b"\n")
+        err.flush()
+        status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
+                      usage=_usage(_zero_rusage, 0.0))
+    else:
+        for f in (stdin, out, err):
+            f.close()
+        write_atomic(os.path.join(job_dir, "pid"), str(proc.pid).encode())
+        _ping(notify_path, f"started {job['id']}")
+        pending_kill = _read_int(os.path.join(job_dir, "killreq"))
+        if pending_kill:
+            _killpg(proc.pid, pending_kill)
+        while True:
+            try:
+                _, wstatus, rusage = os.wait4(proc.pid, 0)
+                break
+            except InterruptedError:
+                continue
+        end = time.time()
+        sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+        code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
+        status.update(exit_code=code, signal=sig, end_time=end, usage=_usage(rusage, end - start))
+        proc.returncode = code if sig is None else -sig  # already reaped; keep Popen from waiting again
+    write_atomic(os.path.join(job_dir, "status.json"), json.dumps(status).encode())
+    _ping(notify_path, f"finished {job['id']}")
+
+
+class _zero_rusage:
+    ru_utime = ru_stime = 0.0
+    ru_maxrss = ru_inblock = ru_oublock = 0
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _ping(path: str | None, message: str) -> None:
+    if not path:
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), path)
+    except OSError:
+        pass  # the node is down; it reads status.json when it comes back
+
+
+def serve(control=sys.stdin.buffer) -> None:
+    """The fork server loop: one line per job, `<job_dir>\\t<notify socket path>`; ends at EOF."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    for line in control:
+        job_dir, _, notify = line.decode().rstrip("\n").partition("\t")
+        if not job_dir:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                supervise(job_dir, notify or None)
+            except BaseException as exc:  # never let a child return into the fork server loop
+                try:
+                    with open(os.path.join(job_dir, "stderr"), "ab") as f:
+                        f.write(f"grun: supervisor failed: {exc}\n".encode())
+                    write_atomic(os.path.join(job_dir, "status.json"), json.dumps(
+                        {"exit_code": 255, "signal": None, "error": f"supervisor failed: {exc}",
+                         "start_time": time.time(), "end_time": time.time()}).encode())
+                    _ping(notify or None, "finished ?")
+                except BaseException:
+                    pass
+                code = 1
+            os._exit(code)
+
+
+if __name__ == "__main__":
+    serve()
