@@ -1,0 +1,154 @@
+"""Real clusters on 127.0.0.1 for tests and benchmarks: config files in a temp dir, a master and nodes
+as real daemon processes (`python -m grun.daemon CONF`), and a clean stop of each by its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from .client import Client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """A master and named nodes, each its own process with its own config and spool."""
+
+    def __init__(self, nodes: dict[str, dict] | None = None, root: str | None = None, master_extra: dict | None = None):
+        self.root = root or tempfile.mkdtemp(prefix="grun-test-")
+        self._own_root = root is None
+        self.port = free_port()
+        self.node_specs = nodes if nodes is not None else {"big": {"cpus": 4, "memory": 8000},
+                                                            "small": {"cpus": 1, "memory": 2000}}
+        self.master_extra = master_extra or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.configs: dict[str, str] = {}
+        self.client_config = self.write_config("client", {"services": "exec"})
+
+    # ---- configs -------------------------------------------------------------------------------
+
+    def write_config(self, name: str, extra: dict) -> str:
+        spool = os.path.join(self.root, name)
+        os.makedirs(spool, exist_ok=True)
+        cfg = {"master": f"127.0.0.1:{self.port}", "bind": "127.0.0.1", "spool": spool,
+               "hostname": name, "heartbeat": 1, "log_level": "debug"}
+        cfg.update(extra)
+        path = os.path.join(self.root, f"{name}.conf")
+        with open(path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        self.configs[name] = path
+        return path
+
+    @property
+    def env(self) -> dict:
+        """Environment for a `grun` client process that talks to this cluster."""
+        env = dict(os.environ)
+        env["GRUN_CONF"] = self.client_config
+        env.pop("GRUN_MASTER", None)
+        return env
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    def start_master(self) -> None:
+        path = self.write_config("master", {"services": "queue", **self.master_extra})
+        self._spawn("master", path)
+        self.client().call("ping", wait=20)
+
+    def start_node(self, name: str, wait: bool = True) -> None:
+        spec = self.node_specs[name]
+        path = self.write_config(name, {"services": "exec", **spec})
+        self._spawn(name, path)
+        if wait:
+            self.wait_nodes([name])
+
+    def start(self) -> "LocalCluster":
+        self.start_master()
+        for name in self.node_specs:
+            self.start_node(name, wait=False)
+        self.wait_nodes(list(self.node_specs))
+        return self
+
+    def _spawn(self, name: str, config: str) -> None:
+        log = open(os.path.join(self.root, f"{name}.out"), "ab")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "grun.daemon", config],
+                                            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        log.close()
+
+    def wait_nodes(self, names: list[str], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        client = self.client()
+        while time.monotonic() < deadline:
+            up = {n["name"] for n in client.nodes() if n["up"]}
+            if set(names) <= up:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"nodes {names} did not register; see {self.root}/*.out")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def client(self, connect_wait: float = 10.0) -> Client:
+        return Client("127.0.0.1", self.port, connect_wait=connect_wait)
+
+    def grun(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """Run the real `grun` command line against this cluster."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("timeout", 60)
+        kwargs.setdefault("env", self.env)
+        return subprocess.run([sys.executable, "-m", "grun.cli", *args], **kwargs)
+
+    def popen(self, *args: str, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("env", self.env)
+        return subprocess.Popen([sys.executable, "-m", "grun.cli", *args], **kwargs)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+        self._kill_leftover_jobs()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _kill_leftover_jobs(self) -> None:
+        """Jobs outlive their daemons by design; a test must not leave them behind."""
+        for name in self.node_specs:
+            jobs_dir = os.path.join(self.root, name, "node", "jobs")
+            if not os.path.isdir(jobs_dir):
+                continue
+            for entry in os.listdir(jobs_dir):
+                for pidfile, group in (("pid", True), ("supervisor.pid", False)):
+                    try:
+                        with open(os.path.join(jobs_dir, entry, pidfile)) as f:
+                            pid = int(f.read())
+                        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+                    except (OSError, ValueError):
+                        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
