@@ -14,6 +14,7 @@ LIVE_STATES = (QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED)
 FINAL_STATES = (DONE, FAILED, KILLED, LOST)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 
+NOBODY = 65534
 MAX_CMD_BYTES = 1 << 20
 MAX_ENV_BYTES = 4 << 20
 MAX_CPUS = 1_000_000
@@ -41,6 +42,11 @@ def _number(spec: dict, key: str, default: float, limit: float) -> float:
     if value > limit:
         raise SpecError(f"{key} {value} is absurdly large (limit {limit})")
     return value
+
+
+def _default_id(own: int) -> int:
+    """A submission that does not say who it is runs as us, unless we are root: then as nobody."""
+    return NOBODY if own == 0 else own
 
 
 def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int = 100) -> dict:
@@ -76,8 +82,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
         "memory": int(math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB))),
         "user": user,
-        "uid": int(_number(spec, "uid", os.getuid(), 1 << 32)),
-        "gid": int(_number(spec, "gid", os.getgid(), 1 << 32)),
+        "uid": int(_number(spec, "uid", _default_id(os.getuid()), 1 << 32)),
+        "gid": int(_number(spec, "gid", _default_id(os.getgid()), 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
         "priority": int(_number(spec, "priority", 20, 1 << 31)),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
