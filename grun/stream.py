@@ -1,0 +1,447 @@
+"""Side-channel byte streams between a job's node and a client.
+
+This module owns the bulk bytes of a job (DESIGN invariant 5): the job's stdout and stderr, which the
+job writes straight into spool files on its node, flow to the client, and the client's stdin flows to
+the job through a FIFO the node holds.  Pyro5 only carries the control message: a call elsewhere
+gives the client (host, port, token) from `StreamServer.offer`, and the client opens a raw TCP
+socket to it with `attach`.  Since the spool files are the source of truth, a client can detach and
+re-attach at any offset while the job keeps running (invariant 3).
+
+Wire format, both directions: 1 byte type + 4-byte big-endian length + payload.  The client first
+sends the 32 hex characters of its one-time token; the server answers with frames or closes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+HEADER = struct.Struct(">cI")
+OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
+STDIN, STDIN_EOF = b"I", b"C"          # client -> server
+MAX_FRAME = 16 << 20                   # anything longer is garbage, not data
+TOKEN_LEN = 32
+TOKEN_TTL = 60.0                       # seconds an offered token stays usable
+HANDSHAKE_TIMEOUT = 10.0
+EXIT_LINGER = 5.0                      # how long we wait for the client to hang up after EXIT
+CHUNK = 4 << 20                        # largest data frame the server sends
+BATCH = 256 << 10                      # sending less than this, let the job write more first
+SMALL = 64 << 10                       # below this, pread + one send is cheaper than sendfile
+MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
+STDIN_READ = 64 << 10
+STDIN_CLOSED_KEEP = 4096
+
+# MSG_MORE lets the 5-byte header ride in the same segment as the sendfile payload (Linux only).
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+# A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class StreamBroken(Exception):
+    """The connection dropped before EXIT; re-attach with a new token at these offsets."""
+
+    def __init__(self, message: str, out_offset: int, err_offset: int):
+        super().__init__(f"{message} (stdout at {out_offset}, stderr at {err_offset})")
+        self.out_offset = out_offset
+        self.err_offset = err_offset
+
+
+class _Dropped(Exception):
+    """Socket-side failure inside attach(); turned into StreamBroken with the offsets reached."""
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """n bytes, or None if the peer closed first."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])  # someone handed us a non-blocking fd
+
+
+# ---------------------------------------------------------------------------------------- node side
+
+@dataclass
+class _Offer:
+    job_key: str
+    job_dir: str
+    out_offset: int
+    err_offset: int
+    stdin_fd: int | None
+    get_status: Callable[[], dict | None]
+    deadline: float
+
+
+class _Conn:
+    """One attached client: a pump thread (files -> socket) and a reader thread (socket -> stdin)."""
+
+    def __init__(self, sock: socket.socket, offer: _Offer, peer):
+        self.sock, self.offer, self.peer = sock, offer, peer
+        self.wake = threading.Event()
+        self.closed = False          # the client hung up or misbehaved: the pump stops
+        self.exited = False          # EXIT went out: stdin is no longer forwarded
+        self.reader_done = threading.Event()
+        self._refs = 2               # both threads use the socket; the last one out closes it
+        self._lock = threading.Lock()
+
+    def hang_up(self) -> None:
+        self.closed = True
+        self.wake.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.sock.close()
+
+
+class _Spool:
+    """One spool file being tailed from an offset into frames of one type."""
+
+    def __init__(self, path: str, offset: int, kind: bytes):
+        self.path, self.offset, self.kind, self.fd = path, offset, kind, None
+
+    def pump(self, sock: socket.socket) -> int:
+        """Send up to CHUNK new bytes as one frame; return how many."""
+        if self.fd is None:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return 0
+        n = min(os.fstat(self.fd).st_size - self.offset, CHUNK)
+        if n <= 0:
+            return 0
+        if n <= SMALL:
+            data = os.pread(self.fd, n, self.offset)
+            sock.sendall(HEADER.pack(self.kind, len(data)) + data)
+            self.offset += len(data)
+            return len(data)
+        # The header promises n bytes, and the file only grows, so sendfile can always deliver them.
+        sock.sendall(HEADER.pack(self.kind, n), _MSG_MORE)
+        out, done = sock.fileno(), 0
+        while done < n:
+            k = os.sendfile(out, self.fd, self.offset + done, n - done)
+            if k == 0:
+                raise OSError(f"{self.path} shrank below offset {self.offset + done}")
+            done += k
+        self.offset += n
+        return n
+
+
+class StreamServer:
+    """Serves offered jobs' spool files (and stdin FIFOs) to clients presenting one-time tokens."""
+
+    def __init__(self, bind_host: str, port: int = 0, log: logging.Logger | None = None):
+        self._log = log or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._offers: dict[str, _Offer] = {}
+        self._conns: dict[str, set[_Conn]] = {}
+        # Jobs whose stdin_fd we closed: the fd number may be reused, so never write to it again.
+        # Bounded so that a long-lived node does not pay per job in its history.
+        self._stdin_closed: dict[str, None] = {}
+        self._closed = False
+        family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
+        self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
+        self._address: tuple[str, int] = self._lsock.getsockname()[:2]
+        threading.Thread(target=self._accept_loop, name="grun-stream-accept", daemon=True).start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
+              stdin_fd: int | None = None, get_status: Callable[[], dict | None]) -> str:
+        token = secrets.token_hex(TOKEN_LEN // 2)
+        now = time.monotonic()
+        with self._lock:
+            # Purge here so unused tokens cost nothing per job over the node's lifetime.
+            for t in [t for t, o in self._offers.items() if o.deadline < now]:
+                del self._offers[t]
+            self._offers[token] = _Offer(job_key, job_dir, out_offset, err_offset, stdin_fd,
+                                         get_status, now + TOKEN_TTL)
+        return token
+
+    def wake(self, job_key: str) -> None:
+        with self._lock:
+            conns = list(self._conns.get(job_key, ()))
+        for conn in conns:
+            conn.wake.set()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._offers.clear()
+            conns = [c for cs in self._conns.values() for c in cs]
+        try:
+            self._lsock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept() on Linux
+        except OSError:
+            pass
+        self._lsock.close()
+        for conn in conns:
+            conn.hang_up()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, peer = self._lsock.accept()
+            except OSError as e:
+                if self._closed:
+                    return
+                self._log.warning("stream: accept failed: %s", e)  # e.g. EMFILE: retry, never die
+                time.sleep(0.1)
+                continue
+            threading.Thread(target=self._serve, args=(sock, peer), name=f"grun-stream-{peer}",
+                             daemon=True).start()
+
+    def _claim(self, raw: bytes | None) -> _Offer | None:
+        with self._lock:  # pop: a token is good for one connection
+            offer = self._offers.pop(raw.decode("latin-1"), None) if raw else None
+        return offer if offer and offer.deadline >= time.monotonic() else None
+
+    def _serve(self, sock: socket.socket, peer) -> None:
+        conn = None
+        try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            offer = self._claim(_recv_exact(sock, TOKEN_LEN))
+            if offer is None:
+                self._log.warning("stream %s: bad, expired or used token; closing", peer)
+                return
+            # Blocking mode: os.sendfile on the raw fd must not see EAGAIN.
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if self._closed:
+                    return
+                conn = _Conn(sock, offer, peer)
+                self._conns.setdefault(offer.job_key, set()).add(conn)
+            threading.Thread(target=self._read_client, args=(conn,), daemon=True,
+                             name=f"grun-stream-in-{peer}").start()
+            self._pump(conn)
+        except OSError as e:
+            self._log.info("stream %s: connection ended: %s", peer, e)
+        except Exception:
+            self._log.exception("stream %s: serving failed", peer)
+        finally:
+            if conn is None:
+                sock.close()
+                return
+            with self._lock:
+                group = self._conns.get(conn.offer.job_key, set())
+                group.discard(conn)
+                if not group:
+                    self._conns.pop(conn.offer.job_key, None)
+            conn.hang_up()
+            conn.release()
+
+    def _pump(self, conn: _Conn) -> None:
+        offer, sock = conn.offer, conn.sock
+        spools = [_Spool(os.path.join(offer.job_dir, "stdout"), offer.out_offset, OUT),
+                  _Spool(os.path.join(offer.job_dir, "stderr"), offer.err_offset, ERR)]
+        wait = MIN_WAIT
+        try:
+            while not conn.closed:
+                conn.wake.clear()
+                # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
+                status = offer.get_status()
+                sent = sum(spool.pump(sock) for spool in spools)
+                if sent:
+                    wait = MIN_WAIT
+                    if sent < BATCH:
+                        # A job writing fast would otherwise be chased in tiny frames, and on a
+                        # small machine the chase steals the CPU the job needs.  An idle stream
+                        # still sends its first new line at once; only the follow-up waits.
+                        conn.wake.wait(MIN_WAIT)
+                    continue
+                if status is not None:
+                    payload = json.dumps(status).encode()
+                    sock.sendall(HEADER.pack(EXIT, len(payload)) + payload)
+                    conn.exited = True
+                    # Half-close and let the client hang up first: closing with its stdin frames
+                    # still unread would send a RST that can destroy the EXIT frame in flight.
+                    sock.shutdown(socket.SHUT_WR)
+                    conn.reader_done.wait(EXIT_LINGER)
+                    return
+                conn.wake.wait(wait)
+                wait = min(wait * 2, MAX_WAIT)
+        finally:
+            for fd in (spool.fd for spool in spools if spool.fd is not None):
+                os.close(fd)
+
+    def _read_client(self, conn: _Conn) -> None:
+        job_key, fd = conn.offer.job_key, conn.offer.stdin_fd
+        forward = fd is not None and job_key not in self._stdin_closed
+        try:
+            while True:
+                head = _recv_exact(conn.sock, HEADER.size)
+                if head is None:
+                    break
+                kind, n = HEADER.unpack(head)
+                if kind not in (STDIN, STDIN_EOF) or n > MAX_FRAME:
+                    self._log.warning("stream %s: garbage frame (type %r, length %d); closing",
+                                      conn.peer, kind, n)
+                    break
+                data = _recv_exact(conn.sock, n)
+                if data is None:
+                    break
+                if not forward or conn.exited or job_key in self._stdin_closed:
+                    continue
+                if kind == STDIN:
+                    try:
+                        _write_all(fd, data)
+                    except BrokenPipeError:
+                        forward = False  # the job closed its stdin; the rest goes nowhere
+                else:
+                    forward = False
+                    with self._lock:
+                        self._stdin_closed[job_key] = None
+                        if len(self._stdin_closed) > STDIN_CLOSED_KEEP:
+                            del self._stdin_closed[next(iter(self._stdin_closed))]
+                    os.close(fd)
+        except OSError as e:
+            self._log.info("stream %s: input ended: %s", conn.peer, e)
+        finally:
+            conn.reader_done.set()
+            conn.hang_up()
+            conn.release()
+
+
+# -------------------------------------------------------------------------------------- client side
+
+class _StdinPump(threading.Thread):
+    """Copies the client's stdin into STDIN frames, then STDIN_EOF; stops for good once EXIT arrived."""
+
+    def __init__(self, sock: socket.socket, fd: int):
+        super().__init__(name="grun-stream-stdin", daemon=True)  # may stay blocked reading a tty
+        self.sock, self.fd = sock, fd
+        self.done = threading.Event()
+        self.send_lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(self.fd, STDIN_READ)
+                except BlockingIOError:
+                    select.select([self.fd], [], [])
+                    continue
+                with self.send_lock:
+                    if self.done.is_set():
+                        return
+                    if not data:
+                        self.sock.sendall(HEADER.pack(STDIN_EOF, 0), _NOSIGNAL)
+                        return
+                    self.sock.sendall(HEADER.pack(STDIN, len(data)) + data, _NOSIGNAL)
+        except OSError:
+            pass  # the connection went away; the receiving side reports it
+
+    def stop(self) -> None:
+        self.done.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # breaks a sendall blocked on back-pressure
+        except OSError:
+            pass
+        with self.send_lock:  # after this, nothing of ours touches the socket
+            pass
+
+
+def _recv_into(sock: socket.socket, view) -> int:
+    try:
+        k = sock.recv_into(view)
+    except OSError as e:
+        raise _Dropped(str(e)) from e
+    if not k:
+        raise _Dropped("connection closed before the exit status")
+    return k
+
+
+def _recv_frame_bytes(sock: socket.socket, n: int) -> bytes:
+    try:
+        data = _recv_exact(sock, n)
+    except OSError as e:
+        raise _Dropped(str(e)) from e
+    if data is None:
+        raise _Dropped("connection closed before the exit status")
+    return data
+
+
+def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
+           stdin_fd: int | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
+           err_offset: int = 0) -> dict:
+    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
+
+    Raises StreamBroken if the connection drops first, and BrokenPipeError if our stdout/stderr
+    reader went away (e.g. `grun yes | head -1`); the caller decides how to exit quietly.
+    """
+    offsets = {OUT: out_offset, ERR: err_offset}
+    sinks = {OUT: stdout_fd, ERR: stderr_fd}
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except OSError as e:
+        raise StreamBroken(f"cannot connect to {host}:{port}: {e}", out_offset, err_offset) from e
+    stdin_pump = None
+    try:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(token.encode("ascii"))
+            sock.settimeout(None)
+        except OSError as e:
+            raise _Dropped(str(e)) from e
+        if stdin_fd is not None:
+            stdin_pump = _StdinPump(sock, stdin_fd)
+            stdin_pump.start()
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while True:
+            kind, n = HEADER.unpack(_recv_frame_bytes(sock, HEADER.size))
+            if n > MAX_FRAME:
+                raise _Dropped(f"absurd frame length {n}")
+            if kind == EXIT:
+                payload = _recv_frame_bytes(sock, n)
+                if stdin_pump is not None:
+                    stdin_pump.stop()
+                try:
+                    return json.loads(payload)
+                except ValueError as e:
+                    raise _Dropped(f"bad exit payload: {e}") from e
+            sink = sinks.get(kind)
+            if sink is None:
+                raise _Dropped(f"unknown frame type {kind!r}")
+            # Copy straight from the socket to the sink in buffer-sized pieces: no frame buffering.
+            while n:
+                k = _recv_into(sock, view[:min(n, len(buf))])
+                _write_all(sink, view[:k])
+                offsets[kind] += k
+                n -= k
+    except _Dropped as e:
+        raise StreamBroken(str(e), offsets[OUT], offsets[ERR]) from None
+    finally:
+        if stdin_pump is not None:
+            stdin_pump.stop()
+        sock.close()
