@@ -207,8 +207,10 @@ class Node:
         return True
 
     def _kill_hard(self, live: LiveJob, pid: int) -> None:
-        if self.job_status(live) is None:
-            spawner._killpg(pid, signal.SIGKILL)
+        # The group even when its leader has ended: members that ignored the signal (a
+        # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
+        # cannot name another group within the grace period unless the pid space wrapped around.
+        spawner._killpg(pid, signal.SIGKILL)
 
     def mark_fetched(self, live: LiveJob) -> None:
         live.fetched = True
