@@ -404,6 +404,10 @@ class Node:
         except Exception:
             pass
         self.stream.close()
+        try:
+            self.notify_sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake the blocked recv
+        except OSError:
+            pass
         self.notify_sock.close()
         if self.forkserver is not None:
             try:
