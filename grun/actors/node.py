@@ -303,6 +303,11 @@ class Node:
         missing = [j for j in reply.get("jobs", []) if int(j["id"]) not in self.live]
         if missing:
             self.start(missing)
+        # a kill the master accepted while it had no link to us (we or it restarted) arrives only here
+        for job in reply.get("jobs", []):
+            live = self.live.get(int(job["id"]))
+            if job.get("kill_requested") and live is not None:
+                self.signal_job(live, int(job["kill_requested"]), escalate=True)
         self._ns_queue.append((registry.node_name(self.name), self.uri))
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
 
