@@ -117,6 +117,8 @@ class RemoteFailure(Exception):
 
 
 def is_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, Pyro5.errors.SerializeError):
+        return False  # the peer answered with something we cannot decode: retrying gets the same answer
     return isinstance(exc, (Pyro5.errors.CommunicationError, socket.error, ConnectionError, TimeoutError))
 
 

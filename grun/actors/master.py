@@ -153,7 +153,10 @@ class Master:
         """Queue jobs; returns their ids only once they are on disk (invariant 1)."""
         if not isinstance(specs, (list, tuple)):
             raise ValueError("submit_many takes a list of job specs")
-        requests = [J.validate_spec(s, self.default_cpus, self.default_memory) for s in specs]
+        try:
+            requests = [J.validate_spec(s, self.default_cpus, self.default_memory) for s in specs]
+        except J.SpecError as exc:
+            raise ValueError(str(exc)) from None  # Pyro5 clients rebuild builtin exceptions, not ours
         now = time.time()
         ids = []
         with self.lock:
