@@ -1,0 +1,151 @@
+"""Errors a user can cause (issue 2, "Errors"; DESIGN invariant 7): each is one line on stderr that
+starts with "grun:", a non-zero exit and no traceback; the daemons keep serving."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from grun.client import Client, GrunError
+from grun.testing import free_port
+from util import assert_one_error_line
+
+PY = sys.executable
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bogus", "true"], "--bogus"),
+    (["-Z", "true"], "-Z"),
+    (["--nowait=yes", "true"], "--nowait"),
+    (["-c", "abc", "true"], "-c"),
+    (["-m", "12Q", "true"], "-m"),
+    (["-c", "-1", "true"], "-c"),
+    (["-m", "1e30", "true"], "-m"),
+    (["-m", "-5", "true"], "-m"),
+    (["-c", "1e400", "true"], "-c"),
+    (["-c"], "-c"),
+    (["-r", "high", "true"], "-r"),
+    (["-n", "NOSUCHSIG", "-k", "1"], "NOSUCHSIG"),
+    ([], "no command"),
+    (["-q"], "-q"),
+    (["-q", "bogus"], "bogus"),
+    (["-q", "wait"], "wait"),
+    (["-q", "wait", "abc"], "abc"),
+    (["-q", "wait", "0"], "0"),
+    (["-k"], "-k"),
+    (["-k", "12x"], "12x"),
+])
+def test_usage_errors(cluster, args, needle):
+    r = cluster.grun(*args)
+    assert_one_error_line(r, needle)
+    assert r.returncode == 2
+    assert r.stdout == b""
+
+
+@pytest.mark.parametrize("args", [["-q", "wait", "999999"], ["-q", "wait", "1", "999999"]])
+def test_unknown_job_id_for_wait(cluster, args):
+    assert cluster.grun("true").returncode == 0  # so job 1 exists
+    r = cluster.grun(*args)
+    assert_one_error_line(r, "999999")
+
+
+def test_unknown_job_id_for_kill(cluster):
+    r = cluster.grun("-k", "999999")
+    assert r.returncode == 1
+    assert_one_error_line(r, "999999")
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("master: 127.0.0.1:5184\ncpus: lots\n", 2, "cpus"),
+    ("services: exec\nmaster: 127.0.0.1:5184\nmemory: 12Q\n", 3, "memory"),
+    ("master: 127.0.0.1:99999\n", 1, "master"),
+    ("master: 127.0.0.1:5184\nservices: [queue\nhostname: x\n", None, None),
+    ("master: 127.0.0.1:5184\nmaster: 127.0.0.1:5185\n", 2, "master"),
+    ("- just\n- a list\n", 1, None),
+])
+def test_malformed_config_names_file_line_and_key(tmp_path, text, line, key):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    for how in (["-C", str(conf)], []):
+        run_env = dict(env) if how else dict(env, GRUN_CONF=str(conf))
+        r = _grun(*how, "true", env=run_env)
+        message = assert_one_error_line(r, str(conf))
+        if line is not None:
+            assert f"{conf}:{line}:" in message
+        else:
+            assert f"{conf}:" in message
+        if key is not None:
+            assert repr(key) in message
+
+
+def test_missing_or_unreadable_config_file(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    missing = str(tmp_path / "nope.conf")
+    assert_one_error_line(_grun("-C", missing, "true", env=env), missing)
+    assert_one_error_line(_grun("true", env=dict(env, GRUN_CONF=missing)), missing)
+    assert_one_error_line(_grun("-C", str(tmp_path), "true", env=env), str(tmp_path))
+
+
+def test_master_unreachable_is_a_bounded_wait_that_names_the_address(tmp_path):
+    port = free_port()
+    conf = tmp_path / "client.conf"
+    conf.write_text(f"master: 127.0.0.1:{port}\nservices: exec\nspool: {tmp_path}/spool\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    env["GRUN_CONF"] = str(conf)
+    start = time.monotonic()
+    import subprocess
+    procs = [subprocess.Popen([PY, "-m", "grun.cli", *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+             for args in (["true"], ["--nowait", "true"], ["-q", "status"], ["-q", "jobs"], ["-k", "1"])]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    elapsed = time.monotonic() - start
+    for r in results:
+        assert r.stdout == b""
+        assert_one_error_line(r, f"127.0.0.1:{port}")
+    assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+def test_bad_requests_are_refused_and_the_master_keeps_serving(cluster):
+    client = cluster.client()
+    for spec in ({"cmd": "not a list"}, {"cmd": []}, {"cmd": ["true"], "cpus": -1},
+                 {"cmd": ["true"], "cwd": "relative"}, {"cmd": ["true"], "bogus_key": 1},
+                 {"cmd": ["true"], "memory": float("nan")}):
+        with pytest.raises(GrunError):
+            client.submit(spec)
+    with pytest.raises(GrunError):
+        client.call("submit", "not a dict")
+    with pytest.raises(GrunError):
+        client.call("kill", [1], 999)
+    with pytest.raises(GrunError):
+        client.call("wait", ["x"], 1)
+    assert client.call("ping") == "grun.master"
+    assert cluster.grun("true").returncode == 0
+
+
+def _grun(*args, env):
+    import subprocess
+    return subprocess.run([PY, "-m", "grun.cli", *args], env=env, capture_output=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_client_connect_wait_is_bounded():
+    """The client's own bound, without a CLI around it: a short wait gives up quickly."""
+    start = time.monotonic()
+    with pytest.raises(GrunError) as err:
+        Client("127.0.0.1", free_port(), connect_wait=0.5).call("ping")
+    assert time.monotonic() - start < 5
+    assert "cannot reach the grun master at 127.0.0.1:" in str(err.value)
+
+
+def test_refused_submission_is_reported_at_once(cluster):
+    words = ["x" * (110 << 10)] * 10  # a 1.1 MB command line: over the master's limit, under the kernel's
+    start = time.monotonic()
+    r = cluster.grun("true", *words)
+    assert_one_error_line(r, "command line too long")
+    assert time.monotonic() - start < 5
