@@ -1,0 +1,116 @@
+"""Daemons from a config file (issue 2, point 2): `grun -d` starts the configured services in the
+background (pid file, log file), `grun -d -F` in the foreground, `grun -d -k` stops them, `grun-node`
+runs the exec service in the foreground; unset keys get guessed defaults."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+import yaml
+
+from grun.client import Client
+from grun.testing import free_port
+from util import wait_for
+
+NODE_MAIN = "import sys; from grun.cli import node_main; sys.exit(node_main())"
+
+
+@pytest.fixture
+def setup(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    procs: list[subprocess.Popen] = []
+    pid_files: list[str] = []
+
+    def conf(name: str, **keys) -> str:
+        path = tmp_path / f"{name}.conf"
+        path.write_text(yaml.safe_dump({"master": f"127.0.0.1:{port}", "bind": "127.0.0.1",
+                                        "spool": str(tmp_path / name), "heartbeat": 1, **keys}))
+        pid_files.append(str(tmp_path / name / "grun.pid"))
+        return str(path)
+
+    def grun(*args):
+        return subprocess.run([sys.executable, "-m", "grun.cli", *args], env=env, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+
+    def popen(argv):
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    class S:
+        pass
+    s = S()
+    s.port, s.conf, s.grun, s.popen, s.tmp = port, conf, grun, popen, tmp_path
+    s.client = Client("127.0.0.1", port, connect_wait=10)
+    yield s
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+    for path in pid_files:  # background daemons this test started, by their pid files
+        try:
+            pid = int(open(path).read().split()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+def _nodes_up(client) -> dict:
+    return {n["name"]: n for n in client.nodes() if n["up"]}
+
+
+def test_background_master_foreground_nodes(setup):
+    s = setup
+    master_conf = s.conf("head", services="queue", log_file="head.log", hostname="head")
+    r = s.grun("-C", master_conf, "-d")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.decode().startswith("grun: started services queue (pid ")
+    pid = int(open(s.tmp / "head" / "grun.pid").read())
+    assert f"pid {pid}" in r.stderr.decode() and psutil.pid_exists(pid)
+    assert s.client.call("ping") == "grun.master"
+    assert (s.tmp / "head" / "head.log").exists()
+
+    again = s.grun("-C", master_conf, "-d")
+    assert again.returncode != 0 and b"already running" in again.stderr
+    assert b"Traceback" not in again.stderr
+
+    # grun-node: the exec service in the foreground, as systemd runs it
+    node_conf = s.conf("n1", services="exec", hostname="n1", cpus=2, memory="1G")
+    node = s.popen([sys.executable, "-c", NODE_MAIN, "-C", node_conf])
+    wait_for(lambda: "n1" in _nodes_up(s.client), 20, what="grun-node to register")
+    assert (_nodes_up(s.client)["n1"]["cpus"], _nodes_up(s.client)["n1"]["memory"]) == (2, 1024)
+    r = s.grun("-C", node_conf, "printenv", "GRUN_NODE")
+    assert (r.returncode, r.stdout) == (0, b"n1\n"), r.stderr
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(15) == 0
+
+    # grun -d -F: the configured services in the foreground; unset cpus and memory are guessed
+    guessed_conf = s.conf("n2", services="exec", hostname="n2")
+    fg = s.popen([sys.executable, "-m", "grun.cli", "-C", guessed_conf, "-d", "-F"])
+    wait_for(lambda: "n2" in _nodes_up(s.client), 20, what="grun -d -F to register its node")
+    n2 = _nodes_up(s.client)["n2"]
+    assert n2["cpus"] == psutil.cpu_count(logical=True)
+    assert n2["memory"] == psutil.virtual_memory().total // 2 ** 20
+    r = s.grun("-C", guessed_conf, "-H", "n2", "printenv", "GRUN_NODE")
+    assert (r.returncode, r.stdout) == (0, b"n2\n"), r.stderr
+    fg.send_signal(signal.SIGTERM)
+    assert fg.wait(15) == 0
+
+    r = s.grun("-C", master_conf, "-d", "-k")
+    assert r.returncode == 0 and b"stopped" in r.stderr
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             15, what="the master daemon to exit")
+    assert not (s.tmp / "head" / "grun.pid").exists()
+    r = s.grun("-C", master_conf, "-d", "-k")
+    assert r.returncode == 0 and b"not running" in r.stderr

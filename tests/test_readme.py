@@ -1,0 +1,31 @@
+"""The README's two set-up commands, and CI running the README's test command (issue 2, "Tests and CI")."""
+from __future__ import annotations
+
+import os
+import re
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def _read(name: str) -> str:
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def test_readme_gives_the_install_and_test_commands():
+    blocks = re.findall(r"```\n(.*?)```", _read("README.md"), re.S)
+    commands = [line.strip() for block in blocks for line in block.splitlines()]
+    assert "pip install . && grun hostname" in commands
+    test_command = next(c for c in commands if "pytest" in c)
+    assert "pip install" in test_command and "[test]" in test_command
+
+
+def test_ci_installs_and_runs_the_readmes_test_command():
+    ci = _read(".ci/run")
+    readme = _read("README.md")
+    test_command = next(line.strip() for line in readme.splitlines() if "pytest" in line and "pip" in line)
+    install, _, run = test_command.partition(" && ")
+    assert install.split("pip install ", 1)[1] in ci  # the same package spec, e.g. -e '.[test]'
+    pytest_line = next(line for line in ci.splitlines() if "pytest" in line and not line.startswith("#"))
+    for word in run.split():
+        assert word in pytest_line.split(), (word, pytest_line)
