@@ -150,7 +150,7 @@ class Client:
                 if not registry.is_unreachable(exc):
                     raise GrunError(f"job {job_id}: {_message(exc)}") from None
             time.sleep(min(0.2 * (attempt + 1), 2.0))
-            job = self.job(job_id)
+            job = self.call("job", job_id, wait=max(self.connect_wait, 3600.0))  # ride through a master restart
         final = self.wait([job_id])[job_id]
         return int(final.get("exit", 1))
 

@@ -40,8 +40,20 @@ def _read_pid(path: str) -> int | None:
     return pid
 
 
-def running_pid(cfg: Config) -> int | None:
-    return _read_pid(cfg.pid_file)
+def running_pid(cfg: Config, pid_file: str | None = None) -> int | None:
+    """The pid of the daemon holding the pid file's lock; a stale file (or a zombie) is not running."""
+    pid_file = pid_file or cfg.pid_file
+    try:
+        fd = os.open(pid_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(pid_file)
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return None
 
 
 def _setup_logging(cfg: Config, foreground: bool) -> None:
@@ -142,12 +154,13 @@ def stop(cfg: Config, wait: float = 15.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if running_pid(cfg) is None:
             return True
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     return True
 
 
