@@ -116,6 +116,7 @@ def run_job(opts: dict, words: list[str], cfg) -> int:
             _say(f"grun: job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
     try:
         return client.run(spec, stdin_fd=stdin_fd, on_submit=on_submit, on_start=on_start)
     except KeyboardInterrupt:
