@@ -30,6 +30,10 @@ class JobNotFound(GrunError):
     pass
 
 
+class NotSupported(GrunError):
+    """The master does not offer this operation (an older master, or a feature not built yet)."""
+
+
 class Client:
     def __init__(self, host: str, port: int, connect_wait: float = 10.0):
         self.host, self.port = host, port
@@ -52,6 +56,10 @@ class Client:
         while True:
             try:
                 return getattr(self._proxy(), method)(*args)
+            except AttributeError as exc:
+                if method in str(exc):
+                    raise NotSupported(f"{method} is not available on this master") from None
+                raise GrunError(f"master at {self.address}: {_message(exc)}") from None
             except LookupError as exc:
                 raise JobNotFound(_message(exc)) from None
             except (ValueError, TypeError) as exc:
@@ -75,6 +83,10 @@ class Client:
             return False
 
     def submit(self, spec: dict) -> int:
+        return self.submit_spec(spec)
+
+    def submit_spec(self, spec: dict) -> int:
+        """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
         spec = dict(spec)
         spec.setdefault("token", secrets.token_hex(12))  # a retried submit cannot queue the job twice
         return int(self.call("submit", spec))
@@ -93,6 +105,22 @@ class Client:
 
     def kill(self, job_ids: list[int], sig: int = 15) -> dict:
         return {int(k): v for k, v in self.call("kill", [int(i) for i in job_ids], int(sig)).items()}
+
+    def hold(self, job_ids: list[int]) -> dict[int, bool]:
+        """Hold queued jobs, suspend running ones; returns {id: found}."""
+        return {int(k): v for k, v in self.call("hold", [int(i) for i in job_ids]).items()}
+
+    def resume(self, job_ids: list[int]) -> dict[int, bool]:
+        """Release held jobs, continue suspended ones; returns {id: found}."""
+        return {int(k): v for k, v in self.call("resume", [int(i) for i in job_ids]).items()}
+
+    def edit(self, job_ids: list[int], changes: dict) -> dict[int, bool]:
+        """Change queued jobs (priority, cpus, memory, hosts, params); returns {id: found}."""
+        return {int(k): v for k, v in self.call("edit", [int(i) for i in job_ids], dict(changes)).items()}
+
+    def why(self, job_id: int) -> str:
+        """One paragraph on why a queued job is not running."""
+        return str(self.call("why", int(job_id)))
 
     def wait(self, job_ids: list[int], poll: float = 30.0) -> dict[int, dict]:
         """Block until every job has finished; returns their final records."""
@@ -116,7 +144,7 @@ class Client:
             on_submit=None, on_start=None) -> int:
         """Submit a job, stream its output as it is produced, and return its exit code."""
         spec = dict(spec, stdin=stdin_fd is not None)
-        job_id = self.submit(spec)
+        job_id = self.submit_spec(spec)
         if on_submit:
             on_submit(job_id)
         return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start)

@@ -1,0 +1,411 @@
+"""The one verb table: every command the `grun` command line and `grun shell` run.
+
+A verb has a name, aliases, a one-line help, a usage line, a parser (words -> args dict, raising
+UsageError) and a function `run(client, args, io) -> exit code`. The command line maps its forms onto
+the table (`grun CMD` is `run`, `--nowait` is `submit`, `-q jobs|status|history|wait` the verbs of the
+same names, `-k` is `kill`); the shell runs the same verbs by name. Adding a verb is one entry in VERBS.
+
+This module talks to the cluster only through the client it is handed (`grun.client.Client`) and
+imports nothing heavy at import time, so the command line stays quick to start.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from .options import OPTIONS, UsageError, parse as parse_options
+
+SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
+
+# Command-line options that are not about the job a verb runs: refused after `run`/`submit` in the shell.
+NOT_JOB_OPTIONS = {"query", "kill", "daemon", "foreground", "config", "help", "version", "signal"}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
+@dataclass
+class IO:
+    """Where a verb writes: text streams for tables and messages, file descriptors for a job's bytes.
+
+    `cli` says the verb runs as the one-shot command line (it may install signal handlers and owns the
+    process); the shell runs verbs with `cli=False` and `stdin_fd=None`.
+    """
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin_fd: int | None = None
+    stdout_fd: int = 1
+    stderr_fd: int = 2
+    cli: bool = False
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def say(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+
+    def fail(self, message: str, code: int = 1) -> int:
+        self.say(f"grun: {message}")
+        return code
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    help: str                                       # one line
+    usage: str                                      # the arguments, after the verb's name
+    run: Callable[..., int]                         # (client, args, io) -> exit code
+    parse: Callable[[list[str], str], dict]         # (words, how the verb was called) -> args
+    aliases: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()                   # offered by the shell's completion
+    completes: str = ""                             # what its arguments are: "jobs", "command" or ""
+    needs_client: bool = True
+
+
+# ---- formatting ------------------------------------------------------------------------------
+
+def command_text(job: dict) -> str:
+    cmd = job.get("cmd") or []
+    return cmd[0] if job.get("shell") else shlex.join(cmd)
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
+    lines = []
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fmt_secs(secs) -> str:
+    if secs is None:
+        return "-"
+    secs = float(secs)
+    if secs < 60:
+        return f"{secs:.2f}s"
+    minutes, s = divmod(int(secs), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
+
+
+def exit_text(job: dict) -> str:
+    if job.get("signal"):
+        return f"sig{job['signal']}"
+    return str(job.get("exit", job.get("exit_code", "-")))
+
+
+def jobs_table(jobs: list[dict]) -> str:
+    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}",
+             j["memory"], j.get("cwd", "-"), command_text(j)] for j in jobs]
+    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "CWD", "COMMAND"])
+
+
+def nodes_table(nodes: list[dict]) -> str:
+    rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
+             f"{n['free_memory']}/{n['memory']}", n["running"]] for n in nodes]
+    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
+
+
+def history_table(jobs: list[dict]) -> str:
+    rows = [[j["id"], j.get("user", "-"), exit_text(j), j.get("node") or "-",
+             fmt_secs((j.get("usage") or {}).get("wall")), command_text(j)] for j in reversed(jobs)]
+    return table(rows, ["ID", "USER", "EXIT", "NODE", "WALL", "COMMAND"])
+
+
+# ---- parsers ---------------------------------------------------------------------------------
+
+def _no_args(words: list[str], called: str) -> dict:
+    if words:
+        raise UsageError(f"{called} takes no arguments, got {' '.join(words)}")
+    return {}
+
+
+def job_ids(words: list[str], called: str) -> list[int]:
+    if not words:
+        raise UsageError(f"{called} needs job ids")
+    ids = []
+    for w in words:
+        if not w.isdigit() or int(w) == 0:
+            raise UsageError(f"bad job id {w!r}")
+        ids.append(int(w))
+    return ids
+
+
+def _ids(words: list[str], called: str) -> dict:
+    return {"ids": job_ids(words, called)}
+
+
+def _one_id(words: list[str], called: str) -> dict:
+    ids = job_ids(words, called)
+    if len(ids) != 1:
+        raise UsageError(f"{called} takes one job id")
+    return {"id": ids[0]}
+
+
+def _job_command(words: list[str], called: str) -> dict:
+    """`[options] COMMAND [ARGS...]`, with the command line's job options."""
+    opts, cmd = parse_options(words)
+    wrong = sorted(set(opts) & NOT_JOB_OPTIONS)
+    if wrong:
+        raise UsageError(f"option --{wrong[0]} does not go with {called}")
+    if not cmd:
+        raise UsageError(f"{called} needs a command")
+    return {"opts": opts, "cmd": cmd}
+
+
+def _history_args(words: list[str], called: str) -> dict:
+    out, i = {}, 0
+    while i < len(words):
+        a = words[i]
+        if a in ("-c", "--count") and i + 1 < len(words) and words[i + 1].isdigit():
+            out["count"] = int(words[i + 1])
+            i += 1
+        elif a == "--user" and i + 1 < len(words):
+            out["user"] = words[i + 1]
+            i += 1
+        elif a == "--json":
+            out["json"] = True
+        else:
+            raise UsageError(f"unknown history option {a!r}")
+        i += 1
+    return out
+
+
+def _kill_args(words: list[str], called: str) -> dict:
+    from .options import _signal
+    out, ids_words, i = {}, [], 0
+    while i < len(words):
+        if words[i] in ("-n", "--signal") and i + 1 < len(words):
+            try:
+                out["signal"] = _signal(words[i + 1])
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            i += 2
+            continue
+        ids_words.append(words[i])
+        i += 1
+    out["ids"] = job_ids(ids_words, called)
+    return out
+
+
+def _edit_args(words: list[str], called: str) -> dict:
+    """`key=val[,key=val] ID...`"""
+    if not words or "=" not in words[0]:
+        raise UsageError(f"usage: {called} KEY=VALUE[,KEY=VALUE] ID...")
+    changes = {}
+    for item in words[0].split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
+        changes[key.strip()] = value.strip()
+    return {"changes": changes, "ids": job_ids(words[1:], called)}
+
+
+# ---- running jobs ----------------------------------------------------------------------------
+
+def build_spec(opts: dict, words: list[str]) -> dict:
+    """The job spec for `grun [options] COMMAND...`: one shell string or an argv, run here and as us."""
+    from .client import default_env
+    shell = len(words) == 1 and any(c in SHELL_CHARS for c in words[0])
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    spec = {"cmd": list(words), "shell": shell, "cwd": cwd, "env": default_env(opts.get("env")),
+            "user": getpass.getuser(), "uid": os.getuid(), "gid": os.getgid()}
+    for key in ("cpus", "memory", "priority"):
+        if key in opts:
+            spec[key] = opts[key]
+    if "hosts" in opts:
+        spec["host"] = opts["hosts"]
+    if "priority" not in opts and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
+        spec["priority"] = int(os.environ["GRUN_PRIORITY"])
+    return spec
+
+
+def _submit(client, args: dict, io: IO) -> int:
+    job_id = client.submit_spec(build_spec(args["opts"], args["cmd"]))
+    io.print(f"Job_ID: {job_id}")
+    return 0
+
+
+def _raise_terminated(*_):
+    raise Terminated()
+
+
+def _run(client, args: dict, io: IO) -> int:
+    opts = args["opts"]
+    if opts.get("nowait"):
+        return _submit(client, args, io)
+    spec = build_spec(opts, args["cmd"])
+    state = {"id": None}
+
+    def on_submit(job_id):
+        state["id"] = job_id
+        if opts.get("verbose"):
+            io.say(f"grun: job {job_id} queued")
+
+    def on_start(job):
+        if opts.get("verbose"):
+            io.say(f"grun: job {job['id']} {job['state']} on {job.get('node') or '-'}")
+
+    if io.cli:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+    io.out.flush()
+    try:
+        return client.run(spec, stdin_fd=io.stdin_fd, stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
+                          on_submit=on_submit, on_start=on_start)
+    except KeyboardInterrupt:
+        return _interrupted(client, state["id"], signal.SIGINT, 130, io)
+    except Terminated:
+        return _interrupted(client, state["id"], signal.SIGTERM, 143, io)
+    except BrokenPipeError:
+        return _interrupted(client, state["id"], signal.SIGPIPE, 141, io, quiet=True)
+
+
+def _interrupted(client, job_id, sig, code, io: IO, quiet=False) -> int:
+    if io.cli:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if job_id is not None:
+        from .client import Client, GrunError
+        try:
+            Client(client.host, client.port, connect_wait=5.0).kill([job_id], sig)
+        except GrunError as exc:
+            io.say(f"grun: could not kill job {job_id}: {exc}")
+    if not quiet:
+        io.say(f"grun: job {job_id} killed" if job_id else "grun: interrupted")
+    try:
+        io.out.flush()
+    except BrokenPipeError:
+        pass
+    return code
+
+
+def _attach(client, args: dict, io: IO) -> int:
+    io.out.flush()
+    try:
+        return client.follow(args["id"], stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd)
+    except KeyboardInterrupt:
+        io.say(f"grun: detached from job {args['id']} (it keeps running)")
+        return 130
+
+
+# ---- queries and control ---------------------------------------------------------------------
+
+def _jobs(client, args: dict, io: IO) -> int:
+    io.print(jobs_table(client.jobs()))
+    return 0
+
+
+def _status(client, args: dict, io: IO) -> int:
+    io.print(nodes_table(client.nodes()))
+    return 0
+
+
+def _history(client, args: dict, io: IO) -> int:
+    jobs = client.history(args.get("count", 20), args.get("user"))
+    if args.get("json"):
+        io.print(json.dumps(jobs, indent=1, sort_keys=True))
+    else:
+        io.print(history_table(jobs))
+    return 0
+
+
+def _wait(client, args: dict, io: IO) -> int:
+    ids = args["ids"]
+    done = client.wait(ids)
+    codes = [int(done[i].get("exit", 1)) for i in ids]
+    return next((c for c in codes if c), 0)
+
+
+def _report_missing(found: dict, io: IO) -> int:
+    missing = [i for i, ok in found.items() if not ok]
+    for job_id in missing:
+        io.say(f"grun: no such job {job_id}")
+    return 1 if missing else 0
+
+
+def _kill(client, args: dict, io: IO) -> int:
+    return _report_missing(client.kill(args["ids"], args.get("signal", signal.SIGTERM)), io)
+
+
+def _hold(client, args: dict, io: IO) -> int:
+    return _report_missing(client.hold(args["ids"]), io)
+
+
+def _resume(client, args: dict, io: IO) -> int:
+    return _report_missing(client.resume(args["ids"]), io)
+
+
+def _edit(client, args: dict, io: IO) -> int:
+    return _report_missing(client.edit(args["ids"], args["changes"]), io)
+
+
+def _why(client, args: dict, io: IO) -> int:
+    io.print(client.why(args["id"]))
+    return 0
+
+
+def _opts(*names: str) -> tuple[str, ...]:
+    return names
+
+
+_JOB_OPTIONS = tuple(f"--{o.long}" for o in OPTIONS if o.dest not in NOT_JOB_OPTIONS)
+
+VERBS: list[Verb] = [
+    Verb("run", "run a command on the cluster and stream its output", "[options] COMMAND [ARGS...]",
+         _run, _job_command, options=_JOB_OPTIONS, completes="command"),
+    Verb("submit", "queue a command and print its job id", "[options] COMMAND [ARGS...]",
+         _submit, _job_command, aliases=("sub",), options=_JOB_OPTIONS, completes="command"),
+    Verb("jobs", "the queued and running jobs", "", _jobs, _no_args, aliases=("j",)),
+    Verb("status", "the nodes: state, free cpus and memory, running jobs", "", _status, _no_args,
+         aliases=("nodes", "s")),
+    Verb("history", "finished jobs, newest last", "[-c COUNT] [--user USER] [--json]", _history,
+         _history_args, aliases=("hist", "h"), options=_opts("--count", "--user", "--json")),
+    Verb("wait", "wait until jobs finish; exits with the first non-zero code", "ID...", _wait, _ids,
+         completes="jobs"),
+    Verb("kill", "kill jobs (queued or running)", "[-n SIG] ID...", _kill, _kill_args,
+         options=_opts("--signal"), completes="jobs"),
+    Verb("hold", "hold queued jobs, suspend running ones", "ID...", _hold, _ids, completes="jobs"),
+    Verb("resume", "release held jobs, continue suspended ones", "ID...", _resume, _ids, completes="jobs"),
+    Verb("edit", "change queued jobs: priority, cpus, memory, hosts, params", "KEY=VALUE[,KEY=VALUE] ID...",
+         _edit, _edit_args, completes="jobs"),
+    Verb("attach", "stream a job's output (from the start) and its exit code; Ctrl-C detaches", "ID",
+         _attach, _one_id, completes="jobs"),
+    Verb("why", "why a queued job is not running", "ID", _why, _one_id, completes="jobs"),
+]
+
+BY_NAME: dict[str, Verb] = {}
+for _v in VERBS:
+    for _n in (_v.name, *_v.aliases):
+        BY_NAME[_n] = _v
+
+
+def find(name: str) -> Verb | None:
+    return BY_NAME.get(name)
+
+
+def add(verb: Verb) -> None:
+    """Add a verb to the table (for the shell's own verbs and plugins)."""
+    VERBS.append(verb)
+    for n in (verb.name, *verb.aliases):
+        BY_NAME[n] = verb
+
+
+def usage(verb: Verb) -> str:
+    """A few lines for `help VERB`: the usage, the help line, the aliases."""
+    lines = [f"{verb.name} {verb.usage}".rstrip(), f"    {verb.help}"]
+    if verb.aliases:
+        lines.append(f"    aliases: {', '.join(verb.aliases)}")
+    return "\n".join(lines)
