@@ -151,9 +151,6 @@ def test_refused_submission_is_reported_at_once(cluster):
     assert time.monotonic() - start < 5
 
 
-@pytest.mark.xfail(strict=True, reason="Client.wait retries an unreachable master for up to an hour "
-                   "(wait=max(connect_wait, 3600), meant to ride through a master restart, also applies "
-                   "to the first contact), so `grun -q wait ID` never gives the one-line error")
 def test_wait_on_an_unreachable_master_is_bounded(tmp_path):
     import subprocess
     conf = tmp_path / "client.conf"
