@@ -1,16 +1,28 @@
-"""The one client: how the CLI (and later the shell and Python code) talks to the master and to jobs.
+"""The one client: how the CLI, the shell and Python code talk to the master and to jobs.
 
-It finds the master at an explicit address, retries calls that failed because the master was
-unreachable (with backoff, for a bounded time), turns remote errors into grun's own exceptions, and
-runs a job end to end: submit, wait for it to start, stream its output from its node's side channel,
-and return its exit code.
+It finds the master (at an explicit address, or like the command line does: config file, else the
+personal cluster), retries calls that failed because the master was unreachable (with backoff, for a
+bounded time), turns remote errors into grun's own exceptions, and runs a job end to end: submit, wait
+for it to start, stream its output from its node's side channel, and return its exit code.
+
+For Python code: `Client.submit(cmd, cpus=..., ...)` returns a `Job` handle (state, wait, output,
+kill, suspend/resume). A Client may be shared between threads: each thread gets its own connection.
+
+    from grun import Client
+    job = Client().submit("make -j4", cpus=4, memory="2G")
+    print(job.wait(), job.stdout().decode())
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import secrets
+import shlex
+import sys
+import threading
 import time
+from typing import Iterator, Literal, Sequence, overload
 
 import Pyro5.errors
 
@@ -23,11 +35,15 @@ class GrunError(Exception):
 
 
 class MasterUnreachable(GrunError):
-    pass
+    """The master did not answer within the client's connect_wait."""
 
 
-class JobNotFound(GrunError):
-    pass
+class JobNotFound(GrunError, LookupError):
+    """No job has this id (or it is too old to be remembered)."""
+
+
+class Timeout(GrunError, TimeoutError):
+    """A wait with a timeout ran out before the job finished."""
 
 
 class NotSupported(GrunError):
@@ -35,10 +51,56 @@ class NotSupported(GrunError):
 
 
 class Client:
-    def __init__(self, host: str, port: int, connect_wait: float = 10.0):
-        self.host, self.port = host, port
-        self.address = registry.format_hostport(host, port)
+    """A connection to one grun master.
+
+    `Client()` finds the master like the `grun` command does ($GRUN_CONF, /etc/grun.conf, else the
+    personal cluster on this machine, started if needed); `Client("host:5184")` or
+    `Client("host", 5184)` names it. `connect_wait` bounds how long a call rides through a master
+    that does not answer before raising MasterUnreachable.
+    """
+
+    def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
+                 config: str | None = None):
+        self._local = threading.local()
+        personal = None
+        if host is None:
+            cfg = _load_config(config)
+            host, port = cfg.master_host, cfg.master_port
+            personal = cfg if cfg.personal else None
+        elif port is None:
+            from .config import ConfigError, parse_hostport
+            try:
+                host, port = parse_hostport(host)
+            except (ConfigError, ValueError) as exc:
+                raise GrunError(f"bad master address {host!r}: {exc}") from None
+        self.host, self.port = host, int(port)
+        self.address = registry.format_hostport(self.host, self.port)
         self.connect_wait = connect_wait
+        self._answered = False
+        self._master = None
+        if personal is not None:
+            from .daemon import DaemonError, ensure_personal_cluster
+            try:
+                ensure_personal_cluster(personal, self, lambda m: print(m, file=sys.stderr, flush=True))
+            except DaemonError as exc:
+                raise GrunError(str(exc)) from None
+
+    def __repr__(self) -> str:
+        return f"Client({self.address!r})"
+
+    @property
+    def _master(self):
+        """This thread's proxy for the master (Pyro5 proxies must not be used by two threads at once)."""
+        return getattr(self._local, "master", None)
+
+    @_master.setter
+    def _master(self, value) -> None:
+        self._local.master = value
+
+    def reset(self) -> None:
+        """Drop this thread's connection (after an interrupted call); the next call reconnects."""
+        if self._master is not None:
+            registry.reset(self._master)
         self._master = None
 
     # ---- the master ----------------------------------------------------------------------------
@@ -50,12 +112,20 @@ class Client:
         return self._master
 
     def call(self, method: str, *args, wait: float | None = None):
-        """Call the master, riding through a master that is briefly away."""
-        deadline = time.monotonic() + (self.connect_wait if wait is None else wait)
+        """Call the master, riding through a master that is briefly away.
+
+        A long `wait` (riding through a master restart) applies only once this client has reached
+        the master; a master that never answered costs at most `connect_wait`."""
+        limit = self.connect_wait if wait is None else wait
+        if not self._answered:
+            limit = min(limit, self.connect_wait)
+        deadline = time.monotonic() + limit
         delay = 0.05
         while True:
             try:
-                return getattr(self._proxy(), method)(*args)
+                result = getattr(self._proxy(), method)(*args)
+                self._answered = True
+                return result
             except AttributeError as exc:
                 if method in str(exc):
                     raise NotSupported(f"{method} is not available on this master") from None
@@ -82,8 +152,48 @@ class Client:
         except MasterUnreachable:
             return False
 
-    def submit(self, spec: dict) -> int:
-        return self.submit_spec(spec)
+    @overload
+    def submit(self, cmd: dict) -> int: ...
+
+    @overload
+    def submit(self, cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
+               priority: int | None = None, params: dict | None = None, name: str | None = None,
+               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> "Job": ...
+
+    def submit(self, cmd, *, cpus=None, memory=None, priority=None, params=None, name=None, cwd=None,
+               env=None, hosts=None):
+        """Queue a command and return its Job (once the master has it on disk).
+
+        `cmd` is a shell command line (a string, run by /bin/sh) or an argv list. `memory` is MB or
+        a string with a unit ("500M", "4G"). `env` adds to the usual session variables (PATH, HOME,
+        ...) the job gets; `cwd` defaults to ours; `params` are custom resources (e.g. {"gpu": 1});
+        `hosts` is a glob or comma list of nodes the job may run on.
+        (A dict is taken as a complete low-level job spec, and its job id is returned.)
+        """
+        if isinstance(cmd, dict):
+            return self.submit_spec(cmd)
+        spec = job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params, name=name, cwd=cwd,
+                        env=env, hosts=hosts)
+        try:
+            return Job(self, self.submit_spec(spec))
+        except NotSupported:
+            raise
+        except GrunError as exc:
+            if params and "unknown job spec keys" in str(exc) and "params" in str(exc):
+                raise NotSupported("custom resources (params) are not available on this master") from None
+            raise
+
+    def submit_many(self, specs: list[dict]) -> list[int]:
+        """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
+        specs = [dict(s) for s in specs]
+        for spec in specs:
+            spec.setdefault("token", secrets.token_hex(12))
+        return [int(i) for i in self.call("submit_many", specs)]
+
+    def get(self, job_id: int) -> "Job":
+        """A handle for an existing job; raises JobNotFound if there is none."""
+        self.job(job_id)
+        return Job(self, int(job_id))
 
     def submit_spec(self, spec: dict) -> int:
         """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
@@ -92,18 +202,23 @@ class Client:
         return int(self.call("submit", spec))
 
     def job(self, job_id: int) -> dict:
+        """The job's record: id, state, cmd, cpus, memory, node, exit, usage, ..."""
         return self.call("job", int(job_id))
 
     def jobs(self) -> list[dict]:
+        """Records of the queued and running jobs, by id."""
         return self.call("jobs")
 
     def nodes(self) -> list[dict]:
+        """One record per node: name, up, cpus, memory, free_cpus, free_memory, running."""
         return self.call("nodes")
 
     def history(self, limit: int = 50, user: str | None = None) -> list[dict]:
+        """Records of the most recently finished jobs (newest first), optionally one user's."""
         return self.call("history", limit, user)
 
     def kill(self, job_ids: list[int], sig: int = 15) -> dict:
+        """Signal queued or running jobs; returns {id: whether it was live}."""
         return {int(k): v for k, v in self.call("kill", [int(i) for i in job_ids], int(sig)).items()}
 
     def hold(self, job_ids: list[int]) -> dict[int, bool]:
@@ -149,13 +264,18 @@ class Client:
             on_submit(job_id)
         return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start)
 
-    def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None) -> int:
+    def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
+               release: bool = True, require_output: bool = False) -> int:
+        """Once the job runs, stream its output from the start into fds (or callables taking bytes)
+        until it ends, and return its exit code. `release` lets the node drop the spool afterwards;
+        `require_output` raises GrunError, instead of returning quietly, when the node no longer
+        holds the output."""
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
         out_off = err_off = 0
         for attempt in range(20):
-            uri = job.get("node_uri")
+            uri = job.get("node_uri") or (self._node_uri(job.get("node")) if require_output else None)
             if not uri:
                 break
             try:
@@ -164,10 +284,11 @@ class Client:
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
-                    try:
-                        sup.release()
-                    except Exception:
-                        pass
+                    if release:
+                        try:
+                            sup.release()
+                        except Exception:
+                            pass
                 return J.exit_code_of(status)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -179,8 +300,185 @@ class Client:
                     raise GrunError(f"job {job_id}: {_message(exc)}") from None
             time.sleep(min(0.2 * (attempt + 1), 2.0))
             job = self.call("job", job_id, wait=max(self.connect_wait, 3600.0))  # ride through a master restart
+        if require_output:
+            raise GrunError(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
         return int(final.get("exit", 1))
+
+    def _node_uri(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        return next((n.get("uri") for n in self.nodes() if n["name"] == name), None)
+
+
+class Job:
+    """A handle for one job. Cheap: it holds the id, and asks the master or the job's node when used.
+
+    `wait()` returns the exit code as a shell would give it (128+N for death by signal N);
+    `stdout()`/`stderr()` return the whole output once the job has finished, or, with
+    `stream=True`, an iterator of byte chunks as the job writes them (from the start). The bytes come
+    from the job's node, never through the master. The node keeps a job's output for a while after
+    it ends (`output_keep:`, a day by default).
+    """
+
+    def __init__(self, client: Client, job_id: int):
+        self.client, self.id = client, int(job_id)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.client.address == self.client.address
+
+    def __hash__(self) -> int:
+        return hash((self.client.address, self.id))
+
+    def info(self) -> dict:
+        """The job's record as the master has it now."""
+        return self.client.job(self.id)
+
+    @property
+    def state(self) -> str:
+        """queued, held, dispatched, running, suspended, done, failed, killed or lost."""
+        return self.info()["state"]
+
+    @property
+    def node(self) -> str | None:
+        return self.info().get("node")
+
+    def done(self) -> bool:
+        return self.state in J.FINAL_STATES
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the job has finished and return its exit code; raises Timeout after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
+            got = self.client.call("wait", [self.id], max(0.0, min(left, 30.0)),
+                                   wait=max(self.client.connect_wait, 3600.0))
+            record = got.get(str(self.id)) or got.get(self.id)
+            if record is not None:
+                return int(record.get("exit", 1))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
+
+    @overload
+    def stdout(self, stream: Literal[False] = False) -> bytes: ...
+
+    @overload
+    def stdout(self, stream: Literal[True]) -> Iterator[bytes]: ...
+
+    def stdout(self, stream: bool = False):
+        """The job's standard output: all of it (waiting for the end), or chunks as they come."""
+        return self._output("stdout", stream)
+
+    @overload
+    def stderr(self, stream: Literal[False] = False) -> bytes: ...
+
+    @overload
+    def stderr(self, stream: Literal[True]) -> Iterator[bytes]: ...
+
+    def stderr(self, stream: bool = False):
+        """The job's standard error: all of it (waiting for the end), or chunks as they come."""
+        return self._output("stderr", stream)
+
+    def _output(self, which: str, stream: bool):
+        chunks = _chunks(self.client, self.id, which)
+        return chunks if stream else b"".join(chunks)
+
+    def kill(self, sig: int = 15) -> bool:
+        """Signal the job (TERM by default; KILL follows after a grace period). False if it had ended."""
+        return bool(self.client.kill([self.id], sig).get(self.id))
+
+    def suspend(self) -> bool:
+        """Stop a running job (its process group gets SIGSTOP) or hold a queued one."""
+        return bool(self.client.hold([self.id]).get(self.id))
+
+    def resume(self) -> bool:
+        """Continue a suspended job or release a held one."""
+        return bool(self.client.resume([self.id]).get(self.id))
+
+
+def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
+    """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read."""
+    pieces: queue.Queue = queue.Queue(maxsize=256)
+    end = object()
+    sink = pieces.put
+
+    def ignore(_data: bytes) -> None:
+        pass
+
+    def follow() -> None:
+        try:
+            client.follow(job_id, stdout_fd=sink if which == "stdout" else ignore,
+                          stderr_fd=sink if which == "stderr" else ignore, release=False, require_output=True)
+            pieces.put(end)
+        except BaseException as exc:  # handed to the reading thread
+            pieces.put(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
+
+    threading.Thread(target=follow, name=f"grun-job-{job_id}-{which}", daemon=True).start()
+    while True:
+        item = pieces.get()
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
+             priority: int | None = None, params: dict | None = None, name: str | None = None,
+             cwd: str | None = None, env: dict | None = None, hosts: str | None = None,
+             stdin: bool = False) -> dict:
+    """A full job spec from the Python API's arguments: run here, as us, with the usual environment."""
+    import getpass
+    from .config import parse_cpus, parse_memory
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise GrunError("empty command")
+        words, shell = [cmd], True
+    else:
+        words, shell = [str(w) for w in cmd], False
+        if not words:
+            raise GrunError("empty command")
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = "/"
+    spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
+                  "env": {**default_env(), **{str(k): str(v) for k, v in (env or {}).items()}},
+                  "user": getpass.getuser(), "uid": os.getuid(), "gid": os.getgid()}
+    try:
+        if cpus is not None:
+            spec["cpus"] = parse_cpus(cpus)
+        if memory is not None:
+            spec["memory"] = parse_memory(memory)
+    except ValueError as exc:
+        raise GrunError(str(exc)) from None
+    if priority is not None:
+        spec["priority"] = int(priority)
+    elif os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
+        spec["priority"] = int(os.environ["GRUN_PRIORITY"])
+    if name is not None:
+        spec["name"] = str(name)
+    if hosts is not None:
+        spec["host"] = str(hosts)
+    if params:
+        spec["params"] = dict(params)
+    if stdin:
+        spec["stdin"] = True
+    return spec
+
+
+def _load_config(path: str | None):
+    from .config import ConfigError, find_config_path, load_config
+    try:
+        return load_config(find_config_path(path))
+    except ConfigError as exc:
+        raise GrunError(str(exc)) from None
 
 
 def _job_uri(node_uri: str, job_id: int) -> str:

@@ -337,17 +337,25 @@ class StreamServer:
 class _StdinPump(threading.Thread):
     """Copies the client's stdin into STDIN frames, then STDIN_EOF; stops for good once EXIT arrived."""
 
-    def __init__(self, sock: socket.socket, fd: int):
+    def __init__(self, sock: socket.socket, fd: int | bytes):
         super().__init__(name="grun-stream-stdin", daemon=True)  # may stay blocked reading a tty
         self.sock, self.fd = sock, fd
         self.done = threading.Event()
         self.send_lock = threading.Lock()
+        self._pos = 0
+
+    def _read(self) -> bytes:
+        if isinstance(self.fd, (bytes, bytearray, memoryview)):  # the whole input, given up front
+            data = bytes(self.fd[self._pos:self._pos + STDIN_READ])
+            self._pos += len(data)
+            return data
+        return os.read(self.fd, STDIN_READ)
 
     def run(self) -> None:
         try:
             while True:
                 try:
-                    data = os.read(self.fd, STDIN_READ)
+                    data = self._read()
                 except BlockingIOError:
                     select.select([self.fd], [], [])
                     continue
@@ -392,9 +400,12 @@ def _recv_frame_bytes(sock: socket.socket, n: int) -> bytes:
 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
-           stdin_fd: int | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
+           stdin_fd: int | bytes | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
            err_offset: int = 0) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
+
+    A sink may also be a callable taking each piece of bytes as it arrives, and stdin_fd may be bytes:
+    the job's whole input (the Python API uses both).
 
     Raises StreamBroken if the connection drops first, and BrokenPipeError if our stdout/stderr
     reader went away (e.g. `grun yes | head -1`); the caller decides how to exit quietly.
@@ -436,7 +447,10 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             # Copy straight from the socket to the sink in buffer-sized pieces: no frame buffering.
             while n:
                 k = _recv_into(sock, view[:min(n, len(buf))])
-                _write_all(sink, view[:k])
+                if callable(sink):
+                    sink(bytes(view[:k]))
+                else:
+                    _write_all(sink, view[:k])
                 offsets[kind] += k
                 n -= k
     except _Dropped as e:

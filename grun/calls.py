@@ -1,0 +1,257 @@
+"""Python functions run on the cluster: `grun.remote`, `grun.submit_call` and `grun.map`.
+
+Each call is one job: `python -m grun.remote_worker` on a node, with the same interpreter as ours
+unless `python=` names another. The function and its arguments are cloudpickled (so functions
+defined in `__main__`, lambdas and closures work) and sent as the job's stdin through the node's side
+channel; nothing is written to a file anywhere. The function's stdout and stderr reach our
+sys.stdout and sys.stderr as it runs; its value (or exception, with the remote traceback) comes back
+in one frame at the end of its stdout, marked with a nonce only we know (see grun.remote_worker).
+
+    import grun
+    grun.remote(pow, 2, 10)                              # 1024, computed on a node
+    squares = grun.map(lambda x: x * x, range(20), cpus=0.5)
+    future = grun.submit_call(train, data, cpus=4, memory="8G")
+
+grun's own keyword arguments (cpus, memory, priority, hosts, env, cwd, python, client) are taken out
+of **kwargs; everything else is passed on to the function.
+"""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+import secrets
+import sys
+import threading
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Callable, Iterable, Sequence
+
+from .client import Client, GrunError, Job, job_spec
+from .remote_worker import RESULT_MARK
+
+_LENGTH = 8
+
+
+class RemoteError(GrunError):
+    """A call that produced no value: the job failed, was killed or lost, or its result could not be
+    brought back. The message says why and carries the remote traceback when there is one."""
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The Client the calls use unless given one: found like the `grun` command finds the master."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default
+
+
+class CallFuture(Future):
+    """A concurrent.futures.Future for one remote call; `job` is its Job. Cancelling kills the job."""
+
+    job: Job
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        try:
+            self.job.kill()
+        except GrunError:
+            pass
+        return super().cancel()
+
+
+def _label(func: Callable) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return f"{module}.{name}"
+
+
+def _spec(func: Callable, options: dict) -> dict:
+    python = options.get("python") or sys.executable
+    cmd = [python, "-m", "grun.remote_worker", _label(func)]
+    return job_spec(cmd, cpus=options.get("cpus"), memory=options.get("memory"),
+                    priority=options.get("priority"), hosts=options.get("hosts"), env=options.get("env"),
+                    cwd=options.get("cwd"), params=options.get("params"), stdin=True)
+
+
+def _payload(func: Callable, args: tuple, kwargs: dict, nonce: bytes) -> bytes:
+    import cloudpickle
+    try:
+        return nonce + b"\n" + cloudpickle.dumps((func, args, kwargs))
+    except Exception as exc:
+        raise GrunError(f"cannot send {_label(func)} to the cluster: {type(exc).__name__}: {exc}") from None
+
+
+# ---- the caller's side of one call -----------------------------------------------------------
+
+class _Stdout:
+    """The job's stdout: the function's output passes through to `sink`; the result frame is kept."""
+
+    def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
+        self.mark = RESULT_MARK + nonce + b":"
+        self.sink = sink
+        self.pending = bytearray()
+        self.frame: bytearray | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.frame is not None:
+            self.frame += data
+            return
+        self.pending += data
+        at = self.pending.find(self.mark)
+        if at >= 0:
+            self._emit(self.pending[:at])
+            self.frame = bytearray(self.pending[at + len(self.mark):])
+            self.pending.clear()
+            return
+        # hold back only a tail that could be the start of the mark (it starts with the one NUL)
+        nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(self.mark)))
+        keep = len(self.pending) - nul if nul >= 0 and self.mark.startswith(self.pending[nul:]) else 0
+        self._emit(self.pending[:len(self.pending) - keep])
+        del self.pending[:len(self.pending) - keep]
+
+    def _emit(self, data) -> None:
+        if data:
+            self.sink(bytes(data))
+
+    def close(self) -> bytes | None:
+        """The pickled outcome, or None if the job ended without a (whole) result frame."""
+        self._emit(self.pending)
+        self.pending.clear()
+        if self.frame is None or len(self.frame) < _LENGTH:
+            return None
+        size = int.from_bytes(self.frame[:_LENGTH], "big")
+        body = bytes(self.frame[_LENGTH:_LENGTH + size])
+        return body if len(body) == size else None
+
+
+def _writer(name: str) -> Callable[[bytes], None]:
+    """Bytes to our sys.stdout or sys.stderr (looked up at each write, so redirections apply)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(data: bytes) -> None:
+        stream = getattr(sys, name)
+        if stream is None:
+            return
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            stream.flush()
+            buffer.write(data)
+            buffer.flush()
+        else:
+            stream.write(decoder.decode(data))
+            stream.flush()
+    return write
+
+
+def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple[bool, Any]:
+    """(True, value) or (False, exception to raise)."""
+    if frame is None:
+        try:
+            info = job.info()
+            how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}"
+            if info.get("error"):
+                how += f" ({info['error']})"
+        except GrunError:
+            how = f"ended with exit code {exit_code}"
+        return False, RemoteError(f"{label} (job {job.id}) {how} without returning a result")
+    try:
+        outcome = pickle.loads(frame)
+    except Exception as exc:
+        return False, RemoteError(f"{label} (job {job.id}): cannot load its result here: "
+                                  f"{type(exc).__name__}: {exc}")
+    if outcome[0] == "ok":
+        return True, outcome[1]
+    _, exc, text, summary = outcome
+    where = f"remote traceback of {label} (job {job.id}):\n{text.rstrip()}"
+    if not isinstance(exc, BaseException) or not isinstance(exc, Exception):
+        return False, RemoteError(f"{summary}\n{where}")
+    try:
+        exc.add_note(where)  # printed with the exception's message, like the rest of its traceback
+    except Exception:
+        return False, RemoteError(f"{summary}\n{where}")
+    return False, exc
+
+
+def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
+    stdout = _Stdout(nonce, _writer("stdout"))
+    try:
+        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed,
+                             stderr_fd=_writer("stderr"), release=True)
+        ok, value = _outcome(future.job, label, code, stdout.close())
+    except BaseException as exc:
+        ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label}: {exc}")
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:
+        pass  # cancelled meanwhile
+
+
+def _start(client: Client, func: Callable, job_id: int, payload: bytes, nonce: bytes) -> CallFuture:
+    future = CallFuture()
+    future.job = Job(client, job_id)
+    threading.Thread(target=_follow, args=(client, future, _label(func), payload, nonce),
+                     name=f"grun-call-{job_id}", daemon=True).start()
+    return future
+
+
+# ---- the API ---------------------------------------------------------------------------------
+
+def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | str | None = None,
+                priority: int | None = None, hosts: str | None = None, env: dict | None = None,
+                cwd: str | None = None, params: dict | None = None, python: str | None = None,
+                client: Client | None = None, **kwargs) -> CallFuture:
+    """Queue `func(*args, **kwargs)` as a job and return a Future for its value.
+
+    The job is on the master's disk when this returns (`future.job.id`). The Future's result is the
+    function's return value; an exception raised remotely is raised by `result()`, the same type and
+    value, with the remote traceback added to its message (as a note, shown when printed); a job that ends without a result raises
+    RemoteError. Resources and placement as for `Client.submit`; `python` is the interpreter on the
+    node (ours by default).
+    """
+    if not callable(func):
+        raise GrunError(f"{func!r} is not callable")
+    client = client or default_client()
+    options = dict(cpus=cpus, memory=memory, priority=priority, hosts=hosts, env=env, cwd=cwd, params=params,
+                   python=python)
+    nonce = secrets.token_hex(16).encode()
+    payload = _payload(func, args, kwargs, nonce)
+    job = client.submit(_spec(func, options))
+    return _start(client, func, job, payload, nonce)
+
+
+def remote(func: Callable, *args, **kwargs) -> Any:
+    """Run `func(*args, **kwargs)` on a node and return its value (keywords as for submit_call)."""
+    return submit_call(func, *args, **kwargs).result()
+
+
+def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory: int | str | None = None,
+        priority: int | None = None, hosts: str | None = None, env: dict | None = None, cwd: str | None = None,
+        params: dict | None = None, python: str | None = None, client: Client | None = None,
+        timeout: float | None = None) -> list:
+    """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
+    with the given resources each; results in input order. The first failure (in order) is raised,
+    and the calls not yet finished are killed."""
+    client = client or default_client()
+    items: Sequence = list(iterable)
+    options = dict(cpus=cpus, memory=memory, priority=priority, hosts=hosts, env=env, cwd=cwd, params=params,
+                   python=python)
+    spec = _spec(func, options)
+    nonces = [secrets.token_hex(16).encode() for _ in items]
+    payloads = [_payload(func, (x,), {}, n) for x, n in zip(items, nonces)]
+    ids = client.submit_many([spec] * len(items)) if items else []
+    futures = [_start(client, func, i, p, n) for i, p, n in zip(ids, payloads, nonces)]
+    try:
+        return [f.result(timeout) for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise

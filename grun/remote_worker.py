@@ -1,0 +1,88 @@
+"""Runs one Python call on a node: `python -m grun.remote_worker [LABEL]`, the job `grun.remote` submits.
+
+Input (the job's stdin, sent by the caller through the node's side channel; nothing is written to
+disk): a line with a one-time nonce, then cloudpickle bytes of (func, args, kwargs). The function's
+own stdout and stderr go to the job's stdout and stderr as usual. When it returns or raises, the
+worker writes one result frame to stdout:
+
+    RESULT_MARK + nonce + b":" + 8-byte big-endian length + pickle of the outcome
+
+The outcome is ("ok", value) or ("error", exception or None, remote traceback text, "Type: message").
+The caller knows the nonce, so no output of the function can be taken for the frame. LABEL only
+names the call in `grun -q jobs`.
+
+This module imports nothing of grun's: it must start fast and may run under another interpreter
+(`python=`) that only has cloudpickle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+
+RESULT_MARK = b"\x00grun-result:"
+
+
+def _dumps(outcome: tuple) -> bytes:
+    try:
+        import cloudpickle
+        return cloudpickle.dumps(outcome)
+    except Exception:
+        return pickle.dumps(outcome)
+
+
+def _outcome(blob: bytes) -> tuple:
+    try:
+        func, args, kwargs = pickle.loads(blob)
+    except BaseException as exc:
+        return ("error", None, traceback.format_exc(), f"cannot load the call on this node: "
+                                                       f"{type(exc).__name__}: {exc}")
+    try:
+        return ("ok", func(*args, **kwargs))
+    except SystemExit as exc:
+        return ("error", None, _traceback(exc), f"the function called sys.exit({exc.code!r})")
+    except BaseException as exc:
+        return ("error", exc, _traceback(exc), f"{type(exc).__name__}: {exc}")
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback from the function down (this module's own frame left out)."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def main() -> int:
+    data = sys.stdin.buffer.read()
+    nonce, _, blob = data.partition(b"\n")
+    devnull = os.open(os.devnull, os.O_RDONLY)  # the function reads nothing of ours
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    outcome = _outcome(blob)
+    try:
+        payload = _dumps(outcome)
+    except BaseException as exc:
+        what = "result" if outcome[0] == "ok" else "exception"
+        text = outcome[2] if outcome[0] == "error" else ""
+        payload = _dumps(("error", None, text, f"cannot pickle the {what}: {type(exc).__name__}: {exc}"))
+    else:
+        try:
+            pickle.loads(payload)  # an exception that pickles but cannot be rebuilt would fail the caller
+        except BaseException:
+            if outcome[0] == "error":
+                payload = _dumps(("error", None, outcome[2], outcome[3]))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    frame = RESULT_MARK + nonce + b":" + len(payload).to_bytes(8, "big") + payload
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(1, view):]
+    return 0 if outcome[0] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
