@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             return query(opts, words, cfg)
         if opts.get("kill"):
             return kill(opts, words, cfg)
+        if words[:1] == ["shell"] and set(opts) <= {"config"}:  # `grun -- shell` runs a program named shell
+            from . import shell
+            return shell.main(_client(opts, cfg), words[1:])
         if not words:
             raise UsageError("no command given (see grun --help)")
         return run_job(opts, words, cfg)

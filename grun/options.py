@@ -73,6 +73,7 @@ _LONG = {o.long: o for o in OPTIONS}
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...   query
        grun -k ID... [-n SIG]                   kill jobs
+       grun shell                               the interactive console (or: echo jobs | grun shell)
        grun -d [-F] | -d -k                     start (foreground) | stop the daemons"""
 
 
