@@ -73,7 +73,7 @@ def _label(func: Callable) -> str:
 
 def _spec(func: Callable, options: dict) -> dict:
     python = options.get("python") or sys.executable
-    cmd = [python, "-m", "grun.remote_worker", _label(func)]
+    cmd = [python, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us as they happen
     return job_spec(cmd, cpus=options.get("cpus"), memory=options.get("memory"),
                     priority=options.get("priority"), hosts=options.get("hosts"), env=options.get("env"),
                     cwd=options.get("cwd"), params=options.get("params"), stdin=True)

@@ -91,6 +91,17 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
             return 0
         _say("grun: not running")
         return 0
+    if opts.get("reload"):
+        pid = d.ask_reload(cfg)
+        if pid is None:
+            return _fail("not running")
+        _say(f"grun: asked the daemon (pid {pid}) to reload {cfg.path or 'its config'}; see {cfg.log_file}")
+        return 0
+    if opts.get("restart"):
+        old, pid = d.restart(cfg)
+        _say(f"grun: restarted services {', '.join(sorted(cfg.services))} (pid {old} -> {pid})" if old else
+             f"grun: was not running; started services {', '.join(sorted(cfg.services))} (pid {pid})")
+        return 0
     if opts.get("foreground"):
         return d.serve(cfg, foreground=True)
     pid = d.start_background(cfg)
@@ -115,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             return query(opts, words, cfg)
         if opts.get("kill"):
             return kill(opts, words, cfg)
+        if "attach" in opts:
+            if words:
+                raise UsageError(f"unexpected arguments after --attach: {' '.join(words)}")
+            return _verb("attach", opts, [str(opts["attach"])] + (["--tail"] if opts.get("tail") else []), cfg,
+                         called="--attach")
         if words[:1] == ["shell"] and set(opts) <= {"config"}:  # `grun -- shell` runs a program named shell
             from . import shell
             return shell.main(_client(opts, cfg), words[1:])

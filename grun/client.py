@@ -265,25 +265,58 @@ class Client:
         return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start)
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
-               release: bool = True, require_output: bool = False) -> int:
-        """Once the job runs, stream its output from the start into fds (or callables taking bytes)
-        until it ends, and return its exit code. `release` lets the node drop the spool afterwards;
-        `require_output` raises GrunError, instead of returning quietly, when the node no longer
-        holds the output."""
+               release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
+               on_limit=None) -> int:
+        """Once the job runs, stream its output from the start (or, with `tail`, from now) into fds
+        (or callables taking bytes) until it ends, and return its exit code. `release` lets the node
+        drop the spool afterwards; `require_output` raises GrunError, instead of returning quietly,
+        when the node no longer holds the output; `on_note(text)` hears what a user may want to know
+        (the job re-run elsewhere, its output gone).
+
+        Rides through everything on the way: a master restart (calls retry), a node daemon restart
+        or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
+        the job; we follow its new run, whose output starts over)."""
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
+        long_wait = max(self.connect_wait, 3600.0)
+        where = None  # (node, attempt): the run the offsets belong to
         out_off = err_off = 0
-        for attempt in range(20):
-            uri = job.get("node_uri") or (self._node_uri(job.get("node")) if require_output else None)
-            if not uri:
-                break
+        failures = 0
+        while True:
+            if job["state"] in (J.QUEUED, J.HELD, J.DISPATCHED):  # re-queued: its node was lost
+                job = self.wait_started(job_id)
+            run = (job.get("node"), job.get("attempt"))
+            if where is not None and run != where:
+                out_off = err_off = 0
+                stdin_fd = None
+                if on_note:
+                    on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
+                            f"following attempt {run[1]} on {run[0]}: its output starts over")
+            where = run
+            final = job["state"] in J.FINAL_STATES
+            uri = job.get("node_uri") or self._node_uri(job.get("node"))
             try:
+                if not uri:
+                    if final:
+                        break
+                    raise ConnectionError("its node has not registered with the master yet")
                 with registry.proxy(_job_uri(uri, job_id)) as sup:
+                    if tail:
+                        sizes = sup.info()
+                        out_off, err_off, tail = sizes.get("stdout", 0), sizes.get("stderr", 0), False
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
+                    if on_limit and status.get("limit"):
+                        on_limit(limits.describe(status, job_id))  # e.g. killed: out of memory
+                    if status.get("superseded"):
+                        # this copy was killed because the master ran the job elsewhere (or ended it)
+                        job = self.call("job", job_id, wait=long_wait)
+                        if job["state"] in J.FINAL_STATES:
+                            return int(job.get("exit", 1))
+                        continue
                     if release:
                         try:
                             sup.release()
@@ -294,15 +327,23 @@ class Client:
                 out_off, err_off = broken.out_offset, broken.err_offset
                 stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
             except LookupError:
-                break  # the node no longer holds the output
+                if final:
+                    break  # the node no longer holds the output
             except Exception as exc:
                 if not registry.is_unreachable(exc):
                     raise GrunError(f"job {job_id}: {_message(exc)}") from None
-            time.sleep(min(0.2 * (attempt + 1), 2.0))
-            job = self.call("job", job_id, wait=max(self.connect_wait, 3600.0))  # ride through a master restart
+            failures += 1
+            if final and failures >= 5:
+                break  # the job has ended, and its node does not answer: the master has its exit code
+            time.sleep(min(0.2 * failures, 2.0))
+            job = self.call("job", job_id, wait=long_wait)  # ride through a master restart
         if require_output:
             raise GrunError(f"the output of job {job_id} is no longer kept on its node")
+        if on_note:
+            on_note(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
+        if on_limit and final.get("limit"):
+            on_limit(limits.describe(final, job_id))
         return int(final.get("exit", 1))
 
     def _node_uri(self, name: str | None) -> str | None:

@@ -9,6 +9,9 @@ machine, bound to 127.0.0.1).  A cluster config is a flat YAML mapping, for exam
     memory: 64G                     # MB, or with K/M/G/T; default: physical memory
     spool: /var/spool/grun          # master state in spool/master, job spool in spool/node
     output_keep: 2d                 # durations: 45s, 30m, 12h, 1d, 1h30m or seconds
+    node_timeout: 60s               # a node silent this long is down; its running jobs are lost
+    requeue: true                   # re-queue jobs lost with their node (per job: --norequeue)
+    min_free_disk: 64M              # refuse submissions when the master's spool has less free
 
 Where the file is found (see find_config_path): ``-C FILE``, then ``$GRUN_CONF``, then
 ``/etc/grun.conf``.  Keys not known here are kept in ``Config.raw`` and are not errors, so
@@ -42,7 +45,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KNOWN_KEYS = frozenset({
     "master", "services", "hostname", "bind", "advertise", "cpus", "memory", "spool",
     "log_file", "pid_file", "log_level", "node_timeout", "heartbeat", "default_cpus",
-    "default_memory", "output_keep",
+    "default_memory", "output_keep", "requeue", "min_free_disk",
 })
 
 
@@ -128,6 +131,18 @@ def parse_duration(text) -> float:
         raise ValueError(f"expected {what}, got {_got(text)}")
     return float(sum(Fraction(m.group(1)) * _DURATION_UNIT[m.group(2).lower()]
                      for m in _DURATION_RE.finditer(s)))
+
+
+def parse_bool(value) -> bool:
+    """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {_got(value)}")
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -284,6 +299,8 @@ class Config:
     default_cpus: float = 1.0
     default_memory: int = 100
     output_keep: float = 86400.0
+    requeue: bool = True
+    min_free_disk: int = 64
     raw: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -421,6 +438,8 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
         default_cpus=get("default_cpus", parse_cpus, 1.0),
         default_memory=get("default_memory", parse_memory, 100),
         output_keep=get("output_keep", parse_duration, 86400.0),
+        requeue=get("requeue", parse_bool, True),
+        min_free_disk=get("min_free_disk", parse_memory, 64),
         raw=raw,
     )
 
@@ -446,7 +465,7 @@ def describe(cfg: Config) -> str:
         "log_file": cfg.log_file, "pid_file": cfg.pid_file, "log_level": cfg.log_level,
         "node_timeout": cfg.node_timeout, "heartbeat": cfg.heartbeat,
         "default_cpus": cfg.default_cpus, "default_memory": cfg.default_memory,
-        "output_keep": cfg.output_keep,
+        "output_keep": cfg.output_keep, "requeue": cfg.requeue, "min_free_disk": cfg.min_free_disk,
     }
     extra = {k: v for k, v in cfg.raw.items() if k not in effective}
     body = yaml.safe_dump({**effective, **extra}, sort_keys=False, default_flow_style=False)

@@ -68,30 +68,70 @@ def _setup_logging(cfg: Config, foreground: bool) -> None:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
 
-def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True) -> int:
-    """Run the services until SIGTERM or SIGINT. Returns an exit code."""
+def _lock_pid_file(pid_file: str, takeover: bool) -> int:
+    """Open and lock the pid file; with takeover, wait for the running daemon to let go of it."""
+    if takeover:
+        with open(pid_file + ".takeover", "w") as f:  # tells `grun -d -R` we are ready to wait
+            f.write(f"{os.getpid()}\n")
+    while True:
+        fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if takeover else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonError(f"already running (pid file {pid_file} is locked by pid {_read_pid(pid_file)})") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(pid_file).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the daemon we waited for removed the file we locked: lock the new one
+
+
+def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True,
+          takeover: bool = False) -> int:
+    """Run the services until SIGTERM or SIGINT. Returns an exit code. With takeover, first wait
+    for the daemon running now to exit (a graceful restart started us while it still ran)."""
     services = services or cfg.services
     _setup_logging(cfg, foreground)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
-    lock_fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise DaemonError(f"already running (pid file {pid_file} is locked by pid {_read_pid(pid_file)})") from None
+    if takeover:  # load everything before waiting, so the handover costs no import time
+        from .actors import master as _m, node as _n  # noqa: F401
+    lock_fd = _lock_pid_file(pid_file, takeover)
+    if takeover:
+        log.info("took over from the previous daemon")
+        try:
+            os.unlink(pid_file + ".takeover")
+        except OSError:
+            pass
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
 
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
+    reload_asked = []
+
+    def on_stop(*_):
+        stop.set()
+        wake.set()
+
+    def on_hup(*_):
+        reload_asked.append(True)
+        wake.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     master = master_daemon = node = None
+    code = 0
     try:
         if "queue" in services:
             from .actors.master import Master
             master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
             master = Master(os.path.join(cfg.spool, "master"), default_cpus=cfg.default_cpus,
-                            default_memory=cfg.default_memory, node_timeout=cfg.node_timeout)
+                            default_memory=cfg.default_memory, node_timeout=cfg.node_timeout,
+                            requeue=cfg.requeue, min_free_disk=cfg.min_free_disk)
             uri = master_daemon.register(master, registry.MASTER_NAME)
             master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
             registry.serve_in_thread(master_daemon, "grun-master-pyro")
@@ -102,13 +142,23 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
                         master_host=cfg.master_host, master_port=cfg.master_port, bind=cfg.bind,
                         advertise=cfg.advertise, heartbeat=cfg.heartbeat, output_keep=cfg.output_keep)
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, node.uri, cfg.cpus, cfg.memory)
-        while not stop.wait(1.0):
-            pass
+        while not stop.is_set():
+            wake.wait(1.0)
+            wake.clear()
+            if reload_asked:
+                reload_asked.clear()
+                cfg = reload(cfg, master, node)
+            if master is not None and master.failed.is_set():
+                log.critical("the master's journal failed; exiting so that a restart reads the disk again")
+                code = 1
+                break
         log.info("stopping")
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise DaemonError(f"cannot start: {exc}") from None
     finally:
+        if master is not None:
+            master.begin_shutdown()  # from here callers get "restarting", which clients retry
         if node is not None:
             node.shutdown()
         if master_daemon is not None:
@@ -120,30 +170,96 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         except OSError:
             pass
         os.close(lock_fd)
-    return 0
+    return code
 
 
-def start_background(cfg: Config, wait: float = 15.0) -> int:
-    """Start `serve` in a detached process; returns its pid once its pid file names it."""
+# Keys a running daemon applies on reload; the others (addresses, spool, services) need `grun -d -R`.
+RELOADABLE = {"node_timeout", "default_cpus", "default_memory", "requeue", "min_free_disk", "log_level",
+              "heartbeat", "output_keep", "cpus", "memory"}
+
+
+def reload(cfg: Config, master=None, node=None) -> Config:
+    """Re-read the config file (SIGHUP, `grun -d -r`) and apply what changed without a restart.
+    A bad file is reported and the running config kept."""
+    try:
+        new = load_config(cfg.path)
+    except Exception as exc:  # a broken edit must not take the daemon down
+        log.error("reload: %s; keeping the running config", exc)
+        return cfg
+    fields = ("master_host", "master_port", "services", "hostname", "bind", "advertise", "spool",
+              "log_file", "pid_file", *sorted(RELOADABLE))
+    changed = [f for f in fields if getattr(cfg, f) != getattr(new, f)]
+    applied = [f for f in changed if f in RELOADABLE]
+    ignored = [f for f in changed if f not in RELOADABLE]
+    if "log_level" in applied:
+        logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
+    if master is not None:
+        master.reconfigure(node_timeout=new.node_timeout, default_cpus=new.default_cpus,
+                           default_memory=new.default_memory, requeue=new.requeue,
+                           min_free_disk=new.min_free_disk)
+    if node is not None:
+        node.reconfigure(heartbeat=new.heartbeat, output_keep=new.output_keep, cpus=new.cpus, memory=new.memory)
+    log.info("reloaded %s: %s", cfg.path or "the default config",
+             ", ".join(f"{f}={getattr(new, f)!r}" for f in applied) if applied else "nothing changed")
+    if ignored:
+        log.warning("reload: %s changed but need a restart (grun -d -R)", ", ".join(ignored))
+    for f in ignored:  # keep running with what we run with, so the next reload reports them again
+        setattr(new, f, getattr(cfg, f))
+    return new
+
+
+def start_background(cfg: Config, wait: float = 15.0, takeover_from: int | None = None) -> int:
+    """Start `serve` in a detached process; returns its pid once its pid file names it. With
+    takeover_from (a running daemon's pid), the new process loads its code, then waits for that
+    one to exit, which it asks with SIGTERM once the new one is ready to wait."""
     pid = running_pid(cfg)
-    if pid:
+    if pid and pid != takeover_from:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
-    args = [sys.executable, "-m", "grun.daemon"]
-    if cfg.path:
-        args.append(cfg.path)
+    args = [sys.executable, "-m", "grun.daemon", cfg.path or ""]
+    if takeover_from:
+        args.append("--takeover")
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     with open(log_path, "ab") as log_out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(args, stdin=devnull, stdout=log_out, stderr=log_out,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + wait
+    asked = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}")
         if running_pid(cfg) == proc.pid:
             return proc.pid
-        time.sleep(0.02)
+        if takeover_from and not asked and _ready_to_take_over(cfg.pid_file, proc.pid):
+            asked = True
+            try:
+                os.kill(takeover_from, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
     raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
+
+
+def _ready_to_take_over(pid_file: str, pid: int) -> bool:
+    """The new daemon has loaded its code and waits for the pid file's lock (see _lock_pid_file)."""
+    return _read_pid(pid_file + ".takeover") == pid
+
+
+def ask_reload(cfg: Config) -> int | None:
+    """SIGHUP to the running daemon; its pid, or None when none runs."""
+    pid = running_pid(cfg)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+    return pid
+
+
+def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
+    """Graceful restart (`grun -d -R`): a new daemon (new code, new config) starts and loads, then
+    the running one writes a snapshot and exits, and the new one takes over its pid file, state and
+    port at once. Clients and nodes retry meanwhile, so they see a pause, not an error.
+    Returns (old pid or None, new pid)."""
+    old = running_pid(cfg)
+    return old, start_background(cfg, wait=wait, takeover_from=old)
 
 
 def stop(cfg: Config, wait: float = 15.0) -> bool:
@@ -182,10 +298,12 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
 
 
 def main(argv: list[str]) -> int:
+    takeover = "--takeover" in argv
+    argv = [a for a in argv if a != "--takeover"]
     path = argv[0] if argv else None
     cfg = load_config(path or None)
     try:
-        return serve(cfg, foreground=False)
+        return serve(cfg, foreground=False, takeover=takeover)
     except DaemonError as exc:
         print(f"grun: {exc}", file=sys.stderr)
         return 1

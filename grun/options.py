@@ -57,12 +57,17 @@ OPTIONS = [
     Option("H", "hosts", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
     Option(None, "nowait", "nowait", help="queue the job, print its id and exit"),
+    Option(None, "norequeue", "norequeue", help="do not run the job again if its node is lost"),
+    Option(None, "attach", "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
+    Option(None, "tail", "tail", help="with --attach: only the output from now on"),
     Option("v", "verbose", "verbose", help="print the job id and node on stderr"),
     Option("q", "query", "query", help="query: jobs, status, history, wait ID..."),
     Option("k", "kill", "kill", help="kill jobs: grun -k ID... (with -d: stop the daemons)"),
     Option("n", "signal", "signal", "value", _signal, "signal for -k (default TERM)", "SIG"),
     Option("d", "daemon", "daemon", help="start the configured services in the background"),
     Option("F", "foreground", "foreground", help="with -d: stay in the foreground"),
+    Option("R", "restart", "restart", help="with -d: restart the daemons gracefully (new code and config)"),
+    Option(None, "reload", "reload", help="with -d: reload the config file (also -d -r, or SIGHUP)"),
     Option("C", "config", "config", "value", str, "config file (default $GRUN_CONF or /etc/grun.conf)", "FILE"),
     Option("h", "help", "help", help="show this help"),
     Option("V", "version", "version", help="show the version"),
@@ -73,8 +78,10 @@ _LONG = {o.long: o for o in OPTIONS}
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...   query
        grun -k ID... [-n SIG]                   kill jobs
+       grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)
-       grun -d [-F] | -d -k                     start (foreground) | stop the daemons"""
+       grun -d [-F] | -d -k                     start (foreground) | stop the daemons
+       grun -d -R | -d -r                       restart gracefully | reload the config"""
 
 
 def help_text() -> str:
@@ -126,6 +133,11 @@ def parse(argv: list[str]) -> tuple[dict, list[str]]:
                 opt = _SHORT.get(word[j])
                 if opt is None:
                     raise UsageError(f"unknown option -{word[j]} (see grun --help)")
+                if opt.dest == "priority" and opts.get("daemon") and not word[j + 1:] and not (
+                        i + 1 < len(argv) and _is_number(argv[i + 1])):
+                    opts["reload"] = True  # `grun -d -r`: reload, as in the original grun
+                    j += 1
+                    continue
                 if opt.kind == "flag":
                     take(opt, None, f"-{word[j]}")
                     j += 1

@@ -13,6 +13,7 @@ The fork server is single-threaded and small, so fork is cheap and safe; it impo
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import pwd
@@ -73,8 +74,30 @@ def _usage(rusage, wall: float) -> dict:
             "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock}
 
 
+def _claim(job_dir: str) -> bool:
+    """Become the job's one supervisor, for good: hold `lock` for our whole life (the node tests it
+    to see that we live), and start only a job no supervisor ever started (`supervisor.pid`). A
+    restarted node may ask for a job its previous fork server was still about to start."""
+    fd = os.open(os.path.join(job_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for _ in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:  # another supervisor, or the node looking (briefly)
+            time.sleep(0.02)
+    else:
+        os.close(fd)
+        return False
+    if os.path.exists(os.path.join(job_dir, "supervisor.pid")):
+        os.close(fd)
+        return False
+    return True  # fd stays open (and locked) until this process exits
+
+
 def supervise(job_dir: str, notify_path: str | None) -> None:
     """Run one job to completion and leave its status in the spool. Runs in the forked supervisor."""
+    if not _claim(job_dir):
+        return
     job = read_json(os.path.join(job_dir, "job.json"))
     write_atomic(os.path.join(job_dir, "supervisor.pid"), str(os.getpid()).encode())
     argv = job_argv(job)

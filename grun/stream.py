@@ -39,6 +39,11 @@ MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool fi
 STDIN_READ = 64 << 10
 STDIN_CLOSED_KEEP = 4096
 
+# A peer that vanished (host down, network cut) is noticed within about KEEPIDLE + KEEPINTVL * KEEPCNT
+# seconds even while the job prints nothing, so the client can go back to the master and the node
+# can drop the connection.
+KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
+
 # MSG_MORE lets the 5-byte header ride in the same segment as the sendfile payload (Linux only).
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
@@ -68,6 +73,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
             return None
         got += k
     return bytes(buf)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _write_all(fd: int, data) -> None:
@@ -236,6 +248,7 @@ class StreamServer:
             # Blocking mode: os.sendfile on the raw fd must not see EAGAIN.
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keepalive(sock)
             with self._lock:
                 if self._closed:
                     return
@@ -420,6 +433,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     try:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keepalive(sock)
             sock.sendall(token.encode("ascii"))
             sock.settimeout(None)
         except OSError as e:

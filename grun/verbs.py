@@ -25,7 +25,8 @@ from .options import OPTIONS, UsageError, parse as parse_options
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
 
 # Command-line options that are not about the job a verb runs: refused after `run`/`submit` in the shell.
-NOT_JOB_OPTIONS = {"query", "kill", "daemon", "foreground", "config", "help", "version", "signal"}
+NOT_JOB_OPTIONS = {"query", "kill", "daemon", "foreground", "config", "help", "version", "signal",
+                   "attach", "tail", "restart", "reload"}
 
 
 class Terminated(BaseException):
@@ -227,6 +228,8 @@ def build_spec(opts: dict, words: list[str]) -> dict:
             spec[key] = opts[key]
     if "hosts" in opts:
         spec["host"] = opts["hosts"]
+    if opts.get("norequeue"):
+        spec["requeue"] = False
     if "priority" not in opts and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
         spec["priority"] = int(os.environ["GRUN_PRIORITY"])
     return spec
@@ -292,10 +295,18 @@ def _interrupted(client, job_id, sig, code, io: IO, quiet=False) -> int:
     return code
 
 
+def _attach_args(words: list[str], called: str) -> dict:
+    tail = "--tail" in words
+    args = _one_id([w for w in words if w != "--tail"], called)
+    args["tail"] = tail
+    return args
+
+
 def _attach(client, args: dict, io: IO) -> int:
     io.out.flush()
     try:
-        return client.follow(args["id"], stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd)
+        return client.follow(args["id"], stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
+                             tail=args.get("tail", False), on_note=lambda m: io.say(f"grun: {m}"))
     except KeyboardInterrupt:
         io.say(f"grun: detached from job {args['id']} (it keeps running)")
         return 130
@@ -381,8 +392,8 @@ VERBS: list[Verb] = [
     Verb("resume", "release held jobs, continue suspended ones", "ID...", _resume, _ids, completes="jobs"),
     Verb("edit", "change queued jobs: priority, cpus, memory, hosts, params", "KEY=VALUE[,KEY=VALUE] ID...",
          _edit, _edit_args, completes="jobs"),
-    Verb("attach", "stream a job's output (from the start) and its exit code; Ctrl-C detaches", "ID",
-         _attach, _one_id, completes="jobs"),
+    Verb("attach", "stream a job's output (from the start, or --tail: from now) and its exit code; "
+         "Ctrl-C detaches", "[--tail] ID", _attach, _attach_args, options=_opts("--tail"), completes="jobs"),
     Verb("why", "why a queued job is not running", "ID", _why, _one_id, completes="jobs"),
 ]
 

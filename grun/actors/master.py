@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import Pyro5.api
 from .. import registry
 from ..core import jobs as J
 from ..core.queue import JobTable
-from ..store import Store
+from ..store import Store, StoreError
 
 log = logging.getLogger("grun.master")
 
@@ -28,6 +29,13 @@ SNAPSHOT_EVERY_SECS = 60.0
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
 MAX_WAIT_SECS = 60.0
+DISK_CHECK_SECS = 1.0      # how stale the free-space figure a submission is checked against may be
+DISK_LOG_SECS = 60.0       # how often the admin log repeats that submissions are being refused
+MIN_FREE_INODES = 1000
+
+
+class Restarting(ConnectionRefusedError):
+    """Raised to callers while the master shuts down; clients see an unreachable master and retry."""
 
 
 class NodeLink:
@@ -57,10 +65,21 @@ class NodeLink:
 @Pyro5.api.behavior(instance_mode="single")
 class Master:
     def __init__(self, state_dir: str, *, default_cpus: float = 1.0, default_memory: int = 100,
-                 node_timeout: float = 60.0):
+                 node_timeout: float = 60.0, requeue: bool = True, min_free_disk: int = 64):
         self.state_dir = state_dir
         self.default_cpus, self.default_memory = default_cpus, default_memory
         self.node_timeout = node_timeout
+        self.requeue = requeue
+        self.min_free_disk = min_free_disk  # MB
+        self._disk_checked = 0.0
+        self._disk_refusal: str | None = None
+        self._disk_logged = 0.0
+        self._closing = False
+        self._seq = 0                             # last journal seq handed out
+        self.failed = threading.Event()           # the journal broke: the daemon must exit
+        # job id -> (node incarnation, launch seq) of its confirmed start, to tell a node's list that
+        # predates a start from a job the node really lost
+        self.launched: dict[int, tuple[str, int]] = {}
         self.lock = threading.Lock()
         self.table = JobTable()
         self.store = Store(state_dir, log=logging.getLogger("grun.store"))
@@ -95,17 +114,23 @@ class Master:
             self._remember(job)
         if finished:
             self.store.add_history(finished)
+        now = time.time()
         for job in self.table.jobs.values():
             if job["state"] == J.DISPATCHED:
                 self.unconfirmed[job["id"]] = 0.0
+            if job.get("node") and job["state"] in J.ON_NODE_STATES:
+                # a node that never comes back must still time out, and its jobs be declared lost
+                self.node_info.setdefault(job["node"], {"uri": None, "last_seen": now})
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.table.jobs), len(records))
         self.records_since_snapshot = len(records)
 
     def _record(self, records: list[dict]) -> list:
         """Apply and journal records; call with the lock held. Returns what apply() returned."""
+        if records and self._closing:
+            raise Restarting("the grun master is restarting")
         out = [self.table.apply(r) for r in records]
         if records:
-            self.store.log_nowait(records)
+            self._seq = self.store.log_nowait(records)
             self.records_since_snapshot += len(records)
             for r in records:
                 self._notify(r.get("id") if r["op"] != "submit" else r["job"]["id"])
@@ -113,7 +138,15 @@ class Master:
 
     def _durable(self) -> None:
         """Block (without the lock) until everything journaled so far is fsync'd."""
-        self.store.log([])
+        try:
+            self.store.wait_durable(self._seq)
+        except StoreError as exc:
+            # Records are applied in memory but not on disk: the only safe way on is a restart
+            # that reads the disk again. Nobody is told "done" for what the disk may not have.
+            if not self.failed.is_set():
+                log.critical("journal failed (%s): the master stops and must be restarted", exc)
+                self.failed.set()
+            raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _remember(self, job: dict) -> None:
         self.recent[job["id"]] = job
@@ -157,14 +190,18 @@ class Master:
             requests = [J.validate_spec(s, self.default_cpus, self.default_memory) for s in specs]
         except J.SpecError as exc:
             raise ValueError(str(exc)) from None  # Pyro5 clients rebuild builtin exceptions, not ours
+        refusal = self._disk_refusal_now()
         now = time.time()
         ids = []
         with self.lock:
             records = []
             for req in requests:
-                if req["token"] and req["token"] in self.table.tokens:
-                    ids.append(self.table.tokens[req["token"]])
+                known = self.table.token_id(req["token"])
+                if known is not None:
+                    ids.append(known)  # a retried submission: the same job, not a second one
                     continue
+                if refusal:
+                    raise ValueError(refusal)
                 rec = self.table.submit_record(req, now)
                 records.append(rec)
                 ids.append(rec["job"]["id"])
@@ -172,6 +209,32 @@ class Master:
         self._durable()
         self._kick.set()
         return ids
+
+    def _disk_refusal_now(self) -> str | None:
+        """Why submissions are refused now (the spool file system is nearly full), or None."""
+        now = time.monotonic()
+        if now - self._disk_checked < DISK_CHECK_SECS:
+            return self._disk_refusal
+        self._disk_checked = now
+        try:
+            st = os.statvfs(self.state_dir)
+        except OSError as exc:
+            refusal = f"the grun master cannot check its disk ({exc}): not accepting new jobs"
+        else:
+            free_mb = st.f_bavail * st.f_frsize // 2**20
+            low_inodes = st.f_files and st.f_favail < MIN_FREE_INODES
+            refusal = None
+            if free_mb < self.min_free_disk or low_inodes:
+                what = f"{st.f_favail} free inodes" if low_inodes else f"{free_mb} MB free"
+                refusal = (f"the grun master's disk is nearly full ({what} in {self.state_dir}, "
+                           f"min_free_disk is {self.min_free_disk} MB): not accepting new jobs")
+        if refusal and (self._disk_refusal is None or now - self._disk_logged > DISK_LOG_SECS):
+            log.error("refusing submissions: %s", refusal.split(": not accepting")[0])
+            self._disk_logged = now
+        elif refusal is None and self._disk_refusal is not None:
+            log.warning("disk space is back above min_free_disk (%s MB): accepting submissions", self.min_free_disk)
+        self._disk_refusal = refusal
+        return refusal
 
     def job(self, job_id: int) -> dict:
         job_id = _job_id(job_id)
@@ -289,29 +352,80 @@ class Master:
     # ---- nodes ---------------------------------------------------------------------------------
 
     def register_node(self, info: dict) -> dict:
-        """A node (re)joins. Returns the jobs it should have, so it can start any it missed."""
+        """A node (re)joins with the jobs it holds. We reconcile: jobs it should have but never got
+        are offered again, jobs it lost are declared lost, running copies of jobs that finished or
+        moved elsewhere meanwhile are to be killed (stale), and kills it missed are repeated."""
         name = str(info["name"])
+        now = time.time()
+        running = [int(i) for i in info.get("running", [])]
+        finished = [int(i) for i in info.get("finished", [])]
+        incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
         with self.lock:
+            if self._closing:
+                raise Restarting("the grun master is restarting")
             self.table.node_up(name, float(info["cpus"]), int(info["memory"]))
-            self.node_info[name] = {"uri": str(info["uri"]), "last_seen": time.time()}
+            self.node_info[name] = {"uri": str(info["uri"]), "last_seen": now, "incarnation": incarnation}
             link = self.links.get(name)
             if link is None or link.uri != info["uri"]:
                 self.links[name] = NodeLink(name, str(info["uri"]))
-            expected = [self._view(j) | {"env": j["env"]} for j in self.table.jobs_on(name)]
-        log.info("node %s registered (%s cpus, %s MB)", name, info["cpus"], info["memory"])
+
+            def in_flight(job_id: int) -> bool:  # its start was confirmed after the node made its list
+                got = self.launched.get(job_id)
+                return got is not None and got[0] == incarnation and got[1] > seq
+            records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.requeue)
+            seq_before = self._seq
+            done = self._after_records(self._record(records))
+            start_views = [self._view(j) | {"env": j["env"]} for j in start]
+            kills = {str(j["id"]): int(j["kill_requested"]) for j in self.table.jobs_on(name)
+                     if j.get("kill_requested")}
+        if self._seq != seq_before:
+            self._durable()
+        if done:
+            self.store.add_history(done)
+        for rec in records:
+            if rec["op"] in ("requeue", "finish"):
+                log.warning("job %s: %s (node %s came back without it)", rec["id"],
+                            "re-queued" if rec["op"] == "requeue" else "lost", name)
+            elif rec["op"] == "reclaim":
+                log.info("job %s: node %s came back with it still running; it stays there", rec["id"], name)
+        if stale:
+            log.warning("node %s holds stale copies of jobs %s: killing them", name, stale)
+        log.info("node %s registered (%s cpus, %s MB, %d running, %d finished)", name, info["cpus"],
+                 info["memory"], len(running), len(finished))
         self._kick.set()
-        return {"jobs": expected}
+        return {"start": start_views, "kill": kills, "stale": stale}
 
     def heartbeat(self, name: str, info: dict) -> dict:
+        """A node is alive. A node we declared down must register again (so its jobs are reconciled);
+        running copies of jobs that are no longer its own are named for killing."""
+        now = time.time()
         with self.lock:
             node = self.table.nodes.get(name)
-            if node is None or name not in self.node_info:
+            if node is None or name not in self.node_info or not node.up or self._closing:
                 return {"known": False}
-            self.node_info[name]["last_seen"] = time.time()
-            if not node.up:
-                node.up = True
-                self._kick.set()
-        return {"known": True}
+            self.node_info[name]["last_seen"] = now
+            stale, done, seq_before = [], [], self._seq
+            if "running" in info:
+                records, _, stale = self.table.reconcile(name, info["running"], None, now)
+                done = self._after_records(self._record(records))
+        if stale:
+            log.warning("node %s runs stale copies of jobs %s: killing them", name, stale)
+        if self._seq != seq_before:
+            self._durable()
+        if done:
+            self.store.add_history(done)
+        return {"known": True, "stale": stale}
+
+    def _after_records(self, applied: list) -> list[dict]:
+        """Bookkeeping for records just applied (lock held): finished jobs are remembered (and
+        returned, for the history once they are durable); the scheduler is woken for re-queued ones."""
+        finished = [j for j in applied if j is not None and j["state"] in J.FINAL_STATES]
+        for job in finished:
+            self._remember(job)
+            self.launched.pop(job["id"], None)
+        if any(j is not None and j["state"] == J.QUEUED for j in applied):
+            self._kick.set()
+        return finished
 
     def finished(self, name: str, reports: list) -> list:
         """Completions from a node; applied once each, acknowledged after they are durable."""
@@ -324,14 +438,23 @@ class Master:
                 result = {k: rep.get(k) for k in ("exit_code", "signal", "usage", "error", "start_time")
                           if rep.get(k) is not None}
                 rec = self.table.finish_record(job_id, result, now, node=name)
+                if rec is not None and rep.get("lost"):
+                    # the node lost the job (its host rebooted under it): like a lost node, for this job
+                    job = self.table.jobs[job_id]
+                    rec = self.table.lost_record(job, now, f"node {name}: {rep.get('error') or 'job lost'}",
+                                                 self.requeue)
+                    log.warning("job %s lost on node %s (%s): %s", job_id, name, rep.get("error"),
+                                "re-queued" if rec["op"] == "requeue" else "not re-queued")
                 if rec is not None:
                     job = self._record([rec])[0]
-                    self._remember(job)
-                    done.append(job)
+                    if job["state"] in J.FINAL_STATES:
+                        self._remember(job)
+                        self.launched.pop(job_id, None)
+                        done.append(job)
         self._durable()
         if done:
             self.store.add_history(done)
-            self._kick.set()
+        self._kick.set()
         return acked
 
     def _call_node(self, name: str, method: str, *args):
@@ -387,7 +510,12 @@ class Master:
         now = time.time()
         with self.lock:
             records = []
+            launch = (str(reply.get("incarnation", "")), int(reply.get("seq", 0)))
             for job_id, pid in reply.get("started", {}).items():
+                job = self.table.jobs.get(int(job_id))
+                if job is None or job.get("node") != name:
+                    continue  # finished or moved meanwhile; the node learns it is stale on its next beat
+                self.launched[int(job_id)] = launch
                 records.append({"op": "start", "id": int(job_id), "node": name, "pid": pid, "time": now})
             for job_id, error in reply.get("rejected", {}).items():
                 records.append({"op": "finish", "id": int(job_id), "time": now,
@@ -409,25 +537,66 @@ class Master:
                 log.exception("housekeeping failed")
 
     def _mark_silent_nodes(self) -> None:
+        """A node silent for node_timeout is down; the jobs it had are lost (re-queued or finished)."""
         now = time.time()
+        records, done = [], []
         with self.lock:
             for name, info in self.node_info.items():
+                silent = now - info["last_seen"]
+                if silent <= self.node_timeout:
+                    continue
                 node = self.table.nodes.get(name)
-                if node is not None and node.up and now - info["last_seen"] > self.node_timeout:
+                if node is not None and node.up:
                     node.up = False
-                    log.warning("node %s silent for %.0f s: no new jobs go there", name, now - info["last_seen"])
+                    log.warning("node %s silent for %.0f s: marked down, no new jobs go there", name, silent)
+                reason = f"node {name} lost (silent for {silent:.0f} s)"
+                for job in self.table.jobs_on(name):
+                    rec = self.table.lost_record(job, now, reason, self.requeue)
+                    records.append(rec)
+                    log.warning("job %s: %s; %s", job["id"], reason,
+                                "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}")
+            if records and not self._closing:
+                done = self._after_records(self._record(records))
+        if records and not self._closing:
+            self._durable()
+            if done:
+                self.store.add_history(done)
 
-    def shutdown(self) -> None:
+    def reconfigure(self, **changes) -> dict:
+        """Apply reloaded config keys that need no restart; returns those that changed."""
+        known = ("default_cpus", "default_memory", "node_timeout", "requeue", "min_free_disk")
+        changed = {}
+        with self.lock:
+            for key, value in changes.items():
+                if key in known and getattr(self, key) != value:
+                    changed[key] = value
+                    setattr(self, key, value)
+            if "min_free_disk" in changed:
+                self._disk_checked = 0.0
+        return changed
+
+    def begin_shutdown(self) -> None:
+        """From now on nothing changes state; callers get Restarting, which clients retry."""
+        with self.lock:
+            self._closing = True
         self._stop.set()
         self._kick.set()
+
+    def shutdown(self) -> None:
+        self.begin_shutdown()
         for t in self._threads:
             t.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self.lock:
-            ticket = self.store.begin_snapshot()
-            state = self.table.snapshot()
-        self.store.write_snapshot(ticket, state)
-        self.store.close()
+        try:
+            if not self.failed.is_set():
+                with self.lock:
+                    ticket = self.store.begin_snapshot()
+                    state = self.table.snapshot()
+                self.store.write_snapshot(ticket, state)
+        except (StoreError, OSError) as exc:
+            log.error("no snapshot at shutdown (%s); the journal has everything", exc)
+        finally:
+            self.store.close()
 
 
 def _job_id(raw) -> int:

@@ -10,10 +10,12 @@ the spool.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +49,7 @@ class LiveJob:
     stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
     finished_at: float = 0.0
+    superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -61,6 +64,44 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
+def supervisor_alive(job_dir: str) -> bool:
+    """Whether a supervisor process holds this job (it keeps `lock` locked while it lives). Call
+    only once `supervisor.pid` exists: the supervisor takes the lock before writing it."""
+    try:
+        fd = os.open(os.path.join(job_dir, "lock"), os.O_RDONLY)
+    except FileNotFoundError:  # a supervisor of an older grun: by its pid
+        return _pid_alive(spawner._read_int(os.path.join(job_dir, "supervisor.pid")))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _rebooted_since(path: str) -> bool:
+    """Whether this host booted after the file was written (so whatever it names is gone)."""
+    try:
+        return os.stat(path).st_mtime < psutil.boot_time()
+    except OSError:
+        return False
+
+
+def _kill_orphan_group(job_dir: str) -> None:
+    """A job whose supervisor died may still run: end its process group, if it is still the job's."""
+    pid = spawner._read_int(os.path.join(job_dir, "pid"))
+    if pid is None:
+        return
+    try:
+        proc = psutil.Process(pid)
+        if os.getpgid(pid) != pid or proc.create_time() > os.stat(os.path.join(job_dir, "pid")).st_mtime + 1:
+            return  # the pid names some other process now
+    except (psutil.Error, OSError):
+        return
+    spawner._killpg(pid, signal.SIGKILL)
+
+
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Node:
@@ -70,6 +111,11 @@ class Node:
         self.name, self.cpus, self.memory = name, float(cpus), int(memory)
         self.master_host, self.master_port = master_host, master_port
         self.advertise, self.heartbeat_secs, self.output_keep = advertise, heartbeat, output_keep
+        # Launches are numbered within this process's life (its incarnation), so the master can tell
+        # a job list made before a start it saw confirmed from one that really lacks the job.
+        self.incarnation = secrets.token_hex(8)
+        self.launch_seq = 0
+        self._reregister = False
         self.jobs_dir = os.path.join(spool, "jobs")
         os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
         self.lock = threading.RLock()
@@ -130,9 +176,12 @@ class Node:
             except Exception as exc:
                 log.exception("job %s: cannot start", job_id)
                 rejected[str(job_id)] = f"node {self.name}: {exc}"
-        return {"started": started, "rejected": rejected}
+        with self.lock:
+            seq = self.launch_seq
+        return {"started": started, "rejected": rejected, "incarnation": self.incarnation, "seq": seq}
 
     def _launch(self, job_id: int, job: dict) -> None:
+        self.launch_seq += 1
         job_dir = os.path.join(self.jobs_dir, str(job_id))
         if os.path.exists(os.path.join(job_dir, "job.json")):
             self._adopt_one(job_dir)  # we restarted since we started it
@@ -170,6 +219,29 @@ class Node:
             live = self.live.get(int(job_id))
             out[str(job_id)] = live is not None and self.signal_job(live, int(sig), escalate=True)
         return out
+
+    def kill_stale(self, job_ids: list) -> None:
+        """Copies the master no longer counts as the job (re-run elsewhere, or ended): kill them;
+        their end is marked superseded, so an attached client follows the job to its new place."""
+        for job_id in job_ids:
+            live = self.live.get(int(job_id))
+            if live is not None and live.status is None:
+                log.warning("job %s: killing this stale copy (the master re-ran or ended the job)", job_id)
+                live.superseded = True
+                self.signal_job(live, signal.SIGTERM, escalate=True)
+
+    def reconfigure(self, heartbeat: float | None = None, output_keep: float | None = None,
+                    cpus: float | None = None, memory: int | None = None) -> None:
+        """Reloaded config: timings apply at once; new cpus or memory are sent by registering again."""
+        if heartbeat is not None:
+            self.heartbeat_secs = heartbeat
+        if output_keep is not None:
+            self.output_keep = output_keep
+        if (cpus is not None and float(cpus) != self.cpus) or (memory is not None and int(memory) != self.memory):
+            self.cpus = float(cpus) if cpus is not None else self.cpus
+            self.memory = int(memory) if memory is not None else self.memory
+            self._reregister = True
+            self._report_now.set()
 
     # ---- supervisor-facing ---------------------------------------------------------------------
 
@@ -213,7 +285,12 @@ class Node:
         spawner._killpg(pid, signal.SIGKILL)
 
     def mark_fetched(self, live: LiveJob) -> None:
-        live.fetched = True
+        if not live.fetched:
+            live.fetched = True
+            try:  # so a restarted node does not keep fetched output for the whole output_keep
+                open(os.path.join(live.dir, "fetched"), "wb").close()
+            except OSError:
+                pass
 
     # ---- completion ----------------------------------------------------------------------------
 
@@ -221,8 +298,10 @@ class Node:
         with self.lock:
             if live.status is not None:
                 return
+            if live.superseded:
+                status = dict(status, superseded=True)
             live.status = status
-            live.finished_at = time.time()
+            live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
         self.stream.wake(str(live.id))
         self._report_now.set()
@@ -257,11 +336,20 @@ class Node:
         for live in list(self.live.values()):
             if live.status is not None or self.job_status(live) is not None:
                 continue
-            sup = spawner._read_int(os.path.join(live.dir, "supervisor.pid"))
-            if sup is not None and not _pid_alive(sup):
+            if os.path.exists(os.path.join(live.dir, "supervisor.pid")) and not supervisor_alive(live.dir):
                 if self.job_status(live) is None:  # it may have finished in between
-                    self._finished(live, {"exit_code": 255, "signal": None, "error": "job supervisor vanished",
-                                          "end_time": time.time()})
+                    self._supervisor_vanished(live, "job supervisor vanished")
+
+    def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
+        """The supervisor died without writing the job's status. If the host rebooted since the job
+        started, the job died with it: report it lost (the master may run it again). Otherwise the
+        job may still run: end it, and report a failure (running it again could run it twice)."""
+        if _rebooted_since(os.path.join(live.dir, "supervisor.pid")):
+            self._finished(live, {"exit_code": 255, "signal": None, "lost": True, "end_time": time.time(),
+                                  "error": f"{why}: the host rebooted"})
+            return
+        _kill_orphan_group(live.dir)
+        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time()})
 
     # ---- the master conversation ---------------------------------------------------------------
 
@@ -273,7 +361,8 @@ class Node:
             try:
                 if master is None:
                     master = registry.proxy(registry.master_uri(self.master_host, self.master_port))
-                if not registered:
+                if not registered or self._reregister:
+                    self._reregister = False
                     self._register(master)
                     registered = True
                     next_beat = time.monotonic() + self.heartbeat_secs
@@ -282,6 +371,7 @@ class Node:
                     self._check_jobs()
                     reply = master.heartbeat(self.name, self._load())
                     registered = bool(reply.get("known"))
+                    self.kill_stale(reply.get("stale", []))
                     next_beat = time.monotonic() + self.heartbeat_secs
                 self._register_names()
             except Exception as exc:
@@ -297,17 +387,28 @@ class Node:
             self._report_now.wait(min(1.0, self.heartbeat_secs))
             self._report_now.clear()
 
+    def _held(self) -> dict:
+        """The jobs we hold, for the master to reconcile with: running ones, and finished ones it has
+        not acknowledged yet; with the launch count they were taken at."""
+        with self.lock:
+            running = [l.id for l in self.live.values() if l.status is None]
+            finished = [l.id for l in self.live.values() if l.status is not None and not l.reported]
+            return {"running": running, "finished": finished, "incarnation": self.incarnation,
+                    "seq": self.launch_seq}
+
     def _register(self, master) -> None:
         reply = master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
-                                      "memory": self.memory})
-        missing = [j for j in reply.get("jobs", []) if int(j["id"]) not in self.live]
+                                      "memory": self.memory, **self._held()})
+        # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
+        missing = [j for j in reply.get("start", []) if int(j["id"]) not in self.live]
         if missing:
             self.start(missing)
         # a kill the master accepted while it had no link to us (we or it restarted) arrives only here
-        for job in reply.get("jobs", []):
-            live = self.live.get(int(job["id"]))
-            if job.get("kill_requested") and live is not None:
-                self.signal_job(live, int(job["kill_requested"]), escalate=True)
+        for job_id, sig in reply.get("kill", {}).items():
+            live = self.live.get(int(job_id))
+            if live is not None:
+                self.signal_job(live, int(sig), escalate=True)
+        self.kill_stale(reply.get("stale", []))
         self._ns_queue.append((registry.node_name(self.name), self.uri))
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
 
@@ -341,7 +442,8 @@ class Node:
                 self._ns_queue[:0] = batch
 
     def _load(self) -> dict:
-        return {"running": len([l for l in self.live.values() if l.status is None]),
+        held = self._held()
+        return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20}
 
     # ---- the spool -----------------------------------------------------------------------------
@@ -363,19 +465,19 @@ class Node:
             return
         live = LiveJob(int(job["id"]), job_dir, job)
         live.reported = os.path.exists(os.path.join(job_dir, "reported"))
+        live.fetched = os.path.exists(os.path.join(job_dir, "fetched"))
         self._register_job(live)
         if self.job_status(live) is None:
-            sup = spawner._read_int(os.path.join(job_dir, "supervisor.pid"))
-            if sup is None or not _pid_alive(sup):
-                if not os.path.exists(os.path.join(job_dir, "supervisor.pid")) and not live.reported:
-                    self._spawn(job_dir)  # written but never started: start it now
-                elif self.job_status(live) is None:
-                    self._finished(live, {"exit_code": 255, "signal": None,
-                                          "error": "job supervisor vanished while the node was down",
-                                          "end_time": time.time()})
+            if not os.path.exists(os.path.join(job_dir, "supervisor.pid")):
+                # written but never started, or a fork server of ours still has it in its pipe: the
+                # supervisor's lock and its supervisor.pid check make a second start a no-op
+                if not live.reported:
+                    self._spawn(job_dir)
+            elif not supervisor_alive(job_dir) and self.job_status(live) is None:
+                self._supervisor_vanished(live, "job supervisor vanished while the node was down")
 
     def _janitor_loop(self) -> None:
-        while not self._stop.wait(JANITOR_SECS):
+        while not self._stop.wait(min(JANITOR_SECS, max(0.5, self.output_keep / 4))):
             try:
                 self._check_jobs()
                 self._sweep()

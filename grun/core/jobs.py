@@ -23,7 +23,7 @@ MAX_MEMORY_MB = 1 << 40
 # Keys a client may set; anything else in a submission is refused, so typos do not pass silently.
 SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
-    "token", "priority", "name", "host",
+    "token", "priority", "name", "host", "requeue",
 }
 
 
@@ -89,6 +89,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
         "name": spec.get("name") if isinstance(spec.get("name"), str) else None,
         "host": spec.get("host") if isinstance(spec.get("host"), str) else None,
+        "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
     return out
 

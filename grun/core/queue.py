@@ -7,10 +7,17 @@ replayed through the same `apply`, so live operation and recovery cannot disagre
 
 from __future__ import annotations
 
+import collections
 import random
 
 from . import jobs as J
 from .placement import NodeView, place
+
+# Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
+# its job already ended still gets the same id instead of queueing the job again.
+TOKEN_KEEP_SECS = 3600.0
+TOKEN_KEEP_MAX = 100_000
+LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 
 
 class PendingQueue:
@@ -50,6 +57,8 @@ class JobTable:
         self.pending = PendingQueue()
         self.nodes: dict[str, NodeView] = {}
         self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
+        # tokens of finished jobs: token -> (job id, end time), oldest first
+        self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self.next_id = 1
         self.rng = rng or random.Random()
 
@@ -81,9 +90,17 @@ class JobTable:
         elif op == "kill":
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
+            # its node was declared lost: back in the queue, remembering where the old copy may live
             self._release(job)
-            job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"))
+            job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
+            job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
+        elif op == "reclaim":
+            # the lost node came back with the job still running, before it ran anywhere else
+            if job["state"] == J.QUEUED and job.get("lost_from") == rec["node"]:
+                self.pending.remove(job)
+                job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
+                self._reserve(job)
         elif op == "finish":
             return self._finish(job, rec)
         return job
@@ -94,6 +111,10 @@ class JobTable:
         del self.jobs[job["id"]]
         if job.get("token"):
             self.tokens.pop(job["token"], None)
+            self._keep_token(job["token"], job["id"], rec["time"])
+        if rec.get("node") and not job.get("node"):
+            job["node"] = rec["node"]  # finished by the copy on the node it was lost from
+        job.pop("lost_from", None)
         result = rec.get("result", {})
         job.update(result)
         job["end_time"] = rec["time"]
@@ -105,6 +126,24 @@ class JobTable:
         else:
             job["state"] = J.DONE if job["exit"] == 0 else J.FAILED
         return job
+
+    def _keep_token(self, token: str, job_id: int, now: float) -> None:
+        self.done_tokens[token] = (job_id, now)
+        self.done_tokens.move_to_end(token)
+        while self.done_tokens:
+            oldest = next(iter(self.done_tokens.values()))
+            if len(self.done_tokens) <= TOKEN_KEEP_MAX and oldest[1] >= now - TOKEN_KEEP_SECS:
+                break
+            self.done_tokens.popitem(last=False)
+
+    def token_id(self, token: str | None) -> int | None:
+        """The job a client token already named (live, or finished not long ago)."""
+        if not token:
+            return None
+        if token in self.tokens:
+            return self.tokens[token]
+        done = self.done_tokens.get(token)
+        return done[0] if done else None
 
     def _reserve(self, job: dict) -> None:
         node = self.nodes.get(job.get("node"))
@@ -147,9 +186,60 @@ class JobTable:
         job = self.jobs.get(job_id)
         if job is None:
             return None
-        if node is not None and job.get("node") not in (None, node):
-            return None  # a stale copy on another node; the current dispatch decides
-        return {"op": "finish", "id": job_id, "result": result, "time": now}
+        if node is not None:
+            current = job.get("node")
+            if current is None and job.get("lost_from") != node:
+                return None  # queued, and this node never had it (or was not the one it was lost from)
+            if current is not None and current != node:
+                return None  # a stale copy on another node; the current dispatch decides
+        rec = {"op": "finish", "id": job_id, "result": result, "time": now}
+        if node is not None:
+            rec["node"] = node
+        return rec
+
+    def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
+        """What becomes of a job whose node was declared lost: back to the queue if it may run again
+        (config `requeue:` and the job's own `requeue`), else finished as lost; killed if a kill was
+        asked for."""
+        if job.get("kill_requested"):
+            sig = int(job["kill_requested"])
+            return {"op": "finish", "id": job["id"], "time": now,
+                    "result": {"status": J.KILLED, "signal": sig, "exit_code": None, "error": reason}}
+        if requeue and job.get("requeue", True):
+            return {"op": "requeue", "id": job["id"], "node": job.get("node"), "reason": reason, "time": now}
+        return {"op": "finish", "id": job["id"], "time": now,
+                "result": {"status": J.LOST, "exit_code": LOST_EXIT, "error": reason}}
+
+    def reconcile(self, name: str, running, finished=None, now: float = 0.0, in_flight=None,
+                  requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
+        """Compare what a node says it holds with what we think it holds.
+
+        `running`: ids of the jobs running on the node; `finished`: ids it holds finished and not yet
+        reported, or None when the node sent only its running jobs (a heartbeat): then nothing is
+        declared lost and nothing is offered. `in_flight(id)` says a start is too recent for the
+        node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
+        as stale copies)."""
+        running = {int(i) for i in running}
+        held = running | ({int(i) for i in finished} if finished is not None else set())
+        records, start, stale = [], [], []
+        for job in self.jobs_on(name) if finished is not None else ():
+            if job["id"] in held:
+                continue
+            if job["state"] == J.DISPATCHED:
+                start.append(job)  # the start never reached the node: offer it again
+            elif not (in_flight and in_flight(job["id"])):
+                records.append(self.lost_record(
+                    job, now, f"node {name} came back without it", requeue))
+        for job_id in sorted(running):
+            job = self.jobs.get(job_id)
+            if job is not None and job.get("node") == name:
+                if job["state"] == J.DISPATCHED:
+                    records.append({"op": "start", "id": job_id, "node": name, "pid": None, "time": now})
+            elif job is not None and job["state"] == J.QUEUED and job.get("lost_from") == name:
+                records.append({"op": "reclaim", "id": job_id, "node": name, "time": now})
+            else:
+                stale.append(job_id)  # finished, or re-queued and placed elsewhere: the copy here must go
+        return records, start, stale
 
     # ---- nodes ---------------------------------------------------------------------------------
 
@@ -171,9 +261,12 @@ class JobTable:
     # ---- snapshots -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        return {"next_id": self.next_id, "jobs": [dict(j) for j in self.jobs.values()]}
+        return {"next_id": self.next_id, "jobs": [dict(j) for j in self.jobs.values()],
+                "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()]}
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
+        for token, job_id, at in state.get("done_tokens", []):
+            self.done_tokens[token] = (job_id, at)
         for job in state.get("jobs", []):
             self.apply({"op": "submit", "job": job})

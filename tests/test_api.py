@@ -1,0 +1,132 @@
+"""The Python client API (issue 6, "Python client API") against real daemons: `from grun import Client`,
+submit -> Job, state, wait, output whole and streamed (from the node, not the master), kill,
+suspend/resume, the lists, and grun's own exceptions (never a raw Pyro5 error)."""
+from __future__ import annotations
+
+import os
+import time
+
+import Pyro5.errors
+import pytest
+
+from grun import Client, GrunError, Job, JobNotFound, MasterUnreachable, NotSupported, Timeout
+from grun.testing import free_port
+from util import wait_for
+
+
+def test_client_finds_the_master_like_the_command_line(cluster, monkeypatch):
+    monkeypatch.setenv("GRUN_CONF", cluster.client_config)
+    names = {n["name"] for n in Client().nodes()}
+    assert names == {"big", "small"}
+    client = Client(f"127.0.0.1:{cluster.port}")
+    assert (client.host, client.port) == ("127.0.0.1", cluster.port)
+    assert {n["name"] for n in client.nodes()} == names
+
+
+def test_submit_wait_and_output(cluster, tmp_path):
+    client = cluster.client()
+    job = client.submit("echo out $GREETING; pwd; echo err >&2; exit 3", cpus=0.5, memory="200M",
+                        priority=30, cwd=str(tmp_path), env={"GREETING": "hello"})
+    assert isinstance(job, Job) and job.id > 0
+    assert job.wait(30) == 3
+    assert job.state == "failed"
+    assert job.stdout() == f"out hello\n{tmp_path}\n".encode()
+    assert job.stderr() == b"err\n"
+    assert job.stdout() == f"out hello\n{tmp_path}\n".encode(), "reading the output keeps it"
+    info = job.info()
+    assert (info["cpus"], info["memory"], info["priority"]) == (0.5, 200, 30)
+    argv = client.submit(["sh", "-c", 'printf "%s|" "$@"', "sh", "a b", "c"])
+    assert argv.wait(30) == 0 and argv.stdout() == b"a b|c|"
+
+
+def test_output_streams_while_the_job_runs(cluster, tmp_path):
+    done = tmp_path / "done"
+    job = cluster.client().submit(f"echo first; sleep 1.5; echo second; touch {done}")
+    chunks = job.stdout(stream=True)
+    assert next(chunks) == b"first\n"
+    assert not done.exists(), "the first chunk only came once the job had ended"
+    assert b"".join(chunks) == b"second\n"
+    assert job.wait(10) == 0
+
+
+def test_wait_with_a_timeout_and_kill(cluster):
+    client = cluster.client()
+    job = client.submit("sleep 60")
+    wait_for(lambda: job.state == "running", what="the job to run")
+    start = time.monotonic()
+    with pytest.raises(Timeout):
+        job.wait(timeout=0.5)
+    assert time.monotonic() - start < 5
+    with pytest.raises(TimeoutError):  # Timeout is also the builtin kind
+        job.wait(timeout=0.1)
+    assert job.kill() is True
+    assert job.wait(30) == 143
+    assert job.state == "killed"
+    assert job.kill() is False, "an ended job is not live"
+
+
+def test_suspend_and_resume(cluster):
+    job = cluster.client().submit("for i in $(seq 100); do echo $i; sleep 0.05; done")
+    wait_for(lambda: job.state == "running", what="the job to run")
+    try:
+        try:
+            assert job.suspend() is True
+        except NotSupported:
+            pytest.skip("this master has no hold/resume yet (issue 4)")
+        wait_for(lambda: job.state == "suspended", what="the job to be suspended")
+        assert job.resume() is True
+        wait_for(lambda: job.state in ("running", "done"), what="the job to run again")
+        assert job.wait(30) == 0
+        assert job.stdout().split() == [str(i).encode() for i in range(1, 101)]
+    finally:
+        job.kill(9)
+        job.wait(30)
+
+
+def test_lists(cluster):
+    client = cluster.client()
+    job = client.submit("sleep 30", name=f"api-lists-{os.getpid()}")
+    try:
+        wait_for(lambda: job.state == "running", what="the job to run")
+        live = {j["id"]: j for j in client.jobs()}
+        assert live[job.id]["state"] == "running"
+        assert live[job.id].get("name") == f"api-lists-{os.getpid()}"
+        nodes = {n["name"]: n for n in client.nodes()}
+        assert sum(n["running"] for n in nodes.values()) >= 1
+    finally:
+        job.kill(9)
+        job.wait(30)
+    wait_for(lambda: job.id in [j["id"] for j in client.history(50)], 10, what="the job in the history")
+    assert client.get(job.id) == job
+
+
+def test_errors_are_grun_exceptions(cluster):
+    client = cluster.client()
+    with pytest.raises(JobNotFound):
+        client.get(999999)
+    with pytest.raises(JobNotFound):
+        Job(client, 999999).wait(5)
+    with pytest.raises(GrunError):
+        client.submit("true", memory="lots")
+    with pytest.raises(GrunError):
+        client.submit("true", cwd="relative/dir/../x", cpus=-1)
+    with pytest.raises(GrunError):
+        client.submit([])
+    with pytest.raises(GrunError):
+        Client("not a host:port:at all")
+    start = time.monotonic()
+    with pytest.raises(MasterUnreachable) as err:
+        Client(f"127.0.0.1:{free_port()}", connect_wait=0.5).jobs()
+    assert time.monotonic() - start < 5
+    assert not isinstance(err.value, Pyro5.errors.PyroError)
+
+
+def test_one_client_in_many_threads(cluster):
+    from concurrent.futures import ThreadPoolExecutor
+    client = cluster.client()
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda i: client.submit(f"echo {i}", cpus=0.1), range(16)))
+        codes = list(pool.map(lambda j: j.wait(30), jobs))
+        outs = list(pool.map(lambda j: j.stdout(), jobs))
+    assert codes == [0] * 16
+    assert outs == [f"{i}\n".encode() for i in range(16)]

@@ -1,0 +1,149 @@
+"""Python functions run on the cluster (issue 6, "Remote Python functions") with real daemons:
+functions from `__main__`, lambdas and closures, remote exceptions with their traceback, the
+function's own output, futures, and `map` over 20 items on 2 nodes, in order."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+
+import pytest
+
+import grun
+from grun import GrunError
+
+
+def test_a_function_defined_in_main(cluster, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        import grun
+
+        def where(x, *, times=1):
+            print(f"computing {x} on a node", flush=True)
+            print("a warning", file=sys.stderr)
+            return {"value": x * times, "job": os.environ["GRUN_JOB_ID"], "python": sys.executable}
+
+        if __name__ == "__main__":
+            got = grun.remote(where, 21, times=2, cpus=0.5)
+            print(got["value"], got["job"] != "", got["python"] == sys.executable)
+    """))
+    before = set(os.listdir(tmp_path))
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=cluster.env, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"computing 21 on a node\n42 True True\n"
+    assert r.stderr == b"a warning\n"
+    assert set(os.listdir(tmp_path)) == before, "the call left files behind"
+
+
+def test_a_closure_and_a_lambda(cluster):
+    client = cluster.client()
+    base = {"offset": 100}
+
+    def add(x):
+        return x + base["offset"]
+
+    assert grun.remote(add, 5, client=client) == 105
+    assert grun.remote(lambda: [os.getpid(), os.getppid()], client=client)[0] != os.getpid()
+    assert grun.remote(sorted, [3, 1, 2], reverse=True, client=client) == [3, 2, 1]
+
+
+def test_an_exception_comes_back_with_the_remote_traceback(cluster):
+    def fails(n):
+        def deeper():
+            raise ValueError(f"bad value {n}")
+        deeper()
+
+    with pytest.raises(ValueError) as err:
+        grun.remote(fails, 7, client=cluster.client())
+    assert str(err.value) == "bad value 7"
+    text = "".join(traceback.format_exception(err.value))
+    assert "remote traceback of" in text
+    assert "in deeper" in text and 'raise ValueError(f"bad value {n}")' in text
+
+
+def test_the_functions_output_reaches_the_caller(cluster, capfd):
+    def chatty():
+        import subprocess
+        print("from print")
+        print("to stderr", file=sys.stderr)
+        subprocess.run(["echo", "from a child process"])
+        return "value"
+
+    assert grun.remote(chatty, client=cluster.client()) == "value"
+    out, err = capfd.readouterr()
+    assert out == "from print\nfrom a child process\n"
+    assert err == "to stderr\n"
+
+
+def test_a_call_that_dies_is_a_remote_error(cluster):
+    client = cluster.client()
+    with pytest.raises(grun.RemoteError) as err:
+        grun.remote(os._exit, 3, client=client)
+    assert "exit code 3" in str(err.value) and "without returning a result" in str(err.value)
+    with pytest.raises(grun.RemoteError) as err:
+        grun.remote(sys.exit, 4, client=client)
+    assert "sys.exit(4)" in str(err.value)
+    with pytest.raises(grun.RemoteError) as err:
+        grun.remote(abs, -1, python="/nonexistent/python3", client=client)
+    assert "127" in str(err.value)
+    with pytest.raises(GrunError):
+        grun.remote(abs, -1, memory="lots", client=client)
+
+
+def test_submit_call_returns_a_future(cluster):
+    client = cluster.client()
+    future = grun.submit_call(time.sleep, 30, client=client)
+    assert future.job.id > 0 and not future.done()
+    fast = grun.submit_call(divmod, 17, 5, client=client)
+    assert fast.result(timeout=30) == (3, 2)
+    assert future.cancel() is True
+    assert future.job.wait(30) == 143  # cancelling killed the job
+    assert future.cancelled()
+
+
+def test_map_over_20_items_on_2_nodes(cluster):
+    def square(x):
+        import os
+        import time
+        time.sleep(0.3)
+        return x * x, os.environ["GRUN_NODE"]
+
+    start = time.monotonic()
+    results = grun.map(square, range(20), cpus=1, memory=50, client=cluster.client())
+    elapsed = time.monotonic() - start
+    assert [r[0] for r in results] == [x * x for x in range(20)]
+    assert {r[1] for r in results} == {"big", "small"}, "both nodes ran calls"
+    assert elapsed < 20 * 0.3, f"not parallel: {elapsed:.1f} s"
+    assert grun.map(abs, [], client=cluster.client()) == []
+
+
+def test_map_raises_the_first_failure_in_order(cluster):
+    def inverse(x):
+        return 1 / x
+
+    with pytest.raises(ZeroDivisionError):
+        grun.map(inverse, [1, 2, 0, 4], client=cluster.client())
+
+
+def test_the_functions_output_arrives_while_it_runs(cluster, capfd, tmp_path):
+    from util import wait_for
+    go = tmp_path / "go"
+
+    def slow():
+        print("started")
+        while not go.exists():
+            time.sleep(0.05)
+        return "finished"
+
+    future = grun.submit_call(slow, client=cluster.client())
+    seen = []
+    wait_for(lambda: seen.append(capfd.readouterr().out) or "started\n" in "".join(seen), 20,
+             what="the function's first line")
+    assert not future.done()
+    go.touch()
+    assert future.result(timeout=30) == "finished"

@@ -1,0 +1,139 @@
+"""The one verb table and the pieces of issue 6 that need no cluster: the table's shape, the command
+line's forms mapped onto it, the shell's parsing of a line, the remote-call result framing, and a
+cheap `import grun`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from grun import calls, cli, shell, verbs
+from grun.options import UsageError
+from grun.remote_worker import RESULT_MARK
+
+
+def test_every_verb_has_a_name_help_usage_parser_and_runner():
+    names = [n for v in verbs.VERBS for n in (v.name, *v.aliases)]
+    assert len(names) == len(set(names)), "a name or alias is used twice"
+    for verb in verbs.VERBS:
+        assert verb.help and "\n" not in verb.help
+        assert callable(verb.run) and callable(verb.parse)
+        assert verbs.find(verb.name) is verb
+    for name in ("run", "submit", "jobs", "status", "history", "kill", "hold", "resume", "edit", "wait",
+                 "attach", "why", "help", "exit", "watch", "top"):
+        assert verbs.find(name) is not None, name
+
+
+def test_the_command_lines_forms_are_verbs_of_the_table():
+    for query in cli.QUERIES:
+        assert verbs.find(query) is not None
+    for alias in ("j", "s", "nodes", "hist", "h"):
+        assert verbs.find(alias).name in cli.QUERIES
+
+
+@pytest.mark.parametrize("verb,words,expected", [
+    ("kill", ["-n", "KILL", "3", "4"], {"ids": [3, 4], "signal": 9}),
+    ("wait", ["7"], {"ids": [7]}),
+    ("history", ["-c", "5", "--json"], {"count": 5, "json": True}),
+    ("edit", ["priority=5,cpus=2", "3"], {"changes": {"priority": "5", "cpus": "2"}, "ids": [3]}),
+    ("why", ["12"], {"id": 12}),
+    ("jobs", [], {}),
+])
+def test_parsers(verb, words, expected):
+    args = verbs.find(verb).parse(words, verb)
+    assert {k: args[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("verb,words,needle", [
+    ("kill", [], "needs job ids"), ("kill", ["x1"], "x1"), ("wait", ["0"], "0"), ("why", ["1", "2"], "one"),
+    ("jobs", ["extra"], "no arguments"), ("history", ["--bogus"], "--bogus"), ("edit", ["3"], "KEY=VALUE"),
+    ("run", [], "needs a command"), ("run", ["-q", "jobs"], "--query"), ("run", ["-c", "lots", "x"], "-c"),
+])
+def test_parse_errors_are_usage_errors(verb, words, needle):
+    with pytest.raises(UsageError) as err:
+        verbs.find(verb).parse(words, verb)
+    assert needle in str(err.value)
+
+
+def test_run_takes_the_command_lines_job_options():
+    args = verbs.find("run").parse(["-c", "2", "-m", "1G", "echo", "-c", "x"], "run")
+    assert args["opts"]["cpus"] == 2 and args["opts"]["memory"] == 1024
+    assert args["cmd"] == ["echo", "-c", "x"]
+    spec = verbs.build_spec(args["opts"], args["cmd"])
+    assert (spec["cmd"], spec["shell"], spec["cpus"], spec["memory"]) == (["echo", "-c", "x"], False, 2, 1024)
+
+
+@pytest.mark.parametrize("line,cmd", [
+    ("run echo hi", ["echo", "hi"]),
+    ("run -c 2 echo hi there", ["echo", "hi", "there"]),
+    ("run sleep 1; echo done", ["sleep 1; echo done"]),
+    ("submit -m 1G  yes | head -3  ", ["yes | head -3"]),
+    ("run 'a; b'", ["a; b"]),
+    ("run echo $HOME", ["echo $HOME"]),
+])
+def test_the_shell_leaves_shell_syntax_to_the_node(line, cmd):
+    import shlex
+    words = shlex.split(line)
+    args = verbs.find(words[0]).parse(words[1:], words[0])
+    assert shell._command(line, len(words) - len(args["cmd"]), args["cmd"]) == cmd
+
+
+def test_completion_of_verbs_options_ids_nodes_and_past_commands():
+    from prompt_toolkit.document import Document
+
+    class View:
+        jobs = [{"id": 12, "state": "running", "cmd": ["sleep", "9"]}, {"id": 13, "state": "queued", "cmd": ["x"]}]
+        nodes = [{"name": "big", "up": True}, {"name": "small", "up": False}]
+        history = [{"id": 3, "state": "done", "cmd": ["make -j4"], "shell": True}]
+
+    completer = shell._completer(View())
+
+    def complete(text):
+        return [c.text for c in completer.get_completions(Document(text), None)]
+
+    assert "status" in complete("st") and "submit" in complete("s")
+    assert complete("kill 1") == ["12", "13"]
+    assert complete("kill 12 ") == ["13"]
+    assert "3" in complete("wait ") and "3" not in complete("kill ")
+    assert complete("run -H ") == ["big", "small"]
+    assert "--cpus" in complete("run --c")
+    assert complete("run -c 2 ma") == ["make -j4"]
+    assert complete("run -c ") == []  # -c wants its value first
+
+
+def _frame(nonce: bytes, payload: bytes) -> bytes:
+    return RESULT_MARK + nonce + b":" + len(payload).to_bytes(8, "big") + payload
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_result_frame_is_found_whatever_the_chunking(size):
+    nonce = b"ab" * 16
+    looks_like = RESULT_MARK + b"cd" * 16 + b": not ours\n"
+    data = b"hello\n" + b"\0 a NUL\n" + looks_like + b"partial \0grun-res" + b"ult\n" + _frame(nonce, b"PAYLOAD")
+    out = []
+    parser = calls._Stdout(nonce, out.append)
+    for i in range(0, len(data), size):
+        parser.feed(data[i:i + size])
+    assert parser.close() == b"PAYLOAD"
+    assert b"".join(out) == data[:data.index(RESULT_MARK + nonce)]
+
+
+def test_output_is_not_held_back_without_a_nul():
+    out = []
+    parser = calls._Stdout(b"ab" * 16, out.append)
+    parser.feed(b"progress 1\n")
+    assert out == [b"progress 1\n"]
+    assert parser.close() is None
+
+
+def test_import_grun_is_cheap():
+    code = ("import sys, grun; heavy = set(sys.modules) & {'Pyro5', 'cloudpickle', 'prompt_toolkit', 'psutil'}; "
+            "import grun.cli; heavy |= set(sys.modules) & {'Pyro5', 'cloudpickle', 'prompt_toolkit'}; "
+            "print(heavy); assert not heavy; from grun import Client, remote, map; "
+            "assert Client.__name__ == 'Client' and callable(remote) and callable(map)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with pytest.raises(AttributeError):
+        import grun
+        grun.no_such_name
