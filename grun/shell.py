@@ -108,6 +108,11 @@ def _completer(view: ClusterView):
                         o = shell_options.get(opt[2:])
                         yield Completion(opt, -len(current), display_meta=o.help if o else "")
                 return
+            if verb.completes == "verbs" and len(done) == 1:
+                for v in verbs.VERBS:
+                    if v.name.startswith(current):
+                        yield Completion(v.name, -len(current), display_meta=v.help)
+                return
             if verb.completes == "jobs":
                 seen = set(done[1:])
                 candidates = [(j["id"], j["state"], verbs.command_text(j)) for j in view.jobs]
@@ -333,7 +338,7 @@ def _watch(shell: Shell, args: dict, io: verbs.IO) -> int:
 verbs.add(verbs.Verb("watch", "a live table of nodes and jobs until a key is pressed", "[-n SECONDS]",
                      _watch, _watch_args, aliases=("top",), options=("--interval",), needs_client=False))
 verbs.add(verbs.Verb("help", "list the verbs, or show one verb's arguments", "[VERB]", _help, _help_args,
-                     aliases=("?",), needs_client=False))
+                     aliases=("?",), completes="verbs", needs_client=False))
 verbs.add(verbs.Verb("exit", "leave the shell (also Ctrl-D)", "[CODE]", _exit, _exit_args,
                      aliases=("quit",), needs_client=False))
 

@@ -100,6 +100,7 @@ def test_completion_of_verbs_options_ids_nodes_and_past_commands():
     assert "--cpus" in complete("run --c")
     assert complete("run -c 2 ma") == ["make -j4"]
     assert complete("run -c ") == []  # -c wants its value first
+    assert complete("help ki") == ["kill"]
 
 
 def _frame(nonce: bytes, payload: bytes) -> bytes:
