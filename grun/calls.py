@@ -229,8 +229,14 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
-    """Run `func(*args, **kwargs)` on a node and return its value (keywords as for submit_call)."""
-    return submit_call(func, *args, **kwargs).result()
+    """Run `func(*args, **kwargs)` on a node and return its value (keywords as for submit_call).
+    Interrupted (Ctrl-C), it kills the job."""
+    future = submit_call(func, *args, **kwargs)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory: int | str | None = None,

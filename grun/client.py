@@ -442,31 +442,57 @@ class Job:
         return bool(self.client.resume([self.id]).get(self.id))
 
 
+class _Abandoned(BaseException):
+    """The reader of a streamed output went away: the follower thread stops (passes `except Exception`)."""
+
+
 def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
-    """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read."""
+    """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read. If the
+    reader stops early (closes or drops the iterator), the follower hangs up on the node."""
     pieces: queue.Queue = queue.Queue(maxsize=256)
     end = object()
-    sink = pieces.put
+    stop = threading.Event()
+
+    def sink(data: bytes) -> None:
+        while not stop.is_set():
+            try:
+                pieces.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                pass
+        raise _Abandoned()
 
     def ignore(_data: bytes) -> None:
-        pass
+        if stop.is_set():
+            raise _Abandoned()
 
     def follow() -> None:
         try:
             client.follow(job_id, stdout_fd=sink if which == "stdout" else ignore,
                           stderr_fd=sink if which == "stderr" else ignore, release=False, require_output=True)
-            pieces.put(end)
+            item = end
+        except _Abandoned:
+            return
         except BaseException as exc:  # handed to the reading thread
-            pieces.put(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
+            item = exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}")
+        while not stop.is_set():
+            try:
+                pieces.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                pass
 
     threading.Thread(target=follow, name=f"grun-job-{job_id}-{which}", daemon=True).start()
-    while True:
-        item = pieces.get()
-        if item is end:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = pieces.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,

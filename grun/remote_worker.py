@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import sys
 import traceback
 
 RESULT_MARK = b"\x00grun-result:"
+# The caller attaches as soon as the job runs; a call that has not arrived by then never will (the
+# caller went away), and the job must not hold its node's resources waiting for it.
+ARRIVAL_TIMEOUT = float(os.environ.get("GRUN_CALL_TIMEOUT", "300"))
 
 
 def _dumps(outcome: tuple) -> bytes:
@@ -54,6 +58,9 @@ def _traceback(exc: BaseException) -> str:
 
 
 def main() -> int:
+    if not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
+        print(f"grun: no call arrived within {ARRIVAL_TIMEOUT:g} s (did the caller go away?)", file=sys.stderr)
+        return 2
     data = sys.stdin.buffer.read()
     nonce, _, blob = data.partition(b"\n")
     devnull = os.open(os.devnull, os.O_RDONLY)  # the function reads nothing of ours

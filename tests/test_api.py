@@ -130,3 +130,17 @@ def test_one_client_in_many_threads(cluster):
         outs = list(pool.map(lambda j: j.stdout(), jobs))
     assert codes == [0] * 16
     assert outs == [f"{i}\n".encode() for i in range(16)]
+
+
+def test_a_reader_that_stops_early_lets_go(cluster):
+    import threading
+    job = cluster.client().submit("while true; do echo tick; sleep 0.05; done")
+    try:
+        chunks = job.stdout(stream=True)
+        assert next(chunks).startswith(b"tick")
+        chunks.close()
+        wait_for(lambda: not any(t.name == f"grun-job-{job.id}-stdout" for t in threading.enumerate()), 10,
+                 what="the follower thread to end")
+    finally:
+        job.kill(9)
+        job.wait(30)
