@@ -138,3 +138,34 @@ def test_import_grun_is_cheap():
     with pytest.raises(AttributeError):
         import grun
         grun.no_such_name
+
+
+def test_a_verb_the_master_lacks_is_one_clear_line():
+    """An older master (here: one that only answers ping and jobs) gets 'not available', not a Pyro5 error."""
+    import io
+    import Pyro5.api
+    from grun import registry
+    from grun.client import Client
+
+    @Pyro5.api.expose
+    class OldMaster:
+        def ping(self):
+            return "grun.master"
+
+        def jobs(self):
+            return []
+
+    daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
+    daemon.register(OldMaster(), registry.MASTER_NAME)
+    registry.serve_in_thread(daemon, "old-master")
+    try:
+        host, port = daemon.locationStr.rsplit(":", 1)
+        out, err = io.StringIO(), io.StringIO()
+        sh = shell.Shell(Client(host, int(port), connect_wait=1), verbs.IO(out=out, err=err))
+        codes = [sh.execute(line) for line in ("hold 3", "resume 3", "why 3", "edit priority=1 3", "jobs")]
+    finally:
+        daemon.shutdown()
+    assert codes == [1, 1, 1, 1, 0]
+    assert err.getvalue().splitlines() == [f"grun: {v} is not available on this master"
+                                           for v in ("hold", "resume", "why", "edit")]
+    assert out.getvalue().startswith("ID ")
