@@ -189,7 +189,10 @@ class Shell:
             args = verb.parse(words[1:], verb.name)
             if verb.completes == "command":
                 args["cmd"] = _command(line, len(words) - len(args["cmd"]), args["cmd"])
-            return self._done(verb.run(self if not verb.needs_client else self.client, args, self.io))
+            code = verb.run(self if not verb.needs_client else self.client, args, self.io)
+            if code == 130:  # the verb caught Ctrl-C itself: a call may have been cut off mid-reply
+                self.client.reset()
+            return self._done(code)
         except ExitShell:
             raise
         except UsageError as exc:

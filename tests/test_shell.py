@@ -153,6 +153,14 @@ def test_interactive_shell(fresh_cluster, tmp_path):
         child.expect("grun: interrupted")
         child.expect("grun>")
 
+        # and `attach`, which detaches: the job keeps running
+        child.sendline(f"attach {queued}")
+        time.sleep(0.5)
+        child.sendintr()
+        child.expect(f"detached from job {queued}")
+        child.expect("grun>")
+        assert cluster.client().job(queued)["state"] == "running"
+
         # watch: a live table until a key is pressed
         child.sendline("watch -n 0.2")
         child.expect("press any key")
