@@ -34,11 +34,21 @@ class ExitShell(Exception):
 
 # ---- what the completion knows: refreshed by a monitor thread, never fetched while typing -------
 
+class _QuickClient(Client):
+    """A client whose calls give up after a few seconds: the monitor must notice a master that went
+    silent (host down, cable cut), not wait on it for the minutes a long call may take."""
+
+    def _proxy(self):
+        proxy = super()._proxy()
+        proxy._pyroTimeout = 5.0
+        return proxy
+
+
 class ClusterView:
     """The master's reachability and recent lists of jobs, nodes and past commands."""
 
     def __init__(self, host: str, port: int, interval: float = MONITOR_SECS, on_change=None):
-        self.client = Client(host, port, connect_wait=0)
+        self.client = _QuickClient(host, port, connect_wait=0)
         self.interval = interval
         self.on_change = on_change   # called with True/False when the master comes back / goes away
         self.up: bool | None = None
