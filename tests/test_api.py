@@ -66,7 +66,7 @@ def test_wait_with_a_timeout_and_kill(cluster):
 
 
 def test_suspend_and_resume(cluster):
-    job = cluster.client().submit("for i in $(seq 100); do echo $i; sleep 0.05; done")
+    job = cluster.client().submit("for i in $(seq 40); do echo $i; sleep 0.05; done")
     wait_for(lambda: job.state == "running", what="the job to run")
     try:
         try:
@@ -77,7 +77,7 @@ def test_suspend_and_resume(cluster):
         assert job.resume() is True
         wait_for(lambda: job.state in ("running", "done"), what="the job to run again")
         assert job.wait(30) == 0
-        assert job.stdout().split() == [str(i).encode() for i in range(1, 101)]
+        assert job.stdout().split() == [str(i).encode() for i in range(1, 41)]
     finally:
         job.kill(9)
         job.wait(30)
