@@ -34,8 +34,9 @@ DISK_LOG_SECS = 60.0       # how often the admin log repeats that submissions ar
 MIN_FREE_INODES = 1000
 
 
-class Restarting(ConnectionRefusedError):
-    """Raised to callers while the master shuts down; clients see an unreachable master and retry."""
+# Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
+# an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
+Restarting = ConnectionRefusedError
 
 
 class NodeLink:

@@ -1,0 +1,494 @@
+"""Faults inflicted on real daemons (issue 3): kill -9 of the master, of node daemons and of clients at
+several points of a job's life, a node that goes silent, a nearly full disk, a torn journal and a
+corrupt snapshot, a graceful restart and a config reload, and every retried message delivered twice.
+Each test checks that every job ran once and appears once in history, with its exit code and output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from grun import registry
+from grun.client import MasterUnreachable
+from grun.testing import LocalCluster
+from util import job, job_id_from_verbose, job_pid, nowait, read_line, wait_for, wait_state
+
+FAST = {"heartbeat": 0.5}
+AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}  # else a root master runs them as nobody
+
+
+@pytest.fixture
+def make_cluster():
+    made = []
+
+    def make(nodes=None, start=True, **master_extra):
+        c = LocalCluster(nodes=nodes or {"n1": {"cpus": 4, "memory": 4000, **FAST},
+                                         "n2": {"cpus": 4, "memory": 4000, **FAST}},
+                         master_extra=master_extra)
+        made.append(c)
+        if start:
+            c.start()
+        return c
+    yield make
+    for c in made:
+        for name in list(c.procs):  # a stopped daemon cannot be stopped by SIGTERM
+            try:
+                c.procs[name].send_signal(signal.SIGCONT)
+            except (ProcessLookupError, OSError):
+                pass
+        c.stop()
+
+
+def _history(c) -> list[dict]:
+    return c.client().history(100000)
+
+
+def _once_each(c, ids) -> dict[int, dict]:
+    """Every id exactly once in history; returns id -> record. (A finished job reaches history a
+    moment after `wait` returns it: the master adds it once its record is on disk.)"""
+    seen: dict[int, list] = {}
+
+    def all_there():
+        seen.clear()
+        for rec in _history(c):
+            seen.setdefault(rec["id"], []).append(rec)
+        return all(i in seen for i in ids)
+    try:
+        wait_for(all_there, 10, what="the jobs to reach history")
+    except AssertionError:
+        pass
+    assert all(len(seen.get(i, [])) == 1 for i in ids), {i: len(seen.get(i, [])) for i in ids}
+    return {i: seen[i][0] for i in ids}
+
+
+def _spool(c, node: str, job_id: int, name: str = "stdout") -> bytes:
+    with open(os.path.join(c.root, node, "node", "jobs", str(job_id), name), "rb") as f:
+        return f.read()
+
+
+def _reap(*procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe:
+                pipe.close()
+
+
+def _job_script(runs, k: int, sleep: float = 0.0) -> str:
+    return f"echo $GRUN_JOB_ID >> {runs}/{k}; echo out-{k}; sleep {sleep}; exit {k % 7}"
+
+
+def _check_runs(runs, ids_by_k: dict[int, int]) -> None:
+    """Each job's command ran exactly once (its run file has one line, its own id)."""
+    for k, job_id in ids_by_k.items():
+        assert (runs / str(k)).read_text() == f"{job_id}\n", (k, (runs / str(k)).read_text())
+
+
+# ---- master crash ------------------------------------------------------------------------------
+
+def test_master_kill_9_during_a_burst_loses_and_duplicates_nothing(make_cluster, tmp_path):
+    """Submissions, dispatches and completions in flight while the master is killed three times."""
+    c = make_cluster()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    n = 60
+    ids: dict[int, int] = {}
+    errors: list = []
+
+    def submit_all():
+        client = c.client(connect_wait=30)
+        for k in range(n):
+            spec = {"cmd": [_job_script(runs, k, 0.05 * (k % 4))], "shell": True, "token": f"burst-{k}", **AS_US}
+            while True:
+                try:
+                    ids[k] = client.submit_spec(spec)
+                    break
+                except MasterUnreachable:
+                    continue  # same token: a submission the dead master had accepted is not queued twice
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+                    return
+
+    submitter = threading.Thread(target=submit_all)
+    submitter.start()
+    for pause in (0.3, 0.6, 0.4):
+        time.sleep(pause)
+        c.kill("master", signal.SIGKILL)
+        c.start_master()
+    submitter.join(120)
+    assert not errors and len(ids) == n
+    assert len(set(ids.values())) == n, "a retried submission was queued twice"
+    done = c.client().wait(list(ids.values()))
+    assert {k: done[i]["exit"] for k, i in ids.items()} == {k: k % 7 for k in range(n)}
+    records = _once_each(c, ids.values())
+    _check_runs(runs, ids)
+    for k, job_id in ids.items():
+        assert records[job_id]["attempt"] == 1
+        assert _spool(c, records[job_id]["node"], job_id) == f"out-{k}\n".encode()
+
+
+def test_clients_ride_through_a_master_outage_of_several_seconds(make_cluster, tmp_path):
+    c = make_cluster(nodes={"solo": {"cpus": 1, "memory": 2000, **FAST}})
+    running = c.popen("-v", "sh", "-c", "echo a; sleep 2; echo b; exit 5")
+    queued = c.popen("-v", "sh", "-c", "echo q; exit 6")
+    try:
+        assert read_line(running.stderr, 20).endswith(b" queued\n")
+        assert read_line(running.stdout, 20) == b"a\n"
+        rid = job_id_from_verbose(read_line(running.stderr, 20))
+        qid = job_id_from_verbose(read_line(queued.stderr, 20))
+        c.kill("master", signal.SIGKILL)
+        time.sleep(5)  # the running job ends while the master is away; the queued one waits
+        c.start_master()
+        out, err = running.communicate(timeout=60)
+        assert (running.returncode, out) == (5, b"b\n"), err
+        out, err = queued.communicate(timeout=60)
+        assert (queued.returncode, out) == (6, b"q\n"), err
+    finally:
+        _reap(running, queued)
+    c.client().wait([rid, qid])  # a client may exit before its node's report reached the master
+    records = _once_each(c, [rid, qid])
+    assert (records[rid]["exit"], records[qid]["exit"]) == (5, 6)
+    assert records[rid]["usage"]["wall"] >= 2  # the usage measured while the master was down arrived
+
+
+# ---- node daemon crash -------------------------------------------------------------------------
+
+def test_node_kill_9_while_jobs_start_and_run(make_cluster, tmp_path):
+    """Killed while a burst is being dispatched, and again while the jobs run: each runs once."""
+    c = make_cluster(nodes={"n1": {"cpus": 8, "memory": 8000, **FAST}})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    client = c.client()
+    ids = {k: client.submit_spec({"cmd": [_job_script(runs, k, 1.5)], "shell": True, **AS_US})
+           for k in range(16)}
+    time.sleep(0.05)
+    c.kill("n1", signal.SIGKILL)
+    c.start_node("n1")
+    time.sleep(0.7)
+    c.kill("n1", signal.SIGKILL)
+    c.start_node("n1")
+    done = client.wait(list(ids.values()))
+    assert {k: done[i]["exit"] for k, i in ids.items()} == {k: k % 7 for k in ids}
+    _once_each(c, ids.values())
+    _check_runs(runs, ids)
+    with open(f"{c.root}/n1/grun.log") as f:
+        assert "re-adopted" in f.read()
+
+
+# ---- client loss -------------------------------------------------------------------------------
+
+def test_attach_after_the_client_was_killed_and_output_keep(make_cluster, tmp_path):
+    c = make_cluster(nodes={"n1": {"cpus": 2, "memory": 2000, "output_keep": 3, **FAST}})
+    gate = tmp_path / "gate"
+    proc = c.popen("-v", "sh", "-c", f"echo a; while [ ! -e {gate} ]; do sleep 0.05; done; echo b; echo e >&2; exit 4")
+    try:
+        read_line(proc.stderr, 20)
+        jid = job_id_from_verbose(read_line(proc.stderr, 20))
+        assert read_line(proc.stdout, 20) == b"a\n"
+        proc.kill()  # the submitter dies; the job does not notice
+    finally:
+        _reap(proc)
+    tail = c.popen("--attach", str(jid), "--tail")
+    whole = c.popen("--attach", str(jid))
+    time.sleep(1)
+    gate.touch()
+    out, err = tail.communicate(timeout=30)
+    assert (tail.returncode, out, err) == (4, b"b\n", b"e\n")
+    out, err = whole.communicate(timeout=30)
+    assert (whole.returncode, out, err) == (4, b"a\nb\n", b"e\n")
+    assert c.grun("-q", "wait", str(jid)).returncode == 4
+    # fetched: the node lets the spool go; a later attach still exits with the job's code
+    job_dir = os.path.join(c.root, "n1", "node", "jobs", str(jid))
+    wait_for(lambda: not os.path.exists(job_dir), 10, what="the fetched spool to be removed")
+    r = c.grun("--attach", str(jid))
+    assert (r.returncode, r.stdout) == (4, b"")
+    assert b"no longer kept" in r.stderr
+
+    # never fetched: kept for output_keep, then removed
+    kept = nowait(c, "sh", "-c", "echo kept; exit 3")
+    assert c.grun("-q", "wait", str(kept)).returncode == 3
+    kept_dir = os.path.join(c.root, "n1", "node", "jobs", str(kept))
+    time.sleep(1)
+    assert os.path.exists(kept_dir), "removed before output_keep"
+    wait_for(lambda: not os.path.exists(kept_dir), 10, what="the spool to expire after output_keep")
+
+
+# ---- node loss ---------------------------------------------------------------------------------
+
+def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_cluster, tmp_path):
+    c = make_cluster(nodes={"a": {"cpus": 3, "memory": 3000, **FAST}, "b": {"cpus": 3, "memory": 3000, **FAST}},
+                     node_timeout=2)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def script(k, sleep, code):
+        return f"echo start $GRUN_NODE >> {runs}/{k}; echo start $GRUN_NODE; sleep {sleep}; " \
+               f"echo end $GRUN_NODE >> {runs}/{k}; echo end; exit {code}"
+
+    mover = c.popen("-v", "sh", "-c", script("mover", 4, 3))
+    try:
+        read_line(mover.stderr, 20)
+        mid = job_id_from_verbose(read_line(mover.stderr, 20))
+        lost_node = job(c, mid)["node"]
+        other = "b" if lost_node == "a" else "a"
+        pinned = nowait(c, "-H", lost_node, "sh", "-c", script("pinned", 7, 0))
+        fragile = nowait(c, "--norequeue", "-H", lost_node, "sh", "-c", script("fragile", 30, 0))
+        wait_state(c, pinned, "running")
+        wait_state(c, fragile, "running")
+        fragile_pid = job_pid(c, fragile)
+
+        c.procs[lost_node].send_signal(signal.SIGSTOP)  # silent: no heartbeats, no answers
+        moved = wait_for(
+            lambda: (lambda j: j if j["state"] == "running" and j["node"] == other else None)(job(c, mid)),
+            20, what="the job to run again elsewhere")
+        assert (moved["attempt"], moved["requeues"]) == (2, 1) and "lost" in moved["requeue_reason"]
+        assert job(c, pinned)["state"] == "queued"  # nowhere else to go
+        gone = job(c, fragile)
+        assert (gone["state"], gone["exit"]) == ("lost", 255)
+        c.procs[lost_node].send_signal(signal.SIGCONT)  # back: the stale copies are killed, the pinned job kept
+
+        out, err = mover.communicate(timeout=60)
+        assert mover.returncode == 3, err
+        assert out.endswith(f"start {other}\nend\n".encode()), out
+    finally:
+        _reap(mover)
+    assert c.grun("-q", "wait", str(pinned)).returncode == 0
+    records = _once_each(c, [mid, pinned, fragile])
+    assert (records[mid]["node"], records[mid]["exit"], records[mid]["attempt"]) == (other, 3, 2)
+    assert (records[pinned]["node"], records[pinned]["attempt"], records[pinned]["state"]) == (lost_node, 1, "done")
+    assert records[fragile]["state"] == "lost"
+    # the stale copy of the moved job was killed before its end; the pinned job ran once, to its end
+    assert (runs / "mover").read_text() == f"start {lost_node}\nstart {other}\nend {other}\n"
+    assert (runs / "pinned").read_text() == f"start {lost_node}\nend {lost_node}\n"
+    wait_for(lambda: not _group_alive(fragile_pid), 15, what="the lost job's stale copy to be killed")
+    assert (runs / "fragile").read_text() == f"start {lost_node}\n"
+    assert json.loads(_spool(c, lost_node, mid, "status.json"))["signal"] == signal.SIGTERM
+    with open(os.path.join(c.root, lost_node, "grun.log")) as f:
+        assert f"job {mid}: killing this stale copy" in f.read()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+# ---- the protocol, every retried message twice ---------------------------------------------------
+
+def test_every_retried_message_is_safe_twice(make_cluster, tmp_path):
+    c = make_cluster(nodes={"n1": {"cpus": 4, "memory": 4000, **FAST}})
+    master = registry.proxy(registry.master_uri("127.0.0.1", c.port))
+    ran = tmp_path / "ran"
+    spec = {"cmd": ["sh", "-c", f"echo x >> {ran}; exit 3"], "token": "twice-1", **AS_US}
+
+    # submit: the same token twice, and again after the job ended, is the same job
+    first = master.submit(spec)
+    assert master.submit(spec) == first
+    assert c.client().wait([first])[first]["exit"] == 3
+    assert master.submit(spec) == first
+    assert master.submit_many([spec, spec]) == [first, first]
+
+    # start (dispatch offered again): the node runs the job once
+    gate = tmp_path / "gate"
+    jid = nowait(c, "sh", "-c", f"echo y >> {ran}.2; while [ ! -e {gate} ]; do sleep 0.05; done")
+    view = wait_state(c, jid, "running")
+    node = registry.proxy(view["node_uri"])
+    offer = dict(view, env={})
+    for _ in range(2):
+        reply = node.start([offer])
+        assert reply["started"] == {str(jid): None} and not reply["rejected"]
+    gate.touch()
+    assert c.grun("-q", "wait", str(jid)).returncode == 0
+    assert (tmp_path / "ran.2").read_text() == "y\n"
+
+    # finish: reported twice, applied once (and the real copy, now stale, is killed by its node)
+    victim = nowait(c, "sleep", "30")
+    wait_state(c, victim, "running")
+    pgid = job_pid(c, victim)
+    for _ in range(2):
+        assert master.finished("n1", [{"id": victim, "exit_code": 7}]) == [victim]
+    assert (job(c, victim)["state"], job(c, victim)["exit"]) == ("failed", 7)
+    wait_for(lambda: not _group_alive(pgid), 15, what="the copy the master no longer counts to be killed")
+
+    # kill: twice for a running job and for a queued one; each ends once, killed
+    running = nowait(c, "sleep", "30")
+    queued = nowait(c, "-c", "4", "true")  # no room until `running` ends... and it never gets it
+    wait_state(c, running, "running")
+    for _ in range(2):
+        master.kill([running, queued], 15)
+    done = c.client().wait([running, queued])
+    assert (done[running]["state"], done[running]["exit"]) == ("killed", 143)
+    assert done[queued]["state"] == "killed"
+    records = _once_each(c, [first, jid, victim, running, queued])
+    assert records[victim]["exit"] == 7
+    assert ran.read_text() == "x\n"
+
+
+# ---- disk trouble ------------------------------------------------------------------------------
+
+def _mount_tmpfs(path: str, size_mb: int) -> bool:
+    os.makedirs(path, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", path], capture_output=True)
+    return r.returncode == 0
+
+
+def test_a_nearly_full_disk_refuses_submissions_and_keeps_running_jobs(make_cluster):
+    c = make_cluster(start=False, min_free_disk=8)
+    master_spool = os.path.join(c.root, "master")
+    mounted = _mount_tmpfs(master_spool, 16)
+    try:
+        c.start()
+        gate = os.path.join(c.root, "gate")
+        running = nowait(c, "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 2")
+        wait_state(c, running, "running")
+        if mounted:
+            ballast = os.path.join(master_spool, "ballast")
+            with open(ballast, "wb") as f:
+                f.write(b"\0" * (10 << 20))  # 6 MB left of 16: below min_free_disk
+        else:  # no tmpfs here: a threshold above what this disk has free, by reload
+            free = shutil.disk_usage(master_spool).free >> 20
+            with open(c.configs["master"], "a") as f:
+                f.write(f"min_free_disk: {free + 100000}\n")
+            c.procs["master"].send_signal(signal.SIGHUP)
+        time.sleep(1.2)  # the free-space figure is at most a second old
+        r = c.grun("--nowait", "true")
+        assert r.returncode == 1 and r.stdout == b""
+        assert re.fullmatch(rb"grun: the grun master's disk is nearly full \(\d+ MB free in \S+, "
+                            rb"min_free_disk is \d+ MB\): not accepting new jobs\n", r.stderr), r.stderr
+        with open(os.path.join(c.root, "master", "grun.log")) as f:
+            assert "refusing submissions" in f.read()
+        open(gate, "w").close()  # the running job goes on and its end is recorded
+        assert c.grun("-q", "wait", str(running)).returncode == 2
+        if mounted:
+            os.unlink(ballast)
+            time.sleep(1.2)
+            assert c.grun("sh", "-c", "exit 5").returncode == 5
+        _once_each(c, [running])
+    finally:
+        c.stop()
+        if mounted:
+            subprocess.run(["umount", "-l", master_spool], check=False)
+
+
+def test_torn_journal_tail_and_corrupt_snapshot_through_the_master(make_cluster):
+    c = make_cluster()
+    state = os.path.join(c.root, "master", "master")
+    codes = {}
+    for round_ in range(2):  # two graceful stops: two snapshots
+        for k in range(3):
+            jid = nowait(c, "sh", "-c", f"exit {10 * round_ + k}")
+            codes[jid] = 10 * round_ + k
+        c.client().wait(list(codes))
+        c.kill("master", signal.SIGTERM)
+        c.start_master()
+    late = nowait(c, "sh", "-c", "exit 33")
+    codes[late] = 33
+    c.client().wait([late])
+    c.kill("master", signal.SIGKILL)
+    snaps = sorted((f for f in os.listdir(state) if re.fullmatch(r"snapshot\.\d+\.json", f)),
+                   key=lambda f: int(f.split(".")[1]))
+    assert len(snaps) == 2
+    newest = os.path.join(state, snaps[-1])
+    with open(newest, "r+b") as f:  # power loss in the middle of writing it
+        f.truncate(os.path.getsize(newest) // 2)
+    segments = sorted((f for f in os.listdir(state) if f.startswith("journal.")), key=lambda f: int(f.split(".")[1]))
+    with open(os.path.join(state, segments[-1]), "ab") as f:
+        f.write(b'{"seq":999999,"op":"subm')  # a torn last write
+    c.start_master()
+    assert {i: job(c, i)["exit"] for i in codes} == codes
+    _once_each(c, codes)
+    with open(os.path.join(c.root, "master", "grun.log")) as f:
+        log = f.read()
+    assert "skipping torn last line" in log and "unreadable" in log and "falling back" in log
+    assert c.grun("sh", "-c", "exit 44").returncode == 44
+    assert nowait(c, "true") > max(codes)  # ids are not reused
+
+
+# ---- graceful restart and reload ------------------------------------------------------------------
+
+def _daemon_pid(c) -> int:
+    with open(os.path.join(c.root, "master", "grun.pid")) as f:
+        return int(f.read())
+
+
+def test_graceful_restart_and_reload_with_clients_in_flight(make_cluster, tmp_path):
+    c = make_cluster(nodes={"n1": {"cpus": 2, "memory": 4000, **FAST}})
+    old_pid = _daemon_pid(c)
+    blocking = [c.popen("sh", "-c", f"echo run-{k}; sleep 2; exit {k}") for k in range(3)]  # one queues
+    assert read_line(blocking[0].stdout, 20) == b"run-0\n"
+    submitted, slowest, errors = [], [0.0], []
+    stop = threading.Event()
+
+    def submit_loop():
+        client = c.client()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                submitted.append(client.submit_spec({"cmd": ["true"], "cwd": "/"}))
+            except Exception as exc:  # noqa: BLE001 -- any failure is what this test is about
+                errors.append(exc)
+            slowest[0] = max(slowest[0], time.monotonic() - t0)
+            time.sleep(0.02)
+
+    loop = threading.Thread(target=submit_loop)
+    loop.start()
+    try:
+        time.sleep(0.5)
+        r = c.grun("-d", "-R", "-C", c.configs["master"])
+        assert r.returncode == 0, r.stderr
+        assert re.fullmatch(rb"grun: restarted services queue \(pid %d -> (\d+)\)\n" % old_pid, r.stderr), r.stderr
+        time.sleep(1)
+    finally:
+        stop.set()
+        loop.join(60)
+    new_pid = _daemon_pid(c)
+    try:
+        assert new_pid != old_pid and c.procs["master"].wait(10) == 0  # the old one left cleanly
+        for k, proc in enumerate(blocking):
+            out, err = proc.communicate(timeout=60)
+            assert (proc.returncode, out) == (k, f"run-{k}\n".encode() if k else b""), err  # run-0 read above
+        assert not errors, errors
+        assert slowest[0] < 5, f"a submission waited {slowest[0]:.1f} s"
+        assert len(submitted) > 10 and len(set(submitted)) == len(submitted)
+        c.client().wait(submitted)
+        _once_each(c, submitted)
+
+        # reload without restart: a key that needs no restart applies at once, in the same process
+        with open(c.configs["master"], "a") as f:
+            f.write("min_free_disk: 1000000000\n")
+        r = c.grun("-d", "-r", "-C", c.configs["master"])
+        assert r.returncode == 0 and b"reload" in r.stderr, r.stderr
+        wait_for(lambda: c.grun("--nowait", "true").returncode == 1, 10, what="the reloaded threshold")
+        assert _daemon_pid(c) == new_pid
+        with open(os.path.join(c.root, "master", "grun.log")) as f:
+            assert "reloaded" in f.read()
+    finally:
+        _reap(*blocking)
+        os.kill(new_pid, signal.SIGTERM)
+        wait_for(lambda: not _pid_alive(new_pid), 20, what="the restarted master to stop")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
