@@ -67,7 +67,9 @@ def test_wait_with_a_timeout_and_kill(cluster):
 
 def test_suspend_and_resume(cluster):
     job = cluster.client().submit("for i in $(seq 40); do echo $i; sleep 0.05; done")
-    wait_for(lambda: job.state == "running", what="the job to run")
+    first = job.stdout(stream=True)
+    assert next(first) == b"1\n"  # its process is there to be stopped
+    first.close()
     try:
         try:
             assert job.suspend() is True
