@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                          called="--attach")
         if words[:1] == ["shell"] and set(opts) <= {"config"}:  # `grun -- shell` runs a program named shell
             from . import shell
-            return shell.main(_client(opts, cfg), words[1:])
+            return shell.main(lambda: _client(opts, cfg), words[1:])
         if not words:
             raise UsageError("no command given (see grun --help)")
         return run_job(opts, words, cfg)

@@ -368,10 +368,12 @@ def history_path() -> str:
     return os.path.join(user_state_dir(), "shell_history")
 
 
-def main(client: Client, words: list[str]) -> int:
-    """`grun shell`: interactive on a terminal, else verbs from stdin."""
+def main(connect, words: list[str]) -> int:
+    """`grun shell`: interactive on a terminal, else verbs from stdin. `connect()` gives the Client
+    (it may start the personal cluster, so it is called once the arguments are known to be good)."""
     if words:
         raise UsageError(f"grun shell takes no arguments, got {' '.join(words)} (pipe verbs into it instead)")
+    client = connect()
     interactive = sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
     if not interactive:
         return Shell(client).run_script(sys.stdin)
