@@ -11,7 +11,7 @@ import sys
 
 from . import __version__, verbs
 from .config import ConfigError, find_config_path, load_config
-from .options import UsageError, help_text, parse
+from .options import UsageError, help_text, load_option_file, parse
 from .verbs import SHELL_CHARS, Terminated, command_text  # noqa: F401  (kept importable from here)
 
 EXIT_USAGE = 2
@@ -65,20 +65,35 @@ def run_job(opts: dict, words: list[str], cfg) -> int:
 def query(opts: dict, words: list[str], cfg) -> int:
     """`grun -q jobs|status|history|wait ID...`: the verbs of those names."""
     if not words:
-        raise UsageError("-q needs a query: jobs, status, history, wait ID...")
+        raise UsageError("-q needs a query: jobs, status, history, wait ID..., why ID")
     what, args = words[0], words[1:]
     verb = verbs.find(what)
     if verb is None or verb.name not in QUERIES:
-        raise UsageError(f"unknown query {what!r}: use jobs, status, history or wait")
+        raise UsageError(f"unknown query {what!r}: use jobs, status, history, wait or why")
     return _verb(verb.name, opts, args, cfg, called=f"-q {verb.name}")
 
 
-QUERIES = ("jobs", "status", "history", "wait")
+QUERIES = ("jobs", "status", "history", "wait", "why")
 
 
 def kill(opts: dict, words: list[str], cfg) -> int:
-    """`grun -k ID... [-n SIG]`: the verb `kill`."""
-    return _verb("kill", opts, words, cfg, called="-k", signal=opts.get("signal", signal.SIGTERM))
+    """`grun -k ID... [-n SIG] [--force]`, or `grun -k -j NAME`: the verb `kill`."""
+    if opts.get("name"):
+        job_id = _client(opts, cfg).lookup(opts["name"])
+        if job_id is None:
+            return _fail(f"no job named {opts['name']!r}")
+        words = [*words, str(job_id)]
+    return _verb("kill", opts, words, cfg, called="-k", signal=opts.get("signal", signal.SIGTERM),
+                 force=bool(opts.get("force")))
+
+
+def edit(opts: dict, words: list[str], cfg) -> int:
+    """`grun -e hold ID...`, `grun -e resume ID...`, `grun -e KEY=VALUE[,KEY=VALUE] ID...`."""
+    if not words:
+        raise UsageError("-e needs hold ID..., resume ID... or KEY=VALUE[,KEY=VALUE] ID...")
+    if words[0] in ("hold", "resume"):
+        return _verb(words[0], opts, words[1:], cfg, called=f"-e {words[0]}")
+    return _verb("edit", opts, words, cfg, called="-e")
 
 
 def daemon(opts: dict, words: list[str], cfg) -> int:
@@ -113,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         opts, words = parse(argv)
+        if "optfile" in opts:
+            opts, command = load_option_file(opts["optfile"], opts)
+            words = words or command
         if opts.get("help"):
             print(help_text())
             return 0
@@ -126,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return query(opts, words, cfg)
         if opts.get("kill"):
             return kill(opts, words, cfg)
+        if opts.get("edit"):
+            return edit(opts, words, cfg)
+        if words[:1] == ["why"] and len(words) == 2 and words[1].isdigit() and set(opts) <= {"config"}:
+            return _verb("why", opts, words[1:], cfg)  # `grun -c1 why 3` runs a program named why
         if "attach" in opts:
             if words:
                 raise UsageError(f"unexpected arguments after --attach: {' '.join(words)}")

@@ -26,7 +26,7 @@ from typing import Iterator, Literal, Sequence, overload
 
 import Pyro5.errors
 
-from . import registry, stream
+from . import limits, registry, stream
 from .core import jobs as J
 
 
@@ -213,13 +213,23 @@ class Client:
         """One record per node: name, up, cpus, memory, free_cpus, free_memory, running."""
         return self.call("nodes")
 
-    def history(self, limit: int = 50, user: str | None = None) -> list[dict]:
-        """Records of the most recently finished jobs (newest first), optionally one user's."""
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
+        """Records of the most recently finished jobs (newest first), optionally one user's, or those
+        whose command (or name) matches the regular expression `grep`."""
+        if grep:
+            return self.call("history", limit, user, grep)
         return self.call("history", limit, user)
 
-    def kill(self, job_ids: list[int], sig: int = 15) -> dict:
-        """Signal queued or running jobs; returns {id: whether it was live}."""
-        return {int(k): v for k, v in self.call("kill", [int(i) for i in job_ids], int(sig)).items()}
+    def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict:
+        """Signal queued or running jobs; returns {id: whether it was live}. With force, running jobs
+        are marked killed at once, even if their node cannot be reached."""
+        args = [[int(i) for i in job_ids], int(sig)] + ([True] if force else [])
+        return {int(k): v for k, v in self.call("kill", *args).items()}
+
+    def lookup(self, name: str) -> int | None:
+        """The id of the live job with this name (grun -j NAME), or None."""
+        found = self.call("lookup", str(name))
+        return None if found is None else int(found)
 
     def hold(self, job_ids: list[int]) -> dict[int, bool]:
         """Hold queued jobs, suspend running ones; returns {id: found}."""
@@ -256,13 +266,14 @@ class Client:
     # ---- a job's output ------------------------------------------------------------------------
 
     def run(self, spec: dict, *, stdin_fd: int | None = None, stdout_fd: int = 1, stderr_fd: int = 2,
-            on_submit=None, on_start=None) -> int:
+            on_submit=None, on_start=None, on_limit=None) -> int:
         """Submit a job, stream its output as it is produced, and return its exit code."""
         spec = dict(spec, stdin=stdin_fd is not None)
         job_id = self.submit_spec(spec)
         if on_submit:
             on_submit(job_id)
-        return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start)
+        return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start,
+                           on_limit=on_limit)
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
@@ -565,7 +576,8 @@ def _message(exc: BaseException) -> str:
 def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:
     """The environment a job gets: PATH and the usual session variables, plus those asked for by -E."""
     keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-            "VIRTUAL_ENV", "PYTHONPATH"}
+            "VIRTUAL_ENV", "PYTHONPATH",
+            "GRUN_CONF", "GRUN_MASTER"}  # a grun inside the job reaches the same master (nested grun)
     names = set()
     for item in extra or []:
         names.update(n.strip() for n in item.split(",") if n.strip())

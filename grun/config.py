@@ -12,6 +12,13 @@ machine, bound to 127.0.0.1).  A cluster config is a flat YAML mapping, for exam
     node_timeout: 60s               # a node silent this long is down; its running jobs are lost
     requeue: true                   # re-queue jobs lost with their node (per job: --norequeue)
     min_free_disk: 64M              # refuse submissions when the master's spool has less free
+    default_priority: 20            # -r when not given (GRUN_PRIORITY in the environment wins)
+    reserve_after: 5m               # a job waiting longer gets a node reserved (no starvation)
+    resources: {gpu: 2}             # this node's consumables, asked for with -p gpu=1
+    labels: {os: debian12}          # this node's labels, matched by -p os=debian12 (globs allowed)
+    hard_factor: 1.5                # a job's memory limit is its request times this
+    ulimit: {cpu: 12h, fsize: 100G, nofile: 4096}   # other limits for every job (nproc, core, stack too)
+    count_outside_load: true        # non-grun cpu and memory use on a node lowers what it offers
 
 Where the file is found (see find_config_path): ``-C FILE``, then ``$GRUN_CONF``, then
 ``/etc/grun.conf``.  Keys not known here are kept in ``Config.raw`` and are not errors, so
@@ -46,7 +53,12 @@ KNOWN_KEYS = frozenset({
     "master", "services", "hostname", "bind", "advertise", "cpus", "memory", "spool",
     "log_file", "pid_file", "log_level", "node_timeout", "heartbeat", "default_cpus",
     "default_memory", "output_keep", "requeue", "min_free_disk",
+    "default_priority", "reserve_after", "hard_factor", "ulimit", "resources", "labels",
+    "count_outside_load",
 })
+ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size",
+               "stack": "size"}
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -143,6 +155,84 @@ def parse_bool(value) -> bool:
     if text in ("false", "no", "off", "0"):
         return False
     raise ValueError(f"expected true or false, got {_got(value)}")
+
+
+def _mapping(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of {what}, got {_got(value)}")
+    for key in value:
+        if not isinstance(key, str) or not _NAME_RE.fullmatch(key) or key in ("cpus", "memory"):
+            raise ValueError(f"bad name {_got(key)} in {what} (letters, digits, _ . - only)")
+    return value
+
+
+def parse_resources(value) -> dict[str, float]:
+    """A node's consumables: name -> a number >= 0 (`resources: {gpu: 2, scratch_gb: 500}`)."""
+    out = {}
+    for name, amount in _mapping(value, "resource names to amounts").items():
+        try:
+            out[name] = float(_plain_number(amount, "an amount"))
+        except ValueError as e:
+            raise ValueError(f"resource {name}: {e}") from None
+    return out
+
+
+def parse_labels(value) -> dict[str, str]:
+    """A node's labels: name -> a value, kept as text (`labels: {os: debian12, arch: x86_64}`)."""
+    out = {}
+    for name, text in _mapping(value, "label names to values").items():
+        if isinstance(text, (dict, list)) or text is None or str(text).strip() == "":
+            raise ValueError(f"label {name}: expected a single value, got {_got(text)}")
+        out[name] = str(text).strip() if not isinstance(text, bool) else str(text).lower()
+    return out
+
+
+def parse_hard_factor(value) -> float:
+    try:
+        factor = float(value) if isinstance(value, str) else float(_plain_number(value, "a factor like 1.5"))
+    except ValueError:
+        raise ValueError(f"expected a factor like 1.5, got {_got(value)}") from None
+    if not 1.0 <= factor <= 100.0:
+        raise ValueError(f"expected a factor between 1 and 100, got {_got(value)}")
+    return factor
+
+
+def parse_ulimit(value) -> dict[str, int | None]:
+    """Limits for every job: cpu (a duration), fsize/core/stack (sizes, MB or with a unit), nofile and
+    nproc (counts); "unlimited" for none. Returns name -> seconds, MB or count (None: unlimited)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping like {{cpu: 12h, fsize: 10G, nofile: 1024}}, got {_got(value)}")
+    out: dict[str, int | None] = {}
+    for name, limit in value.items():
+        kind = ULIMIT_KEYS.get(str(name))
+        if kind is None:
+            raise ValueError(f"unknown limit {_got(name)}: use {', '.join(ULIMIT_KEYS)}")
+        if isinstance(limit, str) and limit.strip().lower() in ("unlimited", "infinity", "none"):
+            out[name] = None
+            continue
+        try:
+            if kind == "duration":
+                out[name] = max(1, math.ceil(parse_duration(limit)))
+            elif kind == "size":
+                out[name] = parse_memory(limit)
+            else:
+                out[name] = int(_plain_number(limit, "a count"))
+        except ValueError as e:
+            raise ValueError(f"limit {name}: {e}") from None
+        if name == "nofile" and out[name] < 16:
+            raise ValueError(f"limit nofile: at least 16, got {_got(limit)}")
+        if name == "fsize" and out[name] < 1:
+            raise ValueError(f"limit fsize: at least 1M, got {_got(limit)}")
+    return out
+
+
+def parse_priority(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a whole number, got {_got(value)}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {_got(value)}") from None
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -301,6 +391,13 @@ class Config:
     output_keep: float = 86400.0
     requeue: bool = True
     min_free_disk: int = 64
+    default_priority: int = 20
+    reserve_after: float = 300.0
+    hard_factor: float = 1.5
+    ulimit: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    count_outside_load: bool = True
     raw: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -440,6 +537,13 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
         output_keep=get("output_keep", parse_duration, 86400.0),
         requeue=get("requeue", parse_bool, True),
         min_free_disk=get("min_free_disk", parse_memory, 64),
+        default_priority=get("default_priority", parse_priority, 20),
+        reserve_after=get("reserve_after", parse_duration, 300.0),
+        hard_factor=get("hard_factor", parse_hard_factor, 1.5),
+        ulimit=get("ulimit", parse_ulimit, dict),
+        resources=get("resources", parse_resources, dict),
+        labels=get("labels", parse_labels, dict),
+        count_outside_load=get("count_outside_load", parse_bool, True),
         raw=raw,
     )
 
@@ -466,6 +570,9 @@ def describe(cfg: Config) -> str:
         "node_timeout": cfg.node_timeout, "heartbeat": cfg.heartbeat,
         "default_cpus": cfg.default_cpus, "default_memory": cfg.default_memory,
         "output_keep": cfg.output_keep, "requeue": cfg.requeue, "min_free_disk": cfg.min_free_disk,
+        "default_priority": cfg.default_priority, "reserve_after": cfg.reserve_after,
+        "hard_factor": cfg.hard_factor, "ulimit": dict(cfg.ulimit), "resources": dict(cfg.resources),
+        "labels": dict(cfg.labels), "count_outside_load": cfg.count_outside_load,
     }
     extra = {k: v for k, v in cfg.raw.items() if k not in effective}
     body = yaml.safe_dump({**effective, **extra}, sort_keys=False, default_flow_style=False)

@@ -131,7 +131,8 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
             master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
             master = Master(os.path.join(cfg.spool, "master"), default_cpus=cfg.default_cpus,
                             default_memory=cfg.default_memory, node_timeout=cfg.node_timeout,
-                            requeue=cfg.requeue, min_free_disk=cfg.min_free_disk)
+                            requeue=cfg.requeue, min_free_disk=cfg.min_free_disk,
+                            default_priority=cfg.default_priority, reserve_after=cfg.reserve_after)
             uri = master_daemon.register(master, registry.MASTER_NAME)
             master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
             registry.serve_in_thread(master_daemon, "grun-master-pyro")
@@ -140,7 +141,9 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
             from .actors.node import Node
             node = Node(cfg.hostname, os.path.join(cfg.spool, "node"), cfg.cpus, cfg.memory,
                         master_host=cfg.master_host, master_port=cfg.master_port, bind=cfg.bind,
-                        advertise=cfg.advertise, heartbeat=cfg.heartbeat, output_keep=cfg.output_keep)
+                        advertise=cfg.advertise, heartbeat=cfg.heartbeat, output_keep=cfg.output_keep,
+                        resources=cfg.resources, labels=cfg.labels, hard_factor=cfg.hard_factor,
+                        ulimit=cfg.ulimit, count_outside_load=cfg.count_outside_load)
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, node.uri, cfg.cpus, cfg.memory)
         while not stop.is_set():
             wake.wait(1.0)

@@ -39,6 +39,24 @@ def _signal(text: str) -> int:
     return number
 
 
+def _param(text: str) -> tuple:
+    """`-p NAME=VALUE`: a number asks for that much of a consumable, text for a label to match."""
+    from .core.jobs import PARAM_NAME, number_or_text
+    name, eq, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not eq or not value:
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    if not PARAM_NAME.fullmatch(name):
+        raise ValueError(f"bad resource name {name!r}")
+    return name, number_or_text(value)
+
+
+def _name(text: str) -> str:
+    if not text.strip() or "\n" in text or len(text) > 200:
+        raise ValueError(f"expected a one-line name, got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Option:
     short: str | None
@@ -56,6 +74,20 @@ OPTIONS = [
     Option("r", "priority", "priority", "value", _int, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
+    Option("p", "param", "params", "list", _param, "a custom resource (gpu=1) or a label to match (os=debian12)", "NAME=VALUE"),
+    Option("j", "name", "name", "value", _name, "a unique name for the job (also: grun -k -j NAME)", "NAME"),
+    Option("W", "wait-existing", "wait_existing", help="with -j: if that job exists, wait for it and exit with its code"),
+    Option("f", "file", "optfile", "value", str, "read options from a YAML file (command-line options win)", "FILE"),
+    Option("o", "out", "out", "value", str, "the job's stdout goes to FILE, written on its node", "FILE"),
+    Option(None, "err", "err", "value", str, "the job's stderr goes to FILE", "FILE"),
+    Option(None, "out-err", "out_err", "value", str, "stdout and stderr both go to FILE", "FILE"),
+    Option(None, "out-append", "out_append", "value", str, "like --out, appending", "FILE"),
+    Option(None, "err-append", "err_append", "value", str, "like --err, appending", "FILE"),
+    Option(None, "out-err-append", "out_err_append", "value", str, "like --out-err, appending", "FILE"),
+    Option(None, "noio", "noio", help="wait for the job without streaming its input or output"),
+    Option(None, "force", "force", help="queue a request no node can satisfy now; with -k: mark killed "
+           "even if its node cannot be reached"),
+    Option("e", "edit", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "nowait", "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", "norequeue", help="do not run the job again if its node is lost"),
     Option(None, "attach", "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
@@ -77,7 +109,9 @@ _LONG = {o.long: o for o in OPTIONS}
 
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...   query
-       grun -k ID... [-n SIG]                   kill jobs
+       grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
+       grun -e hold|resume ID... | -e KEY=VAL,... ID...   hold, resume or edit jobs
+       grun why ID                              why a job is not running
        grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)
        grun -d [-F] | -d -k                     start (foreground) | stop the daemons
@@ -160,3 +194,65 @@ def _is_number(word: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def load_option_file(path: str, opts: dict) -> tuple[dict, list[str]]:
+    """`-f FILE`: a YAML mapping of long option names (cpus: 4, memory: 3G, param: {gpu: 1},
+    name: x, out: log.txt) and optionally `command:` (a string for the shell, or a list). Options
+    given on the command line win. Returns (options, command words or [])."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:120]}") from None
+    if data is None:
+        return opts, []
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of option: value")
+    merged, command = dict(opts), _file_command(path, data.pop("command", None))
+    for key, value in data.items():
+        opt = _LONG.get(str(key).replace("_", "-"))
+        if opt is None or opt.dest in _NOT_IN_FILES:
+            raise UsageError(f"{path}: unknown option {key!r}")
+        if opt.dest in opts:
+            continue
+        merged.update(_file_value(path, opt, value))
+    return merged, command
+
+
+_NOT_IN_FILES = {"optfile", "query", "kill", "daemon", "foreground", "help", "version", "edit", "config",
+                 "restart", "reload", "attach"}
+
+
+def _file_command(path: str, value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(w, (str, int, float)) for w in value):
+        return [str(w) for w in value]
+    raise UsageError(f"{path}: command must be a string or a list of words")
+
+
+def _file_value(path: str, opt: Option, value) -> dict:
+    if opt.kind == "flag":
+        if not isinstance(value, bool):
+            raise UsageError(f"{path}: {opt.long} must be true or false")
+        return {opt.dest: True} if value else {}
+    items = value if opt.kind == "list" else [value]
+    if opt.kind == "list" and isinstance(value, dict):
+        items = [f"{k}={v}" for k, v in value.items()]
+    elif opt.kind == "list" and not isinstance(value, list):
+        items = [value]
+    converted = []
+    for item in items:
+        if isinstance(item, (dict, list)) or item is None:
+            raise UsageError(f"{path}: bad value for {opt.long}: {item!r}")
+        try:
+            converted.append(opt.convert(str(item)) if opt.convert else str(item))
+        except ValueError as exc:
+            raise UsageError(f"{path}: bad value for {opt.long}: {exc}") from None
+    return {opt.dest: converted if opt.kind == "list" else converted[0]}

@@ -12,6 +12,7 @@ The fork server is single-threaded and small, so fork is cheap and safe; it impo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -22,6 +23,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from . import limits as L
 
 SHELL = "/bin/sh"
 
@@ -70,8 +73,63 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[int, str]:
 
 
 def _usage(rusage, wall: float) -> dict:
+    """From wait4: the job and every descendant it waited for. Linux counts ru_inblock/ru_oublock
+    from the same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units:
+    bytes the job caused to be read from or written to storage (page-cache hits are not reads)."""
     return {"wall": round(wall, 6), "utime": rusage.ru_utime, "stime": rusage.ru_stime,
-            "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock}
+            "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock,
+            "read_bytes": rusage.ru_inblock * 512, "write_bytes": rusage.ru_oublock * 512}
+
+
+@contextlib.contextmanager
+def _as_user(job: dict):
+    """Act as the job's user (the supervisor is single-threaded, so switching ids is safe here)."""
+    ident = _identity(job)
+    if not ident:
+        yield
+        return
+    groups = os.getgroups()
+    os.setgroups(ident["extra_groups"] or [ident["group"]])
+    os.setegid(ident["group"])
+    os.seteuid(ident["user"])
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)
+
+
+def _open_outputs(job: dict, job_dir: str) -> tuple:
+    """The job's stdout and stderr: its spool files, or the files named by -o/--err/--out-err,
+    opened in its directory as its user (so it can only write where it could itself)."""
+    files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
+    if not (job.get("stdout_file") or job.get("stderr_file")):
+        return files["stdout"], files["stderr"], None
+    opened: dict[str, object] = {}
+    with _as_user(job):
+        for stream in ("stdout", "stderr"):
+            name = job.get(f"{stream}_file")
+            if not name:
+                continue
+            path = os.path.normpath(os.path.join(job["cwd"], name))
+            if path not in opened:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+                flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
+                opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
+            files[stream].close()
+            files[stream] = opened[path]
+    stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), None)
+    return files["stdout"], files["stderr"], stderr_path
+
+
+def _died_of_limit(job_dir: str, job: dict, status: dict, stderr_path: str) -> dict:
+    """The node's sampler leaves `limit.json` when it killed the job for memory; otherwise the
+    signal or the job's last stderr lines may tell that an rlimit stopped it."""
+    found = read_json(os.path.join(job_dir, "limit.json"))
+    if isinstance(found, dict) and found.get("limit"):
+        return {"limit": found["limit"], "limit_detail": found.get("limit_detail")}
+    return L.limit_hit(status, job.get("limits") or {}, stderr_path)
 
 
 def _claim(job_dir: str) -> bool:
@@ -105,8 +163,13 @@ def supervise(job_dir: str, notify_path: str | None) -> None:
     env["GRUN_JOB_ID"] = str(job["id"])
     env["GRUN_NODE"] = job.get("node") or socket.gethostname()
     env.setdefault("PATH", os.defpath)
-    out = open(os.path.join(job_dir, "stdout"), "ab")
-    err = open(os.path.join(job_dir, "stderr"), "ab")
+    try:
+        out, err, stderr_path = _open_outputs(job, job_dir)
+        redirect_error = None
+    except OSError as exc:
+        out, err, stderr_path = open(os.devnull, "ab"), open(os.path.join(job_dir, "stderr"), "ab"), None
+        redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
+    stderr_path = stderr_path or os.path.join(job_dir, "stderr")
     if job.get("stdin"):
         # the node holds the write end already, so this open neither blocks nor sees an early EOF
         fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK)
@@ -117,10 +180,16 @@ def supervise(job_dir: str, notify_path: str | None) -> None:
     start = time.time()
     status: dict = {"start_time": start}
     try:
+        if redirect_error:
+            raise OSError(errno.EIO, redirect_error)
+        wanted = job.get("limits") or {}
+        status["limits"] = L.apply_rlimits(wanted)  # inherited by the job; see grun.limits
+        if wanted.get("memory_mb"):
+            status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         proc = subprocess.Popen(argv, cwd=job["cwd"], env=env, stdin=stdin, stdout=out, stderr=err,
                                 start_new_session=True, close_fds=True, **_identity(job))
     except OSError as exc:
-        code, message = _exec_error(exc, argv, job["cwd"])
+        code, message = (1, redirect_error) if redirect_error else _exec_error(exc, argv, job["cwd"])
         err.write(message.encode() + b"\n")
         err.flush()
         status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
@@ -143,6 +212,7 @@ def supervise(job_dir: str, notify_path: str | None) -> None:
         sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
         code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
         status.update(exit_code=code, signal=sig, end_time=end, usage=_usage(rusage, end - start))
+        status.update(_died_of_limit(job_dir, job, status, stderr_path))
         proc.returncode = code if sig is None else -sig  # already reaped; keep Popen from waiting again
     write_atomic(os.path.join(job_dir, "status.json"), json.dumps(status).encode())
     _ping(notify_path, f"finished {job['id']}")

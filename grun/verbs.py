@@ -99,15 +99,27 @@ def fmt_secs(secs) -> str:
 
 
 def exit_text(job: dict) -> str:
+    from .core.jobs import LIMIT_WORDS
+    if job.get("limit") in LIMIT_WORDS:
+        return LIMIT_WORDS[job["limit"]]
     if job.get("signal"):
         return f"sig{job['signal']}"
     return str(job.get("exit", job.get("exit_code", "-")))
 
 
 def jobs_table(jobs: list[dict]) -> str:
+    """Queued and running jobs; USING is what a running job's processes use now, as its node last
+    sampled them (cpus busy, resident MB)."""
     rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}",
-             j["memory"], j.get("cwd", "-"), command_text(j)] for j in jobs]
-    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "CWD", "COMMAND"])
+             j["memory"], _using(j), j.get("cwd", "-"), command_text(j)] for j in jobs]
+    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
+
+
+def _using(job: dict) -> str:
+    now = job.get("usage_now")
+    if not now:
+        return "-"
+    return f"{now.get('cpu', 0):g}c/{now.get('rss_mb', 0)}M"
 
 
 def nodes_table(nodes: list[dict]) -> str:
@@ -117,9 +129,61 @@ def nodes_table(nodes: list[dict]) -> str:
 
 
 def history_table(jobs: list[dict]) -> str:
-    rows = [[j["id"], j.get("user", "-"), exit_text(j), j.get("node") or "-",
-             fmt_secs((j.get("usage") or {}).get("wall")), command_text(j)] for j in reversed(jobs)]
-    return table(rows, ["ID", "USER", "EXIT", "NODE", "WALL", "COMMAND"])
+    rows = []
+    for j in reversed(jobs):
+        u = j.get("usage") or {}
+        cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
+        rows.append([j["id"], j.get("user", "-"), exit_text(j), j.get("node") or "-", fmt_secs(queue_wait(j)),
+                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
+    return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
+
+
+def queue_wait(job: dict):
+    """Seconds from submission to its (last) start on a node."""
+    started = job.get("start_time") or job.get("dispatch_time")
+    return None if not started or not job.get("submit_time") else max(0.0, started - job["submit_time"])
+
+
+def fmt_mb(kb) -> str:
+    return "-" if kb is None else f"{kb / 1024:.0f}M"
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def history_long(jobs: list[dict]) -> str:
+    """`-q history --long`: every recorded field of each job, a block per job."""
+    import time as _time
+    blocks = []
+    for j in reversed(jobs):
+        u = j.get("usage") or {}
+        when = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"  # noqa: E731
+        lines = [f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, "
+                 f"exit {exit_text(j)}{', signal ' + str(j['signal']) if j.get('signal') else ''}",
+                 f"  command   {command_text(j)}",
+                 f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
+                 f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
+                 f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}"
+                 + "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items())),
+                 f"  times     submitted {when(j.get('submit_time'))}, waited {fmt_secs(queue_wait(j))}, "
+                 f"ran {fmt_secs(u.get('wall'))}, ended {when(j.get('end_time'))}",
+                 f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
+                 f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}"
+                 + (f", limit {j['limits'].get('memory_mb')} MB" if (j.get("limits") or {}).get("memory_mb") else ""),
+                 f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}"]
+        if j.get("limit"):
+            lines.append(f"  limit     killed for {j['limit']}: {j.get('limit_detail') or ''}".rstrip())
+        if j.get("error"):
+            lines.append(f"  error     {j['error']}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 # ---- parsers ---------------------------------------------------------------------------------
@@ -175,6 +239,11 @@ def _history_args(words: list[str], called: str) -> dict:
             i += 1
         elif a == "--json":
             out["json"] = True
+        elif a in ("-l", "--long"):
+            out["long"] = True
+        elif a in ("-g", "--grep") and i + 1 < len(words):
+            out["grep"] = words[i + 1]
+            i += 1
         else:
             raise UsageError(f"unknown history option {a!r}")
         i += 1
@@ -185,6 +254,10 @@ def _kill_args(words: list[str], called: str) -> dict:
     from .options import _signal
     out, ids_words, i = {}, [], 0
     while i < len(words):
+        if words[i] == "--force":
+            out["force"] = True
+            i += 1
+            continue
         if words[i] in ("-n", "--signal") and i + 1 < len(words):
             try:
                 out["signal"] = _signal(words[i + 1])
@@ -232,6 +305,36 @@ def build_spec(opts: dict, words: list[str]) -> dict:
         spec["requeue"] = False
     if "priority" not in opts and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
         spec["priority"] = int(os.environ["GRUN_PRIORITY"])
+    spec.update(_job_extras(opts))
+    return spec
+
+
+# option -> (streams, append)
+OUTPUT_OPTIONS = {"out": (("stdout",), False), "err": (("stderr",), False), "out_err": (("stdout", "stderr"), False),
+                  "out_append": (("stdout",), True), "err_append": (("stderr",), True),
+                  "out_err_append": (("stdout", "stderr"), True)}
+
+
+def _job_extras(opts: dict) -> dict:
+    """Custom resources, a name, output files, --force, and the job we run inside, if any (nested
+    grun: GRUN_JOB_ID is set in every job's environment)."""
+    spec: dict = {}
+    if opts.get("params"):
+        spec["params"] = dict(opts["params"])
+    if opts.get("name"):
+        spec["name"] = opts["name"]
+    if opts.get("force"):
+        spec["force"] = True
+    for option, (streams, append) in OUTPUT_OPTIONS.items():
+        if not opts.get(option):
+            continue
+        for stream in streams:
+            if f"{stream}_file" in spec:
+                raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
+            spec[f"{stream}_file"], spec[f"{stream}_append"] = opts[option], append
+    parent = os.environ.get("GRUN_JOB_ID", "")
+    if parent.isdigit() and int(parent) > 0:
+        spec["parent"] = int(parent)
     return spec
 
 
@@ -247,8 +350,45 @@ def _raise_terminated(*_):
 
 def _run(client, args: dict, io: IO) -> int:
     opts = args["opts"]
+    if opts.get("wait_existing") and not opts.get("name"):
+        raise UsageError("-W waits for the job named by -j NAME; give -j too")
     if opts.get("nowait"):
         return _submit(client, args, io)
+    if opts.get("wait_existing"):
+        return _run_or_wait_named(client, args, io)
+    return _run_new(client, args, io)
+
+
+def _run_or_wait_named(client, args: dict, io: IO) -> int:
+    """`-j NAME -W`: if a job of that name is live, wait for it and exit with its code; else run."""
+    from .client import GrunError
+    name = args["opts"]["name"]
+    for _ in range(5):
+        existing = client.lookup(name)
+        if existing is not None:
+            if args["opts"].get("verbose"):
+                io.say(f"grun: job {existing} is named {name}: waiting for it")
+            return wait_code(client, existing, io)
+        try:
+            return _run_new(client, args, io)
+        except GrunError as exc:
+            if "already exists" not in str(exc):
+                raise  # else: it was submitted meanwhile; wait for that one
+    raise GrunError(f"cannot submit or find the job named {name!r}")
+
+
+def wait_code(client, job_id: int, io: IO) -> int:
+    """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
+    from . import limits
+    final = client.wait([job_id])[job_id]
+    note = limits.describe(final, job_id)
+    if note:
+        io.say(f"grun: {note}")
+    return int(final.get("exit", 1))
+
+
+def _run_new(client, args: dict, io: IO) -> int:
+    opts = args["opts"]
     spec = build_spec(opts, args["cmd"])
     state = {"id": None}
 
@@ -266,8 +406,13 @@ def _run(client, args: dict, io: IO) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
     io.out.flush()
     try:
+        if opts.get("noio"):  # no streams: submit, say when it starts if asked, wait for its code
+            on_submit(client.submit_spec(spec))
+            if opts.get("verbose"):
+                on_start(client.wait_started(state["id"]))
+            return wait_code(client, state["id"], io)
         return client.run(spec, stdin_fd=io.stdin_fd, stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
-                          on_submit=on_submit, on_start=on_start)
+                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: io.say(f"grun: {m}"))
     except KeyboardInterrupt:
         return _interrupted(client, state["id"], signal.SIGINT, 130, io)
     except Terminated:
@@ -325,9 +470,11 @@ def _status(client, args: dict, io: IO) -> int:
 
 
 def _history(client, args: dict, io: IO) -> int:
-    jobs = client.history(args.get("count", 20), args.get("user"))
+    jobs = client.history(args.get("count", 20), args.get("user"), args.get("grep"))
     if args.get("json"):
         io.print(json.dumps(jobs, indent=1, sort_keys=True))
+    elif args.get("long"):
+        io.print(history_long(jobs))
     else:
         io.print(history_table(jobs))
     return 0
@@ -348,7 +495,7 @@ def _report_missing(found: dict, io: IO) -> int:
 
 
 def _kill(client, args: dict, io: IO) -> int:
-    return _report_missing(client.kill(args["ids"], args.get("signal", signal.SIGTERM)), io)
+    return _report_missing(client.kill(args["ids"], args.get("signal", signal.SIGTERM), args.get("force", False)), io)
 
 
 def _hold(client, args: dict, io: IO) -> int:
@@ -382,12 +529,13 @@ VERBS: list[Verb] = [
     Verb("jobs", "the queued and running jobs", "", _jobs, _no_args, aliases=("j",)),
     Verb("status", "the nodes: state, free cpus and memory, running jobs", "", _status, _no_args,
          aliases=("nodes", "s")),
-    Verb("history", "finished jobs, newest last", "[-c COUNT] [--user USER] [--json]", _history,
-         _history_args, aliases=("hist", "h"), options=_opts("--count", "--user", "--json")),
+    Verb("history", "finished jobs, newest last: exit, node, queue wait, wall, cpu, memory",
+         "[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", _history,
+         _history_args, aliases=("hist", "h"), options=_opts("--count", "--user", "--json", "--long", "--grep")),
     Verb("wait", "wait until jobs finish; exits with the first non-zero code", "ID...", _wait, _ids,
          completes="jobs"),
-    Verb("kill", "kill jobs (queued or running)", "[-n SIG] ID...", _kill, _kill_args,
-         options=_opts("--signal"), completes="jobs"),
+    Verb("kill", "kill jobs (queued or running)", "[-n SIG] [--force] ID...", _kill, _kill_args,
+         options=_opts("--signal", "--force"), completes="jobs"),
     Verb("hold", "hold queued jobs, suspend running ones", "ID...", _hold, _ids, completes="jobs"),
     Verb("resume", "release held jobs, continue suspended ones", "ID...", _resume, _ids, completes="jobs"),
     Verb("edit", "change queued jobs: priority, cpus, memory, hosts, params", "KEY=VALUE[,KEY=VALUE] ID...",

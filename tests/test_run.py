@@ -268,7 +268,7 @@ def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):
         r = cluster.grun("-q", "jobs", cwd=tmp_path)
         assert r.returncode == 0
         header, *rows = r.stdout.decode().splitlines()
-        assert header.split() == ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "CWD", "COMMAND"]
+        assert header.split() == ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"]
         row = next(row.split() for row in rows if row.split()[0] == str(job_id))
         assert row[:4] == [str(job_id), getpass.getuser(), "running", "big"]
         assert row[-2:] == ["sleep", "30"]
@@ -291,7 +291,7 @@ def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):
 
     r = cluster.grun("-q", "history")
     header, *rows = r.stdout.decode().splitlines()
-    assert header.split() == ["ID", "USER", "EXIT", "NODE", "WALL", "COMMAND"]
+    assert header.split() == ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
     row = next(row.split() for row in rows if row.split()[0] == str(job_id))
     assert row[:4] == [str(job_id), getpass.getuser(), "sig15", "big"]
     assert row[-2:] == ["sleep", "30"]

@@ -21,6 +21,7 @@ from .. import registry
 from ..core import jobs as J
 from ..core.queue import JobTable
 from ..store import Store, StoreError
+from .control import JobControl
 
 log = logging.getLogger("grun.master")
 
@@ -64,11 +65,14 @@ class NodeLink:
 
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
-class Master:
+class Master(JobControl):
     def __init__(self, state_dir: str, *, default_cpus: float = 1.0, default_memory: int = 100,
-                 node_timeout: float = 60.0, requeue: bool = True, min_free_disk: int = 64):
+                 node_timeout: float = 60.0, requeue: bool = True, min_free_disk: int = 64,
+                 default_priority: int = 20, reserve_after: float = 300.0):
         self.state_dir = state_dir
         self.default_cpus, self.default_memory = default_cpus, default_memory
+        self.default_priority = default_priority
+        self.live_usage: dict[int, dict] = {}     # job id -> usage its node last sampled
         self.node_timeout = node_timeout
         self.requeue = requeue
         self.min_free_disk = min_free_disk  # MB
@@ -82,7 +86,7 @@ class Master:
         # predates a start from a job the node really lost
         self.launched: dict[int, tuple[str, int]] = {}
         self.lock = threading.Lock()
-        self.table = JobTable()
+        self.table = JobTable(reserve_after=reserve_after)
         self.store = Store(state_dir, log=logging.getLogger("grun.store"))
         self.links: dict[str, NodeLink] = {}
         self.node_info: dict[str, dict] = {}
@@ -129,7 +133,7 @@ class Master:
         """Apply and journal records; call with the lock held. Returns what apply() returned."""
         if records and self._closing:
             raise Restarting("the grun master is restarting")
-        out = [self.table.apply(r) for r in records]
+        out, records = self._apply_all(records)  # with the lend/unlend records that must follow
         if records:
             self._seq = self.store.log_nowait(records)
             self.records_since_snapshot += len(records)
@@ -188,14 +192,15 @@ class Master:
         if not isinstance(specs, (list, tuple)):
             raise ValueError("submit_many takes a list of job specs")
         try:
-            requests = [J.validate_spec(s, self.default_cpus, self.default_memory) for s in specs]
+            requests = [J.validate_spec(s, self.default_cpus, self.default_memory, self.default_priority)
+                        for s in specs]
         except J.SpecError as exc:
             raise ValueError(str(exc)) from None  # Pyro5 clients rebuild builtin exceptions, not ours
         refusal = self._disk_refusal_now()
         now = time.time()
         ids = []
         with self.lock:
-            records = []
+            records, names = [], set()
             for req in requests:
                 known = self.table.token_id(req["token"])
                 if known is not None:
@@ -203,6 +208,7 @@ class Master:
                     continue
                 if refusal:
                     raise ValueError(refusal)
+                self._admit(req, names)
                 rec = self.table.submit_record(req, now)
                 records.append(rec)
                 ids.append(rec["job"]["id"])
@@ -250,6 +256,8 @@ class Master:
 
     def _view(self, job: dict) -> dict:
         view = J.public_view(job)
+        if job["id"] in self.live_usage and job["state"] in J.ON_NODE_STATES:
+            view["usage_now"] = self.live_usage[job["id"]]
         if job.get("node"):
             view["node_uri"] = self.node_info.get(job["node"], {}).get("uri")
         return view
@@ -311,16 +319,17 @@ class Master:
                 info = self.node_info.get(name, {})
                 out.append({"name": name, "up": view.up, "cpus": view.cpus, "memory": view.memory,
                             "free_cpus": max(0.0, view.free_cpus), "free_memory": max(0, view.free_memory),
-                            "running": len(view.jobs), "uri": info.get("uri"),
+                            "running": len(view.jobs), "uri": info.get("uri"), **info.get("load", {}),
                             "last_seen": now - info.get("last_seen", now)})
             return out
 
-    def history(self, limit: int = 50, user: str | None = None) -> list[dict]:
-        predicate = (lambda j: j.get("user") == user) if user else None
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
+        predicate = self._history_predicate(user, grep)
         return [J.public_view(j) for j in self.store.history(int(limit), predicate)]
 
-    def kill(self, job_ids: list, signal: int = 15) -> dict:
-        """Kill queued or running jobs. Returns {id: found}."""
+    def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
+        """Kill queued or running jobs. Returns {id: found}. With force, a running job is marked
+        killed at once, even if its node cannot be reached (it is still signalled if it can)."""
         signal = int(signal)
         if not 1 <= signal <= 64:
             raise ValueError(f"bad signal number {signal}")
@@ -339,6 +348,9 @@ class Master:
                                     "result": {"status": J.KILLED, "signal": signal, "exit_code": None}})
                 else:
                     records.append({"op": "kill", "id": job_id, "signal": signal, "time": now})
+                    if force:
+                        records.append({"op": "finish", "id": job_id, "time": now, "result": {
+                            "status": J.KILLED, "signal": signal, "exit_code": None, "error": "killed with --force"}})
                     on_nodes[job["node"]].append(job_id)
             finished = [j for j in self._record(records) if j is not None and j["state"] in J.FINAL_STATES]
             for job in finished:
@@ -364,7 +376,7 @@ class Master:
         with self.lock:
             if self._closing:
                 raise Restarting("the grun master is restarting")
-            self.table.node_up(name, float(info["cpus"]), int(info["memory"]))
+            self._node_up(name, info)
             self.node_info[name] = {"uri": str(info["uri"]), "last_seen": now, "incarnation": incarnation}
             link = self.links.get(name)
             if link is None or link.uri != info["uri"]:
@@ -405,6 +417,7 @@ class Master:
             if node is None or name not in self.node_info or not node.up or self._closing:
                 return {"known": False}
             self.node_info[name]["last_seen"] = now
+            self._note_load(node, info)
             stale, done, seq_before = [], [], self._seq
             if "running" in info:
                 records, _, stale = self.table.reconcile(name, info["running"], None, now)
@@ -436,8 +449,8 @@ class Master:
             for rep in reports:
                 job_id = _job_id(rep["id"])
                 acked.append(job_id)
-                result = {k: rep.get(k) for k in ("exit_code", "signal", "usage", "error", "start_time")
-                          if rep.get(k) is not None}
+                result = {k: rep.get(k) for k in ("exit_code", "signal", "usage", "error", "start_time",
+                                                  "limit", "limit_detail", "limits") if rep.get(k) is not None}
                 rec = self.table.finish_record(job_id, result, now, node=name)
                 if rec is not None and rep.get("lost"):
                     # the node lost the job (its host rebooted under it): like a lost node, for this job

@@ -29,6 +29,7 @@ import psutil
 
 from .. import registry, spawner
 from ..stream import StreamServer
+from .monitor import JobMonitoring
 from .supervisor import JobSupervisor
 
 log = logging.getLogger("grun.node")
@@ -104,11 +105,12 @@ def _kill_orphan_group(job_dir: str) -> None:
 
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
-class Node:
+class Node(JobMonitoring):
     def __init__(self, name: str, spool: str, cpus: float, memory: int, *, master_host: str,
                  master_port: int, bind: str, advertise: str, heartbeat: float = 5.0,
-                 output_keep: float = 86400.0):
+                 output_keep: float = 86400.0, **limits_and_load):
         self.name, self.cpus, self.memory = name, float(cpus), int(memory)
+        self._init_monitoring(**limits_and_load)  # resources, labels, hard_factor, ulimit, count_outside_load
         self.master_host, self.master_port = master_host, master_port
         self.advertise, self.heartbeat_secs, self.output_keep = advertise, heartbeat, output_keep
         # Launches are numbered within this process's life (its incarnation), so the master can tell
@@ -135,7 +137,7 @@ class Node:
         self._adopt()
         self._threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in (
             (self._notify_loop, "grun-node-notify"), (self._master_loop, "grun-node-master"),
-            (self._janitor_loop, "grun-node-janitor"))]
+            (self._janitor_loop, "grun-node-janitor"), (self._sampler_loop, "grun-node-sampler"))]
         self.serve_thread = registry.serve_in_thread(self.daemon, "grun-node-pyro")
         for t in self._threads:
             t.start()
@@ -187,7 +189,7 @@ class Node:
             self._adopt_one(job_dir)  # we restarted since we started it
             return
         os.makedirs(job_dir, exist_ok=True)
-        job = dict(job, node=self.name)
+        job = dict(job, node=self.name, limits=self._job_limits(job))
         live = LiveJob(job_id, job_dir, job)
         for stream in ("stdout", "stderr"):
             open(os.path.join(job_dir, stream), "wb").close()
@@ -398,7 +400,7 @@ class Node:
 
     def _register(self, master) -> None:
         reply = master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
-                                      "memory": self.memory, **self._held()})
+                                      "memory": self.memory, **self._held(), **self._describe()})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         missing = [j for j in reply.get("start", []) if int(j["id"]) not in self.live]
         if missing:
@@ -444,7 +446,8 @@ class Node:
     def _load(self) -> dict:
         held = self._held()
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
-                "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20}
+                "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
+                **self._load_extra()}
 
     # ---- the spool -----------------------------------------------------------------------------
 

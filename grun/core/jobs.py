@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -23,8 +24,17 @@ MAX_MEMORY_MB = 1 << 40
 # Keys a client may set; anything else in a submission is refused, so typos do not pass silently.
 SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
-    "token", "priority", "name", "host", "requeue",
+    "token", "priority", "name", "host", "params", "parent", "force", "requeue",
+    "stdout_file", "stderr_file", "stdout_append", "stderr_append",
 }
+MAX_PARAMS = 64
+MAX_NAME = 200
+MAX_PATH = 4096
+# What a killed-for-limit job shows in history instead of its exit code.
+LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE"}
+
+
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class SpecError(ValueError):
@@ -49,7 +59,45 @@ def _default_id(own: int) -> int:
     return NOBODY if own == 0 else own
 
 
-def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int = 100) -> dict:
+def _text(spec: dict, key: str, limit: int) -> str | None:
+    value = spec.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or "\0" in value or "\n" in value:
+        raise SpecError(f"{key} must be a one-line string")
+    if len(value) > limit:
+        raise SpecError(f"{key} is too long (limit {limit} characters)")
+    return value
+
+
+def _param_value(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SpecError(f"param {name} must be a number or a string, got {value!r}")
+    if isinstance(value, str):
+        if not value or len(value) > 256 or "\0" in value:
+            raise SpecError(f"param {name} has a bad value {value!r}")
+        return value
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise SpecError(f"param {name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def validate_params(params) -> dict:
+    """Custom requests: NAME -> number (a consumable) or string (a label to match, globs allowed)."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or len(params) > MAX_PARAMS:
+        raise SpecError(f"params must map at most {MAX_PARAMS} names to values")
+    out = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
+            raise SpecError(f"bad param name {name!r} (letters, digits, _ . - only)")
+        out[name] = _param_value(name, value)
+    return out
+
+
+def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int = 100,
+                  default_priority: int = 20) -> dict:
     """Check a submission and return a normalised copy (the job's immutable request)."""
     if not isinstance(spec, dict):
         raise SpecError("a job spec must be a mapping")
@@ -85,13 +133,109 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "uid": int(_number(spec, "uid", _default_id(os.getuid()), 1 << 32)),
         "gid": int(_number(spec, "gid", _default_id(os.getgid()), 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
-        "priority": int(_number(spec, "priority", 20, 1 << 31)),
+        "priority": _priority(spec.get("priority"), default_priority),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
-        "name": spec.get("name") if isinstance(spec.get("name"), str) else None,
-        "host": spec.get("host") if isinstance(spec.get("host"), str) else None,
+        "name": _text(spec, "name", MAX_NAME),
+        "host": _text(spec, "host", MAX_PATH),
+        "params": validate_params(spec.get("params")),
+        "parent": _parent(spec.get("parent")),
+        "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
+    for stream in ("stdout", "stderr"):
+        path = _text(spec, f"{stream}_file", MAX_PATH)
+        if path is not None:
+            out[f"{stream}_file"] = path
+            out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
     return out
+
+
+def _priority(value, default: int) -> int:
+    if value is None:
+        return int(default)
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1 << 31:
+        raise SpecError(f"priority must be a whole number, got {value!r}")
+    return value
+
+
+def _parent(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError(f"parent must be a job id, got {value!r}")
+    return value
+
+
+# ---- edits -----------------------------------------------------------------------------------
+
+EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
+             "m": "memory", "hosts": "host", "host": "host", "H": "host"}
+
+
+def parse_edit(changes: object) -> dict:
+    """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
+    changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
+    from ..config import parse_cpus, parse_memory  # pure parsers; imported late to keep this module light
+    if not isinstance(changes, dict) or not changes:
+        raise SpecError("an edit needs KEY=VALUE changes")
+    out: dict = {}
+    for raw_key, value in changes.items():
+        key = str(raw_key).strip()
+        try:
+            if key.startswith(("p.", "param.")):
+                name = key.split(".", 1)[1]
+                out.setdefault("params", {})[name] = _edit_param(value)
+            elif EDIT_KEYS.get(key) == "priority":
+                out["priority"] = int(value)
+            elif EDIT_KEYS.get(key) == "cpus":
+                out["cpus"] = parse_cpus(value)
+            elif EDIT_KEYS.get(key) == "memory":
+                out["memory"] = parse_memory(value)
+            elif EDIT_KEYS.get(key) == "host":
+                out["host"] = str(value).strip() or None
+            else:
+                raise SpecError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SpecError):
+                raise
+            raise SpecError(f"bad value for {key}: {exc}") from None
+    return out
+
+
+def _edit_param(value):
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+        return number_or_text(value)
+    return value
+
+
+def number_or_text(text: str):
+    """`-p gpu=2` asks for 2 of a consumable; `-p os=debian12` for a label."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isnan(number) or math.isinf(number):
+        return text
+    return int(number) if number.is_integer() else number
+
+
+def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
+    """The job's request with the changes applied, validated like a submission."""
+    request = {k: job[k] for k in SPEC_KEYS if k in job and k != "env"}
+    request["env"] = {}
+    params = dict(job.get("params") or {})
+    for name, value in (changes.get("params") or {}).items():
+        if value is None:
+            params.pop(name, None)
+        else:
+            params[name] = value
+    request.update({k: v for k, v in changes.items() if k != "params"})
+    request["params"] = params
+    checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
+    return {k: checked[k] for k in ("priority", "cpus", "memory", "host", "params")}
 
 
 def exit_code_of(result: dict) -> int:
@@ -102,6 +246,8 @@ def exit_code_of(result: dict) -> int:
 
 
 def describe_exit(result: dict) -> str:
+    if result.get("limit") in LIMIT_WORDS:
+        return LIMIT_WORDS[result["limit"]]
     if result.get("signal"):
         return f"signal {result['signal']}"
     return str(result.get("exit_code", "?"))

@@ -13,6 +13,8 @@ import random
 from . import jobs as J
 from .placement import NodeView, place
 
+DEFAULT_RESERVE_AFTER = 300.0
+
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
 TOKEN_KEEP_SECS = 3600.0
@@ -52,7 +54,7 @@ class PendingQueue:
 
 
 class JobTable:
-    def __init__(self, rng: random.Random | None = None):
+    def __init__(self, rng: random.Random | None = None, reserve_after: float = DEFAULT_RESERVE_AFTER):
         self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
         self.pending = PendingQueue()
         self.nodes: dict[str, NodeView] = {}
@@ -61,6 +63,9 @@ class JobTable:
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self.next_id = 1
         self.rng = rng or random.Random()
+        self.names: dict[str, int] = {}          # job name -> id, live jobs only
+        self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
+        self.reserve_after = reserve_after       # a job waiting longer gets a node reserved
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -74,16 +79,21 @@ class JobTable:
             self.next_id = max(self.next_id, job["id"] + 1)
             if job.get("token"):
                 self.tokens[job["token"]] = job["id"]
+            if job.get("name"):
+                self.names[job["name"]] = job["id"]
             if job["state"] == J.QUEUED:
                 self.pending.add(job)
+            self._sync(job)
             return job
+        if op == "node":
+            return self._describe_node(rec)
         if job is None:
             return None
         if op == "dispatch":
             self.pending.remove(job)
             job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
+            job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
-            self._reserve(job)
         elif op == "start":
             if job["state"] == J.DISPATCHED:
                 job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
@@ -103,12 +113,48 @@ class JobTable:
                 self._reserve(job)
         elif op == "finish":
             return self._finish(job, rec)
+        else:
+            self._control(op, job, rec)
+        self._sync(job)
         return job
+
+    def _control(self, op: str, job: dict, rec: dict) -> None:
+        """hold/release, suspend/resume, edit, lend/unlend (nested grun) and reserve."""
+        state = job["state"]
+        if op == "hold" and state == J.QUEUED:
+            self.pending.remove(job)
+            job["state"] = J.HELD
+            job.pop("reserved_node", None)
+        elif op == "release" and state == J.HELD:
+            job.update(state=J.QUEUED, queued_time=rec["time"])
+            self.pending.add(job)
+        elif op == "suspend" and state == J.RUNNING:
+            job.update(state=J.SUSPENDED, suspend_time=rec["time"])
+        elif op == "resume" and state == J.SUSPENDED:
+            job["state"] = J.RUNNING
+            job.pop("suspend_time", None)
+        elif op == "edit" and state in (J.QUEUED, J.HELD):
+            self.pending.remove(job)
+            job.update(rec["changes"])
+            job.pop("reserved_node", None)
+            if state == J.QUEUED:
+                self.pending.add(job)
+        elif op == "lend":
+            job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
+        elif op == "unlend":
+            job["lent_to"] = [c for c in job.get("lent_to", []) if c != rec["child"]]
+            if not job["lent_to"]:
+                del job["lent_to"]
+        elif op == "reserve" and state == J.QUEUED:
+            job.update(reserved_node=rec["node"], reserved_time=rec["time"])
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
         self._release(job)
         del self.jobs[job["id"]]
+        if job.get("name") and self.names.get(job["name"]) == job["id"]:
+            del self.names[job["name"]]
+        job.pop("reserved_node", None)
         if job.get("token"):
             self.tokens.pop(job["token"], None)
             self._keep_token(job["token"], job["id"], rec["time"])
@@ -123,6 +169,8 @@ class JobTable:
             job["state"] = result["status"]
         elif job.get("kill_requested") and result.get("signal"):
             job["state"] = J.KILLED
+        elif result.get("limit"):
+            job["state"] = J.KILLED if result.get("signal") else J.FAILED
         else:
             job["state"] = J.DONE if job["exit"] == 0 else J.FAILED
         return job
@@ -145,19 +193,46 @@ class JobTable:
         done = self.done_tokens.get(token)
         return done[0] if done else None
 
+    # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
+
     def _reserve(self, job: dict) -> None:
-        node = self.nodes.get(job.get("node"))
-        if node is not None and job["id"] not in node.jobs:
-            node.jobs.add(job["id"])
-            node.used_cpus += job["cpus"]
-            node.used_memory += job["memory"]
+        self._sync(job)
 
     def _release(self, job: dict) -> None:
-        node = self.nodes.get(job.get("node"))
-        if node is not None and job["id"] in node.jobs:
-            node.jobs.discard(job["id"])
-            node.used_cpus = max(0.0, node.used_cpus - job["cpus"])
-            node.used_memory = max(0, node.used_memory - job["memory"])
+        self._uncount(job["id"])
+
+    def _claim_of(self, job: dict) -> dict | None:
+        """What the job holds on its node now: its request while it runs; no cpus while suspended;
+        nothing while a nested grun of its own runs (it lent its reservation to the child)."""
+        if job["state"] not in J.ON_NODE_STATES or job.get("node") not in self.nodes:
+            return None
+        if job.get("lent_to"):
+            return {"cpus": 0.0, "memory": 0, "params": {}}
+        cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]
+        return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
+
+    def _sync(self, job: dict) -> None:
+        """Make the node views count exactly what the job holds now."""
+        claim = self._claim_of(job)
+        if self.counted.get(job["id"]) == (job.get("node"), claim):
+            return
+        self._uncount(job["id"])
+        if claim is not None:
+            node = self.nodes[job["node"]]
+            node.take(claim)
+            node.jobs.add(job["id"])
+            self.counted[job["id"]] = (node.name, claim)
+
+    def _uncount(self, job_id: int) -> None:
+        entry = self.counted.pop(job_id, None)
+        if entry is None:
+            return
+        node = self.nodes.get(entry[0])
+        if node is not None:
+            node.take(entry[1], -1)
+            node.jobs.discard(job_id)
+            node.used_cpus = max(0.0, node.used_cpus)
+            node.used_memory = max(0, node.used_memory)
 
     # ---- decisions -----------------------------------------------------------------------------
 
@@ -168,18 +243,42 @@ class JobTable:
         return {"op": "submit", "job": job}
 
     def schedule(self, now: float) -> list[dict]:
-        """Dispatch records for every queued job that fits somewhere now."""
+        """Dispatch records for every queued job that fits somewhere now, and reserve records for
+        jobs that have waited longer than reserve_after without fitting."""
         if not len(self.pending):
             return []
-        placed = place(iter(self.pending), list(self.nodes.values()), self.rng)
+        plan = place(iter(self.pending), list(self.nodes.values()), self.rng, now=now,
+                     reserve_after=self.reserve_after, claims=self.claims())
         records = []
-        for job, node in placed:
+        for job, node in plan.placed:
             # place() already counted the reservation on the view; apply() must not count it twice
             node.jobs.discard(job["id"])
-            node.used_cpus -= job["cpus"]
-            node.used_memory -= job["memory"]
+            node.take(job, -1)
             records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
+        placed = {job["id"] for job, _ in plan.placed}
+        for job, node in plan.reserve:
+            if job["id"] not in placed:
+                records.append({"op": "reserve", "id": job["id"], "node": node.name, "time": now})
         return records
+
+    def claims(self) -> dict:
+        """Node name -> the queued job that reserved it."""
+        return {j["reserved_node"]: j for j in self.jobs.values()
+                if j["state"] == J.QUEUED and j.get("reserved_node") in self.nodes}
+
+    def followups(self, rec: dict, job: dict | None) -> list[dict]:
+        """Records that must follow an applied one: a nested grun's parent lends its reservation
+        when the child is submitted, and takes it back (unlend) when the child ends."""
+        if job is None or not job.get("parent") or rec["op"] not in ("submit", "finish"):
+            return []
+        parent = self.jobs.get(job["parent"])
+        if parent is None:
+            return []
+        if rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent.get("uid") == job.get("uid"):
+            return [{"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]}]
+        if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
+            return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
+        return []
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None) -> dict | None:
         """None when the job is unknown or already finished, so a repeated report is applied once."""
@@ -243,16 +342,44 @@ class JobTable:
 
     # ---- nodes ---------------------------------------------------------------------------------
 
-    def node_up(self, name: str, cpus: float, memory: int) -> NodeView:
+    def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
+                    labels: dict | None = None) -> dict | None:
+        """A "node" record when a node's description is new or changed, else None."""
+        rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),
+               "resources": dict(resources or {}), "labels": {k: str(v) for k, v in (labels or {}).items()}}
         node = self.nodes.get(name)
+        if node is not None and (node.cpus, node.memory, node.resources, node.labels) == (
+                rec["cpus"], rec["memory"], rec["resources"], rec["labels"]):
+            return None
+        return rec
+
+    def _describe_node(self, rec: dict) -> NodeView:
+        node = self.nodes.get(rec["name"])
         if node is None:
-            node = self.nodes[name] = NodeView(name, cpus, memory)
-        node.cpus, node.memory, node.up = cpus, memory, True
-        node.jobs = set()
-        node.used_cpus, node.used_memory = 0.0, 0
+            # known from the journal: not up until it registers again
+            node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
+        node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
+        node.resources = dict(rec.get("resources") or {})
+        node.labels = {k: str(v) for k, v in (rec.get("labels") or {}).items()}
+        self._recount(node.name)
+        return node
+
+    def _recount(self, name: str) -> None:
+        node = self.nodes[name]
+        for job_id in [i for i, (n, _) in self.counted.items() if n == name]:
+            del self.counted[job_id]
+        node.jobs, node.used_cpus, node.used_memory, node.used_resources = set(), 0.0, 0, {}
         for job in self.jobs.values():
-            if job.get("node") == name and job["state"] in J.ON_NODE_STATES:
-                self._reserve(job)
+            if job.get("node") == name:
+                self._sync(job)
+
+    def node_up(self, name: str, cpus: float, memory: int, resources: dict | None = None,
+                labels: dict | None = None) -> NodeView:
+        """A node (re)registered; the master journals node_record() first when it returns one."""
+        rec = self.node_record(name, cpus, memory, resources, labels)
+        node = self._describe_node(rec) if rec is not None else self.nodes[name]
+        node.up = True
+        self._recount(name)
         return node
 
     def jobs_on(self, name: str) -> list[dict]:
@@ -261,12 +388,16 @@ class JobTable:
     # ---- snapshots -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        return {"next_id": self.next_id, "jobs": [dict(j) for j in self.jobs.values()],
+        nodes = [{"name": n.name, "cpus": n.cpus, "memory": n.memory, "resources": dict(n.resources),
+                  "labels": dict(n.labels)} for n in self.nodes.values()]
+        return {"next_id": self.next_id, "jobs": [dict(j) for j in self.jobs.values()], "nodes": nodes,
                 "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()]}
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
         for token, job_id, at in state.get("done_tokens", []):
             self.done_tokens[token] = (job_id, at)
+        for node in state.get("nodes", []):
+            self.apply({"op": "node", **node})
         for job in state.get("jobs", []):
             self.apply({"op": "submit", "job": job})

@@ -1,0 +1,278 @@
+"""What a node measures every second with psutil: each running job's usage (its whole process group:
+cpu in use, resident memory, cpu time, I/O), the load that is not grun's (so the scheduler never
+counts on cpus or memory that other programs use), and jobs over their memory limit (killed).
+
+A job is its process group (the supervisor starts it as a group leader, so pgid == the job's pid);
+grun's own processes are the node daemon and its descendants (fork server, supervisors) plus every
+job group, whatever became of their parents.
+
+Outside cpu load is measured over the heartbeat window: busy cpu time of the whole machine (psutil
+cpu_times: all but idle and iowait) minus the cpu time grun's processes used in the same window. It
+is reported in whole cores, a core counting once it is 70% busy, so a few percent of daemon noise
+never costs a 1-cpu job its node. Outside memory is the machine's used memory (total - available)
+minus the resident memory of grun's processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import psutil
+import Pyro5.api
+
+from .. import limits as L
+
+log = logging.getLogger("grun.node")
+
+SAMPLE_SECS = 1.0
+BUSY_CORE = 0.7  # a core of outside load counts once it is this busy
+
+
+def outside_cores(busy_cores: float) -> float:
+    return float(max(0, math.floor(busy_cores + (1 - BUSY_CORE))))
+
+
+def _busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+class Monitor:
+    def __init__(self, count_outside: bool = True):
+        self.count_outside = count_outside
+        self.prev_cpu: dict[tuple, tuple] = {}     # (pid, create time) -> (own cpu s, reaped children's, ppid)
+        self.credit: dict[int, float] = {}         # pid -> cpu s of its vanished children already counted
+        self.last_sample = time.time()
+        self.window_start = time.monotonic()
+        self.window_busy0 = _busy_seconds()
+        self.window_grun = 0.0                     # grun cpu seconds since the window started
+        self.usage: dict[int, dict] = {}           # job id -> latest usage
+        self.outside_memory = 0
+        self.grun_cores = 0.0
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def sample(self, groups: dict[int, int]) -> dict[int, dict]:
+        """One sample. `groups`: job id -> its pgid. Returns job id -> usage, also kept in .usage."""
+        now = time.time()
+        interval = max(1e-3, now - self.last_sample)
+        by_group = {pgid: job_id for job_id, pgid in groups.items()}
+        per_job: dict[int, dict] = {job_id: _empty() for job_id in groups}
+        grun_rss, grun_cpu, seen = 0, 0.0, {}
+        own = self._own_pids()
+        for pid in psutil.pids():
+            try:
+                pgid = os.getpgid(pid)
+            except OSError:
+                continue
+            job_id = by_group.get(pgid)
+            if job_id is None and pid not in own:
+                continue
+            got = self._read(pid, now)
+            if got is None:
+                continue
+            key, cpu_total, delta, rss, anon, io, state = got
+            seen[key] = state
+            grun_rss += rss
+            grun_cpu += delta
+            if job_id is not None:
+                u = per_job[job_id]
+                u["procs"] += 1
+                u["rss_mb"] += anon / 2**20
+                u["cpu"] += delta / interval
+                u["cputime"] += cpu_total
+                u["read_bytes"] += io[0]
+                u["write_bytes"] += io[1]
+        self._credit_vanished(seen)
+        self.prev_cpu = seen
+        self.last_sample = now
+        self.window_grun += grun_cpu
+        if self.count_outside:
+            vm = psutil.virtual_memory()
+            self.outside_memory = max(0, (vm.total - vm.available - grun_rss) // 2**20)
+        for u in per_job.values():
+            u.update(rss_mb=int(u["rss_mb"]), cpu=round(u["cpu"], 2), cputime=round(u["cputime"], 2), time=now)
+        self.usage = per_job
+        return per_job
+
+    def _read(self, pid: int, now: float):
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                created = p.create_time()
+                t = p.cpu_times()
+                mem = p.memory_info()
+                try:
+                    io = p.io_counters()
+                    io = (io.read_bytes, io.write_bytes)
+                except (psutil.AccessDenied, AttributeError):
+                    io = (0, 0)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+        key = (pid, created)
+        own, reaped = t.user + t.system, t.children_user + t.children_system
+        total = own + reaped
+        prev = self.prev_cpu.get(key)
+        if prev is None:
+            delta = total if created >= self.last_sample else 0.0  # new since the last sample: all of it
+        else:
+            # A reaped child's time lands in its parent's children times; what we counted while the
+            # child lived is credited to the parent, so only the part we never saw counts again.
+            reaped_new = max(0.0, reaped - prev[1])
+            credit = self.credit.pop(pid, 0.0)
+            if credit > reaped_new:
+                self.credit[pid] = credit - reaped_new  # not reaped yet (a zombie): keep it for later
+            delta = max(0.0, own - prev[0]) + max(0.0, reaped_new - credit)
+        anon = max(0, mem.rss - getattr(mem, "shared", 0))  # resident and private: what the job holds
+        return key, total, delta, mem.rss, anon, io, (own, reaped, _ppid(p))
+
+    def _credit_vanished(self, seen: dict) -> None:
+        """Processes gone since the last sample: credit what we counted of them to their parents."""
+        alive = {key[0] for key in seen}
+        for key, (own, reaped, ppid) in self.prev_cpu.items():
+            if key not in seen and ppid:
+                self.credit[ppid] = self.credit.get(ppid, 0.0) + own + reaped
+        for pid in [p for p in self.credit if p not in alive]:
+            del self.credit[pid]  # the parent is gone (or not ours): nobody will be credited
+
+    def _own_pids(self) -> set[int]:
+        me = psutil.Process(os.getpid())
+        try:
+            return {os.getpid(), *(c.pid for c in me.children(recursive=True))}
+        except psutil.Error:
+            return {os.getpid()}
+
+    # ---- the heartbeat's figures ----------------------------------------------------------------
+
+    def outside(self) -> tuple[float, int]:
+        """(cores, MB) used by programs that are not grun's, over the window since the last call."""
+        if not self.count_outside:
+            return 0.0, 0
+        now, busy = time.monotonic(), _busy_seconds()
+        elapsed = now - self.window_start
+        if elapsed < 0.5:
+            return getattr(self, "_last_outside", (0.0, self.outside_memory))
+        cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
+        self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
+        self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
+        self._last_outside = (outside_cores(cores), int(self.outside_memory))
+        return self._last_outside
+
+
+def _empty() -> dict:
+    return {"procs": 0, "rss_mb": 0.0, "cpu": 0.0, "cputime": 0.0, "read_bytes": 0, "write_bytes": 0}
+
+
+def over_memory(usage: dict, limit_mb: int | None) -> bool:
+    return bool(limit_mb) and usage.get("rss_mb", 0) > limit_mb
+
+
+def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_mb: int, factor: float) -> None:
+    """Record why, then SIGKILL the job's process group (its supervisor reads the reason)."""
+    detail = (f"its processes held {usage['rss_mb']} MB; limit {limits['memory_mb']} MB "
+              f"= -m {request_mb} x hard_factor {factor:g}")
+    tmp = os.path.join(job_dir, "limit.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"limit": "memory", "limit_detail": detail}, f)
+    os.rename(tmp, os.path.join(job_dir, "limit.json"))
+    log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
+    try:
+        os.killpg(pgid, signal.SIGCONT)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@Pyro5.api.expose
+class JobMonitoring:
+    """The node's side of limits, load and job control (a mixin of grun.actors.node.Node, which owns
+    `live`, `lock`, `_stop` and `job_status`)."""
+
+    def _init_monitoring(self, resources=None, labels=None, hard_factor: float = 1.5, ulimit=None,
+                         count_outside_load: bool = True) -> None:
+        self.resources, self.labels = dict(resources or {}), dict(labels or {})
+        self.hard_factor, self.ulimit = float(hard_factor), dict(ulimit or {})
+        self.monitor = Monitor(count_outside_load)
+
+    def _job_limits(self, job: dict) -> dict:
+        return L.job_limits(int(job.get("memory") or 0), self.hard_factor, self.ulimit)
+
+    def _describe(self) -> dict:
+        """What registration tells the master besides cpus and memory."""
+        return {"resources": self.resources, "labels": self.labels}
+
+    def _load_extra(self) -> dict:
+        cores, memory = self.monitor.outside()
+        return {"outside_cpus": cores, "outside_memory": memory, "grun_cpus": self.monitor.grun_cores,
+                "usage": {str(k): v for k, v in self.monitor.usage.items()}}
+
+    def _running_groups(self) -> dict[int, tuple]:
+        """job id -> (pgid, live) of jobs that have started and not ended."""
+        out = {}
+        for live in list(self.live.values()):
+            if live.status is None:
+                pid = _read_pid(os.path.join(live.dir, "pid"))
+                if pid:
+                    out[live.id] = (pid, live)
+        return out
+
+    def _sampler_loop(self) -> None:
+        while not self._stop.wait(SAMPLE_SECS):
+            try:
+                self._sample_once()
+            except Exception:
+                log.exception("sampling jobs")
+
+    def _sample_once(self) -> None:
+        running = self._running_groups()
+        usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
+        for job_id, (pgid, live) in running.items():
+            limits = live.job.get("limits") or {}
+            if over_memory(usage.get(job_id, {}), limits.get("memory_mb")) and live.status is None:
+                if not os.path.exists(os.path.join(live.dir, "limit.json")):
+                    kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
+
+    # ---- suspend and resume (grun -e hold|resume on a running job) -------------------------------
+
+    def suspend(self, job_ids: list) -> dict:
+        """SIGSTOP the process group of each running job; {id: done}."""
+        return self._signal_groups(job_ids, signal.SIGSTOP)
+
+    def resume(self, job_ids: list) -> dict:
+        """SIGCONT the process group of each suspended job; {id: done}."""
+        return self._signal_groups(job_ids, signal.SIGCONT)
+
+    def _signal_groups(self, job_ids: list, sig: int) -> dict:
+        out = {}
+        for job_id in job_ids:
+            live = self.live.get(int(job_id))
+            pid = _read_pid(os.path.join(live.dir, "pid")) if live is not None else None
+            ok = False
+            if pid and self.job_status(live) is None:
+                try:
+                    os.killpg(pid, sig)
+                    ok = True
+                except ProcessLookupError:
+                    pass
+            out[str(job_id)] = ok
+        return out
+
+
+def _read_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _ppid(proc) -> int | None:
+    try:
+        return proc.ppid()
+    except psutil.Error:
+        return None

@@ -1,0 +1,135 @@
+"""`grun why ID`: one paragraph on why a job is not running. Pure code over the job table.
+
+For a queued job it names the request, what each node lacks (grouped: down, excluded by hosts or
+labels, too small, or busy now and with what), the job's place in the queue, and its reservation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import jobs as J
+from .placement import EPS, consumables, delays_claim, mismatch
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}"
+
+
+def request_text(job: dict) -> str:
+    parts = [f"{_fmt(job['cpus'])} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB"]
+    parts += [f"{k}={v}" for k, v in sorted((job.get("params") or {}).items())]
+    if job.get("host"):
+        parts.append(f"hosts {job['host']}")
+    return ", ".join(parts)
+
+
+def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
+    """(kind, text) for why the job does not run on this node now; kind "fits" if it would."""
+    if not node.up:
+        return "down", "down"
+    why = mismatch(node, job)
+    if why:
+        return "excluded", why
+    if job["cpus"] > node.cpus + EPS:
+        return "small", f"{_fmt(node.cpus)} cpu{'s' if node.cpus != 1 else ''} in all"
+    if job["memory"] > node.memory:
+        return "small", f"{node.memory} MB in all"
+    for name, need in consumables(job, node).items():
+        if need > node.resources.get(name, 0) + EPS:
+            return "small", f"{_fmt(node.resources.get(name, 0))} {name} in all"
+    busy = []
+    if job["cpus"] > node.free_cpus + EPS:
+        outside = f", {_fmt(node.outside_cpus)} taken by other programs" if node.outside_cpus else ""
+        busy.append(f"{_fmt(max(0.0, node.free_cpus))} of {_fmt(node.cpus)} cpus free{outside}")
+    if job["memory"] > node.free_memory:
+        outside = f", {node.outside_memory} MB used by other programs" if node.outside_memory else ""
+        busy.append(f"{max(0, node.free_memory)} of {node.memory} MB free{outside}")
+    for name, need in consumables(job, node).items():
+        if need > node.free(name) + EPS:
+            busy.append(f"{_fmt(node.free(name))} of {_fmt(node.resources[name])} {name} free")
+    if busy:
+        return "busy", "; ".join(busy) + _running(node)
+    owner = claims.get(node.name)
+    if owner is not None and delays_claim(node, job, claims):
+        return "claimed", f"reserved for job {owner['id']}"
+    return "fits", "has room now"
+
+
+def _running(node) -> str:
+    if not node.jobs:
+        return ""
+    ids = sorted(node.jobs)
+    shown = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    return f", running job{'s' if len(ids) > 1 else ''} {shown}"
+
+
+def queue_position(job: dict, table) -> tuple[int, int, int]:
+    """(position from 1, queue length, jobs of higher priority ahead)."""
+    position, higher = 0, 0
+    for other in table.pending:
+        position += 1
+        if other["id"] == job["id"]:
+            break
+        if other["priority"] > job["priority"]:
+            higher += 1
+    return position, len(table.pending), higher
+
+
+def explain(job: dict, table, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    head = f"Job {job['id']}"
+    state = job["state"]
+    if state == J.HELD:
+        return f"{head} is held: it will not run until released with `grun -e resume {job['id']}`."
+    if state in (J.DISPATCHED, J.RUNNING):
+        return f"{head} is {state} on {job.get('node')}."
+    if state == J.SUSPENDED:
+        return (f"{head} is suspended on {job.get('node')} (stopped, its cpus lent to other jobs, its "
+                f"memory kept); continue it with `grun -e resume {job['id']}`.")
+    if state in J.FINAL_STATES:
+        return f"{head} has finished: {state}, exit {J.describe_exit(job)}."
+    return _explain_queued(head, job, table, now)
+
+
+def _explain_queued(head: str, job: dict, table, now: float) -> str:
+    claims = table.claims()
+    groups: dict[str, list[str]] = {}
+    for node in sorted(table.nodes.values(), key=lambda n: n.name):
+        kind, text = node_reason(node, job, claims)
+        groups.setdefault(kind, []).append(f"{node.name} ({text})" if kind != "down" else node.name)
+    waited = now - job.get("queued_time", job.get("submit_time", now))
+    lines = [f"{head} is queued and needs {request_text(job)}."]
+    if not table.nodes:
+        lines.append("No node has registered yet.")
+    labels = {"down": "down", "excluded": "excluded", "small": "too small", "busy": "busy now",
+              "claimed": "reserved for a job that has waited longer", "fits": "with room now"}
+    for kind in ("small", "excluded", "down", "busy", "claimed", "fits"):
+        if kind in groups:
+            names = groups[kind]
+            lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {labels[kind]}: {'; '.join(names)}.")
+    position, length, higher = queue_position(job, table)
+    lines.append(f"It is number {position} of {length} in the queue (priority {job['priority']}"
+                 f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
+    possible = any(k in groups for k in ("busy", "claimed", "fits"))
+    if job.get("reserved_node"):
+        lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
+                     f"take nothing it needs.")
+    elif table.reserve_after is not None and possible and "fits" not in groups:
+        left = table.reserve_after - waited
+        if left > 0:
+            lines.append(f"After {_duration(left)} more a node will be reserved for it.")
+    if "fits" in groups:
+        lines.append("It should start at the next scheduling pass.")
+    elif not possible:
+        lines.append("No node up now could ever run it as it is; edit it with `grun -e` or kill it.")
+    return " ".join(lines)
+
+
+def _duration(secs: float) -> str:
+    secs = max(0.0, secs)
+    if secs < 90:
+        return f"{secs:.0f} s"
+    if secs < 5400:
+        return f"{secs / 60:.0f} min"
+    return f"{secs / 3600:.1f} h"

@@ -1,0 +1,318 @@
+"""The placement policy and the job table's scheduling records as pure code (issue 4, points 1-7):
+fits, best fit, labels, consumables, hosts, outside load, priorities, reservation and backfill,
+suspend, nested grun's lending, edits. No sockets, no processes."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from grun.core import jobs as J
+from grun.core.explain import explain
+from grun.core.placement import NodeView, best_node, impossible, place
+from grun.core.queue import JobTable
+
+
+def job(i, cpus=1.0, memory=100, priority=20, t=0.0, **extra):
+    return {"id": i, "cpus": float(cpus), "memory": memory, "priority": priority, "submit_time": t,
+            "state": "queued", **extra}
+
+
+def nodes(*specs):
+    return [NodeView(name, cpus, mem, **extra) for name, cpus, mem, extra in specs]
+
+
+# ---- fits --------------------------------------------------------------------------------------
+
+def test_fits_counts_reservations_and_outside_load():
+    n = NodeView("a", 4, 8000, used_cpus=2, used_memory=3000)
+    assert n.fits(job(1, 2, 5000)) and not n.fits(job(1, 2.5, 100)) and not n.fits(job(1, 1, 5001))
+    n.outside_cpus = 1.0
+    assert not n.fits(job(1, 2, 100)) and n.fits(job(1, 1, 100))
+    n.outside_memory = 4000
+    assert not n.fits(job(1, 1, 1001)) and n.fits(job(1, 1, 1000))
+    full = NodeView("b", 2, 4000, outside_cpus=2.0)
+    assert not full.fits(job(1, 0.5, 100)), "a node full of outside load gets no jobs"
+    assert full.could_ever_fit(job(1, 2, 4000)), "outside load is not a node's size"
+
+
+def test_fractional_cpus():
+    n = NodeView("a", 1, 1000)
+    placed = place([job(i, 0.25) for i in range(1, 6)], [n]).placed
+    assert [j["id"] for j, _ in placed] == [1, 2, 3, 4]
+
+
+def test_labels_must_match_and_a_job_without_labels_matches_any_node():
+    deb, cent = nodes(("deb", 4, 8000, {"labels": {"os": "debian12", "arch": "x86_64"}}),
+                      ("cent", 4, 8000, {"labels": {"os": "centos7", "arch": "x86_64"}}))
+    assert deb.fits(job(1, params={"os": "debian12"})) and not cent.fits(job(1, params={"os": "debian12"}))
+    assert deb.fits(job(1, params={"os": "deb*"})), "globs match labels"
+    assert deb.fits(job(1)) and cent.fits(job(1))
+    assert not deb.fits(job(1, params={"gpu_model": "a100"})), "a label the node lacks never matches"
+    num = NodeView("n", 4, 8000, labels={"cuda": "12"})
+    assert num.fits(job(1, params={"cuda": 12})) and num.fits(job(1, params={"cuda": "12.0"}))
+
+
+def test_consumables_are_counted():
+    gpu, plain = nodes(("gpu", 8, 8000, {"resources": {"gpu": 2}}), ("plain", 8, 8000, {}))
+    two = [job(i, params={"gpu": 1}) for i in (1, 2, 3)]
+    plan = place(two, [gpu, plain])
+    assert [(j["id"], n.name) for j, n in plan.placed] == [(1, "gpu"), (2, "gpu")]
+    assert gpu.used_resources == {"gpu": 2.0}
+    assert not plain.fits(job(9, params={"gpu": 1})), "a node without the resource has none of it"
+
+
+def test_hosts_pattern():
+    a, b, c = nodes(("node1", 4, 8000, {}), ("node2", 4, 8000, {}), ("big", 4, 8000, {}))
+    assert [n.name for n in (a, b, c) if n.fits(job(1, host="node*"))] == ["node1", "node2"]
+    assert [n.name for n in (a, b, c) if n.fits(job(1, host="big, node2"))] == ["node2", "big"]
+
+
+# ---- best fit ----------------------------------------------------------------------------------
+
+def test_best_fit_fills_one_machine_at_a_time():
+    big, small = nodes(("big", 8, 16000, {}), ("small", 2, 4000, {}))
+    placed = place([job(i) for i in range(1, 4)], [big, small], random.Random(1)).placed
+    assert [n.name for _, n in placed] == ["small", "small", "big"]
+    # the big node stays empty for a big job
+    big2, small2 = nodes(("big", 8, 16000, {}), ("small", 2, 4000, {}))
+    placed = place([job(1), job(2, 8)], [big2, small2]).placed
+    assert [(j["id"], n.name) for j, n in placed] == [(1, "small"), (2, "big")]
+
+
+def test_best_fit_ties_are_broken_at_random():
+    seen = set()
+    for seed in range(30):
+        a, b = nodes(("a", 4, 8000, {}), ("b", 4, 8000, {}))
+        seen.add(best_node(job(1), [a, b], random.Random(seed)).name)
+    assert seen == {"a", "b"}
+
+
+def test_memory_breaks_cpu_ties():
+    a, b = nodes(("a", 4, 8000, {}), ("b", 4, 3000, {}))
+    assert best_node(job(1, 1, 2000), [a, b]).name == "b"
+
+
+def test_down_nodes_get_nothing():
+    a = NodeView("a", 4, 8000, up=False)
+    assert place([job(1)], [a]).placed == []
+
+
+# ---- priorities, reservation and backfill ------------------------------------------------------
+
+def _table(*specs, reserve_after=300.0):
+    t = JobTable(random.Random(0), reserve_after=reserve_after)
+    for name, cpus, mem in specs:
+        t.node_up(name, cpus, mem)
+    return t
+
+
+def _submit(t, now=0.0, **spec):
+    request = J.validate_spec({"cmd": ["x"], **spec})
+    rec = t.submit_record(request, now)
+    t.apply(rec)
+    return rec["job"]["id"]
+
+
+def _run(t, now):
+    recs = t.schedule(now)
+    for r in recs:
+        t.apply(r)
+    return recs
+
+
+def test_higher_priority_first_fifo_within_a_priority():
+    t = _table(("a", 1, 1000))
+    low = _submit(t, priority=10)
+    first = _submit(t, priority=20)
+    second = _submit(t, priority=20)
+    high = _submit(t, priority=30)
+    assert [j["id"] for j in t.pending] == [high, first, second, low]
+    recs = _run(t, 1.0)
+    assert [r["id"] for r in recs if r["op"] == "dispatch"] == [high]
+
+
+def test_a_starving_big_job_gets_a_reservation_and_only_harmless_jobs_backfill():
+    t = _table(("a", 4, 8000), ("b", 4, 8000))
+    busy = [_submit(t, cpus=3, host="a"), _submit(t, cpus=3, host="b")]
+    _run(t, 0.0)
+    big = _submit(t, 1.0, cpus=4, priority=30)
+    # before reserve_after: small jobs pass the big one
+    small = _submit(t, 2.0, cpus=1)
+    recs = _run(t, 10.0)
+    assert [(r["op"], r["id"]) for r in recs] == [("dispatch", small)]
+    t.apply({"op": "finish", "id": small, "time": 11.0, "result": {"exit_code": 0}})
+    # after it: the big job reserves a node; another small job still runs, but not there
+    small2 = _submit(t, 400.0, cpus=1)
+    recs = _run(t, 400.0)
+    reserve = [r for r in recs if r["op"] == "reserve"]
+    assert [r["id"] for r in reserve] == [big]
+    reserved = reserve[0]["node"]
+    dispatch = [r for r in recs if r["op"] == "dispatch"]
+    assert [r["id"] for r in dispatch] == [small2] and dispatch[0]["node"] != reserved
+    # a job that would take the reserved node's last cpu waits, even though it fits there
+    other = "b" if reserved == "a" else "a"
+    t.apply({"op": "finish", "id": busy[0 if reserved == "a" else 1], "time": 401.0, "result": {"exit_code": 0}})
+    blocked = _submit(t, 402.0, cpus=1, priority=40, host=reserved)
+    recs = _run(t, 403.0)
+    assert [(r["op"], r["id"], r["node"]) for r in recs] == [("dispatch", big, reserved)]
+    assert t.jobs[blocked]["state"] == "queued" and other
+
+
+def test_a_reservation_sticks_and_backfill_may_use_what_the_starving_job_does_not_need():
+    t = _table(("g", 8, 8000))
+    t.node_up("g", 8, 8000, resources={"gpu": 2})
+    holder = _submit(t, params={"gpu": 2}, cpus=1)
+    _run(t, 0.0)
+    starving = _submit(t, 1.0, params={"gpu": 1}, cpus=2)
+    recs = _run(t, 1000.0)
+    assert [(r["op"], r["id"]) for r in recs] == [("reserve", starving)]
+    cpu_only = _submit(t, 1000.0, cpus=4)
+    recs = _run(t, 1001.0)
+    assert [(r["op"], r["id"]) for r in recs] == [("dispatch", cpu_only)], "it leaves 3 cpus, gpus untouched"
+    greedy = _submit(t, 1002.0, cpus=3)
+    assert _run(t, 1003.0) == [], "3 more cpus would leave the starving job 0 of its 2"
+    t.apply({"op": "finish", "id": holder, "time": 1004.0, "result": {"exit_code": 0}})
+    recs = _run(t, 1005.0)
+    assert [(r["op"], r["id"]) for r in recs] == [("dispatch", starving)]
+    assert t.jobs[greedy]["state"] == "queued"
+
+
+def test_reservations_and_lending_replay_from_the_journal():
+    """Every change goes through apply(): replaying the records gives the same table."""
+    t = _table(("a", 2, 4000))
+    log = [t.node_record("z", 1, 1000)]
+    t.apply(log[0])
+
+    def do(recs):
+        for r in recs:
+            job = t.apply(r)
+            log.append(r)
+            more = t.followups(r, job)
+            do(more)
+
+    def submit(now, **spec):
+        rec = t.submit_record(J.validate_spec({"cmd": ["x"], **spec}), now)
+        do([rec])
+        return rec["job"]["id"]
+
+    busy = submit(0.0, cpus=2, uid=7)
+    do(t.schedule(0.0))
+    do([{"op": "start", "id": busy, "time": 0.5}])
+    big = submit(1.0, cpus=2)
+    do(t.schedule(500.0))
+    child = submit(501.0, cpus=1, parent=busy, uid=7)
+    do([{"op": "suspend", "id": busy, "time": 502.0}])
+    assert t.jobs[big]["reserved_node"] == "a" and t.jobs[busy]["lent_to"] == [child]
+    replay = JobTable()
+    replay.node_up("a", 2, 4000)
+    for rec in log:
+        replay.apply(rec)
+    for name in ("a", "z"):
+        mine, theirs = t.nodes[name], replay.nodes[name]
+        assert (mine.used_cpus, mine.used_memory, mine.jobs) == (theirs.used_cpus, theirs.used_memory, theirs.jobs)
+    assert replay.jobs == t.jobs
+    assert replay.nodes["z"].up is False, "a node known from the journal is down until it registers"
+    snap = JobTable()
+    snap.restore(t.snapshot())
+    snap.node_up("a", 2, 4000)
+    assert snap.nodes["a"].used_memory == t.nodes["a"].used_memory and snap.jobs == t.jobs
+
+
+# ---- suspend, lend, edit -----------------------------------------------------------------------
+
+def test_suspended_jobs_release_cpus_not_memory():
+    t = _table(("a", 4, 8000))
+    j = _submit(t, cpus=3, memory=5000)
+    _run(t, 0.0)
+    t.apply({"op": "start", "id": j, "time": 1.0})
+    node = t.nodes["a"]
+    assert (node.used_cpus, node.used_memory) == (3, 5000)
+    t.apply({"op": "suspend", "id": j, "time": 2.0})
+    assert (t.jobs[j]["state"], node.used_cpus, node.used_memory) == ("suspended", 0, 5000)
+    t.apply({"op": "resume", "id": j, "time": 3.0})
+    assert (t.jobs[j]["state"], node.used_cpus, node.used_memory) == ("running", 3, 5000)
+
+
+def test_a_nested_grun_lends_its_parents_reservation_until_it_ends():
+    t = _table(("a", 4, 4000))
+    parent = _submit(t, cpus=4, memory=3000, uid=1000)
+    _run(t, 0.0)
+    t.apply({"op": "start", "id": parent, "time": 1.0})
+    assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (0, 1000)
+    rec = t.submit_record(J.validate_spec({"cmd": ["x"], "cpus": 4, "memory": 500, "parent": parent, "uid": 1000}), 2.0)
+    child = rec["job"]["id"]
+    t.apply(rec)
+    follow = t.followups(rec, t.jobs[child])
+    assert follow == [{"op": "lend", "id": parent, "child": child, "time": 2.0}]
+    t.apply(follow[0])
+    assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (4, 4000)
+    assert [r["id"] for r in _run(t, 3.0)] == [child]
+    fin = {"op": "finish", "id": child, "time": 4.0, "result": {"exit_code": 0}}
+    done = t.apply(fin)
+    follow = t.followups(fin, done)
+    assert follow == [{"op": "unlend", "id": parent, "child": child, "time": 4.0}]
+    t.apply(follow[0])
+    assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (0, 1000)
+    assert "lent_to" not in t.jobs[parent]
+
+
+def test_another_users_grun_cannot_take_a_jobs_reservation():
+    t = _table(("a", 4, 4000))
+    parent = _submit(t, cpus=4, uid=1000)
+    _run(t, 0.0)
+    rec = t.submit_record(J.validate_spec({"cmd": ["x"], "parent": parent, "uid": 1001}), 2.0)
+    t.apply(rec)
+    assert t.followups(rec, t.jobs[rec["job"]["id"]]) == []
+
+
+def test_hold_release_and_edit():
+    t = _table(("a", 1, 1000))
+    blocker = _submit(t)
+    _run(t, 0.0)
+    a, b = _submit(t), _submit(t)
+    t.apply({"op": "hold", "id": a, "time": 1.0})
+    assert t.jobs[a]["state"] == "held" and [j["id"] for j in t.pending] == [b]
+    t.apply({"op": "release", "id": a, "time": 2.0})
+    assert [j["id"] for j in t.pending] == [a, b]
+    changes = J.edited_request(t.jobs[b], J.parse_edit({"priority": "50", "cpus": "0.5", "p.os": "x"}), 1.0, 100)
+    t.apply({"op": "edit", "id": b, "changes": changes, "time": 3.0})
+    assert [j["id"] for j in t.pending] == [b, a]
+    assert (t.jobs[b]["priority"], t.jobs[b]["cpus"], t.jobs[b]["params"]) == (50, 0.5, {"os": "x"})
+    assert blocker
+
+
+def test_parse_edit_refuses_bad_keys_and_values():
+    for bad in ({"colour": "red"}, {"cpus": "lots"}, {"memory": "12Q"}, {"priority": "high"}, {}):
+        with pytest.raises(J.SpecError):
+            J.parse_edit(bad)
+    assert J.parse_edit({"m": "2G", "H": "big", "p.gpu": "2", "p.os": ""}) == {
+        "memory": 2048, "host": "big", "params": {"gpu": 2, "os": None}}
+
+
+# ---- refusing the impossible, and why ------------------------------------------------------------
+
+def test_impossible_requests_are_explained():
+    ns = nodes(("big", 48, 64000, {"resources": {"gpu": 2}, "labels": {"os": "debian12"}}),
+               ("small", 4, 8000, {"labels": {"os": "debian12"}}))
+    assert impossible(job(1, 64), ns) == "no node has 64 cpus; largest is 48"
+    assert impossible(job(1, 1, 100000), ns) == "no node has 100000 MB of memory; largest is 64000 MB"
+    assert impossible(job(1, params={"gpu": 4}), ns) == "no node has 4 gpu; largest is 2"
+    assert impossible(job(1, params={"tpu": 1}), ns) == "no node has tpu"
+    assert impossible(job(1, params={"os": "centos7"}), ns) == "no node has os=centos7; os is debian12"
+    assert impossible(job(1, host="gpu*"), ns) == "no node matches hosts 'gpu*'"
+    assert impossible(job(1, 8, host="small"), ns) == "no node has 8 cpus; largest is 4"
+    assert impossible(job(1, 40, params={"os": "debian12"}), ns) is None
+    assert impossible(job(1, 64), []) is None, "with no nodes known, nothing can be judged"
+
+
+def test_why_names_the_resource_the_nodes_and_the_queue_position():
+    t = _table(("big", 4, 8000), ("small", 1, 2000))
+    busy = _submit(t, cpus=4, host="big")
+    _run(t, 0.0)
+    ahead = _submit(t, 1.0, cpus=2, priority=30)
+    mine = _submit(t, 2.0, cpus=2)
+    text = explain(t.jobs[mine], t, 10.0)
+    assert "2 cpus" in text and "small" in text and "big" in text
+    assert "2 of 2" in text or "position 2" in text, text
+    assert busy and ahead
