@@ -207,7 +207,7 @@ def parse_ulimit(value) -> dict[str, int | None]:
         kind = ULIMIT_KEYS.get(str(name))
         if kind is None:
             raise ValueError(f"unknown limit {_got(name)}: use {', '.join(ULIMIT_KEYS)}")
-        if isinstance(limit, str) and limit.strip().lower() in ("unlimited", "infinity", "none"):
+        if limit is None or (isinstance(limit, str) and limit.strip().lower() in ("unlimited", "infinity", "none")):
             out[name] = None
             continue
         try:

@@ -93,7 +93,7 @@ OPTIONS = [
     Option(None, "attach", "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
     Option(None, "tail", "tail", help="with --attach: only the output from now on"),
     Option("v", "verbose", "verbose", help="print the job id and node on stderr"),
-    Option("q", "query", "query", help="query: jobs, status, history, wait ID..."),
+    Option("q", "query", "query", help="query: jobs, status, history, wait ID..., why ID"),
     Option("k", "kill", "kill", help="kill jobs: grun -k ID... (with -d: stop the daemons)"),
     Option("n", "signal", "signal", "value", _signal, "signal for -k (default TERM)", "SIG"),
     Option("d", "daemon", "daemon", help="start the configured services in the background"),

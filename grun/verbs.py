@@ -179,7 +179,7 @@ def history_long(jobs: list[dict]) -> str:
                  + (f", limit {j['limits'].get('memory_mb')} MB" if (j.get("limits") or {}).get("memory_mb") else ""),
                  f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}"]
         if j.get("limit"):
-            lines.append(f"  limit     killed for {j['limit']}: {j.get('limit_detail') or ''}".rstrip())
+            lines.append(f"  limit     {j['limit']} ({exit_text(j)}): {j.get('limit_detail') or ''}".rstrip())
         if j.get("error"):
             lines.append(f"  error     {j['error']}")
         blocks.append("\n".join(lines))

@@ -390,3 +390,40 @@ def test_describe_round_trips(conf, tmp_path, env):
 def test_describe_personal(env):
     text = describe(load_config(None, environ=env))
     assert "personal mode" in text and yaml.safe_load(text)["master"] == "127.0.0.1:5184"
+
+
+# --- scheduling and limits keys (issue 4) ---------------------------------------------------------
+
+def test_scheduling_and_limit_keys(conf):
+    cfg = conf("default_priority: 15\nreserve_after: 2m\nhard_factor: 2\nresources: {gpu: 2, scratch_gb: 500}\n"
+               "labels: {os: debian12, cuda: 12}\nulimit: {cpu: 1h, fsize: 10G, nofile: 4096, core: unlimited}\n"
+               "count_outside_load: no\n")
+    assert (cfg.default_priority, cfg.reserve_after, cfg.hard_factor) == (15, 120.0, 2.0)
+    assert cfg.resources == {"gpu": 2.0, "scratch_gb": 500.0}
+    assert cfg.labels == {"os": "debian12", "cuda": "12"}
+    assert cfg.ulimit == {"cpu": 3600, "fsize": 10240, "nofile": 4096, "core": None}
+    assert cfg.count_outside_load is False and cfg.unknown_keys == []
+    again = load_config_from_describe(conf, cfg)
+    assert (again.resources, again.labels, again.ulimit) == (cfg.resources, cfg.labels, cfg.ulimit)
+    defaults = conf("")
+    assert (defaults.default_priority, defaults.reserve_after, defaults.hard_factor, defaults.ulimit,
+            defaults.resources, defaults.labels, defaults.count_outside_load) == (20, 300.0, 1.5, {}, {}, {}, True)
+
+
+def load_config_from_describe(conf, cfg):
+    text = describe(cfg).replace(f"hostname: {cfg.hostname}", "")
+    return conf(text)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("hard_factor: 0.5\n", "hard_factor"), ("hard_factor: lots\n", "hard_factor"),
+    ("resources: {gpu: -1}\n", "resources"), ("resources: [gpu]\n", "resources"),
+    ("resources: {cpus: 2}\n", "resources"), ("labels: {os: [a, b]}\n", "labels"),
+    ("labels: {'bad name': x}\n", "labels"), ("ulimit: {bogus: 1}\n", "ulimit"),
+    ("ulimit: {nofile: 3}\n", "ulimit"), ("ulimit: {cpu: forever}\n", "ulimit"), ("ulimit: 5\n", "ulimit"),
+    ("default_priority: high\n", "default_priority"), ("reserve_after: soon\n", "reserve_after"),
+    ("count_outside_load: maybe\n", "count_outside_load"),
+])
+def test_bad_scheduling_and_limit_keys(conf, text, key):
+    e = error(conf, text)
+    assert e.key == key and e.line == 1, str(e)

@@ -334,3 +334,24 @@ def test_hold_suspend_and_edit_survive_a_master_kill_9(fresh_cluster):
         assert psutil.Process(job_pid(c, running)).status() != psutil.STATUS_STOPPED
     finally:
         c.client().kill([running, blocker, held, edited], 9)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-p", "gpu", "true"], "NAME=VALUE"),
+    (["-p", "=1", "true"], "bad resource name"),
+    (["-p", "bad name=1", "true"], "bad resource name"),
+    (["-e"], "-e needs"),
+    (["-e", "hold"], "needs job ids"),
+    (["-e", "resume", "x1"], "bad job id"),
+    (["-e", "priority=1"], "needs job ids"),
+    (["-e", "priority"], "KEY=VALUE"),
+    (["-j", "", "true"], "-j"),
+    (["-q", "why"], "needs job ids"),
+    (["-q", "why", "1", "2"], "one job id"),
+    (["-q", "history", "--long", "--bogus"], "--bogus"),
+    (["-k", "--force"], "needs job ids"),
+])
+def test_usage_errors_of_the_new_options(three, args, needle):
+    r = three.grun(*args)
+    assert_one_error_line(r, needle)
+    assert r.returncode == 2 and r.stdout == b""

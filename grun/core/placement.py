@@ -207,21 +207,26 @@ def place(ordered_jobs, nodes: list[NodeView], rng: random.Random = random, *, n
     if not live:
         return plan
     misses = 0
-    failed_shapes: set = set()
+    full = not any(n.free_cpus > EPS for n in live)
+    failed_shapes: set = set()       # shapes that fit nowhere in this pass
+    unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         shape = _shape(job)
-        if shape not in failed_shapes or job.get("reserved_node"):
+        if not full and (shape not in failed_shapes or job.get("reserved_node")):
             node = best_node(job, live, rng, claims)
             if node is not None:
                 node.take(job)
                 node.jobs.add(job["id"])
                 plan.placed.append((job, node))
                 _drop_claim(claims, job)
+                full = not any(n.free_cpus > EPS for n in live)
                 continue
             failed_shapes.add(shape)
         misses += 1
-        if starving(job, now, reserve_after):
-            _reserve(job, live, claims, plan, rng)
+        if shape not in unreservable and starving(job, now, reserve_after) and (
+                len(claims) < len(live) or job.get("reserved_node")):
+            if not _reserve(job, live, claims, plan, rng):
+                unreservable.add(shape)
         if misses >= MAX_MISSES_PER_PASS:
             break
     return plan
@@ -233,14 +238,15 @@ def _drop_claim(claims: dict, job: dict) -> None:
             del claims[name]
 
 
-def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> None:
+def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> bool:
     node = node_to_reserve(job, nodes, claims, rng)
     if node is None:
-        return
+        return False
     if job.get("reserved_node") != node.name:
         _drop_claim(claims, job)
         plan.reserve.append((job, node))
     claims[node.name] = job
+    return True
 
 
 # ---- refusing the impossible ---------------------------------------------------------------------

@@ -65,6 +65,7 @@ class JobTable:
         self.rng = rng or random.Random()
         self.names: dict[str, int] = {}          # job name -> id, live jobs only
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
+        self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
         self.reserve_after = reserve_after       # a job waiting longer gets a node reserved
 
     # ---- records -------------------------------------------------------------------------------
@@ -155,6 +156,7 @@ class JobTable:
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
         job.pop("reserved_node", None)
+        self.reserved.pop(job["id"], None)
         if job.get("token"):
             self.tokens.pop(job["token"], None)
             self._keep_token(job["token"], job["id"], rec["time"])
@@ -212,7 +214,11 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now."""
+        """Make the node views count exactly what the job holds now (and index its reservation)."""
+        if job["state"] == J.QUEUED and job.get("reserved_node"):
+            self.reserved[job["id"]] = job
+        else:
+            self.reserved.pop(job["id"], None)
         claim = self._claim_of(job)
         if self.counted.get(job["id"]) == (job.get("node"), claim):
             return
@@ -263,8 +269,7 @@ class JobTable:
 
     def claims(self) -> dict:
         """Node name -> the queued job that reserved it."""
-        return {j["reserved_node"]: j for j in self.jobs.values()
-                if j["state"] == J.QUEUED and j.get("reserved_node") in self.nodes}
+        return {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
 
     def followups(self, rec: dict, job: dict | None) -> list[dict]:
         """Records that must follow an applied one: a nested grun's parent lends its reservation
