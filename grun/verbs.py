@@ -140,6 +140,8 @@ def history_table(jobs: list[dict]) -> str:
 
 def queue_wait(job: dict):
     """Seconds from submission to its (last) start on a node."""
+    if job.get("queue_wait") is not None:
+        return job["queue_wait"]
     started = job.get("start_time") or job.get("dispatch_time")
     return None if not started or not job.get("submit_time") else max(0.0, started - job["submit_time"])
 
@@ -412,7 +414,8 @@ def _run_new(client, args: dict, io: IO) -> int:
                 on_start(client.wait_started(state["id"]))
             return wait_code(client, state["id"], io)
         return client.run(spec, stdin_fd=io.stdin_fd, stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
-                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: io.say(f"grun: {m}"))
+                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: io.say(f"grun: {m}"),
+                          on_note=lambda m: io.say(f"grun: {m}"))
     except KeyboardInterrupt:
         return _interrupted(client, state["id"], signal.SIGINT, 130, io)
     except Terminated:

@@ -239,7 +239,8 @@ def test_history_records_usage(three, tmp_path):
     record = next(j for j in _history(three, "-c", "5") if j["id"] == job_id)
     u = record["usage"]
     assert (record["node"], record["exit"], record["state"]) == ("big", 2, "failed")
-    assert record["start_time"] >= record["submit_time"] and u["wall"] > 0.3
+    assert record["queue_wait"] == pytest.approx(record["start_time"] - record["submit_time"], abs=1e-3)
+    assert 0 <= record["queue_wait"] < 30 and u["wall"] > 0.3
     assert u["utime"] + u["stime"] >= 0.25 and u["maxrss_kb"] >= 55 << 10, u
     assert u["write_bytes"] >= 8 << 20 and "read_bytes" in u, u
     assert record["limits"]["data_mb"] == 750, "a memory rlimit of -m x hard_factor"

@@ -166,6 +166,9 @@ class JobTable:
         result = rec.get("result", {})
         job.update(result)
         job["end_time"] = rec["time"]
+        started = job.get("start_time") or job.get("dispatch_time")
+        if started and job.get("submit_time"):
+            job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
         if result.get("status"):
             job["state"] = result["status"]
@@ -285,11 +288,15 @@ class JobTable:
             return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
         return []
 
-    def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None) -> dict | None:
-        """None when the job is unknown or already finished, so a repeated report is applied once."""
+    def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
+                      attempt: int | None = None) -> dict | None:
+        """None when the job is unknown or already finished, so a repeated report is applied once,
+        and when the report is of an earlier run than the job's current one."""
         job = self.jobs.get(job_id)
         if job is None:
             return None
+        if attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]:
+            return None  # the end of a copy of an earlier run
         if node is not None:
             current = job.get("node")
             if current is None and job.get("lost_from") != node:
