@@ -266,14 +266,14 @@ class Client:
     # ---- a job's output ------------------------------------------------------------------------
 
     def run(self, spec: dict, *, stdin_fd: int | None = None, stdout_fd: int = 1, stderr_fd: int = 2,
-            on_submit=None, on_start=None, on_limit=None) -> int:
+            on_submit=None, on_start=None, on_limit=None, on_note=None) -> int:
         """Submit a job, stream its output as it is produced, and return its exit code."""
         spec = dict(spec, stdin=stdin_fd is not None)
         job_id = self.submit_spec(spec)
         if on_submit:
             on_submit(job_id)
         return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start,
-                           on_limit=on_limit)
+                           on_limit=on_limit, on_note=on_note)
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
@@ -350,7 +350,7 @@ class Client:
             job = self.call("job", job_id, wait=long_wait)  # ride through a master restart
         if require_output:
             raise GrunError(f"the output of job {job_id} is no longer kept on its node")
-        if on_note:
+        if on_note and job.get("node"):  # a job that never ran had no output to keep
             on_note(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
         if on_limit and final.get("limit"):

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 
 from grun import registry
@@ -181,8 +182,43 @@ def test_node_kill_9_while_jobs_start_and_run(make_cluster, tmp_path):
     assert {k: done[i]["exit"] for k, i in ids.items()} == {k: k % 7 for k in ids}
     _once_each(c, ids.values())
     _check_runs(runs, ids)
+    for k, job_id in ids.items():
+        assert _spool(c, "n1", job_id) == f"out-{k}\n".encode()
     with open(f"{c.root}/n1/grun.log") as f:
         assert "re-adopted" in f.read()
+
+
+def test_a_node_back_without_its_jobs_has_them_declared_lost_and_rerun(make_cluster, tmp_path):
+    """The node's spool went (disk replaced), or its host rebooted (supervisor gone, job gone): lost and
+    re-queued. A supervisor that died on a host that did not reboot: its job is ended, and it failed."""
+    c = make_cluster(nodes={"n1": {"cpus": 4, "memory": 4000, **FAST}})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    client = c.client()
+    wiped, rebooted, orphaned = (
+        client.submit_spec({"cmd": [f"echo x >> {runs}/{name}; sleep 2; exit 4"], "shell": True, **AS_US})
+        for name in ("wiped", "rebooted", "orphaned"))
+    pids = {i: job_pid(c, i) for i in (wiped, rebooted, orphaned)}
+    jobs_dir = os.path.join(c.root, "n1", "node", "jobs")
+    sups = {i: int(_spool(c, "n1", i, "supervisor.pid")) for i in pids}
+    c.kill("n1", signal.SIGKILL)
+    for i in (wiped, rebooted):  # what a power cut does to them
+        os.killpg(pids[i], signal.SIGKILL)
+        os.kill(sups[i], signal.SIGKILL)
+    os.kill(sups[orphaned], signal.SIGKILL)  # only the supervisor: the job itself still runs
+    shutil.rmtree(os.path.join(jobs_dir, str(wiped)))
+    os.utime(os.path.join(jobs_dir, str(rebooted), "supervisor.pid"), (0, 0))  # started before this boot
+    c.start_node("n1")
+    done = client.wait([wiped, rebooted, orphaned])
+    for i, name in ((wiped, "wiped"), (rebooted, "rebooted")):
+        assert (done[i]["state"], done[i]["exit"], done[i]["attempt"]) == ("failed", 4, 2), done[i]
+        assert (runs / name).read_text() == "x\nx\n"  # once per dispatch, and the record says so
+    assert "came back without it" in done[wiped]["requeue_reason"]
+    assert "rebooted" in done[rebooted]["requeue_reason"]
+    assert (done[orphaned]["state"], done[orphaned]["exit"], done[orphaned]["attempt"]) == ("failed", 255, 1)
+    assert "supervisor vanished" in done[orphaned]["error"]
+    wait_for(lambda: not _group_alive(pids[orphaned]), 10, what="the orphaned job to be ended")
+    _once_each(c, [wiped, rebooted, orphaned])
 
 
 # ---- client loss -------------------------------------------------------------------------------
@@ -200,7 +236,8 @@ def test_attach_after_the_client_was_killed_and_output_keep(make_cluster, tmp_pa
         _reap(proc)
     tail = c.popen("--attach", str(jid), "--tail")
     whole = c.popen("--attach", str(jid))
-    time.sleep(1)
+    for proc in (tail, whole):
+        wait_for(lambda: _streaming(c, proc), 20, what="the attached client's stream to be open")
     gate.touch()
     out, err = tail.communicate(timeout=30)
     assert (tail.returncode, out, err) == (4, b"b\n", b"e\n")
@@ -221,6 +258,17 @@ def test_attach_after_the_client_was_killed_and_output_keep(make_cluster, tmp_pa
     time.sleep(1)
     assert os.path.exists(kept_dir), "removed before output_keep"
     wait_for(lambda: not os.path.exists(kept_dir), 10, what="the spool to expire after output_keep")
+
+
+def _streaming(c, proc) -> bool:
+    """Whether a client process has its side-channel stream open (a connection to neither the
+    master nor a node's Pyro5 daemon)."""
+    pyro_ports = {c.port} | {int(n["uri"].rsplit(":", 1)[1]) for n in c.client().nodes() if n.get("uri")}
+    try:
+        conns = psutil.Process(proc.pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(k.status == psutil.CONN_ESTABLISHED and k.raddr and k.raddr.port not in pyro_ports for k in conns)
 
 
 # ---- node loss ---------------------------------------------------------------------------------
@@ -260,6 +308,7 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
         out, err = mover.communicate(timeout=60)
         assert mover.returncode == 3, err
         assert out.endswith(f"start {other}\nend\n".encode()), out
+        assert b"was re-queued" in err and b"its output starts over" in err, err
     finally:
         _reap(mover)
     assert c.grun("-q", "wait", str(pinned)).returncode == 0

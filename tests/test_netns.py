@@ -162,6 +162,7 @@ def test_a_partitioned_node_s_jobs_are_requeued_and_the_stale_copy_killed_on_hea
         out, err = mover.communicate(timeout=90)
         assert mover.returncode == 3, err
         assert out.endswith(f"start {other}\nend\n".encode()), out
+        assert b"was re-queued" in err, err
     finally:
         if mover.poll() is None:
             mover.kill()

@@ -110,6 +110,16 @@ def test_only_the_current_copy_finishes_a_job_and_only_once():
     assert table.finish_record(job["id"], {"exit_code": 0}, 9.0, node="b") is None  # reported twice
 
 
+def test_the_end_of_an_earlier_run_on_the_same_node_does_not_finish_the_job():
+    table = _table("a")
+    job = _run_on(table, _submit(table), "a")
+    table.apply(table.lost_record(job, 5.0, "node a came back without it"))
+    _run_on(table, job, "a", now=6.0)  # run again, on the same node
+    assert table.finish_record(job["id"], {"exit_code": 1}, 7.0, node="a", attempt=1) is None
+    done = table.apply(table.finish_record(job["id"], {"exit_code": 0}, 8.0, node="a", attempt=2))
+    assert (done["state"], done["attempt"]) == ("done", 2)
+
+
 def test_a_queued_lost_job_is_finished_by_the_copy_on_the_node_it_was_lost_from():
     table = _table("a", "b")
     job = _run_on(table, _submit(table), "a")

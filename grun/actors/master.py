@@ -451,7 +451,7 @@ class Master(JobControl):
                 acked.append(job_id)
                 result = {k: rep.get(k) for k in ("exit_code", "signal", "usage", "error", "start_time",
                                                   "limit", "limit_detail", "limits") if rep.get(k) is not None}
-                rec = self.table.finish_record(job_id, result, now, node=name)
+                rec = self.table.finish_record(job_id, result, now, node=name, attempt=rep.get("attempt"))
                 if rec is not None and rep.get("lost"):
                     # the node lost the job (its host rebooted under it): like a lost node, for this job
                     job = self.table.jobs[job_id]

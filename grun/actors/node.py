@@ -167,11 +167,19 @@ class Node(JobMonitoring):
 
     def start(self, jobs: list) -> dict:
         """Start jobs; idempotent, so the master may offer the same job again."""
-        started, rejected = {}, {}
+        started, rejected, waiting = {}, {}, []
         for job in jobs:
             job_id = int(job["id"])
             try:
                 with self.lock:
+                    old = self.live.get(job_id)
+                    if old is not None and int(old.job.get("attempt") or 1) < int(job.get("attempt") or 1):
+                        # a copy of an earlier run of this job (the master declared it lost meanwhile)
+                        if old.status is None:
+                            self.kill_stale([job_id])  # the new run starts once this one has ended
+                            waiting.append(job_id)
+                            continue
+                        self._forget(old)  # its end no longer counts
                     if job_id not in self.live:
                         self._launch(job_id, job)
                 started[str(job_id)] = None
@@ -180,7 +188,8 @@ class Node(JobMonitoring):
                 rejected[str(job_id)] = f"node {self.name}: {exc}"
         with self.lock:
             seq = self.launch_seq
-        return {"started": started, "rejected": rejected, "incarnation": self.incarnation, "seq": seq}
+        return {"started": started, "rejected": rejected, "waiting": waiting, "incarnation": self.incarnation,
+                "seq": seq}
 
     def _launch(self, job_id: int, job: dict) -> None:
         self.launch_seq += 1
@@ -392,9 +401,10 @@ class Node(JobMonitoring):
     def _held(self) -> dict:
         """The jobs we hold, for the master to reconcile with: running ones, and finished ones it has
         not acknowledged yet; with the launch count they were taken at."""
-        with self.lock:
-            running = [l.id for l in self.live.values() if l.status is None]
-            finished = [l.id for l in self.live.values() if l.status is not None and not l.reported]
+        with self.lock:  # copies we were told are stale do not count as the job's
+            running = [l.id for l in self.live.values() if l.status is None and not l.superseded]
+            finished = [l.id for l in self.live.values() if l.status is not None and not l.reported
+                        and not l.superseded]
             return {"running": running, "finished": finished, "incarnation": self.incarnation,
                     "seq": self.launch_seq}
 
@@ -418,7 +428,7 @@ class Node(JobMonitoring):
         todo = [l for l in list(self.live.values()) if l.status is not None and not l.reported][:REPORT_BATCH]
         if not todo:
             return
-        reports = [dict(l.status, id=l.id) for l in todo]
+        reports = [dict(l.status, id=l.id, attempt=l.job.get("attempt")) for l in todo]
         acked = set(master.finished(self.name, reports))
         for live in todo:
             if live.id in acked:
