@@ -326,6 +326,33 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
         assert f"job {mid}: killing this stale copy" in f.read()
 
 
+def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
+    """The restarted master knows the node only from its journal: it must still declare it lost."""
+    c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},
+                     node_timeout=2)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # the first run lasts (so its copy is still there to be killed), a second one is quick
+    jid = nowait(c, "sh", "-c", f"s=30; [ -e {runs}/job ] && s=0.2; echo $GRUN_NODE >> {runs}/job; sleep $s; exit 8")
+    first = wait_state(c, jid, "running")["node"]
+    c.procs[first].send_signal(signal.SIGSTOP)
+    c.kill("master", signal.SIGKILL)
+    c.start_master()
+    second = "b" if first == "a" else "a"
+    moved = wait_for(lambda: (lambda j: j if j["state"] == "running" and j["node"] == second else None)(job(c, jid)),
+                     20, what="the job to be declared lost and run on the other node")
+    assert moved["attempt"] == 2
+    c.procs[first].send_signal(signal.SIGCONT)
+    assert c.grun("-q", "wait", str(jid)).returncode == 8
+    record = _once_each(c, [jid])[jid]
+    assert (record["node"], record["attempt"]) == (second, 2)
+    status = os.path.join(c.root, first, "node", "jobs", str(jid), "status.json")
+    wait_for(lambda: os.path.exists(status), 15, what="the stale copy to be killed")
+    with open(status) as f:
+        assert json.load(f)["signal"] == signal.SIGTERM
+    assert (runs / "job").read_text() == f"{first}\n{second}\n"
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
