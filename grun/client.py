@@ -30,6 +30,9 @@ from . import limits, registry, stream
 from .core import jobs as J
 
 
+SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
+
+
 class GrunError(Exception):
     """A failure to report to the user in one line."""
 
@@ -111,15 +114,19 @@ class Client:
         self._master._pyroClaimOwnership()
         return self._master
 
-    def call(self, method: str, *args, wait: float | None = None):
+    def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
         """Call the master, riding through a master that is briefly away.
 
         A long `wait` (riding through a master restart) applies only once this client has reached
-        the master; a master that never answered costs at most `connect_wait`."""
+        the master; a master that never answered costs at most `connect_wait`. `sent_wait`: once a
+        request may have reached the master (the connection broke after it was sent), keep retrying
+        this long; for calls that are safe to repeat (a submission with its token), so that a master
+        that accepted the request and died before answering is waited for, not reported as absent."""
         limit = self.connect_wait if wait is None else wait
         if not self._answered:
             limit = min(limit, self.connect_wait)
-        deadline = time.monotonic() + limit
+        started = time.monotonic()
+        deadline = started + limit
         delay = 0.05
         while True:
             try:
@@ -140,6 +147,8 @@ class Client:
                 if self._master is not None:
                     registry.reset(self._master)
                 self._master = None
+                if sent_wait and isinstance(exc, (Pyro5.errors.ConnectionClosedError, Pyro5.errors.TimeoutError)):
+                    deadline = max(deadline, started + sent_wait)
                 if time.monotonic() + delay > deadline:
                     raise MasterUnreachable(f"cannot reach the grun master at {self.address}: {_message(exc)}") from None
                 time.sleep(delay)
@@ -188,7 +197,7 @@ class Client:
         specs = [dict(s) for s in specs]
         for spec in specs:
             spec.setdefault("token", secrets.token_hex(12))
-        return [int(i) for i in self.call("submit_many", specs)]
+        return [int(i) for i in self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)]
 
     def get(self, job_id: int) -> "Job":
         """A handle for an existing job; raises JobNotFound if there is none."""
@@ -199,7 +208,7 @@ class Client:
         """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
         spec = dict(spec)
         spec.setdefault("token", secrets.token_hex(12))  # a retried submit cannot queue the job twice
-        return int(self.call("submit", spec))
+        return int(self.call("submit", spec, sent_wait=SENT_SUBMIT_WAIT))
 
     def job(self, job_id: int) -> dict:
         """The job's record: id, state, cmd, cpus, memory, node, exit, usage, ..."""

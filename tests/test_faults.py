@@ -162,6 +162,34 @@ def test_clients_ride_through_a_master_outage_of_several_seconds(make_cluster, t
     assert records[rid]["usage"]["wall"] >= 2  # the usage measured while the master was down arrived
 
 
+def test_a_submission_the_master_died_on_is_retried_until_it_is_back(make_cluster):
+    """The request reached the master, which died before answering: it may have queued the job, so
+    the client keeps trying (same token) for longer than a master that never answered would get."""
+    c = make_cluster(nodes={"n1": {"cpus": 1, "memory": 1000, **FAST}})
+    client = c.client(connect_wait=2)
+    client.call("ping")
+    got, errors = [], []
+
+    def submit():
+        try:
+            got.append(client.submit_spec({"cmd": ["sh", "-c", "exit 3"], **AS_US}))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    c.procs["master"].send_signal(signal.SIGSTOP)  # the request waits in its socket
+    t = threading.Thread(target=submit)
+    t.start()
+    time.sleep(0.5)
+    c.kill("master", signal.SIGKILL)  # the connection breaks under the sent request
+    time.sleep(4)  # twice connect_wait
+    c.start_master()
+    t.join(30)
+    assert not errors and len(got) == 1, errors
+    assert c.client().wait(got)[got[0]]["exit"] == 3
+    assert [j["id"] for j in c.client().jobs()] == []
+    _once_each(c, got)
+
+
 # ---- node daemon crash -------------------------------------------------------------------------
 
 def test_node_kill_9_while_jobs_start_and_run(make_cluster, tmp_path):
