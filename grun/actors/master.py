@@ -610,7 +610,10 @@ class Master(JobControl):
         except (StoreError, OSError) as exc:
             log.error("no snapshot at shutdown (%s); the journal has everything", exc)
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
+                log.error("closing the store: %s", exc)
 
 
 def _job_id(raw) -> int:
