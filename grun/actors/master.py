@@ -557,8 +557,9 @@ class Master(JobControl):
         with self.lock:
             for name, info in self.node_info.items():
                 silent = now - info["last_seen"]
-                if silent <= self.node_timeout:
-                    continue
+                if silent <= self.node_timeout or info.get("lost_at"):
+                    continue  # (a lost node's jobs are dealt with once; it gets none until it registers)
+                info["lost_at"] = now
                 node = self.table.nodes.get(name)
                 if node is not None and node.up:
                     node.up = False
