@@ -166,3 +166,10 @@ def test_replaying_the_records_gives_the_same_table():
     assert replayed.jobs == live.jobs
     assert [j["id"] for j in replayed.pending] == [j["id"] for j in live.pending]
     assert replayed.done_tokens == live.done_tokens and replayed.tokens == live.tokens
+
+
+def test_a_node_record_needs_no_followup():
+    """apply() of a "node" record returns the node's view, which a first registration journals."""
+    table = JobTable()
+    rec = table.node_record("a", 2.0, 1000)
+    assert table.followups(rec, table.apply(rec)) == []

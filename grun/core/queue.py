@@ -277,8 +277,8 @@ class JobTable:
     def followups(self, rec: dict, job: dict | None) -> list[dict]:
         """Records that must follow an applied one: a nested grun's parent lends its reservation
         when the child is submitted, and takes it back (unlend) when the child ends."""
-        if job is None or not job.get("parent") or rec["op"] not in ("submit", "finish"):
-            return []
+        if rec["op"] not in ("submit", "finish") or job is None or not job.get("parent"):
+            return []  # (a "node" record's apply returns the node's view, not a job)
         parent = self.jobs.get(job["parent"])
         if parent is None:
             return []
