@@ -131,11 +131,16 @@ class Master(JobControl):
 
     def _record(self, records: list[dict]) -> list:
         """Apply and journal records; call with the lock held. Returns what apply() returned."""
+        if self.failed.is_set():  # memory may hold what the disk does not: answer nothing from it
+            raise Restarting("the grun master's journal failed; it is restarting")
         if records and self._closing:
             raise Restarting("the grun master is restarting")
         out, records = self._apply_all(records)  # with the lend/unlend records that must follow
         if records:
-            self._seq = self.store.log_nowait(records)
+            try:
+                self._seq = self.store.log_nowait(records)
+            except StoreError as exc:
+                self._journal_failed(exc)
             self.records_since_snapshot += len(records)
             for r in records:
                 self._notify(r.get("id") if r["op"] != "submit" else r["job"]["id"])
@@ -146,12 +151,17 @@ class Master(JobControl):
         try:
             self.store.wait_durable(self._seq)
         except StoreError as exc:
-            # Records are applied in memory but not on disk: the only safe way on is a restart
-            # that reads the disk again. Nobody is told "done" for what the disk may not have.
-            if not self.failed.is_set():
-                log.critical("journal failed (%s): the master stops and must be restarted", exc)
-                self.failed.set()
-            raise Restarting(f"the grun master's journal failed: {exc}") from None
+            self._journal_failed(exc)
+        if self.failed.is_set():
+            raise Restarting("the grun master's journal failed; it is restarting")
+
+    def _journal_failed(self, exc: Exception) -> None:
+        """Records are applied in memory but not on disk: the only safe way on is a restart that
+        reads the disk again. Nobody is told "done" for what the disk may not have."""
+        if not self.failed.is_set():
+            log.critical("journal failed (%s): the master stops and must be restarted", exc)
+            self.failed.set()
+        raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _remember(self, job: dict) -> None:
         self.recent[job["id"]] = job
