@@ -95,7 +95,7 @@ class JobControl:
         return self._control(job_ids, "resume")
 
     def _control(self, job_ids: list, what: str) -> dict:
-        ids = [_job_id(i) for i in job_ids]
+        ids = [J.parse_job_id(i) for i in job_ids]
         now = time.time()
         local = {"hold": (J.QUEUED, "hold"), "resume": (J.HELD, "release")}[what]
         remote_state = {"hold": J.RUNNING, "resume": J.SUSPENDED}[what]
@@ -140,7 +140,7 @@ class JobControl:
 
     def edit(self, job_ids: list, changes: dict) -> dict:
         """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
-        ids = [_job_id(i) for i in job_ids]
+        ids = [J.parse_job_id(i) for i in job_ids]
         try:
             parsed = J.parse_edit(changes)
         except J.SpecError as exc:
@@ -173,7 +173,7 @@ class JobControl:
 
     def why(self, job_id: int) -> str:
         """One paragraph: why the job is not running (or what became of it)."""
-        job_id = _job_id(job_id)
+        job_id = J.parse_job_id(job_id)
         with self.lock:
             job = self.table.jobs.get(job_id)
             if job is not None:
@@ -197,13 +197,3 @@ class JobControl:
                 return bool(pattern.search(text) or pattern.search(job.get("name") or ""))
             return True
         return keep if (user or pattern) else None
-
-
-def _job_id(raw) -> int:
-    try:
-        job_id = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"bad job id {raw!r}") from None
-    if job_id <= 0:
-        raise ValueError(f"bad job id {raw!r}")
-    return job_id

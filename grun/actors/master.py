@@ -254,7 +254,7 @@ class Master(JobControl):
         return refusal
 
     def job(self, job_id: int) -> dict:
-        job_id = _job_id(job_id)
+        job_id = J.parse_job_id(job_id)
         with self.lock:
             job = self.table.jobs.get(job_id) or self.recent.get(job_id)
             if job is not None:
@@ -274,7 +274,7 @@ class Master(JobControl):
 
     def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
         """Returns the job once it runs (or has finished), or as it is when the timeout passes."""
-        job_id = _job_id(job_id)
+        job_id = J.parse_job_id(job_id)
         deadline = time.monotonic() + min(float(timeout), MAX_WAIT_SECS)
         while True:
             with self.lock:
@@ -291,7 +291,7 @@ class Master(JobControl):
 
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
         """Finished records of the given jobs, returned when all have finished or the timeout passed."""
-        ids = [_job_id(i) for i in job_ids]
+        ids = [J.parse_job_id(i) for i in job_ids]
         deadline = time.monotonic() + min(float(timeout), MAX_WAIT_SECS)
         while True:
             done, pending, event = {}, [], threading.Event()
@@ -348,7 +348,7 @@ class Master(JobControl):
         with self.lock:
             records = []
             for raw in job_ids:
-                job_id = _job_id(raw)
+                job_id = J.parse_job_id(raw)
                 job = self.table.jobs.get(job_id)
                 found[str(job_id)] = job is not None
                 if job is None:
@@ -457,7 +457,7 @@ class Master(JobControl):
         acked, done = [], []
         with self.lock:
             for rep in reports:
-                job_id = _job_id(rep["id"])
+                job_id = J.parse_job_id(rep["id"])
                 acked.append(job_id)
                 result = {k: rep.get(k) for k in ("exit_code", "signal", "usage", "error", "start_time",
                                                   "limit", "limit_detail", "limits") if rep.get(k) is not None}
@@ -625,13 +625,3 @@ class Master(JobControl):
                 self.store.close()
             except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
                 log.error("closing the store: %s", exc)
-
-
-def _job_id(raw) -> int:
-    try:
-        job_id = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"bad job id {raw!r}") from None
-    if job_id <= 0:
-        raise ValueError(f"bad job id {raw!r}")
-    return job_id

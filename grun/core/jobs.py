@@ -256,3 +256,14 @@ def describe_exit(result: dict) -> str:
 def public_view(job: dict) -> dict:
     """What queries return: everything but the environment, which can be large and private."""
     return {k: v for k, v in job.items() if k != "env"}
+
+
+def parse_job_id(raw) -> int:
+    """A job id from the wire; a ValueError (which Pyro5 clients rebuild) for anything else."""
+    try:
+        job_id = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"bad job id {raw!r}") from None
+    if job_id <= 0:
+        raise ValueError(f"bad job id {raw!r}")
+    return job_id
