@@ -332,9 +332,10 @@ class Client:
                     if on_limit and status.get("limit"):
                         on_limit(limits.describe(status, job_id))  # e.g. killed: out of memory
                     if status.get("superseded"):
-                        # this copy was killed because the master ran the job elsewhere (or ended it)
+                        # this copy was killed because the master ran the job elsewhere (or ended
+                        # it): follow the run that counts, even if it has ended already
                         job = self.call("job", job_id, wait=long_wait)
-                        if job["state"] in J.FINAL_STATES:
+                        if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
                     if release:

@@ -23,6 +23,7 @@ from grun.testing import LocalCluster
 from util import job, job_id_from_verbose, nowait, read_line, wait_for, wait_state
 
 NET = ipaddress.ip_network("198.18.0.0/15")
+NODE_TIMEOUT = 3
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -115,7 +116,7 @@ def netns_cluster():
     _ip("netns", "del", probe, check=False)
     c = NetnsCluster({"na": {"cpus": 3, "memory": 3000, "heartbeat": 0.5},
                       "nb": {"cpus": 3, "memory": 3000, "heartbeat": 0.5}},
-                     master_extra={"node_timeout": 2})
+                     master_extra={"node_timeout": NODE_TIMEOUT})
     try:
         c.make_network()
         c.start()
@@ -133,19 +134,21 @@ def test_a_partitioned_node_s_jobs_are_requeued_and_the_stale_copy_killed_on_hea
     runs.mkdir()
     runs.chmod(0o777)
 
-    def script(k, sleep, code):
-        return (f"echo start $GRUN_NODE >> {runs}/{k}; echo start $GRUN_NODE; sleep {sleep}; "
+    def script(k, sleep, code, rerun_sleep=None):
+        """Logs its start and end; a second run (the marker file exists) sleeps rerun_sleep."""
+        rerun = f"[ -e {runs}/{k} ] && s={rerun_sleep}; " if rerun_sleep is not None else ""
+        return (f"s={sleep}; {rerun}echo start $GRUN_NODE >> {runs}/{k}; echo start $GRUN_NODE; sleep $s; "
                 f"echo end $GRUN_NODE >> {runs}/{k}; echo end; exit {code}")
 
     # each node really is another host: it answers on its own address, from its own namespace
     assert {n["name"]: n["uri"].split("@")[1].rsplit(":", 1)[0] for n in c.client().nodes()} == c.node_ip
-    mover = c.popen("-v", "sh", "-c", script("mover", 5, 3))
+    mover = c.popen("-v", "sh", "-c", script("mover", 20, 3, rerun_sleep=1))
     try:
         read_line(mover.stderr, 20)
         mid = job_id_from_verbose(read_line(mover.stderr, 20))
         cut_node = job(c, mid)["node"]
         other = "nb" if cut_node == "na" else "na"
-        pinned = nowait(c, "-H", cut_node, "sh", "-c", script("pinned", 9, 0))
+        pinned = nowait(c, "-H", cut_node, "sh", "-c", script("pinned", 10, 0))
         wait_state(c, pinned, "running")
         assert read_line(mover.stdout, 20) == f"start {cut_node}\n".encode()
 
@@ -156,7 +159,7 @@ def test_a_partitioned_node_s_jobs_are_requeued_and_the_stale_copy_killed_on_hea
         assert moved["attempt"] == 2 and "lost" in moved["requeue_reason"]
         assert job(c, pinned)["state"] == "queued"
         assert {n["name"]: n["up"] for n in c.client().nodes()} == {cut_node: False, other: True}
-        time.sleep(max(0.0, 3.0 - (time.monotonic() - cut_at)))  # cut off for longer than node_timeout
+        time.sleep(max(0.0, NODE_TIMEOUT + 1 - (time.monotonic() - cut_at)))  # longer than node_timeout
         c.heal(cut_node)
 
         out, err = mover.communicate(timeout=90)
