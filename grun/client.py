@@ -303,16 +303,19 @@ class Client:
         where = None  # (node, attempt): the run the offsets belong to
         out_off = err_off = 0
         failures = 0
+        fed = stdin_fd is not None
         while True:
             if job["state"] in (J.QUEUED, J.HELD, J.DISPATCHED):  # re-queued: its node was lost
                 job = self.wait_started(job_id)
             run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off = err_off = 0
-                stdin_fd = None
+                # what we sent went to the lost run; the new one gets an empty input, not a wait forever
+                stdin_fd = _devnull() if fed else None
                 if on_note:
                     on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
-                            f"following attempt {run[1]} on {run[0]}: its output starts over")
+                            f"following attempt {run[1]} on {run[0]}: its output starts over"
+                            + ("; its input is not sent again" if fed else ""))
             where = run
             final = job["state"] in J.FINAL_STATES
             uri = job.get("node_uri") or self._node_uri(job.get("node"))
@@ -567,6 +570,16 @@ def _load_config(path: str | None):
         return load_config(find_config_path(path))
     except ConfigError as exc:
         raise GrunError(str(exc)) from None
+
+
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One read-only /dev/null for the process: an input that ends at once."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY))
+    return _DEVNULL[0]
 
 
 def _job_uri(node_uri: str, job_id: int) -> str:
