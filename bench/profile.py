@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench import run as B  # noqa: E402
+from bench import run as B
 
 
 def spy(pid: int, path: str, rate: int, gil: bool = False) -> subprocess.Popen:

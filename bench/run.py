@@ -50,7 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import psutil  # noqa: E402
+import psutil
 
 THIS = os.path.abspath(__file__)
 SLURM_DIR = os.path.abspath(os.path.join(REPO, "..", "shared", "anchors", "slurm"))
@@ -1030,7 +1030,7 @@ def _last_done(offset: int) -> tuple[float | None, int]:
     with open(CTLD_LOG, "rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
-    stamps = re.findall(r"^\[([0-9-]+T[0-9:.]+)\] _job_complete: .* done", text, re.M)
+    stamps = re.findall(r"^\[([0-9-]+T[0-9:.]+)\] _job_complete: .* done", text, re.MULTILINE)
     if not stamps:
         return None, 0
     return _dt.datetime.strptime(stamps[-1], "%Y-%m-%dT%H:%M:%S.%f").timestamp(), len(stamps)

@@ -26,8 +26,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from grun.client import GrunError, MasterUnreachable  # noqa: E402
-from grun.testing import LocalCluster  # noqa: E402
+from grun.client import GrunError, MasterUnreachable
+from grun.testing import LocalCluster
 
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}
 

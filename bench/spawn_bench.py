@@ -29,7 +29,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.run import CpuGroup, job_spec  # noqa: E402
+from bench.run import CpuGroup, job_spec
 
 INLINE = ("import sys\nfor line in sys.stdin.buffer:\n    d, _, n = line.decode().rstrip('\\n').partition('\\t')\n"
           "    s.supervise(d, n or None)\nraise SystemExit")

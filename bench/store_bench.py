@@ -8,7 +8,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from grun.store import Store  # noqa: E402
+from grun.store import Store
 
 
 def job(i: int) -> dict:

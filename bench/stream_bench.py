@@ -15,7 +15,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from grun.stream import StreamServer, attach  # noqa: E402
+from grun.stream import StreamServer, attach
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 

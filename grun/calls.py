@@ -23,8 +23,9 @@ import pickle
 import secrets
 import sys
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .client import Client, GrunError, Job, job_spec
 from .remote_worker import RESULT_MARK

@@ -18,17 +18,16 @@ from __future__ import annotations
 import os
 import queue
 import secrets
-import shlex
 import sys
 import threading
 import time
-from typing import Iterator, Literal, Sequence, overload
+from collections.abc import Iterator, Sequence
+from typing import Literal, overload
 
 import Pyro5.errors
 
 from . import limits, registry, stream
 from .core import jobs as J
-
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 
@@ -167,7 +166,7 @@ class Client:
     @overload
     def submit(self, cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
                priority: int | None = None, params: dict | None = None, name: str | None = None,
-               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> "Job": ...
+               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> Job: ...
 
     def submit(self, cmd, *, cpus=None, memory=None, priority=None, params=None, name=None, cwd=None,
                env=None, hosts=None):
@@ -199,7 +198,7 @@ class Client:
             spec.setdefault("token", secrets.token_hex(12))
         return [int(i) for i in self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)]
 
-    def get(self, job_id: int) -> "Job":
+    def get(self, job_id: int) -> Job:
         """A handle for an existing job; raises JobNotFound if there is none."""
         self.job(job_id)
         return Job(self, int(job_id))
@@ -525,6 +524,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
              stdin: bool = False) -> dict:
     """A full job spec from the Python API's arguments: run here, as us, with the usual environment."""
     import getpass
+
     from .config import parse_cpus, parse_memory
     if isinstance(cmd, str):
         if not cmd.strip():

@@ -101,7 +101,7 @@ def _plain_number(value, what: str) -> Fraction:
     return Fraction(value)
 
 
-def parse_memory(text: str | int | float) -> int:
+def parse_memory(text: str | float) -> int:
     """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
     what = "a memory size like 4096 (MB), 500M or 4G"
     if isinstance(text, str):

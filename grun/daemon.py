@@ -98,7 +98,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
     if takeover:  # load everything before waiting, so the handover costs no import time
-        from .actors import master as _m, node as _n  # noqa: F401
+        from .actors import master as _m  # noqa: F401
     lock_fd = _lock_pid_file(pid_file, takeover)
     if takeover:
         log.info("took over from the previous daemon")

@@ -58,7 +58,7 @@ class ClusterView:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="grun-shell-monitor", daemon=True)
 
-    def start(self) -> "ClusterView":
+    def start(self) -> ClusterView:
         self._thread.start()
         return self
 

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from tinydb import TinyDB, where
 from tinydb.storages import Storage

@@ -76,7 +76,7 @@ class LocalCluster:
         if wait:
             self.wait_nodes([name])
 
-    def start(self) -> "LocalCluster":
+    def start(self) -> LocalCluster:
         self.start_master()
         for name in self.node_specs:
             self.start_node(name, wait=False)

@@ -17,10 +17,12 @@ import os
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TextIO
 
-from .options import OPTIONS, UsageError, parse as parse_options
+from .options import OPTIONS, UsageError
+from .options import parse as parse_options
 
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
 
@@ -166,7 +168,7 @@ def history_long(jobs: list[dict]) -> str:
     blocks = []
     for j in reversed(jobs):
         u = j.get("usage") or {}
-        when = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"  # noqa: E731
+        when = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"
         lines = [f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, "
                  f"exit {exit_text(j)}{', signal ' + str(j['signal']) if j.get('signal') else ''}",
                  f"  command   {command_text(j)}",

@@ -8,10 +8,18 @@ import time
 
 import Pyro5.errors
 import pytest
-
-from grun import Client, GrunError, Job, JobNotFound, MasterUnreachable, NotSupported, Timeout
-from grun.testing import free_port
 from util import wait_for
+
+from grun import (
+    Client,
+    GrunError,
+    Job,
+    JobNotFound,
+    MasterUnreachable,
+    NotSupported,
+    Timeout,
+)
+from grun.testing import free_port
 
 
 def test_client_finds_the_master_like_the_command_line(cluster, monkeypatch):

@@ -9,9 +9,20 @@ import pytest
 import yaml
 
 from grun import config as C
-from grun.config import (DEFAULT_PORT, Config, ConfigError, default_state_dir, describe,
-                         find_config_path, load_config, parse_cpus, parse_duration,
-                         parse_hostport, parse_memory, parse_services)
+from grun.config import (
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    default_state_dir,
+    describe,
+    find_config_path,
+    load_config,
+    parse_cpus,
+    parse_duration,
+    parse_hostport,
+    parse_memory,
+    parse_services,
+)
 
 
 @pytest.fixture

@@ -13,9 +13,18 @@ import tempfile
 
 import psutil
 import pytest
+from util import (
+    assert_one_error_line,
+    group_alive,
+    job,
+    job_id_from_verbose,
+    job_pid,
+    nowait,
+    wait_for,
+    wait_state,
+)
 
 from grun.testing import LocalCluster
-from util import assert_one_error_line, group_alive, job, job_id_from_verbose, job_pid, nowait, wait_for, wait_state
 
 PY = sys.executable
 NODES = {"big": {"cpus": 4, "memory": 8000},

@@ -16,11 +16,19 @@ import time
 
 import psutil
 import pytest
+from util import (
+    job,
+    job_id_from_verbose,
+    job_pid,
+    nowait,
+    read_line,
+    wait_for,
+    wait_state,
+)
 
 from grun import registry
 from grun.client import MasterUnreachable
 from grun.testing import LocalCluster
-from util import job, job_id_from_verbose, job_pid, nowait, read_line, wait_for, wait_state
 
 FAST = {"heartbeat": 0.5}
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}  # else a root master runs them as nobody

@@ -14,7 +14,6 @@ import time
 
 import psutil
 import pytest
-
 from util import wait_for
 
 PORT = 5184

@@ -2,7 +2,15 @@
 enough free cpus and memory; when none has room it waits, in order, silently unless -v."""
 from __future__ import annotations
 
-from util import job, job_id_from_verbose, nothing_to_read, nowait, read_line, wait_for, wait_state
+from util import (
+    job,
+    job_id_from_verbose,
+    nothing_to_read,
+    nowait,
+    read_line,
+    wait_for,
+    wait_state,
+)
 
 
 def _states(cluster, ids):

@@ -13,7 +13,7 @@ def _read(name: str) -> str:
 
 
 def test_readme_gives_the_install_and_test_commands():
-    blocks = re.findall(r"```\n(.*?)```", _read("README.md"), re.S)
+    blocks = re.findall(r"```\n(.*?)```", _read("README.md"), re.DOTALL)
     commands = [line.strip() for block in blocks for line in block.splitlines()]
     assert "pip install . && grun hostname" in commands
     test_command = next(c for c in commands if "pytest" in c)

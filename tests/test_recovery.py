@@ -8,9 +8,16 @@ import re
 import signal
 
 import pytest
-
-from util import (group_alive, job, job_id_from_verbose, job_pid, nowait, read_line, wait_for,
-                  wait_state)
+from util import (
+    group_alive,
+    job,
+    job_id_from_verbose,
+    job_pid,
+    nowait,
+    read_line,
+    wait_for,
+    wait_state,
+)
 
 
 def _history_ids(cluster) -> list[int]:

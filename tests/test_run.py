@@ -16,10 +16,18 @@ import sys
 
 import Pyro5.api
 import pytest
+from util import (
+    group_alive,
+    job,
+    job_id_from_verbose,
+    job_pid,
+    nowait,
+    read_line,
+    wait_for,
+    wait_state,
+)
 
 from grun import __version__, registry
-from util import (group_alive, job, job_id_from_verbose, job_pid, nowait, read_line, wait_for,
-                  wait_state)
 
 PY = sys.executable
 
@@ -334,7 +342,7 @@ def test_direct_python_use(cluster, tmp_path):
 
 def test_the_readmes_python_example(cluster):
     readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
-    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "PYRONAME" in b)
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "PYRONAME" in b)
     assert len(example.strip().splitlines()) == 3
     assert "PYRONAME:grun.master@127.0.0.1:5184" in example
     code = example.replace("127.0.0.1:5184", f"127.0.0.1:{cluster.port}")

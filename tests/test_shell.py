@@ -10,9 +10,7 @@ import sys
 import time
 
 import pexpect
-import pytest
-
-from util import job_id_from_verbose, wait_for, wait_state
+from util import job_id_from_verbose, wait_state
 
 PY = sys.executable
 
@@ -28,7 +26,7 @@ def test_echo_jobs_into_the_shell_prints_and_exits(cluster):
     r = subprocess.run(f"echo status | {PY} -m grun.cli shell", shell=True, env=cluster.env,
                        capture_output=True, timeout=60)
     assert (r.returncode, r.stderr) == (0, b"")
-    assert re.search(rb"^big +up +4/4", r.stdout, re.M) and re.search(rb"^small +up", r.stdout, re.M)
+    assert re.search(rb"^big +up +4/4", r.stdout, re.MULTILINE) and re.search(rb"^small +up", r.stdout, re.MULTILINE)
 
 
 def test_a_script_of_verbs(cluster, tmp_path):
@@ -69,8 +67,8 @@ def test_help(cluster):
     out = r.stdout.decode()
     for verb in ("run", "submit", "jobs", "status", "history", "kill", "hold", "resume", "edit", "wait",
                  "attach", "why", "watch", "help", "exit"):
-        assert re.search(rf"^  {verb} ", out, re.M), verb
-    assert re.search(r"^kill \[-n SIG\].* ID\.\.\.\n    kill jobs", out, re.M), out
+        assert re.search(rf"^  {verb} ", out, re.MULTILINE), verb
+    assert re.search(r"^kill \[-n SIG\].* ID\.\.\.\n    kill jobs", out, re.MULTILINE), out
     assert r.stderr.decode().startswith("grun: no verb 'nope'")
 
 

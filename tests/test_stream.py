@@ -70,7 +70,7 @@ def closed_by_server(s) -> bool:
         return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

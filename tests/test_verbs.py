@@ -143,7 +143,9 @@ def test_import_grun_is_cheap():
 def test_a_verb_the_master_lacks_is_one_clear_line():
     """An older master (here: one that only answers ping and jobs) gets 'not available', not a Pyro5 error."""
     import io
+
     import Pyro5.api
+
     from grun import registry
     from grun.client import Client
 

@@ -24,8 +24,8 @@ import sys
 import threading
 import time
 
-import Pyro5.api
 import psutil
+import Pyro5.api
 
 from .. import registry, spawner
 from ..stream import StreamServer

@@ -175,7 +175,10 @@ EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
-    from ..config import parse_cpus, parse_memory  # pure parsers; imported late to keep this module light
+    from ..config import (  # pure parsers; imported late to keep this module light
+        parse_cpus,
+        parse_memory,
+    )
     if not isinstance(changes, dict) or not changes:
         raise SpecError("an edit needs KEY=VALUE changes")
     out: dict = {}
