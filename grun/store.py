@@ -60,6 +60,39 @@ def _numbered(directory: str, prefix: str, suffix: str) -> list[int]:
     return sorted(found)
 
 
+_SNAPSHOT_CHUNK = 500  # documents encoded per step: the GIL changes hands between steps
+
+
+def _write_tables(path: str, tables: dict[str, list[dict]]) -> None:
+    """Write a file TinyDB reads as these tables (doc ids 1..n), atomically: temp file, fsync, rename.
+
+    The documents are encoded a chunk at a time straight into the file. Encoding 100k jobs as one
+    string held the GIL for up to 0.8 s (every submit waited) and took 2-3x the table's size in memory,
+    a peak the master's RSS never gave back.
+    """
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"{")
+            for t, (name, docs) in enumerate(tables.items()):
+                f.write(b"%s%s:{" % (b"," if t else b"", _encode(name).encode()))
+                sep = ""
+                for start in range(0, len(docs), _SNAPSHOT_CHUNK):
+                    chunk = enumerate(docs[start:start + _SNAPSHOT_CHUNK], start + 1)
+                    f.write((sep + ",".join('"%d":%s' % (n, _encode(doc)) for n, doc in chunk)).encode())
+                    sep = ","
+                f.write(b"}")
+            f.write(b"}")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        _fsync_dir(os.path.dirname(path) or ".")
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class AtomicJSONStorage(Storage):
     """TinyDB storage whose every write replaces the file atomically.
 
@@ -507,21 +540,12 @@ class Store:
         as_table = isinstance(jobs, list) and all(isinstance(job, dict) for job in jobs)
         meta = {"ticket": ticket, "has_jobs": as_table, "jobs_count": len(jobs) if as_table else 0,
                 "state": {k: v for k, v in state.items() if not (as_table and k == "jobs")}}
+        path = self._snap_path(ticket)
         with self._snap_lock:
-            db = _DB(self._snap_path(ticket), storage=AtomicJSONStorage, fresh=True)
             try:
-                db.table("meta").insert(meta)  # small write first; jobs_count flags a missing second
-                if as_table and jobs:
-                    db.table("jobs").insert_multiple(jobs)
-            except BaseException as e:
-                # A half-written snapshot must not count as one of the two we keep.
-                if os.path.exists(self._snap_path(ticket)):
-                    os.unlink(self._snap_path(ticket))
-                if isinstance(e, OSError):
-                    raise StoreError(f"snapshot {ticket} not written: {e}") from e
-                raise
-            finally:
-                db.close()
+                _write_tables(path, {"meta": [meta], "jobs": jobs if as_table else []})
+            except OSError as e:
+                raise StoreError(f"snapshot {ticket} not written: {e}") from e
             tickets = _numbered(self.dir, "snapshot.", ".json")
             for old in tickets[:-2]:
                 os.unlink(self._snap_path(old))

@@ -173,3 +173,22 @@ def test_a_node_record_needs_no_followup():
     table = JobTable()
     rec = table.node_record("a", 2.0, 1000)
     assert table.followups(rec, table.apply(rec)) == []
+
+
+def test_queued_jobs_share_what_they_hold_alike_and_a_replay_keeps_it_equal():
+    t = JobTable()
+    env = {"PATH": "/bin", "HOME": "/root"}
+    recs = []
+    for i, e in enumerate([env, dict(env), {"PATH": "/usr/bin"}, {}]):
+        request = J.validate_spec({"cmd": ["sleep", "1"], "env": e, "cwd": "/tmp"})
+        recs.append(t.submit_record(request, now=float(i)))
+        t.apply(recs[-1])
+    jobs = [t.jobs[i] for i in (1, 2, 3, 4)]
+    assert jobs[0]["env"] is jobs[1]["env"] and jobs[0]["env"] == env
+    assert jobs[2]["env"] == {"PATH": "/usr/bin"} and jobs[2]["env"] is not jobs[0]["env"]
+    assert jobs[3]["env"] == {}
+    assert jobs[0]["cmd"] is jobs[3]["cmd"] == ["sleep", "1"]
+    replayed = JobTable()
+    for rec in copy.deepcopy(recs):
+        replayed.apply(rec)
+    assert replayed.jobs == t.jobs

@@ -84,6 +84,41 @@ def test_restart_replays_only_records_after_snapshot(tmp_path):
     store.close()
 
 
+def test_big_snapshot_is_a_tinydb_file_and_does_not_stall_other_threads(tmp_path):
+    """The snapshot is encoded in chunks: every document and doc id survives the chunk edges,
+    and a thread that wants the GIL meanwhile is not held off for the whole encode."""
+    store, _, _ = reopen(tmp_path)
+    store.log([{"op": "noop"}])
+    jobs = [{"id": i, "state": "queued", "cmd": ["echo", "é\n\"x\"", str(i)], "env": {"A": "b" * 200}}
+            for i in range(1, 40_002)]
+    gaps, done = [], threading.Event()
+
+    def ticker():
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    ticket = store.begin_snapshot()
+    store.write_snapshot(ticket, {"next_id": 40_002, "jobs": jobs})
+    done.set()
+    t.join()
+    store.close()
+    db = TinyDB(str(tmp_path / f"snapshot.{ticket}.json"))
+    table = db.table("jobs")
+    assert table.all() == jobs
+    assert [d.doc_id for d in table.all()][:3] == [1, 2, 3] and len(table) == 40_001
+    db.close()
+    assert max(gaps) < 0.08, f"another thread waited {max(gaps):.3f} s for the GIL"
+    store, state, _ = reopen(tmp_path)
+    assert state["jobs"] == jobs
+    store.close()
+
+
 def test_old_snapshots_and_segments_are_pruned(tmp_path):
     store, _, _ = reopen(tmp_path)
     for round_ in range(5):

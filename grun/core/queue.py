@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import random
+import sys
 
 from . import jobs as J
 from .placement import NodeView, place
@@ -20,6 +21,10 @@ DEFAULT_RESERVE_AFTER = 300.0
 TOKEN_KEEP_SECS = 3600.0
 TOKEN_KEEP_MAX = 100_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
+# Queued jobs share one copy of an environment or command they have in common (a user's jobs mostly
+# do): 100k queued jobs each with its own 5-variable environment took ~0.9 KB a job more. The cache
+# is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
+SHARED_VALUES_MAX = 10_000
 
 
 class PendingQueue:
@@ -67,6 +72,7 @@ class JobTable:
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
         self.reserve_after = reserve_after       # a job waiting longer gets a node reserved
+        self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
 
     # ---- records -------------------------------------------------------------------------------
 
@@ -75,7 +81,7 @@ class JobTable:
         op = rec["op"]
         job = self.jobs.get(rec.get("id")) if op != "submit" else None
         if op == "submit":
-            job = dict(rec["job"])
+            job = self._share(dict(rec["job"]))
             self.jobs[job["id"]] = job
             self.next_id = max(self.next_id, job["id"] + 1)
             if job.get("token"):
@@ -117,6 +123,23 @@ class JobTable:
         else:
             self._control(op, job, rec)
         self._sync(job)
+        return job
+
+    def _share(self, job: dict) -> dict:
+        """One copy of each env dict, cmd list and short string that many jobs hold alike."""
+        for key, kind in (("env", dict), ("cmd", list)):
+            value = job.get(key)
+            if type(value) is kind and value:
+                fingerprint = (key, *(value.items() if kind is dict else value))
+                shared = self._shared.get(fingerprint)
+                if shared is None:
+                    if len(self._shared) >= SHARED_VALUES_MAX:
+                        self._shared.clear()
+                    shared = self._shared[fingerprint] = value
+                job[key] = shared
+        for key in ("cwd", "user"):
+            if type(job.get(key)) is str:
+                job[key] = sys.intern(job[key])
         return job
 
     def _control(self, op: str, job: dict, rec: dict) -> None:
