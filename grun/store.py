@@ -8,7 +8,8 @@ Owns three kinds of files under one state directory:
 - ``snapshot.<ticket>.json``: atomic TinyDB snapshots of the live state (tables ``meta`` and
   ``jobs``). A restart loads the newest readable snapshot and replays the journal after it.
 - ``history/<n>.json``: TinyDB files of finished jobs, written lazily by a flusher thread and
-  rotated every ``history_rotate_docs`` documents so a write never costs more as history grows.
+  rotated every ``history_rotate_docs`` documents so a write never costs more as history grows;
+  ``history/index.json`` holds the id range of each closed file, for lookups of old jobs.
 
 No networking and no knowledge of what a record means: the master gives dicts, gets dicts back.
 """
@@ -20,9 +21,9 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from tinydb import TinyDB, where
+from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Table
 
@@ -60,15 +61,16 @@ def _numbered(directory: str, prefix: str, suffix: str) -> list[int]:
     return sorted(found)
 
 
-_SNAPSHOT_CHUNK = 500  # documents encoded per step: the GIL changes hands between steps
+_SNAPSHOT_CHUNK = 500  # documents written per step: the GIL changes hands between steps
 
 
-def _write_tables(path: str, tables: dict[str, list[dict]]) -> None:
-    """Write a file TinyDB reads as these tables (doc ids 1..n), atomically: temp file, fsync, rename.
+def _write_tables(path: str, tables: dict[str, Iterable[str]]) -> None:
+    """Write a file TinyDB reads as these tables of JSON-encoded documents (doc ids 1..n), atomically:
+    temp file, fsync, rename.
 
-    The documents are encoded a chunk at a time straight into the file. Encoding 100k jobs as one
-    string held the GIL for up to 0.8 s (every submit waited) and took 2-3x the table's size in memory,
-    a peak the master's RSS never gave back.
+    The documents go into the file a chunk at a time, so they may be encoded lazily as they come:
+    encoding 100k jobs as one string held the GIL for up to 0.8 s (every submit waited) and took
+    2-3x the table's size in memory, a peak the master's RSS never gave back.
     """
     tmp = path + ".tmp"
     try:
@@ -76,10 +78,10 @@ def _write_tables(path: str, tables: dict[str, list[dict]]) -> None:
             f.write(b"{")
             for t, (name, docs) in enumerate(tables.items()):
                 f.write(b"%s%s:{" % (b"," if t else b"", _encode(name).encode()))
+                numbered = enumerate(docs, 1)
                 sep = ""
-                for start in range(0, len(docs), _SNAPSHOT_CHUNK):
-                    chunk = enumerate(docs[start:start + _SNAPSHOT_CHUNK], start + 1)
-                    f.write((sep + ",".join('"%d":%s' % (n, _encode(doc)) for n, doc in chunk)).encode())
+                while chunk := list(itertools.islice(numbered, _SNAPSHOT_CHUNK)):
+                    f.write((sep + ",".join('"%d":%s' % item for item in chunk)).encode())
                     sep = ","
                 f.write(b"}")
             f.write(b"}")
@@ -317,51 +319,95 @@ class _Journal:
 
 
 class _History:
-    """Finished jobs: an in-memory buffer, flushed lazily into rotating TinyDB files."""
+    """Finished jobs: an in-memory buffer, flushed lazily into rotating TinyDB files.
+
+    Each job is JSON-encoded once: the current file's documents are kept encoded, and a flush
+    rewrites the file from those pieces plus the new jobs (a TinyDB insert re-encoded the whole file,
+    up to 5,000 jobs, every second). Closed files never change; ``index.json`` keeps the id range of
+    each, so looking up an old job reads one file, not every file newest first.
+    """
 
     def __init__(self, directory: str, rotate_docs: int, flush_secs: float, log: logging.Logger):
         self.dir, self._rotate_docs, self._log = directory, rotate_docs, log
         os.makedirs(directory, mode=0o700, exist_ok=True)
         _remove_temps(directory)
         self._lock = threading.Lock()  # buffer and id sets; never held during file I/O
-        self._file_lock = threading.Lock()  # the current file and rotation
+        self._file_lock = threading.Lock()  # the current file, its documents, rotation, the index
         self._wake = threading.Condition(self._lock)
         self._buffer: dict[int, dict] = {}
         self._inflight: dict[int, dict] = {}  # taken by a flush, not yet on disk
         self._closing = False
         numbers = _numbered(directory, "", ".json")
         self._current = numbers[-1] if numbers else 1
+        self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
         self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
-        self._db, self._current_ids = self._open_current()
+        self._current_docs, self._current_parts = self._open_current()
+        self._current_ids = set(self._current_docs)
         self._thread = threading.Thread(target=self._run, args=(flush_secs,), name="grun-history", daemon=True)
         self._thread.start()
 
     def _path(self, n: int) -> str:
         return os.path.join(self.dir, f"{n}.json")
 
-    def _open_current(self) -> tuple[TinyDB, set]:
-        db = _DB(self._path(self._current), storage=AtomicJSONStorage)
+    def _load_index(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
         try:
-            return db, {doc["id"] for doc in db.table("jobs").all()}
-        except (ValueError, KeyError, TypeError) as e:
+            with open(os.path.join(self.dir, "index.json"), "rb") as f:
+                ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in json.load(f).items()}
+        except FileNotFoundError:
+            ranges = {}
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            self._log.warning("history index unreadable (%s); rebuilding it", e)
+            ranges = {}
+        missing = [n for n in numbers if n != numbers[-1] and n not in ranges]
+        for n in missing:  # written before the index existed, or the index was lost: read once
+            ids = [doc["id"] for doc in self._read_file(n)]
+            if ids:
+                ranges[n] = (min(ids), max(ids))
+        ranges = {n: r for n, r in ranges.items() if n in numbers}
+        if missing:
+            self._save_index(ranges)
+        return ranges
+
+    def _save_index(self, ranges: dict[int, tuple[int, int]]) -> None:
+        path = os.path.join(self.dir, "index.json")
+        with open(path + ".tmp", "wb") as f:
+            f.write(_encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(path + ".tmp", path)
+
+    def _open_current(self) -> tuple[dict[int, dict], list[str]]:
+        try:
+            docs = self._read_file(self._current, strict=True)
+        except (OSError, ValueError, KeyError, TypeError) as e:
             self._log.warning("history file %s is corrupt (%s); starting a new one", self._path(self._current), e)
             os.replace(self._path(self._current), self._path(self._current) + ".corrupt")
             self._current += 1
-            return _DB(self._path(self._current), storage=AtomicJSONStorage), set()
+            return {}, []
+        return {doc["id"]: doc for doc in docs}, [_encode(doc) for doc in docs]
 
-    def _docs(self, n: int, cond=None) -> list:
-        with self._file_lock:
-            if n == self._current:
-                table = self._db.table("jobs")
-                return table.search(cond) if cond else table.all()
-        db = _DB(self._path(n), storage=AtomicJSONStorage)  # closed files never change
+    def _read_file(self, n: int, strict: bool = False) -> list[dict]:
+        if not os.path.exists(self._path(n)):
+            return []
+        db = _DB(self._path(n), storage=AtomicJSONStorage)
         try:
-            return db.table("jobs").search(cond) if cond else db.table("jobs").all()
-        except (OSError, ValueError) as e:  # one bad file must not hide the rest of history
-            self._log.warning("history file %s unreadable: %s", self._path(n), e)
+            docs = db.table("jobs").all()
+            for doc in docs:
+                doc["id"]  # noqa: B018 - a document without an id means the file is not ours
+            return docs
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if strict:
+                raise
+            self._log.warning("history file %s unreadable: %s", self._path(n), e)  # one bad file must not hide the rest
             return []
         finally:
             db.close()
+
+    def _docs(self, n: int) -> list[dict]:
+        with self._file_lock:
+            if n == self._current:
+                return list(self._current_docs.values())
+        return self._read_file(n)  # closed files never change
 
     def add(self, jobs: list[dict]) -> None:
         with self._lock:
@@ -388,18 +434,23 @@ class _History:
 
     def _write(self, batch: list[dict]) -> None:
         while batch:
-            room = self._rotate_docs - len(self._current_ids)
+            room = self._rotate_docs - len(self._current_docs)
             if room <= 0:
-                self._db.close()
+                ids = self._current_docs.keys()
+                self._ranges[self._current] = (min(ids), max(ids))
+                self._save_index(self._ranges)  # before the next file exists: a crash re-reads the index
                 self._current += 1
-                self._db = _DB(self._path(self._current), storage=AtomicJSONStorage)
                 with self._lock:
                     self._previous_ids, self._current_ids = self._current_ids, set()
+                self._current_docs, self._current_parts = {}, []
                 continue
             chunk, batch = batch[:room], batch[room:]
-            self._db.table("jobs").insert_multiple(chunk)
+            parts = self._current_parts + [_encode(job) for job in chunk]
+            _write_tables(self._path(self._current), {"jobs": parts})
+            self._current_parts = parts
             with self._lock:
                 for job in chunk:
+                    self._current_docs[job["id"]] = job
                     self._current_ids.add(job["id"])
                     del self._inflight[job["id"]]
 
@@ -424,10 +475,15 @@ class _History:
             job = self._buffer.get(job_id) or self._inflight.get(job_id)
         if job is not None:
             return dict(job)
-        for n in reversed(_numbered(self.dir, "", ".json")):
-            docs = self._docs(n, where("id") == job_id)
-            if docs:
-                return dict(docs[0])
+        with self._file_lock:
+            job = self._current_docs.get(job_id)
+            candidates = [n for n, (lo, hi) in self._ranges.items() if lo <= job_id <= hi]
+        if job is not None:
+            return dict(job)
+        for n in sorted(candidates, reverse=True):
+            for doc in self._read_file(n):
+                if doc["id"] == job_id:
+                    return doc
         return None
 
     def _run(self, flush_secs: float) -> None:
@@ -449,13 +505,12 @@ class _History:
             self._wake.notify()
         self._thread.join()
         self.flush()
-        self._db.close()
 
 
 class Store:
     """Journal + snapshots + history for the master. See the module docstring."""
 
-    def __init__(self, state_dir: str, *, history_rotate_docs: int = 5000,
+    def __init__(self, state_dir: str, *, history_rotate_docs: int = 2000,
                  history_flush_secs: float = 1.0, log: logging.Logger | None = None):
         self.dir = os.path.abspath(state_dir)
         self._log = log or logging.getLogger("grun.store")
@@ -543,7 +598,7 @@ class Store:
         path = self._snap_path(ticket)
         with self._snap_lock:
             try:
-                _write_tables(path, {"meta": [meta], "jobs": jobs if as_table else []})
+                _write_tables(path, {"meta": [_encode(meta)], "jobs": map(_encode, jobs if as_table else [])})
             except OSError as e:
                 raise StoreError(f"snapshot {ticket} not written: {e}") from e
             tickets = _numbered(self.dir, "snapshot.", ".json")

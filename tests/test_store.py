@@ -344,6 +344,35 @@ def test_history_rotates_and_is_searchable(tmp_path, caplog):
     store.close()
 
 
+def test_an_old_job_is_found_by_reading_one_history_file(tmp_path, caplog):
+    """index.json gives each closed file's id range: a lookup reads the file that can hold the id,
+    and a missing or garbled index is rebuilt from the files."""
+    store, _, _ = reopen(tmp_path, history_rotate_docs=10, history_flush_secs=60)
+    jobs = [{"id": i, "end_time": 1000.0 + i} for i in range(1, 46)]
+    for start in range(0, 45, 7):
+        store.add_history(jobs[start:start + 7])
+        store.flush()
+    hist = tmp_path / "history"
+    assert json.loads((hist / "index.json").read_text()) == {"1": [1, 10], "2": [11, 20], "3": [21, 30],
+                                                             "4": [31, 40]}
+    (hist / "2.json").write_text("not json")  # only a lookup that reads file 2 notices
+    assert store.find_history(3) == jobs[2] and store.find_history(37) == jobs[36]
+    assert store.find_history(45) == jobs[44] and store.find_history(46) is None
+    assert "unreadable" not in caplog.text
+    assert store.find_history(15) is None and "2.json unreadable" in caplog.text
+    store.close()
+
+    for garbage in (None, b"{"):
+        if garbage is None:
+            (hist / "index.json").unlink()
+        else:
+            (hist / "index.json").write_bytes(garbage)
+        store, _, _ = reopen(tmp_path, history_rotate_docs=10, history_flush_secs=60)
+        assert store.find_history(7) == jobs[6] and store.find_history(33) == jobs[32]
+        assert json.loads((hist / "index.json").read_text())["3"] == [21, 30]
+        store.close()
+
+
 def test_history_flusher_writes_on_time_and_on_volume(tmp_path):
     store, _, _ = reopen(tmp_path / "a", history_flush_secs=0.05)
     store.add_history([{"id": 1, "end_time": 1.0}])
