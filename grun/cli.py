@@ -28,9 +28,9 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _client(opts: dict, cfg):
     from .client import Client
-    from .daemon import ensure_personal_cluster
     client = Client(cfg.master_host, cfg.master_port)
     if cfg.personal:
+        from .daemon import ensure_personal_cluster  # daemon code (logging, subprocess) only when needed
         ensure_personal_cluster(cfg, client, _say)
     return client
 

@@ -16,18 +16,18 @@ kill, suspend/resume). A Client may be shared between threads: each thread gets 
 from __future__ import annotations
 
 import os
-import queue
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Literal, overload
 
-import Pyro5.errors
-
-from . import limits, registry, stream
+from . import registry
 from .core import jobs as J
+
+# Not imported here: Pyro5 (calls go through registry.WireProxy), psutil, yaml, secrets, queue and the
+# stream module until a job's output is followed. `grun CMD` starts a Python each time, and every
+# import is paid by every call (tests/test_cli_fast.py keeps it so).
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 
@@ -109,7 +109,7 @@ class Client:
 
     def _proxy(self):
         if self._master is None:
-            self._master = registry.proxy(registry.master_uri(self.host, self.port), timeout=90.0)
+            self._master = registry.WireProxy(registry.master_uri(self.host, self.port), timeout=90.0)
         self._master._pyroClaimOwnership()
         return self._master
 
@@ -146,7 +146,7 @@ class Client:
                 if self._master is not None:
                     registry.reset(self._master)
                 self._master = None
-                if sent_wait and isinstance(exc, (Pyro5.errors.ConnectionClosedError, Pyro5.errors.TimeoutError)):
+                if sent_wait and registry.may_have_arrived(exc):
                     deadline = max(deadline, started + sent_wait)
                 if time.monotonic() + delay > deadline:
                     raise MasterUnreachable(f"cannot reach the grun master at {self.address}: {_message(exc)}") from None
@@ -195,7 +195,7 @@ class Client:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
         specs = [dict(s) for s in specs]
         for spec in specs:
-            spec.setdefault("token", secrets.token_hex(12))
+            spec.setdefault("token", new_token())
         return [int(i) for i in self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)]
 
     def get(self, job_id: int) -> Job:
@@ -206,7 +206,7 @@ class Client:
     def submit_spec(self, spec: dict) -> int:
         """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
         spec = dict(spec)
-        spec.setdefault("token", secrets.token_hex(12))  # a retried submit cannot queue the job twice
+        spec.setdefault("token", new_token())  # a retried submit cannot queue the job twice
         return int(self.call("submit", spec, sent_wait=SENT_SUBMIT_WAIT))
 
     def job(self, job_id: int) -> dict:
@@ -295,6 +295,7 @@ class Client:
         Rides through everything on the way: a master restart (calls retry), a node daemon restart
         or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
         the job; we follow its new run, whose output starts over)."""
+        from . import limits, stream
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
@@ -323,7 +324,7 @@ class Client:
                     if final:
                         break
                     raise ConnectionError("its node has not registered with the master yet")
-                with registry.proxy(_job_uri(uri, job_id)) as sup:
+                with registry.WireProxy(_job_uri(uri, job_id)) as sup:
                     if tail:
                         sizes = sup.info()
                         out_off, err_off, tail = sizes.get("stdout", 0), sizes.get("stderr", 0), False
@@ -472,6 +473,7 @@ class _Abandoned(BaseException):
 def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
     """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read. If the
     reader stops early (closes or drops the iterator), the follower hangs up on the node."""
+    import queue
     pieces: queue.Queue = queue.Queue(maxsize=256)
     end = object()
     stop = threading.Event()
@@ -588,10 +590,15 @@ def _job_uri(node_uri: str, job_id: int) -> str:
     return f"PYRO:{registry.job_name(job_id)}@{location}"
 
 
+def new_token() -> str:
+    """A submission's idempotency token (os.urandom: `secrets` would import hmac and _hashlib)."""
+    return os.urandom(12).hex()
+
+
 def _message(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     text = text[-1] if text else exc.__class__.__name__
-    if isinstance(exc, Pyro5.errors.CommunicationError) and not text:
+    if isinstance(exc, ConnectionError) and not text:
         return "connection failed"
     return text.strip("'\"") if isinstance(exc, KeyError) else text
 

@@ -34,16 +34,13 @@ Environment overrides, applied in both modes (tests and personal use rely on the
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
 import socket
-from dataclasses import dataclass, field
-from fractions import Fraction
 
-import psutil
-import yaml
+# psutil and yaml are imported where they are used: the `grun` client reads only a few keys, and
+# importing them cost ~25 ms of every `grun CMD` (bench/README.md, "Where the time goes").
 
 DEFAULT_PORT = 5184
 ETC_PATH = "/etc/grun.conf"
@@ -84,21 +81,27 @@ def _got(value) -> str:
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE)
-_MEMORY_UNIT = {None: Fraction(1), "k": Fraction(1, 1024), "m": Fraction(1),
-                "g": Fraction(1024), "t": Fraction(1024 ** 2)}
+# units as exact ratios (numerator, denominator): no float rounding, and no `fractions` import
+_MEMORY_UNIT = {None: (1, 1), "k": (1, 1024), "m": (1, 1), "g": (1024, 1), "t": (1024 ** 2, 1)}
 _DURATION_RE = re.compile(_NUMBER + r"\s*([smhdw])", re.IGNORECASE)
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _plain_number(value, what: str) -> Fraction:
-    """A non-negative finite int/float as an exact Fraction; bools are YAML's yes/no, not numbers."""
+def _ratio(text: str) -> tuple[int, int]:
+    """A decimal number matched by _NUMBER as an exact (numerator, denominator)."""
+    whole, _, frac = text.partition(".")
+    return int(whole or "0") * 10 ** len(frac) + int(frac or "0"), 10 ** len(frac)
+
+
+def _plain_number(value, what: str):
+    """A non-negative finite int/float; bools are YAML's yes/no, not numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected {what}, got {_got(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"expected {what}, got {_got(value)}")
     if value < 0:
         raise ValueError(f"expected {what}, got a negative value {_got(value)}")
-    return Fraction(value)
+    return value
 
 
 def parse_memory(text: str | float) -> int:
@@ -108,12 +111,14 @@ def parse_memory(text: str | float) -> int:
         m = _MEMORY_RE.fullmatch(text.strip())
         if not m:
             raise ValueError(f"expected {what}, got {_got(text)}")
-        mb = Fraction(m.group(1)) * _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
+        num, den = _ratio(m.group(1))
+        unit_num, unit_den = _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
+        num, den = num * unit_num, den * unit_den
     else:
-        mb = _plain_number(text, what)
-    if mb > 2 ** 40:  # an exabyte: surely a units mistake
+        num, den = _plain_number(text, what), 1
+    if num > 2 ** 40 * den:  # an exabyte: surely a units mistake
         raise ValueError(f"expected {what}, got an absurd size {_got(text)}")
-    return math.ceil(mb)
+    return -(-num // den) if isinstance(num, int) else math.ceil(num)
 
 
 def parse_cpus(text) -> float:
@@ -141,8 +146,12 @@ def parse_duration(text) -> float:
     # Every number needs a unit once there are several: "1h 30" is ambiguous.
     if not re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", s, re.IGNORECASE):
         raise ValueError(f"expected {what}, got {_got(text)}")
-    return float(sum(Fraction(m.group(1)) * _DURATION_UNIT[m.group(2).lower()]
-                     for m in _DURATION_RE.finditer(s)))
+    num, den = 0, 1
+    for m in _DURATION_RE.finditer(s):  # exact sum, then one rounding
+        n, d = _ratio(m.group(1))
+        n *= _DURATION_UNIT[m.group(2).lower()]
+        num, den = num * d + n * den, den * d
+    return num / den
 
 
 def parse_bool(value) -> bool:
@@ -336,6 +345,9 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
     short = h.split(".")[0]
     if any(("." not in h or "." not in n) and short == n.split(".")[0] for n in names):
         return True
+    import ipaddress
+
+    import psutil
     try:
         addrs = {str(ipaddress.ip_address(h))}
     except ValueError:
@@ -364,47 +376,80 @@ def _absolute_path(text) -> str:
     return os.path.normpath(path)
 
 
-@dataclass
+def _cpu_count() -> float:
+    import psutil
+    return float(psutil.cpu_count(logical=True) or 1)
+
+
+def _memory_mb() -> int:
+    import psutil
+    return psutil.virtual_memory().total // 2 ** 20
+
+
+class Lazy:
+    """A default computed on first use: the machine's cpus and memory (psutil), whether the master is
+    this host (maybe DNS). Only daemons read them, so a client never pays for them."""
+    __slots__ = ("compute",)
+
+    def __init__(self, compute):
+        self.compute = compute
+
+
+# field -> default (a callable is called per Config; a Lazy is computed when first read)
+_FIELDS = {
+    "path": None, "personal": True, "master_host": "127.0.0.1", "master_port": DEFAULT_PORT,
+    "services": SERVICES, "hostname": socket.gethostname, "bind": "127.0.0.1", "advertise": "127.0.0.1",
+    "cpus": Lazy(_cpu_count), "memory": Lazy(_memory_mb), "spool": user_state_dir, "log_file": "",
+    "pid_file": "", "log_level": "info", "node_timeout": 60.0, "heartbeat": 5.0, "default_cpus": 1.0,
+    "default_memory": 100, "output_keep": 86400.0, "requeue": True, "min_free_disk": 64,
+    "default_priority": 20, "reserve_after": 300.0, "hard_factor": 1.5, "ulimit": dict, "resources": dict,
+    "labels": dict, "count_outside_load": True, "raw": dict,
+}
+
+
 class Config:
-    """The effective configuration; load_config() fills every field.
+    """The effective configuration; load_config() fills every field (see _FIELDS for the names).
 
     Constructing it directly (handy in tests) gives personal-mode values; a log_file or
-    pid_file left as "" is derived from spool."""
-    path: str | None = None
-    personal: bool = True
-    master_host: str = "127.0.0.1"
-    master_port: int = DEFAULT_PORT
-    services: frozenset[str] = SERVICES
-    hostname: str = field(default_factory=socket.gethostname)
-    bind: str = "127.0.0.1"
-    advertise: str = "127.0.0.1"
-    cpus: float = field(default_factory=lambda: float(psutil.cpu_count(logical=True) or 1))
-    memory: int = field(default_factory=lambda: psutil.virtual_memory().total // 2 ** 20)
-    spool: str = field(default_factory=user_state_dir)
-    log_file: str | None = ""
-    pid_file: str = ""
-    log_level: str = "info"
-    node_timeout: float = 60.0
-    heartbeat: float = 5.0
-    default_cpus: float = 1.0
-    default_memory: int = 100
-    output_keep: float = 86400.0
-    requeue: bool = True
-    min_free_disk: int = 64
-    default_priority: int = 20
-    reserve_after: float = 300.0
-    hard_factor: float = 1.5
-    ulimit: dict = field(default_factory=dict)
-    resources: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)
-    count_outside_load: bool = True
-    raw: dict = field(default_factory=dict)
+    pid_file left as "" is derived from spool. A plain class, not a dataclass: `dataclasses` pulls in
+    `inspect`, which every `grun CMD` would pay for."""
 
-    def __post_init__(self):
+    def __init__(self, **values):
+        unknown = set(values) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
+        lazy = {}
+        for name, default in _FIELDS.items():
+            value = values.get(name, default)
+            if isinstance(value, Lazy):
+                lazy[name] = value.compute
+                continue
+            if name not in values and callable(default):
+                value = default()
+            setattr(self, name, value)
+        self._lazy = lazy
         if self.log_file == "":
             self.log_file = os.path.join(self.spool, "grun.log")
         if not self.pid_file:
             self.pid_file = os.path.join(self.spool, "grun.pid")
+
+    def __getattr__(self, name: str):
+        # only called for attributes not set yet: the lazy defaults
+        compute = self.__dict__.get("_lazy", {}).pop(name, None)
+        if compute is None:
+            raise AttributeError(f"'Config' object has no attribute {name!r}")
+        value = compute()
+        setattr(self, name, value)
+        return value
+
+    def _values(self) -> dict:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Config) and self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values().items()) + ")"
 
     @property
     def master_address(self) -> str:
@@ -438,6 +483,59 @@ def _quote_master(text: str) -> str:
     return _MASTER_LINE.sub(quote, text)
 
 
+# The fast path for the common config file, one `key: value` a line with plain values: read without
+# importing yaml (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists,
+# anchors, escapes, tabs, duplicate keys, values YAML 1.1 would read as something other than the
+# int, float, bool, null or string taken here) returns None and goes to PyYAML, which then also
+# gives the errors. tests/test_config.py checks that both agree.
+_SIMPLE_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *")
+_PLAIN = re.compile(r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*")
+_YAML_BOOL = {"yes": True, "Yes": True, "YES": True, "true": True, "True": True, "TRUE": True, "on": True,
+              "On": True, "ON": True, "no": False, "No": False, "NO": False, "false": False, "False": False,
+              "FALSE": False, "off": False, "Off": False, "OFF": False}
+_YAML_NULL = ("~", "null", "Null", "NULL")
+# PyYAML's implicit int, float and timestamp patterns (yaml/resolver.py): a plain value matching one
+# of them, other than the simple forms below, is left to PyYAML
+_YAML_OTHER = re.compile(r"""[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+
+    |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+
+    |[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)
+    |[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[ \t]+).*|[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]""",
+                         re.VERBOSE)
+
+
+def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
+    raw: dict = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip(" ") or line.startswith("#"):
+            continue
+        m = _SIMPLE_LINE.fullmatch(line)
+        if m is None:
+            return None
+        key, value = m.group(1), m.group(2)
+        if key in raw or key in _YAML_BOOL or key in _YAML_NULL:
+            return None
+        if value is None or value in _YAML_NULL:
+            raw[key] = None
+        elif value[0] in "'\"":
+            raw[key] = value[1:-1]
+        elif not _PLAIN.fullmatch(value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
+            return None
+        elif value in _YAML_BOOL:
+            raw[key] = _YAML_BOOL[value]
+        elif re.fullmatch(r"0|[1-9][0-9]*", value):
+            raw[key] = int(value)
+        elif re.fullmatch(r"[0-9]+\.[0-9]+", value):
+            raw[key] = float(value)
+        elif value[0] in "0123456789.-" and _YAML_OTHER.fullmatch(value):
+            return None
+        else:
+            raw[key] = value
+        lines[key] = number
+    return raw, lines
+
+
 def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     """The top-level mapping and the line of each key in it."""
     try:
@@ -449,7 +547,12 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
-    loader = yaml.SafeLoader(_quote_master(text))
+    text = _quote_master(text)
+    simple = _read_simple(text)
+    if simple is not None:
+        return simple
+    import yaml
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
@@ -506,11 +609,11 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
     if personal:
         services = SERVICES
     else:
-        services = get("services", parse_services, lambda: frozenset(
-            {"exec", "queue"} if is_this_host(master_host, hostname) else {"exec"}))
+        services = get("services", parse_services, lambda: Lazy(lambda: frozenset(
+            {"exec", "queue"} if is_this_host(master_host, hostname) else {"exec"})))
 
     bind = get("bind", _parse_host, "127.0.0.1" if personal else "0.0.0.0")
-    advertise = get("advertise", _parse_host, lambda: _guess_advertise(bind, hostname))
+    advertise = get("advertise", _parse_host, lambda: Lazy(lambda: _guess_advertise(bind, hostname)))
 
     if environ.get("GRUN_SPOOL"):
         spool = os.path.abspath(os.path.expanduser(environ["GRUN_SPOOL"]))
@@ -525,8 +628,8 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
     return Config(
         path=path, personal=personal, master_host=master_host, master_port=master_port,
         services=services, hostname=hostname, bind=bind, advertise=advertise,
-        cpus=get("cpus", parse_cpus, lambda: float(psutil.cpu_count(logical=True) or 1)),
-        memory=get("memory", parse_memory, lambda: psutil.virtual_memory().total // 2 ** 20),
+        cpus=get("cpus", parse_cpus, lambda: Lazy(_cpu_count)),
+        memory=get("memory", parse_memory, lambda: Lazy(_memory_mb)),
         spool=spool, log_file=log_file,
         pid_file=get("pid_file", _path(spool), os.path.join(spool, "grun.pid")),
         log_level=get("log_level", _parse_level, "info"),
@@ -549,6 +652,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
 
 
 def _guess_advertise(bind: str, hostname: str) -> str:
+    import ipaddress
     if bind.lower() == "localhost":
         return "127.0.0.1"
     try:
@@ -575,5 +679,6 @@ def describe(cfg: Config) -> str:
         "labels": dict(cfg.labels), "count_outside_load": cfg.count_outside_load,
     }
     extra = {k: v for k, v in cfg.raw.items() if k not in effective}
+    import yaml
     body = yaml.safe_dump({**effective, **extra}, sort_keys=False, default_flow_style=False)
     return f"# grun config ({origin}); memory in MB, durations in seconds\n{body}"

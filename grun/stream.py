@@ -13,16 +13,16 @@ sends the 32 hex characters of its one-time token; the server answers with frame
 from __future__ import annotations
 
 import json
-import logging
 import os
-import secrets
 import select
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+# No logging, secrets or dataclasses at import: the `grun` client imports this module, and pays for
+# every import on each call (tests/test_cli_fast.py).
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -93,15 +93,13 @@ def _write_all(fd: int, data) -> None:
 
 # ---------------------------------------------------------------------------------------- node side
 
-@dataclass
 class _Offer:
-    job_key: str
-    job_dir: str
-    out_offset: int
-    err_offset: int
-    stdin_fd: int | None
-    get_status: Callable[[], dict | None]
-    deadline: float
+    __slots__ = ("job_key", "job_dir", "out_offset", "err_offset", "stdin_fd", "get_status", "deadline")
+
+    def __init__(self, job_key: str, job_dir: str, out_offset: int, err_offset: int, stdin_fd: int | None,
+                 get_status: Callable[[], dict | None], deadline: float):
+        self.job_key, self.job_dir, self.out_offset, self.err_offset = job_key, job_dir, out_offset, err_offset
+        self.stdin_fd, self.get_status, self.deadline = stdin_fd, get_status, deadline
 
 
 class _Conn:
@@ -169,6 +167,7 @@ class StreamServer:
     """Serves offered jobs' spool files (and stdin FIFOs) to clients presenting one-time tokens."""
 
     def __init__(self, bind_host: str, port: int = 0, log: logging.Logger | None = None):
+        import logging
         self._log = log or logging.getLogger(__name__)
         self._lock = threading.Lock()
         self._offers: dict[str, _Offer] = {}
@@ -188,7 +187,7 @@ class StreamServer:
 
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
               stdin_fd: int | None = None, get_status: Callable[[], dict | None]) -> str:
-        token = secrets.token_hex(TOKEN_LEN // 2)
+        token = os.urandom(TOKEN_LEN // 2).hex()
         now = time.monotonic()
         with self._lock:
             # Purge here so unused tokens cost nothing per job over the node's lifetime.

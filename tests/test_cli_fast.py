@@ -1,0 +1,173 @@
+"""The `grun` client's fast path: what a `grun CMD` process imports, the config fast path that reads
+a plain config file without PyYAML, and registry.WireProxy, the client's own Pyro5 wire protocol.
+
+Every module the client imports is paid by every `grun` call (bench/README.md, scenario 2), so these
+tests fail when a heavy import creeps back onto that path.
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+import Pyro5.api
+import pytest
+import yaml
+
+from grun import registry
+from grun.config import _read_simple, load_config
+
+# Not needed to submit or run a job: daemons' defaults (psutil), YAML (only for unusual config files),
+# Pyro5 and what it drags in (ssl, logging, sqlite3, serpent, inspect), dataclasses/inspect,
+# fractions/decimal, secrets/hmac, platform.
+HEAVY = {"Pyro5", "psutil", "yaml", "ssl", "logging", "sqlite3", "serpent", "inspect", "dataclasses", "fractions",
+         "decimal", "secrets", "hmac", "platform", "cloudpickle", "prompt_toolkit", "subprocess"}
+
+PROBE = """
+import json, sys
+from grun import cli
+code = cli.main(sys.argv[1:])
+sys.stdout.flush()
+heavy = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(%r)))
+print('HEAVY=' + json.dumps(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _probe(cluster, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    r = subprocess.run([sys.executable, "-c", PROBE % json.dumps(sorted(HEAVY)), *args], env=cluster.env,
+                       capture_output=True, text=True, timeout=60)
+    line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")]
+    assert line, r.stderr
+    return r, json.loads(line[-1][6:])
+
+
+@pytest.mark.parametrize("args", [("--nowait", "true"), ("true",), ("sh", "-c", "echo hi; exit 3")])
+def test_submit_and_run_import_nothing_heavy(cluster, args):
+    r, heavy = _probe(cluster, *args)
+    assert heavy == [], f"`grun {' '.join(args)}` imported {heavy}"
+    if args[0] == "--nowait":
+        assert r.returncode == 0 and r.stdout.startswith("Job_ID: ")
+        cluster.client().wait([int(r.stdout.split()[1])])
+    elif args[0] == "sh":
+        assert (r.returncode, r.stdout) == (3, "hi\n")
+    else:
+        assert r.returncode == 0
+
+
+def test_a_config_file_with_nesting_still_reads_and_still_names_bad_keys(tmp_path):
+    """A config the fast path cannot read goes to PyYAML, with the same values and errors."""
+    path = tmp_path / "grun.conf"
+    path.write_text("master: 127.0.0.1:7000\nulimit:\n  nofile: 4096\nlabels: {os: debian12}\n")
+    cfg = load_config(str(path))
+    assert (cfg.master_port, cfg.ulimit, cfg.labels) == (7000, {"nofile": 4096}, {"os": "debian12"})
+    path.write_text("master: 127.0.0.1:7000\n# comment\nspool: /tmp/x\ncpus: lots\n")
+    with pytest.raises(Exception) as err:
+        load_config(str(path))
+    assert str(err.value) == f"{path}:4: key 'cpus': expected a number of CPUs like 4 or 0.5, got 'lots'"
+    path.write_text("master: 127.0.0.1:7000\nspool: /tmp/x\nspool: /tmp/y\n")
+    with pytest.raises(Exception, match=r":3: key 'spool': given twice \(first on line 2\)"):
+        load_config(str(path))
+
+
+VALUES = ["", "~", "null", "NULL", "yes", "No", "on", "OFF", "y", "true", "0", "007", "08", "0x1f", "0b11", "1_000",
+          "10:30", "1.5", "1.", ".5", "1e5", "1.5e+3", "1.5e3", "-1", "+1", "-", "- x", "127.0.0.1", "10.0", "00.5",
+          "2001-12-14", "2001-12-14 21:59:43.10 -5", "64M", "1h30m", "4G", "/var/spool/grun", "./x", "queue exec",
+          "queue,exec", "a#b", "a #b", "'q'", "'a''b'", "''", '"x"', '"a\\nb"', "[a, b]", "{a: 1}", ".inf", "-.inf",
+          ".nan", "12h", "unlimited", "Yes please", "a: b", "&a x", "*a", "!x", "|", ">", "%x", "@x", "x  y", "x\ty",
+          "=", "<<", "x:", "x :y", "debug   # a comment", "'a' # c", "'a' b"]
+
+
+def _same_as_yaml(text: str) -> None:
+    got = _read_simple(text)
+    if got is None:
+        return  # left to PyYAML
+    try:
+        ref = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise AssertionError(f"fast path read {text!r} as {got[0]}, PyYAML refuses it: {exc}") from None
+    raw, lines = got
+    assert raw == ref and [type(v) for v in raw.values()] == [type(v) for v in ref.values()], (text, raw, ref)
+    assert set(lines) == set(raw)
+
+
+def test_fast_config_reader_agrees_with_pyyaml():
+    for value in VALUES:
+        for key in ("cpus", "yes", "a1", "_x", "null"):
+            _same_as_yaml(f"{key}: {value}\n" if value else f"{key}:\n")
+    assert _read_simple("# x\n\nmaster: '127.0.0.1:5184'\ncpus: 4\nheartbeat: 1.5\nservices: exec\n") == (
+        {"master": "127.0.0.1:5184", "cpus": 4, "heartbeat": 1.5, "services": "exec"},
+        {"master": 3, "cpus": 4, "heartbeat": 5, "services": 6})
+    rnd = random.Random(5)
+    alphabet = "ab01.-_/ :#'\"xeE+9~\t\n"
+    for _ in range(20000):
+        lines = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 9))) for _ in range(rnd.randint(1, 3))]
+        _same_as_yaml("\n".join(f"k{i}: {v}" if rnd.random() < 0.9 else v for i, v in enumerate(lines)) + "\n")
+
+
+# ---- WireProxy against a real Pyro5 daemon --------------------------------------------------------
+
+@Pyro5.api.expose
+class Echo:
+    def echo(self, *args, **kwargs):
+        return [list(args), kwargs]
+
+    def missing(self, key):
+        raise LookupError(f"no job {key}")
+
+    def refuse(self):
+        raise ValueError("bad request")
+
+    def custom(self):
+        raise registry.RemoteFailure("a grun-side failure")
+
+    def slow(self, secs):
+        time.sleep(secs)
+        return "late"
+
+    def big(self, n):
+        return b"x" * n
+
+
+@pytest.fixture(scope="module")
+def echo_uri():
+    daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
+    uri = str(daemon.register(Echo(), "grun.test.echo"))
+    registry.serve_in_thread(daemon, "echo")
+    yield uri
+    daemon.shutdown()
+
+
+def test_wire_proxy_calls_and_errors(echo_uri):
+    with registry.WireProxy(echo_uri) as p:
+        assert p.echo(1, "a", b"\x00", [1.5, None], {"k": True}) == [[1, "a", b"\x00", [1.5, None], {"k": True}], {}]
+        assert p.echo(x=2) == [[], {"x": 2}]
+        assert len(p.big(5 << 20)) == 5 << 20
+        with pytest.raises(LookupError, match="no job 7"):
+            p.missing(7)
+        with pytest.raises(ValueError, match="bad request"):
+            p.refuse()
+        with pytest.raises(registry.RemoteError, match="a grun-side failure"):
+            p.custom()
+        with pytest.raises(AttributeError, match="nope"):
+            p.nope()
+        assert p.echo(3) == [[3], {}]  # the connection survives remote errors
+        p._pyroTimeout = 0.3
+        with pytest.raises(registry.CallTimeout) as err:
+            p.slow(1.0)
+        assert registry.is_unreachable(err.value) and registry.may_have_arrived(err.value)
+        p._pyroTimeout = 10
+        assert p.echo(4) == [[4], {}]  # reconnected; the late answer was not taken for this one
+
+
+def test_wire_proxy_unreachable_and_unknown_object(echo_uri):
+    from grun.testing import free_port
+    with pytest.raises(ConnectionError) as err:
+        registry.WireProxy(f"PYRO:x@127.0.0.1:{free_port()}", timeout=2).echo()
+    assert registry.is_unreachable(err.value) and not registry.may_have_arrived(err.value)
+    other = echo_uri.replace("grun.test.echo", "grun.job.424242")
+    with pytest.raises(registry.CallRejected, match="unknown object"):
+        registry.WireProxy(other).echo()
+    assert registry.parse_uri("PYRO:grun.master@[::1]:5184") == ("grun.master", "::1", 5184)
