@@ -2,7 +2,7 @@
 """grun's benchmark harness: real daemons on 127.0.0.1, medians of several runs, the reference next to
 each figure, a table on stdout and the details in JSON.
 
-    python bench/run.py                     # scenarios 1, 2, 4, 5 with the default sizes (a few minutes)
+    python bench/run.py                     # scenarios 1-5 with the default sizes (several minutes)
     python -m bench.run --tsp --slurm       # + task-spooler and Slurm (scenario 6) as peers
     python bench/run.py --only 1,2 --repeat 5 --json out.json
     python bench/run.py --smoke             # tiny sizes, one repeat: checks that the harness works
@@ -15,7 +15,9 @@ Scenarios (numbers as in issue 5):
                 with --tsp, Debian's task-spooler.
   2 latency     `grun true` / `grun hostname` p50/p90, where the time goes (from the job records), and
                 the CLI's import time (`python -X importtime -m grun.cli --version`).
-  3 scale       not yet (10,000 simulated nodes): a later round.
+  3 scale       (--only 3) a master with 1,000 and 10,000 simulated nodes (bench/sim_nodes.py: many node
+                actors per process, jobs run by a timer) and 100,000 queued jobs: dispatch rate, time
+                to register, master CPU per job and RSS, and the master's CPU for heartbeats alone.
   4 history     per-job cost with 0 vs H finished jobs in history (the history is written straight into
                 the master's store with grun.store.Store before the master starts); master restart time
                 with Q queued jobs (queued through master.submit_many with no node registered).
@@ -783,6 +785,179 @@ def scenario_latency(args, res: Results) -> None:
     res.details["latency"] = detail
 
 
+# ---- scenario 3: scale (simulated nodes) ------------------------------------------------------------
+
+SIM = os.path.join(os.path.dirname(THIS), "sim_nodes.py")
+
+
+class SimFleet:
+    """The processes of bench/sim_nodes.py hosting `nodes` simulated nodes against one master."""
+
+    def __init__(self, args, port: int, nodes: int, procs: int):
+        per = [nodes // procs + (1 if i < nodes % procs else 0) for i in range(procs)]
+        self.procs = []
+        for i, count in enumerate(per):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, SIM, "--master", f"127.0.0.1:{port}", "--nodes", str(count), "--prefix", f"s{i}",
+                 "--cpus", str(args.scale_cpus), "--duration", str(args.scale_duration),
+                 "--heartbeat", str(args.scale_heartbeat)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True))
+
+    def wait_ready(self, timeout: float) -> list[dict]:
+        import selectors
+        sel = selectors.DefaultSelector()
+        for p in self.procs:
+            sel.register(p.stdout, selectors.EVENT_READ, p)
+        out, deadline = {}, time.monotonic() + timeout
+        while len(out) < len(self.procs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(self.procs) - len(out)} simulator processes not registered after {timeout:.0f} s")
+            for key, _ in sel.select(min(left, 1.0)):
+                line = key.fileobj.readline()
+                if not line:
+                    raise RuntimeError("a node simulator exited before its nodes registered")
+                out[key.data.pid] = dict(json.loads(line), at=time.time())
+                sel.unregister(key.fileobj)
+        sel.close()
+        return list(out.values())
+
+    def stats(self) -> dict:
+        total: dict = {"stats": {}, "cpu_s": 0.0, "first_start": None, "procs": []}
+        for p in self.procs:
+            p.stdin.write("stats\n")
+            p.stdin.flush()
+        for p in self.procs:
+            st = json.loads(p.stdout.readline())
+            total["procs"].append(st)
+            total["cpu_s"] += st["cpu_s"]
+            for k, v in st["stats"].items():
+                total["stats"][k] = total["stats"].get(k, 0) + v
+        return total
+
+    def stop(self) -> None:
+        for p in self.procs:
+            try:
+                p.stdin.write("quit\n")
+                p.stdin.close()
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _proc_sample(proc) -> dict:
+    t = proc.cpu_times()
+    return {"cpu": t.user + t.system, "rss_mb": proc.memory_info().rss / 1e6, "threads": proc.num_threads(),
+            "fds": proc.num_fds(), "at": time.time()}
+
+
+def scale_run(args, nodes: int, queue: int) -> dict:
+    """Q jobs queued with no node up, then `nodes` simulated nodes register and drain the queue; then
+    the master idles with only heartbeats."""
+    procs = args.scale_procs or max(1, min(4, -(-nodes // 2500)))
+    cluster = start_cluster(args, master_only=True)
+    fleet = None
+    try:
+        master = psutil.Process(cluster.procs["master"].pid)
+        client = cluster.client()
+        spec = job_spec()
+        for i in range(0, queue, 2000):
+            client.call("submit_many", [spec] * min(2000, queue - i))
+        time.sleep(1.0)  # let a snapshot the fill made due finish (it is not what is measured)
+        before = _proc_sample(master)
+        note = wait_idle(args.idle_wait)
+        peak = {"rss_mb": before["rss_mb"]}
+        t0 = time.time()
+        fleet = SimFleet(args, cluster.port, nodes, procs)
+        ready = fleet.wait_ready(timeout=max(120.0, nodes / 20))
+        registered_at = max(r["at"] for r in ready)
+        series, deadline = [], time.monotonic() + max(300.0, queue / 100)
+        while True:
+            st = fleet.stats()
+            now = time.time()
+            series.append((now - t0, st["stats"].get("acked", 0)))
+            try:
+                peak["rss_mb"] = max(peak["rss_mb"], master.memory_info().rss / 1e6)
+            except psutil.Error:
+                pass
+            if st["stats"].get("acked", 0) >= queue:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {st['stats'].get('acked', 0)} of {queue} jobs done")
+            time.sleep(0.25)
+        drained = _proc_sample(master)
+        sims_drain = st
+        time.sleep(1.0)
+        idle0, sim0 = _proc_sample(master), fleet.stats()
+        time.sleep(args.scale_idle)
+        idle1, sim1 = _proc_sample(master), fleet.stats()
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        teardown(cluster, discard=True)
+    wall = series[-1][0]
+    # steady rate: the slope between 10 % and 90 % of the jobs done
+    lo = next((t, a) for t, a in series if a >= queue * 0.1)
+    hi = next((t, a) for t, a in series if a >= queue * 0.9)
+    steady = (hi[1] - lo[1]) / (hi[0] - lo[0]) if hi[0] > lo[0] else None
+    beats = sim1["stats"].get("heartbeats", 0) - sim0["stats"].get("heartbeats", 0)
+    idle_cpu = idle1["cpu"] - idle0["cpu"]
+    idle_s = idle1["at"] - idle0["at"]
+    return {"nodes": nodes, "queue": queue, "sim_procs": procs, "register_s": registered_at - t0,
+            "done_per_s": queue / wall, "steady_per_s": steady, "wall_s": wall,
+            "master_cpu_ms_per_job": (drained["cpu"] - before["cpu"]) * 1000 / queue,
+            "master_cpu_drain_pct": 100 * (drained["cpu"] - before["cpu"]) / wall,
+            "sim_cpu_ms_per_job": sims_drain["cpu_s"] * 1000 / queue,
+            "rss_queued_mb": before["rss_mb"], "rss_peak_mb": peak["rss_mb"], "rss_idle_mb": idle1["rss_mb"],
+            "idle_cpu_pct": 100 * idle_cpu / idle_s, "heartbeats_per_s": beats / idle_s,
+            "us_per_heartbeat": idle_cpu * 1e6 / beats if beats else None,
+            "master_threads": drained["threads"], "master_fds": drained["fds"],
+            "sim_counts": sims_drain["stats"], "series": series[:: max(1, len(series) // 200)], "note": note}
+
+
+def scenario_scale(args, res: Results) -> None:
+    R, Q = args.scale_repeat or args.repeat, args.scale_queue
+    detail: dict = {"queue": Q, "cpus_per_node": args.scale_cpus, "job_duration_s": args.scale_duration,
+                    "heartbeat_s": args.scale_heartbeat, "runs": {},
+                    "how": "Q jobs queued with no node; then bench/sim_nodes.py processes register N simulated "
+                           "nodes, which run each job by a timer and report it; then heartbeats only"}
+    for n in args.scale_nodes:
+        say(f"scenario 3: {n:,} simulated nodes x {fmt(args.scale_cpus)} cpus, {Q:,} queued, x{R}")
+        runs = []
+        for _ in range(R):
+            runs.append(scale_run(args, n, Q))
+            r = runs[-1]
+            say(f"  {r['done_per_s']:.0f} jobs/s (steady {fmt(r['steady_per_s'])}), registered in "
+                f"{r['register_s']:.1f} s, master {r['master_cpu_ms_per_job']:.3f} ms/job, "
+                f"RSS {r['rss_queued_mb']:.0f}/{r['rss_peak_mb']:.0f} MB, idle {r['idle_cpu_pct']:.1f}% of a core")
+        detail["runs"][str(n)] = runs
+        tag = f"{n:,} nodes"
+        med = lambda key: statistics.median([r[key] for r in runs if r[key] is not None] or [0])  # noqa: E731
+        notes = "; ".join(x for x in (f"steady (10-90 %) {fmt(med('steady_per_s'))} jobs/s",
+                                      f"master {fmt(med('master_cpu_drain_pct'))}% of a core, simulators "
+                                      f"{fmt(med('sim_cpu_ms_per_job'))} ms/job",
+                                      *sorted({r["note"] for r in runs if r["note"]})) if x)
+        res.add("3 scale", f"{tag}, {Q:,} queued: simulators start -> last done", [r["done_per_s"] for r in runs],
+                "jobs/s", "≥ 2,000 jobs/s", notes)
+        res.add("3 scale", f"{tag}: time until all registered ({Q:,} queued)", [r["register_s"] for r in runs], "s",
+                "", f"{runs[0]['sim_procs']} simulator processes")
+        res.add("3 scale", f"{tag}: master CPU per job (registration, dispatch, finish)",
+                [r["master_cpu_ms_per_job"] for r in runs], "ms", "≤ 0.5 ms for 2,000/s on one core")
+        res.add("3 scale", f"{tag}: master RSS with {Q:,} queued, no node / peak while draining",
+                [r["rss_queued_mb"] for r in runs], "MB", "≤ 300 MB",
+                f"peak {fmt(med('rss_peak_mb'))} MB, idle after {fmt(med('rss_idle_mb'))} MB; "
+                f"{fmt(med('master_threads'))} threads, {fmt(med('master_fds'))} fds")
+        res.add("3 scale", f"{tag}: heartbeat load, idle ({fmt(med('heartbeats_per_s'))} heartbeats/s)",
+                [r["idle_cpu_pct"] for r in runs], "% core", "",
+                f"{fmt(med('us_per_heartbeat'))} µs of master CPU per heartbeat (every {fmt(args.scale_heartbeat)} s)")
+    res.details["scale"] = detail
+
+
 # ---- scenario 4: history growth and restart ------------------------------------------------------------
 
 def seed_history(state_dir: str, count: int) -> float:
@@ -1156,7 +1331,7 @@ def parse_size(text: str) -> int:
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="1,2,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,4,5; 6 with --slurm)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,3,4,5; 6 with --slurm)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the table shows the median (default 3)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no tsp/slurm/big")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
@@ -1176,6 +1351,16 @@ def parse_args(argv):
     ap.add_argument("--history-single", type=int, default=100, help="single submits per history round")
     ap.add_argument("--history-batch", type=int, default=1000, help="batch size per history round")
     ap.add_argument("--queue", type=int, default=100000, help="queued jobs for the restart test (default 100000)")
+    ap.add_argument("--scale-nodes", default="1000,10000", help="scenario 3: simulated node counts (default 1000,10000)")
+    ap.add_argument("--scale-queue", type=int, default=100000, help="scenario 3: queued jobs (default 100000)")
+    ap.add_argument("--scale-cpus", type=float, default=4, help="scenario 3: cpus per simulated node (default 4)")
+    ap.add_argument("--scale-duration", type=float, default=0.0, help="scenario 3: seconds a simulated job runs (default 0)")
+    ap.add_argument("--scale-heartbeat", type=float, default=5.0, help="scenario 3: heartbeat interval (default 5 s, "
+                    "grun's default)")
+    ap.add_argument("--scale-procs", type=int, default=0, help="scenario 3: simulator processes (default: one per "
+                    "2,500 nodes, 1-4)")
+    ap.add_argument("--scale-idle", type=float, default=10.0, help="scenario 3: seconds of heartbeats-only load measured")
+    ap.add_argument("--scale-repeat", type=int, default=0, help="scenario 3: runs per figure (default --repeat)")
     ap.add_argument("--stream-size", type=parse_size, default=GiB, help="bytes to stream (default 1G)")
     ap.add_argument("--slurm-nodes", type=int, default=8, help="simulated Slurm nodes (default 8)")
     ap.add_argument("--srun-runs", type=int, default=20, help="srun latency runs (default 20)")
@@ -1193,7 +1378,9 @@ def parse_args(argv):
         args.n, args.n_cli, args.n_raw, args.submitters = 20, 3, 50, 2
         args.latency_runs, args.history, args.history_single, args.history_batch = 3, 300, 5, 20
         args.queue, args.stream_size, args.idle_wait = 300, 4 << 20, 0.0
+        args.scale_nodes, args.scale_queue, args.scale_idle = "50", 500, 2.0
     args.scenarios = {s.strip() for s in args.only.split(",") if s.strip()}
+    args.scale_nodes = [int(x) for x in str(args.scale_nodes).split(",") if x.strip()]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip() in ("api", "batch", "cli")]
     if args.slurm:
         args.scenarios.add("6")
@@ -1232,7 +1419,7 @@ def use_commit(args) -> None:
 
 
 SCENARIOS = [("1", "throughput", scenario_throughput), ("2", "latency", scenario_latency),
-             ("4", "history", scenario_history), ("5", "streaming", scenario_stream),
+             ("3", "scale", scenario_scale), ("4", "history", scenario_history), ("5", "streaming", scenario_stream),
              ("6", "slurm", scenario_slurm)]
 
 
@@ -1269,8 +1456,6 @@ def main(argv=None) -> int:
             say(f"scenario {key} ({name}) took {time.time() - t0:.0f} s")
     finally:
         cleanup_session(args)
-    res.add("3 scale", "10,000 simulated nodes: dispatch rate, master CPU/RSS", [], "", "≥ 2,000 jobs/s, RSS ≤ 300 MB",
-            "NOT YET: a later round")
     res.rows.sort(key=lambda r: int(r["scenario"].split()[0]))  # stable: keeps each scenario's order
     machine["elapsed_s"] = round(time.time() - t_start, 1)
     print(render(res, machine))
