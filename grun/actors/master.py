@@ -29,6 +29,7 @@ SNAPSHOT_EVERY_RECORDS = 20000
 SNAPSHOT_EVERY_SECS = 60.0
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
+PASS_GAP_SECS = 0.01       # at most one scheduling pass per this long
 MAX_WAIT_SECS = 60.0
 DISK_CHECK_SECS = 1.0      # how stale the free-space figure a submission is checked against may be
 DISK_LOG_SECS = 60.0       # how often the admin log repeats that submissions are being refused
@@ -98,6 +99,9 @@ class Master(JobControl):
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
+        self._outbox_lock = threading.Lock()
+        self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs to offer in its next start call
+        self._sending: set[str] = set()                 # nodes with a start call in flight
         self._recover()
         self._threads = [threading.Thread(target=self._scheduler_loop, name="grun-scheduler", daemon=True),
                          threading.Thread(target=self._housekeeping_loop, name="grun-housekeeping", daemon=True)]
@@ -494,9 +498,14 @@ class Master(JobControl):
     # ---- scheduling ----------------------------------------------------------------------------
 
     def _scheduler_loop(self) -> None:
+        last = 0.0
         while not self._stop.is_set():
             self._kick.wait(START_RETRY_SECS)
+            # Completions arrive one report at a time; a short gap lets the ones that come together
+            # share a pass, where a pass per report would cost the master more than the jobs do.
+            time.sleep(max(0.0, last + PASS_GAP_SECS - time.monotonic()))
             self._kick.clear()
+            last = time.monotonic()
             try:
                 self._dispatch_pass()
             except Exception:
@@ -523,9 +532,29 @@ class Master(JobControl):
         if not batches:
             return
         self._durable()  # a job is on disk as dispatched before any node can run it (invariant 2)
-        futures = [self._pool.submit(self._start_on, name, batch) for name, batch in batches.items()]
-        for future in futures:
-            future.result()
+        self._offer(batches)
+
+    def _offer(self, batches: dict[str, list[dict]]) -> None:
+        """Queue jobs for their nodes' `start`, one call in flight per node: the next pass need not
+        wait for a slow node, and what piles up for a node meanwhile goes in its next call."""
+        with self._outbox_lock:
+            for name, batch in batches.items():
+                self._outbox.setdefault(name, {}).update((job["id"], job) for job in batch)
+                if name not in self._sending:
+                    self._sending.add(name)
+                    self._pool.submit(self._drain_outbox, name)
+
+    def _drain_outbox(self, name: str) -> None:
+        while True:
+            with self._outbox_lock:
+                batch = self._outbox.pop(name, None)
+                if not batch:
+                    self._sending.discard(name)
+                    return
+            try:
+                self._start_on(name, list(batch.values()))
+            except Exception:
+                log.exception("starting jobs on %s failed; they are offered again later", name)
 
     def _start_on(self, name: str, batch: list[dict]) -> None:
         reply = self._call_node(name, "start", batch)
