@@ -1414,6 +1414,9 @@ def use_commit(args) -> None:
         del sys.modules[name]
     sys.path.insert(0, dest)
     os.environ["PYTHONPATH"] = dest + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    # `python -m grun.daemon` (and the node's `-m grun.spawner`) put their cwd first on sys.path, ahead
+    # of PYTHONPATH: started from the repo, they imported the working tree, not the export.
+    os.chdir(dest)
     args.measured = f"git {sha} (exported to {dest})"
     say(f"measuring {args.measured}")
 
