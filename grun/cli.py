@@ -29,7 +29,7 @@ def _fail(message: str, code: int = 1) -> int:
 def _client(opts: dict, cfg):
     from .client import Client
     client = Client(cfg.master_host, cfg.master_port)
-    if cfg.personal:
+    if cfg.personal and not client.reachable():
         from .daemon import ensure_personal_cluster  # daemon code (logging, subprocess) only when needed
         ensure_personal_cluster(cfg, client, _say)
     return client
@@ -125,7 +125,37 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The `grun` command. Called as the program (argv None), it ends the process itself when it can:
+    see _exit_quickly."""
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        _exit_quickly(code)
+    return code
+
+
+def _exit_quickly(code: int) -> None:
+    """Leave without the interpreter's teardown (freeing every module and object: ~5 ms of each `grun`
+    call, measured), when nothing needs it: our output is flushed, no logging handler waits to be
+    flushed, no thread of ours is still working, and the interactive shell was not used."""
+    if "grun.shell" in sys.modules:
+        return
+    logging = sys.modules.get("logging")
+    if logging is not None and (logging.root.handlers or any(
+            getattr(lg, "handlers", None) for lg in list(logging.Logger.manager.loggerDict.values()))):
+        return
+    threading = sys.modules.get("threading")
+    if threading is not None and any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+                                     for t in threading.enumerate()):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # e.g. a closed pipe: the usual exit reports it as Python would
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _main(argv: list[str]) -> int:
     try:
         opts, words = parse(argv)
         if "optfile" in opts:

@@ -80,7 +80,7 @@ class Client:
         self.connect_wait = connect_wait
         self._answered = False
         self._master = None
-        if personal is not None:
+        if personal is not None and not self.reachable():  # else the daemon module is not even imported
             from .daemon import DaemonError, ensure_personal_cluster
             try:
                 ensure_personal_cluster(personal, self, lambda m: print(m, file=sys.stderr, flush=True))
@@ -295,7 +295,7 @@ class Client:
         Rides through everything on the way: a master restart (calls retry), a node daemon restart
         or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
         the job; we follow its new run, whose output starts over)."""
-        from . import limits, stream
+        from . import stream
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
@@ -333,6 +333,7 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
                     if on_limit and status.get("limit"):
+                        from . import limits
                         on_limit(limits.describe(status, job_id))  # e.g. killed: out of memory
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended
@@ -342,8 +343,8 @@ class Client:
                             return int(job.get("exit", 1))
                         continue
                     if release:
-                        try:
-                            sup.release()
+                        try:  # nothing to wait for: the node drops the spool once the master has the end too
+                            sup._pyroOneway("release")
                         except Exception:
                             pass
                 return J.exit_code_of(status)
@@ -367,6 +368,7 @@ class Client:
             on_note(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
         if on_limit and final.get("limit"):
+            from . import limits
             on_limit(limits.describe(final, job_id))
         return int(final.get("exit", 1))
 

@@ -494,14 +494,15 @@ _YAML_BOOL = {"yes": True, "Yes": True, "YES": True, "true": True, "True": True,
               "On": True, "ON": True, "no": False, "No": False, "NO": False, "false": False, "False": False,
               "FALSE": False, "off": False, "Off": False, "OFF": False}
 _YAML_NULL = ("~", "null", "Null", "NULL")
-# PyYAML's implicit int, float and timestamp patterns (yaml/resolver.py): a plain value matching one
-# of them, other than the simple forms below, is left to PyYAML
-_YAML_OTHER = re.compile(r"""[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+
-    |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+
-    |[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)
-    |[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[ \t]+).*|[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]""",
-                         re.VERBOSE)
+
+
+def _maybe_yaml_number(value: str) -> bool:
+    """Whether YAML 1.1 (PyYAML's implicit resolvers) might read a plain value that starts with a digit
+    or a dot as an int, float or timestamp. Values here have no ':', '+' or leading '-' (see _PLAIN), so
+    no base-60 number and no signed exponent is possible. (PyYAML's own patterns took 6 ms to compile.)"""
+    if "-" in value or value[:2] in ("0x", "0b") or value.lower() in (".inf", ".nan"):
+        return True  # dates, hex, binary, inf/nan: left to PyYAML
+    return value.count(".") <= 1 and all(c in "0123456789_." for c in value)
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
@@ -528,7 +529,7 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             raw[key] = int(value)
         elif re.fullmatch(r"[0-9]+\.[0-9]+", value):
             raw[key] = float(value)
-        elif value[0] in "0123456789.-" and _YAML_OTHER.fullmatch(value):
+        elif value[0] in "0123456789." and _maybe_yaml_number(value):
             return None
         else:
             raw[key] = value

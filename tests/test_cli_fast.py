@@ -77,7 +77,8 @@ VALUES = ["", "~", "null", "NULL", "yes", "No", "on", "OFF", "y", "true", "0", "
           "2001-12-14", "2001-12-14 21:59:43.10 -5", "64M", "1h30m", "4G", "/var/spool/grun", "./x", "queue exec",
           "queue,exec", "a#b", "a #b", "'q'", "'a''b'", "''", '"x"', '"a\\nb"', "[a, b]", "{a: 1}", ".inf", "-.inf",
           ".nan", "12h", "unlimited", "Yes please", "a: b", "&a x", "*a", "!x", "|", ">", "%x", "@x", "x  y", "x\ty",
-          "=", "<<", "x:", "x :y", "debug   # a comment", "'a' # c", "'a' b"]
+          "=", "<<", "x:", "x :y", "debug   # a comment", "'a' # c", "'a' b", "2d", "0x1G", "1.2.3", "1_2", "0b2",
+          "1.5.", ".", "..", "1d2", "10.0.0.1 x", ".iNf", ".Nan", "0o7", "1e-5", "1.0e-5", "0.5d"]
 
 
 def _same_as_yaml(text: str) -> None:
