@@ -55,7 +55,8 @@ KNOWN_KEYS = frozenset({
 })
 ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size",
                "stack": "size"}
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+# patterns as text, compiled (and cached by `re`) on first use: a client parses few values
+_NAME_RE = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
 
 
 class ConfigError(Exception):
@@ -80,10 +81,10 @@ def _got(value) -> str:
 
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_MEMORY_RE = re.compile(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", re.IGNORECASE)
+_MEMORY_RE = _NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?"
 # units as exact ratios (numerator, denominator): no float rounding, and no `fractions` import
 _MEMORY_UNIT = {None: (1, 1), "k": (1, 1024), "m": (1, 1), "g": (1024, 1), "t": (1024 ** 2, 1)}
-_DURATION_RE = re.compile(_NUMBER + r"\s*([smhdw])", re.IGNORECASE)
+_DURATION_RE = _NUMBER + r"\s*([smhdw])"
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -108,7 +109,7 @@ def parse_memory(text: str | float) -> int:
     """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
     what = "a memory size like 4096 (MB), 500M or 4G"
     if isinstance(text, str):
-        m = _MEMORY_RE.fullmatch(text.strip())
+        m = re.fullmatch(_MEMORY_RE, text.strip(), re.IGNORECASE)
         if not m:
             raise ValueError(f"expected {what}, got {_got(text)}")
         num, den = _ratio(m.group(1))
@@ -147,7 +148,7 @@ def parse_duration(text) -> float:
     if not re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", s, re.IGNORECASE):
         raise ValueError(f"expected {what}, got {_got(text)}")
     num, den = 0, 1
-    for m in _DURATION_RE.finditer(s):  # exact sum, then one rounding
+    for m in re.finditer(_DURATION_RE, s, re.IGNORECASE):  # exact sum, then one rounding
         n, d = _ratio(m.group(1))
         n *= _DURATION_UNIT[m.group(2).lower()]
         num, den = num * d + n * den, den * d
@@ -170,7 +171,7 @@ def _mapping(value, what: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of {what}, got {_got(value)}")
     for key in value:
-        if not isinstance(key, str) or not _NAME_RE.fullmatch(key) or key in ("cpus", "memory"):
+        if not isinstance(key, str) or not re.fullmatch(_NAME_RE, key) or key in ("cpus", "memory"):
             raise ValueError(f"bad name {_got(key)} in {what} (letters, digits, _ . - only)")
     return value
 
