@@ -3,6 +3,7 @@ fits, best fit, labels, consumables, hosts, outside load, priorities, reservatio
 suspend, nested grun's lending, edits. No sockets, no processes."""
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
@@ -316,3 +317,110 @@ def test_why_names_the_resource_the_nodes_and_the_queue_position():
     assert "2 cpus" in text and "small" in text and "big" in text
     assert "2 of 2" in text or "position 2" in text, text
     assert busy and ahead
+
+
+# ---- the node index (many nodes) ---------------------------------------------------------------
+
+def _random_cluster(rng, count):
+    out = []
+    for i in range(count):
+        extra = {"used_cpus": rng.choice([0, 0.5, 1, 2, 3]), "used_memory": rng.choice([0, 500, 1000]),
+                 "outside_cpus": rng.choice([0.0, 0.0, 0.25]), "up": rng.random() > 0.1}
+        if rng.random() < 0.2:
+            extra["labels"] = {"os": rng.choice(["debian12", "centos7"])}
+        if rng.random() < 0.2:
+            extra["resources"] = {"gpu": rng.choice([1, 2])}
+        out.append(NodeView(f"n{i}", rng.choice([2, 4, 4, 8]), rng.choice([2000, 4000, 8000]), **extra))
+    return out
+
+
+def _random_job(rng, i):
+    extra = {}
+    if rng.random() < 0.2:
+        extra["params"] = rng.choice([{"os": "debian12"}, {"gpu": 1}, {"os": "centos7", "gpu": 1}])
+    if rng.random() < 0.1:
+        extra["host"] = rng.choice(["n1*", "n2,n3"])
+    return job(i, rng.choice([0, 0.5, 1, 2, 4]), rng.choice([100, 1000, 3000]), **extra)
+
+
+def _fit_key(node, j):
+    return None if node is None else (round(node.free_cpus - j["cpus"], 9), node.free_memory - j["memory"])
+
+
+def test_the_index_finds_the_same_best_fit_as_a_scan_of_every_node():
+    from grun.core.placement import NodeIndex
+    rng = random.Random(7)
+    for _ in range(40):
+        cluster = _random_cluster(rng, rng.choice([1, 3, 30]))
+        index = NodeIndex(cluster)
+        claims = {}
+        if rng.random() < 0.3 and cluster:
+            claims[rng.choice(cluster).name] = job(999, 2, 1000)
+        for i in range(20):
+            j = _random_job(rng, i)
+            scan = best_node(j, [n for n in cluster if n.up], random.Random(1), claims)
+            found = index.best(j, random.Random(2), claims)
+            assert _fit_key(found, j) == _fit_key(scan, j), (j, found, scan)
+            if found is not None:
+                assert found.up and found.fits(j)
+
+
+def test_the_index_follows_changes_of_usage_outside_load_and_up():
+    from grun.core.placement import NodeIndex
+    a, b = nodes(("a", 4, 8000, {}), ("b", 4, 8000, {}))
+    index = NodeIndex([a, b])
+    a.used_cpus = 3
+    assert index.best(job(1)).name == "a", "best fit: the fuller node"
+    a.outside_cpus = 1.0
+    assert index.best(job(1)).name == "b", "outside load counts"
+    b.up = False
+    assert index.best(job(1)) is None and not index.any_free()
+    b.up = True
+    b.take(job(2, 4, 100))
+    assert not index.any_free() and index.best(job(3, 0, 10)) is not None, "a job asking no cpus still fits"
+    del index["b"]
+    assert index.best(job(4, 0, 10)).name == "a" and index.up_count() == 1
+    b.used_cpus = 0  # no longer in the index: it must not come back by a change
+    assert index.best(job(5, 4, 100)) is None
+
+
+def test_the_index_remembers_impossible_until_a_node_changes():
+    from grun.core.placement import NodeIndex
+    a = NodeView("a", 4, 8000)
+    index = NodeIndex([a])
+    assert impossible(job(1, 8), index) == "no node has 8 cpus; largest is 4"
+    a.cpus = 8
+    assert impossible(job(1, 8), index) is None, "a node's new size is seen at once"
+    index["b"] = NodeView("b", 16, 8000)
+    assert impossible(job(1, 12), index) is None
+
+
+def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
+    import time as _time
+    from grun.core.placement import NodeIndex
+    index = NodeIndex(NodeView(f"n{i:05d}", 4, 16000) for i in range(10000))
+    jobs = [job(i) for i in range(1, 20001)]
+    t0 = _time.process_time()
+    plan = place(iter(jobs), index, random.Random(3))
+    spent = _time.process_time() - t0
+    assert len(plan.placed) == 20000
+    used = collections.Counter(n.name for _, n in plan.placed)
+    assert set(used.values()) == {4}, "best fit fills a node before it starts another"
+    # a scan of 10,000 nodes per job took ~10 ms a job (200 s here); the index ~20 us
+    assert spent < 10, f"placing 20,000 jobs on 10,000 nodes took {spent:.1f} s of CPU"
+
+
+def test_job_table_keeps_each_nodes_jobs_without_scanning_the_table():
+    t = _table(("a", 2, 4000), ("b", 2, 4000))
+    ids = [_submit(t) for _ in range(5)]
+    _run(t, 1.0)
+    on = {n: [j["id"] for j in t.jobs_on(n)] for n in ("a", "b")}
+    assert sorted(on["a"] + on["b"]) == ids[:4] and len(on["a"]) == len(on["b"]) == 2
+    lost = t.jobs_on("a")
+    for j in lost:
+        t.apply(t.lost_record(j, 2.0, "node a lost"))
+    assert t.jobs_on("a") == [] and t.nodes["a"].used_cpus == 0
+    t.apply(t.finish_record(on["b"][0], {"exit_code": 0}, 3.0, node="b"))
+    assert [j["id"] for j in t.jobs_on("b")] == on["b"][1:]
+    t.node_up("b", 4, 4000)  # re-registration with a new size recounts from the node's own jobs
+    assert t.nodes["b"].used_cpus == 1 and t.nodes["b"].jobs == set(on["b"][1:])

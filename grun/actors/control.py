@@ -51,7 +51,7 @@ class JobControl:
                 raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
             batch_names.add(name)
         if not request.get("force"):
-            why = impossible(request, list(self.table.nodes.values()))
+            why = impossible(request, self.table.nodes)  # the NodeIndex remembers it per job shape
             if why:
                 raise ValueError(f"{why} (--force queues it anyway)")
 
@@ -81,8 +81,8 @@ class JobControl:
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == node.name:
                 self.live_usage[int(job_id)] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
-        for job_id in [i for i in self.live_usage if i not in self.table.jobs]:
-            del self.live_usage[job_id]
+        # (a finished job's entry is dropped when it finishes, Master._remember: a scan of every
+        # entry here cost O(running jobs) per heartbeat)
 
     # ---- hold, resume, suspend -----------------------------------------------------------------
 

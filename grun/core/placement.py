@@ -11,18 +11,28 @@ left fullest wins (best fit: fewest cpus left, then least memory left), ties bro
 jobs still find empty machines. A job that has waited longer than `reserve_after` without fitting
 claims the node that comes closest to fitting it; from then on other jobs go there only if they take
 nothing that job still needs (backfill that cannot delay it).
+
+With thousands of nodes, best fit must not look at every node for every job: the job table keeps its
+nodes in a `NodeIndex`, which files the up nodes by free capacity (free cpus, then free memory), so a
+search starts at the nodes that come closest and a plain job looks at one bucket of equal nodes.
+The index learns of every change of a node's capacity or usage through `NodeView.__setattr__`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import random
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
 # A scheduling pass stops looking after this many jobs that did not fit: with a deep queue and a
 # full cluster, a pass must not cost O(queue length).
 MAX_MISSES_PER_PASS = 2000
 EPS = 1e-9
+# What moves a node to another place in its index (usage, capacity, up/down), and what changes the
+# answer of impossible() (a node's description).
+_FILED = frozenset({"cpus", "memory", "used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"})
+_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels"})
 
 
 @dataclass
@@ -40,6 +50,13 @@ class NodeView:
     resources: dict = field(default_factory=dict)       # consumable name -> total
     used_resources: dict = field(default_factory=dict)  # consumable name -> reserved by jobs
     labels: dict = field(default_factory=dict)          # label name -> value (a string)
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _FILED or name in _DESCRIBED:
+            index = self.__dict__.get("_index")
+            if index is not None:
+                index._touch(self, name)
 
     @property
     def free_cpus(self) -> float:
@@ -134,6 +151,179 @@ def best_node(job: dict, nodes: list[NodeView], rng: random.Random = random,
     return best[0] if len(best) == 1 else rng.choice(best)
 
 
+class NodeIndex(dict):
+    """Nodes by name (a dict), with the up ones also filed by free capacity for best fit.
+
+    Buckets hold the up nodes with equal (free cpus, free memory); their keys are kept sorted. A
+    search bisects to the first bucket with enough cpus, skips within a cpu level to enough memory,
+    and takes the first bucket with a node the job may use; among the equal nodes of that bucket it
+    picks one at random (as best_node breaks ties). A NodeView put in the index reports changes to
+    it (NodeView.__setattr__); they are re-filed before the next search, so a pass that places many
+    jobs costs O(log buckets) per job, not O(nodes). Add and remove nodes by item assignment/del."""
+
+    def __init__(self, nodes=()):
+        super().__init__()
+        self._keys: list[tuple] = []                # sorted bucket keys
+        self._buckets: dict[tuple, list] = {}       # key -> the NodeViews filed there
+        self._where: dict[str, tuple] = {}          # name -> (key, position in its bucket)
+        self._dirty: dict[str, NodeView] = {}       # nodes to re-file
+        self._impossible: dict[tuple, str | None] = {}  # job shape -> impossible(), until a description changes
+        for node in nodes:
+            self[node.name] = node
+
+    # ---- the dict --------------------------------------------------------------------------------
+
+    def __setitem__(self, name: str, node: NodeView) -> None:
+        old = self.get(name)
+        if old is not None and old is not node:
+            self._unfile(old)
+            object.__setattr__(old, "_index", None)
+        super().__setitem__(name, node)
+        object.__setattr__(node, "_index", self)
+        self._dirty[name] = node
+        self._impossible.clear()
+
+    def __delitem__(self, name: str) -> None:
+        node = self[name]
+        self._unfile(node)
+        self._dirty.pop(name, None)
+        object.__setattr__(node, "_index", None)
+        super().__delitem__(name)
+        self._impossible.clear()
+
+    def pop(self, name, *default):
+        if name in self:
+            node = self[name]
+            del self[name]
+            return node
+        if default:
+            return default[0]
+        raise KeyError(name)
+
+    def setdefault(self, name, node=None):
+        if name not in self:
+            self[name] = node
+        return self[name]
+
+    def update(self, *args, **kwargs) -> None:
+        for name, node in dict(*args, **kwargs).items():
+            self[name] = node
+
+    def clear(self) -> None:
+        for name in list(self):
+            del self[name]
+
+    def popitem(self):
+        raise TypeError("NodeIndex.popitem is not supported")
+
+    # ---- filing --------------------------------------------------------------------------------
+
+    def _touch(self, node: NodeView, attr: str) -> None:
+        if self.get(node.name) is node:
+            self._dirty[node.name] = node
+            if attr in _DESCRIBED:
+                self._impossible.clear()
+
+    @staticmethod
+    def _key(node: NodeView) -> tuple | None:
+        # rounded: float sums of fractional cpus (0.1 + 0.2) must not split equal nodes
+        return (round(node.free_cpus, 9), node.free_memory) if node.up else None
+
+    def _file(self, node: NodeView, key: tuple) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = []
+            insort(self._keys, key)
+        self._where[node.name] = (key, len(bucket))
+        bucket.append(node)
+
+    def _unfile(self, node: NodeView) -> None:
+        where = self._where.pop(node.name, None)
+        if where is None:
+            return
+        key, i = where
+        bucket = self._buckets[key]
+        last = bucket.pop()
+        if i < len(bucket):
+            bucket[i] = last
+            self._where[last.name] = (key, i)
+        if not bucket:
+            del self._buckets[key]
+            del self._keys[bisect_left(self._keys, key)]
+
+    def refresh(self) -> None:
+        """Re-file the nodes that changed since the last search."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        for name, node in dirty.items():
+            if self.get(name) is not node:
+                continue
+            key = self._key(node)
+            where = self._where.get(name)
+            if where is not None and where[0] == key:
+                continue
+            self._unfile(node)
+            if key is not None:
+                self._file(node, key)
+
+    # ---- questions -----------------------------------------------------------------------------
+
+    def up_count(self) -> int:
+        self.refresh()
+        return len(self._where)
+
+    def up_nodes(self) -> list[NodeView]:
+        return [n for n in self.values() if n.up]
+
+    def any_free(self) -> bool:
+        """Whether some up node has cpus free (else only jobs that ask for no cpus can be placed)."""
+        self.refresh()
+        return bool(self._keys) and self._keys[-1][0] > EPS
+
+    def best(self, job: dict, rng: random.Random = random, claims: dict | None = None) -> NodeView | None:
+        """best_node(job, up nodes, rng, claims), without looking at every node."""
+        self.refresh()
+        keys, memory = self._keys, job["memory"]
+        i, n = bisect_left(keys, (job["cpus"] - EPS,)), len(keys)
+        while i < n:
+            key = keys[i]
+            if key[1] < memory:  # not enough memory at this cpu level: skip to where there is
+                i = bisect_left(keys, (key[0], memory), i + 1)
+                continue
+            node = self._pick(self._buckets[key], job, rng, claims)
+            if node is not None:
+                return node
+            i += 1
+        return None
+
+    @staticmethod
+    def _pick(bucket: list, job: dict, rng, claims) -> NodeView | None:
+        """A node of the bucket (all equally good) the job may use, uniformly at random."""
+        def ok(node):
+            return node.fits(job) and not delays_claim(node, job, claims)
+        if len(bucket) > 8:
+            # rejection sampling: a random draw is almost always usable (plain jobs, few claims),
+            # and the draws stay uniform over the usable nodes
+            for _ in range(4):
+                node = bucket[rng.randrange(len(bucket))]
+                if ok(node):
+                    return node
+        usable = [node for node in bucket if ok(node)]
+        if not usable:
+            return None
+        return usable[0] if len(usable) == 1 else rng.choice(usable)
+
+    def impossible(self, job: dict) -> str | None:
+        """impossible(job, nodes), remembered per job shape until a node's description changes."""
+        shape = _shape(job)
+        if shape not in self._impossible:
+            if len(self._impossible) > 1000:
+                self._impossible.clear()
+            self._impossible[shape] = impossible(job, list(self.values()))
+        return self._impossible[shape]
+
+
 # ---- reservations -------------------------------------------------------------------------------
 
 def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
@@ -197,34 +387,47 @@ def _shape(job: dict) -> tuple:
     return job["cpus"], job["memory"], job.get("host"), tuple(sorted(params.items()))
 
 
-def place(ordered_jobs, nodes: list[NodeView], rng: random.Random = random, *, now: float | None = None,
+def place(ordered_jobs, nodes, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
-    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place."""
+    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
+    `nodes` is a list of NodeViews, or a NodeIndex (the job table's): then a job costs a search of
+    the index, not a look at every node."""
     plan = Plan()
     claims = {} if claims is None else claims
-    live = [n for n in nodes if n.up]
-    if not live:
+    if isinstance(nodes, NodeIndex):
+        index, live = nodes, None
+        n_live = index.up_count()
+    else:
+        index, live = None, [n for n in nodes if n.up]
+        n_live = len(live)
+    if not n_live:
         return plan
+
+    def any_free() -> bool:
+        return index.any_free() if index is not None else any(n.free_cpus > EPS for n in live)
+
     misses = 0
-    full = not any(n.free_cpus > EPS for n in live)
+    full = not any_free()
     failed_shapes: set = set()       # shapes that fit nowhere in this pass
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         shape = _shape(job)
         if not full and (shape not in failed_shapes or job.get("reserved_node")):
-            node = best_node(job, live, rng, claims)
+            node = index.best(job, rng, claims) if index is not None else best_node(job, live, rng, claims)
             if node is not None:
                 node.take(job)
                 node.jobs.add(job["id"])
                 plan.placed.append((job, node))
                 _drop_claim(claims, job)
-                full = not any(n.free_cpus > EPS for n in live)
+                full = not any_free()
                 continue
             failed_shapes.add(shape)
         misses += 1
         if shape not in unreservable and starving(job, now, reserve_after) and (
-                len(claims) < len(live) or job.get("reserved_node")):
+                len(claims) < n_live or job.get("reserved_node")):
+            if live is None:
+                live = index.up_nodes()  # a reservation looks at every node: rare (starving jobs only)
             if not _reserve(job, live, claims, plan, rng):
                 unreservable.add(shape)
         if misses >= MAX_MISSES_PER_PASS:
@@ -255,9 +458,12 @@ def _fmt(number: float) -> str:
     return f"{number:g}"
 
 
-def impossible(job: dict, nodes: list[NodeView]) -> str | None:
+def impossible(job: dict, nodes) -> str | None:
     """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None.
-    With no nodes known at all, nothing can be judged, so nothing is refused."""
+    With no nodes known at all, nothing can be judged, so nothing is refused. `nodes`: a list, or a
+    NodeIndex (which remembers the answer per job shape)."""
+    if isinstance(nodes, NodeIndex):
+        return nodes.impossible(job)
     if not nodes:
         return None
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]

@@ -12,7 +12,7 @@ import random
 import sys
 
 from . import jobs as J
-from .placement import NodeView, place
+from .placement import NodeIndex, NodeView, place
 
 DEFAULT_RESERVE_AFTER = 300.0
 
@@ -62,7 +62,13 @@ class JobTable:
     def __init__(self, rng: random.Random | None = None, reserve_after: float = DEFAULT_RESERVE_AFTER):
         self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
         self.pending = PendingQueue()
-        self.nodes: dict[str, NodeView] = {}
+        # a dict of NodeViews that also files them by free capacity, so placement need not look
+        # at every node for every job (10,000 nodes)
+        self.nodes: NodeIndex = NodeIndex()
+        # node name -> ids of the live jobs on it (dispatched, running, suspended), known node or
+        # not: a node's registration and its lost-node sweep look at its jobs, not at every job
+        self.by_node: dict[str, set[int]] = {}
+        self._on_node: dict[int, str] = {}       # the other way round
         self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
         # tokens of finished jobs: token -> (job id, end time), oldest first
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
@@ -175,6 +181,7 @@ class JobTable:
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
         self._release(job)
+        self._file_on_node(job["id"], None)
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
@@ -239,8 +246,25 @@ class JobTable:
         cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
 
+    def _file_on_node(self, job_id: int, name: str | None) -> None:
+        """Keep by_node in step with where the job is (None: on no node, or gone)."""
+        prev = self._on_node.get(job_id)
+        if prev == name:
+            return
+        if prev is not None:
+            ids = self.by_node.get(prev)
+            if ids is not None:
+                ids.discard(job_id)
+                if not ids:
+                    del self.by_node[prev]
+            del self._on_node[job_id]
+        if name is not None:
+            self.by_node.setdefault(name, set()).add(job_id)
+            self._on_node[job_id] = name
+
     def _sync(self, job: dict) -> None:
         """Make the node views count exactly what the job holds now (and index its reservation)."""
+        self._file_on_node(job["id"], job.get("node") if job["state"] in J.ON_NODE_STATES else None)
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -279,7 +303,7 @@ class JobTable:
         jobs that have waited longer than reserve_after without fitting."""
         if not len(self.pending):
             return []
-        plan = place(iter(self.pending), list(self.nodes.values()), self.rng, now=now,
+        plan = place(iter(self.pending), self.nodes, self.rng, now=now,
                      reserve_after=self.reserve_after, claims=self.claims())
         records = []
         for job, node in plan.placed:
@@ -401,12 +425,13 @@ class JobTable:
 
     def _recount(self, name: str) -> None:
         node = self.nodes[name]
-        for job_id in [i for i, (n, _) in self.counted.items() if n == name]:
-            del self.counted[job_id]
+        on_node = self.by_node.get(name, set())
+        for job_id in node.jobs | on_node:  # what is counted there now, and what should be
+            if self.counted.get(job_id, ("",))[0] == name:
+                del self.counted[job_id]
         node.jobs, node.used_cpus, node.used_memory, node.used_resources = set(), 0.0, 0, {}
-        for job in self.jobs.values():
-            if job.get("node") == name:
-                self._sync(job)
+        for job_id in sorted(on_node):
+            self._sync(self.jobs[job_id])
 
     def node_up(self, name: str, cpus: float, memory: int, resources: dict | None = None,
                 labels: dict | None = None) -> NodeView:
@@ -418,7 +443,7 @@ class JobTable:
         return node
 
     def jobs_on(self, name: str) -> list[dict]:
-        return [j for j in self.jobs.values() if j.get("node") == name and j["state"] in J.ON_NODE_STATES]
+        return [self.jobs[i] for i in sorted(self.by_node.get(name, ()))]
 
     # ---- snapshots -----------------------------------------------------------------------------
 
