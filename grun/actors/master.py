@@ -168,6 +168,7 @@ class Master(JobControl):
         raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _remember(self, job: dict) -> None:
+        self.live_usage.pop(job["id"], None)  # (not pruned by a scan per heartbeat: O(running jobs))
         self.recent[job["id"]] = job
         while len(self.recent) > RECENT_FINISHED:
             self.recent.popitem(last=False)
