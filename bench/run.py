@@ -978,6 +978,7 @@ def seed_history(state_dir: str, count: int) -> float:
                                  "read_blocks": 0, "write_blocks": 0}, end_time=t + 0.02, exit=0))
         if len(batch) == 10000:
             store.add_history(batch)
+            store.flush()  # keeps a million-job history from sitting in memory first
             batch = []
     store.add_history(batch)
     ticket = store.begin_snapshot()
@@ -1038,13 +1039,14 @@ def restart_master(cluster, sig: int) -> dict:
 
 
 def scenario_history(args, res: Results) -> None:
-    R, H, Q = args.repeat, args.history, args.queue
+    R, Q = args.repeat, args.queue
+    levels = [0] + [h for h in args.history if h]
     m_single, m_batch = args.history_single, args.history_batch
-    detail: dict = {"history": H, "queue": Q, "how_history": "written with grun.store.Store (add_history + "
+    detail: dict = {"history": levels, "queue": Q, "how_history": "written with grun.store.Store (add_history + "
                     "a snapshot with next_id) before the master starts",
                     "how_queue": "master.submit_many in batches of 2000, no node registered", "rounds": {}}
     per = {}
-    for h in (0, H):
+    for h in levels:
         say(f"scenario 4: {h} finished jobs in history: {m_single} single submits + batch of {m_batch}, x{R}")
         cluster = None
         try:
@@ -1055,7 +1057,7 @@ def scenario_history(args, res: Results) -> None:
                 teardown(cluster)
         detail["rounds"][str(h)] = per[h]
     base = per[0]
-    for h in (0, H):
+    for h in levels:
         rounds = per[h]
         tag = f"{h:,} in history"
         cpu = [r["master_cpu_ms_per_job"] for r in rounds]
@@ -1347,7 +1349,9 @@ def parse_args(argv):
     ap.add_argument("--node-cpus", type=int, default=8, help="cpus each grun node offers (default 8)")
     ap.add_argument("--log-level", default="info", help="daemons' log level (default info)")
     ap.add_argument("--latency-runs", type=int, default=50, help="runs per latency series (default 50)")
-    ap.add_argument("--history", type=int, default=100000, help="finished jobs in history (default 100000)")
+    ap.add_argument("--history", type=lambda text: [int(n) for n in text.split(",")], default=[100000, 1000000],
+                    help="finished jobs in history, a comma list, each compared with an empty history "
+                         "(default 100000,1000000)")
     ap.add_argument("--history-single", type=int, default=100, help="single submits per history round")
     ap.add_argument("--history-batch", type=int, default=1000, help="batch size per history round")
     ap.add_argument("--queue", type=int, default=100000, help="queued jobs for the restart test (default 100000)")
@@ -1376,7 +1380,7 @@ def parse_args(argv):
         args.repeat = 1
         args.tsp = args.slurm = args.big = False
         args.n, args.n_cli, args.n_raw, args.submitters = 20, 3, 50, 2
-        args.latency_runs, args.history, args.history_single, args.history_batch = 3, 300, 5, 20
+        args.latency_runs, args.history, args.history_single, args.history_batch = 3, [300], 5, 20
         args.queue, args.stream_size, args.idle_wait = 300, 4 << 20, 0.0
         args.scale_nodes, args.scale_queue, args.scale_idle = "50", 500, 2.0
     args.scenarios = {s.strip() for s in args.only.split(",") if s.strip()}
