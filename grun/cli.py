@@ -186,7 +186,7 @@ def _main(argv: list[str]) -> int:
         if words[:1] == ["shell"] and set(opts) <= {"config"}:  # `grun -- shell` runs a program named shell
             from . import shell
             return shell.main(lambda: _client(opts, cfg), words[1:])
-        if not words:
+        if not words and "cmds" not in opts:
             raise UsageError("no command given (see grun --help)")
         return run_job(opts, words, cfg)
     except UsageError as exc:

@@ -51,6 +51,29 @@ def _param(text: str) -> tuple:
     return name, number_or_text(value)
 
 
+MAX_TASKS = 100_000
+
+
+def _tasks(text: str) -> list[int]:
+    """`--array 1-100`, `1-100:2` (a step), `1,5,9`, or a mix (`1-3,10`): task ids, in order, each once."""
+    ids: list[int] = []
+    for part in text.split(","):
+        span, _, step = part.strip().partition(":")
+        first, dash, last = span.partition("-")
+        try:
+            lo, hi, inc = int(first), int(last) if dash else int(first), int(step) if step else 1
+        except ValueError:
+            raise ValueError(f"expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}") from None
+        if lo < 0 or hi < lo or inc < 1:
+            raise ValueError(f"expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
+        if len(ids) + (hi - lo) // inc + 1 > MAX_TASKS:
+            raise ValueError(f"at most {MAX_TASKS:,} tasks in one array, got {text!r}")
+        ids.extend(range(lo, hi + 1, inc))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"a task id is given twice in {text!r}")
+    return ids
+
+
 def _name(text: str) -> str:
     if not text.strip() or "\n" in text or len(text) > 200:
         raise ValueError(f"expected a one-line name, got {text!r}")
@@ -89,6 +112,10 @@ OPTIONS = [
     Option("e", "edit", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "nowait", "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", "norequeue", help="do not run the job again if its node is lost"),
+    Option(None, "array", "array", "value", _tasks, "one job per task id (1-100, 1-100:2, 1,5,9), each with "
+           "$GRUN_TASK_ID set; %a in -o/--err file names is the task id", "IDS"),
+    Option(None, "cmds", "cmds", "value", str, "one job per line of FILE ('-': stdin), each run by /bin/sh, "
+           "with $GRUN_TASK_ID its line number", "FILE"),
     Option(None, "attach", "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
     Option(None, "tail", "tail", help="with --attach: only the output from now on"),
     Option("v", "verbose", "verbose", help="print the job id and node on stderr"),
@@ -110,6 +137,7 @@ USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the clu
        grun -q jobs|status|history|wait ID...   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
        grun -e hold|resume ID... | -e KEY=VAL,... ID...   hold, resume or edit jobs
+       grun [--nowait] --array 1-100 COMMAND    many jobs, each with $GRUN_TASK_ID (or --cmds FILE: one a line)
        grun why ID                              why a job is not running
        grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)

@@ -223,7 +223,7 @@ def _job_command(words: list[str], called: str) -> dict:
     wrong = sorted(set(opts) & NOT_JOB_OPTIONS)
     if wrong:
         raise UsageError(f"option --{wrong[0]} does not go with {called}")
-    if not cmd:
+    if not cmd and "cmds" not in opts:
         raise UsageError(f"{called} needs a command")
     return {"opts": opts, "cmd": cmd}
 
@@ -340,9 +340,101 @@ def _job_extras(opts: dict) -> dict:
 
 
 def _submit(client, args: dict, io: IO) -> int:
+    if "array" in args["opts"] or "cmds" in args["opts"]:
+        return _run_many(client, args, io)
     job_id = client.submit_spec(build_spec(args["opts"], args["cmd"]))
     io.print(f"Job_ID: {job_id}")
     return 0
+
+
+# ---- many jobs at once: --array IDS and --cmds FILE -------------------------------------------------
+
+SUBMIT_BATCH = 1000  # specs per submit_many call: one disk commit on the master each
+
+
+def _task_specs(opts: dict, words: list[str], io: IO) -> list[dict]:
+    """One spec per task: the same command with $GRUN_TASK_ID set (--array), or one per line of a file
+    (--cmds, GRUN_TASK_ID = the line number). %a in output file names becomes the task id."""
+    if "array" in opts and "cmds" in opts:
+        raise UsageError("give --array or --cmds, not both")
+    if opts.get("name") or opts.get("wait_existing"):
+        raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
+    if "cmds" in opts:
+        if words:
+            raise UsageError(f"--cmds takes its commands from {opts['cmds']}; unexpected: {' '.join(words)}")
+        tasks = [(number, [line]) for number, line in _command_lines(opts["cmds"], io)]
+        if not tasks:
+            raise UsageError(f"no commands in {opts['cmds']}")
+    else:
+        tasks = [(task, words) for task in opts["array"]]
+    base = build_spec(opts, tasks[0][1])
+    specs = []
+    for task, cmd in tasks:
+        spec = dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task)))
+        if "cmds" in opts:
+            spec["shell"] = True  # a line is a shell command line, like a line of a script
+        for key in ("stdout_file", "stderr_file"):
+            if key in spec:
+                spec[key] = spec[key].replace("%a", str(task))
+        specs.append(spec)
+    return specs
+
+
+def _command_lines(path: str, io: IO) -> list[tuple[int, str]]:
+    """The non-blank, non-comment lines of a file (or stdin for '-'), with their line numbers."""
+    try:
+        if path == "-":
+            if io.stdin_fd is None:
+                raise UsageError("--cmds -: no standard input to read commands from")
+            with os.fdopen(os.dup(io.stdin_fd), encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        else:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+    except OSError as exc:
+        raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _run_many(client, args: dict, io: IO) -> int:
+    """--array / --cmds: submit every task in batches (one master call and one disk commit per
+    SUBMIT_BATCH), print each job id; without --nowait, wait for them all and exit with the first
+    non-zero exit code, in task order. Their output is not streamed: -o/--err with %a keep it."""
+    opts = args["opts"]
+    specs = _task_specs(opts, args["cmd"], io)
+    ids: list[int] = []
+    try:
+        for start in range(0, len(specs), SUBMIT_BATCH):
+            batch = client.submit_many(specs[start:start + SUBMIT_BATCH])
+            ids.extend(batch)
+            if opts.get("nowait") or opts.get("verbose"):
+                io.print("\n".join(f"Job_ID: {i}" for i in batch))
+        if opts.get("nowait"):
+            return 0
+        failed = []
+        for job_id in ids:  # one by one: each wait is O(1) on the master, a wait on all is O(jobs)
+            final = client.wait([job_id])[job_id]
+            if int(final.get("exit", 1)):
+                failed.append((job_id, int(final.get("exit", 1))))
+    except KeyboardInterrupt:
+        return _interrupted_many(client, ids, io)
+    if failed:
+        shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
+        io.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
+        return failed[0][1]
+    return 0
+
+
+def _interrupted_many(client, ids: list[int], io: IO) -> int:
+    if ids:
+        from .client import Client, GrunError
+        try:
+            Client(client.host, client.port, connect_wait=5.0).kill(ids, signal.SIGINT)
+        except GrunError as exc:
+            io.say(f"grun: could not kill jobs {ids[0]}-{ids[-1]}: {exc}")
+        io.say(f"grun: {len(ids)} jobs killed")
+    return 130
 
 
 def _raise_terminated(*_):
@@ -353,7 +445,7 @@ def _run(client, args: dict, io: IO) -> int:
     opts = args["opts"]
     if opts.get("wait_existing") and not opts.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
-    if opts.get("nowait"):
+    if opts.get("nowait") or "array" in opts or "cmds" in opts:
         return _submit(client, args, io)
     if opts.get("wait_existing"):
         return _run_or_wait_named(client, args, io)
