@@ -768,15 +768,17 @@ def scenario_latency(args, res: Results) -> None:
     base = {"python -S -c pass (no site)": [sys.executable, "-S", "-c", "pass"],
             "python -c pass": [sys.executable, "-c", "pass"],
             "grun --version": GRUN + ["--version"],
-            "python -c 'import grun.cli, grun.client, grun.daemon'":
-                [sys.executable, "-c", "import grun.cli, grun.client, grun.daemon"]}
+            # what `grun CMD` imports since the lean client path (no Pyro5, psutil, yaml, grun.daemon)
+            "python -c 'import grun.cli, grun.client, grun.stream, msgpack'":
+                [sys.executable, "-c", "import grun.cli, grun.client, grun.stream, msgpack"]}
     for label, argv in base.items():
         vals = [statistics.median(timed(argv, runs=nb)) * 1000 for _ in range(R)]
         detail.setdefault("baselines_ms", {})[label] = vals
         res.add("2 latency", f"baseline: {label}", vals, "ms", "", "process wall time, no cluster")
     for label, argv in (("-c pass (site and .pth files)", ["-c", "pass"]),
                         ("-m grun.cli --version", ["-m", "grun.cli", "--version"]),
-                        ("grun true's imports (cli, client, daemon)", ["-c", "import grun.cli, grun.client, grun.daemon"])):
+                        ("grun true's imports (cli, client, stream, msgpack)",
+                         ["-c", "import grun.cli, grun.client, grun.stream, msgpack"])):
         it = importtime_median(argv, max(3, R))
         detail.setdefault("importtime", {})[label] = it
         top = ", ".join(f"{k} {v:.1f}" for k, v in list(it["by_package_ms"].items())[:6])
