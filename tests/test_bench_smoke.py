@@ -43,8 +43,8 @@ def test_bench_smoke(tmp_path):
     assert value("1 throughput", "reference: Python spawns /bin/true, sequential") > 0
     assert value("2 latency", "`grun true` p50") > 0
     assert value("2 latency", "python -X importtime -m grun.cli --version") > 0
-    assert value("3 scale", "50 nodes, 500 queued: simulators start -> last done") > 0
-    assert value("3 scale", "50 nodes: time until all registered") > 0
+    assert value("3 scale", "50 nodes: dispatch, 500 jobs") > 0
+    assert value("3 scale", "50 nodes: backlog of 500 queued") > 0
     assert value("3 scale", "50 nodes: master RSS") > 0
     assert value("4 history", "master restart with") > 0
     assert value("5 streaming", "4 MiB: `grun head") > 0
