@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from grun.core import jobs as J
 from grun.core.queue import LOST_EXIT, TOKEN_KEEP_SECS, JobTable
 
@@ -192,3 +194,11 @@ def test_queued_jobs_share_what_they_hold_alike_and_a_replay_keeps_it_equal():
     for rec in copy.deepcopy(recs):
         replayed.apply(rec)
     assert replayed.jobs == t.jobs
+    state = copy.deepcopy(t.snapshot())  # as it comes back from the disk: no shared objects
+    assert len(state["envs"]) == 2 and [j["env"] for j in state["jobs"]] == [0, 0, 1, {}]
+    restored = JobTable()
+    restored.restore(state)
+    assert restored.jobs == t.jobs and restored.jobs[1]["env"] is restored.jobs[2]["env"]
+    state["jobs"][0]["env"] = 7
+    with pytest.raises(ValueError, match="environment 7"):
+        JobTable().restore(state)
