@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""CPU per job of the node's start path: grun's fork server + per-job supervisor, against alternatives.
+"""CPU per job of the node's start path: grun's reaper (`python -m grun.spawner`), against a floor.
 
-    python bench/spawn_bench.py [N] [--root DIR]      (root: for the cpuacct cgroup that counts the CPU)
+    python bench/spawn_bench.py [N] [--root DIR] [--commit REF]   (root: for the cpuacct cgroup that counts the CPU)
 
-For each variant: N job directories are prepared (as Node._launch writes them). A fork server process
-gets their paths on stdin, and the time runs until every supervisor has pinged "finished". CPU is the
-cpuacct-cgroup total of the fork server and everything it forked (supervisors and jobs); the
-supervisors are reaped by the kernel, so no rusage sees them. The variants:
-  - baseline: `python -m grun.spawner`, one forked Python supervisor per job (what nodes run).
-  - gc off: the same, with gc.disable() + gc.freeze() in the fork server before it forks.
-  - inline: supervise() called in the fork server itself, one job after the other. There is no per-job
-    fork, and all the file and Popen work is still done.
+For each variant: N job directories are prepared (as Node._launch writes them: the directory and
+job.json). A reaper process gets their paths on stdin, and the time runs until every job has been
+pinged "finished". CPU is the cpuacct-cgroup total of the reaper and everything it started. The
+variants:
+  - the working tree's `python -m grun.spawner`: one long-lived reaper that starts each job with
+    Popen (vfork + exec) and waits for it with wait4; per job it creates stdout, stderr, pid and
+    status.json (one fsync).
+  - with --commit REF: the same protocol run from `git archive REF` (e.g. a commit from before the
+    reaper, when the fork server forked one Python supervisor per job), back to back.
   - floor: a Python loop of subprocess.run(["/bin/true"]).
 """
 
@@ -28,16 +29,9 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
 from bench.run import CpuGroup, job_spec
-
-INLINE = ("import sys\nfor line in sys.stdin.buffer:\n    d, _, n = line.decode().rstrip('\\n').partition('\\t')\n"
-          "    s.supervise(d, n or None)\nraise SystemExit")
-VARIANTS = {
-    "baseline: python -m grun.spawner (a forked supervisor per job)": None,
-    "gc.disable() + gc.freeze() in the fork server": "import gc; gc.disable(); gc.freeze()",
-    "inline: supervise() in one process, no per-job fork": INLINE,
-}
 
 
 def prepare(root: str, n: int) -> str:
@@ -47,22 +41,20 @@ def prepare(root: str, n: int) -> str:
     for i in range(1, n + 1):
         d = os.path.join(jobs, str(i))
         os.mkdir(d)
-        for stream in ("stdout", "stderr"):
-            open(os.path.join(d, stream), "wb").close()
         with open(os.path.join(d, "job.json"), "w") as f:
             json.dump(dict(spec, id=i), f)
     return jobs
 
 
-def run_variant(code: str | None, n: int, root: str) -> tuple[float, float]:
+def run_variant(pythonpath: str, n: int, root: str) -> tuple[float, float]:
     jobs = prepare(root, n)
     sock_path = os.path.join(root, "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
-    argv = [sys.executable, "-m", "grun.spawner"] if code is None else \
-        [sys.executable, "-c", f"import os, grun.spawner as s\n{code}\ns.serve()"]
     group = CpuGroup.create()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    proc = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
+                            start_new_session=True, env=env)
     try:
         group.add(proc.pid)
         time.sleep(0.5)  # let it import
@@ -76,7 +68,7 @@ def run_variant(code: str | None, n: int, root: str) -> tuple[float, float]:
         threading.Thread(target=feed, daemon=True).start()
         done = 0
         while done < n:
-            if sock.recv(256).startswith(b"finished"):
+            if sock.recv(1 << 16).startswith(b"finished"):
                 done += 1
         wall, cpu = time.perf_counter() - t0, group.usage() - used0
     finally:
@@ -102,29 +94,47 @@ def floor(n: int) -> tuple[float, float]:
     return n / wall, cpu * 1000 / n
 
 
+def archive(ref: str, dest: str) -> str:
+    """`git archive REF` of the repository, unpacked under dest; returns the directory for PYTHONPATH."""
+    out = os.path.join(dest, "src")
+    os.makedirs(out)
+    data = subprocess.run(["git", "-C", HERE, "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", out], input=data, check=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n", type=int, nargs="?", default=1000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--root", default="/var/tmp/grun-bench", help="where job directories go (not /tmp: README)")
+    ap.add_argument("--commit", help="also measure the spawner of this commit (git archive), back to back")
     args = ap.parse_args()
     if not os.access(os.path.join(CpuGroup.ROOT, "cgroup.procs"), os.W_OK):
         print("needs a writable cpuacct cgroup (root)", file=sys.stderr)
         return 2
     os.makedirs(args.root, exist_ok=True)
-    print(f"{args.n} jobs per run, median of {args.repeat}; CPU of the fork server + supervisors + jobs")
-    runs = [floor(args.n) for _ in range(args.repeat)]
-    print(f"{'floor: subprocess.run(/bin/true) loop':62s} {statistics.median(r[1] for r in runs):6.2f} ms CPU/job")
-    for name, code in VARIANTS.items():
-        runs = []
-        for _ in range(args.repeat):
-            root = tempfile.mkdtemp(prefix="spawn-bench-", dir=args.root)
-            try:
-                runs.append(run_variant(code, args.n, root))
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
-        cpu = [r[1] for r in runs]
-        print(f"{name:62s} {statistics.median(cpu):6.2f} ms CPU/job  runs {[round(c, 2) for c in cpu]}")
+    src = tempfile.mkdtemp(prefix="spawn-bench-src-", dir=args.root)
+    try:
+        variants = {"working tree: python -m grun.spawner (the reaper)": HERE}
+        if args.commit:
+            variants[f"{args.commit}: python -m grun.spawner"] = archive(args.commit, src)
+        print(f"{args.n} jobs per run, median of {args.repeat}; CPU of the reaper (fork server) and all it starts")
+        runs = [floor(args.n) for _ in range(args.repeat)]
+        print(f"{'floor: subprocess.run(/bin/true) loop':62s} {statistics.median(r[1] for r in runs):6.2f} ms CPU/job")
+        for name, path in variants.items():
+            runs = []
+            for _ in range(args.repeat):
+                root = tempfile.mkdtemp(prefix="spawn-bench-", dir=args.root)
+                try:
+                    runs.append(run_variant(path, args.n, root))
+                finally:
+                    shutil.rmtree(root, ignore_errors=True)
+            cpu = [r[1] for r in runs]
+            print(f"{name:62s} {statistics.median(cpu):6.2f} ms CPU/job  runs {[round(c, 2) for c in cpu]}"
+                  f"  {statistics.median(r[0] for r in runs):,.0f} jobs/s")
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
     return 0
 
 

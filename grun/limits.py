@@ -1,14 +1,16 @@
-"""Per-job limits: what they are (the node's `hard_factor:` and `ulimit:`), applying them as rlimits in
-the job's supervisor process before it starts the job, and telling afterwards whether a job died of one.
+"""Per-job limits: what they are (the node's `hard_factor:` and `ulimit:`), applying them as rlimits to
+a job as it starts, and telling afterwards whether a job died of one.
 
-Where the rlimits are set: the supervisor is a small single-purpose process (one per job, forked by
-the node's fork server) whose only remaining work after starting the job is to wait for it and write
-its status. It lowers its own soft *and* hard limits just before `Popen`, so the job inherits them at
-fork and carries them through exec, with no window in which it runs unlimited. (`prlimit` on the
-child's pid after the spawn would leave such a window, and would miss any process the job forked in
-it; `preexec_fn` is unsafe in a threaded parent and slow in a big one.) The hard limit is lowered
-too, so the job cannot raise its soft limit back; raising a hard limit needs CAP_SYS_RESOURCE, which
-neither the job nor the supervisor need afterwards.
+Where the rlimits are set: the node's reaper (grun.spawner) is one long-lived single-threaded process
+that starts every job with Popen (vfork + exec). Around each spawn it lowers its own *soft* limits to
+the job's (`lower_soft`), so the job inherits them at vfork and carries them through exec, with no
+window in which it runs unlimited, and restores them at once (`restore_soft`: the hard limits were
+left alone, so raising the soft ones back needs no privilege). Right after the spawn it lowers the
+job's soft and hard limits with prlimit (`set_child_limits`), so the job cannot raise its soft limit
+back; only a job that calls setrlimit within those microseconds could. (`preexec_fn` is unsafe in a
+threaded parent and slow in a big one; `prlimit` alone after the spawn would let the job run
+unlimited for a moment, and miss any process it forked meanwhile.) The reaper's own cpu time may be
+over a job's cpu limit: it catches SIGXCPU for that moment (a caught signal is reset at exec).
 
 Memory is limited with RLIMIT_DATA (heap and private writable mappings: what a program allocates),
 not RLIMIT_AS: address-space limits also count shared libraries and the address space that glibc's
@@ -19,7 +21,7 @@ aborts; since no kernel counter records the refusal, it is recognised from the j
 lines. The node's sampler is the second line: a job whose processes together hold more resident
 memory than the limit is killed (SIGKILL to its group), and that is recorded for certain.
 
-Pure and light: imported by the fork server, which must stay small.
+Pure and light: imported by the reaper, which must stay small.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 import resource
 import signal
 
-# The supervisor must still work under the data limit it sets on itself.
+# The reaper must still be able to spawn under the data limit it lowers itself to for a moment.
 MIN_DATA_MB = 32
 
 _RLIMITS = {  # limits key -> (rlimit, unit in bytes or 1)
@@ -60,15 +62,15 @@ def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
     return out
 
 
-def apply_rlimits(limits: dict) -> dict:
-    """Lower this process's soft and hard limits (inherited by what it starts). Returns what was set;
-    a limit above the current hard limit stays at the hard limit (raising it needs privilege)."""
-    applied = {}
+def plan_rlimits(limits: dict) -> list[tuple[str, int, int, int, int]]:
+    """(key, rlimit, soft, hard, unit) for each limit to set, bounded by this process's hard limits
+    (raising a hard limit needs privilege)."""
+    plan = []
     for key, (which, unit) in _RLIMITS.items():
         if limits.get(key) is None:
             continue
         want = int(limits[key]) * unit
-        soft, hard = resource.getrlimit(which)
+        _, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
             want = min(want, hard)
         # at the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL (which wins when
@@ -76,9 +78,56 @@ def apply_rlimits(limits: dict) -> dict:
         top = want + cpu_grace(want) if key == "cpu" else want
         if hard != resource.RLIM_INFINITY:
             top = min(top, hard)
+        plan.append((key, which, want, top, unit))
+    return plan
+
+
+def lower_soft(plan: list) -> list[tuple[int, tuple[int, int]]]:
+    """Lower this process's soft limits to the plan's, for the length of one spawn (the hard limits
+    stay, so they can be restored). Returns what restore_soft needs."""
+    saved = []
+    for _key, which, soft, _top, _unit in plan:
+        old = resource.getrlimit(which)
+        if old[0] != resource.RLIM_INFINITY and old[0] <= soft:
+            continue
         try:
-            resource.setrlimit(which, (want, top))
-            applied[key] = want // unit
+            resource.setrlimit(which, (soft, old[1]))
+            saved.append((which, old))
+        except (ValueError, OSError):
+            pass
+    return saved
+
+
+def restore_soft(saved: list) -> None:
+    for which, old in reversed(saved):
+        try:
+            resource.setrlimit(which, old)
+        except (ValueError, OSError):
+            pass
+
+
+def set_child_limits(pid: int, plan: list) -> dict:
+    """Set a started job's soft and hard limits to the plan's; returns what was set. Lowering the
+    hard limit too means the job cannot raise its soft limit back."""
+    applied = {}
+    for key, which, soft, top, unit in plan:
+        try:
+            resource.prlimit(pid, which, (soft, top))
+            applied[key] = soft // unit
+        except ProcessLookupError:
+            applied[key] = soft // unit  # it has ended already, under the soft limit it inherited
+        except (ValueError, OSError):
+            pass
+    return applied
+
+
+def apply_rlimits(limits: dict) -> dict:
+    """Lower this process's own soft and hard limits (inherited by what it starts), for good."""
+    applied = {}
+    for key, which, soft, top, unit in plan_rlimits(limits):
+        try:
+            resource.setrlimit(which, (soft, top))
+            applied[key] = soft // unit
         except (ValueError, OSError):
             pass
     return applied

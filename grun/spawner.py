@@ -1,23 +1,42 @@
-"""Starting jobs so that they depend on nobody: the node's fork server and the per-job supervisor process.
+"""Starting jobs so that they depend on nobody: the node's reaper process (`python -m grun.spawner`).
 
-The node daemon starts one fork server (`python -m grun.spawner`) in a session of its own. For every
-job, the node writes the job's spool directory and sends its path on the fork server's stdin; the fork
-server forks a small supervisor process, which starts the job in its own session and process group
-with stdout and stderr going straight to spool files, waits for it (wait4, so cpu and memory usage are
-exact), writes `status.json` atomically and pings the node. Killing the node daemon, or the fork server,
-leaves the job and its supervisor running; a restarted node finds the status file in the spool.
+The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
+`<job_dir>\\t<notify socket>`. The reaper is single-threaded and long-lived. For each job it claims the
+job's `pid` file (O_EXCL, so two reapers never start the same job), starts the job with Popen (vfork +
+exec, no Python fork) in its own session and process group, stdout and stderr going straight to
+spool files, and records the job's pid. It waits for its jobs with SIGCHLD + wait4 (so cpu, memory and
+io usage are exact), writes each job's `status.json` once with one fsync, and pings the node. Killing
+the node daemon leaves the reaper and its jobs running; a restarted node finds the status files in
+the spool, and the reaper exits once its input has ended and its last job has ended.
 
-The fork server is single-threaded and small, so fork is cheap and safe; it imports nothing heavy.
+Per job the spool holds: `job.json` (the node), `stdout`, `stderr`, `pid`, `status.json`, and `stdin`
+(a FIFO, the node) when the job reads input. `pid` is one line, `<job pid> <reaper lock>`, or
+`- <reaper lock>` while the job is claimed but not started. The reaper lock is a file under
+`<spool>/reapers/` that the reaper holds locked while it lives: the node tests it to see whether the
+job still has a reaper.
+
+If the reaper dies while the node lives, its jobs become the node's children (the node is a child
+subreaper, see grun.actors.node), and the node waits for them and records their status. The reaper is
+a child subreaper too, so what a job leaves behind in the background is reaped here and never
+becomes a zombie of the node.
+
+Limits: see grun.limits. They are set in this single-threaded process around the spawn (soft limits,
+inherited at vfork and kept through exec), and the job's hard limits are lowered right after.
+
+Imports nothing heavy: it starts at node start and after a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import json
 import os
 import pwd
+import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -27,6 +46,8 @@ import time
 from . import limits as L
 
 SHELL = "/bin/sh"
+PR_SET_CHILD_SUBREAPER = 36
+PING_TIMEOUT = 0.5
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -38,12 +59,60 @@ def write_atomic(path: str, data: bytes) -> None:
     os.rename(tmp, path)
 
 
+def write_durable(path: str, data: bytes) -> None:
+    """A file written once, in one write, with the one fsync it needs (no temp file: a reader that
+    catches it half-written sees invalid JSON and looks again later)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: str):
     try:
         with open(path, "rb") as f:
             return json.loads(f.read())
     except (OSError, ValueError):
         return None
+
+
+def read_pid_file(job_dir: str) -> tuple[bool, int | None, str | None]:
+    """(claimed, job pid or None, reaper lock name or None) from a job's `pid` file."""
+    try:
+        with open(os.path.join(job_dir, "pid"), "rb") as f:
+            words = f.read().split()
+    except OSError:
+        return False, None, None
+    if not words:
+        return True, None, None  # being written: claimed
+    pid = int(words[0]) if words[0].isdigit() else None
+    return True, pid, words[1].decode() if len(words) > 1 else None
+
+
+def reaper_alive(lock_path: str) -> bool:
+    """Whether the reaper that owns this lock file still lives (it holds the lock while it does)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def set_subreaper() -> bool:
+    """Become a child subreaper: orphaned descendants are re-parented to us, not to init."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def job_argv(job: dict) -> list[str]:
@@ -72,7 +141,7 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[int, str]:
     return 126, f"grun: {argv[0]}: {exc.strerror}"
 
 
-def _usage(rusage, wall: float) -> dict:
+def usage_of(rusage, wall: float) -> dict:
     """From wait4: the job and every descendant it waited for. Linux counts ru_inblock/ru_oublock
     from the same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units:
     bytes the job caused to be read from or written to storage (page-cache hits are not reads)."""
@@ -81,9 +150,20 @@ def _usage(rusage, wall: float) -> dict:
             "read_bytes": rusage.ru_inblock * 512, "write_bytes": rusage.ru_oublock * 512}
 
 
+def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, stderr_path: str | None) -> dict:
+    """Fill `status` (which holds start_time and limits) from wait4's results; returns it."""
+    end = time.time()
+    sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+    code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
+    status.update(exit_code=code, signal=sig, end_time=end,
+                  usage=usage_of(rusage, end - status.get("start_time", end)))
+    status.update(_died_of_limit(job_dir, job, status, stderr_path or os.path.join(job_dir, "stderr")))
+    return status
+
+
 @contextlib.contextmanager
 def _as_user(job: dict):
-    """Act as the job's user (the supervisor is single-threaded, so switching ids is safe here)."""
+    """Act as the job's user (the reaper is single-threaded, so switching ids is safe here)."""
     ident = _identity(job)
     if not ident:
         yield
@@ -104,6 +184,9 @@ def _open_outputs(job: dict, job_dir: str) -> tuple:
     """The job's stdout and stderr: its spool files, or the files named by -o/--err/--out-err,
     opened in its directory as its user (so it can only write where it could itself)."""
     files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
+    if job.get("uid") and os.geteuid() == 0:
+        for f in files.values():
+            os.fchown(f.fileno(), job["uid"], job.get("gid", job["uid"]))
     if not (job.get("stdout_file") or job.get("stderr_file")):
         return files["stdout"], files["stderr"], None
     opened: dict[str, object] = {}
@@ -132,92 +215,6 @@ def _died_of_limit(job_dir: str, job: dict, status: dict, stderr_path: str) -> d
     return L.limit_hit(status, job.get("limits") or {}, stderr_path)
 
 
-def _claim(job_dir: str) -> bool:
-    """Become the job's one supervisor, for good: hold `lock` for our whole life (the node tests it
-    to see that we live), and start only a job no supervisor ever started (`supervisor.pid`). A
-    restarted node may ask for a job its previous fork server was still about to start."""
-    fd = os.open(os.path.join(job_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    for _ in range(50):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:  # another supervisor, or the node looking (briefly)
-            time.sleep(0.02)
-    else:
-        os.close(fd)
-        return False
-    if os.path.exists(os.path.join(job_dir, "supervisor.pid")):
-        os.close(fd)
-        return False
-    return True  # fd stays open (and locked) until this process exits
-
-
-def supervise(job_dir: str, notify_path: str | None) -> None:
-    """Run one job to completion and leave its status in the spool. Runs in the forked supervisor."""
-    if not _claim(job_dir):
-        return
-    job = read_json(os.path.join(job_dir, "job.json"))
-    write_atomic(os.path.join(job_dir, "supervisor.pid"), str(os.getpid()).encode())
-    argv = job_argv(job)
-    env = dict(job.get("env") or {})
-    env["GRUN_JOB_ID"] = str(job["id"])
-    env["GRUN_NODE"] = job.get("node") or socket.gethostname()
-    env.setdefault("PATH", os.defpath)
-    try:
-        out, err, stderr_path = _open_outputs(job, job_dir)
-        redirect_error = None
-    except OSError as exc:
-        out, err, stderr_path = open(os.devnull, "ab"), open(os.path.join(job_dir, "stderr"), "ab"), None
-        redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
-    stderr_path = stderr_path or os.path.join(job_dir, "stderr")
-    if job.get("stdin"):
-        # the node holds the write end already, so this open neither blocks nor sees an early EOF
-        fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(fd, True)
-        stdin = os.fdopen(fd, "rb")
-    else:
-        stdin = open(os.devnull, "rb")
-    start = time.time()
-    status: dict = {"start_time": start}
-    try:
-        if redirect_error:
-            raise OSError(errno.EIO, redirect_error)
-        wanted = job.get("limits") or {}
-        status["limits"] = L.apply_rlimits(wanted)  # inherited by the job; see grun.limits
-        if wanted.get("memory_mb"):
-            status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
-        proc = subprocess.Popen(argv, cwd=job["cwd"], env=env, stdin=stdin, stdout=out, stderr=err,
-                                start_new_session=True, close_fds=True, **_identity(job))
-    except OSError as exc:
-        code, message = (1, redirect_error) if redirect_error else _exec_error(exc, argv, job["cwd"])
-        err.write(message.encode() + b"\n")
-        err.flush()
-        status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
-                      usage=_usage(_zero_rusage, 0.0))
-    else:
-        for f in (stdin, out, err):
-            f.close()
-        write_atomic(os.path.join(job_dir, "pid"), str(proc.pid).encode())
-        _ping(notify_path, f"started {job['id']}")
-        pending_kill = _read_int(os.path.join(job_dir, "killreq"))
-        if pending_kill:
-            _killpg(proc.pid, pending_kill)
-        while True:
-            try:
-                _, wstatus, rusage = os.wait4(proc.pid, 0)
-                break
-            except InterruptedError:
-                continue
-        end = time.time()
-        sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
-        code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
-        status.update(exit_code=code, signal=sig, end_time=end, usage=_usage(rusage, end - start))
-        status.update(_died_of_limit(job_dir, job, status, stderr_path))
-        proc.returncode = code if sig is None else -sig  # already reaped; keep Popen from waiting again
-    write_atomic(os.path.join(job_dir, "status.json"), json.dumps(status).encode())
-    _ping(notify_path, f"finished {job['id']}")
-
-
 class _zero_rusage:
     ru_utime = ru_stime = 0.0
     ru_maxrss = ru_inblock = ru_oublock = 0
@@ -226,8 +223,8 @@ class _zero_rusage:
 def _read_int(path: str) -> int | None:
     try:
         with open(path) as f:
-            return int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
+            return int(f.read().split()[0] or 0) or None
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -238,43 +235,231 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
-def _ping(path: str | None, message: str) -> None:
-    if not path:
-        return
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(message.encode(), path)
-    except OSError:
-        pass  # the node is down; it reads status.json when it comes back
+class _Run:
+    """A job this reaper started and waits for."""
+    __slots__ = ("id", "dir", "job", "status", "stderr_path", "notify")
+
+    def __init__(self, job_id, job_dir, job, status, stderr_path, notify):
+        self.id, self.dir, self.job, self.status = job_id, job_dir, job, status
+        self.stderr_path, self.notify = stderr_path, notify
 
 
-def serve(control=sys.stdin.buffer) -> None:
-    """The fork server loop: one line per job, `<job_dir>\\t<notify socket path>`; ends at EOF."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
-    for line in control:
-        job_dir, _, notify = line.decode().rstrip("\n").partition("\t")
-        if not job_dir:
-            continue
-        pid = os.fork()
-        if pid == 0:
-            code = 0
+class Reaper:
+    """Starts jobs and waits for them; one per node (plus, for a while, one per earlier node life)."""
+
+    def __init__(self):
+        self.runs: dict[int, _Run] = {}   # job pid -> its run
+        self.lock_name: str | None = None
+        self._lock_fd: int | None = None
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # A unix datagram queue holds only a few messages: a burst of pings must wait for the node to
+        # read them, not be dropped. A node that does not read for this long gets no more pings from
+        # this burst; it finds the status files when it looks (Node._check_jobs).
+        self._sock.settimeout(PING_TIMEOUT)
+        self._ping_stalled_until = 0.0
+
+    # ---- the reaper's own lock: held for its whole life ----------------------------------------
+
+    def _ensure_lock(self, job_dir: str) -> str:
+        if self.lock_name is None:
+            locks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(job_dir))), "reapers")
+            os.makedirs(locks, exist_ok=True)
+            name = f"{os.getpid()}.{secrets.token_hex(4)}"
+            # locked before it has its name, so nobody ever sees it unlocked while we live
+            tmp = os.path.join(locks, f".{name}")
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(tmp, os.path.join(locks, name))
+            self._lock_fd, self.lock_name = fd, name
+        return self.lock_name
+
+    # ---- starting --------------------------------------------------------------------------------
+
+    def start(self, job_dir: str, notify: str | None) -> None:
+        lock = self._ensure_lock(job_dir)
+        try:  # the claim: exactly one reaper ever starts this job
+            pid_fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError:  # started already (by us or an earlier reaper), or the job is gone
+            return
+        try:
+            os.write(pid_fd, f"- {lock}\n".encode())
+            self._start(job_dir, notify, pid_fd, lock)
+        except BaseException as exc:  # never let one job stop the reaper
+            self._failed(job_dir, notify, f"supervisor failed: {exc}")
+        finally:
+            os.close(pid_fd)
+
+    def _start(self, job_dir: str, notify: str | None, pid_fd: int, lock: str) -> None:
+        job = read_json(os.path.join(job_dir, "job.json"))
+        if not isinstance(job, dict):
+            raise ValueError("job.json is missing or unreadable")
+        argv = job_argv(job)
+        env = dict(job.get("env") or {})
+        env["GRUN_JOB_ID"] = str(job["id"])
+        env["GRUN_NODE"] = job.get("node") or socket.gethostname()
+        env.setdefault("PATH", os.defpath)
+        try:
+            out, err, stderr_path = _open_outputs(job, job_dir)
+            redirect_error = None
+        except OSError as exc:
+            out, err, stderr_path = open(os.devnull, "ab"), open(os.path.join(job_dir, "stderr"), "ab"), None
+            redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
+        stderr_path = stderr_path or os.path.join(job_dir, "stderr")
+        if job.get("stdin"):
+            # the node holds the write end already, so this open neither blocks nor sees an early EOF
+            fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.set_blocking(fd, True)
+            stdin = os.fdopen(fd, "rb")
+        else:
+            stdin = subprocess.DEVNULL
+        status: dict = {"start_time": time.time()}
+        try:
+            if redirect_error:
+                raise OSError(errno.EIO, redirect_error)
+            wanted = job.get("limits") or {}
+            proc, status["limits"] = _spawn_limited(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
+                                                    stdout=out, stderr=err, **_identity(job))
+            if wanted.get("memory_mb"):
+                status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
+        except OSError as exc:
+            code, message = (1, redirect_error) if redirect_error else _exec_error(exc, argv, job["cwd"])
+            err.write(message.encode() + b"\n")
+            err.flush()
+            status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
+                          usage=usage_of(_zero_rusage, 0.0))
+            self._record(_Run(int(job["id"]), job_dir, job, status, stderr_path, notify))
+            return
+        finally:
+            for f in (stdin, out, err):
+                if hasattr(f, "close"):
+                    f.close()
+        os.ftruncate(pid_fd, 0)
+        os.pwrite(pid_fd, f"{proc.pid} {lock}\n".encode(), 0)
+        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
+        self._ping(notify, f"started {job['id']} {proc.pid}")
+        pending_kill = _read_int(os.path.join(job_dir, "killreq"))
+        if pending_kill:
+            _killpg(proc.pid, pending_kill)
+
+    def _failed(self, job_dir: str, notify: str | None, why: str) -> None:
+        try:
+            with open(os.path.join(job_dir, "stderr"), "ab") as f:
+                f.write(f"grun: {why}\n".encode())
+            now = time.time()
+            write_durable(os.path.join(job_dir, "status.json"), json.dumps(
+                {"exit_code": 255, "signal": None, "error": why, "start_time": now, "end_time": now}).encode())
+            self._ping(notify, f"finished {os.path.basename(job_dir)}")
+        except BaseException:
+            pass
+
+    # ---- waiting ---------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Collect every job that has ended, then record them together: the status files are written
+        first and fsync'd after, so one journal commit carries them all, and the waits for the disk
+        do not add up one job after the other."""
+        done = []
+        while True:
             try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                supervise(job_dir, notify or None)
-            except BaseException as exc:  # never let a child return into the fork server loop
-                try:
-                    with open(os.path.join(job_dir, "stderr"), "ab") as f:
-                        f.write(f"grun: supervisor failed: {exc}\n".encode())
-                    write_atomic(os.path.join(job_dir, "status.json"), json.dumps(
-                        {"exit_code": 255, "signal": None, "error": f"supervisor failed: {exc}",
-                         "start_time": time.time(), "end_time": time.time()}).encode())
-                    _ping(notify or None, "finished ?")
-                except BaseException:
-                    pass
-                code = 1
-            os._exit(code)
+                pid, wstatus, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            run = self.runs.pop(pid, None)
+            if run is None:
+                continue  # something a job left behind (we are its subreaper): nothing to record
+            try:
+                exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
+                done.append(run)
+            except Exception as exc:  # noqa: BLE001 - one job's bad spool must not stop the reaper
+                self._failed(run.dir, run.notify, f"supervisor failed: {exc}")
+        self._record(*done)
+
+    def _record(self, *runs: _Run) -> None:
+        written = []
+        for run in runs:
+            data = json.dumps(run.status)
+            try:
+                fd = os.open(os.path.join(run.dir, "status.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                os.write(fd, data.encode())
+            except OSError:
+                continue  # its spool is gone
+            written.append((run, data, fd))
+        for run, data, fd in written:
+            try:
+                os.fdatasync(fd)  # invariant 3: the status outlives us, whoever dies next
+            finally:
+                os.close(fd)
+            self._ping(run.notify, f"finished {run.id} {data}")
+
+    def _ping(self, path: str | None, message: str) -> None:
+        if not path or time.monotonic() < self._ping_stalled_until:
+            return
+        try:
+            self._sock.sendto(message.encode(), path)
+        except TimeoutError:
+            self._ping_stalled_until = time.monotonic() + PING_TIMEOUT
+        except OSError:
+            pass  # the node is down: it reads status.json when it comes back
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def serve(self, control: int) -> None:
+        """One line per job, `<job_dir>\\t<notify socket path>`; at EOF, waits for its jobs and returns."""
+        set_subreaper()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
+        signal.signal(signal.SIGXCPU, lambda *_: None)   # see _spawn_limited; reset to default at exec
+        buf, eof = b"", False
+        while not eof or self.runs:
+            ready = select.select([wake_r] if eof else [wake_r, control], [], [], 5.0)[0]
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 4096):
+                        pass
+            if control in ready:
+                data = os.read(control, 1 << 16)
+                eof = not data
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    job_dir, _, notify = line.decode(errors="replace").partition("\t")
+                    if job_dir:
+                        self.start(job_dir, notify or None)
+            self.reap()
+
+
+def _spawn_limited(wanted: dict, argv: list[str], **kwargs) -> tuple[subprocess.Popen, dict]:
+    """Popen with the job's limits from its first instruction, and no preexec_fn: this process's soft
+    limits are lowered around the spawn (the job inherits them at vfork and keeps them through exec)
+    and restored, then the job's hard limits are lowered too, so it cannot raise them back. Only
+    safe in a single-threaded process. If our own fds or memory do not fit under the job's limits,
+    the spawn is retried unlimited and the limits set right after (a window of microseconds)."""
+    plan = L.plan_rlimits(wanted)
+    saved = L.lower_soft(plan)
+    try:
+        proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **kwargs)
+    except OSError as exc:
+        L.restore_soft(saved)
+        if not saved or exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise
+        proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **kwargs)
+    else:
+        L.restore_soft(saved)
+    proc.returncode = 0  # we reap it ourselves (wait4); keeps Popen from polling it again
+    return proc, L.set_child_limits(proc.pid, plan)
+
+
+def serve(control=None) -> None:
+    """The reaper's entry point: job lines on stdin (or the given binary file)."""
+    fd = (control or sys.stdin.buffer).fileno()
+    devnull = os.open(os.devnull, os.O_RDONLY)  # jobs get /dev/null, never our control pipe
+    if fd == 0:
+        fd = os.dup(0)
+        os.dup2(devnull, 0)
+    Reaper().serve(fd)
 
 
 if __name__ == "__main__":

@@ -142,11 +142,11 @@ class LocalCluster:
                 continue
             for entry in os.listdir(jobs_dir):
                 for pidfile, group in (("pid", True), ("supervisor.pid", False)):
-                    try:
+                    try:  # pid: "<job pid> <reaper lock>" (see grun.spawner)
                         with open(os.path.join(jobs_dir, entry, pidfile)) as f:
-                            pid = int(f.read())
+                            pid = int(f.read().split()[0])
                         os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
-                    except (OSError, ValueError):
+                    except (OSError, ValueError, IndexError):
                         pass
 
     def __enter__(self):

@@ -236,14 +236,15 @@ def test_a_node_back_without_its_jobs_has_them_declared_lost_and_rerun(make_clus
         for name in ("wiped", "rebooted", "orphaned"))
     pids = {i: job_pid(c, i) for i in (wiped, rebooted, orphaned)}
     jobs_dir = os.path.join(c.root, "n1", "node", "jobs")
-    sups = {i: int(_spool(c, "n1", i, "supervisor.pid")) for i in pids}
+    # the supervisor of each job: the node's reaper, named in its pid file ("<pid> <reaper pid>.<tag>")
+    sups = {i: int(_spool(c, "n1", i, "pid").split()[1].split(b".")[0]) for i in pids}
     c.kill("n1", signal.SIGKILL)
     for i in (wiped, rebooted):  # what a power cut does to them
         os.killpg(pids[i], signal.SIGKILL)
-        os.kill(sups[i], signal.SIGKILL)
-    os.kill(sups[orphaned], signal.SIGKILL)  # only the supervisor: the job itself still runs
+    for pid in set(sups.values()):  # the supervisor: the orphaned job itself still runs
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(os.path.join(jobs_dir, str(wiped)))
-    os.utime(os.path.join(jobs_dir, str(rebooted), "supervisor.pid"), (0, 0))  # started before this boot
+    os.utime(os.path.join(jobs_dir, str(rebooted), "pid"), (0, 0))  # started before this boot
     c.start_node("n1")
     done = client.wait([wiped, rebooted, orphaned])
     for i, name in ((wiped, "wiped"), (rebooted, "rebooted")):

@@ -72,10 +72,10 @@ def job_pid(cluster: LocalCluster, job_id: int, timeout: float = 10.0) -> int:
     def find():
         for name in cluster.node_specs:
             path = os.path.join(cluster.root, name, "node", "jobs", str(job_id), "pid")
-            try:
+            try:  # "<job pid> <reaper lock>" (see grun.spawner)
                 with open(path) as f:
-                    return int(f.read())
-            except (OSError, ValueError):
+                    return int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
                 pass
         return None
     return wait_for(find, timeout, what=f"the pid file of job {job_id}")

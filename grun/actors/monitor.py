@@ -3,7 +3,7 @@ cpu in use, resident memory, cpu time, I/O), the load that is not grun's (so the
 counts on cpus or memory that other programs use), and jobs over their memory limit (killed).
 
 A job is its process group (the supervisor starts it as a group leader, so pgid == the job's pid);
-grun's own processes are the node daemon and its descendants (fork server, supervisors) plus every
+grun's own processes are the node daemon and its descendants (the reaper) plus every
 job group, whatever became of their parents.
 
 Outside cpu load is measured over the heartbeat window: busy cpu time of the whole machine (psutil
@@ -173,7 +173,7 @@ def over_memory(usage: dict, limit_mb: int | None) -> bool:
 
 
 def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_mb: int, factor: float) -> None:
-    """Record why, then SIGKILL the job's process group (its supervisor reads the reason)."""
+    """Record why, then SIGKILL the job's process group (its reaper reads the reason)."""
     detail = (f"its processes held {usage['rss_mb']} MB; limit {limits['memory_mb']} MB "
               f"= -m {request_mb} x hard_factor {factor:g}")
     tmp = os.path.join(job_dir, "limit.json.tmp")
@@ -191,7 +191,7 @@ def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_
 @Pyro5.api.expose
 class JobMonitoring:
     """The node's side of limits, load and job control (a mixin of grun.actors.node.Node, which owns
-    `live`, `lock`, `_stop` and `job_status`)."""
+    `live`, `lock`, `_stop`, `job_status`, `_job_pid` and `_watch_reaper`)."""
 
     def _init_monitoring(self, resources=None, labels=None, hard_factor: float = 1.5, ulimit=None,
                          count_outside_load: bool = True) -> None:
@@ -216,7 +216,7 @@ class JobMonitoring:
         out = {}
         for live in list(self.live.values()):
             if live.status is None:
-                pid = _read_pid(os.path.join(live.dir, "pid"))
+                pid = self._job_pid(live)  # known from the reaper's "started" ping, or its pid file
                 if pid:
                     out[live.id] = (pid, live)
         return out
@@ -224,6 +224,7 @@ class JobMonitoring:
     def _sampler_loop(self) -> None:
         while not self._stop.wait(SAMPLE_SECS):
             try:
+                self._watch_reaper()  # a dead reaper's jobs are waited for by the node within a second
                 self._sample_once()
             except Exception:
                 log.exception("sampling jobs")
@@ -251,7 +252,7 @@ class JobMonitoring:
         out = {}
         for job_id in job_ids:
             live = self.live.get(int(job_id))
-            pid = _read_pid(os.path.join(live.dir, "pid")) if live is not None else None
+            pid = self._job_pid(live) if live is not None else None
             ok = False
             if pid and self.job_status(live) is None:
                 try:
@@ -261,14 +262,6 @@ class JobMonitoring:
                     pass
             out[str(job_id)] = ok
         return out
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
 
 
 def _ppid(proc) -> int | None:

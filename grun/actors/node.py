@@ -1,14 +1,24 @@
 """The node actor (`grun.node.<hostname>`): runs jobs on one exec host.
 
-It owns the host's job spool (one directory per job), the fork server that starts supervisors, the
-side-channel stream server, and the conversation with the master: registration, heartbeats and
-completion reports, which it repeats until the master acknowledges them. Jobs live in their own
-sessions and write to spool files, so they outlive this daemon; a restarted node re-adopts them from
-the spool.
+It owns the host's job spool (one directory per job), the reaper process that starts and waits for
+jobs (grun.spawner), the side-channel stream server, and the conversation with the master:
+registration, heartbeats and completion reports, which it repeats until the master acknowledges them.
+Jobs live in their own sessions and write to spool files, so they outlive this daemon; a restarted
+node re-adopts them from the spool.
+
+Per job, the node writes only `job.json` (no fsync: the master holds the durable copy, and `start` is
+idempotent) and, for a job that reads input, the `stdin` FIFO. Which finished jobs the master has
+acknowledged, and which outputs a client has fetched, are lines of one append-only file, `acks.log`.
+Jobs are named `grun.job.<id>` as objects of this node's Pyro5 daemon (the client derives the URI from
+the node's), not in the name server: that cost a registration and a removal per job.
+
+The node is a child subreaper: if the reaper dies, its jobs become the node's children, and the node
+waits for them and records their status (invariant 3) while a new reaper starts the next jobs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import hashlib
@@ -51,6 +61,8 @@ class LiveJob:
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
     finished_at: float = 0.0
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
+    pid: int | None = None         # the job's pid (and process group), once its reaper started it
+    reaper: int | None = None      # the pid of our reaper it was sent to
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -66,8 +78,8 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def supervisor_alive(job_dir: str) -> bool:
-    """Whether a supervisor process holds this job (it keeps `lock` locked while it lives). Call
-    only once `supervisor.pid` exists: the supervisor takes the lock before writing it."""
+    """A job of a grun before the reaper (its own supervisor process, `supervisor.pid`): whether that
+    supervisor lives (it keeps `lock` locked while it does)."""
     try:
         fd = os.open(os.path.join(job_dir, "lock"), os.O_RDONLY)
     except FileNotFoundError:  # a supervisor of an older grun: by its pid
@@ -119,12 +131,22 @@ class Node(JobMonitoring):
         self.launch_seq = 0
         self._reregister = False
         self.jobs_dir = os.path.join(spool, "jobs")
+        self.reapers_dir = os.path.join(spool, "reapers")
         os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
+        self._unreported: collections.deque[LiveJob] = collections.deque()  # finished, not yet acknowledged
         self._report_now = threading.Event()
         self._stop = threading.Event()
         self._ns_queue: list[tuple[str, str | None]] = []
+        self._acks_path = os.path.join(spool, "acks.log")
+        self._acks_lock = threading.Lock()
+        # our reapers' pids (a job whose reaper was ours is settled by _watch_reaper), and the jobs
+        # of a dead reaper of ours that still run, as our children: job pid -> job
+        self._reaper_pids: set[int] = set()
+        self._orphans: dict[int, LiveJob] = {}
+        self._reaper_died_once = False
+        self.subreaper = spawner.set_subreaper()
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
@@ -132,7 +154,7 @@ class Node(JobMonitoring):
         self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool).encode()).hexdigest()[:20]
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.bind(self.notify_addr)
-        self._forkserver_lock = threading.Lock()
+        self._forkserver_lock = threading.RLock()
         self.forkserver = None
         self._adopt()
         self._threads = [threading.Thread(target=f, name=n, daemon=True) for f, n in (
@@ -142,23 +164,93 @@ class Node(JobMonitoring):
         for t in self._threads:
             t.start()
 
-    # ---- the fork server -----------------------------------------------------------------------
+    # ---- the reaper ----------------------------------------------------------------------------
 
-    def _spawn(self, job_dir: str) -> None:
-        line = f"{job_dir}\t{self.notify_addr}\n".encode()
+    def _spawn(self, live: LiveJob) -> None:
+        line = f"{live.dir}\t{self.notify_addr}\n".encode()
         with self._forkserver_lock:
             for _ in range(2):
                 if self.forkserver is None or self.forkserver.poll() is not None:
+                    self._watch_reaper()  # settle the jobs of a reaper that died, first
                     self.forkserver = subprocess.Popen(
                         [sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
                         start_new_session=True, close_fds=True)
+                    self._reaper_pids.add(self.forkserver.pid)
                 try:
+                    live.reaper = self.forkserver.pid
                     self.forkserver.stdin.write(line)
                     self.forkserver.stdin.flush()
                     return
                 except (BrokenPipeError, OSError):
-                    self.forkserver = None
-            raise RuntimeError("cannot start the fork server")
+                    pass
+            raise RuntimeError("cannot start the reaper")
+
+    def _watch_reaper(self) -> None:
+        """If our reaper died: jobs it never read go to the next reaper, jobs it started are our
+        children now (we are a subreaper) and are waited for here."""
+        resend = []
+        with self._forkserver_lock:
+            proc = self.forkserver
+            if proc is not None and proc.poll() is not None:
+                self.forkserver = None
+                self._reaper_died_once = True
+                log.warning("the reaper (pid %s) died (%s); its running jobs are now waited for by the node",
+                            proc.pid, proc.returncode)
+                for live in list(self.live.values()):
+                    if live.reaper != proc.pid or self.job_status(live) is not None:
+                        continue
+                    claimed, pid, _lock = spawner.read_pid_file(live.dir)
+                    if not claimed:
+                        resend.append(live)
+                    elif pid is None:  # it may have started the job: running it again could run it twice
+                        self._finished(live, {"exit_code": 255, "signal": None, "end_time": time.time(),
+                                              "error": "job supervisor vanished while starting the job"})
+                    else:
+                        live.pid = pid
+                        self._orphans[pid] = live
+            if self._orphans or self._reaper_died_once:
+                self._reap_orphans()
+        for live in resend:
+            self._spawn(live)
+
+    def _reap_orphans(self) -> None:
+        for pid, live in list(self._orphans.items()):
+            try:
+                got, wstatus, rusage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                got = None
+            if got == 0:
+                continue
+            del self._orphans[pid]
+            if self.job_status(live) is not None:
+                continue
+            if got is None:  # not our child: it ended with its reaper, or was reaped before
+                self._supervisor_vanished(live, "job supervisor vanished")
+                continue
+            pid_file = os.path.join(live.dir, "pid")
+            try:
+                started = os.stat(pid_file).st_mtime
+            except OSError:
+                started = time.time()
+            status = {"start_time": started, "limits": dict(live.job.get("limits") or {})}
+            spawner.exit_status(live.dir, live.job, status, wstatus, rusage, None)
+            try:
+                spawner.write_durable(os.path.join(live.dir, "status.json"), json.dumps(status).encode())
+            except OSError:
+                log.exception("job %s: cannot write its status", live.id)
+            self._finished(live, status)
+        # what orphaned jobs leave behind in the background is ours now too: reap it, never the reaper
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in self._reaper_pids or info.si_pid in self._orphans:
+                return
+            try:
+                os.waitpid(info.si_pid, os.WNOHANG)
+            except ChildProcessError:
+                return
 
     # ---- master-facing -------------------------------------------------------------------------
 
@@ -166,8 +258,9 @@ class Node(JobMonitoring):
         return self.name
 
     def start(self, jobs: list) -> dict:
-        """Start jobs; idempotent, so the master may offer the same job again."""
-        started, rejected, waiting = {}, {}, []
+        """Start jobs; idempotent, so the master may offer the same job again. The node lock covers
+        only the decision; the files and the hand-over to the reaper are done outside it."""
+        started, rejected, waiting, launch = {}, {}, [], []
         for job in jobs:
             job_id = int(job["id"])
             try:
@@ -181,30 +274,43 @@ class Node(JobMonitoring):
                             continue
                         self._forget(old)  # its end no longer counts
                     if job_id not in self.live:
-                        self._launch(job_id, job)
+                        self.launch_seq += 1
+                        live = LiveJob(job_id, os.path.join(self.jobs_dir, str(job_id)),
+                                       dict(job, node=self.name, limits=self._job_limits(job)))
+                        self._register_job(live)
+                        launch.append(live)
                 started[str(job_id)] = None
             except Exception as exc:
                 log.exception("job %s: cannot start", job_id)
                 rejected[str(job_id)] = f"node {self.name}: {exc}"
+        for live in launch:
+            try:
+                self._launch(live)
+            except Exception as exc:
+                log.exception("job %s: cannot start", live.id)
+                with self.lock:
+                    if self.live.get(live.id) is live:
+                        self.live.pop(live.id, None)
+                        self._close_stdin(live)
+                self._unregister_job(live.id)
+                shutil.rmtree(live.dir, ignore_errors=True)
+                started.pop(str(live.id), None)
+                rejected[str(live.id)] = f"node {self.name}: {exc}"
         with self.lock:
             seq = self.launch_seq
         return {"started": started, "rejected": rejected, "waiting": waiting, "incarnation": self.incarnation,
                 "seq": seq}
 
-    def _launch(self, job_id: int, job: dict) -> None:
-        self.launch_seq += 1
-        job_dir = os.path.join(self.jobs_dir, str(job_id))
-        if os.path.exists(os.path.join(job_dir, "job.json")):
-            self._adopt_one(job_dir)  # we restarted since we started it
-            return
-        os.makedirs(job_dir, exist_ok=True)
-        job = dict(job, node=self.name, limits=self._job_limits(job))
-        live = LiveJob(job_id, job_dir, job)
-        for stream in ("stdout", "stderr"):
-            open(os.path.join(job_dir, stream), "wb").close()
+    def _launch(self, live: LiveJob) -> None:
+        job, job_dir = live.job, live.dir
+        try:
+            os.mkdir(job_dir)
+        except FileExistsError:
+            if os.path.exists(os.path.join(job_dir, "job.json")):
+                self._adopt_one(job_dir, live)  # we restarted since we started it
+                return
         if job.get("uid") and os.geteuid() == 0:
-            for path in (job_dir, *(os.path.join(job_dir, s) for s in ("stdout", "stderr"))):
-                os.chown(path, job["uid"], job.get("gid", job["uid"]))
+            os.chown(job_dir, job["uid"], job.get("gid", job["uid"]))
         if job.get("stdin"):
             fifo = os.path.join(job_dir, "stdin")
             os.mkfifo(fifo, 0o600)
@@ -212,17 +318,19 @@ class Node(JobMonitoring):
                 os.chown(fifo, job["uid"], job.get("gid", job["uid"]))
             live.stdin_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
             live.stdin_w = os.open(fifo, os.O_WRONLY)
-        spawner.write_atomic(os.path.join(job_dir, "job.json"), json.dumps(job).encode())
-        self._register_job(live)
-        self._spawn(job_dir)
+        with open(os.path.join(job_dir, "job.json"), "wb") as f:
+            f.write(json.dumps(job).encode())
+        self._spawn(live)
 
     def _register_job(self, live: LiveJob) -> None:
         self.live[live.id] = live
         self.daemon.register(JobSupervisor(self, live.id), registry.job_name(live.id))
-        self._ns_queue.append((registry.job_name(live.id), self._job_uri(live.id)))
 
-    def _job_uri(self, job_id: int) -> str:
-        return str(self.daemon.uriFor(registry.job_name(job_id)))
+    def _unregister_job(self, job_id: int) -> None:
+        try:
+            self.daemon.unregister(registry.job_name(job_id))
+        except Exception:
+            pass
 
     def kill(self, job_ids: list, sig: int = 15) -> dict:
         out = {}
@@ -275,10 +383,13 @@ class Node(JobMonitoring):
     def signal_job(self, live: LiveJob, sig: int, escalate: bool = False) -> bool:
         if self.job_status(live) is not None:
             return True
-        pid = spawner._read_int(os.path.join(live.dir, "pid"))
+        pid = self._job_pid(live)
         if pid is None:
             spawner.write_atomic(os.path.join(live.dir, "killreq"), str(sig).encode())
-            return True
+            # the reaper reads killreq right after it records the pid: look again, in case it just did
+            pid = self._job_pid(live)
+            if pid is None:
+                return True
         spawner._killpg(pid, sig)
         if sig == signal.SIGCONT:
             return True
@@ -295,13 +406,49 @@ class Node(JobMonitoring):
         # cannot name another group within the grace period unless the pid space wrapped around.
         spawner._killpg(pid, signal.SIGKILL)
 
+    def _job_pid(self, live: LiveJob) -> int | None:
+        if live.pid is None:
+            live.pid = spawner.read_pid_file(live.dir)[1]
+        return live.pid
+
     def mark_fetched(self, live: LiveJob) -> None:
         if not live.fetched:
             live.fetched = True
-            try:  # so a restarted node does not keep fetched output for the whole output_keep
-                open(os.path.join(live.dir, "fetched"), "wb").close()
-            except OSError:
-                pass
+            # so a restarted node does not keep fetched output for the whole output_keep
+            self._ack("f", [live])
+
+    # ---- acks.log: which finished jobs the master acknowledged, which outputs were fetched ------
+
+    def _ack(self, kind: str, lives: list) -> None:
+        data = "".join(f"{kind} {l.id} {int(l.job.get('attempt') or 1)}\n" for l in lives).encode()
+        try:
+            with self._acks_lock:
+                fd = os.open(self._acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+        except OSError:
+            log.exception("cannot write %s", self._acks_path)
+
+    def _load_acks(self) -> dict[tuple[int, int], set]:
+        """(job id, attempt) -> {"r", "f"}, for the jobs whose spool is still here; the log is then
+        rewritten with only those, so it never grows with the node's history."""
+        acks: dict[tuple[int, int], set] = {}
+        try:
+            with open(self._acks_path, "rb") as f:
+                for line in f:
+                    words = line.split()
+                    if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+                        acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
+        except OSError:
+            return acks
+        acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(self.jobs_dir, str(k[0])))}
+        tmp = self._acks_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(f"{kind} {i} {a}\n" for (i, a), kinds in acks.items() for kind in sorted(kinds))
+        os.rename(tmp, self._acks_path)
+        return acks
 
     # ---- completion ----------------------------------------------------------------------------
 
@@ -314,6 +461,8 @@ class Node(JobMonitoring):
             live.status = status
             live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
+            if not live.reported:
+                self._unreported.append(live)
         self.stream.wake(str(live.id))
         self._report_now.set()
 
@@ -327,35 +476,61 @@ class Node(JobMonitoring):
     def _notify_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                data = self.notify_sock.recv(256).decode(errors="replace")
+                data = self.notify_sock.recv(1 << 16).decode(errors="replace")
             except OSError:
                 return
-            what, _, job_id = data.partition(" ")
+            what, _, rest = data.partition(" ")
+            job_id, _, rest = rest.partition(" ")
             live = self.live.get(int(job_id)) if job_id.isdigit() else None
             if live is None:
                 continue
-            if what == "started":
+            if what == "started":  # "started <id> <pid>"
                 with self.lock:
+                    if rest.isdigit() and live.pid is None:
+                        live.pid = int(rest)
                     if live.stdin_r is not None:
                         os.close(live.stdin_r)
                         live.stdin_r = None
-            elif what == "finished":
-                self.job_status(live)
+            elif what == "finished":  # "finished <id> <status json>", as written to status.json
+                try:
+                    status = json.loads(rest) if rest else None
+                except ValueError:
+                    status = None
+                if isinstance(status, dict):
+                    self._finished(live, status)
+                else:
+                    self.job_status(live)
 
     def _check_jobs(self) -> None:
-        """The fallback for lost pings: status files, and supervisors that died without one."""
+        """The fallback for lost pings: status files, and reapers that died without writing one."""
+        self._watch_reaper()
         for live in list(self.live.values()):
-            if live.status is not None or self.job_status(live) is not None:
+            if live.status is not None or live.pid in self._orphans or self.job_status(live) is not None:
                 continue
-            if os.path.exists(os.path.join(live.dir, "supervisor.pid")) and not supervisor_alive(live.dir):
-                if self.job_status(live) is None:  # it may have finished in between
-                    self._supervisor_vanished(live, "job supervisor vanished")
+            if self._reaper_gone(live) and self.job_status(live) is None:  # it may have finished in between
+                self._supervisor_vanished(live, "job supervisor vanished")
+
+    def _reaper_gone(self, live: LiveJob) -> bool:
+        """Whether the job was started by a reaper that has died, one that was not ours (ours are
+        settled by _watch_reaper, which can still wait for their jobs)."""
+        if os.path.exists(os.path.join(live.dir, "supervisor.pid")):  # a grun from before the reaper
+            return not supervisor_alive(live.dir)
+        claimed, _pid, lock = spawner.read_pid_file(live.dir)
+        if not claimed or lock is None:
+            return False  # not started yet, or being started
+        owner = lock.split(".", 1)[0]
+        if owner.isdigit() and int(owner) in self._reaper_pids:
+            return False
+        return not spawner.reaper_alive(os.path.join(self.reapers_dir, lock))
 
     def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
-        """The supervisor died without writing the job's status. If the host rebooted since the job
+        """The reaper died without writing the job's status. If the host rebooted since the job
         started, the job died with it: report it lost (the master may run it again). Otherwise the
         job may still run: end it, and report a failure (running it again could run it twice)."""
-        if _rebooted_since(os.path.join(live.dir, "supervisor.pid")):
+        marker = os.path.join(live.dir, "supervisor.pid")
+        if not os.path.exists(marker):
+            marker = os.path.join(live.dir, "pid")
+        if _rebooted_since(marker):
             self._finished(live, {"exit_code": 255, "signal": None, "lost": True, "end_time": time.time(),
                                   "error": f"{why}: the host rebooted"})
             return
@@ -421,20 +596,35 @@ class Node(JobMonitoring):
             if live is not None:
                 self.signal_job(live, int(sig), escalate=True)
         self.kill_stale(reply.get("stale", []))
-        self._ns_queue.append((registry.node_name(self.name), self.uri))
+        self._ns_queue.append((registry.node_name(self.name), self.uri))  # once per registration, not per job
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
 
     def _send_reports(self, master) -> None:
-        todo = [l for l in list(self.live.values()) if l.status is not None and not l.reported][:REPORT_BATCH]
+        """Reports the finished jobs not yet acknowledged, from a queue (not a scan of `live`)."""
+        todo = []
+        with self.lock:
+            while self._unreported and len(todo) < REPORT_BATCH:
+                live = self._unreported.popleft()
+                if not live.reported and self.live.get(live.id) is live:
+                    todo.append(live)
         if not todo:
             return
-        reports = [dict(l.status, id=l.id, attempt=l.job.get("attempt")) for l in todo]
-        acked = set(master.finished(self.name, reports))
-        for live in todo:
-            if live.id in acked:
-                live.reported = True
-                open(os.path.join(live.dir, "reported"), "wb").close()
-        if len(todo) == REPORT_BATCH:
+        try:
+            reports = [dict(l.status, id=l.id, attempt=l.job.get("attempt")) for l in todo]
+            acked = set(master.finished(self.name, reports))
+        except BaseException:
+            with self.lock:
+                self._unreported.extendleft(reversed(todo))
+            raise
+        done = [l for l in todo if l.id in acked]
+        for live in done:
+            live.reported = True
+        if done:
+            self._ack("r", done)
+        with self.lock:  # not acknowledged (yet): sent again next round
+            self._unreported.extend(l for l in todo if l.id not in acked)
+            more = bool(self._unreported) and len(todo) == REPORT_BATCH
+        if more:
             self._report_now.set()
 
     def _register_names(self) -> None:
@@ -462,32 +652,70 @@ class Node(JobMonitoring):
     # ---- the spool -----------------------------------------------------------------------------
 
     def _adopt(self) -> None:
+        self._acks = self._load_acks()
         for entry in os.listdir(self.jobs_dir):
             if entry.isdigit():
                 try:
                     self._adopt_one(os.path.join(self.jobs_dir, entry))
                 except Exception:
                     log.exception("cannot adopt job spool %s", entry)
+        self._acks = {}
+        self._sweep_reaper_locks()
         if self.live:
             log.info("re-adopted %d jobs from the spool", len(self.live))
 
-    def _adopt_one(self, job_dir: str) -> None:
-        job = spawner.read_json(os.path.join(job_dir, "job.json"))
-        if job is None:
-            shutil.rmtree(job_dir, ignore_errors=True)
+    def _sweep_reaper_locks(self) -> None:
+        """Lock files of reapers that have ended (a live reaper holds its own locked)."""
+        try:
+            names = os.listdir(self.reapers_dir)
+        except OSError:
             return
-        live = LiveJob(int(job["id"]), job_dir, job)
-        live.reported = os.path.exists(os.path.join(job_dir, "reported"))
-        live.fetched = os.path.exists(os.path.join(job_dir, "fetched"))
-        self._register_job(live)
-        if self.job_status(live) is None:
-            if not os.path.exists(os.path.join(job_dir, "supervisor.pid")):
-                # written but never started, or a fork server of ours still has it in its pipe: the
-                # supervisor's lock and its supervisor.pid check make a second start a no-op
-                if not live.reported:
-                    self._spawn(job_dir)
-            elif not supervisor_alive(job_dir) and self.job_status(live) is None:
+        for name in names:
+            path = os.path.join(self.reapers_dir, name)
+            if not name.startswith(".") and not spawner.reaper_alive(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def _adopt_one(self, job_dir: str, live: LiveJob | None = None) -> None:
+        job = spawner.read_json(os.path.join(job_dir, "job.json"))
+        if not isinstance(job, dict):
+            shutil.rmtree(job_dir, ignore_errors=True)
+            if live is not None:
+                raise RuntimeError("its spool was unreadable; removed")
+            return
+        registered = live is not None  # by start(), for a job whose spool survived our restart
+        if live is None:
+            live = LiveJob(int(job["id"]), job_dir, job)
+        else:
+            live.job = job
+        acks = getattr(self, "_acks", None)
+        if acks is None:
+            acks = self._load_acks()
+        kinds = acks.get((live.id, int(job.get("attempt") or 1)), set())
+        if os.path.exists(os.path.join(job_dir, "reported")) or os.path.exists(os.path.join(job_dir, "fetched")):
+            kinds = kinds | {k for k, f in (("r", "reported"), ("f", "fetched"))
+                             if os.path.exists(os.path.join(job_dir, f))}  # a grun from before acks.log
+        live.reported, live.fetched = "r" in kinds, "f" in kinds
+        if not registered:
+            with self.lock:
+                self._register_job(live)
+        if self.job_status(live) is not None:
+            return
+        if os.path.exists(os.path.join(job_dir, "supervisor.pid")):  # a grun from before the reaper
+            if not supervisor_alive(job_dir) and self.job_status(live) is None:
                 self._supervisor_vanished(live, "job supervisor vanished while the node was down")
+            return
+        claimed, pid, _lock = spawner.read_pid_file(job_dir)
+        live.pid = pid
+        if not claimed:
+            # written but never started, or an earlier reaper still has it in its pipe: the O_EXCL
+            # claim of `pid` makes a second start a no-op
+            if not live.reported:
+                self._spawn(live)
+        elif self._reaper_gone(live) and self.job_status(live) is None:
+            self._supervisor_vanished(live, "job supervisor vanished while the node was down")
 
     def _janitor_loop(self) -> None:
         while not self._stop.wait(min(JANITOR_SECS, max(0.5, self.output_keep / 4))):
@@ -507,14 +735,13 @@ class Node(JobMonitoring):
 
     def _forget(self, live: LiveJob) -> None:
         with self.lock:
-            self.live.pop(live.id, None)
+            current = self.live.get(live.id) is live
+            if current:
+                self.live.pop(live.id, None)
             self._close_stdin(live)
-        try:
-            self.daemon.unregister(registry.job_name(live.id))
-        except Exception:
-            pass
-        self._ns_queue.append((registry.job_name(live.id), None))
-        shutil.rmtree(live.dir, ignore_errors=True)
+        if current:  # (a newer run of the same job keeps its name and its spool)
+            self._unregister_job(live.id)
+            shutil.rmtree(live.dir, ignore_errors=True)
 
     def shutdown(self) -> None:
         self._stop.set()

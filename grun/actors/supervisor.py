@@ -1,6 +1,7 @@
-"""The job supervisor actor (`grun.job.<id>`): one per job, hosted by its node's Pyro5 daemon.
+"""The job supervisor actor (`grun.job.<id>`): one per job, an object of its node's Pyro5 daemon (not
+in the name server: a job's URI is its node's URI with this object id, see client._job_uri).
 
-The process that waits for the job is the small supervisor process from `grun.spawner`; this actor is
+The process that starts and waits for the job is the node's reaper (`grun.spawner`); this actor is
 the job's remote face. Clients ask it for the job's status, attach to its output (it hands out a
 one-time token for the node's side-channel stream server), signal it, and say when they have fetched
 the output so the node may drop the spool.

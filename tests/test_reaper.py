@@ -1,0 +1,176 @@
+"""The node's start path: one long-lived reaper process per node (grun.spawner) instead of a forked
+Python supervisor per job, the node as child subreaper when that reaper dies, the limits a job gets
+from its first instruction, the spool's few files per job, acks.log, and job actors that are objects
+of the node's daemon without a name-server entry each. Real daemons, real processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from util import job_pid, wait_for, wait_state
+
+from grun import registry
+from grun.testing import LocalCluster
+
+FAST = {"heartbeat": 0.5}
+AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}
+
+
+@pytest.fixture
+def c():
+    cluster = LocalCluster(nodes={"n1": {"cpus": 4, "memory": 4000, **FAST}})
+    cluster.start()
+    yield cluster
+    for proc in cluster.procs.values():
+        try:
+            proc.send_signal(signal.SIGCONT)
+        except OSError:
+            pass
+    for pid in _reapers(cluster):  # a stopped reaper would keep its jobs' spools forever
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    cluster.stop()
+
+
+def _jobs_dir(c) -> str:
+    return os.path.join(c.root, "n1", "node", "jobs")
+
+
+def _reapers(c) -> list[int]:
+    """The pids of the reapers alive now (the node's child, named by their lock files)."""
+    node = psutil.Process(c.procs["n1"].pid)
+    return [p.pid for p in node.children() if "grun.spawner" in " ".join(p.cmdline())]
+
+
+def _reaper_of(c, job_id: int) -> int:
+    with open(os.path.join(_jobs_dir(c), str(job_id), "pid")) as f:
+        return int(f.read().split()[1].split(".")[0])
+
+
+def _not_running(pid: int) -> bool:
+    """Gone for good: ended and reaped (a zombie still counts as here)."""
+    try:
+        psutil.Process(pid).status()
+        return False
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_jobs_of_a_killed_reaper_are_waited_for_by_the_node(c, tmp_path):
+    """kill -9 of the reaper while jobs run: the node (their subreaper now) records their exit codes
+    and usage; the next job gets a new reaper; nothing is left as a zombie."""
+    gate = tmp_path / "gate"
+    client = c.client()
+    ids = [client.submit_spec({"cmd": [f"echo out{k}; while [ ! -e {gate} ]; do sleep 0.05; done; exit {k}"],
+                               "shell": True, **AS_US}) for k in (5, 6)]
+    pids = [job_pid(c, i) for i in ids]
+    reaper = _reaper_of(c, ids[0])
+    assert _reaper_of(c, ids[1]) == reaper and reaper in _reapers(c)
+    node_pid = c.procs["n1"].pid
+    os.kill(reaper, signal.SIGKILL)
+    # the jobs are the node's children now
+    wait_for(lambda: all(psutil.Process(p).ppid() == node_pid for p in pids), 10,
+             what="the orphaned jobs to be re-parented to the node")
+    gate.touch()
+    done = client.wait(ids, 30)
+    for k, i in zip((5, 6), ids):
+        assert (done[i]["state"], done[i]["exit"]) == ("failed", k), done[i]
+        with open(os.path.join(_jobs_dir(c), str(i), "status.json")) as f:
+            status = json.load(f)
+        assert status["exit_code"] == k and status["usage"]["wall"] > 0
+    wait_for(lambda: all(_not_running(p) for p in pids), 10, what="the jobs to be reaped, not zombies")
+    r = c.grun("sh", "-c", "echo again; exit 3")
+    assert (r.returncode, r.stdout) == (3, b"again\n"), r.stderr
+    assert c.procs["n1"].poll() is None and reaper not in _reapers(c) and len(_reapers(c)) == 1
+
+
+def test_jobs_a_killed_reaper_never_read_go_to_the_next_one(c, tmp_path):
+    """A job still in the pipe of a reaper that dies is started once, by the next reaper."""
+    runs = tmp_path / "runs"
+    client = c.client()
+    first = client.submit_spec({"cmd": ["true"], **AS_US})
+    client.wait([first], 20)
+    (reaper,) = _reapers(c)
+    os.kill(reaper, signal.SIGSTOP)
+    job_id = client.submit_spec({"cmd": [f"echo x >> {runs}; exit 4"], "shell": True, **AS_US})
+    wait_state(c, job_id, "running")
+    time.sleep(0.3)  # the line is in the stopped reaper's pipe: not claimed
+    assert not os.path.exists(os.path.join(_jobs_dir(c), str(job_id), "pid"))
+    os.kill(reaper, signal.SIGKILL)
+    done = client.wait([job_id], 30)[job_id]
+    assert (done["state"], done["exit"], done.get("attempt", 1)) == ("failed", 4, 1), done
+    assert runs.read_text() == "x\n"
+
+
+def test_a_job_gets_its_limits_as_hard_limits_and_the_reaper_keeps_its_own(c):
+    script = ("import resource as r; print(*(v // 2**20 for v in r.getrlimit(r.RLIMIT_DATA)));"
+              "r.setrlimit(r.RLIMIT_DATA, (r.RLIM_INFINITY, r.RLIM_INFINITY))")
+    client = c.client()
+    job_id = client.submit_spec({"cmd": ["python3", "-c", script], "memory": 100, **AS_US})
+    done = client.wait([job_id], 30)[job_id]
+    with open(os.path.join(_jobs_dir(c), str(job_id), "stdout")) as f:
+        assert f.read() == "150 150\n"  # -m 100 x hard_factor 1.5, soft and hard
+    assert done["exit"] == 1  # the job cannot raise its hard limit back
+    (reaper,) = _reapers(c)
+    assert psutil.Process(reaper).rlimit(psutil.RLIMIT_DATA) == psutil.Process(c.procs["n1"].pid).rlimit(
+        psutil.RLIMIT_DATA)
+
+
+def test_spool_files_acks_log_and_job_objects_without_name_server_entries(c, tmp_path):
+    gate = tmp_path / "gate"
+    client = c.client()
+    job_id = client.submit_spec({"cmd": [f"echo hi; while [ ! -e {gate} ]; do sleep 0.05; done"],
+                                 "shell": True, **AS_US})
+    job_pid(c, job_id)
+    view = client.job(job_id)
+    # the job actor is an object of the node's daemon, reachable by the URI the client derives ...
+    location = view["node_uri"].split("@", 1)[1]
+    with registry.proxy(f"PYRO:{registry.job_name(job_id)}@{location}") as sup:
+        assert sup.status() is None and sup.info()["stdout"] == 3
+    # ... and not one name-server entry per job
+    with registry.locate_ns("127.0.0.1", c.port) as ns:
+        assert ns.list(prefix=registry.JOB_PREFIX) == {}
+        assert registry.node_name("n1") in ns.list(prefix=registry.NODE_PREFIX)
+    gate.touch()
+    client.wait([job_id], 20)
+    job_dir = os.path.join(_jobs_dir(c), str(job_id))
+    acks = os.path.join(c.root, "n1", "node", "acks.log")
+    wait_for(lambda: os.path.exists(acks) and f"r {job_id} 1\n" in open(acks).read(), 10,
+             what="the master's acknowledgement in acks.log")
+    assert sorted(os.listdir(job_dir)) == ["job.json", "pid", "status.json", "stderr", "stdout"]
+    r = c.grun("--attach", str(job_id))
+    assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
+    assert f"f {job_id} 1\n" in open(acks).read()
+    wait_for(lambda: not os.path.exists(job_dir), 15, what="the fetched spool to be removed")
+
+
+def test_a_restarted_node_keeps_acks_and_the_old_reaper_finishes_its_job(c, tmp_path):
+    """The node is killed; its reaper and job go on; the new node hears the old reaper's report, and
+    a job the master had acknowledged before is not reported again."""
+    gate = tmp_path / "gate"
+    client = c.client()
+    early = client.submit_spec({"cmd": ["sh", "-c", "exit 2"], **AS_US})
+    client.wait([early], 20)
+    acks = os.path.join(c.root, "n1", "node", "acks.log")
+    wait_for(lambda: os.path.exists(acks) and f"r {early} 1\n" in open(acks).read(), 10, what="the ack")
+    job_id = client.submit_spec({"cmd": [f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 9"],
+                                 "shell": True, **AS_US})
+    job_pid(c, job_id)
+    (old_reaper,) = _reapers(c)
+    c.kill("n1", signal.SIGKILL)
+    assert psutil.pid_exists(old_reaper)
+    c.start_node("n1")
+    gate.touch()
+    done = client.wait([job_id], 30)[job_id]
+    assert (done["state"], done["exit"]) == ("failed", 9), done
+    wait_for(lambda: not psutil.pid_exists(old_reaper) or
+             psutil.Process(old_reaper).status() == psutil.STATUS_ZOMBIE, 10,
+             what="the old reaper to exit once its job has ended")
+    with open(acks) as f:
+        assert f.read().count(f"r {early} 1\n") == 1  # compacted on restart, never reported again
