@@ -242,8 +242,12 @@ class WireProxy:
 
     def _connect(self) -> socket.socket:
         import msgpack
-        sock = socket.create_connection((ascii_host(self._host), self._port), timeout=self._pyroTimeout)
+        # a connect that takes longer than CONNECT_TIMEOUT is a peer that is not there: the caller's
+        # retry loop (Client.call, bounded by connect_wait) decides, not a 90 s call timeout
+        sock = socket.create_connection((ascii_host(self._host), self._port),
+                                        timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
         try:
+            sock.settimeout(self._pyroTimeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._seq = 0
             payload = msgpack.packb({"handshake": "hello", "object": self._object}, use_bin_type=True)
@@ -254,8 +258,13 @@ class WireProxy:
                 raise CallRejected(f"connection to {self._host}:{self._port} rejected: {_loads(data)}")
             if kind != _MSG_CONNECTOK:
                 raise WireGarbled(f"unexpected message type {kind} in the handshake")
-        except BaseException:
+        except BaseException as exc:
             sock.close()
+            if isinstance(exc, OSError) and not isinstance(exc, CallRejected):
+                # The peer accepted the connection, then went away (or stalled) without a word: as with a
+                # Pyro5 proxy, a master that dies like this counts as one that may have had our request,
+                # so a submission waits for it to come back (tests/test_faults.py).
+                raise CallBroken(f"connection to {self._host}:{self._port} broke in the handshake: {exc}") from None
             raise
         return sock
 
@@ -264,8 +273,8 @@ class WireProxy:
         if self._sock is None:
             try:
                 self._sock = self._connect()
-            except OSError as exc:  # nothing was sent: not a call that may have arrived
-                if isinstance(exc, CallRejected):
+            except OSError as exc:  # the call itself was not sent
+                if isinstance(exc, (CallRejected, CallBroken)):
                     raise
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
         sock = self._sock
