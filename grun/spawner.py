@@ -1,17 +1,19 @@
 """Starting jobs so that they depend on nobody: the node's reaper process (`python -m grun.spawner`).
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
-`<job_dir>\\t<notify socket>`. The reaper is single-threaded and long-lived. For each job it claims the
-job's `pid` file (O_EXCL, so two reapers never start the same job), starts the job with Popen (vfork +
-exec, no Python fork) in its own session and process group, stdout and stderr going straight to
-spool files, and records the job's pid. It waits for its jobs with SIGCHLD + wait4 (so cpu, memory and
-io usage are exact), writes each job's `status.json` once with one fsync, and pings the node. Killing
-the node daemon leaves the reaper and its jobs running; a restarted node finds the status files in
-the spool, and the reaper exits once its input has ended and its last job has ended.
+`<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
+For each job it claims the job's `pid` file (O_EXCL, so two reapers never start the same job), starts
+the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and
+stderr going straight to spool files, and records the job's pid. It waits for its jobs with SIGCHLD +
+wait4 (so cpu, memory and io usage are exact), writes each job's `status.json` once with one fsync,
+and pings the node. Killing the node daemon leaves the reaper and its jobs running; a restarted node
+finds the status files in the spool, and the reaper exits once its input has ended and its last job
+has ended.
 
 Per job the spool holds: `job.json` (the node), `stdout`, `stderr`, `pid`, `status.json`, and `stdin`
 (a FIFO, the node) when the job reads input. `pid` is one line, `<job pid> <reaper lock>`, or
-`- <reaper lock>` while the job is claimed but not started. The reaper lock is a file under
+`- <reaper lock>` while the job is claimed but not started (the first word is padded to 10
+characters, so the pid is written over it in place). The reaper lock is a file under
 `<spool>/reapers/` that the reaper holds locked while it lives: the node tests it to see whether the
 job still has a reaper.
 
@@ -275,22 +277,24 @@ class Reaper:
 
     # ---- starting --------------------------------------------------------------------------------
 
-    def start(self, job_dir: str, notify: str | None) -> None:
+    def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
         lock = self._ensure_lock(job_dir)
         try:  # the claim: exactly one reaper ever starts this job
             pid_fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            os.write(pid_fd, f"- {lock}\n".encode())
-            self._start(job_dir, notify, pid_fd, lock)
+            # padded like "<pid> <lock>" will be, so the pid is written over it in place
+            os.write(pid_fd, f"{'-':<10} {lock}\n".encode())
+            self._start(job_dir, notify, pid_fd, lock, job)
         except BaseException as exc:  # never let one job stop the reaper
             self._failed(job_dir, notify, f"supervisor failed: {exc}")
         finally:
             os.close(pid_fd)
 
-    def _start(self, job_dir: str, notify: str | None, pid_fd: int, lock: str) -> None:
-        job = read_json(os.path.join(job_dir, "job.json"))
+    def _start(self, job_dir: str, notify: str | None, pid_fd: int, lock: str, job: dict | None) -> None:
+        if job is None:
+            job = read_json(os.path.join(job_dir, "job.json"))
         if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = job_argv(job)
@@ -333,10 +337,10 @@ class Reaper:
             for f in (stdin, out, err):
                 if hasattr(f, "close"):
                     f.close()
-        os.ftruncate(pid_fd, 0)
-        os.pwrite(pid_fd, f"{proc.pid} {lock}\n".encode(), 0)
+        os.pwrite(pid_fd, f"{proc.pid:<10}".encode(), 0)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
-        self._ping(notify, f"started {job['id']} {proc.pid}")
+        if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
+            self._ping(notify, f"started {job['id']} {proc.pid}")
         pending_kill = _read_int(os.path.join(job_dir, "killreq"))
         if pending_kill:
             _killpg(proc.pid, pending_kill)
@@ -406,7 +410,7 @@ class Reaper:
     # ---- the loop --------------------------------------------------------------------------------
 
     def serve(self, control: int) -> None:
-        """One line per job, `<job_dir>\\t<notify socket path>`; at EOF, waits for its jobs and returns."""
+        """One line per job, `<job_dir>\\t<notify socket>[\\t<job json>]`; at EOF, waits for its jobs and returns."""
         set_subreaper()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -425,9 +429,14 @@ class Reaper:
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    job_dir, _, notify = line.decode(errors="replace").partition("\t")
+                    job_dir, _, rest = line.decode(errors="replace").partition("\t")
+                    notify, _, inline = rest.partition("\t")
+                    try:
+                        job = json.loads(inline) if inline else None
+                    except ValueError:
+                        job = None  # read from job.json instead
                     if job_dir:
-                        self.start(job_dir, notify or None)
+                        self.start(job_dir, notify or None, job if isinstance(job, dict) else None)
             self.reap()
 
 

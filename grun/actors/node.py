@@ -166,8 +166,8 @@ class Node(JobMonitoring):
 
     # ---- the reaper ----------------------------------------------------------------------------
 
-    def _spawn(self, live: LiveJob) -> None:
-        line = f"{live.dir}\t{self.notify_addr}\n".encode()
+    def _spawn(self, live: LiveJob, job_json: str | None = None) -> None:
+        line = f"{live.dir}\t{self.notify_addr}\t{job_json or ''}\n".encode()
         with self._forkserver_lock:
             for _ in range(2):
                 if self.forkserver is None or self.forkserver.poll() is not None:
@@ -318,9 +318,10 @@ class Node(JobMonitoring):
                 os.chown(fifo, job["uid"], job.get("gid", job["uid"]))
             live.stdin_r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
             live.stdin_w = os.open(fifo, os.O_WRONLY)
+        data = json.dumps(job)
         with open(os.path.join(job_dir, "job.json"), "wb") as f:
-            f.write(json.dumps(job).encode())
-        self._spawn(live)
+            f.write(data.encode())
+        self._spawn(live, data)
 
     def _register_job(self, live: LiveJob) -> None:
         self.live[live.id] = live
