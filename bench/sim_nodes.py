@@ -399,15 +399,17 @@ def parse_args(argv):
     ap.add_argument("--duration", type=float, default=0.0, help="seconds a job runs (default 0)")
     ap.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a node's heartbeats (default 5, "
                     "grun's default)")
-    ap.add_argument("--links", type=int, default=4, help="connections (threads) to the master (default 4)")
+    ap.add_argument("--links", type=int, default=0, help="connections (threads) to the master (default: one per "
+                    "100 nodes, 2-32): each carries its nodes' calls one after the other, as one node would")
     ap.add_argument("--bind", default="127.0.0.1")
     args = ap.parse_args(argv)
     host, _, port = args.master.rpartition(":")
     if not host or not port.isdigit():
         ap.error(f"--master must be HOST:PORT, got {args.master!r}")
-    if args.nodes < 1 or args.links < 1 or args.cpus <= 0 or args.duration < 0 or args.heartbeat <= 0:
+    if args.nodes < 1 or args.links < 0 or args.cpus <= 0 or args.duration < 0 or args.heartbeat <= 0:
         ap.error("--nodes, --links, --cpus and --heartbeat must be > 0, --duration >= 0")
     args.master_host, args.master_port = host.strip("[]"), int(port)
+    args.links = args.links or max(2, min(32, args.nodes // 100))
     return args
 
 

@@ -399,12 +399,18 @@ def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
     import time as _time
     from grun.core.placement import NodeIndex
     index = NodeIndex(NodeView(f"n{i:05d}", 4, 16000) for i in range(10000))
+    from grun.core.placement import MAX_PLACED_PER_PASS
     jobs = [job(i) for i in range(1, 20001)]
     t0 = _time.process_time()
-    plan = place(iter(jobs), index, random.Random(3))
+    placed = []
+    while jobs:
+        plan = place(iter(jobs), index, random.Random(3))
+        assert len(plan.placed) == min(MAX_PLACED_PER_PASS, len(jobs)), "a pass is cut short, not the job list"
+        placed += plan.placed
+        jobs = jobs[len(plan.placed):]
     spent = _time.process_time() - t0
-    assert len(plan.placed) == 20000
-    used = collections.Counter(n.name for _, n in plan.placed)
+    assert len(placed) == 20000
+    used = collections.Counter(n.name for _, n in placed)
     assert set(used.values()) == {4}, "best fit fills a node before it starts another"
     # a scan of 10,000 nodes per job took ~10 ms a job (200 s here); the index ~20 us
     assert spent < 10, f"placing 20,000 jobs on 10,000 nodes took {spent:.1f} s of CPU"
@@ -424,3 +430,28 @@ def test_job_table_keeps_each_nodes_jobs_without_scanning_the_table():
     assert [j["id"] for j in t.jobs_on("b")] == on["b"][1:]
     t.node_up("b", 4, 4000)  # re-registration with a new size recounts from the node's own jobs
     assert t.nodes["b"].used_cpus == 1 and t.nodes["b"].jobs == set(on["b"][1:])
+
+
+def test_requeued_jobs_go_back_in_id_order_without_a_rebuild_per_job():
+    import time as _time
+    from grun.core.queue import PendingQueue
+    q = PendingQueue()
+    jobs = {i: job(i, priority=20 if i % 10 else 30) for i in range(1, 100001)}
+    for i in range(1, 100001):
+        if i % 3:
+            q.add(jobs[i])
+    t0 = _time.process_time()
+    for i in range(3, 100001, 3):  # "re-queued": ids below the newest queued one
+        q.add(jobs[i])
+    spent = _time.process_time() - t0
+    assert spent < 2, f"33,333 re-queued jobs took {spent:.1f} s"  # a rebuild per job: minutes
+    order = [j["id"] for j in q]
+    high = [i for i in range(1, 100001) if i % 10 == 0]
+    assert order == high + [i for i in range(1, 100001) if i % 10], "priority first, then id order"
+    q.remove(jobs[3])
+    q.remove(jobs[10])
+    assert len(q) == 99998 and 3 not in [j["id"] for j in q]
+    small = PendingQueue()
+    for i in (5, 9, 7, 6):
+        small.add(jobs[i])
+    assert [j["id"] for j in small] == [5, 6, 7, 9] and len(small) == 4

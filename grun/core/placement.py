@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 # A scheduling pass stops looking after this many jobs that did not fit: with a deep queue and a
 # full cluster, a pass must not cost O(queue length).
 MAX_MISSES_PER_PASS = 2000
+# ... and stops after placing this many: a pass runs under the master's lock, and 40,000 free cpus
+# (10,000 nodes) filled in one pass held it for seconds, so heartbeats waited past their timeout.
+# The master runs the next pass at once when a pass was cut short.
+MAX_PLACED_PER_PASS = 2000
 EPS = 1e-9
 # What moves a node to another place in its index (usage, capacity, up/down), and what changes the
 # answer of impossible() (a node's description).
@@ -420,6 +424,8 @@ def place(ordered_jobs, nodes, rng: random.Random = random, *, now: float | None
                 node.jobs.add(job["id"])
                 plan.placed.append((job, node))
                 _drop_claim(claims, job)
+                if len(plan.placed) >= MAX_PLACED_PER_PASS:
+                    break
                 full = not any_free()
                 continue
             failed_shapes.add(shape)
