@@ -527,8 +527,6 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
              cwd: str | None = None, env: dict | None = None, hosts: str | None = None,
              stdin: bool = False) -> dict:
     """A full job spec from the Python API's arguments: run here, as us, with the usual environment."""
-    import getpass
-
     from .config import parse_cpus, parse_memory
     if isinstance(cmd, str):
         if not cmd.strip():
@@ -545,7 +543,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             cwd = "/"
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(), **{str(k): str(v) for k, v in (env or {}).items()}},
-                  "user": getpass.getuser(), "uid": os.getuid(), "gid": os.getgid()}
+                  "user": current_user(), "uid": os.getuid(), "gid": os.getgid()}
     try:
         if cpus is not None:
             spec["cpus"] = parse_cpus(cpus)
@@ -603,6 +601,17 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ConnectionError) and not text:
         return "connection failed"
     return text.strip("'\"") if isinstance(exc, KeyError) else text
+
+
+def current_user() -> str:
+    """The user name as getpass.getuser() finds it (the same variables, then the password database),
+    without importing getpass and termios on every `grun` call."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    import pwd
+    return pwd.getpwuid(os.getuid())[0]
 
 
 def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:

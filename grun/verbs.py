@@ -11,7 +11,6 @@ imports nothing heavy at import time, so the command line stays quick to start.
 
 from __future__ import annotations
 
-import getpass
 import os
 import signal
 import sys
@@ -289,14 +288,14 @@ def _edit_args(words: list[str], called: str) -> dict:
 
 def build_spec(opts: dict, words: list[str]) -> dict:
     """The job spec for `grun [options] COMMAND...`: one shell string or an argv, run here and as us."""
-    from .client import default_env
+    from .client import current_user, default_env
     shell = len(words) == 1 and any(c in SHELL_CHARS for c in words[0])
     try:
         cwd = os.getcwd()
     except OSError:
         cwd = "/"
     spec = {"cmd": list(words), "shell": shell, "cwd": cwd, "env": default_env(opts.get("env")),
-            "user": getpass.getuser(), "uid": os.getuid(), "gid": os.getgid()}
+            "user": current_user(), "uid": os.getuid(), "gid": os.getgid()}
     for key in ("cpus", "memory", "priority"):
         if key in opts:
             spec[key] = opts[key]

@@ -23,7 +23,7 @@ from grun.config import _read_simple, load_config
 # Pyro5 and what it drags in (ssl, logging, sqlite3, serpent, inspect), dataclasses/inspect,
 # fractions/decimal, secrets/hmac, platform.
 HEAVY = {"Pyro5", "psutil", "yaml", "ssl", "logging", "sqlite3", "serpent", "inspect", "dataclasses", "fractions",
-         "decimal", "secrets", "hmac", "platform", "cloudpickle", "prompt_toolkit", "subprocess"}
+         "decimal", "secrets", "hmac", "platform", "cloudpickle", "prompt_toolkit", "subprocess", "getpass"}
 
 PROBE = """
 import json, sys
