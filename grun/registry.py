@@ -279,7 +279,7 @@ class WireProxy:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
         sock = self._sock
         self._seq = (self._seq + 1) & 0xFFFF
-        payload = msgpack.packb((self._object, method, list(args), kwargs), use_bin_type=True)
+        payload = msgpack.packb((self._object, method, list(args), kwargs), use_bin_type=True, default=_plain)
         flags = _FLAGS_ONEWAY if oneway else 0
         sent = False
         try:
@@ -341,6 +341,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionResetError("connection closed by the peer")
         got += k
     return bytes(buf)
+
+
+def _plain(obj):
+    """What msgpack cannot pack by itself, as Pyro5's msgpack serializer sends it."""
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__} to a grun daemon")
 
 
 def _ext(code: int, data: bytes):

@@ -145,6 +145,10 @@ def test_wire_proxy_calls_and_errors(echo_uri):
     with registry.WireProxy(echo_uri) as p:
         assert p.echo(1, "a", b"\x00", [1.5, None], {"k": True}) == [[1, "a", b"\x00", [1.5, None], {"k": True}], {}]
         assert p.echo(x=2) == [[], {"x": 2}]
+        assert p.echo({3}) == [[[3]], {}]
+        with pytest.raises(TypeError, match="cannot send a object"):
+            p.echo(object())
+        assert p.echo(5) == [[5], {}]
         assert len(p.big(5 << 20)) == 5 << 20
         with pytest.raises(LookupError, match="no job 7"):
             p.missing(7)
