@@ -92,7 +92,7 @@ class Client:
 
     @property
     def _master(self):
-        """This thread's proxy for the master (Pyro5 proxies must not be used by two threads at once)."""
+        """This thread's proxy for the master (a proxy is one connection, used by one thread at a time)."""
         return getattr(self._local, "master", None)
 
     @_master.setter

@@ -7,6 +7,7 @@ tests fail when a heavy import creeps back onto that path.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -23,21 +24,22 @@ from grun.config import _read_simple, load_config
 # Pyro5 and what it drags in (ssl, logging, sqlite3, serpent, inspect), dataclasses/inspect,
 # fractions/decimal, secrets/hmac, platform.
 HEAVY = {"Pyro5", "psutil", "yaml", "ssl", "logging", "sqlite3", "serpent", "inspect", "dataclasses", "fractions",
-         "decimal", "secrets", "hmac", "platform", "cloudpickle", "prompt_toolkit", "subprocess", "getpass"}
+         "decimal", "secrets", "hmac", "platform", "cloudpickle", "prompt_toolkit", "subprocess", "getpass",
+         "grun.daemon"}  # only to start a personal cluster that is not up
 
 PROBE = """
 import json, sys
 from grun import cli
 code = cli.main(sys.argv[1:])
 sys.stdout.flush()
-heavy = sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(%r)))
+heavy = sorted(({m.split('.')[0] for m in sys.modules} | set(sys.modules)) & set(json.loads(%r)))
 print('HEAVY=' + json.dumps(heavy), file=sys.stderr)
 sys.exit(code)
 """
 
 
-def _probe(cluster, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    r = subprocess.run([sys.executable, "-c", PROBE % json.dumps(sorted(HEAVY)), *args], env=cluster.env,
+def _probe(cluster, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    r = subprocess.run([sys.executable, "-c", PROBE % json.dumps(sorted(HEAVY)), *args], env=env or cluster.env,
                        capture_output=True, text=True, timeout=60)
     line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")]
     assert line, r.stderr
@@ -55,6 +57,18 @@ def test_submit_and_run_import_nothing_heavy(cluster, args):
         assert (r.returncode, r.stdout) == (3, "hi\n")
     else:
         assert r.returncode == 0
+
+
+@pytest.mark.skipif(os.path.exists("/etc/grun.conf"), reason="a system config: no personal mode here")
+def test_personal_mode_with_its_cluster_up_imports_no_daemon_code(cluster, tmp_path):
+    """No config file: personal mode. Its cluster answers (here: GRUN_MASTER names a running one), so
+    the daemon module (logging, subprocess) is not imported, and nothing else heavy either."""
+    env = {k: v for k, v in cluster.env.items() if k != "GRUN_CONF"}
+    env.update(GRUN_MASTER=f"127.0.0.1:{cluster.port}", GRUN_SPOOL=str(tmp_path))
+    r, heavy = _probe(cluster, "--nowait", "true", env=env)
+    assert r.returncode == 0, r.stderr
+    assert heavy == [], heavy
+    cluster.client().wait([int(r.stdout.split()[1])])
 
 
 def test_a_config_file_with_nesting_still_reads_and_still_names_bad_keys(tmp_path):
