@@ -30,6 +30,7 @@ from .core import jobs as J
 # import is paid by every call (tests/test_cli_fast.py keeps it so).
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
+SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
 
 
 class GrunError(Exception):
@@ -347,6 +348,7 @@ class Client:
                             sup._pyroOneway("release")
                         except Exception:
                             pass
+                self._settled(job_id)
                 return J.exit_code_of(status)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -371,6 +373,15 @@ class Client:
             from . import limits
             on_limit(limits.describe(final, job_id))
         return int(final.get("exit", 1))
+
+    def _settled(self, job_id: int) -> None:
+        """Return once the master has the job's end too (its report follows the stream's EXIT by a few
+        ms), so that a `grun -q history` or `-q jobs` right after `grun CMD` sees the job finished.
+        One round trip when it has it already; bounded, and never an error: we have the exit code."""
+        try:
+            self.call("wait", [job_id], SETTLE_WAIT, wait=0)
+        except GrunError:
+            pass
 
     def _node_uri(self, name: str | None) -> str | None:
         if not name:

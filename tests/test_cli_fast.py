@@ -190,3 +190,14 @@ def test_wire_proxy_unreachable_and_unknown_object(echo_uri):
     with pytest.raises(registry.CallRejected, match="unknown object"):
         registry.WireProxy(other).echo()
     assert registry.parse_uri("PYRO:grun.master@[::1]:5184") == ("grun.master", "::1", 5184)
+
+
+def test_when_grun_returns_the_master_has_the_jobs_end(cluster):
+    """`grun CMD; grun -q history` must show the job finished: the client leaves fast (no teardown,
+    release sent oneway), but not before the master has the job's end."""
+    for _ in range(5):
+        r = cluster.grun("-v", "sh", "-c", "exit 3")
+        assert r.returncode == 3, r.stderr
+        job_id = int(r.stderr.decode().split("grun: job ")[1].split()[0])
+        record = cluster.client().job(job_id)
+        assert (record["state"], record["exit"]) == ("failed", 3), record
