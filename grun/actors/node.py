@@ -45,6 +45,7 @@ from .supervisor import JobSupervisor
 log = logging.getLogger("grun.node")
 
 REPORT_BATCH = 500
+ACKS_COMPACT_BYTES = 4 << 20
 JANITOR_SECS = 10.0
 KILL_GRACE_SECS = 5.0
 
@@ -140,7 +141,7 @@ class Node(JobMonitoring):
         self._stop = threading.Event()
         self._ns_queue: list[tuple[str, str | None]] = []
         self._acks_path = os.path.join(spool, "acks.log")
-        self._acks_lock = threading.Lock()
+        self._acks_lock = threading.RLock()
         # our reapers' pids (a job whose reaper was ours is settled by _watch_reaper), and the jobs
         # of a dead reaper of ours that still run, as our children: job pid -> job
         self._reaper_pids: set[int] = set()
@@ -386,6 +387,7 @@ class Node(JobMonitoring):
             return True
         pid = self._job_pid(live)
         if pid is None:
+            os.makedirs(live.dir, exist_ok=True)  # start() may not have made it yet; _launch copes
             spawner.write_atomic(os.path.join(live.dir, "killreq"), str(sig).encode())
             # the reaper reads killreq right after it records the pid: look again, in case it just did
             pid = self._job_pid(live)
@@ -445,11 +447,29 @@ class Node(JobMonitoring):
         except OSError:
             return acks
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(self.jobs_dir, str(k[0])))}
-        tmp = self._acks_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(f"{kind} {i} {a}\n" for (i, a), kinds in acks.items() for kind in sorted(kinds))
-        os.rename(tmp, self._acks_path)
+        self._rewrite_acks(acks)
         return acks
+
+    def _rewrite_acks(self, acks: dict) -> None:
+        tmp = self._acks_path + ".tmp"
+        with self._acks_lock:
+            with open(tmp, "w") as f:
+                f.writelines(f"{kind} {i} {a}\n" for (i, a), kinds in acks.items() for kind in sorted(kinds))
+            os.rename(tmp, self._acks_path)
+
+    def _compact_acks(self) -> None:
+        """Past ACKS_COMPACT_BYTES, acks.log is rewritten with the jobs still held (so it stays
+        proportional to the spool, not to every job this node ever ran)."""
+        try:
+            if os.path.getsize(self._acks_path) < ACKS_COMPACT_BYTES:
+                return
+        except OSError:
+            return
+        with self._acks_lock:  # an ack appended meanwhile had set its flag first: it is in the snapshot
+            with self.lock:
+                acks = {(l.id, int(l.job.get("attempt") or 1)): {k for k, on in (("r", l.reported), ("f", l.fetched)) if on}
+                        for l in self.live.values() if l.reported or l.fetched}
+            self._rewrite_acks(acks)
 
     # ---- completion ----------------------------------------------------------------------------
 
@@ -723,6 +743,7 @@ class Node(JobMonitoring):
             try:
                 self._check_jobs()
                 self._sweep()
+                self._compact_acks()
             except Exception:
                 log.exception("janitor")
 
