@@ -914,6 +914,7 @@ def scale_run(args, nodes: int, queue: int) -> dict:
         time.sleep(args.scale_idle)
         idle1, sim1 = _proc_sample(master), fleet.stats()
         # (d) dispatch to registered nodes
+        say(f"  {nodes:,} nodes registered, backlog done, heartbeats measured; now {queue:,} jobs to them")
         t1 = time.time()
         for batch in batches:
             client.call("submit_many", batch)
@@ -936,6 +937,7 @@ def scale_run(args, nodes: int, queue: int) -> dict:
             "master_cpu_pct": 100 * (done["cpu"] - idle1["cpu"]) / wall,
             "sim_cpu_ms_per_job": (sims_done["cpu_s"] - sim1["cpu_s"]) * 1000 / queue,
             "rss_queued_mb": queued["rss_mb"], "rss_peak_mb": peak["rss_mb"], "rss_end_mb": done["rss_mb"],
+            "rss_after_backlog_mb": drained["rss_mb"], "rss_idle_mb": idle1["rss_mb"],
             "idle_cpu_pct": 100 * idle_cpu / idle_s, "heartbeats_per_s": beats / idle_s,
             "us_per_heartbeat": idle_cpu * 1e6 / beats if beats else None,
             "master_threads": done["threads"], "master_fds": done["fds"],
@@ -978,7 +980,8 @@ def scenario_scale(args, res: Results) -> None:
                 "jobs/s", "", f"all registered after {fmt(med('register_s'))} s ({runs[0]['sim_procs']} simulator "
                 f"processes); master {fmt(med('backlog_master_cpu_ms_per_job'))} ms/job incl. registrations")
         res.add("3 scale", f"{tag}: master RSS with {Q:,} queued, no node yet", [r["rss_queued_mb"] for r in runs], "MB",
-                "≤ 300 MB", f"peak {fmt(med('rss_peak_mb'))} MB, at the end {fmt(med('rss_end_mb'))} MB; "
+                "≤ 300 MB", f"peak {fmt(med('rss_peak_mb'))} MB; after the backlog {fmt(med('rss_after_backlog_mb'))}, "
+                f"at the end {fmt(med('rss_end_mb'))} MB; "
                 f"{fmt(med('master_threads'))} threads, {fmt(med('master_fds'))} fds")
         res.add("3 scale", f"{tag}: heartbeat load, idle ({fmt(med('heartbeats_per_s'))} heartbeats/s)",
                 [r["idle_cpu_pct"] for r in runs], "% core", "",

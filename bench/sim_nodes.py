@@ -7,8 +7,9 @@ What a simulated node does, as a real one (grun/actors/node.py) does it:
 - `register_node(info)` with its name, URI, cpus, memory, held jobs, incarnation and launch seq; it
   starts what the reply offers, signals the kills and kills the stale copies;
 - registers its name in the master's name server (`grun.node.<name>`), once;
-- `heartbeat(name, load)` every `--heartbeat` seconds with its running jobs, its launch seq and a load
-  report; registers again when the master answers {"known": False};
+- `heartbeat(name, load)` every `--heartbeat` seconds (or less often when the master's reply asks
+  so: {"heartbeat": secs}) with its running jobs, its launch seq and a load report; registers again
+  when the master answers {"known": False};
 - `finished(name, reports)` as soon as jobs end (one call per node carries all its ended jobs, up
   to 500), repeated until the master acknowledges each;
 - serves `start` (idempotent, replies started/rejected/waiting/incarnation/seq), `kill`, `kill_stale`,
@@ -278,6 +279,7 @@ class Link:
         self.beats: list[tuple[float, str]] = []       # (due, node name), a heap
         self.names: list[str] = []                     # name-server entries to add
         self.master = None
+        self.interval = sim.args.heartbeat  # the longer of --heartbeat and what the master asks
 
     def report(self, node: SimNode) -> None:
         self.todo_report[node.name] = node
@@ -341,7 +343,8 @@ class Link:
                 node.registered = False
                 self.todo_register.append(node)
             else:
-                heapq.heappush(self.beats, (time.monotonic() + sim.args.heartbeat, name))
+                self.interval = max(sim.args.heartbeat, float(reply.get("heartbeat") or 0))
+                heapq.heappush(self.beats, (time.monotonic() + self.interval, name))
 
     def _register(self, node: SimNode) -> None:
         sim = self.sim
@@ -359,7 +362,8 @@ class Link:
             self.names.append(node.name)
         node.registered = True
         # the first beat of each node spread over one interval, as nodes started at random times
-        first = time.monotonic() + sim.args.heartbeat * (0.5 + (hash(node.name) % 1000) / 2000)
+        self.interval = max(sim.args.heartbeat, float(reply.get("heartbeat") or 0))
+        first = time.monotonic() + self.interval * (0.5 + (hash(node.name) % 1000) / 2000)
         heapq.heappush(self.beats, (first, node.name))
 
     def _send_reports(self, node: SimNode) -> None:
