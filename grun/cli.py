@@ -137,8 +137,10 @@ def _exit_quickly(code: int) -> None:
     """Leave without the interpreter's teardown (freeing every module and object: ~5 ms of each `grun`
     call, measured), when nothing needs it: our output is flushed, no logging handler waits to be
     flushed, no thread of ours is still working, and the interactive shell was not used."""
-    if "grun.shell" in sys.modules:
-        return
+    if "grun.shell" in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
+        return  # a profiler or coverage writes its results as the interpreter ends
+    if _atexit_count() > _ATEXIT_AT_START:
+        return  # something we ran asked for work at exit
     logging = sys.modules.get("logging")
     if logging is not None and (logging.root.handlers or any(
             getattr(lg, "handlers", None) for lg in list(logging.Logger.manager.loggerDict.values()))):
@@ -153,6 +155,15 @@ def _exit_quickly(code: int) -> None:
     except (OSError, ValueError):
         return  # e.g. a closed pipe: the usual exit reports it as Python would
     os._exit(code if isinstance(code, int) else 1)
+
+
+def _atexit_count() -> int:
+    import atexit
+    count = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere, assume none were added
+    return count() if count else 0
+
+
+_ATEXIT_AT_START = _atexit_count()
 
 
 def _main(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ import Pyro5.api
 import pytest
 import yaml
 
+import grun
 from grun import registry
 from grun.config import _read_simple, load_config
 
@@ -201,3 +202,16 @@ def test_when_grun_returns_the_master_has_the_jobs_end(cluster):
         job_id = int(r.stderr.decode().split("grun: job ")[1].split()[0])
         record = cluster.client().job(job_id)
         assert (record["state"], record["exit"]) == ("failed", 3), record
+
+
+def test_a_profiled_grun_still_ends_normally(tmp_path):
+    """The quick exit skips the interpreter's teardown, but never a profiler's (bench/profile.py) or an
+    atexit handler's work."""
+    prof = tmp_path / "grun.prof"
+    r = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "grun.cli", "--version"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("grun "), r.stderr
+    assert prof.stat().st_size > 0
+    code = "import atexit, sys; from grun import cli; atexit.register(print, 'atexit ran'); sys.argv[1:] = ['-V']; cli.main()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines() == [f"grun {grun.__version__}", "atexit ran"], r.stdout + r.stderr
