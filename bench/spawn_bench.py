@@ -53,8 +53,9 @@ def run_variant(pythonpath: str, n: int, root: str) -> tuple[float, float]:
     sock.bind(sock_path)
     group = CpuGroup.create()
     env = dict(os.environ, PYTHONPATH=pythonpath)
+    # cwd too: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH
     proc = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env, cwd=pythonpath)
     try:
         group.add(proc.pid)
         time.sleep(0.5)  # let it import
