@@ -306,7 +306,7 @@ class NodeIndex(dict):
         """A node of the bucket (all equally good) the job may use, uniformly at random."""
         def ok(node):
             return node.fits(job) and not delays_claim(node, job, claims)
-        if len(bucket) > 8:
+        if len(bucket) > 1:
             # rejection sampling: a random draw is almost always usable (plain jobs, few claims),
             # and the draws stay uniform over the usable nodes
             for _ in range(4):
