@@ -53,6 +53,14 @@ def _reaper_of(c, job_id: int) -> int:
         return int(f.read().split()[1].split(".")[0])
 
 
+def _acks(c) -> str:
+    try:
+        with open(os.path.join(c.root, "n1", "node", "acks.log")) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def _not_running(pid: int) -> bool:
     """Gone for good: ended and reaped (a zombie still counts as here)."""
     try:
@@ -140,13 +148,12 @@ def test_spool_files_acks_log_and_job_objects_without_name_server_entries(c, tmp
     gate.touch()
     client.wait([job_id], 20)
     job_dir = os.path.join(_jobs_dir(c), str(job_id))
-    acks = os.path.join(c.root, "n1", "node", "acks.log")
-    wait_for(lambda: os.path.exists(acks) and f"r {job_id} 1\n" in open(acks).read(), 10,
-             what="the master's acknowledgement in acks.log")
+    wait_for(lambda: f"r {job_id} 1\n" in _acks(c), 10, what="the master's acknowledgement in acks.log")
     assert sorted(os.listdir(job_dir)) == ["job.json", "pid", "status.json", "stderr", "stdout"]
     r = c.grun("--attach", str(job_id))
     assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
-    assert f"f {job_id} 1\n" in open(acks).read()
+    # the client's release is one-way: it may land just after the client has exited
+    wait_for(lambda: f"f {job_id} 1\n" in _acks(c), 10, what="the fetch in acks.log")
     wait_for(lambda: not os.path.exists(job_dir), 15, what="the fetched spool to be removed")
 
 
@@ -157,8 +164,7 @@ def test_a_restarted_node_keeps_acks_and_the_old_reaper_finishes_its_job(c, tmp_
     client = c.client()
     early = client.submit_spec({"cmd": ["sh", "-c", "exit 2"], **AS_US})
     client.wait([early], 20)
-    acks = os.path.join(c.root, "n1", "node", "acks.log")
-    wait_for(lambda: os.path.exists(acks) and f"r {early} 1\n" in open(acks).read(), 10, what="the ack")
+    wait_for(lambda: f"r {early} 1\n" in _acks(c), 10, what="the ack")
     job_id = client.submit_spec({"cmd": [f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 9"],
                                  "shell": True, **AS_US})
     job_pid(c, job_id)
@@ -172,5 +178,22 @@ def test_a_restarted_node_keeps_acks_and_the_old_reaper_finishes_its_job(c, tmp_
     wait_for(lambda: not psutil.pid_exists(old_reaper) or
              psutil.Process(old_reaper).status() == psutil.STATUS_ZOMBIE, 10,
              what="the old reaper to exit once its job has ended")
-    with open(acks) as f:
-        assert f.read().count(f"r {early} 1\n") == 1  # compacted on restart, never reported again
+    assert _acks(c).count(f"r {early} 1\n") == 1  # compacted on restart, never reported again
+
+
+def test_a_kill_before_the_reaper_started_the_job_ends_it_at_its_start(c):
+    """The job waits in the pipe of a busy (here: stopped) reaper when the kill comes: the node leaves
+    `killreq`, and the reaper signals the job as soon as it has started it."""
+    client = c.client()
+    client.wait([client.submit_spec({"cmd": ["true"], **AS_US})], 20)
+    (reaper,) = _reapers(c)
+    os.kill(reaper, signal.SIGSTOP)
+    job_id = client.submit_spec({"cmd": ["sleep", "30"], **AS_US})
+    wait_state(c, job_id, "running")
+    client.kill([job_id])
+    wait_for(lambda: os.path.exists(os.path.join(_jobs_dir(c), str(job_id), "killreq")), 10,
+             what="the kill request in the spool")
+    t0 = time.monotonic()
+    os.kill(reaper, signal.SIGCONT)
+    done = client.wait([job_id], 20)[job_id]
+    assert done["state"] == "killed" and time.monotonic() - t0 < 10, done
