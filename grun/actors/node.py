@@ -500,27 +500,34 @@ class Node(JobMonitoring):
                 data = self.notify_sock.recv(1 << 16).decode(errors="replace")
             except OSError:
                 return
-            what, _, rest = data.partition(" ")
-            job_id, _, rest = rest.partition(" ")
-            live = self.live.get(int(job_id)) if job_id.isdigit() else None
-            if live is None:
-                continue
-            if what == "started":  # "started <id> <pid>"
-                with self.lock:
-                    if rest.isdigit() and live.pid is None:
-                        live.pid = int(rest)
-                    if live.stdin_r is not None:
-                        os.close(live.stdin_r)
-                        live.stdin_r = None
-            elif what == "finished":  # "finished <id> <status json>", as written to status.json
+            for message in data.split("\n"):  # a reaper sends the ends of several jobs in one datagram
                 try:
-                    status = json.loads(rest) if rest else None
-                except ValueError:
-                    status = None
-                if isinstance(status, dict):
-                    self._finished(live, status)
-                else:
-                    self.job_status(live)
+                    self._notified(message)
+                except Exception:  # noqa: BLE001 - the loop must outlive one bad message
+                    log.exception("notify message %r", message[:200])
+
+    def _notified(self, message: str) -> None:
+        what, _, rest = message.partition(" ")
+        job_id, _, rest = rest.partition(" ")
+        live = self.live.get(int(job_id)) if job_id.isdigit() else None
+        if live is None:
+            return
+        if what == "started":  # "started <id> <pid>"
+            with self.lock:
+                if rest.isdigit() and live.pid is None:
+                    live.pid = int(rest)
+                if live.stdin_r is not None:
+                    os.close(live.stdin_r)
+                    live.stdin_r = None
+        elif what == "finished":  # "finished <id> <status json>", as written to status.json
+            try:
+                status = json.loads(rest) if rest else None
+            except ValueError:
+                status = None
+            if isinstance(status, dict):
+                self._finished(live, status)
+            else:
+                self.job_status(live)
 
     def _check_jobs(self) -> None:
         """The fallback for lost pings: status files, and reapers that died without writing one."""
