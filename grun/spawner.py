@@ -240,7 +240,7 @@ def _killpg(pid: int, sig: int) -> None:
 
 class _Run:
     """A job this reaper started and waits for."""
-    __slots__ = ("id", "dir", "job", "status", "stderr_path", "notify")
+    __slots__ = ("dir", "id", "job", "notify", "status", "stderr_path")
 
     def __init__(self, job_id, job_dir, job, status, stderr_path, notify):
         self.id, self.dir, self.job, self.status = job_id, job_dir, job, status
@@ -377,7 +377,7 @@ class Reaper:
             try:
                 exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
                 done.append(run)
-            except Exception as exc:  # noqa: BLE001 - one job's bad spool must not stop the reaper
+            except Exception as exc:  # one job's bad spool must not stop the reaper
                 self._failed(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 

@@ -503,7 +503,7 @@ class Node(JobMonitoring):
             for message in data.split("\n"):  # a reaper sends the ends of several jobs in one datagram
                 try:
                     self._notified(message)
-                except Exception:  # noqa: BLE001 - the loop must outlive one bad message
+                except Exception:  # the loop must outlive one bad message
                     log.exception("notify message %r", message[:200])
 
     def _notified(self, message: str) -> None:
