@@ -1473,6 +1473,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.commit:
         use_commit(args)
+    else:
+        # the daemons, simulators and CLIs started from here import this tree, wherever their cwd is and
+        # whatever an editable install points at (here it named a checkout that is gone)
+        os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     installed_like_pycache(args)
     # a SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every cluster's finally: stops it
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
