@@ -12,10 +12,12 @@ sends the 32 hex characters of its one-time token; the server answers with frame
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
 import socket
+import stat
 import struct
 import threading
 import time
@@ -37,6 +39,7 @@ BATCH = 256 << 10                      # sending less than this, let the job wri
 SMALL = 64 << 10                       # below this, pread + one send is cheaper than sendfile
 MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
 STDIN_READ = 64 << 10
+PIPE_SIZE = 1 << 20                    # a client's stdout pipe while it carries bulk output
 STDIN_CLOSED_KEEP = 4096
 
 # A peer that vanished (host down, network cut) is noticed within about KEEPIDLE + KEEPINTVL * KEEPCNT
@@ -48,6 +51,7 @@ KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SPLICE = getattr(os, "splice", None)
 
 
 class StreamBroken(Exception):
@@ -401,6 +405,52 @@ def _recv_into(sock: socket.socket, view) -> int:
     return k
 
 
+class _NoSplice(Exception):
+    """The kernel refused splice between these two fds: copy through user space instead."""
+
+
+def _is_pipe(fd) -> bool:
+    """A sink we may splice the socket's bytes into (os.splice: Python >= 3.10, Linux)."""
+    if _SPLICE is None or callable(fd):
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _grow_pipe(fd: int) -> None:
+    """Give a pipe carrying bulk output 1 MiB instead of 64 KiB: each splice then moves 16 times more
+    per wakeup of us and of the reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB).  Only for
+    bulk, because the kernel charges pipe buffers to the user: many idle clients holding big pipes would
+    push that user's new pipes down to one page each (fs.pipe-user-pages-soft)."""
+    import fcntl  # here, not at import: a `grun true` never needs it
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # over fs.pipe-max-size or the user's quota: the default size still works
+
+
+def _splice(sock: socket.socket, fd: int, n: int) -> int:
+    """Move up to n bytes from the socket into the pipe fd; the bytes never enter user space."""
+    while True:
+        try:
+            k = _SPLICE(sock.fileno(), fd, n)
+        except BlockingIOError:
+            select.select([], [fd], [])  # someone handed us a non-blocking pipe
+            continue
+        except BrokenPipeError:
+            raise  # our reader went away, as with os.write
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise _NoSplice() from e
+            raise _Dropped(str(e)) from e
+        if not k:
+            raise _Dropped("connection closed before the exit status")
+        return k
+
+
 def _recv_frame_bytes(sock: socket.socket, n: int) -> bytes:
     try:
         data = _recv_exact(sock, n)
@@ -444,6 +494,9 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             stdin_pump.start()
         buf = bytearray(1 << 20)
         view = memoryview(buf)
+        # Pipes get the bytes by splice: no copy into Python and out again (half the client's CPU).
+        pipes = {kind for kind, sink in sinks.items() if _is_pipe(sink)}
+        grown: set[int] = set()
         while True:
             kind, n = HEADER.unpack(_recv_frame_bytes(sock, HEADER.size))
             if n > MAX_FRAME:
@@ -459,6 +512,18 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             sink = sinks.get(kind)
             if sink is None:
                 raise _Dropped(f"unknown frame type {kind!r}")
+            if kind in pipes:
+                if n >= BATCH and sink not in grown:
+                    grown.add(sink)
+                    _grow_pipe(sink)
+                try:
+                    while n:
+                        k = _splice(sock, sink, n)
+                        offsets[kind] += k
+                        n -= k
+                    continue
+                except _NoSplice:
+                    pipes.discard(kind)
             # Copy straight from the socket to the sink in buffer-sized pieces: no frame buffering.
             while n:
                 k = _recv_into(sock, view[:min(n, len(buf))])

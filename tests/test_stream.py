@@ -1,8 +1,10 @@
 """grun.stream over real sockets on 127.0.0.1, real spool files and real child processes."""
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import select
 import socket
 import subprocess
 import sys
@@ -273,3 +275,89 @@ def test_broken_stdout_pipe_raises_broken_pipe(server, job_dir):
     with pytest.raises(BrokenPipeError):
         attach(*server.address, token, stdout_fd=w)
     os.close(w)
+
+
+def drain(fd, into: bytearray) -> threading.Thread:
+    """A reader on the far end of a pipe, like `| cat`."""
+    def run():
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                select.select([fd], [], [])
+                continue
+            if not chunk:
+                return
+            into.extend(chunk)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("nonblocking", [False, True])
+def test_bulk_output_into_pipes_is_exact_and_grows_the_pipe(server, job_dir, nonblocking):
+    # Pipes take the splice path (socket -> pipe in the kernel); the bytes must be those of the files.
+    rnd = random.Random(11)
+    out, err = rnd.randbytes(6 << 20), rnd.randbytes(1 << 20)
+    (job_dir / "out.bin").write_bytes(out)
+    (job_dir / "err.bin").write_bytes(err)
+    code = ("import sys\n"
+            "o, e = open('out.bin','rb').read(), open('err.bin','rb').read()\n"
+            "for i in range(0, len(o), 300000):\n"
+            " sys.stdout.buffer.write(o[i:i+300000]); sys.stdout.flush()\n"
+            " sys.stderr.buffer.write(e[i//6:i//6+50000]); sys.stderr.flush()\n")
+    proc = spawn(job_dir, code, cwd=job_dir)
+    token = server.offer("j12", str(job_dir), get_status=popen_status(proc))
+    (ro, wo), (re_, we) = os.pipe(), os.pipe()
+    if nonblocking:
+        os.set_blocking(wo, False)
+        os.set_blocking(ro, False)
+    got_out, got_err = bytearray(), bytearray()
+    readers = [drain(ro, got_out), drain(re_, got_err)]
+    try:
+        res = attach(*server.address, token, stdout_fd=wo, stderr_fd=we)
+        size_out = fcntl.fcntl(wo, fcntl.F_GETPIPE_SZ)
+    finally:
+        os.close(wo)
+        os.close(we)
+    for t in readers:
+        t.join(10)
+    os.close(ro)
+    os.close(re_)
+    assert res == {"rc": 0}
+    assert bytes(got_out) == out
+    assert bytes(got_err) == err
+    if os.geteuid() == 0 or stream.PIPE_SIZE <= int(open("/proc/sys/fs/pipe-max-size").read()):
+        assert size_out >= stream.PIPE_SIZE
+
+
+def test_small_output_leaves_the_pipe_alone(server, job_dir):
+    # Pipe buffers count against the user's quota: an interactive job must not grow the client's pipe.
+    (job_dir / "stdout").write_bytes(b"hello\n")
+    token = server.offer("j13", str(job_dir), get_status=ended({"rc": 0}))
+    r, w = os.pipe()
+    before = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    assert attach(*server.address, token, stdout_fd=w) == {"rc": 0}
+    assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == before
+    os.close(w)
+    with os.fdopen(r, "rb") as reader:
+        assert reader.read() == b"hello\n"
+
+
+def test_stream_broken_into_a_pipe_carries_offsets(job_dir):
+    # The splice path counts what reached the pipe, so a re-attach resumes exactly there.
+    data = os.urandom(3 << 20)
+    (job_dir / "stdout").write_bytes(data)
+    srv = StreamServer("127.0.0.1")
+    token = srv.offer("j14", str(job_dir), out_offset=1000, get_status=lambda: None)
+    threading.Timer(0.3, srv.close).start()
+    r, w = os.pipe()
+    got = bytearray()
+    reader = drain(r, got)
+    with pytest.raises(StreamBroken) as info:
+        attach(*srv.address, token, stdout_fd=w, out_offset=1000)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert info.value.out_offset == len(data)
+    assert bytes(got) == data[1000:]
