@@ -37,6 +37,8 @@ EXIT_LINGER = 5.0                      # how long we wait for the client to hang
 CHUNK = 4 << 20                        # largest data frame the server sends
 BATCH = 256 << 10                      # sending less than this, let the job write more first
 SMALL = 64 << 10                       # below this, pread + one send is cheaper than sendfile
+DROP_AFTER = 1 << 30                   # past this many bytes of one spool, drop what was sent ...
+DROP_BEHIND = 64 << 20                 # ... in windows of this size (_Spool._drop_behind)
 MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
 STDIN_READ = 64 << 10
 PIPE_SIZE = 1 << 20                    # a client's stdout pipe while it carries bulk output
@@ -52,6 +54,7 @@ _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _SPLICE = getattr(os, "splice", None)
+_FADVISE = hasattr(os, "posix_fadvise")
 
 
 class StreamBroken(Exception):
@@ -139,6 +142,28 @@ class _Spool:
 
     def __init__(self, path: str, offset: int, kind: bytes):
         self.path, self.offset, self.kind, self.fd = path, offset, kind, None
+        self.behind = self.advised = offset + DROP_AFTER  # drop-behind marks, see _drop_behind()
+
+    def _drop_behind(self) -> None:
+        """Past DROP_AFTER bytes sent, tell the kernel, a window at a time, that we are done with them.
+
+        A job streaming gigabytes fills the page cache with dirty spool pages, and past the background
+        writeback threshold (dirty_background_ratio: ~2.3 GB on this 23 GB machine) its own writes got
+        three times dearer (`head -c 1G > file`: 0.9 s of CPU, then 2.8-3.3 s once 2 GiB were dirty;
+        4 GiB streamed to `| cat`: 626-735 MB/s, with this 791-1,036 MB/s).  DONTNEED starts writeback
+        of the range (WB_SYNC_NONE, no wait) and drops the pages already clean, so each window is advised
+        twice: first to write it, one window later to drop it.  The first DROP_AFTER bytes are left to the
+        kernel: the writeback submitted here costs the node ~0.3 s of CPU per GiB, in the pump's thread,
+        while the kernel writes a smaller output back later at no cost to the stream (1 GiB to `| cat`:
+        ~830 MB/s with drop-behind from the start, ~1,080 without).  The file stays whole: a re-attach from any offset
+        reads it back from disk (invariant 3); pages still in use (in flight on a socket, dirty, under
+        writeback) are not dropped."""
+        if self.offset - self.advised >= DROP_BEHIND:
+            try:
+                os.posix_fadvise(self.fd, self.behind, self.offset - self.behind, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # advice only
+            self.behind, self.advised = self.advised, self.offset
 
     def pump(self, sock: socket.socket) -> int:
         """Send up to CHUNK new bytes as one frame; return how many."""
@@ -164,6 +189,8 @@ class _Spool:
                 raise OSError(f"{self.path} shrank below offset {self.offset + done}")
             done += k
         self.offset += n
+        if _FADVISE:
+            self._drop_behind()
         return n
 
 
