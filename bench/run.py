@@ -1177,7 +1177,7 @@ def scenario_stream(args, res: Results) -> None:
             label = f"{size / GiB:g} GiB" if size >= GiB // 4 else f"{size / 2**20:g} MiB"
             R = 1 if size > GiB else args.repeat
             say(f"scenario 5: streaming {label}, x{R}")
-            raw, spool, e2e, stream = [], [], [], []
+            raw, spool, e2e, stream, cpus, walls, dirty = [], [], [], [], [], [], []
             for _ in range(R):
                 wait_idle(args.idle_wait)
                 t0 = time.perf_counter()
@@ -1188,11 +1188,17 @@ def scenario_stream(args, res: Results) -> None:
                     subprocess.run(["head", "-c", str(size), "/dev/zero"], stdout=f, check=True)
                     spool.append(size / (time.perf_counter() - t0) / 1e6)
                 cmd = " ".join(GRUN) + f" -v head -c {size} /dev/zero | cat > /dev/null"
+                # The job's spool write slows ~3x while the kernel writes back (past ~2.3 GB dirty
+                # here, and the spools of earlier runs stay until the end): say how much was dirty.
+                dirty.append(_dirty_bytes())
+                meter = CpuMeter(cluster)
                 p0 = time.perf_counter()
                 r = xrun(["bash", "-c", "set -o pipefail; " + cmd], env=cluster.env, cwd="/tmp",
                                    capture_output=True, text=True, timeout=600)
                 t_end = time.time()
                 wall = time.perf_counter() - p0
+                cpus.append(meter.stop())
+                walls.append(wall)
                 m = re.search(r"job (\d+) queued", r.stderr)
                 if r.returncode != 0 or not m:
                     raise RuntimeError(f"streaming job failed ({r.returncode}): {r.stderr[-300:]}")
@@ -1200,15 +1206,33 @@ def scenario_stream(args, res: Results) -> None:
                 e2e.append(size / wall / 1e6)
                 stream.append(size / (t_end - job["start_time"]) / 1e6)
             detail[label] = {"raw_pipe": raw, "spool_write": spool, "grun_end_to_end": e2e,
-                             "grun_from_job_start": stream}
+                             "grun_from_job_start": stream, "cpu_s": cpus, "dirty_bytes_before": dirty}
+
+            def med(key):
+                vals = [c[key] for c in cpus if c.get(key) is not None]
+                return fmt(statistics.median(vals)) if vals else "?"
+            note = "; ".join(x for x in (
+                f"whole command incl. CLI start {fmt(statistics.median(e2e))} MB/s",
+                f"CPU s: node daemon {med('node_daemons')}, job+supervisor {med('supervisors_and_jobs')}, "
+                f"client+cat {med('clients')}",
+                "dirty before each run " + "/".join(f"{d / 1e9:.1f}" for d in dirty) + " GB",
+                other_load(cpus, walls)) if x)
             res.add("5 streaming", f"{label}: `grun head -c {label} /dev/zero | cat >/dev/null`, from job start",
-                    stream, "MB/s", TARGETS["stream"], f"whole command incl. CLI start {fmt(statistics.median(e2e))} MB/s")
+                    stream, "MB/s", TARGETS["stream"], note)
             res.add("5 streaming", f"{label}: reference raw pipe `head | cat >/dev/null`", raw, "MB/s",
                     "DESIGN: raw TCP 1,860 MB/s")
             res.add("5 streaming", f"{label}: reference `head > file` (the job's spool write alone)", spool, "MB/s")
     finally:
         teardown(cluster, discard=True)
     res.details["streaming"] = detail
+
+
+def _dirty_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Dirty:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 # ---- scenario 6: Slurm --------------------------------------------------------------------------
