@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -577,16 +578,16 @@ class Node(JobMonitoring):
                     master = registry.proxy(registry.master_uri(self.master_host, self.master_port))
                 if not registered or self._reregister:
                     self._reregister = False
-                    self._register(master)
+                    reply = self._register(master)
                     registered = True
-                    next_beat = time.monotonic() + self.heartbeat_secs
+                    next_beat = time.monotonic() + self._beat_interval(reply)
                 self._send_reports(master)
                 if time.monotonic() >= next_beat:
                     self._check_jobs()
                     reply = master.heartbeat(self.name, self._load())
                     registered = bool(reply.get("known"))
                     self.kill_stale(reply.get("stale", []))
-                    next_beat = time.monotonic() + self.heartbeat_secs
+                    next_beat = time.monotonic() + self._beat_interval(reply)
                 self._register_names()
             except Exception as exc:
                 if not registry.is_unreachable(exc):
@@ -611,7 +612,18 @@ class Node(JobMonitoring):
             return {"running": running, "finished": finished, "incarnation": self.incarnation,
                     "seq": self.launch_seq}
 
-    def _register(self, master) -> None:
+    def _beat_interval(self, reply: dict) -> float:
+        """Our own interval, or the longer one a master with many nodes asks for (it keeps the sum
+        of all nodes' heartbeats bounded); a bad value in the reply counts as none."""
+        try:
+            wanted = float(reply.get("heartbeat") or 0)
+        except (TypeError, ValueError):
+            wanted = 0.0
+        if not math.isfinite(wanted):
+            wanted = 0.0
+        return max(self.heartbeat_secs, min(wanted, 3600.0))
+
+    def _register(self, master) -> dict:
         reply = master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
                                       "memory": self.memory, **self._held(), **self._describe()})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
@@ -626,6 +638,7 @@ class Node(JobMonitoring):
         self.kill_stale(reply.get("stale", []))
         self._ns_queue.append((registry.node_name(self.name), self.uri))  # once per registration, not per job
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
+        return reply
 
     def _send_reports(self, master) -> None:
         """Reports the finished jobs not yet acknowledged, from a queue (not a scan of `live`)."""
