@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from grun.actors.master import HEARTBEATS_PER_SEC
 from grun.testing import LocalCluster
 
@@ -49,3 +51,38 @@ def _check(c: LocalCluster) -> None:
     finally:
         sim.terminate()
         sim.wait(30)
+
+
+def _connected_samples(node_pid: int, port: int, count: int) -> list[bool]:
+    """Whether the node has a connection open to the master port, sampled every 0.1 s."""
+    samples = []
+    for _ in range(count):
+        samples.append(any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                           for c in psutil.Process(node_pid).net_connections(kind="tcp")))
+        time.sleep(0.1)
+    return samples
+
+
+def test_past_500_nodes_a_node_closes_its_idle_connection_to_the_master():
+    """The master serves each open connection with a thread of its own (1,024 at most): in a big
+    cluster a node connects for what it has to say and does not sit on a connection in between."""
+    c = LocalCluster(nodes={"real": {"cpus": 1, "memory": 1000, "heartbeat": 1}})
+    sim = None
+    try:
+        c.start()
+        node_pid = c.procs["real"].pid
+        assert all(_connected_samples(node_pid, c.port, 20)), "a node of a small cluster keeps its connection"
+        sim = subprocess.Popen([sys.executable, SIM, "--master", f"127.0.0.1:{c.port}", "--nodes", "1000",
+                                "--heartbeat", "30"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert json.loads(sim.stdout.readline()).get("ready")
+        time.sleep(2.5)
+        seen = _connected_samples(node_pid, c.port, 60)
+        assert False in seen and True in seen, seen
+        job = c.grun("-H", "real", "echo", "still here")  # and it still runs jobs and reports them
+        assert (job.returncode, job.stdout) == (0, b"still here\n"), job.stderr
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(30)
+        c.stop()

@@ -40,6 +40,12 @@ MIN_FREE_INODES = 1000
 # the master asks them to beat less often (the interval in its replies), never so seldom that three
 # beats do not fit in node_timeout.
 HEARTBEATS_PER_SEC = 500
+# Each connection to the master holds one of its daemon's threads (Pyro5's thread pool: 1,024), so past
+# this many nodes a node closes its connection when it has had nothing to say for IDLE_LINGER_SECS, and
+# opens a new one for its next heartbeat or report: with heartbeats capped at HEARTBEATS_PER_SEC, about
+# HEARTBEATS_PER_SEC x 0.5-1 s connections are open at a time, whatever the number of nodes.
+HOLD_CONNECTIONS_MAX = 500
+IDLE_LINGER_SECS = 0.5
 
 
 # Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
@@ -433,7 +439,7 @@ class Master(JobControl):
         log.info("node %s registered (%s cpus, %s MB, %d running, %d finished)", name, info["cpus"],
                  info["memory"], len(running), len(finished))
         self._kick.set()
-        return {"start": start_views, "kill": kills, "stale": stale, "heartbeat": self._heartbeat_secs()}
+        return {"start": start_views, "kill": kills, "stale": stale, **self._pace()}
 
     def heartbeat(self, name: str, info: dict) -> dict:
         """A node is alive. A node we declared down must register again (so its jobs are reconciled);
@@ -460,7 +466,12 @@ class Master(JobControl):
             self._durable()
         if done:
             self.store.add_history(done)
-        return {"known": True, "stale": stale, "heartbeat": self._heartbeat_secs()}
+        return {"known": True, "stale": stale, **self._pace()}
+
+    def _pace(self) -> dict:
+        """How often the master wants to hear from a node and whether it may keep its connection."""
+        linger = IDLE_LINGER_SECS if len(self.node_info) > HOLD_CONNECTIONS_MAX else None
+        return {"heartbeat": self._heartbeat_secs(), "linger": linger}
 
     def _heartbeat_secs(self) -> float:
         """The longest interval between heartbeats the master wants now (0: the node's own). A node

@@ -51,6 +51,14 @@ JANITOR_SECS = 10.0
 KILL_GRACE_SECS = 5.0
 
 
+def _linger(reply: dict) -> float | None:
+    """How long the master lets an idle connection stay open (None: for good)."""
+    try:
+        return None if reply.get("linger") is None else max(0.0, float(reply["linger"]))
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclasses.dataclass
 class LiveJob:
     id: int
@@ -572,6 +580,8 @@ class Node(JobMonitoring):
         master = None
         registered = False
         next_beat = 0.0
+        linger = None  # None: keep the connection; else close it after this long without a call
+        last_call = time.monotonic()
         while not self._stop.is_set():
             try:
                 if master is None:
@@ -579,15 +589,18 @@ class Node(JobMonitoring):
                 if not registered or self._reregister:
                     self._reregister = False
                     reply = self._register(master)
-                    registered = True
+                    registered, linger, last_call = True, _linger(reply), time.monotonic()
                     next_beat = time.monotonic() + self._beat_interval(reply)
-                self._send_reports(master)
+                if self._send_reports(master):
+                    last_call = time.monotonic()
                 if time.monotonic() >= next_beat:
                     self._check_jobs()
                     reply = master.heartbeat(self.name, self._load())
-                    registered = bool(reply.get("known"))
+                    registered, linger, last_call = bool(reply.get("known")), _linger(reply), time.monotonic()
                     self.kill_stale(reply.get("stale", []))
                     next_beat = time.monotonic() + self._beat_interval(reply)
+                if linger is not None and time.monotonic() - last_call >= linger:
+                    registry.reset(master)  # a big cluster's master has a thread per open connection
                 self._register_names()
             except Exception as exc:
                 if not registry.is_unreachable(exc):
@@ -599,7 +612,7 @@ class Node(JobMonitoring):
                 master, registered = None, False
                 self._stop.wait(1.0)
                 continue
-            self._report_now.wait(min(1.0, self.heartbeat_secs))
+            self._report_now.wait(min(1.0, self.heartbeat_secs, linger if linger is not None else 1.0))
             self._report_now.clear()
 
     def _held(self) -> dict:
@@ -640,8 +653,9 @@ class Node(JobMonitoring):
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
         return reply
 
-    def _send_reports(self, master) -> None:
-        """Reports the finished jobs not yet acknowledged, from a queue (not a scan of `live`)."""
+    def _send_reports(self, master) -> bool:
+        """Reports the finished jobs not yet acknowledged, from a queue (not a scan of `live`);
+        whether it called the master."""
         todo = []
         with self.lock:
             while self._unreported and len(todo) < REPORT_BATCH:
@@ -649,7 +663,7 @@ class Node(JobMonitoring):
                 if not live.reported and self.live.get(live.id) is live:
                     todo.append(live)
         if not todo:
-            return
+            return False
         try:
             reports = [dict(l.status, id=l.id, attempt=l.job.get("attempt")) for l in todo]
             acked = set(master.finished(self.name, reports))
@@ -667,6 +681,7 @@ class Node(JobMonitoring):
             more = bool(self._unreported) and len(todo) == REPORT_BATCH
         if more:
             self._report_now.set()
+        return True
 
     def _register_names(self) -> None:
         if not self._ns_queue:
