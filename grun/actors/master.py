@@ -112,7 +112,9 @@ class Master(JobControl):
         self.last_snapshot = time.monotonic()
         self._kick = threading.Event()
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
+        # node calls wait up to their timeout on a dead node: enough threads that a few dead nodes
+        # cannot hold every one while the live nodes wait for their start calls
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="grun-node-call")
         self._outbox_lock = threading.Lock()
         self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs to offer in its next start call
         self._sending: set[str] = set()                 # nodes with a start call in flight
