@@ -1183,13 +1183,17 @@ def scenario_stream(args, res: Results) -> None:
                 t0 = time.perf_counter()
                 subprocess.run(["bash", "-c", f"head -c {size} /dev/zero | cat > /dev/null"], check=True)
                 raw.append(size / (time.perf_counter() - t0) / 1e6)
+                # The job's spool write slows ~3x while the kernel writes back (past ~2.3 GB dirty
+                # here): each timed write starts with nothing waiting to be written back, neither the
+                # previous runs' spools nor the earlier scenarios' files (sync, untimed), and the
+                # row says how much was dirty all the same.
+                os.sync()
                 with tempfile.NamedTemporaryFile(dir=cluster.root) as f:
                     t0 = time.perf_counter()
                     subprocess.run(["head", "-c", str(size), "/dev/zero"], stdout=f, check=True)
                     spool.append(size / (time.perf_counter() - t0) / 1e6)
                 cmd = " ".join(GRUN) + f" -v head -c {size} /dev/zero | cat > /dev/null"
-                # The job's spool write slows ~3x while the kernel writes back (past ~2.3 GB dirty
-                # here, and the spools of earlier runs stay until the end): say how much was dirty.
+                os.sync()
                 dirty.append(_dirty_bytes())
                 meter = CpuMeter(cluster)
                 p0 = time.perf_counter()
