@@ -548,6 +548,15 @@ def throughput_run(args, mode: str, n: int) -> dict:
                     raise RuntimeError(f"grun --nowait failed ({r.returncode}): {r.stderr.strip()[-300:]}")
                 ids.append(int(m.group(1)))
             t_sub = time.time()
+        elif mode == "array":
+            meter = CpuMeter(cluster)
+            t0 = time.time()
+            r = xrun(GRUN + ["--nowait", "--array", f"1-{n}", "true"], env=cluster.env, cwd="/tmp",
+                     capture_output=True, text=True, timeout=120)
+            t_sub = time.time()
+            ids = [int(i) for i in re.findall(r"Job_ID: (\d+)", r.stdout)]
+            if r.returncode != 0 or len(ids) != n:
+                raise RuntimeError(f"grun --array failed ({r.returncode}, {len(ids)} ids): {r.stderr.strip()[-300:]}")
         else:
             raise ValueError(mode)
         records = wait_done(client, ids, timeout=max(60.0, n / 10))
@@ -611,7 +620,8 @@ def scenario_throughput(args, res: Results) -> None:
                     "submitters": args.submitters, "runs": {}}
     labels = {"api": f"API, {args.submitters} submitter processes",
               "batch": "API, one submit_many batch",
-              "cli": "CLI loop `grun --nowait true`"}
+              "cli": "CLI loop `grun --nowait true`",
+              "array": "CLI `grun --nowait --array 1-N true`"}
     for mode in args.modes:
         count = n_cli if mode == "cli" else n
         say(f"scenario 1: {labels[mode]}, N={count}, {shape}")
@@ -1366,7 +1376,8 @@ def scenario_slurm(args, res: Results) -> None:
         # ratios against grun, when scenario 1/2 ran in this invocation
         pairs = [("API concurrent / sbatch loop", "API, ", "`sbatch --wrap"),
                  ("submit_many batch / sbatch --array", "API, one submit_many", "`sbatch --array"),
-                 ("CLI loop / sbatch loop", "CLI loop", "`sbatch --wrap")]
+                 ("CLI loop / sbatch loop", "CLI loop", "`sbatch --wrap"),
+                 ("CLI --array / sbatch --array", "CLI `grun --nowait --array", "`sbatch --array")]
         for label, g, s in pairs:
             grow, srow = res.find("1 throughput", g), res.find("6 slurm", s)
             if grow and srow and srow["value"]:
@@ -1400,7 +1411,8 @@ def parse_args(argv):
     ap.add_argument("--tsp", action="store_true", help="scenario 1: also run Debian's task-spooler")
     ap.add_argument("--slurm", action="store_true", help="scenario 6: Slurm via ../shared/anchors/slurm")
     ap.add_argument("--big", action="store_true", help="scenario 5: also stream 10 GiB")
-    ap.add_argument("--modes", default="api,batch,cli", help="scenario 1 submission modes (default api,batch,cli)")
+    ap.add_argument("--modes", default="api,batch,cli,array",
+                    help="scenario 1 submission modes (default api,batch,cli,array)")
     ap.add_argument("-n", "--n", type=int, default=1000, help="jobs per throughput run (default 1000)")
     ap.add_argument("--n-cli", type=int, default=100, help="`grun --nowait` calls per CLI run (default 100)")
     ap.add_argument("--n-raw", type=int, default=2000, help="/bin/true spawns per reference run (default 2000)")
@@ -1445,7 +1457,7 @@ def parse_args(argv):
         args.scale_nodes, args.scale_queue, args.scale_idle = "50", 500, 2.0
     args.scenarios = {s.strip() for s in args.only.split(",") if s.strip()}
     args.scale_nodes = [int(x) for x in str(args.scale_nodes).split(",") if x.strip()]
-    args.modes = [m.strip() for m in args.modes.split(",") if m.strip() in ("api", "batch", "cli")]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip() in ("api", "batch", "cli", "array")]
     if args.slurm:
         args.scenarios.add("6")
     return args
