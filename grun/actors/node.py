@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -90,17 +89,10 @@ def _pid_alive(pid: int | None) -> bool:
 def supervisor_alive(job_dir: str) -> bool:
     """A job of a grun before the reaper (its own supervisor process, `supervisor.pid`): whether that
     supervisor lives (it keeps `lock` locked while it does)."""
-    try:
-        fd = os.open(os.path.join(job_dir, "lock"), os.O_RDONLY)
-    except FileNotFoundError:  # a supervisor of an older grun: by its pid
+    lock = os.path.join(job_dir, "lock")
+    if not os.path.exists(lock):  # a supervisor of an older grun still: by its pid
         return _pid_alive(spawner._read_int(os.path.join(job_dir, "supervisor.pid")))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return spawner.reaper_alive(lock)  # the same lock protocol
 
 
 def _rebooted_since(path: str) -> bool:
