@@ -16,6 +16,10 @@ import socket
 import struct
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # names for annotations only: the client path must not import these
+    import Pyro5.api
 
 MASTER_NAME = "grun.master"
 NODE_PREFIX = "grun.node."

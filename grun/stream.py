@@ -22,6 +22,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # names for annotations only: the client path must not import these
+    import logging
 
 # No logging, secrets or dataclasses at import: the `grun` client imports this module, and pays for
 # every import on each call (tests/test_cli_fast.py).
