@@ -391,9 +391,12 @@ def new_cluster(args, nodes: int, master_only: bool = False):
     return LocalCluster(nodes=specs, root=root, master_extra=dict(level))
 
 
-def start_cluster(args, nodes: int | None = None, master_only: bool = False):
+def start_cluster(args, nodes: int | None = None, master_only: bool = False, prepare=None):
+    """A new benchmark cluster, started and tracked; `prepare(cluster)` runs before its daemons start."""
     cluster = new_cluster(args, args.nodes if nodes is None else nodes, master_only)
     try:
+        if prepare is not None:
+            prepare(cluster)
         cluster.start()
         track(cluster)
     except BaseException:
@@ -1160,18 +1163,12 @@ def scenario_history(args, res: Results) -> None:
 
 
 def _cluster_with_history(args, h: int, detail: dict):
-    cluster = new_cluster(args, args.nodes)
-    try:
+    def seed(cluster) -> None:
         if h:
             secs = seed_history(master_state_dir(cluster), h)
             detail[f"seed_{h}_s"] = secs
             say(f"  seeded {h:,} history records in {secs:.1f} s")
-        cluster.start()
-        track(cluster)
-    except BaseException:
-        teardown(cluster)
-        raise
-    return cluster
+    return start_cluster(args, prepare=seed)
 
 
 # ---- scenario 5: streaming --------------------------------------------------------------------------

@@ -135,9 +135,9 @@ def test_import_grun_is_cheap():
             "assert Client.__name__ == 'Client' and callable(remote) and callable(map)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+    import grun
     with pytest.raises(AttributeError):
-        import grun
-        grun.no_such_name
+        getattr(grun, "no_such_name")  # noqa: B009 - the lookup is what is tested
 
 
 def test_a_verb_the_master_lacks_is_one_clear_line():

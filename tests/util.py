@@ -63,8 +63,10 @@ def job(cluster: LocalCluster, job_id: int) -> dict:
 
 def wait_state(cluster: LocalCluster, job_id: int, *states: str, timeout: float = 20.0) -> dict:
     client = cluster.client()
-    return wait_for(lambda: (lambda j: j if j["state"] in states else None)(client.job(job_id)),
-                    timeout, what=f"job {job_id} to be {'/'.join(states)}")
+    def in_state() -> dict | None:
+        j = client.job(job_id)
+        return j if j["state"] in states else None
+    return wait_for(in_state, timeout, what=f"job {job_id} to be {'/'.join(states)}")
 
 
 def job_pid(cluster: LocalCluster, job_id: int, timeout: float = 10.0) -> int:
