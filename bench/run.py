@@ -26,7 +26,7 @@ Scenarios (numbers as in issue 5):
   6 slurm       (--slurm) the same N jobs through `sbatch --wrap true` (loop), `sbatch --array`, and
                 `srun true` latency, on ../shared/anchors/slurm/setup.sh's Slurm; ratios grun/Slurm.
 
-Each scenario starts its own cluster (grun.testing.LocalCluster) and stops it.
+Each scenario starts its own cluster (tests/cluster.py's LocalCluster) and stops it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ import time
 import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _path in (REPO, os.path.join(REPO, "tests")):  # tests/cluster.py: the clusters tests use too
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 import psutil
 
@@ -376,7 +377,7 @@ def cleanup_session(args) -> None:
 
 
 def new_cluster(args, nodes: int, master_only: bool = False):
-    from grun.testing import LocalCluster
+    from cluster import LocalCluster
     _SESSION["n"] = _SESSION.get("n", 0) + 1
     root = os.path.join(session_dir(args), f"c{_SESSION['n']}")
     os.makedirs(root)
@@ -1467,7 +1468,7 @@ def installed_like_pycache(args) -> None:
     Children write their caches under --root/pycache (PYTHONPYCACHEPREFIX), never into the source tree."""
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = os.path.join(args.root, "pycache")
-    modules = ["grun.cli", "grun.client", "grun.daemon", "grun.testing", "grun.actors.master", "grun.actors.node",
+    modules = ["grun.cli", "grun.client", "grun.daemon", "grun.actors.master", "grun.actors.node",
                "grun.spawner", "grun.store", "grun.stream"]
     subprocess.run([sys.executable, "-c", "import importlib\nfor m in %r:\n    try: importlib.import_module(m)\n"
                     "    except ImportError: pass" % modules], cwd="/tmp", capture_output=True, timeout=120)

@@ -48,10 +48,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import Pyro5.api  # noqa: E402
-from Pyro5 import config as pyro_config  # noqa: E402
+import Pyro5.api
+from Pyro5 import config as pyro_config
 
-from grun import registry  # noqa: E402
+from grun import registry
 
 REPORT_BATCH = 500  # as grun/actors/node.py
 
@@ -151,7 +151,7 @@ class Sim:
 
 
 class SimJob:
-    __slots__ = ("id", "attempt", "start", "status", "superseded")
+    __slots__ = ("attempt", "id", "start", "status", "superseded")
 
     def __init__(self, job_id: int, attempt, start: float):
         self.id, self.attempt, self.start = job_id, attempt, start

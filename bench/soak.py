@@ -25,9 +25,11 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+from cluster import LocalCluster
 
 from grun.client import GrunError, MasterUnreachable
-from grun.testing import LocalCluster
 
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}
 
@@ -128,7 +130,7 @@ class Soak:
             try:
                 client.call("ping", wait=2)
                 silent_since = None
-            except Exception:  # noqa: BLE001
+            except Exception:
                 silent_since = silent_since or time.monotonic()
                 if time.monotonic() - silent_since > 20:
                     proc = self.c.procs["master"]

@@ -393,7 +393,7 @@ class _History:
         try:
             docs = db.table("jobs").all()
             for doc in docs:
-                doc["id"]  # noqa: B018 - a document without an id means the file is not ours
+                doc["id"]
             return docs
         except (OSError, ValueError, KeyError, TypeError) as e:
             if strict:

@@ -105,7 +105,7 @@ def _write_all(fd: int, data) -> None:
 # ---------------------------------------------------------------------------------------- node side
 
 class _Offer:
-    __slots__ = ("job_key", "job_dir", "out_offset", "err_offset", "stdin_fd", "get_status", "deadline")
+    __slots__ = ("deadline", "err_offset", "get_status", "job_dir", "job_key", "out_offset", "stdin_fd")
 
     def __init__(self, job_key: str, job_dir: str, out_offset: int, err_offset: int, stdin_fd: int | None,
                  get_status: Callable[[], dict | None], deadline: float):

@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests: real clusters on 127.0.0.1 (grun.testing.LocalCluster).
+"""Fixtures for the integration tests: real clusters on 127.0.0.1 (cluster.LocalCluster).
 
 `cluster` is shared by the tests of one module, which must leave it as they found it (no daemons
 killed, every job they start finished); `fresh_cluster` is for tests that kill or restart daemons.
@@ -6,8 +6,7 @@ killed, every job they start finished); `fresh_cluster` is for tests that kill o
 from __future__ import annotations
 
 import pytest
-
-from grun.testing import LocalCluster
+from cluster import LocalCluster
 
 
 def _started() -> LocalCluster:

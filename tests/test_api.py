@@ -8,6 +8,7 @@ import time
 
 import Pyro5.errors
 import pytest
+from cluster import free_port
 from util import wait_for
 
 from grun import (
@@ -19,7 +20,6 @@ from grun import (
     NotSupported,
     Timeout,
 )
-from grun.testing import free_port
 
 
 def test_client_finds_the_master_like_the_command_line(cluster, monkeypatch):

@@ -7,10 +7,10 @@ import sys
 import time
 
 import pytest
+from cluster import free_port
 from util import assert_one_error_line
 
 from grun.client import Client, GrunError
-from grun.testing import free_port
 
 PY = sys.executable
 

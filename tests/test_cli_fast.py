@@ -183,7 +183,7 @@ def test_wire_proxy_calls_and_errors(echo_uri):
 
 
 def test_wire_proxy_unreachable_and_unknown_object(echo_uri):
-    from grun.testing import free_port
+    from cluster import free_port
     with pytest.raises(ConnectionError) as err:
         registry.WireProxy(f"PYRO:x@127.0.0.1:{free_port()}", timeout=2).echo()
     assert registry.is_unreachable(err.value) and not registry.may_have_arrived(err.value)

@@ -13,6 +13,7 @@ import tempfile
 
 import psutil
 import pytest
+from cluster import LocalCluster
 from util import (
     assert_one_error_line,
     group_alive,
@@ -23,8 +24,6 @@ from util import (
     wait_for,
     wait_state,
 )
-
-from grun.testing import LocalCluster
 
 PY = sys.executable
 NODES = {"big": {"cpus": 4, "memory": 8000},

@@ -11,10 +11,10 @@ import sys
 import psutil
 import pytest
 import yaml
+from cluster import free_port
 from util import wait_for
 
 from grun.client import Client
-from grun.testing import free_port
 
 NODE_MAIN = "import sys; from grun.cli import node_main; sys.exit(node_main())"
 

@@ -16,6 +16,7 @@ import time
 
 import psutil
 import pytest
+from cluster import LocalCluster
 from util import (
     job,
     job_id_from_verbose,
@@ -28,7 +29,6 @@ from util import (
 
 from grun import registry
 from grun.client import MasterUnreachable
-from grun.testing import LocalCluster
 
 FAST = {"heartbeat": 0.5}
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}  # else a root master runs them as nobody
@@ -124,7 +124,7 @@ def test_master_kill_9_during_a_burst_loses_and_duplicates_nothing(make_cluster,
                     break
                 except MasterUnreachable:
                     continue  # same token: a submission the dead master had accepted is not queued twice
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors.append(exc)
                     return
 
@@ -181,7 +181,7 @@ def test_a_submission_the_master_died_on_is_retried_until_it_is_back(make_cluste
     def submit():
         try:
             got.append(client.submit_spec({"cmd": ["sh", "-c", "exit 3"], **AS_US}))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     c.procs["master"].send_signal(signal.SIGSTOP)  # the request waits in its socket
@@ -527,7 +527,7 @@ def test_a_really_full_disk_stops_the_master_and_loses_nothing_it_acknowledged(m
             while not stop.is_set():
                 try:
                     got.append((client.submit_spec({"cmd": ["sh", "-c", f"exit {k % 5}"], **AS_US}), k % 5))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors.append(exc)
                     return
                 k += 1
@@ -608,7 +608,7 @@ def test_graceful_restart_and_reload_with_clients_in_flight(make_cluster, tmp_pa
             t0 = time.monotonic()
             try:
                 submitted.append(client.submit_spec({"cmd": ["true"], "cwd": "/"}))
-            except Exception as exc:  # noqa: BLE001 -- any failure is what this test is about
+            except Exception as exc:
                 errors.append(exc)
             slowest[0] = max(slowest[0], time.monotonic() - t0)
             time.sleep(0.02)

@@ -9,9 +9,9 @@ import sys
 import time
 
 import psutil
+from cluster import LocalCluster
 
 from grun.actors.master import HEARTBEATS_PER_SEC
-from grun.testing import LocalCluster
 
 SIM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "sim_nodes.py")
 

@@ -17,10 +17,10 @@ import sys
 import time
 
 import pytest
+from cluster import LocalCluster
 from util import job, job_id_from_verbose, nowait, read_line, wait_for, wait_state
 
 from grun.client import Client
-from grun.testing import LocalCluster
 
 NET = ipaddress.ip_network("198.18.0.0/15")
 NODE_TIMEOUT = 3

@@ -397,6 +397,7 @@ def test_the_index_remembers_impossible_until_a_node_changes():
 
 def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
     import time as _time
+
     from grun.core.placement import NodeIndex
     index = NodeIndex(NodeView(f"n{i:05d}", 4, 16000) for i in range(10000))
     from grun.core.placement import MAX_PLACED_PER_PASS
@@ -434,6 +435,7 @@ def test_job_table_keeps_each_nodes_jobs_without_scanning_the_table():
 
 def test_requeued_jobs_go_back_in_id_order_without_a_rebuild_per_job():
     import time as _time
+
     from grun.core.queue import PendingQueue
     q = PendingQueue()
     jobs = {i: job(i, priority=20 if i % 10 else 30) for i in range(1, 100001)}

@@ -11,10 +11,10 @@ import time
 
 import psutil
 import pytest
+from cluster import LocalCluster
 from util import job_pid, wait_for, wait_state
 
 from grun import registry
-from grun.testing import LocalCluster
 
 FAST = {"heartbeat": 0.5}
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}

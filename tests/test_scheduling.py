@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from cluster import LocalCluster
 from util import assert_one_error_line, job, nowait, wait_for, wait_state
-
-from grun.testing import LocalCluster
 
 PY = sys.executable
 NODES = {"big": {"cpus": 4, "memory": 8000, "resources": {"gpu": 2}, "labels": {"os": "debian12"}},

@@ -7,7 +7,7 @@ import re
 import select
 import time
 
-from grun.testing import LocalCluster
+from cluster import LocalCluster
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):

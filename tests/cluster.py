@@ -1,5 +1,6 @@
-"""Real clusters on 127.0.0.1 for tests and benchmarks: config files in a temp dir, a master and nodes
-as real daemon processes (`python -m grun.daemon CONF`), and a clean stop of each by its pid.
+"""Real clusters on 127.0.0.1 for tests and benchmarks (bench/ puts tests/ on its path): config files
+in a temp dir, a master and nodes as real daemon processes (`python -m grun.daemon CONF`), and a clean
+stop of each by its pid.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 import yaml
 
-from .client import Client
+from grun.client import Client
 
 
 def free_port() -> int:

@@ -1,0 +1,38 @@
+"""The one background-loop runner: a named daemon thread that runs a step every few seconds, or at
+once when woken, until stopped. A step that raises is logged and the loop goes on: one bad round
+must never end a daemon's housekeeping for good."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+
+class Loop(threading.Thread):
+    def __init__(self, name: str, step: Callable[[], None], every: float | Callable[[], float],
+                 log: logging.Logger, stop: threading.Event | None = None):
+        super().__init__(name=name, daemon=True)
+        self.step, self.every, self.log = step, every, log
+        self.stopping = stop or threading.Event()
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def stop(self, join: float | None = None) -> None:
+        self.stopping.set()
+        self._woken.set()
+        if join is not None and self.is_alive() and threading.current_thread() is not self:
+            self.join(join)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self._woken.wait(self.every() if callable(self.every) else self.every)
+            self._woken.clear()
+            if self.stopping.is_set():
+                return
+            try:
+                self.step()
+            except Exception:
+                self.log.exception("%s failed; trying again next round", self.name)

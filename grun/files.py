@@ -1,0 +1,74 @@
+"""Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the
+directory), and readers that take a missing or half-written file for None instead of an error.
+
+Every file grun rewrites in place goes through write_atomic: a crash or a full disk leaves either
+the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in
+8 of 60 tries). Temp files are named `<name>.tmp<pid>`; remove_temps() clears those a crash left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = True, mode: int = 0o644) -> None:
+    """Replace `path` with `data` (bytes, or pieces written one after the other, so a large file
+    need not be built in memory). `durable`: fsync the file and its directory, so the new content
+    survives a power cut, not only a crash of this process."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(piece)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(os.path.dirname(path))
+
+
+def remove_temps(directory: str) -> None:
+    """Temp files of atomic writes that a crash interrupted."""
+    for name in os.listdir(directory):
+        if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
+def read_json(path: str):
+    """The file's JSON value, or None when it is missing, unreadable or not (yet) whole JSON."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def read_int(path: str) -> int | None:
+    """The number a pid-like file starts with (its first word), or None."""
+    try:
+        with open(path, "rb") as f:
+            word = f.read(64).split(maxsplit=1)
+    except OSError:
+        return None
+    return int(word[0]) if word and word[0].isdigit() and int(word[0]) > 0 else None
