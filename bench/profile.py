@@ -26,7 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from bench import run as B
+import psutil
+
+from bench import run
+from bench.clusters import GRUN, cleanup_session, job_spec, start_cluster, teardown, wait_done
+from bench.meter import CpuMeter, xrun
+from bench.report import pct as percentile
 
 
 def spy(pid: int, path: str, rate: int, gil: bool = False) -> subprocess.Popen:
@@ -89,8 +94,8 @@ def report_spy(label: str, path: str, top: int) -> str:
 
 def thread_ids(pid: int) -> list[int]:
     try:
-        return [t.id for t in B.psutil.Process(pid).threads()]
-    except B.psutil.Error:
+        return [t.id for t in psutil.Process(pid).threads()]
+    except psutil.Error:
         return [pid]
 
 
@@ -135,17 +140,17 @@ def _roles(cluster) -> dict[int, str]:
     for name, proc in cluster.procs.items():
         role = "master" if name == "master" else f"node daemon {name}"
         roles.update({t: role for t in thread_ids(proc.pid)})
-        for child in B.psutil.Process(proc.pid).children():
+        for child in psutil.Process(proc.pid).children():
             roles.update({t: f"fork server {name}" for t in thread_ids(child.pid)})
     return roles
 
 
 def _batch(cluster, n: int) -> tuple[float, dict]:
     client = cluster.client()
-    meter = B.CpuMeter(cluster)
+    meter = CpuMeter(cluster)
     t0 = time.time()
-    ids = client.call("submit_many", [B.job_spec() for _ in range(n)])
-    recs = B.wait_done(client, ids, 600)
+    ids = client.call("submit_many", [job_spec() for _ in range(n)])
+    recs = wait_done(client, ids, 600)
     t_last = max(r["end_time"] for r in recs.values())
     return n / (t_last - t0), meter.stop()
 
@@ -174,14 +179,14 @@ def perf_inherited(perf_data: str, top: int) -> str:
 
 def profile_throughput(args) -> None:
     out = args.out
-    ns = B.parse_args(["--nodes", str(args.nodes), "--node-cpus", str(args.node_cpus)])
+    ns = run.parse_args(["--nodes", str(args.nodes), "--node-cpus", str(args.node_cpus)])
     ns.commit = args.commit
     for tool in args.tools.split(","):
-        cluster = B.start_cluster(ns)
+        cluster = start_cluster(ns)
         tools: list[subprocess.Popen] = []
         try:
             client = cluster.client()
-            B.wait_done(client, client.call("submit_many", [B.job_spec() for _ in range(50)]), 60)  # warm up
+            wait_done(client, client.call("submit_many", [job_spec() for _ in range(50)]), 60)  # warm up
             roles = _roles(cluster)
             perf_data = os.path.join(out, "perf.data")
             if tool == "perf":
@@ -192,7 +197,7 @@ def profile_throughput(args) -> None:
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 forkservers = [str(pid) for pid, role in roles.items() if role.startswith("fork server")
                                and pid in {c.pid for p in cluster.procs.values()
-                                           for c in B.psutil.Process(p.pid).children()}]
+                                           for c in psutil.Process(p.pid).children()}]
                 tools.append(subprocess.Popen(["perf", "record", "-F", "999", "-p", ",".join(forkservers), "-o",
                                                perf_data + ".sup"], stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
@@ -214,17 +219,17 @@ def profile_throughput(args) -> None:
                                      os.path.join(out, f"{name}.txt"), args.top))
         finally:
             stop(tools)
-            B.teardown(cluster)
+            teardown(cluster)
 
 
 def profile_latency(args) -> None:
     out = args.out
-    ns = B.parse_args([])
-    cluster = B.start_cluster(ns, nodes=1)
+    ns = run.parse_args([])
+    cluster = start_cluster(ns, nodes=1)
     tools: list[subprocess.Popen] = []
     try:
         for _ in range(3):
-            subprocess.run(B.GRUN + ["true"], env=cluster.env, cwd="/tmp", capture_output=True, timeout=60)
+            subprocess.run(GRUN + ["true"], env=cluster.env, cwd="/tmp", capture_output=True, timeout=60)
         for name, proc in cluster.procs.items():
             tools.append(spy(proc.pid, os.path.join(out, f"lat-{name}.txt"), 1000))
         time.sleep(0.5)
@@ -233,11 +238,11 @@ def profile_latency(args) -> None:
         for i in range(args.runs):
             t0 = time.perf_counter()
             argv = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "grun.cli", "true"] if i == 0 else \
-                B.GRUN + ["true"]
-            B.xrun(argv, env=cluster.env, cwd="/tmp", capture_output=True, timeout=60)
+                GRUN + ["true"]
+            xrun(argv, env=cluster.env, cwd="/tmp", capture_output=True, timeout=60)
             walls.append(time.perf_counter() - t0)
         stop(tools)
-        print(f"# latency profile: `grun true` x {args.runs}, p50 {B._pct(walls[1:], 50) * 1000:.0f} ms "
+        print(f"# latency profile: `grun true` x {args.runs}, p50 {percentile(walls[1:], 50) * 1000:.0f} ms "
               "(first run under cProfile, excluded)\n")
         print("## `grun true` client, cProfile (cumulative), one run\n")
         stats = pstats.Stats(prof, stream=sys.stdout)
@@ -246,7 +251,7 @@ def profile_latency(args) -> None:
             print(report_spy(f"{name} during the runs (py-spy)", os.path.join(out, f"lat-{name}.txt"), args.top))
     finally:
         stop(tools)
-        B.teardown(cluster)
+        teardown(cluster)
 
 
 def main() -> int:
@@ -264,8 +269,8 @@ def main() -> int:
     ap.add_argument("--commit", metavar="REF", help="profile this commit (git archive), not the working tree")
     args = ap.parse_args()
     if args.commit:
-        B.use_commit(B.parse_args(["--commit", args.commit]))
-    B.installed_like_pycache(B.parse_args([]))
+        run.use_commit(run.parse_args(["--commit", args.commit]))
+    run.installed_like_pycache(run.parse_args([]))
     if shutil.which("py-spy") is None and "py-spy" in args.tools:
         print("py-spy is needed: pip install py-spy", file=sys.stderr)
         return 2
@@ -275,7 +280,7 @@ def main() -> int:
     try:
         (profile_throughput if args.what == "throughput" else profile_latency)(args)
     finally:
-        B.cleanup_session(B.parse_args([]))
+        cleanup_session(run.parse_args([]))
     return 0
 
 

@@ -45,8 +45,8 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+# grun from the tree bench/run.py measures: its --commit export (GRUN_BENCH_SOURCE), else this checkout
+sys.path[:0] = [p for p in (os.environ.get("GRUN_BENCH_SOURCE"), REPO) if p]
 
 import Pyro5.api
 from Pyro5 import config as pyro_config

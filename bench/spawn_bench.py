@@ -31,7 +31,8 @@ import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
-from bench.run import CpuGroup, job_spec
+from bench.clusters import job_spec
+from bench.meter import CpuGroup
 
 
 def prepare(root: str, n: int) -> str:
