@@ -70,6 +70,7 @@ def go_and_collect(procs: list[subprocess.Popen]) -> tuple[float, list[dict]]:
 
 
 def _submitter(count: str, host: str, port: str) -> None:
+    import grun
     from grun.client import Client
     client = Client(host, int(port))
     client.call("ping")
@@ -77,7 +78,7 @@ def _submitter(count: str, host: str, port: str) -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     ids = [client.submit(spec) for _ in range(int(count))]
-    print(json.dumps({"ids": ids, "end": time.time()}), flush=True)
+    print(json.dumps({"ids": ids, "end": time.time(), "grun": grun.__file__}), flush=True)
 
 
 def _spawner(count: str) -> None:
@@ -99,6 +100,9 @@ def submit_api(args, cluster, client, n):
     procs = spawn_children("_submitter", counts, ["127.0.0.1", str(cluster.port)])
     meter = CpuMeter(cluster)
     t0, outs = go_and_collect(procs)
+    import grun
+    if {o["grun"] for o in outs} != {grun.__file__}:  # --commit: the helpers must measure the export too
+        raise RuntimeError(f"the submitters imported {sorted({o['grun'] for o in outs})}, not {grun.__file__}")
     return meter, t0, max(o["end"] for o in outs), [i for o in outs for i in o["ids"]]
 
 
