@@ -9,6 +9,8 @@ import time
 
 from cluster import LocalCluster
 
+from grun.files import read_int
+
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; return its value, or fail after timeout seconds."""
@@ -72,13 +74,10 @@ def wait_state(cluster: LocalCluster, job_id: int, *states: str, timeout: float 
 def job_pid(cluster: LocalCluster, job_id: int, timeout: float = 10.0) -> int:
     """The job's pid (also its process group id), from its node's spool."""
     def find():
-        for name in cluster.node_specs:
-            path = os.path.join(cluster.root, name, "node", "jobs", str(job_id), "pid")
-            try:  # "<job pid> <reaper lock>" (see grun.spawner)
-                with open(path) as f:
-                    return int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
+        for name in cluster.node_specs:  # "<job pid> <reaper lock>" (see grun.spawner)
+            pid = read_int(os.path.join(cluster.root, name, "node", "jobs", str(job_id), "pid"))
+            if pid:
+                return pid
         return None
     return wait_for(find, timeout, what=f"the pid file of job {job_id}")
 
