@@ -1,35 +1,11 @@
-"""Finding, parsing and validating grun's YAML config, with a guessed default for every key.
+"""grun's config: the one table of its keys (KEYS) and all that comes from it: reading the file, parsing
+and checking each key, defaults and guesses, where each value came from (describe: `grun -q conf`),
+warnings for unknown keys, and what a reload applies (grun/daemon.py). The README's block is checked
+against KEYS. With no file, "personal mode": a master and a node on this machine, bound to 127.0.0.1.
 
-Everything works with no config file at all ("personal mode": a master and a node on this
-machine, bound to 127.0.0.1).  A cluster config is a flat YAML mapping, for example::
-
-    master: head.example.org:5184   # host[:port]; "[::1]:6000" for IPv6
-    services: [queue, exec]         # or "exec", or "queue,exec"
-    cpus: 16                        # offered to jobs; default: logical cores
-    memory: 64G                     # MB, or with K/M/G/T; default: physical memory
-    spool: /var/spool/grun          # master state in spool/master, job spool in spool/node
-    output_keep: 2d                 # durations: 45s, 30m, 12h, 1d, 1h30m or seconds
-    node_timeout: 60s               # a node silent this long is down; its running jobs are lost
-    requeue: true                   # re-queue jobs lost with their node (per job: --norequeue)
-    min_free_disk: 64M              # refuse submissions when the master's spool has less free
-    default_priority: 20            # -r when not given (GRUN_PRIORITY in the environment wins)
-    reserve_after: 5m               # a job waiting longer gets a node reserved (no starvation)
-    resources: {gpu: 2}             # this node's consumables, asked for with -p gpu=1
-    labels: {os: debian12}          # this node's labels, matched by -p os=debian12 (globs allowed)
-    hard_factor: 1.5                # a job's memory limit is its request times this
-    ulimit: {cpu: 12h, fsize: 100G, nofile: 4096}   # other limits for every job (nproc, core, stack too)
-    count_outside_load: true        # non-grun cpu and memory use on a node lowers what it offers
-
-Where the file is found (see find_config_path): ``-C FILE``, then ``$GRUN_CONF``, then
-``/etc/grun.conf``.  Keys not known here are kept in ``Config.raw`` and are not errors, so
-later features can add keys; a known key with a bad value is an error naming file, line and key.
-A key given as ``null`` (or with no value) takes its default, except ``log_file``, where null
-means "log to stderr".
-
-Environment overrides, applied in both modes (tests and personal use rely on them):
-    GRUN_CONF=FILE         config file, when no explicit path is given
-    GRUN_MASTER=host:port  replaces ``master``
-    GRUN_SPOOL=DIR         replaces ``spool``
+Every `grun` call imports this module, so it stays light: a default that is a function is computed when
+first read, the machine's guesses (psutil, DNS) live in grun/machine.py, imported only by such a read (a
+daemon's), and yaml only for a file that the fast reader below leaves to it.
 """
 
 from __future__ import annotations
@@ -38,34 +14,21 @@ import math
 import os
 import re
 import socket
-
-# psutil and yaml are imported where they are used: the `grun` client reads only a few keys, and
-# importing them cost ~25 ms of every `grun CMD` (bench/README.md, "Where the time goes").
+from collections import namedtuple
 
 DEFAULT_PORT = 5184
 ETC_PATH = "/etc/grun.conf"
 SERVICES = frozenset({"queue", "exec"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
-KNOWN_KEYS = frozenset({
-    "master", "services", "hostname", "bind", "advertise", "cpus", "memory", "spool",
-    "log_file", "pid_file", "log_level", "node_timeout", "heartbeat", "default_cpus",
-    "default_memory", "output_keep", "requeue", "min_free_disk",
-    "default_priority", "reserve_after", "hard_factor", "ulimit", "resources", "labels",
-    "count_outside_load",
-})
 ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size",
                "stack": "size"}
-# patterns as text, compiled (and cached by `re`) on first use: a client parses few values
-_NAME_RE = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
 
 
 class ConfigError(Exception):
     """A config problem, rendered as one line: ``FILE:LINE: key 'KEY': MESSAGE``."""
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None,
-                 key: str | None = None):
-        # Callers print str(e) as a single log/terminal line, so no embedded newlines.
-        self.message = " ".join(str(message).split())
+    def __init__(self, message: str, path: str | None = None, line: int | None = None, key: str | None = None):
+        self.message = " ".join(str(message).split())  # printed as one log or terminal line
         self.path, self.line, self.key = path, line, key
         super().__init__(str(self))
 
@@ -75,16 +38,22 @@ class ConfigError(Exception):
         return f"{where}: {key}{self.message}" if where else f"{key}{self.message}"
 
 
+# ---- parsers: a value as YAML gives it -> the value grun uses, or ValueError("expected ...") ----------
+
 def _got(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _expect(ok, what: str, value, got: str = "") -> None:
+    """The one error of every parser: `expected WHAT, got VALUE`."""
+    if not ok:
+        raise ValueError(f"expected {what}, got {got}{_got(value)}")
+
+
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_MEMORY_RE = _NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?"
 # units as exact ratios (numerator, denominator): no float rounding, and no `fractions` import
 _MEMORY_UNIT = {None: (1, 1), "k": (1, 1024), "m": (1, 1), "g": (1024, 1), "t": (1024 ** 2, 1)}
-_DURATION_RE = _NUMBER + r"\s*([smhdw])"
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -96,12 +65,9 @@ def _ratio(text: str) -> tuple[int, int]:
 
 def _plain_number(value, what: str):
     """A non-negative finite int/float; bools are YAML's yes/no, not numbers."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected {what}, got {_got(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected {what}, got {_got(value)}")
-    if value < 0:
-        raise ValueError(f"expected {what}, got a negative value {_got(value)}")
+    _expect(not isinstance(value, bool) and isinstance(value, (int, float))
+            and not (isinstance(value, float) and not math.isfinite(value)), what, value)
+    _expect(value >= 0, what, value, "a negative value ")
     return value
 
 
@@ -109,30 +75,22 @@ def parse_memory(text: str | float) -> int:
     """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
     what = "a memory size like 4096 (MB), 500M or 4G"
     if isinstance(text, str):
-        m = re.fullmatch(_MEMORY_RE, text.strip(), re.IGNORECASE)
-        if not m:
-            raise ValueError(f"expected {what}, got {_got(text)}")
-        num, den = _ratio(m.group(1))
-        unit_num, unit_den = _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
+        m = re.fullmatch(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
+        _expect(m, what, text)
+        (num, den), (unit_num, unit_den) = _ratio(m.group(1)), _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
         num, den = num * unit_num, den * unit_den
     else:
         num, den = _plain_number(text, what), 1
-    if num > 2 ** 40 * den:  # an exabyte: surely a units mistake
-        raise ValueError(f"expected {what}, got an absurd size {_got(text)}")
+    _expect(num <= 2 ** 40 * den, what, text, "an absurd size ")  # an exabyte: surely a units mistake
     return -(-num // den) if isinstance(num, int) else math.ceil(num)
 
 
 def parse_cpus(text) -> float:
     """A CPU count, fractions allowed: "4" -> 4.0, 0.5 -> 0.5."""
     what = "a number of CPUs like 4 or 0.5"
-    if isinstance(text, str):
-        if not re.fullmatch(_NUMBER, text.strip()):
-            raise ValueError(f"expected {what}, got {_got(text)}")
-        cpus = float(text)
-    else:
-        cpus = float(_plain_number(text, what))
-    if cpus > 100_000:
-        raise ValueError(f"expected {what}, got an absurd count {_got(text)}")
+    _expect(not isinstance(text, str) or re.fullmatch(_NUMBER, text.strip()), what, text)
+    cpus = float(text if isinstance(text, str) else _plain_number(text, what))
+    _expect(cpus <= 100_000, what, text, "an absurd count ")
     return cpus
 
 
@@ -141,133 +99,121 @@ def parse_duration(text) -> float:
     what = "a duration like 30, 45s, 30m, 12h or 1d"
     if not isinstance(text, str):
         return float(_plain_number(text, what))
-    s = text.strip()
-    if re.fullmatch(_NUMBER, s):
-        return float(s)
+    if re.fullmatch(_NUMBER, text.strip()):
+        return float(text)
     # Every number needs a unit once there are several: "1h 30" is ambiguous.
-    if not re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", s, re.IGNORECASE):
-        raise ValueError(f"expected {what}, got {_got(text)}")
+    _expect(re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE), what, text)
     num, den = 0, 1
-    for m in re.finditer(_DURATION_RE, s, re.IGNORECASE):  # exact sum, then one rounding
+    for m in re.finditer(_NUMBER + r"\s*([smhdw])", text, re.IGNORECASE):  # exact sum, then one rounding
         n, d = _ratio(m.group(1))
-        n *= _DURATION_UNIT[m.group(2).lower()]
-        num, den = num * d + n * den, den * d
+        num, den = num * d + n * _DURATION_UNIT[m.group(2).lower()] * den, den * d
     return num / den
+
+
+def _positive_duration(text) -> float:
+    seconds = parse_duration(text)
+    _expect(seconds > 0, "a duration above zero", text)
+    return seconds
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def parse_bool(value) -> bool:
     """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"expected true or false, got {_got(value)}")
+    word = value if isinstance(value, bool) else _BOOLS.get(str(value).strip().lower())
+    _expect(word is not None, "true or false", value)
+    return word
 
 
-def _mapping(value, what: str) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of {what}, got {_got(value)}")
-    for key in value:
-        if not isinstance(key, str) or not re.fullmatch(_NAME_RE, key) or key in ("cpus", "memory"):
-            raise ValueError(f"bad name {_got(key)} in {what} (letters, digits, _ . - only)")
-    return value
+def _named(value, what: str, kind: str, parse) -> dict:
+    """resources and labels: a mapping of names to values, each through `parse`."""
+    _expect(isinstance(value, dict), f"a mapping of {what}", value)
+    out = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name) or name in (
+                "cpus", "memory"):
+            raise ValueError(f"bad name {_got(name)} in {what} (letters, digits, _ . - only)")
+        try:
+            out[name] = parse(item)
+        except ValueError as e:
+            raise ValueError(f"{kind} {name}: {e}") from None
+    return out
 
 
 def parse_resources(value) -> dict[str, float]:
     """A node's consumables: name -> a number >= 0 (`resources: {gpu: 2, scratch_gb: 500}`)."""
-    out = {}
-    for name, amount in _mapping(value, "resource names to amounts").items():
-        try:
-            out[name] = float(_plain_number(amount, "an amount"))
-        except ValueError as e:
-            raise ValueError(f"resource {name}: {e}") from None
-    return out
+    return _named(value, "resource names to amounts", "resource", lambda v: float(_plain_number(v, "an amount")))
+
+
+def _label(text) -> str:
+    _expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
+    return str(text).strip() if not isinstance(text, bool) else str(text).lower()
 
 
 def parse_labels(value) -> dict[str, str]:
     """A node's labels: name -> a value, kept as text (`labels: {os: debian12, arch: x86_64}`)."""
-    out = {}
-    for name, text in _mapping(value, "label names to values").items():
-        if isinstance(text, (dict, list)) or text is None or str(text).strip() == "":
-            raise ValueError(f"label {name}: expected a single value, got {_got(text)}")
-        out[name] = str(text).strip() if not isinstance(text, bool) else str(text).lower()
-    return out
+    return _named(value, "label names to values", "label", _label)
 
 
 def parse_hard_factor(value) -> float:
     try:
-        factor = float(value) if isinstance(value, str) else float(_plain_number(value, "a factor like 1.5"))
+        factor = float(value if isinstance(value, str) else _plain_number(value, "a factor"))
     except ValueError:
-        raise ValueError(f"expected a factor like 1.5, got {_got(value)}") from None
-    if not 1.0 <= factor <= 100.0:
-        raise ValueError(f"expected a factor between 1 and 100, got {_got(value)}")
+        factor = None
+    _expect(factor is not None, "a factor like 1.5", value)
+    _expect(1.0 <= factor <= 100.0, "a factor between 1 and 100", value)
     return factor
 
 
 def parse_ulimit(value) -> dict[str, int | None]:
     """Limits for every job: cpu (a duration), fsize/core/stack (sizes, MB or with a unit), nofile and
     nproc (counts); "unlimited" for none. Returns name -> seconds, MB or count (None: unlimited)."""
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping like {{cpu: 12h, fsize: 10G, nofile: 1024}}, got {_got(value)}")
+    _expect(isinstance(value, dict), "a mapping like {cpu: 12h, fsize: 10G, nofile: 1024}", value)
     out: dict[str, int | None] = {}
     for name, limit in value.items():
         kind = ULIMIT_KEYS.get(str(name))
         if kind is None:
             raise ValueError(f"unknown limit {_got(name)}: use {', '.join(ULIMIT_KEYS)}")
-        if limit is None or (isinstance(limit, str) and limit.strip().lower() in ("unlimited", "infinity", "none")):
-            out[name] = None
-            continue
         try:
-            if kind == "duration":
-                out[name] = max(1, math.ceil(parse_duration(limit)))
-            elif kind == "size":
-                out[name] = parse_memory(limit)
-            else:
-                out[name] = int(_plain_number(limit, "a count"))
+            out[name] = (None if limit is None or str(limit).strip().lower() in ("unlimited", "infinity", "none") else
+                         max(1, math.ceil(parse_duration(limit))) if kind == "duration" else
+                         parse_memory(limit) if kind == "size" else int(_plain_number(limit, "a count")))
+            if name in ("nofile", "fsize") and out[name] is not None:
+                _expect(out[name] >= (16 if name == "nofile" else 1), "at least 16" if name == "nofile" else "at least 1M",
+                        limit)
         except ValueError as e:
             raise ValueError(f"limit {name}: {e}") from None
-        if name == "nofile" and out[name] < 16:
-            raise ValueError(f"limit nofile: at least 16, got {_got(limit)}")
-        if name == "fsize" and out[name] < 1:
-            raise ValueError(f"limit fsize: at least 1M, got {_got(limit)}")
     return out
 
 
 def parse_priority(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"expected a whole number, got {_got(value)}")
     try:
-        return int(value)
+        number = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
     except ValueError:
-        raise ValueError(f"expected a whole number, got {_got(value)}") from None
+        number = None
+    _expect(number is not None, "a whole number", value)
+    return number
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address -> (host, port)."""
     what = "host or host:port"
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"expected {what}, got {_got(text)}")
+    _expect(isinstance(text, str) and text.strip(), what, text)
     s, port = text.strip(), None
     if s.startswith("["):
         m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", s)
-        if not m:
-            raise ValueError(f"expected {what} ([addr]:port for IPv6), got {_got(text)}")
+        _expect(m, what + " ([addr]:port for IPv6)", text)
         host, port = m.group(1), m.group(2)
     elif s.count(":") == 1:
         host, port = s.split(":")
     else:  # no colon, or a bare IPv6 address that cannot carry a port
         host = s
-    if not host or re.search(r"[\s/\[\]]", host):
-        raise ValueError(f"expected {what}, got {_got(text)}")
-    if host.isdigit():  # "master: 6000" is a port without a host, not the address 0.0.23.112
-        raise ValueError(f"expected {what}, got only a number {_got(text)}")
+    _expect(host and not re.search(r"[\s/\[\]]", host), what, text)
+    _expect(not host.isdigit(), what, text, "only a number ")  # "master: 6000" is a port, not address 0.0.23.112
     if port is None:
         return host, default_port
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected a port between 1 and 65535, got {_got(port)} in {_got(text)}")
+    _expect(port.isdigit() and 1 <= int(port) <= 65535, "a port between 1 and 65535", text)
     return host, int(port)
 
 
@@ -278,32 +224,39 @@ def format_hostport(host: str, port: int) -> str:
 def parse_services(text) -> frozenset[str]:
     """ "queue", "queue,exec", "queue exec" or a YAML list -> a non-empty subset of SERVICES."""
     items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise ValueError(f"expected a list of services (queue, exec), got {_got(text)}")
+    _expect(isinstance(items, list) and all(isinstance(i, str) for i in items), "a list of services", text)
     names = frozenset(i.strip().lower() for i in items if i.strip())
-    if not names or names - SERVICES:
-        raise ValueError(f"expected one or both of queue, exec, got {_got(text)}")
+    _expect(names and not names - SERVICES, "one or both of queue, exec", text)
     return names
 
 
 def _parse_host(text) -> str:
-    if not isinstance(text, str) or not text.strip() or re.search(r"[\s/]", text.strip()):
-        raise ValueError(f"expected a host name or address, got {_got(text)}")
+    _expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()),
+            "a host name or address", text)
     return text.strip()
 
 
 def _parse_level(text) -> str:
     level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
-    if level not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {_got(text)}")
+    _expect(level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}", text)
     return level
 
 
-def _positive_duration(text) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero, got {_got(text)}")
-    return seconds
+def _under_spool(text):
+    """A path; a relative one lives under the spool, so it is a function of the Config (see Config)."""
+    _expect(isinstance(text, str) and text.strip(), "a path", text)
+    path = os.path.expanduser(text.strip())
+    return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
+
+
+def _log_file(text):
+    return None if text in (None, "", "-") else _under_spool(text)  # None: log to stderr
+
+
+def _absolute_path(text) -> str:
+    path = _under_spool(text)
+    _expect(not callable(path), "an absolute path", text)
+    return os.path.normpath(path)
 
 
 def user_state_dir(environ=os.environ) -> str:
@@ -311,15 +264,137 @@ def user_state_dir(environ=os.environ) -> str:
     xdg = environ.get("XDG_STATE_HOME", "")
     if os.path.isabs(xdg):
         return os.path.join(xdg, "grun")
-    home = environ.get("HOME") or os.path.expanduser("~")
-    return os.path.join(home, ".local", "state", "grun")
+    return os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state", "grun")
 
 
 def default_state_dir(environ=os.environ, euid: int | None = None) -> str:
     """Where a cluster daemon keeps state: /var/spool/grun as root, else user_state_dir()."""
-    if (os.geteuid() if euid is None else euid) == 0:
-        return "/var/spool/grun"
-    return user_state_dir(environ)
+    return "/var/spool/grun" if (os.geteuid() if euid is None else euid) == 0 else user_state_dir(environ)
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+
+# One config key: its parser; its default (a value, or a function of the Config, computed when first
+# read; `guess` says what a guessed one comes from); the service that reads it ("queue", "exec",
+# "daemon": either, "all": the `grun` client too); whether a reload applies it (the others need
+# `grun -d -R`); a one-line doc (the README's); the environment variable that replaces it.
+Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
+
+
+def _machine(name: str):
+    def guess(cfg):
+        from . import machine  # psutil and DNS: only a daemon (or `grun -q conf`) reads these
+        return getattr(machine, name)(cfg)
+    return guess
+
+
+_Q, _X, _D = "queue", "exec", "daemon"
+KEYS = {key.name: key for key in (
+    Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else socket.gethostname(), DEFAULT_PORT),
+        "all", False, "where the queue runs (port 5184 by default)", "this host", "GRUN_MASTER"),
+    Key("services", parse_services, lambda c: SERVICES if c.personal else _machine("services")(c), _D, False,
+        'on the master; "exec" alone on compute nodes', "both if the master is this host, else exec"),
+    Key("hostname", _parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
+    Key("bind", _parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
+        "the address the daemons listen on (127.0.0.1 in personal mode)"),
+    Key("advertise", _parse_host, _machine("advertise"), _D, False, "the address others reach them at",
+        "bind, or hostname if that is 0.0.0.0"),
+    Key("cpus", parse_cpus, _machine("cpus"), _X, True, "cpus offered to jobs (fractions allowed)", "logical cores"),
+    Key("memory", parse_memory, _machine("memory"), _X, True, "MB offered to jobs (or 500M, 4G)", "physical memory"),
+    Key("spool", _absolute_path, lambda c: (user_state_dir if c.personal else default_state_dir)(c.environ), "all",
+        False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
+    Key("log_file", _log_file, lambda c: os.path.join(c.spool, "grun.log"), _D, False, "relative to the spool; null: log to stderr"),
+    Key("pid_file", _under_spool, lambda c: os.path.join(c.spool, "grun.pid"), _D, False, "relative to the spool"),
+    Key("log_level", _parse_level, "info", _D, True, "debug, info, warning or error"),
+    Key("node_timeout", _positive_duration, 60.0, _Q, True,
+        "a node silent this long is down; its running jobs are lost (re-queued)"),
+    Key("heartbeat", _positive_duration, 5.0, _X, True, "how often a node reports to the master"),
+    Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
+    Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space"),
+    Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
+    Key("resources", parse_resources, lambda c: {}, _X, True, "this node's consumables (-p gpu=1)"),
+    Key("labels", parse_labels, lambda c: {}, _X, True, "this node's labels (-p os=debian12, globs allowed)"),
+    Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
+    Key("default_memory", parse_memory, 100, _Q, True, "for a job that does not say (-m)"),
+    Key("default_priority", parse_priority, 20, _Q, True, "for a job that does not say (-r, $GRUN_PRIORITY)"),
+    Key("reserve_after", parse_duration, 300.0, _Q, True,
+        "a job waiting longer gets a node reserved; others backfill around it"),
+    Key("hard_factor", parse_hard_factor, 1.5, _X, True,
+        "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it)"),
+    Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
+    Key("count_outside_load", parse_bool, True, _X, True, "cpu and memory used by non-grun programs are not offered to jobs"),
+)}
+
+
+class Config:
+    """The effective configuration: an attribute per key of KEYS (`master` also as master_host,
+    master_port and master_address), and path (None in personal mode), personal, where (key ->
+    "FILE:LINE" or "$VAR" for the values given) and warnings (one line each). Built directly (handy in
+    tests) it has personal-mode defaults. A default that is a function is computed when first read. A
+    plain class: `dataclasses` pulls in `inspect`, which every `grun CMD` would pay for."""
+
+    def __init__(self, path=None, personal=True, where=None, warnings=(), environ=os.environ, **values):
+        unknown = set(values) - set(KEYS)
+        if unknown:
+            raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
+        self.path, self.personal, self.environ = path, personal, environ
+        self.where, self.warnings = dict(where or {}), list(warnings)
+        self._lazy = {}
+        for name, key in KEYS.items():
+            value = values.get(name, key.default)
+            if callable(value):
+                self._lazy[name] = value
+            else:
+                setattr(self, name, value)
+
+    def __getattr__(self, name: str):
+        # only called for attributes not set yet: the defaults computed on first read
+        compute = self.__dict__.get("_lazy", {}).pop(name, None)
+        if compute is None:
+            raise AttributeError(f"'Config' object has no attribute {name!r}")
+        setattr(self, name, compute(self))
+        return self.__dict__[name]
+
+    master_host = property(lambda self: self.master[0])
+    master_port = property(lambda self: self.master[1])
+    master_address = property(lambda self: format_hostport(*self.master))
+
+    def _values(self) -> dict:
+        return {name: getattr(self, name) for name in KEYS}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Config) and self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values().items()) + ")"
+
+
+def load_config(path: str | None = None, environ=os.environ) -> Config:
+    """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None."""
+    raw, lines = _read_yaml(path) if path is not None else ({}, {})
+    values, where, warnings = {}, {}, []
+    for name, value in raw.items():
+        key, line = KEYS.get(name), lines.get(name)
+        at = f"{path}:{line}" if line else path
+        if key is None:
+            import difflib  # only when there is an unknown key
+            close = difflib.get_close_matches(str(name), KEYS, n=1)
+            warnings.append(f"{at}: unknown key {str(name)!r} ignored" + (f"; did you mean {close[0]!r}?" if close else ""))
+        elif value is not None or name == "log_file":  # null takes the default; log_file: null is stderr
+            try:
+                values[name], where[name] = key.parse(value), at
+            except ValueError as e:
+                raise ConfigError(str(e), path, line, name) from None
+    for key in KEYS.values():
+        text = environ.get(key.env) if key.env else None
+        if text:
+            if key.name == "spool":  # relative to where it was set, unlike a relative path in a file
+                text = os.path.abspath(os.path.expanduser(text))
+            try:
+                values[key.name], where[key.name] = key.parse(text), f"${key.env}"
+            except ValueError as e:
+                raise ConfigError(str(e), f"${key.env}") from None
+    return Config(path, path is None, where, warnings, environ, **values)
 
 
 def find_config_path(explicit: str | None = None, environ=os.environ,
@@ -336,139 +411,37 @@ def find_config_path(explicit: str | None = None, environ=os.environ,
     return etc_path if os.path.exists(etc_path) else None
 
 
-def is_this_host(host: str, hostname: str | None = None) -> bool:
-    """Whether `host` names this machine: by name first, then by address (DNS only if needed)."""
-    h = host.lower().rstrip(".")
-    names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
-    if h in names:
-        return True
-    # One side unqualified: "node1" and "node1.example.org" are the same machine.
-    short = h.split(".")[0]
-    if any(("." not in h or "." not in n) and short == n.split(".")[0] for n in names):
-        return True
-    import ipaddress
-
-    import psutil
-    try:
-        addrs = {str(ipaddress.ip_address(h))}
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(h, None)
-        except (OSError, UnicodeError):
-            return False
-        addrs = {info[4][0] for info in infos}
-    local = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
-    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
+def describe(cfg: Config) -> str:
+    """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and
+    where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back."""
+    lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds"]
+    lines += [f"# warning: {w}" for w in cfg.warnings]
+    for name, key in KEYS.items():
+        origin = cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else "default")
+        lines.append(f"{f'{name}: {_show(getattr(cfg, name))}':<31} # {origin}")
+    return "\n".join(lines) + "\n"
 
 
-def _path(base: str):
-    """Parser for path keys; relative log/pid paths live under the spool."""
-    def parse(text) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"expected a path, got {_got(text)}")
-        return os.path.join(base, os.path.expanduser(text.strip()))
-    return parse
+def _show(value) -> str:
+    """A value as YAML that reads back the same: plain where the fast reader takes it so, else quoted."""
+    import json  # a JSON string is a YAML double-quoted scalar
+    if isinstance(value, tuple):  # master; "[v6]:port" is quoted, "host:port" reads back as it is
+        value = format_hostport(*value)
+        return json.dumps(value) if value.startswith("[") else value
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_show(k)}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (frozenset, set, list)):
+        return "[" + ", ".join(sorted(map(_show, value))) + "]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and _read_simple(f"k: {value}") != ({"k": value}, {"k": 1}):
+        return json.dumps(value)
+    return str(value)
 
 
-def _absolute_path(text) -> str:
-    path = _path("")(text)
-    if not os.path.isabs(path):
-        raise ValueError(f"expected an absolute path, got {_got(text)}")
-    return os.path.normpath(path)
-
-
-def _cpu_count() -> float:
-    import psutil
-    return float(psutil.cpu_count(logical=True) or 1)
-
-
-def _memory_mb() -> int:
-    import psutil
-    return psutil.virtual_memory().total // 2 ** 20
-
-
-class Lazy:
-    """A default computed on first use: the machine's cpus and memory (psutil), whether the master is
-    this host (maybe DNS). Only daemons read them, so a client never pays for them."""
-    __slots__ = ("compute",)
-
-    def __init__(self, compute):
-        self.compute = compute
-
-
-# field -> default (a callable is called per Config; a Lazy is computed when first read)
-_FIELDS = {
-    "path": None, "personal": True, "master_host": "127.0.0.1", "master_port": DEFAULT_PORT,
-    "services": SERVICES, "hostname": socket.gethostname, "bind": "127.0.0.1", "advertise": "127.0.0.1",
-    "cpus": Lazy(_cpu_count), "memory": Lazy(_memory_mb), "spool": user_state_dir, "log_file": "",
-    "pid_file": "", "log_level": "info", "node_timeout": 60.0, "heartbeat": 5.0, "default_cpus": 1.0,
-    "default_memory": 100, "output_keep": 86400.0, "requeue": True, "min_free_disk": 64,
-    "default_priority": 20, "reserve_after": 300.0, "hard_factor": 1.5, "ulimit": dict, "resources": dict,
-    "labels": dict, "count_outside_load": True, "raw": dict,
-}
-
-
-class Config:
-    """The effective configuration; load_config() fills every field (see _FIELDS for the names).
-
-    Constructing it directly (handy in tests) gives personal-mode values; a log_file or
-    pid_file left as "" is derived from spool. A plain class, not a dataclass: `dataclasses` pulls in
-    `inspect`, which every `grun CMD` would pay for."""
-
-    def __init__(self, **values):
-        unknown = set(values) - set(_FIELDS)
-        if unknown:
-            raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
-        lazy = {}
-        for name, default in _FIELDS.items():
-            value = values.get(name, default)
-            if isinstance(value, Lazy):
-                lazy[name] = value.compute
-                continue
-            if name not in values and callable(default):
-                value = default()
-            setattr(self, name, value)
-        self._lazy = lazy
-        if self.log_file == "":
-            self.log_file = os.path.join(self.spool, "grun.log")
-        if not self.pid_file:
-            self.pid_file = os.path.join(self.spool, "grun.pid")
-
-    def __getattr__(self, name: str):
-        # only called for attributes not set yet: the lazy defaults
-        compute = self.__dict__.get("_lazy", {}).pop(name, None)
-        if compute is None:
-            raise AttributeError(f"'Config' object has no attribute {name!r}")
-        value = compute()
-        setattr(self, name, value)
-        return value
-
-    def _values(self) -> dict:
-        return {name: getattr(self, name) for name in _FIELDS}
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Config) and self._values() == other._values()
-
-    def __repr__(self) -> str:
-        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values().items()) + ")"
-
-    @property
-    def master_address(self) -> str:
-        return format_hostport(self.master_host, self.master_port)
-
-    @property
-    def master_dir(self) -> str:
-        return os.path.join(self.spool, "master")
-
-    @property
-    def node_dir(self) -> str:
-        return os.path.join(self.spool, "node")
-
-    @property
-    def unknown_keys(self) -> list[str]:
-        """Keys in the file that nothing reads (typos, or keys of a newer grun): worth a warning."""
-        return sorted(str(k) for k in self.raw if k not in KNOWN_KEYS)
-
+# ---- reading the file ----------------------------------------------------------------------------------
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
 # base-60 integer 630, so an unquoted top-level master value is quoted before parsing.
@@ -488,7 +461,7 @@ def _quote_master(text: str) -> str:
 # importing yaml (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists,
 # anchors, escapes, tabs, duplicate keys, values YAML 1.1 would read as something other than the
 # int, float, bool, null or string taken here) returns None and goes to PyYAML, which then also
-# gives the errors. tests/test_config.py checks that both agree.
+# gives the errors. tests/test_cli_fast.py checks that both agree.
 _SIMPLE_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *")
 _PLAIN = re.compile(r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*")
 _YAML_BOOL = {"yes": True, "Yes": True, "YES": True, "true": True, "True": True, "TRUE": True, "on": True,
@@ -546,10 +519,9 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = data.decode("utf-8")
+        text = _quote_master(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
-    text = _quote_master(text)
     simple = _read_simple(text)
     if simple is not None:
         return simple
@@ -574,113 +546,9 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
                           path, node.start_mark.line + 1)
     lines: dict[str, int] = {}
     for key_node, _ in node.value:
-        key, line = key_node.value, key_node.start_mark.line + 1
-        if isinstance(key_node, yaml.ScalarNode) and key in lines:
-            # YAML quietly keeps the last one; a silently ignored setting is worse than an error.
-            raise ConfigError(f"given twice (first on line {lines[key]})", path, line, key)
         if isinstance(key_node, yaml.ScalarNode):
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in lines:  # YAML quietly keeps the last one; a silently ignored setting is worse than an error
+                raise ConfigError(f"given twice (first on line {lines[key]})", path, line, key)
             lines[key] = line
     return value, lines
-
-
-def load_config(path: str | None = None, environ=os.environ) -> Config:
-    """Build the effective Config from `path` (as from find_config_path), or personal mode if None."""
-    raw, lines = _read_yaml(path) if path is not None else ({}, {})
-    personal = path is None
-
-    def get(key, parse, default):
-        value = raw.get(key)
-        if value is None:
-            return default() if callable(default) else default
-        try:
-            return parse(value)
-        except ValueError as e:
-            raise ConfigError(str(e), path, lines.get(key), key) from None
-
-    def env(name, parse):
-        try:
-            return parse(environ[name])
-        except ValueError as e:
-            raise ConfigError(str(e), f"${name}") from None
-
-    master_host, master_port = get("master", parse_hostport, lambda: (
-        "127.0.0.1" if personal else socket.gethostname(), DEFAULT_PORT))
-    if environ.get("GRUN_MASTER"):
-        master_host, master_port = env("GRUN_MASTER", parse_hostport)
-    hostname = get("hostname", _parse_host, socket.gethostname)
-    if personal:
-        services = SERVICES
-    else:
-        services = get("services", parse_services, lambda: Lazy(lambda: frozenset(
-            {"exec", "queue"} if is_this_host(master_host, hostname) else {"exec"})))
-
-    bind = get("bind", _parse_host, "127.0.0.1" if personal else "0.0.0.0")
-    advertise = get("advertise", _parse_host, lambda: Lazy(lambda: _guess_advertise(bind, hostname)))
-
-    if environ.get("GRUN_SPOOL"):
-        spool = os.path.abspath(os.path.expanduser(environ["GRUN_SPOOL"]))
-    else:
-        spool = get("spool", _absolute_path, lambda: (
-            user_state_dir(environ) if personal else default_state_dir(environ)))
-    if "log_file" in raw and raw["log_file"] in (None, "", "-"):
-        log_file = None  # explicitly asked for no file: log to stderr
-    else:
-        log_file = get("log_file", _path(spool), os.path.join(spool, "grun.log"))
-
-    return Config(
-        path=path, personal=personal, master_host=master_host, master_port=master_port,
-        services=services, hostname=hostname, bind=bind, advertise=advertise,
-        cpus=get("cpus", parse_cpus, lambda: Lazy(_cpu_count)),
-        memory=get("memory", parse_memory, lambda: Lazy(_memory_mb)),
-        spool=spool, log_file=log_file,
-        pid_file=get("pid_file", _path(spool), os.path.join(spool, "grun.pid")),
-        log_level=get("log_level", _parse_level, "info"),
-        node_timeout=get("node_timeout", _positive_duration, 60.0),
-        heartbeat=get("heartbeat", _positive_duration, 5.0),
-        default_cpus=get("default_cpus", parse_cpus, 1.0),
-        default_memory=get("default_memory", parse_memory, 100),
-        output_keep=get("output_keep", parse_duration, 86400.0),
-        requeue=get("requeue", parse_bool, True),
-        min_free_disk=get("min_free_disk", parse_memory, 64),
-        default_priority=get("default_priority", parse_priority, 20),
-        reserve_after=get("reserve_after", parse_duration, 300.0),
-        hard_factor=get("hard_factor", parse_hard_factor, 1.5),
-        ulimit=get("ulimit", parse_ulimit, dict),
-        resources=get("resources", parse_resources, dict),
-        labels=get("labels", parse_labels, dict),
-        count_outside_load=get("count_outside_load", parse_bool, True),
-        raw=raw,
-    )
-
-
-def _guess_advertise(bind: str, hostname: str) -> str:
-    import ipaddress
-    if bind.lower() == "localhost":
-        return "127.0.0.1"
-    try:
-        addr = ipaddress.ip_address(bind)
-    except ValueError:
-        return bind  # a host name: others can resolve it too
-    # A loopback bind is only reachable at that very address (127.0.0.1 for the default).
-    return hostname if addr.is_unspecified else bind
-
-
-def describe(cfg: Config) -> str:
-    """The effective config as YAML that load_config() reads back to the same values."""
-    origin = cfg.path or "personal mode, no config file"
-    effective = {
-        "master": cfg.master_address, "services": sorted(cfg.services),
-        "hostname": cfg.hostname, "bind": cfg.bind, "advertise": cfg.advertise,
-        "cpus": cfg.cpus, "memory": cfg.memory, "spool": cfg.spool,
-        "log_file": cfg.log_file, "pid_file": cfg.pid_file, "log_level": cfg.log_level,
-        "node_timeout": cfg.node_timeout, "heartbeat": cfg.heartbeat,
-        "default_cpus": cfg.default_cpus, "default_memory": cfg.default_memory,
-        "output_keep": cfg.output_keep, "requeue": cfg.requeue, "min_free_disk": cfg.min_free_disk,
-        "default_priority": cfg.default_priority, "reserve_after": cfg.reserve_after,
-        "hard_factor": cfg.hard_factor, "ulimit": dict(cfg.ulimit), "resources": dict(cfg.resources),
-        "labels": dict(cfg.labels), "count_outside_load": cfg.count_outside_load,
-    }
-    extra = {k: v for k, v in cfg.raw.items() if k not in effective}
-    import yaml
-    body = yaml.safe_dump({**effective, **extra}, sort_keys=False, default_flow_style=False)
-    return f"# grun config ({origin}); memory in MB, durations in seconds\n{body}"

@@ -1,7 +1,8 @@
 """Running grun's services as daemons: one process hosts the configured services (queue, exec),
-writes a pid file and a log file, and stops cleanly on SIGTERM/SIGINT. Also starting such a process in
-the background, stopping it by its pid file, and the personal cluster that `grun CMD` starts when
-there is no config and no master.
+writes a pid file and a log file, reloads its config on SIGHUP through the table of keys
+(grun/config.py), and stops cleanly on SIGTERM/SIGINT. Also starting such a process in the background,
+stopping it by its pid file, and the personal cluster that `grun CMD` starts when there is no config
+and no master.
 """
 
 from __future__ import annotations
@@ -16,28 +17,14 @@ import threading
 import time
 
 from . import registry
-from .config import Config, load_config
+from .config import KEYS, Config, ConfigError, format_hostport, load_config
+from .files import read_int
 
 log = logging.getLogger("grun.daemon")
 
 
 class DaemonError(Exception):
     pass
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            pid = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
 
 
 def running_pid(cfg: Config, pid_file: str | None = None) -> int | None:
@@ -49,8 +36,8 @@ def running_pid(cfg: Config, pid_file: str | None = None) -> int | None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_pid(pid_file)
+    except BlockingIOError:  # locked: its holder is alive
+        return read_int(pid_file)
     finally:
         os.close(fd)  # also drops the lock if we got it
     return None
@@ -79,7 +66,7 @@ def _lock_pid_file(pid_file: str, takeover: bool) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if takeover else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
-            raise DaemonError(f"already running (pid file {pid_file} is locked by pid {_read_pid(pid_file)})") from None
+            raise DaemonError(f"already running (pid file {pid_file} is locked by pid {read_int(pid_file)})") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(pid_file).st_ino
         except FileNotFoundError:
@@ -95,6 +82,8 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     for the daemon running now to exit (a graceful restart started us while it still ran)."""
     services = services or cfg.services
     _setup_logging(cfg, foreground)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
     if takeover:  # load everything before waiting, so the handover costs no import time
@@ -129,21 +118,16 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         if "queue" in services:
             from .actors.master import Master
             master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
-            master = Master(os.path.join(cfg.spool, "master"), default_cpus=cfg.default_cpus,
-                            default_memory=cfg.default_memory, node_timeout=cfg.node_timeout,
-                            requeue=cfg.requeue, min_free_disk=cfg.min_free_disk,
-                            default_priority=cfg.default_priority, reserve_after=cfg.reserve_after)
+            master = Master(os.path.join(cfg.spool, "master"), **_settings(cfg, "queue"))
             uri = master_daemon.register(master, registry.MASTER_NAME)
             master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
             registry.serve_in_thread(master_daemon, "grun-master-pyro")
-            log.info("master listening on %s", registry.format_hostport(cfg.bind, cfg.master_port))
+            log.info("master listening on %s", format_hostport(cfg.bind, cfg.master_port))
         if "exec" in services:
             from .actors.node import Node
-            node = Node(cfg.hostname, os.path.join(cfg.spool, "node"), cfg.cpus, cfg.memory,
-                        master_host=cfg.master_host, master_port=cfg.master_port, bind=cfg.bind,
-                        advertise=cfg.advertise, heartbeat=cfg.heartbeat, output_keep=cfg.output_keep,
-                        resources=cfg.resources, labels=cfg.labels, hard_factor=cfg.hard_factor,
-                        ulimit=cfg.ulimit, count_outside_load=cfg.count_outside_load)
+            settings = _settings(cfg, "exec")
+            node = Node(settings.pop("hostname"), os.path.join(cfg.spool, "node"), master_host=cfg.master_host,
+                        master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise, **settings)
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, node.uri, cfg.cpus, cfg.memory)
         while not stop.is_set():
             wake.wait(1.0)
@@ -176,38 +160,43 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     return code
 
 
-# Keys a running daemon applies on reload; the others (addresses, spool, services) need `grun -d -R`.
-RELOADABLE = {"node_timeout", "default_cpus", "default_memory", "requeue", "min_free_disk", "log_level",
-              "heartbeat", "output_keep", "cpus", "memory"}
+def _settings(cfg: Config, service: str) -> dict:
+    """The values of the keys that `service` reads (KEYS), as keyword arguments for its actor."""
+    return {name: getattr(cfg, name) for name, key in KEYS.items() if key.service == service}
 
 
 def reload(cfg: Config, master=None, node=None) -> Config:
-    """Re-read the config file (SIGHUP, `grun -d -r`) and apply what changed without a restart.
-    A bad file is reported and the running config kept."""
+    """Re-read the config file (SIGHUP, `grun -d -r`) and apply what changed without a restart: each
+    changed key is applied by the service that reads it (Master/Node.reconfigure, the log level here),
+    or logged as needing `grun -d -R`, or as read by no service of this daemon. A bad file is reported
+    and the running config kept."""
     try:
         new = load_config(cfg.path)
     except Exception as exc:  # a broken edit must not take the daemon down
         log.error("reload: %s; keeping the running config", exc)
         return cfg
-    fields = ("master_host", "master_port", "services", "hostname", "bind", "advertise", "spool",
-              "log_file", "pid_file", *sorted(RELOADABLE))
-    changed = [f for f in fields if getattr(cfg, f) != getattr(new, f)]
-    applied = [f for f in changed if f in RELOADABLE]
-    ignored = [f for f in changed if f not in RELOADABLE]
-    if "log_level" in applied:
-        logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
-    if master is not None:
-        master.reconfigure(node_timeout=new.node_timeout, default_cpus=new.default_cpus,
-                           default_memory=new.default_memory, requeue=new.requeue,
-                           min_free_disk=new.min_free_disk)
-    if node is not None:
-        node.reconfigure(heartbeat=new.heartbeat, output_keep=new.output_keep, cpus=new.cpus, memory=new.memory)
-    log.info("reloaded %s: %s", cfg.path or "the default config",
-             ", ".join(f"{f}={getattr(new, f)!r}" for f in applied) if applied else "nothing changed")
-    if ignored:
-        log.warning("reload: %s changed but need a restart (grun -d -R)", ", ".join(ignored))
-    for f in ignored:  # keep running with what we run with, so the next reload reports them again
-        setattr(new, f, getattr(cfg, f))
+    for warning in new.warnings:
+        log.warning("reload: %s", warning)
+    changed = {name: getattr(new, name) for name in KEYS if getattr(new, name) != getattr(cfg, name)}
+    applied = {"log_level": new.log_level} if "log_level" in changed else {}
+    logging.getLogger().setLevel(new.log_level.upper())
+    actors = {service: actor for service, actor in (("queue", master), ("exec", node)) if actor is not None}
+    for service, actor in actors.items():
+        asked = {name: v for name, v in changed.items() if KEYS[name].service == service and KEYS[name].reload}
+        try:
+            applied.update(actor.reconfigure(**asked) if asked else {})
+        except Exception:  # reported below as needing a restart; the daemon serves on
+            log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
+    unread = [name for name in changed if KEYS[name].service in ("queue", "exec") and KEYS[name].service not in actors]
+    restart = [name for name in changed if name not in applied and name not in unread]
+    log.info("reloaded %s: %s", cfg.path or "the default config", "applied " + ", ".join(
+        f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
+    if restart:
+        log.warning("reload: %s changed but need a restart (grun -d -R)", ", ".join(restart))
+    if unread:
+        log.info("reload: %s changed but no service of this daemon reads it", ", ".join(unread))
+    for name in changed.keys() - applied.keys():  # run on with what we run with: the next reload reports them again
+        setattr(new, name, getattr(cfg, name))
     return new
 
 
@@ -219,6 +208,8 @@ def start_background(cfg: Config, wait: float = 15.0, takeover_from: int | None 
     if pid and pid != takeover_from:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+    for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
+        print(f"grun: warning: {warning}", file=sys.stderr)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or ""]
     if takeover_from:
         args.append("--takeover")
@@ -245,7 +236,7 @@ def start_background(cfg: Config, wait: float = 15.0, takeover_from: int | None 
 
 def _ready_to_take_over(pid_file: str, pid: int) -> bool:
     """The new daemon has loaded its code and waits for the pid file's lock (see _lock_pid_file)."""
-    return _read_pid(pid_file + ".takeover") == pid
+    return read_int(pid_file + ".takeover") == pid
 
 
 def ask_reload(cfg: Config) -> int | None:
@@ -303,11 +294,9 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
 def main(argv: list[str]) -> int:
     takeover = "--takeover" in argv
     argv = [a for a in argv if a != "--takeover"]
-    path = argv[0] if argv else None
-    cfg = load_config(path or None)
     try:
-        return serve(cfg, foreground=False, takeover=takeover)
-    except DaemonError as exc:
+        return serve(load_config(argv[0] if argv and argv[0] else None), foreground=False, takeover=takeover)
+    except (ConfigError, DaemonError) as exc:
         print(f"grun: {exc}", file=sys.stderr)
         return 1
 

@@ -1,16 +1,22 @@
 """Tests for grun.config: real files under tmp_path, no network (IP literals avoid DNS)."""
 
+import json
 import math
 import os
+import re
 import socket
+import subprocess
+import sys
 
 import psutil
 import pytest
 import yaml
 
 from grun import config as C
+from grun import machine
 from grun.config import (
     DEFAULT_PORT,
+    KEYS,
     Config,
     ConfigError,
     default_state_dir,
@@ -63,11 +69,9 @@ def test_personal_defaults(env, tmp_path):
     assert cfg.spool == state  # XDG even though the tests run as root
     assert cfg.log_file == os.path.join(state, "grun.log")
     assert cfg.pid_file == os.path.join(state, "grun.pid")
-    assert cfg.master_dir == os.path.join(state, "master")
-    assert cfg.node_dir == os.path.join(state, "node")
     assert (cfg.log_level, cfg.node_timeout, cfg.heartbeat) == ("info", 60, 5)
     assert (cfg.default_cpus, cfg.default_memory, cfg.output_keep) == (1, 100, 86400)
-    assert cfg.raw == {} and cfg.unknown_keys == []
+    assert cfg.warnings == [] and cfg.where == {}
 
 
 def test_personal_state_dir_falls_back_to_home(tmp_path):
@@ -135,7 +139,8 @@ future_key: {{a: 1}}
     assert cfg.pid_file == "/run/g.pid"
     assert (cfg.log_level, cfg.node_timeout, cfg.heartbeat) == ("debug", 120, 2.5)
     assert (cfg.default_cpus, cfg.default_memory, cfg.output_keep) == (0.5, 1024, 43200)
-    assert cfg.raw["future_key"] == {"a": 1} and cfg.unknown_keys == ["future_key"]
+    assert cfg.warnings == [f"{tmp_path}/grun.conf:18: unknown key 'future_key' ignored"]
+    assert cfg.where["cpus"] == f"{tmp_path}/grun.conf:7" and len(cfg.where) == 16
 
 
 @pytest.mark.parametrize("text", ["log_file:\n", "log_file: null\n", "log_file: '-'\n", "log_file: ''\n"])
@@ -216,8 +221,8 @@ def test_services_guessed_from_master(conf, text, services):
 def test_is_this_host_by_local_address():
     addrs = [a.address for nic in psutil.net_if_addrs().values() for a in nic
              if a.family == socket.AF_INET]
-    assert all(C.is_this_host(a) for a in addrs)
-    assert not C.is_this_host("192.0.2.77")
+    assert all(machine.is_this_host(a) for a in addrs)
+    assert not machine.is_this_host("192.0.2.77")
 
 
 def test_personal_mode_always_runs_both_services(env):
@@ -381,26 +386,91 @@ def test_find_config_path_named_but_missing_is_an_error(tmp_path):
         assert str(e.value) == f"{missing}: cannot read: No such file or directory"
 
 
-# --- describe --------------------------------------------------------------------------------------
+# --- describe (grun -q conf) and unknown keys ---------------------------------------------------------
 
 def test_describe_round_trips(conf, tmp_path, env):
     cfg = conf(f"master: '[::1]:6000'\nservices: exec\nmemory: 3G\nspool: {tmp_path}/sp\n"
-               "log_file: null\noutput_keep: 1h\nextra: [1, 2]\n")
+               "log_file: null\noutput_keep: 1h\nlabels: {os: debian12, v: '12', 'yes': on}\nextra: [1, 2]\n")
     text = describe(cfg)
-    assert text.startswith(f"# grun config ({tmp_path}/grun.conf)")
+    assert text.startswith(f"# grun config from {tmp_path}/grun.conf;")
     assert yaml.safe_load(text)["memory"] == 3072
     again = tmp_path / "again.conf"
     again.write_text(text)
     back = load_config(str(again), environ=env)
-    skip = {"path", "raw"}
-    assert {k: v for k, v in vars(back).items() if k not in skip} == \
-           {k: v for k, v in vars(cfg).items() if k not in skip}
-    assert back.raw["extra"] == [1, 2]
+    assert back == cfg and back.labels == {"os": "debian12", "v": "12", "yes": "true"}
+    assert back.warnings == [] and set(back.where) == set(KEYS)  # every key now from the file
+
+
+def test_describe_says_where_each_value_came_from(conf, tmp_path, env):
+    environ = {**env, "GRUN_SPOOL": str(tmp_path / "s")}
+    cfg = conf("# a cluster\nmaster: 192.0.2.1:6000\nmemroy: 2G\ncpus: 2\n", environ=environ)
+    lines = describe(cfg).splitlines()
+    assert f"# warning: {tmp_path}/grun.conf:3: unknown key 'memroy' ignored; did you mean 'memory'?" in lines
+    origin = {line.split(":")[0]: line.split(" # ")[1] for line in lines if not line.startswith("#")}
+    assert list(origin) == list(KEYS)
+    assert origin["master"] == f"{tmp_path}/grun.conf:2" and origin["cpus"] == f"{tmp_path}/grun.conf:4"
+    assert origin["spool"] == "$GRUN_SPOOL"
+    assert origin["memory"] == "guessed: physical memory" and origin["services"].startswith("guessed: ")
+    assert origin["node_timeout"] == origin["log_file"] == "default"
+    assert "cpus: 2 " in describe(cfg) and f"memory: {psutil.virtual_memory().total // 2 ** 20} " in describe(cfg)
 
 
 def test_describe_personal(env):
     text = describe(load_config(None, environ=env))
     assert "personal mode" in text and yaml.safe_load(text)["master"] == "127.0.0.1:5184"
+    assert "master: 127.0.0.1:5184" in text.splitlines()[1] and "# default" not in text.splitlines()[1]
+
+
+@pytest.mark.parametrize("text, line, other", [
+    ("cpus: 2\nmemroy: 2G\n", 2, 3),                               # the fast reader
+    ("labels: {os: x}\n\nmemroy:\n  - 2G\n", 3, 5),                 # PyYAML
+])
+def test_unknown_keys_are_warnings_with_the_closest_key(conf, tmp_path, text, line, other):
+    cfg = conf(text + "zzqq: 1\n")
+    assert cfg.warnings == [f"{tmp_path}/grun.conf:{line}: unknown key 'memroy' ignored; did you mean 'memory'?",
+                            f"{tmp_path}/grun.conf:{other}: unknown key 'zzqq' ignored"]
+
+
+def test_the_client_side_imports_no_guess_and_no_difflib(tmp_path):
+    """What `grun CMD` reads of a cluster config costs no psutil, DNS, yaml or difflib (an unknown key
+    would import difflib, to name the closest key)."""
+    path = tmp_path / "grun.conf"
+    path.write_text("master: 192.0.2.1:6000\nservices: exec\nspool: /tmp/x\n")
+    code = ("import sys; from grun.config import load_config; c = load_config(sys.argv[1]); "
+            "c.master_host, c.master_port, c.spool, c.log_file, c.pid_file, c.personal; "
+            "print(sorted(m for m in ('psutil', 'yaml', 'difflib', 'grun.machine', 'logging') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+# --- the README's config block and reload paragraph come from KEYS -----------------------------------------
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+
+def _readme_section() -> str:
+    with open(README) as f:
+        return f.read().split("## A real cluster", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_config_block_is_the_table(tmp_path, env):
+    """Every key of KEYS once, in order, with its doc; each example value reads back without error."""
+    block = re.search(r"```yaml\n(.*?)```", _readme_section(), re.DOTALL).group(1)
+    rows = [re.fullmatch(r"(?:# )?([a-z_]+): (\S.*?) +# (.*)", line) for line in block.splitlines()]
+    rows = [m.groups() for m in rows if m]
+    expected = "\n".join(f"{k.name}: ...  # {k.doc}" for k in KEYS.values())
+    assert [(name, doc) for name, _, doc in rows] == [(k.name, k.doc) for k in KEYS.values()], \
+        f"the README's config block should list, in this order:\n{expected}"
+    path = tmp_path / "readme.conf"
+    path.write_text("".join(f"{name}: {example}\n" for name, example, _ in rows))
+    cfg = load_config(str(path), environ=env)
+    assert cfg.warnings == [] and set(cfg.where) == set(KEYS)
+
+
+def test_readme_reload_paragraph_names_the_keys_that_need_a_restart():
+    text = " ".join(_readme_section().split())
+    named = re.search(r"every key applies at once except (.*?) \(", text).group(1)
+    assert set(re.findall(r"`(\w+)`", named)) == {k.name for k in KEYS.values() if not k.reload}
 
 
 # --- scheduling and limits keys (issue 4) ---------------------------------------------------------
@@ -413,7 +483,7 @@ def test_scheduling_and_limit_keys(conf):
     assert cfg.resources == {"gpu": 2.0, "scratch_gb": 500.0}
     assert cfg.labels == {"os": "debian12", "cuda": "12"}
     assert cfg.ulimit == {"cpu": 3600, "fsize": 10240, "nofile": 4096, "core": None}
-    assert cfg.count_outside_load is False and cfg.unknown_keys == []
+    assert cfg.count_outside_load is False and cfg.warnings == []
     again = load_config_from_describe(conf, cfg)
     assert (again.resources, again.labels, again.ulimit) == (cfg.resources, cfg.labels, cfg.ulimit)
     defaults = conf("")
@@ -422,8 +492,7 @@ def test_scheduling_and_limit_keys(conf):
 
 
 def load_config_from_describe(conf, cfg):
-    text = describe(cfg).replace(f"hostname: {cfg.hostname}", "")
-    return conf(text)
+    return conf(describe(cfg))
 
 
 @pytest.mark.parametrize("text, key", [

@@ -4,6 +4,7 @@ runs the exec service in the foreground; unset keys get guessed defaults."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,3 +115,64 @@ def test_background_master_foreground_nodes(setup):
     assert not (s.tmp / "head" / "grun.pid").exists()
     r = s.grun("-C", master_conf, "-d", "-k")
     assert r.returncode == 0 and b"not running" in r.stderr
+
+
+# ---- reload through the table of keys (issue 10) -----------------------------------------------------
+
+# A new value for every key a reload applies; test_reload_covers_every_key keeps it in step with KEYS.
+NEW_VALUES = {"cpus": 3, "memory": "2G", "log_level": "debug", "node_timeout": "2m", "heartbeat": 2,
+              "requeue": False, "min_free_disk": 1, "output_keep": "2h", "resources": {"gpu": 1},
+              "labels": {"os": "x"}, "default_cpus": 0.5, "default_memory": "200M", "default_priority": 10,
+              "reserve_after": "1m", "hard_factor": 2, "ulimit": {"nofile": 4096}, "count_outside_load": False}
+NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
+
+
+def test_reload_covers_every_key():
+    from grun.config import KEYS
+    assert set(NEW_VALUES) == {name for name, key in KEYS.items() if key.reload}
+    assert all(not KEYS[name].reload for name in NEEDS_RESTART)
+
+
+def _reload_everything(s) -> tuple[set, set, str]:
+    """Start a daemon with both services from a config with a misspelt key, reload it with every key
+    changed; returns (the keys logged as applied, those logged as needing -R, the whole log)."""
+    keys = dict(services="queue,exec", hostname="n1", cpus=2, memory="1G", log_file="grun.log", memroy="2G")
+    conf = s.conf("both", **keys)
+    r = s.grun("-C", conf, "-d")
+    assert r.returncode == 0, r.stderr
+    def warning():
+        line = open(conf).read().splitlines().index("memroy: 2G") + 1
+        return f"{conf}:{line}: unknown key 'memroy' ignored; did you mean 'memory'?"
+    assert f"grun: warning: {warning()}\n" in r.stderr.decode()
+    wait_for(lambda: "n1" in _nodes_up(s.client), 20, what="the node to register")
+    log_path = s.tmp / "both" / "grun.log"
+    assert warning() in log_path.read_text()
+
+    s.conf("both", **{**keys, **NEW_VALUES, **NEEDS_RESTART})
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 0 and b"reload" in r.stderr, r.stderr
+    log = wait_for(lambda: "reloaded" in log_path.read_text() and log_path.read_text(), 20, what="the reload")
+    after = log.split("reloaded", 1)[1]
+    applied_line = re.search(r"^ \S+: (?:applied (.*)|nothing to apply)$", after, re.MULTILINE)
+    applied = set(re.findall(r"(?:^|, )(\w+)=", applied_line.group(1) or ""))
+    restart = re.search(r"reload: (.*) changed but need a restart \(grun -d -R\)", after)
+    assert f"reload: {warning()}" in log  # the reload warns again
+    return applied, set(restart.group(1).split(", ")) if restart else set(), log
+
+
+def test_reload_reports_every_changed_key(setup):
+    """Each changed key is either applied or logged as needing `grun -d -R`: none is ignored in silence
+    (hard_factor, labels, resources, ulimit, default_priority, reserve_after, count_outside_load were)."""
+    applied, restart, log = _reload_everything(setup)
+    assert set(NEEDS_RESTART) <= restart
+    assert applied | restart == set(NEW_VALUES) | set(NEEDS_RESTART), log
+    assert not applied & restart
+
+
+def test_reload_applies_every_reloadable_key(setup):
+    """With Master.reconfigure and Node.reconfigure taking every key of their service, a reload needs
+    a restart only for the keys that say so, and the master sees the node's new size."""
+    applied, restart, log = _reload_everything(setup)
+    assert restart == set(NEEDS_RESTART) and applied == set(NEW_VALUES), log
+    wait_for(lambda: (_nodes_up(setup.client).get("n1", {}).get("cpus"), _nodes_up(setup.client)["n1"]["memory"])
+             == (3, 2048), 20, what="the node's new cpus and memory")

@@ -1,0 +1,55 @@
+"""Guesses from the machine, for the config defaults that grun/config.py's KEYS leave to it: cpus,
+memory, the address others reach this host at, and whether the master is this host (which services
+to run). Daemon side: config.py imports this only when such a default is first read, so a `grun`
+client never pays for psutil or a DNS lookup."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import psutil
+
+
+def cpus(cfg) -> float:
+    return float(psutil.cpu_count(logical=True) or 1)
+
+
+def memory(cfg) -> int:
+    return psutil.virtual_memory().total // 2 ** 20
+
+
+def services(cfg) -> frozenset[str]:
+    return frozenset({"queue", "exec"} if is_this_host(cfg.master_host, cfg.hostname) else {"exec"})
+
+
+def advertise(cfg) -> str:
+    if cfg.bind.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(cfg.bind)
+    except ValueError:
+        return cfg.bind  # a host name: others can resolve it too
+    # A loopback bind is only reachable at that very address (127.0.0.1 for the default).
+    return cfg.hostname if addr.is_unspecified else cfg.bind
+
+
+def is_this_host(host: str, hostname: str | None = None) -> bool:
+    """Whether `host` names this machine: by name first, then by address (DNS only if needed)."""
+    h = host.lower().rstrip(".")
+    names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
+    if h in names:
+        return True
+    # One side unqualified: "node1" and "node1.example.org" are the same machine.
+    short = h.split(".")[0]
+    if any(("." not in h or "." not in n) and short == n.split(".")[0] for n in names):
+        return True
+    try:
+        addrs = {str(ipaddress.ip_address(h))}
+    except ValueError:
+        try:
+            addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}
+        except (OSError, UnicodeError):
+            return False
+    local = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
+    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
