@@ -1,11 +1,10 @@
-"""grun's config: the one table of its keys (KEYS) and all that comes from it: reading the file, parsing
-and checking each key, defaults and guesses, where each value came from (describe: `grun -q conf`),
-warnings for unknown keys, and what a reload applies (grun/daemon.py). The README's block is checked
-against KEYS. With no file, "personal mode": a master and a node on this machine, bound to 127.0.0.1.
+"""grun's config: the one table of its keys (KEYS), and reading, checking, defaults and guesses, where
+each value came from (describe: `grun -q conf`), unknown-key warnings and what a reload applies, all from
+it. With no config file, "personal mode": a master and a node on this machine, bound to 127.0.0.1.
 
 Every `grun` call imports this module, so it stays light: a default that is a function is computed when
-first read, the machine's guesses (psutil, DNS) live in grun/machine.py, imported only by such a read (a
-daemon's), and yaml only for a file that the fast reader below leaves to it.
+first read; the machine's guesses (psutil, DNS) live in grun/machine.py, which only such a read imports;
+yaml is imported only for a file the fast reader below leaves to it.
 """
 
 from __future__ import annotations
@@ -17,11 +16,8 @@ import socket
 from collections import namedtuple
 
 DEFAULT_PORT = 5184
-ETC_PATH = "/etc/grun.conf"
 SERVICES = frozenset({"queue", "exec"})
-LOG_LEVELS = ("debug", "info", "warning", "error")
-ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size",
-               "stack": "size"}
+ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size", "stack": "size"}
 
 
 class ConfigError(Exception):
@@ -30,42 +26,29 @@ class ConfigError(Exception):
     def __init__(self, message: str, path: str | None = None, line: int | None = None, key: str | None = None):
         self.message = " ".join(str(message).split())  # printed as one log or terminal line
         self.path, self.line, self.key = path, line, key
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = ":".join(str(p) for p in (self.path, self.line) if p is not None)
-        key = f"key {self.key!r}: " if self.key is not None else ""
-        return f"{where}: {key}{self.message}" if where else f"{key}{self.message}"
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        text = (f"key {key!r}: " if key is not None else "") + self.message
+        super().__init__(f"{where}: {text}" if where else text)
 
 
 # ---- parsers: a value as YAML gives it -> the value grun uses, or ValueError("expected ...") ----------
 
-def _got(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _expect(ok, what: str, value, got: str = "") -> None:
     """The one error of every parser: `expected WHAT, got VALUE`."""
     if not ok:
-        raise ValueError(f"expected {what}, got {got}{_got(value)}")
+        text = repr(value)
+        raise ValueError(f"expected {what}, got {got}{text if len(text) <= 60 else text[:57] + '...'}")
 
 
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-# units as exact ratios (numerator, denominator): no float rounding, and no `fractions` import
-_MEMORY_UNIT = {None: (1, 1), "k": (1, 1024), "m": (1, 1), "g": (1024, 1), "t": (1024 ** 2, 1)}
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"  # patterns as text: `re` compiles and caches them on first use
+_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+_MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _ratio(text: str) -> tuple[int, int]:
-    """A decimal number matched by _NUMBER as an exact (numerator, denominator)."""
-    whole, _, frac = text.partition(".")
-    return int(whole or "0") * 10 ** len(frac) + int(frac or "0"), 10 ** len(frac)
 
 
 def _plain_number(value, what: str):
     """A non-negative finite int/float; bools are YAML's yes/no, not numbers."""
-    _expect(not isinstance(value, bool) and isinstance(value, (int, float))
+    _expect(isinstance(value, (int, float)) and not isinstance(value, bool)
             and not (isinstance(value, float) and not math.isfinite(value)), what, value)
     _expect(value >= 0, what, value, "a negative value ")
     return value
@@ -77,12 +60,11 @@ def parse_memory(text: str | float) -> int:
     if isinstance(text, str):
         m = re.fullmatch(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
         _expect(m, what, text)
-        (num, den), (unit_num, unit_den) = _ratio(m.group(1)), _MEMORY_UNIT[m.group(2) and m.group(2).lower()]
-        num, den = num * unit_num, den * unit_den
+        mb = float(m.group(1)) * _MEMORY_UNIT[(m.group(2) or "m").lower()]
     else:
-        num, den = _plain_number(text, what), 1
-    _expect(num <= 2 ** 40 * den, what, text, "an absurd size ")  # an exabyte: surely a units mistake
-    return -(-num // den) if isinstance(num, int) else math.ceil(num)
+        mb = _plain_number(text, what)
+    _expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
+    return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
 
 
 def parse_cpus(text) -> float:
@@ -94,34 +76,23 @@ def parse_cpus(text) -> float:
     return cpus
 
 
-def parse_duration(text) -> float:
+def parse_duration(text, positive: bool = False) -> float:
     """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m"."""
     what = "a duration like 30, 45s, 30m, 12h or 1d"
-    if not isinstance(text, str):
-        return float(_plain_number(text, what))
-    if re.fullmatch(_NUMBER, text.strip()):
-        return float(text)
-    # Every number needs a unit once there are several: "1h 30" is ambiguous.
-    _expect(re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE), what, text)
-    num, den = 0, 1
-    for m in re.finditer(_NUMBER + r"\s*([smhdw])", text, re.IGNORECASE):  # exact sum, then one rounding
-        n, d = _ratio(m.group(1))
-        num, den = num * d + n * _DURATION_UNIT[m.group(2).lower()] * den, den * d
-    return num / den
-
-
-def _positive_duration(text) -> float:
-    seconds = parse_duration(text)
-    _expect(seconds > 0, "a duration above zero", text)
+    if not isinstance(text, str) or re.fullmatch(_NUMBER, text.strip()):
+        seconds = float(text if isinstance(text, str) else _plain_number(text, what))
+    else:  # every number needs a unit once there are several: "1h 30" is ambiguous
+        _expect(re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE), what, text)
+        terms = re.finditer(_NUMBER + r"\s*([smhdw])", text, re.IGNORECASE)
+        seconds = round(sum(float(m.group(1)) * _DURATION_UNIT[m.group(2).lower()] for m in terms), 6)  # 0.7h: 2520
+    _expect(seconds > 0 or not positive, "a duration above zero", text)
     return seconds
-
-
-_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def parse_bool(value) -> bool:
     """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
-    word = value if isinstance(value, bool) else _BOOLS.get(str(value).strip().lower())
+    word = value if isinstance(value, bool) else {"true": True, "yes": True, "on": True, "1": True, "false": False,
+                                                  "no": False, "off": False, "0": False}.get(str(value).strip().lower())
     _expect(word is not None, "true or false", value)
     return word
 
@@ -131,9 +102,8 @@ def _named(value, what: str, kind: str, parse) -> dict:
     _expect(isinstance(value, dict), f"a mapping of {what}", value)
     out = {}
     for name, item in value.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", name) or name in (
-                "cpus", "memory"):
-            raise ValueError(f"bad name {_got(name)} in {what} (letters, digits, _ . - only)")
+        _expect(isinstance(name, str) and re.fullmatch(_NAME, name) and name not in ("cpus", "memory"),
+                f"names of letters, digits, _ . - in {what}", name)
         try:
             out[name] = parse(item)
         except ValueError as e:
@@ -158,11 +128,10 @@ def parse_labels(value) -> dict[str, str]:
 
 def parse_hard_factor(value) -> float:
     try:
-        factor = float(value if isinstance(value, str) else _plain_number(value, "a factor"))
+        factor = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else math.nan
     except ValueError:
-        factor = None
-    _expect(factor is not None, "a factor like 1.5", value)
-    _expect(1.0 <= factor <= 100.0, "a factor between 1 and 100", value)
+        factor = math.nan
+    _expect(1.0 <= factor <= 100.0, "a factor between 1 and 100, like 1.5", value)
     return factor
 
 
@@ -173,15 +142,13 @@ def parse_ulimit(value) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     for name, limit in value.items():
         kind = ULIMIT_KEYS.get(str(name))
-        if kind is None:
-            raise ValueError(f"unknown limit {_got(name)}: use {', '.join(ULIMIT_KEYS)}")
+        _expect(kind, f"limits among {', '.join(ULIMIT_KEYS)}", name)
         try:
             out[name] = (None if limit is None or str(limit).strip().lower() in ("unlimited", "infinity", "none") else
                          max(1, math.ceil(parse_duration(limit))) if kind == "duration" else
                          parse_memory(limit) if kind == "size" else int(_plain_number(limit, "a count")))
-            if name in ("nofile", "fsize") and out[name] is not None:
-                _expect(out[name] >= (16 if name == "nofile" else 1), "at least 16" if name == "nofile" else "at least 1M",
-                        limit)
+            least = {"nofile": 16, "fsize": 1}.get(name, 0)
+            _expect(out[name] is None or out[name] >= least, f"at least {least}{'M' * (name == 'fsize')}", limit)
         except ValueError as e:
             raise ValueError(f"limit {name}: {e}") from None
     return out
@@ -197,24 +164,15 @@ def parse_priority(value) -> int:
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address -> (host, port)."""
-    what = "host or host:port"
-    _expect(isinstance(text, str) and text.strip(), what, text)
-    s, port = text.strip(), None
-    if s.startswith("["):
-        m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", s)
-        _expect(m, what + " ([addr]:port for IPv6)", text)
-        host, port = m.group(1), m.group(2)
-    elif s.count(":") == 1:
-        host, port = s.split(":")
-    else:  # no colon, or a bare IPv6 address that cannot carry a port
-        host = s
-    _expect(host and not re.search(r"[\s/\[\]]", host), what, text)
-    _expect(not host.isdigit(), what, text, "only a number ")  # "master: 6000" is a port, not address 0.0.23.112
-    if port is None:
-        return host, default_port
-    _expect(port.isdigit() and 1 <= int(port) <= 65535, "a port between 1 and 65535", text)
-    return host, int(port)
+    """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address (two colons or more) -> (host, port)."""
+    m = re.fullmatch(r"\[([^\]\s/]+)\](?::(.*))?|([^:\s/\[\]]+)(?::([^:]*))?|([^\s/\[\]]*:[^\s/\[\]]*:[^\s/\[\]]*)",
+                     text.strip()) if isinstance(text, str) else None
+    _expect(m, "host or host:port ([addr]:port for IPv6)", text)
+    host, port = m.group(1) or m.group(3) or m.group(5), m.group(2) if m.group(1) else m.group(4)
+    _expect(not host.isdigit(), "host or host:port", text, "only a number ")  # "master: 6000" is a port
+    _expect(port is None or port.isdigit() and 1 <= int(port) <= 65535, "a port between 1 and 65535", text,
+            f"{port!r} in ")
+    return host, default_port if port is None else int(port)
 
 
 def format_hostport(host: str, port: int) -> str:
@@ -231,32 +189,22 @@ def parse_services(text) -> frozenset[str]:
 
 
 def _parse_host(text) -> str:
-    _expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()),
-            "a host name or address", text)
+    _expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()), "a host or address", text)
     return text.strip()
 
 
 def _parse_level(text) -> str:
     level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
-    _expect(level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}", text)
+    _expect(level in ("debug", "info", "warning", "error"), "one of debug, info, warning, error", text)
     return level
 
 
-def _under_spool(text):
+def _path(text, absolute: bool = False):
     """A path; a relative one lives under the spool, so it is a function of the Config (see Config)."""
     _expect(isinstance(text, str) and text.strip(), "a path", text)
-    path = os.path.expanduser(text.strip())
+    path = os.path.normpath(os.path.expanduser(text.strip()))
+    _expect(os.path.isabs(path) or not absolute, "an absolute path", text)
     return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
-
-
-def _log_file(text):
-    return None if text in (None, "", "-") else _under_spool(text)  # None: log to stderr
-
-
-def _absolute_path(text) -> str:
-    path = _under_spool(text)
-    _expect(not callable(path), "an absolute path", text)
-    return os.path.normpath(path)
 
 
 def user_state_dir(environ=os.environ) -> str:
@@ -265,11 +213,6 @@ def user_state_dir(environ=os.environ) -> str:
     if os.path.isabs(xdg):
         return os.path.join(xdg, "grun")
     return os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state", "grun")
-
-
-def default_state_dir(environ=os.environ, euid: int | None = None) -> str:
-    """Where a cluster daemon keeps state: /var/spool/grun as root, else user_state_dir()."""
-    return "/var/spool/grun" if (os.geteuid() if euid is None else euid) == 0 else user_state_dir(environ)
 
 
 # ---- the table ---------------------------------------------------------------------------------------
@@ -282,18 +225,21 @@ Key = namedtuple("Key", "name parse default service reload doc guess env", defau
 
 
 def _machine(name: str):
-    def guess(cfg):
+    def guess(*args):
         from . import machine  # psutil and DNS: only a daemon (or `grun -q conf`) reads these
-        return getattr(machine, name)(cfg)
+        return getattr(machine, name)(*args)
     return guess
 
 
 _Q, _X, _D = "queue", "exec", "daemon"
+_positive_duration = lambda v: parse_duration(v, positive=True)
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else socket.gethostname(), DEFAULT_PORT),
-        "all", False, "where the queue runs (port 5184 by default)", "this host", "GRUN_MASTER"),
-    Key("services", parse_services, lambda c: SERVICES if c.personal else _machine("services")(c), _D, False,
-        'on the master; "exec" alone on compute nodes', "both if the master is this host, else exec"),
+        "all", False, "where the queue runs (port 5184 by default)",
+        "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
+    Key("services", parse_services, lambda c: SERVICES if c.personal or _machine("is_this_host")(
+        c.master_host, c.hostname) else frozenset({"exec"}), _D, False, 'on the master; "exec" alone on compute nodes',
+        "both on the master's host (and in personal mode), else exec"),
     Key("hostname", _parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
     Key("bind", _parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
@@ -301,10 +247,12 @@ KEYS = {key.name: key for key in (
         "bind, or hostname if that is 0.0.0.0"),
     Key("cpus", parse_cpus, _machine("cpus"), _X, True, "cpus offered to jobs (fractions allowed)", "logical cores"),
     Key("memory", parse_memory, _machine("memory"), _X, True, "MB offered to jobs (or 500M, 4G)", "physical memory"),
-    Key("spool", _absolute_path, lambda c: (user_state_dir if c.personal else default_state_dir)(c.environ), "all",
-        False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
-    Key("log_file", _log_file, lambda c: os.path.join(c.spool, "grun.log"), _D, False, "relative to the spool; null: log to stderr"),
-    Key("pid_file", _under_spool, lambda c: os.path.join(c.spool, "grun.pid"), _D, False, "relative to the spool"),
+    Key("spool", lambda v: _path(v, absolute=True),
+        lambda c: "/var/spool/grun" if not c.personal and os.geteuid() == 0 else user_state_dir(c.environ),
+        "all", False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
+    Key("log_file", lambda v: None if v in (None, "", "-") else _path(v),  # None: log to stderr
+        lambda c: os.path.join(c.spool, "grun.log"), _D, False, "relative to the spool; null: log to stderr"),
+    Key("pid_file", _path, lambda c: os.path.join(c.spool, "grun.pid"), _D, False, "relative to the spool"),
     Key("log_level", _parse_level, "info", _D, True, "debug, info, warning or error"),
     Key("node_timeout", _positive_duration, 60.0, _Q, True,
         "a node silent this long is down; its running jobs are lost (re-queued)"),
@@ -322,16 +270,16 @@ KEYS = {key.name: key for key in (
     Key("hard_factor", parse_hard_factor, 1.5, _X, True,
         "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it)"),
     Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
-    Key("count_outside_load", parse_bool, True, _X, True, "cpu and memory used by non-grun programs are not offered to jobs"),
+    Key("count_outside_load", parse_bool, True, _X, True,
+        "cpu and memory used by non-grun programs are not offered to jobs"),
 )}
 
 
 class Config:
-    """The effective configuration: an attribute per key of KEYS (`master` also as master_host,
-    master_port and master_address), and path (None in personal mode), personal, where (key ->
-    "FILE:LINE" or "$VAR" for the values given) and warnings (one line each). Built directly (handy in
-    tests) it has personal-mode defaults. A default that is a function is computed when first read. A
-    plain class: `dataclasses` pulls in `inspect`, which every `grun CMD` would pay for."""
+    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port,
+    master_address), path (None: personal mode), personal, where (key -> "FILE:LINE" or "$VAR" of each
+    value given) and warnings. Built directly (in tests) it has personal-mode defaults. A plain class:
+    `dataclasses` pulls in `inspect`, which every `grun CMD` would pay for."""
 
     def __init__(self, path=None, personal=True, where=None, warnings=(), environ=os.environ, **values):
         unknown = set(values) - set(KEYS)
@@ -339,13 +287,9 @@ class Config:
             raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
         self.path, self.personal, self.environ = path, personal, environ
         self.where, self.warnings = dict(where or {}), list(warnings)
-        self._lazy = {}
-        for name, key in KEYS.items():
-            value = values.get(name, key.default)
-            if callable(value):
-                self._lazy[name] = value
-            else:
-                setattr(self, name, value)
+        values = {name: values.get(name, key.default) for name, key in KEYS.items()}
+        self._lazy = {name: value for name, value in values.items() if callable(value)}
+        self.__dict__.update({name: value for name, value in values.items() if not callable(value)})
 
     def __getattr__(self, name: str):
         # only called for attributes not set yet: the defaults computed on first read
@@ -359,50 +303,37 @@ class Config:
     master_port = property(lambda self: self.master[1])
     master_address = property(lambda self: format_hostport(*self.master))
 
-    def _values(self) -> dict:
-        return {name: getattr(self, name) for name in KEYS}
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Config) and self._values() == other._values()
-
     def __repr__(self) -> str:
-        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self._values().items()) + ")"
+        return "Config(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in KEYS) + ")"
 
 
 def load_config(path: str | None = None, environ=os.environ) -> Config:
     """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None."""
     raw, lines = _read_yaml(path) if path is not None else ({}, {})
     values, where, warnings = {}, {}, []
-    for name, value in raw.items():
-        key, line = KEYS.get(name), lines.get(name)
-        at = f"{path}:{line}" if line else path
-        if key is None:
+    given = [(name, value, path, lines.get(name)) for name, value in raw.items()]
+    given += [(key.name, environ[key.env], f"${key.env}", None) for key in KEYS.values() if environ.get(key.env)]
+    for name, value, source, line in given:
+        at = f"{source}:{line}" if line else source
+        if name not in KEYS:
             import difflib  # only when there is an unknown key
             close = difflib.get_close_matches(str(name), KEYS, n=1)
-            warnings.append(f"{at}: unknown key {str(name)!r} ignored" + (f"; did you mean {close[0]!r}?" if close else ""))
-        elif value is not None or name == "log_file":  # null takes the default; log_file: null is stderr
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"{at}: unknown key {str(name)!r} ignored{hint}")
+        elif value is not None or name == "log_file":  # null takes the default; log_file: null logs to stderr
+            if source == "$GRUN_SPOOL":  # relative to where it was set, unlike a relative path in a file
+                value = os.path.abspath(os.path.expanduser(value))
             try:
-                values[name], where[name] = key.parse(value), at
+                values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
-                raise ConfigError(str(e), path, line, name) from None
-    for key in KEYS.values():
-        text = environ.get(key.env) if key.env else None
-        if text:
-            if key.name == "spool":  # relative to where it was set, unlike a relative path in a file
-                text = os.path.abspath(os.path.expanduser(text))
-            try:
-                values[key.name], where[key.name] = key.parse(text), f"${key.env}"
-            except ValueError as e:
-                raise ConfigError(str(e), f"${key.env}") from None
+                raise ConfigError(str(e), source, line, name if source == path else None) from None
     return Config(path, path is None, where, warnings, environ, **values)
 
 
-def find_config_path(explicit: str | None = None, environ=os.environ,
-                     etc_path: str = ETC_PATH) -> str | None:
-    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode.
-
-    A file the user named explicitly must exist: silently falling back to personal mode
-    would start a private cluster when they meant to join a real one."""
+def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: str = "/etc/grun.conf") -> str | None:
+    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user
+    named must exist: falling back to personal mode would start a private cluster when they meant to
+    join a real one."""
     for named in (explicit, environ.get("GRUN_CONF")):
         if named:
             if not os.path.exists(named):
@@ -416,29 +347,15 @@ def describe(cfg: Config) -> str:
     where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back."""
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds"]
     lines += [f"# warning: {w}" for w in cfg.warnings]
+    import yaml
     for name, key in KEYS.items():
+        value = cfg.master_address if name == "master" else getattr(cfg, name)
+        value = sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
+            value, float) and value.is_integer() else value
+        text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
         origin = cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else "default")
-        lines.append(f"{f'{name}: {_show(getattr(cfg, name))}':<31} # {origin}")
+        lines.append(f"{f'{name}: {text}':<31} # {origin}")
     return "\n".join(lines) + "\n"
-
-
-def _show(value) -> str:
-    """A value as YAML that reads back the same: plain where the fast reader takes it so, else quoted."""
-    import json  # a JSON string is a YAML double-quoted scalar
-    if isinstance(value, tuple):  # master; "[v6]:port" is quoted, "host:port" reads back as it is
-        value = format_hostport(*value)
-        return json.dumps(value) if value.startswith("[") else value
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_show(k)}: {_show(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (frozenset, set, list)):
-        return "[" + ", ".join(sorted(map(_show, value))) + "]"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str) and _read_simple(f"k: {value}") != ({"k": value}, {"k": 1}):
-        return json.dumps(value)
-    return str(value)
 
 
 # ---- reading the file ----------------------------------------------------------------------------------
@@ -449,14 +366,6 @@ _MASTER_LINE = re.compile(r"^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ 
                           re.MULTILINE)
 
 
-def _quote_master(text: str) -> str:
-    def quote(m):
-        if m.group(2) in ("~", "null", "Null", "NULL"):
-            return m.group(0)
-        return f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}"
-    return _MASTER_LINE.sub(quote, text)
-
-
 # The fast path for the common config file, one `key: value` a line with plain values: read without
 # importing yaml (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists,
 # anchors, escapes, tabs, duplicate keys, values YAML 1.1 would read as something other than the
@@ -464,9 +373,8 @@ def _quote_master(text: str) -> str:
 # gives the errors. tests/test_cli_fast.py checks that both agree.
 _SIMPLE_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *")
 _PLAIN = re.compile(r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*")
-_YAML_BOOL = {"yes": True, "Yes": True, "YES": True, "true": True, "True": True, "TRUE": True, "on": True,
-              "On": True, "ON": True, "no": False, "No": False, "NO": False, "false": False, "False": False,
-              "FALSE": False, "off": False, "Off": False, "OFF": False}
+_YAML_BOOL = {form: value for value, words in ((True, "yes true on"), (False, "no false off"))
+              for word in words.split() for form in (word, word.title(), word.upper())}
 _YAML_NULL = ("~", "null", "Null", "NULL")
 
 
@@ -519,7 +427,8 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = _quote_master(data.decode("utf-8"))
+        text = _MASTER_LINE.sub(lambda m: m.group(0) if m.group(2) in _YAML_NULL else
+                                f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
     simple = _read_simple(text)
@@ -532,23 +441,21 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         value = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        problem = e.problem or e.context or "parse error"
-        raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None
+        raise ConfigError(f"not valid YAML: {e.problem or e.context or 'parse error'}", path,
+                          mark.line + 1 if mark else None) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML: {e}", path) from None
     finally:
         loader.dispose()
-    if value is None:  # empty file, only comments, or a bare "~"
-        return {}, {}
-    if not isinstance(value, dict):
-        kind = {list: "a list"}.get(type(value), f"a single value {_got(value)}")
-        raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}",
-                          path, node.start_mark.line + 1)
+    if value is not None and not isinstance(value, dict):
+        kind = "a list" if isinstance(value, list) else f"a single value {str(value)[:60]!r}"
+        raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}", path,
+                          node.start_mark.line + 1)
     lines: dict[str, int] = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            key, line = key_node.value, key_node.start_mark.line + 1
-            if key in lines:  # YAML quietly keeps the last one; a silently ignored setting is worse than an error
-                raise ConfigError(f"given twice (first on line {lines[key]})", path, line, key)
-            lines[key] = line
-    return value, lines
+    for key, _ in node.value if value else ():
+        if isinstance(key, yaml.ScalarNode):  # YAML keeps the last of two quietly: worse than an error
+            line = key.start_mark.line + 1
+            if key.value in lines:
+                raise ConfigError(f"given twice (first on line {lines[key.value]})", path, line, key.value)
+            lines[key.value] = line
+    return value or {}, lines

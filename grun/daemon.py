@@ -1,12 +1,12 @@
-"""Running grun's services as daemons: one process hosts the configured services (queue, exec),
-writes a pid file and a log file, reloads its config on SIGHUP through the table of keys
-(grun/config.py), and stops cleanly on SIGTERM/SIGINT. Also starting such a process in the background,
-stopping it by its pid file, and the personal cluster that `grun CMD` starts when there is no config
-and no master.
+"""Running grun's services as daemons: one process hosts the configured services (queue, exec), writes
+a pid file and a log file, reloads its config on SIGHUP through the table of keys (grun/config.py), and
+stops cleanly on SIGTERM/SIGINT. Also starting such a process in the background, stopping it by its pid
+file, and the personal cluster that `grun CMD` starts when there is no config and no master.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -27,32 +27,19 @@ class DaemonError(Exception):
     pass
 
 
-def running_pid(cfg: Config, pid_file: str | None = None) -> int | None:
+def running_pid(cfg: Config) -> int | None:
     """The pid of the daemon holding the pid file's lock; a stale file (or a zombie) is not running."""
-    pid_file = pid_file or cfg.pid_file
     try:
-        fd = os.open(pid_file, os.O_RDONLY)
+        fd = os.open(cfg.pid_file, os.O_RDONLY)
     except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:  # locked: its holder is alive
-        return read_int(pid_file)
+        return None  # nobody holds the lock
+    except BlockingIOError:
+        return read_int(cfg.pid_file)
     finally:
         os.close(fd)  # also drops the lock if we got it
-    return None
-
-
-def _setup_logging(cfg: Config, foreground: bool) -> None:
-    level = getattr(logging, cfg.log_level.upper(), logging.INFO)
-    handlers: list[logging.Handler] = []
-    if cfg.log_file:
-        os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
-        handlers.append(logging.FileHandler(cfg.log_file))
-    if foreground or not handlers:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=level, handlers=handlers, force=True,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
 
 def _lock_pid_file(pid_file: str, takeover: bool) -> int:
@@ -67,13 +54,15 @@ def _lock_pid_file(pid_file: str, takeover: bool) -> int:
         except BlockingIOError:
             os.close(fd)
             raise DaemonError(f"already running (pid file {pid_file} is locked by pid {read_int(pid_file)})") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(pid_file).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(pid_file).st_ino:
+                return fd
         os.close(fd)  # the daemon we waited for removed the file we locked: lock the new one
+
+
+def _settings(cfg: Config, service: str) -> dict:
+    """The values of the keys that `service` reads (KEYS), as keyword arguments for its actor."""
+    return {name: getattr(cfg, name) for name, key in KEYS.items() if key.service == service}
 
 
 def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True,
@@ -81,7 +70,14 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     """Run the services until SIGTERM or SIGINT. Returns an exit code. With takeover, first wait
     for the daemon running now to exit (a graceful restart started us while it still ran)."""
     services = services or cfg.services
-    _setup_logging(cfg, foreground)
+    handlers: list[logging.Handler] = []
+    if cfg.log_file:
+        os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
+        handlers.append(logging.FileHandler(cfg.log_file))
+    if foreground or not handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     for warning in cfg.warnings:
         log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
@@ -91,27 +87,19 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     lock_fd = _lock_pid_file(pid_file, takeover)
     if takeover:
         log.info("took over from the previous daemon")
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(pid_file + ".takeover")
-        except OSError:
-            pass
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, f"{os.getpid()}\n".encode())
 
-    stop, wake = threading.Event(), threading.Event()
-    reload_asked = []
+    stop, wake, reload_asked = threading.Event(), threading.Event(), threading.Event()
 
-    def on_stop(*_):
-        stop.set()
+    def on_signal(signum, _frame):
+        (reload_asked if signum == signal.SIGHUP else stop).set()
         wake.set()
 
-    def on_hup(*_):
-        reload_asked.append(True)
-        wake.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     master = master_daemon = node = None
     code = 0
     try:
@@ -132,7 +120,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         while not stop.is_set():
             wake.wait(1.0)
             wake.clear()
-            if reload_asked:
+            if reload_asked.is_set():
                 reload_asked.clear()
                 cfg = reload(cfg, master, node)
             if master is not None and master.failed.is_set():
@@ -146,30 +134,19 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     finally:
         if master is not None:
             master.begin_shutdown()  # from here callers get "restarting", which clients retry
-        if node is not None:
-            node.shutdown()
-        if master_daemon is not None:
-            master_daemon.shutdown()
-        if master is not None:
-            master.shutdown()
-        try:
+        for actor in (node, master_daemon, master):
+            if actor is not None:
+                actor.shutdown()
+        with contextlib.suppress(OSError):
             os.unlink(pid_file)
-        except OSError:
-            pass
         os.close(lock_fd)
     return code
 
 
-def _settings(cfg: Config, service: str) -> dict:
-    """The values of the keys that `service` reads (KEYS), as keyword arguments for its actor."""
-    return {name: getattr(cfg, name) for name, key in KEYS.items() if key.service == service}
-
-
 def reload(cfg: Config, master=None, node=None) -> Config:
-    """Re-read the config file (SIGHUP, `grun -d -r`) and apply what changed without a restart: each
-    changed key is applied by the service that reads it (Master/Node.reconfigure, the log level here),
-    or logged as needing `grun -d -R`, or as read by no service of this daemon. A bad file is reported
-    and the running config kept."""
+    """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the service that
+    reads it (Master/Node.reconfigure; the log level here), or logged as needing `grun -d -R`, or as read
+    by no service of this daemon. A bad file is reported and the running config kept."""
     try:
         new = load_config(cfg.path)
     except Exception as exc:  # a broken edit must not take the daemon down
@@ -177,25 +154,25 @@ def reload(cfg: Config, master=None, node=None) -> Config:
         return cfg
     for warning in new.warnings:
         log.warning("reload: %s", warning)
-    changed = {name: getattr(new, name) for name in KEYS if getattr(new, name) != getattr(cfg, name)}
-    applied = {"log_level": new.log_level} if "log_level" in changed else {}
+    changed = [name for name in KEYS if getattr(new, name) != getattr(cfg, name)]
     logging.getLogger().setLevel(new.log_level.upper())
-    actors = {service: actor for service, actor in (("queue", master), ("exec", node)) if actor is not None}
+    applied = {"log_level": new.log_level} if "log_level" in changed else {}
+    actors = {"queue": master, "exec": node}
     for service, actor in actors.items():
-        asked = {name: v for name, v in changed.items() if KEYS[name].service == service and KEYS[name].reload}
-        try:
-            applied.update(actor.reconfigure(**asked) if asked else {})
-        except Exception:  # reported below as needing a restart; the daemon serves on
-            log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
-    unread = [name for name in changed if KEYS[name].service in ("queue", "exec") and KEYS[name].service not in actors]
+        asked = {name: getattr(new, name) for name in changed if KEYS[name].service == service and KEYS[name].reload}
+        if actor is not None and asked:
+            try:
+                applied.update(actor.reconfigure(**asked))
+            except Exception:  # logged; the daemon serves on, and the keys are reported below
+                log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
+    unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
     restart = [name for name in changed if name not in applied and name not in unread]
     log.info("reloaded %s: %s", cfg.path or "the default config", "applied " + ", ".join(
         f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
-    if restart:
-        log.warning("reload: %s changed but need a restart (grun -d -R)", ", ".join(restart))
-    if unread:
-        log.info("reload: %s changed but no service of this daemon reads it", ", ".join(unread))
-    for name in changed.keys() - applied.keys():  # run on with what we run with: the next reload reports them again
+    for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
+        if names:
+            log.warning("reload: %s changed but %s", ", ".join(names), why)
+    for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
         setattr(new, name, getattr(cfg, name))
     return new
 
@@ -210,33 +187,24 @@ def start_background(cfg: Config, wait: float = 15.0, takeover_from: int | None 
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
         print(f"grun: warning: {warning}", file=sys.stderr)
-    args = [sys.executable, "-m", "grun.daemon", cfg.path or ""]
-    if takeover_from:
-        args.append("--takeover")
+    args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *(["--takeover"] if takeover_from else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     with open(log_path, "ab") as log_out, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(args, stdin=devnull, stdout=log_out, stderr=log_out,
                                 start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + wait
-    asked = False
+    deadline, asked = time.monotonic() + wait, False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}")
         if running_pid(cfg) == proc.pid:
             return proc.pid
-        if takeover_from and not asked and _ready_to_take_over(cfg.pid_file, proc.pid):
+        # the new daemon has loaded its code and waits for the pid file's lock (see _lock_pid_file)
+        if takeover_from and not asked and read_int(cfg.pid_file + ".takeover") == proc.pid:
             asked = True
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(takeover_from, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         time.sleep(0.01)
     raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
-
-
-def _ready_to_take_over(pid_file: str, pid: int) -> bool:
-    """The new daemon has loaded its code and waits for the pid file's lock (see _lock_pid_file)."""
-    return read_int(pid_file + ".takeover") == pid
 
 
 def ask_reload(cfg: Config) -> int | None:
@@ -248,10 +216,9 @@ def ask_reload(cfg: Config) -> int | None:
 
 
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
-    """Graceful restart (`grun -d -R`): a new daemon (new code, new config) starts and loads, then
-    the running one writes a snapshot and exits, and the new one takes over its pid file, state and
-    port at once. Clients and nodes retry meanwhile, so they see a pause, not an error.
-    Returns (old pid or None, new pid)."""
+    """Graceful restart (`grun -d -R`): a new daemon (new code, new config) starts and loads, then the
+    running one writes a snapshot and exits, and the new one takes over its pid file, state and port at
+    once; clients and nodes retry meanwhile, so they see a pause, not an error. Returns (old, new pid)."""
     old = running_pid(cfg)
     return old, start_background(cfg, wait=wait, takeover_from=old)
 
@@ -263,14 +230,12 @@ def stop(cfg: Config, wait: float = 15.0) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if running_pid(cfg) is None:
-            return True
+    while running_pid(cfg) is not None:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
         time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return True
 
 
@@ -292,10 +257,9 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
 
 
 def main(argv: list[str]) -> int:
-    takeover = "--takeover" in argv
-    argv = [a for a in argv if a != "--takeover"]
+    path = next((a for a in argv if a != "--takeover"), "")
     try:
-        return serve(load_config(argv[0] if argv and argv[0] else None), foreground=False, takeover=takeover)
+        return serve(load_config(path or None), foreground=False, takeover="--takeover" in argv)
     except (ConfigError, DaemonError) as exc:
         print(f"grun: {exc}", file=sys.stderr)
         return 1

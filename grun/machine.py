@@ -1,7 +1,6 @@
-"""Guesses from the machine, for the config defaults that grun/config.py's KEYS leave to it: cpus,
-memory, the address others reach this host at, and whether the master is this host (which services
-to run). Daemon side: config.py imports this only when such a default is first read, so a `grun`
-client never pays for psutil or a DNS lookup."""
+"""Guesses from the machine for the config defaults that grun/config.py's KEYS leave to it: cpus, memory,
+the address others reach this host at, whether the master is this host. Daemon side: config.py imports
+it only when such a default is first read, so a `grun` client never pays for psutil or DNS lookups."""
 
 from __future__ import annotations
 
@@ -17,10 +16,6 @@ def cpus(cfg) -> float:
 
 def memory(cfg) -> int:
     return psutil.virtual_memory().total // 2 ** 20
-
-
-def services(cfg) -> frozenset[str]:
-    return frozenset({"queue", "exec"} if is_this_host(cfg.master_host, cfg.hostname) else {"exec"})
 
 
 def advertise(cfg) -> str:

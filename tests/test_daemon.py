@@ -136,7 +136,8 @@ def test_reload_covers_every_key():
 def _reload_everything(s) -> tuple[set, set, str]:
     """Start a daemon with both services from a config with a misspelt key, reload it with every key
     changed; returns (the keys logged as applied, those logged as needing -R, the whole log)."""
-    keys = dict(services="queue,exec", hostname="n1", cpus=2, memory="1G", log_file="grun.log", memroy="2G")
+    keys = {"services": "queue,exec", "hostname": "n1", "cpus": 2, "memory": "1G", "log_file": "grun.log",
+            "memroy": "2G"}
     conf = s.conf("both", **keys)
     r = s.grun("-C", conf, "-d")
     assert r.returncode == 0, r.stderr
