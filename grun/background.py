@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 
 class Loop(threading.Thread):
     def __init__(self, name: str, step: Callable[[], None], every: float | Callable[[], float],
-                 log: logging.Logger, stop: threading.Event | None = None):
+                 log: logging.Logger, stop: threading.Event | None = None, gap: float = 0.0):
+        """`gap`: at least this long from one step's start to the next; wakes meanwhile join the next."""
         super().__init__(name=name, daemon=True)
-        self.step, self.every, self.log = step, every, log
+        self.step, self.every, self.log, self.gap = step, every, log, gap
         self.stopping = stop or threading.Event()
         self._woken = threading.Event()
 
@@ -27,8 +29,12 @@ class Loop(threading.Thread):
             self.join(join)
 
     def run(self) -> None:
+        last = 0.0
         while not self.stopping.is_set():
             self._woken.wait(self.every() if callable(self.every) else self.every)
+            if self.gap:
+                self.stopping.wait(last + self.gap - time.monotonic())
+                last = time.monotonic()
             self._woken.clear()
             if self.stopping.is_set():
                 return

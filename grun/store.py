@@ -1,33 +1,35 @@
-"""The master's durable state.
+"""The master's durable state, in one directory; the master gives dicts and gets dicts back.
 
-Owns three kinds of files under one state directory:
+- ``journal.<first_seq>.log``: append-only JSON lines, each with a rising ``seq``; one writer thread
+  writes whatever is pending with one fdatasync (group commit) and wakes the callers it made durable.
+- ``snapshot.<ticket>.json``: the live state (TinyDB tables ``meta`` and ``jobs``), written whole and
+  atomically; a restart loads the newest readable one and replays the journal after it.
+- ``history/<n>.json``: finished jobs (TinyDB), flushed lazily and rotated every
+  ``history_rotate_docs`` jobs so a write never costs more as history grows; ``history/index.json``
+  holds each closed file's id range, for lookups of old jobs.
 
-- ``journal.<first_seq>.log``: an append-only JSON-lines journal. Every record gets a
-  monotonically increasing ``seq``; one writer thread batches whatever is pending into one
-  write and one fdatasync (group commit), then wakes the callers whose records are durable.
-- ``snapshot.<ticket>.json``: atomic TinyDB snapshots of the live state (tables ``meta`` and
-  ``jobs``). A restart loads the newest readable snapshot and replays the journal after it.
-- ``history/<n>.json``: TinyDB files of finished jobs, written lazily by a flusher thread and
-  rotated every ``history_rotate_docs`` documents so a write never costs more as history grows;
-  ``history/index.json`` holds the id range of each closed file, for lookups of old jobs.
-
-No networking and no knowledge of what a record means: the master gives dicts, gets dicts back.
+A damaged file is never skipped in silence: it is kept aside, logged as critical and named in
+``Store.problems`` (the master's `health()`, which `grun -q status` prints).
 """
 
+import contextlib
 import fcntl
 import heapq
 import itertools
 import json
 import logging
 import os
+import re
+import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
-from tinydb import TinyDB
-from tinydb.storages import Storage
-from tinydb.table import Table
+from .background import Loop
+from .files import fsync_dir, read_json, remove_temps, write_atomic
 
 _HISTORY_BATCH = 1000  # flush history early once this many records wait
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged file raises
+_SNAPSHOT_CHUNK = 500  # documents encoded per piece: the GIL changes hands between pieces
 # The journal only appends: fdatasync syncs the data and the new size, skipping the mtime update.
 _datasync = getattr(os, "fdatasync", os.fsync)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators) builds one per call
@@ -37,150 +39,61 @@ class StoreError(Exception):
     """An unrecoverable storage problem (bad disk, failed fsync, missing journal)."""
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_temps(directory: str) -> None:
-    for name in os.listdir(directory):
-        if name.endswith(".tmp"):  # an atomic write that a crash interrupted
-            os.unlink(os.path.join(directory, name))
-
-
 def _numbered(directory: str, prefix: str, suffix: str) -> list[int]:
-    """Sorted N of every file named <prefix>N<suffix>; temp and .corrupt files don't match."""
-    found = []
-    for name in os.listdir(directory):
-        middle = name[len(prefix):len(name) - len(suffix)]
-        if name.startswith(prefix) and name.endswith(suffix) and middle.isdigit():
-            found.append(int(middle))
-    return sorted(found)
+    """Sorted N of every file named <prefix>N<suffix>; temp, .corrupt and .damaged files don't match."""
+    names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
+    return sorted(int(m) for m in (n[len(prefix):len(n) - len(suffix)] for n in names) if m.isdigit())
 
 
-_SNAPSHOT_CHUNK = 500  # documents written per step: the GIL changes hands between steps
+def _tables(tables: dict) -> Iterator[bytes]:
+    """The pieces of a file TinyDB reads as these tables of JSON-encoded documents (doc ids 1..n).
 
-
-def _write_tables(path: str, tables: dict[str, Iterable[str]]) -> None:
-    """Write a file TinyDB reads as these tables of JSON-encoded documents (doc ids 1..n), atomically:
-    temp file, fsync, rename.
-
-    The documents go into the file a chunk at a time, so they may be encoded lazily as they come:
+    The documents are joined a chunk at a time, so they may be encoded lazily as they come:
     encoding 100k jobs as one string held the GIL for up to 0.8 s (every submit waited) and took
-    2-3x the table's size in memory, a peak the master's RSS never gave back.
-    """
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(b"{")
-            for t, (name, docs) in enumerate(tables.items()):
-                f.write(b"%s%s:{" % (b"," if t else b"", _encode(name).encode()))
-                numbered = enumerate(docs, 1)
-                sep = ""
-                while chunk := list(itertools.islice(numbered, _SNAPSHOT_CHUNK)):
-                    f.write((sep + ",".join('"%d":%s' % item for item in chunk)).encode())
-                    sep = ","
-                f.write(b"}")
-            f.write(b"}")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        _fsync_dir(os.path.dirname(path) or ".")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    2-3x the table's size in memory, a peak the master's RSS never gave back."""
+    yield b"{"
+    for t, (name, docs) in enumerate(tables.items()):
+        yield b"%s%s:{" % (b"," if t else b"", _encode(name).encode())
+        numbered, sep = enumerate(docs, 1), ""
+        while chunk := list(itertools.islice(numbered, _SNAPSHOT_CHUNK)):
+            yield (sep + ",".join(f'"{i}":{doc}' for i, doc in chunk)).encode()
+            sep = ","
+        yield b"}"
+    yield b"}"
 
 
-class AtomicJSONStorage(Storage):
-    """TinyDB storage whose every write replaces the file atomically.
-
-    A plain JSONStorage rewrites the file in place, so a kill -9 mid-write leaves a file TinyDB
-    cannot open. We are the file's only writer, so the parsed data is kept and reads after the
-    first one cost nothing (TinyDB otherwise re-parses the file once per table access).
-    """
-
-    def __init__(self, path: str, fresh: bool = False):
-        self.path = path
-        self._data = {} if fresh else None
-
-    def read(self):
-        if self._data is None:
-            try:
-                with open(self.path, "rb") as f:
-                    self._data = json.load(f)
-            except FileNotFoundError:
-                return None
-            if not isinstance(self._data, dict):
-                self._data = None
-                raise ValueError(f"{self.path}: not a TinyDB file")
-        return self._data
-
-    def write(self, data) -> None:
-        tmp = self.path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(_encode(data).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.path)
-            _fsync_dir(os.path.dirname(self.path) or ".")
-        except BaseException:
-            self._data = None  # TinyDB already changed the dict it read; the disk did not
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        self._data = data
-
-    def close(self) -> None:
-        self._data = None
-
-
-class _Stored(dict):
-    """Stands in for tinydb's Document and returns the stored dict itself: wrapping 100k jobs in
-    Documents (which callers would copy back into plain dicts) doubles the time of a load."""
-
-    def __new__(cls, doc, doc_id):
-        return doc
-
-
-class _PlainTable(Table):
-    document_class = _Stored
-
-
-class _DB(TinyDB):
-    table_class = _PlainTable
+def _read_tables(path: str, *names: str) -> list[list[dict]]:
+    """The documents of these tables of a TinyDB file that _tables() wrote, in doc id order. Read
+    as plain JSON: TinyDB would wrap each document (100k jobs: twice the time of a load) and
+    re-parse the file on every table access."""
+    with open(path, "rb") as f:
+        data = json.load(f)
+    return [list(data.get(name, {}).values()) for name in names]  # (AttributeError: not a TinyDB file)
 
 
 class _Journal:
     """Segmented JSON-lines journal with a group-commit writer thread."""
 
-    def __init__(self, directory: str, log: logging.Logger):
-        self.dir, self._log = directory, log
+    def __init__(self, directory: str, log: logging.Logger, problems: list[str]):
+        self.dir, self._log, self.problems = directory, log, problems
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # writer waits for pending items
         # Callers waiting for durability: (seq, tiebreak, held lock). The writer releases exactly
         # the ones its fsync covered; a shared Condition would wake all 32 to let 14 go.
         self._waiters: list = []
         self._tiebreak = itertools.count()
         self._pending: list = []  # encoded lines, or an int: switch to segment journal.<int>.log
-        self._seq = self._durable = 0
+        self._seq = self._durable = self.commits = 0
         self._segment = 0  # first seq of the segment that new records go to
-        self._file = None
-        self._error: StoreError | None = None
-        self._closing = False
-        self.commits = 0
-        self._thread = threading.Thread(target=self._run, name="grun-journal", daemon=True)
-        self._thread.start()
+        self._file, self._error, self._closing = None, None, False
+        self._writer = Loop("grun-journal", self._commit, 60.0, log)
+        self._writer.start()
 
     def _path(self, first: int) -> str:
         return os.path.join(self.dir, f"journal.{first}.log")
 
     def replay(self, after: int) -> tuple[list[dict], int]:
-        """Records with seq > after, and the highest seq present (torn or corrupt lines skipped)."""
+        """Records with seq > after, and the highest seq present. A torn last line (a crash in the
+        middle of a write) is normal and cut off; any other unreadable line is damage (_damaged)."""
         segs = _numbered(self.dir, "journal.", ".log")
         if segs and segs[0] > after + 1:
             raise StoreError(f"journal starts at seq {segs[0]}, but the snapshot ends at seq {after}")
@@ -189,54 +102,71 @@ class _Journal:
             newest = i == len(segs) - 1
             if not newest and segs[i + 1] <= after + 1:
                 continue  # every record in it is already in the snapshot
-            path, offset = self._path(first), 0
+            path, offset, bad = self._path(first), 0, []  # bad: (line number, offset, line) since the last good one
             with open(path, "rb") as f:
                 for n, line in enumerate(f, 1):
-                    if not line.endswith(b"\n"):
-                        self._log.warning("%s: skipping torn last line %d (%d bytes)", path, n, len(line))
-                        if newest:  # so appending after it can't glue a record onto the fragment
-                            os.truncate(path, offset)
-                        break
-                    offset += len(line)
                     try:
-                        rec = json.loads(line)
+                        rec = json.loads(line) if line.endswith(b"\n") else None
                         seq = rec["seq"]
                         if type(seq) is not int or seq <= last:
                             raise ValueError(f"seq {seq!r} out of order")
-                    except (ValueError, TypeError, KeyError) as e:
-                        self._log.warning("%s: skipping corrupt line %d: %s", path, n, e)
-                        continue
-                    last = seq
-                    if seq > after:
-                        records.append(rec)
+                    except (ValueError, TypeError, KeyError):
+                        bad.append((n, offset, line))
+                    else:
+                        if bad:
+                            self._damaged(path, bad, max(last, first - 1), seq)
+                            bad = []
+                        last = seq
+                        if seq > after:
+                            records.append(rec)
+                    offset += len(line)
+            if bad and newest and len(bad) == 1 and not bad[0][2].endswith(b"\n"):
+                self._log.warning("%s: skipping torn last line %d (%d bytes)", path, bad[0][0], len(bad[0][2]))
+            elif bad:
+                self._damaged(path, bad, max(last, first - 1), None)
+            if bad and newest:  # so appending after it can't glue a record onto the fragment
+                os.truncate(path, bad[0][1])
         return records, max([last] + [s - 1 for s in segs[-1:]])
+
+    def _damaged(self, path: str, bad: list, before: int, after: int | None) -> None:
+        """Lines that are not a torn tail: records that were on disk may be lost. The file is kept
+        for a post-mortem, and the loss is logged and named in `problems`, never skipped in silence."""
+        kept = path + ".damaged"
+        if not os.path.exists(kept):
+            shutil.copyfile(path, kept)
+        text = b"\n".join(line for _, _, line in bad)
+        seen = [f"{op.decode()} of job {i.decode()}" for op, i in re.findall(rb'"op":"(\w+)"[^\n]*?"id":(\d+)', text)]
+        lost = (f"records after {before}" if after is None else
+                f"record {before + 1}" if after == before + 2 else f"records {before + 1}-{after - 1}")
+        message = (f"damaged journal: {len(bad)} unreadable line(s) from line {bad[0][0]} of {path} ({lost} lost"
+                   f"{'; they look like ' + ', '.join(seen[:5]) if seen else ''}); a copy is kept at {kept}")
+        self._log.critical(message)
+        self.problems.append(message)
 
     def open(self, next_seq: int) -> None:
         self._seq = self._durable = next_seq - 1
         self._segment = next_seq
         self._file = open(self._path(next_seq), "ab")
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def append(self, records: list[dict]) -> int:
-        bodies = []
-        for rec in records:
-            if not isinstance(rec, dict):
-                raise TypeError(f"journal records are dicts, not {type(rec).__name__}")
-            if "seq" in rec:
-                rec = {k: v for k, v in rec.items() if k != "seq"}
-            bodies.append(_encode(rec).encode())
+        if not all(isinstance(rec, dict) for rec in records):
+            raise TypeError("journal records are dicts")
+        bodies = [_encode(rec if "seq" not in rec else {k: v for k, v in rec.items() if k != "seq"}).encode()
+                  for rec in records]  # (a caller's seq is ignored)
         with self._lock:
             if self._error:
                 raise self._error
-            if self._closing:
-                raise StoreError("store is closed")
+            if self._file is None or self._closing:  # (the next seq is known once load() read the journal)
+                raise StoreError("store is closed" if self._closing else "load() must come before anything is logged")
             for body in bodies:  # seq is spliced in under the lock so lines reach disk in seq order
                 self._seq += 1
                 head = b'{"seq":%d' % self._seq
                 self._pending.append(head + (b"}\n" if body == b"{}" else b"," + body[1:] + b"\n"))
-            if bodies:
-                self._work.notify()
-            return self._seq
+            seq = self._seq
+        if bodies:
+            self._writer.wake()
+        return seq
 
     def wait(self, seq: int) -> None:
         with self._lock:
@@ -257,151 +187,127 @@ class _Journal:
 
     def rotate(self) -> int:
         with self._lock:
+            if self._file is None:
+                raise StoreError("load() must come before anything is logged")
             ticket = self._seq
             if self._segment != ticket + 1:
                 self._segment = ticket + 1
                 self._pending.append(ticket + 1)
-                self._work.notify()
+                self._writer.wake()
             return ticket
 
     def prune(self, upto: int) -> None:
         """Delete segments holding only records <= upto; the newest segment always stays."""
         segs = _numbered(self.dir, "journal.", ".log")
-        for first, successor in zip(segs, segs[1:]):
+        for first, successor in itertools.pairwise(segs):
             if successor <= upto + 1:
                 os.unlink(self._path(first))
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._pending and not self._closing:
-                    self._work.wait()
-                if not self._pending:
-                    return
-                batch, self._pending, upto = self._pending, [], self._seq
-            try:
-                self._write(batch)
-            except OSError as e:
-                # After a failed fsync the page cache may claim data the disk lost: stop for good.
-                self._log.error("journal write failed: %s", e)
-                with self._lock:
-                    self._error = StoreError(f"journal write failed: {e}")
-                    self._release(float("inf"))
+    def _commit(self) -> None:
+        """One group commit: whatever is pending, one write and one fdatasync per segment."""
+        with self._lock:
+            if not self._pending or self._error:
                 return
+            batch, self._pending, upto = self._pending, [], self._seq
+        try:
+            lines = []
+            for item in batch + [None]:
+                if isinstance(item, bytes):
+                    lines.append(item)
+                    continue
+                if lines:
+                    self._file.write(b"".join(lines))
+                    self._file.flush()
+                    _datasync(self._file.fileno())
+                    lines = []
+                if item is not None:
+                    self._file.close()
+                    self._file = open(self._path(item), "ab")
+                    fsync_dir(self.dir)
+        except OSError as e:
+            # After a failed fsync the page cache may claim data the disk lost: stop for good.
+            self._log.error("journal write failed: %s", e)
             with self._lock:
-                self._durable = upto
-                self.commits += 1
-                self._release(upto)
-
-    def _write(self, batch: list) -> None:
-        lines = []
-        for item in batch + [None]:
-            if isinstance(item, bytes):
-                lines.append(item)
-                continue
-            if lines:
-                self._file.write(b"".join(lines))
-                self._file.flush()
-                _datasync(self._file.fileno())
-                lines = []
-            if item is not None:
-                self._file.close()
-                self._file = open(self._path(item), "ab")
-                _fsync_dir(self.dir)
+                self._error = StoreError(f"journal write failed: {e}")
+                self._release(float("inf"))
+            return
+        with self._lock:
+            self._durable = upto
+            self.commits += 1
+            self._release(upto)
 
     def close(self) -> None:
         with self._lock:
             self._closing = True
-            self._work.notify()
-        self._thread.join()
+        self._writer.stop(join=60)
+        self._commit()  # what was appended before close
         if self._file:
             self._file.close()
 
 
 class _History:
-    """Finished jobs: an in-memory buffer, flushed lazily into rotating TinyDB files.
+    """Finished jobs: an in-memory buffer, flushed lazily into rotating TinyDB files. Each job is
+    JSON-encoded once: the current file's documents are kept encoded, and a flush rewrites the file from
+    those pieces plus the new jobs (a TinyDB insert re-encoded the whole file, up to 5,000 jobs, every
+    second). Closed files never change; ``index.json`` keeps the id range of each, so looking up an
+    old job reads one file, not every file newest first."""
 
-    Each job is JSON-encoded once: the current file's documents are kept encoded, and a flush
-    rewrites the file from those pieces plus the new jobs (a TinyDB insert re-encoded the whole file,
-    up to 5,000 jobs, every second). Closed files never change; ``index.json`` keeps the id range of
-    each, so looking up an old job reads one file, not every file newest first.
-    """
-
-    def __init__(self, directory: str, rotate_docs: int, flush_secs: float, log: logging.Logger):
-        self.dir, self._rotate_docs, self._log = directory, rotate_docs, log
+    def __init__(self, directory: str, rotate_docs: int, flush_secs: float, log: logging.Logger,
+                 problems: list[str]):
+        self.dir, self._rotate_docs, self._log, self.problems = directory, rotate_docs, log, problems
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _remove_temps(directory)
-        self._lock = threading.Lock()  # buffer and id sets; never held during file I/O
+        remove_temps(directory)
+        self._lock = threading.Lock()  # the buffer, what is in flight, the current docs; never held during I/O
         self._file_lock = threading.Lock()  # the current file, its documents, rotation, the index
-        self._wake = threading.Condition(self._lock)
         self._buffer: dict[int, dict] = {}
         self._inflight: dict[int, dict] = {}  # taken by a flush, not yet on disk
-        self._closing = False
         numbers = _numbered(directory, "", ".json")
         self._current = numbers[-1] if numbers else 1
         self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
         self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
-        self._current_docs, self._current_parts = self._open_current()
-        self._current_ids = set(self._current_docs)
-        self._thread = threading.Thread(target=self._run, args=(flush_secs,), name="grun-history", daemon=True)
-        self._thread.start()
+        docs = self._read_file(self._current)
+        self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [_encode(doc) for doc in docs]
+        # (a flush that fails is logged and tried again next round: the jobs are safe in the journal)
+        self._flusher = Loop("grun-history", self.flush, flush_secs, log)
+        self._flusher.start()
 
     def _path(self, n: int) -> str:
         return os.path.join(self.dir, f"{n}.json")
 
     def _load_index(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
-        try:
-            with open(os.path.join(self.dir, "index.json"), "rb") as f:
-                ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in json.load(f).items()}
-        except FileNotFoundError:
+        """The id ranges of the closed files; a file the index misses (the index was deleted or
+        damaged) is read once and the index written again."""
+        try:  # (read_json gives None for a missing or torn file)
+            ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in read_json(f"{self.dir}/index.json").items()}
+        except (ValueError, TypeError, AttributeError):
             ranges = {}
-        except (OSError, ValueError, TypeError, AttributeError) as e:
-            self._log.warning("history index unreadable (%s); rebuilding it", e)
-            ranges = {}
-        missing = [n for n in numbers if n != numbers[-1] and n not in ranges]
-        for n in missing:  # written before the index existed, or the index was lost: read once
-            ids = [doc["id"] for doc in self._read_file(n)]
-            if ids:
-                ranges[n] = (min(ids), max(ids))
+        missing = [n for n in numbers[:-1] if n not in ranges]  # (the last one is the current file)
+        ranges.update({n: (min(ids), max(ids)) for n in missing if (ids := [d["id"] for d in self._read_file(n)])})
         ranges = {n: r for n, r in ranges.items() if n in numbers}
         if missing:
             self._save_index(ranges)
         return ranges
 
     def _save_index(self, ranges: dict[int, tuple[int, int]]) -> None:
-        path = os.path.join(self.dir, "index.json")
-        with open(path + ".tmp", "wb") as f:
-            f.write(_encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(path + ".tmp", path)
+        write_atomic(os.path.join(self.dir, "index.json"),
+                     _encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
 
-    def _open_current(self) -> tuple[dict[int, dict], list[str]]:
+    def _read_file(self, n: int) -> list[dict]:
+        """The jobs of history file n, [] if there is none. A damaged file is kept aside (renamed
+        .corrupt: the current one would be written over) and reported; it must not hide the rest."""
+        path = self._path(n)
         try:
-            docs = self._read_file(self._current, strict=True)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            self._log.warning("history file %s is corrupt (%s); starting a new one", self._path(self._current), e)
-            os.replace(self._path(self._current), self._path(self._current) + ".corrupt")
-            self._current += 1
-            return {}, []
-        return {doc["id"]: doc for doc in docs}, [_encode(doc) for doc in docs]
-
-    def _read_file(self, n: int, strict: bool = False) -> list[dict]:
-        if not os.path.exists(self._path(n)):
+            docs = _read_tables(path, "jobs")[0] if os.path.exists(path) else []
+            if all(isinstance(doc, dict) and "id" in doc for doc in docs):
+                return docs
+            raise ValueError("a document without an id")
+        except _UNREADABLE as e:
+            message = f"history file {path} unreadable ({e}): kept as {path}.corrupt"
+            self._log.critical(message)
+            self.problems.append(message)
+            with contextlib.suppress(OSError):
+                os.replace(path, path + ".corrupt")
             return []
-        db = _DB(self._path(n), storage=AtomicJSONStorage)
-        try:
-            docs = db.table("jobs").all()
-            for doc in docs:
-                doc["id"]
-            return docs
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            if strict:
-                raise
-            self._log.warning("history file %s unreadable: %s", self._path(n), e)  # one bad file must not hide the rest
-            return []
-        finally:
-            db.close()
 
     def _docs(self, n: int) -> list[dict]:
         with self._file_lock:
@@ -413,11 +319,11 @@ class _History:
         with self._lock:
             for job in jobs:
                 jid = job["id"]
-                if not (jid in self._buffer or jid in self._inflight or jid in self._current_ids
+                if not (jid in self._buffer or jid in self._inflight or jid in self._current_docs
                         or jid in self._previous_ids):
                     self._buffer[jid] = dict(job)
             if len(self._buffer) >= _HISTORY_BATCH:
-                self._wake.notify()
+                self._flusher.wake()
 
     def flush(self) -> None:
         with self._file_lock:
@@ -441,18 +347,15 @@ class _History:
                 self._save_index(self._ranges)  # before the next file exists: a crash re-reads the index
                 self._current += 1
                 with self._lock:
-                    self._previous_ids, self._current_ids = self._current_ids, set()
-                self._current_docs, self._current_parts = {}, []
+                    self._previous_ids, self._current_docs, self._current_parts = set(ids), {}, []
                 continue
             chunk, batch = batch[:room], batch[room:]
             parts = self._current_parts + [_encode(job) for job in chunk]
-            _write_tables(self._path(self._current), {"jobs": parts})
+            write_atomic(self._path(self._current), _tables({"jobs": parts}))
             self._current_parts = parts
             with self._lock:
                 for job in chunk:
-                    self._current_docs[job["id"]] = job
-                    self._current_ids.add(job["id"])
-                    del self._inflight[job["id"]]
+                    self._current_docs[job["id"]] = self._inflight.pop(job["id"])
 
     def query(self, limit: int, predicate: Callable[[dict], bool] | None) -> list[dict]:
         match = predicate or (lambda job: True)
@@ -467,44 +370,22 @@ class _History:
             for doc in self._docs(n):
                 if doc["id"] not in found and match(doc):
                     found[doc["id"]] = dict(doc)
-        newest = sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)
-        return newest[:limit]
+        return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
 
     def find(self, job_id: int) -> dict | None:
         with self._lock:
-            job = self._buffer.get(job_id) or self._inflight.get(job_id)
+            job = self._buffer.get(job_id) or self._inflight.get(job_id) or self._current_docs.get(job_id)
         if job is not None:
             return dict(job)
-        with self._file_lock:
-            job = self._current_docs.get(job_id)
-            candidates = [n for n, (lo, hi) in self._ranges.items() if lo <= job_id <= hi]
-        if job is not None:
-            return dict(job)
-        for n in sorted(candidates, reverse=True):
+        for n in sorted((n for n, (lo, hi) in list(self._ranges.items()) if lo <= job_id <= hi), reverse=True):
             for doc in self._read_file(n):
                 if doc["id"] == job_id:
                     return doc
         return None
 
-    def _run(self, flush_secs: float) -> None:
-        while True:
-            with self._lock:
-                self._wake.wait_for(lambda: self._closing or len(self._buffer) >= _HISTORY_BATCH, flush_secs)
-                if self._closing:
-                    return  # close() does the last flush itself, so it can report failure
-            try:
-                self.flush()
-            except Exception as e:  # records are safe in the journal; retry on the next round
-                self._log.error("history flush failed: %s", e)
-                with self._lock:
-                    self._wake.wait(flush_secs)
-
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        self._thread.join()
-        self.flush()
+        self._flusher.stop(join=60)
+        self.flush()  # here, not in the loop, so that a failure is reported
 
 
 class Store:
@@ -514,6 +395,7 @@ class Store:
                  history_flush_secs: float = 1.0, log: logging.Logger | None = None):
         self.dir = os.path.abspath(state_dir)
         self._log = log or logging.getLogger("grun.store")
+        self.problems: list[str] = []  # one line each, for an admin: damage found, data kept aside
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         # Two masters appending to one journal would interleave seqs: refuse the second.
         self._lockfile = open(os.path.join(self.dir, "lock"), "a")
@@ -522,12 +404,12 @@ class Store:
         except BlockingIOError:
             self._lockfile.close()
             raise StoreError(f"{self.dir} is in use by another grun master") from None
-        _remove_temps(self.dir)
+        remove_temps(self.dir)
         self._snap_lock = threading.Lock()
         self._loaded = self._closed = False
-        self._journal = _Journal(self.dir, self._log)
+        self._journal = _Journal(self.dir, self._log, self.problems)
         self._history = _History(os.path.join(self.dir, "history"), history_rotate_docs,
-                                 history_flush_secs, self._log)
+                                 history_flush_secs, self._log, self.problems)
 
     def _snap_path(self, ticket: int) -> str:
         return os.path.join(self.dir, f"snapshot.{ticket}.json")
@@ -541,33 +423,22 @@ class Store:
             try:
                 state, ticket = self._read_snapshot(t), t
                 break
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            except _UNREADABLE as e:
                 self._log.warning("snapshot %s unreadable (%s); falling back", self._snap_path(t), e)
                 os.replace(self._snap_path(t), self._snap_path(t) + ".corrupt")
         records, last = self._journal.replay(ticket)
+        for path in sorted(f"{self.dir}/{name}" for name in os.listdir(self.dir) if name.endswith(".damaged")):
+            if not any(path in p for p in self.problems):  # (found at an earlier start, its segment pruned since)
+                self.problems.append(f"damaged journal kept at {path}: see the master's log; remove it once dealt with")
         self._journal.open(max([last, ticket] + tickets) + 1)
         self._loaded = True
         return state, records
 
     def _read_snapshot(self, ticket: int) -> dict:
-        db = _DB(self._snap_path(ticket), storage=AtomicJSONStorage)
-        try:
-            metas = db.table("meta").all()
-            if len(metas) != 1 or metas[0]["ticket"] != ticket:
-                raise ValueError("no meta document for this ticket")
-            meta = metas[0]
-            state = dict(meta["state"])
-            if meta["has_jobs"]:
-                state["jobs"] = db.table("jobs").all()
-                if len(state["jobs"]) != meta["jobs_count"]:  # the meta write landed, the jobs one didn't
-                    raise ValueError(f"{len(state['jobs'])} jobs, meta says {meta['jobs_count']}")
-            return state
-        finally:
-            db.close()
-
-    def _check_loaded(self) -> None:
-        if not self._loaded:  # the next seq is only known once load() has read the journal
-            raise StoreError("load() must be called before anything is logged")
+        metas, jobs = _read_tables(self._snap_path(ticket), "meta", "jobs")
+        if len(metas) != 1 or metas[0]["ticket"] != ticket or len(jobs) != (metas[0]["jobs_count"] or 0):
+            raise ValueError("no meta document for this ticket, or not as many jobs as it says")
+        return metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
 
     def log(self, records: list[dict]) -> int:
         """Append records and return once they are fsync'd; returns the last seq."""
@@ -578,27 +449,23 @@ class Store:
     def log_nowait(self, records: list[dict]) -> int:
         """Append records; the next group commit makes them durable. Returns the last seq,
         which wait_durable() accepts: call this under the state lock, wait after releasing it."""
-        self._check_loaded()
         return self._journal.append(records)
 
     def wait_durable(self, seq: int) -> None:
         self._journal.wait(seq)
 
     def begin_snapshot(self) -> int:
-        self._check_loaded()
         return self._journal.rotate()
 
     def write_snapshot(self, ticket: int, state: dict) -> None:
         # A fallback to the previous snapshot replays the records up to this ticket: have them on disk.
         self._journal.wait(ticket)
-        jobs = state.get("jobs")
-        as_table = isinstance(jobs, list) and all(isinstance(job, dict) for job in jobs)
-        meta = {"ticket": ticket, "has_jobs": as_table, "jobs_count": len(jobs) if as_table else 0,
-                "state": {k: v for k, v in state.items() if not (as_table and k == "jobs")}}
-        path = self._snap_path(ticket)
+        jobs = state.get("jobs", [])  # a table of job documents; the rest is one document, meta
+        meta = {"ticket": ticket, "jobs_count": len(jobs) if "jobs" in state else None,
+                "state": {k: v for k, v in state.items() if k != "jobs"}}
         with self._snap_lock:
             try:
-                _write_tables(path, {"meta": [_encode(meta)], "jobs": map(_encode, jobs if as_table else [])})
+                write_atomic(self._snap_path(ticket), _tables({"meta": [_encode(meta)], "jobs": map(_encode, jobs)}))
             except OSError as e:
                 raise StoreError(f"snapshot {ticket} not written: {e}") from e
             tickets = _numbered(self.dir, "snapshot.", ".json")

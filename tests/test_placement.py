@@ -10,7 +10,8 @@ import pytest
 
 from grun.core import jobs as J
 from grun.core.explain import explain
-from grun.core.placement import NodeView, best_node, impossible, place
+from grun.core.master_state import MasterState
+from grun.core.placement import EPS, NodeIndex, NodeView, delays_claim, impossible, place
 from grun.core.queue import JobTable
 
 
@@ -21,6 +22,21 @@ def job(i, cpus=1.0, memory=100, priority=20, t=0.0, **extra):
 
 def nodes(*specs):
     return [NodeView(name, cpus, mem, **extra) for name, cpus, mem, extra in specs]
+
+
+def scan_best(j, nodes, rng=random, claims=None):
+    """Best fit by a look at every node: what NodeIndex.best must find without looking at every node."""
+    best, best_key = [], None
+    for node in nodes:
+        if not node.fits(j) or delays_claim(node, j, claims):
+            continue
+        key = (node.free_cpus - j["cpus"], node.free_memory - j["memory"])
+        same_cpus = best_key is not None and abs(key[0] - best_key[0]) <= EPS
+        if best_key is None or key[0] < best_key[0] - EPS or (same_cpus and key[1] < best_key[1]):
+            best, best_key = [node], key
+        elif same_cpus and key[1] == best_key[1]:
+            best.append(node)
+    return (best[0] if len(best) == 1 else rng.choice(best)) if best else None
 
 
 # ---- fits --------------------------------------------------------------------------------------
@@ -39,7 +55,7 @@ def test_fits_counts_reservations_and_outside_load():
 
 def test_fractional_cpus():
     n = NodeView("a", 1, 1000)
-    placed = place([job(i, 0.25) for i in range(1, 6)], [n]).placed
+    placed = place([job(i, 0.25) for i in range(1, 6)], NodeIndex([n])).placed
     assert [j["id"] for j, _ in placed] == [1, 2, 3, 4]
 
 
@@ -57,7 +73,7 @@ def test_labels_must_match_and_a_job_without_labels_matches_any_node():
 def test_consumables_are_counted():
     gpu, plain = nodes(("gpu", 8, 8000, {"resources": {"gpu": 2}}), ("plain", 8, 8000, {}))
     two = [job(i, params={"gpu": 1}) for i in (1, 2, 3)]
-    plan = place(two, [gpu, plain])
+    plan = place(two, NodeIndex([gpu, plain]))
     assert [(j["id"], n.name) for j, n in plan.placed] == [(1, "gpu"), (2, "gpu")]
     assert gpu.used_resources == {"gpu": 2.0}
     assert not plain.fits(job(9, params={"gpu": 1})), "a node without the resource has none of it"
@@ -73,11 +89,11 @@ def test_hosts_pattern():
 
 def test_best_fit_fills_one_machine_at_a_time():
     big, small = nodes(("big", 8, 16000, {}), ("small", 2, 4000, {}))
-    placed = place([job(i) for i in range(1, 4)], [big, small], random.Random(1)).placed
+    placed = place([job(i) for i in range(1, 4)], NodeIndex([big, small]), random.Random(1)).placed
     assert [n.name for _, n in placed] == ["small", "small", "big"]
     # the big node stays empty for a big job
     big2, small2 = nodes(("big", 8, 16000, {}), ("small", 2, 4000, {}))
-    placed = place([job(1), job(2, 8)], [big2, small2]).placed
+    placed = place([job(1), job(2, 8)], NodeIndex([big2, small2])).placed
     assert [(j["id"], n.name) for j, n in placed] == [(1, "small"), (2, "big")]
 
 
@@ -85,41 +101,37 @@ def test_best_fit_ties_are_broken_at_random():
     seen = set()
     for seed in range(30):
         a, b = nodes(("a", 4, 8000, {}), ("b", 4, 8000, {}))
-        seen.add(best_node(job(1), [a, b], random.Random(seed)).name)
+        seen.add(NodeIndex([a, b]).best(job(1), random.Random(seed)).name)
     assert seen == {"a", "b"}
 
 
 def test_memory_breaks_cpu_ties():
     a, b = nodes(("a", 4, 8000, {}), ("b", 4, 3000, {}))
-    assert best_node(job(1, 1, 2000), [a, b]).name == "b"
+    assert NodeIndex([a, b]).best(job(1, 1, 2000)).name == "b"
 
 
 def test_down_nodes_get_nothing():
     a = NodeView("a", 4, 8000, up=False)
-    assert place([job(1)], [a]).placed == []
+    assert place([job(1)], NodeIndex([a])).placed == []
 
 
 # ---- priorities, reservation and backfill ------------------------------------------------------
 
-def _table(*specs, reserve_after=300.0):
-    t = JobTable(random.Random(0), reserve_after=reserve_after)
+def _table(*specs, reserve_after=300.0) -> JobTable:
+    """A job table and the master's decisions over it (t.state)."""
+    m = MasterState(random.Random(0), reserve_after=reserve_after)
     for name, cpus, mem in specs:
-        t.node_up(name, cpus, mem)
-    return t
+        m.table.node_up(name, cpus, mem)
+    m.table.state = m
+    return m.table
 
 
 def _submit(t, now=0.0, **spec):
-    request = J.validate_spec({"cmd": ["x"], **spec})
-    rec = t.submit_record(request, now)
-    t.apply(rec)
-    return rec["job"]["id"]
+    return t.state.handle("submit", t.state.requests([{"cmd": ["x"], **spec}]), None, now).reply[0]
 
 
 def _run(t, now):
-    recs = t.schedule(now)
-    for r in recs:
-        t.apply(r)
-    return recs
+    return t.state.handle("schedule", now).records
 
 
 def test_higher_priority_first_fifo_within_a_priority():
@@ -182,28 +194,26 @@ def test_a_reservation_sticks_and_backfill_may_use_what_the_starving_job_does_no
 def test_reservations_and_lending_replay_from_the_journal():
     """Every change goes through apply(): replaying the records gives the same table."""
     t = _table(("a", 2, 4000))
-    log = [t.node_record("z", 1, 1000)]
-    t.apply(log[0])
+    m, log = t.state, []
 
-    def do(recs):
-        for r in recs:
-            job = t.apply(r)
-            log.append(r)
-            more = t.followups(r, job)
-            do(more)
+    def do(event, *args):
+        step = m.handle(event, *args)
+        log.extend(step.records)
+        return step.reply
 
     def submit(now, **spec):
-        rec = t.submit_record(J.validate_spec({"cmd": ["x"], **spec}), now)
-        do([rec])
-        return rec["job"]["id"]
+        return do("submit", m.requests([{"cmd": ["x"], **spec}]), None, now)[0]
 
+    do("register", {"name": "z", "uri": "PYRO:z@z:1", "cpus": 1, "memory": 1000}, 0.0)
+    m.table.nodes["z"].up = False  # (z's description is in the journal, its being up is not)
     busy = submit(0.0, cpus=2, uid=7)
-    do(t.schedule(0.0))
-    do([{"op": "start", "id": busy, "time": 0.5}])
+    do("schedule", 0.0)
+    do("started", "a", {"started": {str(busy): 9}}, 0.5)
     big = submit(1.0, cpus=2)
-    do(t.schedule(500.0))
+    do("schedule", 500.0)
     child = submit(501.0, cpus=1, parent=busy, uid=7)
-    do([{"op": "suspend", "id": busy, "time": 502.0}])
+    do("control", "hold", [busy], 502.0)  # asks the node to suspend it, which says it did:
+    do("signalled", "suspend", "a", [busy], 502.0)
     assert t.jobs[big]["reserved_node"] == "a" and t.jobs[busy]["lent_to"] == [child]
     replay = JobTable()
     replay.node_up("a", 2, 4000)
@@ -241,19 +251,14 @@ def test_a_nested_grun_lends_its_parents_reservation_until_it_ends():
     _run(t, 0.0)
     t.apply({"op": "start", "id": parent, "time": 1.0})
     assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (0, 1000)
-    rec = t.submit_record(J.validate_spec({"cmd": ["x"], "cpus": 4, "memory": 500, "parent": parent, "uid": 1000}), 2.0)
-    child = rec["job"]["id"]
-    t.apply(rec)
-    follow = t.followups(rec, t.jobs[child])
-    assert follow == [{"op": "lend", "id": parent, "child": child, "time": 2.0}]
-    t.apply(follow[0])
+    step = t.state.handle("submit", t.state.requests([{"cmd": ["x"], "cpus": 4, "memory": 500,
+                                                           "parent": parent, "uid": 1000}]), None, 2.0)
+    child = step.reply[0]
+    assert step.records[1:] == [{"op": "lend", "id": parent, "child": child, "time": 2.0}]
     assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (4, 4000)
     assert [r["id"] for r in _run(t, 3.0)] == [child]
-    fin = {"op": "finish", "id": child, "time": 4.0, "result": {"exit_code": 0}}
-    done = t.apply(fin)
-    follow = t.followups(fin, done)
-    assert follow == [{"op": "unlend", "id": parent, "child": child, "time": 4.0}]
-    t.apply(follow[0])
+    step = t.state.handle("finished", "a", [{"id": child, "exit_code": 0, "attempt": 1}], 4.0)
+    assert step.records[1:] == [{"op": "unlend", "id": parent, "child": child, "time": 4.0}]
     assert (t.nodes["a"].free_cpus, t.nodes["a"].free_memory) == (0, 1000)
     assert "lent_to" not in t.jobs[parent]
 
@@ -262,9 +267,8 @@ def test_another_users_grun_cannot_take_a_jobs_reservation():
     t = _table(("a", 4, 4000))
     parent = _submit(t, cpus=4, uid=1000)
     _run(t, 0.0)
-    rec = t.submit_record(J.validate_spec({"cmd": ["x"], "parent": parent, "uid": 1001}), 2.0)
-    t.apply(rec)
-    assert t.followups(rec, t.jobs[rec["job"]["id"]]) == []
+    step = t.state.handle("submit", t.state.requests([{"cmd": ["x"], "parent": parent, "uid": 1001}]), None, 2.0)
+    assert [r["op"] for r in step.records] == ["submit"]
 
 
 def test_hold_release_and_edit():
@@ -348,7 +352,6 @@ def _fit_key(node, j):
 
 
 def test_the_index_finds_the_same_best_fit_as_a_scan_of_every_node():
-    from grun.core.placement import NodeIndex
     rng = random.Random(7)
     for _ in range(40):
         cluster = _random_cluster(rng, rng.choice([1, 3, 30]))
@@ -358,7 +361,7 @@ def test_the_index_finds_the_same_best_fit_as_a_scan_of_every_node():
             claims[rng.choice(cluster).name] = job(999, 2, 1000)
         for i in range(20):
             j = _random_job(rng, i)
-            scan = best_node(j, [n for n in cluster if n.up], random.Random(1), claims)
+            scan = scan_best(j, [n for n in cluster if n.up], random.Random(1), claims)
             found = index.best(j, random.Random(2), claims)
             assert _fit_key(found, j) == _fit_key(scan, j), (j, found, scan)
             if found is not None:
@@ -366,7 +369,6 @@ def test_the_index_finds_the_same_best_fit_as_a_scan_of_every_node():
 
 
 def test_the_index_follows_changes_of_usage_outside_load_and_up():
-    from grun.core.placement import NodeIndex
     a, b = nodes(("a", 4, 8000, {}), ("b", 4, 8000, {}))
     index = NodeIndex([a, b])
     a.used_cpus = 3
@@ -385,20 +387,18 @@ def test_the_index_follows_changes_of_usage_outside_load_and_up():
 
 
 def test_the_index_remembers_impossible_until_a_node_changes():
-    from grun.core.placement import NodeIndex
     a = NodeView("a", 4, 8000)
     index = NodeIndex([a])
-    assert impossible(job(1, 8), index) == "no node has 8 cpus; largest is 4"
+    assert index.impossible(job(1, 8)) == "no node has 8 cpus; largest is 4"
     a.cpus = 8
-    assert impossible(job(1, 8), index) is None, "a node's new size is seen at once"
+    assert index.impossible(job(1, 8)) is None, "a node's new size is seen at once"
     index["b"] = NodeView("b", 16, 8000)
-    assert impossible(job(1, 12), index) is None
+    assert index.impossible(job(1, 12)) is None
 
 
 def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
     import time as _time
 
-    from grun.core.placement import NodeIndex
     index = NodeIndex(NodeView(f"n{i:05d}", 4, 16000) for i in range(10000))
     from grun.core.placement import MAX_PLACED_PER_PASS
     jobs = [job(i) for i in range(1, 20001)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 
 import pytest
 from util import (
@@ -18,6 +19,8 @@ from util import (
     wait_for,
     wait_state,
 )
+
+from grun.registry import CALL_TIMEOUT
 
 
 def _history_ids(cluster) -> list[int]:
@@ -131,6 +134,30 @@ def test_kill_while_the_jobs_node_is_down_is_applied_when_it_returns(fresh_clust
     assert c.grun("-q", "wait", str(jid)).returncode == 143
     assert job(c, jid)["state"] == "killed"
     wait_for(lambda: not group_alive(pgid), 10, what="the killed job's group to be gone")
+
+
+def test_a_kill_the_node_did_not_get_is_repeated_until_the_job_ends(fresh_cluster):
+    """Issue 10, bug 3: the master's kill call never reaches the node, which does not register
+    again; heartbeat replies repeat the kill until the node applies it (a failed call used to be
+    forgotten while the client said "killed"). The node daemon is stopped: a harmless first call
+    (SIGCONT) times out and closes the master's connection to it, so the kill's call then hangs
+    in the connection handshake and fails without its request ever being sent."""
+    c = fresh_cluster
+    jid = nowait(c, "-H", "small", "sleep", "300")
+    wait_state(c, jid, "running")
+    pgid = job_pid(c, jid)
+    c.procs["small"].send_signal(signal.SIGSTOP)
+    try:
+        assert c.grun("-k", "-n", "CONT", str(jid)).returncode == 0
+        time.sleep(CALL_TIMEOUT + 1)
+        r = c.grun("-k", str(jid))
+        assert (r.returncode, r.stderr) == (0, b"")
+        time.sleep(CALL_TIMEOUT + 1)
+    finally:
+        c.procs["small"].send_signal(signal.SIGCONT)
+    wait_for(lambda: not group_alive(pgid), 20, what="the job to be killed")
+    assert c.grun("-q", "wait", str(jid)).returncode == 143
+    assert job(c, jid)["state"] == "killed"
 
 
 def test_node_restart_then_wait_from_a_new_client(fresh_cluster, tmp_path):

@@ -137,10 +137,10 @@ def test_old_snapshots_and_segments_are_pruned(tmp_path):
 
 def test_snapshot_keeps_state_exactly(tmp_path):
     store, _, _ = reopen(tmp_path)
-    store.write_snapshot(store.begin_snapshot(), {"jobs": "not a list of dicts", "nodes": {"a": [1, 2]}})
+    store.write_snapshot(store.begin_snapshot(), {"jobs": [{"id": 1, "env": {"A": "é"}}, {}], "nodes": {"a": [1, 2]}})
     store.close()
     store, state, _ = reopen(tmp_path)
-    assert state == {"jobs": "not a list of dicts", "nodes": {"a": [1, 2]}}
+    assert state == {"jobs": [{"id": 1, "env": {"A": "é"}}, {}], "nodes": {"a": [1, 2]}}
     store.write_snapshot(store.begin_snapshot(), {"next_id": 1, "jobs": []})
     store.close()
     store, state, _ = reopen(tmp_path)
@@ -166,17 +166,33 @@ def test_torn_last_line_is_skipped_and_cut(tmp_path, caplog):
     store.close()
 
 
-def test_corrupt_middle_line_is_skipped(tmp_path, caplog):
+def test_a_damaged_line_is_kept_aside_and_reported_never_skipped_in_silence(tmp_path, caplog):
+    """Issue 10, bug 4: only a torn last line is normal; a damaged line anywhere else may have held
+    an acknowledged record, so the journal is kept aside, the loss logged as critical and named in
+    `problems` (the master's health(), shown by `grun -q status`)."""
     store, _, _ = reopen(tmp_path)
-    store.log([{"n": n} for n in range(4)])
+    store.log([{"op": "submit", "job": {"cmd": ["true"], "uid": 7, "id": n}} for n in range(1, 5)])
     store.close()
     path = tmp_path / "journal.1.log"
     lines = path.read_bytes().splitlines(keepends=True)
-    lines[1] = b"\x00\x00garbage{\n"
+    original = b"".join(lines)
+    lines[1] = lines[1][:25] + b"\x00\x00garbage{" + lines[1][40:]  # the middle of a submit of job 2
+    lines[3] = b"\x00" * 10 + b"\n"  # and the last line, whole but unreadable: not a torn tail either
     path.write_bytes(b"".join(lines))
     store, _, records = reopen(tmp_path)
-    assert seqs(records) == [1, 3, 4]
-    assert "corrupt line 2" in caplog.text
+    assert seqs(records) == [1, 3]
+    assert [r.levelname for r in caplog.records] == ["CRITICAL", "CRITICAL"]
+    assert len(store.problems) == 2 and "record 2 lost" in store.problems[0]
+    assert "look like submit of job 2" in store.problems[0] and "records after 3" in store.problems[1]
+    kept = tmp_path / "journal.1.log.damaged"
+    assert f"a copy is kept at {kept}" in store.problems[0]
+    assert kept.read_bytes() != original and kept.read_bytes().startswith(original.split(b"\n")[0])
+    assert store.log([{"n": 5}]) == 4  # the damaged tail was cut (the copy has it), so no glued line
+    copy = kept.read_bytes()
+    store.close()
+    store, _, records = reopen(tmp_path)  # still named at the next start, the copy untouched
+    assert seqs(records) == [1, 3, 4] and len(store.problems) == 1 and str(kept) in store.problems[0]
+    assert kept.read_bytes() == copy
     store.close()
 
 

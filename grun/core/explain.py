@@ -12,12 +12,8 @@ from . import jobs as J
 from .placement import EPS, consumables, delays_claim, mismatch
 
 
-def _fmt(number: float) -> str:
-    return f"{number:g}"
-
-
 def request_text(job: dict) -> str:
-    parts = [f"{_fmt(job['cpus'])} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB"]
+    parts = [f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB"]
     parts += [f"{k}={v}" for k, v in sorted((job.get("params") or {}).items())]
     if job.get("host"):
         parts.append(f"hosts {job['host']}")
@@ -32,22 +28,22 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
     if why:
         return "excluded", why
     if job["cpus"] > node.cpus + EPS:
-        return "small", f"{_fmt(node.cpus)} cpu{'s' if node.cpus != 1 else ''} in all"
+        return "small", f"{node.cpus:g} cpu{'s' if node.cpus != 1 else ''} in all"
     if job["memory"] > node.memory:
         return "small", f"{node.memory} MB in all"
     for name, need in consumables(job, node).items():
         if need > node.resources.get(name, 0) + EPS:
-            return "small", f"{_fmt(node.resources.get(name, 0))} {name} in all"
+            return "small", f"{node.resources.get(name, 0):g} {name} in all"
     busy = []
     if job["cpus"] > node.free_cpus + EPS:
-        outside = f", {_fmt(node.outside_cpus)} taken by other programs" if node.outside_cpus else ""
-        busy.append(f"{_fmt(max(0.0, node.free_cpus))} of {_fmt(node.cpus)} cpus free{outside}")
+        outside = f", {node.outside_cpus:g} taken by other programs" if node.outside_cpus else ""
+        busy.append(f"{max(0.0, node.free_cpus):g} of {node.cpus:g} cpus free{outside}")
     if job["memory"] > node.free_memory:
         outside = f", {node.outside_memory} MB used by other programs" if node.outside_memory else ""
         busy.append(f"{max(0, node.free_memory)} of {node.memory} MB free{outside}")
     for name, need in consumables(job, node).items():
         if need > node.free(name) + EPS:
-            busy.append(f"{_fmt(node.free(name))} of {_fmt(node.resources[name])} {name} free")
+            busy.append(f"{node.free(name):g} of {node.resources[name]:g} {name} free")
     if busy:
         return "busy", "; ".join(busy) + _running(node)
     owner = claims.get(node.name)

@@ -11,7 +11,6 @@ import re
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
-LIVE_STATES = (QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED)
 FINAL_STATES = (DONE, FAILED, KILLED, LOST)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 
@@ -128,7 +127,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "cwd": cwd,
         "env": dict(env),
         "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
-        "memory": int(math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB))),
+        "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB)),
         "user": user,
         "uid": int(_number(spec, "uid", _default_id(os.getuid()), 1 << 32)),
         "gid": int(_number(spec, "gid", _default_id(os.getgid()), 1 << 32)),
@@ -270,3 +269,24 @@ def parse_job_id(raw) -> int:
     if job_id <= 0:
         raise ValueError(f"bad job id {raw!r}")
     return job_id
+
+
+def history_filter(user: str | None, grep: str | None):
+    """A predicate for `grun -q history -u USER -g REGEX` (the command line, or the job's name), or
+    None for every job; a bad regular expression is a ValueError."""
+    if not (user or grep):
+        return None
+    try:
+        pattern = re.compile(str(grep)) if grep else None
+    except re.error as exc:
+        raise ValueError(f"bad regular expression {grep!r}: {exc}") from None
+
+    def keep(job: dict) -> bool:
+        if user and job.get("user") != user:
+            return False
+        if pattern is None:
+            return True
+        cmd = job.get("cmd") or []
+        text = cmd[0] if job.get("shell") and cmd else " ".join(cmd)
+        return bool(pattern.search(text) or pattern.search(job.get("name") or ""))
+    return keep

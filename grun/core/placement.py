@@ -54,6 +54,13 @@ class NodeView:
     resources: dict = field(default_factory=dict)       # consumable name -> total
     used_resources: dict = field(default_factory=dict)  # consumable name -> reserved by jobs
     labels: dict = field(default_factory=dict)          # label name -> value (a string)
+    # what the master knows of the node itself: where to call it, which run of its daemon, when it
+    # was last heard from, whether its jobs were declared lost since, and its grun jobs' cpu use
+    uri: str | None = None
+    incarnation: str = ""
+    seen: float = 0.0
+    lost: bool = False
+    grun_cpus: float = 0.0
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -136,32 +143,13 @@ def mismatch(node: NodeView, job: dict) -> str | None:
     return None
 
 
-# ---- best fit -----------------------------------------------------------------------------------
-
-def best_node(job: dict, nodes: list[NodeView], rng: random.Random = random,
-              claims: dict | None = None) -> NodeView | None:
-    best: list[NodeView] = []
-    best_key = None
-    for node in nodes:
-        if not node.fits(job) or delays_claim(node, job, claims):
-            continue
-        key = (node.free_cpus - job["cpus"], node.free_memory - job["memory"])
-        if best_key is None or key[0] < best_key[0] - EPS or (abs(key[0] - best_key[0]) <= EPS and key[1] < best_key[1]):
-            best, best_key = [node], key
-        elif abs(key[0] - best_key[0]) <= EPS and key[1] == best_key[1]:
-            best.append(node)
-    if not best:
-        return None
-    return best[0] if len(best) == 1 else rng.choice(best)
-
-
 class NodeIndex(dict):
     """Nodes by name (a dict), with the up ones also filed by free capacity for best fit.
 
     Buckets hold the up nodes with equal (free cpus, free memory); their keys are kept sorted. A
     search bisects to the first bucket with enough cpus, skips within a cpu level to enough memory,
-    and takes the first bucket with a node the job may use; among the equal nodes of that bucket it
-    picks one at random (as best_node breaks ties). A NodeView put in the index reports changes to
+    and takes the first bucket with a node the job may use (best fit: fewest cpus left, then least
+    memory); among the equal nodes of that bucket it picks one at random. A NodeView put in the index reports changes to
     it (NodeView.__setattr__); they are re-filed before the next search, so a pass that places many
     jobs costs O(log buckets) per job, not O(nodes). Add and remove nodes by item assignment/del."""
 
@@ -195,30 +183,10 @@ class NodeIndex(dict):
         super().__delitem__(name)
         self._impossible.clear()
 
-    def pop(self, name, *default):
-        if name in self:
-            node = self[name]
-            del self[name]
-            return node
-        if default:
-            return default[0]
-        raise KeyError(name)
+    def _bypass(self, *args, **kwargs):
+        raise TypeError("a NodeIndex changes only by item assignment and del, which keep it filed")
 
-    def setdefault(self, name, node=None):
-        if name not in self:
-            self[name] = node
-        return self[name]
-
-    def update(self, *args, **kwargs) -> None:
-        for name, node in dict(*args, **kwargs).items():
-            self[name] = node
-
-    def clear(self) -> None:
-        for name in list(self):
-            del self[name]
-
-    def popitem(self):
-        raise TypeError("NodeIndex.popitem is not supported")
+    pop = popitem = setdefault = update = clear = _bypass
 
     # ---- filing --------------------------------------------------------------------------------
 
@@ -277,16 +245,13 @@ class NodeIndex(dict):
         self.refresh()
         return len(self._where)
 
-    def up_nodes(self) -> list[NodeView]:
-        return [n for n in self.values() if n.up]
-
     def any_free(self) -> bool:
         """Whether some up node has cpus free (else only jobs that ask for no cpus can be placed)."""
         self.refresh()
         return bool(self._keys) and self._keys[-1][0] > EPS
 
     def best(self, job: dict, rng: random.Random = random, claims: dict | None = None) -> NodeView | None:
-        """best_node(job, up nodes, rng, claims), without looking at every node."""
+        """The best-fitting up node the job may use now, or None, without looking at every node."""
         self.refresh()
         keys, memory = self._keys, job["memory"]
         i, n = bisect_left(keys, (job["cpus"] - EPS,)), len(keys)
@@ -391,34 +356,24 @@ def _shape(job: dict) -> tuple:
     return job["cpus"], job["memory"], job.get("host"), tuple(sorted(params.items()))
 
 
-def place(ordered_jobs, nodes, rng: random.Random = random, *, now: float | None = None,
+def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
     for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
-    `nodes` is a list of NodeViews, or a NodeIndex (the job table's): then a job costs a search of
-    the index, not a look at every node."""
+    A job costs a search of the index, not a look at every node."""
     plan = Plan()
     claims = {} if claims is None else claims
-    if isinstance(nodes, NodeIndex):
-        index, live = nodes, None
-        n_live = index.up_count()
-    else:
-        index, live = None, [n for n in nodes if n.up]
-        n_live = len(live)
+    n_live, live = index.up_count(), None
     if not n_live:
         return plan
-
-    def any_free() -> bool:
-        return index.any_free() if index is not None else any(n.free_cpus > EPS for n in live)
-
     misses = 0
-    full = not any_free()
+    full = not index.any_free()
     failed_shapes: set = set()       # shapes that fit nowhere in this pass
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         shape = _shape(job)
         if not full and (shape not in failed_shapes or job.get("reserved_node")):
-            node = index.best(job, rng, claims) if index is not None else best_node(job, live, rng, claims)
+            node = index.best(job, rng, claims)
             if node is not None:
                 node.take(job)
                 node.jobs.add(job["id"])
@@ -426,14 +381,14 @@ def place(ordered_jobs, nodes, rng: random.Random = random, *, now: float | None
                 _drop_claim(claims, job)
                 if len(plan.placed) >= MAX_PLACED_PER_PASS:
                     break
-                full = not any_free()
+                full = not index.any_free()
                 continue
             failed_shapes.add(shape)
         misses += 1
         if shape not in unreservable and starving(job, now, reserve_after) and (
                 len(claims) < n_live or job.get("reserved_node")):
             if live is None:
-                live = index.up_nodes()  # a reservation looks at every node: rare (starving jobs only)
+                live = [n for n in index.values() if n.up]  # every node: rare (starving jobs only)
             if not _reserve(job, live, claims, plan, rng):
                 unreservable.add(shape)
         if misses >= MAX_MISSES_PER_PASS:
@@ -460,16 +415,11 @@ def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) ->
 
 # ---- refusing the impossible ---------------------------------------------------------------------
 
-def _fmt(number: float) -> str:
-    return f"{number:g}"
 
-
-def impossible(job: dict, nodes) -> str | None:
+def impossible(job: dict, nodes: list[NodeView]) -> str | None:
     """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None.
-    With no nodes known at all, nothing can be judged, so nothing is refused. `nodes`: a list, or a
-    NodeIndex (which remembers the answer per job shape)."""
-    if isinstance(nodes, NodeIndex):
-        return nodes.impossible(job)
+    With no nodes known at all, nothing can be judged, so nothing is refused (NodeIndex.impossible
+    remembers the answer per job shape)."""
     if not nodes:
         return None
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
@@ -489,7 +439,7 @@ def impossible(job: dict, nodes) -> str | None:
                 return f"{name} is a consumable: ask for a number of {name}, not {want!r}"
             largest = max(n.resources[name] for n in having)
             if largest + EPS < want:
-                return f"no node has {_fmt(want)} {name}; largest is {_fmt(largest)}"
+                return f"no node has {want:g} {name}; largest is {largest:g}"
             pool = [n for n in having if n.resources[name] + EPS >= want]
         else:
             return f"no node has {name}"
@@ -497,10 +447,10 @@ def impossible(job: dict, nodes) -> str | None:
             return f"no node has {name}={want}"
     largest = max(n.cpus for n in pool)
     if job["cpus"] > largest + EPS:
-        return f"no node has {_fmt(job['cpus'])} cpus; largest is {_fmt(largest)}"
+        return f"no node has {job['cpus']:g} cpus; largest is {largest:g}"
     largest = max(n.memory for n in pool)
     if job["memory"] > largest:
         return f"no node has {job['memory']} MB of memory; largest is {largest} MB"
     if not any(n.could_ever_fit(job) for n in pool):
-        return f"no node has {_fmt(job['cpus'])} cpus and {job['memory']} MB of memory together"
+        return f"no node has {job['cpus']:g} cpus and {job['memory']} MB of memory together"
     return None

@@ -1,8 +1,8 @@
-"""The job table as a state machine: journal records in, state changes out. Pure code, no I/O.
+"""The job table: the live jobs and nodes, changed only by journal records. Pure code, no I/O.
 
-Every change to the queue is a record (a small dict with an "op"). The master creates records through
-the decision methods, applies them here, and appends them to its journal; after a crash the journal is
-replayed through the same `apply`, so live operation and recovery cannot disagree.
+Every change to the queue is a record (a small dict with an "op"). The master's decisions
+(`grun.core.master_state`) create records and apply them here before the master journals them; after a
+crash the journal is replayed through the same `apply`, so live operation and recovery cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ import random
 import sys
 
 from . import jobs as J
-from .placement import NodeIndex, NodeView, place
-
-DEFAULT_RESERVE_AFTER = 300.0
+from .placement import NodeIndex, NodeView
 
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
 TOKEN_KEEP_SECS = 3600.0
 TOKEN_KEEP_MAX = 100_000
-LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 # Queued jobs share one copy of an environment or command they have in common (a user's jobs mostly
 # do): 100k queued jobs each with its own 5-variable environment took ~0.9 KB a job more. The cache
 # is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
 SHARED_VALUES_MAX = 10_000
+LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 
 
 class PendingQueue:
@@ -44,7 +42,6 @@ class PendingQueue:
     def add(self, job: dict) -> None:
         bucket = self._by_priority.setdefault(job["priority"], {})
         if bucket and job["id"] < next(reversed(bucket)):
-            # a re-queued job goes back to its place by id, not to the end
             self._late.setdefault(job["priority"], {})[job["id"]] = job
         else:
             bucket[job["id"]] = job
@@ -62,8 +59,7 @@ class PendingQueue:
             main = self._by_priority.get(priority, {})
             late = self._late.get(priority)
             if late and len(late) >= self.FOLD_AT:
-                items = sorted([*main.items(), *late.items()], key=lambda item: item[0])
-                main = self._by_priority[priority] = dict(items)
+                main = self._by_priority[priority] = dict(sorted([*main.items(), *late.items()]))
                 del self._late[priority]
                 late = None
             if late:
@@ -80,16 +76,12 @@ def _job_id(job: dict) -> int:
 
 
 class JobTable:
-    def __init__(self, rng: random.Random | None = None, reserve_after: float = DEFAULT_RESERVE_AFTER):
+    def __init__(self, rng: random.Random | None = None, reserve_after: float = 300.0):
         self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
         self.pending = PendingQueue()
         # a dict of NodeViews that also files them by free capacity, so placement need not look
         # at every node for every job (10,000 nodes)
         self.nodes: NodeIndex = NodeIndex()
-        # node name -> ids of the live jobs on it (dispatched, running, suspended), known node or
-        # not: a node's registration and its lost-node sweep look at its jobs, not at every job
-        self.by_node: dict[str, set[int]] = {}
-        self._on_node: dict[int, str] = {}       # the other way round
         self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
         # tokens of finished jobs: token -> (job id, end time), oldest first
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
@@ -104,10 +96,10 @@ class JobTable:
 
     # ---- records -------------------------------------------------------------------------------
 
-    def apply(self, rec: dict) -> dict | None:
-        """Apply one record; returns the job it touched (the finished record for "finish")."""
+    def apply(self, rec: dict):
+        """Apply one record; returns the job it touched (finished, for "finish"), the node's view for
+        "node", or None when the record no longer applies (a job that has left)."""
         op = rec["op"]
-        job = self.jobs.get(rec.get("id")) if op != "submit" else None
         if op == "submit":
             job = self._share(dict(rec["job"]))
             self.jobs[job["id"]] = job
@@ -122,6 +114,11 @@ class JobTable:
             return job
         if op == "node":
             return self._describe_node(rec)
+        if op == "forget":  # a node down for long and holding no job: it leaves the tables
+            if rec["name"] in self.nodes and not self.nodes[rec["name"]].jobs:
+                del self.nodes[rec["name"]]
+            return None
+        job = self.jobs.get(rec.get("id"))
         if job is None:
             return None
         if op == "dispatch":
@@ -136,7 +133,7 @@ class JobTable:
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
             # its node was declared lost: back in the queue, remembering where the old copy may live
-            self._release(job)
+            self._uncount(job["id"])
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
@@ -145,7 +142,6 @@ class JobTable:
             if job["state"] == J.QUEUED and job.get("lost_from") == rec["node"]:
                 self.pending.remove(job)
                 job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
-                self._reserve(job)
         elif op == "finish":
             return self._finish(job, rec)
         else:
@@ -207,8 +203,7 @@ class JobTable:
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
-        self._release(job)
-        self._file_on_node(job["id"], None)
+        self._uncount(job["id"])
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
@@ -257,12 +252,6 @@ class JobTable:
 
     # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
 
-    def _reserve(self, job: dict) -> None:
-        self._sync(job)
-
-    def _release(self, job: dict) -> None:
-        self._uncount(job["id"])
-
     def _claim_of(self, job: dict) -> dict | None:
         """What the job holds on its node now: its request while it runs; no cpus while suspended;
         nothing while a nested grun of its own runs (it lent its reservation to the child)."""
@@ -273,25 +262,11 @@ class JobTable:
         cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
 
-    def _file_on_node(self, job_id: int, name: str | None) -> None:
-        """Keep by_node in step with where the job is (None: on no node, or gone)."""
-        prev = self._on_node.get(job_id)
-        if prev == name:
-            return
-        if prev is not None:
-            ids = self.by_node.get(prev)
-            if ids is not None:
-                ids.discard(job_id)
-                if not ids:
-                    del self.by_node[prev]
-            del self._on_node[job_id]
-        if name is not None:
-            self.by_node.setdefault(name, set()).add(job_id)
-            self._on_node[job_id] = name
-
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now (and index its reservation)."""
-        self._file_on_node(job["id"], job.get("node") if job["state"] in J.ON_NODE_STATES else None)
+        """Make the node views count exactly what the job holds now (and index its reservation).
+        A node's `jobs` are the live jobs on it: its registration and its lost-node sweep look at
+        its jobs, not at every job. (A job is only ever on a known node: a node's record comes
+        before any dispatch there, and a node is forgotten only when it holds no job.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -317,50 +292,11 @@ class JobTable:
             node.used_cpus = max(0.0, node.used_cpus)
             node.used_memory = max(0, node.used_memory)
 
-    # ---- decisions -----------------------------------------------------------------------------
-
-    def submit_record(self, request: dict, now: float) -> dict:
-        job = dict(request)
-        job.update(id=self.next_id, state=J.QUEUED, submit_time=now, attempt=0, node=None)
-        self.next_id += 1
-        return {"op": "submit", "job": job}
-
-    def schedule(self, now: float) -> list[dict]:
-        """Dispatch records for every queued job that fits somewhere now, and reserve records for
-        jobs that have waited longer than reserve_after without fitting."""
-        if not len(self.pending):
-            return []
-        plan = place(iter(self.pending), self.nodes, self.rng, now=now,
-                     reserve_after=self.reserve_after, claims=self.claims())
-        records = []
-        for job, node in plan.placed:
-            # place() already counted the reservation on the view; apply() must not count it twice
-            node.jobs.discard(job["id"])
-            node.take(job, -1)
-            records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
-        placed = {job["id"] for job, _ in plan.placed}
-        for job, node in plan.reserve:
-            if job["id"] not in placed:
-                records.append({"op": "reserve", "id": job["id"], "node": node.name, "time": now})
-        return records
-
     def claims(self) -> dict:
         """Node name -> the queued job that reserved it."""
         return {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
 
-    def followups(self, rec: dict, job: dict | None) -> list[dict]:
-        """Records that must follow an applied one: a nested grun's parent lends its reservation
-        when the child is submitted, and takes it back (unlend) when the child ends."""
-        if rec["op"] not in ("submit", "finish") or job is None or not job.get("parent"):
-            return []  # (a "node" record's apply returns the node's view, not a job)
-        parent = self.jobs.get(job["parent"])
-        if parent is None:
-            return []
-        if rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent.get("uid") == job.get("uid"):
-            return [{"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]}]
-        if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
-            return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
-        return []
+    # ---- what reports mean (the master journals these records) -------------------------------------
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
                       attempt: int | None = None) -> dict | None:
@@ -387,16 +323,15 @@ class JobTable:
         (config `requeue:` and the job's own `requeue`), else finished as lost; killed if a kill was
         asked for."""
         if job.get("kill_requested"):
-            sig = int(job["kill_requested"])
-            return {"op": "finish", "id": job["id"], "time": now,
-                    "result": {"status": J.KILLED, "signal": sig, "exit_code": None, "error": reason}}
+            return {"op": "finish", "id": job["id"], "time": now, "result": {
+                "status": J.KILLED, "signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}
         if requeue and job.get("requeue", True):
             return {"op": "requeue", "id": job["id"], "node": job.get("node"), "reason": reason, "time": now}
         return {"op": "finish", "id": job["id"], "time": now,
                 "result": {"status": J.LOST, "exit_code": LOST_EXIT, "error": reason}}
 
-    def reconcile(self, name: str, running, finished=None, now: float = 0.0, in_flight=None,
-                  requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
+    def reconcile(self, name: str, running, finished=None, now: float = 0.0,
+                  in_flight=None, requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
         """Compare what a node says it holds with what we think it holds.
 
         `running`: ids of the jobs running on the node; `finished`: ids it holds finished and not yet
@@ -413,8 +348,7 @@ class JobTable:
             if job["state"] == J.DISPATCHED:
                 start.append(job)  # the start never reached the node: offer it again
             elif not (in_flight and in_flight(job["id"])):
-                records.append(self.lost_record(
-                    job, now, f"node {name} came back without it", requeue))
+                records.append(self.lost_record(job, now, f"node {name} came back without it", requeue))
         for job_id in sorted(running):
             job = self.jobs.get(job_id)
             if job is not None and job.get("node") == name:
@@ -432,12 +366,23 @@ class JobTable:
                     labels: dict | None = None) -> dict | None:
         """A "node" record when a node's description is new or changed, else None."""
         rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),
-               "resources": dict(resources or {}), "labels": {k: str(v) for k, v in (labels or {}).items()}}
+               "resources": {str(k): float(v) for k, v in (resources or {}).items()},
+               "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
         node = self.nodes.get(name)
         if node is not None and (node.cpus, node.memory, node.resources, node.labels) == (
                 rec["cpus"], rec["memory"], rec["resources"], rec["labels"]):
             return None
         return rec
+
+    def node_up(self, name: str, cpus: float, memory: int, resources: dict | None = None,
+                labels: dict | None = None) -> NodeView:
+        """A node (re)registered: described anew if it changed (the master journals that record
+        first, through node_record), and up. Being up is not journaled: after a restart every node
+        is down until it registers again."""
+        rec = self.node_record(name, cpus, memory, resources, labels)
+        node = self._describe_node(rec) if rec is not None else self.nodes[name]
+        node.up = True
+        return node
 
     def _describe_node(self, rec: dict) -> NodeView:
         node = self.nodes.get(rec["name"])
@@ -447,30 +392,22 @@ class JobTable:
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
         node.resources = dict(rec.get("resources") or {})
         node.labels = {k: str(v) for k, v in (rec.get("labels") or {}).items()}
-        self._recount(node.name)
+        self.recount(node.name)
         return node
 
-    def _recount(self, name: str) -> None:
+    def recount(self, name: str) -> None:
+        """Count again what the node's jobs hold there (its size changed)."""
         node = self.nodes[name]
-        on_node = self.by_node.get(name, set())
-        for job_id in node.jobs | on_node:  # what is counted there now, and what should be
-            if self.counted.get(job_id, ("",))[0] == name:
-                del self.counted[job_id]
+        on_node = node.jobs
+        for job_id in on_node:
+            self.counted.pop(job_id, None)
         node.jobs, node.used_cpus, node.used_memory, node.used_resources = set(), 0.0, 0, {}
         for job_id in sorted(on_node):
             self._sync(self.jobs[job_id])
 
-    def node_up(self, name: str, cpus: float, memory: int, resources: dict | None = None,
-                labels: dict | None = None) -> NodeView:
-        """A node (re)registered; the master journals node_record() first when it returns one."""
-        rec = self.node_record(name, cpus, memory, resources, labels)
-        node = self._describe_node(rec) if rec is not None else self.nodes[name]
-        node.up = True
-        self._recount(name)
-        return node
-
     def jobs_on(self, name: str) -> list[dict]:
-        return [self.jobs[i] for i in sorted(self.by_node.get(name, ()))]
+        node = self.nodes.get(name)
+        return [self.jobs[i] for i in sorted(node.jobs)] if node is not None else []
 
     # ---- snapshots -----------------------------------------------------------------------------
 
@@ -507,5 +444,4 @@ class JobTable:
                 if not 0 <= job["env"] < len(envs):
                     raise ValueError(f"snapshot: job {job.get('id')} names environment {job['env']} of {len(envs)}")
                 job["env"] = envs[job["env"]]
-        for job in state.get("jobs", []):
             self.apply({"op": "submit", "job": job})

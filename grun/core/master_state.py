@@ -1,0 +1,440 @@
+"""The master's decisions: an event in, records to journal and instructions to carry out. Pure code.
+
+`MasterState.handle(event, *args)` calls `on_<event>` (submit, kill, control, signalled, edit, register,
+heartbeat, finished, started, schedule, sweep) and returns a `Step`: the records it applied to the job
+table (the master journals them), the instructions the master carries out once they are committed,
+and the reply for the caller. As in dask distributed's worker_state_machine (events in, instructions
+out), no socket, clock or file is touched here, and the tests assert on the instructions:
+
+    ("offer", node, jobs)          start these jobs there (node.start); the reply is event "started"
+    ("reoffer", node, jobs)        the same for offers never confirmed, unless a call is in flight
+    ("kill", node, ids, signal)    signal jobs there; heartbeat replies repeat it until the job ends
+    ("signal", node, method, ids)  suspend or resume jobs there; the outcome is event "signalled"
+    ("finished", job)              the job ended: history, once its record is on disk
+    ("forget", node)               the node left the tables: drop its connection
+    ("log", level, message)        for the admin
+
+Decision data that is not journaled lives here too: which starts were confirmed and when
+(`launched`), offers not yet confirmed (`unconfirmed`), recently finished jobs (`recent`), the usage
+nodes report, and on each NodeView when its node was last heard from and whether it was declared lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from dataclasses import dataclass, field
+
+from . import jobs as J
+from .placement import MAX_PLACED_PER_PASS, place
+from .queue import JobTable
+
+SETTINGS = {"default_cpus": 1.0, "default_memory": 100, "default_priority": 20, "node_timeout": 60.0,
+            "requeue": True, "min_free_disk": 64, "reserve_after": 300.0}
+RECENT_FINISHED = 20000
+START_RETRY_SECS = 2.0
+NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
+# The most heartbeats a second the master asks of all its nodes together: each costs it ~130-180 us
+# (almost all Pyro5), so 10,000 nodes beating every 5 s took 25-37 % of a core. Past 2,500 nodes
+# the master asks them to beat less often (the interval in its replies), never so seldom that three
+# beats do not fit in node_timeout.
+HEARTBEATS_PER_SEC = 500
+# Each connection to the master holds one of its daemon's threads (Pyro5's thread pool: 1,024), so past
+# this many nodes a node closes its connection when it has had nothing to say for IDLE_LINGER_SECS, and
+# opens a new one for its next heartbeat or report: with heartbeats capped at HEARTBEATS_PER_SEC, about
+# HEARTBEATS_PER_SEC x 0.5-1 s connections are open at a time, whatever the number of nodes.
+HOLD_CONNECTIONS_MAX = 500
+IDLE_LINGER_SECS = 0.5
+# records after which a scheduling pass may place more than before
+KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node"})
+RESULT_KEYS = ("exit_code", "signal", "usage", "error", "start_time", "limit", "limit_detail", "limits")
+USAGE_FIELDS = ("cpu", "rss_mb", "cputime", "read_bytes", "write_bytes", "procs", "time")
+
+
+def _note(step: Step, level: str, message: str) -> None:
+    step.do.append(("log", level, message))
+
+
+@dataclass
+class Step:
+    records: list = field(default_factory=list)   # applied, in order, to journal
+    do: list = field(default_factory=list)        # instructions
+    reply: object = None
+    durable: bool = True   # the reply and the instructions wait until all records so far are on disk
+    kick: bool = False     # a scheduling pass may place more now
+
+
+class MasterState:
+    def __init__(self, rng: random.Random | None = None, **settings):
+        self.settings = dict(SETTINGS)
+        self.table = JobTable(rng, self.settings["reserve_after"])
+        self.configure(**settings)
+        self.launched: dict[int, tuple[str, int]] = {}  # job id -> (node incarnation, launch seq)
+        # dispatched job id -> when last offered to its node, oldest offer first (a pass looks only
+        # at offers old enough to repeat, not at every job in flight: 40,000 at 10,000 nodes)
+        self.unconfirmed: dict[int, float] = {}
+        self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
+
+    def configure(self, **changes) -> dict:
+        """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
+        changed = {k: v for k, v in changes.items() if k in SETTINGS and self.settings[k] != v}
+        self.settings.update(changed)
+        self.table.reserve_after = self.settings["reserve_after"]
+        return changed
+
+    def handle(self, event: str, *args, step: Step | None = None) -> Step:
+        step = Step() if step is None else step
+        getattr(self, "on_" + event)(step, *args)
+        return step
+
+    # ---- committing ------------------------------------------------------------------------------
+
+    def _commit(self, step: Step, records: list[dict]) -> list:
+        """Apply records, and those that must follow them (nested grun's lend/unlend), and keep the
+        decision data in step with each job. Returns what apply() returned for the given records."""
+        out, todo = [], list(records)
+        for i, rec in enumerate(todo):  # (todo grows while it is walked)
+            job = self.table.apply(rec)
+            if i < len(records):
+                out.append(job)
+            step.kick = step.kick or rec["op"] in KICKS
+            if rec["op"] not in ("node", "forget") and job is not None:
+                self._track(step, rec, job)
+                if job.get("parent") and rec["op"] in ("submit", "finish"):
+                    todo += self._followups(rec, job)
+        step.records += todo
+        return out
+
+    def _track(self, step: Step, rec: dict, job: dict) -> None:
+        """The one place that keeps the decision data in step with a job, finished or not."""
+        if job["state"] != J.DISPATCHED:
+            self.unconfirmed.pop(job["id"], None)
+        if job["state"] not in J.ON_NODE_STATES:
+            self.launched.pop(job["id"], None)
+        if rec["op"] == "finish":
+            self.usage.pop(job["id"], None)
+            self.recent[job["id"]] = job
+            if len(self.recent) > RECENT_FINISHED:
+                self.recent.popitem(last=False)
+            step.do.append(("finished", job))
+
+    def _followups(self, rec: dict, job: dict) -> list[dict]:
+        """A nested grun's parent lends its reservation when the child is submitted, and takes it
+        back (unlend) when the child ends."""
+        parent = self.table.jobs.get(job["parent"])
+        if parent is None:
+            return []
+        if rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent.get("uid") == job.get("uid"):
+            return [{"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]}]
+        if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
+            return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
+        return []
+
+    def recover(self, snapshot: dict | None, records: list[dict], now: float) -> Step:
+        """The state on disk, replayed through the same apply(); the step names the finished jobs."""
+        step = Step()
+        if snapshot:
+            self.table.restore(snapshot)
+        for rec in records:
+            job = self.table.apply(rec)
+            if rec["op"] not in ("node", "forget") and job is not None:
+                self._track(step, rec, job)
+        for job in self.table.jobs.values():
+            if job["state"] == J.DISPATCHED:
+                self.unconfirmed[job["id"]] = 0.0
+        for node in self.table.nodes.values():  # a node that never comes back must still time out
+            node.seen = now
+        return step
+
+    # ---- clients ---------------------------------------------------------------------------------
+
+    def requests(self, specs) -> list[dict]:
+        """Validated submissions (a ValueError, one line, for the first bad one)."""
+        if not isinstance(specs, (list, tuple)):
+            raise ValueError("submit_many takes a list of job specs")
+        s = self.settings
+        try:
+            return [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
+                    for spec in specs]
+        except J.SpecError as exc:
+            raise ValueError(str(exc)) from None  # Pyro5 clients rebuild builtin exceptions, not ours
+
+    def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float) -> None:
+        ids, records, names = [], [], set()
+        for req in requests:
+            known = self.table.token_id(req["token"])
+            if known is not None:
+                ids.append(known)  # a retried submission: the same job, not a second one
+                continue
+            if refusal:
+                raise ValueError(refusal)
+            self._admit(req, names)
+            job = dict(req, id=self.table.next_id + len(records), state=J.QUEUED, submit_time=now,
+                       attempt=0, node=None)
+            records.append({"op": "submit", "job": job})
+            ids.append(job["id"])
+        self._commit(step, records)
+        step.reply = ids
+
+    def _admit(self, request: dict, batch_names: set) -> None:
+        """Refuse (ValueError, one line) a duplicate name or a request no known node could ever run."""
+        name = request.get("name")
+        if name:
+            other = self.table.names.get(name)
+            if other is not None or name in batch_names:
+                raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
+            batch_names.add(name)
+        if not request.get("force"):
+            why = self.table.nodes.impossible(request)
+            if why:
+                raise ValueError(f"{why} (--force queues it anyway)")
+
+    def _lookup(self, job_ids: list) -> tuple[dict, list[dict]]:
+        """{id: whether it is live} for the reply, and the live jobs (each once)."""
+        jobs = {i: self.table.jobs.get(i) for i in dict.fromkeys(J.parse_job_id(r) for r in job_ids)}
+        return {str(i): j is not None for i, j in jobs.items()}, [j for j in jobs.values() if j is not None]
+
+    def on_kill(self, step: Step, job_ids: list, signal: int, force: bool, now: float) -> None:
+        """Queued jobs end at once; running ones are signalled, and with force marked killed at once."""
+        signal = int(signal)
+        if not 1 <= signal <= 64:
+            raise ValueError(f"bad signal number {signal}")
+        found, jobs = self._lookup(job_ids)
+        on_nodes, records = collections.defaultdict(list), []
+        for job in jobs:
+            killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
+            if job["state"] in (J.QUEUED, J.HELD):
+                records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
+                continue
+            records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
+            if force:
+                records.append({"op": "finish", "id": job["id"], "time": now,
+                                "result": dict(killed, error="killed with --force")})
+            on_nodes[job["node"]].append(job["id"])
+        self._commit(step, records)
+        step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
+        step.reply = found
+
+    def on_control(self, step: Step, what: str, job_ids: list, now: float) -> None:
+        """hold: queued jobs are held, running ones suspended; resume: the other way round."""
+        here, op, there, method = {"hold": (J.QUEUED, "hold", J.RUNNING, "suspend"),
+                                   "resume": (J.HELD, "release", J.SUSPENDED, "resume")}[what]
+        found, jobs = self._lookup(job_ids)
+        on_nodes, records = collections.defaultdict(list), []
+        for job in jobs:
+            if job["state"] == here:
+                records.append({"op": op, "id": job["id"], "time": now})
+            elif job["state"] == there:
+                on_nodes[job["node"]].append(job["id"])
+        self._commit(step, records)
+        step.do += [("signal", node, method, ids) for node, ids in on_nodes.items()]
+        step.reply = found
+
+    def on_signalled(self, step: Step, method: str, node: str, job_ids: list, now: float) -> None:
+        """The node stopped (suspend) or continued (resume) these jobs."""
+        self._commit(step, [{"op": method, "id": i, "time": now} for i in job_ids
+                            if self.table.jobs.get(i, {}).get("node") == node])
+
+    def on_edit(self, step: Step, job_ids: list, changes: dict, now: float) -> None:
+        """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
+        found, jobs = self._lookup(job_ids)
+        try:
+            parsed = J.parse_edit(changes)
+        except J.SpecError as exc:
+            raise ValueError(str(exc)) from None
+        records = []
+        for job in jobs:
+            job_id = job["id"]
+            if job["state"] not in (J.QUEUED, J.HELD):
+                raise ValueError(f"job {job_id} is {job['state']}: only queued or held jobs can be edited")
+            try:
+                new = J.edited_request(job, parsed, self.settings["default_cpus"], self.settings["default_memory"])
+            except J.SpecError as exc:
+                raise ValueError(f"job {job_id}: {exc}") from None
+            why = None if job.get("force") else self.table.nodes.impossible({**job, **new})
+            if why:
+                raise ValueError(f"job {job_id}: {why}")
+            records.append({"op": "edit", "id": job_id, "changes": new, "time": now})
+        self._commit(step, records)
+        step.reply = found
+
+    # ---- nodes -----------------------------------------------------------------------------------
+
+    def on_register(self, step: Step, info: dict, now: float) -> None:
+        """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
+        again, jobs it lost are declared lost, running copies of jobs that finished or moved
+        elsewhere meanwhile are named stale, and kills it has not applied are repeated."""
+        name, uri, cpus, memory = str(info["name"]), str(info["uri"]), float(info["cpus"]), int(info["memory"])
+        running = [int(i) for i in info.get("running", [])]
+        finished = [int(i) for i in info.get("finished", [])]
+        incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
+        resources, labels = info.get("resources"), info.get("labels")
+        rec = self.table.node_record(name, cpus, memory, resources, labels)
+        self._commit(step, [rec] if rec else [])
+        node = self.table.node_up(name, cpus, memory, resources, labels)
+        node.uri, node.incarnation, node.seen, node.lost = uri, incarnation, now, False
+
+        def in_flight(job_id: int) -> bool:  # its start was confirmed after the node made its list
+            got = self.launched.get(job_id)
+            return got is not None and got[0] == incarnation and got[1] > seq
+        records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
+        self._commit(step, records)
+        for rec in records:
+            if rec["op"] in ("requeue", "finish"):
+                _note(step, "warning", f"job {rec['id']}: {'re-queued' if rec['op'] == 'requeue' else 'lost'}"
+                                       f" (node {name} came back without it)")
+            elif rec["op"] == "reclaim":
+                _note(step, "info", f"job {rec['id']}: node {name} came back with it still running; it stays there")
+        if stale:
+            _note(step, "warning", f"node {name} holds stale copies of jobs {stale}: killing them")
+        _note(step, "info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
+                            f"{len(finished)} finished)")
+        step.kick = True
+        step.reply = {"start": [dict(j) for j in start], "kill": self._kills_on(node), "stale": stale,
+                      **self.pace()}
+        step.durable = bool(step.records or start)  # (its node record, and the dispatches it offers)
+
+    def on_heartbeat(self, step: Step, name: str, info: dict, now: float) -> None:
+        """A node is alive. A node we declared down must register again (so its jobs are reconciled);
+        running copies of jobs that are no longer its own are named stale, kills are repeated."""
+        node, step.durable = self.table.nodes.get(name), False
+        if node is None or not node.up:
+            step.reply = {"known": False}
+            return
+        node.seen = now
+        node.outside_cpus = max(0.0, float(info.get("outside_cpus", 0.0) or 0.0))
+        node.outside_memory = max(0, int(info.get("outside_memory", 0) or 0))
+        node.grun_cpus = float(info.get("grun_cpus", 0.0) or 0.0)
+        for job_id, usage in (info.get("usage") or {}).items():
+            job = self.table.jobs.get(int(job_id))
+            if job is not None and job.get("node") == name:
+                self.usage[job["id"]] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
+        stale = []
+        if "running" in info:
+            records, _, stale = self.table.reconcile(name, info["running"], None, now)
+            self._commit(step, records)
+            if stale:
+                _note(step, "warning", f"node {name} runs stale copies of jobs {stale}: killing them")
+        step.reply = {"known": True, "stale": stale, "kill": self._kills_on(node), **self.pace()}
+        step.durable = bool(step.records)
+
+    def _kills_on(self, node) -> dict[str, int]:
+        """Kills asked for the jobs on this node, repeated in every reply until the jobs end."""
+        jobs = self.table.jobs
+        return {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+
+    def pace(self) -> dict:
+        """How often the master wants to hear from a node (0: the node's own interval; a node beats
+        at the longer of the two) and whether it may keep its connection open."""
+        n = len(self.table.nodes)
+        return {"heartbeat": round(min(n / HEARTBEATS_PER_SEC, self.settings["node_timeout"] / 3), 3),
+                "linger": IDLE_LINGER_SECS if n > HOLD_CONNECTIONS_MAX else None}
+
+    def on_finished(self, step: Step, name: str, reports: list, now: float) -> None:
+        """Completions from a node, each applied once; the reply acknowledges them all."""
+        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+            raise ValueError("finished takes a list of reports")
+        acked = [J.parse_job_id(rep.get("id")) for rep in reports]
+        for job_id, rep in zip(acked, reports):
+            result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
+            rec = self.table.finish_record(job_id, result, now, node=name, attempt=rep.get("attempt"))
+            if rec is not None and rep.get("lost"):
+                # the node lost the job (its host rebooted under it): like a lost node, for this job
+                why = f"node {name}: {rep.get('error') or 'job lost'}"
+                rec = self.table.lost_record(self.table.jobs[job_id], now, why, self.settings["requeue"])
+                _note(step, "warning", f"job {job_id} lost on node {name} ({rep.get('error')}): "
+                                       f"{'re-queued' if rec['op'] == 'requeue' else 'not re-queued'}")
+            if rec is not None:
+                self._commit(step, [rec])
+        step.reply = acked
+
+    def on_started(self, step: Step, name: str, reply: dict, now: float) -> None:
+        """A node's reply to an offer: the starts it confirms are recorded, the jobs it refused end."""
+        launch = (str(reply.get("incarnation", "")), int(reply.get("seq", 0)))
+        records = []
+        for raw, pid in reply.get("started", {}).items():
+            job = self.table.jobs.get(int(raw))
+            if job is None or job.get("node") != name or job["state"] != J.DISPATCHED:
+                continue  # confirmed before, or finished or moved meanwhile (then stale at its next beat)
+            self.launched[job["id"]] = launch
+            self.unconfirmed.pop(job["id"], None)
+            records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
+        for raw, error in reply.get("rejected", {}).items():
+            records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
+        self._commit(step, [r for r in records if r is not None])
+        step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
+
+    # ---- scheduling and housekeeping ---------------------------------------------------------------
+
+    def on_schedule(self, step: Step, now: float) -> None:
+        """Dispatch every queued job that fits somewhere now, reserve nodes for jobs that waited
+        longer than reserve_after, and offer again the jobs whose start was never confirmed (node
+        slow or unreachable; node.start is idempotent, so a second offer cannot run a job twice)."""
+        offers, again = collections.defaultdict(list), collections.defaultdict(list)
+        if len(self.table.pending):
+            plan = place(iter(self.table.pending), self.table.nodes, self.table.rng, now=now,
+                         reserve_after=self.table.reserve_after, claims=self.table.claims())
+            records = []
+            for job, node in plan.placed:
+                # place() counted the job on the view; apply() must not count it twice
+                node.jobs.discard(job["id"])
+                node.take(job, -1)
+                records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
+            placed = {job["id"] for job, _ in plan.placed}
+            records += [{"op": "reserve", "id": job["id"], "node": node.name, "time": now}
+                        for job, node in plan.reserve if job["id"] not in placed]
+            self._commit(step, records)
+            step.kick = len(plan.placed) >= MAX_PLACED_PER_PASS  # cut short: more may fit at once
+            for job, _ in plan.placed:
+                self.unconfirmed.pop(job["id"], None)  # (re-dispatched: to the end, in offer order)
+                self.unconfirmed[job["id"]] = now
+                offers[job["node"]].append(dict(job))
+        due = []
+        for job_id, offered in self.unconfirmed.items():
+            if offered >= now - START_RETRY_SECS:
+                break  # the rest were offered later still
+            due.append(job_id)
+        for job_id in due:
+            del self.unconfirmed[job_id]
+            job = self.table.jobs.get(job_id)
+            if job is not None and job["state"] == J.DISPATCHED:
+                self.unconfirmed[job_id] = now  # to the end: offered last
+                again[job["node"]].append(dict(job))
+        step.do += [("offer", n, jobs) for n, jobs in offers.items()]
+        step.do += [("reoffer", n, jobs) for n, jobs in again.items()]
+        step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
+
+    def on_sweep(self, step: Step, now: float) -> None:
+        """A node silent for node_timeout is down and the jobs it had are lost (re-queued or
+        finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
+        records = []
+        for node in list(self.table.nodes.values()):
+            silent = now - node.seen
+            if not node.lost and silent > self.settings["node_timeout"]:
+                if node.up:
+                    _note(step, "warning", f"node {node.name} silent for {silent:.0f} s: marked down, "
+                                           f"no new jobs go there")
+                node.up, node.lost = False, True  # (its jobs are dealt with once, here)
+                reason = f"node {node.name} lost (silent for {silent:.0f} s)"
+                for job in self.table.jobs_on(node.name):
+                    rec = self.table.lost_record(job, now, reason, self.settings["requeue"])
+                    records.append(rec)
+                    what = "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
+                    _note(step, "warning", f"job {job['id']}: {reason}; {what}")
+            elif node.lost and silent > NODE_FORGET_SECS and not node.jobs:
+                records.append({"op": "forget", "name": node.name})
+                step.do.append(("forget", node.name))
+                _note(step, "info", f"node {node.name} down for {silent / 3600:.0f} h and holding no job: forgotten")
+        self._commit(step, records)
+        step.durable = bool(records)
+
+    def view(self, job: dict) -> dict:
+        """A job as queries show it: no environment; the usage its node last sampled; its node's URI."""
+        out = J.public_view(job)
+        if job["id"] in self.usage and job["state"] in J.ON_NODE_STATES:
+            out["usage_now"] = self.usage[job["id"]]
+        node = self.table.nodes.get(job.get("node") or "")
+        if node is not None:
+            out["node_uri"] = node.uri
+        return out

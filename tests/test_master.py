@@ -1,0 +1,93 @@
+"""The master object on real files (its store in a temp dir), called in-process with no node (issue 10):
+waits leave nothing behind, a registration is answered once its record is on disk, reloaded
+settings all apply, and health() names a damaged journal and a full disk."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from grun.actors.master import Master
+
+
+@pytest.fixture
+def make_master(tmp_path):
+    made = []
+
+    def make(**settings) -> Master:
+        master = Master(str(tmp_path / "master"), **settings)
+        made.append(master)
+        return master
+    yield make
+    for master in made:
+        if not master._closing:  # (not shut down by the test itself)
+            master.shutdown()
+
+
+def _spec(**extra) -> dict:
+    return {"cmd": ["true"], "cwd": "/", **extra}
+
+
+def test_finished_waits_leave_no_watcher_behind(make_master):
+    """Bug 2: every pass of wait() and every wait_started() added an Event that only a new record of
+    the job removed, so a queued job's waiters grew without bound."""
+    master = make_master()
+    queued, other = master.submit_many([_spec(), _spec()])
+    for _ in range(5):
+        assert master.wait([queued, other], timeout=0.01) == {}
+        assert master.wait_started(queued, timeout=0.01)["state"] == "queued"
+    assert master.watchers == {}
+    # a waiter woken by the job's end, and one still waiting when another record wakes it
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(master.wait([queued], timeout=20)))
+    waiter.start()
+    while not master.watchers:
+        threading.Event().wait(0.005)
+    master.hold([other])
+    master.kill([queued])
+    waiter.join(20)
+    assert results and results[0][str(queued)]["state"] == "killed"
+    assert master.watchers == {}
+
+
+def test_a_registration_is_answered_once_its_node_record_is_on_disk(make_master):
+    """Bug 6: the reply could go out before the new node's record was durable."""
+    master = make_master()
+    journal = master.store._journal
+    for i in range(20):
+        master.register_node({"name": f"n{i}", "uri": f"PYRO:grun.node@127.0.0.1:{9000 + i}", "cpus": 2,
+                              "memory": 1000, "running": [], "finished": []})
+        assert journal._durable >= journal._seq, f"node n{i}: replied before its record was durable"
+
+
+def test_reconfigure_applies_all_seven_settings(make_master):
+    master = make_master(default_priority=5, reserve_after=10.0)
+    changed = master.reconfigure(default_cpus=0.5, default_memory=300, default_priority=7, node_timeout=30.0,
+                                 requeue=False, min_free_disk=1, reserve_after=20.0, colour="red")
+    assert changed == {"default_cpus": 0.5, "default_memory": 300, "default_priority": 7, "node_timeout": 30.0,
+                       "requeue": False, "min_free_disk": 1, "reserve_after": 20.0}
+    assert master.reconfigure(default_priority=7) == {}
+    job = master.job(master.submit(_spec()))
+    assert (job["priority"], job["cpus"], job["memory"]) == (7, 0.5, 300)
+    assert master.core.table.reserve_after == 20.0
+
+
+def test_health_names_a_damaged_journal_and_a_full_disk(make_master, tmp_path):
+    """Bug 4, through the master: the lost submission is named, not skipped in silence."""
+    master = make_master()
+    ids = master.submit_many([_spec(name=f"j{i}") for i in range(3)])
+    assert master.health() == []
+    master.shutdown()
+    for name in list((tmp_path / "master").iterdir()):
+        if name.name.startswith("snapshot."):
+            name.unlink()  # so the journal is replayed
+    path = tmp_path / "master" / "journal.1.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:30] + b"#" + lines[1][31:]
+    path.write_bytes(b"".join(lines))
+    master = make_master(min_free_disk=10**12)
+    problems = master.health()
+    assert len(problems) == 2, problems
+    assert "damaged journal" in problems[0] and f"submit of job {ids[1]}" in problems[0]
+    assert "journal.1.log.damaged" in problems[0] and "nearly full" in problems[1]
+    assert sorted(j["id"] for j in master.jobs()) == [ids[0], ids[2]]

@@ -1,0 +1,158 @@
+"""The master's decisions as pure code (issue 10): each event gives the records to journal and the
+instructions to carry out, asserted here without sockets, files or clocks."""
+from __future__ import annotations
+
+import random
+
+from grun.core import jobs as J
+from grun.core.master_state import NODE_FORGET_SECS, START_RETRY_SECS, MasterState
+from grun.core.queue import JobTable
+
+
+def _info(name: str, **extra) -> dict:
+    return {"name": name, "uri": f"PYRO:grun.node@{name}:1", "cpus": 4, "memory": 4000, "incarnation": "i1",
+            "seq": 0, **extra}
+
+
+def _state(*nodes: str, **settings) -> MasterState:
+    m = MasterState(random.Random(0), **settings)
+    for name in nodes:
+        m.handle("register", _info(name), 0.0)
+    return m
+
+
+def _submit(m: MasterState, now: float = 1.0, **spec) -> int:
+    return m.handle("submit", m.requests([{"cmd": ["sleep", "9"], **spec}]), None, now).reply[0]
+
+
+def _ids(instructions) -> list:
+    """Instructions with the jobs they offer shown as ids."""
+    return [(i[0], i[1], [j["id"] for j in i[2]]) if i[0] in ("offer", "reoffer") else i for i in instructions]
+
+
+def _running(m: MasterState, node: str, now: float = 2.0, **spec) -> int:
+    job_id = _submit(m, now, host=node, **spec)
+    m.handle("schedule", now)
+    m.handle("started", node, {"started": {str(job_id): 99}, "incarnation": "i1", "seq": 1}, now)
+    return job_id
+
+
+def test_a_pass_offers_what_it_dispatched_and_offers_again_what_no_node_confirmed():
+    m = _state("a")
+    job_id = _submit(m)
+    step = m.handle("schedule", 2.0)
+    assert step.records == [{"op": "dispatch", "id": job_id, "node": "a", "time": 2.0}] and step.durable
+    assert _ids(step.do) == [("offer", "a", [job_id])], "offered once the dispatch is on disk"
+    quiet = m.handle("schedule", 2.0 + START_RETRY_SECS / 2)
+    assert quiet.do == [] and not quiet.durable
+    again = m.handle("schedule", 2.1 + START_RETRY_SECS)
+    assert (again.records, _ids(again.do)) == ([], [("reoffer", "a", [job_id])])
+    assert again.durable, "offered again once its dispatch is on disk, whoever journaled it"
+    started = m.handle("started", "a", {"started": {str(job_id): 77}, "incarnation": "i1", "seq": 5}, 5.0)
+    assert started.records == [{"op": "start", "id": job_id, "node": "a", "pid": 77, "time": 5.0}]
+    assert not started.durable, "a confirmed start need not wait for the disk"
+    assert m.launched == {job_id: ("i1", 5)} and m.unconfirmed == {}
+    assert m.handle("schedule", 30.0).do == []
+    assert m.handle("started", "a", {"started": {str(job_id): 77}}, 6.0).records == [], "confirmed once"
+
+
+def test_a_start_the_node_refused_ends_the_job_and_waits_for_the_disk():
+    m = _state("a")
+    job_id = _submit(m)
+    m.handle("schedule", 2.0)
+    step = m.handle("started", "a", {"started": {}, "rejected": {str(job_id): "no such user"}}, 3.0)
+    [(kind, job)] = step.do
+    assert (kind, job["id"], job["exit"], job["error"]) == ("finished", job_id, 127, "no such user")
+    assert step.durable and m.recent[job_id] is job and m.unconfirmed == {}
+
+
+def test_kill_signals_running_jobs_ends_queued_ones_and_force_forgets_the_start():
+    m = _state("a")
+    running, queued = _running(m, "a"), _submit(m, cpus=64, force=True)
+    other = _running(m, "a")
+    step = m.handle("kill", [running, queued, 999], 9, False, 3.0)
+    assert step.reply == {str(running): True, str(queued): True, "999": False}
+    assert step.records[0] == {"op": "kill", "id": running, "signal": 9, "time": 3.0}
+    assert [i for i in step.do if i[0] != "finished"] == [("kill", "a", [running], 9)]
+    assert [i[1]["id"] for i in step.do if i[0] == "finished"] == [queued]
+    assert m.table.jobs[running]["state"] == J.RUNNING, "it ends when its node says so"
+    forced = m.handle("kill", [other], 15, True, 4.0)
+    shown = [(i[0], i[1]["id"] if i[0] == "finished" else i[1]) for i in forced.do]
+    assert shown == [("finished", other), ("kill", "a")]
+    assert other not in m.launched and other not in m.table.jobs and m.recent[other]["error"] == "killed with --force"
+
+
+def test_heartbeat_replies_repeat_a_kill_until_the_job_ends():
+    m = _state("a")
+    job_id = _running(m, "a")
+    m.handle("kill", [job_id], 15, False, 3.0)
+    for now in (4.0, 5.0):
+        step = m.handle("heartbeat", "a", {"running": [job_id]}, now)
+        assert step.reply["known"] and step.reply["kill"] == {str(job_id): 15} and step.reply["stale"] == []
+        assert not step.durable, "a heartbeat that changes nothing waits for nobody's records"
+    assert m.handle("register", _info("a", running=[job_id]), 6.0).reply["kill"] == {str(job_id): 15}
+    m.handle("finished", "a", [{"id": job_id, "signal": 15, "attempt": 1}], 7.0)
+    assert m.handle("heartbeat", "a", {"running": []}, 8.0).reply["kill"] == {}
+    assert m.recent[job_id]["state"] == J.KILLED
+
+
+def test_hold_suspends_on_the_node_and_the_record_follows_its_answer():
+    m = _state("a")
+    running, queued = _running(m, "a"), _submit(m, cpus=64, force=True)
+    step = m.handle("control", "hold", [running, queued], 3.0)
+    assert step.records == [{"op": "hold", "id": queued, "time": 3.0}]
+    assert step.do == [("signal", "a", "suspend", [running])] and m.table.jobs[running]["state"] == J.RUNNING
+    done = m.handle("signalled", "suspend", "a", [running], 3.5)
+    assert done.records == [{"op": "suspend", "id": running, "time": 3.5}] and done.kick, "its cpus are free"
+    step = m.handle("control", "resume", [running, queued], 4.0)
+    assert (step.records, step.do) == ([{"op": "release", "id": queued, "time": 4.0}],
+                                       [("signal", "a", "resume", [running])])
+
+
+def test_a_silent_node_is_declared_lost_and_one_down_for_a_day_with_no_job_forgotten():
+    m = _state("a", "b", node_timeout=10.0)
+    job_id = _running(m, "a")
+    m.handle("heartbeat", "b", {}, 9.0)
+    step = m.handle("sweep", 10.5)
+    assert step.records == [{"op": "requeue", "id": job_id, "node": "a", "time": 10.5,
+                             "reason": "node a lost (silent for 10 s)"}]
+    assert [i[0] for i in step.do] == ["log", "log"] and step.kick
+    assert not m.table.nodes["a"].up and m.table.nodes["b"].up and job_id not in m.launched
+    assert m.handle("sweep", 11.0).records == [], "a lost node's jobs are dealt with once"
+    assert m.handle("heartbeat", "a", {}, 11.0).reply == {"known": False}, "it must register again"
+    assert m.handle("kill", [job_id], 15, False, 12.0).records[0]["op"] == "finish"
+    step = m.handle("sweep", NODE_FORGET_SECS + 20.0)
+    assert step.records[-1] == {"op": "forget", "name": "a"} and ("forget", "a") in step.do
+    assert "a" not in m.table.nodes and "b" in m.table.nodes, "b is declared lost only now"
+    replay = JobTable()
+    replay.apply({"op": "node", "name": "a", "cpus": 4, "memory": 4000})
+    replay.apply(step.records[-1])
+    assert "a" not in replay.nodes, "a restart forgets it too"
+
+
+def test_a_node_holding_a_job_is_never_forgotten():
+    m = _state("a", node_timeout=10.0, requeue=False)
+    job_id = _running(m, "a", requeue=False)
+    m.handle("sweep", 11.0)  # lost: finished as lost, not re-queued
+    assert m.recent[job_id]["state"] == J.LOST
+    lost_from = _submit(m)
+    m.table.apply({"op": "dispatch", "id": lost_from, "node": "a", "time": 12.0})
+    assert m.handle("sweep", NODE_FORGET_SECS + 20.0).records == [], "the node holds a job"
+
+
+def test_registration_offers_missed_starts_names_stale_copies_and_is_durable():
+    m = _state("a")
+    missed = _submit(m, host="a")
+    m.handle("schedule", 2.0)
+    step = m.handle("register", _info("a", running=[555], finished=[]), 3.0)
+    assert [j["id"] for j in step.reply["start"]] == [missed] and step.reply["stale"] == [555]
+    assert step.reply["start"][0]["env"] == {}, "the node gets the whole job"
+    assert step.durable and step.kick and step.records == []
+
+
+def test_nested_grun_lends_and_takes_back_through_the_events():
+    m = _state("a")
+    parent = _running(m, "a", cpus=4)
+    child = m.handle("submit", m.requests([{"cmd": ["x"], "parent": parent}]), None, 3.0)
+    assert [r["op"] for r in child.records] == ["submit", "lend"]
+    assert m.table.nodes["a"].free_cpus == 4
