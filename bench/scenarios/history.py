@@ -137,7 +137,7 @@ def growth(args, res, detail: dict) -> None:
         rounds = per[h]
         tag = f"{h:,} in history"
         cpu = [r["master_cpu_ms_per_job"] for r in rounds]
-        ratio = f"x{statistics.median(cpu) / empty_cpu:.2f} of empty" if h else ""
+        ratio = f"x{statistics.median(cpu) / empty_cpu:.2f} of empty" if h and empty_cpu else ""
         res.add(SCENARIO, f"{tag}: master CPU per job (batch of {m_batch}, submit..finish)", cpu, "ms",
                 TARGET_HISTORY if h else "",
                 notes(ratio, other_load([r["cpu_s"] for r in rounds], [r["wall_s"] for r in rounds])))
