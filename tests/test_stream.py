@@ -12,6 +12,8 @@ import threading
 import time
 
 import pytest
+from cluster import LocalCluster
+from util import read_line, wait_for, wait_state
 
 from grun import stream
 from grun.stream import HEADER, StreamBroken, StreamServer, attach
@@ -160,7 +162,63 @@ def test_stdin_after_job_closed_it_is_discarded(server, job_dir, tmp_path):
         res, out, _ = attach_to_files(server, token, tmp_path, stdin_fd=fin.fileno())
     assert res == {"rc": 0}
     assert out == b"xxxxx"
-    os.close(wfd)
+
+
+def test_input_cut_short_ends_the_job_s_stdin(server, job_dir, monkeypatch):
+    """The write end of the job's FIFO belongs to the connection (or the offer) it was given to, and
+    goes with it however it ends: a client that hangs up without end-of-input, or never comes for
+    its token, leaves the job an EOF, not a wait forever (issue 10, bug 1)."""
+    for how in ("hang up", "never attach"):
+        wfd, child_stdin = fifo_for_job(job_dir)
+        with child_stdin, open(job_dir / "stdout", "wb") as out:
+            proc = subprocess.Popen(["cat"], stdin=child_stdin, stdout=out)
+        monkeypatch.setattr(stream, "TOKEN_TTL", 0.2 if how == "never attach" else 60.0)
+        token = server.offer("j-cut", str(job_dir), stdin_fd=wfd, get_status=popen_status(proc))
+        if how == "hang up":
+            s = raw_client(server, token.encode())
+            s.sendall(HEADER.pack(stream.STDIN, 6) + b"hello\n")
+            deadline = time.monotonic() + 10
+            while (job_dir / "stdout").read_bytes() != b"hello\n" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            s.close()  # no STDIN_EOF: the client died, or stopped sending once its job had ended
+        else:
+            time.sleep(0.3)
+            server.offer("j-other", str(job_dir), get_status=ended({"rc": 0}))  # offers purge expired ones
+        try:
+            assert proc.wait(10) == 0, how
+        finally:
+            proc.kill()
+        os.unlink(job_dir / "stdin")
+
+
+def test_input_cut_short_on_a_real_node_leaks_no_fd_and_hangs_no_job():
+    """`yes | grun head -1` stops sending once its job has ended, without end-of-input: the node
+    must not keep one FIFO fd per such job; and `grun cat` killed while feeding its job leaves the
+    job an EOF, so it ends (issue 10, bug 1)."""
+    with LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.5}}) as c:
+        fd_dir = f"/proc/{c.procs['n1'].pid}/fd"
+
+        def head_of_yes():
+            r = subprocess.run(f"yes | {sys.executable} -m grun.cli head -1", shell=True, env=c.env,
+                               capture_output=True, timeout=60)
+            assert (r.returncode, r.stdout) == (0, b"y\n"), r.stderr
+
+        head_of_yes()  # the node's lazily made sockets and threads exist from here on
+        before = len(os.listdir(fd_dir))
+        for _ in range(10):
+            head_of_yes()
+        wait_for(lambda: len(os.listdir(fd_dir)) < before + 5, 10,
+                 what=f"the node's fds to come back near {before} (not one more per job)")
+
+        feeder = c.popen("-v", "cat", stdin=subprocess.PIPE)
+        feeder.stdin.write(b"first\n")
+        feeder.stdin.flush()
+        assert read_line(feeder.stdout, 30) == b"first\n"
+        (job,) = [j for j in c.client().jobs() if j["state"] == "running"]
+        feeder.kill()
+        feeder.wait()
+        done = wait_state(c, job["id"], "done", "failed", "killed", timeout=20)
+        assert (done["state"], done["exit"]) == ("done", 0), done
 
 
 def test_bad_token_and_garbage_do_not_kill_server(server, job_dir, tmp_path):
