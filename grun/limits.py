@@ -121,18 +121,6 @@ def set_child_limits(pid: int, plan: list) -> dict:
     return applied
 
 
-def apply_rlimits(limits: dict) -> dict:
-    """Lower this process's own soft and hard limits (inherited by what it starts), for good."""
-    applied = {}
-    for key, which, soft, top, unit in plan_rlimits(limits):
-        try:
-            resource.setrlimit(which, (soft, top))
-            applied[key] = soft // unit
-        except (ValueError, OSError):
-            pass
-    return applied
-
-
 def cpu_grace(seconds: int) -> int:
     return max(5, seconds // 10)
 

@@ -2,20 +2,14 @@
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
 `<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
-For each job it claims the job's `pid` file (O_EXCL, so two reapers never start the same job), starts
+For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts
 the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and
 stderr going straight to spool files, and records the job's pid. It waits for its jobs with SIGCHLD +
 wait4 (so cpu, memory and io usage are exact), writes each job's `status.json` once with one fsync,
 and pings the node. Killing the node daemon leaves the reaper and its jobs running; a restarted node
 finds the status files in the spool, and the reaper exits once its input has ended and its last job
-has ended.
-
-Per job the spool holds: `job.json` (the node), `stdout`, `stderr`, `pid`, `status.json`, and `stdin`
-(a FIFO, the node) when the job reads input. `pid` is one line, `<job pid> <reaper lock>`, or
-`- <reaper lock>` while the job is claimed but not started (the first word is padded to 10
-characters, so the pid is written over it in place). The reaper lock is a file under
-`<spool>/reapers/` that the reaper holds locked while it lives: the node tests it to see whether the
-job still has a reaper.
+has ended. While it lives it holds its lock file under `<spool>/reapers/` locked, and each job's `pid`
+file names that lock: the node tests it to see whether the job still has a reaper.
 
 If the reaper dies while the node lives, its jobs become the node's children (the node is a child
 subreaper, see grun.actors.node), and the node waits for them and records their status. The reaper is
@@ -33,11 +27,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import pwd
-import secrets
 import select
 import signal
 import socket
@@ -46,67 +38,12 @@ import sys
 import time
 
 from . import limits as L
+from . import spool
 
 SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-
-
-def write_durable(path: str, data: bytes) -> None:
-    """A file written once, in one write, with the one fsync it needs (no temp file: a reader that
-    catches it half-written sees invalid JSON and looks again later)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_json(path: str):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def read_pid_file(job_dir: str) -> tuple[bool, int | None, str | None]:
-    """(claimed, job pid or None, reaper lock name or None) from a job's `pid` file."""
-    try:
-        with open(os.path.join(job_dir, "pid"), "rb") as f:
-            words = f.read().split()
-    except OSError:
-        return False, None, None
-    if not words:
-        return True, None, None  # being written: claimed
-    pid = int(words[0]) if words[0].isdigit() else None
-    return True, pid, words[1].decode() if len(words) > 1 else None
-
-
-def reaper_alive(lock_path: str) -> bool:
-    """Whether the reaper that owns this lock file still lives (it holds the lock while it does)."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def set_subreaper() -> bool:
@@ -212,8 +149,8 @@ def _open_outputs(job: dict, job_dir: str) -> tuple:
 def _died_of_limit(job_dir: str, job: dict, status: dict, stderr_path: str) -> dict:
     """The node's sampler leaves `limit.json` when it killed the job for memory; otherwise the
     signal or the job's last stderr lines may tell that an rlimit stopped it."""
-    found = read_json(os.path.join(job_dir, "limit.json"))
-    if isinstance(found, dict) and found.get("limit"):
+    found = spool.read_limit(job_dir)
+    if found:
         return {"limit": found["limit"], "limit_detail": found.get("limit_detail")}
     return L.limit_hit(status, job.get("limits") or {}, stderr_path)
 
@@ -223,15 +160,7 @@ class _zero_rusage:
     ru_maxrss = ru_inblock = ru_oublock = 0
 
 
-def _read_int(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().split()[0] or 0) or None
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _killpg(pid: int, sig: int) -> None:
+def killpg(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
@@ -252,8 +181,7 @@ class Reaper:
 
     def __init__(self):
         self.runs: dict[int, _Run] = {}   # job pid -> its run
-        self.lock_name: str | None = None
-        self._lock_fd: int | None = None
+        self.lock: tuple[int, str] | None = None  # (fd, name) of our lock file, held for our whole life
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         # A unix datagram queue holds only a few messages: a burst of pings must wait for the node to
         # read them, not be dropped. A node that does not read for this long gets no more pings from
@@ -261,42 +189,23 @@ class Reaper:
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
 
-    # ---- the reaper's own lock: held for its whole life ----------------------------------------
-
-    def _ensure_lock(self, job_dir: str) -> str:
-        if self.lock_name is None:
-            locks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(job_dir))), "reapers")
-            os.makedirs(locks, exist_ok=True)
-            name = f"{os.getpid()}.{secrets.token_hex(4)}"
-            # locked before it has its name, so nobody ever sees it unlocked while we live
-            tmp = os.path.join(locks, f".{name}")
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.rename(tmp, os.path.join(locks, name))
-            self._lock_fd, self.lock_name = fd, name
-        return self.lock_name
-
     # ---- starting --------------------------------------------------------------------------------
 
     def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
-        lock = self._ensure_lock(job_dir)
-        try:  # the claim: exactly one reaper ever starts this job
-            pid_fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError:  # started already (by us or an earlier reaper), or the job is gone
+        if self.lock is None:
+            self.lock = spool.take_reaper_lock(job_dir)
+        claimed = spool.claim(job_dir, self.lock[1])
+        if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            # padded like "<pid> <lock>" will be, so the pid is written over it in place
-            os.write(pid_fd, f"{'-':<10} {lock}\n".encode())
-            self._start(job_dir, notify, pid_fd, lock, job)
+            self._start(job_dir, notify, claimed, job or spool.read_job(job_dir))
         except BaseException as exc:  # never let one job stop the reaper
             self._failed(job_dir, notify, f"supervisor failed: {exc}")
         finally:
-            os.close(pid_fd)
+            os.close(claimed)
 
-    def _start(self, job_dir: str, notify: str | None, pid_fd: int, lock: str, job: dict | None) -> None:
+    def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
         if job is None:
-            job = read_json(os.path.join(job_dir, "job.json"))
-        if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = job_argv(job)
         env = dict(job.get("env") or {})
@@ -312,7 +221,7 @@ class Reaper:
         stderr_path = stderr_path or os.path.join(job_dir, "stderr")
         if job.get("stdin"):
             # the node holds the write end already, so this open neither blocks nor sees an early EOF
-            fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(spool.path(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.set_blocking(fd, True)
             stdin = os.fdopen(fd, "rb")
         else:
@@ -338,21 +247,21 @@ class Reaper:
             for f in (stdin, out, err):
                 if hasattr(f, "close"):
                     f.close()
-        os.pwrite(pid_fd, f"{proc.pid:<10}".encode(), 0)
+        spool.set_pid(claimed, proc.pid)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
             self._ping(notify, f"started {job['id']} {proc.pid}")
-        pending_kill = _read_int(os.path.join(job_dir, "killreq"))
+        pending_kill = spool.requested_kill(job_dir)
         if pending_kill:
-            _killpg(proc.pid, pending_kill)
+            killpg(proc.pid, pending_kill)
 
     def _failed(self, job_dir: str, notify: str | None, why: str) -> None:
         try:
             with open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
-            write_durable(os.path.join(job_dir, "status.json"), json.dumps(
-                {"exit_code": 255, "signal": None, "error": why, "start_time": now, "end_time": now}).encode())
+            spool.write_statuses([(job_dir, json.dumps(
+                {"exit_code": 255, "signal": None, "error": why, "start_time": now, "end_time": now}))])
             self._ping(notify, f"finished {os.path.basename(job_dir)}")
         except BaseException:
             pass
@@ -382,23 +291,11 @@ class Reaper:
         self._record(*done)
 
     def _record(self, *runs: _Run) -> None:
-        written = []
-        for run in runs:
-            data = json.dumps(run.status)
-            try:
-                fd = os.open(os.path.join(run.dir, "status.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                os.write(fd, data.encode())
-            except OSError:
-                continue  # its spool is gone
-            written.append((run, data, fd))
+        ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
-        for run, data, fd in written:
-            try:
-                os.fdatasync(fd)  # invariant 3: the status outlives us, whoever dies next
-            finally:
-                os.close(fd)
-            if run.notify:
-                pings.setdefault(run.notify, []).append(f"finished {run.id} {data}")
+        for i in spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]):
+            if runs[i].notify:
+                pings.setdefault(runs[i].notify, []).append(f"finished {runs[i].id} {ends[i]}")
         # one datagram for many jobs: the receiving queue holds only a few (net.unix.max_dgram_qlen),
         # and each one wakes the node
         for notify, lines in pings.items():

@@ -46,7 +46,6 @@ DROP_BEHIND = 64 << 20                 # ... in windows of this size (_Spool._dr
 MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
 STDIN_READ = 64 << 10
 PIPE_SIZE = 1 << 20                    # a client's stdout pipe while it carries bulk output
-STDIN_CLOSED_KEEP = 4096
 
 # A peer that vanished (host down, network cut) is noticed within about KEEPIDLE + KEEPINTVL * KEEPCNT
 # seconds even while the job prints nothing, so the client can go back to the master and the node
@@ -74,7 +73,7 @@ class _Dropped(Exception):
     """Socket-side failure inside attach(); turned into StreamBroken with the offsets reached."""
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     """n bytes, or None if the peer closed first."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
@@ -105,6 +104,10 @@ def _write_all(fd: int, data) -> None:
 # ---------------------------------------------------------------------------------------- node side
 
 class _Offer:
+    """What a token opens. It owns `stdin_fd` (the write end of the job's stdin FIFO) from the offer
+    on: the connection that claims it closes it when the client's input ends, however it ends (end of
+    input, a hang-up, the job's exit), and an offer nobody claims closes it when it expires, so a job
+    never waits for input that can no longer come."""
     __slots__ = ("deadline", "err_offset", "get_status", "job_dir", "job_key", "out_offset", "stdin_fd")
 
     def __init__(self, job_key: str, job_dir: str, out_offset: int, err_offset: int, stdin_fd: int | None,
@@ -112,9 +115,15 @@ class _Offer:
         self.job_key, self.job_dir, self.out_offset, self.err_offset = job_key, job_dir, out_offset, err_offset
         self.stdin_fd, self.get_status, self.deadline = stdin_fd, get_status, deadline
 
+    def close_stdin(self) -> None:
+        fd, self.stdin_fd = self.stdin_fd, None
+        if fd is not None:
+            os.close(fd)
+
 
 class _Conn:
-    """One attached client: a pump thread (files -> socket) and a reader thread (socket -> stdin)."""
+    """One attached client: a pump thread (files -> socket) and a reader thread (socket -> stdin);
+    the reader closes the socket, once the pump is done with it."""
 
     def __init__(self, sock: socket.socket, offer: _Offer, peer):
         self.sock, self.offer, self.peer = sock, offer, peer
@@ -122,8 +131,7 @@ class _Conn:
         self.closed = False          # the client hung up or misbehaved: the pump stops
         self.exited = False          # EXIT went out: stdin is no longer forwarded
         self.reader_done = threading.Event()
-        self._refs = 2               # both threads use the socket; the last one out closes it
-        self._lock = threading.Lock()
+        self.pump = threading.current_thread()
 
     def hang_up(self) -> None:
         self.closed = True
@@ -132,13 +140,6 @@ class _Conn:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
         except OSError:
             pass
-
-    def release(self) -> None:
-        with self._lock:
-            self._refs -= 1
-            last = self._refs == 0
-        if last:
-            self.sock.close()
 
 
 class _Spool:
@@ -207,9 +208,6 @@ class StreamServer:
         self._lock = threading.Lock()
         self._offers: dict[str, _Offer] = {}
         self._conns: dict[str, set[_Conn]] = {}
-        # Jobs whose stdin_fd we closed: the fd number may be reused, so never write to it again.
-        # Bounded so that a long-lived node does not pay per job in its history.
-        self._stdin_closed: dict[str, None] = {}
         self._closed = False
         family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
         self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
@@ -223,14 +221,19 @@ class StreamServer:
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
               stdin_fd: int | None = None, get_status: Callable[[], dict | None]) -> str:
         token = os.urandom(TOKEN_LEN // 2).hex()
+        self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
+        with self._lock:
+            self._offers[token] = _Offer(job_key, job_dir, out_offset, err_offset, stdin_fd,
+                                         get_status, time.monotonic() + TOKEN_TTL)
+        return token
+
+    def expire(self) -> None:
+        """Drop the offers nobody claimed in time (and the job input they held)."""
         now = time.monotonic()
         with self._lock:
-            # Purge here so unused tokens cost nothing per job over the node's lifetime.
-            for t in [t for t, o in self._offers.items() if o.deadline < now]:
-                del self._offers[t]
-            self._offers[token] = _Offer(job_key, job_dir, out_offset, err_offset, stdin_fd,
-                                         get_status, now + TOKEN_TTL)
-        return token
+            gone = [self._offers.pop(t) for t, o in list(self._offers.items()) if o.deadline < now]
+        for offer in gone:
+            offer.close_stdin()
 
     def wake(self, job_key: str) -> None:
         with self._lock:
@@ -243,8 +246,10 @@ class StreamServer:
             if self._closed:
                 return
             self._closed = True
-            self._offers.clear()
+            offers, self._offers = list(self._offers.values()), {}
             conns = [c for cs in self._conns.values() for c in cs]
+        for offer in offers:
+            offer.close_stdin()
         try:
             self._lsock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept() on Linux
         except OSError:
@@ -269,13 +274,16 @@ class StreamServer:
     def _claim(self, raw: bytes | None) -> _Offer | None:
         with self._lock:  # pop: a token is good for one connection
             offer = self._offers.pop(raw.decode("latin-1"), None) if raw else None
-        return offer if offer and offer.deadline >= time.monotonic() else None
+        if offer and offer.deadline < time.monotonic():
+            offer.close_stdin()
+            return None
+        return offer
 
     def _serve(self, sock: socket.socket, peer) -> None:
         conn = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            offer = self._claim(_recv_exact(sock, TOKEN_LEN))
+            offer = self._claim(recv_exact(sock, TOKEN_LEN))
             if offer is None:
                 self._log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
@@ -285,6 +293,7 @@ class StreamServer:
             _keepalive(sock)
             with self._lock:
                 if self._closed:
+                    offer.close_stdin()
                     return
                 conn = _Conn(sock, offer, peer)
                 self._conns.setdefault(offer.job_key, set()).add(conn)
@@ -298,14 +307,13 @@ class StreamServer:
         finally:
             if conn is None:
                 sock.close()
-                return
-            with self._lock:
-                group = self._conns.get(conn.offer.job_key, set())
-                group.discard(conn)
-                if not group:
-                    self._conns.pop(conn.offer.job_key, None)
-            conn.hang_up()
-            conn.release()
+            else:  # the reader closes the socket
+                with self._lock:
+                    group = self._conns.get(conn.offer.job_key, set())
+                    group.discard(conn)
+                    if not group:
+                        self._conns.pop(conn.offer.job_key, None)
+                conn.hang_up()
 
     def _pump(self, conn: _Conn) -> None:
         offer, sock = conn.offer, conn.sock
@@ -342,11 +350,10 @@ class StreamServer:
                 os.close(fd)
 
     def _read_client(self, conn: _Conn) -> None:
-        job_key, fd = conn.offer.job_key, conn.offer.stdin_fd
-        forward = fd is not None and job_key not in self._stdin_closed
+        offer = conn.offer
         try:
             while True:
-                head = _recv_exact(conn.sock, HEADER.size)
+                head = recv_exact(conn.sock, HEADER.size)
                 if head is None:
                     break
                 kind, n = HEADER.unpack(head)
@@ -354,29 +361,26 @@ class StreamServer:
                     self._log.warning("stream %s: garbage frame (type %r, length %d); closing",
                                       conn.peer, kind, n)
                     break
-                data = _recv_exact(conn.sock, n)
+                data = recv_exact(conn.sock, n)
                 if data is None:
                     break
-                if not forward or conn.exited or job_key in self._stdin_closed:
+                if offer.stdin_fd is None or conn.exited:
                     continue
-                if kind == STDIN:
-                    try:
-                        _write_all(fd, data)
-                    except BrokenPipeError:
-                        forward = False  # the job closed its stdin; the rest goes nowhere
-                else:
-                    forward = False
-                    with self._lock:
-                        self._stdin_closed[job_key] = None
-                        if len(self._stdin_closed) > STDIN_CLOSED_KEEP:
-                            del self._stdin_closed[next(iter(self._stdin_closed))]
-                    os.close(fd)
+                if kind == STDIN_EOF:
+                    offer.close_stdin()
+                    continue
+                try:
+                    _write_all(offer.stdin_fd, data)
+                except BrokenPipeError:
+                    offer.close_stdin()  # the job closed its stdin; the rest goes nowhere
         except OSError as e:
             self._log.info("stream %s: input ended: %s", conn.peer, e)
         finally:
+            offer.close_stdin()  # whatever ended the input, the job sees its end (issue 10, bug 1)
             conn.reader_done.set()
             conn.hang_up()
-            conn.release()
+            conn.pump.join()
+            conn.sock.close()
 
 
 # -------------------------------------------------------------------------------------- client side
@@ -484,7 +488,7 @@ def _splice(sock: socket.socket, fd: int, n: int) -> int:
 
 def _recv_frame_bytes(sock: socket.socket, n: int) -> bytes:
     try:
-        data = _recv_exact(sock, n)
+        data = recv_exact(sock, n)
     except OSError as e:
         raise _Dropped(str(e)) from e
     if data is None:

@@ -1,7 +1,8 @@
 """The node's start path: one long-lived reaper process per node (grun.spawner) instead of a forked
 Python supervisor per job, the node as child subreaper when that reaper dies, the limits a job gets
 from its first instruction, the spool's few files per job, acks.log, and job actors that are objects
-of the node's daemon without a name-server entry each. Real daemons, real processes."""
+of the node's daemon without a name-server entry each; kills the master repeats, and a reload of the
+node's config. Real daemons, real processes."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,9 @@ import signal
 import time
 
 import psutil
+import Pyro5.api
 import pytest
+import yaml
 from cluster import LocalCluster
 from util import job_pid, wait_for, wait_state
 
@@ -197,3 +200,79 @@ def test_a_kill_before_the_reaper_started_the_job_ends_it_at_its_start(c):
     os.kill(reaper, signal.SIGCONT)
     done = client.wait([job_id], 20)[job_id]
     assert done["state"] == "killed" and time.monotonic() - t0 < 10, done
+
+
+@Pyro5.api.expose
+class RepeatingMaster:
+    """Stands in for the master towards one real node daemon: offers one job at registration, then
+    repeats a kill of it in every heartbeat reply, as the master does for each kill it holds until
+    the job has ended (issue 10, bug 3)."""
+
+    def __init__(self, job: dict):
+        self.job, self.beats, self.reports = job, 0, []
+
+    def register_node(self, info: dict) -> dict:
+        return {"start": [self.job], "kill": {}, "stale": []}
+
+    def heartbeat(self, name: str, info: dict) -> dict:
+        self.beats += 1
+        return {"known": True, "stale": [], "kill": {str(self.job["id"]): int(signal.SIGTERM)}}
+
+    def finished(self, name: str, reports: list) -> list:
+        self.reports.extend(reports)
+        return [r["id"] for r in reports]
+
+
+def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
+    """The job traps SIGTERM and lives on: it must hear it once, however often the master repeats
+    the kill, and the node's SIGKILL must still come after the grace period (not be put off)."""
+    terms = tmp_path / "terms"
+    job = {"id": 7, "attempt": 1, "cmd": [f"trap 'echo TERM >> {terms}' TERM; while :; do sleep 0.05; done"],
+           "shell": True, "cwd": "/", "env": {"PATH": os.environ["PATH"]}, "memory": 100, **AS_US}
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.2}})
+    master = RepeatingMaster(job)
+    daemon = registry.start_master_daemon("127.0.0.1", c.port, "127.0.0.1")
+    try:
+        daemon.register(master, registry.MASTER_NAME)
+        registry.serve_in_thread(daemon, "test-master")
+        c.start_node("n1", wait=False)
+        wait_for(lambda: terms.exists(), 20, what="the job to get its SIGTERM")
+        heard = master.beats
+        t0 = time.monotonic()
+        wait_for(lambda: master.beats >= heard + 10, 10, what="ten more heartbeats, each repeating the kill")
+        assert terms.read_text() == "TERM\n"
+        (report,) = wait_for(lambda: master.reports, 15, what="the job's end")
+        assert report["id"] == 7 and report["signal"] == signal.SIGKILL, report
+        assert time.monotonic() - t0 < 6, "the KILL escalation was put off by the repeats"
+    finally:
+        c.stop()
+        daemon.shutdown()
+
+
+def test_a_reload_applies_resources_labels_limits_and_outside_load(tmp_path):
+    """SIGHUP after editing the node's config: resources and labels reach the master (placement),
+    hard_factor and ulimit apply to jobs started from then on, count_outside_load to the heartbeat."""
+    with LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.3}}) as c:
+        def limits_of_a_job() -> bytes:
+            r = c.grun("-m", "100", "sh", "-c", "ulimit -n; ulimit -d")
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+
+        def outside_memory() -> int:
+            return next(n for n in c.client().nodes() if n["name"] == "n1").get("outside_memory", 0)
+
+        before = limits_of_a_job()
+        assert before.split()[1] == b"%d" % (150 << 10), before  # -m 100 x hard_factor 1.5, in KiB
+        assert c.grun("-p", "gpu=1", "-p", "os=debian12", "true").returncode != 0
+        assert outside_memory() == 0
+        with open(c.configs["n1"]) as f:
+            cfg = yaml.safe_load(f)
+        cfg.update(resources={"gpu": 1}, labels={"os": "debian12"}, hard_factor=2, ulimit={"nofile": 100},
+                   count_outside_load=True)
+        with open(c.configs["n1"], "w") as f:
+            yaml.safe_dump(cfg, f)
+        c.procs["n1"].send_signal(signal.SIGHUP)
+        wait_for(lambda: outside_memory() > 0, 10, what="the outside load in the heartbeat")
+        r = c.grun("-p", "gpu=1", "-p", "os=debian12", "true")
+        assert r.returncode == 0, r.stderr
+        assert limits_of_a_job() == b"100\n%d\n" % (200 << 10)

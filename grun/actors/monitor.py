@@ -15,7 +15,6 @@ minus the resident memory of grun's processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,6 +25,8 @@ import psutil
 import Pyro5.api
 
 from .. import limits as L
+from .. import spool
+from ..spawner import killpg
 
 log = logging.getLogger("grun.node")
 
@@ -43,8 +44,8 @@ def _busy_seconds() -> float:
 
 
 class Monitor:
-    def __init__(self, count_outside: bool = True):
-        self.count_outside = count_outside
+    def __init__(self, count_outside_load: bool = True):
+        self.count_outside_load = count_outside_load
         self.prev_cpu: dict[tuple, tuple] = {}     # (pid, create time) -> (own cpu s, reaped children's, ppid)
         self.credit: dict[int, float] = {}         # pid -> cpu s of its vanished children already counted
         self.last_sample = time.time()
@@ -92,7 +93,7 @@ class Monitor:
         self.prev_cpu = seen
         self.last_sample = now
         self.window_grun += grun_cpu
-        if self.count_outside:
+        if self.count_outside_load:
             vm = psutil.virtual_memory()
             self.outside_memory = max(0, (vm.total - vm.available - grun_rss) // 2**20)
         for u in per_job.values():
@@ -151,7 +152,7 @@ class Monitor:
 
     def outside(self) -> tuple[float, int]:
         """(cores, MB) used by programs that are not grun's, over the window since the last call."""
-        if not self.count_outside:
+        if not self.count_outside_load:
             return 0.0, 0
         now, busy = time.monotonic(), _busy_seconds()
         elapsed = now - self.window_start
@@ -168,30 +169,20 @@ def _empty() -> dict:
     return {"procs": 0, "rss_mb": 0.0, "cpu": 0.0, "cputime": 0.0, "read_bytes": 0, "write_bytes": 0}
 
 
-def over_memory(usage: dict, limit_mb: int | None) -> bool:
-    return bool(limit_mb) and usage.get("rss_mb", 0) > limit_mb
-
-
 def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_mb: int, factor: float) -> None:
     """Record why, then SIGKILL the job's process group (its reaper reads the reason)."""
     detail = (f"its processes held {usage['rss_mb']} MB; limit {limits['memory_mb']} MB "
               f"= -m {request_mb} x hard_factor {factor:g}")
-    tmp = os.path.join(job_dir, "limit.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"limit": "memory", "limit_detail": detail}, f)
-    os.rename(tmp, os.path.join(job_dir, "limit.json"))
+    spool.record_limit(job_dir, "memory", detail)
     log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
-    try:
-        os.killpg(pgid, signal.SIGCONT)
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    killpg(pgid, signal.SIGCONT)
+    killpg(pgid, signal.SIGKILL)
 
 
 @Pyro5.api.expose
 class JobMonitoring:
     """The node's side of limits, load and job control (a mixin of grun.actors.node.Node, which owns
-    `live`, `lock`, `_stop`, `job_status`, `_job_pid` and `_watch_reaper`)."""
+    `live`, `job_status`, `_job_pid` and `_watch_reaper`)."""
 
     def _init_monitoring(self, resources=None, labels=None, hard_factor: float = 1.5, ulimit=None,
                          count_outside_load: bool = True) -> None:
@@ -221,22 +212,17 @@ class JobMonitoring:
                     out[live.id] = (pid, live)
         return out
 
-    def _sampler_loop(self) -> None:
-        while not self._stop.wait(SAMPLE_SECS):
-            try:
-                self._watch_reaper()  # a dead reaper's jobs are waited for by the node within a second
-                self._sample_once()
-            except Exception:
-                log.exception("sampling jobs")
-
-    def _sample_once(self) -> None:
+    def _sample(self) -> None:
+        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, and a
+        job whose processes hold more memory than its limit is killed."""
+        self._watch_reaper()
         running = self._running_groups()
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
         for job_id, (pgid, live) in running.items():
             limits = live.job.get("limits") or {}
-            if over_memory(usage.get(job_id, {}), limits.get("memory_mb")) and live.status is None:
-                if not os.path.exists(os.path.join(live.dir, "limit.json")):
-                    kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
+            over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
+            if over and live.status is None and not spool.read_limit(live.dir):
+                kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
 
     # ---- suspend and resume (grun -e hold|resume on a running job) -------------------------------
 

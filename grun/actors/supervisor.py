@@ -3,7 +3,7 @@ in the name server: a job's URI is its node's URI with this object id, see clien
 
 The process that starts and waits for the job is the node's reaper (`grun.spawner`); this actor is
 the job's remote face. Clients ask it for the job's status, attach to its output (it hands out a
-one-time token for the node's side-channel stream server), signal it, and say when they have fetched
+one-time token for the node's side-channel stream server), and say when they have fetched
 the output so the node may drop the spool.
 """
 
@@ -46,9 +46,6 @@ class JobSupervisor:
         if int(out_offset) < 0 or int(err_offset) < 0:
             raise ValueError("offsets must be >= 0")
         return self._node.offer_stream(self._live, int(out_offset), int(err_offset), bool(stdin))
-
-    def signal(self, sig: int = 15) -> bool:
-        return self._node.signal_job(self._live, int(sig))
 
     def release(self) -> None:
         """The client has the whole output; the spool may go once the master has the status too."""
