@@ -1,51 +1,44 @@
-"""Per-job limits: what they are (the node's `hard_factor:` and `ulimit:`), applying them as rlimits to
-a job as it starts, and telling afterwards whether a job died of one.
+"""Per-job limits: what they are (the node's `hard_factor:` and `ulimit:`), starting a job under them,
+and telling afterwards whether a job died of one.
 
 Where the rlimits are set: the node's reaper (grun.spawner) is one long-lived single-threaded process
 that starts every job with Popen (vfork + exec). Around each spawn it lowers its own *soft* limits to
-the job's (`lower_soft`), so the job inherits them at vfork and carries them through exec, with no
-window in which it runs unlimited, and restores them at once (`restore_soft`: the hard limits were
-left alone, so raising the soft ones back needs no privilege). Right after the spawn it lowers the
-job's soft and hard limits with prlimit (`set_child_limits`), so the job cannot raise its soft limit
-back; only a job that calls setrlimit within those microseconds could. (`preexec_fn` is unsafe in a
-threaded parent and slow in a big one; `prlimit` alone after the spawn would let the job run
-unlimited for a moment, and miss any process it forked meanwhile.) The reaper's own cpu time may be
-over a job's cpu limit: it catches SIGXCPU for that moment (a caught signal is reset at exec).
+the job's, so the job inherits them at vfork and carries them through exec, with no window in which it
+runs unlimited, and raises them back at once (its hard limits were left alone, so that needs no
+privilege). Right after the spawn it lowers the job's soft and hard limits with prlimit, so the job
+cannot raise its soft limit back; only a job that calls setrlimit within those microseconds could.
+(`preexec_fn` is unsafe in a threaded parent and slow in a big one; prlimit alone would let the job
+run unlimited for a moment, and miss what it forked meanwhile.) The reaper's own cpu time may be over
+a job's cpu limit: it catches SIGXCPU for that moment (a caught signal is reset at exec).
 
-Memory is limited with RLIMIT_DATA (heap and private writable mappings: what a program allocates),
-not RLIMIT_AS: address-space limits also count shared libraries and the address space that glibc's
-per-thread arenas and runtimes (Java, Go, OpenBLAS) reserve but never touch, which makes ordinary
-threaded programs fail far below their real use. A failed allocation makes malloc return NULL, so
-the job usually exits non-zero ("MemoryError", "Cannot allocate memory", "std::bad_alloc") or
-aborts; since no kernel counter records the refusal, it is recognised from the job's last stderr
-lines. The node's sampler is the second line: a job whose processes together hold more resident
-memory than the limit is killed (SIGKILL to its group), and that is recorded for certain.
+Memory is limited with RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which also counts shared
+libraries and the address space that per-thread arenas and runtimes (Java, Go, OpenBLAS) reserve but
+never touch, and so fails ordinary threaded programs far below their real use. A refused allocation
+leaves no kernel record: the job usually exits non-zero ("MemoryError", "std::bad_alloc") or aborts,
+and is recognised from its last stderr lines. The node's sampler is the second line: a job whose
+processes together hold more resident memory than the limit is killed, and that is recorded for sure.
 
-Pure and light: imported by the reaper, which must stay small.
+Light: imported by the reaper, and by the client for `describe`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
 import signal
+import subprocess
 
-# The reaper must still be able to spawn under the data limit it lowers itself to for a moment.
-MIN_DATA_MB = 32
+MIN_DATA_MB = 32  # the reaper must still be able to spawn under the data limit it takes on for a moment
 
 _RLIMITS = {  # limits key -> (rlimit, unit in bytes or 1)
-    "data_mb": (resource.RLIMIT_DATA, 1 << 20),
-    "cpu": (resource.RLIMIT_CPU, 1),
-    "fsize_mb": (resource.RLIMIT_FSIZE, 1 << 20),
-    "nofile": (resource.RLIMIT_NOFILE, 1),
-    "nproc": (resource.RLIMIT_NPROC, 1),
-    "core_mb": (resource.RLIMIT_CORE, 1 << 20),
-    "stack_mb": (resource.RLIMIT_STACK, 1 << 20),
-}
+    "data_mb": (resource.RLIMIT_DATA, 1 << 20), "cpu": (resource.RLIMIT_CPU, 1),
+    "fsize_mb": (resource.RLIMIT_FSIZE, 1 << 20), "nofile": (resource.RLIMIT_NOFILE, 1),
+    "nproc": (resource.RLIMIT_NPROC, 1), "core_mb": (resource.RLIMIT_CORE, 1 << 20),
+    "stack_mb": (resource.RLIMIT_STACK, 1 << 20)}
 _ULIMIT_NAMES = {"cpu": "cpu", "fsize": "fsize_mb", "nofile": "nofile", "nproc": "nproc", "core": "core_mb",
                  "stack": "stack_mb"}
-
 OOM_PATTERNS = re.compile(
     rb"MemoryError|Cannot allocate memory|std::bad_alloc|memory exhausted|[Oo]ut of memory|"
     rb"OutOfMemoryError|failed to allocate|cannot allocate|allocation failed|ENOMEM|malloc\(\): ")
@@ -56,69 +49,62 @@ def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
     resident memory (request x hard_factor); data_mb the rlimit (the same, at least MIN_DATA_MB)."""
     memory_limit = max(1, int(memory_mb * hard_factor))
     out = {"memory_mb": memory_limit, "data_mb": max(memory_limit, MIN_DATA_MB)}
-    for name, value in (ulimit or {}).items():
-        if name in _ULIMIT_NAMES and value is not None:
-            out[_ULIMIT_NAMES[name]] = int(value)
+    out.update({_ULIMIT_NAMES[k]: int(v) for k, v in (ulimit or {}).items() if k in _ULIMIT_NAMES and v is not None})
     return out
 
 
-def plan_rlimits(limits: dict) -> list[tuple[str, int, int, int, int]]:
-    """(key, rlimit, soft, hard, unit) for each limit to set, bounded by this process's hard limits
-    (raising a hard limit needs privilege)."""
+def _plan(limits: dict) -> list[tuple[str, int, int, int, int]]:
+    """(key, rlimit, soft, hard, unit) for each limit to set, bounded by our own hard limits (raising a
+    hard limit needs privilege). At the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL
+    (which wins when they are equal): a grace period lets the job see SIGXCPU first."""
     plan = []
     for key, (which, unit) in _RLIMITS.items():
-        if limits.get(key) is None:
-            continue
-        want = int(limits[key]) * unit
-        _, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY:
-            want = min(want, hard)
-        # at the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL (which wins when
-        # they are equal): a grace period lets the job see SIGXCPU first
-        top = want + cpu_grace(want) if key == "cpu" else want
-        if hard != resource.RLIM_INFINITY:
-            top = min(top, hard)
-        plan.append((key, which, want, top, unit))
+        if limits.get(key) is not None:
+            hard = resource.getrlimit(which)[1]
+            top = float("inf") if hard == resource.RLIM_INFINITY else hard
+            want = min(int(limits[key]) * unit, top)
+            plan.append((key, which, want, min(want + cpu_grace(want), top) if key == "cpu" else want, unit))
     return plan
 
 
-def lower_soft(plan: list) -> list[tuple[int, tuple[int, int]]]:
-    """Lower this process's soft limits to the plan's, for the length of one spawn (the hard limits
-    stay, so they can be restored). Returns what restore_soft needs."""
-    saved = []
-    for _key, which, soft, _top, _unit in plan:
+def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dict]:
+    """Popen in a session of its own, under the job's limits from its first instruction, and no
+    preexec_fn (see above; only safe in a single-threaded process). Returns the process and the limits
+    set. If our own fds or memory do not fit under the job's limits, the spawn is retried unlimited and
+    the limits set right after (a window of microseconds)."""
+    plan, saved = _plan(limits), []
+    for _key, which, soft, _hard, _unit in plan:
         old = resource.getrlimit(which)
-        if old[0] != resource.RLIM_INFINITY and old[0] <= soft:
-            continue
+        if old[0] == resource.RLIM_INFINITY or old[0] > soft:
+            try:
+                resource.setrlimit(which, (soft, old[1]))
+                saved.append((which, old))
+            except (ValueError, OSError):
+                pass
+    try:
         try:
-            resource.setrlimit(which, (soft, old[1]))
-            saved.append((which, old))
-        except (ValueError, OSError):
-            pass
-    return saved
-
-
-def restore_soft(saved: list) -> None:
-    for which, old in reversed(saved):
-        try:
-            resource.setrlimit(which, old)
-        except (ValueError, OSError):
-            pass
-
-
-def set_child_limits(pid: int, plan: list) -> dict:
-    """Set a started job's soft and hard limits to the plan's; returns what was set. Lowering the
-    hard limit too means the job cannot raise its soft limit back."""
+            proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
+        finally:
+            for which, old in reversed(saved):
+                try:
+                    resource.setrlimit(which, old)
+                except (ValueError, OSError):
+                    pass
+    except OSError as exc:
+        if not saved or exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise
+        proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
+    proc.returncode = 0  # we reap it ourselves (wait4); keeps Popen from polling it again
     applied = {}
-    for key, which, soft, top, unit in plan:
+    for key, which, soft, hard, unit in plan:  # the hard limits too: the job cannot raise them back
         try:
-            resource.prlimit(pid, which, (soft, top))
+            resource.prlimit(proc.pid, which, (soft, hard))
             applied[key] = soft // unit
         except ProcessLookupError:
             applied[key] = soft // unit  # it has ended already, under the soft limit it inherited
         except (ValueError, OSError):
             pass
-    return applied
+    return proc, applied
 
 
 def cpu_grace(seconds: int) -> int:
@@ -126,14 +112,11 @@ def cpu_grace(seconds: int) -> int:
 
 
 def _tail(path: str | None, size: int = 8192) -> bytes:
-    if not path:
-        return b""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
             return f.read()
-    except OSError:
+    except (OSError, TypeError):
         return b""
 
 
@@ -148,8 +131,8 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None) -> dict:
         return {"limit": "fsize", "limit_detail": f"wrote past its file size limit of {limits['fsize_mb']} MB"}
     if not limits.get("data_mb") or (code == 0 and not sig):
         return {}
-    maxrss_mb = (status.get("usage") or {}).get("maxrss_kb", 0) / 1024
-    crashed_full = sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS) and maxrss_mb >= 0.9 * limits["data_mb"]
+    crashed_full = (sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
+                    and usage.get("maxrss_kb", 0) / 1024 >= 0.9 * limits["data_mb"])
     if crashed_full or OOM_PATTERNS.search(_tail(stderr_path)):
         return {"limit": "memory",
                 "limit_detail": f"a memory allocation failed at its limit of {limits.get('memory_mb', limits['data_mb'])} MB"}

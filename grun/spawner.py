@@ -8,8 +8,7 @@ stderr going straight to spool files, and records the job's pid. It waits for it
 wait4 (so cpu, memory and io usage are exact), writes each job's `status.json` once with one fsync,
 and pings the node. Killing the node daemon leaves the reaper and its jobs running; a restarted node
 finds the status files in the spool, and the reaper exits once its input has ended and its last job
-has ended. While it lives it holds its lock file under `<spool>/reapers/` locked, and each job's `pid`
-file names that lock: the node tests it to see whether the job still has a reaper.
+has ended. Each job's `pid` file names its reaper, so the node can tell whether the job still has one.
 
 If the reaper dies while the node lives, its jobs become the node's children (the node is a child
 subreaper, see grun.actors.node), and the node waits for them and records their status. The reaper is
@@ -181,7 +180,7 @@ class Reaper:
 
     def __init__(self):
         self.runs: dict[int, _Run] = {}   # job pid -> its run
-        self.lock: tuple[int, str] | None = None  # (fd, name) of our lock file, held for our whole life
+        self.name = spool.process_name(os.getpid())
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         # A unix datagram queue holds only a few messages: a burst of pings must wait for the node to
         # read them, not be dropped. A node that does not read for this long gets no more pings from
@@ -192,9 +191,7 @@ class Reaper:
     # ---- starting --------------------------------------------------------------------------------
 
     def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
-        if self.lock is None:
-            self.lock = spool.take_reaper_lock(job_dir)
-        claimed = spool.claim(job_dir, self.lock[1])
+        claimed = spool.claim(job_dir, self.name)
         if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
@@ -220,10 +217,7 @@ class Reaper:
             redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
         stderr_path = stderr_path or os.path.join(job_dir, "stderr")
         if job.get("stdin"):
-            # the node holds the write end already, so this open neither blocks nor sees an early EOF
-            fd = os.open(spool.path(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            os.set_blocking(fd, True)
-            stdin = os.fdopen(fd, "rb")
+            stdin = os.fdopen(spool.open_stdin(job_dir), "rb")
         else:
             stdin = subprocess.DEVNULL
         status: dict = {"start_time": time.time()}
@@ -231,7 +225,7 @@ class Reaper:
             if redirect_error:
                 raise OSError(errno.EIO, redirect_error)
             wanted = job.get("limits") or {}
-            proc, status["limits"] = _spawn_limited(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
+            proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                                     stdout=out, stderr=err, **_identity(job))
             if wanted.get("memory_mb"):
                 status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
@@ -349,27 +343,6 @@ class Reaper:
                     if job_dir:
                         self.start(job_dir, notify or None, job if isinstance(job, dict) else None)
             self.reap()
-
-
-def _spawn_limited(wanted: dict, argv: list[str], **kwargs) -> tuple[subprocess.Popen, dict]:
-    """Popen with the job's limits from its first instruction, and no preexec_fn: this process's soft
-    limits are lowered around the spawn (the job inherits them at vfork and keeps them through exec)
-    and restored, then the job's hard limits are lowered too, so it cannot raise them back. Only
-    safe in a single-threaded process. If our own fds or memory do not fit under the job's limits,
-    the spawn is retried unlimited and the limits set right after (a window of microseconds)."""
-    plan = L.plan_rlimits(wanted)
-    saved = L.lower_soft(plan)
-    try:
-        proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **kwargs)
-    except OSError as exc:
-        L.restore_soft(saved)
-        if not saved or exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-            raise
-        proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **kwargs)
-    else:
-        L.restore_soft(saved)
-    proc.returncode = 0  # we reap it ourselves (wait4); keeps Popen from polling it again
-    return proc, L.set_child_limits(proc.pid, plan)
 
 
 def serve(control=None) -> None:

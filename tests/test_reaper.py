@@ -46,7 +46,7 @@ def _jobs_dir(c) -> str:
 
 
 def _reapers(c) -> list[int]:
-    """The pids of the reapers alive now (the node's child, named by their lock files)."""
+    """The pids of the reapers alive now (children of the node)."""
     node = psutil.Process(c.procs["n1"].pid)
     return [p.pid for p in node.children() if "grun.spawner" in " ".join(p.cmdline())]
 

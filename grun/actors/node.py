@@ -73,14 +73,6 @@ class LiveJob:
         return int(self.job.get("attempt") or 1)
 
 
-def _linger(reply: dict) -> float | None:
-    """How long the master lets an idle connection stay open (None: for good)."""
-    try:
-        return None if reply.get("linger") is None else max(0.0, float(reply["linger"]))
-    except (TypeError, ValueError):
-        return None
-
-
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Node(JobMonitoring):
@@ -116,7 +108,7 @@ class Node(JobMonitoring):
         self._reaper_pids: set[int] = set()
         self._orphans: dict[int, LiveJob] = {}
         self._reaper_died_once = False
-        self.subreaper = spawner.set_subreaper()
+        spawner.set_subreaper()
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
@@ -465,13 +457,11 @@ class Node(JobMonitoring):
     def _reaper_gone(self, live: LiveJob) -> bool:
         """Whether the job was started by a reaper that has died, one that was not ours (ours are
         settled by _watch_reaper, which can still wait for their jobs)."""
-        claimed, _pid, lock = spool.read_pid(live.dir)
-        if not claimed or lock is None:
+        claimed, _pid, reaper = spool.read_pid(live.dir)
+        if not claimed or reaper is None:
             return False  # not started yet, or being started
-        owner = lock.split(".", 1)[0]
-        if owner.isdigit() and int(owner) in self._reaper_pids:
-            return False
-        return not spool.reaper_alive(self.spool, lock)
+        owner = reaper.split(".", 1)[0]
+        return not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper)
 
     def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
         """The reaper died without writing the job's status. If the host rebooted since the job
@@ -499,7 +489,6 @@ class Node(JobMonitoring):
                     self._adopt_one(os.path.join(self.jobs_dir, entry), acks=acks)
                 except Exception:
                     log.exception("cannot adopt job spool %s", entry)
-        spool.sweep_reaper_locks(self.spool)
         if self.live:
             log.info("re-adopted %d jobs from the spool", len(self.live))
 
@@ -565,14 +554,15 @@ class Node(JobMonitoring):
 
     def _heard(self, reply: dict) -> None:
         """What a registration or heartbeat reply asks of us: kills the master holds for our jobs (each
-        applied once per job), stale copies to end, and its pace."""
-        self._registered = bool(reply.get("known", True))
-        self._linger, self._last_call = _linger(reply), time.monotonic()
+        applied once per job), stale copies to end, and its pace: how often to beat (a master with many
+        nodes asks them to beat less) and how long to keep an idle connection (None: for good)."""
+        self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
         try:
-            wanted = float(reply.get("heartbeat") or 0)  # a master with many nodes asks them to beat less
+            wanted = min(float(reply.get("heartbeat") or 0), 3600.0)
+            self._linger = None if reply.get("linger") is None else max(0.0, float(reply["linger"]))
         except (TypeError, ValueError):
-            wanted = 0.0
-        self._next_beat = time.monotonic() + max(self.heartbeat, min(wanted, 3600.0) if math.isfinite(wanted) else 0)
+            wanted, self._linger = 0.0, None
+        self._next_beat = time.monotonic() + max(self.heartbeat, wanted if math.isfinite(wanted) else 0.0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))
             if live is not None:
