@@ -1,8 +1,8 @@
 """What a node measures every second with psutil: each running job's usage (its whole process group:
-cpu in use, resident memory, cpu time, I/O), the load that is not grun's (so the scheduler never
-counts on cpus or memory that other programs use), and jobs over their memory limit (killed).
+cpu in use, resident memory, cpu time, I/O), and the load that is not grun's (so the scheduler never
+counts on cpus or memory that other programs use); and how a job over its memory limit is killed.
 
-A job is its process group (the supervisor starts it as a group leader, so pgid == the job's pid);
+A job is its process group (its reaper starts it as a group leader, so pgid == the job's pid);
 grun's own processes are the node daemon and its descendants (the reaper) plus every
 job group, whatever became of their parents.
 
@@ -22,9 +22,7 @@ import signal
 import time
 
 import psutil
-import Pyro5.api
 
-from .. import limits as L
 from .. import spool
 from ..spawner import killpg
 
@@ -177,77 +175,6 @@ def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_
     log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
     killpg(pgid, signal.SIGCONT)
     killpg(pgid, signal.SIGKILL)
-
-
-@Pyro5.api.expose
-class JobMonitoring:
-    """The node's side of limits, load and job control (a mixin of grun.actors.node.Node, which owns
-    `live`, `job_status`, `_job_pid` and `_watch_reaper`)."""
-
-    def _init_monitoring(self, resources=None, labels=None, hard_factor: float = 1.5, ulimit=None,
-                         count_outside_load: bool = True) -> None:
-        self.resources, self.labels = dict(resources or {}), dict(labels or {})
-        self.hard_factor, self.ulimit = float(hard_factor), dict(ulimit or {})
-        self.monitor = Monitor(count_outside_load)
-
-    def _job_limits(self, job: dict) -> dict:
-        return L.job_limits(int(job.get("memory") or 0), self.hard_factor, self.ulimit)
-
-    def _describe(self) -> dict:
-        """What registration tells the master besides cpus and memory."""
-        return {"resources": self.resources, "labels": self.labels}
-
-    def _load_extra(self) -> dict:
-        cores, memory = self.monitor.outside()
-        return {"outside_cpus": cores, "outside_memory": memory, "grun_cpus": self.monitor.grun_cores,
-                "usage": {str(k): v for k, v in self.monitor.usage.items()}}
-
-    def _running_groups(self) -> dict[int, tuple]:
-        """job id -> (pgid, live) of jobs that have started and not ended."""
-        out = {}
-        for live in list(self.live.values()):
-            if live.status is None:
-                pid = self._job_pid(live)  # known from the reaper's "started" ping, or its pid file
-                if pid:
-                    out[live.id] = (pid, live)
-        return out
-
-    def _sample(self) -> None:
-        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, and a
-        job whose processes hold more memory than its limit is killed."""
-        self._watch_reaper()
-        running = self._running_groups()
-        usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
-        for job_id, (pgid, live) in running.items():
-            limits = live.job.get("limits") or {}
-            over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
-            if over and live.status is None and not spool.read_limit(live.dir):
-                kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
-
-    # ---- suspend and resume (grun -e hold|resume on a running job) -------------------------------
-
-    def suspend(self, job_ids: list) -> dict:
-        """SIGSTOP the process group of each running job; {id: done}."""
-        return self._signal_groups(job_ids, signal.SIGSTOP)
-
-    def resume(self, job_ids: list) -> dict:
-        """SIGCONT the process group of each suspended job; {id: done}."""
-        return self._signal_groups(job_ids, signal.SIGCONT)
-
-    def _signal_groups(self, job_ids: list, sig: int) -> dict:
-        out = {}
-        for job_id in job_ids:
-            live = self.live.get(int(job_id))
-            pid = self._job_pid(live) if live is not None else None
-            ok = False
-            if pid and self.job_status(live) is None:
-                try:
-                    os.killpg(pid, sig)
-                    ok = True
-                except ProcessLookupError:
-                    pass
-            out[str(job_id)] = ok
-        return out
 
 
 def _ppid(proc) -> int | None:

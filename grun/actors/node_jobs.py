@@ -1,0 +1,427 @@
+"""The jobs of one node, from their start to the moment the node forgets them: a mixin of the node actor
+(grun.actors.node.Node, which holds the conversation with the master and provides `advertise`,
+`daemon`, `stream`, `monitor`, `hard_factor`, `_stop` and `_report_now`).
+
+Each job is a LiveJob. It is handed to the node's reaper (grun.spawner), one long-lived process that
+starts it and waits for it; its end comes back as a ping on the node's unix socket, with the status
+files in the spool (grun.spool) as the fallback. If our reaper dies, its jobs become the node's
+children (the node is a child subreaper), and are waited for here (invariant 3) while a new reaper
+starts the next ones; a job whose reaper died while the node was down too is ended and reported
+failed, or lost if the host rebooted since. At start the node re-adopts what its spool holds.
+Kills, suspend and resume signal a job's process group; the sampler (grun.actors.monitor) measures
+the jobs every second and kills one over its memory limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import Pyro5.api
+
+from .. import registry, spawner, spool
+from .monitor import kill_for_memory
+from .supervisor import JobSupervisor
+
+log = logging.getLogger("grun.node")
+
+KILL_GRACE_SECS = 5.0
+
+
+@dataclasses.dataclass(eq=False)
+class LiveJob:
+    id: int
+    dir: str
+    job: dict
+    status: dict | None = None
+    reported: bool = False         # the master has acknowledged its end
+    fetched: bool = False          # a client has read its whole output
+    stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
+    stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
+    finished_at: float = 0.0
+    superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
+    pid: int | None = None         # the job's pid (and process group), once its reaper started it
+    reaper: int | None = None      # the pid of our reaper it was sent to
+    kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
+
+    @property
+    def attempt(self) -> int:
+        return int(self.job.get("attempt") or 1)
+
+
+@Pyro5.api.expose
+class NodeJobs:
+    def _init_jobs(self, spool_dir: str) -> None:
+        self.spool, self.jobs_dir, self.acks = spool_dir, os.path.join(spool_dir, "jobs"), spool.Acks(spool_dir)
+        os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
+        self.lock = threading.RLock()
+        self.live: dict[int, LiveJob] = {}
+        self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged
+        # our reaper, the pids of all we started (their jobs are settled by _watch_reaper), and the
+        # jobs of a dead one that still run, as our children: job pid -> job
+        self.reaper: subprocess.Popen | None = None
+        self._reaper_lock = threading.RLock()
+        self._reaper_pids: set[int] = set()
+        self._orphans: dict[int, LiveJob] = {}
+        self._reaper_died_once = False
+        spawner.set_subreaper()
+        # where the reapers ping: an abstract socket (no path-length limit, and gone when we are)
+        self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:20]
+        self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_sock.bind(self.notify_addr)
+
+    # ---- what clients (through the job's supervisor) and the master ask of a job ----------------
+
+    def job_status(self, live: LiveJob) -> dict | None:
+        if live.status is None:
+            status = spool.read_status(live.dir)
+            if status is not None:
+                self._finished(live, status)
+        return live.status
+
+    def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
+        stdin_fd = None
+        if want_stdin:
+            with self.lock:
+                stdin_fd, live.stdin_w = live.stdin_w, None  # one client feeds stdin, once: it is the stream's now
+        token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
+                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live))
+        return {"host": self.advertise, "port": self.stream.address[1], "token": token}
+
+    def mark_fetched(self, live: LiveJob) -> None:
+        if not live.fetched:
+            live.fetched = True
+            self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
+
+    def _running_groups(self) -> dict[int, tuple]:
+        """job id -> (pgid, live) of jobs that have started and not ended."""
+        out = {}
+        for live in list(self.live.values()):
+            if live.status is None:
+                pid = self._job_pid(live)  # known from the reaper's "started" ping, or its pid file
+                if pid:
+                    out[live.id] = (pid, live)
+        return out
+
+    def _sample(self) -> None:
+        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, and a
+        job whose processes hold more memory than its limit is killed."""
+        self._watch_reaper()
+        running = self._running_groups()
+        usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
+        for job_id, (pgid, live) in running.items():
+            limits = live.job.get("limits") or {}
+            over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
+            if over and live.status is None and not spool.read_limit(live.dir):
+                kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
+
+    def suspend(self, job_ids: list) -> dict:
+        """SIGSTOP the process group of each running job; {id: done}."""
+        return self._signal_groups(job_ids, signal.SIGSTOP)
+
+    def resume(self, job_ids: list) -> dict:
+        """SIGCONT the process group of each suspended job; {id: done}."""
+        return self._signal_groups(job_ids, signal.SIGCONT)
+
+    def _signal_groups(self, job_ids: list, sig: int) -> dict:
+        out = {}
+        for job_id in map(int, job_ids):
+            live = self.live.get(job_id)
+            pid = self._job_pid(live) if live is not None and self.job_status(live) is None else None
+            try:
+                out[str(job_id)] = bool(pid) and os.killpg(pid, sig) is None
+            except ProcessLookupError:
+                out[str(job_id)] = False
+        return out
+
+    # ---- the jobs' lives ------------------------------------------------------------------------
+
+    def _register_job(self, live: LiveJob) -> None:
+        self.live[live.id] = live
+        self.daemon.register(JobSupervisor(self, live.id), registry.job_name(live.id))
+
+    def _launch(self, live: LiveJob) -> None:
+        data = json.dumps(live.job)
+        try:
+            fifo = spool.create(live.dir, live.job, data)
+        except FileExistsError:
+            self._adopt_one(live.dir, live)  # we restarted since we started it
+            return
+        if fifo:
+            live.stdin_r, live.stdin_w = fifo
+        self._spawn(live, data)
+
+    def _kill(self, live: LiveJob, sig: int, once: bool = False) -> bool:
+        """Signal the job's process group, then SIGKILL it after KILL_GRACE_SECS. `once`: unless this
+        signal was sent to this job before (the master repeats the kills it holds in every reply until
+        the job has ended: a repeat must neither signal again nor restart the escalation)."""
+        with self.lock:
+            if once and sig in live.kills:
+                return True
+            live.kills.add(sig)
+        if self.job_status(live) is not None:
+            return True
+        pid = self._job_pid(live)
+        if pid is None:
+            spool.request_kill(live.dir, sig)
+            # the reaper reads killreq right after it records the pid: look again, in case it just did
+            pid = self._job_pid(live)
+            if pid is None:
+                return True
+        spawner.killpg(pid, sig)
+        if sig == signal.SIGCONT:
+            return True
+        spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
+        if sig != signal.SIGKILL:
+            # The group even when its leader has ended: members that ignored the signal (a
+            # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
+            # cannot name another group within the grace period unless the pid space wrapped around.
+            timer = threading.Timer(KILL_GRACE_SECS, spawner.killpg, (pid, signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
+        return True
+
+    def _job_pid(self, live: LiveJob) -> int | None:
+        if live.pid is None:
+            live.pid = spool.read_pid(live.dir)[1]
+        return live.pid
+
+    def _finished(self, live: LiveJob, status: dict) -> None:
+        with self.lock:
+            if live.status is not None:
+                return
+            if live.superseded:
+                status = dict(status, superseded=True)
+            live.status = status
+            live.finished_at = status.get("end_time") or time.time()
+            self._close_stdin(live)
+            if not live.reported:
+                self._unreported.append(live)
+        self.stream.wake(str(live.id))
+        self._report_now.wake()
+
+    def _close_stdin(self, live: LiveJob) -> None:
+        for attr in ("stdin_r", "stdin_w"):
+            fd = getattr(live, attr)
+            if fd is not None:
+                setattr(live, attr, None)
+                os.close(fd)
+
+    def _forget(self, live: LiveJob) -> None:
+        with self.lock:
+            current = self.live.get(live.id) is live
+            if current:
+                self.live.pop(live.id, None)
+            self._close_stdin(live)
+        if current:  # (a newer run of the same job keeps its name and its spool)
+            try:
+                self.daemon.unregister(registry.job_name(live.id))
+            except Exception:
+                pass
+            spool.remove(live.dir)
+
+    def _ack(self, kind: str, lives: list) -> None:
+        try:
+            self.acks.add(kind, [(live.id, live.attempt) for live in lives])
+        except OSError:
+            log.exception("cannot write %s", self.acks.path)
+
+    def _acked(self) -> dict:
+        with self.lock:
+            return {(l.id, l.attempt): {k for k, on in (("r", l.reported), ("f", l.fetched)) if on}
+                    for l in self.live.values() if l.reported or l.fetched}
+
+    def _on_ping(self) -> None:
+        """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines."""
+        try:
+            data = self.notify_sock.recv(1 << 16).decode(errors="replace")
+        except OSError:
+            if not self._stop.is_set():
+                raise
+            return
+        for message in data.split("\n"):
+            what, _, rest = message.partition(" ")
+            job_id, _, rest = rest.partition(" ")
+            live = self.live.get(int(job_id)) if job_id.isdigit() else None
+            if live is None:
+                continue
+            if what == "started":
+                with self.lock:
+                    if rest.isdigit() and live.pid is None:
+                        live.pid = int(rest)
+                    if live.stdin_r is not None:
+                        os.close(live.stdin_r)
+                        live.stdin_r = None
+            elif what == "finished":
+                try:
+                    status = json.loads(rest) if rest else None
+                except ValueError:
+                    status = None
+                if isinstance(status, dict):
+                    self._finished(live, status)
+                else:
+                    self.job_status(live)
+
+    def _check_jobs(self) -> None:
+        """The fallback for lost pings: status files, and reapers that died without writing one."""
+        self._watch_reaper()
+        for live in list(self.live.values()):
+            if live.status is not None or live.pid in self._orphans or self.job_status(live) is not None:
+                continue
+            if self._reaper_gone(live) and self.job_status(live) is None:  # it may have ended in between
+                self._supervisor_vanished(live, "job supervisor vanished")
+
+    # ---- the reaper ----------------------------------------------------------------------------
+
+    def _spawn(self, live: LiveJob, job_json: str | None = None) -> None:
+        line = f"{live.dir}\t{self.notify_addr}\t{job_json or ''}\n".encode()
+        with self._reaper_lock:
+            for _ in range(2):
+                if self.reaper is None or self.reaper.poll() is not None:
+                    self._watch_reaper()  # settle the jobs of a reaper that died, first
+                    self.reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
+                                                   start_new_session=True, close_fds=True)
+                    self._reaper_pids.add(self.reaper.pid)
+                try:
+                    live.reaper = self.reaper.pid
+                    self.reaper.stdin.write(line)
+                    self.reaper.stdin.flush()
+                    return
+                except OSError:
+                    pass
+            raise RuntimeError("cannot start the reaper")
+
+    def _watch_reaper(self) -> None:
+        """If our reaper died: jobs it never claimed go to the next reaper, jobs it started are our
+        children now (we are a subreaper) and are waited for here."""
+        resend = []
+        with self._reaper_lock:
+            proc = self.reaper
+            if proc is not None and proc.poll() is not None:
+                self.reaper = None
+                self._reaper_died_once = True
+                log.warning("the reaper (pid %s) died (%s); its running jobs are now waited for by the node",
+                            proc.pid, proc.returncode)
+                for live in list(self.live.values()):
+                    if live.reaper != proc.pid or self.job_status(live) is not None:
+                        continue
+                    claimed, pid, _lock = spool.read_pid(live.dir)
+                    if not claimed:
+                        resend.append(live)
+                    elif pid is None:  # it may have started the job: running it again could run it twice
+                        self._finished(live, {"exit_code": 255, "signal": None, "end_time": time.time(),
+                                              "error": "job supervisor vanished while starting the job"})
+                    else:
+                        live.pid = pid
+                        self._orphans[pid] = live
+            if self._orphans or self._reaper_died_once:
+                self._reap_orphans()
+        for live in resend:
+            self._spawn(live)
+
+    def _reap_orphans(self) -> None:
+        for pid, live in list(self._orphans.items()):
+            try:
+                got, wstatus, rusage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                got = None
+            if got == 0:
+                continue
+            del self._orphans[pid]
+            if self.job_status(live) is not None:
+                continue
+            if got is None:  # not our child: it ended with its reaper, or was reaped before
+                self._supervisor_vanished(live, "job supervisor vanished")
+                continue
+            status = {"start_time": spool.started_at(live.dir) or time.time(),
+                      "limits": dict(live.job.get("limits") or {})}
+            spawner.exit_status(live.dir, live.job, status, wstatus, rusage, None)
+            try:
+                spool.write_statuses([(live.dir, json.dumps(status))])
+            except OSError:
+                log.exception("job %s: cannot write its status", live.id)
+            self._finished(live, status)
+        # what orphaned jobs leave behind in the background is ours now too: reap it, never the reaper
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is None or info.si_pid in self._reaper_pids or info.si_pid in self._orphans:
+                    return
+                os.waitpid(info.si_pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+
+    def _reaper_gone(self, live: LiveJob) -> bool:
+        """Whether the job was started by a reaper that has died, one that was not ours (ours are
+        settled by _watch_reaper, which can still wait for their jobs)."""
+        claimed, _pid, reaper = spool.read_pid(live.dir)
+        if not claimed or reaper is None:
+            return False  # not started yet, or being started
+        owner = reaper.split(".", 1)[0]
+        return not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper)
+
+    def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
+        """The reaper died without writing the job's status. If the host rebooted since the job
+        started, the job died with it: report it lost (the master may run it again). Otherwise the
+        job may still run: end it, and report a failure (running it again could run it twice)."""
+        started = spool.started_at(live.dir)
+        if started is not None and started < psutil.boot_time():
+            self._finished(live, {"exit_code": 255, "signal": None, "lost": True, "end_time": time.time(),
+                                  "error": f"{why}: the host rebooted"})
+            return
+        pid = spool.read_pid(live.dir)[1]
+        try:  # its group, if the pid still names the job's (not a process started after it)
+            if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
+                spawner.killpg(pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            pass
+        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time()})
+
+    def _adopt(self) -> None:
+        """At start: the jobs in the spool, as they were left."""
+        acks = self.acks.load(self.jobs_dir)
+        for entry in os.listdir(self.jobs_dir):
+            if entry.isdigit():
+                try:
+                    self._adopt_one(os.path.join(self.jobs_dir, entry), acks=acks)
+                except Exception:
+                    log.exception("cannot adopt job spool %s", entry)
+        if self.live:
+            log.info("re-adopted %d jobs from the spool", len(self.live))
+
+    def _adopt_one(self, job_dir: str, live: LiveJob | None = None, acks: dict | None = None) -> None:
+        job = spool.read_job(job_dir)
+        if job is None:
+            spool.remove(job_dir)
+            if live is not None:
+                raise RuntimeError("its spool was unreadable; removed")
+            return
+        if live is None:  # else start() registered it, for a job whose spool survived our restart
+            live = LiveJob(int(job["id"]), job_dir, job)
+            with self.lock:
+                self._register_job(live)
+        live.job = job
+        kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())
+        live.reported, live.fetched = "r" in kinds, "f" in kinds
+        if self.job_status(live) is not None:
+            return
+        claimed, live.pid, _lock = spool.read_pid(job_dir)
+        if not claimed:
+            # written but never started, or an earlier reaper still has it in its pipe: the claim of
+            # `pid` makes a second start a no-op
+            if not live.reported:
+                self._spawn(live)
+        elif self._reaper_gone(live) and self.job_status(live) is None:
+            self._supervisor_vanished(live, "job supervisor vanished while the node was down")
+
