@@ -15,8 +15,9 @@ import pytest
 from cluster import LocalCluster
 from util import read_line, wait_for, wait_state
 
-from grun import stream
-from grun.stream import HEADER, StreamBroken, StreamServer, attach
+from grun import stream, stream_server
+from grun.stream import HEADER, StreamBroken, attach
+from grun.stream_server import StreamServer
 
 
 @pytest.fixture
@@ -172,7 +173,7 @@ def test_input_cut_short_ends_the_job_s_stdin(server, job_dir, monkeypatch):
         wfd, child_stdin = fifo_for_job(job_dir)
         with child_stdin, open(job_dir / "stdout", "wb") as out:
             proc = subprocess.Popen(["cat"], stdin=child_stdin, stdout=out)
-        monkeypatch.setattr(stream, "TOKEN_TTL", 0.2 if how == "never attach" else 60.0)
+        monkeypatch.setattr(stream_server, "TOKEN_TTL", 0.2 if how == "never attach" else 60.0)
         token = server.offer("j-cut", str(job_dir), stdin_fd=wfd, get_status=popen_status(proc))
         if how == "hang up":
             s = raw_client(server, token.encode())
@@ -244,7 +245,7 @@ def test_token_is_single_use_and_expires(server, job_dir, tmp_path, monkeypatch)
     assert attach_to_files(server, token, tmp_path)[0] == {"rc": 0}
     again = attach_to_files(server, token, tmp_path)[0]
     assert isinstance(again, StreamBroken)
-    monkeypatch.setattr(stream, "TOKEN_TTL", 0.05)
+    monkeypatch.setattr(stream_server, "TOKEN_TTL", 0.05)
     stale = server.offer("j7", str(job_dir), get_status=ended({"rc": 0}))
     time.sleep(0.1)
     assert isinstance(attach_to_files(server, stale, tmp_path)[0], StreamBroken)
@@ -313,7 +314,7 @@ def test_wake_delivers_exit_fast(server, job_dir):
             res=attach(*server.address, token), at=time.monotonic()))
         t.start()
         # Idle at its longest backoff by now; the phase shifts so that a 25 ms poll could not pass.
-        time.sleep(0.15 + i * stream.MAX_WAIT / 7)
+        time.sleep(0.15 + i * stream_server.MAX_WAIT / 7)
         t0 = time.monotonic()
         state["st"] = {"rc": i}
         server.wake("j10")
@@ -424,8 +425,8 @@ def test_stream_broken_into_a_pipe_carries_offsets(job_dir):
 def test_bulk_stream_drops_sent_pages_and_reattach_still_reads_them(server, job_dir, tmp_path, monkeypatch):
     # Past DROP_AFTER the pump lets the kernel write back and drop what was sent; the spool file must
     # stay whole, so that a client re-attaching from 0 gets every byte (invariant 3).
-    monkeypatch.setattr(stream, "DROP_AFTER", 1 << 20)
-    monkeypatch.setattr(stream, "DROP_BEHIND", 4 << 20)
+    monkeypatch.setattr(stream_server, "DROP_AFTER", 1 << 20)
+    monkeypatch.setattr(stream_server, "DROP_BEHIND", 4 << 20)
     data = os.urandom(64 << 20)  # far more than the socket buffers: pages in flight are not dropped
     with open(job_dir / "stdout", "wb") as f:
         f.write(data)

@@ -25,7 +25,7 @@ import Pyro5.api
 
 from .. import limits, registry
 from ..background import Loop
-from ..stream import StreamServer
+from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
 
