@@ -29,11 +29,11 @@ import errno
 import json
 import os
 import pwd
+import resource
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from . import limits as L
@@ -90,13 +90,17 @@ def usage_of(rusage, wall: float) -> dict:
 
 
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, stderr_path: str | None) -> dict:
-    """Fill `status` (which holds start_time and limits) from wait4's results; returns it."""
+    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The node's
+    sampler leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's
+    last stderr lines may tell that an rlimit stopped it."""
     end = time.time()
     sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
     code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
     status.update(exit_code=code, signal=sig, end_time=end,
                   usage=usage_of(rusage, end - status.get("start_time", end)))
-    status.update(_died_of_limit(job_dir, job, status, stderr_path or os.path.join(job_dir, "stderr")))
+    found = spool.read_limit(job_dir)
+    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else
+                  L.limit_hit(status, job.get("limits") or {}, stderr_path or os.path.join(job_dir, "stderr")))
     return status
 
 
@@ -143,20 +147,6 @@ def _open_outputs(job: dict, job_dir: str) -> tuple:
             files[stream] = opened[path]
     stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), None)
     return files["stdout"], files["stderr"], stderr_path
-
-
-def _died_of_limit(job_dir: str, job: dict, status: dict, stderr_path: str) -> dict:
-    """The node's sampler leaves `limit.json` when it killed the job for memory; otherwise the
-    signal or the job's last stderr lines may tell that an rlimit stopped it."""
-    found = spool.read_limit(job_dir)
-    if found:
-        return {"limit": found["limit"], "limit_detail": found.get("limit_detail")}
-    return L.limit_hit(status, job.get("limits") or {}, stderr_path)
-
-
-class _zero_rusage:
-    ru_utime = ru_stime = 0.0
-    ru_maxrss = ru_inblock = ru_oublock = 0
 
 
 def killpg(pid: int, sig: int) -> None:
@@ -216,17 +206,14 @@ class Reaper:
             out, err, stderr_path = open(os.devnull, "ab"), open(os.path.join(job_dir, "stderr"), "ab"), None
             redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
         stderr_path = stderr_path or os.path.join(job_dir, "stderr")
-        if job.get("stdin"):
-            stdin = os.fdopen(spool.open_stdin(job_dir), "rb")
-        else:
-            stdin = subprocess.DEVNULL
+        stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
         status: dict = {"start_time": time.time()}
         try:
             if redirect_error:
                 raise OSError(errno.EIO, redirect_error)
             wanted = job.get("limits") or {}
             proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
-                                                    stdout=out, stderr=err, **_identity(job))
+                                             stdout=out, stderr=err, **_identity(job))
             if wanted.get("memory_mb"):
                 status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         except OSError as exc:
@@ -234,7 +221,7 @@ class Reaper:
             err.write(message.encode() + b"\n")
             err.flush()
             status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
-                          usage=usage_of(_zero_rusage, 0.0))
+                          usage=usage_of(resource.struct_rusage((0,) * 16), 0.0))
             self._record(_Run(int(job["id"]), job_dir, job, status, stderr_path, notify))
             return
         finally:
@@ -320,7 +307,7 @@ class Reaper:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
-        signal.signal(signal.SIGXCPU, lambda *_: None)   # see _spawn_limited; reset to default at exec
+        signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
         buf, eof = b"", False
         while not eof or self.runs:
             ready = select.select([wake_r] if eof else [wake_r, control], [], [], 5.0)[0]
@@ -345,15 +332,7 @@ class Reaper:
             self.reap()
 
 
-def serve(control=None) -> None:
-    """The reaper's entry point: job lines on stdin (or the given binary file)."""
-    fd = (control or sys.stdin.buffer).fileno()
-    devnull = os.open(os.devnull, os.O_RDONLY)  # jobs get /dev/null, never our control pipe
-    if fd == 0:
-        fd = os.dup(0)
-        os.dup2(devnull, 0)
-    Reaper().serve(fd)
-
-
-if __name__ == "__main__":
-    serve()
+if __name__ == "__main__":  # job lines on stdin; jobs get /dev/null there, never our control pipe
+    control = os.dup(0)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    Reaper().serve(control)

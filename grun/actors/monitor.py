@@ -103,9 +103,7 @@ class Monitor:
         try:
             p = psutil.Process(pid)
             with p.oneshot():
-                created = p.create_time()
-                t = p.cpu_times()
-                mem = p.memory_info()
+                created, t, mem, ppid = p.create_time(), p.cpu_times(), p.memory_info(), p.ppid()
                 try:
                     io = p.io_counters()
                     io = (io.read_bytes, io.write_bytes)
@@ -128,7 +126,7 @@ class Monitor:
                 self.credit[pid] = credit - reaped_new  # not reaped yet (a zombie): keep it for later
             delta = max(0.0, own - prev[0]) + max(0.0, reaped_new - credit)
         anon = max(0, mem.rss - getattr(mem, "shared", 0))  # resident and private: what the job holds
-        return key, total, delta, mem.rss, anon, io, (own, reaped, _ppid(p))
+        return key, total, delta, mem.rss, anon, io, (own, reaped, ppid)
 
     def _credit_vanished(self, seen: dict) -> None:
         """Processes gone since the last sample: credit what we counted of them to their parents."""
@@ -175,10 +173,3 @@ def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_
     log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
     killpg(pgid, signal.SIGCONT)
     killpg(pgid, signal.SIGKILL)
-
-
-def _ppid(proc) -> int | None:
-    try:
-        return proc.ppid()
-    except psutil.Error:
-        return None
