@@ -143,9 +143,10 @@ class Node(NodeJobs):
         changed; other keys are not the node's and are ignored."""
         changed = {}
         for key, value in changes.items():
-            if key not in RELOADABLE or (value is None and RELOADABLE[key] is not dict):
+            kind = RELOADABLE.get(key)
+            if kind is None or (value is None and kind is not dict):
                 continue
-            value = RELOADABLE[key](value or {}) if RELOADABLE[key] is dict else RELOADABLE[key](value)
+            value = kind(value or {}) if kind is dict else kind(value)
             owner = self.monitor if key == "count_outside_load" else self
             if getattr(owner, key) != value:
                 setattr(owner, key, value)
@@ -188,10 +189,13 @@ class Node(NodeJobs):
                 self._heard(self._master.heartbeat(self.name, self._load()))
             if self._linger is not None and time.monotonic() - self._last_call >= self._linger:
                 registry.reset(self._master)  # a big cluster's master has a thread per open connection
-            if self._name_pending:
-                with registry.locate_ns(self.master_host, self.master_port) as ns:
-                    ns.register(registry.node_name(self.name), self.uri)
-                self._name_pending = False
+            if self._name_pending:  # for plain Pyro5 users; a failure here is not the master's
+                try:
+                    with registry.locate_ns(self.master_host, self.master_port) as ns:
+                        ns.register(registry.node_name(self.name), self.uri)
+                    self._name_pending = False
+                except Exception as exc:
+                    log.debug("name server: %s", exc)
         except Exception as exc:
             if not registry.is_unreachable(exc):
                 log.exception("talking to the master")

@@ -104,21 +104,11 @@ class NodeJobs:
             live.fetched = True
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
 
-    def _running_groups(self) -> dict[int, tuple]:
-        """job id -> (pgid, live) of jobs that have started and not ended."""
-        out = {}
-        for live in list(self.live.values()):
-            if live.status is None:
-                pid = self._job_pid(live)  # known from the reaper's "started" ping, or its pid file
-                if pid:
-                    out[live.id] = (pid, live)
-        return out
-
     def _sample(self) -> None:
-        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, and a
-        job whose processes hold more memory than its limit is killed."""
+        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, the
+        running jobs are measured, and one whose processes hold more memory than its limit is killed."""
         self._watch_reaper()
-        running = self._running_groups()
+        running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
         for job_id, (pgid, live) in running.items():
             limits = live.job.get("limits") or {}
