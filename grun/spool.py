@@ -48,8 +48,8 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
         if owner:
             os.chown(fifo, *owner)
         ends = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
-    with open(os.path.join(job_dir, "job.json"), "w") as f:
-        f.write(job_json)
+    with open(os.path.join(job_dir, "job.json"), "wb") as f:
+        f.write(job_json.encode())
     return ends
 
 
@@ -98,7 +98,8 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     written = []
     for i, (job_dir, data) in enumerate(ends):
         try:
-            fd = os.open(os.path.join(job_dir, "status.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(os.path.join(job_dir, "status.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                         0o644)
             try:
                 os.write(fd, data.encode())
             except OSError:

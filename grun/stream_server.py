@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .stream import BATCH, ERR, EXIT, HEADER, MAX_FRAME, OUT, STDIN, STDIN_EOF, TOKEN_LEN, keepalive, recv_exact, write_all
+from . import stream as wire
 
 TOKEN_TTL = 60.0                       # seconds an offered token stays usable
 HANDSHAKE_TIMEOUT = 10.0
@@ -94,11 +94,11 @@ class _Spool:
             return 0
         if n <= SMALL:
             data = os.pread(self.fd, n, self.offset)
-            sock.sendall(HEADER.pack(self.kind, len(data)) + data)
+            sock.sendall(wire.HEADER.pack(self.kind, len(data)) + data)
             self.offset += len(data)
             return len(data)
         # The header promises n bytes, and the file only grows, so sendfile can always deliver them.
-        sock.sendall(HEADER.pack(self.kind, n), _MSG_MORE)
+        sock.sendall(wire.HEADER.pack(self.kind, n), _MSG_MORE)
         out, done = sock.fileno(), 0
         while done < n:
             k = os.sendfile(out, self.fd, self.offset + done, n - done)
@@ -127,7 +127,7 @@ class StreamServer:
               stdin_fd: int | None = None, get_status: Callable[[], dict | None]) -> str:
         """A one-time token for the job's output from these offsets; with stdin_fd (which is ours
         from here on), the attached client feeds the job's input."""
-        token = os.urandom(TOKEN_LEN // 2).hex()
+        token = os.urandom(wire.TOKEN_LEN // 2).hex()
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
         with self._lock:
             self._offers[token] = _Attach(job_key, job_dir, out_offset, err_offset, stdin_fd, get_status)
@@ -180,7 +180,7 @@ class StreamServer:
         conn = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            token = recv_exact(sock, TOKEN_LEN)
+            token = wire.recv_exact(sock, wire.TOKEN_LEN)
             with self._lock:  # pop: a token is good for one connection
                 conn = self._offers.pop(token.decode("latin-1"), None) if token and not self._closed else None
                 if conn is not None and conn.deadline >= time.monotonic():
@@ -192,7 +192,7 @@ class StreamServer:
             # Blocking mode: os.sendfile on the raw fd must not see EAGAIN.
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            keepalive(sock)
+            wire.keepalive(sock)
             threading.Thread(target=self._read_client, args=(conn,), daemon=True,
                              name=f"grun-stream-in-{peer}").start()
             self._pump(conn)
@@ -215,8 +215,8 @@ class StreamServer:
 
     def _pump(self, conn: _Attach) -> None:
         sock = conn.sock
-        spools = [_Spool(os.path.join(conn.job_dir, "stdout"), conn.out_offset, OUT),
-                  _Spool(os.path.join(conn.job_dir, "stderr"), conn.err_offset, ERR)]
+        spools = [_Spool(os.path.join(conn.job_dir, "stdout"), conn.out_offset, wire.OUT),
+                  _Spool(os.path.join(conn.job_dir, "stderr"), conn.err_offset, wire.ERR)]
         wait = MIN_WAIT
         try:
             while not conn.closed:
@@ -226,7 +226,7 @@ class StreamServer:
                 sent = sum(spool.pump(sock) for spool in spools)
                 if sent:
                     wait = MIN_WAIT
-                    if sent < BATCH:
+                    if sent < wire.BATCH:
                         # A job writing fast would otherwise be chased in tiny frames, and on a
                         # small machine the chase steals the CPU the job needs.  An idle stream
                         # still sends its first new line at once; only the follow-up waits.
@@ -234,7 +234,7 @@ class StreamServer:
                     continue
                 if status is not None:
                     payload = json.dumps(status).encode()
-                    sock.sendall(HEADER.pack(EXIT, len(payload)) + payload)
+                    sock.sendall(wire.HEADER.pack(wire.EXIT, len(payload)) + payload)
                     conn.exited = True
                     # Half-close and let the client hang up first: closing with its stdin frames
                     # still unread would send a RST that can destroy the EXIT frame in flight.
@@ -250,21 +250,21 @@ class StreamServer:
     def _read_client(self, conn: _Attach) -> None:
         try:
             while True:
-                head = recv_exact(conn.sock, HEADER.size)
+                head = wire.recv_exact(conn.sock, wire.HEADER.size)
                 if head is None:
                     break
-                kind, n = HEADER.unpack(head)
-                if kind not in (STDIN, STDIN_EOF) or n > MAX_FRAME:
+                kind, n = wire.HEADER.unpack(head)
+                if kind not in (wire.STDIN, wire.STDIN_EOF) or n > wire.MAX_FRAME:
                     self._log.warning("stream %s: garbage frame (type %r, length %d); closing", conn.peer, kind, n)
                     break
-                data = recv_exact(conn.sock, n)
+                data = wire.recv_exact(conn.sock, n)
                 if data is None:
                     break
-                if kind == STDIN_EOF:
+                if kind == wire.STDIN_EOF:
                     conn.close_stdin()
                 elif conn.stdin_fd is not None and not conn.exited:
                     try:
-                        write_all(conn.stdin_fd, data)
+                        wire.write_all(conn.stdin_fd, data)
                     except BrokenPipeError:
                         conn.close_stdin()  # the job closed its stdin; the rest goes nowhere
         except OSError as e:

@@ -125,7 +125,8 @@ class Node(NodeJobs):
                 "seq": seq}
 
     def kill(self, job_ids: list, sig: int = 15) -> dict:
-        return {str(i): (live := self.live.get(i)) is not None and self._kill(live, int(sig)) for i in map(int, job_ids)}
+        lives = {str(i): self.live.get(int(i)) for i in job_ids}
+        return {i: live is not None and self._kill(live, int(sig)) for i, live in lives.items()}
 
     def kill_stale(self, job_ids: list) -> None:
         """Copies the master no longer counts as the job (re-run elsewhere, or ended): kill them, once;
@@ -161,7 +162,8 @@ class Node(NodeJobs):
         self._check_jobs()
         now = time.time()
         for live in list(self.live.values()):
-            if live.status is not None and live.reported and (live.fetched or now - live.finished_at > self.output_keep):
+            if live.status is not None and live.reported and (
+                    live.fetched or now - live.finished_at > self.output_keep):
                 self._forget(live)
         if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
             self.acks.rewrite(self._acked)
