@@ -15,7 +15,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from grun.stream import StreamServer, attach
+from grun.stream import attach
+from grun.stream_server import StreamServer
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
