@@ -42,7 +42,7 @@ REREGISTER = {"cpus", "memory", "resources", "labels"}
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Node(NodeJobs):
-    def __init__(self, name: str, spool_dir: str, cpus: float, memory: int, *, master_host: str,
+    def __init__(self, name: str, spool: str, cpus: float, memory: int, *, master_host: str,
                  master_port: int, bind: str, advertise: str, heartbeat: float = 5.0,
                  output_keep: float = 86400.0, resources: dict | None = None, labels: dict | None = None,
                  hard_factor: float = 1.5, ulimit: dict | None = None, count_outside_load: bool = True):
@@ -57,7 +57,7 @@ class Node(NodeJobs):
         self.incarnation = secrets.token_hex(8)
         self.launch_seq = 0
         self._stop = threading.Event()
-        self._init_jobs(spool_dir)
+        self._init_jobs(spool)
         # the master conversation, kept by its loop's thread alone
         self._master = None
         self._registered = self._reregister = False

@@ -63,7 +63,7 @@ class LiveJob:
 @Pyro5.api.expose
 class NodeJobs:
     def _init_jobs(self, spool_dir: str) -> None:
-        self.spool, self.jobs_dir, self.acks = spool_dir, os.path.join(spool_dir, "jobs"), spool.Acks(spool_dir)
+        self.jobs_dir, self.acks = os.path.join(spool_dir, "jobs"), spool.Acks(spool_dir)
         os.makedirs(self.jobs_dir, mode=0o755, exist_ok=True)
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
