@@ -41,6 +41,7 @@ KILL_GRACE_SECS = 5.0
 
 @dataclasses.dataclass(eq=False)
 class LiveJob:
+    """One job on this node, from its start until the node forgets it."""
     id: int
     dir: str
     job: dict
