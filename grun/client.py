@@ -15,19 +15,19 @@ kill, suspend/resume). A Client may be shared between threads: each thread gets 
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Literal, overload
 
-from . import registry
+from . import wire
 from .core import jobs as J
+from .registry import job_name, master_uri
 
-# Not imported here: Pyro5 (calls go through registry.WireProxy), psutil, yaml, secrets, queue and the
-# stream module until a job's output is followed. `grun CMD` starts a Python each time, and every
-# import is paid by every call (tests/test_cli_fast.py keeps it so).
+# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading,
+# queue and the stream module until a job's output is followed. `grun CMD` starts a Python each time,
+# and every import is paid by every call (tests/test_cli_fast.py keeps it so).
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
@@ -50,24 +50,38 @@ class Timeout(GrunError, TimeoutError):
 
 
 class NotSupported(GrunError):
-    """The master does not offer this operation (an older master, or a feature not built yet)."""
+    """The master has no such operation (Pyro5 found no method of that name)."""
+
+
+def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
+    """The one map from what a remote call can fail with (see grun.wire) to grun's exceptions."""
+    text = _message(exc)
+    if wire.is_unreachable(exc):
+        return MasterUnreachable(f"cannot reach the grun {where}: {text}")
+    if isinstance(exc, wire.NoSuchMethod):
+        return NotSupported(f"{method} is not available on the {where}")
+    if isinstance(exc, LookupError):
+        return JobNotFound(text)
+    if isinstance(exc, (ValueError, TypeError)):  # a refused request says why itself
+        return GrunError(text)
+    return GrunError(f"{where}: {text}")
 
 
 class Client:
     """A connection to one grun master.
 
     `Client()` finds the master like the `grun` command does ($GRUN_CONF, /etc/grun.conf, else the
-    personal cluster on this machine, started if needed); `Client("host:5184")` or
-    `Client("host", 5184)` names it. `connect_wait` bounds how long a call rides through a master
-    that does not answer before raising MasterUnreachable.
+    personal cluster on this machine, started if needed), or from `config` (a path or a loaded
+    config); `Client("host:5184")` or `Client("host", 5184)` names it. `connect_wait` bounds how long
+    a call rides through a master that does not answer before raising MasterUnreachable.
     """
 
     def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
-                 config: str | None = None):
-        self._local = threading.local()
+                 config=None):
+        self._local = _thread._local()  # threading.local, without importing threading
         personal = None
         if host is None:
-            cfg = _load_config(config)
+            cfg = config if hasattr(config, "master_host") else _load_config(config)
             host, port = cfg.master_host, cfg.master_port
             personal = cfg if cfg.personal else None
         elif port is None:
@@ -76,9 +90,11 @@ class Client:
                 host, port = parse_hostport(host)
             except (ConfigError, ValueError) as exc:
                 raise GrunError(f"bad master address {host!r}: {exc}") from None
+        from .config import format_hostport
         self.host, self.port = host, int(port)
-        self.address = registry.format_hostport(self.host, self.port)
+        self.address = format_hostport(self.host, self.port)
         self.connect_wait = connect_wait
+        self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
         self._answered = False
         self._master = None
         if personal is not None and not self.reachable():  # else the daemon module is not even imported
@@ -103,15 +119,14 @@ class Client:
     def reset(self) -> None:
         """Drop this thread's connection (after an interrupted call); the next call reconnects."""
         if self._master is not None:
-            registry.reset(self._master)
+            self._master._pyroRelease()
         self._master = None
 
     # ---- the master ----------------------------------------------------------------------------
 
     def _proxy(self):
         if self._master is None:
-            self._master = registry.WireProxy(registry.master_uri(self.host, self.port), timeout=90.0)
-        self._master._pyroClaimOwnership()
+            self._master = wire.WireProxy(master_uri(self.host, self.port), timeout=self.call_timeout)
         return self._master
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
@@ -133,24 +148,14 @@ class Client:
                 result = getattr(self._proxy(), method)(*args)
                 self._answered = True
                 return result
-            except AttributeError as exc:
-                if method in str(exc):
-                    raise NotSupported(f"{method} is not available on this master") from None
-                raise GrunError(f"master at {self.address}: {_message(exc)}") from None
-            except LookupError as exc:
-                raise JobNotFound(_message(exc)) from None
-            except (ValueError, TypeError) as exc:
-                raise GrunError(_message(exc)) from None
             except Exception as exc:
-                if not registry.is_unreachable(exc):
-                    raise GrunError(f"master at {self.address}: {_message(exc)}") from None
-                if self._master is not None:
-                    registry.reset(self._master)
-                self._master = None
-                if sent_wait and registry.may_have_arrived(exc):
-                    deadline = max(deadline, started + sent_wait)
-                if time.monotonic() + delay > deadline:
-                    raise MasterUnreachable(f"cannot reach the grun master at {self.address}: {_message(exc)}") from None
+                unreachable = wire.is_unreachable(exc)
+                if unreachable:
+                    self.reset()
+                    if sent_wait and wire.may_have_arrived(exc):
+                        deadline = max(deadline, started + sent_wait)
+                if not unreachable or time.monotonic() + delay > deadline:
+                    raise _failure(exc, f"master at {self.address}", method) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -161,16 +166,9 @@ class Client:
         except MasterUnreachable:
             return False
 
-    @overload
-    def submit(self, cmd: dict) -> int: ...
-
-    @overload
-    def submit(self, cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
+    def submit(self, cmd: str | Sequence[str] | dict, *, cpus: float | None = None, memory: int | str | None = None,
                priority: int | None = None, params: dict | None = None, name: str | None = None,
-               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> Job: ...
-
-    def submit(self, cmd, *, cpus=None, memory=None, priority=None, params=None, name=None, cwd=None,
-               env=None, hosts=None):
+               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> Job | int:
         """Queue a command and return its Job (once the master has it on disk).
 
         `cmd` is a shell command line (a string, run by /bin/sh) or an argv list. `memory` is MB or
@@ -181,16 +179,8 @@ class Client:
         """
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
-        spec = job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params, name=name, cwd=cwd,
-                        env=env, hosts=hosts)
-        try:
-            return Job(self, self.submit_spec(spec))
-        except NotSupported:
-            raise
-        except GrunError as exc:
-            if params and "unknown job spec keys" in str(exc) and "params" in str(exc):
-                raise NotSupported("custom resources (params) are not available on this master") from None
-            raise
+        return Job(self, self.submit_spec(job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params,
+                                                   name=name, cwd=cwd, env=env, hosts=hosts)))
 
     def submit_many(self, specs: list[dict]) -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
@@ -225,15 +215,12 @@ class Client:
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         """Records of the most recently finished jobs (newest first), optionally one user's, or those
         whose command (or name) matches the regular expression `grep`."""
-        if grep:
-            return self.call("history", limit, user, grep)
-        return self.call("history", limit, user)
+        return self.call("history", limit, user, grep)
 
     def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict:
         """Signal queued or running jobs; returns {id: whether it was live}. With force, running jobs
         are marked killed at once, even if their node cannot be reached."""
-        args = [[int(i) for i in job_ids], int(sig)] + ([True] if force else [])
-        return {int(k): v for k, v in self.call("kill", *args).items()}
+        return {int(k): v for k, v in self.call("kill", [int(i) for i in job_ids], int(sig), bool(force)).items()}
 
     def lookup(self, name: str) -> int | None:
         """The id of the live job with this name (grun -j NAME), or None."""
@@ -255,6 +242,10 @@ class Client:
     def why(self, job_id: int) -> str:
         """One paragraph on why a queued job is not running."""
         return str(self.call("why", int(job_id)))
+
+    def health(self) -> list[str]:
+        """The master's problems, one line each (a damaged journal, a disk nearly full); [] when well."""
+        return [str(line) for line in self.call("health")]
 
     def wait(self, job_ids: list[int], poll: float = 30.0) -> dict[int, dict]:
         """Block until every job has finished; returns their final records."""
@@ -325,7 +316,7 @@ class Client:
                     if final:
                         break
                     raise ConnectionError("its node has not registered with the master yet")
-                with registry.WireProxy(_job_uri(uri, job_id)) as sup:
+                with wire.WireProxy(_job_uri(uri, job_id)) as sup:
                     if tail:
                         sizes = sup.info()
                         out_off, err_off, tail = sizes.get("stdout", 0), sizes.get("stderr", 0), False
@@ -357,8 +348,8 @@ class Client:
                 if final:
                     break  # the node no longer holds the output
             except Exception as exc:
-                if not registry.is_unreachable(exc):
-                    raise GrunError(f"job {job_id}: {_message(exc)}") from None
+                if not wire.is_unreachable(exc):
+                    raise _failure(exc, f"job {job_id}") from None
             failures += 1
             if final and failures >= 5:
                 break  # the job has ended, and its node does not answer: the master has its exit code
@@ -436,29 +427,17 @@ class Job:
                 raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
             got = self.client.call("wait", [self.id], max(0.0, min(left, 30.0)),
                                    wait=max(self.client.connect_wait, 3600.0))
-            record = got.get(str(self.id)) or got.get(self.id)
+            record = got.get(str(self.id))
             if record is not None:
                 return int(record.get("exit", 1))
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
 
-    @overload
-    def stdout(self, stream: Literal[False] = False) -> bytes: ...
-
-    @overload
-    def stdout(self, stream: Literal[True]) -> Iterator[bytes]: ...
-
-    def stdout(self, stream: bool = False):
+    def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard output: all of it (waiting for the end), or chunks as they come."""
         return self._output("stdout", stream)
 
-    @overload
-    def stderr(self, stream: Literal[False] = False) -> bytes: ...
-
-    @overload
-    def stderr(self, stream: Literal[True]) -> Iterator[bytes]: ...
-
-    def stderr(self, stream: bool = False):
+    def stderr(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard error: all of it (waiting for the end), or chunks as they come."""
         return self._output("stderr", stream)
 
@@ -487,6 +466,7 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
     """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read. If the
     reader stops early (closes or drops the iterator), the follower hangs up on the node."""
     import queue
+    import threading
     pieces: queue.Queue = queue.Queue(maxsize=256)
     end = object()
     stop = threading.Event()
@@ -534,27 +514,26 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
 
 
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
-             priority: int | None = None, params: dict | None = None, name: str | None = None,
-             cwd: str | None = None, env: dict | None = None, hosts: str | None = None,
-             stdin: bool = False) -> dict:
-    """A full job spec from the Python API's arguments: run here, as us, with the usual environment."""
+             priority: int | None = None, params=None, name: str | None = None, cwd: str | None = None,
+             env: dict | None = None, hosts: str | None = None, stdin: bool = False, pass_env: list | None = None,
+             requeue: bool = True, force: bool = False, **extra) -> dict:
+    """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string,
+    run by /bin/sh) or an argv; run here (cwd, ours by default), as us, with the usual session
+    variables, those `pass_env` names (`-E`) and `env`; `params` a dict or (name, value) pairs;
+    `extra` spec keys as they are (output files, a parent job)."""
     from .config import parse_cpus, parse_memory
-    if isinstance(cmd, str):
-        if not cmd.strip():
-            raise GrunError("empty command")
-        words, shell = [cmd], True
-    else:
-        words, shell = [str(w) for w in cmd], False
-        if not words:
-            raise GrunError("empty command")
+    shell = isinstance(cmd, str)
+    words = [cmd] if shell else [str(w) for w in cmd]
+    if not words or shell and not cmd.strip():
+        raise GrunError("empty command")
     if cwd is None:
         try:
             cwd = os.getcwd()
         except OSError:
             cwd = "/"
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
-                  "env": {**default_env(), **{str(k): str(v) for k, v in (env or {}).items()}},
-                  "user": current_user(), "uid": os.getuid(), "gid": os.getgid()}
+                  "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
+                  "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
     try:
         if cpus is not None:
             spec["cpus"] = parse_cpus(cpus)
@@ -562,16 +541,20 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             spec["memory"] = parse_memory(memory)
     except ValueError as exc:
         raise GrunError(str(exc)) from None
+    if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
+        priority = os.environ["GRUN_PRIORITY"]
     if priority is not None:
         spec["priority"] = int(priority)
-    elif os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
-        spec["priority"] = int(os.environ["GRUN_PRIORITY"])
     if name is not None:
         spec["name"] = str(name)
     if hosts is not None:
         spec["host"] = str(hosts)
     if params:
         spec["params"] = dict(params)
+    if not requeue:
+        spec["requeue"] = False
+    if force:
+        spec["force"] = True
     if stdin:
         spec["stdin"] = True
     return spec
@@ -598,7 +581,7 @@ def _devnull() -> int:
 def _job_uri(node_uri: str, job_id: int) -> str:
     """The job's actor lives on its node's daemon, next to the node actor."""
     location = node_uri.split("@", 1)[1]
-    return f"PYRO:{registry.job_name(job_id)}@{location}"
+    return f"PYRO:{job_name(job_id)}@{location}"
 
 
 def new_token() -> str:

@@ -1,12 +1,14 @@
-"""The one verb table: every command the `grun` command line and `grun shell` run.
+"""The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
 
-A verb has a name, aliases, a one-line help, a usage line, a parser (words -> args dict, raising
-UsageError) and a function `run(client, args, io) -> exit code`. The command line maps its forms onto
-the table (`grun CMD` is `run`, `--nowait` is `submit`, `-q jobs|status|history|wait` the verbs of the
-same names, `-k` is `kill`); the shell runs the same verbs by name. Adding a verb is one entry in VERBS.
+A verb is a function `do_NAME(ctx, args) -> exit code` whose docstring is its one-line help, declared
+with `@verb(usage, options, words)`: the options it takes from the one table (grun/options.py) and
+how its other words are read. `execute(ctx, words)` parses a verb's words and runs it, and turns
+every failure a user can cause into one line and an exit status, for the shell's lines and the
+command line's forms alike (`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs
+`run CMD`). The shell adds its own verbs (help, exit, watch) the same way.
 
-This module talks to the cluster only through the client it is handed (`grun.client.Client`) and
-imports nothing heavy at import time, so the command line stays quick to start.
+The cluster is reached only through `ctx.client` (grun.client.Client), connected on first use, and
+nothing heavy is imported at import time: this module is on the path of every `grun CMD`.
 """
 
 from __future__ import annotations
@@ -14,36 +16,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import NamedTuple, TextIO
+from collections import namedtuple
 
-from .options import OPTIONS, UsageError
+from .core.jobs import describe_exit
+from .options import UsageError, load_option_file
 from .options import parse as parse_options
 
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
-
-# Command-line options that are not about the job a verb runs: refused after `run`/`submit` in the shell.
-NOT_JOB_OPTIONS = {"query", "kill", "daemon", "foreground", "config", "help", "version", "signal",
-                   "attach", "tail", "restart", "reload"}
+EXIT_USAGE = 2
 
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
 
 
-class IO:
-    """Where a verb writes: text streams for tables and messages, file descriptors for a job's bytes.
+class Context:
+    """What a verb works with: where it writes (text streams for tables and messages, file descriptors
+    for a job's bytes), the config, and the client, connected on first use (`conf` needs no master).
+    `cli`: the one-shot command line, which owns the process (its signal handlers)."""
 
-    `cli` says the verb runs as the one-shot command line (it may install signal handlers and owns the
-    process); the shell runs verbs with `cli=False` and `stdin_fd=None`.
-    (IO and Verb are not dataclasses: `dataclasses` imports `inspect`, ~5 ms of every `grun CMD`.)
-    """
-
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, stdin_fd: int | None = None,
-                 stdout_fd: int = 1, stderr_fd: int = 2, cli: bool = False):
+    def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
+        self.connect, self.cfg, self.cli, self._client = connect, cfg, cli, None
         self.out = sys.stdout if out is None else out
         self.err = sys.stderr if err is None else err
-        self.stdin_fd, self.stdout_fd, self.stderr_fd, self.cli = stdin_fd, stdout_fd, stderr_fd, cli
+        self.stdin_fd, self.stdout_fd, self.stderr_fd = stdin_fd, 1, 2
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self.connect()
+        return self._client
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -56,19 +58,135 @@ class IO:
         return code
 
 
-class Verb(NamedTuple):
-    name: str
-    help: str                                       # one line
-    usage: str                                      # the arguments, after the verb's name
-    run: Callable[..., int]                         # (client, args, io) -> exit code
-    parse: Callable[[list[str], str], dict]         # (words, how the verb was called) -> args
-    aliases: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()                   # offered by the shell's completion
-    completes: str = ""                             # what its arguments are: "jobs", "command" or ""
-    needs_client: bool = True
+# ---- the table and the dispatcher ----------------------------------------------------------------
+
+Verb = namedtuple("Verb", "name run help usage options words aliases")
+VERBS: dict[str, Verb] = {}  # by name
+_NAMES: dict[str, Verb] = {}  # by name and alias
 
 
-# ---- formatting ------------------------------------------------------------------------------
+def verb(usage: str = "", options: str = "", words=None, aliases: str = ""):
+    """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes,
+    a reader of its other words (words, called, options) -> args (default: none), and aliases."""
+    def declare(run):
+        name = run.__name__.removeprefix("do_")
+        v = Verb(name, run, " ".join(run.__doc__.split()), usage, tuple(options.split()), words or no_words,
+                 tuple(aliases.split()))
+        VERBS[name] = v
+        _NAMES.update(dict.fromkeys((name, *v.aliases), v))
+        return run
+    return declare
+
+
+def find(name: str) -> Verb | None:
+    return _NAMES.get(name)
+
+
+def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
+    """A verb's args from its words (and options the command line read already, in `preset`)."""
+    called = called or v.name
+    wrong = sorted(set(preset or ()) - {o.replace("-", "_") for o in v.options})
+    if wrong:
+        raise UsageError(f"option --{wrong[0].replace('_', '-')} does not go with {called}")
+    opts, rest = parse_options(words, v.options, called, interspersed=v.words is not command)
+    args = {**(preset or {}), **opts}
+    args.update(v.words(rest, called, args))
+    return args
+
+
+def execute(ctx: Context, words: list[str], called: str | None = None, preset: dict | None = None,
+            adjust=None) -> int:
+    """Run one verb (`words[0]`) with its words; every failure a user can cause is one line and an exit
+    status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
+    from .client import GrunError
+    try:
+        v = find(words[0])
+        if v is None:
+            raise UsageError(f"unknown verb {words[0]!r} (try: help)")
+        args = parse(v, words[1:], called, preset)
+        if adjust is not None:
+            adjust(v, args)
+        code = v.run(ctx, args)
+        if code == 130 and ctx._client is not None:  # the verb caught Ctrl-C: a call may be cut off mid-reply
+            ctx.client.reset()
+        return code
+    except UsageError as exc:
+        return ctx.fail(str(exc), EXIT_USAGE)
+    except (GrunError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError) and not ctx.cli:
+            raise
+        return ctx.fail(str(exc))
+    except KeyboardInterrupt:
+        if ctx._client is not None:
+            ctx.client.reset()  # the interrupted call left the connection mid-reply
+        if not ctx.cli:
+            ctx.say("grun: interrupted")
+        return 130
+
+
+def usage(v: Verb) -> str:
+    """A few lines for `help VERB`: the usage, the help line, the aliases."""
+    return "\n".join([f"{v.name} {v.usage}".rstrip(), f"    {v.help}"] +
+                     ([f"    aliases: {', '.join(v.aliases)}"] if v.aliases else []))
+
+
+# ---- readers of a verb's words -------------------------------------------------------------------
+
+def no_words(words: list[str], called: str, opts: dict) -> dict:
+    if words:
+        raise UsageError(f"{called} takes no arguments, got {' '.join(words)}")
+    return {}
+
+
+def job_ids(words: list[str], called: str, opts: dict | None = None) -> dict:
+    if not words:
+        raise UsageError(f"{called} needs job ids")
+    bad = next((w for w in words if not w.isdigit() or int(w) == 0), None)
+    if bad is not None:
+        raise UsageError(f"bad job id {bad!r}")
+    return {"ids": [int(w) for w in words]}
+
+
+def one_id(words: list[str], called: str, opts: dict) -> dict:
+    ids = job_ids(words, called)["ids"]
+    if len(ids) != 1:
+        raise UsageError(f"{called} takes one job id")
+    return {"id": ids[0]}
+
+
+def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
+    return {"ids": []} if opts.get("name") and not words else job_ids(words, called)
+
+
+def changes(words: list[str], called: str, opts: dict) -> dict:
+    """`KEY=VALUE[,KEY=VALUE] ID...`"""
+    if not words or "=" not in words[0]:
+        raise UsageError(f"usage: {called} KEY=VALUE[,KEY=VALUE] ID...")
+    found = {}
+    for item in words[0].split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
+        found[key.strip()] = value.strip()
+    return {"changes": found, **job_ids(words[1:], called)}
+
+
+JOB_OPTIONS = ("cpus memory priority hosts env param name wait-existing file out err out-err out-append err-append "
+               "out-err-append noio force nowait norequeue array cmds verbose")
+
+
+def command(words: list[str], called: str, opts: dict) -> dict:
+    """`[options] COMMAND [ARGS...]`; `-f FILE` adds the options (and maybe the command) it holds."""
+    if "file" in opts:
+        merged, from_file = load_option_file(opts.pop("file"), opts, tuple(JOB_OPTIONS.split()[:-1]))
+        opts.update(merged)
+        words = words or from_file
+    if not words and "cmds" not in opts:
+        raise UsageError(f"no command given to {called}")
+    return {"cmd": words}
+
+
+# ---- formatting ----------------------------------------------------------------------------------
 
 def command_text(job: dict) -> str:
     import shlex
@@ -79,69 +197,17 @@ def command_text(job: dict) -> str:
 def table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
-    lines = []
-    for r in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() for r in cells)
 
 
 def fmt_secs(secs) -> str:
     if secs is None:
         return "-"
-    secs = float(secs)
-    if secs < 60:
-        return f"{secs:.2f}s"
+    if float(secs) < 60:
+        return f"{float(secs):.2f}s"
     minutes, s = divmod(int(secs), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
-
-
-def exit_text(job: dict) -> str:
-    from .core.jobs import LIMIT_WORDS
-    if job.get("limit") in LIMIT_WORDS:
-        return LIMIT_WORDS[job["limit"]]
-    if job.get("signal"):
-        return f"sig{job['signal']}"
-    return str(job.get("exit", job.get("exit_code", "-")))
-
-
-def jobs_table(jobs: list[dict]) -> str:
-    """Queued and running jobs; USING is what a running job's processes use now, as its node last
-    sampled them (cpus busy, resident MB)."""
-    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}",
-             j["memory"], _using(j), j.get("cwd", "-"), command_text(j)] for j in jobs]
-    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
-
-
-def _using(job: dict) -> str:
-    now = job.get("usage_now")
-    if not now:
-        return "-"
-    return f"{now.get('cpu', 0):g}c/{now.get('rss_mb', 0)}M"
-
-
-def nodes_table(nodes: list[dict]) -> str:
-    rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
-             f"{n['free_memory']}/{n['memory']}", n["running"]] for n in nodes]
-    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
-
-
-def history_table(jobs: list[dict]) -> str:
-    rows = []
-    for j in reversed(jobs):
-        u = j.get("usage") or {}
-        cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
-        rows.append([j["id"], j.get("user", "-"), exit_text(j), j.get("node") or "-", fmt_secs(queue_wait(j)),
-                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
-    return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
-
-
-def queue_wait(job: dict):
-    """Seconds from submission to its (last) start on a node."""
-    if job.get("queue_wait") is not None:
-        return job["queue_wait"]
-    started = job.get("start_time") or job.get("dispatch_time")
-    return None if not started or not job.get("submit_time") else max(0.0, started - job["submit_time"])
 
 
 def fmt_mb(kb) -> str:
@@ -151,226 +217,227 @@ def fmt_mb(kb) -> str:
 def fmt_bytes(n) -> str:
     if n is None:
         return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    return f"{n:.1f} GB"
+
+
+def jobs_table(jobs: list[dict]) -> str:
+    """Queued and running jobs; USING is what a running job's processes use now, as its node last
+    sampled them (cpus busy, resident MB)."""
+    def using(job: dict) -> str:
+        now = job.get("usage_now")
+        return f"{now.get('cpu', 0):g}c/{now.get('rss_mb', 0)}M" if now else "-"
+    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], using(j),
+             j.get("cwd", "-"), command_text(j)] for j in jobs]
+    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
+
+
+def nodes_table(nodes: list[dict]) -> str:
+    rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
+             f"{n['free_memory']}/{n['memory']}", n["running"]] for n in nodes]
+    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
+
+
+def _cpu(usage: dict):
+    return (usage.get("utime") or 0) + (usage.get("stime") or 0) if usage else None
+
+
+def history_table(jobs: list[dict]) -> str:
+    rows = [[j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
+             fmt_secs((j.get("usage") or {}).get("wall")), fmt_secs(_cpu(j.get("usage") or {})),
+             fmt_mb((j.get("usage") or {}).get("maxrss_kb")), command_text(j)] for j in reversed(jobs)]
+    return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
+
+
+def fmt_time(t) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long`: every recorded field of each job, a block per job."""
-    import time as _time
     blocks = []
     for j in reversed(jobs):
-        u = j.get("usage") or {}
-        when = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"
-        lines = [f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, "
-                 f"exit {exit_text(j)}{', signal ' + str(j['signal']) if j.get('signal') else ''}",
+        u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
+        params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
+        lines = [f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, exit "
+                 + describe_exit(j),
                  f"  command   {command_text(j)}",
                  f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
                  f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
-                 f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}"
-                 + "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items())),
-                 f"  times     submitted {when(j.get('submit_time'))}, waited {fmt_secs(queue_wait(j))}, "
-                 f"ran {fmt_secs(u.get('wall'))}, ended {when(j.get('end_time'))}",
+                 f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}",
+                 f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
+                 + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
                  f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
-                 f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}"
-                 + (f", limit {j['limits'].get('memory_mb')} MB" if (j.get("limits") or {}).get("memory_mb") else ""),
+                 f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
                  f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}"]
         if j.get("limit"):
-            lines.append(f"  limit     {j['limit']} ({exit_text(j)}): {j.get('limit_detail') or ''}".rstrip())
+            lines.append(f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip())
         if j.get("error"):
             lines.append(f"  error     {j['error']}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-# ---- parsers ---------------------------------------------------------------------------------
-
-def _no_args(words: list[str], called: str) -> dict:
-    if words:
-        raise UsageError(f"{called} takes no arguments, got {' '.join(words)}")
-    return {}
-
-
-def job_ids(words: list[str], called: str) -> list[int]:
-    if not words:
-        raise UsageError(f"{called} needs job ids")
-    ids = []
-    for w in words:
-        if not w.isdigit() or int(w) == 0:
-            raise UsageError(f"bad job id {w!r}")
-        ids.append(int(w))
-    return ids
-
-
-def _ids(words: list[str], called: str) -> dict:
-    return {"ids": job_ids(words, called)}
-
-
-def _one_id(words: list[str], called: str) -> dict:
-    ids = job_ids(words, called)
-    if len(ids) != 1:
-        raise UsageError(f"{called} takes one job id")
-    return {"id": ids[0]}
-
-
-def _job_command(words: list[str], called: str) -> dict:
-    """`[options] COMMAND [ARGS...]`, with the command line's job options."""
-    opts, cmd = parse_options(words)
-    wrong = sorted(set(opts) & NOT_JOB_OPTIONS)
-    if wrong:
-        raise UsageError(f"option --{wrong[0]} does not go with {called}")
-    if not cmd and "cmds" not in opts:
-        raise UsageError(f"{called} needs a command")
-    return {"opts": opts, "cmd": cmd}
-
-
-def _history_args(words: list[str], called: str) -> dict:
-    out, i = {}, 0
-    while i < len(words):
-        a = words[i]
-        if a in ("-c", "--count") and i + 1 < len(words) and words[i + 1].isdigit():
-            out["count"] = int(words[i + 1])
-            i += 1
-        elif a == "--user" and i + 1 < len(words):
-            out["user"] = words[i + 1]
-            i += 1
-        elif a == "--json":
-            out["json"] = True
-        elif a in ("-l", "--long"):
-            out["long"] = True
-        elif a in ("-g", "--grep") and i + 1 < len(words):
-            out["grep"] = words[i + 1]
-            i += 1
-        else:
-            raise UsageError(f"unknown history option {a!r}")
-        i += 1
-    return out
-
-
-def _kill_args(words: list[str], called: str) -> dict:
-    from .options import _signal
-    out, ids_words, i = {}, [], 0
-    while i < len(words):
-        if words[i] == "--force":
-            out["force"] = True
-            i += 1
-            continue
-        if words[i] in ("-n", "--signal") and i + 1 < len(words):
-            try:
-                out["signal"] = _signal(words[i + 1])
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            i += 2
-            continue
-        ids_words.append(words[i])
-        i += 1
-    out["ids"] = job_ids(ids_words, called)
-    return out
-
-
-def _edit_args(words: list[str], called: str) -> dict:
-    """`key=val[,key=val] ID...`"""
-    if not words or "=" not in words[0]:
-        raise UsageError(f"usage: {called} KEY=VALUE[,KEY=VALUE] ID...")
-    changes = {}
-    for item in words[0].split(","):
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
-        changes[key.strip()] = value.strip()
-    return {"changes": changes, "ids": job_ids(words[1:], called)}
-
-
-# ---- running jobs ----------------------------------------------------------------------------
-
-def build_spec(opts: dict, words: list[str]) -> dict:
-    """The job spec for `grun [options] COMMAND...`: one shell string or an argv, run here and as us."""
-    from .client import current_user, default_env
-    shell = len(words) == 1 and any(c in SHELL_CHARS for c in words[0])
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = "/"
-    spec = {"cmd": list(words), "shell": shell, "cwd": cwd, "env": default_env(opts.get("env")),
-            "user": current_user(), "uid": os.getuid(), "gid": os.getgid()}
-    for key in ("cpus", "memory", "priority"):
-        if key in opts:
-            spec[key] = opts[key]
-    if "hosts" in opts:
-        spec["host"] = opts["hosts"]
-    if opts.get("norequeue"):
-        spec["requeue"] = False
-    if "priority" not in opts and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
-        spec["priority"] = int(os.environ["GRUN_PRIORITY"])
-    spec.update(_job_extras(opts))
-    return spec
-
+# ---- running jobs ----------------------------------------------------------------------------------
 
 # option -> (streams, append)
-OUTPUT_OPTIONS = {"out": (("stdout",), False), "err": (("stderr",), False), "out_err": (("stdout", "stderr"), False),
-                  "out_append": (("stdout",), True), "err_append": (("stderr",), True),
-                  "out_err_append": (("stdout", "stderr"), True)}
+OUTPUTS = {"out": (("stdout",), False), "err": (("stderr",), False), "out_err": (("stdout", "stderr"), False),
+           "out_append": (("stdout",), True), "err_append": (("stderr",), True),
+           "out_err_append": (("stdout", "stderr"), True)}
 
 
-def _job_extras(opts: dict) -> dict:
-    """Custom resources, a name, output files, --force, and the job we run inside, if any (nested
-    grun: GRUN_JOB_ID is set in every job's environment)."""
-    spec: dict = {}
-    if opts.get("params"):
-        spec["params"] = dict(opts["params"])
-    if opts.get("name"):
-        spec["name"] = opts["name"]
-    if opts.get("force"):
-        spec["force"] = True
-    for option, (streams, append) in OUTPUT_OPTIONS.items():
-        if not opts.get(option):
-            continue
-        for stream in streams:
-            if f"{stream}_file" in spec:
+def cli_spec(args: dict, words: list[str]) -> dict:
+    """The spec of `grun [options] COMMAND...`: one word with shell syntax runs through /bin/sh."""
+    from .client import job_spec
+    extra = {}
+    for option, (streams, append) in OUTPUTS.items():
+        for stream in streams if args.get(option) else ():
+            if f"{stream}_file" in extra:
                 raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
-            spec[f"{stream}_file"], spec[f"{stream}_append"] = opts[option], append
-    parent = os.environ.get("GRUN_JOB_ID", "")
+            extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
+    parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
-        spec["parent"] = int(parent)
-    return spec
+        extra["parent"] = int(parent)
+    shell = len(words) == 1 and any(c in SHELL_CHARS for c in words[0])
+    return job_spec(words[0] if shell else list(words), cpus=args.get("cpus"), memory=args.get("memory"),
+                    priority=args.get("priority"), params=args.get("param"), name=args.get("name"),
+                    hosts=args.get("hosts"), pass_env=args.get("env"), requeue=not args.get("norequeue"),
+                    force=bool(args.get("force")), **extra)
 
 
-def _submit(client, args: dict, io: IO) -> int:
-    if "array" in args["opts"] or "cmds" in args["opts"]:
-        return _run_many(client, args, io)
-    job_id = client.submit_spec(build_spec(args["opts"], args["cmd"]))
-    io.print(f"Job_ID: {job_id}")
+@verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
+def do_run(ctx: Context, args: dict) -> int:
+    """run a command on the cluster and stream its output"""
+    if args.get("wait_existing") and not args.get("name"):
+        raise UsageError("-W waits for the job named by -j NAME; give -j too")
+    if args.get("nowait") or "array" in args or "cmds" in args:
+        return do_submit(ctx, args)
+    if not args.get("wait_existing"):
+        return _run_new(ctx, args)
+    from .client import GrunError
+    for _ in range(5):  # -j NAME -W: if a job of that name is live, wait for it and exit with its code
+        existing = ctx.client.lookup(args["name"])
+        if existing is not None:
+            if args.get("verbose"):
+                ctx.say(f"grun: job {existing} is named {args['name']}: waiting for it")
+            return wait_code(ctx, existing)
+        try:
+            return _run_new(ctx, args)
+        except GrunError as exc:
+            if "already exists" not in str(exc):
+                raise  # else: it was submitted meanwhile; wait for that one
+    raise GrunError(f"cannot submit or find the job named {args['name']!r}")
+
+
+@verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command, aliases="sub")
+def do_submit(ctx: Context, args: dict) -> int:
+    """queue a command and print its job id"""
+    if "array" in args or "cmds" in args:
+        return _run_many(ctx, dict(args, nowait=True))
+    ctx.print(f"Job_ID: {ctx.client.submit_spec(cli_spec(args, args['cmd']))}")
     return 0
 
 
-# ---- many jobs at once: --array IDS and --cmds FILE -------------------------------------------------
+def wait_code(ctx: Context, job_id: int) -> int:
+    """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
+    from . import limits
+    final = ctx.client.wait([job_id])[job_id]
+    note = limits.describe(final, job_id)
+    if note:
+        ctx.say(f"grun: {note}")
+    return int(final.get("exit", 1))
+
+
+def _raise_terminated(*_):
+    raise Terminated()
+
+
+def _run_new(ctx: Context, args: dict) -> int:
+    spec, submitted = cli_spec(args, args["cmd"]), []
+    verbose = args.get("verbose")
+
+    def on_submit(job_id):
+        submitted.append(job_id)
+        if verbose:
+            ctx.say(f"grun: job {job_id} queued")
+
+    def on_start(job):
+        if verbose:
+            ctx.say(f"grun: job {job['id']} {job['state']} on {job.get('node') or '-'}")
+
+    if ctx.cli:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+    ctx.out.flush()
+    client = ctx.client
+    try:
+        if args.get("noio"):  # no streams: submit, say when it starts if asked, wait for its code
+            on_submit(client.submit_spec(spec))
+            if verbose:
+                on_start(client.wait_started(submitted[0]))
+            return wait_code(ctx, submitted[0])
+        return client.run(spec, stdin_fd=ctx.stdin_fd, stdout_fd=ctx.stdout_fd, stderr_fd=ctx.stderr_fd,
+                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: ctx.say(f"grun: {m}"),
+                          on_note=lambda m: ctx.say(f"grun: {m}"))
+    except KeyboardInterrupt:
+        return _interrupted(ctx, submitted, signal.SIGINT, 130)
+    except Terminated:
+        return _interrupted(ctx, submitted, signal.SIGTERM, 143)
+    except BrokenPipeError:
+        return _interrupted(ctx, submitted, signal.SIGPIPE, 141, quiet=True)
+
+
+def _interrupted(ctx: Context, ids: list[int], sig: int, code: int, quiet: bool = False) -> int:
+    """Kill what we started (on a new connection: the old one may be mid-reply) and say so."""
+    from .client import Client, GrunError
+    if ctx.cli:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if ids:
+        try:
+            Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
+        except GrunError as exc:
+            ctx.say(f"grun: could not kill job{'s' if len(ids) > 1 else ''} {ids[0]}"
+                    f"{'-' + str(ids[-1]) if len(ids) > 1 else ''}: {exc}")
+    if not quiet:
+        ctx.say(f"grun: {len(ids)} jobs killed" if len(ids) > 1 else
+                f"grun: job {ids[0]} killed" if ids else "grun: interrupted")
+    try:
+        ctx.out.flush()
+    except BrokenPipeError:
+        pass
+    return code
+
+
+# ---- many jobs at once: --array IDS and --cmds FILE ----------------------------------------------
 
 SUBMIT_BATCH = 1000  # specs per submit_many call: one disk commit on the master each
 
 
-def _task_specs(opts: dict, words: list[str], io: IO) -> list[dict]:
+def _task_specs(ctx: Context, args: dict) -> list[dict]:
     """One spec per task: the same command with $GRUN_TASK_ID set (--array), or one per line of a file
     (--cmds, GRUN_TASK_ID = the line number). %a in output file names becomes the task id."""
-    if "array" in opts and "cmds" in opts:
+    if "array" in args and "cmds" in args:
         raise UsageError("give --array or --cmds, not both")
-    if opts.get("name") or opts.get("wait_existing"):
+    if args.get("name") or args.get("wait_existing"):
         raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
-    if "cmds" in opts:
-        if words:
-            raise UsageError(f"--cmds takes its commands from {opts['cmds']}; unexpected: {' '.join(words)}")
-        tasks = [(number, [line]) for number, line in _command_lines(opts["cmds"], io)]
+    if "cmds" in args:
+        if args["cmd"]:
+            raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
+        tasks = [(number, [line]) for number, line in _command_lines(ctx, args["cmds"])]
         if not tasks:
-            raise UsageError(f"no commands in {opts['cmds']}")
+            raise UsageError(f"no commands in {args['cmds']}")
     else:
-        tasks = [(task, words) for task in opts["array"]]
-    base = build_spec(opts, tasks[0][1])
+        tasks = [(task, args["cmd"]) for task in args["array"]]
+    base = cli_spec(args, tasks[0][1])
     specs = []
     for task, cmd in tasks:
         spec = dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task)))
-        if "cmds" in opts:
+        if "cmds" in args:
             spec["shell"] = True  # a line is a shell command line, like a line of a script
         for key in ("stdout_file", "stderr_file"):
             if key in spec:
@@ -379,286 +446,147 @@ def _task_specs(opts: dict, words: list[str], io: IO) -> list[dict]:
     return specs
 
 
-def _command_lines(path: str, io: IO) -> list[tuple[int, str]]:
+def _command_lines(ctx: Context, path: str) -> list[tuple[int, str]]:
     """The non-blank, non-comment lines of a file (or stdin for '-'), with their line numbers."""
+    if path == "-" and ctx.stdin_fd is None:
+        raise UsageError("--cmds -: no standard input to read commands from")
     try:
-        if path == "-":
-            if io.stdin_fd is None:
-                raise UsageError("--cmds -: no standard input to read commands from")
-            with os.fdopen(os.dup(io.stdin_fd), encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-        else:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+        with (os.fdopen(os.dup(ctx.stdin_fd), encoding="utf-8", errors="surrogateescape") if path == "-" else
+              open(path, encoding="utf-8", errors="surrogateescape")) as f:
+            text = f.read()
     except OSError as exc:
         raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _run_many(client, args: dict, io: IO) -> int:
+def _run_many(ctx: Context, args: dict) -> int:
     """--array / --cmds: submit every task in batches (one master call and one disk commit per
     SUBMIT_BATCH), print each job id; without --nowait, wait for them all and exit with the first
     non-zero exit code, in task order. Their output is not streamed: -o/--err with %a keep it."""
-    opts = args["opts"]
-    specs = _task_specs(opts, args["cmd"], io)
-    ids: list[int] = []
+    specs, ids, failed = _task_specs(ctx, args), [], []
     try:
         for start in range(0, len(specs), SUBMIT_BATCH):
-            batch = client.submit_many(specs[start:start + SUBMIT_BATCH])
+            batch = ctx.client.submit_many(specs[start:start + SUBMIT_BATCH])
             ids.extend(batch)
-            if opts.get("nowait") or opts.get("verbose"):
-                io.print("\n".join(f"Job_ID: {i}" for i in batch))
-        if opts.get("nowait"):
+            if args.get("nowait") or args.get("verbose"):
+                ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
+        if args.get("nowait"):
             return 0
-        failed = []
         for job_id in ids:  # one by one: each wait is O(1) on the master, a wait on all is O(jobs)
-            final = client.wait([job_id])[job_id]
-            if int(final.get("exit", 1)):
-                failed.append((job_id, int(final.get("exit", 1))))
+            code = int(ctx.client.wait([job_id])[job_id].get("exit", 1))
+            if code:
+                failed.append((job_id, code))
     except KeyboardInterrupt:
-        return _interrupted_many(client, ids, io)
+        return _interrupted(ctx, ids, signal.SIGINT, 130)
     if failed:
         shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        io.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
+        ctx.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
         return failed[0][1]
     return 0
 
 
-def _interrupted_many(client, ids: list[int], io: IO) -> int:
-    if ids:
-        from .client import Client, GrunError
-        try:
-            Client(client.host, client.port, connect_wait=5.0).kill(ids, signal.SIGINT)
-        except GrunError as exc:
-            io.say(f"grun: could not kill jobs {ids[0]}-{ids[-1]}: {exc}")
-        io.say(f"grun: {len(ids)} jobs killed")
-    return 130
-
-
-def _raise_terminated(*_):
-    raise Terminated()
-
-
-def _run(client, args: dict, io: IO) -> int:
-    opts = args["opts"]
-    if opts.get("wait_existing") and not opts.get("name"):
-        raise UsageError("-W waits for the job named by -j NAME; give -j too")
-    if opts.get("nowait") or "array" in opts or "cmds" in opts:
-        return _submit(client, args, io)
-    if opts.get("wait_existing"):
-        return _run_or_wait_named(client, args, io)
-    return _run_new(client, args, io)
-
-
-def _run_or_wait_named(client, args: dict, io: IO) -> int:
-    """`-j NAME -W`: if a job of that name is live, wait for it and exit with its code; else run."""
-    from .client import GrunError
-    name = args["opts"]["name"]
-    for _ in range(5):
-        existing = client.lookup(name)
-        if existing is not None:
-            if args["opts"].get("verbose"):
-                io.say(f"grun: job {existing} is named {name}: waiting for it")
-            return wait_code(client, existing, io)
-        try:
-            return _run_new(client, args, io)
-        except GrunError as exc:
-            if "already exists" not in str(exc):
-                raise  # else: it was submitted meanwhile; wait for that one
-    raise GrunError(f"cannot submit or find the job named {name!r}")
-
-
-def wait_code(client, job_id: int, io: IO) -> int:
-    """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
-    from . import limits
-    final = client.wait([job_id])[job_id]
-    note = limits.describe(final, job_id)
-    if note:
-        io.say(f"grun: {note}")
-    return int(final.get("exit", 1))
-
-
-def _run_new(client, args: dict, io: IO) -> int:
-    opts = args["opts"]
-    spec = build_spec(opts, args["cmd"])
-    state = {"id": None}
-
-    def on_submit(job_id):
-        state["id"] = job_id
-        if opts.get("verbose"):
-            io.say(f"grun: job {job_id} queued")
-
-    def on_start(job):
-        if opts.get("verbose"):
-            io.say(f"grun: job {job['id']} {job['state']} on {job.get('node') or '-'}")
-
-    if io.cli:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
-    io.out.flush()
+@verb("[--tail] ID", "tail", one_id)
+def do_attach(ctx: Context, args: dict) -> int:
+    """stream a job's output (from the start, or --tail: from now) and its exit code; Ctrl-C detaches"""
+    ctx.out.flush()
     try:
-        if opts.get("noio"):  # no streams: submit, say when it starts if asked, wait for its code
-            on_submit(client.submit_spec(spec))
-            if opts.get("verbose"):
-                on_start(client.wait_started(state["id"]))
-            return wait_code(client, state["id"], io)
-        return client.run(spec, stdin_fd=io.stdin_fd, stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
-                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: io.say(f"grun: {m}"),
-                          on_note=lambda m: io.say(f"grun: {m}"))
+        return ctx.client.follow(args["id"], stdout_fd=ctx.stdout_fd, stderr_fd=ctx.stderr_fd,
+                                 tail=bool(args.get("tail")), on_note=lambda m: ctx.say(f"grun: {m}"))
     except KeyboardInterrupt:
-        return _interrupted(client, state["id"], signal.SIGINT, 130, io)
-    except Terminated:
-        return _interrupted(client, state["id"], signal.SIGTERM, 143, io)
-    except BrokenPipeError:
-        return _interrupted(client, state["id"], signal.SIGPIPE, 141, io, quiet=True)
-
-
-def _interrupted(client, job_id, sig, code, io: IO, quiet=False) -> int:
-    if io.cli:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if job_id is not None:
-        from .client import Client, GrunError
-        try:
-            Client(client.host, client.port, connect_wait=5.0).kill([job_id], sig)
-        except GrunError as exc:
-            io.say(f"grun: could not kill job {job_id}: {exc}")
-    if not quiet:
-        io.say(f"grun: job {job_id} killed" if job_id else "grun: interrupted")
-    try:
-        io.out.flush()
-    except BrokenPipeError:
-        pass
-    return code
-
-
-def _attach_args(words: list[str], called: str) -> dict:
-    tail = "--tail" in words
-    args = _one_id([w for w in words if w != "--tail"], called)
-    args["tail"] = tail
-    return args
-
-
-def _attach(client, args: dict, io: IO) -> int:
-    io.out.flush()
-    try:
-        return client.follow(args["id"], stdout_fd=io.stdout_fd, stderr_fd=io.stderr_fd,
-                             tail=args.get("tail", False), on_note=lambda m: io.say(f"grun: {m}"))
-    except KeyboardInterrupt:
-        io.say(f"grun: detached from job {args['id']} (it keeps running)")
+        ctx.say(f"grun: detached from job {args['id']} (it keeps running)")
         return 130
 
 
-# ---- queries and control ---------------------------------------------------------------------
+# ---- queries and control ---------------------------------------------------------------------------
 
-def _jobs(client, args: dict, io: IO) -> int:
-    io.print(jobs_table(client.jobs()))
+@verb(aliases="j")
+def do_jobs(ctx: Context, args: dict) -> int:
+    """the queued and running jobs"""
+    ctx.print(jobs_table(ctx.client.jobs()))
     return 0
 
 
-def _status(client, args: dict, io: IO) -> int:
-    io.print(nodes_table(client.nodes()))
+@verb(aliases="nodes s")
+def do_status(ctx: Context, args: dict) -> int:
+    """the nodes (state, free cpus and memory, running jobs) and the master's warnings"""
+    from .client import NotSupported
+    ctx.print(nodes_table(ctx.client.nodes()))
+    try:  # TODO(before the report): the master's health() is on the master helper's branch
+        problems = ctx.client.health()
+    except NotSupported:
+        problems = []
+    for problem in problems:
+        ctx.print(f"warning: {problem}")
     return 0
 
 
-def _history(client, args: dict, io: IO) -> int:
-    jobs = client.history(args.get("count", 20), args.get("user"), args.get("grep"))
+@verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", "count user grep long json", aliases="hist h")
+def do_history(ctx: Context, args: dict) -> int:
+    """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory"""
+    jobs = ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))
     if args.get("json"):
         import json
-        io.print(json.dumps(jobs, indent=1, sort_keys=True))
-    elif args.get("long"):
-        io.print(history_long(jobs))
+        ctx.print(json.dumps(jobs, indent=1, sort_keys=True))
     else:
-        io.print(history_table(jobs))
+        ctx.print(history_long(jobs) if args.get("long") else history_table(jobs))
     return 0
 
 
-def _wait(client, args: dict, io: IO) -> int:
-    ids = args["ids"]
-    done = client.wait(ids)
-    codes = [int(done[i].get("exit", 1)) for i in ids]
-    return next((c for c in codes if c), 0)
+@verb("ID...", words=job_ids)
+def do_wait(ctx: Context, args: dict) -> int:
+    """wait until jobs finish; exits with the first non-zero code"""
+    done = ctx.client.wait(args["ids"])
+    return next((code for code in (int(done[i].get("exit", 1)) for i in args["ids"]) if code), 0)
 
 
-def _report_missing(found: dict, io: IO) -> int:
+def _missing(ctx: Context, found: dict) -> int:
     missing = [i for i, ok in found.items() if not ok]
     for job_id in missing:
-        io.say(f"grun: no such job {job_id}")
+        ctx.say(f"grun: no such job {job_id}")
     return 1 if missing else 0
 
 
-def _kill(client, args: dict, io: IO) -> int:
-    return _report_missing(client.kill(args["ids"], args.get("signal", signal.SIGTERM), args.get("force", False)), io)
+@verb("[-n SIG] [--force] ID... | -j NAME", "signal force name", ids_or_name)
+def do_kill(ctx: Context, args: dict) -> int:
+    """kill jobs (queued or running)"""
+    ids = args["ids"]
+    if args.get("name"):
+        found = ctx.client.lookup(args["name"])
+        if found is None:
+            return ctx.fail(f"no job named {args['name']!r}")
+        ids = [*ids, found]
+    return _missing(ctx, ctx.client.kill(ids, args.get("signal", signal.SIGTERM), bool(args.get("force"))))
 
 
-def _hold(client, args: dict, io: IO) -> int:
-    return _report_missing(client.hold(args["ids"]), io)
+@verb("ID...", words=job_ids)
+def do_hold(ctx: Context, args: dict) -> int:
+    """hold queued jobs, suspend running ones"""
+    return _missing(ctx, ctx.client.hold(args["ids"]))
 
 
-def _resume(client, args: dict, io: IO) -> int:
-    return _report_missing(client.resume(args["ids"]), io)
+@verb("ID...", words=job_ids)
+def do_resume(ctx: Context, args: dict) -> int:
+    """release held jobs, continue suspended ones"""
+    return _missing(ctx, ctx.client.resume(args["ids"]))
 
 
-def _edit(client, args: dict, io: IO) -> int:
-    return _report_missing(client.edit(args["ids"], args["changes"]), io)
+@verb("KEY=VALUE[,KEY=VALUE] ID...", words=changes)
+def do_edit(ctx: Context, args: dict) -> int:
+    """change queued jobs: priority, cpus, memory, hosts, params"""
+    return _missing(ctx, ctx.client.edit(args["ids"], args["changes"]))
 
 
-def _why(client, args: dict, io: IO) -> int:
-    io.print(client.why(args["id"]))
+@verb("ID", words=one_id)
+def do_why(ctx: Context, args: dict) -> int:
+    """why a queued job is not running"""
+    ctx.print(ctx.client.why(args["id"]))
     return 0
 
 
-def _opts(*names: str) -> tuple[str, ...]:
-    return names
-
-
-_JOB_OPTIONS = tuple(f"--{o.long}" for o in OPTIONS if o.dest not in NOT_JOB_OPTIONS)
-
-VERBS: list[Verb] = [
-    Verb("run", "run a command on the cluster and stream its output", "[options] COMMAND [ARGS...]",
-         _run, _job_command, options=_JOB_OPTIONS, completes="command"),
-    Verb("submit", "queue a command and print its job id", "[options] COMMAND [ARGS...]",
-         _submit, _job_command, aliases=("sub",), options=_JOB_OPTIONS, completes="command"),
-    Verb("jobs", "the queued and running jobs", "", _jobs, _no_args, aliases=("j",)),
-    Verb("status", "the nodes: state, free cpus and memory, running jobs", "", _status, _no_args,
-         aliases=("nodes", "s")),
-    Verb("history", "finished jobs, newest last: exit, node, queue wait, wall, cpu, memory",
-         "[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", _history,
-         _history_args, aliases=("hist", "h"), options=_opts("--count", "--user", "--json", "--long", "--grep")),
-    Verb("wait", "wait until jobs finish; exits with the first non-zero code", "ID...", _wait, _ids,
-         completes="jobs"),
-    Verb("kill", "kill jobs (queued or running)", "[-n SIG] [--force] ID...", _kill, _kill_args,
-         options=_opts("--signal", "--force"), completes="jobs"),
-    Verb("hold", "hold queued jobs, suspend running ones", "ID...", _hold, _ids, completes="jobs"),
-    Verb("resume", "release held jobs, continue suspended ones", "ID...", _resume, _ids, completes="jobs"),
-    Verb("edit", "change queued jobs: priority, cpus, memory, hosts, params", "KEY=VALUE[,KEY=VALUE] ID...",
-         _edit, _edit_args, completes="jobs"),
-    Verb("attach", "stream a job's output (from the start, or --tail: from now) and its exit code; "
-         "Ctrl-C detaches", "[--tail] ID", _attach, _attach_args, options=_opts("--tail"), completes="jobs"),
-    Verb("why", "why a queued job is not running", "ID", _why, _one_id, completes="jobs"),
-]
-
-BY_NAME: dict[str, Verb] = {}
-for _v in VERBS:
-    for _n in (_v.name, *_v.aliases):
-        BY_NAME[_n] = _v
-
-
-def find(name: str) -> Verb | None:
-    return BY_NAME.get(name)
-
-
-def add(verb: Verb) -> None:
-    """Add a verb to the table (for the shell's own verbs and plugins)."""
-    VERBS.append(verb)
-    for n in (verb.name, *verb.aliases):
-        BY_NAME[n] = verb
-
-
-def usage(verb: Verb) -> str:
-    """A few lines for `help VERB`: the usage, the help line, the aliases."""
-    lines = [f"{verb.name} {verb.usage}".rstrip(), f"    {verb.help}"]
-    if verb.aliases:
-        lines.append(f"    aliases: {', '.join(verb.aliases)}")
-    return "\n".join(lines)
+@verb()
+def do_conf(ctx: Context, args: dict) -> int:
+    """the config in effect here: each value and where it came from"""
+    from .config import describe
+    ctx.print(describe(ctx.cfg).rstrip("\n"))
+    return 0

@@ -1,5 +1,5 @@
 """The `grun` client's fast path: what a `grun CMD` process imports, the config fast path that reads
-a plain config file without PyYAML, and registry.WireProxy, the client's own Pyro5 wire protocol.
+a plain config file without PyYAML, and the quick exit (the wire protocol: tests/test_wire.py).
 
 Every module the client imports is paid by every `grun` call (bench/README.md, scenario 2), so these
 tests fail when a heavy import creeps back onto that path.
@@ -11,14 +11,11 @@ import os
 import random
 import subprocess
 import sys
-import time
 
-import Pyro5.api
 import pytest
 import yaml
 
 import grun
-from grun import registry
 from grun.config import _read_simple, load_config
 
 # Not needed to submit or run a job: daemons' defaults (psutil), YAML (only for unusual config files),
@@ -121,76 +118,6 @@ def test_fast_config_reader_agrees_with_pyyaml():
     for _ in range(20000):
         lines = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 9))) for _ in range(rnd.randint(1, 3))]
         _same_as_yaml("\n".join(f"k{i}: {v}" if rnd.random() < 0.9 else v for i, v in enumerate(lines)) + "\n")
-
-
-# ---- WireProxy against a real Pyro5 daemon --------------------------------------------------------
-
-@Pyro5.api.expose
-class Echo:
-    def echo(self, *args, **kwargs):
-        return [list(args), kwargs]
-
-    def missing(self, key):
-        raise LookupError(f"no job {key}")
-
-    def refuse(self):
-        raise ValueError("bad request")
-
-    def custom(self):
-        raise registry.RemoteFailure("a grun-side failure")
-
-    def slow(self, secs):
-        time.sleep(secs)
-        return "late"
-
-    def big(self, n):
-        return b"x" * n
-
-
-@pytest.fixture(scope="module")
-def echo_uri():
-    daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
-    uri = str(daemon.register(Echo(), "grun.test.echo"))
-    registry.serve_in_thread(daemon, "echo")
-    yield uri
-    daemon.shutdown()
-
-
-def test_wire_proxy_calls_and_errors(echo_uri):
-    with registry.WireProxy(echo_uri) as p:
-        assert p.echo(1, "a", b"\x00", [1.5, None], {"k": True}) == [[1, "a", b"\x00", [1.5, None], {"k": True}], {}]
-        assert p.echo(x=2) == [[], {"x": 2}]
-        assert p.echo({3}) == [[[3]], {}]
-        with pytest.raises(TypeError, match="cannot send a object"):
-            p.echo(object())
-        assert p.echo(5) == [[5], {}]
-        assert len(p.big(5 << 20)) == 5 << 20
-        with pytest.raises(LookupError, match="no job 7"):
-            p.missing(7)
-        with pytest.raises(ValueError, match="bad request"):
-            p.refuse()
-        with pytest.raises(registry.RemoteError, match="a grun-side failure"):
-            p.custom()
-        with pytest.raises(AttributeError, match="nope"):
-            p.nope()
-        assert p.echo(3) == [[3], {}]  # the connection survives remote errors
-        p._pyroTimeout = 0.3
-        with pytest.raises(registry.CallTimeout) as err:
-            p.slow(1.0)
-        assert registry.is_unreachable(err.value) and registry.may_have_arrived(err.value)
-        p._pyroTimeout = 10
-        assert p.echo(4) == [[4], {}]  # reconnected; the late answer was not taken for this one
-
-
-def test_wire_proxy_unreachable_and_unknown_object(echo_uri):
-    from cluster import free_port
-    with pytest.raises(ConnectionError) as err:
-        registry.WireProxy(f"PYRO:x@127.0.0.1:{free_port()}", timeout=2).echo()
-    assert registry.is_unreachable(err.value) and not registry.may_have_arrived(err.value)
-    other = echo_uri.replace("grun.test.echo", "grun.job.424242")
-    with pytest.raises(registry.CallRejected, match="unknown object"):
-        registry.WireProxy(other).echo()
-    assert registry.parse_uri("PYRO:grun.master@[::1]:5184") == ("grun.master", "::1", 5184)
 
 
 def test_when_grun_returns_the_master_has_the_jobs_end(cluster):

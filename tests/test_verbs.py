@@ -9,17 +9,18 @@ import sys
 import pytest
 
 from grun import calls, cli, shell, verbs
-from grun.options import UsageError
+from grun.options import OPTIONS, UsageError
 from grun.remote_worker import RESULT_MARK
 
 
 def test_every_verb_has_a_name_help_usage_parser_and_runner():
-    names = [n for v in verbs.VERBS for n in (v.name, *v.aliases)]
+    names = [n for v in verbs.VERBS.values() for n in (v.name, *v.aliases)]
     assert len(names) == len(set(names)), "a name or alias is used twice"
-    for verb in verbs.VERBS:
+    for verb in verbs.VERBS.values():
         assert verb.help and "\n" not in verb.help
-        assert callable(verb.run) and callable(verb.parse)
+        assert callable(verb.run) and callable(verb.words)
         assert verbs.find(verb.name) is verb
+        assert set(verb.options) <= {o.long for o in OPTIONS}, "a verb's options come from the one table"
     for name in ("run", "submit", "jobs", "status", "history", "kill", "hold", "resume", "edit", "wait",
                  "attach", "why", "help", "exit", "watch", "top"):
         assert verbs.find(name) is not None, name
@@ -41,26 +42,28 @@ def test_the_command_lines_forms_are_verbs_of_the_table():
     ("jobs", [], {}),
 ])
 def test_parsers(verb, words, expected):
-    args = verbs.find(verb).parse(words, verb)
+    args = verbs.parse(verbs.find(verb), words)
     assert {k: args[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize("verb,words,needle", [
     ("kill", [], "needs job ids"), ("kill", ["x1"], "x1"), ("wait", ["0"], "0"), ("why", ["1", "2"], "one"),
     ("jobs", ["extra"], "no arguments"), ("history", ["--bogus"], "--bogus"), ("edit", ["3"], "KEY=VALUE"),
-    ("run", [], "needs a command"), ("run", ["-q", "jobs"], "--query"), ("run", ["-c", "lots", "x"], "-c"),
+    ("run", [], "no command"), ("run", ["-q", "jobs"], "--query"), ("run", ["-c", "lots", "x"], "-c"),
+    ("kill", ["3", "--json"], "--json"), ("history", ["-c", "x"], "-c"),
 ])
 def test_parse_errors_are_usage_errors(verb, words, needle):
     with pytest.raises(UsageError) as err:
-        verbs.find(verb).parse(words, verb)
+        verbs.parse(verbs.find(verb), words)
     assert needle in str(err.value)
 
 
 def test_run_takes_the_command_lines_job_options():
-    args = verbs.find("run").parse(["-c", "2", "-m", "1G", "echo", "-c", "x"], "run")
-    assert args["opts"]["cpus"] == 2 and args["opts"]["memory"] == 1024
+    args = verbs.parse(verbs.find("run"), ["-c", "2", "-m", "1G", "echo", "-c", "x"])
+    assert args["cpus"] == 2 and args["memory"] == 1024
     assert args["cmd"] == ["echo", "-c", "x"]
-    spec = verbs.build_spec(args["opts"], args["cmd"])
+    assert verbs.parse(verbs.find("kill"), ["3", "-n", "KILL", "4"])["ids"] == [3, 4], "options anywhere"
+    spec = verbs.cli_spec(args, args["cmd"])
     assert (spec["cmd"], spec["shell"], spec["cpus"], spec["memory"]) == (["echo", "-c", "x"], False, 2, 1024)
 
 
@@ -75,7 +78,7 @@ def test_run_takes_the_command_lines_job_options():
 def test_the_shell_leaves_shell_syntax_to_the_node(line, cmd):
     import shlex
     words = shlex.split(line)
-    args = verbs.find(words[0]).parse(words[1:], words[0])
+    args = verbs.parse(verbs.find(words[0]), words[1:])
     assert shell._command(line, len(words) - len(args["cmd"]), args["cmd"]) == cmd
 
 
@@ -140,8 +143,9 @@ def test_import_grun_is_cheap():
         getattr(grun, "no_such_name")  # noqa: B009 - the lookup is what is tested
 
 
-def test_a_verb_the_master_lacks_is_one_clear_line():
-    """An older master (here: one that only answers ping and jobs) gets 'not available', not a Pyro5 error."""
+def test_a_missing_method_is_not_supported_and_a_broken_one_is_a_bug():
+    """Only Pyro5's own "no such method" answer means a master lacks a verb (issue 10, bug 5): an
+    AttributeError raised inside a method, even one naming the method, is reported as the failure it is."""
     import io
 
     import Pyro5.api
@@ -150,24 +154,30 @@ def test_a_verb_the_master_lacks_is_one_clear_line():
     from grun.client import Client
 
     @Pyro5.api.expose
-    class OldMaster:
-        def ping(self):
-            return "grun.master"
-
+    class PartialMaster:
         def jobs(self):
             return []
 
+        def hold(self, ids):
+            return self.table.hold(ids)  # a bug: "'PartialMaster' object has no attribute 'table'"
+
+        def resume(self, ids):
+            raise AttributeError("resume: 'JobTable' object has no attribute 'resume'")
+
     daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
-    daemon.register(OldMaster(), registry.MASTER_NAME)
-    registry.serve_in_thread(daemon, "old-master")
+    daemon.register(PartialMaster(), registry.MASTER_NAME)
+    registry.serve_in_thread(daemon, "partial-master")
     try:
         host, port = daemon.locationStr.rsplit(":", 1)
         out, err = io.StringIO(), io.StringIO()
-        sh = shell.Shell(Client(host, int(port), connect_wait=1), verbs.IO(out=out, err=err))
-        codes = [sh.execute(line) for line in ("hold 3", "resume 3", "why 3", "edit priority=1 3", "jobs")]
+        client = Client(host, int(port), connect_wait=1)
+        sh = shell.Shell(verbs.Context(lambda: client, out=out, err=err))
+        codes = [sh.execute(line) for line in ("why 3", "edit priority=1 3", "hold 3", "resume 3", "jobs")]
     finally:
         daemon.shutdown()
     assert codes == [1, 1, 1, 1, 0]
-    assert err.getvalue().splitlines() == [f"grun: {v} is not available on this master"
-                                           for v in ("hold", "resume", "why", "edit")]
+    lines = err.getvalue().splitlines()
+    assert lines[:2] == [f"grun: {v} is not available on the master at {host}:{port}" for v in ("why", "edit")]
+    assert lines[2:] == [f"grun: master at {host}:{port}: 'PartialMaster' object has no attribute 'table'",
+                         f"grun: master at {host}:{port}: resume: 'JobTable' object has no attribute 'resume'"]
     assert out.getvalue().startswith("ID ")

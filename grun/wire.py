@@ -1,0 +1,271 @@
+"""The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
+
+The `grun` command and `grun.Client` call the actors through `WireProxy` instead of `Pyro5.api.Proxy`:
+importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...), a large part of a
+`grun true`. The daemons keep Pyro5 (grun/registry.py). tests/test_wire.py holds this module to real
+Pyro5 daemons of every version pyproject.toml allows.
+
+What a call can fail with, whichever proxy made it (`is_unreachable`, `may_have_arrived`):
+- unreachable: a ConnectionError (or socket error) before the request went out; retrying is safe;
+- CallBroken: the connection failed after the request went out (CallTimeout: no answer in time), so
+  the peer may have acted on it; a submission is retried with its token;
+- CallRejected: the peer's daemon has no object of that name (a job's actor that is gone);
+- Garbled: not a reply we can read; retrying gets the same;
+- NoSuchMethod: the object has no method of that name (Pyro5's own lookup failed, not the method);
+- a builtin exception raised by the remote method, rebuilt as itself (LookupError: no such job,
+  ValueError: a refused request), or RemoteError for any other exception class.
+grun.client maps these to grun's own exceptions, in one place.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+
+CONNECT_TIMEOUT = 5.0
+
+
+class CallBroken(ConnectionError):
+    """The connection failed after the request went out: the peer may have acted on it."""
+
+
+class CallTimeout(CallBroken, TimeoutError):
+    """No answer within the proxy's timeout: the peer may be working on the request, or gone."""
+
+
+class CallRejected(ConnectionError):
+    """The peer's daemon refused the connection or the call (no object of that name there)."""
+
+
+class Garbled(Exception):
+    """The peer sent something that is not a Pyro5 reply we can read; retrying gets the same."""
+
+
+class NoSuchMethod(AttributeError):
+    """The remote object has no (exposed) method of that name."""
+
+
+class RemoteError(Exception):
+    """An exception raised by the remote method whose class is not a Python builtin."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a call failed for want of its peer (so it may succeed later), from a WireProxy or a
+    Pyro5 proxy."""
+    pyro_errors = sys.modules.get("Pyro5.errors")  # a Pyro5 error can only come from a loaded Pyro5
+    if pyro_errors is not None:
+        if isinstance(exc, pyro_errors.SerializeError):
+            return False  # the peer answered with something we cannot decode: retrying gets the same answer
+        if isinstance(exc, pyro_errors.CommunicationError):
+            return True
+    return not isinstance(exc, Garbled) and isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+def may_have_arrived(exc: BaseException) -> bool:
+    """Whether a call that failed this way may have reached the peer (the connection broke after the
+    request was sent, or the answer did not come in time)."""
+    if isinstance(exc, CallBroken):
+        return True
+    pyro_errors = sys.modules.get("Pyro5.errors")
+    return pyro_errors is not None and isinstance(exc, (pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError))
+
+
+# Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
+_HEADER = struct.Struct("!4sHBBHHII16sHH")
+_VERSION, _MAGIC, _MSGPACK = 502, 0x4DC5, 4
+_CONNECT, _CONNECTOK, _CONNECTFAIL, _INVOKE, _RESULT = 1, 2, 3, 4, 5
+_EXCEPTION, _COMPRESSED, _ONEWAY, _ITEMSTREAM = 1, 2, 4, 16
+_MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def _message(kind: int, flags: int, seq: int, payload: bytes) -> bytes:
+    return _HEADER.pack(b"PYRO", _VERSION, kind, _MSGPACK, flags, seq, len(payload), 0, bytes(16), 0, _MAGIC) + payload
+
+
+def parse_uri(uri: str) -> tuple[str, str, int]:
+    """"PYRO:object@host:port" (host may be "[v6]") -> (object, host, port)."""
+    obj, at, location = uri[5:].rpartition("@") if uri.startswith("PYRO:") else ("", "", "")
+    host, _, port = location.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not at or not obj or not host or not port.isdigit():
+        raise ValueError(f"not a PYRO: uri: {uri!r}")
+    return obj, host, int(port)
+
+
+class WireProxy:
+    """A proxy for one remote Pyro5 object: `proxy.method(*args)` calls, one at a time, each under
+    `_pyroTimeout`. Not thread-safe (as Pyro5 proxies are not): one per thread. Any failure mid-call
+    closes the connection, so that a late answer can never be taken for the next call's; the next
+    call reconnects. A new connection sends its handshake and first call together (one round trip)."""
+
+    def __init__(self, uri: str, timeout: float = 10.0):
+        self._pyroUri = uri
+        self._object, self._host, self._port = parse_uri(uri)
+        self._pyroTimeout = timeout
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return f"<WireProxy {self._pyroUri}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pyroRelease()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._call(name, args, kwargs)
+
+    def _pyroRelease(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _pyroOneway(self, method: str, *args) -> None:
+        """Send a call and do not wait for its answer (Pyro5 runs it in a thread of its own)."""
+        self._call(method, args, {}, oneway=True)
+
+    def _call(self, method: str, args, kwargs, oneway: bool = False):
+        import msgpack
+        where = f"{method} to {self._host}:{self._port}"
+        request = msgpack.packb((self._object, method, list(args), kwargs), use_bin_type=True, default=_plain)
+        handshake = b""
+        if self._sock is None:
+            # a connect slower than CONNECT_TIMEOUT is a peer that is not there: the caller's retry loop
+            # decides, not a 90 s call timeout
+            try:
+                self._sock = socket.create_connection((_ascii(self._host), self._port),
+                                                      timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
+            except OSError as exc:
+                raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._seq = 0
+            hello = msgpack.packb({"handshake": "hello", "object": self._object}, use_bin_type=True)
+            handshake = _message(_CONNECT, 0, 0, hello)
+        self._seq = (self._seq + 1) & 0xFFFF
+        sock, sent = self._sock, False
+        try:
+            sock.settimeout(self._pyroTimeout)
+            sock.sendall(handshake + _message(_INVOKE, _ONEWAY if oneway else 0, self._seq, request))
+            sent = True
+            if handshake:
+                # As with a Pyro5 proxy, a peer that accepted the connection and then went away (or
+                # stalled) without a word may have had our request: a submission waits for it to return.
+                kind, _, _, data = _receive(sock)
+                if kind == _CONNECTFAIL:
+                    raise CallRejected(f"connection to {self._host}:{self._port} rejected: {_loads(data)}")
+                if kind != _CONNECTOK:
+                    raise Garbled(f"unexpected message type {kind} in the handshake")
+            if oneway:
+                return None
+            kind, flags, seq, data = _receive(sock)
+            if kind != _RESULT or seq != self._seq or flags & _ITEMSTREAM:
+                raise Garbled(f"unexpected reply (type {kind}, sequence {seq}, flags {flags}) to {method}")
+        except BaseException as exc:
+            self._pyroRelease()
+            if isinstance(exc, TimeoutError):
+                raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
+            if isinstance(exc, OSError) and not isinstance(exc, CallRejected):
+                raise (CallBroken if sent else ConnectionError)(f"{where}: {exc}") from None
+            raise
+        result = _loads(data)
+        if flags & _EXCEPTION:
+            raise _exception(result)
+        return result
+
+
+def _receive(sock: socket.socket) -> tuple[int, int, int, bytes]:
+    from .stream import _recv_exact
+    header = _recv_exact(sock, _HEADER.size)
+    if header is None:
+        raise ConnectionResetError("connection closed by the peer")
+    tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(header)
+    if tag != b"PYRO" or version != _VERSION or magic != _MAGIC:
+        raise Garbled("not a Pyro5 (protocol 502) peer")
+    if size + ann_size > _MAX_MESSAGE or serializer != _MSGPACK:
+        raise Garbled(f"a reply of {size + ann_size} bytes in serializer {serializer}")
+    body = _recv_exact(sock, ann_size + size)
+    if body is None:
+        raise ConnectionResetError("connection closed by the peer")
+    body = body[ann_size:]  # annotations: none that we use
+    if flags & _COMPRESSED:
+        import zlib
+        body = zlib.decompress(body)
+    return kind, flags, seq, body
+
+
+def _ascii(host: str) -> str | bytes:
+    """A host name as getaddrinfo takes it without the "idna" codec, whose import costs ~1.3 ms (a str
+    host always goes through it); non-ASCII names keep their IDNA encoding."""
+    return host.encode("ascii") if host.isascii() else host
+
+
+def _plain(obj):
+    """What msgpack cannot pack by itself, as Pyro5's msgpack serializer sends it."""
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__} to a grun daemon")
+
+
+def _ext(code: int, data: bytes):
+    """Pyro5's msgpack extension types (Pyro5/serializers.py, MsgpackSerializer.default)."""
+    if code == 0x30:
+        return complex(*struct.unpack("dd", data))
+    if code == 0x31:
+        return int(data)
+    if code in (0x32, 0x33):
+        import datetime
+        if code == 0x32:
+            return datetime.datetime.fromtimestamp(struct.unpack("d", data)[0])
+        return datetime.date.fromordinal(struct.unpack("l", data)[0])
+    raise Garbled(f"unknown msgpack extension type {code}")
+
+
+def _loads(data: bytes):
+    import msgpack
+    try:
+        return msgpack.unpackb(data, raw=False, ext_hook=_ext)
+    except Garbled:
+        raise
+    except Exception as exc:
+        raise Garbled(f"cannot decode the reply: {exc}") from None
+
+
+def _exception(data) -> BaseException:
+    """The remote exception as Pyro5 sends it: {"__class__": "builtins.KeyError", "args": [...],
+    "attributes": {"_pyroTraceback": [...]}}. Pyro5's own errors become those of a connection, as
+    with a Pyro5 proxy."""
+    import builtins
+    if not isinstance(data, dict):
+        return RemoteError(str(data))
+    module, _, name = str(data.get("__class__", "")).rpartition(".")
+    args = data.get("args") or []
+    text = " ".join(str(a) for a in args) or name
+    cls = getattr(builtins, name, None) if module == "builtins" else None
+    if cls is AttributeError and _in_method_lookup(data):
+        return NoSuchMethod(text)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(*args)
+        except Exception:
+            return RemoteError(f"{name}: {text}")
+    if module == "Pyro5.errors":
+        if name == "SerializeError":
+            return Garbled(text)
+        if name == "DaemonError":  # e.g. "unknown object": the actor is not (or no longer) there
+            return CallRejected(text)
+        if name in ("CommunicationError", "ConnectionClosedError", "TimeoutError", "ProtocolError"):
+            return ConnectionError(text)
+    return RemoteError(text)
+
+
+def _in_method_lookup(data: dict) -> bool:
+    """Whether an AttributeError was raised by the daemon looking the method up (Pyro5's
+    server._get_attribute: no such method, or not exposed), not by the method's own code."""
+    trace = (data.get("attributes") or {}).get("_pyroTraceback") or []
+    frames = [part for part in trace if isinstance(part, str) and part.lstrip().startswith("File ")]
+    return bool(frames) and "Pyro5" in frames[-1] and "in _get_attribute\n" in frames[-1]
