@@ -10,14 +10,13 @@ import sys
 
 from . import __version__
 from .config import ConfigError, find_config_path, load_config
-from .options import UsageError, help_text
+from .options import JOB_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
 
 EXIT_USAGE = 2
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
-GRUN_OPTIONS = ("cpus memory priority hosts env param name wait-existing file out err out-err out-append err-append "
-                "out-err-append noio force nowait norequeue array cmds verbose edit attach tail query kill signal "
-                "daemon foreground restart reload config help version").split()
+GRUN_OPTIONS = (*JOB_OPTIONS, "edit", "attach", "tail", "query", "kill", "signal", "daemon", "foreground", "restart",
+                "reload", "config", "help", "version")
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...|why ID|conf   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs

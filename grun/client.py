@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator, Sequence
 
 from . import wire
-from .core import jobs as J
 from .registry import job_name, master_uri
 
 # Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading,
@@ -95,8 +94,8 @@ class Client:
         self.address = format_hostport(self.host, self.port)
         self.connect_wait = connect_wait
         self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
+        self.long_wait = max(connect_wait, 3600.0)  # how long a wait rides through a master that is away
         self._answered = False
-        self._master = None
         if personal is not None and not self.reachable():  # else the daemon module is not even imported
             from .daemon import DaemonError, ensure_personal_cluster
             try:
@@ -107,27 +106,19 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.address!r})"
 
-    @property
-    def _master(self):
-        """This thread's proxy for the master (a proxy is one connection, used by one thread at a time)."""
-        return getattr(self._local, "master", None)
-
-    @_master.setter
-    def _master(self, value) -> None:
-        self._local.master = value
-
     def reset(self) -> None:
         """Drop this thread's connection (after an interrupted call); the next call reconnects."""
-        if self._master is not None:
-            self._master._pyroRelease()
-        self._master = None
+        proxy = self._local.__dict__.pop("proxy", None)
+        if proxy is not None:
+            proxy._pyroRelease()
 
     # ---- the master ----------------------------------------------------------------------------
 
-    def _proxy(self):
-        if self._master is None:
-            self._master = wire.WireProxy(master_uri(self.host, self.port), timeout=self.call_timeout)
-        return self._master
+    def _proxy(self) -> wire.WireProxy:
+        """This thread's proxy for the master (one connection, used by one thread at a time)."""
+        if "proxy" not in self._local.__dict__:
+            self._local.proxy = wire.WireProxy(master_uri(self.host, self.port), timeout=self.call_timeout)
+        return self._local.proxy
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
         """Call the master, riding through a master that is briefly away.
@@ -217,10 +208,13 @@ class Client:
         whose command (or name) matches the regular expression `grep`."""
         return self.call("history", limit, user, grep)
 
-    def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict:
+    def _by_id(self, method: str, job_ids: list[int], *args) -> dict[int, bool]:
+        return {int(k): v for k, v in self.call(method, [int(i) for i in job_ids], *args).items()}
+
+    def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict[int, bool]:
         """Signal queued or running jobs; returns {id: whether it was live}. With force, running jobs
         are marked killed at once, even if their node cannot be reached."""
-        return {int(k): v for k, v in self.call("kill", [int(i) for i in job_ids], int(sig), bool(force)).items()}
+        return self._by_id("kill", job_ids, int(sig), bool(force))
 
     def lookup(self, name: str) -> int | None:
         """The id of the live job with this name (grun -j NAME), or None."""
@@ -229,15 +223,15 @@ class Client:
 
     def hold(self, job_ids: list[int]) -> dict[int, bool]:
         """Hold queued jobs, suspend running ones; returns {id: found}."""
-        return {int(k): v for k, v in self.call("hold", [int(i) for i in job_ids]).items()}
+        return self._by_id("hold", job_ids)
 
     def resume(self, job_ids: list[int]) -> dict[int, bool]:
         """Release held jobs, continue suspended ones; returns {id: found}."""
-        return {int(k): v for k, v in self.call("resume", [int(i) for i in job_ids]).items()}
+        return self._by_id("resume", job_ids)
 
     def edit(self, job_ids: list[int], changes: dict) -> dict[int, bool]:
         """Change queued jobs (priority, cpus, memory, hosts, params); returns {id: found}."""
-        return {int(k): v for k, v in self.call("edit", [int(i) for i in job_ids], dict(changes)).items()}
+        return self._by_id("edit", job_ids, dict(changes))
 
     def why(self, job_id: int) -> str:
         """One paragraph on why a queued job is not running."""
@@ -247,19 +241,24 @@ class Client:
         """The master's problems, one line each (a damaged journal, a disk nearly full); [] when well."""
         return [str(line) for line in self.call("health")]
 
-    def wait(self, job_ids: list[int], poll: float = 30.0) -> dict[int, dict]:
-        """Block until every job has finished; returns their final records."""
-        ids = [int(i) for i in job_ids]
-        done: dict[int, dict] = {}
+    def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
+        """Block until every job has finished (or raise Timeout after `timeout` s); returns their final
+        records."""
+        ids, done = [int(i) for i in job_ids], {}
+        deadline = None if timeout is None else time.monotonic() + timeout
         while len(done) < len(ids):
-            left = [i for i in ids if i not in done]
-            got = self.call("wait", left, poll, wait=max(self.connect_wait, 3600.0))
+            left = 30.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"job {ids[0]} has not finished after {timeout:g} s")
+            got = self.call("wait", [i for i in ids if i not in done], min(left, 30.0), wait=self.long_wait)
             done.update({int(k): v for k, v in got.items()})
         return done
 
     def wait_started(self, job_id: int) -> dict:
+        """The job's record once it runs (or has ended)."""
+        from .core import jobs as J
         while True:
-            job = self.call("wait_started", job_id, 30.0, wait=max(self.connect_wait, 3600.0))
+            job = self.call("wait_started", job_id, 30.0, wait=self.long_wait)
             if job["state"] not in (J.QUEUED, J.HELD, J.DISPATCHED):
                 return job
 
@@ -288,10 +287,10 @@ class Client:
         or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
         the job; we follow its new run, whose output starts over)."""
         from . import stream
+        from .core import jobs as J
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
-        long_wait = max(self.connect_wait, 3600.0)
         where = None  # (node, attempt): the run the offsets belong to
         out_off = err_off = 0
         failures = 0
@@ -303,7 +302,7 @@ class Client:
             if where is not None and run != where:
                 out_off = err_off = 0
                 # what we sent went to the lost run; the new one gets an empty input, not a wait forever
-                stdin_fd = _devnull() if fed else None
+                stdin_fd = b"" if fed else None
                 if on_note:
                     on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                             f"following attempt {run[1]} on {run[0]}: its output starts over"
@@ -330,7 +329,7 @@ class Client:
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended
                         # it): follow the run that counts, even if it has ended already
-                        job = self.call("job", job_id, wait=long_wait)
+                        job = self.call("job", job_id, wait=self.long_wait)
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
@@ -354,7 +353,7 @@ class Client:
             if final and failures >= 5:
                 break  # the job has ended, and its node does not answer: the master has its exit code
             time.sleep(min(0.2 * failures, 2.0))
-            job = self.call("job", job_id, wait=long_wait)  # ride through a master restart
+            job = self.call("job", job_id, wait=self.long_wait)  # ride through a master restart
         if require_output:
             raise GrunError(f"the output of job {job_id} is no longer kept on its node")
         if on_note and job.get("node"):  # a job that never ran had no output to keep
@@ -416,22 +415,12 @@ class Job:
         return self.info().get("node")
 
     def done(self) -> bool:
-        return self.state in J.FINAL_STATES
+        from .core.jobs import FINAL_STATES
+        return self.state in FINAL_STATES
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the job has finished and return its exit code; raises Timeout after `timeout` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 30.0 if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
-            got = self.client.call("wait", [self.id], max(0.0, min(left, 30.0)),
-                                   wait=max(self.client.connect_wait, 3600.0))
-            record = got.get(str(self.id))
-            if record is not None:
-                return int(record.get("exit", 1))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Timeout(f"job {self.id} has not finished after {timeout:g} s")
+        return int(self.client.wait([self.id], timeout)[self.id].get("exit", 1))
 
     def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard output: all of it (waiting for the end), or chunks as they come."""
@@ -467,15 +456,12 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
     reader stops early (closes or drops the iterator), the follower hangs up on the node."""
     import queue
     import threading
-    pieces: queue.Queue = queue.Queue(maxsize=256)
-    end = object()
-    stop = threading.Event()
+    pieces, stop, end = queue.Queue(maxsize=256), threading.Event(), object()
 
-    def sink(data: bytes) -> None:
+    def offer(item) -> None:
         while not stop.is_set():
             try:
-                pieces.put(data, timeout=0.5)
-                return
+                return pieces.put(item, timeout=0.5)
             except queue.Full:
                 pass
         raise _Abandoned()
@@ -486,26 +472,20 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
 
     def follow() -> None:
         try:
-            client.follow(job_id, stdout_fd=sink if which == "stdout" else ignore,
-                          stderr_fd=sink if which == "stderr" else ignore, release=False, require_output=True)
-            item = end
-        except _Abandoned:
-            return
-        except BaseException as exc:  # handed to the reading thread
-            item = exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}")
-        while not stop.is_set():
             try:
-                pieces.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                pass
+                client.follow(job_id, stdout_fd=offer if which == "stdout" else ignore,
+                              stderr_fd=offer if which == "stderr" else ignore, release=False, require_output=True)
+                offer(end)
+            except _Abandoned:
+                raise
+            except BaseException as exc:  # handed to the reading thread
+                offer(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
+        except _Abandoned:
+            pass
 
     threading.Thread(target=follow, name=f"grun-job-{job_id}-{which}", daemon=True).start()
     try:
-        while True:
-            item = pieces.get()
-            if item is end:
-                return
+        while (item := pieces.get()) is not end:
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -568,20 +548,9 @@ def _load_config(path: str | None):
         raise GrunError(str(exc)) from None
 
 
-_DEVNULL: list[int] = []
-
-
-def _devnull() -> int:
-    """One read-only /dev/null for the process: an input that ends at once."""
-    if not _DEVNULL:
-        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY))
-    return _DEVNULL[0]
-
-
 def _job_uri(node_uri: str, job_id: int) -> str:
     """The job's actor lives on its node's daemon, next to the node actor."""
-    location = node_uri.split("@", 1)[1]
-    return f"PYRO:{job_name(job_id)}@{location}"
+    return f"PYRO:{job_name(job_id)}@{node_uri.split('@', 1)[1]}"
 
 
 def new_token() -> str:

@@ -138,6 +138,10 @@ OPTIONS = [
     Option("n", "interval", "value", _interval, "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
+# a job's options: those `run` and `submit` take, and an option file (-f) may hold, but -f itself
+JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
+               "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
+               "verbose", "file")
 
 
 def key(option: Option) -> str:

@@ -14,12 +14,10 @@ nothing heavy is imported at import time: this module is on the path of every `g
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections import namedtuple
 
-from .core.jobs import describe_exit
-from .options import UsageError, load_option_file
+from .options import JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
 
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
@@ -65,12 +63,14 @@ VERBS: dict[str, Verb] = {}  # by name
 _NAMES: dict[str, Verb] = {}  # by name and alias
 
 
-def verb(usage: str = "", options: str = "", words=None, aliases: str = ""):
-    """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes,
-    a reader of its other words (words, called, options) -> args (default: none), and aliases."""
+def verb(usage: str = "", options=(), words=None, aliases: str = ""):
+    """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes (a
+    tuple, or a string of them), a reader of its other words (words, called, options) -> args
+    (default: none), and aliases."""
     def declare(run):
         name = run.__name__.removeprefix("do_")
-        v = Verb(name, run, " ".join(run.__doc__.split()), usage, tuple(options.split()), words or no_words,
+        v = Verb(name, run, " ".join(run.__doc__.split()), usage,
+                 tuple(options.split() if isinstance(options, str) else options), words or no_words,
                  tuple(aliases.split()))
         VERBS[name] = v
         _NAMES.update(dict.fromkeys((name, *v.aliases), v))
@@ -171,14 +171,10 @@ def changes(words: list[str], called: str, opts: dict) -> dict:
     return {"changes": found, **job_ids(words[1:], called)}
 
 
-JOB_OPTIONS = ("cpus memory priority hosts env param name wait-existing file out err out-err out-append err-append "
-               "out-err-append noio force nowait norequeue array cmds verbose")
-
-
 def command(words: list[str], called: str, opts: dict) -> dict:
     """`[options] COMMAND [ARGS...]`; `-f FILE` adds the options (and maybe the command) it holds."""
     if "file" in opts:
-        merged, from_file = load_option_file(opts.pop("file"), opts, tuple(JOB_OPTIONS.split()[:-1]))
+        merged, from_file = load_option_file(opts.pop("file"), opts, JOB_OPTIONS[:-1])
         opts.update(merged)
         words = words or from_file
     if not words and "cmds" not in opts:
@@ -246,6 +242,7 @@ def _cpu(usage: dict):
 
 
 def history_table(jobs: list[dict]) -> str:
+    from .core.jobs import describe_exit
     rows = [[j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
              fmt_secs((j.get("usage") or {}).get("wall")), fmt_secs(_cpu(j.get("usage") or {})),
              fmt_mb((j.get("usage") or {}).get("maxrss_kb")), command_text(j)] for j in reversed(jobs)]
@@ -259,6 +256,7 @@ def fmt_time(t) -> str:
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long`: every recorded field of each job, a block per job."""
+    from .core.jobs import describe_exit
     blocks = []
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
@@ -314,7 +312,9 @@ def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
     if args.get("wait_existing") and not args.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
-    if args.get("nowait") or "array" in args or "cmds" in args:
+    if "array" in args or "cmds" in args:
+        return _run_many(ctx, args)
+    if args.get("nowait"):
         return do_submit(ctx, args)
     if not args.get("wait_existing"):
         return _run_new(ctx, args)
@@ -357,6 +357,7 @@ def _raise_terminated(*_):
 
 
 def _run_new(ctx: Context, args: dict) -> int:
+    import signal
     spec, submitted = cli_spec(args, args["cmd"]), []
     verbose = args.get("verbose")
 
@@ -393,6 +394,8 @@ def _run_new(ctx: Context, args: dict) -> int:
 
 def _interrupted(ctx: Context, ids: list[int], sig: int, code: int, quiet: bool = False) -> int:
     """Kill what we started (on a new connection: the old one may be mid-reply) and say so."""
+    import signal
+
     from .client import Client, GrunError
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -478,7 +481,7 @@ def _run_many(ctx: Context, args: dict) -> int:
             if code:
                 failed.append((job_id, code))
     except KeyboardInterrupt:
-        return _interrupted(ctx, ids, signal.SIGINT, 130)
+        return _interrupted(ctx, ids, 2, 130)  # SIGINT
     if failed:
         shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
         ctx.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
@@ -547,7 +550,7 @@ def _missing(ctx: Context, found: dict) -> int:
     return 1 if missing else 0
 
 
-@verb("[-n SIG] [--force] ID... | -j NAME", "signal force name", ids_or_name)
+@verb("[-n SIG] [--force] [-j NAME] ID...", "signal force name", ids_or_name)
 def do_kill(ctx: Context, args: dict) -> int:
     """kill jobs (queued or running)"""
     ids = args["ids"]
@@ -556,7 +559,7 @@ def do_kill(ctx: Context, args: dict) -> int:
         if found is None:
             return ctx.fail(f"no job named {args['name']!r}")
         ids = [*ids, found]
-    return _missing(ctx, ctx.client.kill(ids, args.get("signal", signal.SIGTERM), bool(args.get("force"))))
+    return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))
 
 
 @verb("ID...", words=job_ids)

@@ -67,8 +67,8 @@ def test_bad_batch_requests_are_one_line(cluster, args, needle):
 
 def test_task_id_forms_and_batches_of_specs():
     assert options._tasks("1-5:2,10,20-21") == [1, 3, 5, 10, 20, 21]
-    opts, words = options.parse(["--array", "1-2500", "-o", "log.%a", "echo", "x"])
-    specs = verbs._task_specs(opts, words, verbs.IO())
+    args = verbs.parse(verbs.find("run"), ["--array", "1-2500", "-o", "log.%a", "echo", "x"])
+    specs = verbs._task_specs(verbs.Context(None), args)
     assert len(specs) == 2500 and specs[-1]["env"]["GRUN_TASK_ID"] == "2500" and specs[-1]["stdout_file"] == "log.2500"
     assert specs[0]["cmd"] == ["echo", "x"] and "token" not in specs[0]  # the client adds one per job
 
