@@ -72,12 +72,9 @@ def _label(func: Callable) -> str:
     return f"{module}.{name}"
 
 
-def _spec(func: Callable, options: dict) -> dict:
-    python = options.get("python") or sys.executable
-    cmd = [python, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us as they happen
-    return job_spec(cmd, cpus=options.get("cpus"), memory=options.get("memory"),
-                    priority=options.get("priority"), hosts=options.get("hosts"), env=options.get("env"),
-                    cwd=options.get("cwd"), params=options.get("params"), stdin=True)
+def _spec(func: Callable, python: str | None, resources: dict) -> dict:
+    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us at once
+    return job_spec(cmd, stdin=True, **resources)
 
 
 def _payload(func: Callable, args: tuple, kwargs: dict, nonce: bytes) -> bytes:
@@ -221,12 +218,11 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
     if not callable(func):
         raise GrunError(f"{func!r} is not callable")
     client = client or default_client()
-    options = dict(cpus=cpus, memory=memory, priority=priority, hosts=hosts, env=env, cwd=cwd, params=params,
-                   python=python)
     nonce = secrets.token_hex(16).encode()
     payload = _payload(func, args, kwargs, nonce)
-    job = client.submit(_spec(func, options))
-    return _start(client, func, job, payload, nonce)
+    spec = _spec(func, python, {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env,
+                                "cwd": cwd, "params": params})
+    return _start(client, func, client.submit(spec), payload, nonce)
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
@@ -249,9 +245,8 @@ def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory
     and the calls not yet finished are killed."""
     client = client or default_client()
     items: Sequence = list(iterable)
-    options = dict(cpus=cpus, memory=memory, priority=priority, hosts=hosts, env=env, cwd=cwd, params=params,
-                   python=python)
-    spec = _spec(func, options)
+    spec = _spec(func, python, {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env,
+                                "cwd": cwd, "params": params})
     nonces = [secrets.token_hex(16).encode() for _ in items]
     payloads = [_payload(func, (x,), {}, n) for x, n in zip(items, nonces)]
     ids = client.submit_many([spec] * len(items)) if items else []

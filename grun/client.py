@@ -1,8 +1,9 @@
-"""The one client: how the CLI, the shell and Python code talk to the master and to jobs.
+"""The one client: how the command line, the shell and Python code talk to the master and to jobs.
 
-It finds the master (at an explicit address, or like the command line does: config file, else the
+It finds the master (at an explicit address, or as the command line does: config file, else the
 personal cluster), retries calls that failed because the master was unreachable (with backoff, for a
-bounded time), turns remote errors into grun's own exceptions, and runs a job end to end: submit, wait
+bounded time), turns what a call fails with (grun.wire) into grun's own exceptions, in one place
+(`_failure`), builds job specs (`job_spec`, the only builder), and runs a job end to end: submit, wait
 for it to start, stream its output from its node's side channel, and return its exit code.
 
 For Python code: `Client.submit(cmd, cpus=..., ...)` returns a `Job` handle (state, wait, output,
@@ -54,13 +55,14 @@ class NotSupported(GrunError):
 
 def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     """The one map from what a remote call can fail with (see grun.wire) to grun's exceptions."""
-    text = _message(exc)
+    lines = str(exc).strip().splitlines()
+    text = (lines[-1] if lines else "") or type(exc).__name__
     if wire.is_unreachable(exc):
         return MasterUnreachable(f"cannot reach the grun {where}: {text}")
     if isinstance(exc, wire.NoSuchMethod):
         return NotSupported(f"{method} is not available on the {where}")
     if isinstance(exc, LookupError):
-        return JobNotFound(text)
+        return JobNotFound(text.strip("'\""))  # a KeyError's message is the repr of its key
     if isinstance(exc, (ValueError, TypeError)):  # a refused request says why itself
         return GrunError(text)
     return GrunError(f"{where}: {text}")
@@ -77,29 +79,26 @@ class Client:
 
     def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
                  config=None):
+        from .config import ConfigError, find_config_path, format_hostport, load_config, parse_hostport
         self._local = _thread._local()  # threading.local, without importing threading
-        personal = None
-        if host is None:
-            cfg = config if hasattr(config, "master_host") else _load_config(config)
-            host, port = cfg.master_host, cfg.master_port
-            personal = cfg if cfg.personal else None
-        elif port is None:
-            from .config import ConfigError, parse_hostport
-            try:
+        cfg = None
+        try:
+            if host is None:
+                cfg = config if hasattr(config, "master_host") else load_config(find_config_path(config))
+                host, port = cfg.master_host, cfg.master_port
+            elif port is None:
                 host, port = parse_hostport(host)
-            except (ConfigError, ValueError) as exc:
-                raise GrunError(f"bad master address {host!r}: {exc}") from None
-        from .config import format_hostport
-        self.host, self.port = host, int(port)
-        self.address = format_hostport(self.host, self.port)
+        except (ConfigError, ValueError) as exc:
+            raise GrunError(str(exc) if cfg is None and host is None else f"bad master address {host!r}: {exc}") from None
+        self.host, self.port, self.address = host, int(port), format_hostport(host, int(port))
         self.connect_wait = connect_wait
-        self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
         self.long_wait = max(connect_wait, 3600.0)  # how long a wait rides through a master that is away
+        self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
         self._answered = False
-        if personal is not None and not self.reachable():  # else the daemon module is not even imported
+        if cfg is not None and cfg.personal and not self.reachable():  # else no daemon code is imported
             from .daemon import DaemonError, ensure_personal_cluster
             try:
-                ensure_personal_cluster(personal, self, lambda m: print(m, file=sys.stderr, flush=True))
+                ensure_personal_cluster(cfg, self, lambda m: print(m, file=sys.stderr, flush=True))
             except DaemonError as exc:
                 raise GrunError(str(exc)) from None
 
@@ -111,8 +110,6 @@ class Client:
         proxy = self._local.__dict__.pop("proxy", None)
         if proxy is not None:
             proxy._pyroRelease()
-
-    # ---- the master ----------------------------------------------------------------------------
 
     def _proxy(self) -> wire.WireProxy:
         """This thread's proxy for the master (one connection, used by one thread at a time)."""
@@ -128,12 +125,9 @@ class Client:
         request may have reached the master (the connection broke after it was sent), keep retrying
         this long; for calls that are safe to repeat (a submission with its token), so that a master
         that accepted the request and died before answering is waited for, not reported as absent."""
-        limit = self.connect_wait if wait is None else wait
-        if not self._answered:
-            limit = min(limit, self.connect_wait)
-        started = time.monotonic()
-        deadline = started + limit
-        delay = 0.05
+        started, delay = time.monotonic(), 0.05
+        deadline = started + min(self.connect_wait if wait is None else wait,
+                                 float("inf") if self._answered else self.connect_wait)
         while True:
             try:
                 result = getattr(self._proxy(), method)(*args)
@@ -173,23 +167,20 @@ class Client:
         return Job(self, self.submit_spec(job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params,
                                                    name=name, cwd=cwd, env=env, hosts=hosts)))
 
-    def submit_many(self, specs: list[dict]) -> list[int]:
+    def submit_spec(self, spec: dict) -> int:
+        """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
+        return self.submit_many([spec], "submit")[0]
+
+    def submit_many(self, specs: list[dict], _method: str = "submit_many") -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
-        specs = [dict(s) for s in specs]
-        for spec in specs:
-            spec.setdefault("token", new_token())
-        return [int(i) for i in self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)]
+        specs = [{"token": new_token(), **spec} for spec in specs]  # a retried submit cannot queue a job twice
+        ids = self.call(_method, specs[0] if _method == "submit" else specs, sent_wait=SENT_SUBMIT_WAIT)
+        return [int(ids)] if _method == "submit" else [int(i) for i in ids]
 
     def get(self, job_id: int) -> Job:
         """A handle for an existing job; raises JobNotFound if there is none."""
         self.job(job_id)
         return Job(self, int(job_id))
-
-    def submit_spec(self, spec: dict) -> int:
-        """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
-        spec = dict(spec)
-        spec.setdefault("token", new_token())  # a retried submit cannot queue the job twice
-        return int(self.call("submit", spec, sent_wait=SENT_SUBMIT_WAIT))
 
     def job(self, job_id: int) -> dict:
         """The job's record: id, state, cmd, cpus, memory, node, exit, usage, ..."""
@@ -202,6 +193,10 @@ class Client:
     def nodes(self) -> list[dict]:
         """One record per node: name, up, cpus, memory, free_cpus, free_memory, running."""
         return self.call("nodes")
+
+    def health(self) -> list[str]:
+        """The master's problems, one line each (a damaged journal, a disk nearly full); [] when well."""
+        return [str(line) for line in self.call("health")]
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         """Records of the most recently finished jobs (newest first), optionally one user's, or those
@@ -216,11 +211,6 @@ class Client:
         are marked killed at once, even if their node cannot be reached."""
         return self._by_id("kill", job_ids, int(sig), bool(force))
 
-    def lookup(self, name: str) -> int | None:
-        """The id of the live job with this name (grun -j NAME), or None."""
-        found = self.call("lookup", str(name))
-        return None if found is None else int(found)
-
     def hold(self, job_ids: list[int]) -> dict[int, bool]:
         """Hold queued jobs, suspend running ones; returns {id: found}."""
         return self._by_id("hold", job_ids)
@@ -233,13 +223,14 @@ class Client:
         """Change queued jobs (priority, cpus, memory, hosts, params); returns {id: found}."""
         return self._by_id("edit", job_ids, dict(changes))
 
+    def lookup(self, name: str) -> int | None:
+        """The id of the live job with this name (grun -j NAME), or None."""
+        found = self.call("lookup", str(name))
+        return None if found is None else int(found)
+
     def why(self, job_id: int) -> str:
         """One paragraph on why a queued job is not running."""
         return str(self.call("why", int(job_id)))
-
-    def health(self) -> list[str]:
-        """The master's problems, one line each (a damaged journal, a disk nearly full); [] when well."""
-        return [str(line) for line in self.call("health")]
 
     def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
         """Block until every job has finished (or raise Timeout after `timeout` s); returns their final
@@ -256,23 +247,21 @@ class Client:
 
     def wait_started(self, job_id: int) -> dict:
         """The job's record once it runs (or has ended)."""
-        from .core import jobs as J
+        from .core.jobs import DISPATCHED, HELD, QUEUED
         while True:
             job = self.call("wait_started", job_id, 30.0, wait=self.long_wait)
-            if job["state"] not in (J.QUEUED, J.HELD, J.DISPATCHED):
+            if job["state"] not in (QUEUED, HELD, DISPATCHED):
                 return job
 
     # ---- a job's output ------------------------------------------------------------------------
 
     def run(self, spec: dict, *, stdin_fd: int | None = None, stdout_fd: int = 1, stderr_fd: int = 2,
-            on_submit=None, on_start=None, on_limit=None, on_note=None) -> int:
+            on_submit=None, **follow) -> int:
         """Submit a job, stream its output as it is produced, and return its exit code."""
-        spec = dict(spec, stdin=stdin_fd is not None)
-        job_id = self.submit_spec(spec)
+        job_id = self.submit_spec(dict(spec, stdin=stdin_fd is not None))
         if on_submit:
             on_submit(job_id)
-        return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, on_start=on_start,
-                           on_limit=on_limit, on_note=on_note)
+        return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, **follow)
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
@@ -281,50 +270,45 @@ class Client:
         (or callables taking bytes) until it ends, and return its exit code. `release` lets the node
         drop the spool afterwards; `require_output` raises GrunError, instead of returning quietly,
         when the node no longer holds the output; `on_note(text)` hears what a user may want to know
-        (the job re-run elsewhere, its output gone).
+        (the job re-run elsewhere, its output gone); `on_limit(text)` that it died of a limit.
 
         Rides through everything on the way: a master restart (calls retry), a node daemon restart
         or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
         the job; we follow its new run, whose output starts over)."""
-        from . import stream
+        from . import limits, stream
         from .core import jobs as J
         job = self.wait_started(job_id)
         if on_start:
             on_start(job)
-        where = None  # (node, attempt): the run the offsets belong to
-        out_off = err_off = 0
-        failures = 0
-        fed = stdin_fd is not None
+        where, out_off, err_off, failures, fed = None, 0, 0, 0, stdin_fd is not None
         while True:
             if job["state"] in (J.QUEUED, J.HELD, J.DISPATCHED):  # re-queued: its node was lost
                 job = self.wait_started(job_id)
             run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off = err_off = 0
-                # what we sent went to the lost run; the new one gets an empty input, not a wait forever
-                stdin_fd = b"" if fed else None
+                stdin_fd = b"" if fed else None  # what we sent went to the lost run; the new one gets an empty input
                 if on_note:
                     on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                             f"following attempt {run[1]} on {run[0]}: its output starts over"
                             + ("; its input is not sent again" if fed else ""))
-            where = run
-            final = job["state"] in J.FINAL_STATES
-            uri = job.get("node_uri") or self._node_uri(job.get("node"))
+            where, final = run, job["state"] in J.FINAL_STATES
+            uri = job.get("node_uri") or next((n.get("uri") for n in self.nodes() if n["name"] == job.get("node")),
+                                              None) if job.get("node") else None
             try:
                 if not uri:
                     if final:
                         break
                     raise ConnectionError("its node has not registered with the master yet")
-                with wire.WireProxy(_job_uri(uri, job_id)) as sup:
+                with wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") as sup:  # on its node's daemon
                     if tail:
-                        sizes = sup.info()
-                        out_off, err_off, tail = sizes.get("stdout", 0), sizes.get("stderr", 0), False
+                        sizes, tail = sup.info(), False
+                        out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
                     if on_limit and status.get("limit"):
-                        from . import limits
                         on_limit(limits.describe(status, job_id))  # e.g. killed: out of memory
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended
@@ -336,7 +320,7 @@ class Client:
                     if release:
                         try:  # nothing to wait for: the node drops the spool once the master has the end too
                             sup._pyroOneway("release")
-                        except Exception:
+                        except OSError:
                             pass
                 self._settled(job_id)
                 return J.exit_code_of(status)
@@ -360,7 +344,6 @@ class Client:
             on_note(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
         if on_limit and final.get("limit"):
-            from . import limits
             on_limit(limits.describe(final, job_id))
         return int(final.get("exit", 1))
 
@@ -372,11 +355,6 @@ class Client:
             self.call("wait", [job_id], SETTLE_WAIT, wait=0)
         except GrunError:
             pass
-
-    def _node_uri(self, name: str | None) -> str | None:
-        if not name:
-            return None
-        return next((n.get("uri") for n in self.nodes() if n["name"] == name), None)
 
 
 class Job:
@@ -424,15 +402,11 @@ class Job:
 
     def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard output: all of it (waiting for the end), or chunks as they come."""
-        return self._output("stdout", stream)
+        return _chunks(self.client, self.id, "stdout") if stream else b"".join(_chunks(self.client, self.id, "stdout"))
 
     def stderr(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard error: all of it (waiting for the end), or chunks as they come."""
-        return self._output("stderr", stream)
-
-    def _output(self, which: str, stream: bool):
-        chunks = _chunks(self.client, self.id, which)
-        return chunks if stream else b"".join(chunks)
+        return _chunks(self.client, self.id, "stderr") if stream else b"".join(_chunks(self.client, self.id, "stderr"))
 
     def kill(self, sig: int = 15) -> bool:
         """Signal the job (TERM by default; KILL follows after a grace period). False if it had ended."""
@@ -476,9 +450,7 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
                 client.follow(job_id, stdout_fd=offer if which == "stdout" else ignore,
                               stderr_fd=offer if which == "stderr" else ignore, release=False, require_output=True)
                 offer(end)
-            except _Abandoned:
-                raise
-            except BaseException as exc:  # handed to the reading thread
+            except Exception as exc:  # handed to the reading thread
                 offer(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
         except _Abandoned:
             pass
@@ -511,59 +483,26 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             cwd = os.getcwd()
         except OSError:
             cwd = "/"
+    if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
+        priority = os.environ["GRUN_PRIORITY"]
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
     try:
-        if cpus is not None:
-            spec["cpus"] = parse_cpus(cpus)
-        if memory is not None:
-            spec["memory"] = parse_memory(memory)
+        chosen = {"cpus": cpus if cpus is None else parse_cpus(cpus),
+                  "memory": memory if memory is None else parse_memory(memory),
+                  "priority": priority if priority is None else int(priority), "name": name, "host": hosts,
+                  "params": dict(params) if params else None, "requeue": None if requeue else False,
+                  "force": force or None, "stdin": stdin or None}
     except ValueError as exc:
         raise GrunError(str(exc)) from None
-    if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
-        priority = os.environ["GRUN_PRIORITY"]
-    if priority is not None:
-        spec["priority"] = int(priority)
-    if name is not None:
-        spec["name"] = str(name)
-    if hosts is not None:
-        spec["host"] = str(hosts)
-    if params:
-        spec["params"] = dict(params)
-    if not requeue:
-        spec["requeue"] = False
-    if force:
-        spec["force"] = True
-    if stdin:
-        spec["stdin"] = True
+    spec.update((key, value) for key, value in chosen.items() if value is not None)
     return spec
-
-
-def _load_config(path: str | None):
-    from .config import ConfigError, find_config_path, load_config
-    try:
-        return load_config(find_config_path(path))
-    except ConfigError as exc:
-        raise GrunError(str(exc)) from None
-
-
-def _job_uri(node_uri: str, job_id: int) -> str:
-    """The job's actor lives on its node's daemon, next to the node actor."""
-    return f"PYRO:{job_name(job_id)}@{node_uri.split('@', 1)[1]}"
 
 
 def new_token() -> str:
     """A submission's idempotency token (os.urandom: `secrets` would import hmac and _hashlib)."""
     return os.urandom(12).hex()
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    text = text[-1] if text else exc.__class__.__name__
-    if isinstance(exc, ConnectionError) and not text:
-        return "connection failed"
-    return text.strip("'\"") if isinstance(exc, KeyError) else text
 
 
 def current_user() -> str:
@@ -582,9 +521,7 @@ def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:
     keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
             "VIRTUAL_ENV", "PYTHONPATH",
             "GRUN_CONF", "GRUN_MASTER"}  # a grun inside the job reaches the same master (nested grun)
-    names = set()
-    for item in extra or []:
-        names.update(n.strip() for n in item.split(",") if n.strip())
+    names = {n.strip() for item in extra or [] for n in item.split(",") if n.strip()}
     if "*" in names:
         return dict(environ)
     return {k: v for k, v in environ.items() if k in keep or k in names or k.startswith("LC_")}

@@ -41,8 +41,7 @@ def _outcome(blob: bytes) -> tuple:
     try:
         func, args, kwargs = pickle.loads(blob)
     except BaseException as exc:
-        return ("error", None, traceback.format_exc(), f"cannot load the call on this node: "
-                                                       f"{type(exc).__name__}: {exc}")
+        return ("error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}")
     try:
         return ("ok", func(*args, **kwargs))
     except SystemExit as exc:

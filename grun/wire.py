@@ -6,7 +6,7 @@ importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...), a
 Pyro5 daemons of every version pyproject.toml allows.
 
 What a call can fail with, whichever proxy made it (`is_unreachable`, `may_have_arrived`):
-- unreachable: a ConnectionError (or socket error) before the request went out; retrying is safe;
+- a ConnectionError (or socket error) before the request went out: the peer is not there;
 - CallBroken: the connection failed after the request went out (CallTimeout: no answer in time), so
   the peer may have acted on it; a submission is retried with its token;
 - CallRejected: the peer's daemon has no object of that name (a job's actor that is gone);
@@ -27,48 +27,44 @@ CONNECT_TIMEOUT = 5.0
 
 
 class CallBroken(ConnectionError):
-    """The connection failed after the request went out: the peer may have acted on it."""
+    pass
 
 
 class CallTimeout(CallBroken, TimeoutError):
-    """No answer within the proxy's timeout: the peer may be working on the request, or gone."""
+    pass
 
 
 class CallRejected(ConnectionError):
-    """The peer's daemon refused the connection or the call (no object of that name there)."""
+    pass
 
 
 class Garbled(Exception):
-    """The peer sent something that is not a Pyro5 reply we can read; retrying gets the same."""
+    pass
 
 
 class NoSuchMethod(AttributeError):
-    """The remote object has no (exposed) method of that name."""
+    pass
 
 
 class RemoteError(Exception):
-    """An exception raised by the remote method whose class is not a Python builtin."""
+    pass
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether a call failed for want of its peer (so it may succeed later), from a WireProxy or a
-    Pyro5 proxy."""
+    """Whether a call failed for want of its peer (it may succeed later), from a WireProxy or a Pyro5 proxy."""
     pyro_errors = sys.modules.get("Pyro5.errors")  # a Pyro5 error can only come from a loaded Pyro5
-    if pyro_errors is not None:
-        if isinstance(exc, pyro_errors.SerializeError):
-            return False  # the peer answered with something we cannot decode: retrying gets the same answer
-        if isinstance(exc, pyro_errors.CommunicationError):
-            return True
-    return not isinstance(exc, Garbled) and isinstance(exc, (OSError, ConnectionError, TimeoutError))
+    if pyro_errors is not None and isinstance(exc, pyro_errors.PyroError):
+        # SerializeError: the peer answered with something we cannot decode; retrying gets the same
+        return isinstance(exc, pyro_errors.CommunicationError) and not isinstance(exc, pyro_errors.SerializeError)
+    return isinstance(exc, OSError)  # ConnectionError, TimeoutError and CallBroken are OSErrors
 
 
 def may_have_arrived(exc: BaseException) -> bool:
     """Whether a call that failed this way may have reached the peer (the connection broke after the
     request was sent, or the answer did not come in time)."""
-    if isinstance(exc, CallBroken):
-        return True
     pyro_errors = sys.modules.get("Pyro5.errors")
-    return pyro_errors is not None and isinstance(exc, (pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError))
+    return isinstance(exc, CallBroken) or pyro_errors is not None and isinstance(
+        exc, (pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError))
 
 
 # Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
@@ -100,9 +96,8 @@ class WireProxy:
     call reconnects. A new connection sends its handshake and first call together (one round trip)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
-        self._pyroUri = uri
+        self._pyroUri, self._pyroTimeout = uri, timeout
         self._object, self._host, self._port = parse_uri(uri)
-        self._pyroTimeout = timeout
         self._sock: socket.socket | None = None
         self._seq = 0
 
@@ -132,29 +127,24 @@ class WireProxy:
     def _call(self, method: str, args, kwargs, oneway: bool = False):
         import msgpack
         where = f"{method} to {self._host}:{self._port}"
-        request = msgpack.packb((self._object, method, list(args), kwargs), use_bin_type=True, default=_plain)
-        handshake = b""
+        request = msgpack.packb((self._object, method, list(args), kwargs), default=_plain)
+        hello = b""
         if self._sock is None:
-            # a connect slower than CONNECT_TIMEOUT is a peer that is not there: the caller's retry loop
-            # decides, not a 90 s call timeout
-            try:
+            try:  # a connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
                 self._sock = socket.create_connection((_ascii(self._host), self._port),
                                                       timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
             except OSError as exc:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._seq = 0
-            hello = msgpack.packb({"handshake": "hello", "object": self._object}, use_bin_type=True)
-            handshake = _message(_CONNECT, 0, 0, hello)
+            hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": "hello", "object": self._object}))
         self._seq = (self._seq + 1) & 0xFFFF
         sock, sent = self._sock, False
         try:
             sock.settimeout(self._pyroTimeout)
-            sock.sendall(handshake + _message(_INVOKE, _ONEWAY if oneway else 0, self._seq, request))
+            sock.sendall(hello + _message(_INVOKE, _ONEWAY if oneway else 0, self._seq, request))
             sent = True
-            if handshake:
-                # As with a Pyro5 proxy, a peer that accepted the connection and then went away (or
-                # stalled) without a word may have had our request: a submission waits for it to return.
+            if hello:
                 kind, _, _, data = _receive(sock)
                 if kind == _CONNECTFAIL:
                     raise CallRejected(f"connection to {self._host}:{self._port} rejected: {_loads(data)}")
@@ -170,6 +160,8 @@ class WireProxy:
             if isinstance(exc, TimeoutError):
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
             if isinstance(exc, OSError) and not isinstance(exc, CallRejected):
+                # As with a Pyro5 proxy, a peer that took the connection and went away (or stalled) without
+                # a word may have had our request: a submission waits for it to come back.
                 raise (CallBroken if sent else ConnectionError)(f"{where}: {exc}") from None
             raise
         result = _loads(data)
@@ -190,8 +182,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def _receive(sock: socket.socket) -> tuple[int, int, int, bytes]:
-    header = _recv_exact(sock, _HEADER.size)
-    tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(header)
+    tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(
+        _recv_exact(sock, _HEADER.size))
     if tag != b"PYRO" or version != _VERSION or magic != _MAGIC:
         raise Garbled("not a Pyro5 (protocol 502) peer")
     if size + ann_size > _MAX_MESSAGE or serializer != _MSGPACK:
@@ -217,27 +209,19 @@ def _plain(obj):
 
 
 def _ext(code: int, data: bytes):
-    """Pyro5's msgpack extension types (Pyro5/serializers.py, MsgpackSerializer.default)."""
-    if code == 0x30:
-        return complex(*struct.unpack("dd", data))
+    """Pyro5's msgpack extension for an int too big for msgpack; its others (complex, datetime) are
+    not in anything grun's actors send."""
     if code == 0x31:
         return int(data)
-    if code in (0x32, 0x33):
-        import datetime
-        if code == 0x32:
-            return datetime.datetime.fromtimestamp(struct.unpack("d", data)[0])
-        return datetime.date.fromordinal(struct.unpack("l", data)[0])
-    raise Garbled(f"unknown msgpack extension type {code}")
+    raise Garbled(f"msgpack extension type {code}, which grun's actors never send")
 
 
 def _loads(data: bytes):
     import msgpack
     try:
         return msgpack.unpackb(data, raw=False, ext_hook=_ext)
-    except Garbled:
-        raise
     except Exception as exc:
-        raise Garbled(f"cannot decode the reply: {exc}") from None
+        raise exc if isinstance(exc, Garbled) else Garbled(f"cannot decode the reply: {exc}") from None
 
 
 def _exception(data) -> BaseException:

@@ -152,7 +152,7 @@ def test_the_functions_output_arrives_while_it_runs(cluster, capfd, tmp_path):
 def test_a_call_whose_caller_never_came_ends_by_itself(cluster):
     from grun import calls
     client = cluster.client()
-    spec = calls._spec(abs, {"env": {"GRUN_CALL_TIMEOUT": "0.5"}})
+    spec = calls._spec(abs, None, {"env": {"GRUN_CALL_TIMEOUT": "0.5"}})
     job = client.get(client.submit(spec))  # nobody attaches to send the call
     assert job.wait(30) == 2
     assert b"no call arrived" in job.stderr()
