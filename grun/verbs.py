@@ -2,10 +2,10 @@
 
 A verb is a function `do_NAME(ctx, args) -> exit code` whose docstring is its one-line help, declared
 with `@verb(usage, options, words)`: the options it takes from the one table (grun/options.py) and
-how its other words are read. `execute(ctx, words)` parses a verb's words and runs it, and turns
-every failure a user can cause into one line and an exit status, for the shell's lines and the
-command line's forms alike (`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs
-`run CMD`). The shell adds its own verbs (help, exit, watch) the same way.
+how its other words are read. `execute(ctx, words)` parses a verb's words, runs it, and turns every
+failure a user can cause into one line and an exit status, for the shell's lines and the command
+line's forms alike (`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs `run CMD`).
+The shell declares its own verbs (help, exit, watch) the same way.
 
 The cluster is reached only through `ctx.client` (grun.client.Client), connected on first use, and
 nothing heavy is imported at import time: this module is on the path of every `grun CMD`.
@@ -35,8 +35,7 @@ class Context:
 
     def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
         self.connect, self.cfg, self.cli, self._client = connect, cfg, cli, None
-        self.out = sys.stdout if out is None else out
-        self.err = sys.stderr if err is None else err
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.stdin_fd, self.stdout_fd, self.stderr_fd = stdin_fd, 1, 2
 
     @property
@@ -63,14 +62,12 @@ VERBS: dict[str, Verb] = {}  # by name
 _NAMES: dict[str, Verb] = {}  # by name and alias
 
 
-def verb(usage: str = "", options=(), words=None, aliases: str = ""):
-    """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes (a
-    tuple, or a string of them), a reader of its other words (words, called, options) -> args
-    (default: none), and aliases."""
+def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = ""):
+    """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes,
+    how its other words are read ((words, called, options) -> args; default: none), its aliases."""
     def declare(run):
-        name = run.__name__.removeprefix("do_")
-        v = Verb(name, run, " ".join(run.__doc__.split()), usage,
-                 tuple(options.split() if isinstance(options, str) else options), words or no_words,
+        name, options_ = run.__name__.removeprefix("do_"), options.split() if isinstance(options, str) else options
+        v = Verb(name, run, " ".join(run.__doc__.split()), usage, tuple(options_), words or no_words,
                  tuple(aliases.split()))
         VERBS[name] = v
         _NAMES.update(dict.fromkeys((name, *v.aliases), v))
@@ -83,13 +80,13 @@ def find(name: str) -> Verb | None:
 
 
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
-    """A verb's args from its words (and options the command line read already, in `preset`)."""
-    called = called or v.name
-    wrong = sorted(set(preset or ()) - {o.replace("-", "_") for o in v.options})
+    """A verb's args from its words, and from the options the command line read already (`preset`)."""
+    called, preset = called or v.name, preset or {}
+    wrong = sorted(set(preset) - {o.replace("-", "_") for o in v.options})
     if wrong:
         raise UsageError(f"option --{wrong[0].replace('_', '-')} does not go with {called}")
     opts, rest = parse_options(words, v.options, called, interspersed=v.words is not command)
-    args = {**(preset or {}), **opts}
+    args = {**preset, **opts}
     args.update(v.words(rest, called, args))
     return args
 
@@ -107,9 +104,6 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
         if adjust is not None:
             adjust(v, args)
         code = v.run(ctx, args)
-        if code == 130 and ctx._client is not None:  # the verb caught Ctrl-C: a call may be cut off mid-reply
-            ctx.client.reset()
-        return code
     except UsageError as exc:
         return ctx.fail(str(exc), EXIT_USAGE)
     except (GrunError, OSError) as exc:
@@ -117,11 +111,12 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
             raise
         return ctx.fail(str(exc))
     except KeyboardInterrupt:
-        if ctx._client is not None:
-            ctx.client.reset()  # the interrupted call left the connection mid-reply
+        code = 130
         if not ctx.cli:
             ctx.say("grun: interrupted")
-        return 130
+    if code == 130 and ctx._client is not None:  # after Ctrl-C a call may be cut off mid-reply
+        ctx.client.reset()
+    return code
 
 
 def usage(v: Verb) -> str:
@@ -186,8 +181,7 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 
 def command_text(job: dict) -> str:
     import shlex
-    cmd = job.get("cmd") or []
-    return cmd[0] if job.get("shell") else shlex.join(cmd)
+    return job["cmd"][0] if job.get("shell") else shlex.join(job.get("cmd") or [])
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -197,13 +191,10 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def fmt_secs(secs) -> str:
-    if secs is None:
-        return "-"
-    if float(secs) < 60:
-        return f"{float(secs):.2f}s"
-    minutes, s = divmod(int(secs), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}:{m:02d}:{s:02d}" if hours else f"{m}:{s:02d}"
+    if secs is None or float(secs) < 60:
+        return "-" if secs is None else f"{float(secs):.2f}s"
+    hours, rest = divmod(int(secs), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def fmt_mb(kb) -> str:
@@ -211,23 +202,23 @@ def fmt_mb(kb) -> str:
 
 
 def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n is None or n < 1024 or unit == "GB":
+            return "-" if n is None else f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+
+
+def fmt_time(t) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
 def jobs_table(jobs: list[dict]) -> str:
     """Queued and running jobs; USING is what a running job's processes use now, as its node last
     sampled them (cpus busy, resident MB)."""
-    def using(job: dict) -> str:
-        now = job.get("usage_now")
-        return f"{now.get('cpu', 0):g}c/{now.get('rss_mb', 0)}M" if now else "-"
-    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], using(j),
-             j.get("cwd", "-"), command_text(j)] for j in jobs]
+    using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
+    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
+             j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
     return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
 
 
@@ -237,21 +228,15 @@ def nodes_table(nodes: list[dict]) -> str:
     return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
 
 
-def _cpu(usage: dict):
-    return (usage.get("utime") or 0) + (usage.get("stime") or 0) if usage else None
-
-
 def history_table(jobs: list[dict]) -> str:
     from .core.jobs import describe_exit
-    rows = [[j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
-             fmt_secs((j.get("usage") or {}).get("wall")), fmt_secs(_cpu(j.get("usage") or {})),
-             fmt_mb((j.get("usage") or {}).get("maxrss_kb")), command_text(j)] for j in reversed(jobs)]
+    rows = []
+    for j in reversed(jobs):
+        u = j.get("usage") or {}
+        cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
+        rows.append([j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
+                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
     return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
-
-
-def fmt_time(t) -> str:
-    import time
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
 def history_long(jobs: list[dict]) -> str:
@@ -261,22 +246,19 @@ def history_long(jobs: list[dict]) -> str:
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
         params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
-        lines = [f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, exit "
-                 + describe_exit(j),
-                 f"  command   {command_text(j)}",
-                 f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
-                 f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
-                 f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}",
-                 f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
-                 + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
-                 f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
-                 f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
-                 f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}"]
-        if j.get("limit"):
-            lines.append(f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip())
-        if j.get("error"):
-            lines.append(f"  error     {j['error']}")
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(line for line in (
+            f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, exit {describe_exit(j)}",
+            f"  command   {command_text(j)}",
+            f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
+            f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
+            f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}",
+            f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
+            + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
+            f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
+            f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
+            f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}",
+            j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
+            j.get("error") and f"  error     {j['error']}") if line))
     return "\n\n".join(blocks)
 
 
@@ -289,7 +271,8 @@ OUTPUTS = {"out": (("stdout",), False), "err": (("stderr",), False), "out_err": 
 
 
 def cli_spec(args: dict, words: list[str]) -> dict:
-    """The spec of `grun [options] COMMAND...`: one word with shell syntax runs through /bin/sh."""
+    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh), built
+    by grun.client.job_spec."""
     from .client import job_spec
     extra = {}
     for option, (streams, append) in OUTPUTS.items():
@@ -344,11 +327,10 @@ def do_submit(ctx: Context, args: dict) -> int:
 
 def wait_code(ctx: Context, job_id: int) -> int:
     """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
-    from . import limits
+    from .limits import describe
     final = ctx.client.wait([job_id])[job_id]
-    note = limits.describe(final, job_id)
-    if note:
-        ctx.say(f"grun: {note}")
+    if describe(final, job_id):
+        ctx.say(f"grun: {describe(final, job_id)}")
     return int(final.get("exit", 1))
 
 
@@ -358,32 +340,29 @@ def _raise_terminated(*_):
 
 def _run_new(ctx: Context, args: dict) -> int:
     import signal
-    spec, submitted = cli_spec(args, args["cmd"]), []
-    verbose = args.get("verbose")
+    spec, submitted, verbose, say = cli_spec(args, args["cmd"]), [], args.get("verbose"), lambda m: ctx.say(f"grun: {m}")
 
     def on_submit(job_id):
         submitted.append(job_id)
         if verbose:
-            ctx.say(f"grun: job {job_id} queued")
+            say(f"job {job_id} queued")
 
     def on_start(job):
         if verbose:
-            ctx.say(f"grun: job {job['id']} {job['state']} on {job.get('node') or '-'}")
+            say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
     ctx.out.flush()
-    client = ctx.client
     try:
         if args.get("noio"):  # no streams: submit, say when it starts if asked, wait for its code
-            on_submit(client.submit_spec(spec))
+            on_submit(ctx.client.submit_spec(spec))
             if verbose:
-                on_start(client.wait_started(submitted[0]))
+                on_start(ctx.client.wait_started(submitted[0]))
             return wait_code(ctx, submitted[0])
-        return client.run(spec, stdin_fd=ctx.stdin_fd, stdout_fd=ctx.stdout_fd, stderr_fd=ctx.stderr_fd,
-                          on_submit=on_submit, on_start=on_start, on_limit=lambda m: ctx.say(f"grun: {m}"),
-                          on_note=lambda m: ctx.say(f"grun: {m}"))
+        return ctx.client.run(spec, stdin_fd=ctx.stdin_fd, stdout_fd=ctx.stdout_fd, stderr_fd=ctx.stderr_fd,
+                              on_submit=on_submit, on_start=on_start, on_limit=say, on_note=say)
     except KeyboardInterrupt:
         return _interrupted(ctx, submitted, signal.SIGINT, 130)
     except Terminated:
@@ -400,15 +379,14 @@ def _interrupted(ctx: Context, ids: list[int], sig: int, code: int, quiet: bool 
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    what = f"jobs {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"job {ids[0]}" if ids else ""
     if ids:
         try:
             Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
         except GrunError as exc:
-            ctx.say(f"grun: could not kill job{'s' if len(ids) > 1 else ''} {ids[0]}"
-                    f"{'-' + str(ids[-1]) if len(ids) > 1 else ''}: {exc}")
+            ctx.say(f"grun: could not kill {what}: {exc}")
     if not quiet:
-        ctx.say(f"grun: {len(ids)} jobs killed" if len(ids) > 1 else
-                f"grun: job {ids[0]} killed" if ids else "grun: interrupted")
+        ctx.say(f"grun: {what} killed" if ids else "grun: interrupted")
     try:
         ctx.out.flush()
     except BrokenPipeError:
@@ -423,33 +401,23 @@ SUBMIT_BATCH = 1000  # specs per submit_many call: one disk commit on the master
 
 def _task_specs(ctx: Context, args: dict) -> list[dict]:
     """One spec per task: the same command with $GRUN_TASK_ID set (--array), or one per line of a file
-    (--cmds, GRUN_TASK_ID = the line number). %a in output file names becomes the task id."""
+    (--cmds, GRUN_TASK_ID = the line number), run by /bin/sh. %a in output file names is the task id."""
     if "array" in args and "cmds" in args:
         raise UsageError("give --array or --cmds, not both")
     if args.get("name") or args.get("wait_existing"):
         raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
-    if "cmds" in args:
-        if args["cmd"]:
-            raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
-        tasks = [(number, [line]) for number, line in _command_lines(ctx, args["cmds"])]
-        if not tasks:
-            raise UsageError(f"no commands in {args['cmds']}")
-    else:
-        tasks = [(task, args["cmd"]) for task in args["array"]]
+    if "cmds" in args and args["cmd"]:
+        raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
+    tasks = _command_lines(ctx, args["cmds"]) if "cmds" in args else [(task, args["cmd"]) for task in args["array"]]
     base = cli_spec(args, tasks[0][1])
-    specs = []
-    for task, cmd in tasks:
-        spec = dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task)))
-        if "cmds" in args:
-            spec["shell"] = True  # a line is a shell command line, like a line of a script
-        for key in ("stdout_file", "stderr_file"):
-            if key in spec:
-                spec[key] = spec[key].replace("%a", str(task))
-        specs.append(spec)
+    specs = [dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task))) for task, cmd in tasks]
+    for spec, (task, _) in zip(specs, tasks):
+        spec["shell"] = spec["shell"] or "cmds" in args
+        spec.update({key: spec[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in spec})
     return specs
 
 
-def _command_lines(ctx: Context, path: str) -> list[tuple[int, str]]:
+def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:
     """The non-blank, non-comment lines of a file (or stdin for '-'), with their line numbers."""
     if path == "-" and ctx.stdin_fd is None:
         raise UsageError("--cmds -: no standard input to read commands from")
@@ -459,8 +427,11 @@ def _command_lines(ctx: Context, path: str) -> list[tuple[int, str]]:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+    lines = [(n, [line.strip()]) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise UsageError(f"no commands in {path}")
+    return lines
 
 
 def _run_many(ctx: Context, args: dict) -> int:
@@ -470,13 +441,10 @@ def _run_many(ctx: Context, args: dict) -> int:
     specs, ids, failed = _task_specs(ctx, args), [], []
     try:
         for start in range(0, len(specs), SUBMIT_BATCH):
-            batch = ctx.client.submit_many(specs[start:start + SUBMIT_BATCH])
-            ids.extend(batch)
+            ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
             if args.get("nowait") or args.get("verbose"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
-        if args.get("nowait"):
-            return 0
-        for job_id in ids:  # one by one: each wait is O(1) on the master, a wait on all is O(jobs)
+        for job_id in [] if args.get("nowait") else ids:  # one by one: each wait is O(1) on the master
             code = int(ctx.client.wait([job_id])[job_id].get("exit", 1))
             if code:
                 failed.append((job_id, code))
@@ -485,8 +453,7 @@ def _run_many(ctx: Context, args: dict) -> int:
     if failed:
         shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
         ctx.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
-        return failed[0][1]
-    return 0
+    return failed[0][1] if failed else 0
 
 
 @verb("[--tail] ID", "tail", one_id)
@@ -527,12 +494,10 @@ def do_status(ctx: Context, args: dict) -> int:
 @verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", "count user grep long json", aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
     """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory"""
+    import json
     jobs = ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))
-    if args.get("json"):
-        import json
-        ctx.print(json.dumps(jobs, indent=1, sort_keys=True))
-    else:
-        ctx.print(history_long(jobs) if args.get("long") else history_table(jobs))
+    ctx.print(json.dumps(jobs, indent=1, sort_keys=True) if args.get("json") else
+              history_long(jobs) if args.get("long") else history_table(jobs))
     return 0
 
 
@@ -559,7 +524,7 @@ def do_kill(ctx: Context, args: dict) -> int:
         if found is None:
             return ctx.fail(f"no job named {args['name']!r}")
         ids = [*ids, found]
-    return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))
+    return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))  # 15: SIGTERM
 
 
 @verb("ID...", words=job_ids)
