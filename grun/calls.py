@@ -38,17 +38,15 @@ class RemoteError(GrunError):
     brought back. The message says why and carries the remote traceback when there is one."""
 
 
-_default: Client | None = None
+_default: list[Client] = []
 _default_lock = threading.Lock()
 
 
 def default_client() -> Client:
     """The Client the calls use unless given one: found like the `grun` command finds the master."""
-    global _default
     with _default_lock:
-        if _default is None:
-            _default = Client()
-        return _default
+        _default[:] = _default or [Client()]
+        return _default[0]
 
 
 class CallFuture(Future):
@@ -103,24 +101,22 @@ class _Stdout:
         self.pending += data
         at = self.pending.find(self.mark)
         if at >= 0:
-            self._emit(self.pending[:at])
             self.frame = bytearray(self.pending[at + len(self.mark):])
-            self.pending.clear()
+            self._emit(at)
             return
         # hold back only a tail that could be the start of the mark (it starts with the one NUL)
         nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(self.mark)))
-        keep = len(self.pending) - nul if nul >= 0 and self.mark.startswith(self.pending[nul:]) else 0
-        self._emit(self.pending[:len(self.pending) - keep])
-        del self.pending[:len(self.pending) - keep]
+        self._emit(nul if nul >= 0 and self.mark.startswith(self.pending[nul:]) else len(self.pending))
 
-    def _emit(self, data) -> None:
-        if data:
-            self.sink(bytes(data))
+    def _emit(self, upto: int) -> None:
+        """Pass the output held before `upto` on; what follows it is the (start of a) frame, or kept."""
+        if upto:
+            self.sink(bytes(self.pending[:upto]))
+        del self.pending[:upto if self.frame is None else len(self.pending)]
 
     def close(self) -> bytes | None:
         """The pickled outcome, or None if the job ended without a (whole) result frame."""
-        self._emit(self.pending)
-        self.pending.clear()
+        self._emit(len(self.pending))
         if self.frame is None or len(self.frame) < _LENGTH:
             return None
         size = int.from_bytes(self.frame[:_LENGTH], "big")
@@ -167,13 +163,11 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
         return True, outcome[1]
     _, exc, text, summary = outcome
     where = f"remote traceback of {label} (job {job.id}):\n{text.rstrip()}"
-    if not isinstance(exc, BaseException) or not isinstance(exc, Exception):
-        return False, RemoteError(f"{summary}\n{where}")
     try:
         exc.add_note(where)  # printed with the exception's message, like the rest of its traceback
+        return False, exc if isinstance(exc, Exception) else RemoteError(f"{summary}\n{where}")
     except Exception:
         return False, RemoteError(f"{summary}\n{where}")
-    return False, exc
 
 
 def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:

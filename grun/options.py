@@ -19,10 +19,9 @@ class UsageError(Exception):
 
 
 def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {text!r}") from None
+    if not text.strip().lstrip("+-").isdigit():
+        raise ValueError(f"expected a whole number, got {text!r}")
+    return int(text)
 
 
 def _interval(text: str) -> float:
@@ -61,17 +60,13 @@ MAX_TASKS = 100_000
 
 def _tasks(text: str) -> list[int]:
     """`--array 1-100`, `1-100:2` (a step), `1,5,9`, or a mix (`1-3,10`): task ids, in order, each once."""
+    import re
     ids: list[int] = []
-    bad = ValueError(f"expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
     for part in text.split(","):
-        span, _, step = part.strip().partition(":")
-        first, dash, last = span.partition("-")
-        try:
-            lo, hi, inc = int(first), int(last) if dash else int(first), int(step) if step else 1
-        except ValueError:
-            raise bad from None
-        if lo < 0 or hi < lo or inc < 1:
-            raise bad
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?(?::(\d+))?\s*", part)
+        lo, hi, inc = (int(m[1]), int(m[2] or m[1]), int(m[3] or 1)) if m else (1, 0, 0)
+        if hi < lo or inc < 1:
+            raise ValueError(f"expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
         if len(ids) + (hi - lo) // inc + 1 > MAX_TASKS:
             raise ValueError(f"at most {MAX_TASKS:,} tasks in one array, got {text!r}")
         ids.extend(range(lo, hi + 1, inc))
@@ -86,7 +81,7 @@ def _name(text: str) -> str:
     return text
 
 
-# kind: flag | value | list (repeatable); the option's key in a parsed dict is its long name with "_" for "-".
+# kind: flag | value | list (repeatable); an option's key in a parsed dict is its long name.
 # (A namedtuple, not a dataclass or typing.NamedTuple: those import `inspect` or `typing`, paid by every `grun`.)
 Option = namedtuple("Option", "short long kind convert help metavar", defaults=("flag", None, "", ""))
 
@@ -144,10 +139,6 @@ JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "w
                "verbose", "file")
 
 
-def key(option: Option) -> str:
-    return option.long.replace("-", "_")
-
-
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:
     """The options among `names` (long names) and the other words. Options end at the first other word
     (the command), or, `interspersed`, may come anywhere; `--` ends them either way."""
@@ -157,33 +148,30 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
     words: list[str] = []
     i = 0
 
-    def value_of(opt: Option, where: str, inline: str | None) -> str:
+    def take(opt: Option | None, where: str, value: str | None = None) -> None:
         nonlocal i
-        if inline is not None:
-            return inline
-        i += 1
-        if i >= len(argv):
-            raise UsageError(f"option {where} needs a value ({opt.metavar})")
-        return argv[i]
-
-    def take(opt: Option | None, where: str, inline: str | None = None) -> None:
         if opt is None:
             known = next((o for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")), None)
             raise UsageError(f"option --{known.long} does not go with {called}" if known else
                              f"unknown option {where} (see grun --help)")
         if opt.kind == "flag":
-            if inline is not None:
+            if value is not None:
                 raise UsageError(f"option {where} takes no value")
-            opts[key(opt)] = True
+            opts[opt.long] = True
             return
+        if value is None:
+            i += 1
+            if i >= len(argv):
+                raise UsageError(f"option {where} needs a value ({opt.metavar})")
+            value = argv[i]
         try:
-            value = opt.convert(value_of(opt, where, inline))
+            value = opt.convert(value)
         except ValueError as exc:
             raise UsageError(f"bad value for {where}: {exc}") from None
         if opt.kind == "list":
-            opts.setdefault(key(opt), []).append(value)
+            opts.setdefault(opt.long, []).append(value)
         else:
-            opts[key(opt)] = value
+            opts[opt.long] = value
 
     while i < len(argv):
         word = argv[i]
@@ -239,45 +227,28 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:120]}") from None
-    if data is None:
-        return opts, []
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | None):
         raise UsageError(f"{path}: expected a mapping of option: value")
-    merged, command = dict(opts), _file_command(path, data.pop("command", None))
-    for name, value in data.items():
+    merged, command = dict(opts), (data or {}).pop("command", None)
+    if command is not None and not (isinstance(command, str) and command.strip() or isinstance(command, list) and command
+                                    and all(isinstance(w, str | int | float) for w in command)):
+        raise UsageError(f"{path}: command must be a string or a list of words")
+    for name, value in (data or {}).items():
         opt = _BY_LONG.get(str(name).replace("_", "-"))
         if opt is None or opt.long not in names:
             raise UsageError(f"{path}: unknown option {name!r}")
-        if key(opt) not in opts:
-            merged.update(_file_value(path, opt, value))
-    return merged, command
-
-
-def _file_command(path: str, value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str) and value.strip():
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(w, (str, int, float)) for w in value):
-        return [str(w) for w in value]
-    raise UsageError(f"{path}: command must be a string or a list of words")
-
-
-def _file_value(path: str, opt: Option, value) -> dict:
-    if opt.kind == "flag":
-        if not isinstance(value, bool):
+        if opt.long in opts:
+            continue
+        if opt.kind == "flag" and not isinstance(value, bool):
             raise UsageError(f"{path}: {opt.long} must be true or false")
-        return {key(opt): True} if value else {}
-    items = [value]
-    if opt.kind == "list":
-        items = [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else \
-            value if isinstance(value, list) else [value]
-    converted = []
-    for item in items:
-        if isinstance(item, (dict, list)) or item is None:
-            raise UsageError(f"{path}: bad value for {opt.long}: {item!r}")
+        items = [value] if opt.kind != "list" else [f"{k}={v}" for k, v in value.items()] if isinstance(
+            value, dict) else value if isinstance(value, list) else [value]
         try:
-            converted.append(opt.convert(str(item)))
+            if any(isinstance(item, dict | list) or item is None for item in items):
+                raise ValueError(f"{value!r}")
+            converted = [True] if opt.kind == "flag" else [opt.convert(str(item)) for item in items]
         except ValueError as exc:
             raise UsageError(f"{path}: bad value for {opt.long}: {exc}") from None
-    return {key(opt): converted if opt.kind == "list" else converted[0]}
+        if value is not False:
+            merged[opt.long] = converted if opt.kind == "list" else converted[0]
+    return merged, [command] if isinstance(command, str) else [str(w) for w in command or []]

@@ -25,8 +25,7 @@ MONITOR_SECS = 1.0
 
 
 class ExitShell(Exception):
-    def __init__(self, code: int):
-        self.code = code
+    """`exit [CODE]`: args[0] is the status the shell leaves with."""
 
 
 # ---- what the completion knows: refreshed by a monitor loop, never fetched while typing ------------
@@ -34,21 +33,19 @@ class ExitShell(Exception):
 class ClusterView:
     """The master's reachability and recent lists of jobs, nodes and past commands, refreshed every
     `interval` by a client whose calls give up after a few seconds: the monitor must notice a master
-    that went silent (host down, cable cut), not wait on it for the minutes a long call may take."""
+    that went silent (host down, cable cut), not wait on it for the minutes a long call may take.
+    `on_change(up)` hears when the master goes away or comes back."""
 
     def __init__(self, host: str, port: int, interval: float = MONITOR_SECS, on_change=None):
         import logging
 
         from .background import Loop
         from .client import Client
-        self.client = Client(host, port, connect_wait=0)
+        self.client, self.on_change, self.up, self._ticks = Client(host, port, connect_wait=0), on_change, None, 0
         self.client.call_timeout = 5.0
-        self.on_change = on_change   # called with True/False when the master comes back / goes away
-        self.up: bool | None = None
         self.jobs: list[dict] = []
         self.nodes: list[dict] = []
         self.history: list[dict] = []
-        self._ticks = 0
         self.loop = Loop("grun-shell-monitor", self._refresh, interval, logging.getLogger("grun.shell"))
 
     def _refresh(self) -> None:
@@ -106,14 +103,12 @@ def _completer(view):
 
 
 def _command_starts_here(words: list[str]) -> bool:
-    """Whether the next word would be the command of `run`/`submit` (all words so far are options)."""
+    """Whether the next word would be the command of `run`/`submit`: the words so far are whole options
+    (an option still waiting for its value is a usage error)."""
     try:
-        _opts, rest = parse_options(words, verbs.VERBS["run"].options, "run")
+        return not parse_options(words, verbs.VERBS["run"].options, "run")[1]
     except UsageError:
         return False
-    last = words[-1] if words else ""  # an option still waiting for its value takes the next word
-    return not rest and not any(o.kind != "flag" and last in (f"--{o.long}", f"-{o.short}")
-                                for o in OPTIONS if o.long in verbs.VERBS["run"].options)
 
 
 def _command(line: str, skip: int, words: list[str]) -> list[str]:
@@ -153,9 +148,9 @@ class Shell:
 
         try:
             self.status = verbs.execute(self.ctx, words, adjust=keep_shell_syntax)
+            return self.status
         except BrokenPipeError:
             raise ExitShell(141) from None
-        return self.status
 
     def run_script(self, stream) -> int:
         """Verbs from a file or pipe, one a line."""
@@ -163,7 +158,7 @@ class Shell:
             for line in stream:
                 self.execute(line)
         except ExitShell as exc:
-            return exc.code
+            return exc.args[0]
         return self.status
 
     def interact(self, history_path: str | None) -> int:
@@ -195,7 +190,7 @@ class Shell:
             except EOFError:
                 return self.status
             except ExitShell as exc:
-                return exc.code
+                return exc.args[0]
 
     def _prompt(self) -> str:
         if self.view is not None and self.view.up is False:
@@ -228,11 +223,9 @@ def do_help(ctx: Context, args: dict) -> int:
 
 
 def _exit_code(words: list[str], called: str, opts: dict) -> dict:
-    if not words:
-        return {"code": 0}
-    if len(words) == 1 and words[0].isdigit():
-        return {"code": int(words[0]) & 0xFF}
-    raise UsageError("usage: exit [CODE]")
+    if words[1:] or words and not words[0].isdigit():
+        raise UsageError("usage: exit [CODE]")
+    return {"code": int(words[0]) & 0xFF if words else 0}
 
 
 @verb("[CODE]", words=_exit_code, aliases="quit")

@@ -82,9 +82,9 @@ def find(name: str) -> Verb | None:
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
     """A verb's args from its words, and from the options the command line read already (`preset`)."""
     called, preset = called or v.name, preset or {}
-    wrong = sorted(set(preset) - {o.replace("-", "_") for o in v.options})
+    wrong = sorted(set(preset) - set(v.options))
     if wrong:
-        raise UsageError(f"option --{wrong[0].replace('_', '-')} does not go with {called}")
+        raise UsageError(f"option --{wrong[0]} does not go with {called}")
     opts, rest = parse_options(words, v.options, called, interspersed=v.words is not command)
     args = {**preset, **opts}
     args.update(v.words(rest, called, args))
@@ -265,9 +265,9 @@ def history_long(jobs: list[dict]) -> str:
 # ---- running jobs ----------------------------------------------------------------------------------
 
 # option -> (streams, append)
-OUTPUTS = {"out": (("stdout",), False), "err": (("stderr",), False), "out_err": (("stdout", "stderr"), False),
-           "out_append": (("stdout",), True), "err_append": (("stderr",), True),
-           "out_err_append": (("stdout", "stderr"), True)}
+OUTPUTS = {"out": (("stdout",), False), "err": (("stderr",), False), "out-err": (("stdout", "stderr"), False),
+           "out-append": (("stdout",), True), "err-append": (("stderr",), True),
+           "out-err-append": (("stdout", "stderr"), True)}
 
 
 def cli_spec(args: dict, words: list[str]) -> dict:
@@ -293,13 +293,13 @@ def cli_spec(args: dict, words: list[str]) -> dict:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
 def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
-    if args.get("wait_existing") and not args.get("name"):
+    if args.get("wait-existing") and not args.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
     if "array" in args or "cmds" in args:
         return _run_many(ctx, args)
     if args.get("nowait"):
         return do_submit(ctx, args)
-    if not args.get("wait_existing"):
+    if not args.get("wait-existing"):
         return _run_new(ctx, args)
     from .client import GrunError
     for _ in range(5):  # -j NAME -W: if a job of that name is live, wait for it and exit with its code
@@ -404,7 +404,7 @@ def _task_specs(ctx: Context, args: dict) -> list[dict]:
     (--cmds, GRUN_TASK_ID = the line number), run by /bin/sh. %a in output file names is the task id."""
     if "array" in args and "cmds" in args:
         raise UsageError("give --array or --cmds, not both")
-    if args.get("name") or args.get("wait_existing"):
+    if args.get("name") or args.get("wait-existing"):
         raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
     if "cmds" in args and args["cmd"]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
