@@ -327,6 +327,8 @@ class Client:
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
                 stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
+            except BrokenPipeError:
+                raise  # our own reader went away (`grun yes | head -1`): the caller ends quietly
             except LookupError:
                 if final:
                     break  # the node no longer holds the output
@@ -402,11 +404,13 @@ class Job:
 
     def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard output: all of it (waiting for the end), or chunks as they come."""
-        return _chunks(self.client, self.id, "stdout") if stream else b"".join(_chunks(self.client, self.id, "stdout"))
+        chunks = _chunks(self.client, self.id, "stdout")
+        return chunks if stream else b"".join(chunks)
 
     def stderr(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard error: all of it (waiting for the end), or chunks as they come."""
-        return _chunks(self.client, self.id, "stderr") if stream else b"".join(_chunks(self.client, self.id, "stderr"))
+        chunks = _chunks(self.client, self.id, "stderr")
+        return chunks if stream else b"".join(chunks)
 
     def kill(self, sig: int = 15) -> bool:
         """Signal the job (TERM by default; KILL follows after a grace period). False if it had ended."""
@@ -421,48 +425,33 @@ class Job:
         return bool(self.client.resume([self.id]).get(self.id))
 
 
-class _Abandoned(BaseException):
-    """The reader of a streamed output went away: the follower thread stops (passes `except Exception`)."""
-
-
 def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
-    """The job's stdout or stderr as it is produced: a follower thread feeds a queue we read. If the
-    reader stops early (closes or drops the iterator), the follower hangs up on the node."""
-    import queue
+    """The job's stdout or stderr as it is produced: a follower thread streams it into a pipe we read
+    (and the other one to /dev/null). If the reader stops early (closes or drops the iterator), the
+    follower's next write meets a broken pipe, and it hangs up on the node."""
     import threading
-    pieces, stop, end = queue.Queue(maxsize=256), threading.Event(), object()
-
-    def offer(item) -> None:
-        while not stop.is_set():
-            try:
-                return pieces.put(item, timeout=0.5)
-            except queue.Full:
-                pass
-        raise _Abandoned()
-
-    def ignore(_data: bytes) -> None:
-        if stop.is_set():
-            raise _Abandoned()
+    read_end, write_end = os.pipe()
+    failed: list[GrunError] = []
 
     def follow() -> None:
-        try:
+        with open(os.devnull, "wb") as devnull:
+            sinks = {which: write_end, "stderr" if which == "stdout" else "stdout": devnull.fileno()}
             try:
-                client.follow(job_id, stdout_fd=offer if which == "stdout" else ignore,
-                              stderr_fd=offer if which == "stderr" else ignore, release=False, require_output=True)
-                offer(end)
+                client.follow(job_id, stdout_fd=sinks["stdout"], stderr_fd=sinks["stderr"], release=False,
+                              require_output=True)
+            except BrokenPipeError:
+                pass
             except Exception as exc:  # handed to the reading thread
-                offer(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
-        except _Abandoned:
-            pass
+                failed.append(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
+            finally:
+                os.close(write_end)
 
     threading.Thread(target=follow, name=f"grun-job-{job_id}-{which}", daemon=True).start()
-    try:
-        while (item := pieces.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    with open(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(1 << 16):
+            yield chunk
+    if failed:
+        raise failed[0]
 
 
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,

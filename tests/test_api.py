@@ -17,7 +17,6 @@ from grun import (
     Job,
     JobNotFound,
     MasterUnreachable,
-    NotSupported,
     Timeout,
 )
 
@@ -79,10 +78,7 @@ def test_suspend_and_resume(cluster):
     assert next(first) == b"1\n"  # its process is there to be stopped
     first.close()
     try:
-        try:
-            assert job.suspend() is True
-        except NotSupported:
-            pytest.skip("this master has no hold/resume yet (issue 4)")
+        assert job.suspend() is True
         wait_for(lambda: job.state == "suspended", what="the job to be suspended")
         assert job.resume() is True
         wait_for(lambda: job.state in ("running", "done"), what="the job to run again")

@@ -86,6 +86,21 @@ def test_exit_code_is_the_shells(cluster, script, code):
     assert r.returncode == code, r.stderr
 
 
+def test_a_reader_that_goes_away_ends_grun_and_its_job(cluster, tmp_path):
+    """`grun yes | head -1`: once our stdout's reader is gone, grun kills the job and exits 141 at once
+    (it took the broken pipe for a lost node and re-attached, again and again)."""
+    err = tmp_path / "err"
+    proc = subprocess.Popen(["bash", "-c", f"{PY} -m grun.cli -v yes 2>{err} | head -1; echo ${{PIPESTATUS[0]}}"],
+                            env=cluster.env, stdout=subprocess.PIPE, start_new_session=True, cwd=tmp_path)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert out == b"y\n141\n", err.read_text()
+    job_id = job_id_from_verbose(err.read_bytes())
+    assert cluster.client().wait([job_id], 20)[job_id]["state"] == "killed"
+
+
 def test_killed_by_signal_shows_in_history(cluster):
     job_id = nowait(cluster, "sh", "-c", "kill -9 $$")
     assert cluster.grun("-q", "wait", str(job_id)).returncode == 137
