@@ -4,31 +4,21 @@
     import grun; grun.remote(f, x)       # Python functions on the cluster (grun.calls)
 
 The names below are loaded on first use, so `import grun` (which the command line does) stays cheap
-and does not pull in Pyro5 or cloudpickle.
+and does not pull in Pyro5 or cloudpickle (nor importlib: `__import__` does the same).
 """
-
-from __future__ import annotations
-
-import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Client": "client", "Job": "client", "GrunError": "client", "MasterUnreachable": "client",
-    "JobNotFound": "client", "NotSupported": "client", "Timeout": "client",
-    "remote": "calls", "submit_call": "calls", "map": "calls", "RemoteError": "calls",
-    "CallFuture": "calls",
-}
-
-__all__ = ["__version__", *_LAZY]
+__all__ = ["CallFuture", "Client", "GrunError", "Job", "JobNotFound", "MasterUnreachable", "NotSupported",
+           "RemoteError", "Timeout", "__version__", "map", "remote", "submit_call"]
+_LAZY = {name: "calls" if name in ("CallFuture", "RemoteError", "map", "remote", "submit_call") else "client"
+         for name in __all__ if name != "__version__"}
 
 
 def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'grun' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
+    globals()[name] = value = getattr(__import__(f"grun.{_LAZY[name]}", fromlist=[name]), name)
     return value
 
 

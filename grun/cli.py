@@ -37,12 +37,10 @@ def _fail(message: str, code: int = 1) -> int:
 def _stdin_fd() -> int | None:
     """Our stdin, to forward to the job, unless it is a terminal (or closed)."""
     try:
-        if not os.isatty(0):
-            os.fstat(0)
-            return 0
+        os.fstat(0)  # raises if it is closed
+        return None if os.isatty(0) else 0
     except OSError:
-        pass
-    return None
+        return None
 
 
 def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
@@ -66,7 +64,7 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         if words:
             raise UsageError(f"unexpected arguments after --attach: {' '.join(words)}")
         return ["attach", str(opts.pop("attach"))], "--attach"
-    if words[:1] in (["why"], ["shell"]) and not opts and (words[0] == "shell" or len(words) == 2 and words[1].isdigit()):
+    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].isdigit()):
         return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
     return ["run", "--", *words], "grun"
 
@@ -174,17 +172,15 @@ _ATEXIT_AT_START = _atexit_count()
 
 def node_main(argv: list[str] | None = None) -> int:
     """`grun-node [-C FILE]`: the exec service in the foreground, for systemd."""
-    argv = sys.argv[1:] if argv is None else argv
     from .daemon import DaemonError, serve
     try:
-        opts, words = parse_options(argv, ("config", "help"), "grun-node")
+        opts, words = parse_options(sys.argv[1:] if argv is None else argv, ("config", "help"), "grun-node")
+        if words:
+            raise UsageError(f"unexpected arguments: {' '.join(words)}")
         if opts.get("help"):
             print("usage: grun-node [-C FILE]   run the exec service in the foreground")
             return 0
-        if words:
-            raise UsageError(f"unexpected arguments: {' '.join(words)}")
-        cfg = load_config(find_config_path(opts.get("config")))
-        return serve(cfg, services=frozenset({"exec"}), foreground=True)
+        return serve(load_config(find_config_path(opts.get("config"))), services=frozenset({"exec"}), foreground=True)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (ConfigError, DaemonError) as exc:
