@@ -24,13 +24,6 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def _interval(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"expected a duration above 0, got {text!r}")
-    return value
-
-
 def parse_signal(text: str) -> int:
     import signal
     name = text.upper()
@@ -130,7 +123,7 @@ OPTIONS = [
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
     Option(None, "json", help="the records as JSON"),
-    Option("n", "interval", "value", _interval, "time between redraws (default 2s)", "SECONDS"),
+    Option("n", "interval", "value", lambda text: parse_duration(text, positive=True), "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
 # a job's options: those `run` and `submit` take, and an option file (-f) may hold, but -f itself
