@@ -3,6 +3,7 @@ line's forms mapped onto it, the shell's parsing of a line, the remote-call resu
 cheap `import grun`."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -85,12 +86,12 @@ def test_the_shell_leaves_shell_syntax_to_the_node(line, cmd):
 def test_completion_of_verbs_options_ids_nodes_and_past_commands():
     from prompt_toolkit.document import Document
 
-    class View:
-        jobs = [{"id": 12, "state": "running", "cmd": ["sleep", "9"]}, {"id": 13, "state": "queued", "cmd": ["x"]}]
-        nodes = [{"name": "big", "up": True}, {"name": "small", "up": False}]
-        history = [{"id": 3, "state": "done", "cmd": ["make -j4"], "shell": True}]
-
-    completer = shell._completer(View())
+    import types
+    view = types.SimpleNamespace(
+        jobs=[{"id": 12, "state": "running", "cmd": ["sleep", "9"]}, {"id": 13, "state": "queued", "cmd": ["x"]}],
+        nodes=[{"name": "big", "up": True}, {"name": "small", "up": False}],
+        history=[{"id": 3, "state": "done", "cmd": ["make -j4"], "shell": True}])
+    completer = shell._completer(view)
 
     def complete(text):
         return [c.text for c in completer.get_completions(Document(text), None)]
@@ -181,3 +182,51 @@ def test_a_missing_method_is_not_supported_and_a_broken_one_is_a_bug():
     assert lines[2:] == [f"grun: master at {host}:{port}: 'PartialMaster' object has no attribute 'table'",
                          f"grun: master at {host}:{port}: resume: 'JobTable' object has no attribute 'resume'"]
     assert out.getvalue().startswith("ID ")
+
+
+def test_conf_prints_the_config_the_command_line_loaded_without_a_master(tmp_path):
+    from cluster import free_port
+
+    from grun.config import describe, load_config
+    conf = tmp_path / "grun.conf"
+    conf.write_text(f"master: 127.0.0.1:{free_port()}\nservices: exec\nspool: {tmp_path}\ncpus: 3\nmemroy: 2G\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    r = subprocess.run([sys.executable, "-m", "grun.cli", "-C", str(conf), "-q", "conf"], env=env,
+                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, ""), "no master is needed"
+    assert r.stdout == describe(load_config(str(conf)))
+    assert "cpus: 3 " in r.stdout and "memroy" in r.stdout, "values, and the warning for an unknown key"
+
+
+def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
+    """The master's health(): one line a problem (a damaged journal, a disk nearly full)."""
+    import io
+
+    import Pyro5.api
+
+    from grun import registry
+    from grun.client import Client
+
+    @Pyro5.api.expose
+    class SickMaster:
+        def nodes(self):
+            return [{"name": "n1", "up": True, "cpus": 2, "memory": 100, "free_cpus": 2, "free_memory": 100,
+                     "running": 0}]
+
+        def health(self):
+            return ["journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged", "disk 97% full"]
+
+    daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
+    daemon.register(SickMaster(), registry.MASTER_NAME)
+    registry.serve_in_thread(daemon, "sick-master")
+    try:
+        host, port = daemon.locationStr.rsplit(":", 1)
+        out = io.StringIO()
+        client = Client(host, int(port), connect_wait=1)
+        assert verbs.execute(verbs.Context(lambda: client, out=out), ["status"]) == 0
+    finally:
+        daemon.shutdown()
+    assert out.getvalue().splitlines()[1:] == [
+        "n1    up     2/2               100/100             0",
+        "warning: journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged",
+        "warning: disk 97% full"]
