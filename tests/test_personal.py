@@ -88,7 +88,7 @@ def _stop(pid: int) -> None:
 
 
 def test_personal_cluster_starts_once_is_reused_and_stops(personal):
-    grun, state, seen = personal
+    grun, state, _seen = personal
     hostname = socket.gethostname().encode()
     first = grun("hostname")
     pid = _pid(state)
@@ -119,7 +119,7 @@ def test_personal_cluster_starts_once_is_reused_and_stops(personal):
 
 
 def test_two_first_gruns_at_once_start_one_cluster(personal):
-    grun, state, seen = personal
+    grun, _state, _seen = personal
     import concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: grun("true"), range(2)))

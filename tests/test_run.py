@@ -220,7 +220,7 @@ def test_signal_on_grun_kills_the_remote_job(cluster, sig, code):
         pgid = job_pid(cluster, job_id)
         assert group_alive(pgid)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.wait()

@@ -84,9 +84,9 @@ def test_the_shell_leaves_shell_syntax_to_the_node(line, cmd):
 
 
 def test_completion_of_verbs_options_ids_nodes_and_past_commands():
-    from prompt_toolkit.document import Document
-
     import types
+
+    from prompt_toolkit.document import Document
     view = types.SimpleNamespace(
         jobs=[{"id": 12, "state": "running", "cmd": ["sleep", "9"]}, {"id": 13, "state": "queued", "cmd": ["x"]}],
         nodes=[{"name": "big", "up": True}, {"name": "small", "up": False}],
