@@ -213,7 +213,8 @@ def do_help(ctx: Context, args: dict) -> int:
         found = verbs.find(args["verb"])
         if found is None:
             return ctx.fail(f"no verb {args['verb']!r} (try: help)", EXIT_USAGE)
-        ctx.print(verbs.usage(found))
+        ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
+                             ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
         return 0
     width = max(map(len, verbs.VERBS))
     for v in verbs.VERBS.values():

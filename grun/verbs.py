@@ -119,12 +119,6 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
     return code
 
 
-def usage(v: Verb) -> str:
-    """A few lines for `help VERB`: the usage, the help line, the aliases."""
-    return "\n".join([f"{v.name} {v.usage}".rstrip(), f"    {v.help}"] +
-                     ([f"    aliases: {', '.join(v.aliases)}"] if v.aliases else []))
-
-
 # ---- readers of a verb's words -------------------------------------------------------------------
 
 def no_words(words: list[str], called: str, opts: dict) -> dict:
@@ -504,8 +498,7 @@ def do_history(ctx: Context, args: dict) -> int:
 @verb("ID...", words=job_ids)
 def do_wait(ctx: Context, args: dict) -> int:
     """wait until jobs finish; exits with the first non-zero code"""
-    done = ctx.client.wait(args["ids"])
-    return next((code for code in (int(done[i].get("exit", 1)) for i in args["ids"]) if code), 0)
+    return next((code for code in [wait_code(ctx, i) for i in args["ids"]] if code), 0)
 
 
 def _missing(ctx: Context, found: dict) -> int:
