@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+
+TIMES = {"start": time.time()}  # when each step of this run ended: GRUN_TIMES=1 prints them (bench's latency split)
 
 from . import __version__
 from .config import ConfigError, find_config_path, load_config
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     """The `grun` command. Called as the program (argv None), it ends the process itself when it can:
     see _exit_quickly."""
     code = _main(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("GRUN_TIMES"):
+        print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
     if argv is None:
         _exit_quickly(code)
     return code
@@ -87,17 +92,21 @@ def _main(argv: list[str]) -> int:
         if opts.get("version"):
             print(f"grun {__version__}")
             return 0
-        cfg = load_config(find_config_path(opts.pop("config", None)))
-        if opts.pop("daemon", False):
-            return daemon(opts, words, cfg)
         from . import verbs
         from .client import Client
+        TIMES["imported"] = time.time()
+        cfg = load_config(find_config_path(opts.pop("config", None)))
+        TIMES["config"] = time.time()
+        if opts.pop("daemon", False):
+            return daemon(opts, words, cfg)
         words, called = _form(opts, words)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)
         if words[0] == "shell":
             from . import shell
             return shell.main(ctx, words[1:])
-        return verbs.execute(ctx, words, called, opts)
+        code = verbs.execute(ctx, words, called, opts)
+        TIMES.update(getattr(ctx._client, "times", {}))
+        return code
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:

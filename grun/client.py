@@ -174,7 +174,10 @@ class Client:
     def submit_many(self, specs: list[dict], _method: str = "submit_many") -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
         specs = [{"token": new_token(), **spec} for spec in specs]  # a retried submit cannot queue a job twice
+        sent = time.time()
         ids = self.call(_method, specs[0] if _method == "submit" else specs, sent_wait=SENT_SUBMIT_WAIT)
+        self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
+                      "answered": time.time()}  # for GRUN_TIMES (grun/cli.py)
         return [int(ids)] if _method == "submit" else [int(i) for i in ids]
 
     def get(self, job_id: int) -> Job:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 
 CONNECT_TIMEOUT = 5.0
 
@@ -136,7 +137,7 @@ class WireProxy:
             except OSError as exc:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._seq = 0
+            self._seq, self._pyroConnected = 0, time.time()
             hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": "hello", "object": self._object}))
         self._seq = (self._seq + 1) & 0xFFFF
         sock, sent = self._sock, False

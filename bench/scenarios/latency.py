@@ -29,11 +29,18 @@ SMOKE = {"latency_runs": 3}
 def run_phases(launched: float, exited: float, job: dict, result: subprocess.CompletedProcess) -> dict:
     """Where the time of one `grun CMD` run went, in seconds, in the order it happens: `launched` and
     `exited` are this machine's clock around the client process, `job` the master's record of its job,
-    `result` the finished client process (its stderr is there for a client that reports more).
-    launch_to_submit holds the interpreter's start and site, the imports, the config, the connection
-    and the submit call up to the master's submit_time."""
+    `result` the finished client process, whose stderr ends with the times its steps ended (GRUN_TIMES=1,
+    grun/cli.py). Until the master has the submission: the interpreter's start with site and the .pth
+    files, grun's imports, the config, the connection (the spec, msgpack and the TCP connect), the
+    request's way to the master; then the master's journal (group commit) and its answer."""
+    m = re.search(r"^grun: times: (.*)$", result.stderr.decode(errors="replace"), re.MULTILINE)
+    t = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())} if m else {}
     start = job.get("start_time")
-    return {"launch_to_submit": job["submit_time"] - launched,
+    split = {"start_and_site": t["start"] - launched, "imports": t["imported"] - t["start"],
+             "config": t["config"] - t["imported"], "connect": t["connected"] - t["config"],
+             "submit": job["submit_time"] - t["connected"], "journal_wait": t["answered"] - job["submit_time"]
+             } if "answered" in t else {"launch_to_submit": job["submit_time"] - launched}
+    return {**split,
             "submit_to_dispatch": job["dispatch_time"] - job["submit_time"],
             "dispatch_to_start": start - job["dispatch_time"],
             "start_to_client_exit": exited - start,
@@ -48,7 +55,7 @@ def latency_series(cluster, cmd: list[str], runs: int) -> dict:
     for _ in range(runs):
         t0 = time.time()
         p0 = time.perf_counter()
-        r = xrun(GRUN + cmd, env=cluster.env, cwd="/tmp", capture_output=True, timeout=60)
+        r = xrun(GRUN + cmd, env=dict(cluster.env, GRUN_TIMES="1"), cwd="/tmp", capture_output=True, timeout=60)
         walls.append(time.perf_counter() - p0)
         done.append((t0, time.time(), r))
         if r.returncode != 0:
