@@ -30,17 +30,18 @@ def run_phases(launched: float, exited: float, job: dict, result: subprocess.Com
     """Where the time of one `grun CMD` run went, in seconds, in the order it happens: `launched` and
     `exited` are this machine's clock around the client process, `job` the master's record of its job,
     `result` the finished client process, whose stderr ends with the times its steps ended (GRUN_TIMES=1,
-    grun/cli.py). Until the master has the submission: the interpreter's start with site and the .pth
-    files, grun's imports, the config, the connection (the spec, msgpack and the TCP connect), the
-    request's way to the master; then the master's journal (group commit) and its answer."""
+    grun/cli.py). launch_to_submit, until the master has the submission, splits into the interpreter's
+    start with site and the .pth files, grun's imports, the config, the connection (the spec, msgpack
+    and the TCP connect) and the request's way to the master; then the master's journal (group commit)
+    and its answer."""
     m = re.search(r"^grun: times: (.*)$", result.stderr.decode(errors="replace"), re.MULTILINE)
     t = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())} if m else {}
     start = job.get("start_time")
     split = {"start_and_site": t["start"] - launched, "imports": t["imported"] - t["start"],
              "config": t["config"] - t["imported"], "connect": t["connected"] - t["config"],
-             "submit": job["submit_time"] - t["connected"], "journal_wait": t["answered"] - job["submit_time"]
-             } if "answered" in t else {"launch_to_submit": job["submit_time"] - launched}
-    return {**split,
+             "submit": job["submit_time"] - t["connected"]} if "answered" in t else {}
+    return {"launch_to_submit": job["submit_time"] - launched, **split,
+            **({"journal_wait": t["answered"] - job["submit_time"]} if split else {}),
             "submit_to_dispatch": job["dispatch_time"] - job["submit_time"],
             "dispatch_to_start": start - job["dispatch_time"],
             "start_to_client_exit": exited - start,
