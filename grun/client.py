@@ -1,17 +1,11 @@
 """The one client: how the command line, the shell and Python code talk to the master and to jobs.
 
-It finds the master (at an explicit address, or as the command line does: config file, else the
-personal cluster), retries calls that failed because the master was unreachable (with backoff, for a
-bounded time), turns what a call fails with (grun.wire) into grun's own exceptions, in one place
-(`_failure`), builds job specs (`job_spec`, the only builder), and runs a job end to end: submit, wait
-for it to start, stream its output from its node's side channel, and return its exit code.
-
-For Python code: `Client.submit(cmd, cpus=..., ...)` returns a `Job` handle (state, wait, output,
-kill, suspend/resume). A Client may be shared between threads: each thread gets its own connection.
-
-    from grun import Client
-    job = Client().submit("make -j4", cpus=4, memory="2G")
-    print(job.wait(), job.stdout().decode())
+It finds the master (an explicit address, or as the command line does), retries calls while the master
+is unreachable (with backoff, for a bounded time), turns what a call fails with (grun.wire) into grun's
+exceptions in one place (`_failure`), builds job specs (`job_spec`, the only builder), and runs a job
+end to end: submit, wait for it to start, stream its output from its node, return its exit code.
+For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job` (state, wait, output, kill,
+suspend/resume). A Client may be shared between threads: each thread gets its own connection.
 """
 
 from __future__ import annotations
@@ -25,9 +19,9 @@ from collections.abc import Iterator, Sequence
 from . import wire
 from .registry import job_name, master_uri
 
-# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading,
-# queue and the stream module until a job's output is followed. `grun CMD` starts a Python each time,
-# and every import is paid by every call (tests/test_cli_fast.py keeps it so).
+# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading and
+# the stream module until a job's output is followed: each `grun` call pays for every import
+# (tests/test_cli_fast.py).
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
@@ -146,8 +140,7 @@ class Client:
 
     def reachable(self) -> bool:
         try:
-            self.call("ping", wait=0)
-            return True
+            return bool(self.call("ping", wait=0))
         except MasterUnreachable:
             return False
 
@@ -169,16 +162,16 @@ class Client:
 
     def submit_spec(self, spec: dict) -> int:
         """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
-        return self.submit_many([spec], "submit")[0]
+        return self.submit_many([spec])[0]
 
-    def submit_many(self, specs: list[dict], _method: str = "submit_many") -> list[int]:
+    def submit_many(self, specs: list[dict]) -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
         specs = [{"token": new_token(), **spec} for spec in specs]  # a retried submit cannot queue a job twice
         sent = time.time()
-        ids = self.call(_method, specs[0] if _method == "submit" else specs, sent_wait=SENT_SUBMIT_WAIT)
+        ids = self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
                       "answered": time.time()}  # for GRUN_TIMES (grun/cli.py)
-        return [int(ids)] if _method == "submit" else [int(i) for i in ids]
+        return [int(i) for i in ids]
 
     def get(self, job_id: int) -> Job:
         """A handle for an existing job; raises JobNotFound if there is none."""
@@ -228,8 +221,7 @@ class Client:
 
     def lookup(self, name: str) -> int | None:
         """The id of the live job with this name (grun -j NAME), or None."""
-        found = self.call("lookup", str(name))
-        return None if found is None else int(found)
+        return self.call("lookup", str(name))
 
     def why(self, job_id: int) -> str:
         """One paragraph on why a queued job is not running."""
@@ -257,14 +249,6 @@ class Client:
                 return job
 
     # ---- a job's output ------------------------------------------------------------------------
-
-    def run(self, spec: dict, *, stdin_fd: int | None = None, stdout_fd: int = 1, stderr_fd: int = 2,
-            on_submit=None, **follow) -> int:
-        """Submit a job, stream its output as it is produced, and return its exit code."""
-        job_id = self.submit_spec(dict(spec, stdin=stdin_fd is not None))
-        if on_submit:
-            on_submit(job_id)
-        return self.follow(job_id, stdin_fd=stdin_fd, stdout_fd=stdout_fd, stderr_fd=stderr_fd, **follow)
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
@@ -353,9 +337,8 @@ class Client:
         return int(final.get("exit", 1))
 
     def _settled(self, job_id: int) -> None:
-        """Return once the master has the job's end too (its report follows the stream's EXIT by a few
-        ms), so that a `grun -q history` or `-q jobs` right after `grun CMD` sees the job finished.
-        One round trip when it has it already; bounded, and never an error: we have the exit code."""
+        """Return once the master has the job's end too (it follows the stream's EXIT by a few ms), so
+        that `grun -q history` right after `grun CMD` shows it: one round trip, bounded, never an error."""
         try:
             self.call("wait", [job_id], SETTLE_WAIT, wait=0)
         except GrunError:
@@ -363,14 +346,10 @@ class Client:
 
 
 class Job:
-    """A handle for one job. Cheap: it holds the id, and asks the master or the job's node when used.
-
+    """A handle for one job: it holds the id, and asks the master or the job's node when used.
     `wait()` returns the exit code as a shell would give it (128+N for death by signal N);
-    `stdout()`/`stderr()` return the whole output once the job has finished, or, with
-    `stream=True`, an iterator of byte chunks as the job writes them (from the start). The bytes come
-    from the job's node, never through the master. The node keeps a job's output for a while after
-    it ends (`output_keep:`, a day by default).
-    """
+    `stdout()`/`stderr()` the whole output once the job has ended, or with `stream=True` the chunks as
+    the job writes them, from its node (which keeps them for `output_keep:`, a day by default)."""
 
     def __init__(self, client: Client, job_id: int):
         self.client, self.id = client, int(job_id)

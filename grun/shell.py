@@ -19,6 +19,7 @@ import sys
 from . import verbs
 from .options import OPTIONS, UsageError
 from .options import parse as parse_options
+from .tables import command_text, jobs_table, nodes_table
 from .verbs import EXIT_USAGE, Context, verb
 
 MONITOR_SECS = 1.0
@@ -78,10 +79,10 @@ def _completer(view):
             return [(name, other.help) for name, other in verbs.VERBS.items()]
         if v.words in (verbs.job_ids, verbs.one_id, verbs.ids_or_name, verbs.changes):
             jobs = view.jobs + (view.history if v.name in ("wait", "attach") else [])
-            return [(str(j["id"]), f"{j.get('state', 'done')}: {verbs.command_text(j)}"[:60]) for j in jobs
+            return [(str(j["id"]), f"{j.get('state', 'done')}: {command_text(j)}"[:60]) for j in jobs
                     if str(j["id"]) not in done[1:]]
         if v.words is verbs.command and _command_starts_here(done[1:]):
-            return [(verbs.command_text(j), f"job {j['id']}") for j in view.history]
+            return [(command_text(j), f"job {j['id']}") for j in view.history]
         return []
 
     class VerbCompleter(Completer):
@@ -239,7 +240,7 @@ def _screen(client) -> str:
     import time
     nodes, jobs = client.nodes(), client.jobs()
     head = f"grun {client.address}  {time.strftime('%H:%M:%S')}  {len(jobs)} jobs on {len(nodes)} nodes"
-    return "\n\n".join([head, verbs.nodes_table(nodes), verbs.jobs_table(jobs)])
+    return "\n\n".join([head, nodes_table(nodes), jobs_table(jobs)])
 
 
 @verb("[-n SECONDS]", "interval", aliases="top")

@@ -1,0 +1,87 @@
+"""How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
+`--long` blocks), and a job's command as typed. Pure functions of the master's records."""
+
+from __future__ import annotations
+
+
+def command_text(job: dict) -> str:
+    import shlex
+    return job["cmd"][0] if job.get("shell") else shlex.join(job.get("cmd") or [])
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
+    return "\n".join(("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1]).rstrip() for r in cells)
+
+
+def fmt_secs(secs) -> str:
+    if secs is None or float(secs) < 60:
+        return "-" if secs is None else f"{float(secs):.2f}s"
+    hours, rest = divmod(int(secs), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def fmt_mb(kb) -> str:
+    return "-" if kb is None else f"{kb / 1024:.0f}M"
+
+
+def fmt_bytes(n) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n is None or n < 1024 or unit == "GB":
+            return "-" if n is None else f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def fmt_time(t) -> str:
+    import time
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def jobs_table(jobs: list[dict]) -> str:
+    """Queued and running jobs; USING is what a running job's processes use now, as its node last
+    sampled them (cpus busy, resident MB)."""
+    using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
+    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
+             j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
+    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
+
+
+def nodes_table(nodes: list[dict]) -> str:
+    rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
+             f"{n['free_memory']}/{n['memory']}", n["running"]] for n in nodes]
+    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
+
+
+def history_table(jobs: list[dict]) -> str:
+    from .core.jobs import describe_exit
+    rows = []
+    for j in reversed(jobs):
+        u = j.get("usage") or {}
+        cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
+        rows.append([j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
+                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
+    return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
+
+
+def history_long(jobs: list[dict]) -> str:
+    """`-q history --long`: every recorded field of each job, a block per job."""
+    from .core.jobs import describe_exit
+    blocks = []
+    for j in reversed(jobs):
+        u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
+        params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
+        blocks.append("\n".join(line for line in (
+            f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, exit {describe_exit(j)}",
+            f"  command   {command_text(j)}",
+            f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
+            f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
+            f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}",
+            f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
+            + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
+            f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
+            f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
+            f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}",
+            j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
+            j.get("error") and f"  error     {j['error']}") if line))
+    return "\n\n".join(blocks)
