@@ -390,14 +390,9 @@ def do_jobs(ctx: Context, args: dict) -> int:
 @verb(aliases="nodes s")
 def do_status(ctx: Context, args: dict) -> int:
     """the nodes (state, free cpus and memory, running jobs) and the master's warnings"""
-    from .client import NotSupported
     from .tables import nodes_table
     ctx.print(nodes_table(ctx.client.nodes()))
-    try:  # TODO(before the report): the master's health() is on the master helper's branch
-        problems = ctx.client.health()
-    except NotSupported:
-        problems = []
-    for problem in problems:
+    for problem in ctx.client.health():
         ctx.print(f"warning: {problem}")
     return 0
 
