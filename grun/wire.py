@@ -172,7 +172,8 @@ class WireProxy:
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    """(stream.recv_exact's twin: importing grun.stream, json and all, costs ~1.2 ms of a `grun --nowait`.)"""
+    """stream.recv_exact's twin (raising, not None): importing grun.stream (json, threading) would cost
+    1.2-1.8 ms of every `grun --nowait`, measured."""
     buf, got = bytearray(n), 0
     while got < n:
         k = sock.recv_into(memoryview(buf)[got:])
