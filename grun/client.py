@@ -262,7 +262,7 @@ class Client:
         Rides through everything on the way: a master restart (calls retry), a node daemon restart
         or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
         the job; we follow its new run, whose output starts over)."""
-        from . import limits, stream
+        from . import stream
         from .core import jobs as J
         job = self.wait_started(job_id)
         if on_start:
@@ -296,7 +296,7 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
                     if on_limit and status.get("limit"):
-                        on_limit(limits.describe(status, job_id))  # e.g. killed: out of memory
+                        on_limit(_limit_note(status, job_id))  # e.g. killed: out of memory
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended
                         # it): follow the run that counts, even if it has ended already
@@ -333,7 +333,7 @@ class Client:
             on_note(f"the output of job {job_id} is no longer kept on its node")
         final = self.wait([job_id])[job_id]
         if on_limit and final.get("limit"):
-            on_limit(limits.describe(final, job_id))
+            on_limit(_limit_note(final, job_id))
         return int(final.get("exit", 1))
 
     def _settled(self, job_id: int) -> None:
@@ -469,6 +469,11 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
         raise GrunError(str(exc)) from None
     spec.update((key, value) for key, value in chosen.items() if value is not None)
     return spec
+
+
+def _limit_note(result: dict, job_id: int) -> str:
+    from .limits import describe  # only then: grun.limits is the node's module, with its imports
+    return describe(result, job_id)
 
 
 def new_token() -> str:

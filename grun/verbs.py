@@ -236,9 +236,9 @@ def do_submit(ctx: Context, args: dict) -> int:
 
 def wait_code(ctx: Context, job_id: int) -> int:
     """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
-    from .limits import describe
     final = ctx.client.wait([job_id])[job_id]
-    if describe(final, job_id):
+    if final.get("limit"):
+        from .limits import describe  # only then: grun.limits is the node's module, with its imports
         ctx.say(f"grun: {describe(final, job_id)}")
     return int(final.get("exit", 1))
 
