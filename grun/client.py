@@ -248,20 +248,16 @@ class Client:
             if job["state"] not in (QUEUED, HELD, DISPATCHED):
                 return job
 
-    # ---- a job's output ------------------------------------------------------------------------
-
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None) -> int:
         """Once the job runs, stream its output from the start (or, with `tail`, from now) into fds
         (or callables taking bytes) until it ends, and return its exit code. `release` lets the node
-        drop the spool afterwards; `require_output` raises GrunError, instead of returning quietly,
-        when the node no longer holds the output; `on_note(text)` hears what a user may want to know
-        (the job re-run elsewhere, its output gone); `on_limit(text)` that it died of a limit.
-
-        Rides through everything on the way: a master restart (calls retry), a node daemon restart
-        or a dropped connection (re-attach at the offsets reached), a lost node (the master re-queues
-        the job; we follow its new run, whose output starts over)."""
+        drop the spool then; `require_output` raises GrunError when the node no longer holds the
+        output; `on_note(text)` hears what a user may want to know (the job re-run elsewhere, its
+        output gone), `on_limit(text)` that it died of a limit. Rides through a master restart (calls
+        retry), a node daemon restart or a dropped connection (re-attach at the offsets reached) and a
+        lost node (the master re-queues the job; we follow its new run, whose output starts over)."""
         from . import stream
         from .core import jobs as J
         job = self.wait_started(job_id)
@@ -472,7 +468,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
 
 
 def _limit_note(result: dict, job_id: int) -> str:
-    from .limits import describe  # only then: grun.limits is the node's module, with its imports
+    from .limits import describe  # only when needed: the node's module, with its imports (subprocess)
     return describe(result, job_id)
 
 
