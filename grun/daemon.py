@@ -1,8 +1,7 @@
-"""Running grun's services as daemons: one process hosts the configured services (queue, exec), writes
-a pid file and a log file, reloads its config on SIGHUP through the table of keys (grun/config.py), and
-stops cleanly on SIGTERM/SIGINT. Also starting such a process in the background, stopping it by its pid
-file, and the personal cluster that `grun CMD` starts when there is no config and no master.
-"""
+"""A grun daemon as a process: serve hosts the configured services (grun/services.py), logs, locks its
+pid file while it runs (a stale file never passes for a live daemon), stops on SIGTERM or SIGINT, reloads
+on SIGHUP. And its control from outside, `grun -d`: start in the background, stop (-k), reload (-r),
+replace without a gap (-R), and the personal cluster `grun CMD` starts when there is no config or master."""
 
 from __future__ import annotations
 
@@ -16,9 +15,9 @@ import sys
 import threading
 import time
 
-from . import registry
-from .config import KEYS, Config, ConfigError, format_hostport, load_config
+from .config import Config, ConfigError, load_config
 from .files import read_int
+from .services import Services
 
 log = logging.getLogger("grun.daemon")
 
@@ -42,56 +41,48 @@ def running_pid(cfg: Config) -> int | None:
         os.close(fd)  # also drops the lock if we got it
 
 
-def _lock_pid_file(pid_file: str, takeover: bool) -> int:
-    """Open and lock the pid file; with takeover, wait for the running daemon to let go of it."""
-    if takeover:
-        with open(pid_file + ".takeover", "w") as f:  # tells `grun -d -R` we are ready to wait
-            f.write(f"{os.getpid()}\n")
+def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
+    """Lock the pid file and write our pid in it. `replacing`: the pid of the daemon that holds it now;
+    asked to exit (it writes a snapshot first), then waited for."""
+    if replacing:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replacing, signal.SIGTERM)
     while True:
         fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if takeover else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if replacing else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             raise DaemonError(f"already running (pid file {pid_file} is locked by pid {read_int(pid_file)})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(pid_file).st_ino:
-                return fd
+                break
         os.close(fd)  # the daemon we waited for removed the file we locked: lock the new one
-
-
-def _settings(cfg: Config, service: str) -> dict:
-    """The values of the keys that `service` reads (KEYS), as keyword arguments for its actor."""
-    return {name: getattr(cfg, name) for name, key in KEYS.items() if key.service == service}
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True,
-          takeover: bool = False) -> int:
-    """Run the services until SIGTERM or SIGINT. Returns an exit code. With takeover, first wait
-    for the daemon running now to exit (a graceful restart started us while it still ran)."""
+          replacing: int | None = None) -> int:
+    """Host the services (grun/services.py) until SIGTERM or SIGINT; returns the exit code. `replacing`:
+    the pid of the daemon running now, replaced once this one has loaded (`grun -d -R`)."""
     services = services or cfg.services
-    handlers: list[logging.Handler] = []
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if foreground or not cfg.log_file else []
     if cfg.log_file:
         os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
         handlers.append(logging.FileHandler(cfg.log_file))
-    if foreground or not handlers:
-        handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     for warning in cfg.warnings:
         log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
-    if takeover:  # load everything before waiting, so the handover costs no import time
+    if replacing:  # load everything before taking over, so the handover costs no import time
         from .actors import master as _m  # noqa: F401
-    lock_fd = _lock_pid_file(pid_file, takeover)
-    if takeover:
-        log.info("took over from the previous daemon")
-        with contextlib.suppress(OSError):
-            os.unlink(pid_file + ".takeover")
-    os.ftruncate(lock_fd, 0)
-    os.write(lock_fd, f"{os.getpid()}\n".encode())
-
+    lock_fd = _lock_pid_file(pid_file, replacing)
+    if replacing:
+        log.info("took over from the previous daemon (pid %d)", replacing)
     stop, wake, reload_asked = threading.Event(), threading.Event(), threading.Event()
 
     def on_signal(signum, _frame):
@@ -100,109 +91,49 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    master = master_daemon = node = None
-    code = 0
+    hosted = Services(cfg)
     try:
-        if "queue" in services:
-            from .actors.master import Master
-            master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
-            master = Master(os.path.join(cfg.spool, "master"), **_settings(cfg, "queue"))
-            uri = master_daemon.register(master, registry.MASTER_NAME)
-            master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
-            registry.serve_in_thread(master_daemon, "grun-master-pyro")
-            log.info("master listening on %s", format_hostport(cfg.bind, cfg.master_port))
-        if "exec" in services:
-            from .actors.node import Node
-            settings = _settings(cfg, "exec")
-            node = Node(settings.pop("hostname"), os.path.join(cfg.spool, "node"), master_host=cfg.master_host,
-                        master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise, **settings)
-            log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, node.uri, cfg.cpus, cfg.memory)
+        hosted.start(services)
         while not stop.is_set():
             wake.wait(1.0)
             wake.clear()
             if reload_asked.is_set():
                 reload_asked.clear()
-                cfg = reload(cfg, master, node)
-            if master is not None and master.failed.is_set():
+                hosted.reload()
+            if hosted.failed():
                 log.critical("the master's journal failed; exiting so that a restart reads the disk again")
-                code = 1
-                break
+                return 1
         log.info("stopping")
+        return 0
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise DaemonError(f"cannot start: {exc}") from None
     finally:
-        if master is not None:
-            master.begin_shutdown()  # from here callers get "restarting", which clients retry
-        for actor in (node, master_daemon, master):
-            if actor is not None:
-                actor.shutdown()
+        hosted.shutdown()
         with contextlib.suppress(OSError):
             os.unlink(pid_file)
         os.close(lock_fd)
-    return code
 
 
-def reload(cfg: Config, master=None, node=None) -> Config:
-    """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the service that
-    reads it (Master/Node.reconfigure; the log level here), or logged as needing `grun -d -R`, or as read
-    by no service of this daemon. A bad file is reported and the running config kept."""
-    try:
-        new = load_config(cfg.path)
-    except Exception as exc:  # a broken edit must not take the daemon down
-        log.error("reload: %s; keeping the running config", exc)
-        return cfg
-    for warning in new.warnings:
-        log.warning("reload: %s", warning)
-    changed = [name for name in KEYS if getattr(new, name) != getattr(cfg, name)]
-    logging.getLogger().setLevel(new.log_level.upper())
-    applied = {"log_level": new.log_level} if "log_level" in changed else {}
-    actors = {"queue": master, "exec": node}
-    for service, actor in actors.items():
-        asked = {name: getattr(new, name) for name in changed if KEYS[name].service == service and KEYS[name].reload}
-        if actor is not None and asked:
-            try:
-                applied.update(actor.reconfigure(**asked))
-            except Exception:  # logged; the daemon serves on, and the keys are reported below
-                log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
-    unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
-    restart = [name for name in changed if name not in applied and name not in unread]
-    log.info("reloaded %s: %s", cfg.path or "the default config", "applied " + ", ".join(
-        f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
-    for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
-        if names:
-            log.warning("reload: %s changed but %s", ", ".join(names), why)
-    for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
-        setattr(new, name, getattr(cfg, name))
-    return new
-
-
-def start_background(cfg: Config, wait: float = 15.0, takeover_from: int | None = None) -> int:
-    """Start `serve` in a detached process; returns its pid once its pid file names it. With
-    takeover_from (a running daemon's pid), the new process loads its code, then waits for that
-    one to exit, which it asks with SIGTERM once the new one is ready to wait."""
+def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
+    """Start `serve` in a detached process; returns its pid once its pid file names it. `replacing`:
+    the pid of the daemon running now, which the new one stops once it has loaded."""
     pid = running_pid(cfg)
-    if pid and pid != takeover_from:
+    if pid and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
         print(f"grun: warning: {warning}", file=sys.stderr)
-    args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *(["--takeover"] if takeover_from else [])]
+    args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
-    with open(log_path, "ab") as log_out, open(os.devnull, "rb") as devnull:
-        proc = subprocess.Popen(args, stdin=devnull, stdout=log_out, stderr=log_out,
-                                start_new_session=True, close_fds=True)
-    deadline, asked = time.monotonic() + wait, False
+    with open(log_path, "ab") as log_out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True)
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}")
         if running_pid(cfg) == proc.pid:
             return proc.pid
-        # the new daemon has loaded its code and waits for the pid file's lock (see _lock_pid_file)
-        if takeover_from and not asked and read_int(cfg.pid_file + ".takeover") == proc.pid:
-            asked = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(takeover_from, signal.SIGTERM)
         time.sleep(0.01)
     raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
 
@@ -216,26 +147,24 @@ def ask_reload(cfg: Config) -> int | None:
 
 
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
-    """Graceful restart (`grun -d -R`): a new daemon (new code, new config) starts and loads, then the
-    running one writes a snapshot and exits, and the new one takes over its pid file, state and port at
-    once; clients and nodes retry meanwhile, so they see a pause, not an error. Returns (old, new pid)."""
+    """`grun -d -R`: a new daemon (new code, new config) loads, then stops the running one, which writes a
+    snapshot, and takes over at once; clients and nodes see a pause, not an error. Returns (old, new pid)."""
     old = running_pid(cfg)
-    return old, start_background(cfg, wait=wait, takeover_from=old)
+    return old, start_background(cfg, wait=wait, replacing=old)
 
 
 def stop(cfg: Config, wait: float = 15.0) -> bool:
-    """Stop the daemon named by the pid file. False when none was running."""
+    """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds. False when none was running."""
     pid = running_pid(cfg)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while running_pid(cfg) is not None:
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            break
+    while running_pid(cfg) == pid and time.monotonic() < deadline:
         time.sleep(0.05)
+    if running_pid(cfg) == pid:
+        with contextlib.suppress(ProcessLookupError):  # it has just gone
+            os.kill(pid, signal.SIGKILL)
     return True
 
 
@@ -257,9 +186,11 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
 
 
 def main(argv: list[str]) -> int:
-    path = next((a for a in argv if a != "--takeover"), "")
+    """`python -m grun.daemon [CONFIG [PID]]`, as start_background (and the tests) run a daemon; PID: the
+    daemon this one replaces."""
+    path, replacing = (argv + ["", ""])[:2]
     try:
-        return serve(load_config(path or None), foreground=False, takeover="--takeover" in argv)
+        return serve(load_config(path or None), foreground=False, replacing=int(replacing) if replacing else None)
     except (ConfigError, DaemonError) as exc:
         print(f"grun: {exc}", file=sys.stderr)
         return 1
