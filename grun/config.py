@@ -1,11 +1,10 @@
-"""grun's config: the one table of its keys (KEYS), and reading, checking, defaults and guesses, where
-each value came from (describe: `grun -q conf`), unknown-key warnings and what a reload applies, all from
-it. With no config file, "personal mode": a master and a node on this machine, bound to 127.0.0.1.
+"""grun's config: the one table of its keys (KEYS), and all that follows from it: reading and checking
+values, defaults and guesses, where each value came from (describe: `grun -q conf`), warnings for unknown
+keys, what a reload applies. No config file: personal mode, a master and a node on this machine, on 127.0.0.1.
 
 Every `grun` call imports this module, so it stays light: a default that is a function is computed when
 first read; the machine's guesses (psutil, DNS) live in grun/machine.py, which only such a read imports;
-yaml is imported only for a file the fast reader below leaves to it.
-"""
+yaml is imported only for a file the fast reader below leaves to it."""
 
 from __future__ import annotations
 
@@ -46,53 +45,44 @@ _MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _plain_number(value, what: str):
-    """A non-negative finite int/float; bools are YAML's yes/no, not numbers."""
-    _expect(isinstance(value, (int, float)) and not isinstance(value, bool)
-            and not (isinstance(value, float) and not math.isfinite(value)), what, value)
-    _expect(value >= 0, what, value, "a negative value ")
-    return value
+def _number(value, what: str, most: float = 2 ** 53) -> float:
+    """A number from 0 to `most`, or its text ("4", "0.5"); bools are YAML's yes/no, not numbers. Past 2**53
+    no float is exact (and a YAML integer of 400 digits would not even convert): surely a mistake."""
+    number = float(value) if isinstance(value, str) and re.fullmatch(_NUMBER, value.strip()) else value
+    _expect(isinstance(number, (int, float)) and not isinstance(number, bool) and number >= 0, what, value)  # not nan
+    _expect(number <= most, what, value, "an absurd value ")
+    return float(number)
 
 
-def parse_memory(text: str | float) -> int:
+def parse_memory(text) -> int:
     """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
     what = "a memory size like 4096 (MB), 500M or 4G"
-    if isinstance(text, str):
-        m = re.fullmatch(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
-        _expect(m, what, text)
-        mb = float(m.group(1)) * _MEMORY_UNIT[(m.group(2) or "m").lower()]
-    else:
-        mb = _plain_number(text, what)
+    m = isinstance(text, str) and re.fullmatch(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
+    mb = float(m.group(1)) * _MEMORY_UNIT[(m.group(2) or "m").lower()] if m else _number(text, what)
     _expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
     return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
 
 
 def parse_cpus(text) -> float:
     """A CPU count, fractions allowed: "4" -> 4.0, 0.5 -> 0.5."""
-    what = "a number of CPUs like 4 or 0.5"
-    _expect(not isinstance(text, str) or re.fullmatch(_NUMBER, text.strip()), what, text)
-    cpus = float(text if isinstance(text, str) else _plain_number(text, what))
-    _expect(cpus <= 100_000, what, text, "an absurd count ")
-    return cpus
+    return _number(text, "a number of CPUs like 4 or 0.5", most=100_000)
 
 
 def parse_duration(text, positive: bool = False) -> float:
-    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m"."""
-    what = "a duration like 30, 45s, 30m, 12h or 1d"
-    if not isinstance(text, str) or re.fullmatch(_NUMBER, text.strip()):
-        seconds = float(text if isinstance(text, str) else _plain_number(text, what))
-    else:  # every number needs a unit once there are several: "1h 30" is ambiguous
-        _expect(re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE), what, text)
+    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m": once there are several numbers,
+    each needs its unit ("1h 30" is ambiguous)."""
+    if isinstance(text, str) and re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE):
         terms = re.finditer(_NUMBER + r"\s*([smhdw])", text, re.IGNORECASE)
         seconds = round(sum(float(m.group(1)) * _DURATION_UNIT[m.group(2).lower()] for m in terms), 6)  # 0.7h: 2520
+    else:
+        seconds = _number(text, "a duration like 30, 45s, 30m, 12h or 1d")
     _expect(seconds > 0 or not positive, "a duration above zero", text)
     return seconds
 
 
 def parse_bool(value) -> bool:
     """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
-    word = value if isinstance(value, bool) else {"true": True, "yes": True, "on": True, "1": True, "false": False,
-                                                  "no": False, "off": False, "0": False}.get(str(value).strip().lower())
+    word = value if isinstance(value, bool) else {"1": True, "0": False, **_YAML_BOOL}.get(str(value).strip().lower())
     _expect(word is not None, "true or false", value)
     return word
 
@@ -113,7 +103,7 @@ def _named(value, what: str, kind: str, parse) -> dict:
 
 def parse_resources(value) -> dict[str, float]:
     """A node's consumables: name -> a number >= 0 (`resources: {gpu: 2, scratch_gb: 500}`)."""
-    return _named(value, "resource names to amounts", "resource", lambda v: float(_plain_number(v, "an amount")))
+    return _named(value, "resource names to amounts", "resource", lambda v: _number(v, "an amount"))
 
 
 def _label(text) -> str:
@@ -127,12 +117,9 @@ def parse_labels(value) -> dict[str, str]:
 
 
 def parse_hard_factor(value) -> float:
-    try:
-        factor = float(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else math.nan
-    except ValueError:
-        factor = math.nan
-    _expect(1.0 <= factor <= 100.0, "a factor between 1 and 100, like 1.5", value)
-    return factor
+    what = "a factor between 1 and 100, like 1.5"
+    _expect(_number(value, what, most=100) >= 1, what, value)
+    return float(value)
 
 
 def parse_ulimit(value) -> dict[str, int | None]:
@@ -146,7 +133,7 @@ def parse_ulimit(value) -> dict[str, int | None]:
         try:
             out[name] = (None if limit is None or str(limit).strip().lower() in ("unlimited", "infinity", "none") else
                          max(1, math.ceil(parse_duration(limit))) if kind == "duration" else
-                         parse_memory(limit) if kind == "size" else int(_plain_number(limit, "a count")))
+                         parse_memory(limit) if kind == "size" else int(_number(limit, "a count")))
             least = {"nofile": 16, "fsize": 1}.get(name, 0)
             _expect(out[name] is None or out[name] >= least, f"at least {least}{'M' * (name == 'fsize')}", limit)
         except ValueError as e:
@@ -155,12 +142,9 @@ def parse_ulimit(value) -> dict[str, int | None]:
 
 
 def parse_priority(value) -> int:
-    try:
-        number = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
-    except ValueError:
-        number = None
-    _expect(number is not None, "a whole number", value)
-    return number
+    whole = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)
+    _expect(whole or isinstance(value, int) and not isinstance(value, bool), "a whole number", value)
+    return int(value)
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -277,16 +261,15 @@ KEYS = {key.name: key for key in (
 
 class Config:
     """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port,
-    master_address), path (None: personal mode), personal, where (key -> "FILE:LINE" or "$VAR" of each
-    value given) and warnings. Built directly (in tests) it has personal-mode defaults. A plain class:
-    `dataclasses` pulls in `inspect`, which every `grun CMD` would pay for."""
+    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given)
+    and warnings. Built directly (in tests) it has personal-mode defaults. A plain class: `dataclasses`
+    pulls in `inspect`, which every `grun CMD` would pay for."""
 
-    def __init__(self, path=None, personal=True, where=None, warnings=(), environ=os.environ, **values):
+    def __init__(self, path=None, where=None, warnings=(), environ=os.environ, **values):
         unknown = set(values) - set(KEYS)
         if unknown:
             raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
-        self.path, self.personal, self.environ = path, personal, environ
-        self.where, self.warnings = dict(where or {}), list(warnings)
+        self.path, self.environ, self.where, self.warnings = path, environ, dict(where or {}), list(warnings)
         values = {name: values.get(name, key.default) for name, key in KEYS.items()}
         self._lazy = {name: value for name, value in values.items() if callable(value)}
         self.__dict__.update({name: value for name, value in values.items() if not callable(value)})
@@ -299,6 +282,7 @@ class Config:
         setattr(self, name, compute(self))
         return self.__dict__[name]
 
+    personal = property(lambda self: self.path is None)
     master_host = property(lambda self: self.master[0])
     master_port = property(lambda self: self.master[1])
     master_address = property(lambda self: format_hostport(*self.master))
@@ -318,8 +302,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
         if name not in KEYS:
             import difflib  # only when there is an unknown key
             close = difflib.get_close_matches(str(name), KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            warnings.append(f"{at}: unknown key {str(name)!r} ignored{hint}")
+            warnings.append(f"{at}: unknown key {str(name)!r} ignored" + (f"; did you mean {close[0]!r}?" if close else ""))
         elif value is not None or name == "log_file":  # null takes the default; log_file: null logs to stderr
             if source == "$GRUN_SPOOL":  # relative to where it was set, unlike a relative path in a file
                 value = os.path.abspath(os.path.expanduser(value))
@@ -327,7 +310,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
                 values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
                 raise ConfigError(str(e), source, line, name if source == path else None) from None
-    return Config(path, path is None, where, warnings, environ, **values)
+    return Config(path, where, warnings, environ, **values)
 
 
 def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: str = "/etc/grun.conf") -> str | None:
@@ -439,12 +422,10 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ConfigError(f"not valid YAML: {e.problem or e.context or 'parse error'}", path,
-                          mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", path) from None
+    except yaml.YAMLError as e:  # a MarkedYAMLError says where, and what without the whole context
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or e
+        raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None
     finally:
         loader.dispose()
     if value is not None and not isinstance(value, dict):

@@ -286,6 +286,7 @@ def test_error_format(conf, tmp_path):
     ("spool", "5"), ("log_file", "[a]"), ("pid_file", "{}"), ("log_level", "loud"),
     ("node_timeout", "0"), ("heartbeat", "-1"), ("heartbeat", "soon"), ("default_cpus", ".nan"),
     ("default_memory", "4X"), ("output_keep", "forever"),
+    *(pytest.param(key, "9" * 400, id=f"{key}-too-large-for-a-float") for key in ("cpus", "memory", "heartbeat")),
 ])
 def test_bad_value_of_each_key(conf, key, value):
     e = error(conf, f"services: exec\n\n{key}: {value}\n")
