@@ -23,10 +23,9 @@ class ConfigError(Exception):
     """A config problem, rendered as one line: ``FILE:LINE: key 'KEY': MESSAGE``."""
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None, key: str | None = None):
-        self.message = " ".join(str(message).split())  # printed as one log or terminal line
         self.path, self.line, self.key = path, line, key
         where = ":".join(str(p) for p in (path, line) if p is not None)
-        text = (f"key {key!r}: " if key is not None else "") + self.message
+        text = (f"key {key!r}: " if key is not None else "") + " ".join(str(message).split())  # one line
         super().__init__(f"{where}: {text}" if where else text)
 
 
@@ -345,8 +344,7 @@ def describe(cfg: Config) -> str:
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
 # base-60 integer 630, so an unquoted top-level master value is quoted before parsing.
-_MASTER_LINE = re.compile(r"^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*)?[ \t]*$",
-                          re.MULTILINE)
+_MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*)?[ \t]*$"
 
 
 # The fast path for the common config file, one `key: value` a line with plain values: read without
@@ -354,29 +352,25 @@ _MASTER_LINE = re.compile(r"^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ 
 # anchors, escapes, tabs, duplicate keys, values YAML 1.1 would read as something other than the
 # int, float, bool, null or string taken here) returns None and goes to PyYAML, which then also
 # gives the errors. tests/test_cli_fast.py checks that both agree.
-_SIMPLE_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *")
-_PLAIN = re.compile(r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*")
+_SIMPLE_LINE = r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *"
+_PLAIN = r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*"
 _YAML_BOOL = {form: value for value, words in ((True, "yes true on"), (False, "no false off"))
               for word in words.split() for form in (word, word.title(), word.upper())}
 _YAML_NULL = ("~", "null", "Null", "NULL")
 
-
-def _maybe_yaml_number(value: str) -> bool:
-    """Whether YAML 1.1 (PyYAML's implicit resolvers) might read a plain value that starts with a digit
-    or a dot as an int, float or timestamp. Values here have no ':', '+' or leading '-' (see _PLAIN), so
-    no base-60 number and no signed exponent is possible. (PyYAML's own patterns took 6 ms to compile.)"""
-    if "-" in value or value[:2] in ("0x", "0b") or value.lower() in (".inf", ".nan"):
-        return True  # dates, hex, binary, inf/nan: left to PyYAML
-    return value.count(".") <= 1 and all(c in "0123456789_." for c in value)
+# A plain value YAML 1.1 (PyYAML's implicit resolvers) might read as an int, float or timestamp although
+# it is none of the plain forms taken here: a date, hex, binary, .inf/.nan, 1_000, "1.". Values here have
+# no ':', '+' or leading '-' (see _PLAIN): no base-60 number, no signed exponent. (PyYAML's own patterns
+# took 6 ms to compile.)
+_MAYBE_NUMBER = r"[0-9.].*-.*|0[xb].*|(?=[0-9.])[0-9_]*\.?[0-9_]*|\.(?i:inf|nan)"
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
-    raw: dict = {}
-    lines: dict[str, int] = {}
+    raw, lines = {}, {}
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip(" ") or line.startswith("#"):
             continue
-        m = _SIMPLE_LINE.fullmatch(line)
+        m = re.fullmatch(_SIMPLE_LINE, line)
         if m is None:
             return None
         key, value = m.group(1), m.group(2)
@@ -386,7 +380,7 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             raw[key] = None
         elif value[0] in "'\"":
             raw[key] = value[1:-1]
-        elif not _PLAIN.fullmatch(value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
+        elif not re.fullmatch(_PLAIN, value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
             return None
         elif value in _YAML_BOOL:
             raw[key] = _YAML_BOOL[value]
@@ -394,7 +388,7 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             raw[key] = int(value)
         elif re.fullmatch(r"[0-9]+\.[0-9]+", value):
             raw[key] = float(value)
-        elif value[0] in "0123456789." and _maybe_yaml_number(value):
+        elif re.fullmatch(_MAYBE_NUMBER, value):
             return None
         else:
             raw[key] = value
@@ -410,8 +404,8 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = _MASTER_LINE.sub(lambda m: m.group(0) if m.group(2) in _YAML_NULL else
-                                f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
+        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if m.group(2) in _YAML_NULL else
+                      f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
     simple = _read_simple(text)

@@ -29,16 +29,13 @@ class DaemonError(Exception):
 def running_pid(cfg: Config) -> int | None:
     """The pid of the daemon holding the pid file's lock; a stale file (or a zombie) is not running."""
     try:
-        fd = os.open(cfg.pid_file, os.O_RDONLY)
-    except OSError:
+        with open(cfg.pid_file, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # we got it (and drop it): nobody holds it
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None  # nobody holds the lock
     except BlockingIOError:
         return read_int(cfg.pid_file)
-    finally:
-        os.close(fd)  # also drops the lock if we got it
+    except OSError:  # no pid file
+        return None
 
 
 def _lock_pid_file(pid_file: str, replacing: int | None) -> int:

@@ -1,13 +1,12 @@
 """Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the
 directory), and readers that take a missing or half-written file for None instead of an error.
-
-Every file grun rewrites in place goes through write_atomic: a crash or a full disk leaves either
-the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in
-8 of 60 tries). Temp files are named `<name>.tmp<pid>`; remove_temps() clears those a crash left.
-"""
+A crash or a full disk leaves either the old content or the new, never a torn file (TinyDB could not open
+a snapshot torn by kill -9 in 8 of 60 tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears
+those a crash left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -27,8 +26,7 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
     survives a power cut, not only a crash of this process."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
             for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 f.write(piece)
             f.flush()
@@ -36,10 +34,8 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
                 os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     if durable:
         fsync_dir(os.path.dirname(path))
@@ -49,10 +45,8 @@ def remove_temps(directory: str) -> None:
     """Temp files of atomic writes that a crash interrupted."""
     for name in os.listdir(directory):
         if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
 
 
 def read_json(path: str):

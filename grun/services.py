@@ -14,7 +14,7 @@ log = logging.getLogger("grun.services")
 
 
 class Services:
-    """The actors of one daemon process (grun/daemon.py runs it): start, reload, failed, shutdown."""
+    """The actors of one daemon process (grun/daemon.py runs it)."""
 
     def __init__(self, cfg: Config):
         self.cfg, self.master, self.master_daemon, self.node = cfg, None, None, None
