@@ -16,7 +16,6 @@ from collections import namedtuple
 
 DEFAULT_PORT = 5184
 SERVICES = frozenset({"queue", "exec"})
-ULIMIT_KEYS = {"cpu": "duration", "fsize": "size", "nofile": "count", "nproc": "count", "core": "size", "stack": "size"}
 
 
 class ConfigError(Exception):
@@ -121,19 +120,22 @@ def parse_hard_factor(value) -> float:
     return float(value)
 
 
+_count = lambda v: int(_number(v, "a count"))
+# The limits of `ulimit:`: each one's reader (to seconds, MB or a count) and least value.
+_ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
+            "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
+
+
 def parse_ulimit(value) -> dict[str, int | None]:
     """Limits for every job: cpu (a duration), fsize/core/stack (sizes, MB or with a unit), nofile and
     nproc (counts); "unlimited" for none. Returns name -> seconds, MB or count (None: unlimited)."""
     _expect(isinstance(value, dict), "a mapping like {cpu: 12h, fsize: 10G, nofile: 1024}", value)
     out: dict[str, int | None] = {}
     for name, limit in value.items():
-        kind = ULIMIT_KEYS.get(str(name))
-        _expect(kind, f"limits among {', '.join(ULIMIT_KEYS)}", name)
+        _expect(isinstance(name, str) and name in _ULIMITS, f"limits among {', '.join(_ULIMITS)}", name)
+        parse, least = _ULIMITS[name]
         try:
-            out[name] = (None if limit is None or str(limit).strip().lower() in ("unlimited", "infinity", "none") else
-                         max(1, math.ceil(parse_duration(limit))) if kind == "duration" else
-                         parse_memory(limit) if kind == "size" else int(_number(limit, "a count")))
-            least = {"nofile": 16, "fsize": 1}.get(name, 0)
+            out[name] = None if str(limit).strip().lower() in ("unlimited", "infinity", "none") else parse(limit)
             _expect(out[name] is None or out[name] >= least, f"at least {least}{'M' * (name == 'fsize')}", limit)
         except ValueError as e:
             raise ValueError(f"limit {name}: {e}") from None
@@ -193,9 +195,8 @@ def _path(text, absolute: bool = False):
 def user_state_dir(environ=os.environ) -> str:
     """$XDG_STATE_HOME/grun, else ~/.local/state/grun (XDG says to ignore relative values)."""
     xdg = environ.get("XDG_STATE_HOME", "")
-    if os.path.isabs(xdg):
-        return os.path.join(xdg, "grun")
-    return os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".local", "state", "grun")
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "state"), "grun")
 
 
 # ---- the table ---------------------------------------------------------------------------------------
