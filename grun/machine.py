@@ -30,14 +30,11 @@ def advertise(cfg) -> str:
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
-    """Whether `host` names this machine: by name first, then by address (DNS only if needed)."""
+    """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
+    "node1.example.org" are the same machine), then by address (DNS only if needed)."""
     h = host.lower().rstrip(".")
     names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
-    if h in names:
-        return True
-    # One side unqualified: "node1" and "node1.example.org" are the same machine.
-    short = h.split(".")[0]
-    if any(("." not in h or "." not in n) and short == n.split(".")[0] for n in names):
+    if any(h == n or ("." not in h or "." not in n) and h.split(".")[0] == n.split(".")[0] for n in names):
         return True
     try:
         addrs = {str(ipaddress.ip_address(h))}
