@@ -27,8 +27,7 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
-            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
-                f.write(piece)
+            f.writelines([data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
