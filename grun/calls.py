@@ -1,19 +1,16 @@
 """Python functions run on the cluster: `grun.remote`, `grun.submit_call` and `grun.map`.
 
-Each call is one job: `python -m grun.remote_worker` on a node, with the same interpreter as ours
-unless `python=` names another. The function and its arguments are cloudpickled (so functions
-defined in `__main__`, lambdas and closures work) and sent as the job's stdin through the node's side
-channel; nothing is written to a file anywhere. The function's stdout and stderr reach our
-sys.stdout and sys.stderr as it runs; its value (or exception, with the remote traceback) comes back
-in one frame at the end of its stdout, marked with a nonce only we know (see grun.remote_worker).
+Each call is one job: `python -m grun.remote_worker` on a node, with our interpreter unless `python=`
+names another. The function and its arguments are cloudpickled (so functions defined in `__main__`,
+lambdas and closures work) and sent as the job's stdin through the node's side channel: no file
+anywhere. The function's stdout and stderr reach our sys.stdout and sys.stderr as it runs; its value
+(or exception, with the remote traceback) comes back in one frame at the end of its stdout, marked
+with a nonce only we know (see grun.remote_worker).
 
     import grun
     grun.remote(pow, 2, 10)                              # 1024, computed on a node
     squares = grun.map(lambda x: x * x, range(20), cpus=0.5)
     future = grun.submit_call(train, data, cpus=4, memory="8G")
-
-grun's own keyword arguments (cpus, memory, priority, hosts, env, cwd, python, client) are taken out
-of **kwargs; everything else is passed on to the function.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ import pickle
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -65,9 +62,8 @@ class CallFuture(Future):
 
 
 def _label(func: Callable) -> str:
-    module = getattr(func, "__module__", None) or "?"
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
-    return f"{module}.{name}"
+    return f"{getattr(func, '__module__', None) or '?'}.{name}"
 
 
 def _spec(func: Callable, python: str | None, resources: dict) -> dict:
@@ -75,22 +71,11 @@ def _spec(func: Callable, python: str | None, resources: dict) -> dict:
     return job_spec(cmd, stdin=True, **resources)
 
 
-def _payload(func: Callable, args: tuple, kwargs: dict, nonce: bytes) -> bytes:
-    import cloudpickle
-    try:
-        return nonce + b"\n" + cloudpickle.dumps((func, args, kwargs))
-    except Exception as exc:
-        raise GrunError(f"cannot send {_label(func)} to the cluster: {type(exc).__name__}: {exc}") from None
-
-
-# ---- the caller's side of one call -----------------------------------------------------------
-
 class _Stdout:
     """The job's stdout: the function's output passes through to `sink`; the result frame is kept."""
 
     def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
-        self.mark = RESULT_MARK + nonce + b":"
-        self.sink = sink
+        self.mark, self.sink = RESULT_MARK + nonce + b":", sink
         self.pending = bytearray()
         self.frame: bytearray | None = None
 
@@ -134,7 +119,7 @@ def _writer(name: str) -> Callable[[bytes], None]:
             return
         buffer = getattr(stream, "buffer", None)
         if buffer is not None:
-            stream.flush()
+            stream.flush()  # what was printed as text goes first
             buffer.write(data)
             buffer.flush()
         else:
@@ -148,17 +133,15 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
     if frame is None:
         try:
             info = job.info()
-            how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}"
-            if info.get("error"):
-                how += f" ({info['error']})"
+            how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}" + (
+                f" ({info['error']})" if info.get("error") else "")
         except GrunError:
             how = f"ended with exit code {exit_code}"
         return False, RemoteError(f"{label} (job {job.id}) {how} without returning a result")
     try:
         outcome = pickle.loads(frame)
     except Exception as exc:
-        return False, RemoteError(f"{label} (job {job.id}): cannot load its result here: "
-                                  f"{type(exc).__name__}: {exc}")
+        return False, RemoteError(f"{label} (job {job.id}): cannot load its result here: {type(exc).__name__}: {exc}")
     if outcome[0] == "ok":
         return True, outcome[1]
     _, exc, text, summary = outcome
@@ -171,31 +154,41 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
 
 
 def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
+    """Send the call, pass its output on, and settle the future with its value or exception."""
     stdout = _Stdout(nonce, _writer("stdout"))
     try:
-        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed,
-                             stderr_fd=_writer("stderr"), release=True)
+        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
         ok, value = _outcome(future.job, label, code, stdout.close())
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label}: {exc}")
     try:
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        future.set_result(value) if ok else future.set_exception(value)
     except InvalidStateError:
         pass  # cancelled meanwhile
 
 
-def _start(client: Client, func: Callable, job_id: int, payload: bytes, nonce: bytes) -> CallFuture:
-    future = CallFuture()
-    future.job = Job(client, job_id)
-    threading.Thread(target=_follow, args=(client, future, _label(func), payload, nonce),
-                     name=f"grun-call-{job_id}", daemon=True).start()
-    return future
+def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict]], python: str | None,
+            resources: dict) -> list[CallFuture]:
+    """Queue one job per (args, kwargs) in one submission, each followed by a thread of its own."""
+    import cloudpickle
+    if not callable(func):
+        raise GrunError(f"{func!r} is not callable")
+    client, label = client or default_client(), _label(func)
+    nonces = [secrets.token_hex(16).encode() for _ in calls]
+    try:
+        payloads = [nonce + b"\n" + cloudpickle.dumps((func, *call)) for nonce, call in zip(nonces, calls)]
+    except Exception as exc:
+        raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
+    ids = client.submit_many([_spec(func, python, resources)] * len(calls)) if calls else []
+    futures = []
+    for job_id, payload, nonce in zip(ids, payloads, nonces):
+        future = CallFuture()
+        future.job = Job(client, job_id)
+        threading.Thread(target=_follow, args=(client, future, label, payload, nonce), name=f"grun-call-{job_id}",
+                         daemon=True).start()
+        futures.append(future)
+    return futures
 
-
-# ---- the API ---------------------------------------------------------------------------------
 
 def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | str | None = None,
                 priority: int | None = None, hosts: str | None = None, env: dict | None = None,
@@ -203,20 +196,14 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
                 client: Client | None = None, **kwargs) -> CallFuture:
     """Queue `func(*args, **kwargs)` as a job and return a Future for its value.
 
-    The job is on the master's disk when this returns (`future.job.id`). The Future's result is the
-    function's return value; an exception raised remotely is raised by `result()`, the same type and
-    value, with the remote traceback added to its message (as a note, shown when printed); a job that ends without a result raises
-    RemoteError. Resources and placement as for `Client.submit`; `python` is the interpreter on the
-    node (ours by default).
+    The job is on the master's disk when this returns (`future.job.id`). `result()` returns the
+    function's value, or raises what it raised remotely (same type and value, the remote traceback
+    added as a note), or RemoteError for a job that ended without a result. Resources and placement
+    as for `Client.submit`; `python` is the interpreter on the node (ours by default). Every other
+    keyword argument goes to the function.
     """
-    if not callable(func):
-        raise GrunError(f"{func!r} is not callable")
-    client = client or default_client()
-    nonce = secrets.token_hex(16).encode()
-    payload = _payload(func, args, kwargs, nonce)
-    spec = _spec(func, python, {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env,
-                                "cwd": cwd, "params": params})
-    return _start(client, func, client.submit(spec), payload, nonce)
+    return _submit(client, func, [(args, kwargs)], python, {"cpus": cpus, "memory": memory, "priority": priority,
+                                                            "hosts": hosts, "env": env, "cwd": cwd, "params": params})[0]
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
@@ -237,14 +224,8 @@ def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory
     """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
     with the given resources each; results in input order. The first failure (in order) is raised,
     and the calls not yet finished are killed."""
-    client = client or default_client()
-    items: Sequence = list(iterable)
-    spec = _spec(func, python, {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env,
-                                "cwd": cwd, "params": params})
-    nonces = [secrets.token_hex(16).encode() for _ in items]
-    payloads = [_payload(func, (x,), {}, n) for x, n in zip(items, nonces)]
-    ids = client.submit_many([spec] * len(items)) if items else []
-    futures = [_start(client, func, i, p, n) for i, p, n in zip(ids, payloads, nonces)]
+    futures = _submit(client, func, [((x,), {}) for x in iterable], python, {
+        "cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd, "params": params})
     try:
         return [f.result(timeout) for f in futures]
     except BaseException:

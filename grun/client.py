@@ -1,11 +1,10 @@
 """The one client: how the command line, the shell and Python code talk to the master and to jobs.
 
-It finds the master (an explicit address, or as the command line does), retries calls while the master
-is unreachable (with backoff, for a bounded time), turns what a call fails with (grun.wire) into grun's
-exceptions in one place (`_failure`), builds job specs (`job_spec`, the only builder), and runs a job
-end to end: submit, wait for it to start, stream its output from its node, return its exit code.
-For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job` (state, wait, output, kill,
-suspend/resume). A Client may be shared between threads: each thread gets its own connection.
+It finds the master, rides through a master that is briefly away (retries with backoff, bounded),
+maps what a call fails with (grun.wire) to grun's exceptions in one place (`_failure`), builds job
+specs (`job_spec`, the only builder), and follows a job to its end: output streamed from its node,
+then its exit code. For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job`. A Client
+may be shared between threads: each thread gets its own connection.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from collections.abc import Iterator, Sequence
 from . import wire
 from .registry import job_name, master_uri
 
-# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading and
-# the stream module until a job's output is followed: each `grun` call pays for every import
-# (tests/test_cli_fast.py).
+# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, and
+# grun.stream until a job's output is followed: each `grun` call pays for every import (tests/test_cli_fast.py).
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
@@ -83,7 +81,7 @@ class Client:
             elif port is None:
                 host, port = parse_hostport(host)
         except (ConfigError, ValueError) as exc:
-            raise GrunError(str(exc) if cfg is None and host is None else f"bad master address {host!r}: {exc}") from None
+            raise GrunError(f"bad master address {host!r}: {exc}" if host else str(exc)) from None
         self.host, self.port, self.address = host, int(port), format_hostport(host, int(port))
         self.connect_wait = connect_wait
         self.long_wait = max(connect_wait, 3600.0)  # how long a wait rides through a master that is away
@@ -166,7 +164,8 @@ class Client:
 
     def submit_many(self, specs: list[dict]) -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
-        specs = [{"token": new_token(), **spec} for spec in specs]  # a retried submit cannot queue a job twice
+        # the token makes a retried submission harmless (os.urandom: `secrets` imports hmac and _hashlib)
+        specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]
         sent = time.time()
         ids = self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
@@ -195,8 +194,7 @@ class Client:
         return [str(line) for line in self.call("health")]
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
-        """Records of the most recently finished jobs (newest first), optionally one user's, or those
-        whose command (or name) matches the regular expression `grep`."""
+        """The latest finished jobs, newest first; only `user`'s, or those whose command or name match `grep`."""
         return self.call("history", limit, user, grep)
 
     def _by_id(self, method: str, job_ids: list[int], *args) -> dict[int, bool]:
@@ -228,8 +226,7 @@ class Client:
         return str(self.call("why", int(job_id)))
 
     def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
-        """Block until every job has finished (or raise Timeout after `timeout` s); returns their final
-        records."""
+        """The final records of the jobs, once all have finished (Timeout after `timeout` s)."""
         ids, done = [int(i) for i in job_ids], {}
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(done) < len(ids):
@@ -239,6 +236,12 @@ class Client:
             got = self.call("wait", [i for i in ids if i not in done], min(left, 30.0), wait=self.long_wait)
             done.update({int(k): v for k, v in got.items()})
         return done
+
+    def exit_code(self, job_id: int, on_limit=None) -> int:
+        """Wait for the job's end and return its exit code; `on_limit(text)` hears that it died of a limit."""
+        final = self.wait([job_id])[job_id]
+        _tell_limit(on_limit, final, job_id)
+        return int(final.get("exit", 1))
 
     def wait_started(self, job_id: int) -> dict:
         """The job's record once it runs (or has ended)."""
@@ -291,8 +294,7 @@ class Client:
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)
-                    if on_limit and status.get("limit"):
-                        on_limit(_limit_note(status, job_id))  # e.g. killed: out of memory
+                    _tell_limit(on_limit, status, job_id)  # e.g. killed: out of memory
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended
                         # it): follow the run that counts, even if it has ended already
@@ -305,7 +307,10 @@ class Client:
                             sup._pyroOneway("release")
                         except OSError:
                             pass
-                self._settled(job_id)
+                try:  # the master has the job's end a few ms after the stream's: wait for it, so that
+                    self.call("wait", [job_id], SETTLE_WAIT, wait=0)  # `grun -q history` right after shows it
+                except GrunError:
+                    pass
                 return J.exit_code_of(status)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -327,18 +332,7 @@ class Client:
             raise GrunError(f"the output of job {job_id} is no longer kept on its node")
         if on_note and job.get("node"):  # a job that never ran had no output to keep
             on_note(f"the output of job {job_id} is no longer kept on its node")
-        final = self.wait([job_id])[job_id]
-        if on_limit and final.get("limit"):
-            on_limit(_limit_note(final, job_id))
-        return int(final.get("exit", 1))
-
-    def _settled(self, job_id: int) -> None:
-        """Return once the master has the job's end too (it follows the stream's EXIT by a few ms), so
-        that `grun -q history` right after `grun CMD` shows it: one round trip, bounded, never an error."""
-        try:
-            self.call("wait", [job_id], SETTLE_WAIT, wait=0)
-        except GrunError:
-            pass
+        return self.exit_code(job_id, on_limit)
 
 
 class Job:
@@ -467,14 +461,10 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     return spec
 
 
-def _limit_note(result: dict, job_id: int) -> str:
-    from .limits import describe  # only when needed: the node's module, with its imports (subprocess)
-    return describe(result, job_id)
-
-
-def new_token() -> str:
-    """A submission's idempotency token (os.urandom: `secrets` would import hmac and _hashlib)."""
-    return os.urandom(12).hex()
+def _tell_limit(on_limit, result: dict, job_id: int) -> None:
+    if on_limit and result.get("limit"):
+        from .limits import describe  # only then: the node's module, with its imports (subprocess)
+        on_limit(describe(result, job_id))
 
 
 def current_user() -> str:

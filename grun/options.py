@@ -3,8 +3,7 @@
 Options come before the command (`grun -c 4 -m 3000 mycmd -c x`: the second -c is mycmd's). Letters
 follow the original grun where they overlap (-c cpus, -m memory, -r priority, -q query, -k kill, -d
 daemon, -e edit, -j name, -f option file, -o output). A letter may mean different things to verbs
-that never share it (`-c` is cpus for `run`, a count for `history`). Errors are one line, raised as
-UsageError.
+that never share it (`-c` is cpus for `run`, a count for `history`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from .config import parse_cpus, parse_duration, parse_memory
 
 
 class UsageError(Exception):
-    pass
+    """A command line (or option file) that cannot be read: one line, exit status 2."""
 
 
 def _int(text: str) -> int:
@@ -24,17 +23,13 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def parse_signal(text: str) -> int:
+def _signal(text: str) -> int:
     import signal
-    name = text.upper()
-    if not name.isdigit():
-        try:
-            return int(getattr(signal.Signals, name if name.startswith("SIG") else "SIG" + name))
-        except AttributeError:
-            raise ValueError(f"unknown signal {text!r}") from None
-    if not 1 <= int(name) <= 64:
-        raise ValueError(f"bad signal number {text!r}")
-    return int(name)
+    name = text.upper().removeprefix("SIG")
+    number = int(name) if name.isdigit() else signal.Signals.__members__.get("SIG" + name)
+    if number is None or not 1 <= number <= 64:
+        raise ValueError(f"unknown signal {text!r}")
+    return int(number)
 
 
 def _param(text: str) -> tuple:
@@ -109,7 +104,7 @@ OPTIONS = [
     Option(None, "tail", help="with --attach: only the output from now on"),
     Option("q", "query", help="query: jobs, status, history, wait ID..., why ID, conf"),
     Option("k", "kill", help="kill jobs: grun -k ID... (with -d: stop the daemons)"),
-    Option("n", "signal", "value", parse_signal, "signal for -k (default TERM)", "SIG"),
+    Option("n", "signal", "value", _signal, "signal for -k (default TERM)", "SIG"),
     Option("d", "daemon", help="start the configured services in the background"),
     Option("F", "foreground", help="with -d: stay in the foreground"),
     Option("R", "restart", help="with -d: restart the daemons gracefully (new code and config)"),
@@ -123,7 +118,8 @@ OPTIONS = [
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
     Option(None, "json", help="the records as JSON"),
-    Option("n", "interval", "value", lambda text: parse_duration(text, positive=True), "time between redraws (default 2s)", "SECONDS"),
+    Option("n", "interval", "value", lambda text: parse_duration(text, positive=True),
+           "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
 # a job's options: those `run` and `submit` take, and an option file (-f) may hold, but -f itself
@@ -135,30 +131,25 @@ JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "w
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:
     """The options among `names` (long names) and the other words. Options end at the first other word
     (the command), or, `interspersed`, may come anywhere; `--` ends them either way."""
-    allowed = [_BY_LONG[n] for n in names]
-    by_short, by_long = {o.short: o for o in allowed if o.short}, {o.long: o for o in allowed}
+    allowed = {f"--{name}": _BY_LONG[name] for name in names}
+    allowed |= {f"-{o.short}": o for o in list(allowed.values()) if o.short}
     opts: dict = {}
     words: list[str] = []
-    i = 0
+    rest = iter(argv)
 
-    def take(opt: Option | None, where: str, value: str | None = None) -> None:
-        nonlocal i
+    def take(where: str, value: str | None = None) -> None:
+        """Record option `where`, with its value given inline, else (if it takes one) the next word."""
+        opt = allowed.get(where)
         if opt is None:
             known = next((o for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")), None)
             raise UsageError(f"option --{known.long} does not go with {called}" if known else
                              f"unknown option {where} (see grun --help)")
-        if opt.kind == "flag":
-            if value is not None:
-                raise UsageError(f"option {where} takes no value")
-            opts[opt.long] = True
-            return
-        if value is None:
-            i += 1
-            if i >= len(argv):
-                raise UsageError(f"option {where} needs a value ({opt.metavar})")
-            value = argv[i]
+        if opt.kind == "flag" and value is not None:
+            raise UsageError(f"option {where} takes no value")
+        if opt.kind != "flag" and value is None and (value := next(rest, None)) is None:
+            raise UsageError(f"option {where} needs a value ({opt.metavar})")
         try:
-            value = opt.convert(value)
+            value = True if opt.kind == "flag" else opt.convert(value)
         except ValueError as exc:
             raise UsageError(f"bad value for {where}: {exc}") from None
         if opt.kind == "list":
@@ -166,29 +157,25 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
         else:
             opts[opt.long] = value
 
-    while i < len(argv):
-        word = argv[i]
+    for word in rest:
         if word == "--":
-            return opts, words + argv[i + 1:]
-        if word.startswith("--") and len(word) > 2:
-            name, eq, value = word[2:].partition("=")
-            take(by_long.get(name), f"--{name}", value if eq else None)
+            return opts, words + list(rest)
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            take(name, value if eq else None)
         elif word.startswith("-") and len(word) > 1 and not _is_number(word):
             for j, letter in enumerate(word[1:], 2):
-                opt = by_short.get(letter)
-                if letter == "r" and opts.get("daemon") and not word[j:] and not (
-                        i + 1 < len(argv) and _is_number(argv[i + 1])):
+                if letter == "r" and "daemon" in opts:
                     opts["reload"] = True  # `grun -d -r`: reload, as in the original grun
-                elif opt is not None and opt.kind != "flag":
-                    take(opt, f"-{letter}", word[j:] or None)
+                elif getattr(allowed.get(f"-{letter}"), "kind", "flag") != "flag":
+                    take(f"-{letter}", word[j:] or None)  # `-c4` or `-c 4`
                     break
                 else:
-                    take(opt, f"-{letter}")
+                    take(f"-{letter}")
         elif interspersed:
             words.append(word)
         else:
-            return opts, argv[i:]
-        i += 1
+            return opts, [word, *rest]
     return opts, words
 
 
@@ -223,8 +210,8 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
     if not isinstance(data, dict | None):
         raise UsageError(f"{path}: expected a mapping of option: value")
     merged, command = dict(opts), (data or {}).pop("command", None)
-    if command is not None and not (isinstance(command, str) and command.strip() or isinstance(command, list) and command
-                                    and all(isinstance(w, str | int | float) for w in command)):
+    if command is not None and not (isinstance(command, str) and command.strip() or isinstance(command, list)
+                                    and command and all(isinstance(w, str | int | float) for w in command)):
         raise UsageError(f"{path}: command must be a string or a list of words")
     for name, value in (data or {}).items():
         opt = _BY_LONG.get(str(name).replace("_", "-"))
@@ -234,8 +221,8 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
             continue
         if opt.kind == "flag" and not isinstance(value, bool):
             raise UsageError(f"{path}: {opt.long} must be true or false")
-        items = [value] if opt.kind != "list" else [f"{k}={v}" for k, v in value.items()] if isinstance(
-            value, dict) else value if isinstance(value, list) else [value]
+        items = [f"{k}={v}" for k, v in value.items()] if opt.kind == "list" and isinstance(value, dict) else \
+            value if opt.kind == "list" and isinstance(value, list) else [value]
         try:
             if any(isinstance(item, dict | list) or item is None for item in items):
                 raise ValueError(f"{value!r}")

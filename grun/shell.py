@@ -176,11 +176,11 @@ class Shell:
                     pass
                 history = FileHistory(history_path)
             except OSError as exc:
-                self.ctx.say(f"grun: no history file ({exc})")
+                self.ctx.say(f"no history file ({exc})")
         session = PromptSession(message=self._prompt, history=history, completer=_completer(self.view),
                                 auto_suggest=AutoSuggestFromHistory(), complete_while_typing=False,
                                 refresh_interval=0.5)
-        self.ctx.say(f"grun shell: master {self.ctx.client.address}; 'help' lists the verbs, Ctrl-D leaves")
+        print(f"grun shell: master {self.ctx.client.address}; 'help' lists the verbs, Ctrl-D leaves", file=self.ctx.err)
         while True:
             try:
                 with patch_stdout(raw=True):  # the monitor's notices print above the prompt
@@ -277,8 +277,8 @@ def main(ctx: Context, words: list[str]) -> int:
         return Shell(ctx).run_script(sys.stdin)
 
     def notice(up: bool) -> None:
-        ctx.say(f"grun: the master at {client.address} is back" if up else
-                f"grun: lost the master at {client.address}; waiting for it to return")
+        ctx.say(f"the master at {client.address} is back" if up else
+                f"lost the master at {client.address}; waiting for it to return")
 
     from .config import user_state_dir
     view = ClusterView(client.host, client.port, on_change=notice)

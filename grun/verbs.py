@@ -1,14 +1,12 @@
 """The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
 
-A verb is a function `do_NAME(ctx, args) -> exit code` whose docstring is its one-line help, declared
-with `@verb(usage, options, words)`: the options it takes from the one table (grun/options.py) and
-how its other words are read. `execute(ctx, words)` parses a verb's words, runs it, and turns every
-failure a user can cause into one line and an exit status, for the shell's lines and the command
-line's forms alike (`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs `run CMD`).
-The shell declares its own verbs (help, exit, watch) the same way.
-
-The cluster is reached only through `ctx.client` (grun.client.Client), connected on first use, and
-nothing heavy is imported at import time: this module is on the path of every `grun CMD`.
+A verb is `do_NAME(ctx, args) -> exit code`, its docstring its one-line help, declared with
+`@verb(usage, options, words)`: the options it takes from the one table (grun/options.py) and how its
+other words are read. `execute(ctx, words)` parses and runs one and turns every failure a user can
+cause into one line and an exit status, for the shell's lines and the command line's forms alike
+(`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs `run CMD`). The shell declares
+its own verbs (help, exit, watch) the same way. This module is on the path of every `grun CMD`:
+nothing heavy is imported at import time, and the client connects on first use.
 """
 
 from __future__ import annotations
@@ -29,14 +27,14 @@ class Terminated(BaseException):
 
 
 class Context:
-    """What a verb works with: where it writes (text streams for tables and messages, file descriptors
-    for a job's bytes), the config, and the client, connected on first use (`conf` needs no master).
-    `cli`: the one-shot command line, which owns the process (its signal handlers)."""
+    """What a verb works with: where it writes (text streams for tables and messages; a job's bytes go
+    to file descriptors 1 and 2), the input a job may read (`stdin_fd`), the config, and the client,
+    connected on first use (`conf` needs no master). `cli`: the one-shot command line, which owns the
+    process (its signal handlers)."""
 
     def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
-        self.connect, self.cfg, self.cli, self._client = connect, cfg, cli, None
+        self.connect, self.cfg, self.cli, self._client, self.stdin_fd = connect, cfg, cli, None, stdin_fd
         self.out, self.err = out or sys.stdout, err or sys.stderr
-        self.stdin_fd, self.stdout_fd, self.stderr_fd = stdin_fd, 1, 2
 
     @property
     def client(self):
@@ -48,10 +46,11 @@ class Context:
         print(text, file=self.out, flush=True)
 
     def say(self, message: str) -> None:
-        print(message, file=self.err, flush=True)
+        """A message for the user: "grun: MESSAGE" on stderr."""
+        print(f"grun: {message}", file=self.err, flush=True)
 
     def fail(self, message: str, code: int = 1) -> int:
-        self.say(f"grun: {message}")
+        self.say(message)
         return code
 
 
@@ -75,8 +74,7 @@ def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = 
     return declare
 
 
-def find(name: str) -> Verb | None:
-    return _NAMES.get(name)
+find = _NAMES.get  # a verb by its name or an alias, or None
 
 
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
@@ -113,7 +111,7 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
     except KeyboardInterrupt:
         code = 130
         if not ctx.cli:
-            ctx.say("grun: interrupted")
+            ctx.say("interrupted")
     if code == 130 and ctx._client is not None:  # after Ctrl-C a call may be cut off mid-reply
         ctx.client.reset()
     return code
@@ -215,8 +213,8 @@ def do_run(ctx: Context, args: dict) -> int:
         existing = ctx.client.lookup(args["name"])
         if existing is not None:
             if args.get("verbose"):
-                ctx.say(f"grun: job {existing} is named {args['name']}: waiting for it")
-            return wait_code(ctx, existing)
+                ctx.say(f"job {existing} is named {args['name']}: waiting for it")
+            return ctx.client.exit_code(existing, ctx.say)
         try:
             return _run_new(ctx, args)
         except GrunError as exc:
@@ -234,54 +232,44 @@ def do_submit(ctx: Context, args: dict) -> int:
     return 0
 
 
-def wait_code(ctx: Context, job_id: int) -> int:
-    """Wait for a job without its output; say on stderr if it died of a limit; return its code."""
-    final = ctx.client.wait([job_id])[job_id]
-    if final.get("limit"):
-        from .limits import describe  # only then: grun.limits is the node's module, with its imports
-        ctx.say(f"grun: {describe(final, job_id)}")
-    return int(final.get("exit", 1))
-
-
 def _raise_terminated(*_):
     raise Terminated()
 
 
 def _run_new(ctx: Context, args: dict) -> int:
+    """Submit the job and follow it: its output streamed (--noio: only its end); Ctrl-C, SIGTERM or a
+    reader that went away kill it."""
     import signal
-    spec, submitted, verbose, say = cli_spec(args, args["cmd"]), [], args.get("verbose"), lambda m: ctx.say(f"grun: {m}")
+    spec, ids, verbose = cli_spec(args, args["cmd"]), [], args.get("verbose")
 
-    def on_submit(job_id):
-        submitted.append(job_id)
+    def started(job: dict) -> None:
         if verbose:
-            say(f"job {job_id} queued")
-
-    def on_start(job):
-        if verbose:
-            say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
+            ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
     ctx.out.flush()
     try:
-        on_submit(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
+        ids.append(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
+        if verbose:
+            ctx.say(f"job {ids[0]} queued")
         if args.get("noio"):  # no streams: say when it starts if asked, wait for its code
             if verbose:
-                on_start(ctx.client.wait_started(submitted[0]))
-            return wait_code(ctx, submitted[0])
-        return ctx.client.follow(submitted[0], stdin_fd=ctx.stdin_fd, stdout_fd=ctx.stdout_fd,
-                                 stderr_fd=ctx.stderr_fd, on_start=on_start, on_limit=say, on_note=say)
+                started(ctx.client.wait_started(ids[0]))
+            return ctx.client.exit_code(ids[0], ctx.say)
+        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say)
     except KeyboardInterrupt:
-        return _interrupted(ctx, submitted, signal.SIGINT, 130)
+        return _interrupted(ctx, ids, signal.SIGINT)
     except Terminated:
-        return _interrupted(ctx, submitted, signal.SIGTERM, 143)
+        return _interrupted(ctx, ids, signal.SIGTERM)
     except BrokenPipeError:
-        return _interrupted(ctx, submitted, signal.SIGPIPE, 141, quiet=True)
+        return _interrupted(ctx, ids, signal.SIGPIPE, quiet=True)
 
 
-def _interrupted(ctx: Context, ids: list[int], sig: int, code: int, quiet: bool = False) -> int:
-    """Kill what we started (on a new connection: the old one may be mid-reply) and say so."""
+def _interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) -> int:
+    """Kill what we started (on a new connection: the old one may be mid-reply), say so, and return the
+    exit code of a death by `sig`."""
     import signal
 
     from .client import Client, GrunError
@@ -293,14 +281,14 @@ def _interrupted(ctx: Context, ids: list[int], sig: int, code: int, quiet: bool 
         try:
             Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
         except GrunError as exc:
-            ctx.say(f"grun: could not kill {what}: {exc}")
+            ctx.say(f"could not kill {what}: {exc}")
     if not quiet:
-        ctx.say(f"grun: {what} killed" if ids else "grun: interrupted")
+        ctx.say(f"{what} killed" if ids else "interrupted")
     try:
         ctx.out.flush()
     except BrokenPipeError:
         pass
-    return code
+    return 128 + sig
 
 
 # ---- many jobs at once: --array IDS and --cmds FILE ----------------------------------------------
@@ -354,14 +342,14 @@ def _run_many(ctx: Context, args: dict) -> int:
             if args.get("nowait") or args.get("verbose"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
         for job_id in [] if args.get("nowait") else ids:  # one by one: each wait is O(1) on the master
-            code = int(ctx.client.wait([job_id])[job_id].get("exit", 1))
+            code = ctx.client.exit_code(job_id)
             if code:
                 failed.append((job_id, code))
     except KeyboardInterrupt:
-        return _interrupted(ctx, ids, 2, 130)  # SIGINT
+        return _interrupted(ctx, ids, 2)  # SIGINT
     if failed:
         shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        ctx.say(f"grun: {len(failed)} of {len(ids)} jobs failed: {shown}")
+        ctx.say(f"{len(failed)} of {len(ids)} jobs failed: {shown}")
     return failed[0][1] if failed else 0
 
 
@@ -370,10 +358,9 @@ def do_attach(ctx: Context, args: dict) -> int:
     """stream a job's output (from the start, or --tail: from now) and its exit code; Ctrl-C detaches"""
     ctx.out.flush()
     try:
-        return ctx.client.follow(args["id"], stdout_fd=ctx.stdout_fd, stderr_fd=ctx.stderr_fd,
-                                 tail=bool(args.get("tail")), on_note=lambda m: ctx.say(f"grun: {m}"))
+        return ctx.client.follow(args["id"], tail=bool(args.get("tail")), on_note=ctx.say)
     except KeyboardInterrupt:
-        ctx.say(f"grun: detached from job {args['id']} (it keeps running)")
+        ctx.say(f"detached from job {args['id']} (it keeps running)")
         return 130
 
 
@@ -412,13 +399,13 @@ def do_history(ctx: Context, args: dict) -> int:
 @verb("ID...", words=job_ids)
 def do_wait(ctx: Context, args: dict) -> int:
     """wait until jobs finish; exits with the first non-zero code"""
-    return next((code for code in [wait_code(ctx, i) for i in args["ids"]] if code), 0)
+    return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in args["ids"]] if code), 0)
 
 
 def _missing(ctx: Context, found: dict) -> int:
     missing = [i for i, ok in found.items() if not ok]
     for job_id in missing:
-        ctx.say(f"grun: no such job {job_id}")
+        ctx.say(f"no such job {job_id}")
     return 1 if missing else 0
 
 

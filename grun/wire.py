@@ -5,16 +5,9 @@ importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...), a
 `grun true`. The daemons keep Pyro5 (grun/registry.py). tests/test_wire.py holds this module to real
 Pyro5 daemons of every version pyproject.toml allows.
 
-What a call can fail with, whichever proxy made it (`is_unreachable`, `may_have_arrived`):
-- a ConnectionError (or socket error) before the request went out: the peer is not there;
-- CallBroken: the connection failed after the request went out (CallTimeout: no answer in time), so
-  the peer may have acted on it; a submission is retried with its token;
-- CallRejected: the peer's daemon has no object of that name (a job's actor that is gone);
-- Garbled: not a reply we can read; retrying gets the same;
-- NoSuchMethod: the object has no method of that name (Pyro5's own lookup failed, not the method);
-- a builtin exception raised by the remote method, rebuilt as itself (LookupError: no such job,
-  ValueError: a refused request), or RemoteError for any other exception class.
-grun.client maps these to grun's own exceptions, in one place.
+A call fails with a ConnectionError (or another OSError) when the peer is not there, with one of the
+classes below, or with the builtin exception the remote method raised, rebuilt as itself (LookupError:
+no such job, ValueError: a refused request). grun.client maps these to grun's own exceptions.
 """
 
 from __future__ import annotations
@@ -28,27 +21,27 @@ CONNECT_TIMEOUT = 5.0
 
 
 class CallBroken(ConnectionError):
-    pass
+    """The connection failed after the request went out: the peer may have acted on it."""
 
 
 class CallTimeout(CallBroken, TimeoutError):
-    pass
+    """No answer in time (the request may have arrived)."""
 
 
 class CallRejected(ConnectionError):
-    pass
+    """The peer's daemon has no object of that name (e.g. the actor of a job that is gone)."""
 
 
 class Garbled(Exception):
-    pass
+    """Not a reply we can read: retrying gets the same."""
 
 
 class NoSuchMethod(AttributeError):
-    pass
+    """The object has no such method (Pyro5's own lookup failed, not the method)."""
 
 
 class RemoteError(Exception):
-    pass
+    """The remote method raised an exception that is not a builtin."""
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -244,14 +237,12 @@ def _exception(data) -> BaseException:
             return cls(*args)
         except Exception:
             return RemoteError(f"{name}: {text}")
-    if module == "Pyro5.errors":
-        if name == "SerializeError":
-            return Garbled(text)
-        if name == "DaemonError":  # e.g. "unknown object": the actor is not (or no longer) there
-            return CallRejected(text)
-        if name in ("CommunicationError", "ConnectionClosedError", "TimeoutError", "ProtocolError"):
-            return ConnectionError(text)
-    return RemoteError(text)
+    return (_PYRO5_ERRORS.get(name, RemoteError) if module == "Pyro5.errors" else RemoteError)(text)
+
+
+# Pyro5's own errors, as a Pyro5 proxy would see them (DaemonError: e.g. "unknown object")
+_PYRO5_ERRORS = {"SerializeError": Garbled, "DaemonError": CallRejected, **dict.fromkeys(
+    ("CommunicationError", "ConnectionClosedError", "TimeoutError", "ProtocolError"), ConnectionError)}
 
 
 def _in_method_lookup(data: dict) -> bool:
