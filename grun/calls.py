@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from .client import Client, GrunError, Job, job_spec
+from .client import Client, GrunError, job_spec
+from .job import Job
 from .remote_worker import RESULT_MARK
 
 _LENGTH = 8

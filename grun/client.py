@@ -3,8 +3,8 @@
 It finds the master, rides through a master that is briefly away (retries with backoff, bounded),
 maps what a call fails with (grun.wire) to grun's exceptions in one place (`_failure`), builds job
 specs (`job_spec`, the only builder), and follows a job to its end: output streamed from its node,
-then its exit code. For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job`. A Client
-may be shared between threads: each thread gets its own connection.
+then its exit code. For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job` (grun.job).
+A Client may be shared between threads: each thread gets its own connection.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import _thread
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from . import wire
 from .registry import job_name, master_uri
 
 # Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, and
 # grun.stream until a job's output is followed: each `grun` call pays for every import (tests/test_cli_fast.py).
+TYPE_CHECKING = False  # typing's, without importing typing
+if TYPE_CHECKING:
+    from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
@@ -83,10 +86,9 @@ class Client:
         except (ConfigError, ValueError) as exc:
             raise GrunError(f"bad master address {host!r}: {exc}" if host else str(exc)) from None
         self.host, self.port, self.address = host, int(port), format_hostport(host, int(port))
-        self.connect_wait = connect_wait
+        self.connect_wait, self._answered = connect_wait, False
         self.long_wait = max(connect_wait, 3600.0)  # how long a wait rides through a master that is away
         self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
-        self._answered = False
         if cfg is not None and cfg.personal and not self.reachable():  # else no daemon code is imported
             from .daemon import DaemonError, ensure_personal_cluster
             try:
@@ -153,6 +155,7 @@ class Client:
         `hosts` is a glob or comma list of nodes the job may run on.
         (A dict is taken as a complete low-level job spec, and its job id is returned.)
         """
+        from .job import Job
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
         return Job(self, self.submit_spec(job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params,
@@ -174,6 +177,7 @@ class Client:
 
     def get(self, job_id: int) -> Job:
         """A handle for an existing job; raises JobNotFound if there is none."""
+        from .job import Job
         self.job(job_id)
         return Job(self, int(job_id))
 
@@ -254,19 +258,17 @@ class Client:
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None) -> int:
-        """Once the job runs, stream its output from the start (or, with `tail`, from now) into fds
-        (or callables taking bytes) until it ends, and return its exit code. `release` lets the node
-        drop the spool then; `require_output` raises GrunError when the node no longer holds the
-        output; `on_note(text)` hears what a user may want to know (the job re-run elsewhere, its
-        output gone), `on_limit(text)` that it died of a limit. Rides through a master restart (calls
-        retry), a node daemon restart or a dropped connection (re-attach at the offsets reached) and a
-        lost node (the master re-queues the job; we follow its new run, whose output starts over)."""
+        """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables
+        taking bytes) until it ends; return its exit code. `release` lets the node drop the spool then;
+        `require_output`: raise GrunError if the node no longer holds the output; `on_note(text)` hears
+        what a user may want to know (the job re-run elsewhere, its output gone), `on_limit(text)` that it
+        died of a limit. Rides through a master restart (calls retry), a node daemon restart or a dropped
+        connection (re-attach at the offsets reached) and a lost node (we follow the job's new run)."""
         from . import stream
         from .core import jobs as J
-        job = self.wait_started(job_id)
+        job, where, out_off, err_off, failures, fed = self.wait_started(job_id), None, 0, 0, 0, stdin_fd is not None
         if on_start:
             on_start(job)
-        where, out_off, err_off, failures, fed = None, 0, 0, 0, stdin_fd is not None
         while True:
             if job["state"] in (J.QUEUED, J.HELD, J.DISPATCHED):  # re-queued: its node was lost
                 job = self.wait_started(job_id)
@@ -333,97 +335,6 @@ class Client:
         if on_note and job.get("node"):  # a job that never ran had no output to keep
             on_note(f"the output of job {job_id} is no longer kept on its node")
         return self.exit_code(job_id, on_limit)
-
-
-class Job:
-    """A handle for one job: it holds the id, and asks the master or the job's node when used.
-    `wait()` returns the exit code as a shell would give it (128+N for death by signal N);
-    `stdout()`/`stderr()` the whole output once the job has ended, or with `stream=True` the chunks as
-    the job writes them, from its node (which keeps them for `output_keep:`, a day by default)."""
-
-    def __init__(self, client: Client, job_id: int):
-        self.client, self.id = client, int(job_id)
-
-    def __repr__(self) -> str:
-        return f"Job({self.id})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Job) and other.id == self.id and other.client.address == self.client.address
-
-    def __hash__(self) -> int:
-        return hash((self.client.address, self.id))
-
-    def info(self) -> dict:
-        """The job's record as the master has it now."""
-        return self.client.job(self.id)
-
-    @property
-    def state(self) -> str:
-        """queued, held, dispatched, running, suspended, done, failed, killed or lost."""
-        return self.info()["state"]
-
-    @property
-    def node(self) -> str | None:
-        return self.info().get("node")
-
-    def done(self) -> bool:
-        from .core.jobs import FINAL_STATES
-        return self.state in FINAL_STATES
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the job has finished and return its exit code; raises Timeout after `timeout` s."""
-        return int(self.client.wait([self.id], timeout)[self.id].get("exit", 1))
-
-    def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
-        """The job's standard output: all of it (waiting for the end), or chunks as they come."""
-        chunks = _chunks(self.client, self.id, "stdout")
-        return chunks if stream else b"".join(chunks)
-
-    def stderr(self, stream: bool = False) -> bytes | Iterator[bytes]:
-        """The job's standard error: all of it (waiting for the end), or chunks as they come."""
-        chunks = _chunks(self.client, self.id, "stderr")
-        return chunks if stream else b"".join(chunks)
-
-    def kill(self, sig: int = 15) -> bool:
-        """Signal the job (TERM by default; KILL follows after a grace period). False if it had ended."""
-        return bool(self.client.kill([self.id], sig).get(self.id))
-
-    def suspend(self) -> bool:
-        """Stop a running job (its process group gets SIGSTOP) or hold a queued one."""
-        return bool(self.client.hold([self.id]).get(self.id))
-
-    def resume(self) -> bool:
-        """Continue a suspended job or release a held one."""
-        return bool(self.client.resume([self.id]).get(self.id))
-
-
-def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
-    """The job's stdout or stderr as it is produced: a follower thread streams it into a pipe we read
-    (and the other one to /dev/null). If the reader stops early (closes or drops the iterator), the
-    follower's next write meets a broken pipe, and it hangs up on the node."""
-    import threading
-    read_end, write_end = os.pipe()
-    failed: list[GrunError] = []
-
-    def follow() -> None:
-        with open(os.devnull, "wb") as devnull:
-            sinks = {which: write_end, "stderr" if which == "stdout" else "stdout": devnull.fileno()}
-            try:
-                client.follow(job_id, stdout_fd=sinks["stdout"], stderr_fd=sinks["stderr"], release=False,
-                              require_output=True)
-            except BrokenPipeError:
-                pass
-            except Exception as exc:  # handed to the reading thread
-                failed.append(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
-            finally:
-                os.close(write_end)
-
-    threading.Thread(target=follow, name=f"grun-job-{job_id}-{which}", daemon=True).start()
-    with open(read_end, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(1 << 16):
-            yield chunk
-    if failed:
-        raise failed[0]
 
 
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,

@@ -43,26 +43,6 @@ def _param(text: str) -> tuple:
     return name, number_or_text(value)
 
 
-MAX_TASKS = 100_000
-
-
-def _tasks(text: str) -> list[int]:
-    """`--array 1-100`, `1-100:2` (a step), `1,5,9`, or a mix (`1-3,10`): task ids, in order, each once."""
-    import re
-    ids: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?(?::(\d+))?\s*", part)
-        lo, hi, inc = (int(m[1]), int(m[2] or m[1]), int(m[3] or 1)) if m else (1, 0, 0)
-        if hi < lo or inc < 1:
-            raise ValueError(f"expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
-        if len(ids) + (hi - lo) // inc + 1 > MAX_TASKS:
-            raise ValueError(f"at most {MAX_TASKS:,} tasks in one array, got {text!r}")
-        ids.extend(range(lo, hi + 1, inc))
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"a task id is given twice in {text!r}")
-    return ids
-
-
 def _name(text: str) -> str:
     if not text.strip() or "\n" in text or len(text) > 200:
         raise ValueError(f"expected a one-line name, got {text!r}")
@@ -94,7 +74,7 @@ OPTIONS = [
            "node cannot be reached"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
-    Option(None, "array", "value", _tasks, "one job per task id (1-100, 1-100:2, 1,5,9), each with "
+    Option(None, "array", "value", str, "one job per task id (1-100, 1-100:2, 1,5,9), each with "
            "$GRUN_TASK_ID set; %a in -o/--err file names is the task id", "IDS"),
     Option(None, "cmds", "value", str, "one job per line of FILE ('-': stdin), each run by /bin/sh, "
            "with $GRUN_TASK_ID its line number", "FILE"),
@@ -163,7 +143,7 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
         if word.startswith("--"):
             name, eq, value = word.partition("=")
             take(name, value if eq else None)
-        elif word.startswith("-") and len(word) > 1 and not _is_number(word):
+        elif word.startswith("-") and len(word) > 1 and not word[1].isdigit():  # -1: a (negative) number
             for j, letter in enumerate(word[1:], 2):
                 if letter == "r" and "daemon" in opts:
                     opts["reload"] = True  # `grun -d -r`: reload, as in the original grun
@@ -177,14 +157,6 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
         else:
             return opts, [word, *rest]
     return opts, words
-
-
-def _is_number(word: str) -> bool:
-    try:
-        float(word)
-        return True
-    except ValueError:
-        return False
 
 
 def help_text(usage: str, names: tuple[str, ...]) -> str:

@@ -203,7 +203,8 @@ def do_run(ctx: Context, args: dict) -> int:
     if args.get("wait-existing") and not args.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
     if "array" in args or "cmds" in args:
-        return _run_many(ctx, args)
+        from . import many
+        return many.run(ctx, args)
     if args.get("nowait"):
         return do_submit(ctx, args)
     if not args.get("wait-existing"):
@@ -227,7 +228,8 @@ def do_run(ctx: Context, args: dict) -> int:
 def do_submit(ctx: Context, args: dict) -> int:
     """queue a command and print its job id"""
     if "array" in args or "cmds" in args:
-        return _run_many(ctx, dict(args, nowait=True))
+        from . import many
+        return many.run(ctx, dict(args, nowait=True))
     ctx.print(f"Job_ID: {ctx.client.submit_spec(cli_spec(args, args['cmd']))}")
     return 0
 
@@ -260,14 +262,14 @@ def _run_new(ctx: Context, args: dict) -> int:
             return ctx.client.exit_code(ids[0], ctx.say)
         return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say)
     except KeyboardInterrupt:
-        return _interrupted(ctx, ids, signal.SIGINT)
+        return interrupted(ctx, ids, signal.SIGINT)
     except Terminated:
-        return _interrupted(ctx, ids, signal.SIGTERM)
+        return interrupted(ctx, ids, signal.SIGTERM)
     except BrokenPipeError:
-        return _interrupted(ctx, ids, signal.SIGPIPE, quiet=True)
+        return interrupted(ctx, ids, signal.SIGPIPE, quiet=True)
 
 
-def _interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) -> int:
+def interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) -> int:
     """Kill what we started (on a new connection: the old one may be mid-reply), say so, and return the
     exit code of a death by `sig`."""
     import signal
@@ -289,68 +291,6 @@ def _interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) ->
     except BrokenPipeError:
         pass
     return 128 + sig
-
-
-# ---- many jobs at once: --array IDS and --cmds FILE ----------------------------------------------
-
-SUBMIT_BATCH = 1000  # specs per submit_many call: one disk commit on the master each
-
-
-def _task_specs(ctx: Context, args: dict) -> list[dict]:
-    """One spec per task: the same command with $GRUN_TASK_ID set (--array), or one per line of a file
-    (--cmds, GRUN_TASK_ID = the line number), run by /bin/sh. %a in output file names is the task id."""
-    if "array" in args and "cmds" in args:
-        raise UsageError("give --array or --cmds, not both")
-    if args.get("name") or args.get("wait-existing"):
-        raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
-    if "cmds" in args and args["cmd"]:
-        raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
-    tasks = _command_lines(ctx, args["cmds"]) if "cmds" in args else [(task, args["cmd"]) for task in args["array"]]
-    base = cli_spec(args, tasks[0][1])
-    specs = [dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task))) for task, cmd in tasks]
-    for spec, (task, _) in zip(specs, tasks):
-        spec["shell"] = spec["shell"] or "cmds" in args
-        spec.update({key: spec[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in spec})
-    return specs
-
-
-def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:
-    """The non-blank, non-comment lines of a file (or stdin for '-'), with their line numbers."""
-    if path == "-" and ctx.stdin_fd is None:
-        raise UsageError("--cmds -: no standard input to read commands from")
-    try:
-        with (os.fdopen(os.dup(ctx.stdin_fd), encoding="utf-8", errors="surrogateescape") if path == "-" else
-              open(path, encoding="utf-8", errors="surrogateescape")) as f:
-            text = f.read()
-    except OSError as exc:
-        raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None
-    lines = [(n, [line.strip()]) for n, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
-        raise UsageError(f"no commands in {path}")
-    return lines
-
-
-def _run_many(ctx: Context, args: dict) -> int:
-    """--array / --cmds: submit every task in batches (one master call and one disk commit per
-    SUBMIT_BATCH), print each job id; without --nowait, wait for them all and exit with the first
-    non-zero exit code, in task order. Their output is not streamed: -o/--err with %a keep it."""
-    specs, ids, failed = _task_specs(ctx, args), [], []
-    try:
-        for start in range(0, len(specs), SUBMIT_BATCH):
-            ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
-            if args.get("nowait") or args.get("verbose"):
-                ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
-        for job_id in [] if args.get("nowait") else ids:  # one by one: each wait is O(1) on the master
-            code = ctx.client.exit_code(job_id)
-            if code:
-                failed.append((job_id, code))
-    except KeyboardInterrupt:
-        return _interrupted(ctx, ids, 2)  # SIGINT
-    if failed:
-        shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        ctx.say(f"{len(failed)} of {len(ids)} jobs failed: {shown}")
-    return failed[0][1] if failed else 0
 
 
 @verb("[--tail] ID", "tail", one_id)

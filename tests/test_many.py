@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from grun import options, verbs
+from grun import many, verbs
 
 
 def _ids(stdout: bytes) -> list[int]:
@@ -66,19 +66,19 @@ def test_bad_batch_requests_are_one_line(cluster, args, needle):
 
 
 def test_task_id_forms_and_batches_of_specs():
-    assert options._tasks("1-5:2,10,20-21") == [1, 3, 5, 10, 20, 21]
+    assert many.task_ids("1-5:2,10,20-21") == [1, 3, 5, 10, 20, 21]
     args = verbs.parse(verbs.find("run"), ["--array", "1-2500", "-o", "log.%a", "echo", "x"])
-    specs = verbs._task_specs(verbs.Context(None), args)
+    specs = many.task_specs(verbs.Context(None), args)
     assert len(specs) == 2500 and specs[-1]["env"]["GRUN_TASK_ID"] == "2500" and specs[-1]["stdout_file"] == "log.2500"
     assert specs[0]["cmd"] == ["echo", "x"] and "token" not in specs[0]  # the client adds one per job
 
 
 def test_a_big_array_is_submitted_in_batches(cluster, tmp_path):
-    n = verbs.SUBMIT_BATCH + 5
+    n = many.SUBMIT_BATCH + 5
     r = cluster.grun("--nowait", "--array", f"1-{n}", "true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ids = _ids(r.stdout)
     assert len(ids) == n == len(set(ids))
-    for i in (ids[0], ids[verbs.SUBMIT_BATCH], ids[-1]):
+    for i in (ids[0], ids[many.SUBMIT_BATCH], ids[-1]):
         assert cluster.client().wait([i])[i]["exit"] == 0
     cluster.client().wait(ids)
