@@ -26,9 +26,7 @@ from typing import Any
 
 from .client import Client, GrunError, job_spec
 from .job import Job
-from .remote_worker import RESULT_MARK
-
-_LENGTH = 8
+from .remote_worker import ResultReader
 
 
 class RemoteError(GrunError):
@@ -70,44 +68,6 @@ def _label(func: Callable) -> str:
 def _spec(func: Callable, python: str | None, resources: dict) -> dict:
     cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us at once
     return job_spec(cmd, stdin=True, **resources)
-
-
-class _Stdout:
-    """The job's stdout: the function's output passes through to `sink`; the result frame is kept."""
-
-    def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
-        self.mark, self.sink = RESULT_MARK + nonce + b":", sink
-        self.pending = bytearray()
-        self.frame: bytearray | None = None
-
-    def feed(self, data: bytes) -> None:
-        if self.frame is not None:
-            self.frame += data
-            return
-        self.pending += data
-        at = self.pending.find(self.mark)
-        if at >= 0:
-            self.frame = bytearray(self.pending[at + len(self.mark):])
-            self._emit(at)
-            return
-        # hold back only a tail that could be the start of the mark (it starts with the one NUL)
-        nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(self.mark)))
-        self._emit(nul if nul >= 0 and self.mark.startswith(self.pending[nul:]) else len(self.pending))
-
-    def _emit(self, upto: int) -> None:
-        """Pass the output held before `upto` on; what follows it is the (start of a) frame, or kept."""
-        if upto:
-            self.sink(bytes(self.pending[:upto]))
-        del self.pending[:upto if self.frame is None else len(self.pending)]
-
-    def close(self) -> bytes | None:
-        """The pickled outcome, or None if the job ended without a (whole) result frame."""
-        self._emit(len(self.pending))
-        if self.frame is None or len(self.frame) < _LENGTH:
-            return None
-        size = int.from_bytes(self.frame[:_LENGTH], "big")
-        body = bytes(self.frame[_LENGTH:_LENGTH + size])
-        return body if len(body) == size else None
 
 
 def _writer(name: str) -> Callable[[bytes], None]:
@@ -156,7 +116,7 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
 
 def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
     """Send the call, pass its output on, and settle the future with its value or exception."""
-    stdout = _Stdout(nonce, _writer("stdout"))
+    stdout = ResultReader(nonce, _writer("stdout"))
     try:
         code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
         ok, value = _outcome(future.job, label, code, stdout.close())
@@ -203,8 +163,9 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
     as for `Client.submit`; `python` is the interpreter on the node (ours by default). Every other
     keyword argument goes to the function.
     """
-    return _submit(client, func, [(args, kwargs)], python, {"cpus": cpus, "memory": memory, "priority": priority,
-                                                            "hosts": hosts, "env": env, "cwd": cwd, "params": params})[0]
+    resources = {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd,
+                 "params": params}
+    return _submit(client, func, [(args, kwargs)], python, resources)[0]
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
@@ -225,8 +186,9 @@ def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory
     """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
     with the given resources each; results in input order. The first failure (in order) is raised,
     and the calls not yet finished are killed."""
-    futures = _submit(client, func, [((x,), {}) for x in iterable], python, {
-        "cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd, "params": params})
+    resources = {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd,
+                 "params": params}
+    futures = _submit(client, func, [((x,), {}) for x in iterable], python, resources)
     try:
         return [f.result(timeout) for f in futures]
     except BaseException:

@@ -5,6 +5,7 @@ in one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -148,19 +149,17 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
 
 def _exit_quickly(code: int) -> None:
     """Leave without the interpreter's teardown (freeing every module and object: ~5 ms of each `grun`
-    call, measured), when nothing needs it: our output is flushed, no logging handler waits to be
-    flushed, no thread of ours is still working, and the interactive shell was not used."""
-    if "grun.shell" in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
-        return  # a profiler or coverage writes its results as the interpreter ends
-    if _atexit_count() > _ATEXIT_AT_START:
-        return  # something we ran asked for work at exit
-    logging = sys.modules.get("logging")
-    if logging is not None and (logging.root.handlers or any(
-            getattr(lg, "handlers", None) for lg in list(logging.Logger.manager.loggerDict.values()))):
+    call, measured) when nothing needs it: no profiler or coverage to write its results, no work asked
+    of atexit since we started, no logging handler to flush, no thread of ours still working, and the
+    interactive shell not used."""
+    logging, threading = sys.modules.get("logging"), sys.modules.get("threading")
+    if "grun.shell" in sys.modules or sys.getprofile() or sys.gettrace() or _atexit_count() > _ATEXIT_AT_START:
         return
-    threading = sys.modules.get("threading")
-    if threading is not None and any(t.is_alive() and not t.daemon and t is not threading.main_thread()
-                                     for t in threading.enumerate()):
+    if logging and (logging.root.handlers or any(getattr(lg, "handlers", None)
+                                                 for lg in list(logging.Logger.manager.loggerDict.values()))):
+        return
+    if threading and any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+                         for t in threading.enumerate()):
         return
     try:
         sys.stdout.flush()
@@ -170,12 +169,7 @@ def _exit_quickly(code: int) -> None:
     os._exit(code if isinstance(code, int) else 1)
 
 
-def _atexit_count() -> int:
-    import atexit
-    count = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere, assume none were added
-    return count() if count else 0
-
-
+_atexit_count = getattr(atexit, "_ncallbacks", lambda: 0)  # CPython's; elsewhere, assume none were added
 _ATEXIT_AT_START = _atexit_count()
 
 

@@ -1,13 +1,11 @@
 """`grun shell`: an interactive console running the verbs of grun/verbs.py through its dispatcher.
 
 On a terminal it is a prompt_toolkit prompt with completion (verbs, options, job ids, node names, the
-commands of past jobs), a persistent history file, suggestions from that history, and a prompt that
-shows when the master is unreachable (a monitor loop pings it; the next verb reconnects). Ctrl-C
-interrupts the running verb, not the shell (a `run` job is killed, as with `grun CMD`; `attach`
-detaches); Ctrl-D or `exit` leaves. Without a terminal (`echo jobs | grun shell`) it reads verbs
-from stdin, one a line, prints their output and exits with the status of the last one.
-
-The shell's own verbs (help, exit, watch) are declared here, the way grun/verbs.py declares the others.
+commands of past jobs), a history file with suggestions from it, and a prompt that shows when the
+master is unreachable (a monitor loop watches it; the next verb reconnects). Ctrl-C interrupts the
+running verb, not the shell (a `run` job is killed, as with `grun CMD`; `attach` detaches); Ctrl-D or
+`exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the lines of stdin and exits with
+the status of the last one. The shell's own verbs (help, exit, watch) are declared here.
 """
 
 from __future__ import annotations
@@ -29,25 +27,21 @@ class ExitShell(Exception):
     """`exit [CODE]`: args[0] is the status the shell leaves with."""
 
 
-# ---- what the completion knows: refreshed by a monitor loop, never fetched while typing ------------
-
 class ClusterView:
-    """The master's reachability and recent lists of jobs, nodes and past commands, refreshed every
-    `interval` by a client whose calls give up after a few seconds: the monitor must notice a master
-    that went silent (host down, cable cut), not wait on it for the minutes a long call may take.
-    `on_change(up)` hears when the master goes away or comes back."""
+    """What completion knows, never fetched while typing: the master's reachability and recent lists of
+    jobs, nodes and past commands, refreshed every MONITOR_SECS by a client whose calls give up after a
+    few seconds (the monitor must notice a master that went silent, host down or cable cut, not wait on
+    it for the minutes a long call may take). `on_change(up)` hears when the master goes or comes back."""
 
-    def __init__(self, host: str, port: int, interval: float = MONITOR_SECS, on_change=None):
+    def __init__(self, host: str, port: int, on_change=None):
         import logging
 
         from .background import Loop
         from .client import Client
         self.client, self.on_change, self.up, self._ticks = Client(host, port, connect_wait=0), on_change, None, 0
         self.client.call_timeout = 5.0
-        self.jobs: list[dict] = []
-        self.nodes: list[dict] = []
-        self.history: list[dict] = []
-        self.loop = Loop("grun-shell-monitor", self._refresh, interval, logging.getLogger("grun.shell"))
+        self.jobs, self.nodes, self.history = [], [], []
+        self.loop = Loop("grun-shell-monitor", self._refresh, MONITOR_SECS, logging.getLogger("grun.shell"))
 
     def _refresh(self) -> None:
         was = self.up
@@ -66,41 +60,40 @@ class ClusterView:
 def _completer(view):
     from prompt_toolkit.completion import Completer, Completion
 
-    by_long = {o.long: o for o in OPTIONS}
-
-    def candidates(v: verbs.Verb, done: list[str], current: str):
-        """(text, meta) for the word being typed, the verb's name `done[0]` and the words before it."""
-        previous = done[-1] if len(done) > 1 else ""
-        if previous in ("-H", "--hosts"):
-            return [(n["name"], "up" if n["up"] else "down") for n in view.nodes]
-        if current.startswith("-"):
-            return [(f"--{o}", by_long[o].help) for o in v.options]
-        if v.words is _verb_name and len(done) == 1:
-            return [(name, other.help) for name, other in verbs.VERBS.items()]
-        if v.words in (verbs.job_ids, verbs.one_id, verbs.ids_or_name, verbs.changes):
-            jobs = view.jobs + (view.history if v.name in ("wait", "attach") else [])
-            return [(str(j["id"]), f"{j.get('state', 'done')}: {command_text(j)}"[:60]) for j in jobs
-                    if str(j["id"]) not in done[1:]]
-        if v.words is verbs.command and _command_starts_here(done[1:]):
-            return [(command_text(j), f"job {j['id']}") for j in view.history]
-        return []
-
     class VerbCompleter(Completer):
         def get_completions(self, document, complete_event):
             text = document.text_before_cursor
             words = text.split()
             current = "" if not words or text[-1:].isspace() else words[-1]
-            done = words if current == "" else words[:-1]
-            v = verbs.find(done[0]) if done else None
-            found = [(name, verbs.find(name).help) for name in sorted(verbs._NAMES)] if not done else \
-                candidates(v, done, current) if v is not None else []
             seen = set()
-            for word, meta in found:
+            for word, meta in _candidates(view, words if current == "" else words[:-1], current):
                 if word.startswith(current) and word not in seen:
                     seen.add(word)
                     yield Completion(word, -len(current), display_meta=meta)
 
     return VerbCompleter()
+
+
+def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
+    """(text, meta) for the word being typed (`current`) after the words `done`, the first a verb's name."""
+    v = verbs.find(done[0]) if done else None
+    if not done:
+        return [(name, verbs.find(name).help) for name in sorted(verbs.NAMES)]
+    if v is None:
+        return []
+    if done[-1] in ("-H", "--hosts") and len(done) > 1:
+        return [(n["name"], "up" if n["up"] else "down") for n in view.nodes]
+    if current.startswith("-"):
+        return [(f"--{o.long}", o.help) for o in OPTIONS if o.long in v.options]
+    if v.words is _verb_name and len(done) == 1:
+        return [(name, other.help) for name, other in verbs.VERBS.items()]
+    if v.words in (verbs.job_ids, verbs.one_id, verbs.ids_or_name, verbs.changes):
+        jobs = view.jobs + (view.history if v.name in ("wait", "attach") else [])
+        return [(str(j["id"]), f"{j.get('state', 'done')}: {command_text(j)}"[:60]) for j in jobs
+                if str(j["id"]) not in done[1:]]
+    if v.words is verbs.command and _command_starts_here(done[1:]):
+        return [(command_text(j), f"job {j['id']}") for j in view.history]
+    return []
 
 
 def _command_starts_here(words: list[str]) -> bool:
@@ -116,17 +109,12 @@ def _command(line: str, skip: int, words: list[str]) -> list[str]:
     """The command of `run`/`submit` as typed: shell syntax (`a; b`, `x | y`, `$HOME`) is left to
     /bin/sh on the node, as a one-string command like `grun 'a; b'`; plain words stay an argv."""
     lexer = shlex.shlex(line, posix=True)
-    lexer.whitespace_split = True
-    lexer.commenters = ""
+    lexer.whitespace_split, lexer.commenters = True, ""
     for _ in range(skip):
         lexer.get_token()
     rest = line[lexer.instream.tell():].strip()
-    if len(words) > 1 and any(c in verbs.SHELL_CHARS - set(" \t\n") for c in rest):
-        return [rest]
-    return words
+    return [rest] if len(words) > 1 and any(c in verbs.SHELL_CHARS - set(" \t\n") for c in rest) else words
 
-
-# ---- the shell -----------------------------------------------------------------------------------
 
 class Shell:
     def __init__(self, ctx: Context, view: ClusterView | None = None):
@@ -162,25 +150,24 @@ class Shell:
             return exc.args[0]
         return self.status
 
-    def interact(self, history_path: str | None) -> int:
+    def interact(self, history_path: str) -> int:
         from prompt_toolkit import PromptSession
         from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
         from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.patch_stdout import patch_stdout
 
-        history = InMemoryHistory()
-        if history_path:
-            try:
-                os.makedirs(os.path.dirname(history_path), exist_ok=True)
-                with open(history_path, "a"):
-                    pass
-                history = FileHistory(history_path)
-            except OSError as exc:
-                self.ctx.say(f"no history file ({exc})")
+        try:
+            os.makedirs(os.path.dirname(history_path), exist_ok=True)
+            open(history_path, "a").close()  # writable? FileHistory would only fail at the first line
+            history = FileHistory(history_path)
+        except OSError as exc:
+            self.ctx.say(f"no history file ({exc})")
+            history = InMemoryHistory()
         session = PromptSession(message=self._prompt, history=history, completer=_completer(self.view),
                                 auto_suggest=AutoSuggestFromHistory(), complete_while_typing=False,
                                 refresh_interval=0.5)
-        print(f"grun shell: master {self.ctx.client.address}; 'help' lists the verbs, Ctrl-D leaves", file=self.ctx.err)
+        print(f"grun shell: master {self.ctx.client.address}; 'help' lists the verbs, Ctrl-D leaves",
+              file=self.ctx.err)
         while True:
             try:
                 with patch_stdout(raw=True):  # the monitor's notices print above the prompt
@@ -194,9 +181,7 @@ class Shell:
                 return exc.args[0]
 
     def _prompt(self) -> str:
-        if self.view is not None and self.view.up is False:
-            return f"grun [{self.ctx.client.address} unreachable]> "
-        return "grun> "
+        return f"grun [{self.ctx.client.address} unreachable]> " if self.view.up is False else "grun> "
 
 
 # ---- the shell's own verbs -----------------------------------------------------------------------

@@ -71,8 +71,9 @@ def history_long(jobs: list[dict]) -> str:
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
         params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
+        name = f" ({j['name']})" if j.get("name") else ""
         blocks.append("\n".join(line for line in (
-            f"job {j['id']}{' (' + j['name'] + ')' if j.get('name') else ''}: {j.get('state')}, exit {describe_exit(j)}",
+            f"job {j['id']}{name}: {j.get('state')}, exit {describe_exit(j)}",
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",

@@ -58,7 +58,7 @@ class Context:
 
 Verb = namedtuple("Verb", "name run help usage options words aliases")
 VERBS: dict[str, Verb] = {}  # by name
-_NAMES: dict[str, Verb] = {}  # by name and alias
+NAMES: dict[str, Verb] = {}  # by name and alias
 
 
 def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = ""):
@@ -69,12 +69,12 @@ def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = 
         v = Verb(name, run, " ".join(run.__doc__.split()), usage, tuple(options_), words or no_words,
                  tuple(aliases.split()))
         VERBS[name] = v
-        _NAMES.update(dict.fromkeys((name, *v.aliases), v))
+        NAMES.update(dict.fromkeys((name, *v.aliases), v))
         return run
     return declare
 
 
-find = _NAMES.get  # a verb by its name or an alias, or None
+find = NAMES.get  # a verb by its name or an alias, or None
 
 
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from grun import calls, cli, shell, verbs
+from grun import cli, shell, verbs
 from grun.options import OPTIONS, UsageError
-from grun.remote_worker import RESULT_MARK
+from grun.remote_worker import RESULT_MARK, ResultReader
 
 
 def test_every_verb_has_a_name_help_usage_parser_and_runner():
@@ -117,7 +117,7 @@ def test_result_frame_is_found_whatever_the_chunking(size):
     looks_like = RESULT_MARK + b"cd" * 16 + b": not ours\n"
     data = b"hello\n" + b"\0 a NUL\n" + looks_like + b"partial \0grun-res" + b"ult\n" + _frame(nonce, b"PAYLOAD")
     out = []
-    parser = calls._Stdout(nonce, out.append)
+    parser = ResultReader(nonce, out.append)
     for i in range(0, len(data), size):
         parser.feed(data[i:i + size])
     assert parser.close() == b"PAYLOAD"
@@ -126,7 +126,7 @@ def test_result_frame_is_found_whatever_the_chunking(size):
 
 def test_output_is_not_held_back_without_a_nul():
     out = []
-    parser = calls._Stdout(b"ab" * 16, out.append)
+    parser = ResultReader(b"ab" * 16, out.append)
     parser.feed(b"progress 1\n")
     assert out == [b"progress 1\n"]
     assert parser.close() is None
