@@ -14,10 +14,9 @@ TIMES = {"start": time.time()}  # when each step of this run ended: GRUN_TIMES=1
 
 from . import __version__
 from .config import ConfigError, find_config_path, load_config
-from .options import JOB_OPTIONS, UsageError, help_text
+from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
 
-EXIT_USAGE = 2
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
 GRUN_OPTIONS = (*JOB_OPTIONS, "edit", "attach", "tail", "query", "kill", "signal", "daemon", "foreground", "restart",
                 "reload", "config", "help", "version")
@@ -112,6 +111,9 @@ def _main(argv: list[str]) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # our reader went away (`grun -q history | head -1`): no error, as with `ls`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # else the flush of what is left fails once more
+        return 141
     except Exception as exc:
         from .client import GrunError
         from .daemon import DaemonError

@@ -1,9 +1,8 @@
 """The one table of command-line options, and the parser that reads the subset a verb (or `grun` itself) takes.
 
-Options come before the command (`grun -c 4 -m 3000 mycmd -c x`: the second -c is mycmd's). Letters
-follow the original grun where they overlap (-c cpus, -m memory, -r priority, -q query, -k kill, -d
-daemon, -e edit, -j name, -f option file, -o output). A letter may mean different things to verbs
-that never share it (`-c` is cpus for `run`, a count for `history`).
+Options come before the command (`grun -c 4 mycmd -c x`: the second -c is mycmd's). Letters follow the
+original grun (-c cpus, -m memory, -r priority, -q query, -k kill, -d daemon, -e edit, -j name, -f
+option file, -o output); a letter may mean different things to verbs that never share it (-c: a count for `history`).
 """
 
 from __future__ import annotations
@@ -11,16 +10,14 @@ from __future__ import annotations
 from collections import namedtuple
 
 from .config import parse_cpus, parse_duration, parse_memory
+from .config import parse_priority as _int  # a whole number, as config reads one
 
 
 class UsageError(Exception):
-    """A command line (or option file) that cannot be read: one line, exit status 2."""
+    """A command line (or option file) that cannot be read: one line, exit status EXIT_USAGE."""
 
 
-def _int(text: str) -> int:
-    if not text.strip().lstrip("+-").isdigit():
-        raise ValueError(f"expected a whole number, got {text!r}")
-    return int(text)
+EXIT_USAGE = 2
 
 
 def _signal(text: str) -> int:
@@ -70,14 +67,11 @@ OPTIONS = [
     Option(None, "err-append", "value", str, "like --err, appending", "FILE"),
     Option(None, "out-err-append", "value", str, "like --out-err, appending", "FILE"),
     Option(None, "noio", help="wait for the job without streaming its input or output"),
-    Option(None, "force", help="queue a request no node can satisfy now; with -k: mark killed even if its "
-           "node cannot be reached"),
+    Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
-    Option(None, "array", "value", str, "one job per task id (1-100, 1-100:2, 1,5,9), each with "
-           "$GRUN_TASK_ID set; %a in -o/--err file names is the task id", "IDS"),
-    Option(None, "cmds", "value", str, "one job per line of FILE ('-': stdin), each run by /bin/sh, "
-           "with $GRUN_TASK_ID its line number", "FILE"),
+    Option(None, "array", "value", str, "a job per task id: 1-100, 1-100:2, 1,5,9 ($GRUN_TASK_ID; %a in -o)", "IDS"),
+    Option(None, "cmds", "value", str, "a job per line of FILE ('-': stdin), run by sh ($GRUN_TASK_ID)", "FILE"),
     Option("v", "verbose", help="print the job id and node on stderr"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
@@ -102,7 +96,7 @@ OPTIONS = [
            "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
-# a job's options: those `run` and `submit` take, and an option file (-f) may hold, but -f itself
+# a job's options: those `run` and `submit` take; an option file (-f) may hold all but the last, -f itself
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
                "verbose", "file")
@@ -113,9 +107,7 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
     (the command), or, `interspersed`, may come anywhere; `--` ends them either way."""
     allowed = {f"--{name}": _BY_LONG[name] for name in names}
     allowed |= {f"-{o.short}": o for o in list(allowed.values()) if o.short}
-    opts: dict = {}
-    words: list[str] = []
-    rest = iter(argv)
+    opts, words, rest = {}, [], iter(argv)
 
     def take(where: str, value: str | None = None) -> None:
         """Record option `where`, with its value given inline, else (if it takes one) the next word."""

@@ -15,10 +15,10 @@ import shlex
 import sys
 
 from . import verbs
-from .options import OPTIONS, UsageError
+from .options import EXIT_USAGE, OPTIONS, UsageError
 from .options import parse as parse_options
 from .tables import command_text, jobs_table, nodes_table
-from .verbs import EXIT_USAGE, Context, verb
+from .verbs import Context, verb
 
 MONITOR_SECS = 1.0
 
@@ -121,7 +121,8 @@ class Shell:
         self.ctx, self.view, self.status = ctx, view, 0
 
     def execute(self, line: str) -> int:
-        """Run one line; returns its exit status. Raises ExitShell for `exit`."""
+        """Run one line; returns its exit status. Raises ExitShell for `exit` (and BrokenPipeError when our
+        reader went away: the command line ends quietly)."""
         line = line.strip()
         if not line or line.startswith("#"):
             return self.status
@@ -135,11 +136,8 @@ class Shell:
             if v.words is verbs.command:
                 args["cmd"] = _command(line, len(words) - len(args["cmd"]), args["cmd"])
 
-        try:
-            self.status = verbs.execute(self.ctx, words, adjust=keep_shell_syntax)
-            return self.status
-        except BrokenPipeError:
-            raise ExitShell(141) from None
+        self.status = verbs.execute(self.ctx, words, adjust=keep_shell_syntax)
+        return self.status
 
     def run_script(self, stream) -> int:
         """Verbs from a file or pipe, one a line."""

@@ -15,11 +15,10 @@ import os
 import sys
 from collections import namedtuple
 
-from .options import JOB_OPTIONS, UsageError, load_option_file
+from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
 
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
-EXIT_USAGE = 2
 
 
 class Terminated(BaseException):
@@ -105,8 +104,8 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
     except UsageError as exc:
         return ctx.fail(str(exc), EXIT_USAGE)
     except (GrunError, OSError) as exc:
-        if isinstance(exc, BrokenPipeError) and not ctx.cli:
-            raise
+        if isinstance(exc, BrokenPipeError):
+            raise  # our reader went away: the shell or the command line ends quietly
         return ctx.fail(str(exc))
     except KeyboardInterrupt:
         code = 130

@@ -93,7 +93,6 @@ class WireProxy:
         self._pyroUri, self._pyroTimeout = uri, timeout
         self._object, self._host, self._port = parse_uri(uri)
         self._sock: socket.socket | None = None
-        self._seq = 0
 
     def __repr__(self) -> str:
         return f"<WireProxy {self._pyroUri}>"
@@ -124,8 +123,10 @@ class WireProxy:
         request = msgpack.packb((self._object, method, list(args), kwargs), default=_plain)
         hello = b""
         if self._sock is None:
+            # bytes: a str host goes through the "idna" codec, whose import costs ~1.3 ms of a `grun` call
+            host = self._host.encode("ascii") if self._host.isascii() else self._host
             try:  # a connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
-                self._sock = socket.create_connection((_ascii(self._host), self._port),
+                self._sock = socket.create_connection((host, self._port),
                                                       timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
             except OSError as exc:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
@@ -183,17 +184,9 @@ def _receive(sock: socket.socket) -> tuple[int, int, int, bytes]:
         raise Garbled("not a Pyro5 (protocol 502) peer")
     if size + ann_size > _MAX_MESSAGE or serializer != _MSGPACK:
         raise Garbled(f"a reply of {size + ann_size} bytes in serializer {serializer}")
-    body = _recv_exact(sock, ann_size + size)[ann_size:]  # annotations: none that we use
     if flags & _COMPRESSED:
-        import zlib
-        body = zlib.decompress(body)
-    return kind, flags, seq, body
-
-
-def _ascii(host: str) -> str | bytes:
-    """A host name as getaddrinfo takes it without the "idna" codec, whose import costs ~1.3 ms (a str
-    host always goes through it); non-ASCII names keep their IDNA encoding."""
-    return host.encode("ascii") if host.isascii() else host
+        raise Garbled("a compressed reply (grun's daemons never set Pyro5's COMPRESSION)")
+    return kind, flags, seq, _recv_exact(sock, ann_size + size)[ann_size:]  # annotations: none that we use
 
 
 def _plain(obj):

@@ -161,3 +161,18 @@ def test_wait_on_an_unreachable_master_is_bounded(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("grun -q wait still waiting after 13 s (the client's bound is 10 s)")
     assert_one_error_line(r, "127.0.0.1:")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-q", "jobs"], ["-q", "history"], ["shell"]])
+def test_a_reader_that_went_away_is_no_error(cluster, args):
+    """`grun -q history | head -1`: a closed pipe ends grun quietly (exit 141, as SIGPIPE would), without
+    a "Broken pipe" line on stderr; so does `grun shell` whose output nobody reads any more."""
+    import subprocess
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before grun writes a byte
+    try:
+        r = subprocess.run([PY, "-m", "grun.cli", *args], env=cluster.env, stdout=write_end, stderr=subprocess.PIPE,
+                           input=b"jobs\nstatus\n", timeout=60)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (141, b"")
