@@ -5,12 +5,7 @@ names another. The function and its arguments are cloudpickled (so functions def
 lambdas and closures work) and sent as the job's stdin through the node's side channel: no file
 anywhere. The function's stdout and stderr reach our sys.stdout and sys.stderr as it runs; its value
 (or exception, with the remote traceback) comes back in one frame at the end of its stdout, marked
-with a nonce only we know (see grun.remote_worker).
-
-    import grun
-    grun.remote(pow, 2, 10)                              # 1024, computed on a node
-    squares = grun.map(lambda x: x * x, range(20), cpus=0.5)
-    future = grun.submit_call(train, data, cpus=4, memory="8G")
+with a nonce only we know (see grun.remote_worker). `grun.remote(pow, 2, 10)` is 1024, computed on a node.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The daemons' Pyro5 wiring: process-wide Pyro5 settings, the name server co-hosted with the master,
-how actors are named and found, and proxies that always carry a timeout.
-
-Every grun daemon calls `configure()` before touching Pyro5. The name server never answers UDP
-broadcasts and is never searched for by broadcast: it is always addressed by explicit host and port.
-Pyro5 is imported only by the functions that need it: clients import this module for the names and
-call the actors through grun.wire, without Pyro5.
+how actors are named and found, and proxies that always carry a timeout. Every grun daemon calls
+`configure()` before touching Pyro5. The name server never answers or sends UDP broadcasts: it is always
+addressed by explicit host and port. Clients import this module only for the names (they call the
+actors through grun.wire): Pyro5 is imported by the functions that need it.
 """
 
 from __future__ import annotations

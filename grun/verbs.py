@@ -1,12 +1,10 @@
 """The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
 
-A verb is `do_NAME(ctx, args) -> exit code`, its docstring its one-line help, declared with
-`@verb(usage, options, words)`: the options it takes from the one table (grun/options.py) and how its
-other words are read. `execute(ctx, words)` parses and runs one and turns every failure a user can
-cause into one line and an exit status, for the shell's lines and the command line's forms alike
-(`grun -q jobs` runs `jobs`, `grun -k 3` runs `kill 3`, `grun CMD` runs `run CMD`). The shell declares
-its own verbs (help, exit, watch) the same way. This module is on the path of every `grun CMD`:
-nothing heavy is imported at import time, and the client connects on first use.
+A verb is `do_NAME(ctx, args) -> exit code`, its docstring its help, declared with `@verb(usage,
+options, words)`: its options from the one table (grun/options.py) and how its other words are read.
+`execute(ctx, words)` runs one and turns every failure a user can cause into one line and an exit
+status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`, `grun CMD` runs
+`run CMD`) alike. On the path of every `grun CMD`: nothing heavy is imported at import time.
 """
 
 from __future__ import annotations

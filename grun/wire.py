@@ -1,13 +1,11 @@
 """The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
 
-The `grun` command and `grun.Client` call the actors through `WireProxy` instead of `Pyro5.api.Proxy`:
-importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...), a large part of a
-`grun true`. The daemons keep Pyro5 (grun/registry.py). tests/test_wire.py holds this module to real
-Pyro5 daemons of every version pyproject.toml allows.
-
-A call fails with a ConnectionError (or another OSError) when the peer is not there, with one of the
-classes below, or with the builtin exception the remote method raised, rebuilt as itself (LookupError:
-no such job, ValueError: a refused request). grun.client maps these to grun's own exceptions.
+The `grun` command and `grun.Client` call the actors through `WireProxy`, not `Pyro5.api.Proxy`: importing
+Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
+holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
+the peer is not there, with one of the classes below, or with the builtin exception the remote method
+raised, rebuilt as itself (LookupError: no such job, ValueError: a refused request); grun.client maps
+these to grun's own exceptions.
 """
 
 from __future__ import annotations
