@@ -72,10 +72,8 @@ def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Pyro5.a
 
 
 def start_master_daemon(bind: str, port: int, advertise: str) -> Pyro5.nameserver.NameServerDaemon:
-    """A name server daemon on the master port, without the broadcast responder.
-
-    The master object is registered on this same daemon, so one port serves both.
-    """
+    """A name server daemon on the master port, without the broadcast responder; the master object is
+    registered on this same daemon, so one port serves both."""
     import Pyro5.nameserver
     configure()
     nat = advertise if bind in ("0.0.0.0", "::", "") else None
