@@ -50,12 +50,10 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
     """The verb (and its words) a command line's form names, and how to call it in messages; the
     options that chose it are taken out of `opts`."""
     if opts.pop("query", False):
-        if not words:
-            raise UsageError(f"-q needs a query: {', '.join(QUERIES)}")
         from .verbs import find
-        found = find(words[0])
+        found = find(words[0]) if words else None
         if found is None or found.name not in QUERIES:
-            raise UsageError(f"unknown query {words[0]!r}: use {', '.join(QUERIES)}")
+            raise UsageError((f"unknown query {words[0]!r}: use " if words else "-q needs a query: ") + ", ".join(QUERIES))
         return [found.name, *words[1:]], f"-q {found.name}"
     if opts.pop("kill", False):
         return ["kill", *words], "-k"

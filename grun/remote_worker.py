@@ -43,11 +43,11 @@ def _outcome(blob: bytes) -> tuple:
     except BaseException as exc:
         return "error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}"
     try:
-        return ("ok", func(*args, **kwargs))
+        return "ok", func(*args, **kwargs)
     except SystemExit as exc:
-        return ("error", None, _traceback(exc), f"the function called sys.exit({exc.code!r})")
+        return "error", None, _traceback(exc), f"the function called sys.exit({exc.code!r})"
     except BaseException as exc:
-        return ("error", exc, _traceback(exc), f"{type(exc).__name__}: {exc}")
+        return "error", exc, _traceback(exc), f"{type(exc).__name__}: {exc}"
 
 
 def _traceback(exc: BaseException) -> str:
@@ -56,9 +56,41 @@ def _traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def main() -> int:
+    if not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
+        print(f"grun: no call arrived within {ARRIVAL_TIMEOUT:g} s (did the caller go away?)", file=sys.stderr)
+        return 2
+    nonce, _, blob = sys.stdin.buffer.read().partition(b"\n")
+    devnull = os.open(os.devnull, os.O_RDONLY)  # the function reads nothing of ours
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    outcome = _outcome(blob)
+    try:
+        payload = _dumps(outcome)
+    except BaseException as exc:
+        what, text = ("result", "") if outcome[0] == "ok" else ("exception", outcome[2])
+        payload = _dumps(("error", None, text, f"cannot pickle the {what}: {type(exc).__name__}: {exc}"))
+    else:
+        try:
+            pickle.loads(payload)  # an exception that pickles but cannot be rebuilt would fail the caller
+        except BaseException:
+            if outcome[0] == "error":
+                payload = _dumps(("error", None, outcome[2], outcome[3]))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    frame = RESULT_MARK + nonce + b":" + len(payload).to_bytes(LENGTH_BYTES, "big") + payload
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(1, view):]
+    return 0 if outcome[0] == "ok" else 1
+
+
 class ResultReader:
-    """The caller's side: a call's stdout, whose output passes through to `sink` and whose result frame
-    is kept."""
+    """The caller's side: the job's stdout, whose output passes through to `sink` and whose result frame
+    is kept (only the caller knows the nonce that marks it)."""
 
     def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
         self.mark, self.sink = RESULT_MARK + nonce + b":", sink
@@ -93,39 +125,6 @@ class ResultReader:
         size = int.from_bytes(self.frame[:LENGTH_BYTES], "big")
         body = bytes(self.frame[LENGTH_BYTES:LENGTH_BYTES + size])
         return body if len(body) == size else None
-
-
-def main() -> int:
-    if not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
-        print(f"grun: no call arrived within {ARRIVAL_TIMEOUT:g} s (did the caller go away?)", file=sys.stderr)
-        return 2
-    data = sys.stdin.buffer.read()
-    nonce, _, blob = data.partition(b"\n")
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the function reads nothing of ours
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    outcome = _outcome(blob)
-    try:
-        payload = _dumps(outcome)
-    except BaseException as exc:
-        what, text = ("result", "") if outcome[0] == "ok" else ("exception", outcome[2])
-        payload = _dumps(("error", None, text, f"cannot pickle the {what}: {type(exc).__name__}: {exc}"))
-    else:
-        try:
-            pickle.loads(payload)  # an exception that pickles but cannot be rebuilt would fail the caller
-        except BaseException:
-            if outcome[0] == "error":
-                payload = _dumps(("error", None, outcome[2], outcome[3]))
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    frame = RESULT_MARK + nonce + b":" + len(payload).to_bytes(LENGTH_BYTES, "big") + payload
-    view = memoryview(frame)
-    while view:
-        view = view[os.write(1, view):]
-    return 0 if outcome[0] == "ok" else 1
 
 
 if __name__ == "__main__":
