@@ -53,7 +53,8 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         from .verbs import find
         found = find(words[0]) if words else None
         if found is None or found.name not in QUERIES:
-            raise UsageError((f"unknown query {words[0]!r}: use " if words else "-q needs a query: ") + ", ".join(QUERIES))
+            wrong = f"unknown query {words[0]!r}: use " if words else "-q needs a query: "
+            raise UsageError(wrong + ", ".join(QUERIES))
         return [found.name, *words[1:]], f"-q {found.name}"
     if opts.pop("kill", False):
         return ["kill", *words], "-k"
