@@ -15,10 +15,8 @@ FINAL_STATES = (DONE, FAILED, KILLED, LOST)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 
 NOBODY = 65534
-MAX_CMD_BYTES = 1 << 20
-MAX_ENV_BYTES = 4 << 20
-MAX_CPUS = 1_000_000
-MAX_MEMORY_MB = 1 << 40
+MAX_CMD_BYTES, MAX_ENV_BYTES = 1 << 20, 4 << 20
+MAX_CPUS, MAX_MEMORY_MB = 1_000_000, 1 << 40
 
 # Keys a client may set; anything else in a submission is refused, so typos do not pass silently.
 SPEC_KEYS = {
@@ -26,13 +24,9 @@ SPEC_KEYS = {
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
     "stdout_file", "stderr_file", "stdout_append", "stderr_append",
 }
-MAX_PARAMS = 64
-MAX_NAME = 200
-MAX_PATH = 4096
+MAX_PARAMS, MAX_NAME, MAX_PATH = 64, 200, 4096
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE"}
-
-
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -41,21 +35,23 @@ class SpecError(ValueError):
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
-    value = spec.get(key, default)
-    if value is None:
-        value = default
+    value = default if spec.get(key) is None else spec[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{key} must be a number, got {value!r}")
-    if math.isnan(value) or math.isinf(value) or value < 0:
+    if not math.isfinite(value) or value < 0:
         raise SpecError(f"{key} must be a finite number >= 0, got {value!r}")
     if value > limit:
         raise SpecError(f"{key} {value} is absurdly large (limit {limit})")
     return value
 
 
-def _default_id(own: int) -> int:
-    """A submission that does not say who it is runs as us, unless we are root: then as nobody."""
-    return NOBODY if own == 0 else own
+def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise SpecError(f"{key} must be {what}, got {value!r}")
+    return value
 
 
 def _text(spec: dict, key: str, limit: int) -> str | None:
@@ -69,30 +65,22 @@ def _text(spec: dict, key: str, limit: int) -> str | None:
     return value
 
 
-def _param_value(name: str, value):
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SpecError(f"param {name} must be a number or a string, got {value!r}")
-    if isinstance(value, str):
-        if not value or len(value) > 256 or "\0" in value:
-            raise SpecError(f"param {name} has a bad value {value!r}")
-        return value
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise SpecError(f"param {name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
 def validate_params(params) -> dict:
     """Custom requests: NAME -> number (a consumable) or string (a label to match, globs allowed)."""
     if params is None:
         return {}
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise SpecError(f"params must map at most {MAX_PARAMS} names to values")
-    out = {}
     for name, value in params.items():
         if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
             raise SpecError(f"bad param name {name!r} (letters, digits, _ . - only)")
-        out[name] = _param_value(name, value)
-    return out
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise SpecError(f"param {name} must be a number or a string, got {value!r}")
+        if isinstance(value, str) and (not value or len(value) > 256 or "\0" in value):
+            raise SpecError(f"param {name} has a bad value {value!r}")
+        if not isinstance(value, str) and (not math.isfinite(value) or value < 0):
+            raise SpecError(f"param {name} must be a finite number >= 0, got {value!r}")
+    return dict(params)
 
 
 def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int = 100,
@@ -121,6 +109,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     user = spec.get("user") or "nobody"
     if not isinstance(user, str):
         raise SpecError("user must be a string")
+    # A submission that does not say who it is runs as us, unless we are root: then as nobody.
+    uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
     out = {
         "cmd": list(cmd),
         "shell": bool(spec.get("shell", False)),
@@ -129,15 +119,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
         "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB)),
         "user": user,
-        "uid": int(_number(spec, "uid", _default_id(os.getuid()), 1 << 32)),
-        "gid": int(_number(spec, "gid", _default_id(os.getgid()), 1 << 32)),
+        "uid": int(_number(spec, "uid", uid, 1 << 32)),
+        "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
-        "priority": _priority(spec.get("priority"), default_priority),
+        "priority": _whole(spec, "priority", int(default_priority), lambda v: abs(v) <= 1 << 31, "a whole number"),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
         "name": _text(spec, "name", MAX_NAME),
         "host": _text(spec, "host", MAX_PATH),
         "params": validate_params(spec.get("params")),
-        "parent": _parent(spec.get("parent")),
+        "parent": _whole(spec, "parent", None, lambda v: v > 0, "a job id"),
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
@@ -149,24 +139,9 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     return out
 
 
-def _priority(value, default: int) -> int:
-    if value is None:
-        return int(default)
-    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 1 << 31:
-        raise SpecError(f"priority must be a whole number, got {value!r}")
-    return value
-
-
-def _parent(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SpecError(f"parent must be a job id, got {value!r}")
-    return value
-
-
 # ---- edits -----------------------------------------------------------------------------------
 
+# `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
 EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
              "m": "memory", "hosts": "host", "host": "host", "H": "host"}
 
@@ -174,43 +149,32 @@ EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
-    from ..config import (  # pure parsers; imported late to keep this module light
-        parse_cpus,
-        parse_memory,
-    )
+    from ..config import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
+
+    parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None}
     if not isinstance(changes, dict) or not changes:
         raise SpecError("an edit needs KEY=VALUE changes")
     out: dict = {}
     for raw_key, value in changes.items():
         key = str(raw_key).strip()
+        param = key.startswith(("p.", "param."))
+        if not param and key not in EDIT_KEYS:
+            raise SpecError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
         try:
-            if key.startswith(("p.", "param.")):
-                name = key.split(".", 1)[1]
-                out.setdefault("params", {})[name] = _edit_param(value)
-            elif EDIT_KEYS.get(key) == "priority":
-                out["priority"] = int(value)
-            elif EDIT_KEYS.get(key) == "cpus":
-                out["cpus"] = parse_cpus(value)
-            elif EDIT_KEYS.get(key) == "memory":
-                out["memory"] = parse_memory(value)
-            elif EDIT_KEYS.get(key) == "host":
-                out["host"] = str(value).strip() or None
+            if param:
+                out.setdefault("params", {})[key.split(".", 1)[1]] = _edit_param(value)
             else:
-                raise SpecError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
+                out[EDIT_KEYS[key]] = parsers[EDIT_KEYS[key]](value)
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, SpecError):
-                raise
             raise SpecError(f"bad value for {key}: {exc}") from None
     return out
 
 
 def _edit_param(value):
-    if isinstance(value, str):
-        value = value.strip()
-        if value == "":
-            return None
-        return number_or_text(value)
-    return value
+    """`p.NAME=` removes the param; a string is read as `-p NAME=VALUE` reads it."""
+    if not isinstance(value, str):
+        return value
+    return number_or_text(value.strip()) if value.strip() else None
 
 
 def number_or_text(text: str):
@@ -219,23 +183,16 @@ def number_or_text(text: str):
         number = float(text)
     except ValueError:
         return text
-    if math.isnan(number) or math.isinf(number):
+    if not math.isfinite(number):
         return text
     return int(number) if number.is_integer() else number
 
 
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
     """The job's request with the changes applied, validated like a submission."""
-    request = {k: job[k] for k in SPEC_KEYS if k in job and k != "env"}
-    request["env"] = {}
-    params = dict(job.get("params") or {})
-    for name, value in (changes.get("params") or {}).items():
-        if value is None:
-            params.pop(name, None)
-        else:
-            params[name] = value
-    request.update({k: v for k, v in changes.items() if k != "params"})
-    request["params"] = params
+    params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
+    request = {**{k: job[k] for k in SPEC_KEYS if k in job}, **changes, "env": {},
+               "params": {name: value for name, value in params.items() if value is not None}}
     checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
     return {k: checked[k] for k in ("priority", "cpus", "memory", "host", "params")}
 
@@ -265,7 +222,7 @@ def parse_job_id(raw) -> int:
     try:
         job_id = int(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"bad job id {raw!r}") from None
+        job_id = 0
     if job_id <= 0:
         raise ValueError(f"bad job id {raw!r}")
     return job_id
