@@ -9,9 +9,10 @@ import random
 import pytest
 
 from grun.core import jobs as J
-from grun.core.explain import explain
+from grun.core.explain import explain, impossible, refusal
 from grun.core.master_state import MasterState
-from grun.core.placement import EPS, NodeIndex, NodeView, delays_claim, impossible, place
+from grun.core.nodes import EPS, NodeIndex, NodeView, delays_claim
+from grun.core.placement import MAX_PLACED_PER_PASS, place
 from grun.core.queue import JobTable
 
 
@@ -389,18 +390,17 @@ def test_the_index_follows_changes_of_usage_outside_load_and_up():
 def test_the_index_remembers_impossible_until_a_node_changes():
     a = NodeView("a", 4, 8000)
     index = NodeIndex([a])
-    assert index.impossible(job(1, 8)) == "no node has 8 cpus; largest is 4"
+    assert refusal(job(1, 8), index) == "no node has 8 cpus; largest is 4"
     a.cpus = 8
-    assert index.impossible(job(1, 8)) is None, "a node's new size is seen at once"
+    assert refusal(job(1, 8), index) is None, "a node's new size is seen at once"
     index["b"] = NodeView("b", 16, 8000)
-    assert index.impossible(job(1, 12)) is None
+    assert refusal(job(1, 12), index) is None
 
 
 def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
     import time as _time
 
     index = NodeIndex(NodeView(f"n{i:05d}", 4, 16000) for i in range(10000))
-    from grun.core.placement import MAX_PLACED_PER_PASS
     jobs = [job(i) for i in range(1, 20001)]
     t0 = _time.process_time()
     placed = []

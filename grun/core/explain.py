@@ -1,6 +1,7 @@
-"""`grun why ID`: one paragraph on why a job is not running. Pure code over the job table.
+"""Why a job cannot run, in words: the refusal of a request no known node could ever run (at submit
+and edit), and `grun why ID`'s paragraph. Pure code over the job table.
 
-For a queued job it names the request, what each node lacks (grouped: down, excluded by hosts or
+For a queued job `why` names the request, what each node lacks (grouped: down, excluded by hosts or
 labels, too small, or busy now and with what), the job's place in the queue, and its reservation.
 """
 
@@ -9,7 +10,52 @@ from __future__ import annotations
 import time
 
 from . import jobs as J
-from .placement import EPS, consumables, delays_claim, mismatch
+from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
+
+
+def refusal(job: dict, index: NodeIndex) -> str | None:
+    """impossible(job, every node), remembered per job shape until a node's description changes:
+    a submission must not cost a look at 10,000 nodes."""
+    return index.remembered(shape(job), lambda: impossible(job, list(index.values())))
+
+
+def impossible(job: dict, nodes: list[NodeView]) -> str | None:
+    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None.
+    With no nodes known at all, nothing can be judged, so nothing is refused."""
+    if not nodes:
+        return None
+    pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
+    if not pool:
+        return f"no node matches hosts {job['host']!r}"
+    for name, want in (job.get("params") or {}).items():
+        labelled = [n for n in pool if name in n.labels]
+        having = [n for n in pool if name in n.resources]
+        if labelled:
+            ok = [n for n in labelled if label_matches(n.labels[name], want)]
+            if not ok and not having:
+                values = sorted({str(n.labels[name]) for n in labelled})
+                return f"no node has {name}={want}; {name} is {', '.join(values[:5])}"
+            pool = ok + [n for n in having if n not in ok and isinstance(want, (int, float))]
+        elif having:
+            if not isinstance(want, (int, float)):
+                return f"{name} is a consumable: ask for a number of {name}, not {want!r}"
+            largest = max(n.resources[name] for n in having)
+            if largest + EPS < want:
+                return f"no node has {want:g} {name}; largest is {largest:g}"
+            pool = [n for n in having if n.resources[name] + EPS >= want]
+        else:
+            return f"no node has {name}"
+        if not pool:
+            return f"no node has {name}={want}"
+    largest = max(n.cpus for n in pool)
+    if job["cpus"] > largest + EPS:
+        return f"no node has {job['cpus']:g} cpus; largest is {largest:g}"
+    largest = max(n.memory for n in pool)
+    if job["memory"] > largest:
+        return f"no node has {job['memory']} MB of memory; largest is {largest} MB"
+    if not any(n.could_ever_fit(job) for n in pool):
+        return f"no node has {job['cpus']:g} cpus and {job['memory']} MB of memory together"
+    return None
 
 
 def request_text(job: dict) -> str:
@@ -98,12 +144,11 @@ def _explain_queued(head: str, job: dict, table, now: float) -> str:
     lines = [f"{head} is queued and needs {request_text(job)}."]
     if not table.nodes:
         lines.append("No node has registered yet.")
-    labels = {"down": "down", "excluded": "excluded", "small": "too small", "busy": "busy now",
-              "claimed": "reserved for a job that has waited longer", "fits": "with room now"}
-    for kind in ("small", "excluded", "down", "busy", "claimed", "fits"):
+    for kind, label in (("small", "too small"), ("excluded", "excluded"), ("down", "down"), ("busy", "busy now"),
+                        ("claimed", "reserved for a job that has waited longer"), ("fits", "with room now")):
         if kind in groups:
             names = groups[kind]
-            lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {labels[kind]}: {'; '.join(names)}.")
+            lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {label}: {'; '.join(names)}.")
     position, length, higher = queue_position(job, table)
     lines.append(f"It is number {position} of {length} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")

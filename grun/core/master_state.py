@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass, field
 
 from . import jobs as J
+from .explain import refusal
 from .placement import MAX_PLACED_PER_PASS, place
 from .queue import JobTable
 
@@ -186,7 +187,7 @@ class MasterState:
                 raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
             batch_names.add(name)
         if not request.get("force"):
-            why = self.table.nodes.impossible(request)
+            why = refusal(request, self.table.nodes)
             if why:
                 raise ValueError(f"{why} (--force queues it anyway)")
 
@@ -252,7 +253,7 @@ class MasterState:
                 new = J.edited_request(job, parsed, self.settings["default_cpus"], self.settings["default_memory"])
             except J.SpecError as exc:
                 raise ValueError(f"job {job_id}: {exc}") from None
-            why = None if job.get("force") else self.table.nodes.impossible({**job, **new})
+            why = None if job.get("force") else refusal({**job, **new}, self.table.nodes)
             if why:
                 raise ValueError(f"job {job_id}: {why}")
             records.append({"op": "edit", "id": job_id, "changes": new, "time": now})

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import collections
 import heapq
+import operator
 import random
 import sys
 
 from . import jobs as J
-from .placement import NodeIndex, NodeView
+from .nodes import NodeIndex, NodeView
 
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
@@ -56,23 +57,18 @@ class PendingQueue:
 
     def __iter__(self):
         for priority in sorted(self._by_priority.keys() | self._late.keys(), reverse=True):
-            main = self._by_priority.get(priority, {})
-            late = self._late.get(priority)
-            if late and len(late) >= self.FOLD_AT:
-                main = self._by_priority[priority] = dict(sorted([*main.items(), *late.items()]))
-                del self._late[priority]
-                late = None
-            if late:
-                yield from heapq.merge(list(main.values()), sorted(late.values(), key=_job_id), key=_job_id)
-            else:
-                yield from list(main.values())
+            main, late = self._by_priority.get(priority, {}), self._late.get(priority, {})
+            if len(late) >= self.FOLD_AT:
+                main = self._by_priority[priority] = dict(sorted([*main.items(), *self._late.pop(priority).items()]))
+                late = {}
+            main = list(main.values())  # (a copy: the caller may change the queue while it reads)
+            yield from heapq.merge(main, sorted(late.values(), key=_job_id), key=_job_id) if late else main
 
     def __len__(self):
         return sum(len(b) for b in self._by_priority.values()) + sum(len(b) for b in self._late.values())
 
 
-def _job_id(job: dict) -> int:
-    return job["id"]
+_job_id = operator.itemgetter("id")
 
 
 class JobTable:
@@ -222,14 +218,9 @@ class JobTable:
         if started and job.get("submit_time"):
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
-        if result.get("status"):
-            job["state"] = result["status"]
-        elif job.get("kill_requested") and result.get("signal"):
-            job["state"] = J.KILLED
-        elif result.get("limit"):
-            job["state"] = J.KILLED if result.get("signal") else J.FAILED
-        else:
-            job["state"] = J.DONE if job["exit"] == 0 else J.FAILED
+        killed = result.get("signal") and (job.get("kill_requested") or result.get("limit"))
+        failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
+        job["state"] = result.get("status") or (J.KILLED if killed else J.FAILED if failed else J.DONE)
         return job
 
     def _keep_token(self, token: str, job_id: int, now: float) -> None:
@@ -243,12 +234,9 @@ class JobTable:
 
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
-        if not token:
-            return None
         if token in self.tokens:
             return self.tokens[token]
-        done = self.done_tokens.get(token)
-        return done[0] if done else None
+        return self.done_tokens.get(token, (None,))[0]
 
     # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
 
@@ -307,16 +295,11 @@ class JobTable:
             return None
         if attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]:
             return None  # the end of a copy of an earlier run
-        if node is not None:
-            current = job.get("node")
-            if current is None and job.get("lost_from") != node:
-                return None  # queued, and this node never had it (or was not the one it was lost from)
-            if current is not None and current != node:
-                return None  # a stale copy on another node; the current dispatch decides
-        rec = {"op": "finish", "id": job_id, "result": result, "time": now}
-        if node is not None:
-            rec["node"] = node
-        return rec
+        if node is None:
+            return {"op": "finish", "id": job_id, "result": result, "time": now}
+        if node != (job.get("node") or job.get("lost_from")):
+            return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
+        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
@@ -340,7 +323,7 @@ class JobTable:
         node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
         as stale copies)."""
         running = {int(i) for i in running}
-        held = running | ({int(i) for i in finished} if finished is not None else set())
+        held = running | {int(i) for i in finished or ()}
         records, start, stale = [], [], []
         for job in self.jobs_on(name) if finished is not None else ():
             if job["id"] in held:
@@ -386,12 +369,10 @@ class JobTable:
 
     def _describe_node(self, rec: dict) -> NodeView:
         node = self.nodes.get(rec["name"])
-        if node is None:
-            # known from the journal: not up until it registers again
+        if node is None:  # known from the journal: not up until it registers again
             node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
-        node.resources = dict(rec.get("resources") or {})
-        node.labels = {k: str(v) for k, v in (rec.get("labels") or {}).items()}
+        node.resources, node.labels = dict(rec.get("resources") or {}), dict(rec.get("labels") or {})
         self.recount(node.name)
         return node
 
@@ -416,20 +397,13 @@ class JobTable:
         "envs", and each job names it by its index: environments were 60 % of a snapshot's bytes."""
         nodes = [{"name": n.name, "cpus": n.cpus, "memory": n.memory, "resources": dict(n.resources),
                   "labels": dict(n.labels)} for n in self.nodes.values()]
-        envs: list[dict] = []
-        env_index: dict[int, int] = {}  # id() of a shared env dict -> its index in envs
+        envs: dict[int, tuple[int, dict]] = {}  # id() of a shared env dict -> (its index, the dict)
         jobs = []
         for job in self.jobs.values():
-            copy = dict(job)
-            env = job.get("env")
-            if env:
-                index = env_index.get(id(env))
-                if index is None:
-                    index = env_index[id(env)] = len(envs)
-                    envs.append(env)
-                copy["env"] = index
-            jobs.append(copy)
-        return {"next_id": self.next_id, "jobs": jobs, "envs": envs, "nodes": nodes,
+            jobs.append(dict(job))
+            if job.get("env"):
+                jobs[-1]["env"] = envs.setdefault(id(job["env"]), (len(envs), job["env"]))[0]
+        return {"next_id": self.next_id, "jobs": jobs, "envs": [env for _, env in envs.values()], "nodes": nodes,
                 "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()]}
 
     def restore(self, state: dict) -> None:

@@ -1,0 +1,283 @@
+"""What the master knows of its nodes: a `NodeView` each, whether a job's request matches and fits
+it, and the `NodeIndex` that files the up nodes by free capacity. Pure code, no I/O.
+
+A node's free capacity is its total minus what grun jobs have reserved (soft locks: a reservation is
+the job's request, not its use) minus the load of processes that are not grun jobs, as its node last
+measured it. Requests are cpus, memory, custom consumables (`-p gpu=1` against `resources:`), labels
+that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern.
+
+With thousands of nodes, best fit must not look at every node for every job: the index files the up
+nodes by (free cpus, free memory), so a search starts at the nodes that come closest and a plain job
+looks at one bucket of equal nodes. It learns of every change through `NodeView.__setattr__`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+# What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
+# node to another place in its index (usage, up/down).
+_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels"})
+_WATCHED = _DESCRIBED | {"used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"}
+
+
+@dataclass
+class NodeView:
+    """What the scheduler knows of one node."""
+    name: str
+    cpus: float
+    memory: int
+    used_cpus: float = 0.0
+    used_memory: int = 0
+    up: bool = True
+    outside_cpus: float = 0.0   # load from processes that are not grun jobs
+    outside_memory: int = 0
+    jobs: set = field(default_factory=set)
+    resources: dict = field(default_factory=dict)       # consumable name -> total
+    used_resources: dict = field(default_factory=dict)  # consumable name -> reserved by jobs
+    labels: dict = field(default_factory=dict)          # label name -> value (a string)
+    # what the master knows of the node itself: where to call it, which run of its daemon, when it
+    # was last heard from, whether its jobs were declared lost since, and its grun jobs' cpu use
+    uri: str | None = None
+    incarnation: str = ""
+    seen: float = 0.0
+    lost: bool = False
+    grun_cpus: float = 0.0
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if name in _WATCHED:
+            index = self.__dict__.get("_index")
+            if index is not None:
+                index._touch(self, name)
+
+    @property
+    def free_cpus(self) -> float:
+        return self.cpus - self.used_cpus - self.outside_cpus
+
+    @property
+    def free_memory(self) -> int:
+        return self.memory - self.used_memory - self.outside_memory
+
+    def free(self, resource: str) -> float:
+        return self.resources.get(resource, 0) - self.used_resources.get(resource, 0)
+
+    def fits(self, job: dict) -> bool:
+        if not self.up or mismatch(self, job):
+            return False
+        if job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory:
+            return False
+        return all(self.free(name) + EPS >= need for name, need in consumables(job, self).items())
+
+    def could_ever_fit(self, job: dict) -> bool:
+        if mismatch(self, job) or job["cpus"] > self.cpus + EPS or job["memory"] > self.memory:
+            return False
+        return all(self.resources.get(name, 0) + EPS >= need for name, need in consumables(job, self).items())
+
+    def take(self, job: dict, sign: int = 1) -> None:
+        """Count (or with sign=-1, uncount) a job's request on this node."""
+        self.used_cpus += sign * job["cpus"]
+        self.used_memory += sign * job["memory"]
+        for name, need in consumables(job, self).items():
+            self.used_resources[name] = self.used_resources.get(name, 0) + sign * need
+
+
+def host_matches(name: str, pattern: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p.strip()) for p in pattern.split(",") if p.strip())
+
+
+def label_matches(have, want) -> bool:
+    """A label request matches the node's value exactly, numerically (12 == "12.0"), or as a glob."""
+    try:
+        return float(have) == float(want)
+    except (TypeError, ValueError):
+        return fnmatch.fnmatchcase(str(have), str(want))
+
+
+def consumables(job: dict, node: NodeView | None = None) -> dict[str, float]:
+    """The job's numeric requests that are consumables (on this node: names it declares as labels
+    are matched, not consumed)."""
+    return {name: float(value) for name, value in (job.get("params") or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (node is None or name not in node.labels)}
+
+
+def mismatch(node: NodeView, job: dict) -> str | None:
+    """Why the job can never run on this node whatever else runs there, or None."""
+    if job.get("host") and not host_matches(node.name, job["host"]):
+        return f"not in hosts {job['host']}"
+    for name, want in (job.get("params") or {}).items():
+        if name in node.labels:
+            if not label_matches(node.labels[name], want):
+                return f"{name} is {node.labels[name]}"
+        elif name not in node.resources:
+            return f"no {name}"
+        elif not isinstance(want, (int, float)):
+            return f"{name} is a consumable, not a label"
+    return None
+
+
+def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
+    """Whether placing the job on this node takes something the job that reserved it still needs."""
+    owner = claims.get(node.name) if claims else None
+    if owner is None or owner["id"] == job["id"]:
+        return False
+    if job["cpus"] > EPS and node.free_cpus - job["cpus"] < owner["cpus"] - EPS:
+        return True
+    if job["memory"] > 0 and node.free_memory - job["memory"] < owner["memory"]:
+        return True
+    owner_needs = consumables(owner, node)
+    return any(need > EPS and name in owner_needs and node.free(name) - need < owner_needs[name] - EPS
+               for name, need in consumables(job, node).items())
+
+
+def shape(job: dict) -> tuple:
+    """What placement sees of a job: jobs of one shape fit the same nodes."""
+    return job["cpus"], job["memory"], job.get("host"), tuple(sorted((job.get("params") or {}).items()))
+
+
+class NodeIndex(dict):
+    """Nodes by name (a dict), with the up ones also filed by free capacity for best fit.
+
+    Buckets hold the up nodes with equal (free cpus, free memory); their keys are kept sorted. The
+    nodes that changed are re-filed before the next search, so a pass that places many jobs costs
+    O(log buckets) per job, not O(nodes). Add and remove nodes by item assignment and del."""
+
+    def __init__(self, nodes=()):
+        super().__init__()
+        self._keys: list[tuple] = []                # sorted bucket keys
+        self._buckets: dict[tuple, list] = {}       # key -> the NodeViews filed there
+        self._where: dict[str, tuple] = {}          # name -> (key, position in its bucket)
+        self._dirty: dict[str, NodeView] = {}       # nodes to re-file
+        self._remembered: dict = {}                 # see remembered()
+        for node in nodes:
+            self[node.name] = node
+
+    # ---- the dict --------------------------------------------------------------------------------
+
+    def __setitem__(self, name: str, node: NodeView) -> None:
+        old = self.get(name)
+        if old is not None and old is not node:
+            self._unfile(old)
+            object.__setattr__(old, "_index", None)
+        super().__setitem__(name, node)
+        object.__setattr__(node, "_index", self)
+        self._dirty[name] = node
+        self._remembered.clear()
+
+    def __delitem__(self, name: str) -> None:
+        node = self[name]
+        self._unfile(node)
+        self._dirty.pop(name, None)
+        object.__setattr__(node, "_index", None)
+        super().__delitem__(name)
+        self._remembered.clear()
+
+    def _bypass(self, *args, **kwargs):
+        raise TypeError("a NodeIndex changes only by item assignment and del, which keep it filed")
+
+    pop = popitem = setdefault = update = clear = _bypass
+
+    def remembered(self, key, compute):
+        """compute(), remembered under key until a node is added, removed or described anew: for
+        answers that depend only on the nodes' descriptions (explain.refusal)."""
+        if key not in self._remembered:
+            if len(self._remembered) > 1000:
+                self._remembered.clear()
+            self._remembered[key] = compute()
+        return self._remembered[key]
+
+    # ---- filing --------------------------------------------------------------------------------
+
+    def _touch(self, node: NodeView, attr: str) -> None:
+        if self.get(node.name) is node:
+            self._dirty[node.name] = node
+            if attr in _DESCRIBED:
+                self._remembered.clear()
+
+    def _file(self, node: NodeView, key: tuple) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = []
+            insort(self._keys, key)
+        self._where[node.name] = (key, len(bucket))
+        bucket.append(node)
+
+    def _unfile(self, node: NodeView) -> None:
+        where = self._where.pop(node.name, None)
+        if where is None:
+            return
+        key, i = where
+        bucket = self._buckets[key]
+        last = bucket.pop()
+        if i < len(bucket):
+            bucket[i] = last
+            self._where[last.name] = (key, i)
+        if not bucket:
+            del self._buckets[key]
+            del self._keys[bisect_left(self._keys, key)]
+
+    def refresh(self) -> None:
+        """Re-file the nodes that changed since the last search."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        for name, node in dirty.items():
+            if self.get(name) is not node:
+                continue
+            # rounded: float sums of fractional cpus (0.1 + 0.2) must not split equal nodes
+            key = (round(node.free_cpus, 9), node.free_memory) if node.up else None
+            where = self._where.get(name)
+            if where is not None and where[0] == key:
+                continue
+            self._unfile(node)
+            if key is not None:
+                self._file(node, key)
+
+    # ---- questions -----------------------------------------------------------------------------
+
+    def up_count(self) -> int:
+        self.refresh()
+        return len(self._where)
+
+    def any_free(self) -> bool:
+        """Whether some up node has cpus free (else only jobs that ask for no cpus can be placed)."""
+        self.refresh()
+        return bool(self._keys) and self._keys[-1][0] > EPS
+
+    def best(self, job: dict, rng: random.Random = random, claims: dict | None = None) -> NodeView | None:
+        """The best-fitting up node the job may use now (fewest cpus left, then least memory), or None."""
+        self.refresh()
+        keys, memory = self._keys, job["memory"]
+        i, n = bisect_left(keys, (job["cpus"] - EPS,)), len(keys)
+        while i < n:
+            key = keys[i]
+            if key[1] < memory:  # not enough memory at this cpu level: skip to where there is
+                i = bisect_left(keys, (key[0], memory), i + 1)
+                continue
+            node = self._pick(self._buckets[key], job, rng, claims)
+            if node is not None:
+                return node
+            i += 1
+        return None
+
+    @staticmethod
+    def _pick(bucket: list, job: dict, rng, claims) -> NodeView | None:
+        """A node of the bucket (all equally good) the job may use, uniformly at random."""
+        def ok(node):
+            return node.fits(job) and not delays_claim(node, job, claims)
+        if len(bucket) > 1:
+            # rejection sampling: a random draw is almost always usable (plain jobs, few claims),
+            # and the draws stay uniform over the usable nodes
+            for _ in range(4):
+                node = bucket[rng.randrange(len(bucket))]
+                if ok(node):
+                    return node
+        usable = [node for node in bucket if ok(node)]
+        if not usable:
+            return None
+        return usable[0] if len(usable) == 1 else rng.choice(usable)
