@@ -1,7 +1,6 @@
 """The master's durable state, in one directory; the master gives dicts and gets dicts back.
 
-- ``journal.<first_seq>.log``: append-only JSON lines, each with a rising ``seq``; one writer thread
-  writes whatever is pending with one fdatasync (group commit) and wakes the callers it made durable.
+- ``journal.<first_seq>.log``: the journal (grun.journal), the truth: group commit, replay.
 - ``snapshot.<ticket>.json``: the live state (TinyDB tables ``meta`` and ``jobs``), written whole and
   atomically; a restart loads the newest readable one and replays the journal after it.
 - ``history/<n>.json``: finished jobs (TinyDB), flushed lazily and rotated every
@@ -14,35 +13,20 @@ A damaged file is never skipped in silence: it is kept aside, logged as critical
 
 import contextlib
 import fcntl
-import heapq
 import itertools
 import json
 import logging
 import os
-import re
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 
 from .background import Loop
-from .files import fsync_dir, read_json, remove_temps, write_atomic
+from .files import read_json, remove_temps, write_atomic
+from .journal import Journal, StoreError, encode, numbered
 
 _HISTORY_BATCH = 1000  # flush history early once this many records wait
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged file raises
 _SNAPSHOT_CHUNK = 500  # documents encoded per piece: the GIL changes hands between pieces
-# The journal only appends: fdatasync syncs the data and the new size, skipping the mtime update.
-_datasync = getattr(os, "fdatasync", os.fsync)
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators) builds one per call
-
-
-class StoreError(Exception):
-    """An unrecoverable storage problem (bad disk, failed fsync, missing journal)."""
-
-
-def _numbered(directory: str, prefix: str, suffix: str) -> list[int]:
-    """Sorted N of every file named <prefix>N<suffix>; temp, .corrupt and .damaged files don't match."""
-    names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
-    return sorted(int(m) for m in (n[len(prefix):len(n) - len(suffix)] for n in names) if m.isdigit())
 
 
 def _tables(tables: dict) -> Iterator[bytes]:
@@ -53,7 +37,7 @@ def _tables(tables: dict) -> Iterator[bytes]:
     2-3x the table's size in memory, a peak the master's RSS never gave back."""
     yield b"{"
     for t, (name, docs) in enumerate(tables.items()):
-        yield b"%s%s:{" % (b"," if t else b"", _encode(name).encode())
+        yield b"%s%s:{" % (b"," if t else b"", encode(name).encode())
         numbered, sep = enumerate(docs, 1), ""
         while chunk := list(itertools.islice(numbered, _SNAPSHOT_CHUNK)):
             yield (sep + ",".join(f'"{i}":{doc}' for i, doc in chunk)).encode()
@@ -69,180 +53,6 @@ def _read_tables(path: str, *names: str) -> list[list[dict]]:
     with open(path, "rb") as f:
         data = json.load(f)
     return [list(data.get(name, {}).values()) for name in names]  # (AttributeError: not a TinyDB file)
-
-
-class _Journal:
-    """Segmented JSON-lines journal with a group-commit writer thread."""
-
-    def __init__(self, directory: str, log: logging.Logger, problems: list[str]):
-        self.dir, self._log, self.problems = directory, log, problems
-        self._lock = threading.Lock()
-        # Callers waiting for durability: (seq, tiebreak, held lock). The writer releases exactly
-        # the ones its fsync covered; a shared Condition would wake all 32 to let 14 go.
-        self._waiters: list = []
-        self._tiebreak = itertools.count()
-        self._pending: list = []  # encoded lines, or an int: switch to segment journal.<int>.log
-        self._seq = self._durable = self.commits = 0
-        self._segment = 0  # first seq of the segment that new records go to
-        self._file, self._error, self._closing = None, None, False
-        self._writer = Loop("grun-journal", self._commit, 60.0, log)
-        self._writer.start()
-
-    def _path(self, first: int) -> str:
-        return os.path.join(self.dir, f"journal.{first}.log")
-
-    def replay(self, after: int) -> tuple[list[dict], int]:
-        """Records with seq > after, and the highest seq present. A torn last line (a crash in the
-        middle of a write) is normal and cut off; any other unreadable line is damage (_damaged)."""
-        segs = _numbered(self.dir, "journal.", ".log")
-        if segs and segs[0] > after + 1:
-            raise StoreError(f"journal starts at seq {segs[0]}, but the snapshot ends at seq {after}")
-        records, last = [], 0
-        for i, first in enumerate(segs):
-            newest = i == len(segs) - 1
-            if not newest and segs[i + 1] <= after + 1:
-                continue  # every record in it is already in the snapshot
-            path, offset, bad = self._path(first), 0, []  # bad: (line number, offset, line) since the last good one
-            with open(path, "rb") as f:
-                for n, line in enumerate(f, 1):
-                    try:
-                        rec = json.loads(line) if line.endswith(b"\n") else None
-                        seq = rec["seq"]
-                        if type(seq) is not int or seq <= last:
-                            raise ValueError(f"seq {seq!r} out of order")
-                    except (ValueError, TypeError, KeyError):
-                        bad.append((n, offset, line))
-                    else:
-                        if bad:
-                            self._damaged(path, bad, max(last, first - 1), seq)
-                            bad = []
-                        last = seq
-                        if seq > after:
-                            records.append(rec)
-                    offset += len(line)
-            if bad and newest and len(bad) == 1 and not bad[0][2].endswith(b"\n"):
-                self._log.warning("%s: skipping torn last line %d (%d bytes)", path, bad[0][0], len(bad[0][2]))
-            elif bad:
-                self._damaged(path, bad, max(last, first - 1), None)
-            if bad and newest:  # so appending after it can't glue a record onto the fragment
-                os.truncate(path, bad[0][1])
-        return records, max([last] + [s - 1 for s in segs[-1:]])
-
-    def _damaged(self, path: str, bad: list, before: int, after: int | None) -> None:
-        """Lines that are not a torn tail: records that were on disk may be lost. The file is kept
-        for a post-mortem, and the loss is logged and named in `problems`, never skipped in silence."""
-        kept = path + ".damaged"
-        if not os.path.exists(kept):
-            shutil.copyfile(path, kept)
-        text = b"\n".join(line for _, _, line in bad)
-        seen = [f"{op.decode()} of job {i.decode()}" for op, i in re.findall(rb'"op":"(\w+)"[^\n]*?"id":(\d+)', text)]
-        lost = (f"records after {before}" if after is None else
-                f"record {before + 1}" if after == before + 2 else f"records {before + 1}-{after - 1}")
-        message = (f"damaged journal: {len(bad)} unreadable line(s) from line {bad[0][0]} of {path} ({lost} lost"
-                   f"{'; they look like ' + ', '.join(seen[:5]) if seen else ''}); a copy is kept at {kept}")
-        self._log.critical(message)
-        self.problems.append(message)
-
-    def open(self, next_seq: int) -> None:
-        self._seq = self._durable = next_seq - 1
-        self._segment = next_seq
-        self._file = open(self._path(next_seq), "ab")
-        fsync_dir(self.dir)
-
-    def append(self, records: list[dict]) -> int:
-        if not all(isinstance(rec, dict) for rec in records):
-            raise TypeError("journal records are dicts")
-        bodies = [_encode(rec if "seq" not in rec else {k: v for k, v in rec.items() if k != "seq"}).encode()
-                  for rec in records]  # (a caller's seq is ignored)
-        with self._lock:
-            if self._error:
-                raise self._error
-            if self._file is None or self._closing:  # (the next seq is known once load() read the journal)
-                raise StoreError("store is closed" if self._closing else "load() must come before anything is logged")
-            for body in bodies:  # seq is spliced in under the lock so lines reach disk in seq order
-                self._seq += 1
-                head = b'{"seq":%d' % self._seq
-                self._pending.append(head + (b"}\n" if body == b"{}" else b"," + body[1:] + b"\n"))
-            seq = self._seq
-        if bodies:
-            self._writer.wake()
-        return seq
-
-    def wait(self, seq: int) -> None:
-        with self._lock:
-            if self._durable >= seq:
-                return
-            if self._error:
-                raise self._error
-            gate = threading.Lock()
-            gate.acquire()
-            heapq.heappush(self._waiters, (seq, next(self._tiebreak), gate))
-        gate.acquire()
-        if self._durable < seq:
-            raise self._error
-
-    def _release(self, upto: float) -> None:
-        while self._waiters and self._waiters[0][0] <= upto:
-            heapq.heappop(self._waiters)[2].release()
-
-    def rotate(self) -> int:
-        with self._lock:
-            if self._file is None:
-                raise StoreError("load() must come before anything is logged")
-            ticket = self._seq
-            if self._segment != ticket + 1:
-                self._segment = ticket + 1
-                self._pending.append(ticket + 1)
-                self._writer.wake()
-            return ticket
-
-    def prune(self, upto: int) -> None:
-        """Delete segments holding only records <= upto; the newest segment always stays."""
-        segs = _numbered(self.dir, "journal.", ".log")
-        for first, successor in itertools.pairwise(segs):
-            if successor <= upto + 1:
-                os.unlink(self._path(first))
-
-    def _commit(self) -> None:
-        """One group commit: whatever is pending, one write and one fdatasync per segment."""
-        with self._lock:
-            if not self._pending or self._error:
-                return
-            batch, self._pending, upto = self._pending, [], self._seq
-        try:
-            lines = []
-            for item in batch + [None]:
-                if isinstance(item, bytes):
-                    lines.append(item)
-                    continue
-                if lines:
-                    self._file.write(b"".join(lines))
-                    self._file.flush()
-                    _datasync(self._file.fileno())
-                    lines = []
-                if item is not None:
-                    self._file.close()
-                    self._file = open(self._path(item), "ab")
-                    fsync_dir(self.dir)
-        except OSError as e:
-            # After a failed fsync the page cache may claim data the disk lost: stop for good.
-            self._log.error("journal write failed: %s", e)
-            with self._lock:
-                self._error = StoreError(f"journal write failed: {e}")
-                self._release(float("inf"))
-            return
-        with self._lock:
-            self._durable = upto
-            self.commits += 1
-            self._release(upto)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-        self._writer.stop(join=60)
-        self._commit()  # what was appended before close
-        if self._file:
-            self._file.close()
 
 
 class _History:
@@ -261,12 +71,12 @@ class _History:
         self._file_lock = threading.Lock()  # the current file, its documents, rotation, the index
         self._buffer: dict[int, dict] = {}
         self._inflight: dict[int, dict] = {}  # taken by a flush, not yet on disk
-        numbers = _numbered(directory, "", ".json")
+        numbers = numbered(directory, "", ".json")
         self._current = numbers[-1] if numbers else 1
         self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
         self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
         docs = self._read_file(self._current)
-        self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [_encode(doc) for doc in docs]
+        self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [encode(doc) for doc in docs]
         # (a flush that fails is logged and tried again next round: the jobs are safe in the journal)
         self._flusher = Loop("grun-history", self.flush, flush_secs, log)
         self._flusher.start()
@@ -290,7 +100,7 @@ class _History:
 
     def _save_index(self, ranges: dict[int, tuple[int, int]]) -> None:
         write_atomic(os.path.join(self.dir, "index.json"),
-                     _encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
+                     encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
 
     def _read_file(self, n: int) -> list[dict]:
         """The jobs of history file n, [] if there is none. A damaged file is kept aside (renamed
@@ -350,7 +160,7 @@ class _History:
                     self._previous_ids, self._current_docs, self._current_parts = set(ids), {}, []
                 continue
             chunk, batch = batch[:room], batch[room:]
-            parts = self._current_parts + [_encode(job) for job in chunk]
+            parts = self._current_parts + [encode(job) for job in chunk]
             write_atomic(self._path(self._current), _tables({"jobs": parts}))
             self._current_parts = parts
             with self._lock:
@@ -364,7 +174,7 @@ class _History:
         found = {job["id"]: dict(job) for job in pending if match(job)}
         # Files hold jobs in finish order, so once `limit` matches are in hand older files can't
         # hold newer ones (replayed finishes aside, which land close to their original place).
-        for n in reversed(_numbered(self.dir, "", ".json")):
+        for n in reversed(numbered(self.dir, "", ".json")):
             if len(found) >= limit:
                 break
             for doc in self._docs(n):
@@ -407,7 +217,7 @@ class Store:
         remove_temps(self.dir)
         self._snap_lock = threading.Lock()
         self._loaded = self._closed = False
-        self._journal = _Journal(self.dir, self._log, self.problems)
+        self._journal = Journal(self.dir, self._log, self.problems)
         self._history = _History(os.path.join(self.dir, "history"), history_rotate_docs,
                                  history_flush_secs, self._log, self.problems)
 
@@ -417,7 +227,7 @@ class Store:
     def load(self) -> tuple[dict | None, list[dict]]:
         if self._loaded:
             raise StoreError("load() is called once, at startup")
-        tickets = _numbered(self.dir, "snapshot.", ".json")
+        tickets = numbered(self.dir, "snapshot.", ".json")
         state, ticket = None, 0
         for t in reversed(tickets):
             try:
@@ -465,10 +275,10 @@ class Store:
                 "state": {k: v for k, v in state.items() if k != "jobs"}}
         with self._snap_lock:
             try:
-                write_atomic(self._snap_path(ticket), _tables({"meta": [_encode(meta)], "jobs": map(_encode, jobs)}))
+                write_atomic(self._snap_path(ticket), _tables({"meta": [encode(meta)], "jobs": map(encode, jobs)}))
             except OSError as e:
                 raise StoreError(f"snapshot {ticket} not written: {e}") from e
-            tickets = _numbered(self.dir, "snapshot.", ".json")
+            tickets = numbered(self.dir, "snapshot.", ".json")
             for old in tickets[:-2]:
                 os.unlink(self._snap_path(old))
             if len(tickets) >= 2:

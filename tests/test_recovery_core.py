@@ -14,9 +14,10 @@ from grun.core.queue import LOST_EXIT, TOKEN_KEEP_SECS, JobTable
 
 
 def _state(*nodes: str, **settings) -> MasterState:
+    """Nodes up as a registration leaves them: described (the record applied) and up."""
     m = MasterState(random.Random(0), **settings)
     for name in nodes:
-        m.table.node_up(name, 4.0, 4000)
+        m.table.apply(m.table.node_record(name, 4.0, 4000)).up = True
     return m
 
 
@@ -26,7 +27,9 @@ def _submit(m: MasterState, now: float = 1.0, **spec) -> dict:
 
 
 def _apply(m: MasterState, *records) -> list:
-    return m._commit(Step(), list(records))
+    """The records committed; returns the jobs they touched (finished ones too)."""
+    m._commit(Step(), list(records))
+    return [m.table.jobs.get(rec["id"]) or m.recent[rec["id"]] for rec in records]
 
 
 def _run_on(m: MasterState, job: dict, node: str, now: float = 2.0) -> dict:

@@ -66,13 +66,10 @@ class NodeLink:
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Master:
-    def __init__(self, state_dir: str, *, default_cpus: float = 1.0, default_memory: int = 100,
-                 node_timeout: float = 60.0, requeue: bool = True, min_free_disk: int = 64,
-                 default_priority: int = 20, reserve_after: float = 300.0):
+    def __init__(self, state_dir: str, **settings):
+        """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
         self.state_dir = state_dir
-        self.core = MasterState(default_cpus=default_cpus, default_memory=default_memory,
-                                node_timeout=node_timeout, requeue=requeue, min_free_disk=min_free_disk,
-                                default_priority=default_priority, reserve_after=reserve_after)
+        self.core = MasterState(**settings)
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
         self._closing = False
@@ -107,14 +104,13 @@ class Master:
             try:
                 self.core.handle(event, *args, now, step=step)
             finally:  # what was applied is journaled, even when the event then failed
-                seq = self._journal(step.records) if step.records or step.durable else 0
+                # (no records: the last seq journaled so far, to wait for when the step must be durable)
+                seq = self._journal(self.store.log_nowait, step.records) if step.records or step.durable else 0
+                self.records_since_snapshot += len(step.records)
                 woken = [e for r in step.records if self.watchers
                          for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
-        if seq and step.durable:  # (everything journaled so far, this step's records or not)
-            try:
-                self.store.wait_durable(seq)
-            except StoreError as exc:
-                self._journal_failed(exc)
+        if seq and step.durable:
+            self._journal(self.store.wait_durable, seq)
             if self.failed.is_set():
                 raise Restarting("the grun master's journal failed; it is restarting")
         for waiter in woken:
@@ -122,22 +118,16 @@ class Master:
         self._execute(step)
         return step.reply
 
-    def _journal(self, records: list[dict]) -> int:
-        """Append records (none: nothing); returns the last seq journaled so far."""
+    def _journal(self, call, *args):
+        """A call to the journal. When it fails, records are applied in memory but maybe not on disk:
+        the only safe way on is a restart that reads the disk again; nobody is told "done" meanwhile."""
         try:
-            seq = self.store.log_nowait(records)
+            return call(*args)
         except StoreError as exc:
-            self._journal_failed(exc)
-        self.records_since_snapshot += len(records)
-        return seq
-
-    def _journal_failed(self, exc: Exception) -> None:
-        """Records are applied in memory but not on disk: the only safe way on is a restart that
-        reads the disk again. Nobody is told "done" for what the disk may not have."""
-        if not self.failed.is_set():
-            log.critical("journal failed (%s): the master stops and must be restarted", exc)
-            self.failed.set()
-        raise Restarting(f"the grun master's journal failed: {exc}") from None
+            if not self.failed.is_set():
+                log.critical("journal failed (%s): the master stops and must be restarted", exc)
+                self.failed.set()
+            raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _execute(self, step: Step) -> None:
         """Carry out a step's instructions (see grun.core.master_state), no lock held."""
@@ -345,19 +335,10 @@ class Master:
         return done
 
     def _ended(self, ids: list[int]) -> dict:
-        done, old = {}, []
+        """The ones of these jobs that have finished, as job() shows them."""
         with self.lock:
-            for i in ids:
-                if i in self.core.recent:
-                    done[str(i)] = J.public_view(self.core.recent[i])
-                elif i not in self.core.table.jobs:
-                    old.append(i)
-        for i in old:
-            found = self.store.find_history(i)
-            if found is None:
-                raise LookupError(f"unknown job id {i}")
-            done[str(i)] = J.public_view(found)
-        return done
+            ended = [i for i in ids if i not in self.core.table.jobs]
+        return {str(i): self.job(i) for i in ended}
 
     def _until(self, waiting, timeout: float) -> None:
         """Until waiting() (called under the lock) names no job, waking at every record of the jobs
@@ -407,12 +388,10 @@ class Master:
             refusal = f"the grun master cannot check its disk ({exc}): not accepting new jobs"
         else:
             free_mb = st.f_bavail * st.f_frsize // 2**20
-            low_inodes = st.f_files and st.f_favail < MIN_FREE_INODES
-            refusal = None
-            if free_mb < minimum or low_inodes:
-                what = f"{st.f_favail} free inodes" if low_inodes else f"{free_mb} MB free"
-                refusal = (f"the grun master's disk is nearly full ({what} in {self.state_dir}, "
-                           f"min_free_disk is {minimum} MB): not accepting new jobs")
+            low = (f"{st.f_favail} free inodes" if st.f_files and st.f_favail < MIN_FREE_INODES else
+                   f"{free_mb} MB free" if free_mb < minimum else None)
+            refusal = low and (f"the grun master's disk is nearly full ({low} in {self.state_dir}, "
+                               f"min_free_disk is {minimum} MB): not accepting new jobs")
         if refusal and (self._disk_refusal is None or now - self._disk_logged > DISK_LOG_SECS):
             log.error("refusing submissions: %s", refusal.split(": not accepting")[0])
             self._disk_logged = now

@@ -1,6 +1,9 @@
 """Job records: the states a job moves through, validation of what a client submits, and how an
 exit status is told to a user. Plain dicts travel on the wire and in the journal; this module is the
 one place that says what keys they hold.
+
+A submission or edit that cannot be accepted is a ValueError with one line for the user: the builtin,
+which Pyro5 clients rebuild (a class of ours would reach them as an unknown-class error).
 """
 
 from __future__ import annotations
@@ -30,18 +33,14 @@ LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE"}
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
-class SpecError(ValueError):
-    """A submission that cannot be accepted; the message is one line for the user."""
-
-
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
     value = default if spec.get(key) is None else spec[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{key} must be a number, got {value!r}")
+        raise ValueError(f"{key} must be a number, got {value!r}")
     if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{key} must be a finite number >= 0, got {value!r}")
+        raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
     if value > limit:
-        raise SpecError(f"{key} {value} is absurdly large (limit {limit})")
+        raise ValueError(f"{key} {value} is absurdly large (limit {limit})")
     return value
 
 
@@ -50,7 +49,7 @@ def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | No
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-        raise SpecError(f"{key} must be {what}, got {value!r}")
+        raise ValueError(f"{key} must be {what}, got {value!r}")
     return value
 
 
@@ -59,9 +58,9 @@ def _text(spec: dict, key: str, limit: int) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or "\0" in value or "\n" in value:
-        raise SpecError(f"{key} must be a one-line string")
+        raise ValueError(f"{key} must be a one-line string")
     if len(value) > limit:
-        raise SpecError(f"{key} is too long (limit {limit} characters)")
+        raise ValueError(f"{key} is too long (limit {limit} characters)")
     return value
 
 
@@ -70,16 +69,16 @@ def validate_params(params) -> dict:
     if params is None:
         return {}
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
-        raise SpecError(f"params must map at most {MAX_PARAMS} names to values")
+        raise ValueError(f"params must map at most {MAX_PARAMS} names to values")
     for name, value in params.items():
         if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
-            raise SpecError(f"bad param name {name!r} (letters, digits, _ . - only)")
+            raise ValueError(f"bad param name {name!r} (letters, digits, _ . - only)")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise SpecError(f"param {name} must be a number or a string, got {value!r}")
+            raise ValueError(f"param {name} must be a number or a string, got {value!r}")
         if isinstance(value, str) and (not value or len(value) > 256 or "\0" in value):
-            raise SpecError(f"param {name} has a bad value {value!r}")
+            raise ValueError(f"param {name} has a bad value {value!r}")
         if not isinstance(value, str) and (not math.isfinite(value) or value < 0):
-            raise SpecError(f"param {name} must be a finite number >= 0, got {value!r}")
+            raise ValueError(f"param {name} must be a finite number >= 0, got {value!r}")
     return dict(params)
 
 
@@ -87,28 +86,28 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
                   default_priority: int = 20) -> dict:
     """Check a submission and return a normalised copy (the job's immutable request)."""
     if not isinstance(spec, dict):
-        raise SpecError("a job spec must be a mapping")
+        raise ValueError("a job spec must be a mapping")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise SpecError(f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
+        raise ValueError(f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
     if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
-        raise SpecError("cmd must be a non-empty list of strings")
+        raise ValueError("cmd must be a non-empty list of strings")
     if sum(len(a) for a in cmd) > MAX_CMD_BYTES:
-        raise SpecError("command line too long")
+        raise ValueError("command line too long")
     if any("\0" in a for a in cmd):
-        raise SpecError("command contains a NUL byte")
+        raise ValueError("command contains a NUL byte")
     cwd = spec.get("cwd") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise SpecError("cwd must be an absolute path")
+        raise ValueError("cwd must be an absolute path")
     env = spec.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise SpecError("env must map strings to strings")
+        raise ValueError("env must map strings to strings")
     if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
-        raise SpecError("environment too large")
+        raise ValueError("environment too large")
     user = spec.get("user") or "nobody"
     if not isinstance(user, str):
-        raise SpecError("user must be a string")
+        raise ValueError("user must be a string")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
     out = {
@@ -153,20 +152,20 @@ def parse_edit(changes: object) -> dict:
 
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None}
     if not isinstance(changes, dict) or not changes:
-        raise SpecError("an edit needs KEY=VALUE changes")
+        raise ValueError("an edit needs KEY=VALUE changes")
     out: dict = {}
     for raw_key, value in changes.items():
         key = str(raw_key).strip()
         param = key.startswith(("p.", "param."))
         if not param and key not in EDIT_KEYS:
-            raise SpecError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
+            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
         try:
             if param:
                 out.setdefault("params", {})[key.split(".", 1)[1]] = _edit_param(value)
             else:
                 out[EDIT_KEYS[key]] = parsers[EDIT_KEYS[key]](value)
         except (TypeError, ValueError) as exc:
-            raise SpecError(f"bad value for {key}: {exc}") from None
+            raise ValueError(f"bad value for {key}: {exc}") from None
     return out
 
 

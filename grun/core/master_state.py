@@ -22,6 +22,7 @@ nodes report, and on each NodeView when its node was last heard from and whether
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 from dataclasses import dataclass, field
 
@@ -52,10 +53,6 @@ RESULT_KEYS = ("exit_code", "signal", "usage", "error", "start_time", "limit", "
 USAGE_FIELDS = ("cpu", "rss_mb", "cputime", "read_bytes", "write_bytes", "procs", "time")
 
 
-def _note(step: Step, level: str, message: str) -> None:
-    step.do.append(("log", level, message))
-
-
 @dataclass
 class Step:
     records: list = field(default_factory=list)   # applied, in order, to journal
@@ -63,6 +60,14 @@ class Step:
     reply: object = None
     durable: bool = True   # the reply and the instructions wait until all records so far are on disk
     kick: bool = False     # a scheduling pass may place more now
+
+    def log(self, level: str, message: str) -> None:
+        self.do.append(("log", level, message))
+
+
+def _fate(rec: dict) -> str:
+    """What a record made of a job its node lost (grun.core.queue's lost_record)."""
+    return "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
 
 
 class MasterState:
@@ -91,21 +96,18 @@ class MasterState:
 
     # ---- committing ------------------------------------------------------------------------------
 
-    def _commit(self, step: Step, records: list[dict]) -> list:
+    def _commit(self, step: Step, records: list[dict]) -> None:
         """Apply records, and those that must follow them (nested grun's lend/unlend), and keep the
-        decision data in step with each job. Returns what apply() returned for the given records."""
-        out, todo = [], list(records)
-        for i, rec in enumerate(todo):  # (todo grows while it is walked)
+        decision data in step with each job."""
+        todo = list(records)
+        for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
-            if i < len(records):
-                out.append(job)
             step.kick = step.kick or rec["op"] in KICKS
             if rec["op"] not in ("node", "forget") and job is not None:
                 self._track(step, rec, job)
                 if job.get("parent") and rec["op"] in ("submit", "finish"):
                     todo += self._followups(rec, job)
         step.records += todo
-        return out
 
     def _track(self, step: Step, rec: dict, job: dict) -> None:
         """The one place that keeps the decision data in step with a job, finished or not."""
@@ -155,11 +157,7 @@ class MasterState:
         if not isinstance(specs, (list, tuple)):
             raise ValueError("submit_many takes a list of job specs")
         s = self.settings
-        try:
-            return [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
-                    for spec in specs]
-        except J.SpecError as exc:
-            raise ValueError(str(exc)) from None  # Pyro5 clients rebuild builtin exceptions, not ours
+        return [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"]) for spec in specs]
 
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float) -> None:
         ids, records, names = [], [], set()
@@ -240,18 +238,14 @@ class MasterState:
     def on_edit(self, step: Step, job_ids: list, changes: dict, now: float) -> None:
         """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
         found, jobs = self._lookup(job_ids)
-        try:
-            parsed = J.parse_edit(changes)
-        except J.SpecError as exc:
-            raise ValueError(str(exc)) from None
-        records = []
+        parsed, records = J.parse_edit(changes), []
         for job in jobs:
             job_id = job["id"]
             if job["state"] not in (J.QUEUED, J.HELD):
                 raise ValueError(f"job {job_id} is {job['state']}: only queued or held jobs can be edited")
             try:
                 new = J.edited_request(job, parsed, self.settings["default_cpus"], self.settings["default_memory"])
-            except J.SpecError as exc:
+            except ValueError as exc:
                 raise ValueError(f"job {job_id}: {exc}") from None
             why = None if job.get("force") else refusal({**job, **new}, self.table.nodes)
             if why:
@@ -266,15 +260,13 @@ class MasterState:
         """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
         again, jobs it lost are declared lost, running copies of jobs that finished or moved
         elsewhere meanwhile are named stale, and kills it has not applied are repeated."""
-        name, uri, cpus, memory = str(info["name"]), str(info["uri"]), float(info["cpus"]), int(info["memory"])
-        running = [int(i) for i in info.get("running", [])]
-        finished = [int(i) for i in info.get("finished", [])]
+        name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
+        running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
-        resources, labels = info.get("resources"), info.get("labels")
-        rec = self.table.node_record(name, cpus, memory, resources, labels)
+        rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"))
         self._commit(step, [rec] if rec else [])
-        node = self.table.node_up(name, cpus, memory, resources, labels)
-        node.uri, node.incarnation, node.seen, node.lost = uri, incarnation, now, False
+        node = self.table.nodes[name]  # (described by that record, or by an earlier one)
+        node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
 
         def in_flight(job_id: int) -> bool:  # its start was confirmed after the node made its list
             got = self.launched.get(job_id)
@@ -282,15 +274,14 @@ class MasterState:
         records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
         self._commit(step, records)
         for rec in records:
-            if rec["op"] in ("requeue", "finish"):
-                _note(step, "warning", f"job {rec['id']}: {'re-queued' if rec['op'] == 'requeue' else 'lost'}"
-                                       f" (node {name} came back without it)")
-            elif rec["op"] == "reclaim":
-                _note(step, "info", f"job {rec['id']}: node {name} came back with it still running; it stays there")
+            if rec["op"] == "reclaim":
+                step.log("info", f"job {rec['id']}: node {name} came back with it still running; it stays there")
+            elif rec["op"] != "start":
+                step.log("warning", f"job {rec['id']}: node {name} came back without it; {_fate(rec)}")
         if stale:
-            _note(step, "warning", f"node {name} holds stale copies of jobs {stale}: killing them")
-        _note(step, "info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
-                            f"{len(finished)} finished)")
+            step.log("warning", f"node {name} holds stale copies of jobs {stale}: killing them")
+        step.log("info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
+                         f"{len(finished)} finished)")
         step.kick = True
         step.reply = {"start": [dict(j) for j in start], "kill": self._kills_on(node), "stale": stale,
                       **self.pace()}
@@ -316,7 +307,7 @@ class MasterState:
             records, _, stale = self.table.reconcile(name, info["running"], None, now)
             self._commit(step, records)
             if stale:
-                _note(step, "warning", f"node {name} runs stale copies of jobs {stale}: killing them")
+                step.log("warning", f"node {name} runs stale copies of jobs {stale}: killing them")
         step.reply = {"known": True, "stale": stale, "kill": self._kills_on(node), **self.pace()}
         step.durable = bool(step.records)
 
@@ -344,8 +335,7 @@ class MasterState:
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
                 why = f"node {name}: {rep.get('error') or 'job lost'}"
                 rec = self.table.lost_record(self.table.jobs[job_id], now, why, self.settings["requeue"])
-                _note(step, "warning", f"job {job_id} lost on node {name} ({rep.get('error')}): "
-                                       f"{'re-queued' if rec['op'] == 'requeue' else 'not re-queued'}")
+                step.log("warning", f"job {job_id}: {why}; {_fate(rec)}")
             if rec is not None:
                 self._commit(step, [rec])
         step.reply = acked
@@ -391,12 +381,9 @@ class MasterState:
                 self.unconfirmed.pop(job["id"], None)  # (re-dispatched: to the end, in offer order)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
-        due = []
-        for job_id, offered in self.unconfirmed.items():
-            if offered >= now - START_RETRY_SECS:
-                break  # the rest were offered later still
-            due.append(job_id)
-        for job_id in due:
+        # oldest offer first, so those due again are the first ones
+        due = itertools.takewhile(lambda i: self.unconfirmed[i] < now - START_RETRY_SECS, self.unconfirmed)
+        for job_id in list(due):
             del self.unconfirmed[job_id]
             job = self.table.jobs.get(job_id)
             if job is not None and job["state"] == J.DISPATCHED:
@@ -414,19 +401,17 @@ class MasterState:
             silent = now - node.seen
             if not node.lost and silent > self.settings["node_timeout"]:
                 if node.up:
-                    _note(step, "warning", f"node {node.name} silent for {silent:.0f} s: marked down, "
-                                           f"no new jobs go there")
+                    step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)
                 reason = f"node {node.name} lost (silent for {silent:.0f} s)"
                 for job in self.table.jobs_on(node.name):
                     rec = self.table.lost_record(job, now, reason, self.settings["requeue"])
                     records.append(rec)
-                    what = "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
-                    _note(step, "warning", f"job {job['id']}: {reason}; {what}")
+                    step.log("warning", f"job {job['id']}: {reason}; {_fate(rec)}")
             elif node.lost and silent > NODE_FORGET_SECS and not node.jobs:
                 records.append({"op": "forget", "name": node.name})
                 step.do.append(("forget", node.name))
-                _note(step, "info", f"node {node.name} down for {silent / 3600:.0f} h and holding no job: forgotten")
+                step.log("info", f"node {node.name} down for {silent / 3600:.0f} h and holding no job: forgotten")
         self._commit(step, records)
         step.durable = bool(records)
 

@@ -1,6 +1,6 @@
 """The placement policy: which queued job goes to which node. Pure code, no I/O.
 
-Jobs are considered in priority order (higher first, FIFO within a priority). A job that does not fit
+Jobs are considered in priority order, FIFO within a priority (`PendingQueue`). A job that does not fit
 anywhere stays queued and smaller jobs behind it may still run. Among the nodes a job fits, the one
 left fullest wins (best fit: fewest cpus left, then least memory left, `NodeIndex.best`), ties broken
 at random, so big jobs still find empty machines. A job that has waited longer than `reserve_after`
@@ -10,6 +10,8 @@ only if they take nothing that job still needs (backfill that cannot delay it).
 
 from __future__ import annotations
 
+import heapq
+import operator
 import random
 from dataclasses import dataclass, field
 
@@ -22,6 +24,46 @@ MAX_MISSES_PER_PASS = 2000
 # (10,000 nodes) filled in one pass held it for seconds, so heartbeats waited past their timeout.
 # The master runs the next pass at once when a pass was cut short.
 MAX_PLACED_PER_PASS = 2000
+_job_id = operator.itemgetter("id")
+
+
+class PendingQueue:
+    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its priority) waits in a small side
+    table, merged back in id order when the queue is read: putting it in place in the main table
+    rebuilt that table, O(queue) per job, and a lost node's jobs (or 10,000 lost nodes') each paid it."""
+
+    FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
+
+    def __init__(self):
+        self._by_priority: dict[int, dict[int, dict]] = {}   # ids ascending
+        self._late: dict[int, dict[int, dict]] = {}          # re-queued, any order
+
+    def add(self, job: dict) -> None:
+        bucket = self._by_priority.setdefault(job["priority"], {})
+        if bucket and job["id"] < next(reversed(bucket)):
+            self._late.setdefault(job["priority"], {})[job["id"]] = job
+        else:
+            bucket[job["id"]] = job
+
+    def remove(self, job: dict) -> None:
+        for table in (self._by_priority, self._late):
+            bucket = table.get(job["priority"])
+            if bucket is not None and bucket.pop(job["id"], None) is not None:
+                if not bucket:
+                    del table[job["priority"]]
+                return
+
+    def __iter__(self):
+        for priority in sorted(self._by_priority.keys() | self._late.keys(), reverse=True):
+            main, late = self._by_priority.get(priority, {}), self._late.get(priority, {})
+            if len(late) >= self.FOLD_AT:
+                main = self._by_priority[priority] = dict(sorted([*main.items(), *self._late.pop(priority).items()]))
+                late = {}
+            main = list(main.values())  # (a copy: the caller may change the queue while it reads)
+            yield from heapq.merge(main, sorted(late.values(), key=_job_id), key=_job_id) if late else main
+
+    def __len__(self):
+        return sum(len(b) for b in self._by_priority.values()) + sum(len(b) for b in self._late.values())
 
 
 @dataclass

@@ -8,13 +8,12 @@ crash the journal is replayed through the same `apply`, so live operation and re
 from __future__ import annotations
 
 import collections
-import heapq
-import operator
 import random
 import sys
 
 from . import jobs as J
 from .nodes import NodeIndex, NodeView
+from .placement import PendingQueue
 
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
@@ -27,57 +26,11 @@ SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 
 
-class PendingQueue:
-    """Queued jobs in run order: higher priority first, then submission order.
-
-    A re-queued job (its id is below the newest queued one of its priority) waits in a small side
-    table, merged back in id order when the queue is read: putting it in place in the main table
-    rebuilt that table, O(queue) per job, and a lost node's jobs (or 10,000 lost nodes') each paid it."""
-
-    FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
-
-    def __init__(self):
-        self._by_priority: dict[int, dict[int, dict]] = {}   # ids ascending
-        self._late: dict[int, dict[int, dict]] = {}          # re-queued, any order
-
-    def add(self, job: dict) -> None:
-        bucket = self._by_priority.setdefault(job["priority"], {})
-        if bucket and job["id"] < next(reversed(bucket)):
-            self._late.setdefault(job["priority"], {})[job["id"]] = job
-        else:
-            bucket[job["id"]] = job
-
-    def remove(self, job: dict) -> None:
-        for table in (self._by_priority, self._late):
-            bucket = table.get(job["priority"])
-            if bucket is not None and bucket.pop(job["id"], None) is not None:
-                if not bucket:
-                    del table[job["priority"]]
-                return
-
-    def __iter__(self):
-        for priority in sorted(self._by_priority.keys() | self._late.keys(), reverse=True):
-            main, late = self._by_priority.get(priority, {}), self._late.get(priority, {})
-            if len(late) >= self.FOLD_AT:
-                main = self._by_priority[priority] = dict(sorted([*main.items(), *self._late.pop(priority).items()]))
-                late = {}
-            main = list(main.values())  # (a copy: the caller may change the queue while it reads)
-            yield from heapq.merge(main, sorted(late.values(), key=_job_id), key=_job_id) if late else main
-
-    def __len__(self):
-        return sum(len(b) for b in self._by_priority.values()) + sum(len(b) for b in self._late.values())
-
-
-_job_id = operator.itemgetter("id")
-
-
 class JobTable:
     def __init__(self, rng: random.Random | None = None, reserve_after: float = 300.0):
         self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
         self.pending = PendingQueue()
-        # a dict of NodeViews that also files them by free capacity, so placement need not look
-        # at every node for every job (10,000 nodes)
-        self.nodes: NodeIndex = NodeIndex()
+        self.nodes = NodeIndex()                 # NodeViews by name, filed by free capacity
         self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
         # tokens of finished jobs: token -> (job id, end time), oldest first
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
@@ -224,13 +177,11 @@ class JobTable:
         return job
 
     def _keep_token(self, token: str, job_id: int, now: float) -> None:
-        self.done_tokens[token] = (job_id, now)
-        self.done_tokens.move_to_end(token)
-        while self.done_tokens:
-            oldest = next(iter(self.done_tokens.values()))
-            if len(self.done_tokens) <= TOKEN_KEEP_MAX and oldest[1] >= now - TOKEN_KEEP_SECS:
-                break
-            self.done_tokens.popitem(last=False)
+        kept = self.done_tokens
+        kept[token] = (job_id, now)
+        kept.move_to_end(token)  # (so the loop stops at it at the latest)
+        while len(kept) > TOKEN_KEEP_MAX or next(iter(kept.values()))[1] < now - TOKEN_KEEP_SECS:
+            kept.popitem(last=False)
 
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
@@ -357,19 +308,9 @@ class JobTable:
             return None
         return rec
 
-    def node_up(self, name: str, cpus: float, memory: int, resources: dict | None = None,
-                labels: dict | None = None) -> NodeView:
-        """A node (re)registered: described anew if it changed (the master journals that record
-        first, through node_record), and up. Being up is not journaled: after a restart every node
-        is down until it registers again."""
-        rec = self.node_record(name, cpus, memory, resources, labels)
-        node = self._describe_node(rec) if rec is not None else self.nodes[name]
-        node.up = True
-        return node
-
     def _describe_node(self, rec: dict) -> NodeView:
         node = self.nodes.get(rec["name"])
-        if node is None:  # known from the journal: not up until it registers again
+        if node is None:  # being up is not journaled: down until it registers again
             node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
         node.resources, node.labels = dict(rec.get("resources") or {}), dict(rec.get("labels") or {})
