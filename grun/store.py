@@ -8,7 +8,8 @@
   holds each closed file's id range, for lookups of old jobs.
 
 A damaged file is never skipped in silence: it is kept aside, logged as critical and named in
-``Store.problems`` (the master's `health()`, which `grun -q status` prints).
+``Store.problems`` (the master's `health()`, which `grun -q status` prints), as is a file system too
+full to take new jobs (`Store.refusal`).
 """
 
 import contextlib
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from .background import Loop
@@ -27,6 +29,9 @@ from .journal import Journal, StoreError, encode, numbered
 _HISTORY_BATCH = 1000  # flush history early once this many records wait
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)  # what a damaged file raises
 _SNAPSHOT_CHUNK = 500  # documents encoded per piece: the GIL changes hands between pieces
+DISK_CHECK_SECS = 1.0  # how stale the free-space figure a submission is checked against may be
+DISK_LOG_SECS = 60.0   # how often the log repeats that submissions are being refused
+MIN_FREE_INODES = 1000
 
 
 def _tables(tables: dict) -> Iterator[bytes]:
@@ -217,6 +222,7 @@ class Store:
         remove_temps(self.dir)
         self._snap_lock = threading.Lock()
         self._loaded = self._closed = False
+        self._disk = (0.0, None, None, 0.0)  # last check: (when, min_free_mb, refusal, when last logged)
         self._journal = Journal(self.dir, self._log, self.problems)
         self._history = _History(os.path.join(self.dir, "history"), history_rotate_docs,
                                  history_flush_secs, self._log, self.problems)
@@ -283,6 +289,30 @@ class Store:
                 os.unlink(self._snap_path(old))
             if len(tickets) >= 2:
                 self._journal.prune(tickets[-2])
+
+    def refusal(self, min_free_mb: int) -> str | None:
+        """Why no new jobs should be taken now (the file system is nearly full), or None."""
+        now = time.monotonic()
+        checked, minimum, before, logged = self._disk
+        if now - checked < DISK_CHECK_SECS and minimum == min_free_mb:
+            return before
+        try:
+            st = os.statvfs(self.dir)
+        except OSError as exc:
+            refusal = f"the grun master cannot check its disk ({exc}): not accepting new jobs"
+        else:
+            free_mb = st.f_bavail * st.f_frsize // 2**20
+            low = (f"{st.f_favail} free inodes" if st.f_files and st.f_favail < MIN_FREE_INODES else
+                   f"{free_mb} MB free" if free_mb < min_free_mb else None)
+            refusal = low and (f"the grun master's disk is nearly full ({low} in {self.dir}, "
+                               f"min_free_disk is {min_free_mb} MB): not accepting new jobs")
+        if refusal and (before is None or now - logged > DISK_LOG_SECS):
+            self._log.error("refusing submissions: %s", refusal.split(": not accepting")[0])
+            logged = now
+        elif refusal is None and before is not None:
+            self._log.warning("disk space is back above min_free_disk (%s MB): accepting submissions", min_free_mb)
+        self._disk = (now, min_free_mb, refusal, logged)
+        return refusal
 
     def add_history(self, jobs: list[dict]) -> None:
         self._history.add(jobs)

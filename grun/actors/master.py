@@ -11,7 +11,6 @@ the lock (invariant 4), history, and the waiters of the jobs the records touched
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,6 @@ SNAPSHOT_EVERY_RECORDS = 20000
 SNAPSHOT_EVERY_SECS = 60.0
 PASS_GAP_SECS = 0.01       # at most one scheduling pass per this long
 MAX_WAIT_SECS = 60.0
-DISK_CHECK_SECS = 1.0      # how stale the free-space figure a submission is checked against may be
-DISK_LOG_SECS = 60.0       # how often the admin log repeats that submissions are being refused
-MIN_FREE_INODES = 1000
 
 # Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
 # an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
@@ -48,19 +44,20 @@ class NodeLink:
         self._lock = threading.Lock()
         self._proxy = None
 
-    def call(self, method: str, *args, timeout: float = registry.CALL_TIMEOUT):
+    def call(self, method: str, *args):
+        """The node's reply, or None when the call failed (logged; a broken connection is dropped)."""
         with self._lock:
-            if self._proxy is None:
-                self._proxy = registry.proxy(self.uri, timeout)
-            self._proxy._pyroClaimOwnership()
-            self._proxy._pyroTimeout = timeout
             try:
+                if self._proxy is None:
+                    self._proxy = registry.proxy(self.uri)
+                self._proxy._pyroClaimOwnership()
                 return getattr(self._proxy, method)(*args)
             except Exception as exc:
+                log.warning("node %s: %s failed: %s", self.name, method, exc)
                 if registry.is_unreachable(exc):
                     registry.reset(self._proxy)
                     self._proxy = None
-                raise
+                return None
 
 
 @Pyro5.api.expose
@@ -76,7 +73,6 @@ class Master:
         self.store = Store(state_dir, log=logging.getLogger("grun.store"))
         self.links: dict[str, NodeLink] = {}
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
-        self._disk_checked, self._disk_refusal, self._disk_logged = 0.0, None, 0.0
         # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the
         # nodes' registrations (all registered in 52 s instead of 17). A host that is down holds a
         # thread for up to the call timeout, a refused connection for no time at all.
@@ -155,13 +151,7 @@ class Master:
 
     def _call_node(self, name: str, method: str, *args):
         link = self.links.get(name)
-        if link is None:
-            return None
-        try:
-            return link.call(method, *args)
-        except Exception as exc:
-            log.warning("node %s: %s failed: %s", name, method, exc)
-            return None
+        return link.call(method, *args) if link else None
 
     def _signal(self, node: str, method: str, ids: list[int]) -> list[int]:
         """SIGSTOP/SIGCONT on the node, then record what was done. Returns the ids it did not do."""
@@ -235,11 +225,11 @@ class Master:
 
     def submit_many(self, specs: list) -> list[int]:
         """Queue jobs; returns their ids only once they are on disk (invariant 1)."""
-        return self._do("submit", self.core.requests(specs), self._disk_refusal_now())
+        return self._do("submit", self.core.requests(specs), self.store.refusal(self.core.settings["min_free_disk"]))
 
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
-        """Kill queued or running jobs. Returns {id: found}. With force, a running job is marked
-        killed at once, even if its node cannot be reached (it is still signalled if it can)."""
+        """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
+        at once, even if its node cannot be reached (it is still signalled if it can)."""
         return self._do("kill", job_ids, signal, force)
 
     def hold(self, job_ids: list) -> dict:
@@ -312,17 +302,13 @@ class Master:
 
     def health(self) -> list[str]:
         """Problems an admin must see, one line each (`grun -q status` prints them)."""
-        refusal = self._disk_refusal_now()
+        refusal = self.store.refusal(self.core.settings["min_free_disk"])
         return list(self.store.problems) + ([refusal] if refusal else [])
 
     def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
         """Returns the job once it runs (or has finished), or as it is when the timeout passes."""
-        job_id = J.parse_job_id(job_id)
-
-        def waiting() -> list[int]:
-            job = self.core.table.jobs.get(job_id)
-            return [job_id] if job is not None and job["state"] not in (J.RUNNING, J.SUSPENDED) else []
-        self._until(waiting, timeout)
+        job_id, unstarted = J.parse_job_id(job_id), (J.QUEUED, J.HELD, J.DISPATCHED)
+        self._until(lambda: [job_id] if self.core.table.jobs.get(job_id, {}).get("state") in unstarted else [], timeout)
         return self.job(job_id)
 
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
@@ -357,48 +343,17 @@ class Master:
                     return
         finally:
             with self.lock:
-                for i in watched:
-                    waiters = self.watchers.get(i)
-                    if waiters is not None:
-                        waiters.discard(event)
-                        if not waiters:
-                            del self.watchers[i]
+                for i in watched & self.watchers.keys():
+                    self.watchers[i].discard(event)
+                    if not self.watchers[i]:
+                        del self.watchers[i]
 
-    # ---- settings, disk, shutdown ----------------------------------------------------------------
+    # ---- settings, shutdown ----------------------------------------------------------------
 
     def reconfigure(self, **changes) -> dict:
-        """Apply reloaded settings: default_cpus, default_memory, default_priority, node_timeout,
-        requeue, min_free_disk (MB), reserve_after; others are ignored. Returns those that changed."""
+        """Apply reloaded settings (MasterState.configure); returns those that changed."""
         with self.lock:
-            changed = self.core.configure(**changes)
-        if "min_free_disk" in changed:
-            self._disk_checked = 0.0
-        return changed
-
-    def _disk_refusal_now(self) -> str | None:
-        """Why submissions are refused now (the spool file system is nearly full), or None."""
-        now = time.monotonic()
-        if now - self._disk_checked < DISK_CHECK_SECS:
-            return self._disk_refusal
-        self._disk_checked = now
-        minimum = self.core.settings["min_free_disk"]
-        try:
-            st = os.statvfs(self.state_dir)
-        except OSError as exc:
-            refusal = f"the grun master cannot check its disk ({exc}): not accepting new jobs"
-        else:
-            free_mb = st.f_bavail * st.f_frsize // 2**20
-            low = (f"{st.f_favail} free inodes" if st.f_files and st.f_favail < MIN_FREE_INODES else
-                   f"{free_mb} MB free" if free_mb < minimum else None)
-            refusal = low and (f"the grun master's disk is nearly full ({low} in {self.state_dir}, "
-                               f"min_free_disk is {minimum} MB): not accepting new jobs")
-        if refusal and (self._disk_refusal is None or now - self._disk_logged > DISK_LOG_SECS):
-            log.error("refusing submissions: %s", refusal.split(": not accepting")[0])
-            self._disk_logged = now
-        elif refusal is None and self._disk_refusal is not None:
-            log.warning("disk space is back above min_free_disk (%s MB): accepting submissions", minimum)
-        self._disk_refusal = refusal
-        return refusal
+            return self.core.configure(**changes)
 
     def begin_shutdown(self) -> None:
         """From now on nothing changes state; callers get Restarting, which clients retry."""
