@@ -7,6 +7,7 @@ labels, too small, or busy now and with what), the job's place in the queue, and
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from . import jobs as J
@@ -92,30 +93,21 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
             busy.append(f"{node.free(name):g} of {node.resources[name]:g} {name} free")
     if busy:
         return "busy", "; ".join(busy) + _running(node)
-    owner = claims.get(node.name)
-    if owner is not None and delays_claim(node, job, claims):
-        return "claimed", f"reserved for job {owner['id']}"
+    if delays_claim(node, job, claims):
+        return "claimed", f"reserved for job {claims[node.name]['id']}"
     return "fits", "has room now"
 
 
 def _running(node) -> str:
-    if not node.jobs:
-        return ""
     ids = sorted(node.jobs)
-    shown = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
-    return f", running job{'s' if len(ids) > 1 else ''} {shown}"
+    shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+    return f", running job{'s' if len(ids) > 1 else ''} {shown}" if ids else ""
 
 
 def queue_position(job: dict, table) -> tuple[int, int, int]:
     """(position from 1, queue length, jobs of higher priority ahead)."""
-    position, higher = 0, 0
-    for other in table.pending:
-        position += 1
-        if other["id"] == job["id"]:
-            break
-        if other["priority"] > job["priority"]:
-            higher += 1
-    return position, len(table.pending), higher
+    ahead = list(itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
+    return len(ahead) + 1, len(table.pending), sum(other["priority"] > job["priority"] for other in ahead)
 
 
 def explain(job: dict, table, now: float | None = None) -> str:
@@ -169,8 +161,4 @@ def _explain_queued(head: str, job: dict, table, now: float) -> str:
 
 def _duration(secs: float) -> str:
     secs = max(0.0, secs)
-    if secs < 90:
-        return f"{secs:.0f} s"
-    if secs < 5400:
-        return f"{secs / 60:.0f} min"
-    return f"{secs / 3600:.1f} h"
+    return f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.0f} min" if secs < 5400 else f"{secs / 3600:.1f} h"

@@ -45,8 +45,7 @@ HEARTBEATS_PER_SEC = 500
 # this many nodes a node closes its connection when it has had nothing to say for IDLE_LINGER_SECS, and
 # opens a new one for its next heartbeat or report: with heartbeats capped at HEARTBEATS_PER_SEC, about
 # HEARTBEATS_PER_SEC x 0.5-1 s connections are open at a time, whatever the number of nodes.
-HOLD_CONNECTIONS_MAX = 500
-IDLE_LINGER_SECS = 0.5
+HOLD_CONNECTIONS_MAX, IDLE_LINGER_SECS = 500, 0.5
 # records after which a scheduling pass may place more than before
 KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node"})
 RESULT_KEYS = ("exit_code", "signal", "usage", "error", "start_time", "limit", "limit_detail", "limits")
@@ -143,9 +142,7 @@ class MasterState:
             job = self.table.apply(rec)
             if rec["op"] not in ("node", "forget") and job is not None:
                 self._track(step, rec, job)
-        for job in self.table.jobs.values():
-            if job["state"] == J.DISPATCHED:
-                self.unconfirmed[job["id"]] = 0.0
+        self.unconfirmed = {i: 0.0 for i, job in self.table.jobs.items() if job["state"] == J.DISPATCHED}
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
         return step
@@ -178,16 +175,13 @@ class MasterState:
 
     def _admit(self, request: dict, batch_names: set) -> None:
         """Refuse (ValueError, one line) a duplicate name or a request no known node could ever run."""
-        name = request.get("name")
-        if name:
+        name, why = request.get("name"), None if request.get("force") else refusal(request, self.table.nodes)
+        if name and (name in self.table.names or name in batch_names):
             other = self.table.names.get(name)
-            if other is not None or name in batch_names:
-                raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
-            batch_names.add(name)
-        if not request.get("force"):
-            why = refusal(request, self.table.nodes)
-            if why:
-                raise ValueError(f"{why} (--force queues it anyway)")
+            raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
+        if why:
+            raise ValueError(f"{why} (--force queues it anyway)")
+        batch_names.add(name)
 
     def _lookup(self, job_ids: list) -> tuple[dict, list[dict]]:
         """{id: whether it is live} for the reply, and the live jobs (each once)."""
@@ -240,17 +234,16 @@ class MasterState:
         found, jobs = self._lookup(job_ids)
         parsed, records = J.parse_edit(changes), []
         for job in jobs:
-            job_id = job["id"]
             if job["state"] not in (J.QUEUED, J.HELD):
-                raise ValueError(f"job {job_id} is {job['state']}: only queued or held jobs can be edited")
+                raise ValueError(f"job {job['id']} is {job['state']}: only queued or held jobs can be edited")
             try:
                 new = J.edited_request(job, parsed, self.settings["default_cpus"], self.settings["default_memory"])
+                why = None if job.get("force") else refusal({**job, **new}, self.table.nodes)
+                if why:
+                    raise ValueError(why)
             except ValueError as exc:
-                raise ValueError(f"job {job_id}: {exc}") from None
-            why = None if job.get("force") else refusal({**job, **new}, self.table.nodes)
-            if why:
-                raise ValueError(f"job {job_id}: {why}")
-            records.append({"op": "edit", "id": job_id, "changes": new, "time": now})
+                raise ValueError(f"job {job['id']}: {exc}") from None
+            records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})
         self._commit(step, records)
         step.reply = found
 
@@ -294,10 +287,9 @@ class MasterState:
         if node is None or not node.up:
             step.reply = {"known": False}
             return
-        node.seen = now
-        node.outside_cpus = max(0.0, float(info.get("outside_cpus", 0.0) or 0.0))
-        node.outside_memory = max(0, int(info.get("outside_memory", 0) or 0))
-        node.grun_cpus = float(info.get("grun_cpus", 0.0) or 0.0)
+        node.seen, node.grun_cpus = now, float(info.get("grun_cpus") or 0.0)
+        node.outside_cpus = max(0.0, float(info.get("outside_cpus") or 0.0))
+        node.outside_memory = max(0, int(info.get("outside_memory") or 0))
         for job_id, usage in (info.get("usage") or {}).items():
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == name:

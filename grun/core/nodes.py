@@ -67,14 +67,12 @@ class NodeView:
         return self.resources.get(resource, 0) - self.used_resources.get(resource, 0)
 
     def fits(self, job: dict) -> bool:
-        if not self.up or mismatch(self, job):
-            return False
-        if job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory:
+        if not self.up or job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory or mismatch(self, job):
             return False
         return all(self.free(name) + EPS >= need for name, need in consumables(job, self).items())
 
     def could_ever_fit(self, job: dict) -> bool:
-        if mismatch(self, job) or job["cpus"] > self.cpus + EPS or job["memory"] > self.memory:
+        if job["cpus"] > self.cpus + EPS or job["memory"] > self.memory or mismatch(self, job):
             return False
         return all(self.resources.get(name, 0) + EPS >= need for name, need in consumables(job, self).items())
 
@@ -169,10 +167,9 @@ class NodeIndex(dict):
         self._dirty[name] = node
         self._remembered.clear()
 
-    def __delitem__(self, name: str) -> None:
+    def __delitem__(self, name: str) -> None:  # (a node left in _dirty is skipped: refresh() checks)
         node = self[name]
         self._unfile(node)
-        self._dirty.pop(name, None)
         object.__setattr__(node, "_index", None)
         super().__delitem__(name)
         self._remembered.clear()
@@ -193,11 +190,10 @@ class NodeIndex(dict):
 
     # ---- filing --------------------------------------------------------------------------------
 
-    def _touch(self, node: NodeView, attr: str) -> None:
-        if self.get(node.name) is node:
-            self._dirty[node.name] = node
-            if attr in _DESCRIBED:
-                self._remembered.clear()
+    def _touch(self, node: NodeView, attr: str) -> None:  # (only a node in the index points to it)
+        self._dirty[node.name] = node
+        if attr in _DESCRIBED:
+            self._remembered.clear()
 
     def _file(self, node: NodeView, key: tuple) -> None:
         bucket = self._buckets.get(key)

@@ -302,11 +302,7 @@ class JobTable:
         rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),
                "resources": {str(k): float(v) for k, v in (resources or {}).items()},
                "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
-        node = self.nodes.get(name)
-        if node is not None and (node.cpus, node.memory, node.resources, node.labels) == (
-                rec["cpus"], rec["memory"], rec["resources"], rec["labels"]):
-            return None
-        return rec
+        return None if name in self.nodes and _described(self.nodes[name]) == rec else rec
 
     def _describe_node(self, rec: dict) -> NodeView:
         node = self.nodes.get(rec["name"])
@@ -320,11 +316,9 @@ class JobTable:
     def recount(self, name: str) -> None:
         """Count again what the node's jobs hold there (its size changed)."""
         node = self.nodes[name]
-        on_node = node.jobs
-        for job_id in on_node:
-            self.counted.pop(job_id, None)
-        node.jobs, node.used_cpus, node.used_memory, node.used_resources = set(), 0.0, 0, {}
+        on_node, node.jobs, node.used_cpus, node.used_memory, node.used_resources = node.jobs, set(), 0.0, 0, {}
         for job_id in sorted(on_node):
+            self.counted.pop(job_id, None)
             self._sync(self.jobs[job_id])
 
     def jobs_on(self, name: str) -> list[dict]:
@@ -336,23 +330,22 @@ class JobTable:
     def snapshot(self) -> dict:
         """The live state as plain data. An environment that jobs share is written once, under
         "envs", and each job names it by its index: environments were 60 % of a snapshot's bytes."""
-        nodes = [{"name": n.name, "cpus": n.cpus, "memory": n.memory, "resources": dict(n.resources),
-                  "labels": dict(n.labels)} for n in self.nodes.values()]
         envs: dict[int, tuple[int, dict]] = {}  # id() of a shared env dict -> (its index, the dict)
         jobs = []
         for job in self.jobs.values():
             jobs.append(dict(job))
             if job.get("env"):
                 jobs[-1]["env"] = envs.setdefault(id(job["env"]), (len(envs), job["env"]))[0]
-        return {"next_id": self.next_id, "jobs": jobs, "envs": [env for _, env in envs.values()], "nodes": nodes,
+        return {"next_id": self.next_id, "jobs": jobs, "envs": [env for _, env in envs.values()],
+                "nodes": [_described(node) for node in self.nodes.values()],
                 "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()]}
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
         for token, job_id, at in state.get("done_tokens", []):
             self.done_tokens[token] = (job_id, at)
-        for node in state.get("nodes", []):
-            self.apply({"op": "node", **node})
+        for rec in state.get("nodes", []):
+            self.apply(rec)
         envs = state.get("envs", [])
         for job in state.get("jobs", []):
             if type(job.get("env")) is int:
@@ -360,3 +353,9 @@ class JobTable:
                     raise ValueError(f"snapshot: job {job.get('id')} names environment {job['env']} of {len(envs)}")
                 job["env"] = envs[job["env"]]
             self.apply({"op": "submit", "job": job})
+
+
+def _described(node: NodeView) -> dict:
+    """The "node" record that describes the node as it is (a snapshot holds one per node)."""
+    return {"op": "node", "name": node.name, "cpus": node.cpus, "memory": node.memory,
+            "resources": dict(node.resources), "labels": dict(node.labels)}
