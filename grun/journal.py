@@ -144,8 +144,6 @@ class Journal:
     def rotate(self) -> int:
         """Later records go to a new segment; returns the last seq before it (a snapshot's ticket)."""
         with self._lock:
-            if self._file is None:
-                raise StoreError("load() must come before anything is logged")
             ticket = self._seq
             if self._segment != ticket + 1:
                 self._segment = ticket + 1

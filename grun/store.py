@@ -43,8 +43,8 @@ def _tables(tables: dict) -> Iterator[bytes]:
     yield b"{"
     for t, (name, docs) in enumerate(tables.items()):
         yield b"%s%s:{" % (b"," if t else b"", encode(name).encode())
-        numbered, sep = enumerate(docs, 1), ""
-        while chunk := list(itertools.islice(numbered, _SNAPSHOT_CHUNK)):
+        by_id, sep = enumerate(docs, 1), ""
+        while chunk := list(itertools.islice(by_id, _SNAPSHOT_CHUNK)):
             yield (sep + ",".join(f'"{i}":{doc}' for i, doc in chunk)).encode()
             sep = ","
         yield b"}"

@@ -70,7 +70,7 @@ class Master:
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
         self._closing = False
-        self.store = Store(state_dir, log=logging.getLogger("grun.store"))
+        self.store = Store(state_dir)
         self.links: dict[str, NodeLink] = {}
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
         # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the

@@ -26,13 +26,13 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
+from ..config import KEYS
 from . import jobs as J
 from .explain import refusal
 from .placement import MAX_PLACED_PER_PASS, place
 from .queue import JobTable
 
-SETTINGS = {"default_cpus": 1.0, "default_memory": 100, "default_priority": 20, "node_timeout": 60.0,
-            "requeue": True, "min_free_disk": 64, "reserve_after": 300.0}
+SETTINGS = {name: key.default for name, key in KEYS.items() if key.service == "queue"}  # the config's queue keys
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
 NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
