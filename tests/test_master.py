@@ -69,7 +69,7 @@ def test_reconfigure_applies_all_seven_settings(make_master):
     assert master.reconfigure(default_priority=7) == {}
     job = master.job(master.submit(_spec()))
     assert (job["priority"], job["cpus"], job["memory"]) == (7, 0.5, 300)
-    assert master.core.table.reserve_after == 20.0
+    assert master.core.settings["reserve_after"] == 20.0
 
 
 def test_health_names_a_damaged_journal_and_a_full_disk(make_master, tmp_path):

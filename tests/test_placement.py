@@ -325,7 +325,7 @@ def test_why_names_the_resource_the_nodes_and_the_queue_position():
     _run(t, 0.0)
     ahead = _submit(t, 1.0, cpus=2, priority=30)
     mine = _submit(t, 2.0, cpus=2)
-    text = explain(t.jobs[mine], t, 10.0)
+    text = explain(t.jobs[mine], t.state, 10.0)
     assert "2 cpus" in text and "small" in text and "big" in text
     assert "2 of 2" in text or "position 2" in text, text
     assert busy and ahead

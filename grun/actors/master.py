@@ -292,8 +292,8 @@ class Master:
         with self.lock:
             job = self.core.table.jobs.get(job_id)
             if job is not None:
-                return explain(job, self.core.table, time.time())
-        return explain(self.job(job_id), self.core.table)
+                return explain(job, self.core, time.time())
+        return explain(self.job(job_id), self.core)
 
     def lookup(self, name: str) -> int | None:
         """The live job with this name, or None."""

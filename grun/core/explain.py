@@ -110,7 +110,8 @@ def queue_position(job: dict, table) -> tuple[int, int, int]:
     return len(ahead) + 1, len(table.pending), sum(other["priority"] > job["priority"] for other in ahead)
 
 
-def explain(job: dict, table, now: float | None = None) -> str:
+def explain(job: dict, master, now: float | None = None) -> str:
+    """`master`: the master's MasterState."""
     now = time.time() if now is None else now
     head = f"Job {job['id']}"
     state = job["state"]
@@ -123,10 +124,10 @@ def explain(job: dict, table, now: float | None = None) -> str:
                 f"memory kept); continue it with `grun -e resume {job['id']}`.")
     if state in J.FINAL_STATES:
         return f"{head} has finished: {state}, exit {J.describe_exit(job)}."
-    return _explain_queued(head, job, table, now)
+    return _explain_queued(head, job, master.table, master.settings["reserve_after"], now)
 
 
-def _explain_queued(head: str, job: dict, table, now: float) -> str:
+def _explain_queued(head: str, job: dict, table, reserve_after: float, now: float) -> str:
     claims = table.claims()
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
@@ -148,8 +149,8 @@ def _explain_queued(head: str, job: dict, table, now: float) -> str:
     if job.get("reserved_node"):
         lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
                      f"take nothing it needs.")
-    elif table.reserve_after is not None and possible and "fits" not in groups:
-        left = table.reserve_after - waited
+    elif possible and "fits" not in groups:
+        left = reserve_after - waited
         if left > 0:
             lines.append(f"After {_duration(left)} more a node will be reserved for it.")
     if "fits" in groups:

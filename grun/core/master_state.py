@@ -71,8 +71,7 @@ def _fate(rec: dict) -> str:
 
 class MasterState:
     def __init__(self, rng: random.Random | None = None, **settings):
-        self.settings = dict(SETTINGS)
-        self.table = JobTable(rng, self.settings["reserve_after"])
+        self.settings, self.table, self.rng = dict(SETTINGS), JobTable(), rng or random.Random()
         self.configure(**settings)
         self.launched: dict[int, tuple[str, int]] = {}  # job id -> (node incarnation, launch seq)
         # dispatched job id -> when last offered to its node, oldest offer first (a pass looks only
@@ -85,7 +84,6 @@ class MasterState:
         """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
         changed = {k: v for k, v in changes.items() if k in SETTINGS and self.settings[k] != v}
         self.settings.update(changed)
-        self.table.reserve_after = self.settings["reserve_after"]
         return changed
 
     def handle(self, event: str, *args, step: Step | None = None) -> Step:
@@ -356,8 +354,8 @@ class MasterState:
         slow or unreachable; node.start is idempotent, so a second offer cannot run a job twice)."""
         offers, again = collections.defaultdict(list), collections.defaultdict(list)
         if len(self.table.pending):
-            plan = place(iter(self.table.pending), self.table.nodes, self.table.rng, now=now,
-                         reserve_after=self.table.reserve_after, claims=self.table.claims())
+            plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
+                         reserve_after=self.settings["reserve_after"], claims=self.table.claims())
             records = []
             for job, node in plan.placed:
                 # place() counted the job on the view; apply() must not count it twice

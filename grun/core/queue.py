@@ -8,7 +8,6 @@ crash the journal is replayed through the same `apply`, so live operation and re
 from __future__ import annotations
 
 import collections
-import random
 import sys
 
 from . import jobs as J
@@ -17,8 +16,7 @@ from .placement import PendingQueue
 
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
-TOKEN_KEEP_SECS = 3600.0
-TOKEN_KEEP_MAX = 100_000
+TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
 # Queued jobs share one copy of an environment or command they have in common (a user's jobs mostly
 # do): 100k queued jobs each with its own 5-variable environment took ~0.9 KB a job more. The cache
 # is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
@@ -27,7 +25,7 @@ LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end w
 
 
 class JobTable:
-    def __init__(self, rng: random.Random | None = None, reserve_after: float = 300.0):
+    def __init__(self):
         self.jobs: dict[int, dict] = {}          # live jobs only; finished ones leave
         self.pending = PendingQueue()
         self.nodes = NodeIndex()                 # NodeViews by name, filed by free capacity
@@ -35,11 +33,9 @@ class JobTable:
         # tokens of finished jobs: token -> (job id, end time), oldest first
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self.next_id = 1
-        self.rng = rng or random.Random()
         self.names: dict[str, int] = {}          # job name -> id, live jobs only
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
-        self.reserve_after = reserve_after       # a job waiting longer gets a node reserved
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
