@@ -274,7 +274,7 @@ def test_attach_after_the_client_was_killed_and_output_keep(make_cluster, tmp_pa
     tail = c.popen("--attach", str(jid), "--tail")
     whole = c.popen("--attach", str(jid))
     for proc in (tail, whole):
-        wait_for(lambda: _streaming(c, proc), 20, what="the attached client's stream to be open")
+        wait_for(lambda proc=proc: _streaming(c, proc), 20, what="the attached client's stream to be open")
     gate.touch()
     out, err = tail.communicate(timeout=30)
     assert (tail.returncode, out, err) == (4, b"b\n", b"e\n")
@@ -338,7 +338,7 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
 
         c.procs[lost_node].send_signal(signal.SIGSTOP)  # silent: no heartbeats, no answers
         moved = wait_for(
-            lambda: (lambda j: j if j["state"] == "running" and j["node"] == other else None)(job(c, mid)),
+            lambda: (j := job(c, mid))["state"] == "running" and j["node"] == other and j,
             20, what="the job to run again elsewhere")
         assert (moved["attempt"], moved["requeues"]) == (2, 1) and "lost" in moved["requeue_reason"]
         assert job(c, pinned)["state"] == "queued"  # nowhere else to go
@@ -380,7 +380,7 @@ def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_c
     c.kill("master", signal.SIGKILL)
     c.start_master()
     second = "b" if first == "a" else "a"
-    moved = wait_for(lambda: (lambda j: j if j["state"] == "running" and j["node"] == second else None)(job(c, jid)),
+    moved = wait_for(lambda: (j := job(c, jid))["state"] == "running" and j["node"] == second and j,
                      20, what="the job to be declared lost and run on the other node")
     assert moved["attempt"] == 2
     c.procs[first].send_signal(signal.SIGCONT)

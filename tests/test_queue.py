@@ -2,6 +2,8 @@
 enough free cpus and memory; when none has room it waits, in order, silently unless -v."""
 from __future__ import annotations
 
+import itertools
+
 from util import (
     job,
     job_id_from_verbose,
@@ -78,7 +80,7 @@ def test_full_cluster_queues_fifo_silently_and_runs_jobs_as_room_frees(cluster):
         records = [job(cluster, i) for i in ids]
         assert [r["state"] for r in records] == ["done"] * 5
         assert [r["node"] for r in records] == ["small"] * 5, "a job ran on the full node"
-        for before, after in zip(records, records[1:]):
+        for before, after in itertools.pairwise(records):
             assert after["dispatch_time"] >= before["end_time"], f"job {after['id']} overtook {before['id']}"
         assert job(cluster, big)["state"] == "running"
     finally:

@@ -102,9 +102,9 @@ def test_outside_load_lowers_free_cpus_and_grun_jobs_are_not_outside_load(tmp_pa
     try:
         burn = nowait(c, "-c", "1", PY, "-c", "while True: pass")
         wait_state(c, burn, "running")
-        wait_for(lambda: (lambda u: u and u.get("cpu", 0) > 0.5)(job(c, burn).get("usage_now")), 15,
+        wait_for(lambda: (u := job(c, burn).get("usage_now")) and u.get("cpu", 0) > 0.5, 15,
                  what="the node to sample the burning job")
-        node = wait_for(lambda: (lambda n: n if n.get("grun_cpus", 0) > 0.5 else None)(_node(c, "busy")), 15,
+        node = wait_for(lambda: (n := _node(c, "busy")).get("grun_cpus", 0) > 0.5 and n, 15,
                         what="the job's cpu to be counted as grun's, not outside load")
         assert node["free_cpus"] == max(0.0, 2 - 1 - node["outside_cpus"]), node
         c.client().kill([burn], 9)
