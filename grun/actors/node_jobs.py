@@ -15,6 +15,7 @@ the jobs every second and kills one over its memory limit.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -202,12 +203,11 @@ class NodeJobs:
         self.stream.wake(str(live.id))
         self._report_now.wake()
 
-    def _close_stdin(self, live: LiveJob) -> None:
-        for attr in ("stdin_r", "stdin_w"):
-            fd = getattr(live, attr)
+    def _close_stdin(self, live: LiveJob) -> None:  # under the lock
+        for fd in (live.stdin_r, live.stdin_w):
             if fd is not None:
-                setattr(live, attr, None)
                 os.close(fd)
+        live.stdin_r = live.stdin_w = None
 
     def _forget(self, live: LiveJob) -> None:
         with self.lock:
@@ -216,13 +216,13 @@ class NodeJobs:
                 self.live.pop(live.id, None)
             self._close_stdin(live)
         if current:  # (a newer run of the same job keeps its name and its spool)
-            try:
+            with contextlib.suppress(Exception):
                 self.daemon.unregister(registry.job_name(live.id))
-            except Exception:
-                pass
             spool.remove(live.dir)
 
     def _ack(self, kind: str, lives: list) -> None:
+        if not lives:
+            return
         try:
             self.acks.add(kind, [(live.id, live.attempt) for live in lives])
         except OSError:
@@ -256,22 +256,19 @@ class NodeJobs:
                         live.stdin_r = None
             elif what == "finished":
                 try:
-                    status = json.loads(rest) if rest else None
+                    self._finished(live, json.loads(rest))
                 except ValueError:
-                    status = None
-                if isinstance(status, dict):
-                    self._finished(live, status)
-                else:
-                    self.job_status(live)
+                    self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
         """The fallback for lost pings: status files, and reapers that died without writing one."""
         self._watch_reaper()
         for live in list(self.live.values()):
-            if live.status is not None or live.pid in self._orphans or self.job_status(live) is not None:
-                continue
-            if self._reaper_gone(live) and self.job_status(live) is None:  # it may have ended in between
-                self._supervisor_vanished(live, "job supervisor vanished")
+            if live.status is None and live.pid not in self._orphans and self.job_status(live) is None:
+                self._end_if_reaperless(live, "job supervisor vanished")
+
+    def _end_failed(self, live: LiveJob, why: str, **more) -> None:
+        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
 
     # ---- the reaper ----------------------------------------------------------------------------
 
@@ -311,8 +308,7 @@ class NodeJobs:
                     if not claimed:
                         resend.append(live)
                     elif pid is None:  # it may have started the job: running it again could run it twice
-                        self._finished(live, {"exit_code": 255, "signal": None, "end_time": time.time(),
-                                              "error": "job supervisor vanished while starting the job"})
+                        self._end_failed(live, "job supervisor vanished while starting the job")
                     else:
                         live.pid = pid
                         self._orphans[pid] = live
@@ -353,14 +349,16 @@ class NodeJobs:
             except ChildProcessError:
                 return
 
-    def _reaper_gone(self, live: LiveJob) -> bool:
-        """Whether the job was started by a reaper that has died, one that was not ours (ours are
-        settled by _watch_reaper, which can still wait for their jobs)."""
+    def _end_if_reaperless(self, live: LiveJob, why: str) -> None:
+        """For a job started by a reaper that has died, one that was not ours (ours are settled by
+        _watch_reaper, which can still wait for their jobs): _supervisor_vanished."""
         claimed, _pid, reaper = spool.read_pid(live.dir)
         if not claimed or reaper is None:
-            return False  # not started yet, or being started
+            return  # not started yet, or being started
         owner = reaper.split(".", 1)[0]
-        return not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper)
+        if not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper) and (
+                self.job_status(live) is None):  # it may have ended in between
+            self._supervisor_vanished(live, why)
 
     def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
         """The reaper died without writing the job's status. If the host rebooted since the job
@@ -368,16 +366,14 @@ class NodeJobs:
         job may still run: end it, and report a failure (running it again could run it twice)."""
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
-            self._finished(live, {"exit_code": 255, "signal": None, "lost": True, "end_time": time.time(),
-                                  "error": f"{why}: the host rebooted"})
-            return
+            return self._end_failed(live, f"{why}: the host rebooted", lost=True)
         pid = spool.read_pid(live.dir)[1]
         try:  # its group, if the pid still names the job's (not a process started after it)
             if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                 spawner.killpg(pid, signal.SIGKILL)
         except (psutil.Error, OSError):
             pass
-        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time()})
+        self._end_failed(live, why)
 
     def _adopt(self) -> None:
         """At start: the jobs in the spool, as they were left."""
@@ -407,12 +403,10 @@ class NodeJobs:
         live.reported, live.fetched = "r" in kinds, "f" in kinds
         if self.job_status(live) is not None:
             return
-        claimed, live.pid, _lock = spool.read_pid(job_dir)
-        if not claimed:
+        if spool.read_pid(job_dir)[0]:
+            self._end_if_reaperless(live, "job supervisor vanished while the node was down")
+        elif not live.reported:
             # written but never started, or an earlier reaper still has it in its pipe: the claim of
             # `pid` makes a second start a no-op
-            if not live.reported:
-                self._spawn(live)
-        elif self._reaper_gone(live) and self.job_status(live) is None:
-            self._supervisor_vanished(live, "job supervisor vanished while the node was down")
+            self._spawn(live)
 
