@@ -93,7 +93,7 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, std
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage=usage_of(rusage, end - status.get("start_time", end)))
-    found = spool.read_limit(job_dir)
+    found = spool.read(job_dir, spool.LIMIT)
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else
                   L.limit_hit(status, job.get("limits") or {}, stderr_path or os.path.join(job_dir, "stderr")))
     return status
@@ -160,7 +160,7 @@ class Reaper:
         if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            self._start(job_dir, notify, claimed, job or spool.read_job(job_dir))
+            self._start(job_dir, notify, claimed, job or spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
             self._fail(job_dir, notify, f"supervisor failed: {exc}")
         finally:

@@ -87,7 +87,7 @@ class NodeJobs:
 
     def job_status(self, live: LiveJob) -> dict | None:
         if live.status is None:
-            status = spool.read_status(live.dir)
+            status = spool.read(live.dir, spool.STATUS)
             if status is not None:
                 self._finished(live, status)
         return live.status
@@ -115,7 +115,7 @@ class NodeJobs:
         for job_id, (pgid, live) in running.items():
             limits = live.job.get("limits") or {}
             over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
-            if over and live.status is None and not spool.read_limit(live.dir):
+            if over and live.status is None and not spool.read(live.dir, spool.LIMIT):
                 kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
 
     def suspend(self, job_ids: list) -> dict:
@@ -388,7 +388,7 @@ class NodeJobs:
             log.info("re-adopted %d jobs from the spool", len(self.live))
 
     def _adopt_one(self, job_dir: str, live: LiveJob | None = None, acks: dict | None = None) -> None:
-        job = spool.read_job(job_dir)
+        job = spool.read(job_dir, spool.JOB)
         if job is None:
             spool.remove(job_dir)
             if live is not None:
