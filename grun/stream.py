@@ -8,8 +8,8 @@ length + payload. The client first sends its 32-hex-character token; the server 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import itertools
 import json
 import os
 import select
@@ -62,8 +62,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return data
 
 
-def tune(sock: socket.socket) -> None:
-    """No Nagle delay, and keepalive probes (KEEPIDLE)."""
+def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
@@ -80,49 +79,36 @@ def write_all(fd: int, data) -> None:
             select.select([], [fd], [])  # someone handed us a non-blocking fd
 
 
-def _read(fd: int) -> bytes:
-    while True:
-        try:
-            return os.read(fd, STDIN_READ)
-        except BlockingIOError:
-            select.select([fd], [], [])  # someone handed us a non-blocking fd
-
-
 def _send_input(sock: socket.socket, source: int | bytes, send_lock: threading.Lock) -> None:
     """Our input (a fd read to its end, or the whole of it as bytes) as STDIN frames, then STDIN_EOF.
     A thread of its own: it may stay blocked reading a tty."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        view = memoryview(source)
-        pieces = (view[i:i + STDIN_READ] for i in range(0, len(view), STDIN_READ))
-    else:
-        pieces = iter(lambda: _read(source), b"")
+    view, pos = memoryview(source) if isinstance(source, (bytes, bytearray, memoryview)) else None, 0
     try:
-        for data in itertools.chain(pieces, [b""]):
+        while True:
+            if view is not None:
+                data, pos = view[pos:pos + STDIN_READ], pos + STDIN_READ
+            else:
+                try:
+                    data = os.read(source, STDIN_READ)
+                except BlockingIOError:
+                    select.select([source], [], [])  # someone handed us a non-blocking fd
+                    continue
             with send_lock:  # once attach() has ended, the socket is shut down or closed: this fails
                 sock.sendall(HEADER.pack(STDIN if data else STDIN_EOF, len(data)) + data, _NOSIGNAL)
+            if not data:
+                return
     except OSError:
         pass  # the connection went away; the receiving side reports it
 
 
-def _recv(sock: socket.socket, want):
-    """recv_exact(sock, want) for an int, recv_into(want) for a buffer; a failure is _Dropped."""
+def _recv(sock: socket.socket, n: int) -> bytes:
     try:
-        got = recv_exact(sock, want) if isinstance(want, int) else sock.recv_into(want)
+        got = recv_exact(sock, n)
     except OSError as e:
         raise _Dropped(str(e)) from e
-    if not got:
+    if got is None:
         raise _Dropped("connection closed before the exit status")
     return got
-
-
-def _copy(sock: socket.socket, sink, view: memoryview) -> int:
-    """Up to len(view) bytes from the socket to a fd or a callable, through our buffer."""
-    k = _recv(sock, view)
-    if callable(sink):
-        sink(bytes(view[:k]))
-    else:
-        write_all(sink, view[:k])
-    return k
 
 
 def _is_pipe(fd) -> bool:
@@ -146,23 +132,28 @@ def _grow_pipe(fd: int) -> None:
         pass  # over fs.pipe-max-size or the user's quota: the default size still works
 
 
-def _splice(sock: socket.socket, fd: int, n: int) -> int | None:
-    """Move up to n bytes from the socket into the pipe fd, the bytes never entering user space; None
-    when the kernel cannot splice between these two fds."""
+def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> int | None:
+    """Up to n bytes of a frame from the socket to its sink: spliced into a pipe, never entering user
+    space (None when the kernel cannot splice between these fds), or through our buffer."""
     while True:
         try:
-            k = _SPLICE(sock.fileno(), fd, n)
+            k = _SPLICE(sock.fileno(), sink, n) if splice else sock.recv_into(view[:n])
         except BlockingIOError:
-            select.select([], [fd], [])  # someone handed us a non-blocking pipe
+            select.select([], [sink], [])  # someone handed us a non-blocking pipe
             continue
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            if splice and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 return None
             if isinstance(e, BrokenPipeError):
                 raise  # our reader went away, as with os.write
             raise _Dropped(str(e)) from e
         if not k:
             raise _Dropped("connection closed before the exit status")
+        if not splice:
+            if callable(sink):
+                sink(bytes(view[:k]))
+            else:
+                write_all(sink, view[:k])
         return k
 
 
@@ -174,20 +165,17 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     input (the Python API uses both). Raises StreamBroken if the connection drops first, and
     BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`)."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
-    try:
-        # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
-        sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
-                                        timeout=connect_timeout)
-    except OSError as e:
-        raise StreamBroken(f"cannot connect to {host}:{port}: {e}", out_offset, err_offset) from e
-    send_lock = threading.Lock()
+    sock, send_lock = None, threading.Lock()
     try:
         try:
+            # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
+            sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
+                                            timeout=connect_timeout)
             tune(sock)
             sock.sendall(token.encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:
-            raise _Dropped(str(e)) from e
+            raise _Dropped(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
                              daemon=True).start()
@@ -209,7 +197,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             if kind in pipes and n >= BATCH:
                 _grow_pipe(sink)
             while n:  # straight from the socket to the sink: no frame buffering
-                k = _splice(sock, sink, n) if kind in pipes else _copy(sock, sink, view[:n])
+                k = _move(sock, sink, n, view, kind in pipes)
                 if k is None:
                     pipes.discard(kind)  # and copy through user space instead
                     continue
@@ -218,9 +206,8 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     except _Dropped as e:
         raise StreamBroken(str(e), offsets[OUT], offsets[ERR]) from None
     finally:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # breaks a send of _send_input blocked on back-pressure
-        except OSError:
-            pass
-        with send_lock:  # none is in flight when the socket is closed
-            sock.close()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # breaks a send of _send_input blocked on back-pressure
+            with send_lock:  # none is in flight when the socket is closed
+                sock.close()
