@@ -5,6 +5,7 @@ node; a client given (host, port, token) by the node's StreamServer.offer reads 
 raw TCP socket, from any offset while the job runs, so it can detach and re-attach (invariant 3), and
 its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
 length + payload. The client first sends its 32-hex-character token; the server answers or closes.
+No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
 """
 from __future__ import annotations
 
@@ -14,12 +15,8 @@ import json
 import os
 import select
 import socket
-import stat
 import struct
 import threading
-
-# No logging, secrets or dataclasses at import: the `grun` client imports this module, and pays for
-# every import on each call (tests/test_cli_fast.py).
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -111,25 +108,15 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return got
 
 
-def _is_pipe(fd) -> bool:
-    """A sink we may splice the socket's bytes into (os.splice: Python >= 3.10, Linux)."""
-    try:
-        return _SPLICE is not None and not callable(fd) and stat.S_ISFIFO(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 def _grow_pipe(fd: int) -> None:
     """Give a pipe carrying bulk output 1 MiB instead of 64 KiB: each splice then moves 16 times more
     per wakeup of us and of the reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB).  Only for
     bulk, because the kernel charges pipe buffers to the user: many idle clients holding big pipes would
     push that user's new pipes down to one page each (fs.pipe-user-pages-soft)."""
     import fcntl  # here, not at import: a `grun true` never needs it
-    try:
+    with contextlib.suppress(OSError):  # not a pipe, or over fs.pipe-max-size or the user's quota
         if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # over fs.pipe-max-size or the user's quota: the default size still works
 
 
 def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> int | None:
@@ -142,8 +129,8 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
             select.select([], [sink], [])  # someone handed us a non-blocking pipe
             continue
         except OSError as e:
-            if splice and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                return None
+            if splice and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                return None  # (EBADF: a sink that is no fd at all; copying says so)
             if isinstance(e, BrokenPipeError):
                 raise  # our reader went away, as with os.write
             raise _Dropped(str(e)) from e
@@ -180,20 +167,19 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
                              daemon=True).start()
         view = memoryview(bytearray(1 << 20))
-        # Pipes get the bytes by splice: no copy into Python and out again (half the client's CPU).
-        pipes = {kind for kind, sink in sinks.items() if _is_pipe(sink)}
+        # Pipes get the bytes by splice (os.splice: Linux, Python >= 3.10): no copy into Python and out
+        # again (half the client's CPU). Other fds refuse it at the first frame, and get copies.
+        pipes = {kind for kind, sink in sinks.items() if _SPLICE and not callable(sink)}
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))
-            if n > MAX_FRAME:
-                raise _Dropped(f"absurd frame length {n}")
+            if n > MAX_FRAME or (kind not in sinks and kind != EXIT):
+                raise _Dropped(f"garbage frame (type {kind!r}, length {n})")
             if kind == EXIT:
                 try:
                     return json.loads(_recv(sock, n))
                 except ValueError as e:
                     raise _Dropped(f"bad exit payload: {e}") from e
-            sink = sinks.get(kind)
-            if sink is None:
-                raise _Dropped(f"unknown frame type {kind!r}")
+            sink = sinks[kind]
             if kind in pipes and n >= BATCH:
                 _grow_pipe(sink)
             while n:  # straight from the socket to the sink: no frame buffering

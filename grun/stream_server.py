@@ -4,6 +4,7 @@ presents a one-time token, and feeds the client's input into the job's stdin FIF
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,10 +65,8 @@ class _Tail:
                 raise OSError(f"{self.path} shrank below offset {self.offset}")
             self.offset += k
         if self.offset - self.advised >= DROP_BEHIND:
-            try:
+            with contextlib.suppress(OSError):  # advice only
                 os.posix_fadvise(self.fd, self.behind, self.offset - self.behind, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass  # advice only
             self.behind, self.advised = self.advised, self.offset
         return n
 
@@ -85,8 +84,7 @@ class _Attach:
         self.get_status, self.deadline = get_status, time.monotonic() + TOKEN_TTL
         self.sock = self.peer = self.reader = None
         self.wake = threading.Event()
-        self.closed = False          # the client hung up or misbehaved: the pump stops
-        self.exited = False          # EXIT went out: stdin is no longer forwarded
+        self.closed = self.exited = False  # the client hung up (the pump stops); EXIT went out (no more stdin)
 
     def close_stdin(self) -> None:
         fd, self.stdin_fd = self.stdin_fd, None
@@ -96,10 +94,8 @@ class _Attach:
     def hang_up(self) -> None:
         self.closed = True
         self.wake.set()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
-        except OSError:
-            pass
 
     def pump(self) -> None:
         tails = [_Tail(os.path.join(self.job_dir, name), offset, kind)
@@ -197,10 +193,8 @@ class StreamServer:
     def close(self) -> None:
         self._closed = True  # before the offers go: a connection claims one only while we are open
         self.expire(float("inf"))
-        try:
+        with contextlib.suppress(OSError):
             self._lsock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept() on Linux
-        except OSError:
-            pass
         self._lsock.close()
         with self._lock:
             conns = [c for cs in self._conns.values() for c in cs]
