@@ -1,6 +1,6 @@
 """The jobs of one node, from their start to the moment the node forgets them: a mixin of the node actor
-(grun.actors.node.Node, which holds the conversation with the master and provides `advertise`,
-`daemon`, `stream`, `monitor`, `hard_factor`, `_stop` and `_report_now`).
+(grun.actors.node.Node, which provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `_stop`
+and `_report_now`).
 
 Each job is a LiveJob. It is handed to the node's reaper (grun.spawner), one long-lived process that
 starts it and waits for it; its end comes back as a ping on the node's unix socket, with the status
@@ -83,8 +83,6 @@ class NodeJobs:
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.bind(self.notify_addr)
 
-    # ---- what clients (through the job's supervisor) and the master ask of a job ----------------
-
     def job_status(self, live: LiveJob) -> dict | None:
         if live.status is None:
             status = spool.read(live.dir, spool.STATUS)
@@ -93,10 +91,8 @@ class NodeJobs:
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
-        stdin_fd = None
-        if want_stdin:
-            with self.lock:
-                stdin_fd, live.stdin_w = live.stdin_w, None  # one client feeds stdin, once: it is the stream's now
+        with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
+            stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
                                   stdin_fd=stdin_fd, get_status=lambda: self.job_status(live))
         return {"host": self.advertise, "port": self.stream.address[1], "token": token}
@@ -107,8 +103,8 @@ class NodeJobs:
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
 
     def _sample(self) -> None:
-        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, the
-        running jobs are measured, and one whose processes hold more memory than its limit is killed."""
+        """Every SAMPLE_SECS: the jobs of a reaper that died are taken over, the running jobs measured,
+        and one whose processes hold more memory than its limit killed."""
         self._watch_reaper()
         running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
@@ -127,17 +123,14 @@ class NodeJobs:
         return self._signal_groups(job_ids, signal.SIGCONT)
 
     def _signal_groups(self, job_ids: list, sig: int) -> dict:
-        out = {}
-        for job_id in map(int, job_ids):
-            live = self.live.get(job_id)
-            pid = self._job_pid(live) if live is not None and self.job_status(live) is None else None
-            try:
-                out[str(job_id)] = bool(pid) and os.killpg(pid, sig) is None
-            except ProcessLookupError:
-                out[str(job_id)] = False
+        out = dict.fromkeys(map(str, job_ids), False)
+        for job_id in out:
+            live = self.live.get(int(job_id))
+            if live is not None and self.job_status(live) is None and (pid := self._job_pid(live)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, sig)
+                    out[job_id] = True
         return out
-
-    # ---- the jobs' lives ------------------------------------------------------------------------
 
     def _register_job(self, live: LiveJob) -> None:
         self.live[live.id] = live
@@ -148,8 +141,7 @@ class NodeJobs:
         try:
             fifo = spool.create(live.dir, live.job, data)
         except FileExistsError:
-            self._adopt_one(live.dir, live)  # we restarted since we started it
-            return
+            return self._adopt_one(live.dir, live)  # we restarted since we started it
         if fifo:
             live.stdin_r, live.stdin_w = fifo
         self._spawn(live, data)
@@ -164,13 +156,12 @@ class NodeJobs:
             live.kills.add(sig)
         if self.job_status(live) is not None:
             return True
-        pid = self._job_pid(live)
-        if pid is None:
+        if self._job_pid(live) is None:
+            # not started yet: its reaper sends the signal right after it records the pid; look again,
+            # in case it just did
             spool.request_kill(live.dir, sig)
-            # the reaper reads killreq right after it records the pid: look again, in case it just did
-            pid = self._job_pid(live)
-            if pid is None:
-                return True
+        if (pid := self._job_pid(live)) is None:
+            return True
         spawner.killpg(pid, sig)
         if sig == signal.SIGCONT:
             return True
@@ -213,7 +204,7 @@ class NodeJobs:
         with self.lock:
             current = self.live.get(live.id) is live
             if current:
-                self.live.pop(live.id, None)
+                del self.live[live.id]
             self._close_stdin(live)
         if current:  # (a newer run of the same job keeps its name and its spool)
             with contextlib.suppress(Exception):
@@ -269,8 +260,6 @@ class NodeJobs:
 
     def _end_failed(self, live: LiveJob, why: str, **more) -> None:
         self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
-
-    # ---- the reaper ----------------------------------------------------------------------------
 
     def _spawn(self, live: LiveJob, job_json: str | None = None) -> None:
         line = f"{live.dir}\t{self.notify_addr}\t{job_json or ''}\n".encode()
@@ -331,9 +320,8 @@ class NodeJobs:
             if got is None:  # not our child: it ended with its reaper, or was reaped before
                 self._supervisor_vanished(live, "job supervisor vanished")
                 continue
-            status = {"start_time": spool.started_at(live.dir) or time.time(),
-                      "limits": dict(live.job.get("limits") or {})}
-            spawner.exit_status(live.dir, live.job, status, wstatus, rusage, None)
+            status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
+                                         "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
             try:
                 spool.write_statuses([(live.dir, json.dumps(status))])
             except OSError:
