@@ -14,61 +14,14 @@ import time
 from collections.abc import Callable
 
 from . import stream as wire
+from .tail import Tail
 
 log = logging.getLogger("grun.stream")
 
 TOKEN_TTL = 60.0                       # seconds an offered token stays usable
 HANDSHAKE_TIMEOUT = 10.0
 EXIT_LINGER = 5.0                      # how long we wait for the client to hang up after EXIT
-CHUNK = 4 << 20                        # largest data frame the server sends
-SMALL = 64 << 10                       # below this, pread + one send is cheaper than sendfile
 MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
-# Past DROP_AFTER bytes sent, the pump tells the kernel, a DROP_BEHIND window at a time, that it is done
-# with them: past the writeback threshold, a job's own writes got three times dearer (4 GiB to `| cat`:
-# 626-735 MB/s, with this 791-1,036). DONTNEED starts writeback (no wait) and drops what is clean, so a
-# window is advised twice: to write it, then one window later to drop it. A smaller output is left to
-# the kernel (1 GiB: ~830 MB/s with this, ~1,080 without). The file stays whole: a re-attach from any
-# offset reads it back from disk (invariant 3).
-DROP_AFTER, DROP_BEHIND = 1 << 30, 64 << 20
-
-# MSG_MORE lets the 5-byte header ride in the same segment as the sendfile payload.
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
-
-
-class _Tail:
-    """One spool file being tailed from an offset into frames of one type."""
-
-    def __init__(self, path: str, offset: int, kind: bytes):
-        self.path, self.offset, self.kind, self.fd = path, offset, kind, None
-        self.behind = self.advised = offset + DROP_AFTER  # the drop-behind marks
-
-    def pump(self, sock: socket.socket) -> int:
-        """Send up to CHUNK new bytes as one frame; return how many."""
-        if self.fd is None:
-            try:
-                self.fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:  # the reaper has not started the job yet
-                return 0
-        n = min(os.fstat(self.fd).st_size - self.offset, CHUNK)
-        if 0 < n <= SMALL:
-            data = os.pread(self.fd, n, self.offset)
-            sock.sendall(wire.HEADER.pack(self.kind, len(data)) + data)
-            self.offset += len(data)
-            return len(data)
-        if n <= 0:
-            return 0
-        sock.sendall(wire.HEADER.pack(self.kind, n), _MSG_MORE)
-        end = self.offset + n  # the header promises n bytes, and the file only grows: sendfile delivers
-        while self.offset < end:
-            k = os.sendfile(sock.fileno(), self.fd, self.offset, end - self.offset)
-            if k == 0:
-                raise OSError(f"{self.path} shrank below offset {self.offset}")
-            self.offset += k
-        if self.offset - self.advised >= DROP_BEHIND:
-            with contextlib.suppress(OSError):  # advice only
-                os.posix_fadvise(self.fd, self.behind, self.offset - self.behind, os.POSIX_FADV_DONTNEED)
-            self.behind, self.advised = self.advised, self.offset
-        return n
 
 
 class _Attach:
@@ -98,7 +51,7 @@ class _Attach:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
 
     def pump(self) -> None:
-        tails = [_Tail(os.path.join(self.job_dir, name), offset, kind)
+        tails = [Tail(os.path.join(self.job_dir, name), offset, kind)
                  for name, offset, kind in zip(("stdout", "stderr"), self.offsets, (wire.OUT, wire.ERR))]
         wait = MIN_WAIT
         try:
@@ -107,14 +60,7 @@ class _Attach:
                 # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
                 status = self.get_status()
                 sent = sum(tail.pump(self.sock) for tail in tails)
-                if sent:
-                    wait = MIN_WAIT
-                    if sent < wire.BATCH:
-                        # A job writing fast would otherwise be chased in tiny frames, and on a
-                        # small machine the chase steals the CPU the job needs.  An idle stream
-                        # still sends its first new line at once; only the follow-up waits.
-                        self.wake.wait(MIN_WAIT)
-                elif status is not None:
+                if not sent and status is not None:
                     payload = json.dumps(status).encode()
                     self.sock.sendall(wire.HEADER.pack(wire.EXIT, len(payload)) + payload)
                     self.exited = True
@@ -123,9 +69,12 @@ class _Attach:
                     self.sock.shutdown(socket.SHUT_WR)
                     self.reader.join(EXIT_LINGER)
                     return
-                else:
-                    self.wake.wait(wait)
-                    wait = min(wait * 2, MAX_WAIT)
+                if sent < wire.BATCH:
+                    # After a small frame too: a job writing fast would otherwise be chased in tiny
+                    # frames, and on a small machine the chase steals the CPU the job needs. An idle
+                    # stream still sends its first new line at once; only the follow-up waits.
+                    self.wake.wait(MIN_WAIT if sent else wait)
+                wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
         finally:
             for tail in tails:
                 if tail.fd is not None:

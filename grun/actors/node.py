@@ -39,16 +39,14 @@ REREGISTER = {"cpus", "memory", "resources", "labels"}  # the reloaded keys the 
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Node(NodeJobs):
-    def __init__(self, name: str, spool: str, cpus: float, memory: int, *, master_host: str,
-                 master_port: int, bind: str, advertise: str, heartbeat: float = 5.0,
-                 output_keep: float = 86400.0, resources: dict | None = None, labels: dict | None = None,
-                 hard_factor: float = 1.5, ulimit: dict | None = None, count_outside_load: bool = True):
-        self.name, self.cpus, self.memory = name, float(cpus), int(memory)
-        self.resources, self.labels = dict(resources or {}), dict(labels or {})
-        self.hard_factor, self.ulimit = float(hard_factor), dict(ulimit or {})
+    def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
+                 cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
+                 hard_factor: float, ulimit: dict, count_outside_load: bool):
+        """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
+        self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
+        self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
+        self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
         self.monitor = Monitor(count_outside_load)
-        self.master_host, self.master_port = master_host, master_port
-        self.advertise, self.heartbeat, self.output_keep = advertise, heartbeat, output_keep
         # Launches are numbered within this process's life (its incarnation), so the master can tell
         # a job list made before a start it saw confirmed from one that really lacks the job.
         self.incarnation = secrets.token_hex(8)
@@ -75,8 +73,6 @@ class Node(NodeJobs):
         self.serve_thread = registry.serve_in_thread(self.daemon, "grun-node-pyro")
         for loop in self._loops:
             loop.start()
-
-    # ---- master-facing -------------------------------------------------------------------------
 
     def ping(self) -> str:
         return self.name
@@ -153,8 +149,6 @@ class Node(NodeJobs):
         if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
             self.acks.rewrite(self._acked)
         self.stream.expire()
-
-    # ---- the master conversation ---------------------------------------------------------------
 
     def _master_pause(self) -> float:
         return min(1.0, self.heartbeat, self._linger if self._linger is not None else 1.0)
@@ -240,20 +234,18 @@ class Node(NodeJobs):
                     todo.append(live)
         if not todo:
             return False
+        acked = set()
         try:
             acked = set(self._master.finished(self.name, [dict(l.status, id=l.id, attempt=l.job.get("attempt"))
                                                           for l in todo]))
-        except BaseException:
+        finally:  # what was not acknowledged (yet), or not sent (the call failed), goes again next round
+            for live in todo:
+                live.reported = live.id in acked
+            self._ack("r", [l for l in todo if l.reported])
             with self.lock:
-                self._unreported.extendleft(reversed(todo))
-            raise
-        for live in todo:
-            live.reported = live.id in acked
-        self._ack("r", [l for l in todo if l.reported])
-        with self.lock:  # not acknowledged (yet): sent again next round
-            self._unreported.extend(l for l in todo if l.id not in acked)
-            if self._unreported and len(todo) == REPORT_BATCH:
-                self._report_now.wake()
+                self._unreported.extendleft(reversed([l for l in todo if not l.reported]))
+                if self._unreported and len(todo) == REPORT_BATCH:
+                    self._report_now.wake()
         return True
 
     def _load(self) -> dict:
