@@ -23,7 +23,6 @@ import errno
 import json
 import os
 import pwd
-import resource
 import select
 import signal
 import socket
@@ -74,23 +73,20 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[str, int]:
     return f"{argv[0]}: {exc.strerror}", 126
 
 
-def usage_of(rusage, wall: float) -> dict:
-    """From wait4: the job and every descendant it waited for. Linux counts ru_inblock/ru_oublock
-    from the same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units:
-    bytes the job caused to be read from or written to storage (page-cache hits are not reads)."""
-    return {"wall": round(wall, 6), "utime": rusage.ru_utime, "stime": rusage.ru_stime,
-            "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock,
-            "read_bytes": rusage.ru_inblock * 512, "write_bytes": rusage.ru_oublock * 512}
-
-
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, stderr_path: str | None) -> dict:
-    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The node's
-    sampler leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's
-    last stderr lines may tell that an rlimit stopped it."""
+    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
+    the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
+    same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
+    caused to be read from or written to storage (page-cache hits are not reads). The node's sampler
+    leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's last stderr
+    lines may tell that an rlimit stopped it."""
     end = time.time()
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
-                  usage=usage_of(rusage, end - status.get("start_time", end)))
+                  usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
+                         "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
+                         "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
+                         "write_bytes": rusage.ru_oublock * 512})
     found = spool.read(job_dir, spool.LIMIT)
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else
                   L.limit_hit(status, job.get("limits") or {}, stderr_path or os.path.join(job_dir, "stderr")))
@@ -202,8 +198,7 @@ class Reaper:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
-                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now,
-                "usage": usage_of(resource.struct_rusage((0,) * 16), 0.0)}, None, notify))
+                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now}, None, notify))
         except BaseException:
             pass
 
