@@ -23,6 +23,7 @@ Light: imported by the reaper, and by the client for `describe`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -32,13 +33,11 @@ import subprocess
 
 MIN_DATA_MB = 32  # the reaper must still be able to spawn under the data limit it takes on for a moment
 
-_RLIMITS = {  # limits key -> (rlimit, unit in bytes or 1)
+_RLIMITS = {  # limits key (that of `ulimit:`, with _mb for a size) -> (rlimit, unit in bytes or 1)
     "data_mb": (resource.RLIMIT_DATA, 1 << 20), "cpu": (resource.RLIMIT_CPU, 1),
     "fsize_mb": (resource.RLIMIT_FSIZE, 1 << 20), "nofile": (resource.RLIMIT_NOFILE, 1),
     "nproc": (resource.RLIMIT_NPROC, 1), "core_mb": (resource.RLIMIT_CORE, 1 << 20),
     "stack_mb": (resource.RLIMIT_STACK, 1 << 20)}
-_ULIMIT_NAMES = {"cpu": "cpu", "fsize": "fsize_mb", "nofile": "nofile", "nproc": "nproc", "core": "core_mb",
-                 "stack": "stack_mb"}
 OOM_PATTERNS = re.compile(
     rb"MemoryError|Cannot allocate memory|std::bad_alloc|memory exhausted|[Oo]ut of memory|"
     rb"OutOfMemoryError|failed to allocate|cannot allocate|allocation failed|ENOMEM|malloc\(\): ")
@@ -49,22 +48,10 @@ def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
     resident memory (request x hard_factor); data_mb the rlimit (the same, at least MIN_DATA_MB)."""
     memory_limit = max(1, int(memory_mb * hard_factor))
     out = {"memory_mb": memory_limit, "data_mb": max(memory_limit, MIN_DATA_MB)}
-    out.update({_ULIMIT_NAMES[k]: int(v) for k, v in (ulimit or {}).items() if k in _ULIMIT_NAMES and v is not None})
+    for name, value in (ulimit or {}).items():  # (grun.config checked the names)
+        if value is not None:
+            out[name if name in _RLIMITS else f"{name}_mb"] = int(value)
     return out
-
-
-def _plan(limits: dict) -> list[tuple[str, int, int, int, int]]:
-    """(key, rlimit, soft, hard, unit) for each limit to set, bounded by our own hard limits (raising a
-    hard limit needs privilege). At the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL
-    (which wins when they are equal): a grace period lets the job see SIGXCPU first."""
-    plan = []
-    for key, (which, unit) in _RLIMITS.items():
-        if limits.get(key) is not None:
-            hard = resource.getrlimit(which)[1]
-            top = float("inf") if hard == resource.RLIM_INFINITY else hard
-            want = min(int(limits[key]) * unit, top)
-            plan.append((key, which, want, min(want + cpu_grace(want), top) if key == "cpu" else want, unit))
-    return plan
 
 
 def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dict]:
@@ -72,9 +59,16 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
     preexec_fn (see above; only safe in a single-threaded process). Returns the process and the limits
     set. If our own fds or memory do not fit under the job's limits, the spawn is retried unlimited and
     the limits set right after (a window of microseconds)."""
-    plan, saved = _plan(limits), []
-    for _key, which, soft, _hard, _unit in plan:
-        old = resource.getrlimit(which)
+    plan, saved = [], []  # (key, rlimit, soft, hard, unit) of each limit to set; what we lowered of ours
+    for key, (which, unit) in _RLIMITS.items():
+        if limits.get(key) is None:
+            continue
+        old = resource.getrlimit(which)  # ours bound the job's: raising a hard limit needs privilege
+        top = float("inf") if old[1] == resource.RLIM_INFINITY else old[1]
+        soft = min(int(limits[key]) * unit, top)
+        # at the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL (which wins when they
+        # are equal): a grace period lets the job see SIGXCPU first
+        plan.append((key, which, soft, min(soft + max(5, soft // 10), top) if key == "cpu" else soft, unit))
         if old[0] == resource.RLIM_INFINITY or old[0] > soft:
             try:
                 resource.setrlimit(which, (soft, old[1]))
@@ -86,10 +80,8 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
             proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
         finally:
             for which, old in reversed(saved):
-                try:
+                with contextlib.suppress(ValueError, OSError):
                     resource.setrlimit(which, old)
-                except (ValueError, OSError):
-                    pass
     except OSError as exc:
         if not saved or exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
             raise
@@ -99,16 +91,12 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
     for key, which, soft, hard, unit in plan:  # the hard limits too: the job cannot raise them back
         try:
             resource.prlimit(proc.pid, which, (soft, hard))
-            applied[key] = soft // unit
         except ProcessLookupError:
-            applied[key] = soft // unit  # it has ended already, under the soft limit it inherited
+            pass  # it has ended already, under the soft limit it inherited
         except (ValueError, OSError):
-            pass
+            continue
+        applied[key] = soft // unit
     return proc, applied
-
-
-def cpu_grace(seconds: int) -> int:
-    return max(5, seconds // 10)
 
 
 def _tail(path: str | None, size: int = 8192) -> bytes:

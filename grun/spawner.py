@@ -1,35 +1,28 @@
-"""Starting jobs so that they depend on nobody: the node's reaper process (`python -m grun.spawner`).
+"""The node's reaper (`python -m grun.spawner`): it starts the node's jobs so that they depend on nobody.
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
 `<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
-For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts
-the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and
-stderr going straight to spool files, and records the job's pid. It waits for its jobs with SIGCHLD +
-wait4 (so cpu, memory and io usage are exact), writes each job's `status.json` once with one fsync,
-and pings the node. Killing the node daemon leaves the reaper and its jobs running; a restarted node
-finds the status files in the spool, and the reaper exits once its input has ended and its last job
-has ended. Each job's `pid` file names its reaper, so the node can tell whether the job still has one.
-
-If the reaper dies while the node lives, its jobs become the node's children (the node is a child
-subreaper, see grun.actors.node), and the node waits for them and records their status. The reaper is
-a child subreaper too, so what a job leaves behind in the background is reaped here and never
-becomes a zombie of the node.
-
-Limits: see grun.limits. They are set in this single-threaded process around the spawn (soft limits,
-inherited at vfork and kept through exec), and the job's hard limits are lowered right after.
-
+For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job; the file
+names the reaper, so the node can tell whether a job still has one), starts the job with Popen (vfork +
+exec, no Python fork) in its own session and process group, stdout and stderr going straight to spool
+files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their usage is exact), writes
+each job's `status.json` once with one fsync, and pings the node. Killing the node daemon leaves the
+reaper and its jobs running: a restarted node finds the status files, and the reaper exits once its
+input and its last job have ended. If the reaper dies while the node lives, its jobs become the node's
+children (the node is a child subreaper too, see grun.actors.node_jobs). What a job leaves behind in
+the background is reaped here, never a zombie of the node. Limits: see grun.limits.
 Imports nothing heavy: it starts at node start and after a crash.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
 import json
 import os
 import pwd
-import resource
 import select
 import signal
 import socket
@@ -44,18 +37,19 @@ PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
 
+# A job this reaper started and waits for (id, job and stderr_path are None for a job that never started).
+_Run = collections.namedtuple("_Run", "id dir job status stderr_path notify")
 
-def set_subreaper() -> bool:
+
+def set_subreaper() -> None:
     """Become a child subreaper: orphaned descendants are re-parented to us, not to init."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def job_argv(job: dict) -> list[str]:
-    return [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
+def killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
 
 
 def _identity(job: dict) -> dict:
@@ -64,41 +58,36 @@ def _identity(job: dict) -> dict:
     if os.geteuid() != 0 or uid is None or uid == 0:
         return {}
     try:
-        name = pwd.getpwuid(uid).pw_name
-        groups = os.getgrouplist(name, job.get("gid", uid))
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, job.get("gid", uid))
     except KeyError:
         groups = []
     return {"user": uid, "group": job.get("gid", uid), "extra_groups": groups}
 
 
-def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[int, str]:
-    """The exit code and message a shell would give for a command it cannot run."""
+def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[str, int]:
+    """The message and exit code a shell would give for a command it cannot run."""
     if exc.filename == cwd or (exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(cwd)):
-        return 1, f"grun: cannot change directory to {cwd}: {exc.strerror}"
+        return f"cannot change directory to {cwd}: {exc.strerror}", 1
     if exc.errno == errno.ENOENT:
-        return 127, f"grun: {argv[0]}: command not found"
-    return 126, f"grun: {argv[0]}: {exc.strerror}"
-
-
-def usage_of(rusage, wall: float) -> dict:
-    """From wait4: the job and every descendant it waited for. Linux counts ru_inblock/ru_oublock
-    from the same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units:
-    bytes the job caused to be read from or written to storage (page-cache hits are not reads)."""
-    return {"wall": round(wall, 6), "utime": rusage.ru_utime, "stime": rusage.ru_stime,
-            "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock, "write_blocks": rusage.ru_oublock,
-            "read_bytes": rusage.ru_inblock * 512, "write_bytes": rusage.ru_oublock * 512}
+        return f"{argv[0]}: command not found", 127
+    return f"{argv[0]}: {exc.strerror}", 126
 
 
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, stderr_path: str | None) -> dict:
-    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The node's
-    sampler leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's
-    last stderr lines may tell that an rlimit stopped it."""
+    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
+    the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
+    same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
+    caused to be read from or written to storage (page-cache hits are not reads). The node's sampler
+    leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's last stderr
+    lines may tell that an rlimit stopped it."""
     end = time.time()
-    sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
-    code = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
-    status.update(exit_code=code, signal=sig, end_time=end,
-                  usage=usage_of(rusage, end - status.get("start_time", end)))
-    found = spool.read_limit(job_dir)
+    status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
+                  signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
+                  usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
+                         "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
+                         "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
+                         "write_bytes": rusage.ru_oublock * 512})
+    found = spool.read(job_dir, spool.LIMIT)
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else
                   L.limit_hit(status, job.get("limits") or {}, stderr_path or os.path.join(job_dir, "stderr")))
     return status
@@ -124,45 +113,27 @@ def _as_user(job: dict):
 
 
 def _open_outputs(job: dict, job_dir: str) -> tuple:
-    """The job's stdout and stderr: its spool files, or the files named by -o/--err/--out-err,
-    opened in its directory as its user (so it can only write where it could itself)."""
+    """The job's stdout and stderr, and the path of the latter: its spool files, or the files named by
+    -o/--err/--out-err, opened in its directory as its user (so it can only write where it could itself)."""
     files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
     if job.get("uid") and os.geteuid() == 0:
         for f in files.values():
             os.fchown(f.fileno(), job["uid"], job.get("gid", job["uid"]))
     if not (job.get("stdout_file") or job.get("stderr_file")):
-        return files["stdout"], files["stderr"], None
+        return files["stdout"], files["stderr"], os.path.join(job_dir, "stderr")
     opened: dict[str, object] = {}
     with _as_user(job):
         for stream in ("stdout", "stderr"):
-            name = job.get(f"{stream}_file")
-            if not name:
-                continue
-            path = os.path.normpath(os.path.join(job["cwd"], name))
-            if path not in opened:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-                flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
-                opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
-            files[stream].close()
-            files[stream] = opened[path]
-    stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), None)
+            if name := job.get(f"{stream}_file"):
+                path = os.path.normpath(os.path.join(job["cwd"], name))
+                if path not in opened:
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+                    flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
+                    opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
+                files[stream].close()
+                files[stream] = opened[path]
+    stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), os.path.join(job_dir, "stderr"))
     return files["stdout"], files["stderr"], stderr_path
-
-
-def killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-class _Run:
-    """A job this reaper started and waits for."""
-    __slots__ = ("dir", "id", "job", "notify", "status", "stderr_path")
-
-    def __init__(self, job_id, job_dir, job, status, stderr_path, notify):
-        self.id, self.dir, self.job, self.status = job_id, job_dir, job, status
-        self.stderr_path, self.notify = stderr_path, notify
 
 
 class Reaper:
@@ -174,80 +145,62 @@ class Reaper:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         # A unix datagram queue holds only a few messages: a burst of pings must wait for the node to
         # read them, not be dropped. A node that does not read for this long gets no more pings from
-        # this burst; it finds the status files when it looks (Node._check_jobs).
+        # this burst; it finds the status files when it looks (NodeJobs._check_jobs).
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
-
-    # ---- starting --------------------------------------------------------------------------------
 
     def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
         claimed = spool.claim(job_dir, self.name)
         if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            self._start(job_dir, notify, claimed, job or spool.read_job(job_dir))
+            self._start(job_dir, notify, claimed, job or spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
-            self._failed(job_dir, notify, f"supervisor failed: {exc}")
+            self._fail(job_dir, notify, f"supervisor failed: {exc}")
         finally:
             os.close(claimed)
 
     def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
         if job is None:
             raise ValueError("job.json is missing or unreadable")
-        argv = job_argv(job)
-        env = dict(job.get("env") or {})
-        env["GRUN_JOB_ID"] = str(job["id"])
-        env["GRUN_NODE"] = job.get("node") or socket.gethostname()
+        argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
+        env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
         try:
             out, err, stderr_path = _open_outputs(job, job_dir)
-            redirect_error = None
         except OSError as exc:
-            out, err, stderr_path = open(os.devnull, "ab"), open(os.path.join(job_dir, "stderr"), "ab"), None
-            redirect_error = f"grun: cannot open {exc.filename}: {exc.strerror}"
-        stderr_path = stderr_path or os.path.join(job_dir, "stderr")
+            return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
-        status: dict = {"start_time": time.time()}
+        status, wanted = {"start_time": time.time()}, job.get("limits") or {}
         try:
-            if redirect_error:
-                raise OSError(errno.EIO, redirect_error)
-            wanted = job.get("limits") or {}
             proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                              stdout=out, stderr=err, **_identity(job))
-            if wanted.get("memory_mb"):
-                status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         except OSError as exc:
-            code, message = (1, redirect_error) if redirect_error else _exec_error(exc, argv, job["cwd"])
-            err.write(message.encode() + b"\n")
-            err.flush()
-            status.update(exit_code=code, signal=None, error=message, end_time=time.time(),
-                          usage=usage_of(resource.struct_rusage((0,) * 16), 0.0))
-            self._record(_Run(int(job["id"]), job_dir, job, status, stderr_path, notify))
-            return
+            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]), err=err)
         finally:
             for f in (stdin, out, err):
                 if hasattr(f, "close"):
                     f.close()
+        if wanted.get("memory_mb"):
+            status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         spool.set_pid(claimed, proc.pid)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
             self._ping(notify, f"started {job['id']} {proc.pid}")
-        pending_kill = spool.requested_kill(job_dir)
-        if pending_kill:
+        if pending_kill := spool.requested_kill(job_dir):
             killpg(proc.pid, pending_kill)
 
-    def _failed(self, job_dir: str, notify: str | None, why: str) -> None:
+    def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None) -> None:
+        """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
+        (`err` when it is open already) and its status. Never raises: one job must not stop the reaper."""
         try:
-            with open(os.path.join(job_dir, "stderr"), "ab") as f:
+            with err or open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
-            spool.write_statuses([(job_dir, json.dumps(
-                {"exit_code": 255, "signal": None, "error": why, "start_time": now, "end_time": now}))])
-            self._ping(notify, f"finished {os.path.basename(job_dir)}")
+            self._record(_Run(os.path.basename(job_dir), job_dir, None, {
+                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now}, None, notify))
         except BaseException:
             pass
-
-    # ---- waiting ---------------------------------------------------------------------------------
 
     def reap(self) -> None:
         """Collect every job that has ended, then record them together: the status files are written
@@ -268,15 +221,14 @@ class Reaper:
                 exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper
-                self._failed(run.dir, run.notify, f"supervisor failed: {exc}")
+                self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 
     def _record(self, *runs: _Run) -> None:
         ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
         for i in spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]):
-            if runs[i].notify:
-                pings.setdefault(runs[i].notify, []).append(f"finished {runs[i].id} {ends[i]}")
+            pings.setdefault(runs[i].notify, []).append(f"finished {runs[i].id} {ends[i]}")
         # one datagram for many jobs: the receiving queue holds only a few (net.unix.max_dgram_qlen),
         # and each one wakes the node
         for notify, lines in pings.items():
@@ -299,10 +251,8 @@ class Reaper:
         except OSError:
             pass  # the node is down: it reads status.json when it comes back
 
-    # ---- the loop --------------------------------------------------------------------------------
-
     def serve(self, control: int) -> None:
-        """One line per job, `<job_dir>\\t<notify socket>[\\t<job json>]`; at EOF, waits for its jobs and returns."""
+        """Starts the jobs of each line read from `control`; at its end, waits for its jobs and returns."""
         set_subreaper()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -318,8 +268,7 @@ class Reaper:
             if control in ready:
                 data = os.read(control, 1 << 16)
                 eof = not data
-                buf += data
-                *lines, buf = buf.split(b"\n")
+                *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")
                     notify, _, inline = rest.partition("\t")

@@ -2,12 +2,10 @@
 its sampler alike). Light on purpose (os, json): the reaper imports it.
 
 <spool>/jobs/<id>/ holds, per job:
-- `job.json`: the job as the node got it; no fsync (the master holds the durable copy, and a start is
-  idempotent).
+- `job.json`: the job as the node got it; no fsync (the master holds the durable copy; a start is idempotent).
 - `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, written by the job.
-- `pid`: `<job pid> <reaper>`, or `-          <reaper>` while claimed but not started (the reaper as
-  process_name gives it); created O_EXCL, so exactly one reaper ever starts the job; the pid is
-  written over the padding.
+- `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
+  claimed but not started; created O_EXCL, so exactly one reaper ever starts the job.
 - `killreq`: a signal asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its
@@ -26,18 +24,19 @@ import threading
 from .files import read_int, read_json, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
+JOB, STATUS, LIMIT = "job.json", "status.json", "limit.json"
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
 
 
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
-    """The job's directory, its stdin FIFO if it reads input, and job.json (`job` as JSON). Returns
-    the FIFO's (read, write) ends, both the node's to hold: the read end until the job has opened its
-    own, so that early writes cannot fail, the write end until a client takes it. FileExistsError: the
-    job is there already (the node restarted since it started it)."""
+    """The job's directory, its stdin FIFO if it reads input, and job.json (`job` as JSON). Returns the
+    FIFO's (read, write) ends, both the node's to hold: the read end until the job has opened its own,
+    so that early writes cannot fail, the write end until a client takes it. FileExistsError: the job
+    is there already (the node restarted since it started it)."""
     try:
         os.mkdir(job_dir)
     except FileExistsError:  # made by a kill request that came first, or the job is there already
-        if os.path.exists(os.path.join(job_dir, "job.json")):
+        if os.path.exists(os.path.join(job_dir, JOB)):
             raise
     owner = (job["uid"], job.get("gid", job["uid"])) if job.get("uid") and os.geteuid() == 0 else None
     if owner:
@@ -48,7 +47,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
         if owner:
             os.chown(fifo, *owner)
         ends = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
-    with open(os.path.join(job_dir, "job.json"), "wb") as f:
+    with open(os.path.join(job_dir, JOB), "wb") as f:
         f.write(job_json.encode())
     return ends
 
@@ -72,23 +71,14 @@ def requested_kill(job_dir: str) -> int | None:
 
 
 def record_limit(job_dir: str, limit: str, detail: str) -> None:
-    write_atomic(os.path.join(job_dir, "limit.json"), json.dumps({"limit": limit, "limit_detail": detail}).encode(),
+    write_atomic(os.path.join(job_dir, LIMIT), json.dumps({"limit": limit, "limit_detail": detail}).encode(),
                  durable=False)
 
 
-def read_limit(job_dir: str) -> dict | None:
-    found = read_json(os.path.join(job_dir, "limit.json"))
-    return found if isinstance(found, dict) and found.get("limit") else None
-
-
-def read_job(job_dir: str) -> dict | None:
-    job = read_json(os.path.join(job_dir, "job.json"))
-    return job if isinstance(job, dict) else None
-
-
-def read_status(job_dir: str) -> dict | None:
-    status = read_json(os.path.join(job_dir, "status.json"))
-    return status if isinstance(status, dict) else None
+def read(job_dir: str, name: str) -> dict | None:
+    """JOB, STATUS or LIMIT: a dict, or None when it is missing or torn."""
+    found = read_json(os.path.join(job_dir, name))
+    return found if isinstance(found, dict) else None
 
 
 def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
@@ -98,16 +88,14 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     written = []
     for i, (job_dir, data) in enumerate(ends):
         try:
-            fd = os.open(os.path.join(job_dir, "status.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                         0o644)
-            try:
-                os.write(fd, data.encode())
-            except OSError:
-                os.close(fd)
-                raise
-        except OSError:  # the spool is gone, or the disk is full
-            continue
-        written.append((i, fd))
+            fd = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError:
+            continue  # the spool is gone
+        try:
+            os.write(fd, data.encode())
+            written.append((i, fd))
+        except OSError:  # the disk is full
+            os.close(fd)
     for _, fd in written:
         try:
             os.fdatasync(fd)  # invariant 3: the end outlives us, whoever dies next
@@ -121,10 +109,8 @@ def remove(job_dir: str) -> None:
     shutil.rmtree(job_dir, ignore_errors=True)
 
 
-# ---- the pid file -------------------------------------------------------------------------------
-
 def claim(job_dir: str, reaper: str) -> int | None:
-    """Claim the job's start for this reaper: the open pid file, or None when it was claimed before
+    """Claim the job's start for this reaper: its pid file, open, or None when it was claimed before
     (by us or an earlier reaper) or the job is gone."""
     try:
         fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -181,12 +167,8 @@ class Acks:
 
     def add(self, kind: str, jobs: list[tuple[int, int]]) -> None:
         """kind "r" (reported) or "f" (fetched), for (job id, attempt) pairs."""
-        with self.lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, "".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs).encode())
-            finally:
-                os.close(fd)
+        with self.lock, open(self.path, "a") as f:
+            f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
         """(job id, attempt) -> {"r", "f"} for the jobs whose directory is still here; the log is then

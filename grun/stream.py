@@ -1,29 +1,22 @@
-"""Side-channel byte streams between a job's node and a client.
+"""The output side channel's wire format, and the client's side of it (grun.stream_server is the node's).
 
-The bulk bytes of a job (DESIGN invariant 5): the job's stdout and stderr, which the job writes
-straight into spool files on its node, flow to the client, and the client's stdin flows to the job
-through a FIFO the node holds. Pyro5 only carries the control message: a call elsewhere gives the
-client (host, port, token) from the node's `grun.stream_server.StreamServer.offer`, and the client
-opens a raw TCP socket to it with `attach`. Since the spool files are the source of truth, a client
-can detach and re-attach at any offset while the job keeps running (invariant 3). This module holds
-the wire format and the client's side; grun.stream_server the node's.
-
-Wire format, both directions: 1 byte type + 4-byte big-endian length + payload.  The client first
-sends the 32 hex characters of its one-time token; the server answers with frames or closes.
+A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr into spool files on its
+node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
+raw TCP socket, from any offset while the job runs, so it can detach and re-attach (invariant 3), and
+its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
+length + payload. The client first sends its 32-hex-character token; the server answers or closes.
+No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import select
 import socket
-import stat
 import struct
 import threading
-
-# No logging, secrets or dataclasses at import: the `grun` client imports this module, and pays for
-# every import on each call (tests/test_cli_fast.py).
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -34,9 +27,8 @@ BATCH = 256 << 10                      # server: sending less, let the job write
 STDIN_READ = 64 << 10
 PIPE_SIZE = 1 << 20                    # a client's stdout pipe while it carries bulk output
 
-# A peer that vanished (host down, network cut) is noticed within about KEEPIDLE + KEEPINTVL * KEEPCNT
-# seconds even while the job prints nothing, so the client can go back to the master and the node
-# can drop the connection.
+# A peer that vanished (host down, network cut) is noticed within KEEPIDLE + KEEPINTVL * KEEPCNT seconds
+# even while the job prints nothing: the client goes back to the master, the node drops the connection.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
 
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
@@ -58,17 +50,17 @@ class _Dropped(Exception):
 
 def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     """n bytes, or None if the peer closed first."""
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        if not more:
             return None
-        got += k
-    return bytes(buf)
+        data += more
+    return data
 
 
-def keepalive(sock: socket.socket) -> None:
+def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
         if hasattr(socket, name):
@@ -84,70 +76,36 @@ def write_all(fd: int, data) -> None:
             select.select([], [fd], [])  # someone handed us a non-blocking fd
 
 
-class _StdinPump(threading.Thread):
-    """Copies the client's stdin into STDIN frames, then STDIN_EOF; stops for good once EXIT arrived."""
-
-    def __init__(self, sock: socket.socket, fd: int | bytes):
-        super().__init__(name="grun-stream-stdin", daemon=True)  # may stay blocked reading a tty
-        self.sock, self.fd, self._pos = sock, fd, 0
-        self.done, self.send_lock = threading.Event(), threading.Lock()
-
-    def _read(self) -> bytes:
-        if isinstance(self.fd, (bytes, bytearray, memoryview)):  # the whole input, given up front
-            data = bytes(self.fd[self._pos:self._pos + STDIN_READ])
-            self._pos += len(data)
-            return data
-        return os.read(self.fd, STDIN_READ)
-
-    def run(self) -> None:
-        try:
-            while True:
-                try:
-                    data = self._read()
-                except BlockingIOError:
-                    select.select([self.fd], [], [])
-                    continue
-                with self.send_lock:
-                    if self.done.is_set():
-                        return
-                    if not data:
-                        self.sock.sendall(HEADER.pack(STDIN_EOF, 0), _NOSIGNAL)
-                        return
-                    self.sock.sendall(HEADER.pack(STDIN, len(data)) + data, _NOSIGNAL)
-        except OSError:
-            pass  # the connection went away; the receiving side reports it
-
-    def stop(self) -> None:
-        self.done.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # breaks a sendall blocked on back-pressure
-        except OSError:
-            pass
-        with self.send_lock:  # after this, nothing of ours touches the socket
-            pass
-
-
-def _recv(sock: socket.socket, want):
-    """recv_exact(sock, want) for an int, recv_into(want) for a buffer; a failure is _Dropped."""
+def _send_input(sock: socket.socket, source: int | bytes, send_lock: threading.Lock) -> None:
+    """Our input (a fd read to its end, or the whole of it as bytes) as STDIN frames, then STDIN_EOF.
+    A thread of its own: it may stay blocked reading a tty."""
+    view, pos = memoryview(source) if isinstance(source, (bytes, bytearray, memoryview)) else None, 0
     try:
-        got = recv_exact(sock, want) if isinstance(want, int) else sock.recv_into(want)
+        while True:
+            if view is not None:
+                data, pos = view[pos:pos + STDIN_READ], pos + STDIN_READ
+            else:
+                try:
+                    data = os.read(source, STDIN_READ)
+                except BlockingIOError:
+                    select.select([source], [], [])  # someone handed us a non-blocking fd
+                    continue
+            with send_lock:  # once attach() has ended, the socket is shut down or closed: this fails
+                sock.sendall(HEADER.pack(STDIN if data else STDIN_EOF, len(data)) + data, _NOSIGNAL)
+            if not data:
+                return
+    except OSError:
+        pass  # the connection went away; the receiving side reports it
+
+
+def _recv(sock: socket.socket, n: int) -> bytes:
+    try:
+        got = recv_exact(sock, n)
     except OSError as e:
         raise _Dropped(str(e)) from e
-    if got is None or got == 0:
+    if got is None:
         raise _Dropped("connection closed before the exit status")
     return got
-
-
-class _NoSplice(Exception):
-    """The kernel refused splice between these two fds: copy through user space instead."""
-
-
-def _is_pipe(fd) -> bool:
-    """A sink we may splice the socket's bytes into (os.splice: Python >= 3.10, Linux)."""
-    try:
-        return _SPLICE is not None and not callable(fd) and stat.S_ISFIFO(os.fstat(fd).st_mode)
-    except OSError:
-        return False
 
 
 def _grow_pipe(fd: int) -> None:
@@ -156,29 +114,33 @@ def _grow_pipe(fd: int) -> None:
     bulk, because the kernel charges pipe buffers to the user: many idle clients holding big pipes would
     push that user's new pipes down to one page each (fs.pipe-user-pages-soft)."""
     import fcntl  # here, not at import: a `grun true` never needs it
-    try:
+    with contextlib.suppress(OSError):  # not a pipe, or over fs.pipe-max-size or the user's quota
         if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # over fs.pipe-max-size or the user's quota: the default size still works
 
 
-def _splice(sock: socket.socket, fd: int, n: int) -> int:
-    """Move up to n bytes from the socket into the pipe fd; the bytes never enter user space."""
+def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> int | None:
+    """Up to n bytes of a frame from the socket to its sink: spliced into a pipe, never entering user
+    space (None when the kernel cannot splice between these fds), or through our buffer."""
     while True:
         try:
-            k = _SPLICE(sock.fileno(), fd, n)
+            k = _SPLICE(sock.fileno(), sink, n) if splice else sock.recv_into(view[:n])
         except BlockingIOError:
-            select.select([], [fd], [])  # someone handed us a non-blocking pipe
+            select.select([], [sink], [])  # someone handed us a non-blocking pipe
             continue
-        except BrokenPipeError:
-            raise  # our reader went away, as with os.write
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise _NoSplice() from e
+            if splice and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF):
+                return None  # (EBADF: a sink that is no fd at all; copying says so)
+            if isinstance(e, BrokenPipeError):
+                raise  # our reader went away, as with os.write
             raise _Dropped(str(e)) from e
         if not k:
             raise _Dropped("connection closed before the exit status")
+        if not splice:
+            if callable(sink):
+                sink(bytes(view[:k]))
+            else:
+                write_all(sink, view[:k])
         return k
 
 
@@ -186,77 +148,52 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
            stdin_fd: int | bytes | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
            err_offset: int = 0) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
-
-    A sink may also be a callable taking each piece of bytes as it arrives, and stdin_fd may be bytes:
-    the job's whole input (the Python API uses both).
-
-    Raises StreamBroken if the connection drops first, and BrokenPipeError if our stdout/stderr
-    reader went away (e.g. `grun yes | head -1`); the caller decides how to exit quietly.
-    """
-    offsets = {OUT: out_offset, ERR: err_offset}
-    sinks = {OUT: stdout_fd, ERR: stderr_fd}
-    try:
-        # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
-        sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
-                                        timeout=connect_timeout)
-    except OSError as e:
-        raise StreamBroken(f"cannot connect to {host}:{port}: {e}", out_offset, err_offset) from e
-    stdin_pump = None
+    A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
+    input (the Python API uses both). Raises StreamBroken if the connection drops first, and
+    BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`)."""
+    offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
+    sock, send_lock = None, threading.Lock()
     try:
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            keepalive(sock)
-            sock.sendall(token.encode("ascii"))
+            # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
+            sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
+                                            timeout=connect_timeout)
+            tune(sock)
+            sock.sendall(token.encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:
-            raise _Dropped(str(e)) from e
+            raise _Dropped(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
-            stdin_pump = _StdinPump(sock, stdin_fd)
-            stdin_pump.start()
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        # Pipes get the bytes by splice: no copy into Python and out again (half the client's CPU).
-        pipes = {kind for kind, sink in sinks.items() if _is_pipe(sink)}
-        grown: set[int] = set()
+            threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
+                             daemon=True).start()
+        view = memoryview(bytearray(1 << 20))
+        # Pipes get the bytes by splice (os.splice: Linux, Python >= 3.10): no copy into Python and out
+        # again (half the client's CPU). Other fds refuse it at the first frame, and get copies.
+        pipes = {kind for kind, sink in sinks.items() if _SPLICE and not callable(sink)}
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))
-            if n > MAX_FRAME:
-                raise _Dropped(f"absurd frame length {n}")
+            if n > MAX_FRAME or (kind not in sinks and kind != EXIT):
+                raise _Dropped(f"garbage frame (type {kind!r}, length {n})")
             if kind == EXIT:
-                payload = _recv(sock, n)
-                if stdin_pump is not None:
-                    stdin_pump.stop()
                 try:
-                    return json.loads(payload)
+                    return json.loads(_recv(sock, n))
                 except ValueError as e:
                     raise _Dropped(f"bad exit payload: {e}") from e
-            sink = sinks.get(kind)
-            if sink is None:
-                raise _Dropped(f"unknown frame type {kind!r}")
-            if kind in pipes:
-                if n >= BATCH and sink not in grown:
-                    grown.add(sink)
-                    _grow_pipe(sink)
-                try:
-                    while n:
-                        k = _splice(sock, sink, n)
-                        offsets[kind] += k
-                        n -= k
+            sink = sinks[kind]
+            if kind in pipes and n >= BATCH:
+                _grow_pipe(sink)
+            while n:  # straight from the socket to the sink: no frame buffering
+                k = _move(sock, sink, n, view, kind in pipes)
+                if k is None:
+                    pipes.discard(kind)  # and copy through user space instead
                     continue
-                except _NoSplice:
-                    pipes.discard(kind)
-            # Copy straight from the socket to the sink in buffer-sized pieces: no frame buffering.
-            while n:
-                k = _recv(sock, view[:min(n, len(buf))])
-                if callable(sink):
-                    sink(bytes(view[:k]))
-                else:
-                    write_all(sink, view[:k])
                 offsets[kind] += k
                 n -= k
     except _Dropped as e:
         raise StreamBroken(str(e), offsets[OUT], offsets[ERR]) from None
     finally:
-        if stdin_pump is not None:
-            stdin_pump.stop()
-        sock.close()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # breaks a send of _send_input blocked on back-pressure
+            with send_lock:  # none is in flight when the socket is closed
+                sock.close()

@@ -15,7 +15,7 @@ import pytest
 from cluster import LocalCluster
 from util import read_line, wait_for, wait_state
 
-from grun import stream, stream_server
+from grun import stream, stream_server, tail
 from grun.stream import HEADER, StreamBroken, attach
 from grun.stream_server import StreamServer
 
@@ -425,8 +425,8 @@ def test_stream_broken_into_a_pipe_carries_offsets(job_dir):
 def test_bulk_stream_drops_sent_pages_and_reattach_still_reads_them(server, job_dir, tmp_path, monkeypatch):
     # Past DROP_AFTER the pump lets the kernel write back and drop what was sent; the spool file must
     # stay whole, so that a client re-attaching from 0 gets every byte (invariant 3).
-    monkeypatch.setattr(stream_server, "DROP_AFTER", 1 << 20)
-    monkeypatch.setattr(stream_server, "DROP_BEHIND", 4 << 20)
+    monkeypatch.setattr(tail, "DROP_AFTER", 1 << 20)
+    monkeypatch.setattr(tail, "DROP_BEHIND", 4 << 20)
     data = os.urandom(64 << 20)  # far more than the socket buffers: pages in flight are not dropped
     with open(job_dir / "stdout", "wb") as f:
         f.write(data)

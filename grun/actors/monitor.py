@@ -30,10 +30,7 @@ log = logging.getLogger("grun.node")
 
 SAMPLE_SECS = 1.0
 BUSY_CORE = 0.7  # a core of outside load counts once it is this busy
-
-
-def outside_cores(busy_cores: float) -> float:
-    return float(max(0, math.floor(busy_cores + (1 - BUSY_CORE))))
+USAGE = ("procs", "rss_mb", "cpu", "cputime", "read_bytes", "write_bytes")  # of a job, in each sample
 
 
 def _busy_seconds() -> float:
@@ -54,14 +51,12 @@ class Monitor:
         self.outside_memory = 0
         self.grun_cores = 0.0
 
-    # ---- sampling -------------------------------------------------------------------------------
-
     def sample(self, groups: dict[int, int]) -> dict[int, dict]:
         """One sample. `groups`: job id -> its pgid. Returns job id -> usage, also kept in .usage."""
         now = time.time()
         interval = max(1e-3, now - self.last_sample)
         by_group = {pgid: job_id for job_id, pgid in groups.items()}
-        per_job: dict[int, dict] = {job_id: _empty() for job_id in groups}
+        per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in groups}
         grun_rss, grun_cpu, seen = 0, 0.0, {}
         own = self._own_pids()
         for pid in psutil.pids():
@@ -80,13 +75,8 @@ class Monitor:
             grun_rss += rss
             grun_cpu += delta
             if job_id is not None:
-                u = per_job[job_id]
-                u["procs"] += 1
-                u["rss_mb"] += anon / 2**20
-                u["cpu"] += delta / interval
-                u["cputime"] += cpu_total
-                u["read_bytes"] += io[0]
-                u["write_bytes"] += io[1]
+                for field, value in zip(USAGE, (1, anon / 2**20, delta / interval, cpu_total, *io)):
+                    per_job[job_id][field] += value
         self._credit_vanished(seen)
         self.prev_cpu = seen
         self.last_sample = now
@@ -138,13 +128,10 @@ class Monitor:
             del self.credit[pid]  # the parent is gone (or not ours): nobody will be credited
 
     def _own_pids(self) -> set[int]:
-        me = psutil.Process(os.getpid())
         try:
-            return {os.getpid(), *(c.pid for c in me.children(recursive=True))}
+            return {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
         except psutil.Error:
             return {os.getpid()}
-
-    # ---- the heartbeat's figures ----------------------------------------------------------------
 
     def outside(self) -> tuple[float, int]:
         """(cores, MB) used by programs that are not grun's, over the window since the last call."""
@@ -157,12 +144,8 @@ class Monitor:
         cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
         self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
         self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
-        self._last_outside = (outside_cores(cores), int(self.outside_memory))
+        self._last_outside = (float(max(0, math.floor(cores + (1 - BUSY_CORE)))), int(self.outside_memory))
         return self._last_outside
-
-
-def _empty() -> dict:
-    return {"procs": 0, "rss_mb": 0.0, "cpu": 0.0, "cputime": 0.0, "read_bytes": 0, "write_bytes": 0}
 
 
 def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_mb: int, factor: float) -> None:

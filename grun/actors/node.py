@@ -1,16 +1,15 @@
-"""The node actor (`grun.node.<hostname>`): one exec host's side of the cluster.
-
-It holds the conversation with the master: registration (with the jobs it holds, for the master to
-reconcile), heartbeats (its load, measured by grun.actors.monitor), and completion reports, repeated
-until the master acknowledges them; it takes the master's orders (start, kill, kill stale copies,
-suspend, resume) and a reloaded config. The jobs themselves, from start to end, are kept by its mixin
-grun.actors.node_jobs; their directories are grun.spool's; their output flows to clients through
-grun.stream. Jobs are objects `grun.job.<id>` of this node's Pyro5 daemon (the client derives the URI
-from the node's), not name-server entries: that cost a registration and a removal per job.
+"""The node actor (`grun.node.<hostname>`): one exec host's side of the cluster, and its conversation
+with the master: registration (with the jobs it holds, for the master to reconcile), heartbeats (its
+load, measured by grun.actors.monitor), and completion reports, repeated until the master acknowledges
+them; the master's orders (start, kill, kill stale copies, suspend, resume); a reloaded config. The jobs
+themselves are kept by its mixin grun.actors.node_jobs. Jobs are objects `grun.job.<id>` of this node's
+Pyro5 daemon (the client derives the URI from the node's), not name-server entries: that cost a
+registration and a removal per job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import Pyro5.api
 
 from .. import limits, registry
 from ..background import Loop
+from ..config import KEYS
 from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
@@ -33,25 +33,20 @@ log = logging.getLogger("grun.node")
 
 REPORT_BATCH = 500
 JANITOR_SECS = 10.0
-# what a reload may change (Node.reconfigure): key -> its type; the keys the master must hear of
-RELOADABLE = {"heartbeat": float, "output_keep": float, "cpus": float, "memory": int, "resources": dict,
-              "labels": dict, "hard_factor": float, "ulimit": dict, "count_outside_load": bool}
-REREGISTER = {"cpus", "memory", "resources", "labels"}
+REREGISTER = {"cpus", "memory", "resources", "labels"}  # the reloaded keys the master places by
 
 
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Node(NodeJobs):
-    def __init__(self, name: str, spool: str, cpus: float, memory: int, *, master_host: str,
-                 master_port: int, bind: str, advertise: str, heartbeat: float = 5.0,
-                 output_keep: float = 86400.0, resources: dict | None = None, labels: dict | None = None,
-                 hard_factor: float = 1.5, ulimit: dict | None = None, count_outside_load: bool = True):
-        self.name, self.cpus, self.memory = name, float(cpus), int(memory)
-        self.resources, self.labels = dict(resources or {}), dict(labels or {})
-        self.hard_factor, self.ulimit = float(hard_factor), dict(ulimit or {})
+    def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
+                 cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
+                 hard_factor: float, ulimit: dict, count_outside_load: bool):
+        """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
+        self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
+        self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
+        self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
         self.monitor = Monitor(count_outside_load)
-        self.master_host, self.master_port = master_host, master_port
-        self.advertise, self.heartbeat, self.output_keep = advertise, heartbeat, output_keep
         # Launches are numbered within this process's life (its incarnation), so the master can tell
         # a job list made before a start it saw confirmed from one that really lacks the job.
         self.incarnation = secrets.token_hex(8)
@@ -79,17 +74,15 @@ class Node(NodeJobs):
         for loop in self._loops:
             loop.start()
 
-    # ---- master-facing -------------------------------------------------------------------------
-
     def ping(self) -> str:
         return self.name
 
     def start(self, jobs: list) -> dict:
         """Start jobs; idempotent, so the master may offer the same job again. The node lock covers
         only the decision; the files and the hand-over to the reaper are done outside it."""
-        started, rejected, waiting, launch = {}, {}, [], []
+        started, rejected, waiting = {}, {}, []
         for job in jobs:
-            job_id = int(job["id"])
+            job_id, live = int(job["id"]), None
             try:
                 with self.lock:
                     old = self.live.get(job_id)
@@ -106,23 +99,16 @@ class Node(NodeJobs):
                                        dict(job, node=self.name, limits=limits.job_limits(
                                            int(job.get("memory") or 0), self.hard_factor, self.ulimit)))
                         self._register_job(live)
-                        launch.append(live)
+                if live is not None:
+                    self._launch(live)
                 started[str(job_id)] = None
             except Exception as exc:
                 log.exception("job %s: cannot start", job_id)
+                if live is not None:
+                    self._forget(live)
                 rejected[str(job_id)] = f"node {self.name}: {exc}"
-        for live in launch:
-            try:
-                self._launch(live)
-            except Exception as exc:
-                log.exception("job %s: cannot start", live.id)
-                self._forget(live)
-                started.pop(str(live.id), None)
-                rejected[str(live.id)] = f"node {self.name}: {exc}"
-        with self.lock:
-            seq = self.launch_seq
         return {"started": started, "rejected": rejected, "waiting": waiting, "incarnation": self.incarnation,
-                "seq": seq}
+                "seq": self.launch_seq}
 
     def kill(self, job_ids: list, sig: int = 15) -> dict:
         lives = {str(i): self.live.get(int(i)) for i in job_ids}
@@ -139,21 +125,16 @@ class Node(NodeJobs):
                 self._kill(live, signal.SIGTERM)
 
     def reconfigure(self, **changes) -> dict:
-        """A reloaded config: applies the RELOADABLE keys (limits to jobs started from now on; what
-        the master places by, by registering again) and returns {key: new value} for those that
-        changed; other keys are not the node's and are ignored."""
+        """A reloaded config: applies the exec keys a reload applies (grun.config.KEYS; limits to jobs
+        started from now on; what the master places by, by registering again) and returns {key: new
+        value} for those that changed; other keys are not the node's and are ignored."""
         changed = {}
         for key, value in changes.items():
-            kind = RELOADABLE.get(key)
-            if kind is None or (value is None and kind is not dict):
-                continue
-            value = kind(value or {}) if kind is dict else kind(value)
             owner = self.monitor if key == "count_outside_load" else self
-            if getattr(owner, key) != value:
+            if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(owner, key) != value:
                 setattr(owner, key, value)
                 changed[key] = value
-        if REREGISTER & changed.keys():
-            self._reregister = True
+        self._reregister |= bool(REREGISTER & changed.keys())
         self._report_now.wake()
         return changed
 
@@ -168,8 +149,6 @@ class Node(NodeJobs):
         if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
             self.acks.rewrite(self._acked)
         self.stream.expire()
-
-    # ---- the master conversation ---------------------------------------------------------------
 
     def _master_pause(self) -> float:
         return min(1.0, self.heartbeat, self._linger if self._linger is not None else 1.0)
@@ -203,8 +182,7 @@ class Node(NodeJobs):
                 log.exception("talking to the master")
             else:
                 log.debug("master unreachable: %s", exc)
-            if self._master is not None:
-                registry.reset(self._master)
+            registry.reset(self._master)
             self._master, self._registered, self._retry_at = None, False, time.monotonic() + 1.0
 
     def _heard(self, reply: dict) -> None:
@@ -228,10 +206,9 @@ class Node(NodeJobs):
         """The jobs we hold, for the master to reconcile with: running ones, and finished ones it has
         not acknowledged yet; with the launch count they were taken at."""
         with self.lock:  # copies we were told are stale do not count as the job's
-            running = [l.id for l in self.live.values() if l.status is None and not l.superseded]
-            finished = [l.id for l in self.live.values() if l.status is not None and not l.reported
-                        and not l.superseded]
-            return {"running": running, "finished": finished, "incarnation": self.incarnation,
+            mine = [l for l in self.live.values() if not l.superseded]
+            return {"running": [l.id for l in mine if l.status is None], "incarnation": self.incarnation,
+                    "finished": [l.id for l in mine if l.status is not None and not l.reported],
                     "seq": self.launch_seq}
 
     def _register(self) -> dict:
@@ -257,22 +234,18 @@ class Node(NodeJobs):
                     todo.append(live)
         if not todo:
             return False
+        acked = set()
         try:
             acked = set(self._master.finished(self.name, [dict(l.status, id=l.id, attempt=l.job.get("attempt"))
                                                           for l in todo]))
-        except BaseException:
+        finally:  # what was not acknowledged (yet), or not sent (the call failed), goes again next round
+            for live in todo:
+                live.reported = live.id in acked
+            self._ack("r", [l for l in todo if l.reported])
             with self.lock:
-                self._unreported.extendleft(reversed(todo))
-            raise
-        done = [l for l in todo if l.id in acked]
-        for live in done:
-            live.reported = True
-        if done:
-            self._ack("r", done)
-        with self.lock:  # not acknowledged (yet): sent again next round
-            self._unreported.extend(l for l in todo if l.id not in acked)
-            if self._unreported and len(todo) == REPORT_BATCH:
-                self._report_now.wake()
+                self._unreported.extendleft(reversed([l for l in todo if not l.reported]))
+                if self._unreported and len(todo) == REPORT_BATCH:
+                    self._report_now.wake()
         return True
 
     def _load(self) -> dict:
@@ -286,20 +259,14 @@ class Node(NodeJobs):
         self._stop.set()
         for loop in self._loops:
             loop.stop()
-        try:
+        with contextlib.suppress(Exception):
             self.daemon.shutdown()
-        except Exception:
-            pass
         self.stream.close()
-        try:
+        with contextlib.suppress(OSError):
             self.notify_sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake the blocked recv
-        except OSError:
-            pass
         self.notify_sock.close()
-        if self.reaper is not None:
-            try:
+        if self.reaper is not None:  # at the end of its input, the reaper waits for its jobs and exits
+            with contextlib.suppress(OSError):
                 self.reaper.stdin.close()
-            except OSError:
-                pass
         for loop in self._loops:
             loop.join(timeout=3)

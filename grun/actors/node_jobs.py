@@ -1,6 +1,6 @@
 """The jobs of one node, from their start to the moment the node forgets them: a mixin of the node actor
-(grun.actors.node.Node, which holds the conversation with the master and provides `advertise`,
-`daemon`, `stream`, `monitor`, `hard_factor`, `_stop` and `_report_now`).
+(grun.actors.node.Node, which provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `_stop`
+and `_report_now`).
 
 Each job is a LiveJob. It is handed to the node's reaper (grun.spawner), one long-lived process that
 starts it and waits for it; its end comes back as a ping on the node's unix socket, with the status
@@ -15,6 +15,7 @@ the jobs every second and kills one over its memory limit.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -82,20 +83,16 @@ class NodeJobs:
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.bind(self.notify_addr)
 
-    # ---- what clients (through the job's supervisor) and the master ask of a job ----------------
-
     def job_status(self, live: LiveJob) -> dict | None:
         if live.status is None:
-            status = spool.read_status(live.dir)
+            status = spool.read(live.dir, spool.STATUS)
             if status is not None:
                 self._finished(live, status)
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
-        stdin_fd = None
-        if want_stdin:
-            with self.lock:
-                stdin_fd, live.stdin_w = live.stdin_w, None  # one client feeds stdin, once: it is the stream's now
+        with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
+            stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
                                   stdin_fd=stdin_fd, get_status=lambda: self.job_status(live))
         return {"host": self.advertise, "port": self.stream.address[1], "token": token}
@@ -106,15 +103,15 @@ class NodeJobs:
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
 
     def _sample(self) -> None:
-        """Every SAMPLE_SECS: a dead reaper's jobs are waited for by the node within a second, the
-        running jobs are measured, and one whose processes hold more memory than its limit is killed."""
+        """Every SAMPLE_SECS: the jobs of a reaper that died are taken over, the running jobs measured,
+        and one whose processes hold more memory than its limit killed."""
         self._watch_reaper()
         running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
         for job_id, (pgid, live) in running.items():
             limits = live.job.get("limits") or {}
             over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
-            if over and live.status is None and not spool.read_limit(live.dir):
+            if over and live.status is None and not spool.read(live.dir, spool.LIMIT):
                 kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
 
     def suspend(self, job_ids: list) -> dict:
@@ -126,17 +123,14 @@ class NodeJobs:
         return self._signal_groups(job_ids, signal.SIGCONT)
 
     def _signal_groups(self, job_ids: list, sig: int) -> dict:
-        out = {}
-        for job_id in map(int, job_ids):
-            live = self.live.get(job_id)
-            pid = self._job_pid(live) if live is not None and self.job_status(live) is None else None
-            try:
-                out[str(job_id)] = bool(pid) and os.killpg(pid, sig) is None
-            except ProcessLookupError:
-                out[str(job_id)] = False
+        out = dict.fromkeys(map(str, job_ids), False)
+        for job_id in out:
+            live = self.live.get(int(job_id))
+            if live is not None and self.job_status(live) is None and (pid := self._job_pid(live)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, sig)
+                    out[job_id] = True
         return out
-
-    # ---- the jobs' lives ------------------------------------------------------------------------
 
     def _register_job(self, live: LiveJob) -> None:
         self.live[live.id] = live
@@ -147,8 +141,7 @@ class NodeJobs:
         try:
             fifo = spool.create(live.dir, live.job, data)
         except FileExistsError:
-            self._adopt_one(live.dir, live)  # we restarted since we started it
-            return
+            return self._adopt_one(live.dir, live)  # we restarted since we started it
         if fifo:
             live.stdin_r, live.stdin_w = fifo
         self._spawn(live, data)
@@ -163,13 +156,12 @@ class NodeJobs:
             live.kills.add(sig)
         if self.job_status(live) is not None:
             return True
-        pid = self._job_pid(live)
-        if pid is None:
+        if self._job_pid(live) is None:
+            # not started yet: its reaper sends the signal right after it records the pid; look again,
+            # in case it just did
             spool.request_kill(live.dir, sig)
-            # the reaper reads killreq right after it records the pid: look again, in case it just did
-            pid = self._job_pid(live)
-            if pid is None:
-                return True
+        if (pid := self._job_pid(live)) is None:
+            return True
         spawner.killpg(pid, sig)
         if sig == signal.SIGCONT:
             return True
@@ -202,27 +194,26 @@ class NodeJobs:
         self.stream.wake(str(live.id))
         self._report_now.wake()
 
-    def _close_stdin(self, live: LiveJob) -> None:
-        for attr in ("stdin_r", "stdin_w"):
-            fd = getattr(live, attr)
+    def _close_stdin(self, live: LiveJob) -> None:  # under the lock
+        for fd in (live.stdin_r, live.stdin_w):
             if fd is not None:
-                setattr(live, attr, None)
                 os.close(fd)
+        live.stdin_r = live.stdin_w = None
 
     def _forget(self, live: LiveJob) -> None:
         with self.lock:
             current = self.live.get(live.id) is live
             if current:
-                self.live.pop(live.id, None)
+                del self.live[live.id]
             self._close_stdin(live)
         if current:  # (a newer run of the same job keeps its name and its spool)
-            try:
+            with contextlib.suppress(Exception):
                 self.daemon.unregister(registry.job_name(live.id))
-            except Exception:
-                pass
             spool.remove(live.dir)
 
     def _ack(self, kind: str, lives: list) -> None:
+        if not lives:
+            return
         try:
             self.acks.add(kind, [(live.id, live.attempt) for live in lives])
         except OSError:
@@ -256,24 +247,19 @@ class NodeJobs:
                         live.stdin_r = None
             elif what == "finished":
                 try:
-                    status = json.loads(rest) if rest else None
+                    self._finished(live, json.loads(rest))
                 except ValueError:
-                    status = None
-                if isinstance(status, dict):
-                    self._finished(live, status)
-                else:
-                    self.job_status(live)
+                    self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
         """The fallback for lost pings: status files, and reapers that died without writing one."""
         self._watch_reaper()
         for live in list(self.live.values()):
-            if live.status is not None or live.pid in self._orphans or self.job_status(live) is not None:
-                continue
-            if self._reaper_gone(live) and self.job_status(live) is None:  # it may have ended in between
-                self._supervisor_vanished(live, "job supervisor vanished")
+            if live.status is None and live.pid not in self._orphans and self.job_status(live) is None:
+                self._end_if_reaperless(live, "job supervisor vanished")
 
-    # ---- the reaper ----------------------------------------------------------------------------
+    def _end_failed(self, live: LiveJob, why: str, **more) -> None:
+        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
 
     def _spawn(self, live: LiveJob, job_json: str | None = None) -> None:
         line = f"{live.dir}\t{self.notify_addr}\t{job_json or ''}\n".encode()
@@ -311,8 +297,7 @@ class NodeJobs:
                     if not claimed:
                         resend.append(live)
                     elif pid is None:  # it may have started the job: running it again could run it twice
-                        self._finished(live, {"exit_code": 255, "signal": None, "end_time": time.time(),
-                                              "error": "job supervisor vanished while starting the job"})
+                        self._end_failed(live, "job supervisor vanished while starting the job")
                     else:
                         live.pid = pid
                         self._orphans[pid] = live
@@ -335,9 +320,8 @@ class NodeJobs:
             if got is None:  # not our child: it ended with its reaper, or was reaped before
                 self._supervisor_vanished(live, "job supervisor vanished")
                 continue
-            status = {"start_time": spool.started_at(live.dir) or time.time(),
-                      "limits": dict(live.job.get("limits") or {})}
-            spawner.exit_status(live.dir, live.job, status, wstatus, rusage, None)
+            status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
+                                         "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
             try:
                 spool.write_statuses([(live.dir, json.dumps(status))])
             except OSError:
@@ -353,14 +337,16 @@ class NodeJobs:
             except ChildProcessError:
                 return
 
-    def _reaper_gone(self, live: LiveJob) -> bool:
-        """Whether the job was started by a reaper that has died, one that was not ours (ours are
-        settled by _watch_reaper, which can still wait for their jobs)."""
+    def _end_if_reaperless(self, live: LiveJob, why: str) -> None:
+        """For a job started by a reaper that has died, one that was not ours (ours are settled by
+        _watch_reaper, which can still wait for their jobs): _supervisor_vanished."""
         claimed, _pid, reaper = spool.read_pid(live.dir)
         if not claimed or reaper is None:
-            return False  # not started yet, or being started
+            return  # not started yet, or being started
         owner = reaper.split(".", 1)[0]
-        return not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper)
+        if not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper) and (
+                self.job_status(live) is None):  # it may have ended in between
+            self._supervisor_vanished(live, why)
 
     def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
         """The reaper died without writing the job's status. If the host rebooted since the job
@@ -368,16 +354,14 @@ class NodeJobs:
         job may still run: end it, and report a failure (running it again could run it twice)."""
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
-            self._finished(live, {"exit_code": 255, "signal": None, "lost": True, "end_time": time.time(),
-                                  "error": f"{why}: the host rebooted"})
-            return
+            return self._end_failed(live, f"{why}: the host rebooted", lost=True)
         pid = spool.read_pid(live.dir)[1]
         try:  # its group, if the pid still names the job's (not a process started after it)
             if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                 spawner.killpg(pid, signal.SIGKILL)
         except (psutil.Error, OSError):
             pass
-        self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time()})
+        self._end_failed(live, why)
 
     def _adopt(self) -> None:
         """At start: the jobs in the spool, as they were left."""
@@ -392,7 +376,7 @@ class NodeJobs:
             log.info("re-adopted %d jobs from the spool", len(self.live))
 
     def _adopt_one(self, job_dir: str, live: LiveJob | None = None, acks: dict | None = None) -> None:
-        job = spool.read_job(job_dir)
+        job = spool.read(job_dir, spool.JOB)
         if job is None:
             spool.remove(job_dir)
             if live is not None:
@@ -407,12 +391,10 @@ class NodeJobs:
         live.reported, live.fetched = "r" in kinds, "f" in kinds
         if self.job_status(live) is not None:
             return
-        claimed, live.pid, _lock = spool.read_pid(job_dir)
-        if not claimed:
+        if spool.read_pid(job_dir)[0]:
+            self._end_if_reaperless(live, "job supervisor vanished while the node was down")
+        elif not live.reported:
             # written but never started, or an earlier reaper still has it in its pipe: the claim of
             # `pid` makes a second start a no-op
-            if not live.reported:
-                self._spawn(live)
-        elif self._reaper_gone(live) and self.job_status(live) is None:
-            self._supervisor_vanished(live, "job supervisor vanished while the node was down")
+            self._spawn(live)
 

@@ -1,10 +1,8 @@
-"""The job supervisor actor (`grun.job.<id>`): one per job, an object of its node's Pyro5 daemon (not
-in the name server: a job's URI is its node's URI with this object id, see client._job_uri).
-
-The process that starts and waits for the job is the node's reaper (`grun.spawner`); this actor is
-the job's remote face. Clients ask it for the job's status, attach to its output (it hands out a
-one-time token for the node's side-channel stream server), and say when they have fetched
-the output so the node may drop the spool.
+"""The job supervisor actor (`grun.job.<id>`): a job's remote face, one per job, an object of its node's
+Pyro5 daemon (not in the name server: a job's URI is its node's URI with this object id). The process
+that starts and waits for the job is the node's reaper (grun.spawner). Clients ask the supervisor for
+the job's status, for a one-time token to stream its output (the node's grun.stream_server), and say
+when they have fetched the output, so the node may drop the spool.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ import Pyro5.api
 @Pyro5.api.expose
 class JobSupervisor:
     def __init__(self, node, job_id: int):
-        self._node = node
-        self._id = job_id
+        self._node, self._id = node, job_id
 
     @property
     def _live(self):
@@ -37,7 +34,7 @@ class JobSupervisor:
         for stream in ("stdout", "stderr"):
             try:
                 sizes[stream] = os.path.getsize(os.path.join(live.dir, stream))
-            except OSError:
+            except OSError:  # not started yet, or just forgotten
                 sizes[stream] = 0
         return {"id": self._id, "node": self._node.name, "status": self._node.job_status(live), **sizes}
 
