@@ -1,16 +1,15 @@
 """Python functions run on the cluster: `grun.remote`, `grun.submit_call` and `grun.map`.
 
-Each call is one job: `python -m grun.remote_worker` on a node, with our interpreter unless `python=`
-names another. The function and its arguments are cloudpickled (so functions defined in `__main__`,
-lambdas and closures work) and sent as the job's stdin through the node's side channel: no file
-anywhere. The function's stdout and stderr reach our sys.stdout and sys.stderr as it runs; its value
-(or exception, with the remote traceback) comes back in one frame at the end of its stdout, marked
-with a nonce only we know (see grun.remote_worker). `grun.remote(pow, 2, 10)` is 1024, computed on a node.
+Each call is one job, `python -m grun.remote_worker` on a node (our interpreter unless `python=` names
+another), fed the cloudpickled function and arguments (so `__main__` functions, lambdas and closures
+work) as its stdin through the node's side channel: no file anywhere. Its output reaches our sys.stdout
+and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import pickle
 import secrets
 import sys
@@ -48,21 +47,14 @@ class CallFuture(Future):
     def cancel(self) -> bool:
         if self.done():
             return False
-        try:
+        with contextlib.suppress(GrunError):
             self.job.kill()
-        except GrunError:
-            pass
         return super().cancel()
 
 
 def _label(func: Callable) -> str:
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     return f"{getattr(func, '__module__', None) or '?'}.{name}"
-
-
-def _spec(func: Callable, python: str | None, resources: dict) -> dict:
-    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us at once
-    return job_spec(cmd, stdin=True, **resources)
 
 
 def _writer(name: str) -> Callable[[bytes], None]:
@@ -73,11 +65,10 @@ def _writer(name: str) -> Callable[[bytes], None]:
         stream = getattr(sys, name)
         if stream is None:
             return
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
-            stream.flush()  # what was printed as text goes first
-            buffer.write(data)
-            buffer.flush()
+        stream.flush()  # what was printed as text goes first
+        if hasattr(stream, "buffer"):
+            stream.buffer.write(data)
+            stream.buffer.flush()
         else:
             stream.write(decoder.decode(data))
             stream.flush()
@@ -117,10 +108,8 @@ def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonc
         ok, value = _outcome(future.job, label, code, stdout.close())
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label}: {exc}")
-    try:
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
         future.set_result(value) if ok else future.set_exception(value)
-    except InvalidStateError:
-        pass  # cancelled meanwhile
 
 
 def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict]], python: str | None,
@@ -135,7 +124,8 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         payloads = [nonce + b"\n" + cloudpickle.dumps((func, *call)) for nonce, call in zip(nonces, calls)]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    ids = client.submit_many([_spec(func, python, resources)] * len(calls)) if calls else []
+    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
+    ids = client.submit_many([job_spec(cmd, stdin=True, **resources)] * len(calls)) if calls else []
     futures = []
     for job_id, payload, nonce in zip(ids, payloads, nonces):
         future = CallFuture()

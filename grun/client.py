@@ -1,15 +1,15 @@
 """The one client: how the command line, the shell and Python code talk to the master and to jobs.
 
-It finds the master, rides through a master that is briefly away (retries with backoff, bounded),
-maps what a call fails with (grun.wire) to grun's exceptions in one place (`_failure`), builds job
-specs (`job_spec`, the only builder), and follows a job to its end: output streamed from its node,
-then its exit code. For Python code, `Client().submit("make -j4", cpus=4)` returns a `Job` (grun.job).
-A Client may be shared between threads: each thread gets its own connection.
+It finds the master, rides through a master that is briefly away (bounded retries), maps what a call
+fails with (grun.wire) to grun's exceptions (`_failure`), builds job specs (`job_spec`, the only
+builder), and follows a job to its end: output streamed from its node, then its exit code. A Client
+may be shared between threads: each thread gets its own connection.
 """
 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import sys
 import time
@@ -155,9 +155,9 @@ class Client:
         `hosts` is a glob or comma list of nodes the job may run on.
         (A dict is taken as a complete low-level job spec, and its job id is returned.)
         """
-        from .job import Job
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
+        from .job import Job
         return Job(self, self.submit_spec(job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params,
                                                    name=name, cwd=cwd, env=env, hosts=hosts)))
 
@@ -304,15 +304,12 @@ class Client:
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
-                    if release:
-                        try:  # nothing to wait for: the node drops the spool once the master has the end too
+                    if release:  # nothing to wait for: the node drops the spool once the master has the end too
+                        with contextlib.suppress(OSError):
                             sup._pyroOneway("release")
-                        except OSError:
-                            pass
-                try:  # the master has the job's end a few ms after the stream's: wait for it, so that
-                    self.call("wait", [job_id], SETTLE_WAIT, wait=0)  # `grun -q history` right after shows it
-                except GrunError:
-                    pass
+                # the master has the job's end a few ms after the stream's: wait for it, so that
+                with contextlib.suppress(GrunError):  # `grun -q history` right after shows it
+                    self.call("wait", [job_id], SETTLE_WAIT, wait=0)
                 return J.exit_code_of(status)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -350,14 +347,13 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():
         raise GrunError("empty command")
-    if cwd is None:
-        try:
-            cwd = os.getcwd()
-        except OSError:
-            cwd = "/"
+    try:
+        cwd = os.path.abspath(os.getcwd() if cwd is None else cwd)
+    except OSError:  # ours was removed
+        cwd = "/"
     if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
         priority = os.environ["GRUN_PRIORITY"]
-    spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
+    spec: dict = {"cmd": words, "shell": shell, "cwd": cwd,
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
     try:
@@ -381,12 +377,11 @@ def _tell_limit(on_limit, result: dict, job_id: int) -> None:
 def current_user() -> str:
     """The user name as getpass.getuser() finds it (the same variables, then the password database),
     without importing getpass and termios on every `grun` call."""
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        user = os.environ.get(name)
-        if user:
-            return user
-    import pwd
-    return pwd.getpwuid(os.getuid())[0]
+    user = next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None)
+    if user is None:
+        import pwd
+        user = pwd.getpwuid(os.getuid())[0]
+    return user
 
 
 def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:

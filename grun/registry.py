@@ -7,6 +7,7 @@ actors through grun.wire): Pyro5 is imported by the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from .config import format_hostport
@@ -101,7 +102,5 @@ def serve_in_thread(daemon: Pyro5.api.Daemon, name: str) -> threading.Thread:
 
 def reset(p) -> None:
     """Forget a broken connection so the next call reconnects."""
-    try:
+    with contextlib.suppress(Exception):
         p._pyroRelease()
-    except Exception:
-        pass

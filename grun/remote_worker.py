@@ -15,6 +15,7 @@ and may run under another interpreter (`python=`) that only has cloudpickle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -77,10 +78,8 @@ def main() -> int:
             if outcome[0] == "error":
                 payload = _dumps(("error", None, outcome[2], outcome[3]))
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(Exception):
             stream.flush()
-        except Exception:
-            pass
     frame = RESULT_MARK + nonce + b":" + len(payload).to_bytes(LENGTH_BYTES, "big") + payload
     view = memoryview(frame)
     while view:

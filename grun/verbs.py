@@ -1,10 +1,9 @@
 """The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
 
 A verb is `do_NAME(ctx, args) -> exit code`, its docstring its help, declared with `@verb(usage,
-options, words)`: its options from the one table (grun/options.py) and how its other words are read.
-`execute(ctx, words)` runs one and turns every failure a user can cause into one line and an exit
-status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`, `grun CMD` runs
-`run CMD`) alike. On the path of every `grun CMD`: nothing heavy is imported at import time.
+options, words)`. `execute(ctx, words)` runs one and turns every failure a user can cause into one line
+and an exit status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`) alike.
+On the path of every `grun CMD`: nothing heavy is imported at import time.
 """
 
 from __future__ import annotations
@@ -168,10 +167,8 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 
 # ---- running jobs ----------------------------------------------------------------------------------
 
-# option -> (streams, append)
-OUTPUTS = {"out": (("stdout",), False), "err": (("stderr",), False), "out-err": (("stdout", "stderr"), False),
-           "out-append": (("stdout",), True), "err-append": (("stderr",), True),
-           "out-err-append": (("stdout", "stderr"), True)}
+# -o and its kin: option (and option-append) -> the streams it takes
+OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
 
 
 def cli_spec(args: dict, words: list[str]) -> dict:
@@ -179,8 +176,8 @@ def cli_spec(args: dict, words: list[str]) -> dict:
     by grun.client.job_spec."""
     from .client import job_spec
     extra = {}
-    for option, (streams, append) in OUTPUTS.items():
-        for stream in streams if args.get(option) else ():
+    for option, append in ((name + suffix, bool(suffix)) for name in OUTPUTS for suffix in ("", "-append")):
+        for stream in OUTPUTS[option.removesuffix("-append")] if args.get(option) else ():
             if f"{stream}_file" in extra:
                 raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
             extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
@@ -258,17 +255,15 @@ def _run_new(ctx: Context, args: dict) -> int:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
         return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say)
-    except KeyboardInterrupt:
-        return interrupted(ctx, ids, signal.SIGINT)
-    except Terminated:
-        return interrupted(ctx, ids, signal.SIGTERM)
-    except BrokenPipeError:
-        return interrupted(ctx, ids, signal.SIGPIPE, quiet=True)
+    except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
+        return interrupted(ctx, ids, {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(
+            type(exc), signal.SIGPIPE))
 
 
-def interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) -> int:
-    """Kill what we started (on a new connection: the old one may be mid-reply), say so, and return the
-    exit code of a death by `sig`."""
+def interrupted(ctx: Context, ids: list[int], sig: int) -> int:
+    """Kill what we started (on a new connection: the old one may be mid-reply), say so (unless our reader
+    went away: SIGPIPE), and return the exit code of a death by `sig`."""
+    import contextlib
     import signal
 
     from .client import Client, GrunError
@@ -281,12 +276,10 @@ def interrupted(ctx: Context, ids: list[int], sig: int, quiet: bool = False) -> 
             Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
         except GrunError as exc:
             ctx.say(f"could not kill {what}: {exc}")
-    if not quiet:
+    if sig != signal.SIGPIPE:
         ctx.say(f"{what} killed" if ids else "interrupted")
-    try:
+    with contextlib.suppress(BrokenPipeError):
         ctx.out.flush()
-    except BrokenPipeError:
-        pass
     return 128 + sig
 
 
