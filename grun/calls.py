@@ -6,8 +6,6 @@ work) as its stdin through the node's side channel: no file anywhere. Its output
 and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame.
 """
 
-from __future__ import annotations
-
 import codecs
 import contextlib
 import pickle

@@ -3,8 +3,6 @@ dispatcher the shell uses (grun/verbs.py), or a daemon action. Every failure the
 in one line on stderr and a non-zero exit, never a traceback.
 """
 
-from __future__ import annotations
-
 import atexit
 import os
 import sys

@@ -1,8 +1,6 @@
 """`Job`, the handle Python code gets for one job (`Client.submit`, `Client.get`): it holds the id and
 asks the master, or the job's node for its output, when used. Not on the `grun` command's path."""
 
-from __future__ import annotations
-
 import os
 import threading
 from collections.abc import Iterator

@@ -3,8 +3,6 @@
 otherwise loop over `grun --nowait` (a Python process per job). Imported only when one is asked for.
 """
 
-from __future__ import annotations
-
 import os
 import re
 

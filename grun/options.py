@@ -5,8 +5,6 @@ original grun (-c cpus, -m memory, -r priority, -q query, -k kill, -d daemon, -e
 option file, -o output); a letter may mean different things to verbs that never share it (-c: a count for `history`).
 """
 
-from __future__ import annotations
-
 from collections import namedtuple
 
 from .config import parse_cpus, parse_duration, parse_memory

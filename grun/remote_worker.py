@@ -13,8 +13,6 @@ LABEL only names the call in `grun -q jobs`. This module imports nothing of grun
 and may run under another interpreter (`python=`) that only has cloudpickle.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import pickle

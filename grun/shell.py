@@ -8,8 +8,6 @@ running verb, not the shell (a `run` job is killed, as with `grun CMD`; `attach`
 the status of the last one. The shell's own verbs (help, exit, watch) are declared here.
 """
 
-from __future__ import annotations
-
 import os
 import shlex
 import sys

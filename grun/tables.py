@@ -1,8 +1,6 @@
 """How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
 `--long` blocks), and a job's command as typed. Pure functions of the master's records."""
 
-from __future__ import annotations
-
 
 def command_text(job: dict) -> str:
     import shlex

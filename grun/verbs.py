@@ -6,8 +6,6 @@ and an exit status, for the shell's lines and the command line's forms (`grun -k
 On the path of every `grun CMD`: nothing heavy is imported at import time.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from collections import namedtuple

@@ -8,8 +8,6 @@ raised, rebuilt as itself (LookupError: no such job, ValueError: a refused reque
 these to grun's own exceptions.
 """
 
-from __future__ import annotations
-
 import socket
 import struct
 import sys
