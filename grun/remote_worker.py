@@ -1,16 +1,15 @@
 """One Python call as a job: `python -m grun.remote_worker [LABEL]` on a node (the job `grun.remote`
 submits), and the result frame both sides read.
 
-Input (the job's stdin, sent by the caller through the node's side channel: no file anywhere): a line
-with a one-time nonce, then cloudpickle bytes of (func, args, kwargs). The function's own stdout and
-stderr go to the job's as usual. When it returns or raises, the worker writes one frame to stdout:
+Input (the job's stdin): a line with a one-time nonce, then cloudpickle bytes of (func, args, kwargs).
+The function's stdout and stderr are the job's. When it returns or raises, one frame goes to stdout:
 
     RESULT_MARK + nonce + b":" + 8-byte big-endian length + pickle of the outcome
 
 The outcome is ("ok", value) or ("error", exception or None, remote traceback text, "Type: message").
 The caller knows the nonce, so no output of the function can be taken for the frame (ResultReader).
-LABEL only names the call in `grun -q jobs`. This module imports nothing of grun's: it must start fast
-and may run under another interpreter (`python=`) that only has cloudpickle.
+LABEL only names the call in `grun -q jobs`. Nothing of grun's is imported: it must start fast, and may
+run under another interpreter (`python=`) that only has cloudpickle.
 """
 
 import contextlib

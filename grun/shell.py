@@ -1,11 +1,9 @@
 """`grun shell`: an interactive console running the verbs of grun/verbs.py through its dispatcher.
 
-On a terminal it is a prompt_toolkit prompt with completion (verbs, options, job ids, node names, the
-commands of past jobs), a history file with suggestions from it, and a prompt that shows when the
-master is unreachable (a monitor loop watches it; the next verb reconnects). Ctrl-C interrupts the
-running verb, not the shell (a `run` job is killed, as with `grun CMD`; `attach` detaches); Ctrl-D or
-`exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the lines of stdin and exits with
-the status of the last one. The shell's own verbs (help, exit, watch) are declared here.
+On a terminal: a prompt_toolkit prompt with completion (verbs, options, job ids, nodes, past commands),
+a history file, and a prompt that shows when the master is unreachable. Ctrl-C interrupts the running
+verb, not the shell; Ctrl-D or `exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the
+lines of stdin and exits with the status of the last one. The shell's own verbs (help, exit, watch) live here.
 """
 
 import os
@@ -26,10 +24,9 @@ class ExitShell(Exception):
 
 
 class ClusterView:
-    """What completion knows, never fetched while typing: the master's reachability and recent lists of
-    jobs, nodes and past commands, refreshed every MONITOR_SECS by a client whose calls give up after a
-    few seconds (the monitor must notice a master that went silent, host down or cable cut, not wait on
-    it for the minutes a long call may take). `on_change(up)` hears when the master goes or comes back."""
+    """What completion knows, never fetched while typing: whether the master answers, and its jobs, nodes
+    and past commands, refreshed every MONITOR_SECS by a client whose calls give up after a few seconds
+    (a master gone silent must be noticed, not waited on). `on_change(up)` hears it go or come back."""
 
     def __init__(self, host: str, port: int, on_change=None):
         import logging

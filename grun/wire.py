@@ -4,8 +4,7 @@ The `grun` command and `grun.Client` call the actors through `WireProxy`, not `P
 Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
 holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
 the peer is not there, with one of the classes below, or with the builtin exception the remote method
-raised, rebuilt as itself (LookupError: no such job, ValueError: a refused request); grun.client maps
-these to grun's own exceptions.
+raised, rebuilt as itself; grun.client maps these to grun's own exceptions.
 """
 
 import socket
@@ -219,8 +218,10 @@ def _exception(data) -> BaseException:
     args = data.get("args") or []
     text = " ".join(str(a) for a in args) or name
     cls = getattr(builtins, name, None) if module == "builtins" else None
-    if cls is AttributeError and _in_method_lookup(data):
-        return NoSuchMethod(text)
+    trace = (data.get("attributes") or {}).get("_pyroTraceback") or []
+    last = next((part for part in reversed(trace) if isinstance(part, str) and part.lstrip().startswith("File ")), "")
+    if cls is AttributeError and "Pyro5" in last and "in _get_attribute\n" in last:
+        return NoSuchMethod(text)  # Pyro5's server._get_attribute: no such method (or not exposed)
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(*args)
@@ -232,11 +233,3 @@ def _exception(data) -> BaseException:
 # Pyro5's own errors, as a Pyro5 proxy would see them (DaemonError: e.g. "unknown object")
 _PYRO5_ERRORS = {"SerializeError": Garbled, "DaemonError": CallRejected, **dict.fromkeys(
     ("CommunicationError", "ConnectionClosedError", "TimeoutError", "ProtocolError"), ConnectionError)}
-
-
-def _in_method_lookup(data: dict) -> bool:
-    """Whether an AttributeError was raised by the daemon looking the method up (Pyro5's
-    server._get_attribute: no such method, or not exposed), not by the method's own code."""
-    trace = (data.get("attributes") or {}).get("_pyroTraceback") or []
-    frames = [part for part in trace if isinstance(part, str) and part.lstrip().startswith("File ")]
-    return bool(frames) and "Pyro5" in frames[-1] and "in _get_attribute\n" in frames[-1]
