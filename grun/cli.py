@@ -30,7 +30,8 @@ USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the clu
        grun -d -R | -d -r                       restart gracefully | reload the config"""
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _say(message: str, code: int = 1) -> int:
+    """'grun: MESSAGE' on stderr (a failure, or with code 0 what was done); returns `code`."""
     print(f"grun: {message}", file=sys.stderr, flush=True)
     return code
 
@@ -105,7 +106,7 @@ def _main(argv: list[str]) -> int:
         TIMES.update(getattr(ctx._client, "times", {}))
         return code
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _say(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # our reader went away (`grun -q history | head -1`): no error, as with `ls`
@@ -115,7 +116,7 @@ def _main(argv: list[str]) -> int:
         from .client import GrunError
         from .daemon import DaemonError
         if isinstance(exc, (ConfigError, GrunError, DaemonError, OSError)):
-            return _fail(str(exc))
+            return _say(str(exc))
         raise
 
 
@@ -127,23 +128,18 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))
     if opts.get("kill"):
-        print(f"grun: {'stopped' if d.stop(cfg) else 'not running'}", file=sys.stderr)
-    elif opts.get("reload"):
+        return _say("stopped" if d.stop(cfg) else "not running", 0)
+    if opts.get("reload"):
         pid = d.ask_reload(cfg)
-        if pid is None:
-            return _fail("not running")
-        print(f"grun: asked the daemon (pid {pid}) to reload {cfg.path or 'its config'}; see {cfg.log_file}",
-              file=sys.stderr)
-    elif opts.get("restart"):
+        return _say(f"asked the daemon (pid {pid}) to reload {cfg.path or 'its config'}; see {cfg.log_file}"
+                    if pid else "not running", 0 if pid else 1)
+    if opts.get("restart"):
         old, pid = d.restart(cfg)
-        print(f"grun: restarted services {services} (pid {old} -> {pid})" if old else
-              f"grun: was not running; started services {services} (pid {pid})", file=sys.stderr)
-    elif opts.get("foreground"):
+        return _say(f"restarted services {services} (pid {old} -> {pid})" if old else
+                    f"was not running; started services {services} (pid {pid})", 0)
+    if opts.get("foreground"):
         return d.serve(cfg, foreground=True)
-    else:
-        print(f"grun: started services {services} (pid {d.start_background(cfg)}, log {cfg.log_file})",
-              file=sys.stderr)
-    return 0
+    return _say(f"started services {services} (pid {d.start_background(cfg)}, log {cfg.log_file})", 0)
 
 
 def _exit_quickly(code: int) -> None:
@@ -184,9 +180,9 @@ def node_main(argv: list[str] | None = None) -> int:
             return 0
         return serve(load_config(find_config_path(opts.get("config"))), services=frozenset({"exec"}), foreground=True)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _say(str(exc), EXIT_USAGE)
     except (ConfigError, DaemonError) as exc:
-        return _fail(str(exc))
+        return _say(str(exc))
 
 
 if __name__ == "__main__":

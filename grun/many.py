@@ -41,11 +41,9 @@ def task_specs(ctx: Context, args: dict) -> list[dict]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
     tasks = _command_lines(ctx, args["cmds"]) if "cmds" in args else [(i, args["cmd"]) for i in task_ids(args["array"])]
     base = cli_spec(args, tasks[0][1])
-    specs = [dict(base, cmd=list(cmd), env=dict(base["env"], GRUN_TASK_ID=str(task))) for task, cmd in tasks]
-    for spec, (task, _) in zip(specs, tasks):
-        spec["shell"] = spec["shell"] or "cmds" in args
-        spec.update({key: spec[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in spec})
-    return specs
+    return [dict(base, cmd=list(cmd), shell=base["shell"] or "cmds" in args, env=dict(base["env"], GRUN_TASK_ID=str(task)),
+                 **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
+            for task, cmd in tasks]
 
 
 def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:

@@ -124,7 +124,7 @@ class Shell:
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            self.status = self.ctx.fail(f"cannot parse the line: {exc}", EXIT_USAGE)
+            self.status = self.ctx.say(f"cannot parse the line: {exc}", EXIT_USAGE)
             return self.status
 
         def keep_shell_syntax(v: verbs.Verb, args: dict) -> None:
@@ -191,7 +191,7 @@ def do_help(ctx: Context, args: dict) -> int:
     if args.get("verb"):
         found = verbs.find(args["verb"])
         if found is None:
-            return ctx.fail(f"no verb {args['verb']!r} (try: help)", EXIT_USAGE)
+            return ctx.say(f"no verb {args['verb']!r} (try: help)", EXIT_USAGE)
         ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
                              ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
         return 0

@@ -39,12 +39,9 @@ class Context:
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
-    def say(self, message: str) -> None:
-        """A message for the user: "grun: MESSAGE" on stderr."""
+    def say(self, message: str, code: int = 1) -> int:
+        """A message for the user, "grun: MESSAGE" on stderr; returns `code` (for a verb that fails)."""
         print(f"grun: {message}", file=self.err, flush=True)
-
-    def fail(self, message: str, code: int = 1) -> int:
-        self.say(message)
         return code
 
 
@@ -97,11 +94,11 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
             adjust(v, args)
         code = v.run(ctx, args)
     except UsageError as exc:
-        return ctx.fail(str(exc), EXIT_USAGE)
+        return ctx.say(str(exc), EXIT_USAGE)
     except (GrunError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             raise  # our reader went away: the shell or the command line ends quietly
-        return ctx.fail(str(exc))
+        return ctx.say(str(exc))
     except KeyboardInterrupt:
         code = 130
         if not ctx.cli:
@@ -344,7 +341,7 @@ def do_kill(ctx: Context, args: dict) -> int:
     if args.get("name"):
         found = ctx.client.lookup(args["name"])
         if found is None:
-            return ctx.fail(f"no job named {args['name']!r}")
+            return ctx.say(f"no job named {args['name']!r}")
         ids = [*ids, found]
     return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))  # 15: SIGTERM
 
