@@ -4,8 +4,7 @@
     import grun; grun.remote(f, x)       # Python functions on the cluster (grun.calls)
 
 The names below are loaded on first use, so `import grun` (which the command line does) stays cheap
-and does not pull in Pyro5 or cloudpickle (nor importlib: `__import__` does the same).
-"""
+and does not pull in Pyro5 or cloudpickle (nor importlib: `__import__` does the same)."""
 
 __version__ = "0.1.0"
 

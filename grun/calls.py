@@ -3,8 +3,7 @@
 Each call is one job, `python -m grun.remote_worker` on a node (our interpreter unless `python=` names
 another), fed the cloudpickled function and arguments (so `__main__` functions, lambdas and closures
 work) as its stdin through the node's side channel: no file anywhere. Its output reaches our sys.stdout
-and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame.
-"""
+and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame."""
 
 import codecs
 import contextlib
@@ -142,14 +141,11 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
                 priority: int | None = None, hosts: str | None = None, env: dict | None = None,
                 cwd: str | None = None, params: dict | None = None, python: str | None = None,
                 client: Client | None = None, **kwargs) -> CallFuture:
-    """Queue `func(*args, **kwargs)` as a job and return a Future for its value.
-
-    The job is on the master's disk when this returns (`future.job.id`). `result()` returns the
-    function's value, or raises what it raised remotely (same type and value, the remote traceback
-    added as a note), or RemoteError for a job that ended without a result. Resources and placement
-    as for `Client.submit`; `python` is the interpreter on the node (ours by default). Every other
-    keyword argument goes to the function.
-    """
+    """Queue `func(*args, **kwargs)` as a job and return a Future for its value. The job is on the
+    master's disk when this returns (`future.job.id`). `result()` returns the function's value, or raises
+    what it raised remotely (same type and value, the remote traceback added as a note), or RemoteError
+    for a job that ended without a result. Resources and placement as for `Client.submit`; `python` is
+    the interpreter on the node (ours by default). Every other keyword argument goes to the function."""
     resources = {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd,
                  "params": params}
     return _submit(client, func, [(args, kwargs)], python, resources)[0]

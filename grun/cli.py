@@ -1,7 +1,6 @@
 """The `grun` and `grun-node` commands: read the command line, then run its form as a verb through the
 dispatcher the shell uses (grun/verbs.py), or a daemon action. Every failure the user can cause ends
-in one line on stderr and a non-zero exit, never a traceback.
-"""
+in one line on stderr and a non-zero exit, never a traceback."""
 
 import atexit
 import os

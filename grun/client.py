@@ -3,8 +3,7 @@
 It finds the master, rides through a master that is briefly away (bounded retries), maps what a call
 fails with (grun.wire) to grun's exceptions (`_failure`), builds job specs (`job_spec`, the only
 builder), and follows a job to its end: output streamed from its node, then its exit code. A Client
-may be shared between threads: each thread gets its own connection.
-"""
+may be shared between threads: each thread gets its own connection."""
 
 from __future__ import annotations
 
@@ -64,13 +63,10 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
 
 
 class Client:
-    """A connection to one grun master.
-
-    `Client()` finds the master like the `grun` command does ($GRUN_CONF, /etc/grun.conf, else the
-    personal cluster on this machine, started if needed), or from `config` (a path or a loaded
-    config); `Client("host:5184")` or `Client("host", 5184)` names it. `connect_wait` bounds how long
-    a call rides through a master that does not answer before raising MasterUnreachable.
-    """
+    """A connection to one grun master: `Client()` finds it like the `grun` command does ($GRUN_CONF,
+    /etc/grun.conf, else the personal cluster on this machine, started if needed), or from `config` (a
+    path or a loaded config); `Client("host:5184")` or `Client("host", 5184)` names it. `connect_wait`
+    bounds how long a call rides through a master that does not answer before raising MasterUnreachable."""
 
     def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
                  config=None):
@@ -112,13 +108,11 @@ class Client:
         return self._local.proxy
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
-        """Call the master, riding through a master that is briefly away.
-
-        A long `wait` (riding through a master restart) applies only once this client has reached
-        the master; a master that never answered costs at most `connect_wait`. `sent_wait`: once a
-        request may have reached the master (the connection broke after it was sent), keep retrying
-        this long; for calls that are safe to repeat (a submission with its token), so that a master
-        that accepted the request and died before answering is waited for, not reported as absent."""
+        """Call the master, riding through a master that is briefly away: up to `wait` s once this client
+        has reached it (a master restart), at most `connect_wait` while it never has. `sent_wait`: once the
+        request may have reached the master (the connection broke after it was sent), keep retrying this
+        long; for calls safe to repeat (a submission with its token), so that a master that took the
+        request and died before answering is waited for, not reported as absent."""
         started, delay = time.monotonic(), 0.05
         deadline = started + min(self.connect_wait if wait is None else wait,
                                  float("inf") if self._answered else self.connect_wait)
@@ -147,14 +141,11 @@ class Client:
     def submit(self, cmd: str | Sequence[str] | dict, *, cpus: float | None = None, memory: int | str | None = None,
                priority: int | None = None, params: dict | None = None, name: str | None = None,
                cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> Job | int:
-        """Queue a command and return its Job (once the master has it on disk).
-
-        `cmd` is a shell command line (a string, run by /bin/sh) or an argv list. `memory` is MB or
-        a string with a unit ("500M", "4G"). `env` adds to the usual session variables (PATH, HOME,
-        ...) the job gets; `cwd` defaults to ours; `params` are custom resources (e.g. {"gpu": 1});
-        `hosts` is a glob or comma list of nodes the job may run on.
-        (A dict is taken as a complete low-level job spec, and its job id is returned.)
-        """
+        """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command
+        line (a string, run by /bin/sh) or an argv list. `memory` is MB or a string with a unit ("500M",
+        "4G"). `env` adds to the usual session variables (PATH, HOME, ...) the job gets; `cwd` defaults to
+        ours; `params` are custom resources (e.g. {"gpu": 1}); `hosts` is a glob or comma list of nodes the
+        job may run on. (A dict is taken as a complete low-level job spec, and its job id is returned.)"""
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
         from .job import Job

@@ -1,7 +1,6 @@
 """Many jobs from one `grun`: `--array IDS` (one job per task id, each with $GRUN_TASK_ID) and
 `--cmds FILE` (one job per line, run by /bin/sh), submitted in batches, for scripts that would
-otherwise loop over `grun --nowait` (a Python process per job). Imported only when one is asked for.
-"""
+otherwise loop over `grun --nowait` (a Python process per job). Imported only when one is asked for."""
 
 import os
 import re
@@ -41,7 +40,8 @@ def task_specs(ctx: Context, args: dict) -> list[dict]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
     tasks = _command_lines(ctx, args["cmds"]) if "cmds" in args else [(i, args["cmd"]) for i in task_ids(args["array"])]
     base = cli_spec(args, tasks[0][1])
-    return [dict(base, cmd=list(cmd), shell=base["shell"] or "cmds" in args, env=dict(base["env"], GRUN_TASK_ID=str(task)),
+    return [dict(base, cmd=list(cmd), shell=base["shell"] or "cmds" in args,
+                 env=dict(base["env"], GRUN_TASK_ID=str(task)),
                  **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
             for task, cmd in tasks]
 

@@ -2,8 +2,7 @@
 
 Options come before the command (`grun -c 4 mycmd -c x`: the second -c is mycmd's). Letters follow the
 original grun (-c cpus, -m memory, -r priority, -q query, -k kill, -d daemon, -e edit, -j name, -f
-option file, -o output); a letter may mean different things to verbs that never share it (-c: a count for `history`).
-"""
+option file, -o output); a letter may mean different things to verbs that never share it (-c: a count for `history`)."""
 
 from collections import namedtuple
 

@@ -2,8 +2,7 @@
 how actors are named and found, and proxies that always carry a timeout. Every grun daemon calls
 `configure()` before touching Pyro5. The name server never answers or sends UDP broadcasts: it is always
 addressed by explicit host and port. Clients import this module only for the names (they call the
-actors through grun.wire): Pyro5 is imported by the functions that need it.
-"""
+actors through grun.wire): Pyro5 is imported by the functions that need it."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ The function's stdout and stderr are the job's. When it returns or raises, one f
 The outcome is ("ok", value) or ("error", exception or None, remote traceback text, "Type: message").
 The caller knows the nonce, so no output of the function can be taken for the frame (ResultReader).
 LABEL only names the call in `grun -q jobs`. Nothing of grun's is imported: it must start fast, and may
-run under another interpreter (`python=`) that only has cloudpickle.
-"""
+run under another interpreter (`python=`) that only has cloudpickle."""
 
 import contextlib
 import os

@@ -3,8 +3,7 @@
 On a terminal: a prompt_toolkit prompt with completion (verbs, options, job ids, nodes, past commands),
 a history file, and a prompt that shows when the master is unreachable. Ctrl-C interrupts the running
 verb, not the shell; Ctrl-D or `exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the
-lines of stdin and exits with the status of the last one. The shell's own verbs (help, exit, watch) live here.
-"""
+lines of stdin and exits with the status of the last one. The shell's own verbs (help, exit, watch) live here."""
 
 import os
 import shlex
@@ -156,11 +155,11 @@ class Shell:
         except OSError as exc:
             self.ctx.say(f"no history file ({exc})")
             history = InMemoryHistory()
-        session = PromptSession(message=self._prompt, history=history, completer=_completer(self.view),
-                                auto_suggest=AutoSuggestFromHistory(), complete_while_typing=False,
-                                refresh_interval=0.5)
-        print(f"grun shell: master {self.ctx.client.address}; 'help' lists the verbs, Ctrl-D leaves",
-              file=self.ctx.err)
+        address, view = self.ctx.client.address, self.view
+        session = PromptSession(message=lambda: f"grun [{address} unreachable]> " if view.up is False else "grun> ",
+                                history=history, completer=_completer(view), auto_suggest=AutoSuggestFromHistory(),
+                                complete_while_typing=False, refresh_interval=0.5)
+        print(f"grun shell: master {address}; 'help' lists the verbs, Ctrl-D leaves", file=self.ctx.err)
         while True:
             try:
                 with patch_stdout(raw=True):  # the monitor's notices print above the prompt
@@ -172,9 +171,6 @@ class Shell:
                 return self.status
             except ExitShell as exc:
                 return exc.args[0]
-
-    def _prompt(self) -> str:
-        return f"grun [{self.ctx.client.address} unreachable]> " if self.view.up is False else "grun> "
 
 
 # ---- the shell's own verbs -----------------------------------------------------------------------

@@ -3,8 +3,7 @@
 A verb is `do_NAME(ctx, args) -> exit code`, its docstring its help, declared with `@verb(usage,
 options, words)`. `execute(ctx, words)` runs one and turns every failure a user can cause into one line
 and an exit status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`) alike.
-On the path of every `grun CMD`: nothing heavy is imported at import time.
-"""
+On the path of every `grun CMD`: nothing heavy is imported at import time."""
 
 import os
 import sys

@@ -4,8 +4,7 @@ The `grun` command and `grun.Client` call the actors through `WireProxy`, not `P
 Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
 holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
 the peer is not there, with one of the classes below, or with the builtin exception the remote method
-raised, rebuilt as itself; grun.client maps these to grun's own exceptions.
-"""
+raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
 import socket
 import struct
