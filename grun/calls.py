@@ -152,8 +152,7 @@ def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | 
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
-    """Run `func(*args, **kwargs)` on a node and return its value (keywords as for submit_call).
-    Interrupted (Ctrl-C), it kills the job."""
+    """`func(*args, **kwargs)` run on a node: its value (keywords as for submit_call); Ctrl-C kills the job."""
     future = submit_call(func, *args, **kwargs)
     try:
         return future.result()

@@ -61,17 +61,14 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
             raise UsageError("-e needs hold ID..., resume ID... or KEY=VALUE[,KEY=VALUE] ID...")
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
-        if words:
-            raise UsageError(f"unexpected arguments after --attach: {' '.join(words)}")
-        return ["attach", str(opts.pop("attach"))], "--attach"
+        return ["attach", str(opts.pop("attach")), *words], "--attach"
     if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].isdigit()):
         return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
     return ["run", "--", *words], "grun"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `grun` command. Called as the program (argv None), it ends the process itself when it can:
-    see _exit_quickly."""
+    """The `grun` command; as the program (argv None) it ends the process itself when it can (_exit_quickly)."""
     code = _main(sys.argv[1:] if argv is None else argv)
     if os.environ.get("GRUN_TIMES"):
         print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
@@ -120,8 +117,7 @@ def _main(argv: list[str]) -> int:
 
 
 def daemon(opts: dict, words: list[str], cfg) -> int:
-    """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts and -r
-    reloads them."""
+    """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts, -r reloads."""
     from . import daemon as d
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")

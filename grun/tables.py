@@ -37,8 +37,7 @@ def fmt_time(t) -> str:
 
 
 def jobs_table(jobs: list[dict]) -> str:
-    """Queued and running jobs; USING is what a running job's processes use now, as its node last
-    sampled them (cpus busy, resident MB)."""
+    """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB)."""
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
     rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
              j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]

@@ -166,8 +166,7 @@ OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr
 
 
 def cli_spec(args: dict, words: list[str]) -> dict:
-    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh), built
-    by grun.client.job_spec."""
+    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh)."""
     from .client import job_spec
     extra = {}
     for option, append in ((name + suffix, bool(suffix)) for name in OUTPUTS for suffix in ("", "-append")):
@@ -227,8 +226,7 @@ def _raise_terminated(*_):
 
 
 def _run_new(ctx: Context, args: dict) -> int:
-    """Submit the job and follow it: its output streamed (--noio: only its end); Ctrl-C, SIGTERM or a
-    reader that went away kill it."""
+    """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     import signal
     spec, ids, verbose = cli_spec(args, args["cmd"]), [], args.get("verbose")
 

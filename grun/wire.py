@@ -191,8 +191,7 @@ def _plain(obj):
 
 
 def _ext(code: int, data: bytes):
-    """Pyro5's msgpack extension for an int too big for msgpack; its others (complex, datetime) are
-    not in anything grun's actors send."""
+    """Pyro5's msgpack extension for an int too big for msgpack (its others are in nothing grun's actors send)."""
     if code == 0x31:
         return int(data)
     raise Garbled(f"msgpack extension type {code}, which grun's actors never send")
