@@ -377,9 +377,8 @@ def current_user() -> str:
 
 def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:
     """The environment a job gets: PATH and the usual session variables, plus those asked for by -E."""
-    keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-            "VIRTUAL_ENV", "PYTHONPATH",
-            "GRUN_CONF", "GRUN_MASTER"}  # a grun inside the job reaches the same master (nested grun)
+    keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
+            "PYTHONPATH", "GRUN_CONF", "GRUN_MASTER"}  # GRUN_*: a grun inside the job reaches the same master
     names = {n.strip() for item in extra or [] for n in item.split(",") if n.strip()}
     if "*" in names:
         return dict(environ)

@@ -77,10 +77,9 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
     failed: list[GrunError] = []
 
     def follow() -> None:
-        sinks = {"stdout": lambda data: None, "stderr": lambda data: None, which: write_end}
+        fds = {"stdout_fd": lambda data: None, "stderr_fd": lambda data: None, f"{which}_fd": write_end}
         try:
-            client.follow(job_id, stdout_fd=sinks["stdout"], stderr_fd=sinks["stderr"], release=False,
-                          require_output=True)
+            client.follow(job_id, **fds, release=False, require_output=True)
         except BrokenPipeError:
             pass
         except Exception as exc:  # handed to the reading thread

@@ -249,13 +249,10 @@ def main(ctx: Context, words: list[str]) -> int:
     client = ctx.client
     if not (sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()):
         return Shell(ctx).run_script(sys.stdin)
-
-    def notice(up: bool) -> None:
-        ctx.say(f"the master at {client.address} is back" if up else
-                f"lost the master at {client.address}; waiting for it to return")
-
     from .config import user_state_dir
-    view = ClusterView(client.host, client.port, on_change=notice)
+    view = ClusterView(client.host, client.port, on_change=lambda up: ctx.say(
+        f"the master at {client.address} is back" if up else
+        f"lost the master at {client.address}; waiting for it to return"))
     view.loop.start()
     view.loop.wake()  # the first look at once, then every MONITOR_SECS
     try:
