@@ -80,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
-        if opts.get("help"):
-            print(help_text(USAGE, GRUN_OPTIONS))
-            return 0
-        if opts.get("version"):
-            print(f"grun {__version__}")
+        if opts.get("help") or opts.get("version"):
+            print(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
             return 0
         from . import verbs
         from .client import Client

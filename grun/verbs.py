@@ -248,8 +248,8 @@ def _run_new(ctx: Context, args: dict) -> int:
             return ctx.client.exit_code(ids[0], ctx.say)
         return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say)
     except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
-        return interrupted(ctx, ids, {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(
-            type(exc), signal.SIGPIPE))
+        deaths = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}
+        return interrupted(ctx, ids, deaths[type(exc)])
 
 
 def interrupted(ctx: Context, ids: list[int], sig: int) -> int:
