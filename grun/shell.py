@@ -188,14 +188,12 @@ def do_help(ctx: Context, args: dict) -> int:
         found = verbs.find(args["verb"])
         if found is None:
             return ctx.say(f"no verb {args['verb']!r} (try: help)", EXIT_USAGE)
-        ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
-                             ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
-        return 0
+        return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
+                                    ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
     width = max(map(len, verbs.VERBS))
     for v in verbs.VERBS.values():
         ctx.print(f"  {v.name:<{width}}  {v.help}")
-    ctx.print("help VERB shows its arguments; Ctrl-C interrupts a verb, Ctrl-D leaves.")
-    return 0
+    return ctx.print("help VERB shows its arguments; Ctrl-C interrupts a verb, Ctrl-D leaves.")
 
 
 def _exit_code(words: list[str], called: str, opts: dict) -> dict:
@@ -222,8 +220,7 @@ def do_watch(ctx: Context, args: dict) -> int:
     """a live table of nodes and jobs until a key is pressed"""
     fd = sys.stdin.fileno() if sys.stdin is not None else -1
     if fd < 0 or not os.isatty(fd) or not ctx.out.isatty():
-        ctx.print(_screen(ctx.client))  # without a terminal: once
-        return 0
+        return ctx.print(_screen(ctx.client))  # without a terminal: once
     import select
     import termios
     import tty

@@ -35,8 +35,10 @@ class Context:
             self._client = self.connect()
         return self._client
 
-    def print(self, text: str = "") -> None:
+    def print(self, text: str = "") -> int:
+        """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
         print(text, file=self.out, flush=True)
+        return 0
 
     def say(self, message: str, code: int = 1) -> int:
         """A message for the user, "grun: MESSAGE" on stderr; returns `code` (for a verb that fails)."""
@@ -217,8 +219,7 @@ def do_submit(ctx: Context, args: dict) -> int:
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, dict(args, nowait=True))
-    ctx.print(f"Job_ID: {ctx.client.submit_spec(cli_spec(args, args['cmd']))}")
-    return 0
+    return ctx.print(f"Job_ID: {ctx.client.submit_spec(cli_spec(args, args['cmd']))}")
 
 
 def _raise_terminated(*_):
@@ -292,8 +293,7 @@ def do_attach(ctx: Context, args: dict) -> int:
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs"""
     from .tables import jobs_table
-    ctx.print(jobs_table(ctx.client.jobs()))
-    return 0
+    return ctx.print(jobs_table(ctx.client.jobs()))
 
 
 @verb(aliases="nodes s")
@@ -313,9 +313,8 @@ def do_history(ctx: Context, args: dict) -> int:
 
     from .tables import history_long, history_table
     jobs = ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))
-    ctx.print(json.dumps(jobs, indent=1, sort_keys=True) if args.get("json") else
-              history_long(jobs) if args.get("long") else history_table(jobs))
-    return 0
+    return ctx.print(json.dumps(jobs, indent=1, sort_keys=True) if args.get("json") else
+                     history_long(jobs) if args.get("long") else history_table(jobs))
 
 
 @verb("ID...", words=job_ids)
@@ -364,13 +363,11 @@ def do_edit(ctx: Context, args: dict) -> int:
 @verb("ID", words=one_id)
 def do_why(ctx: Context, args: dict) -> int:
     """why a queued job is not running"""
-    ctx.print(ctx.client.why(args["id"]))
-    return 0
+    return ctx.print(ctx.client.why(args["id"]))
 
 
 @verb()
 def do_conf(ctx: Context, args: dict) -> int:
     """the config in effect here: each value and where it came from"""
     from .config import describe
-    ctx.print(describe(ctx.cfg).rstrip("\n"))
-    return 0
+    return ctx.print(describe(ctx.cfg).rstrip("\n"))
