@@ -5,8 +5,6 @@ fails with (grun.wire) to grun's exceptions (`_failure`), builds job specs (`job
 builder), and follows a job to its end: output streamed from its node, then its exit code. A Client
 may be shared between threads: each thread gets its own connection."""
 
-from __future__ import annotations
-
 import _thread
 import contextlib
 import os
@@ -140,7 +138,7 @@ class Client:
 
     def submit(self, cmd: str | Sequence[str] | dict, *, cpus: float | None = None, memory: int | str | None = None,
                priority: int | None = None, params: dict | None = None, name: str | None = None,
-               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> Job | int:
+               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> "Job | int":
         """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command
         line (a string, run by /bin/sh) or an argv list. `memory` is MB or a string with a unit ("500M",
         "4G"). `env` adds to the usual session variables (PATH, HOME, ...) the job gets; `cwd` defaults to
@@ -166,7 +164,7 @@ class Client:
                       "answered": time.time()}  # for GRUN_TIMES (grun/cli.py)
         return [int(i) for i in ids]
 
-    def get(self, job_id: int) -> Job:
+    def get(self, job_id: int) -> "Job":
         """A handle for an existing job; raises JobNotFound if there is none."""
         from .job import Job
         self.job(job_id)

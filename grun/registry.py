@@ -4,8 +4,6 @@ how actors are named and found, and proxies that always carry a timeout. Every g
 addressed by explicit host and port. Clients import this module only for the names (they call the
 actors through grun.wire): Pyro5 is imported by the functions that need it."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 
@@ -54,7 +52,7 @@ def master_uri(host: str, port: int) -> str:
     return f"PYRO:{MASTER_NAME}@{format_hostport(host, port)}"
 
 
-def proxy(uri: str, timeout: float = CALL_TIMEOUT) -> Pyro5.api.Proxy:
+def proxy(uri: str, timeout: float = CALL_TIMEOUT) -> "Pyro5.api.Proxy":
     import Pyro5.api
     configure()
     p = Pyro5.api.Proxy(uri)
@@ -62,7 +60,7 @@ def proxy(uri: str, timeout: float = CALL_TIMEOUT) -> Pyro5.api.Proxy:
     return p
 
 
-def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Pyro5.api.Proxy:
+def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> "Pyro5.api.Proxy":
     """The name server at an explicit address; never a broadcast."""
     import Pyro5.core
     configure()
@@ -71,7 +69,7 @@ def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Pyro5.a
     return ns
 
 
-def start_master_daemon(bind: str, port: int, advertise: str) -> Pyro5.nameserver.NameServerDaemon:
+def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserver.NameServerDaemon":
     """A name server daemon on the master port, without the broadcast responder; the master object is
     registered on this same daemon, so one port serves both."""
     import Pyro5.nameserver
@@ -80,7 +78,7 @@ def start_master_daemon(bind: str, port: int, advertise: str) -> Pyro5.nameserve
     return Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None)
 
 
-def start_daemon(bind: str, advertise: str, port: int = 0) -> Pyro5.api.Daemon:
+def start_daemon(bind: str, advertise: str, port: int = 0) -> "Pyro5.api.Daemon":
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
     configure()
@@ -92,7 +90,7 @@ def start_daemon(bind: str, advertise: str, port: int = 0) -> Pyro5.api.Daemon:
     return daemon
 
 
-def serve_in_thread(daemon: Pyro5.api.Daemon, name: str) -> threading.Thread:
+def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread":
     import threading
     thread = threading.Thread(target=daemon.requestLoop, name=name, daemon=True)
     thread.start()
