@@ -67,16 +67,14 @@ def run(ctx: Context, args: dict) -> int:
     """Submit every task in batches, print each job id (with --nowait or -v); without --nowait, wait for
     them all and exit with the first non-zero exit code, in task order. Their output is not streamed:
     -o/--err with %a keep it."""
-    specs, ids, failed = task_specs(ctx, args), [], []
+    specs, ids = task_specs(ctx, args), []
     try:
         for start in range(0, len(specs), SUBMIT_BATCH):
             ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
             if args.get("nowait") or args.get("verbose"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
-        for job_id in [] if args.get("nowait") else ids:  # one by one: each wait is O(1) on the master
-            code = ctx.client.exit_code(job_id)
-            if code:
-                failed.append((job_id, code))
+        # one by one: each wait is O(1) on the master
+        failed = [(i, code) for i in ([] if args.get("nowait") else ids) if (code := ctx.client.exit_code(i))]
     except KeyboardInterrupt:
         return interrupted(ctx, ids, 2)  # SIGINT
     if failed:

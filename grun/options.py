@@ -121,10 +121,7 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
             value = True if opt.kind == "flag" else opt.convert(value)
         except ValueError as exc:
             raise UsageError(f"bad value for {where}: {exc}") from None
-        if opt.kind == "list":
-            opts.setdefault(opt.long, []).append(value)
-        else:
-            opts[opt.long] = value
+        opts[opt.long] = [*opts.get(opt.long, []), value] if opt.kind == "list" else value
 
     for word in rest:
         if word == "--":
