@@ -57,11 +57,11 @@ def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = 
     """Declare `do_NAME(ctx, args)` a verb: its usage line, the long names of the options it takes,
     how its other words are read ((words, called, options) -> args; default: none), its aliases."""
     def declare(run):
-        name, options_ = run.__name__.removeprefix("do_"), options.split() if isinstance(options, str) else options
-        v = Verb(name, run, " ".join(run.__doc__.split()), usage, tuple(options_), words or no_words,
+        v = Verb(run.__name__.removeprefix("do_"), run, " ".join(run.__doc__.split()), usage,
+                 tuple(options.split() if isinstance(options, str) else options), words or no_words,
                  tuple(aliases.split()))
-        VERBS[name] = v
-        NAMES.update(dict.fromkeys((name, *v.aliases), v))
+        VERBS[v.name] = v
+        NAMES.update(dict.fromkeys((v.name, *v.aliases), v))
         return run
     return declare
 
