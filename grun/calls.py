@@ -68,9 +68,10 @@ def _writer(name: str) -> Callable[[bytes], None]:
         if stream is None:
             return
         stream.flush()  # what was printed as text goes first
-        if hasattr(stream, "buffer"):
-            stream.buffer.write(data)
-            stream.buffer.flush()
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
         else:
             stream.write(decoder.decode(data))
             stream.flush()

@@ -336,13 +336,14 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():
         raise GrunError("empty command")
-    try:
-        cwd = os.path.abspath(os.getcwd() if cwd is None else cwd)
-    except OSError:  # ours was removed
-        cwd = "/"
+    if cwd is None:
+        try:
+            cwd = os.getcwd()
+        except OSError:  # ours was removed
+            cwd = "/"
     if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
         priority = os.environ["GRUN_PRIORITY"]
-    spec: dict = {"cmd": words, "shell": shell, "cwd": cwd,
+    spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
     try:
