@@ -221,18 +221,18 @@ class Client:
     def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
         """The final records of the jobs, once all have finished (Timeout after `timeout` s)."""
         ids, done = [int(i) for i in job_ids], {}
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         while len(done) < len(ids):
-            left = 30.0 if deadline is None else deadline - time.monotonic()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise Timeout(f"job {ids[0]} has not finished after {timeout:g} s")
             got = self.call("wait", [i for i in ids if i not in done], min(left, 30.0), wait=self.long_wait)
             done.update({int(k): v for k, v in got.items()})
         return done
 
-    def exit_code(self, job_id: int, on_limit=None) -> int:
-        """Wait for the job's end and return its exit code; `on_limit(text)` hears that it died of a limit."""
-        final = self.wait([job_id])[job_id]
+    def exit_code(self, job_id: int, on_limit=None, timeout: float | None = None) -> int:
+        """Wait for the job's end (as `wait`) and return its exit code; `on_limit(text)` hears of a limit it died of."""
+        final = self.wait([job_id], timeout)[job_id]
         _tell_limit(on_limit, final, job_id)
         return int(final.get("exit", 1))
 

@@ -44,7 +44,7 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> int:
         """Block until the job has finished and return its exit code; raises Timeout after `timeout` s."""
-        return int(self.client.wait([self.id], timeout)[self.id].get("exit", 1))
+        return self.client.exit_code(self.id, timeout=timeout)
 
     def stdout(self, stream: bool = False) -> bytes | Iterator[bytes]:
         """The job's standard output: all of it (waiting for the end), or chunks as they come."""
