@@ -283,8 +283,7 @@ def do_attach(ctx: Context, args: dict) -> int:
     try:
         return ctx.client.follow(args["id"], tail=bool(args.get("tail")), on_note=ctx.say)
     except KeyboardInterrupt:
-        ctx.say(f"detached from job {args['id']} (it keeps running)")
-        return 130
+        return ctx.say(f"detached from job {args['id']} (it keeps running)", 130)
 
 
 # ---- queries and control ---------------------------------------------------------------------------
