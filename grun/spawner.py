@@ -94,9 +94,8 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, std
 
 
 @contextlib.contextmanager
-def _as_user(job: dict):
-    """Act as the job's user (the reaper is single-threaded, so switching ids is safe here)."""
-    ident = _identity(job)
+def _as_user(ident: dict):
+    """Act as the job's user, `_identity`'s (the reaper is single-threaded, so switching ids is safe here)."""
     if not ident:
         yield
         return
@@ -112,17 +111,16 @@ def _as_user(job: dict):
         os.setgroups(groups)
 
 
-def _open_outputs(job: dict, job_dir: str) -> tuple:
+def _open_outputs(job: dict, job_dir: str, ident: dict) -> tuple:
     """The job's stdout and stderr, and the path of the latter: its spool files, or the files named by
     -o/--err/--out-err, opened in its directory as its user (so it can only write where it could itself)."""
     files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
-    if job.get("uid") and os.geteuid() == 0:
-        for f in files.values():
-            os.fchown(f.fileno(), job["uid"], job.get("gid", job["uid"]))
+    for f in files.values() if ident else ():
+        os.fchown(f.fileno(), ident["user"], ident["group"])
     if not (job.get("stdout_file") or job.get("stderr_file")):
         return files["stdout"], files["stderr"], os.path.join(job_dir, "stderr")
     opened: dict[str, object] = {}
-    with _as_user(job):
+    with _as_user(ident):
         for stream in ("stdout", "stderr"):
             if name := job.get(f"{stream}_file"):
                 path = os.path.normpath(os.path.join(job["cwd"], name))
@@ -149,32 +147,34 @@ class Reaper:
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
 
-    def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
+    def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
+        """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
         claimed = spool.claim(job_dir, self.name)
         if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            self._start(job_dir, notify, claimed, job or spool.read(job_dir, spool.JOB))
+            self._start(job_dir, notify, claimed, json.loads(job_json) if job_json else spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
             self._fail(job_dir, notify, f"supervisor failed: {exc}")
         finally:
             os.close(claimed)
 
     def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
-        if job is None:
+        if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
+        ident = _identity(job)
         try:
-            out, err, stderr_path = _open_outputs(job, job_dir)
+            out, err, stderr_path = _open_outputs(job, job_dir, ident)
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
         status, wanted = {"start_time": time.time()}, job.get("limits") or {}
         try:
             proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
-                                             stdout=out, stderr=err, **_identity(job))
+                                             stdout=out, stderr=err, **ident)
         except OSError as exc:
             return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]), err=err)
         finally:
@@ -271,13 +271,9 @@ class Reaper:
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")
-                    notify, _, inline = rest.partition("\t")
-                    try:
-                        job = json.loads(inline) if inline else None
-                    except ValueError:
-                        job = None  # read from job.json instead
+                    notify, _, job_json = rest.partition("\t")
                     if job_dir:
-                        self.start(job_dir, notify or None, job if isinstance(job, dict) else None)
+                        self.start(job_dir, notify or None, job_json)
             self.reap()
 
 

@@ -55,8 +55,7 @@ class Node(NodeJobs):
         self._init_jobs(spool)
         # the master conversation, kept by its loop's thread alone
         self._master = None
-        self._registered = self._reregister = False
-        self._name_pending = False
+        self._registered = self._reregister = self._name_pending = False
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
@@ -216,9 +215,7 @@ class Node(NodeJobs):
                                             "memory": self.memory, "resources": self.resources,
                                             "labels": self.labels, **self._held()})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
-        missing = [j for j in reply.get("start", []) if int(j["id"]) not in self.live]
-        if missing:
-            self.start(missing)
+        self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
         self._name_pending = True  # once per registration, not per job
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
         return reply
