@@ -70,11 +70,9 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
         # are equal): a grace period lets the job see SIGXCPU first
         plan.append((key, which, soft, min(soft + max(5, soft // 10), top) if key == "cpu" else soft, unit))
         if old[0] == resource.RLIM_INFINITY or old[0] > soft:
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(which, (soft, old[1]))
                 saved.append((which, old))
-            except (ValueError, OSError):
-                pass
     try:
         try:
             proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)

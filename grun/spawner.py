@@ -2,16 +2,14 @@
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
 `<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
-For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job; the file
-names the reaper, so the node can tell whether a job still has one), starts the job with Popen (vfork +
-exec, no Python fork) in its own session and process group, stdout and stderr going straight to spool
-files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their usage is exact), writes
-each job's `status.json` once with one fsync, and pings the node. Killing the node daemon leaves the
-reaper and its jobs running: a restarted node finds the status files, and the reaper exits once its
-input and its last job have ended. If the reaper dies while the node lives, its jobs become the node's
-children (the node is a child subreaper too, see grun.actors.node_jobs). What a job leaves behind in
-the background is reaped here, never a zombie of the node. Limits: see grun.limits.
-Imports nothing heavy: it starts at node start and after a crash.
+For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts
+the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and stderr
+going straight to spool files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their
+usage is exact), writes each job's `status.json` once with one fsync, and pings the node. Killing the
+node daemon leaves the reaper and its jobs running; the reaper exits once its input and its last job
+have ended (a reaper that dies: see grun.actors.node_jobs). What a job leaves behind in the background
+is reaped here, never a zombie of the node. Limits: see grun.limits. Imports nothing heavy: it starts
+at node start and after a crash.
 """
 
 from __future__ import annotations

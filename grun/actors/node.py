@@ -62,7 +62,8 @@ class Node(NodeJobs):
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
         self._loops = [Loop("grun-node-notify", self._on_ping, 0.0, log, self._stop),
-                       Loop("grun-node-master", self._talk_to_master, self._master_pause, log, self._stop),
+                       Loop("grun-node-master", self._talk_to_master,
+                            lambda: min(1.0, self.heartbeat, 1.0 if self._linger is None else self._linger), log, self._stop),
                        Loop("grun-node-janitor", self._tidy, lambda: min(JANITOR_SECS, max(0.5, self.output_keep / 4)),
                             log, self._stop),
                        Loop("grun-node-sampler", self._sample, SAMPLE_SECS, log, self._stop)]
@@ -148,9 +149,6 @@ class Node(NodeJobs):
         if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
             self.acks.rewrite(self._acked)
         self.stream.expire()
-
-    def _master_pause(self) -> float:
-        return min(1.0, self.heartbeat, self._linger if self._linger is not None else 1.0)
 
     def _talk_to_master(self) -> None:
         """One round: register if we must, report ends, beat when it is time."""
