@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import secrets
 import signal
@@ -187,12 +186,8 @@ class Node(NodeJobs):
         applied once per job), stale copies to end, and its pace: how often to beat (a master with many
         nodes asks them to beat less) and how long to keep an idle connection (None: for good)."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
-        try:
-            wanted = min(float(reply.get("heartbeat") or 0), 3600.0)
-            self._linger = None if reply.get("linger") is None else max(0.0, float(reply["linger"]))
-        except (TypeError, ValueError):
-            wanted, self._linger = 0.0, None
-        self._next_beat = time.monotonic() + max(self.heartbeat, wanted if math.isfinite(wanted) else 0.0)
+        self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
+        self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))
             if live is not None:
