@@ -169,9 +169,9 @@ class Reaper:
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
-        status, wanted = {"start_time": time.time()}, job.get("limits") or {}
+        status = {"start_time": time.time()}
         try:
-            proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
+            proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
             return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]), err=err)
@@ -179,8 +179,6 @@ class Reaper:
             for f in (stdin, out, err):
                 if hasattr(f, "close"):
                     f.close()
-        if wanted.get("memory_mb"):
-            status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         spool.set_pid(claimed, proc.pid)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
@@ -191,35 +189,29 @@ class Reaper:
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None) -> None:
         """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
         (`err` when it is open already) and its status. Never raises: one job must not stop the reaper."""
-        try:
+        with contextlib.suppress(BaseException):
             with err or open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now}, None, notify))
-        except BaseException:
-            pass
 
     def reap(self) -> None:
         """Collect every job that has ended, then record them together: the status files are written
         first and fsync'd after, so one journal commit carries them all, and the waits for the disk
         do not add up one job after the other."""
         done = []
-        while True:
-            try:
-                pid, wstatus, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            run = self.runs.pop(pid, None)
-            if run is None:
-                continue  # something a job left behind (we are its subreaper): nothing to record
-            try:
-                exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
-                done.append(run)
-            except Exception as exc:  # one job's bad spool must not stop the reaper
-                self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
+        with contextlib.suppress(ChildProcessError):  # (no child left)
+            while (ended := os.wait4(-1, os.WNOHANG))[0]:
+                pid, wstatus, rusage = ended
+                run = self.runs.pop(pid, None)
+                if run is None:
+                    continue  # something a job left behind (we are its subreaper): nothing to record
+                try:
+                    exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
+                    done.append(run)
+                except Exception as exc:  # one job's bad spool must not stop the reaper
+                    self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 
     def _record(self, *runs: _Run) -> None:

@@ -168,8 +168,7 @@ class Acks:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
-        """(job id, attempt) -> {"r", "f"} for the jobs whose directory is still here; the log is then
-        rewritten with those alone."""
+        """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
         acks: dict[tuple[int, int], set[str]] = {}
         try:
             with open(self.path, "rb") as f:

@@ -84,10 +84,8 @@ class NodeJobs:
         self.notify_sock.bind(self.notify_addr)
 
     def job_status(self, live: LiveJob) -> dict | None:
-        if live.status is None:
-            status = spool.read(live.dir, spool.STATUS)
-            if status is not None:
-                self._finished(live, status)
+        if live.status is None and (status := spool.read(live.dir, spool.STATUS)) is not None:
+            self._finished(live, status)
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
