@@ -71,7 +71,7 @@ class Monitor:
             job_id = by_group.get(pgid)
             if job_id is None and pid not in own:
                 continue
-            got = self._read(pid, now)
+            got = self._read(pid)
             if got is None:
                 continue
             key, cpu_total, delta, rss, anon, io, state = got
@@ -91,7 +91,7 @@ class Monitor:
         self.usage = per_job
         return per_job
 
-    def _read(self, pid: int, now: float):
+    def _read(self, pid: int):
         try:
             p = psutil.Process(pid)
             with p.oneshot():
@@ -150,5 +150,4 @@ def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_
               f"= -m {request_mb} x hard_factor {factor:g}")
     spool.record_limit(job_dir, "memory", detail)
     log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
-    killpg(pgid, signal.SIGCONT)
-    killpg(pgid, signal.SIGKILL)
+    killpg(pgid, signal.SIGKILL)  # (a stopped job too)

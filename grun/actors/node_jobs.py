@@ -158,9 +158,8 @@ class NodeJobs:
         if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
             return True
         spawner.killpg(pid, sig)
-        if sig != signal.SIGCONT:
+        if sig not in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
-        if sig not in (signal.SIGCONT, signal.SIGKILL):
             # The group even when its leader has ended: members that ignored the signal (a
             # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
             # cannot name another group within the grace period unless the pid space wrapped around.
