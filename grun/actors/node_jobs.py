@@ -261,13 +261,11 @@ class NodeJobs:
                     self.reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
                                                    start_new_session=True, close_fds=True)
                     self._reaper_pids.add(self.reaper.pid)
-                try:
+                with contextlib.suppress(OSError):  # (it died: start another)
                     live.reaper = self.reaper.pid
                     self.reaper.stdin.write(line)
                     self.reaper.stdin.flush()
                     return
-                except OSError:
-                    pass
             raise RuntimeError("cannot start the reaper")
 
     def _watch_reaper(self) -> None:
@@ -342,11 +340,9 @@ class NodeJobs:
         if started is not None and started < psutil.boot_time():
             return self._end_failed(live, f"{why}: the host rebooted", lost=True)
         pid = spool.read_pid(live.dir)[1]
-        try:  # its group, if the pid still names the job's (not a process started after it)
+        with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
             if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                 spawner.killpg(pid, signal.SIGKILL)
-        except (psutil.Error, OSError):
-            pass
         self._end_failed(live, why)
 
     def _adopt(self) -> None:
