@@ -177,9 +177,7 @@ class NodeJobs:
         with self.lock:
             if live.status is not None:
                 return
-            if live.superseded:
-                status = dict(status, superseded=True)
-            live.status = status
+            live.status = dict(status, superseded=True) if live.superseded else status
             live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
             if not live.reported:
