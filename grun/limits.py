@@ -57,7 +57,7 @@ def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
 def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dict]:
     """Popen in a session of its own, under the job's limits from its first instruction, and no
     preexec_fn (see above; only safe in a single-threaded process). Returns the process and the limits
-    set. If our own fds or memory do not fit under the job's limits, the spawn is retried unlimited and
+    set (and memory_mb, which the node's sampler enforces). If our own fds or memory do not fit under the job's limits, the spawn is retried unlimited and
     the limits set right after (a window of microseconds)."""
     plan, saved = [], []  # (key, rlimit, soft, hard, unit) of each limit to set; what we lowered of ours
     for key, (which, unit) in _RLIMITS.items():
@@ -70,11 +70,9 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
         # are equal): a grace period lets the job see SIGXCPU first
         plan.append((key, which, soft, min(soft + max(5, soft // 10), top) if key == "cpu" else soft, unit))
         if old[0] == resource.RLIM_INFINITY or old[0] > soft:
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(which, (soft, old[1]))
                 saved.append((which, old))
-            except (ValueError, OSError):
-                pass
     try:
         try:
             proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
@@ -87,7 +85,7 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
             raise
         proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
     proc.returncode = 0  # we reap it ourselves (wait4); keeps Popen from polling it again
-    applied = {}
+    applied = {"memory_mb": limits["memory_mb"]} if limits.get("memory_mb") else {}
     for key, which, soft, hard, unit in plan:  # the hard limits too: the job cannot raise them back
         try:
             resource.prlimit(proc.pid, which, (soft, hard))

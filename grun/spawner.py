@@ -2,16 +2,14 @@
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
 `<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
-For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job; the file
-names the reaper, so the node can tell whether a job still has one), starts the job with Popen (vfork +
-exec, no Python fork) in its own session and process group, stdout and stderr going straight to spool
-files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their usage is exact), writes
-each job's `status.json` once with one fsync, and pings the node. Killing the node daemon leaves the
-reaper and its jobs running: a restarted node finds the status files, and the reaper exits once its
-input and its last job have ended. If the reaper dies while the node lives, its jobs become the node's
-children (the node is a child subreaper too, see grun.actors.node_jobs). What a job leaves behind in
-the background is reaped here, never a zombie of the node. Limits: see grun.limits.
-Imports nothing heavy: it starts at node start and after a crash.
+For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts
+the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and stderr
+going straight to spool files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their
+usage is exact), writes each job's `status.json` once with one fsync, and pings the node. Killing the
+node daemon leaves the reaper and its jobs running; the reaper exits once its input and its last job
+have ended (a reaper that dies: see grun.actors.node_jobs). What a job leaves behind in the background
+is reaped here, never a zombie of the node. Limits: see grun.limits. Imports nothing heavy: it starts
+at node start and after a crash.
 """
 
 from __future__ import annotations
@@ -94,9 +92,8 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, std
 
 
 @contextlib.contextmanager
-def _as_user(job: dict):
-    """Act as the job's user (the reaper is single-threaded, so switching ids is safe here)."""
-    ident = _identity(job)
+def _as_user(ident: dict):
+    """Act as the job's user, `_identity`'s (the reaper is single-threaded, so switching ids is safe here)."""
     if not ident:
         yield
         return
@@ -112,17 +109,16 @@ def _as_user(job: dict):
         os.setgroups(groups)
 
 
-def _open_outputs(job: dict, job_dir: str) -> tuple:
+def _open_outputs(job: dict, job_dir: str, ident: dict) -> tuple:
     """The job's stdout and stderr, and the path of the latter: its spool files, or the files named by
     -o/--err/--out-err, opened in its directory as its user (so it can only write where it could itself)."""
     files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
-    if job.get("uid") and os.geteuid() == 0:
-        for f in files.values():
-            os.fchown(f.fileno(), job["uid"], job.get("gid", job["uid"]))
+    for f in files.values() if ident else ():
+        os.fchown(f.fileno(), ident["user"], ident["group"])
     if not (job.get("stdout_file") or job.get("stderr_file")):
         return files["stdout"], files["stderr"], os.path.join(job_dir, "stderr")
     opened: dict[str, object] = {}
-    with _as_user(job):
+    with _as_user(ident):
         for stream in ("stdout", "stderr"):
             if name := job.get(f"{stream}_file"):
                 path = os.path.normpath(os.path.join(job["cwd"], name))
@@ -149,40 +145,40 @@ class Reaper:
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
 
-    def start(self, job_dir: str, notify: str | None, job: dict | None = None) -> None:
+    def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
+        """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
         claimed = spool.claim(job_dir, self.name)
         if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
             return
         try:
-            self._start(job_dir, notify, claimed, job or spool.read(job_dir, spool.JOB))
+            self._start(job_dir, notify, claimed, json.loads(job_json) if job_json else spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
             self._fail(job_dir, notify, f"supervisor failed: {exc}")
         finally:
             os.close(claimed)
 
     def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
-        if job is None:
+        if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
+        ident = _identity(job)
         try:
-            out, err, stderr_path = _open_outputs(job, job_dir)
+            out, err, stderr_path = _open_outputs(job, job_dir, ident)
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
-        status, wanted = {"start_time": time.time()}, job.get("limits") or {}
+        status = {"start_time": time.time()}
         try:
-            proc, status["limits"] = L.spawn(wanted, argv, cwd=job["cwd"], env=env, stdin=stdin,
-                                             stdout=out, stderr=err, **_identity(job))
+            proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
+                                             stdout=out, stderr=err, **ident)
         except OSError as exc:
             return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]), err=err)
         finally:
             for f in (stdin, out, err):
                 if hasattr(f, "close"):
                     f.close()
-        if wanted.get("memory_mb"):
-            status["limits"]["memory_mb"] = wanted["memory_mb"]  # what the node's sampler enforces
         spool.set_pid(claimed, proc.pid)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
@@ -193,35 +189,29 @@ class Reaper:
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None) -> None:
         """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
         (`err` when it is open already) and its status. Never raises: one job must not stop the reaper."""
-        try:
+        with contextlib.suppress(BaseException):
             with err or open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now}, None, notify))
-        except BaseException:
-            pass
 
     def reap(self) -> None:
         """Collect every job that has ended, then record them together: the status files are written
         first and fsync'd after, so one journal commit carries them all, and the waits for the disk
         do not add up one job after the other."""
         done = []
-        while True:
-            try:
-                pid, wstatus, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            run = self.runs.pop(pid, None)
-            if run is None:
-                continue  # something a job left behind (we are its subreaper): nothing to record
-            try:
-                exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
-                done.append(run)
-            except Exception as exc:  # one job's bad spool must not stop the reaper
-                self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
+        with contextlib.suppress(ChildProcessError):  # (no child left)
+            while (ended := os.wait4(-1, os.WNOHANG))[0]:
+                pid, wstatus, rusage = ended
+                run = self.runs.pop(pid, None)
+                if run is None:
+                    continue  # something a job left behind (we are its subreaper): nothing to record
+                try:
+                    exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
+                    done.append(run)
+                except Exception as exc:  # one job's bad spool must not stop the reaper
+                    self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 
     def _record(self, *runs: _Run) -> None:
@@ -271,13 +261,9 @@ class Reaper:
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")
-                    notify, _, inline = rest.partition("\t")
-                    try:
-                        job = json.loads(inline) if inline else None
-                    except ValueError:
-                        job = None  # read from job.json instead
+                    notify, _, job_json = rest.partition("\t")
                     if job_dir:
-                        self.start(job_dir, notify or None, job if isinstance(job, dict) else None)
+                        self.start(job_dir, notify or None, job_json)
             self.reap()
 
 

@@ -17,6 +17,7 @@ ACKS_COMPACT_BYTES, so it stays proportional to the spool, not to every job the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -38,15 +39,13 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     except FileExistsError:  # made by a kill request that came first, or the job is there already
         if os.path.exists(os.path.join(job_dir, JOB)):
             raise
-    owner = (job["uid"], job.get("gid", job["uid"])) if job.get("uid") and os.geteuid() == 0 else None
-    if owner:
-        os.chown(job_dir, *owner)
     fifo, ends = os.path.join(job_dir, "stdin"), None
     if job.get("stdin"):
         os.mkfifo(fifo, 0o600)
-        if owner:
-            os.chown(fifo, *owner)
         ends = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+    if job.get("uid") and os.geteuid() == 0:  # the job's user owns them
+        for path in (job_dir, fifo) if ends else (job_dir,):
+            os.chown(path, job["uid"], job.get("gid", job["uid"]))
     with open(os.path.join(job_dir, JOB), "wb") as f:
         f.write(job_json.encode())
     return ends
@@ -87,15 +86,14 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     No temp file: a reader that catches one half-written sees invalid JSON and looks again later."""
     written = []
     for i, (job_dir, data) in enumerate(ends):
+        fd = None
         try:
             fd = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError:
-            continue  # the spool is gone
-        try:
             os.write(fd, data.encode())
             written.append((i, fd))
-        except OSError:  # the disk is full
-            os.close(fd)
+        except OSError:  # the spool is gone, or the disk is full
+            if fd is not None:
+                os.close(fd)
     for _, fd in written:
         try:
             os.fdatasync(fd)  # invariant 3: the end outlives us, whoever dies next
@@ -136,10 +134,9 @@ def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
 
 def started_at(job_dir: str) -> float | None:
     """When the job was claimed (the pid file's mtime)."""
-    try:
+    with contextlib.suppress(OSError):
         return os.stat(os.path.join(job_dir, "pid")).st_mtime
-    except OSError:
-        return None
+    return None
 
 
 def process_name(pid: int) -> str | None:
@@ -171,8 +168,7 @@ class Acks:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
-        """(job id, attempt) -> {"r", "f"} for the jobs whose directory is still here; the log is then
-        rewritten with those alone."""
+        """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
         acks: dict[tuple[int, int], set[str]] = {}
         try:
             with open(self.path, "rb") as f:
@@ -193,7 +189,6 @@ class Acks:
                                             for kind in sorted(kinds)).encode(), durable=False)
 
     def too_big(self) -> bool:
-        try:
+        with contextlib.suppress(OSError):
             return os.path.getsize(self.path) >= ACKS_COMPACT_BYTES
-        except OSError:
-            return False
+        return False

@@ -37,15 +37,11 @@ _SPLICE = getattr(os, "splice", None)
 
 
 class StreamBroken(Exception):
-    """The connection dropped before EXIT; re-attach with a new token at these offsets."""
+    """The connection dropped before EXIT; re-attach with a new token at the offsets reached (attach sets them)."""
+    out_offset = err_offset = 0
 
-    def __init__(self, message: str, out_offset: int, err_offset: int):
-        super().__init__(f"{message} (stdout at {out_offset}, stderr at {err_offset})")
-        self.out_offset, self.err_offset = out_offset, err_offset
-
-
-class _Dropped(Exception):
-    """A socket's failure inside attach(), raised as StreamBroken with the offsets reached."""
+    def __str__(self) -> str:
+        return f"{self.args[0]} (stdout at {self.out_offset}, stderr at {self.err_offset})"
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -102,9 +98,9 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     try:
         got = recv_exact(sock, n)
     except OSError as e:
-        raise _Dropped(str(e)) from e
+        raise StreamBroken(str(e)) from e
     if got is None:
-        raise _Dropped("connection closed before the exit status")
+        raise StreamBroken("connection closed before the exit status")
     return got
 
 
@@ -133,9 +129,9 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
                 return None  # (EBADF: a sink that is no fd at all; copying says so)
             if isinstance(e, BrokenPipeError):
                 raise  # our reader went away, as with os.write
-            raise _Dropped(str(e)) from e
+            raise StreamBroken(str(e)) from e
         if not k:
-            raise _Dropped("connection closed before the exit status")
+            raise StreamBroken("connection closed before the exit status")
         if not splice:
             if callable(sink):
                 sink(bytes(view[:k]))
@@ -162,7 +158,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             sock.sendall(token.encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:
-            raise _Dropped(f"cannot connect to {host}:{port}: {e}") from e
+            raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
                              daemon=True).start()
@@ -173,12 +169,12 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))
             if n > MAX_FRAME or (kind not in sinks and kind != EXIT):
-                raise _Dropped(f"garbage frame (type {kind!r}, length {n})")
+                raise StreamBroken(f"garbage frame (type {kind!r}, length {n})")
             if kind == EXIT:
                 try:
                     return json.loads(_recv(sock, n))
                 except ValueError as e:
-                    raise _Dropped(f"bad exit payload: {e}") from e
+                    raise StreamBroken(f"bad exit payload: {e}") from e
             sink = sinks[kind]
             if kind in pipes and n >= BATCH:
                 _grow_pipe(sink)
@@ -189,8 +185,9 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                     continue
                 offsets[kind] += k
                 n -= k
-    except _Dropped as e:
-        raise StreamBroken(str(e), offsets[OUT], offsets[ERR]) from None
+    except StreamBroken as e:
+        e.out_offset, e.err_offset = offsets[OUT], offsets[ERR]
+        raise
     finally:
         if sock is not None:
             with contextlib.suppress(OSError):

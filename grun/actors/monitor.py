@@ -49,6 +49,7 @@ class Monitor:
         self.window_grun = 0.0                     # grun cpu seconds since the window started
         self.usage: dict[int, dict] = {}           # job id -> latest usage
         self.outside_memory = 0
+        self._last_outside = (0.0, 0)
         self.grun_cores = 0.0
 
     def sample(self, groups: dict[int, int]) -> dict[int, dict]:
@@ -57,8 +58,11 @@ class Monitor:
         interval = max(1e-3, now - self.last_sample)
         by_group = {pgid: job_id for job_id, pgid in groups.items()}
         per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in groups}
-        grun_rss, grun_cpu, seen = 0, 0.0, {}
-        own = self._own_pids()
+        grun_rss, seen = 0, {}
+        try:
+            own = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
+        except psutil.Error:
+            own = {os.getpid()}
         for pid in psutil.pids():
             try:
                 pgid = os.getpgid(pid)
@@ -67,20 +71,18 @@ class Monitor:
             job_id = by_group.get(pgid)
             if job_id is None and pid not in own:
                 continue
-            got = self._read(pid, now)
+            got = self._read(pid)
             if got is None:
                 continue
             key, cpu_total, delta, rss, anon, io, state = got
             seen[key] = state
             grun_rss += rss
-            grun_cpu += delta
+            self.window_grun += delta
             if job_id is not None:
                 for field, value in zip(USAGE, (1, anon / 2**20, delta / interval, cpu_total, *io)):
                     per_job[job_id][field] += value
         self._credit_vanished(seen)
-        self.prev_cpu = seen
-        self.last_sample = now
-        self.window_grun += grun_cpu
+        self.prev_cpu, self.last_sample = seen, now
         if self.count_outside_load:
             vm = psutil.virtual_memory()
             self.outside_memory = max(0, (vm.total - vm.available - grun_rss) // 2**20)
@@ -89,7 +91,7 @@ class Monitor:
         self.usage = per_job
         return per_job
 
-    def _read(self, pid: int, now: float):
+    def _read(self, pid: int):
         try:
             p = psutil.Process(pid)
             with p.oneshot():
@@ -127,12 +129,6 @@ class Monitor:
         for pid in [p for p in self.credit if p not in alive]:
             del self.credit[pid]  # the parent is gone (or not ours): nobody will be credited
 
-    def _own_pids(self) -> set[int]:
-        try:
-            return {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
-        except psutil.Error:
-            return {os.getpid()}
-
     def outside(self) -> tuple[float, int]:
         """(cores, MB) used by programs that are not grun's, over the window since the last call."""
         if not self.count_outside_load:
@@ -140,7 +136,7 @@ class Monitor:
         now, busy = time.monotonic(), _busy_seconds()
         elapsed = now - self.window_start
         if elapsed < 0.5:
-            return getattr(self, "_last_outside", (0.0, self.outside_memory))
+            return self._last_outside
         cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
         self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
         self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
@@ -154,5 +150,4 @@ def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_
               f"= -m {request_mb} x hard_factor {factor:g}")
     spool.record_limit(job_dir, "memory", detail)
     log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
-    killpg(pgid, signal.SIGCONT)
-    killpg(pgid, signal.SIGKILL)
+    killpg(pgid, signal.SIGKILL)  # (a stopped job too)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import secrets
 import signal
@@ -55,15 +54,15 @@ class Node(NodeJobs):
         self._init_jobs(spool)
         # the master conversation, kept by its loop's thread alone
         self._master = None
-        self._registered = self._reregister = False
-        self._name_pending = False
+        self._registered = self._reregister = self._name_pending = False
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
         self._loops = [Loop("grun-node-notify", self._on_ping, 0.0, log, self._stop),
-                       Loop("grun-node-master", self._talk_to_master, self._master_pause, log, self._stop),
+                       Loop("grun-node-master", self._talk_to_master,
+                            lambda: min(1.0, self.heartbeat, 1.0 if self._linger is None else self._linger), log, self._stop),
                        Loop("grun-node-janitor", self._tidy, lambda: min(JANITOR_SECS, max(0.5, self.output_keep / 4)),
                             log, self._stop),
                        Loop("grun-node-sampler", self._sample, SAMPLE_SECS, log, self._stop)]
@@ -150,9 +149,6 @@ class Node(NodeJobs):
             self.acks.rewrite(self._acked)
         self.stream.expire()
 
-    def _master_pause(self) -> float:
-        return min(1.0, self.heartbeat, self._linger if self._linger is not None else 1.0)
-
     def _talk_to_master(self) -> None:
         """One round: register if we must, report ends, beat when it is time."""
         if time.monotonic() < self._retry_at:
@@ -190,12 +186,8 @@ class Node(NodeJobs):
         applied once per job), stale copies to end, and its pace: how often to beat (a master with many
         nodes asks them to beat less) and how long to keep an idle connection (None: for good)."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
-        try:
-            wanted = min(float(reply.get("heartbeat") or 0), 3600.0)
-            self._linger = None if reply.get("linger") is None else max(0.0, float(reply["linger"]))
-        except (TypeError, ValueError):
-            wanted, self._linger = 0.0, None
-        self._next_beat = time.monotonic() + max(self.heartbeat, wanted if math.isfinite(wanted) else 0.0)
+        self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
+        self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))
             if live is not None:
@@ -216,9 +208,7 @@ class Node(NodeJobs):
                                             "memory": self.memory, "resources": self.resources,
                                             "labels": self.labels, **self._held()})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
-        missing = [j for j in reply.get("start", []) if int(j["id"]) not in self.live]
-        if missing:
-            self.start(missing)
+        self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
         self._name_pending = True  # once per registration, not per job
         log.info("registered with the master at %s:%s", self.master_host, self.master_port)
         return reply

@@ -84,10 +84,8 @@ class NodeJobs:
         self.notify_sock.bind(self.notify_addr)
 
     def job_status(self, live: LiveJob) -> dict | None:
-        if live.status is None:
-            status = spool.read(live.dir, spool.STATUS)
-            if status is not None:
-                self._finished(live, status)
+        if live.status is None and (status := spool.read(live.dir, spool.STATUS)) is not None:
+            self._finished(live, status)
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
@@ -142,8 +140,7 @@ class NodeJobs:
             fifo = spool.create(live.dir, live.job, data)
         except FileExistsError:
             return self._adopt_one(live.dir, live)  # we restarted since we started it
-        if fifo:
-            live.stdin_r, live.stdin_w = fifo
+        live.stdin_r, live.stdin_w = fifo or (None, None)
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False) -> bool:
@@ -156,17 +153,13 @@ class NodeJobs:
             live.kills.add(sig)
         if self.job_status(live) is not None:
             return True
-        if self._job_pid(live) is None:
-            # not started yet: its reaper sends the signal right after it records the pid; look again,
-            # in case it just did
+        if self._job_pid(live) is None:  # not started: its reaper sends the signal once it has the pid
             spool.request_kill(live.dir, sig)
-        if (pid := self._job_pid(live)) is None:
+        if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
             return True
         spawner.killpg(pid, sig)
-        if sig == signal.SIGCONT:
-            return True
-        spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
-        if sig != signal.SIGKILL:
+        if sig not in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
+            spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
             # The group even when its leader has ended: members that ignored the signal (a
             # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
             # cannot name another group within the grace period unless the pid space wrapped around.
@@ -184,9 +177,7 @@ class NodeJobs:
         with self.lock:
             if live.status is not None:
                 return
-            if live.superseded:
-                status = dict(status, superseded=True)
-            live.status = status
+            live.status = dict(status, superseded=True) if live.superseded else status
             live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
             if not live.reported:
@@ -212,8 +203,6 @@ class NodeJobs:
             spool.remove(live.dir)
 
     def _ack(self, kind: str, lives: list) -> None:
-        if not lives:
-            return
         try:
             self.acks.add(kind, [(live.id, live.attempt) for live in lives])
         except OSError:
@@ -270,13 +259,11 @@ class NodeJobs:
                     self.reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
                                                    start_new_session=True, close_fds=True)
                     self._reaper_pids.add(self.reaper.pid)
-                try:
+                with contextlib.suppress(OSError):  # (it died: start another)
                     live.reaper = self.reaper.pid
                     self.reaper.stdin.write(line)
                     self.reaper.stdin.flush()
                     return
-                except OSError:
-                    pass
             raise RuntimeError("cannot start the reaper")
 
     def _watch_reaper(self) -> None:
@@ -328,24 +315,19 @@ class NodeJobs:
                 log.exception("job %s: cannot write its status", live.id)
             self._finished(live, status)
         # what orphaned jobs leave behind in the background is ours now too: reap it, never the reaper
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                if info is None or info.si_pid in self._reaper_pids or info.si_pid in self._orphans:
-                    return
+        with contextlib.suppress(ChildProcessError):
+            while (info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)) and (
+                    info.si_pid not in self._reaper_pids and info.si_pid not in self._orphans):
                 os.waitpid(info.si_pid, os.WNOHANG)
-            except ChildProcessError:
-                return
 
     def _end_if_reaperless(self, live: LiveJob, why: str) -> None:
-        """For a job started by a reaper that has died, one that was not ours (ours are settled by
-        _watch_reaper, which can still wait for their jobs): _supervisor_vanished."""
-        claimed, _pid, reaper = spool.read_pid(live.dir)
-        if not claimed or reaper is None:
-            return  # not started yet, or being started
-        owner = reaper.split(".", 1)[0]
-        if not (owner.isdigit() and int(owner) in self._reaper_pids) and not spool.reaper_alive(reaper) and (
-                self.job_status(live) is None):  # it may have ended in between
+        """_supervisor_vanished, for a job whose reaper was not one of ours (_watch_reaper settles those,
+        as it can still wait for their jobs) and has died."""
+        reaper = spool.read_pid(live.dir)[2]
+        if reaper is None:  # not started yet, or being started
+            return
+        ours = reaper.partition(".")[0] in {str(pid) for pid in self._reaper_pids}
+        if not ours and not spool.reaper_alive(reaper) and self.job_status(live) is None:  # (it may have ended)
             self._supervisor_vanished(live, why)
 
     def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
@@ -356,11 +338,9 @@ class NodeJobs:
         if started is not None and started < psutil.boot_time():
             return self._end_failed(live, f"{why}: the host rebooted", lost=True)
         pid = spool.read_pid(live.dir)[1]
-        try:  # its group, if the pid still names the job's (not a process started after it)
+        with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
             if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                 spawner.killpg(pid, signal.SIGKILL)
-        except (psutil.Error, OSError):
-            pass
         self._end_failed(live, why)
 
     def _adopt(self) -> None:

@@ -7,6 +7,7 @@ when they have fetched the output, so the node may drop the spool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import Pyro5.api
@@ -30,12 +31,10 @@ class JobSupervisor:
 
     def info(self) -> dict:
         live = self._live
-        sizes = {}
-        for stream in ("stdout", "stderr"):
-            try:
+        sizes = dict.fromkeys(("stdout", "stderr"), 0)  # (0: not started yet, or just forgotten)
+        for stream in sizes:
+            with contextlib.suppress(OSError):
                 sizes[stream] = os.path.getsize(os.path.join(live.dir, stream))
-            except OSError:  # not started yet, or just forgotten
-                sizes[stream] = 0
         return {"id": self._id, "node": self._node.name, "status": self._node.job_status(live), **sizes}
 
     def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False) -> dict:
