@@ -9,10 +9,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from .config import Config, ConfigError, load_config
@@ -41,7 +41,8 @@ def running_pid(cfg: Config) -> int | None:
 def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
     """Lock the pid file and write our pid in it. `replacing`: the pid of the daemon that holds it now;
     asked to exit (it writes a snapshot first), then waited for."""
-    if replacing:
+    if replacing:  # load everything before taking over, so the handover costs no import time
+        from .actors import master as _m  # noqa: F401
         with contextlib.suppress(ProcessLookupError):
             os.kill(replacing, signal.SIGTERM)
     while True:
@@ -75,33 +76,23 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
-    if replacing:  # load everything before taking over, so the handover costs no import time
-        from .actors import master as _m  # noqa: F401
     lock_fd = _lock_pid_file(pid_file, replacing)
     if replacing:
         log.info("took over from the previous daemon (pid %d)", replacing)
-    stop, wake, reload_asked = threading.Event(), threading.Event(), threading.Event()
-
-    def on_signal(signum, _frame):
-        (reload_asked if signum == signal.SIGHUP else stop).set()
-        wake.set()
-
+    signals = queue.SimpleQueue()  # taken by the loop below: a handler must not do the work (put is reentrant)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, lambda signum, _frame: signals.put(signum))
     hosted = Services(cfg)
     try:
         hosted.start(services)
-        while not stop.is_set():
-            wake.wait(1.0)
-            wake.clear()
-            if reload_asked.is_set():
-                reload_asked.clear()
+        while not hosted.failed():
+            with contextlib.suppress(queue.Empty):
+                if signals.get(timeout=1.0) != signal.SIGHUP:
+                    log.info("stopping")
+                    return 0
                 hosted.reload()
-            if hosted.failed():
-                log.critical("the master's journal failed; exiting so that a restart reads the disk again")
-                return 1
-        log.info("stopping")
-        return 0
+        log.critical("the master's journal failed; exiting so that a restart reads the disk again")
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise DaemonError(f"cannot start: {exc}") from None
@@ -115,8 +106,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
 def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
     """Start `serve` in a detached process; returns its pid once its pid file names it. `replacing`:
     the pid of the daemon running now, which the new one stops once it has loaded."""
-    pid = running_pid(cfg)
-    if pid and pid != replacing:
+    if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
@@ -137,8 +127,7 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
 
 def ask_reload(cfg: Config) -> int | None:
     """SIGHUP to the running daemon; its pid, or None when none runs."""
-    pid = running_pid(cfg)
-    if pid is not None:
+    if (pid := running_pid(cfg)) is not None:
         os.kill(pid, signal.SIGHUP)
     return pid
 
@@ -146,14 +135,12 @@ def ask_reload(cfg: Config) -> int | None:
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
     """`grun -d -R`: a new daemon (new code, new config) loads, then stops the running one, which writes a
     snapshot, and takes over at once; clients and nodes see a pause, not an error. Returns (old, new pid)."""
-    old = running_pid(cfg)
-    return old, start_background(cfg, wait=wait, replacing=old)
+    return (old := running_pid(cfg)), start_background(cfg, wait=wait, replacing=old)
 
 
 def stop(cfg: Config, wait: float = 15.0) -> bool:
     """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds. False when none was running."""
-    pid = running_pid(cfg)
-    if pid is None:
+    if (pid := running_pid(cfg)) is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
@@ -182,16 +169,9 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
                 time.sleep(0.02)
 
 
-def main(argv: list[str]) -> int:
-    """`python -m grun.daemon [CONFIG [PID]]`, as start_background (and the tests) run a daemon; PID: the
-    daemon this one replaces."""
-    path, replacing = (argv + ["", ""])[:2]
+if __name__ == "__main__":  # `python -m grun.daemon [CONFIG [PID]]`, as start_background and the tests run
+    path, replacing = (sys.argv[1:] + ["", ""])[:2]  # PID: the daemon this one replaces
     try:
-        return serve(load_config(path or None), foreground=False, replacing=int(replacing) if replacing else None)
+        sys.exit(serve(load_config(path or None), foreground=False, replacing=int(replacing) if replacing else None))
     except (ConfigError, DaemonError) as exc:
-        print(f"grun: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        sys.exit(f"grun: {exc}")
