@@ -4,6 +4,7 @@ it only when such a default is first read, so a `grun` client never pays for psu
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -19,14 +20,14 @@ def memory(cfg) -> int:
 
 
 def advertise(cfg) -> str:
+    """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
+    reachable only at that very address (127.0.0.1 for the default)."""
     if cfg.bind.lower() == "localhost":
         return "127.0.0.1"
-    try:
-        addr = ipaddress.ip_address(cfg.bind)
-    except ValueError:
-        return cfg.bind  # a host name: others can resolve it too
-    # A loopback bind is only reachable at that very address (127.0.0.1 for the default).
-    return cfg.hostname if addr.is_unspecified else cfg.bind
+    with contextlib.suppress(ValueError):  # not an address: a host name
+        if ipaddress.ip_address(cfg.bind).is_unspecified:
+            return cfg.hostname
+    return cfg.bind
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
@@ -37,11 +38,8 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
     if any(h == n or ("." not in h or "." not in n) and h.split(".")[0] == n.split(".")[0] for n in names):
         return True
     try:
-        addrs = {str(ipaddress.ip_address(h))}
-    except ValueError:
-        try:
-            addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}
-        except (OSError, UnicodeError):
-            return False
+        addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}  # an address as it is, a name through DNS
+    except (OSError, UnicodeError):
+        return False
     local = {a.address.split("%")[0] for nic in psutil.net_if_addrs().values() for a in nic}
     return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
