@@ -1,8 +1,8 @@
 """grun's config: the one table of its keys (KEYS) and all that follows from it: reading and checking values,
 defaults and guesses, where each value came from (`grun -q conf`), unknown-key warnings, what a reload applies.
 No config file: personal mode, a master and a node on this machine, on 127.0.0.1. Every `grun` call imports
-this module, so it stays light: a default that is a function is computed when first read, the machine's
-guesses (psutil, DNS) live in grun/machine.py, and yaml is imported only for a file the fast reader leaves."""
+this module, so it stays light: a default that is a function is computed when first read (the machine's
+guesses import psutil or ask DNS then), and yaml is imported only for a file the fast reader leaves."""
 
 from __future__ import annotations
 
@@ -184,19 +184,46 @@ def user_state_dir(environ=os.environ) -> str:
     return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "state"), "grun")
 
 
+# ---- guesses from the machine: only a daemon (or `grun -q conf`) reads them, so only it imports psutil ----
+
+def _psutil():
+    import psutil
+    return psutil
+
+
+def _advertise(cfg) -> str:
+    """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
+    reachable only at that very address (127.0.0.1 for the default)."""
+    import ipaddress
+    if cfg.bind.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return cfg.hostname if ipaddress.ip_address(cfg.bind).is_unspecified else cfg.bind
+    except ValueError:  # not an address: a host name
+        return cfg.bind
+
+
+def is_this_host(host: str, hostname: str | None = None) -> bool:
+    """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
+    "node1.example.org" are the same machine), then by address (DNS only if needed)."""
+    import ipaddress
+    h = host.lower().rstrip(".")
+    names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
+    if any(h == n or ("." not in h or "." not in n) and h.split(".")[0] == n.split(".")[0] for n in names):
+        return True
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}  # an address as it is, a name through DNS
+    except (OSError, UnicodeError):
+        return False
+    local = {a.address.split("%")[0] for nic in _psutil().net_if_addrs().values() for a in nic}
+    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
+
+
 # One config key: its parser; its default (a value, or a function of the Config, computed when first
 # read; `guess` says what a guessed one comes from); the service that reads it ("queue", "exec",
 # "daemon": either, "all": the `grun` client too); whether a reload applies it (the others need
 # `grun -d -R`); a one-line doc (the README's); the environment variable that replaces it.
 Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
-
-
-def _machine(name: str):
-    def guess(*args):
-        from . import machine  # psutil and DNS: only a daemon (or `grun -q conf`) reads these
-        return getattr(machine, name)(*args)
-    return guess
-
 
 _Q, _X, _D = "queue", "exec", "daemon"
 _positive_duration = lambda v: parse_duration(v, positive=True)
@@ -204,16 +231,18 @@ KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else socket.gethostname(), DEFAULT_PORT),
         "all", False, "where the queue runs (port 5184 by default)",
         "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
-    Key("services", parse_services, lambda c: SERVICES if c.personal or _machine("is_this_host")(
+    Key("services", parse_services, lambda c: SERVICES if c.personal or is_this_host(
         c.master_host, c.hostname) else frozenset({"exec"}), _D, False, 'on the master; "exec" alone on compute nodes',
         "both on the master's host (and in personal mode), else exec"),
     Key("hostname", _parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
     Key("bind", _parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
-    Key("advertise", _parse_host, _machine("advertise"), _D, False, "the address others reach them at",
+    Key("advertise", _parse_host, _advertise, _D, False, "the address others reach them at",
         "bind, or hostname if that is 0.0.0.0"),
-    Key("cpus", parse_cpus, _machine("cpus"), _X, True, "cpus offered to jobs (fractions allowed)", "logical cores"),
-    Key("memory", parse_memory, _machine("memory"), _X, True, "MB offered to jobs (or 500M, 4G)", "physical memory"),
+    Key("cpus", parse_cpus, lambda c: float(_psutil().cpu_count(logical=True) or 1), _X, True,
+        "cpus offered to jobs (fractions allowed)", "logical cores"),
+    Key("memory", parse_memory, lambda c: _psutil().virtual_memory().total // 2 ** 20, _X, True,
+        "MB offered to jobs (or 500M, 4G)", "physical memory"),
     Key("spool", lambda v: _path(v, absolute=True),
         lambda c: "/var/spool/grun" if not c.personal and os.geteuid() == 0 else user_state_dir(c.environ),
         "all", False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
