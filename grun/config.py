@@ -282,16 +282,14 @@ class Config:
     def __init__(self, path=None, where=None, warnings=(), environ=os.environ, **values):
         assert set(values) <= set(KEYS), f"not config keys: {sorted(set(values) - set(KEYS))}"
         self.path, self.environ, self.where, self.warnings = path, environ, dict(where or {}), list(warnings)
-        values = {name: values.get(name, key.default) for name, key in KEYS.items()}
-        self._lazy = {name: value for name, value in values.items() if callable(value)}
-        self.__dict__.update({name: value for name, value in values.items() if not callable(value)})
+        self._unread = {name: values.get(name, key.default) for name, key in KEYS.items()}
 
     def __getattr__(self, name: str):
-        # only called for attributes not set yet: the defaults computed on first read
-        compute = self.__dict__.get("_lazy", {}).pop(name, None)
-        if compute is None:
+        # only called for a key not read yet: a value that is a function of the Config is computed now
+        if name not in self.__dict__.get("_unread", ()):
             raise AttributeError(f"'Config' object has no attribute {name!r}")
-        setattr(self, name, compute(self))
+        value = self._unread.pop(name)
+        setattr(self, name, value(self) if callable(value) else value)
         return self.__dict__[name]
 
     personal = property(lambda self: self.path is None)
@@ -329,12 +327,10 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
     """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user
     named must exist: falling back to personal mode would start a private cluster when they meant to
     join a real one."""
-    for named in (explicit, environ.get("GRUN_CONF")):
-        if named:
-            if not os.path.exists(named):
-                raise ConfigError("cannot read: No such file or directory", named)
-            return named
-    return etc_path if os.path.exists(etc_path) else None
+    named = explicit or environ.get("GRUN_CONF")
+    if named and not os.path.exists(named):
+        raise ConfigError("cannot read: No such file or directory", named)
+    return named or (etc_path if os.path.exists(etc_path) else None)
 
 
 def describe(cfg: Config) -> str:
