@@ -83,21 +83,18 @@ def parse_bool(value) -> bool:
     return word
 
 
-def _named(kind: str, values: str, parse):
-    """The parser of resources or labels: a mapping of names to values, each through `parse`."""
-    def parse_named(value) -> dict:
-        what = f"{kind} names to {values}"
-        _expect(isinstance(value, dict), f"a mapping of {what}", value)
-        out = {}
-        for name, item in value.items():
-            _expect(isinstance(name, str) and re.fullmatch(_NAME, name) and name not in ("cpus", "memory"),
-                    f"names of letters, digits, _ . - in {what}", name)
-            try:
-                out[name] = parse(item)
-            except ValueError as e:
-                raise ValueError(f"{kind} {name}: {e}") from None
-        return out
-    return parse_named
+def _named(value, kind: str, values: str, parse) -> dict:
+    """resources and labels: a mapping of names to values, each through `parse`."""
+    _expect(isinstance(value, dict), f"a mapping of {kind} names to {values}", value)
+    out = {}
+    for name, item in value.items():
+        _expect(isinstance(name, str) and re.fullmatch(_NAME, name) and name not in ("cpus", "memory"),
+                f"{kind} names of letters, digits, _ . - (not cpus or memory)", name)
+        try:
+            out[name] = parse(item)
+        except ValueError as e:
+            raise ValueError(f"{kind} {name}: {e}") from None
+    return out
 
 
 def _label(text) -> str:
@@ -256,9 +253,9 @@ KEYS = {key.name: key for key in (
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", _named("resource", "amounts", lambda v: _number(v, "an amount")), lambda c: {}, _X, True,
-        "this node's consumables (-p gpu=1)"),
-    Key("labels", _named("label", "values", _label), lambda c: {}, _X, True,
+    Key("resources", lambda v: _named(v, "resource", "amounts", lambda n: _number(n, "an amount")), lambda c: {}, _X,
+        True, "this node's consumables (-p gpu=1)"),
+    Key("labels", lambda v: _named(v, "label", "values", _label), lambda c: {}, _X, True,
         "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
     Key("default_memory", parse_memory, 100, _Q, True, "for a job that does not say (-m)"),
