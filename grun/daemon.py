@@ -176,6 +176,14 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         os.close(lock_fd)
 
 
+def _wait(done, seconds: float, every: float) -> bool:
+    """Whether done() comes true within `seconds`, asked every `every` seconds."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(every)
+    return done()
+
+
 def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
     """Start `serve` in a detached process; returns its pid once its pid file names it. `replacing`:
     the pid of the daemon running now, which the new one stops once it has loaded."""
@@ -188,14 +196,10 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     with open(log_path, "ab") as log_out:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}")
-        if running_pid(cfg) == proc.pid:
-            return proc.pid
-        time.sleep(0.01)
-    raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
+    if _wait(lambda: proc.poll() is not None or running_pid(cfg) == proc.pid, wait, 0.01) and proc.poll() is None:
+        return proc.pid
+    raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}" if proc.poll() is not None
+                      else f"the daemon did not start within {wait:.0f} s; see {log_path}")
 
 
 def ask_reload(cfg: Config) -> int | None:
@@ -216,10 +220,7 @@ def stop(cfg: Config, wait: float = 15.0) -> bool:
     if (pid := running_pid(cfg)) is None:
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while running_pid(cfg) == pid and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if running_pid(cfg) == pid:
+    if not _wait(lambda: running_pid(cfg) != pid, wait, 0.05):
         with contextlib.suppress(ProcessLookupError):  # it has just gone
             os.kill(pid, signal.SIGKILL)
     return True
@@ -235,11 +236,7 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
                 start_background(cfg)
                 announce(f"grun: started a personal cluster on {client.address} (state in {cfg.spool}); "
                          f"stop it with: grun -d -k")
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline:
-                if client.reachable() and any(n["up"] for n in client.nodes()):
-                    return
-                time.sleep(0.02)
+            _wait(lambda: client.reachable() and any(n["up"] for n in client.nodes()), 30.0, 0.02)
 
 
 if __name__ == "__main__":  # `python -m grun.daemon [CONFIG [PID]]`, as start_background and the tests run
