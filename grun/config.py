@@ -60,7 +60,6 @@ def parse_memory(text) -> int:
 
 
 def parse_cpus(text) -> float:
-    """A CPU count, fractions allowed: "4" -> 4.0, 0.5 -> 0.5."""
     return _number(text, "a number of CPUs like 4 or 0.5", most=100_000)
 
 
@@ -77,7 +76,6 @@ def parse_duration(text, positive: bool = False) -> float:
 
 
 def parse_bool(value) -> bool:
-    """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
     word = value if isinstance(value, bool) else {"1": True, "0": False, **_YAML_WORDS}.get(str(value).strip().lower())
     _expect(word is not None, "true or false", value)
     return word
@@ -321,9 +319,8 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
 
 
 def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: str = "/etc/grun.conf") -> str | None:
-    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user
-    named must exist: falling back to personal mode would start a private cluster when they meant to
-    join a real one."""
+    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user named
+    must exist: falling back to personal mode would start a private cluster when they meant to join a real one."""
     named = explicit or environ.get("GRUN_CONF")
     if named and not os.path.exists(named):
         raise ConfigError("cannot read: No such file or directory", named)
@@ -411,7 +408,7 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     if (simple := _read_simple(text)) is not None:
         return simple
     import yaml
-    loader = yaml.SafeLoader(text)
+    loader = yaml.SafeLoader(text)  # one loader for both: the value, and its node for each key's line
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
@@ -419,8 +416,6 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or getattr(e, "context", None) or e
         raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None
-    finally:
-        loader.dispose()
     if value is not None and not isinstance(value, dict):
         kind = "a list" if isinstance(value, list) else f"a single value {str(value)[:60]!r}"
         raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}", path,

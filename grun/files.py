@@ -1,8 +1,7 @@
-"""Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the
-directory), and readers that take a missing or half-written file for None instead of an error.
-A crash or a full disk leaves either the old content or the new, never a torn file (TinyDB could not open
-a snapshot torn by kill -9 in 8 of 60 tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears
-those a crash left."""
+"""Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the directory),
+and readers that take a missing or half-written file for None instead of an error. A crash or a full disk leaves
+either the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in 8 of 60
+tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears those a crash left."""
 
 from __future__ import annotations
 
