@@ -179,10 +179,8 @@ def user_state_dir(environ=os.environ) -> str:
     return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "state"), "grun")
 
 
-# ---- guesses from the machine: only a daemon (or `grun -q conf`) reads them, so only it imports psutil ----
-
 def _psutil():
-    import psutil
+    import psutil  # for the machine's guesses, which only a daemon (or `grun -q conf`) reads
     return psutil
 
 
@@ -370,11 +368,9 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
         if not line.strip(" ") or line.startswith("#"):
             continue
         m = re.fullmatch(_SIMPLE_LINE, line)
-        if m is None:
+        if m is None or m.group(1) in raw or m.group(1) in _YAML_WORDS:  # twice, or a key YAML reads as no string
             return None
-        key, value = m.group(1), m.group(2)
-        if key in raw or key in _YAML_WORDS:
-            return None
+        key, value = m.groups()
         if value is None or value in _YAML_WORDS:
             raw[key] = _YAML_WORDS.get(value)
         elif value[0] in "'\"":

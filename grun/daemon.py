@@ -1,9 +1,8 @@
-"""A grun daemon. The services it hosts, built from the table of keys (grun/config.py): "queue" is the Master,
-served with the name server on the master port, "exec" the Node; each actor gets the keys of its service, and
-a reload hands it those that changed. The process: serve logs, locks its pid file while it runs (a stale file
-never passes for a live daemon), stops on SIGTERM or SIGINT, reloads on SIGHUP. And its control from outside,
-`grun -d`: start in the background, stop (-k), reload (-r), replace without a gap (-R), and the personal
-cluster `grun CMD` starts when there is no config or master."""
+"""A grun daemon: the services it hosts, built from the table of keys (grun/config.py): "queue" is the Master,
+served with the name server on the master port, "exec" the Node, each given its keys (on a reload, those that
+changed). serve runs them, logs, locks its pid file while it runs (a stale file never passes for a live daemon),
+stops on SIGTERM or SIGINT, reloads on SIGHUP. And its control from outside, `grun -d`: start in the background,
+stop (-k), reload (-r), replace without a gap (-R), and the personal cluster `grun CMD` starts when none is up."""
 
 from __future__ import annotations
 
@@ -89,9 +88,6 @@ class Services:
                              master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise, **settings)
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, self.node.uri, cfg.cpus, cfg.memory)
 
-    def failed(self) -> bool:  # the master's journal failed
-        return self.master is not None and self.master.failed.is_set()
-
     def reload(self) -> None:
         """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the actor that
         reads it (its reconfigure; the log level here), or logged as needing `grun -d -R`, or as read by
@@ -109,7 +105,7 @@ class Services:
         applied = {"log_level": new.log_level} if "log_level" in changed else {}
         actors = {"queue": self.master, "exec": self.node}
         for service, actor in actors.items():
-            asked = {name: getattr(new, name) for name in changed if KEYS[name].service == service and KEYS[name].reload}
+            asked = {key: getattr(new, key) for key in changed if KEYS[key].service == service and KEYS[key].reload}
             if actor is not None and asked:
                 try:
                     applied.update(actor.reconfigure(**asked))
@@ -158,7 +154,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     hosted = Services(cfg)
     try:
         hosted.start(services)
-        while not hosted.failed():
+        while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
             with contextlib.suppress(queue.Empty):
                 if signals.get(timeout=1.0) != signal.SIGHUP:
                     log.info("stopping")
