@@ -199,7 +199,6 @@ def _advertise(cfg) -> str:
 def is_this_host(host: str, hostname: str | None = None) -> bool:
     """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
     "node1.example.org" are the same machine), then by address (DNS only if needed)."""
-    import ipaddress
     h = host.lower().rstrip(".")
     names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
     if any(h == n or ("." not in h or "." not in n) and h.split(".")[0] == n.split(".")[0] for n in names):
@@ -209,7 +208,7 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
     except (OSError, UnicodeError):
         return False
     local = {a.address.split("%")[0] for nic in _psutil().net_if_addrs().values() for a in nic}
-    return any(ipaddress.ip_address(a.split("%")[0]).is_loopback or a in local for a in addrs)
+    return any(a.startswith("127.") or a == "::1" or a in local for a in addrs)  # getaddrinfo gives canonical text
 
 
 # One config key: its parser; its default (a value, or a function of the Config, computed when first
@@ -340,8 +339,6 @@ def describe(cfg: Config) -> str:
         lines.append(f"{f'{name}: {text}':<31} # {origin}")
     return "\n".join(lines) + "\n"
 
-
-# ---- reading the file ----------------------------------------------------------------------------------
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
 # base-60 integer 630, so an unquoted top-level master value is quoted before parsing.

@@ -63,8 +63,6 @@ def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
 
 
 class Services:
-    """The actors one daemon process hosts (serve, below, runs them)."""
-
     def __init__(self, cfg: Config):
         self.cfg, self.master, self.master_daemon, self.node = cfg, None, None, None
 
