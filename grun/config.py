@@ -101,7 +101,6 @@ def _label(text) -> str:
 
 
 _count = lambda v: int(_number(v, "a count"))
-# The limits of `ulimit:`: each one's reader (to seconds, MB or a count) and least value.
 _ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
             "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
 
@@ -211,10 +210,9 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
     return any(a.startswith("127.") or a == "::1" or a in local for a in addrs)  # getaddrinfo gives canonical text
 
 
-# One config key: its parser; its default (a value, or a function of the Config, computed when first
-# read; `guess` says what a guessed one comes from); the service that reads it ("queue", "exec",
-# "daemon": either, "all": the `grun` client too); whether a reload applies it (the others need
-# `grun -d -R`); a one-line doc (the README's); the environment variable that replaces it.
+# A config key: its parser; its default (a value, or a function of the Config computed when first read, `guess`
+# saying what a guess comes from); the service that reads it ("queue", "exec", "daemon": either, "all": the client
+# too); whether a reload applies it (else `grun -d -R`); its doc (the README's); the variable that replaces it.
 Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
 
 _Q, _X, _D = "queue", "exec", "daemon"
@@ -266,10 +264,9 @@ KEYS = {key.name: key for key in (
 
 
 class Config:
-    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port,
-    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given)
-    and warnings. Built directly (in tests) it has personal-mode defaults. A plain class: `dataclasses`
-    pulls in `inspect`, which every `grun CMD` would pay for."""
+    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port and
+    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given), warnings.
+    Built directly (in tests), personal mode. A plain class: `dataclasses` imports `inspect`, a cost to `grun CMD`."""
 
     def __init__(self, path=None, where=None, warnings=(), environ=os.environ, **values):
         assert set(values) <= set(KEYS), f"not config keys: {sorted(set(values) - set(KEYS))}"
