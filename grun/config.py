@@ -187,12 +187,11 @@ def _advertise(cfg) -> str:
     """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
     reachable only at that very address (127.0.0.1 for the default)."""
     import ipaddress
-    if cfg.bind.lower() == "localhost":
-        return "127.0.0.1"
+    bind = "127.0.0.1" if cfg.bind.lower() == "localhost" else cfg.bind
     try:
-        return cfg.hostname if ipaddress.ip_address(cfg.bind).is_unspecified else cfg.bind
+        return cfg.hostname if ipaddress.ip_address(bind).is_unspecified else bind
     except ValueError:  # not an address: a host name
-        return cfg.bind
+        return bind
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
@@ -371,10 +370,8 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             raw[key] = value[1:-1]
         elif not re.fullmatch(_PLAIN, value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
             return None
-        elif re.fullmatch(r"0|[1-9][0-9]*", value):
-            raw[key] = int(value)
-        elif re.fullmatch(r"[0-9]+\.[0-9]+", value):
-            raw[key] = float(value)
+        elif re.fullmatch(r"0|[1-9][0-9]*|[0-9]+\.[0-9]+", value):
+            raw[key] = float(value) if "." in value else int(value)
         elif re.fullmatch(_MAYBE_NUMBER, value):
             return None
         else:
