@@ -122,7 +122,8 @@ def master_state_dir(cluster) -> str:
 # ---- jobs ------------------------------------------------------------------------------------------
 
 def job_spec(cmd=("true",)) -> dict:
-    """What `grun CMD` submits (grun.cli.run_job), so the API paths carry the same payload."""
+    """What `grun CMD` submits (grun.client.job_spec, which grun.verbs.cli_spec calls), so the API paths
+    carry the same payload."""
     from grun.client import default_env
     return {"cmd": list(cmd), "shell": False, "cwd": "/tmp", "env": default_env(),
             "user": getpass.getuser(), "uid": os.getuid(), "gid": os.getgid()}

@@ -2,8 +2,6 @@
 once when woken, until stopped. A step that raises is logged and the loop goes on: one bad round
 must never end a daemon's housekeeping for good."""
 
-from __future__ import annotations
-
 import logging
 import threading
 import time

@@ -1,10 +1,8 @@
-"""grun's config: the one table of its keys (KEYS), and all that follows from it: reading and checking
-values, defaults and guesses, where each value came from (describe: `grun -q conf`), warnings for unknown
-keys, what a reload applies. No config file: personal mode, a master and a node on this machine, on 127.0.0.1.
-
-Every `grun` call imports this module, so it stays light: a default that is a function is computed when
-first read; the machine's guesses (psutil, DNS) live in grun/machine.py, which only such a read imports;
-yaml is imported only for a file the fast reader below leaves to it."""
+"""grun's config: the one table of its keys (KEYS) and all that follows from it: reading and checking values,
+defaults and guesses, where each value came from (`grun -q conf`), unknown-key warnings, what a reload applies.
+No config file: personal mode, a master and a node on this machine, on 127.0.0.1. Every `grun` call imports
+this module, so it stays light: a default that is a function is computed when first read (the machine's
+guesses import psutil or ask DNS then), and yaml is imported only for a file the fast reader leaves."""
 
 from __future__ import annotations
 
@@ -43,11 +41,11 @@ _MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def _number(value, what: str, most: float = 2 ** 53) -> float:
-    """A number from 0 to `most`, or its text ("4", "0.5"); bools are YAML's yes/no, not numbers. Past 2**53
-    no float is exact (and a YAML integer of 400 digits would not even convert): surely a mistake."""
+def _number(value, what: str, most: float = 2 ** 53, least: float = 0) -> float:
+    """A number from `least` to `most`, or its text ("4", "0.5"); bools are YAML's yes/no, not numbers. Past
+    2**53 no float is exact (and a YAML integer of 400 digits would not even convert): surely a mistake."""
     number = float(value) if isinstance(value, str) and re.fullmatch(_NUMBER, value.strip()) else value
-    _expect(isinstance(number, (int, float)) and not isinstance(number, bool) and number >= 0, what, value)  # not nan
+    _expect(isinstance(number, (int, float)) and not isinstance(number, bool) and number >= least, what, value)
     _expect(number <= most, what, value, "an absurd value ")
     return float(number)
 
@@ -62,7 +60,6 @@ def parse_memory(text) -> int:
 
 
 def parse_cpus(text) -> float:
-    """A CPU count, fractions allowed: "4" -> 4.0, 0.5 -> 0.5."""
     return _number(text, "a number of CPUs like 4 or 0.5", most=100_000)
 
 
@@ -79,19 +76,18 @@ def parse_duration(text, positive: bool = False) -> float:
 
 
 def parse_bool(value) -> bool:
-    """YAML's true/false (and yes/no, on/off, 1/0 given as text)."""
-    word = value if isinstance(value, bool) else {"1": True, "0": False, **_YAML_BOOL}.get(str(value).strip().lower())
+    word = value if isinstance(value, bool) else {"1": True, "0": False, **_YAML_WORDS}.get(str(value).strip().lower())
     _expect(word is not None, "true or false", value)
     return word
 
 
-def _named(value, what: str, kind: str, parse) -> dict:
+def _named(value, kind: str, values: str, parse) -> dict:
     """resources and labels: a mapping of names to values, each through `parse`."""
-    _expect(isinstance(value, dict), f"a mapping of {what}", value)
+    _expect(isinstance(value, dict), f"a mapping of {kind} names to {values}", value)
     out = {}
     for name, item in value.items():
         _expect(isinstance(name, str) and re.fullmatch(_NAME, name) and name not in ("cpus", "memory"),
-                f"names of letters, digits, _ . - in {what}", name)
+                f"{kind} names of letters, digits, _ . - (not cpus or memory)", name)
         try:
             out[name] = parse(item)
         except ValueError as e:
@@ -99,29 +95,12 @@ def _named(value, what: str, kind: str, parse) -> dict:
     return out
 
 
-def parse_resources(value) -> dict[str, float]:
-    """A node's consumables: name -> a number >= 0 (`resources: {gpu: 2, scratch_gb: 500}`)."""
-    return _named(value, "resource names to amounts", "resource", lambda v: _number(v, "an amount"))
-
-
 def _label(text) -> str:
     _expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
     return str(text).strip() if not isinstance(text, bool) else str(text).lower()
 
 
-def parse_labels(value) -> dict[str, str]:
-    """A node's labels: name -> a value, kept as text (`labels: {os: debian12, arch: x86_64}`)."""
-    return _named(value, "label names to values", "label", _label)
-
-
-def parse_hard_factor(value) -> float:
-    what = "a factor between 1 and 100, like 1.5"
-    _expect(_number(value, what, most=100) >= 1, what, value)
-    return float(value)
-
-
 _count = lambda v: int(_number(v, "a count"))
-# The limits of `ulimit:`: each one's reader (to seconds, MB or a count) and least value.
 _ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
             "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
 
@@ -199,21 +178,41 @@ def user_state_dir(environ=os.environ) -> str:
     return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "state"), "grun")
 
 
-# ---- the table ---------------------------------------------------------------------------------------
+def _psutil():
+    import psutil  # for the machine's guesses, which only a daemon (or `grun -q conf`) reads
+    return psutil
 
-# One config key: its parser; its default (a value, or a function of the Config, computed when first
-# read; `guess` says what a guessed one comes from); the service that reads it ("queue", "exec",
-# "daemon": either, "all": the `grun` client too); whether a reload applies it (the others need
-# `grun -d -R`); a one-line doc (the README's); the environment variable that replaces it.
+
+def _advertise(cfg) -> str:
+    """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
+    reachable only at that very address (127.0.0.1 for the default)."""
+    import ipaddress
+    bind = "127.0.0.1" if cfg.bind.lower() == "localhost" else cfg.bind
+    try:
+        return cfg.hostname if ipaddress.ip_address(bind).is_unspecified else bind
+    except ValueError:  # not an address: a host name
+        return bind
+
+
+def is_this_host(host: str, hostname: str | None = None) -> bool:
+    """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
+    "node1.example.org" are the same machine), then by address (DNS only if needed)."""
+    h = host.lower().rstrip(".")
+    names = {socket.gethostname().lower(), "localhost"} | ({hostname.lower()} if hostname else set())
+    if any(h == n or ("." not in h or "." not in n) and h.split(".")[0] == n.split(".")[0] for n in names):
+        return True
+    try:
+        addrs = {info[4][0] for info in socket.getaddrinfo(h, None)}  # an address as it is, a name through DNS
+    except (OSError, UnicodeError):
+        return False
+    local = {a.address.split("%")[0] for nic in _psutil().net_if_addrs().values() for a in nic}
+    return any(a.startswith("127.") or a == "::1" or a in local for a in addrs)  # getaddrinfo gives canonical text
+
+
+# A config key: its parser; its default (a value, or a function of the Config computed when first read, `guess`
+# saying what a guess comes from); the service that reads it ("queue", "exec", "daemon": either, "all": the client
+# too); whether a reload applies it (else `grun -d -R`); its doc (the README's); the variable that replaces it.
 Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
-
-
-def _machine(name: str):
-    def guess(*args):
-        from . import machine  # psutil and DNS: only a daemon (or `grun -q conf`) reads these
-        return getattr(machine, name)(*args)
-    return guess
-
 
 _Q, _X, _D = "queue", "exec", "daemon"
 _positive_duration = lambda v: parse_duration(v, positive=True)
@@ -221,16 +220,18 @@ KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else socket.gethostname(), DEFAULT_PORT),
         "all", False, "where the queue runs (port 5184 by default)",
         "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
-    Key("services", parse_services, lambda c: SERVICES if c.personal or _machine("is_this_host")(
+    Key("services", parse_services, lambda c: SERVICES if c.personal or is_this_host(
         c.master_host, c.hostname) else frozenset({"exec"}), _D, False, 'on the master; "exec" alone on compute nodes',
         "both on the master's host (and in personal mode), else exec"),
     Key("hostname", _parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
     Key("bind", _parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
-    Key("advertise", _parse_host, _machine("advertise"), _D, False, "the address others reach them at",
+    Key("advertise", _parse_host, _advertise, _D, False, "the address others reach them at",
         "bind, or hostname if that is 0.0.0.0"),
-    Key("cpus", parse_cpus, _machine("cpus"), _X, True, "cpus offered to jobs (fractions allowed)", "logical cores"),
-    Key("memory", parse_memory, _machine("memory"), _X, True, "MB offered to jobs (or 500M, 4G)", "physical memory"),
+    Key("cpus", parse_cpus, lambda c: float(_psutil().cpu_count(logical=True) or 1), _X, True,
+        "cpus offered to jobs (fractions allowed)", "logical cores"),
+    Key("memory", parse_memory, lambda c: _psutil().virtual_memory().total // 2 ** 20, _X, True,
+        "MB offered to jobs (or 500M, 4G)", "physical memory"),
     Key("spool", lambda v: _path(v, absolute=True),
         lambda c: "/var/spool/grun" if not c.personal and os.geteuid() == 0 else user_state_dir(c.environ),
         "all", False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
@@ -244,15 +245,17 @@ KEYS = {key.name: key for key in (
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", parse_resources, lambda c: {}, _X, True, "this node's consumables (-p gpu=1)"),
-    Key("labels", parse_labels, lambda c: {}, _X, True, "this node's labels (-p os=debian12, globs allowed)"),
+    Key("resources", lambda v: _named(v, "resource", "amounts", lambda n: _number(n, "an amount")), lambda c: {}, _X,
+        True, "this node's consumables (-p gpu=1)"),
+    Key("labels", lambda v: _named(v, "label", "values", _label), lambda c: {}, _X, True,
+        "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
     Key("default_memory", parse_memory, 100, _Q, True, "for a job that does not say (-m)"),
     Key("default_priority", parse_priority, 20, _Q, True, "for a job that does not say (-r, $GRUN_PRIORITY)"),
     Key("reserve_after", parse_duration, 300.0, _Q, True,
         "a job waiting longer gets a node reserved; others backfill around it"),
-    Key("hard_factor", parse_hard_factor, 1.5, _X, True,
-        "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it)"),
+    Key("hard_factor", lambda v: _number(v, "a factor between 1 and 100, like 1.5", least=1, most=100), 1.5, _X,
+        True, "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it)"),
     Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
     Key("count_outside_load", parse_bool, True, _X, True,
         "cpu and memory used by non-grun programs are not offered to jobs"),
@@ -260,26 +263,21 @@ KEYS = {key.name: key for key in (
 
 
 class Config:
-    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port,
-    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given)
-    and warnings. Built directly (in tests) it has personal-mode defaults. A plain class: `dataclasses`
-    pulls in `inspect`, which every `grun CMD` would pay for."""
+    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port and
+    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given), warnings.
+    Built directly (in tests), personal mode. A plain class: `dataclasses` imports `inspect`, a cost to `grun CMD`."""
 
     def __init__(self, path=None, where=None, warnings=(), environ=os.environ, **values):
-        unknown = set(values) - set(KEYS)
-        if unknown:
-            raise TypeError(f"Config() got unexpected keys: {', '.join(sorted(unknown))}")
+        assert set(values) <= set(KEYS), f"not config keys: {sorted(set(values) - set(KEYS))}"
         self.path, self.environ, self.where, self.warnings = path, environ, dict(where or {}), list(warnings)
-        values = {name: values.get(name, key.default) for name, key in KEYS.items()}
-        self._lazy = {name: value for name, value in values.items() if callable(value)}
-        self.__dict__.update({name: value for name, value in values.items() if not callable(value)})
+        self._unread = {name: values.get(name, key.default) for name, key in KEYS.items()}
 
     def __getattr__(self, name: str):
-        # only called for attributes not set yet: the defaults computed on first read
-        compute = self.__dict__.get("_lazy", {}).pop(name, None)
-        if compute is None:
+        # only called for a key not read yet: a value that is a function of the Config is computed now
+        if name not in self.__dict__.get("_unread", ()):
             raise AttributeError(f"'Config' object has no attribute {name!r}")
-        setattr(self, name, compute(self))
+        value = self._unread.pop(name)
+        setattr(self, name, value(self) if callable(value) else value)
         return self.__dict__[name]
 
     personal = property(lambda self: self.path is None)
@@ -301,8 +299,8 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
         at = f"{source}:{line}" if line else source
         if name not in KEYS:
             import difflib  # only when there is an unknown key
-            close = difflib.get_close_matches(str(name), KEYS, n=1)
-            warnings.append(f"{at}: unknown key {str(name)!r} ignored" + (f"; did you mean {close[0]!r}?" if close else ""))
+            close = "".join(f"; did you mean {key!r}?" for key in difflib.get_close_matches(str(name), KEYS, n=1))
+            warnings.append(f"{at}: unknown key {str(name)!r} ignored{close}")
         elif value is not None or name == "log_file":  # null takes the default; log_file: null logs to stderr
             if source == "$GRUN_SPOOL":  # relative to where it was set, unlike a relative path in a file
                 value = os.path.abspath(os.path.expanduser(value))
@@ -314,22 +312,19 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
 
 
 def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: str = "/etc/grun.conf") -> str | None:
-    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user
-    named must exist: falling back to personal mode would start a private cluster when they meant to
-    join a real one."""
-    for named in (explicit, environ.get("GRUN_CONF")):
-        if named:
-            if not os.path.exists(named):
-                raise ConfigError("cannot read: No such file or directory", named)
-            return named
-    return etc_path if os.path.exists(etc_path) else None
+    """-C FILE, then $GRUN_CONF, then etc_path if it exists; None means personal mode. A file the user named
+    must exist: falling back to personal mode would start a private cluster when they meant to join a real one."""
+    named = explicit or environ.get("GRUN_CONF")
+    if named and not os.path.exists(named):
+        raise ConfigError("cannot read: No such file or directory", named)
+    return named or (etc_path if os.path.exists(etc_path) else None)
 
 
 def describe(cfg: Config) -> str:
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and
     where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back."""
-    lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds"]
-    lines += [f"# warning: {w}" for w in cfg.warnings]
+    lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
+             *(f"# warning: {w}" for w in cfg.warnings)]
     import yaml
     for name, key in KEYS.items():
         value = cfg.master_address if name == "master" else getattr(cfg, name)
@@ -341,28 +336,22 @@ def describe(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- reading the file ----------------------------------------------------------------------------------
-
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
 # base-60 integer 630, so an unquoted top-level master value is quoted before parsing.
 _MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*)?[ \t]*$"
 
-
-# The fast path for the common config file, one `key: value` a line with plain values: read without
-# importing yaml (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists,
-# anchors, escapes, tabs, duplicate keys, values YAML 1.1 would read as something other than the
-# int, float, bool, null or string taken here) returns None and goes to PyYAML, which then also
-# gives the errors. tests/test_cli_fast.py checks that both agree.
+# The fast path for the common file, one `key: value` a line with plain values, read without importing yaml
+# (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists, anchors, escapes, tabs,
+# duplicate keys, values YAML 1.1 would read otherwise than the int, float, bool, null or string taken here)
+# returns None and goes to PyYAML, which also gives the errors. tests/test_cli_fast.py checks they agree.
 _SIMPLE_LINE = r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *"
 _PLAIN = r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*"
-_YAML_BOOL = {form: value for value, words in ((True, "yes true on"), (False, "no false off"))
-              for word in words.split() for form in (word, word.title(), word.upper())}
-_YAML_NULL = ("~", "null", "Null", "NULL")
+_YAML_WORDS = {form: value for value, words in ((True, "yes true on"), (False, "no false off"), (None, "~ null"))
+               for word in words.split() for form in (word, word.title(), word.upper())}
 
-# A plain value YAML 1.1 (PyYAML's implicit resolvers) might read as an int, float or timestamp although
-# it is none of the plain forms taken here: a date, hex, binary, .inf/.nan, 1_000, "1.". Values here have
-# no ':', '+' or leading '-' (see _PLAIN): no base-60 number, no signed exponent. (PyYAML's own patterns
-# took 6 ms to compile.)
+# A plain value YAML 1.1 might read as an int, float or timestamp although it is none of the forms taken here:
+# a date, hex, binary, .inf/.nan, 1_000, "1.". Values here have no ':', '+' or leading '-' (see _PLAIN): no
+# base-60 number, no signed exponent. (PyYAML's own patterns took 6 ms to compile.)
 _MAYBE_NUMBER = r"[0-9.].*-.*|0[xb].*|(?=[0-9.])[0-9_]*\.?[0-9_]*|\.(?i:inf|nan)"
 
 
@@ -372,23 +361,17 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
         if not line.strip(" ") or line.startswith("#"):
             continue
         m = re.fullmatch(_SIMPLE_LINE, line)
-        if m is None:
+        if m is None or m.group(1) in raw or m.group(1) in _YAML_WORDS:  # twice, or a key YAML reads as no string
             return None
-        key, value = m.group(1), m.group(2)
-        if key in raw or key in _YAML_BOOL or key in _YAML_NULL:
-            return None
-        if value is None or value in _YAML_NULL:
-            raw[key] = None
+        key, value = m.groups()
+        if value is None or value in _YAML_WORDS:
+            raw[key] = _YAML_WORDS.get(value)
         elif value[0] in "'\"":
             raw[key] = value[1:-1]
         elif not re.fullmatch(_PLAIN, value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
             return None
-        elif value in _YAML_BOOL:
-            raw[key] = _YAML_BOOL[value]
-        elif re.fullmatch(r"0|[1-9][0-9]*", value):
-            raw[key] = int(value)
-        elif re.fullmatch(r"[0-9]+\.[0-9]+", value):
-            raw[key] = float(value)
+        elif re.fullmatch(r"0|[1-9][0-9]*|[0-9]+\.[0-9]+", value):
+            raw[key] = float(value) if "." in value else int(value)
         elif re.fullmatch(_MAYBE_NUMBER, value):
             return None
         else:
@@ -405,15 +388,14 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if m.group(2) in _YAML_NULL else
+        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if _YAML_WORDS.get(m.group(2), "") is None else
                       f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
-    simple = _read_simple(text)
-    if simple is not None:
+    if (simple := _read_simple(text)) is not None:
         return simple
     import yaml
-    loader = yaml.SafeLoader(text)
+    loader = yaml.SafeLoader(text)  # one loader for both: the value, and its node for each key's line
     try:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
@@ -421,8 +403,6 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or getattr(e, "context", None) or e
         raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None
-    finally:
-        loader.dispose()
     if value is not None and not isinstance(value, dict):
         kind = "a list" if isinstance(value, list) else f"a single value {str(value)[:60]!r}"
         raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}", path,

@@ -1,7 +1,8 @@
-"""A grun daemon as a process: serve hosts the configured services (grun/services.py), logs, locks its
-pid file while it runs (a stale file never passes for a live daemon), stops on SIGTERM or SIGINT, reloads
-on SIGHUP. And its control from outside, `grun -d`: start in the background, stop (-k), reload (-r),
-replace without a gap (-R), and the personal cluster `grun CMD` starts when there is no config or master."""
+"""A grun daemon: the services it hosts, built from the table of keys (grun/config.py): "queue" is the Master,
+served with the name server on the master port, "exec" the Node, each given its keys (on a reload, those that
+changed). serve runs them, logs, locks its pid file while it runs (a stale file never passes for a live daemon),
+stops on SIGTERM or SIGINT, reloads on SIGHUP. And its control from outside, `grun -d`: start in the background,
+stop (-k), reload (-r), replace without a gap (-R), and the personal cluster `grun CMD` starts when none is up."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-from .config import Config, ConfigError, load_config
+from . import registry
+from .config import KEYS, Config, ConfigError, format_hostport, load_config
 from .files import read_int
-from .services import Services
 
 log = logging.getLogger("grun.daemon")
 
@@ -41,7 +42,8 @@ def running_pid(cfg: Config) -> int | None:
 def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
     """Lock the pid file and write our pid in it. `replacing`: the pid of the daemon that holds it now;
     asked to exit (it writes a snapshot first), then waited for."""
-    if replacing:
+    if replacing:  # load everything before taking over, so the handover costs no import time
+        from .actors import master as _m  # noqa: F401
         with contextlib.suppress(ProcessLookupError):
             os.kill(replacing, signal.SIGTERM)
     while True:
@@ -60,9 +62,75 @@ def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
     return fd
 
 
+class Services:
+    def __init__(self, cfg: Config):
+        self.cfg, self.master, self.master_daemon, self.node = cfg, None, None, None
+
+    def _settings(self, service: str) -> dict:
+        return {name: getattr(self.cfg, name) for name, key in KEYS.items() if key.service == service}
+
+    def start(self, services: frozenset[str]) -> None:
+        cfg = self.cfg
+        if "queue" in services:
+            from .actors.master import Master
+            self.master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
+            self.master = Master(os.path.join(cfg.spool, "master"), **self._settings("queue"))
+            uri = self.master_daemon.register(self.master, registry.MASTER_NAME)
+            self.master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
+            registry.serve_in_thread(self.master_daemon, "grun-master-pyro")
+            log.info("master listening on %s", format_hostport(cfg.bind, cfg.master_port))
+        if "exec" in services:
+            from .actors.node import Node
+            settings = self._settings("exec")
+            self.node = Node(settings.pop("hostname"), os.path.join(cfg.spool, "node"), master_host=cfg.master_host,
+                             master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise, **settings)
+            log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, self.node.uri, cfg.cpus, cfg.memory)
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the actor that
+        reads it (its reconfigure; the log level here), or logged as needing `grun -d -R`, or as read by
+        no service of this daemon. A bad file is logged and the running config kept."""
+        old = self.cfg
+        try:
+            new = load_config(old.path)
+        except Exception as exc:  # a broken edit must not take the daemon down
+            log.error("reload: %s; keeping the running config", exc)
+            return
+        for warning in new.warnings:
+            log.warning("reload: %s", warning)
+        changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]
+        logging.getLogger().setLevel(new.log_level.upper())
+        applied = {"log_level": new.log_level} if "log_level" in changed else {}
+        actors = {"queue": self.master, "exec": self.node}
+        for service, actor in actors.items():
+            asked = {key: getattr(new, key) for key in changed if KEYS[key].service == service and KEYS[key].reload}
+            if actor is not None and asked:
+                try:
+                    applied.update(actor.reconfigure(**asked))
+                except Exception:  # logged; the daemon serves on, and the keys are reported below
+                    log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
+        unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
+        restart = [name for name in changed if name not in applied and name not in unread]
+        log.info("reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(
+            f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
+        for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
+            if names:
+                log.warning("reload: %s changed but %s", ", ".join(names), why)
+        for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
+            setattr(new, name, getattr(old, name))
+        self.cfg = new
+
+    def shutdown(self) -> None:
+        if self.master is not None:
+            self.master.begin_shutdown()  # from here callers get "restarting", which clients retry
+        for actor in (self.node, self.master_daemon, self.master):
+            if actor is not None:
+                actor.shutdown()
+
+
 def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True,
           replacing: int | None = None) -> int:
-    """Host the services (grun/services.py) until SIGTERM or SIGINT; returns the exit code. `replacing`:
+    """Host the services until SIGTERM or SIGINT; returns the exit code. `replacing`:
     the pid of the daemon running now, replaced once this one has loaded (`grun -d -R`)."""
     services = services or cfg.services
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if foreground or not cfg.log_file else []
@@ -75,33 +143,23 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
-    if replacing:  # load everything before taking over, so the handover costs no import time
-        from .actors import master as _m  # noqa: F401
     lock_fd = _lock_pid_file(pid_file, replacing)
     if replacing:
         log.info("took over from the previous daemon (pid %d)", replacing)
-    stop, wake, reload_asked = threading.Event(), threading.Event(), threading.Event()
-
-    def on_signal(signum, _frame):
-        (reload_asked if signum == signal.SIGHUP else stop).set()
-        wake.set()
-
+    signals = queue.SimpleQueue()  # taken by the loop below: a handler must not do the work (put is reentrant)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, lambda signum, _frame: signals.put(signum))
     hosted = Services(cfg)
     try:
         hosted.start(services)
-        while not stop.is_set():
-            wake.wait(1.0)
-            wake.clear()
-            if reload_asked.is_set():
-                reload_asked.clear()
+        while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
+            with contextlib.suppress(queue.Empty):
+                if signals.get(timeout=1.0) != signal.SIGHUP:
+                    log.info("stopping")
+                    return 0
                 hosted.reload()
-            if hosted.failed():
-                log.critical("the master's journal failed; exiting so that a restart reads the disk again")
-                return 1
-        log.info("stopping")
-        return 0
+        log.critical("the master's journal failed; exiting so that a restart reads the disk again")
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         raise DaemonError(f"cannot start: {exc}") from None
@@ -112,11 +170,18 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         os.close(lock_fd)
 
 
+def _wait(done, seconds: float, every: float) -> bool:
+    """Whether done() comes true within `seconds`, asked every `every` seconds."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(every)
+    return done()
+
+
 def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
     """Start `serve` in a detached process; returns its pid once its pid file names it. `replacing`:
     the pid of the daemon running now, which the new one stops once it has loaded."""
-    pid = running_pid(cfg)
-    if pid and pid != replacing:
+    if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
@@ -125,20 +190,15 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     with open(log_path, "ab") as log_out:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}")
-        if running_pid(cfg) == proc.pid:
-            return proc.pid
-        time.sleep(0.01)
-    raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
+    if _wait(lambda: proc.poll() is not None or running_pid(cfg) == proc.pid, wait, 0.01) and proc.poll() is None:
+        return proc.pid
+    raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}" if proc.poll() is not None
+                      else f"the daemon did not start within {wait:.0f} s; see {log_path}")
 
 
 def ask_reload(cfg: Config) -> int | None:
     """SIGHUP to the running daemon; its pid, or None when none runs."""
-    pid = running_pid(cfg)
-    if pid is not None:
+    if (pid := running_pid(cfg)) is not None:
         os.kill(pid, signal.SIGHUP)
     return pid
 
@@ -146,20 +206,15 @@ def ask_reload(cfg: Config) -> int | None:
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
     """`grun -d -R`: a new daemon (new code, new config) loads, then stops the running one, which writes a
     snapshot, and takes over at once; clients and nodes see a pause, not an error. Returns (old, new pid)."""
-    old = running_pid(cfg)
-    return old, start_background(cfg, wait=wait, replacing=old)
+    return (old := running_pid(cfg)), start_background(cfg, wait=wait, replacing=old)
 
 
 def stop(cfg: Config, wait: float = 15.0) -> bool:
     """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds. False when none was running."""
-    pid = running_pid(cfg)
-    if pid is None:
+    if (pid := running_pid(cfg)) is None:
         return False
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + wait
-    while running_pid(cfg) == pid and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if running_pid(cfg) == pid:
+    if not _wait(lambda: running_pid(cfg) != pid, wait, 0.05):
         with contextlib.suppress(ProcessLookupError):  # it has just gone
             os.kill(pid, signal.SIGKILL)
     return True
@@ -175,23 +230,12 @@ def ensure_personal_cluster(cfg: Config, client, announce) -> None:
                 start_background(cfg)
                 announce(f"grun: started a personal cluster on {client.address} (state in {cfg.spool}); "
                          f"stop it with: grun -d -k")
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline:
-                if client.reachable() and any(n["up"] for n in client.nodes()):
-                    return
-                time.sleep(0.02)
+            _wait(lambda: client.reachable() and any(n["up"] for n in client.nodes()), 30.0, 0.02)
 
 
-def main(argv: list[str]) -> int:
-    """`python -m grun.daemon [CONFIG [PID]]`, as start_background (and the tests) run a daemon; PID: the
-    daemon this one replaces."""
-    path, replacing = (argv + ["", ""])[:2]
+if __name__ == "__main__":  # `python -m grun.daemon [CONFIG [PID]]`, as start_background and the tests run
+    path, replacing = (sys.argv[1:] + ["", ""])[:2]  # PID: the daemon this one replaces
     try:
-        return serve(load_config(path or None), foreground=False, replacing=int(replacing) if replacing else None)
+        sys.exit(serve(load_config(path or None), foreground=False, replacing=int(replacing) if replacing else None))
     except (ConfigError, DaemonError) as exc:
-        print(f"grun: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        sys.exit(f"grun: {exc}")

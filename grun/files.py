@@ -1,10 +1,7 @@
-"""Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the
-directory), and readers that take a missing or half-written file for None instead of an error.
-A crash or a full disk leaves either the old content or the new, never a torn file (TinyDB could not open
-a snapshot torn by kill -9 in 8 of 60 tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears
-those a crash left."""
-
-from __future__ import annotations
+"""Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the directory),
+and readers that take a missing or half-written file for None instead of an error. A crash or a full disk leaves
+either the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in 8 of 60
+tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears those a crash left."""
 
 import contextlib
 import json
@@ -41,7 +38,6 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
 
 
 def remove_temps(directory: str) -> None:
-    """Temp files of atomic writes that a crash interrupted."""
     for name in os.listdir(directory):
         if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
             with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ stop of each by its pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import time
 
 import yaml
 
+from grun import spool
 from grun.client import Client
 
 
@@ -136,19 +138,15 @@ class LocalCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _kill_leftover_jobs(self) -> None:
-        """Jobs outlive their daemons by design; a test must not leave them behind."""
+        """Jobs outlive their daemons by design; a test must not leave them behind. (Their reaper, left
+        without input and jobs, then exits by itself, having reaped them.)"""
         for name in self.node_specs:
             jobs_dir = os.path.join(self.root, name, "node", "jobs")
-            if not os.path.isdir(jobs_dir):
-                continue
-            for entry in os.listdir(jobs_dir):
-                for pidfile, group in (("pid", True), ("supervisor.pid", False)):
-                    try:  # pid: "<job pid> <reaper lock>" (see grun.spawner)
-                        with open(os.path.join(jobs_dir, entry, pidfile)) as f:
-                            pid = int(f.read().split()[0])
-                        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
-                    except (OSError, ValueError, IndexError):
-                        pass
+            for entry in os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else ():
+                _, pid, _ = spool.read_pid(os.path.join(jobs_dir, entry))  # the pid file: "<job pid> <reaper>"
+                if pid:
+                    with contextlib.suppress(OSError):  # ended meanwhile
+                        os.killpg(pid, signal.SIGKILL)  # the job's process group
 
     def __enter__(self):
         return self.start()

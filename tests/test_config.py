@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from grun import config as C
-from grun import machine
 from grun.config import (
     DEFAULT_PORT,
     KEYS,
@@ -214,8 +213,8 @@ def test_services_guessed_from_master(conf, text, services):
 def test_is_this_host_by_local_address():
     addrs = [a.address for nic in psutil.net_if_addrs().values() for a in nic
              if a.family == socket.AF_INET]
-    assert all(machine.is_this_host(a) for a in addrs)
-    assert not machine.is_this_host("192.0.2.77")
+    assert all(C.is_this_host(a) for a in addrs)
+    assert not C.is_this_host("192.0.2.77")
 
 
 def test_personal_mode_always_runs_both_services(env):
@@ -432,7 +431,7 @@ def test_the_client_side_imports_no_guess_and_no_difflib(tmp_path):
     path.write_text("master: 192.0.2.1:6000\nservices: exec\nspool: /tmp/x\n")
     code = ("import sys; from grun.config import load_config; c = load_config(sys.argv[1]); "
             "c.master_host, c.master_port, c.spool, c.log_file, c.pid_file, c.personal; "
-            "print(sorted(m for m in ('psutil', 'yaml', 'difflib', 'grun.machine', 'logging') if m in sys.modules))")
+            "print(sorted(m for m in ('psutil', 'yaml', 'difflib', 'logging') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
 

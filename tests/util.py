@@ -74,7 +74,7 @@ def wait_state(cluster: LocalCluster, job_id: int, *states: str, timeout: float 
 def job_pid(cluster: LocalCluster, job_id: int, timeout: float = 10.0) -> int:
     """The job's pid (also its process group id), from its node's spool."""
     def find():
-        for name in cluster.node_specs:  # "<job pid> <reaper lock>" (see grun.spawner)
+        for name in cluster.node_specs:  # the pid file: "<job pid> <reaper>" (see grun.spool)
             pid = read_int(os.path.join(cluster.root, name, "node", "jobs", str(job_id), "pid"))
             if pid:
                 return pid
