@@ -4,8 +4,6 @@ No config file: personal mode, a master and a node on this machine, on 127.0.0.1
 this module, so it stays light: a default that is a function is computed when first read (the machine's
 guesses import psutil or ask DNS then), and yaml is imported only for a file the fast reader leaves."""
 
-from __future__ import annotations
-
 import math
 import os
 import re

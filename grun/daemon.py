@@ -4,8 +4,6 @@ changed). serve runs them, logs, locks its pid file while it runs (a stale file 
 stops on SIGTERM or SIGINT, reloads on SIGHUP. And its control from outside, `grun -d`: start in the background,
 stop (-k), reload (-r), replace without a gap (-R), and the personal cluster `grun CMD` starts when none is up."""
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import logging

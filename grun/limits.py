@@ -21,8 +21,6 @@ processes together hold more resident memory than the limit is killed, and that 
 Light: imported by the reaper, and by the client for `describe`.
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import os

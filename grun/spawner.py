@@ -12,8 +12,6 @@ is reaped here, never a zombie of the node. Limits: see grun.limits. Imports not
 at node start and after a crash.
 """
 
-from __future__ import annotations
-
 import collections
 import contextlib
 import ctypes

@@ -15,8 +15,6 @@ fetched its output), appended; rewritten with only the jobs still here at each n
 ACKS_COMPACT_BYTES, so it stays proportional to the spool, not to every job the node ever ran.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os

@@ -7,8 +7,6 @@ its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byt
 length + payload. The client first sends its 32-hex-character token; the server answers or closes.
 No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
 """
-from __future__ import annotations
-
 import contextlib
 import errno
 import json

@@ -2,8 +2,6 @@
 it serves a job's spool files, from any offset and while the job still writes them, to a client that
 presents a one-time token, and feeds the client's input into the job's stdin FIFO.
 """
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

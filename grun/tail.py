@@ -2,8 +2,6 @@
 grun.stream_server): each new piece as one frame of grun.stream's wire format, by sendfile past SMALL
 bytes (so the bytes never enter Python), and what was sent dropped from the page cache past DROP_AFTER.
 """
-from __future__ import annotations
-
 import contextlib
 import os
 import socket

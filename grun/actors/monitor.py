@@ -13,8 +13,6 @@ never costs a 1-cpu job its node. Outside memory is the machine's used memory (t
 minus the resident memory of grun's processes.
 """
 
-from __future__ import annotations
-
 import logging
 import math
 import os

@@ -7,8 +7,6 @@ Pyro5 daemon (the client derives the URI from the node's), not name-server entri
 registration and a removal per job.
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import os

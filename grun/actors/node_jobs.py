@@ -12,8 +12,6 @@ Kills, suspend and resume signal a job's process group; the sampler (grun.actors
 the jobs every second and kills one over its memory limit.
 """
 
-from __future__ import annotations
-
 import collections
 import contextlib
 import dataclasses

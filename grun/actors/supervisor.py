@@ -5,8 +5,6 @@ the job's status, for a one-time token to stream its output (the node's grun.str
 when they have fetched the output, so the node may drop the spool.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 
