@@ -1,0 +1,150 @@
+"""Make semantics of `grun -M` (grun/make.py), without daemons: the markers, the run / up-to-date
+decision on real files and mtimes, each bad input, and the renaming of a failed job's outputs."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from grun import make
+
+CWD = "/w"
+
+
+def _parse(cmd):
+    return make.parse(cmd, CWD)
+
+
+@pytest.mark.parametrize(("cmd", "run", "inputs", "outputs"), [
+    # %i:/%o: stay in the command without their marker; #i:/#o: words are removed
+    (["bwa", "mem", "ref.fa", "%i:r1.fq", "#o:out.sam"], ["bwa", "mem", "ref.fa", "r1.fq"], ["r1.fq"], ["out.sam"]),
+    (["gzip", "-c", "#i:x", "%o:y"], ["gzip", "-c", "y"], ["x"], ["y"]),
+    (["tool", "--in=%i:a.txt", "--out=#o:b.txt"], ["tool", "--in=a.txt", "--out="], ["a.txt"], ["b.txt"]),
+    ("sort %i:data.txt > sorted.txt", "sort data.txt > sorted.txt", ["data.txt"], ["sorted.txt"]),
+    ("gzip %i:x.foo #o:x.foo.gz", "gzip x.foo", ["x.foo"], ["x.foo.gz"]),
+    ('wc %i:"my file" "#o:out put" | cat', 'wc "my file" | cat', ["my file"], ["out put"]),
+    ('tool "--in=#i:q" >o', 'tool "--in=" >o', ["q"], ["o"]),
+    # < FILE is an input, > FILE, >FILE, >> FILE, 1> and &> outputs
+    ("tr a b < in.txt >out.txt", "tr a b < in.txt >out.txt", ["in.txt"], ["out.txt"]),
+    ("cat %i:a >> log 1>x &>y", "cat a >> log 1>x &>y", ["a"], ["log", "x", "y"]),
+    ("cat %i:a > %o:b", "cat a > b", ["a"], ["b"]),
+    # %!>FILE writes FILE, not an output; 2>FILE and 2>&1 neither; a comment is not the command's
+    ("sort %i:a > b %!>log.txt", "sort a > b >log.txt", ["a"], ["b"]),
+    ("sort %i:a %!>>log.txt", "sort a >>log.txt", ["a"], []),
+    ("cmd %i:a > b 2>err.log 2>&1 >&2", "cmd a > b 2>err.log 2>&1 >&2", ["a"], ["b"]),
+    ("cmd %o:a # %i:not 'an input", "cmd a # %i:not 'an input", [], ["a"]),
+    ("diff <(sort %i:a) %i:b >d", "diff <(sort a) b >d", ["a", "b"], ["d"]),
+    ("printf '%i: %s' x > y", "printf '%i: %s' x > y", [], ["y"]),  # `%i: ` in quotes is text
+])
+def test_markers(cmd, run, inputs, outputs):
+    m = _parse(cmd)
+    assert m.cmd == run
+    assert m.inputs == [os.path.join(CWD, p) for p in inputs]
+    assert m.outputs == [os.path.join(CWD, p) for p in outputs]
+
+
+def test_paths_are_absolute_and_listed_once():
+    m = make.parse(["cat", "%i:../a", "%i:/abs/b", "%i:./c/../a", "#o:sub/out"], "/w/x")
+    assert m.inputs == ["/w/a", "/abs/b", "/w/x/a"] and m.outputs == ["/w/x/sub/out"]
+    assert make.parse(["cat", "%i:a", "%i:a", "#o:b"], CWD).inputs == ["/w/a"]
+
+
+def test_the_rewritten_line_runs(tmp_path):
+    (tmp_path / "data.txt").write_text("b\na\n")
+    m = make.parse("sort %i:data.txt > sorted.txt && echo done %!>log.txt && echo ok >&2", str(tmp_path))
+    done = subprocess.run(["/bin/sh", "-c", m.cmd], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "ok\n"
+    assert (tmp_path / "sorted.txt").read_text() == "a\nb\n" and (tmp_path / "log.txt").read_text() == "done\n"
+    assert m.outputs == [str(tmp_path / "sorted.txt")]
+
+
+def _files(tmp_path, **ages):
+    """Files named by the keywords, `age` seconds old (None: missing, 'empty': an empty file, 10 s old)."""
+    now = 1_700_000_000
+    for name, age in ages.items():
+        if age is not None:
+            (tmp_path / name).write_text("" if age == "empty" else "x")
+            os.utime(tmp_path / name, (now - 10, now - (10 if age == "empty" else age)))
+
+
+def _decide(tmp_path, cmd):
+    return make.decide(make.parse(cmd, str(tmp_path)))
+
+
+@pytest.mark.parametrize(("ages", "reasons"), [
+    ({"data.txt": 5, "sorted.txt": 10}, ["# need sorted.txt: data.txt is newer"]),
+    ({"data.txt": 5, "sorted.txt": None}, ["# need sorted.txt: it does not exist"]),
+    ({"data.txt": 5, "sorted.txt": "empty"}, ["# need sorted.txt: it is empty"]),
+    ({"data.txt": 10, "sorted.txt": 5}, None),
+    ({"data.txt": 10, "sorted.txt": 10}, None),  # as make: equal times are up to date
+])
+def test_decide(tmp_path, ages, reasons):
+    _files(tmp_path, **ages)
+    d = _decide(tmp_path, "sort %i:data.txt > sorted.txt")
+    assert d.missing == []
+    assert (d.run, d.reasons) == ((True, reasons) if reasons else (False, ["# up to date: sorted.txt"]))
+
+
+def test_decide_each_output_against_the_newest_input(tmp_path):
+    _files(tmp_path, a=20, b=5, old=30, fresh=1, gone=None)
+    d = _decide(tmp_path, ["cmd", "%i:a", "%i:b", "#o:old", "#o:fresh", "#o:gone"])
+    assert d.run and d.reasons == ["# need old: b is newer", "# need gone: it does not exist"]
+    assert not _decide(tmp_path, ["cmd", "%i:a", "%i:b", "#o:fresh"]).run
+    outside = make.decide(make.parse(["cmd", "%i:../a", "#o:../x"], str(tmp_path / "sub")))
+    assert outside.reasons == [f"# need {tmp_path}/x: it does not exist"]  # out of the cwd: named in full
+
+
+def test_a_missing_input_waits_for_its_producer(tmp_path):
+    _files(tmp_path, a=5, out=1)
+    d = _decide(tmp_path, ["cmd", "%i:a", "%i:later", "#o:out"])
+    assert d.run and d.missing == [str(tmp_path / "later")]
+    assert d.reasons == ["# need out: later does not exist yet"]
+    assert make.spec_keys(make.parse(["cmd", "%i:a", "%i:later", "#o:out"], str(tmp_path)), d) == {
+        "inputs": [str(tmp_path / "a"), str(tmp_path / "later")], "outputs": [str(tmp_path / "out")],
+        "make": True, "needs": [str(tmp_path / "later")]}
+
+
+def test_no_output_always_runs(tmp_path):
+    _files(tmp_path, a=5)
+    d = _decide(tmp_path, "wc -l %i:a")
+    assert d.run and d.missing == [] and d.reasons == ["# need to run: no output to compare with its inputs"]
+    assert "needs" not in make.spec_keys(make.parse("wc -l %i:a", str(tmp_path)), d)
+
+
+@pytest.mark.parametrize(("cmd", "error"), [
+    (["cat", "%i:"], "-M: %i: names no file"),
+    ("cat #o: x", "-M: #o: names no file"),
+    ("echo 'a > b", "-M: unbalanced quotes (or a trailing backslash) in: echo 'a > b"),
+    ('echo "a > b', "-M: unbalanced quotes"),
+    ("echo a \\", "-M: unbalanced quotes"),
+    ("sort %i:a >", "-M: no file after '>'"),
+    ("sort %i:a > | cat", "-M: no file after '>'"),
+    ("sort %i:a %!>", "-M: no file after '%!>'"),
+    (["sort", "%i:a", "%!>log"], "-M: %!>FILE is a redirection"),
+    (["echo", "hi"], "-M: the command names no input or output"),
+    ("echo hi | cat", "-M: the command names no input or output"),
+    (["#i:a", "#o:b"], "-M: nothing is left to run"),
+])
+def test_bad_input(cmd, error):
+    with pytest.raises(ValueError, match="^" + error.replace("(", r"\(").replace(")", r"\)")) as caught:
+        _parse(cmd)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_output_that_is_a_directory(tmp_path):
+    (tmp_path / "d").mkdir()
+    for cmd in (["cp", "%i:a", "%o:d"], "cat %i:a > d"):
+        with pytest.raises(ValueError, match=f"^-M: output {tmp_path}/d is a directory$"):
+            make.parse(cmd, str(tmp_path))
+
+
+def test_rename_failed(tmp_path):
+    (tmp_path / "half").write_text("half written")
+    (tmp_path / "old").write_text("new try")
+    (tmp_path / "old.failed").write_text("older failure")
+    paths = [str(tmp_path / name) for name in ("half", "missing", "old")]
+    assert make.rename_failed(paths) == [paths[0], paths[2]]
+    assert sorted(os.listdir(tmp_path)) == ["half.failed", "old.failed"]
+    assert (tmp_path / "old.failed").read_text() == "new try"
+    assert make.rename_failed(paths) == [] and make.rename_failed([str(tmp_path / "no/dir/x")]) == []
