@@ -1,0 +1,31 @@
+"""The size of the house (issue 10): grun/ stays small enough to learn in an hour, the way
+tests/test_cli_fast.py keeps the client's imports lean. Every .py file under grun/ counts, with its
+blank and comment lines, as /work/shared/hooks/before-stop counts them."""
+
+import pathlib
+import statistics
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
+TOTAL, MODULE, MEDIAN = 7000, 500, 200
+
+
+def module_lines() -> dict[str, int]:
+    return {str(p.relative_to(PACKAGE.parent)): sum(1 for _ in open(p, errors="replace"))
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_package_within_its_line_budget():
+    sizes = module_lines()
+    assert sizes, f"no modules under {PACKAGE}"
+    total, median = sum(sizes.values()), statistics.median(sizes.values())
+    big = ", ".join(f"{p} ({n})" for n, p in sorted(((n, p) for p, n in sizes.items() if n > MODULE), reverse=True))
+    assert total <= TOTAL and not big and median <= MEDIAN, (
+        f"grun/ is {total:,} lines (at most {TOTAL:,}) in {len(sizes)} modules, median {median:.0f} "
+        f"(at most {MEDIAN}); over {MODULE} lines (none allowed): {big or 'none'}")
+
+
+def test_readme_names_every_module_in_its_reading_order():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    how = readme[readme.index("## How it works"):]
+    missing = [p for p in module_lines() if not p.endswith("__init__.py") and p not in how]
+    assert not missing, f"README's 'How it works' does not name {missing}: a newcomer would never read them"
