@@ -80,12 +80,12 @@ class Master:
         self._outbox_lock = threading.Lock()
         self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs to offer in its next start call
         self._sending: set[str] = set()                 # nodes with a start call in flight
+        self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
+        self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
         self._execute(self.core.recover(snapshot, records, time.time()))
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
         self.records_since_snapshot, self.last_snapshot = len(records), time.monotonic()
-        self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
-        self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         self._scheduler.start()
         self._housekeeper.start()
 
@@ -101,12 +101,12 @@ class Master:
                 self.core.handle(event, *args, now, step=step)
             finally:  # what was applied is journaled, even when the event then failed
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
-                seq = self._journal(self.store.log_nowait, step.records) if step.records or step.durable else 0
+                seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
                 self.records_since_snapshot += len(step.records)
                 woken = [e for r in step.records if self.watchers
                          for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
         if seq and step.durable:
-            self._journal(self.store.wait_durable, seq)
+            self._journal(self.store.journal.wait, seq)
             if self.failed.is_set():
                 raise Restarting("the grun master's journal failed; it is restarting")
         for waiter in woken:
@@ -241,7 +241,6 @@ class Master:
         return self._do("control", "resume", job_ids)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
         return self._do("edit", job_ids, changes)
 
     def register_node(self, info: dict) -> dict:
@@ -254,7 +253,6 @@ class Master:
         return self._do("heartbeat", str(name), info)
 
     def finished(self, name: str, reports: list) -> list:
-        """Completions from a node; applied once each, acknowledged after they are durable."""
         return self._do("finished", str(name), reports)
 
     # ---- questions -------------------------------------------------------------------------------
@@ -288,12 +286,9 @@ class Master:
 
     def why(self, job_id: int) -> str:
         """One paragraph: why the job is not running (or what became of it)."""
-        job_id = J.parse_job_id(job_id)
+        job = self.job(job_id)
         with self.lock:
-            job = self.core.table.jobs.get(job_id)
-            if job is not None:
-                return explain(job, self.core, time.time())
-        return explain(self.job(job_id), self.core)
+            return explain(job, self.core, time.time())
 
     def lookup(self, name: str) -> int | None:
         """The live job with this name, or None."""
@@ -351,7 +346,6 @@ class Master:
     # ---- settings, shutdown ----------------------------------------------------------------
 
     def reconfigure(self, **changes) -> dict:
-        """Apply reloaded settings (MasterState.configure); returns those that changed."""
         with self.lock:
             return self.core.configure(**changes)
 

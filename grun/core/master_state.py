@@ -1,10 +1,9 @@
 """The master's decisions: an event in, records to journal and instructions to carry out. Pure code.
 
-`MasterState.handle(event, *args)` calls `on_<event>` (submit, kill, control, signalled, edit, register,
-heartbeat, finished, started, schedule, sweep) and returns a `Step`: the records it applied to the job
-table (the master journals them), the instructions the master carries out once they are committed,
-and the reply for the caller. As in dask distributed's worker_state_machine (events in, instructions
-out), no socket, clock or file is touched here, and the tests assert on the instructions:
+`MasterState.handle(event, *args)` calls `on_<event>` and returns a `Step`: the records it applied to
+the job table (the master journals them), the instructions the master carries out once they are
+committed, and the reply. As in dask distributed's worker_state_machine (events in, instructions out),
+no socket, clock or file is touched here, and the tests assert on the instructions:
 
     ("offer", node, jobs)          start these jobs there (node.start); the reply is event "started"
     ("reoffer", node, jobs)        the same for offers never confirmed, unless a call is in flight
@@ -14,9 +13,8 @@ out), no socket, clock or file is touched here, and the tests assert on the inst
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
-Decision data that is not journaled lives here too: which starts were confirmed and when
-(`launched`), offers not yet confirmed (`unconfirmed`), recently finished jobs (`recent`), the usage
-nodes report, and on each NodeView when its node was last heard from and whether it was declared lost.
+Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, and
+on each NodeView when its node was last heard from and whether it was declared lost).
 """
 
 from __future__ import annotations
@@ -93,31 +91,28 @@ class MasterState:
 
     # ---- committing ------------------------------------------------------------------------------
 
-    def _commit(self, step: Step, records: list[dict]) -> None:
-        """Apply records, and those that must follow them (nested grun's lend/unlend), and keep the
-        decision data in step with each job."""
+    def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
+        """Apply records, and those that must follow them (nested grun's lend/unlend: a replay finds
+        them in the journal), and keep the decision data in step with each job."""
         todo = list(records)
         for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
             step.kick = step.kick or rec["op"] in KICKS
-            if rec["op"] not in ("node", "forget") and job is not None:
-                self._track(step, rec, job)
-                if job.get("parent") and rec["op"] in ("submit", "finish"):
-                    todo += self._followups(rec, job)
+            if rec["op"] in ("node", "forget") or job is None:
+                continue
+            if job["state"] != J.DISPATCHED:
+                self.unconfirmed.pop(job["id"], None)
+            if job["state"] not in J.ON_NODE_STATES:
+                self.launched.pop(job["id"], None)
+            if rec["op"] == "finish":
+                self.usage.pop(job["id"], None)
+                self.recent[job["id"]] = job
+                if len(self.recent) > RECENT_FINISHED:
+                    self.recent.popitem(last=False)
+                step.do.append(("finished", job))
+            if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
+                todo += self._followups(rec, job)
         step.records += todo
-
-    def _track(self, step: Step, rec: dict, job: dict) -> None:
-        """The one place that keeps the decision data in step with a job, finished or not."""
-        if job["state"] != J.DISPATCHED:
-            self.unconfirmed.pop(job["id"], None)
-        if job["state"] not in J.ON_NODE_STATES:
-            self.launched.pop(job["id"], None)
-        if rec["op"] == "finish":
-            self.usage.pop(job["id"], None)
-            self.recent[job["id"]] = job
-            if len(self.recent) > RECENT_FINISHED:
-                self.recent.popitem(last=False)
-            step.do.append(("finished", job))
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
         """A nested grun's parent lends its reservation when the child is submitted, and takes it
@@ -136,10 +131,7 @@ class MasterState:
         step = Step()
         if snapshot:
             self.table.restore(snapshot)
-        for rec in records:
-            job = self.table.apply(rec)
-            if rec["op"] not in ("node", "forget") and job is not None:
-                self._track(step, rec, job)
+        self._commit(step, records, replay=True)
         self.unconfirmed = {i: 0.0 for i, job in self.table.jobs.items() if job["state"] == J.DISPATCHED}
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
@@ -258,10 +250,9 @@ class MasterState:
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
         node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
-
-        def in_flight(job_id: int) -> bool:  # its start was confirmed after the node made its list
-            got = self.launched.get(job_id)
-            return got is not None and got[0] == incarnation and got[1] > seq
+        # its jobs whose start was confirmed after the node made its list
+        in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
+                     and self.launched[i][1] > seq}
         records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
         self._commit(step, records)
         for rec in records:

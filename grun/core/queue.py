@@ -39,8 +39,6 @@ class JobTable:
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
-    # ---- records -------------------------------------------------------------------------------
-
     def apply(self, rec: dict):
         """Apply one record; returns the job it touched (finished, for "finish"), the node's view for
         "node", or None when the record no longer applies (a job that has left)."""
@@ -181,9 +179,7 @@ class JobTable:
 
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
-        if token in self.tokens:
-            return self.tokens[token]
-        return self.done_tokens.get(token, (None,))[0]
+        return self.tokens.get(token) or self.done_tokens.get(token, (None,))[0]
 
     # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
 
@@ -238,15 +234,14 @@ class JobTable:
         """None when the job is unknown or already finished, so a repeated report is applied once,
         and when the report is of an earlier run than the job's current one."""
         job = self.jobs.get(job_id)
-        if job is None:
-            return None
-        if attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]:
-            return None  # the end of a copy of an earlier run
-        if node is None:
-            return {"op": "finish", "id": job_id, "result": result, "time": now}
-        if node != (job.get("node") or job.get("lost_from")):
-            return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
-        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
+        if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]):
+            return None  # (the end of a copy of an earlier run)
+        rec = {"op": "finish", "id": job_id, "result": result, "time": now}
+        if node is not None:
+            if node != (job.get("node") or job.get("lost_from")):
+                return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
+            rec["node"] = node
+        return rec
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
@@ -261,13 +256,13 @@ class JobTable:
                 "result": {"status": J.LOST, "exit_code": LOST_EXIT, "error": reason}}
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
-                  in_flight=None, requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
+                  in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
         """Compare what a node says it holds with what we think it holds.
 
         `running`: ids of the jobs running on the node; `finished`: ids it holds finished and not yet
         reported, or None when the node sent only its running jobs (a heartbeat): then nothing is
-        declared lost and nothing is offered. `in_flight(id)` says a start is too recent for the
-        node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
+        declared lost and nothing is offered. `in_flight`: ids of jobs whose start is too recent for
+        the node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
         as stale copies)."""
         running = {int(i) for i in running}
         held = running | {int(i) for i in finished or ()}
@@ -277,7 +272,7 @@ class JobTable:
                 continue
             if job["state"] == J.DISPATCHED:
                 start.append(job)  # the start never reached the node: offer it again
-            elif not (in_flight and in_flight(job["id"])):
+            elif job["id"] not in in_flight:
                 records.append(self.lost_record(job, now, f"node {name} came back without it", requeue))
         for job_id in sorted(running):
             job = self.jobs.get(job_id)
