@@ -89,8 +89,6 @@ class Master:
         self._scheduler.start()
         self._housekeeper.start()
 
-    # ---- the commit path -------------------------------------------------------------------------
-
     def _do(self, event: str, *args):
         """Decide and journal under the lock; wait for the disk; carry out the instructions."""
         step, now = Step(), time.time()  # (when it arrived: a heartbeat that waits for the lock counts from then)
@@ -190,8 +188,6 @@ class Master:
             except Exception:
                 log.exception("starting jobs on %s failed; they are offered again later", name)
 
-    # ---- background --------------------------------------------------------------------------------
-
     def _schedule(self) -> None:
         if not self._closing:
             self._do("schedule")
@@ -214,8 +210,6 @@ class Master:
             state = self.core.table.snapshot()
             self.records_since_snapshot, self.last_snapshot = 0, time.monotonic()
         self.store.write_snapshot(ticket, state)
-
-    # ---- requests --------------------------------------------------------------------------------
 
     def ping(self) -> str:
         return "grun.master"
@@ -254,8 +248,6 @@ class Master:
 
     def finished(self, name: str, reports: list) -> list:
         return self._do("finished", str(name), reports)
-
-    # ---- questions -------------------------------------------------------------------------------
 
     def job(self, job_id: int) -> dict:
         job_id = J.parse_job_id(job_id)
@@ -342,8 +334,6 @@ class Master:
                     self.watchers[i].discard(event)
                     if not self.watchers[i]:
                         del self.watchers[i]
-
-    # ---- settings, shutdown ----------------------------------------------------------------
 
     def reconfigure(self, **changes) -> dict:
         with self.lock:

@@ -138,8 +138,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     return out
 
 
-# ---- edits -----------------------------------------------------------------------------------
-
 # `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
 EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
              "m": "memory", "hosts": "host", "host": "host", "H": "host"}

@@ -89,8 +89,6 @@ class MasterState:
         getattr(self, "on_" + event)(step, *args)
         return step
 
-    # ---- committing ------------------------------------------------------------------------------
-
     def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
         """Apply records, and those that must follow them (nested grun's lend/unlend: a replay finds
         them in the journal), and keep the decision data in step with each job."""
@@ -136,8 +134,6 @@ class MasterState:
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
         return step
-
-    # ---- clients ---------------------------------------------------------------------------------
 
     def requests(self, specs) -> list[dict]:
         """Validated submissions (a ValueError, one line, for the first bad one)."""
@@ -237,8 +233,6 @@ class MasterState:
         self._commit(step, records)
         step.reply = found
 
-    # ---- nodes -----------------------------------------------------------------------------------
-
     def on_register(self, step: Step, info: dict, now: float) -> None:
         """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
         again, jobs it lost are declared lost, running copies of jobs that finished or moved
@@ -336,8 +330,6 @@ class MasterState:
             records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
         self._commit(step, [r for r in records if r is not None])
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
-
-    # ---- scheduling and housekeeping ---------------------------------------------------------------
 
     def on_schedule(self, step: Step, now: float) -> None:
         """Dispatch every queued job that fits somewhere now, reserve nodes for jobs that waited

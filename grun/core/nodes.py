@@ -155,8 +155,6 @@ class NodeIndex(dict):
         for node in nodes:
             self[node.name] = node
 
-    # ---- the dict --------------------------------------------------------------------------------
-
     def __setitem__(self, name: str, node: NodeView) -> None:
         old = self.get(name)
         if old is not None and old is not node:
@@ -187,8 +185,6 @@ class NodeIndex(dict):
                 self._remembered.clear()
             self._remembered[key] = compute()
         return self._remembered[key]
-
-    # ---- filing --------------------------------------------------------------------------------
 
     def _touch(self, node: NodeView, attr: str) -> None:  # (only a node in the index points to it)
         self._dirty[node.name] = node
@@ -233,8 +229,6 @@ class NodeIndex(dict):
             self._unfile(node)
             if key is not None:
                 self._file(node, key)
-
-    # ---- questions -----------------------------------------------------------------------------
 
     def up_count(self) -> int:
         self.refresh()

@@ -79,10 +79,9 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     A job costs a search of the index, not a look at every node."""
     plan = Plan()
     claims = {} if claims is None else claims
-    n_live, live = index.up_count(), None
+    n_live, live, misses = index.up_count(), None, 0
     if not n_live:
         return plan
-    misses = 0
     full = not index.any_free()
     failed_shapes: set = set()       # shapes that fit nowhere in this pass
     unreservable: set = set()        # shapes no unclaimed node could ever take
@@ -126,32 +125,25 @@ def shortfall(node: NodeView, job: dict) -> float:
     return short
 
 
-def node_to_reserve(job: dict, nodes: list[NodeView], claims: dict, rng: random.Random = random) -> NodeView | None:
-    """The node that comes closest to fitting a starving job, among those no other job has claimed."""
+def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> bool:
+    """Claim for a starving job the node that comes closest to fitting it, among those no other job
+    has claimed (False: there is none). A reservation sticks while it can still be honoured."""
     candidates = [n for n in nodes if n.up and n.could_ever_fit(job)
                   and (n.name not in claims or claims[n.name]["id"] == job["id"])]
     if not candidates:
-        return None
-    current = [n for n in candidates if n.name == job.get("reserved_node")]
-    if current:
-        return current[0]  # a reservation sticks while it can still be honoured
-    least = min(shortfall(n, job) for n in candidates)
-    closest = [n for n in candidates if shortfall(n, job) <= least + EPS]
-    return closest[0] if len(closest) == 1 else rng.choice(closest)
+        return False
+    node = next((n for n in candidates if n.name == job.get("reserved_node")), None)
+    if node is None:
+        least = min(shortfall(n, job) for n in candidates)
+        closest = [n for n in candidates if shortfall(n, job) <= least + EPS]
+        node = closest[0] if len(closest) == 1 else rng.choice(closest)
+        _drop_claim(claims, job)
+        plan.reserve.append((job, node))
+    claims[node.name] = job
+    return True
 
 
 def _drop_claim(claims: dict, job: dict) -> None:
     for name, owner in list(claims.items()):
         if owner["id"] == job["id"]:
             del claims[name]
-
-
-def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> bool:
-    node = node_to_reserve(job, nodes, claims, rng)
-    if node is None:
-        return False
-    if job.get("reserved_node") != node.name:
-        _drop_claim(claims, job)
-        plan.reserve.append((job, node))
-    claims[node.name] = job
-    return True

@@ -181,8 +181,6 @@ class JobTable:
         """The job a client token already named (live, or finished not long ago)."""
         return self.tokens.get(token) or self.done_tokens.get(token, (None,))[0]
 
-    # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
-
     def _claim_of(self, job: dict) -> dict | None:
         """What the job holds on its node now: its request while it runs; no cpus while suspended;
         nothing while a nested grun of its own runs (it lent its reservation to the child)."""
@@ -226,8 +224,6 @@ class JobTable:
     def claims(self) -> dict:
         """Node name -> the queued job that reserved it."""
         return {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
-
-    # ---- what reports mean (the master journals these records) -------------------------------------
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
                       attempt: int | None = None) -> dict | None:
@@ -285,8 +281,6 @@ class JobTable:
                 stale.append(job_id)  # finished, or re-queued and placed elsewhere: the copy here must go
         return records, start, stale
 
-    # ---- nodes ---------------------------------------------------------------------------------
-
     def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
                     labels: dict | None = None) -> dict | None:
         """A "node" record when a node's description is new or changed, else None."""
@@ -315,8 +309,6 @@ class JobTable:
     def jobs_on(self, name: str) -> list[dict]:
         node = self.nodes.get(name)
         return [self.jobs[i] for i in sorted(node.jobs)] if node is not None else []
-
-    # ---- snapshots -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
         """The live state as plain data. An environment that jobs share is written once, under
