@@ -65,7 +65,6 @@ class NodeLink:
 class Master:
     def __init__(self, state_dir: str, **settings):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
-        self.state_dir = state_dir
         self.core = MasterState(**settings)
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit

@@ -64,14 +64,14 @@ class JobTable:
         job = self.jobs.get(rec.get("id"))
         if job is None:
             return None
+        state = job["state"]
         if op == "dispatch":
             self.pending.remove(job)
             job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
             job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
-        elif op == "start":
-            if job["state"] == J.DISPATCHED:
-                job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
+        elif op == "start" and state == J.DISPATCHED:
+            job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
         elif op == "kill":
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
@@ -80,15 +80,38 @@ class JobTable:
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
-        elif op == "reclaim":
+        elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:
             # the lost node came back with the job still running, before it ran anywhere else
-            if job["state"] == J.QUEUED and job.get("lost_from") == rec["node"]:
-                self.pending.remove(job)
-                job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
+            self.pending.remove(job)
+            job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
             return self._finish(job, rec)
-        else:
-            self._control(op, job, rec)
+        elif op == "hold" and state == J.QUEUED:
+            self.pending.remove(job)
+            job["state"] = J.HELD
+            job.pop("reserved_node", None)
+        elif op == "release" and state == J.HELD:
+            job.update(state=J.QUEUED, queued_time=rec["time"])
+            self.pending.add(job)
+        elif op == "suspend" and state == J.RUNNING:
+            job.update(state=J.SUSPENDED, suspend_time=rec["time"])
+        elif op == "resume" and state == J.SUSPENDED:
+            job["state"] = J.RUNNING
+            job.pop("suspend_time", None)
+        elif op == "edit" and state in (J.QUEUED, J.HELD):
+            self.pending.remove(job)
+            job.update(rec["changes"])
+            job.pop("reserved_node", None)
+            if state == J.QUEUED:
+                self.pending.add(job)
+        elif op == "lend":  # (nested grun)
+            job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
+        elif op == "unlend":
+            job["lent_to"] = [c for c in job.get("lent_to", []) if c != rec["child"]]
+            if not job["lent_to"]:
+                del job["lent_to"]
+        elif op == "reserve" and state == J.QUEUED:
+            job.update(reserved_node=rec["node"], reserved_time=rec["time"])
         self._sync(job)
         return job
 
@@ -113,36 +136,6 @@ class JobTable:
             if type(job.get(key)) is str:
                 job[key] = sys.intern(job[key])
         return job
-
-    def _control(self, op: str, job: dict, rec: dict) -> None:
-        """hold/release, suspend/resume, edit, lend/unlend (nested grun) and reserve."""
-        state = job["state"]
-        if op == "hold" and state == J.QUEUED:
-            self.pending.remove(job)
-            job["state"] = J.HELD
-            job.pop("reserved_node", None)
-        elif op == "release" and state == J.HELD:
-            job.update(state=J.QUEUED, queued_time=rec["time"])
-            self.pending.add(job)
-        elif op == "suspend" and state == J.RUNNING:
-            job.update(state=J.SUSPENDED, suspend_time=rec["time"])
-        elif op == "resume" and state == J.SUSPENDED:
-            job["state"] = J.RUNNING
-            job.pop("suspend_time", None)
-        elif op == "edit" and state in (J.QUEUED, J.HELD):
-            self.pending.remove(job)
-            job.update(rec["changes"])
-            job.pop("reserved_node", None)
-            if state == J.QUEUED:
-                self.pending.add(job)
-        elif op == "lend":
-            job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
-        elif op == "unlend":
-            job["lent_to"] = [c for c in job.get("lent_to", []) if c != rec["child"]]
-            if not job["lent_to"]:
-                del job["lent_to"]
-        elif op == "reserve" and state == J.QUEUED:
-            job.update(reserved_node=rec["node"], reserved_time=rec["time"])
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
@@ -325,8 +318,7 @@ class JobTable:
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
-        for token, job_id, at in state.get("done_tokens", []):
-            self.done_tokens[token] = (job_id, at)
+        self.done_tokens.update((token, (job_id, at)) for token, job_id, at in state.get("done_tokens", []))
         for rec in state.get("nodes", []):
             self.apply(rec)
         envs = state.get("envs", [])
