@@ -2,10 +2,10 @@
 (`grun.core.master_state`), which owns the job table, the node table and every decision.
 
 Every request takes one path, `_do`: under the lock, the core turns the event into records (applied)
-and instructions, and the records are journaled; the lock is released; the caller waits for the
-journal's group commit when it must not be answered before the disk has the records (invariant 1);
-then the instructions are carried out by `_execute`: node calls, each with a timeout and never under
-the lock (invariant 4), history, and the waiters of the jobs the records touched are woken.
+and instructions, and the records are journaled; then, the lock released, the caller waits for the
+group commit when it must not be answered before the disk has the records (invariant 1), the waiters
+of the jobs the records touched are woken, and `_execute` carries out the instructions: node calls,
+each with a timeout and never under the lock (invariant 4), and history.
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ class Master:
         self._housekeeper.start()
 
     def _do(self, event: str, *args):
-        """Decide and journal under the lock; wait for the disk; carry out the instructions."""
         step, now = Step(), time.time()  # (when it arrived: a heartbeat that waits for the lock counts from then)
         with self.lock:
             if self.failed.is_set() or self._closing:  # memory may hold what the disk does not
@@ -123,7 +122,6 @@ class Master:
             raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _execute(self, step: Step) -> None:
-        """Carry out a step's instructions (see grun.core.master_state), no lock held."""
         finished, failed = [], []
         for kind, *args in step.do:
             if kind == "finished":
@@ -205,8 +203,7 @@ class Master:
 
     def _snapshot(self) -> None:
         with self.lock:
-            ticket = self.store.begin_snapshot()
-            state = self.core.table.snapshot()
+            ticket, state = self.store.begin_snapshot(), self.core.table.snapshot()
             self.records_since_snapshot, self.last_snapshot = 0, time.monotonic()
         self.store.write_snapshot(ticket, state)
 

@@ -8,6 +8,7 @@ which Pyro5 clients rebuild (a class of ours would reach them as an unknown-clas
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -216,13 +217,10 @@ def public_view(job: dict) -> dict:
 
 def parse_job_id(raw) -> int:
     """A job id from the wire; a ValueError (which Pyro5 clients rebuild) for anything else."""
-    try:
-        job_id = int(raw)
-    except (TypeError, ValueError):
-        job_id = 0
-    if job_id <= 0:
-        raise ValueError(f"bad job id {raw!r}")
-    return job_id
+    with contextlib.suppress(TypeError, ValueError):
+        if (job_id := int(raw)) > 0:
+            return job_id
+    raise ValueError(f"bad job id {raw!r}")
 
 
 def history_filter(user: str | None, grep: str | None):

@@ -113,8 +113,7 @@ class MasterState:
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
-        """A nested grun's parent lends its reservation when the child is submitted, and takes it
-        back (unlend) when the child ends."""
+        """A nested grun's parent lends its reservation to the child (lend) until the child ends (unlend)."""
         parent = self.table.jobs.get(job["parent"])
         if parent is None:
             return []
@@ -350,8 +349,7 @@ class MasterState:
                         for job, node in plan.reserve if job["id"] not in placed]
             self._commit(step, records)
             step.kick = len(plan.placed) >= MAX_PLACED_PER_PASS  # cut short: more may fit at once
-            for job, _ in plan.placed:
-                self.unconfirmed.pop(job["id"], None)  # (re-dispatched: to the end, in offer order)
+            for job, _ in plan.placed:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
         # oldest offer first, so those due again are the first ones

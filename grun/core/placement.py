@@ -28,9 +28,9 @@ _job_id = operator.itemgetter("id")
 
 
 class PendingQueue:
-    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its priority) waits in a small side
-    table, merged back in id order when the queue is read: putting it in place in the main table
-    rebuilt that table, O(queue) per job, and a lost node's jobs (or 10,000 lost nodes') each paid it."""
+    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its
+    priority) waits in a side table, merged back in id order when the queue is read: putting it in
+    place rebuilt the main table, O(queue) per job, and a lost node's jobs (or 10,000 nodes') paid it."""
 
     FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
 
@@ -75,8 +75,7 @@ class Plan:
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
-    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
-    A job costs a search of the index, not a look at every node."""
+    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place."""
     plan = Plan()
     claims = {} if claims is None else claims
     n_live, live, misses = index.up_count(), None, 0

@@ -125,13 +125,10 @@ class JobTable:
             if last is value or last == value:  # a run of jobs alike: no hashing of the whole value
                 job[key] = last
                 continue
+            if len(self._shared) >= SHARED_VALUES_MAX:
+                self._shared.clear()
             fingerprint = (key, *(value.items() if kind is dict else value))
-            shared = self._shared.get(fingerprint)
-            if shared is None:
-                if len(self._shared) >= SHARED_VALUES_MAX:
-                    self._shared.clear()
-                shared = self._shared[fingerprint] = value
-            job[key] = self._last_shared[key] = shared
+            job[key] = self._last_shared[key] = self._shared.setdefault(fingerprint, value)
         for key in ("cwd", "user"):
             if type(job.get(key)) is str:
                 job[key] = sys.intern(job[key])
@@ -145,9 +142,13 @@ class JobTable:
             del self.names[job["name"]]
         job.pop("reserved_node", None)
         self.reserved.pop(job["id"], None)
-        if job.get("token"):
+        if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
-            self._keep_token(job["token"], job["id"], rec["time"])
+            kept, now = self.done_tokens, rec["time"]
+            kept[job["token"]] = (job["id"], now)
+            kept.move_to_end(job["token"])  # (so the loop stops at it at the latest)
+            while len(kept) > TOKEN_KEEP_MAX or next(iter(kept.values()))[1] < now - TOKEN_KEEP_SECS:
+                kept.popitem(last=False)
         if rec.get("node") and not job.get("node"):
             job["node"] = rec["node"]  # finished by the copy on the node it was lost from
         job.pop("lost_from", None)
@@ -162,13 +163,6 @@ class JobTable:
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.KILLED if killed else J.FAILED if failed else J.DONE)
         return job
-
-    def _keep_token(self, token: str, job_id: int, now: float) -> None:
-        kept = self.done_tokens
-        kept[token] = (job_id, now)
-        kept.move_to_end(token)  # (so the loop stops at it at the latest)
-        while len(kept) > TOKEN_KEEP_MAX or next(iter(kept.values()))[1] < now - TOKEN_KEEP_SECS:
-            kept.popitem(last=False)
 
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
@@ -185,10 +179,9 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now (and index its reservation).
-        A node's `jobs` are the live jobs on it: its registration and its lost-node sweep look at
-        its jobs, not at every job. (A job is only ever on a known node: a node's record comes
-        before any dispatch there, and a node is forgotten only when it holds no job.)"""
+        """Make the node views count exactly what the job holds now (and index its reservation). A
+        node's `jobs` are the live jobs on it, so its registration and sweep need not look at every
+        job. (A job is only ever on a known node: a node's record comes before any dispatch there.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -246,13 +239,10 @@ class JobTable:
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
                   in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
-        """Compare what a node says it holds with what we think it holds.
-
-        `running`: ids of the jobs running on the node; `finished`: ids it holds finished and not yet
-        reported, or None when the node sent only its running jobs (a heartbeat): then nothing is
-        declared lost and nothing is offered. `in_flight`: ids of jobs whose start is too recent for
-        the node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
-        as stale copies)."""
+        """What a node says it holds against what we think: `running`, ids of the jobs running there;
+        `finished`, ids it holds finished and not yet reported, or None for a heartbeat (then nothing
+        is declared lost or offered); `in_flight`, ids whose start is too recent for the node's list to
+        show. Returns (records to apply, jobs to start there, ids to kill there as stale copies)."""
         running = {int(i) for i in running}
         held = running | {int(i) for i in finished or ()}
         records, start, stale = [], [], []
