@@ -106,9 +106,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         raise ValueError("env must map strings to strings")
     if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
         raise ValueError("environment too large")
-    user = spec.get("user") or "nobody"
-    if not isinstance(user, str):
-        raise ValueError("user must be a string")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
     out = {
@@ -118,7 +115,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "env": dict(env),
         "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
         "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB)),
-        "user": user,
+        "user": _text(spec, "user", MAX_NAME) or "nobody",
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
