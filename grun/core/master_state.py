@@ -322,8 +322,7 @@ class MasterState:
             job = self.table.jobs.get(int(raw))
             if job is None or job.get("node") != name or job["state"] != J.DISPATCHED:
                 continue  # confirmed before, or finished or moved meanwhile (then stale at its next beat)
-            self.launched[job["id"]] = launch
-            self.unconfirmed.pop(job["id"], None)
+            self.launched[job["id"]] = launch  # (and _commit drops it from unconfirmed: it runs)
             records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
         for raw, error in reply.get("rejected", {}).items():
             records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
