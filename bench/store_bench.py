@@ -49,7 +49,7 @@ def log_throughput(root: str, threads: int = 32, per_thread: int = 1000) -> str:
     for th in pool:
         th.join()
     elapsed = time.perf_counter() - start
-    commits = store._journal.commits
+    commits = store.journal.commits
     store.close()
     total = threads * per_thread
     return f"{total / elapsed:,.0f} records/s ({total / commits:.1f} records per fsync)"

@@ -223,7 +223,7 @@ class Store:
         self._snap_lock = threading.Lock()
         self._loaded = self._closed = False
         self._disk = (0.0, None, None, 0.0)  # last check: (when, min_free_mb, refusal, when last logged)
-        self._journal = Journal(self.dir, self._log, self.problems)
+        self.journal = Journal(self.dir, self._log, self.problems)
         self._history = _History(os.path.join(self.dir, "history"), history_rotate_docs,
                                  history_flush_secs, self._log, self.problems)
 
@@ -242,11 +242,11 @@ class Store:
             except _UNREADABLE as e:
                 self._log.warning("snapshot %s unreadable (%s); falling back", self._snap_path(t), e)
                 os.replace(self._snap_path(t), self._snap_path(t) + ".corrupt")
-        records, last = self._journal.replay(ticket)
+        records, last = self.journal.replay(ticket)
         for path in sorted(f"{self.dir}/{name}" for name in os.listdir(self.dir) if name.endswith(".damaged")):
             if not any(path in p for p in self.problems):  # (found at an earlier start, its segment pruned since)
                 self.problems.append(f"damaged journal kept at {path}: see the master's log; remove it once dealt with")
-        self._journal.open(max([last, ticket] + tickets) + 1)
+        self.journal.open(max([last, ticket] + tickets) + 1)
         self._loaded = True
         return state, records
 
@@ -257,25 +257,18 @@ class Store:
         return metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
 
     def log(self, records: list[dict]) -> int:
-        """Append records and return once they are fsync'd; returns the last seq."""
-        seq = self.log_nowait(records)
-        self._journal.wait(seq)
+        """Append records and return once they are fsync'd; returns the last seq. (The master appends
+        under its lock, journal.append, and waits after releasing it, journal.wait.)"""
+        seq = self.journal.append(records)
+        self.journal.wait(seq)
         return seq
 
-    def log_nowait(self, records: list[dict]) -> int:
-        """Append records; the next group commit makes them durable. Returns the last seq,
-        which wait_durable() accepts: call this under the state lock, wait after releasing it."""
-        return self._journal.append(records)
-
-    def wait_durable(self, seq: int) -> None:
-        self._journal.wait(seq)
-
     def begin_snapshot(self) -> int:
-        return self._journal.rotate()
+        return self.journal.rotate()
 
     def write_snapshot(self, ticket: int, state: dict) -> None:
         # A fallback to the previous snapshot replays the records up to this ticket: have them on disk.
-        self._journal.wait(ticket)
+        self.journal.wait(ticket)
         jobs = state.get("jobs", [])  # a table of job documents; the rest is one document, meta
         meta = {"ticket": ticket, "jobs_count": len(jobs) if "jobs" in state else None,
                 "state": {k: v for k, v in state.items() if k != "jobs"}}
@@ -288,7 +281,7 @@ class Store:
             for old in tickets[:-2]:
                 os.unlink(self._snap_path(old))
             if len(tickets) >= 2:
-                self._journal.prune(tickets[-2])
+                self.journal.prune(tickets[-2])
 
     def refusal(self, min_free_mb: int) -> str | None:
         """Why no new jobs should be taken now (the file system is nearly full), or None."""
@@ -326,7 +319,7 @@ class Store:
     def flush(self) -> None:
         self._history.flush()
         if self._loaded:
-            self._journal.wait(self._journal.append([]))
+            self.journal.wait(self.journal.append([]))
 
     def close(self) -> None:
         if self._closed:
@@ -335,5 +328,5 @@ class Store:
         try:
             self._history.close()
         finally:
-            self._journal.close()
+            self.journal.close()
             self._lockfile.close()

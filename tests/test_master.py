@@ -53,7 +53,7 @@ def test_finished_waits_leave_no_watcher_behind(make_master):
 def test_a_registration_is_answered_once_its_node_record_is_on_disk(make_master):
     """Bug 6: the reply could go out before the new node's record was durable."""
     master = make_master()
-    journal = master.store._journal
+    journal = master.store.journal
     for i in range(20):
         master.register_node({"name": f"n{i}", "uri": f"PYRO:grun.node@127.0.0.1:{9000 + i}", "cpus": 2,
                               "memory": 1000, "running": [], "finished": []})

@@ -86,7 +86,7 @@ def test_reconcile_offers_missed_starts_declares_lost_and_names_stale_copies():
 
     # a start confirmed after the node made its list is not a loss
     records, _, _ = m.table.reconcile("a", running=[running["id"]], finished=[], now=4.0,
-                                in_flight=lambda i: i == vanished["id"])
+                                in_flight={vanished["id"]})
     assert records == []
     # a heartbeat (no finished list) declares nothing lost and offers nothing
     assert m.table.reconcile("a", running=[running["id"]], now=4.0) == ([], [], [])

@@ -36,7 +36,7 @@ def test_log_load_round_trip(tmp_path):
         store.log([{"op": "too early"}])
     assert store.load() == (None, [])
     store.log([{"op": "submit", "id": 1}, {"op": "submit", "id": 2, "spec": {"cmd": ["true"]}}])
-    store.log_nowait([{"op": "finish", "id": 1, "seq": 99}, {}])  # a caller's seq is ignored
+    store.journal.append([{"op": "finish", "id": 1, "seq": 99}, {}])  # a caller's seq is ignored
     store.close()
     store.close()  # idempotent
 
@@ -245,7 +245,7 @@ def test_group_commit_many_threads(tmp_path):
         th.start()
     for th in threads:
         th.join()
-    commits = store._journal.commits
+    commits = store.journal.commits
     store.close()
     assert commits < 32 * 200 / 2  # records really were batched per fsync
 
@@ -275,9 +275,9 @@ def worker(k):
         x = run * 10**7 + k * 10**6 + n
         if snapshots:  # the master's pattern: seq and state change together, wait outside the lock
             with state_lock:
-                seq = store.log_nowait([{"x": x}])
+                seq = store.journal.append([{"x": x}])
                 items.add(x)
-            store.wait_durable(seq)
+            store.journal.wait(seq)
         else:
             store.log([{"x": x}])
         with out_lock:

@@ -2,10 +2,10 @@
 (`grun.core.master_state`), which owns the job table, the node table and every decision.
 
 Every request takes one path, `_do`: under the lock, the core turns the event into records (applied)
-and instructions, and the records are journaled; the lock is released; the caller waits for the
-journal's group commit when it must not be answered before the disk has the records (invariant 1);
-then the instructions are carried out by `_execute`: node calls, each with a timeout and never under
-the lock (invariant 4), history, and the waiters of the jobs the records touched are woken.
+and instructions, and the records are journaled; then, the lock released, the caller waits for the
+group commit when it must not be answered before the disk has the records (invariant 1), the waiters
+of the jobs the records touched are woken, and `_execute` carries out the instructions: node calls,
+each with a timeout and never under the lock (invariant 4), and history.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class NodeLink:
 class Master:
     def __init__(self, state_dir: str, **settings):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
-        self.state_dir = state_dir
         self.core = MasterState(**settings)
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
@@ -80,19 +79,16 @@ class Master:
         self._outbox_lock = threading.Lock()
         self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs to offer in its next start call
         self._sending: set[str] = set()                 # nodes with a start call in flight
+        self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
+        self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
         self._execute(self.core.recover(snapshot, records, time.time()))
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
         self.records_since_snapshot, self.last_snapshot = len(records), time.monotonic()
-        self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
-        self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         self._scheduler.start()
         self._housekeeper.start()
 
-    # ---- the commit path -------------------------------------------------------------------------
-
     def _do(self, event: str, *args):
-        """Decide and journal under the lock; wait for the disk; carry out the instructions."""
         step, now = Step(), time.time()  # (when it arrived: a heartbeat that waits for the lock counts from then)
         with self.lock:
             if self.failed.is_set() or self._closing:  # memory may hold what the disk does not
@@ -101,12 +97,12 @@ class Master:
                 self.core.handle(event, *args, now, step=step)
             finally:  # what was applied is journaled, even when the event then failed
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
-                seq = self._journal(self.store.log_nowait, step.records) if step.records or step.durable else 0
+                seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
                 self.records_since_snapshot += len(step.records)
                 woken = [e for r in step.records if self.watchers
                          for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
         if seq and step.durable:
-            self._journal(self.store.wait_durable, seq)
+            self._journal(self.store.journal.wait, seq)
             if self.failed.is_set():
                 raise Restarting("the grun master's journal failed; it is restarting")
         for waiter in woken:
@@ -126,7 +122,6 @@ class Master:
             raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _execute(self, step: Step) -> None:
-        """Carry out a step's instructions (see grun.core.master_state), no lock held."""
         finished, failed = [], []
         for kind, *args in step.do:
             if kind == "finished":
@@ -190,8 +185,6 @@ class Master:
             except Exception:
                 log.exception("starting jobs on %s failed; they are offered again later", name)
 
-    # ---- background --------------------------------------------------------------------------------
-
     def _schedule(self) -> None:
         if not self._closing:
             self._do("schedule")
@@ -210,12 +203,9 @@ class Master:
 
     def _snapshot(self) -> None:
         with self.lock:
-            ticket = self.store.begin_snapshot()
-            state = self.core.table.snapshot()
+            ticket, state = self.store.begin_snapshot(), self.core.table.snapshot()
             self.records_since_snapshot, self.last_snapshot = 0, time.monotonic()
         self.store.write_snapshot(ticket, state)
-
-    # ---- requests --------------------------------------------------------------------------------
 
     def ping(self) -> str:
         return "grun.master"
@@ -241,7 +231,6 @@ class Master:
         return self._do("control", "resume", job_ids)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
         return self._do("edit", job_ids, changes)
 
     def register_node(self, info: dict) -> dict:
@@ -254,10 +243,7 @@ class Master:
         return self._do("heartbeat", str(name), info)
 
     def finished(self, name: str, reports: list) -> list:
-        """Completions from a node; applied once each, acknowledged after they are durable."""
         return self._do("finished", str(name), reports)
-
-    # ---- questions -------------------------------------------------------------------------------
 
     def job(self, job_id: int) -> dict:
         job_id = J.parse_job_id(job_id)
@@ -288,12 +274,9 @@ class Master:
 
     def why(self, job_id: int) -> str:
         """One paragraph: why the job is not running (or what became of it)."""
-        job_id = J.parse_job_id(job_id)
+        job = self.job(job_id)
         with self.lock:
-            job = self.core.table.jobs.get(job_id)
-            if job is not None:
-                return explain(job, self.core, time.time())
-        return explain(self.job(job_id), self.core)
+            return explain(job, self.core, time.time())
 
     def lookup(self, name: str) -> int | None:
         """The live job with this name, or None."""
@@ -348,10 +331,7 @@ class Master:
                     if not self.watchers[i]:
                         del self.watchers[i]
 
-    # ---- settings, shutdown ----------------------------------------------------------------
-
     def reconfigure(self, **changes) -> dict:
-        """Apply reloaded settings (MasterState.configure); returns those that changed."""
         with self.lock:
             return self.core.configure(**changes)
 

@@ -8,7 +8,6 @@ labels, too small, or busy now and with what), the job's place in the queue, and
 from __future__ import annotations
 
 import itertools
-import time
 
 from . import jobs as J
 from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
@@ -92,27 +91,16 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
         if need > node.free(name) + EPS:
             busy.append(f"{node.free(name):g} of {node.resources[name]:g} {name} free")
     if busy:
-        return "busy", "; ".join(busy) + _running(node)
+        ids = sorted(node.jobs)
+        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        return "busy", "; ".join(busy) + (f", running job{'s' if len(ids) > 1 else ''} {shown}" if ids else "")
     if delays_claim(node, job, claims):
         return "claimed", f"reserved for job {claims[node.name]['id']}"
     return "fits", "has room now"
 
 
-def _running(node) -> str:
-    ids = sorted(node.jobs)
-    shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
-    return f", running job{'s' if len(ids) > 1 else ''} {shown}" if ids else ""
-
-
-def queue_position(job: dict, table) -> tuple[int, int, int]:
-    """(position from 1, queue length, jobs of higher priority ahead)."""
-    ahead = list(itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
-    return len(ahead) + 1, len(table.pending), sum(other["priority"] > job["priority"] for other in ahead)
-
-
-def explain(job: dict, master, now: float | None = None) -> str:
+def explain(job: dict, master, now: float) -> str:
     """`master`: the master's MasterState."""
-    now = time.time() if now is None else now
     head = f"Job {job['id']}"
     state = job["state"]
     if state == J.HELD:
@@ -124,11 +112,7 @@ def explain(job: dict, master, now: float | None = None) -> str:
                 f"memory kept); continue it with `grun -e resume {job['id']}`.")
     if state in J.FINAL_STATES:
         return f"{head} has finished: {state}, exit {J.describe_exit(job)}."
-    return _explain_queued(head, job, master.table, master.settings["reserve_after"], now)
-
-
-def _explain_queued(head: str, job: dict, table, reserve_after: float, now: float) -> str:
-    claims = table.claims()
+    table, claims = master.table, master.table.claims()
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
         kind, text = node_reason(node, job, claims)
@@ -142,17 +126,16 @@ def _explain_queued(head: str, job: dict, table, reserve_after: float, now: floa
         if kind in groups:
             names = groups[kind]
             lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {label}: {'; '.join(names)}.")
-    position, length, higher = queue_position(job, table)
-    lines.append(f"It is number {position} of {length} in the queue (priority {job['priority']}"
+    ahead = list(itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
+    position, higher = len(ahead) + 1, sum(other["priority"] > job["priority"] for other in ahead)
+    lines.append(f"It is number {position} of {len(table.pending)} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits"))
     if job.get("reserved_node"):
         lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
                      f"take nothing it needs.")
-    elif possible and "fits" not in groups:
-        left = reserve_after - waited
-        if left > 0:
-            lines.append(f"After {_duration(left)} more a node will be reserved for it.")
+    elif possible and "fits" not in groups and (left := master.settings["reserve_after"] - waited) > 0:
+        lines.append(f"After {_duration(left)} more a node will be reserved for it.")
     if "fits" in groups:
         lines.append("It should start at the next scheduling pass.")
     elif not possible:

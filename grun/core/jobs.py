@@ -8,6 +8,7 @@ which Pyro5 clients rebuild (a class of ours would reach them as an unknown-clas
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -105,9 +106,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         raise ValueError("env must map strings to strings")
     if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
         raise ValueError("environment too large")
-    user = spec.get("user") or "nobody"
-    if not isinstance(user, str):
-        raise ValueError("user must be a string")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
     out = {
@@ -117,7 +115,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "env": dict(env),
         "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
         "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB)),
-        "user": user,
+        "user": _text(spec, "user", MAX_NAME) or "nobody",
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
@@ -137,8 +135,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
     return out
 
-
-# ---- edits -----------------------------------------------------------------------------------
 
 # `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
 EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
@@ -218,13 +214,10 @@ def public_view(job: dict) -> dict:
 
 def parse_job_id(raw) -> int:
     """A job id from the wire; a ValueError (which Pyro5 clients rebuild) for anything else."""
-    try:
-        job_id = int(raw)
-    except (TypeError, ValueError):
-        job_id = 0
-    if job_id <= 0:
-        raise ValueError(f"bad job id {raw!r}")
-    return job_id
+    with contextlib.suppress(TypeError, ValueError):
+        if (job_id := int(raw)) > 0:
+            return job_id
+    raise ValueError(f"bad job id {raw!r}")
 
 
 def history_filter(user: str | None, grep: str | None):

@@ -1,10 +1,9 @@
 """The master's decisions: an event in, records to journal and instructions to carry out. Pure code.
 
-`MasterState.handle(event, *args)` calls `on_<event>` (submit, kill, control, signalled, edit, register,
-heartbeat, finished, started, schedule, sweep) and returns a `Step`: the records it applied to the job
-table (the master journals them), the instructions the master carries out once they are committed,
-and the reply for the caller. As in dask distributed's worker_state_machine (events in, instructions
-out), no socket, clock or file is touched here, and the tests assert on the instructions:
+`MasterState.handle(event, *args)` calls `on_<event>` and returns a `Step`: the records it applied to
+the job table (the master journals them), the instructions the master carries out once they are
+committed, and the reply. As in dask distributed's worker_state_machine (events in, instructions out),
+no socket, clock or file is touched here, and the tests assert on the instructions:
 
     ("offer", node, jobs)          start these jobs there (node.start); the reply is event "started"
     ("reoffer", node, jobs)        the same for offers never confirmed, unless a call is in flight
@@ -14,9 +13,8 @@ out), no socket, clock or file is touched here, and the tests assert on the inst
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
-Decision data that is not journaled lives here too: which starts were confirmed and when
-(`launched`), offers not yet confirmed (`unconfirmed`), recently finished jobs (`recent`), the usage
-nodes report, and on each NodeView when its node was last heard from and whether it was declared lost.
+Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, and
+on each NodeView when its node was last heard from and whether it was declared lost).
 """
 
 from __future__ import annotations
@@ -91,37 +89,31 @@ class MasterState:
         getattr(self, "on_" + event)(step, *args)
         return step
 
-    # ---- committing ------------------------------------------------------------------------------
-
-    def _commit(self, step: Step, records: list[dict]) -> None:
-        """Apply records, and those that must follow them (nested grun's lend/unlend), and keep the
-        decision data in step with each job."""
+    def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
+        """Apply records, and those that must follow them (nested grun's lend/unlend: a replay finds
+        them in the journal), and keep the decision data in step with each job."""
         todo = list(records)
         for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
             step.kick = step.kick or rec["op"] in KICKS
-            if rec["op"] not in ("node", "forget") and job is not None:
-                self._track(step, rec, job)
-                if job.get("parent") and rec["op"] in ("submit", "finish"):
-                    todo += self._followups(rec, job)
+            if rec["op"] in ("node", "forget") or job is None:
+                continue
+            if job["state"] != J.DISPATCHED:
+                self.unconfirmed.pop(job["id"], None)
+            if job["state"] not in J.ON_NODE_STATES:
+                self.launched.pop(job["id"], None)
+            if rec["op"] == "finish":
+                self.usage.pop(job["id"], None)
+                self.recent[job["id"]] = job
+                if len(self.recent) > RECENT_FINISHED:
+                    self.recent.popitem(last=False)
+                step.do.append(("finished", job))
+            if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
+                todo += self._followups(rec, job)
         step.records += todo
 
-    def _track(self, step: Step, rec: dict, job: dict) -> None:
-        """The one place that keeps the decision data in step with a job, finished or not."""
-        if job["state"] != J.DISPATCHED:
-            self.unconfirmed.pop(job["id"], None)
-        if job["state"] not in J.ON_NODE_STATES:
-            self.launched.pop(job["id"], None)
-        if rec["op"] == "finish":
-            self.usage.pop(job["id"], None)
-            self.recent[job["id"]] = job
-            if len(self.recent) > RECENT_FINISHED:
-                self.recent.popitem(last=False)
-            step.do.append(("finished", job))
-
     def _followups(self, rec: dict, job: dict) -> list[dict]:
-        """A nested grun's parent lends its reservation when the child is submitted, and takes it
-        back (unlend) when the child ends."""
+        """A nested grun's parent lends its reservation to the child (lend) until the child ends (unlend)."""
         parent = self.table.jobs.get(job["parent"])
         if parent is None:
             return []
@@ -136,16 +128,11 @@ class MasterState:
         step = Step()
         if snapshot:
             self.table.restore(snapshot)
-        for rec in records:
-            job = self.table.apply(rec)
-            if rec["op"] not in ("node", "forget") and job is not None:
-                self._track(step, rec, job)
+        self._commit(step, records, replay=True)
         self.unconfirmed = {i: 0.0 for i, job in self.table.jobs.items() if job["state"] == J.DISPATCHED}
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
         return step
-
-    # ---- clients ---------------------------------------------------------------------------------
 
     def requests(self, specs) -> list[dict]:
         """Validated submissions (a ValueError, one line, for the first bad one)."""
@@ -245,8 +232,6 @@ class MasterState:
         self._commit(step, records)
         step.reply = found
 
-    # ---- nodes -----------------------------------------------------------------------------------
-
     def on_register(self, step: Step, info: dict, now: float) -> None:
         """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
         again, jobs it lost are declared lost, running copies of jobs that finished or moved
@@ -258,10 +243,9 @@ class MasterState:
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
         node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
-
-        def in_flight(job_id: int) -> bool:  # its start was confirmed after the node made its list
-            got = self.launched.get(job_id)
-            return got is not None and got[0] == incarnation and got[1] > seq
+        # its jobs whose start was confirmed after the node made its list
+        in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
+                     and self.launched[i][1] > seq}
         records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
         self._commit(step, records)
         for rec in records:
@@ -338,15 +322,12 @@ class MasterState:
             job = self.table.jobs.get(int(raw))
             if job is None or job.get("node") != name or job["state"] != J.DISPATCHED:
                 continue  # confirmed before, or finished or moved meanwhile (then stale at its next beat)
-            self.launched[job["id"]] = launch
-            self.unconfirmed.pop(job["id"], None)
+            self.launched[job["id"]] = launch  # (and _commit drops it from unconfirmed: it runs)
             records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
         for raw, error in reply.get("rejected", {}).items():
             records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
         self._commit(step, [r for r in records if r is not None])
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
-
-    # ---- scheduling and housekeeping ---------------------------------------------------------------
 
     def on_schedule(self, step: Step, now: float) -> None:
         """Dispatch every queued job that fits somewhere now, reserve nodes for jobs that waited
@@ -367,8 +348,7 @@ class MasterState:
                         for job, node in plan.reserve if job["id"] not in placed]
             self._commit(step, records)
             step.kick = len(plan.placed) >= MAX_PLACED_PER_PASS  # cut short: more may fit at once
-            for job, _ in plan.placed:
-                self.unconfirmed.pop(job["id"], None)  # (re-dispatched: to the end, in offer order)
+            for job, _ in plan.placed:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
         # oldest offer first, so those due again are the first ones

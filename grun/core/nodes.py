@@ -5,10 +5,6 @@ A node's free capacity is its total minus what grun jobs have reserved (soft loc
 the job's request, not its use) minus the load of processes that are not grun jobs, as its node last
 measured it. Requests are cpus, memory, custom consumables (`-p gpu=1` against `resources:`), labels
 that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern.
-
-With thousands of nodes, best fit must not look at every node for every job: the index files the up
-nodes by (free cpus, free memory), so a search starts at the nodes that come closest and a plain job
-looks at one bucket of equal nodes. It learns of every change through `NodeView.__setattr__`.
 """
 
 from __future__ import annotations
@@ -50,10 +46,8 @@ class NodeView:
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
-        if name in _WATCHED:
-            index = self.__dict__.get("_index")
-            if index is not None:
-                index._touch(self, name)
+        if name in _WATCHED and (index := self.__dict__.get("_index")) is not None:
+            index._touch(self, name)
 
     @property
     def free_cpus(self) -> float:
@@ -139,11 +133,12 @@ def shape(job: dict) -> tuple:
 
 
 class NodeIndex(dict):
-    """Nodes by name (a dict), with the up ones also filed by free capacity for best fit.
-
-    Buckets hold the up nodes with equal (free cpus, free memory); their keys are kept sorted. The
-    nodes that changed are re-filed before the next search, so a pass that places many jobs costs
-    O(log buckets) per job, not O(nodes). Add and remove nodes by item assignment and del."""
+    """Nodes by name (a dict), with the up ones also filed by free capacity: with thousands of nodes,
+    best fit must not look at every node for every job. Buckets hold the up nodes with equal (free cpus,
+    free memory), their keys kept sorted, so a search starts at the nodes that come closest and a plain
+    job looks at one bucket. The nodes that changed (NodeView.__setattr__ tells) are re-filed before the
+    next search: a pass that places many jobs costs O(log buckets) per job, not O(nodes). Add and remove
+    nodes by item assignment and del."""
 
     def __init__(self, nodes=()):
         super().__init__()
@@ -154,8 +149,6 @@ class NodeIndex(dict):
         self._remembered: dict = {}                 # see remembered()
         for node in nodes:
             self[node.name] = node
-
-    # ---- the dict --------------------------------------------------------------------------------
 
     def __setitem__(self, name: str, node: NodeView) -> None:
         old = self.get(name)
@@ -187,8 +180,6 @@ class NodeIndex(dict):
                 self._remembered.clear()
             self._remembered[key] = compute()
         return self._remembered[key]
-
-    # ---- filing --------------------------------------------------------------------------------
 
     def _touch(self, node: NodeView, attr: str) -> None:  # (only a node in the index points to it)
         self._dirty[node.name] = node
@@ -233,8 +224,6 @@ class NodeIndex(dict):
             self._unfile(node)
             if key is not None:
                 self._file(node, key)
-
-    # ---- questions -----------------------------------------------------------------------------
 
     def up_count(self) -> int:
         self.refresh()

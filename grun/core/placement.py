@@ -28,9 +28,9 @@ _job_id = operator.itemgetter("id")
 
 
 class PendingQueue:
-    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its priority) waits in a small side
-    table, merged back in id order when the queue is read: putting it in place in the main table
-    rebuilt that table, O(queue) per job, and a lost node's jobs (or 10,000 lost nodes') each paid it."""
+    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its
+    priority) waits in a side table, merged back in id order when the queue is read: putting it in
+    place rebuilt the main table, O(queue) per job, and a lost node's jobs (or 10,000 nodes') paid it."""
 
     FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
 
@@ -75,14 +75,12 @@ class Plan:
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
-    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
-    A job costs a search of the index, not a look at every node."""
+    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place."""
     plan = Plan()
     claims = {} if claims is None else claims
-    n_live, live = index.up_count(), None
+    n_live, live, misses = index.up_count(), None, 0
     if not n_live:
         return plan
-    misses = 0
     full = not index.any_free()
     failed_shapes: set = set()       # shapes that fit nowhere in this pass
     unreservable: set = set()        # shapes no unclaimed node could ever take
@@ -126,32 +124,25 @@ def shortfall(node: NodeView, job: dict) -> float:
     return short
 
 
-def node_to_reserve(job: dict, nodes: list[NodeView], claims: dict, rng: random.Random = random) -> NodeView | None:
-    """The node that comes closest to fitting a starving job, among those no other job has claimed."""
+def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> bool:
+    """Claim for a starving job the node that comes closest to fitting it, among those no other job
+    has claimed (False: there is none). A reservation sticks while it can still be honoured."""
     candidates = [n for n in nodes if n.up and n.could_ever_fit(job)
                   and (n.name not in claims or claims[n.name]["id"] == job["id"])]
     if not candidates:
-        return None
-    current = [n for n in candidates if n.name == job.get("reserved_node")]
-    if current:
-        return current[0]  # a reservation sticks while it can still be honoured
-    least = min(shortfall(n, job) for n in candidates)
-    closest = [n for n in candidates if shortfall(n, job) <= least + EPS]
-    return closest[0] if len(closest) == 1 else rng.choice(closest)
+        return False
+    node = next((n for n in candidates if n.name == job.get("reserved_node")), None)
+    if node is None:
+        least = min(shortfall(n, job) for n in candidates)
+        closest = [n for n in candidates if shortfall(n, job) <= least + EPS]
+        node = closest[0] if len(closest) == 1 else rng.choice(closest)
+        _drop_claim(claims, job)
+        plan.reserve.append((job, node))
+    claims[node.name] = job
+    return True
 
 
 def _drop_claim(claims: dict, job: dict) -> None:
     for name, owner in list(claims.items()):
         if owner["id"] == job["id"]:
             del claims[name]
-
-
-def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) -> bool:
-    node = node_to_reserve(job, nodes, claims, rng)
-    if node is None:
-        return False
-    if job.get("reserved_node") != node.name:
-        _drop_claim(claims, job)
-        plan.reserve.append((job, node))
-    claims[node.name] = job
-    return True

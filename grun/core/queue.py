@@ -39,8 +39,6 @@ class JobTable:
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
-    # ---- records -------------------------------------------------------------------------------
-
     def apply(self, rec: dict):
         """Apply one record; returns the job it touched (finished, for "finish"), the node's view for
         "node", or None when the record no longer applies (a job that has left)."""
@@ -66,14 +64,14 @@ class JobTable:
         job = self.jobs.get(rec.get("id"))
         if job is None:
             return None
+        state = job["state"]
         if op == "dispatch":
             self.pending.remove(job)
             job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
             job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
-        elif op == "start":
-            if job["state"] == J.DISPATCHED:
-                job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
+        elif op == "start" and state == J.DISPATCHED:
+            job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
         elif op == "kill":
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
@@ -82,44 +80,13 @@ class JobTable:
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
-        elif op == "reclaim":
+        elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:
             # the lost node came back with the job still running, before it ran anywhere else
-            if job["state"] == J.QUEUED and job.get("lost_from") == rec["node"]:
-                self.pending.remove(job)
-                job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
+            self.pending.remove(job)
+            job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
             return self._finish(job, rec)
-        else:
-            self._control(op, job, rec)
-        self._sync(job)
-        return job
-
-    def _share(self, job: dict) -> dict:
-        """One copy of each env dict, cmd list and short string that many jobs hold alike."""
-        for key, kind in (("env", dict), ("cmd", list)):
-            value = job.get(key)
-            if type(value) is not kind or not value:
-                continue
-            last = self._last_shared.get(key)
-            if last is value or last == value:  # a run of jobs alike: no hashing of the whole value
-                job[key] = last
-                continue
-            fingerprint = (key, *(value.items() if kind is dict else value))
-            shared = self._shared.get(fingerprint)
-            if shared is None:
-                if len(self._shared) >= SHARED_VALUES_MAX:
-                    self._shared.clear()
-                shared = self._shared[fingerprint] = value
-            job[key] = self._last_shared[key] = shared
-        for key in ("cwd", "user"):
-            if type(job.get(key)) is str:
-                job[key] = sys.intern(job[key])
-        return job
-
-    def _control(self, op: str, job: dict, rec: dict) -> None:
-        """hold/release, suspend/resume, edit, lend/unlend (nested grun) and reserve."""
-        state = job["state"]
-        if op == "hold" and state == J.QUEUED:
+        elif op == "hold" and state == J.QUEUED:
             self.pending.remove(job)
             job["state"] = J.HELD
             job.pop("reserved_node", None)
@@ -137,7 +104,7 @@ class JobTable:
             job.pop("reserved_node", None)
             if state == J.QUEUED:
                 self.pending.add(job)
-        elif op == "lend":
+        elif op == "lend":  # (nested grun)
             job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
         elif op == "unlend":
             job["lent_to"] = [c for c in job.get("lent_to", []) if c != rec["child"]]
@@ -145,6 +112,27 @@ class JobTable:
                 del job["lent_to"]
         elif op == "reserve" and state == J.QUEUED:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
+        self._sync(job)
+        return job
+
+    def _share(self, job: dict) -> dict:
+        """One copy of each env dict, cmd list and short string that many jobs hold alike."""
+        for key, kind in (("env", dict), ("cmd", list)):
+            value = job.get(key)
+            if type(value) is not kind or not value:
+                continue
+            last = self._last_shared.get(key)
+            if last is value or last == value:  # a run of jobs alike: no hashing of the whole value
+                job[key] = last
+                continue
+            if len(self._shared) >= SHARED_VALUES_MAX:
+                self._shared.clear()
+            fingerprint = (key, *(value.items() if kind is dict else value))
+            job[key] = self._last_shared[key] = self._shared.setdefault(fingerprint, value)
+        for key in ("cwd", "user"):
+            if type(job.get(key)) is str:
+                job[key] = sys.intern(job[key])
+        return job
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
@@ -154,9 +142,13 @@ class JobTable:
             del self.names[job["name"]]
         job.pop("reserved_node", None)
         self.reserved.pop(job["id"], None)
-        if job.get("token"):
+        if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
-            self._keep_token(job["token"], job["id"], rec["time"])
+            kept, now = self.done_tokens, rec["time"]
+            kept[job["token"]] = (job["id"], now)
+            kept.move_to_end(job["token"])  # (so the loop stops at it at the latest)
+            while len(kept) > TOKEN_KEEP_MAX or next(iter(kept.values()))[1] < now - TOKEN_KEEP_SECS:
+                kept.popitem(last=False)
         if rec.get("node") and not job.get("node"):
             job["node"] = rec["node"]  # finished by the copy on the node it was lost from
         job.pop("lost_from", None)
@@ -172,20 +164,9 @@ class JobTable:
         job["state"] = result.get("status") or (J.KILLED if killed else J.FAILED if failed else J.DONE)
         return job
 
-    def _keep_token(self, token: str, job_id: int, now: float) -> None:
-        kept = self.done_tokens
-        kept[token] = (job_id, now)
-        kept.move_to_end(token)  # (so the loop stops at it at the latest)
-        while len(kept) > TOKEN_KEEP_MAX or next(iter(kept.values()))[1] < now - TOKEN_KEEP_SECS:
-            kept.popitem(last=False)
-
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
-        if token in self.tokens:
-            return self.tokens[token]
-        return self.done_tokens.get(token, (None,))[0]
-
-    # ---- what a node's usage counts of a job (the soft lock) -------------------------------------
+        return self.tokens.get(token) or self.done_tokens.get(token, (None,))[0]
 
     def _claim_of(self, job: dict) -> dict | None:
         """What the job holds on its node now: its request while it runs; no cpus while suspended;
@@ -198,10 +179,9 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now (and index its reservation).
-        A node's `jobs` are the live jobs on it: its registration and its lost-node sweep look at
-        its jobs, not at every job. (A job is only ever on a known node: a node's record comes
-        before any dispatch there, and a node is forgotten only when it holds no job.)"""
+        """Make the node views count exactly what the job holds now (and index its reservation). A
+        node's `jobs` are the live jobs on it, so its registration and sweep need not look at every
+        job. (A job is only ever on a known node: a node's record comes before any dispatch there.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -231,22 +211,19 @@ class JobTable:
         """Node name -> the queued job that reserved it."""
         return {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
 
-    # ---- what reports mean (the master journals these records) -------------------------------------
-
     def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
                       attempt: int | None = None) -> dict | None:
         """None when the job is unknown or already finished, so a repeated report is applied once,
         and when the report is of an earlier run than the job's current one."""
         job = self.jobs.get(job_id)
-        if job is None:
-            return None
-        if attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]:
-            return None  # the end of a copy of an earlier run
-        if node is None:
-            return {"op": "finish", "id": job_id, "result": result, "time": now}
-        if node != (job.get("node") or job.get("lost_from")):
-            return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
-        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
+        if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]):
+            return None  # (the end of a copy of an earlier run)
+        rec = {"op": "finish", "id": job_id, "result": result, "time": now}
+        if node is not None:
+            if node != (job.get("node") or job.get("lost_from")):
+                return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
+            rec["node"] = node
+        return rec
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
@@ -261,14 +238,11 @@ class JobTable:
                 "result": {"status": J.LOST, "exit_code": LOST_EXIT, "error": reason}}
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
-                  in_flight=None, requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
-        """Compare what a node says it holds with what we think it holds.
-
-        `running`: ids of the jobs running on the node; `finished`: ids it holds finished and not yet
-        reported, or None when the node sent only its running jobs (a heartbeat): then nothing is
-        declared lost and nothing is offered. `in_flight(id)` says a start is too recent for the
-        node's list to show it. Returns (records to apply, jobs to start there, ids to kill there
-        as stale copies)."""
+                  in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
+        """What a node says it holds against what we think: `running`, ids of the jobs running there;
+        `finished`, ids it holds finished and not yet reported, or None for a heartbeat (then nothing
+        is declared lost or offered); `in_flight`, ids whose start is too recent for the node's list to
+        show. Returns (records to apply, jobs to start there, ids to kill there as stale copies)."""
         running = {int(i) for i in running}
         held = running | {int(i) for i in finished or ()}
         records, start, stale = [], [], []
@@ -277,7 +251,7 @@ class JobTable:
                 continue
             if job["state"] == J.DISPATCHED:
                 start.append(job)  # the start never reached the node: offer it again
-            elif not (in_flight and in_flight(job["id"])):
+            elif job["id"] not in in_flight:
                 records.append(self.lost_record(job, now, f"node {name} came back without it", requeue))
         for job_id in sorted(running):
             job = self.jobs.get(job_id)
@@ -289,8 +263,6 @@ class JobTable:
             else:
                 stale.append(job_id)  # finished, or re-queued and placed elsewhere: the copy here must go
         return records, start, stale
-
-    # ---- nodes ---------------------------------------------------------------------------------
 
     def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
                     labels: dict | None = None) -> dict | None:
@@ -321,8 +293,6 @@ class JobTable:
         node = self.nodes.get(name)
         return [self.jobs[i] for i in sorted(node.jobs)] if node is not None else []
 
-    # ---- snapshots -----------------------------------------------------------------------------
-
     def snapshot(self) -> dict:
         """The live state as plain data. An environment that jobs share is written once, under
         "envs", and each job names it by its index: environments were 60 % of a snapshot's bytes."""
@@ -338,8 +308,7 @@ class JobTable:
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
-        for token, job_id, at in state.get("done_tokens", []):
-            self.done_tokens[token] = (job_id, at)
+        self.done_tokens.update((token, (job_id, at)) for token, job_id, at in state.get("done_tokens", []))
         for rec in state.get("nodes", []):
             self.apply(rec)
         envs = state.get("envs", [])
