@@ -7,8 +7,6 @@ would take them for a comment anyway); in a shell command line `< FILE` is an in
 `>> FILE` an output, and `%!>FILE` writes FILE without making it an output (it stays as `>FILE`).
 """
 
-from __future__ import annotations
-
 import os
 import re
 import shlex

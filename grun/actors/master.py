@@ -8,8 +8,6 @@ of the jobs the records touched are woken, and `_execute` carries out the instru
 each with a timeout and never under the lock (invariant 4), and history.
 """
 
-from __future__ import annotations
-
 import logging
 import threading
 import time

@@ -5,8 +5,6 @@ For a queued job `why` names the request, what each node lacks (grouped: down, e
 labels, too small, or busy now and with what), the job's place in the queue, and its reservation.
 """
 
-from __future__ import annotations
-
 import itertools
 
 from . import jobs as J

@@ -6,8 +6,6 @@ A submission or edit that cannot be accepted is a ValueError with one line for t
 which Pyro5 clients rebuild (a class of ours would reach them as an unknown-class error).
 """
 
-from __future__ import annotations
-
 import contextlib
 import math
 import os

@@ -17,8 +17,6 @@ Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `
 on each NodeView when its node was last heard from and whether it was declared lost).
 """
 
-from __future__ import annotations
-
 import collections
 import itertools
 import random

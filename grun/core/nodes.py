@@ -7,8 +7,6 @@ measured it. Requests are cpus, memory, custom consumables (`-p gpu=1` against `
 that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern.
 """
 
-from __future__ import annotations
-
 import fnmatch
 import random
 from bisect import bisect_left, insort

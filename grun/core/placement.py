@@ -8,8 +8,6 @@ without fitting claims the node that comes closest to fitting it; from then on o
 only if they take nothing that job still needs (backfill that cannot delay it).
 """
 
-from __future__ import annotations
-
 import heapq
 import operator
 import random

@@ -5,8 +5,6 @@ Every change to the queue is a record (a small dict with an "op"). The master's 
 crash the journal is replayed through the same `apply`, so live operation and recovery cannot disagree.
 """
 
-from __future__ import annotations
-
 import collections
 import sys
 
