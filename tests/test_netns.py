@@ -154,8 +154,8 @@ def test_a_partitioned_node_s_jobs_are_requeued_and_the_stale_copy_killed_on_hea
 
         c.cut(cut_node)
         cut_at = time.monotonic()
-        moved = wait_for(lambda: (lambda j: j if j["state"] == "running" and j["node"] == other else None)(
-            job(c, mid)), 20, what="the job to be re-queued and run on the other node")
+        moved = wait_for(lambda: j if (j := job(c, mid))["state"] == "running" and j["node"] == other else None,
+                         20, what="the job to be re-queued and run on the other node")
         assert moved["attempt"] == 2 and "lost" in moved["requeue_reason"]
         assert job(c, pinned)["state"] == "queued"
         assert {n["name"]: n["up"] for n in c.client().nodes()} == {cut_node: False, other: True}

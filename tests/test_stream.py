@@ -310,7 +310,7 @@ def test_wake_delivers_exit_fast(server, job_dir):
         state = {}
         token = server.offer("j10", str(job_dir), get_status=lambda st=state: st.get("st"))
         done = {}
-        t = threading.Thread(target=lambda: done.update(
+        t = threading.Thread(target=lambda done=done, token=token: done.update(
             res=attach(*server.address, token), at=time.monotonic()))
         t.start()
         # Idle at its longest backoff by now; the phase shifts so that a 25 ms poll could not pass.
