@@ -69,6 +69,8 @@ OPTIONS = [
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
     Option(None, "array", "value", str, "a job per task id: 1-100, 1-100:2, 1,5,9 ($GRUN_TASK_ID; %a in -o)", "IDS"),
     Option(None, "cmds", "value", str, "a job per line of FILE ('-': stdin), run by sh ($GRUN_TASK_ID)", "FILE"),
+    Option("M", "make", help="make semantics: run only if an output (%o:F, #o:F, > F) is older than an input (%i:F, #i:F, < F)"),
+    Option(None, "noexec", help="with -M (also -n): print what would run and why; queue nothing"),
     Option("v", "verbose", help="print the job id and node on stderr"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
@@ -96,7 +98,7 @@ _BY_LONG = {o.long: o for o in OPTIONS}
 # a job's options: those `run` and `submit` take; an option file (-f) may hold all but the last, -f itself
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
-               "verbose", "file")
+               "make", "noexec", "verbose", "file")
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:
@@ -133,6 +135,8 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
             for j, letter in enumerate(word[1:], 2):
                 if letter == "r" and "daemon" in opts:
                     opts["reload"] = True  # `grun -d -r`: reload, as in the original grun
+                elif letter == "n" and opts.get("make") and "--noexec" in allowed:
+                    opts["noexec"] = True  # `grun -M -n`: make's dry run (-n is -k's signal otherwise)
                 elif getattr(allowed.get(f"-{letter}"), "kind", "flag") != "flag":
                     take(f"-{letter}", word[j:] or None)  # `-c4` or `-c 4`
                     break

@@ -130,6 +130,13 @@ def _open_outputs(job: dict, job_dir: str, ident: dict) -> tuple:
     return files["stdout"], files["stderr"], stderr_path
 
 
+def _hide_failed(job: dict) -> None:
+    """A failed make job's outputs become FILE.failed (grun.make), renamed as its user, never as root."""
+    from .make import rename_failed
+    with _as_user(_identity(job)):
+        rename_failed(job.get("outputs") or [])
+
+
 class Reaper:
     """Starts jobs and waits for them; one per node (plus, for a while, one per earlier node life)."""
 
@@ -207,6 +214,8 @@ class Reaper:
                     continue  # something a job left behind (we are its subreaper): nothing to record
                 try:
                     exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
+                    if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
+                        _hide_failed(run.job)
                     done.append(run)
                 except Exception as exc:  # one job's bad spool must not stop the reaper
                     self._fail(run.dir, run.notify, f"supervisor failed: {exc}")

@@ -62,7 +62,7 @@ def history_table(jobs: list[dict]) -> str:
 
 
 def history_long(jobs: list[dict]) -> str:
-    """`-q history --long`: every recorded field of each job, a block per job."""
+    """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
     from .core.jobs import describe_exit
     blocks = []
     for j in reversed(jobs):
@@ -70,7 +70,7 @@ def history_long(jobs: list[dict]) -> str:
         params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
         name = f" ({j['name']})" if j.get("name") else ""
         blocks.append("\n".join(line for line in (
-            f"job {j['id']}{name}: {j.get('state')}, exit {describe_exit(j)}",
+            f"job {j['id']}{name}: {j.get('state')}" + (f", exit {describe_exit(j)}" if "end_time" in j else ""),
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
@@ -80,6 +80,8 @@ def history_long(jobs: list[dict]) -> str:
             f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
             f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
             f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}",
+            j.get("inputs") and "  inputs    " + " ".join(j["inputs"]),
+            j.get("outputs") and "  outputs   " + " ".join(j["outputs"]) + ("  (make)" if j.get("make") else ""),
             j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
             j.get("error") and f"  error     {j['error']}") if line))
     return "\n\n".join(blocks)

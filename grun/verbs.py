@@ -167,6 +167,11 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
 
 
+def as_command(words: list[str]) -> str | list[str]:
+    """One word with shell syntax is a command line for /bin/sh; else the words are an argv."""
+    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
+
+
 def cli_spec(args: dict, words: list[str]) -> dict:
     """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh)."""
     from .client import job_spec
@@ -179,16 +184,42 @@ def cli_spec(args: dict, words: list[str]) -> dict:
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)
-    shell = len(words) == 1 and any(c in SHELL_CHARS for c in words[0])
-    return job_spec(words[0] if shell else list(words), cpus=args.get("cpus"), memory=args.get("memory"),
+    cmd, made = args.get("_make") or (as_command(words), {})
+    return job_spec(cmd, cpus=args.get("cpus"), memory=args.get("memory"),
                     priority=args.get("priority"), params=args.get("param"), name=args.get("name"),
                     hosts=args.get("hosts"), pass_env=args.get("env"), requeue=not args.get("norequeue"),
-                    force=bool(args.get("force")), **extra)
+                    force=bool(args.get("force")), **extra, **made)
+
+
+def make_gate(ctx: Context, args: dict) -> int | None:
+    """`-M`: the exit code when nothing is to be queued (up to date, or --noexec); else None, and the
+    command without its markers and the make keys of its spec are left in args["_make"] for cli_spec."""
+    if not args.get("make") or "_make" in args:
+        if args.get("noexec") and not args.get("make"):
+            raise UsageError("--noexec goes with -M")
+        return None
+    if "array" in args or "cmds" in args:
+        raise UsageError("-M does not go with --array or --cmds")
+    from . import make
+    try:
+        m = make.parse(as_command(args["cmd"]), os.getcwd())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    d = make.decide(m)
+    if args.get("noexec"):  # on stdout, as `make -n` prints: why, and what would run
+        import shlex
+        return ctx.print("\n".join(d.reasons + [m.cmd if isinstance(m.cmd, str) else shlex.join(m.cmd)] * d.run))
+    if not d.run:
+        return ctx.say(d.reasons[0].removeprefix("# "), 0)
+    args["_make"] = m.cmd, make.spec_keys(m, d)
+    return None
 
 
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
 def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
+    if (code := make_gate(ctx, args)) is not None:
+        return code
     if args.get("wait-existing") and not args.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
     if "array" in args or "cmds" in args:
@@ -216,6 +247,8 @@ def do_run(ctx: Context, args: dict) -> int:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command, aliases="sub")
 def do_submit(ctx: Context, args: dict) -> int:
     """queue a command and print its job id"""
+    if (code := make_gate(ctx, args)) is not None:
+        return code
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, dict(args, nowait=True))
@@ -288,11 +321,12 @@ def do_attach(ctx: Context, args: dict) -> int:
 
 # ---- queries and control ---------------------------------------------------------------------------
 
-@verb(aliases="j")
+@verb("[--long]", "long", aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs"""
-    from .tables import jobs_table
-    return ctx.print(jobs_table(ctx.client.jobs()))
+    from .tables import history_long, jobs_table
+    jobs = ctx.client.jobs()
+    return ctx.print(history_long(jobs[::-1]) if args.get("long") else jobs_table(jobs))
 
 
 @verb(aliases="nodes s")

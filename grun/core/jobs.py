@@ -25,8 +25,9 @@ SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
     "stdout_file", "stderr_file", "stdout_append", "stderr_append",
+    "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
 }
-MAX_PARAMS, MAX_NAME, MAX_PATH = 64, 200, 4096
+MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE"}
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -131,7 +132,22 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         if path is not None:
             out[f"{stream}_file"] = path
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
+    for key in ("inputs", "outputs", "needs"):
+        if paths := _paths(spec, key):
+            out[key] = paths
+    if spec.get("make"):
+        out["make"] = True  # the node renames its outputs FILE.failed when it fails
+    if out.get("needs"):  # TODO(deps): the master makes it wait for the job whose outputs hold them
+        raise ValueError(f"no input {out['needs'][0]}")
     return out
+
+
+def _paths(spec: dict, key: str) -> list[str]:
+    paths = spec.get(key) or []
+    if not isinstance(paths, list) or len(paths) > MAX_FILES or not all(
+            isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths):
+        raise ValueError(f"{key} must be a list of at most {MAX_FILES} absolute paths")
+    return list(paths)
 
 
 # `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes

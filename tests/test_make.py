@@ -1,0 +1,177 @@
+"""`grun -M`, end to end on a real cluster: a make job runs only when its outputs are missing, empty or
+older than an input; `--noexec` says why and queues nothing; a failed make job leaves FILE.failed, never a
+half-written FILE; bad markers are one line and nothing queued. (The parsing rules: test_make_core.py.)"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from grun.core import jobs as J
+
+
+def _newest(cluster) -> int:
+    """The newest job id the master knows (queued, running or in history): it must not move when
+    a make command has nothing to run."""
+    client = cluster.client()
+    return max([j["id"] for j in client.jobs()] + [j["id"] for j in client.history(5)], default=0)
+
+
+def _older(path, secs: float = 10) -> None:
+    """Date a file back, so that what is written next is newer without sleeping."""
+    t = time.time() - secs
+    os.utime(path, (t, t))
+
+
+def test_shell_line_runs_then_is_up_to_date_then_runs_when_the_input_is_newer(cluster, tmp_path):
+    (tmp_path / "data.txt").write_text("b\na\nc\n")
+    r = cluster.grun("-M", "sort %i:data.txt > sorted.txt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout, (tmp_path / "sorted.txt").read_text()) == (b"", "a\nb\nc\n")
+    newest = _newest(cluster)
+    job = cluster.client().history(1)[0]
+    assert job["id"] == newest and job["make"] is True
+    assert (job["inputs"], job["outputs"]) == ([str(tmp_path / "data.txt")], [str(tmp_path / "sorted.txt")])
+    assert job["cmd"] == ["sort data.txt > sorted.txt"]
+
+    _older(tmp_path / "data.txt")
+    r = cluster.grun("-M", "sort %i:data.txt > sorted.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"grun: up to date: sorted.txt\n")
+    assert _newest(cluster) == newest  # nothing queued
+
+    (tmp_path / "data.txt").write_text("z\ny\n")  # newer than sorted.txt now
+    _older(tmp_path / "sorted.txt", 20)
+    r = cluster.grun("-M", "sort %i:data.txt > sorted.txt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sorted.txt").read_text() == "y\nz\n" and _newest(cluster) > newest
+
+
+def test_missing_or_empty_output_runs(cluster, tmp_path):
+    (tmp_path / "in").write_text("x\n")
+    _older(tmp_path / "in")
+    (tmp_path / "out").write_text("")  # empty: a run that wrote nothing is not up to date
+    r = cluster.grun("-M", "--noexec", "cat %i:in > out", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, b"# need out: it is empty\ncat in > out\n"), r.stderr
+    assert cluster.grun("-M", "cat %i:in > out", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "out").read_text() == "x\n"
+    assert cluster.grun("-M", "cat %i:in > out", cwd=tmp_path).stderr == b"grun: up to date: out\n"
+    (tmp_path / "out").unlink()
+    assert cluster.grun("-M", "cat %i:in > out", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "out").read_text() == "x\n"
+
+
+def test_noexec_prints_what_would_run_and_why_and_queues_nothing(cluster, tmp_path):
+    (tmp_path / "data.txt").write_text("1\n")
+    (tmp_path / "sorted.txt").write_text("1\n")
+    _older(tmp_path / "sorted.txt")
+    newest = _newest(cluster)
+    for flags in (["-M", "--noexec"], ["-M", "-n"], ["-Mn"]):
+        r = cluster.grun(*flags, "sort %i:data.txt > sorted.txt", cwd=tmp_path)
+        assert (r.returncode, r.stderr) == (0, b""), (flags, r.stderr)
+        assert r.stdout == b"# need sorted.txt: data.txt is newer\nsort data.txt > sorted.txt\n", flags
+    _older(tmp_path / "data.txt", 20)
+    r = cluster.grun("-M", "-n", "sort %i:data.txt > sorted.txt", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, b"# up to date: sorted.txt\n")
+    assert (tmp_path / "sorted.txt").read_text() == "1\n" and _newest(cluster) == newest
+
+
+def test_argv_with_hash_markers_as_in_the_issue(cluster, tmp_path):
+    """`grun -M bwa mem ref.fa %i:r1.fq "#o:out.sam"`: the #o: word is not passed to the program."""
+    (tmp_path / "ref.fa").write_text(">r\n")
+    (tmp_path / "r1.fq").write_text("@q\n")
+    argv = ["sh", "-c", 'echo "$@" > out.sam', "bwa", "mem", "ref.fa", "%i:r1.fq", "#o:out.sam"]
+    r = cluster.grun("-M", *argv, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.sam").read_text() == "mem ref.fa r1.fq\n"
+    job = cluster.client().history(1)[0]
+    assert job["outputs"] == [str(tmp_path / "out.sam")] and job["inputs"] == [str(tmp_path / "r1.fq")]
+    r = cluster.grun("-q", "history", "--long", "-c", "1")
+    assert f"  inputs    {tmp_path}/r1.fq" in r.stdout.decode() and f"  outputs   {tmp_path}/out.sam" in r.stdout.decode()
+    _older(tmp_path / "r1.fq")
+    r = cluster.grun("-M", *argv, cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, b"grun: up to date: out.sam\n")
+
+
+def test_failed_make_job_leaves_file_failed_and_no_file(cluster, tmp_path):
+    (tmp_path / "in").write_text("x\n")
+    r = cluster.grun("-M", "cat %i:in > out; echo half > %o:log; exit 3", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "log").exists()
+    assert (tmp_path / "out.failed").read_text() == "x\n" and (tmp_path / "log.failed").read_text() == "half\n"
+    # the same command without -M keeps what it wrote
+    assert cluster.grun("cat in > out; exit 3", cwd=tmp_path).returncode == 3
+    assert (tmp_path / "out").read_text() == "x\n"
+
+
+def test_killed_make_job_is_renamed_and_jobs_long_shows_its_files(cluster, tmp_path):
+    (tmp_path / "in").write_text("x\n")
+    r = cluster.grun("-M", "--nowait", "cat %i:in > out; sleep 60", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.split()[1])
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "out").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    long = cluster.grun("-q", "jobs", "--long").stdout.decode()
+    assert f"job {job_id}: running" in long, long
+    assert f"  inputs    {tmp_path}/in" in long and f"  outputs   {tmp_path}/out  (make)" in long, long
+    cluster.client().kill([job_id])
+    assert cluster.client().wait([job_id])[job_id]["exit"] == 128 + 15
+    assert (tmp_path / "out.failed").read_text() == "x\n" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a job as another user")
+def test_failed_outputs_are_renamed_as_the_jobs_user_never_as_root(cluster):
+    where = tempfile.mkdtemp(prefix="grun-make-")  # pytest's own temp root is private to root
+    try:
+        out = os.path.join(where, "out")
+        spec = {"cmd": ["false"], "cwd": where, "uid": 65534, "gid": 65534, "outputs": [out], "make": True}
+        client = cluster.client()
+        for mode, renamed in ((0o755, False), (0o777, True)):  # nobody may rename in root's dir only when 777
+            os.chmod(where, mode)
+            with open(out, "w") as f:
+                f.write("old\n")
+            job = client.submit_spec(spec)
+            assert client.wait([job])[job]["exit"] == 1
+            assert (os.path.exists(out + ".failed"), os.path.exists(out)) == (renamed, not renamed), oct(mode)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def test_missing_input_with_no_producer_is_refused(cluster, tmp_path):
+    newest = _newest(cluster)
+    r = cluster.grun("-M", "sort %i:nothere.txt > sorted.txt", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (1, f"grun: no input {tmp_path}/nothere.txt\n".encode())
+    assert _newest(cluster) == newest
+
+
+@pytest.mark.skipif(not hasattr(J, "WAITING"), reason="needs job dependencies (the master's `waiting` state)")
+def test_missing_input_produced_by_a_queued_job_waits_for_it(cluster, tmp_path):
+    (tmp_path / "go").write_text("")
+    first = cluster.grun("-M", "--nowait", "sleep 1; echo made > %o:mid", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    r = cluster.grun("-M", "tr a-z A-Z < mid > final", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "final").read_text() == "MADE\n"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-M", "true"], "-M: the command names no input or output"),
+    (["-M", "sort %i:data.txt 'x > out"], "-M: unbalanced quotes"),
+    (["-M", "cat %i:"], "-M: %i: names no file"),
+    (["-M", "echo > %o:adir"], "-M: output {}/adir is a directory"),
+    (["-M", "#o:x"], "-M: nothing is left to run"),
+    (["-M", "cat", "%!>x"], "-M: %!>FILE is a redirection"),
+    (["--noexec", "true"], "--noexec goes with -M"),
+    (["-M", "--array", "1-2", "echo > %o:x"], "-M does not go with --array or --cmds"),
+])
+def test_bad_make_commands_are_one_line_and_queue_nothing(cluster, tmp_path, args, needle):
+    (tmp_path / "adir").mkdir()
+    newest = _newest(cluster)
+    r = cluster.grun(*args, cwd=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.count("\n") == 1 and err.startswith("grun: "), err
+    assert needle.format(tmp_path) in err, err
+    assert _newest(cluster) == newest
