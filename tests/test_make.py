@@ -149,7 +149,6 @@ def test_missing_input_with_no_producer_is_refused(cluster, tmp_path):
 
 @pytest.mark.skipif(not hasattr(J, "WAITING"), reason="needs job dependencies (the master's `waiting` state)")
 def test_missing_input_produced_by_a_queued_job_waits_for_it(cluster, tmp_path):
-    (tmp_path / "go").write_text("")
     first = cluster.grun("-M", "--nowait", "sleep 1; echo made > %o:mid", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     r = cluster.grun("-M", "tr a-z A-Z < mid > final", cwd=tmp_path)
@@ -175,3 +174,17 @@ def test_bad_make_commands_are_one_line_and_queue_nothing(cluster, tmp_path, arg
     assert r.returncode == 2 and err.count("\n") == 1 and err.startswith("grun: "), err
     assert needle.format(tmp_path) in err, err
     assert _newest(cluster) == newest
+
+
+def test_spec_keys_are_checked_by_the_master_core():
+    spec = {"cmd": ["x"], "inputs": ["/a"], "outputs": ["/b", "/c"], "make": True}
+    assert {k: J.validate_spec(spec)[k] for k in ("inputs", "outputs", "make")} == {
+        "inputs": ["/a"], "outputs": ["/b", "/c"], "make": True}
+    assert "make" not in J.validate_spec({"cmd": ["x"]})
+    for bad in ({"inputs": "/a"}, {"outputs": ["rel"]}, {"outputs": [3]}, {"inputs": ["/a"] * (J.MAX_FILES + 1)},
+                {"outputs": ["/" + "x" * J.MAX_PATH]}):
+        with pytest.raises(ValueError, match="must be a list of at most"):
+            J.validate_spec({"cmd": ["x"], **bad})
+    if not hasattr(J, "WAITING"):  # until dependencies land, a missing input has no producer to wait for
+        with pytest.raises(ValueError, match="^no input /in$"):
+            J.validate_spec({"cmd": ["x"], "needs": ["/in"]})
