@@ -63,14 +63,15 @@ def history_table(jobs: list[dict]) -> str:
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
-    from .core.jobs import describe_exit
+    from .core.jobs import FINAL_STATES, describe_exit
     blocks = []
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
         params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
         name = f" ({j['name']})" if j.get("name") else ""
+        ended = f", exit {describe_exit(j)}" if j.get("state") in FINAL_STATES else ""
         blocks.append("\n".join(line for line in (
-            f"job {j['id']}{name}: {j.get('state')}" + (f", exit {describe_exit(j)}" if "end_time" in j else ""),
+            f"job {j['id']}{name}: {j.get('state')}{ended}",
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
