@@ -1,5 +1,9 @@
-"""Per-job limits: what they are (the node's `hard_factor:` and `ulimit:`), starting a job under them,
-and telling afterwards whether a job died of one.
+"""Per-job limits: what they are (-m x the node's `hard_factor:`, -t, `ulimit:`), starting a job under
+them, and telling afterwards (and the user) whether a job died of one.
+
+A job that did not ask for memory (-m) has a reservation (default_memory: what the scheduler counts),
+not a limit: no RLIMIT_DATA, and the node kills it only when the node itself runs short of memory
+(grun.actors.monitor). The time limit (-t) is enforced by the node's sampler too.
 
 Where the rlimits are set: the node's reaper (grun.spawner) is one long-lived single-threaded process
 that starts every job with Popen (vfork + exec). Around each spawn it lowers its own *soft* limits to
@@ -41,11 +45,14 @@ OOM_PATTERNS = re.compile(
     rb"OutOfMemoryError|failed to allocate|cannot allocate|allocation failed|ENOMEM|malloc\(\): ")
 
 
-def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
-    """The limits a job gets on this node: memory_mb is what the sampler enforces on the job's
-    resident memory (request x hard_factor); data_mb the rlimit (the same, at least MIN_DATA_MB)."""
-    memory_limit = max(1, int(memory_mb * hard_factor))
-    out = {"memory_mb": memory_limit, "data_mb": max(memory_limit, MIN_DATA_MB)}
+def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
+    """The limits a job gets on this node: memory_mb (what the sampler enforces on the job's resident
+    memory: -m x hard_factor) and data_mb (the rlimit: the same, at least MIN_DATA_MB) only for a job
+    that asked for memory; time (seconds) when it asked for one."""
+    out = {"time": job["time"]} if job.get("time") else {}
+    if job.get("memory_set"):
+        memory_limit = max(1, int(job["memory"] * hard_factor))
+        out.update(memory_mb=memory_limit, data_mb=max(memory_limit, MIN_DATA_MB))
     for name, value in (ulimit or {}).items():  # (grun.config checked the names)
         if value is not None:
             out[name if name in _RLIMITS else f"{name}_mb"] = int(value)
@@ -55,8 +62,9 @@ def job_limits(memory_mb: int, hard_factor: float, ulimit: dict | None) -> dict:
 def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dict]:
     """Popen in a session of its own, under the job's limits from its first instruction, and no
     preexec_fn (see above; only safe in a single-threaded process). Returns the process and the limits
-    set (and memory_mb, which the node's sampler enforces). If our own fds or memory do not fit under the job's limits, the spawn is retried unlimited and
-    the limits set right after (a window of microseconds)."""
+    set (and memory_mb and time, which the node's sampler enforces). If our own fds or memory do not fit
+    under the job's limits, the spawn is retried unlimited and the limits set right after (a window of
+    microseconds)."""
     plan, saved = [], []  # (key, rlimit, soft, hard, unit) of each limit to set; what we lowered of ours
     for key, (which, unit) in _RLIMITS.items():
         if limits.get(key) is None:
@@ -83,7 +91,7 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
             raise
         proc = subprocess.Popen(argv, start_new_session=True, close_fds=True, **popen)
     proc.returncode = 0  # we reap it ourselves (wait4); keeps Popen from polling it again
-    applied = {"memory_mb": limits["memory_mb"]} if limits.get("memory_mb") else {}
+    applied = {key: limits[key] for key in ("memory_mb", "time") if limits.get(key)}  # (the sampler's)
     for key, which, soft, hard, unit in plan:  # the hard limits too: the job cannot raise them back
         try:
             resource.prlimit(proc.pid, which, (soft, hard))
@@ -124,10 +132,15 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None) -> dict:
 
 
 def describe(result: dict, job_id) -> str | None:
-    """The line a client prints on stderr when its job died of a limit."""
-    kind = result.get("limit")
+    """The line a client prints on stderr when its job died of a limit: what it used, and what to pass."""
+    from .tables import fmt_span
+    kind, detail = result.get("limit"), result.get("limit_detail")
+    if kind == "time":
+        limit, used = (result.get("limits") or {}).get("time"), (result.get("usage") or {}).get("wall")
+        return (f"job {job_id} ran out of its time limit" + (f" of {fmt_span(limit)}" if limit else "")
+                + (f" (used {fmt_span(used)})" if used else "") + "; pass -t with more")
     if not kind:
         return None
     what = {"memory": "out of memory", "cpu": "out of cpu time", "fsize": "file size limit"}.get(kind, kind)
-    detail = result.get("limit_detail")
-    return f"job {job_id} {'killed' if result.get('signal') else 'failed'}: {what}" + (f" ({detail})" if detail else "")
+    return (f"job {job_id} {'killed' if result.get('signal') else 'failed'}: {what}" + (f" ({detail})" if detail else "")
+            + ("; pass -m with what it needs" if kind == "memory" else ""))

@@ -37,6 +37,11 @@ def _param(text: str) -> tuple:
     return name, number_or_text(value)
 
 
+def _time(text: str) -> float:
+    from .core.jobs import parse_time_limit
+    return parse_time_limit(text)
+
+
 def _name(text: str) -> str:
     if not text.strip() or "\n" in text or len(text) > 200:
         raise ValueError(f"expected a one-line name, got {text!r}")
@@ -50,6 +55,8 @@ Option = namedtuple("Option", "short long kind convert help metavar", defaults=(
 OPTIONS = [
     Option("c", "cpus", "value", parse_cpus, "cpus the job needs (fractions allowed; default 1)", "CPUS"),
     Option("m", "memory", "value", parse_memory, "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
+    Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00; "
+           "then TERM, KILL after kill_grace", "TIME"),
     Option("r", "priority", "value", _int, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
@@ -98,7 +105,7 @@ _BY_LONG = {o.long: o for o in OPTIONS}
 # a job's options: those `run` and `submit` take; an option file (-f) may hold all but the last, -f itself
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
-               "make", "noexec", "verbose", "file")
+               "make", "noexec", "verbose", "time", "file")
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:

@@ -20,6 +20,15 @@ def fmt_secs(secs) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def fmt_span(secs) -> str:
+    """30m, 1h30m, 45s, 2m5s: a duration as -t reads it ("-" for none)."""
+    if not secs:
+        return "-"
+    secs = round(secs)
+    parts = [(secs // 86400, "d"), (secs % 86400 // 3600, "h"), (secs % 3600 // 60, "m"), (secs % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
 def fmt_mb(kb) -> str:
     return "-" if kb is None else f"{kb / 1024:.0f}M"
 
@@ -37,11 +46,12 @@ def fmt_time(t) -> str:
 
 
 def jobs_table(jobs: list[dict]) -> str:
-    """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB)."""
+    """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB);
+    TIME: its time limit (-t)."""
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
     rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
-             j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
-    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"])
+             fmt_span(j.get("time")), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
+    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD", "COMMAND"])
 
 
 def nodes_table(nodes: list[dict]) -> str:
@@ -75,7 +85,8 @@ def history_long(jobs: list[dict]) -> str:
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
-            f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}",
+            f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}"
+            + (f", time limit {fmt_span(j['time'])}" if j.get("time") else ""),
             f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
             + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
             f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",

@@ -181,6 +181,8 @@ def cli_spec(args: dict, words: list[str]) -> dict:
             if f"{stream}_file" in extra:
                 raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
             extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
+    if args.get("time"):
+        extra["time"] = args["time"]
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)

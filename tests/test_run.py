@@ -291,7 +291,7 @@ def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):
         r = cluster.grun("-q", "jobs", cwd=tmp_path)
         assert r.returncode == 0
         header, *rows = r.stdout.decode().splitlines()
-        assert header.split() == ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "CWD", "COMMAND"]
+        assert header.split() == ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD", "COMMAND"]
         row = next(row.split() for row in rows if row.split()[0] == str(job_id))
         assert row[:4] == [str(job_id), getpass.getuser(), "running", "big"]
         assert row[-2:] == ["sleep", "30"]

@@ -1,6 +1,8 @@
 """What a node measures every second with psutil: each running job's usage (its whole process group:
 cpu in use, resident memory, cpu time, I/O), and the load that is not grun's (so the scheduler never
-counts on cpus or memory that other programs use); and how a job over its memory limit is killed.
+counts on cpus or memory that other programs use); and which job is killed for a limit, and how: one over
+its memory limit (-m x hard_factor), one past its time limit (-t), and, when the node itself runs short
+of memory (below min_free_memory available), the one furthest over its reservation.
 
 A job is its process group (its reaper starts it as a group leader, so pgid == the job's pid);
 grun's own processes are the node daemon and its descendants (the reaper) plus every
@@ -16,13 +18,11 @@ minus the resident memory of grun's processes.
 import logging
 import math
 import os
-import signal
 import time
 
 import psutil
 
 from .. import spool
-from ..spawner import killpg
 
 log = logging.getLogger("grun.node")
 
@@ -47,6 +47,7 @@ class Monitor:
         self.window_grun = 0.0                     # grun cpu seconds since the window started
         self.usage: dict[int, dict] = {}           # job id -> latest usage
         self.outside_memory = 0
+        self.available_mb = 1 << 40                # the machine's available memory at the last sample
         self._last_outside = (0.0, 0)
         self.grun_cores = 0.0
 
@@ -81,8 +82,9 @@ class Monitor:
                     per_job[job_id][field] += value
         self._credit_vanished(seen)
         self.prev_cpu, self.last_sample = seen, now
+        vm = psutil.virtual_memory()
+        self.available_mb = vm.available // 2**20
         if self.count_outside_load:
-            vm = psutil.virtual_memory()
             self.outside_memory = max(0, (vm.total - vm.available - grun_rss) // 2**20)
         for u in per_job.values():
             u.update(rss_mb=int(u["rss_mb"]), cpu=round(u["cpu"], 2), cputime=round(u["cputime"], 2), time=now)
@@ -142,10 +144,31 @@ class Monitor:
         return self._last_outside
 
 
-def kill_for_memory(job_dir: str, pgid: int, usage: dict, limits: dict, request_mb: int, factor: float) -> None:
-    """Record why, then SIGKILL the job's process group (its reaper reads the reason)."""
-    detail = (f"its processes held {usage['rss_mb']} MB; limit {limits['memory_mb']} MB "
-              f"= -m {request_mb} x hard_factor {factor:g}")
-    spool.record_limit(job_dir, "memory", detail)
-    log.warning("job %s: killed for memory: %s", os.path.basename(job_dir), detail)
-    killpg(pgid, signal.SIGKILL)  # (a stopped job too)
+def _size(mb: float) -> str:
+    return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
+
+
+def over_memory_limit(rss_mb: int, limits: dict, request_mb: int, factor: float) -> str | None:
+    """Why a job whose processes hold rss_mb is killed for its memory limit (-m x hard_factor), or None."""
+    if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
+        return f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = -m {request_mb} x hard_factor {factor:g}"
+    return None
+
+
+def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple | None:
+    """When the node has less than min_free_mb available: (job id, why) of the job furthest over its
+    reservation, `jobs` being id -> (resident MB, reservation MB); None when it has enough, or no job is
+    over its reservation (a job within what it reserved was promised that much)."""
+    over = {job_id: rss - reserved for job_id, (rss, reserved) in jobs.items() if rss > reserved}
+    if available_mb >= min_free_mb or not over:
+        return None
+    job_id = max(over, key=over.get)
+    rss, reserved = jobs[job_id]
+    return job_id, (f"the node was out of memory ({available_mb} MB available, min_free_memory {min_free_mb} MB); "
+                    f"this job used {_size(rss)}, {rss / max(reserved, 1):.1f}x its reservation of {_size(reserved)}")
+
+
+def note_limit(job_dir: str, limit: str, detail: str) -> None:
+    """Record why a job is being killed for a limit (its reaper reads the reason into its status)."""
+    spool.record_limit(job_dir, limit, detail)
+    log.warning("job %s: killed for %s: %s", os.path.basename(job_dir), limit, detail)

@@ -1,6 +1,6 @@
 """The jobs of one node, from their start to the moment the node forgets them: a mixin of the node actor
-(grun.actors.node.Node, which provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `_stop`
-and `_report_now`).
+(grun.actors.node.Node, which provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`,
+`min_free_memory`, `kill_grace`, `_stop` and `_report_now`).
 
 Each job is a LiveJob. It is handed to the node's reaper (grun.spawner), one long-lived process that
 starts it and waits for it; its end comes back as a ping on the node's unix socket, with the status
@@ -9,7 +9,7 @@ children (the node is a child subreaper), and are waited for here (invariant 3) 
 starts the next ones; a job whose reaper died while the node was down too is ended and reported
 failed, or lost if the host rebooted since. At start the node re-adopts what its spool holds.
 Kills, suspend and resume signal a job's process group; the sampler (grun.actors.monitor) measures
-the jobs every second and kills one over its memory limit.
+the jobs every second and kills one over a limit (its memory or time, or the node's memory).
 """
 
 import collections
@@ -30,7 +30,8 @@ import psutil
 import Pyro5.api
 
 from .. import registry, spawner, spool
-from .monitor import kill_for_memory
+from ..tables import fmt_span
+from .monitor import node_memory_victim, note_limit, over_memory_limit
 from .supervisor import JobSupervisor
 
 log = logging.getLogger("grun.node")
@@ -54,6 +55,8 @@ class LiveJob:
     pid: int | None = None         # the job's pid (and process group), once its reaper started it
     reaper: int | None = None      # the pid of our reaper it was sent to
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
+    limit_hit: str | None = None   # the limit the sampler is killing it for
+    deadline: float | None = None  # when its time limit runs out
 
     @property
     def attempt(self) -> int:
@@ -100,15 +103,43 @@ class NodeJobs:
 
     def _sample(self) -> None:
         """Every SAMPLE_SECS: the jobs of a reaper that died are taken over, the running jobs measured,
-        and one whose processes hold more memory than its limit killed."""
+        and their limits enforced; then, if the node runs short of memory, the job furthest over its
+        reservation is killed, unless one killed for memory is still on its way out."""
         self._watch_reaper()
         running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
+        rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
         for job_id, (pgid, live) in running.items():
-            limits = live.job.get("limits") or {}
-            over = limits.get("memory_mb") and usage.get(job_id, {}).get("rss_mb", 0) > limits["memory_mb"]
-            if over and live.status is None and not spool.read(live.dir, spool.LIMIT):
-                kill_for_memory(live.dir, pgid, usage[job_id], limits, live.job.get("memory"), self.hard_factor)
+            self._enforce(live, pgid, rss[job_id], now)
+        if all(l.limit_hit != "memory" or l.status is not None for _, l in running.values()) and (victim := (
+                node_memory_victim({i: (rss[i], int(l.job.get("memory") or 0)) for i, (_, l) in running.items()
+                                    if l.status is None}, self.monitor.available_mb, self.min_free_memory))):
+            pgid, live = running[victim[0]]
+            live.limit_hit = "memory"
+            note_limit(live.dir, "memory", victim[1])
+            spawner.killpg(pgid, signal.SIGKILL)
+
+    def _enforce(self, live: LiveJob, pgid: int, rss_mb: int, now: float) -> None:
+        """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
+        then KILL after kill_grace (again after a restart of ours, once limit.json says it had its TERM)."""
+        limits = live.job.get("limits") or {}
+        why = over_memory_limit(rss_mb, limits, live.job.get("memory"), self.hard_factor)
+        if why and live.status is None and live.limit_hit is None and not spool.read(live.dir, spool.LIMIT):
+            live.limit_hit = "memory"
+            note_limit(live.dir, "memory", why)
+            spawner.killpg(pgid, signal.SIGKILL)  # (a stopped job too)
+        if not limits.get("time") or live.status is not None:
+            return
+        if live.deadline is None:
+            live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
+        if now >= live.deadline and live.limit_hit is None:
+            live.limit_hit = "time"
+            if not spool.read(live.dir, spool.LIMIT):
+                note_limit(live.dir, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
+                                             f"then KILL after {self.kill_grace:g} s")
+                self._kill(live, signal.SIGTERM, grace=self.kill_grace)
+        elif live.limit_hit == "time" and now >= live.deadline + self.kill_grace + 1:
+            spawner.killpg(pgid, signal.SIGKILL)  # its TERM was sent before we restarted
 
     def suspend(self, job_ids: list) -> dict:
         """SIGSTOP the process group of each running job; {id: done}."""
@@ -141,8 +172,8 @@ class NodeJobs:
         live.stdin_r, live.stdin_w = fifo or (None, None)
         self._spawn(live, data)
 
-    def _kill(self, live: LiveJob, sig: int, once: bool = False) -> bool:
-        """Signal the job's process group, then SIGKILL it after KILL_GRACE_SECS. `once`: unless this
+    def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
+        """Signal the job's process group, then SIGKILL it after `grace` seconds. `once`: unless this
         signal was sent to this job before (the master repeats the kills it holds in every reply until
         the job has ended: a repeat must neither signal again nor restart the escalation)."""
         with self.lock:
@@ -161,7 +192,7 @@ class NodeJobs:
             # The group even when its leader has ended: members that ignored the signal (a
             # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
             # cannot name another group within the grace period unless the pid space wrapped around.
-            timer = threading.Timer(KILL_GRACE_SECS, spawner.killpg, (pid, signal.SIGKILL))
+            timer = threading.Timer(grace, spawner.killpg, (pid, signal.SIGKILL))
             timer.daemon = True
             timer.start()
         return True

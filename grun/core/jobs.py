@@ -13,7 +13,9 @@ import re
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
-FINAL_STATES = (DONE, FAILED, KILLED, LOST)
+TIMEOUT = "timeout"  # ended at its time limit (-t)
+FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT)
+EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 
 NOBODY = 65534
@@ -26,10 +28,12 @@ SPEC_KEYS = {
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
     "stdout_file", "stderr_file", "stdout_append", "stderr_append",
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
+    "time",
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
-LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE"}
+LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
+MAX_TIME = 366 * 86400.0
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -127,6 +131,10 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
+    if spec.get("memory") is not None:  # asked for (-m): a limit too; else only a reservation (grun.limits)
+        out["memory_set"] = True
+    if spec.get("time") is not None and not 0 < (out.setdefault("time", _number(spec, "time", 0, MAX_TIME))):
+        raise ValueError("time must be above zero")
     for stream in ("stdout", "stderr"):
         path = _text(spec, f"{stream}_file", MAX_PATH)
         if path is not None:
@@ -152,7 +160,7 @@ def _paths(spec: dict, key: str) -> list[str]:
 
 # `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
 EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
-             "m": "memory", "hosts": "host", "host": "host", "H": "host"}
+             "m": "memory", "hosts": "host", "host": "host", "H": "host", "time": "time", "t": "time"}
 
 
 def parse_edit(changes: object) -> dict:
@@ -160,7 +168,8 @@ def parse_edit(changes: object) -> dict:
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
     from ..config import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
 
-    parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None}
+    parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
+               "time": parse_time_limit}
     if not isinstance(changes, dict) or not changes:
         raise ValueError("an edit needs KEY=VALUE changes")
     out: dict = {}
@@ -168,7 +177,7 @@ def parse_edit(changes: object) -> dict:
         key = str(raw_key).strip()
         param = key.startswith(("p.", "param."))
         if not param and key not in EDIT_KEYS:
-            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, hosts or p.NAME")
+            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts or p.NAME")
         try:
             if param:
                 out.setdefault("params", {})[key.split(".", 1)[1]] = _edit_param(value)
@@ -177,6 +186,29 @@ def parse_edit(changes: object) -> dict:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad value for {key}: {exc}") from None
     return out
+
+
+def parse_time_limit(text) -> float:
+    """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
+    D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m)."""
+    from ..config import parse_duration
+    word = str(text).strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
+        seconds = float(word) * 60
+    elif m := re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", word):
+        given = [int(p) for p in m.groups()[1:] if p is not None]
+        # D-HH[:MM[:SS]], else MM:SS or HH:MM:SS
+        hms = given + [0] * (3 - len(given)) if m[1] else [0] * (3 - len(given)) + given
+        seconds = int(m[1] or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+    else:
+        try:
+            seconds = parse_duration(word)
+        except ValueError:
+            seconds = -1
+    if not 0 < seconds <= MAX_TIME:
+        raise ValueError(f"expected a time limit above zero and at most a year, like 30 (minutes), 2h, "
+                         f"1:30:00 or 1-12:00, got {text!r}")
+    return float(seconds)
 
 
 def _edit_param(value):
@@ -200,14 +232,18 @@ def number_or_text(text: str):
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
     """The job's request with the changes applied, validated like a submission."""
     params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
-    request = {**{k: job[k] for k in SPEC_KEYS if k in job}, **changes, "env": {},
+    asked = {k: job[k] for k in SPEC_KEYS if k in job and (k != "memory" or job.get("memory_set"))}
+    request = {**asked, **changes, "env": {},
                "params": {name: value for name, value in params.items() if value is not None}}
     checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
-    return {k: checked[k] for k in ("priority", "cpus", "memory", "host", "params")}
+    return {k: checked.get(k) for k in ("priority", "cpus", "memory", "host", "params", "memory_set", "time")}
 
 
 def exit_code_of(result: dict) -> int:
-    """The code a local shell would give: the exit status, or 128+N for death by signal N."""
+    """The code a local shell would give: the exit status, or 128+N for death by signal N; EXIT_TIMEOUT
+    for a job ended at its time limit."""
+    if result.get("limit") == "time":
+        return EXIT_TIMEOUT
     if result.get("signal"):
         return 128 + int(result["signal"])
     return int(result.get("exit_code", 1)) & 0xFF

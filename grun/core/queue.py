@@ -159,7 +159,8 @@ class JobTable:
         job["exit"] = J.exit_code_of(result)
         killed = result.get("signal") and (job.get("kill_requested") or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
-        job["state"] = result.get("status") or (J.KILLED if killed else J.FAILED if failed else J.DONE)
+        job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
+                                                J.KILLED if killed else J.FAILED if failed else J.DONE)
         return job
 
     def token_id(self, token: str | None) -> int | None:

@@ -1,0 +1,181 @@
+"""Limits (issue 11, points 1, 3 and 4): no memory limit nobody asked for (a job without -m has a
+reservation, and is killed only when the node itself runs short, the job furthest over its reservation
+first), the wall-time limit (-t, Slurm's forms; TERM, KILL after kill_grace, the `timeout` state), and
+the line the submitter reads when a limit ends its job. Real daemons; the parser and the choice of the
+job to kill are pure and tested here too."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import psutil
+import pytest
+from cluster import LocalCluster
+from test_personal import personal  # noqa: F401  (the fixture: a personal cluster with no config)
+from util import job_id_from_verbose, nowait, wait_for
+
+from grun.actors.monitor import node_memory_victim, over_memory_limit
+from grun.core import jobs as J
+from grun.limits import describe, job_limits
+from grun.options import UsageError, parse
+from grun.tables import fmt_span
+
+PY = "python3"
+HOG = "x = bytearray({mb} << 20); x[::4096] = b'y' * len(x[::4096]); import time; time.sleep({secs})"
+
+
+# ---- pure: the parser, the limits a job gets, the victim, the messages ------------------------
+
+@pytest.mark.parametrize("text, seconds", [
+    ("30", 1800), ("1.5", 90), ("30m", 1800), ("2h", 7200), ("90s", 90), ("1h30m", 5400), ("1d", 86400),
+    ("10:30", 630), ("0:45", 45), ("1:02:03", 3723), ("1-2", 93600), ("1-2:30", 95400), ("1-2:30:15", 95415)])
+def test_time_limits_in_slurms_forms_and_ours(text, seconds):
+    assert J.parse_time_limit(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0:00", "abc", "1:2:3:4", "-5", "", "1-", "2y", "400d", "1h 30"])
+def test_a_bad_time_limit_is_one_usage_line(text):
+    with pytest.raises(ValueError, match="expected a time limit"):
+        J.parse_time_limit(text)
+    with pytest.raises(UsageError, match="^bad value for -t: expected a time limit") as e:
+        parse(["-t", text, "true"], ("time",), "grun")
+    assert "\n" not in str(e.value)
+
+
+def test_a_job_without_m_gets_a_reservation_and_no_memory_limit():
+    free = J.validate_spec({"cmd": ["x"]}, default_memory=100)
+    asked = J.validate_spec({"cmd": ["x"], "memory": 100, "time": 60})
+    assert free["memory"] == 100 and "memory_set" not in free and "time" not in free
+    assert job_limits(free, 1.5, {"nofile": 64}) == {"nofile": 64}, "no RLIMIT_DATA, no sampler limit"
+    assert job_limits(asked, 1.5, None) == {"memory_mb": 150, "data_mb": 150, "time": 60}
+    with pytest.raises(ValueError, match="time must be above zero"):
+        J.validate_spec({"cmd": ["x"], "time": 0})
+    # an edit keeps "not asked" unless memory is what it changes
+    assert not J.edited_request(free, J.parse_edit({"priority": 3}), 1, 100)["memory_set"]
+    assert J.edited_request(free, J.parse_edit({"m": "1G"}), 1, 100)["memory_set"]
+    assert J.edited_request(free, J.parse_edit({"t": "2h"}), 1, 100)["time"] == 7200
+
+
+def test_the_memory_kills_decide_by_limit_and_by_reservation():
+    assert over_memory_limit(160, {"memory_mb": 150}, 100, 1.5).endswith("limit 150 MB = -m 100 x hard_factor 1.5")
+    assert over_memory_limit(140, {"memory_mb": 150}, 100, 1.5) is None
+    assert over_memory_limit(9000, {}, 100, 1.5) is None, "no -m: no limit"
+    jobs = {1: (2150, 100), 2: (900, 1000), 3: (1900, 1000)}  # rss, reservation
+    assert node_memory_victim(jobs, available_mb=2000, min_free_mb=1000) is None, "the node has enough"
+    victim, why = node_memory_victim(jobs, available_mb=500, min_free_mb=1000)
+    assert victim == 1 and "this job used 2.1G, 21.5x its reservation of 100M" in why, why
+    assert node_memory_victim({2: (900, 1000)}, 500, 1000) is None, "a job within its reservation is kept"
+
+
+def test_the_line_a_submitter_reads():
+    timeout = {"limit": "time", "signal": 15, "limits": {"time": 1800}, "usage": {"wall": 1800.4}}
+    assert describe(timeout, 12) == "job 12 ran out of its time limit of 30m (used 30m); pass -t with more"
+    oom = {"limit": "memory", "signal": 9, "limit_detail": "its processes held 160 MB"}
+    assert describe(oom, 3) == "job 3 killed: out of memory (its processes held 160 MB); pass -m with what it needs"
+    assert (J.exit_code_of(timeout), J.describe_exit(timeout)) == (124, "TIMEOUT")
+    assert [fmt_span(s) for s in (45, 90, 5400, 93600, None)] == ["45s", "1m30s", "1h30m", "1d2h", "-"]
+
+
+# ---- real daemons ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lc():
+    c = LocalCluster({"n1": {"cpus": 2, "memory": 4000, "kill_grace": 2}})
+    try:
+        c.start()
+    except BaseException:
+        c.stop()
+        raise
+    yield c
+    c.stop()
+
+
+def _record(c: LocalCluster, job_id: int) -> dict:
+    return c.client().job(job_id)
+
+
+def test_a_300mb_job_without_m_runs_on_a_fresh_personal_cluster(personal):  # noqa: F811
+    grun, _state, _seen = personal
+    r = grun(PY, "-c", "x = bytearray(300*1024*1024)")
+    assert r.returncode == 0, r.stderr
+    r = grun("sh", "-c", "ulimit -d")
+    assert r.stdout == b"unlimited\n", "no data rlimit for a job that did not ask for memory"
+
+
+def test_a_job_without_m_has_no_memory_limit_and_with_m_still_has_one(lc):
+    r = lc.grun("-v", PY, "-c", HOG.format(mb=400, secs=2))
+    assert r.returncode == 0, r.stderr
+    record = _record(lc, job_id_from_verbose(r.stderr))
+    assert (record["state"], record["memory"]) == ("done", 100) and "memory_mb" not in record["limits"], record
+    r = lc.grun("-v", "-m", "100", PY, "-c", "a = b'x' * (300 << 20)")
+    job_id = job_id_from_verbose(r.stderr)
+    assert r.returncode == 1 and f"grun: job {job_id} failed: out of memory".encode() in r.stderr, r.stderr
+    assert b"; pass -m with what it needs\n" in r.stderr
+    assert (_record(lc, job_id)["state"], _record(lc, job_id)["limit"]) == ("failed", "memory")
+
+
+def test_when_the_node_runs_short_the_job_furthest_over_its_reservation_goes(tmp_path):
+    """min_free_memory set just below what is available now: a job holding 1000 MB on a reservation
+    of 100 takes the node under it and is killed; one within its reservation runs on."""
+    min_free = psutil.virtual_memory().available // 2**20 - 400
+    with LocalCluster({"n1": {"cpus": 2, "memory": 4000, "min_free_memory": min_free}}) as c:
+        calm = nowait(c, "-m", "200", "sleep", "30")
+        r = c.grun("-v", PY, "-c", HOG.format(mb=1000, secs=30), timeout=60)
+        job_id = job_id_from_verbose(r.stderr)
+        assert r.returncode == 137, r.stderr
+        line = r.stderr.decode().splitlines()[-1]
+        assert line.startswith(f"grun: job {job_id} killed: out of memory (the node was out of memory (") and \
+            "x its reservation of 100M); pass -m with what it needs" in line, line
+        record = _record(c, job_id)
+        assert (record["state"], record["limit"], record["signal"]) == ("killed", "memory", 9)
+        assert _record(c, calm)["state"] == "running"
+        c.client().kill([calm], 9)
+        assert "OUTOFMEM" in c.grun("-q", "history").stdout.decode()
+
+
+def test_a_job_at_its_time_limit_gets_term_and_ends_as_timeout(lc):
+    started = time.monotonic()
+    r = lc.grun("-v", "-t", "2s", "sleep", "30")
+    took = time.monotonic() - started
+    job_id = job_id_from_verbose(r.stderr)
+    assert r.returncode == J.EXIT_TIMEOUT, r.stderr
+    line = r.stderr.decode().splitlines()[-1]
+    assert re.fullmatch(f"grun: job {job_id} ran out of its time limit of 2s \\(used [23]s\\); pass -t with more", line), line
+    assert 2 <= took < 10
+    record = _record(lc, job_id)
+    assert (record["state"], record["exit"], record["limit"], record["signal"]) == ("timeout", 124, "time", 15)
+    assert "TERM, then KILL after 2 s" in record["limit_detail"]
+    row = next(l.split() for l in lc.grun("-q", "history").stdout.decode().splitlines() if l.split()[0] == str(job_id))
+    assert row[2] == "TIMEOUT"
+    assert "time limit 2s" in lc.grun("-q", "history", "--long", "-c", "1").stdout.decode()
+
+
+def test_a_job_that_ignores_term_is_killed_after_kill_grace(lc):
+    r = lc.grun("-v", "-t", "1s", "sh", "-c", "trap '' TERM; sleep 30")
+    job_id = job_id_from_verbose(r.stderr)
+    record = _record(lc, job_id)
+    assert (r.returncode, record["state"], record["signal"]) == (124, "timeout", 9), r.stderr
+    assert 2.5 < record["usage"]["wall"] < 8, record["usage"]  # 1 s, then kill_grace: 2 s
+
+
+def test_a_queued_jobs_time_limit_shows_and_can_be_edited(lc):
+    job_id = nowait(lc, "--force", "-c", "64", "-t", "1:00:00", "sleep", "30")  # (queued: no node has 64 cpus)
+
+    def time_shown():
+        header, *rows = lc.grun("-q", "jobs").stdout.decode().splitlines()
+        return next(r.split() for r in rows if r.split()[0] == str(job_id))[header.split().index("TIME")]
+    assert time_shown() == "1h"
+    r = lc.grun("-e", "time=nonsense", str(job_id))
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1 and b"time limit" in r.stderr, r.stderr
+    assert lc.grun("-e", "t=2s,c=1", str(job_id)).returncode == 0
+    assert time_shown() == "2s"
+    done = lc.client().wait([job_id], 30)[job_id]
+    assert (done["state"], done["exit"]) == ("timeout", 124), done
+
+
+def test_bad_time_values_queue_nothing(lc):
+    before = json.dumps(lc.client().jobs())
+    r = lc.grun("-t", "soon", "true")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and b"-t" in r.stderr, r.stderr
+    assert json.dumps(lc.client().jobs()) == before
