@@ -6,6 +6,7 @@ job to kill are pure and tested here too."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -157,6 +158,22 @@ def test_a_job_that_ignores_term_is_killed_after_kill_grace(lc):
     record = _record(lc, job_id)
     assert (r.returncode, record["state"], record["signal"]) == (124, "timeout", 9), r.stderr
     assert 2.5 < record["usage"]["wall"] < 8, record["usage"]  # 1 s, then kill_grace: 2 s
+
+
+def test_the_time_limit_holds_with_the_master_and_the_client_gone_and_the_node_restarted():
+    with LocalCluster({"n1": {"cpus": 1, "memory": 2000, "kill_grace": 1}}) as c:
+        job_id = nowait(c, "-t", "3s", "sleep", "60")
+        wait_for(lambda: c.client().job(job_id)["state"] == "running", 20, what="the job to run")
+        c.kill("master")
+        c.kill("n1")  # (its reaper and the job run on)
+        time.sleep(1)
+        c.start_node("n1", wait=False)  # it re-adopts the job, and its clock
+        status = os.path.join(c.root, "n1", "node", "jobs", str(job_id), "status.json")
+        wait_for(lambda: os.path.exists(status), 20, what="the job's end on its node")
+        c.start_master()
+        done = c.client().wait([job_id], 30)[job_id]
+        assert (done["state"], done["exit"], done["limit"]) == ("timeout", 124, "time"), done
+        assert done["usage"]["wall"] < 10, done["usage"]
 
 
 def test_a_queued_jobs_time_limit_shows_and_can_be_edited(lc):

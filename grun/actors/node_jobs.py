@@ -111,13 +111,17 @@ class NodeJobs:
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
         for job_id, (pgid, live) in running.items():
             self._enforce(live, pgid, rss[job_id], now)
-        if all(l.limit_hit != "memory" or l.status is not None for _, l in running.values()) and (victim := (
-                node_memory_victim({i: (rss[i], int(l.job.get("memory") or 0)) for i, (_, l) in running.items()
-                                    if l.status is None}, self.monitor.available_mb, self.min_free_memory))):
-            pgid, live = running[victim[0]]
-            live.limit_hit = "memory"
-            note_limit(live.dir, "memory", victim[1])
-            spawner.killpg(pgid, signal.SIGKILL)
+        dying = any(l.limit_hit == "memory" and l.status is None for _, l in running.values())
+        victim = None if dying else node_memory_victim(
+            {i: (rss[i], int(l.job.get("memory") or 0)) for i, (_, l) in running.items() if l.status is None},
+            self.monitor.available_mb, self.min_free_memory)
+        if victim:
+            self._kill_for_memory(*running[victim[0]], victim[1])
+
+    def _kill_for_memory(self, pgid: int, live: LiveJob, why: str) -> None:
+        live.limit_hit = "memory"
+        note_limit(live.dir, "memory", why)
+        spawner.killpg(pgid, signal.SIGKILL)  # (a stopped job too)
 
     def _enforce(self, live: LiveJob, pgid: int, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
@@ -125,9 +129,7 @@ class NodeJobs:
         limits = live.job.get("limits") or {}
         why = over_memory_limit(rss_mb, limits, live.job.get("memory"), self.hard_factor)
         if why and live.status is None and live.limit_hit is None and not spool.read(live.dir, spool.LIMIT):
-            live.limit_hit = "memory"
-            note_limit(live.dir, "memory", why)
-            spawner.killpg(pgid, signal.SIGKILL)  # (a stopped job too)
+            self._kill_for_memory(pgid, live, why)
         if not limits.get("time") or live.status is not None:
             return
         if live.deadline is None:
