@@ -191,7 +191,8 @@ class Client:
         return self.call("history", limit, user, grep)
 
     def _by_id(self, method: str, job_ids: list[int], *args) -> dict[int, bool]:
-        return {int(k): v for k, v in self.call(method, [int(i) for i in job_ids], *args).items()}
+        ids = [i if isinstance(i, str) and "." in i else int(i) for i in job_ids]  # `12.7`: task 7 of array 12
+        return {k if "." in k else int(k): v for k, v in self.call(method, ids, *args).items()}
 
     def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict[int, bool]:
         """Signal queued or running jobs; returns {id: whether it was live}. With force, running jobs

@@ -1,47 +1,32 @@
-"""Many jobs from one `grun`: `--array IDS` (one job per task id, each with $GRUN_TASK_ID) and
-`--cmds FILE` (one job per line, run by /bin/sh), submitted in batches, for scripts that would
-otherwise loop over `grun --nowait` (a Python process per job). Imported only when one is asked for."""
+"""Many jobs from one `grun`: `--array IDS` (one array job at the master, its tasks started as they
+fit, each with $GRUN_TASK_ID: grun.core.arrays) and `--cmds FILE` (one job per line, run by /bin/sh,
+submitted in batches), for scripts that would otherwise loop over `grun --nowait` (a Python process per
+job). Imported only when one is asked for."""
 
 import os
-import re
 
+from .core import arrays
 from .options import UsageError
 from .verbs import Context, cli_spec, interrupted
 
-MAX_TASKS = 100_000
-SUBMIT_BATCH = 1000  # specs per submit_many call: one disk commit on the master each
+SUBMIT_BATCH = 1000  # --cmds specs per submit_many call: one disk commit on the master each
 
 
-def task_ids(text: str) -> list[int]:
-    """`--array 1-100`, `1-100:2` (a step), `1,5,9`, or a mix (`1-3,10`): task ids, in order, each once."""
-    ids: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?(?::(\d+))?\s*", part)
-        step = int(m[3] or 1) if m else 0
-        tasks = range(int(m[1]), int(m[2] or m[1]) + 1, step) if step else range(0)
-        if not tasks:
-            raise UsageError(f"bad value for --array: expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
-        if len(ids) + len(tasks) > MAX_TASKS:
-            raise UsageError(f"bad value for --array: at most {MAX_TASKS:,} tasks in one array, got {text!r}")
-        ids.extend(tasks)
-    if len(set(ids)) != len(ids):
-        raise UsageError(f"bad value for --array: a task id is given twice in {text!r}")
-    return ids
+def array_spec(args: dict) -> dict:
+    """The one spec of `--array IDS[%N] COMMAND`; its ids checked here, so a bad one queues nothing."""
+    try:
+        arrays.parse(args["array"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return dict(cli_spec(args, args["cmd"]), array=args["array"])
 
 
 def task_specs(ctx: Context, args: dict) -> list[dict]:
-    """One spec per task: the same command with $GRUN_TASK_ID set (--array), or one per line of a file
-    (--cmds, GRUN_TASK_ID = the line number), run by /bin/sh. %a in output file names is the task id."""
-    if "array" in args and "cmds" in args:
-        raise UsageError("give --array or --cmds, not both")
-    if args.get("name") or args.get("wait-existing"):
-        raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
-    if "cmds" in args and args["cmd"]:
-        raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
-    tasks = _command_lines(ctx, args["cmds"]) if "cmds" in args else [(i, args["cmd"]) for i in task_ids(args["array"])]
+    """`--cmds`: one spec a line of the file, run by /bin/sh, GRUN_TASK_ID = the line number; %a in
+    output file names is the line number."""
+    tasks = _command_lines(ctx, args["cmds"])
     base = cli_spec(args, tasks[0][1])
-    return [dict(base, cmd=list(cmd), shell=base["shell"] or "cmds" in args,
-                 env=dict(base["env"], GRUN_TASK_ID=str(task)),
+    return [dict(base, cmd=list(cmd), shell=True, env=dict(base["env"], GRUN_TASK_ID=str(task)),
                  **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
             for task, cmd in tasks]
 
@@ -64,20 +49,37 @@ def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:
 
 
 def run(ctx: Context, args: dict) -> int:
-    """Submit every task in batches, print each job id (with --nowait or -v); without --nowait, wait for
-    them all and exit with the first non-zero exit code, in task order. Their output is not streamed:
-    -o/--err with %a keep it."""
-    specs, ids = task_specs(ctx, args), []
+    """Submit the array (or every --cmds line, in batches), print the job ids (with --nowait or -v);
+    without --nowait, wait for them all and exit with the first non-zero exit code, in task order.
+    Their output is not streamed: -o/--err with %a keep it."""
+    if "array" in args and "cmds" in args:
+        raise UsageError("give --array or --cmds, not both")
+    if args.get("name") or args.get("wait-existing"):
+        raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
+    if "cmds" in args and args["cmd"]:
+        raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
+    specs, ids = [array_spec(args)] if "array" in args else task_specs(ctx, args), []
     try:
         for start in range(0, len(specs), SUBMIT_BATCH):
             ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
             if args.get("nowait") or args.get("verbose"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
         # one by one: each wait is O(1) on the master
-        failed = [(i, code) for i in ([] if args.get("nowait") else ids) if (code := ctx.client.exit_code(i))]
+        ends = [] if args.get("nowait") else [(i, ctx.client.wait([i])[i]) for i in ids]
     except KeyboardInterrupt:
         return interrupted(ctx, ids, 2)  # SIGINT
-    if failed:
-        shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        ctx.say(f"{len(failed)} of {len(ids)} jobs failed: {shown}")
+    failed = [(i, end.get("exit", 1)) for i, end in ends if end.get("exit", 1)]
+    if failed and "array" in args:  # the array's record counts its tasks and names the lowest that failed
+        end, total = ends[0][1], arrays.parse(args["array"])["tasks"]
+        count = sum(n for state, n in end.get("counts", {}).items() if state != "done")
+        named = [(f"{ids[0]}.{task}", code) for task, code in end.get("failures", [])]
+        if named:
+            _say_failed(ctx, named, count, total, "tasks")
+    elif failed:
+        _say_failed(ctx, failed, len(failed), len(ids), "jobs")
     return failed[0][1] if failed else 0
+
+
+def _say_failed(ctx: Context, failed: list, count: int, total: int, what: str) -> None:
+    shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if count > 10 else "")
+    ctx.say(f"{count} of {total} {what} failed: {shown}")

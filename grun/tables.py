@@ -47,11 +47,37 @@ def fmt_time(t) -> str:
 
 def jobs_table(jobs: list[dict]) -> str:
     """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB);
-    TIME: its time limit (-t)."""
+    TIME: its time limit (-t). An array is one line, its STATE the count of its tasks in each state."""
+    jobs = fold_arrays(jobs)
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
-    rows = [[j["id"], j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
+    rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
              fmt_span(j.get("time")), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
     return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD", "COMMAND"])
+
+
+def fold_arrays(jobs: list[dict]) -> list[dict]:
+    """The jobs with each array's tasks folded into its line: "3 running, 97 queued, 5 done"."""
+    from .core.arrays import left
+    arrays = {j["id"]: {} for j in jobs if "ranges" in j}
+    for j in jobs:
+        if j.get("array") in arrays:
+            arrays[j["array"]][j["state"]] = arrays[j["array"]].get(j["state"], 0) + 1
+    out = []
+    for j in jobs:
+        if j["id"] in arrays:
+            counts = arrays[j["id"]]
+            if left(j):
+                counts[j["state"]] = counts.get(j["state"], 0) + left(j)
+            counts.update((s, counts.get(s, 0) + n) for s, n in j["counts"].items())
+            out.append(dict(j, state=", ".join(f"{n} {s}" for s, n in counts.items())))
+        elif j.get("array") not in arrays:
+            out.append(j)
+    return out
+
+
+def label(job: dict) -> str:
+    """How a person names a job: `12`, or `12.7` for task 7 of array 12."""
+    return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
 
 
 def nodes_table(nodes: list[dict]) -> str:
@@ -66,7 +92,7 @@ def history_table(jobs: list[dict]) -> str:
     for j in reversed(jobs):
         u = j.get("usage") or {}
         cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
-        rows.append([j["id"], j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
+        rows.append([label(j), j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
                      fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
     return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
 
@@ -81,7 +107,7 @@ def history_long(jobs: list[dict]) -> str:
         name = f" ({j['name']})" if j.get("name") else ""
         ended = f", exit {describe_exit(j)}" if j.get("state") in FINAL_STATES else ""
         blocks.append("\n".join(line for line in (
-            f"job {j['id']}{name}: {j.get('state')}{ended}",
+            f"job {label(j)}{name}: {j.get('state')}{ended}",
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",

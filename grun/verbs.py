@@ -117,13 +117,23 @@ def no_words(words: list[str], called: str, opts: dict) -> dict:
     return {}
 
 
-def job_ids(words: list[str], called: str, opts: dict | None = None) -> dict:
+def job_ids(words: list[str], called: str, opts: dict | None = None, tasks: bool = False) -> dict:
     if not words:
         raise UsageError(f"{called} needs job ids")
-    bad = next((w for w in words if not w.isdigit() or int(w) == 0), None)
+    bad = next((w for w in words if not (w.isdigit() and int(w)) and not (tasks and task_id(w))), None)
     if bad is not None:
         raise UsageError(f"bad job id {bad!r}")
-    return {"ids": [int(w) for w in words]}
+    return {"ids": [int(w) if w.isdigit() else w for w in words]}
+
+
+def task_id(word: str) -> bool:
+    """`12.7`: task 7 of array 12 (kill, hold and resume take one)."""
+    head, dot, tail = word.partition(".")
+    return bool(dot and head.isdigit() and int(head) and tail.isdigit())
+
+
+def job_or_task_ids(words: list[str], called: str, opts: dict) -> dict:
+    return job_ids(words, called, opts, tasks=True)
 
 
 def one_id(words: list[str], called: str, opts: dict) -> dict:
@@ -134,7 +144,7 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
-    return {"ids": []} if opts.get("name") and not words else job_ids(words, called)
+    return {"ids": []} if opts.get("name") and not words else job_ids(words, called, tasks=True)
 
 
 def changes(words: list[str], called: str, opts: dict) -> dict:
@@ -377,13 +387,13 @@ def do_kill(ctx: Context, args: dict) -> int:
     return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))  # 15: SIGTERM
 
 
-@verb("ID...", words=job_ids)
+@verb("ID...", words=job_or_task_ids)
 def do_hold(ctx: Context, args: dict) -> int:
     """hold queued jobs, suspend running ones"""
     return _missing(ctx, ctx.client.hold(args["ids"]))
 
 
-@verb("ID...", words=job_ids)
+@verb("ID...", words=job_or_task_ids)
 def do_resume(ctx: Context, args: dict) -> int:
     """release held jobs, continue suspended ones"""
     return _missing(ctx, ctx.client.resume(args["ids"]))

@@ -29,6 +29,7 @@ SPEC_KEYS = {
     "stdout_file", "stderr_file", "stdout_append", "stderr_append",
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
     "time",
+    "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
@@ -135,6 +136,10 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         out["memory_set"] = True
     if spec.get("time") is not None and not 0 < (out.setdefault("time", _number(spec, "time", 0, MAX_TIME))):
         raise ValueError("time must be above zero")
+    if spec.get("array") is not None:
+        from .arrays import parse
+        parse(spec["array"])  # (a ValueError, one line, when it is not an array)
+        out["array"] = spec["array"]
     for stream in ("stdout", "stderr"):
         path = _text(spec, f"{stream}_file", MAX_PATH)
         if path is not None:

@@ -20,9 +20,11 @@ on each NodeView when its node was last heard from and whether it was declared l
 import collections
 import itertools
 import random
+import re
 from dataclasses import dataclass, field
 
 from ..config import KEYS
+from . import arrays as A
 from . import jobs as J
 from .explain import refusal
 from .placement import MAX_PLACED_PER_PASS, place
@@ -108,6 +110,8 @@ class MasterState:
                 step.do.append(("finished", job))
             if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
                 todo += self._followups(rec, job)
+            if rec["op"] in ("finish", "stop") and not replay:
+                todo += self._array_end(job.get("array") if "task" in job else job["id"], rec["time"])
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
@@ -120,6 +124,14 @@ class MasterState:
         if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
             return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
         return []
+
+    def _array_end(self, array_id: int, now: float) -> list[dict]:
+        """An array ends, with its outcome, in one "finish" record, once no task is left to start or
+        running: from then on it is a finished job like any other (history, wait, dependencies)."""
+        array = self.table.jobs.get(array_id)
+        if array is None or not A.is_array(array) or A.left(array) or self.table.tasks.get(array_id):
+            return []
+        return [{"op": "finish", "id": array_id, "time": now, "result": A.outcome(array)}]
 
     def recover(self, snapshot: dict | None, records: list[dict], now: float) -> Step:
         """The state on disk, replayed through the same apply(); the step names the finished jobs."""
@@ -150,7 +162,7 @@ class MasterState:
                 raise ValueError(refusal)
             self._admit(req, names)
             job = dict(req, id=self.table.next_id + len(records), state=J.QUEUED, submit_time=now,
-                       attempt=0, node=None)
+                       attempt=0, node=None, **(A.parse(req["array"]) if req.get("array") else {}))
             records.append({"op": "submit", "job": job})
             ids.append(job["id"])
         self._commit(step, records)
@@ -166,21 +178,41 @@ class MasterState:
             raise ValueError(f"{why} (--force queues it anyway)")
         batch_names.add(name)
 
-    def _lookup(self, job_ids: list) -> tuple[dict, list[dict]]:
-        """{id: whether it is live} for the reply, and the live jobs (each once)."""
-        jobs = {i: self.table.jobs.get(i) for i in dict.fromkeys(J.parse_job_id(r) for r in job_ids)}
-        return {str(i): j is not None for i, j in jobs.items()}, [j for j in jobs.values() if j is not None]
+    def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0) -> tuple[dict, list[dict]]:
+        """{id: whether it is live} for the reply, and the live jobs (each once). An id `12.7` names
+        task 7 of array 12. With a step (kill, hold), an array brings its live tasks along, and a task
+        not started yet is made a job to act on."""
+        found, jobs = {}, {}
+        for raw in job_ids:
+            m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", raw) if isinstance(raw, str) else None
+            if m is None:
+                key = str(job_id := J.parse_job_id(raw))
+            else:
+                key, (array_id, task) = f"{int(m[1])}.{int(m[2])}", (int(m[1]), int(m[2]))
+                job_id, array = self.table.tasks.get(array_id, {}).get(task), self.table.jobs.get(array_id)
+                if job_id is None and step is not None and array is not None and A.has_task(array, task):
+                    job_id = self.table.next_id
+                    self._commit(step, [{"op": "task", "id": array_id, "new": job_id, "task": task, "time": now}])
+            job = self.table.jobs.get(job_id)
+            found[key] = job is not None
+            if job is not None:
+                jobs[job["id"]] = job
+                if step is not None and A.is_array(job):
+                    jobs.update((i, self.table.jobs[i]) for i in self.table.tasks.get(job["id"], {}).values())
+        return found, list(jobs.values())
 
     def on_kill(self, step: Step, job_ids: list, signal: int, force: bool, now: float) -> None:
         """Queued jobs end at once; running ones are signalled, and with force marked killed at once."""
         signal = int(signal)
         if not 1 <= signal <= 64:
             raise ValueError(f"bad signal number {signal}")
-        found, jobs = self._lookup(job_ids)
+        found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
             killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
-            if job["state"] in (J.QUEUED, J.HELD):
+            if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
+                records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
+            elif job["state"] in (J.QUEUED, J.HELD):
                 records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
                 continue
             records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
@@ -196,12 +228,12 @@ class MasterState:
         """hold: queued jobs are held, running ones suspended; resume: the other way round."""
         here, op, there, method = {"hold": (J.QUEUED, "hold", J.RUNNING, "suspend"),
                                    "resume": (J.HELD, "release", J.SUSPENDED, "resume")}[what]
-        found, jobs = self._lookup(job_ids)
+        found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
             if job["state"] == here:
                 records.append({"op": op, "id": job["id"], "time": now})
-            elif job["state"] == there:
+            elif job["state"] == there and not A.is_array(job):
                 on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("signal", node, method, ids) for node, ids in on_nodes.items()]
@@ -334,19 +366,25 @@ class MasterState:
         offers, again = collections.defaultdict(list), collections.defaultdict(list)
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
-                         reserve_after=self.settings["reserve_after"], claims=self.table.claims())
-            records = []
+                         reserve_after=self.settings["reserve_after"], claims=self.table.claims(),
+                         room=self.table.room)
+            records, dispatched = [], []
             for job, node in plan.placed:
                 # place() counted the job on the view; apply() must not count it twice
                 node.jobs.discard(job["id"])
                 node.take(job, -1)
+                if A.is_array(job):  # one of its tasks becomes a job, and that one is dispatched
+                    task = {"op": "task", "id": job["id"], "new": self.table.next_id, "task": A.next_task(job)}
+                    self._commit(step, [dict(task, time=now)])
+                    job = self.table.jobs[task["new"]]
+                dispatched.append(job)
                 records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
             placed = {job["id"] for job, _ in plan.placed}
             records += [{"op": "reserve", "id": job["id"], "node": node.name, "time": now}
                         for job, node in plan.reserve if job["id"] not in placed]
             self._commit(step, records)
             step.kick = len(plan.placed) >= MAX_PLACED_PER_PASS  # cut short: more may fit at once
-            for job, _ in plan.placed:  # (no longer in unconfirmed since it was last queued)
+            for job in dispatched:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
         # oldest offer first, so those due again are the first ones

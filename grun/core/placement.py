@@ -71,9 +71,11 @@ class Plan:
 
 
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
-          reserve_after: float | None = None, claims: dict | None = None) -> Plan:
+          reserve_after: float | None = None, claims: dict | None = None, room=None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
-    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place."""
+    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
+    `room(job)`: how many copies of the job may be placed (an array's tasks; 1 when not given): a job
+    may appear in `placed` that many times, and one with no room is passed over."""
     plan = Plan()
     claims = {} if claims is None else claims
     n_live, live, misses = index.up_count(), None, 0
@@ -83,19 +85,22 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     failed_shapes: set = set()       # shapes that fit nowhere in this pass
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
-        kind = shape(job)
-        if not full and (kind not in failed_shapes or job.get("reserved_node")):
+        kind, copies, placed = shape(job), room(job) if room else 1, 0
+        while placed < copies and not full and (kind not in failed_shapes or job.get("reserved_node")):
             node = index.best(job, rng, claims)
-            if node is not None:
-                node.take(job)
-                node.jobs.add(job["id"])
-                plan.placed.append((job, node))
-                _drop_claim(claims, job)
-                if len(plan.placed) >= MAX_PLACED_PER_PASS:
-                    break
-                full = not index.any_free()
-                continue
-            failed_shapes.add(kind)
+            if node is None:
+                failed_shapes.add(kind)
+                break
+            node.take(job)
+            node.jobs.add(job["id"])
+            plan.placed.append((job, node))
+            _drop_claim(claims, job)
+            placed += 1
+            full = not index.any_free()
+            if len(plan.placed) >= MAX_PLACED_PER_PASS:
+                return plan
+        if placed or not copies:
+            continue
         misses += 1
         if kind not in unreservable and starving(job, now, reserve_after) and (
                 len(claims) < n_live or job.get("reserved_node")):

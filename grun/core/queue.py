@@ -8,6 +8,7 @@ crash the journal is replayed through the same `apply`, so live operation and re
 import collections
 import sys
 
+from . import arrays as A
 from . import jobs as J
 from .nodes import NodeIndex, NodeView
 from .placement import PendingQueue
@@ -34,6 +35,7 @@ class JobTable:
         self.names: dict[str, int] = {}          # job name -> id, live jobs only
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
+        self.tasks: dict[int, dict[int, int]] = {}  # array id -> {task id: job id} of its live tasks
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
@@ -49,6 +51,8 @@ class JobTable:
                 self.tokens[job["token"]] = job["id"]
             if job.get("name"):
                 self.names[job["name"]] = job["id"]
+            if "task" in job:
+                self.tasks.setdefault(job["array"], {})[job["task"]] = job["id"]
             if job["state"] == J.QUEUED:
                 self.pending.add(job)
             self._sync(job)
@@ -62,6 +66,8 @@ class JobTable:
         job = self.jobs.get(rec.get("id"))
         if job is None:
             return None
+        if op in ("task", "stop"):
+            return self._array(job, rec)
         state = job["state"]
         if op == "dispatch":
             self.pending.remove(job)
@@ -113,6 +119,27 @@ class JobTable:
         self._sync(job)
         return job
 
+    def _array(self, array: dict, rec: dict) -> dict:
+        """"task": one task of the array becomes a job (returned); "stop": the array was killed, its
+        tasks not started yet end with it (counted as killed)."""
+        if rec["op"] == "task":
+            A.take(array, rec["task"])
+        else:
+            array["counts"] = {**array["counts"], J.KILLED: array["counts"].get(J.KILLED, 0) + A.left(array)}
+            array["stopped"] = rec.get("signal", 15)
+        if not A.left(array):  # every task started (or none will): the array's own record waits for them
+            self.pending.remove(array)
+            array["state"] = J.RUNNING
+            self._sync(array)
+        if rec["op"] == "task":
+            task = dict(A.task_job(array, rec["new"], rec["task"]), state=J.QUEUED, attempt=0, node=None)
+            return self.apply({"op": "submit", "job": task})
+        return array
+
+    def room(self, job: dict) -> int:
+        """How many copies of the job placement may start now: 1, or an array's tasks (its %N)."""
+        return A.room(job, len(self.tasks.get(job["id"], ()))) if A.is_array(job) else 1
+
     def _share(self, job: dict) -> dict:
         """One copy of each env dict, cmd list and short string that many jobs hold alike."""
         for key, kind in (("env", dict), ("cmd", list)):
@@ -161,6 +188,13 @@ class JobTable:
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
+        if "task" in job:  # counted in its array's record
+            live = self.tasks.get(job["array"], {})
+            live.pop(job["task"], None)
+            if not live:
+                self.tasks.pop(job["array"], None)
+            if job["array"] in self.jobs:
+                A.ended(self.jobs[job["array"]], job)
         return job
 
     def token_id(self, token: str | None) -> int | None:

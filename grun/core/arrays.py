@@ -1,0 +1,118 @@
+"""Job arrays (`--array 1-100000%50`): one record at the master, its tasks made job records one at a
+time, as they are placed (or killed or held one by one). Pure code, no I/O.
+
+An array record is a job record (its id, request and state) with the fields below; it is queued while
+it has tasks left to start, and leaves the job table with one "finish" record, its outcome, once every
+task has ended. A task is a job record of its own (its own id from the same counter, so history, wire
+and kill stay keyed by int) with `array` (the array's id) and `task` (its task id), shown as `12.7`.
+"""
+
+import re
+
+MAX_TASKS = 100_000
+# Set in every task's environment, for scripts written for grun, Slurm and SGE.
+TASK_VARS, ARRAY_VARS = ("GRUN_TASK_ID", "SLURM_ARRAY_TASK_ID", "SGE_TASK_ID"), ("SLURM_ARRAY_JOB_ID",)
+MAX_FAILURES_KEPT = 10  # the failed tasks an array's record names (the lowest task ids)
+_BOOKS = ("tasks", "ranges", "limit", "at", "started", "taken", "counts", "failures", "stopped")
+
+
+def parse(text: str) -> dict:
+    """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping
+    fields. A ValueError (one line) for anything else, a task id given twice, or too many tasks."""
+    if not isinstance(text, str):
+        raise ValueError("array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")
+    ids, _, limit = text.partition("%")
+    if limit and not (limit.strip().isdigit() and int(limit) > 0):
+        raise ValueError(f"bad value for --array: %N needs N >= 1, got {text!r}")
+    ranges, count = [], 0
+    for part in ids.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?(?::(\d+))?\s*", part)
+        span = range(int(m[1]), int(m[2] or m[1]) + 1, int(m[3] or 1)) if m and int(m[3] or 1) else range(0)
+        if not span:
+            raise ValueError(f"bad value for --array: expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
+        count += len(span)
+        if count > MAX_TASKS:
+            raise ValueError(f"bad value for --array: at most {MAX_TASKS:,} tasks in one array, got {text!r}")
+        ranges.append([span.start, span.stop, span.step])
+    if len(ranges) > 1 and len(set().union(*(range(*r) for r in ranges))) != count:
+        raise ValueError(f"bad value for --array: a task id is given twice in {text!r}")
+    return {"tasks": count, "ranges": ranges, "limit": int(limit) if limit else None, "at": [0, ranges[0][0]],
+            "started": 0, "taken": [], "counts": {}, "failures": [], "stopped": False}
+
+
+def is_array(job: dict) -> bool:
+    return "ranges" in job
+
+
+def left(array: dict) -> int:
+    """Tasks not yet started (none once the array was killed)."""
+    return 0 if array["stopped"] else array["tasks"] - array["started"]
+
+
+def room(array: dict, live: int) -> int:
+    """How many more of its tasks may start now, with `live` of them started and not ended."""
+    return left(array) if array["limit"] is None else max(0, min(left(array), array["limit"] - live))
+
+
+def next_task(array: dict) -> int:
+    """The lowest task id not started yet (the array must have one left)."""
+    return array["at"][1]
+
+
+def has_task(array: dict, task: int) -> bool:
+    """Whether the task belongs to the array and is not started yet."""
+    ri, at = array["at"]
+    return left(array) > 0 and task not in array["taken"] and any(
+        task in range(*r) and (i > ri or i == ri and task >= at) for i, r in enumerate(array["ranges"]))
+
+
+def take(array: dict, task: int) -> None:
+    """Mark the task started: the cursor (`at`: range index, task id) moves past it, or a task started
+    out of order is remembered (`taken`) until the cursor passes it. Fields are replaced, never
+    changed in place: a snapshot being written may hold the old values."""
+    array["started"] += 1
+    if task != array["at"][1]:
+        array["taken"] = [*array["taken"], task]
+        return
+    ri, at = _after(array["ranges"], *array["at"])
+    taken = list(array["taken"])
+    while at in taken:
+        taken.remove(at)
+        ri, at = _after(array["ranges"], ri, at)
+    array["taken"], array["at"] = taken, [ri, at]
+
+
+def _after(ranges: list, ri: int, task: int) -> tuple[int, int]:
+    task += ranges[ri][2]
+    if task < ranges[ri][1]:
+        return ri, task
+    return (ri + 1, ranges[ri + 1][0]) if ri + 1 < len(ranges) else (len(ranges), -1)
+
+
+def task_job(array: dict, job_id: int, task: int) -> dict:
+    """The job record of one task: the array's request, its own id, environment and output names."""
+    job = {k: v for k, v in array.items() if k not in _BOOKS and k not in ("token", "name", "reserved_node")}
+    env = dict(array.get("env") or {}, **{v: str(task) for v in TASK_VARS}, **{v: str(array["id"]) for v in ARRAY_VARS})
+    job.update(id=job_id, array=array["id"], task=task, env=env)
+    for key in ("stdout_file", "stderr_file"):
+        if key in job:
+            job[key] = job[key].replace("%a", str(task)).replace("%A", str(array["id"]))
+    return job
+
+
+def ended(array: dict, task: dict) -> None:
+    """Count a task that ended (in `counts` by state; the lowest failed ones in `failures`)."""
+    array["counts"] = {**array["counts"], task["state"]: array["counts"].get(task["state"], 0) + 1}
+    if task["state"] != "done":
+        array["failures"] = sorted([*array["failures"], [task["task"], task["exit"]]])[:MAX_FAILURES_KEPT]
+
+
+def outcome(array: dict) -> dict:
+    """The result of an array all of whose tasks have ended: killed if it was killed, failed if a
+    task did not succeed (the exit code of the lowest such task), else done."""
+    status = "killed" if array["stopped"] else "failed" if array["failures"] else "done"
+    result = {"status": status, "exit_code": array["failures"][0][1] if array["failures"] else 0}
+    if status == "killed" and not array["failures"]:
+        result["signal"] = array["stopped"]  # (the signal it was killed with)
+    return result
+

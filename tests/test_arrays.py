@@ -1,0 +1,192 @@
+"""Arrays that scale (issue 13): `--array 1-100000%50` is one record at the master, its tasks made job
+records as they are placed, each its own history row (`12.7`). Pure unit tests of the expansion and the
+master's decisions first (no daemons), then the same through real daemons."""
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+
+from grun import tables
+from grun.core import arrays as A
+from grun.core import jobs as J
+from grun.core.master_state import MasterState
+
+
+def _state(cpus: int = 4) -> MasterState:
+    m = MasterState(random.Random(0))
+    m.handle("register", {"name": "a", "uri": "PYRO:grun.node@a:1", "cpus": cpus, "memory": 64000,
+                          "incarnation": "i1", "seq": 0}, 0.0)
+    return m
+
+
+def _submit(m: MasterState, array: str, now: float = 1.0, **spec) -> int:
+    return m.handle("submit", m.requests([{"cmd": ["true"], "array": array, **spec}]), None, now).reply[0]
+
+
+def _offered(step) -> list[dict]:
+    return [job for kind, _, jobs in (i for i in step.do if i[0] == "offer") for job in jobs]
+
+
+def _finish(m: MasterState, jobs: list[dict], now: float, code=lambda job: 0):
+    return m.handle("finished", "a", [{"id": j["id"], "exit_code": code(j)} for j in jobs], now)
+
+
+# ---- the expansion, pure ---------------------------------------------------------------------------
+
+def test_task_ids_come_in_order_each_once_whatever_the_form():
+    a = A.parse("1-5:2,10,20-21%2")
+    assert (a["tasks"], a["limit"]) == (6, 2)
+    order = []
+    while A.left(a):
+        order.append(A.next_task(a))
+        A.take(a, order[-1])
+    assert order == [1, 3, 5, 10, 20, 21]
+    b = A.parse("0-9")
+    A.take(b, 5)  # started out of order (killed or held one by one)
+    assert not A.has_task(b, 5) and A.has_task(b, 0) and not A.has_task(b, 10)
+    rest = []
+    while A.left(b):
+        rest.append(A.next_task(b))
+        A.take(b, rest[-1])
+    assert rest == [0, 1, 2, 3, 4, 6, 7, 8, 9] and b["taken"] == []
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("5-1", "expected task ids"), ("1-10%0", "%N needs N >= 1"), ("1-10%x", "%N needs"), ("1,1", "given twice"),
+    ("1-5,3-8", "given twice"), ("1-200000", "at most 100,000"), ("1-2:0", "expected task ids"), ("", "expected"),
+])
+def test_bad_arrays_are_one_line_value_errors(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        J.validate_spec({"cmd": ["true"], "array": text})
+
+
+def test_room_respects_the_limit_and_what_is_left():
+    a = A.parse("1-100%3")
+    assert A.room(a, 0) == 3 and A.room(a, 2) == 1 and A.room(a, 3) == 0
+    assert A.room(A.parse("1-2"), 0) == 2
+
+
+def test_a_task_gets_its_environment_and_its_output_names():
+    a = dict(A.parse("1-9"), id=12, cmd=["x"], env={"A": "1"}, stdout_file="/o/%A.%a", token="t", name="n",
+             state="queued")
+    t = A.task_job(a, 40, 7)
+    assert (t["id"], t["array"], t["task"], t["stdout_file"]) == (40, 12, 7, "/o/12.7")
+    assert t["env"] == {"A": "1", "GRUN_TASK_ID": "7", "SLURM_ARRAY_TASK_ID": "7", "SGE_TASK_ID": "7",
+                        "SLURM_ARRAY_JOB_ID": "12"}
+    assert not {"ranges", "token", "name", "counts"} & t.keys()
+
+
+# ---- the master's decisions ------------------------------------------------------------------------
+
+def test_a_big_array_is_one_record_of_a_few_kilobytes():
+    m = _state()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    step = m.handle("submit", m.requests([{"cmd": ["true"], "array": "1-100000"}]), None, 1.0)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(step.records) == 1 and len(m.table.jobs) == 1 and len(m.table.pending) == 1
+    assert grown < 64 * 1024, f"the master grew by {grown} bytes for one array"
+
+
+def test_placement_makes_tasks_jobs_as_they_fit_and_respects_percent_n():
+    m = _state(cpus=8)
+    array_id = _submit(m, "1-10%3")
+    step = m.handle("schedule", 2.0)
+    tasks = _offered(step)
+    assert [(t["array"], t["task"]) for t in tasks] == [(array_id, 1), (array_id, 2), (array_id, 3)]
+    assert [r["op"] for r in step.records] == ["task", "task", "task", "dispatch", "dispatch", "dispatch"]
+    assert len({t["id"] for t in tasks} | {array_id}) == 4 and tasks[0]["env"]["SLURM_ARRAY_JOB_ID"] == str(array_id)
+    assert _offered(m.handle("schedule", 3.0)) == [], "at most 3 at once"
+    _finish(m, tasks[:2], 4.0)
+    assert [t["task"] for t in _offered(m.handle("schedule", 5.0))] == [4, 5]
+    assert m.table.jobs[array_id]["counts"] == {"done": 2}
+
+
+def test_an_array_ends_with_one_finish_record_its_outcome():
+    m = _state(cpus=8)
+    array_id = _submit(m, "1-4")
+    tasks = _offered(m.handle("schedule", 2.0))
+    assert m.table.jobs[array_id]["state"] == J.RUNNING and len(m.table.pending) == 0, "every task started"
+    _finish(m, tasks[:3], 3.0, lambda j: 5 if j["task"] == 3 else 0)
+    assert array_id in m.table.jobs
+    step = _finish(m, tasks[3:], 4.0, lambda j: 9)
+    assert step.records[-1] == {"op": "finish", "id": array_id, "time": 4.0,
+                                "result": {"status": "failed", "exit_code": 5}}
+    ended = [i[1] for i in step.do if i[0] == "finished"]
+    assert [j.get("task") for j in ended] == [4, None], "the task's history row, then the array's"
+    assert ended[1]["counts"] == {"done": 2, "failed": 2} and ended[1]["failures"] == [[3, 5], [4, 9]]
+    assert ended[1]["exit"] == 5 and array_id not in m.table.jobs and m.table.tasks == {}
+
+
+def test_kill_the_whole_array_or_one_task():
+    m = _state(cpus=2)
+    array_id = _submit(m, "1-100000")
+    running = _offered(m.handle("schedule", 2.0))
+    assert len(running) == 2
+    one = m.handle("kill", [f"{array_id}.50"], 15, False, 3.0)  # not started: made a job to end it
+    assert one.reply == {f"{array_id}.50": True}
+    killed = [i[1] for i in one.do if i[0] == "finished"]
+    assert [(j["task"], j["state"]) for j in killed] == [(50, "killed")]
+    assert m.handle("kill", [f"{array_id}.50", f"{array_id}.200000"], 15, False, 3.0).reply == {
+        f"{array_id}.50": False, f"{array_id}.200000": False}
+    step = m.handle("kill", [array_id], 15, False, 4.0)
+    assert ("kill", "a", [t["id"] for t in running], 15) in step.do
+    assert m.table.jobs[array_id]["counts"] == {"killed": 1 + 100000 - 3}, "the rest end with it, unstarted"
+    assert _offered(m.handle("schedule", 5.0)) == []
+    end = _finish(m, running, 6.0, lambda j: 143)
+    assert end.records[-1]["result"] == {"status": "killed", "exit_code": 143}
+
+
+def test_hold_the_whole_array_then_release_it():
+    m = _state(cpus=2)
+    array_id = _submit(m, "1-10")
+    running = _offered(m.handle("schedule", 2.0))
+    m.handle("started", "a", {"started": {str(t["id"]): 9 for t in running}, "incarnation": "i1", "seq": 1}, 2.5)
+    step = m.handle("control", "hold", [array_id], 3.0)
+    assert m.table.jobs[array_id]["state"] == J.HELD
+    assert ("signal", "a", "suspend", [t["id"] for t in running]) in step.do
+    _finish(m, running, 4.0)
+    assert _offered(m.handle("schedule", 5.0)) == []
+    m.handle("control", "resume", [array_id], 6.0)
+    assert [t["task"] for t in _offered(m.handle("schedule", 7.0))] == [3, 4]
+
+
+def test_a_replayed_journal_or_a_snapshot_gives_the_same_array():
+    m, journal = MasterState(random.Random(0)), []
+
+    def handle(*event):
+        step = m.handle(*event)
+        journal.extend(step.records)
+        return step
+    handle("register", {"name": "a", "uri": "PYRO:n@a:1", "cpus": 2, "memory": 9000, "incarnation": "i"}, 0.0)
+    array_id = handle("submit", m.requests([{"cmd": ["true"], "array": "1-6%2", "stdout_file": "/o.%a"}]),
+                      None, 1.0).reply[0]
+    tasks = _offered(handle("schedule", 2.0))
+    handle("finished", "a", [{"id": tasks[0]["id"], "exit_code": 3}], 3.0)
+    handle("kill", [f"{array_id}.6"], 15, False, 3.5)
+    handle("schedule", 4.0)
+    replayed, restored = MasterState(), MasterState()
+    replayed.recover(None, journal, 5.0)
+    restored.recover(m.table.snapshot(), [], 5.0)
+    for other in (replayed, restored):
+        assert other.table.next_id == m.table.next_id and other.table.tasks == m.table.tasks
+        assert other.table.jobs == m.table.jobs and other.table.jobs[array_id]["failures"] == [[1, 3], [6, 143]]
+        assert _offered(other.handle("schedule", 6.0)) == [], "still 2 live: %2"
+    assert m.table.jobs[array_id]["stdout_file"] == "/o.%a" and tasks[1]["stdout_file"] == "/o.2"
+
+
+def test_jobs_fold_an_array_into_one_line_with_counts():
+    m = _state(cpus=2)
+    array_id = _submit(m, "1-10")
+    running = _offered(m.handle("schedule", 2.0))
+    _finish(m, running[:1], 3.0)
+    m.handle("schedule", 4.0)
+    m.handle("kill", [f"{array_id}.9"], 15, False, 4.5)
+    shown = tables.jobs_table([m.view(j) for j in sorted(m.table.jobs.values(), key=lambda j: j["id"])])
+    lines = shown.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"{array_id} ")
+    assert "2 dispatched, 6 queued, 1 done, 1 killed" in lines[1], shown
+    assert tables.label({"id": 40, "array": 12, "task": 7}) == "12.7"
