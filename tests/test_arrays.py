@@ -4,6 +4,8 @@ master's decisions first (no daemons), then the same through real daemons."""
 from __future__ import annotations
 
 import random
+import signal
+import time
 import tracemalloc
 
 import pytest
@@ -190,3 +192,110 @@ def test_jobs_fold_an_array_into_one_line_with_counts():
     assert len(lines) == 2 and lines[1].startswith(f"{array_id} ")
     assert "2 dispatched, 6 queued, 1 done, 1 killed" in lines[1], shown
     assert tables.label({"id": 40, "array": 12, "task": 7}) == "12.7"
+
+
+# ---- through real daemons ---------------------------------------------------------------------------
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _job_id(r) -> int:
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Job_ID: "), lines
+    return int(lines[0].split()[1])
+
+
+def _spans(directory) -> list[tuple[float, float]]:
+    return [tuple(map(float, p.read_text().split())) for p in sorted(directory.glob("span.*"))]
+
+
+def test_100k_tasks_submit_in_under_a_second_and_the_master_grows_by_kilobytes(cluster, tmp_path):
+    client, master = cluster.client(), cluster.procs["master"].pid
+    client.wait([client.submit_spec({"cmd": ["true"]})])  # (the master's first submit and finish behind it)
+    before = _rss_kb(master)
+    started = time.perf_counter()
+    array_id = client.submit_spec({**_spec(tmp_path), "cmd": ["sleep", "30"], "array": "1-100000%2"})
+    took = time.perf_counter() - started
+    grown = _rss_kb(master) - before
+    try:
+        assert took < 1.0, f"submitting 100,000 tasks took {took:.2f} s"
+        assert grown < 2048, f"the master grew by {grown} KB for an array of 100,000 tasks"
+        assert client.job(array_id)["tasks"] == 100000
+    finally:
+        assert client.kill([array_id]) == {array_id: True}
+        end = client.wait([array_id], timeout=30)[array_id]
+    assert end["state"] == "killed" and sum(end["counts"].values()) == 100000
+
+
+def _spec(tmp_path) -> dict:
+    from grun.client import job_spec
+    return job_spec(["true"], cwd=str(tmp_path))
+
+
+def test_percent_n_bounds_the_tasks_running_at_once_and_each_gets_its_ids(cluster, tmp_path):
+    script = 'echo "$GRUN_TASK_ID $SLURM_ARRAY_TASK_ID $SLURM_ARRAY_JOB_ID $SGE_TASK_ID"; ' \
+             'a=$(date +%s.%N); sleep 0.4; echo "$a $(date +%s.%N)" > span.$GRUN_TASK_ID'
+    r = cluster.grun("-v", "--array", "1-6%2", "-o", str(tmp_path / "out.%a"), script, cwd=tmp_path)
+    array_id = _job_id(r)
+    spans = _spans(tmp_path)
+    assert len(spans) == 6
+    overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert overlap == 2, f"{overlap} tasks ran at once with %2: {spans}"
+    assert [(tmp_path / f"out.{t}").read_text() for t in range(1, 7)] == [f"{t} {t} {array_id} {t}\n" for t in range(1, 7)]
+    rows = cluster.grun("-q", "history", "-c", "7").stdout.decode()
+    assert all(f"{array_id}.{t} " in rows for t in range(1, 7)) and f"\n{array_id} " in rows, rows
+
+
+def test_kill_one_task_then_the_whole_array_and_jobs_fold_it(cluster, tmp_path):
+    client = cluster.client()
+    array_id = _job_id(cluster.grun("--nowait", "--array", "1-50%2", "sleep", "30", cwd=tmp_path))
+    deadline = time.monotonic() + 20
+    while sum(1 for j in client.jobs() if j.get("array") == array_id and j["state"] == "running") < 2:
+        assert time.monotonic() < deadline, client.jobs()
+        time.sleep(0.05)
+    shown = cluster.grun("-q", "jobs").stdout.decode().splitlines()
+    assert len(shown) == 2 and shown[1].split()[0] == str(array_id) and "2 running, 48 queued" in shown[1], shown
+    r = cluster.grun("-k", f"{array_id}.1", f"{array_id}.30")
+    assert r.returncode == 0, r.stderr
+    assert cluster.grun("-k", f"{array_id}.30").returncode == 1, "ended already"
+    assert client.job(array_id)["counts"] == {"killed": 2}
+    assert cluster.grun("-k", str(array_id)).returncode == 0
+    r = cluster.grun("-q", "wait", str(array_id), timeout=30)
+    end = client.job(array_id)
+    assert r.returncode == 143 and end["state"] == "killed" and sum(end["counts"].values()) == 50, (r.stderr, end)
+    assert [j for j in client.jobs() if j.get("array") == array_id or j["id"] == array_id] == []
+
+
+def test_the_client_waits_for_every_task_and_a_hold_stops_new_ones(cluster, tmp_path):
+    p = cluster.popen("--array", "1-4%1", "sh", "-c", "sleep 0.3; exit $((GRUN_TASK_ID == 3 ? 7 : 0))",
+                      cwd=tmp_path)
+    client = cluster.client()
+    deadline = time.monotonic() + 20
+    while not (arrays_ := [j for j in client.jobs() if "ranges" in j]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    array_id = arrays_[0]["id"]
+    assert cluster.grun("-e", "hold", str(array_id)).returncode == 0
+    time.sleep(1.0)
+    held = client.job(array_id)
+    assert held["state"] == "held" and held["started"] <= 2, held
+    assert cluster.grun("-e", "resume", str(array_id)).returncode == 0
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 7, err
+    assert err.decode().strip() == f"grun: 1 of 4 tasks failed: {array_id}.3 (exit 7)"
+
+
+def test_a_master_restarted_mid_array_runs_each_task_once(fresh_cluster, tmp_path):
+    c = fresh_cluster
+    array_id = _job_id(c.grun("--nowait", "--array", "1-8%3", f"echo $GRUN_TASK_ID >> {tmp_path}/ran; sleep 0.5",
+                              cwd=tmp_path))
+    time.sleep(1.0)
+    c.kill("master", signal.SIGKILL)
+    c.start_master()
+    r = c.grun("-q", "wait", str(array_id), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(int(t) for t in (tmp_path / "ran").read_text().split()) == list(range(1, 9))
+    assert c.client().job(array_id)["counts"] == {"done": 8}
