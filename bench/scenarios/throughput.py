@@ -1,8 +1,10 @@
 """Scenario 1, throughput: N trivial jobs (`true`) through (a) the Pyro5 API with several concurrent
 submitter processes, one connection each, (b) one master.submit_many batch, (c) a loop of
 `grun --nowait true`, (d) one `grun --nowait --array 1-N true`; jobs/s from the first submit to the last
-completion, submit-only jobs/s and the CPU per job. References: spawning /bin/true from Python
-(sequential, 2-way) and, with --tsp, Debian's task-spooler."""
+completion, submit-only jobs/s and the CPU per job. With the array mode, the array's scale: the time to
+submit `--array 1-100000` and the master's RSS before and after, next to the same tasks as 100,000 job
+specs in submit_many batches (what the client did before arrays were one record). References: spawning
+/bin/true from Python (sequential, 2-way) and, with --tsp, Debian's task-spooler."""
 
 from __future__ import annotations
 
@@ -36,9 +38,10 @@ def add_options(ap) -> None:
     ap.add_argument("--n-cli", type=int, default=100, help="`grun --nowait` calls per CLI run (default 100)")
     ap.add_argument("--n-raw", type=int, default=2000, help="/bin/true spawns per reference run (default 2000)")
     ap.add_argument("--submitters", type=int, default=4, help="concurrent submitter processes (default 4)")
+    ap.add_argument("--array-n", type=int, default=100_000, help="tasks in the array-scale run (default 100000)")
 
 
-SMOKE = {"tsp": False, "n": 20, "n_cli": 3, "n_raw": 50, "submitters": 2}
+SMOKE = {"tsp": False, "n": 20, "n_cli": 3, "n_raw": 50, "submitters": 2, "array_n": 2000}
 
 
 # ---- helper processes: get ready, wait for "go" on stdin, work, print one JSON line ----------------
@@ -133,7 +136,7 @@ def submit_array(args, cluster, client, n):
              capture_output=True, text=True, timeout=120)
     t_sub = time.time()
     ids = [int(i) for i in re.findall(r"Job_ID: (\d+)", r.stdout)]
-    if r.returncode != 0 or len(ids) != n:
+    if r.returncode != 0 or len(ids) != 1:  # one array job; its end is its last task's
         raise RuntimeError(f"grun --array failed ({r.returncode}, {len(ids)} ids): {r.stderr.strip()[-300:]}")
     return meter, t0, t_sub, ids
 
@@ -165,6 +168,43 @@ def throughput_run(args, mode: str, n: int) -> dict:
         return out
     finally:
         teardown(cluster)
+
+
+def array_scale(args, res, detail: dict) -> None:
+    """Submit time and master RSS for one `--array 1-N` (API and CLI), then for N specs in submit_many
+    batches of 1,000; a master with no node, so nothing runs meanwhile."""
+    n, out = args.array_n, {}
+    say(f"scenario 1: array scale, N={n} tasks, a master with no node")
+    cluster = start_cluster(args, master_only=True)
+    try:
+        client = cluster.client()
+        client.call("submit_many", [job_spec()])  # (its first submit behind it)
+        wait_idle(args.idle_wait)
+        for how in ("api", "cli", "specs"):
+            before, t0 = rss_mb(cluster, "master"), time.perf_counter()
+            if how == "api":
+                client.call("submit_many", [dict(job_spec(), array=f"1-{n}")])
+            elif how == "cli":
+                xrun(GRUN + ["--nowait", "--array", f"1-{n}", "true"], env=cluster.env, cwd="/tmp",
+                     capture_output=True, check=True, timeout=120)
+            else:
+                for start in range(0, n, 1000):
+                    client.call("submit_many", [job_spec() for _ in range(min(1000, n - start))])
+            took = time.perf_counter() - t0
+            out[how] = {"submit_s": round(took, 4), "rss_before_mb": before, "rss_after_mb": rss_mb(cluster, "master")}
+            say(f"  {how}: submit {took * 1000:.1f} ms, master RSS {before:.1f} -> {out[how]['rss_after_mb']:.1f} MB")
+    finally:
+        teardown(cluster)
+    detail["array_scale"] = out
+    for how, label in (("api", f"API submit of one `array: 1-{n}`"), ("cli", f"`grun --nowait --array 1-{n} true`"),
+                       ("specs", f"reference: {n} job specs in submit_many batches of 1,000")):
+        r = out[how]
+        res.add(SCENARIO, f"{label}: submit time", [r["submit_s"] * 1000], "ms", "< 1,000 ms" if how != "specs" else "",
+                f"master RSS {r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB")
+    res.add(SCENARIO, f"master RSS growth, one array of {n} tasks vs {n} job specs",
+            [out["api"]["rss_after_mb"] - out["api"]["rss_before_mb"]], "MB", "kilobytes",
+            f"{n} specs: +{out['specs']['rss_after_mb'] - out['specs']['rss_before_mb']:.1f} MB; "
+            "sbatch --array not run (Slurm: see scenario 6)")
 
 
 # ---- references ------------------------------------------------------------------------------------
@@ -259,5 +299,7 @@ def run(args, res) -> None:
             res.add(SCENARIO, f"{labels[mode]}: master CPU per job", [r["master_cpu_ms_per_job"] for r in ok], "ms",
                     "", "job phases, median ms: " + ", ".join(f"{k.replace('_ms', '')} {fmt(v)}"
                                                               for k, v in phases.items()))
+    if "array" in args.modes:
+        array_scale(args, res, detail)
     references(args, res, detail)
     res.details["throughput"] = detail

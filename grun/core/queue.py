@@ -144,7 +144,7 @@ class JobTable:
         """One copy of each env dict, cmd list and short string that many jobs hold alike."""
         for key, kind in (("env", dict), ("cmd", list)):
             value = job.get(key)
-            if type(value) is not kind or not value:
+            if type(value) is not kind or not value or key == "env" and "task" in job:  # (a task's is its own)
                 continue
             last = self._last_shared.get(key)
             if last is value or last == value:  # a run of jobs alike: no hashing of the whole value
