@@ -135,11 +135,21 @@ def test_kill_the_whole_array_or_one_task():
     assert m.handle("kill", [f"{array_id}.50", f"{array_id}.200000"], 15, False, 3.0).reply == {
         f"{array_id}.50": False, f"{array_id}.200000": False}
     step = m.handle("kill", [array_id], 15, False, 4.0)
-    assert ("kill", "a", [t["id"] for t in running], 15) in step.do
+    assert [i for i in step.do if i[0] == "kill"] == [("kill", "a", [t["id"] for t in running], 15)]
+    assert [r["op"] for r in step.records] == ["stop", "kill", "kill"]
     assert m.table.jobs[array_id]["counts"] == {"killed": 1 + 100000 - 3}, "the rest end with it, unstarted"
     assert _offered(m.handle("schedule", 5.0)) == []
     end = _finish(m, running, 6.0, lambda j: 143)
     assert end.records[-1]["result"] == {"status": "killed", "exit_code": 143}
+
+
+def test_kill_force_ends_the_array_with_its_running_tasks():
+    m = _state(cpus=2)
+    array_id = _submit(m, "1-10")
+    m.handle("schedule", 2.0)
+    step = m.handle("kill", [array_id], 9, True, 3.0)
+    assert [r["op"] for r in step.records] == ["stop", "kill", "finish", "kill", "finish", "finish"]
+    assert step.records[-1]["id"] == array_id and m.table.jobs == {} and m.table.tasks == {}
 
 
 def test_hold_the_whole_array_then_release_it():
@@ -274,16 +284,16 @@ def test_the_client_waits_for_every_task_and_a_hold_stops_new_ones(cluster, tmp_
                       cwd=tmp_path)
     client = cluster.client()
     deadline = time.monotonic() + 20
-    while not (arrays_ := [j for j in client.jobs() if "ranges" in j]):
+    while not (found := [j for j in client.jobs() if "ranges" in j]):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    array_id = arrays_[0]["id"]
+    array_id = found[0]["id"]
     assert cluster.grun("-e", "hold", str(array_id)).returncode == 0
     time.sleep(1.0)
     held = client.job(array_id)
     assert held["state"] == "held" and held["started"] <= 2, held
     assert cluster.grun("-e", "resume", str(array_id)).returncode == 0
-    out, err = p.communicate(timeout=30)
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 7, err
     assert err.decode().strip() == f"grun: 1 of 4 tasks failed: {array_id}.3 (exit 7)"
 

@@ -212,7 +212,8 @@ class MasterState:
             killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
-            elif job["state"] in (J.QUEUED, J.HELD):
+                continue
+            if job["state"] in (J.QUEUED, J.HELD):
                 records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
                 continue
             records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
