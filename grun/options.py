@@ -74,7 +74,7 @@ OPTIONS = [
     Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
-    Option(None, "array", "value", str, "a job per task id: 1-100, 1-100:2, 1,5,9 ($GRUN_TASK_ID; %a in -o)", "IDS"),
+    Option(None, "array", "value", str, "one array job, a task per id: 1-100, 1-100:2, 1,5,9; %N: N at once ($GRUN_TASK_ID; %a in -o)", "IDS"),
     Option(None, "cmds", "value", str, "a job per line of FILE ('-': stdin), run by sh ($GRUN_TASK_ID)", "FILE"),
     Option("M", "make", help="run only if an output (%o:F, >F) is missing, empty or older than an input (%i:F, <F)"),
     Option(None, "noexec", help="with -M (also -M -n): print what would run and why; queue nothing"),
