@@ -107,6 +107,17 @@ def test_placement_makes_tasks_jobs_as_they_fit_and_respects_percent_n():
     assert m.table.jobs[array_id]["counts"] == {"done": 2}
 
 
+def test_a_task_held_and_released_on_its_own_still_waits_for_percent_n():
+    m = _state(cpus=8)
+    array_id = _submit(m, "1-10%2")
+    running = _offered(m.handle("schedule", 2.0))
+    m.handle("control", "hold", [f"{array_id}.7"], 3.0)
+    m.handle("control", "resume", [f"{array_id}.7"], 4.0)
+    assert _offered(m.handle("schedule", 5.0)) == [], "2 of its array run: %2"
+    _finish(m, running[:1], 6.0)
+    assert [t["task"] for t in _offered(m.handle("schedule", 7.0))] == [7], "room for one: the task released"
+
+
 def test_an_array_ends_with_one_finish_record_its_outcome():
     m = _state(cpus=8)
     array_id = _submit(m, "1-4")

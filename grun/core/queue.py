@@ -137,8 +137,13 @@ class JobTable:
         return array
 
     def room(self, job: dict) -> int:
-        """How many copies of the job placement may start now: 1, or an array's tasks (its %N)."""
-        return A.room(job, len(self.tasks.get(job["id"], ()))) if A.is_array(job) else 1
+        """How many copies of the job placement may start now: 1, or an array's tasks (its %N); a task
+        queued on its own (re-queued, or held and released alone) waits while %N of its array run."""
+        if A.is_array(job):
+            return A.room(job, len(self.tasks.get(job["id"], ())))
+        limit = self.jobs[job["array"]]["limit"] if "task" in job and job["array"] in self.jobs else None
+        return int(limit is None or sum(self.jobs[i]["state"] in J.ON_NODE_STATES
+                                        for i in self.tasks[job["array"]].values()) < limit)
 
     def _share(self, job: dict) -> dict:
         """One copy of each env dict, cmd list and short string that many jobs hold alike."""
