@@ -69,17 +69,13 @@ def run(ctx: Context, args: dict) -> int:
     except KeyboardInterrupt:
         return interrupted(ctx, ids, 2)  # SIGINT
     failed = [(i, end.get("exit", 1)) for i, end in ends if end.get("exit", 1)]
-    if failed and "array" in args:  # the array's record counts its tasks and names the lowest that failed
-        end, total = ends[0][1], arrays.parse(args["array"])["tasks"]
-        count = sum(n for state, n in end.get("counts", {}).items() if state != "done")
+    if failed and "array" in args:  # the array's record counts its tasks and names the lowest failed ones
+        end = ends[0][1]
+        count, total = sum(n for state, n in end.get("counts", {}).items() if state != "done"), end.get("tasks")
         named = [(f"{ids[0]}.{task}", code) for task, code in end.get("failures", [])]
-        if named:
-            _say_failed(ctx, named, count, total, "tasks")
-    elif failed:
-        _say_failed(ctx, failed, len(failed), len(ids), "jobs")
+    else:
+        count, total, named = len(failed), len(ids), failed
+    if named:
+        shown = ", ".join(f"{i} (exit {code})" for i, code in named[:10]) + (", ..." if count > 10 else "")
+        ctx.say(f"{count} of {total} {'tasks' if 'array' in args else 'jobs'} failed: {shown}")
     return failed[0][1] if failed else 0
-
-
-def _say_failed(ctx: Context, failed: list, count: int, total: int, what: str) -> None:
-    shown = ", ".join(f"{i} (exit {code})" for i, code in failed[:10]) + (", ..." if count > 10 else "")
-    ctx.say(f"{count} of {total} {what} failed: {shown}")
