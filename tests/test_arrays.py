@@ -251,9 +251,9 @@ def test_100k_tasks_submit_in_under_a_second_and_the_master_grows_by_kilobytes(c
     assert end["state"] == "killed" and sum(end["counts"].values()) == 100000
 
 
-def _spec(tmp_path) -> dict:
+def _spec(cwd) -> dict:
     from grun.client import job_spec
-    return job_spec(["true"], cwd=str(tmp_path))
+    return job_spec(["true"], cwd=str(cwd))
 
 
 def test_percent_n_bounds_the_tasks_running_at_once_and_each_gets_its_ids(cluster, tmp_path):
@@ -320,3 +320,13 @@ def test_a_master_restarted_mid_array_runs_each_task_once(fresh_cluster, tmp_pat
     assert r.returncode == 0, r.stderr
     assert sorted(int(t) for t in (tmp_path / "ran").read_text().split()) == list(range(1, 9))
     assert c.client().job(array_id)["counts"] == {"done": 8}
+
+
+@pytest.mark.parametrize("array,needle", [("5-1", "expected task ids"), ("1-5%0", "%N needs N >= 1")])
+def test_bad_arrays_are_refused_on_one_line_and_queue_nothing(cluster, array, needle):
+    r = cluster.grun("--array", array, "true")
+    err = r.stderr.decode()
+    assert r.returncode == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(Exception, match=needle):  # the master refuses it too, from any client
+        cluster.client().submit_spec({**_spec("/tmp"), "array": array})
+    assert cluster.client().jobs() == []
