@@ -155,6 +155,11 @@ def _parse_host(text) -> str:
     return text.strip()
 
 
+def _parse_auth(text) -> str:
+    _expect(text in ("secret", "none"), "secret or none", text)
+    return text
+
+
 def _parse_level(text) -> str:
     level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
     _expect(level in ("debug", "info", "warning", "error"), "one of debug, info, warning, error", text)
@@ -261,6 +266,11 @@ KEYS = {key.name: key for key in (
     Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
     Key("count_outside_load", parse_bool, True, _X, True,
         "cpu and memory used by non-grun programs are not offered to jobs"),
+    Key("auth", _parse_auth, lambda c: "secret" if c.personal else "none", "all", False,
+        "secret: every connection proves secret_file (README: Trust); none", "secret in personal mode"),
+    Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret"), "all", False,
+        "the same on every host (personal mode: made, mode 0600)"),
+    Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
 )}
 
 
@@ -310,7 +320,10 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
                 values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
                 raise ConfigError(str(e), source, line, name if source == path else None) from None
-    return Config(path, where, warnings, environ, **values)
+    cfg = Config(path, where, warnings, environ, **values)
+    from . import auth  # the secret of the config read last is the one this process's connections present
+    auth.use(cfg.secret_file if cfg.auth == "secret" else None)
+    return cfg
 
 
 def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: str = "/etc/grun.conf") -> str | None:

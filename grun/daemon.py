@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import registry
+from . import auth, registry
 from .config import KEYS, Config, ConfigError, format_hostport, load_config
 from .files import read_int
 
@@ -140,6 +140,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     for warning in cfg.warnings:
         log.warning("%s", warning)
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+    _use_secret(cfg)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
     lock_fd = _lock_pid_file(pid_file, replacing)
     if replacing:
@@ -166,6 +167,20 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         with contextlib.suppress(OSError):
             os.unlink(pid_file)
         os.close(lock_fd)
+
+
+def _use_secret(cfg: Config) -> None:
+    """The cluster secret this daemon checks and presents (a personal cluster makes its own), or a log line
+    saying that anyone who can connect may act."""
+    auth.use(cfg.secret_file if cfg.auth == "secret" else None)
+    if cfg.personal:
+        auth.create(cfg.secret_file)
+    if cfg.auth != "secret":
+        log.warning("this cluster is unauthenticated (no auth: in %s): whoever can connect to its daemons can run "
+                    "jobs as any user (root too with allow_root) and control the cluster (README: Trust)", cfg.path)
+    elif auth.key() is None:
+        raise DaemonError(f"auth: secret, but cannot read secret_file {cfg.secret_file}: make one (e.g. "
+                          "`openssl rand -hex 32 > FILE; chmod 600 FILE`) and copy it to every host")
 
 
 def _wait(done, seconds: float, every: float) -> bool:

@@ -7,6 +7,7 @@ actors through grun.wire): Pyro5 is imported by the functions that need it."""
 import contextlib
 import functools
 
+from . import auth
 from .config import format_hostport
 from .wire import CONNECT_TIMEOUT, is_unreachable  # noqa: F401  (the daemons' one error model is the client's)
 
@@ -52,21 +53,42 @@ def master_uri(host: str, port: int) -> str:
     return f"PYRO:{MASTER_NAME}@{format_hostport(host, port)}"
 
 
-def proxy(uri: str, timeout: float = CALL_TIMEOUT) -> "Pyro5.api.Proxy":
+@functools.cache
+def _proxy_class() -> type:
     import Pyro5.api
+
+    class Proxy(Pyro5.api.Proxy):
+        """Each new connection presents a fresh proof of the cluster secret (grun.auth), if there is one."""
+        _pyroHandshake = property(lambda self: auth.proof() or "hello", lambda self, value: None)
+    return Proxy
+
+
+def proxy(uri: str, timeout: float = CALL_TIMEOUT) -> "Pyro5.api.Proxy":
     configure()
-    p = Pyro5.api.Proxy(uri)
+    p = _proxy_class()(uri)
     p._pyroTimeout = timeout
     return p
 
 
 def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> "Pyro5.api.Proxy":
     """The name server at an explicit address; never a broadcast."""
-    import Pyro5.core
-    configure()
-    ns = Pyro5.core.locate_ns(host, port, broadcast=False)
-    ns._pyroTimeout = timeout
-    return ns
+    return proxy(f"PYRO:Pyro.NameServer@{format_hostport(host, port)}", timeout)
+
+
+def _guard(daemon):
+    """With a cluster secret, the daemon refuses a connection without a proof of it in its handshake,
+    before it reads any request (Pyro5 answers the handshake's error and closes)."""
+    if auth.key() is not None:
+        def validate(conn, data):
+            if auth.verify(data):
+                return "hello"
+            with contextlib.suppress(OSError):
+                conn = format_hostport(*conn.sock.getpeername()[:2])
+            import logging  # not at the top: clients import this module
+            logging.getLogger("grun.auth").warning("refused a connection from %s: no valid proof of the secret", conn)
+            raise PermissionError(auth.REFUSED)
+        daemon.validateHandshake = validate
+    return daemon
 
 
 def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserver.NameServerDaemon":
@@ -75,7 +97,7 @@ def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserv
     import Pyro5.nameserver
     configure()
     nat = advertise if bind in ("0.0.0.0", "::", "") else None
-    return Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None)
+    return _guard(Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None))
 
 
 def start_daemon(bind: str, advertise: str, port: int = 0) -> "Pyro5.api.Daemon":
@@ -87,7 +109,7 @@ def start_daemon(bind: str, advertise: str, port: int = 0) -> "Pyro5.api.Daemon"
         real_port = daemon.sock.getsockname()[1]
         daemon.close()
         daemon = Pyro5.api.Daemon(host=bind, port=real_port, nathost=advertise, natport=real_port)
-    return daemon
+    return _guard(daemon)
 
 
 def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread":

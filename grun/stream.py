@@ -4,7 +4,8 @@ A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr 
 node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
 raw TCP socket, from any offset while the job runs, so it can detach and re-attach (invariant 3), and
 its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
-length + payload. The client first sends its 32-hex-character token; the server answers or closes.
+length + payload. The client first sends its 32-hex-character token, then (with a cluster secret) a proof
+of the secret bound to that token (grun.auth); the server answers or closes.
 No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
 """
 import contextlib
@@ -15,6 +16,8 @@ import select
 import socket
 import struct
 import threading
+
+from . import auth
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -153,7 +156,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
                                             timeout=connect_timeout)
             tune(sock)
-            sock.sendall(token.encode("ascii"), _NOSIGNAL)
+            sock.sendall((token + (auth.proof(token) or "")).encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import auth
 from . import stream as wire
 from .tail import Tail
 
@@ -165,9 +166,13 @@ class StreamServer:
         conn = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            token = wire.recv_exact(sock, wire.TOKEN_LEN)
+            got = (wire.recv_exact(sock, wire.TOKEN_LEN + (auth.PROOF_LEN if auth.key() else 0)) or b"").decode("latin-1")
+            token = got[:wire.TOKEN_LEN]
+            if auth.key() and not auth.verify(got[wire.TOKEN_LEN:], token):
+                log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)
+                return
             with self._lock:  # pop: a token is good for one connection
-                conn = self._offers.pop(token.decode("latin-1"), None) if token and not self._closed else None
+                conn = self._offers.pop(token, None) if token and not self._closed else None
                 if conn is not None and conn.deadline >= time.monotonic():
                     conn.sock, conn.peer = sock, peer
                     self._conns.setdefault(conn.job_key, set()).add(conn)

@@ -26,6 +26,10 @@ class CallRejected(ConnectionError):
     """The peer's daemon has no object of that name (e.g. the actor of a job that is gone)."""
 
 
+class NotAuthorized(Exception):
+    """The peer's daemon refused our handshake: we hold no valid proof of its cluster secret (grun.auth)."""
+
+
 class Garbled(Exception):
     """Not a reply we can read: retrying gets the same."""
 
@@ -126,7 +130,8 @@ class WireProxy:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._seq, self._pyroConnected = 0, time.time()
-            hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": "hello", "object": self._object}))
+            from .auth import proof
+            hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
         self._seq = (self._seq + 1) & 0xFFFF
         sock, sent = self._sock, False
         try:
@@ -136,7 +141,10 @@ class WireProxy:
             if hello:
                 kind, _, _, data = _receive(sock)
                 if kind == _CONNECTFAIL:
-                    raise CallRejected(f"connection to {self._host}:{self._port} rejected: {_loads(data)}")
+                    why = str(_loads(data))
+                    if why.startswith("not authorized"):
+                        raise NotAuthorized(why)
+                    raise CallRejected(f"connection to {self._host}:{self._port} rejected: {why}")
                 if kind != _CONNECTOK:
                     raise Garbled(f"unexpected message type {kind} in the handshake")
             if oneway:

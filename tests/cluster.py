@@ -46,7 +46,7 @@ class LocalCluster:
         spool = os.path.join(self.root, name)
         os.makedirs(spool, exist_ok=True)
         cfg = {"master": f"127.0.0.1:{self.port}", "bind": "127.0.0.1", "spool": spool,
-               "hostname": name, "heartbeat": 1, "log_level": "debug"}
+               "hostname": name, "heartbeat": 1, "log_level": "debug", "allow_root": True}
         cfg.update(extra)
         path = os.path.join(self.root, f"{name}.conf")
         with open(path, "w") as f:

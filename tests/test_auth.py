@@ -1,0 +1,289 @@
+"""Issue 15: who may use a cluster. A personal cluster serves its owner only (a real second local user is
+refused); `auth: secret` clusters refuse, in the Pyro5 handshake and on the output side channel, any peer
+without a proof of the secret and keep serving the others; jobs as root need `allow_root` on a configured
+cluster; an unauthenticated cluster says so in its log. Plus grun.auth's proofs, as pure unit tests."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+from cluster import LocalCluster, free_port
+from util import wait_for
+
+from grun import auth, cli, client, config, stream, verbs, wire  # noqa: F401  (loaded before a child drops root)
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real second user (CI runs as root)")
+
+
+# ---- grun.auth, pure ------------------------------------------------------------------------------
+
+@pytest.fixture
+def secret(tmp_path):
+    path = str(tmp_path / "secret")
+    auth.create(path)
+    auth.use(path)
+    yield path
+    auth.use(None)
+
+
+def test_a_made_secret_is_its_owners_only_and_kept(secret):
+    assert os.stat(secret).st_mode & 0o777 == 0o600
+    before = open(secret).read()
+    auth.create(secret)
+    assert open(secret).read() == before and len(before.strip()) == 64
+
+
+def test_a_proof_is_taken_once_for_what_it_was_made_for(secret):
+    proof = auth.proof()
+    assert len(proof) == auth.PROOF_LEN and open(secret).read().strip() not in proof  # never the secret
+    assert auth.verify(proof) and not auth.verify(proof)  # a replay is refused
+    bound = auth.proof("token1")
+    assert not auth.verify(bound, "token2") and auth.verify(bound, "token1")
+
+
+@pytest.mark.parametrize("given", [None, "hello", 42, b"x" * 66, "x" * 66, "0" * 66, "9" * 66, ["a"], {"a": 1},
+                                   "\u00e9" * 66, "1" * 10 + "0" * 56])
+def test_anything_else_is_refused(secret, given):
+    assert not auth.verify(given)
+
+
+def test_a_stale_proof_or_another_secret_is_refused(secret, tmp_path):
+    proof = auth.proof()
+    stamp = f"{int(time.time()) - auth.PROOF_TTL - 5:010d}{proof[10:34]}"
+    assert not auth.verify(stamp + auth._mac(auth.key(), stamp, ""))
+    other = str(tmp_path / "other")
+    auth.create(other)
+    auth.use(other)
+    assert not auth.verify(proof)
+
+
+def test_no_secret_no_proof():
+    auth.use("/nonexistent/secret")
+    try:
+        assert auth.proof() is None and not auth.verify(auth.proof())
+    finally:
+        auth.use(None)
+
+
+def test_config_keys():
+    cfg = config.load_config(None)
+    assert (cfg.auth, cfg.allow_root, cfg.secret_file) == ("secret", True, os.path.join(cfg.spool, "secret"))
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+        f.write("master: 127.0.0.1:7000\nauth: secret\nsecret_file: /etc/grun.secret\n")
+        f.flush()
+        cfg = config.load_config(f.name)
+        assert (cfg.auth, cfg.secret_file, cfg.allow_root) == ("secret", "/etc/grun.secret", False)
+        f.seek(0)
+        f.write("master: 127.0.0.1:7000\nauth: munge!\n")
+        f.truncate()
+        f.flush()
+        with pytest.raises(config.ConfigError, match="auth.*expected secret or none"):
+            config.load_config(f.name)
+    auth.use(None)
+
+
+# ---- a configured cluster with `auth: secret` --------------------------------------------------------
+
+def _log(c: LocalCluster, name: str) -> str:
+    with open(os.path.join(c.root, name, "grun.log")) as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def secured():
+    root = tempfile.mkdtemp(prefix="grun-auth-")
+    path = os.path.join(root, "cluster.secret")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(os.urandom(32).hex())
+    keys = {"auth": "secret", "secret_file": path}
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}}, root=root, master_extra=keys)
+    c.client_config = c.write_config("client", {"services": "exec", **keys})
+    auth.use(path)  # this process's clients (c.client(), the cluster's start) present it too
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        auth.use(None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_secured_cluster_runs_jobs_for_those_holding_its_secret(secured):
+    r = secured.grun("sh", "-c", "echo out; echo err >&2; exit 3")  # Pyro5 calls and the side channel
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+    assert "unauthenticated" not in _log(secured, "master")
+
+
+@pytest.mark.parametrize("keys", [{}, {"auth": "secret", "secret_file": "/nonexistent"}, "wrong"])
+def test_a_client_without_the_secret_is_refused_and_others_served_on(secured, keys, tmp_path):
+    if keys == "wrong":
+        (tmp_path / "wrong").write_text(os.urandom(32).hex())
+        keys = {"auth": "secret", "secret_file": str(tmp_path / "wrong")}
+    env = dict(secured.env, GRUN_CONF=secured.write_config("stranger", {"services": "exec", **keys}))
+    marker = tmp_path / "ran"
+    started = time.monotonic()
+    r = secured.grun("touch", str(marker), env=env)
+    assert r.returncode == 1 and time.monotonic() - started < 5, r  # refused at once: not retried as "away"
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and "not authorized" in lines[0], lines
+    assert not marker.exists()
+    wait_for(lambda: "refused a connection from 127.0.0.1:" in _log(secured, "master"), timeout=5)
+    r = secured.grun("echo", "still")
+    assert (r.returncode, r.stdout) == (0, b"still\n")
+
+
+def _node_pyro_and_stream_ports(c: LocalCluster) -> tuple[str, list[int]]:
+    uri = next(n["uri"] for n in c.client().nodes() if n["name"] == "n1")
+    pyro_port = int(uri.rsplit(":", 1)[1])
+    ports = {x.laddr.port for x in psutil.Process(c.procs["n1"].pid).net_connections("tcp") if x.status == "LISTEN"}
+    return uri, sorted(ports - {pyro_port})
+
+
+def test_plain_pyro5_and_raw_peers_are_refused_by_the_master_and_the_node(secured):
+    import Pyro5.api
+    import Pyro5.errors
+    uri, stream_ports = _node_pyro_and_stream_ports(secured)
+    assert stream_ports, "the node's stream port"
+    for target in (uri, f"PYRO:grun.master@127.0.0.1:{secured.port}", f"PYRO:Pyro.NameServer@127.0.0.1:{secured.port}"):
+        with Pyro5.api.Proxy(target) as p, pytest.raises(Pyro5.errors.CommunicationError, match="not authorized"):
+            p._pyroBind()
+    # a proof made for another connection, replayed: refused too
+    proof = auth.proof()
+    assert auth.verify(proof)  # (this process's check, which the daemons do not share)
+    with Pyro5.api.Proxy(f"PYRO:grun.master@127.0.0.1:{secured.port}") as p:
+        p._pyroHandshake = proof
+        p._pyroBind()  # first use: accepted
+    with Pyro5.api.Proxy(f"PYRO:grun.master@127.0.0.1:{secured.port}") as p, \
+            pytest.raises(Pyro5.errors.CommunicationError, match="not authorized"):
+        p._pyroHandshake = proof
+        p._pyroBind()
+    for port in stream_ports:  # the side channel: a token and no proof, a garbage proof
+        for junk in (b"0" * stream.TOKEN_LEN, b"0" * (stream.TOKEN_LEN + auth.PROOF_LEN), os.urandom(200)):
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                try:
+                    assert s.recv(100) == b""  # closed, nothing served
+                except ConnectionResetError:  # (closed with our junk unread)
+                    pass
+    wait_for(lambda: "refused: no valid proof of the cluster secret" in _log(secured, "n1"), timeout=5)
+    assert "refused a connection from 127.0.0.1:" in _log(secured, "n1")
+    r = secured.grun("echo", "served")
+    assert (r.returncode, r.stdout) == (0, b"served\n")
+
+
+def test_a_node_with_another_secret_cannot_join(secured, tmp_path):
+    (tmp_path / "other").write_text(os.urandom(32).hex())
+    secured.node_specs["n2"] = {"auth": "secret", "secret_file": str(tmp_path / "other")}
+    secured.start_node("n2", wait=False)
+    try:
+        time.sleep(3)
+        assert "n2" not in {n["name"] for n in secured.client().nodes()}
+        assert "not authorized" in _log(secured, "n2")
+    finally:
+        secured.kill("n2")
+        del secured.node_specs["n2"]
+
+
+def test_a_daemon_with_auth_but_no_readable_secret_does_not_start(tmp_path):
+    path = tmp_path / "d.conf"
+    path.write_text(f"master: 127.0.0.1:{free_port()}\nbind: 127.0.0.1\nspool: {tmp_path}\nauth: secret\n"
+                    f"log_file: null\n")
+    r = subprocess.run([sys.executable, "-m", "grun.daemon", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot read secret_file" in r.stderr, r.stderr
+
+
+# ---- root, and the log of an unauthenticated cluster ------------------------------------------------
+
+def test_root_jobs_need_allow_root_on_a_configured_cluster(tmp_path):
+    with LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000}}, master_extra={"allow_root": False}) as c:
+        assert "this cluster is unauthenticated" in _log(c, "master")
+        assert _log(c, "master").count("unauthenticated") == 1
+        r = c.grun("touch", str(tmp_path / "ran"))
+        if os.geteuid() == 0:
+            assert r.returncode == 1 and b"refused" in r.stderr and b"allow_root" in r.stderr, r
+            assert not (tmp_path / "ran").exists()
+            assert c.grun("--nowait", "true").returncode == 1
+        else:
+            assert r.returncode == 0
+    with LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000}}, master_extra={"allow_root": True}) as c:
+        r = c.grun("id", "-u")
+        assert (r.returncode, r.stdout) == (0, f"{os.geteuid()}\n".encode())
+
+
+# ---- the personal cluster: its owner's only ---------------------------------------------------------
+
+def _as_user(user: pwd.struct_passwd, env: dict, argv: list[str]) -> tuple[int, str]:
+    """`grun ARGV` run by another local user: a child of this process that drops to that user (its
+    Python is under /root, which others cannot read, so everything it needs is imported already)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            sys.stdout = sys.stderr = os.fdopen(w, "w")
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            os.environ.clear()
+            os.environ.update(env)
+            code = cli.main(argv)
+        except BaseException as exc:
+            print(f"child failed: {exc!r}", file=sys.stderr)
+            code = 99
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+
+@ROOT_ONLY
+@pytest.mark.skipif(os.path.exists("/etc/grun.conf"), reason="a system config: no personal mode here")
+def test_a_personal_cluster_serves_its_owner_only(tmp_path):
+    name = f"grunt{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    owner_env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
+    owner_env.update(GRUN_SPOOL=str(tmp_path / "owner"), GRUN_MASTER=f"127.0.0.1:{free_port()}")
+    pid = None
+    try:
+        user = pwd.getpwnam(name)
+        grun = [sys.executable, "-m", "grun.cli"]
+        r = subprocess.run([*grun, "hostname"], env=owner_env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, socket.gethostname() + "\n"), r.stderr  # no setup step
+        pid = int(open(tmp_path / "owner" / "grun.pid").read())
+        assert os.stat(tmp_path / "owner" / "secret").st_mode & 0o777 == 0o600
+        r = subprocess.run([*grun, "id", "-u"], env=owner_env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, "0\n")  # root's personal cluster runs root's jobs
+        marker = tmp_path / "ran"
+        os.chmod(tmp_path, 0o755)
+        for spool in (str(tmp_path / "stranger"), str(tmp_path / "owner")):  # its own state, or the owner's
+            os.makedirs(spool, exist_ok=True)
+            if spool.endswith("stranger"):
+                os.chown(spool, user.pw_uid, user.pw_gid)
+            env = dict(owner_env, HOME=spool, GRUN_SPOOL=spool)
+            for argv in (["touch", str(marker)], ["--nowait", "touch", str(marker)], ["-q", "jobs"]):
+                code, out = _as_user(user, env, argv)
+                assert code == 1 and len(out.splitlines()) == 1 and "not authorized" in out, (argv, out)
+        assert not marker.exists()
+        with open(tmp_path / "owner" / "grun.log") as f:
+            assert "refused a connection from 127.0.0.1:" in f.read()
+        r = subprocess.run([*grun, "echo", "mine"], env=owner_env, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout) == (0, "mine\n")
+    finally:
+        if pid:
+            subprocess.run([*grun, "-d", "-k"], env=owner_env, capture_output=True, timeout=60)
+            if psutil.pid_exists(pid):
+                os.kill(pid, 9)
+        subprocess.run(["userdel", name], capture_output=True)
