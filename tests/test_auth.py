@@ -4,6 +4,7 @@ without a proof of the secret and keep serving the others; jobs as root need `al
 cluster; an unauthenticated cluster says so in its log. Plus grun.auth's proofs, as pure unit tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ from cluster import LocalCluster, free_port
 from util import wait_for
 
 from grun import auth, cli, client, config, stream, verbs, wire  # noqa: F401  (loaded before a child drops root)
+from grun.core.master_state import MasterState
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real second user (CI runs as root)")
 
@@ -88,6 +90,16 @@ def test_config_keys():
         with pytest.raises(config.ConfigError, match="auth.*expected secret or none"):
             config.load_config(f.name)
     auth.use(None)
+
+
+def test_root_jobs_are_refused_unless_allowed():
+    spec = {"cmd": ["id"], "cwd": "/", "uid": 0, "gid": 0}
+    for allow in (False, None):  # None: the settings' default (the config's guess, a function): not yes
+        state = MasterState(**({} if allow is None else {"allow_root": allow}))
+        with pytest.raises(ValueError, match="root.*allow_root"):
+            state.requests([dict(spec, uid=1000), spec])
+    assert MasterState(allow_root=False).requests([dict(spec, uid=1000)])[0]["uid"] == 1000
+    assert MasterState(allow_root=True).requests([spec])[0]["uid"] == 0
 
 
 # ---- a configured cluster with `auth: secret` --------------------------------------------------------
@@ -178,6 +190,42 @@ def test_plain_pyro5_and_raw_peers_are_refused_by_the_master_and_the_node(secure
     assert "refused a connection from 127.0.0.1:" in _log(secured, "n1")
     r = secured.grun("echo", "served")
     assert (r.returncode, r.stdout) == (0, b"served\n")
+
+
+def test_a_stream_ticket_without_the_proof_is_refused_and_kept_for_its_owner(secured):
+    c = secured.client()
+    job_id = c.submit(["sh", "-c", "echo streamed"]).id
+    c.wait([job_id], 30)
+    node_uri = next(n["uri"] for n in c.nodes() if n["name"] == "n1")
+    with wire.WireProxy(f"PYRO:grun.job.{job_id}@{node_uri.split('@', 1)[1]}") as sup:
+        ticket = sup.attach(0, 0, False)
+    for proof in (b"", b"0" * auth.PROOF_LEN, auth.proof("another token").encode()):
+        with socket.create_connection((ticket["host"], ticket["port"]), timeout=15) as s:
+            s.sendall(ticket["token"].encode() + proof)
+            s.shutdown(socket.SHUT_WR)
+            assert s.recv(100) == b""  # closed: no output for a peer without the proof
+    out = []
+    assert stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=out.append)["exit_code"] == 0
+    assert out == [b"streamed\n"]
+
+
+def test_malformed_handshakes_are_refused_and_the_master_serves_on(secured):
+    import msgpack
+    cases = [{"handshake": x, "object": "grun.master"} for x in (None, 1, 1.5, [], {}, "x" * 10_000, b"\0" * 66,
+                                                                  auth.proof()[:-1] + "0", "9" * 66, "0" * 66)]
+    cases += [{"object": "grun.master"}, {"handshake": auth.proof("stream")}, [], "hello", 42]
+    for case in cases:
+        with socket.create_connection(("127.0.0.1", secured.port), timeout=15) as s:
+            s.sendall(wire._message(wire._CONNECT, 0, 0, msgpack.packb(case)))
+            kind, _, _, data = wire._receive(s)
+            assert kind == wire._CONNECTFAIL, (case, kind)
+    for junk in (b"PYRO", os.urandom(40), b"PYRO" + os.urandom(100)):
+        with socket.create_connection(("127.0.0.1", secured.port), timeout=15) as s:
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionResetError):
+                s.recv(1000)
+    assert secured.client().call("ping") == "grun.master"
 
 
 def test_a_node_with_another_secret_cannot_join(secured, tmp_path):

@@ -30,7 +30,7 @@ def setup(tmp_path):
     def conf(name: str, **keys) -> str:
         path = tmp_path / f"{name}.conf"
         path.write_text(yaml.safe_dump({"master": f"127.0.0.1:{port}", "bind": "127.0.0.1",
-                                        "spool": str(tmp_path / name), "heartbeat": 1, **keys}))
+                                        "spool": str(tmp_path / name), "heartbeat": 1, "allow_root": True, **keys}))
         pid_files.append(str(tmp_path / name / "grun.pid"))
         return str(path)
 
@@ -124,7 +124,8 @@ NEW_VALUES = {"cpus": 3, "memory": "2G", "log_level": "debug", "node_timeout": "
               "requeue": False, "min_free_disk": 1, "output_keep": "2h", "resources": {"gpu": 1},
               "labels": {"os": "x"}, "default_cpus": 0.5, "default_memory": "200M", "default_priority": 10,
               "reserve_after": "1m", "hard_factor": 2, "ulimit": {"nofile": 4096}, "count_outside_load": False,
-              "min_free_memory": "200M", "kill_grace": "10s"}
+              "min_free_memory": "200M", "kill_grace": "10s",
+              "allow_root": False}
 NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
 
 
