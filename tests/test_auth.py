@@ -17,9 +17,10 @@ import time
 import psutil
 import pytest
 from cluster import LocalCluster, free_port
+from test_wire import SERVER, TREE, allowed_minors
 from util import wait_for
 
-from grun import auth, cli, client, config, stream, verbs, wire  # noqa: F401  (loaded before a child drops root)
+from grun import auth, cli, client, config, registry, stream, verbs, wire  # noqa: F401  (loaded before a child drops root)
 from grun.core.master_state import MasterState
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real second user (CI runs as root)")
@@ -219,11 +220,52 @@ def test_malformed_handshakes_are_refused_and_the_master_serves_on(secured):
     for case in cases:
         with socket.create_connection(("127.0.0.1", secured.port), timeout=15) as s:
             s.sendall(wire._message(wire._CONNECT, 0, 0, msgpack.packb(case)))
-            kind, _, _, data = wire._receive(s)
+            kind = wire._receive(s)[0]
             assert kind == wire._CONNECTFAIL, (case, kind)
     for junk in (b"PYRO", os.urandom(40), b"PYRO" + os.urandom(100)):
         _answer(("127.0.0.1", secured.port), junk)
     assert secured.client().call("ping") == "grun.master"
+
+
+@pytest.fixture(scope="module", params=["installed", *allowed_minors()])
+def secured_echo(request, tmp_path_factory):
+    """test_wire's Echo daemon, of each Pyro5 version pyproject allows, with a cluster secret."""
+    root = tmp_path_factory.mktemp(f"secured-{request.param}")
+    path = [TREE]
+    if request.param != "installed":
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(root),
+                            f"Pyro5=={request.param}.*"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"cannot install Pyro5 {request.param}: {r.stderr[-500:]}"
+        path.insert(0, str(root))
+    secret = str(root / "secret")
+    auth.create(secret)
+    code = f"from grun import auth; auth.use({secret!r})\n" + SERVER
+    server = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        uri = server.stdout.readline().strip()
+        assert uri.startswith("PYRO:"), "the Pyro5 daemon did not start"
+        yield uri, secret
+    finally:
+        server.kill()
+        server.wait()
+        auth.use(None)
+
+
+def test_the_handshake_with_each_allowed_pyro5(secured_echo):
+    uri, secret = secured_echo
+    auth.use(None)
+    with pytest.raises(wire.NotAuthorized, match="not authorized"):
+        wire.WireProxy(uri).echo(1)
+    auth.use(secret)
+    with wire.WireProxy(uri) as p:
+        assert p.echo(1) == [[1], {}]
+        p._pyroRelease()
+        assert p.echo(2) == [[2], {}], "a new connection, a new proof"
+    with registry.proxy(uri) as p:  # the daemons' own proxies (the installed Pyro5)
+        assert p.echo(3) == [[3], {}]
+        p._pyroRelease()
+        assert p.echo(4) == [[4], {}]
 
 
 def test_a_node_with_another_secret_cannot_join(secured, tmp_path):
