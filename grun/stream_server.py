@@ -166,7 +166,7 @@ class StreamServer:
         conn = None
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            got = (wire.recv_exact(sock, wire.TOKEN_LEN + (auth.PROOF_LEN if auth.key() else 0)) or b"").decode("latin-1")
+            got = (wire.recv_exact(sock, wire.TOKEN_LEN + auth.PROOF_LEN * bool(auth.key())) or b"").decode("latin-1")
             token = got[:wire.TOKEN_LEN]
             if auth.key() and not auth.verify(got[wire.TOKEN_LEN:], token):
                 log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)

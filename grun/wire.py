@@ -142,9 +142,8 @@ class WireProxy:
                 kind, _, _, data = _receive(sock)
                 if kind == _CONNECTFAIL:
                     why = str(_loads(data))
-                    if why.startswith("not authorized"):
-                        raise NotAuthorized(why)
-                    raise CallRejected(f"connection to {self._host}:{self._port} rejected: {why}")
+                    raise NotAuthorized(why) if why.startswith("not authorized") else CallRejected(
+                        f"connection to {self._host}:{self._port} rejected: {why}")
                 if kind != _CONNECTOK:
                     raise Garbled(f"unexpected message type {kind} in the handshake")
             if oneway:

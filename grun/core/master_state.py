@@ -149,9 +149,10 @@ class MasterState:
         if not isinstance(specs, (list, tuple)):
             raise ValueError("submit_many takes a list of job specs")
         s = self.settings
-        requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"]) for spec in specs]
+        requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
+                    for spec in specs]
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
-            raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in the master's config)")
+            raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         return requests
 
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float) -> None:
