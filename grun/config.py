@@ -268,8 +268,8 @@ KEYS = {key.name: key for key in (
         "cpu and memory used by non-grun programs are not offered to jobs"),
     Key("auth", _parse_auth, lambda c: "secret" if c.personal else "none", "all", False,
         "secret: every connection proves secret_file (README: Trust); none", "secret in personal mode"),
-    Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret"), "all", False,
-        "the same on every host (personal mode: made, mode 0600)"),
+    Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
+        False, "the same on every host (personal mode: made in the spool, mode 0600)"),
     Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
 )}
 

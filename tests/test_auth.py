@@ -81,10 +81,15 @@ def test_config_keys():
     cfg = config.load_config(None)
     assert (cfg.auth, cfg.allow_root, cfg.secret_file) == ("secret", True, os.path.join(cfg.spool, "secret"))
     with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
-        f.write("master: 127.0.0.1:7000\nauth: secret\nsecret_file: /etc/grun.secret\n")
+        f.write("master: 127.0.0.1:7000\nauth: secret\nsecret_file: /srv/grun.secret\n")
         f.flush()
         cfg = config.load_config(f.name)
-        assert (cfg.auth, cfg.secret_file, cfg.allow_root) == ("secret", "/etc/grun.secret", False)
+        assert (cfg.auth, cfg.secret_file, cfg.allow_root) == ("secret", "/srv/grun.secret", False)
+        f.seek(0)
+        f.write("master: 127.0.0.1:7000\nauth: secret\n")
+        f.truncate()
+        f.flush()
+        assert config.load_config(f.name).secret_file == "/etc/grun.secret"  # not the spool: root's, users' differ
         f.seek(0)
         f.write("master: 127.0.0.1:7000\nauth: munge!\n")
         f.truncate()
@@ -312,7 +317,7 @@ def test_a_node_with_another_secret_cannot_join(secured, tmp_path):
 def test_a_daemon_with_auth_but_no_readable_secret_does_not_start(tmp_path):
     path = tmp_path / "d.conf"
     path.write_text(f"master: 127.0.0.1:{free_port()}\nbind: 127.0.0.1\nspool: {tmp_path}\nauth: secret\n"
-                    f"log_file: null\n")
+                    f"secret_file: {tmp_path}/missing\nlog_file: null\n")
     r = subprocess.run([sys.executable, "-m", "grun.daemon", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "cannot read secret_file" in r.stderr, r.stderr
 
