@@ -378,7 +378,8 @@ def current_user() -> str:
 def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:
     """The environment a job gets: PATH and the usual session variables, plus those asked for by -E."""
     keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
-            "PYTHONPATH", "GRUN_CONF", "GRUN_MASTER"}  # GRUN_*: a grun inside the job reaches the same master
+            "PYTHONPATH", "GRUN_CONF", "GRUN_MASTER", "GRUN_SPOOL", "XDG_STATE_HOME"}
+    # GRUN_* and XDG_STATE_HOME: a grun inside the job reaches the same master and finds its secret
     names = {n.strip() for item in extra or [] for n in item.split(",") if n.strip()}
     if "*" in names:
         return dict(environ)

@@ -53,7 +53,7 @@ class Node(NodeJobs):
         self._init_jobs(spool)
         # the master conversation, kept by its loop's thread alone
         self._master = None
-        self._registered = self._reregister = self._name_pending = False
+        self._registered = self._reregister = self._name_pending = self._told_refused = False
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
@@ -173,7 +173,11 @@ class Node(NodeJobs):
                 except Exception as exc:
                     log.debug("name server: %s", exc)
         except Exception as exc:
-            if not registry.is_unreachable(exc):
+            if "not authorized" in str(exc):  # a wrong secret will not heal by retrying: say it once, loudly
+                if not self._told_refused:
+                    log.error("the master refused this node: %s", exc)
+                self._told_refused = True
+            elif not registry.is_unreachable(exc):
                 log.exception("talking to the master")
             else:
                 log.debug("master unreachable: %s", exc)
