@@ -86,23 +86,27 @@ def _ours(path: str) -> bool:
 # ---- reading options and scripts -----------------------------------------------------------------
 
 def parse(argv: list[str], table: dict, stop: bool = True) -> tuple[dict, list[str]]:
-    """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV or -X V; each key
-    -> its values, in order. With `stop`, options end at the first other word (a script, a command)."""
-    opts, rest, words = {}, [], iter(argv)
-    for word in words:
+    """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
+    together (-nP); each key -> its values, in order. With `stop`, options end at the first other word."""
+    opts, rest, words = {}, [], list(reversed(argv))
+    while words:
+        word = words.pop()
         if word == "--" or not word.startswith("-") or word == "-":
             if stop or word == "--":
-                return opts, rest + ([] if word == "--" else [word]) + list(words)
+                return opts, rest + ([] if word == "--" else [word]) + words[::-1]
             rest.append(word)
             continue
         name, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
-        if name not in table and not word.startswith("--") and table.get(word[:2], (0, 0))[1]:
-            name, eq, inline = word[:2], "=", word[2:]  # -J name as -Jname
+        if name not in table and not word.startswith("--") and word[:2] in table:
+            if table[word[:2]][1]:
+                name, eq, inline = word[:2], "=", word[2:]  # -Jname
+            elif f"-{word[2]}" in table:
+                name = word[:2]
+                words.append(f"-{word[2:]}")  # -nP: -n -P
         if name not in table:
             raise Refused(f"unsupported option {name}")
         key, count = table[name]
-        values = [inline] if eq else []
-        values += [next(words, None) for _ in range(count - len(values))]
+        values = ([inline] if eq else []) + [words.pop() if words else None for _ in range(count - bool(eq))]
         if eq and not count or None in values:
             raise Refused(f"option {name} " + ("takes no value" if eq else "needs a value"))
         opts.setdefault(key, []).append(values[0] if count == 1 else values or True)
@@ -224,39 +228,55 @@ def stamp(t) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else "Unknown"
 
 
-FIELDS = {  # squeue's %letter / -O name / sacct's field -> (header, value of a record)
-    "i": ("JOBID", id_of), "A": ("JOBID", lambda j: str(j.get("array") or j["id"]) if "task" in j else str(j["id"])),
-    "F": ("ARRAY_JOB_ID", lambda j: str(j.get("array") if "task" in j else j["id"])),
-    "K": ("ARRAY_TASK_ID", lambda j: str(j.get("task", "N/A"))), "j": ("NAME", name_of),
-    "u": ("USER", lambda j: j.get("user", "?")), "T": ("STATE", state_of), "t": ("ST", lambda j: SHORT.get(state_of(j), "?")),
-    "M": ("TIME", lambda j: duration(elapsed(j))), "D": ("NODES", lambda j: "1"),
-    "R": ("NODELIST(REASON)", lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
-    "N": ("NODELIST", lambda j: j.get("node") or ""), "P": ("PARTITION", lambda j: "grun"),
-    "C": ("CPUS", lambda j: f"{j.get('cpus', 1):g}"), "m": ("MIN_MEMORY", lambda j: f"{j.get('memory', 0)}M"),
-    "l": ("TIME_LIMIT", lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
-    "Z": ("WORK_DIR", lambda j: j.get("cwd", "")), "r": ("REASON", lambda j: REASONS.get(j["state"], "None")),
-    "o": ("COMMAND", lambda j: command_of(j)),
-    "V": ("SUBMIT_TIME", lambda j: stamp(j.get("submit_time"))), "S": ("START_TIME", lambda j: stamp(j.get("start_time"))),
-    "Q": ("PRIORITY", lambda j: str(j.get("priority", 0))), "a": ("ACCOUNT", lambda j: "(null)"),
-    "q": ("QOS", lambda j: "normal"),
-}
-LONG = {"jobid": "i", "arrayjobid": "F", "arraytaskid": "K", "name": "j", "username": "u", "state": "T",
-        "statecompact": "t", "timeused": "M", "numnodes": "D", "reasonlist": "R", "nodelist": "N", "partition": "P",
-        "numcpus": "C", "minmemory": "m", "timelimit": "l", "workdir": "Z", "reason": "r", "command": "o",
-        "submittime": "V", "starttime": "S", "priority": "Q", "account": "a", "qos": "q"}
+def table(text: str) -> dict:
+    """An option table from `KEY=SPELLING,...` (takes a value) and `KEY:SPELLING,...` (a flag) words."""
+    return {spelling: (key, int(eq == "=")) for word in text.split() for key, eq, spellings in
+            [re.match(r"([\w-]+)([=:])(.*)", word).groups()] for spelling in spellings.split(",")}
+
+
+def exit_of(job: dict) -> str:
+    return f"{0 if job.get('signal') else job.get('exit', 0)}:{job.get('signal') or 0}"
+
+
+def usage(job: dict, *keys: str) -> float:
+    return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
+
+
+# squeue's %letter, its header, the names -O and sacct know it by, sacct's width, its value for a record
+FIELDS = {row[0]: row[1:] for row in [
+    ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j.get("array") or j["id"])),
+    ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
+    ("K", "ARRAY_TASK_ID", "arraytaskid", 0, lambda j: str(j.get("task", "N/A"))),
+    ("j", "NAME", "name JobName", 10, name_of), ("u", "USER", "username User", 9, lambda j: j.get("user", "?")),
+    ("T", "STATE", "state State", 10, state_of), ("t", "ST", "statecompact", 0, lambda j: SHORT.get(state_of(j), "?")),
+    ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
+    ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
+    ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
+    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"),
+    ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
+    ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
+    ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
+    ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
+    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_of),
+    ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
+    ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
+    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("a", "ACCOUNT", "account Account", 10,
+                                                                            lambda j: ""),
+    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("2", "", "ExitCode", 8, exit_of),
+    ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
+    ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
+    ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
+    ("7", "", "TotalCPU", 10, lambda j: duration(usage(j, "utime", "stime"), True))]}
+BY_NAME = {name.lower(): (name, letter) for letter, row in FIELDS.items() for name in row[1].split()}
 
 
 # ---- the commands ----------------------------------------------------------------------------------
 
-SUBMIT = {**{s: ("name", 1) for s in ("-J", "--job-name")}, **{s: ("out", 1) for s in ("-o", "--output")},
-          **{s: ("err", 1) for s in ("-e", "--error")}, **{s: ("cpus", 1) for s in ("-c", "--cpus-per-task")},
-          "--mem": ("mem", 1), "--mem-per-cpu": ("mem-per-cpu", 1), **{s: ("time", 1) for s in ("-t", "--time")},
-          **{s: ("array", 1) for s in ("-a", "--array")}, **{s: ("dependency", 1) for s in ("-d", "--dependency")},
-          "--parsable": ("parsable", 0), "--export": ("export", 1), **{s: ("chdir", 1) for s in ("-D", "--chdir")},
-          **{s: ("wait", 0) for s in ("-W", "--wait")}, **{s: ("partition", 1) for s in ("-p", "--partition")},
-          **{s: ("account", 1) for s in ("-A", "--account")}, **{s: ("ntasks", 1) for s in ("-n", "--ntasks")},
-          **{s: ("nodes", 1) for s in ("-N", "--nodes")}, "--wrap": ("wrap", 1), **{s: ("quiet", 0) for s in ("-Q", "--quiet")},
-          "--no-requeue": ("norequeue", 0), "--requeue": ("requeue", 0), **{s: ("hold", 0) for s in ("-H", "--hold")}}
+SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus-per-task mem=--mem "
+               "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
+               "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
+               "account=-A,--account ntasks=-n,--ntasks nodes=-N,--nodes wrap=--wrap quiet:-Q,--quiet "
+               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold")
 SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold")}
 
 
@@ -342,7 +362,7 @@ def srun(argv: list[str]) -> int:
     client, ids = Client(), []
     try:
         ids.append(client.submit_spec(dict(spec, stdin=stdin is not None)))
-        say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)  # noqa: E731
+        say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
     except KeyboardInterrupt:
         return interrupted(Context(lambda: client, cli=True), ids, 2)
@@ -365,50 +385,44 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
 
 
 def fmt_fields(fmt: str) -> list[tuple]:
-    """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and text between them."""
+    """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and the text between them."""
     out = []
-    for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z%]))?", fmt):
-        if literal:
-            out.append((literal, None, 0, False))
-        if letter and letter not in FIELDS:
+    for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z]))?", fmt):
+        if letter and (letter not in FIELDS or not FIELDS[letter][0]):
             raise Refused(f"Invalid job format specification: %{letter}")
-        if letter:
-            out.append((FIELDS[letter][0], FIELDS[letter][1], int(width or 0), bool(right)))
+        out += [(literal, None, 0, False)] * bool(literal) + ([(*FIELDS[letter][:4:3], int(width or 0), bool(right))]
+                                                              if letter else [])
     return out
 
 
 def squeue(argv: list[str]) -> int:
     """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-h] [-o FORMAT | -O FIELDS]"""
-    table = {**{s: ("jobs", 1) for s in ("-j", "--jobs")}, **{s: ("user", 1) for s in ("-u", "--user")},
-             **{s: ("noheader", 0) for s in ("-h", "--noheader")}, **{s: ("format", 1) for s in ("-o", "--format")},
-             **{s: ("Format", 1) for s in ("-O", "--Format")}, "--me": ("me", 0), **{s: ("states", 1) for s in
-             ("-t", "--states")}, **{s: ("partition", 1) for s in ("-p", "--partition")}, **{s: ("all", 0) for s in ("-a", "--all")}}
-    opts, rest = parse(argv, table, stop=False)
+    opts, rest = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
+                                   "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
+    fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
     if "Format" in opts:
         fields = []
         for item in last(opts, "Format").split(","):
             key, _, width = item.partition(":")
-            if key.lower().replace("_", "") not in LONG or not re.fullmatch(r"\.?\d*", width):
+            letter = BY_NAME.get(key.lower().replace("_", ""), ("", "1"))[1]  # ("1": sacct's only)
+            if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
                 raise Refused(f"Invalid job format specification: {item}")
-            fields += [(*FIELDS[LONG[key.lower().replace("_", "")]], int(width.strip(".") or 20), width.startswith(".")),
-                       (" ", None, 0, False)]
-    else:
-        fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
-    ids = ",".join(opts.get("jobs", [])).split(",") if "jobs" in opts else []
+            fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
+    ids = [i for i in ",".join(opts.get("jobs", [])).split(",") if i]
     client = Client()
-    jobs = job_list(client, [i for i in ids if i])
+    jobs = job_list(client, ids)
     if ids and not jobs:
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
         return 1
-    users = set(",".join(opts.get("user", [])).split(",")) if "user" in opts else {current_user()} if "me" in opts else None
-    states = {s.upper() for s in ",".join(opts.get("states", [])).split(",")}
+    users = set(",".join(opts["user"]).split(",")) if "user" in opts else {current_user()} if "me" in opts else None
+    states = {s.upper() for s in ",".join(opts.get("states", [])).split(",")} - {""}
     rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
     for job in jobs:
         if "ranges" in job and (job.get("stopped") or job["tasks"] <= job["started"]):
             continue  # an array all of whose tasks have started: they have their own lines
-        if (users is None or job.get("user") in users) and (not states - {""} or "ALL" in states or
+        if (users is None or job.get("user") in users) and (not states or "ALL" in states or
                                                            {state_of(job), SHORT.get(state_of(job))} & states):
             rows.append([(get(job) if get else h, w, r) for h, get, w, r in fields])
     for row in rows:
@@ -416,39 +430,21 @@ def squeue(argv: list[str]) -> int:
     return 0
 
 
-SACCT_FIELDS = {  # name -> (width, value of a record)
-    "JobID": (12, lambda j: id_of(j)), "JobIDRaw": (12, lambda j: str(j["id"])), "JobName": (10, name_of),
-    "Partition": (10, lambda j: "grun"), "Account": (10, lambda j: ""), "AllocCPUS": (10, FIELDS["C"][1]),
-    "ReqCPUS": (8, FIELDS["C"][1]), "State": (10, state_of), "User": (9, FIELDS["u"][1]),
-    "ExitCode": (8, lambda j: f"{j.get('exit_code', j.get('exit', 0)) if not j.get('signal') else 0}:"
-                              f"{j.get('signal') or 0}" if "exit" in j else "0:0"),
-    "Elapsed": (10, lambda j: duration(elapsed(j), True)), "ElapsedRaw": (10, lambda j: str(int(elapsed(j)))),
-    "MaxRSS": (10, lambda j: f"{(j.get('usage') or {}).get('maxrss_kb')}K" if (j.get("usage") or {}).get("maxrss_kb")
-               else ""), "ReqMem": (10, FIELDS["m"][1]), "NodeList": (15, lambda j: j.get("node") or "None assigned"),
-    "NNodes": (8, lambda j: "1"), "Submit": (19, FIELDS["V"][1]), "Start": (19, FIELDS["S"][1]),
-    "End": (19, lambda j: stamp(j.get("end_time"))), "WorkDir": (20, FIELDS["Z"][1]), "Timelimit": (10, FIELDS["l"][1]),
-    "TotalCPU": (10, lambda j: duration(sum((j.get("usage") or {}).get(k) or 0 for k in ("utime", "stime")), True)),
-}
-
-
 def sacct(argv: list[str]) -> int:
-    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES]"""
-    table = {**{s: ("jobs", 1) for s in ("-j", "--jobs")}, **{s: ("X", 0) for s in ("-X", "--allocations")},
-             **{s: ("noheader", 0) for s in ("-n", "--noheader")}, **{s: ("P", 0) for s in ("-P", "--parsable2")},
-             **{s: ("p", 0) for s in ("-p", "--parsable")}, **{s: ("format", 1) for s in ("-o", "--format")},
-             **{s: ("user", 1) for s in ("-u", "--user")}, **{s: ("all", 0) for s in ("-a", "--allusers")},
-             "--name": ("name", 1), **{s: ("brief", 0) for s in ("-b", "--brief")}}
-    opts, rest = parse(argv, table, stop=False)
+    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
+    opts, rest = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
+                                   "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
+                                   "brief:-b,--brief"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
     fields = []
     for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
                      "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
         key, _, width = item.partition("%")
-        key = next((k for k in SACCT_FIELDS if k.lower() == key.lower()), key)
-        if key not in SACCT_FIELDS or not width.isdigit() and width:
-            raise Refused(f"Invalid field requested: \"{key}\"")
-        fields.append((key, int(width or SACCT_FIELDS[key][0]), SACCT_FIELDS[key][1]))
+        if key.lower() not in BY_NAME or width and not width.isdigit():
+            raise Refused(f'Invalid field requested: "{key}"')
+        name, letter = BY_NAME[key.lower()]
+        fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
     client = Client()
     if "jobs" in opts:
         jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)
@@ -461,8 +457,7 @@ def sacct(argv: list[str]) -> int:
         jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
     sep = "|" if "P" in opts or "p" in opts else None
     rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
-    rows += [[get(job) for _, _, get in fields] for job in jobs]
-    for row in rows:
+    for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:
         print(sep.join(row) + ("|" if "p" in opts else "") if sep else
               " ".join(t[:w].ljust(w) if i == 0 else t[:w].rjust(w) for i, (t, (_, w, _)) in enumerate(zip(row, fields))))
     return 0
@@ -471,9 +466,7 @@ def sacct(argv: list[str]) -> int:
 def scancel(argv: list[str]) -> int:
     """scancel [-n NAME] [-u USER] [-s SIGNAL] [ID...]: ids as N or N_T (one array task)."""
     from .options import _signal
-    table = {**{s: ("name", 1) for s in ("-n", "--name", "--jobname")}, **{s: ("user", 1) for s in ("-u", "--user")},
-             **{s: ("signal", 1) for s in ("-s", "--signal")}, **{s: ("quiet", 0) for s in ("-Q", "--quiet")}}
-    opts, ids = parse(argv, table, stop=False)
+    opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet"), False)
     bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+)?", i)), None)
     if bad or not (ids or "name" in opts or "user" in opts):
         raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
@@ -494,8 +487,7 @@ def scancel(argv: list[str]) -> int:
 
 def sinfo(argv: list[str]) -> int:
     """sinfo [-h] [-N]: the nodes, grouped by state (-N: one a line), in partition `grun`."""
-    opts, rest = parse(argv, {**{s: ("noheader", 0) for s in ("-h", "--noheader")},
-                              **{s: ("nodes", 0) for s in ("-N", "--Node")}}, stop=False)
+    opts, rest = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
     groups: dict = {}

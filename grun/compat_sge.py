@@ -7,14 +7,12 @@ import sys
 import time
 
 from .client import Client, GrunError, current_user
-from .compat import (Refused, command_of, directives, last, megabytes, name_of, out_path, parse, read_script, seconds,
-                     wrapped)
+from . import compat as C
+from .compat import Refused, last, name_of, out_path, parse, table
 
-QSUB = {"-N": ("name", 1), "-o": ("out", 1), "-e": ("err", 1), "-j": ("join", 1), "-cwd": ("cwd", 0),
-        "-wd": ("wd", 1), "-V": ("allenv", 0), "-v": ("env", 1), "-l": ("resources", 1), "-pe": ("pe", 2),
-        "-t": ("array", 1), "-tc": ("limit", 1), "-hold_jid": ("hold_jid", 1), "-sync": ("sync", 1),
-        "-terse": ("terse", 0), "-b": ("binary", 1), "-S": ("shell", 1), "-q": ("queue", 1), "-P": ("project", 1),
-        "-A": ("account", 1), "-r": ("rerun", 1), "-h": ("hold", 0)}
+QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
+                "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
+                "rerun=-r hold:-h"), "-pe": ("pe", 2)}
 STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
 MEMORY, TIME = ("h_vmem", "mem_free", "s_vmem", "virtual_free", "mem"), ("h_rt", "s_rt")
 
@@ -30,10 +28,10 @@ def qsub(argv: list[str]) -> int:
     """qsub [options] [SCRIPT [ARGS...]] | -b y COMMAND...: prints `Your job N ("name") has been submitted`."""
     opts, rest = parse(argv, QSUB)
     binary = yes(opts, "binary")
-    script = None if binary else read_script(rest[0] if rest else None, "job")
+    script = None if binary else C.read_script(rest[0] if rest else None, "job")
     if binary and not rest:
         raise Refused("-b y needs a command")
-    opts = opts if binary else directives(script, "#$", QSUB, opts, first_only=False)
+    opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False)
     name = last(opts, "name", os.path.basename(rest[0]) if rest else "STDIN")
     for key in ("queue", "project", "account"):
         if key in opts:
@@ -47,9 +45,9 @@ def qsub(argv: list[str]) -> int:
         key, _, value = item.partition("=")
         if key in MEMORY and value:  # per slot, as SGE counts them; plain numbers are bytes
             request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
-                megabytes(value, int(slots))
+                C.megabytes(value, int(slots))
         elif key in TIME and value:
-            request["time"] = seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
+            request["time"] = C.seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
         else:
             raise Refused(f"unsupported resource -l {item}")
     held = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i]
@@ -69,13 +67,11 @@ def qsub(argv: list[str]) -> int:
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
     out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
-    spec = wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
+    spec = C.wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
                    None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
                                                              else "/bin/sh"), **request)
     client = Client()
-    job_id = client.submit_spec(spec)
-    if "hold" in opts:
-        client.hold([job_id])
+    job_id = C.submitted(client, spec, opts)
     shown = f"{job_id}.{request['array'].split('%')[0]}" if "array" in opts else str(job_id)
     print(shown if "terse" in opts else
           f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
@@ -102,7 +98,7 @@ def live(client: Client, ids: list[str]) -> list[dict]:
 
 def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
-    opts, rest = parse(argv, {"-u": ("user", 1), "-j": ("jobs", 1), "-xml": ("xml", 0), "-f": ("full", 0)}, stop=False)
+    opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
     client = Client()
@@ -148,7 +144,7 @@ def _detail(client: Client, ids: list[str]) -> int:
         print("=" * 62)
         for key, value in (("job_number", job["id"]), ("submission_time", time.ctime(job.get("submit_time", 0))),
                            ("owner", job.get("user")), ("sge_o_workdir", job.get("cwd")), ("job_name", name_of(job)),
-                           ("job_state", STATES.get(job["state"], job["state"])), ("script_file", command_of(job)),
+                           ("job_state", STATES.get(job["state"], job["state"])), ("script_file", C.command_of(job)),
                            ("parallel environment", f"smp range: {job.get('cpus', 1):g}"),
                            ("hard resource_list", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1",
                                                                                      job.get("node") or "")):
@@ -160,7 +156,7 @@ def _detail(client: Client, ids: list[str]) -> int:
 
 def qdel(argv: list[str]) -> int:
     """qdel ID[,ID...] | -u USER: `USER has registered the job N for deletion` (a running job) or `has deleted`."""
-    opts, words = parse(argv, {"-u": ("user", 1), "-f": ("force", 0)}, stop=False)
+    opts, words = parse(argv, table("user=-u force:-f"), False)
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and "user" not in opts or any(not re.fullmatch(r"\d+(\.\d+)?", i) for i in ids):
         raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
@@ -179,7 +175,7 @@ def qdel(argv: list[str]) -> int:
 
 def qacct(argv: list[str]) -> int:
     """qacct -j ID[,ID...]: the accounting record of finished jobs."""
-    opts, rest = parse(argv, {"-j": ("jobs", 1)}, stop=False)
+    opts, rest = parse(argv, table("jobs=-j"), False)
     if rest or "jobs" not in opts:
         raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
     client, code = Client(), 0

@@ -193,3 +193,71 @@ def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path)
                         (["-hold_jid", "build", "-b", "y", "true"], "-hold_jid build")):
         r = shims("qsub", *args, cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
+
+
+def test_time_limits_map_onto_grun_time(cluster, shims, tmp_path):
+    r = shims("sbatch", "--parsable", "-t", "0:02", "--wrap", "sleep 30", cwd=tmp_path)  # MM:SS, as Slurm reads it
+    job_id = int(r.stdout)
+    assert cluster.client().job(job_id)["time"] == 2
+    wait_end(cluster, job_id)
+    assert shims("sacct", "-nPj", str(job_id), "--format", "State").stdout.strip() == "TIMEOUT"
+    r = shims("qsub", "-terse", "-b", "y", "-l", "h_rt=90", "true", cwd=tmp_path)  # seconds, as SGE reads it
+    assert cluster.client().job(int(r.stdout))["time"] == 90
+    assert shims("sbatch", "-t", "soon", "--wrap", "true").returncode == 1
+
+
+def test_arrays_with_a_limit_and_their_task_names(cluster, shims, tmp_path):
+    r = shims("sbatch", "--parsable", "--array=1-4%2", "-o", "out-%A_%a.txt", "--wrap",
+              "echo $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID $SLURM_JOB_ID", cwd=tmp_path)
+    array = int(r.stdout)
+    assert wait_end(cluster, array)["exit"] == 0
+    found = [(tmp_path / f"out-{array}_{t}.txt").read_text().split() for t in range(1, 5)]
+    assert [f[:2] for f in found] == [[str(array), str(t)] for t in range(1, 5)]
+    assert len({f[2] for f in found}) == 4  # each task its own job id, as in Slurm
+    r = shims("qsub", "-t", "1-3", "-tc", "1", "-cwd", "-b", "y", "sh", "-c", "echo $JOB_ID.$SGE_TASK_ID", cwd=tmp_path)
+    assert r.stdout.startswith("Your job-array ") and r.stdout.split()[2].endswith(".1-3"), r.stdout
+    array = int(r.stdout.split()[2].split(".")[0])
+    wait_end(cluster, array)
+    assert [(tmp_path / f"sh.o{array}.{t}").read_text() for t in (1, 2, 3)] == [f"{array}.{t}\n" for t in (1, 2, 3)]
+
+
+def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
+    first = shims("sbatch", "--parsable", "--wrap", "sleep 1; echo 1 >> order", cwd=tmp_path).stdout.strip()
+    second = shims("sbatch", "--parsable", "-d", f"afterok:{first}", "--wrap", "echo 2 >> order", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    r = shims("squeue", "-h", "-j", second.stdout.strip(), "-o", "%T %R")
+    assert r.stdout.split() in (["PENDING", "(Dependency)"], ["RUNNING"], []) or "COMPLETED" in r.stdout, r.stdout
+    third = shims("qsub", "-terse", "-cwd", "-hold_jid", second.stdout.strip(), "-b", "y", "sh", "-c", "echo 3 >> order",
+                  cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    wait_end(cluster, int(third.stdout))
+    assert (tmp_path / "order").read_text() == "1\n2\n3\n"
+    failed = shims("sbatch", "--parsable", "--wrap", "exit 1", cwd=tmp_path).stdout.strip()
+    never = shims("sbatch", "--parsable", "--dependency", f"afterok:{failed}", "--wrap", "true", cwd=tmp_path)
+    assert wait_end(cluster, int(never.stdout))["state"] == "cancelled"
+    assert shims("sacct", "-nPj", never.stdout.strip(), "-o", "State").stdout.strip() == "CANCELLED"
+
+
+@pytest.mark.parametrize("kind", ["SLURMCluster", "SGECluster"])
+def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, monkeypatch, kind):
+    """A real third-party client, unchanged: dask-jobqueue writes its job script, submits it with sbatch or
+    qsub (parsing the job id from what they print), and cancels it with scancel or qdel."""
+    jobqueue = pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install dask-jobqueue)")
+    from dask.distributed import Client as DaskClient
+    monkeypatch.setenv("PATH", f"{shims.bin}:{os.environ['PATH']}")  # ours before the real Slurm of this machine
+    monkeypatch.setenv("GRUN_CONF", cluster.client_config)
+    monkeypatch.chdir(tmp_path)
+    with getattr(jobqueue, kind)(cores=1, memory="1GB", processes=1, walltime="00:10:00", python=sys.executable,
+                                 log_directory=str(tmp_path), scheduler_options={"host": "127.0.0.1"}) as dask:
+        dask.scale(2)
+        with DaskClient(dask) as client:
+            client.wait_for_workers(2, timeout=60)
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+            assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
+            names = {job["cmd"][3] for job in cluster.client().jobs() if job["state"] == "running"}
+            assert len(names) == 1 and names <= {"dask-worker"}, names  # two jobs of one name, as in Slurm
+        dask.scale(0)
+        deadline = time.monotonic() + 30
+        while [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]]
