@@ -8,6 +8,7 @@ $JOB_ID, set by grun/spawner.py for jobs marked GRUN_COMPAT), then writes the sc
 into the job's TMPDIR and runs it. $0 carries the job's name: grun's own names are unique, Slurm's and
 SGE's are not; squeue, sacct and qstat read it back from the command."""
 
+import contextlib
 import os
 import re
 import shlex
@@ -217,11 +218,8 @@ def duration(secs, days_first: bool = False) -> str:
 
 
 def elapsed(job: dict) -> float:
-    usage = job.get("usage") or {}
-    if usage.get("wall") is not None:
-        return usage["wall"]
-    return time.time() - job["start_time"] if job.get("start_time") and job["state"] in STATES and \
-        STATES[job["state"]] in ("RUNNING", "SUSPENDED") else 0
+    wall = (job.get("usage") or {}).get("wall")
+    return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
 
 
 def stamp(t) -> str:
@@ -316,7 +314,7 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
 
 def submitted(client: Client, spec: dict, opts: dict) -> int:
     job_id = client.submit_spec(spec)
-    if "hold" in opts:
+    if "hold" in opts:  # (-H, -h: queued held)
         client.hold([job_id])
     return job_id
 
@@ -374,13 +372,10 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
         return client.jobs()
     found = []
     for word in ids:
-        try:
+        with contextlib.suppress(GrunError, ValueError):
             job = client.job(int(word.partition("_")[0]))
-        except (GrunError, ValueError):
-            continue
-        if finished_for is None or job.get("state") not in ("done", "failed", "killed", "lost", "timeout",
-                                                             "cancelled") or time.time() - job.get("end_time", 0) < finished_for:
-            found.append(job)
+            if finished_for is None or "end_time" not in job or time.time() - job["end_time"] < finished_for:
+                found.append(job)
     return found
 
 

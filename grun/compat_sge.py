@@ -6,8 +6,8 @@ import re
 import sys
 import time
 
-from .client import Client, GrunError, current_user
 from . import compat as C
+from .client import Client, GrunError, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "

@@ -15,6 +15,64 @@ from grun import compat
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
 
 
+# ---- pure: how options, scripts and records are read (no daemons) ----------------------------------
+
+def test_options_read_as_getopt_does():
+    opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
+    assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
+    assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
+    for argv, words in ((["--gres=gpu:1"], "unsupported option --gres"), (["-J"], "-J needs a value"),
+                        (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.parse(argv, compat.SUBMIT)
+
+
+def test_directives_until_the_first_command_under_the_command_line():
+    script = "#!/bin/sh\n\n#SBATCH -J a --mem 2G\n#SBATCH  -c 2   # two\n#SBATCHX -J no\necho\n#SBATCH -J late\n"
+    assert compat.directives(script, "#SBATCH", compat.SUBMIT, {"cpus": ["3"]}) == {
+        "name": ["a"], "mem": ["2G"], "cpus": ["3"]}
+    for line, words in (("#SBATCH -J 'open", "line 2: No closing quotation"), ("#SBATCH x", "line 2: not an option"),
+                        ("#SBATCH", "line 2: not an option"), ("#SBATCH --exclusive", "unsupported option --exclusive")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat.SUBMIT, {})
+
+
+def test_slurm_requests_map_onto_grun_and_refuse_what_does_not():
+    request = compat.slurm_request(compat.parse(["-c", "2", "--mem-per-cpu=1G", "-d", "afterok:3:4_2,afterany:5",
+                                                 "--export=NONE,A=b", "-D", "sub"], compat.SUBMIT)[0], "nm", "sbatch")
+    assert (request["cpus"], request["memory"], request["afterok"], request["after"]) == (2, 2048, [3, "4.2"], [5])
+    assert request["pass_env"] == [] and request["cwd"] == os.path.join(os.getcwd(), "sub")
+    assert request["env"]["A"] == "b" and request["env"]["SLURM_CPUS_PER_TASK"] == "2"
+    for argv, words in ((["-n", "2"], "one task on one node"), (["-d", "after:3"], "unsupported dependency"),
+                        (["-d", "afterok:3?afterok:4"], "unsupported dependency"), (["-c", "0.5"], "cpus-per-task"),
+                        (["--mem", "-1"], "bad memory size")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.slurm_request(compat.parse(argv, compat.SUBMIT)[0], "nm", "sbatch")
+
+
+def test_output_names_expand_in_the_job_and_quote_the_rest():
+    names = {"%j": '"$SLURM_JOB_ID"', "%%": "%"}
+    word = compat.out_path("my dir/$(x) `y` o-%j.100%%;rm *", names)
+    assert subprocess.run(["sh", "-c", f"printf %s {word}"], env={"SLURM_JOB_ID": "7"}, capture_output=True,
+                          text=True).stdout == "my dir/$(x) `y` o-7.100%;rm *"
+
+
+def test_records_as_slurm_shows_them():
+    job = {"id": 5, "state": "running", "cmd": ["/bin/sh", "-c", compat.MARK + "\nexec", "nm", "s"], "start_time": 1,
+           "usage": {"wall": 3725}, "cpus": 2.0, "node": "n1"}
+    row = [get(job) if get else text for text, get, _, _ in compat.fmt_fields("%i|%j|%T|%t|%M|%C|%R|%K")]
+    assert "".join(row) == "5|nm|RUNNING|R|1:02:05|2|n1|N/A"
+    queued = {"id": 7, "state": "waiting", "cmd": ["sleep", "9"], "task": 3, "array": 6}
+    assert [compat.FIELDS[k][3](queued) for k in "ijTtRK"] == ["6_3", "sleep", "PENDING", "PD", "(Dependency)", "3"]
+    ended = dict(job, state="failed", exit=137, signal=9, limit="memory", usage={"wall": 90000, "maxrss_kb": 10})
+    fields = [compat.BY_NAME[name.lower()] for name in ("State", "ExitCode", "Elapsed", "MaxRSS")]
+    assert [compat.FIELDS[letter][3](ended) for _, letter in fields] == ["OUT_OF_MEMORY", "0:9", "1-01:00:00", "10K"]
+    with pytest.raises(compat.Refused, match="%X"):
+        compat.fmt_fields("%i %X")
+
+
+# ---- through a real cluster -------------------------------------------------------------------------
+
 @pytest.fixture(scope="module")
 def shims(cluster, tmp_path_factory):
     """The commands installed in a bin directory, and a runner of them with the cluster's config."""
@@ -41,7 +99,7 @@ def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_o
     real.mkdir()
     (real / "qstat").write_text("#!/bin/sh\necho real\n")
     (real / "qstat").chmod(0o755)
-    run = lambda *a, path: subprocess.run(  # noqa: E731
+    run = lambda *a, path: subprocess.run(
         [sys.executable, "-c", "import sys; from grun.compat import manage; sys.exit(manage(sys.argv[1:]))", *a],
         env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
     r = run("install", str(target), path=f"{real}:/nonexistent")
@@ -107,6 +165,7 @@ def test_squeue_default_format_and_fields_as_tools_parse_them(cluster, shims, tm
         assert row[2] == "sleeper" and row[4] == "R" and row[6] == "1"
         r = shims("squeue", "-h", "-j", str(job_id), "-o", "%i %T %j %u %M %D %R")
         i, state, name, user, used, nodes, where = r.stdout.split()
+        assert user == compat.current_user()
         assert (i, state, name, nodes) == (str(job_id), "RUNNING", "sleeper", "1") and ":" in used and where
         assert shims("squeue", "--me", "-h", "-O", "jobid,state").stdout.split() == [str(job_id), "RUNNING"]
         r = shims("squeue", "-o", "%Q %X")
