@@ -189,11 +189,11 @@ def name_of(job: dict) -> str:
 
 
 def command_of(job: dict) -> str:
-    """What a batch job runs is its script (its name stands for it); a command's words, else grun's view."""
+    """A batch job's name (its script's, for the script) and arguments; srun's command; else grun's view."""
     from .tables import command_text
     cmd = job.get("cmd") or []
     if len(cmd) > 3 and cmd[2].startswith(MARK):
-        return cmd[3] if "mktemp" in cmd[2] else shlex.join(cmd[4:])
+        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
     return command_text(job)
 
 

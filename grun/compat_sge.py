@@ -72,7 +72,8 @@ def qsub(argv: list[str]) -> int:
                                                              else "/bin/sh"), **request)
     client = Client()
     job_id = C.submitted(client, spec, opts)
-    shown = f"{job_id}.{request['array'].split('%')[0]}" if "array" in opts else str(job_id)
+    tasks = last(opts, "array", "")
+    shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
     print(shown if "terse" in opts else
           f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
     if not yes(opts, "sync"):
@@ -91,37 +92,29 @@ def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
     return out_path(path, names)
 
 
-def live(client: Client, ids: list[str]) -> list[dict]:
-    jobs = client.jobs()
-    return [j for j in jobs if not ids or str(j["id"]) in ids or str(j.get("array")) in ids]
-
-
 def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
     opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
-    client = Client()
     if "jobs" in opts:
-        return _detail(client, [i for i in ",".join(opts["jobs"]).split(",") if i])
+        return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
     users = set(",".join(opts.get("user", [current_user()])).split(","))
-    jobs = [j for j in live(client, []) if "*" in users or j.get("user") in users]
-    jobs = [j for j in jobs if "ranges" not in j or not j.get("stopped") and j["tasks"] > j["started"]]
     rows = [(str(j.get("array") or j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
              STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
                  j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
              f"{max(1, round(j.get('cpus', 1)))}", str(j.get("task", j.get("array", "") if "ranges" in j else "")))
-            for j in jobs]
+            for j in Client().jobs() if ("*" in users or j.get("user") in users)
+            and ("ranges" not in j or not j.get("stopped") and j["tasks"] > j["started"])]
     if "xml" in opts:
-        tag = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state", "JB_submission_time", "queue_name",
-               "slots", "tasks")
         from xml.sax.saxutils import escape
-        lists = {part: "".join(f"    <job_list state=\"{'running' if r[4] in ('r', 't', 's') else 'pending'}\">\n"
-                               + "".join(f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip(tag, r) if v) + "    </job_list>\n"
-                               for r in rows if (r[4] in ("r", "t", "s")) == (part == "queue_info"))
-                 for part in ("queue_info", "job_info")}
-        print("<?xml version='1.0'?>\n<job_info xmlns:xsd=\"http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/"
-              "resources/schemas/qstat/qstat.xsd\">\n" + "".join(f"  <{p}>\n{x}  </{p}>\n" for p, x in lists.items())
+        tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state", "JAT_start_time", "queue_name", "slots",
+                "tasks")
+        parts = {part: "".join(f'    <job_list state="{"running" if running else "pending"}">\n' + "".join(
+            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip(tags, r) if v) + "    </job_list>\n"
+            for r in rows if (running := r[4] in ("r", "t", "s")) == (part == "queue_info"))
+            for part in ("queue_info", "job_info")}
+        print("<?xml version='1.0'?>\n<job_info>\n" + "".join(f"  <{p}>\n{x}  </{p}>\n" for p, x in parts.items())
               + "</job_info>")
         return 0
     if rows:
@@ -132,26 +125,39 @@ def qstat(argv: list[str]) -> int:
     return 0
 
 
-def _detail(client: Client, ids: list[str]) -> int:
-    """qstat -j ID: a block of `key: value` lines per job."""
-    missing = []
-    for word in ids:
+def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
+    """qstat -j, qacct -j: a block of `key value` lines per job; those not found named on stderr."""
+    client, missing = Client(), []
+    for word in (i for i in ids.split(",") if i):
         try:
             job = client.job(int(word))
+            if finished and "exit" not in job:
+                raise GrunError("not finished")
+            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(job)))
         except (GrunError, ValueError):
             missing.append(word)
-            continue
-        print("=" * 62)
-        for key, value in (("job_number", job["id"]), ("submission_time", time.ctime(job.get("submit_time", 0))),
-                           ("owner", job.get("user")), ("sge_o_workdir", job.get("cwd")), ("job_name", name_of(job)),
-                           ("job_state", STATES.get(job["state"], job["state"])), ("script_file", C.command_of(job)),
-                           ("parallel environment", f"smp range: {job.get('cpus', 1):g}"),
-                           ("hard resource_list", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1",
-                                                                                     job.get("node") or "")):
-            print(f"{key + ':':<28}{value}")
     if missing:
-        print("Following jobs do not exist: \n" + ", ".join(missing), file=sys.stderr)
+        print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
+
+
+def _detail(job: dict) -> tuple:
+    return (("job_number:", job["id"]), ("submission_time:", time.ctime(job.get("submit_time", 0))),
+            ("owner:", job.get("user")), ("sge_o_workdir:", job.get("cwd")), ("job_name:", name_of(job)),
+            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", C.command_of(job)),
+            ("parallel environment:", f"smp range: {job.get('cpus', 1):g}"),
+            ("hard resource_list:", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1:", job.get("node") or ""))
+
+
+def _accounting(job: dict) -> tuple:
+    u = job.get("usage") or {}
+    return (("qname", "all.q"), ("hostname", job.get("node")), ("owner", job.get("user")), ("jobname", name_of(job)),
+            ("jobnumber", job.get("array") or job["id"]), ("taskid", job.get("task", "undefined")),
+            ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
+            ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
+            ("failed", 0 if job.get("start_time") else 1), ("exit_status", job.get("exit")),
+            ("ru_wallclock", f"{u.get('wall', 0):.3f}s"), ("ru_utime", f"{u.get('utime', 0):.3f}s"),
+            ("ru_stime", f"{u.get('stime', 0):.3f}s"), ("ru_maxrss", f"{u.get('maxrss_kb', 0)}K"))
 
 
 def qdel(argv: list[str]) -> int:
@@ -162,15 +168,13 @@ def qdel(argv: list[str]) -> int:
         raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
     client, me = Client(), current_user()
     jobs = {str(j["id"]): j for j in client.jobs()}
-    if "user" in opts:
-        ids += [i for i, j in jobs.items() if j.get("user") in last(opts, "user").split(",") and i not in ids]
-    found, code = client.kill([i if "." in i else int(i) for i in ids], 15, "force" in opts), 0
+    ids += [i for i, j in jobs.items() if j.get("user") in last(opts, "user", "").split(",") and i not in ids]
+    found = client.kill([i if "." in i else int(i) for i in ids], 15, "force" in opts)
     for job_id, ok in found.items():
         running = jobs.get(str(job_id), {}).get("state") in ("dispatched", "running", "suspended")
         print(f"{me} has {'registered the job' if running else 'deleted job'} {job_id}{' for deletion' * running}"
               if ok else f'denied: job "{job_id}" does not exist')
-        code = code or (0 if ok else 1)
-    return code
+    return 0 if all(found.values()) else 1
 
 
 def qacct(argv: list[str]) -> int:
@@ -178,26 +182,4 @@ def qacct(argv: list[str]) -> int:
     opts, rest = parse(argv, table("jobs=-j"), False)
     if rest or "jobs" not in opts:
         raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
-    client, code = Client(), 0
-    for word in ",".join(opts["jobs"]).split(","):
-        try:
-            job = client.job(int(word))
-            if "exit" not in job:
-                raise GrunError("not finished")
-        except (GrunError, ValueError):
-            print(f"error: job id {word} not found", file=sys.stderr)
-            code = 1
-            continue
-        usage = job.get("usage") or {}
-        print("=" * 62)
-        for key, value in (("qname", "all.q"), ("hostname", job.get("node")), ("owner", job.get("user")),
-                           ("jobname", name_of(job)), ("jobnumber", job.get("array") or job["id"]),
-                           ("taskid", job.get("task", "undefined")), ("qsub_time", time.ctime(job.get("submit_time", 0))),
-                           ("start_time", time.ctime(job.get("start_time") or 0)),
-                           ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
-                           ("failed", 0 if job.get("start_time") else 1), ("exit_status", job.get("exit")),
-                           ("ru_wallclock", f"{usage.get('wall', 0):.3f}s"), ("ru_utime", f"{usage.get('utime', 0):.3f}s"),
-                           ("ru_stime", f"{usage.get('stime', 0):.3f}s"), ("ru_maxrss", f"{usage.get('maxrss_kb', 0)}K"),
-                           ("maxvmem", f"{usage.get('maxrss_kb', 0) / 1024:.3f}M")):
-            print(f"{key:<13}{value}")
-    return code
+    return _blocks(",".join(opts["jobs"]), _accounting, "error: job id not found: ", finished=True)
