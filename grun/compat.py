@@ -446,7 +446,7 @@ def sacct(argv: list[str]) -> int:
     else:  # as sacct: this user's jobs since midnight
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
-        jobs = [j for j in client.history(10000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
+        jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
                 + client.jobs() if j.get("submit_time", 0) >= midnight and (users is None or j.get("user") in users)]
     if "name" in opts:
         jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
