@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import compat_sge
     try:
         return (globals().get(called) or getattr(compat_sge, called))(argv)
-    except (Refused, GrunError, OSError) as exc:
+    except (Refused, GrunError, OSError, ValueError) as exc:
         print(f"{called}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
