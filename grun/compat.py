@@ -8,7 +8,6 @@ $JOB_ID, set by grun/spawner.py for jobs marked GRUN_COMPAT), then writes the sc
 into the job's TMPDIR and runs it. $0 carries the job's name: grun's own names are unique, Slurm's and
 SGE's are not; squeue, sacct and qstat read it back from the command."""
 
-import contextlib
 import os
 import re
 import shlex
@@ -291,9 +290,10 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         raise Refused(f"bad value for --cpus-per-task: {cpus!r}")
     export = last(opts, "export", "ALL").split(",")
     here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
-    env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name, SLURM_NTASKS="1",
+    env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus,
-               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
+               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}),
+               **({"SLURM_NTASKS": "1"} if "ntasks" in opts else {}))
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
                "requeue": "norequeue" not in opts}
@@ -366,17 +366,21 @@ def srun(argv: list[str]) -> int:
         return interrupted(Context(lambda: client, cli=True), ids, 2)
 
 
-def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> list[dict]:
-    """The live jobs, or those with these ids (N or N_T; finished ones too, for `finished_for` s)."""
+def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
+    """The live jobs, or those with these ids (N or N_T; finished ones too, for `finished_for` s), and the
+    ids the master never had."""
     if not ids:
-        return client.jobs()
-    found = []
+        return client.jobs(), []
+    found, unknown = [], []
     for word in ids:
-        with contextlib.suppress(GrunError, ValueError):
+        try:
             job = client.job(int(word.partition("_")[0]))
-            if finished_for is None or "end_time" not in job or time.time() - job["end_time"] < finished_for:
-                found.append(job)
-    return found
+        except (GrunError, ValueError):
+            unknown.append(word)
+            continue
+        if finished_for is None or "end_time" not in job or time.time() - job["end_time"] < finished_for:
+            found.append(job)
+    return found, unknown
 
 
 def fmt_fields(fmt: str) -> list[tuple]:
@@ -407,14 +411,14 @@ def squeue(argv: list[str]) -> int:
             fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
     ids = [i for i in ",".join(opts.get("jobs", [])).split(",") if i]
     client = Client()
-    jobs = job_list(client, ids)
-    if ids and not jobs:
+    jobs, unknown = job_list(client, ids)
+    if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
         return 1
     users = set(",".join(opts["user"]).split(",")) if "user" in opts else {current_user()} if "me" in opts else None
     states = {s.upper() for s in ",".join(opts.get("states", [])).split(",")} - {""}
     rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
         if "ranges" in job and (job.get("stopped") or job["tasks"] <= job["started"]):
             continue  # an array all of whose tasks have started: they have their own lines
         if (users is None or job.get("user") in users) and (not states or "ALL" in states or
@@ -442,7 +446,7 @@ def sacct(argv: list[str]) -> int:
         fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
     client = Client()
     if "jobs" in opts:
-        jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)
+        jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)[0]
     else:  # as sacct: this user's jobs since midnight
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
@@ -465,19 +469,13 @@ def scancel(argv: list[str]) -> int:
     bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+)?", i)), None)
     if bad or not (ids or "name" in opts or "user" in opts):
         raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
-    try:
-        sig = _signal(last(opts, "signal", "TERM"))
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
-    client = Client()
+    sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
     if "name" in opts or "user" in opts:  # filters on the live jobs (with ids: those of them)
         ids = [id_of(j) for j in client.jobs() if (not ids or id_of(j) in ids or str(j["id"]) in ids)
                and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
-    found = client.kill([i.replace("_", ".") if "_" in i else int(i) for i in ids], sig) if ids else {}
-    missing = [str(i).replace(".", "_") for i, ok in found.items() if not ok]
-    for job_id in missing:
-        print(f"scancel: error: Kill job error on job id {job_id}: Invalid job id specified", file=sys.stderr)
-    return 1 if missing else 0
+    if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
+        client.kill([i.replace("_", ".") if "_" in i else int(i) for i in ids], sig)
+    return 0
 
 
 def sinfo(argv: list[str]) -> int:
@@ -494,6 +492,7 @@ def sinfo(argv: list[str]) -> int:
     else:
         rows = [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
             [["grun*", "up", "infinite", str(len(ns)), s, ",".join(ns)] for s, ns in groups.items()]
-    for row in rows[1 if "noheader" in opts else 0:]:
-        print(" ".join(cell.rjust(w) for cell, w in zip(row, (9, 5, 10, 6, 6, 0) if len(row) == 6 else (8, 5, 9, 5))))
+    for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
+        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in
+                       zip(row, (-9, 5, 10, 6, 6, 0) if len(row) == 6 else (-10, 5, 9, -6))).rstrip())
     return 0
