@@ -322,3 +322,19 @@ def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, mon
         while [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]] and time.monotonic() < deadline:
             time.sleep(0.2)
     assert not [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]]
+
+
+def test_squeue_and_scancel_on_array_tasks(cluster, shims, tmp_path):
+    array = shims("sbatch", "--parsable", "--array=1-3%1", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path).stdout
+    array = int(array)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "_1 R" not in (out := shims("squeue", "-h", "-o", "%i %t").stdout):
+        time.sleep(0.1)
+    assert f"{array}_1 R" in out and f"{array}_[1-3%1] PD" in out, out
+    assert shims("scancel", f"{array}_1").returncode == 0  # one task: the next starts
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and f"{array}_2 R" not in (out := shims("squeue", "-h", "-o", "%i %t").stdout):
+        time.sleep(0.1)
+    assert f"{array}_2 R" in out, out
+    assert shims("scancel", str(array)).returncode == 0
+    assert wait_end(cluster, array)["state"] == "killed"
