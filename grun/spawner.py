@@ -33,6 +33,11 @@ PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
 
+# What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id,
+# else its own). Their shims set the rest at submit (grun/compat.py); such a job gets a TMPDIR in its spool too.
+COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NODELIST": "node", "SLURMD_NODENAME": "node"},
+              "sge": {"JOB_ID": "array", "HOSTNAME": "node"}}
+
 # A job this reaper started and waits for (id, job and stderr_path are None for a job that never started).
 _Run = collections.namedtuple("_Run", "id dir job status stderr_path notify")
 
@@ -169,6 +174,12 @@ class Reaper:
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
         ident = _identity(job)
+        if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
+            known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
+            env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
+            os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)
+            if ident:
+                os.chown(env["TMPDIR"], ident["user"], ident["group"])
         try:
             out, err, stderr_path = _open_outputs(job, job_dir, ident)
         except OSError as exc:

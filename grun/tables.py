@@ -4,6 +4,9 @@
 
 def command_text(job: dict) -> str:
     import shlex
+    if job.get("cmd", [])[2:3] and job["cmd"][2].startswith("# grun-compat"):  # sent by sbatch, qsub or srun
+        from .compat import command_of
+        return command_of(job)
     return job["cmd"][0] if job.get("shell") else shlex.join(job.get("cmd") or [])
 
 

@@ -11,8 +11,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # and its wiring (client gate, spec keys, the reaper's FILE.failed, --long lines) 65 more; issue 11's
 # limits (-t and the timeout state, no memory limit without -m) 132; lazy arrays (issue 13) 242:
 # grun/core/arrays.py and the array record in the queue, placement and master; issue 15's auth
-# (grun/auth.py, the handshake and side-channel checks, allow_root) 152.
-TOTAL, MODULE, MEDIAN = 8121, 500, 200
+# (grun/auth.py, the handshake and side-channel checks, allow_root) 152. Slurm's and SGE's commands
+# (issue 16: grun/compat.py, grun/compat_sge.py, the reaper's env table, tables) 697.
+TOTAL, MODULE, MEDIAN = 8818, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -1,0 +1,498 @@
+"""Slurm's commands (sbatch, srun, squeue, sacct, scancel, sinfo) as thin fronts to grun's client, for
+the tools written for Slurm, and `grun-compat install|uninstall [DIR]`, which puts them and SGE's
+(grun/compat_sge.py) on PATH: each a small script calling main(), which goes by the name it was called by.
+
+A batch job runs as `/bin/sh -c WRAPPER NAME SCRIPT ARGS...`: the wrapper opens the output files Slurm or
+SGE would (their names may hold the job id, which the job learns only when it starts: $SLURM_JOB_ID or
+$JOB_ID, set by grun/spawner.py for jobs marked GRUN_COMPAT), then writes the script, as it was at submit,
+into the job's TMPDIR and runs it. $0 carries the job's name: grun's own names are unique, Slurm's and
+SGE's are not; squeue, sacct and qstat read it back from the command."""
+
+import os
+import re
+import shlex
+import sys
+import time
+
+from .client import Client, GrunError, current_user, job_spec
+
+NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
+MARK = "# grun-compat"
+RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
+STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatched": "RUNNING", "running": "RUNNING",
+          "suspended": "SUSPENDED", "done": "COMPLETED", "failed": "FAILED", "killed": "CANCELLED",
+          "cancelled": "CANCELLED", "lost": "NODE_FAIL", "timeout": "TIMEOUT"}
+SHORT = {"PENDING": "PD", "RUNNING": "R", "SUSPENDED": "S", "COMPLETED": "CD", "FAILED": "F", "CANCELLED": "CA",
+         "NODE_FAIL": "NF", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM"}
+REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
+
+
+class Refused(Exception):
+    """One line for the user: exit 1, nothing submitted."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    called, argv = os.path.basename(sys.argv[0]), sys.argv[1:] if argv is None else argv
+    if called not in NAMES:
+        return manage(argv)
+    from . import compat_sge
+    try:
+        return (globals().get(called) or getattr(compat_sge, called))(argv)
+    except (Refused, GrunError, OSError, ValueError) as exc:
+        print(f"{called}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def manage(argv: list[str]) -> int:
+    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
+    or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
+    import shutil
+    if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
+        print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    target = os.path.abspath(os.path.expanduser(argv[1] if len(argv) > 1 else "~/.local/bin"))
+    paths = {name: os.path.join(target, name) for name in NAMES}
+    if argv[0] == "uninstall":
+        removed = [name for name, path in paths.items() if _ours(path) and not os.remove(path)]
+        print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
+        return 0
+    for name, path in paths.items():
+        real = next((p for p in (shutil.which(name), path) if p and os.path.exists(p) and not _ours(p)), None)
+        if real:
+            print(f"grun-compat: a real {name} is installed ({real}): not shadowing Slurm or SGE; nothing installed",
+                  file=sys.stderr)
+            return 1
+    os.makedirs(target, exist_ok=True)
+    for path in paths.values():
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"#!{sys.executable}\n{MARK}: a front to grun (grun-compat uninstall removes it)\n"
+                    "import sys\nfrom grun.compat import main\nsys.exit(main())\n")
+        os.chmod(path, 0o755)
+    on_path = target in os.environ.get("PATH", "").split(os.pathsep)
+    print(f"grun-compat: installed {', '.join(NAMES)} in {target}" + ("" if on_path else f" (add {target} to PATH)"))
+    return 0
+
+
+def _ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(300)
+    except OSError:
+        return False
+
+
+# ---- reading options and scripts -----------------------------------------------------------------
+
+def parse(argv: list[str], table: dict, stop: bool = True) -> tuple[dict, list[str]]:
+    """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
+    together (-nP); each key -> its values, in order. With `stop`, options end at the first other word."""
+    opts, rest, words = {}, [], list(reversed(argv))
+    while words:
+        word = words.pop()
+        if word == "--" or not word.startswith("-") or word == "-":
+            if stop or word == "--":
+                return opts, rest + ([] if word == "--" else [word]) + words[::-1]
+            rest.append(word)
+            continue
+        name, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
+        if name not in table and not word.startswith("--") and word[:2] in table:
+            if table[word[:2]][1]:
+                name, eq, inline = word[:2], "=", word[2:]  # -Jname
+            elif f"-{word[2]}" in table:
+                name = word[:2]
+                words.append(f"-{word[2:]}")  # -nP: -n -P
+        if name not in table:
+            raise Refused(f"unsupported option {name}")
+        key, count = table[name]
+        values = ([inline] if eq else []) + [words.pop() if words else None for _ in range(count - bool(eq))]
+        if eq and not count or None in values:
+            raise Refused(f"option {name} " + ("takes no value" if eq else "needs a value"))
+        opts.setdefault(key, []).append(values[0] if count == 1 else values or True)
+    return opts, rest
+
+
+def last(opts: dict, key: str, default=None):
+    return opts[key][-1] if key in opts else default
+
+
+def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True) -> dict:
+    """The options of the script's `#SBATCH` / `#$` lines, under those of the command line (`opts`);
+    Slurm reads them up to the first command."""
+    found: dict = {}
+    for number, line in enumerate(script.splitlines()[1:], 2):
+        text = line.strip()
+        if text.startswith(prefix) and (len(text) == len(prefix) or text[len(prefix)].isspace()):
+            try:
+                words = shlex.split(text[len(prefix):], comments=True)
+                parsed, rest = parse(words, table)
+            except (ValueError, Refused) as exc:
+                raise Refused(f"script line {number}: {exc}: {text}") from None
+            if rest or not words:
+                raise Refused(f"script line {number}: not an option: {text}")
+            for key, values in parsed.items():
+                found.setdefault(key, []).extend(values)
+        elif first_only and text and not text.startswith("#"):
+            break
+    return {**found, **opts}
+
+
+def read_script(path: str | None, kind: str) -> str:
+    """The script's text as at submit (the caller may remove the file at once), from stdin without a path."""
+    if path is None and sys.stdin.isatty():
+        raise Refused(f"no {kind} script given (and no script on standard input)")
+    with open(path, encoding="utf-8", errors="surrogateescape") if path else sys.stdin as f:
+        return f.read()
+
+
+def megabytes(text: str, per: float = 1) -> int:
+    from .config import parse_memory
+    try:
+        return max(1, round(parse_memory(text) * per))
+    except ValueError as exc:
+        raise Refused(f"bad memory size {text!r}: {exc}") from None
+
+
+def seconds(text: str) -> float:
+    from .core.jobs import parse_time_limit
+    try:
+        return parse_time_limit(text)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+
+
+def out_path(pattern: str, names: dict) -> str:
+    """A file name pattern as a shell word: literal parts quoted, `names` (a pattern -> shell text) expanded."""
+    parts = re.split("(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + ")", pattern)
+    return "".join(names.get(part) or shlex.quote(part) for part in parts if part)
+
+
+def wrapped(family: str, name: str, script: str | None, args: list[str], out: str | None = None,
+            err: str | None = None, shell: str = "", env: dict | None = None, **request) -> dict:
+    """The spec of a job sent by a shim: the script with its output files (a batch job), or the
+    command `args` (srun); `name` as its $0, GRUN_COMPAT=family in its environment."""
+    body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
+        (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
+    return job_spec(["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args],
+                    env={**(env or {}), "GRUN_COMPAT": family}, **request)
+
+
+# ---- what records look like to Slurm's tools -----------------------------------------------------
+
+def name_of(job: dict) -> str:
+    cmd = job.get("cmd") or ["?"]
+    if len(cmd) > 3 and cmd[2].startswith(MARK):
+        return cmd[3]
+    return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
+
+
+def command_of(job: dict) -> str:
+    """A batch job's name (its script's, for the script) and arguments; srun's command; else grun's view."""
+    from .tables import command_text
+    cmd = job.get("cmd") or []
+    if len(cmd) > 3 and cmd[2].startswith(MARK):
+        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
+    return command_text(job)
+
+
+def state_of(job: dict) -> str:
+    limit = {"memory": "OUT_OF_MEMORY", "time": "TIMEOUT"}.get(job.get("limit"))
+    return limit or STATES.get(job["state"], job["state"].upper())
+
+
+def id_of(job: dict, sep: str = "_") -> str:
+    if "ranges" in job:  # an array's tasks not started yet
+        return f"{job['id']}{sep}[{job.get('array', '')}]"
+    return f"{job['array']}{sep}{job['task']}" if "task" in job else str(job["id"])
+
+
+def duration(secs, days_first: bool = False) -> str:
+    """Slurm's elapsed times: squeue's `M:SS`, `H:MM:SS`, `D-HH:MM:SS`; sacct's `HH:MM:SS` (days_first)."""
+    days, rest = divmod(int(secs or 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days_first or days else \
+        f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def elapsed(job: dict) -> float:
+    wall = (job.get("usage") or {}).get("wall")
+    return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
+
+
+def stamp(t) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else "Unknown"
+
+
+def table(text: str) -> dict:
+    """An option table from `KEY=SPELLING,...` (takes a value) and `KEY:SPELLING,...` (a flag) words."""
+    return {spelling: (key, int(eq == "=")) for word in text.split() for key, eq, spellings in
+            [re.match(r"([\w-]+)([=:])(.*)", word).groups()] for spelling in spellings.split(",")}
+
+
+def exit_of(job: dict) -> str:
+    return f"{0 if job.get('signal') else job.get('exit', 0)}:{job.get('signal') or 0}"
+
+
+def usage(job: dict, *keys: str) -> float:
+    return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
+
+
+# squeue's %letter, its header, the names -O and sacct know it by, sacct's width, its value for a record
+FIELDS = {row[0]: row[1:] for row in [
+    ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j.get("array") or j["id"])),
+    ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
+    ("K", "ARRAY_TASK_ID", "arraytaskid", 0, lambda j: str(j.get("task", "N/A"))),
+    ("j", "NAME", "name JobName", 10, name_of), ("u", "USER", "username User", 9, lambda j: j.get("user", "?")),
+    ("T", "STATE", "state State", 10, state_of), ("t", "ST", "statecompact", 0, lambda j: SHORT.get(state_of(j), "?")),
+    ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
+    ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
+    ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
+    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"),
+    ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
+    ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
+    ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
+    ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
+    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_of),
+    ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
+    ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
+    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("a", "ACCOUNT", "account Account", 10,
+                                                                            lambda j: ""),
+    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("2", "", "ExitCode", 8, exit_of),
+    ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
+    ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
+    ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
+    ("7", "", "TotalCPU", 10, lambda j: duration(usage(j, "utime", "stime"), True))]}
+BY_NAME = {name.lower(): (name, letter) for letter, row in FIELDS.items() for name in row[1].split()}
+
+
+# ---- the commands ----------------------------------------------------------------------------------
+
+SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus-per-task mem=--mem "
+               "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
+               "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
+               "account=-A,--account ntasks=-n,--ntasks nodes=-N,--nodes wrap=--wrap quiet:-Q,--quiet "
+               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold")
+SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold")}
+
+
+def slurm_request(opts: dict, name: str, command: str) -> dict:
+    """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit."""
+    for key in ("ntasks", "nodes"):
+        if last(opts, key, "1") not in ("1", "1-1"):
+            raise Refused(f"--{key}={last(opts, key)}: grun runs a job as one task on one node")
+    for key in ("partition", "account"):
+        if key in opts and "quiet" not in opts:
+            print(f"{command}: note: --{key} ignored (grun has none)", file=sys.stderr)
+    cpus = last(opts, "cpus", "1")
+    if not cpus.isdigit() or int(cpus) < 1:
+        raise Refused(f"bad value for --cpus-per-task: {cpus!r}")
+    export = last(opts, "export", "ALL").split(",")
+    here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
+    env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
+               SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus,
+               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}),
+               **({"SLURM_NTASKS": "1"} if "ntasks" in opts else {}))
+    request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
+               "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
+               "requeue": "norequeue" not in opts}
+    if "mem" in opts or "mem-per-cpu" in opts:
+        request["memory"] = megabytes(last(opts, "mem")) if "mem" in opts else \
+            megabytes(last(opts, "mem-per-cpu"), int(cpus))
+        env["SLURM_MEM_PER_NODE"] = str(request["memory"])
+    if "time" in opts:
+        request["time"] = seconds(last(opts, "time"))
+    for part in last(opts, "dependency", "").split(",") if "dependency" in opts else ():
+        kind, _, ids = part.partition(":")
+        key = {"afterany": "after", "afterok": "afterok", "afternotok": "afternotok"}.get(kind)
+        if key is None or not re.fullmatch(r"\d+(_\d+)?(:\d+(_\d+)?)*", ids):
+            raise Refused(f"unsupported dependency {part!r}: grun has afterany, afterok and afternotok on job ids")
+        request.setdefault(key, []).extend(int(i) if i.isdigit() else i.replace("_", ".") for i in ids.split(":"))
+    return request
+
+
+def submitted(client: Client, spec: dict, opts: dict) -> int:
+    job_id = client.submit_spec(spec)
+    if "hold" in opts:  # (-H, -h: queued held)
+        client.hold([job_id])
+    return job_id
+
+
+def sbatch(argv: list[str]) -> int:
+    """sbatch [options] [SCRIPT [ARGS...]] | --wrap CMD: prints `Submitted batch job N` (--parsable: N)."""
+    opts, rest = parse(argv, SUBMIT)
+    if "wrap" in opts:
+        if rest:
+            raise Refused(f"--wrap and a script ({rest[0]}) given together")
+        script, name = f"#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{last(opts, 'wrap')}\n", "wrap"
+    else:
+        script, name = read_script(rest[0] if rest else None, "batch"), os.path.basename(rest[0]) if rest else "sbatch"
+    if not script.startswith("#!"):
+        raise Refused("This does not look like a batch script.  The first line must start with #! followed by "
+                      "the path to an interpreter.")
+    opts = directives(script, "#SBATCH", SUBMIT, opts)
+    name = last(opts, "name", name)
+    request = slurm_request(opts, name, "sbatch")
+    if "array" in opts:
+        request["array"] = last(opts, "array")
+    names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
+             "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
+             "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
+    out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
+    spec = wrapped("slurm", name, script, rest[1:], out_path(out, names),
+                   out_path(last(opts, "err"), names) if "err" in opts else None, **request)
+    client = Client()
+    job_id = submitted(client, spec, opts)
+    print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
+    return client.exit_code(job_id) if "wait" in opts else 0
+
+
+def srun(argv: list[str]) -> int:
+    """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code."""
+    from .verbs import Context, interrupted
+    opts, command = parse(argv, SRUN)
+    if not command:
+        raise Refused("No command given to execute.")
+    name = last(opts, "name", os.path.basename(command[0]))
+    spec, stdin = wrapped("slurm", name, None, command, **slurm_request(opts, name, "srun")), \
+        None if os.isatty(0) else 0
+    client, ids = Client(), []
+    try:
+        ids.append(client.submit_spec(dict(spec, stdin=stdin is not None)))
+        say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
+        return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
+    except KeyboardInterrupt:
+        return interrupted(Context(lambda: client, cli=True), ids, 2)
+
+
+def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
+    """The live jobs, or those with these ids (N or N_T; finished ones too, for `finished_for` s), and the
+    ids the master never had."""
+    if not ids:
+        return client.jobs(), []
+    found, unknown = [], []
+    for word in ids:
+        try:
+            job = client.job(int(word.partition("_")[0]))
+        except (GrunError, ValueError):
+            unknown.append(word)
+            continue
+        if finished_for is None or "end_time" not in job or time.time() - job["end_time"] < finished_for:
+            found.append(job)
+    return found, unknown
+
+
+def fmt_fields(fmt: str) -> list[tuple]:
+    """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and the text between them."""
+    out = []
+    for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z]))?", fmt):
+        if letter and (letter not in FIELDS or not FIELDS[letter][0]):
+            raise Refused(f"Invalid job format specification: %{letter}")
+        out += [(literal, None, 0, False)] * bool(literal) + ([(*FIELDS[letter][:4:3], int(width or 0), bool(right))]
+                                                              if letter else [])
+    return out
+
+
+def squeue(argv: list[str]) -> int:
+    """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-h] [-o FORMAT | -O FIELDS]"""
+    opts, rest = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
+                                   "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), False)
+    if rest:
+        raise Refused(f"unexpected argument {rest[0]}")
+    fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
+    if "Format" in opts:
+        fields = []
+        for item in last(opts, "Format").split(","):
+            key, _, width = item.partition(":")
+            letter = BY_NAME.get(key.lower().replace("_", ""), ("", "1"))[1]  # ("1": sacct's only)
+            if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
+                raise Refused(f"Invalid job format specification: {item}")
+            fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
+    ids = [i for i in ",".join(opts.get("jobs", [])).split(",") if i]
+    client = Client()
+    jobs, unknown = job_list(client, ids)
+    if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
+        print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
+        return 1
+    users = set(",".join(opts["user"]).split(",")) if "user" in opts else {current_user()} if "me" in opts else None
+    states = {s.upper() for s in ",".join(opts.get("states", [])).split(",")} - {""}
+    rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
+    for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
+        if "ranges" in job and (job.get("stopped") or job["tasks"] <= job["started"]):
+            continue  # an array all of whose tasks have started: they have their own lines
+        if (users is None or job.get("user") in users) and (not states or "ALL" in states or
+                                                           {state_of(job), SHORT.get(state_of(job))} & states):
+            rows.append([(get(job) if get else h, w, r) for h, get, w, r in fields])
+    for row in rows:
+        print("".join((t[:w].rjust(w) if r else t[:w].ljust(w)) if w else t for t, w, r in row).rstrip())
+    return 0
+
+
+def sacct(argv: list[str]) -> int:
+    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
+    opts, rest = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
+                                   "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
+                                   "brief:-b,--brief"), False)
+    if rest:
+        raise Refused(f"unexpected argument {rest[0]}")
+    fields = []
+    for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
+                     "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
+        key, _, width = item.partition("%")
+        if key.lower() not in BY_NAME or width and not width.isdigit():
+            raise Refused(f'Invalid field requested: "{key}"')
+        name, letter = BY_NAME[key.lower()]
+        fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
+    client = Client()
+    if "jobs" in opts:
+        jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)[0]
+    else:  # as sacct: this user's jobs since midnight
+        users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
+        midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+        jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
+                + client.jobs() if j.get("submit_time", 0) >= midnight and (users is None or j.get("user") in users)]
+    if "name" in opts:
+        jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
+    sep = "|" if "P" in opts or "p" in opts else None
+    rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
+    for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:
+        print(sep.join(row) + ("|" if "p" in opts else "") if sep else
+              " ".join(t[:w].ljust(w) if i == 0 else t[:w].rjust(w) for i, (t, (_, w, _)) in enumerate(zip(row, fields))))
+    return 0
+
+
+def scancel(argv: list[str]) -> int:
+    """scancel [-n NAME] [-u USER] [-s SIGNAL] [ID...]: ids as N or N_T (one array task)."""
+    from .options import _signal
+    opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet"), False)
+    bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+)?", i)), None)
+    if bad or not (ids or "name" in opts or "user" in opts):
+        raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
+    sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
+    if "name" in opts or "user" in opts:  # filters on the live jobs (with ids: those of them)
+        ids = [id_of(j) for j in client.jobs() if (not ids or id_of(j) in ids or str(j["id"]) in ids)
+               and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
+    if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
+        client.kill([i.replace("_", ".") if "_" in i else int(i) for i in ids], sig)
+    return 0
+
+
+def sinfo(argv: list[str]) -> int:
+    """sinfo [-h] [-N]: the nodes, grouped by state (-N: one a line), in partition `grun`."""
+    opts, rest = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), False)
+    if rest:
+        raise Refused(f"unexpected argument {rest[0]}")
+    groups: dict = {}
+    for n in Client().nodes():
+        state = "down" if not n["up"] else "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
+        groups.setdefault(state, []).append(n["name"])
+    if "nodes" in opts:
+        rows = [["NODELIST", "NODES", "PARTITION", "STATE"]] + [[n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
+    else:
+        rows = [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
+            [["grun*", "up", "infinite", str(len(ns)), s, ",".join(ns)] for s, ns in groups.items()]
+    for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
+        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in
+                       zip(row, (-9, 5, 10, 6, 6, 0) if len(row) == 6 else (-10, 5, 9, -6))).rstrip())
+    return 0

@@ -1,0 +1,185 @@
+"""SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
+SGE; how they run and read back jobs is grun/compat.py's (the Slurm side), shared."""
+
+import os
+import re
+import sys
+import time
+
+from . import compat as C
+from .client import Client, GrunError, current_user
+from .compat import Refused, last, name_of, out_path, parse, table
+
+QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
+                "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
+                "rerun=-r hold:-h"), "-pe": ("pe", 2)}
+STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
+MEMORY, TIME = ("h_vmem", "mem_free", "s_vmem", "virtual_free", "mem"), ("h_rt", "s_rt")
+
+
+def yes(opts: dict, key: str) -> bool:
+    value = last(opts, key, "n")
+    if value not in ("y", "yes", "n", "no"):
+        raise Refused(f"-{key} takes y or n, got {value!r}")
+    return value.startswith("y")
+
+
+def qsub(argv: list[str]) -> int:
+    """qsub [options] [SCRIPT [ARGS...]] | -b y COMMAND...: prints `Your job N ("name") has been submitted`."""
+    opts, rest = parse(argv, QSUB)
+    binary = yes(opts, "binary")
+    script = None if binary else C.read_script(rest[0] if rest else None, "job")
+    if binary and not rest:
+        raise Refused("-b y needs a command")
+    opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False)
+    name = last(opts, "name", os.path.basename(rest[0]) if rest else "STDIN")
+    for key in ("queue", "project", "account"):
+        if key in opts:
+            print(f"qsub: note: -{key[0] if key != 'queue' else 'q'} ignored (grun has none)", file=sys.stderr)
+    slots = last(opts, "pe", [None, "1"])[1]
+    if not slots.isdigit() or int(slots) < 1:
+        raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots")
+    request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"),
+                     "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
+    for item in (i for i in ",".join(opts.get("resources", [])).split(",") if i):
+        key, _, value = item.partition("=")
+        if key in MEMORY and value:  # per slot, as SGE counts them; plain numbers are bytes
+            request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
+                C.megabytes(value, int(slots))
+        elif key in TIME and value:
+            request["time"] = C.seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
+        else:
+            raise Refused(f"unsupported resource -l {item}")
+    held = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i]
+    if any(not i.isdigit() for i in held):
+        raise Refused(f"-hold_jid {','.join(held)}: grun holds on job ids")
+    if held:
+        request["after"] = [int(i) for i in held]
+    if "array" in opts:
+        request["array"] = last(opts, "array") + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
+    env = {k: v for k, _, v in (w.partition("=") for w in ",".join(opts.get("env", [])).split(",") if "=" in w)}
+    env.update(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
+               SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
+               **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
+    request.update(env=env, pass_env=["*"] if "allenv" in opts else [w for w in ",".join(opts.get("env", [])).split(",")
+                                                                      if w and "=" not in w])
+    task = '."$SGE_TASK_ID"' if "array" in opts else ""
+    names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
+             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
+    out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
+    spec = C.wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
+                   None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
+                                                             else "/bin/sh"), **request)
+    client = Client()
+    job_id = C.submitted(client, spec, opts)
+    tasks = last(opts, "array", "")
+    shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
+    print(shown if "terse" in opts else
+          f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
+    if not yes(opts, "sync"):
+        return 0
+    code = client.exit_code(job_id)
+    print(f"Job {job_id} exited with exit code {code}.")
+    return code
+
+
+def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
+    """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory, or in the directory -o/-e names, or the file."""
+    path = last(opts, key, "")
+    if not path or os.path.isdir(path):
+        return (out_path(path.rstrip("/") + "/", names) if path else "") + \
+            out_path(name, names) + f'.{key[0]}"$JOB_ID"' + task
+    return out_path(path, names)
+
+
+def qstat(argv: list[str]) -> int:
+    """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
+    opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), False)
+    if rest:
+        raise Refused(f"unexpected argument {rest[0]}")
+    if "jobs" in opts:
+        return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
+    users = set(",".join(opts.get("user", [current_user()])).split(","))
+    rows = [(str(j.get("array") or j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
+             STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
+                 j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
+             f"{max(1, round(j.get('cpus', 1)))}", str(j.get("task", j.get("array", "") if "ranges" in j else "")))
+            for j in Client().jobs() if ("*" in users or j.get("user") in users)
+            and ("ranges" not in j or not j.get("stopped") and j["tasks"] > j["started"])]
+    if "xml" in opts:
+        from xml.sax.saxutils import escape
+        tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state", "JAT_start_time", "queue_name", "slots",
+                "tasks")
+        parts = {part: "".join(f'    <job_list state="{"running" if running else "pending"}">\n' + "".join(
+            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip(tags, r) if v) + "    </job_list>\n"
+            for r in rows if (running := r[4] in ("r", "t", "s")) == (part == "queue_info"))
+            for part in ("queue_info", "job_info")}
+        print("<?xml version='1.0'?>\n<job_info>\n" + "".join(f"  <{p}>\n{x}  </{p}>\n" for p, x in parts.items())
+              + "</job_info>")
+        return 0
+    if rows:
+        print("job-ID  prior   name       user         state submit/start at     queue                          "
+              "slots ja-task-ID \n" + "-" * 113)
+    for r in rows:
+        print(f"{r[0]:>7} {r[1]} {r[2][:10]:<10} {r[3][:12]:<12} {r[4]:<5} {r[5]} {r[6]:<30} {r[7]:>5} {r[8]}".rstrip())
+    return 0
+
+
+def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
+    """qstat -j, qacct -j: a block of `key value` lines per job; those not found named on stderr."""
+    client, missing = Client(), []
+    for word in (i for i in ids.split(",") if i):
+        try:
+            job = client.job(int(word))
+            if finished and "exit" not in job:
+                raise GrunError("not finished")
+            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(job)))
+        except (GrunError, ValueError):
+            missing.append(word)
+    if missing:
+        print(missing_text + ", ".join(missing), file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _detail(job: dict) -> tuple:
+    return (("job_number:", job["id"]), ("submission_time:", time.ctime(job.get("submit_time", 0))),
+            ("owner:", job.get("user")), ("sge_o_workdir:", job.get("cwd")), ("job_name:", name_of(job)),
+            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", C.command_of(job)),
+            ("parallel environment:", f"smp range: {job.get('cpus', 1):g}"),
+            ("hard resource_list:", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1:", job.get("node") or ""))
+
+
+def _accounting(job: dict) -> tuple:
+    u = job.get("usage") or {}
+    return (("qname", "all.q"), ("hostname", job.get("node")), ("owner", job.get("user")), ("jobname", name_of(job)),
+            ("jobnumber", job.get("array") or job["id"]), ("taskid", job.get("task", "undefined")),
+            ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
+            ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
+            ("failed", 0 if job.get("start_time") else 1), ("exit_status", job.get("exit")),
+            ("ru_wallclock", f"{u.get('wall', 0):.3f}s"), ("ru_utime", f"{u.get('utime', 0):.3f}s"),
+            ("ru_stime", f"{u.get('stime', 0):.3f}s"), ("ru_maxrss", f"{u.get('maxrss_kb', 0)}K"))
+
+
+def qdel(argv: list[str]) -> int:
+    """qdel ID[,ID...] | -u USER: `USER has registered the job N for deletion` (a running job) or `has deleted`."""
+    opts, words = parse(argv, table("user=-u force:-f"), False)
+    ids = [i for w in words for i in w.split(",") if i]
+    if not ids and "user" not in opts or any(not re.fullmatch(r"\d+(\.\d+)?", i) for i in ids):
+        raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
+    client, me = Client(), current_user()
+    jobs = {str(j["id"]): j for j in client.jobs()}
+    ids += [i for i, j in jobs.items() if j.get("user") in last(opts, "user", "").split(",") and i not in ids]
+    found = client.kill([i if "." in i else int(i) for i in ids], 15, "force" in opts)
+    for job_id, ok in found.items():
+        running = jobs.get(str(job_id), {}).get("state") in ("dispatched", "running", "suspended")
+        print(f"{me} has {'registered the job' if running else 'deleted job'} {job_id}{' for deletion' * running}"
+              if ok else f'denied: job "{job_id}" does not exist')
+    return 0 if all(found.values()) else 1
+
+
+def qacct(argv: list[str]) -> int:
+    """qacct -j ID[,ID...]: the accounting record of finished jobs."""
+    opts, rest = parse(argv, table("jobs=-j"), False)
+    if rest or "jobs" not in opts:
+        raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
+    return _blocks(",".join(opts["jobs"]), _accounting, "error: job id not found: ", finished=True)

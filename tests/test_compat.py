@@ -1,0 +1,340 @@
+"""Slurm's and SGE's commands (grun/compat.py, grun/compat_sge.py), installed by `grun-compat install` and
+run as a tool written for Slurm or SGE runs them, against a real cluster; their output parsed as those tools
+parse it. The dask-jobqueue proof at the end skips when dask-jobqueue cannot be imported."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from grun import compat
+
+SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
+
+
+# ---- pure: how options, scripts and records are read (no daemons) ----------------------------------
+
+def test_options_read_as_getopt_does():
+    opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
+    assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
+    assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
+    for argv, words in ((["--gres=gpu:1"], "unsupported option --gres"), (["-J"], "-J needs a value"),
+                        (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.parse(argv, compat.SUBMIT)
+
+
+def test_directives_until_the_first_command_under_the_command_line():
+    script = "#!/bin/sh\n\n#SBATCH -J a --mem 2G\n#SBATCH  -c 2   # two\n#SBATCHX -J no\necho\n#SBATCH -J late\n"
+    assert compat.directives(script, "#SBATCH", compat.SUBMIT, {"cpus": ["3"]}) == {
+        "name": ["a"], "mem": ["2G"], "cpus": ["3"]}
+    for line, words in (("#SBATCH -J 'open", "line 2: No closing quotation"), ("#SBATCH x", "line 2: not an option"),
+                        ("#SBATCH", "line 2: not an option"), ("#SBATCH --exclusive", "unsupported option --exclusive")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat.SUBMIT, {})
+
+
+def test_slurm_requests_map_onto_grun_and_refuse_what_does_not():
+    request = compat.slurm_request(compat.parse(["-c", "2", "--mem-per-cpu=1G", "-d", "afterok:3:4_2,afterany:5",
+                                                 "--export=NONE,A=b", "-D", "sub"], compat.SUBMIT)[0], "nm", "sbatch")
+    assert (request["cpus"], request["memory"], request["afterok"], request["after"]) == (2, 2048, [3, "4.2"], [5])
+    assert request["pass_env"] == [] and request["cwd"] == os.path.join(os.getcwd(), "sub")
+    assert request["env"]["A"] == "b" and request["env"]["SLURM_CPUS_PER_TASK"] == "2"
+    for argv, words in ((["-n", "2"], "one task on one node"), (["-d", "after:3"], "unsupported dependency"),
+                        (["-d", "afterok:3?afterok:4"], "unsupported dependency"), (["-c", "0.5"], "cpus-per-task"),
+                        (["--mem", "-1"], "bad memory size")):
+        with pytest.raises(compat.Refused, match=words):
+            compat.slurm_request(compat.parse(argv, compat.SUBMIT)[0], "nm", "sbatch")
+
+
+def test_output_names_expand_in_the_job_and_quote_the_rest():
+    names = {"%j": '"$SLURM_JOB_ID"', "%%": "%"}
+    word = compat.out_path("my dir/$(x) `y` o-%j.100%%;rm *", names)
+    assert subprocess.run(["sh", "-c", f"printf %s {word}"], env={"SLURM_JOB_ID": "7"}, capture_output=True,
+                          text=True).stdout == "my dir/$(x) `y` o-7.100%;rm *"
+
+
+def test_records_as_slurm_shows_them():
+    job = {"id": 5, "state": "running", "cmd": ["/bin/sh", "-c", compat.MARK + "\nexec", "nm", "s"], "start_time": 1,
+           "usage": {"wall": 3725}, "cpus": 2.0, "node": "n1"}
+    row = [get(job) if get else text for text, get, _, _ in compat.fmt_fields("%i|%j|%T|%t|%M|%C|%R|%K")]
+    assert "".join(row) == "5|nm|RUNNING|R|1:02:05|2|n1|N/A"
+    queued = {"id": 7, "state": "waiting", "cmd": ["sleep", "9"], "task": 3, "array": 6}
+    assert [compat.FIELDS[k][3](queued) for k in "ijTtRK"] == ["6_3", "sleep", "PENDING", "PD", "(Dependency)", "3"]
+    ended = dict(job, state="failed", exit=137, signal=9, limit="memory", usage={"wall": 90000, "maxrss_kb": 10})
+    fields = [compat.BY_NAME[name.lower()] for name in ("State", "ExitCode", "Elapsed", "MaxRSS")]
+    assert [compat.FIELDS[letter][3](ended) for _, letter in fields] == ["OUT_OF_MEMORY", "0:9", "1-01:00:00", "10K"]
+    with pytest.raises(compat.Refused, match="%X"):
+        compat.fmt_fields("%i %X")
+
+
+# ---- through a real cluster -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shims(cluster, tmp_path_factory):
+    """The commands installed in a bin directory, and a runner of them with the cluster's config."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    env = dict(cluster.env, PATH=f"{bin_dir}:/nonexistent")  # this machine has a real Slurm in /usr/bin
+    r = subprocess.run([sys.executable, "-c", "import sys; from grun.compat import manage; sys.exit(manage(sys.argv[1:]))",
+                        "install", str(bin_dir)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(bin_dir)) == sorted(compat.NAMES)
+
+    def run(name, *args, input=None, cwd=None, timeout=60):
+        return subprocess.run([str(bin_dir / name), *args], env=cluster.env, capture_output=True, text=True,
+                              input=input, cwd=cwd, timeout=timeout)
+    run.bin = bin_dir
+    return run
+
+
+def wait_end(cluster, job_id: int) -> dict:
+    return cluster.client().wait([job_id], timeout=60)[job_id]
+
+
+def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_own(tmp_path):
+    real, target = tmp_path / "real", tmp_path / "bin"
+    real.mkdir()
+    (real / "qstat").write_text("#!/bin/sh\necho real\n")
+    (real / "qstat").chmod(0o755)
+    run = lambda *a, path: subprocess.run(
+        [sys.executable, "-c", "import sys; from grun.compat import manage; sys.exit(manage(sys.argv[1:]))", *a],
+        env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
+    r = run("install", str(target), path=f"{real}:/nonexistent")
+    assert r.returncode == 1 and "real qstat" in r.stderr and not target.exists()
+    assert run("install", str(target), path="/nonexistent").returncode == 0
+    (target / "mine").write_text("keep")
+    (target / "sbatch").write_text(f"#!{sys.executable}\n{compat.MARK}\n{SCRIPT}")  # ours, rewritten
+    r = run("uninstall", str(target), path="/nonexistent")
+    assert r.returncode == 0 and os.listdir(target) == ["mine"]
+    (target / "squeue").write_text("#!/bin/sh\n")  # a real one in DIR: not overwritten
+    r = run("install", str(target), path="/nonexistent")
+    assert r.returncode == 1 and "real squeue" in r.stderr and (target / "squeue").read_text() == "#!/bin/sh\n"
+
+
+def test_sbatch_script_with_directives_runs_with_slurm_names(cluster, shims, tmp_path):
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n#SBATCH -J named --cpus-per-task=2\n#SBATCH --mem=300M  # a comment\n"
+                      "#SBATCH -o %x-%j.log\necho id=$SLURM_JOB_ID cpus=$SLURM_CPUS_PER_TASK name=$SLURM_JOB_NAME "
+                      "dir=$SLURM_SUBMIT_DIR args=$*\ntest -d \"$TMPDIR\" && echo tmp ok\necho err >&2\n"
+                      "#SBATCH -J ignored-after-a-command\n")
+    r = shims("sbatch", "-c", "1", str(script), "a1", "a2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Submitted batch job ") and r.stdout.count("\n") == 1
+    job_id = int(r.stdout.split()[-1])
+    script.unlink()  # as dask-jobqueue does: the script was read at submit
+    job = wait_end(cluster, job_id)
+    assert job["exit"] == 0 and job["cpus"] == 1 and job["memory"] == 300
+    out = (tmp_path / f"named-{job_id}.log").read_text()
+    assert out == f"id={job_id} cpus=1 name=named dir={tmp_path} args=a1 a2\ntmp ok\nerr\n"
+
+
+def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_path):
+    r = shims("sbatch", "--parsable", "--wait", "-e", "e-%j.txt", "--wrap", "echo out; echo oops >&2; exit 3",
+              cwd=tmp_path)
+    assert r.returncode == 3 and r.stdout.strip().isdigit(), (r.stdout, r.stderr)
+    job_id = r.stdout.strip()
+    assert (tmp_path / f"slurm-{job_id}.out").read_text() == "out\n"
+    assert (tmp_path / f"e-{job_id}.txt").read_text() == "oops\n"
+
+
+def test_sbatch_refuses_what_it_cannot_do_faithfully(cluster, shims, tmp_path):
+    before = len(cluster.client().jobs()) + len(cluster.client().history(1000))
+    (tmp_path / "noshebang.sh").write_text("echo hi\n")
+    (tmp_path / "bad.sh").write_text("#!/bin/sh\n#SBATCH --gres=gpu:1\necho\n")
+    (tmp_path / "torn.sh").write_text("#!/bin/sh\n#SBATCH -J 'open\necho\n")
+    for args, words in ((["--exclusive", "--wrap", "true"], "--exclusive"), (["-n", "4", "--wrap", "true"], "--ntasks=4"),
+                        (["noshebang.sh"], "does not look like a batch script"), (["bad.sh"], "line 2: unsupported option --gres"),
+                        (["torn.sh"], "line 2: No closing quotation"), (["-d", "after:1", "--wrap", "true"], "after:1"),
+                        (["--mem", "lots", "--wrap", "true"], "bad memory size")):
+        r = shims("sbatch", *args, cwd=tmp_path)
+        assert r.returncode == 1 and words in r.stderr and r.stderr.count("\n") == 1 and not r.stdout, (args, r.stderr)
+    assert len(cluster.client().jobs()) + len(cluster.client().history(1000)) == before
+
+
+def test_squeue_default_format_and_fields_as_tools_parse_them(cluster, shims, tmp_path):
+    r = shims("sbatch", "-J", "sleeper", "--parsable", "--wrap", "sleep 30", cwd=tmp_path)
+    job_id = int(r.stdout)
+    try:
+        cluster.client().wait_started(job_id)
+        lines = shims("squeue").stdout.splitlines()
+        assert lines[0].split() == ["JOBID", "PARTITION", "NAME", "USER", "ST", "TIME", "NODES", "NODELIST(REASON)"]
+        row = next(line.split() for line in lines[1:] if line.split()[0] == str(job_id))
+        assert row[2] == "sleeper" and row[4] == "R" and row[6] == "1"
+        r = shims("squeue", "-h", "-j", str(job_id), "-o", "%i %T %j %u %M %D %R")
+        i, state, name, user, used, nodes, where = r.stdout.split()
+        assert user == compat.current_user()
+        assert (i, state, name, nodes) == (str(job_id), "RUNNING", "sleeper", "1") and ":" in used and where
+        assert shims("squeue", "--me", "-h", "-O", "jobid,state").stdout.split() == [str(job_id), "RUNNING"]
+        r = shims("squeue", "-o", "%Q %X")
+        assert r.returncode == 1 and "%X" in r.stderr
+    finally:
+        assert shims("scancel", str(job_id)).returncode == 0
+    assert wait_end(cluster, job_id)["state"] == "killed"
+    r = shims("squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T")
+    assert r.stdout.strip() == "CANCELLED"
+    r = shims("squeue", "-j", "99999")
+    assert r.returncode == 1 and "Invalid job id" in r.stderr
+
+
+def test_sacct_parsable_fields_and_states(cluster, shims, tmp_path):
+    ok = int(shims("sbatch", "--parsable", "-J", "fine", "--wrap", "true", cwd=tmp_path).stdout)
+    bad = int(shims("sbatch", "--parsable", "--wrap", "exit 7", cwd=tmp_path).stdout)
+    wait_end(cluster, ok), wait_end(cluster, bad)
+    r = shims("sacct", "-X", "-n", "-P", "-j", f"{ok},{bad}", "--format", "JobID,JobName,State,ExitCode,Elapsed,MaxRSS")
+    rows = [line.split("|") for line in r.stdout.splitlines()]
+    assert [row[:4] for row in rows] == [[str(ok), "fine", "COMPLETED", "0:0"], [str(bad), "wrap", "FAILED", "7:0"]]
+    assert all(len(row[4].split(":")) == 3 and row[5].endswith("K") for row in rows), rows
+    lines = shims("sacct", "-j", str(ok)).stdout.splitlines()
+    assert lines[0].split() == ["JobID", "JobName", "Partition", "Account", "AllocCPUS", "State", "ExitCode"]
+    assert set(lines[1]) == {"-", " "} and lines[2].split()[0] == str(ok) and "COMPLETED" in lines[2]
+    assert shims("sacct", "--format", "JobID,Bogus").returncode == 1
+    r = shims("sacct", "-n", "-p", "--name", "fine", "--format", "jobid")
+    assert f"{ok}|" in r.stdout.splitlines()
+
+
+def test_srun_streams_output_and_exits_with_the_code(cluster, shims, tmp_path):
+    r = shims("srun", "-c", "1", "--mem=100", "sh", "-c", "echo $SLURM_JOB_ID; read x; echo got $x; exit 4",
+              input="hello\n", cwd=tmp_path)
+    assert r.returncode == 4 and r.stdout.splitlines()[1] == "got hello", r.stderr
+    assert r.stdout.split()[0].isdigit()
+
+
+def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
+    ids = [int(shims("sbatch", "--parsable", "-J", "victim", "--wrap", "sleep 30", cwd=tmp_path).stdout) for _ in (1, 2)]
+    assert shims("scancel", "-n", "victim").returncode == 0
+    assert {wait_end(cluster, i)["state"] for i in ids} == {"killed"}
+    r = shims("scancel", "99999", str(ids[0]))  # never was, or has ended: nothing said, as Slurm 22.05's scancel
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    lines = shims("sinfo").stdout.splitlines()
+    assert lines[0].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]
+    assert sum(int(line.split()[3]) for line in lines[1:]) == 2
+    assert sorted(line.split()[0] for line in shims("sinfo", "-N", "-h").stdout.splitlines()) == ["big", "small"]
+
+
+def test_qsub_script_with_directives_and_sge_names(cluster, shims, tmp_path):
+    script = tmp_path / "job.sge"
+    script.write_text("#!/bin/sh\n#$ -N sgejob\n#$ -cwd -j y\n#$ -pe smp 2\n#$ -l h_vmem=200M\n"
+                      "echo job=$JOB_ID slots=$NSLOTS task=$SGE_TASK_ID name=$JOB_NAME\necho e >&2\n")
+    r = shims("qsub", str(script), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.split()[2])
+    assert r.stdout == f'Your job {job_id} ("sgejob") has been submitted\n'
+    job = wait_end(cluster, job_id)
+    assert job["cpus"] == 2 and job["memory"] == 400 and job["exit"] == 0
+    assert (tmp_path / f"sgejob.o{job_id}").read_text() == f"job={job_id} slots=2 task=undefined name=sgejob\ne\n"
+
+
+def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path):
+    r = shims("qsub", "-b", "y", "-terse", "-sync", "y", "-cwd", "-o", "o.txt", "-e", "e.txt", "sh", "-c", "echo x; exit 2",
+              cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout.splitlines()[0].isdigit(), r.stderr
+    job_id = r.stdout.splitlines()[0]
+    assert r.stdout.splitlines()[1] == f"Job {job_id} exited with exit code 2."
+    assert (tmp_path / "o.txt").read_text() == "x\n"
+    acct = dict(line.split(None, 1) for line in shims("qacct", "-j", job_id).stdout.splitlines()[1:])
+    assert acct["exit_status"].strip() == "2" and acct["jobnumber"].strip() == job_id
+    r = shims("qsub", "-terse", "-cwd", input="sleep 30\n", cwd=tmp_path)  # the script on stdin, no #!
+    job_id = r.stdout.strip()
+    cluster.client().wait_started(int(job_id))
+    row = next(line.split() for line in shims("qstat").stdout.splitlines()[2:] if line.split()[0] == job_id)
+    assert row[2] == "STDIN" and row[4] == "r"
+    assert f"<JB_job_number>{job_id}</JB_job_number>" in shims("qstat", "-xml").stdout
+    assert "job_name:" in shims("qstat", "-j", job_id).stdout
+    r = shims("qdel", job_id)
+    assert r.returncode == 0 and f"has registered the job {job_id} for deletion" in r.stdout
+    assert wait_end(cluster, int(job_id))["state"] == "killed"
+    r = shims("qdel", "99999")
+    assert r.returncode == 1 and 'denied: job "99999" does not exist' in r.stdout
+    for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "-l gpu=1"), (["-q", "all.q", "-now", "y"], "-now"),
+                        (["-hold_jid", "build", "-b", "y", "true"], "-hold_jid build")):
+        r = shims("qsub", *args, cwd=tmp_path)
+        assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
+
+
+def test_time_limits_map_onto_grun_time(cluster, shims, tmp_path):
+    r = shims("sbatch", "--parsable", "-t", "0:02", "--wrap", "sleep 30", cwd=tmp_path)  # MM:SS, as Slurm reads it
+    job_id = int(r.stdout)
+    assert cluster.client().job(job_id)["time"] == 2
+    wait_end(cluster, job_id)
+    assert shims("sacct", "-nPj", str(job_id), "--format", "State").stdout.strip() == "TIMEOUT"
+    r = shims("qsub", "-terse", "-b", "y", "-l", "h_rt=90", "true", cwd=tmp_path)  # seconds, as SGE reads it
+    assert cluster.client().job(int(r.stdout))["time"] == 90
+    assert shims("sbatch", "-t", "soon", "--wrap", "true").returncode == 1
+
+
+def test_arrays_with_a_limit_and_their_task_names(cluster, shims, tmp_path):
+    r = shims("sbatch", "--parsable", "--array=1-4%2", "-o", "out-%A_%a.txt", "--wrap",
+              "echo $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID $SLURM_JOB_ID", cwd=tmp_path)
+    array = int(r.stdout)
+    assert wait_end(cluster, array)["exit"] == 0
+    found = [(tmp_path / f"out-{array}_{t}.txt").read_text().split() for t in range(1, 5)]
+    assert [f[:2] for f in found] == [[str(array), str(t)] for t in range(1, 5)]
+    assert len({f[2] for f in found}) == 4  # each task its own job id, as in Slurm
+    r = shims("qsub", "-t", "1-3", "-tc", "1", "-cwd", "-b", "y", "sh", "-c", "echo $JOB_ID.$SGE_TASK_ID", cwd=tmp_path)
+    assert r.stdout.startswith("Your job-array ") and r.stdout.split()[2].endswith(".1-3:1"), r.stdout
+    array = int(r.stdout.split()[2].split(".")[0])
+    wait_end(cluster, array)
+    assert [(tmp_path / f"sh.o{array}.{t}").read_text() for t in (1, 2, 3)] == [f"{array}.{t}\n" for t in (1, 2, 3)]
+
+
+def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
+    first = shims("sbatch", "--parsable", "--wrap", "sleep 1; echo 1 >> order", cwd=tmp_path).stdout.strip()
+    second = shims("sbatch", "--parsable", "-d", f"afterok:{first}", "--wrap", "echo 2 >> order", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    r = shims("squeue", "-h", "-j", second.stdout.strip(), "-o", "%T %R")
+    assert r.stdout.split() in (["PENDING", "(Dependency)"], ["RUNNING"], []) or "COMPLETED" in r.stdout, r.stdout
+    third = shims("qsub", "-terse", "-cwd", "-hold_jid", second.stdout.strip(), "-b", "y", "sh", "-c", "echo 3 >> order",
+                  cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    wait_end(cluster, int(third.stdout))
+    assert (tmp_path / "order").read_text() == "1\n2\n3\n"
+    failed = shims("sbatch", "--parsable", "--wrap", "exit 1", cwd=tmp_path).stdout.strip()
+    never = shims("sbatch", "--parsable", "--dependency", f"afterok:{failed}", "--wrap", "true", cwd=tmp_path)
+    assert wait_end(cluster, int(never.stdout))["state"] == "cancelled"
+    assert shims("sacct", "-nPj", never.stdout.strip(), "-o", "State").stdout.strip() == "CANCELLED"
+
+
+@pytest.mark.parametrize("kind", ["SLURMCluster", "SGECluster"])
+def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, monkeypatch, kind):
+    """A real third-party client, unchanged: dask-jobqueue writes its job script, submits it with sbatch or
+    qsub (parsing the job id from what they print), and cancels it with scancel or qdel."""
+    # (not in the test extras: its distributed needs cloudpickle 3, whose code objects break test_remote's tracebacks;
+    # run it from a venv with --system-site-packages and dask-jobqueue installed)
+    jobqueue = pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install dask-jobqueue)")
+    from dask.distributed import Client as DaskClient
+    monkeypatch.setenv("PATH", f"{shims.bin}:{os.environ['PATH']}")  # ours before the real Slurm of this machine
+    monkeypatch.setenv("GRUN_CONF", cluster.client_config)
+    monkeypatch.chdir(tmp_path)
+    with getattr(jobqueue, kind)(cores=1, memory="1GB", processes=1, walltime="00:10:00", python=sys.executable,
+                                 log_directory=str(tmp_path), scheduler_options={"host": "127.0.0.1"}) as dask:
+        dask.scale(2)
+        with DaskClient(dask) as client:
+            client.wait_for_workers(2, timeout=60)
+            assert client.submit(sum, [1, 2, 3]).result(timeout=30) == 6
+            assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
+            names = {job["cmd"][3] for job in cluster.client().jobs() if job["state"] == "running"}
+            assert len(names) == 1 and names <= {"dask-worker"}, names  # two jobs of one name, as in Slurm
+        dask.scale(0)
+        deadline = time.monotonic() + 30
+        while [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]]
+
+
+def test_squeue_and_scancel_on_array_tasks(cluster, shims, tmp_path):
+    array = shims("sbatch", "--parsable", "--array=1-3%1", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path).stdout
+    array = int(array)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "_1 R" not in (out := shims("squeue", "-h", "-o", "%i %t").stdout):
+        time.sleep(0.1)
+    assert f"{array}_1 R" in out and f"{array}_[1-3%1] PD" in out, out
+    assert shims("scancel", f"{array}_1").returncode == 0  # one task: the next starts
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and f"{array}_2 R" not in (out := shims("squeue", "-h", "-o", "%i %t").stdout):
+        time.sleep(0.1)
+    assert f"{array}_2 R" in out, out
+    assert shims("scancel", str(array)).returncode == 0
+    assert wait_end(cluster, array)["state"] == "killed"
