@@ -11,6 +11,7 @@ import time
 import pytest
 
 from grun import compat
+from grun.core import jobs as J
 
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
 
@@ -280,6 +281,7 @@ def test_arrays_with_a_limit_and_their_task_names(cluster, shims, tmp_path):
     assert [(tmp_path / f"sh.o{array}.{t}").read_text() for t in (1, 2, 3)] == [f"{array}.{t}\n" for t in (1, 2, 3)]
 
 
+@pytest.mark.skipif(not hasattr(J, "WAITING"), reason="needs job dependencies (the master's `waiting` state)")
 def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
     first = shims("sbatch", "--parsable", "--wrap", "sleep 1; echo 1 >> order", cwd=tmp_path).stdout.strip()
     second = shims("sbatch", "--parsable", "-d", f"afterok:{first}", "--wrap", "echo 2 >> order", cwd=tmp_path)
