@@ -42,6 +42,22 @@ def _time(text: str) -> float:
     return parse_time_limit(text)
 
 
+def _refs(text: str) -> list:
+    from .core.jobs import job_refs
+    return job_refs(text)
+
+
+def _dependency(text: str) -> dict:
+    from .core.deps import parse_dependency
+    return parse_dependency(text)
+
+
+def _retries(text: str) -> int:
+    if not 0 <= (n := _int(text)) <= 100:
+        raise ValueError(f"expected 0 to 100, got {text}")
+    return n
+
+
 def _name(text: str) -> str:
     if not text.strip() or "\n" in text or len(text) > 200:
         raise ValueError(f"expected a one-line name, got {text!r}")
@@ -78,6 +94,12 @@ OPTIONS = [
     Option(None, "cmds", "value", str, "a job per line of FILE ('-': stdin), run by sh ($GRUN_TASK_ID)", "FILE"),
     Option("M", "make", help="run only if an output (%o:F, >F) is missing, empty or older than an input (%i:F, <F)"),
     Option(None, "noexec", help="with -M (also -M -n): print what would run and why; queue nothing"),
+    Option(None, "after", "list", _refs, "start once these jobs have ended, whatever their exit", "ID|NAME,..."),
+    Option(None, "afterok", "list", _refs, "start once these have succeeded (one fails: cancelled)", "ID|NAME,..."),
+    Option(None, "afternotok", "list", _refs, "start once these have failed (one succeeds: cancelled)", "ID|NAME,..."),
+    Option(None, "dependency", "list", _dependency, "Slurm's form: afterok:12:13,after:14", "KIND:ID[:ID],..."),
+    Option(None, "retries", "value", _retries, "run a job that fails again, up to N times (default 0)", "N"),
+    Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0)", "TIME"),
     Option("v", "verbose", help="print the job id and node on stderr"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
@@ -105,7 +127,8 @@ _BY_LONG = {o.long: o for o in OPTIONS}
 # a job's options: those `run` and `submit` take; an option file (-f) may hold all but the last, -f itself
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
-               "make", "noexec", "verbose", "time", "file")
+               "make", "noexec", "after", "afterok", "afternotok", "dependency", "retries", "retry-delay", "verbose",
+               "time", "file")
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:

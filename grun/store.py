@@ -32,6 +32,9 @@ _SNAPSHOT_CHUNK = 500  # documents encoded per piece: the GIL changes hands betw
 DISK_CHECK_SECS = 1.0  # how stale the free-space figure a submission is checked against may be
 DISK_LOG_SECS = 60.0   # how often the log repeats that submissions are being refused
 MIN_FREE_INODES = 1000
+# Finished jobs' names are looked up (--after NAME, grun -q wait NAME) among those of this many jobs: the
+# current history file's and those finished since the master started, newest kept.
+NAMES_KEPT = 100_000
 
 
 def _tables(tables: dict) -> Iterator[bytes]:
@@ -82,6 +85,8 @@ class _History:
         self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
         docs = self._read_file(self._current)
         self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [encode(doc) for doc in docs]
+        self._names: dict[tuple, int] = {}  # (user, job name) -> the newest such job's id (for --after NAME)
+        self._name(docs)
         # (a flush that fails is logged and tried again next round: the jobs are safe in the journal)
         self._flusher = Loop("grun-history", self.flush, flush_secs, log)
         self._flusher.start()
@@ -130,8 +135,18 @@ class _History:
                 return list(self._current_docs.values())
         return self._read_file(n)  # closed files never change
 
+    def _name(self, jobs: list[dict]) -> None:
+        """Index the names of these jobs, the newest last; the oldest go past NAMES_KEPT."""
+        for job in jobs:
+            if job.get("name"):
+                self._names.pop(key := (job.get("user"), job["name"]), None)
+                self._names[key] = job["id"]
+        while len(self._names) > NAMES_KEPT:
+            del self._names[next(iter(self._names))]
+
     def add(self, jobs: list[dict]) -> None:
         with self._lock:
+            self._name(jobs)
             for job in jobs:
                 jid = job["id"]
                 if not (jid in self._buffer or jid in self._inflight or jid in self._current_docs
@@ -197,6 +212,11 @@ class _History:
                 if doc["id"] == job_id:
                     return doc
         return None
+
+    def find_name(self, user: str, name: str) -> dict | None:
+        """The newest finished job of this user with this name, among those indexed (see NAMES_KEPT)."""
+        job_id = self._names.get((user, name))
+        return None if job_id is None else self.find(job_id)
 
     def close(self) -> None:
         self._flusher.stop(join=60)
@@ -315,6 +335,9 @@ class Store:
 
     def find_history(self, job_id: int) -> dict | None:
         return self._history.find(job_id)
+
+    def find_name(self, user: str, name: str) -> dict | None:
+        return self._history.find_name(user, name)
 
     def flush(self) -> None:
         self._history.flush()

@@ -144,15 +144,33 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
-    return {"ids": []} if opts.get("name") and not words else job_ids(words, called, tasks=True)
+    """`ID|NAME...`: a word not a job id (12) or task (12.7) names a job (kill's `-j NAME` may stand alone)."""
+    names = [w for w in words if not (w.isdigit() or task_id(w))]
+    ids = [w for w in words if w not in names]
+    ids = [] if not ids and (names or opts.get("name")) else job_ids(ids, called, tasks=True)["ids"]
+    return {"ids": ids, "names": names + ([opts["name"]] if opts.get("name") else [])}
+
+
+def by_name(ctx: Context, args: dict) -> list[int]:
+    """The ids, and those of the jobs named: live ones, else this user's newest finished one."""
+    from .client import GrunError, current_user
+    ids = list(args["ids"])
+    for name in args.get("names", ()):
+        if (found := ctx.client.call("lookup", name, current_user())) is None:
+            raise GrunError(f"no job named {name!r}")
+        ids.append(int(found))
+    return ids
 
 
 def changes(words: list[str], called: str, opts: dict) -> dict:
     """`KEY=VALUE[,KEY=VALUE] ID...`"""
     if not words or "=" not in words[0]:
         raise UsageError(f"usage: {called} KEY=VALUE[,KEY=VALUE] ID...")
-    found = {}
+    found, key = {}, None
     for item in words[0].split(","):
+        if "=" not in item and key in ("after", "afterok", "afternotok"):
+            found[key] += "," + item  # after=12,13
+            continue
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
@@ -193,6 +211,10 @@ def cli_spec(args: dict, words: list[str]) -> dict:
             extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
     if args.get("time"):
         extra["time"] = args["time"]
+    for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
+            item for given in args.get("dependency", ()) for item in given.items()]:
+        extra[kind] = [*extra.get(kind, []), *refs]
+    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay") if key in args)
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)
@@ -362,10 +384,10 @@ def do_history(ctx: Context, args: dict) -> int:
                      history_long(jobs) if args.get("long") else history_table(jobs))
 
 
-@verb("ID...", words=job_ids)
+@verb("ID|NAME...", words=ids_or_name)
 def do_wait(ctx: Context, args: dict) -> int:
     """wait until jobs finish; exits with the first non-zero code"""
-    return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in args["ids"]] if code), 0)
+    return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in by_name(ctx, args)] if code), 0)
 
 
 def _missing(ctx: Context, found: dict) -> int:
@@ -375,16 +397,10 @@ def _missing(ctx: Context, found: dict) -> int:
     return 1 if missing else 0
 
 
-@verb("[-n SIG] [--force] [-j NAME] ID...", "signal force name", ids_or_name)
+@verb("[-n SIG] [--force] [-j NAME] ID|NAME...", "signal force name", ids_or_name)
 def do_kill(ctx: Context, args: dict) -> int:
-    """kill jobs (queued or running)"""
-    ids = args["ids"]
-    if args.get("name"):
-        found = ctx.client.lookup(args["name"])
-        if found is None:
-            return ctx.say(f"no job named {args['name']!r}")
-        ids = [*ids, found]
-    return _missing(ctx, ctx.client.kill(ids, args.get("signal", 15), bool(args.get("force"))))  # 15: SIGTERM
+    """kill jobs (queued, waiting or running)"""
+    return _missing(ctx, ctx.client.kill(by_name(ctx, args), args.get("signal", 15), bool(args.get("force"))))
 
 
 @verb("ID...", words=job_or_task_ids)
@@ -401,7 +417,7 @@ def do_resume(ctx: Context, args: dict) -> int:
 
 @verb("KEY=VALUE[,KEY=VALUE] ID...", words=changes)
 def do_edit(ctx: Context, args: dict) -> int:
-    """change queued jobs: priority, cpus, memory, hosts, params"""
+    """change queued or waiting jobs: priority, cpus, memory, hosts, params, after, afterok, afternotok"""
     return _missing(ctx, ctx.client.edit(args["ids"], args["changes"]))
 
 

@@ -86,13 +86,13 @@ class Master:
         self._scheduler.start()
         self._housekeeper.start()
 
-    def _do(self, event: str, *args):
+    def _do(self, event: str, *args, **kwargs):
         step, now = Step(), time.time()  # (when it arrived: a heartbeat that waits for the lock counts from then)
         with self.lock:
             if self.failed.is_set() or self._closing:  # memory may hold what the disk does not
                 raise Restarting("the grun master is restarting")
             try:
-                self.core.handle(event, *args, now, step=step)
+                self.core.handle(event, *args, now, step=step, **kwargs)
             finally:  # what was applied is journaled, even when the event then failed
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
                 seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
@@ -213,7 +213,21 @@ class Master:
 
     def submit_many(self, specs: list) -> list[int]:
         """Queue jobs; returns their ids only once they are on disk (invariant 1)."""
-        return self._do("submit", self.core.requests(specs), self.store.refusal(self.core.settings["min_free_disk"]))
+        requests = self.core.requests(specs)
+        return self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
+                        history=self._finished(requests))
+
+    def _finished(self, requests: list[dict]) -> dict:
+        """The finished jobs the requests' dependencies name that the core cannot see (neither live nor
+        recent): from history, by id or by (user, name), each an indexed lookup."""
+        found, live, recent = {}, self.core.table.jobs, self.core.recent
+        for req in requests:
+            for ref in (ref for kind in J.DEP_KINDS for ref in req.get(kind) or ()):
+                if isinstance(ref, int) and ref not in live and ref not in recent:
+                    found[ref] = self.store.find_history(ref)
+                elif isinstance(ref, str):  # (a live job of that name may be another user's)
+                    found[(req["user"], ref)] = self.store.find_name(req["user"], ref)
+        return {key: job for key, job in found.items() if job is not None}
 
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
@@ -229,7 +243,10 @@ class Master:
         return self._do("control", "resume", job_ids)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        return self._do("edit", job_ids, changes)
+        refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
+        with self.lock:
+            users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
+        return self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]))
 
     def register_node(self, info: dict) -> dict:
         name, uri = str(info["name"]), str(info["uri"])
@@ -276,10 +293,11 @@ class Master:
         with self.lock:
             return explain(job, self.core, time.time())
 
-    def lookup(self, name: str) -> int | None:
-        """The live job with this name, or None."""
+    def lookup(self, name: str, user: str | None = None) -> int | None:
+        """The live job with this name, else (given its user) the newest such finished one, or None."""
         with self.lock:
-            return self.core.table.names.get(str(name))
+            found = self.core.table.names.get(str(name))
+        return found or (self.store.find_name(str(user), str(name)) or {}).get("id") if user else found
 
     def health(self) -> list[str]:
         """Problems an admin must see, one line each (`grun -q status` prints them)."""
@@ -288,7 +306,7 @@ class Master:
 
     def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
         """Returns the job once it runs (or has finished), or as it is when the timeout passes."""
-        job_id, unstarted = J.parse_job_id(job_id), (J.QUEUED, J.HELD, J.DISPATCHED)
+        job_id, unstarted = J.parse_job_id(job_id), J.UNSTARTED
         self._until(lambda: [job_id] if self.core.table.jobs.get(job_id, {}).get("state") in unstarted else [], timeout)
         return self.job(job_id)
 

@@ -8,6 +8,7 @@ labels, too small, or busy now and with what), the job's place in the queue, and
 import itertools
 
 from . import jobs as J
+from .deps import waiting_text
 from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
 
 
@@ -108,8 +109,10 @@ def explain(job: dict, master, now: float) -> str:
     if state == J.SUSPENDED:
         return (f"{head} is suspended on {job.get('node')} (stopped, its cpus lent to other jobs, its "
                 f"memory kept); continue it with `grun -e resume {job['id']}`.")
+    if state == J.WAITING:
+        return waiting_text(job, now)
     if state in J.FINAL_STATES:
-        return f"{head} has finished: {state}, exit {J.describe_exit(job)}."
+        return f"{head} has finished: {state}, {job.get('reason') or f'exit {J.describe_exit(job)}'}."
     table, claims = master.table, master.table.claims()
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):

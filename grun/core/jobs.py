@@ -14,9 +14,12 @@ import re
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
 TIMEOUT = "timeout"  # ended at its time limit (-t)
-FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT)
+WAITING, CANCELLED = "waiting", "cancelled"  # for dependencies or a retry delay; a dependency never met
+FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT, CANCELLED)
 EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
+UNSTARTED = (QUEUED, HELD, WAITING, DISPATCHED)
+DEP_KINDS = ("after", "afterok", "afternotok")  # (grun.core.deps)
 
 NOBODY = 65534
 MAX_CMD_BYTES, MAX_ENV_BYTES = 1 << 20, 4 << 20
@@ -30,8 +33,10 @@ SPEC_KEYS = {
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
     "time",
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
+    *DEP_KINDS, "retries", "retry_delay",
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
+MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
 MAX_TIME = 366 * 86400.0
@@ -150,8 +155,30 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
             out[key] = paths
     if spec.get("make"):
         out["make"] = True  # the node renames its outputs FILE.failed when it fails
-    if out.get("needs"):  # TODO(deps): the master makes it wait for the job whose outputs hold them
-        raise ValueError(f"no input {out['needs'][0]}")
+    for kind in DEP_KINDS:
+        if spec.get(kind):
+            out[kind] = job_refs(spec[kind], kind)
+    if (retries := _whole(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}")) is not None:
+        out["retries"] = retries
+    if spec.get("retry_delay") is not None:
+        out["retry_delay"] = float(_number(spec, "retry_delay", 0, MAX_RETRY_DELAY))
+    return out
+
+
+def job_refs(refs, what: str = "dependencies") -> list:
+    """Jobs named by id (12), array task ("12.7") or name: a list, or the command line's "12,13,build"."""
+    if isinstance(refs, str):
+        refs = [r.strip() for r in refs.split(",") if r.strip()]
+    if not isinstance(refs, list) or len(refs) > MAX_REFS:
+        raise ValueError(f"{what} must be a list of at most {MAX_REFS} job ids or names")
+    out = []
+    for ref in refs:
+        if isinstance(ref, str) and ref.isdigit():
+            ref = int(ref)
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)) or (ref <= 0 if isinstance(ref, int) else
+                                                                         not 0 < len(ref) <= MAX_NAME or "\n" in ref):
+            raise ValueError(f"{what}: bad job id or name {ref!r}")
+        out.append(ref)
     return out
 
 
@@ -165,7 +192,8 @@ def _paths(spec: dict, key: str) -> list[str]:
 
 # `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
 EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
-             "m": "memory", "hosts": "host", "host": "host", "H": "host", "time": "time", "t": "time"}
+             "m": "memory", "hosts": "host", "host": "host", "H": "host", "time": "time", "t": "time",
+             **{k: k for k in DEP_KINDS}}
 
 
 def parse_edit(changes: object) -> dict:
@@ -174,7 +202,7 @@ def parse_edit(changes: object) -> dict:
     from ..config import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
 
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
-               "time": parse_time_limit}
+               "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs)}
     if not isinstance(changes, dict) or not changes:
         raise ValueError("an edit needs KEY=VALUE changes")
     out: dict = {}
@@ -182,7 +210,7 @@ def parse_edit(changes: object) -> dict:
         key = str(raw_key).strip()
         param = key.startswith(("p.", "param."))
         if not param and key not in EDIT_KEYS:
-            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts or p.NAME")
+            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok) or p.NAME")
         try:
             if param:
                 out.setdefault("params", {})[key.split(".", 1)[1]] = _edit_param(value)

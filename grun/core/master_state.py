@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..config import KEYS
 from . import arrays as A
+from . import deps as D
 from . import jobs as J
 from .explain import refusal
 from .placement import MAX_PLACED_PER_PASS, place
@@ -45,7 +46,7 @@ HEARTBEATS_PER_SEC = 500
 # HEARTBEATS_PER_SEC x 0.5-1 s connections are open at a time, whatever the number of nodes.
 HOLD_CONNECTIONS_MAX, IDLE_LINGER_SECS = 500, 0.5
 # records after which a scheduling pass may place more than before
-KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node"})
+KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node", "dep", "retry", "ready"})
 RESULT_KEYS = ("exit_code", "signal", "usage", "error", "start_time", "limit", "limit_detail", "limits")
 USAGE_FIELDS = ("cpu", "rss_mb", "cputime", "read_bytes", "write_bytes", "procs", "time")
 
@@ -84,9 +85,9 @@ class MasterState:
         self.settings.update(changed)
         return changed
 
-    def handle(self, event: str, *args, step: Step | None = None) -> Step:
+    def handle(self, event: str, *args, step: Step | None = None, **kwargs) -> Step:
         step = Step() if step is None else step
-        getattr(self, "on_" + event)(step, *args)
+        getattr(self, "on_" + event)(step, *args, **kwargs)
         return step
 
     def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
@@ -112,6 +113,8 @@ class MasterState:
                 todo += self._followups(rec, job)
             if rec["op"] in ("finish", "stop") and not replay:
                 todo += self._array_end(job.get("array") if "task" in job else job["id"], rec["time"])
+            if rec["op"] == "finish" and job["id"] in self.table.dependants and not replay:
+                todo += D.followups(self.table, job, rec["time"])  # (journaled: a replay finds them)
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
@@ -153,10 +156,14 @@ class MasterState:
                     for spec in specs]
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
+        for req in requests if s["default_retries"] else ():
+            req.setdefault("retries", s["default_retries"])
         return requests
 
-    def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float) -> None:
-        ids, records, names = [], [], set()
+    def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float, history=None) -> None:
+        """`history`: the finished jobs that dependencies name, as the master found them in its history
+        (by id, or by (user, name)); see grun.core.deps.resolve."""
+        ids, records, names, next_id = [], [], set(), self.table.next_id
         for req in requests:
             known = self.table.token_id(req["token"])
             if known is not None:
@@ -165,10 +172,14 @@ class MasterState:
             if refusal:
                 raise ValueError(refusal)
             self._admit(req, names)
-            job = dict(req, id=self.table.next_id + len(records), state=J.QUEUED, submit_time=now,
-                       attempt=0, node=None, **(A.parse(req["array"]) if req.get("array") else {}))
+            deps, never = D.resolve(req, self.table, self.recent, history or {}, self.settings["deps_other_users"])
+            job = dict(req, id=next_id, state=J.WAITING if deps else J.QUEUED, submit_time=now, attempt=0, node=None,
+                       **(A.parse(req["array"]) if req.get("array") else {}), **({"deps": deps} if deps else {}))
             records.append({"op": "submit", "job": job})
+            if never is not None:  # decided from history: it can never run
+                records.append(D.cancel(job["id"], never, now))
             ids.append(job["id"])
+            next_id += 1
         self._commit(step, records)
         step.reply = ids
 
@@ -217,7 +228,7 @@ class MasterState:
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
                 continue
-            if job["state"] in (J.QUEUED, J.HELD):
+            if job["state"] in (J.QUEUED, J.HELD, J.WAITING):
                 records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
                 continue
             records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
@@ -249,18 +260,30 @@ class MasterState:
         self._commit(step, [{"op": method, "id": i, "time": now} for i in job_ids
                             if self.table.jobs.get(i, {}).get("node") == node])
 
-    def on_edit(self, step: Step, job_ids: list, changes: dict, now: float) -> None:
-        """Change queued or held jobs: priority, cpus, memory, hosts, params (`p.NAME`)."""
+    def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None) -> None:
+        """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`); and
+        what queued or waiting ones wait for (after, afterok, afternotok; `history` as for on_submit)."""
         found, jobs = self._lookup(job_ids)
         parsed, records = J.parse_edit(changes), []
+        kinds = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}
         for job in jobs:
-            if job["state"] not in (J.QUEUED, J.HELD):
-                raise ValueError(f"job {job['id']} is {job['state']}: only queued or held jobs can be edited")
+            if job["state"] not in (J.QUEUED, J.HELD, J.WAITING) or kinds and job["state"] == J.HELD:
+                raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be "
+                                 f"edited, and only queued or waiting ones wait for other jobs")
             try:
-                new = J.edited_request(job, parsed, self.settings["default_cpus"], self.settings["default_memory"])
-                why = None if job.get("force") else refusal({**job, **new}, self.table.nodes)
+                new = {} if not parsed else J.edited_request(job, parsed, self.settings["default_cpus"],
+                                                  self.settings["default_memory"])
+                why = None if job.get("force") or not new else refusal({**job, **new}, self.table.nodes)
                 if why:
                     raise ValueError(why)
+                if kinds:
+                    deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
+                                            self.settings["deps_other_users"])
+                    if never is not None:
+                        raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
+                    if D.reaches(self.table, [d[1] for d in deps], job["id"]):
+                        raise ValueError("that dependency would make a cycle")
+                    new = {**new, "deps": [d for d in job.get("deps") or () if d[0] not in kinds] + deps}
             except ValueError as exc:
                 raise ValueError(f"job {job['id']}: {exc}") from None
             records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})
@@ -340,6 +363,7 @@ class MasterState:
         for job_id, rep in zip(acked, reports):
             result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
             rec = self.table.finish_record(job_id, result, now, node=name, attempt=rep.get("attempt"))
+            rec = rec and D.retry_or_finish(self.table.jobs[job_id], rec)
             if rec is not None and rep.get("lost"):
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
                 why = f"node {name}: {rep.get('error') or 'job lost'}"
@@ -360,7 +384,8 @@ class MasterState:
             self.launched[job["id"]] = launch  # (and _commit drops it from unconfirmed: it runs)
             records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
         for raw, error in reply.get("rejected", {}).items():
-            records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
+            rec = self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name)
+            records.append(rec and D.retry_or_finish(self.table.jobs[int(raw)], rec))
         self._commit(step, [r for r in records if r is not None])
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
 
@@ -405,9 +430,9 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """A node silent for node_timeout is down and the jobs it had are lost (re-queued or
+        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it had are lost (re-queued or
         finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
-        records = []
+        records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
             if not node.lost and silent > self.settings["node_timeout"]:

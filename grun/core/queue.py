@@ -36,6 +36,8 @@ class JobTable:
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
         self.tasks: dict[int, dict[int, int]] = {}  # array id -> {task id: job id} of its live tasks
+        self.dependants: dict[int, set[int]] = {}  # job id -> the waiting jobs that depend on it (grun.core.deps)
+        self.delayed: dict[int, float] = {}      # waiting job id -> when its retry is due
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
@@ -55,6 +57,9 @@ class JobTable:
                 self.tasks.setdefault(job["array"], {})[job["task"]] = job["id"]
             if job["state"] == J.QUEUED:
                 self.pending.add(job)
+            elif job["state"] == J.WAITING:
+                self._settle(job, rec["job"].get("submit_time", 0.0))
+            self._index(job, True)
             self._sync(job)
             return job
         if op == "node":
@@ -102,12 +107,26 @@ class JobTable:
         elif op == "resume" and state == J.SUSPENDED:
             job["state"] = J.RUNNING
             job.pop("suspend_time", None)
-        elif op == "edit" and state in (J.QUEUED, J.HELD):
+        elif op == "edit" and state in (J.QUEUED, J.HELD, J.WAITING):
             self.pending.remove(job)
+            self._index(job, False)
             job.update(rec["changes"])
             job.pop("reserved_node", None)
-            if state == J.QUEUED:
-                self.pending.add(job)
+            self._index(job, True)
+            if state != J.HELD:
+                self._settle(job, rec["time"])
+        elif op == "dep" and state == J.WAITING:  # one dependency met
+            self._index(job, False)
+            job["deps"] = [d for d in job["deps"] if d[1] != rec["dep"]]
+            self._index(job, True)
+            self._settle(job, rec["time"])
+        elif op == "ready" and state == J.WAITING:  # its retry is due
+            self._settle(job, rec["time"])
+        elif op == "retry":  # it failed with retries left: waiting for its retry_delay, else queued
+            self.pending.remove(job)
+            job.update(node=None, lost_from=None, retry_reason=rec["reason"], retry_at=rec["at"],
+                       retried=job.get("retried", 0) + 1)
+            self._settle(job, rec["time"])
         elif op == "lend":  # (nested grun)
             job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
         elif op == "unlend":
@@ -164,9 +183,35 @@ class JobTable:
                 job[key] = sys.intern(job[key])
         return job
 
+    def _settle(self, job: dict, now: float) -> None:
+        """Where a job that is not held (and not in the pending queue) belongs: waiting while it has
+        dependencies unmet or a retry delay left, else queued."""
+        self.delayed.pop(job["id"], None)
+        if job.get("deps") or job.get("retry_at", 0.0) > now:
+            job["state"] = J.WAITING
+            if job.get("retry_at", 0.0) > now:
+                self.delayed[job["id"]] = job["retry_at"]
+            return
+        if job["state"] != J.QUEUED:
+            job.update(state=J.QUEUED, queued_time=now)
+        job.pop("retry_at", None)
+        self.pending.add(job)
+
+    def _index(self, job: dict, add: bool) -> None:
+        """File the job under each job it waits for (add), or take it out."""
+        for _, dep in job.get("deps") or ():
+            if add:
+                self.dependants.setdefault(dep, set()).add(job["id"])
+            elif (waiting := self.dependants.get(dep)) is not None:
+                waiting.discard(job["id"])
+                if not waiting:
+                    del self.dependants[dep]
+
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
         self._uncount(job["id"])
+        self._index(job, False)
+        self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]

@@ -1,0 +1,108 @@
+"""Dependencies between jobs and retries of failed ones: the decisions, pure code over the job table.
+
+A job submitted `--after/--afterok/--afternotok` other jobs waits (state WAITING, its unmet ones in
+`deps` as [kind, id]) until each has ended as its kind asks; one that can never be met (an `afterok`
+job failed, an `afternotok` one succeeded) cancels it, and the cancellation, itself an end, decides
+its own dependants in the same step. The job table indexes waiting jobs by what they wait for, so
+the end of a job nobody waits for costs one dict lookup. A job that fails with `retries` left is
+queued again (after `retry_delay`) instead of ending: it is not final for its dependants until then.
+"""
+
+from . import jobs as J
+
+WAITS_FOR = {"after": "to end", "afterok": "to succeed", "afternotok": "to fail"}
+
+
+def met(kind: str, state: str) -> bool:
+    """Whether a dependency of this kind on a job that ended in this state is met."""
+    return kind == "after" or (state == J.DONE) == (kind == "afterok")
+
+
+def parse_dependency(text: str) -> dict:
+    """Slurm's `--dependency afterok:12:13,after:14` (or `?` between them) -> {kind: [refs]}."""
+    out: dict = {}
+    for item in text.replace("?", ",").split(","):
+        kind, _, refs = item.strip().partition(":")
+        if kind not in J.DEP_KINDS or not refs:
+            raise ValueError(f"expected {'|'.join(J.DEP_KINDS)}:ID[:ID...], got {item.strip()!r}")
+        out.setdefault(kind, []).extend(J.job_refs(refs.replace(":", ","), kind))
+    return out
+
+
+def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> tuple[list, dict | None]:
+    """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...],
+    and a finished job that makes one never met (or None). A reference is a live job (a name
+    among this user's), else a finished one: in `recent`, or as the master looked it up in its
+    history (`known`: by id, or (user, name)). A ValueError for an unknown one, or another user's
+    job when `other_users` is off."""
+    deps, never = [], None
+    for kind in J.DEP_KINDS:
+        for ref in req.pop(kind, ()):
+            if isinstance(ref, int):
+                job = table.jobs.get(ref) or recent.get(ref) or known.get(ref)
+            else:
+                job = table.jobs.get(table.names.get(ref))
+                job = job if job and job.get("user") == req["user"] else known.get((req["user"], ref))
+            if job is None:
+                raise ValueError(f"--{kind}: no job {ref}" if isinstance(ref, int) else
+                                 f"--{kind}: no job named {ref!r} of user {req['user']}")
+            if job.get("user") != req["user"] and not other_users:
+                raise ValueError(f"--{kind}: job {job['id']} is {job.get('user')}'s (deps_other_users is off)")
+            if job["state"] not in J.FINAL_STATES:
+                deps.append([kind, job["id"]])
+            elif not met(kind, job["state"]) and never is None:
+                never = job
+    return deps, never
+
+
+def cancel(job_id: int, dep: dict, now: float) -> dict:
+    """The record that ends a job whose dependency `dep` (a finished job) can never be met."""
+    reason = f"dependency {dep['id']} {'succeeded' if dep['state'] == J.DONE else dep['state']}"
+    return {"op": "finish", "id": job_id, "time": now,
+            "result": {"status": J.CANCELLED, "exit_code": 1, "reason": reason, "error": reason}}
+
+
+def followups(table, job: dict, now: float) -> list[dict]:
+    """Records for the jobs that wait for this one, which has just ended: each dependency met, or
+    the dependant cancelled."""
+    out = []
+    for dependant_id in sorted(table.dependants.get(job["id"], ())):
+        kinds = [k for k, i in table.jobs[dependant_id]["deps"] if i == job["id"]]
+        out.append({"op": "dep", "id": dependant_id, "dep": job["id"], "time": now}
+                   if all(met(k, job["state"]) for k in kinds) else cancel(dependant_id, job, now))
+    return out
+
+
+def retry_or_finish(job: dict, rec: dict) -> dict:
+    """A finish record, or the retry that replaces it: the job failed (not killed by its user) with
+    retries left."""
+    result = rec["result"]
+    if (job.get("retried", 0) >= job.get("retries", 0) or result.get("status") or job.get("kill_requested")
+            or not J.exit_code_of(result)):
+        return rec
+    return {"op": "retry", "id": job["id"], "time": rec["time"], "at": rec["time"] + job.get("retry_delay", 0.0),
+            "reason": f"attempt {job.get('attempt', 0)} failed: exit {J.describe_exit(result)}"}
+
+
+def reaches(table, ids: list[int], target: int) -> bool:
+    """Whether any of these jobs is the target or waits for it, directly or not (`grun -e after=`
+    must not make a cycle; a submission cannot: it names jobs that exist)."""
+    seen, todo = set(), list(ids)
+    while todo:
+        job_id = todo.pop()
+        if job_id == target:
+            return True
+        if job_id not in seen:
+            seen.add(job_id)
+            todo += [i for _, i in table.jobs.get(job_id, {}).get("deps") or ()]
+    return False
+
+
+def waiting_text(job: dict, now: float) -> str:
+    """`grun why` for a waiting job."""
+    waits = [f"job {i} {WAITS_FOR[k]} ({k})" for k, i in job.get("deps") or ()]
+    text = f"Job {job['id']} is waiting for {', '.join(waits)}." if waits else f"Job {job['id']} is waiting."
+    if job.get("retry_at", 0) > now:
+        text += (f" It is retried in {job['retry_at'] - now:.0f} s (retry {job.get('retried', 0)} of "
+                 f"{job.get('retries', 0)}; {job.get('retry_reason')}).")
+    return text + " Change what it waits for with `grun -e after=ID,... " + f"{job['id']}`."
