@@ -296,9 +296,10 @@ def _raise_terminated(*_):
 def _run_new(ctx: Context, args: dict) -> int:
     """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     import signal
-    spec, ids, verbose = cli_spec(args, args["cmd"]), [], args.get("verbose")
+    spec, ids, verbose, run = cli_spec(args, args["cmd"]), [], args.get("verbose"), {}
 
     def started(job: dict) -> None:
+        run["attempt"] = job.get("attempt")
         if verbose:
             ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
@@ -314,7 +315,15 @@ def _run_new(ctx: Context, args: dict) -> int:
             if verbose:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
-        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say)
+        from .core.jobs import FINAL_STATES  # (follow imported it)
+        code, stdin = ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say,
+                                        on_note=ctx.say), ctx.stdin_fd
+        while code and ((job := ctx.client.job(ids[0]))["state"] not in FINAL_STATES  # failed, and retried
+                        or job.get("attempt") != run["attempt"]):                # (--retries): follow that run
+            ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
+            stdin = b"" if stdin is not None else None  # what we had went to the first run
+            code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say)
+        return code
     except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
         deaths = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}
         return interrupted(ctx, ids, deaths[type(exc)])
