@@ -151,12 +151,12 @@ def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     return {"ids": ids, "names": names + ([opts["name"]] if opts.get("name") else [])}
 
 
-def by_name(ctx: Context, args: dict) -> list[int]:
-    """The ids, and those of the jobs named: live ones, else this user's newest finished one."""
+def by_name(ctx: Context, args: dict, finished: bool = False) -> list[int]:
+    """The ids, and those of the live jobs named (or, `finished`, this user's newest finished one)."""
     from .client import GrunError, current_user
     ids = list(args["ids"])
     for name in args.get("names", ()):
-        if (found := ctx.client.call("lookup", name, current_user())) is None:
+        if (found := ctx.client.call("lookup", name, *[current_user()] * finished)) is None:
             raise GrunError(f"no job named {name!r}")
         ids.append(int(found))
     return ids
@@ -396,7 +396,7 @@ def do_history(ctx: Context, args: dict) -> int:
 @verb("ID|NAME...", words=ids_or_name)
 def do_wait(ctx: Context, args: dict) -> int:
     """wait until jobs finish; exits with the first non-zero code"""
-    return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in by_name(ctx, args)] if code), 0)
+    return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in by_name(ctx, args, True)] if code), 0)
 
 
 def _missing(ctx: Context, found: dict) -> int:

@@ -32,16 +32,20 @@ PY = sys.executable
     (["-q"], "-q"),
     (["-q", "bogus"], "bogus"),
     (["-q", "wait"], "wait"),
-    (["-q", "wait", "abc"], "abc"),
     (["-q", "wait", "0"], "0"),
     (["-k"], "-k"),
-    (["-k", "12x"], "12x"),
 ])
 def test_usage_errors(cluster, args, needle):
     r = cluster.grun(*args)
     assert_one_error_line(r, needle)
     assert r.returncode == 2
     assert r.stdout == b""
+
+
+@pytest.mark.parametrize("args", [["-q", "wait", "abc"], ["-k", "12x"]])
+def test_a_word_that_is_no_id_is_a_name_that_must_exist(cluster, args):
+    assert_one_error_line(r := cluster.grun(*args), f"no job named '{args[-1]}'")
+    assert (r.returncode, r.stdout) == (1, b"")
 
 
 @pytest.mark.parametrize("args", [["-q", "wait", "999999"], ["-q", "wait", "1", "999999"]])

@@ -68,7 +68,7 @@ def test_help(cluster):
     for verb in ("run", "submit", "jobs", "status", "history", "kill", "hold", "resume", "edit", "wait",
                  "attach", "why", "watch", "help", "exit"):
         assert re.search(rf"^  {verb} ", out, re.MULTILINE), verb
-    assert re.search(r"^kill \[-n SIG\].* ID\.\.\.\n    kill jobs", out, re.MULTILINE), out
+    assert re.search(r"^kill \[-n SIG\].* ID\|NAME\.\.\.\n    kill jobs", out, re.MULTILINE), out
     assert r.stderr.decode().startswith("grun: no verb 'nope'")
 
 
