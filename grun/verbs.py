@@ -156,7 +156,7 @@ def by_name(ctx: Context, args: dict, finished: bool = False) -> list[int]:
     from .client import GrunError, current_user
     ids = list(args["ids"])
     for name in args.get("names", ()):
-        if (found := ctx.client.call("lookup", name, *[current_user()] * finished)) is None:
+        if (found := ctx.client.call("lookup", name, *([current_user()] if finished else []))) is None:
             raise GrunError(f"no job named {name!r}")
         ids.append(int(found))
     return ids

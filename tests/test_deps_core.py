@@ -204,3 +204,23 @@ def test_the_end_of_a_job_nobody_waits_for_costs_no_dependency_work():
     a = _submit(m)
     step = _end(m, a)
     assert [r["op"] for r in step.records] == ["finish"] and m.table.dependants == {} and m.table.delayed == {}
+
+
+def test_a_missing_make_input_waits_for_the_newest_live_job_of_the_user_that_makes_it():
+    m = _state()
+
+    def submit(user="ann", **keys):  # (make's keys as grun.core.jobs validates them; the client sets them)
+        reqs = [{**m.requests([{"cmd": ["x"], "user": user}])[0], **keys}]
+        return m.handle("submit", reqs, None, 1.0).reply[0]
+
+    older, newer = submit(outputs=["/d/a.txt"]), submit(outputs=["/d/a.txt", "/d/b.txt"])
+    submit(user="bob", outputs=["/d/c.txt"])
+    assert m.table.makers["/d/a.txt"] == {older, newer}
+    sorter = submit(needs=["/d/a.txt"], inputs=["/d/a.txt"])
+    assert m.table.jobs[sorter]["deps"] == [["afterok", newer]] and "needs" not in m.table.jobs[sorter]
+    with pytest.raises(ValueError, match="^no input /d/c.txt$"):
+        submit(needs=["/d/c.txt"])  # bob's job makes it, not one of ann's
+    m.handle("kill", [older, newer], 15, False, 2.0)
+    assert "/d/a.txt" not in m.table.makers and _state_of(m, sorter) == J.CANCELLED
+    with pytest.raises(ValueError, match="^no input /d/a.txt$"):
+        submit(needs=["/d/a.txt"])

@@ -244,8 +244,7 @@ class Master:
 
     def edit(self, job_ids: list, changes: dict) -> dict:
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
-        with self.lock:
-            users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
+        users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
         return self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]))
 
     def register_node(self, info: dict) -> dict:

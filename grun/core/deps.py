@@ -33,7 +33,8 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
     """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...],
     and a finished job that makes one never met (or None). A reference is a live job (a name
     among this user's), else a finished one: in `recent`, or as the master looked it up in its
-    history (`known`: by id, or (user, name)). A ValueError for an unknown one, or another user's
+    history (`known`: by id, or (user, name)). Each path `needs` names waits (afterok) for the newest
+    live job of the user with that output. A ValueError for an unknown one, or another user's
     job when `other_users` is off."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
@@ -52,6 +53,11 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
                 deps.append([kind, job["id"]])
             elif not met(kind, job["state"]) and never is None:
                 never = job
+    for path in req.pop("needs", ()):  # make (-M): an input missing now, which a live job of the user makes
+        makers = [i for i in table.makers.get(path, ()) if table.jobs[i].get("user") == req["user"]]
+        if not makers:
+            raise ValueError(f"no input {path}")
+        deps.append(["afterok", max(makers)])
     return deps, never
 
 

@@ -37,6 +37,7 @@ class JobTable:
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
         self.tasks: dict[int, dict[int, int]] = {}  # array id -> {task id: job id} of its live tasks
         self.dependants: dict[int, set[int]] = {}  # job id -> the waiting jobs that depend on it (grun.core.deps)
+        self.makers: dict[str, set[int]] = {}    # path -> the live jobs that declare it an output (make's needs)
         self.delayed: dict[int, float] = {}      # waiting job id -> when its retry is due
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
@@ -59,7 +60,7 @@ class JobTable:
                 self.pending.add(job)
             elif job["state"] == J.WAITING:
                 self._settle(job, rec["job"].get("submit_time", 0.0))
-            self._index(job, True)
+            self._index(job, True, outputs=True)
             self._sync(job)
             return job
         if op == "node":
@@ -197,20 +198,22 @@ class JobTable:
         job.pop("retry_at", None)
         self.pending.add(job)
 
-    def _index(self, job: dict, add: bool) -> None:
-        """File the job under each job it waits for (add), or take it out."""
-        for _, dep in job.get("deps") or ():
-            if add:
-                self.dependants.setdefault(dep, set()).add(job["id"])
-            elif (waiting := self.dependants.get(dep)) is not None:
-                waiting.discard(job["id"])
-                if not waiting:
-                    del self.dependants[dep]
+    def _index(self, job: dict, add: bool, outputs: bool = False) -> None:
+        """File the job under each job it waits for (and, `outputs`, each of its outputs), or take it out."""
+        for index, keys in ((self.dependants, [d[1] for d in job.get("deps") or ()]),
+                            (self.makers, job.get("outputs") or () if outputs else ())):
+            for key in keys:
+                if add:
+                    index.setdefault(key, set()).add(job["id"])
+                elif (ids := index.get(key)) is not None:
+                    ids.discard(job["id"])
+                    if not ids:
+                        del index[key]
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
         self._uncount(job["id"])
-        self._index(job, False)
+        self._index(job, False, outputs=True)
         self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
