@@ -299,7 +299,7 @@ def _run_new(ctx: Context, args: dict) -> int:
     spec, ids, verbose, run = cli_spec(args, args["cmd"]), [], args.get("verbose"), {}
 
     def started(job: dict) -> None:
-        run["attempt"] = job.get("attempt")
+        run["retried"] = job.get("retried", 0)
         if verbose:
             ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
@@ -315,11 +315,9 @@ def _run_new(ctx: Context, args: dict) -> int:
             if verbose:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
-        from .core.jobs import FINAL_STATES  # (follow imported it)
         code, stdin = ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say,
                                         on_note=ctx.say), ctx.stdin_fd
-        while code and ((job := ctx.client.job(ids[0]))["state"] not in FINAL_STATES  # failed, and retried
-                        or job.get("attempt") != run["attempt"]):                # (--retries): follow that run
+        while code and ctx.client.job(ids[0]).get("retried", 0) > run["retried"]:  # --retries: follow the next run
             ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
             stdin = b"" if stdin is not None else None  # what we had went to the first run
             code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say)
