@@ -5,6 +5,7 @@ between the chain's seconds per job and a single job's round trip (submit -> dis
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from bench.clusters import job_phases, job_spec, start_cluster, teardown, wait_done
@@ -37,7 +38,7 @@ def chain_run(args, chained: bool) -> dict:
         t_last = max(r.get("end_time") or t_sub for r in records.values())
         if chained:
             order = sorted(records.values(), key=lambda r: r["id"])
-            assert all(a["end_time"] <= b["start_time"] for a, b in zip(order, order[1:])), "ran out of order"
+            assert all(a["end_time"] <= b["start_time"] for a, b in itertools.pairwise(order)), "ran out of order"
         out = {"chained": chained, "n": n, "submit_per_s": n / (t_sub - t0), "done_per_s": n / (t_last - t0),
                "not_done": sum(r.get("state") != "done" for r in records.values()),
                "master_cpu_ms_per_job": 1000 * cpu["master"] / n, "phases": job_phases(list(records.values())),
