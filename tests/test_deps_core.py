@@ -174,6 +174,7 @@ def test_a_failed_job_is_retried_with_its_attempts_counted_and_is_final_only_at_
 
 def test_a_retry_waits_its_delay_and_a_killed_job_is_not_retried():
     m = _state(default_retries=1)
+    assert [r.get("retries") for r in m.requests([{"cmd": ["x"]}, {"cmd": ["x"], "retries": 0}])] == [1, 0]
     job_id = _submit(m, retry_delay=30.0)
     _end(m, job_id, code=1, now=10.0)
     job = m.table.jobs[job_id]
