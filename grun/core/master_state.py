@@ -271,8 +271,8 @@ class MasterState:
                 raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be "
                                  f"edited, and only queued or waiting ones wait for other jobs")
             try:
-                new = {} if not parsed else J.edited_request(job, parsed, self.settings["default_cpus"],
-                                                  self.settings["default_memory"])
+                s = self.settings
+                new = J.edited_request(job, parsed, s["default_cpus"], s["default_memory"]) if parsed else {}
                 why = None if job.get("force") or not new else refusal({**job, **new}, self.table.nodes)
                 if why:
                     raise ValueError(why)
@@ -430,8 +430,9 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it had are lost (re-queued or
-        finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
+        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it
+        had are lost (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is
+        forgotten."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
