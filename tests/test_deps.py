@@ -113,9 +113,9 @@ def test_a_failing_job_is_retried_with_its_attempts_counted(cluster, tmp_path):
     assert hist[job_id]["retried"] == 2 and hist[job_id]["attempt"] == 3
 
     count.unlink()
-    # streams each run (one spool per job on a node: the delay lets the client see the first), exits
-    # with the last one's code
-    r = c.grun("--retries", "1", "--retry-delay", "1", "sh", "-c", script)
+    # streams each run and exits with the last one's code (a node keeps one spool per job: each run
+    # lasts long enough for the client, slow to start on a loaded machine, to attach to it)
+    r = c.grun("--retries", "1", "--retry-delay", "1", "sh", "-c", script.replace("; [", "; sleep 2; ["))
     assert r.returncode == 1 and r.stdout == b"run 0\nrun 1\n", r
     assert b"it is retried" in r.stderr
     killed = nowait(c, "--retries", "5", "sleep", "60")
