@@ -239,10 +239,10 @@ class Client:
 
     def wait_started(self, job_id: int) -> dict:
         """The job's record once it runs (or has ended)."""
-        from .core.jobs import DISPATCHED, HELD, QUEUED
+        from .core.jobs import UNSTARTED  # waiting (dependencies) too
         while True:
             job = self.call("wait_started", job_id, 30.0, wait=self.long_wait)
-            if job["state"] not in (QUEUED, HELD, DISPATCHED):
+            if job["state"] not in UNSTARTED:
                 return job
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
@@ -260,7 +260,7 @@ class Client:
         if on_start:
             on_start(job)
         while True:
-            if job["state"] in (J.QUEUED, J.HELD, J.DISPATCHED):  # re-queued: its node was lost
+            if job["state"] in J.UNSTARTED:  # re-queued: its node was lost
                 job = self.wait_started(job_id)
             run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
