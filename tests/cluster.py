@@ -148,7 +148,11 @@ class LocalCluster:
                     os.killpg(pid, signal.SIGKILL)  # the job's process group
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # a cluster that failed to start halfway leaves nothing behind either
+            self.stop()
+            raise
 
     def __exit__(self, *exc):
         self.stop()

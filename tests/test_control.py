@@ -33,14 +33,8 @@ NODES = {"big": {"cpus": 4, "memory": 8000},
 
 @pytest.fixture(scope="module")
 def three():
-    c = LocalCluster(NODES)
-    try:
-        c.start()
-    except BaseException:
-        c.stop()
-        raise
-    yield c
-    c.stop()
+    with LocalCluster(NODES) as c:
+        yield c
 
 
 def _free(cluster, name) -> tuple:

@@ -82,14 +82,8 @@ def test_the_line_a_submitter_reads():
 
 @pytest.fixture(scope="module")
 def lc():
-    c = LocalCluster({"n1": {"cpus": 2, "memory": 4000, "kill_grace": 2}})
-    try:
-        c.start()
-    except BaseException:
-        c.stop()
-        raise
-    yield c
-    c.stop()
+    with LocalCluster({"n1": {"cpus": 2, "memory": 4000, "kill_grace": 2}}) as c:
+        yield c
 
 
 def _record(c: LocalCluster, job_id: int) -> dict:
