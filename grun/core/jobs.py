@@ -139,6 +139,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     }
     if spec.get("memory") is not None:  # asked for (-m): a limit too; else only a reservation (grun.limits)
         out["memory_set"] = True
+    if spec.get("cpus") is not None:  # asked for (-c): rules' defaults and learned requests leave it alone
+        out["cpus_set"] = True
     if spec.get("time") is not None and not 0 < (out.setdefault("time", _number(spec, "time", 0, MAX_TIME))):
         raise ValueError("time must be above zero")
     if spec.get("array") is not None:
@@ -265,11 +267,11 @@ def number_or_text(text: str):
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
     """The job's request with the changes applied, validated like a submission."""
     params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
-    asked = {k: job[k] for k in SPEC_KEYS if k in job and (k != "memory" or job.get("memory_set"))}
+    asked = {k: job[k] for k in SPEC_KEYS if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
     request = {**asked, **changes, "env": {},
                "params": {name: value for name, value in params.items() if value is not None}}
     checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
-    return {k: checked.get(k) for k in ("priority", "cpus", "memory", "host", "params", "memory_set", "time")}
+    return {k: checked.get(k) for k in ("priority", "cpus", "memory", "host", "params", "memory_set", "cpus_set", "time")}
 
 
 def exit_code_of(result: dict) -> int:
