@@ -6,26 +6,38 @@ A proof is a keyed BLAKE2b MAC (as good as an HMAC, and its module costs a `grun
 costs 2) of the time and a fresh nonce, never the secret itself. It is not a challenge-response: Pyro5's
 handshake is one message from the client and the daemon's answer, and grun.wire sends its first call with
 it, so a challenge from the daemon would cost every connection a round trip. Instead a nonce is taken once
-only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do."""
+only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do.
+
+Users cannot read a real cluster's secret, so a user's `grun` asks the node daemon of its own host (root) for a
+credential: the node reads who is asking from the kernel (SO_PEERCRED on a unix socket), not from the asker,
+and signs "uid, gid, umask, groups, user" with the secret. Daemons then know each call's caller (`caller()`):
+CLUSTER for a holder of the secret (a daemon, root, the grun user), that identity for a credential."""
 
 import _thread
 import os
+import socket
+import struct
 import time
 
 PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
+NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
 REFUSED = "not authorized: no valid proof of the cluster secret (a personal cluster serves its owner only)"
+CLUSTER = "cluster"  # caller(): a holder of the cluster secret
+_CRED = "cred:"
 _path: str | None = None
 _key: bytes | None = None
+_cred_at: str | None = None  # the abstract unix socket where this host's node daemon signs credentials
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
 
 
-def use(path: str | None) -> None:
+def use(path: str | None, master: tuple | None = None) -> None:
     """The secret this process presents and checks: the file at `path`, read when first needed (a personal
-    cluster's is made by its daemon, maybe after its client read the config); None: none."""
-    global _path, _key
-    _path, _key = path, None
+    cluster's is made by its daemon, maybe after its client read the config); None: none. `master`: the
+    cluster's master address, which names where this host's node signs credentials for users."""
+    global _path, _key, _cred_at
+    _path, _key, _cred_at = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None
 
 
 def key() -> bytes | None:
@@ -56,10 +68,11 @@ def _mac(secret: bytes, stamp: str, bound: str) -> str:
 
 
 def proof(bound: str = "") -> str | None:
-    """A proof of the secret for one connection (`bound`: what it is for, e.g. a stream token), or None."""
+    """A proof of the secret for one connection (`bound`: what it is for, e.g. a stream token), or, for a
+    user who cannot read the secret, a credential from the node of this host; or None."""
     secret = key()
     if secret is None:
-        return None
+        return _credential(bound) if _cred_at else None
     stamp = f"{int(time.time()):010d}{os.urandom(12).hex()}"
     return stamp + _mac(secret, stamp, bound)
 
@@ -81,3 +94,115 @@ def verify(given, bound: str = "") -> bool:
             return False  # a replay
         nonces.add(given[10:34])
     return True
+
+
+def side_proof(token: str) -> str:
+    """What the output side channel gets after a token: a proof of the secret, the sign of a user who holds
+    none (the token came to their credential), or nothing on a cluster without a secret."""
+    return (proof(token) if key() is not None else NO_PROOF) if _path else ""
+
+
+def who(given, bound: str = ""):
+    """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for
+    ({uid, gid, umask, groups, user}), or None (neither, or a replay)."""
+    body = ""
+    if isinstance(given, str) and given.startswith(_CRED):
+        given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
+        fields = body.split(":", 4)
+        if len(fields) != 5 or not all(f.isdigit() for f in fields[:3]) or not fields[4] or \
+                not all(g.isdigit() for g in filter(None, fields[3].split(","))):
+            return None
+    if not verify(given, f"{bound}\n{body}" if body else bound):
+        return None
+    if not body:
+        return CLUSTER
+    uid, gid, umask, groups, user = fields
+    return {"uid": int(uid), "gid": int(gid), "umask": int(umask, 8), "user": user,
+            "groups": [int(g) for g in groups.split(",") if g]}
+
+
+def caller():
+    """The caller of the Pyro5 call being served: None when the cluster has no secret (all trusted, as the
+    original grun), CLUSTER, or a user's identity (see who())."""
+    if key() is None:
+        return None
+    from Pyro5.callcontext import current_context
+    return getattr(current_context.client, "grun_caller", None)
+
+
+def require(what: str, owner: int | None = None, admins=()) -> None:
+    """Refuse (a ValueError, one line, which Pyro5 clients rebuild) a user's call to do `what` unless the user is
+    `owner`, root or in `admins`; the cluster's daemons and root (holders of the secret) may do anything."""
+    who = caller()
+    if isinstance(who, dict) and (owner is None or who["uid"] not in (owner, 0) and who["user"] not in admins):
+        raise ValueError(f"not authorized: {who['user']} may not {what}")
+
+
+def credential(pid: int, uid: int, gid: int, bound: str) -> str:
+    """The node's side: a credential for the process the kernel says is asking."""
+    import pwd
+    try:
+        user = pwd.getpwuid(uid).pw_name
+        groups = os.getgrouplist(user, gid)
+    except KeyError:
+        user, groups = str(uid), [gid]
+    umask = 0o022
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
+    except (OSError, ValueError):
+        pass
+    body = f"{uid}:{gid}:{umask:o}:{','.join(map(str, groups))}:{user}"
+    return _CRED + proof(f"{bound}\n{body}") + body
+
+
+def serve_credentials(log) -> socket.socket | None:
+    """A thread answering credential requests on this host's socket; None if another node here has it, or
+    if this daemon cannot vouch for users (not root, or no secret)."""
+    if os.geteuid() != 0 or not _cred_at or key() is None:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(_cred_at)
+        sock.listen(128)
+    except OSError as exc:
+        log.info("credentials: another daemon of this host signs them (%s)", exc)
+        sock.close()
+        return None
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                try:
+                    conn.settimeout(1.0)
+                    pid, uid, gid = _peer(conn)
+                    bound = conn.recv(512).decode("ascii").rstrip("\n")
+                    conn.sendall(credential(pid, uid, gid, bound).encode())
+                except (OSError, UnicodeError) as exc:
+                    log.warning("credentials: a request failed: %s", exc)
+    import threading
+    threading.Thread(target=serve, name="grun-credentials", daemon=True).start()
+    return sock
+
+
+def _credential(bound: str) -> str | None:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            sock.connect(_cred_at)
+            if _peer(sock)[1] != 0:
+                return None  # only a node daemon running as root signs for users
+            sock.sendall(bound.encode("ascii") + b"\n")
+            data = b"".join(iter(lambda: sock.recv(4096), b""))
+        return data.decode("ascii") if data.startswith(_CRED.encode()) else None
+    except (OSError, UnicodeError):
+        return None
+
+
+def _peer(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a unix socket, as the kernel knows them."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))

@@ -150,6 +150,13 @@ def parse_services(text) -> frozenset[str]:
     return names
 
 
+def _parse_users(text) -> frozenset[str]:
+    """ "alice bob", "alice,bob" or a YAML list of user names."""
+    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
+    _expect(isinstance(items, list) and all(isinstance(i, str) and ":" not in i for i in items), "user names", text)
+    return frozenset(i.strip() for i in items if i.strip())
+
+
 def _parse_host(text) -> str:
     _expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()), "a host or address", text)
     return text.strip()
@@ -274,6 +281,8 @@ KEYS = {key.name: key for key in (
     Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
         False, "the same on every host (personal mode: made in the spool, mode 0600)"),
     Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
+    Key("admins", _parse_users, lambda c: frozenset(), _Q, True,
+        "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
 )}
 
 
@@ -325,7 +334,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
                 raise ConfigError(str(e), source, line, name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)
     from . import auth  # the secret of the config read last is the one this process's connections present
-    auth.use(cfg.secret_file if cfg.auth == "secret" else None)
+    auth.use(*((cfg.secret_file, None if cfg.personal else cfg.master) if cfg.auth == "secret" else (None,)))
     return cfg
 
 

@@ -76,11 +76,13 @@ def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> "Pyro5.
 
 
 def _guard(daemon):
-    """With a cluster secret, the daemon refuses a connection without a proof of it in its handshake,
-    before it reads any request (Pyro5 answers the handshake's error and closes)."""
+    """With a cluster secret, the daemon refuses a connection without a proof of it (or a node's credential)
+    in its handshake, before it reads any request (Pyro5 answers the handshake's error and closes); the
+    connection remembers who it is (grun.auth.caller)."""
     if auth.key() is not None:
         def validate(conn, data):
-            if auth.verify(data):
+            conn.grun_caller = auth.who(data)
+            if conn.grun_caller is not None:
                 return "hello"
             with contextlib.suppress(OSError):
                 conn = format_hostport(*conn.sock.getpeername()[:2])

@@ -58,6 +58,12 @@ def _identity(job: dict) -> dict:
     uid = job.get("uid")
     if os.geteuid() != 0 or uid is None or uid == 0:
         return {}
+    if "groups" in job:  # verified at submit (grun.auth): the user known here by name, the groups and umask proved
+        try:
+            uid = pwd.getpwnam(job["user"]).pw_uid
+        except KeyError:
+            raise ValueError(f"user {job['user']} does not exist on node {job.get('node')}") from None
+        return {"user": uid, "group": job["gid"], "extra_groups": job["groups"], "umask": job.get("umask", 0o022)}
     try:
         groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, job.get("gid", uid))
     except KeyError:
@@ -173,7 +179,10 @@ class Reaper:
         argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
-        ident = _identity(job)
+        try:
+            ident = _identity(job)
+        except ValueError as exc:  # its user is unknown here
+            return self._fail(job_dir, notify, str(exc), 1)
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
             env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))

@@ -156,7 +156,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
                                             timeout=connect_timeout)
             tune(sock)
-            sock.sendall((token + (auth.proof(token) or "")).encode("ascii"), _NOSIGNAL)
+            sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e

@@ -5,6 +5,7 @@ cluster; an unauthenticated cluster says so in its log. Plus grun.auth's proofs,
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 import shutil
@@ -149,7 +150,7 @@ def test_a_secured_cluster_runs_jobs_for_those_holding_its_secret(secured):
     assert "unauthenticated" not in _log(secured, "master")
 
 
-@pytest.mark.parametrize("keys", [{}, {"auth": "secret", "secret_file": "/nonexistent"}, "wrong"])
+@pytest.mark.parametrize("keys", [{}, "wrong"])  # (no secret at all, with auth: a credential: see the end)
 def test_a_client_without_the_secret_is_refused_and_others_served_on(secured, keys, tmp_path):
     if keys == "wrong":
         (tmp_path / "wrong").write_text(os.urandom(32).hex())
@@ -343,21 +344,30 @@ def test_root_jobs_need_allow_root_on_a_configured_cluster(tmp_path):
 
 # ---- the personal cluster: its owner's only ---------------------------------------------------------
 
-def _as_user(user: pwd.struct_passwd, env: dict, argv: list[str]) -> tuple[int, str]:
-    """`grun ARGV` run by another local user: a child of this process that drops to that user (its
-    Python is under /root, which others cannot read, so everything it needs is imported already)."""
+def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: int = 0o022) -> tuple[int, str]:
+    """`grun ARGV` (or argv(), printing what it returns) run by another local user: a child of this process
+    that drops to that user (its Python is under /root, which others cannot read, so everything it needs is
+    imported already)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
+            os.dup2(w, 1)  # (a job's output is written to the fds, not through sys.stdout)
+            os.dup2(w, 2)
             sys.stdout = sys.stderr = os.fdopen(w, "w")
-            os.setgroups([])
+            os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
+            os.chdir(cwd)
+            os.umask(umask)
             os.environ.clear()
             os.environ.update(env)
-            code = cli.main(argv)
+            if callable(argv):
+                print(argv())
+                code = 0
+            else:
+                code = cli.main(argv)
         except BaseException as exc:
             print(f"child failed: {exc!r}", file=sys.stderr)
             code = 99
@@ -422,3 +432,78 @@ def test_a_grun_inside_a_job_finds_its_personal_clusters_secret(tmp_path):
         assert (r.returncode, r.stdout) == (0, "nested\n"), r.stderr
     finally:
         subprocess.run([*grun, "-d", "-k"], env=env, capture_output=True, timeout=60)
+
+
+# ---- a real cluster: users run as themselves, on their own jobs only (issue 15 points 3, 5, 6) -----------
+
+@pytest.fixture(scope="module")
+def users():
+    """Two real users, alice in a group of her own besides her primary one; removed at the end."""
+    tag = os.getpid() % 100000
+    names, group = [f"gra{tag}", f"grb{tag}"], f"grg{tag}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    try:
+        for name in names:
+            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+        subprocess.run(["usermod", "-aG", group, names[0]], check=True, capture_output=True)
+        yield [pwd.getpwnam(n) for n in names], grp.getgrnam(group).gr_gid
+    finally:
+        for name in names:
+            subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", group], capture_output=True)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user may work in (pytest's tmp_path is under a directory of root's own)."""
+    path = tempfile.mkdtemp(prefix="grun-users-")
+    os.chmod(path, 0o777)
+    yield __import__("pathlib").Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@ROOT_ONLY
+def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, shared_dir):
+    ((alice, bob), group), tmp_path = users, shared_dir
+    conf = str(tmp_path / "grun.conf")  # (the cluster's directory is root's own)
+    shutil.copy(secured.write_config("users", {"services": "exec", "auth": "secret", "secret_file": secured.secret}),
+                conf)
+    os.chmod(conf, 0o644)
+    env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
+    code, out = _as_user(alice, env, ["sh", "-c", "id -u; id -G; umask; touch made"], cwd=str(tmp_path), umask=0o027)
+    assert len(out.splitlines()) == 3, (code, out)
+    uid, gids, umask = out.split()[0], out.splitlines()[1].split(), out.splitlines()[2]
+    assert (code, uid, umask) == (0, str(alice.pw_uid), "0027"), out
+    assert str(group) in gids and str(alice.pw_gid) in gids, out
+    assert os.stat(tmp_path / "made").st_uid == alice.pw_uid and os.stat(tmp_path / "made").st_mode & 0o777 == 0o640
+
+    def claim_bob():  # the API, with a spec that says it is bob
+        from grun.client import Client, job_spec
+        try:
+            return Client().submit_spec(job_spec(["touch", str(tmp_path / "as-bob")], uid=bob.pw_uid))
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(alice, env, claim_bob, cwd=str(tmp_path))
+    assert "refused: not authorized: you are uid" in out and not (tmp_path / "as-bob").exists(), out
+
+    code, out = _as_user(alice, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))
+    job_id = out.strip().split()[-1]
+    assert code == 0 and job_id.isdigit(), out
+    wait_for(lambda: secured.client().job(int(job_id))["state"] == "running", timeout=20)
+    for argv in (["-k", job_id], ["-e", "priority=1", job_id], ["--attach", job_id]):
+        code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
+        assert code == 1 and "not authorized" in out and len(out.splitlines()) == 1, (argv, out)
+    code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))  # queries stay open to all
+    assert code == 0 and job_id in out, out
+
+    def stop_master():  # an administrative call from a user
+        from grun.client import Client
+        try:
+            return Client().call("shutdown")
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(bob, env, stop_master, cwd=str(tmp_path))
+    assert "refused: not authorized" in out, out
+    code, out = _as_user(alice, env, ["-k", job_id], cwd=str(tmp_path))
+    assert code == 0, out
+    assert secured.client().call("ping") == "grun.master"  # still serving

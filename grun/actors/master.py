@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import Pyro5.api
 
-from .. import registry
+from .. import auth, registry
 from ..background import Loop
 from ..core import jobs as J
 from ..core.explain import explain
@@ -212,7 +212,10 @@ class Master:
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: list) -> list[int]:
-        """Queue jobs; returns their ids only once they are on disk (invariant 1)."""
+        """Queue jobs; returns their ids only once they are on disk (invariant 1). A user's credential
+        (grun.auth) says who they run as: a spec claiming someone else is refused."""
+        if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
+            specs = [J.as_submitter(spec, who) for spec in specs]
         requests = self.core.requests(specs)
         return self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
                         history=self._finished(requests))
@@ -232,31 +235,46 @@ class Master:
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
         at once, even if its node cannot be reached (it is still signalled if it can)."""
+        self._owned(job_ids, "kill")
         return self._do("kill", job_ids, signal, force)
 
     def hold(self, job_ids: list) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to the process group, cpus released)."""
+        self._owned(job_ids, "hold")
         return self._do("control", "hold", job_ids)
 
     def resume(self, job_ids: list) -> dict:
         """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
+        self._owned(job_ids, "resume")
         return self._do("control", "resume", job_ids)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
+        self._owned(job_ids, "edit")
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
         users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
         return self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]))
 
+    def _owned(self, job_ids, what: str) -> None:
+        """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all)."""
+        if isinstance(auth.caller(), dict) and isinstance(job_ids, (list, tuple)):
+            with self.lock:
+                jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
+            for job in filter(None, jobs):
+                auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
+
     def register_node(self, info: dict) -> dict:
+        auth.require("register a node")
         name, uri = str(info["name"]), str(info["uri"])
         if getattr(self.links.get(name), "uri", None) != uri:
             self.links[name] = NodeLink(name, uri)
         return self._do("register", info)  # (its node record is on disk before the reply)
 
     def heartbeat(self, name: str, info: dict) -> dict:
+        auth.require("speak for a node")
         return self._do("heartbeat", str(name), info)
 
     def finished(self, name: str, reports: list) -> list:
+        auth.require("report job ends")
         return self._do("finished", str(name), reports)
 
     def job(self, job_id: int) -> dict:
@@ -347,17 +365,20 @@ class Master:
                         del self.watchers[i]
 
     def reconfigure(self, **changes) -> dict:
+        auth.require("reconfigure the master")
         with self.lock:
             return self.core.configure(**changes)
 
     def begin_shutdown(self) -> None:
         """From now on nothing changes state; callers get Restarting, which clients retry."""
+        auth.require("stop the master")
         with self.lock:
             self._closing = True
         self._scheduler.stop()
         self._housekeeper.stop()
 
     def shutdown(self) -> None:
+        auth.require("stop the master")
         self.begin_shutdown()
         self._scheduler.join(5)
         self._housekeeper.join(5)

@@ -19,7 +19,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import limits, registry
+from .. import auth, limits, registry
 from ..background import Loop
 from ..config import KEYS
 from ..stream_server import StreamServer
@@ -59,6 +59,7 @@ class Node(NodeJobs):
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
+        self._credentials = auth.serve_credentials(log)  # (a root node of a cluster with a secret: users' `grun`)
         self._loops = [Loop("grun-node-notify", self._on_ping, 0.0, log, self._stop),
                        Loop("grun-node-master", self._talk_to_master,
                             lambda: min(1.0, self.heartbeat, 1.0 if self._linger is None else self._linger), log, self._stop),
@@ -78,6 +79,7 @@ class Node(NodeJobs):
     def start(self, jobs: list) -> dict:
         """Start jobs; idempotent, so the master may offer the same job again. The node lock covers
         only the decision; the files and the hand-over to the reaper are done outside it."""
+        auth.require("start jobs on a node")
         started, rejected, waiting = {}, {}, []
         for job in jobs:
             job_id, live = int(job["id"]), None
@@ -109,12 +111,14 @@ class Node(NodeJobs):
                 "seq": self.launch_seq}
 
     def kill(self, job_ids: list, sig: int = 15) -> dict:
+        auth.require("signal jobs on a node (ask the master)")
         lives = {str(i): self.live.get(int(i)) for i in job_ids}
         return {i: live is not None and self._kill(live, int(sig)) for i, live in lives.items()}
 
     def kill_stale(self, job_ids: list) -> None:
         """Copies the master no longer counts as the job (re-run elsewhere, or ended): kill them, once;
         their end is marked superseded, so an attached client follows the job to its new place."""
+        auth.require("kill jobs on a node")
         for job_id in job_ids:
             live = self.live.get(int(job_id))
             if live is not None and live.status is None and not live.superseded:
@@ -126,6 +130,7 @@ class Node(NodeJobs):
         """A reloaded config: applies the exec keys a reload applies (grun.config.KEYS; limits to jobs
         started from now on; what the master places by, by registering again) and returns {key: new
         value} for those that changed; other keys are not the node's and are ignored."""
+        auth.require("reconfigure a node")
         changed = {}
         for key, value in changes.items():
             owner = self.monitor if key == "count_outside_load" else self
@@ -249,15 +254,17 @@ class Node(NodeJobs):
                 "usage": {str(k): v for k, v in self.monitor.usage.items()}}
 
     def shutdown(self) -> None:
+        auth.require("stop a node")
         self._stop.set()
         for loop in self._loops:
             loop.stop()
         with contextlib.suppress(Exception):
             self.daemon.shutdown()
         self.stream.close()
-        with contextlib.suppress(OSError):
-            self.notify_sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake the blocked recv
-        self.notify_sock.close()
+        for sock in filter(None, (self.notify_sock, self._credentials)):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake a blocked recv or accept
+            sock.close()
         if self.reaper is not None:  # at the end of its input, the reaper waits for its jobs and exits
             with contextlib.suppress(OSError):
                 self.reaper.stdin.close()

@@ -29,7 +29,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import registry, spawner, spool
+from .. import auth, registry, spawner, spool
 from ..tables import fmt_span
 from .monitor import node_memory_victim, note_limit, over_memory_limit
 from .supervisor import JobSupervisor
@@ -93,7 +93,8 @@ class NodeJobs:
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
             stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
-                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live))
+                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live),
+                                  by_user=isinstance(auth.caller(), dict))
         return {"host": self.advertise, "port": self.stream.address[1], "token": token}
 
     def mark_fetched(self, live: LiveJob) -> None:
@@ -145,10 +146,12 @@ class NodeJobs:
 
     def suspend(self, job_ids: list) -> dict:
         """SIGSTOP the process group of each running job; {id: done}."""
+        auth.require("suspend jobs on a node (ask the master)")
         return self._signal_groups(job_ids, signal.SIGSTOP)
 
     def resume(self, job_ids: list) -> dict:
         """SIGCONT the process group of each suspended job; {id: done}."""
+        auth.require("resume jobs on a node (ask the master)")
         return self._signal_groups(job_ids, signal.SIGCONT)
 
     def _signal_groups(self, job_ids: list, sig: int) -> dict:

@@ -10,6 +10,8 @@ import os
 
 import Pyro5.api
 
+from .. import auth
+
 
 @Pyro5.api.expose
 class JobSupervisor:
@@ -39,6 +41,7 @@ class JobSupervisor:
         """A one-time ticket to stream the job's output from the given offsets (and feed its stdin)."""
         if int(out_offset) < 0 or int(err_offset) < 0:
             raise ValueError("offsets must be >= 0")
+        auth.require(f"attach to job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
         return self._node.offer_stream(self._live, int(out_offset), int(err_offset), bool(stdin))
 
     def release(self) -> None:

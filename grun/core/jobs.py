@@ -33,6 +33,7 @@ SPEC_KEYS = {
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
     "time",
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
+    "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
     *DEP_KINDS, "retries", "retry_delay",
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
@@ -139,6 +140,13 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     }
     if spec.get("memory") is not None:  # asked for (-m): a limit too; else only a reservation (grun.limits)
         out["memory_set"] = True
+    if (groups := spec.get("groups")) is not None:
+        if not isinstance(groups, list) or len(groups) > 65536 or not all(
+                isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups):
+            raise ValueError("groups must be a list of group ids")
+        out["groups"] = list(groups)
+    if (umask := _whole(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777")) is not None:
+        out["umask"] = umask
     if spec.get("cpus") is not None:  # asked for (-c): rules' defaults and learned requests leave it alone
         out["cpus_set"] = True
     if spec.get("time") is not None and not 0 < (out.setdefault("time", _number(spec, "time", 0, MAX_TIME))):
@@ -295,6 +303,22 @@ def describe_exit(result: dict) -> str:
 def public_view(job: dict) -> dict:
     """What queries return: everything but the environment, which can be large and private."""
     return {k: v for k, v in job.items() if k != "env"}
+
+
+def as_submitter(spec, who: dict):
+    """A user's submission with the identity their credential proved (grun.auth); claiming another's is refused."""
+    if not isinstance(spec, dict):
+        return spec
+    if spec.get("uid") not in (None, who["uid"]):
+        raise ValueError(f"not authorized: you are uid {who['uid']} ({who['user']}), not uid {spec['uid']}")
+    return {**spec, **{k: who[k] for k in ("uid", "gid", "groups", "umask", "user")}}
+
+
+def job_number(raw) -> int | None:
+    """The job (or array) a reference like 12 or "12.7" names, or None."""
+    with contextlib.suppress(TypeError, ValueError):
+        return int(str(raw).partition(".")[0])
+    return None
 
 
 def parse_job_id(raw) -> int:
