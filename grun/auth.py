@@ -203,6 +203,10 @@ def _credential(bound: str) -> str | None:
         return None
 
 
+def peer_ids(ucred: bytes) -> tuple[int, int, int]:
+    """The pid, uid and gid in a `struct ucred` the kernel gave (SO_PEERCRED, SCM_CREDENTIALS)."""
+    return struct.unpack("3i", ucred[:12])
+
+
 def _peer(sock: socket.socket) -> tuple[int, int, int]:
-    """The pid, uid and gid of the process at the other end of a unix socket, as the kernel knows them."""
-    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return peer_ids(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))

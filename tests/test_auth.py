@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import os
 import pwd
 import shutil
@@ -495,6 +496,19 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
         assert code == 1 and "not authorized" in out and len(out.splitlines()) == 1, (argv, out)
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))  # queries stay open to all
     assert code == 0 and job_id in out, out
+
+    spool = os.path.abspath(os.path.join(secured.root, "n1", "node"))
+    notify = "\0grun.notify." + hashlib.sha1(spool.encode()).hexdigest()[:20]
+
+    def fake_end():  # a datagram to the node's notify socket, as its reaper says a job ended
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(f'finished {job_id} {{"exit_code": 0}}'.encode(), notify)
+        return "sent"
+    assert _as_user(bob, env, fake_end)[1].strip() == "sent"
+    time.sleep(1.5)
+    code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
+    assert code == 0 and job_id in out and "running" in out, out  # the node took no word of bob's for it
+    assert "ignored a ping from pid" in _log(secured, "n1")
 
     def stop_master():  # an administrative call from a user
         from grun.client import Client

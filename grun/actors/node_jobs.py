@@ -82,6 +82,7 @@ class NodeJobs:
         # where the reapers ping: an abstract socket (no path-length limit, and gone when we are)
         self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:20]
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # who sent each ping: the kernel says
         self.notify_sock.bind(self.notify_addr)
 
     def job_status(self, live: LiveJob) -> dict | None:
@@ -250,11 +251,16 @@ class NodeJobs:
     def _on_ping(self) -> None:
         """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines."""
         try:
-            data = self.notify_sock.recv(1 << 16).decode(errors="replace")
+            data, extra, _, _ = self.notify_sock.recvmsg(1 << 16, socket.CMSG_SPACE(12))
         except OSError:
             if not self._stop.is_set():
                 raise
             return
+        sender = next((auth.peer_ids(d) for lvl, kind, d in extra if kind == socket.SCM_CREDENTIALS), (0, -1, -1))
+        if sender[1] != os.geteuid():  # only our reapers may say that a job started or ended
+            log.warning("ignored a ping from pid %s, uid %s: not a reaper of this node", *sender[:2])
+            return
+        data = data.decode(errors="replace")
         for message in data.split("\n"):
             what, _, rest = message.partition(" ")
             job_id, _, rest = rest.partition(" ")
