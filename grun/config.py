@@ -347,20 +347,23 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
     return named or (etc_path if os.path.exists(etc_path) else None)
 
 
-def describe(cfg: Config) -> str:
+def describe(cfg: Config, as_dict: bool = False):
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and
-    where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back."""
+    where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back;
+    `as_dict`: {"file", "warnings", "keys": {key: {"value", "origin"}}} for --json."""
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
              *(f"# warning: {w}" for w in cfg.warnings)]
     import yaml
+    keys = {}
     for name, key in KEYS.items():
         value = cfg.master_address if name == "master" else getattr(cfg, name)
         value = sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
             value, float) and value.is_integer() else value
+        keys[name] = {"value": value, "origin": cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else
+                                                                        "default")}
         text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
-        origin = cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else "default")
-        lines.append(f"{f'{name}: {text}':<31} # {origin}")
-    return "\n".join(lines) + "\n"
+        lines.append(f"{f'{name}: {text}':<31} # {keys[name]['origin']}")
+    return {"file": cfg.path, "warnings": cfg.warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the

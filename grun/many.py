@@ -7,7 +7,7 @@ import os
 
 from .core import arrays
 from .options import UsageError
-from .verbs import Context, cli_spec, interrupted
+from .verbs import Context, cli_spec, interrupted, json_text
 
 SUBMIT_BATCH = 1000  # --cmds specs per submit_many call: one disk commit on the master each
 
@@ -62,8 +62,10 @@ def run(ctx: Context, args: dict) -> int:
     try:
         for start in range(0, len(specs), SUBMIT_BATCH):
             ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
-            if args.get("nowait") or args.get("verbose"):
+            if (args.get("nowait") or args.get("verbose")) and not args.get("json"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
+        if args.get("json") and args.get("nowait"):
+            ctx.print(json_text({"ids": ids}))
         # one by one: each wait is O(1) on the master
         ends = [] if args.get("nowait") else [(i, ctx.client.wait([i])[i]) for i in ids]
     except KeyboardInterrupt:

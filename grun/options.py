@@ -119,7 +119,9 @@ OPTIONS = [
     Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
-    Option(None, "json", help="the records as JSON"),
+    Option(None, "json", help="one JSON document (with --nowait: the job ids)"),
+    Option("F", "format", "value", lambda text: [f.strip().lower() for f in text.split(",") if f.strip()],
+           "the columns of -q jobs, by name: id,user,state,node,cpus,mem,using,time,cwd,command or any field", "FIELDS"),
     Option("n", "interval", "value", lambda text: parse_duration(text, positive=True),
            "time between redraws (default 2s)", "SECONDS"),
 ]
@@ -128,7 +130,7 @@ _BY_LONG = {o.long: o for o in OPTIONS}
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
                "make", "noexec", "after", "afterok", "afternotok", "dependency", "retries", "retry-delay", "verbose",
-               "time", "file")
+               "time", "file", "json")
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:

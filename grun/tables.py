@@ -48,14 +48,24 @@ def fmt_time(t) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def jobs_table(jobs: list[dict]) -> str:
+COLUMNS = ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD", "COMMAND"]  # of -q jobs
+RECORD_FIELDS = ("submit_time", "start_time", "attempt", "task", "deps", "queue_wait", "origin", "warnings")
+
+
+def jobs_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB);
-    TIME: its time limit (-t). An array is one line, its STATE the count of its tasks in each state."""
+    TIME: its time limit (-t). An array is one line, its STATE the count of its tasks in each state.
+    `fields` (-F): these columns by name, or any field of the records."""
     jobs = fold_arrays(jobs)
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
     rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
              fmt_span(j.get("time")), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
-    return table(rows, ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD", "COMMAND"])
+    header = COLUMNS
+    if fields:
+        at = {h.lower(): i for i, h in enumerate(header)}
+        rows = [[row[at[f]] if f in at else "-" if j.get(f) is None else j[f] for f in fields] for j, row in zip(jobs, rows)]
+        header = [f.upper() for f in fields]
+    return table(rows, header)
 
 
 def fold_arrays(jobs: list[dict]) -> list[dict]:

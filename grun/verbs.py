@@ -286,7 +286,8 @@ def do_submit(ctx: Context, args: dict) -> int:
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, dict(args, nowait=True))
-    return ctx.print(f"Job_ID: {ctx.client.submit_spec(cli_spec(args, args['cmd']))}")
+    job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"]))
+    return ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
 
 
 def _raise_terminated(*_):
@@ -362,20 +363,37 @@ def do_attach(ctx: Context, args: dict) -> int:
 
 # ---- queries and control ---------------------------------------------------------------------------
 
-@verb("[--long]", "long", aliases="j")
+def json_text(document) -> str:
+    """`--json`: one document, keys sorted (field names as the README's "Queries as JSON" lists them)."""
+    import json
+    return json.dumps(document, indent=1, sort_keys=True, default=sorted)
+
+
+@verb("[--user USER] [--long|--json|-F FIELDS] [ID|NAME...]", "user long json format",
+      lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
-    """the queued and running jobs"""
-    from .tables import history_long, jobs_table
-    jobs = ctx.client.jobs()
-    return ctx.print(history_long(jobs[::-1]) if args.get("long") else jobs_table(jobs))
+    """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
+    from .core.jobs import SPEC_KEYS
+    from .tables import COLUMNS, RECORD_FIELDS, history_long, jobs_table, label
+    known = {c.lower() for c in COLUMNS} | SPEC_KEYS | set(RECORD_FIELDS)
+    if unknown := [f for f in args.get("format", ()) if f not in known]:
+        raise UsageError(f"-F: no field {unknown[0]!r} (columns: {', '.join(COLUMNS).lower()}, or a job's field)")
+    ids, names = set(map(str, args.get("ids", ()))), set(args.get("names", ()))
+    jobs = [j for j in ctx.client.jobs() if args.get("user", j.get("user")) == j.get("user") and (
+        not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names)]
+    return ctx.print(json_text(jobs) if args.get("json") else history_long(jobs[::-1]) if args.get("long") else
+                     jobs_table(jobs, args.get("format")))
 
 
-@verb(aliases="nodes s")
+@verb("[--json]", "json", aliases="nodes s")
 def do_status(ctx: Context, args: dict) -> int:
     """the nodes (state, free cpus and memory, running jobs) and the master's warnings"""
     from .tables import nodes_table
-    ctx.print(nodes_table(ctx.client.nodes()))
-    for problem in ctx.client.health():
+    nodes, problems = ctx.client.nodes(), ctx.client.health()
+    if args.get("json"):
+        return ctx.print(json_text({"nodes": nodes, "warnings": problems}))
+    ctx.print(nodes_table(nodes))
+    for problem in problems:
         ctx.print(f"warning: {problem}")
     return 0
 
@@ -383,11 +401,9 @@ def do_status(ctx: Context, args: dict) -> int:
 @verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", "count user grep long json", aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
     """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory"""
-    import json
-
     from .tables import history_long, history_table
     jobs = ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))
-    return ctx.print(json.dumps(jobs, indent=1, sort_keys=True) if args.get("json") else
+    return ctx.print(json_text(jobs) if args.get("json") else
                      history_long(jobs) if args.get("long") else history_table(jobs))
 
 
@@ -428,14 +444,15 @@ def do_edit(ctx: Context, args: dict) -> int:
     return _missing(ctx, ctx.client.edit(args["ids"], args["changes"]))
 
 
-@verb("ID", words=one_id)
+@verb("[--json] ID", "json", one_id)
 def do_why(ctx: Context, args: dict) -> int:
     """why a queued job is not running"""
-    return ctx.print(ctx.client.why(args["id"]))
+    why = ctx.client.why(args["id"])
+    return ctx.print(json_text({"id": args["id"], "why": why}) if args.get("json") else why)
 
 
-@verb()
+@verb("[--json]", "json")
 def do_conf(ctx: Context, args: dict) -> int:
     """the config in effect here: each value and where it came from"""
     from .config import describe
-    return ctx.print(describe(ctx.cfg).rstrip("\n"))
+    return ctx.print(json_text(describe(ctx.cfg, as_dict=True)) if args.get("json") else describe(ctx.cfg).rstrip("\n"))

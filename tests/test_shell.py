@@ -47,7 +47,7 @@ def test_a_script_of_verbs(cluster, tmp_path):
 
 
 def test_bad_input_is_one_line_and_the_shell_goes_on(cluster):
-    r = shell(cluster, "bogus\nkill\nkill 12x\nwait 999999\nrun\nrun 'unclosed\njobs extra\nstatus\n")
+    r = shell(cluster, "bogus\nkill\nkill 12x\nwait 999999\nrun\nrun 'unclosed\nstatus extra\nstatus\n")
     err = r.stderr.decode().splitlines()
     assert "Traceback" not in r.stderr.decode()
     assert all(line.startswith("grun: ") for line in err), err

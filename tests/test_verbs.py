@@ -49,7 +49,7 @@ def test_parsers(verb, words, expected):
 
 @pytest.mark.parametrize("verb,words,needle", [
     ("kill", [], "needs job ids"), ("kill", ["0"], "0"), ("wait", ["0"], "0"), ("why", ["1", "2"], "one"),
-    ("jobs", ["extra"], "no arguments"), ("history", ["--bogus"], "--bogus"), ("edit", ["3"], "KEY=VALUE"),
+    ("status", ["extra"], "no arguments"), ("history", ["--bogus"], "--bogus"), ("edit", ["3"], "KEY=VALUE"),
     ("run", [], "no command"), ("run", ["-q", "jobs"], "--query"), ("run", ["-c", "lots", "x"], "-c"),
     ("kill", ["3", "--json"], "--json"), ("history", ["-c", "x"], "-c"),
 ])

@@ -1,0 +1,56 @@
+"""The native queries for tools (issue 16): one JSON document from every query and from --nowait submits,
+and `-q jobs` narrowed by user, ids or names, with the columns asked for (-F)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from cluster import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(nodes={"n1": {"cpus": 1, "memory": 2000}}) as c:
+        yield c
+
+
+def _ok(c: LocalCluster, *args: str) -> str:
+    r = c.grun(*args)
+    assert r.returncode == 0 and not r.stderr, (args, r)
+    return r.stdout.decode()
+
+
+def test_every_query_and_a_nowait_submit_print_one_json_document(cluster):
+    running = json.loads(_ok(cluster, "--nowait", "--json", "-j", "sleeper", "sleep", "60"))["id"]
+    queued = json.loads(_ok(cluster, "--nowait", "--json", "--array", "1-3", "sleep", "60"))["ids"]
+    try:
+        assert isinstance(running, int) and len(queued) == 1
+        jobs = json.loads(_ok(cluster, "-q", "jobs", "--json"))
+        assert {j["id"] for j in jobs} >= {running, queued[0]} and all("env" not in j for j in jobs)
+        assert next(j for j in jobs if j["id"] == running)["name"] == "sleeper"
+        status = json.loads(_ok(cluster, "-q", "status", "--json"))
+        assert [n["name"] for n in status["nodes"]] == ["n1"] and status["warnings"] == []
+        why = json.loads(_ok(cluster, "-q", "why", "--json", str(queued[0])))
+        assert why["id"] == queued[0] and "cpu" in why["why"], why
+        conf = json.loads(_ok(cluster, "-q", "conf", "--json"))
+        assert conf["keys"]["heartbeat"] == {"value": 1, "origin": f"{cluster.client_config}:3"}, conf["keys"]["heartbeat"]
+        assert conf["file"] == cluster.client_config
+        history = json.loads(_ok(cluster, "-q", "history", "--json"))
+        assert isinstance(history, list)
+    finally:
+        cluster.grun("-k", str(running), str(queued[0]))
+
+
+def test_jobs_by_user_id_or_name_with_the_columns_asked_for(cluster):
+    a = json.loads(_ok(cluster, "--nowait", "--json", "-j", "first", "sleep", "60"))["id"]
+    b = json.loads(_ok(cluster, "--nowait", "--json", "-r", "7", "sleep", "60"))["id"]
+    try:
+        lines = _ok(cluster, "-q", "jobs", "-F", "id,state,name,priority", "first", str(b)).splitlines()
+        assert lines[0].split() == ["ID", "STATE", "NAME", "PRIORITY"]
+        assert [line.split() for line in lines[1:]] == [[str(a), "running", "first", "20"], [str(b), "queued", "-", "7"]]
+        assert _ok(cluster, "-q", "jobs", "--user", "nobody-at-all").splitlines()[1:] == []
+        assert len(_ok(cluster, "-q", "jobs", str(a)).splitlines()) == 2
+        r = cluster.grun("-q", "jobs", "-F", "id,colour")
+        assert r.returncode == 2 and r.stderr.decode().count("\n") == 1 and "no field 'colour'" in r.stderr.decode()
+    finally:
+        cluster.grun("-k", str(a), str(b))
