@@ -16,7 +16,7 @@ from .options import parse as parse_options
 
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
 GRUN_OPTIONS = (*JOB_OPTIONS, "edit", "attach", "tail", "query", "kill", "signal", "daemon", "foreground", "restart",
-                "reload", "config", "help", "version")
+                "reload", "systemd", "install", "completion", "config", "help", "version")
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...|why ID|conf   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
@@ -26,7 +26,9 @@ USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the clu
        grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)
        grun -d [-F] | -d -k                     start (foreground) | stop the daemons
-       grun -d -R | -d -r                       restart gracefully | reload the config"""
+       grun -d -R | -d -r                       restart gracefully | reload the config
+       grun -d --systemd [--install [DIR]]      a systemd unit for this host's services
+       grun --completion bash|zsh|fish          a shell completion script (source it)"""
 
 
 def _say(message: str, code: int = 1) -> int:
@@ -83,6 +85,9 @@ def _main(argv: list[str]) -> int:
         if opts.get("help") or opts.get("version"):
             print(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
             return 0
+        if "completion" in opts:
+            from .integrate import completion
+            return print(completion(opts["completion"]), end="") or 0
         from . import verbs
         from .client import Client
         TIMES["imported"] = time.time()
@@ -116,6 +121,12 @@ def _main(argv: list[str]) -> int:
 def daemon(opts: dict, words: list[str], cfg) -> int:
     """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts, -r reloads."""
     from . import daemon as d
+    if opts.get("systemd"):
+        from .integrate import systemd_unit
+        if len(words) > bool(opts.get("install")) or set(opts) - {"systemd", "install"}:
+            raise UsageError("usage: grun -d --systemd [--install [DIR]]")
+        return print(systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None),
+                     end="") or 0
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))

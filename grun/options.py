@@ -112,6 +112,9 @@ OPTIONS = [
     Option("R", "restart", help="with -d: restart the daemons gracefully (new code and config)"),
     Option(None, "reload", help="with -d: reload the config file (also -d -r, or SIGHUP)"),
     Option("C", "config", "value", str, "config file (default $GRUN_CONF or /etc/grun.conf)", "FILE"),
+    Option(None, "systemd", help="with -d: print a systemd unit for this host's services (--install [DIR]: write it)"),
+    Option(None, "install", help="with -d --systemd: write the unit into DIR (default /etc/systemd/system)"),
+    Option(None, "completion", "value", str, "print a completion script: bash, zsh or fish", "SHELL"),
     Option("h", "help", help="show this help"),
     Option("V", "version", help="show the version"),
     # for `history` and `watch`
