@@ -237,31 +237,36 @@ class Client:
         _tell_limit(on_limit, final, job_id)
         return int(final.get("exit", 1))
 
-    def wait_started(self, job_id: int) -> dict:
-        """The job's record once it runs (or has ended)."""
+    def wait_started(self, job_id: int, on_wait=None) -> dict:
+        """The job's record once it runs (or has ended); `on_wait(line)` hears why not yet, after 3 s, every 5 s."""
         from .core.jobs import UNSTARTED  # waiting (dependencies) too
+        patience = 3.0 if on_wait else 30.0
         while True:
-            job = self.call("wait_started", job_id, 30.0, wait=self.long_wait)
+            job = self.call("wait_started", job_id, patience, wait=self.long_wait)
             if job["state"] not in UNSTARTED:
                 return job
+            if on_wait:
+                on_wait(self.call("why", job_id, True))
+                patience = 5.0
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
-               on_limit=None) -> int:
+               on_limit=None, on_wait=None) -> int:
         """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables
         taking bytes) until it ends; return its exit code. `release` lets the node drop the spool then;
         `require_output`: raise GrunError if the node no longer holds the output; `on_note(text)` hears
         what a user may want to know (the job re-run elsewhere, its output gone), `on_limit(text)` that it
-        died of a limit. Rides through a master restart (calls retry), a node daemon restart or a dropped
+        died of a limit, `on_wait(line)` why it has not started yet (see wait_started). Rides through a master restart (calls retry), a node daemon restart or a dropped
         connection (re-attach at the offsets reached) and a lost node (we follow the job's new run)."""
         from . import stream
         from .core import jobs as J
-        job, where, out_off, err_off, failures, fed = self.wait_started(job_id), None, 0, 0, 0, stdin_fd is not None
+        job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
+            stdin_fd is not None
         if on_start:
             on_start(job)
         while True:
             if job["state"] in J.UNSTARTED:  # re-queued: its node was lost
-                job = self.wait_started(job_id)
+                job = self.wait_started(job_id, on_wait)
             run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off = err_off = 0

@@ -299,7 +299,16 @@ def _run_new(ctx: Context, args: dict) -> int:
     import signal
     spec, ids, verbose, run = cli_spec(args, args["cmd"]), [], args.get("verbose"), {}
 
+    def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
+        import shutil
+        run["shown"] = ctx.err.isatty()
+        text = f"grun: job {ids[0]} {line}"
+        ctx.err.write(f"\r\033[K{text[:shutil.get_terminal_size().columns - 1]}" if run["shown"] else text + "\n")
+        ctx.err.flush()
+
     def started(job: dict) -> None:
+        if run.pop("shown", False):
+            ctx.err.write("\r\033[K")  # the progress line goes
         run["retried"] = job.get("retried", 0)
         if verbose:
             ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
@@ -316,14 +325,18 @@ def _run_new(ctx: Context, args: dict) -> int:
             if verbose:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
+        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
         code, stdin = ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say,
-                                        on_note=ctx.say), ctx.stdin_fd
+                                        on_note=ctx.say, on_wait=on_wait), ctx.stdin_fd
         while code and ctx.client.job(ids[0]).get("retried", 0) > run["retried"]:  # --retries: follow the next run
             ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
             stdin = b"" if stdin is not None else None  # what we had went to the first run
-            code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say)
+            code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say,
+                                     on_wait=on_wait)
         return code
     except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
+        if run.pop("shown", False):
+            ctx.err.write("\r\033[K")
         deaths = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}
         return interrupted(ctx, ids, deaths[type(exc)])
 

@@ -54,3 +54,46 @@ def test_jobs_by_user_id_or_name_with_the_columns_asked_for(cluster):
         assert r.returncode == 2 and r.stderr.decode().count("\n") == 1 and "no field 'colour'" in r.stderr.decode()
     finally:
         cluster.grun("-k", str(a), str(b))
+
+
+def test_a_waiting_grun_shows_one_self_updating_line_on_a_terminal_and_none_elsewhere(cluster):
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+    import time
+    blocker = cluster.client().submit(["sleep", "60"]).id
+    try:
+        main, tty = pty.openpty()
+        waiting = subprocess.Popen([sys.executable, "-m", "grun.cli", "echo", "ran"], env=dict(cluster.env, COLUMNS="200"),
+                                   stdout=subprocess.PIPE, stderr=tty)
+        os.close(tty)
+        plain = cluster.popen("echo", "ran")  # stderr a pipe: no progress
+        verbose = cluster.popen("-v", "echo", "ran")
+        time.sleep(5)
+        cluster.client().kill([blocker])
+        assert waiting.wait(30) == 0 and waiting.stdout.read() == b"ran\n"
+        shown = b""
+        while chunk := _read(main):
+            shown += chunk
+        text = shown.decode()
+        assert re.search(r"\r\x1b\[Kgrun: job \d+ queued: [012] ahead; needs 1 cpu, 100 MB; most room: n1 \(0 of 1 "
+                         rf"cpus free, running job {blocker}\)", text), text
+        assert text.endswith("\r\x1b[K"), "the line is erased when the job starts"
+        assert plain.communicate(timeout=30) == (b"ran\n", b"")
+        out, err = verbose.communicate(timeout=30)
+        assert out == b"ran\n" and re.search(rb"^grun: job \d+ queued: [012] ahead; needs", err, re.MULTILINE), err
+    finally:
+        cluster.client().kill([blocker])
+
+
+def _read(fd: int) -> bytes:
+    import os
+    import select
+    if not select.select([fd], [], [], 0.5)[0]:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other side is closed
+        return b""

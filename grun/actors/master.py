@@ -18,7 +18,7 @@ import Pyro5.api
 from .. import auth, registry
 from ..background import Loop
 from ..core import jobs as J
-from ..core.explain import explain
+from ..core.explain import explain, progress
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
 from ..store import Store, StoreError
 
@@ -304,11 +304,11 @@ class Master:
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         return [J.public_view(j) for j in self.store.history(int(limit), J.history_filter(user, grep))]
 
-    def why(self, job_id: int) -> str:
-        """One paragraph: why the job is not running (or what became of it)."""
+    def why(self, job_id: int, short: bool = False) -> str:
+        """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
         job = self.job(job_id)
         with self.lock:
-            return explain(job, self.core, time.time())
+            return (progress if short else explain)(job, self.core, time.time())
 
     def lookup(self, name: str, user: str | None = None) -> int | None:
         """The live job with this name, else (given its user) the newest such finished one, or None."""

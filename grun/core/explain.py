@@ -144,6 +144,20 @@ def explain(job: dict, master, now: float) -> str:
     return " ".join(lines)
 
 
+def progress(job: dict, master, now: float) -> str:
+    """The line a `grun` waiting on a terminal shows: "queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3
+    (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
+    if job["state"] != J.QUEUED:
+        return explain(job, master, now)
+    table, claims = master.table, master.table.claims()
+    ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
+    reasons = [(node, *node_reason(node, job, claims)) for node in table.nodes.values()]
+    busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
+    where = "starting" if any(kind == "fits" for _, kind, _ in reasons) else \
+        f"most room: {busy[1]} ({busy[2]})" if busy else "no node up could run it" if table.nodes else "no node yet"
+    return f"queued: {ahead} ahead; needs {request_text(job)}; {where}"
+
+
 def _duration(secs: float) -> str:
     secs = max(0.0, secs)
     return f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.0f} min" if secs < 5400 else f"{secs / 3600:.1f} h"
