@@ -64,7 +64,8 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
         return ["attach", str(opts.pop("attach")), *words], "--attach"
-    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].isdigit()):
+    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].isdigit()
+                     or words[:1] == ["help"] and len(words) <= 2):
         return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
     return ["run", "--", *words], "grun"
 
@@ -97,9 +98,10 @@ def _main(argv: list[str]) -> int:
             return daemon(opts, words, cfg)
         words, called = _form(opts, words)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)
-        if words[0] == "shell":
-            from . import shell
-            return shell.main(ctx, words[1:])
+        if words[0] in ("shell", "help"):
+            from . import shell  # (its verbs: help)
+            if words[0] == "shell":
+                return shell.main(ctx, words[1:])
         code = verbs.execute(ctx, words, called, opts)
         TIMES.update(getattr(ctx._client, "times", {}))
         return code

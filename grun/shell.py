@@ -177,23 +177,57 @@ class Shell:
 
 def _verb_name(words: list[str], called: str, opts: dict) -> dict:
     if len(words) > 1:
-        raise UsageError("help takes at most one verb")
+        raise UsageError("help takes at most one verb or topic")
     return {"verb": words[0]} if words else {}
 
 
-@verb("[VERB]", words=_verb_name, aliases="?")
+def _config_page() -> str:
+    from .config import KEYS
+    return "config keys (YAML, /etc/grun.conf; `grun -q conf` shows the values in effect):\n" + "\n".join(
+        f"  {k.name:<19} {k.doc}" + (f" [default: {k.default}]" if not callable(k.default) else
+                                     f" [guessed: {k.guess}]" if k.guess else "") +
+        ("" if k.reload else " (needs grun -d -R)") for k in KEYS.values())
+
+
+def _doc(module: str) -> str:
+    import importlib
+    return importlib.import_module(module, __package__).__doc__.strip()
+
+
+def _options_page() -> str:
+    from .options import OPTIONS, help_text
+    return help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command line's)",
+                     tuple(o.long for o in OPTIONS))
+
+
+# `help TOPIC`: pages made from the tables and docstrings they describe
+TOPICS = {"config": _config_page, "options": _options_page, "make": lambda: _doc(".make"),
+          "trust": lambda: _doc(".auth"), "slurm": lambda: _shim_page(".compat", "SUBMIT", "sbatch and srun"),
+          "sge": lambda: _shim_page(".compat_sge", "QSUB", "qsub")}
+
+
+def _shim_page(module: str, table: str, what: str) -> str:
+    import importlib
+    options = sorted(getattr(importlib.import_module(module, __package__), table), key=str.lower)
+    return f"{_doc(module)}\n\n{what} take: {' '.join(options)} (others: a one-line error, nothing submitted)"
+
+
+@verb("[VERB|TOPIC]", words=_verb_name, aliases="?")
 def do_help(ctx: Context, args: dict) -> int:
-    """list the verbs, or show one verb's arguments"""
+    """list the verbs, show one verb's arguments, or a topic: config, make, options, trust, slurm, sge"""
+    if args.get("verb") in TOPICS:
+        return ctx.print(TOPICS[args["verb"]]())
     if args.get("verb"):
         found = verbs.find(args["verb"])
         if found is None:
-            return ctx.say(f"no verb {args['verb']!r} (try: help)", EXIT_USAGE)
+            return ctx.say(f"no verb or topic {args['verb']!r} (topics: {', '.join(TOPICS)})", EXIT_USAGE)
         return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
                                     ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
     width = max(map(len, verbs.VERBS))
     for v in verbs.VERBS.values():
         ctx.print(f"  {v.name:<{width}}  {v.help}")
-    return ctx.print("help VERB shows its arguments; Ctrl-C interrupts a verb, Ctrl-D leaves.")
+    return ctx.print(f"help VERB shows its arguments, help TOPIC a page ({', '.join(TOPICS)}); Ctrl-C "
+                     "interrupts a verb, Ctrl-D leaves.")
 
 
 def _exit_code(words: list[str], called: str, opts: dict) -> dict:

@@ -69,7 +69,7 @@ def test_help(cluster):
                  "attach", "why", "watch", "help", "exit"):
         assert re.search(rf"^  {verb} ", out, re.MULTILINE), verb
     assert re.search(r"^kill \[-n SIG\].* ID\|NAME\.\.\.\n    kill jobs", out, re.MULTILINE), out
-    assert r.stderr.decode().startswith("grun: no verb 'nope'")
+    assert r.stderr.decode().startswith("grun: no verb or topic 'nope'")
 
 
 def test_job_control_verbs(cluster):

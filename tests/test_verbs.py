@@ -230,3 +230,20 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
         "n1    up     2/2               100/100             0",
         "warning: journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged",
         "warning: disk 97% full"]
+
+
+def test_help_topics_are_made_from_the_tables_they_describe():
+    from grun.config import KEYS
+
+    def grun_help(*words):
+        return subprocess.run([sys.executable, "-m", "grun.cli", "help", *words], capture_output=True, text=True,
+                              timeout=60)
+    page = grun_help("config")
+    assert page.returncode == 0 and all(f"\n  {name} " in page.stdout for name in KEYS), page
+    assert "%i:FILE" in grun_help("make").stdout and "--mem-per-cpu" in grun_help("slurm").stdout
+    assert "-hold_jid" in grun_help("sge").stdout and "--afterok" in grun_help("options").stdout
+    assert "SO_PEERCRED" in grun_help("trust").stdout
+    listing = grun_help()
+    assert listing.returncode == 0 and "help TOPIC" in listing.stdout and "kill" in listing.stdout
+    wrong = grun_help("bogus")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "topics: config" in wrong.stderr
