@@ -1,6 +1,6 @@
 """Slurm's commands (sbatch, srun, squeue, sacct, scancel, sinfo) as thin fronts to grun's client, for
-the tools written for Slurm, and `grun-compat install|uninstall [DIR]`, which puts them and SGE's
-(grun/compat_sge.py) on PATH: each a small script calling main(), which goes by the name it was called by.
+the tools written for Slurm; SGE's (grun/compat_sge.py) share this module's ground. `grun-compat install`
+(grun/integrate.py) puts them on PATH: each a small script calling main(), which goes by its name.
 
 A batch job runs as `/bin/sh -c WRAPPER NAME SCRIPT ARGS...`: the wrapper opens the output files Slurm or
 SGE would (their names may hold the job id, which the job learns only when it starts: $SLURM_JOB_ID or
@@ -34,7 +34,8 @@ class Refused(Exception):
 def main(argv: list[str] | None = None) -> int:
     called, argv = os.path.basename(sys.argv[0]), sys.argv[1:] if argv is None else argv
     if called not in NAMES:
-        return manage(argv)
+        from .integrate import install_shims
+        return install_shims(argv)
     from . import compat_sge
     try:
         return (globals().get(called) or getattr(compat_sge, called))(argv)
@@ -43,44 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-def manage(argv: list[str]) -> int:
-    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
-    or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
-    import shutil
-    if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
-        print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    target = os.path.abspath(os.path.expanduser(argv[1] if len(argv) > 1 else "~/.local/bin"))
-    paths = {name: os.path.join(target, name) for name in NAMES}
-    if argv[0] == "uninstall":
-        removed = [name for name, path in paths.items() if _ours(path) and not os.remove(path)]
-        print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
-        return 0
-    for name, path in paths.items():
-        real = next((p for p in (shutil.which(name), path) if p and os.path.exists(p) and not _ours(p)), None)
-        if real:
-            print(f"grun-compat: a real {name} is installed ({real}): not shadowing Slurm or SGE; nothing installed",
-                  file=sys.stderr)
-            return 1
-    os.makedirs(target, exist_ok=True)
-    for path in paths.values():
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(f"#!{sys.executable}\n{MARK}: a front to grun (grun-compat uninstall removes it)\n"
-                    "import sys\nfrom grun.compat import main\nsys.exit(main())\n")
-        os.chmod(path, 0o755)
-    on_path = target in os.environ.get("PATH", "").split(os.pathsep)
-    print(f"grun-compat: installed {', '.join(NAMES)} in {target}" + ("" if on_path else f" (add {target} to PATH)"))
-    return 0
-
-
-def _ours(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return MARK.encode() in f.read(300)
-    except OSError:
-        return False
 
 
 # ---- reading options and scripts -----------------------------------------------------------------
@@ -229,6 +192,24 @@ def table(text: str) -> dict:
     """An option table from `KEY=SPELLING,...` (takes a value) and `KEY:SPELLING,...` (a flag) words."""
     return {spelling: (key, int(eq == "=")) for word in text.split() for key, eq, spellings in
             [re.match(r"([\w-]+)([=:])(.*)", word).groups()] for spelling in spellings.split(",")}
+
+
+def when(text: str) -> float:
+    """sacct's -S/-E times: YYYY-MM-DD[THH:MM[:SS]], HH:MM[:SS] (today), midnight, noon, today,
+    now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
+    now, low = time.time(), text.lower()
+    day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    if m := re.fullmatch(r"now(?:([+-])(\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
+        count = int(m.group(2) or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m.group(3) or "s")[0]]
+        return now - count if m.group(1) == "-" else now + count
+    if low in ("midnight", "today", "noon") or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
+        return day + (43200 * (low == "noon") if low.isalpha() else
+                      sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
+    try:
+        import datetime
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise Refused(f"invalid time specification: {text}") from None
 
 
 def exit_of(job: dict) -> str:
@@ -433,7 +414,7 @@ def sacct(argv: list[str]) -> int:
     """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
     opts, rest = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
                                    "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                                   "brief:-b,--brief"), False)
+                                   "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), False)
     if rest:
         raise Refused(f"unexpected argument {rest[0]}")
     fields = []
@@ -447,11 +428,12 @@ def sacct(argv: list[str]) -> int:
     client = Client()
     if "jobs" in opts:
         jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)[0]
-    else:  # as sacct: this user's jobs since midnight
+    else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight) and -E (now)
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
-        midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
+        start, end = when(last(opts, "start", "midnight")), when(last(opts, "end", "now"))
         jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
-                + client.jobs() if j.get("submit_time", 0) >= midnight and (users is None or j.get("user") in users)]
+                + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
+                and (users is None or j.get("user") in users)]
     if "name" in opts:
         jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
     sep = "|" if "P" in opts or "p" in opts else None

@@ -50,9 +50,12 @@ def qsub(argv: list[str]) -> int:
             request["time"] = C.seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
         else:
             raise Refused(f"unsupported resource -l {item}")
-    held = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i]
-    if any(not i.isdigit() for i in held):
-        raise Refused(f"-hold_jid {','.join(held)}: grun holds on job ids")
+    held, client = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i], Client()
+    if names := [i for i in held if not i.isdigit()]:  # names (and globs), as SGE: this user's live jobs
+        import fnmatch
+        mine = [j for j in client.jobs() if j.get("user") == current_user()]
+        held = [i for i in held if i.isdigit()] + [str(j["id"]) for j in mine if any(
+            fnmatch.fnmatchcase(name_of(j), n) for n in names)]
     if held:
         request["after"] = [int(i) for i in held]
     if "array" in opts:
@@ -70,7 +73,6 @@ def qsub(argv: list[str]) -> int:
     spec = C.wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
                    None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
                                                              else "/bin/sh"), **request)
-    client = Client()
     job_id = C.submitted(client, spec, opts)
     tasks = last(opts, "array", "")
     shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)

@@ -1,6 +1,7 @@
-"""What grun hands to the system around it: shell completion scripts (`grun --completion bash|zsh|fish`)
-and systemd units (`grun -d --systemd [--install [DIR]]`). Both are made from the tables they describe
-(the options, the verbs, the configured services), so they never drift from the command line."""
+"""What grun hands to the system around it: shell completion scripts (`grun --completion bash|zsh|fish`),
+systemd units (`grun -d --systemd [--install [DIR]]`) and Slurm's and SGE's commands on PATH (`grun-compat
+install|uninstall [DIR]`, grun/compat.py). Each is made from the table it describes (the options, the
+configured services, the shims' names), so it never drifts from the command line."""
 
 import os
 import shlex
@@ -88,3 +89,43 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
     path = os.path.join(install_dir, "grun.service")
     write_atomic(path, unit.encode(), mode=0o644)
     return f"wrote {path}; now: systemctl daemon-reload && systemctl enable --now grun\n"
+
+
+def install_shims(argv: list[str]) -> int:
+    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
+    or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
+    import shutil
+
+    from .compat import MARK, NAMES
+    if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
+        print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    target = os.path.abspath(os.path.expanduser(argv[1] if len(argv) > 1 else "~/.local/bin"))
+    paths = {name: os.path.join(target, name) for name in NAMES}
+    if argv[0] == "uninstall":
+        removed = [name for name, path in paths.items() if _ours(path, MARK) and not os.remove(path)]
+        print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
+        return 0
+    for name, path in paths.items():
+        real = next((p for p in (shutil.which(name), path) if p and os.path.exists(p) and not _ours(p, MARK)), None)
+        if real:
+            print(f"grun-compat: a real {name} is installed ({real}): not shadowing Slurm or SGE; nothing installed",
+                  file=sys.stderr)
+            return 1
+    os.makedirs(target, exist_ok=True)
+    for path in paths.values():
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"#!{sys.executable}\n{MARK}: a front to grun (grun-compat uninstall removes it)\n"
+                    "import sys\nfrom grun.compat import main\nsys.exit(main())\n")
+        os.chmod(path, 0o755)
+    on_path = target in os.environ.get("PATH", "").split(os.pathsep)
+    print(f"grun-compat: installed {', '.join(NAMES)} in {target}" + ("" if on_path else f" (add {target} to PATH)"))
+    return 0
+
+
+def _ours(path: str, mark: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return mark.encode() in f.read(300)
+    except OSError:
+        return False

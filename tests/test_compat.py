@@ -79,7 +79,7 @@ def shims(cluster, tmp_path_factory):
     """The commands installed in a bin directory, and a runner of them with the cluster's config."""
     bin_dir = tmp_path_factory.mktemp("bin")
     env = dict(cluster.env, PATH=f"{bin_dir}:/nonexistent")  # this machine has a real Slurm in /usr/bin
-    r = subprocess.run([sys.executable, "-c", "import sys; from grun.compat import manage; sys.exit(manage(sys.argv[1:]))",
+    r = subprocess.run([sys.executable, "-c", "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))",
                         "install", str(bin_dir)], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(bin_dir)) == sorted(compat.NAMES)
@@ -101,7 +101,7 @@ def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_o
     (real / "qstat").write_text("#!/bin/sh\necho real\n")
     (real / "qstat").chmod(0o755)
     run = lambda *a, path: subprocess.run(
-        [sys.executable, "-c", "import sys; from grun.compat import manage; sys.exit(manage(sys.argv[1:]))", *a],
+        [sys.executable, "-c", "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))", *a],
         env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
     r = run("install", str(target), path=f"{real}:/nonexistent")
     assert r.returncode == 1 and "real qstat" in r.stderr and not target.exists()
@@ -194,6 +194,12 @@ def test_sacct_parsable_fields_and_states(cluster, shims, tmp_path):
     assert shims("sacct", "--format", "JobID,Bogus").returncode == 1
     r = shims("sacct", "-n", "-p", "--name", "fine", "--format", "jobid")
     assert f"{ok}|" in r.stdout.splitlines()
+    for window, seen in ((["-S", "now-1hour"], True), (["-S", "2020-01-01", "-E", "2020-01-02T12:00"], False),
+                         (["-E", "now-1days"], False), (["-S", "00:00"], True)):
+        r = shims("sacct", "-nP", "-o", "JobID", *window)
+        assert r.returncode == 0 and (str(ok) in r.stdout.split()) == seen, (window, r)
+    r = shims("sacct", "-S", "whenever")
+    assert r.returncode == 1 and "invalid time specification: whenever" in r.stderr
 
 
 def test_srun_streams_output_and_exits_with_the_code(cluster, shims, tmp_path):
@@ -249,8 +255,7 @@ def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path)
     assert wait_end(cluster, int(job_id))["state"] == "killed"
     r = shims("qdel", "99999")
     assert r.returncode == 1 and 'denied: job "99999" does not exist' in r.stdout
-    for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "-l gpu=1"), (["-q", "all.q", "-now", "y"], "-now"),
-                        (["-hold_jid", "build", "-b", "y", "true"], "-hold_jid build")):
+    for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "-l gpu=1"), (["-q", "all.q", "-now", "y"], "-now")):
         r = shims("qsub", *args, cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
 
@@ -293,6 +298,11 @@ def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
     assert third.returncode == 0, third.stderr
     wait_end(cluster, int(third.stdout))
     assert (tmp_path / "order").read_text() == "1\n2\n3\n"
+    prep = shims("qsub", "-terse", "-cwd", "-N", "prep", "-b", "y", "sh", "-c", "sleep 1; echo p >> named", cwd=tmp_path)
+    after = shims("qsub", "-terse", "-cwd", "-hold_jid", "pre*", "-b", "y", "sh", "-c", "echo a >> named", cwd=tmp_path)
+    assert [i for _, i in cluster.client().job(int(after.stdout))["deps"]] == [int(prep.stdout)]  # by name, a glob
+    wait_end(cluster, int(after.stdout))
+    assert (tmp_path / "named").read_text() == "p\na\n"
     failed = shims("sbatch", "--parsable", "--wrap", "exit 1", cwd=tmp_path).stdout.strip()
     never = shims("sbatch", "--parsable", "--dependency", f"afterok:{failed}", "--wrap", "true", cwd=tmp_path)
     assert wait_end(cluster, int(never.stdout))["state"] == "cancelled"
