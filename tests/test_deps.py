@@ -146,3 +146,33 @@ def test_dependencies_survive_a_master_restart_and_finished_ones_are_decided_fro
     never = nowait(c, "--afterok", str(bad), "true")
     assert c.grun("-q", "wait", str(by_id), str(by_name)).returncode == 0
     assert (_state(c, never), _job(c, never)["reason"]) == ("cancelled", f"dependency {bad} failed")
+
+
+def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster, tmp_path):
+    c = cluster
+    first = nowait(c, "sleep", "2")
+    held = nowait(c, "--afterok", str(first), "true")
+    assert c.grun("-e", "hold", str(held)).returncode == 0 and _state(c, held) == "held"
+    assert c.grun("-q", "wait", str(first)).returncode == 0
+    time.sleep(0.5)
+    assert _state(c, held) == "held", "its dependency was met, but it is held"
+    c.grun("-e", "resume", str(held))
+    assert c.grun("-q", "wait", str(held)).returncode == 0
+
+    blocker = nowait(c, "sleep", "3")
+    held = nowait(c, "--afterok", str(blocker), "true")  # released before its dependency is met: waiting again
+    c.grun("-e", "hold", str(held))
+    c.grun("-e", "resume", str(held))
+    assert _state(c, held) == "waiting"
+    c.grun("-k", str(blocker))
+    wait_for(lambda: _state(c, held) == "cancelled", timeout=10)
+
+    array = nowait(c, "--array", "1-3", "sh", "-c", "sleep 1; exit $((GRUN_TASK_ID == 3))")
+    after_two = nowait(c, "--afterok", f"{array}.2", "true")
+    after_three = nowait(c, "--afterok", f"{array}.3", "true")
+    assert len({array, after_two, after_three}) == 3
+    assert c.grun("-q", "wait", str(after_two)).returncode == 0
+    assert c.grun("-q", "wait", str(after_three)).returncode == 1
+    assert _job(c, after_three)["reason"].startswith("dependency ") and _job(c, after_three)["state"] == "cancelled"
+    r = c.grun("--nowait", "--afterok", f"{array}.9", "true")
+    assert r.returncode == 1 and "no live task" in r.stderr.decode()

@@ -243,3 +243,27 @@ def test_the_command_line_builds_the_spec_keys():
     for bad in (["--retries", "-1"], ["--retries", "101"], ["--afterok", "0"], ["--dependency", "afterok"]):
         with pytest.raises(UsageError, match=f"bad value for {bad[0]}"):
             verbs.parse(verbs.find("run"), [*bad, "true"])
+
+
+def test_a_held_waiting_job_keeps_its_dependencies_and_settles_when_released():
+    m = _state()
+    first, other = _submit(m), _submit(m)
+    second = _submit(m, afterok=[first, other])
+    m.handle("control", "hold", [second], 2.0)
+    assert m.table.jobs[second]["state"] == J.HELD
+    _end(m, first)
+    assert m.table.jobs[second]["state"] == J.HELD and m.table.jobs[second]["deps"] == [["afterok", other]]
+    m.handle("control", "resume", [second], 6.0)
+    assert m.table.jobs[second]["state"] == J.WAITING, "released with a dependency unmet: waiting again"
+    _end(m, other)
+    assert m.table.jobs[second]["state"] == J.QUEUED
+
+
+def test_a_dependency_on_an_array_task_not_started_makes_the_task_a_job_first():
+    m = _state()
+    array = _submit(m, array="1-3")
+    after = _submit(m, afterok=[f"{array}.2"])
+    task_job = m.table.tasks[array][2]
+    assert after > task_job and m.table.jobs[after]["deps"] == [["afterok", task_job]]
+    with pytest.raises(ValueError, match="no live task"):
+        _submit(m, afterok=[f"{array}.7"])

@@ -163,6 +163,10 @@ class MasterState:
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float, history=None) -> None:
         """`history`: the finished jobs that dependencies name, as the master found them in its history
         (by id, or by (user, name)); see grun.core.deps.resolve."""
+        for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
+            for kind in J.DEP_KINDS:
+                req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if isinstance(
+                    ref, str) and re.fullmatch(r"\d+\.\d+", ref) else ref for ref in req.get(kind) or ()]
         ids, records, names, next_id = [], [], set(), self.table.next_id
         for req in requests:
             known = self.table.token_id(req["token"])
@@ -247,7 +251,7 @@ class MasterState:
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
-            if job["state"] == here:
+            if job["state"] == here or (what, job["state"]) == ("hold", J.WAITING):
                 records.append({"op": op, "id": job["id"], "time": now})
             elif job["state"] == there and not A.is_array(job):
                 on_nodes[job["node"]].append(job["id"])

@@ -96,13 +96,13 @@ class JobTable:
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
             return self._finish(job, rec)
-        elif op == "hold" and state == J.QUEUED:
+        elif op == "hold" and state in (J.QUEUED, J.WAITING):
             self.pending.remove(job)
+            self.delayed.pop(job["id"], None)
             job["state"] = J.HELD
             job.pop("reserved_node", None)
         elif op == "release" and state == J.HELD:
-            job.update(state=J.QUEUED, queued_time=rec["time"])
-            self.pending.add(job)
+            self._settle(job, rec["time"])  # queued, or waiting again for what it still waits for
         elif op == "suspend" and state == J.RUNNING:
             job.update(state=J.SUSPENDED, suspend_time=rec["time"])
         elif op == "resume" and state == J.SUSPENDED:
@@ -116,11 +116,12 @@ class JobTable:
             self._index(job, True)
             if state != J.HELD:
                 self._settle(job, rec["time"])
-        elif op == "dep" and state == J.WAITING:  # one dependency met
+        elif op == "dep" and state in (J.WAITING, J.HELD):  # one dependency met
             self._index(job, False)
             job["deps"] = [d for d in job["deps"] if d[1] != rec["dep"]]
             self._index(job, True)
-            self._settle(job, rec["time"])
+            if state == J.WAITING:
+                self._settle(job, rec["time"])
         elif op == "ready" and state == J.WAITING:  # its retry is due
             self._settle(job, rec["time"])
         elif op == "retry":  # it failed with retries left: waiting for its retry_delay, else queued
