@@ -13,6 +13,7 @@ import pytest
 from grun import tables
 from grun.core import arrays as A
 from grun.core import jobs as J
+from grun.core.explain import explain
 from grun.core.master_state import MasterState
 
 
@@ -102,6 +103,8 @@ def test_placement_makes_tasks_jobs_as_they_fit_and_respects_percent_n():
     assert [r["op"] for r in step.records] == ["task", "task", "task", "dispatch", "dispatch", "dispatch"]
     assert len({t["id"] for t in tasks} | {array_id}) == 4 and tasks[0]["env"]["SLURM_ARRAY_JOB_ID"] == str(array_id)
     assert _offered(m.handle("schedule", 3.0)) == [], "at most 3 at once"
+    assert explain(m.table.jobs[array_id], m, 3.0) == (f"Array {array_id} waits: the array runs at most 3 tasks at "
+                                                      "once (%3) and 3 are running; the next starts when one ends.")
     _finish(m, tasks[:2], 4.0)
     assert [t["task"] for t in _offered(m.handle("schedule", 5.0))] == [4, 5]
     assert m.table.jobs[array_id]["counts"] == {"done": 2}
@@ -114,6 +117,8 @@ def test_a_task_held_and_released_on_its_own_still_waits_for_percent_n():
     m.handle("control", "hold", [f"{array_id}.7"], 3.0)
     m.handle("control", "resume", [f"{array_id}.7"], 4.0)
     assert _offered(m.handle("schedule", 5.0)) == [], "2 of its array run: %2"
+    task = m.table.jobs[m.table.tasks[array_id][7]]
+    assert explain(task, m, 5.0).startswith(f"Job {task['id']} (task 7 of array {array_id}) waits: the array runs at most 2")
     _finish(m, running[:1], 6.0)
     assert [t["task"] for t in _offered(m.handle("schedule", 7.0))] == [7], "room for one: the task released"
 

@@ -114,6 +114,11 @@ def explain(job: dict, master, now: float) -> str:
     if state in J.FINAL_STATES:
         return f"{head} has finished: {state}, {job.get('reason') or f'exit {J.describe_exit(job)}'}."
     table, claims = master.table, master.table.claims()
+    if not table.room(job):  # an array (or one of its tasks) at its %N
+        array, n = table.jobs.get(job.get("array"), job), job.get("limit") or table.jobs[job["array"]]["limit"]
+        what = f"{head} (task {job['task']} of array {array['id']})" if "task" in job else f"Array {job['id']}"
+        return f"{what} waits: the array runs at most {n} task{'s' * (n > 1)} at once (%{n}) and {n} " \
+               f"{'are' if n > 1 else 'is'} running; the next starts when one ends."
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
         kind, text = node_reason(node, job, claims)
