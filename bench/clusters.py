@@ -64,7 +64,20 @@ def new_cluster(args, nodes: int, master_only: bool = False):
             spec["spool"] = os.path.join(args.node_spool, os.path.basename(session_dir(args)),
                                          f"c{_SESSION['n']}", name)
             os.makedirs(spec["spool"])
-    return LocalCluster(nodes=specs, root=root, master_extra=dict(level))
+    keys = {}
+    if getattr(args, "auth", False):  # every daemon and client proves a cluster secret (README: Trust)
+        keys = {"auth": "secret", "secret_file": os.path.join(root, "secret")}
+        with open(os.open(keys["secret_file"], os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(os.urandom(32).hex())
+        os.environ["GRUN_BENCH_SECRET"] = keys["secret_file"]  # this process's clients and its helpers'
+        from grun import auth
+        auth.use(keys["secret_file"])
+        for spec in specs.values():
+            spec.update(keys)
+    cluster = LocalCluster(nodes=specs, root=root, master_extra=dict(level, **keys))
+    if keys:
+        cluster.client_config = cluster.write_config("client", {"services": "exec", **keys})
+    return cluster
 
 
 def start_cluster(args, nodes: int | None = None, master_only: bool = False, prepare=None):

@@ -1,6 +1,7 @@
 """Scenario 6, slurm (--slurm): the same N jobs through `sbatch --wrap true` (a loop) and `sbatch --array`,
-and `srun true` latency, on ../shared/anchors/slurm/setup.sh's Slurm (root only); then the grun/Slurm
-ratios, when scenarios 1 and 2 ran in the same invocation."""
+and `srun true` latency, on ../shared/anchors/slurm/setup.sh's Slurm (root only); the submit time and
+slurmctld's RSS for one held `sbatch --array=1-100000` (scenario 1's array scale, for Slurm); then the
+grun/Slurm ratios, when scenarios 1 and 2 ran in the same invocation."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def add_options(ap) -> None:
     ap.add_argument("--slurm", action="store_true", help="Slurm via ../shared/anchors/slurm")
     ap.add_argument("--slurm-nodes", type=int, default=8, help="simulated Slurm nodes (default 8)")
     ap.add_argument("--srun-runs", type=int, default=20, help="srun latency runs (default 20)")
+    ap.add_argument("--slurm-array-only", action="store_true", help="only the held sbatch --array=1-ARRAY_N")
 
 
 SMOKE = {"slurm": False}
@@ -147,6 +149,31 @@ def measure(args, res, detail: dict, holder) -> float:
     return srun_p50
 
 
+def array_scale(args, res, detail: dict) -> None:
+    """One `sbatch -H --array=1-N` (held: nothing runs): its submit time and slurmctld's RSS before and after."""
+    import psutil
+    n = args.array_n
+    ctld = max((p for p in psutil.process_iter(["name"]) if p.info["name"] == "slurmctld"),
+               key=lambda p: p.memory_info().rss)  # (not its zombie child)
+    _slurm_quiet()
+    before, t0 = ctld.memory_info().rss / 1e6, time.perf_counter()
+    r = xrun(["sbatch", "-H", "--parsable", "-o", "/dev/null", f"--array=1-{n}", "--wrap", "true"], timeout=300,
+             capture_output=True, text=True)
+    took, after = time.perf_counter() - t0, ctld.memory_info().rss / 1e6
+    say(f"scenario 6: sbatch -H --array=1-{n}: {took * 1000:.0f} ms, slurmctld RSS {before:.1f} -> {after:.1f} MB "
+        f"({(r.stdout or r.stderr).strip()[:80]})")
+    t1 = time.perf_counter()
+    listed = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%i"], capture_output=True, text=True,
+                            timeout=300).stdout.count("\n")
+    listed_s = time.perf_counter() - t1
+    subprocess.run(["scancel", r.stdout.strip().split(";")[0]], capture_output=True, timeout=120)
+    detail["array_scale"] = {"n": n, "submit_s": took, "rss_before_mb": before, "rss_after_mb": after,
+                             "ok": r.returncode == 0, "squeue_rows": listed}
+    res.add(SCENARIO, f"`sbatch -H --array=1-{n}`: submit time", [took * 1000] if r.returncode == 0 else [], "ms",
+            "grun: scenario 1's array scale", f"slurmctld RSS {before:.1f} -> {after:.1f} MB (+{after - before:.1f}); "
+            f"squeue -r lists {listed} tasks ({listed_s:.2f} s)" if r.returncode == 0 else f"FAILED: {r.stderr.strip()}")
+
+
 def add_ratios(res, srun_p50: float) -> None:
     """grun's figures over Slurm's, for the scenarios that ran in this invocation."""
     pairs = [("API concurrent / sbatch loop", "API, ", "`sbatch --wrap"),
@@ -172,7 +199,9 @@ def run(args, res) -> None:
     detail: dict = {"nodes": args.slurm_nodes}
     holder = slurm_cgroup()
     try:
-        add_ratios(res, measure(args, res, detail, holder))
+        array_scale(args, res, detail)
+        if not args.slurm_array_only:
+            add_ratios(res, measure(args, res, detail, holder))
     finally:
         say("scenario 6: stopping Slurm (stop.sh)")
         subprocess.run(["timeout", "120", os.path.join(SLURM_DIR, "stop.sh")], capture_output=True, text=True)

@@ -74,7 +74,9 @@ def go_and_collect(procs: list[subprocess.Popen]) -> tuple[float, list[dict]]:
 
 def _submitter(count: str, host: str, port: str) -> None:
     import grun
+    from grun import auth
     from grun.client import Client
+    auth.use(os.environ.get("GRUN_BENCH_SECRET"))  # (--auth: the cluster's secret)
     client = Client(host, int(port))
     client.call("ping")
     spec = job_spec()
