@@ -24,20 +24,29 @@ PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
 NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
 REFUSED = "not authorized: no valid proof of the cluster secret (a personal cluster serves its owner only)"
 CLUSTER = "cluster"  # caller(): a holder of the cluster secret
+_tls_context = None  # the client side's, made once
 _CRED = "cred:"
 _path: str | None = None
 _key: bytes | None = None
 _cred_at: str | None = None  # the abstract unix socket where this host's node daemon signs credentials
+_tls: dict | None = None  # {cert, key, ca} (config key tls); None or {}: no TLS
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
 
 
-def use(path: str | None, master: tuple | None = None) -> None:
+def configure(cfg) -> None:
+    """What this process presents and checks, from its config (grun.config calls this on every load)."""
+    secret = cfg.auth == "secret"
+    use(cfg.secret_file if secret else None, cfg.master if secret and not cfg.personal else None, cfg.tls)
+
+
+def use(path: str | None, master: tuple | None = None, tls: dict | None = None) -> None:
     """The secret this process presents and checks: the file at `path`, read when first needed (a personal
     cluster's is made by its daemon, maybe after its client read the config); None: none. `master`: the
     cluster's master address, which names where this host's node signs credentials for users."""
-    global _path, _key, _cred_at
+    global _path, _key, _cred_at, _tls, _tls_context
     _path, _key, _cred_at = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None
+    _tls, _tls_context = tls, None
 
 
 def key() -> bytes | None:
@@ -100,6 +109,37 @@ def side_proof(token: str) -> str:
     """What the output side channel gets after a token: a proof of the secret, the sign of a user who holds
     none (the token came to their credential), or nothing on a cluster without a secret."""
     return (proof(token) if key() is not None else NO_PROOF) if _path else ""
+
+
+def tls_client():
+    """This process's TLS context for its connections, or None without `tls:`. The cluster's CA verifies
+    the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
+    user connects without one (and proves who they are with a credential)."""
+    global _tls_context
+    if _tls and _tls_context is None:
+        import ssl
+        context = ssl.create_default_context(cafile=_tls["ca"])
+        try:
+            context.load_cert_chain(_tls["cert"], _tls["key"])
+        except PermissionError:
+            pass
+        _tls_context = context
+    return _tls_context
+
+
+def tls_pyro5() -> None:
+    """With `tls:`, Pyro5's daemons and proxies in this process speak TLS: a daemon verifies a client's
+    certificate when it shows one (a daemon's) and takes clients without (users), as tls_client()."""
+    if not _tls:
+        return
+    import ssl
+
+    from Pyro5 import config, socketutil
+    config.SSL, config.SSL_CACERTS, config.SSL_REQUIRECLIENTCERT = True, _tls["ca"], False
+    config.SSL_SERVERCERT = config.SSL_CLIENTCERT = _tls["cert"]
+    config.SSL_SERVERKEY = config.SSL_CLIENTKEY = _tls["key"]
+    socketutil.get_ssl_context(servercert=_tls["cert"], serverkey=_tls["key"], cacerts=_tls["ca"]).verify_mode = \
+        ssl.CERT_OPTIONAL  # (Pyro5 caches this context for its daemons: it knows only NONE or REQUIRED)
 
 
 def who(given, bound: str = ""):

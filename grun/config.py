@@ -150,6 +150,14 @@ def parse_services(text) -> frozenset[str]:
     return names
 
 
+def _parse_tls(value) -> dict:
+    """{cert, key, ca}: absolute paths to PEM files (this host's certificate and key, the cluster's CA); {}: off."""
+    if value in (None, "", "none", "off", {}):
+        return {}
+    _expect(isinstance(value, dict) and set(value) == {"cert", "key", "ca"}, "a mapping {cert, key, ca}", value)
+    return {name: _path(path, absolute=True) for name, path in value.items()}
+
+
 def _parse_users(text) -> frozenset[str]:
     """ "alice bob", "alice,bob" or a YAML list of user names."""
     items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
@@ -281,6 +289,7 @@ KEYS = {key.name: key for key in (
     Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
         False, "the same on every host (personal mode: made in the spool, mode 0600)"),
     Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
+    Key("tls", _parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", _parse_users, lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
 )}
@@ -334,7 +343,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
                 raise ConfigError(str(e), source, line, name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)
     from . import auth  # the secret of the config read last is the one this process's connections present
-    auth.use(*((cfg.secret_file, None if cfg.personal else cfg.master) if cfg.auth == "secret" else (None,)))
+    auth.configure(cfg)
     return cfg
 
 

@@ -38,6 +38,7 @@ def configure() -> None:
     pyro_config.MAX_MESSAGE_SIZE = 256 * 1024 * 1024
     pyro_config.DETAILED_TRACEBACK = False
     pyro_config.MAX_RETRIES = 0
+    auth.tls_pyro5()
 
 
 def node_name(hostname: str) -> str:

@@ -128,9 +128,15 @@ class WireProxy:
                                                       timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
             except OSError as exc:
                 raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (with TLS: 3 ms a connect, not 45)
             self._seq, self._pyroConnected = 0, time.time()
-            from .auth import proof
+            from .auth import proof, tls_client
+            if (tls := tls_client()) is not None:
+                try:
+                    self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
+                except OSError as exc:  # (ssl.SSLError is one) the peer is not the cluster's, or we are not
+                    self._pyroRelease()
+                    raise NotAuthorized(f"TLS with {self._host}:{self._port} failed: {exc}") from None
             hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
         self._seq = (self._seq + 1) & 0xFFFF
         sock, sent = self._sock, False
