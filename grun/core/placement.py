@@ -83,7 +83,7 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     grun.core.quotas.Quotas whose limits hold jobs back (None: no limits)."""
     plan = Plan()
     claims = {} if claims is None else claims
-    n_live, live, misses, limited, extra = index.up_count(), None, 0, 0, {}
+    n_live, live, misses, limited, extra, held_back = index.up_count(), None, 0, 0, {}, set()
     if not n_live:
         return plan
     full = not index.any_free()
@@ -91,7 +91,9 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         kind, copies, placed = shape(job), room(job) if room else 1, 0
-        if quotas is not None and quotas.refusal(job, extra):
+        who = quotas is not None and (job.get("user"), job.get("group"), kind)
+        if who and (who in held_back or quotas.refusal(job, extra)):
+            held_back.add(who)  # a refusal stands for the rest of the pass: the totals only grow in it
             limited += 1
             if limited >= MAX_LIMITED_PER_PASS:
                 break
