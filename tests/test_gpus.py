@@ -163,6 +163,10 @@ def test_jobs_see_their_own_gpus_never_shared_across_restarts_and_status_shows_t
     long = nowait(c, "-p", "gpu=2", "sleep", "60")
     assert wait_state(c, long, "running")["devices"] == {"gpu": ["0", "1"]}
     assert "DEVICES(in use)" in _status_devices(c) and " gpu 0,1 of 3 " in _status_devices(c)
+    assert "  devices   gpu 0,1\n" in c.grun("-q", "jobs", "--long").stdout.decode()
+    r = c.grun("-p", "gpu=1.5", "true")
+    assert (r.returncode, r.stderr) == (1, b"grun: gpu is indexed (devices): ask for a whole number, not 1.5 "
+                                           b"(--force queues it anyway)\n")
     c.kill("master")  # kill -9: the assignment is in the journal
     c.start_master()
     c.kill("g")       # and the node: it comes back with the job still running

@@ -42,6 +42,8 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             if largest + EPS < want:
                 return f"no node has {want:g} {name}; largest is {largest:g}"
             pool = [n for n in having if n.resources[name] + EPS >= want]
+            if want != round(want) and all(name in n.devices for n in pool):
+                return f"{name} is indexed (devices): ask for a whole number, not {want:g}"
         else:
             return f"no node has {name}"
         if not pool:
