@@ -4,6 +4,7 @@ theirs, the assignment survives a master and a node restart, and `-q status` sho
 decisions as pure code first, then grun.gpu against a fake nvidia-smi, then a real cluster."""
 from __future__ import annotations
 
+import os
 import random
 import stat
 
@@ -181,3 +182,14 @@ def test_jobs_see_their_own_gpus_never_shared_across_restarts_and_status_shows_t
     assert c.client().job(waiting)["state"] == "queued"
     c.grun("-k", str(long))
     assert wait_state(c, waiting, "done", timeout=30)["devices"] == {"gpu": ["0", "1"]}
+
+
+def test_a_node_offers_the_gpus_nvidia_smi_lists_through_the_built_in_plugin(tmp_path, monkeypatch):
+    pytest.importorskip("grun.plugins", reason="the plugin loader (helper PLUG) merges node_resources()")
+    monkeypatch.setenv("PATH", _fake_smi(tmp_path, 'printf "GPU 0: Tesla T4 (UUID: a)\\nGPU 1: Tesla T4 (UUID: b)\\n"')
+                       + os.pathsep + os.environ["PATH"])
+    with LocalCluster({"g": {"cpus": 2, "memory": 2000}}) as c:
+        [node] = c.client().nodes()
+        assert node["devices"] == {"gpu": [["0", "1"], []]}
+        r = c.grun("-p", "gpu=1", "-p", "gpu_model=Tesla*", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+        assert (r.returncode, r.stdout) == (0, b"0\n"), r.stderr
