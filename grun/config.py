@@ -93,6 +93,20 @@ def _named(value, kind: str, values: str, parse) -> dict:
     return out
 
 
+def _resource(value):
+    """An amount (a counted consumable), or a list of device ids (an indexed one: gpu: [0, 1])."""
+    if not isinstance(value, list):
+        return _number(value, "an amount, or a list of device ids")
+    ids = [_label(v) for v in value]
+    _expect(len(set(ids)) == len(ids), "device ids listed once each", value, "duplicates in ")
+    return ids
+
+
+def _limits(value) -> dict:
+    from .core.quotas import parse_limits  # (only a config that sets limits pays for the import)
+    return parse_limits(value)
+
+
 def _label(text) -> str:
     _expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
     return str(text).strip() if not isinstance(text, bool) else str(text).lower()
@@ -263,8 +277,8 @@ KEYS = {key.name: key for key in (
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", lambda v: _named(v, "resource", "amounts", lambda n: _number(n, "an amount")), lambda c: {}, _X,
-        True, "this node's consumables (-p gpu=1)"),
+    Key("resources", lambda v: _named(v, "resource", "amounts or device lists", _resource), lambda c: {}, _X,
+        True, "this node's consumables (-p gpu=1); a list of ids: jobs get specific ones"),
     Key("labels", lambda v: _named(v, "label", "values", _label), lambda c: {}, _X, True,
         "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
@@ -292,6 +306,9 @@ KEYS = {key.name: key for key in (
     Key("tls", _parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", _parse_users, lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
+    # per-user and per-group limits (grun.core.quotas)
+    Key("limits", lambda v: _limits(v), lambda c: {}, _Q, True,
+        "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
 )}
 
 

@@ -27,6 +27,7 @@ import time
 
 from . import limits as L
 from . import spool
+from .gpu import device_env
 
 SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
@@ -179,6 +180,7 @@ class Reaper:
         argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
+        env.update(device_env(job.get("devices")))
         try:
             ident = _identity(job)
         except ValueError as exc:  # its user is unknown here

@@ -94,9 +94,13 @@ def label(job: dict) -> str:
 
 
 def nodes_table(nodes: list[dict]) -> str:
+    indexed = any(n.get("devices") for n in nodes)  # then a column of which devices jobs hold: "gpu 0,2 of 4"
     rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
-             f"{n['free_memory']}/{n['memory']}", n["running"]] for n in nodes]
-    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS"])
+             f"{n['free_memory']}/{n['memory']}"] + [
+             "; ".join(f"{k} {','.join(used) or 'none'} of {len(ids)}" for k, (ids, used) in
+                       sorted(n.get("devices", {}).items())) or "-"] * indexed + [n["running"]] for n in nodes]
+    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)"] + ["DEVICES(in use)"] * indexed
+                 + ["JOBS"])
 
 
 def history_table(jobs: list[dict]) -> str:
@@ -131,6 +135,7 @@ def history_long(jobs: list[dict]) -> str:
             f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
             f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
             f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}",
+            j.get("devices") and "  devices   " + "; ".join(f"{k} {','.join(v)}" for k, v in j["devices"].items()),
             j.get("inputs") and "  inputs    " + " ".join(j["inputs"]),
             j.get("outputs") and "  outputs   " + " ".join(j["outputs"]) + ("  (make)" if j.get("make") else ""),
             j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),

@@ -14,7 +14,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # (grun/auth.py, the handshake and side-channel checks, allow_root) 152. Slurm's and SGE's commands
 # (issue 16: grun/compat.py, grun/compat_sge.py, the reaper's env table, tables) 697. Dependencies and
 # retries (issue 13: grun/core/deps.py, the JobTable's indexes and waiting state, history lookups) 308.
-TOTAL, MODULE, MEDIAN = 9640, 500, 200
+# Issue 12's indexed resources (GPUs) and per-user limits 248: grun/core/quotas.py, grun/gpu.py, and the
+# devices and totals in placement, nodes, queue, master, config, tables. Issue 15's credentials,
+# ownership, the reapers-only notify socket and TLS 272; issue 16's native CLI (--json, -F, completion,
+# systemd, progress line, help pages) 226 and sacct -S/-E, -hold_jid by name 25; issue 13's hold of a
+# waiting job, task dependencies and %N in why 14.
+TOTAL, MODULE, MEDIAN = 9888, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -8,6 +8,8 @@ of the jobs the records touched are woken, and `_execute` carries out the instru
 each with a timeout and never under the lock (invariant 4), and history.
 """
 
+import functools
+import grp
 import logging
 import threading
 import time
@@ -58,12 +60,22 @@ class NodeLink:
                 return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _group_name(gid: int) -> str:
+    """A submitter's group by name (config limits: group.NAME), once per gid: groups are rarely renamed."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return str(gid)
+
+
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Master:
     def __init__(self, state_dir: str, **settings):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
         self.core = MasterState(**settings)
+        self.core.group_of = _group_name
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
         self._closing = False
@@ -298,7 +310,8 @@ class Master:
             return [{"name": n.name, "up": n.up, "cpus": n.cpus, "memory": n.memory,
                      "free_cpus": max(0.0, n.free_cpus), "free_memory": max(0, n.free_memory),
                      "running": len(n.jobs), "uri": n.uri, "outside_cpus": n.outside_cpus,
-                     "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen}
+                     "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
+                     "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()}}
                     for _, n in sorted(self.core.table.nodes.items())]
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:

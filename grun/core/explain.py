@@ -42,6 +42,8 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             if largest + EPS < want:
                 return f"no node has {want:g} {name}; largest is {largest:g}"
             pool = [n for n in having if n.resources[name] + EPS >= want]
+            if want != round(want) and all(name in n.devices for n in pool):
+                return f"{name} is indexed (devices): ask for a whole number, not {want:g}"
         else:
             return f"no node has {name}"
         if not pool:
@@ -136,13 +138,15 @@ def explain(job: dict, master, now: float) -> str:
     position, higher = len(ahead) + 1, sum(other["priority"] > job["priority"] for other in ahead)
     lines.append(f"It is number {position} of {len(table.pending)} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
+    if limit := table.quotas.refusal(job):
+        lines.append(f"It waits under a limit of the config: {limit}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits"))
     if job.get("reserved_node"):
         lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
                      f"take nothing it needs.")
     elif possible and "fits" not in groups and (left := master.settings["reserve_after"] - waited) > 0:
         lines.append(f"After {_duration(left)} more a node will be reserved for it.")
-    if "fits" in groups:
+    if "fits" in groups and not limit:
         lines.append("It should start at the next scheduling pass.")
     elif not possible:
         lines.append("No node up now could ever run it as it is; edit it with `grun -e` or kill it.")

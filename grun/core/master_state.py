@@ -78,11 +78,14 @@ class MasterState:
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
+        self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
         """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
         changed = {k: v for k, v in changes.items() if k in SETTINGS and self.settings[k] != v}
         self.settings.update(changed)
+        if "limits" in changed:
+            self.table.quotas.configure(changed["limits"])
         return changed
 
     def handle(self, event: str, *args, step: Step | None = None, **kwargs) -> Step:
@@ -154,6 +157,8 @@ class MasterState:
         s = self.settings
         requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
                     for spec in specs]
+        for req in requests:  # (by the master's name service: a client cannot claim a group)
+            req["group"] = self.group_of(req["gid"])
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         for req in requests if s["default_retries"] else ():
@@ -401,18 +406,19 @@ class MasterState:
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
                          reserve_after=self.settings["reserve_after"], claims=self.table.claims(),
-                         room=self.table.room)
+                         room=self.table.room, quotas=self.table.quotas if self.settings["limits"] else None)
             records, dispatched = [], []
-            for job, node in plan.placed:
+            for (job, node), devices in zip(plan.placed, plan.devices):
                 # place() counted the job on the view; apply() must not count it twice
                 node.jobs.discard(job["id"])
-                node.take(job, -1)
+                node.take(job, -1, devices)
                 if A.is_array(job):  # one of its tasks becomes a job, and that one is dispatched
                     task = {"op": "task", "id": job["id"], "new": self.table.next_id, "task": A.next_task(job)}
                     self._commit(step, [dict(task, time=now)])
                     job = self.table.jobs[task["new"]]
                 dispatched.append(job)
-                records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now})
+                records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now,
+                                **({"devices": devices} if devices else {})})
             placed = {job["id"] for job, _ in plan.placed}
             records += [{"op": "reserve", "id": job["id"], "node": node.name, "time": now}
                         for job, node in plan.reserve if job["id"] not in placed]

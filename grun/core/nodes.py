@@ -4,7 +4,9 @@ it, and the `NodeIndex` that files the up nodes by free capacity. Pure code, no 
 A node's free capacity is its total minus what grun jobs have reserved (soft locks: a reservation is
 the job's request, not its use) minus the load of processes that are not grun jobs, as its node last
 measured it. Requests are cpus, memory, custom consumables (`-p gpu=1` against `resources:`), labels
-that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern.
+that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern. A consumable the
+node offers as a list (`gpu: ["0", "1"]`) is indexed: counted as any other, and a job placed there is
+also given that many specific devices (`pick`), which no other job on the node holds meanwhile.
 """
 
 import fnmatch
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 EPS = 1e-9
 # What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
 # node to another place in its index (usage, up/down).
-_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels"})
+_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices"})
 _WATCHED = _DESCRIBED | {"used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"}
 
 
@@ -34,6 +36,8 @@ class NodeView:
     resources: dict = field(default_factory=dict)       # consumable name -> total
     used_resources: dict = field(default_factory=dict)  # consumable name -> reserved by jobs
     labels: dict = field(default_factory=dict)          # label name -> value (a string)
+    devices: dict = field(default_factory=dict)         # indexed consumable name -> its device ids
+    held: dict = field(default_factory=dict)            # indexed consumable name -> the ids jobs hold
     # what the master knows of the node itself: where to call it, which run of its daemon, when it
     # was last heard from, whether its jobs were declared lost since, and its grun jobs' cpu use
     uri: str | None = None
@@ -68,12 +72,21 @@ class NodeView:
             return False
         return all(self.resources.get(name, 0) + EPS >= need for name, need in consumables(job, self).items())
 
-    def take(self, job: dict, sign: int = 1) -> None:
-        """Count (or with sign=-1, uncount) a job's request on this node."""
+    def take(self, job: dict, sign: int = 1, devices: dict | None = None) -> None:
+        """Count (or with sign=-1, uncount) a job's request on this node, and the devices it holds
+        (`devices`, else the job's own "devices")."""
         self.used_cpus += sign * job["cpus"]
         self.used_memory += sign * job["memory"]
         for name, need in consumables(job, self).items():
             self.used_resources[name] = self.used_resources.get(name, 0) + sign * need
+        for name, ids in (job.get("devices") or {} if devices is None else devices).items():
+            held = self.held.setdefault(name, set())
+            held.update(ids) if sign > 0 else held.difference_update(ids)
+
+    def pick(self, job: dict) -> dict[str, list[str]]:
+        """The devices a job placed here gets: of each indexed consumable it asks for, the first free ones."""
+        return {name: [d for d in self.devices[name] if d not in self.held.get(name, ())][:round(need)]
+                for name, need in consumables(job, self).items() if name in self.devices and need}
 
 
 def host_matches(name: str, pattern: str) -> bool:
@@ -108,6 +121,8 @@ def mismatch(node: NodeView, job: dict) -> str | None:
             return f"no {name}"
         elif not isinstance(want, (int, float)):
             return f"{name} is a consumable, not a label"
+        elif name in node.devices and want != round(want):
+            return f"{name} is indexed: ask for a whole number"
     return None
 
 

@@ -5,7 +5,8 @@ anywhere stays queued and smaller jobs behind it may still run. Among the nodes 
 left fullest wins (best fit: fewest cpus left, then least memory left, `NodeIndex.best`), ties broken
 at random, so big jobs still find empty machines. A job that has waited longer than `reserve_after`
 without fitting claims the node that comes closest to fitting it; from then on other jobs go there
-only if they take nothing that job still needs (backfill that cannot delay it).
+only if they take nothing that job still needs (backfill that cannot delay it). A job that would pass
+its user's, its group's or the cluster's limit (`grun.core.quotas`) is passed over, and others go ahead.
 """
 
 import heapq
@@ -22,6 +23,8 @@ MAX_MISSES_PER_PASS = 2000
 # (10,000 nodes) filled in one pass held it for seconds, so heartbeats waited past their timeout.
 # The master runs the next pass at once when a pass was cut short.
 MAX_PLACED_PER_PASS = 2000
+# ... and stops after passing over this many jobs held back by a limit (a check costs about a microsecond).
+MAX_LIMITED_PER_PASS = 20000
 _job_id = operator.itemgetter("id")
 
 
@@ -67,18 +70,20 @@ class PendingQueue:
 @dataclass
 class Plan:
     placed: list = field(default_factory=list)     # (job, node)
+    devices: list = field(default_factory=list)    # for each of placed: {indexed consumable: device ids}
     reserve: list = field(default_factory=list)    # (job, node): new or moved reservations
 
 
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
-          reserve_after: float | None = None, claims: dict | None = None, room=None) -> Plan:
+          reserve_after: float | None = None, claims: dict | None = None, room=None, quotas=None) -> Plan:
     """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
     for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
     `room(job)`: how many copies of the job may be placed (an array's tasks; 1 when not given): a job
-    may appear in `placed` that many times, and one with no room is passed over."""
+    may appear in `placed` that many times, and one with no room is passed over. `quotas`: a
+    grun.core.quotas.Quotas whose limits hold jobs back (None: no limits)."""
     plan = Plan()
     claims = {} if claims is None else claims
-    n_live, live, misses = index.up_count(), None, 0
+    n_live, live, misses, limited, extra, held_back = index.up_count(), None, 0, 0, {}, set()
     if not n_live:
         return plan
     full = not index.any_free()
@@ -86,12 +91,20 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         kind, copies, placed = shape(job), room(job) if room else 1, 0
+        who = quotas is not None and (job.get("user"), job.get("group"), kind)
+        if who and (who in held_back or quotas.refusal(job, extra)):
+            held_back.add(who)  # a refusal stands for the rest of the pass: the totals only grow in it
+            limited += 1
+            if limited >= MAX_LIMITED_PER_PASS:
+                break
+            continue
         while placed < copies and not full and (kind not in failed_shapes or job.get("reserved_node")):
             node = index.best(job, rng, claims)
             if node is None:
                 failed_shapes.add(kind)
                 break
-            node.take(job)
+            plan.devices.append(node.pick(job))
+            node.take(job, devices=plan.devices[-1])
             node.jobs.add(job["id"])
             plan.placed.append((job, node))
             _drop_claim(claims, job)
@@ -99,6 +112,10 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
             full = not index.any_free()
             if len(plan.placed) >= MAX_PLACED_PER_PASS:
                 return plan
+            if quotas is not None:
+                quotas.charge(job, extra)
+                if quotas.refusal(job, extra):
+                    break
         if placed or not copies:
             continue
         misses += 1

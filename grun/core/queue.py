@@ -12,6 +12,7 @@ from . import arrays as A
 from . import jobs as J
 from .nodes import NodeIndex, NodeView
 from .placement import PendingQueue
+from .quotas import Quotas
 
 # Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
 # its job already ended still gets the same id instead of queueing the job again.
@@ -39,6 +40,7 @@ class JobTable:
         self.dependants: dict[int, set[int]] = {}  # job id -> the waiting jobs that depend on it (grun.core.deps)
         self.makers: dict[str, set[int]] = {}    # path -> the live jobs that declare it an output (make's needs)
         self.delayed: dict[int, float] = {}      # waiting job id -> when its retry is due
+        self.quotas = Quotas()                   # what each user and group runs now (config limits:)
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
 
@@ -78,6 +80,9 @@ class JobTable:
         if op == "dispatch":
             self.pending.remove(job)
             job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
+            job.pop("devices", None)  # (kept past a re-queue: a lost node may come back with the job)
+            if rec.get("devices"):
+                job["devices"] = rec["devices"]
             job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
@@ -262,8 +267,8 @@ class JobTable:
             return None
         if job.get("lent_to"):
             return {"cpus": 0.0, "memory": 0, "params": {}}
-        cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]
-        return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}}
+        cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]  # (a suspended job keeps its devices)
+        return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
 
     def _sync(self, job: dict) -> None:
         """Make the node views count exactly what the job holds now (and index its reservation). A
@@ -282,11 +287,13 @@ class JobTable:
             node.take(claim)
             node.jobs.add(job["id"])
             self.counted[job["id"]] = (node.name, claim)
+            self.quotas.hold(job["id"], job, claim)
 
     def _uncount(self, job_id: int) -> None:
         entry = self.counted.pop(job_id, None)
         if entry is None:
             return
+        self.quotas.hold(job_id, None)
         node = self.nodes.get(entry[0])
         if node is not None:
             node.take(entry[1], -1)
@@ -354,8 +361,9 @@ class JobTable:
     def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
                     labels: dict | None = None) -> dict | None:
         """A "node" record when a node's description is new or changed, else None."""
-        rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),
-               "resources": {str(k): float(v) for k, v in (resources or {}).items()},
+        rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),  # (a list: device ids)
+               "resources": {str(k): list(dict.fromkeys(map(str, v))) if isinstance(v, (list, tuple)) else float(v)
+                             for k, v in (resources or {}).items()},
                "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
         return None if name in self.nodes and _described(self.nodes[name]) == rec else rec
 
@@ -364,7 +372,9 @@ class JobTable:
         if node is None:  # being up is not journaled: down until it registers again
             node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
-        node.resources, node.labels = dict(rec.get("resources") or {}), dict(rec.get("labels") or {})
+        node.labels, given = dict(rec.get("labels") or {}), rec.get("resources") or {}
+        node.devices = {k: list(v) for k, v in given.items() if isinstance(v, list)}
+        node.resources = {k: float(len(v)) if isinstance(v, list) else v for k, v in given.items()}
         self.recount(node.name)
         return node
 
@@ -372,6 +382,7 @@ class JobTable:
         """Count again what the node's jobs hold there (its size changed)."""
         node = self.nodes[name]
         on_node, node.jobs, node.used_cpus, node.used_memory, node.used_resources = node.jobs, set(), 0.0, 0, {}
+        node.held = {}
         for job_id in sorted(on_node):
             self.counted.pop(job_id, None)
             self._sync(self.jobs[job_id])
@@ -410,4 +421,4 @@ class JobTable:
 def _described(node: NodeView) -> dict:
     """The "node" record that describes the node as it is (a snapshot holds one per node)."""
     return {"op": "node", "name": node.name, "cpus": node.cpus, "memory": node.memory,
-            "resources": dict(node.resources), "labels": dict(node.labels)}
+            "resources": {**node.resources, **{k: list(v) for k, v in node.devices.items()}}, "labels": dict(node.labels)}

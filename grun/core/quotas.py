@@ -1,0 +1,108 @@
+"""Per-user, per-group and cluster-wide limits on what runs at once (config `limits:`): running totals per
+owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code, no I/O.
+
+Scopes: `user` (each user), `user.NAME`, `group` (each group), `group.NAME`, `all` (everyone together);
+a named scope's fields replace the general one's for that user or group. Fields: `jobs`, `cpus`, `memory`
+(MB) and any consumable (`gpu`). A job counts from its dispatch to its end with what it holds on its node
+(a suspended job holds no cpus), so a check costs a few dict lookups, whatever the number of jobs.
+"""
+
+from .nodes import EPS, consumables
+
+FIELDS = ("jobs", "cpus", "memory")
+SCOPES = ("user", "group", "all")
+_UNIT = {"jobs": "jobs", "cpus": "cpus", "memory": "MB of memory"}
+
+
+def owners(job: dict) -> tuple:
+    return ("user", job.get("user") or "?"), ("group", job.get("group") or "?"), ("all", "")
+
+
+def amounts(job: dict) -> dict:
+    """What one job counts for (a claim: its request as its node holds it)."""
+    return {"jobs": 1, "cpus": job["cpus"], "memory": job["memory"], **consumables(job)}
+
+
+class Quotas:
+    def __init__(self, limits: dict | None = None):
+        self.totals: dict[tuple, dict] = {}   # owner -> {field: amount its running jobs hold}
+        self.held: dict[int, tuple] = {}      # job id -> (its owners, its amounts)
+        self.configure(limits)
+
+    def configure(self, limits: dict | None) -> None:
+        self.limits, self._caps = dict(limits or {}), {}
+
+    def hold(self, job_id: int, job: dict | None, claim: dict | None = None) -> None:
+        """From now on the job holds `claim` (None: nothing, it has left its node)."""
+        old = self.held.pop(job_id, None)
+        if old is not None:
+            self._add(old[0], old[1], -1)
+        if claim is not None:
+            self.held[job_id] = (owners(job), amounts(claim))
+            self._add(*self.held[job_id], 1)
+
+    def _add(self, who: tuple, what: dict, sign: int, totals: dict | None = None) -> None:
+        totals = self.totals if totals is None else totals
+        for owner in who:
+            if totals is self.totals or self.caps(owner):  # (a pass counts only what a limit watches)
+                sums = totals.setdefault(owner, {})
+                for name, n in what.items():
+                    sums[name] = sums.get(name, 0) + sign * n
+
+    def caps(self, owner: tuple) -> dict:
+        caps = self._caps.get(owner)
+        if caps is None:
+            kind, name = owner
+            caps = {**self.limits.get(kind, {}), **self.limits.get(f"{kind}.{name}", {})}
+            if len(self._caps) > 100_000:
+                self._caps.clear()
+            self._caps[owner] = caps
+        return caps
+
+    def charge(self, job: dict, extra: dict) -> None:
+        """Count one more copy of the job in `extra` (the jobs a scheduling pass placed so far)."""
+        self._add(owners(job), amounts(job), 1, extra)
+
+    def refusal(self, job: dict, extra: dict | None = None) -> str | None:
+        """Why one more copy of the job would pass a limit, or None."""
+        if not self.limits:
+            return None
+        need = amounts(job)
+        for owner in owners(job):
+            for name, cap in self.caps(owner).items():
+                if not need.get(name):
+                    continue
+                have = self.totals.get(owner, {}).get(name, 0) + (extra or {}).get(owner, {}).get(name, 0)
+                if have + need[name] > cap + EPS:
+                    return _text(owner, name, cap, have, need[name])
+        return None
+
+
+def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
+    kind, who = owner
+    who, their = {"user": (f"user {who}", "their"), "group": (f"group {who}", "its")}.get(kind, ("the cluster", "its"))
+    unit = _UNIT.get(name, name)
+    if need > cap + EPS:
+        return f"{who} may run at most {cap:g} {unit} at once and this job alone asks for {need:g}"
+    return f"{who} already runs {have:g} of {their} {cap:g} {unit}"
+
+
+def parse_limits(value) -> dict:
+    """The config's `limits:`: {scope: {field: amount}}; a ValueError, one line, for anything else."""
+    import difflib
+    import re
+
+    from ..config import _NAME, _expect, _number, parse_memory  # (config imports nothing of the core)
+    _expect(isinstance(value, dict), "a mapping like {user: {cpus: 64, jobs: 500}, group.students: {gpu: 2}}", value)
+    out = {}
+    for scope, fields in value.items():
+        _expect(isinstance(scope, str) and re.fullmatch(r"(user|group)(\.[^\s.][^\s]*)?|all", scope),
+                "scopes user, user.NAME, group, group.NAME or all", scope)
+        _expect(isinstance(fields, dict) and fields, f"for {scope} a mapping like {{cpus: 64, jobs: 500}}", fields)
+        out[scope] = {}
+        for name, amount in fields.items():
+            _expect(isinstance(name, str) and re.fullmatch(_NAME, name), f"in {scope} jobs, cpus, memory or a resource", name)
+            if name not in FIELDS and (close := difflib.get_close_matches(name, FIELDS, 1, 0.8)):
+                raise ValueError(f"{scope}: unknown field {name!r} (did you mean {close[0]}?)")
+            out[scope][name] = parse_memory(amount) if name == "memory" else _number(amount, f"{scope} {name}: a number")
+    return out

@@ -1,0 +1,51 @@
+"""GPUs and other indexed devices on a node: the built-in plugin that finds NVIDIA GPUs (`GpuPlugin`), and
+the environment that names the devices a job was given (`device_env`).
+
+A job given devices of an indexed resource NAME sees them, comma-separated, in `GRUN_<NAME>S` (`-p gpu=2`:
+GRUN_GPUS=0,2); for `gpu`, in CUDA_VISIBLE_DEVICES too, so CUDA programs see only those.
+"""
+
+import glob
+import os
+import re
+import subprocess
+
+NVIDIA_SMI_TIMEOUT = 5.0  # a hung driver must not hold a node daemon's start-up for long
+
+
+def device_env(devices: dict | None) -> dict[str, str]:
+    env = {f"GRUN_{re.sub(r'[^A-Z0-9_]', '_', name.upper())}S": ",".join(ids) for name, ids in (devices or {}).items()}
+    if "gpu" in (devices or {}):
+        env["CUDA_VISIBLE_DEVICES"] = env["GRUN_GPUS"]
+    return env
+
+
+def nvidia_gpus(smi: str = "nvidia-smi", proc: str = "/proc/driver/nvidia/gpus") -> list[tuple[str, str]]:
+    """(index, model) of each NVIDIA GPU: from `nvidia-smi -L`, else from the driver's /proc files."""
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT).stdout
+        found = re.findall(r"(?m)^GPU (\d+): (.+?)(?: \(UUID: [^)]*\))?\s*$", out)
+        if found:
+            return found
+    except (OSError, subprocess.SubprocessError):
+        pass
+    gpus = []
+    for info in sorted(glob.glob(os.path.join(proc, "*", "information"))):
+        try:
+            with open(info) as f:
+                fields = dict(re.findall(r"(?m)^([^:\n]+):\s*(.*?)\s*$", f.read()))
+        except OSError:
+            continue
+        gpus.append((fields.get("Device Minor", str(len(gpus))), fields.get("Model", "unknown")))
+    return gpus
+
+
+class GpuPlugin:
+    """Offers the node's NVIDIA GPUs as the indexed resource `gpu` and their model as the label `gpu_model`."""
+
+    def node_resources(self) -> dict:
+        gpus = nvidia_gpus()
+        if not gpus:
+            return {}
+        models = sorted({model for _, model in gpus})
+        return {"resources": {"gpu": [index for index, _ in gpus]}, "labels": {"gpu_model": ",".join(models)}}
