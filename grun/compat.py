@@ -254,7 +254,7 @@ SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus
                "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
                "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
                "account=-A,--account ntasks=-n,--ntasks nodes=-N,--nodes wrap=--wrap quiet:-Q,--quiet "
-               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold")
+               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold gres=--gres")
 SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold")}
 
 
@@ -284,6 +284,11 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
     if "time" in opts:
         request["time"] = seconds(last(opts, "time"))
+    for item in filter(None, ",".join(opts.get("gres", [])).split(",")):  # gpu:2, gpu:a100:2 (a type: ignored)
+        name, *kind, count = item.split(":") if ":" in item else (item, "1")
+        if not count.isdigit() or not re.fullmatch(r"[A-Za-z_][\w.-]*", name) or len(kind) > 1:
+            raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
+        request.setdefault("params", {})[name] = int(count)
     for part in last(opts, "dependency", "").split(",") if "dependency" in opts else ():
         kind, _, ids = part.partition(":")
         key = {"afterany": "after", "afterok": "afterok", "afternotok": "afternotok"}.get(kind)

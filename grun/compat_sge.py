@@ -48,6 +48,9 @@ def qsub(argv: list[str]) -> int:
                 C.megabytes(value, int(slots))
         elif key in TIME and value:
             request["time"] = C.seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
+        elif value and re.fullmatch(r"[A-Za-z_][\w.-]*", key):  # a consumable (gpu=1) or a label (arch=x86_64)
+            from .core.jobs import number_or_text
+            request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {item}")
     held, client = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i], Client()

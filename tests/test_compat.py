@@ -22,7 +22,7 @@ def test_options_read_as_getopt_does():
     opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
     assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
     assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
-    for argv, words in ((["--gres=gpu:1"], "unsupported option --gres"), (["-J"], "-J needs a value"),
+    for argv, words in ((["--gpus=1"], "unsupported option --gpus"), (["-J"], "-J needs a value"),
                         (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
         with pytest.raises(compat.Refused, match=words):
             compat.parse(argv, compat.SUBMIT)
@@ -44,7 +44,10 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not():
     assert (request["cpus"], request["memory"], request["afterok"], request["after"]) == (2, 2048, [3, "4.2"], [5])
     assert request["pass_env"] == [] and request["cwd"] == os.path.join(os.getcwd(), "sub")
     assert request["env"]["A"] == "b" and request["env"]["SLURM_CPUS_PER_TASK"] == "2"
-    for argv, words in ((["-n", "2"], "one task on one node"), (["-d", "after:3"], "unsupported dependency"),
+    request = compat.slurm_request(compat.parse(["--gres=gpu:a100:2,scratch:1", "--gres", "io"], compat.SUBMIT)[0], "nm",
+                                   "sbatch")
+    assert request["params"] == {"gpu": 2, "scratch": 1, "io": 1}  # (a type, a100, is not placed by)
+    for argv, words in ((["-n", "2"], "one task on one node"), (["--gres=gpu:x"], "bad --gres"), (["-d", "after:3"], "unsupported dependency"),
                         (["-d", "afterok:3?afterok:4"], "unsupported dependency"), (["-c", "0.5"], "cpus-per-task"),
                         (["--mem", "-1"], "bad memory size")):
         with pytest.raises(compat.Refused, match=words):
@@ -144,10 +147,11 @@ def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_p
 def test_sbatch_refuses_what_it_cannot_do_faithfully(cluster, shims, tmp_path):
     before = len(cluster.client().jobs()) + len(cluster.client().history(1000))
     (tmp_path / "noshebang.sh").write_text("echo hi\n")
-    (tmp_path / "bad.sh").write_text("#!/bin/sh\n#SBATCH --gres=gpu:1\necho\n")
+    (tmp_path / "bad.sh").write_text("#!/bin/sh\n#SBATCH --gpus=1\necho\n")
     (tmp_path / "torn.sh").write_text("#!/bin/sh\n#SBATCH -J 'open\necho\n")
     for args, words in ((["--exclusive", "--wrap", "true"], "--exclusive"), (["-n", "4", "--wrap", "true"], "--ntasks=4"),
-                        (["noshebang.sh"], "does not look like a batch script"), (["bad.sh"], "line 2: unsupported option --gres"),
+                        (["noshebang.sh"], "does not look like a batch script"), (["bad.sh"], "line 2: unsupported option --gpus"),
+                        (["--gres=gpu:1", "--wrap", "true"], "no node has gpu"),
                         (["torn.sh"], "line 2: No closing quotation"), (["-d", "after:1", "--wrap", "true"], "after:1"),
                         (["--mem", "lots", "--wrap", "true"], "bad memory size")):
         r = shims("sbatch", *args, cwd=tmp_path)
@@ -255,7 +259,8 @@ def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path)
     assert wait_end(cluster, int(job_id))["state"] == "killed"
     r = shims("qdel", "99999")
     assert r.returncode == 1 and 'denied: job "99999" does not exist' in r.stdout
-    for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "-l gpu=1"), (["-q", "all.q", "-now", "y"], "-now")):
+    for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "no node has gpu"), (["-q", "all.q", "-now", "y"], "-now"),
+                        (["-l", "h_vmem", "-b", "y", "true"], "-l h_vmem")):
         r = shims("qsub", *args, cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
 
