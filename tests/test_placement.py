@@ -199,6 +199,32 @@ def test_a_reservation_sticks_and_backfill_may_use_what_the_starving_job_does_no
     assert t.jobs[greedy]["state"] == "queued"
 
 
+def test_easy_backfill_admits_a_job_that_ends_before_the_reservation_and_refuses_a_longer_one():
+    t = _table(("a", 4, 8000), reserve_after=5.0)
+    running = _submit(t, cpus=2, time=100.0)  # by its limit it ends at 100
+    _run(t, 0.0)
+    t.apply({"op": "start", "id": running, "time": 0.0})
+    big = _submit(t, 1.0, cpus=4)
+    assert [(r["op"], r["id"]) for r in _run(t, 10.0)] == [("reserve", big)]
+    long_ = _submit(t, 11.0, cpus=2, time=600.0)  # first: a job of its shape that may not backfill...
+    unknown = _submit(t, 11.0, cpus=2)
+    short = _submit(t, 11.0, cpus=2, time=30.0)  # ...does not stop one that may
+    assert t.claims(11.0)["a"]["window"] == 89.0, "the reserved job could start when the running one ends"
+    assert [(r["op"], r["id"]) for r in _run(t, 12.0)] == [("dispatch", short)], "only the job that ends in time"
+    assert t.jobs[long_]["state"] == t.jobs[unknown]["state"] == "queued"
+
+
+def test_no_backfill_past_a_running_job_without_an_estimate():
+    t = _table(("a", 4, 8000), reserve_after=5.0)
+    _submit(t, cpus=2)  # no -t: nobody knows when it ends
+    _run(t, 0.0)
+    big = _submit(t, 1.0, cpus=4)
+    _run(t, 10.0)
+    assert t.jobs[big].get("reserved_node") == "a" and t.claims(11.0)["a"]["window"] == 0.0
+    short = _submit(t, 11.0, cpus=2, time=1.0)
+    assert _run(t, 12.0) == [] and t.jobs[short]["state"] == "queued"
+
+
 def test_reservations_and_lending_replay_from_the_journal():
     """Every change goes through apply(): replaying the records gives the same table."""
     t = _table(("a", 2, 4000))

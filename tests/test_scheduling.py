@@ -239,6 +239,24 @@ def test_a_starving_big_job_gets_a_node_reserved_and_small_ones_backfill_elsewhe
         c.stop()
 
 
+def test_easy_backfill_runs_a_short_job_on_the_reserved_node_and_not_a_long_one():
+    """a (2 cpus) runs a job with -t 30s; the big job (2 cpus) reserves a. A 1-cpu job of -t 5s ends before
+    the running one's limit, so it runs on a now; one of -t 5m, or with no -t, would delay the big job."""
+    c = _start({"a": {"cpus": 2, "memory": 4000}}, reserve_after=1.0)
+    try:
+        running = nowait(c, "-c", "1", "-t", "30s", "sleep", "30")
+        wait_state(c, running, "running")
+        big = nowait(c, "-c", "2", "-r", "30", "echo", "big")
+        wait_for(lambda: job(c, big).get("reserved_node") == "a", 20, what="a reservation for the big job")
+        long_, unknown = nowait(c, "-c", "1", "-t", "5m", "true"), nowait(c, "-c", "1", "true")
+        short = nowait(c, "-c", "1", "-t", "5s", "echo", "short")
+        assert c.grun("-q", "wait", str(short)).returncode == 0 and job(c, short)["node"] == "a"
+        assert job(c, long_)["state"] == job(c, unknown)["state"] == job(c, big)["state"] == "queued"
+        assert "reserved for job" in c.grun("why", str(long_)).stdout.decode()
+    finally:
+        c.stop()
+
+
 # ---- 6. nested grun ----------------------------------------------------------------------------
 
 def test_nested_grun_lends_the_parents_reservation(three, tmp_path):

@@ -115,7 +115,7 @@ def explain(job: dict, master, now: float) -> str:
         return waiting_text(job, now)
     if state in J.FINAL_STATES:
         return f"{head} has finished: {state}, {job.get('reason') or f'exit {J.describe_exit(job)}'}."
-    table, claims = master.table, master.table.claims()
+    table, claims = master.table, master.table.claims(now)
     if not table.room(job):  # an array (or one of its tasks) at its %N
         array, n = table.jobs.get(job.get("array"), job), job.get("limit") or table.jobs[job["array"]]["limit"]
         what = f"{head} (task {job['task']} of array {array['id']})" if "task" in job else f"Array {job['id']}"
@@ -158,7 +158,7 @@ def progress(job: dict, master, now: float) -> str:
     (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
     if job["state"] != J.QUEUED:
         return explain(job, master, now)
-    table, claims = master.table, master.table.claims()
+    table, claims = master.table, master.table.claims(now)
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
     reasons = [(node, *node_reason(node, job, claims)) for node in table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)

@@ -405,7 +405,7 @@ class MasterState:
         offers, again = collections.defaultdict(list), collections.defaultdict(list)
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
-                         reserve_after=self.settings["reserve_after"], claims=self.table.claims(),
+                         reserve_after=self.settings["reserve_after"], claims=self.table.claims(now),
                          room=self.table.room, quotas=self.table.quotas if self.settings["limits"] else None)
             records, dispatched = [], []
             for (job, node), devices in zip(plan.placed, plan.devices):

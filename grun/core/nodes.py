@@ -127,9 +127,13 @@ def mismatch(node: NodeView, job: dict) -> str | None:
 
 
 def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
-    """Whether placing the job on this node takes something the job that reserved it still needs."""
+    """Whether placing the job on this node takes something the job that reserved it still needs, and
+    could hold it past the time the reserving job would start (EASY backfill: a job that will have ended
+    by then may run; its run time is its -t or a learned estimate, the owner's `window`, JobTable.claims)."""
     owner = claims.get(node.name) if claims else None
     if owner is None or owner["id"] == job["id"]:
+        return False
+    if (run := job.get("time") or job.get("expected_time")) and run <= owner.get("window", 0.0):
         return False
     if job["cpus"] > EPS and node.free_cpus - job["cpus"] < owner["cpus"] - EPS:
         return True

@@ -91,6 +91,8 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     unreservable: set = set()        # shapes no unclaimed node could ever take
     for job in ordered_jobs:
         kind, copies, placed = shape(job), room(job) if room else 1, 0
+        if claims:  # how long it runs decides whether it may backfill a claimed node (nodes.delays_claim)
+            kind += (job.get("time") or job.get("expected_time"),)
         who = quotas is not None and (job.get("user"), job.get("group"), kind)
         if who and (who in held_back or quotas.refusal(job, extra)):
             held_back.add(who)  # a refusal stands for the rest of the pass: the totals only grow in it
@@ -158,7 +160,7 @@ def _reserve(job: dict, nodes: list[NodeView], claims: dict, plan: Plan, rng) ->
         node = closest[0] if len(closest) == 1 else rng.choice(closest)
         _drop_claim(claims, job)
         plan.reserve.append((job, node))
-    claims[node.name] = job
+    claims.setdefault(node.name, job)  # (a claim it holds already keeps its backfill window)
     return True
 
 

@@ -10,7 +10,7 @@ import sys
 
 from . import arrays as A
 from . import jobs as J
-from .nodes import NodeIndex, NodeView
+from .nodes import EPS, NodeIndex, NodeView, consumables
 from .placement import PendingQueue
 from .quotas import Quotas
 
@@ -301,9 +301,30 @@ class JobTable:
             node.used_cpus = max(0.0, node.used_cpus)
             node.used_memory = max(0, node.used_memory)
 
-    def claims(self) -> dict:
-        """Node name -> the queued job that reserved it."""
-        return {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
+    def claims(self, now: float | None = None) -> dict:
+        """Node name -> the queued job that reserved it; given `now`, a copy with its `window`: how long
+        until the jobs running there, by their ends as -t or learned estimates tell, leave it room (0 when
+        a job it waits for has no estimate, or is past it: then nothing is backfilled there)."""
+        claims = {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
+        return claims if now is None else {name: dict(owner, window=self._window(self.nodes[name], owner, now))
+                                           for name, owner in claims.items()}
+
+    def _window(self, node: NodeView, owner: dict, now: float) -> float:
+        need = {"cpus": owner["cpus"], "memory": owner["memory"], **consumables(owner, node)}
+        room = {k: node.free_cpus if k == "cpus" else node.free_memory if k == "memory" else node.free(k) for k in need}
+        ends = []
+        for job in map(self.jobs.get, node.jobs):
+            run, began = job.get("time") or job.get("expected_time"), job.get("start_time", job.get("dispatch_time"))
+            if not run or began is None or began + run <= now:
+                return 0.0  # no estimate, or past it: it may end any moment, or never
+            ends.append((began + run, job["id"]))
+        for end, job_id in sorted(ends):
+            job = self.jobs[job_id]
+            frees = {"cpus": job["cpus"], "memory": job["memory"], **consumables(job, node)}
+            room = {k: v + frees.get(k, 0) for k, v in room.items()}
+            if all(room[k] + EPS >= v for k, v in need.items()):
+                return end - now
+        return 0.0
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
                       attempt: int | None = None) -> dict | None:
