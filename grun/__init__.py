@@ -9,9 +9,10 @@ and does not pull in Pyro5 or cloudpickle (nor importlib: `__import__` does the 
 __version__ = "0.1.0"
 
 __all__ = ["CallFuture", "Client", "GrunError", "Job", "JobNotFound", "MasterUnreachable", "NotSupported",
-           "RemoteError", "Timeout", "__version__", "map", "remote", "submit_call"]
+           "Reject", "RemoteError", "Timeout", "__version__", "map", "remote", "submit_call"]
 _LAZY = {name: "calls" if name in ("CallFuture", "RemoteError", "map", "remote", "submit_call") else
-         "job" if name == "Job" else "client" for name in __all__ if name != "__version__"}
+         "job" if name == "Job" else "plugins" if name == "Reject" else "client"
+         for name in __all__ if name != "__version__"}
 
 
 def __getattr__(name: str):

@@ -112,6 +112,14 @@ def _label(text) -> str:
     return str(text).strip() if not isinstance(text, bool) else str(text).lower()
 
 
+def _parse_plugins(value) -> list[str]:
+    """A list of module:Class, or those as words (the original's way of writing lists)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    _expect(isinstance(items, list) and all(isinstance(i, str) and re.fullmatch(
+        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i) for i in items), "a list of module:Class", value)
+    return items
+
+
 _count = lambda v: int(_number(v, "a count"))
 _ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
             "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
@@ -309,6 +317,9 @@ KEYS = {key.name: key for key in (
     # per-user and per-group limits (grun.core.quotas)
     Key("limits", lambda v: _limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
+    # plugins (grun/plugins.py; README: Plugins)
+    Key("plugins", _parse_plugins, lambda c: [], _D, True,
+        "more plugins, as module:Class (installed ones, entry point grun.plugins, load by themselves)"),
 )}
 
 
@@ -343,6 +354,9 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
     """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None."""
     raw, lines = _read_yaml(path) if path is not None else ({}, {})
     values, where, warnings = {}, {}, []
+    if raw.keys() - KEYS.keys() or ":" in str(raw.get("bind", "")):  # the original grun's keys, maybe
+        from .config_original import translate
+        raw, lines, warnings = translate(raw, lines, path)
     given = [(name, value, path, lines.get(name)) for name, value in raw.items()]
     given += [(key.name, environ[key.env], f"${key.env}", None) for key in KEYS.values() if environ.get(key.env)]
     for name, value, source, line in given:
@@ -456,6 +470,9 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         node = loader.get_single_node()
         value = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:  # a MarkedYAMLError says where, and what without the whole context
+        from .config_original import read
+        if (original := read(text)) is not None:  # `key: value` lines that are not YAML: the original's format
+            return original
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or getattr(e, "context", None) or e
         raise ConfigError(f"not valid YAML: {problem}", path, mark.line + 1 if mark else None) from None

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import auth, registry
+from . import auth, plugins, registry
 from .config import KEYS, Config, ConfigError, format_hostport, load_config
 from .files import read_int
 
@@ -63,6 +63,8 @@ def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
 class Services:
     def __init__(self, cfg: Config):
         self.cfg, self.master, self.master_daemon, self.node = cfg, None, None, None
+        self.plugins = plugins.load(cfg)
+        log.info("plugins: %s", ", ".join(self.plugins.names) or "none")
 
     def _settings(self, service: str) -> dict:
         return {name: getattr(self.cfg, name) for name, key in KEYS.items() if key.service == service}
@@ -72,7 +74,7 @@ class Services:
         if "queue" in services:
             from .actors.master import Master
             self.master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
-            self.master = Master(os.path.join(cfg.spool, "master"), **self._settings("queue"))
+            self.master = Master(os.path.join(cfg.spool, "master"), plugins=self.plugins, **self._settings("queue"))
             uri = self.master_daemon.register(self.master, registry.MASTER_NAME)
             self.master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
             registry.serve_in_thread(self.master_daemon, "grun-master-pyro")
@@ -81,7 +83,8 @@ class Services:
             from .actors.node import Node
             settings = self._settings("exec")
             self.node = Node(settings.pop("hostname"), os.path.join(cfg.spool, "node"), master_host=cfg.master_host,
-                             master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise, **settings)
+                             master_port=cfg.master_port, bind=cfg.bind, advertise=cfg.advertise,
+                             plugins=self.plugins, **settings)
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, self.node.uri, cfg.cpus, cfg.memory)
 
     def reload(self) -> None:
@@ -91,6 +94,7 @@ class Services:
         old = self.cfg
         try:
             new = load_config(old.path)
+            self.plugins.replace(plugins.load(new).all)  # (a plugin that cannot load keeps the running config)
         except Exception as exc:  # a broken edit must not take the daemon down
             log.error("reload: %s; keeping the running config", exc)
             return
@@ -98,7 +102,9 @@ class Services:
             log.warning("reload: %s", warning)
         changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]
         logging.getLogger().setLevel(new.log_level.upper())
-        applied = {"log_level": new.log_level} if "log_level" in changed else {}
+        applied = {key: getattr(new, key) for key in ("log_level", "plugins") if key in changed}
+        if self.node is not None:
+            self.node.replug()
         actors = {"queue": self.master, "exec": self.node}
         for service, actor in actors.items():
             asked = {key: getattr(new, key) for key in changed if KEYS[key].service == service and KEYS[key].reload}
@@ -142,13 +148,13 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     _use_secret(cfg)
     pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
+    hosted = Services(cfg)  # (its plugins load first: one that cannot is refused before we take the pid file)
     lock_fd = _lock_pid_file(pid_file, replacing)
     if replacing:
         log.info("took over from the previous daemon (pid %d)", replacing)
     signals = queue.SimpleQueue()  # taken by the loop below: a handler must not do the work (put is reentrant)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: signals.put(signum))
-    hosted = Services(cfg)
     try:
         hosted.start(services)
         while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
@@ -197,6 +203,7 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+    plugins.load(cfg, instantiate=False)  # a plugin that cannot be imported: said here, not only in the log
     for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
         print(f"grun: warning: {warning}", file=sys.stderr)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]

@@ -42,6 +42,7 @@ def nvidia_gpus(smi: str = "nvidia-smi", proc: str = "/proc/driver/nvidia/gpus")
 
 class GpuPlugin:
     """Offers the node's NVIDIA GPUs as the indexed resource `gpu` and their model as the label `gpu_model`."""
+    budget = NVIDIA_SMI_TIMEOUT + 1  # (grun.plugins' time budget for a hook: nvidia-smi may take seconds)
 
     def node_resources(self) -> dict:
         gpus = nvidia_gpus()

@@ -398,14 +398,16 @@ def do_jobs(ctx: Context, args: dict) -> int:
                      jobs_table(jobs, args.get("format")))
 
 
-@verb("[--json]", "json", aliases="nodes s")
+@verb("[--long|--json]", "long json", aliases="nodes s")
 def do_status(ctx: Context, args: dict) -> int:
-    """the nodes (state, free cpus and memory, running jobs) and the master's warnings"""
+    """the nodes (state, free cpus and memory, running jobs) and the master's warnings; --long: and plugins"""
     from .tables import nodes_table
     nodes, problems = ctx.client.nodes(), ctx.client.health()
     if args.get("json"):
         return ctx.print(json_text({"nodes": nodes, "warnings": problems}))
     ctx.print(nodes_table(nodes))
+    for daemon, names in ctx.client.call("plugins_run").items() if args.get("long") else ():
+        ctx.print(f"plugins of the {daemon}: {', '.join(names) or 'none'}")
     for problem in problems:
         ctx.print(f"warning: {problem}")
     return 0

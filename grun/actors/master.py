@@ -22,6 +22,7 @@ from ..background import Loop
 from ..core import jobs as J
 from ..core.explain import explain, progress
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
+from ..plugins import Plugins
 from ..store import Store, StoreError
 
 log = logging.getLogger("grun.master")
@@ -72,9 +73,9 @@ def _group_name(gid: int) -> str:
 @Pyro5.api.expose
 @Pyro5.api.behavior(instance_mode="single")
 class Master:
-    def __init__(self, state_dir: str, **settings):
+    def __init__(self, state_dir: str, plugins: Plugins | None = None, **settings):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
-        self.core = MasterState(**settings)
+        self.core, self.plugins, self.node_plugins = MasterState(**settings), plugins or Plugins(), {}
         self.core.group_of = _group_name
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
@@ -148,6 +149,7 @@ class Master:
                 getattr(log, args[0])(args[1])
         if finished:
             self.store.add_history(finished)
+            self.plugins.finished(finished)
         if step.kick:
             self._scheduler.wake()
         if failed:
@@ -186,6 +188,8 @@ class Master:
                 if not batch or self._closing:
                     self._sending.discard(name)
                     return
+            for job in batch.values() if self.plugins.hooks["on_dispatch"] else ():
+                self.plugins.notify("on_dispatch", job, {"name": name})
             reply = self._call_node(name, "start", list(batch.values()))
             try:
                 if reply is not None:  # else the jobs stay dispatched and are offered again later
@@ -229,6 +233,7 @@ class Master:
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
         requests = self.core.requests(specs)
+        self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
         return self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
                         history=self._finished(requests))
 
@@ -279,6 +284,7 @@ class Master:
         name, uri = str(info["name"]), str(info["uri"])
         if getattr(self.links.get(name), "uri", None) != uri:
             self.links[name] = NodeLink(name, uri)
+        self.node_plugins[name] = [str(p) for p in info.pop("plugins", None) or ()]
         return self._do("register", info)  # (its node record is on disk before the reply)
 
     def heartbeat(self, name: str, info: dict) -> dict:
@@ -313,6 +319,10 @@ class Master:
                      "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
                      "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()}}
                     for _, n in sorted(self.core.table.nodes.items())]
+
+    def plugins_run(self) -> dict:
+        """The plugins the master and each node run (`grun -q status --long`)."""
+        return {"master": self.plugins.names, **{f"node {n}": p for n, p in sorted(self.node_plugins.items())}}
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         return [J.public_view(j) for j in self.store.history(int(limit), J.history_filter(user, grep))]

@@ -19,9 +19,10 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import auth, limits, registry
+from .. import auth, limits, registry, spawner
 from ..background import Loop
 from ..config import KEYS
+from ..plugins import Plugins
 from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
@@ -38,8 +39,11 @@ REREGISTER = {"cpus", "memory", "resources", "labels"}  # the reloaded keys the 
 class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
                  cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
-                 hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float):
+                 hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float,
+                 plugins: Plugins | None = None):
         """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
+        self.plugins = plugins or Plugins()
+        self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
         self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
         self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
         self.min_free_memory, self.kill_grace = min_free_memory, kill_grace
@@ -100,6 +104,7 @@ class Node(NodeJobs):
                                             limits=limits.job_limits(job, self.hard_factor, self.ulimit)))
                         self._register_job(live)
                 if live is not None:
+                    self.plugins.start(live.job, spawner.SHELL)  # (before job.json is written)
                     self._launch(live)
                 started[str(job_id)] = None
             except Exception as exc:
@@ -140,6 +145,12 @@ class Node(NodeJobs):
         self._reregister |= bool(REREGISTER & changed.keys())
         self._report_now.wake()
         return changed
+
+    def replug(self) -> None:
+        """After a reload: what the plugins offer now, and who they are, told the master by registering again."""
+        auth.require("reload a node's plugins")
+        self.found, self._reregister = self.plugins.node_resources(), True
+        self._report_now.wake()
 
     def _tidy(self) -> None:
         """The janitor: missed ends, outputs fetched or kept long enough, acks.log, stale offers."""
@@ -213,8 +224,8 @@ class Node(NodeJobs):
 
     def _register(self) -> dict:
         reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
-                                            "memory": self.memory, "resources": self.resources,
-                                            "labels": self.labels, **self._held()})
+                                            "memory": self.memory, **self._held(), "plugins": self.plugins.names,
+                                            **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
         self._name_pending = True  # once per registration, not per job

@@ -1,0 +1,266 @@
+"""Plugins (issue 12): a third-party plugin installed as its own package (tests/plugin_pkg, found by its entry
+point) shows each hook against real daemons; plugins that raise, that sleep past their budget, or that cannot be
+imported never take a daemon down nor lose a job; and the hooks' rules on their own (grun.plugins.Plugins)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+from cluster import LocalCluster
+from util import assert_one_error_line, nowait, wait_for, wait_state
+
+from grun.plugins import Plugin, Plugins, Reject
+
+PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugin_pkg")
+LAB = "grun_testplug:LabPlugin"
+
+
+@pytest.fixture(scope="module")
+def installed():
+    """`pip install` of the plugin's package into a directory of its own, put on the daemons' PYTHONPATH
+    (the test environment's site-packages is shared with the other tests' daemons); and a directory where
+    the plugin writes what its hooks saw."""
+    root = tempfile.mkdtemp(prefix="grun-plugin-")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "GRUN_TESTPLUG_DIR")}
+    try:
+        shutil.copytree(PACKAGE, os.path.join(root, "src"))  # (pip builds in the source tree: not in ours)
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                            "--no-build-isolation", "--target", os.path.join(root, "site"), os.path.join(root, "src")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert os.path.exists(os.path.join(root, "site", "grun_testplug.py"))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(root, "site"), saved["PYTHONPATH"]]))
+        os.environ["GRUN_TESTPLUG_DIR"] = notes = os.path.join(root, "notes")
+        os.mkdir(notes)
+        yield notes
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(installed):
+    with LocalCluster({"n1": {"cpus": 2, "memory": 4000}}) as c:
+        c.notes = installed
+        yield c
+
+
+def notes(cluster, hook: str) -> list[dict]:
+    path = os.path.join(cluster.notes, hook)
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+def log(cluster, name: str) -> str:
+    return open(os.path.join(cluster.root, name, "grun.log")).read()
+
+
+def test_each_hook_of_an_installed_plugin(cluster):
+    # status --long: the plugins each daemon runs
+    r = cluster.grun("-q", "status", "--long")
+    assert r.returncode == 0, r.stderr
+    status = r.stdout.decode()
+    assert f"plugins of the master: {LAB}" in status and f"plugins of the node n1: {LAB}" in status
+    # node_resources: a resource and labels only the plugin offers place the job
+    r = cluster.grun("-p", "widget=2", "-p", "plugged=yes", "sh", "-c", "echo placed")
+    assert (r.returncode, r.stdout) == (0, b"placed\n"), r.stderr
+    # on_submit adds to env, on_start too; both reach the job
+    r = cluster.grun("sh", "-c", 'echo "$SUBMITTED_VIA $STARTED_BY"')
+    assert (r.returncode, r.stdout) == (0, b"labplugin labplugin\n"), r.stderr
+    # on_start wraps the command (a shell line too)
+    r = cluster.grun("-E", "WRAP_ME", "echo wrapped=$WRAPPED", env={**cluster.env, "WRAP_ME": "1"})
+    assert (r.returncode, r.stdout) == (0, b"wrapped=yes\n"), r.stderr
+    # on_submit changes a request, validated, with where it came from
+    job_id = nowait(cluster, "-j", "aligner", "true")
+    job = wait_state(cluster, job_id, "done")
+    assert (job["memory"], job["cpus"], job["priority"], job["params"]) == (1234, 2, 77, {"licence": "matlab"})
+    assert job["origin"]["memory"] == f"plugin {LAB}" and job["memory_set"]
+    # ... whose invalid changes are skipped: the job goes on as asked
+    job = wait_state(cluster, nowait(cluster, "-j", "bad-change", "true"), "done")
+    assert job["cpus"] == 1 and "origin" not in job
+    assert "on_submit's changes are not valid" in log(cluster, "master")
+    # on_submit rejects: the submitter sees why, exit 1, nothing queued
+    before = len(cluster.client().jobs()) + len(cluster.client().history(1000))
+    r = cluster.grun("-j", "forbidden", "true")
+    assert_one_error_line(r, "interns may not submit on Sundays (plugin grun_testplug:LabPlugin)")
+    assert r.returncode == 1
+    assert len(cluster.client().jobs()) + len(cluster.client().history(1000)) == before
+    # on_dispatch and on_finish: notices with the job's node and its final state
+    failed = nowait(cluster, "sh", "-c", "exit 3")
+    wait_for(lambda: any(n["id"] == failed for n in notes(cluster, "on_finish")), what="on_finish")
+    assert {"id": failed, "state": "failed", "exit": 3, "node": "n1"} in notes(cluster, "on_finish")
+    assert {"id": failed, "node": "n1"} in notes(cluster, "on_dispatch")
+    assert {n["id"] for n in notes(cluster, "on_finish")} >= {job_id, failed}
+
+
+def test_plugins_that_raise_or_sleep_lose_nothing(installed):
+    bad = {"plugins": ["grun_testplug:Raises", "grun_testplug:Sleeps"]}
+    with LocalCluster({"n1": {"cpus": 2, "memory": 4000, **bad}}, master_extra=bad) as c:
+        assert wait_for(lambda: "node_resources ran past its budget" in log(c, "n1"), what="the node's log")
+        started = time.monotonic()
+        ids = [nowait(c, "sh", "-c", f'echo "{i} $SLEPT"') for i in range(3)]
+        took = time.monotonic() - started
+        for job_id in ids:
+            assert wait_state(c, job_id, "done", timeout=30)["exit"] == 0
+        outputs = [c.grun("--attach", str(i)).stdout for i in ids]
+        assert outputs == [f"{i} \n".encode() for i in range(3)]  # a late hook's changes never count
+        # the first submit waits out Sleeps' budget (0.3 s); while it still sleeps, its next calls are skipped
+        assert took < 3 * 1.5, took
+        master = log(c, "master")
+        assert "plugin grun_testplug:Raises: on_submit failed (RuntimeError: on_submit is broken)" in master
+        assert "plugin grun_testplug:Sleeps: on_submit ran past its budget of 0.3 s" in master
+        assert "on_submit skipped, as its hooks are until its late call ends" in master
+        assert "on_start failed" in log(c, "n1")
+        r = c.grun("-q", "status", "--long")
+        assert "grun_testplug:Raises, grun_testplug:Sleeps" in r.stdout.decode()
+
+
+def test_a_plugin_that_cannot_be_imported(installed, tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(yaml.safe_dump({"master": "127.0.0.1:1", "bind": "127.0.0.1", "spool": str(tmp_path / "spool"),
+                                    "plugins": ["nosuch_lab_module:Quota"]}))
+    for argv in (["grun.cli", "-C", str(conf), "-d"], ["grun.daemon", str(conf)]):
+        r = subprocess.run([sys.executable, "-m", *argv], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert_one_error_line(r, "plugin 'nosuch_lab_module:Quota'", "No module named 'nosuch_lab_module'")
+    assert not os.path.exists(tmp_path / "spool" / "grun.pid")
+
+
+def test_reload_with_a_plugin_that_cannot_be_imported_keeps_the_running_config(cluster):
+    conf = cluster.configs["master"]
+    good = open(conf).read()
+    try:
+        with open(conf, "w") as f:
+            f.write(good + "plugins: [nosuch_lab_module:Quota]\n")
+        r = cluster.grun("-C", conf, "-d", "-r")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: "reload: plugin 'nosuch_lab_module:Quota'" in log(cluster, "master"), what="the reload")
+        assert "keeping the running config" in log(cluster, "master")
+        assert LAB in cluster.client().call("plugins_run")["master"]
+        r = cluster.grun("sh", "-c", 'echo "$SUBMITTED_VIA"')
+        assert (r.returncode, r.stdout) == (0, b"labplugin\n")
+    finally:
+        with open(conf, "w") as f:
+            f.write(good)
+
+
+# ---- the hooks' rules, without daemons ------------------------------------------------------------
+
+class Policy:
+    budget = 0.2
+
+    def on_submit(self, job):
+        if job["name"] == "no":
+            raise Reject("not today")
+        if job["name"] == "slow":
+            time.sleep(1)
+        job["memory"] = 2048
+        return {"params": {"gpu": 1}}
+
+
+def _requests(*names):
+    from grun.core.jobs import validate_spec
+    return [validate_spec({"cmd": ["true"], "cwd": "/", "name": n}) for n in names]
+
+
+def test_on_submit_changes_are_validated_and_recorded():
+    plugins = Plugins([Plugin("lab:Policy", Policy())])
+    requests = _requests("a")
+    plugins.submit(requests)
+    assert (requests[0]["memory"], requests[0]["params"], requests[0]["memory_set"]) == (2048, {"gpu": 1}, True)
+    assert requests[0]["origin"] == {"memory": "plugin lab:Policy", "params": "plugin lab:Policy"}
+    with pytest.raises(ValueError, match=r"not today \(plugin lab:Policy\)"):
+        plugins.submit(_requests("a", "no"))
+
+
+def test_a_late_hook_is_skipped_and_its_plugin_skipped_while_it_runs(caplog):
+    plugins = Plugins([Plugin("lab:Policy", Policy())])
+    requests = _requests("slow", "a", "a", "a")
+    started = time.monotonic()
+    plugins.submit(requests)
+    assert time.monotonic() - started < 0.6  # one budget, not one per job
+    assert [r["memory"] for r in requests] == [100] * 4 and "origin" not in requests[1]
+    assert [r.getMessage() for r in caplog.records] == [  # the skips said once, not once per job
+        "plugin lab:Policy: on_submit ran past its budget of 0.2 s; skipped",
+        "plugin lab:Policy: on_submit skipped, as its hooks are until its late call ends"]
+    time.sleep(1)
+    plugins.submit(requests[1:])  # done sleeping: called again
+    assert requests[1]["memory"] == 2048
+
+
+def test_no_plugins_cost_nothing_and_on_start_wraps_argv():
+    empty = Plugins()
+    job = {"cmd": ["echo hi"], "shell": True, "env": {}}
+    empty.start(job, "/bin/sh")
+    assert job == {"cmd": ["echo hi"], "shell": True, "env": {}}
+
+    class Wrapper:
+        def on_start(self, job, env):
+            env["X"] = 1
+            job["cmd"] = ["nice"] + job["cmd"]
+    Plugins([Plugin("w:Wrapper", Wrapper())]).start(job, "/bin/sh")
+    assert job == {"cmd": ["nice", "/bin/sh", "-c", "echo hi"], "shell": False, "env": {"X": "1"}}
+
+
+def test_the_readme_plugin_works_as_written():
+    readme = open(os.path.join(os.path.dirname(PACKAGE), "..", "README.md")).read()
+    code = readme[readme.index("### Plugins"):].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own example, as written)
+    plugins = Plugins([Plugin("mylab.grun_policy:Policy", scope["Policy"]())])
+    from grun.core.jobs import validate_spec
+    star = [validate_spec({"cmd": ["/opt/STAR", "--runThreadN", "8"], "cwd": "/", "cpus": 8, "user": "ana"})]
+    plugins.submit(star)
+    assert star[0]["memory"] == 32000
+    with pytest.raises(ValueError, match="guests may use at most 4 cpus per job"):
+        plugins.submit([validate_spec({"cmd": ["true"], "cwd": "/", "cpus": 8, "user": "guest"})])
+    job = {"id": 1, "cmd": ["true"], "cpus": 2.5, "env": {}}
+    plugins.start(job, "/bin/sh")
+    assert job["env"] == {"OMP_NUM_THREADS": "2"}
+
+
+def test_the_built_in_gpu_plugin_offers_the_nodes_gpus(tmp_path, monkeypatch):
+    """grun.gpu:GpuPlugin (helper GPUS's module) loads by itself when it exists, and what its node_resources()
+    finds (a fake nvidia-smi here) places a job asking for GPUs."""
+    pytest.importorskip("grun.gpu")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-1)'\necho 'GPU 1: Tesla T4 (UUID: GPU-2)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with LocalCluster({"g1": {"cpus": 2, "memory": 4000}}) as c:
+        status = c.grun("-q", "status", "--long").stdout.decode()
+        assert "grun.gpu:GpuPlugin" in next(line for line in status.splitlines() if "plugins of the node g1" in line)
+        r = c.grun("-p", "gpu=2", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
+        assert (r.returncode, r.stdout) == (0, b"0,1\n"), r.stderr
+
+
+def test_notices_never_wait_and_a_stuck_plugin_holds_a_bounded_number(monkeypatch, caplog):
+    import threading
+
+    import grun.plugins
+    monkeypatch.setattr(grun.plugins, "MAX_NOTICES", 3)
+    gate, entered, seen = threading.Event(), threading.Event(), []
+
+    class Mailer:
+        def on_finish(self, job, record):
+            entered.set()
+            gate.wait(10)
+            seen.append(job["id"])
+    plugins = Plugins([Plugin("lab:Mailer", Mailer())])
+    started = time.monotonic()
+    plugins.finished([{"id": 1, "state": "done", "env": {}}])
+    assert entered.wait(5)
+    plugins.finished([{"id": i, "state": "done", "env": {}} for i in range(2, 11)])
+    assert time.monotonic() - started < 0.5
+    gate.set()
+    wait_for(lambda: len(seen) >= 4, 5, what="the notices")
+    time.sleep(0.2)
+    assert seen == [1, 2, 3, 4]  # the one running, and 3 waiting; the others dropped, and said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "plugin lab:Mailer: on_finish dropped, and its next notices while 3 wait"]
