@@ -288,6 +288,10 @@ class Client:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
+                    for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
+                        if ticket.get(key, 0) > asked and on_note:  # the node keeps only spool_max of it
+                            on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
+                    out_off, err_off = ticket.get("out_offset", out_off), ticket.get("err_offset", err_off)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
                                            out_offset=out_off, err_offset=err_off)

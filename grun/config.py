@@ -320,6 +320,9 @@ KEYS = {key.name: key for key in (
     # plugins (grun/plugins.py; README: Plugins)
     Key("plugins", _parse_plugins, lambda c: [], _D, True,
         "more plugins, as module:Class (installed ones, entry point grun.plugins, load by themselves)"),
+    # terabyte streams in bounded space (grun/drain.py)
+    Key("spool_max", parse_memory, 1024, _X, True,
+        "MB of a job's unread output a node keeps; past it the job waits for its reader"),
 )}
 
 

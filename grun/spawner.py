@@ -40,7 +40,7 @@ COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NO
               "sge": {"JOB_ID": "array", "HOSTNAME": "node"}}
 
 # A job this reaper started and waits for (id, job and stderr_path are None for a job that never started).
-_Run = collections.namedtuple("_Run", "id dir job status stderr_path notify")
+_Run = collections.namedtuple("_Run", "id dir job status stderr_path notify pipes", defaults=({},))
 
 
 def set_subreaper() -> None:
@@ -119,27 +119,37 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
-def _open_outputs(job: dict, job_dir: str, ident: dict) -> tuple:
-    """The job's stdout and stderr, and the path of the latter: its spool files, or the files named by
-    -o/--err/--out-err, opened in its directory as its user (so it can only write where it could itself)."""
-    files = {s: open(os.path.join(job_dir, s), "ab") for s in ("stdout", "stderr")}
-    for f in files.values() if ident else ():
-        os.fchown(f.fileno(), ident["user"], ident["group"])
-    if not (job.get("stdout_file") or job.get("stderr_file")):
-        return files["stdout"], files["stderr"], os.path.join(job_dir, "stderr")
-    opened: dict[str, object] = {}
-    with _as_user(ident):
-        for stream in ("stdout", "stderr"):
-            if name := job.get(f"{stream}_file"):
-                path = os.path.normpath(os.path.join(job["cwd"], name))
-                if path not in opened:
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-                    flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
-                    opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
-                files[stream].close()
-                files[stream] = opened[path]
+def _open_outputs(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
+    """The job's stdout and stderr, and the path of the latter: the write ends of its spool pipes (their
+    read ends go into `keep`: see grun.drain), or the files named by -o/--err/--out-err, opened in its
+    directory as its user (so it can only write where it could itself)."""
+    files, opened = {}, {}
+    for stream in spool.STREAMS:
+        if not job.get(f"{stream}_file"):
+            keep[stream], write = spool.open_pipe(job_dir, stream)
+            files[stream] = os.fdopen(write, "wb")
+    try:
+        with _as_user(ident) if len(files) < 2 else contextlib.nullcontext():
+            for stream in spool.STREAMS:
+                if name := job.get(f"{stream}_file"):
+                    path = os.path.normpath(os.path.join(job["cwd"], name))
+                    if path not in opened:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+                        flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
+                        opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
+                    files[stream] = opened[path]
+    except OSError:
+        _close(*files.values(), *keep.values())
+        keep.clear()
+        raise
     stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), os.path.join(job_dir, "stderr"))
     return files["stdout"], files["stderr"], stderr_path
+
+
+def _close(*files) -> None:
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.close() if hasattr(f, "close") else os.close(f) if isinstance(f, int) else None
 
 
 def _hide_failed(job: dict) -> None:
@@ -191,23 +201,26 @@ class Reaper:
             os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
+        out = err = None
+        keep: dict[str, int] = {}
         try:
-            out, err, stderr_path = _open_outputs(job, job_dir, ident)
+            out, err, stderr_path = _open_outputs(job, job_dir, ident, keep)
+            stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
         except OSError as exc:
+            _close(out, err, *keep.values())
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
-        stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
         status = {"start_time": time.time()}
         try:
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
-            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]), err=err)
+            _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
+            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]),
+                              err=None if "stderr" in keep else err)
         finally:
-            for f in (stdin, out, err):
-                if hasattr(f, "close"):
-                    f.close()
+            _close(stdin, out, err)
         spool.set_pid(claimed, proc.pid)
-        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify)
+        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify, keep)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
             self._ping(notify, f"started {job['id']} {proc.pid}")
         if pending_kill := spool.requested_kill(job_dir):
@@ -234,6 +247,9 @@ class Reaper:
                 run = self.runs.pop(pid, None)
                 if run is None:
                     continue  # something a job left behind (we are its subreaper): nothing to record
+                for name, pipe in run.pipes.items():  # before its status: see grun.drain
+                    spool.drain_pipe(pipe, run.dir, name)
+                    os.close(pipe)
                 try:
                     exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
                     if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):

@@ -3,7 +3,9 @@ its sampler alike). Light on purpose (os, json): the reaper imports it.
 
 <spool>/jobs/<id>/ holds, per job:
 - `job.json`: the job as the node got it; no fsync (the master holds the durable copy; a start is idempotent).
-- `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, written by the job.
+- `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, the node's drain moves
+  them there from the FIFOs `stdout.pipe`, `stderr.pipe` the job writes (grun.drain; a stream sent to a
+  file by -o/--err has none); the first bytes may be punched out once delivered.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
   claimed but not started; created O_EXCL, so exactly one reaper ever starts the job.
 - `killreq`: a signal asked for before the job had a pid, sent by its reaper once it has started it.
@@ -24,6 +26,7 @@ from .files import read_int, read_json, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
 JOB, STATUS, LIMIT = "job.json", "status.json", "limit.json"
+STREAMS = ("stdout", "stderr")
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
 
 
@@ -41,6 +44,9 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     if job.get("stdin"):
         os.mkfifo(fifo, 0o600)
         ends = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+    for name in STREAMS:
+        if not job.get(f"{name}_file"):
+            os.mkfifo(pipe_path(job_dir, name), 0o600)  # opened by the reaper and the node, as root or as us
     if job.get("uid") and os.geteuid() == 0:  # the job's user owns them
         for path in (job_dir, fifo) if ends else (job_dir,):
             os.chown(path, job["uid"], job.get("gid", job["uid"]))
@@ -55,6 +61,58 @@ def open_stdin(job_dir: str) -> int:
     fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(fd, True)
     return fd
+
+
+def pipe_path(job_dir: str, name: str) -> str:
+    return os.path.join(job_dir, name + ".pipe")
+
+
+def open_pipe(job_dir: str, name: str) -> tuple[int, int]:
+    """For the reaper: a read end of the job's stdout or stderr pipe, which it holds until the job has
+    ended (so the job's writes never fail while the node daemon is away), and the job's write end."""
+    path = pipe_path(job_dir, name)
+    keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    return keep, os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (does not block: a reader is there)
+
+
+def append_from_pipe(pipe: int, fd: int, most: int) -> int:
+    """Up to `most` bytes the pipe holds (0: none, and no writer left), spliced to the end of the spool
+    file `fd`. Under an flock of the file: the node's drain and the reaper both do this (splice cannot
+    append: the end is read first), and each move's read from the pipe and write must not interleave."""
+    import fcntl  # (light: C)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        return os.splice(pipe, fd, most, offset_dst=os.fstat(fd).st_size, flags=os.SPLICE_F_NONBLOCK)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def drain_pipe(pipe: int, job_dir: str, name: str) -> None:
+    """What the pipe holds, appended to its spool file; for a job that has ended, before its status is
+    written, so whatever it wrote is in the file once its status is there."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while append_from_pipe(pipe, fd, 1 << 20):
+                pass
+        except BlockingIOError:
+            pass  # empty, but a process the job left behind still has it open
+        finally:
+            os.close(fd)
+
+
+def first_held(job_dir: str, name: str) -> int:
+    """The first byte of a spool file still held (those before were delivered and punched out)."""
+    try:
+        fd = os.open(os.path.join(job_dir, name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError:  # ENXIO: holes only, or empty
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def request_kill(job_dir: str, sig: int) -> None:

@@ -31,12 +31,23 @@ class _Attach:
     can no longer come (issue 10, bug 1)."""
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
-                 get_status: Callable[[], dict | None]):
-        self.job_key, self.job_dir, self.offsets, self.stdin_fd = job_key, job_dir, offsets, stdin_fd
+                 get_status: Callable[[], dict | None], output):
+        self.job_key, self.stdin_fd, self.output = job_key, stdin_fd, output
         self.get_status, self.deadline = get_status, time.monotonic() + TOKEN_TTL
+        self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
+                      for name, offset, kind in zip(("stdout", "stderr"), offsets, (wire.OUT, wire.ERR))]
+        if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
+            output.attach(self.tails)
         self.sock = self.peer = self.reader = None
         self.wake = threading.Event()
         self.closed = self.exited = False  # the client hung up (the pump stops); EXIT went out (no more stdin)
+
+    def release(self) -> None:
+        """The offer is done with: expired, or its connection over."""
+        self.close_stdin()
+        if self.output is not None:
+            self.output.detach(self.tails)
+            self.output = None
 
     def close_stdin(self) -> None:
         fd, self.stdin_fd = self.stdin_fd, None
@@ -50,15 +61,15 @@ class _Attach:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
 
     def pump(self) -> None:
-        tails = [Tail(os.path.join(self.job_dir, name), offset, kind)
-                 for name, offset, kind in zip(("stdout", "stderr"), self.offsets, (wire.OUT, wire.ERR))]
-        wait = MIN_WAIT
+        tails, wait = self.tails, MIN_WAIT
         try:
             while not self.closed:
                 self.wake.clear()
                 # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
                 status = self.get_status()
                 sent = sum(tail.pump(self.sock) for tail in tails)
+                if sent and self.output is not None:
+                    self.output.progress()
                 if not sent and status is not None:
                     payload = json.dumps(status).encode()
                     self.sock.sendall(wire.HEADER.pack(wire.EXIT, len(payload)) + payload)
@@ -116,15 +127,18 @@ class StreamServer:
         threading.Thread(target=self._accept_loop, name="grun-stream-accept", daemon=True).start()
 
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
-              stdin_fd: int | None = None, get_status: Callable[[], dict | None], by_user: bool = False) -> str:
-        """A one-time token for the job's output from these offsets; with stdin_fd (which is ours
-        from here on), the attached client feeds the job's input. `by_user`: a token for a user's
-        credential (grun.auth), who holds no secret to prove on this channel."""
+              stdin_fd: int | None = None, get_status: Callable[[], dict | None], by_user: bool = False,
+              output=None) -> str:
+        """A one-time token for the job's output from these offsets (with `output`, its grun.drain.Output,
+        which keeps what the offer has not sent); with stdin_fd (which is ours from here on), the attached
+        client feeds the job's input. `by_user`: a token for a user's credential (grun.auth), who holds no
+        secret to prove on this channel."""
         token = os.urandom(wire.TOKEN_LEN // 2).hex()
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
+        offer = _Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output)
         with self._lock:
-            self._offers[token] = _Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status)
-            self._offers[token].by_user = by_user
+            self._offers[token] = offer
+            offer.by_user = by_user
         return token
 
     def expire(self, before: float | None = None) -> None:
@@ -133,7 +147,7 @@ class StreamServer:
         with self._lock:
             gone = [self._offers.pop(t) for t, o in list(self._offers.items()) if o.deadline < before]
         for offer in gone:
-            offer.close_stdin()
+            offer.release()
 
     def wake(self, job_key: str) -> None:
         with self._lock:
@@ -201,5 +215,5 @@ class StreamServer:
                 if conn.reader is not None:
                     conn.reader.join()
             if conn is not None:
-                conn.close_stdin()
+                conn.release()
             sock.close()

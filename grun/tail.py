@@ -25,7 +25,11 @@ class Tail:
     """One spool file being tailed from an offset into frames of one type."""
 
     def __init__(self, path: str, offset: int, kind: bytes):
-        self.path, self.offset, self.kind, self.fd = path, offset, kind, None
+        self.path, self.kind, self.fd, self.name = path, kind, None, os.path.basename(path)
+        self.seek(offset)
+
+    def seek(self, offset: int) -> None:
+        self.offset = offset
         self.behind = self.advised = offset + DROP_AFTER  # the drop-behind marks
 
     def pump(self, sock: socket.socket) -> int:

@@ -30,6 +30,7 @@ import psutil
 import Pyro5.api
 
 from .. import auth, registry, spawner, spool
+from ..drain import Drain
 from ..tables import fmt_span
 from .monitor import node_memory_victim, note_limit, over_memory_limit
 from .supervisor import JobSupervisor
@@ -84,6 +85,7 @@ class NodeJobs:
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # who sent each ping: the kernel says
         self.notify_sock.bind(self.notify_addr)
+        self.drain = Drain(lambda: self.spool_max << 20, lambda key: self.stream.wake(key), self._stop)
 
     def job_status(self, live: LiveJob) -> dict | None:
         if live.status is None and (status := spool.read(live.dir, spool.STATUS)) is not None:
@@ -91,12 +93,21 @@ class NodeJobs:
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
+        """A ticket to the job's output, from the offsets asked, or from the first bytes still held (the
+        ticket says where: the client tells its user what was delivered before)."""
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
             stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
+        output = self.drain.outputs.get(str(live.id))
+        if output is None:  # it has ended: nothing is punched any more
+            out_offset, err_offset = (max(o, spool.first_held(live.dir, n)) for o, n in
+                                      zip((out_offset, err_offset), spool.STREAMS))
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
                                   stdin_fd=stdin_fd, get_status=lambda: self.job_status(live),
-                                  by_user=isinstance(auth.caller(), dict))
-        return {"host": self.advertise, "port": self.stream.address[1], "token": token}
+                                  by_user=isinstance(auth.caller(), dict), output=output)
+        if output is not None:
+            out_offset, err_offset = output.held_from(out_offset, err_offset)  # (the offer started there)
+        return {"host": self.advertise, "port": self.stream.address[1], "token": token,
+                "out_offset": out_offset, "err_offset": err_offset}
 
     def mark_fetched(self, live: LiveJob) -> None:
         if not live.fetched:
@@ -176,6 +187,7 @@ class NodeJobs:
         except FileExistsError:
             return self._adopt_one(live.dir, live)  # we restarted since we started it
         live.stdin_r, live.stdin_w = fifo or (None, None)
+        self.drain.add(str(live.id), live.dir)
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
@@ -215,6 +227,7 @@ class NodeJobs:
             live.status = dict(status, superseded=True) if live.superseded else status
             live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
+            self.drain.finish(str(live.id))
             if not live.reported:
                 self._unreported.append(live)
         self.stream.wake(str(live.id))
@@ -233,6 +246,7 @@ class NodeJobs:
                 del self.live[live.id]
             self._close_stdin(live)
         if current:  # (a newer run of the same job keeps its name and its spool)
+            self.drain.forget(str(live.id))
             with contextlib.suppress(Exception):
                 self.daemon.unregister(registry.job_name(live.id))
             spool.remove(live.dir)
@@ -347,6 +361,7 @@ class NodeJobs:
             if got is None:  # not our child: it ended with its reaper, or was reaped before
                 self._supervisor_vanished(live, "job supervisor vanished")
                 continue
+            self.drain.finish(str(live.id), flush=True)  # as its reaper would have: its output, then its status
             status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
                                          "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
             try:
@@ -411,6 +426,7 @@ class NodeJobs:
         live.reported, live.fetched = "r" in kinds, "f" in kinds
         if self.job_status(live) is not None:
             return
+        self.drain.add(str(live.id), job_dir)
         if spool.read_pid(job_dir)[0]:
             self._end_if_reaperless(live, "job supervisor vanished while the node was down")
         elif not live.reported:

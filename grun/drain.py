@@ -1,0 +1,202 @@
+"""The node's drain: it moves each running job's stdout and stderr from the job's pipes (FIFOs in its
+spool directory, grun.spool) into its spool files, one thread for all jobs, by splice (the bytes never
+enter Python), and only while the job holds less than `spool_max` bytes there (invariant 9).
+
+A job that writes faster than its clients read, or with nobody attached, fills its pipe and then waits
+in its write, as a job writing to a slow reader's pipe does: the node's disk never fills, and an
+attached reader sets the job's pace. Bytes a client has been sent are punched out of the file when room
+is needed (FALLOC_FL_PUNCH_HOLE: the offsets stay, the blocks go), never bytes a client attached or
+offered has not been sent yet; a re-attach replays what is still held, from the file's first data.
+Why pipes: a write to a regular file cannot be made to wait, so the job writing its spool file (as
+before) could be bounded only by killing or stopping it, and SIGSTOP clashes with suspend and overshoots
+by a sampling period. The reaper holds a read end of each pipe until the job has ended and drains what
+is left before it writes the job's status, so a node daemon restart never kills a job blocked on output
+(invariant 3): the job waits, and the next daemon opens the pipes again.
+"""
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+from . import spool
+from .background import Loop
+from .stream import ERR, OUT, PIPE_SIZE, _grow_pipe
+
+log = logging.getLogger("grun.node")
+
+KINDS = {"stdout": OUT, "stderr": ERR}
+BLOCK = 4096                 # punched ranges are whole blocks
+PUNCH = 0x01 | 0x02          # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def punch(fd: int, start: int, end: int) -> bool:
+    if _libc.fallocate(fd, PUNCH, start, end - start) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):  # then a job's reader could never make room
+        log.error("the spool's filesystem cannot punch holes: spool_max is not applied")
+        Output.limit = float("inf")
+    return False
+
+
+class Output:
+    """One job's output in the spool: per stream its pipe, its file (appended to), the first byte held
+    (`start`: before it, punched) and the furthest byte sent to a client that has left (`sent`); the
+    tails (grun.tail) of the clients attached or offered; and whether it waits for them (`full`)."""
+
+    def __init__(self, drain: "Drain", key: str, job_dir: str):
+        self.drain, self.key, self.dir = drain, key, job_dir
+        self.pipes: dict[str, int] = {}
+        self.files: dict[str, int] = {}
+        self.start = {name: spool.first_held(job_dir, name) for name in KINDS}
+        self.sent = dict(self.start)
+        self.tails: set = set()
+        self.full, self.lock = False, threading.RLock()
+
+    limit = property(lambda self: self.drain.limit())
+
+    def held(self) -> int:
+        return sum(os.fstat(fd).st_size - self.start[name] for name, fd in self.files.items())
+
+    def held_from(self, *offsets: int) -> list[int]:
+        """Where a client asking for stdout and stderr from these offsets starts: not before what is held."""
+        return [max(offset, self.start[name]) for offset, name in zip(offsets, KINDS)]
+
+    def attach(self, tails: list) -> None:
+        """An offer's tails: each starts at the first byte held at least, and from now on nothing they
+        have not sent is punched out (so held_from says, after this, where they start)."""
+        with self.lock:
+            for tail in tails:
+                if tail.offset < self.start[tail.name]:
+                    tail.seek(self.start[tail.name])
+            self.tails.update(tails)
+
+    def detach(self, tails: list) -> None:
+        with self.lock:
+            for tail in tails:
+                self.sent[tail.name] = max(self.sent[tail.name], tail.offset)
+            self.tails.difference_update(tails)
+        self.progress()
+
+    def progress(self) -> None:
+        """A client was sent more: a job waiting for room may go on."""
+        if self.full:  # (a move that finds no room sets it, then looks again: see move)
+            with self.lock:
+                self._resume()
+
+    def _resume(self) -> None:
+        if self.full and self.pipes:
+            self.full = False
+            for fd in self.pipes.values():
+                self.drain.poll.register(fd, select.EPOLLIN)
+
+    def _discard(self) -> bool:
+        """Punch out, per stream, what every client attached or offered has been sent (else the
+        furthest any client was sent); whether it freed anything."""
+        freed = False
+        for name, fd in self.files.items():
+            offsets = [t.offset for t in self.tails if t.name == name]
+            upto = (min(offsets) if offsets else self.sent[name]) // BLOCK * BLOCK
+            if upto > self.start[name] and punch(fd, self.start[name], upto):
+                self.start[name], freed = upto, True
+        return freed
+
+    def move(self, name: str) -> None:
+        """What the job's pipe holds into its file, as far as its room allows."""
+        with self.lock:
+            pipe = self.pipes.get(name)
+            if pipe is None:
+                return
+            room = self.limit - self.held()
+            if room < PIPE_SIZE and self._discard():
+                room = self.limit - self.held()
+            if room <= 0:  # stop watching its pipes until a client is sent more (progress)
+                self.full = True
+                for fd in self.pipes.values():
+                    with contextlib.suppress(OSError):
+                        self.drain.poll.unregister(fd)
+                if self._discard():  # a client sent more before `full` was set did not see it
+                    self._resume()
+                return
+            try:
+                n = spool.append_from_pipe(pipe, self.files[name], min(room, PIPE_SIZE))
+            except BlockingIOError:
+                return
+            if n == 0:  # every writer has gone
+                self._close(name)
+            elif n >= 64 << 10:
+                _grow_pipe(pipe)  # a bulk writer: 1 MiB per wakeup, not 64 KiB
+        self.drain.wake(self.key)
+
+    def _close(self, name: str) -> None:
+        fd = self.pipes.pop(name, None)
+        if fd is not None:
+            self.drain.fds.pop(fd, None)
+            with contextlib.suppress(OSError):
+                self.drain.poll.unregister(fd)
+            os.close(fd)
+
+    def finish(self, flush: bool = False) -> None:
+        """The job has ended (its reaper drained its pipes first); `flush`: we waited for it, drain them here."""
+        with self.lock:
+            for name in KINDS:
+                if flush and name in self.pipes:
+                    spool.drain_pipe(self.pipes[name], self.dir, name)
+                self._close(name)
+                with contextlib.suppress(OSError):
+                    os.unlink(spool.pipe_path(self.dir, name))
+            for fd in self.files.values():
+                os.close(fd)
+            self.files.clear()
+
+
+class Drain:
+    """The drain thread and the outputs of this node's running jobs."""
+
+    def __init__(self, limit: Callable[[], int], wake: Callable[[str], None], stop: threading.Event):
+        self.limit, self.wake = limit, wake  # spool_max in bytes; tell a job's attached clients
+        self.outputs: dict[str, Output] = {}
+        self.fds: dict[int, tuple[Output, str]] = {}  # pipe -> its job's output and stream
+        self.poll = select.epoll()
+        self.loop = Loop("grun-node-drain", self._step, 0.0, log, stop)
+        self.loop.start()
+
+    def add(self, key: str, job_dir: str) -> None:
+        """Drain the pipes the job has (a stream sent to a file by -o has none)."""
+        if key in self.outputs:
+            return
+        out = self.outputs[key] = Output(self, key, job_dir)
+        with out.lock:
+            for name in KINDS:
+                with contextlib.suppress(FileNotFoundError):
+                    pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                    out.files[name] = os.open(os.path.join(job_dir, name),
+                                              os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    out.pipes[name] = pipe
+                    self.fds[pipe] = (out, name)
+                    self.poll.register(pipe, select.EPOLLIN)
+
+    def finish(self, key: str, flush: bool = False) -> None:
+        if (out := self.outputs.get(key)) is not None:
+            out.finish(flush)
+
+    def forget(self, key: str) -> None:
+        if (out := self.outputs.pop(key, None)) is not None:
+            out.finish()
+
+    def _step(self) -> None:
+        for fd, _ in self.poll.poll(1.0):
+            if (found := self.fds.get(fd)) is not None:
+                found[0].move(found[1])
+
+    def close(self) -> None:
+        self.loop.stop(join=2.0)
+        for key in list(self.outputs):
+            self.forget(key)
+        self.poll.close()

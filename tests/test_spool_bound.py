@@ -1,0 +1,127 @@
+"""Terabyte streams in bounded space (issue 14): a node keeps at most spool_max of a job's unread output;
+past it the job waits in its write for a reader, as with a pipe; bytes delivered are punched out when
+room is needed and a re-attach says so; a node daemon restart leaves a job waiting on output alive;
+-o files bypass the spool; stdin streams byte-exact. Real daemons, real jobs, real files."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+from cluster import LocalCluster
+from util import group_alive, job_pid, nowait, wait_for, wait_state
+
+MAX_MB = 2                                     # spool_max of the node under test
+LINES = 1_500_000                              # `seq 1 LINES`: 10.9 MB, 5 times spool_max
+EXPECTED = b"".join(b"%d\n" % i for i in range(1, LINES + 1))
+
+
+@pytest.fixture
+def c():
+    with LocalCluster(nodes={"n1": {"cpus": 4, "memory": 4000, "heartbeat": 0.5, "spool_max": MAX_MB}}) as cluster:
+        yield cluster
+
+
+def _stdout(c, job_id: int) -> str:
+    return os.path.join(c.root, "n1", "node", "jobs", str(job_id), "stdout")
+
+
+def _held(path: str) -> int:
+    """Bytes of the spool file on disk (a punched range takes none)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _settled_size(path: str) -> int:
+    """The spool file's size once it has stopped growing (the job waits for a reader)."""
+    sizes = []
+
+    def settled():
+        sizes.append(os.path.getsize(path) if os.path.exists(path) else -1)
+        return len(sizes) > 5 and sizes[-1] > 0 and sizes[-1] == sizes[-6]
+    wait_for(settled, 30, interval=0.1, what=f"{path} to stop growing")
+    return sizes[-1]
+
+
+def test_with_no_reader_the_job_waits_at_spool_max_then_a_reader_gets_every_byte(c):
+    job_id = nowait(c, "seq", "1", str(LINES))
+    size = _settled_size(_stdout(c, job_id))
+    assert 0 < size <= MAX_MB << 20
+    assert c.client().job(job_id)["state"] == "running"  # waiting in its write, not dead
+    r = c.grun("--attach", str(job_id), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == EXPECTED  # nothing was punched: nobody had read it
+    assert b"already delivered" not in r.stderr
+
+
+def test_a_slow_reader_sets_the_pace_and_the_spool_stays_bounded(c):
+    """The reader takes ~4 s; the spool file never holds more than spool_max on disk meanwhile, and a
+    re-attach afterwards says what was already delivered and replays only what is still held."""
+    job_id = nowait(c, "seq", "1", str(LINES))
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _held(_stdout(c, job_id)))
+            time.sleep(0.01)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    slow = "import sys,time\nwhile sys.stdin.buffer.read(65536):\n    time.sleep(0.025)\n"  # ~2.6 MB/s
+    got = bytearray()
+    reader = c.client()
+    r_fd, w_fd = os.pipe()
+    consumer = subprocess.Popen([os.sys.executable, "-c", slow], stdin=subprocess.PIPE)
+    try:
+        def out(data: bytes):
+            got.extend(data)
+            consumer.stdin.write(data)
+        assert reader.follow(job_id, stdout_fd=out, release=False) == 0
+    finally:
+        consumer.stdin.close()
+        consumer.wait()
+        os.close(r_fd)
+        os.close(w_fd)
+        done.set()
+        sampler.join()
+    assert bytes(got) == EXPECTED
+    assert 0 < peak[0] <= (MAX_MB << 20) + (1 << 20), peak  # spool_max, and the pipe the reaper drains at the end
+    r = c.grun("--attach", str(job_id), timeout=60)
+    m = re.search(rb"output before byte (\d+) was already delivered", r.stderr)
+    assert m and r.returncode == 0, r.stderr
+    start = int(m.group(1))
+    assert start > len(EXPECTED) - (MAX_MB << 20) - (2 << 20) and r.stdout == EXPECTED[start:]
+
+
+def test_a_node_daemon_restart_does_not_kill_a_job_waiting_on_output(c):
+    job_id = nowait(c, "seq", "1", str(LINES))
+    _settled_size(_stdout(c, job_id))
+    pgid = job_pid(c, job_id)
+    c.kill("n1")  # SIGKILL: the job's pipes lose their reader in the node daemon
+    time.sleep(0.5)
+    assert group_alive(pgid)
+    c.start_node("n1")
+    r = c.grun("--attach", str(job_id), timeout=120)
+    assert (r.returncode, r.stdout == EXPECTED) == (0, True), r.stderr
+
+
+def test_output_files_bypass_the_spool(c, tmp_path):
+    out = tmp_path / "out.txt"
+    job_id = nowait(c, "-o", str(out), "seq", "1", str(LINES))
+    wait_state(c, job_id, "done", timeout=60)  # no reader needed
+    assert out.read_bytes() == EXPECTED
+    assert not os.path.exists(_stdout(c, job_id)) or os.path.getsize(_stdout(c, job_id)) == 0
+
+
+def test_stdin_streams_byte_exact(c, tmp_path):
+    data = tmp_path / "in.bin"
+    data.write_bytes(os.urandom(3 << 20) * 8)  # 24 MB, 12 times spool_max
+    with open(data, "rb") as f:
+        r = c.grun("md5sum", stdin=f, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.md5(data.read_bytes()).hexdigest()
