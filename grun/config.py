@@ -283,7 +283,7 @@ KEYS = {key.name: key for key in (
         "a node silent this long is down; its running jobs are lost (re-queued)"),
     Key("heartbeat", _positive_duration, 5.0, _X, True, "how often a node reports to the master"),
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
-    Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space"),
+    Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space; place no job on a node's with less"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
     Key("resources", lambda v: _named(v, "resource", "amounts or device lists", _resource), lambda c: {}, _X,
         True, "this node's consumables (-p gpu=1); a list of ids: jobs get specific ones"),
@@ -323,6 +323,8 @@ KEYS = {key.name: key for key in (
     # terabyte streams in bounded space (grun/drain.py)
     Key("spool_max", parse_memory, 1024, _X, True,
         "MB of a job's unread output a node keeps; past it the job waits for its reader"),
+    Key("disk_warn", lambda v: f"{_number(v.strip()[:-1], 'a percentage like 10%', most=100):g}%" if str(v).strip()
+        .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
 )}
 
 

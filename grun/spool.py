@@ -115,6 +115,12 @@ def first_held(job_dir: str, name: str) -> int:
         os.close(fd)
 
 
+def spool_space(path: str) -> dict:
+    """The free and total MB of the file system at `path` (for the master: a full spool takes no new jobs)."""
+    st = os.statvfs(path)
+    return {"spool_free": st.f_bavail * st.f_frsize >> 20, "spool_size": st.f_blocks * st.f_frsize >> 20}
+
+
 def request_kill(job_dir: str, sig: int) -> None:
     """Not durable: the master repeats a kill until the job has ended."""
     os.makedirs(job_dir, exist_ok=True)

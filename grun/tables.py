@@ -101,6 +101,9 @@ def nodes_table(nodes: list[dict]) -> str:
                        sorted(n.get("devices", {}).items())) or "-"] * indexed + [n["running"]] for n in nodes]
     return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)"] + ["DEVICES(in use)"] * indexed
                  + ["JOBS"])
+             f"{n['free_memory']}/{n['memory']}", n["running"],
+             "-" if n.get("spool_free") is None else f"{n['spool_free']:,}"] for n in nodes]
+    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS", "SPOOL_MB_FREE"])
 
 
 def history_table(jobs: list[dict]) -> str:

@@ -402,12 +402,13 @@ def do_jobs(ctx: Context, args: dict) -> int:
 def do_status(ctx: Context, args: dict) -> int:
     """the nodes (state, free cpus and memory, running jobs) and the master's warnings; --long: and plugins"""
     from .tables import nodes_table
-    nodes, problems = ctx.client.nodes(), ctx.client.health()
+    nodes, problems, space = ctx.client.nodes(), ctx.client.health(), ctx.client.call("spool_space")
     if args.get("json"):
-        return ctx.print(json_text({"nodes": nodes, "warnings": problems}))
+        return ctx.print(json_text({"nodes": nodes, "warnings": problems, "master_spool": space}))
     ctx.print(nodes_table(nodes))
     for daemon, names in ctx.client.call("plugins_run").items() if args.get("long") else ():
         ctx.print(f"plugins of the {daemon}: {', '.join(names) or 'none'}")
+    ctx.print(f"master spool: {space['spool_free']:,} MB free of {space['spool_size']:,} MB")
     for problem in problems:
         ctx.print(f"warning: {problem}")
     return 0

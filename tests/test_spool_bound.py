@@ -125,3 +125,54 @@ def test_stdin_streams_byte_exact(c, tmp_path):
         r = c.grun("md5sum", stdin=f, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0].decode() == hashlib.md5(data.read_bytes()).hexdigest()
+
+
+# ---- a node's spool nearly full: no new jobs there (issue 14), warned before (issue 11) -----------
+
+def test_disk_low_decides_refusal_and_warning():
+    from grun.core.explain import disk_low
+    settings = {"min_free_disk": 64, "disk_warn": "10%"}
+    assert disk_low("node n1", {"spool_free": 5000, "spool_size": 10000}, settings) is None
+    assert disk_low("node n1", {}, settings) is None  # not heard yet: nothing to say
+    assert disk_low("node n1", {"spool_free": 900, "spool_size": 10000}, settings) == (
+        False, "node n1's spool is getting full: 900 MB free of 10000 MB")
+    refusing, text = disk_low("node n1", {"spool_free": 60, "spool_size": 10000}, settings)
+    assert refusing and text == "node n1 takes no new jobs: its spool has 60 MB free (min_free_disk 64 MB)"
+    assert disk_low("x", {"spool_free": 1500, "spool_size": 10**6}, dict(settings, disk_warn=2048))[0] is False
+
+
+def test_a_node_whose_spool_is_nearly_full_takes_no_new_jobs_and_says_why(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs as the node's spool")
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.3}}, root=str(tmp_path / "c"),
+                     master_extra={"min_free_disk": 12, "disk_warn": "80%"})
+    spool = os.path.join(c.root, "n1")
+    os.makedirs(spool)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", spool], check=True)
+    try:
+        c.start()
+        gate = tmp_path / "gate"
+        running = nowait(c, "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+        wait_state(c, running, "running")
+        ballast = os.path.join(spool, "ballast")
+        with open(ballast, "wb") as f:
+            f.write(b"\0" * (12 << 20))  # ~20 MB free of 32: below 80 %, above min_free_disk
+        wait_for(lambda: "node n1's spool is getting full" in c.grun("-q", "status").stdout.decode(), 10,
+                 what="the warning in -q status")
+        with open(ballast, "ab") as f:
+            f.write(b"\0" * (12 << 20))  # ~8 MB free: below min_free_disk
+        status = wait_for(lambda: (out := c.grun("-q", "status").stdout.decode()) and "takes no new jobs" in out and out,
+                          10, what="the refusal in -q status")
+        assert re.search(r"n1 +up .* \d+\n", status) and "master spool:" in status, status
+        queued = nowait(c, "true")
+        time.sleep(1.0)
+        assert c.client().job(queued)["state"] == "queued"
+        why = c.grun("why", str(queued)).stdout.decode()
+        assert "taking no new jobs, their spool nearly full: n1 (its spool has" in why, why
+        gate.touch()  # the job already running goes on, and ends well
+        assert wait_state(c, running, "done")["exit"] == 0
+        os.unlink(ballast)
+        assert wait_state(c, queued, "done", timeout=20)["exit"] == 0
+    finally:
+        c.stop()
+        subprocess.run(["umount", "-l", spool])

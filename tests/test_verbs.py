@@ -216,6 +216,9 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
         def health(self):
             return ["journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged", "disk 97% full"]
 
+        def spool_space(self):
+            return {"spool_free": 1200, "spool_size": 40000}
+
     daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
     daemon.register(SickMaster(), registry.MASTER_NAME)
     registry.serve_in_thread(daemon, "sick-master")
@@ -227,7 +230,8 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
     finally:
         daemon.shutdown()
     assert out.getvalue().splitlines()[1:] == [
-        "n1    up     2/2               100/100             0",
+        "n1    up     2/2               100/100             0     -",
+        "master spool: 1,200 MB free of 40,000 MB",
         "warning: journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged",
         "warning: disk 97% full"]
 

@@ -20,9 +20,10 @@ import Pyro5.api
 from .. import auth, registry
 from ..background import Loop
 from ..core import jobs as J
-from ..core.explain import explain, progress
+from ..core.explain import disk_low, explain, progress
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
 from ..plugins import Plugins
+from ..spool import spool_space
 from ..store import Store, StoreError
 
 log = logging.getLogger("grun.master")
@@ -317,7 +318,8 @@ class Master:
                      "free_cpus": max(0.0, n.free_cpus), "free_memory": max(0, n.free_memory),
                      "running": len(n.jobs), "uri": n.uri, "outside_cpus": n.outside_cpus,
                      "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
-                     "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()}}
+                     "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()},
+                     "spool_free": getattr(n, "spool_free", None)}
                     for _, n in sorted(self.core.table.nodes.items())]
 
     def plugins_run(self) -> dict:
@@ -342,7 +344,14 @@ class Master:
     def health(self) -> list[str]:
         """Problems an admin must see, one line each (`grun -q status` prints them)."""
         refusal = self.store.refusal(self.core.settings["min_free_disk"])
-        return list(self.store.problems) + ([refusal] if refusal else [])
+        own = None if refusal else disk_low("the master", self.spool_space(), self.core.settings)
+        with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
+            disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if getattr(n, "disk", None)]
+        return list(self.store.problems) + ([refusal] if refusal else []) + ([own[1]] if own else []) + disks
+
+    def spool_space(self) -> dict:
+        """{spool_free, spool_size} of the master's spool, in MB (`grun -q status`)."""
+        return spool_space(self.store.dir)
 
     def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
         """Returns the job once it runs (or has finished), or as it is when the timeout passes."""

@@ -23,6 +23,7 @@ from .. import auth, limits, registry, spawner
 from ..background import Loop
 from ..config import KEYS
 from ..plugins import Plugins
+from ..spool import spool_space
 from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
@@ -262,7 +263,7 @@ class Node(NodeJobs):
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
                 "outside_cpus": cores, "outside_memory": memory, "grun_cpus": self.monitor.grun_cores,
-                "usage": {str(k): v for k, v in self.monitor.usage.items()}}
+                "usage": {str(k): v for k, v in self.monitor.usage.items()}, **spool_space(self.jobs_dir)}
 
     def shutdown(self) -> None:
         auth.require("stop a node")

@@ -59,6 +59,18 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
     return None
 
 
+def disk_low(where: str, space: dict, settings: dict) -> tuple[bool, str] | None:
+    """(refusing, text) when the spool whose space is {spool_free, spool_size} (MB) has less free than
+    min_free_disk (no new jobs) or disk_warn (a warning), else None."""
+    free, size, warn = space.get("spool_free"), space.get("spool_size") or 0, settings["disk_warn"]
+    warn = size * float(warn[:-1]) / 100 if isinstance(warn, str) else warn  # "10%", or MB
+    if free is None or free >= max(settings["min_free_disk"], warn):
+        return None
+    if free < settings["min_free_disk"]:
+        return True, f"{where} takes no new jobs: its spool has {free} MB free (min_free_disk {settings['min_free_disk']} MB)"
+    return False, f"{where}'s spool is getting full: {free} MB free of {size} MB"
+
+
 def request_text(job: dict) -> str:
     parts = [f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB"]
     parts += [f"{k}={v}" for k, v in sorted((job.get("params") or {}).items())]
@@ -71,6 +83,8 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
     """(kind, text) for why the job does not run on this node now; kind "fits" if it would."""
     if not node.up:
         return "down", "down"
+    if (disk := getattr(node, "disk", None)) and disk[0]:
+        return "disk", disk[1].split(": ", 1)[1]
     why = mismatch(node, job)
     if why:
         return "excluded", why
@@ -130,7 +144,8 @@ def explain(job: dict, master, now: float) -> str:
     if not table.nodes:
         lines.append("No node has registered yet.")
     for kind, label in (("small", "too small"), ("excluded", "excluded"), ("down", "down"), ("busy", "busy now"),
-                        ("claimed", "reserved for a job that has waited longer"), ("fits", "with room now")):
+                        ("claimed", "reserved for a job that has waited longer"), ("fits", "with room now"),
+                        ("disk", "taking no new jobs, their spool nearly full")):
         if kind in groups:
             names = groups[kind]
             lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {label}: {'; '.join(names)}.")
@@ -141,6 +156,7 @@ def explain(job: dict, master, now: float) -> str:
     if limit := table.quotas.refusal(job):
         lines.append(f"It waits under a limit of the config: {limit}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits"))
+    possible = any(k in groups for k in ("busy", "claimed", "fits", "disk"))
     if job.get("reserved_node"):
         lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
                      f"take nothing it needs.")

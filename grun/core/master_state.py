@@ -27,7 +27,7 @@ from ..config import KEYS
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
-from .explain import refusal
+from .explain import disk_low, refusal
 from .placement import MAX_PLACED_PER_PASS, place
 from .queue import JobTable
 
@@ -339,6 +339,7 @@ class MasterState:
         node.seen, node.grun_cpus = now, float(info.get("grun_cpus") or 0.0)
         node.outside_cpus = max(0.0, float(info.get("outside_cpus") or 0.0))
         node.outside_memory = max(0, int(info.get("outside_memory") or 0))
+        node.spool_free, node.disk = info.get("spool_free"), disk_low(f"node {name}", info, self.settings)
         for job_id, usage in (info.get("usage") or {}).items():
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == name:

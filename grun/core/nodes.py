@@ -63,6 +63,8 @@ class NodeView:
         return self.resources.get(resource, 0) - self.used_resources.get(resource, 0)
 
     def fits(self, job: dict) -> bool:
+        if getattr(self, "disk", None) and self.disk[0]:  # its spool is nearly full (explain.disk_low)
+            return False
         if not self.up or job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory or mismatch(self, job):
             return False
         return all(self.free(name) + EPS >= need for name, need in consumables(job, self).items())
