@@ -137,7 +137,6 @@ def cluster_main(args) -> None:
     py, head = sys.executable, f"head -c {size} /dev/zero"
     cases = [("raw pipe: head | cat", f"{head} | cat > /dev/null"),
              ("stdout, fast reader: grun head | cat", f"{py} -m grun.cli {head} | cat > /dev/null"),
-             (f"raw pipe, reader at {args.rate}B/s", f"{head} | {py} -c '{THROTTLE}' {rate}"),
              (f"stdout, reader at {args.rate}B/s", f"{py} -m grun.cli {head} | {py} -c '{THROTTLE}' {rate}"),
              ("raw pipe: head | wc -c", f"{head} | wc -c"),
              ("stdin: head | grun wc -c", f"{head} | {py} -m grun.cli wc -c")]

@@ -323,6 +323,7 @@ KEYS = {key.name: key for key in (
     # terabyte streams in bounded space (grun/drain.py)
     Key("spool_max", parse_memory, 1024, _X, True,
         "MB of a job's unread output a node keeps; past it the job waits for its reader"),
+    Key("wrap", lambda v: str(v or ""), "", _X, True, "a prefix for every job's command here, at {cmd} (a container, a module)"),
     Key("disk_warn", lambda v: f"{_number(v.strip()[:-1], 'a percentage like 10%', most=100):g}%" if str(v).strip()
         .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
 )}

@@ -1,17 +1,12 @@
-"""The node's drain: it moves each running job's stdout and stderr from the job's pipes (FIFOs in its
-spool directory, grun.spool) into its spool files, one thread for all jobs, by splice (the bytes never
-enter Python), and only while the job holds less than `spool_max` bytes there (invariant 9).
-
-A job that writes faster than its clients read, or with nobody attached, fills its pipe and then waits
-in its write, as a job writing to a slow reader's pipe does: the node's disk never fills, and an
-attached reader sets the job's pace. Bytes a client has been sent are punched out of the file when room
-is needed (FALLOC_FL_PUNCH_HOLE: the offsets stay, the blocks go), never bytes a client attached or
-offered has not been sent yet; a re-attach replays what is still held, from the file's first data.
-Why pipes: a write to a regular file cannot be made to wait, so the job writing its spool file (as
-before) could be bounded only by killing or stopping it, and SIGSTOP clashes with suspend and overshoots
-by a sampling period. The reaper holds a read end of each pipe until the job has ended and drains what
-is left before it writes the job's status, so a node daemon restart never kills a job blocked on output
-(invariant 3): the job waits, and the next daemon opens the pipes again.
+"""The node's drain: one thread moves every running job's stdout and stderr from its pipes (FIFOs in its
+spool directory, grun.spool) into its spool files by splice, only while the job holds less than
+`spool_max` there (invariant 9). Past it the pipe fills and the job waits in its write, as for a slow
+reader's pipe: an attached reader sets its pace, and with none it waits for one. Bytes sent to a client
+are punched out of the file when room is needed (FALLOC_FL_PUNCH_HOLE: offsets stay, blocks go), never
+bytes an attached or offered client has not been sent; a re-attach replays what is held.
+Why pipes: a write to a file cannot be made to wait, and stopping the job (SIGSTOP) clashes with
+suspend. The reaper holds a read end of each pipe until the job has ended, and drains what is left
+before it writes the status: a node daemon restart never kills a job waiting on output (invariant 3).
 """
 
 import contextlib
@@ -36,15 +31,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
-def punch(fd: int, start: int, end: int) -> bool:
-    if _libc.fallocate(fd, PUNCH, start, end - start) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):  # then a job's reader could never make room
-        log.error("the spool's filesystem cannot punch holes: spool_max is not applied")
-        Output.limit = float("inf")
-    return False
-
-
 class Output:
     """One job's output in the spool: per stream its pipe, its file (appended to), the first byte held
     (`start`: before it, punched) and the furthest byte sent to a client that has left (`sent`); the
@@ -58,8 +44,6 @@ class Output:
         self.sent = dict(self.start)
         self.tails: set = set()
         self.full, self.lock = False, threading.RLock()
-
-    limit = property(lambda self: self.drain.limit())
 
     def held(self) -> int:
         return sum(os.fstat(fd).st_size - self.start[name] for name, fd in self.files.items())
@@ -103,9 +87,17 @@ class Output:
         for name, fd in self.files.items():
             offsets = [t.offset for t in self.tails if t.name == name]
             upto = (min(offsets) if offsets else self.sent[name]) // BLOCK * BLOCK
-            if upto > self.start[name] and punch(fd, self.start[name], upto):
+            if upto > self.start[name] and self._punch(fd, self.start[name], upto):
                 self.start[name], freed = upto, True
         return freed
+
+    def _punch(self, fd: int, start: int, end: int) -> bool:
+        if _libc.fallocate(fd, PUNCH, start, end - start) == 0:
+            return True
+        if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS):  # no reader could ever make room
+            log.error("the spool's file system cannot punch holes: spool_max is not applied")
+            self.drain.limit = lambda: float("inf")
+        return False
 
     def move(self, name: str) -> None:
         """What the job's pipe holds into its file, as far as its room allows."""
@@ -113,9 +105,9 @@ class Output:
             pipe = self.pipes.get(name)
             if pipe is None:
                 return
-            room = self.limit - self.held()
+            room = self.drain.limit() - self.held()
             if room < PIPE_SIZE and self._discard():
-                room = self.limit - self.held()
+                room = self.drain.limit() - self.held()
             if room <= 0:  # stop watching its pipes until a client is sent more (progress)
                 self.full = True
                 for fd in self.pipes.values():
@@ -142,15 +134,16 @@ class Output:
                 self.drain.poll.unregister(fd)
             os.close(fd)
 
-    def finish(self, flush: bool = False) -> None:
-        """The job has ended (its reaper drained its pipes first); `flush`: we waited for it, drain them here."""
+    def finish(self, flush: bool = False, unlink: bool = True) -> None:
+        """The job has ended (its reaper drained its pipes first; `flush`: we waited for it, so we do)."""
         with self.lock:
             for name in KINDS:
                 if flush and name in self.pipes:
                     spool.drain_pipe(self.pipes[name], self.dir, name)
                 self._close(name)
-                with contextlib.suppress(OSError):
-                    os.unlink(spool.pipe_path(self.dir, name))
+                if unlink:
+                    with contextlib.suppress(OSError):
+                        os.unlink(spool.pipe_path(self.dir, name))
             for fd in self.files.values():
                 os.close(fd)
             self.files.clear()
@@ -196,7 +189,8 @@ class Drain:
                 found[0].move(found[1])
 
     def close(self) -> None:
+        """The node daemon stops: its running jobs' pipes stay for the next one."""
         self.loop.stop(join=2.0)
-        for key in list(self.outputs):
-            self.forget(key)
+        for out in self.outputs.values():
+            out.finish(unlink=False)
         self.poll.close()

@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -72,9 +73,20 @@ def _identity(job: dict) -> dict:
     return {"user": uid, "group": job.get("gid", uid), "extra_groups": groups}
 
 
-def _exec_error(exc: OSError, argv: list[str], cwd: str) -> tuple[str, int]:
-    """The message and exit code a shell would give for a command it cannot run."""
-    if exc.filename == cwd or (exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(cwd)):
+def wrapped(argv: list[str], job: dict) -> list[str]:
+    """The command inside the job's --wrap prefix, inside its node's `wrap:`, at {cmd} (or at the end), quoted
+    as one command (a shell line as `sh -c '<line>'`), so `env X=1 {cmd}` takes all of `a; b`."""
+    for prefix in filter(None, (job.get("wrap"), job.get("node_wrap"))):
+        inner = shlex.join(argv)
+        argv = [SHELL, "-c", prefix.replace("{cmd}", inner) if "{cmd}" in prefix else f"{prefix} {inner}"]
+    return argv
+
+
+def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str, int]:
+    """The message and exit code a shell would give for a command it cannot run (a missing cwd: 2, usage)."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(cwd):
+        return f"cwd {cwd} does not exist on node {node}", 2
+    if exc.filename == cwd:
         return f"cannot change directory to {cwd}: {exc.strerror}", 1
     if exc.errno == errno.ENOENT:
         return f"{argv[0]}: command not found", 127
@@ -187,7 +199,7 @@ class Reaper:
     def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
         if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
-        argv = [SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
+        argv = wrapped([SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"]), job)
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
         env.setdefault("PATH", os.defpath)
         env.update(device_env(job.get("devices")))
@@ -215,7 +227,7 @@ class Reaper:
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
             _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
-            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"]),
+            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"], env["GRUN_NODE"]),
                               err=None if "stderr" in keep else err)
         finally:
             _close(stdin, out, err)

@@ -214,7 +214,7 @@ def cli_spec(args: dict, words: list[str]) -> dict:
     for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
-    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay") if key in args)
+    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay", "wrap") if key in args)
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)

@@ -176,3 +176,28 @@ def test_a_node_whose_spool_is_nearly_full_takes_no_new_jobs_and_says_why(tmp_pa
     finally:
         c.stop()
         subprocess.run(["umount", "-l", spool])
+
+
+def test_a_cwd_missing_on_the_node_fails_at_once_with_exit_2_and_says_so(c):
+    """(issue 14, NFS and the working directory) not a traceback, not a hang."""
+    job_id = c.client().submit_spec({"cmd": ["true"], "cwd": "/nonexistent/x/y", "uid": os.getuid(), "gid": os.getgid()})
+    r = c.grun("--attach", str(job_id), timeout=30)
+    assert (r.returncode, r.stdout) == (2, b""), r.stderr
+    assert r.stderr == b"grun: cwd /nonexistent/x/y does not exist on node n1\n"
+
+
+def test_wrap_per_job_and_per_node_with_a_real_wrapper_script(tmp_path):
+    """(issue 14, nodes without the shared file system) `--wrap PREFIX` and the node's `wrap:`, {cmd}
+    substituted: the job's own prefix runs inside the node's."""
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text('#!/bin/sh\ntag=$1; shift\necho "$tag: $*" >&2\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    with LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "wrap": f"{wrapper} node {{cmd}}"}}) as c:
+        r = c.grun("sh", "-c", "echo out; echo $X")
+        assert (r.returncode, r.stdout) == (0, b"out\n\n"), r.stderr
+        assert r.stderr == b"node: sh -c echo out; echo $X\n"
+        r = c.grun("--wrap", f"env X=1 {wrapper} job", "sh", "-c", "echo out; echo $X; exit 3")
+        assert (r.returncode, r.stdout) == (3, b"out\n1\n"), r.stderr
+        assert r.stderr.splitlines() == [  # the node's wrapper gets the job's wrapped command as one
+            f"node: /bin/sh -c env X=1 {wrapper} job sh -c 'echo out; echo $X; exit 3'".encode(),
+            b"job: sh -c echo out; echo $X; exit 3"]

@@ -41,13 +41,13 @@ class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
                  cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
                  hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float,
-                 plugins: Plugins | None = None, spool_max: int = 1024):
+                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = ""):
         """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
         self.plugins = plugins or Plugins()
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
         self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
         self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
-        self.min_free_memory, self.kill_grace, self.spool_max = min_free_memory, kill_grace, spool_max
+        self.min_free_memory, self.kill_grace, self.spool_max, self.wrap = min_free_memory, kill_grace, spool_max, wrap
         self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
         self.monitor = Monitor(count_outside_load)
         # Launches are numbered within this process's life (its incarnation), so the master can tell
@@ -101,7 +101,7 @@ class Node(NodeJobs):
                     if job_id not in self.live:
                         self.launch_seq += 1
                         live = LiveJob(job_id, os.path.join(self.jobs_dir, str(job_id)),
-                                       dict(job, node=self.name,
+                                       dict(job, node=self.name, node_wrap=self.wrap,
                                             limits=limits.job_limits(job, self.hard_factor, self.ulimit)))
                         self._register_job(live)
                 if live is not None:

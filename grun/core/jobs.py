@@ -35,6 +35,7 @@ SPEC_KEYS = {
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
     "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
     *DEP_KINDS, "retries", "retry_delay",
+    "wrap",  # a command prefix (grun.spawner.wrapped)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
@@ -172,6 +173,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         out["retries"] = retries
     if spec.get("retry_delay") is not None:
         out["retry_delay"] = float(_number(spec, "retry_delay", 0, MAX_RETRY_DELAY))
+    if (wrap := _text(spec, "wrap", MAX_PATH)) is not None:
+        out["wrap"] = wrap
     return out
 
 
