@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -98,11 +99,13 @@ def test_a_slow_reader_sets_the_pace_and_the_spool_stays_bounded(c):
     assert start > len(EXPECTED) - (MAX_MB << 20) - (2 << 20) and r.stdout == EXPECTED[start:]
 
 
-def test_a_node_daemon_restart_does_not_kill_a_job_waiting_on_output(c):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_node_daemon_restart_does_not_kill_a_job_waiting_on_output(c, sig):
+    """Killed, or stopped gracefully (which must leave the job's pipes for the next daemon)."""
     job_id = nowait(c, "seq", "1", str(LINES))
     _settled_size(_stdout(c, job_id))
     pgid = job_pid(c, job_id)
-    c.kill("n1")  # SIGKILL: the job's pipes lose their reader in the node daemon
+    c.kill("n1", sig)  # the job's pipes lose their reader in the node daemon
     time.sleep(0.5)
     assert group_alive(pgid)
     c.start_node("n1")
