@@ -20,11 +20,11 @@ from collections.abc import Callable
 
 from . import spool
 from .background import Loop
-from .stream import ERR, OUT, PIPE_SIZE, _grow_pipe
+from .spool import STREAMS
+from .stream import PIPE_SIZE, _grow_pipe
 
 log = logging.getLogger("grun.node")
 
-KINDS = {"stdout": OUT, "stderr": ERR}
 BLOCK = 4096                 # punched ranges are whole blocks
 PUNCH = 0x01 | 0x02          # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -40,7 +40,7 @@ class Output:
         self.drain, self.key, self.dir = drain, key, job_dir
         self.pipes: dict[str, int] = {}
         self.files: dict[str, int] = {}
-        self.start = {name: spool.first_held(job_dir, name) for name in KINDS}
+        self.start = {name: spool.first_held(job_dir, name) for name in STREAMS}
         self.sent = dict(self.start)
         self.tails: set = set()
         self.full, self.lock = False, threading.RLock()
@@ -50,7 +50,7 @@ class Output:
 
     def held_from(self, *offsets: int) -> list[int]:
         """Where a client asking for stdout and stderr from these offsets starts: not before what is held."""
-        return [max(offset, self.start[name]) for offset, name in zip(offsets, KINDS)]
+        return [max(offset, self.start[name]) for offset, name in zip(offsets, STREAMS)]
 
     def attach(self, tails: list) -> None:
         """An offer's tails: each starts at the first byte held at least, and from now on nothing they
@@ -137,7 +137,7 @@ class Output:
     def finish(self, flush: bool = False, unlink: bool = True) -> None:
         """The job has ended (its reaper drained its pipes first; `flush`: we waited for it, so we do)."""
         with self.lock:
-            for name in KINDS:
+            for name in STREAMS:
                 if flush and name in self.pipes:
                     spool.drain_pipe(self.pipes[name], self.dir, name)
                 self._close(name)
@@ -166,7 +166,7 @@ class Drain:
             return
         out = self.outputs[key] = Output(self, key, job_dir)
         with out.lock:
-            for name in KINDS:
+            for name in STREAMS:
                 with contextlib.suppress(FileNotFoundError):
                     pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                     out.files[name] = os.open(os.path.join(job_dir, name),

@@ -103,16 +103,15 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> None:
 
 def first_held(job_dir: str, name: str) -> int:
     """The first byte of a spool file still held (those before were delivered and punched out)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(os.path.join(job_dir, name), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return 0
-    try:
-        return os.lseek(fd, 0, os.SEEK_DATA)
-    except OSError:  # ENXIO: holes only, or empty
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+        try:
+            return os.lseek(fd, 0, os.SEEK_DATA)
+        except OSError:  # ENXIO: holes only, or empty
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return 0
 
 
 def spool_space(path: str) -> dict:

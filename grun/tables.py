@@ -98,12 +98,10 @@ def nodes_table(nodes: list[dict]) -> str:
     rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
              f"{n['free_memory']}/{n['memory']}"] + [
              "; ".join(f"{k} {','.join(used) or 'none'} of {len(ids)}" for k, (ids, used) in
-                       sorted(n.get("devices", {}).items())) or "-"] * indexed + [n["running"]] for n in nodes]
+                       sorted(n.get("devices", {}).items())) or "-"] * indexed + [n["running"]]
+            + ["-" if n.get("spool_free") is None else f"{n['spool_free']:,}"] for n in nodes]
     return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)"] + ["DEVICES(in use)"] * indexed
-                 + ["JOBS"])
-             f"{n['free_memory']}/{n['memory']}", n["running"],
-             "-" if n.get("spool_free") is None else f"{n['spool_free']:,}"] for n in nodes]
-    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "JOBS", "SPOOL_MB_FREE"])
+                 + ["JOBS", "SPOOL_MB_FREE"])
 
 
 def history_table(jobs: list[dict]) -> str:

@@ -155,7 +155,6 @@ def explain(job: dict, master, now: float) -> str:
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
     if limit := table.quotas.refusal(job):
         lines.append(f"It waits under a limit of the config: {limit}.")
-    possible = any(k in groups for k in ("busy", "claimed", "fits"))
     possible = any(k in groups for k in ("busy", "claimed", "fits", "disk"))
     if job.get("reserved_node"):
         lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
