@@ -89,12 +89,14 @@ def append_from_pipe(pipe: int, fd: int, most: int) -> int:
 
 def drain_pipe(pipe: int, job_dir: str, name: str) -> None:
     """What the pipe holds, appended to its spool file; for a job that has ended, before its status is
-    written, so whatever it wrote is in the file once its status is there."""
+    written, so whatever it wrote is in the file once its status is there. At most a full pipe (1 MiB):
+    a process the job left behind may write on and on (`yes &`), and it must not hold us."""
     with contextlib.suppress(OSError):
         fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        left = 1 << 20
         try:
-            while append_from_pipe(pipe, fd, 1 << 20):
-                pass
+            while left > 0 and (n := append_from_pipe(pipe, fd, left)):
+                left -= n
         except BlockingIOError:
             pass  # empty, but a process the job left behind still has it open
         finally:

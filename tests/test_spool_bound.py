@@ -204,3 +204,16 @@ def test_wrap_per_job_and_per_node_with_a_real_wrapper_script(tmp_path):
         assert r.stderr.splitlines() == [  # the node's wrapper gets the job's wrapped command as one
             f"node: /bin/sh -c env X=1 {wrapper} job sh -c 'echo out; echo $X; exit 3'".encode(),
             b"job: sh -c echo out; echo $X; exit 3"]
+
+
+def test_a_writer_left_behind_holds_neither_the_reaper_nor_the_disk(c, tmp_path):
+    """`dd if=/dev/zero &` outlives its job: the job's end is recorded at once, the next job starts, and the
+    writer gets EPIPE once the node lets go of the job's pipes (it used to fill the spool)."""
+    pid_file = tmp_path / "pid"
+    r = c.grun("sh", "-c", f"dd if=/dev/zero bs=1M 2>/dev/null & echo $! > {pid_file}; sleep 0.3", timeout=30,
+               capture_output=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr
+    assert c.grun("echo", "next", timeout=30).stdout == b"next\n"
+    pid = int(pid_file.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+             10, what="the writer left behind to end")
