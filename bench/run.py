@@ -46,15 +46,15 @@ import psutil
 
 from bench.clusters import GRUN, cleanup_session, session_dir
 from bench.report import Results, render, say
-from bench.scenarios import chain, history, latency, scale, slurm, streaming, throughput
+from bench.scenarios import chain, history, latency, rules, scale, slurm, streaming, throughput
 
-SCENARIOS = (throughput, latency, scale, history, streaming, slurm, chain)
+SCENARIOS = (throughput, latency, scale, history, streaming, slurm, chain, rules)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,3,4,5; 6 with --slurm; 7: a chain of --afterok jobs)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,3,4,5; 6 with --slurm; 7: a chain of --afterok jobs; 8: policy rules' cost)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the table shows the median (default 3)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no tsp/slurm/big")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")

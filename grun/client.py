@@ -159,10 +159,16 @@ class Client:
         # the token makes a retried submission harmless (os.urandom: `secrets` imports hmac and _hashlib)
         specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]
         sent = time.time()
-        ids = self.call("submit_many", specs, sent_wait=SENT_SUBMIT_WAIT)
+        reply = self.call("submit_jobs", specs, sent_wait=SENT_SUBMIT_WAIT)
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
                       "answered": time.time()}  # for GRUN_TIMES (grun/cli.py)
-        return [int(i) for i in ids]
+        for job_id, text in reply.get("warnings", ()):  # (a policy rule's warn:, ...)
+            self.warn(f"job {job_id}: {text}" if len(specs) > 1 else text)
+        return [int(i) for i in reply["ids"]]
+
+    def warn(self, text: str) -> None:
+        """A warning about a submission, for the submitter: on stderr (replace it to do otherwise)."""
+        print(f"grun: warning: {text}", file=sys.stderr, flush=True)
 
     def get(self, job_id: int) -> "Job":
         """A handle for an existing job; raises JobNotFound if there is none."""

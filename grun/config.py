@@ -326,6 +326,8 @@ KEYS = {key.name: key for key in (
     Key("wrap", lambda v: str(v or ""), "", _X, True, "a prefix for every job's command here, at {cmd} (a container, a module)"),
     Key("disk_warn", lambda v: f"{_number(v.strip()[:-1], 'a percentage like 10%', most=100):g}%" if str(v).strip()
         .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
+    Key("rules", lambda v: __import__("grun.core.rules", fromlist=["_"]).compile_rules(v), (), _Q, True,
+        "policy at submit: a list of {if: CONDITION, ACTION: ...} (README: Rules)"),  # grun/core/rules.py
 )}
 
 
@@ -377,7 +379,7 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
             try:
                 values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
-                raise ConfigError(str(e), source, line, name if source == path else None) from None
+                raise ConfigError(str(e), source, getattr(e, "at", line), name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)
     from . import auth  # the secret of the config read last is the one this process's connections present
     auth.configure(cfg)
@@ -402,7 +404,7 @@ def describe(cfg: Config, as_dict: bool = False):
     import yaml
     keys = {}
     for name, key in KEYS.items():
-        value = cfg.master_address if name == "master" else getattr(cfg, name)
+        value = cfg.master_address if name == "master" else getattr(getattr(cfg, name), "source", getattr(cfg, name))
         value = sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
             value, float) and value.is_integer() else value
         keys[name] = {"value": value, "origin": cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else
@@ -487,10 +489,12 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
         raise ConfigError(f"expected a mapping of key: value at the top level, got {kind}", path,
                           node.start_mark.line + 1)
     lines: dict[str, int] = {}
-    for key, _ in node.value if value else ():
+    for key, item in node.value if value else ():
         if isinstance(key, yaml.ScalarNode):  # YAML keeps the last of two quietly: worse than an error
             line = key.start_mark.line + 1
             if key.value in lines:
                 raise ConfigError(f"given twice (first on line {lines[key.value]})", path, line, key.value)
             lines[key.value] = line
+            if key.value == "rules":  # each scalar with where it starts, for grun.core.rules' errors
+                value["rules"] = __import__("grun.core.rules", fromlist=["_"]).marked(item, path)
     return value or {}, lines

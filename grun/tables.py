@@ -139,6 +139,9 @@ def history_long(jobs: list[dict]) -> str:
             j.get("devices") and "  devices   " + "; ".join(f"{k} {','.join(v)}" for k, v in j["devices"].items()),
             j.get("inputs") and "  inputs    " + " ".join(j["inputs"]),
             j.get("outputs") and "  outputs   " + " ".join(j["outputs"]) + ("  (make)" if j.get("make") else ""),
+            j.get("origin") and "  origin    " + ", ".join(f"{k} from {v}" for k, v in j["origin"].items()),
+            *(f"  warning   {w}" for w in j.get("warnings") or ()),
+            j.get("nodes") and f"  nodes     {j['nodes']}",
             j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
             j.get("error") and f"  error     {j['error']}") if line))
     return "\n\n".join(blocks)

@@ -126,7 +126,8 @@ NEW_VALUES = {"cpus": 3, "memory": "2G", "log_level": "debug", "node_timeout": "
               "reserve_after": "1m", "hard_factor": 2, "ulimit": {"nofile": 4096}, "count_outside_load": False,
               "min_free_memory": "200M", "kill_grace": "10s", "deps_other_users": False, "default_retries": 2,
               "allow_root": False, "admins": ["alice"], "limits": {"user": {"jobs": 100}},
-              "plugins": ["grun.gpu:GpuPlugin"], "spool_max": "2G", "disk_warn": "5%", "wrap": "nice {cmd}"}
+              "plugins": ["grun.gpu:GpuPlugin"], "spool_max": "2G", "disk_warn": "5%", "wrap": "nice {cmd}",
+              "rules": [{"if": "cpus > 2", "warn": "many cpus"}]}
 NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
 
 

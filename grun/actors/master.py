@@ -11,6 +11,8 @@ each with a timeout and never under the lock (invariant 4), and history.
 import functools
 import grp
 import logging
+import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +22,9 @@ import Pyro5.api
 from .. import auth, registry
 from ..background import Loop
 from ..core import jobs as J
-from ..core.explain import disk_low, explain, progress
+from ..core.explain import disk_low, explain, progress, provenance
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
+from ..core.rules import SCRIPT_BYTES
 from ..plugins import Plugins
 from ..spool import spool_space
 from ..store import Store, StoreError
@@ -69,6 +72,38 @@ def _group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except (KeyError, OverflowError):
         return str(gid)
+class RuleFacts:
+    """What policy rules read outside a request (grun.core.rules.Job), each at most once per submission: a file's
+    first bytes and size when the job's user could read it (its mode bits; never a FIFO or a device, which could
+    block), a user's groups; None when there is no such file, group or user."""
+
+    def __init__(self):
+        self._seen: dict = {}
+
+    def _once(self, compute, *args):
+        if (compute, *args) not in self._seen:
+            try:
+                self._seen[(compute, *args)] = compute(*args)
+            except (OSError, KeyError):
+                self._seen[(compute, *args)] = None
+        return self._seen[(compute, *args)]
+
+    @staticmethod
+    def _stat(path: str, uid: int, gid: int):
+        st = os.stat(path)
+        bits = 0o400 if st.st_uid == uid else 0o040 if st.st_gid == gid else 0o004
+        return st if stat.S_ISREG(st.st_mode) and (uid == 0 or st.st_mode & bits) else None
+
+    @staticmethod
+    def _head(path: str, uid: int, gid: int) -> bytes | None:
+        if RuleFacts._stat(path, uid, gid) is not None:
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                return f.read(SCRIPT_BYTES)
+
+    _groups = staticmethod(lambda user, gid: [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, gid)])
+    head = lambda self, *args: self._once(RuleFacts._head, *args)
+    size = lambda self, *args: getattr(self._once(RuleFacts._stat, *args), "st_size", None)
+    groups = lambda self, *args: self._once(RuleFacts._groups, *args)
 
 
 @Pyro5.api.expose
@@ -229,14 +264,29 @@ class Master:
         return self.submit_many([spec])[0]
 
     def submit_many(self, specs: list) -> list[int]:
-        """Queue jobs; returns their ids only once they are on disk (invariant 1). A user's credential
-        (grun.auth) says who they run as: a spec claiming someone else is refused."""
+        """Queue jobs; returns their ids only once they are on disk (invariant 1)."""
+        return self.submit_jobs(specs)["ids"]
+
+    def submit_jobs(self, specs: list) -> dict:
+        """submit_many for the submitter, in the same one call: {"ids": [...]}, with "warnings": [[id, text],
+        ...] (a rule's warn:, ...) when there are some, for its stderr. A user's credential (grun.auth) says
+        who they run as: a spec claiming someone else is refused."""
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
-        requests = self.core.requests(specs)
+        notes: list[tuple[str, str]] = []
+        try:
+            requests = self.core.requests(specs, RuleFacts(), notes)
+        finally:
+            for level, text in dict.fromkeys(notes):  # (once per submission, however many jobs it holds)
+                getattr(log, level)(text)
         self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
-        return self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
-                        history=self._finished(requests))
+        ids = self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
+                       history=self._finished(requests))
+        warned = [[i, text] for i, req in zip(ids, requests) for text in req.get("warnings", ())]
+        if warned:  # (one line however many jobs)
+            log.info("warned %s about job %s%s: %s", requests[0]["user"], warned[0][0], f" and {len(warned) - 1} more"
+                     if len(warned) > 1 else "", "; ".join(dict.fromkeys(text for _, text in warned)))
+        return {"ids": ids, **({"warnings": warned} if warned else {})}
 
     def _finished(self, requests: list[dict]) -> dict:
         """The finished jobs the requests' dependencies name that the core cannot see (neither live nor
@@ -333,7 +383,8 @@ class Master:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
         job = self.job(job_id)
         with self.lock:
-            return (progress if short else explain)(job, self.core, time.time())
+            return progress(job, self.core, time.time()) if short else \
+                explain(job, self.core, time.time()) + provenance(job)
 
     def lookup(self, name: str, user: str | None = None) -> int | None:
         """The live job with this name, else (given its user) the newest such finished one, or None."""

@@ -10,6 +10,7 @@ import itertools
 from . import jobs as J
 from .deps import waiting_text
 from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
+from .rules import meets
 
 
 def refusal(job: dict, index: NodeIndex) -> str | None:
@@ -26,6 +27,8 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
     if not pool:
         return f"no node matches hosts {job['host']!r}"
+    if job.get("nodes") and not (pool := [n for n in pool if meets(job["nodes"], n)]):
+        return f"no node meets {job['nodes']}"
     for name, want in (job.get("params") or {}).items():
         labelled = [n for n in pool if name in n.labels]
         having = [n for n in pool if name in n.resources]
@@ -180,6 +183,14 @@ def progress(job: dict, master, now: float) -> str:
     where = "starting" if any(kind == "fits" for _, kind, _ in reasons) else \
         f"most room: {busy[1]} ({busy[2]})" if busy else "no node up could run it" if table.nodes else "no node yet"
     return f"queued: {ahead} ahead; needs {request_text(job)}; {where}"
+
+
+def provenance(job: dict) -> str:
+    """Where the job's request came from when not from its submitter (`origin`: a policy rule, ...), and
+    the warnings it was given."""
+    origin = ", ".join(f"{field} from {where}" for field, where in (job.get("origin") or {}).items())
+    warnings = "".join(f" Warning: {w}." for w in job.get("warnings") or ())
+    return (f" Its request: {origin}." if origin else "") + warnings
 
 
 def _duration(secs: float) -> str:

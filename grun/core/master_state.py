@@ -27,6 +27,7 @@ from ..config import KEYS
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
+from . import rules as R
 from .explain import disk_low, refusal
 from .placement import MAX_PLACED_PER_PASS, place
 from .queue import JobTable
@@ -150,8 +151,9 @@ class MasterState:
             node.seen = now
         return step
 
-    def requests(self, specs) -> list[dict]:
-        """Validated submissions (a ValueError, one line, for the first bad one)."""
+    def requests(self, specs, facts=None, log: list | None = None) -> list[dict]:
+        """Validated submissions (a ValueError, one line, for the first bad one), through the policy rules
+        (`facts`: what they read of files and groups, grun.core.rules.Job; `log`: gets their lines)."""
         if not isinstance(specs, (list, tuple)):
             raise ValueError("submit_many takes a list of job specs")
         s = self.settings
@@ -159,6 +161,8 @@ class MasterState:
                     for spec in specs]
         for req in requests:  # (by the master's name service: a client cannot claim a group)
             req["group"] = self.group_of(req["gid"])
+        for req, spec in zip(requests, specs) if s["rules"] else ():
+            R.apply(s["rules"], req, spec, facts, log)  # policy rules, in order
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         for req in requests if s["default_retries"] else ():

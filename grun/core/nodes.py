@@ -14,6 +14,8 @@ import random
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
+from .rules import meets
+
 EPS = 1e-9
 # What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
 # node to another place in its index (usage, up/down).
@@ -115,6 +117,8 @@ def mismatch(node: NodeView, job: dict) -> str | None:
     """Why the job can never run on this node whatever else runs there, or None."""
     if job.get("host") and not host_matches(node.name, job["host"]):
         return f"not in hosts {job['host']}"
+    if job.get("nodes") and not meets(job["nodes"], node):  # a policy rule's nodes: condition
+        return f"does not meet {job['nodes']}"
     for name, want in (job.get("params") or {}).items():
         if name in node.labels:
             if not label_matches(node.labels[name], want):
@@ -148,7 +152,8 @@ def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
 
 def shape(job: dict) -> tuple:
     """What placement sees of a job: jobs of one shape fit the same nodes."""
-    return job["cpus"], job["memory"], job.get("host"), tuple(sorted((job.get("params") or {}).items()))
+    params = tuple(sorted((job.get("params") or {}).items()))
+    return job["cpus"], job["memory"], job.get("host"), params, job.get("nodes")  # (nodes: a rule's condition)
 
 
 class NodeIndex(dict):

@@ -1,0 +1,171 @@
+"""Policy rules (issue 12) through real daemons: each action at submit, reject (exit 1 and its message),
+warn (on the submitter's stderr, and in the master's log), provenance in `grun why` and `-q jobs --long`,
+the nodes: condition, a rule that fails on a job, and rules reloaded with `grun -d -r` (a bad one refused
+with FILE:LINE:COLUMN, at start and at reload, the old rules kept)."""
+from __future__ import annotations
+
+import getpass
+import grp
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from cluster import LocalCluster
+from util import wait_for
+
+USER, GROUP = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
+RULES = [
+    {"if": 'prog == "align.py" and size(argv[2]) > 4K', "default": {"memory": "300M", "cpus": 2}},
+    {"if": 'script ~ "import torch"', "params": {"gpu": 1}},
+    {"if": f'group == "{GROUP}" and cpus > 3', "reject": "at most 3 cpus per job here"},
+    {"if": 'cmd ~ "rm -rf /"', "warn": "this job removes files under /"},
+    {"if": f'user == "{USER}" and name like "picky*"', "priority": "+10", "nodes": 'labels.os == "debian12"'},
+    {"if": 'name == "fixed"', "set": {"cpus": 0.5, "priority": 3}, "labels": {"os": "deb*"}, "hosts": "a,b"},
+    {"if": "argv[1] > 5", "warn": "a number"},  # fails (TypeError) on `echo abc`: logged and skipped
+]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(nodes={"a": {"cpus": 4, "memory": 4000, "resources": {"gpu": 2}},
+                             "b": {"cpus": 4, "memory": 4000, "labels": {"os": "debian12"}}},
+                      master_extra={"rules": RULES}) as c:
+        yield c
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "align.py").write_text("import torch\n")
+    (tmp_path / "big.in").write_text("x" * 5000)
+    (tmp_path / "small.in").write_text("x")
+    return tmp_path
+
+
+def master_log(c) -> str:
+    return open(os.path.join(c.root, "master", "grun.log")).read()
+
+
+def submit(c, *args, **kwargs) -> int:
+    r = c.grun("--nowait", *args, **kwargs)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[-1])
+
+
+def test_default_params_and_provenance(cluster, workdir):
+    big = submit(cluster, "python3", "align.py", "big.in", cwd=workdir)
+    small = submit(cluster, "python3", "align.py", "small.in", cwd=workdir)
+    given = submit(cluster, "-m", "200", "python3", "align.py", "big.in", cwd=workdir)
+    jobs = {i: cluster.client().job(i) for i in (big, small, given)}
+    assert (jobs[big]["memory"], jobs[big]["cpus"], jobs[big]["params"]) == (300, 2, {"gpu": 1})
+    assert (jobs[small]["memory"], jobs[small]["cpus"]) == (100, 1) and jobs[small]["params"] == {"gpu": 1}
+    assert (jobs[given]["memory"], jobs[given]["cpus"]) == (200, 2), "-m given: the default leaves it"
+    assert re.fullmatch(r"rule 1 \(master\.conf:\d+\)", jobs[big]["origin"]["memory"]), jobs[big]["origin"]
+    why = cluster.grun("why", str(big)).stdout.decode()
+    assert re.search(r"Its request: cpus from rule 1 \(master\.conf:\d+\), memory from rule 1 \(master\.conf:\d+\), "
+                     r"params\.gpu from rule 2 \(master\.conf:\d+\)\.", why), why
+    long = cluster.grun("-q", "history", "--long").stdout.decode()
+    assert re.search(rf"job {big}: .*\n(  .*\n)*  origin    cpus from rule 1 \(master.conf:\d+\), memory from rule 1",
+                     long)
+
+
+def test_reject_exits_1_with_the_message_and_queues_nothing(cluster):
+    before = len(cluster.client().history(1000)) + len(cluster.client().jobs())
+    r = cluster.grun("-c", "4", "true")
+    assert (r.returncode, r.stderr.decode()) == (1, "grun: at most 3 cpus per job here\n")
+    assert len(cluster.client().history(1000)) + len(cluster.client().jobs()) == before
+    assert re.search(rf"rule 3 \(master.conf:\d+\) refused a job of {USER}: at most 3 cpus", master_log(cluster))
+
+
+def test_warn_reaches_the_submitters_stderr_and_the_log(cluster):
+    r = cluster.grun("echo rm -rf /nothing")
+    assert r.returncode == 0 and r.stdout == b"rm -rf /nothing\n"
+    assert r.stderr == b"grun: warning: this job removes files under /\n"
+    plain = cluster.grun("echo", "fine")
+    assert plain.returncode == 0 and plain.stderr == b"", "no warning: nothing said"
+    log = wait_for(lambda: "this job removes files" in master_log(cluster) and master_log(cluster), what="the log")
+    assert re.search(rf"warned {USER} about job \d+: this job removes files under /", log)
+    # several jobs in one call: each warning names its job; the Python API prints the same way
+    client, said = cluster.client(), []
+    client.warn = said.append
+    ids = client.submit_many([{"cmd": ["rm -rf /a"], "shell": True, "cwd": "/"}, {"cmd": ["true"], "cwd": "/"},
+                              {"cmd": ["rm -rf /b"], "shell": True, "cwd": "/"}])
+    assert said == [f"job {ids[0]}: this job removes files under /", f"job {ids[2]}: this job removes files under /"]
+    assert client.job(ids[0])["warnings"] == ["this job removes files under /"]
+
+
+def test_priority_and_nodes_condition(cluster):
+    job_id = submit(cluster, "-j", "picky1", "true")
+    job = wait_for(lambda: (j := cluster.client().job(job_id))["state"] == "done" and j, what="the job to run")
+    assert (job["node"], job["priority"], job["nodes"]) == ("b", 30, 'labels.os == "debian12"')
+    long = cluster.grun("-q", "history", "--long").stdout.decode()
+    assert f'job {job_id} (picky1)' in long and '  nodes     labels.os == "debian12"' in long
+
+
+def test_why_says_no_node_meets_the_condition(cluster):
+    r = cluster.grun("--nowait", "-j", "picky2", "-H", "a", "true")
+    assert (r.returncode, r.stderr) == (1, b'grun: no node meets labels.os == "debian12" (--force queues it anyway)\n')
+    job_id = submit(cluster, "--force", "-j", "picky3", "-H", "a", "true")
+    why = cluster.grun("why", str(job_id)).stdout.decode()
+    assert 'a (does not meet labels.os == "debian12")' in why and "could ever run it" in why, why
+    long = cluster.grun("-q", "jobs", "--long").stdout.decode()
+    origin = re.search(rf"job {job_id} \(picky3\): queued\n(?:  .*\n)*  origin    (.*)", long)[1]
+    assert re.fullmatch(r"nodes from rule 5 \(master.conf:\d+\), priority from rule 5 \(master.conf:\d+\)", origin)
+    cluster.client().kill([job_id])
+
+
+def test_set_labels_hosts(cluster):
+    job_id = submit(cluster, "-c", "2", "-r", "50", "-j", "fixed", "true")
+    job = wait_for(lambda: (j := cluster.client().job(job_id))["state"] == "done" and j, what="the job to run")
+    assert (job["cpus"], job["priority"], job["params"], job["host"], job["node"]) == \
+        (0.5, 3, {"os": "deb*"}, "a,b", "b")
+
+
+def test_a_rule_that_fails_on_a_job_is_logged_and_skipped(cluster):
+    r = cluster.grun("echo", "abc")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"abc\n", b"")
+    assert re.search(r"rule 7 \(master.conf:\d+\) skipped for a job of \w+: TypeError: cannot compare 'abc' with 5",
+                     master_log(cluster))
+    assert cluster.grun("echo", "9").stderr == b"grun: warning: a number\n"
+
+
+# ---- reload, and bad rules at start and at reload -----------------------------------------------
+
+def test_rules_reload_and_a_bad_rule_is_refused_with_file_line_column(tmp_path):
+    with LocalCluster(nodes={"a": {"cpus": 2, "memory": 2000}}, master_extra={"rules": [{"warn": "one"}]}) as c:
+        conf = c.configs["master"]
+        assert c.grun("true").stderr == b"grun: warning: one\n"
+        c.write_config("master", {"services": "queue", "rules": [{"if": "cpus > 1", "warn": "two"}]})
+        r = c.grun("-C", conf, "-d", "-r")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: "applied rules" in master_log(c), what="the reload")
+        assert c.grun("-c", "2", "true").stderr == b"grun: warning: two\n" and c.grun("true").stderr == b""
+
+        c.write_config("master", {"services": "queue", "rules": [{"if": "cpus >> 1", "warn": "three"}]})
+        line = open(conf).read().splitlines().index("- if: cpus >> 1") + 1
+        expected = (f"{conf}:{line}:13: key 'rules': rule 1 (master.conf:{line}), if: expected a value at '>' "
+                    "in: cpus >> 1")
+        r = c.grun("-C", conf, "-d", "-r")  # the command line reads the file first, and refuses it
+        assert (r.returncode, r.stderr.decode()) == (1, f"grun: {expected}\n")
+        os.kill(c.procs["master"].pid, signal.SIGHUP)  # the daemon itself: logged, the old rules kept
+        wait_for(lambda: f"reload: {expected}; keeping the running config" in master_log(c), what="the refusal")
+        assert c.grun("-c", "2", "true").stderr == b"grun: warning: two\n"
+
+        # and at start: the daemon exits with the same line
+        r = subprocess.run([sys.executable, "-m", "grun.daemon", conf], capture_output=True, timeout=60)
+        assert (r.returncode, r.stderr.decode()) == (1, f"grun: {expected}\n")
+
+
+def test_the_bench_scenario_runs(tmp_path):
+    """bench/scenarios/rules.py in its smoke form: its figures exist and the core stays within the budget."""
+    import json
+    out, repo = tmp_path / "bench.json", os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(repo, "bench", "run.py"), "--smoke", "--only", "8", "--json",
+                        str(out)], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"] if row["scenario"] == "8 rules"}
+    assert not [row for row in rows.values() if "ERROR" in row["note"]], rows
+    assert 0 < rows["core: cost per rule per job"]["value"] < 20
+    assert rows["master daemon, 10 rules: submit_many of 100, submit only"]["value"] > 0
