@@ -328,6 +328,12 @@ KEYS = {key.name: key for key in (
         .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
     Key("rules", lambda v: __import__("grun.core.rules", fromlist=["_"]).compile_rules(v), (), _Q, True,
         "policy at submit: a list of {if: CONDITION, ACTION: ...} (README: Rules)"),  # grun/core/rules.py
+    # learned requests (issue 11, grun.core.learn)
+    Key("learn", parse_bool, True, _Q, True, "a job without -m, -c, -t gets them from its program's last runs"),
+    Key("learn_memory_factor", lambda v: 0.0 if v in (False, "off") else _number(v, "a factor like 4, or off", most=100),
+        4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),
+    Key("learn_runs", lambda v: int(_number(v, "a number of runs from 3 to 1000", least=3, most=1000)), 20, _Q, True,
+        "how many of a program's last runs its estimates come from (p95)"),
 )}
 
 

@@ -48,11 +48,13 @@ OOM_PATTERNS = re.compile(
 def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
     """The limits a job gets on this node: memory_mb (what the sampler enforces on the job's resident
     memory: -m x hard_factor) and data_mb (the rlimit: the same, at least MIN_DATA_MB) only for a job
-    that asked for memory; time (seconds) when it asked for one."""
+    that asked for memory (a learned memory: memory_mb alone); time (seconds) when it asked for one."""
     out = {"time": job["time"]} if job.get("time") else {}
     if job.get("memory_set"):
         memory_limit = max(1, int(job["memory"] * hard_factor))
         out.update(memory_mb=memory_limit, data_mb=max(memory_limit, MIN_DATA_MB))
+    elif job.get("memory_limit"):  # a learned estimate x learn_memory_factor (grun.core.learn): the sampler's only
+        out.update(memory_mb=job["memory_limit"], memory_basis=f"learned {job['memory']} MB x learn_memory_factor")
     for name, value in (ulimit or {}).items():  # (grun.config checked the names)
         if value is not None:
             out[name if name in _RLIMITS else f"{name}_mb"] = int(value)

@@ -58,14 +58,20 @@ def jobs_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     `fields` (-F): these columns by name, or any field of the records."""
     jobs = fold_arrays(jobs)
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
-    rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}", j["memory"], now,
-             fmt_span(j.get("time")), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
+    rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}" + learned(j, "cpus"),
+             f"{j['memory']}{learned(j, 'memory')}", now, fmt_span(j.get("time") or j.get("expected_time"))
+             + learned(j, "time"), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
     header = COLUMNS
     if fields:
         at = {h.lower(): i for i, h in enumerate(header)}
         rows = [[row[at[f]] if f in at else "-" if j.get(f) is None else j[f] for f in fields] for j, row in zip(jobs, rows)]
         header = [f.upper() for f in fields]
     return table(rows, header)
+
+
+def learned(job: dict, field: str) -> str:
+    """`*` after a value learned from the runs of the job's program (grun.core.learn)."""
+    return "*" if (job.get("origin") or {}).get(field, "").startswith("learned") else ""
 
 
 def fold_arrays(jobs: list[dict]) -> list[dict]:

@@ -70,3 +70,13 @@ def test_bench_smoke_of_a_commit(tmp_path):
     _, data = smoke(tmp_path, "--commit", "HEAD", "--only", "1", "--modes", "api")
     assert data["machine"]["git_commit"].startswith("git "), data["machine"]
     assert row(data, "1 throughput", "API, 2 submitter processes")["value"] > 0
+
+
+@pytest.mark.timeout(90)
+def test_bench_smoke_of_the_trace(tmp_path):
+    """Scenario 9 (issue 11): the trace in its three modes, each with its figures."""
+    _, data = smoke(tmp_path, "--only", "9")
+    for mode in ("defaults", "overask", "learned"):
+        assert row(data, "9 trace", f"({mode}) makespan")["value"] > 0
+        assert row(data, "9 trace", f"({mode}) peak concurrency")["value"] >= 1
+    assert row(data, "9 trace", "(learned) makespan")["runs"] and data["details"]["9 trace"]["learned"][0]["n"] == 24

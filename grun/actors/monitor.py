@@ -151,8 +151,8 @@ def _size(mb: float) -> str:
 def over_memory_limit(rss_mb: int, limits: dict, request_mb: int, factor: float) -> str | None:
     """Why a job whose processes hold rss_mb is killed for its memory limit (-m x hard_factor), or None."""
     if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
-        return (f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB "
-                f"= -m {request_mb} x hard_factor {factor:g}")
+        return (f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = "
+                + (limits.get("memory_basis") or f"-m {request_mb} x hard_factor {factor:g}"))
     return None
 
 

@@ -113,6 +113,8 @@ class MasterState:
                 if len(self.recent) > RECENT_FINISHED:
                     self.recent.popitem(last=False)
                 step.do.append(("finished", job))
+                if (warning := self.table.learned.observe(job, int(self.settings["learn_runs"]))) and not replay:
+                    step.log("warning", f"job {job['id']}: {warning}")
             if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
                 todo += self._followups(rec, job)
             if rec["op"] in ("finish", "stop") and not replay:
@@ -163,6 +165,7 @@ class MasterState:
             req["group"] = self.group_of(req["gid"])
         for req, spec in zip(requests, specs) if s["rules"] else ():
             R.apply(s["rules"], req, spec, facts, log)  # policy rules, in order
+        self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         for req in requests if s["default_retries"] else ():
@@ -199,6 +202,8 @@ class MasterState:
     def _admit(self, request: dict, batch_names: set) -> None:
         """Refuse (ValueError, one line) a duplicate name or a request no known node could ever run."""
         name, why = request.get("name"), None if request.get("force") else refusal(request, self.table.nodes)
+        if why and self.table.learned.unlearn(request, self.settings):  # no node has what its program used
+            why = refusal(request, self.table.nodes)
         if name and (name in self.table.names or name in batch_names):
             other = self.table.names.get(name)
             raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
@@ -286,6 +291,7 @@ class MasterState:
             try:
                 s = self.settings
                 new = J.edited_request(job, parsed, s["default_cpus"], s["default_memory"]) if parsed else {}
+                new = self.table.learned.kept(job, new)
                 why = None if job.get("force") or not new else refusal({**job, **new}, self.table.nodes)
                 if why:
                     raise ValueError(why)

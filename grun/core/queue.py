@@ -10,6 +10,7 @@ import sys
 
 from . import arrays as A
 from . import jobs as J
+from .learn import Learned
 from .nodes import EPS, NodeIndex, NodeView, consumables
 from .placement import PendingQueue
 from .quotas import Quotas
@@ -43,6 +44,7 @@ class JobTable:
         self.quotas = Quotas()                   # what each user and group runs now (config limits:)
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
+        self.learned = Learned()                 # what finished runs used, for learned requests (grun.core.learn)
 
     def apply(self, rec: dict):
         """Apply one record; returns the job it touched (finished, for "finish"), the node's view for
@@ -423,11 +425,12 @@ class JobTable:
                 jobs[-1]["env"] = envs.setdefault(id(job["env"]), (len(envs), job["env"]))[0]
         return {"next_id": self.next_id, "jobs": jobs, "envs": [env for _, env in envs.values()],
                 "nodes": [_described(node) for node in self.nodes.values()],
-                "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()]}
+                "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()], "learned": self.learned.dump()}
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", 1)
         self.done_tokens.update((token, (job_id, at)) for token, job_id, at in state.get("done_tokens", []))
+        self.learned.load(state.get("learned"))
         for rec in state.get("nodes", []):
             self.apply(rec)
         envs = state.get("envs", [])

@@ -1,0 +1,158 @@
+"""Learned requests (issue 11): what a user's program used in its last runs, as the request of its next
+run when the user does not say (-m, -c, -t). Pure code.
+
+`Learned` is a bounded table keyed by (user, program) (`program_of`: the script of `python3 align.py`,
+`bash run.sh`, `Rscript x.R`, else the command's name), the key whose last run is oldest going first; each keeps a ring of
+its last `learn_runs` runs (peak resident MB, wall seconds, cpu time / wall) and its prediction, worked out
+when a run is added, so submit and finish cost one dict lookup whatever the history. The table lives in the
+JobTable and its snapshot: a finish record adds its run when applied, live or replayed after the snapshot
+(which holds the table as of its ticket), so a restart counts nothing twice. `fill` runs outside the master's
+lock (MasterState.requests): it only reads.
+
+A learned memory is a reservation, and its limit (what the node's sampler kills at) is the estimate x
+`learn_memory_factor` (0: none); a learned time is an estimate, never a limit. No input-size bucket: the
+master cannot see the files on the submitter's host, and stat-ing them would cost every `grun CMD`.
+"""
+
+import collections
+import math
+import re
+from array import array
+
+INTERPRETERS = re.compile(r"(python|pypy|bash|sh|dash|zsh|Rscript|perl|ruby|node|julia)[\d.]*")
+CODE_OPTIONS, ARG_OPTIONS = {"-c", "-e", "-m"}, {"-W", "-X", "-o", "-I"}  # the program follows / an argument follows
+MIN_RUNS = 3           # runs of a key before its prediction is used
+MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
+NEAR, NEAR_RUNS = 0.9, 3  # this many runs in a row within 10 % of a limit: a warning
+FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this much over it: a warning
+
+
+def program_of(job: dict) -> str:
+    """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
+    argv = job["cmd"][0].split() if job.get("shell") else job["cmd"]
+    name = (argv or ["?"])[0].rsplit("/", 1)[-1]
+    if INTERPRETERS.fullmatch(name):
+        args = iter(argv[1:])
+        for arg in args:
+            if arg in CODE_OPTIONS:
+                return f"{name} {arg} {next(args, '')[:40]!r}"
+            if arg in ARG_OPTIONS:
+                next(args, None)
+            elif not arg.startswith("-"):
+                return arg.rsplit("/", 1)[-1]
+    return name
+
+
+def p95(values) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered), math.ceil(0.95 * len(ordered))) - 1]
+
+
+def size(mb: float) -> str:
+    return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
+
+
+class Runs:
+    """One key's last runs (float32 rings: ~0.5 KB a key) and what they predict."""
+    __slots__ = ("cpus", "guess", "near", "near_what", "peaks", "walls")
+
+    def __init__(self, peaks=(), walls=(), cpus=(), near=0, near_what=""):
+        self.peaks, self.walls, self.cpus = array("f", peaks), array("f", walls), array("f", cpus)
+        self.near, self.near_what = near, near_what
+        self.predict()
+
+    def predict(self) -> None:
+        """(memory MB, cpus in tenths, wall s, largest peak MB) from the p95 of the runs kept."""
+        self.guess = (max(1, math.ceil(p95(self.peaks))), max(0.1, math.ceil(p95(self.cpus) * 10 - 1e-6) / 10),
+                      round(p95(self.walls), 1), max(self.peaks)) if self.walls else None
+
+
+class Learned:
+    def __init__(self):
+        self.keys: collections.OrderedDict[tuple[str, str], Runs] = collections.OrderedDict()
+
+    def observe(self, job: dict, keep: int) -> str | None:
+        """Add a finished job's run (not one lost, cancelled or killed by a person: its usage says little);
+        returns a warning for the master's log when the key keeps running within 10 % of a limit."""
+        usage = job.get("usage") or {}
+        if not usage.get("wall") or job["state"] in ("lost", "cancelled") or (
+                job.get("kill_requested") and not job.get("limit")):
+            return None
+        key = (job.get("user") or "?", program_of(job))
+        runs = self.keys.pop(key, None) or Runs()
+        self.keys[key] = runs
+        if len(self.keys) > MAX_KEYS:
+            self.keys.popitem(last=False)
+        wall, peak = float(usage["wall"]), usage.get("maxrss_kb", 0) / 1024
+        for ring, value in ((runs.peaks, peak), (runs.walls, wall),
+                            (runs.cpus, ((usage.get("utime") or 0) + (usage.get("stime") or 0)) / wall)):
+            ring.append(value)
+            del ring[:-keep]
+        limits = job.get("limits") or {}
+        near = [f"{what} limit of {text}" for what, used, limit, text in (
+            ("memory", peak, limits.get("memory_mb"), size(limits.get("memory_mb") or 0)),
+            ("time", wall, limits.get("time"), f"{limits.get('time') or 0:g} s")) if limit and used >= NEAR * limit]
+        runs.near, runs.near_what = (runs.near + 1, near[0]) if near else (0, "")
+        runs.predict()
+        if runs.near >= NEAR_RUNS:
+            return f"{_runs_of(runs.near, key)} came within 10 % of their {runs.near_what}: they need more"
+        return None
+
+    def fill(self, requests: list[dict], settings: dict) -> None:
+        """Complete each request with its key's prediction where the user (or a rule) gave no value, saying
+        where it came from (`origin`); warn (`warnings`) of a request far above what the runs used, and of
+        runs that keep ending near their limit."""
+        for req in requests if settings["learn"] else ():
+            key = (req.get("user") or "?", program_of(req))
+            runs = self.keys.get(key)
+            if runs is None or len(runs.walls) < MIN_RUNS:
+                continue
+            (memory, cpus, wall, top), what = runs.guess, f"p95 of {_runs_of(len(runs.walls), key)}"
+            origin, warnings = {}, []
+            if not req.get("memory_set"):
+                req["memory"], origin["memory"] = memory, f"learned: {what}"
+                if settings["learn_memory_factor"]:
+                    req["memory_limit"] = math.ceil(memory * settings["learn_memory_factor"])
+            elif req["memory"] > FAR_FACTOR * top and req["memory"] - top > FAR_MB:
+                warnings.append(f"-m {size(req['memory'])}, but {_runs_of(len(runs.walls), key)} peaked at {size(top)}")
+            if not req.get("cpus_set"):
+                req["cpus"], origin["cpus"] = cpus, f"learned: {what} (cpu time / wall)"
+            if "time" not in req:
+                req["expected_time"], origin["time"] = wall, f"learned: {what} (an estimate, not a limit)"
+            if runs.near >= NEAR_RUNS:
+                warnings.append(f"{_runs_of(runs.near, key)} came within 10 % of their {runs.near_what}")
+            if origin:
+                req.setdefault("origin", {}).update(origin)
+            if warnings:
+                req.setdefault("warnings", []).extend(warnings)
+
+    @staticmethod
+    def unlearn(req: dict, settings: dict) -> bool:
+        """Put the defaults back in place of learned values (which no node could run); whether any were."""
+        origin = req.get("origin") or {}
+        learned = [field for field, text in origin.items() if text.startswith("learned")]
+        for field, default in (("memory", "default_memory"), ("cpus", "default_cpus"), ("time", None)):
+            if field in learned:
+                del origin[field]
+                req.pop({"memory": "memory_limit", "time": "expected_time"}.get(field), None)
+                req.update({field: settings[default]} if default else {})
+        if not origin:
+            req.pop("origin", None)
+        return bool(learned)
+
+    @staticmethod
+    def kept(job: dict, new: dict) -> dict:
+        """An edit of a queued job keeps the learned values it does not ask to change."""
+        return {**new, **{f: job[f] for f in ("cpus", "memory") if f in new and not new.get(f"{f}_set")
+                          and (job.get("origin") or {}).get(f, "").startswith("learned")}}
+
+    def dump(self) -> list:
+        return [[*key, r.peaks.tolist(), r.walls.tolist(), r.cpus.tolist(), r.near, r.near_what]
+                for key, r in self.keys.items()]
+
+    def load(self, rows: list) -> None:
+        self.keys = collections.OrderedDict(((user, program), Runs(*rest)) for user, program, *rest in rows or ())
+
+
+def _runs_of(n: int, key: tuple[str, str]) -> str:
+    return f"the last {n} run{'s' if n != 1 else ''} of {key[1]} by {key[0]}"

@@ -1,0 +1,186 @@
+"""Learned requests as pure code (issue 11 point 2): the key of a job, the prediction from the last runs,
+what a submission gets filled in and warned of, the table's bounds, and a master restart that must
+neither lose nor double-count a run (snapshot + journal replay through the same apply)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from grun.core import learn as L
+from grun.core.master_state import MasterState
+
+SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
+
+
+@pytest.mark.parametrize("cmd, shell, program", [
+    (["python3", "-u", "/data/x/align.py", "r1.fq"], False, "align.py"),
+    (["/usr/bin/python3.11", "-W", "ignore", "tools/sort.py"], False, "sort.py"),
+    (["bash", "run.sh", "a"], False, "run.sh"),
+    (["Rscript", "--vanilla", "stats.R"], False, "stats.R"),
+    (["perl", "-e", "print 1"], False, "perl -e 'print 1'"),
+    (["python3", "-m", "pip", "list"], False, "python3 -m 'pip'"),
+    (["/opt/bin/bwa", "mem", "ref.fa"], False, "bwa"),
+    (["sh -c 'x' | sort"], True, "sh -c \"'x'\""),
+    (["samtools sort in.bam > out.bam"], True, "samtools"),
+    (["python3"], False, "python3"),
+])
+def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
+    assert L.program_of({"cmd": cmd, "shell": shell}) == program
+
+
+def _run(table, peak_mb=100, wall=10.0, cpu=5.0, user="ann", cmd=("python3", "align.py"), keep=20, **job):
+    job = {"cmd": list(cmd), "user": user, "state": "done",
+           "usage": {"wall": wall, "utime": cpu, "stime": 0.0, "maxrss_kb": peak_mb * 1024}, **job}
+    return table.observe(job, keep)
+
+
+def _req(**extra):
+    return {"cmd": ["python3", "align.py", "x"], "user": "ann", "memory": 100, "cpus": 1.0, **extra}
+
+
+def test_after_three_runs_a_request_gets_p95_memory_cpus_and_an_expected_time_with_their_origin():
+    table, req = L.Learned(), _req()
+    for peak in (300, 310):
+        _run(table, peak)
+    table.fill([req], SETTINGS)
+    assert req == _req(), "two runs are not enough to go on"
+    _run(table, 290, wall=20.0, cpu=19.0)
+    table.fill([req], SETTINGS)
+    assert (req["memory"], req["cpus"], req["expected_time"], req["memory_limit"]) == (310, 1.0, 20.0, 1240)
+    assert req["origin"]["memory"] == "learned: p95 of the last 3 runs of align.py by ann"
+    assert set(req["origin"]) == {"memory", "cpus", "time"} and "time" not in req and "warnings" not in req
+    assert _run(table, 100, user="bob") is None
+    other = _req(user="bob")
+    table.fill([other], SETTINGS)
+    assert other == _req(user="bob"), "another user's runs say nothing of this one's"
+
+
+def test_p95_of_the_last_runs_only_and_cpus_rounded_up_to_tenths():
+    table = L.Learned()
+    for i in range(40):
+        _run(table, peak_mb=1000 if i < 20 else 100 + i, cpu=2.5 if i < 20 else 0.3, keep=20)
+    memory, cpus, wall, top = table.keys[("ann", "align.py")].guess
+    assert (memory, cpus, wall, top) == (138, 0.1, 10.0, 139), "the first 20 runs aged out"
+    _run(table, 50, cpu=4.04, keep=5)  # a smaller window (learn_runs reloaded) applies from the next run
+    assert len(table.keys[("ann", "align.py")].walls) == 5
+    assert table.keys[("ann", "align.py")].guess[1] == 0.5
+
+
+def test_what_the_user_or_a_rule_gave_stays_and_a_far_larger_memory_is_warned_of():
+    table = L.Learned()
+    for _ in range(3):
+        _run(table, 1100)
+    asked = _req(memory=64 * 1024, memory_set=True, cpus=8.0, cpus_set=True, time=60.0)
+    table.fill([asked], SETTINGS)
+    assert (asked["memory"], asked["cpus"], asked["time"]) == (64 * 1024, 8.0, 60.0)
+    assert "memory_limit" not in asked and "origin" not in asked
+    assert asked["warnings"] == ["-m 64.0G, but the last 3 runs of align.py by ann peaked at 1.1G"]
+    close = _req(memory=2000, memory_set=True)  # under 4x, or under 1 GB over: no warning
+    table.fill([close], SETTINGS)
+    assert "warnings" not in close and close["origin"].keys() == {"cpus", "time"}
+
+
+def test_the_learned_limit_follows_the_factor_and_learning_can_be_turned_off():
+    table = L.Learned()
+    for _ in range(3):
+        _run(table, 200)
+    off, none = _req(), _req()
+    table.fill([off], dict(SETTINGS, learn_memory_factor=0.0))
+    assert off["memory"] == 200 and "memory_limit" not in off
+    table.fill([none], dict(SETTINGS, learn=False))
+    assert none == _req()
+
+
+def test_runs_near_their_limit_three_times_in_a_row_warn_at_finish_and_at_the_next_submit():
+    table, near = L.Learned(), {"limits": {"memory_mb": 1000}}
+    assert [_run(table, 950, **near) for _ in range(2)] == [None, None]
+    assert _run(table, 10, wall=95.0, limits={"time": 100}) == (
+        "the last 3 runs of align.py by ann came within 10 % of their time limit of 100 s: they need more")
+    req = _req()
+    table.fill([req], SETTINGS)
+    assert req["warnings"] == ["the last 3 runs of align.py by ann came within 10 % of their time limit of 100 s"]
+    assert _run(table, 500, **near) is None, "a run well under its limits starts the count again"
+    table.fill([again := _req()], SETTINGS)
+    assert "warnings" not in again
+
+
+def test_runs_that_say_little_are_not_counted():
+    table = L.Learned()
+    _run(table, state="lost")
+    _run(table, state="cancelled")
+    _run(table, state="killed", kill_requested=15)
+    _run(table, wall=0)
+    assert not table.keys
+    _run(table, state="killed", kill_requested=9, limit="memory")  # killed at its limit: it needs more
+    assert len(table.keys[("ann", "align.py")].walls) == 1
+
+
+def test_the_table_is_bounded_the_key_run_longest_ago_going_first(monkeypatch):
+    monkeypatch.setattr(L, "MAX_KEYS", 3)
+    table = L.Learned()
+    for name in ("a.py", "b.py", "c.py"):
+        for _ in range(3):
+            _run(table, cmd=("python3", name))
+    _run(table, cmd=("python3", "a.py"))  # the key whose last run is oldest goes first
+    _run(table, cmd=("python3", "d.py"))
+    assert [k[1] for k in table.keys] == ["c.py", "a.py", "d.py"]
+
+
+def test_an_edit_keeps_learned_values_it_does_not_change():
+    job = _req(memory=310, cpus=0.3, origin={"memory": "learned: x", "cpus": "learned: x"})
+    assert L.Learned.kept(job, {"priority": 5, "memory": 100, "cpus": 1.0}) == {"priority": 5, "memory": 310, "cpus": 0.3}
+    asked = {"memory": 2000, "memory_set": True, "cpus": 1.0}
+    assert L.Learned.kept(job, asked) == {"memory": 2000, "memory_set": True, "cpus": 0.3}
+
+
+# ---- through the master's state: finish records, snapshot and replay ------------------------------------
+
+def _master() -> MasterState:
+    m = MasterState(random.Random(0))
+    m.handle("register", {"name": "a", "uri": "PYRO:x@a:1", "cpus": 64, "memory": 64000, "incarnation": "i"}, 0.0)
+    return m
+
+
+def _finish_one(m: MasterState, peak_mb: int, now: float) -> list[dict]:
+    """Submit, start and finish one `python3 align.py`; the records it journaled."""
+    records = []
+    step = m.handle("submit", m.requests([{"cmd": ["python3", "align.py"], "user": "ann"}]), None, now)
+    job_id = step.reply[0]
+    records += step.records + m.handle("schedule", now).records
+    records += m.handle("started", "a", {"started": {str(job_id): 9}, "incarnation": "i", "seq": 1}, now).records
+    usage = {"wall": 10.0, "utime": 1.0, "stime": 0.0, "maxrss_kb": peak_mb * 1024}
+    records += m.handle("finished", "a", [{"id": job_id, "exit_code": 0, "usage": usage}], now + 1).records
+    return records
+
+
+def test_learned_values_no_node_could_run_are_not_used():
+    m = _master()  # one node of 64 cpus
+    for i in range(3):
+        usage = {"wall": 10.0, "utime": 900.0, "stime": 0.0, "maxrss_kb": 100 * 1024}  # 90 cpus busy
+        m.table.learned.observe({"cmd": ["python3", "align.py"], "user": "ann", "state": "done", "usage": usage}, 20)
+    [req] = m.requests([{"cmd": ["python3", "align.py"], "user": "ann"}])
+    assert req["cpus"] == 90.0 and req["origin"].keys() == {"memory", "cpus", "time"}
+    [job_id] = m.handle("submit", [req], None, 1.0).reply
+    job = m.table.jobs[job_id]
+    assert (job["cpus"], job["memory"], "origin" in job, "memory_limit" in job) == (1.0, 100, False, False), \
+        "the defaults, and it is queued"
+
+
+def test_a_restart_from_snapshot_and_journal_counts_each_run_once():
+    m, journal = _master(), []
+    for i, peak in enumerate((100, 200, 300)):
+        journal += _finish_one(m, peak, float(i))
+    snapshot, after = m.table.snapshot(), []
+    for i, peak in enumerate((400, 500)):
+        after += _finish_one(m, peak, 10.0 + i)
+    for recovered in (_recovered(snapshot, after), _recovered(None, journal + after)):
+        assert recovered.table.learned.dump() == m.table.learned.dump()
+        [req] = recovered.requests([{"cmd": ["python3", "align.py"], "user": "ann"}])
+        assert req["memory"] == 500 and req["origin"]["memory"].startswith("learned: p95 of the last 5 runs")
+
+
+def _recovered(snapshot, records) -> MasterState:
+    m = MasterState(random.Random(0))
+    m.recover(snapshot, records, 100.0)
+    return m
