@@ -102,11 +102,6 @@ def _resource(value):
     return ids
 
 
-def _limits(value) -> dict:
-    from .core.quotas import parse_limits  # (only a config that sets limits pays for the import)
-    return parse_limits(value)
-
-
 def _label(text) -> str:
     _expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
     return str(text).strip() if not isinstance(text, bool) else str(text).lower()
@@ -315,7 +310,7 @@ KEYS = {key.name: key for key in (
     Key("admins", _parse_users, lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
     # per-user and per-group limits (grun.core.quotas)
-    Key("limits", lambda v: _limits(v), lambda c: {}, _Q, True,
+    Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
     # plugins (grun/plugins.py; README: Plugins)
     Key("plugins", _parse_plugins, lambda c: [], _D, True,
@@ -328,12 +323,11 @@ KEYS = {key.name: key for key in (
         .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
     Key("rules", lambda v: __import__("grun.core.rules", fromlist=["_"]).compile_rules(v), (), _Q, True,
         "policy at submit: a list of {if: CONDITION, ACTION: ...} (README: Rules)"),  # grun/core/rules.py
-    # learned requests (issue 11, grun.core.learn)
     Key("learn", parse_bool, True, _Q, True, "a job without -m, -c, -t gets them from its program's last runs"),
-    Key("learn_memory_factor", lambda v: 0.0 if v in (False, "off") else _number(v, "a factor like 4, or off", most=100),
-        4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),
-    Key("learn_runs", lambda v: int(_number(v, "a number of runs from 3 to 1000", least=3, most=1000)), 20, _Q, True,
-        "how many of a program's last runs its estimates come from (p95)"),
+    Key("learn_memory_factor", lambda v: _number(0 if v in (False, "off") else v, "a factor, or off", most=100),
+        4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),  # grun.core.learn
+    Key("learn_runs", lambda v: int(_number(v, "3 to 1000", least=3, most=1000)), 20, _Q, True, "how many of a "
+        "program's last runs its estimates come from (p95)"),
 )}
 
 
