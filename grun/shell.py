@@ -202,6 +202,7 @@ def _options_page() -> str:
 
 # `help TOPIC`: pages made from the tables and docstrings they describe
 TOPICS = {"config": _config_page, "options": _options_page, "make": lambda: _doc(".make"),
+          "rules": lambda: _doc(".core.rules") + "\n\n" + _doc(".core.expr"),
           "trust": lambda: _doc(".auth"), "slurm": lambda: _shim_page(".compat", "SUBMIT", "sbatch and srun"),
           "sge": lambda: _shim_page(".compat_sge", "QSUB", "qsub")}
 
@@ -214,7 +215,7 @@ def _shim_page(module: str, table: str, what: str) -> str:
 
 @verb("[VERB|TOPIC]", words=_verb_name, aliases="?")
 def do_help(ctx: Context, args: dict) -> int:
-    """list the verbs, show one verb's arguments, or a topic: config, make, options, trust, slurm, sge"""
+    """list the verbs, show one verb's arguments, or a topic: config, rules, make, options, trust, slurm, sge"""
     if args.get("verb") in TOPICS:
         return ctx.print(TOPICS[args["verb"]]())
     if args.get("verb"):

@@ -246,7 +246,7 @@ def test_help_topics_are_made_from_the_tables_they_describe():
     assert page.returncode == 0 and all(f"\n  {name} " in page.stdout for name in KEYS), page
     assert "%i:FILE" in grun_help("make").stdout and "--mem-per-cpu" in grun_help("slurm").stdout
     assert "-hold_jid" in grun_help("sge").stdout and "--afterok" in grun_help("options").stdout
-    assert "SO_PEERCRED" in grun_help("trust").stdout
+    assert "SO_PEERCRED" in grun_help("trust").stdout and "expr    := and" in grun_help("rules").stdout
     listing = grun_help()
     assert listing.returncode == 0 and "help TOPIC" in listing.stdout and "kill" in listing.stdout
     wrong = grun_help("bogus")
