@@ -94,9 +94,9 @@ def _named(value, kind: str, values: str, parse) -> dict:
 
 
 def _resource(value):
-    """An amount (a counted consumable), or a list of device ids (an indexed one: gpu: [0, 1])."""
+    """An amount (a counted consumable; a size, 500G, in MB as memory is), or a list of device ids (gpu: [0, 1])."""
     if not isinstance(value, list):
-        return _number(value, "an amount, or a list of device ids")
+        return parse_memory(value) if str(value).strip()[-1:].isalpha() else _number(value, "an amount or ids")
     ids = [_label(v) for v in value]
     _expect(len(set(ids)) == len(ids), "device ids listed once each", value, "duplicates in ")
     return ids

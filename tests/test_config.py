@@ -469,11 +469,11 @@ def test_readme_reload_paragraph_names_the_keys_that_need_a_restart():
 # --- scheduling and limits keys (issue 4) ---------------------------------------------------------
 
 def test_scheduling_and_limit_keys(conf):
-    cfg = conf("default_priority: 15\nreserve_after: 2m\nhard_factor: 2\nresources: {gpu: 2, scratch_gb: 500}\n"
+    cfg = conf("default_priority: 15\nreserve_after: 2m\nhard_factor: 2\nresources: {gpu: 2, scratch_gb: 500, scratch: 500G}\n"
                "labels: {os: debian12, cuda: 12}\nulimit: {cpu: 1h, fsize: 10G, nofile: 4096, core: unlimited}\n"
                "count_outside_load: no\n")
     assert (cfg.default_priority, cfg.reserve_after, cfg.hard_factor) == (15, 120.0, 2.0)
-    assert cfg.resources == {"gpu": 2.0, "scratch_gb": 500.0}
+    assert cfg.resources == {"gpu": 2.0, "scratch_gb": 500.0, "scratch": 512000}  # a size: MB, as memory
     assert cfg.labels == {"os": "debian12", "cuda": "12"}
     assert cfg.ulimit == {"cpu": 3600, "fsize": 10240, "nofile": 4096, "core": None}
     assert cfg.count_outside_load is False and cfg.warnings == []
