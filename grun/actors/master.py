@@ -152,9 +152,11 @@ class Master:
             self._journal(self.store.journal.wait, seq)
             if self.failed.is_set():
                 raise Restarting("the grun master's journal failed; it is restarting")
-        for waiter in woken:
-            waiter.set()
-        self._execute(step)
+        try:
+            self._execute(step)  # first: a waiter woken for a job's end finds it in history (add_history)
+        finally:
+            for waiter in woken:
+                waiter.set()
         return step.reply
 
     def _journal(self, call, *args):
