@@ -147,16 +147,15 @@ def who(given, bound: str = ""):
     ({uid, gid, umask, groups, user}), or None (neither, or a replay)."""
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
+        import re
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
-        fields = body.split(":", 4)
-        if len(fields) != 5 or not all(f.isdigit() for f in fields[:3]) or not fields[4] or \
-                not all(g.isdigit() for g in filter(None, fields[3].split(","))):
+        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII | re.DOTALL)) is None:
             return None
     if not verify(given, f"{bound}\n{body}" if body else bound):
         return None
     if not body:
         return CLUSTER
-    uid, gid, umask, groups, user = fields
+    uid, gid, umask, groups, user = fields.groups()
     return {"uid": int(uid), "gid": int(gid), "umask": int(umask, 8), "user": user,
             "groups": [int(g) for g in groups.split(",") if g]}
 

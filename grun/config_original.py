@@ -76,8 +76,9 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
             if isinstance(value, str) and re.fullmatch(r"\{.*\}", value.strip()):
                 report(key, "not supported in this grun: Perl code in {...} is not run; write its value")
             elif key.startswith("param-"):  # a number: a counted resource; else a label
-                params["resources" if _is_number(value) else "labels"][key[6:]] = value
-                where.setdefault("resources" if _is_number(value) else "labels", f"{lines.get(key)} (original {key})")
+                kind = "resources" if _is_number(value) else "labels"
+                params[kind][key[6:]] = value
+                where.setdefault(kind, f"{lines.get(key)} (original {key})")
             elif key in _RENAMED:
                 put(_RENAMED[key], key, value)
             elif key == "default_memory":  # a bare number is in kB there, 1000 kB a MB
