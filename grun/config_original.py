@@ -110,9 +110,8 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
     for kind, found in params.items():
         if found:
             out[kind] = {**found, **out[kind]} if isinstance(out.get(kind), dict) else found
-    if listen and not parse_hostport(str(out.get("master", "localhost")), 0)[1]:
-        host = parse_hostport(str(out.get("master", "localhost")))[0]
-        out["master"] = format_hostport(host, listen[0])
+    if listen and not (master := parse_hostport(str(out.get("master", "localhost")), 0))[1]:
+        out["master"] = format_hostport(master[0], listen[0])
         where["master"] = f"{where.get('master', lines.get(listen[1]))} (the port: line {lines.get(listen[1])}'s)"
     return out, where, reports
 

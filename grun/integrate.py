@@ -22,17 +22,17 @@ def completion(shell: str) -> str:
     from .cli import QUERIES
     if shell not in SHELLS:
         raise UsageError(f"--completion takes {', '.join(SHELLS)}, not {shell!r}")
-    flags = sorted({f"--{o.long}" for o in OPTIONS} | {f"-{o.short}" for o in OPTIONS if o.short})
     if shell == "fish":
-        lines = [f"function __grun_ids; {_IDS}; end", f"function __grun_nodes; {_NODES}; end"]
         values = {"hosts": " -f -a '(__grun_nodes)'", **dict.fromkeys(("attach", "after", "afterok", "afternotok"),
                                                                    " -f -a '(__grun_ids)'")}
-        lines += [f"complete -c grun {f'-s {o.short} ' if o.short else ''}-l {o.long}"
-                  f"{' -r' + values.get(o.long, '') if o.kind != 'flag' else ''} -d {shlex.quote(o.help[:60])}"
-                  for o in OPTIONS]
-        lines += [f"complete -c grun -n '__fish_seen_subcommand_from -q --query' -f -a '{' '.join(QUERIES)}'",
-                  f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'"]
-        return "\n".join(lines) + "\n"
+        return "\n".join([
+            f"function __grun_ids; {_IDS}; end", f"function __grun_nodes; {_NODES}; end",
+            *(f"complete -c grun {f'-s {o.short} ' if o.short else ''}-l {o.long}"
+              f"{' -r' + values.get(o.long, '') if o.kind != 'flag' else ''} -d {shlex.quote(o.help[:60])}"
+              for o in OPTIONS),
+            f"complete -c grun -n '__fish_seen_subcommand_from -q --query' -f -a '{' '.join(QUERIES)}'",
+            f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'", ""])
+    flags = sorted({f"--{o.long}" for o in OPTIONS} | {f"-{o.short}" for o in OPTIONS if o.short})
     script = f"""_grun() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
     case "$prev" in
