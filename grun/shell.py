@@ -215,8 +215,7 @@ def do_help(ctx: Context, args: dict) -> int:
     if args.get("verb") in TOPICS:
         return ctx.print(TOPICS[args["verb"]]())
     if args.get("verb"):
-        found = verbs.find(args["verb"])
-        if found is None:
+        if (found := verbs.find(args["verb"])) is None:
             return ctx.say(f"no verb or topic {args['verb']!r} (topics: {', '.join(TOPICS)})", EXIT_USAGE)
         return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
                                     ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
