@@ -14,7 +14,9 @@ and signs "uid, gid, umask, groups, user" with the secret. Daemons then know eac
 CLUSTER for a holder of the secret (a daemon, root, the grun user), that identity for a credential."""
 
 import _thread
+import contextlib
 import os
+import re  # (re and contextlib come with every `grun` call already; threading does not, hence _thread)
 import socket
 import struct
 import time
@@ -147,7 +149,6 @@ def who(given, bound: str = ""):
     ({uid, gid, umask, groups, user}), or None (neither, or a replay)."""
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
-        import re
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
         if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII | re.DOTALL)) is None:
             return None
@@ -186,11 +187,8 @@ def credential(pid: int, uid: int, gid: int, bound: str) -> str:
     except KeyError:
         user, groups = str(uid), [gid]
     umask = 0o022
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+        umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
     body = f"{uid}:{gid}:{umask:o}:{','.join(map(str, groups))}:{user}"
     return _CRED + proof(f"{bound}\n{body}") + body
 

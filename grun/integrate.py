@@ -5,8 +5,10 @@ configured services, the shims' names), so it never drifts from the command line
 
 import os
 import shlex
+import shutil
 import sys
 
+from .files import write_atomic
 from .options import OPTIONS, UsageError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -85,7 +87,6 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
                        config=shlex.quote(os.path.abspath(cfg.path)))
     if install_dir is None:
         return unit
-    from .files import write_atomic
     path = os.path.join(install_dir, "grun.service")
     write_atomic(path, unit.encode(), mode=0o644)
     return f"wrote {path}; now: systemctl daemon-reload && systemctl enable --now grun\n"
@@ -94,8 +95,6 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
 def install_shims(argv: list[str]) -> int:
     """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
     or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
-    import shutil
-
     from .compat import MARK, NAMES
     if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
         print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")

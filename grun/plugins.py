@@ -6,11 +6,14 @@ node_resources() (what it offers besides its config's) and on_start(job, env) (a
 A hook that raises or runs past its budget is logged and skipped, and while a late one still runs its plugin is
 skipped at once: a plugin never stalls a daemon (nor runs under the master's lock) and never loses a job."""
 
+import inspect
 import logging
 import queue
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as Late
+from importlib import metadata, util
+from pkgutil import resolve_name
 
 from .config import KEYS, ConfigError
 
@@ -190,9 +193,6 @@ def _copy(job: dict, **more) -> dict:
 def load(cfg, instantiate: bool = True) -> Plugins:
     """The config's plugins (and the installed and built-in ones), loaded; a ConfigError names the first that cannot
     be. Without `instantiate`, only whether each imports (`grun -d` checks before it starts the daemon)."""
-    import inspect
-    from importlib import metadata, util
-    from pkgutil import resolve_name
     found = [(ep.value, f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an installed package'}")
              for ep in metadata.entry_points(group=GROUP)]
     found += [(spec, f"plugins: in {cfg.where.get('plugins', 'the config')}") for spec in cfg.plugins]

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from importlib import import_module
 
 from . import verbs
@@ -239,7 +240,6 @@ def do_exit(ctx: Context, args: dict) -> int:
 
 
 def _screen(client) -> str:
-    import time
     nodes, jobs = client.nodes(), client.jobs()
     head = f"grun {client.address}  {time.strftime('%H:%M:%S')}  {len(jobs)} jobs on {len(nodes)} nodes"
     return "\n\n".join([head, nodes_table(nodes), jobs_table(jobs)])

@@ -7,6 +7,8 @@ a named scope's fields replace the general one's for that user or group. Fields:
 (a suspended job holds no cpus), so a check costs a few dict lookups, whatever the number of jobs.
 """
 
+import difflib
+import re
 from functools import lru_cache
 
 from .nodes import EPS, consumables
@@ -86,9 +88,6 @@ def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
 
 def parse_limits(value) -> dict:
     """The config's `limits:`: {scope: {field: amount}}; a ValueError, one line, for anything else."""
-    import difflib
-    import re
-
     from ..config import _NAME, _expect, _number, parse_memory  # (config imports nothing of the core)
     _expect(isinstance(value, dict), "a mapping like {user: {cpus: 64, jobs: 500}, group.students: {gpu: 2}}", value)
     out = {}
