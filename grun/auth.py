@@ -14,7 +14,9 @@ and signs "uid, gid, umask, groups, user" with the secret. Daemons then know eac
 CLUSTER for a holder of the secret (a daemon, root, the grun user), that identity for a credential."""
 
 import _thread
+import contextlib
 import os
+import re  # (re and contextlib come with every `grun` call already; threading does not, hence _thread)
 import socket
 import struct
 import time
@@ -148,15 +150,13 @@ def who(given, bound: str = ""):
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
-        fields = body.split(":", 4)
-        if len(fields) != 5 or not all(f.isdigit() for f in fields[:3]) or not fields[4] or \
-                not all(g.isdigit() for g in filter(None, fields[3].split(","))):
+        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII | re.DOTALL)) is None:
             return None
     if not verify(given, f"{bound}\n{body}" if body else bound):
         return None
     if not body:
         return CLUSTER
-    uid, gid, umask, groups, user = fields
+    uid, gid, umask, groups, user = fields.groups()
     return {"uid": int(uid), "gid": int(gid), "umask": int(umask, 8), "user": user,
             "groups": [int(g) for g in groups.split(",") if g]}
 
@@ -187,11 +187,8 @@ def credential(pid: int, uid: int, gid: int, bound: str) -> str:
     except KeyError:
         user, groups = str(uid), [gid]
     umask = 0o022
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+        umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
     body = f"{uid}:{gid}:{umask:o}:{','.join(map(str, groups))}:{user}"
     return _CRED + proof(f"{bound}\n{body}") + body
 

@@ -76,8 +76,9 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
             if isinstance(value, str) and re.fullmatch(r"\{.*\}", value.strip()):
                 report(key, "not supported in this grun: Perl code in {...} is not run; write its value")
             elif key.startswith("param-"):  # a number: a counted resource; else a label
-                params["resources" if _is_number(value) else "labels"][key[6:]] = value
-                where.setdefault("resources" if _is_number(value) else "labels", f"{lines.get(key)} (original {key})")
+                kind = "resources" if _is_number(value) else "labels"
+                params[kind][key[6:]] = value
+                where.setdefault(kind, f"{lines.get(key)} (original {key})")
             elif key in _RENAMED:
                 put(_RENAMED[key], key, value)
             elif key == "default_memory":  # a bare number is in kB there, 1000 kB a MB
@@ -109,9 +110,8 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
     for kind, found in params.items():
         if found:
             out[kind] = {**found, **out[kind]} if isinstance(out.get(kind), dict) else found
-    if listen and not parse_hostport(str(out.get("master", "localhost")), 0)[1]:
-        host = parse_hostport(str(out.get("master", "localhost")))[0]
-        out["master"] = format_hostport(host, listen[0])
+    if listen and not (master := parse_hostport(str(out.get("master", "localhost")), 0))[1]:
+        out["master"] = format_hostport(master[0], listen[0])
         where["master"] = f"{where.get('master', lines.get(listen[1]))} (the port: line {lines.get(listen[1])}'s)"
     return out, where, reports
 

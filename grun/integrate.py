@@ -5,8 +5,10 @@ configured services, the shims' names), so it never drifts from the command line
 
 import os
 import shlex
+import shutil
 import sys
 
+from .files import write_atomic
 from .options import OPTIONS, UsageError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -22,17 +24,17 @@ def completion(shell: str) -> str:
     from .cli import QUERIES
     if shell not in SHELLS:
         raise UsageError(f"--completion takes {', '.join(SHELLS)}, not {shell!r}")
-    flags = sorted({f"--{o.long}" for o in OPTIONS} | {f"-{o.short}" for o in OPTIONS if o.short})
     if shell == "fish":
-        lines = [f"function __grun_ids; {_IDS}; end", f"function __grun_nodes; {_NODES}; end"]
         values = {"hosts": " -f -a '(__grun_nodes)'", **dict.fromkeys(("attach", "after", "afterok", "afternotok"),
                                                                    " -f -a '(__grun_ids)'")}
-        lines += [f"complete -c grun {f'-s {o.short} ' if o.short else ''}-l {o.long}"
-                  f"{' -r' + values.get(o.long, '') if o.kind != 'flag' else ''} -d {shlex.quote(o.help[:60])}"
-                  for o in OPTIONS]
-        lines += [f"complete -c grun -n '__fish_seen_subcommand_from -q --query' -f -a '{' '.join(QUERIES)}'",
-                  f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'"]
-        return "\n".join(lines) + "\n"
+        return "\n".join([
+            f"function __grun_ids; {_IDS}; end", f"function __grun_nodes; {_NODES}; end",
+            *(f"complete -c grun {f'-s {o.short} ' if o.short else ''}-l {o.long}"
+              f"{' -r' + values.get(o.long, '') if o.kind != 'flag' else ''} -d {shlex.quote(o.help[:60])}"
+              for o in OPTIONS),
+            f"complete -c grun -n '__fish_seen_subcommand_from -q --query' -f -a '{' '.join(QUERIES)}'",
+            f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'", ""])
+    flags = sorted({f"--{o.long}" for o in OPTIONS} | {f"-{o.short}" for o in OPTIONS if o.short})
     script = f"""_grun() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
     case "$prev" in
@@ -85,7 +87,6 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
                        config=shlex.quote(os.path.abspath(cfg.path)))
     if install_dir is None:
         return unit
-    from .files import write_atomic
     path = os.path.join(install_dir, "grun.service")
     write_atomic(path, unit.encode(), mode=0o644)
     return f"wrote {path}; now: systemctl daemon-reload && systemctl enable --now grun\n"
@@ -94,8 +95,6 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
 def install_shims(argv: list[str]) -> int:
     """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
     or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
-    import shutil
-
     from .compat import MARK, NAMES
     if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
         print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")

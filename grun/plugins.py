@@ -6,11 +6,14 @@ node_resources() (what it offers besides its config's) and on_start(job, env) (a
 A hook that raises or runs past its budget is logged and skipped, and while a late one still runs its plugin is
 skipped at once: a plugin never stalls a daemon (nor runs under the master's lock) and never loses a job."""
 
+import inspect
 import logging
 import queue
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as Late
+from importlib import metadata, util
+from pkgutil import resolve_name
 
 from .config import KEYS, ConfigError
 
@@ -20,6 +23,7 @@ GROUP = "grun.plugins"
 BUDGET_SECS = 2.0
 IDLE_SECS = 60.0  # a hook's thread ends after this long without a call
 MAX_NOTICES = 1000  # notices waiting for one plugin; more are dropped (logged): a stuck plugin costs no memory
+HOOKS = ("on_submit", "on_dispatch", "on_finish", "node_resources", "on_start")
 EDITABLE = ("cpus", "memory", "params", "priority", "env")  # what on_submit may change
 END_FIELDS = ("state", "exit", "exit_code", "signal", "node", "start_time", "end_time", "usage", "error", "limit",
               "attempt")
@@ -118,8 +122,7 @@ class Plugins:
     def replace(self, plugins) -> None:
         self.all = list(plugins)
         self.names = [p.name for p in self.all]
-        self.hooks = {hook: [p for p in self.all if callable(getattr(p.obj, hook, None))] for hook in (
-            "on_submit", "on_dispatch", "on_finish", "node_resources", "on_start")}
+        self.hooks = {hook: [p for p in self.all if callable(getattr(p.obj, hook, None))] for hook in HOOKS}
 
     def submit(self, requests: list[dict]) -> None:
         """on_submit over the validated requests, in place; a Reject refuses the whole submission (ValueError)."""
@@ -133,7 +136,7 @@ class Plugins:
             if changes is _SKIPPED:
                 continue
             changes = {**job, **(changes if isinstance(changes, dict) else {})}
-            new = {k: v for k, v in changes.items() if k in EDITABLE and v != req.get(k)}
+            new = {k: changes[k] for k in EDITABLE if k in changes and changes[k] != req.get(k)}
             try:
                 checked = validate_spec({"cmd": req["cmd"], "cwd": req["cwd"], **{k: req[k] for k in EDITABLE}, **new})
             except ValueError as exc:
@@ -190,7 +193,6 @@ def _copy(job: dict, **more) -> dict:
 def load(cfg, instantiate: bool = True) -> Plugins:
     """The config's plugins (and the installed and built-in ones), loaded; a ConfigError names the first that cannot
     be. Without `instantiate`, only whether each imports (`grun -d` checks before it starts the daemon)."""
-    from importlib import metadata, util
     found = [(ep.value, f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an installed package'}")
              for ep in metadata.entry_points(group=GROUP)]
     found += [(spec, f"plugins: in {cfg.where.get('plugins', 'the config')}") for spec in cfg.plugins]
@@ -201,14 +203,10 @@ def load(cfg, instantiate: bool = True) -> Plugins:
         if spec in seen:
             continue
         seen.add(spec)
-        module, _, name = spec.partition(":")
         try:
-            cls = __import__(module, fromlist=[name])
-            for part in name.split("."):
-                cls = getattr(cls, part)
-            if instantiate:
-                import inspect  # a class whose constructor takes an argument gets the daemon's Config
-                takes = len(inspect.signature(cls).parameters) > 0 if inspect.isclass(cls) else False
+            cls = resolve_name(spec)
+            if instantiate:  # a class whose constructor takes an argument gets the daemon's Config
+                takes = inspect.isclass(cls) and len(inspect.signature(cls).parameters) > 0
                 loaded.append(Plugin(spec, cls(cfg) if takes else cls()))
         except Exception as exc:
             raise ConfigError(f"plugin {spec!r} ({where}) cannot be loaded: {type(exc).__name__}: {exc}") from None

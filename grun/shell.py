@@ -5,12 +5,17 @@ a history file, and a prompt that shows when the master is unreachable. Ctrl-C i
 verb, not the shell; Ctrl-D or `exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the
 lines of stdin and exits with the status of the last one. The shell's own verbs (help, exit, watch) live here."""
 
+import logging
 import os
 import shlex
 import sys
+import time
+from importlib import import_module
 
 from . import verbs
-from .options import EXIT_USAGE, OPTIONS, UsageError
+from .background import Loop
+from .client import Client
+from .options import EXIT_USAGE, OPTIONS, UsageError, help_text
 from .options import parse as parse_options
 from .tables import command_text, jobs_table, nodes_table
 from .verbs import Context, verb
@@ -28,10 +33,6 @@ class ClusterView:
     (a master gone silent must be noticed, not waited on). `on_change(up)` hears it go or come back."""
 
     def __init__(self, host: str, port: int, on_change=None):
-        import logging
-
-        from .background import Loop
-        from .client import Client
         self.client, self.on_change, self.up, self._ticks = Client(host, port, connect_wait=0), on_change, None, 0
         self.client.call_timeout = 5.0
         self.jobs, self.nodes, self.history = [], [], []
@@ -60,7 +61,7 @@ def _completer(view):
             words = text.split()
             current = "" if not words or text[-1:].isspace() else words[-1]
             seen = set()
-            for word, meta in _candidates(view, words if current == "" else words[:-1], current):
+            for word, meta in _candidates(view, words[:-1] if current else words, current):
                 if word.startswith(current) and word not in seen:
                     seen.add(word)
                     yield Completion(word, -len(current), display_meta=meta)
@@ -70,10 +71,9 @@ def _completer(view):
 
 def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
     """(text, meta) for the word being typed (`current`) after the words `done`, the first a verb's name."""
-    v = verbs.find(done[0]) if done else None
     if not done:
         return [(name, verbs.find(name).help) for name in sorted(verbs.NAMES)]
-    if v is None:
+    if (v := verbs.find(done[0])) is None:
         return []
     if done[-1] in ("-H", "--hosts") and len(done) > 1:
         return [(n["name"], "up" if n["up"] else "down") for n in view.nodes]
@@ -190,12 +190,10 @@ def _config_page() -> str:
 
 
 def _doc(module: str) -> str:
-    import importlib
-    return importlib.import_module(module, __package__).__doc__.strip()
+    return import_module(module, __package__).__doc__.strip()
 
 
 def _options_page() -> str:
-    from .options import OPTIONS, help_text
     return help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command line's)",
                      tuple(o.long for o in OPTIONS))
 
@@ -208,8 +206,7 @@ TOPICS = {"config": _config_page, "options": _options_page, "make": lambda: _doc
 
 
 def _shim_page(module: str, table: str, what: str) -> str:
-    import importlib
-    options = sorted(getattr(importlib.import_module(module, __package__), table), key=str.lower)
+    options = sorted(getattr(import_module(module, __package__), table), key=str.lower)
     return f"{_doc(module)}\n\n{what} take: {' '.join(options)} (others: a one-line error, nothing submitted)"
 
 
@@ -219,8 +216,7 @@ def do_help(ctx: Context, args: dict) -> int:
     if args.get("verb") in TOPICS:
         return ctx.print(TOPICS[args["verb"]]())
     if args.get("verb"):
-        found = verbs.find(args["verb"])
-        if found is None:
+        if (found := verbs.find(args["verb"])) is None:
             return ctx.say(f"no verb or topic {args['verb']!r} (topics: {', '.join(TOPICS)})", EXIT_USAGE)
         return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
                                     ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
@@ -244,7 +240,6 @@ def do_exit(ctx: Context, args: dict) -> int:
 
 
 def _screen(client) -> str:
-    import time
     nodes, jobs = client.nodes(), client.jobs()
     head = f"grun {client.address}  {time.strftime('%H:%M:%S')}  {len(jobs)} jobs on {len(nodes)} nodes"
     return "\n\n".join([head, nodes_table(nodes), jobs_table(jobs)])

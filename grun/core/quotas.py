@@ -7,6 +7,10 @@ a named scope's fields replace the general one's for that user or group. Fields:
 (a suspended job holds no cpus), so a check costs a few dict lookups, whatever the number of jobs.
 """
 
+import difflib
+import re
+from functools import lru_cache
+
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
@@ -30,7 +34,12 @@ class Quotas:
         self.configure(limits)
 
     def configure(self, limits: dict | None) -> None:
-        self.limits, self._caps = dict(limits or {}), {}
+        self.limits = dict(limits or {})
+        self.caps = lru_cache(maxsize=100_000)(self._caps)  # owner -> {field: cap}, for each new limits
+
+    def _caps(self, owner: tuple) -> dict:
+        kind, name = owner
+        return {**self.limits.get(kind, {}), **self.limits.get(f"{kind}.{name}", {})}
 
     def hold(self, job_id: int, job: dict | None, claim: dict | None = None) -> None:
         """From now on the job holds `claim` (None: nothing, it has left its node)."""
@@ -48,16 +57,6 @@ class Quotas:
                 sums = totals.setdefault(owner, {})
                 for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
-
-    def caps(self, owner: tuple) -> dict:
-        caps = self._caps.get(owner)
-        if caps is None:
-            kind, name = owner
-            caps = {**self.limits.get(kind, {}), **self.limits.get(f"{kind}.{name}", {})}
-            if len(self._caps) > 100_000:
-                self._caps.clear()
-            self._caps[owner] = caps
-        return caps
 
     def charge(self, job: dict, extra: dict) -> None:
         """Count one more copy of the job in `extra` (the jobs a scheduling pass placed so far)."""
@@ -89,9 +88,6 @@ def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
 
 def parse_limits(value) -> dict:
     """The config's `limits:`: {scope: {field: amount}}; a ValueError, one line, for anything else."""
-    import difflib
-    import re
-
     from ..config import _NAME, _expect, _number, parse_memory  # (config imports nothing of the core)
     _expect(isinstance(value, dict), "a mapping like {user: {cpus: 64, jobs: 500}, group.students: {gpu: 2}}", value)
     out = {}
