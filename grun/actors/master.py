@@ -72,6 +72,8 @@ def _group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except (KeyError, OverflowError):
         return str(gid)
+
+
 class RuleFacts:
     """What policy rules read outside a request (grun.core.rules.Job), each at most once per submission: a file's
     first bytes and size when the job's user could read it (its mode bits; never a FIFO or a device, which could
@@ -371,7 +373,7 @@ class Master:
                      "running": len(n.jobs), "uri": n.uri, "outside_cpus": n.outside_cpus,
                      "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
                      "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()},
-                     "spool_free": getattr(n, "spool_free", None)}
+                     "spool_free": n.spool_free}
                     for _, n in sorted(self.core.table.nodes.items())]
 
     def plugins_run(self) -> dict:
@@ -399,7 +401,7 @@ class Master:
         refusal = self.store.refusal(self.core.settings["min_free_disk"])
         own = None if refusal else disk_low("the master", self.spool_space(), self.core.settings)
         with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
-            disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if getattr(n, "disk", None)]
+            disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if n.disk]
         return list(self.store.problems) + ([refusal] if refusal else []) + ([own[1]] if own else []) + disks
 
     def spool_space(self) -> dict:

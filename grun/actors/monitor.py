@@ -23,6 +23,7 @@ import time
 import psutil
 
 from .. import spool
+from ..core.learn import size
 
 log = logging.getLogger("grun.node")
 
@@ -144,10 +145,6 @@ class Monitor:
         return self._last_outside
 
 
-def _size(mb: float) -> str:
-    return f"{mb / 1024:.1f}G" if mb >= 1024 else f"{mb:.0f}M"
-
-
 def over_memory_limit(rss_mb: int, limits: dict, request_mb: int, factor: float) -> str | None:
     """Why a job whose processes hold rss_mb is killed for its memory limit (-m x hard_factor), or None."""
     if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
@@ -166,7 +163,7 @@ def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple
     job_id = max(over, key=over.get)
     rss, reserved = jobs[job_id]
     return job_id, (f"the node was out of memory ({available_mb} MB available, min_free_memory {min_free_mb} MB); "
-                    f"this job used {_size(rss)}, {rss / max(reserved, 1):.1f}x its reservation of {_size(reserved)}")
+                    f"this job used {size(rss)}, {rss / max(reserved, 1):.1f}x its reservation of {size(reserved)}")
 
 
 def note_limit(job_dir: str, limit: str, detail: str) -> None:

@@ -176,9 +176,9 @@ class MasterState:
         """`history`: the finished jobs that dependencies name, as the master found them in its history
         (by id, or by (user, name)); see grun.core.deps.resolve."""
         for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
-            for kind in J.DEP_KINDS:
+            for kind in (k for k in J.DEP_KINDS if k in req):
                 req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if isinstance(
-                    ref, str) and re.fullmatch(r"\d+\.\d+", ref) else ref for ref in req.get(kind) or ()]
+                    ref, str) and re.fullmatch(r"\d+\.\d+", ref) else ref for ref in req[kind]]
         ids, records, names, next_id = [], [], set(), self.table.next_id
         for req in requests:
             known = self.table.token_id(req["token"])

@@ -47,6 +47,8 @@ class NodeView:
     seen: float = 0.0
     lost: bool = False
     grun_cpus: float = 0.0
+    spool_free: float | None = None  # MB, and (refusing, text) when its spool is getting full (explain.disk_low)
+    disk: tuple | None = None
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -65,7 +67,7 @@ class NodeView:
         return self.resources.get(resource, 0) - self.used_resources.get(resource, 0)
 
     def fits(self, job: dict) -> bool:
-        if getattr(self, "disk", None) and self.disk[0]:  # its spool is nearly full (explain.disk_low)
+        if self.disk and self.disk[0]:  # its spool is nearly full
             return False
         if not self.up or job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory or mismatch(self, job):
             return False
