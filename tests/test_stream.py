@@ -426,8 +426,11 @@ def test_bulk_stream_drops_sent_pages_and_reattach_still_reads_them(server, job_
     # Past DROP_AFTER the pump lets the kernel write back and drop what was sent; the spool file must
     # stay whole, so that a client re-attaching from 0 gets every byte (invariant 3).
     monkeypatch.setattr(tail, "DROP_AFTER", 1 << 20)
-    monkeypatch.setattr(tail, "DROP_BEHIND", 4 << 20)
-    data = os.urandom(64 << 20)  # far more than the socket buffers: pages in flight are not dropped
+    # Pages still in socket buffers are not dropped, and loopback TCP may hold tcp_rmem + tcp_wmem maxima
+    # in flight (32 + 4 MB here) when the reader lags (CI under load): with two windows over that, the
+    # early windows are out of the buffers by their second advice.
+    monkeypatch.setattr(tail, "DROP_BEHIND", 32 << 20)
+    data = os.urandom(128 << 20)
     with open(job_dir / "stdout", "wb") as f:
         f.write(data)
         os.fsync(f.fileno())  # clean pages: the first advice drops them at once
@@ -441,4 +444,4 @@ def test_bulk_stream_drops_sent_pages_and_reattach_still_reads_them(server, job_
         if fincore.returncode == 0:  # util-linux; the byte check above is what matters
             # How much is dropped depends on what was still in flight in the socket buffers at each
             # advice; the early windows were long delivered by the time of their second advice.
-            assert int(fincore.stdout.split()[0]) <= len(data) - (4 << 20)
+            assert int(fincore.stdout.split()[0]) <= len(data) - (32 << 20)
