@@ -239,10 +239,11 @@ def test_a_node_back_without_its_jobs_has_them_declared_lost_and_rerun(make_clus
     # the supervisor of each job: the node's reaper, named in its pid file ("<pid> <reaper pid>.<tag>")
     sups = {i: int(_spool(c, "n1", i, "pid").split()[1].split(b".")[0]) for i in pids}
     c.kill("n1", signal.SIGKILL)
+    # the supervisor first, or it may record its job's death (137) before it goes: the orphaned job still runs
+    for pid in set(sups.values()):
+        os.kill(pid, signal.SIGKILL)
     for i in (wiped, rebooted):  # what a power cut does to them
         os.killpg(pids[i], signal.SIGKILL)
-    for pid in set(sups.values()):  # the supervisor: the orphaned job itself still runs
-        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(os.path.join(jobs_dir, str(wiped)))
     os.utime(os.path.join(jobs_dir, str(rebooted), "pid"), (0, 0))  # started before this boot
     c.start_node("n1")
