@@ -68,7 +68,8 @@ class Client:
 
     def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
                  config=None):
-        from .config import ConfigError, find_config_path, format_hostport, load_config, parse_hostport
+        from .config import ConfigError, find_config_path, load_config
+        from .values import format_hostport, parse_hostport
         self._local = _thread._local()  # threading.local, without importing threading
         cfg = None
         try:
@@ -347,7 +348,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     run by /bin/sh) or an argv; run here (cwd, ours by default), as us, with the usual session
     variables, those `pass_env` names (`-E`) and `env`; `params` a dict or (name, value) pairs;
     `extra` spec keys as they are (output files, a parent job)."""
-    from .config import parse_cpus, parse_memory
+    from .values import parse_cpus, parse_memory
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():

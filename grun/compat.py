@@ -110,7 +110,7 @@ def read_script(path: str | None, kind: str) -> str:
 
 
 def megabytes(text: str, per: float = 1) -> int:
-    from .config import parse_memory
+    from .values import parse_memory
     try:
         return max(1, round(parse_memory(text) * per))
     except ValueError as exc:

@@ -4,14 +4,36 @@ No config file: personal mode, a master and a node on this machine, on 127.0.0.1
 this module, so it stays light: a default that is a function is computed when first read (the machine's
 guesses import psutil or ask DNS then), and yaml is imported only for a file the fast reader leaves."""
 
-import math
 import os
 import re
 import socket
 from collections import namedtuple
 
-DEFAULT_PORT = 5184
-SERVICES = frozenset({"queue", "exec"})
+from .values import (
+    DEFAULT_PORT,
+    SERVICES,
+    YAML_WORDS,
+    format_hostport,
+    label,
+    named,
+    number,
+    parse_auth,
+    parse_bool,
+    parse_cpus,
+    parse_duration,
+    parse_host,
+    parse_hostport,
+    parse_level,
+    parse_memory,
+    parse_path,
+    parse_plugins,
+    parse_priority,
+    parse_services,
+    parse_tls,
+    parse_ulimit,
+    parse_users,
+    resource,
+)
 
 
 class ConfigError(Exception):
@@ -22,188 +44,6 @@ class ConfigError(Exception):
         where = ":".join(str(p) for p in (path, line) if p is not None)
         text = (f"key {key!r}: " if key is not None else "") + " ".join(str(message).split())  # one line
         super().__init__(f"{where}: {text}" if where else text)
-
-
-# ---- parsers: a value as YAML gives it -> the value grun uses, or ValueError("expected ...") ----------
-
-def _expect(ok, what: str, value, got: str = "") -> None:
-    """The one error of every parser: `expected WHAT, got VALUE`."""
-    if not ok:
-        text = repr(value)
-        raise ValueError(f"expected {what}, got {got}{text if len(text) <= 60 else text[:57] + '...'}")
-
-
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"  # patterns as text: `re` compiles and caches them on first use
-_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
-_MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
-_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _number(value, what: str, most: float = 2 ** 53, least: float = 0) -> float:
-    """A number from `least` to `most`, or its text ("4", "0.5"); bools are YAML's yes/no, not numbers. Past
-    2**53 no float is exact (and a YAML integer of 400 digits would not even convert): surely a mistake."""
-    number = float(value) if isinstance(value, str) and re.fullmatch(_NUMBER, value.strip()) else value
-    _expect(isinstance(number, (int, float)) and not isinstance(number, bool) and number >= least, what, value)
-    _expect(number <= most, what, value, "an absurd value ")
-    return float(number)
-
-
-def parse_memory(text) -> int:
-    """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
-    what = "a memory size like 4096 (MB), 500M or 4G"
-    m = isinstance(text, str) and re.fullmatch(_NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
-    mb = float(m.group(1)) * _MEMORY_UNIT[(m.group(2) or "m").lower()] if m else _number(text, what)
-    _expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
-    return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
-
-
-def parse_cpus(text) -> float:
-    return _number(text, "a number of CPUs like 4 or 0.5", most=100_000)
-
-
-def parse_duration(text, positive: bool = False) -> float:
-    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m": once there are several numbers,
-    each needs its unit ("1h 30" is ambiguous)."""
-    if isinstance(text, str) and re.fullmatch(rf"(?:{_NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE):
-        terms = re.finditer(_NUMBER + r"\s*([smhdw])", text, re.IGNORECASE)
-        seconds = round(sum(float(m.group(1)) * _DURATION_UNIT[m.group(2).lower()] for m in terms), 6)  # 0.7h: 2520
-    else:
-        seconds = _number(text, "a duration like 30, 45s, 30m, 12h or 1d")
-    _expect(seconds > 0 or not positive, "a duration above zero", text)
-    return seconds
-
-
-def parse_bool(value) -> bool:
-    word = value if isinstance(value, bool) else {"1": True, "0": False, **_YAML_WORDS}.get(str(value).strip().lower())
-    _expect(word is not None, "true or false", value)
-    return word
-
-
-def _named(value, kind: str, values: str, parse) -> dict:
-    """resources and labels: a mapping of names to values, each through `parse`."""
-    _expect(isinstance(value, dict), f"a mapping of {kind} names to {values}", value)
-    out = {}
-    for name, item in value.items():
-        _expect(isinstance(name, str) and re.fullmatch(_NAME, name) and name not in ("cpus", "memory"),
-                f"{kind} names of letters, digits, _ . - (not cpus or memory)", name)
-        try:
-            out[name] = parse(item)
-        except ValueError as e:
-            raise ValueError(f"{kind} {name}: {e}") from None
-    return out
-
-
-def _resource(value):
-    """An amount (a counted consumable; a size, 500G, in MB as memory is), or a list of device ids (gpu: [0, 1])."""
-    if not isinstance(value, list):
-        return parse_memory(value) if str(value).strip()[-1:].isalpha() else _number(value, "an amount or ids")
-    ids = [_label(v) for v in value]
-    _expect(len(set(ids)) == len(ids), "device ids listed once each", value, "duplicates in ")
-    return ids
-
-
-def _label(text) -> str:
-    _expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
-    return str(text).strip() if not isinstance(text, bool) else str(text).lower()
-
-
-def _parse_plugins(value) -> list[str]:
-    """A list of module:Class, or those as words (the original's way of writing lists)."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else value
-    _expect(isinstance(items, list) and all(isinstance(i, str) and re.fullmatch(
-        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i) for i in items), "a list of module:Class", value)
-    return items
-
-
-_count = lambda v: int(_number(v, "a count"))
-_ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
-            "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
-
-
-def parse_ulimit(value) -> dict[str, int | None]:
-    """Limits for every job: cpu (a duration), fsize/core/stack (sizes, MB or with a unit), nofile and
-    nproc (counts); "unlimited" for none. Returns name -> seconds, MB or count (None: unlimited)."""
-    _expect(isinstance(value, dict), "a mapping like {cpu: 12h, fsize: 10G, nofile: 1024}", value)
-    out: dict[str, int | None] = {}
-    for name, limit in value.items():
-        _expect(isinstance(name, str) and name in _ULIMITS, f"limits among {', '.join(_ULIMITS)}", name)
-        parse, least = _ULIMITS[name]
-        try:
-            out[name] = None if str(limit).strip().lower() in ("unlimited", "infinity", "none") else parse(limit)
-            _expect(out[name] is None or out[name] >= least, f"at least {least}{'M' * (name == 'fsize')}", limit)
-        except ValueError as e:
-            raise ValueError(f"limit {name}: {e}") from None
-    return out
-
-
-def parse_priority(value) -> int:
-    whole = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)
-    _expect(whole or isinstance(value, int) and not isinstance(value, bool), "a whole number", value)
-    return int(value)
-
-
-def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address (two colons or more) -> (host, port)."""
-    m = re.fullmatch(r"\[([^\]\s/]+)\](?::(.*))?|([^:\s/\[\]]+)(?::([^:]*))?|([^\s/\[\]]*:[^\s/\[\]]*:[^\s/\[\]]*)",
-                     text.strip()) if isinstance(text, str) else None
-    _expect(m, "host or host:port ([addr]:port for IPv6)", text)
-    host, port = m.group(1) or m.group(3) or m.group(5), m.group(2) if m.group(1) else m.group(4)
-    _expect(not host.isdigit(), "host or host:port", text, "only a number ")  # "master: 6000" is a port
-    _expect(port is None or port.isdigit() and 1 <= int(port) <= 65535, "a port between 1 and 65535", text,
-            f"{port!r} in ")
-    return host, default_port if port is None else int(port)
-
-
-def format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_services(text) -> frozenset[str]:
-    """ "queue", "queue,exec", "queue exec" or a YAML list -> a non-empty subset of SERVICES."""
-    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
-    _expect(isinstance(items, list) and all(isinstance(i, str) for i in items), "a list of services", text)
-    names = frozenset(i.strip().lower() for i in items if i.strip())
-    _expect(names and not names - SERVICES, "one or both of queue, exec", text)
-    return names
-
-
-def _parse_tls(value) -> dict:
-    """{cert, key, ca}: absolute paths to PEM files (this host's certificate and key, the cluster's CA); {}: off."""
-    if value in (None, "", "none", "off", {}):
-        return {}
-    _expect(isinstance(value, dict) and set(value) == {"cert", "key", "ca"}, "a mapping {cert, key, ca}", value)
-    return {name: _path(path, absolute=True) for name, path in value.items()}
-
-
-def _parse_users(text) -> frozenset[str]:
-    """ "alice bob", "alice,bob" or a YAML list of user names."""
-    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
-    _expect(isinstance(items, list) and all(isinstance(i, str) and ":" not in i for i in items), "user names", text)
-    return frozenset(i.strip() for i in items if i.strip())
-
-
-def _parse_host(text) -> str:
-    _expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()), "a host or address", text)
-    return text.strip()
-
-
-def _parse_auth(text) -> str:
-    _expect(text in ("secret", "none"), "secret or none", text)
-    return text
-
-
-def _parse_level(text) -> str:
-    level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
-    _expect(level in ("debug", "info", "warning", "error"), "one of debug, info, warning, error", text)
-    return level
-
-
-def _path(text, absolute: bool = False):
-    """A path; a relative one lives under the spool, so it is a function of the Config (see Config)."""
-    _expect(isinstance(text, str) and text.strip(), "a path", text)
-    path = os.path.normpath(os.path.expanduser(text.strip()))
-    _expect(os.path.isabs(path) or not absolute, "an absolute path", text)
-    return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
 
 
 def user_state_dir(environ=os.environ) -> str:
@@ -258,41 +98,41 @@ KEYS = {key.name: key for key in (
     Key("services", parse_services, lambda c: SERVICES if c.personal or is_this_host(
         c.master_host, c.hostname) else frozenset({"exec"}), _D, False, 'on the master; "exec" alone on compute nodes',
         "both on the master's host (and in personal mode), else exec"),
-    Key("hostname", _parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
-    Key("bind", _parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
+    Key("hostname", parse_host, lambda c: socket.gethostname(), _X, False, "this node's name", "this host's name"),
+    Key("bind", parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
-    Key("advertise", _parse_host, _advertise, _D, False, "the address others reach them at",
+    Key("advertise", parse_host, _advertise, _D, False, "the address others reach them at",
         "bind, or hostname if that is 0.0.0.0"),
     Key("cpus", parse_cpus, lambda c: float(_psutil().cpu_count(logical=True) or 1), _X, True,
         "cpus offered to jobs (fractions allowed)", "logical cores"),
     Key("memory", parse_memory, lambda c: _psutil().virtual_memory().total // 2 ** 20, _X, True,
         "MB offered to jobs (or 500M, 4G)", "physical memory"),
-    Key("spool", lambda v: _path(v, absolute=True),
+    Key("spool", lambda v: parse_path(v, absolute=True),
         lambda c: "/var/spool/grun" if not c.personal and os.geteuid() == 0 else user_state_dir(c.environ),
         "all", False, "state: /var/spool/grun as root, ~/.local/state/grun otherwise", env="GRUN_SPOOL"),
-    Key("log_file", lambda v: None if v in (None, "", "-") else _path(v),  # None: log to stderr
+    Key("log_file", lambda v: None if v in (None, "", "-") else parse_path(v),  # None: log to stderr
         lambda c: os.path.join(c.spool, "grun.log"), _D, False, "relative to the spool; null: log to stderr"),
-    Key("pid_file", _path, lambda c: os.path.join(c.spool, "grun.pid"), _D, False, "relative to the spool"),
-    Key("log_level", _parse_level, "info", _D, True, "debug, info, warning or error"),
+    Key("pid_file", parse_path, lambda c: os.path.join(c.spool, "grun.pid"), _D, False, "relative to the spool"),
+    Key("log_level", parse_level, "info", _D, True, "debug, info, warning or error"),
     Key("node_timeout", _positive_duration, 60.0, _Q, True,
         "a node silent this long is down; its running jobs are lost (re-queued)"),
     Key("heartbeat", _positive_duration, 5.0, _X, True, "how often a node reports to the master"),
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space; place no job on a node's with less"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", lambda v: _named(v, "resource", "amounts or device lists", _resource), lambda c: {}, _X,
+    Key("resources", lambda v: named(v, "resource", "amounts or device lists", resource), lambda c: {}, _X,
         True, "this node's consumables (-p gpu=1); a list of ids: jobs get specific ones"),
-    Key("labels", lambda v: _named(v, "label", "values", _label), lambda c: {}, _X, True,
+    Key("labels", lambda v: named(v, "label", "values", label), lambda c: {}, _X, True,
         "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
     Key("default_memory", parse_memory, 100, _Q, True, "for a job that does not say (-m)"),
     Key("default_priority", parse_priority, 20, _Q, True, "for a job that does not say (-r, $GRUN_PRIORITY)"),
     Key("deps_other_users", parse_bool, True, _Q, True, "a job may wait for (--after) another user's jobs"),
-    Key("default_retries", lambda v: int(_number(v, "a whole number from 0 to 100", most=100)), 0, _Q, True,
+    Key("default_retries", lambda v: int(number(v, "a whole number from 0 to 100", most=100)), 0, _Q, True,
         "for a job that does not say (--retries): runs again after a failure"),
     Key("reserve_after", parse_duration, 300.0, _Q, True,
         "a job waiting longer gets a node reserved; others backfill around it"),
-    Key("hard_factor", lambda v: _number(v, "a factor between 1 and 100, like 1.5", least=1, most=100), 1.5, _X,
+    Key("hard_factor", lambda v: number(v, "a factor between 1 and 100, like 1.5", least=1, most=100), 1.5, _X,
         True, "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it); no -m: no limit"),
     Key("min_free_memory", parse_memory, lambda c: min(1024, _psutil().virtual_memory().total // 2 ** 20 // 20), _X,
         True, "below this much available memory, the node kills the job furthest over its reservation",
@@ -301,32 +141,32 @@ KEYS = {key.name: key for key in (
     Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
     Key("count_outside_load", parse_bool, True, _X, True,
         "cpu and memory used by non-grun programs are not offered to jobs"),
-    Key("auth", _parse_auth, lambda c: "secret" if c.personal else "none", "all", False,
+    Key("auth", parse_auth, lambda c: "secret" if c.personal else "none", "all", False,
         "secret: every connection proves secret_file (README: Trust); none", "secret in personal mode"),
-    Key("secret_file", _path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
+    Key("secret_file", parse_path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
         False, "the same on every host (personal mode: made in the spool, mode 0600)"),
     Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
-    Key("tls", _parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
-    Key("admins", _parse_users, lambda c: frozenset(), _Q, True,
+    Key("tls", parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
+    Key("admins", parse_users, lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
     # per-user and per-group limits (grun.core.quotas)
     Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
     # plugins (grun/plugins.py; README: Plugins)
-    Key("plugins", _parse_plugins, lambda c: [], _D, True,
+    Key("plugins", parse_plugins, lambda c: [], _D, True,
         "more plugins, as module:Class (installed ones, entry point grun.plugins, load by themselves)"),
     # terabyte streams in bounded space (grun/drain.py)
     Key("spool_max", parse_memory, 1024, _X, True,
         "MB of a job's unread output a node keeps; past it the job waits for its reader"),
     Key("wrap", lambda v: str(v or ""), "", _X, True, "a prefix for every job's command here, at {cmd} (a container, a module)"),
-    Key("disk_warn", lambda v: f"{_number(v.strip()[:-1], 'a percentage like 10%', most=100):g}%" if str(v).strip()
+    Key("disk_warn", lambda v: f"{number(v.strip()[:-1], 'a percentage like 10%', most=100):g}%" if str(v).strip()
         .endswith("%") else parse_memory(v), "10%", _Q, True, "warn when the master's or a node's spool has less free (10% or 2G)"),
     Key("rules", lambda v: __import__("grun.core.rules", fromlist=["_"]).compile_rules(v), (), _Q, True,
         "policy at submit: a list of {if: CONDITION, ACTION: ...} (README: Rules)"),  # grun/core/rules.py
     Key("learn", parse_bool, True, _Q, True, "a job without -m, -c, -t gets them from its program's last runs"),
-    Key("learn_memory_factor", lambda v: _number(0 if v in (False, "off") else v, "a factor, or off", most=100),
+    Key("learn_memory_factor", lambda v: number(0 if v in (False, "off") else v, "a factor, or off", most=100),
         4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),  # grun.core.learn
-    Key("learn_runs", lambda v: int(_number(v, "3 to 1000", least=3, most=1000)), 20, _Q, True, "how many of a "
+    Key("learn_runs", lambda v: int(number(v, "3 to 1000", least=3, most=1000)), 20, _Q, True, "how many of a "
         "program's last runs its estimates come from (p95)"),
 )}
 
@@ -424,8 +264,6 @@ _MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*
 # returns None and goes to PyYAML, which also gives the errors. tests/test_cli_fast.py checks they agree.
 _SIMPLE_LINE = r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *"
 _PLAIN = r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*"
-_YAML_WORDS = {form: value for value, words in ((True, "yes true on"), (False, "no false off"), (None, "~ null"))
-               for word in words.split() for form in (word, word.title(), word.upper())}
 
 # A plain value YAML 1.1 might read as an int, float or timestamp although it is none of the forms taken here:
 # a date, hex, binary, .inf/.nan, 1_000, "1.". Values here have no ':', '+' or leading '-' (see _PLAIN): no
@@ -435,15 +273,15 @@ _MAYBE_NUMBER = r"[0-9.].*-.*|0[xb].*|(?=[0-9.])[0-9_]*\.?[0-9_]*|\.(?i:inf|nan)
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
     raw, lines = {}, {}
-    for number, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip(" ") or line.startswith("#"):
             continue
         m = re.fullmatch(_SIMPLE_LINE, line)
-        if m is None or m.group(1) in raw or m.group(1) in _YAML_WORDS:  # twice, or a key YAML reads as no string
+        if m is None or m.group(1) in raw or m.group(1) in YAML_WORDS:  # twice, or a key YAML reads as no string
             return None
         key, value = m.groups()
-        if value is None or value in _YAML_WORDS:
-            raw[key] = _YAML_WORDS.get(value)
+        if value is None or value in YAML_WORDS:
+            raw[key] = YAML_WORDS.get(value)
         elif value[0] in "'\"":
             raw[key] = value[1:-1]
         elif not re.fullmatch(_PLAIN, value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
@@ -454,7 +292,7 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             return None
         else:
             raw[key] = value
-        lines[key] = number
+        lines[key] = lineno
     return raw, lines
 
 
@@ -466,7 +304,7 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if _YAML_WORDS.get(m.group(2), "") is None else
+        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if YAML_WORDS.get(m.group(2), "") is None else
                       f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None

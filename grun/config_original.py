@@ -9,7 +9,8 @@ import math
 import os
 import re
 
-from .config import ConfigError, format_hostport, parse_hostport
+from .config import ConfigError
+from .values import format_hostport, parse_hostport
 
 _RENAMED = {"default_cpu": "default_cpus", "io_keep": "output_keep", "ping_secs": "heartbeat",
             "ping_expire": "node_timeout", "expire_secs": "node_timeout", "run_asroot": "allow_root",

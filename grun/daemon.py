@@ -15,8 +15,9 @@ import sys
 import time
 
 from . import auth, plugins, registry
-from .config import KEYS, Config, ConfigError, format_hostport, load_config
+from .config import KEYS, Config, ConfigError, load_config
 from .files import read_int
+from .values import format_hostport
 
 log = logging.getLogger("grun.daemon")
 

@@ -6,8 +6,8 @@ option file, -o output); a letter may mean different things to verbs that never 
 
 from collections import namedtuple
 
-from .config import parse_cpus, parse_duration, parse_memory
-from .config import parse_priority as _int  # a whole number, as config reads one
+from .values import parse_cpus, parse_duration, parse_memory
+from .values import parse_priority as _int  # a whole number, as config reads one
 
 
 class UsageError(Exception):

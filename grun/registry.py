@@ -8,7 +8,7 @@ import contextlib
 import functools
 
 from . import auth
-from .config import format_hostport
+from .values import format_hostport
 from .wire import CONNECT_TIMEOUT, is_unreachable  # noqa: F401  (the daemons' one error model is the client's)
 
 TYPE_CHECKING = False  # as typing's, without importing typing on the client's path

@@ -12,20 +12,8 @@ import pytest
 import yaml
 
 from grun import config as C
-from grun.config import (
-    DEFAULT_PORT,
-    KEYS,
-    Config,
-    ConfigError,
-    describe,
-    find_config_path,
-    load_config,
-    parse_cpus,
-    parse_duration,
-    parse_hostport,
-    parse_memory,
-    parse_services,
-)
+from grun.config import KEYS, Config, ConfigError, describe, find_config_path, load_config
+from grun.values import DEFAULT_PORT, parse_cpus, parse_duration, parse_hostport, parse_memory, parse_services
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
-    from ..config import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
+    from ..values import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
 
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs)}
@@ -237,7 +237,7 @@ def parse_edit(changes: object) -> dict:
 def parse_time_limit(text) -> float:
     """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
     D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m)."""
-    from ..config import parse_duration
+    from ..values import parse_duration
     word = str(text).strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
         seconds = float(word) * 60

@@ -11,6 +11,7 @@ import difflib
 import re
 from functools import lru_cache
 
+from ..values import NAME, expect, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
@@ -88,17 +89,16 @@ def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
 
 def parse_limits(value) -> dict:
     """The config's `limits:`: {scope: {field: amount}}; a ValueError, one line, for anything else."""
-    from ..config import _NAME, _expect, _number, parse_memory  # (config imports nothing of the core)
-    _expect(isinstance(value, dict), "a mapping like {user: {cpus: 64, jobs: 500}, group.students: {gpu: 2}}", value)
+    expect(isinstance(value, dict), "a mapping like {user: {cpus: 64, jobs: 500}, group.students: {gpu: 2}}", value)
     out = {}
     for scope, fields in value.items():
-        _expect(isinstance(scope, str) and re.fullmatch(r"(user|group)(\.[^\s.][^\s]*)?|all", scope),
+        expect(isinstance(scope, str) and re.fullmatch(r"(user|group)(\.[^\s.][^\s]*)?|all", scope),
                 "scopes user, user.NAME, group, group.NAME or all", scope)
-        _expect(isinstance(fields, dict) and fields, f"for {scope} a mapping like {{cpus: 64, jobs: 500}}", fields)
+        expect(isinstance(fields, dict) and fields, f"for {scope} a mapping like {{cpus: 64, jobs: 500}}", fields)
         out[scope] = {}
         for name, amount in fields.items():
-            _expect(isinstance(name, str) and re.fullmatch(_NAME, name), f"in {scope} jobs, cpus, memory or a resource", name)
+            expect(isinstance(name, str) and re.fullmatch(NAME, name), f"in {scope} jobs, cpus, memory or a resource", name)
             if name not in FIELDS and (close := difflib.get_close_matches(name, FIELDS, 1, 0.8)):
                 raise ValueError(f"{scope}: unknown field {name!r} (did you mean {close[0]}?)")
-            out[scope][name] = parse_memory(amount) if name == "memory" else _number(amount, f"{scope} {name}: a number")
+            out[scope][name] = parse_memory(amount) if name == "memory" else number(amount, f"{scope} {name}: a number")
     return out

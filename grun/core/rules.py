@@ -10,7 +10,7 @@ import os.path
 import re
 import shlex
 
-from ..config import parse_cpus, parse_memory, parse_priority
+from ..values import parse_cpus, parse_memory, parse_priority
 from . import jobs as J
 from .expr import RuleError, compile_expr
 

@@ -1,0 +1,193 @@
+"""Values as a config file or the command line gives them -> the values grun uses: memory sizes, durations, cpus,
+priorities, host:port, resources and labels, ulimits, users. Each parser returns the value or raises
+ValueError("expected WHAT, got VALUE"); grun.config adds the file, line and key. Pure: no I/O."""
+
+import math
+import os
+import re
+
+DEFAULT_PORT = 5184
+SERVICES = frozenset({"queue", "exec"})
+# the words YAML 1.1 reads as true, false and null
+YAML_WORDS = {form: value for value, words in ((True, "yes true on"), (False, "no false off"), (None, "~ null"))
+              for word in words.split() for form in (word, word.title(), word.upper())}
+
+
+def expect(ok, what: str, value, got: str = "") -> None:
+    """The one error of every parser: `expected WHAT, got VALUE`."""
+    if not ok:
+        text = repr(value)
+        raise ValueError(f"expected {what}, got {got}{text if len(text) <= 60 else text[:57] + '...'}")
+
+
+NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"  # patterns as text: `re` compiles and caches them on first use
+NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+_MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
+_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def number(value, what: str, most: float = 2 ** 53, least: float = 0) -> float:
+    """A number from `least` to `most`, or its text ("4", "0.5"); bools are YAML's yes/no, not numbers. Past
+    2**53 no float is exact (and a YAML integer of 400 digits would not even convert): surely a mistake."""
+    number = float(value) if isinstance(value, str) and re.fullmatch(NUMBER, value.strip()) else value
+    expect(isinstance(number, (int, float)) and not isinstance(number, bool) and number >= least, what, value)
+    expect(number <= most, what, value, "an absurd value ")
+    return float(number)
+
+
+def parse_memory(text) -> int:
+    """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
+    what = "a memory size like 4096 (MB), 500M or 4G"
+    m = isinstance(text, str) and re.fullmatch(NUMBER + r"\s*(?:([kmgt])(?:i?b)?)?", text.strip(), re.IGNORECASE)
+    mb = float(m.group(1)) * _MEMORY_UNIT[(m.group(2) or "m").lower()] if m else number(text, what)
+    expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
+    return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
+
+
+def parse_cpus(text) -> float:
+    return number(text, "a number of CPUs like 4 or 0.5", most=100_000)
+
+
+def parse_duration(text, positive: bool = False) -> float:
+    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m": once there are several numbers,
+    each needs its unit ("1h 30" is ambiguous)."""
+    if isinstance(text, str) and re.fullmatch(rf"(?:{NUMBER}\s*[smhdw]\s*)+", text.strip(), re.IGNORECASE):
+        terms = re.finditer(NUMBER + r"\s*([smhdw])", text, re.IGNORECASE)
+        seconds = round(sum(float(m.group(1)) * _DURATION_UNIT[m.group(2).lower()] for m in terms), 6)  # 0.7h: 2520
+    else:
+        seconds = number(text, "a duration like 30, 45s, 30m, 12h or 1d")
+    expect(seconds > 0 or not positive, "a duration above zero", text)
+    return seconds
+
+
+def parse_bool(value) -> bool:
+    word = value if isinstance(value, bool) else {"1": True, "0": False, **YAML_WORDS}.get(str(value).strip().lower())
+    expect(word is not None, "true or false", value)
+    return word
+
+
+def named(value, kind: str, values: str, parse) -> dict:
+    """resources and labels: a mapping of names to values, each through `parse`."""
+    expect(isinstance(value, dict), f"a mapping of {kind} names to {values}", value)
+    out = {}
+    for name, item in value.items():
+        expect(isinstance(name, str) and re.fullmatch(NAME, name) and name not in ("cpus", "memory"),
+                f"{kind} names of letters, digits, _ . - (not cpus or memory)", name)
+        try:
+            out[name] = parse(item)
+        except ValueError as e:
+            raise ValueError(f"{kind} {name}: {e}") from None
+    return out
+
+
+def resource(value):
+    """An amount (a counted consumable; a size, 500G, in MB as memory is), or a list of device ids (gpu: [0, 1])."""
+    if not isinstance(value, list):
+        return parse_memory(value) if str(value).strip()[-1:].isalpha() else number(value, "an amount or ids")
+    ids = [label(v) for v in value]
+    expect(len(set(ids)) == len(ids), "device ids listed once each", value, "duplicates in ")
+    return ids
+
+
+def label(text) -> str:
+    expect(not isinstance(text, (dict, list)) and text is not None and str(text).strip(), "a single value", text)
+    return str(text).strip() if not isinstance(text, bool) else str(text).lower()
+
+
+def parse_plugins(value) -> list[str]:
+    """A list of module:Class, or those as words (the original's way of writing lists)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    expect(isinstance(items, list) and all(isinstance(i, str) and re.fullmatch(
+        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i) for i in items), "a list of module:Class", value)
+    return items
+
+
+_count = lambda v: int(number(v, "a count"))
+_ULIMITS = {"cpu": (lambda v: max(1, math.ceil(parse_duration(v))), 0), "fsize": (parse_memory, 1),
+            "nofile": (_count, 16), "nproc": (_count, 0), "core": (parse_memory, 0), "stack": (parse_memory, 0)}
+
+
+def parse_ulimit(value) -> dict[str, int | None]:
+    """Limits for every job: cpu (a duration), fsize/core/stack (sizes, MB or with a unit), nofile and
+    nproc (counts); "unlimited" for none. Returns name -> seconds, MB or count (None: unlimited)."""
+    expect(isinstance(value, dict), "a mapping like {cpu: 12h, fsize: 10G, nofile: 1024}", value)
+    out: dict[str, int | None] = {}
+    for name, limit in value.items():
+        expect(isinstance(name, str) and name in _ULIMITS, f"limits among {', '.join(_ULIMITS)}", name)
+        parse, least = _ULIMITS[name]
+        try:
+            out[name] = None if str(limit).strip().lower() in ("unlimited", "infinity", "none") else parse(limit)
+            expect(out[name] is None or out[name] >= least, f"at least {least}{'M' * (name == 'fsize')}", limit)
+        except ValueError as e:
+            raise ValueError(f"limit {name}: {e}") from None
+    return out
+
+
+def parse_priority(value) -> int:
+    whole = isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)
+    expect(whole or isinstance(value, int) and not isinstance(value, bool), "a whole number", value)
+    return int(value)
+
+
+def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address (two colons or more) -> (host, port)."""
+    m = re.fullmatch(r"\[([^\]\s/]+)\](?::(.*))?|([^:\s/\[\]]+)(?::([^:]*))?|([^\s/\[\]]*:[^\s/\[\]]*:[^\s/\[\]]*)",
+                     text.strip()) if isinstance(text, str) else None
+    expect(m, "host or host:port ([addr]:port for IPv6)", text)
+    host, port = m.group(1) or m.group(3) or m.group(5), m.group(2) if m.group(1) else m.group(4)
+    expect(not host.isdigit(), "host or host:port", text, "only a number ")  # "master: 6000" is a port
+    expect(port is None or port.isdigit() and 1 <= int(port) <= 65535, "a port between 1 and 65535", text,
+            f"{port!r} in ")
+    return host, default_port if port is None else int(port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_services(text) -> frozenset[str]:
+    """ "queue", "queue,exec", "queue exec" or a YAML list -> a non-empty subset of SERVICES."""
+    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
+    expect(isinstance(items, list) and all(isinstance(i, str) for i in items), "a list of services", text)
+    names = frozenset(i.strip().lower() for i in items if i.strip())
+    expect(names and not names - SERVICES, "one or both of queue, exec", text)
+    return names
+
+
+def parse_tls(value) -> dict:
+    """{cert, key, ca}: absolute paths to PEM files (this host's certificate and key, the cluster's CA); {}: off."""
+    if value in (None, "", "none", "off", {}):
+        return {}
+    expect(isinstance(value, dict) and set(value) == {"cert", "key", "ca"}, "a mapping {cert, key, ca}", value)
+    return {name: parse_path(path, absolute=True) for name, path in value.items()}
+
+
+def parse_users(text) -> frozenset[str]:
+    """ "alice bob", "alice,bob" or a YAML list of user names."""
+    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
+    expect(isinstance(items, list) and all(isinstance(i, str) and ":" not in i for i in items), "user names", text)
+    return frozenset(i.strip() for i in items if i.strip())
+
+
+def parse_host(text) -> str:
+    expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()), "a host or address", text)
+    return text.strip()
+
+
+def parse_auth(text) -> str:
+    expect(text in ("secret", "none"), "secret or none", text)
+    return text
+
+
+def parse_level(text) -> str:
+    level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
+    expect(level in ("debug", "info", "warning", "error"), "one of debug, info, warning, error", text)
+    return level
+
+
+def parse_path(text, absolute: bool = False):
+    """A path; a relative one lives under the spool, so it is a function of the Config (see Config)."""
+    expect(isinstance(text, str) and text.strip(), "a path", text)
+    path = os.path.normpath(os.path.expanduser(text.strip()))
+    expect(os.path.isabs(path) or not absolute, "an absolute path", text)
+    return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
