@@ -93,6 +93,7 @@ def _node(cluster, name) -> dict:
     return next(n for n in cluster.client().nodes() if n["name"] == name)
 
 
+@pytest.mark.alone  # measures stalls or load: the other test worker would be in it
 def test_outside_load_lowers_free_cpus_and_grun_jobs_are_not_outside_load(tmp_path):
     """Other sessions may share this machine, so the first half checks what the node excluded
     (the job's own cpu use) and that free = total - reserved - outside; the second half saturates

@@ -84,6 +84,7 @@ def test_restart_replays_only_records_after_snapshot(tmp_path):
     store.close()
 
 
+@pytest.mark.alone  # measures stalls or load: the other test worker would be in it
 def test_big_snapshot_is_a_tinydb_file_and_does_not_stall_other_threads(tmp_path):
     """The snapshot is encoded in chunks: every document and doc id survives the chunk edges,
     and a thread that wants the GIL meanwhile is not held off for the whole encode."""

@@ -304,6 +304,7 @@ def test_connect_refused_is_stream_broken():
     assert info.value.out_offset == 7
 
 
+@pytest.mark.alone  # measures stalls or load: the other test worker would be in it
 def test_wake_delivers_exit_fast(server, job_dir):
     delays = []
     for i in range(7):
