@@ -20,6 +20,18 @@ import yaml
 from grun.client import Client
 
 
+def account(*argv: str, check: bool = True) -> None:
+    """useradd, usermod, groupadd, userdel or groupdel: retried while another test worker holds the lock
+    on /etc/passwd or /etc/group (the shadow tools refuse at once rather than wait)."""
+    for attempt in range(50):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode == 0 or "lock" not in r.stderr:
+            break
+        time.sleep(0.1)
+    if check and r.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

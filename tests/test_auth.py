@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from cluster import LocalCluster, free_port
+from cluster import LocalCluster, account, free_port
 from test_wire import SERVER, TREE, allowed_minors
 from util import wait_for
 
@@ -386,7 +386,7 @@ def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: in
 @pytest.mark.skipif(os.path.exists("/etc/grun.conf"), reason="a system config: no personal mode here")
 def test_a_personal_cluster_serves_its_owner_only(tmp_path):
     name = f"grunt{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
     owner_env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
     owner_env.update(GRUN_SPOOL=str(tmp_path / "owner"), GRUN_MASTER=f"127.0.0.1:{free_port()}")
     pid = None
@@ -419,7 +419,7 @@ def test_a_personal_cluster_serves_its_owner_only(tmp_path):
             subprocess.run([*grun, "-d", "-k"], env=owner_env, capture_output=True, timeout=60)
             if psutil.pid_exists(pid):
                 os.kill(pid, 9)
-        subprocess.run(["userdel", name], capture_output=True)
+        account("userdel", name, check=False)
 
 
 @pytest.mark.skipif(os.path.exists("/etc/grun.conf"), reason="a system config: no personal mode here")
@@ -442,16 +442,16 @@ def users():
     """Two real users, alice in a group of her own besides her primary one; removed at the end."""
     tag = os.getpid() % 100000
     names, group = [f"gra{tag}", f"grb{tag}"], f"grg{tag}"
-    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    account("groupadd", group)
     try:
         for name in names:
-            subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-        subprocess.run(["usermod", "-aG", group, names[0]], check=True, capture_output=True)
+            account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
+        account("usermod", "-aG", group, names[0])
         yield [pwd.getpwnam(n) for n in names], grp.getgrnam(group).gr_gid
     finally:
         for name in names:
-            subprocess.run(["userdel", name], capture_output=True)
-        subprocess.run(["groupdel", group], capture_output=True)
+            account("userdel", name, check=False)
+        account("groupdel", group, check=False)
 
 
 @pytest.fixture
