@@ -10,12 +10,11 @@ import queue  # noqa: F401  (both imported before _as_user drops to a user who c
 import shutil
 import ssl  # noqa: F401
 import socket
-import subprocess
 import tempfile
 import time
 
 import pytest
-from cluster import LocalCluster
+from cluster import LocalCluster, tls_ca, tls_signed
 from test_auth import ROOT_ONLY, _answer, _as_user, _fuzz, _log, fuzz, users  # noqa: F401  (users: a fixture)
 from util import wait_for
 
@@ -24,33 +23,12 @@ from grun import auth, stream, wire
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl to make certificates")
 
 
-def _ca(root: str, name: str) -> tuple[str, str]:
-    key, cert = os.path.join(root, f"{name}.key"), os.path.join(root, f"{name}.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    f"/CN={name}", "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
-
-
-def _signed(root: str, name: str, ca: tuple[str, str]) -> dict:
-    """A certificate for 127.0.0.1 signed by `ca`, with its key (mode 0600) and the CA: a `tls:` value."""
-    key, csr, cert, ext = (os.path.join(root, f"{name}.{x}") for x in ("key", "csr", "pem", "ext"))
-    with open(ext, "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", key,
-                    "-out", csr], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-                    "-days", "2", "-extfile", ext, "-out", cert], check=True, capture_output=True)
-    os.chmod(key, 0o600)
-    return {"cert": cert, "key": key, "ca": ca[0]}
-
-
 @pytest.fixture(scope="module")
 def tls_cluster():
     root = tempfile.mkdtemp(prefix="grun-tls-")  # (not pytest's: a directory of root's own, which users cannot enter)
     os.chmod(root, 0o755)
-    ca = _ca(root, "ca")
-    os.chmod(ca[1], 0o600)
-    keys = {"tls": _signed(root, "host", ca), "auth": "secret", "secret_file": os.path.join(root, "secret")}
+    ca = tls_ca(root, "ca")
+    keys = {"tls": tls_signed(root, "host", ca), "auth": "secret", "secret_file": os.path.join(root, "secret")}
     with open(os.open(keys["secret_file"], os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
         f.write(os.urandom(32).hex())
     c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}}, master_extra=keys)
@@ -68,8 +46,8 @@ def tls_cluster():
 @pytest.fixture(scope="module")
 def outsider(tls_cluster) -> tuple[str, dict]:
     """Another CA, and a certificate for 127.0.0.1 that it signed."""
-    other = _ca(tls_cluster.tls_root, "other-ca")
-    return other[0], _signed(tls_cluster.tls_root, "stranger", other)
+    other = tls_ca(tls_cluster.tls_root, "other-ca")
+    return other[0], tls_signed(tls_cluster.tls_root, "stranger", other)
 
 
 def test_jobs_run_over_tls_and_peers_outside_the_ca_are_refused(tls_cluster, outsider):
