@@ -167,7 +167,7 @@ def _daemon_side(base):
                 import logging
                 peer = "?"
                 with contextlib.suppress(OSError):
-                    peer = "%s:%s" % self.getpeername()[:2]
+                    peer = "{}:{}".format(*self.getpeername()[:2])
                 logging.getLogger("grun.auth").warning("refused a connection from %s: TLS: %s", peer, exc)
                 raise
     return DaemonSide

@@ -2,8 +2,8 @@
 
 A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr into spool files on its
 node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
-raw TCP socket, from any offset while the job runs, so it can detach and re-attach (invariant 3), and
-its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
+TCP socket (TLS with `tls:`, see `secure`), from any offset while the job runs, so it can detach and
+re-attach (invariant 3), and its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
 length + payload. The client first sends its 32-hex-character token, then (with a cluster secret) a proof
 of the secret bound to that token (grun.auth); the server answers or closes.
 No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).

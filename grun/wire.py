@@ -142,6 +142,8 @@ class WireProxy:
                     self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
                 except OSError as exc:  # (ssl.SSLError is one) the peer is not the cluster's, or we are not
                     self._pyroRelease()
+                    if not refused_tls(exc):  # (a reset or a timeout: a daemon away, or busy)
+                        raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
                     raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here)"
                                         if "WRONG_VERSION_NUMBER" in str(exc) else
                                         f"TLS with {self._host}:{self._port} failed: {exc}") from None

@@ -264,7 +264,7 @@ def fuzz(c: LocalCluster, send=lambda target, rng: _answer(target, _fuzz(rng)), 
     assert refusals > 200  # (the rest: closed without a word, e.g. on the side channel)
     for name, p in daemons.items():
         assert c.procs[name].poll() is None, f"{name} died"
-        wait_for(lambda: p.num_fds() <= fds[name], timeout=10, what=f"{name}'s descriptors back to {fds[name]}")
+        wait_for(lambda p=p, name=name: p.num_fds() <= fds[name], timeout=10, what=f"{name}'s descriptors back to {fds[name]}")
     r = c.grun("echo", "after the fuzz")
     assert (r.returncode, r.stdout) == (0, b"after the fuzz\n")
 

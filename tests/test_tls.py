@@ -8,8 +8,8 @@ import contextlib
 import os
 import queue  # noqa: F401  (both imported before _as_user drops to a user who cannot read this Python)
 import shutil
-import ssl  # noqa: F401
 import socket
+import ssl
 import tempfile
 import time
 
@@ -125,7 +125,6 @@ def test_the_side_channel_is_tls_both_ways_and_refuses_outsiders(tls_cluster, ou
 
 def _hello(context) -> bytes:
     """A real TLS ClientHello from `context`, to cut short and garble."""
-    import ssl
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     with contextlib.suppress(ssl.SSLWantReadError):
         context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1").do_handshake()
