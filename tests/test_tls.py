@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 import time
 
 import pytest
@@ -95,6 +96,15 @@ def test_a_peer_that_says_nothing_stalls_no_one(tls_cluster):
     with socket.create_connection(("127.0.0.1", c.port)), socket.create_connection(("127.0.0.1", node_port)):
         r = c.grun("echo", "not stalled", timeout=20)
     assert (r.returncode, r.stdout) == (0, b"not stalled\n"), r.stderr
+
+
+def test_a_peer_gone_in_the_handshake_is_away_not_a_refusal(tls_cluster):
+    """A reset or an end mid-handshake (a daemon restarting) is retried as unreachable; only TLS's refusals are not."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+        with pytest.raises(ConnectionError) as caught:
+            wire.WireProxy(f"PYRO:grun.master@127.0.0.1:{server.getsockname()[1]}").ping()
+    assert wire.is_unreachable(caught.value), caught.value
 
 
 def test_the_side_channel_is_tls_both_ways_and_refuses_outsiders(tls_cluster, outsider):
