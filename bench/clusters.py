@@ -5,6 +5,7 @@ submits, filling a queue, and waiting for many jobs without loading the master."
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import statistics
@@ -65,13 +66,16 @@ def new_cluster(args, nodes: int, master_only: bool = False):
                                          f"c{_SESSION['n']}", name)
             os.makedirs(spec["spool"])
     keys = {}
-    if getattr(args, "auth", False):  # every daemon and client proves a cluster secret (README: Trust)
-        keys = {"auth": "secret", "secret_file": os.path.join(root, "secret")}
+    if getattr(args, "auth", False) or getattr(args, "tls", False):  # every daemon and client proves a cluster
+        keys = {"auth": "secret", "secret_file": os.path.join(root, "secret")}  # secret (README: Trust)
         with open(os.open(keys["secret_file"], os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(os.urandom(32).hex())
-        os.environ["GRUN_BENCH_SECRET"] = keys["secret_file"]  # this process's clients and its helpers'
+        if getattr(args, "tls", False):  # and speaks TLS, with certificates of a CA made here
+            from cluster import tls_ca, tls_signed
+            keys["tls"] = tls_signed(root, "host", tls_ca(root, "ca"))
+        os.environ["GRUN_BENCH_KEYS"] = json.dumps(keys)  # this process's clients and its helpers'
         from grun import auth
-        auth.use(keys["secret_file"])
+        auth.use(keys["secret_file"], None, keys.get("tls"))
         for spec in specs.values():
             spec.update(keys)
     cluster = LocalCluster(nodes=specs, root=root, master_extra=dict(level, **keys))

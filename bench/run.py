@@ -68,6 +68,7 @@ def parse_args(argv):
                     help="where clusters keep their state and spools (default /var/tmp/grun-bench; not /tmp)")
     ap.add_argument("--node-spool", metavar="DIR", help="put the nodes' job spools under DIR (e.g. /dev/shm)")
     ap.add_argument("--auth", action="store_true", help="clusters with auth: secret (every connection proves it)")
+    ap.add_argument("--tls", action="store_true", help="clusters with auth: secret and tls: (certificates made here)")
     ap.add_argument("--idle-wait", type=float, default=20.0,
                     help="seconds to wait for a quiet machine before each timed run (default 20)")
     for sc in SCENARIOS:

@@ -25,8 +25,9 @@ PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
 NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
 REFUSED = "not authorized: no valid proof of the cluster secret (a personal cluster serves its owner only)"
+TLS_ONLY = "not authorized: the cluster speaks TLS only (config key tls: {cert, key, ca}; README: Trust)"
 CLUSTER = "cluster"  # caller(): a holder of the cluster secret
-_tls_context = None  # the client side's, made once
+_tls_context = _tls_server = None  # the client side's and the daemons' (tls_client, tls_server), made once
 _CRED = "cred:"
 _path: str | None = None
 _key: bytes | None = None
@@ -46,9 +47,9 @@ def use(path: str | None, master: tuple | None = None, tls: dict | None = None) 
     """The secret this process presents and checks: the file at `path`, read when first needed (a personal
     cluster's is made by its daemon, maybe after its client read the config); None: none. `master`: the
     cluster's master address, which names where this host's node signs credentials for users."""
-    global _path, _key, _cred_at, _tls, _tls_context
+    global _path, _key, _cred_at, _tls, _tls_context, _tls_server
     _path, _key, _cred_at = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None
-    _tls, _tls_context = tls, None
+    _tls, _tls_context, _tls_server = tls, None, None
 
 
 def key() -> bytes | None:
@@ -129,19 +130,59 @@ def tls_client():
     return _tls_context
 
 
+def tls_server():
+    """The daemons' TLS context (Pyro5's and the side channel's), or None without `tls:`: it verifies a client's
+    certificate when the client shows one (a daemon's) and takes clients without (users, who prove who they are
+    with a credential), as tls_client()."""
+    global _tls_server
+    if _tls and _tls_server is None:
+        import ssl
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_tls["ca"])
+        context.load_cert_chain(_tls["cert"], _tls["key"])
+        context.verify_mode, context.sslsocket_class = ssl.CERT_OPTIONAL, _daemon_side(ssl.SSLSocket)
+        _tls_server = context
+    return _tls_server
+
+
+def _daemon_side(base):
+    class DaemonSide(base):
+        """A daemon's TLS connection. Its handshake is made by its first read, in the thread serving it: Pyro5
+        made it in accept(), where a peer that connects and says nothing stalled every other connection. A peer
+        speaking plain Pyro5 is told in plain Pyro5 (its grun says so at once, where a reset looks like a
+        daemon away, retried for minutes); a refused peer is logged with its address."""
+        do_handshake_on_connect = property(lambda self: False, lambda self, value: None)
+
+        def recv(self, n, flags=0):
+            if self.version() is not None:
+                return super().recv(n, flags)
+            try:
+                if socket.socket.recv(self, 4, socket.MSG_PEEK) == b"PYRO":
+                    import msgpack
+
+                    from .wire import _CONNECTFAIL, _message
+                    socket.socket.sendall(self, _message(_CONNECTFAIL, 0, 0, msgpack.packb(TLS_ONLY)))
+                    raise ConnectionRefusedError("it speaks plain Pyro5, not TLS")
+                return super().recv(n, flags)  # the handshake, then the data
+            except OSError as exc:
+                import logging
+                peer = "?"
+                with contextlib.suppress(OSError):
+                    peer = "{}:{}".format(*self.getpeername()[:2])
+                logging.getLogger("grun.auth").warning("refused a connection from %s: TLS: %s", peer, exc)
+                raise
+    return DaemonSide
+
+
 def tls_pyro5() -> None:
-    """With `tls:`, Pyro5's daemons and proxies in this process speak TLS: a daemon verifies a client's
-    certificate when it shows one (a daemon's) and takes clients without (users), as tls_client()."""
+    """With `tls:`, Pyro5's daemons and proxies in this process speak TLS (tls_server(); the daemons' proxies
+    show this host's certificate)."""
     if not _tls:
         return
-    import ssl
-
     from Pyro5 import config, socketutil
     config.SSL, config.SSL_CACERTS, config.SSL_REQUIRECLIENTCERT = True, _tls["ca"], False
     config.SSL_SERVERCERT = config.SSL_CLIENTCERT = _tls["cert"]
     config.SSL_SERVERKEY = config.SSL_CLIENTKEY = _tls["key"]
-    socketutil.get_ssl_context(servercert=_tls["cert"], serverkey=_tls["key"], cacerts=_tls["ca"]).verify_mode = \
-        ssl.CERT_OPTIONAL  # (Pyro5 caches this context for its daemons: it knows only NONE or REQUIRED)
+    socketutil.__ssl_server_context = tls_server()  # (Pyro5's cache of its daemons' context: ours, as set up here)
 
 
 def who(given, bound: str = ""):

@@ -2,8 +2,8 @@
 
 A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr into spool files on its
 node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
-raw TCP socket, from any offset while the job runs, so it can detach and re-attach (invariant 3), and
-its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
+TCP socket (TLS with `tls:`, see `secure`), from any offset while the job runs, so it can detach and
+re-attach (invariant 3), and its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
 length + payload. The client first sends its 32-hex-character token, then (with a cluster secret) a proof
 of the secret bound to that token (grun.auth); the server answers or closes.
 No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
@@ -62,6 +62,84 @@ def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEP
     for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
         if hasattr(socket, name):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
+    """A connection to a node's side channel, tuned; with `tls:`, TLS (secure). The one place they are made."""
+    # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
+    sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port), timeout=timeout)
+    tune(sock)
+    if (tls := auth.tls_client()) is not None:
+        try:
+            return secure(sock, tls, timeout, server_hostname=host)
+        except OSError as e:
+            from .wire import NotAuthorized, refused_tls
+            raise NotAuthorized(f"TLS with {host}:{port} failed: {e}") if refused_tls(e) else e from None
+    return sock
+
+
+def secure(sock: socket.socket, context, timeout: float, **how) -> socket.socket:
+    """`sock` made TLS with `context` (its handshake within `timeout`), behind a local socket pair: the
+    caller gets the plain end, and a thread of its own relays between the other and the TLS socket. Python's
+    SSL sockets must not be read and written by two threads at once (the client's receiver and input sender,
+    the node's pump and stdin reader); so only the relay touches the SSL object, and the callers keep their
+    sendfile, splice and shutdown on the plain end, the same code with TLS on or off."""
+    sock = context.wrap_socket(sock, do_handshake_on_connect=False, **how)
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+        ours, theirs = socket.socketpair()
+    except BaseException:
+        sock.close()
+        raise
+    ours.settimeout(timeout)
+    threading.Thread(target=_relay, args=(sock, theirs), name="grun-stream-tls", daemon=True).start()
+    return ours
+
+
+def _relay(tls, plain: socket.socket) -> None:
+    """Bytes both ways between a TLS socket and the plain one, non-blocking, until both ways have ended
+    (an end is passed on as a half-close) or the plain end's owner hangs up (HUP); then closes both."""
+    import ssl
+    down = up = b""  # read from TLS, not yet written to plain; and the other way
+    down_open = up_open = True
+    try:
+        tls.setblocking(False)
+        plain.setblocking(False)
+        while down_open or down or up_open or up:
+            moved, waits = False, 0
+            for step in range(4):  # (each its own try: any may block while the others go)
+                try:
+                    if step == 0 and down_open and not down:
+                        down, moved = tls.recv(BATCH), True  # (one TLS record, 16 KiB at most)
+                        if not down:
+                            down_open = False
+                            plain.shutdown(socket.SHUT_WR)
+                    elif step == 1 and down:
+                        down, moved = down[plain.send(down, _NOSIGNAL):], True
+                    elif step == 2 and up_open and not up:
+                        up, moved = plain.recv(BATCH), True
+                        if not up:
+                            up_open = False
+                            socket.socket.shutdown(tls, socket.SHUT_WR)  # (TLS's shutdown would drop the SSL object)
+                    elif step == 3 and up:
+                        up, moved = up[tls.send(up):], True
+                except BlockingIOError:
+                    pass
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as e:
+                    waits |= select.POLLOUT if isinstance(e, ssl.SSLWantWriteError) else select.POLLIN
+            if not moved:  # wait for what blocked; the TLS socket only if we wait on it (its HUP is for later)
+                poller = select.poll()
+                if waits:
+                    poller.register(tls, waits)
+                poller.register(plain, (select.POLLOUT if down else 0) | (select.POLLIN if up_open and not up else 0))
+                if any(fd == plain.fileno() and ev & (select.POLLHUP | select.POLLERR) for fd, ev in poller.poll()):
+                    return
+    except OSError:
+        pass  # a peer went away: closing the plain end tells its owner
+    finally:
+        plain.close()
+        tls.close()
 
 
 def write_all(fd: int, data) -> None:
@@ -152,10 +230,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     sock, send_lock = None, threading.Lock()
     try:
         try:
-            # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
-            sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port),
-                                            timeout=connect_timeout)
-            tune(sock)
+            sock = connect(host, port, connect_timeout)
             sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
             sock.settimeout(None)
         except OSError as e:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from . import auth
 from . import stream as wire
 from .tail import Tail
+from .wire import refused_tls
 
 log = logging.getLogger("grun.stream")
 
@@ -181,7 +182,10 @@ class StreamServer:
         closed once both are done with it."""
         conn = None
         try:
+            wire.tune(sock)
             sock.settimeout(HANDSHAKE_TIMEOUT)
+            if (tls := auth.tls_server()) is not None:
+                sock = wire.secure(sock, tls, HANDSHAKE_TIMEOUT, server_side=True)  # (a refusal: logged below)
             got = (wire.recv_exact(sock, wire.TOKEN_LEN + auth.PROOF_LEN * bool(auth.key())) or b"").decode("latin-1")
             token, proof = got[:wire.TOKEN_LEN], got[wire.TOKEN_LEN:]
             if auth.key() and not auth.verify(proof, token) and not (
@@ -197,12 +201,14 @@ class StreamServer:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
             sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
-            wire.tune(sock)
             conn.reader = threading.Thread(target=conn.read, name=f"grun-stream-in-{peer}", daemon=True)
             conn.reader.start()
             conn.pump()
         except OSError as e:
-            log.info("stream %s: connection ended: %s", peer, e)
+            if refused_tls(e):
+                log.warning("stream %s: refused: TLS: %s", peer, e)
+            else:
+                log.info("stream %s: connection ended: %s", peer, e)
         except Exception:
             log.exception("stream %s: serving failed", peer)
         finally:

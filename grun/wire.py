@@ -51,6 +51,12 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # ConnectionError, TimeoutError and CallBroken are OSErrors
 
 
+def refused_tls(exc: BaseException) -> bool:
+    """Whether a TLS peer refused us (our certificate, its, the protocol), which retrying does not heal; not
+    a connection that ended (SSLEOFError and the like: a daemon away)."""
+    return type(exc).__name__ in ("SSLError", "SSLCertVerificationError") and type(exc).__module__ == "ssl"
+
+
 def may_have_arrived(exc: BaseException) -> bool:
     """Whether a call that failed this way may have reached the peer (the connection broke after the
     request was sent, or the answer did not come in time)."""
@@ -136,7 +142,11 @@ class WireProxy:
                     self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
                 except OSError as exc:  # (ssl.SSLError is one) the peer is not the cluster's, or we are not
                     self._pyroRelease()
-                    raise NotAuthorized(f"TLS with {self._host}:{self._port} failed: {exc}") from None
+                    if not refused_tls(exc):  # (a reset or a timeout: a daemon away, or busy)
+                        raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
+                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here)"
+                                        if "WRONG_VERSION_NUMBER" in str(exc) else
+                                        f"TLS with {self._host}:{self._port} failed: {exc}") from None
             hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
         self._seq = (self._seq + 1) & 0xFFFF
         sock, sent = self._sock, False
@@ -159,6 +169,8 @@ class WireProxy:
                 raise Garbled(f"unexpected reply (type {kind}, sequence {seq}, flags {flags}) to {method}")
         except BaseException as exc:
             self._pyroRelease()
+            if refused_tls(exc):  # (with TLS 1.3, a daemon refuses our certificate after our handshake is done)
+                raise NotAuthorized(f"TLS with {self._host}:{self._port} failed: {exc}") from None
             if isinstance(exc, TimeoutError):
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
             if isinstance(exc, OSError) and not isinstance(exc, CallRejected):

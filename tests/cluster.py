@@ -32,6 +32,28 @@ def account(*argv: str, check: bool = True) -> None:
         raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
 
 
+def tls_ca(root: str, name: str) -> tuple[str, str]:
+    """A certificate authority made with openssl: its certificate and key (mode 0600)."""
+    key, cert = os.path.join(root, f"{name}.key"), os.path.join(root, f"{name}.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    f"/CN={name}", "-keyout", key, "-out", cert], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def tls_signed(root: str, name: str, ca: tuple[str, str]) -> dict:
+    """A certificate for 127.0.0.1 signed by `ca`, with its key (mode 0600) and the CA: a `tls:` value."""
+    key, csr, cert, ext = (os.path.join(root, f"{name}.{x}") for x in ("key", "csr", "pem", "ext"))
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", key,
+                    "-out", csr], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+                    "-days", "2", "-extfile", ext, "-out", cert], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return {"cert": cert, "key": key, "ca": ca[0]}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

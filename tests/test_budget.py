@@ -24,7 +24,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Policy rules (issue 12: grun/core/expr.py 192 and grun/core/rules.py 226, the master's RuleFacts and
 # submit_jobs 51, why/--long/refusal/placement 23, client warnings 6, config 4) 502.
 # Learned requests (issue 11 points 1, 2, 4: grun/core/learn.py 158, its config keys, `*` in -q jobs) 175 (and config.py's _limits inlined, -5, to stay at 500).
-TOTAL, MODULE, MEDIAN = 11377, 500, 200
+# TLS on the output side channel (a relay thread per connection that alone touches the SSL object), the daemons'
+# TLS handshake off Pyro5's accept loop, and one-line errors for TLS refusals and TLS/plain mismatches 134.
+TOTAL, MODULE, MEDIAN = 11511, 500, 200
 
 
 def module_lines() -> dict[str, int]:

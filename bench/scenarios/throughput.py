@@ -76,7 +76,8 @@ def _submitter(count: str, host: str, port: str) -> None:
     import grun
     from grun import auth
     from grun.client import Client
-    auth.use(os.environ.get("GRUN_BENCH_SECRET"))  # (--auth: the cluster's secret)
+    keys = json.loads(os.environ.get("GRUN_BENCH_KEYS") or "{}")  # (--auth, --tls: the cluster's secret, TLS)
+    auth.use(keys.get("secret_file"), None, keys.get("tls"))
     client = Client(host, int(port))
     client.call("ping")
     spec = job_spec()
