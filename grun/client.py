@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import wire
+from . import mounts, wire
 from .registry import job_name, master_uri
 
 # Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, and
@@ -82,6 +82,7 @@ class Client:
             raise GrunError(f"bad master address {host!r}: {exc}" if host else str(exc)) from None
         self.host, self.port, self.address = host, int(port), format_hostport(host, int(port))
         self.connect_wait, self._answered = connect_wait, False
+        self.nfs_sync = cfg is None or cfg.nfs_sync  # refresh NFS's cache of a job's outputs once it has ended
         self.long_wait = max(connect_wait, 3600.0)  # how long a wait rides through a master that is away
         self.call_timeout = 90.0  # a call that waits on the master (wait, a group commit) answers well within it
         if cfg is not None and cfg.personal and not self.reachable():  # else no daemon code is imported
@@ -242,6 +243,8 @@ class Client:
         """Wait for the job's end (as `wait`) and return its exit code; `on_limit(text)` hears of a limit it died of."""
         final = self.wait([job_id], timeout)[job_id]
         _tell_limit(on_limit, final, job_id)
+        if self.nfs_sync:
+            mounts.after(final)
         return int(final.get("exit", 1))
 
     def wait_started(self, job_id: int, on_wait=None) -> dict:
@@ -316,6 +319,8 @@ class Client:
                 # the master has the job's end a few ms after the stream's: wait for it, so that
                 with contextlib.suppress(GrunError):  # `grun -q history` right after shows it
                     self.call("wait", [job_id], SETTLE_WAIT, wait=0)
+                if self.nfs_sync:
+                    mounts.after(job)
                 return J.exit_code_of(status)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -363,6 +368,8 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
+    if fs := mounts.identity(spec["cwd"]):  # (a local cwd: none, and no placement by it)
+        spec["cwd_fs"] = fs
     try:
         chosen = {"cpus": cpus if cpus is None else parse_cpus(cpus),
                   "memory": memory if memory is None else parse_memory(memory),

@@ -168,6 +168,9 @@ KEYS = {key.name: key for key in (
         4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),  # grun.core.learn
     Key("learn_runs", lambda v: int(number(v, "3 to 1000", least=3, most=1000)), 20, _Q, True, "how many of a "
         "program's last runs its estimates come from (p95)"),
+    # NFS and the working directory (grun/mounts.py)
+    Key("nfs_sync", parse_bool, True, _X, True,
+        "refresh NFS's cache of a job's cwd, command and -M files before and after it"),
 )}
 
 

@@ -27,7 +27,7 @@ import subprocess
 import time
 
 from . import limits as L
-from . import spool
+from . import mounts, spool
 from .gpu import device_env
 
 SHELL = "/bin/sh"
@@ -221,6 +221,9 @@ class Reaper:
         except OSError as exc:
             _close(out, err, *keep.values())
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
+        if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
+            with _as_user(ident):
+                mounts.sync(job["nfs_sync"])
         status = {"start_time": time.time()}
         try:
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,

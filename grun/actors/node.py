@@ -19,7 +19,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import auth, limits, registry, spawner
+from .. import auth, limits, mounts, registry, spawner
 from ..background import Loop
 from ..config import KEYS
 from ..plugins import Plugins
@@ -41,13 +41,14 @@ class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
                  cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
                  hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float,
-                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = ""):
+                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = "", nfs_sync: bool = True):
         """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
         self.plugins = plugins or Plugins()
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
         self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
         self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
         self.min_free_memory, self.kill_grace, self.spool_max, self.wrap = min_free_memory, kill_grace, spool_max, wrap
+        self.nfs_sync, self.mounts = nfs_sync, mounts.network(mounts.table())  # (told the master when they change)
         self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
         self.monitor = Monitor(count_outside_load)
         # Launches are numbered within this process's life (its incarnation), so the master can tell
@@ -102,7 +103,8 @@ class Node(NodeJobs):
                         self.launch_seq += 1
                         live = LiveJob(job_id, os.path.join(self.jobs_dir, str(job_id)),
                                        dict(job, node=self.name, node_wrap=self.wrap,
-                                            limits=limits.job_limits(job, self.hard_factor, self.ulimit)))
+                                            limits=limits.job_limits(job, self.hard_factor, self.ulimit),
+                                            nfs_sync=mounts.job_paths(job, self.mounts) if self.nfs_sync else []))
                         self._register_job(live)
                 if live is not None:
                     self.plugins.start(live.job, spawner.SHELL)  # (before job.json is written)
@@ -224,7 +226,8 @@ class Node(NodeJobs):
                     "seq": self.launch_seq}
 
     def _register(self) -> dict:
-        reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus,
+        self.mounts = mounts.network(mounts.table())
+        reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus, "mounts": self.mounts,
                                             "memory": self.memory, **self._held(), "plugins": self.plugins.names,
                                             **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
@@ -259,11 +262,13 @@ class Node(NodeJobs):
         return True
 
     def _load(self) -> dict:
-        held, (cores, memory) = self._held(), self.monitor.outside()
+        held, (cores, memory), now = self._held(), self.monitor.outside(), mounts.network(mounts.table())
+        changed, self.mounts = now != self.mounts, now
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
                 "outside_cpus": cores, "outside_memory": memory, "grun_cpus": self.monitor.grun_cores,
-                "usage": {str(k): v for k, v in self.monitor.usage.items()}, **spool_space(self.jobs_dir)}
+                "usage": {str(k): v for k, v in self.monitor.usage.items()}, **spool_space(self.jobs_dir),
+                **({"mounts": now} if changed else {})}
 
     def shutdown(self) -> None:
         auth.require("stop a node")

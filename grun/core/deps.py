@@ -84,7 +84,8 @@ def retry_or_finish(job: dict, rec: dict) -> dict:
     """A finish record, or the retry that replaces it: the job failed (not killed by its user) with
     retries left."""
     result = rec["result"]
-    if (job.get("retried", 0) >= job.get("retries", 0) or result.get("status") or job.get("kill_requested")
+    tried = job.get("retried", 0) - len(job.get("exclude", ()))  # (a node without its cwd is not a failure)
+    if (tried >= job.get("retries", 0) or result.get("status") or job.get("kill_requested")
             or not J.exit_code_of(result)):
         return rec
     return {"op": "retry", "id": job["id"], "time": rec["time"], "at": rec["time"] + job.get("retry_delay", 0.0),

@@ -7,6 +7,7 @@ labels, too small, or busy now and with what), the job's place in the queue, and
 
 import itertools
 
+from ..mounts import unmounted
 from . import jobs as J
 from .deps import waiting_text
 from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
@@ -51,6 +52,8 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             return f"no node has {name}"
         if not pool:
             return f"no node has {name}={want}"
+    if job.get("cwd_fs") and all(unmounted(job, n.mounts) for n in pool):
+        return f"no node mounts {unmounted(job, pool[0].mounts)}"
     largest = max(n.cpus for n in pool)
     if job["cpus"] > largest + EPS:
         return f"no node has {job['cpus']:g} cpus; largest is {largest:g}"
@@ -156,6 +159,9 @@ def explain(job: dict, master, now: float) -> str:
     position, higher = len(ahead) + 1, sum(other["priority"] > job["priority"] for other in ahead)
     lines.append(f"It is number {position} of {len(table.pending)} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
+    if job.get("cwd_fs") and (up := [n for n in table.nodes.values() if n.up]) and all(
+            unmounted(job, n.mounts) for n in up):
+        lines.append(f"No node up mounts {unmounted(job, up[0].mounts)}.")
     if limit := table.quotas.refusal(job):
         lines.append(f"It waits under a limit of the config: {limit}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits", "disk"))

@@ -36,6 +36,7 @@ SPEC_KEYS = {
     "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
     *DEP_KINDS, "retries", "retry_delay",
     "wrap",  # a command prefix (grun.spawner.wrapped)
+    "cwd_fs",  # the network filesystem the cwd lies on (grun.mounts.identity): placed only where it is mounted
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
@@ -175,6 +176,11 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         out["retry_delay"] = float(_number(spec, "retry_delay", 0, MAX_RETRY_DELAY))
     if (wrap := _text(spec, "wrap", MAX_PATH)) is not None:
         out["wrap"] = wrap
+    if (fs := spec.get("cwd_fs")) is not None:
+        if not isinstance(fs, dict) or sorted(fs) != ["root", "source", "sub", "type"] or not all(
+                isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()):
+            raise ValueError("cwd_fs must map type, source, root and sub to strings")
+        out["cwd_fs"] = dict(fs)
     return out
 
 

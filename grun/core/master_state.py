@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import KEYS
+from ..mounts import reported
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
@@ -320,6 +321,7 @@ class MasterState:
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
         node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
+        node.mounts = reported(info.get("mounts"))
         # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
                      and self.launched[i][1] > seq}
@@ -350,6 +352,8 @@ class MasterState:
         node.outside_cpus = max(0.0, float(info.get("outside_cpus") or 0.0))
         node.outside_memory = max(0, int(info.get("outside_memory") or 0))
         node.spool_free, node.disk = info.get("spool_free"), disk_low(f"node {name}", info, self.settings)
+        if "mounts" in info:  # sent when they changed
+            node.mounts = reported(info["mounts"])
         for job_id, usage in (info.get("usage") or {}).items():
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == name:
@@ -383,7 +387,12 @@ class MasterState:
         for job_id, rep in zip(acked, reports):
             result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
             rec = self.table.finish_record(job_id, result, now, node=name, attempt=rep.get("attempt"))
-            rec = rec and D.retry_or_finish(self.table.jobs[job_id], rec)
+            job = self.table.jobs.get(job_id)
+            if rec and rep.get("error") == f"cwd {job['cwd']} does not exist on node {name}" and (
+                    again := self.table.elsewhere_record(job, name, rep["error"], now)):  # (grun.spawner's exit 2)
+                rec = again
+                step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
+            rec = rec and (D.retry_or_finish(job, rec) if rec["op"] == "finish" else rec)
             if rec is not None and rep.get("lost"):
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
                 why = f"node {name}: {rep.get('error') or 'job lost'}"

@@ -14,12 +14,13 @@ import random
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 
+from ..mounts import unmounted
 from .rules import meets
 
 EPS = 1e-9
 # What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
 # node to another place in its index (usage, up/down).
-_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices"})
+_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices", "mounts"})
 _WATCHED = _DESCRIBED | {"used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"}
 
 
@@ -49,6 +50,7 @@ class NodeView:
     grun_cpus: float = 0.0
     spool_free: float | None = None  # MB, and (refusing, text) when its spool is getting full (explain.disk_low)
     disk: tuple | None = None
+    mounts: list | None = None  # its network filesystems (grun.mounts.network), None: not known
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -121,6 +123,10 @@ def mismatch(node: NodeView, job: dict) -> str | None:
         return f"not in hosts {job['host']}"
     if job.get("nodes") and not meets(job["nodes"], node):  # a policy rule's nodes: condition
         return f"does not meet {job['nodes']}"
+    if node.name in job.get("exclude", ()):  # the job's cwd was found missing there (MasterState.on_finished)
+        return f"cwd {job['cwd']} does not exist there"
+    if fs := unmounted(job, node.mounts):
+        return f"does not mount {fs}"
     for name, want in (job.get("params") or {}).items():
         if name in node.labels:
             if not label_matches(node.labels[name], want):
@@ -155,7 +161,9 @@ def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
 def shape(job: dict) -> tuple:
     """What placement sees of a job: jobs of one shape fit the same nodes."""
     params = tuple(sorted((job.get("params") or {}).items()))
-    return job["cpus"], job["memory"], job.get("host"), params, job.get("nodes")  # (nodes: a rule's condition)
+    fs = job.get("cwd_fs") or {}  # (nodes: a rule's condition; exclude: nodes without its cwd)
+    return job["cpus"], job["memory"], job.get("host"), params, job.get("nodes"), fs.get("source"), \
+        fs.get("root"), fs.get("sub"), tuple(job.get("exclude", ()))
 
 
 class NodeIndex(dict):

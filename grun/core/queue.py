@@ -135,6 +135,8 @@ class JobTable:
             self.pending.remove(job)
             job.update(node=None, lost_from=None, retry_reason=rec["reason"], retry_at=rec["at"],
                        retried=job.get("retried", 0) + 1)
+            if rec.get("exclude"):  # not there again: its cwd does not exist there (elsewhere_record)
+                job["exclude"] = [*job.get("exclude", ()), rec["exclude"]]
             self._settle(job, rec["time"])
         elif op == "lend":  # (nested grun)
             job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
@@ -353,6 +355,13 @@ class JobTable:
             return {"op": "requeue", "id": job["id"], "node": job.get("node"), "reason": reason, "time": now}
         return {"op": "finish", "id": job["id"], "time": now,
                 "result": {"status": J.LOST, "exit_code": LOST_EXIT, "error": reason}}
+
+    def elsewhere_record(self, job: dict, node: str, why: str, now: float) -> dict | None:
+        """A job whose cwd does not exist on `node`: run it again, never there, when a node up could run it."""
+        others = {**job, "exclude": [*job.get("exclude", ()), node]}
+        if not job.get("kill_requested") and any(n.up and n.could_ever_fit(others) for n in self.nodes.values()):
+            return {"op": "retry", "id": job["id"], "time": now, "at": now, "reason": why, "exclude": node}
+        return None
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
                   in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:

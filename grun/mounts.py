@@ -1,0 +1,154 @@
+"""Network filesystems: which ones this host mounts (/proc/self/mountinfo), which one a path lies on, whether
+a node has the one a job's cwd lies on, and `sync`, the original grun's nfs_sync (refreshing their attribute
+caches, so that a job sees the files a job on another host has just written).
+
+A filesystem is named as the kernel shows it: {"type": "nfs4", "source": "server:/export", "root": its mount
+point, "sub": the path inside it mounted there, "/" for all}. A node reports its network mounts and autofs
+points (where one may appear on demand); a job carries its cwd's (`cwd_fs`), none when that is local.
+"""
+
+import _thread
+import contextlib
+import os
+import re
+import time
+
+MOUNTINFO = "/proc/self/mountinfo"
+NETWORK = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "fuse.ceph", "fuse.ceph-fuse",
+                     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "beegfs", "gpfs", "afs", "fuse.s3fs", "9p"})
+AUTOFS = "autofs"
+SYNC_SECS = 2.0  # a sync stuck on a hung server is given up after this long; the job starts anyway
+_idle = _thread.allocate_lock()  # held while a sync runs: one stuck on a hung server stops the next ones
+_table: tuple | None = None  # (when, table()), for fresh=False
+
+
+def parse(text: str) -> list[dict]:
+    """The mounts of a mountinfo text in order (a later one over the same point hides the earlier): `ID PARENT
+    MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`, with \\040 for a space (octal
+    escapes) in paths. Other lines are skipped."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 6 and len(tail) >= 2:
+            if "\\" in line:
+                fields, tail = ([re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f) for f in x] for x in (fields, tail))
+            mounts.append({"type": tail[0], "source": tail[1], "root": fields[4], "sub": fields[3]})
+    return mounts
+
+
+def table(fresh: bool = True) -> list[dict] | None:
+    """This host's mounts (None: not known here, no /proc); `fresh=False`: a reading of the last 5 s will do."""
+    global _table
+    if fresh or _table is None or time.monotonic() - _table[0] > 5.0:
+        try:
+            with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+                _table = time.monotonic(), parse(f.read())
+        except OSError:
+            return None
+    return _table[1]
+
+
+def network(mounts: list[dict] | None) -> list[dict] | None:
+    """What a node reports: its network mounts and autofs points (None: unknown)."""
+    return None if mounts is None else [m for m in mounts if m["type"] in NETWORK or m["type"] == AUTOFS]
+
+
+def reported(value) -> list[dict] | None:
+    """A node's report (`network`'s) as `shared` reads it; None (not known) when it is not one."""
+    keys = ("type", "source", "root", "sub")
+    ok = isinstance(value, list) and all(isinstance(m, dict) and all(type(m.get(k)) is str for k in keys) for m in value)
+    return [{k: m[k] for k in keys} for m in value] if ok else None
+
+
+def lies_on(path: str, mounts: list[dict]) -> dict | None:
+    """The mount a path lies on: the last one of the longest mount point that holds it."""
+    over = [(len(m["root"]), i) for i, m in enumerate(mounts) if _under(path, m["root"])]
+    return mounts[max(over)[1]] if over else None
+
+
+def identity(path: str, mounts: list[dict] | None = None) -> dict | None:
+    """The network filesystem an existing path lies on (after its symlinks), or None when it is local."""
+    mounts = table(fresh=False) if mounts is None else mounts
+    fs = lies_on(os.path.realpath(path), mounts or [])
+    return dict(fs) if fs and fs["type"] in NETWORK else None
+
+
+def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
+    """Whether a node with these mounts (`network`'s) has the filesystem `cwd_fs`: True when it mounts that
+    export (or one that holds it); None when that cannot be told: no cwd_fs, mounts unknown, an autofs point
+    over its mount point (mounted on demand), or another source at the same mount point (the same server by
+    another name, perhaps); else False."""
+    if not cwd_fs or node_mounts is None:
+        return None
+    want = _export(cwd_fs)
+    if any(m["type"] != AUTOFS and _under(want, _export(m)) for m in node_mounts):
+        return True
+    if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and _under(cwd_fs["root"], m["root"])
+           for m in node_mounts):
+        return None
+    return False
+
+
+def unmounted(job: dict, node_mounts: list[dict] | None) -> str | None:
+    """Where the job's cwd lies (`where`), when a node with these mounts is known not to have it (and the
+    job does not stage its files there); else None."""
+    fs = job.get("cwd_fs")
+    return where(fs) if fs and job.get("stage") != "always" and shared(fs, node_mounts) is False else None
+
+
+def _export(fs: dict) -> str:
+    return fs["source"].rstrip("/") + (fs["sub"] if fs.get("sub", "/") != "/" else "")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def where(fs: dict) -> str:
+    return f"{fs['root']} ({fs['type']} {fs['source']}{'' if fs.get('sub', '/') == '/' else ' ' + fs['sub']})"
+
+
+def job_paths(job: dict, mounts: list[dict] | None) -> list[str]:
+    """What a node syncs before a job starts, of what lies on its network filesystems (`mounts`: `network`'s):
+    the job's cwd, the directories of its command's words that are paths, its -M inputs."""
+    if not mounts:
+        return []
+    cwd = job["cwd"]
+    words = job["cmd"][0].split() if job.get("shell") else job["cmd"]
+    dirs = [os.path.dirname(os.path.normpath(os.path.join(cwd, w))) for w in words if "/" in w and w[0] != "-"]
+    return on_network([cwd, *dirs, *job.get("inputs", ())], mounts, job.get("cwd_fs") and cwd)
+
+
+def on_network(paths, mounts: list[dict], known: str | None = None) -> list[str]:
+    """Those of the paths that lie on a network filesystem of `mounts` (and `known`, one the caller knows does)."""
+    return [p for p in dict.fromkeys(paths) if p == known or (m := lies_on(p, mounts)) and m["type"] in NETWORK]
+
+
+def after(job: dict) -> None:
+    """The waiting client's sync once a job has ended: its -M outputs and its cwd, those on a network fs."""
+    if job.get("cwd_fs") or job.get("outputs"):
+        paths = [*job.get("outputs", ()), job["cwd"]]
+        sync(on_network(paths, network(table()) or [], job.get("cwd_fs") and job["cwd"]))
+
+
+def sync(paths, timeout: float = SYNC_SECS) -> None:
+    """Refresh the attribute cache of these paths: opendir/closedir each one's directory and each directory,
+    stat each file, as the original grun's nfs_sync did. Never raises; returns within `timeout` even when
+    a server hangs (a sync still stuck on one stops the next ones: one stuck thread at most)."""
+    if not paths or not _idle.acquire(blocking=False):
+        return
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def walk():
+        try:
+            for path in paths:
+                for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again
+                    with contextlib.suppress(OSError):
+                        os.scandir(name).close() if os.path.isdir(name) else os.stat(name)
+        finally:
+            done.release()
+            _idle.release()
+    _thread.start_new_thread(walk, ())
+    done.acquire(timeout=timeout)
