@@ -31,8 +31,9 @@ def parse(text: str) -> list[dict]:
         left, sep, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if sep and len(fields) >= 6 and len(tail) >= 2:
-            if "\\" in line:
-                fields, tail = ([re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f) for f in x] for x in (fields, tail))
+            if "\\" in line:  # (octal escapes)
+                fields, tail = ([re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), f) for f in x]
+                                for x in (fields, tail))
             mounts.append({"type": tail[0], "source": tail[1], "root": fields[4], "sub": fields[3]})
     return mounts
 
@@ -51,7 +52,7 @@ def table(fresh: bool = True) -> list[dict] | None:
 
 def network(mounts: list[dict] | None) -> list[dict] | None:
     """What a node reports: its network mounts and autofs points (None: unknown)."""
-    return None if mounts is None else [m for m in mounts if m["type"] in NETWORK or m["type"] == AUTOFS]
+    return None if mounts is None else [m for m in mounts if m["type"] in NETWORK | {AUTOFS}]
 
 
 def reported(value) -> list[dict] | None:
@@ -109,33 +110,27 @@ def where(fs: dict) -> str:
     return f"{fs['root']} ({fs['type']} {fs['source']}{'' if fs.get('sub', '/') == '/' else ' ' + fs['sub']})"
 
 
-def job_paths(job: dict, mounts: list[dict] | None) -> list[str]:
-    """What a node syncs before a job starts, of what lies on its network filesystems (`mounts`: `network`'s):
-    the job's cwd, the directories of its command's words that are paths, its -M inputs."""
-    if not mounts:
-        return []
-    cwd = job["cwd"]
-    words = job["cmd"][0].split() if job.get("shell") else job["cmd"]
-    dirs = [os.path.dirname(os.path.normpath(os.path.join(cwd, w))) for w in words if "/" in w and w[0] != "-"]
-    return on_network([cwd, *dirs, *job.get("inputs", ())], mounts, job.get("cwd_fs") and cwd)
-
-
-def on_network(paths, mounts: list[dict], known: str | None = None) -> list[str]:
-    """Those of the paths that lie on a network filesystem of `mounts` (and `known`, one the caller knows does)."""
-    return [p for p in dict.fromkeys(paths) if p == known or (m := lies_on(p, mounts)) and m["type"] in NETWORK]
+def job_paths(job: dict, mounts: list[dict] | None, ended: bool = False) -> list[str]:
+    """What of a job lies on a network filesystem of `mounts` (and its cwd, when it has a cwd_fs): before it
+    starts, its cwd, the directories of its command's words that are paths and its -M inputs; once it has
+    `ended`, its -M outputs and cwd."""
+    cwd, words = job["cwd"], job["cmd"][0].split() if job.get("shell") else job["cmd"]
+    paths = [*job.get("outputs", ()), cwd] if ended else [cwd, *job.get("inputs", ()), *(
+        os.path.dirname(os.path.normpath(os.path.join(cwd, w))) for w in words if "/" in w and w[0] != "-")]
+    return [p for p in dict.fromkeys(paths) if p == cwd and job.get("cwd_fs") or mounts and (
+        m := lies_on(p, mounts)) and m["type"] in NETWORK]
 
 
 def after(job: dict) -> None:
-    """The waiting client's sync once a job has ended: its -M outputs and its cwd, those on a network fs."""
+    """The waiting client's sync once the job has ended."""
     if job.get("cwd_fs") or job.get("outputs"):
-        paths = [*job.get("outputs", ()), job["cwd"]]
-        sync(on_network(paths, network(table()) or [], job.get("cwd_fs") and job["cwd"]))
+        sync(job_paths(job, network(table()), ended=True))
 
 
 def sync(paths, timeout: float = SYNC_SECS) -> None:
-    """Refresh the attribute cache of these paths: opendir/closedir each one's directory and each directory,
-    stat each file, as the original grun's nfs_sync did. Never raises; returns within `timeout` even when
-    a server hangs (a sync still stuck on one stops the next ones: one stuck thread at most)."""
+    """Refresh the attribute cache of these paths as the original grun's nfs_sync did: opendir/closedir each
+    directory (and each path's), stat each file. Never raises; returns within `timeout` even when a server
+    hangs (a sync still stuck on one skips the next ones: one stuck thread at most)."""
     if not paths or not _idle.acquire(blocking=False):
         return
     done = _thread.allocate_lock()

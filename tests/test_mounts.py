@@ -105,10 +105,13 @@ def test_job_paths_and_sync_on_real_files(tmp_path):
     mounts = M.parse(f"70 27 0:40 / {export} rw - nfs4 nas:/export rw\n")
     job = {"cwd": str(export), "cmd": ["./bin/run.sh", "-x", "/usr/bin/env", "in.txt"],
            "inputs": [str(export / "in.txt"), "/etc/hostname"]}
-    assert M.job_paths(job, mounts) == [str(export), str(export / "bin"), str(export / "in.txt")]
-    assert M.job_paths({**job, "shell": True, "cmd": ["cd /tmp && ./bin/x < in.txt"]}, mounts)[:2] == \
-        [str(export), str(export / "bin")]
-    assert M.job_paths(job, []) == []  # a node without network mounts: nothing, at no cost
+    assert M.job_paths(job, mounts) == [str(export), str(export / "in.txt"), str(export / "bin")]
+    assert M.job_paths({**job, "shell": True, "cmd": ["cd /tmp && ./bin/x < in.txt"]}, mounts) == \
+        [str(export), str(export / "in.txt"), str(export / "bin")]
+    assert M.job_paths(job, []) == [] and M.job_paths(job, None) == []  # a node without network mounts
+    assert M.job_paths({**job, "cwd_fs": NFS}, []) == [str(export)]  # (the client found it on one)
+    ended = {**job, "outputs": [str(export / "out"), "/tmp/out"]}
+    assert M.job_paths(ended, mounts, ended=True) == [str(export / "out"), str(export)]
     (export / "in.txt").write_text("x")
     started = time.monotonic()
     M.sync([str(export / "in.txt"), str(export / "bin"), str(export / "missing" / "deep"), "/proc/1/root/x"])
@@ -230,17 +233,23 @@ def sshfs(tmp_path_factory):
     try:
         wait_for(lambda: subprocess.run(["sh", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], executable="/bin/bash",
                                         capture_output=True).returncode == 0, 10, what="sshd")
-        procs.append(subprocess.Popen(
-            ["sshfs", "-f", "-p", str(port), "-o", f"IdentityFile={root}/user,StrictHostKeyChecking=no,"
-             + "UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR,cache=no,attr_timeout=0,entry_timeout=0,"
-             + "negative_timeout=0", f"root@127.0.0.1:{export}", str(mnt)], stderr=subprocess.DEVNULL))
-        wait_for(lambda: M.identity(str(mnt), M.table()), 10, what="the sshfs mount")
-        cluster = SshfsCluster(str(root / "cluster"), [str(mnt)], str(hidden)).start()
-        yield SimpleNamespace(cluster=cluster, export=export, mnt=mnt, hidden=hidden, log=log, sshfs=procs[1])
+
+        def mount(there, here):
+            procs.append(subprocess.Popen(
+                ["sshfs", "-f", "-p", str(port), "-o", f"IdentityFile={root}/user,StrictHostKeyChecking=no,"
+                 + "UserKnownHostsFile=/dev/null,BatchMode=yes,LogLevel=ERROR,cache=no,attr_timeout=0,entry_timeout=0,"
+                 + "negative_timeout=0", f"root@127.0.0.1:{there}", str(here)], stderr=subprocess.DEVNULL))
+            wait_for(lambda: M.identity(str(here), M.table()), 10, what="the sshfs mount")
+            return procs[-1]
+        ns = SimpleNamespace(export=export, mnt=mnt, hidden=hidden, log=log, root=root, sshfs=mount(export, mnt))
+        ns.mount, ns.cluster = mount, SshfsCluster(str(root / "cluster"), [str(mnt)], str(hidden))
+        cluster = ns.cluster.start()
+        yield ns
     finally:
         if cluster is not None:
             cluster.stop()
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        for point in (mnt, root / "mnt2"):
+            subprocess.run(["fusermount3", "-u", "-z", str(point)], capture_output=True)
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=10)
@@ -324,3 +333,26 @@ def test_sync_returns_while_the_server_hangs(sshfs):
     finally:
         sshfs.sshfs.send_signal(signal.SIGCONT)
     wait_for(lambda: not M._idle.locked(), 10, what="the stuck sync to end")
+
+
+def test_a_mount_made_later_is_heard_of(sshfs):
+    """Node a's heartbeat carries its mounts when they change: a filesystem mounted after it registered (no
+    node was known to mount it: refused) is placed there once its next heartbeat has told the master."""
+    cluster, export2, mnt2 = sshfs.cluster, sshfs.root / "export2", sshfs.root / "mnt2"
+    (export2 / "p").mkdir(parents=True)
+    mnt2.mkdir()
+    r = cluster.grun("--nowait", "true", cwd=str(mnt2))  # (local yet: anywhere)
+    assert r.returncode == 0, r.stderr
+    sshfs.mount(export2, mnt2)  # (until a's next heartbeat, refused: "no node mounts")
+    r = wait_for(lambda: (r := cluster.grun("-v", "pwd", cwd=str(mnt2 / "p"))).returncode == 0 and r, 10,
+                 what="node a's heartbeat with its new mount")
+    assert r.stdout.decode() == f"{mnt2}/p\n" and b" on a" in r.stderr, r.stderr
+
+
+def test_a_bad_cwd_fs_is_refused_in_one_line(sshfs):
+    from grun.client import GrunError
+    client = sshfs.cluster.client()
+    for bad in ("nas:/x", {"type": "nfs"}, {**NFS, "root": 7}, {**NFS, "sub": ""}):
+        with pytest.raises(GrunError, match="^cwd_fs must map type, source, root and sub to strings$"):
+            client.submit_spec({"cmd": ["true"], "cwd": "/", "cwd_fs": bad})
+    assert client.reachable()
