@@ -123,9 +123,9 @@ def mismatch(node: NodeView, job: dict) -> str | None:
         return f"not in hosts {job['host']}"
     if job.get("nodes") and not meets(job["nodes"], node):  # a policy rule's nodes: condition
         return f"does not meet {job['nodes']}"
-    if node.name in job.get("exclude", ()):  # the job's cwd was found missing there (MasterState.on_finished)
+    if "exclude" in job and node.name in job["exclude"]:  # its cwd was found missing there (MasterState.on_finished)
         return f"cwd {job['cwd']} does not exist there"
-    if fs := unmounted(job, node.mounts):
+    if "cwd_fs" in job and (fs := unmounted(job, node.mounts)):
         return f"does not mount {fs}"
     for name, want in (job.get("params") or {}).items():
         if name in node.labels:
@@ -161,9 +161,9 @@ def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
 def shape(job: dict) -> tuple:
     """What placement sees of a job: jobs of one shape fit the same nodes."""
     params = tuple(sorted((job.get("params") or {}).items()))
-    fs = job.get("cwd_fs") or {}  # (nodes: a rule's condition; exclude: nodes without its cwd)
-    return job["cpus"], job["memory"], job.get("host"), params, job.get("nodes"), fs.get("source"), \
-        fs.get("root"), fs.get("sub"), tuple(job.get("exclude", ()))
+    fs, out = job.get("cwd_fs"), job.get("exclude")  # (nodes: a rule's condition; exclude: nodes without its cwd)
+    return job["cpus"], job["memory"], job.get("host"), params, job.get("nodes"), \
+        fs and (fs["source"], fs["root"], fs["sub"]), out and tuple(out)
 
 
 class NodeIndex(dict):
