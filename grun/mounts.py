@@ -15,7 +15,7 @@ import time
 
 MOUNTINFO = "/proc/self/mountinfo"
 NETWORK = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "fuse.ceph", "fuse.ceph-fuse",
-                     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "beegfs", "gpfs", "afs", "fuse.s3fs", "9p"})
+                     "glusterfs", "fuse.glusterfs", "fuse.sshfs", "beegfs", "gpfs", "afs", "fuse.s3fs"})
 AUTOFS = "autofs"
 SYNC_SECS = 2.0  # a sync stuck on a hung server is given up after this long; the job starts anyway
 _idle = _thread.allocate_lock()  # held while a sync runs: one stuck on a hung server stops the next ones

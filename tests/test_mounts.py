@@ -58,6 +58,16 @@ def test_parse_real_mountinfo():
     assert M.reported(net) == net and M.reported([{"type": 1}]) is None and M.reported("x") is None
 
 
+def test_a_mount_point_that_is_not_utf8_is_never_matched(tmp_path):
+    """The kernel shows such bytes as they are; read as UTF-8 with replacement, they match no real path
+    (whose undecodable bytes Python holds as surrogates), so a cwd under one is taken as local: no error."""
+    point = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9")
+    os.mkdir(point)
+    text = (b"70 27 0:40 / " + os.fsencode(point) + b" rw - nfs4 nas:/export rw\n").decode("utf-8", "replace")
+    mounts = M.parse(text)
+    assert mounts[0]["root"].endswith("caf\ufffd") and M.identity(point, mounts) is None
+
+
 def test_this_hosts_table_is_read():
     mounts = M.table()
     assert mounts and any(m["root"] == "/" for m in mounts)
@@ -217,7 +227,7 @@ def sshfs(tmp_path_factory):
     if why := _tools():
         pytest.skip(why)
     root = tmp_path_factory.mktemp("nfs")
-    export, mnt, hidden = root / "export", root / "mnt", root / "hidden"
+    export, mnt, hidden = root / "export", root / "m nt", root / "hidden"  # (a space: \040 in mountinfo)
     for d in (export / "proj", mnt, hidden / "proj"):
         d.mkdir(parents=True)
     for key in ("host", "user"):
