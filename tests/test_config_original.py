@@ -66,6 +66,7 @@ def test_each_original_key_is_understood(conf):
     assert (cfg.default_memory, cfg.default_cpus, cfg.default_priority) == (2000, 0.5, 10)  # kB there
     assert (cfg.node_timeout, cfg.requeue, cfg.heartbeat, cfg.output_keep) == (7200, False, 10, 7200)
     assert (cfg.log_level, cfg.allow_root, cfg.ulimit) == ("info", False, {})
+    assert "nfs_sync" not in KEYS or cfg.nfs_sync is True and cfg.where["nfs_sync"] == f"{path}:22"
     assert (cfg.resources, cfg.labels) == ({"gpu": 2, "scratch": 500}, {"os": "centos6"})
     assert cfg.where["default_cpus"] == f"{path}:10 (original default_cpu)"
     assert cfg.where["resources"] == f"{path}:17 (original param-gpu)"
@@ -76,7 +77,8 @@ def test_what_is_not_supported_is_reported_with_what_to_use_instead(conf):
     path = conf(ORIGINAL)
     warnings = {w.split(":")[1]: w for w in load_config(path, environ={}).warnings}
     wrap = [] if "wrap" in KEYS else ["7"]  # (the node's wrap: key, issue 14, once on main)
-    assert sorted(warnings, key=int) == [*wrap, "20", "21", "22", "23", "25", "26", "27"]
+    nfs = [] if "nfs_sync" in KEYS else ["22"]  # (nfs_sync: ours too, issue 14)
+    assert sorted(warnings, key=int) == [*wrap, "20", "21", *nfs, "23", "25", "26", "27"]
     assert all(w.startswith(f"{path}:") for w in warnings.values())
     assert "key 'env' (PATH LD_LIBRARY_PATH PERL5LIB) not supported in this grun" in warnings["20"]
     assert "-E VAR,..." in warnings["20"] and "count_outside_load" in warnings["21"]
