@@ -213,6 +213,9 @@ class Reaper:
             os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
+        if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
+            with _as_user(ident):
+                mounts.sync(job["nfs_sync"])
         out = err = None
         keep: dict[str, int] = {}
         try:
@@ -221,9 +224,6 @@ class Reaper:
         except OSError as exc:
             _close(out, err, *keep.values())
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
-        if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
-            with _as_user(ident):
-                mounts.sync(job["nfs_sync"])
         status = {"start_time": time.time()}
         try:
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
