@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-SETTLE_WAIT = 2.0  # at most this long after its output ended, a job's end is waited for at the master
+SETTLE_WAIT = 5.0  # at most this long after its output ended, a job's end is waited for at the master
 
 
 class GrunError(Exception):

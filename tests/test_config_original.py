@@ -164,6 +164,7 @@ def test_a_cluster_from_an_original_config(tmp_path):
         r = run("-p", "gpu=2", "-p", "os=centos6", "sh", "-c", 'echo "$WRAPPED $GRUN_NODE"')
         wrapped = b"yes" if "wrap" in KEYS else b""  # (the node's wrap: key, issue 14, once on main)
         assert (r.returncode, r.stdout) == (0, wrapped + b" old1\n"), r.stderr
-        assert client.history(1)[0]["memory"] == 300
+        # the client learns the exit from the node's stream, maybe before the node has told the master
+        assert wait_for(lambda: client.history(1), what="the job in history")[0]["memory"] == 300
     finally:
         assert run("-d", "-k").returncode == 0  # (it waits for the daemon to end, by its pid file)
