@@ -16,6 +16,7 @@ Scenarios (numbers as in issue 5), one module each in bench/scenarios/, which sa
   5 streaming   1 GiB (10 GiB with --big) through `grun ... | cat > /dev/null`, next to a raw pipe
   6 slurm       (--slurm) the same jobs through sbatch and srun on ../shared/anchors/slurm; ratios
   9 trace       500 jobs of 12 kinds on 3 nodes: fixed defaults vs over-asking vs learned requests
+ 10 staging     a 2 GiB input staged onto a node without the shared filesystem, next to the output stream
 
 This module is the runner: the options (each scenario adds its own), --commit, the machine, the loop over
 the scenarios, the table and --json. Each scenario starts its own clusters (bench/clusters.py, on
@@ -47,15 +48,15 @@ import psutil
 
 from bench.clusters import GRUN, cleanup_session, session_dir
 from bench.report import Results, render, say
-from bench.scenarios import chain, history, latency, rules, scale, slurm, streaming, throughput, trace
+from bench.scenarios import chain, history, latency, rules, scale, slurm, staging, streaming, throughput, trace
 
-SCENARIOS = (throughput, latency, scale, history, streaming, slurm, chain, rules, trace)
+SCENARIOS = (throughput, latency, scale, history, streaming, slurm, chain, rules, trace, staging)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,3,4,5; 6 with --slurm; 7: a chain of --afterok jobs; 8: policy rules' cost; 9: a trace, defaults vs over-asking vs learned requests)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2 (default 1,2,3,4,5; 6 with --slurm; 7: a chain of --afterok jobs; 8: policy rules' cost; 9: a trace, defaults vs over-asking vs learned requests; 10: staging a 2 GiB input vs the output stream)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the table shows the median (default 3)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, no tsp/slurm/big")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")

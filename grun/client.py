@@ -55,6 +55,8 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
         return NotSupported(f"{method} is not available on the {where}")
     if isinstance(exc, LookupError):
         return JobNotFound(text.strip("'\""))  # a KeyError's message is the repr of its key
+    if isinstance(exc, UnicodeEncodeError):  # a word or file name whose bytes are not UTF-8
+        return GrunError(f"{exc.object.encode(errors='surrogateescape')!r}: not UTF-8, and grun's records are text")
     if isinstance(exc, (ValueError, TypeError)):  # a refused request says why itself
         return GrunError(text)
     return GrunError(f"{where}: {text}")
@@ -272,6 +274,9 @@ class Client:
         from .core import jobs as J
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
             stdin_fd is not None
+        staged = None
+        if any(job.get(k) for k in ("inputs", "outputs", "stage_in", "stage_out")):  # (grun.stage.FILES)
+            from . import stage as staged
         if on_start:
             on_start(job)
         while True:
@@ -297,6 +302,8 @@ class Client:
                     if tail:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
+                    if staged:  # its inputs, if its node does not share our files (grun.stage)
+                        staged.push(sup, job, on_note or (lambda text: None))
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
                     for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                         if ticket.get(key, 0) > asked and on_note:  # the node keeps only spool_max of it
@@ -313,6 +320,8 @@ class Client:
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
+                    if staged and not staged.pull(sup, job, on_note or (lambda text: None)):
+                        release = False  # what did not come back stays on the node
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
                         with contextlib.suppress(OSError):
                             sup._pyroOneway("release")

@@ -13,6 +13,7 @@ from .values import (
     DEFAULT_PORT,
     SERVICES,
     YAML_WORDS,
+    expect,
     format_hostport,
     label,
     named,
@@ -26,6 +27,7 @@ from .values import (
     parse_level,
     parse_memory,
     parse_path,
+    parse_paths,
     parse_plugins,
     parse_priority,
     parse_services,
@@ -171,6 +173,10 @@ KEYS = {key.name: key for key in (
     # NFS and the working directory (grun/mounts.py)
     Key("nfs_sync", parse_bool, True, _X, True,
         "refresh NFS's cache of a job's cwd, command and -M files before and after it"),
+    # staging for nodes without the shared filesystem (grun/stage.py)
+    Key("stage", lambda v: expect(v in ("auto", "always", "never"), "auto, always or never", v) or v, "auto", _X, True,
+        "send jobs' -M and --stage-in/out files to and from this node: auto (when it lacks their cwd), always, never"),
+    Key("fetch_path", parse_paths, lambda c: [], _X, True, "with stage: auto, jobs whose cwd lies under these paths are staged too"),
 )}
 
 

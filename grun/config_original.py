@@ -25,7 +25,6 @@ _UNSUPPORTED = {
         100000` is `rules: [{if: 'prog == "tophat" and size(argv[4]) > 100K', default: {memory: 3000}}]`""",
     "env": f"{_NO}: PATH and the usual session variables always go with a job; `grun -E VAR,...` passes others",
     "idle_load": "not needed: grun counts what other programs use of each node (count_outside_load)",
-    "fetch_path": "not used by grun: the original's gwrap read it",
     **dict.fromkeys(("remove_secs", "retry_secs", "max_buf", "max_sched", "spread_pct"), "not needed: grun's nodes "
                     "report, and its scheduler places jobs, otherwise (node_timeout, heartbeat; README: How it works)"),
     **dict.fromkeys(("full_match", "full_exec"), f"{_NO}: it runs no command when the queue is full"),

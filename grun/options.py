@@ -101,6 +101,9 @@ OPTIONS = [
     Option(None, "retries", "value", _retries, "run a job that fails again, up to N times (default 0)", "N"),
     Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0)", "TIME"),
     Option(None, "wrap", "value", str, "run the command inside PREFIX, at {cmd} (else at its end): a container, a module", "PREFIX"),
+    Option(None, "stage", "value", str, "auto|always|never: send the -M and --stage-in/out files to and from the node (auto: when it lacks the cwd)", "MODE"),
+    Option(None, "stage-in", "list", str, "also send FILE (under the cwd) to the job's node when it is staged", "FILE"),
+    Option(None, "stage-out", "list", str, "also bring FILE (under the cwd) back from the job's node when it is staged", "FILE"),
     Option("v", "verbose", help="print the job id and node on stderr"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
@@ -134,7 +137,7 @@ _BY_LONG = {o.long: o for o in OPTIONS}
 JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
                "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
                "make", "noexec", "after", "afterok", "afternotok", "dependency", "retries", "retry-delay", "verbose",
-               "time", "wrap", "file", "json")
+               "time", "wrap", "stage", "stage-in", "stage-out", "file", "json")
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:

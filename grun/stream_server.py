@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import auth
+from . import auth, stage
 from . import stream as wire
 from .tail import Tail
 from .wire import refused_tls
@@ -142,6 +142,13 @@ class StreamServer:
             offer.by_user = by_user
         return token
 
+    def offer_other(self, offer) -> str:
+        """A one-time token for another kind of connection: a staged job's files (grun.stage.Transfer)."""
+        token, offer.deadline = os.urandom(wire.TOKEN_LEN // 2).hex(), time.monotonic() + TOKEN_TTL
+        with self._lock:
+            self._offers[token] = offer
+        return token
+
     def expire(self, before: float | None = None) -> None:
         """Drop the offers nobody claimed in time (and the job input they held)."""
         before = time.monotonic() if before is None else before
@@ -192,6 +199,8 @@ class StreamServer:
                     proof == auth.NO_PROOF and getattr(self._offers.get(token), "by_user", False)):
                 log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)
                 return
+            if isinstance(other := self._offers.get(token), stage.Transfer):  # a staged job's files
+                return other.serve(sock)
             with self._lock:  # pop: a token is good for one connection
                 conn = self._offers.pop(token, None) if token and not self._closed else None
                 if conn is not None and conn.deadline >= time.monotonic():

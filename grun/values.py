@@ -191,3 +191,11 @@ def parse_path(text, absolute: bool = False):
     path = os.path.normpath(os.path.expanduser(text.strip()))
     expect(os.path.isabs(path) or not absolute, "an absolute path", text)
     return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
+
+
+def parse_paths(value) -> list[str]:
+    """Absolute paths: a list, or one string of them separated by spaces or commas."""
+    paths = value.replace(",", " ").split() if isinstance(value, str) else value
+    expect(isinstance(paths, list) and all(isinstance(p, str) and p.startswith("/") for p in paths),
+           "a list of absolute paths", value)
+    return [os.path.normpath(p) for p in paths]

@@ -200,8 +200,9 @@ def as_command(words: list[str]) -> str | list[str]:
     return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
 
 
-def cli_spec(args: dict, words: list[str]) -> dict:
-    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh)."""
+def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
+    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh); `follow`:
+    this grun follows the job to its end, and can stage its files (grun.stage); else they are never staged."""
     from .client import job_spec
     extra = {}
     for option, append in ((name + suffix, bool(suffix)) for name in OUTPUTS for suffix in ("", "-append")):
@@ -214,7 +215,16 @@ def cli_spec(args: dict, words: list[str]) -> dict:
     for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
-    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay", "wrap") if key in args)
+    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay", "wrap", "stage") if key in args)
+    for key in ("stage-in", "stage-out"):  # (grun.stage)
+        if args.get(key):
+            extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
+            if outside := next((p for p in paths if not p.startswith(os.getcwd().rstrip("/") + "/")), None):
+                raise UsageError(f"--{key} {outside}: only files under the working directory are staged")
+    if not follow and (args.get("stage", "never") != "never" or {"stage-in", "stage-out"} & args.keys()):
+        raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --nowait, --noio, --array, --cmds)")
+    if not follow and args.get("make"):
+        extra["stage"] = "never"  # nobody would serve its files
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)
@@ -297,7 +307,7 @@ def _raise_terminated(*_):
 def _run_new(ctx: Context, args: dict) -> int:
     """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     import signal
-    spec, ids, verbose, run = cli_spec(args, args["cmd"]), [], args.get("verbose"), {}
+    spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
 
     def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
         import shutil

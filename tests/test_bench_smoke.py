@@ -73,6 +73,14 @@ def test_bench_smoke_of_a_commit(tmp_path):
 
 
 @pytest.mark.timeout(90)
+def test_bench_smoke_of_staging(tmp_path):
+    """Scenario 10 (issue 14): an input staged onto a `stage: always` node, next to the output stream."""
+    _, data = smoke(tmp_path, "--only", "10")
+    assert row(data, "10 staging", "4 MiB staged in")["value"] > 0
+    assert row(data, "10 staging", "4 MiB output stream")["value"] > 0
+
+
+@pytest.mark.timeout(90)
 def test_bench_smoke_of_the_trace(tmp_path):
     """Scenario 9 (issue 11): the trace in its three modes, each with its figures."""
     _, data = smoke(tmp_path, "--only", "9")

@@ -19,7 +19,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import auth, limits, mounts, registry, spawner
+from .. import auth, limits, mounts, registry, spawner, stage
 from ..background import Loop
 from ..config import KEYS
 from ..plugins import Plugins
@@ -41,7 +41,8 @@ class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
                  cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
                  hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float,
-                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = "", nfs_sync: bool = True):
+                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = "", nfs_sync: bool = True,
+                 stage: str = "auto", fetch_path: list | None = None):
         """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
         self.plugins = plugins or Plugins()
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
@@ -50,6 +51,7 @@ class Node(NodeJobs):
         self.min_free_memory, self.kill_grace, self.spool_max, self.wrap = min_free_memory, kill_grace, spool_max, wrap
         self.nfs_sync, self.mounts = nfs_sync, mounts.network(mounts.table())  # (told the master when they change)
         self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
+        self.stage, self.fetch_path = stage, fetch_path or []  # grun.stage
         self.monitor = Monitor(count_outside_load)
         # Launches are numbered within this process's life (its incarnation), so the master can tell
         # a job list made before a start it saw confirmed from one that really lacks the job.
@@ -105,10 +107,13 @@ class Node(NodeJobs):
                                        dict(job, node=self.name, node_wrap=self.wrap,
                                             limits=limits.job_limits(job, self.hard_factor, self.ulimit),
                                             nfs_sync=mounts.job_paths(job, self.mounts) if self.nfs_sync else []))
+                        if stage.wanted(live.job, self.stage, self.fetch_path, self.mounts):  # (cwd: a work dir)
+                            live.stage = stage.Staged(self, live)
                         self._register_job(live)
                 if live is not None:
                     self.plugins.start(live.job, spawner.SHELL)  # (before job.json is written)
-                    self._launch(live)
+                    if live.stage is None or not live.stage.waiting:  # else once its inputs came (grun.stage)
+                        self._launch(live)
                 started[str(job_id)] = None
             except Exception as exc:
                 log.exception("job %s: cannot start", job_id)
@@ -160,6 +165,8 @@ class Node(NodeJobs):
         self._check_jobs()
         now = time.time()
         for live in list(self.live.values()):
+            if live.stage is not None:
+                live.stage.check()
             if live.status is not None and live.reported and (
                     live.fetched or now - live.finished_at > self.output_keep):
                 self._forget(live)

@@ -29,7 +29,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import auth, registry, spawner, spool
+from .. import auth, registry, spawner, spool, stage
 from ..drain import Drain
 from ..tables import fmt_span
 from .monitor import node_memory_victim, note_limit, over_memory_limit
@@ -58,6 +58,7 @@ class LiveJob:
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit_hit: str | None = None   # the limit the sampler is killing it for
     deadline: float | None = None  # when its time limit runs out
+    stage: object = None           # its grun.stage.Staged, when its files are staged
 
     @property
     def attempt(self) -> int:
@@ -198,7 +199,7 @@ class NodeJobs:
             if once and sig in live.kills:
                 return True
             live.kills.add(sig)
-        if self.job_status(live) is not None:
+        if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging"):
             return True
         if self._job_pid(live) is None:  # not started: its reaper sends the signal once it has the pid
             spool.request_kill(live.dir, sig)
@@ -224,6 +225,8 @@ class NodeJobs:
         with self.lock:
             if live.status is not None:
                 return
+            if live.stage is not None:
+                status = live.stage.ended(status)
             live.status = dict(status, superseded=True) if live.superseded else status
             live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
@@ -422,6 +425,8 @@ class NodeJobs:
             with self.lock:
                 self._register_job(live)
         live.job = job
+        if job.get("stage_home"):  # staged: its inputs came, its outputs may still go back (grun.stage)
+            live.stage = stage.Staged(self, live)
         kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())
         live.reported, live.fetched = "r" in kinds, "f" in kinds
         if self.job_status(live) is not None:

@@ -44,6 +44,11 @@ class JobSupervisor:
         auth.require(f"attach to job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
         return self._node.offer_stream(self._live, int(out_offset), int(err_offset), bool(stdin))
 
+    def stage(self, out: bool = False) -> dict | None:
+        """A one-time ticket to push a staged job's inputs, or (`out`, once it ended) to pull its outputs (grun.stage)."""
+        auth.require(f"stage files of job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
+        return self._live.stage and self._live.stage.offer(bool(out))
+
     def release(self) -> None:
         """The client has the whole output; the spool may go once the master has the status too."""
         self._node.mark_fetched(self._live)

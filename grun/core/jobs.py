@@ -37,6 +37,7 @@ SPEC_KEYS = {
     *DEP_KINDS, "retries", "retry_delay",
     "wrap",  # a command prefix (grun.spawner.wrapped)
     "cwd_fs",  # the network filesystem the cwd lies on (grun.mounts.identity): placed only where it is mounted
+    "stage", "stage_in", "stage_out",  # files sent to and from a node without the shared filesystem (grun.stage)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
@@ -162,7 +163,11 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         if path is not None:
             out[f"{stream}_file"] = path
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
-    for key in ("inputs", "outputs", "needs"):
+    if spec.get("stage") not in (None, "auto", "always", "never"):
+        raise ValueError(f"stage must be auto, always or never, got {spec['stage']!r}")
+    if spec.get("stage"):
+        out["stage"] = spec["stage"]
+    for key in ("inputs", "outputs", "needs", "stage_in", "stage_out"):
         if paths := _paths(spec, key):
             out[key] = paths
     if spec.get("make"):

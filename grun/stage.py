@@ -1,0 +1,336 @@
+"""Staging (issue 14): a job's files moved over its node's side channel, for a node without the submitter's
+filesystem. The job runs in its own work dir on the node (`<job dir>/work`, its user's, gone with the spool),
+each staged file at its path relative to the submit cwd (files outside it are not staged: used in place).
+The submitting `grun` (Client.follow) pushes the `-M` inputs and `--stage-in` files before the job starts, and
+pulls the `-M` outputs and `--stage-out` files once it ended, whatever its exit (a failed make job's as
+FILE.failed). Frames: HEAD (kind, path length, size, mode), the path's bytes, the file's bytes (sendfile out,
+splice in); END ends a transfer (after a push: the node's refusal, if any). A file is received under a
+temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of
+the work dir, neither writing inputs as root nor sending outputs back.
+"""
+
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+
+from . import auth, mounts
+from . import stream as wire
+
+HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
+FILE, MISSING, END = b"F", b"M", b"E"
+WAIT = 300.0                     # a staged job's inputs must come this soon after it reached its node
+RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
+PART = ".grun-part."             # a file being received (+ random hex): never under its final name
+CHUNK = 1 << 20
+FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
+_lock = threading.Lock()
+
+
+class Refused(Exception):
+    """A transfer that cannot go on; its message is for the user."""
+
+
+def under(path: str, home: str) -> str | None:
+    """`path` relative to `home` when it lies inside it, else None."""
+    rel = os.path.relpath(os.path.normpath(path), home)
+    return None if rel in (".", "..") or rel.startswith("../") else rel
+
+
+def wanted(job: dict, mode: str, fetch_path: list, node_mounts: list | None) -> bool:
+    """Stage this job on this node? Its --stage, else the node's `stage:`; auto: a job with files to stage, when
+    the node does not mount its cwd's filesystem (grun.mounts), lacks the cwd, or the cwd lies under `fetch_path:`
+    (a job without files fails there: its cwd is not found)."""
+    mode, cwd = job.get("stage") or mode, job["cwd"]
+    return mode == "always" or mode == "auto" and any(job.get(k) for k in FILES) and (
+        mounts.shared(job.get("cwd_fs"), node_mounts) is False or not os.path.isdir(cwd)
+        or any(cwd == p or under(cwd, p) for p in fetch_path))
+
+
+class Staged:
+    """A staged job on its node (its LiveJob's `stage`): its files, and whether it still waits for its inputs.
+    The job's cwd and -M paths become the work dir's (so the reaper renames failed outputs there)."""
+
+    def __init__(self, node, live):
+        job, self.node, self.live, self.work = live.job, node, live, os.path.join(live.dir, "work")
+        self.home = job.get("stage_home") or job["cwd"]  # (a job re-adopted from its spool has it)
+        rel = lambda p: under(p, self.home) or under(p, self.work)
+        pick = lambda *keys: list(dict.fromkeys(r for k in keys for p in job.get(k) or () if (r := rel(p))))
+        self.inputs, self.outputs = pick("inputs", "stage_in"), pick("outputs", "stage_out")
+        here = lambda key: [os.path.join(self.work, r) if (r := rel(p)) else p for p in job.get(key) or ()]
+        live.job = dict(job, cwd=self.work, stage_home=self.home, inputs=here("inputs"), outputs=here("outputs"))
+        uid = job.get("uid")
+        self.ids = (uid, job.get("gid", uid)) if os.geteuid() == 0 and uid else None
+        self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
+        self.failed, self.deadline, self.sock = False, time.monotonic() + WAIT, None  # (sock: a push under way)
+        os.makedirs(self.work, exist_ok=True)
+        if self.ids:
+            os.chown(self.work, *self.ids)
+
+    def offer(self, out: bool) -> dict | None:
+        """A ticket for the client: to push the inputs (while it waits for them), or to pull the outputs (once
+        it ended); None when there is nothing to do."""
+        if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
+            return None
+        transfer = Transfer(self, out)
+        return {"host": self.node.advertise, "port": self.node.stream.address[1], "files": transfer.files,
+                "token": self.node.stream.offer_other(transfer)}
+
+    def settle(self) -> bool:
+        """Whether the job was still waiting for its inputs (it waits no more)."""
+        with _lock:
+            was, self.waiting = self.waiting, False
+        return was
+
+    def fail(self, why: str) -> bool:
+        """End the job that waits for its inputs (killed, or they did not come whole); False if it did not wait."""
+        if not self.settle():
+            return False
+        self.failed = True
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # a push under way ends, and its half-written file goes
+        self.node._end_failed(self.live, f"staging: {why}")
+        return True
+
+    def check(self) -> None:  # by the node's janitor
+        if self.waiting and time.monotonic() > self.deadline:
+            self.fail(f"no client sent the inputs within {WAIT:g} s")
+
+    def ended(self, status: dict) -> dict:
+        """The job's status, with the outputs that cannot go back named in its error."""
+        gone = []
+        for rel in [] if self.failed else self.outputs:  # (a job that never ran wrote none)
+            fd, _, why = self.open(rel, status)
+            gone.append(f"{rel} {why}") if fd is None else os.close(fd)
+        error = "; ".join(filter(None, [status.get("error"), gone and "staging: " + "; ".join(gone)]))
+        return dict(status, error=error) if error else status
+
+    def open(self, rel: str, status: dict) -> tuple[int | None, str, str | None]:
+        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not)."""
+        for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
+            try:
+                return _open(self.work, name), name, None
+            except FileNotFoundError:
+                continue
+            except OSError as e:  # a symlink on the way (ELOOP, ENOTDIR): followed only within the work dir
+                real = os.path.realpath(os.path.join(self.work, name))
+                if under(real, self.work) is None:
+                    return None, rel, f"is a symlink to {real}, outside the staged tree: not sent back"
+                with contextlib.suppress(OSError):
+                    return _open(self.work, under(real, self.work)), name, None
+                return None, rel, f"cannot be read: {e.strerror}"
+        return None, rel, "was never written by the job"
+
+
+class Transfer:
+    """One offered connection (grun.stream_server hands it over): a push of a job's inputs or a pull of its outputs."""
+
+    def __init__(self, staged: Staged, out: bool):
+        self.staged, self.out, self.claimed, self.by_user = staged, out, False, isinstance(auth.caller(), dict)
+        self.files, self.release = staged.outputs if out else staged.inputs, lambda: None  # (expired: WAIT decides)
+
+    def serve(self, sock: socket.socket) -> None:
+        with _lock:
+            if self.claimed or self.deadline < time.monotonic():
+                return
+            self.claimed = True
+        sock.settimeout(None)  # (tuned already by the stream server)
+        s = self.staged
+        if self.out:
+            for rel in self.files:
+                _send(sock, *s.open(rel, s.live.status or {}))
+            return _end(sock)
+        try:
+            s.sock = sock
+            _receive(sock, s.work, set(self.files), s.ids)
+            s.sock = None
+            if not s.settle():
+                raise Refused("the job no longer waits for its inputs")
+            try:
+                s.node._launch(s.live)
+            except Exception as exc:
+                s.waiting = True
+                raise Refused(f"cannot start the job: {exc}") from None
+            return _end(sock)
+        except Exception as exc:
+            why, s.sock = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}", None
+            s.fail(why)
+            with contextlib.suppress(OSError):
+                _end(sock, why)
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(30)
+                while sock.recv(CHUNK):  # what the client still sends, so that it reads our refusal
+                    pass
+
+
+def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:
+    sock.sendall(HEAD.pack(kind, len(path), size, mode) + path, socket.MSG_MORE if kind == FILE and size else 0)
+
+
+def _end(sock, why: str = "") -> None:
+    _head(sock, END, b"", len(why.encode()))
+    sock.sendall(why.encode())
+
+
+def _read_head(sock) -> tuple[bytes, str, int, int]:
+    head = wire.recv_exact(sock, HEAD.size)
+    kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
+    if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:
+        raise Refused("the connection closed" if head is None else f"garbage frame (kind {kind!r})")
+    path = wire.recv_exact(sock, n) if n else b""
+    if path is None:
+        raise Refused("the connection closed")
+    return kind, os.fsdecode(path), size, mode
+
+
+def _send(sock, fd: int | None, name: str, why: str | None) -> None:
+    """One file as a frame (from its open fd, which this closes), or why it is not sent."""
+    if fd is None:
+        _head(sock, MISSING, os.fsencode(name), len(why.encode()))
+        return sock.sendall(why.encode())
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _send(sock, None, name, "is not a regular file")
+        _head(sock, FILE, os.fsencode(name), st.st_size, st.st_mode & 0o777)
+        done = 0
+        while done < st.st_size:
+            if not (k := os.sendfile(sock.fileno(), fd, done, min(st.st_size - done, 1 << 30))):
+                raise OSError(f"{name} shrank while it was sent")  # (the other side sees the connection break)
+            done += k
+    finally:
+        os.close(fd)
+
+
+def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = False) -> int:
+    """`rel` under `root` read-only, or (`create`) the directory that holds it, made as needed (owned by
+    `ids`); opened without following a symlink on the way, unless `follow` (the client, as its user)."""
+    fd, parts = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), rel.split("/")
+    try:
+        for i, part in enumerate(parts[:-1] if create else parts):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    if ids:
+                        os.chown(part, *ids, dir_fd=fd, follow_symlinks=False)
+            flags = os.O_RDONLY | os.O_NOFOLLOW * (not follow) | os.O_CLOEXEC | (0 if i == len(parts) - 1 else os.O_DIRECTORY)
+            fd, old = os.open(part, flags, dir_fd=fd), fd
+            os.close(old)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bool = False) -> None:
+    """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole."""
+    dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            if ids:
+                os.fchown(fd, *ids)
+            left = size
+            while left:
+                try:
+                    k = os.splice(sock.fileno(), w, min(left, CHUNK))
+                except OSError:  # (reset: as good as closed)
+                    k = 0
+                if not k:
+                    raise Refused(f"the other side went away while {rel} was sent ({size - left} of {size} bytes)")
+                left -= k
+                while k:
+                    try:
+                        k -= os.splice(r, fd, k)
+                    except OSError as e:
+                        raise Refused(f"cannot store {rel}: {e.strerror or e}") from None
+            os.fchmod(fd, mode & 0o777 or 0o644)
+        finally:
+            os.close(fd)
+        os.rename(part, rel.rsplit("/", 1)[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=dir_fd)
+        raise
+    finally:
+        for f in (r, w, dir_fd):
+            os.close(f)
+
+
+def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> list[str]:
+    """Frames until END, each file stored under root. On the node (a push) every expected file must come and
+    fit; on the client (a pull), returns the notes of MISSING frames."""
+    notes = []
+    while (head := _read_head(sock))[0] != END:
+        kind, rel, size, mode = head
+        if rel not in expected:
+            raise Refused(f"{rel!r} was not asked for")
+        expected.discard(rel)
+        if kind == MISSING:
+            notes.append(f"{rel} {(wire.recv_exact(sock, size) or b'').decode(errors='replace')}")
+            if node:
+                raise Refused(notes[-1])
+            continue
+        free = os.statvfs(root)
+        if node and size + RESERVE > free.f_bavail * free.f_frsize:
+            raise Refused(f"{rel} ({size >> 20} MB) does not fit: the node's spool has "
+                          f"{free.f_bavail * free.f_frsize >> 20} MB free")
+        _store(sock, root, rel, size, mode, ids, follow=not node)
+    if node and expected:
+        raise Refused(f"not sent: {', '.join(sorted(expected))}")
+    return notes
+
+
+def _connect(sup, out: bool):
+    """The client's connection for a push or a pull, and its ticket; None when there is nothing to do."""
+    ticket = sup.stage(out)
+    if ticket:
+        sock = wire.connect(ticket["host"], ticket["port"])
+        sock.sendall((ticket["token"] + auth.side_proof(ticket["token"])).encode("ascii"))
+        sock.settimeout(None)
+        return sock, ticket
+
+
+def push(sup, job: dict, note) -> None:
+    """The client, before it attaches to a job's output: its inputs, if its node waits for them."""
+    if not (got := _connect(sup, False)):
+        return
+    sock, ticket = got
+    with sock:
+        with contextlib.suppress(OSError):  # (the node refused: its reason follows)
+            for rel in ticket["files"]:
+                try:
+                    fd, why = os.open(os.path.join(job["cwd"], rel), os.O_RDONLY | os.O_CLOEXEC), None
+                except OSError as e:
+                    fd, why = None, f"cannot be read: {e.strerror}"
+                _send(sock, fd, rel, why)
+            _end(sock)
+        try:
+            why = (wire.recv_exact(sock, _read_head(sock)[2]) or b"").decode(errors="replace")
+        except (Refused, OSError) as e:
+            why = f"the node did not confirm the inputs: {e}"
+    if why:
+        note(f"job {job['id']}: staging failed: {why}")
+
+
+def pull(sup, job: dict, note) -> bool:
+    """The client, once the job ended: its outputs, into its cwd; what did not come back is noted. False when
+    the transfer broke: the node keeps them (output_keep) for `grun --attach`."""
+    if not (got := _connect(sup, True)):
+        return True
+    (sock, ticket), whole = got, True
+    with sock:
+        try:
+            notes = _receive(sock, job["cwd"], {n for rel in ticket["files"] for n in (rel, rel + ".failed")}, node=False)
+        except (Refused, OSError) as e:
+            notes, whole = [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"], False
+    for text in notes:
+        note(f"job {job['id']}: {text}")
+    return whole
