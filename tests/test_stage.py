@@ -107,6 +107,15 @@ def test_auto_stages_a_job_whose_cwd_the_node_lacks_or_under_fetch_path(cluster,
     assert open(os.path.join(fetched, "o.txt")).read() == "from far away\n"
 
 
+def test_auto_stages_when_the_node_does_not_mount_the_cwds_filesystem(tmp_path):
+    """(grun.mounts.shared, the NFS part's answer) even where the cwd's path exists, as here."""
+    fs = {"type": "nfs4", "source": "server:/export", "root": str(tmp_path), "sub": "/"}
+    job = {"cwd": str(tmp_path), "cwd_fs": fs, "inputs": [str(tmp_path / "in")]}
+    assert stage.wanted(job, "auto", [], []) and not stage.wanted(job, "auto", [], [fs])
+    assert not stage.wanted(dict(job, inputs=[]), "auto", [], [])  # nothing to stage: in place (or cwd not found)
+    assert not stage.wanted(job, "never", [], []) and stage.wanted(dict(job, stage="always"), "never", [], [fs])
+
+
 def test_failed_job_outputs_come_back_and_those_it_cannot_send_are_in_its_record(cluster, tmp_path):
     (tmp_path / "a b").mkdir()
     (tmp_path / "a b" / "in x.txt").write_text("hello\n")
