@@ -91,11 +91,17 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     return False
 
 
-def unmounted(job: dict, node_mounts: list[dict] | None) -> str | None:
-    """Where the job's cwd lies (`where`), when a node with these mounts is known not to have it (and the
-    job does not stage its files there); else None."""
+FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
+
+
+def unmounted(job: dict, node) -> str | None:
+    """Where the job's cwd lies (`where`), when the node (a core NodeView: its mounts and `stage:` mode) is
+    known not to have it and would not stage the job's files there (grun.stage.wanted); else None."""
     fs = job.get("cwd_fs")
-    return where(fs) if fs and job.get("stage") != "always" and shared(fs, node_mounts) is False else None
+    if not fs or shared(fs, node.mounts) is not False:
+        return None
+    mode = job.get("stage") or node.stage
+    return None if mode == "always" or mode == "auto" and any(job.get(k) for k in FILES) else where(fs)
 
 
 def _export(fs: dict) -> str:

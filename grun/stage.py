@@ -27,7 +27,7 @@ WAIT = 300.0                     # a staged job's inputs must come this soon aft
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
 CHUNK = 1 << 20
-FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
+FILES = mounts.FILES
 _lock = threading.Lock()
 
 

@@ -30,7 +30,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # excluding a node without the cwd, in core 37; node, client, spawner hooks 17; config 3) 206.
 # Staging (issue 14: grun/stage.py 336; its hooks in the node, supervisor, stream server, client, options, spec,
 # config, values 66) 402.
-TOTAL, MODULE, MEDIAN = 12119, 500, 200
+TOTAL, MODULE, MEDIAN = 12126, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -105,8 +105,13 @@ def test_shared():
     bind = {"type": "nfs", "source": "server:/home", "root": "/home/alice", "sub": "/alice"}
     assert M.shared(bind, node(("nfs", "server:/home", "/home", "/"))) is True
     assert M.shared(fs, node(("nfs", "server:/home", "/home/bob", "/bob"))) is False  # below it, not at it
-    assert M.unmounted({"cwd_fs": fs}, node()) == "/home (nfs nas:/export/home)"
-    assert M.unmounted({"cwd_fs": fs, "stage": "always"}, node()) is None  # (issue 14's staging)
+    lacking = lambda stage: NodeView("n", 1, 100, mounts=node(), stage=stage)  # a node without the export
+    where = "/home (nfs nas:/export/home)"
+    assert M.unmounted({"cwd_fs": fs}, lacking("auto")) == where  # no files to stage: it cannot run there
+    assert M.unmounted({"cwd_fs": fs, "stage": "always"}, lacking("never")) is None  # (issue 14's staging)
+    assert M.unmounted({"cwd_fs": fs, "inputs": ["/home/a"]}, lacking("auto")) is None  # its files are staged
+    assert M.unmounted({"cwd_fs": fs, "inputs": ["/home/a"]}, lacking("never")) == where
+    assert M.unmounted({"cwd_fs": fs, "inputs": ["/home/a"], "stage": "never"}, lacking("auto")) == where
 
 
 def test_job_paths_and_sync_on_real_files(tmp_path):

@@ -5,7 +5,6 @@ stages every job (`stage: always`), node `near` only jobs whose cwd it lacks or 
 have a test: a client killed mid-transfer, a spool too small (a real tmpfs, as root), a disk that fills as
 a file is written, an output never written, a symlink out of the tree, a name with spaces or non-UTF-8 bytes."""
 
-import contextlib
 import os
 import shutil
 import signal
@@ -169,7 +168,7 @@ def test_client_killed_or_job_killed_mid_transfer_ends_it_and_leaves_no_partial_
         proc = cluster.popen("--hosts", "far", "-v", "-M", "wc -c %i:big.bin", cwd=str(tmp_path))
         job_id = int(proc.stderr.readline().split()[2])  # `grun: job N queued`
         work = os.path.join(cluster.root, "far", "node", "jobs", str(job_id), "work")
-        wait_for(lambda: any(n.startswith(stage.PART) and os.path.getsize(os.path.join(work, n)) > 10 << 20
+        wait_for(lambda work=work: any(n.startswith(stage.PART) and os.path.getsize(os.path.join(work, n)) > 10 << 20
                              for n in (os.listdir(work) if os.path.isdir(work) else ())), 30, 0.005, "a file half sent")
         if how == "client":
             proc.kill()
@@ -179,7 +178,7 @@ def test_client_killed_or_job_killed_mid_transfer_ends_it_and_leaves_no_partial_
         final = cluster.client().wait([job_id], 30)[job_id]
         assert final["state"] in ("failed", "killed") and final["error"].startswith("staging: "), final
         assert ("went away while big.bin was sent" if how == "client" else "killed (signal 15)") in final["error"]
-        assert wait_for(lambda: os.listdir(work) == [], 5, what="the half-written file to go")  # (client still stopped)
+        assert wait_for(lambda work=work: os.listdir(work) == [], 5, what="the half-written file to go")  # (client still stopped)
         proc.kill()
         proc.communicate()
 

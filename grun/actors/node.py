@@ -235,7 +235,7 @@ class Node(NodeJobs):
     def _register(self) -> dict:
         self.mounts = mounts.network(mounts.table())
         reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus, "mounts": self.mounts,
-                                            "memory": self.memory, **self._held(), "plugins": self.plugins.names,
+                                            "stage": self.stage, "memory": self.memory, **self._held(), "plugins": self.plugins.names,
                                             **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])

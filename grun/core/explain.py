@@ -52,8 +52,8 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             return f"no node has {name}"
         if not pool:
             return f"no node has {name}={want}"
-    if job.get("cwd_fs") and all(unmounted(job, n.mounts) for n in pool):
-        return f"no node mounts {unmounted(job, pool[0].mounts)}"
+    if job.get("cwd_fs") and all(unmounted(job, n) for n in pool):
+        return f"no node mounts {unmounted(job, pool[0])}"
     largest = max(n.cpus for n in pool)
     if job["cpus"] > largest + EPS:
         return f"no node has {job['cpus']:g} cpus; largest is {largest:g}"
@@ -160,8 +160,8 @@ def explain(job: dict, master, now: float) -> str:
     lines.append(f"It is number {position} of {len(table.pending)} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
     if job.get("cwd_fs") and (up := [n for n in table.nodes.values() if n.up]) and all(
-            unmounted(job, n.mounts) for n in up):
-        lines.append(f"No node up mounts {unmounted(job, up[0].mounts)}.")
+            unmounted(job, n) for n in up):
+        lines.append(f"No node up mounts {unmounted(job, up[0])}.")
     if limit := table.quotas.refusal(job):
         lines.append(f"It waits under a limit of the config: {limit}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits", "disk"))

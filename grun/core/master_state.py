@@ -321,7 +321,7 @@ class MasterState:
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
         node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
-        node.mounts = reported(info.get("mounts"))
+        node.mounts, node.stage = reported(info.get("mounts")), str(info.get("stage", "auto"))
         # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
                      and self.launched[i][1] > seq}

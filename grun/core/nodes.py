@@ -51,6 +51,7 @@ class NodeView:
     spool_free: float | None = None  # MB, and (refusing, text) when its spool is getting full (explain.disk_low)
     disk: tuple | None = None
     mounts: list | None = None  # its network filesystems (grun.mounts.network), None: not known
+    stage: str = "auto"  # its config key stage: (grun.stage), which lets a job with files run where its cwd is not
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
@@ -125,7 +126,7 @@ def mismatch(node: NodeView, job: dict) -> str | None:
         return f"does not meet {job['nodes']}"
     if "exclude" in job and node.name in job["exclude"]:  # its cwd was found missing there (MasterState.on_finished)
         return f"cwd {job['cwd']} does not exist there"
-    if "cwd_fs" in job and (fs := unmounted(job, node.mounts)):
+    if "cwd_fs" in job and (fs := unmounted(job, node)):
         return f"does not mount {fs}"
     for name, want in (job.get("params") or {}).items():
         if name in node.labels:
