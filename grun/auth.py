@@ -21,6 +21,8 @@ import socket
 import struct
 import time
 
+from . import munge
+
 PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
 NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
@@ -41,6 +43,7 @@ def configure(cfg) -> None:
     """What this process presents and checks, from its config (grun.config calls this on every load)."""
     secret = cfg.auth == "secret"
     use(cfg.secret_file if secret else None, cfg.master if secret and not cfg.personal else None, cfg.tls)
+    munge.socket = cfg.munge_socket if cfg.auth == "munge" else None
 
 
 def use(path: str | None, master: tuple | None = None, tls: dict | None = None) -> None:
@@ -81,7 +84,10 @@ def _mac(secret: bytes, stamp: str, bound: str) -> str:
 
 def proof(bound: str = "") -> str | None:
     """A proof of the secret for one connection (`bound`: what it is for, e.g. a stream token), or, for a
-    user who cannot read the secret, a credential from the node of this host; or None."""
+    user who cannot read the secret, a credential from the node of this host; or None. With `auth: munge`: a
+    MUNGE credential carrying `bound` and our umask (our say about ourselves, as the umask always is)."""
+    if munge.socket:
+        return munge.encode(f"{_umask('self')}\n{bound}")
     secret = key()
     if secret is None:
         return _credential(bound) if _cred_at else None
@@ -187,7 +193,9 @@ def tls_pyro5() -> None:
 
 def who(given, bound: str = ""):
     """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for
-    ({uid, gid, umask, groups, user}), or None (neither, or a replay)."""
+    ({uid, gid, umask, groups, user}), or None (neither, or a replay). With `auth: munge`, MUNGE's word."""
+    if munge.socket:
+        return _munge_who(given, bound)
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
@@ -205,33 +213,67 @@ def who(given, bound: str = ""):
 def caller():
     """The caller of the Pyro5 call being served: None when the cluster has no secret (all trusted, as the
     original grun), CLUSTER, or a user's identity (see who())."""
-    if key() is None:
+    if not required():
         return None
     from Pyro5.callcontext import current_context
     return getattr(current_context.client, "grun_caller", None)
+
+
+def required() -> bool:
+    """Whether every connection must prove itself: a cluster secret, or `auth: munge`."""
+    return key() is not None or bool(munge.socket)
+
+
+def _munge_who(given, bound: str):
+    """A MUNGE credential's caller: CLUSTER for root and the user the daemons run as, else a user with the uid
+    and gid munged vouches for, the groups this host's account database gives (never the client's list) and
+    the umask of the payload."""
+    uid, gid, payload = munge.decode(given) or (None, None, "")
+    umask, _, said = payload.partition("\n")
+    if uid is None or said != bound or not re.fullmatch(r"[0-7]{1,4}", umask):
+        return None
+    if uid in (0, os.geteuid()):
+        return CLUSTER
+    user, groups = _account(uid, gid)
+    return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups}
+
+
+def confined(admins=()) -> dict | None:
+    """The caller, if a user who may act on their own jobs only (not root, not in `admins`); else None."""
+    who = caller()
+    return who if isinstance(who, dict) and who["uid"] != 0 and who["user"] not in admins else None
 
 
 def require(what: str, owner: int | None = None, admins=()) -> None:
     """Refuse (a ValueError, one line, which Pyro5 clients rebuild) a user's call to do `what` unless the user is
     `owner`, root or in `admins`; the cluster's daemons and root (holders of the secret) may do anything."""
     who = caller()
-    if isinstance(who, dict) and (owner is None or who["uid"] not in (owner, 0) and who["user"] not in admins):
+    if isinstance(who, dict) and (owner is None or who["uid"] != owner and confined(admins)):
         raise ValueError(f"not authorized: {who['user']} may not {what}")
 
 
 def credential(pid: int, uid: int, gid: int, bound: str) -> str:
     """The node's side: a credential for the process the kernel says is asking."""
+    user, groups = _account(uid, gid)
+    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
+    return _CRED + proof(f"{bound}\n{body}") + body
+
+
+def _account(uid: int, gid: int) -> tuple[str, list[int]]:
+    """The user name and groups of a uid, from this host's account database."""
     import pwd
     try:
         user = pwd.getpwuid(uid).pw_name
-        groups = os.getgrouplist(user, gid)
+        return user, os.getgrouplist(user, gid)
     except KeyError:
-        user, groups = str(uid), [gid]
-    umask = 0o022
+        return str(uid), [gid]
+
+
+def _umask(pid) -> str:
+    """The umask of a process (octal digits), from /proc: thread-safe where os.umask is not; 022 if unknown."""
     with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-        umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), umask)
-    body = f"{uid}:{gid}:{umask:o}:{','.join(map(str, groups))}:{user}"
-    return _CRED + proof(f"{bound}\n{body}") + body
+        return next((line.split()[1] for line in f if line.startswith("Umask:")), "022")
+    return "022"
 
 
 def serve_credentials(log) -> socket.socket | None:

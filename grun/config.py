@@ -144,7 +144,8 @@ KEYS = {key.name: key for key in (
     Key("count_outside_load", parse_bool, True, _X, True,
         "cpu and memory used by non-grun programs are not offered to jobs"),
     Key("auth", parse_auth, lambda c: "secret" if c.personal else "none", "all", False,
-        "secret: every connection proves secret_file (README: Trust); none", "secret in personal mode"),
+        "secret: every connection proves secret_file; munge: MUNGE credentials (README: Trust); none",
+        "secret in personal mode"),
     Key("secret_file", parse_path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
         False, "the same on every host (personal mode: made in the spool, mode 0600)"),
     Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
@@ -177,6 +178,10 @@ KEYS = {key.name: key for key in (
     Key("stage", lambda v: expect(v in ("auto", "always", "never"), "auto, always or never", v) or v, "auto", _X, True,
         "send jobs' -M and --stage-in/out files to and from this node: auto (when it lacks their cwd), always, never"),
     Key("fetch_path", parse_paths, lambda c: [], _X, True, "with stage: auto, jobs whose cwd lies under these paths are staged too"),
+    # auth: munge and private queries (issue 15; grun/munge.py)
+    Key("munge_socket", lambda v: parse_path(v, absolute=True), "/run/munge/munge.socket.2", "all", False,
+        "munged's socket, with auth: munge"),
+    Key("private_queries", parse_bool, False, _Q, True, "users see only their own jobs (root, admins: all)"),
 )}
 
 

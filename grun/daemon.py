@@ -182,7 +182,12 @@ def _use_secret(cfg: Config) -> None:
     auth.configure(cfg)
     if cfg.personal:
         auth.create(cfg.secret_file)
-    if cfg.auth != "secret":
+    if cfg.auth == "munge":
+        try:  # munged is there for us, or we say so now rather than at every connection
+            auth.proof()
+        except ValueError as exc:
+            raise DaemonError(str(exc)) from None
+    elif cfg.auth != "secret":
         log.warning("this cluster is unauthenticated (no auth: in %s): whoever can connect to its daemons can run "
                     "jobs as any user (root too with allow_root) and control the cluster (README: Trust)", cfg.path)
     elif auth.key() is None:

@@ -80,7 +80,7 @@ def _guard(daemon):
     """With a cluster secret, the daemon refuses a connection without a proof of it (or a node's credential)
     in its handshake, before it reads any request (Pyro5 answers the handshake's error and closes); the
     connection remembers who it is (grun.auth.caller)."""
-    if auth.key() is not None:
+    if auth.required():
         def validate(conn, data):
             conn.grun_caller = auth.who(data)
             if conn.grun_caller is not None:

@@ -175,7 +175,7 @@ def parse_host(text) -> str:
 
 
 def parse_auth(text) -> str:
-    expect(text in ("secret", "none"), "secret or none", text)
+    expect(text in ("secret", "munge", "none"), "secret, munge or none", text)
     return text
 
 

@@ -96,7 +96,7 @@ def test_config_keys():
         f.write("master: 127.0.0.1:7000\nauth: munge!\n")
         f.truncate()
         f.flush()
-        with pytest.raises(config.ConfigError, match="auth.*expected secret or none"):
+        with pytest.raises(config.ConfigError, match="auth.*expected secret, munge or none"):
             config.load_config(f.name)
     auth.use(None)
 

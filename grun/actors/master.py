@@ -354,16 +354,23 @@ class Master:
         job_id = J.parse_job_id(job_id)
         with self.lock:
             job = self.core.table.jobs.get(job_id) or self.core.recent.get(job_id)
-            if job is not None:
-                return self.core.view(job)
-        found = self.store.find_history(job_id)
-        if found is None:
+            view = None if job is None else self.core.view(job)
+        if view is None and (found := self.store.find_history(job_id)) is not None:
+            view = J.public_view(found)
+        if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"unknown job id {job_id}")
-        return J.public_view(found)
+        return view
 
     def jobs(self) -> list[dict]:
+        only = self._only()
         with self.lock:
-            return [self.core.view(j) for j in sorted(self.core.table.jobs.values(), key=lambda j: j["id"])]
+            return [self.core.view(j) for j in sorted(self.core.table.jobs.values(), key=lambda j: j["id"])
+                    if only in (None, j.get("uid"))]
+
+    def _only(self) -> int | None:
+        """private_queries: the uid whose jobs alone a user's queries show (None: all; root, admins, daemons)."""
+        who = auth.confined(self.core.settings["admins"]) if self.core.settings["private_queries"] else None
+        return None if who is None else who["uid"]
 
     def nodes(self) -> list[dict]:
         now = time.time()
@@ -381,7 +388,9 @@ class Master:
         return {"master": self.plugins.names, **{f"node {n}": p for n, p in sorted(self.node_plugins.items())}}
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
-        return [J.public_view(j) for j in self.store.history(int(limit), J.history_filter(user, grep))]
+        asked, only = J.history_filter(user, grep), self._only()
+        chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
+        return [J.public_view(j) for j in self.store.history(int(limit), chosen)]
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""

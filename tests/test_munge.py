@@ -1,0 +1,189 @@
+"""Issue 15's `auth: munge` (grun/munge.py) and `private_queries`, with private munged daemons (each with its own
+key, socket, pid, log and seed in a temp dir; never /etc/munge or the system's munged) and real users: a user's
+job runs as the uid MUNGE vouches for, with the groups the verifying side's account database gives and the umask
+the credential carries; a forged or replayed credential and a node whose munged holds another key are refused;
+with private_queries a user's queries show their own jobs only, while the counts stay global."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import psutil
+import pytest
+from cluster import LocalCluster
+from test_auth import ROOT_ONLY, _as_user, _log, shared_dir, users  # noqa: F401 (fixtures)
+from util import wait_for
+
+from grun import auth, munge
+from grun.files import read_int
+
+MUNGED = shutil.which("munged") or "/usr/sbin/munged"
+pytestmark = [pytest.mark.skipif(not os.path.exists(MUNGED), reason="MUNGE is not installed (Debian: munge)"),
+              ROOT_ONLY]
+
+
+def _start_munged(root: str, name: str) -> str:
+    """A munged of our own with a fresh key; its directory (socket: DIR/socket, pid: DIR/pid)."""
+    where = os.path.join(root, name)
+    os.makedirs(where)
+    os.chmod(where, 0o755)  # (munged wants its socket's directory searchable by all)
+    with open(os.open(os.path.join(where, "key"), os.O_WRONLY | os.O_CREAT, 0o400), "wb") as f:
+        f.write(os.urandom(1024))
+    r = subprocess.run([MUNGED, *(f"--{opt}-file={where}/{opt}" for opt in ("key", "pid", "log", "seed")),
+                        f"--socket={where}/socket"], capture_output=True, text=True, timeout=30)
+    if r.returncode:
+        pytest.skip(f"munged cannot run here: {r.stderr.strip()}")
+    return where
+
+
+@pytest.fixture(scope="module")
+def munged():
+    """This cluster's munged and another with another key; this process's credentials come from the first."""
+    root = tempfile.mkdtemp(prefix="grun-munge-")
+    os.chmod(root, 0o755)
+    started = []
+    try:
+        for name in ("good", "other"):
+            started.append(_start_munged(root, name))
+        munge.socket = os.path.join(started[0], "socket")
+        munge._libmunge()  # (loaded before a test's child drops root)
+        yield [os.path.join(d, "socket") for d in started]
+    finally:
+        munge.socket = None
+        for where in started:
+            if (pid := read_int(os.path.join(where, "pid"))) and psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGTERM)
+                wait_for(lambda: not psutil.pid_exists(pid), timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(munged):
+    keys = {"auth": "munge", "munge_socket": munged[0]}
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}},
+                     master_extra={**keys, "private_queries": True, "allow_root": False})
+    c.client_config = c.write_config("client", {"services": "exec", **keys})
+    with c:
+        yield c
+
+
+def test_a_credential_says_who_made_it_and_is_good_once(munged, users, shared_dir):
+    """auth.who over MUNGE: alice's uid and gid from munged, her groups from our account database, her umask
+    from the payload; the same credential again, another connection's, a forged one or one of another
+    munged key: nobody."""
+    (alice, _), group = users
+    code, out = _as_user(alice, {"PATH": os.environ["PATH"]}, lambda: auth.proof("conn"), umask=0o027)
+    cred = out.strip()
+    assert code == 0 and cred.startswith("MUNGE:"), out
+    who = auth.who(cred, "conn")
+    assert who == {"uid": alice.pw_uid, "gid": alice.pw_gid, "umask": 0o027, "user": alice.pw_name,
+                   "groups": os.getgrouplist(alice.pw_name, alice.pw_gid)} and group in who["groups"], who
+    assert auth.who(cred, "conn") is None  # a replay
+    assert auth.who(auth.proof("conn"), "conn") == auth.CLUSTER  # root (the daemons' own user too)
+    assert auth.who(auth.proof("conn"), "another connection") is None
+    mine = auth.proof()
+    middle = len(mine) // 2
+    assert auth.who(mine[:middle] + ("A" if mine[middle] != "A" else "B") + mine[middle + 1:]) is None  # forged
+    munge.socket = munged[1]
+    try:
+        foreign = auth.proof()
+    finally:
+        munge.socket = munged[0]
+    for given in (foreign, None, "", "MUNGE:", "MUNGE:" + "A" * 10_000, "hello", 42, "MUNGE:\u00e9:"):
+        assert auth.who(given) is None, given
+
+
+def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, shared_dir):
+    ((alice, bob), group), tmp_path = users, shared_dir
+    conf = str(tmp_path / "grun.conf")  # (the cluster's directory is root's own)
+    shutil.copy(cluster.client_config, conf)
+    os.chmod(conf, 0o644)
+    env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
+    code, out = _as_user(alice, env, ["sh", "-c", "id -u; id -G; umask; touch made"], cwd=str(tmp_path), umask=0o027)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3 and (lines[0], lines[2]) == (str(alice.pw_uid), "0027"), out
+    assert {str(group), str(alice.pw_gid)} <= set(lines[1].split()), out
+    assert os.stat(tmp_path / "made").st_uid == alice.pw_uid and os.stat(tmp_path / "made").st_mode & 0o777 == 0o640
+
+    def claim_bob():  # the API, with a spec that says it is bob
+        from grun.client import Client, job_spec
+        try:
+            return Client().submit_spec(job_spec(["touch", str(tmp_path / "as-bob")], uid=bob.pw_uid))
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(alice, env, claim_bob, cwd=str(tmp_path))
+    assert "refused: not authorized: you are uid" in out and not (tmp_path / "as-bob").exists(), out
+
+    # private_queries: alice's and bob's jobs, one running and one finished each
+    ids = {}
+    for user in (alice, bob):
+        assert _as_user(user, env, ["true"], cwd=str(tmp_path))[0] == 0
+        code, out = _as_user(user, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))
+        assert code == 0, out
+        ids[user.pw_name] = out.split()[-1]
+    wait_for(lambda: sum(n["running"] for n in cluster.client().nodes()) == 2, timeout=20)
+    mine, hers = ids[bob.pw_name], ids[alice.pw_name]
+    for argv in (["-q", "jobs", "--json"], ["-q", "history", "--json"]):
+        code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
+        shown = json.loads(out)
+        assert code == 0 and shown and {j["user"] for j in shown} == {bob.pw_name}, (argv, out)
+    code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
+    assert mine in out and alice.pw_name not in out, out
+    for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers]):
+        code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
+        assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
+    code, out = _as_user(bob, env, ["-q", "status", "--json"], cwd=str(tmp_path))
+    assert code == 0 and sum(n["running"] for n in json.loads(out)["nodes"]) == 2, out  # counts stay global
+    everyone = {j["user"] for j in cluster.client().jobs()} | {j["user"] for j in cluster.client().history(10)}
+    assert {alice.pw_name, bob.pw_name} <= everyone  # root (the cluster) sees all
+    code, out = _as_user(alice, env, ["-k", hers], cwd=str(tmp_path))
+    assert code == 0 and _as_user(bob, env, ["-k", mine], cwd=str(tmp_path))[0] == 0
+
+
+def test_forged_and_replayed_credentials_are_refused_and_others_served_on(cluster, munged):
+    import Pyro5.api
+    import Pyro5.errors
+    master = f"PYRO:grun.master@127.0.0.1:{cluster.port}"
+    used = auth.proof()
+    with Pyro5.api.Proxy(master) as p:
+        p._pyroHandshake = used
+        p._pyroBind()  # first use: accepted
+    munge.socket = munged[1]
+    try:
+        foreign = auth.proof()
+    finally:
+        munge.socket = munged[0]
+    fresh = auth.proof()
+    forged = fresh[:40] + ("A" if fresh[40] != "A" else "B") + fresh[41:]
+    for given in (used, foreign, forged, "hello"):
+        with Pyro5.api.Proxy(master) as p, pytest.raises(Pyro5.errors.CommunicationError, match="not authorized"):
+            p._pyroHandshake = given
+            p._pyroBind()
+    wait_for(lambda: "Replayed credential (error 17, a replay)" in _log(cluster, "master"), timeout=5)
+    r = cluster.grun("--nowait", "true")
+    assert r.returncode == 1 and b"allow_root" in r.stderr  # root's own: served (and its rules applied)
+
+
+def test_a_node_without_a_valid_credential_cannot_register(cluster, munged):
+    cluster.node_specs["n2"] = {"auth": "munge", "munge_socket": munged[1]}  # another key
+    cluster.start_node("n2", wait=False)
+    try:
+        log = os.path.join(cluster.root, "n2", "grun.log")
+        wait_for(lambda: os.path.exists(log) and "the master refused this node" in _log(cluster, "n2"), timeout=20)
+        assert "n2" not in {n["name"] for n in cluster.client().nodes()}
+    finally:
+        cluster.kill("n2")
+        del cluster.node_specs["n2"]
+
+
+def test_without_munged_a_client_and_a_daemon_say_so_in_one_line(cluster, tmp_path):
+    conf = cluster.write_config("no-munged", {"services": "exec", "auth": "munge", "munge_socket": str(tmp_path / "no")})
+    r = cluster.grun("-q", "jobs", env=dict(cluster.env, GRUN_CONF=conf))
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and b"cannot get a MUNGE credential" in r.stderr, r
+    r = subprocess.run([sys.executable, "-m", "grun.daemon", conf], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "cannot get a MUNGE credential" in r.stderr, r.stderr
