@@ -35,8 +35,8 @@ def _libmunge():
 
 
 def _call(work):
-    """work(lib, ctypes, ctx) with a context of its own (libmunge's are not for sharing between threads) set
-    to our socket; returns its result and munged's error text, if any."""
+    """work(lib, ctypes, free, ctx) with a context of its own (libmunge's are not for sharing between threads)
+    set to our socket."""
     lib, ctypes, free = _libmunge()
     ctx = lib.munge_ctx_create()
     try:

@@ -15,13 +15,15 @@ import tempfile
 
 import psutil
 import pytest
+import test_auth
 from cluster import LocalCluster
-from test_auth import ROOT_ONLY, _as_user, _log, shared_dir, users  # noqa: F401 (fixtures)
+from test_auth import ROOT_ONLY, _as_user, _log
 from util import wait_for
 
 from grun import auth, munge
 from grun.files import read_int
 
+users, shared_dir = test_auth.users, test_auth.shared_dir  # (its fixtures: real users, a directory for all)
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
 pytestmark = [pytest.mark.skipif(not os.path.exists(MUNGED), reason="MUNGE is not installed (Debian: munge)"),
               ROOT_ONLY]
@@ -134,7 +136,7 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
         assert code == 0 and shown and {j["user"] for j in shown} == {bob.pw_name}, (argv, out)
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
     assert mine in out and alice.pw_name not in out, out
-    for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers]):
+    for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
     code, out = _as_user(bob, env, ["-q", "status", "--json"], cwd=str(tmp_path))

@@ -426,6 +426,8 @@ class Master:
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
         """Finished records of the given jobs, returned when all have finished or the timeout passed."""
         ids = [J.parse_job_id(i) for i in job_ids]
+        if self._only() is not None:  # private_queries: another's job is unknown to this user, ended or not
+            ids = [self.job(i)["id"] for i in ids]
         done = self._ended(ids)  # (an unknown id is refused before any wait)
         if len(done) < len(set(ids)):
             self._until(lambda: [i for i in ids if i in self.core.table.jobs], timeout)
