@@ -474,12 +474,12 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@ROOT_ONLY
-def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, shared_dir):
-    ((alice, bob), group), tmp_path = users, shared_dir
-    conf = str(tmp_path / "grun.conf")  # (the cluster's directory is root's own)
-    shutil.copy(secured.write_config("users", {"services": "exec", "auth": "secret", "secret_file": secured.secret}),
-                conf)
+def _as_themselves(users, tmp_path, client_config: str) -> dict:
+    """alice's job runs as alice, with her groups and umask, and her spec claiming bob's uid is refused; the
+    users' environment for more (the client config copied where all may read it: the cluster's is root's)."""
+    (alice, bob), group = users
+    conf = str(tmp_path / "grun.conf")
+    shutil.copy(client_config, conf)
     os.chmod(conf, 0o644)
     env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
     code, out = _as_user(alice, env, ["sh", "-c", "id -u; id -G; umask; touch made"], cwd=str(tmp_path), umask=0o027)
@@ -497,7 +497,14 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
             return f"refused: {exc}"
     code, out = _as_user(alice, env, claim_bob, cwd=str(tmp_path))
     assert "refused: not authorized: you are uid" in out and not (tmp_path / "as-bob").exists(), out
+    return env
 
+
+@ROOT_ONLY
+def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, shared_dir):
+    (alice, bob), tmp_path = users[0], shared_dir
+    env = _as_themselves(users, tmp_path, secured.write_config(
+        "users", {"services": "exec", "auth": "secret", "secret_file": secured.secret}))
     code, out = _as_user(alice, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))
     job_id = out.strip().split()[-1]
     assert code == 0 and job_id.isdigit(), out

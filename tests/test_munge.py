@@ -17,7 +17,7 @@ import psutil
 import pytest
 import test_auth
 from cluster import LocalCluster
-from test_auth import ROOT_ONLY, _as_user, _log
+from test_auth import ROOT_ONLY, _as_themselves, _as_user, _log
 from util import wait_for
 
 from grun import auth, munge
@@ -101,25 +101,8 @@ def test_a_credential_says_who_made_it_and_is_good_once(munged, users, shared_di
 
 
 def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, shared_dir):
-    ((alice, bob), group), tmp_path = users, shared_dir
-    conf = str(tmp_path / "grun.conf")  # (the cluster's directory is root's own)
-    shutil.copy(cluster.client_config, conf)
-    os.chmod(conf, 0o644)
-    env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
-    code, out = _as_user(alice, env, ["sh", "-c", "id -u; id -G; umask; touch made"], cwd=str(tmp_path), umask=0o027)
-    lines = out.splitlines()
-    assert code == 0 and len(lines) == 3 and (lines[0], lines[2]) == (str(alice.pw_uid), "0027"), out
-    assert {str(group), str(alice.pw_gid)} <= set(lines[1].split()), out
-    assert os.stat(tmp_path / "made").st_uid == alice.pw_uid and os.stat(tmp_path / "made").st_mode & 0o777 == 0o640
-
-    def claim_bob():  # the API, with a spec that says it is bob
-        from grun.client import Client, job_spec
-        try:
-            return Client().submit_spec(job_spec(["touch", str(tmp_path / "as-bob")], uid=bob.pw_uid))
-        except Exception as exc:
-            return f"refused: {exc}"
-    code, out = _as_user(alice, env, claim_bob, cwd=str(tmp_path))
-    assert "refused: not authorized: you are uid" in out and not (tmp_path / "as-bob").exists(), out
+    (alice, bob), tmp_path = users[0], shared_dir
+    env = _as_themselves(users, tmp_path, cluster.client_config)  # (as with auth: secret)
 
     # private_queries: alice's and bob's jobs, one running and one finished each
     ids = {}
