@@ -26,7 +26,8 @@ from . import munge
 PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
 NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
-REFUSED = "not authorized: no valid proof of the cluster secret (a personal cluster serves its owner only)"
+REFUSED = ("not authorized: no valid proof of the cluster secret or MUNGE credential "
+           "(a personal cluster serves its owner only)")
 TLS_ONLY = "not authorized: the cluster speaks TLS only (config key tls: {cert, key, ca}; README: Trust)"
 CLUSTER = "cluster"  # caller(): a holder of the cluster secret
 _tls_context = _tls_server = None  # the client side's and the daemons' (tls_client, tls_server), made once
