@@ -17,10 +17,10 @@ import psutil
 import pytest
 import test_auth
 from cluster import LocalCluster
-from test_auth import _as_themselves, _as_user, _log
+from test_auth import _answer, _as_themselves, _as_user, _fuzz, _log
 from util import wait_for
 
-from grun import auth, config, munge
+from grun import auth, config, munge, wire
 from grun.files import read_int
 
 users, shared_dir = test_auth.users, test_auth.shared_dir  # (its fixtures: real users, a directory for all)
@@ -150,6 +150,12 @@ def test_forged_and_replayed_credentials_are_refused_and_others_served_on(cluste
             p._pyroHandshake = given
             p._pyroBind()
     wait_for(lambda: "Replayed credential (error 17, a replay)" in _log(cluster, "master"), timeout=5)
+    import random  # and test_auth's fuzz, with MUNGE credentials in its handshakes: refused, nobody dies
+    rng, uri = random.Random(15), next(n["uri"] for n in cluster.client().nodes() if n["name"] == "n1")
+    answers = [_answer(("127.0.0.1", (cluster.port, int(uri.rsplit(":", 1)[1]))[i % 2]), _fuzz(rng)) for i in range(200)]
+    assert all(got == b"" or got.startswith(b"PYRO") and got[6] == wire._CONNECTFAIL for got in answers)
+    assert sum(map(bool, answers)) > 40  # (refused with a word; the rest closed without one)
+    assert cluster.procs["master"].poll() is None and cluster.procs["n1"].poll() is None
     r = cluster.grun("--nowait", "true")
     assert r.returncode == 1 and b"allow_root" in r.stderr  # root's own: served (and its rules applied)
 
