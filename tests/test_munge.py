@@ -160,6 +160,12 @@ def test_forged_and_replayed_credentials_are_refused_and_others_served_on(cluste
     assert r.returncode == 1 and b"allow_root" in r.stderr  # root's own: served (and its rules applied)
 
 
+def test_a_grun_with_munge_imports_nothing_heavy(cluster):
+    from test_cli_fast import _probe
+    r, heavy = _probe(cluster, "-q", "jobs")  # (root's jobs need allow_root here: a query makes the same credential)
+    assert (r.returncode, heavy) == (0, []), r.stderr  # (ctypes is not heavy: 1.2 ms, measured)
+
+
 def test_a_node_without_a_valid_credential_cannot_register(cluster, munged):
     cluster.node_specs["n2"] = {"auth": "munge", "munge_socket": munged[1]}  # another key
     cluster.start_node("n2", wait=False)
