@@ -16,7 +16,7 @@ import tempfile
 import psutil
 import pytest
 import test_auth
-from cluster import LocalCluster
+from cluster import LocalCluster, tls_ca, tls_signed
 from test_auth import _answer, _as_themselves, _as_user, _fuzz, _log
 from util import wait_for
 
@@ -158,6 +158,25 @@ def test_forged_and_replayed_credentials_are_refused_and_others_served_on(cluste
     assert cluster.procs["master"].poll() is None and cluster.procs["n1"].poll() is None
     r = cluster.grun("--nowait", "true")
     assert r.returncode == 1 and b"allow_root" in r.stderr  # root's own: served (and its rules applied)
+
+
+def test_munge_with_tls_serves_a_user_end_to_end(munged, users, shared_dir):
+    """A user (who cannot read the host's TLS key: no certificate) with a MUNGE credential, over TLS: Pyro5 and
+    the output side channel."""
+    (alice, _), tmp_path = users[0], shared_dir
+    root = tempfile.mkdtemp(prefix="grun-munge-tls-")
+    keys = {"auth": "munge", "munge_socket": munged[0], "tls": tls_signed(root, "host", tls_ca(root, "ca"))}
+    os.chmod(root, 0o755)  # (the CA's certificate is for all to read; the keys are 0600)
+    auth.use(None, tls=keys["tls"])  # (this process's clients speak TLS too)
+    try:
+        with LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000, **keys}}, root=root, master_extra=keys) as c:
+            shutil.copy(c.write_config("client", {"services": "exec", **keys}), tmp_path / "tls.conf")
+            env = {"PATH": os.environ["PATH"], "GRUN_CONF": str(tmp_path / "tls.conf"), "HOME": str(tmp_path)}
+            code, out = _as_user(alice, env, ["sh", "-c", "id -un; exit 3"], cwd=str(tmp_path))
+            assert (code, out) == (3, f"{alice.pw_name}\n"), out
+    finally:
+        auth.use(None)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_grun_with_munge_imports_nothing_heavy(cluster):
