@@ -99,10 +99,11 @@ def secure(sock: socket.socket, context, timeout: float, **how) -> socket.socket
 
 def _relay(tls, plain: socket.socket) -> None:
     """Bytes both ways between a TLS socket and the plain one, non-blocking, until both ways have ended
-    (an end is passed on as a half-close) or the plain end's owner hangs up (HUP); then closes both."""
+    (an end is passed on as a half-close; the plain end's owner hanging up (HUP) ends the way to it at once,
+    and the way from it once what it wrote is out); then closes both."""
     import ssl
     down = up = b""  # read from TLS, not yet written to plain; and the other way
-    down_open = up_open = True
+    down_open, up_open, hung = True, True, False
     try:
         tls.setblocking(False)
         plain.setblocking(False)
@@ -132,9 +133,12 @@ def _relay(tls, plain: socket.socket) -> None:
                 poller = select.poll()
                 if waits:
                     poller.register(tls, waits)
-                poller.register(plain, (select.POLLOUT if down else 0) | (select.POLLIN if up_open and not up else 0))
-                if any(fd == plain.fileno() and ev & (select.POLLHUP | select.POLLERR) for fd, ev in poller.poll()):
-                    return
+                if not hung:  # (once hung up, the plain end never blocks a read: data or its end)
+                    poller.register(plain, (select.POLLOUT if down else 0) | (select.POLLIN if up_open and not up else 0))
+                if any(fd == plain.fileno() and ev & (select.POLLHUP | select.POLLERR) for fd, ev in poller.poll(1000)):
+                    # its owner closed it: nobody reads what TLS brings now, but what the owner wrote before
+                    # (still in the pair's buffer, or in `up`) goes out whole: a stream's or a transfer's end
+                    hung, down_open, down = True, False, b""
     except OSError:
         pass  # a peer went away: closing the plain end tells its owner
     finally:

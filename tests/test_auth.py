@@ -261,7 +261,9 @@ def fuzz(c: LocalCluster, send=lambda target, rng: _answer(target, _fuzz(rng)), 
         got = send(target, rng)
         assert got == b"" or got.startswith(b"PYRO") and got[6] == wire._CONNECTFAIL, (target, got[:60])
         refusals += bool(got)
-    assert refusals > 200  # (the rest: closed without a word, e.g. on the side channel)
+    # some answered with a refusal, the rest closed without a word (the side channel; or the close raced the
+    # reply: 107-156 of 1,000 alone, fewer under load)
+    assert refusals > 20
     for name, p in daemons.items():
         assert c.procs[name].poll() is None, f"{name} died"
         wait_for(lambda p=p, name=name: p.num_fds() <= fds[name], timeout=10, what=f"{name}'s descriptors back to {fds[name]}")

@@ -169,3 +169,28 @@ def test_a_user_without_a_certificate_connects_and_runs_as_themselves(tls_cluste
     code, out = _as_user(alice, {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": "/tmp"}, ["id", "-un"],
                          cwd="/tmp")
     assert (code, out.strip()) == (0, alice.pw_name), out
+
+
+def test_the_tls_relay_sends_all_its_owner_wrote_before_hanging_up(tmp_path):
+    """A node writes a stream's (or a staged transfer's) last bytes and closes at once: the relay still holds
+    some, and its TLS sends block on a slow reader. It used to stop at the hang-up and drop them."""
+    keys = tls_signed(str(tmp_path), "host", tls_ca(str(tmp_path), "ca"))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(keys["cert"], keys["key"])
+    data, listener = os.urandom(8 << 20), socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with stream.secure(conn, server, 10, server_side=True) as plain:
+            plain.sendall(data)
+    writer = threading.Thread(target=serve)
+    writer.start()
+    got = bytearray()
+    with ssl.create_default_context(cafile=keys["ca"]).wrap_socket(
+            socket.create_connection(listener.getsockname()), server_hostname="127.0.0.1") as reader:
+        while chunk := reader.recv(64 << 10):
+            got += chunk
+            time.sleep(0.002)  # a slow reader: the relay's TLS sends block while its owner hangs up
+    writer.join()
+    listener.close()
+    assert len(got) == len(data) and bytes(got) == data
