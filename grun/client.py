@@ -261,6 +261,12 @@ class Client:
                 on_wait(self.call("why", job_id, True))
                 patience = 5.0
 
+    def supervisor(self, job_id: int, job: dict) -> wire.WireProxy | None:
+        """A proxy to the job's supervisor on its node's daemon, or None while its node is not known."""
+        uri = job.get("node_uri") or next((n.get("uri") for n in self.nodes() if n["name"] == job.get("node")),
+                                          None) if job.get("node") else None
+        return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
+
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
@@ -291,14 +297,12 @@ class Client:
                             f"following attempt {run[1]} on {run[0]}: its output starts over"
                             + ("; its input is not sent again" if fed else ""))
             where, final = run, job["state"] in J.FINAL_STATES
-            uri = job.get("node_uri") or next((n.get("uri") for n in self.nodes() if n["name"] == job.get("node")),
-                                              None) if job.get("node") else None
             try:
-                if not uri:
+                if not (supervisor := self.supervisor(job_id, job)):
                     if final:
                         break
                     raise ConnectionError("its node has not registered with the master yet")
-                with wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") as sup:  # on its node's daemon
+                with supervisor as sup:
                     if tail:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)

@@ -20,6 +20,7 @@ import time
 
 from . import auth, mounts
 from . import stream as wire
+from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
 FILE, MISSING, END = b"F", b"M", b"E"
@@ -334,3 +335,38 @@ def pull(sup, job: dict, note) -> bool:
     for text in notes:
         note(f"job {job['id']}: {text}")
     return whole
+
+
+def follow_detached(client, job_id: int, log_path: str) -> None:
+    """`grun --nowait`: a process of the submitter's own, detached, does for a staged job what a following `grun`
+    does (pushes its inputs once it reached its node, again if it is re-run elsewhere; pulls its outputs once it
+    ended), then exits. Its notes go to `log_path`; the job's record says what failed."""
+    if child := os.fork():
+        os.waitpid(child, 0)  # (it forks the stager and exits at once: init adopts the stager)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        log, null = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), os.open(os.devnull, os.O_RDWR)
+        for fd, to in ((null, 0), (log, 1), (log, 2)):
+            os.dup2(fd, to)
+        client.reset()  # (the connection is the parent's: ours is made anew)
+        note = lambda text: os.write(2, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode(errors="replace"))
+        served, job = None, client.wait_started(job_id)
+        while job["state"] not in FINAL_STATES:
+            if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
+                with sup:
+                    push(sup, job, note)
+                served = run
+            with contextlib.suppress(TimeoutError):
+                client.wait([job_id], 10)
+            job = client.wait_started(job_id)
+        if sup := client.supervisor(job_id, job):
+            with sup:
+                pull(sup, job, note)
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            note(f"job {job_id}: staging stopped: {exc}")
+    finally:
+        os._exit(0)

@@ -222,7 +222,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             if outside := next((p for p in paths if not p.startswith(os.getcwd().rstrip("/") + "/")), None):
                 raise UsageError(f"--{key} {outside}: only files under the working directory are staged")
     if not follow and (args.get("stage", "never") != "never" or {"stage-in", "stage-out"} & args.keys()):
-        raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --nowait, --noio, --array, --cmds)")
+        raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --noio, --array, --cmds)")
     if not follow and args.get("make"):
         extra["stage"] = "never"  # nobody would serve its files
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
@@ -296,8 +296,15 @@ def do_submit(ctx: Context, args: dict) -> int:
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, dict(args, nowait=True))
-    job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"]))
-    return ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
+    staged = args.get("stage", "never") != "never" or bool({"stage-in", "stage-out"} & args.keys())
+    job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
+    code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
+    if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
+        from . import stage
+        from .config import user_state_dir
+        os.makedirs(user_state_dir(), exist_ok=True)
+        stage.follow_detached(ctx.client, job_id, os.path.join(user_state_dir(), "stage.log"))
+    return code
 
 
 def _raise_terminated(*_):

@@ -220,12 +220,31 @@ def test_names_travel_as_bytes_and_bad_input_is_one_line(cluster, tmp_path):
         assert stage._receive(b, str(tmp_path / "dst"), {rel}, node=False) == []
     assert open(os.path.join(os.fsencode(tmp_path / "dst"), name), "rb").read() == b"bytes\n"
     for args, needle in [(["--stage-in", os.fsencode(rel), "cat"], b"not UTF-8"),
-                         (["--nowait", "--stage", "always", "true"], b"need grun to follow the job"),
+                         (["--noio", "--stage", "always", "true"], b"need grun to follow the job"),
                          (["--stage-in", "/etc/hostname", "true"], b"only files under the working directory"),
                          (["--stage", "sometimes", "true"], b"stage must be auto, always or never")]:
         r = subprocess.run([sys.executable, "-m", "grun.cli", *args], cwd=tmp_path, env=cluster.env,
                            capture_output=True, timeout=60)
         assert r.returncode != 0 and r.stderr.count(b"\n") == 1 and needle in r.stderr, (args, r.stderr)
+
+
+def test_with_nowait_a_process_of_the_submitters_own_serves_the_files(cluster, tmp_path):
+    """`grun --nowait` with staging asked for: a detached process of the submitter's serves the job's files
+    (pushes the inputs once it reached its node, pulls the outputs once it ended) and then exits."""
+    data = os.urandom(1 << 20)
+    (tmp_path / "in.bin").write_bytes(data)
+    env = dict(cluster.env, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = grun(cluster, tmp_path, "--nowait", "--hosts", "far", "--stage-in", "in.bin", "--stage-out", "out.bin",
+             "sleep 1; cat in.bin > out.bin; pwd", env=env)
+    assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r.stderr
+    job_id = int(r.stdout.split()[-1])
+    assert not (tmp_path / "out.bin").exists()  # (the job sleeps: its grun has gone, the stager waits)
+    assert cluster.client().wait([job_id], 60)[job_id]["exit"] == 0
+    wait_for(lambda: (tmp_path / "out.bin").exists(), 30, what="the stager to bring the output back")
+    assert (tmp_path / "out.bin").read_bytes() == data
+    out = grun(cluster, tmp_path, "--attach", str(job_id), env=env)  # its output stayed on the node
+    assert out.stdout.decode().strip().endswith("/work"), out
+    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
 
 
 @pytest.mark.alone
