@@ -194,3 +194,21 @@ def test_the_tls_relay_sends_all_its_owner_wrote_before_hanging_up(tmp_path):
     writer.join()
     listener.close()
     assert len(got) == len(data) and bytes(got) == data
+
+
+def test_a_tls_node_of_a_plain_master_says_so_once_and_loudly(tmp_path):
+    """TLS on one side only will not heal by retrying: the node's log says it once, as an error (it read as an
+    unreachable master, at debug level, retried for good)."""
+    keys = tls_signed(str(tmp_path), "host", tls_ca(str(tmp_path), "ca"))
+    c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 500, "tls": keys}})
+    try:
+        c.start_master()
+        c.start_node("n1", wait=False)
+        log = os.path.join(c.root, "n1", "grun.log")
+        wait_for(lambda: os.path.exists(log) and "ERROR" in open(log).read(), 20, what="the node's error")
+        time.sleep(2.5)  # more attempts (one a second): no more lines
+        text = open(log).read()
+        assert text.count("the master refused this node") == 1 and "WRONG_VERSION_NUMBER" in text, text[-2000:]
+        assert not any(n["up"] for n in c.client().nodes())
+    finally:
+        c.stop()
