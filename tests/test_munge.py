@@ -108,7 +108,7 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     ids = {}
     for user in (alice, bob):
         assert _as_user(user, env, ["true"], cwd=str(tmp_path))[0] == 0
-        code, out = _as_user(user, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))
+        code, out = _as_user(user, env, ["--nowait", "-j", f"s{user.pw_name}", "sleep", "60"], cwd=str(tmp_path))
         assert code == 0, out
         ids[user.pw_name] = out.split()[-1]
     wait_for(lambda: sum(n["running"] for n in cluster.client().nodes()) == 2, timeout=20)
@@ -122,6 +122,8 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
+    code, out = _as_user(bob, env, ["-j", f"s{alice.pw_name}", "-W", "true"], cwd=str(tmp_path))
+    assert code == 1 and hers not in out, out  # her job's name does not lead to its id
     code, out = _as_user(bob, env, ["-q", "status", "--json"], cwd=str(tmp_path))
     assert code == 0 and sum(n["running"] for n in json.loads(out)["nodes"]) == 2, out  # counts stay global
     everyone = {j["user"] for j in cluster.client().jobs()} | {j["user"] for j in cluster.client().history(10)}

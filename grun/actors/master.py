@@ -403,6 +403,8 @@ class Master:
         """The live job with this name, else (given its user) the newest such finished one, or None."""
         with self.lock:
             found = self.core.table.names.get(str(name))
+            if found is not None and self._only() not in (None, self.core.table.jobs.get(found, {}).get("uid")):
+                found = None  # private_queries: another user's job is not there for this one
         return found or (self.store.find_name(str(user), str(name)) or {}).get("id") if user else found
 
     def health(self) -> list[str]:
