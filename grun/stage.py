@@ -114,7 +114,7 @@ class Staged:
         """An output, open: (fd, the name it goes back under, None), or (None, rel, why not)."""
         for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
             try:
-                return _open(self.work, name), name, None
+                return self._theirs(_open(self.work, name), name, rel)
             except FileNotFoundError:
                 continue
             except OSError as e:  # a symlink on the way (ELOOP, ENOTDIR): followed only within the work dir
@@ -122,9 +122,16 @@ class Staged:
                 if under(real, self.work) is None:
                     return None, rel, f"is a symlink to {real}, outside the staged tree: not sent back"
                 with contextlib.suppress(OSError):
-                    return _open(self.work, under(real, self.work)), name, None
+                    return self._theirs(_open(self.work, under(real, self.work)), name, rel)
                 return None, rel, f"cannot be read: {e.strerror}"
         return None, rel, "was never written by the job"
+
+    def _theirs(self, fd: int, name: str, rel: str) -> tuple[int | None, str, str | None]:
+        """The node (root) sends back only the job user's own files: not a hard link to another's."""
+        if self.ids and os.fstat(fd).st_uid != self.ids[0]:
+            os.close(fd)
+            return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
+        return fd, name, None
 
 
 class Transfer:

@@ -85,6 +85,23 @@ def test_the_job_reads_its_own_copy_owned_by_its_user_not_the_submitters_file(cl
     assert (tmp_path / "out.txt").read_text() == "secret\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a job as another user")
+def test_the_node_sends_back_only_the_job_users_own_files(cluster, tmp_path):
+    """An output that is a hard link to another's file (here root's, made while the job runs) is not sent back
+    by the node, which reads outputs as root."""
+    (tmp_path / "secret").write_text("root's\n")
+    os.chmod(tmp_path / "secret", 0o600)
+    spec = job_spec("echo mine > out.txt; sleep 2", cwd=str(tmp_path), hosts="far", stage_out=[str(tmp_path / "out.txt")])
+    client, notes = cluster.client(), []
+    job = client.submit_spec(dict(spec, uid=65534, gid=65534))
+    out = os.path.join(cluster.root, "far", "node", "jobs", str(job), "work", "out.txt")
+    wait_for(lambda: os.path.exists(out), 20, what="the job's output")
+    os.unlink(out)
+    os.link(tmp_path / "secret", out)
+    assert client.follow(job, on_note=notes.append) == 0
+    assert not (tmp_path / "out.txt").exists() and "out.txt is not the job user's file" in " ".join(notes), notes
+
+
 def test_auto_stages_a_job_whose_cwd_the_node_lacks_or_under_fetch_path(cluster, tmp_path):
     r = grun(cluster, tmp_path, "--hosts", "near", "pwd")
     assert r.returncode == 0 and r.stdout.decode().strip() == str(tmp_path), r.stderr  # shared: in place
