@@ -200,7 +200,8 @@ def test_a_tls_node_of_a_plain_master_says_so_once_and_loudly(tmp_path):
     """TLS on one side only will not heal by retrying: the node's log says it once, as an error (it read as an
     unreachable master, at debug level, retried for good)."""
     keys = tls_signed(str(tmp_path), "host", tls_ca(str(tmp_path), "ca"))
-    auth.use(None)  # (this process's client, of the plain master: another test may have left TLS on)
+    before = auth._path, None, auth._tls  # (the module's TLS cluster's, this process's clients' while it lives)
+    auth.use(None)  # this process's client is one of the plain master
     c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 500, "tls": keys}})
     try:
         c.start_master()
@@ -213,3 +214,4 @@ def test_a_tls_node_of_a_plain_master_says_so_once_and_loudly(tmp_path):
         assert not any(n["up"] for n in c.client().nodes())
     finally:
         c.stop()
+        auth.use(*before)
