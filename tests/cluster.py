@@ -22,10 +22,11 @@ from grun.client import Client
 
 def account(*argv: str, check: bool = True) -> None:
     """useradd, usermod, groupadd, userdel or groupdel: retried while another test worker holds the lock
-    on /etc/passwd or /etc/group (the shadow tools refuse at once rather than wait)."""
-    for attempt in range(50):
+    on /etc/passwd or /etc/group (the shadow tools refuse at once rather than wait), or while a process of
+    the user being removed is still ending (a job killed a moment ago)."""
+    for attempt in range(100):
         r = subprocess.run(argv, capture_output=True, text=True)
-        if r.returncode == 0 or "lock" not in r.stderr:
+        if r.returncode == 0 or "lock" not in r.stderr and "currently used" not in r.stderr:
             break
         time.sleep(0.1)
     if check and r.returncode:
