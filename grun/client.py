@@ -281,7 +281,7 @@ class Client:
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
             stdin_fd is not None
         staged = None
-        if any(job.get(k) for k in ("inputs", "outputs", "stage_in", "stage_out")):  # (grun.stage.FILES)
+        if any(job.get(k) for k in mounts.FILES):
             from . import stage as staged
         if on_start:
             on_start(job)

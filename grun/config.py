@@ -12,6 +12,7 @@ from collections import namedtuple
 from .values import (
     DEFAULT_PORT,
     SERVICES,
+    STAGE_MODES,
     YAML_WORDS,
     expect,
     format_hostport,
@@ -175,7 +176,7 @@ KEYS = {key.name: key for key in (
     Key("nfs_sync", parse_bool, True, _X, True,
         "refresh NFS's cache of a job's cwd, command and -M files before and after it"),
     # staging for nodes without the shared filesystem (grun/stage.py)
-    Key("stage", lambda v: expect(v in ("auto", "always", "never"), "auto, always or never", v) or v, "auto", _X, True,
+    Key("stage", lambda v: expect(v in STAGE_MODES, "auto, always or never", v) or v, "auto", _X, True,
         "send jobs' -M and --stage-in/out files to and from this node: auto (when it lacks their cwd), always, never"),
     Key("fetch_path", parse_paths, lambda c: [], _X, True, "with stage: auto, jobs whose cwd lies under these paths are staged too"),
     # auth: munge and private queries (issue 15; grun/munge.py)

@@ -5,10 +5,8 @@ configured services, the shims' names), so it never drifts from the command line
 
 import os
 import shlex
-import shutil
 import sys
 
-from .files import write_atomic
 from .options import OPTIONS, UsageError
 
 SHELLS = ("bash", "zsh", "fish")
@@ -87,6 +85,7 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
                        config=shlex.quote(os.path.abspath(cfg.path)))
     if install_dir is None:
         return unit
+    from .files import write_atomic  # (not for --completion, which a shell runs at every start)
     path = os.path.join(install_dir, "grun.service")
     write_atomic(path, unit.encode(), mode=0o644)
     return f"wrote {path}; now: systemctl daemon-reload && systemctl enable --now grun\n"
@@ -105,6 +104,7 @@ def install_shims(argv: list[str]) -> int:
         removed = [name for name, path in paths.items() if _ours(path, MARK) and not os.remove(path)]
         print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
         return 0
+    import shutil
     for name, path in paths.items():
         real = next((p for p in (shutil.which(name), path) if p and os.path.exists(p) and not _ours(p, MARK)), None)
         if real:

@@ -64,7 +64,7 @@ def reported(value) -> list[dict] | None:
 
 def lies_on(path: str, mounts: list[dict]) -> dict | None:
     """The mount a path lies on: the last one of the longest mount point that holds it."""
-    over = [(len(m["root"]), i) for i, m in enumerate(mounts) if _under(path, m["root"])]
+    over = [(len(m["root"]), i) for i, m in enumerate(mounts) if inside(path, m["root"])]
     return mounts[max(over)[1]] if over else None
 
 
@@ -83,9 +83,9 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     if not cwd_fs or node_mounts is None:
         return None
     want = _export(cwd_fs)
-    if any(m["type"] != AUTOFS and _under(want, _export(m)) for m in node_mounts):
+    if any(m["type"] != AUTOFS and inside(want, _export(m)) for m in node_mounts):
         return True
-    if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and _under(cwd_fs["root"], m["root"])
+    if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and inside(cwd_fs["root"], m["root"])
            for m in node_mounts):
         return None
     return False
@@ -94,21 +94,27 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
 FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
 
 
+def may_stage(job: dict, mode: str) -> bool:
+    """Whether a node in stage: `mode` (the job's --stage first) may run the job where its cwd is not: always,
+    or auto for a job with files to stage (grun.stage.wanted decides on the node itself)."""
+    mode = job.get("stage") or mode
+    return mode == "always" or mode == "auto" and any(job.get(k) for k in FILES)
+
+
 def unmounted(job: dict, node) -> str | None:
     """Where the job's cwd lies (`where`), when the node (a core NodeView: its mounts and `stage:` mode) is
     known not to have it and would not stage the job's files there (grun.stage.wanted); else None."""
     fs = job.get("cwd_fs")
     if not fs or shared(fs, node.mounts) is not False:
         return None
-    mode = job.get("stage") or node.stage
-    return None if mode == "always" or mode == "auto" and any(job.get(k) for k in FILES) else where(fs)
+    return None if may_stage(job, node.stage) else where(fs)
 
 
 def _export(fs: dict) -> str:
     return fs["source"].rstrip("/") + (fs["sub"] if fs.get("sub", "/") != "/" else "")
 
 
-def _under(path: str, top: str) -> bool:
+def inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 
 
@@ -142,14 +148,19 @@ def sync(paths, timeout: float = SYNC_SECS) -> None:
     done = _thread.allocate_lock()
     done.acquire()
 
-    def walk():
+    def run():
         try:
-            for path in paths:
-                for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again
-                    with contextlib.suppress(OSError):
-                        os.scandir(name).close() if os.path.isdir(name) else os.stat(name)
+            walk(paths)
         finally:
             done.release()
             _idle.release()
-    _thread.start_new_thread(walk, ())
+    _thread.start_new_thread(run, ())
     done.acquire(timeout=timeout)
+
+
+def walk(paths) -> None:
+    """sync's refresh itself, in the calling thread (which a hung server may hold)."""
+    for path in paths:
+        for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again
+            with contextlib.suppress(OSError):
+                os.scandir(name).close() if os.path.isdir(name) else os.stat(name)

@@ -12,7 +12,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as Late
-from importlib import metadata, util
+from importlib import metadata
 from pkgutil import resolve_name
 
 from .config import KEYS, ConfigError
@@ -196,8 +196,7 @@ def load(cfg, instantiate: bool = True) -> Plugins:
     found = [(ep.value, f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an installed package'}")
              for ep in metadata.entry_points(group=GROUP)]
     found += [(spec, f"plugins: in {cfg.where.get('plugins', 'the config')}") for spec in cfg.plugins]
-    if util.find_spec("grun.gpu") is not None:
-        found.append(("grun.gpu:GpuPlugin", "built in"))
+    found.append(("grun.gpu:GpuPlugin", "built in"))
     loaded, seen = [], set()
     for spec, where in found:
         if spec in seen:

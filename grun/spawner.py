@@ -131,6 +131,36 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
+_stuck_sync: int | None = None  # the pipe of a sync child still held by a hung server (one at most)
+
+
+def _sync_as(ident: dict, paths: list) -> None:
+    """mounts.sync for the reaper, in a child as the job's user: a thread of ours stuck on a hung server would
+    block every later id switch here (glibc's seteuid waits for each thread), a child only itself. Returns
+    within SYNC_SECS; while a child is stuck, later syncs are skipped. The reaper collects the child (reap)."""
+    global _stuck_sync
+    if _stuck_sync is not None:
+        if not select.select([_stuck_sync], [], [], 0)[0]:
+            return
+        os.close(_stuck_sync)  # (it ended: its end of the pipe closed)
+        _stuck_sync = None
+    r, w = os.pipe2(os.O_CLOEXEC)
+    if os.fork() == 0:
+        try:
+            if ident:
+                os.setgroups(ident["extra_groups"] or [ident["group"]])
+                os.setgid(ident["group"])
+                os.setuid(ident["user"])
+            mounts.walk(paths)
+        finally:
+            os._exit(0)
+    os.close(w)
+    if select.select([r], [], [], mounts.SYNC_SECS)[0]:
+        os.close(r)
+    else:
+        _stuck_sync = r
+
+
 def _open_outputs(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
     """The job's stdout and stderr, and the path of the latter: the write ends of its spool pipes (their
     read ends go into `keep`: see grun.drain), or the files named by -o/--err/--out-err, opened in its
@@ -214,8 +244,7 @@ class Reaper:
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
-            with _as_user(ident):
-                mounts.sync(job["nfs_sync"])
+            _sync_as(ident, job["nfs_sync"])
         out = err = None
         keep: dict[str, int] = {}
         try:

@@ -28,7 +28,6 @@ WAIT = 300.0                     # a staged job's inputs must come this soon aft
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
 CHUNK = 1 << 20
-FILES = mounts.FILES
 _lock = threading.Lock()
 
 
@@ -46,10 +45,10 @@ def wanted(job: dict, mode: str, fetch_path: list, node_mounts: list | None) -> 
     """Stage this job on this node? Its --stage, else the node's `stage:`; auto: a job with files to stage, when
     the node does not mount its cwd's filesystem (grun.mounts), lacks the cwd, or the cwd lies under `fetch_path:`
     (a job without files fails there: its cwd is not found)."""
-    mode, cwd = job.get("stage") or mode, job["cwd"]
-    return mode == "always" or mode == "auto" and any(job.get(k) for k in FILES) and (
+    cwd = job["cwd"]
+    return (job.get("stage") or mode) == "always" or mounts.may_stage(job, mode) and (
         mounts.shared(job.get("cwd_fs"), node_mounts) is False or not os.path.isdir(cwd)
-        or any(cwd == p or under(cwd, p) for p in fetch_path))
+        or any(mounts.inside(cwd, p) for p in fetch_path))
 
 
 class Staged:
@@ -138,14 +137,10 @@ class Transfer:
     """One offered connection (grun.stream_server hands it over): a push of a job's inputs or a pull of its outputs."""
 
     def __init__(self, staged: Staged, out: bool):
-        self.staged, self.out, self.claimed, self.by_user = staged, out, False, isinstance(auth.caller(), dict)
+        self.staged, self.out, self.by_user = staged, out, isinstance(auth.caller(), dict)
         self.files, self.release = staged.outputs if out else staged.inputs, lambda: None  # (expired: WAIT decides)
 
-    def serve(self, sock: socket.socket) -> None:
-        with _lock:
-            if self.claimed or self.deadline < time.monotonic():
-                return
-            self.claimed = True
+    def serve(self, sock: socket.socket) -> None:  # (the stream server gives each token one connection, in time)
         sock.settimeout(None)  # (tuned already by the stream server)
         s = self.staged
         if self.out:
@@ -366,9 +361,10 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                 with sup:
                     push(sup, job, note)
                 served = run
-            with contextlib.suppress(TimeoutError):
-                client.wait([job_id], 10)
-            job = client.wait_started(job_id)
+            try:
+                job = client.wait([job_id], 10)[job_id]
+            except TimeoutError:
+                job = client.wait_started(job_id)
         if sup := client.supervisor(job_id, job):
             with sup:
                 pull(sup, job, note)

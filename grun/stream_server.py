@@ -199,13 +199,16 @@ class StreamServer:
                     proof == auth.NO_PROOF and getattr(self._offers.get(token), "by_user", False)):
                 log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)
                 return
-            if isinstance(other := self._offers.get(token), stage.Transfer):  # a staged job's files
-                return other.serve(sock)
+            transfer = None
             with self._lock:  # pop: a token is good for one connection
                 conn = self._offers.pop(token, None) if token and not self._closed else None
-                if conn is not None and conn.deadline >= time.monotonic():
+                if isinstance(conn, stage.Transfer):  # a staged job's files
+                    transfer, conn = conn if conn.deadline >= time.monotonic() else None, None
+                elif conn is not None and conn.deadline >= time.monotonic():
                     conn.sock, conn.peer = sock, peer
                     self._conns.setdefault(conn.job_key, set()).add(conn)
+            if transfer is not None:
+                return transfer.serve(sock)
             if conn is None or conn.sock is None:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return

@@ -8,6 +8,7 @@ import re
 
 DEFAULT_PORT = 5184
 SERVICES = frozenset({"queue", "exec"})
+STAGE_MODES = ("auto", "always", "never")  # config key stage:, grun --stage (grun.stage)
 # the words YAML 1.1 reads as true, false and null
 YAML_WORDS = {form: value for value, words in ((True, "yes true on"), (False, "no false off"), (None, "~ null"))
               for word in words.split() for form in (word, word.title(), word.upper())}

@@ -200,6 +200,11 @@ def as_command(words: list[str]) -> str | list[str]:
     return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
 
 
+def asks_staging(args: dict) -> bool:
+    """Whether the command line asks for its files to be staged (grun.stage), beyond what -M implies."""
+    return args.get("stage", "never") != "never" or bool({"stage-in", "stage-out"} & args.keys())
+
+
 def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh); `follow`:
     this grun follows the job to its end, and can stage its files (grun.stage); else they are never staged."""
@@ -221,7 +226,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
             if outside := next((p for p in paths if not p.startswith(os.getcwd().rstrip("/") + "/")), None):
                 raise UsageError(f"--{key} {outside}: only files under the working directory are staged")
-    if not follow and (args.get("stage", "never") != "never" or {"stage-in", "stage-out"} & args.keys()):
+    if not follow and asks_staging(args):
         raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --noio, --array, --cmds)")
     if not follow and args.get("make"):
         extra["stage"] = "never"  # nobody would serve its files
@@ -296,7 +301,7 @@ def do_submit(ctx: Context, args: dict) -> int:
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, dict(args, nowait=True))
-    staged = args.get("stage", "never") != "never" or bool({"stage-in", "stage-out"} & args.keys())
+    staged = asks_staging(args)
     job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
     code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
     if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)

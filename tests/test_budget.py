@@ -32,7 +32,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # config, values 66) 402.
 # Issue 15's auth: munge and private_queries 148: grun/munge.py (libmunge through ctypes) 84, auth.py's munge
 # branch (who, proof, required, confined) 38, the master's narrowed queries 9, config keys, the daemon's check.
-TOTAL, MODULE, MEDIAN = 12334, 500, 200
+TOTAL, MODULE, MEDIAN = 12385, 500, 200
 
 
 def module_lines() -> dict[str, int]:

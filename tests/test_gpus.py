@@ -185,10 +185,11 @@ def test_jobs_see_their_own_gpus_never_shared_across_restarts_and_status_shows_t
 
 
 def test_a_node_offers_the_gpus_nvidia_smi_lists_through_the_built_in_plugin(tmp_path, monkeypatch):
-    pytest.importorskip("grun.plugins", reason="the plugin loader (helper PLUG) merges node_resources()")
     monkeypatch.setenv("PATH", _fake_smi(tmp_path, 'printf "GPU 0: Tesla T4 (UUID: a)\\nGPU 1: Tesla T4 (UUID: b)\\n"')
                        + os.pathsep + os.environ["PATH"])
     with LocalCluster({"g": {"cpus": 2, "memory": 2000}}) as c:
+        status = c.grun("-q", "status", "--long").stdout.decode()  # the built-in plugin, loaded by itself
+        assert "grun.gpu:GpuPlugin" in next(line for line in status.splitlines() if "plugins of the node g" in line)
         [node] = c.client().nodes()
         assert node["devices"] == {"gpu": [["0", "1"], []]}
         r = c.grun("-p", "gpu=1", "-p", "gpu_model=Tesla*", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")

@@ -350,6 +350,23 @@ def test_sync_returns_while_the_server_hangs(sshfs):
     wait_for(lambda: not M._idle.locked(), 10, what="the stuck sync to end")
 
 
+def test_a_hung_server_holds_no_job_start_up(sshfs, tmp_path):
+    """The reaper's sync runs in a child of its own (grun.spawner._sync_as): with the server hung, a job naming a
+    path on it starts after SYNC_SECS, and the jobs after it start at once while that child is still stuck."""
+    cluster, client = sshfs.cluster, sshfs.cluster.client()
+    sshfs.sshfs.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        hung = int(cluster.grun("--nowait", "-H", "a", "true", f"{sshfs.mnt}/proj/tools/run", cwd=str(tmp_path)).stdout.split()[-1])
+        assert client.wait([hung], 20)[hung]["exit"] == 0
+        after = [int(cluster.grun("--nowait", "-H", "a", "true", f"{sshfs.mnt}/proj/{i}", cwd=str(tmp_path)).stdout.split()[-1])
+                 for i in range(3)]
+        assert all(j["exit"] == 0 for j in client.wait(after, 20).values())
+        assert time.monotonic() - started < M.SYNC_SECS + 8  # one wait of SYNC_SECS, not one a job
+    finally:
+        sshfs.sshfs.send_signal(signal.SIGCONT)
+
+
 def test_a_mount_made_later_is_heard_of(sshfs):
     """Node a's heartbeat carries its mounts when they change: a filesystem mounted after it registered (no
     node was known to mount it: refused) is placed there once its next heartbeat has told the master."""

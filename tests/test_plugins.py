@@ -225,21 +225,6 @@ def test_the_readme_plugin_works_as_written():
     assert job["env"] == {"OMP_NUM_THREADS": "2"}
 
 
-def test_the_built_in_gpu_plugin_offers_the_nodes_gpus(tmp_path, monkeypatch):
-    """grun.gpu:GpuPlugin (helper GPUS's module) loads by itself when it exists, and what its node_resources()
-    finds (a fake nvidia-smi here) places a job asking for GPUs."""
-    pytest.importorskip("grun.gpu")
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (UUID: GPU-1)'\necho 'GPU 1: Tesla T4 (UUID: GPU-2)'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    with LocalCluster({"g1": {"cpus": 2, "memory": 4000}}) as c:
-        status = c.grun("-q", "status", "--long").stdout.decode()
-        assert "grun.gpu:GpuPlugin" in next(line for line in status.splitlines() if "plugins of the node g1" in line)
-        r = c.grun("-p", "gpu=2", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES")
-        assert (r.returncode, r.stdout) == (0, b"0,1\n"), r.stderr
-
-
 def test_notices_never_wait_and_a_stuck_plugin_holds_a_bounded_number(monkeypatch, caplog):
     import threading
 

@@ -76,7 +76,6 @@ def test_a_slow_reader_sets_the_pace_and_the_spool_stays_bounded(c):
     slow = "import sys,time\nwhile sys.stdin.buffer.read(65536):\n    time.sleep(0.025)\n"  # ~2.6 MB/s
     got = bytearray()
     reader = c.client()
-    r_fd, w_fd = os.pipe()
     consumer = subprocess.Popen([os.sys.executable, "-c", slow], stdin=subprocess.PIPE)
     try:
         def out(data: bytes):
@@ -86,8 +85,6 @@ def test_a_slow_reader_sets_the_pace_and_the_spool_stays_bounded(c):
     finally:
         consumer.stdin.close()
         consumer.wait()
-        os.close(r_fd)
-        os.close(w_fd)
         done.set()
         sampler.join()
     assert bytes(got) == EXPECTED

@@ -401,11 +401,13 @@ class Master:
 
     def lookup(self, name: str, user: str | None = None) -> int | None:
         """The live job with this name, else (given its user) the newest such finished one, or None."""
+        only = self._only()  # private_queries: another user's job is not there for this one
         with self.lock:
             found = self.core.table.names.get(str(name))
-            if found is not None and self._only() not in (None, self.core.table.jobs.get(found, {}).get("uid")):
-                found = None  # private_queries: another user's job is not there for this one
-        return found or (self.store.find_name(str(user), str(name)) or {}).get("id") if user else found
+            if found is not None and only not in (None, self.core.table.jobs.get(found, {}).get("uid")):
+                found = None
+        ended = (self.store.find_name(str(user), str(name)) or {}) if user and found is None else {}
+        return found or (ended.get("id") if only in (None, ended.get("uid")) else None)
 
     def health(self) -> list[str]:
         """Problems an admin must see, one line each (`grun -q status` prints them)."""
@@ -428,8 +430,11 @@ class Master:
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
         """Finished records of the given jobs, returned when all have finished or the timeout passed."""
         ids = [J.parse_job_id(i) for i in job_ids]
-        if self._only() is not None:  # private_queries: another's job is unknown to this user, ended or not
-            ids = [self.job(i)["id"] for i in ids]
+        if (only := self._only()) is not None:  # private_queries: another's live job is unknown to this user
+            with self.lock:                     # (an ended one: job(), through _ended, says so)
+                other = next((i for i in ids if self.core.table.jobs.get(i, {}).get("uid", only) != only), None)
+            if other is not None:
+                raise LookupError(f"unknown job id {other}")
         done = self._ended(ids)  # (an unknown id is refused before any wait)
         if len(done) < len(set(ids)):
             self._until(lambda: [i for i in ids if i in self.core.table.jobs], timeout)

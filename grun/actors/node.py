@@ -32,7 +32,7 @@ log = logging.getLogger("grun.node")
 
 REPORT_BATCH = 500
 JANITOR_SECS = 10.0
-REREGISTER = {"cpus", "memory", "resources", "labels"}  # the reloaded keys the master places by
+REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded keys the master places by
 
 
 @Pyro5.api.expose
@@ -92,6 +92,8 @@ class Node(NodeJobs):
         for job in jobs:
             job_id, live = int(job["id"]), None
             try:
+                # (outside the lock: it may stat the job's cwd, on a file server that may hang)
+                staged = stage.wanted(job, self.stage, self.fetch_path, self.mounts)
                 with self.lock:
                     old = self.live.get(job_id)
                     if old is not None and old.attempt < int(job.get("attempt") or 1):
@@ -107,7 +109,7 @@ class Node(NodeJobs):
                                        dict(job, node=self.name, node_wrap=self.wrap,
                                             limits=limits.job_limits(job, self.hard_factor, self.ulimit),
                                             nfs_sync=mounts.job_paths(job, self.mounts) if self.nfs_sync else []))
-                        if stage.wanted(live.job, self.stage, self.fetch_path, self.mounts):  # (cwd: a work dir)
+                        if staged:  # (its cwd: a work dir)
                             live.stage = stage.Staged(self, live)
                         self._register_job(live)
                 if live is not None:

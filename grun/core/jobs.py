@@ -11,6 +11,8 @@ import math
 import os
 import re
 
+from ..values import STAGE_MODES, parse_cpus, parse_duration, parse_memory
+
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
 TIMEOUT = "timeout"  # ended at its time limit (-t)
@@ -163,7 +165,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         if path is not None:
             out[f"{stream}_file"] = path
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
-    if spec.get("stage") not in (None, "auto", "always", "never"):
+    if spec.get("stage") not in (None, *STAGE_MODES):
         raise ValueError(f"stage must be auto, always or never, got {spec['stage']!r}")
     if spec.get("stage"):
         out["stage"] = spec["stage"]
@@ -223,7 +225,6 @@ EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
-    from ..values import parse_cpus, parse_memory  # pure parsers, imported late to keep this module light
 
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs)}
@@ -248,7 +249,6 @@ def parse_edit(changes: object) -> dict:
 def parse_time_limit(text) -> float:
     """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
     D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m)."""
-    from ..values import parse_duration
     word = str(text).strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
         seconds = float(word) * 60

@@ -20,7 +20,7 @@ from .rules import meets
 EPS = 1e-9
 # What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
 # node to another place in its index (usage, up/down).
-_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices", "mounts"})
+_DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices", "mounts", "stage"})
 _WATCHED = _DESCRIBED | {"used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"}
 
 
