@@ -95,12 +95,20 @@ def label(text) -> str:
     return str(text).strip() if not isinstance(text, bool) else str(text).lower()
 
 
-def parse_plugins(value) -> list[str]:
-    """A list of module:Class, or those as words (the original's way of writing lists)."""
+def words(value, what: str, ok=lambda word: True) -> list[str]:
+    """A YAML list of words, or one string of them separated by spaces or commas; each one `ok`."""
     items = value.replace(",", " ").split() if isinstance(value, str) else value
-    expect(isinstance(items, list) and all(isinstance(i, str) and re.fullmatch(
-        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i) for i in items), "a list of module:Class", value)
-    return items
+    expect(isinstance(items, list) and all(isinstance(i, str) and ok(i.strip()) for i in items), what, value)
+    return [i.strip() for i in items if i.strip()]
+
+
+def choice(*names: str, **aliases: str):
+    """The parser of a word among `names` (any case; `aliases`: other words for some of them)."""
+    def parse(text) -> str:
+        word = aliases.get(str(text).strip().lower(), str(text).strip().lower())
+        expect(word in names, f"{', '.join(names[:-1])} or {names[-1]}", text)
+        return word
+    return parse
 
 
 _count = lambda v: int(number(v, "a count"))
@@ -148,9 +156,7 @@ def format_hostport(host: str, port: int) -> str:
 
 def parse_services(text) -> frozenset[str]:
     """ "queue", "queue,exec", "queue exec" or a YAML list -> a non-empty subset of SERVICES."""
-    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
-    expect(isinstance(items, list) and all(isinstance(i, str) for i in items), "a list of services", text)
-    names = frozenset(i.strip().lower() for i in items if i.strip())
+    names = frozenset(w.lower() for w in words(text, "a list of services"))
     expect(names and not names - SERVICES, "one or both of queue, exec", text)
     return names
 
@@ -163,27 +169,9 @@ def parse_tls(value) -> dict:
     return {name: parse_path(path, absolute=True) for name, path in value.items()}
 
 
-def parse_users(text) -> frozenset[str]:
-    """ "alice bob", "alice,bob" or a YAML list of user names."""
-    items = re.split(r"[\s,]+", text.strip()) if isinstance(text, str) else text
-    expect(isinstance(items, list) and all(isinstance(i, str) and ":" not in i for i in items), "user names", text)
-    return frozenset(i.strip() for i in items if i.strip())
-
-
 def parse_host(text) -> str:
     expect(isinstance(text, str) and text.strip() and not re.search(r"[\s/]", text.strip()), "a host or address", text)
     return text.strip()
-
-
-def parse_auth(text) -> str:
-    expect(text in ("secret", "munge", "none"), "secret, munge or none", text)
-    return text
-
-
-def parse_level(text) -> str:
-    level = {"warn": "warning"}.get(str(text).strip().lower(), str(text).strip().lower())
-    expect(level in ("debug", "info", "warning", "error"), "one of debug, info, warning, error", text)
-    return level
 
 
 def parse_path(text, absolute: bool = False):
@@ -192,11 +180,3 @@ def parse_path(text, absolute: bool = False):
     path = os.path.normpath(os.path.expanduser(text.strip()))
     expect(os.path.isabs(path) or not absolute, "an absolute path", text)
     return path if os.path.isabs(path) else lambda cfg: os.path.join(cfg.spool, path)
-
-
-def parse_paths(value) -> list[str]:
-    """Absolute paths: a list, or one string of them separated by spaces or commas."""
-    paths = value.replace(",", " ").split() if isinstance(value, str) else value
-    expect(isinstance(paths, list) and all(isinstance(p, str) and p.startswith("/") for p in paths),
-           "a list of absolute paths", value)
-    return [os.path.normpath(p) for p in paths]
