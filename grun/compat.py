@@ -15,6 +15,8 @@ import sys
 import time
 
 from .client import Client, GrunError, current_user, job_spec
+from .core.jobs import parse_time_limit
+from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
 MARK = "# grun-compat"
@@ -110,19 +112,10 @@ def read_script(path: str | None, kind: str) -> str:
 
 
 def megabytes(text: str, per: float = 1) -> int:
-    from .values import parse_memory
     try:
         return max(1, round(parse_memory(text) * per))
     except ValueError as exc:
         raise Refused(f"bad memory size {text!r}: {exc}") from None
-
-
-def seconds(text: str) -> float:
-    from .core.jobs import parse_time_limit
-    try:
-        return parse_time_limit(text)
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
 
 
 def out_path(pattern: str, names: dict) -> str:
@@ -164,10 +157,10 @@ def state_of(job: dict) -> str:
     return limit or STATES.get(job["state"], job["state"].upper())
 
 
-def id_of(job: dict, sep: str = "_") -> str:
+def id_of(job: dict) -> str:
     if "ranges" in job:  # an array's tasks not started yet
-        return f"{job['id']}{sep}[{job.get('array', '')}]"
-    return f"{job['array']}{sep}{job['task']}" if "task" in job else str(job["id"])
+        return f"{job['id']}_[{job.get('array', '')}]"
+    return f"{job['array']}_{job['task']}" if "task" in job else str(job["id"])
 
 
 def duration(secs, days_first: bool = False) -> str:
@@ -283,7 +276,7 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
             megabytes(last(opts, "mem-per-cpu"), int(cpus))
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
     if "time" in opts:
-        request["time"] = seconds(last(opts, "time"))
+        request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
     for item in filter(None, ",".join(opts.get("gres", [])).split(",")):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
         if not count.isdigit() or not re.fullmatch(r"[A-Za-z_][\w.-]*", name) or len(kind) > 1:

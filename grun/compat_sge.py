@@ -7,8 +7,9 @@ import sys
 import time
 
 from . import compat as C
-from .client import Client, GrunError, current_user
+from .client import Client, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
+from .core.jobs import number_or_text, parse_time_limit
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
@@ -47,9 +48,8 @@ def qsub(argv: list[str]) -> int:
             request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
                 C.megabytes(value, int(slots))
         elif key in TIME and value:
-            request["time"] = C.seconds(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
+            request["time"] = parse_time_limit(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
         elif value and re.fullmatch(r"[A-Za-z_][\w.-]*", key):  # a consumable (gpu=1) or a label (arch=x86_64)
-            from .core.jobs import number_or_text
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {item}")
@@ -132,15 +132,12 @@ def qstat(argv: list[str]) -> int:
 
 def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
     """qstat -j, qacct -j: a block of `key value` lines per job; those not found named on stderr."""
-    client, missing = Client(), []
-    for word in (i for i in ids.split(",") if i):
-        try:
-            job = client.job(int(word))
-            if finished and "exit" not in job:
-                raise GrunError("not finished")
+    jobs, missing = C.job_list(Client(), [i for i in ids.split(",") if i], None)
+    for job in jobs:
+        if finished and "exit" not in job:
+            missing.append(str(job["id"]))
+        else:
             print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(job)))
-        except (GrunError, ValueError):
-            missing.append(word)
     if missing:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
