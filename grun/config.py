@@ -150,14 +150,11 @@ KEYS = {key.name: key for key in (
     Key("tls", parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", lambda v: frozenset(words(v, "user names", lambda u: ":" not in u)), lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
-    # per-user and per-group limits (grun.core.quotas)
     Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
-    # plugins (grun/plugins.py; README: Plugins)
     Key("plugins", lambda v: words(v, "a list of module:Class", lambda i: re.fullmatch(
         r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i)), lambda c: [], _D, True,
         "more plugins, as module:Class (installed ones, entry point grun.plugins, load by themselves)"),
-    # terabyte streams in bounded space (grun/drain.py)
     Key("spool_max", parse_memory, 1024, _X, True,
         "MB of a job's unread output a node keeps; past it the job waits for its reader"),
     Key("wrap", lambda v: str(v or ""), "", _X, True, "a prefix for every job's command here, at {cmd} (a container, a module)"),
@@ -170,15 +167,12 @@ KEYS = {key.name: key for key in (
         4.0, _Q, True, "a learned memory's limit: the estimate x this (0 or off: no limit)"),  # grun.core.learn
     Key("learn_runs", lambda v: int(number(v, "3 to 1000", least=3, most=1000)), 20, _Q, True, "how many of a "
         "program's last runs its estimates come from (p95)"),
-    # NFS and the working directory (grun/mounts.py)
     Key("nfs_sync", parse_bool, True, _X, True,
         "refresh NFS's cache of a job's cwd, command and -M files before and after it"),
-    # staging for nodes without the shared filesystem (grun/stage.py)
     Key("stage", choice(*STAGE_MODES), "auto", _X, True,
         "send jobs' -M and --stage-in/out files to and from this node: auto (when it lacks their cwd), always, never"),
     Key("fetch_path", lambda v: [os.path.normpath(p) for p in words(v, "a list of absolute paths", os.path.isabs)],
         lambda c: [], _X, True, "with stage: auto, jobs whose cwd lies under these paths are staged too"),
-    # auth: munge and private queries (issue 15; grun/munge.py)
     Key("munge_socket", lambda v: parse_path(v, absolute=True), "/run/munge/munge.socket.2", "all", False,
         "munged's socket, with auth: munge"),
     Key("private_queries", parse_bool, False, _Q, True, "users see only their own jobs (root, admins: all)"),

@@ -1,9 +1,5 @@
 """GPUs and other indexed devices on a node: the built-in plugin that finds NVIDIA GPUs (`GpuPlugin`), and
-the environment that names the devices a job was given (`device_env`).
-
-A job given devices of an indexed resource NAME sees them, comma-separated, in `GRUN_<NAME>S` (`-p gpu=2`:
-GRUN_GPUS=0,2); for `gpu`, in CUDA_VISIBLE_DEVICES too, so CUDA programs see only those.
-"""
+the environment that names the devices a job was given (`device_env`: README, GPUs and limits)."""
 
 import glob
 import os

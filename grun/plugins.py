@@ -1,10 +1,7 @@
-"""Plugins: classes whose optional hooks the daemons call, each within a time budget (README: Plugins). A daemon
-runs those installed under the entry-point group `grun.plugins`, the config's `plugins:` (`module:Class`) and the
-built-in grun.gpu:GpuPlugin (when that module exists). Master: on_submit(job) (may change EDITABLE, validated
-again, or raise Reject), on_dispatch(job, node) and on_finish(job, record) (notices, in the background); node:
-node_resources() (what it offers besides its config's) and on_start(job, env) (add to env, wrap job["cmd"]).
-A hook that raises or runs past its budget is logged and skipped, and while a late one still runs its plugin is
-skipped at once: a plugin never stalls a daemon (nor runs under the master's lock) and never loses a job."""
+"""Plugins: classes whose optional hooks (HOOKS) the daemons call, each within a time budget; README: Plugins says
+where each hook runs and what it may change. A hook that raises or runs past its budget is logged and skipped, and
+while a late one still runs its plugin is skipped at once: a plugin never stalls a daemon (nor runs under the
+master's lock) and never loses a job."""
 
 import inspect
 import logging
