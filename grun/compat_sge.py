@@ -48,7 +48,7 @@ def qsub(argv: list[str]) -> int:
             request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
                 C.megabytes(value, int(slots))
         elif key in TIME and value:
-            request["time"] = parse_time_limit(f"{value}s" if value.isdigit() else value)  # (seconds, not Slurm's minutes)
+            request["time"] = parse_time_limit(f"{value}s" if value.isdigit() else value)  # (SGE: seconds, not minutes)
         elif value and re.fullmatch(r"[A-Za-z_][\w.-]*", key):  # a consumable (gpu=1) or a label (arch=x86_64)
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
