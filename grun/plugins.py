@@ -124,6 +124,7 @@ class Plugins:
     def submit(self, requests: list[dict]) -> None:
         """on_submit over the validated requests, in place; a Reject refuses the whole submission (ValueError)."""
         from .core.jobs import validate_spec
+        from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):
             job = _copy(req, id=None)
             try:
@@ -139,10 +140,8 @@ class Plugins:
             except ValueError as exc:
                 log.warning("plugin %s: on_submit's changes are not valid (%s); skipped", plugin.name, exc)
                 continue
-            for key in new:
-                req[key] = checked[key]
-                req.setdefault("origin", {})[key] = f"plugin {plugin.name}"
-            req.update({f"{k}_set": True for k in ("cpus", "memory") if k in new})  # as if asked: a limit
+            if new:  # set as a rule's `set:` is: its origin, and (cpus, memory) a limit as if asked
+                apply([(f"plugin {plugin.name}", lambda _: True, [("set", {k: checked[k] for k in new})])], req, {})
 
     def start(self, job: dict, shell: str) -> None:
         """on_start, on the node's copy of the job before it is written: its env, and its argv when wrapped."""
