@@ -16,10 +16,10 @@ def device_env(devices: dict | None) -> dict[str, str]:
     return env
 
 
-def nvidia_gpus(smi: str = "nvidia-smi", proc: str = "/proc/driver/nvidia/gpus") -> list[tuple[str, str]]:
+def nvidia_gpus(proc: str = "/proc/driver/nvidia/gpus") -> list[tuple[str, str]]:
     """(index, model) of each NVIDIA GPU: from `nvidia-smi -L`, else from the driver's /proc files."""
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT).stdout
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT).stdout
         found = re.findall(r"(?m)^GPU (\d+): (.+?)(?: \(UUID: [^)]*\))?\s*$", out)
         if found:
             return found
