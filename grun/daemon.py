@@ -99,6 +99,8 @@ class Services:
         except Exception as exc:  # a broken edit must not take the daemon down
             log.error("reload: %s; keeping the running config", exc)
             return
+        finally:  # loading switched this process's auth to the new file's: auth keys need a restart
+            auth.configure(self.cfg)
         for warning in new.warnings:
             log.warning("reload: %s", warning)
         changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]

@@ -185,3 +185,26 @@ def test_reload_applies_every_reloadable_key(setup):
     assert restart == set(NEEDS_RESTART) and applied == set(NEW_VALUES), log
     wait_for(lambda: (_nodes_up(setup.client).get("n1", {}).get("cpus"), _nodes_up(setup.client)["n1"]["memory"])
              == (3, 2048), 20, what="the node's new cpus and memory")
+
+
+def test_a_reload_that_changes_the_secret_keeps_the_running_one_until_a_restart(setup):
+    """The secret is among the keys a reload reports as needing -R: the daemon goes on checking the one it
+    started with (reading the new file switched it at once, and every client of the running cluster was refused)."""
+    s = setup
+    for name in ("a", "b"):
+        (s.tmp / f"secret.{name}").write_text(f"secret {name} " * 4)
+        os.chmod(s.tmp / f"secret.{name}", 0o600)
+    keys = {"services": "queue,exec", "hostname": "n1", "cpus": 2, "memory": "1G", "log_file": "grun.log",
+            "auth": "secret"}
+    conf = s.conf("both", **keys, secret_file=str(s.tmp / "secret.a"))
+    client_conf = s.conf("client", **keys, secret_file=str(s.tmp / "secret.a"))
+    assert s.grun("-C", conf, "-d").returncode == 0
+    log_path = s.tmp / "both" / "grun.log"
+    r = s.grun("-C", client_conf, "echo", "before")
+    assert (r.returncode, r.stdout) == (0, b"before\n"), r.stderr
+    s.conf("both", **keys, secret_file=str(s.tmp / "secret.b"))
+    assert s.grun("-C", conf, "-d", "-r").returncode == 0
+    wait_for(lambda: "reloaded" in log_path.read_text(), 20, what="the reload")
+    assert re.search(r"reload: .*secret_file.* need a restart", log_path.read_text())
+    r = s.grun("-C", client_conf, "echo", "after")
+    assert (r.returncode, r.stdout) == (0, b"after\n"), r.stderr
