@@ -138,40 +138,36 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     return futures
 
 
-def submit_call(func: Callable, *args, cpus: float | None = None, memory: int | str | None = None,
-                priority: int | None = None, hosts: str | None = None, env: dict | None = None,
-                cwd: str | None = None, params: dict | None = None, python: str | None = None,
-                client: Client | None = None, **kwargs) -> CallFuture:
+RESOURCES = ("cpus", "memory", "priority", "hosts", "env", "cwd", "params")  # a job's, as for Client.submit
+
+
+def submit_call(func: Callable, *args, python: str | None = None, client: Client | None = None,
+                **kwargs) -> CallFuture:
     """Queue `func(*args, **kwargs)` as a job and return a Future for its value. The job is on the
     master's disk when this returns (`future.job.id`). `result()` returns the function's value, or raises
     what it raised remotely (same type and value, the remote traceback added as a note), or RemoteError
-    for a job that ended without a result. Resources and placement as for `Client.submit`; `python` is
-    the interpreter on the node (ours by default). Every other keyword argument goes to the function."""
-    resources = {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd,
-                 "params": params}
+    for a job that ended without a result. The keywords of RESOURCES (cpus, memory, priority, hosts,
+    env, cwd, params) are the job's, as for `Client.submit`; `python` is the interpreter on the node
+    (ours by default). Every other keyword argument goes to the function."""
+    resources = {key: kwargs.pop(key) for key in RESOURCES if key in kwargs}
     return _submit(client, func, [(args, kwargs)], python, resources)[0]
 
 
 def remote(func: Callable, *args, **kwargs) -> Any:
     """`func(*args, **kwargs)` run on a node: its value (keywords as for submit_call); Ctrl-C kills the job."""
-    future = submit_call(func, *args, **kwargs)
-    try:
-        return future.result()
-    except BaseException:
-        future.cancel()
-        raise
+    return _results([submit_call(func, *args, **kwargs)])[0]
 
 
-def map(func: Callable, iterable: Iterable, *, cpus: float | None = None, memory: int | str | None = None,
-        priority: int | None = None, hosts: str | None = None, env: dict | None = None, cwd: str | None = None,
-        params: dict | None = None, python: str | None = None, client: Client | None = None,
-        timeout: float | None = None) -> list:
+def map(func: Callable, iterable: Iterable, *, python: str | None = None, client: Client | None = None,
+        timeout: float | None = None, **resources) -> list:
     """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
-    with the given resources each; results in input order. The first failure (in order) is raised,
-    and the calls not yet finished are killed."""
-    resources = {"cpus": cpus, "memory": memory, "priority": priority, "hosts": hosts, "env": env, "cwd": cwd,
-                 "params": params}
-    futures = _submit(client, func, [((x,), {}) for x in iterable], python, resources)
+    with the given resources each (RESOURCES, as for submit_call); results in input order. The first
+    failure (in order) is raised, and the calls not yet finished are killed."""
+    return _results(_submit(client, func, [((x,), {}) for x in iterable], python, resources), timeout)
+
+
+def _results(futures: list[CallFuture], timeout: float | None = None) -> list:
+    """Their values in order; at the first failure (or Ctrl-C) the calls not yet finished are killed."""
     try:
         return [f.result(timeout) for f in futures]
     except BaseException:

@@ -11,12 +11,10 @@ TIMES = {"start": time.time()}  # when each step of this run ended: GRUN_TIMES=1
 
 from . import __version__
 from .config import ConfigError, find_config_path, load_config
-from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, help_text
+from .options import EXIT_USAGE, GRUN_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
 
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
-GRUN_OPTIONS = (*JOB_OPTIONS, "edit", "attach", "tail", "query", "kill", "signal", "daemon", "foreground", "restart",
-                "reload", "systemd", "install", "completion", "config", "help", "version")
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...|why ID|conf   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs

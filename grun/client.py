@@ -62,6 +62,17 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     return GrunError(f"{where}: {text}")
 
 
+def _ask(method: str, doc: str, by_id: bool = False):
+    """A Client method that is the master's `method`; `by_id`: it takes a list of job ids and answers by id."""
+    def ask(self, *args):
+        if not by_id:
+            return self.call(method, *args)
+        ids = [i if isinstance(i, str) and "." in i else int(i) for i in args[0]]
+        return {k if "." in k else int(k): v for k, v in self.call(method, ids, *args[1:]).items()}
+    ask.__name__, ask.__doc__ = method, doc
+    return ask
+
+
 class Client:
     """A connection to one grun master: `Client()` finds it like the `grun` command does ($GRUN_CONF,
     /etc/grun.conf, else the personal cluster on this machine, started if needed), or from `config` (a
@@ -140,19 +151,16 @@ class Client:
         except MasterUnreachable:
             return False
 
-    def submit(self, cmd: str | Sequence[str] | dict, *, cpus: float | None = None, memory: int | str | None = None,
-               priority: int | None = None, params: dict | None = None, name: str | None = None,
-               cwd: str | None = None, env: dict | None = None, hosts: str | None = None) -> "Job | int":
+    def submit(self, cmd: str | Sequence[str] | dict, **options) -> "Job | int":
         """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command
-        line (a string, run by /bin/sh) or an argv list. `memory` is MB or a string with a unit ("500M",
-        "4G"). `env` adds to the usual session variables (PATH, HOME, ...) the job gets; `cwd` defaults to
-        ours; `params` are custom resources (e.g. {"gpu": 1}); `hosts` is a glob or comma list of nodes the
-        job may run on. (A dict is taken as a complete low-level job spec, and its job id is returned.)"""
+        line (a string, run by /bin/sh) or an argv list; `options` as job_spec takes them: cpus, memory (MB
+        or a string with a unit, "500M", "4G"), priority, params (custom resources, {"gpu": 1}), name, cwd
+        (ours by default), env (added to the usual session variables), hosts (a glob or comma list of nodes
+        it may run on). (A dict is taken as a complete low-level job spec, and its job id is returned.)"""
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
         from .job import Job
-        return Job(self, self.submit_spec(job_spec(cmd, cpus=cpus, memory=memory, priority=priority, params=params,
-                                                   name=name, cwd=cwd, env=env, hosts=hosts)))
+        return Job(self, self.submit_spec(job_spec(cmd, **options)))
 
     def submit_spec(self, spec: dict) -> int:
         """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
@@ -180,54 +188,20 @@ class Client:
         self.job(job_id)
         return Job(self, int(job_id))
 
-    def job(self, job_id: int) -> dict:
-        """The job's record: id, state, cmd, cpus, memory, node, exit, usage, ..."""
-        return self.call("job", int(job_id))
-
-    def jobs(self) -> list[dict]:
-        """Records of the queued and running jobs, by id."""
-        return self.call("jobs")
-
-    def nodes(self) -> list[dict]:
-        """One record per node: name, up, cpus, memory, free_cpus, free_memory, running."""
-        return self.call("nodes")
-
-    def health(self) -> list[str]:
-        """The master's problems, one line each (a damaged journal, a disk nearly full); [] when well."""
-        return [str(line) for line in self.call("health")]
-
-    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
-        """The latest finished jobs, newest first; only `user`'s, or those whose command or name match `grep`."""
-        return self.call("history", limit, user, grep)
-
-    def _by_id(self, method: str, job_ids: list[int], *args) -> dict[int, bool]:
-        ids = [i if isinstance(i, str) and "." in i else int(i) for i in job_ids]  # `12.7`: task 7 of array 12
-        return {k if "." in k else int(k): v for k, v in self.call(method, ids, *args).items()}
-
-    def kill(self, job_ids: list[int], sig: int = 15, force: bool = False) -> dict[int, bool]:
-        """Signal queued or running jobs; returns {id: whether it was live}. With force, running jobs
-        are marked killed at once, even if their node cannot be reached."""
-        return self._by_id("kill", job_ids, int(sig), bool(force))
-
-    def hold(self, job_ids: list[int]) -> dict[int, bool]:
-        """Hold queued jobs, suspend running ones; returns {id: found}."""
-        return self._by_id("hold", job_ids)
-
-    def resume(self, job_ids: list[int]) -> dict[int, bool]:
-        """Release held jobs, continue suspended ones; returns {id: found}."""
-        return self._by_id("resume", job_ids)
-
-    def edit(self, job_ids: list[int], changes: dict) -> dict[int, bool]:
-        """Change queued jobs (priority, cpus, memory, hosts, params); returns {id: found}."""
-        return self._by_id("edit", job_ids, dict(changes))
-
-    def lookup(self, name: str) -> int | None:
-        """The id of the live job with this name (grun -j NAME), or None."""
-        return self.call("lookup", str(name))
-
-    def why(self, job_id: int) -> str:
-        """One paragraph on why a queued job is not running."""
-        return str(self.call("why", int(job_id)))
+    # the master's answers as they are (its docstrings say what each takes and returns)
+    job = _ask("job", "The job's record: id, state, cmd, cpus, memory, node, exit, usage, ...")
+    jobs = _ask("jobs", "Records of the queued and running jobs, by id.")
+    nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
+    health = _ask("health", "The master's problems, one line each (a damaged journal, a full disk); [] when well.")
+    history = _ask("history", "history(limit=50, user=None, grep=None): the latest finished jobs, newest first.")
+    lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
+    why = _ask("why", "One paragraph on why a queued job is not running.")
+    # {id: whether it was found (kill: live)}; an id `12.7` is task 7 of array 12
+    kill = _ask("kill", "kill(ids, sig=15, force=False): signal queued or running jobs; force marks running "
+                "jobs killed at once, even if their node cannot be reached.", by_id=True)
+    hold = _ask("hold", "Hold queued jobs, suspend running ones.", by_id=True)
+    resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
+    edit = _ask("edit", "edit(ids, changes): change queued jobs (priority, cpus, memory, hosts, params).", by_id=True)
 
     def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
         """The final records of the jobs, once all have finished (Timeout after `timeout` s)."""
@@ -280,7 +254,7 @@ class Client:
         from .core import jobs as J
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
             stdin_fd is not None
-        staged = None
+        staged, on_note = None, on_note or (lambda text: None)
         if any(job.get(k) for k in mounts.FILES):
             from . import stage as staged
         if on_start:
@@ -292,10 +266,9 @@ class Client:
             if where is not None and run != where:
                 out_off = err_off = 0
                 stdin_fd = b"" if fed else None  # what we sent went to the lost run; the new one gets an empty input
-                if on_note:
-                    on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
-                            f"following attempt {run[1]} on {run[0]}: its output starts over"
-                            + ("; its input is not sent again" if fed else ""))
+                on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
+                        f"following attempt {run[1]} on {run[0]}: its output starts over"
+                        + ("; its input is not sent again" if fed else ""))
             where, final = run, job["state"] in J.FINAL_STATES
             try:
                 if not (supervisor := self.supervisor(job_id, job)):
@@ -307,10 +280,10 @@ class Client:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
                     if staged:  # its inputs, if its node does not share our files (grun.stage)
-                        staged.push(sup, job, on_note or (lambda text: None))
+                        staged.push(sup, job, on_note)
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
                     for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
-                        if ticket.get(key, 0) > asked and on_note:  # the node keeps only spool_max of it
+                        if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
                             on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
                     out_off, err_off = ticket.get("out_offset", out_off), ticket.get("err_offset", err_off)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
@@ -324,7 +297,7 @@ class Client:
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
-                    if staged and not staged.pull(sup, job, on_note or (lambda text: None)):
+                    if staged and not staged.pull(sup, job, on_note):
                         release = False  # what did not come back stays on the node
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
                         with contextlib.suppress(OSError):
@@ -353,7 +326,7 @@ class Client:
             job = self.call("job", job_id, wait=self.long_wait)  # ride through a master restart
         if require_output:
             raise GrunError(f"the output of job {job_id} is no longer kept on its node")
-        if on_note and job.get("node"):  # a job that never ran had no output to keep
+        if job.get("node"):  # a job that never ran had no output to keep
             on_note(f"the output of job {job_id} is no longer kept on its node")
         return self.exit_code(job_id, on_limit)
 

@@ -34,14 +34,6 @@ class Job:
         """queued, held, dispatched, running, suspended, done, failed, killed or lost."""
         return self.info()["state"]
 
-    @property
-    def node(self) -> str | None:
-        return self.info().get("node")
-
-    def done(self) -> bool:
-        from .core.jobs import FINAL_STATES
-        return self.state in FINAL_STATES
-
     def wait(self, timeout: float | None = None) -> int:
         """Block until the job has finished and return its exit code; raises Timeout after `timeout` s."""
         return self.client.exit_code(self.id, timeout=timeout)

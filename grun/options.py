@@ -37,19 +37,13 @@ def _param(text: str) -> tuple:
     return name, number_or_text(value)
 
 
-def _time(text: str) -> float:
-    from .core.jobs import parse_time_limit
-    return parse_time_limit(text)
+def _lazy(module: str, name: str):
+    """A parser of grun.core, imported only when an option needs it (not by every `grun` call)."""
+    return lambda text: getattr(__import__(f"grun.core.{module}", fromlist=[name]), name)(text)
 
 
-def _refs(text: str) -> list:
-    from .core.jobs import job_refs
-    return job_refs(text)
-
-
-def _dependency(text: str) -> dict:
-    from .core.deps import parse_dependency
-    return parse_dependency(text)
+_time, _refs = _lazy("jobs", "parse_time_limit"), _lazy("jobs", "job_refs")
+_dependency = _lazy("deps", "parse_dependency")
 
 
 def _retries(text: str) -> int:
@@ -105,6 +99,7 @@ OPTIONS = [
     Option(None, "stage-in", "list", str, "also send FILE (under the cwd) to the job's node when it is staged", "FILE"),
     Option(None, "stage-out", "list", str, "also bring FILE (under the cwd) back from the job's node when it is staged", "FILE"),
     Option("v", "verbose", help="print the job id and node on stderr"),
+    Option(None, "json", help="one JSON document (with --nowait: the job ids)"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
     Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
     Option(None, "tail", help="with --attach: only the output from now on"),
@@ -126,18 +121,15 @@ OPTIONS = [
     Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
-    Option(None, "json", help="one JSON document (with --nowait: the job ids)"),
     Option("F", "format", "value", lambda text: [f.strip().lower() for f in text.split(",") if f.strip()],
            "the columns of -q jobs, by name: id,user,state,node,cpus,mem,using,time,cwd,command or any field", "FIELDS"),
     Option("n", "interval", "value", lambda text: parse_duration(text, positive=True),
            "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
-# a job's options: those `run` and `submit` take; an option file (-f) may hold all but the last, -f itself
-JOB_OPTIONS = ("cpus", "memory", "priority", "hosts", "env", "param", "name", "wait-existing", "out", "err", "out-err",
-               "out-append", "err-append", "out-err-append", "noio", "force", "nowait", "norequeue", "array", "cmds",
-               "make", "noexec", "after", "afterok", "afternotok", "dependency", "retries", "retry-delay", "verbose",
-               "time", "wrap", "stage", "stage-in", "stage-out", "file", "json")
+_NAMES = list(_BY_LONG)
+JOB_OPTIONS = tuple(_NAMES[:_NAMES.index("json") + 1])  # `run`'s and `submit`'s; an option file (-f) may hold all but json
+GRUN_OPTIONS = tuple(_NAMES[:_NAMES.index("version") + 1])  # grun's own: those and its forms' (the rest: some verbs')
 
 
 def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bool = False) -> tuple[dict, list[str]]:

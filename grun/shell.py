@@ -81,7 +81,7 @@ def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
         return [(f"--{o.long}", o.help) for o in OPTIONS if o.long in v.options]
     if v.words is _verb_name and len(done) == 1:
         return [(name, other.help) for name, other in verbs.VERBS.items()]
-    if v.words in (verbs.job_ids, verbs.one_id, verbs.ids_or_name, verbs.changes):
+    if v.words in (verbs.job_ids, verbs.job_or_task_ids, verbs.one_id, verbs.ids_or_name, verbs.changes):
         jobs = view.jobs + (view.history if v.name in ("wait", "attach") else [])
         return [(str(j["id"]), f"{j.get('state', 'done')}: {command_text(j)}"[:60]) for j in jobs
                 if str(j["id"]) not in done[1:]]
@@ -193,13 +193,10 @@ def _doc(module: str) -> str:
     return import_module(module, __package__).__doc__.strip()
 
 
-def _options_page() -> str:
-    return help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command line's)",
-                     tuple(o.long for o in OPTIONS))
-
-
 # `help TOPIC`: pages made from the tables and docstrings they describe
-TOPICS = {"config": _config_page, "options": _options_page, "make": lambda: _doc(".make"),
+TOPICS = {"config": _config_page,
+          "options": lambda: help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command "
+                                       "line's)", tuple(o.long for o in OPTIONS)), "make": lambda: _doc(".make"),
           "rules": lambda: _doc(".core.rules") + "\n\n" + _doc(".core.expr"),
           "trust": lambda: _doc(".auth"), "slurm": lambda: _shim_page(".compat", "SUBMIT", "sbatch and srun"),
           "sge": lambda: _shim_page(".compat_sge", "QSUB", "qsub")}

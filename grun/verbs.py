@@ -186,6 +186,8 @@ def command(words: list[str], called: str, opts: dict) -> dict:
         words = words or from_file
     if not words and "cmds" not in opts:
         raise UsageError(f"no command given to {called}")
+    if opts.get("wait-existing") and not opts.get("name"):
+        raise UsageError("-W waits for the job named by -j NAME; give -j too")
     return {"cmd": words}
 
 
@@ -243,8 +245,8 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
 def make_gate(ctx: Context, args: dict) -> int | None:
     """`-M`: the exit code when nothing is to be queued (up to date, or --noexec); else None, and the
     command without its markers and the make keys of its spec are left in args["_make"] for cli_spec."""
-    if not args.get("make") or "_make" in args:
-        if args.get("noexec") and not args.get("make"):
+    if not args.get("make"):
+        if args.get("noexec"):
             raise UsageError("--noexec goes with -M")
         return None
     if "array" in args or "cmds" in args:
@@ -267,15 +269,13 @@ def make_gate(ctx: Context, args: dict) -> int | None:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
 def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
+    if args.get("nowait"):
+        return do_submit(ctx, args)
     if (code := make_gate(ctx, args)) is not None:
         return code
-    if args.get("wait-existing") and not args.get("name"):
-        raise UsageError("-W waits for the job named by -j NAME; give -j too")
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, args)
-    if args.get("nowait"):
-        return do_submit(ctx, args)
     if not args.get("wait-existing"):
         return _run_new(ctx, args)
     from .client import GrunError
@@ -347,12 +347,11 @@ def _run_new(ctx: Context, args: dict) -> int:
             if verbose:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
-        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
-        code, stdin = ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say,
-                                        on_note=ctx.say, on_wait=on_wait), ctx.stdin_fd
-        while code and ctx.client.job(ids[0]).get("retried", 0) > run["retried"]:  # --retries: follow the next run
-            ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
-            stdin = b"" if stdin is not None else None  # what we had went to the first run
+        on_wait, stdin, code = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None, ctx.stdin_fd, None
+        while code is None or code and ctx.client.job(ids[0]).get("retried", 0) > run["retried"]:  # --retries
+            if code is not None:  # follow the next run
+                ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
+                stdin = b"" if stdin is not None else None  # what we had went to the first run
             code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say,
                                      on_wait=on_wait)
         return code
@@ -451,35 +450,26 @@ def do_wait(ctx: Context, args: dict) -> int:
     return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in by_name(ctx, args, True)] if code), 0)
 
 
-def _missing(ctx: Context, found: dict) -> int:
-    missing = [i for i, ok in found.items() if not ok]
-    for job_id in missing:
-        ctx.say(f"no such job {job_id}")
-    return 1 if missing else 0
+def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda args: ()) -> None:
+    """The verbs that act on jobs through the master's call of their name: kill, hold, resume, edit.
+    `extra(args)`: the call's arguments after the ids; each id the master did not find is named."""
+    def run(ctx: Context, args: dict) -> int:
+        found = getattr(ctx.client, name)(by_name(ctx, args), *extra(args))
+        missing = [i for i, ok in found.items() if not ok]
+        for job_id in missing:
+            ctx.say(f"no such job {job_id}")
+        return 1 if missing else 0
+    run.__name__, run.__doc__ = f"do_{name}", doc
+    verb(usage, options, words)(run)
 
 
-@verb("[-n SIG] [--force] [-j NAME] ID|NAME...", "signal force name", ids_or_name)
-def do_kill(ctx: Context, args: dict) -> int:
-    """kill jobs (queued, waiting or running)"""
-    return _missing(ctx, ctx.client.kill(by_name(ctx, args), args.get("signal", 15), bool(args.get("force"))))
-
-
-@verb("ID...", words=job_or_task_ids)
-def do_hold(ctx: Context, args: dict) -> int:
-    """hold queued jobs, suspend running ones"""
-    return _missing(ctx, ctx.client.hold(args["ids"]))
-
-
-@verb("ID...", words=job_or_task_ids)
-def do_resume(ctx: Context, args: dict) -> int:
-    """release held jobs, continue suspended ones"""
-    return _missing(ctx, ctx.client.resume(args["ids"]))
-
-
-@verb("KEY=VALUE[,KEY=VALUE] ID...", words=changes)
-def do_edit(ctx: Context, args: dict) -> int:
-    """change queued or waiting jobs: priority, cpus, memory, hosts, params, after, afterok, afternotok"""
-    return _missing(ctx, ctx.client.edit(args["ids"], args["changes"]))
+_control("kill", "[-n SIG] [--force] [-j NAME] ID|NAME...", "signal force name", ids_or_name,
+         "kill jobs (queued, waiting or running)", lambda args: (args.get("signal", 15), bool(args.get("force"))))
+_control("hold", "ID...", "", job_or_task_ids, "hold queued jobs, suspend running ones")
+_control("resume", "ID...", "", job_or_task_ids, "release held jobs, continue suspended ones")
+_control("edit", "KEY=VALUE[,KEY=VALUE] ID...", "", changes,
+         "change queued or waiting jobs: priority, cpus, memory, hosts, params, after, afterok, afternotok",
+         lambda args: (args["changes"],))
 
 
 @verb("[--json] ID", "json", one_id)
