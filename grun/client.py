@@ -384,12 +384,12 @@ def current_user() -> str:
     return user
 
 
-def default_env(extra: list[str] | None = None, environ=os.environ) -> dict:
+def default_env(extra: list[str] | None = None) -> dict:
     """The environment a job gets: PATH and the usual session variables, plus those asked for by -E."""
     keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
             "PYTHONPATH", "GRUN_CONF", "GRUN_MASTER", "GRUN_SPOOL", "XDG_STATE_HOME"}
     # GRUN_* and XDG_STATE_HOME: a grun inside the job reaches the same master and finds its secret
     names = {n.strip() for item in extra or [] for n in item.split(",") if n.strip()}
     if "*" in names:
-        return dict(environ)
-    return {k: v for k, v in environ.items() if k in keep or k in names or k.startswith("LC_")}
+        return dict(os.environ)
+    return {k: v for k, v in os.environ.items() if k in keep or k in names or k.startswith("LC_")}

@@ -156,7 +156,7 @@ def by_name(ctx: Context, args: dict, finished: bool = False) -> list[int]:
     from .client import GrunError, current_user
     ids = list(args["ids"])
     for name in args.get("names", ()):
-        if (found := ctx.client.call("lookup", name, *([current_user()] if finished else []))) is None:
+        if (found := ctx.client.lookup(name, *([current_user()] if finished else []))) is None:
             raise GrunError(f"no job named {name!r}")
         ids.append(int(found))
     return ids
@@ -269,13 +269,21 @@ def make_gate(ctx: Context, args: dict) -> int | None:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
 def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
-    if args.get("nowait"):
-        return do_submit(ctx, args)
     if (code := make_gate(ctx, args)) is not None:
         return code
     if "array" in args or "cmds" in args:
         from . import many
         return many.run(ctx, args)
+    if args.get("nowait"):
+        staged = asks_staging(args)
+        job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
+        code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
+        if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
+            from . import stage
+            from .config import user_state_dir
+            os.makedirs(user_state_dir(), exist_ok=True)
+            stage.follow_detached(ctx.client, job_id, os.path.join(user_state_dir(), "stage.log"))
+        return code
     if not args.get("wait-existing"):
         return _run_new(ctx, args)
     from .client import GrunError
@@ -296,20 +304,7 @@ def do_run(ctx: Context, args: dict) -> int:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command, aliases="sub")
 def do_submit(ctx: Context, args: dict) -> int:
     """queue a command and print its job id"""
-    if (code := make_gate(ctx, args)) is not None:
-        return code
-    if "array" in args or "cmds" in args:
-        from . import many
-        return many.run(ctx, dict(args, nowait=True))
-    staged = asks_staging(args)
-    job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
-    code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
-    if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
-        from . import stage
-        from .config import user_state_dir
-        os.makedirs(user_state_dir(), exist_ok=True)
-        stage.follow_detached(ctx.client, job_id, os.path.join(user_state_dir(), "stage.log"))
-    return code
+    return do_run(ctx, dict(args, nowait=True))
 
 
 def _raise_terminated(*_):
