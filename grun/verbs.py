@@ -217,12 +217,10 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             if f"{stream}_file" in extra:
                 raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
             extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
-    if args.get("time"):
-        extra["time"] = args["time"]
     for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
-    extra.update((key.replace("-", "_"), args[key]) for key in ("retries", "retry-delay", "wrap", "stage") if key in args)
+    extra.update((k.replace("-", "_"), args[k]) for k in ("time", "retries", "retry-delay", "wrap", "stage") if k in args)
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
