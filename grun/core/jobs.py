@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import re
+import shlex
 
 from ..values import STAGE_MODES, parse_cpus, parse_duration, parse_memory
 
@@ -47,6 +48,35 @@ MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
 MAX_TIME = 366 * 86400.0
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
+CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
+
+
+def argv(job: dict) -> list[str]:
+    """A job's words: a shell command line's as /bin/sh splits them (at blanks if its quotes do not balance)."""
+    line = job["cmd"][0]
+    if job.get("shell") and any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
+        with contextlib.suppress(ValueError):
+            return shlex.split(line)
+    return line.split() if job.get("shell") else job["cmd"]
+
+
+def script_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
+    """What a command runs, `env` skipped: (the script an interpreter runs, else the program; the code or module
+    given inline, ("-c", CODE); the program's name): ("/x/a.py", None, "python3") for `python3 -u /x/a.py`."""
+    words = words[1:] if words[:1] and os.path.basename(words[0]) == "env" else words
+    name = os.path.basename(words[0]) if words else "?"
+    if not INTERPRETERS.fullmatch(name):
+        return (words[0] if words else None), None, name
+    args = iter(words[1:])
+    for arg in args:
+        if arg in CODE_OPTIONS:
+            return None, (arg, next(args, "")), name
+        if arg in ARG_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg, None, name
+    return None, None, name
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:

@@ -16,11 +16,11 @@ master cannot see the files on the submitter's host, and stat-ing them would cos
 
 import collections
 import math
-import re
+import os
 from array import array
 
-INTERPRETERS = re.compile(r"(python|pypy|bash|sh|dash|zsh|Rscript|perl|ruby|node|julia)[\d.]*")
-CODE_OPTIONS, ARG_OPTIONS = {"-c", "-e", "-m"}, {"-W", "-X", "-o", "-I"}  # the program follows / an argument follows
+from .jobs import argv, script_of
+
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
 NEAR, NEAR_RUNS = 0.9, 3  # this many runs in a row within 10 % of a limit: a warning
@@ -29,18 +29,8 @@ FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this mu
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
-    argv = job["cmd"][0].split() if job.get("shell") else job["cmd"]
-    name = (argv or ["?"])[0].rsplit("/", 1)[-1]
-    if INTERPRETERS.fullmatch(name):
-        args = iter(argv[1:])
-        for arg in args:
-            if arg in CODE_OPTIONS:
-                return f"{name} {arg} {next(args, '')[:40]!r}"
-            if arg in ARG_OPTIONS:
-                next(args, None)
-            elif not arg.startswith("-"):
-                return arg.rsplit("/", 1)[-1]
-    return name
+    path, inline, name = script_of(argv(job))
+    return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
 def p95(values) -> float:
