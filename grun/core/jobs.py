@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from ..values import STAGE_MODES, parse_cpus, parse_duration, parse_memory
+from ..values import STAGE_MODES, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -80,14 +80,7 @@ def script_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
-    value = default if spec.get(key) is None else spec[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
-    if value > limit:
-        raise ValueError(f"{key} {value} is absurdly large (limit {limit})")
-    return value
+    return number(default if spec.get(key) is None else spec[key], f"{key}: a number >= 0", limit)
 
 
 def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
