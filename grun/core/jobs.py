@@ -260,8 +260,9 @@ def parse_edit(changes: object) -> dict:
         if not param and key not in EDIT_KEYS:
             raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok) or p.NAME")
         try:
-            if param:
-                out.setdefault("params", {})[key.split(".", 1)[1]] = _edit_param(value)
+            if param:  # (a string is read as -p reads it; an empty one removes the param)
+                text = value.strip() if isinstance(value, str) else value
+                out.setdefault("params", {})[key.split(".", 1)[1]] = number_or_text(text) if text != "" else None
             else:
                 out[EDIT_KEYS[key]] = parsers[EDIT_KEYS[key]](value)
         except (TypeError, ValueError) as exc:
@@ -281,32 +282,21 @@ def parse_time_limit(text) -> float:
         hms = given + [0] * (3 - len(given)) if m[1] else [0] * (3 - len(given)) + given
         seconds = int(m[1] or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
     else:
-        try:
+        seconds = -1
+        with contextlib.suppress(ValueError):
             seconds = parse_duration(word)
-        except ValueError:
-            seconds = -1
     if not 0 < seconds <= MAX_TIME:
         raise ValueError(f"expected a time limit above zero and at most a year, like 30 (minutes), 2h, "
                          f"1:30:00 or 1-12:00, got {text!r}")
     return float(seconds)
 
 
-def _edit_param(value):
-    """`p.NAME=` removes the param; a string is read as `-p NAME=VALUE` reads it."""
-    if not isinstance(value, str):
-        return value
-    return number_or_text(value.strip()) if value.strip() else None
-
-
 def number_or_text(text: str):
-    """`-p gpu=2` asks for 2 of a consumable; `-p os=debian12` for a label."""
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(number):
-        return text
-    return int(number) if number.is_integer() else number
+    """`-p gpu=2` asks for 2 of a consumable; `-p os=debian12` for a label (a value not a string stays as it is)."""
+    with contextlib.suppress(ValueError):
+        if isinstance(text, str) and math.isfinite(number := float(text)):
+            return int(number) if number.is_integer() else number
+    return text
 
 
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
@@ -377,11 +367,7 @@ def history_filter(user: str | None, grep: str | None):
         raise ValueError(f"bad regular expression {grep!r}: {exc}") from None
 
     def keep(job: dict) -> bool:
-        if user and job.get("user") != user:
-            return False
-        if pattern is None:
-            return True
         cmd = job.get("cmd") or []
-        text = cmd[0] if job.get("shell") and cmd else " ".join(cmd)
-        return bool(pattern.search(text) or pattern.search(job.get("name") or ""))
+        return (not user or job.get("user") == user) and (pattern is None or bool(pattern.search(
+            cmd[0] if job.get("shell") and cmd else " ".join(cmd)) or pattern.search(job.get("name") or "")))
     return keep

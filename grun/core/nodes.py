@@ -170,7 +170,7 @@ class NodeIndex(dict):
     """Nodes by name, the up ones also filed by free capacity, so that best fit need not look at thousands of
     nodes per job: buckets of equal (free cpus, free memory), their keys sorted, so a search starts where nodes
     come closest. Nodes that changed (NodeView.__setattr__ tells) are re-filed before the next search: a pass
-    costs O(log buckets) per job, not O(nodes)."""
+    costs O(log buckets) per job, not O(nodes). Nodes come and go by item assignment and del only."""
 
     def __init__(self, nodes=()):
         super().__init__()
@@ -198,11 +198,6 @@ class NodeIndex(dict):
         object.__setattr__(node, "_index", None)
         super().__delitem__(name)
         self._remembered.clear()
-
-    def _bypass(self, *args, **kwargs):
-        raise TypeError("a NodeIndex changes only by item assignment and del, which keep it filed")
-
-    pop = popitem = setdefault = update = clear = _bypass
 
     def remembered(self, key, compute):
         """compute(), remembered under key until a node is added, removed or described anew: for
