@@ -1,17 +1,12 @@
-"""Learned requests (issue 11): what a user's program used in its last runs, as the request of its next
-run when the user does not say (-m, -c, -t). Pure code.
+"""Learned requests (README: Learned requests): what a user's program used in its last runs, as the request
+of its next run when the user does not say (-m, -c, -t). Pure code.
 
-`Learned` is a bounded table keyed by (user, program) (`program_of`: the script of `python3 align.py`,
-`bash run.sh`, `Rscript x.R`, else the command's name), the key whose last run is oldest going first; each keeps a ring of
-its last `learn_runs` runs (peak resident MB, wall seconds, cpu time / wall) and its prediction, worked out
-when a run is added, so submit and finish cost one dict lookup whatever the history. The table lives in the
-JobTable and its snapshot: a finish record adds its run when applied, live or replayed after the snapshot
-(which holds the table as of its ticket), so a restart counts nothing twice. `fill` runs outside the master's
-lock (MasterState.requests): it only reads.
-
-A learned memory is a reservation, and its limit (what the node's sampler kills at) is the estimate x
-`learn_memory_factor` (0: none); a learned time is an estimate, never a limit. No input-size bucket: the
-master cannot see the files on the submitter's host, and stat-ing them would cost every `grun CMD`.
+`Learned` is a bounded table keyed by (user, `program_of`), the key whose last run is oldest going first; each
+keeps a ring of its last runs and its prediction, worked out when a run is added, so submit and finish cost one
+dict lookup whatever the history. It lives in the JobTable and its snapshot: a finish record adds its run when
+applied, live or replayed after the snapshot, so a restart counts nothing twice. `fill` only reads (it runs
+outside the master's lock). No input-size bucket: the master cannot see the submitter's files, and stat-ing
+them would cost every `grun CMD`.
 """
 
 import collections
