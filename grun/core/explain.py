@@ -89,10 +89,9 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
     """(kind, text) for why the job does not run on this node now; kind "fits" if it would."""
     if not node.up:
         return "down", "down"
-    if (disk := getattr(node, "disk", None)) and disk[0]:
-        return "disk", disk[1].split(": ", 1)[1]
-    why = mismatch(node, job)
-    if why:
+    if node.disk and node.disk[0]:
+        return "disk", node.disk[1].split(": ", 1)[1]
+    if why := mismatch(node, job):
         return "excluded", why
     if job["cpus"] > node.cpus + EPS:
         return "small", f"{node.cpus:g} cpu{'s' if node.cpus != 1 else ''} in all"
