@@ -1,8 +1,5 @@
 """Why a job cannot run, in words: the refusal of a request no known node could ever run (at submit
-and edit), and `grun why ID`'s paragraph. Pure code over the job table.
-
-For a queued job `why` names the request, what each node lacks (grouped: down, excluded by hosts or
-labels, too small, or busy now and with what), the job's place in the queue, and its reservation.
+and edit), `grun why ID`'s paragraph and a waiting `grun`'s progress line. Pure code over the job table.
 """
 
 import itertools
