@@ -21,7 +21,10 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["perl", "-e", "print 1"], False, "perl -e 'print 1'"),
     (["python3", "-m", "pip", "list"], False, "python3 -m 'pip'"),
     (["/opt/bin/bwa", "mem", "ref.fa"], False, "bwa"),
-    (["sh -c 'x' | sort"], True, "sh -c \"'x'\""),
+    (["sh -c 'x' | sort"], True, "sh -c 'x'"),  # the shell's words, as rules see them
+    (["python3 -u 'my run.py' > out"], True, "my run.py"),
+    (["/usr/bin/env", "python3", "a.py"], False, "a.py"),
+    (["ksh", "x.ksh"], False, "x.ksh"),
     (["samtools sort in.bam > out.bam"], True, "samtools"),
     (["python3"], False, "python3"),
 ])

@@ -115,10 +115,20 @@ def test_or_and_not_bind_in_that_order():
     (["./bin/tool", "-x"], ["./bin/tool", "-x"], "tool", "./bin/tool"),
     ("perl sum.pl 'a b' > out", ["perl", "sum.pl", "a b", ">", "out"], "sum.pl", "sum.pl"),
     (["python3", "-c", "import torch"], ["python3", "-c", "import torch"], "python3", None),
+    (["python3", "-W", "ignore", "x.py"], ["python3", "-W", "ignore", "x.py"], "x.py", "x.py"),  # -W's argument
+    (["node", "app.js"], ["node", "app.js"], "app.js", "app.js"),
 ])
 def test_argv_prog_and_the_script_of_an_interpreter(cmd, argv, prog, script_path):
     job = R.Job(req(cmd)[0], None)
     assert job.argv == argv and R.JOB_FIELDS["prog"](job) == prog and job.script_path[0] == script_path
+
+
+@pytest.mark.parametrize("cmd", [["python3", "-W", "ignore", "x.py"], ["/usr/bin/env", "python3", "a.py"],
+                                 "python3 'my run.py' > out", ["julia", "fit.jl"], ["/opt/bin/bwa", "mem"]])
+def test_a_rule_sees_the_program_learned_requests_key_on(cmd):
+    from grun.core.learn import program_of
+    job = R.Job(req(cmd)[0], None)
+    assert R.JOB_FIELDS["prog"](job) == program_of(job.req)
 
 
 def test_every_job_field():

@@ -1,8 +1,5 @@
 """Why a job cannot run, in words: the refusal of a request no known node could ever run (at submit
-and edit), and `grun why ID`'s paragraph. Pure code over the job table.
-
-For a queued job `why` names the request, what each node lacks (grouped: down, excluded by hosts or
-labels, too small, or busy now and with what), the job's place in the queue, and its reservation.
+and edit), `grun why ID`'s paragraph and a waiting `grun`'s progress line. Pure code over the job table.
 """
 
 import itertools
@@ -89,10 +86,9 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
     """(kind, text) for why the job does not run on this node now; kind "fits" if it would."""
     if not node.up:
         return "down", "down"
-    if (disk := getattr(node, "disk", None)) and disk[0]:
-        return "disk", disk[1].split(": ", 1)[1]
-    why = mismatch(node, job)
-    if why:
+    if node.disk and node.disk[0]:
+        return "disk", node.disk[1].split(": ", 1)[1]
+    if why := mismatch(node, job):
         return "excluded", why
     if job["cpus"] > node.cpus + EPS:
         return "small", f"{node.cpus:g} cpu{'s' if node.cpus != 1 else ''} in all"

@@ -1,26 +1,21 @@
-"""Learned requests (issue 11): what a user's program used in its last runs, as the request of its next
-run when the user does not say (-m, -c, -t). Pure code.
+"""Learned requests (README: Learned requests): what a user's program used in its last runs, as the request
+of its next run when the user does not say (-m, -c, -t). Pure code.
 
-`Learned` is a bounded table keyed by (user, program) (`program_of`: the script of `python3 align.py`,
-`bash run.sh`, `Rscript x.R`, else the command's name), the key whose last run is oldest going first; each keeps a ring of
-its last `learn_runs` runs (peak resident MB, wall seconds, cpu time / wall) and its prediction, worked out
-when a run is added, so submit and finish cost one dict lookup whatever the history. The table lives in the
-JobTable and its snapshot: a finish record adds its run when applied, live or replayed after the snapshot
-(which holds the table as of its ticket), so a restart counts nothing twice. `fill` runs outside the master's
-lock (MasterState.requests): it only reads.
-
-A learned memory is a reservation, and its limit (what the node's sampler kills at) is the estimate x
-`learn_memory_factor` (0: none); a learned time is an estimate, never a limit. No input-size bucket: the
-master cannot see the files on the submitter's host, and stat-ing them would cost every `grun CMD`.
+`Learned` is a bounded table keyed by (user, `program_of`), the key whose last run is oldest going first; each
+keeps a ring of its last runs and its prediction, worked out when a run is added, so submit and finish cost one
+dict lookup whatever the history. It lives in the JobTable and its snapshot: a finish record adds its run when
+applied, live or replayed after the snapshot, so a restart counts nothing twice. `fill` only reads (it runs
+outside the master's lock). No input-size bucket: the master cannot see the submitter's files, and stat-ing
+them would cost every `grun CMD`.
 """
 
 import collections
 import math
-import re
+import os
 from array import array
 
-INTERPRETERS = re.compile(r"(python|pypy|bash|sh|dash|zsh|Rscript|perl|ruby|node|julia)[\d.]*")
-CODE_OPTIONS, ARG_OPTIONS = {"-c", "-e", "-m"}, {"-W", "-X", "-o", "-I"}  # the program follows / an argument follows
+from .jobs import argv, script_of
+
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
 NEAR, NEAR_RUNS = 0.9, 3  # this many runs in a row within 10 % of a limit: a warning
@@ -29,18 +24,8 @@ FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this mu
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
-    argv = job["cmd"][0].split() if job.get("shell") else job["cmd"]
-    name = (argv or ["?"])[0].rsplit("/", 1)[-1]
-    if INTERPRETERS.fullmatch(name):
-        args = iter(argv[1:])
-        for arg in args:
-            if arg in CODE_OPTIONS:
-                return f"{name} {arg} {next(args, '')[:40]!r}"
-            if arg in ARG_OPTIONS:
-                next(args, None)
-            elif not arg.startswith("-"):
-                return arg.rsplit("/", 1)[-1]
-    return name
+    path, inline, name = script_of(argv(job))
+    return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
 def p95(values) -> float:

@@ -1,12 +1,11 @@
 """What the master knows of its nodes: a `NodeView` each, whether a job's request matches and fits
 it, and the `NodeIndex` that files the up nodes by free capacity. Pure code, no I/O.
 
-A node's free capacity is its total minus what grun jobs have reserved (soft locks: a reservation is
-the job's request, not its use) minus the load of processes that are not grun jobs, as its node last
-measured it. Requests are cpus, memory, custom consumables (`-p gpu=1` against `resources:`), labels
-that must match (`-p os=debian12` against `labels:`, globs allowed) and a host pattern. A consumable the
-node offers as a list (`gpu: ["0", "1"]`) is indexed: counted as any other, and a job placed there is
-also given that many specific devices (`pick`), which no other job on the node holds meanwhile.
+A node's free capacity is its total minus what grun jobs have reserved (their requests, not their use)
+minus the load of other processes, as its node last measured it. Requests are cpus, memory, consumables
+(`-p gpu=1` against `resources:`), labels (`-p os=debian12` against `labels:`, globs allowed) and hosts.
+A consumable offered as a list (`gpu: ["0", "1"]`) is indexed: a job placed there is also given that many
+devices (`pick`) that no other job on the node holds meanwhile.
 """
 
 import fnmatch
@@ -168,12 +167,10 @@ def shape(job: dict) -> tuple:
 
 
 class NodeIndex(dict):
-    """Nodes by name (a dict), with the up ones also filed by free capacity: with thousands of nodes,
-    best fit must not look at every node for every job. Buckets hold the up nodes with equal (free cpus,
-    free memory), their keys kept sorted, so a search starts at the nodes that come closest and a plain
-    job looks at one bucket. The nodes that changed (NodeView.__setattr__ tells) are re-filed before the
-    next search: a pass that places many jobs costs O(log buckets) per job, not O(nodes). Add and remove
-    nodes by item assignment and del."""
+    """Nodes by name, the up ones also filed by free capacity, so that best fit need not look at thousands of
+    nodes per job: buckets of equal (free cpus, free memory), their keys sorted, so a search starts where nodes
+    come closest. Nodes that changed (NodeView.__setattr__ tells) are re-filed before the next search: a pass
+    costs O(log buckets) per job, not O(nodes). Nodes come and go by item assignment and del only."""
 
     def __init__(self, nodes=()):
         super().__init__()
@@ -201,11 +198,6 @@ class NodeIndex(dict):
         object.__setattr__(node, "_index", None)
         super().__delitem__(name)
         self._remembered.clear()
-
-    def _bypass(self, *args, **kwargs):
-        raise TypeError("a NodeIndex changes only by item assignment and del, which keep it filed")
-
-    pop = popitem = setdefault = update = clear = _bypass
 
     def remembered(self, key, compute):
         """compute(), remembered under key until a node is added, removed or described anew: for
@@ -244,7 +236,6 @@ class NodeIndex(dict):
             del self._keys[bisect_left(self._keys, key)]
 
     def refresh(self) -> None:
-        """Re-file the nodes that changed since the last search."""
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, {}

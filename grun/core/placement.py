@@ -1,12 +1,8 @@
 """The placement policy: which queued job goes to which node. Pure code, no I/O.
 
-Jobs are considered in priority order, FIFO within a priority (`PendingQueue`). A job that does not fit
-anywhere stays queued and smaller jobs behind it may still run. Among the nodes a job fits, the one
-left fullest wins (best fit: fewest cpus left, then least memory left, `NodeIndex.best`), ties broken
-at random, so big jobs still find empty machines. A job that has waited longer than `reserve_after`
-without fitting claims the node that comes closest to fitting it; from then on other jobs go there
-only if they take nothing that job still needs (backfill that cannot delay it). A job that would pass
-its user's, its group's or the cluster's limit (`grun.core.quotas`) is passed over, and others go ahead.
+Jobs go in priority order, FIFO within a priority (`PendingQueue`); one that fits nowhere, or would pass a
+limit (`grun.core.quotas`), stays queued and the jobs behind it may still run. Best fit (`NodeIndex.best`),
+ties broken at random, so big jobs still find empty machines; reservations and backfill: README, How it works.
 """
 
 import heapq
@@ -76,11 +72,9 @@ class Plan:
 
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None, room=None, quotas=None) -> Plan:
-    """Assign as many jobs as fit, and reserve nodes for starving jobs. Updates the NodeViews' usage
-    for the jobs it places; `claims` (node name -> the job that reserved it) is updated in place.
-    `room(job)`: how many copies of the job may be placed (an array's tasks; 1 when not given): a job
-    may appear in `placed` that many times, and one with no room is passed over. `quotas`: a
-    grun.core.quotas.Quotas whose limits hold jobs back (None: no limits)."""
+    """Assign as many jobs as fit (counted on the NodeViews), and reserve nodes for starving jobs; `claims`
+    (node name -> the job that reserved it) is updated in place. `room(job)`: how many copies of the job may
+    be placed (an array's tasks; default 1). `quotas`: a grun.core.quotas.Quotas (None: no limits)."""
     plan = Plan()
     claims = {} if claims is None else claims
     n_live, live, misses, limited, extra, held_back = index.up_count(), None, 0, 0, {}, set()
@@ -107,7 +101,6 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
                 break
             plan.devices.append(node.pick(job))
             node.take(job, devices=plan.devices[-1])
-            node.jobs.add(job["id"])
             plan.placed.append((job, node))
             _drop_claim(claims, job)
             placed += 1

@@ -1,10 +1,8 @@
-"""Per-user, per-group and cluster-wide limits on what runs at once (config `limits:`): running totals per
-owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code, no I/O.
-
-Scopes: `user` (each user), `user.NAME`, `group` (each group), `group.NAME`, `all` (everyone together);
-a named scope's fields replace the general one's for that user or group. Fields: `jobs`, `cpus`, `memory`
-(MB) and any consumable (`gpu`). A job counts from its dispatch to its end with what it holds on its node
-(a suspended job holds no cpus), so a check costs a few dict lookups, whatever the number of jobs.
+"""Per-user, per-group and cluster-wide limits on what runs at once (config `limits:`, README: GPUs and limits):
+running totals per owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code.
+A named scope's fields (`user.NAME`) replace the general one's (`user`) for that user. A job counts from its
+dispatch to its end with what it holds on its node (no cpus while suspended), so a check costs a few dict
+lookups, whatever the number of jobs.
 """
 
 import difflib

@@ -7,15 +7,12 @@ nodes: condition placement checks. Pure code: the files and groups a condition r
 import functools
 import operator
 import os.path
-import re
-import shlex
 
 from ..values import parse_cpus, parse_memory, parse_priority
 from . import jobs as J
 from .expr import RuleError, compile_expr
 
 SCRIPT_BYTES = 64 * 1024
-INTERPRETERS = re.compile(r"(python|pypy)[0-9.]*|(ba|da|z|k)?sh|Rscript|perl|ruby")
 
 
 class Job:
@@ -26,21 +23,8 @@ class Job:
     def __init__(self, req: dict, facts=None):
         self.req, self.facts = req, facts
 
-    @functools.cached_property
-    def argv(self) -> list[str]:
-        try:
-            return shlex.split(self.req["cmd"][0]) if self.req.get("shell") else list(self.req["cmd"])
-        except ValueError:  # unbalanced quotes: /bin/sh will say so; the words are enough here
-            return self.req["cmd"][0].split()
-
-    @functools.cached_property
-    def script_path(self) -> tuple[str | None, str | None]:
-        """(the script's path, its text when given inline with -c/-e) for an interpreter, else argv[0]."""
-        words = self.argv[1:] if self.argv[:1] and os.path.basename(self.argv[0]) == "env" else self.argv
-        if words and INTERPRETERS.fullmatch(os.path.basename(words[0])):
-            word = next((w for w in words[1:] if w in ("-c", "-e") or not w.startswith("-")), None)
-            return (None, " ".join(words[words.index(word) + 1:][:1])) if word in ("-c", "-e") else (word, None)
-        return (words[0] if words else None), None
+    argv = functools.cached_property(lambda self: J.argv(self.req))
+    script_path = functools.cached_property(lambda self: J.script_of(self.argv))
 
     def _fact(self, what: str, *args):
         return getattr(self.facts, what)(*args) if self.facts is not None else None
@@ -52,7 +36,7 @@ class Job:
     @functools.cached_property
     def script(self) -> str | None:
         data = self._file("head", self.script_path[0])
-        return self.script_path[1] if data is None else data[:SCRIPT_BYTES].decode("utf-8", "replace")
+        return (self.script_path[1] or (None, None))[1] if data is None else data[:SCRIPT_BYTES].decode("utf-8", "replace")
 
     size = lambda self, path: None if (b := self._file("size", path)) is None else b / 2 ** 20
     groups = functools.cached_property(lambda self: self._fact("groups", self.req["user"], self.req["gid"]) or [])
@@ -62,7 +46,7 @@ _req = lambda key: lambda env: env.req.get(key)
 JOB_FIELDS = {"user": _req("user"), "group": _req("group"), "groups": operator.attrgetter("groups"),
               "cmd": lambda env: env.req["cmd"][0] if env.req.get("shell") else " ".join(env.req["cmd"]),
               "argv": operator.attrgetter("argv"), "script": operator.attrgetter("script"),
-              "prog": lambda env: os.path.basename(env.script_path[0] or env.argv[0]),
+              "prog": lambda env: os.path.basename(env.script_path[0] or env.script_path[2]),
               **{k: _req(k) for k in ("cwd", "cpus", "memory", "time", "priority", "params", "name", "array")},
               "hosts": _req("host")}
 NODE_FIELDS = {**{k: operator.attrgetter(k) for k in ("name", "labels", "resources", "cpus", "memory")},
