@@ -5,7 +5,7 @@
   atomically; a restart loads the newest readable one and replays the journal after it.
 - ``history/<n>.json``: finished jobs (TinyDB), flushed lazily and rotated every
   ``history_rotate_docs`` jobs so a write never costs more as history grows; ``history/index.json``
-  holds each closed file's id range, for lookups of old jobs.
+  holds each closed file's id range, so a lookup of an old job reads one file (closed files never change).
 
 A damaged file is never skipped in silence: it is kept aside, logged as critical and named in
 ``Store.problems`` (the master's `health()`, which `grun -q status` prints), as is a file system too
@@ -63,168 +63,7 @@ def _read_tables(path: str, *names: str) -> list[list[dict]]:
     return [list(data.get(name, {}).values()) for name in names]  # (AttributeError: not a TinyDB file)
 
 
-class _History:
-    """Finished jobs: an in-memory buffer, flushed lazily into rotating TinyDB files. Each job is
-    JSON-encoded once: the current file's documents are kept encoded, and a flush rewrites the file from
-    those pieces plus the new jobs (a TinyDB insert re-encoded the whole file, up to 5,000 jobs, every
-    second). Closed files never change; ``index.json`` keeps the id range of each, so looking up an
-    old job reads one file, not every file newest first."""
-
-    def __init__(self, directory: str, rotate_docs: int, flush_secs: float, log: logging.Logger,
-                 problems: list[str]):
-        self.dir, self._rotate_docs, self._log, self.problems = directory, rotate_docs, log, problems
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        remove_temps(directory)
-        self._lock = threading.Lock()  # the buffer, what is in flight, the current docs; never held during I/O
-        self._file_lock = threading.Lock()  # the current file, its documents, rotation, the index
-        self._buffer: dict[int, dict] = {}
-        self._inflight: dict[int, dict] = {}  # taken by a flush, not yet on disk
-        numbers = numbered(directory, "", ".json")
-        self._current = numbers[-1] if numbers else 1
-        self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
-        self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
-        docs = self._read_file(self._current)
-        self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [encode(doc) for doc in docs]
-        self._names: dict[tuple, int] = {}  # (user, job name) -> the newest such job's id (for --after NAME)
-        self._name(docs)
-        # (a flush that fails is logged and tried again next round: the jobs are safe in the journal)
-        self._flusher = Loop("grun-history", self.flush, flush_secs, log)
-        self._flusher.start()
-
-    def _path(self, n: int) -> str:
-        return os.path.join(self.dir, f"{n}.json")
-
-    def _load_index(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
-        """The id ranges of the closed files; a file the index misses (the index was deleted or
-        damaged) is read once and the index written again."""
-        try:  # (read_json gives None for a missing or torn file)
-            ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in read_json(f"{self.dir}/index.json").items()}
-        except (ValueError, TypeError, AttributeError):
-            ranges = {}
-        missing = [n for n in numbers[:-1] if n not in ranges]  # (the last one is the current file)
-        ranges.update({n: (min(ids), max(ids)) for n in missing if (ids := [d["id"] for d in self._read_file(n)])})
-        ranges = {n: r for n, r in ranges.items() if n in numbers}
-        if missing:
-            self._save_index(ranges)
-        return ranges
-
-    def _save_index(self, ranges: dict[int, tuple[int, int]]) -> None:
-        write_atomic(os.path.join(self.dir, "index.json"),
-                     encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
-
-    def _read_file(self, n: int) -> list[dict]:
-        """The jobs of history file n, [] if there is none. A damaged file is kept aside (renamed
-        .corrupt: the current one would be written over) and reported; it must not hide the rest."""
-        path = self._path(n)
-        try:
-            docs = _read_tables(path, "jobs")[0] if os.path.exists(path) else []
-            if all(isinstance(doc, dict) and "id" in doc for doc in docs):
-                return docs
-            raise ValueError("a document without an id")
-        except _UNREADABLE as e:
-            message = f"history file {path} unreadable ({e}): kept as {path}.corrupt"
-            self._log.critical(message)
-            self.problems.append(message)
-            with contextlib.suppress(OSError):
-                os.replace(path, path + ".corrupt")
-            return []
-
-    def _docs(self, n: int) -> list[dict]:
-        with self._file_lock:
-            if n == self._current:
-                return list(self._current_docs.values())
-        return self._read_file(n)  # closed files never change
-
-    def _name(self, jobs: list[dict]) -> None:
-        """Index the names of these jobs, the newest last; the oldest go past NAMES_KEPT."""
-        for job in jobs:
-            if job.get("name"):
-                self._names.pop(key := (job.get("user"), job["name"]), None)
-                self._names[key] = job["id"]
-        while len(self._names) > NAMES_KEPT:
-            del self._names[next(iter(self._names))]
-
-    def add(self, jobs: list[dict]) -> None:
-        with self._lock:
-            self._name(jobs)
-            for job in jobs:
-                jid = job["id"]
-                if not (jid in self._buffer or jid in self._inflight or jid in self._current_docs
-                        or jid in self._previous_ids):
-                    self._buffer[jid] = dict(job)
-            if len(self._buffer) >= _HISTORY_BATCH:
-                self._flusher.wake()
-
-    def flush(self) -> None:
-        with self._file_lock:
-            with self._lock:
-                if not self._buffer:
-                    return
-                self._inflight, self._buffer = self._buffer, {}
-            try:
-                self._write(list(self._inflight.values()))
-            finally:
-                with self._lock:  # whatever did not reach disk goes back for the next try
-                    self._buffer = {**self._inflight, **self._buffer}
-                    self._inflight = {}
-
-    def _write(self, batch: list[dict]) -> None:
-        while batch:
-            room = self._rotate_docs - len(self._current_docs)
-            if room <= 0:
-                ids = self._current_docs.keys()
-                self._ranges[self._current] = (min(ids), max(ids))
-                self._save_index(self._ranges)  # before the next file exists: a crash re-reads the index
-                self._current += 1
-                with self._lock:
-                    self._previous_ids, self._current_docs, self._current_parts = set(ids), {}, []
-                continue
-            chunk, batch = batch[:room], batch[room:]
-            parts = self._current_parts + [encode(job) for job in chunk]
-            write_atomic(self._path(self._current), _tables({"jobs": parts}))
-            self._current_parts = parts
-            with self._lock:
-                for job in chunk:
-                    self._current_docs[job["id"]] = self._inflight.pop(job["id"])
-
-    def query(self, limit: int, predicate: Callable[[dict], bool] | None) -> list[dict]:
-        match = predicate or (lambda job: True)
-        with self._lock:
-            pending = [*self._buffer.values(), *self._inflight.values()]
-        found = {job["id"]: dict(job) for job in pending if match(job)}
-        # Files hold jobs in finish order, so once `limit` matches are in hand older files can't
-        # hold newer ones (replayed finishes aside, which land close to their original place).
-        for n in reversed(numbered(self.dir, "", ".json")):
-            if len(found) >= limit:
-                break
-            for doc in self._docs(n):
-                if doc["id"] not in found and match(doc):
-                    found[doc["id"]] = dict(doc)
-        return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
-
-    def find(self, job_id: int) -> dict | None:
-        with self._lock:
-            job = self._buffer.get(job_id) or self._inflight.get(job_id) or self._current_docs.get(job_id)
-        if job is not None:
-            return dict(job)
-        for n in sorted((n for n, (lo, hi) in list(self._ranges.items()) if lo <= job_id <= hi), reverse=True):
-            for doc in self._read_file(n):
-                if doc["id"] == job_id:
-                    return doc
-        return None
-
-    def find_name(self, user: str, name: str) -> dict | None:
-        """The newest finished job of this user with this name, among those indexed (see NAMES_KEPT)."""
-        job_id = self._names.get((user, name))
-        return None if job_id is None else self.find(job_id)
-
-    def close(self) -> None:
-        self._flusher.stop(join=60)
-        self.flush()  # here, not in the loop, so that a failure is reported
-
-
 class Store:
-    """Journal + snapshots + history for the master. See the module docstring."""
 
     def __init__(self, state_dir: str, *, history_rotate_docs: int = 2000,
                  history_flush_secs: float = 1.0, log: logging.Logger | None = None):
@@ -244,8 +83,23 @@ class Store:
         self._loaded = self._closed = False
         self._disk = (0.0, None, None, 0.0)  # last check: (when, min_free_mb, refusal, when last logged)
         self.journal = Journal(self.dir, self._log, self.problems)
-        self._history = _History(os.path.join(self.dir, "history"), history_rotate_docs,
-                                 history_flush_secs, self._log, self.problems)
+        self._hdir, self._rotate_docs = os.path.join(self.dir, "history"), history_rotate_docs
+        os.makedirs(self._hdir, mode=0o700, exist_ok=True)
+        remove_temps(self._hdir)
+        self._lock = threading.Lock()  # the history buffer, the current docs; never held during I/O
+        self._file_lock = threading.Lock()  # the current history file, its documents, rotation, the index
+        self._buffer: dict[int, dict] = {}  # finished jobs not yet on disk
+        numbers = numbered(self._hdir, "", ".json")
+        self._current = numbers[-1] if numbers else 1
+        self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
+        self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
+        docs = self._read_file(self._current)
+        self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [encode(doc) for doc in docs]
+        self._names: dict[tuple, int] = {}  # (user, job name) -> the newest such job's id (for --after NAME)
+        self._name(docs)
+        # (a flush that fails is logged and tried again next round: the jobs are safe in the journal)
+        self._flusher = Loop("grun-history", self._flush_history, history_flush_secs, self._log)
+        self._flusher.start()
 
     def _snap_path(self, ticket: int) -> str:
         return os.path.join(self.dir, f"snapshot.{ticket}.json")
@@ -327,20 +181,126 @@ class Store:
         self._disk = (now, min_free_mb, refusal, logged)
         return refusal
 
+    def _history_path(self, n: int) -> str:
+        return os.path.join(self._hdir, f"{n}.json")
+
+    def _load_index(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
+        """The id ranges of the closed files; a file the index misses (the index was deleted or
+        damaged) is read once and the index written again."""
+        try:  # (read_json gives None for a missing or torn file)
+            ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in read_json(f"{self._hdir}/index.json").items()}
+        except (ValueError, TypeError, AttributeError):
+            ranges = {}
+        missing = [n for n in numbers[:-1] if n not in ranges]  # (the last one is the current file)
+        ranges.update({n: (min(ids), max(ids)) for n in missing if (ids := [d["id"] for d in self._read_file(n)])})
+        ranges = {n: r for n, r in ranges.items() if n in numbers}
+        if missing:
+            self._save_index(ranges)
+        return ranges
+
+    def _save_index(self, ranges: dict[int, tuple[int, int]]) -> None:
+        write_atomic(os.path.join(self._hdir, "index.json"),
+                     encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
+
+    def _read_file(self, n: int) -> list[dict]:
+        """The jobs of history file n, [] if there is none. A damaged file is kept aside (renamed
+        .corrupt: the current one would be written over) and reported; it must not hide the rest."""
+        path = self._history_path(n)
+        try:
+            docs = _read_tables(path, "jobs")[0] if os.path.exists(path) else []
+            if all(isinstance(doc, dict) and "id" in doc for doc in docs):
+                return docs
+            raise ValueError("a document without an id")
+        except _UNREADABLE as e:
+            message = f"history file {path} unreadable ({e}): kept as {path}.corrupt"
+            self._log.critical(message)
+            self.problems.append(message)
+            with contextlib.suppress(OSError):
+                os.replace(path, path + ".corrupt")
+            return []
+
+    def _docs(self, n: int) -> list[dict]:
+        with self._file_lock:
+            if n == self._current:
+                return list(self._current_docs.values())
+        return self._read_file(n)  # closed files never change
+
+    def _name(self, jobs: list[dict]) -> None:
+        """Index the names of these jobs, the newest last; the oldest go past NAMES_KEPT."""
+        for job in jobs:
+            if job.get("name"):
+                self._names.pop(key := (job.get("user"), job["name"]), None)
+                self._names[key] = job["id"]
+        while len(self._names) > NAMES_KEPT:
+            del self._names[next(iter(self._names))]
+
     def add_history(self, jobs: list[dict]) -> None:
-        self._history.add(jobs)
+        with self._lock:
+            self._name(jobs)
+            for job in jobs:
+                if not (job["id"] in self._buffer or job["id"] in self._current_docs or job["id"] in self._previous_ids):
+                    self._buffer[job["id"]] = dict(job)
+            if len(self._buffer) >= _HISTORY_BATCH:
+                self._flusher.wake()
+
+    def _flush_history(self) -> None:
+        """Write the history buffer (a job leaves it once on disk). Each job is JSON-encoded once: the current
+        file's documents are kept encoded, and a flush rewrites the file from those pieces plus the new jobs
+        (a TinyDB insert re-encoded the whole file, up to 5,000 jobs, every second)."""
+        with self._file_lock:
+            with self._lock:
+                batch = list(self._buffer.values())
+            while batch:
+                room = self._rotate_docs - len(self._current_docs)
+                if room <= 0:
+                    ids = self._current_docs.keys()
+                    self._ranges[self._current] = (min(ids), max(ids))
+                    self._save_index(self._ranges)  # before the next file exists: a crash re-reads the index
+                    self._current += 1
+                    with self._lock:
+                        self._previous_ids, self._current_docs, self._current_parts = set(ids), {}, []
+                    continue
+                chunk, batch = batch[:room], batch[room:]
+                parts = self._current_parts + [encode(job) for job in chunk]
+                write_atomic(self._history_path(self._current), _tables({"jobs": parts}))
+                self._current_parts = parts
+                with self._lock:
+                    for job in chunk:
+                        self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
     def history(self, limit: int = 50, predicate: Callable[[dict], bool] | None = None) -> list[dict]:
-        return self._history.query(limit, predicate)
+        match = predicate or (lambda job: True)
+        with self._lock:
+            pending = list(self._buffer.values())
+        found = {job["id"]: dict(job) for job in pending if match(job)}
+        # Files hold jobs in finish order, so once `limit` matches are in hand older files can't
+        # hold newer ones (replayed finishes aside, which land close to their original place).
+        for n in reversed(numbered(self._hdir, "", ".json")):
+            if len(found) >= limit:
+                break
+            for doc in self._docs(n):
+                if doc["id"] not in found and match(doc):
+                    found[doc["id"]] = dict(doc)
+        return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
 
     def find_history(self, job_id: int) -> dict | None:
-        return self._history.find(job_id)
+        with self._lock:
+            job = self._buffer.get(job_id) or self._current_docs.get(job_id)
+        if job is not None:
+            return dict(job)
+        for n in sorted((n for n, (lo, hi) in list(self._ranges.items()) if lo <= job_id <= hi), reverse=True):
+            for doc in self._read_file(n):
+                if doc["id"] == job_id:
+                    return doc
+        return None
 
     def find_name(self, user: str, name: str) -> dict | None:
-        return self._history.find_name(user, name)
+        """The newest finished job of this user with this name, among those indexed (see NAMES_KEPT)."""
+        job_id = self._names.get((user, name))
+        return None if job_id is None else self.find_history(job_id)
 
     def flush(self) -> None:
-        self._history.flush()
+        self._flush_history()
         if self._loaded:
             self.journal.wait(self.journal.append([]))
 
@@ -349,7 +309,8 @@ class Store:
             return
         self._closed = True
         try:
-            self._history.close()
+            self._flusher.stop(join=60)
+            self._flush_history()  # here, not in the loop, so that a failure is reported
         finally:
             self.journal.close()
             self._lockfile.close()
