@@ -428,24 +428,13 @@ class Master:
         return self.job(job_id)
 
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
-        """Finished records of the given jobs, returned when all have finished or the timeout passed."""
-        ids = [J.parse_job_id(i) for i in job_ids]
-        if (only := self._only()) is not None:  # private_queries: another's live job is unknown to this user
-            with self.lock:                     # (an ended one: job(), through _ended, says so)
-                other = next((i for i in ids if self.core.table.jobs.get(i, {}).get("uid", only) != only), None)
-            if other is not None:
-                raise LookupError(f"unknown job id {other}")
-        done = self._ended(ids)  # (an unknown id is refused before any wait)
-        if len(done) < len(set(ids)):
-            self._until(lambda: [i for i in ids if i in self.core.table.jobs], timeout)
-            done = self._ended(ids)
-        return done
-
-    def _ended(self, ids: list[int]) -> dict:
-        """The ones of these jobs that have finished, as job() shows them."""
-        with self.lock:
-            ended = [i for i in ids if i not in self.core.table.jobs]
-        return {str(i): self.job(i) for i in ended}
+        """Finished records of the given jobs, returned when all have finished or the timeout passed. An unknown
+        id (another user's, under private_queries) is refused before any wait."""
+        views = {i: self.job(i) for i in map(J.parse_job_id, job_ids)}
+        if any(view["state"] not in J.FINAL_STATES for view in views.values()):
+            self._until(lambda: [i for i in views if i in self.core.table.jobs], timeout)
+            views = {i: view if view["state"] in J.FINAL_STATES else self.job(i) for i, view in views.items()}
+        return {str(i): view for i, view in views.items() if view["state"] in J.FINAL_STATES}
 
     def _until(self, waiting, timeout: float) -> None:
         """Until waiting() (called under the lock) names no job, waking at every record of the jobs
