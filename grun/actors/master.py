@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import Pyro5.api
@@ -39,30 +40,6 @@ MAX_WAIT_SECS = 60.0
 # Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
 # an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
 Restarting = ConnectionRefusedError
-
-
-class NodeLink:
-    """One node's proxy, used by one caller at a time (Pyro5 proxies are not shared between threads)."""
-
-    def __init__(self, name: str, uri: str):
-        self.name, self.uri = name, uri
-        self._lock = threading.Lock()
-        self._proxy = None
-
-    def call(self, method: str, *args):
-        """The node's reply, or None when the call failed (logged; a broken connection is dropped)."""
-        with self._lock:
-            try:
-                if self._proxy is None:
-                    self._proxy = registry.proxy(self.uri)
-                self._proxy._pyroClaimOwnership()
-                return getattr(self._proxy, method)(*args)
-            except Exception as exc:
-                log.warning("node %s: %s failed: %s", self.name, method, exc)
-                if registry.is_unreachable(exc):
-                    registry.reset(self._proxy)
-                    self._proxy = None
-                return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -119,7 +96,7 @@ class Master:
         self.failed = threading.Event()           # the journal broke: the daemon must exit
         self._closing = False
         self.store = Store(state_dir)
-        self.links: dict[str, NodeLink] = {}
+        self.links: dict[str, types.SimpleNamespace] = {}  # node -> its uri, proxy and the lock of that
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
         # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the
         # nodes' registrations (all registered in 52 s instead of 17). A host that is down holds a
@@ -197,8 +174,22 @@ class Master:
                              f"{', '.join(str(i) for _, i in failed)}: its node did not answer")
 
     def _call_node(self, name: str, method: str, *args):
-        link = self.links.get(name)
-        return link.call(method, *args) if link else None
+        """The node's reply, or None when the call failed (logged; a broken connection is dropped). Its proxy
+        serves one caller at a time (Pyro5 proxies are not shared between threads)."""
+        if (link := self.links.get(name)) is None:
+            return None
+        with link.lock:
+            try:
+                if link.proxy is None:
+                    link.proxy = registry.proxy(link.uri)
+                link.proxy._pyroClaimOwnership()
+                return getattr(link.proxy, method)(*args)
+            except Exception as exc:
+                log.warning("node %s: %s failed: %s", name, method, exc)
+                if registry.is_unreachable(exc):
+                    registry.reset(link.proxy)
+                    link.proxy = None
+                return None
 
     def _signal(self, node: str, method: str, ids: list[int]) -> list[int]:
         """SIGSTOP/SIGCONT on the node, then record what was done. Returns the ids it did not do."""
@@ -338,7 +329,7 @@ class Master:
         auth.require("register a node")
         name, uri = str(info["name"]), str(info["uri"])
         if getattr(self.links.get(name), "uri", None) != uri:
-            self.links[name] = NodeLink(name, uri)
+            self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=None)
         self.node_plugins[name] = [str(p) for p in info.pop("plugins", None) or ()]
         return self._do("register", info)  # (its node record is on disk before the reply)
 
