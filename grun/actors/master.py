@@ -103,8 +103,8 @@ class Master:
         # thread for up to the call timeout, a refused connection for no time at all.
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
         self._outbox_lock = threading.Lock()
-        self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs to offer in its next start call
-        self._sending: set[str] = set()                 # nodes with a start call in flight
+        # node -> jobs to offer in its next start call; a node is here while a start call to it is queued or in flight
+        self._outbox: dict[str, dict[int, dict]] = {}
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
         self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
@@ -205,19 +205,18 @@ class Master:
         made again waits while a call to the node is queued or in flight: its reply decides, and a
         second copy would only add load where there is already too much (10,000 nodes)."""
         with self._outbox_lock:
-            if again and name in self._sending:
+            if name not in self._outbox:
+                self._pool.submit(self._drain_outbox, name)
+            elif again:
                 return
             self._outbox.setdefault(name, {}).update((job["id"], job) for job in jobs)
-            if name not in self._sending:
-                self._sending.add(name)
-                self._pool.submit(self._drain_outbox, name)
 
     def _drain_outbox(self, name: str) -> None:
         while True:
             with self._outbox_lock:
-                batch = self._outbox.pop(name, None)
+                batch, self._outbox[name] = self._outbox[name], {}
                 if not batch or self._closing:
-                    self._sending.discard(name)
+                    del self._outbox[name]
                     return
             for job in batch.values() if self.plugins.hooks["on_dispatch"] else ():
                 self.plugins.notify("on_dispatch", job, {"name": name})
