@@ -305,13 +305,12 @@ class JobTable:
             node.used_cpus = max(0.0, node.used_cpus)
             node.used_memory = max(0, node.used_memory)
 
-    def claims(self, now: float | None = None) -> dict:
-        """Node name -> the queued job that reserved it; given `now`, a copy with its `window`: how long
-        until the jobs running there, by their ends as -t or learned estimates tell, leave it room (0 when
-        a job it waits for has no estimate, or is past it: then nothing is backfilled there)."""
-        claims = {j["reserved_node"]: j for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
-        return claims if now is None else {name: dict(owner, window=self._window(self.nodes[name], owner, now))
-                                           for name, owner in claims.items()}
+    def claims(self, now: float) -> dict:
+        """Node name -> a copy of the queued job that reserved it, with its `window`: how long until the jobs
+        running there, by their ends as -t or learned estimates tell, leave it room (0 when a job it waits
+        for has no estimate, or is past it: then nothing is backfilled there)."""
+        return {j["reserved_node"]: dict(j, window=self._window(self.nodes[j["reserved_node"]], j, now))
+                for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
 
     def _window(self, node: NodeView, owner: dict, now: float) -> float:
         need = {"cpus": owner["cpus"], "memory": owner["memory"], **consumables(owner, node)}
@@ -330,19 +329,15 @@ class JobTable:
                 return end - now
         return 0.0
 
-    def finish_record(self, job_id: int, result: dict, now: float, node: str | None = None,
-                      attempt: int | None = None) -> dict | None:
-        """None when the job is unknown or already finished, so a repeated report is applied once,
-        and when the report is of an earlier run than the job's current one."""
+    def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
+        """The end of a job that `node` reported. None when the job is unknown or already finished, so a
+        repeated report is applied once; when the report is of an earlier run than the job's current one;
+        and when the node is not the job's (a stale copy there: the current dispatch decides; or it never had it)."""
         job = self.jobs.get(job_id)
-        if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]):
-            return None  # (the end of a copy of an earlier run)
-        rec = {"op": "finish", "id": job_id, "result": result, "time": now}
-        if node is not None:
-            if node != (job.get("node") or job.get("lost_from")):
-                return None  # a stale copy on another node (the current dispatch decides), or a node that never had it
-            rec["node"] = node
-        return rec
+        if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
+                node != (job.get("node") or job.get("lost_from"))):
+            return None
+        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
