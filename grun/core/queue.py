@@ -60,10 +60,8 @@ class JobTable:
                 self.names[job["name"]] = job["id"]
             if "task" in job:
                 self.tasks.setdefault(job["array"], {})[job["task"]] = job["id"]
-            if job["state"] == J.QUEUED:
-                self.pending.add(job)
-            elif job["state"] == J.WAITING:
-                self._settle(job, rec["job"].get("submit_time", 0.0))
+            if job["state"] in (J.QUEUED, J.WAITING):
+                self._settle(job, job.get("submit_time", 0.0))
             self._index(job, True, outputs=True)
             self._sync(job)
             return job
