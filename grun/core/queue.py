@@ -91,7 +91,6 @@ class JobTable:
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
             # its node was declared lost: back in the queue, remembering where the old copy may live
-            self._uncount(job["id"])
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
@@ -220,14 +219,12 @@ class JobTable:
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
-        self._uncount(job["id"])
         self._index(job, False, outputs=True)
         self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
         job.pop("reserved_node", None)
-        self.reserved.pop(job["id"], None)
         if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
             kept, now = self.done_tokens, rec["time"]
@@ -249,6 +246,7 @@ class JobTable:
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
+        self._sync(job)  # (it holds nothing now)
         if "task" in job:  # counted in its array's record
             live = self.tasks.get(job["array"], {})
             live.pop(job["task"], None)
