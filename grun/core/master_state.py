@@ -108,8 +108,8 @@ class MasterState:
                 self.unconfirmed.pop(job["id"], None)
             if job["state"] not in J.ON_NODE_STATES:
                 self.launched.pop(job["id"], None)
-            if rec["op"] == "finish":
                 self.usage.pop(job["id"], None)
+            if rec["op"] == "finish":
                 self.recent[job["id"]] = job
                 if len(self.recent) > RECENT_FINISHED:
                     self.recent.popitem(last=False)
@@ -485,7 +485,7 @@ class MasterState:
     def view(self, job: dict) -> dict:
         """A job as queries show it: no environment; the usage its node last sampled; its node's URI."""
         out = J.public_view(job)
-        if job["id"] in self.usage and job["state"] in J.ON_NODE_STATES:
+        if job["id"] in self.usage:
             out["usage_now"] = self.usage[job["id"]]
         node = self.table.nodes.get(job.get("node") or "")
         if node is not None:
