@@ -429,9 +429,7 @@ class MasterState:
                          room=self.table.room, quotas=self.table.quotas if self.settings["limits"] else None)
             records, dispatched = [], []
             for (job, node), devices in zip(plan.placed, plan.devices):
-                # place() counted the job on the view; apply() must not count it twice
-                node.jobs.discard(job["id"])
-                node.take(job, -1, devices)
+                node.take(job, -1, devices)  # place() counted the job on the view; apply() must not count it twice
                 if A.is_array(job):  # one of its tasks becomes a job, and that one is dispatched
                     task = {"op": "task", "id": job["id"], "new": self.table.next_id, "task": A.next_task(job)}
                     self._commit(step, [dict(task, time=now)])
