@@ -1,27 +1,19 @@
 """Per-job limits: what they are (-m x the node's `hard_factor:`, -t, `ulimit:`), starting a job under
-them, and telling afterwards (and the user) whether a job died of one.
+them, and telling afterwards (and the user) whether a job died of one. A job without -m has a reservation
+(what the scheduler counts), not a limit: the node kills it only when it runs short of memory. -t, and
+the resident memory of a job with -m, are enforced by the node's sampler (grun.actors.monitor).
 
-A job that did not ask for memory (-m) has a reservation (default_memory: what the scheduler counts),
-not a limit: no RLIMIT_DATA, and the node kills it only when the node itself runs short of memory
-(grun.actors.monitor). The time limit (-t) is enforced by the node's sampler too.
+The rlimits: around each spawn the reaper (single-threaded) lowers its own *soft* limits to the job's, so
+the job inherits them at vfork and keeps them through exec, never running unlimited, and raises them back
+(its hard limits untouched: no privilege needed); right after, prlimit lowers the job's soft and hard
+limits, so it cannot raise them back (unless within those microseconds). `preexec_fn` is unsafe in a
+threaded parent and slow in a big one; prlimit alone would let the job run unlimited for a moment and
+miss what it forked. The reaper catches SIGXCPU meanwhile (its own cpu time may be over the job's limit).
 
-Where the rlimits are set: the node's reaper (grun.spawner) is one long-lived single-threaded process
-that starts every job with Popen (vfork + exec). Around each spawn it lowers its own *soft* limits to
-the job's, so the job inherits them at vfork and carries them through exec, with no window in which it
-runs unlimited, and raises them back at once (its hard limits were left alone, so that needs no
-privilege). Right after the spawn it lowers the job's soft and hard limits with prlimit, so the job
-cannot raise its soft limit back; only a job that calls setrlimit within those microseconds could.
-(`preexec_fn` is unsafe in a threaded parent and slow in a big one; prlimit alone would let the job
-run unlimited for a moment, and miss what it forked meanwhile.) The reaper's own cpu time may be over
-a job's cpu limit: it catches SIGXCPU for that moment (a caught signal is reset at exec).
-
-Memory is limited with RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which also counts shared
-libraries and the address space that per-thread arenas and runtimes (Java, Go, OpenBLAS) reserve but
-never touch, and so fails ordinary threaded programs far below their real use. A refused allocation
-leaves no kernel record: the job usually exits non-zero ("MemoryError", "std::bad_alloc") or aborts,
-and is recognised from its last stderr lines. The node's sampler is the second line: a job whose
-processes together hold more resident memory than the limit is killed, and that is recorded for sure.
-
+Memory is RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which counts the address space that
+libraries, thread arenas and runtimes (Java, Go, OpenBLAS) reserve but never touch, and so fails ordinary
+threaded programs far below their real use. A refused allocation leaves no kernel record: the job is
+recognised from its last stderr lines (OOM_PATTERNS); the sampler's kill is recorded for sure.
 Light: imported by the reaper, and by the client for `describe`.
 """
 
@@ -47,12 +39,13 @@ OOM_PATTERNS = re.compile(
 
 def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
     """The limits a job gets on this node: memory_mb (what the sampler enforces on the job's resident
-    memory: -m x hard_factor) and data_mb (the rlimit: the same, at least MIN_DATA_MB) only for a job
-    that asked for memory (a learned memory: memory_mb alone); time (seconds) when it asked for one."""
+    memory: -m x hard_factor, memory_basis saying so) and data_mb (the rlimit: the same, at least MIN_DATA_MB)
+    only for a job that asked for memory (a learned memory: memory_mb alone); time (seconds) when it asked."""
     out = {"time": job["time"]} if job.get("time") else {}
     if job.get("memory_set"):
         memory_limit = max(1, int(job["memory"] * hard_factor))
-        out.update(memory_mb=memory_limit, data_mb=max(memory_limit, MIN_DATA_MB))
+        out.update(memory_mb=memory_limit, data_mb=max(memory_limit, MIN_DATA_MB),
+                   memory_basis=f"-m {job['memory']} x hard_factor {hard_factor:g}")
     elif job.get("memory_limit"):  # a learned estimate x learn_memory_factor (grun.core.learn): the sampler's only
         out.update(memory_mb=job["memory_limit"], memory_basis=f"learned {job['memory']} MB x learn_memory_factor")
     for name, value in (ulimit or {}).items():  # (grun.config checked the names)

@@ -1,15 +1,11 @@
 """The node's reaper (`python -m grun.spawner`): it starts the node's jobs so that they depend on nobody.
 
 The node daemon starts one reaper in a session of its own and sends it, on its stdin, one line per job:
-`<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper is single-threaded and long-lived.
-For each job it claims the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts
-the job with Popen (vfork + exec, no Python fork) in its own session and process group, stdout and stderr
-going straight to spool files, and records its pid. It waits for its jobs with SIGCHLD + wait4 (so their
-usage is exact), writes each job's `status.json` once with one fsync, and pings the node. Killing the
-node daemon leaves the reaper and its jobs running; the reaper exits once its input and its last job
-have ended (a reaper that dies: see grun.actors.node_jobs). What a job leaves behind in the background
-is reaped here, never a zombie of the node. Limits: see grun.limits. Imports nothing heavy: it starts
-at node start and after a crash.
+`<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper, single-threaded and long-lived, claims
+the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts it with Popen (vfork + exec)
+in its own session, waits for it with SIGCHLD + wait4 (exact usage), writes its `status.json` and pings the
+node. It outlives the node daemon, and exits once its input and its last job have ended (one that dies:
+grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after a crash.
 """
 
 import collections
@@ -147,11 +143,8 @@ def _sync_as(ident: dict, paths: list) -> None:
     r, w = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         try:
-            if ident:
-                os.setgroups(ident["extra_groups"] or [ident["group"]])
-                os.setgid(ident["group"])
-                os.setuid(ident["user"])
-            mounts.walk(paths)
+            with _as_user(ident):
+                mounts.walk(paths)
         finally:
             os._exit(0)
     os.close(w)
@@ -192,13 +185,6 @@ def _close(*files) -> None:
     for f in files:
         with contextlib.suppress(OSError):
             f.close() if hasattr(f, "close") else os.close(f) if isinstance(f, int) else None
-
-
-def _hide_failed(job: dict) -> None:
-    """A failed make job's outputs become FILE.failed (grun.make), renamed as its user, never as root."""
-    from .make import rename_failed
-    with _as_user(_identity(job)):
-        rename_failed(job.get("outputs") or [])
 
 
 class Reaper:
@@ -297,7 +283,9 @@ class Reaper:
                 try:
                     exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
                     if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
-                        _hide_failed(run.job)
+                        from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
+                        with _as_user(_identity(run.job)):
+                            rename_failed(run.job.get("outputs") or [])
                     done.append(run)
                 except Exception as exc:  # one job's bad spool must not stop the reaper
                     self._fail(run.dir, run.notify, f"supervisor failed: {exc}")

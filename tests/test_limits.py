@@ -49,7 +49,8 @@ def test_a_job_without_m_gets_a_reservation_and_no_memory_limit():
     asked = J.validate_spec({"cmd": ["x"], "memory": 100, "time": 60})
     assert free["memory"] == 100 and "memory_set" not in free and "time" not in free
     assert job_limits(free, 1.5, {"nofile": 64}) == {"nofile": 64}, "no RLIMIT_DATA, no sampler limit"
-    assert job_limits(asked, 1.5, None) == {"memory_mb": 150, "data_mb": 150, "time": 60}
+    assert job_limits(asked, 1.5, None) == {"memory_mb": 150, "data_mb": 150, "time": 60,
+                                          "memory_basis": "-m 100 x hard_factor 1.5"}
     with pytest.raises(ValueError, match="time must be above zero"):
         J.validate_spec({"cmd": ["x"], "time": 0})
     # an edit keeps "not asked" unless memory is what it changes
@@ -59,9 +60,10 @@ def test_a_job_without_m_gets_a_reservation_and_no_memory_limit():
 
 
 def test_the_memory_kills_decide_by_limit_and_by_reservation():
-    assert over_memory_limit(160, {"memory_mb": 150}, 100, 1.5).endswith("limit 150 MB = -m 100 x hard_factor 1.5")
-    assert over_memory_limit(140, {"memory_mb": 150}, 100, 1.5) is None
-    assert over_memory_limit(9000, {}, 100, 1.5) is None, "no -m: no limit"
+    limits = job_limits({"memory": 100, "memory_set": True}, 1.5, None)
+    assert over_memory_limit(160, limits).endswith("limit 150 MB = -m 100 x hard_factor 1.5")
+    assert over_memory_limit(140, limits) is None
+    assert over_memory_limit(9000, job_limits({"memory": 100}, 1.5, None)) is None, "no -m: no limit"
     jobs = {1: (2150, 100), 2: (900, 1000), 3: (1900, 1000)}  # rss, reservation
     assert node_memory_victim(jobs, available_mb=2000, min_free_mb=1000) is None, "the node has enough"
     victim, why = node_memory_victim(jobs, available_mb=500, min_free_mb=1000)

@@ -1,31 +1,20 @@
-"""What a node measures every second with psutil: each running job's usage (its whole process group:
-cpu in use, resident memory, cpu time, I/O), and the load that is not grun's (so the scheduler never
-counts on cpus or memory that other programs use); and which job is killed for a limit, and how: one over
-its memory limit (-m x hard_factor), one past its time limit (-t), and, when the node itself runs short
-of memory (below min_free_memory available), the one furthest over its reservation.
+"""What a node measures every second with psutil: each running job's usage (a job is its process group:
+its reaper starts it as a group leader), and the load that is not grun's, so the scheduler never counts on
+cpus or memory other programs use (grun's processes: the node daemon, its descendants and every job group);
+and which job goes when a memory limit is hit (its own, or the node's min_free_memory).
 
-A job is its process group (its reaper starts it as a group leader, so pgid == the job's pid);
-grun's own processes are the node daemon and its descendants (the reaper) plus every
-job group, whatever became of their parents.
-
-Outside cpu load is measured over the heartbeat window: busy cpu time of the whole machine (psutil
-cpu_times: all but idle and iowait) minus the cpu time grun's processes used in the same window. It
-is reported in whole cores, a core counting once it is 70% busy, so a few percent of daemon noise
-never costs a 1-cpu job its node. Outside memory is the machine's used memory (total - available)
-minus the resident memory of grun's processes.
+Outside cpu load, over the heartbeat window: the machine's busy cpu time (all but idle and iowait) minus
+grun's, in whole cores, a core counting once it is BUSY_CORE busy, so a few percent of daemon noise never
+costs a 1-cpu job its node. Outside memory: the machine's used memory minus grun's resident memory.
 """
 
-import logging
 import math
 import os
 import time
 
 import psutil
 
-from .. import spool
 from ..core.learn import size
-
-log = logging.getLogger("grun.node")
 
 SAMPLE_SECS = 1.0
 BUSY_CORE = 0.7  # a core of outside load counts once it is this busy
@@ -145,11 +134,10 @@ class Monitor:
         return self._last_outside
 
 
-def over_memory_limit(rss_mb: int, limits: dict, request_mb: int, factor: float) -> str | None:
-    """Why a job whose processes hold rss_mb is killed for its memory limit (-m x hard_factor), or None."""
+def over_memory_limit(rss_mb: int, limits: dict) -> str | None:
+    """Why a job whose processes hold rss_mb is killed for its memory limit (grun.limits.job_limits), or None."""
     if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
-        return (f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = "
-                + (limits.get("memory_basis") or f"-m {request_mb} x hard_factor {factor:g}"))
+        return f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = {limits['memory_basis']}"
     return None
 
 
@@ -165,8 +153,3 @@ def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple
     return job_id, (f"the node was out of memory ({available_mb} MB available, min_free_memory {min_free_mb} MB); "
                     f"this job used {size(rss)}, {rss / max(reserved, 1):.1f}x its reservation of {size(reserved)}")
 
-
-def note_limit(job_dir: str, limit: str, detail: str) -> None:
-    """Record why a job is being killed for a limit (its reaper reads the reason into its status)."""
-    spool.record_limit(job_dir, limit, detail)
-    log.warning("job %s: killed for %s: %s", os.path.basename(job_dir), limit, detail)

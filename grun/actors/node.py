@@ -1,10 +1,7 @@
-"""The node actor (`grun.node.<hostname>`): one exec host's side of the cluster, and its conversation
-with the master: registration (with the jobs it holds, for the master to reconcile), heartbeats (its
-load, measured by grun.actors.monitor), and completion reports, repeated until the master acknowledges
-them; the master's orders (start, kill, kill stale copies, suspend, resume); a reloaded config. The jobs
-themselves are kept by its mixin grun.actors.node_jobs. Jobs are objects `grun.job.<id>` of this node's
-Pyro5 daemon (the client derives the URI from the node's), not name-server entries: that cost a
-registration and a removal per job.
+"""The node actor (`grun.node.<hostname>`) and its conversation with the master: registration (with the jobs
+it holds, for the master to reconcile), heartbeats, completion reports until acknowledged, the master's
+orders, a reloaded config. Its jobs are kept by its mixin grun.actors.node_jobs, each an object `grun.job.<id>`
+of its Pyro5 daemon (not a name-server entry: that cost a registration and a removal per job).
 """
 
 import contextlib
@@ -170,7 +167,7 @@ class Node(NodeJobs):
             if live.stage is not None:
                 live.stage.check()
             if live.status is not None and live.reported and (
-                    live.fetched or now - live.finished_at > self.output_keep):
+                    live.fetched or now - live.status.get("end_time", 0) > self.output_keep):
                 self._forget(live)
         if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
             self.acks.rewrite(self._acked)

@@ -1,20 +1,14 @@
-"""The jobs of one node, from their start to the moment the node forgets them: a mixin of the node actor
-(grun.actors.node.Node, which provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`,
-`min_free_memory`, `kill_grace`, `_stop` and `_report_now`).
-
-Each job is a LiveJob. It is handed to the node's reaper (grun.spawner), one long-lived process that
-starts it and waits for it; its end comes back as a ping on the node's unix socket, with the status
-files in the spool (grun.spool) as the fallback. If our reaper dies, its jobs become the node's
-children (the node is a child subreaper), and are waited for here (invariant 3) while a new reaper
-starts the next ones; a job whose reaper died while the node was down too is ended and reported
-failed, or lost if the host rebooted since. At start the node re-adopts what its spool holds.
-Kills, suspend and resume signal a job's process group; the sampler (grun.actors.monitor) measures
-the jobs every second and kills one over a limit (its memory or time, or the node's memory).
+"""The jobs of one node, from their start until the node forgets them: a mixin of the node actor
+(grun.actors.node.Node provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `min_free_memory`,
+`kill_grace`, `_stop` and `_report_now`). The node's reaper (grun.spawner) starts and waits for each job; its
+end comes back as a ping on the node's unix socket, with the status files (grun.spool) as the fallback. A job
+outlives its reaper (_reaperless, invariant 3) and the node (_adopt). Its limits are enforced by the sampler.
 """
 
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +26,7 @@ import Pyro5.api
 from .. import auth, registry, spawner, spool, stage
 from ..drain import Drain
 from ..tables import fmt_span
-from .monitor import node_memory_victim, note_limit, over_memory_limit
+from .monitor import node_memory_victim, over_memory_limit
 from .supervisor import JobSupervisor
 
 log = logging.getLogger("grun.node")
@@ -51,10 +45,9 @@ class LiveJob:
     fetched: bool = False          # a client has read its whole output
     stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
-    finished_at: float = 0.0
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
     pid: int | None = None         # the job's pid (and process group), once its reaper started it
-    reaper: int | None = None      # the pid of our reaper it was sent to
+    reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit_hit: str | None = None   # the limit the sampler is killing it for
     deadline: float | None = None  # when its time limit runs out
@@ -73,13 +66,12 @@ class NodeJobs:
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
         self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged
-        # our reaper, the pids of all we started (their jobs are settled by _watch_reaper), and the
-        # jobs of a dead one that still run, as our children: job pid -> job
+        # our reaper and its name, the pids of all we started, whether one died (see _watch_reapers)
         self.reaper: subprocess.Popen | None = None
+        self._reaper_name = ""
         self._reaper_lock = threading.RLock()
         self._reaper_pids: set[int] = set()
-        self._orphans: dict[int, LiveJob] = {}
-        self._reaper_died_once = False
+        self._reaper_died = False
         spawner.set_subreaper()
         # where the reapers ping: an abstract socket (no path-length limit, and gone when we are)
         self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:20]
@@ -116,10 +108,10 @@ class NodeJobs:
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
 
     def _sample(self) -> None:
-        """Every SAMPLE_SECS: the jobs of a reaper that died are taken over, the running jobs measured,
-        and their limits enforced; then, if the node runs short of memory, the job furthest over its
-        reservation is killed, unless one killed for memory is still on its way out."""
-        self._watch_reaper()
+        """Every SAMPLE_SECS: jobs whose reaper died are taken over, the running ones measured and their
+        limits enforced (grun.actors.monitor); then, if the node runs short of memory, the job furthest over
+        its reservation is killed, unless one killed for memory is still on its way out."""
+        self._watch_reapers()
         running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
         usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
@@ -130,30 +122,35 @@ class NodeJobs:
             {i: (rss[i], int(l.job.get("memory") or 0)) for i, (_, l) in running.items() if l.status is None},
             self.monitor.available_mb, self.min_free_memory)
         if victim:
-            self._kill_for_memory(*running[victim[0]], victim[1])
+            self._limit_kill(running[victim[0]][1], "memory", victim[1])
 
-    def _kill_for_memory(self, pgid: int, live: LiveJob, why: str) -> None:
-        live.limit_hit = "memory"
-        note_limit(live.dir, "memory", why)
-        spawner.killpg(pgid, signal.SIGKILL)  # (a stopped job too)
+    def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
+        """Kill the job for a limit, and record why (its reaper reads it into its status)."""
+        live.limit_hit = limit
+        spool.record_limit(live.dir, limit, why)
+        log.warning("job %s: killed for %s: %s", live.id, limit, why)
+        if limit == "memory":
+            spawner.killpg(live.pid, signal.SIGKILL)  # (a stopped job too)
+        else:
+            self._kill(live, signal.SIGTERM, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, pgid: int, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
         then KILL after kill_grace (again after a restart of ours, once limit.json says it had its TERM)."""
         limits = live.job.get("limits") or {}
-        why = over_memory_limit(rss_mb, limits, live.job.get("memory"), self.hard_factor)
+        why = over_memory_limit(rss_mb, limits)
         if why and live.status is None and live.limit_hit is None and not spool.read(live.dir, spool.LIMIT):
-            self._kill_for_memory(pgid, live, why)
+            self._limit_kill(live, "memory", why)
         if not limits.get("time") or live.status is not None:
             return
         if live.deadline is None:
             live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
         if now >= live.deadline and live.limit_hit is None:
-            live.limit_hit = "time"
-            if not spool.read(live.dir, spool.LIMIT):
-                note_limit(live.dir, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
-                                             f"then KILL after {self.kill_grace:g} s")
-                self._kill(live, signal.SIGTERM, grace=self.kill_grace)
+            if spool.read(live.dir, spool.LIMIT):  # (it had its TERM before we restarted)
+                live.limit_hit = "time"
+            else:
+                self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
+                                               f"then KILL after {self.kill_grace:g} s")
         elif live.limit_hit == "time" and now >= live.deadline + self.kill_grace + 1:
             spawner.killpg(pgid, signal.SIGKILL)  # its TERM was sent before we restarted
 
@@ -228,7 +225,6 @@ class NodeJobs:
             if live.stage is not None:
                 status = live.stage.ended(status)
             live.status = dict(status, superseded=True) if live.superseded else status
-            live.finished_at = status.get("end_time") or time.time()
             self._close_stdin(live)
             self.drain.finish(str(live.id))
             if not live.reported:
@@ -299,10 +295,9 @@ class NodeJobs:
 
     def _check_jobs(self) -> None:
         """The fallback for lost pings: status files, and reapers that died without writing one."""
-        self._watch_reaper()
+        self._watch_reapers()
         for live in list(self.live.values()):
-            if live.status is None and live.pid not in self._orphans and self.job_status(live) is None:
-                self._end_if_reaperless(live, "job supervisor vanished")
+            self.job_status(live)
 
     def _end_failed(self, live: LiveJob, why: str, **more) -> None:
         self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
@@ -311,95 +306,84 @@ class NodeJobs:
         line = f"{live.dir}\t{self.notify_addr}\t{job_json or ''}\n".encode()
         with self._reaper_lock:
             for _ in range(2):
-                if self.reaper is None or self.reaper.poll() is not None:
-                    self._watch_reaper()  # settle the jobs of a reaper that died, first
+                if self._no_reaper():
                     self.reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
                                                    start_new_session=True, close_fds=True)
                     self._reaper_pids.add(self.reaper.pid)
+                    self._reaper_name = spool.process_name(self.reaper.pid) or "?"  # ("?": it died at once)
                 with contextlib.suppress(OSError):  # (it died: start another)
-                    live.reaper = self.reaper.pid
+                    live.reaper = self._reaper_name
                     self.reaper.stdin.write(line)
                     self.reaper.stdin.flush()
                     return
             raise RuntimeError("cannot start the reaper")
 
-    def _watch_reaper(self) -> None:
-        """If our reaper died: jobs it never claimed go to the next reaper, jobs it started are our
-        children now (we are a subreaper) and are waited for here."""
-        resend = []
+    def _no_reaper(self) -> bool:
+        """Whether we have no reaper: none yet, or it died (its jobs are then settled by _watch_reapers)."""
         with self._reaper_lock:
-            proc = self.reaper
-            if proc is not None and proc.poll() is not None:
-                self.reaper = None
-                self._reaper_died_once = True
+            if self.reaper is not None and self.reaper.poll() is not None:
                 log.warning("the reaper (pid %s) died (%s); its running jobs are now waited for by the node",
-                            proc.pid, proc.returncode)
-                for live in list(self.live.values()):
-                    if live.reaper != proc.pid or self.job_status(live) is not None:
-                        continue
-                    claimed, pid, _lock = spool.read_pid(live.dir)
-                    if not claimed:
-                        resend.append(live)
-                    elif pid is None:  # it may have started the job: running it again could run it twice
-                        self._end_failed(live, "job supervisor vanished while starting the job")
-                    else:
-                        live.pid = pid
-                        self._orphans[pid] = live
-            if self._orphans or self._reaper_died_once:
-                self._reap_orphans()
-        for live in resend:
-            self._spawn(live)
+                            self.reaper.pid, self.reaper.returncode)
+                self.reaper, self._reaper_died = None, True
+            return self.reaper is None
 
-    def _reap_orphans(self) -> None:
-        for pid, live in list(self._orphans.items()):
+    def _watch_reapers(self) -> None:
+        """The jobs whose reaper died, ours or an earlier node life's (_reaperless)."""
+        with self._reaper_lock:
+            self._no_reaper()
+            alive = functools.cache(spool.reaper_alive)  # (a look at /proc per reaper, not per job)
+            for live in list(self.live.values()):
+                if live.status is None and live.reaper is not None and not alive(live.reaper):
+                    self._reaperless(live)
+            if self._reaper_died:  # what orphaned jobs leave behind in the background is ours now too: reap
+                keep = self._reaper_pids | {l.pid for l in self.live.values()}  # it, never a reaper or a job
+                with contextlib.suppress(ChildProcessError):
+                    while (info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)) and (
+                            info.si_pid not in keep):
+                        os.waitpid(info.si_pid, os.WNOHANG)
+
+    def _reaperless(self, live: LiveJob, why: str = "job supervisor vanished") -> None:
+        """The job's reaper died. Unclaimed, the job goes to the next reaper; claimed by another, that one is
+        watched; started, it is waited for here if it is our child now (its reaper was ours, and we are a
+        subreaper). Else, the reaper died without writing its status: if the host rebooted since the job
+        started, the job died with it: it is reported lost (the master may run it again); otherwise it may
+        still run: it is ended, and reported failed (running it again could run it twice)."""
+        claimed, pid, reaper = spool.read_pid(live.dir)
+        if not claimed:
+            return self._spawn(live)
+        if reaper is None or self.job_status(live) is not None:  # (being claimed; or it ended, and said so)
+            return
+        if reaper != live.reaper:
+            live.reaper = reaper
+            return
+        if pid is not None:
             try:
                 got, wstatus, rusage = os.wait4(pid, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # not our child: its reaper was not ours, or had waited for it
                 got = None
-            if got == 0:
-                continue
-            del self._orphans[pid]
-            if self.job_status(live) is not None:
-                continue
-            if got is None:  # not our child: it ended with its reaper, or was reaped before
-                self._supervisor_vanished(live, "job supervisor vanished")
-                continue
-            self.drain.finish(str(live.id), flush=True)  # as its reaper would have: its output, then its status
-            status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
-                                         "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
-            try:
-                spool.write_statuses([(live.dir, json.dumps(status))])
-            except OSError:
-                log.exception("job %s: cannot write its status", live.id)
-            self._finished(live, status)
-        # what orphaned jobs leave behind in the background is ours now too: reap it, never the reaper
-        with contextlib.suppress(ChildProcessError):
-            while (info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)) and (
-                    info.si_pid not in self._reaper_pids and info.si_pid not in self._orphans):
-                os.waitpid(info.si_pid, os.WNOHANG)
-
-    def _end_if_reaperless(self, live: LiveJob, why: str) -> None:
-        """_supervisor_vanished, for a job whose reaper was not one of ours (_watch_reaper settles those,
-        as it can still wait for their jobs) and has died."""
-        reaper = spool.read_pid(live.dir)[2]
-        if reaper is None:  # not started yet, or being started
-            return
-        ours = reaper.partition(".")[0] in {str(pid) for pid in self._reaper_pids}
-        if not ours and not spool.reaper_alive(reaper) and self.job_status(live) is None:  # (it may have ended)
-            self._supervisor_vanished(live, why)
-
-    def _supervisor_vanished(self, live: LiveJob, why: str) -> None:
-        """The reaper died without writing the job's status. If the host rebooted since the job
-        started, the job died with it: report it lost (the master may run it again). Otherwise the
-        job may still run: end it, and report a failure (running it again could run it twice)."""
+            if got == 0:  # it runs on, as our child
+                live.pid = pid
+                return
+            if got:
+                return self._record_orphan(live, wstatus, rusage)
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
             return self._end_failed(live, f"{why}: the host rebooted", lost=True)
-        pid = spool.read_pid(live.dir)[1]
         with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
             if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                 spawner.killpg(pid, signal.SIGKILL)
-        self._end_failed(live, why)
+        self._end_failed(live, why if pid else f"{why} while starting the job")
+
+    def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
+        """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
+        self.drain.finish(str(live.id), flush=True)
+        status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
+                                     "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
+        try:
+            spool.write_statuses([(live.dir, json.dumps(status))])
+        except OSError:
+            log.exception("job %s: cannot write its status", live.id)
+        self._finished(live, status)
 
     def _adopt(self) -> None:
         """At start: the jobs in the spool, as they were left."""
@@ -432,8 +416,11 @@ class NodeJobs:
         if self.job_status(live) is not None:
             return
         self.drain.add(str(live.id), job_dir)
-        if spool.read_pid(job_dir)[0]:
-            self._end_if_reaperless(live, "job supervisor vanished while the node was down")
+        claimed, _, reaper = spool.read_pid(job_dir)
+        if claimed:
+            live.reaper = reaper or "?"  # ("?": named at its next check)
+            if not spool.reaper_alive(live.reaper):
+                self._reaperless(live, "job supervisor vanished while the node was down")
         elif not live.reported:
             # written but never started, or an earlier reaper still has it in its pipe: the claim of
             # `pid` makes a second start a no-op

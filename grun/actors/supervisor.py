@@ -1,8 +1,6 @@
-"""The job supervisor actor (`grun.job.<id>`): a job's remote face, one per job, an object of its node's
-Pyro5 daemon (not in the name server: a job's URI is its node's URI with this object id). The process
-that starts and waits for the job is the node's reaper (grun.spawner). Clients ask the supervisor for
-the job's status, for a one-time token to stream its output (the node's grun.stream_server), and say
-when they have fetched the output, so the node may drop the spool.
+"""The job supervisor actor (`grun.job.<id>`): a job's remote face, an object of its node's Pyro5 daemon (the
+node's URI with this object id). Clients ask it for the job's status, a one-time token to stream its output
+(grun.stream_server) or stage its files, and say when they have fetched the output.
 """
 
 import contextlib
