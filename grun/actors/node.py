@@ -36,19 +36,14 @@ REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded 
 @Pyro5.api.behavior(instance_mode="single")
 class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
-                 cpus: float, memory: int, heartbeat: float, output_keep: float, resources: dict, labels: dict,
-                 hard_factor: float, ulimit: dict, count_outside_load: bool, min_free_memory: int, kill_grace: float,
-                 plugins: Plugins | None = None, spool_max: int = 1024, wrap: str = "", nfs_sync: bool = True,
-                 stage: str = "auto", fetch_path: list | None = None):
-        """The settings are the exec keys of grun.config.KEYS, parsed; the daemon passes them all."""
+                 plugins: Plugins | None = None, count_outside_load: bool = True, **settings):
+        """`settings`: the other exec keys of grun.config.KEYS, parsed (the daemon passes them all), kept as
+        attributes of their names (cpus, memory, heartbeat, hard_factor, ulimit, kill_grace, stage, ...)."""
+        vars(self).update(settings)
         self.plugins = plugins or Plugins()
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
-        self.name, self.cpus, self.memory, self.resources, self.labels = name, cpus, memory, resources, labels
-        self.hard_factor, self.ulimit, self.heartbeat, self.output_keep = hard_factor, ulimit, heartbeat, output_keep
-        self.min_free_memory, self.kill_grace, self.spool_max, self.wrap = min_free_memory, kill_grace, spool_max, wrap
-        self.nfs_sync, self.mounts = nfs_sync, mounts.network(mounts.table())  # (told the master when they change)
-        self.master_host, self.master_port, self.advertise = master_host, master_port, advertise
-        self.stage, self.fetch_path = stage, fetch_path or []  # grun.stage
+        self.name, self.master_host, self.master_port, self.advertise = name, master_host, master_port, advertise
+        self.mounts = mounts.network(mounts.table())  # (told the master when they change)
         self.monitor = Monitor(count_outside_load)
         # Launches are numbered within this process's life (its incarnation), so the master can tell
         # a job list made before a start it saw confirmed from one that really lacks the job.
@@ -77,9 +72,6 @@ class Node(NodeJobs):
         self.serve_thread = registry.serve_in_thread(self.daemon, "grun-node-pyro")
         for loop in self._loops:
             loop.start()
-
-    def ping(self) -> str:
-        return self.name
 
     def start(self, jobs: list) -> dict:
         """Start jobs; idempotent, so the master may offer the same job again. The node lock covers

@@ -90,10 +90,7 @@ class NodeJobs:
         ticket says where: the client tells its user what was delivered before)."""
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
             stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
-        output = self.drain.outputs.get(str(live.id))
-        if output is None:  # it has ended: nothing is punched any more
-            out_offset, err_offset = (max(o, spool.first_held(live.dir, n)) for o, n in
-                                      zip((out_offset, err_offset), spool.STREAMS))
+        output = self.drain.outputs.get(str(live.id))  # (None: not started, its inputs still coming)
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
                                   stdin_fd=stdin_fd, get_status=lambda: self.job_status(live),
                                   by_user=isinstance(auth.caller(), dict), output=output)
@@ -112,17 +109,17 @@ class NodeJobs:
         limits enforced (grun.actors.monitor); then, if the node runs short of memory, the job furthest over
         its reservation is killed, unless one killed for memory is still on its way out."""
         self._watch_reapers()
-        running = {l.id: (pid, l) for l in list(self.live.values()) if l.status is None and (pid := self._job_pid(l))}
-        usage = self.monitor.sample({job_id: pgid for job_id, (pgid, _) in running.items()})
+        running = {l.id: l for l in list(self.live.values()) if l.status is None and self._job_pid(l)}
+        usage = self.monitor.sample({job_id: live.pid for job_id, live in running.items()})
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
-        for job_id, (pgid, live) in running.items():
-            self._enforce(live, pgid, rss[job_id], now)
-        dying = any(l.limit_hit == "memory" and l.status is None for _, l in running.values())
+        for job_id, live in running.items():
+            self._enforce(live, rss[job_id], now)
+        dying = any(l.limit_hit == "memory" and l.status is None for l in running.values())
         victim = None if dying else node_memory_victim(
-            {i: (rss[i], int(l.job.get("memory") or 0)) for i, (_, l) in running.items() if l.status is None},
+            {i: (rss[i], int(l.job.get("memory") or 0)) for i, l in running.items() if l.status is None},
             self.monitor.available_mb, self.min_free_memory)
         if victim:
-            self._limit_kill(running[victim[0]][1], "memory", victim[1])
+            self._limit_kill(running[victim[0]], "memory", victim[1])
 
     def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
         """Kill the job for a limit, and record why (its reaper reads it into its status)."""
@@ -134,25 +131,22 @@ class NodeJobs:
         else:
             self._kill(live, signal.SIGTERM, grace=self.kill_grace)
 
-    def _enforce(self, live: LiveJob, pgid: int, rss_mb: int, now: float) -> None:
+    def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
-        then KILL after kill_grace (again after a restart of ours, once limit.json says it had its TERM)."""
+        then KILL after kill_grace (again after a restart of ours: limit_hit comes from limit.json)."""
         limits = live.job.get("limits") or {}
         why = over_memory_limit(rss_mb, limits)
-        if why and live.status is None and live.limit_hit is None and not spool.read(live.dir, spool.LIMIT):
+        if why and live.status is None and live.limit_hit is None:
             self._limit_kill(live, "memory", why)
         if not limits.get("time") or live.status is not None:
             return
         if live.deadline is None:
             live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
         if now >= live.deadline and live.limit_hit is None:
-            if spool.read(live.dir, spool.LIMIT):  # (it had its TERM before we restarted)
-                live.limit_hit = "time"
-            else:
-                self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
-                                               f"then KILL after {self.kill_grace:g} s")
+            self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
+                                           f"then KILL after {self.kill_grace:g} s")
         elif live.limit_hit == "time" and now >= live.deadline + self.kill_grace + 1:
-            spawner.killpg(pgid, signal.SIGKILL)  # its TERM was sent before we restarted
+            spawner.killpg(live.pid, signal.SIGKILL)  # its TERM was sent before we restarted
 
     def suspend(self, job_ids: list) -> dict:
         """SIGSTOP the process group of each running job; {id: done}."""
@@ -330,10 +324,10 @@ class NodeJobs:
     def _watch_reapers(self) -> None:
         """The jobs whose reaper died, ours or an earlier node life's (_reaperless)."""
         with self._reaper_lock:
-            self._no_reaper()
-            alive = functools.cache(spool.reaper_alive)  # (a look at /proc per reaper, not per job)
+            ours = None if self._no_reaper() else self._reaper_name
+            alive = functools.cache(spool.reaper_alive)  # (a look at /proc per other reaper, not per job)
             for live in list(self.live.values()):
-                if live.status is None and live.reaper is not None and not alive(live.reaper):
+                if live.status is None and live.reaper not in (None, ours) and not alive(live.reaper):
                     self._reaperless(live)
             if self._reaper_died:  # what orphaned jobs leave behind in the background is ours now too: reap
                 keep = self._reaper_pids | {l.pid for l in self.live.values()}  # it, never a reaper or a job
@@ -408,14 +402,14 @@ class NodeJobs:
             live = LiveJob(int(job["id"]), job_dir, job)
             with self.lock:
                 self._register_job(live)
-        live.job = job
+        live.job, live.limit_hit = job, (spool.read(job_dir, spool.LIMIT) or {}).get("limit")
         if job.get("stage_home"):  # staged: its inputs came, its outputs may still go back (grun.stage)
             live.stage = stage.Staged(self, live)
         kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())
         live.reported, live.fetched = "r" in kinds, "f" in kinds
+        self.drain.add(str(live.id), job_dir)  # (for an ended job too: where its output starts)
         if self.job_status(live) is not None:
             return
-        self.drain.add(str(live.id), job_dir)
         claimed, _, reaper = spool.read_pid(job_dir)
         if claimed:
             live.reaper = reaper or "?"  # ("?": named at its next check)
