@@ -66,12 +66,9 @@ class NodeJobs:
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
         self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged
-        # our reaper and its name, the pids of all we started, whether one died (see _watch_reapers)
+        # our reaper and its name, and whether one died (see _watch_reapers)
         self.reaper: subprocess.Popen | None = None
-        self._reaper_name = ""
-        self._reaper_lock = threading.RLock()
-        self._reaper_pids: set[int] = set()
-        self._reaper_died = False
+        self._reaper_name, self._reaper_died, self._reaper_lock = "", False, threading.RLock()
         spawner.set_subreaper()
         # where the reapers ping: an abstract socket (no path-length limit, and gone when we are)
         self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:20]
@@ -288,10 +285,12 @@ class NodeJobs:
                     self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
-        """The fallback for lost pings: status files, and reapers that died without writing one."""
+        """The fallback for lost pings: status files, and reapers that died without writing one (the job's
+        claimant, looked up here: an earlier reaper may have had it in its pipe too, and claimed it first)."""
         self._watch_reapers()
         for live in list(self.live.values()):
-            self.job_status(live)
+            if self.job_status(live) is None and live.reaper is not None:
+                live.reaper = spool.read_pid(live.dir)[2] or live.reaper
 
     def _end_failed(self, live: LiveJob, why: str, **more) -> None:
         self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
@@ -303,7 +302,6 @@ class NodeJobs:
                 if self._no_reaper():
                     self.reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE,
                                                    start_new_session=True, close_fds=True)
-                    self._reaper_pids.add(self.reaper.pid)
                     self._reaper_name = spool.process_name(self.reaper.pid) or "?"  # ("?": it died at once)
                 with contextlib.suppress(OSError):  # (it died: start another)
                     live.reaper = self._reaper_name
@@ -329,8 +327,9 @@ class NodeJobs:
             for live in list(self.live.values()):
                 if live.status is None and live.reaper not in (None, ours) and not alive(live.reaper):
                     self._reaperless(live)
-            if self._reaper_died:  # what orphaned jobs leave behind in the background is ours now too: reap
-                keep = self._reaper_pids | {l.pid for l in self.live.values()}  # it, never a reaper or a job
+            if self._reaper_died:  # what orphaned jobs leave behind in the background is ours now too: reap it,
+                # never our reaper (an earlier one was reaped by its poll) nor a job (_reaperless waits for those)
+                keep = {self.reaper and self.reaper.pid, *(l.pid for l in self.live.values())}
                 with contextlib.suppress(ChildProcessError):
                     while (info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)) and (
                             info.si_pid not in keep):
