@@ -9,12 +9,13 @@ its sampler alike). Light on purpose (os, json): the reaper imports it.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
   claimed but not started; created O_EXCL, so exactly one reaper ever starts the job.
 - `killreq`: a signal asked for before the job had a pid, sent by its reaper once it has started it.
-- `limit.json`: why the node's sampler killed the job (memory).
+- `limit.json`: why the node's sampler killed the job (memory or time).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its
   reaper, or the node when the reaper died).
-<spool>/acks.log: `r <id> <attempt>` (the master has the job's end) and `f <id> <attempt>` (a client
-fetched its output), appended; rewritten with only the jobs still here at each node start and past
-ACKS_COMPACT_BYTES, so it stays proportional to the spool, not to every job the node ever ran.
+<spool>/acks.log (Acks), so that a restarted node neither reports a job again nor keeps fetched output:
+`r <id> <attempt>` (the master has the job's end) and `f <id> <attempt>` (a client fetched it), appended;
+rewritten with only the jobs still here at each node start and past ACKS_COMPACT_BYTES, so it stays
+proportional to the spool, not to every job the node ever ran.
 """
 
 import contextlib
@@ -220,13 +221,10 @@ def reaper_alive(name: str) -> bool:
 
 
 class Acks:
-    """acks.log, so that a restarted node neither reports a job again nor keeps fetched output."""
-
     def __init__(self, spool: str):
         self.path, self.lock = os.path.join(spool, "acks.log"), threading.Lock()
 
     def add(self, kind: str, jobs: list[tuple[int, int]]) -> None:
-        """kind "r" (reported) or "f" (fetched), for (job id, attempt) pairs."""
         with self.lock, open(self.path, "a") as f:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
 
