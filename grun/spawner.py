@@ -245,8 +245,8 @@ class Reaper:
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
             _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
-            return self._fail(job_dir, notify, *_exec_error(exc, argv, job["cwd"], env["GRUN_NODE"]),
-                              err=None if "stderr" in keep else err)
+            why, code = _exec_error(exc, argv, job["cwd"], env["GRUN_NODE"])
+            return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)
         spool.set_pid(claimed, proc.pid)
@@ -256,15 +256,16 @@ class Reaper:
         if pending_kill := spool.requested_kill(job_dir):
             killpg(proc.pid, pending_kill)
 
-    def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None) -> None:
+    def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
         """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
-        (`err` when it is open already) and its status. Never raises: one job must not stop the reaper."""
+        (`err` when it is open already) and its status (with `more`: cwd_missing tells the master to run
+        it elsewhere). Never raises: one job must not stop the reaper."""
         with contextlib.suppress(BaseException):
             with err or open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
-                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now}, None, notify))
+                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, None, notify))
 
     def reap(self) -> None:
         """Collect every job that has ended, then record them together: the status files are written

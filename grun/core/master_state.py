@@ -388,8 +388,7 @@ class MasterState:
             result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
             rec = self.table.finish_record(job_id, result, now, node=name, attempt=rep.get("attempt"))
             job = self.table.jobs.get(job_id)
-            if rec and rep.get("error") == f"cwd {job['cwd']} does not exist on node {name}" and (
-                    again := self.table.elsewhere_record(job, name, rep["error"], now)):  # (grun.spawner's exit 2)
+            if rec and rep.get("cwd_missing") and (again := self.table.elsewhere_record(job, name, rep["error"], now)):
                 rec = again
                 step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
             rec = rec and (D.retry_or_finish(job, rec) if rec["op"] == "finish" else rec)
