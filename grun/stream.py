@@ -18,6 +18,7 @@ import struct
 import threading
 
 from . import auth
+from .wire import recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -45,17 +46,6 @@ class StreamBroken(Exception):
         return f"{self.args[0]} (stdout at {self.out_offset}, stderr at {self.err_offset})"
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """n bytes, or None if the peer closed first."""
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            return None
-        data += more
-    return data
-
-
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -64,17 +54,20 @@ def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEP
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
-    """A connection to a node's side channel, tuned; with `tls:`, TLS (secure). The one place they are made."""
+def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.socket:
+    """A connection to a node's side channel, tuned, with `tls:` TLS (secure), that claims `token`'s offer. The one
+    place they are made."""
     # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
     sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port), timeout=timeout)
     tune(sock)
     if (tls := auth.tls_client()) is not None:
         try:
-            return secure(sock, tls, timeout, server_hostname=host)
+            sock = secure(sock, tls, timeout, server_hostname=host)
         except OSError as e:
             from .wire import NotAuthorized, refused_tls
             raise NotAuthorized(f"TLS with {host}:{port} failed: {e}") if refused_tls(e) else e from None
+    sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
+    sock.settimeout(None)
     return sock
 
 
@@ -234,9 +227,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     sock, send_lock = None, threading.Lock()
     try:
         try:
-            sock = connect(host, port, connect_timeout)
-            sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
-            sock.settimeout(None)
+            sock = connect(host, port, token, connect_timeout)
         except OSError as e:
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
