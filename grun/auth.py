@@ -181,14 +181,12 @@ def _daemon_side(base):
 
 
 def tls_pyro5() -> None:
-    """With `tls:`, Pyro5's daemons and proxies in this process speak TLS (tls_server(); the daemons' proxies
-    show this host's certificate)."""
+    """With `tls:`, Pyro5's daemons in this process speak TLS (tls_server())."""
     if not _tls:
         return
     from Pyro5 import config, socketutil
     config.SSL, config.SSL_SERVERCERT = True, _tls["cert"]  # (Pyro5 asks its cache for a server's context then)
-    # Pyro5's cache of its contexts, which it reads before any other SSL_ setting: ours, as set up here
-    socketutil.__ssl_server_context, socketutil.__ssl_client_context = tls_server(), tls_client()
+    socketutil.__ssl_server_context = tls_server()  # Pyro5's cache of it, read before any other SSL_ setting
 
 
 def who(given, bound: str = ""):

@@ -8,7 +8,6 @@ raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
 import socket
 import struct
-import sys
 import time
 
 CONNECT_TIMEOUT = 5.0
@@ -43,11 +42,7 @@ class RemoteError(Exception):
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether a call failed for want of its peer (it may succeed later), from a WireProxy or a Pyro5 proxy."""
-    pyro_errors = sys.modules.get("Pyro5.errors")  # a Pyro5 error can only come from a loaded Pyro5
-    if pyro_errors is not None and isinstance(exc, pyro_errors.PyroError):
-        # SerializeError: the peer answered with something we cannot decode; retrying gets the same
-        return isinstance(exc, pyro_errors.CommunicationError) and not isinstance(exc, pyro_errors.SerializeError)
+    """Whether a call failed for want of its peer (it may succeed later)."""
     return isinstance(exc, OSError)  # ConnectionError, TimeoutError and CallBroken are OSErrors
 
 
@@ -60,9 +55,7 @@ def refused_tls(exc: BaseException) -> bool:
 def may_have_arrived(exc: BaseException) -> bool:
     """Whether a call that failed this way may have reached the peer (the connection broke after the
     request was sent, or the answer did not come in time)."""
-    pyro_errors = sys.modules.get("Pyro5.errors")
-    return isinstance(exc, CallBroken) or pyro_errors is not None and isinstance(
-        exc, (pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError))
+    return isinstance(exc, CallBroken)
 
 
 # Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
@@ -145,7 +138,7 @@ class WireProxy:
                     self._pyroRelease()
                     if not refused_tls(exc):  # (a reset or a timeout: a daemon away, or busy)
                         raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
-                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here)"
+                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here): {exc}"
                                         if "WRONG_VERSION_NUMBER" in str(exc) else
                                         f"TLS with {self._host}:{self._port} failed: {exc}") from None
         self._seq = (self._seq + 1) & 0xFFFF

@@ -55,7 +55,6 @@ class NodeLink:
             try:
                 if self._proxy is None:
                     self._proxy = registry.proxy(self.uri)
-                self._proxy._pyroClaimOwnership()
                 return getattr(self._proxy, method)(*args)
             except Exception as exc:
                 log.warning("node %s: %s failed: %s", self.name, method, exc)
