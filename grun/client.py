@@ -138,7 +138,7 @@ class Client:
                 unreachable = wire.is_unreachable(exc)
                 if unreachable:
                     self.reset()
-                    if sent_wait and wire.may_have_arrived(exc):
+                    if sent_wait and isinstance(exc, wire.CallBroken):  # it may have arrived
                         deadline = max(deadline, started + sent_wait)
                 if not unreachable or time.monotonic() + delay > deadline:
                     raise _failure(exc, f"master at {self.address}", method) from None

@@ -1,7 +1,7 @@
 """The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
 
-The `grun` command and `grun.Client` call the actors through `WireProxy`, not `Pyro5.api.Proxy`: importing
-Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
+The `grun` command and `grun.Client` (and the daemons, grun.registry) call the actors through `WireProxy`, not
+`Pyro5.api.Proxy`: importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
 holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
 the peer is not there, with one of the classes below, or with the builtin exception the remote method
 raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
@@ -14,7 +14,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 class CallBroken(ConnectionError):
-    """The connection failed after the request went out: the peer may have acted on it."""
+    """The connection failed after the request went out (or its answer did not come in time): the peer may
+    have acted on it."""
 
 
 class CallTimeout(CallBroken, TimeoutError):
@@ -50,12 +51,6 @@ def refused_tls(exc: BaseException) -> bool:
     """Whether a TLS peer refused us (our certificate, its, the protocol), which retrying does not heal; not
     a connection that ended (SSLEOFError and the like: a daemon away)."""
     return type(exc).__name__ in ("SSLError", "SSLCertVerificationError") and type(exc).__module__ == "ssl"
-
-
-def may_have_arrived(exc: BaseException) -> bool:
-    """Whether a call that failed this way may have reached the peer (the connection broke after the
-    request was sent, or the answer did not come in time)."""
-    return isinstance(exc, CallBroken)
 
 
 # Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
