@@ -88,15 +88,15 @@ def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserv
     return _guard(Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None))
 
 
-def start_daemon(bind: str, advertise: str, port: int = 0) -> "Pyro5.api.Daemon":
+def start_daemon(bind: str, advertise: str) -> "Pyro5.api.Daemon":
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
     configure()
-    daemon = Pyro5.api.Daemon(host=bind, port=port)
+    daemon = Pyro5.api.Daemon(host=bind, port=0)
     if bind in ("0.0.0.0", "::", ""):
-        real_port = daemon.sock.getsockname()[1]
+        port = daemon.sock.getsockname()[1]
         daemon.close()
-        daemon = Pyro5.api.Daemon(host=bind, port=real_port, nathost=advertise, natport=real_port)
+        daemon = Pyro5.api.Daemon(host=bind, port=port, nathost=advertise, natport=port)
     return _guard(daemon)
 
 

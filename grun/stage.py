@@ -167,27 +167,28 @@ def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:
     sock.sendall(HEAD.pack(kind, len(path), size, mode) + path, socket.MSG_MORE if kind == FILE and size else 0)
 
 
-def _end(sock, why: str = "") -> None:
-    _head(sock, END, b"", len(why.encode()))
-    sock.sendall(why.encode())
+def _end(sock, why: str = "", kind: bytes = END, path: bytes = b"") -> None:
+    """END (after a push: the node's refusal, if any), or MISSING `path` and why."""
+    _head(sock, kind, path, len(data := why.encode()))
+    sock.sendall(data)
 
 
-def _read_head(sock) -> tuple[bytes, str, int, int]:
+def _read_head(sock) -> tuple[bytes, str, int, int, str]:
+    """A frame's kind, path, size and mode, and the text of one that is not a FILE."""
     head = wire.recv_exact(sock, HEAD.size)
     kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
     if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:
         raise Refused("the connection closed" if head is None else f"garbage frame (kind {kind!r})")
-    path = wire.recv_exact(sock, n) if n else b""
-    if path is None:
+    path, text = wire.recv_exact(sock, n), wire.recv_exact(sock, size) if kind != FILE else b""
+    if path is None or text is None:
         raise Refused("the connection closed")
-    return kind, os.fsdecode(path), size, mode
+    return kind, os.fsdecode(path), size, mode, text.decode(errors="replace")
 
 
 def _send(sock, fd: int | None, name: str, why: str | None) -> None:
     """One file as a frame (from its open fd, which this closes), or why it is not sent."""
     if fd is None:
-        _head(sock, MISSING, os.fsencode(name), len(why.encode()))
-        return sock.sendall(why.encode())
+        return _end(sock, why, MISSING, os.fsencode(name))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -265,12 +266,12 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
     fit; on the client (a pull), returns the notes of MISSING frames."""
     notes = []
     while (head := _read_head(sock))[0] != END:
-        kind, rel, size, mode = head
+        kind, rel, size, mode, text = head
         if rel not in expected:
             raise Refused(f"{rel!r} was not asked for")
         expected.discard(rel)
         if kind == MISSING:
-            notes.append(f"{rel} {(wire.recv_exact(sock, size) or b'').decode(errors='replace')}")
+            notes.append(f"{rel} {text}")
             if node:
                 raise Refused(notes[-1])
             continue
@@ -305,7 +306,7 @@ def transfer(sup, job: dict, note, out: bool) -> bool:
                             fd, why = None, f"cannot be read: {e.strerror}"
                         _send(sock, fd, rel, why)
                     _end(sock)
-                why = (wire.recv_exact(sock, _read_head(sock)[2]) or b"").decode(errors="replace")
+                why = _read_head(sock)[4]
                 notes = [f"staging failed: {why}"] if why else []
         except (Refused, OSError) as e:
             whole, notes = not out, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"

@@ -217,8 +217,7 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
-           stdin_fd: int | bytes | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
-           err_offset: int = 0) -> dict:
+           stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
     A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
     input (the Python API uses both). Raises StreamBroken if the connection drops first, and
@@ -227,7 +226,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     sock, send_lock = None, threading.Lock()
     try:
         try:
-            sock = connect(host, port, token, connect_timeout)
+            sock = connect(host, port, token)
         except OSError as e:
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
