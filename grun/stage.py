@@ -173,8 +173,7 @@ def _end(sock, why: str = "", kind: bytes = END, path: bytes = b"") -> None:
     sock.sendall(data)
 
 
-def _read_head(sock) -> tuple[bytes, str, int, int, str]:
-    """A frame's kind, path, size and mode, and the text of one that is not a FILE."""
+def _read_head(sock) -> tuple[bytes, str, int, int, str]:  # kind, path, size, mode, the text of a frame not a FILE
     head = wire.recv_exact(sock, HEAD.size)
     kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
     if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:

@@ -1,13 +1,11 @@
 """The output side channel's wire format, and the client's side of it (grun.stream_server is the node's).
 
-A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr into spool files on its
-node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
-TCP socket (TLS with `tls:`, see `secure`), from any offset while the job runs, so it can detach and
-re-attach (invariant 3), and its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
-length + payload. The client first sends its 32-hex-character token, then (with a cluster secret) a proof
-of the secret bound to that token (grun.auth); the server answers or closes.
-No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
-"""
+A job's bulk bytes bypass Pyro5 (invariant 5): a client given (host, port, token) by the node's StreamServer.offer
+reads the job's spool files with `attach` on a TCP socket (TLS with `tls:`, see `secure`), from any offset while
+the job runs, so it can detach and re-attach (invariant 3); its stdin flows the other way into the job's FIFO.
+Frames, both ways: 1 type byte + 4-byte big-endian length + payload. The client first sends its token, then
+(with a cluster secret) a proof of the secret bound to it (grun.auth); the server answers or closes.
+No logging, secrets or dataclasses here: every `grun CMD` imports this module (tests/test_cli_fast.py)."""
 import contextlib
 import errno
 import json
@@ -55,8 +53,7 @@ def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEP
 
 
 def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.socket:
-    """A connection to a node's side channel, tuned, with `tls:` TLS (secure), that claims `token`'s offer. The one
-    place they are made."""
+    """The one way to a node's side channel: a connection, tuned, TLS with `tls:`, that claims `token`'s offer."""
     # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
     sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port), timeout=timeout)
     tune(sock)
