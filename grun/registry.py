@@ -1,8 +1,7 @@
-"""The daemons' Pyro5 wiring: process-wide Pyro5 settings, the name server co-hosted with the master,
-how actors are named and found, and proxies that always carry a timeout. Every grun daemon calls
-`configure()` before touching Pyro5. The name server never answers or sends UDP broadcasts: it is always
-addressed by explicit host and port. Clients import this module only for the names (they call the
-actors through grun.wire): Pyro5 is imported by the functions that need it."""
+"""The daemons' Pyro5 wiring: process-wide Pyro5 settings (every grun daemon calls `configure()` before touching
+Pyro5), the name server co-hosted with the master, and how actors are named and found. The name server never
+answers or sends UDP broadcasts: it is always addressed by explicit host and port. Clients import this module only
+for the names: Pyro5 is imported by the functions that need it, and every proxy is grun.wire's."""
 
 import contextlib
 import functools
