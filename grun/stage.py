@@ -1,13 +1,10 @@
-"""Staging (issue 14): a job's files moved over its node's side channel, for a node without the submitter's
-filesystem. The job runs in its own work dir on the node (`<job dir>/work`, its user's, gone with the spool),
-each staged file at its path relative to the submit cwd (files outside it are not staged: used in place).
-The submitting `grun` (Client.follow) pushes the `-M` inputs and `--stage-in` files before the job starts, and
-pulls the `-M` outputs and `--stage-out` files once it ended, whatever its exit (a failed make job's as
-FILE.failed). Frames: HEAD (kind, path length, size, mode), the path's bytes, the file's bytes (sendfile out,
-splice in); END ends a transfer (after a push: the node's refusal, if any). A file is received under a
-temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of
-the work dir, neither writing inputs as root nor sending outputs back.
-"""
+"""Staging (issue 14; README: `--stage`): a job's files moved over its node's side channel, for a node without the
+submitter's filesystem: the submitting `grun` (Client.follow) pushes them into the job's own work dir on the node
+(`<job dir>/work`, its user's, gone with the spool) before the job starts, and pulls them back once it ended.
+Frames: HEAD (kind, path length, size, mode), the path's bytes, then the file's bytes (sendfile out, splice in)
+or, for MISSING and END (which ends a transfer), a text: why not, or the node's refusal. A file is received under
+a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of the
+work dir, neither writing inputs as root nor sending outputs back."""
 
 import contextlib
 import fcntl

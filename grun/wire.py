@@ -82,12 +82,9 @@ class WireProxy:
     call reconnects. A new connection sends its handshake and first call together (one round trip)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
-        self._pyroUri, self._pyroTimeout = uri, timeout
+        self._pyroTimeout = timeout
         self._object, self._host, self._port = parse_uri(uri)
         self._sock: socket.socket | None = None
-
-    def __repr__(self) -> str:
-        return f"<WireProxy {self._pyroUri}>"
 
     def __enter__(self):
         return self
