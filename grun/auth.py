@@ -1,22 +1,22 @@
 """Cluster authentication: this process's cluster secret (a personal cluster's own, made at its first start,
-or `secret_file:` with `auth: secret`) and the proofs of it that every connection presents, in the Pyro5
-handshake to the master and the nodes (grun.registry, grun.wire) and on the output side channel (grun.stream).
+or `secret_file:` with `auth: secret`), the proofs of it that every connection presents (the Pyro5 handshake,
+grun.registry and grun.wire; the output side channel, grun.stream), users' credentials, and the TLS contexts.
 
 A proof is a keyed BLAKE2b MAC (as good as an HMAC, and its module costs a `grun` call 0.2 ms where hmac's
-costs 2) of the time and a fresh nonce, never the secret itself. It is not a challenge-response: Pyro5's
-handshake is one message from the client and the daemon's answer, and grun.wire sends its first call with
-it, so a challenge from the daemon would cost every connection a round trip. Instead a nonce is taken once
-only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do.
+costs 2) of the time and a fresh nonce, never the secret. Not a challenge-response: Pyro5's handshake is one
+message each way, which grun.wire sends with its first call, so a challenge would cost every connection a
+round trip. Instead a nonce is taken once only, and a proof older than PROOF_TTL is refused: the hosts' clocks
+must agree within it, as MUNGE's do.
 
-Users cannot read a real cluster's secret, so a user's `grun` asks the node daemon of its own host (root) for a
-credential: the node reads who is asking from the kernel (SO_PEERCRED on a unix socket), not from the asker,
-and signs "uid, gid, umask, groups, user" with the secret. Daemons then know each call's caller (`caller()`):
-CLUSTER for a holder of the secret (a daemon, root, the grun user), that identity for a credential."""
+Users cannot read a real cluster's secret: a user's `grun` asks the node daemon of its host (root) for a
+credential, and the node signs "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRED on a unix
+socket), not as the asker does. Daemons then know each call's caller (`caller()`)."""
 
 import _thread
 import contextlib
+import functools
 import os
-import re  # (re and contextlib come with every `grun` call already; threading does not, hence _thread)
+import re  # (re, functools and contextlib come with every `grun` call already; threading does not)
 import socket
 import struct
 import time
@@ -30,7 +30,6 @@ REFUSED = ("not authorized: no valid proof of the cluster secret or MUNGE creden
            "(a personal cluster serves its owner only)")
 TLS_ONLY = "not authorized: the cluster speaks TLS only (config key tls: {cert, key, ca}; README: Trust)"
 CLUSTER = "cluster"  # caller(): a holder of the cluster secret
-_tls_context = _tls_server = None  # the client side's and the daemons' (tls_client, tls_server), made once
 _CRED = "cred:"
 _path: str | None = None
 _key: bytes | None = None
@@ -51,9 +50,10 @@ def use(path: str | None, master: tuple | None = None, tls: dict | None = None) 
     """The secret this process presents and checks: the file at `path`, read when first needed (a personal
     cluster's is made by its daemon, maybe after its client read the config); None: none. `master`: the
     cluster's master address, which names where this host's node signs credentials for users."""
-    global _path, _key, _cred_at, _tls, _tls_context, _tls_server
-    _path, _key, _cred_at = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None
-    _tls, _tls_context, _tls_server = tls, None, None
+    global _path, _key, _cred_at, _tls
+    _path, _key, _cred_at, _tls = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None, tls
+    tls_client.cache_clear()
+    tls_server.cache_clear()
 
 
 def key() -> bytes | None:
@@ -121,34 +121,29 @@ def side_proof(token: str) -> str:
     return (proof(token) if key() is not None else NO_PROOF) if _path else ""
 
 
+@functools.cache
 def tls_client():
     """This process's TLS context for its connections, or None without `tls:`. The cluster's CA verifies
     the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
     user connects without one (and proves who they are with a credential)."""
-    global _tls_context
-    if _tls and _tls_context is None:
+    if _tls:
         import ssl
         context = ssl.create_default_context(cafile=_tls["ca"])
-        try:
+        with contextlib.suppress(PermissionError):
             context.load_cert_chain(_tls["cert"], _tls["key"])
-        except PermissionError:
-            pass
-        _tls_context = context
-    return _tls_context
+        return context
 
 
+@functools.cache
 def tls_server():
     """The daemons' TLS context (Pyro5's and the side channel's), or None without `tls:`: it verifies a client's
-    certificate when the client shows one (a daemon's) and takes clients without (users, who prove who they are
-    with a credential), as tls_client()."""
-    global _tls_server
-    if _tls and _tls_server is None:
+    certificate when the client shows one (a daemon's) and takes clients without (users), as tls_client()."""
+    if _tls:
         import ssl
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_tls["ca"])
         context.load_cert_chain(_tls["cert"], _tls["key"])
         context.verify_mode, context.sslsocket_class = ssl.CERT_OPTIONAL, _daemon_side(ssl.SSLSocket)
-        _tls_server = context
-    return _tls_server
+        return context
 
 
 def _daemon_side(base):
@@ -181,21 +176,28 @@ def _daemon_side(base):
 
 
 def tls_pyro5() -> None:
-    """With `tls:`, Pyro5's daemons and proxies in this process speak TLS (tls_server(); the daemons' proxies
-    show this host's certificate)."""
+    """With `tls:`, Pyro5's daemons in this process speak TLS (tls_server())."""
     if not _tls:
         return
     from Pyro5 import config, socketutil
     config.SSL, config.SSL_SERVERCERT = True, _tls["cert"]  # (Pyro5 asks its cache for a server's context then)
-    # Pyro5's cache of its contexts, which it reads before any other SSL_ setting: ours, as set up here
-    socketutil.__ssl_server_context, socketutil.__ssl_client_context = tls_server(), tls_client()
+    socketutil.__ssl_server_context = tls_server()  # Pyro5's cache of it, read before any other SSL_ setting
 
 
 def who(given, bound: str = ""):
     """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for
-    ({uid, gid, umask, groups, user}), or None (neither, or a replay). With `auth: munge`, MUNGE's word."""
+    ({uid, gid, umask, groups, user}), or None (neither, or a replay). With `auth: munge`, MUNGE's word: CLUSTER
+    for root and the user the daemons run as, else the uid and gid munged vouches for, the groups this host's
+    account database gives (never the client's list) and the umask of the payload."""
     if munge.socket:
-        return _munge_who(given, bound)
+        uid, gid, payload = munge.decode(given) or (None, None, "")
+        umask, _, said = payload.partition("\n")
+        if uid is None or said != bound or not re.fullmatch(r"[0-7]{1,4}", umask):
+            return None
+        if uid in (0, os.geteuid()):
+            return CLUSTER
+        user, groups = _account(uid, gid)
+        return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups}
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
@@ -224,20 +226,6 @@ def required() -> bool:
     return key() is not None or bool(munge.socket)
 
 
-def _munge_who(given, bound: str):
-    """A MUNGE credential's caller: CLUSTER for root and the user the daemons run as, else a user with the uid
-    and gid munged vouches for, the groups this host's account database gives (never the client's list) and
-    the umask of the payload."""
-    uid, gid, payload = munge.decode(given) or (None, None, "")
-    umask, _, said = payload.partition("\n")
-    if uid is None or said != bound or not re.fullmatch(r"[0-7]{1,4}", umask):
-        return None
-    if uid in (0, os.geteuid()):
-        return CLUSTER
-    user, groups = _account(uid, gid)
-    return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups}
-
-
 def confined(admins=()) -> dict | None:
     """The caller, if a user who may act on their own jobs only (not root, not in `admins`); else None."""
     who = caller()
@@ -250,13 +238,6 @@ def require(what: str, owner: int | None = None, admins=()) -> None:
     who = caller()
     if isinstance(who, dict) and (owner is None or who["uid"] not in (owner, 0) and who["user"] not in admins):
         raise ValueError(f"not authorized: {who['user']} may not {what}")
-
-
-def credential(pid: int, uid: int, gid: int, bound: str) -> str:
-    """The node's side: a credential for the process the kernel says is asking."""
-    user, groups = _account(uid, gid)
-    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
-    return _CRED + proof(f"{bound}\n{body}") + body
 
 
 def _account(uid: int, gid: int) -> tuple[str, list[int]]:
@@ -301,7 +282,9 @@ def serve_credentials(log) -> socket.socket | None:
                     conn.settimeout(1.0)
                     pid, uid, gid = _peer(conn)
                     bound = conn.recv(512).decode("ascii").rstrip("\n")
-                    conn.sendall(credential(pid, uid, gid, bound).encode())
+                    user, groups = _account(uid, gid)  # (the kernel's word on who asks, not the asker's)
+                    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
+                    conn.sendall((_CRED + proof(f"{bound}\n{body}") + body).encode())
                 except (OSError, UnicodeError) as exc:
                     log.warning("credentials: a request failed: %s", exc)
     import threading

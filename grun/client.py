@@ -138,7 +138,7 @@ class Client:
                 unreachable = wire.is_unreachable(exc)
                 if unreachable:
                     self.reset()
-                    if sent_wait and wire.may_have_arrived(exc):
+                    if sent_wait and isinstance(exc, wire.CallBroken):  # it may have arrived
                         deadline = max(deadline, started + sent_wait)
                 if not unreachable or time.monotonic() + delay > deadline:
                     raise _failure(exc, f"master at {self.address}", method) from None
@@ -280,7 +280,7 @@ class Client:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
                     if staged:  # its inputs, if its node does not share our files (grun.stage)
-                        staged.push(sup, job, on_note)
+                        staged.transfer(sup, job, on_note, False)
                     ticket = sup.attach(out_off, err_off, stdin_fd is not None)
                     for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                         if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
@@ -297,7 +297,7 @@ class Client:
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
-                    if staged and not staged.pull(sup, job, on_note):
+                    if staged and not staged.transfer(sup, job, on_note, True):
                         release = False  # what did not come back stays on the node
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
                         with contextlib.suppress(OSError):

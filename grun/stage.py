@@ -1,13 +1,10 @@
-"""Staging (issue 14): a job's files moved over its node's side channel, for a node without the submitter's
-filesystem. The job runs in its own work dir on the node (`<job dir>/work`, its user's, gone with the spool),
-each staged file at its path relative to the submit cwd (files outside it are not staged: used in place).
-The submitting `grun` (Client.follow) pushes the `-M` inputs and `--stage-in` files before the job starts, and
-pulls the `-M` outputs and `--stage-out` files once it ended, whatever its exit (a failed make job's as
-FILE.failed). Frames: HEAD (kind, path length, size, mode), the path's bytes, the file's bytes (sendfile out,
-splice in); END ends a transfer (after a push: the node's refusal, if any). A file is received under a
-temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of
-the work dir, neither writing inputs as root nor sending outputs back.
-"""
+"""Staging (issue 14; README: `--stage`): a job's files moved over its node's side channel, for a node without the
+submitter's filesystem: the submitting `grun` (Client.follow) pushes them into the job's own work dir on the node
+(`<job dir>/work`, its user's, gone with the spool) before the job starts, and pulls them back once it ended.
+Frames: HEAD (kind, path length, size, mode), the path's bytes, then the file's bytes (sendfile out, splice in)
+or, for MISSING and END (which ends a transfer), a text: why not, or the node's refusal. A file is received under
+a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of the
+work dir, neither writing inputs as root nor sending outputs back."""
 
 import contextlib
 import fcntl
@@ -76,9 +73,39 @@ class Staged:
         it ended); None when there is nothing to do."""
         if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
             return None
-        transfer = Transfer(self, out)
-        return {"host": self.node.advertise, "port": self.node.stream.address[1], "files": transfer.files,
-                "token": self.node.stream.offer_other(transfer)}
+        token = self.node.stream.offer_other(lambda sock: self.serve(sock, out), isinstance(auth.caller(), dict))
+        return {"host": self.node.advertise, "port": self.node.stream.address[1], "token": token,
+                "files": self.outputs if out else self.inputs}
+
+    def serve(self, sock: socket.socket, out: bool) -> None:
+        """An offer's connection (grun.stream_server gives each token one, in time): the outputs sent back, or the
+        inputs received, and then the job started."""
+        sock.settimeout(None)  # (tuned already by the stream server)
+        if out:
+            for rel in self.outputs:
+                _send(sock, *self.open(rel, self.live.status or {}))
+            return _end(sock)
+        try:
+            self.sock = sock
+            _receive(sock, self.work, set(self.inputs), self.ids)
+            self.sock = None
+            if not self.settle():
+                raise Refused("the job no longer waits for its inputs")
+            try:
+                self.node._launch(self.live)
+            except Exception as exc:
+                self.waiting = True
+                raise Refused(f"cannot start the job: {exc}") from None
+            return _end(sock)
+        except Exception as exc:
+            why, self.sock = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}", None
+            self.fail(why)
+            with contextlib.suppress(OSError):
+                _end(sock, why)
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(30)
+                while sock.recv(CHUNK):  # what the client still sends, so that it reads our refusal
+                    pass
 
     def settle(self) -> bool:
         """Whether the job was still waiting for its inputs (it waits no more)."""
@@ -133,68 +160,31 @@ class Staged:
         return fd, name, None
 
 
-class Transfer:
-    """One offered connection (grun.stream_server hands it over): a push of a job's inputs or a pull of its outputs."""
-
-    def __init__(self, staged: Staged, out: bool):
-        self.staged, self.out, self.by_user = staged, out, isinstance(auth.caller(), dict)
-        self.files, self.release = staged.outputs if out else staged.inputs, lambda: None  # (expired: WAIT decides)
-
-    def serve(self, sock: socket.socket) -> None:  # (the stream server gives each token one connection, in time)
-        sock.settimeout(None)  # (tuned already by the stream server)
-        s = self.staged
-        if self.out:
-            for rel in self.files:
-                _send(sock, *s.open(rel, s.live.status or {}))
-            return _end(sock)
-        try:
-            s.sock = sock
-            _receive(sock, s.work, set(self.files), s.ids)
-            s.sock = None
-            if not s.settle():
-                raise Refused("the job no longer waits for its inputs")
-            try:
-                s.node._launch(s.live)
-            except Exception as exc:
-                s.waiting = True
-                raise Refused(f"cannot start the job: {exc}") from None
-            return _end(sock)
-        except Exception as exc:
-            why, s.sock = str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}", None
-            s.fail(why)
-            with contextlib.suppress(OSError):
-                _end(sock, why)
-                sock.shutdown(socket.SHUT_WR)
-                sock.settimeout(30)
-                while sock.recv(CHUNK):  # what the client still sends, so that it reads our refusal
-                    pass
-
-
 def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:
     sock.sendall(HEAD.pack(kind, len(path), size, mode) + path, socket.MSG_MORE if kind == FILE and size else 0)
 
 
-def _end(sock, why: str = "") -> None:
-    _head(sock, END, b"", len(why.encode()))
-    sock.sendall(why.encode())
+def _end(sock, why: str = "", kind: bytes = END, path: bytes = b"") -> None:
+    """END (after a push: the node's refusal, if any), or MISSING `path` and why."""
+    _head(sock, kind, path, len(data := why.encode()))
+    sock.sendall(data)
 
 
-def _read_head(sock) -> tuple[bytes, str, int, int]:
+def _read_head(sock) -> tuple[bytes, str, int, int, str]:  # kind, path, size, mode, the text of a frame not a FILE
     head = wire.recv_exact(sock, HEAD.size)
     kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
     if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:
         raise Refused("the connection closed" if head is None else f"garbage frame (kind {kind!r})")
-    path = wire.recv_exact(sock, n) if n else b""
-    if path is None:
+    path, text = wire.recv_exact(sock, n), wire.recv_exact(sock, size) if kind != FILE else b""
+    if path is None or text is None:
         raise Refused("the connection closed")
-    return kind, os.fsdecode(path), size, mode
+    return kind, os.fsdecode(path), size, mode, text.decode(errors="replace")
 
 
 def _send(sock, fd: int | None, name: str, why: str | None) -> None:
     """One file as a frame (from its open fd, which this closes), or why it is not sent."""
     if fd is None:
-        _head(sock, MISSING, os.fsencode(name), len(why.encode()))
-        return sock.sendall(why.encode())
+        return _end(sock, why, MISSING, os.fsencode(name))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -272,12 +262,12 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
     fit; on the client (a pull), returns the notes of MISSING frames."""
     notes = []
     while (head := _read_head(sock))[0] != END:
-        kind, rel, size, mode = head
+        kind, rel, size, mode, text = head
         if rel not in expected:
             raise Refused(f"{rel!r} was not asked for")
         expected.discard(rel)
         if kind == MISSING:
-            notes.append(f"{rel} {(wire.recv_exact(sock, size) or b'').decode(errors='replace')}")
+            notes.append(f"{rel} {text}")
             if node:
                 raise Refused(notes[-1])
             continue
@@ -291,49 +281,32 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
     return notes
 
 
-def _connect(sup, out: bool):
-    """The client's connection for a push or a pull, and its ticket; None when there is nothing to do."""
-    ticket = sup.stage(out)
-    if ticket:
-        sock = wire.connect(ticket["host"], ticket["port"])
-        sock.sendall((ticket["token"] + auth.side_proof(ticket["token"])).encode("ascii"))
-        sock.settimeout(None)
-        return sock, ticket
-
-
-def push(sup, job: dict, note) -> None:
-    """The client, before it attaches to a job's output: its inputs, if its node waits for them."""
-    if not (got := _connect(sup, False)):
-        return
-    sock, ticket = got
-    with sock:
-        with contextlib.suppress(OSError):  # (the node refused: its reason follows)
-            for rel in ticket["files"]:
-                try:
-                    fd, why = os.open(os.path.join(job["cwd"], rel), os.O_RDONLY | os.O_CLOEXEC), None
-                except OSError as e:
-                    fd, why = None, f"cannot be read: {e.strerror}"
-                _send(sock, fd, rel, why)
-            _end(sock)
-        try:
-            why = (wire.recv_exact(sock, _read_head(sock)[2]) or b"").decode(errors="replace")
-        except (Refused, OSError) as e:
-            why = f"the node did not confirm the inputs: {e}"
-    if why:
-        note(f"job {job['id']}: staging failed: {why}")
-
-
-def pull(sup, job: dict, note) -> bool:
-    """The client, once the job ended: its outputs, into its cwd; what did not come back is noted. False when
-    the transfer broke: the node keeps them (output_keep) for `grun --attach`."""
-    if not (got := _connect(sup, True)):
+def transfer(sup, job: dict, note, out: bool) -> bool:
+    """The client: before it attaches to a job's output, its inputs, if its node waits for them; once the job
+    ended (`out`), its outputs, into its cwd. What failed is noted. False when a pull broke: the node keeps
+    them (output_keep) for `grun --attach`."""
+    if not (ticket := sup.stage(out)):
         return True
-    (sock, ticket), whole = got, True
-    with sock:
+    whole = True
+    with wire.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
         try:
-            notes = _receive(sock, job["cwd"], {n for rel in ticket["files"] for n in (rel, rel + ".failed")}, node=False)
+            if out:
+                want = {n for rel in ticket["files"] for n in (rel, rel + ".failed")}
+                notes = _receive(sock, job["cwd"], want, node=False)
+            else:
+                with contextlib.suppress(OSError):  # (the node refused: its reason follows)
+                    for rel in ticket["files"]:
+                        try:
+                            fd, why = os.open(os.path.join(job["cwd"], rel), os.O_RDONLY | os.O_CLOEXEC), None
+                        except OSError as e:
+                            fd, why = None, f"cannot be read: {e.strerror}"
+                        _send(sock, fd, rel, why)
+                    _end(sock)
+                why = _read_head(sock)[4]
+                notes = [f"staging failed: {why}"] if why else []
         except (Refused, OSError) as e:
-            notes, whole = [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"], False
+            whole, notes = not out, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
+                                     if out else f"staging failed: the node did not confirm the inputs: {e}"]
     for text in notes:
         note(f"job {job['id']}: {text}")
     return whole
@@ -359,7 +332,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
         while job["state"] not in FINAL_STATES:
             if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
                 with sup:
-                    push(sup, job, note)
+                    transfer(sup, job, note, False)
                 served = run
             try:
                 job = client.wait([job_id], 10)[job_id]
@@ -367,7 +340,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                 job = client.wait_started(job_id)
         if sup := client.supervisor(job_id, job):
             with sup:
-                pull(sup, job, note)
+                transfer(sup, job, note, True)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             note(f"job {job_id}: staging stopped: {exc}")

@@ -1,13 +1,11 @@
 """The output side channel's wire format, and the client's side of it (grun.stream_server is the node's).
 
-A job's bulk bytes bypass Pyro5 (invariant 5): the job writes stdout and stderr into spool files on its
-node; a client given (host, port, token) by the node's StreamServer.offer reads them with `attach` on a
-TCP socket (TLS with `tls:`, see `secure`), from any offset while the job runs, so it can detach and
-re-attach (invariant 3), and its stdin flows the other way into the job's FIFO. Frames, both ways: 1 type byte + 4-byte big-endian
-length + payload. The client first sends its 32-hex-character token, then (with a cluster secret) a proof
-of the secret bound to that token (grun.auth); the server answers or closes.
-No logging, secrets or dataclasses here: every `grun` imports this module (tests/test_cli_fast.py).
-"""
+A job's bulk bytes bypass Pyro5 (invariant 5): a client given (host, port, token) by the node's StreamServer.offer
+reads the job's spool files with `attach` on a TCP socket (TLS with `tls:`, see `secure`), from any offset while
+the job runs, so it can detach and re-attach (invariant 3); its stdin flows the other way into the job's FIFO.
+Frames, both ways: 1 type byte + 4-byte big-endian length + payload. The client first sends its token, then
+(with a cluster secret) a proof of the secret bound to it (grun.auth); the server answers or closes.
+No logging, secrets or dataclasses here: every `grun CMD` imports this module (tests/test_cli_fast.py)."""
 import contextlib
 import errno
 import json
@@ -18,6 +16,7 @@ import struct
 import threading
 
 from . import auth
+from .wire import recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -45,17 +44,6 @@ class StreamBroken(Exception):
         return f"{self.args[0]} (stdout at {self.out_offset}, stderr at {self.err_offset})"
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """n bytes, or None if the peer closed first."""
-    data = b""
-    while len(data) < n:
-        more = sock.recv(n - len(data))
-        if not more:
-            return None
-        data += more
-    return data
-
-
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -64,17 +52,19 @@ def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEP
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
-    """A connection to a node's side channel, tuned; with `tls:`, TLS (secure). The one place they are made."""
+def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.socket:
+    """The one way to a node's side channel: a connection, tuned, TLS with `tls:`, that claims `token`'s offer."""
     # bytes: getaddrinfo would otherwise import the "idna" codec (~1.3 ms of a `grun CMD`)
     sock = socket.create_connection((host.encode("ascii") if host.isascii() else host, port), timeout=timeout)
     tune(sock)
     if (tls := auth.tls_client()) is not None:
         try:
-            return secure(sock, tls, timeout, server_hostname=host)
+            sock = secure(sock, tls, timeout, server_hostname=host)
         except OSError as e:
             from .wire import NotAuthorized, refused_tls
             raise NotAuthorized(f"TLS with {host}:{port} failed: {e}") if refused_tls(e) else e from None
+    sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
+    sock.settimeout(None)
     return sock
 
 
@@ -224,8 +214,7 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
-           stdin_fd: int | bytes | None = None, connect_timeout: float = 10.0, out_offset: int = 0,
-           err_offset: int = 0) -> dict:
+           stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
     A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
     input (the Python API uses both). Raises StreamBroken if the connection drops first, and
@@ -234,9 +223,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     sock, send_lock = None, threading.Lock()
     try:
         try:
-            sock = connect(host, port, connect_timeout)
-            sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
-            sock.settimeout(None)
+            sock = connect(host, port, token)
         except OSError as e:
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:

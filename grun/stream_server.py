@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import auth, stage
+from . import auth
 from . import stream as wire
 from .tail import Tail
 from .wire import refused_tls
@@ -34,7 +34,7 @@ class _Attach:
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
                  get_status: Callable[[], dict | None], output):
         self.job_key, self.stdin_fd, self.output = job_key, stdin_fd, output
-        self.get_status, self.deadline = get_status, time.monotonic() + TOKEN_TTL
+        self.get_status = get_status
         self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
                       for name, offset, kind in zip(("stdout", "stderr"), offsets, (wire.OUT, wire.ERR))]
         if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
@@ -120,7 +120,7 @@ class StreamServer:
 
     def __init__(self, bind_host: str, port: int = 0):
         self._lock, self._closed = threading.Lock(), False
-        self._offers: dict[str, _Attach] = {}        # token -> offer
+        self._offers: dict[str, tuple] = {}          # token -> (deadline, by_user, offer)
         self._conns: dict[str, set[_Attach]] = {}    # job key -> its attached clients
         family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
         self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
@@ -134,28 +134,25 @@ class StreamServer:
         which keeps what the offer has not sent); with stdin_fd (which is ours from here on), the attached
         client feeds the job's input. `by_user`: a token for a user's credential (grun.auth), who holds no
         secret to prove on this channel."""
-        token = os.urandom(wire.TOKEN_LEN // 2).hex()
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
-        offer = _Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output)
-        with self._lock:
-            self._offers[token] = offer
-            offer.by_user = by_user
-        return token
+        return self.offer_other(_Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output),
+                                by_user)
 
-    def offer_other(self, offer) -> str:
-        """A one-time token for another kind of connection: a staged job's files (grun.stage.Transfer)."""
-        token, offer.deadline = os.urandom(wire.TOKEN_LEN // 2).hex(), time.monotonic() + TOKEN_TTL
+    def offer_other(self, offer, by_user: bool = False) -> str:
+        """A one-time token for `offer`: an _Attach, or a function that takes the connection (grun.stage)."""
+        token = os.urandom(wire.TOKEN_LEN // 2).hex()
         with self._lock:
-            self._offers[token] = offer
+            self._offers[token] = time.monotonic() + TOKEN_TTL, by_user, offer
         return token
 
     def expire(self, before: float | None = None) -> None:
         """Drop the offers nobody claimed in time (and the job input they held)."""
         before = time.monotonic() if before is None else before
         with self._lock:
-            gone = [self._offers.pop(t) for t, o in list(self._offers.items()) if o.deadline < before]
+            gone = [self._offers.pop(t)[2] for t, (deadline, *_) in list(self._offers.items()) if deadline < before]
         for offer in gone:
-            offer.release()
+            if isinstance(offer, _Attach):
+                offer.release()
 
     def wake(self, job_key: str) -> None:
         with self._lock:
@@ -196,22 +193,19 @@ class StreamServer:
             got = (wire.recv_exact(sock, wire.TOKEN_LEN + auth.PROOF_LEN * bool(auth.key())) or b"").decode("latin-1")
             token, proof = got[:wire.TOKEN_LEN], got[wire.TOKEN_LEN:]
             if auth.key() and not auth.verify(proof, token) and not (
-                    proof == auth.NO_PROOF and getattr(self._offers.get(token), "by_user", False)):
+                    proof == auth.NO_PROOF and self._offers.get(token, (0, False))[1]):
                 log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)
                 return
-            transfer = None
             with self._lock:  # pop: a token is good for one connection
-                conn = self._offers.pop(token, None) if token and not self._closed else None
-                if isinstance(conn, stage.Transfer):  # a staged job's files
-                    transfer, conn = conn if conn.deadline >= time.monotonic() else None, None
-                elif conn is not None and conn.deadline >= time.monotonic():
+                deadline, _, conn = self._offers.pop(token, (0, 0, None)) if token and not self._closed else (0, 0, None)
+                if (fresh := deadline >= time.monotonic()) and isinstance(conn, _Attach):
                     conn.sock, conn.peer = sock, peer
                     self._conns.setdefault(conn.job_key, set()).add(conn)
-            if transfer is not None:
-                return transfer.serve(sock)
-            if conn is None or conn.sock is None:
+            if not fresh:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
+            if not isinstance(conn, _Attach):
+                return conn(sock)  # a staged job's files
             sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
             conn.reader = threading.Thread(target=conn.read, name=f"grun-stream-in-{peer}", daemon=True)
             conn.reader.start()
@@ -224,7 +218,7 @@ class StreamServer:
         except Exception:
             log.exception("stream %s: serving failed", peer)
         finally:
-            if conn is not None and conn.sock is not None:
+            if isinstance(conn, _Attach) and conn.sock is not None:
                 with self._lock:
                     self._conns[conn.job_key].discard(conn)
                     if not self._conns[conn.job_key]:
@@ -232,6 +226,6 @@ class StreamServer:
                 conn.hang_up()
                 if conn.reader is not None:
                     conn.reader.join()
-            if conn is not None:
+            if isinstance(conn, _Attach):
                 conn.release()
             sock.close()

@@ -1,21 +1,21 @@
 """The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
 
-The `grun` command and `grun.Client` call the actors through `WireProxy`, not `Pyro5.api.Proxy`: importing
-Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
+The `grun` command and `grun.Client` (and the daemons, grun.registry) call the actors through `WireProxy`, not
+`Pyro5.api.Proxy`: importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
 holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
 the peer is not there, with one of the classes below, or with the builtin exception the remote method
 raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
 import socket
 import struct
-import sys
 import time
 
 CONNECT_TIMEOUT = 5.0
 
 
 class CallBroken(ConnectionError):
-    """The connection failed after the request went out: the peer may have acted on it."""
+    """The connection failed after the request went out (or its answer did not come in time): the peer may
+    have acted on it."""
 
 
 class CallTimeout(CallBroken, TimeoutError):
@@ -43,11 +43,7 @@ class RemoteError(Exception):
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether a call failed for want of its peer (it may succeed later), from a WireProxy or a Pyro5 proxy."""
-    pyro_errors = sys.modules.get("Pyro5.errors")  # a Pyro5 error can only come from a loaded Pyro5
-    if pyro_errors is not None and isinstance(exc, pyro_errors.PyroError):
-        # SerializeError: the peer answered with something we cannot decode; retrying gets the same
-        return isinstance(exc, pyro_errors.CommunicationError) and not isinstance(exc, pyro_errors.SerializeError)
+    """Whether a call failed for want of its peer (it may succeed later)."""
     return isinstance(exc, OSError)  # ConnectionError, TimeoutError and CallBroken are OSErrors
 
 
@@ -55,14 +51,6 @@ def refused_tls(exc: BaseException) -> bool:
     """Whether a TLS peer refused us (our certificate, its, the protocol), which retrying does not heal; not
     a connection that ended (SSLEOFError and the like: a daemon away)."""
     return type(exc).__name__ in ("SSLError", "SSLCertVerificationError") and type(exc).__module__ == "ssl"
-
-
-def may_have_arrived(exc: BaseException) -> bool:
-    """Whether a call that failed this way may have reached the peer (the connection broke after the
-    request was sent, or the answer did not come in time)."""
-    pyro_errors = sys.modules.get("Pyro5.errors")
-    return isinstance(exc, CallBroken) or pyro_errors is not None and isinstance(
-        exc, (pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError))
 
 
 # Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
@@ -94,12 +82,9 @@ class WireProxy:
     call reconnects. A new connection sends its handshake and first call together (one round trip)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
-        self._pyroUri, self._pyroTimeout = uri, timeout
+        self._pyroTimeout = timeout
         self._object, self._host, self._port = parse_uri(uri)
         self._sock: socket.socket | None = None
-
-    def __repr__(self) -> str:
-        return f"<WireProxy {self._pyroUri}>"
 
     def __enter__(self):
         return self
@@ -145,7 +130,7 @@ class WireProxy:
                     self._pyroRelease()
                     if not refused_tls(exc):  # (a reset or a timeout: a daemon away, or busy)
                         raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
-                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here)"
+                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here): {exc}"
                                         if "WRONG_VERSION_NUMBER" in str(exc) else
                                         f"TLS with {self._host}:{self._port} failed: {exc}") from None
         self._seq = (self._seq + 1) & 0xFFFF
@@ -184,28 +169,30 @@ class WireProxy:
         return result
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    """stream.recv_exact's twin (raising, not None): importing grun.stream (json, threading) would cost
-    1.2-1.8 ms of every `grun --nowait`, measured."""
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """n bytes, or None if the peer closed first (grun.stream's too: here, because importing grun.stream (json,
+    threading) would cost 1.2-1.8 ms of every `grun --nowait`, measured)."""
     buf, got = bytearray(n), 0
     while got < n:
-        k = sock.recv_into(memoryview(buf)[got:])
-        if not k:
-            raise ConnectionResetError("connection closed by the peer")
+        if not (k := sock.recv_into(memoryview(buf)[got:])):
+            return None
         got += k
     return bytes(buf)
 
 
 def _receive(sock: socket.socket) -> tuple[int, int, int, bytes]:
-    tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(
-        _recv_exact(sock, _HEADER.size))
+    if (head := recv_exact(sock, _HEADER.size)) is None:
+        raise ConnectionResetError("connection closed by the peer")
+    tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(head)
     if tag != b"PYRO" or version != _VERSION or magic != _MAGIC:
         raise Garbled("not a Pyro5 (protocol 502) peer")
     if size + ann_size > _MAX_MESSAGE or serializer != _MSGPACK:
         raise Garbled(f"a reply of {size + ann_size} bytes in serializer {serializer}")
     if flags & _COMPRESSED:
         raise Garbled("a compressed reply (grun's daemons never set Pyro5's COMPRESSION)")
-    return kind, flags, seq, _recv_exact(sock, ann_size + size)[ann_size:]  # annotations: none that we use
+    if (data := recv_exact(sock, ann_size + size)) is None:
+        raise ConnectionResetError("connection closed by the peer")
+    return kind, flags, seq, data[ann_size:]  # annotations: none that we use
 
 
 def _plain(obj):

@@ -310,7 +310,7 @@ def test_the_handshake_with_each_allowed_pyro5(secured_echo):
         assert p.echo(1) == [[1], {}]
         p._pyroRelease()
         assert p.echo(2) == [[2], {}], "a new connection, a new proof"
-    with registry.proxy(uri) as p:  # the daemons' own proxies (the installed Pyro5)
+    with registry.proxy(uri) as p:  # the daemons' own proxies
         assert p.echo(3) == [[3], {}]
         p._pyroRelease()
         assert p.echo(4) == [[4], {}]

@@ -175,14 +175,13 @@ class Master:
 
     def _call_node(self, name: str, method: str, *args):
         """The node's reply, or None when the call failed (logged; a broken connection is dropped). Its proxy
-        serves one caller at a time (Pyro5 proxies are not shared between threads)."""
+        serves one caller at a time."""
         if (link := self.links.get(name)) is None:
             return None
         with link.lock:
             try:
                 if link.proxy is None:
                     link.proxy = registry.proxy(link.uri)
-                link.proxy._pyroClaimOwnership()
                 return getattr(link.proxy, method)(*args)
             except Exception as exc:
                 log.warning("node %s: %s failed: %s", name, method, exc)

@@ -190,7 +190,7 @@ class Node(NodeJobs):
                 except Exception as exc:
                     log.debug("name server: %s", exc)
         except Exception as exc:
-            if "not authorized" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):  # a wrong secret, or TLS on one
+            if isinstance(exc, registry.NotAuthorized):  # a wrong secret, or TLS on one
                 if not self._told_refused:  # side only (config key tls), will not heal by retrying: say it once, loudly
                     log.error("the master refused this node: %s", exc)
                 self._told_refused = True
