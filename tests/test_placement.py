@@ -450,6 +450,25 @@ def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():
     assert spent < 10, f"placing 20,000 jobs on 10,000 nodes took {spent:.1f} s of CPU"
 
 
+def test_a_gpu_job_passes_over_the_nodes_whose_gpus_are_all_taken_without_looking_at_each():
+    """The index files nodes by their free consumables too: with every GPU of 1,000 nodes held and cpus
+    left on each, a GPU job looked at every one of them (1.7 ms a job at 2,000 nodes, 13 ms at 10,000)."""
+    looked = collections.Counter()
+
+    class Node(NodeView):
+        def fits(self, job):
+            looked[self.name] += 1
+            return super().fits(job)
+    index = NodeIndex(Node(f"n{i:04d}", 4, 16000, resources={"gpu": 2}, devices={"gpu": ["0", "1"]})
+                      for i in range(1000))
+    gpu_jobs = [job(i, params={"gpu": 1}) for i in range(1, 2001)]
+    placed = [p for n in range(0, 2000, 500) for p in place(iter(gpu_jobs[n:n + 500]), index, random.Random(3)).placed]
+    assert len(placed) == 2000 and sum(looked.values()) < 3 * 2000, sum(looked.values())
+    looked.clear()
+    assert not place(iter([job(2001, params={"gpu": 1})]), index, random.Random(3)).placed and not looked
+    assert place(iter([job(2002)]), index, random.Random(3)).placed  # their cpus are still there for others
+
+
 def test_job_table_keeps_each_nodes_jobs_without_scanning_the_table():
     t = _table(("a", 2, 4000), ("b", 2, 4000))
     ids = [_submit(t) for _ in range(5)]

@@ -242,8 +242,10 @@ class NodeIndex(dict):
         for name, node in dirty.items():
             if self.get(name) is not node:
                 continue
-            # rounded: float sums of fractional cpus (0.1 + 0.2) must not split equal nodes
-            key = (round(node.free_cpus, 9), node.free_memory) if node.up else None
+            # rounded: float sums of fractional cpus (0.1 + 0.2) must not split equal nodes; the free consumables
+            # too, so that a search passes over the nodes whose GPUs are all taken without looking at each
+            key = (round(node.free_cpus, 9), node.free_memory,
+                   tuple((name, round(node.free(name), 9)) for name in sorted(node.resources))) if node.up else None
             where = self._where.get(name)
             if where is not None and where[0] == key:
                 continue
@@ -263,12 +265,15 @@ class NodeIndex(dict):
     def best(self, job: dict, rng: random.Random = random, claims: dict | None = None) -> NodeView | None:
         """The best-fitting up node the job may use now (fewest cpus left, then least memory), or None."""
         self.refresh()
-        keys, memory = self._keys, job["memory"]
+        keys, memory, needs = self._keys, job["memory"], consumables(job)
         i, n = bisect_left(keys, (job["cpus"] - EPS,)), len(keys)
         while i < n:
             key = keys[i]
             if key[1] < memory:  # not enough memory at this cpu level: skip to where there is
                 i = bisect_left(keys, (key[0], memory), i + 1)
+                continue
+            if needs and key[2] and any(needs.get(name, 0) > free + EPS for name, free in key[2]):
+                i += 1  # (a name the node has as a label is matched, not consumed: not in key[2])
                 continue
             node = self._pick(self._buckets[key], job, rng, claims)
             if node is not None:
