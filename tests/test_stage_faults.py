@@ -1,0 +1,155 @@
+"""Staging (grun.stage) through the faults of a job's life, against real daemons: a staged job whose node is
+lost and that is re-run elsewhere (`grun --nowait`: the detached stager serves the new run), a staged job
+re-adopted by its restarted node daemon (its outputs still come back, to the waiting `grun` and to
+`grun --attach`), and a staged job whose inputs never come (a later `grun --attach` sends them; the node's
+deadline ends the job). Every node here stages every job (`stage: always`)."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+from cluster import LocalCluster
+from util import job_id_from_verbose, job_pid, read_line, wait_for
+
+from grun.client import job_spec
+
+STAGED = {"cpus": 1, "memory": 1000, "stage": "always", "heartbeat": 0.5}
+
+
+@pytest.fixture
+def make_cluster():
+    made = []
+
+    def make(nodes, **master_extra):
+        c = LocalCluster(nodes=nodes, master_extra=master_extra)
+        made.append(c)
+        return c.start()
+    yield make
+    for c in made:
+        c.stop()
+
+
+def _reap(*procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _work(c, node: str, job_id: int, name: str = "") -> str:
+    return os.path.join(c.root, node, "node", "jobs", str(job_id), "work", name)
+
+
+def test_nowait_stager_pushes_again_to_the_node_a_lost_job_is_rerun_on(make_cluster, tmp_path):
+    """`grun --nowait` with staging: the job's node is lost (its daemon and the job killed -9), the master
+    re-runs it on the other node; the detached stager sends the inputs there too, and the outputs that come
+    back are the re-run's."""
+    c = make_cluster({"a": STAGED, "b": STAGED}, node_timeout=3)
+    cwd, runs = tmp_path / "cwd", tmp_path / "runs"
+    cwd.mkdir()
+    runs.mkdir()
+    data = os.urandom(1 << 20)
+    (cwd / "in.bin").write_bytes(data)
+    # the first run waits (to be lost); the second, seeing the first's line in runs/ran, goes on at once
+    cmd = (f"echo $GRUN_NODE >> {runs}/ran; [ $(wc -l < {runs}/ran) -gt 1 ] || sleep 60; "
+           "cat in.bin > out.bin; echo $GRUN_NODE > node.txt")
+    env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = c.grun("--nowait", "--stage-in", "in.bin", "--stage-out", "out.bin", "--stage-out", "node.txt", cmd,
+               cwd=str(cwd), env=env)
+    assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r.stderr
+    job_id = int(r.stdout.split()[-1])
+    first = wait_for(lambda: (runs / "ran").exists() and (runs / "ran").read_text().strip(), 30,
+                     what="the first run to start (its inputs pushed)")
+    other = "b" if first == "a" else "a"
+    assert os.path.exists(_work(c, first, job_id, "in.bin"))
+    pgid = job_pid(c, job_id)
+    c.kill(first, signal.SIGKILL)  # the daemon first: else it would report the job's death, a failure
+    os.killpg(pgid, signal.SIGKILL)  # what a power cut does to the job
+    final = c.client().wait([job_id], 60)[job_id]
+    assert (final["state"], final["exit"], final["node"], final["attempt"]) == ("done", 0, other, 2), final
+    assert "lost" in final["requeue_reason"]
+    assert (runs / "ran").read_text() == f"{first}\n{other}\n"
+    wait_for(lambda: (cwd / "node.txt").exists() and (cwd / "out.bin").exists(), 30,
+             what="the stager to bring the re-run's outputs back")
+    assert (cwd / "node.txt").read_text() == f"{other}\n"
+    assert (cwd / "out.bin").read_bytes() == data
+    assert sorted(os.listdir(cwd)) == ["in.bin", "node.txt", "out.bin"]  # no temporary file left
+    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
+
+
+def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach(make_cluster, tmp_path):
+    """The node daemon is killed -9 while two staged jobs run (they go on under their reaper) and restarted on
+    the same spool. Job A ends after the restart: its `grun`, still waiting, gets its outputs and exit code.
+    Job B's `grun` was killed too, and B ended while the node daemon was down: `grun --attach` gets them."""
+    c = make_cluster({"n1": dict(STAGED, cpus=2)})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "in.txt").write_text("in\n")
+    gates = {k: tmp_path / f"gate-{k}" for k in "AB"}
+    procs, ids = {}, {}
+    try:
+        for k, code in (("A", 3), ("B", 4)):
+            procs[k] = c.popen("-v", "--stage-in", "in.txt", "--stage-out", f"out{k}.txt",
+                               f"cat in.txt > out{k}.txt; while [ ! -e {gates[k]} ]; do sleep 0.05; done; "
+                               f"echo {k} >> out{k}.txt; exit {code}", cwd=str(cwd))
+            ids[k] = job_id_from_verbose(read_line(procs[k].stderr, 20))  # `grun: job N queued`
+        for k in "AB":
+            wait_for(lambda k=k: os.path.exists(_work(c, "n1", ids[k], f"out{k}.txt")), 30,
+                     what=f"job {k} to run in its work dir")
+        c.kill("n1", signal.SIGKILL)
+        _reap(procs.pop("B"))
+        gates["B"].touch()  # B ends while its node daemon is down: its reaper writes its status
+        status = os.path.join(c.root, "n1", "node", "jobs", str(ids["B"]), "status.json")
+        wait_for(lambda: os.path.exists(status), 20, what="job B to end while the node daemon is down")
+        c.start_node("n1")
+        gates["A"].touch()
+        out, err = procs["A"].communicate(timeout=60)
+        assert procs["A"].returncode == 3, err
+        assert (cwd / "outA.txt").read_text() == "in\nA\n", err
+        r = c.grun("--attach", str(ids["B"]), cwd=str(cwd))
+        assert r.returncode == 4, r.stderr
+        assert (cwd / "outB.txt").read_text() == "in\nB\n", r.stderr
+    finally:
+        _reap(*procs.values())
+    assert sorted(os.listdir(cwd)) == ["in.txt", "outA.txt", "outB.txt"]
+    with open(os.path.join(c.root, "n1", "grun.log")) as f:
+        assert "re-adopted 2 jobs" in f.read()
+    final = c.client().wait(list(ids.values()), 10)
+    assert [final[ids[k]]["exit"] for k in "AB"] == [3, 4]
+    assert not any(final[ids[k]].get("error") for k in "AB"), final
+
+
+def test_a_job_whose_submitter_never_pushed_waits_until_attach_sends_its_inputs(make_cluster, tmp_path):
+    """The submitter died right after the submission, before it sent the inputs (here: a client that never
+    follows): the job waits on its node, not started, and `grun --attach` sends them, then gets the outputs."""
+    c = make_cluster({"n1": STAGED})
+    (tmp_path / "in.txt").write_text("late\n")
+    client = c.client()
+    job_id = client.submit_spec(job_spec("cat in.txt > out.txt", cwd=str(tmp_path),
+                                         stage_in=[str(tmp_path / "in.txt")], stage_out=[str(tmp_path / "out.txt")]))
+    work = _work(c, "n1", job_id)
+    wait_for(lambda: os.path.isdir(work), 20, what="the job to reach its node")
+    assert client.job(job_id)["state"] == "running" and os.listdir(work) == []
+    assert not os.path.exists(os.path.join(os.path.dirname(work), "pid"))  # not started: it waits for its inputs
+    r = c.grun("--attach", str(job_id), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").read_text() == "late\n"
+
+
+# With WAIT (300 s) fixed in grun/stage.py, a test cannot wait for it: a node key `stage_wait:` (proposed in
+# this test's report for issue 14) lets it be 2 s here. Until it exists the node ignores the key (an unknown
+# key is a warning) and the job waits 300 s: this test fails, as expected.
+@pytest.mark.xfail(strict=False, reason="needs the node key stage_wait (grun/stage.py's WAIT is fixed at 300 s)")
+def test_a_job_whose_inputs_never_come_fails_clearly_at_the_input_deadline(make_cluster, tmp_path):
+    c = make_cluster({"n1": dict(STAGED, stage_wait=2, output_keep=2)})  # (output_keep: the janitor every 0.5 s)
+    (tmp_path / "in.txt").write_text("never sent\n")
+    client = c.client()
+    job_id = client.submit_spec(job_spec("cat in.txt", cwd=str(tmp_path), stage_in=[str(tmp_path / "in.txt")]))
+    final = client.wait([job_id], 20)[job_id]
+    assert (final["state"], final["exit"]) == ("failed", 255), final
+    assert final["error"] == "staging: no client sent the inputs within 2 s", final
+    assert final["end_time"] - final["start_time"] < 10  # (started: when it reached its node)
+    r = c.grun("--attach", str(job_id), cwd=str(tmp_path))  # a client that comes too late hears why, once
+    assert r.returncode == 255 and b"no client sent the inputs within 2 s" in r.stderr, r.stderr
+    assert r.stderr.count(b"\n") == 1, r.stderr
