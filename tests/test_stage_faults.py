@@ -6,7 +6,7 @@ deadline ends the job). Every node here stages every job (`stage: always`)."""
 
 import os
 import signal
-import subprocess
+import time
 
 import pytest
 from cluster import LocalCluster
@@ -41,10 +41,11 @@ def _work(c, node: str, job_id: int, name: str = "") -> str:
     return os.path.join(c.root, node, "node", "jobs", str(job_id), "work", name)
 
 
-def test_nowait_stager_pushes_again_to_the_node_a_lost_job_is_rerun_on(make_cluster, tmp_path):
-    """`grun --nowait` with staging: the job's node is lost (its daemon and the job killed -9), the master
-    re-runs it on the other node; the detached stager sends the inputs there too, and the outputs that come
-    back are the re-run's."""
+@pytest.mark.parametrize("how", ["nowait", "follow"])
+def test_a_staged_job_rerun_after_its_node_was_lost_gets_its_inputs_again(make_cluster, tmp_path, how):
+    """The job's node is lost (its daemon and the job killed -9), the master re-runs it on the other node;
+    its files are served there too, and the outputs that come back are the re-run's: by the detached stager
+    of `grun --nowait`, or by the `grun` that follows the job (which says it follows the new run)."""
     c = make_cluster({"a": STAGED, "b": STAGED}, node_timeout=3)
     cwd, runs = tmp_path / "cwd", tmp_path / "runs"
     cwd.mkdir()
@@ -55,10 +56,14 @@ def test_nowait_stager_pushes_again_to_the_node_a_lost_job_is_rerun_on(make_clus
     cmd = (f"echo $GRUN_NODE >> {runs}/ran; [ $(wc -l < {runs}/ran) -gt 1 ] || sleep 60; "
            "cat in.bin > out.bin; echo $GRUN_NODE > node.txt")
     env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
-    r = c.grun("--nowait", "--stage-in", "in.bin", "--stage-out", "out.bin", "--stage-out", "node.txt", cmd,
-               cwd=str(cwd), env=env)
-    assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r.stderr
-    job_id = int(r.stdout.split()[-1])
+    args = ("--stage-in", "in.bin", "--stage-out", "out.bin", "--stage-out", "node.txt", cmd)
+    if how == "nowait":
+        r = c.grun("--nowait", *args, cwd=str(cwd), env=env)
+        assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r.stderr
+        job_id = int(r.stdout.split()[-1])
+    else:
+        proc = c.popen("-v", *args, cwd=str(cwd), env=env)
+        job_id = job_id_from_verbose(read_line(proc.stderr, 20))  # `grun: job N queued`
     first = wait_for(lambda: (runs / "ran").exists() and (runs / "ran").read_text().strip(), 30,
                      what="the first run to start (its inputs pushed)")
     other = "b" if first == "a" else "a"
@@ -66,6 +71,14 @@ def test_nowait_stager_pushes_again_to_the_node_a_lost_job_is_rerun_on(make_clus
     pgid = job_pid(c, job_id)
     c.kill(first, signal.SIGKILL)  # the daemon first: else it would report the job's death, a failure
     os.killpg(pgid, signal.SIGKILL)  # what a power cut does to the job
+    if how == "follow":
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            _reap(proc)
+        assert proc.returncode == 0, err
+        assert f"re-queued (node {first} lost".encode() in err and f"following attempt 2 on {other}".encode() in err
+        assert b"staging" not in err, err
     final = c.client().wait([job_id], 60)[job_id]
     assert (final["state"], final["exit"], final["node"], final["attempt"]) == ("done", 0, other, 2), final
     assert "lost" in final["requeue_reason"]
@@ -75,14 +88,15 @@ def test_nowait_stager_pushes_again_to_the_node_a_lost_job_is_rerun_on(make_clus
     assert (cwd / "node.txt").read_text() == f"{other}\n"
     assert (cwd / "out.bin").read_bytes() == data
     assert sorted(os.listdir(cwd)) == ["in.bin", "node.txt", "out.bin"]  # no temporary file left
-    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
+    if how == "nowait":
+        assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
 
 
 def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach(make_cluster, tmp_path):
     """The node daemon is killed -9 while two staged jobs run (they go on under their reaper) and restarted on
     the same spool. Job A ends after the restart: its `grun`, still waiting, gets its outputs and exit code.
     Job B's `grun` was killed too, and B ended while the node daemon was down: `grun --attach` gets them."""
-    c = make_cluster({"n1": dict(STAGED, cpus=2)})
+    c = make_cluster({"n1": dict(STAGED, cpus=2, output_keep=30)})  # (its janitor: every 7.5 s)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "in.txt").write_text("in\n")
@@ -104,7 +118,7 @@ def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach
         wait_for(lambda: os.path.exists(status), 20, what="job B to end while the node daemon is down")
         c.start_node("n1")
         gates["A"].touch()
-        out, err = procs["A"].communicate(timeout=60)
+        _, err = procs["A"].communicate(timeout=60)
         assert procs["A"].returncode == 3, err
         assert (cwd / "outA.txt").read_text() == "in\nA\n", err
         r = c.grun("--attach", str(ids["B"]), cwd=str(cwd))
@@ -113,6 +127,9 @@ def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach
     finally:
         _reap(*procs.values())
     assert sorted(os.listdir(cwd)) == ["in.txt", "outA.txt", "outB.txt"]
+    jobs = os.path.join(c.root, "n1", "node", "jobs")
+    wait_for(lambda: not {str(i) for i in ids.values()} & set(os.listdir(jobs)), 20,
+             what="the node to drop the spools once their outputs were fetched")
     with open(os.path.join(c.root, "n1", "grun.log")) as f:
         assert "re-adopted 2 jobs" in f.read()
     final = c.client().wait(list(ids.values()), 10)
@@ -137,16 +154,54 @@ def test_a_job_whose_submitter_never_pushed_waits_until_attach_sends_its_inputs(
     assert (tmp_path / "out.txt").read_text() == "late\n"
 
 
+
+@pytest.mark.xfail(strict=True, reason="bug: a staged job that fails before it started (killed while it waits for its "
+                   "inputs, or at the input deadline) ends its grun with exit 255 and no word: grun.stage.Staged.fail "
+                   "does not put why on the job's stderr, as grun.spawner's _fail does for a job that cannot start")
+def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(make_cluster, tmp_path):
+    """`grun` stopped (^Z) while its job was queued; the job reached its node, waited for its inputs, and was
+    killed there. Resumed, the grun exits 255 saying why; so does a later `grun --attach`."""
+    c = make_cluster({"n1": STAGED})
+    (tmp_path / "in.txt").write_text("in\n")
+    gate = tmp_path / "gate"
+    blocker = c.popen("-v", f"while [ ! -e {gate} ]; do sleep 0.05; done")  # holds the node's one cpu
+    proc = None
+    try:
+        blocker_id = job_id_from_verbose(read_line(blocker.stderr, 20))
+        wait_for(lambda: c.client().job(blocker_id)["state"] == "running", 20, what="the blocker to run")
+        proc = c.popen("-v", "--stage-in", "in.txt", "cat in.txt", cwd=str(tmp_path))
+        job_id = job_id_from_verbose(read_line(proc.stderr, 20))  # `grun: job N queued`: it waits to start
+        proc.send_signal(signal.SIGSTOP)
+        assert c.client().job(job_id)["state"] == "queued"
+        gate.touch()
+        wait_for(lambda: os.path.isdir(_work(c, "n1", job_id)), 20, what="the job to reach its node")
+        time.sleep(0.2)
+        assert c.grun("-k", str(job_id)).returncode == 0
+        final = c.client().wait([job_id], 20)[job_id]
+        assert (final["exit"], final["error"]) == (255, "staging: killed (signal 15) while staging"), final
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 255, err
+        r = c.grun("--attach", str(job_id), cwd=str(tmp_path))
+        assert r.returncode == 255, r.stderr
+        for text in (err, r.stderr):
+            assert b"grun: staging: killed (signal 15) while staging\n" in text, text
+    finally:
+        _reap(blocker, *[proc] if proc else [])
+
+
 # With WAIT (300 s) fixed in grun/stage.py, a test cannot wait for it: a node key `stage_wait:` (proposed in
 # this test's report for issue 14) lets it be 2 s here. Until it exists the node ignores the key (an unknown
-# key is a warning) and the job waits 300 s: this test fails, as expected.
-@pytest.mark.xfail(strict=False, reason="needs the node key stage_wait (grun/stage.py's WAIT is fixed at 300 s)")
+# key is a warning) and the job waits 300 s: this test fails, as expected. (Its last lines need the fix of
+# the test above too: the reason on the job's stderr.)
+@pytest.mark.xfail(strict=False, reason="needs the node key stage_wait (grun/stage.py's WAIT is fixed at 300 s) "
+                   "and the reason of a staging failure on the job's stderr (see the test above)")
 def test_a_job_whose_inputs_never_come_fails_clearly_at_the_input_deadline(make_cluster, tmp_path):
     c = make_cluster({"n1": dict(STAGED, stage_wait=2, output_keep=2)})  # (output_keep: the janitor every 0.5 s)
     (tmp_path / "in.txt").write_text("never sent\n")
     client = c.client()
     job_id = client.submit_spec(job_spec("cat in.txt", cwd=str(tmp_path), stage_in=[str(tmp_path / "in.txt")]))
-    final = client.wait([job_id], 20)[job_id]
+    final = client.wait([job_id], 10)[job_id]
     assert (final["state"], final["exit"]) == ("failed", 255), final
     assert final["error"] == "staging: no client sent the inputs within 2 s", final
     assert final["end_time"] - final["start_time"] < 10  # (started: when it reached its node)
