@@ -8,6 +8,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 from cluster import LocalCluster
 from util import job_id_from_verbose, job_pid, read_line, wait_for
@@ -90,6 +91,45 @@ def test_a_staged_job_rerun_after_its_node_was_lost_gets_its_inputs_again(make_c
     assert sorted(os.listdir(cwd)) == ["in.bin", "node.txt", "out.bin"]  # no temporary file left
     if how == "nowait":
         assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
+
+
+
+@pytest.mark.xfail(strict=True, reason="bug: grun.stage.follow_detached ends at the first push that cannot reach its "
+                   "node (here the node daemon died and came back: the job re-runs there and waits for inputs that "
+                   "never come), where Client.follow rides through")
+def test_the_nowait_stager_rides_through_a_node_daemon_restart_before_its_push(make_cluster, tmp_path):
+    """The stager learns its job reached its node, but that node's daemon dies before the push (here the stager
+    is suspended meanwhile) and comes back without the job (it had not started: no job.json), which the master
+    runs again there. The stager must push to the new run, as a following `grun` does."""
+    c = make_cluster({"n1": STAGED})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "in.txt").write_text("in\n")
+    gate = tmp_path / "gate"
+    blocker = c.popen("-v", f"while [ ! -e {gate} ]; do sleep 0.05; done")  # holds the node's one cpu
+    try:
+        blocker_id = job_id_from_verbose(read_line(blocker.stderr, 20))
+        wait_for(lambda: c.client().job(blocker_id)["state"] == "running", 20, what="the blocker to run")
+        env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
+        r = c.grun("--nowait", "--stage-in", "in.txt", "--stage-out", "out.txt", "cat in.txt > out.txt",
+                   cwd=str(cwd), env=env)
+        assert r.returncode == 0, r.stderr
+        job_id = int(r.stdout.split()[-1])
+        stager = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(cwd)
+                                        and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
+        stager.suspend()  # (it waits for the job to start: the blocker holds the node)
+        gate.touch()
+        wait_for(lambda: os.path.isdir(_work(c, "n1", job_id)), 20, what="the job to reach its node")
+        c.kill("n1", signal.SIGKILL)
+        c.start_node("n1")
+        wait_for(lambda: c.client().job(job_id)["attempt"] == 2, 20, what="the master to run the job again")
+        stager.resume()
+        final = c.client().wait([job_id], 20)[job_id]
+        assert (final["state"], final["exit"]) == ("done", 0), final
+        wait_for(lambda: (cwd / "out.txt").exists(), 20, what="the stager to bring the output back")
+        assert (cwd / "out.txt").read_text() == "in\n"
+    finally:
+        _reap(blocker)
 
 
 def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach(make_cluster, tmp_path):
