@@ -122,7 +122,7 @@ def test_the_nowait_stager_rides_through_a_node_daemon_restart_before_its_push(m
                                         and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
         stager.suspend()  # (it waits for the job to start: the blocker holds the node)
         gate.touch()
-        wait_for(lambda: os.path.isdir(_work(c, "n1", job_id)), 20, what="the job to reach its node")
+        wait_for(lambda: c.client().job(job_id)["state"] == "running", 20, what="the job to reach its node")
         c.kill("n1", signal.SIGKILL)
         c.start_node("n1")
         wait_for(lambda: c.client().job(job_id)["attempt"] == 2, 20, what="the master to run the job again")
@@ -188,10 +188,9 @@ def test_a_job_whose_submitter_never_pushed_waits_until_attach_sends_its_inputs(
     client = c.client()
     job_id = client.submit_spec(job_spec("cat in.txt > out.txt", cwd=str(tmp_path),
                                          stage_in=[str(tmp_path / "in.txt")], stage_out=[str(tmp_path / "out.txt")]))
-    work = _work(c, "n1", job_id)
-    wait_for(lambda: os.path.isdir(work), 20, what="the job to reach its node")
-    assert client.job(job_id)["state"] == "running" and os.listdir(work) == []
-    assert not os.path.exists(os.path.join(os.path.dirname(work), "pid"))  # not started: it waits for its inputs
+    wait_for(lambda: client.job(job_id)["state"] == "running", 20, what="the job to reach its node")
+    job_dir = os.path.join(c.root, "n1", "node", "jobs", str(job_id))
+    assert os.listdir(job_dir) == ["work"] and os.listdir(_work(c, "n1", job_id)) == []  # no job.json: not started
     r = c.grun("--attach", str(job_id), cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.txt").read_text() == "late\n"
@@ -217,7 +216,7 @@ def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(mak
         proc.send_signal(signal.SIGSTOP)
         assert c.client().job(job_id)["state"] == "queued"
         gate.touch()
-        wait_for(lambda: os.path.isdir(_work(c, "n1", job_id)), 20, what="the job to reach its node")
+        wait_for(lambda: c.client().job(job_id)["state"] == "running", 20, what="the job to reach its node")
         time.sleep(0.2)
         assert c.grun("-k", str(job_id)).returncode == 0
         final = c.client().wait([job_id], 20)[job_id]
