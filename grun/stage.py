@@ -18,10 +18,10 @@ import time
 from . import auth, mounts
 from . import stream as wire
 from .core.jobs import FINAL_STATES
+from .wire import is_unreachable
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
 FILE, MISSING, END = b"F", b"M", b"E"
-WAIT = 300.0                     # a staged job's inputs must come this soon after it reached its node
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
 CHUNK = 1 << 20
@@ -63,7 +63,8 @@ class Staged:
         uid = job.get("uid")
         self.ids = (uid, job.get("gid", uid)) if os.geteuid() == 0 and uid else None
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
-        self.failed, self.deadline, self.sock = False, time.monotonic() + WAIT, None  # (sock: a push under way)
+        self.failed, self.sock = False, None  # (sock: a push under way)
+        self.deadline = time.monotonic() + node.stage_wait
         os.makedirs(self.work, exist_ok=True)
         if self.ids:
             os.chown(self.work, *self.ids)
@@ -120,12 +121,14 @@ class Staged:
         self.failed = True
         with contextlib.suppress(OSError, AttributeError):
             self.sock.shutdown(socket.SHUT_RDWR)  # a push under way ends, and its half-written file goes
+        with contextlib.suppress(OSError), open(os.path.join(self.live.dir, "stderr"), "ab") as f:
+            f.write(f"grun: staging: {why}\n".encode())  # (as grun.spawner's _fail: every client hears why)
         self.node._end_failed(self.live, f"staging: {why}")
         return True
 
-    def check(self) -> None:  # by the node's janitor
-        if self.waiting and time.monotonic() > self.deadline:
-            self.fail(f"no client sent the inputs within {WAIT:g} s")
+    def check(self) -> None:  # by the node's janitor; a push under way is not cut off (a dead client ends it)
+        if self.waiting and self.sock is None and time.monotonic() > self.deadline:
+            self.fail(f"no client sent the inputs within {self.node.stage_wait:g} s")
 
     def ended(self, status: dict) -> dict:
         """The job's status, with the outputs that cannot go back named in its error."""
@@ -302,8 +305,8 @@ def transfer(sup, job: dict, note, out: bool) -> bool:
                             fd, why = None, f"cannot be read: {e.strerror}"
                         _send(sock, fd, rel, why)
                     _end(sock)
-                why = _read_head(sock)[4]
-                notes = [f"staging failed: {why}"] if why else []
+                _read_head(sock)  # (the node's refusal, if any: the job's stderr and record say it, Staged.fail)
+                notes = []
         except (Refused, OSError) as e:
             whole, notes = not out, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
                                      if out else f"staging failed: the node did not confirm the inputs: {e}"]
@@ -331,9 +334,13 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
         served, job = None, client.wait_started(job_id)
         while job["state"] not in FINAL_STATES:
             if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
-                with sup:
-                    transfer(sup, job, note, False)
-                served = run
+                try:
+                    with sup:
+                        transfer(sup, job, note, False)
+                    served = run
+                except Exception as exc:  # its node is away (a daemon restarting): pushed once the master has it again
+                    if not is_unreachable(exc):
+                        raise
             try:
                 job = client.wait([job_id], 10)[job_id]
             except TimeoutError:

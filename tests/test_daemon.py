@@ -130,7 +130,7 @@ NEW_VALUES = {"cpus": 3, "memory": "2G", "log_level": "debug", "node_timeout": "
               "rules": [{"if": "cpus > 2", "warn": "many cpus"}]}
 NEW_VALUES.update(learn=False, learn_memory_factor="off", learn_runs=10)  # learned requests (issue 11)
 NEW_VALUES.update(nfs_sync=False)  # NFS and the working directory (issue 14)
-NEW_VALUES.update(stage="never", fetch_path=["/data"])  # staging (issue 14)
+NEW_VALUES.update(stage="never", fetch_path=["/data"], stage_wait="10m")  # staging (issue 14)
 NEW_VALUES.update(private_queries=True)  # issue 15
 NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
 

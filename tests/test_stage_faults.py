@@ -4,7 +4,7 @@ job whose node is lost and that is re-run elsewhere (the detached stager of `gru
 re-adopted by its restarted node daemon (its outputs still come back, to the waiting `grun` and to
 `grun --attach`), and a staged job whose inputs do not come (a later `grun --attach` sends them; the node's
 input deadline ends the job, saying why, and does not cut off a push under way). Every node here stages every
-job (`stage: always`). The xfail tests name the bug or the missing key they wait for."""
+job (`stage: always`)."""
 
 import os
 import signal
@@ -97,9 +97,6 @@ def test_a_staged_job_rerun_after_its_node_was_lost_gets_its_inputs_again(make_c
 
 
 
-@pytest.mark.xfail(strict=True, reason="bug: grun.stage.follow_detached ends at the first push that cannot reach its "
-                   "node (here the node daemon died and came back: the job re-runs there and waits for inputs that "
-                   "never come), where Client.follow rides through")
 def test_the_nowait_stager_rides_through_a_node_daemon_restart_before_its_push(make_cluster, tmp_path):
     """The stager learns its job reached its node, but that node's daemon dies before the push (here the stager
     is suspended meanwhile) and comes back without the job (it had not started: no job.json), which the master
@@ -197,9 +194,6 @@ def test_a_job_whose_submitter_never_pushed_waits_until_attach_sends_its_inputs(
 
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a staged job that fails before it started (killed while it waits for its "
-                   "inputs, or at the input deadline) ends its grun with exit 255 and no word: grun.stage.Staged.fail "
-                   "does not put why on the job's stderr, as grun.spawner's _fail does for a job that cannot start")
 def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(make_cluster, tmp_path):
     """`grun` stopped (^Z) while its job was queued; the job reached its node, waited for its inputs, and was
     killed there. Resumed, the grun exits 255 saying why; so does a later `grun --attach`."""
@@ -232,15 +226,9 @@ def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(mak
         _reap(blocker, *[proc] if proc else [])
 
 
-# With WAIT (300 s) fixed in grun/stage.py, a test cannot wait for it: a node key `stage_wait:` (proposed in
-# this test's report for issue 14) lets it be 2 s here. Until it exists the node ignores the key (an unknown
-# key is a warning, which _assert_knows_stage_wait sees): this test fails at once, as expected. (Its last lines
-# need the fix of the test above too: the reason on the job's stderr.)
-@pytest.mark.xfail(strict=False, reason="needs the node key stage_wait (grun/stage.py's WAIT is fixed at 300 s) "
-                   "and the reason of a staging failure on the job's stderr (see the test above)")
+# The node key stage_wait: (300 s by default) makes the input deadline 2 s here.
 def test_a_job_whose_inputs_never_come_fails_clearly_at_the_input_deadline(make_cluster, tmp_path):
     c = make_cluster({"n1": dict(STAGED, stage_wait=2, output_keep=2)})  # (output_keep: the janitor every 0.5 s)
-    _assert_knows_stage_wait(c)
     (tmp_path / "in.txt").write_text("never sent\n")
     client = c.client()
     job_id = client.submit_spec(job_spec("cat in.txt", cwd=str(tmp_path), stage_in=[str(tmp_path / "in.txt")]))
@@ -253,13 +241,10 @@ def test_a_job_whose_inputs_never_come_fails_clearly_at_the_input_deadline(make_
     assert r.stderr.count(b"\n") == 1, r.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="needs the node key stage_wait; then a bug: grun.stage.Staged.check cuts off a "
-                   "push under way at the deadline (an input that takes longer than it to send can never be staged)")
 def test_the_input_deadline_does_not_cut_off_a_push_under_way(make_cluster, tmp_path):
     """The deadline bounds the wait for a client, not the transfer: here the push stalls (its grun stopped) past
     it, and resumes. (With 300 s, any input that takes over 5 minutes to send, 30 GB at 1 Gb/s, failed.)"""
     c = make_cluster({"n1": dict(STAGED, stage_wait=2, output_keep=2)})  # (output_keep: the janitor every 0.5 s)
-    _assert_knows_stage_wait(c)
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(1 << 30)  # sparse: cheap to read
     proc = c.popen("-v", "-M", "wc -c %i:big.bin", cwd=str(tmp_path))
@@ -275,9 +260,3 @@ def test_the_input_deadline_does_not_cut_off_a_push_under_way(make_cluster, tmp_
         assert (proc.returncode, out) == (0, b"1073741824 big.bin\n"), err
     finally:
         _reap(proc)
-
-
-def _assert_knows_stage_wait(c) -> None:
-    """(Until the node has the key, it warns of an unknown key and ignores it: fail at once, not after 300 s.)"""
-    with open(os.path.join(c.root, "n1", "grun.log")) as f:
-        assert "unknown key 'stage_wait'" not in f.read()
