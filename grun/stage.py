@@ -114,8 +114,9 @@ class Staged:
             was, self.waiting = self.waiting, False
         return was
 
-    def fail(self, why: str) -> bool:
-        """End the job that waits for its inputs (killed, or they did not come whole); False if it did not wait."""
+    def fail(self, why: str, sig: int | None = None) -> bool:
+        """End the job that waits for its inputs (killed by `sig`, or they did not come whole); False if it did
+        not wait. Killed, it ends as a job killed by that signal does (killed, 128+sig), not as a failure."""
         if not self.settle():
             return False
         self.failed = True
@@ -123,7 +124,7 @@ class Staged:
             self.sock.shutdown(socket.SHUT_RDWR)  # a push under way ends, and its half-written file goes
         with contextlib.suppress(OSError), open(os.path.join(self.live.dir, "stderr"), "ab") as f:
             f.write(f"grun: staging: {why}\n".encode())  # (as grun.spawner's _fail: every client hears why)
-        self.node._end_failed(self.live, f"staging: {why}")
+        self.node._end_failed(self.live, f"staging: {why}", **({"signal": sig, "exit_code": None} if sig else {}))
         return True
 
     def check(self) -> None:  # by the node's janitor; a push under way is not cut off (a dead client ends it)

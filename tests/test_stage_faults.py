@@ -194,9 +194,9 @@ def test_a_job_whose_submitter_never_pushed_waits_until_attach_sends_its_inputs(
 
 
 
-def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(make_cluster, tmp_path):
+def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_was_killed(make_cluster, tmp_path):
     """`grun` stopped (^Z) while its job was queued; the job reached its node, waited for its inputs, and was
-    killed there. Resumed, the grun exits 255 saying why; so does a later `grun --attach`."""
+    killed there. Resumed, the grun exits as the killed job it is (143) saying why; so does a later `grun --attach`."""
     c = make_cluster({"n1": STAGED})
     (tmp_path / "in.txt").write_text("in\n")
     gate = tmp_path / "gate"
@@ -214,12 +214,13 @@ def test_a_grun_suspended_before_it_sent_the_inputs_hears_why_its_job_failed(mak
         time.sleep(0.2)
         assert c.grun("-k", str(job_id)).returncode == 0
         final = c.client().wait([job_id], 20)[job_id]
-        assert (final["exit"], final["error"]) == (255, "staging: killed (signal 15) while staging"), final
+        assert (final["state"], final["exit"], final["error"]) == (
+            "killed", 143, "staging: killed (signal 15) while staging"), final
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 255, err
+        assert proc.returncode == 143, err
         r = c.grun("--attach", str(job_id), cwd=str(tmp_path))
-        assert r.returncode == 255, r.stderr
+        assert r.returncode == 143, r.stderr
         for text in (err, r.stderr):
             assert b"grun: staging: killed (signal 15) while staging\n" in text, text
     finally:

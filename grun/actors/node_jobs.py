@@ -187,7 +187,7 @@ class NodeJobs:
             if once and sig in live.kills:
                 return True
             live.kills.add(sig)
-        if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging"):
+        if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
         if self._job_pid(live) is None:  # not started: its reaper sends the signal once it has the pid
             spool.request_kill(live.dir, sig)
