@@ -115,8 +115,8 @@ class Staged:
         return was
 
     def fail(self, why: str, sig: int | None = None) -> bool:
-        """End the job that waits for its inputs (killed by `sig`, or they did not come whole); False if it did
-        not wait. Killed, it ends as a job killed by that signal does (killed, 128+sig), not as a failure."""
+        """End the job that waits for its inputs (killed by `sig`: as a killed job ends, 128+sig; or they did not
+        come whole); False if it did not wait."""
         if not self.settle():
             return False
         self.failed = True
