@@ -163,6 +163,8 @@ def map(func: Callable, iterable: Iterable, *, python: str | None = None, client
     """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
     with the given resources each (RESOURCES, as for submit_call); results in input order. The first
     failure (in order) is raised, and the calls not yet finished are killed."""
+    if unknown := sorted(resources.keys() - set(RESOURCES)):
+        raise TypeError(f"map() got unexpected keyword arguments {', '.join(unknown)} (resources: {', '.join(RESOURCES)})")
     return _results(_submit(client, func, [((x,), {}) for x in iterable], python, resources), timeout)
 
 

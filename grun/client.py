@@ -62,13 +62,16 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     return GrunError(f"{where}: {text}")
 
 
+def _by_id(client, method: str, job_ids: list, *args) -> dict:
+    """The master's `method` over job ids (`12.7`: task 7 of array 12), its answer by id."""
+    ids = [i if isinstance(i, str) and "." in i else int(i) for i in job_ids]
+    return {k if "." in k else int(k): v for k, v in client.call(method, ids, *args).items()}
+
+
 def _ask(method: str, doc: str, by_id: bool = False):
     """A Client method that is the master's `method`; `by_id`: it takes a list of job ids and answers by id."""
     def ask(self, *args):
-        if not by_id:
-            return self.call(method, *args)
-        ids = [i if isinstance(i, str) and "." in i else int(i) for i in args[0]]
-        return {k if "." in k else int(k): v for k, v in self.call(method, ids, *args[1:]).items()}
+        return _by_id(self, method, *args) if by_id else self.call(method, *args)
     ask.__name__, ask.__doc__ = method, doc
     return ask
 
@@ -193,15 +196,24 @@ class Client:
     jobs = _ask("jobs", "Records of the queued and running jobs, by id.")
     nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
     health = _ask("health", "The master's problems, one line each (a damaged journal, a full disk); [] when well.")
-    history = _ask("history", "history(limit=50, user=None, grep=None): the latest finished jobs, newest first.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
     why = _ask("why", "One paragraph on why a queued job is not running.")
-    # {id: whether it was found (kill: live)}; an id `12.7` is task 7 of array 12
-    kill = _ask("kill", "kill(ids, sig=15, force=False): signal queued or running jobs; force marks running "
-                "jobs killed at once, even if their node cannot be reached.", by_id=True)
+    # {id: whether it was found}
     hold = _ask("hold", "Hold queued jobs, suspend running ones.", by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
-    edit = _ask("edit", "edit(ids, changes): change queued jobs (priority, cpus, memory, hosts, params).", by_id=True)
+
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
+        """The latest finished jobs, newest first; only `user`'s, or those whose command or name match `grep`."""
+        return self.call("history", limit, user, grep)
+
+    def kill(self, job_ids: list, sig: int = 15, force: bool = False) -> dict:
+        """Signal queued or running jobs; {id: whether it was live}. `force` marks running jobs killed at once,
+        even if their node cannot be reached."""
+        return _by_id(self, "kill", job_ids, int(sig), bool(force))
+
+    def edit(self, job_ids: list, changes: dict) -> dict:
+        """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
+        return _by_id(self, "edit", job_ids, dict(changes))
 
     def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
         """The final records of the jobs, once all have finished (Timeout after `timeout` s)."""

@@ -208,8 +208,9 @@ class Config:
         return "Config(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in KEYS) + ")"
 
 
-def load_config(path: str | None = None, environ=os.environ) -> Config:
-    """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None."""
+def load_config(path: str | None = None, environ=os.environ, use_auth: bool = True) -> Config:
+    """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None;
+    `use_auth`: this process presents and checks what it says (a daemon's reload must not: it needs a restart)."""
     raw, lines = _read_yaml(path) if path is not None else ({}, {})
     values, where, warnings = {}, {}, []
     if raw.keys() - KEYS.keys() or ":" in str(raw.get("bind", "")):  # the original grun's keys, maybe
@@ -231,8 +232,9 @@ def load_config(path: str | None = None, environ=os.environ) -> Config:
             except ValueError as e:
                 raise ConfigError(str(e), source, getattr(e, "at", line), name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)
-    from . import auth  # the secret of the config read last is the one this process's connections present
-    auth.configure(cfg)
+    if use_auth:
+        from . import auth  # the secret of the config read last is the one this process's connections present
+        auth.configure(cfg)
     return cfg
 
 

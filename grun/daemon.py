@@ -94,13 +94,11 @@ class Services:
         no service of this daemon. A bad file is logged and the running config kept."""
         old = self.cfg
         try:
-            new = load_config(old.path)
+            new = load_config(old.path, use_auth=False)
             self.plugins.replace(plugins.load(new).all)  # (a plugin that cannot load keeps the running config)
         except Exception as exc:  # a broken edit must not take the daemon down
             log.error("reload: %s; keeping the running config", exc)
             return
-        finally:  # loading switched this process's auth to the new file's: auth keys need a restart
-            auth.configure(self.cfg)
         for warning in new.warnings:
             log.warning("reload: %s", warning)
         changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]

@@ -52,7 +52,7 @@ def master_uri(host: str, port: int) -> str:
 
 # The daemons call each other through grun.wire too: one error model, and faster (measured against a Pyro5
 # proxy here: a call 40 µs, not 62; a connect and its first call 207 µs, not 284). One per thread, as Pyro5's.
-proxy = WireProxy
+proxy = functools.partial(WireProxy, timeout=CALL_TIMEOUT)
 
 
 def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> WireProxy:

@@ -18,7 +18,6 @@ import time
 from . import auth, mounts
 from . import stream as wire
 from .core.jobs import FINAL_STATES
-from .wire import is_unreachable
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
 FILE, MISSING, END = b"F", b"M", b"E"
@@ -64,7 +63,7 @@ class Staged:
         self.ids = (uid, job.get("gid", uid)) if os.geteuid() == 0 and uid else None
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
         self.failed, self.sock = False, None  # (sock: a push under way)
-        self.deadline = time.monotonic() + node.stage_wait
+        self.since = time.monotonic()  # (it waits stage_wait from here: a reload applies to waiting jobs too)
         os.makedirs(self.work, exist_ok=True)
         if self.ids:
             os.chown(self.work, *self.ids)
@@ -89,9 +88,9 @@ class Staged:
         try:
             self.sock = sock
             _receive(sock, self.work, set(self.inputs), self.ids)
-            self.sock = None
-            if not self.settle():
+            if not self.settle():  # (before the socket goes: the janitor must not see a push ended and its job waiting)
                 raise Refused("the job no longer waits for its inputs")
+            self.sock = None
             try:
                 self.node._launch(self.live)
             except Exception as exc:
@@ -124,11 +123,11 @@ class Staged:
             self.sock.shutdown(socket.SHUT_RDWR)  # a push under way ends, and its half-written file goes
         with contextlib.suppress(OSError), open(os.path.join(self.live.dir, "stderr"), "ab") as f:
             f.write(f"grun: staging: {why}\n".encode())  # (as grun.spawner's _fail: every client hears why)
-        self.node._end_failed(self.live, f"staging: {why}", **({"signal": sig, "exit_code": None} if sig else {}))
+        self.node._end_failed(self.live, f"staging: {why}", signal=sig, exit_code=None if sig else 255)
         return True
 
     def check(self) -> None:  # by the node's janitor; a push under way is not cut off (a dead client ends it)
-        if self.waiting and self.sock is None and time.monotonic() > self.deadline:
+        if self.waiting and self.sock is None and time.monotonic() - self.since > self.node.stage_wait:
             self.fail(f"no client sent the inputs within {self.node.stage_wait:g} s")
 
     def ended(self, status: dict) -> dict:
@@ -339,9 +338,8 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                     with sup:
                         transfer(sup, job, note, False)
                     served = run
-                except Exception as exc:  # its node is away (a daemon restarting): pushed once the master has it again
-                    if not is_unreachable(exc):
-                        raise
+                except OSError:  # its node is away (a daemon restarting): pushed once the master has it again
+                    pass
             try:
                 job = client.wait([job_id], 10)[job_id]
             except TimeoutError:

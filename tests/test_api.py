@@ -104,6 +104,9 @@ def test_lists(cluster):
         job.wait(30)
     wait_for(lambda: job.id in [j["id"] for j in client.history(50)], 10, what="the job in the history")
     assert client.get(job.id) == job
+    # the README's Python API takes keywords: history(limit=, user=, grep=), kill(ids, sig=, force=)
+    assert [j["id"] for j in client.history(limit=1, grep="sleep")] == [job.id]
+    assert client.kill([job.id], sig=9, force=False) == {job.id: False}
 
 
 def test_errors_are_grun_exceptions(cluster):

@@ -156,3 +156,8 @@ def test_a_call_whose_caller_never_came_ends_by_itself(cluster):
     job = client.get(client.submit(spec))  # nobody attaches to send the call
     assert job.wait(30) == 2
     assert b"no call arrived" in job.stderr()
+
+
+def test_map_refuses_a_keyword_that_is_not_a_resource_before_it_submits_anything():
+    with pytest.raises(TypeError, match="memroy"):
+        grun.map(abs, [1], memroy=100)

@@ -117,10 +117,12 @@ def test_or_and_not_bind_in_that_order():
     (["python3", "-c", "import torch"], ["python3", "-c", "import torch"], "python3", None),
     (["python3", "-W", "ignore", "x.py"], ["python3", "-W", "ignore", "x.py"], "x.py", "x.py"),  # -W's argument
     (["node", "app.js"], ["node", "app.js"], "app.js", "app.js"),
+    (["python3", "-m", "pip", "list"], ["python3", "-m", "pip", "list"], "pip", None),  # a module: its name, no script
 ])
 def test_argv_prog_and_the_script_of_an_interpreter(cmd, argv, prog, script_path):
     job = R.Job(req(cmd)[0], None)
     assert job.argv == argv and R.JOB_FIELDS["prog"](job) == prog and job.script_path[0] == script_path
+    assert R.JOB_FIELDS["script"](job) == ("import torch" if "-c" in argv else None)
 
 
 @pytest.mark.parametrize("cmd", [["python3", "-W", "ignore", "x.py"], ["/usr/bin/env", "python3", "a.py"],

@@ -174,20 +174,15 @@ class Master:
                              f"{', '.join(str(i) for _, i in failed)}: its node did not answer")
 
     def _call_node(self, name: str, method: str, *args):
-        """The node's reply, or None when the call failed (logged; a broken connection is dropped). Its proxy
-        serves one caller at a time."""
+        """The node's reply, or None when the call failed (logged; a failed call closes its connection, and the
+        next reconnects). Its proxy serves one caller at a time."""
         if (link := self.links.get(name)) is None:
             return None
         with link.lock:
             try:
-                if link.proxy is None:
-                    link.proxy = registry.proxy(link.uri)
                 return getattr(link.proxy, method)(*args)
             except Exception as exc:
                 log.warning("node %s: %s failed: %s", name, method, exc)
-                if registry.is_unreachable(exc):
-                    registry.reset(link.proxy)
-                    link.proxy = None
                 return None
 
     def _signal(self, node: str, method: str, ids: list[int]) -> list[int]:
@@ -327,7 +322,7 @@ class Master:
         auth.require("register a node")
         name, uri = str(info["name"]), str(info["uri"])
         if getattr(self.links.get(name), "uri", None) != uri:
-            self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=None)
+            self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=registry.proxy(uri))
         self.node_plugins[name] = [str(p) for p in info.pop("plugins", None) or ()]
         return self._do("register", info)  # (its node record is on disk before the reply)
 

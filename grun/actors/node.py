@@ -190,7 +190,8 @@ class Node(NodeJobs):
                 except Exception as exc:
                     log.debug("name server: %s", exc)
         except Exception as exc:
-            if isinstance(exc, registry.NotAuthorized):  # a wrong secret, or TLS on one
+            if isinstance(exc, registry.NotAuthorized) or isinstance(exc, ValueError) and str(exc).startswith(
+                    "not authorized"):  # a wrong secret, or TLS on one, or a node daemon that is not root under munge
                 if not self._told_refused:  # side only (config key tls), will not heal by retrying: say it once, loudly
                     log.error("the master refused this node: %s", exc)
                 self._told_refused = True

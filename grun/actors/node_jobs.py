@@ -123,10 +123,7 @@ class NodeJobs:
         live.limit_hit = limit
         spool.record_limit(live.dir, limit, why)
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
-        if limit == "memory":
-            spawner.killpg(live.pid, signal.SIGKILL)  # (a stopped job too)
-        else:
-            self._kill(live, signal.SIGTERM, grace=self.kill_grace)
+        self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
@@ -286,8 +283,8 @@ class NodeJobs:
 
     def _check_jobs(self) -> None:
         """The fallback for lost pings: status files, and reapers that died without writing one (the job's
-        claimant, looked up here: an earlier reaper may have had it in its pipe too, and claimed it first)."""
-        self._watch_reapers()
+        claimant, looked up here: an earlier reaper may have had it in its pipe too, and claimed it first; the
+        sampler settles the jobs of a reaper that died, every second)."""
         for live in list(self.live.values()):
             if self.job_status(live) is None and live.reaper is not None:
                 live.reaper = spool.read_pid(live.dir)[2] or live.reaper

@@ -85,7 +85,7 @@ class NodeView:
         (`devices`, else the job's own "devices")."""
         self.used_cpus += sign * job["cpus"]
         self.used_memory += sign * job["memory"]
-        for name, need in consumables(job, self).items():
+        for name, need in consumables(job, self).items():  # (used_cpus' assignment above re-filed the node)
             self.used_resources[name] = self.used_resources.get(name, 0) + sign * need
         for name, ids in (job.get("devices") or {} if devices is None else devices).items():
             held = self.held.setdefault(name, set())

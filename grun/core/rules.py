@@ -36,7 +36,8 @@ class Job:
     @functools.cached_property
     def script(self) -> str | None:
         data = self._file("head", self.script_path[0])
-        return (self.script_path[1] or (None, None))[1] if data is None else data[:SCRIPT_BYTES].decode("utf-8", "replace")
+        inline = self.script_path[1] if self.script_path[1] and self.script_path[1][0] != "-m" else (None, None)
+        return inline[1] if data is None else data[:SCRIPT_BYTES].decode("utf-8", "replace")
 
     size = lambda self, path: None if (b := self._file("size", path)) is None else b / 2 ** 20
     groups = functools.cached_property(lambda self: self._fact("groups", self.req["user"], self.req["gid"]) or [])
@@ -46,7 +47,8 @@ _req = lambda key: lambda env: env.req.get(key)
 JOB_FIELDS = {"user": _req("user"), "group": _req("group"), "groups": operator.attrgetter("groups"),
               "cmd": lambda env: env.req["cmd"][0] if env.req.get("shell") else " ".join(env.req["cmd"]),
               "argv": operator.attrgetter("argv"), "script": operator.attrgetter("script"),
-              "prog": lambda env: os.path.basename(env.script_path[0] or env.script_path[2]),
+              "prog": lambda env: os.path.basename(env.script_path[0] or (  # `python3 -m pip`: pip, as before
+                  env.script_path[1][1] if env.script_path[1] and env.script_path[1][0] == "-m" else env.script_path[2])),
               **{k: _req(k) for k in ("cwd", "cpus", "memory", "time", "priority", "params", "name", "array")},
               "hosts": _req("host")}
 NODE_FIELDS = {**{k: operator.attrgetter(k) for k in ("name", "labels", "resources", "cpus", "memory")},
