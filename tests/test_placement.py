@@ -329,6 +329,16 @@ def test_parse_edit_refuses_bad_keys_and_values():
         "memory": 2048, "host": "big", "params": {"gpu": 2, "os": None}}
 
 
+def test_a_specs_numbers_are_numbers_not_their_text():
+    """A raw spec (Client.submit({...}), submit_many) is typed: the text of a number is refused for every
+    numeric key, with one line naming the key, as priority and retries always were."""
+    for key in ("cpus", "memory", "uid", "gid", "time", "retry_delay", "priority", "retries"):
+        with pytest.raises(ValueError, match=key) as err:
+            J.validate_spec({"cmd": ["x"], key: "4"})
+        assert "\n" not in str(err.value)
+    assert J.validate_spec({"cmd": ["x"], "cpus": 4, "memory": 2.5, "time": 60})["memory"] == 3
+
+
 # ---- refusing the impossible, and why ------------------------------------------------------------
 
 def test_impossible_requests_are_explained():

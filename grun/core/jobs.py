@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from ..values import STAGE_MODES, number, parse_cpus, parse_duration, parse_memory
+from ..values import STAGE_MODES, expect, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -80,7 +80,9 @@ def script_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
-    return number(default if spec.get(key) is None else spec[key], f"{key}: a number >= 0", limit)
+    value = default if spec.get(key) is None else spec[key]  # a spec is typed: "4" is refused, as by _whole
+    expect(not isinstance(value, str), f"{key}: a number >= 0", value)
+    return number(value, f"{key}: a number >= 0", limit)
 
 
 def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
