@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from ..values import STAGE_MODES, expect, number, parse_cpus, parse_duration, parse_memory
+from ..values import NAME, STAGE_MODES, expect, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -43,11 +43,10 @@ SPEC_KEYS = {
     "stage", "stage_in", "stage_out",  # files sent to and from a node without the shared filesystem (grun.stage)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
-MAX_RETRIES, MAX_REFS, MAX_RETRY_DELAY = 100, 1000, 366 * 86400.0
+MAX_RETRIES, MAX_REFS = 100, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
-MAX_TIME = 366 * 86400.0
-PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+MAX_TIME = 366 * 86400.0  # a time limit's, a retry delay's
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
 
@@ -112,7 +111,7 @@ def validate_params(params) -> dict:
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise ValueError(f"params must map at most {MAX_PARAMS} names to values")
     for name, value in params.items():
-        if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(NAME, name):
             raise ValueError(f"bad param name {name!r} (letters, digits, _ . - only)")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"param {name} must be a number or a string, got {value!r}")
@@ -168,51 +167,39 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
-    if spec.get("memory") is not None:  # asked for (-m): a limit too; else only a reservation (grun.limits)
-        out["memory_set"] = True
-    if (groups := spec.get("groups")) is not None:
-        if not isinstance(groups, list) or len(groups) > 65536 or not all(
-                isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups):
-            raise ValueError("groups must be a list of group ids")
-        out["groups"] = list(groups)
-    if (umask := _whole(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777")) is not None:
-        out["umask"] = umask
-    if spec.get("cpus") is not None:  # asked for (-c): rules' defaults and learned requests leave it alone
-        out["cpus_set"] = True
-    if spec.get("time") is not None and not 0 < (out.setdefault("time", _number(spec, "time", 0, MAX_TIME))):
-        raise ValueError("time must be above zero")
+    if (groups := spec.get("groups")) is not None and (not isinstance(groups, list) or len(groups) > 65536 or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
+        raise ValueError("groups must be a list of group ids")
+    if spec.get("stage") not in (None, *STAGE_MODES):
+        raise ValueError(f"stage must be auto, always or never, got {spec['stage']!r}")
+    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and sorted(fs) == [
+            "root", "source", "sub", "type"] and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
+        raise ValueError("cwd_fs must map type, source, root and sub to strings")
     if spec.get("array") is not None:
         from .arrays import parse
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
-        out["array"] = spec["array"]
+    given = lambda key: spec.get(key) is not None or None  # (None: the key is left out)
+    optional = {
+        "memory_set": given("memory"),  # asked for (-m): a limit too; else only a reservation (grun.limits)
+        "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
+        "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
+        "umask": _whole(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
+        "time": given("time") and _number(spec, "time", 0, MAX_TIME),
+        **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
+        "stage": spec.get("stage") or None,
+        **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
+        "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
+        **{kind: job_refs(spec[kind], kind) if spec.get(kind) else None for kind in DEP_KINDS},
+        "retries": _whole(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
+        "retry_delay": given("retry_delay") and float(_number(spec, "retry_delay", 0, MAX_TIME)),
+        "wrap": _text(spec, "wrap", MAX_PATH),
+    }
+    out.update((key, value) for key, value in optional.items() if value is not None)
+    if out.get("time") == 0:
+        raise ValueError("time must be above zero")
     for stream in ("stdout", "stderr"):
-        path = _text(spec, f"{stream}_file", MAX_PATH)
-        if path is not None:
-            out[f"{stream}_file"] = path
+        if f"{stream}_file" in out:
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
-    if spec.get("stage") not in (None, *STAGE_MODES):
-        raise ValueError(f"stage must be auto, always or never, got {spec['stage']!r}")
-    if spec.get("stage"):
-        out["stage"] = spec["stage"]
-    for key in ("inputs", "outputs", "needs", "stage_in", "stage_out"):
-        if paths := _paths(spec, key):
-            out[key] = paths
-    if spec.get("make"):
-        out["make"] = True  # the node renames its outputs FILE.failed when it fails
-    for kind in DEP_KINDS:
-        if spec.get(kind):
-            out[kind] = job_refs(spec[kind], kind)
-    if (retries := _whole(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}")) is not None:
-        out["retries"] = retries
-    if spec.get("retry_delay") is not None:
-        out["retry_delay"] = float(_number(spec, "retry_delay", 0, MAX_RETRY_DELAY))
-    if (wrap := _text(spec, "wrap", MAX_PATH)) is not None:
-        out["wrap"] = wrap
-    if (fs := spec.get("cwd_fs")) is not None:
-        if not isinstance(fs, dict) or sorted(fs) != ["root", "source", "sub", "type"] or not all(
-                isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()):
-            raise ValueError("cwd_fs must map type, source, root and sub to strings")
-        out["cwd_fs"] = dict(fs)
     return out
 
 
