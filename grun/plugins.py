@@ -70,7 +70,7 @@ class Plugin:
         self.name, self.obj, self.budget = name, obj, float(getattr(obj, "budget", BUDGET_SECS))
         self._calls, self._notices = _Worker(f"grun-plugin-{name}"), _Worker(f"grun-plugin-{name}-notices")
         self._busy = self._told = None  # the future of a call that ran past its budget; the one the log told of
-        self._room, self._dropping = threading.BoundedSemaphore(MAX_NOTICES), False
+        self._dropping = False
 
     def call(self, hook: str, *args):
         """The hook's result, or _SKIPPED when it failed, was late, or the plugin is still busy with a late one."""
@@ -93,7 +93,7 @@ class Plugin:
         return _SKIPPED
 
     def notify(self, hook: str, *args) -> None:
-        if not self._room.acquire(blocking=False):
+        if self._notices.queue.qsize() >= MAX_NOTICES:  # (those waiting, not the one running)
             if not self._dropping:  # (once until one gets through)
                 log.warning("plugin %s: %s dropped, and its next notices while %d wait", self.name, hook, MAX_NOTICES)
             self._dropping = True
@@ -102,7 +102,6 @@ class Plugin:
         self._notices.submit(self._notice, hook, args)
 
     def _notice(self, hook: str, args: tuple) -> None:
-        self._room.release()
         try:
             getattr(self.obj, hook)(*args)
         except Exception as exc:
