@@ -229,16 +229,13 @@ def _paths(spec: dict, key: str) -> list[str]:
     return list(paths)
 
 
-# `grun -e KEY=VALUE`: each key (and its short form) -> the field of the request it changes
-EDIT_KEYS = {"priority": "priority", "r": "priority", "cpus": "cpus", "c": "cpus", "memory": "memory",
-             "m": "memory", "hosts": "host", "host": "host", "H": "host", "time": "time", "t": "time",
-             **{k: k for k in DEP_KINDS}}
+# `grun -e KEY=VALUE`: the short forms of the fields an edit changes
+EDIT_ALIASES = {"r": "priority", "c": "cpus", "m": "memory", "hosts": "host", "H": "host", "t": "time"}
 
 
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
-
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs)}
     if not isinstance(changes, dict) or not changes:
@@ -246,15 +243,15 @@ def parse_edit(changes: object) -> dict:
     out: dict = {}
     for raw_key, value in changes.items():
         key = str(raw_key).strip()
-        param = key.startswith(("p.", "param."))
-        if not param and key not in EDIT_KEYS:
+        field, param = EDIT_ALIASES.get(key, key), key.startswith(("p.", "param."))
+        if not param and field not in parsers:
             raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok) or p.NAME")
         try:
             if param:  # (a string is read as -p reads it; an empty one removes the param)
                 text = value.strip() if isinstance(value, str) else value
                 out.setdefault("params", {})[key.split(".", 1)[1]] = number_or_text(text) if text != "" else None
             else:
-                out[EDIT_KEYS[key]] = parsers[EDIT_KEYS[key]](value)
+                out[field] = parsers[field](value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad value for {key}: {exc}") from None
     return out
