@@ -59,12 +59,8 @@ def _psutil():
 def _advertise(cfg) -> str:
     """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
     reachable only at that very address (127.0.0.1 for the default)."""
-    import ipaddress
     bind = "127.0.0.1" if cfg.bind.lower() == "localhost" else cfg.bind
-    try:
-        return cfg.hostname if ipaddress.ip_address(bind).is_unspecified else bind
-    except ValueError:  # not an address: a host name
-        return bind
+    return cfg.hostname if bind in ("0.0.0.0", "::") else bind
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
