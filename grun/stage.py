@@ -24,6 +24,7 @@ FILE, MISSING, END = b"F", b"M", b"E"
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
 CHUNK = 1 << 20
+PULL_WAIT = 600.0                # how long the --nowait stager waits for an ended job's node that is away
 _lock = threading.Lock()
 
 
@@ -284,11 +285,11 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
     return notes
 
 
-def transfer(sup, job: dict, note, out: bool) -> bool:
-    """The client: before it attaches to a job's output, its inputs, if its node waits for them; once the job
-    ended (`out`), its outputs, into its cwd. What failed is noted. False when a pull broke: the node keeps
-    them (output_keep) for `grun --attach`."""
-    if not (ticket := sup.stage(out)):
+def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
+    """The client, with a node's ticket (JobSupervisor.stage or .attach; None: nothing to move): a job's inputs
+    before it starts, or once it ended (`out`) its outputs, into its cwd. What failed is noted. False when a
+    pull broke: the node keeps them (output_keep) for `grun --attach`."""
+    if not ticket:
         return True
     whole = True
     with wire.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
@@ -336,7 +337,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
             if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
                 try:
                     with sup:
-                        transfer(sup, job, note, False)
+                        transfer(sup.stage(False), job, note, False)
                     served = run
                 except OSError:  # its node is away (a daemon restarting): pushed once the master has it again
                     pass
@@ -344,9 +345,17 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                 job = client.wait([job_id], 10)[job_id]
             except TimeoutError:
                 job = client.wait_started(job_id)
-        if sup := client.supervisor(job_id, job):
-            with sup:
-                transfer(sup, job, note, True)
+        deadline = time.monotonic() + PULL_WAIT
+        while sup := client.supervisor(job_id, job):
+            try:
+                with sup:
+                    return transfer(sup.stage(True), job, note, True)
+            except OSError as exc:  # its node is away (a daemon restarting), and keeps the outputs meanwhile
+                if time.monotonic() > deadline:
+                    return note(f"job {job_id}: outputs not received, its node is away ({exc}); "
+                                f"`grun --attach {job_id}` fetches them")
+            time.sleep(2)
+            job = client.job(job_id)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             note(f"job {job_id}: staging stopped: {exc}")
