@@ -91,14 +91,11 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     return False
 
 
-FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
-
-
 def may_stage(job: dict, mode: str) -> bool:
     """Whether a node in stage: `mode` (the job's --stage first) may run the job where its cwd is not: always,
     or auto for a job with files to stage (grun.stage.wanted decides on the node itself)."""
     mode = job.get("stage") or mode
-    return mode == "always" or mode == "auto" and any(job.get(k) for k in FILES)
+    return mode == "always" or mode == "auto" and any(job.get(k) for k in ("inputs", "outputs", "stage_in", "stage_out"))
 
 
 def unmounted(job: dict, node) -> str | None:

@@ -33,7 +33,6 @@ class Refused(Exception):
 
 
 def under(path: str, home: str) -> str | None:
-    """`path` relative to `home` when it lies inside it, else None."""
     rel = os.path.relpath(os.path.normpath(path), home)
     return None if rel in (".", "..") or rel.startswith("../") else rel
 
@@ -70,8 +69,7 @@ class Staged:
             os.chown(self.work, *self.ids)
 
     def offer(self, out: bool) -> dict | None:
-        """A ticket for the client: to push the inputs (while it waits for them), or to pull the outputs (once
-        it ended); None when there is nothing to do."""
+        """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""
         if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
             return None
         token = self.node.stream.offer_other(lambda sock: self.serve(sock, out), isinstance(auth.caller(), dict))
@@ -141,27 +139,26 @@ class Staged:
         return dict(status, error=error) if error else status
 
     def open(self, rel: str, status: dict) -> tuple[int | None, str, str | None]:
-        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not)."""
+        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not). The node (root)
+        sends back only the job user's own files: not a hard link to another's."""
         for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
             try:
-                return self._theirs(_open(self.work, name), name, rel)
+                fd = _open(self.work, name)
             except FileNotFoundError:
                 continue
             except OSError as e:  # a symlink on the way (ELOOP, ENOTDIR): followed only within the work dir
                 real = os.path.realpath(os.path.join(self.work, name))
                 if under(real, self.work) is None:
                     return None, rel, f"is a symlink to {real}, outside the staged tree: not sent back"
-                with contextlib.suppress(OSError):
-                    return self._theirs(_open(self.work, under(real, self.work)), name, rel)
-                return None, rel, f"cannot be read: {e.strerror}"
+                try:
+                    fd = _open(self.work, under(real, self.work))
+                except OSError:
+                    return None, rel, f"cannot be read: {e.strerror}"
+            if self.ids and os.fstat(fd).st_uid != self.ids[0]:
+                os.close(fd)
+                return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
+            return fd, name, None
         return None, rel, "was never written by the job"
-
-    def _theirs(self, fd: int, name: str, rel: str) -> tuple[int | None, str, str | None]:
-        """The node (root) sends back only the job user's own files: not a hard link to another's."""
-        if self.ids and os.fstat(fd).st_uid != self.ids[0]:
-            os.close(fd)
-            return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
-        return fd, name, None
 
 
 def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:
@@ -185,8 +182,7 @@ def _read_head(sock) -> tuple[bytes, str, int, int, str]:  # kind, path, size, m
     return kind, os.fsdecode(path), size, mode, text.decode(errors="replace")
 
 
-def _send(sock, fd: int | None, name: str, why: str | None) -> None:
-    """One file as a frame (from its open fd, which this closes), or why it is not sent."""
+def _send(sock, fd: int | None, name: str, why: str | None) -> None:  # a file's frame (closes fd), or why not
     if fd is None:
         return _end(sock, why, MISSING, os.fsencode(name))
     try:
