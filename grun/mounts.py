@@ -102,9 +102,7 @@ def unmounted(job: dict, node) -> str | None:
     """Where the job's cwd lies (`where`), when the node (a core NodeView: its mounts and `stage:` mode) is
     known not to have it and would not stage the job's files there (grun.stage.wanted); else None."""
     fs = job.get("cwd_fs")
-    if not fs or shared(fs, node.mounts) is not False:
-        return None
-    return None if may_stage(job, node.stage) else where(fs)
+    return where(fs) if fs and shared(fs, node.mounts) is False and not may_stage(job, node.stage) else None
 
 
 def _export(fs: dict) -> str:

@@ -15,8 +15,7 @@ import struct
 import threading
 import time
 
-from . import auth, mounts
-from . import stream as wire
+from . import auth, mounts, stream
 from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
@@ -172,11 +171,11 @@ def _end(sock, why: str = "", kind: bytes = END, path: bytes = b"") -> None:
 
 
 def _read_head(sock) -> tuple[bytes, str, int, int, str]:  # kind, path, size, mode, the text of a frame not a FILE
-    head = wire.recv_exact(sock, HEAD.size)
+    head = stream.recv_exact(sock, HEAD.size)
     kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
-    if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:
+    if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > stream.MAX_FRAME:
         raise Refused("the connection closed" if head is None else f"garbage frame (kind {kind!r})")
-    path, text = wire.recv_exact(sock, n), wire.recv_exact(sock, size) if kind != FILE else b""
+    path, text = stream.recv_exact(sock, n), stream.recv_exact(sock, size) if kind != FILE else b""
     if path is None or text is None:
         raise Refused("the connection closed")
     return kind, os.fsdecode(path), size, mode, text.decode(errors="replace")
@@ -288,7 +287,7 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
     if not ticket:
         return True
     whole = True
-    with wire.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
+    with stream.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
         try:
             if out:
                 want = {n for rel in ticket["files"] for n in (rel, rel + ".failed")}
