@@ -78,7 +78,6 @@ class Staged:
     def serve(self, sock: socket.socket, out: bool) -> None:
         """An offer's connection (grun.stream_server gives each token one, in time): the outputs sent back, or the
         inputs received, and then the job started."""
-        sock.settimeout(None)  # (tuned already by the stream server)
         if out:
             for rel in self.outputs:
                 _send(sock, *self.open(rel, self.live.status or {}))

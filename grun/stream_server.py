@@ -203,9 +203,9 @@ class StreamServer:
             if not fresh:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
+            sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
             if not isinstance(conn, _Attach):
                 return conn(sock)  # a staged job's files
-            sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
             conn.reader = threading.Thread(target=conn.read, name=f"grun-stream-in-{peer}", daemon=True)
             conn.reader.start()
             conn.pump()
