@@ -235,8 +235,7 @@ def confined(admins=()) -> dict | None:
 def require(what: str, owner: int | None = None, admins=()) -> None:
     """Refuse (a ValueError, one line, which Pyro5 clients rebuild) a user's call to do `what` unless the user is
     `owner`, root or in `admins`; the cluster's daemons and root (holders of the secret) may do anything."""
-    who = caller()
-    if isinstance(who, dict) and (owner is None or who["uid"] not in (owner, 0) and who["user"] not in admins):
+    if (who := confined(admins)) and (owner is None or who["uid"] != owner):
         raise ValueError(f"not authorized: {who['user']} may not {what}")
 
 
@@ -280,7 +279,7 @@ def serve_credentials(log) -> socket.socket | None:
             with conn:
                 try:
                     conn.settimeout(1.0)
-                    pid, uid, gid = _peer(conn)
+                    pid, uid, gid = peer_ids(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
                     bound = conn.recv(512).decode("ascii").rstrip("\n")
                     user, groups = _account(uid, gid)  # (the kernel's word on who asks, not the asker's)
                     body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
@@ -297,7 +296,7 @@ def _credential(bound: str) -> str | None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5.0)
             sock.connect(_cred_at)
-            if _peer(sock)[1] != 0:
+            if peer_ids(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1] != 0:
                 return None  # only a node daemon running as root signs for users
             sock.sendall(bound.encode("ascii") + b"\n")
             data = b"".join(iter(lambda: sock.recv(4096), b""))
@@ -309,7 +308,3 @@ def _credential(bound: str) -> str | None:
 def peer_ids(ucred: bytes) -> tuple[int, int, int]:
     """The pid, uid and gid in a `struct ucred` the kernel gave (SO_PEERCRED, SCM_CREDENTIALS)."""
     return struct.unpack("3i", ucred[:12])
-
-
-def _peer(sock: socket.socket) -> tuple[int, int, int]:
-    return peer_ids(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))

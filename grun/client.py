@@ -266,9 +266,7 @@ class Client:
         from .core import jobs as J
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
             stdin_fd is not None
-        staged, on_note = None, on_note or (lambda text: None)
-        if any(job.get(k) for k in mounts.FILES):
-            from . import stage as staged
+        on_note = on_note or (lambda text: None)
         if on_start:
             on_start(job)
         while True:
@@ -291,9 +289,9 @@ class Client:
                     if tail:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
-                    if staged:  # its inputs, if its node does not share our files (grun.stage)
-                        staged.transfer(sup, job, on_note, False)
-                    ticket = sup.attach(out_off, err_off, stdin_fd is not None)
+                    while "inputs" in (ticket := sup.attach(out_off, err_off, stdin_fd is not None)):
+                        from . import stage  # its node does not share our files, and waits for its inputs
+                        stage.transfer(ticket["inputs"], job, on_note, False)
                     for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                         if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
                             on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
@@ -309,8 +307,9 @@ class Client:
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
                         continue
-                    if staged and not staged.transfer(sup, job, on_note, True):
-                        release = False  # what did not come back stays on the node
+                    if ticket["outputs"]:  # its node does not share our files: they come back (grun.stage)
+                        from . import stage
+                        release = stage.transfer(sup.stage(True), job, on_note, True) and release  # else kept there
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
                         with contextlib.suppress(OSError):
                             sup._pyroOneway("release")

@@ -91,23 +91,18 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     return False
 
 
-FILES = ("inputs", "outputs", "stage_in", "stage_out")  # a job's files that may be staged (absolute paths)
-
-
 def may_stage(job: dict, mode: str) -> bool:
     """Whether a node in stage: `mode` (the job's --stage first) may run the job where its cwd is not: always,
     or auto for a job with files to stage (grun.stage.wanted decides on the node itself)."""
     mode = job.get("stage") or mode
-    return mode == "always" or mode == "auto" and any(job.get(k) for k in FILES)
+    return mode == "always" or mode == "auto" and any(job.get(k) for k in ("inputs", "outputs", "stage_in", "stage_out"))
 
 
 def unmounted(job: dict, node) -> str | None:
     """Where the job's cwd lies (`where`), when the node (a core NodeView: its mounts and `stage:` mode) is
     known not to have it and would not stage the job's files there (grun.stage.wanted); else None."""
     fs = job.get("cwd_fs")
-    if not fs or shared(fs, node.mounts) is not False:
-        return None
-    return None if may_stage(job, node.stage) else where(fs)
+    return where(fs) if fs and shared(fs, node.mounts) is False and not may_stage(job, node.stage) else None
 
 
 def _export(fs: dict) -> str:

@@ -5,35 +5,33 @@ call 1.2 ms and a credential 0.05 ms, where `munge -n` in a subprocess costs 2.3
 subprocess. grun.auth decides what a credential is worth."""
 
 import contextlib
+import functools
 
 socket: str | None = None  # munge_socket while `auth: munge` (grun.auth.configure); None: MUNGE is not used
 _OPT_SOCKET, _REPLAYED = 8, 17  # munge.h: MUNGE_OPT_SOCKET, EMUNGE_CRED_REPLAYED
-_lib = None
 
 
 class MungeError(ValueError):
     """No credential to be had (no libmunge, munged not running): a one-line error for the client."""
 
 
+@functools.cache
 def _libmunge():
-    global _lib
-    if _lib is None:
-        import ctypes
-        try:
-            lib = ctypes.CDLL("libmunge.so.2")
-        except OSError as exc:
-            raise MungeError(f"auth: munge, but no libmunge here ({exc}): install MUNGE (Debian: munge)") from None
-        lib.munge_ctx_create.restype = ctypes.c_void_p
-        lib.munge_ctx_destroy.argtypes = [ctypes.c_void_p]
-        lib.munge_ctx_strerror.argtypes, lib.munge_ctx_strerror.restype = [ctypes.c_void_p], ctypes.c_char_p
-        ptr, out = ctypes.c_void_p, ctypes.POINTER
-        lib.munge_encode.argtypes = [out(ptr), ptr, ctypes.c_char_p, ctypes.c_int]
-        lib.munge_decode.argtypes = [ctypes.c_char_p, ptr, out(ptr), out(ctypes.c_int), out(ctypes.c_uint32),
-                                     out(ctypes.c_uint32)]
-        free = ctypes.CDLL(None).free  # (libmunge allocates what it returns with malloc)
-        free.argtypes = [ptr]
-        _lib = lib, ctypes, free
-    return _lib
+    import ctypes
+    try:
+        lib = ctypes.CDLL("libmunge.so.2")
+    except OSError as exc:
+        raise MungeError(f"auth: munge, but no libmunge here ({exc}): install MUNGE (Debian: munge)") from None
+    lib.munge_ctx_create.restype = ctypes.c_void_p
+    lib.munge_ctx_destroy.argtypes = [ctypes.c_void_p]
+    lib.munge_ctx_strerror.argtypes, lib.munge_ctx_strerror.restype = [ctypes.c_void_p], ctypes.c_char_p
+    ptr, out = ctypes.c_void_p, ctypes.POINTER
+    lib.munge_encode.argtypes = [out(ptr), ptr, ctypes.c_char_p, ctypes.c_int]
+    lib.munge_decode.argtypes = [ctypes.c_char_p, ptr, out(ptr), out(ctypes.c_int), out(ctypes.c_uint32),
+                                 out(ctypes.c_uint32)]
+    free = ctypes.CDLL(None).free  # (libmunge allocates what it returns with malloc)
+    free.argtypes = [ptr]
+    return lib, ctypes, free
 
 
 @contextlib.contextmanager

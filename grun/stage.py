@@ -15,8 +15,7 @@ import struct
 import threading
 import time
 
-from . import auth, mounts
-from . import stream as wire
+from . import auth, mounts, stream
 from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
@@ -24,6 +23,7 @@ FILE, MISSING, END = b"F", b"M", b"E"
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
 CHUNK = 1 << 20
+PULL_WAIT = 600.0                # how long the --nowait stager waits for an ended job's node that is away
 _lock = threading.Lock()
 
 
@@ -32,7 +32,6 @@ class Refused(Exception):
 
 
 def under(path: str, home: str) -> str | None:
-    """`path` relative to `home` when it lies inside it, else None."""
     rel = os.path.relpath(os.path.normpath(path), home)
     return None if rel in (".", "..") or rel.startswith("../") else rel
 
@@ -69,8 +68,7 @@ class Staged:
             os.chown(self.work, *self.ids)
 
     def offer(self, out: bool) -> dict | None:
-        """A ticket for the client: to push the inputs (while it waits for them), or to pull the outputs (once
-        it ended); None when there is nothing to do."""
+        """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""
         if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
             return None
         token = self.node.stream.offer_other(lambda sock: self.serve(sock, out), isinstance(auth.caller(), dict))
@@ -80,7 +78,6 @@ class Staged:
     def serve(self, sock: socket.socket, out: bool) -> None:
         """An offer's connection (grun.stream_server gives each token one, in time): the outputs sent back, or the
         inputs received, and then the job started."""
-        sock.settimeout(None)  # (tuned already by the stream server)
         if out:
             for rel in self.outputs:
                 _send(sock, *self.open(rel, self.live.status or {}))
@@ -140,27 +137,26 @@ class Staged:
         return dict(status, error=error) if error else status
 
     def open(self, rel: str, status: dict) -> tuple[int | None, str, str | None]:
-        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not)."""
+        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not). The node (root)
+        sends back only the job user's own files: not a hard link to another's."""
         for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
             try:
-                return self._theirs(_open(self.work, name), name, rel)
+                fd = _open(self.work, name)
             except FileNotFoundError:
                 continue
             except OSError as e:  # a symlink on the way (ELOOP, ENOTDIR): followed only within the work dir
                 real = os.path.realpath(os.path.join(self.work, name))
                 if under(real, self.work) is None:
                     return None, rel, f"is a symlink to {real}, outside the staged tree: not sent back"
-                with contextlib.suppress(OSError):
-                    return self._theirs(_open(self.work, under(real, self.work)), name, rel)
-                return None, rel, f"cannot be read: {e.strerror}"
+                try:
+                    fd = _open(self.work, under(real, self.work))
+                except OSError:
+                    return None, rel, f"cannot be read: {e.strerror}"
+            if self.ids and os.fstat(fd).st_uid != self.ids[0]:
+                os.close(fd)
+                return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
+            return fd, name, None
         return None, rel, "was never written by the job"
-
-    def _theirs(self, fd: int, name: str, rel: str) -> tuple[int | None, str, str | None]:
-        """The node (root) sends back only the job user's own files: not a hard link to another's."""
-        if self.ids and os.fstat(fd).st_uid != self.ids[0]:
-            os.close(fd)
-            return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
-        return fd, name, None
 
 
 def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:
@@ -174,18 +170,17 @@ def _end(sock, why: str = "", kind: bytes = END, path: bytes = b"") -> None:
 
 
 def _read_head(sock) -> tuple[bytes, str, int, int, str]:  # kind, path, size, mode, the text of a frame not a FILE
-    head = wire.recv_exact(sock, HEAD.size)
+    head = stream.recv_exact(sock, HEAD.size)
     kind, n, size, mode = HEAD.unpack(head) if head else (None, 0, 0, 0)
-    if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > wire.MAX_FRAME:
+    if kind not in (FILE, MISSING, END) or n > 4096 or kind != FILE and size > stream.MAX_FRAME:
         raise Refused("the connection closed" if head is None else f"garbage frame (kind {kind!r})")
-    path, text = wire.recv_exact(sock, n), wire.recv_exact(sock, size) if kind != FILE else b""
+    path, text = stream.recv_exact(sock, n), stream.recv_exact(sock, size) if kind != FILE else b""
     if path is None or text is None:
         raise Refused("the connection closed")
     return kind, os.fsdecode(path), size, mode, text.decode(errors="replace")
 
 
-def _send(sock, fd: int | None, name: str, why: str | None) -> None:
-    """One file as a frame (from its open fd, which this closes), or why it is not sent."""
+def _send(sock, fd: int | None, name: str, why: str | None) -> None:  # a file's frame (closes fd), or why not
     if fd is None:
         return _end(sock, why, MISSING, os.fsencode(name))
     try:
@@ -284,14 +279,14 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
     return notes
 
 
-def transfer(sup, job: dict, note, out: bool) -> bool:
-    """The client: before it attaches to a job's output, its inputs, if its node waits for them; once the job
-    ended (`out`), its outputs, into its cwd. What failed is noted. False when a pull broke: the node keeps
-    them (output_keep) for `grun --attach`."""
-    if not (ticket := sup.stage(out)):
+def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
+    """The client, with a node's ticket (JobSupervisor.stage or .attach; None: nothing to move): a job's inputs
+    before it starts, or once it ended (`out`) its outputs, into its cwd. What failed is noted. False when a
+    pull broke: the node keeps them (output_keep) for `grun --attach`."""
+    if not ticket:
         return True
     whole = True
-    with wire.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
+    with stream.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
         try:
             if out:
                 want = {n for rel in ticket["files"] for n in (rel, rel + ".failed")}
@@ -336,7 +331,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
             if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
                 try:
                     with sup:
-                        transfer(sup, job, note, False)
+                        transfer(sup.stage(False), job, note, False)
                     served = run
                 except OSError:  # its node is away (a daemon restarting): pushed once the master has it again
                     pass
@@ -344,9 +339,17 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                 job = client.wait([job_id], 10)[job_id]
             except TimeoutError:
                 job = client.wait_started(job_id)
-        if sup := client.supervisor(job_id, job):
-            with sup:
-                transfer(sup, job, note, True)
+        deadline = time.monotonic() + PULL_WAIT
+        while sup := client.supervisor(job_id, job):
+            try:
+                with sup:
+                    return transfer(sup.stage(True), job, note, True)
+            except OSError as exc:  # its node is away (a daemon restarting), and keeps the outputs meanwhile
+                if time.monotonic() > deadline:
+                    return note(f"job {job_id}: outputs not received, its node is away ({exc}); "
+                                f"`grun --attach {job_id}` fetches them")
+            time.sleep(2)
+            job = client.job(job_id)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             note(f"job {job_id}: staging stopped: {exc}")

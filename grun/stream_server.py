@@ -11,8 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import auth
-from . import stream as wire
+from . import auth, stream
 from .tail import Tail
 from .wire import refused_tls
 
@@ -36,7 +35,7 @@ class _Attach:
         self.job_key, self.stdin_fd, self.output = job_key, stdin_fd, output
         self.get_status = get_status
         self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
-                      for name, offset, kind in zip(("stdout", "stderr"), offsets, (wire.OUT, wire.ERR))]
+                      for name, offset, kind in zip(("stdout", "stderr"), offsets, (stream.OUT, stream.ERR))]
         if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
             output.attach(self.tails)
         self.sock = self.peer = self.reader = None
@@ -73,14 +72,14 @@ class _Attach:
                     self.output.progress()
                 if not sent and status is not None:
                     payload = json.dumps(status).encode()
-                    self.sock.sendall(wire.HEADER.pack(wire.EXIT, len(payload)) + payload)
+                    self.sock.sendall(stream.HEADER.pack(stream.EXIT, len(payload)) + payload)
                     self.exited = True
                     # Half-close and let the client hang up first: closing with its stdin frames
                     # still unread would send a RST that can destroy the EXIT frame in flight.
                     self.sock.shutdown(socket.SHUT_WR)
                     self.reader.join(EXIT_LINGER)
                     return
-                if sent < wire.BATCH:
+                if sent < stream.BATCH:
                     # After a small frame too: a job writing fast would otherwise be chased in tiny
                     # frames, and on a small machine the chase steals the CPU the job needs. An idle
                     # stream still sends its first new line at once; only the follow-up waits.
@@ -93,19 +92,19 @@ class _Attach:
 
     def read(self) -> None:
         try:
-            while (head := wire.recv_exact(self.sock, wire.HEADER.size)) is not None:
-                kind, n = wire.HEADER.unpack(head)
-                if kind not in (wire.STDIN, wire.STDIN_EOF) or n > wire.MAX_FRAME:
+            while (head := stream.recv_exact(self.sock, stream.HEADER.size)) is not None:
+                kind, n = stream.HEADER.unpack(head)
+                if kind not in (stream.STDIN, stream.STDIN_EOF) or n > stream.MAX_FRAME:
                     log.warning("stream %s: garbage frame (type %r, length %d); closing", self.peer, kind, n)
                     break
-                data = wire.recv_exact(self.sock, n)
+                data = stream.recv_exact(self.sock, n)
                 if data is None:
                     break
-                if kind == wire.STDIN_EOF:
+                if kind == stream.STDIN_EOF:
                     self.close_stdin()
                 elif self.stdin_fd is not None and not self.exited:
                     try:
-                        wire.write_all(self.stdin_fd, data)
+                        stream.write_all(self.stdin_fd, data)
                     except BrokenPipeError:
                         self.close_stdin()  # the job closed its stdin; the rest goes nowhere
         except OSError as e:
@@ -140,7 +139,7 @@ class StreamServer:
 
     def offer_other(self, offer, by_user: bool = False) -> str:
         """A one-time token for `offer`: an _Attach, or a function that takes the connection (grun.stage)."""
-        token = os.urandom(wire.TOKEN_LEN // 2).hex()
+        token = os.urandom(stream.TOKEN_LEN // 2).hex()
         with self._lock:
             self._offers[token] = time.monotonic() + TOKEN_TTL, by_user, offer
         return token
@@ -186,12 +185,12 @@ class StreamServer:
         closed once both are done with it."""
         conn = None
         try:
-            wire.tune(sock)
+            stream.tune(sock)
             sock.settimeout(HANDSHAKE_TIMEOUT)
             if (tls := auth.tls_server()) is not None:
-                sock = wire.secure(sock, tls, HANDSHAKE_TIMEOUT, server_side=True)  # (a refusal: logged below)
-            got = (wire.recv_exact(sock, wire.TOKEN_LEN + auth.PROOF_LEN * bool(auth.key())) or b"").decode("latin-1")
-            token, proof = got[:wire.TOKEN_LEN], got[wire.TOKEN_LEN:]
+                sock = stream.secure(sock, tls, HANDSHAKE_TIMEOUT, server_side=True)  # (a refusal: logged below)
+            got = (stream.recv_exact(sock, stream.TOKEN_LEN + auth.PROOF_LEN * bool(auth.key())) or b"").decode("latin-1")
+            token, proof = got[:stream.TOKEN_LEN], got[stream.TOKEN_LEN:]
             if auth.key() and not auth.verify(proof, token) and not (
                     proof == auth.NO_PROOF and self._offers.get(token, (0, False))[1]):
                 log.warning("stream %s: refused: no valid proof of the cluster secret; closing", peer)
@@ -204,9 +203,9 @@ class StreamServer:
             if not fresh:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
+            sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
             if not isinstance(conn, _Attach):
                 return conn(sock)  # a staged job's files
-            sock.settimeout(None)  # blocking: os.sendfile on the raw fd must not see EAGAIN
             conn.reader = threading.Thread(target=conn.read, name=f"grun-stream-in-{peer}", daemon=True)
             conn.reader.start()
             conn.pump()

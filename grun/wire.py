@@ -110,32 +110,21 @@ class WireProxy:
         import msgpack
         where = f"{method} to {self._host}:{self._port}"
         request = msgpack.packb((self._object, method, list(args), kwargs), default=_plain)
-        hello = b""
-        if self._sock is None:
-            from .auth import proof, tls_client  # (the proof first: one that fails leaves no socket without a hello)
-            hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
-            # bytes: a str host goes through the "idna" codec, whose import costs ~1.3 ms of a `grun` call
-            host = self._host.encode("ascii") if self._host.isascii() else self._host
-            try:  # a connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
-                self._sock = socket.create_connection((host, self._port),
-                                                      timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
-            except OSError as exc:
-                raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (with TLS: 3 ms a connect, not 45)
-            self._seq, self._pyroConnected = 0, time.time()
-            if (tls := tls_client()) is not None:
-                try:
-                    self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
-                except OSError as exc:  # (ssl.SSLError is one) the peer is not the cluster's, or we are not
-                    self._pyroRelease()
-                    if not refused_tls(exc):  # (a reset or a timeout: a daemon away, or busy)
-                        raise ConnectionError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
-                    raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here): {exc}"
-                                        if "WRONG_VERSION_NUMBER" in str(exc) else
-                                        f"TLS with {self._host}:{self._port} failed: {exc}") from None
-        self._seq = (self._seq + 1) & 0xFFFF
-        sock, sent = self._sock, False
+        hello, sent = b"", False
         try:
+            if self._sock is None:
+                from .auth import proof, tls_client  # (the proof first: one failing leaves no socket sans hello)
+                hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
+                # bytes: a str host goes through the "idna" codec, whose import costs ~1.3 ms of a `grun` call; a
+                # connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
+                self._sock = socket.create_connection((self._host.encode("ascii") if self._host.isascii() else self._host,
+                                                       self._port), timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (with TLS: 3 ms a connect, not 45)
+                self._seq, self._pyroConnected = 0, time.time()
+                if (tls := tls_client()) is not None:
+                    self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
+            self._seq = (self._seq + 1) & 0xFFFF
+            sock = self._sock
             sock.settimeout(self._pyroTimeout)
             sock.sendall(hello + _message(_INVOKE, _ONEWAY if oneway else 0, self._seq, request))
             sent = True
@@ -154,14 +143,17 @@ class WireProxy:
                 raise Garbled(f"unexpected reply (type {kind}, sequence {seq}, flags {flags}) to {method}")
         except BaseException as exc:
             self._pyroRelease()
-            if refused_tls(exc):  # (with TLS 1.3, a daemon refuses our certificate after our handshake is done)
-                raise NotAuthorized(f"TLS with {self._host}:{self._port} failed: {exc}") from None
-            if isinstance(exc, TimeoutError):
+            if refused_tls(exc):  # the peer is not the cluster's, or we are not (with TLS 1.3, after our handshake)
+                raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here): {exc}"
+                                    if "WRONG_VERSION_NUMBER" in str(exc) else
+                                    f"TLS with {self._host}:{self._port} failed: {exc}") from None
+            if isinstance(exc, TimeoutError) and sent:
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
             if isinstance(exc, OSError) and not isinstance(exc, CallRejected):
                 # As with a Pyro5 proxy, a peer that took the connection and went away (or stalled) without
                 # a word may have had our request: a submission waits for it to come back.
-                raise (CallBroken if sent else ConnectionError)(f"{where}: {exc}") from None
+                raise CallBroken(f"{where}: {exc}") if sent else ConnectionError(
+                    f"cannot reach {self._host}:{self._port}: {exc}") from None
             raise
         result = _loads(data)
         if flags & _EXCEPTION:

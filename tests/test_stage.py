@@ -123,6 +123,22 @@ def test_auto_stages_a_job_whose_cwd_the_node_lacks_or_under_fetch_path(cluster,
     assert open(os.path.join(fetched, "o.txt")).read() == "from far away\n"
 
 
+def test_a_job_with_files_whose_node_shares_its_cwd_makes_no_staging_call(cluster, tmp_path, monkeypatch):
+    """-M files on a node that shares the cwd run in place: the following client asks its node for a staging
+    ticket neither before the job (attach says the job does not wait for inputs) nor after (nor has outputs)."""
+    from grun import wire
+    (tmp_path / "in.txt").write_text("here\n")
+    calls, call = [], wire.WireProxy._call
+    monkeypatch.setattr(wire.WireProxy, "_call", lambda self, method, *a, **k: calls.append(method) or call(
+        self, method, *a, **k))
+    client, out = cluster.client(), []
+    job = client.submit_spec(job_spec("pwd; cat in.txt > out.txt", cwd=str(tmp_path), hosts="near",
+                                      inputs=[str(tmp_path / "in.txt")], outputs=[str(tmp_path / "out.txt")]))
+    assert client.follow(job, stdout_fd=out.append) == 0
+    assert b"".join(out) == f"{tmp_path}\n".encode() and (tmp_path / "out.txt").read_text() == "here\n"
+    assert "attach" in calls and "stage" not in calls, calls
+
+
 def test_auto_stages_when_the_node_does_not_mount_the_cwds_filesystem(tmp_path):
     """(grun.mounts.shared, the NFS part's answer) even where the cwd's path exists, as here."""
     fs = {"type": "nfs4", "source": "server:/export", "root": str(tmp_path), "sub": "/"}

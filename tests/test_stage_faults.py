@@ -132,6 +132,35 @@ def test_the_nowait_stager_rides_through_a_node_daemon_restart_before_its_push(m
         _reap(blocker)
 
 
+def test_the_nowait_stager_rides_through_a_node_daemon_away_when_the_job_ended(make_cluster, tmp_path):
+    """The job ended; its node daemon is down (restarting) when the stager comes to pull the outputs: the stager
+    tries again until the node is back (within stage.PULL_WAIT), where it gave up at once."""
+    c = make_cluster({"n1": STAGED})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "in.txt").write_text("in\n")
+    gate = tmp_path / "gate"
+    env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = c.grun("--nowait", "--stage-in", "in.txt", "--stage-out", "out.txt",
+               f"while [ ! -e {gate} ]; do sleep 0.05; done; cat in.txt > out.txt", cwd=str(cwd), env=env)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.split()[-1])
+    wait_for(lambda: os.path.exists(_work(c, "n1", job_id, "in.txt")), 20, what="the stager to push the inputs")
+    stager = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(cwd)
+                                    and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
+    stager.suspend()
+    gate.touch()
+    assert c.client().wait([job_id], 20)[job_id]["exit"] == 0
+    c.kill("n1", signal.SIGKILL)
+    stager.resume()  # it sees the job ended, and finds its node away
+    time.sleep(4)
+    c.start_node("n1")
+    wait_for(lambda: (cwd / "out.txt").exists(), 30, what="the stager to bring the output back")
+    assert (cwd / "out.txt").read_text() == "in\n"
+    wait_for(lambda: not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE, 10, what="the stager to end")
+    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""
+
+
 def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach(make_cluster, tmp_path):
     """The node daemon is killed -9 while two staged jobs run (they go on under their reaper) and restarted on
     the same spool. Job A ends after the restart: its `grun`, still waiting, gets its outputs and exit code.
