@@ -281,23 +281,23 @@ class JobTable:
         claim = self._claim_of(job)
         if self.counted.get(job["id"]) == (job.get("node"), claim):
             return
-        self._uncount(job["id"])
+        self._uncount(job)
         if claim is not None:
             node = self.nodes[job["node"]]
             node.take(claim)
             node.jobs.add(job["id"])
             self.counted[job["id"]] = (node.name, claim)
-            self.quotas.hold(job["id"], job, claim)
+            self.quotas.count(job, claim)
 
-    def _uncount(self, job_id: int) -> None:
-        entry = self.counted.pop(job_id, None)
+    def _uncount(self, job: dict) -> None:
+        entry = self.counted.pop(job["id"], None)
         if entry is None:
             return
-        self.quotas.hold(job_id, None)
+        self.quotas.count(job, entry[1], -1)
         node = self.nodes.get(entry[0])
         if node is not None:
             node.take(entry[1], -1)
-            node.jobs.discard(job_id)
+            node.jobs.discard(job["id"])
             node.used_cpus = max(0.0, node.used_cpus)
             node.used_memory = max(0, node.used_memory)
 
@@ -398,17 +398,14 @@ class JobTable:
         node.labels, given = dict(rec.get("labels") or {}), rec.get("resources") or {}
         node.devices = {k: list(v) for k, v in given.items() if isinstance(v, list)}
         node.resources = {k: float(len(v)) if isinstance(v, list) else v for k, v in given.items()}
-        self.recount(node.name)
+        # count again what its jobs hold there (what its labels make consumables may have changed)
+        on_node = self.jobs_on(node.name)
+        for job in on_node:
+            self._uncount(job)
+        node.used_cpus, node.used_memory, node.used_resources, node.held = 0.0, 0, {}, {}
+        for job in on_node:
+            self._sync(job)
         return node
-
-    def recount(self, name: str) -> None:
-        """Count again what the node's jobs hold there (its size changed)."""
-        node = self.nodes[name]
-        on_node, node.jobs, node.used_cpus, node.used_memory, node.used_resources = node.jobs, set(), 0.0, 0, {}
-        node.held = {}
-        for job_id in sorted(on_node):
-            self.counted.pop(job_id, None)
-            self._sync(self.jobs[job_id])
 
     def jobs_on(self, name: str) -> list[dict]:
         node = self.nodes.get(name)
