@@ -96,8 +96,7 @@ class MasterState:
         return step
 
     def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
-        """Apply records, and those that must follow them (nested grun's lend/unlend: a replay finds
-        them in the journal), and keep the decision data in step with each job."""
+        """Apply records, and those that must follow them, and keep the decision data in step with each job."""
         todo = list(records)
         for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
@@ -116,32 +115,27 @@ class MasterState:
                 step.do.append(("finished", job))
                 if (warning := self.table.learned.observe(job, int(self.settings["learn_runs"]))) and not replay:
                     step.log("warning", f"job {job['id']}: {warning}")
-            if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
+            if not replay:  # (journaled: a replay finds them)
                 todo += self._followups(rec, job)
-            if rec["op"] in ("finish", "stop") and not replay:
-                todo += self._array_end(job.get("array") if "task" in job else job["id"], rec["time"])
-            if rec["op"] == "finish" and job["id"] in self.table.dependants and not replay:
-                todo += D.followups(self.table, job, rec["time"])  # (journaled: a replay finds them)
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
-        """A nested grun's parent lends its reservation to the child (lend) until the child ends (unlend)."""
-        parent = self.table.jobs.get(job["parent"])
-        if parent is None:
-            return []
-        if rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent.get("uid") == job.get("uid"):
-            return [{"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]}]
-        if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
-            return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
-        return []
-
-    def _array_end(self, array_id: int, now: float) -> list[dict]:
-        """An array ends, with its outcome, in one "finish" record, once no task is left to start or
-        running: from then on it is a finished job like any other (history, wait, dependencies)."""
-        array = self.table.jobs.get(array_id)
-        if array is None or not A.is_array(array) or A.left(array) or self.table.tasks.get(array_id):
-            return []
-        return [{"op": "finish", "id": array_id, "time": now, "result": A.outcome(array)}]
+        """The records that follow this one: a nested grun's parent lends its reservation to the child (lend)
+        until the child ends (unlend); an array ends, with its outcome, in one "finish" record once no task is
+        left to start or running (from then on it is a finished job like any other: history, wait,
+        dependencies); the jobs that depend on a job that ended learn of it (grun.core.deps)."""
+        out, parent = [], self.table.jobs.get(job.get("parent"))
+        if parent and rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent["uid"] == job["uid"]:
+            out.append({"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]})
+        if rec["op"] in ("finish", "stop"):
+            array = self.table.jobs.get(job["array"] if "task" in job else job["id"])
+            if array and A.is_array(array) and not A.left(array) and not self.table.tasks.get(array["id"]):
+                out.append({"op": "finish", "id": array["id"], "time": rec["time"], "result": A.outcome(array)})
+        if rec["op"] == "finish" and parent and job["id"] in parent.get("lent_to", []):
+            out.append({"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]})
+        if rec["op"] == "finish" and job["id"] in self.table.dependants:
+            out += D.followups(self.table, job, rec["time"])
+        return out
 
     def recover(self, snapshot: dict | None, records: list[dict], now: float) -> Step:
         """The state on disk, replayed through the same apply(); the step names the finished jobs."""

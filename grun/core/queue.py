@@ -83,7 +83,6 @@ class JobTable:
             job.pop("devices", None)  # (kept past a re-queue: a lost node may come back with the job)
             if rec.get("devices"):
                 job["devices"] = rec["devices"]
-            job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
@@ -104,7 +103,6 @@ class JobTable:
             self.pending.remove(job)
             self.delayed.pop(job["id"], None)
             job["state"] = J.HELD
-            job.pop("reserved_node", None)
         elif op == "release" and state == J.HELD:
             self._settle(job, rec["time"])  # queued, or waiting again for what it still waits for
         elif op == "suspend" and state == J.RUNNING:
@@ -224,7 +222,6 @@ class JobTable:
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
-        job.pop("reserved_node", None)
         if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
             kept, now = self.done_tokens, rec["time"]
@@ -271,13 +268,15 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now (and index its reservation). A
-        node's `jobs` are the live jobs on it, so its registration and sweep need not look at every
-        job. (A job is only ever on a known node: a node's record comes before any dispatch there.)"""
+        """Make the node views count exactly what the job holds now, and index its reservation (only a queued
+        job holds one; reserved_time stays, for the record). A node's `jobs` are the live jobs on it, so its
+        registration and sweep need not look at every job. (A job is only ever on a known node: a node's
+        record comes before any dispatch there.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
             self.reserved.pop(job["id"], None)
+            job.pop("reserved_node", None)
         claim = self._claim_of(job)
         if self.counted.get(job["id"]) == (job.get("node"), claim):
             return
