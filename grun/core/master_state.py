@@ -236,19 +236,18 @@ class MasterState:
             raise ValueError(f"bad signal number {signal}")
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
+        killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
         for job in jobs:
-            killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
-                continue
-            if job["state"] in (J.QUEUED, J.HELD, J.WAITING):
+            elif job["state"] in (J.QUEUED, J.HELD, J.WAITING):
                 records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
-                continue
-            records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
-            if force:
-                records.append({"op": "finish", "id": job["id"], "time": now,
-                                "result": dict(killed, error="killed with --force")})
-            on_nodes[job["node"]].append(job["id"])
+            else:
+                records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
+                if force:
+                    killed_now = dict(killed, error="killed with --force")
+                    records.append({"op": "finish", "id": job["id"], "time": now, "result": killed_now})
+                on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
         step.reply = found
@@ -385,7 +384,6 @@ class MasterState:
             if rec and rep.get("cwd_missing") and (again := self.table.elsewhere_record(job, name, rep["error"], now)):
                 rec = again
                 step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
-            rec = rec and (D.retry_or_finish(job, rec) if rec["op"] == "finish" else rec)
             if rec is not None and rep.get("lost"):
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
                 why = f"node {name}: {rep.get('error') or 'job lost'}"
@@ -406,8 +404,7 @@ class MasterState:
             self.launched[job["id"]] = launch  # (and _commit drops it from unconfirmed: it runs)
             records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
         for raw, error in reply.get("rejected", {}).items():
-            rec = self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name)
-            records.append(rec and D.retry_or_finish(self.table.jobs[int(raw)], rec))
+            records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
         self._commit(step, [r for r in records if r is not None])
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
 

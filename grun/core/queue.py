@@ -9,6 +9,7 @@ import collections
 import sys
 
 from . import arrays as A
+from . import deps as D
 from . import jobs as J
 from .learn import Learned
 from .nodes import EPS, NodeIndex, NodeView, consumables
@@ -325,14 +326,15 @@ class JobTable:
         return 0.0
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
-        """The end of a job that `node` reported. None when the job is unknown or already finished, so a
-        repeated report is applied once; when the report is of an earlier run than the job's current one;
-        and when the node is not the job's (a stale copy there: the current dispatch decides; or it never had it)."""
+        """The end of a job that `node` reported, or its retry (grun.core.deps.retry_or_finish). None when the
+        job is unknown or already finished, so a repeated report is applied once; when the report is of an earlier
+        run than the job's current one; and when the node is not the job's (a stale copy there: the current
+        dispatch decides; or it never had it)."""
         job = self.jobs.get(job_id)
         if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
                 node != (job.get("node") or job.get("lost_from"))):
             return None
-        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
+        return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
