@@ -304,9 +304,7 @@ class MasterState:
         step.reply = found
 
     def on_register(self, step: Step, info: dict, now: float) -> None:
-        """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
-        again, jobs it lost are declared lost, running copies of jobs that finished or moved
-        elsewhere meanwhile are named stale, and kills it has not applied are repeated."""
+        """A node (re)joins with the jobs it holds: the jobs it lost are declared lost (and see _reconcile)."""
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
@@ -318,25 +316,14 @@ class MasterState:
         # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
                      and self.launched[i][1] > seq}
-        records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
-        self._commit(step, records)
-        for rec in records:
-            if rec["op"] == "reclaim":
-                step.log("info", f"job {rec['id']}: node {name} came back with it still running; it stays there")
-            elif rec["op"] != "start":
-                step.log("warning", f"job {rec['id']}: node {name} came back without it; {_fate(rec)}")
-        if stale:
-            step.log("warning", f"node {name} holds stale copies of jobs {stale}: killing them")
+        step.reply = self._reconcile(step, node, now, running, finished, in_flight)
         step.log("info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
                          f"{len(finished)} finished)")
         step.kick = True
-        step.reply = {"start": [dict(j) for j in start], "kill": self._kills_on(node), "stale": stale,
-                      **self.pace()}
-        step.durable = bool(step.records or start)  # (its node record, and the dispatches it offers)
+        step.durable = bool(step.records or step.reply["start"])  # (its node record, and the dispatches it offers)
 
     def on_heartbeat(self, step: Step, name: str, info: dict, now: float) -> None:
-        """A node is alive. A node we declared down must register again (so its jobs are reconciled);
-        running copies of jobs that are no longer its own are named stale, kills are repeated."""
+        """A node is alive. A node we declared down must register again (so its jobs are reconciled)."""
         node, step.durable = self.table.nodes.get(name), False
         if node is None or not node.up:
             step.reply = {"known": False}
@@ -351,19 +338,27 @@ class MasterState:
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == name:
                 self.usage[job["id"]] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
-        stale = []
-        if "running" in info:
-            records, _, stale = self.table.reconcile(name, info["running"], None, now)
-            self._commit(step, records)
-            if stale:
-                step.log("warning", f"node {name} runs stale copies of jobs {stale}: killing them")
-        step.reply = {"known": True, "stale": stale, "kill": self._kills_on(node), **self.pace()}
+        step.reply = {"known": True, **self._reconcile(step, node, now, info.get("running", ()))}
         step.durable = bool(step.records)
 
-    def _kills_on(self, node) -> dict[str, int]:
-        """Kills asked for the jobs on this node, repeated in every reply until the jobs end."""
-        jobs = self.table.jobs
-        return {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+    def _reconcile(self, step: Step, node, now: float, running, finished=None, in_flight=()) -> dict:
+        """The jobs a node runs (and, registering, holds finished: `finished`) against the table's (grun.core.queue's
+        reconcile), its records committed and logged; the reply's part: running copies of jobs that finished or
+        moved elsewhere meanwhile are named stale, kills asked for its jobs are repeated in every reply until the
+        jobs end, and (registering) jobs it should have but never got are offered again."""
+        requeue = self.settings["requeue"]
+        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
+        self._commit(step, records)
+        for rec in records:
+            if rec["op"] == "reclaim":
+                step.log("info", f"job {rec['id']}: node {node.name} came back with it still running; it stays there")
+            elif rec["op"] != "start":
+                step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")
+        if stale:
+            step.log("warning", f"node {node.name} runs stale copies of jobs {stale}: killing them")
+        jobs, reply = self.table.jobs, {} if finished is None else {"start": [dict(j) for j in start]}
+        kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+        return {**reply, "stale": stale, "kill": kills, **self.pace()}
 
     def pace(self) -> dict:
         """How often the master wants to hear from a node (0: the node's own interval; a node beats
