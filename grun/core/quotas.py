@@ -13,7 +13,6 @@ from ..values import NAME, expect, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
-SCOPES = ("user", "group", "all")
 _UNIT = {"jobs": "jobs", "cpus": "cpus", "memory": "MB of memory"}
 
 
@@ -42,10 +41,11 @@ class Quotas:
     def count(self, job: dict, claim: dict, sign: int = 1, totals: dict | None = None) -> None:
         """Count (sign -1: no longer) what the job holds on its node (grun.core.queue's `counted`), or one more
         copy of it in `totals` (what a scheduling pass placed so far: only what a limit watches)."""
+        what = amounts(claim)
         for owner in owners(job):
             if totals is None or self.caps(owner):
                 sums = (self.totals if totals is None else totals).setdefault(owner, {})
-                for name, n in amounts(claim).items():
+                for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
 
     def charge(self, job: dict, extra: dict) -> None:
