@@ -195,7 +195,7 @@ class Client:
     job = _ask("job", "The job's record: id, state, cmd, cpus, memory, node, exit, usage, ...")
     jobs = _ask("jobs", "Records of the queued and running jobs, by id.")
     nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
-    health = _ask("health", "The master's problems, one line each (a damaged journal, a full disk); [] when well.")
+    status = _ask("status", "{nodes, warnings (the master's problems, a line each), master_spool}; (True): plugins.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
     why = _ask("why", "One paragraph on why a queued job is not running.")
     # {id: whether it was found}

@@ -8,7 +8,7 @@
   holds each closed file's id range, so a lookup of an old job reads one file (closed files never change).
 
 A damaged file is never skipped in silence: it is kept aside, logged as critical and named in
-``Store.problems`` (the master's `health()`, which `grun -q status` prints), as is a file system too
+``Store.problems`` (the warnings of the master's `status()`, which `grun -q status` prints), as is a file system too
 full to take new jobs (`Store.refusal`).
 """
 

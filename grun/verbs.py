@@ -416,14 +416,15 @@ def do_jobs(ctx: Context, args: dict) -> int:
 def do_status(ctx: Context, args: dict) -> int:
     """the nodes (state, free cpus and memory, running jobs) and the master's warnings; --long: and plugins"""
     from .tables import nodes_table
-    nodes, problems, space = ctx.client.nodes(), ctx.client.health(), ctx.client.call("spool_space")
+    status = ctx.client.status(bool(args.get("long")) and not args.get("json"))
     if args.get("json"):
-        return ctx.print(json_text({"nodes": nodes, "warnings": problems, "master_spool": space}))
-    ctx.print(nodes_table(nodes))
-    for daemon, names in ctx.client.call("plugins_run").items() if args.get("long") else ():
+        return ctx.print(json_text(status))
+    ctx.print(nodes_table(status["nodes"]))
+    for daemon, names in status.get("plugins", {}).items():
         ctx.print(f"plugins of the {daemon}: {', '.join(names) or 'none'}")
+    space = status["master_spool"]
     ctx.print(f"master spool: {space['spool_free']:,} MB free of {space['spool_size']:,} MB")
-    for problem in problems:
+    for problem in status["warnings"]:
         ctx.print(f"warning: {problem}")
     return 0
 

@@ -1,6 +1,6 @@
 """The master object on real files (its store in a temp dir), called in-process with no node (issue 10):
 waits leave nothing behind, a registration is answered once its record is on disk, reloaded
-settings all apply, and health() names a damaged journal and a full disk."""
+settings all apply, and status() warns of a damaged journal and a full disk."""
 from __future__ import annotations
 
 import threading
@@ -76,7 +76,7 @@ def test_health_names_a_damaged_journal_and_a_full_disk(make_master, tmp_path):
     """Bug 4, through the master: the lost submission is named, not skipped in silence."""
     master = make_master()
     ids = master.submit_many([_spec(name=f"j{i}") for i in range(3)])
-    assert master.health() == []
+    assert master.status()["warnings"] == []
     master.shutdown()
     for name in list((tmp_path / "master").iterdir()):
         if name.name.startswith("snapshot."):
@@ -86,7 +86,7 @@ def test_health_names_a_damaged_journal_and_a_full_disk(make_master, tmp_path):
     lines[1] = lines[1][:30] + b"#" + lines[1][31:]
     path.write_bytes(b"".join(lines))
     master = make_master(min_free_disk=10**12)
-    problems = master.health()
+    problems = master.status()["warnings"]
     assert len(problems) == 2, problems
     assert "damaged journal" in problems[0] and f"submit of job {ids[1]}" in problems[0]
     assert "journal.1.log.damaged" in problems[0] and "nearly full" in problems[1]

@@ -142,7 +142,7 @@ def test_reload_with_a_plugin_that_cannot_be_imported_keeps_the_running_config(c
         assert r.returncode == 0, r.stderr
         wait_for(lambda: "reload: plugin 'nosuch_lab_module:Quota'" in log(cluster, "master"), what="the reload")
         assert "keeping the running config" in log(cluster, "master")
-        assert LAB in cluster.client().call("plugins_run")["master"]
+        assert LAB in cluster.client().status(True)["plugins"]["master"]
         r = cluster.grun("sh", "-c", 'echo "$SUBMITTED_VIA"')
         assert (r.returncode, r.stdout) == (0, b"labplugin\n")
     finally:

@@ -170,7 +170,7 @@ def test_torn_last_line_is_skipped_and_cut(tmp_path, caplog):
 def test_a_damaged_line_is_kept_aside_and_reported_never_skipped_in_silence(tmp_path, caplog):
     """Issue 10, bug 4: only a torn last line is normal; a damaged line anywhere else may have held
     an acknowledged record, so the journal is kept aside, the loss logged as critical and named in
-    `problems` (the master's health(), shown by `grun -q status`)."""
+    `problems` (the master's status() warnings, shown by `grun -q status`)."""
     store, _, _ = reopen(tmp_path)
     store.log([{"op": "submit", "job": {"cmd": ["true"], "uid": 7, "id": n}} for n in range(1, 5)])
     store.close()

@@ -100,6 +100,19 @@ def test_the_totals_come_back_after_a_restart():
     assert again.table.quotas.refusal(again.table.jobs[3]) == "user gus already runs 2 of their 2 jobs"
 
 
+def test_a_node_described_again_counts_its_jobs_once_in_the_totals():
+    """The totals are kept with the job table's own count of what each job holds on its node: a node that
+    registers again with a new size or labels recounts its jobs, and a job's end takes all of it away."""
+    m = _master({"user": {"jobs": 2}})
+    a, b = _submit(m, "kim", 2, params={"gpu": 1})
+    m.handle("schedule", 2.0)
+    m.handle("register", {"name": "n", "uri": "u", "cpus": 8, "memory": 64000, "resources": {"gpu": 8},
+                          "running": [a, b], "labels": {"rack": "r1"}}, 3.0)
+    assert m.table.quotas.totals[("user", "kim")] == {"jobs": 2, "cpus": 4, "memory": 200, "gpu": 2}
+    m.handle("finished", "n", [{"id": a, "exit_code": 0}, {"id": b, "exit_code": 0}], 4.0)
+    assert m.table.quotas.totals[("user", "kim")] == {"jobs": 0, "cpus": 0, "memory": 0, "gpu": 0}
+
+
 def test_jobs_held_back_by_a_limit_neither_cost_misses_nor_block_the_queue_behind_them():
     m = _master({"user": {"jobs": 1}}, cpus=4)
     blocked = _submit(m, "hal", MAX_MISSES_PER_PASS + 500)

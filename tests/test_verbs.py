@@ -199,7 +199,8 @@ def test_conf_prints_the_config_the_command_line_loaded_without_a_master(tmp_pat
 
 
 def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
-    """The master's health(): one line a problem (a damaged journal, a disk nearly full)."""
+    """The master's warnings: one line a problem (a damaged journal, a disk nearly full); all that `grun -q status`
+    prints comes from one call to the master, status() (with --long: its plugins too)."""
     import io
 
     import Pyro5.api
@@ -209,15 +210,12 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
 
     @Pyro5.api.expose
     class SickMaster:
-        def nodes(self):
-            return [{"name": "n1", "up": True, "cpus": 2, "memory": 100, "free_cpus": 2, "free_memory": 100,
-                     "running": 0}]
-
-        def health(self):
-            return ["journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged", "disk 97% full"]
-
-        def spool_space(self):
-            return {"spool_free": 1200, "spool_size": 40000}
+        def status(self, long=False):
+            return {"nodes": [{"name": "n1", "up": True, "cpus": 2, "memory": 100, "free_cpus": 2, "free_memory": 100,
+                               "running": 0}],
+                    "warnings": ["journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged",
+                                 "disk 97% full"],
+                    "master_spool": {"spool_free": 1200, "spool_size": 40000}, **({"plugins": {"master": []}} if long else {})}
 
     daemon = registry.start_daemon("127.0.0.1", "127.0.0.1")
     daemon.register(SickMaster(), registry.MASTER_NAME)
@@ -227,6 +225,8 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
         out = io.StringIO()
         client = Client(host, int(port), connect_wait=1)
         assert verbs.execute(verbs.Context(lambda: client, out=out), ["status"]) == 0
+        long = io.StringIO()
+        assert verbs.execute(verbs.Context(lambda: client, out=long), ["status", "--long"]) == 0
     finally:
         daemon.shutdown()
     assert out.getvalue().splitlines()[1:] == [
@@ -234,6 +234,7 @@ def test_status_shows_the_masters_warnings_below_the_nodes(tmp_path):
         "master spool: 1,200 MB free of 40,000 MB",
         "warning: journal.3.log was damaged at line 7; kept aside as journal.3.log.damaged",
         "warning: disk 97% full"]
+    assert "plugins of the master: none" in long.getvalue().splitlines()
 
 
 def test_help_topics_are_made_from_the_tables_they_describe():

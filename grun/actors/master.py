@@ -367,10 +367,6 @@ class Master:
                      "spool_free": n.spool_free}
                     for _, n in sorted(self.core.table.nodes.items())]
 
-    def plugins_run(self) -> dict:
-        """The plugins the master and each node run (`grun -q status --long`)."""
-        return {"master": self.plugins.names, **{f"node {n}": p for n, p in sorted(self.node_plugins.items())}}
-
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         asked, only = J.history_filter(user, grep), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
@@ -393,17 +389,19 @@ class Master:
         ended = (self.store.find_name(str(user), str(name)) or {}) if user and found is None else {}
         return found or (ended.get("id") if only in (None, ended.get("uid")) else None)
 
-    def health(self) -> list[str]:
-        """Problems an admin must see, one line each (`grun -q status` prints them)."""
-        refusal = self.store.refusal(self.core.settings["min_free_disk"])
-        own = None if refusal else disk_low("the master", self.spool_space(), self.core.settings)
+    def status(self, long: bool = False) -> dict:
+        """`grun -q status` in one call: the nodes, the problems an admin must see (one line each), the master's
+        spool in MB ({spool_free, spool_size}) and, `long`, the plugins the master and each node run."""
+        space, refusal = spool_space(self.store.dir), self.store.refusal(self.core.settings["min_free_disk"])
+        own = None if refusal else disk_low("the master", space, self.core.settings)
         with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
             disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if n.disk]
-        return list(self.store.problems) + ([refusal] if refusal else []) + ([own[1]] if own else []) + disks
-
-    def spool_space(self) -> dict:
-        """{spool_free, spool_size} of the master's spool, in MB (`grun -q status`)."""
-        return spool_space(self.store.dir)
+        warnings = [*self.store.problems, *filter(None, [refusal, own and own[1]]), *disks]
+        out = {"nodes": self.nodes(), "warnings": warnings, "master_spool": space}
+        if long:
+            nodes = {f"node {n}": p for n, p in sorted(self.node_plugins.items())}
+            out["plugins"] = {"master": self.plugins.names, **nodes}
+        return out
 
     def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
         """Returns the job once it runs (or has finished), or as it is when the timeout passes."""

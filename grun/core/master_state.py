@@ -96,8 +96,7 @@ class MasterState:
         return step
 
     def _commit(self, step: Step, records: list[dict], replay: bool = False) -> None:
-        """Apply records, and those that must follow them (nested grun's lend/unlend: a replay finds
-        them in the journal), and keep the decision data in step with each job."""
+        """Apply records, and those that must follow them, and keep the decision data in step with each job."""
         todo = list(records)
         for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
@@ -116,32 +115,27 @@ class MasterState:
                 step.do.append(("finished", job))
                 if (warning := self.table.learned.observe(job, int(self.settings["learn_runs"]))) and not replay:
                     step.log("warning", f"job {job['id']}: {warning}")
-            if job.get("parent") and rec["op"] in ("submit", "finish") and not replay:
+            if not replay:  # (journaled: a replay finds them)
                 todo += self._followups(rec, job)
-            if rec["op"] in ("finish", "stop") and not replay:
-                todo += self._array_end(job.get("array") if "task" in job else job["id"], rec["time"])
-            if rec["op"] == "finish" and job["id"] in self.table.dependants and not replay:
-                todo += D.followups(self.table, job, rec["time"])  # (journaled: a replay finds them)
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
-        """A nested grun's parent lends its reservation to the child (lend) until the child ends (unlend)."""
-        parent = self.table.jobs.get(job["parent"])
-        if parent is None:
-            return []
-        if rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent.get("uid") == job.get("uid"):
-            return [{"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]}]
-        if rec["op"] == "finish" and job["id"] in parent.get("lent_to", []):
-            return [{"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]}]
-        return []
-
-    def _array_end(self, array_id: int, now: float) -> list[dict]:
-        """An array ends, with its outcome, in one "finish" record, once no task is left to start or
-        running: from then on it is a finished job like any other (history, wait, dependencies)."""
-        array = self.table.jobs.get(array_id)
-        if array is None or not A.is_array(array) or A.left(array) or self.table.tasks.get(array_id):
-            return []
-        return [{"op": "finish", "id": array_id, "time": now, "result": A.outcome(array)}]
+        """The records that follow this one: a nested grun's parent lends its reservation to the child (lend)
+        until the child ends (unlend); an array ends, with its outcome, in one "finish" record once no task is
+        left to start or running (from then on it is a finished job like any other: history, wait,
+        dependencies); the jobs that depend on a job that ended learn of it (grun.core.deps)."""
+        out, parent = [], self.table.jobs.get(job.get("parent"))
+        if parent and rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent["uid"] == job["uid"]:
+            out.append({"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]})
+        if rec["op"] in ("finish", "stop"):
+            array = self.table.jobs.get(job["array"] if "task" in job else job["id"])
+            if array and A.is_array(array) and not A.left(array) and not self.table.tasks.get(array["id"]):
+                out.append({"op": "finish", "id": array["id"], "time": rec["time"], "result": A.outcome(array)})
+        if rec["op"] == "finish" and parent and job["id"] in parent.get("lent_to", []):
+            out.append({"op": "unlend", "id": parent["id"], "child": job["id"], "time": rec["time"]})
+        if rec["op"] == "finish" and job["id"] in self.table.dependants:
+            out += D.followups(self.table, job, rec["time"])
+        return out
 
     def recover(self, snapshot: dict | None, records: list[dict], now: float) -> Step:
         """The state on disk, replayed through the same apply(); the step names the finished jobs."""
@@ -242,19 +236,18 @@ class MasterState:
             raise ValueError(f"bad signal number {signal}")
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
+        killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
         for job in jobs:
-            killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
-                continue
-            if job["state"] in (J.QUEUED, J.HELD, J.WAITING):
+            elif job["state"] in (J.QUEUED, J.HELD, J.WAITING):
                 records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
-                continue
-            records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
-            if force:
-                records.append({"op": "finish", "id": job["id"], "time": now,
-                                "result": dict(killed, error="killed with --force")})
-            on_nodes[job["node"]].append(job["id"])
+            else:
+                records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
+                if force:
+                    killed_now = dict(killed, error="killed with --force")
+                    records.append({"op": "finish", "id": job["id"], "time": now, "result": killed_now})
+                on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
         step.reply = found
@@ -311,9 +304,7 @@ class MasterState:
         step.reply = found
 
     def on_register(self, step: Step, info: dict, now: float) -> None:
-        """A node (re)joins with the jobs it holds. Jobs it should have but never got are offered
-        again, jobs it lost are declared lost, running copies of jobs that finished or moved
-        elsewhere meanwhile are named stale, and kills it has not applied are repeated."""
+        """A node (re)joins with the jobs it holds: the jobs it lost are declared lost (and see _reconcile)."""
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
@@ -325,25 +316,14 @@ class MasterState:
         # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
                      and self.launched[i][1] > seq}
-        records, start, stale = self.table.reconcile(name, running, finished, now, in_flight, self.settings["requeue"])
-        self._commit(step, records)
-        for rec in records:
-            if rec["op"] == "reclaim":
-                step.log("info", f"job {rec['id']}: node {name} came back with it still running; it stays there")
-            elif rec["op"] != "start":
-                step.log("warning", f"job {rec['id']}: node {name} came back without it; {_fate(rec)}")
-        if stale:
-            step.log("warning", f"node {name} holds stale copies of jobs {stale}: killing them")
+        step.reply = self._reconcile(step, node, now, running, finished, in_flight)
         step.log("info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
                          f"{len(finished)} finished)")
         step.kick = True
-        step.reply = {"start": [dict(j) for j in start], "kill": self._kills_on(node), "stale": stale,
-                      **self.pace()}
-        step.durable = bool(step.records or start)  # (its node record, and the dispatches it offers)
+        step.durable = bool(step.records or step.reply["start"])  # (its node record, and the dispatches it offers)
 
     def on_heartbeat(self, step: Step, name: str, info: dict, now: float) -> None:
-        """A node is alive. A node we declared down must register again (so its jobs are reconciled);
-        running copies of jobs that are no longer its own are named stale, kills are repeated."""
+        """A node is alive. A node we declared down must register again (so its jobs are reconciled)."""
         node, step.durable = self.table.nodes.get(name), False
         if node is None or not node.up:
             step.reply = {"known": False}
@@ -358,19 +338,27 @@ class MasterState:
             job = self.table.jobs.get(int(job_id))
             if job is not None and job.get("node") == name:
                 self.usage[job["id"]] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
-        stale = []
-        if "running" in info:
-            records, _, stale = self.table.reconcile(name, info["running"], None, now)
-            self._commit(step, records)
-            if stale:
-                step.log("warning", f"node {name} runs stale copies of jobs {stale}: killing them")
-        step.reply = {"known": True, "stale": stale, "kill": self._kills_on(node), **self.pace()}
+        step.reply = {"known": True, **self._reconcile(step, node, now, info.get("running", ()))}
         step.durable = bool(step.records)
 
-    def _kills_on(self, node) -> dict[str, int]:
-        """Kills asked for the jobs on this node, repeated in every reply until the jobs end."""
-        jobs = self.table.jobs
-        return {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+    def _reconcile(self, step: Step, node, now: float, running, finished=None, in_flight=()) -> dict:
+        """The jobs a node runs (and, registering, holds finished: `finished`) against the table's (grun.core.queue's
+        reconcile), its records committed and logged; the reply's part: running copies of jobs that finished or
+        moved elsewhere meanwhile are named stale, kills asked for its jobs are repeated in every reply until the
+        jobs end, and (registering) jobs it should have but never got are offered again."""
+        requeue = self.settings["requeue"]
+        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
+        self._commit(step, records)
+        for rec in records:
+            if rec["op"] == "reclaim":
+                step.log("info", f"job {rec['id']}: node {node.name} came back with it still running; it stays there")
+            elif rec["op"] != "start":
+                step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")
+        if stale:
+            step.log("warning", f"node {node.name} runs stale copies of jobs {stale}: killing them")
+        jobs, reply = self.table.jobs, {} if finished is None else {"start": [dict(j) for j in start]}
+        kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+        return {**reply, "stale": stale, "kill": kills, **self.pace()}
 
     def pace(self) -> dict:
         """How often the master wants to hear from a node (0: the node's own interval; a node beats
@@ -391,7 +379,6 @@ class MasterState:
             if rec and rep.get("cwd_missing") and (again := self.table.elsewhere_record(job, name, rep["error"], now)):
                 rec = again
                 step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
-            rec = rec and (D.retry_or_finish(job, rec) if rec["op"] == "finish" else rec)
             if rec is not None and rep.get("lost"):
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
                 why = f"node {name}: {rep.get('error') or 'job lost'}"
@@ -412,8 +399,7 @@ class MasterState:
             self.launched[job["id"]] = launch  # (and _commit drops it from unconfirmed: it runs)
             records.append({"op": "start", "id": job["id"], "node": name, "pid": pid, "time": now})
         for raw, error in reply.get("rejected", {}).items():
-            rec = self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name)
-            records.append(rec and D.retry_or_finish(self.table.jobs[int(raw)], rec))
+            records.append(self.table.finish_record(int(raw), {"exit_code": 127, "error": str(error)}, now, node=name))
         self._commit(step, [r for r in records if r is not None])
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
 

@@ -9,6 +9,7 @@ import collections
 import sys
 
 from . import arrays as A
+from . import deps as D
 from . import jobs as J
 from .learn import Learned
 from .nodes import EPS, NodeIndex, NodeView, consumables
@@ -83,7 +84,6 @@ class JobTable:
             job.pop("devices", None)  # (kept past a re-queue: a lost node may come back with the job)
             if rec.get("devices"):
                 job["devices"] = rec["devices"]
-            job.pop("reserved_node", None)  # reserved_time stays, for the record
             job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
@@ -104,7 +104,6 @@ class JobTable:
             self.pending.remove(job)
             self.delayed.pop(job["id"], None)
             job["state"] = J.HELD
-            job.pop("reserved_node", None)
         elif op == "release" and state == J.HELD:
             self._settle(job, rec["time"])  # queued, or waiting again for what it still waits for
         elif op == "suspend" and state == J.RUNNING:
@@ -224,7 +223,6 @@ class JobTable:
         del self.jobs[job["id"]]
         if job.get("name") and self.names.get(job["name"]) == job["id"]:
             del self.names[job["name"]]
-        job.pop("reserved_node", None)
         if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
             kept, now = self.done_tokens, rec["time"]
@@ -271,33 +269,35 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now (and index its reservation). A
-        node's `jobs` are the live jobs on it, so its registration and sweep need not look at every
-        job. (A job is only ever on a known node: a node's record comes before any dispatch there.)"""
+        """Make the node views count exactly what the job holds now, and index its reservation (only a queued
+        job holds one; reserved_time stays, for the record). A node's `jobs` are the live jobs on it, so its
+        registration and sweep need not look at every job. (A job is only ever on a known node: a node's
+        record comes before any dispatch there.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
             self.reserved.pop(job["id"], None)
+            job.pop("reserved_node", None)
         claim = self._claim_of(job)
         if self.counted.get(job["id"]) == (job.get("node"), claim):
             return
-        self._uncount(job["id"])
+        self._uncount(job)
         if claim is not None:
             node = self.nodes[job["node"]]
             node.take(claim)
             node.jobs.add(job["id"])
             self.counted[job["id"]] = (node.name, claim)
-            self.quotas.hold(job["id"], job, claim)
+            self.quotas.count(job, claim)
 
-    def _uncount(self, job_id: int) -> None:
-        entry = self.counted.pop(job_id, None)
+    def _uncount(self, job: dict) -> None:
+        entry = self.counted.pop(job["id"], None)
         if entry is None:
             return
-        self.quotas.hold(job_id, None)
+        self.quotas.count(job, entry[1], -1)
         node = self.nodes.get(entry[0])
         if node is not None:
             node.take(entry[1], -1)
-            node.jobs.discard(job_id)
+            node.jobs.discard(job["id"])
             node.used_cpus = max(0.0, node.used_cpus)
             node.used_memory = max(0, node.used_memory)
 
@@ -326,14 +326,15 @@ class JobTable:
         return 0.0
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
-        """The end of a job that `node` reported. None when the job is unknown or already finished, so a
-        repeated report is applied once; when the report is of an earlier run than the job's current one;
-        and when the node is not the job's (a stale copy there: the current dispatch decides; or it never had it)."""
+        """The end of a job that `node` reported, or its retry (grun.core.deps.retry_or_finish). None when the
+        job is unknown or already finished, so a repeated report is applied once; when the report is of an earlier
+        run than the job's current one; and when the node is not the job's (a stale copy there: the current
+        dispatch decides; or it never had it)."""
         job = self.jobs.get(job_id)
         if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
                 node != (job.get("node") or job.get("lost_from"))):
             return None
-        return {"op": "finish", "id": job_id, "result": result, "time": now, "node": node}
+        return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """What becomes of a job whose node was declared lost: back to the queue if it may run again
@@ -398,17 +399,14 @@ class JobTable:
         node.labels, given = dict(rec.get("labels") or {}), rec.get("resources") or {}
         node.devices = {k: list(v) for k, v in given.items() if isinstance(v, list)}
         node.resources = {k: float(len(v)) if isinstance(v, list) else v for k, v in given.items()}
-        self.recount(node.name)
+        # count again what its jobs hold there (what its labels make consumables may have changed)
+        on_node = self.jobs_on(node.name)
+        for job in on_node:
+            self._uncount(job)
+        node.used_cpus, node.used_memory, node.used_resources, node.held = 0.0, 0, {}, {}
+        for job in on_node:
+            self._sync(job)
         return node
-
-    def recount(self, name: str) -> None:
-        """Count again what the node's jobs hold there (its size changed)."""
-        node = self.nodes[name]
-        on_node, node.jobs, node.used_cpus, node.used_memory, node.used_resources = node.jobs, set(), 0.0, 0, {}
-        node.held = {}
-        for job_id in sorted(on_node):
-            self.counted.pop(job_id, None)
-            self._sync(self.jobs[job_id])
 
     def jobs_on(self, name: str) -> list[dict]:
         node = self.nodes.get(name)

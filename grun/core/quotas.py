@@ -13,7 +13,6 @@ from ..values import NAME, expect, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
-SCOPES = ("user", "group", "all")
 _UNIT = {"jobs": "jobs", "cpus": "cpus", "memory": "MB of memory"}
 
 
@@ -29,7 +28,6 @@ def amounts(job: dict) -> dict:
 class Quotas:
     def __init__(self, limits: dict | None = None):
         self.totals: dict[tuple, dict] = {}   # owner -> {field: amount its running jobs hold}
-        self.held: dict[int, tuple] = {}      # job id -> (its owners, its amounts)
         self.configure(limits)
 
     def configure(self, limits: dict | None) -> None:
@@ -40,26 +38,18 @@ class Quotas:
         kind, name = owner
         return {**self.limits.get(kind, {}), **self.limits.get(f"{kind}.{name}", {})}
 
-    def hold(self, job_id: int, job: dict | None, claim: dict | None = None) -> None:
-        """From now on the job holds `claim` (None: nothing, it has left its node)."""
-        old = self.held.pop(job_id, None)
-        if old is not None:
-            self._add(old[0], old[1], -1)
-        if claim is not None:
-            self.held[job_id] = (owners(job), amounts(claim))
-            self._add(*self.held[job_id], 1)
-
-    def _add(self, who: tuple, what: dict, sign: int, totals: dict | None = None) -> None:
-        totals = self.totals if totals is None else totals
-        for owner in who:
-            if totals is self.totals or self.caps(owner):  # (a pass counts only what a limit watches)
-                sums = totals.setdefault(owner, {})
+    def count(self, job: dict, claim: dict, sign: int = 1, totals: dict | None = None) -> None:
+        """Count (sign -1: no longer) what the job holds on its node (grun.core.queue's `counted`), or one more
+        copy of it in `totals` (what a scheduling pass placed so far: only what a limit watches)."""
+        what = amounts(claim)
+        for owner in owners(job):
+            if totals is None or self.caps(owner):
+                sums = (self.totals if totals is None else totals).setdefault(owner, {})
                 for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
 
     def charge(self, job: dict, extra: dict) -> None:
-        """Count one more copy of the job in `extra` (the jobs a scheduling pass placed so far)."""
-        self._add(owners(job), amounts(job), 1, extra)
+        self.count(job, job, 1, extra)
 
     def refusal(self, job: dict, extra: dict | None = None) -> str | None:
         """Why one more copy of the job would pass a limit, or None."""
