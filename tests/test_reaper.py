@@ -5,6 +5,7 @@ of the node's daemon without a name-server entry each; kills the master repeats,
 node's config. Real daemons, real processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import Pyro5.api
 import pytest
 import yaml
 from cluster import LocalCluster
-from util import job_pid, wait_for, wait_state
+from util import group_alive, job_pid, wait_for, wait_state
 
 from grun import registry
 
@@ -202,6 +203,75 @@ def test_a_kill_before_the_reaper_started_the_job_ends_it_at_its_start(c):
     assert done["state"] == "killed" and time.monotonic() - t0 < 10, done
 
 
+def test_a_job_claimed_by_an_earlier_node_life_s_reaper_that_then_dies(c, tmp_path):
+    """Two jobs wait in the pipe of a stopped reaper when the node is killed; the restarted node sends both
+    to its own reaper, which claims one and hangs opening its -o file (a FIFO nobody reads). The old reaper
+    resumes and claims the other: the node learns that claimant from its pid file, and when it is killed
+    ends that job's group and reports it failed; the first job runs once its FIFO has a reader."""
+    client = c.client()
+    client.wait([client.submit_spec({"cmd": ["true"], **AS_US})], 20)
+    (old_reaper,) = _reapers(c)
+    os.kill(old_reaper, signal.SIGSTOP)
+    ids = []
+    for k in (1, 2):
+        os.mkfifo(tmp_path / f"out{k}")
+        ids.append(client.submit_spec({"cmd": [f"echo {k}; sleep 60"], "shell": True,
+                                       "stdout_file": str(tmp_path / f"out{k}"), **AS_US}))
+        wait_state(c, ids[-1], "running")
+    time.sleep(0.3)
+    c.kill("n1", signal.SIGKILL)
+    c.start_node("n1")
+    claimant = {}
+    def claimed():
+        for k, i in zip((1, 2), ids):
+            with contextlib.suppress(OSError, IndexError):
+                claimant[k] = _reaper_of(c, i)
+        return len(claimant) == 1 and claimant
+    wait_for(claimed, 10, what="the new reaper's claim")
+    os.kill(old_reaper, signal.SIGCONT)
+    wait_for(lambda: len(claimed() or claimant) == 2, 10, what="the old reaper's claim")
+    (k_old,) = [k for k, r in claimant.items() if r == old_reaper]
+    (k_new,) = [k for k, r in claimant.items() if r != old_reaper]
+    readers = [open(os.open(tmp_path / f"out{k}", os.O_RDONLY | os.O_NONBLOCK), "rb") for k in (k_old, k_new)]
+    pid = job_pid(c, ids[k_old - 1])
+    wait_for(lambda: readers[0].read() == f"{k_old}\n".encode(), 10, what="the old reaper's job to start")
+    time.sleep(1.5)  # (the node reads that job's claimant meanwhile)
+    os.kill(old_reaper, signal.SIGKILL)
+    done = client.wait([ids[k_old - 1]], 30)[ids[k_old - 1]]
+    assert (done["state"], done["exit"]) == ("failed", 255) and "vanished" in done["error"], done
+    wait_for(lambda: not group_alive(pid), 10, what="the orphaned job's group to be killed")
+    assert client.job(ids[k_new - 1])["state"] == "running"
+    client.kill([ids[k_new - 1]])
+    assert client.wait([ids[k_new - 1]], 30)[ids[k_new - 1]]["state"] == "killed"
+    for r in readers:
+        r.close()
+
+
+def test_a_job_claimed_but_never_started_by_a_reaper_that_died(c, tmp_path):
+    """The reaper claims a job and dies before starting it (here: stuck opening its -o file, a FIFO nobody
+    reads, then killed): the node reports it failed, and the next jobs go to a new reaper."""
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    client = c.client()
+    client.wait([client.submit_spec({"cmd": ["true"], **AS_US})], 20)
+    (reaper,) = _reapers(c)
+    job_id = client.submit_spec({"cmd": [f"touch {tmp_path}/ran"], "shell": True, "stdout_file": str(fifo),
+                                 **AS_US})
+    pid_file = os.path.join(_jobs_dir(c), str(job_id), "pid")
+    wait_for(lambda: os.path.exists(pid_file), 10, what="the claim")
+    time.sleep(0.3)
+    with open(pid_file) as f:
+        assert f.read().split()[0] == "-"  # claimed, not started
+    os.kill(reaper, signal.SIGKILL)
+    done = client.wait([job_id], 30)[job_id]
+    assert (done["state"], done["exit"], done["error"]) == (
+        "failed", 255, "job supervisor vanished while starting the job"), done  # (it may have started: not run again)
+    assert not (tmp_path / "ran").exists()
+    r = c.grun("sh", "-c", "echo next; exit 3")
+    assert (r.returncode, r.stdout) == (3, b"next\n"), r.stderr
+    assert reaper not in _reapers(c) and len(_reapers(c)) == 1
+
+
 @Pyro5.api.expose
 class RepeatingMaster:
     """Stands in for the master towards one real node daemon: offers one job at registration, then
@@ -276,3 +346,23 @@ def test_a_reload_applies_resources_labels_limits_and_outside_load(tmp_path):
         r = c.grun("-p", "gpu=1", "-p", "os=debian12", "true")
         assert r.returncode == 0, r.stderr
         assert limits_of_a_job() == b"100\n%d\n" % (200 << 10)
+
+
+def test_the_claimant_of_a_job_sent_in_this_node_life_is_not_read_at_every_check(tmp_path, monkeypatch):
+    """A job sent to our reaper is claimed by it: the janitor and each heartbeat do not read its pid file
+    (12 us a job a tick); an adopted job that an earlier reaper may claim is read until its claimant shows."""
+    from grun import spool
+    from grun.actors.node_jobs import LiveJob, NodeJobs
+    sent, adopted = str(tmp_path / "1"), str(tmp_path / "2")
+    for d in (sent, adopted):
+        os.mkdir(d)
+    os.close(spool.claim(sent, "1.1"))
+    node, reads, read_pid = NodeJobs.__new__(NodeJobs), [], spool.read_pid
+    monkeypatch.setattr(spool, "read_pid", lambda d: reads.append(d) or read_pid(d))
+    node.live = {1: LiveJob(1, sent, {}, reaper="1.1"), 2: LiveJob(2, adopted, {}, reaper="2.2", unsure=True)}
+    node._check_jobs()
+    assert reads == [adopted] and (node.live[2].reaper, node.live[2].unsure) == ("2.2", True)
+    os.close(spool.claim(adopted, "3.3"))  # the earlier reaper claims it
+    node._check_jobs()
+    node._check_jobs()
+    assert reads == [adopted, adopted] and (node.live[2].reaper, node.live[2].unsure) == ("3.3", False)

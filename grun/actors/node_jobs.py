@@ -48,6 +48,7 @@ class LiveJob:
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
     pid: int | None = None         # the job's pid (and process group), once its reaper started it
     reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
+    unsure: bool = False           # adopted unclaimed: an earlier reaper may claim it, its pid file names who did
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit_hit: str | None = None   # the limit the sampler is killing it for
     deadline: float | None = None  # when its time limit runs out
@@ -282,12 +283,12 @@ class NodeJobs:
                     self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
-        """The fallback for lost pings: status files, and reapers that died without writing one (the job's
-        claimant, looked up here: an earlier reaper may have had it in its pipe too, and claimed it first; the
-        sampler settles the jobs of a reaper that died, every second)."""
+        """The fallback for lost pings: status files; and who claimed a job whose claimant is `unsure` (the
+        sampler settles the jobs of a reaper that died). A job sent in this node life is claimed by the reaper
+        it was sent to: no other has it, so its pid file is not read at every tick (12 us a job)."""
         for live in list(self.live.values()):
-            if self.job_status(live) is None and live.reaper is not None:
-                live.reaper = spool.read_pid(live.dir)[2] or live.reaper
+            if self.job_status(live) is None and live.unsure and (reaper := spool.read_pid(live.dir)[2]):
+                live.reaper, live.unsure = reaper, False
 
     def _end_failed(self, live: LiveJob, why: str, **more) -> None:
         self._finished(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
@@ -407,6 +408,7 @@ class NodeJobs:
         if self.job_status(live) is not None:
             return
         claimed, _, reaper = spool.read_pid(job_dir)
+        live.unsure = reaper is None  # (an earlier reaper may still have it in its pipe)
         if claimed:
             live.reaper = reaper or "?"  # ("?": named at its next check)
             if not spool.reaper_alive(live.reaper):
