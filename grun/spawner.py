@@ -36,8 +36,8 @@ PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
 COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NODELIST": "node", "SLURMD_NODENAME": "node"},
               "sge": {"JOB_ID": "array", "HOSTNAME": "node"}}
 
-# A job this reaper started and waits for (id, job and stderr_path are None for a job that never started).
-_Run = collections.namedtuple("_Run", "id dir job status stderr_path notify pipes", defaults=({},))
+# A job this reaper started and waits for (job is None for a job that never started).
+_Run = collections.namedtuple("_Run", "id dir job status notify pipes", defaults=({},))
 
 
 def set_subreaper() -> None:
@@ -89,7 +89,7 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str
     return f"{argv[0]}: {exc.strerror}", 126
 
 
-def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, stderr_path: str | None) -> dict:
+def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage) -> dict:
     """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
     the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
     same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
@@ -103,9 +103,9 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, std
                          "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
                          "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
                          "write_bytes": rusage.ru_oublock * 512})
-    found = spool.read(job_dir, spool.LIMIT)
-    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else
-                  L.limit_hit(status, job.get("limits") or {}, stderr_path or os.path.join(job_dir, "stderr")))
+    found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
+    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(
+        status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
     return status
 
 
@@ -155,30 +155,25 @@ def _sync_as(ident: dict, paths: list) -> None:
 
 
 def _open_outputs(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
-    """The job's stdout and stderr, and the path of the latter: the write ends of its spool pipes (their
-    read ends go into `keep`: see grun.drain), or the files named by -o/--err/--out-err, opened in its
-    directory as its user (so it can only write where it could itself)."""
+    """The job's stdout and stderr: the write ends of its spool pipes (their read ends go into `keep`: see
+    grun.drain), or the files of -o/--err/--out-err, opened in its cwd as its user (only where it could itself)."""
     files, opened = {}, {}
-    for stream in spool.STREAMS:
-        if not job.get(f"{stream}_file"):
-            keep[stream], write = spool.open_pipe(job_dir, stream)
-            files[stream] = os.fdopen(write, "wb")
     try:
-        with _as_user(ident) if len(files) < 2 else contextlib.nullcontext():
-            for stream in spool.STREAMS:
-                if name := job.get(f"{stream}_file"):
-                    path = os.path.normpath(os.path.join(job["cwd"], name))
-                    if path not in opened:
-                        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-                        flags |= os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC
-                        opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
-                    files[stream] = opened[path]
+        for stream in spool.STREAMS:
+            if not (name := job.get(f"{stream}_file")):
+                keep[stream], write = spool.open_pipe(job_dir, stream)
+                files[stream] = os.fdopen(write, "wb")
+            elif (path := os.path.normpath(os.path.join(job["cwd"], name))) in opened:
+                files[stream] = opened[path]
+            else:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if job.get(f"{stream}_append") else os.O_TRUNC)
+                with _as_user(ident):
+                    files[stream] = opened[path] = os.fdopen(os.open(path, flags, 0o666), "ab")
     except OSError:
         _close(*files.values(), *keep.values())
         keep.clear()
         raise
-    stderr_path = next((p for p, f in opened.items() if f is files["stderr"]), os.path.join(job_dir, "stderr"))
-    return files["stdout"], files["stderr"], stderr_path
+    return files["stdout"], files["stderr"]
 
 
 def _close(*files) -> None:
@@ -234,7 +229,7 @@ class Reaper:
         out = err = None
         keep: dict[str, int] = {}
         try:
-            out, err, stderr_path = _open_outputs(job, job_dir, ident, keep)
+            out, err = _open_outputs(job, job_dir, ident, keep)
             stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
         except OSError as exc:
             _close(out, err, *keep.values())
@@ -250,10 +245,10 @@ class Reaper:
         finally:
             _close(stdin, out, err)
         spool.set_pid(claimed, proc.pid)
-        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, stderr_path, notify, keep)
+        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, notify, keep)
         if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
             self._ping(notify, f"started {job['id']} {proc.pid}")
-        if pending_kill := spool.requested_kill(job_dir):
+        if pending_kill := (spool.read(job_dir, spool.KILL) or {}).get("signal"):
             killpg(proc.pid, pending_kill)
 
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
@@ -265,7 +260,7 @@ class Reaper:
                 f.write(f"grun: {why}\n".encode())
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
-                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, None, notify))
+                "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, notify))
 
     def reap(self) -> None:
         """Collect every job that has ended, then record them together: the status files are written
@@ -282,7 +277,7 @@ class Reaper:
                     spool.drain_pipe(pipe, run.dir, name)
                     os.close(pipe)
                 try:
-                    exit_status(run.dir, run.job, run.status, wstatus, rusage, run.stderr_path)
+                    exit_status(run.dir, run.job, run.status, wstatus, rusage)
                     if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
                         from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
                         with _as_user(_identity(run.job)):

@@ -8,7 +8,7 @@ its sampler alike). Light on purpose (os, json): the reaper imports it.
   file by -o/--err has none); the first bytes may be punched out once delivered.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
   claimed but not started; created O_EXCL, so exactly one reaper ever starts the job.
-- `killreq`: a signal asked for before the job had a pid, sent by its reaper once it has started it.
+- `killreq`: `{"signal": N}` asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory or time).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its
   reaper, or the node when the reaper died).
@@ -23,19 +23,17 @@ import json
 import os
 import threading
 
-from .files import read_int, read_json, write_atomic
+from .files import read_json, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
-JOB, STATUS, LIMIT = "job.json", "status.json", "limit.json"
+JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
 STREAMS = ("stdout", "stderr")
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
 
 
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
-    """The job's directory, its stdin FIFO if it reads input, and job.json (`job` as JSON). Returns the
-    FIFO's (read, write) ends, both the node's to hold: the read end until the job has opened its own,
-    so that early writes cannot fail, the write end until a client takes it. FileExistsError: the job
-    is there already (the node restarted since it started it)."""
+    """The job's directory, its stdin FIFO if it reads input (returned: its read and write ends, the node's
+    to hold, see grun.actors.node_jobs.LiveJob), and job.json (`job_json`). FileExistsError: it is there."""
     try:
         os.mkdir(job_dir)
     except FileExistsError:  # made by a kill request that came first, or the job is there already
@@ -123,23 +121,14 @@ def spool_space(path: str) -> dict:
     return {"spool_free": st.f_bavail * st.f_frsize >> 20, "spool_size": st.f_blocks * st.f_frsize >> 20}
 
 
-def request_kill(job_dir: str, sig: int) -> None:
-    """Not durable: the master repeats a kill until the job has ended."""
-    os.makedirs(job_dir, exist_ok=True)
-    write_atomic(os.path.join(job_dir, "killreq"), str(sig).encode(), durable=False)
-
-
-def requested_kill(job_dir: str) -> int | None:
-    return read_int(os.path.join(job_dir, "killreq"))
-
-
-def record_limit(job_dir: str, limit: str, detail: str) -> None:
-    write_atomic(os.path.join(job_dir, LIMIT), json.dumps({"limit": limit, "limit_detail": detail}).encode(),
-                 durable=False)
+def write(job_dir: str, name: str, value: dict) -> None:
+    """KILL or LIMIT; not durable: the master repeats a kill until the job has ended, and a limit's kill too."""
+    os.makedirs(job_dir, exist_ok=True)  # (a kill may come before the job)
+    write_atomic(os.path.join(job_dir, name), json.dumps(value).encode(), durable=False)
 
 
 def read(job_dir: str, name: str) -> dict | None:
-    """JOB, STATUS or LIMIT: a dict, or None when it is missing or torn."""
+    """JOB, STATUS, KILL or LIMIT: a dict, or None when it is missing or torn."""
     found = read_json(os.path.join(job_dir, name))
     return found if isinstance(found, dict) else None
 

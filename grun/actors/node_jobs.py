@@ -122,7 +122,7 @@ class NodeJobs:
     def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
         """Kill the job for a limit, and record why (its reaper reads it into its status)."""
         live.limit_hit = limit
-        spool.record_limit(live.dir, limit, why)
+        spool.write(live.dir, spool.LIMIT, {"limit": limit, "limit_detail": why})
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
         self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
@@ -188,7 +188,7 @@ class NodeJobs:
         if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
         if self._job_pid(live) is None:  # not started: its reaper sends the signal once it has the pid
-            spool.request_kill(live.dir, sig)
+            spool.write(live.dir, spool.KILL, {"signal": sig})
         if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
             return True
         spawner.killpg(pid, sig)
@@ -369,7 +369,7 @@ class NodeJobs:
         """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
         self.drain.finish(str(live.id), flush=True)
         status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
-                                     "limits": dict(live.job.get("limits") or {})}, wstatus, rusage, None)
+                                     "limits": dict(live.job.get("limits") or {})}, wstatus, rusage)
         try:
             spool.write_statuses([(live.dir, json.dumps(status))])
         except OSError:
