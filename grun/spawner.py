@@ -154,11 +154,13 @@ def _sync_as(ident: dict, paths: list) -> None:
         _stuck_sync = r
 
 
-def _open_outputs(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
-    """The job's stdout and stderr: the write ends of its spool pipes (their read ends go into `keep`: see
-    grun.drain), or the files of -o/--err/--out-err, opened in its cwd as its user (only where it could itself)."""
-    files, opened = {}, {}
+def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
+    """The job's stdin (its FIFO, or /dev/null), stdout and stderr: the write ends of its spool pipes (their read
+    ends go into `keep`: see grun.drain), or the files of -o/--err/--out-err, opened as its user in its cwd."""
+    files, opened = {"stdin": subprocess.DEVNULL}, {}
     try:
+        if job.get("stdin"):
+            files["stdin"] = os.fdopen(spool.open_stdin(job_dir), "rb")
         for stream in spool.STREAMS:
             if not (name := job.get(f"{stream}_file")):
                 keep[stream], write = spool.open_pipe(job_dir, stream)
@@ -173,13 +175,13 @@ def _open_outputs(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
         _close(*files.values(), *keep.values())
         keep.clear()
         raise
-    return files["stdout"], files["stderr"]
+    return files["stdin"], files["stdout"], files["stderr"]
 
 
 def _close(*files) -> None:
     for f in files:
         with contextlib.suppress(OSError):
-            f.close() if hasattr(f, "close") else os.close(f) if isinstance(f, int) else None
+            f.close() if hasattr(f, "close") else os.close(f)  # (DEVNULL, -3: EBADF)
 
 
 class Reaper:
@@ -226,13 +228,10 @@ class Reaper:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
-        out = err = None
         keep: dict[str, int] = {}
         try:
-            out, err = _open_outputs(job, job_dir, ident, keep)
-            stdin = os.fdopen(spool.open_stdin(job_dir), "rb") if job.get("stdin") else subprocess.DEVNULL
+            stdin, out, err = _open_streams(job, job_dir, ident, keep)
         except OSError as exc:
-            _close(out, err, *keep.values())
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         status = {"start_time": time.time()}
         try:

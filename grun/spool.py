@@ -210,12 +210,16 @@ def reaper_alive(name: str) -> bool:
 
 
 class Acks:
-    def __init__(self, spool: str):
-        self.path, self.lock = os.path.join(spool, "acks.log"), threading.Lock()
+    def __init__(self, spool: str, current):
+        """`current()`: the acks of the jobs still here, what the log is rewritten with past ACKS_COMPACT_BYTES."""
+        self.path, self.current, self.lock = os.path.join(spool, "acks.log"), current, threading.Lock()
 
     def add(self, kind: str, jobs: list[tuple[int, int]]) -> None:
         with self.lock, open(self.path, "a") as f:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
+            big = f.tell() >= ACKS_COMPACT_BYTES
+        if big:
+            self.rewrite(self.current)
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
         """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
@@ -237,8 +241,3 @@ class Acks:
         with self.lock:
             write_atomic(self.path, "".join(f"{kind} {i} {a}\n" for (i, a), kinds in current().items()
                                             for kind in sorted(kinds)).encode(), durable=False)
-
-    def too_big(self) -> bool:
-        with contextlib.suppress(OSError):
-            return os.path.getsize(self.path) >= ACKS_COMPACT_BYTES
-        return False

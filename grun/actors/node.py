@@ -36,7 +36,7 @@ REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded 
 @Pyro5.api.behavior(instance_mode="single")
 class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
-                 plugins: Plugins | None = None, count_outside_load: bool = True, **settings):
+                 plugins: Plugins | None = None, **settings):
         """`settings`: the other exec keys of grun.config.KEYS, parsed (the daemon passes them all), kept as
         attributes of their names (cpus, memory, heartbeat, hard_factor, ulimit, kill_grace, stage, ...)."""
         vars(self).update(settings)
@@ -44,7 +44,7 @@ class Node(NodeJobs):
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
         self.name, self.master_host, self.master_port, self.advertise = name, master_host, master_port, advertise
         self.mounts = mounts.network(mounts.table())  # (told the master when they change)
-        self.monitor = Monitor(count_outside_load)
+        self.monitor = Monitor()
         # Launches are numbered within this process's life (its incarnation), so the master can tell
         # a job list made before a start it saw confirmed from one that really lacks the job.
         self.incarnation = secrets.token_hex(8)
@@ -137,9 +137,8 @@ class Node(NodeJobs):
         auth.require("reconfigure a node")
         changed = {}
         for key, value in changes.items():
-            owner = self.monitor if key == "count_outside_load" else self
-            if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(owner, key) != value:
-                setattr(owner, key, value)
+            if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(self, key) != value:
+                setattr(self, key, value)
                 changed[key] = value
         self._reregister |= bool(REREGISTER & changed.keys())
         self._report_now.wake()
@@ -152,7 +151,7 @@ class Node(NodeJobs):
         self._report_now.wake()
 
     def _tidy(self) -> None:
-        """The janitor: missed ends, outputs fetched or kept long enough, acks.log, stale offers."""
+        """The janitor: missed ends, outputs fetched or kept long enough, stale offers."""
         self._check_jobs()
         now = time.time()
         for live in list(self.live.values()):
@@ -161,8 +160,6 @@ class Node(NodeJobs):
             if live.status is not None and live.reported and (
                     live.fetched or now - live.status.get("end_time", 0) > self.output_keep):
                 self._forget(live)
-        if self.acks.too_big():  # it stays proportional to the spool, not to every job ever run
-            self.acks.rewrite(self._acked)
         self.stream.expire()
 
     def _talk_to_master(self) -> None:
@@ -261,7 +258,8 @@ class Node(NodeJobs):
         return True
 
     def _load(self) -> dict:
-        held, (cores, memory), now = self._held(), self.monitor.outside(), mounts.network(mounts.table())
+        held, now = self._held(), mounts.network(mounts.table())
+        cores, memory = self.monitor.outside() if self.count_outside_load else (0.0, 0)
         changed, self.mounts = now != self.mounts, now
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
