@@ -366,3 +366,14 @@ def test_the_claimant_of_a_job_sent_in_this_node_life_is_not_read_at_every_check
     node._check_jobs()
     node._check_jobs()
     assert reads == [adopted, adopted] and (node.live[2].reaper, node.live[2].unsure) == ("3.3", False)
+
+
+def test_acks_log_rewrites_itself_with_the_jobs_still_here_once_it_is_big(tmp_path, monkeypatch):
+    from grun import spool
+    monkeypatch.setattr(spool, "ACKS_COMPACT_BYTES", 60)
+    here = {(9, 1): {"r", "f"}}
+    acks = spool.Acks(str(tmp_path), lambda: here)
+    acks.add("r", [(i, 1) for i in range(5)])  # 30 bytes: kept as appended
+    assert open(acks.path).read() == "".join(f"r {i} 1\n" for i in range(5))
+    acks.add("f", [(i, 1) for i in range(10)])
+    assert open(acks.path).read() == "f 9 1\nr 9 1\n"
