@@ -1,7 +1,7 @@
 """What a node measures every second with psutil: each running job's usage (a job is its process group:
 its reaper starts it as a group leader), and the load that is not grun's, so the scheduler never counts on
 cpus or memory other programs use (grun's processes: the node daemon, its descendants and every job group);
-and which job goes when the node runs short of memory (min_free_memory).
+and which job goes when a memory limit is hit (its own, or the node's min_free_memory).
 
 Outside cpu load, over the heartbeat window: the machine's busy cpu time (all but idle and iowait) minus
 grun's, in whole cores, a core counting once it is BUSY_CORE busy, so a few percent of daemon noise never
@@ -128,6 +128,13 @@ class Monitor:
         self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
         self._last_outside = (float(max(0, math.floor(cores + (1 - BUSY_CORE)))), int(self.outside_memory))
         return self._last_outside
+
+
+def over_memory_limit(rss_mb: int, limits: dict) -> str | None:
+    """Why a job whose processes hold rss_mb is killed for its memory limit (grun.limits.job_limits), or None."""
+    if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
+        return f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = {limits['memory_basis']}"
+    return None
 
 
 def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple | None:

@@ -26,7 +26,7 @@ import Pyro5.api
 from .. import auth, registry, spawner, spool, stage
 from ..drain import Drain
 from ..tables import fmt_span
-from .monitor import node_memory_victim
+from .monitor import node_memory_victim, over_memory_limit
 from .supervisor import JobSupervisor
 
 log = logging.getLogger("grun.node")
@@ -130,9 +130,9 @@ class NodeJobs:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
         then KILL after kill_grace (again after a restart of ours: limit_hit comes from limit.json)."""
         limits = live.job.get("limits") or {}
-        if rss_mb > (limits.get("memory_mb") or rss_mb) and live.status is None and live.limit_hit is None:
-            self._limit_kill(live, "memory", f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = "
-                                             f"{limits['memory_basis']}")
+        why = over_memory_limit(rss_mb, limits)
+        if why and live.status is None and live.limit_hit is None:
+            self._limit_kill(live, "memory", why)
         if not limits.get("time") or live.status is not None:
             return
         if live.deadline is None:
