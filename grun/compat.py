@@ -16,6 +16,7 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
+from .tables import command_text
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -124,14 +125,17 @@ def out_path(pattern: str, names: dict) -> str:
     return "".join(names.get(part) or shlex.quote(part) for part in parts if part)
 
 
-def wrapped(family: str, name: str, script: str | None, args: list[str], out: str | None = None,
-            err: str | None = None, shell: str = "", env: dict | None = None, **request) -> dict:
-    """The spec of a job sent by a shim: the script with its output files (a batch job), or the
-    command `args` (srun); `name` as its $0, GRUN_COMPAT=family in its environment."""
+def submit(client: Client, opts: dict, family: str, name: str, script: str | None, args: list[str],
+           out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, **request) -> int:
+    """Queue a job for a shim: the script with its output files (a batch job), or the command `args`
+    (srun); `name` as its $0, GRUN_COMPAT=family in its environment; held with -H/-h. Its id."""
     body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
-    return job_spec(["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args],
-                    env={**(env or {}), "GRUN_COMPAT": family}, **request)
+    words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
+    job_id = client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
+    if "hold" in opts:  # (queued, then held)
+        client.hold([job_id])
+    return job_id
 
 
 # ---- what records look like to Slurm's tools -----------------------------------------------------
@@ -141,15 +145,6 @@ def name_of(job: dict) -> str:
     if len(cmd) > 3 and cmd[2].startswith(MARK):
         return cmd[3]
     return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
-
-
-def command_of(job: dict) -> str:
-    """A batch job's name (its script's, for the script) and arguments; srun's command; else grun's view."""
-    from .tables import command_text
-    cmd = job.get("cmd") or []
-    if len(cmd) > 3 and cmd[2].startswith(MARK):
-        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
-    return command_text(job)
 
 
 def state_of(job: dict) -> str:
@@ -228,7 +223,7 @@ FIELDS = {row[0]: row[1:] for row in [
     ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
     ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
     ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
-    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_of),
+    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_text),
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
     ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("a", "ACCOUNT", "account Account", 10,
@@ -291,13 +286,6 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     return request
 
 
-def submitted(client: Client, spec: dict, opts: dict) -> int:
-    job_id = client.submit_spec(spec)
-    if "hold" in opts:  # (-H, -h: queued held)
-        client.hold([job_id])
-    return job_id
-
-
 def sbatch(argv: list[str]) -> int:
     """sbatch [options] [SCRIPT [ARGS...]] | --wrap CMD: prints `Submitted batch job N` (--parsable: N)."""
     opts, rest = parse(argv, SUBMIT)
@@ -319,10 +307,9 @@ def sbatch(argv: list[str]) -> int:
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
-    spec = wrapped("slurm", name, script, rest[1:], out_path(out, names),
-                   out_path(last(opts, "err"), names) if "err" in opts else None, **request)
     client = Client()
-    job_id = submitted(client, spec, opts)
+    job_id = submit(client, opts, "slurm", name, script, rest[1:], out_path(out, names),
+                    out_path(last(opts, "err"), names) if "err" in opts else None, **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
 
@@ -333,12 +320,10 @@ def srun(argv: list[str]) -> int:
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
-    name = last(opts, "name", os.path.basename(command[0]))
-    spec, stdin = wrapped("slurm", name, None, command, **slurm_request(opts, name, "srun")), \
-        None if os.isatty(0) else 0
-    client, ids = Client(), []
+    name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
+    request, client, ids = slurm_request(opts, name, "srun"), Client(), []
     try:
-        ids.append(client.submit_spec(dict(spec, stdin=stdin is not None)))
+        ids.append(submit(client, opts, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from . import compat as C
 from .client import Client, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
 from .core.jobs import number_or_text, parse_time_limit
+from .tables import command_text
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
@@ -73,10 +74,9 @@ def qsub(argv: list[str]) -> int:
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
     out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
-    spec = C.wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
-                   None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
-                                                             else "/bin/sh"), **request)
-    job_id = C.submitted(client, spec, opts)
+    job_id = C.submit(client, opts, "sge", name, script, rest[1:] if script is not None else rest, out,
+                      None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
+                                                                else "/bin/sh"), **request)
     tasks = last(opts, "array", "")
     shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
     print(shown if "terse" in opts else
@@ -146,7 +146,7 @@ def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
 def _detail(job: dict) -> tuple:
     return (("job_number:", job["id"]), ("submission_time:", time.ctime(job.get("submit_time", 0))),
             ("owner:", job.get("user")), ("sge_o_workdir:", job.get("cwd")), ("job_name:", name_of(job)),
-            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", C.command_of(job)),
+            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", command_text(job)),
             ("parallel environment:", f"smp range: {job.get('cpus', 1):g}"),
             ("hard resource_list:", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1:", job.get("node") or ""))
 

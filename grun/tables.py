@@ -3,11 +3,12 @@
 
 
 def command_text(job: dict) -> str:
+    """As typed; a job sent by sbatch or qsub (grun.compat): its script's name and arguments, by srun: its command."""
     import shlex
-    if job.get("cmd", [])[2:3] and job["cmd"][2].startswith("# grun-compat"):  # sent by sbatch, qsub or srun
-        from .compat import command_of
-        return command_of(job)
-    return job["cmd"][0] if job.get("shell") else shlex.join(job.get("cmd") or [])
+    cmd = job.get("cmd") or []
+    if cmd[2:3] and cmd[2].startswith("# grun-compat"):
+        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
+    return cmd[0] if job.get("shell") else shlex.join(cmd)
 
 
 def table(rows: list[list], header: list[str]) -> str:

@@ -78,6 +78,7 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
     plan = Plan()
     claims = {} if claims is None else claims
     n_live, live, misses, limited, extra, held_back = index.up_count(), None, 0, 0, {}, set()
+    starved = None if now is None or reserve_after is None else now - reserve_after  # queued before: reserve
     if not n_live:
         return plan
     full = not index.any_free()
@@ -114,8 +115,8 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
         if placed or not copies:
             continue
         misses += 1
-        if kind not in unreservable and starving(job, now, reserve_after) and (
-                len(claims) < n_live or job.get("reserved_node")):
+        if kind not in unreservable and starved is not None and job.get("queued_time", job.get(
+                "submit_time", now)) < starved and (len(claims) < n_live or job.get("reserved_node")):
             if live is None:
                 live = [n for n in index.values() if n.up]  # every node: rare (starving jobs only)
             if not _reserve(job, live, claims, plan, rng):
@@ -123,11 +124,6 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
         if misses >= MAX_MISSES_PER_PASS:
             break
     return plan
-
-
-def starving(job: dict, now: float | None, reserve_after: float | None) -> bool:
-    return (now is not None and reserve_after is not None
-            and now - job.get("queued_time", job.get("submit_time", now)) > reserve_after)
 
 
 def shortfall(node: NodeView, job: dict) -> float:
