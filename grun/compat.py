@@ -16,7 +16,7 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
-from .tables import command_text
+from .tables import command_text, duration
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -158,15 +158,6 @@ def id_of(job: dict) -> str:
     return f"{job['array']}_{job['task']}" if "task" in job else str(job["id"])
 
 
-def duration(secs, days_first: bool = False) -> str:
-    """Slurm's elapsed times: squeue's `M:SS`, `H:MM:SS`, `D-HH:MM:SS`; sacct's `HH:MM:SS` (days_first)."""
-    days, rest = divmod(int(secs or 0), 86400)
-    hours, rest = divmod(rest, 3600)
-    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days_first or days else \
-        f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-    return f"{days}-{text}" if days else text
-
-
 def elapsed(job: dict) -> float:
     wall = (job.get("usage") or {}).get("wall")
     return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
@@ -200,10 +191,6 @@ def when(text: str) -> float:
         raise Refused(f"invalid time specification: {text}") from None
 
 
-def exit_of(job: dict) -> str:
-    return f"{0 if job.get('signal') else job.get('exit', 0)}:{job.get('signal') or 0}"
-
-
 def usage(job: dict, *keys: str) -> float:
     return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
 
@@ -218,7 +205,7 @@ FIELDS = {row[0]: row[1:] for row in [
     ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
     ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
     ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
-    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"),
+    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"), ("a", "ACCOUNT", "account Account", 10, lambda j: ""),
     ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
     ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
     ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
@@ -226,9 +213,8 @@ FIELDS = {row[0]: row[1:] for row in [
     ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_text),
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
-    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("a", "ACCOUNT", "account Account", 10,
-                                                                            lambda j: ""),
-    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("2", "", "ExitCode", 8, exit_of),
+    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
+    ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"),
     ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
     ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
     ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),

@@ -18,10 +18,16 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def fmt_secs(secs) -> str:
-    if secs is None or float(secs) < 60:
-        return "-" if secs is None else f"{float(secs):.2f}s"
-    hours, rest = divmod(int(secs), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return "-" if secs is None else f"{float(secs):.2f}s" if float(secs) < 60 else duration(secs)
+
+
+def duration(secs, days_first: bool = False) -> str:
+    """Slurm's elapsed times, also ours: `M:SS`, `H:MM:SS`, `D-HH:MM:SS`; sacct's `HH:MM:SS` (days_first)."""
+    days, rest = divmod(int(secs or 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days_first or days else \
+        f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
 
 
 def fmt_span(secs) -> str:
