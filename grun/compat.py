@@ -51,13 +51,16 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- reading options and scripts -----------------------------------------------------------------
 
-def parse(argv: list[str], table: dict, stop: bool = True) -> tuple[dict, list[str]]:
+def parse(argv: list[str], table: dict, stop: bool | None = True) -> tuple[dict, list[str]]:
     """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
-    together (-nP); each key -> its values, in order. With `stop`, options end at the first other word."""
+    together (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first;
+    with False, they are collected; with None, there may be none."""
     opts, rest, words = {}, [], list(reversed(argv))
     while words:
         word = words.pop()
         if word == "--" or not word.startswith("-") or word == "-":
+            if stop is None and (word != "--" or words):
+                raise Refused(f"unexpected argument {words[-1] if word == '--' else word}")
             if stop or word == "--":
                 return opts, rest + ([] if word == "--" else [word]) + words[::-1]
             rest.append(word)
@@ -346,10 +349,8 @@ def fmt_fields(fmt: str) -> list[tuple]:
 
 def squeue(argv: list[str]) -> int:
     """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-h] [-o FORMAT | -O FIELDS]"""
-    opts, rest = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
-                                   "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
+                             "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), None)[0]
     fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
     if "Format" in opts:
         fields = []
@@ -381,11 +382,9 @@ def squeue(argv: list[str]) -> int:
 
 def sacct(argv: list[str]) -> int:
     """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
-    opts, rest = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
-                                   "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                                   "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
+                             "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
+                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), None)[0]
     fields = []
     for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
                      "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
@@ -431,9 +430,7 @@ def scancel(argv: list[str]) -> int:
 
 def sinfo(argv: list[str]) -> int:
     """sinfo [-h] [-N]: the nodes, grouped by state (-N: one a line), in partition `grun`."""
-    opts, rest = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), None)[0]
     groups: dict = {}
     for n in Client().nodes():
         state = "down" if not n["up"] else "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"

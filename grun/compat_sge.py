@@ -99,9 +99,7 @@ def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
 
 def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
-    opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
     if "jobs" in opts:
         return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
     users = set(",".join(opts.get("user", [current_user()])).split(","))

@@ -22,6 +22,9 @@ def test_options_read_as_getopt_does():
     opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
     assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
     assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
+    for argv in (["-h", "x"], ["--", "x"]):  # (squeue, sacct, sinfo, qstat take no other word)
+        with pytest.raises(compat.Refused, match="unexpected argument x"):
+            compat.parse(argv, compat.table("noheader:-h"), None)
     for argv, words in ((["--gpus=1"], "unsupported option --gpus"), (["-J"], "-J needs a value"),
                         (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
         with pytest.raises(compat.Refused, match=words):
