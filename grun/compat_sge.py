@@ -35,9 +35,9 @@ def qsub(argv: list[str]) -> int:
         raise Refused("-b y needs a command")
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False)
     name = last(opts, "name", os.path.basename(rest[0]) if rest else "STDIN")
-    for key in ("queue", "project", "account"):
-        if key in opts:
-            print(f"qsub: note: -{key[0] if key != 'queue' else 'q'} ignored (grun has none)", file=sys.stderr)
+    for spelling in ("-q", "-P", "-A"):
+        if QSUB[spelling][0] in opts:
+            print(f"qsub: note: {spelling} ignored (grun has none)", file=sys.stderr)
     slots = last(opts, "pe", [None, "1"])[1]
     if not slots.isdigit() or int(slots) < 1:
         raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots")

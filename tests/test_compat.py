@@ -262,6 +262,8 @@ def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path)
     assert wait_end(cluster, int(job_id))["state"] == "killed"
     r = shims("qdel", "99999")
     assert r.returncode == 1 and 'denied: job "99999" does not exist' in r.stdout
+    r = shims("qsub", "-terse", "-P", "proj", "-A", "acct", "-q", "all.q", "-b", "y", "true", cwd=tmp_path)
+    assert r.returncode == 0 and [line.split()[2] for line in r.stderr.splitlines()] == ["-q", "-P", "-A"], r.stderr
     for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "no node has gpu"), (["-q", "all.q", "-now", "y"], "-now"),
                         (["-l", "h_vmem", "-b", "y", "true"], "-l h_vmem")):
         r = shims("qsub", *args, cwd=tmp_path)
