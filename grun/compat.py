@@ -16,7 +16,7 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
-from .tables import command_text, duration
+from .tables import command_text, duration, label
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -156,9 +156,8 @@ def state_of(job: dict) -> str:
 
 
 def id_of(job: dict) -> str:
-    if "ranges" in job:  # an array's tasks not started yet
-        return f"{job['id']}_[{job.get('array', '')}]"
-    return f"{job['array']}_{job['task']}" if "task" in job else str(job["id"])
+    """grun's label (12, 12.7: task 7 of array 12) as Slurm's (12_7); an array's tasks not started yet: 12_[1-9]."""
+    return f"{job['id']}_[{job.get('array', '')}]" if "ranges" in job else label(job).replace(".", "_")
 
 
 def elapsed(job: dict) -> float:
