@@ -49,16 +49,6 @@ class CallFuture(Future):
         return super().cancel()
 
 
-def _label(func: Callable) -> str:
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
-    return f"{getattr(func, '__module__', None) or '?'}.{name}"
-
-
-def _spec(func: Callable, python: str | None, resources: dict) -> dict:
-    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", _label(func)]  # -u: prints reach us at once
-    return job_spec(cmd, stdin=True, **resources)
-
-
 def _writer(name: str) -> Callable[[bytes], None]:
     """Bytes to our sys.stdout or sys.stderr (looked up at each write, so redirections apply)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -121,13 +111,15 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     import cloudpickle
     if not callable(func):
         raise GrunError(f"{func!r} is not callable")
-    client, label = client or default_client(), _label(func)
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    client, label = client or default_client(), f"{getattr(func, '__module__', None) or '?'}.{name}"
     nonces = [secrets.token_hex(16).encode() for _ in calls]
     try:
         payloads = [nonce + b"\n" + cloudpickle.dumps((func, *call)) for nonce, call in zip(nonces, calls)]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    ids = client.submit_many([_spec(func, python, resources)] * len(calls)) if calls else []
+    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
+    ids = client.submit_many([job_spec(cmd, stdin=True, **resources)] * len(calls)) if calls else []
     futures = []
     for job_id, payload, nonce in zip(ids, payloads, nonces):
         future = CallFuture()

@@ -16,6 +16,7 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
+from .tables import command_text, duration, label
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -50,13 +51,16 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- reading options and scripts -----------------------------------------------------------------
 
-def parse(argv: list[str], table: dict, stop: bool = True) -> tuple[dict, list[str]]:
+def parse(argv: list[str], table: dict, stop: bool | None = True) -> tuple[dict, list[str]]:
     """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
-    together (-nP); each key -> its values, in order. With `stop`, options end at the first other word."""
+    together (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first;
+    with False, they are collected; with None, there may be none."""
     opts, rest, words = {}, [], list(reversed(argv))
     while words:
         word = words.pop()
         if word == "--" or not word.startswith("-") or word == "-":
+            if stop is None and (word != "--" or words):
+                raise Refused(f"unexpected argument {words[-1] if word == '--' else word}")
             if stop or word == "--":
                 return opts, rest + ([] if word == "--" else [word]) + words[::-1]
             rest.append(word)
@@ -124,14 +128,17 @@ def out_path(pattern: str, names: dict) -> str:
     return "".join(names.get(part) or shlex.quote(part) for part in parts if part)
 
 
-def wrapped(family: str, name: str, script: str | None, args: list[str], out: str | None = None,
-            err: str | None = None, shell: str = "", env: dict | None = None, **request) -> dict:
-    """The spec of a job sent by a shim: the script with its output files (a batch job), or the
-    command `args` (srun); `name` as its $0, GRUN_COMPAT=family in its environment."""
+def submit(client: Client, opts: dict, family: str, name: str, script: str | None, args: list[str],
+           out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, **request) -> int:
+    """Queue a job for a shim: the script with its output files (a batch job), or the command `args`
+    (srun); `name` as its $0, GRUN_COMPAT=family in its environment; held with -H/-h. Its id."""
     body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
-    return job_spec(["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args],
-                    env={**(env or {}), "GRUN_COMPAT": family}, **request)
+    words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
+    job_id = client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
+    if "hold" in opts:  # (queued, then held)
+        client.hold([job_id])
+    return job_id
 
 
 # ---- what records look like to Slurm's tools -----------------------------------------------------
@@ -143,33 +150,14 @@ def name_of(job: dict) -> str:
     return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
 
 
-def command_of(job: dict) -> str:
-    """A batch job's name (its script's, for the script) and arguments; srun's command; else grun's view."""
-    from .tables import command_text
-    cmd = job.get("cmd") or []
-    if len(cmd) > 3 and cmd[2].startswith(MARK):
-        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
-    return command_text(job)
-
-
 def state_of(job: dict) -> str:
     limit = {"memory": "OUT_OF_MEMORY", "time": "TIMEOUT"}.get(job.get("limit"))
     return limit or STATES.get(job["state"], job["state"].upper())
 
 
 def id_of(job: dict) -> str:
-    if "ranges" in job:  # an array's tasks not started yet
-        return f"{job['id']}_[{job.get('array', '')}]"
-    return f"{job['array']}_{job['task']}" if "task" in job else str(job["id"])
-
-
-def duration(secs, days_first: bool = False) -> str:
-    """Slurm's elapsed times: squeue's `M:SS`, `H:MM:SS`, `D-HH:MM:SS`; sacct's `HH:MM:SS` (days_first)."""
-    days, rest = divmod(int(secs or 0), 86400)
-    hours, rest = divmod(rest, 3600)
-    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days_first or days else \
-        f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-    return f"{days}-{text}" if days else text
+    """grun's label (12, 12.7: task 7 of array 12) as Slurm's (12_7); an array's tasks not started yet: 12_[1-9]."""
+    return f"{job['id']}_[{job.get('array', '')}]" if "ranges" in job else label(job).replace(".", "_")
 
 
 def elapsed(job: dict) -> float:
@@ -205,10 +193,6 @@ def when(text: str) -> float:
         raise Refused(f"invalid time specification: {text}") from None
 
 
-def exit_of(job: dict) -> str:
-    return f"{0 if job.get('signal') else job.get('exit', 0)}:{job.get('signal') or 0}"
-
-
 def usage(job: dict, *keys: str) -> float:
     return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
 
@@ -223,17 +207,16 @@ FIELDS = {row[0]: row[1:] for row in [
     ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
     ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
     ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
-    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"),
+    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"), ("a", "ACCOUNT", "account Account", 10, lambda j: ""),
     ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
     ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
     ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
     ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
-    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_of),
+    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_text),
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
-    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("a", "ACCOUNT", "account Account", 10,
-                                                                            lambda j: ""),
-    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("2", "", "ExitCode", 8, exit_of),
+    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
+    ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"),
     ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
     ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
     ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
@@ -291,13 +274,6 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     return request
 
 
-def submitted(client: Client, spec: dict, opts: dict) -> int:
-    job_id = client.submit_spec(spec)
-    if "hold" in opts:  # (-H, -h: queued held)
-        client.hold([job_id])
-    return job_id
-
-
 def sbatch(argv: list[str]) -> int:
     """sbatch [options] [SCRIPT [ARGS...]] | --wrap CMD: prints `Submitted batch job N` (--parsable: N)."""
     opts, rest = parse(argv, SUBMIT)
@@ -319,10 +295,9 @@ def sbatch(argv: list[str]) -> int:
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
-    spec = wrapped("slurm", name, script, rest[1:], out_path(out, names),
-                   out_path(last(opts, "err"), names) if "err" in opts else None, **request)
     client = Client()
-    job_id = submitted(client, spec, opts)
+    job_id = submit(client, opts, "slurm", name, script, rest[1:], out_path(out, names),
+                    out_path(last(opts, "err"), names) if "err" in opts else None, **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
 
@@ -333,12 +308,10 @@ def srun(argv: list[str]) -> int:
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
-    name = last(opts, "name", os.path.basename(command[0]))
-    spec, stdin = wrapped("slurm", name, None, command, **slurm_request(opts, name, "srun")), \
-        None if os.isatty(0) else 0
-    client, ids = Client(), []
+    name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
+    request, client, ids = slurm_request(opts, name, "srun"), Client(), []
     try:
-        ids.append(client.submit_spec(dict(spec, stdin=stdin is not None)))
+        ids.append(submit(client, opts, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
     except KeyboardInterrupt:
@@ -375,10 +348,8 @@ def fmt_fields(fmt: str) -> list[tuple]:
 
 def squeue(argv: list[str]) -> int:
     """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-h] [-o FORMAT | -O FIELDS]"""
-    opts, rest = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
-                                   "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
+                             "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), None)[0]
     fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
     if "Format" in opts:
         fields = []
@@ -410,11 +381,9 @@ def squeue(argv: list[str]) -> int:
 
 def sacct(argv: list[str]) -> int:
     """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
-    opts, rest = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
-                                   "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                                   "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
+                             "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
+                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), None)[0]
     fields = []
     for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
                      "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
@@ -460,9 +429,7 @@ def scancel(argv: list[str]) -> int:
 
 def sinfo(argv: list[str]) -> int:
     """sinfo [-h] [-N]: the nodes, grouped by state (-N: one a line), in partition `grun`."""
-    opts, rest = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), None)[0]
     groups: dict = {}
     for n in Client().nodes():
         state = "down" if not n["up"] else "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"

@@ -10,6 +10,7 @@ from . import compat as C
 from .client import Client, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
 from .core.jobs import number_or_text, parse_time_limit
+from .tables import command_text
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
@@ -34,9 +35,9 @@ def qsub(argv: list[str]) -> int:
         raise Refused("-b y needs a command")
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False)
     name = last(opts, "name", os.path.basename(rest[0]) if rest else "STDIN")
-    for key in ("queue", "project", "account"):
-        if key in opts:
-            print(f"qsub: note: -{key[0] if key != 'queue' else 'q'} ignored (grun has none)", file=sys.stderr)
+    for spelling in ("-q", "-P", "-A"):
+        if QSUB[spelling][0] in opts:
+            print(f"qsub: note: {spelling} ignored (grun has none)", file=sys.stderr)
     slots = last(opts, "pe", [None, "1"])[1]
     if not slots.isdigit() or int(slots) < 1:
         raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots")
@@ -73,10 +74,9 @@ def qsub(argv: list[str]) -> int:
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
     out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
-    spec = C.wrapped("sge", name, script, rest[1:] if script is not None else rest, out,
-                   None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
-                                                             else "/bin/sh"), **request)
-    job_id = C.submitted(client, spec, opts)
+    job_id = C.submit(client, opts, "sge", name, script, rest[1:] if script is not None else rest, out,
+                      None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
+                                                                else "/bin/sh"), **request)
     tasks = last(opts, "array", "")
     shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
     print(shown if "terse" in opts else
@@ -99,9 +99,7 @@ def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
 
 def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
-    opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), False)
-    if rest:
-        raise Refused(f"unexpected argument {rest[0]}")
+    opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
     if "jobs" in opts:
         return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
     users = set(",".join(opts.get("user", [current_user()])).split(","))
@@ -146,7 +144,7 @@ def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
 def _detail(job: dict) -> tuple:
     return (("job_number:", job["id"]), ("submission_time:", time.ctime(job.get("submit_time", 0))),
             ("owner:", job.get("user")), ("sge_o_workdir:", job.get("cwd")), ("job_name:", name_of(job)),
-            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", C.command_of(job)),
+            ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", command_text(job)),
             ("parallel environment:", f"smp range: {job.get('cpus', 1):g}"),
             ("hard resource_list:", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1:", job.get("node") or ""))
 

@@ -72,13 +72,10 @@ class Output:
         """A client was sent more: a job waiting for room may go on."""
         if self.full:  # (a move that finds no room sets it, then looks again: see move)
             with self.lock:
-                self._resume()
-
-    def _resume(self) -> None:
-        if self.full and self.pipes:
-            self.full = False
-            for fd in self.pipes.values():
-                self.drain.poll.register(fd, select.EPOLLIN)
+                if self.full and self.pipes:
+                    self.full = False
+                    for fd in self.pipes.values():
+                        self.drain.poll.register(fd, select.EPOLLIN)
 
     def _discard(self) -> bool:
         """Punch out, per stream, what every client attached or offered has been sent (else the
@@ -114,7 +111,7 @@ class Output:
                     with contextlib.suppress(OSError):
                         self.drain.poll.unregister(fd)
                 if self._discard():  # a client sent more before `full` was set did not see it
-                    self._resume()
+                    self.progress()
                 return
             try:
                 n = spool.append_from_pipe(pipe, self.files[name], min(room, PIPE_SIZE))

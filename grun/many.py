@@ -22,17 +22,9 @@ def array_spec(args: dict) -> dict:
 
 
 def task_specs(ctx: Context, args: dict) -> list[dict]:
-    """`--cmds`: one spec a line of the file, run by /bin/sh, GRUN_TASK_ID = the line number; %a in
-    output file names is the line number."""
-    tasks = _command_lines(ctx, args["cmds"])
-    base = cli_spec(args, tasks[0][1])
-    return [dict(base, cmd=list(cmd), shell=True, env=dict(base["env"], GRUN_TASK_ID=str(task)),
-                 **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
-            for task, cmd in tasks]
-
-
-def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:
-    """The non-blank, non-comment lines of a file (or stdin for '-'), with their line numbers."""
+    """`--cmds FILE` (or - for stdin): one spec per line that is not blank or a comment, run by /bin/sh,
+    GRUN_TASK_ID = the line number; %a in output file names is the line number."""
+    path = args["cmds"]
     if path == "-" and ctx.stdin_fd is None:
         raise UsageError("--cmds -: no standard input to read commands from")
     try:
@@ -41,11 +33,14 @@ def _command_lines(ctx: Context, path: str) -> list[tuple[int, list[str]]]:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None
-    lines = [(n, [line.strip()]) for n, line in enumerate(text.splitlines(), 1)
+    tasks = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
+    if not tasks:
         raise UsageError(f"no commands in {path}")
-    return lines
+    base = cli_spec(args, [tasks[0][1]])
+    return [dict(base, cmd=[cmd], shell=True, env=dict(base["env"], GRUN_TASK_ID=str(task)),
+                 **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
+            for task, cmd in tasks]
 
 
 def run(ctx: Context, args: dict) -> int:

@@ -3,11 +3,12 @@
 
 
 def command_text(job: dict) -> str:
+    """As typed; a job sent by sbatch or qsub (grun.compat): its script's name and arguments, by srun: its command."""
     import shlex
-    if job.get("cmd", [])[2:3] and job["cmd"][2].startswith("# grun-compat"):  # sent by sbatch, qsub or srun
-        from .compat import command_of
-        return command_of(job)
-    return job["cmd"][0] if job.get("shell") else shlex.join(job.get("cmd") or [])
+    cmd = job.get("cmd") or []
+    if cmd[2:3] and cmd[2].startswith("# grun-compat"):
+        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
+    return cmd[0] if job.get("shell") else shlex.join(cmd)
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -17,10 +18,16 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def fmt_secs(secs) -> str:
-    if secs is None or float(secs) < 60:
-        return "-" if secs is None else f"{float(secs):.2f}s"
-    hours, rest = divmod(int(secs), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return "-" if secs is None else f"{float(secs):.2f}s" if float(secs) < 60 else duration(secs)
+
+
+def duration(secs, days_first: bool = False) -> str:
+    """Slurm's elapsed times, also ours: `M:SS`, `H:MM:SS`, `D-HH:MM:SS`; sacct's `HH:MM:SS` (days_first)."""
+    days, rest = divmod(int(secs or 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days_first or days else \
+        f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
 
 
 def fmt_span(secs) -> str:

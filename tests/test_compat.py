@@ -22,6 +22,9 @@ def test_options_read_as_getopt_does():
     opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
     assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
     assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
+    for argv in (["-h", "x"], ["--", "x"]):  # (squeue, sacct, sinfo, qstat take no other word)
+        with pytest.raises(compat.Refused, match="unexpected argument x"):
+            compat.parse(argv, compat.table("noheader:-h"), None)
     for argv, words in ((["--gpus=1"], "unsupported option --gpus"), (["-J"], "-J needs a value"),
                         (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
         with pytest.raises(compat.Refused, match=words):
@@ -259,6 +262,8 @@ def test_qsub_binary_terse_sync_stdin_qstat_qdel_qacct(cluster, shims, tmp_path)
     assert wait_end(cluster, int(job_id))["state"] == "killed"
     r = shims("qdel", "99999")
     assert r.returncode == 1 and 'denied: job "99999" does not exist' in r.stdout
+    r = shims("qsub", "-terse", "-P", "proj", "-A", "acct", "-q", "all.q", "-b", "y", "true", cwd=tmp_path)
+    assert r.returncode == 0 and [line.split()[2] for line in r.stderr.splitlines()] == ["-q", "-P", "-A"], r.stderr
     for args, words in ((["-l", "gpu=1", "-b", "y", "true"], "no node has gpu"), (["-q", "all.q", "-now", "y"], "-now"),
                         (["-l", "h_vmem", "-b", "y", "true"], "-l h_vmem")):
         r = shims("qsub", *args, cwd=tmp_path)

@@ -518,3 +518,27 @@ def test_requeued_jobs_go_back_in_id_order_without_a_rebuild_per_job():
     for i in (5, 9, 7, 6):
         small.add(jobs[i])
     assert [j["id"] for j in small] == [5, 6, 7, 9] and len(small) == 4
+
+
+def test_a_standing_reservation_is_looked_at_alone_in_each_pass():
+    """A starving job that holds a reservation still good: its node alone is looked at, not every node (each pass
+    looked at all 10,000 full nodes for each of 200 such jobs: 1.5 s a pass under the master's lock)."""
+    looked = collections.Counter()
+
+    class Node(NodeView):
+        def could_ever_fit(self, job):
+            looked[self.name] += 1
+            return super().could_ever_fit(job)
+    index = NodeIndex(Node(f"n{i:04d}", 4, 16000, used_cpus=4) for i in range(1000))
+    starving = [job(i, 2) for i in range(1, 11)]
+    plan = place(iter(starving), index, random.Random(3), now=1000.0, reserve_after=10.0, claims={})
+    assert len({n.name for _, n in plan.reserve}) == 10 and sum(looked.values()) >= 10 * 1000
+    for j, n in plan.reserve:
+        j["reserved_node"] = n.name
+    looked.clear()
+    claims = {j["reserved_node"]: dict(j, window=0.0) for j in starving}
+    plan = place(iter(starving), index, random.Random(3), now=1000.0, reserve_after=10.0, claims=claims)
+    assert plan.reserve == [] and sum(looked.values()) == 10, "each sticks to its node, looked at once"
+    index["n0000"].cpus = 1  # its node could never run it now: that job looks for another
+    plan = place(iter(starving), index, random.Random(3), now=1000.0, reserve_after=10.0, claims=dict(claims))
+    assert [j["id"] for j, _ in plan.reserve] == [j["id"] for j in starving if j["reserved_node"] == "n0000"]

@@ -213,14 +213,6 @@ class NodeIndex(dict):
         if attr in _DESCRIBED:
             self._remembered.clear()
 
-    def _file(self, node: NodeView, key: tuple) -> None:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = []
-            insort(self._keys, key)
-        self._where[node.name] = (key, len(bucket))
-        bucket.append(node)
-
     def _unfile(self, node: NodeView) -> None:
         where = self._where.pop(node.name, None)
         if where is None:
@@ -251,7 +243,12 @@ class NodeIndex(dict):
                 continue
             self._unfile(node)
             if key is not None:
-                self._file(node, key)
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    bucket = self._buckets[key] = []
+                    insort(self._keys, key)
+                self._where[name] = (key, len(bucket))
+                bucket.append(node)
 
     def up_count(self) -> int:
         self.refresh()
