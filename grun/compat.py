@@ -135,10 +135,8 @@ def submit(client: Client, opts: dict, family: str, name: str, script: str | Non
     body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
-    job_id = client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
-    if "hold" in opts:  # (queued, then held)
-        client.hold([job_id])
-    return job_id
+    env = {**(env or {}), "GRUN_COMPAT": family}
+    return client.submit_spec(job_spec(words, env=env, hold="hold" in opts, **request))
 
 
 # ---- what records look like to Slurm's tools -----------------------------------------------------

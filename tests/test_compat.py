@@ -319,6 +319,22 @@ def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
     assert shims("sacct", "-nPj", never.stdout.strip(), "-o", "State").stdout.strip() == "CANCELLED"
 
 
+def test_sbatch_H_and_qsub_h_queue_the_job_held_so_it_never_starts_before_its_release(cluster, shims, tmp_path):
+    # The hold is part of the submission's commit: on an idle cluster a submit-then-hold started the job first
+    # (and the hold then suspended it).
+    ids = [int(shims("sbatch", "--parsable", "-H", "--wrap", "echo s > ran_s", cwd=tmp_path).stdout),
+           int(shims("qsub", "-terse", "-cwd", "-h", "-b", "y", "sh", "-c", "echo q > ran_q", cwd=tmp_path).stdout)]
+    time.sleep(1.5)
+    client = cluster.client()
+    assert [client.job(i)["state"] for i in ids] == ["held", "held"]
+    assert not list(tmp_path.glob("ran_*"))
+    r = shims("squeue", "-h", "-j", str(ids[0]), "-o", "%T %R")
+    assert r.stdout.split() == ["PENDING", "(JobHeldUser)"], r.stdout
+    client.resume(ids)
+    assert [wait_end(cluster, i)["state"] for i in ids] == ["done", "done"]
+    assert (tmp_path / "ran_s").read_text() == "s\n" and (tmp_path / "ran_q").read_text() == "q\n"
+
+
 @pytest.mark.parametrize("kind", ["SLURMCluster", "SGECluster"])
 def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, monkeypatch, kind):
     """A real third-party client, unchanged: dask-jobqueue writes its job script, submits it with sbatch or

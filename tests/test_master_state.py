@@ -109,6 +109,17 @@ def test_hold_suspends_on_the_node_and_the_record_follows_its_answer():
                                        [("signal", "a", "resume", [running])])
 
 
+def test_a_job_submitted_held_is_held_in_its_own_commit_and_a_pass_leaves_it():
+    m = _state("n1")
+    step = m.handle("submit", m.requests([{"cmd": ["true"], "hold": True}]), None, 1.0)
+    job_id = step.reply[0]
+    assert [r["op"] for r in step.records] == ["submit", "hold"] and "hold" not in step.records[0]["job"]
+    assert not [i for i in m.handle("schedule", 2.0).do if i[0] == "offer"]
+    assert m.table.jobs[job_id]["state"] == J.HELD
+    m.handle("control", "resume", [job_id], 3.0)
+    assert _ids(m.handle("schedule", 4.0).do) == [("offer", "n1", [job_id])]
+
+
 def test_a_silent_node_is_declared_lost_and_one_down_for_a_day_with_no_job_forgotten():
     m = _state("a", "b", node_timeout=10.0)
     job_id = _running(m, "a")

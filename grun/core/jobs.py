@@ -41,6 +41,7 @@ SPEC_KEYS = {
     "wrap",  # a command prefix (grun.spawner.wrapped)
     "cwd_fs",  # the network filesystem the cwd lies on (grun.mounts.identity): placed only where it is mounted
     "stage", "stage_in", "stage_out",  # files sent to and from a node without the shared filesystem (grun.stage)
+    "hold",  # queued held (sbatch -H, qsub -h): in the submission's own commit, so no pass can start it first
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
@@ -194,6 +195,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "retries": _whole(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
         "retry_delay": given("retry_delay") and float(_number(spec, "retry_delay", 0, MAX_TIME)),
         "wrap": _text(spec, "wrap", MAX_PATH),
+        "hold": bool(spec.get("hold")) or None,
     }
     out.update((key, value) for key, value in optional.items() if value is not None)
     if out.get("time") == 0:

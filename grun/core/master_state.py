@@ -187,6 +187,8 @@ class MasterState:
             job = dict(req, id=next_id, state=J.WAITING if deps else J.QUEUED, submit_time=now, attempt=0, node=None,
                        **(A.parse(req["array"]) if req.get("array") else {}), **({"deps": deps} if deps else {}))
             records.append({"op": "submit", "job": job})
+            if job.pop("hold", None):
+                records.append({"op": "hold", "id": job["id"], "time": now})
             if never is not None:  # decided from history: it can never run
                 records.append(D.cancel(job["id"], never, now))
             ids.append(job["id"])
