@@ -30,7 +30,7 @@ from . import deps as D
 from . import jobs as J
 from . import rules as R
 from .explain import disk_low, refusal
-from .placement import MAX_PLACED_PER_PASS, place
+from .placement import place
 from .queue import JobTable
 
 SETTINGS = {name: key.default for name, key in KEYS.items() if key.service == "queue"}  # the config's queue keys
@@ -428,7 +428,7 @@ class MasterState:
             records += [{"op": "reserve", "id": job["id"], "node": node.name, "time": now}
                         for job, node in plan.reserve if job["id"] not in placed]
             self._commit(step, records)
-            step.kick = len(plan.placed) >= MAX_PLACED_PER_PASS  # cut short: more may fit at once
+            step.kick = plan.more
             for job in dispatched:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
