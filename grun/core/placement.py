@@ -107,7 +107,8 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
             plan.devices.append(node.pick(job))
             node.take(job, devices=plan.devices[-1])
             plan.placed.append((job, node))
-            _drop_claim(claims, job)
+            if job.get("reserved_node"):  # (only a job that reserved a node holds a claim: a look at them all
+                _drop_claim(claims, job)  # for every job placed made a pass quadratic in reservations)
             placed += 1
             full = not index.any_free()
             if len(plan.placed) >= MAX_PLACED_PER_PASS:
