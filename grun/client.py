@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-SETTLE_WAIT = 5.0  # at most this long after its output ended, a job's end is waited for at the master
 
 
 class GrunError(Exception):
@@ -253,6 +252,18 @@ class Client:
                                           None) if job.get("node") else None
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
+    def _settle(self, job_id: int, run: tuple) -> None:
+        """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
+        `grun -q history` right after shows it; not for a next run (its node was lost), nor for a master away."""
+        from .core.jobs import FINAL_STATES
+        try:
+            while not self.call("wait", [job_id], 30.0, wait=0):
+                job = self.call("job", job_id, wait=0)
+                if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run:
+                    return
+        except GrunError:
+            pass
+
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
@@ -313,9 +324,7 @@ class Client:
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
                         with contextlib.suppress(OSError):
                             sup._pyroOneway("release")
-                # the master has the job's end a few ms after the stream's: wait for it, so that
-                with contextlib.suppress(GrunError):  # `grun -q history` right after shows it
-                    self.call("wait", [job_id], SETTLE_WAIT, wait=0)
+                self._settle(job_id, where)
                 if self.nfs_sync:
                     mounts.after(job)
                 return J.exit_code_of(status)
