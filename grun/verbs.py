@@ -1,9 +1,6 @@
-"""The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
-
-A verb is `do_NAME(ctx, args) -> exit code`, its docstring its help, declared with `@verb(usage,
-options, words)`. `execute(ctx, words)` runs one and turns every failure a user can cause into one line
-and an exit status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`) alike.
-On the path of every `grun CMD`: nothing heavy is imported at import time."""
+"""The verbs: every command `grun` and `grun shell` run, each `do_NAME(ctx, args) -> exit code` declared with
+`@verb` (its docstring its help), and `execute`, the one dispatcher of the shell's lines and the command line's
+forms (`grun -k 3` runs `kill 3`). On the path of every `grun CMD`: nothing heavy is imported at import time."""
 
 import os
 import sys
@@ -132,15 +129,15 @@ def task_id(word: str) -> bool:
     return bool(dot and head.isdigit() and int(head) and tail.isdigit())
 
 
-def job_or_task_ids(words: list[str], called: str, opts: dict) -> dict:
-    return job_ids(words, called, opts, tasks=True)
-
-
 def one_id(words: list[str], called: str, opts: dict) -> dict:
     ids = job_ids(words, called)["ids"]
     if len(ids) != 1:
         raise UsageError(f"{called} takes one job id")
     return {"id": ids[0]}
+
+
+def job_or_task_ids(words: list[str], called: str, opts: dict) -> dict:
+    return job_ids(words, called, opts, tasks=True)
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
