@@ -192,6 +192,9 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 
 # -o and its kin: option (and option-append) -> the streams it takes
 OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
+# the other options of a job -> the job_spec keywords they set
+KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
+            "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
 
 
 def as_command(words: list[str]) -> str | list[str]:
@@ -217,7 +220,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
-    extra.update((k.replace("-", "_"), args[k]) for k in ("time", "retries", "retry-delay", "wrap", "stage") if k in args)
+    extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
@@ -231,10 +234,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)
     cmd, made = args.get("_make") or (as_command(words), {})
-    return job_spec(cmd, cpus=args.get("cpus"), memory=args.get("memory"),
-                    priority=args.get("priority"), params=args.get("param"), name=args.get("name"),
-                    hosts=args.get("hosts"), pass_env=args.get("env"), requeue=not args.get("norequeue"),
-                    force=bool(args.get("force")), **extra, **made)
+    return job_spec(cmd, requeue=not args.get("norequeue"), force=bool(args.get("force")), **extra, **made)
 
 
 def make_gate(ctx: Context, args: dict) -> int | None:
