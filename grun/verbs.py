@@ -5,6 +5,7 @@ forms (`grun -k 3` runs `kill 3`). On the path of every `grun CMD`: nothing heav
 import os
 import sys
 from collections import namedtuple
+from functools import partial
 
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
@@ -136,8 +137,7 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
     return {"id": ids[0]}
 
 
-def job_or_task_ids(words: list[str], called: str, opts: dict) -> dict:
-    return job_ids(words, called, opts, tasks=True)
+job_or_task_ids = partial(job_ids, tasks=True)
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
