@@ -6,7 +6,6 @@ builder), and follows a job to its end: output streamed from its node, then its 
 may be shared between threads: each thread gets its own connection."""
 
 import _thread
-import contextlib
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from . import mounts, wire
 from .registry import job_name, master_uri
 
-# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, and
+# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, contextlib, and
 # grun.stream until a job's output is followed: each `grun` call pays for every import (tests/test_cli_fast.py).
 TYPE_CHECKING = False  # typing's, without importing typing
 if TYPE_CHECKING:
@@ -318,8 +317,10 @@ class Client:
                         from . import stage
                         release = stage.transfer(sup.stage(True), job, on_note, True) and release  # else kept there
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
-                        with contextlib.suppress(OSError):
+                        try:
                             sup._pyroOneway("release")
+                        except OSError:
+                            pass
                 self._settle(job_id, where)
                 if self.nfs_sync:
                     mounts.after(job)
