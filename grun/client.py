@@ -176,8 +176,12 @@ class Client:
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
                       "answered": time.time()}  # for GRUN_TIMES (grun/cli.py)
         for job_id, text in reply.get("warnings", ()):  # (a policy rule's warn:, ...)
-            print(f"grun: warning: {f'job {job_id}: ' if len(specs) > 1 else ''}{text}", file=sys.stderr, flush=True)
+            self.warn(f"job {job_id}: {text}" if len(specs) > 1 else text)
         return [int(i) for i in reply["ids"]]
+
+    def warn(self, text: str) -> None:
+        """A warning about a submission, for the submitter: on stderr (replace it to do otherwise)."""
+        print(f"grun: warning: {text}", file=sys.stderr, flush=True)
 
     def get(self, job_id: int) -> "Job":
         """A handle for an existing job; raises JobNotFound if there is none."""
