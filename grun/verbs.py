@@ -5,7 +5,7 @@ forms (`grun -k 3` runs `kill 3`). On the path of every `grun CMD`: nothing heav
 import os
 import sys
 from collections import namedtuple
-from functools import partial
+from functools import cached_property, partial
 
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
@@ -24,14 +24,12 @@ class Context:
     process (its signal handlers)."""
 
     def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
-        self.connect, self.cfg, self.cli, self._client, self.stdin_fd = connect, cfg, cli, None, stdin_fd
+        self.connect, self.cfg, self.cli, self.stdin_fd = connect, cfg, cli, stdin_fd
         self.out, self.err = out or sys.stdout, err or sys.stderr
 
-    @property
+    @cached_property
     def client(self):
-        if self._client is None:
-            self._client = self.connect()
-        return self._client
+        return self.connect()
 
     def print(self, text: str = "") -> int:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
@@ -102,7 +100,7 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
         code = 130
         if not ctx.cli:
             ctx.say("interrupted")
-    if code == 130 and ctx._client is not None:  # after Ctrl-C a call may be cut off mid-reply
+    if code == 130 and "client" in vars(ctx):  # (connected) after Ctrl-C a call may be cut off mid-reply
         ctx.client.reset()
     return code
 
