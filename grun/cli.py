@@ -101,7 +101,7 @@ def _main(argv: list[str]) -> int:
             if words[0] == "shell":
                 return shell.main(ctx, words[1:])
         code = verbs.execute(ctx, words, called, opts)
-        TIMES.update(getattr(ctx._client, "times", {}))
+        TIMES.update(getattr(vars(ctx).get("client"), "times", {}))
         return code
     except UsageError as exc:
         return _say(str(exc), EXIT_USAGE)

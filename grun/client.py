@@ -6,7 +6,6 @@ builder), and follows a job to its end: output streamed from its node, then its 
 may be shared between threads: each thread gets its own connection."""
 
 import _thread
-import contextlib
 import os
 import sys
 import time
@@ -15,14 +14,13 @@ from collections.abc import Sequence
 from . import mounts, wire
 from .registry import job_name, master_uri
 
-# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, and
+# Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, contextlib, and
 # grun.stream until a job's output is followed: each `grun` call pays for every import (tests/test_cli_fast.py).
 TYPE_CHECKING = False  # typing's, without importing typing
 if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-SETTLE_WAIT = 5.0  # at most this long after its output ended, a job's end is waited for at the master
 
 
 class GrunError(Exception):
@@ -253,6 +251,18 @@ class Client:
                                           None) if job.get("node") else None
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
+    def _settle(self, job_id: int, run: tuple) -> None:
+        """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
+        `grun -q history` right after shows it; not for a next run (its node was lost), nor for a master away."""
+        from .core.jobs import FINAL_STATES
+        try:
+            while not self.call("wait", [job_id], 30.0, wait=0):
+                job = self.call("job", job_id, wait=0)
+                if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run:
+                    return
+        except GrunError:
+            pass
+
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
@@ -311,11 +321,11 @@ class Client:
                         from . import stage
                         release = stage.transfer(sup.stage(True), job, on_note, True) and release  # else kept there
                     if release:  # nothing to wait for: the node drops the spool once the master has the end too
-                        with contextlib.suppress(OSError):
+                        try:
                             sup._pyroOneway("release")
-                # the master has the job's end a few ms after the stream's: wait for it, so that
-                with contextlib.suppress(GrunError):  # `grun -q history` right after shows it
-                    self.call("wait", [job_id], SETTLE_WAIT, wait=0)
+                        except OSError:
+                            pass
+                self._settle(job_id, where)
                 if self.nfs_sync:
                     mounts.after(job)
                 return J.exit_code_of(status)

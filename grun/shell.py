@@ -110,67 +110,61 @@ def _command(line: str, skip: int, words: list[str]) -> list[str]:
     return [rest] if len(words) > 1 and any(c in verbs.SHELL_CHARS - set(" \t\n") for c in rest) else words
 
 
-class Shell:
-    def __init__(self, ctx: Context, view: ClusterView | None = None):
-        self.ctx, self.view, self.status = ctx, view, 0
+def execute(ctx: Context, line: str) -> int:
+    """Run one line (not blank, not a comment); returns its exit status. Raises ExitShell for `exit` (and
+    BrokenPipeError when our reader went away: the command line ends quietly)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        return ctx.say(f"cannot parse the line: {exc}", EXIT_USAGE)
 
-    def execute(self, line: str) -> int:
-        """Run one line; returns its exit status. Raises ExitShell for `exit` (and BrokenPipeError when our
-        reader went away: the command line ends quietly)."""
-        line = line.strip()
-        if not line or line.startswith("#"):
-            return self.status
+    def keep_shell_syntax(v: verbs.Verb, args: dict) -> None:
+        if v.words is verbs.command:
+            args["cmd"] = _command(line, len(words) - len(args["cmd"]), args["cmd"])
+
+    return verbs.execute(ctx, words, adjust=keep_shell_syntax)
+
+
+def run(ctx: Context, lines) -> int:
+    """Verbs from a file, a pipe or the prompt, one a line, until they end or `exit`; the last one's status."""
+    status = 0
+    try:
+        for line in (line.strip() for line in lines):
+            if line and not line.startswith("#"):
+                status = execute(ctx, line)
+    except ExitShell as exc:
+        return exc.args[0]
+    return status
+
+
+def _prompted(ctx: Context, view: ClusterView, history_path: str):
+    """The lines typed at the prompt, until Ctrl-D."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    try:
+        os.makedirs(os.path.dirname(history_path), exist_ok=True)
+        open(history_path, "a").close()  # writable? FileHistory would only fail at the first line
+        history = FileHistory(history_path)
+    except OSError as exc:
+        ctx.say(f"no history file ({exc})")
+        history = InMemoryHistory()
+    address = ctx.client.address
+    session = PromptSession(message=lambda: f"grun [{address} unreachable]> " if view.up is False else "grun> ",
+                            history=history, completer=_completer(view), auto_suggest=AutoSuggestFromHistory(),
+                            complete_while_typing=False, refresh_interval=0.5)
+    print(f"grun shell: master {address}; 'help' lists the verbs, Ctrl-D leaves", file=ctx.err)
+    while True:
         try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            self.status = self.ctx.say(f"cannot parse the line: {exc}", EXIT_USAGE)
-            return self.status
-
-        def keep_shell_syntax(v: verbs.Verb, args: dict) -> None:
-            if v.words is verbs.command:
-                args["cmd"] = _command(line, len(words) - len(args["cmd"]), args["cmd"])
-
-        self.status = verbs.execute(self.ctx, words, adjust=keep_shell_syntax)
-        return self.status
-
-    def run_script(self, stream) -> int:
-        """Verbs from a file or pipe, one a line."""
-        try:
-            for line in stream:
-                self.execute(line)
-        except ExitShell as exc:
-            return exc.args[0]
-        return self.status
-
-    def interact(self, history_path: str) -> int:
-        from prompt_toolkit import PromptSession
-        from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
-        from prompt_toolkit.history import FileHistory, InMemoryHistory
-        from prompt_toolkit.patch_stdout import patch_stdout
-
-        try:
-            os.makedirs(os.path.dirname(history_path), exist_ok=True)
-            open(history_path, "a").close()  # writable? FileHistory would only fail at the first line
-            history = FileHistory(history_path)
-        except OSError as exc:
-            self.ctx.say(f"no history file ({exc})")
-            history = InMemoryHistory()
-        address, view = self.ctx.client.address, self.view
-        session = PromptSession(message=lambda: f"grun [{address} unreachable]> " if view.up is False else "grun> ",
-                                history=history, completer=_completer(view), auto_suggest=AutoSuggestFromHistory(),
-                                complete_while_typing=False, refresh_interval=0.5)
-        print(f"grun shell: master {address}; 'help' lists the verbs, Ctrl-D leaves", file=self.ctx.err)
-        while True:
-            try:
-                with patch_stdout(raw=True):  # the monitor's notices print above the prompt
-                    line = session.prompt()
-                self.execute(line)
-            except KeyboardInterrupt:
-                continue  # Ctrl-C at the prompt clears the line
-            except EOFError:
-                return self.status
-            except ExitShell as exc:
-                return exc.args[0]
+            with patch_stdout(raw=True):  # the monitor's notices print above the prompt
+                line = session.prompt()
+        except KeyboardInterrupt:
+            continue  # Ctrl-C at the prompt clears the line
+        except EOFError:
+            return
+        yield line
 
 
 # ---- the shell's own verbs -----------------------------------------------------------------------
@@ -272,7 +266,7 @@ def main(ctx: Context, words: list[str]) -> int:
     ctx.cli, ctx.stdin_fd = False, None  # the shell owns neither the process nor (a script's) stdin
     client = ctx.client
     if not (sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()):
-        return Shell(ctx).run_script(sys.stdin)
+        return run(ctx, sys.stdin)
     from .config import user_state_dir
     view = ClusterView(client.host, client.port, on_change=lambda up: ctx.say(
         f"the master at {client.address} is back" if up else
@@ -280,6 +274,6 @@ def main(ctx: Context, words: list[str]) -> int:
     view.loop.start()
     view.loop.wake()  # the first look at once, then every MONITOR_SECS
     try:
-        return Shell(ctx, view).interact(os.path.join(user_state_dir(), "shell_history"))
+        return run(ctx, _prompted(ctx, view, os.path.join(user_state_dir(), "shell_history")))
     finally:
         view.loop.stop()

@@ -1,13 +1,11 @@
-"""The verbs: every command `grun` and `grun shell` run, and the one dispatcher both go through.
-
-A verb is `do_NAME(ctx, args) -> exit code`, its docstring its help, declared with `@verb(usage,
-options, words)`. `execute(ctx, words)` runs one and turns every failure a user can cause into one line
-and an exit status, for the shell's lines and the command line's forms (`grun -k 3` runs `kill 3`) alike.
-On the path of every `grun CMD`: nothing heavy is imported at import time."""
+"""The verbs: every command `grun` and `grun shell` run, each `do_NAME(ctx, args) -> exit code` declared with
+`@verb` (its docstring its help), and `execute`, the one dispatcher of the shell's lines and the command line's
+forms (`grun -k 3` runs `kill 3`). On the path of every `grun CMD`: nothing heavy is imported at import time."""
 
 import os
 import sys
 from collections import namedtuple
+from functools import cached_property, partial
 
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
@@ -26,14 +24,12 @@ class Context:
     process (its signal handlers)."""
 
     def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
-        self.connect, self.cfg, self.cli, self._client, self.stdin_fd = connect, cfg, cli, None, stdin_fd
+        self.connect, self.cfg, self.cli, self.stdin_fd = connect, cfg, cli, stdin_fd
         self.out, self.err = out or sys.stdout, err or sys.stderr
 
-    @property
+    @cached_property
     def client(self):
-        if self._client is None:
-            self._client = self.connect()
-        return self._client
+        return self.connect()
 
     def print(self, text: str = "") -> int:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
@@ -104,7 +100,7 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
         code = 130
         if not ctx.cli:
             ctx.say("interrupted")
-    if code == 130 and ctx._client is not None:  # after Ctrl-C a call may be cut off mid-reply
+    if code == 130 and "client" in vars(ctx):  # (connected) after Ctrl-C a call may be cut off mid-reply
         ctx.client.reset()
     return code
 
@@ -132,15 +128,14 @@ def task_id(word: str) -> bool:
     return bool(dot and head.isdigit() and int(head) and tail.isdigit())
 
 
-def job_or_task_ids(words: list[str], called: str, opts: dict) -> dict:
-    return job_ids(words, called, opts, tasks=True)
-
-
 def one_id(words: list[str], called: str, opts: dict) -> dict:
     ids = job_ids(words, called)["ids"]
     if len(ids) != 1:
         raise UsageError(f"{called} takes one job id")
     return {"id": ids[0]}
+
+
+job_or_task_ids = partial(job_ids, tasks=True)
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
@@ -195,6 +190,9 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 
 # -o and its kin: option (and option-append) -> the streams it takes
 OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
+# the other options of a job -> the job_spec keywords they set
+KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
+            "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
 
 
 def as_command(words: list[str]) -> str | list[str]:
@@ -220,7 +218,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
-    extra.update((k.replace("-", "_"), args[k]) for k in ("time", "retries", "retry-delay", "wrap", "stage") if k in args)
+    extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
@@ -234,10 +232,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)
     cmd, made = args.get("_make") or (as_command(words), {})
-    return job_spec(cmd, cpus=args.get("cpus"), memory=args.get("memory"),
-                    priority=args.get("priority"), params=args.get("param"), name=args.get("name"),
-                    hosts=args.get("hosts"), pass_env=args.get("env"), requeue=not args.get("norequeue"),
-                    force=bool(args.get("force")), **extra, **made)
+    return job_spec(cmd, requeue=not args.get("norequeue"), force=bool(args.get("force")), **extra, **made)
 
 
 def make_gate(ctx: Context, args: dict) -> int | None:

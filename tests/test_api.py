@@ -153,3 +153,24 @@ def test_a_reader_that_stops_early_lets_go(cluster):
     finally:
         job.kill(9)
         job.wait(30)
+
+
+def test_follow_returns_once_the_master_has_the_end_however_late(cluster, monkeypatch):
+    """`grun CMD` returns once the master has recorded the job's end, so that `grun -q history` right
+    after shows it: a master that records it after a first wait ran out (seconds, under load) is
+    waited for, not given up on after a fixed time."""
+    client, waits = cluster.client(), []
+    real_call = Client.call
+
+    def call(self, method, *args, **kwargs):
+        if method == "wait":  # the master has not recorded the end by the first wait's end
+            waits.append(args[0])
+            if len(waits) == 1:
+                return {}
+        if method == "job" and len(waits) == 1:  # meanwhile it shows the job as still running there
+            return dict(real_call(self, method, *args, **kwargs), state="running")
+        return real_call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "call", call)
+    assert client.follow(client.submit("exit 3").id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
+    assert len(waits) == 2, waits  # waited again, and the second wait had the record

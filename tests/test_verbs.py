@@ -172,8 +172,8 @@ def test_a_missing_method_is_not_supported_and_a_broken_one_is_a_bug():
         host, port = daemon.locationStr.rsplit(":", 1)
         out, err = io.StringIO(), io.StringIO()
         client = Client(host, int(port), connect_wait=1)
-        sh = shell.Shell(verbs.Context(lambda: client, out=out, err=err))
-        codes = [sh.execute(line) for line in ("why 3", "edit priority=1 3", "hold 3", "resume 3", "jobs")]
+        ctx = verbs.Context(lambda: client, out=out, err=err)
+        codes = [shell.execute(ctx, line) for line in ("why 3", "edit priority=1 3", "hold 3", "resume 3", "jobs")]
     finally:
         daemon.shutdown()
     assert codes == [1, 1, 1, 1, 0]
