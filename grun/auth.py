@@ -13,11 +13,9 @@ credential, and the node signs "uid, gid, umask, groups, user" as the kernel tel
 socket), not as the asker does. Daemons then know each call's caller (`caller()`)."""
 
 import _thread
-import contextlib
 import functools
 import os
-import re  # (re, functools and contextlib come with every `grun` call already; threading does not)
-import socket
+import re  # (re and functools come with every `grun` call already; socket, contextlib, threading do not)
 import struct
 import time
 
@@ -129,8 +127,10 @@ def tls_client():
     if _tls:
         import ssl
         context = ssl.create_default_context(cafile=_tls["ca"])
-        with contextlib.suppress(PermissionError):
+        try:
             context.load_cert_chain(_tls["cert"], _tls["key"])
+        except PermissionError:
+            pass
         return context
 
 
@@ -155,6 +155,8 @@ def _daemon_side(base):
         do_handshake_on_connect = property(lambda self: False, lambda self, value: None)
 
         def recv(self, n, flags=0):
+            import contextlib
+            import socket
             if self.version() is not None:
                 return super().recv(n, flags)
             try:
@@ -252,14 +254,17 @@ def _account(uid: int, gid: int) -> tuple[str, list[int]]:
 
 def _umask(pid) -> str:
     """The umask of a process (octal digits), from /proc: thread-safe where os.umask is not; 022 if unknown."""
-    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-        return next((line.split()[1] for line in f if line.startswith("Umask:")), "022")
-    return "022"
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split()[1] for line in f if line.startswith("Umask:")), "022")
+    except (OSError, ValueError):
+        return "022"
 
 
-def serve_credentials(log) -> socket.socket | None:
-    """A thread answering credential requests on this host's socket; None if another node here has it, or
-    if this daemon cannot vouch for users (not root, or no secret)."""
+def serve_credentials(log):
+    """A thread answering credential requests on this host's socket (returned); None if another node here has it,
+    or if this daemon cannot vouch for users (not root, or no secret)."""
+    import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -293,6 +298,7 @@ def serve_credentials(log) -> socket.socket | None:
 
 
 def _credential(bound: str) -> str | None:
+    import socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5.0)

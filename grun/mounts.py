@@ -8,7 +8,6 @@ points (where one may appear on demand); a job carries its cwd's (`cwd_fs`), non
 """
 
 import _thread
-import contextlib
 import os
 import re
 import time
@@ -155,6 +154,7 @@ def sync(paths, timeout: float = SYNC_SECS) -> None:
 
 def walk(paths) -> None:
     """sync's refresh itself, in the calling thread (which a hung server may hold)."""
+    import contextlib  # (not at the top: every `grun` call imports this module)
     for path in paths:
         for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again
             with contextlib.suppress(OSError):

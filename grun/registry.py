@@ -3,7 +3,6 @@ Pyro5), the name server co-hosted with the master, and how actors are named and 
 answers or sends UDP broadcasts: it is always addressed by explicit host and port. Clients import this module only
 for the names: Pyro5 is imported by the functions that need it, and every proxy is grun.wire's."""
 
-import contextlib
 import functools
 
 from . import auth
@@ -69,9 +68,10 @@ def _guard(daemon):
             conn.grun_caller = auth.who(data)
             if conn.grun_caller is not None:
                 return "hello"
+            import contextlib
+            import logging  # (not at the top, as contextlib: clients import this module)
             with contextlib.suppress(OSError):
                 conn = format_hostport(*conn.sock.getpeername()[:2])
-            import logging  # not at the top: clients import this module
             logging.getLogger("grun.auth").warning("refused a connection from %s: no valid proof of the secret", conn)
             raise PermissionError(auth.REFUSED)
         daemon.validateHandshake = validate
@@ -108,5 +108,6 @@ def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread"
 
 def reset(p) -> None:
     """Forget a broken connection so the next call reconnects."""
+    import contextlib
     with contextlib.suppress(Exception):
         p._pyroRelease()

@@ -6,7 +6,7 @@ holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fa
 the peer is not there, with one of the classes below, or with the builtin exception the remote method
 raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
-import socket
+import _socket  # (socket.py, with selectors, would cost every `grun` call ~3 ms of imports)
 import struct
 import time
 
@@ -84,7 +84,7 @@ class WireProxy:
     def __init__(self, uri: str, timeout: float = 10.0):
         self._pyroTimeout = timeout
         self._object, self._host, self._port = parse_uri(uri)
-        self._sock: socket.socket | None = None
+        self._sock = None
 
     def __enter__(self):
         return self
@@ -117,9 +117,9 @@ class WireProxy:
                 hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
                 # bytes: a str host goes through the "idna" codec, whose import costs ~1.3 ms of a `grun` call; a
                 # connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
-                self._sock = socket.create_connection((self._host.encode("ascii") if self._host.isascii() else self._host,
-                                                       self._port), timeout=min(self._pyroTimeout, CONNECT_TIMEOUT))
-                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (with TLS: 3 ms a connect, not 45)
+                self._sock = connect(self._host.encode("ascii") if self._host.isascii() else self._host, self._port,
+                                     min(self._pyroTimeout, CONNECT_TIMEOUT))
+                self._sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # (with TLS: 3 ms a connect, not 45)
                 self._seq, self._pyroConnected = 0, time.time()
                 if (tls := tls_client()) is not None:
                     self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
@@ -161,7 +161,22 @@ class WireProxy:
         return result
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def connect(host, port: int, timeout: float):
+    """A TCP connection to the first of the host's addresses that takes it (socket.create_connection, on _socket)."""
+    error: OSError = OSError(f"no address for {host!r}")
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+def recv_exact(sock, n: int) -> bytes | None:
     """n bytes, or None if the peer closed first (grun.stream's too: here, because importing grun.stream (json,
     threading) would cost 1.2-1.8 ms of every `grun --nowait`, measured)."""
     buf, got = bytearray(n), 0
@@ -172,7 +187,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _receive(sock: socket.socket) -> tuple[int, int, int, bytes]:
+def _receive(sock) -> tuple[int, int, int, bytes]:
     if (head := recv_exact(sock, _HEADER.size)) is None:
         raise ConnectionResetError("connection closed by the peer")
     tag, version, kind, serializer, flags, seq, size, ann_size, _, _, magic = _HEADER.unpack(head)
