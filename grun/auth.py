@@ -147,6 +147,9 @@ def tls_server():
 
 
 def _daemon_side(base):
+    import contextlib
+    import socket
+
     class DaemonSide(base):
         """A daemon's TLS connection. Its handshake is made by its first read, in the thread serving it: Pyro5
         made it in accept(), where a peer that connects and says nothing stalled every other connection. A peer
@@ -155,8 +158,6 @@ def _daemon_side(base):
         do_handshake_on_connect = property(lambda self: False, lambda self, value: None)
 
         def recv(self, n, flags=0):
-            import contextlib
-            import socket
             if self.version() is not None:
                 return super().recv(n, flags)
             try:

@@ -39,8 +39,9 @@ class _Context:
 
     def __enter__(self):
         lib, ctypes, free = self.lib = _libmunge()
+        path = socket.encode()  # (first: a ctx once made must reach __exit__)
         self.ctx = lib.munge_ctx_create()
-        lib.munge_ctx_set(ctypes.c_void_p(self.ctx), _OPT_SOCKET, socket.encode())
+        lib.munge_ctx_set(ctypes.c_void_p(self.ctx), _OPT_SOCKET, path)
         return lib, ctypes, free, self.ctx
 
     def __exit__(self, *exc) -> None:

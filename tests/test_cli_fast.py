@@ -26,18 +26,19 @@ HEAVY = {"Pyro5", "psutil", "yaml", "ssl", "logging", "sqlite3", "serpent", "ins
 
 PROBE = """
 import sys
-before = set(sys.modules)  # (what the interpreter's start imported: site's .pth files may import much)
 from grun import cli
 code = cli.main(sys.argv[1:])
 sys.stdout.flush()
-heavy = sorted(({m.split('.')[0] for m in set(sys.modules) - before} | set(sys.modules) - before) & set(%r))
+heavy = sorted(({m.split('.')[0] for m in sys.modules} | set(sys.modules)) & set(%r))
 print('HEAVY=' + ' '.join(heavy), file=sys.stderr)
 sys.exit(code)
 """
 
 
 def _probe(cluster, *args: str, env: dict | None = None, heavy=HEAVY) -> tuple[subprocess.CompletedProcess, list[str]]:
-    r = subprocess.run([sys.executable, "-c", PROBE % sorted(heavy), *args], env=env or cluster.env,
+    # -S: no site, whose .pth files may import much themselves (here: contextlib, threading); our path instead
+    env = dict(env or cluster.env, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    r = subprocess.run([sys.executable, "-S", "-c", PROBE % sorted(heavy), *args], env=env,
                        capture_output=True, text=True, timeout=60)
     line = [x for x in r.stderr.splitlines() if x.startswith("HEAVY=")]
     assert line, r.stderr

@@ -186,8 +186,9 @@ class MasterState:
             deps, never = D.resolve(req, self.table, self.recent, history or {}, self.settings["deps_other_users"])
             job = dict(req, id=next_id, state=J.WAITING if deps else J.QUEUED, submit_time=now, attempt=0, node=None,
                        **(A.parse(req["array"]) if req.get("array") else {}), **({"deps": deps} if deps else {}))
+            held = job.pop("hold", None)
             records.append({"op": "submit", "job": job})
-            if job.pop("hold", None):
+            if held:
                 records.append({"op": "hold", "id": job["id"], "time": now})
             if never is not None:  # decided from history: it can never run
                 records.append(D.cancel(job["id"], never, now))
