@@ -105,6 +105,12 @@ def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonc
         future.set_result(value) if ok else future.set_exception(value)
 
 
+def worker_spec(label: str, python: str | None, resources: dict) -> dict:
+    """The job of one call: grun.remote_worker on a node (its stdin, the call, from the caller's follower)."""
+    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
+    return job_spec(cmd, stdin=True, **resources)
+
+
 def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict]], python: str | None,
             resources: dict) -> list[CallFuture]:
     """Queue one job per (args, kwargs) in one submission, each followed by a thread of its own."""
@@ -118,8 +124,7 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         payloads = [nonce + b"\n" + cloudpickle.dumps((func, *call)) for nonce, call in zip(nonces, calls)]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
-    ids = client.submit_many([job_spec(cmd, stdin=True, **resources)] * len(calls)) if calls else []
+    ids = client.submit_many([worker_spec(label, python, resources)] * len(calls)) if calls else []
     futures = []
     for job_id, payload, nonce in zip(ids, payloads, nonces):
         future = CallFuture()

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
+# How long, in all, a job whose output has ended is waited for in the master's records (Client._settle): a few
+# ms normally, seconds under load; past this the end report was lost (its node's heartbeats may still come),
+# and `grun CMD` returns the stream's exit code rather than hang.
+SETTLE_WAIT = 300.0
 
 
 class GrunError(Exception):
@@ -253,12 +257,15 @@ class Client:
 
     def _settle(self, job_id: int, run: tuple) -> None:
         """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
-        `grun -q history` right after shows it; not for a next run (its node was lost), nor for a master away."""
+        `grun -q history` right after shows it; not for a next run (its node was lost), nor for a master away, nor
+        past SETTLE_WAIT in all."""
         from .core.jobs import FINAL_STATES
+        deadline = time.monotonic() + SETTLE_WAIT
         try:
-            while not self.call("wait", [job_id], 30.0, wait=0):
+            while not self.call("wait", [job_id], min(30.0, max(0.1, deadline - time.monotonic())), wait=0):
                 job = self.call("job", job_id, wait=0)
-                if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run:
+                if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run \
+                        or time.monotonic() > deadline:
                     return
         except GrunError:
             pass

@@ -16,11 +16,10 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
-from .tables import command_text, duration, label
+from .tables import MARK, command_text, duration, label
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
-MARK = "# grun-compat"
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
 STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatched": "RUNNING", "running": "RUNNING",
           "suspended": "SUSPENDED", "done": "COMPLETED", "failed": "FAILED", "killed": "CANCELLED",
@@ -128,15 +127,17 @@ def out_path(pattern: str, names: dict) -> str:
     return "".join(names.get(part) or shlex.quote(part) for part in parts if part)
 
 
-def submit(client: Client, opts: dict, family: str, name: str, script: str | None, args: list[str],
+def submit(client: Client, family: str, name: str, script: str | None, args: list[str],
            out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, **request) -> int:
     """Queue a job for a shim: the script with its output files (a batch job), or the command `args`
-    (srun); `name` as its $0, GRUN_COMPAT=family in its environment; held with -H/-h. Its id."""
+    (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for
+    -H/-h). Its id."""
+    # the layout of these words is read back by tables.command_text (and name_of): change them together
     body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     env = {**(env or {}), "GRUN_COMPAT": family}
-    return client.submit_spec(job_spec(words, env=env, hold="hold" in opts, **request))
+    return client.submit_spec(job_spec(words, env=env, **request))
 
 
 # ---- what records look like to Slurm's tools -----------------------------------------------------
@@ -294,8 +295,8 @@ def sbatch(argv: list[str]) -> int:
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
     client = Client()
-    job_id = submit(client, opts, "slurm", name, script, rest[1:], out_path(out, names),
-                    out_path(last(opts, "err"), names) if "err" in opts else None, **request)
+    job_id = submit(client, "slurm", name, script, rest[1:], out_path(out, names),
+                    out_path(last(opts, "err"), names) if "err" in opts else None, hold="hold" in opts, **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
 
@@ -309,7 +310,7 @@ def srun(argv: list[str]) -> int:
     name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
     request, client, ids = slurm_request(opts, name, "srun"), Client(), []
     try:
-        ids.append(submit(client, opts, "slurm", name, None, command, stdin=stdin is not None, **request))
+        ids.append(submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
     except KeyboardInterrupt:

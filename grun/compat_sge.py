@@ -74,9 +74,9 @@ def qsub(argv: list[str]) -> int:
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
     out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
-    job_id = C.submit(client, opts, "sge", name, script, rest[1:] if script is not None else rest, out,
+    job_id = C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
                       None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
-                                                                else "/bin/sh"), **request)
+                                                                else "/bin/sh"), hold="hold" in opts, **request)
     tasks = last(opts, "array", "")
     shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
     print(shown if "terse" in opts else

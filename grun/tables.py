@@ -1,12 +1,14 @@
 """How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
 `--long` blocks), and a job's command as typed. Pure functions of the master's records."""
 
+MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
+
 
 def command_text(job: dict) -> str:
     """As typed; a job sent by sbatch or qsub (grun.compat): its script's name and arguments, by srun: its command."""
     import shlex
     cmd = job.get("cmd") or []
-    if cmd[2:3] and cmd[2].startswith("# grun-compat"):
+    if cmd[2:3] and cmd[2].startswith(MARK):
         return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
     return cmd[0] if job.get("shell") else shlex.join(cmd)
 

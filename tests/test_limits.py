@@ -20,7 +20,7 @@ from grun.actors.monitor import node_memory_victim, over_memory_limit
 from grun.core import jobs as J
 from grun.limits import describe, job_limits
 from grun.options import UsageError, parse
-from grun.tables import fmt_span
+from grun.tables import fmt_secs, fmt_span
 
 PY = "python3"
 HOG = "x = bytearray({mb} << 20); x[::4096] = b'y' * len(x[::4096]); import time; time.sleep({secs})"
@@ -78,6 +78,8 @@ def test_the_line_a_submitter_reads():
     assert describe(oom, 3) == "job 3 killed: out of memory (its processes held 160 MB); pass -m with what it needs"
     assert (J.exit_code_of(timeout), J.describe_exit(timeout)) == (124, "TIMEOUT")
     assert [fmt_span(s) for s in (45, 90, 5400, 93600, None)] == ["45s", "1m30s", "1h30m", "1d2h", "-"]
+    # elapsed times as Slurm shows them: a day and more as D-HH:MM:SS
+    assert [fmt_secs(s) for s in (5, 65, 3700, 90000, None)] == ["5.00s", "1:05", "1:01:40", "1-01:00:00", "-"]
 
 
 # ---- real daemons ---------------------------------------------------------------------------

@@ -150,9 +150,9 @@ def test_the_functions_output_arrives_while_it_runs(cluster, capfd, tmp_path):
 
 
 def test_a_call_whose_caller_never_came_ends_by_itself(cluster):
-    from grun.client import job_spec
-    client = cluster.client()  # (the job grun.calls submits: the worker, its stdin from the caller)
-    spec = job_spec([sys.executable, "-u", "-m", "grun.remote_worker", "abs"], stdin=True, env={"GRUN_CALL_TIMEOUT": "0.5"})
+    from grun import calls
+    client = cluster.client()  # the job grun.calls submits, its stdin from a caller that never attaches
+    spec = calls.worker_spec("builtins.abs", None, {"env": {"GRUN_CALL_TIMEOUT": "0.5"}})
     job = client.get(client.submit(spec))  # nobody attaches to send the call
     assert job.wait(30) == 2
     assert b"no call arrived" in job.stderr()
