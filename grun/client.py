@@ -308,7 +308,8 @@ class Client:
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
                     while "inputs" in (ticket := sup.attach(out_off, err_off, stdin_fd is not None)):
                         from . import stage  # its node does not share our files, and waits for its inputs
-                        stage.transfer(ticket["inputs"], job, on_note, False)
+                        if not stage.transfer(ticket["inputs"], job, on_note, False):
+                            time.sleep(1)  # it broke before the node took it: the next ticket, not at once
                     for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                         if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
                             on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")

@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 
-from . import auth, mounts, stream
+from . import auth, mounts, stream, wire
 from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
@@ -281,8 +281,8 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
 
 def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
     """The client, with a node's ticket (JobSupervisor.stage or .attach; None: nothing to move): a job's inputs
-    before it starts, or once it ended (`out`) its outputs, into its cwd. What failed is noted. False when a
-    pull broke: the node keeps them (output_keep) for `grun --attach`."""
+    before it starts, or once it ended (`out`) its outputs, into its cwd. What failed is noted. False when it
+    broke: a pull's outputs stay on the node (output_keep) for `grun --attach`; a push's node still waits."""
     if not ticket:
         return True
     whole = True
@@ -303,7 +303,7 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
                 _read_head(sock)  # (the node's refusal, if any: the job's stderr and record say it, Staged.fail)
                 notes = []
         except (Refused, OSError) as e:
-            whole, notes = not out, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
+            whole, notes = False, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
                                      if out else f"staging failed: the node did not confirm the inputs: {e}"]
     for text in notes:
         note(f"job {job['id']}: {text}")
@@ -344,6 +344,8 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
             try:
                 with sup:
                     return transfer(sup.stage(True), job, note, True)
+            except wire.CallRejected as exc:  # its node no longer has the job (forgotten, its spool lost): no wait
+                return note(f"job {job_id}: outputs not received, its node no longer has the job ({exc})")
             except OSError as exc:  # its node is away (a daemon restarting), and keeps the outputs meanwhile
                 if time.monotonic() > deadline:
                     return note(f"job {job_id}: outputs not received, its node is away ({exc}); "

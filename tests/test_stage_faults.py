@@ -6,6 +6,7 @@ re-adopted by its restarted node daemon (its outputs still come back, to the wai
 input deadline ends the job, saying why, and does not cut off a push under way). Every node here stages every
 job (`stage: always`)."""
 
+import contextlib
 import os
 import signal
 import time
@@ -159,6 +160,40 @@ def test_the_nowait_stager_rides_through_a_node_daemon_away_when_the_job_ended(m
     assert (cwd / "out.txt").read_text() == "in\n"
     wait_for(lambda: not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE, 10, what="the stager to end")
     assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""
+
+
+def test_the_nowait_stager_stops_at_once_when_the_node_forgot_the_ended_job(make_cluster, tmp_path):
+    """The job ended and its node forgot it (output_keep passed) before the stager came to pull: the node's daemon
+    has no such object (wire.CallRejected), which no wait mends: the stager says so and ends, not retrying for
+    stage.PULL_WAIT."""
+    c = make_cluster({"n1": {**STAGED, "output_keep": 1}})
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "in.txt").write_text("in\n")
+    gate = tmp_path / "gate"
+    env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = c.grun("--nowait", "--stage-in", "in.txt", "--stage-out", "out.txt",
+               f"while [ ! -e {gate} ]; do sleep 0.05; done; cat in.txt > out.txt", cwd=str(cwd), env=env)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.split()[-1])
+    wait_for(lambda: os.path.exists(_work(c, "n1", job_id, "in.txt")), 20, what="the stager to push the inputs")
+    stager = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(cwd)
+                                    and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
+    stager.suspend()
+    try:
+        gate.touch()
+        assert c.client().wait([job_id], 20)[job_id]["exit"] == 0
+        wait_for(lambda: not os.path.exists(os.path.dirname(_work(c, "n1", job_id))), 20,
+                 what="the node to forget the job")
+        stager.resume()  # it sees the job ended, and finds its node without it
+        wait_for(lambda: not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE, 15,
+                 what="the stager to end")
+    finally:
+        with contextlib.suppress(psutil.Error):
+            stager.kill()
+    assert not (cwd / "out.txt").exists()
+    log = (tmp_path / "state" / "grun" / "stage.log").read_text()
+    assert f"job {job_id}: outputs not received, its node no longer has the job" in log, log
 
 
 def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach(make_cluster, tmp_path):
