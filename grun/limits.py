@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import signal
+import stat
 import subprocess
 
 MIN_DATA_MB = 32  # the reaper must still be able to spawn under the data limit it takes on for a moment
@@ -99,12 +100,22 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
 
 
 def _tail(path: str | None, size: int = 8192) -> bytes:
+    """The last `size` bytes of the regular file at path, else b"": read as root (the reaper, the node's orphan
+    path under its reaper lock), so a FIFO or device the job left there must not block: opened non-blocking."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
-            return f.read()
-    except (OSError, TypeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, TypeError, ValueError):
         return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        end = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, max(0, end - size), os.SEEK_SET)
+        return os.read(fd, size)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def limit_hit(status: dict, limits: dict, stderr_path: str | None) -> dict:

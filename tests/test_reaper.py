@@ -377,3 +377,26 @@ def test_acks_log_rewrites_itself_with_the_jobs_still_here_once_it_is_big(tmp_pa
     assert open(acks.path).read() == "".join(f"r {i} 1\n" for i in range(5))
     acks.add("f", [(i, 1) for i in range(10)])
     assert open(acks.path).read() == "f 9 1\nr 9 1\n"
+
+
+def test_the_stderr_tail_of_a_job_that_left_a_fifo_there_does_not_block(tmp_path):
+    """limit_hit reads a job's -e file as root (the reaper, the node's orphan path under its reaper lock): a FIFO
+    the job left at that path must give b"" at once, not block the sampler and every spawn."""
+    import threading
+
+    from grun.limits import _tail
+    fifo, regular = str(tmp_path / "err"), tmp_path / "out"
+    os.mkfifo(fifo)
+    regular.write_bytes(b"x" * 10000 + b"Cannot allocate memory\n")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(_tail(fifo)), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # unblock the reader so the test process can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+        pytest.fail("_tail blocked on a FIFO")
+    assert got == [b""]
+    assert _tail(str(regular)) == (b"x" * 10000 + b"Cannot allocate memory\n")[-8192:]
+    assert _tail(str(tmp_path / "missing")) == b"" and _tail(None) == b""

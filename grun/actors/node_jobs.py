@@ -408,13 +408,13 @@ class NodeJobs:
         if self.job_status(live) is not None:
             return
         claimed, _, reaper = spool.read_pid(job_dir)
-        live.unsure = reaper is None  # (an earlier reaper may still have it in its pipe)
         if claimed:
-            live.reaper = reaper or "?"  # ("?": named at its next check)
+            live.reaper = reaper or "?"  # ("?": never alive, so _reaperless names it once its pid file does)
             if not spool.reaper_alive(live.reaper):
                 self._reaperless(live, "job supervisor vanished while the node was down")
         elif not live.reported:
             # written but never started, or an earlier reaper still has it in its pipe: the claim of
             # `pid` makes a second start a no-op
+            live.unsure = True  # an earlier reaper may have it in its pipe and claim it first
             self._spawn(live)
 
