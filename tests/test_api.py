@@ -155,82 +155,83 @@ def test_a_reader_that_stops_early_lets_go(cluster):
         job.wait(30)
 
 
+def _follow_through(cluster, monkeypatch, answer) -> float:
+    """`grun CMD`'s follow of `exit 3` with the master's answers to wait and job through `answer(real, method,
+    args)` (real(): the real master's): its exit code is the stream's, 3. Returns how long the settling took."""
+    client, real_call = cluster.client(), Client.call
+    job_id = client.submit("exit 3").id
+    monkeypatch.setattr(Client, "call", lambda self, method, *args, **kwargs: answer(
+        lambda: real_call(self, method, *args, **kwargs), method, args))
+    start = time.monotonic()
+    assert client.follow(job_id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
+    return time.monotonic() - start
+
+
 def test_follow_returns_once_the_master_has_the_end_however_late(cluster, monkeypatch):
     """`grun CMD` returns once the master has recorded the job's end, so that `grun -q history` right
     after shows it: a master that records it after a first wait ran out (seconds, under load) is
     waited for, not given up on after a fixed time."""
-    client, waits = cluster.client(), []
-    real_call = Client.call
+    waits = []
 
-    def call(self, method, *args, **kwargs):
+    def answer(real, method, args):
         if method == "wait":  # the master has not recorded the end by the first wait's end
             waits.append(args[0])
             if len(waits) == 1:
                 return {}
         if method == "job" and len(waits) == 1:  # meanwhile it shows the job as still running there
-            return dict(real_call(self, method, *args, **kwargs), state="running")
-        return real_call(self, method, *args, **kwargs)
+            return dict(real(), state="running")
+        return real()
 
-    monkeypatch.setattr(Client, "call", call)
-    assert client.follow(client.submit("exit 3").id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
+    _follow_through(cluster, monkeypatch, answer)
     assert len(waits) == 2, waits  # waited again, and the second wait had the record
 
 
 def test_follow_does_not_wait_for_the_record_of_a_master_away(cluster, monkeypatch):
     """A master away after the job's output ended: `grun CMD` returns the stream's exit code at once."""
-    client, waits = cluster.client(), []
-    real_call = Client.call
+    waits = []
 
-    def call(self, method, *args, **kwargs):
+    def answer(real, method, args):
         if method == "wait":
             waits.append(args[0])
             raise MasterUnreachable("cannot reach the grun master: gone")
-        return real_call(self, method, *args, **kwargs)
+        return real()
 
-    job_id = client.submit("exit 3").id
-    monkeypatch.setattr(Client, "call", call)
-    start = time.monotonic()
-    assert client.follow(job_id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
-    assert time.monotonic() - start < 10
+    assert _follow_through(cluster, monkeypatch, answer) < 10
     assert len(waits) == 1, waits
 
 
 def test_follow_does_not_wait_for_the_record_of_a_run_superseded(cluster, monkeypatch):
     """The master shows the job running again (its node was lost after the stream's end): not waited for."""
-    client, waits = cluster.client(), []
-    real_call = Client.call
+    waits = []
 
-    def call(self, method, *args, **kwargs):
+    def answer(real, method, args):
         if method == "wait":
             waits.append(args[0])
-            return {} if len(waits) < 5 else real_call(self, method, *args, **kwargs)  # bounded if broken
+            return {} if len(waits) < 5 else real()  # bounded if broken
         if method == "job" and waits:
-            job = real_call(self, method, *args, **kwargs)
+            job = real()
             return dict(job, state="running", attempt=(job.get("attempt") or 0) + 1)
-        return real_call(self, method, *args, **kwargs)
+        return real()
 
-    monkeypatch.setattr(Client, "call", call)
-    assert client.follow(client.submit("exit 3").id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
+    _follow_through(cluster, monkeypatch, answer)
     assert len(waits) == 1, waits
 
 
 def test_follow_waits_for_the_record_of_the_end_settle_wait_at_most(cluster, monkeypatch):
     """An end report that never comes (its node's heartbeats still do): waited for SETTLE_WAIT in all."""
     import grun.client
-    client, waits = cluster.client(), []
-    real_call = Client.call
     monkeypatch.setattr(grun.client, "SETTLE_WAIT", 0.5)
+    waits = []
 
-    def call(self, method, *args, **kwargs):
+    def answer(real, method, args):
         if method == "wait":
             waits.append(args[1])
             if len(waits) < 20:  # bounded if broken
                 time.sleep(args[1])
                 return {}
         if method == "job" and waits:
-            return dict(real_call(self, method, *args, **kwargs), state="running")
-        return real_call(self, method, *args, **kwargs)
+            return dict(real(), state="running")
+        return real()
 
-    monkeypatch.setattr(Client, "call", call)
-    assert client.follow(client.submit("exit 3").id, stdout_fd=lambda b: None, stderr_fd=lambda b: None) == 3
+    _follow_through(cluster, monkeypatch, answer)
     assert len(waits) == 1 and waits[0] <= 0.5, waits

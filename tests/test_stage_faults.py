@@ -133,40 +133,9 @@ def test_the_nowait_stager_rides_through_a_node_daemon_restart_before_its_push(m
         _reap(blocker)
 
 
-def test_the_nowait_stager_rides_through_a_node_daemon_away_when_the_job_ended(make_cluster, tmp_path):
-    """The job ended; its node daemon is down (restarting) when the stager comes to pull the outputs: the stager
-    tries again until the node is back (within stage.PULL_WAIT), where it gave up at once."""
-    c = make_cluster({"n1": STAGED})
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (cwd / "in.txt").write_text("in\n")
-    gate = tmp_path / "gate"
-    env = dict(c.env, XDG_STATE_HOME=str(tmp_path / "state"))
-    r = c.grun("--nowait", "--stage-in", "in.txt", "--stage-out", "out.txt",
-               f"while [ ! -e {gate} ]; do sleep 0.05; done; cat in.txt > out.txt", cwd=str(cwd), env=env)
-    assert r.returncode == 0, r.stderr
-    job_id = int(r.stdout.split()[-1])
-    wait_for(lambda: os.path.exists(_work(c, "n1", job_id, "in.txt")), 20, what="the stager to push the inputs")
-    stager = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(cwd)
-                                    and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
-    stager.suspend()
-    gate.touch()
-    assert c.client().wait([job_id], 20)[job_id]["exit"] == 0
-    c.kill("n1", signal.SIGKILL)
-    stager.resume()  # it sees the job ended, and finds its node away
-    time.sleep(4)
-    c.start_node("n1")
-    wait_for(lambda: (cwd / "out.txt").exists(), 30, what="the stager to bring the output back")
-    assert (cwd / "out.txt").read_text() == "in\n"
-    wait_for(lambda: not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE, 10, what="the stager to end")
-    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""
-
-
-def test_the_nowait_stager_stops_at_once_when_the_node_forgot_the_ended_job(make_cluster, tmp_path):
-    """The job ended and its node forgot it (output_keep passed) before the stager came to pull: the node's daemon
-    has no such object (wire.CallRejected), which no wait mends: the stager says so and ends, not retrying for
-    stage.PULL_WAIT."""
-    c = make_cluster({"n1": {**STAGED, "output_keep": 1}})
+def _ended_with_its_stager_stopped(c, tmp_path):
+    """A `--nowait` staged job (in.txt in, out.txt out) run to its end while its stager is stopped (SIGSTOP) after
+    the push: (cwd, job id, stager); the caller resumes the stager, and kills it at the end."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     (cwd / "in.txt").write_text("in\n")
@@ -183,11 +152,46 @@ def test_the_nowait_stager_stops_at_once_when_the_node_forgot_the_ended_job(make
     try:
         gate.touch()
         assert c.client().wait([job_id], 20)[job_id]["exit"] == 0
+    except BaseException:
+        stager.kill()
+        raise
+    return cwd, job_id, stager
+
+
+def _stager_ended(stager) -> bool:
+    return not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_nowait_stager_rides_through_a_node_daemon_away_when_the_job_ended(make_cluster, tmp_path):
+    """The job ended; its node daemon is down (restarting) when the stager comes to pull the outputs: the stager
+    tries again until the node is back (within stage.PULL_WAIT), where it gave up at once."""
+    c = make_cluster({"n1": STAGED})
+    cwd, _, stager = _ended_with_its_stager_stopped(c, tmp_path)
+    try:
+        c.kill("n1", signal.SIGKILL)
+        stager.resume()  # it sees the job ended, and finds its node away
+        time.sleep(4)
+        c.start_node("n1")
+        wait_for(lambda: (cwd / "out.txt").exists(), 30, what="the stager to bring the output back")
+        assert (cwd / "out.txt").read_text() == "in\n"
+        wait_for(lambda: _stager_ended(stager), 10, what="the stager to end")
+    finally:
+        with contextlib.suppress(psutil.Error):
+            stager.kill()
+    assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""
+
+
+def test_the_nowait_stager_stops_at_once_when_the_node_forgot_the_ended_job(make_cluster, tmp_path):
+    """The job ended and its node forgot it (output_keep passed) before the stager came to pull: the node's daemon
+    has no such object (wire.CallRejected), which no wait mends: the stager says so and ends, not retrying for
+    stage.PULL_WAIT."""
+    c = make_cluster({"n1": {**STAGED, "output_keep": 1}})
+    cwd, job_id, stager = _ended_with_its_stager_stopped(c, tmp_path)
+    try:
         wait_for(lambda: not os.path.exists(os.path.dirname(_work(c, "n1", job_id))), 20,
                  what="the node to forget the job")
         stager.resume()  # it sees the job ended, and finds its node without it
-        wait_for(lambda: not stager.is_running() or stager.status() == psutil.STATUS_ZOMBIE, 15,
-                 what="the stager to end")
+        wait_for(lambda: _stager_ended(stager), 15, what="the stager to end")
     finally:
         with contextlib.suppress(psutil.Error):
             stager.kill()
