@@ -5,7 +5,6 @@ this module, so it stays light: a default that is a function is computed when fi
 guesses import psutil or ask DNS then), and yaml is imported only for a file the fast reader leaves."""
 
 import os
-import re
 from collections import namedtuple
 
 from .values import (
@@ -15,6 +14,7 @@ from .values import (
     YAML_WORDS,
     choice,
     format_hostport,
+    is_any_address,
     label,
     named,
     number,
@@ -57,10 +57,10 @@ def _psutil():
 
 
 def _advertise(cfg) -> str:
-    """bind, but the hostname for 0.0.0.0 or ::; a host name others can resolve too, and a loopback bind is
+    """bind, but the hostname for 0.0.0.0, :: or ::0; a host name others can resolve too, and a loopback bind is
     reachable only at that very address (127.0.0.1 for the default)."""
     bind = "127.0.0.1" if cfg.bind.lower() == "localhost" else cfg.bind
-    return cfg.hostname if bind in ("0.0.0.0", "::") else bind
+    return cfg.hostname if is_any_address(bind) else bind
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
@@ -148,8 +148,8 @@ KEYS = {key.name: key for key in (
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
     Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
-    Key("plugins", lambda v: words(v, "a list of module:Class", lambda i: re.fullmatch(
-        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", i)), lambda c: [], _D, True,
+    Key("plugins", lambda v: words(v, "a list of module:Class", lambda i: i.count(":") == 1 and all(
+        name.isidentifier() for name in i.replace(":", ".").split("."))), lambda c: [], _D, True,
         "more plugins, as module:Class (installed ones, entry point grun.plugins, load by themselves)"),
     Key("spool_max", parse_memory, 1024, _X, True,
         "MB of a job's unread output a node keeps; past it the job waits for its reader"),
@@ -262,21 +262,17 @@ def describe(cfg: Config, as_dict: bool = False):
     return {"file": cfg.path, "warnings": cfg.warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
-# "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the
-# base-60 integer 630, so an unquoted top-level master value is quoted before parsing.
+# "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the base-60 integer
+# 630, so an unquoted top-level master value is quoted before PyYAML reads it (the fast path takes it as written).
 _MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*)?[ \t]*$"
 
 # The fast path for the common file, one `key: value` a line with plain values, read without importing yaml
-# (~12 ms of every `grun CMD`). Anything else (nesting, flow collections, lists, anchors, escapes, tabs,
-# duplicate keys, values YAML 1.1 would read otherwise than the int, float, bool, null or string taken here)
+# (~12 ms of every `grun CMD`) or re (~4 ms). Anything else (nesting, flow collections, lists, anchors, escapes,
+# tabs, duplicate keys, values YAML 1.1 would read otherwise than the int, float, bool, null or string taken here)
 # returns None and goes to PyYAML, which also gives the errors. tests/test_cli_fast.py checks they agree.
-_SIMPLE_LINE = r"([A-Za-z_][A-Za-z0-9_]*):(?: +([^ #'\"][^#'\"]*?|'[^'\n]*'|\"[^\"\\\n]*\"))?(?: +#.*)? *"
-_PLAIN = r"[A-Za-z0-9_./-]+(?: [A-Za-z0-9_./-]+)*"
-
-# A plain value YAML 1.1 might read as an int, float or timestamp although it is none of the forms taken here:
-# a date, hex, binary, .inf/.nan, 1_000, "1.". Values here have no ':', '+' or leading '-' (see _PLAIN): no
-# base-60 number, no signed exponent. (PyYAML's own patterns took 6 ms to compile.)
-_MAYBE_NUMBER = r"[0-9.].*-.*|0[xb].*|(?=[0-9.])[0-9_]*\.?[0-9_]*|\.(?i:inf|nan)"
+_KEY_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_KEY = _KEY_START | frozenset("0123456789")
+_PLAIN = _KEY | frozenset("./-")  # a plain value: words of these, one space between
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
@@ -284,24 +280,46 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip(" ") or line.startswith("#"):
             continue
-        m = re.fullmatch(_SIMPLE_LINE, line)
-        if m is None or m.group(1) in raw or m.group(1) in YAML_WORDS:  # twice, or a key YAML reads as no string
+        key, colon, rest = line.partition(":")
+        if not colon or key[:1] not in _KEY_START or not _KEY.issuperset(key) or key in raw or key in YAML_WORDS:
+            return None  # not a key, twice, or a key YAML reads as no string
+        if (value := _simple_value(rest, master=key == "master")) is _NOT_SIMPLE:
             return None
-        key, value = m.groups()
-        if value is None or value in YAML_WORDS:
-            raw[key] = YAML_WORDS.get(value)
-        elif value[0] in "'\"":
-            raw[key] = value[1:-1]
-        elif not re.fullmatch(_PLAIN, value) or value[0] == "-":  # "- x" is a list; "-5" left to PyYAML
-            return None
-        elif re.fullmatch(r"0|[1-9][0-9]*|[0-9]+\.[0-9]+", value):
-            raw[key] = float(value) if "." in value else int(value)
-        elif re.fullmatch(_MAYBE_NUMBER, value):
-            return None
-        else:
-            raw[key] = value
-        lines[key] = lineno
+        raw[key], lines[key] = value, lineno
     return raw, lines
+
+
+_NOT_SIMPLE = object()
+
+
+def _simple_value(rest: str, master: bool):
+    """What YAML reads after `key:` (" value  # comment"), if it is a value of the fast path, else _NOT_SIMPLE.
+    master's value is the address as written, as PyYAML reads it once _MASTER_LINE has quoted it."""
+    if rest[:1] not in ("", " ") or "\t" in rest:
+        return _NOT_SIMPLE
+    value = rest.lstrip(" ")
+    if value[:1] in ("'", '"'):  # 'text' or "text" (no escapes), then maybe a comment
+        end = value.find(value[0], 1)
+        text, after = value[1:end], value[end + 1:]
+        closed = end > 0 and (not after.strip(" ") or after.startswith(" ") and after.lstrip(" ").startswith("#"))
+        return text if closed and not (value[0] == '"' and "\\" in text) else _NOT_SIMPLE
+    value = value.partition(" #")[0].rstrip(" ") if not value.startswith("#") else ""
+    if master and value and YAML_WORDS.get(value, "") is not None and value[0] not in "|>&*!{" and not any(
+            c in value for c in " #'\""):
+        return value
+    if not value or value in YAML_WORDS:
+        return YAML_WORDS.get(value)
+    if not _PLAIN.issuperset(value.replace(" ", "")) or "  " in value or value[0] == "-":  # "-5", "- x": PyYAML's
+        return _NOT_SIMPLE
+    whole, point, fraction = value.partition(".")
+    if whole.isdigit() and (whole == "0" or whole[0] != "0") and not point or whole.isdigit() and fraction.isdigit():
+        return float(value) if point else int(value)
+    # a plain value YAML 1.1 might read as an int, float or timestamp though it is none of the forms above: a date,
+    # hex, binary, .inf/.nan, 1_000, "1.". (There is no ':', '+' or leading '-' here: no base-60, no signed exponent.)
+    if value[0] in "0123456789." and ("-" in value or value.startswith(("0x", "0b")) or value.lower() in (".inf", ".nan")
+                                        or not value.replace("_", "").replace(".", "", 1).strip("0123456789")):
+        return _NOT_SIMPLE
+    return value
 
 
 def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
@@ -312,13 +330,16 @@ def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", path) from None
     try:
-        text = re.sub(_MASTER_LINE, lambda m: m.group(0) if YAML_WORDS.get(m.group(2), "") is None else
-                      f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError("not valid UTF-8", path, data[:e.start].count(b"\n") + 1) from None
     if (simple := _read_simple(text)) is not None:
         return simple
+    import re
+
     import yaml
+    text = re.sub(_MASTER_LINE, lambda m: m.group(0) if YAML_WORDS.get(m.group(2), "") is None else
+                  f"{m.group(1)}'{m.group(2)}'{m.group(3) or ''}", text)
     loader = yaml.SafeLoader(text)  # one loader for both: the value, and its node for each key's line
     try:
         node = loader.get_single_node()

@@ -6,7 +6,7 @@ option file, -o output); a letter may mean different things to verbs that never 
 
 from collections import namedtuple
 
-from .values import parse_cpus, parse_duration, parse_memory
+from .values import is_name, parse_cpus, parse_duration, parse_memory
 from .values import parse_priority as _int  # a whole number, as config reads one
 
 
@@ -28,11 +28,11 @@ def _signal(text: str) -> int:
 
 def _param(text: str) -> tuple:
     """`-p NAME=VALUE`: a number asks for that much of a consumable, text for a label to match."""
-    from .core.jobs import PARAM_NAME, number_or_text
+    from .core.jobs import number_or_text
     name, eq, value = (part.strip() for part in text.partition("="))
     if not eq or not value:
         raise ValueError(f"expected NAME=VALUE, got {text!r}")
-    if not PARAM_NAME.fullmatch(name):
+    if not is_name(name):
         raise ValueError(f"bad resource name {name!r}")
     return name, number_or_text(value)
 

@@ -6,7 +6,7 @@ for the names: Pyro5 is imported by the functions that need it, and every proxy 
 import functools
 
 from . import auth
-from .values import format_hostport
+from .values import format_hostport, is_any_address
 from .wire import CONNECT_TIMEOUT, NotAuthorized, WireProxy, is_unreachable  # noqa: F401  (one error model)
 
 TYPE_CHECKING = False  # as typing's, without importing typing on the client's path
@@ -83,7 +83,7 @@ def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserv
     registered on this same daemon, so one port serves both."""
     import Pyro5.nameserver
     configure()
-    nat = advertise if bind in ("0.0.0.0", "::", "") else None
+    nat = advertise if is_any_address(bind) else None
     return _guard(Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None))
 
 
@@ -92,7 +92,7 @@ def start_daemon(bind: str, advertise: str) -> "Pyro5.api.Daemon":
     import Pyro5.api
     configure()
     daemon = Pyro5.api.Daemon(host=bind, port=0)
-    if bind in ("0.0.0.0", "::", ""):
+    if is_any_address(bind):
         port = daemon.sock.getsockname()[1]
         daemon.close()
         daemon = Pyro5.api.Daemon(host=bind, port=port, nathost=advertise, natport=port)

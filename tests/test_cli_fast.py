@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import grun
-from grun.config import _read_simple, load_config
+from grun.config import _read_simple, _read_yaml, load_config
 
 # Not needed to submit or run a job: daemons' defaults (psutil), YAML (only for unusual config files),
 # Pyro5 and what it drags in (ssl, logging, sqlite3, serpent, inspect), dataclasses/inspect,
@@ -50,7 +50,7 @@ def test_submit_and_run_import_nothing_heavy(cluster, args):
     r, heavy = _probe(cluster, *args)
     assert heavy == [], f"`grun {' '.join(args)}` imported {heavy}"
     if args[0] == "--nowait":  # (a job that streams needs them; one queued needs none: ~4 ms of each loop's call)
-        r, light = _probe(cluster, *args, heavy={"socket", "selectors", "contextlib", "json", "threading"})
+        r, light = _probe(cluster, *args, heavy={"socket", "selectors", "contextlib", "json", "threading", "re", "enum"})
         assert light == [], f"`grun {' '.join(args)}` imported {light}"
         assert r.returncode == 0 and r.stdout.startswith("Job_ID: ")
         cluster.client().wait([int(r.stdout.split()[1])])
@@ -109,13 +109,20 @@ def _same_as_yaml(text: str) -> None:
     assert set(lines) == set(raw)
 
 
-def test_fast_config_reader_agrees_with_pyyaml():
+def test_fast_config_reader_agrees_with_pyyaml(tmp_path):
     for value in VALUES:
         for key in ("cpus", "yes", "a1", "_x", "null"):
             _same_as_yaml(f"{key}: {value}\n" if value else f"{key}:\n")
     assert _read_simple("# x\n\nmaster: '127.0.0.1:5184'\ncpus: 4\nheartbeat: 1.5\nservices: exec\n") == (
         {"master": "127.0.0.1:5184", "cpus": 4, "heartbeat": 1.5, "services": "exec"},
         {"master": 3, "cpus": 4, "heartbeat": 5, "services": 6})
+    for value in ["127.0.0.1:5184", "[::1]:6000", "10:30", "6000", "yes", "~", "h:1 # c", "h:1#c", "-x", "%x", "'h:1'",
+                  "{a: 1}", "[x", "|x", "a b"]:  # master's value as PyYAML reads it (quoted: config._MASTER_LINE)
+        text = f"master: {value}\n"
+        fast, path = _read_simple(text), tmp_path / "grun.conf"
+        path.write_text(text + "x: [1]\n")  # a line only PyYAML reads
+        assert fast is None or fast[0]["master"] == _read_yaml(str(path))[0]["master"], value
+        assert fast is not None or value in ("h:1#c", "{a: 1}", "|x"), value
     rnd = random.Random(5)
     alphabet = "ab01.-_/ :#'\"xeE+9~\t\n"
     for _ in range(20000):

@@ -139,7 +139,8 @@ def test_log_level_warn_alias(conf):
 
 @pytest.mark.parametrize("bind, advertise", [
     ("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("::1", "::1"),
-    ("10.0.0.5", "10.0.0.5"), ("0.0.0.0", "nodename"), ("::", "nodename"), ("n.lan", "n.lan"),
+    ("10.0.0.5", "10.0.0.5"), ("0.0.0.0", "nodename"), ("::", "nodename"), ("::0", "nodename"), ("n.lan", "n.lan"),
+    ("10.0.0.0", "10.0.0.0"),
 ])
 def test_advertise_guess(conf, bind, advertise):
     assert conf(f"hostname: nodename\nbind: '{bind}'\n").advertise == advertise
@@ -214,14 +215,14 @@ def test_personal_mode_always_runs_both_services(env):
 @pytest.mark.parametrize("value, mb", [
     (3000, 3000), ("3000", 3000), (0, 0), ("0", 0), ("500M", 500), ("500m", 500), ("500MB", 500),
     ("4G", 4096), ("4g", 4096), ("4GB", 4096), ("4GiB", 4096), ("1T", 1048576), ("512K", 1),
-    ("1.5G", 1536), (" 2 G ", 2048), (1.5, 2), ("0.1", 1), (".5g", 512), ("2048k", 2),
+    ("1.5G", 1536), (" 2 G ", 2048), (1.5, 2), ("0.1", 1), (".5g", 512), ("2048k", 2), ("512kb", 1), ("4 gib", 4096),
 ])
 def test_parse_memory(value, mb):
     assert parse_memory(value) == mb
 
 
 @pytest.mark.parametrize("value", ["", "lots", "-1", -1, "4X", "4 GBs", "G", "1e3", "500B",
-                                   math.nan, math.inf, "nan", "inf", True, None, [1], "2000000T"])
+                                   "4ib", "4mi", "4gbb", "1_000", "4..5g", "4 g b", math.nan, math.inf, "nan", "inf", True, None, [1], "2000000T"])
 def test_parse_memory_refuses(value):
     with pytest.raises(ValueError, match="expected"):
         parse_memory(value)
@@ -243,12 +244,14 @@ def test_parse_cpus_refuses(value):
 @pytest.mark.parametrize("value, seconds", [
     (30, 30), (2.5, 2.5), ("30", 30), ("45s", 45), ("30m", 1800), ("12h", 43200), ("1d", 86400),
     ("1w", 604800), ("1h30m", 5400), ("1h 30m", 5400), ("1.5h", 5400), ("0", 0), ("2D", 172800),
+    (" 1 h 30 m ", 5400), ("0.7h", 2520),
 ])
 def test_parse_duration(value, seconds):
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["", "soon", "-5", -5, "1h30", "5x", "h", math.inf, True, None])
+@pytest.mark.parametrize("value", ["", "soon", "-5", -5, "1h30", "5x", "h", math.inf, True, None,
+                                   "1e5s", "1hh", "1 5h", "+5m", "1h-30m"])
 def test_parse_duration_refuses(value):
     with pytest.raises(ValueError, match="expected"):
         parse_duration(value)
@@ -256,6 +259,11 @@ def test_parse_duration_refuses(value):
 
 def test_parse_hostport_and_services_directly():
     assert parse_hostport("h", default_port=1) == ("h", 1)
+    assert [parse_hostport(a) for a in ("[::1]:7", "[::1]", "fe80::1", " h:7 ")] == [
+        ("::1", 7), ("::1", DEFAULT_PORT), ("fe80::1", DEFAULT_PORT), ("h", 7)]
+    for bad in ("", ":7", "h:", "[::1]x", "[::1", "a b:7", "h/x:7", "h:²", "h:0", "h:65536", "7000"):
+        with pytest.raises(ValueError, match="^expected"):  # (a port of "²" once got int()'s own message)
+            parse_hostport(bad)
     assert parse_services(["exec"]) == {"exec"}
 
 

@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from ..values import NAME, STAGE_MODES, expect, number, parse_cpus, parse_duration, parse_memory
+from ..values import STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -49,7 +49,6 @@ MAX_RETRIES, MAX_REFS = 100, 1000
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
 MAX_TIME = 366 * 86400.0  # a time limit's, a retry delay's
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
-PARAM_NAME = re.compile(NAME)  # a -p NAME (grun.options too)
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
 
 
@@ -113,7 +112,7 @@ def validate_params(params) -> dict:
     if not isinstance(params, dict) or len(params) > MAX_PARAMS:
         raise ValueError(f"params must map at most {MAX_PARAMS} names to values")
     for name, value in params.items():
-        if not isinstance(name, str) or not PARAM_NAME.fullmatch(name):
+        if not isinstance(name, str) or not is_name(name):
             raise ValueError(f"bad param name {name!r} (letters, digits, _ . - only)")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"param {name} must be a number or a string, got {value!r}")

@@ -358,7 +358,7 @@ class MasterState:
             elif rec["op"] != "start":
                 step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")
         if stale:
-            step.log("warning", f"node {node.name} runs stale copies of jobs {stale}: killing them")
+            step.log("warning", f"node {node.name} holds stale copies of jobs {stale}: killing them")
         jobs, reply = self.table.jobs, {} if finished is None else {"start": [dict(j) for j in start]}
         kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
         return {**reply, "stale": stale, "kill": kills, **self.pace()}

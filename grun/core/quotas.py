@@ -9,7 +9,7 @@ import difflib
 import re
 from functools import lru_cache
 
-from ..values import NAME, expect, number, parse_memory
+from ..values import expect, is_name, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
@@ -85,7 +85,7 @@ def parse_limits(value) -> dict:
         expect(isinstance(fields, dict) and fields, f"for {scope} a mapping like {{cpus: 64, jobs: 500}}", fields)
         out[scope] = {}
         for name, amount in fields.items():
-            expect(isinstance(name, str) and re.fullmatch(NAME, name), f"in {scope} jobs, cpus, memory or a resource", name)
+            expect(is_name(name), f"in {scope} jobs, cpus, memory or a resource", name)
             if name not in FIELDS and (close := difflib.get_close_matches(name, FIELDS, 1, 0.8)):
                 raise ValueError(f"{scope}: unknown field {name!r} (did you mean {close[0]}?)")
             out[scope][name] = parse_memory(amount) if name == "memory" else number(amount, f"{scope} {name}: a number")
