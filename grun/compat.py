@@ -8,6 +8,7 @@ $JOB_ID, set by grun/spawner.py for jobs marked GRUN_COMPAT), then writes the sc
 into the job's TMPDIR and runs it. $0 carries the job's name: grun's own names are unique, Slurm's and
 SGE's are not; squeue, sacct and qstat read it back from the command."""
 
+import contextlib
 import os
 import re
 import shlex
@@ -16,19 +17,11 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.jobs import parse_time_limit
-from .tables import MARK, command_text, duration, label
+from .tables import BY_NAME, FIELDS, MARK, SHORT, id_of, name_of, reason_of, state_of, unstarted
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
-STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatched": "RUNNING", "running": "RUNNING",
-          "suspended": "SUSPENDED", "done": "COMPLETED", "failed": "FAILED", "killed": "CANCELLED",
-          "cancelled": "CANCELLED", "lost": "NODE_FAIL", "timeout": "TIMEOUT"}
-SHORT = {"PENDING": "PD", "RUNNING": "R", "SUSPENDED": "S", "COMPLETED": "CD", "FAILED": "F", "CANCELLED": "CA",
-         "NODE_FAIL": "NF", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM"}
-REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
-
-
 class Refused(Exception):
     """One line for the user: exit 1, nothing submitted."""
 
@@ -133,39 +126,15 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for
     -H/-h). Its id."""
     # the layout of these words is read back by tables.command_text (and name_of): change them together
-    body = (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
+    body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
+        (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     env = {**(env or {}), "GRUN_COMPAT": family}
-    return client.submit_spec(job_spec(words, env=env, **request))
-
-
-# ---- what records look like to Slurm's tools -----------------------------------------------------
-
-def name_of(job: dict) -> str:
-    cmd = job.get("cmd") or ["?"]
-    if len(cmd) > 3 and cmd[2].startswith(MARK):
-        return cmd[3]
-    return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
-
-
-def state_of(job: dict) -> str:
-    limit = {"memory": "OUT_OF_MEMORY", "time": "TIMEOUT"}.get(job.get("limit"))
-    return limit or STATES.get(job["state"], job["state"].upper())
-
-
-def id_of(job: dict) -> str:
-    """grun's label (12, 12.7: task 7 of array 12) as Slurm's (12_7); an array's tasks not started yet: 12_[1-9]."""
-    return f"{job['id']}_[{job.get('array', '')}]" if "ranges" in job else label(job).replace(".", "_")
-
-
-def elapsed(job: dict) -> float:
-    wall = (job.get("usage") or {}).get("wall")
-    return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
-
-
-def stamp(t) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else "Unknown"
+    try:
+        return client.submit_spec(job_spec(words, env=env, **request))
+    except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
+        raise GrunError(str(exc).replace(" (--force queues it anyway)", "")) from None
 
 
 def table(text: str) -> dict:
@@ -192,39 +161,11 @@ def when(text: str) -> float:
         raise Refused(f"invalid time specification: {text}") from None
 
 
-def usage(job: dict, *keys: str) -> float:
-    return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
-
-
-# squeue's %letter, its header, the names -O and sacct know it by, sacct's width, its value for a record
-FIELDS = {row[0]: row[1:] for row in [
-    ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j.get("array") or j["id"])),
-    ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
-    ("K", "ARRAY_TASK_ID", "arraytaskid", 0, lambda j: str(j.get("task", "N/A"))),
-    ("j", "NAME", "name JobName", 10, name_of), ("u", "USER", "username User", 9, lambda j: j.get("user", "?")),
-    ("T", "STATE", "state State", 10, state_of), ("t", "ST", "statecompact", 0, lambda j: SHORT.get(state_of(j), "?")),
-    ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
-    ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({REASONS.get(j['state'], 'None')})"),
-    ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
-    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"), ("a", "ACCOUNT", "account Account", 10, lambda j: ""),
-    ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
-    ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
-    ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
-    ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
-    ("r", "REASON", "reason", 0, lambda j: REASONS.get(j["state"], "None")), ("o", "COMMAND", "command", 0, command_text),
-    ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
-    ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
-    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
-    ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"),
-    ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
-    ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
-    ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
-    ("7", "", "TotalCPU", 10, lambda j: duration(usage(j, "utime", "stime"), True))]}
-BY_NAME = {name.lower(): (name, letter) for letter, row in FIELDS.items() for name in row[1].split()}
-
-
 # ---- the commands ----------------------------------------------------------------------------------
 
+SLURM_STATES = " ".join([*SHORT, *SHORT.values()]) + " ALL PREEMPTED PR BOOT_FAIL BF DEADLINE DL COMPLETING CG CONFIGURING" \
+    " CF REQUEUED RQ REQUEUE_FED RF REQUEUE_HOLD RH RESIZING RS RESV_DEL_HOLD RD REVOKED RV SIGNALING SI SPECIAL_EXIT SE" \
+    " STAGE_OUT SO STOPPED ST"  # (what squeue -t takes)
 SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus-per-task mem=--mem "
                "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
                "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
@@ -247,9 +188,10 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     export = last(opts, "export", "ALL").split(",")
     here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
     env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
-               SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus,
-               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}),
-               **({"SLURM_NTASKS": "1"} if "ntasks" in opts else {}))
+               SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
+               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_NTASKS="1", SLURM_NPROCS="1",
+               SLURM_TASKS_PER_NODE="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
                "requeue": "norequeue" not in opts}
@@ -281,7 +223,10 @@ def sbatch(argv: list[str]) -> int:
             raise Refused(f"--wrap and a script ({rest[0]}) given together")
         script, name = f"#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{last(opts, 'wrap')}\n", "wrap"
     else:
-        script, name = read_script(rest[0] if rest else None, "batch"), os.path.basename(rest[0]) if rest else "sbatch"
+        try:
+            script, name = read_script(rest[0] if rest else None, "batch"), os.path.basename(rest[0]) if rest else "sbatch"
+        except OSError:
+            raise Refused(f"Unable to open file {rest[0]}") from None
     if not script.startswith("#!"):
         raise Refused("This does not look like a batch script.  The first line must start with #! followed by "
                       "the path to an interpreter.")
@@ -289,7 +234,11 @@ def sbatch(argv: list[str]) -> int:
     name = last(opts, "name", name)
     request = slurm_request(opts, name, "sbatch")
     if "array" in opts:
-        request["array"] = last(opts, "array")
+        from .core.arrays import parse as tasks  # (a bad value: a ValueError, one line)
+        request["array"], ranges = last(opts, "array"), tasks(last(opts, "array"))["ranges"]
+        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(len(range(*r)) for r in ranges)),
+                              SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ranges)), SLURM_ARRAY_TASK_STEP=str(ranges[0][2]),
+                              SLURM_ARRAY_TASK_MAX=str(max(range(*r)[-1] for r in ranges)))
     names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
@@ -302,36 +251,99 @@ def sbatch(argv: list[str]) -> int:
 
 
 def srun(argv: list[str]) -> int:
-    """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code."""
-    from .verbs import Context, interrupted
+    """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
+    inside a job, as a step of that job (step())."""
+    import signal
+
+    from .verbs import Context, Terminated, _raise_terminated, interrupted
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
     name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
-    request, client, ids = slurm_request(opts, name, "srun"), Client(), []
+    request = slurm_request(opts, name, "srun")
+    if os.environ.get("GRUN_JOB_ID", "").isdigit():
+        return step(opts, request, command)
+    client, ids = Client(), []
+    signal.signal(signal.SIGTERM, _raise_terminated)  # as grun's: the job dies with us (SIGINT: KeyboardInterrupt)
     try:
         ids.append(submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
-    except KeyboardInterrupt:
-        return interrupted(Context(lambda: client, cli=True), ids, 2)
+    except (KeyboardInterrupt, Terminated) as exc:
+        sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+        return interrupted(Context(lambda: client, cli=True), ids, sig)
+
+
+def step(opts: dict, request: dict, command: list[str]) -> int:
+    """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
+    reservation (one a node: asking more than it has is refused, as Slurm refuses); our streams are its, signals
+    sent to srun go to it, its exit code is ours (128+N: killed by signal N)."""
+    import signal
+    import subprocess
+    job = os.environ["GRUN_JOB_ID"]
+    for key, have, words in (("cpus", "SLURM_CPUS_ON_NODE", "More processors requested than permitted"),
+                             ("memory", "SLURM_MEM_PER_NODE", "Memory required by task is not available")):
+        if os.environ.get(have, "").isdigit() and request.get(key, 0) > int(os.environ[have]):
+            raise Refused(f"Unable to create step for job {job}: {words}")
+    number = "0"
+    if os.environ.get("SLURM_JOB_ID") == job and os.environ.get("TMPDIR"):  # (the job's own TMPDIR: grun/spawner.py)
+        with contextlib.suppress(OSError):  # steps are numbered 0, 1, ...: a byte appended for each
+            fd = os.open(os.path.join(os.environ["TMPDIR"], f".srun-steps-{job}"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            number = str(os.write(fd, b".") and os.lseek(fd, 0, os.SEEK_CUR) - 1)
+            os.close(fd)
+    exported = {k: v for k, v in request["env"].items() if not k.startswith("SLURM_") and k != "USER"}
+    env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
+           "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_NPROCS": "1",
+           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", ""), **{k: v for k, v in request["env"].items()
+                                                                       if k == "SLURM_CPUS_PER_TASK"}}
+    running, early = [], []  # (signals that come before it started: sent once it has)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda number, _: running[0].send_signal(number) if running else early.append(number))
+    try:
+        running.append(subprocess.Popen(command, cwd=request["cwd"], env=env))
+    except OSError as exc:
+        print(f"srun: error: execve(): {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for number in early:
+        running[0].send_signal(number)
+    code = running[0].wait()
+    return 128 - code if code < 0 else code
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
-    """The live jobs, or those with these ids (N or N_T; finished ones too, for `finished_for` s), and the
-    ids the master never had."""
+    """The live jobs, or those with these ids: N a job, or an array's tasks (and its part not started yet, if any);
+    N_T one task; ended ones too (less than `finished_for` s ago; None: whenever). And the ids not found."""
     if not ids:
         return client.jobs(), []
-    found, unknown = [], []
+    found, unknown, arrays = {}, [], {}
     for word in ids:
+        number, _, task = word.partition("_")
         try:
-            job = client.job(int(word.partition("_")[0]))
+            job = client.job(int(number))
         except (GrunError, ValueError):
             unknown.append(word)
             continue
-        if finished_for is None or "end_time" not in job or time.time() - job["end_time"] < finished_for:
-            found.append(job)
-    return found, unknown
+        if "ranges" in job:
+            arrays.setdefault(job["id"], (job, []))[1].append(task)
+        elif task:
+            unknown.append(word)
+        else:
+            found.setdefault(job["id"], job)
+    if arrays:  # their tasks: live ones, and ended ones among the latest history
+        ended = sum(sum(array["counts"].values()) for array, _ in arrays.values())
+        tasks = sorted({j["id"]: j for j in (client.history(1000 + ended) if ended else []) + client.jobs()
+                        if "task" in j and j["array"] in arrays}.values(), key=lambda j: j["task"])
+        for array, asked in arrays.values():
+            mine, waiting = [j for j in tasks if j["array"] == array["id"]], unstarted(array)
+            for task in asked:
+                found.update((j["id"], j) for j in mine if str(j["task"]) == task or not task)
+                if not task and (waiting or not mine) or task.isdigit() and int(task) in waiting:
+                    found[array["id"]] = array  # (its line: the tasks not started yet)
+                elif task and not any(str(j["task"]) == task for j in mine):
+                    unknown.append(f"{array['id']}_{task}")
+    now = time.time()
+    return [j for j in found.values() if finished_for is None or now - j.get("end_time", now) < finished_for], unknown
 
 
 def fmt_fields(fmt: str) -> list[tuple]:
@@ -345,10 +357,19 @@ def fmt_fields(fmt: str) -> list[tuple]:
     return out
 
 
+def user_name(word: str) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(int(word)).pw_name if word.isdigit() else pwd.getpwnam(word).pw_name
+    except KeyError:
+        raise Refused(f"Invalid user: {word}") from None
+
+
 def squeue(argv: list[str]) -> int:
-    """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-h] [-o FORMAT | -O FIELDS]"""
-    opts = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format "
-                             "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all"), None)[0]
+    """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-n NAMES] [-r] [-h] [-o FORMAT | -O FIELDS]"""
+    opts = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format name=-n,--name "
+                             "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all "
+                             "tasks:-r,--array"), None)[0]
     fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
     if "Format" in opts:
         fields = []
@@ -358,22 +379,33 @@ def squeue(argv: list[str]) -> int:
             if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
                 raise Refused(f"Invalid job format specification: {item}")
             fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
-    ids = [i for i in ",".join(opts.get("jobs", [])).split(",") if i]
+    states = {s.upper(): s for s in ",".join(opts.get("states", [])).split(",") if s}
+    if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
+        raise Refused(f"Invalid job state specified: {bad}")
+    users = {user_name(u) for u in ",".join(opts["user"]).split(",") if u} if "user" in opts else \
+        {current_user()} if "me" in opts else None
+    ids, names = [i for i in ",".join(opts.get("jobs", [])).split(",") if i], ",".join(opts.get("name", [])).split(",")
     client = Client()
     jobs, unknown = job_list(client, ids)
     if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
         return 1
-    users = set(",".join(opts["user"]).split(",")) if "user" in opts else {current_user()} if "me" in opts else None
-    states = {s.upper() for s in ",".join(opts.get("states", [])).split(",")} - {""}
-    rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
+    if not ids and set(states) - {"PENDING", "PD", "RUNNING", "R", "SUSPENDED", "S"}:  # ended ones too, as
+        jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
+    shown = []
     for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
-        if "ranges" in job and (job.get("stopped") or job["tasks"] <= job["started"]):
+        if "ranges" in job and not unstarted(job):
             continue  # an array all of whose tasks have started: they have their own lines
-        if (users is None or job.get("user") in users) and (not states or "ALL" in states or
-                                                           {state_of(job), SHORT.get(state_of(job))} & states):
-            rows.append([(get(job) if get else h, w, r) for h, get, w, r in fields])
-    for row in rows:
+        if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and (
+                not states or "ALL" in states or {state_of(job), SHORT.get(state_of(job))} & set(states)):
+            shown += [dict({k: v for k, v in job.items() if k != "ranges"}, array=job["id"], task=task,
+                           _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job else [job]
+    head = next((j for j in shown if j["state"] == "queued" and reason_of(j) == "Priority"), None)
+    if head and not any(n["up"] and n["free_cpus"] >= head.get("cpus", 1) and n["free_memory"] >= head.get("memory", 0)
+                        for n in client.nodes()):  # the first in line waits for room (those after it, for it)
+        head["_reason"] = "Resources"
+    rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
+    for row in rows + [[(get(job) if get else h, w, r) for h, get, w, r in fields] for job in shown]:
         print("".join((t[:w].rjust(w) if r else t[:w].ljust(w)) if w else t for t, w, r in row).rstrip())
     return 0
 
@@ -402,6 +434,8 @@ def sacct(argv: list[str]) -> int:
                 and (users is None or j.get("user") in users)]
     if "name" in opts:
         jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
+    listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
+    jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or unstarted(j)]
     sep = "|" if "P" in opts or "p" in opts else None
     rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
     for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:

@@ -1,5 +1,8 @@
 """How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
-`--long` blocks), and a job's command as typed. Pure functions of the master's records."""
+`--long` blocks), and a job's command as typed. Pure functions of the master's records;
+at the end, how Slurm's tools (grun/compat.py) show them."""
+
+import os
 
 MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
 
@@ -160,3 +163,103 @@ def history_long(jobs: list[dict]) -> str:
             j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
             j.get("error") and f"  error     {j['error']}") if line))
     return "\n\n".join(blocks)
+
+
+# ---- how records look to Slurm's tools (grun/compat.py) ----------------------------------------
+
+STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatched": "RUNNING", "running": "RUNNING",
+          "suspended": "SUSPENDED", "done": "COMPLETED", "failed": "FAILED", "killed": "CANCELLED",
+          "cancelled": "CANCELLED", "lost": "NODE_FAIL", "timeout": "TIMEOUT"}
+SHORT = {"PENDING": "PD", "RUNNING": "R", "SUSPENDED": "S", "COMPLETED": "CD", "FAILED": "F", "CANCELLED": "CA",
+         "NODE_FAIL": "NF", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM"}
+REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
+
+
+def name_of(job: dict) -> str:
+    cmd = job.get("cmd") or ["?"]
+    if len(cmd) > 3 and cmd[2].startswith(MARK):
+        return cmd[3]
+    return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
+
+
+def state_of(job: dict) -> str:
+    limit = {"memory": "OUT_OF_MEMORY", "time": "TIMEOUT"}.get(job.get("limit"))
+    return limit or STATES.get(job["state"], job["state"].upper())
+
+
+def id_of(job: dict) -> str:
+    """grun's label (12, 12.7: task 7 of array 12) as Slurm's (12_7); an array's tasks not started yet: 12_[3-9%2]."""
+    if "ranges" not in job:
+        return label(job).replace(".", "_")
+    ids, limit = unstarted(job), f"%{job['limit']}" if job.get("limit") else ""
+    return f"{job['id']}_[{spans(ids) + limit if ids else job.get('array', '')}]"
+
+
+def unstarted(array: dict) -> list[int]:
+    """The ids of an array's tasks not started yet, in order."""
+    from .core.arrays import left
+    (at_range, at), taken = array["at"], set(array["taken"])
+    return [t for i, (start, stop, step) in enumerate(array["ranges"][at_range:], at_range) if left(array)
+            for t in range(at if i == at_range else start, stop, step) if t not in taken]
+
+
+def spans(ids: list[int]) -> str:
+    """Task ids as Slurm writes them: 1-4, 1-9:2, 1,5,9."""
+    out, i = [], 0
+    while i < len(ids):
+        j, step = i, ids[i + 1] - ids[i] if i + 1 < len(ids) else 1
+        while j + 1 < len(ids) and ids[j + 1] - ids[j] == step:
+            j += 1
+        j = i if j == i + 1 and step > 1 else j  # (two ids a step apart: a list, not a range)
+        out.append(str(ids[i]) if j == i else f"{ids[i]}-{ids[j]}" + (f":{step}" if step > 1 else ""))
+        i = j + 1
+    return ",".join(out)
+
+
+def reason_of(job: dict) -> str:
+    """Why a pending job waits, in Slurm's words (squeue may have found `Resources`)."""
+    at_limit = "ranges" in job and job["limit"] and job["started"] - sum(job["counts"].values()) >= job["limit"]
+    return job.get("_reason") or ("JobArrayTaskLimit" if at_limit else REASONS.get(job["state"], "None"))
+
+
+def elapsed(job: dict) -> float:
+    import time
+    wall = (job.get("usage") or {}).get("wall")
+    return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
+
+
+def stamp(t) -> str:
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else "Unknown"
+
+
+def usage(job: dict, *keys: str) -> float:
+    return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
+
+
+# squeue's %letter, its header, the names -O and sacct know it by, sacct's width, its value for a record
+FIELDS = {row[0]: row[1:] for row in [
+    ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j["array"] if "task" in j else j["id"])),
+    ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
+    ("K", "ARRAY_TASK_ID", "arraytaskid", 0, lambda j: str(j.get("task", "N/A"))),
+    ("j", "NAME", "name JobName", 10, name_of), ("u", "USER", "username User", 9, lambda j: j.get("user", "?")),
+    ("T", "STATE", "state State", 10, state_of), ("t", "ST", "statecompact", 0, lambda j: SHORT.get(state_of(j), "?")),
+    ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
+    ("R", "NODELIST(REASON)", "reasonlist", 0, lambda j: j.get("node") or f"({reason_of(j)})"),
+    ("N", "NODELIST", "nodelist NodeList", 15, lambda j: j.get("node") or ""),
+    ("P", "PARTITION", "partition Partition", 10, lambda j: "grun"), ("a", "ACCOUNT", "account Account", 10, lambda j: ""),
+    ("C", "CPUS", "numcpus AllocCPUS ReqCPUS", 10, lambda j: f"{j.get('cpus', 1):g}"),
+    ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
+    ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
+    ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
+    ("r", "REASON", "reason", 0, reason_of), ("o", "COMMAND", "command", 0, command_text),
+    ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
+    ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
+    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
+    ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"
+     if j.get("start_time") else "0:0"),
+    ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
+    ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
+    ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
+    ("7", "", "TotalCPU", 10, lambda j: duration(usage(j, "utime", "stime"), True))]}
+BY_NAME = {name.lower(): (name, letter) for letter, row in FIELDS.items() for name in row[1].split()}
