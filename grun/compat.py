@@ -163,9 +163,9 @@ def when(text: str) -> float:
 
 # ---- the commands ----------------------------------------------------------------------------------
 
-SLURM_STATES = " ".join([*SHORT, *SHORT.values()]) + " ALL PREEMPTED PR BOOT_FAIL BF DEADLINE DL COMPLETING CG CONFIGURING" \
-    " CF REQUEUED RQ REQUEUE_FED RF REQUEUE_HOLD RH RESIZING RS RESV_DEL_HOLD RD REVOKED RV SIGNALING SI SPECIAL_EXIT SE" \
-    " STAGE_OUT SO STOPPED ST"  # (what squeue -t takes)
+SLURM_STATES = " ".join([*SHORT, *SHORT.values()]) + " ALL PREEMPTED PR BOOT_FAIL BF DEADLINE DL COMPLETING CG" \
+    " CONFIGURING CF REQUEUED RQ REQUEUE_FED RF REQUEUE_HOLD RH RESIZING RS RESV_DEL_HOLD RD REVOKED RV SIGNALING SI" \
+    " SPECIAL_EXIT SE STAGE_OUT SO STOPPED ST"  # (what squeue -t takes)
 SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus-per-task mem=--mem "
                "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
                "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
@@ -189,8 +189,8 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
     env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
-               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_NTASKS="1", SLURM_NPROCS="1",
-               SLURM_TASKS_PER_NODE="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
+               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_NTASKS="1",
+               SLURM_NPROCS="1", SLURM_TASKS_PER_NODE="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
                **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
@@ -223,8 +223,9 @@ def sbatch(argv: list[str]) -> int:
             raise Refused(f"--wrap and a script ({rest[0]}) given together")
         script, name = f"#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{last(opts, 'wrap')}\n", "wrap"
     else:
+        name = os.path.basename(rest[0]) if rest else "sbatch"
         try:
-            script, name = read_script(rest[0] if rest else None, "batch"), os.path.basename(rest[0]) if rest else "sbatch"
+            script = read_script(rest[0] if rest else None, "batch")
         except OSError:
             raise Refused(f"Unable to open file {rest[0]}") from None
     if not script.startswith("#!"):
@@ -235,10 +236,10 @@ def sbatch(argv: list[str]) -> int:
     request = slurm_request(opts, name, "sbatch")
     if "array" in opts:
         from .core.arrays import parse as tasks  # (a bad value: a ValueError, one line)
-        request["array"], ranges = last(opts, "array"), tasks(last(opts, "array"))["ranges"]
-        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(len(range(*r)) for r in ranges)),
-                              SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ranges)), SLURM_ARRAY_TASK_STEP=str(ranges[0][2]),
-                              SLURM_ARRAY_TASK_MAX=str(max(range(*r)[-1] for r in ranges)))
+        request["array"], ids = last(opts, "array"), [range(*r) for r in tasks(last(opts, "array"))["ranges"]]
+        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(map(len, ids))), SLURM_ARRAY_TASK_STEP=str(ids[0].step),
+                              SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ids)),
+                              SLURM_ARRAY_TASK_MAX=str(max(r[-1] for r in ids)))
     names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
@@ -288,7 +289,7 @@ def step(opts: dict, request: dict, command: list[str]) -> int:
     number = "0"
     if os.environ.get("SLURM_JOB_ID") == job and os.environ.get("TMPDIR"):  # (the job's own TMPDIR: grun/spawner.py)
         with contextlib.suppress(OSError):  # steps are numbered 0, 1, ...: a byte appended for each
-            fd = os.open(os.path.join(os.environ["TMPDIR"], f".srun-steps-{job}"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            fd = os.open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             number = str(os.write(fd, b".") and os.lseek(fd, 0, os.SEEK_CUR) - 1)
             os.close(fd)
     exported = {k: v for k, v in request["env"].items() if not k.startswith("SLURM_") and k != "USER"}
@@ -399,7 +400,8 @@ def squeue(argv: list[str]) -> int:
         if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and (
                 not states or "ALL" in states or {state_of(job), SHORT.get(state_of(job))} & set(states)):
             shown += [dict({k: v for k, v in job.items() if k != "ranges"}, array=job["id"], task=task,
-                           _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job else [job]
+                           _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job \
+                else [job]  # (-r: an array's tasks not started, one a line)
     head = next((j for j in shown if j["state"] == "queued" and reason_of(j) == "Priority"), None)
     if head and not any(n["up"] and n["free_cpus"] >= head.get("cpus", 1) and n["free_memory"] >= head.get("memory", 0)
                         for n in client.nodes()):  # the first in line waits for room (those after it, for it)

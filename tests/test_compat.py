@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grun import compat
+from grun import compat, tables
 from grun.core import jobs as J
 
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
@@ -76,6 +76,17 @@ def test_records_as_slurm_shows_them():
     assert [compat.FIELDS[letter][3](ended) for _, letter in fields] == ["OUT_OF_MEMORY", "0:9", "1-01:00:00", "10K"]
     with pytest.raises(compat.Refused, match="%X"):
         compat.fmt_fields("%i %X")
+
+
+def test_array_tasks_not_started_as_slurm_writes_them():
+    array = {"id": 2, "array": "1-9%2", "ranges": [[1, 10, 1]], "limit": 2, "at": [0, 5], "taken": [7], "tasks": 9,
+             "started": 5, "stopped": False, "counts": {"done": 3}, "state": "queued"}
+    assert compat.unstarted(array) == [5, 6, 8, 9] and compat.id_of(array) == "2_[5-6,8-9%2]"
+    assert compat.FIELDS["r"][3](array) == "JobArrayTaskLimit"  # two of its tasks run: its limit
+    assert compat.FIELDS["r"][3](dict(array, counts={"done": 4})) == "Priority"
+    assert [tables.spans(ids) for ids in ([3, 4], [1, 3, 5, 7], [1, 5], [1, 2, 3, 7], [4])] == [
+        "3-4", "1-7:2", "1,5", "1-3,7", "4"]
+    assert compat.id_of(dict(array, stopped=9)) == "2_[1-9%2]"  # none will start: as submitted
 
 
 # ---- through a real cluster -------------------------------------------------------------------------
@@ -316,7 +327,8 @@ def test_dependencies_afterok_and_hold_jid(cluster, shims, tmp_path):
     failed = shims("sbatch", "--parsable", "--wrap", "exit 1", cwd=tmp_path).stdout.strip()
     never = shims("sbatch", "--parsable", "--dependency", f"afterok:{failed}", "--wrap", "true", cwd=tmp_path)
     assert wait_end(cluster, int(never.stdout))["state"] == "cancelled"
-    assert shims("sacct", "-nPj", never.stdout.strip(), "-o", "State").stdout.strip() == "CANCELLED"
+    r = shims("sacct", "-nPj", never.stdout.strip(), "-o", "State,ExitCode")
+    assert r.stdout.strip() == "CANCELLED|0:0"  # (it never ran: no exit code, as Slurm's)
 
 
 def test_sbatch_H_and_qsub_h_queue_the_job_held_so_it_never_starts_before_its_release(cluster, shims, tmp_path):
@@ -376,3 +388,95 @@ def test_squeue_and_scancel_on_array_tasks(cluster, shims, tmp_path):
     assert f"{array}_2 R" in out, out
     assert shims("scancel", str(array)).returncode == 0
     assert wait_end(cluster, array)["state"] == "killed"
+
+
+def test_srun_inside_a_batch_job_runs_as_a_step_of_it(cluster, shims, tmp_path):
+    """On a full cluster an srun that queued a job of its own waited for its parent's cpus (Slurm runs it as a
+    step, in the job's allocation): here small is busy and the job holds all of big."""
+    blocker = cluster.client().submit("sleep 60", hosts="small").id
+    cluster.client().wait_started(blocker)
+    (tmp_path / "steps.sh").write_text(
+        f"#!/bin/sh\n#SBATCH -c 4 -o steps.out\nPATH={shims.bin}:$PATH  # (not this machine's real Slurm)\n"
+        "srun sh -c 'echo step=$SLURM_STEP_ID job=$SLURM_JOB_ID proc=$SLURM_PROCID'\n"
+        "srun sh -c 'echo step=$SLURM_STEP_ID'\necho data | srun cat\nsrun sh -c 'exit 3'; echo rc=$?\n"
+        "srun -c 8 true; echo rc=$?\nsrun nosuch; echo rc=$?\n"
+        "srun sh -c 'trap \"echo got TERM; exit 5\" TERM; while :; do sleep 0.1; done' & sleep 2; kill -TERM $!\n"
+        "wait $!; echo rc=$?\n")
+    try:
+        job_id = int(shims("sbatch", "--parsable", "steps.sh", cwd=tmp_path).stdout)
+        assert wait_end(cluster, job_id)["exit"] == 0
+    finally:
+        shims("scancel", str(blocker))
+        wait_end(cluster, blocker)
+    assert (tmp_path / "steps.out").read_text() == (
+        f"step=0 job={job_id} proc=0\nstep=1\ndata\nrc=3\n"
+        f"srun: error: Unable to create step for job {job_id}: More processors requested than permitted\nrc=1\n"
+        "srun: error: execve(): nosuch: No such file or directory\nrc=2\ngot TERM\nrc=5\n")
+    assert max(j["id"] for j in cluster.client().jobs() + cluster.client().history(1000)) == job_id  # no job after it
+
+
+def test_srun_killed_with_TERM_kills_its_job(cluster, shims, tmp_path):
+    srun = subprocess.Popen([str(shims.bin / "srun"), "-J", "termed", "sleep", "30"], env=cluster.env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not (mine := [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["termed"] and j["state"] == "running"]):
+        assert time.monotonic() < deadline and srun.poll() is None
+        time.sleep(0.1)
+    srun.send_signal(15)
+    assert srun.wait(timeout=30) == 143
+    assert wait_end(cluster, mine[0]["id"])["state"] == "killed"
+
+
+def test_squeue_and_sacct_show_an_arrays_tasks(cluster, shims, tmp_path):
+    array = int(shims("sbatch", "--parsable", "--array=1-4%2", "-o", "/dev/null", "--wrap", "sleep 2", cwd=tmp_path).stdout)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(lines := shims("squeue", "-h", "-j", str(array), "-o", "%i %t %R").stdout
+                                                        .splitlines()) < 3:
+        time.sleep(0.1)
+    assert lines[0] == f"{array}_[3-4%2] PD (JobArrayTaskLimit)" and sorted(line.split()[:2] for line in lines[1:]) == [
+        [f"{array}_1", "R"], [f"{array}_2", "R"]], lines
+    assert shims("squeue", "-h", "-j", f"{array}_2", "-o", "%i").stdout.split() == [f"{array}_2"]
+    assert shims("squeue", "-h", "-r", "-t", "PD", "-o", "%i").stdout.split() == [f"{array}_3", f"{array}_4"]
+    wait_end(cluster, array)
+    tasks = [f"{array}_{t}|COMPLETED" for t in (1, 2, 3, 4)]
+    assert shims("sacct", "-nPj", str(array), "-o", "JobID,State").stdout.split() == tasks
+    assert shims("sacct", "-nPj", f"{array}_3", "-o", "JobID,State").stdout.split() == tasks[2:3]
+    everything = shims("sacct", "-nP", "-o", "JobID,State").stdout.split()
+    assert set(tasks) <= set(everything) and not [line for line in everything if f"{array}_[" in line]
+    assert set(tasks) <= set(shims("squeue", "-h", "-t", "CD", "-o", "%i|%T").stdout.split())
+    assert f"{array}_1" in shims("squeue", "-h", "-t", "all", "-o", "%i").stdout.split()  # (ended: MinJobAge)
+
+
+def test_squeue_says_resources_for_the_first_in_line_and_refuses_bad_states_and_users(cluster, shims, tmp_path):
+    ids = [shims("sbatch", "--parsable", "-J", "wide", "-c", "4", "--wrap", "sleep 30", cwd=tmp_path).stdout.strip()
+           for _ in range(3)]
+    try:
+        cluster.client().wait_started(int(ids[0]))
+        assert shims("squeue", "-h", "-n", "wide,other", "-o", "%i").stdout.split() == ids[1:] + ids[:1]  # (PD first)
+        r = shims("squeue", "-h", "-j", ",".join(ids[1:]), "-o", "%i %R")
+        assert r.stdout.splitlines() == [f"{ids[1]} (Resources)", f"{ids[2]} (Priority)"], r.stdout
+    finally:
+        shims("scancel", *ids)
+    for args, words in ((["-t", "foo"], "squeue: error: Invalid job state specified: foo\n"),
+                        (["-u", "nosuchuser"], "squeue: error: Invalid user: nosuchuser\n")):
+        r = shims("squeue", *args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", words)
+    assert shims("squeue", "-h", "-t", "pd,R", "-u", "0", "-o", "%i").returncode == 0  # (uid 0: root, a user)
+
+
+def test_sbatch_messages_and_environment_as_slurms(cluster, shims, tmp_path):
+    for args, words in ((["--mem=500G", "--wrap", "true"], "no node has"), (["nonexist.sh"], "Unable to open file nonexist.sh")):
+        r = shims("sbatch", *args, cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr.startswith(f"sbatch: error: {words}") and "--force" not in r.stderr, r.stderr
+    env = {k: v for k, v in cluster.env.items() if k != "USER"}  # (Slurm sets USER in the job even so)
+    r = subprocess.run([str(shims.bin / "sbatch"), "--parsable", "--export=NONE", "-c", "2", "--array=1-5:2", "-o", "env-%a",
+                        "--wrap", "env"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    wait_end(cluster, int(r.stdout))
+    got = dict(line.split("=", 1) for line in (tmp_path / "env-3").read_text().splitlines() if "=" in line)
+    assert {k: got.get(k) for k in ("USER", "SLURM_JOB_USER", "SLURM_JOB_CPUS_PER_NODE", "SLURM_NTASKS", "SLURM_PROCID",
+                                    "SLURM_LOCALID", "SLURM_NODEID", "SLURM_TASKS_PER_NODE", "SLURM_ARRAY_TASK_COUNT",
+                                    "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_ID")} == {
+        "USER": compat.current_user(), "SLURM_JOB_USER": compat.current_user(), "SLURM_JOB_CPUS_PER_NODE": "2",
+        "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_TASKS_PER_NODE": "1",
+        "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5", "SLURM_ARRAY_TASK_ID": "3"}
+    assert got["SLURM_NODELIST"] == got["SLURM_JOB_NODELIST"] == "big"
