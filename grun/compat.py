@@ -265,7 +265,8 @@ def srun(argv: list[str]) -> int:
     if os.environ.get("GRUN_JOB_ID", "").isdigit():
         return step(opts, request, command)
     client, ids = Client(), []
-    signal.signal(signal.SIGTERM, _raise_terminated)  # as grun's: the job dies with us (SIGINT: KeyboardInterrupt)
+    signal.signal(signal.SIGTERM, _raise_terminated)  # as grun's: the job dies with us (on SIGINT too, even when
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a script started us in the background)
     try:
         ids.append(submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
