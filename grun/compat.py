@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- reading options and scripts -----------------------------------------------------------------
 
-def parse(argv: list[str], table: dict, stop: bool | None = True) -> tuple[dict, list[str]]:
+def parse(argv: list[str], table: dict, stop: bool | None = True, glued: bool = True) -> tuple[dict, list[str]]:
     """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
     together (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first;
-    with False, they are collected; with None, there may be none."""
+    with False, they are collected; with None, there may be none. Without `glued` (SGE's: its options
+    are whole words, -verify is not -v erify), neither -XV nor -nP."""
     opts, rest, words = {}, [], list(reversed(argv))
     while words:
         word = words.pop()
@@ -58,7 +59,7 @@ def parse(argv: list[str], table: dict, stop: bool | None = True) -> tuple[dict,
             rest.append(word)
             continue
         name, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
-        if name not in table and not word.startswith("--") and word[:2] in table:
+        if glued and name not in table and not word.startswith("--") and word[:2] in table:
             if table[word[:2]][1]:
                 name, eq, inline = word[:2], "=", word[2:]  # -Jname
             elif f"-{word[2]}" in table:
@@ -78,7 +79,7 @@ def last(opts: dict, key: str, default=None):
     return opts[key][-1] if key in opts else default
 
 
-def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True) -> dict:
+def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True, glued: bool = True) -> dict:
     """The options of the script's `#SBATCH` / `#$` lines, under those of the command line (`opts`);
     Slurm reads them up to the first command."""
     found: dict = {}
@@ -87,7 +88,7 @@ def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bo
         if text.startswith(prefix) and (len(text) == len(prefix) or text[len(prefix)].isspace()):
             try:
                 words = shlex.split(text[len(prefix):], comments=True)
-                parsed, rest = parse(words, table)
+                parsed, rest = parse(words, table, glued=glued)
             except (ValueError, Refused) as exc:
                 raise Refused(f"script line {number}: {exc}: {text}") from None
             if rest or not words:
