@@ -7,16 +7,17 @@ import sys
 import time
 
 from . import compat as C
-from .client import Client, current_user
+from .client import Client, GrunError, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
-from .core.jobs import number_or_text, parse_time_limit
-from .tables import command_text
+from .core.jobs import FINAL_STATES, number_or_text, parse_time_limit
+from .tables import command_text, label
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
-                "hold_jid=-hold_jid sync=-sync terse:-terse binary=-b shell=-S queue=-q project=-P account=-A "
-                "rerun=-r hold:-h"), "-pe": ("pe", 2)}
+                "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "
+                "start_shell=-shell queue=-q project=-P account=-A rerun=-r hold:-h"), "-pe": ("pe", 2)}
 STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
 MEMORY, TIME = ("h_vmem", "mem_free", "s_vmem", "virtual_free", "mem"), ("h_rt", "s_rt")
+RUNNING = ("dispatched", "running", "suspended")
 
 
 def yes(opts: dict, key: str) -> bool:
@@ -28,13 +29,14 @@ def yes(opts: dict, key: str) -> bool:
 
 def qsub(argv: list[str]) -> int:
     """qsub [options] [SCRIPT [ARGS...]] | -b y COMMAND...: prints `Your job N ("name") has been submitted`."""
-    opts, rest = parse(argv, QSUB)
+    opts, rest = parse(argv, QSUB, glued=False)  # (SGE's options are whole words: -verify is not -v erify)
     binary = yes(opts, "binary")
     script = None if binary else C.read_script(rest[0] if rest else None, "job")
     if binary and not rest:
         raise Refused("-b y needs a command")
-    opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False)
-    name = last(opts, "name", os.path.basename(rest[0]) if rest else "STDIN")
+    opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False, glued=False)
+    name = last(opts, "name", os.path.basename(rest[0].split()[0] if binary and rest[0].split() else rest[0])
+                if rest else "STDIN")
     for spelling in ("-q", "-P", "-A"):
         if QSUB[spelling][0] in opts:
             print(f"qsub: note: {spelling} ignored (grun has none)", file=sys.stderr)
@@ -54,19 +56,25 @@ def qsub(argv: list[str]) -> int:
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {item}")
-    held, client = [i for i in ",".join(opts.get("hold_jid", [])).split(",") if i], Client()
-    if names := [i for i in held if not i.isdigit()]:  # names (and globs), as SGE: this user's live jobs
-        import fnmatch
-        mine = [j for j in client.jobs() if j.get("user") == current_user()]
-        held = [i for i in held if i.isdigit()] + [str(j["id"]) for j in mine if any(
-            fnmatch.fnmatchcase(name_of(j), n) for n in names)]
-    if held:
-        request["after"] = [int(i) for i in held]
-    if "array" in opts:
-        request["array"] = last(opts, "array") + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
+    client, tasks = Client(), _task_range(last(opts, "array"))
+    after = _holds(client, opts.get("hold_jid", []))
+    if "hold_jid_ad" in opts:  # grun has no task-to-task dependency: each task waits for the whole arrays
+        arrays = [client.job(i) for i in _holds(client, opts["hold_jid_ad"])]
+        if tasks is None or any([list(range(*r)) for r in a.get("ranges") or []] != [
+                list(range(tasks[0], tasks[1] + 1, tasks[2]))] for a in arrays):
+            raise Refused("-hold_jid_ad: this job and the jobs it names must be arrays of the same -t range")
+        if arrays:
+            print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
+                  f"{', '.join(str(a['id']) for a in arrays)} (grun has no task-to-task dependency)", file=sys.stderr)
+        after += [a["id"] for a in arrays]
+    if after:
+        request["after"] = after
+    if tasks:
+        request["array"] = f"{tasks[0]}-{tasks[1]}:{tasks[2]}" + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
     env = {k: v for k, _, v in (w.partition("=") for w in ",".join(opts.get("env", [])).split(",") if "=" in w)}
     env.update(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
                SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
+               **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"), map(str, tasks or ["undefined"] * 3))),
                **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
     request.update(env=env, pass_env=["*"] if "allenv" in opts else [w for w in ",".join(opts.get("env", [])).split(",")
                                                                       if w and "=" not in w])
@@ -74,11 +82,18 @@ def qsub(argv: list[str]) -> int:
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
     out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
-    job_id = C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
-                      None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith("#!")
-                                                                else "/bin/sh"), hold="hold" in opts, **request)
-    tasks = last(opts, "array", "")
-    shown = f"{job_id}.{tasks}{':1' if '-' in tasks and ':' not in tasks else ''}" if tasks else str(job_id)
+    if binary and ("start_shell" not in opts or yes(opts, "start_shell")):
+        # SGE's -shell y: the command line goes to a shell, its variables ($SGE_TASK_ID) expanded; (SGE joins the
+        # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
+        rest = [last(opts, "shell", "/bin/sh"), "-c", rest[0] + "".join(
+            ' "' + re.sub(r'(["\\`])', r"\\\1", word) + '"' for word in rest[1:])]
+    try:
+        job_id = C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
+                          None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith(
+                              "#!") else "/bin/sh"), hold="hold" in opts, **request)
+    except GrunError as exc:  # the master's words for grun's options, in qsub's
+        raise Refused(str(exc).replace("--after: ", "-hold_jid: ").replace(" (--force queues it anyway)", "")) from None
+    shown = f"{job_id}.{tasks[0]}-{tasks[1]}:{tasks[2]}" if tasks else str(job_id)
     print(shown if "terse" in opts else
           f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
     if not yes(opts, "sync"):
@@ -86,6 +101,37 @@ def qsub(argv: list[str]) -> int:
     code = client.exit_code(job_id)
     print(f"Job {job_id} exited with exit code {code}.")
     return code
+
+
+def _task_range(text: str | None) -> tuple[int, int, int] | None:
+    """-t n[-m[:s]]: first, last (as SGE: the last task the step reaches) and step; None without -t."""
+    if text is None:
+        return None
+    first, _, rest = text.partition("-")
+    last_task, _, step = rest.partition(":")
+    numbers = (first, last_task or first, step or "1")
+    if not all(n.isdigit() and int(n) > 0 for n in numbers) or int(numbers[1]) < int(first) or step and not rest:
+        raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
+    first, last_task, step = map(int, numbers)
+    return first, last_task - (last_task - first) % step, step
+
+
+def _holds(client: Client, words: list[str]) -> list[int]:
+    """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name). As SGE, a name that
+    matches no job and an id of no job (or of one long gone) are no hold."""
+    held = [i for i in ",".join(words).split(",") if i]
+    ids = [int(i) for i in held if i.isdigit()]
+    if names := [i for i in held if not i.isdigit()]:
+        import fnmatch
+        ids += [j["id"] for j in client.jobs() if j.get("user") == current_user() and "task" not in j
+                and any(fnmatch.fnmatchcase(name_of(j), n) for n in names)]
+    known = []
+    for job_id in ids:
+        try:
+            known.append(client.job(job_id)["id"])
+        except GrunError:
+            continue
+    return known
 
 
 def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
@@ -103,7 +149,7 @@ def qstat(argv: list[str]) -> int:
     if "jobs" in opts:
         return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
     users = set(",".join(opts.get("user", [current_user()])).split(","))
-    rows = [(str(j.get("array") or j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
+    rows = [(str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
              STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
                  j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
              f"{max(1, round(j.get('cpus', 1)))}", str(j.get("task", j.get("array", "") if "ranges" in j else "")))
@@ -129,16 +175,38 @@ def qstat(argv: list[str]) -> int:
 
 
 def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
-    """qstat -j, qacct -j: a block of `key value` lines per job; those not found named on stderr."""
-    jobs, missing = C.job_list(Client(), [i for i in ids.split(",") if i], None)
+    """qstat -j: a block of `key value` lines per live job; qacct -j: per ended job, an array's per ended task
+    (as SGE's accounting has them); the others named on stderr."""
+    client = Client()
+    jobs, missing = C.job_list(client, [i for i in ids.split(",") if i], None)
     for job in jobs:
-        if finished and "exit" not in job:
+        ended = job["state"] in FINAL_STATES
+        shown = ([] if ended else [job]) if not finished else [job] if ended and "ranges" not in job else [
+            task for task in _tasks_of(client, job) if task["state"] in FINAL_STATES] if "ranges" in job else []
+        for one in shown:
+            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(one)))
+        if not shown:
             missing.append(str(job["id"]))
-        else:
-            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(job)))
     if missing:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
+
+
+def _tasks_of(client: Client, array: dict) -> list[dict]:
+    """The records of an array's started tasks. Their ids come after the array's (one counter for all jobs):
+    looked up one by one until all are found, or 100 ids in a row are no job of ours."""
+    found, job_id, misses = [], array["id"], 0
+    while len(found) < array.get("started", 0) and misses < 100:
+        job_id += 1
+        try:
+            job = client.job(job_id)
+        except GrunError:
+            misses += 1
+            continue
+        misses = 0
+        if job.get("array") == array["id"] and "task" in job:
+            found.append(job)
+    return sorted(found, key=lambda task: task["task"])
 
 
 def _detail(job: dict) -> tuple:
@@ -152,7 +220,7 @@ def _detail(job: dict) -> tuple:
 def _accounting(job: dict) -> tuple:
     u = job.get("usage") or {}
     return (("qname", "all.q"), ("hostname", job.get("node")), ("owner", job.get("user")), ("jobname", name_of(job)),
-            ("jobnumber", job.get("array") or job["id"]), ("taskid", job.get("task", "undefined")),
+            ("jobnumber", job["array"] if "task" in job else job["id"]), ("taskid", job.get("task", "undefined")),
             ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
             ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
             ("failed", 0 if job.get("start_time") else 1), ("exit_status", job.get("exit")),
@@ -161,19 +229,28 @@ def _accounting(job: dict) -> tuple:
 
 
 def qdel(argv: list[str]) -> int:
-    """qdel ID[,ID...] | -u USER: `USER has registered the job N for deletion` (a running job) or `has deleted`."""
+    """qdel ID[,ID...] | -u USER: per job, `USER has registered the job N for deletion` (running) or `has deleted
+    job N` (not started); an array's running tasks and a task given as N.T: `... job-array task N.T ...`."""
     opts, words = parse(argv, table("user=-u force:-f"), False)
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and "user" not in opts or any(not re.fullmatch(r"\d+(\.\d+)?", i) for i in ids):
         raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
     client, me = Client(), current_user()
-    jobs = {str(j["id"]): j for j in client.jobs()}
-    ids += [i for i, j in jobs.items() if j.get("user") in last(opts, "user", "").split(",") and i not in ids]
+    live = client.jobs()
+    by_label = {label(j): j for j in live}
+    ids += [label(j) for j in live if "task" not in j and j.get("user") in last(opts, "user", "").split(",")
+            and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
     found = client.kill([i if "." in i else int(i) for i in ids], 15, "force" in opts)
     for job_id, ok in found.items():
-        running = jobs.get(str(job_id), {}).get("state") in ("dispatched", "running", "suspended")
-        print(f"{me} has {'registered the job' if running else 'deleted job'} {job_id}{' for deletion' * running}"
-              if ok else f'denied: job "{job_id}" does not exist')
+        job = by_label.get(str(job_id), {})
+        running = [job] if job.get("state") in RUNNING and "ranges" not in job else [
+            t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in RUNNING]
+        lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
+        if not ok:
+            lines = [f'denied: job "{job_id}" does not exist']
+        elif not running or "ranges" in job and job["tasks"] > job["started"]:  # (an array's unstarted tasks)
+            lines.append(f"{me} has deleted job{'-array task' * ('.' in str(job_id))} {job_id}")
+        print("\n".join(lines))
     return 0 if all(found.values()) else 1
 
 
