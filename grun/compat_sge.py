@@ -175,38 +175,24 @@ def qstat(argv: list[str]) -> int:
 
 
 def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
-    """qstat -j: a block of `key value` lines per live job; qacct -j: per ended job, an array's per ended task
-    (as SGE's accounting has them); the others named on stderr."""
-    client = Client()
-    jobs, missing = C.job_list(client, [i for i in ids.split(",") if i], None)
-    for job in jobs:
-        ended = job["state"] in FINAL_STATES
-        shown = ([] if ended else [job]) if not finished else [job] if ended and "ranges" not in job else [
-            task for task in _tasks_of(client, job) if task["state"] in FINAL_STATES] if "ranges" in job else []
+    """qstat -j: a block of `key value` lines per live job (an array: one); qacct -j: per ended job, an array's
+    per ended task (as SGE's accounting has them); the ids without one named on stderr."""
+    client, missing = Client(), []
+    for word in [i for i in ids.split(",") if i]:
+        if finished:
+            shown = [j for j in C.job_list(client, [word], None)[0] if "ranges" not in j and j["state"] in FINAL_STATES]
+        else:
+            try:
+                shown = [job for job in [client.job(int(word))] if job["state"] not in FINAL_STATES]
+            except (GrunError, ValueError):
+                shown = []
         for one in shown:
             print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(one)))
         if not shown:
-            missing.append(str(job["id"]))
+            missing.append(word)
     if missing:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
-
-
-def _tasks_of(client: Client, array: dict) -> list[dict]:
-    """The records of an array's started tasks. Their ids come after the array's (one counter for all jobs):
-    looked up one by one until all are found, or 100 ids in a row are no job of ours."""
-    found, job_id, misses = [], array["id"], 0
-    while len(found) < array.get("started", 0) and misses < 100:
-        job_id += 1
-        try:
-            job = client.job(job_id)
-        except GrunError:
-            misses += 1
-            continue
-        misses = 0
-        if job.get("array") == array["id"] and "task" in job:
-            found.append(job)
-    return sorted(found, key=lambda task: task["task"])
 
 
 def _detail(job: dict) -> tuple:

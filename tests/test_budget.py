@@ -42,9 +42,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # loop): values' parsers and config's fast reader in string methods; one is_any_address.
 # Then +140 for Slurm's shims as a Slurm user expects (QA against Slurm 22.05): srun inside a job as a step, srun's
 # SIGTERM, array tasks in squeue/sacct, squeue -t/-u/-n/-r and Resources, Slurm's messages and job environment.
-# SGE shim fixes (QA, +78: whole-word qsub options, -hold_jid_ad, -b y through the shell, SGE_TASK_FIRST/LAST/STEPSIZE,
+# SGE shim fixes (QA, +64: whole-word qsub options, -hold_jid_ad, -b y through the shell, SGE_TASK_FIRST/LAST/STEPSIZE,
 # qstat -j only live jobs, qacct -j an array's tasks, qdel's job-array task words, -hold_jid of no job no hold).
-TOTAL, MODULE, MEDIAN = 12233, 500, 200
+TOTAL, MODULE, MEDIAN = 12219, 500, 200
 
 
 def module_lines() -> dict[str, int]:
