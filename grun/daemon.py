@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from . import auth, plugins, registry
 from .config import KEYS, Config, ConfigError, load_config
 from .files import read_int
+from .journal import StoreError
 from .values import format_hostport
 
 log = logging.getLogger("grun.daemon")
@@ -74,7 +76,10 @@ class Services:
         cfg = self.cfg
         if "queue" in services:
             from .actors.master import Master
-            self.master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
+            try:
+                self.master_daemon = registry.start_master_daemon(cfg.bind, cfg.master_port, cfg.advertise)
+            except OSError as exc:  # (which address: "Address already in use" alone does not say)
+                raise OSError(exc.errno, f"{exc.strerror}: {format_hostport(cfg.bind, cfg.master_port)}") from None
             self.master = Master(os.path.join(cfg.spool, "master"), plugins=self.plugins, **self._settings("queue"))
             uri = self.master_daemon.register(self.master, registry.MASTER_NAME)
             self.master_daemon.nameserver.register(registry.MASTER_NAME, str(uri))
@@ -138,19 +143,23 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     """Host the services until SIGTERM or SIGINT; returns the exit code. `replacing`:
     the pid of the daemon running now, replaced once this one has loaded (`grun -d -R`)."""
     services = services or cfg.services
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if foreground or not cfg.log_file else []
-    if cfg.log_file:
-        os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
-        handlers.append(logging.FileHandler(cfg.log_file))
-    logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    for warning in cfg.warnings:
-        log.warning("%s", warning)
-    os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
-    _use_secret(cfg)
-    pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
-    hosted = Services(cfg)  # (its plugins load first: one that cannot is refused before we take the pid file)
-    lock_fd = _lock_pid_file(pid_file, replacing)
+    ready_fd = os.environ.pop("GRUN_READY_FD", None)  # start_background's pipe: written once we serve
+    try:  # (a read-only or missing spool, a log file we cannot open: one line, not a traceback)
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if foreground or not cfg.log_file else []
+        if cfg.log_file:
+            os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
+            handlers.append(logging.FileHandler(cfg.log_file))
+        logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
+                            format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+        for warning in cfg.warnings:
+            log.warning("%s", warning)
+        os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+        _use_secret(cfg)
+        pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
+        hosted = Services(cfg)  # (its plugins load first: one that cannot is refused before we take the pid file)
+        lock_fd = _lock_pid_file(pid_file, replacing)
+    except OSError as exc:
+        raise DaemonError(f"cannot start: {exc}") from None
     if replacing:
         log.info("took over from the previous daemon (pid %d)", replacing)
     signals = queue.SimpleQueue()  # taken by the loop below: a handler must not do the work (put is reentrant)
@@ -158,6 +167,9 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         signal.signal(sig, lambda signum, _frame: signals.put(signum))
     try:
         hosted.start(services)
+        if ready_fd:
+            os.write(int(ready_fd), b"1")
+            os.close(int(ready_fd))
         while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
             with contextlib.suppress(queue.Empty):
                 if signals.get(timeout=1.0) != signal.SIGHUP:
@@ -166,7 +178,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
                 hosted.reload()
         log.critical("the master's journal failed; exiting so that a restart reads the disk again")
         return 1
-    except OSError as exc:
+    except (OSError, StoreError) as exc:  # (StoreError: the spool's journal is another master's, or unreadable)
         log.error("cannot start: %s", exc)
         raise DaemonError(f"cannot start: {exc}") from None
     finally:
@@ -204,7 +216,7 @@ def _wait(done, seconds: float, every: float) -> bool:
 
 
 def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
-    """Start `serve` in a detached process; returns its pid once its pid file names it. `replacing`:
+    """Start `serve` in a detached process; returns its pid once it serves (else why not, from its log). `replacing`:
     the pid of the daemon running now, which the new one stops once it has loaded."""
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
@@ -214,12 +226,32 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
         print(f"grun: warning: {warning}", file=sys.stderr)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
-    with open(log_path, "ab") as log_out:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out, start_new_session=True)
-    if _wait(lambda: proc.poll() is not None or running_pid(cfg) == proc.pid, wait, 0.01) and proc.poll() is None:
+    ready_r, ready_w = os.pipe()  # the daemon writes to it once it serves: its pid file alone comes before the bind
+    with open(ready_r, "rb", buffering=0) as ready_in:
+        try:
+            with open(log_path, "ab") as log_out:
+                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out,
+                                        pass_fds=(ready_w,), env={**os.environ, "GRUN_READY_FD": str(ready_w)},
+                                        start_new_session=True)
+        finally:
+            os.close(ready_w)
+        ready = select.select([ready_in], [], [], wait)[0] and ready_in.read(1) == b"1"
+    if ready:
         return proc.pid
-    raise DaemonError(f"the daemon exited at once (code {proc.returncode}); see {log_path}" if proc.poll() is not None
-                      else f"the daemon did not start within {wait:.0f} s; see {log_path}")
+    if _wait(lambda: proc.poll() is not None, 2.0, 0.01):
+        raise DaemonError(f"the daemon exited at once (code {proc.returncode}): {_last_line(log_path)} (see {log_path})")
+    raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
+
+
+def _last_line(path: str) -> str:
+    """The last line of a log: a daemon that could not start says why there last."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if lines else "no reason in its log"
 
 
 def ask_reload(cfg: Config) -> int | None:

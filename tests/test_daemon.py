@@ -208,3 +208,21 @@ def test_a_reload_that_changes_the_secret_keeps_the_running_one_until_a_restart(
     assert re.search(r"reload: .*secret_file.* need a restart", log_path.read_text())
     r = s.grun("-C", client_conf, "echo", "after")
     assert (r.returncode, r.stdout) == (0, b"after\n"), r.stderr
+
+
+def test_a_daemon_that_cannot_start_says_why_in_one_line(setup, tmp_path):
+    """`grun -d` returned "started" once the daemon's pid file named it, before it bound its port: a second master
+    on a port in use said it started and exited 0 (the log alone said why). Now it waits for the daemon to serve
+    and says why it could not, naming the address; a spool it cannot make is one line from every starter."""
+    first = setup.grun("-C", setup.conf("m1", services="queue"), "-d")
+    assert first.returncode == 0, first.stderr
+    second = setup.grun("-C", setup.conf("m2", services="queue"), "-d")
+    assert second.returncode == 1 and b"started" not in second.stderr, second.stderr
+    assert re.fullmatch(rb"grun: the daemon exited at once \(code 1\): cannot start: \[Errno 98\] Address already in "
+                        rb"use: 127\.0\.0\.1:%d \(see \S+\)\n" % setup.port, second.stderr), second.stderr
+    (tmp_path / "file").write_text("")
+    bad = setup.conf("bad", services="exec", spool=str(tmp_path / "file" / "spool"))  # under a regular file
+    for argv in ([sys.executable, "-m", "grun.daemon", bad], [sys.executable, "-c", NODE_MAIN, "-C", bad]):
+        r = subprocess.run(argv, capture_output=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"cannot start: [Errno 20] Not a directory" in \
+            r.stderr, r.stderr
