@@ -51,6 +51,16 @@ def killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def end_leftovers(pid: int) -> None:
+    """A job's main process `pid` has ended, and is not reaped yet: SIGKILL what is left of its process group
+    (`cmd &` in its script, which a shell leaves in the job's group), as Slurm and SGE kill what a job leaves
+    behind: a job is over when its main process is, and nothing of it may run on unseen, unkillable by
+    `grun -k`. KILL at once, not TERM and a grace: the job's end is its own doing, and a grace would need a
+    timer here while the group id is safe only now: its leader's zombie holds the pid, so no other process
+    can have it as its group id until we reap it. (What left the group, setsid or setpgid, escapes.)"""
+    killpg(pid, signal.SIGKILL)
+
+
 def _identity(job: dict) -> dict:
     """Popen arguments that make the job run as its submitter when the node runs as root."""
     uid = job.get("uid")
@@ -267,9 +277,11 @@ class Reaper:
         do not add up one job after the other."""
         done = []
         with contextlib.suppress(ChildProcessError):  # (no child left)
-            while (ended := os.wait4(-1, os.WNOHANG))[0]:
-                pid, wstatus, rusage = ended
-                run = self.runs.pop(pid, None)
+            while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                run = self.runs.pop(info.si_pid, None)
+                if run is not None:
+                    end_leftovers(info.si_pid)
+                _, wstatus, rusage = os.wait4(info.si_pid, 0)  # (it has ended: no wait)
                 if run is None:
                     continue  # something a job left behind (we are its subreaper): nothing to record
                 for name, pipe in run.pipes.items():  # before its status: see grun.drain
