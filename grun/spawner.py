@@ -113,10 +113,23 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage) -> 
                          "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
                          "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
                          "write_bytes": rusage.ru_oublock * 512})
+    if rusage.ru_maxrss <= status.pop("reaper_peak_kb", 0):  # ours, not the job's: see _own_peak_kb
+        status["usage"]["maxrss_at_most"] = True
     found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(
         status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
     return status
+
+
+def _own_peak_kb() -> int:
+    """Our peak resident memory (VmHWM). Linux counts the memory a child had before its exec, a copy of ours or
+    (vfork) ours, in the child's ru_maxrss (fs/exec.c, exec_mmap): a job's maxrss at or below this says only
+    that its peak was at most that much (usage `maxrss_at_most`)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 @contextlib.contextmanager
@@ -243,7 +256,7 @@ class Reaper:
             stdin, out, err = _open_streams(job, job_dir, ident, keep)
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
-        status = {"start_time": time.time()}
+        status = {"start_time": time.time(), "reaper_peak_kb": _own_peak_kb()}
         try:
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                              stdout=out, stderr=err, **ident)

@@ -427,3 +427,15 @@ def test_a_job_waited_for_by_the_node_has_its_leftovers_killed_too(c, tmp_path):
     gate.touch()
     assert client.wait([job_id], 30)[job_id]["state"] == "done"
     wait_for(lambda: _not_running(bg), 10, what="the job's background sleep to be killed")
+
+
+def test_a_maxrss_no_larger_than_the_reaper_s_own_is_marked_as_at_most_that(c):
+    """Linux counts the reaper's memory (the child's before exec) in each job's ru_maxrss: `true` shows the
+    reaper's size, so its usage says that this is only a bound; a job that used more has its own peak."""
+    client = c.client()
+    small = client.submit_spec({"cmd": ["true"], **AS_US})
+    big = client.submit_spec({"cmd": ["python3", "-c", "x = bytearray(200 << 20); x[::4096] = b'1' * len(x[::4096])"],
+                              **AS_US})
+    done = client.wait([small, big], 60)
+    assert done[small]["usage"]["maxrss_at_most"] is True, done[small]["usage"]
+    assert "maxrss_at_most" not in done[big]["usage"] and done[big]["usage"]["maxrss_kb"] > 200 << 10, done[big]
