@@ -4,7 +4,8 @@ hiding the outputs of a failed run. Pure code over the command's words and the f
 The original grun's markers, kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an
 output and stay in the command without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell
 would take them for a comment anyway); in a shell command line `< FILE` is an input, `> FILE`, `>FILE`,
-`>> FILE` an output, and `%!>FILE` writes FILE without making it an output (it stays as `>FILE`).
+`>> FILE` an output, and `%!>FILE` writes FILE without making it an output (it stays as `>FILE`). The script of
+`sh -c SCRIPT` is such a line. A marker's file is the rest of its word, or, inside a word, up to a metacharacter.
 """
 
 import os
@@ -13,6 +14,8 @@ import shlex
 from typing import NamedTuple
 
 _MARK = re.compile(r"([%#])([io]):(?=\S|$)")  # `%i: x` inside a quoted word is text, not a marker
+_FILE_END = re.compile(r"[\s;|&<>()`'\"]")  # where a marker's file ends, unless the marker begins its word
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT`: SCRIPT is a shell line
 # a shell line's tokens: a redirection (with its fd, `%!`, or a `&N` it duplicates), a word, an operator;
 # anything else is a quote or a backslash left open
 _TOKEN = re.compile(r"""(?P<op>(?:%!|&|\d*)(?:>[>|]?|<<?<?)(?:&[-\d]*)?)
@@ -40,9 +43,11 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     if isinstance(cmd, str):
         cmd = _parse_line(cmd, inputs, outputs)
     else:
-        if any(word.startswith("%!>") for word in cmd):
+        script = _shell_script(cmd)
+        if any(word.startswith("%!>") for n, word in enumerate(cmd) if n != script):
             raise ValueError("-M: %!>FILE is a redirection: give the command as one quoted shell line")
-        cmd = [kept for word in cmd if (kept := _unmark(word, word, inputs, outputs)) is not None]
+        cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs) if n == script
+                                                      else _unmark(word, word, inputs, outputs)) is not None]
     if not (cmd.strip() if isinstance(cmd, str) else cmd):
         raise ValueError("-M: nothing is left to run once the #i:/#o: words are removed")
     if not inputs and not outputs:
@@ -54,24 +59,46 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     return Make(cmd, inputs, outputs, cwd)
 
 
+def _shell_script(argv: list[str]) -> int | None:
+    """The index of SCRIPT in `sh -c SCRIPT` (bash, `-ec`, `-o pipefail -c`, ...), else None."""
+    if not argv or os.path.basename(argv[0]) not in SHELLS:
+        return None
+    i, script = 1, False
+    while i < len(argv) and argv[i][:1] in "-+" and argv[i] not in ("-", "--"):
+        word = argv[i]
+        script = script or (word[0] == "-" and word[1:2] != "-" and "c" in word)
+        i += 2 if word in ("-o", "+o", "-O", "+O") else 1  # (those take the next word)
+    i += argv[i:i + 1] == ["--"]
+    return i if script and i < len(argv) else None
+
+
 def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:
     """The word as the command keeps it (None: dropped), once the file its marker names is noted.
-    `raw` is the word as written (with its quotes), `value` what the shell makes of it."""
+    `raw` is the word as written (with its quotes), `value` what the shell makes of it. A marker that begins
+    the word names the rest of it (`"%i:my file"`); one inside it (`--in=%i:x`, `open('%i:x')`), the text up to
+    whitespace, a quote or a shell metacharacter."""
     found = _MARK.search(value)
     if not found:
         return raw
-    if not value[found.end():]:
+    end = _FILE_END.search(value, found.end()) if found.start() else None
+    path = value[found.end():end.start() if end else None]
+    if not path:
         raise ValueError(f"-M: {found[0]} names no file")
-    (inputs if found[2] == "i" else outputs).append(value[found.end():])
+    (inputs if found[2] == "i" else outputs).append(path)
     at = _MARK.search(raw)
     if found[1] == "#" and found.start() == 0:
         return None  # the whole word, with any quotes around it
     if at is None:  # a marker quoted in pieces (%"i":x): the shell's text is left as written
         return raw
     if found[1] == "%":
-        return raw[:at.start()] + raw[at.end():]
-    kept = raw[:at.start()]  # `--in=#i:FILE` keeps `--in=`, and the quote it opened is closed
-    return kept + raw[-1] if raw[-1] in "'\"" and kept.count(raw[-1]) % 2 else kept
+        kept, rest = raw[:at.start()] + raw[at.end():], value[:found.start()] + value[found.end():]
+    elif raw.startswith(path, at.end()):  # `--in=#i:FILE` keeps `--in=` and what follows FILE
+        kept = raw[:at.start()] + raw[at.end() + len(path):]
+        rest = value[:found.start()] + value[found.end() + len(path):]
+    else:  # FILE quoted in pieces: the rest of the word goes, and the quote it opened is closed
+        kept = raw[:at.start()]
+        return kept + raw[-1] if raw[-1] in "'\"" and kept.count(raw[-1]) % 2 else kept
+    return _unmark(kept, rest, inputs, outputs) if end else kept  # (a word may hold more markers)
 
 
 def _parse_line(line: str, inputs: list, outputs: list) -> str:

@@ -51,6 +51,16 @@ def killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def end_leftovers(pid: int) -> None:
+    """A job's main process `pid` has ended, and is not reaped yet: SIGKILL what is left of its process group
+    (`cmd &` in its script, which a shell leaves in the job's group), as Slurm and SGE kill what a job leaves
+    behind: a job is over when its main process is, and nothing of it may run on unseen, unkillable by
+    `grun -k`. KILL at once, not TERM and a grace: the job's end is its own doing, and a grace would need a
+    timer here while the group id is safe only now: its leader's zombie holds the pid, so no other process
+    can have it as its group id until we reap it. (What left the group, setsid or setpgid, escapes.)"""
+    killpg(pid, signal.SIGKILL)
+
+
 def _identity(job: dict) -> dict:
     """Popen arguments that make the job run as its submitter when the node runs as root."""
     uid = job.get("uid")
@@ -103,10 +113,23 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage) -> 
                          "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
                          "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
                          "write_bytes": rusage.ru_oublock * 512})
+    if rusage.ru_maxrss <= status.pop("reaper_peak_kb", 0):  # ours, not the job's: see _own_peak_kb
+        status["usage"]["maxrss_at_most"] = True
     found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(
         status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
     return status
+
+
+def _own_peak_kb() -> int:
+    """Our peak resident memory (VmHWM). Linux counts the memory a child had before its exec, a copy of ours or
+    (vfork) ours, in the child's ru_maxrss (fs/exec.c, exec_mmap): a job's maxrss at or below this says only
+    that its peak was at most that much (usage `maxrss_at_most`)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 @contextlib.contextmanager
@@ -233,7 +256,7 @@ class Reaper:
             stdin, out, err = _open_streams(job, job_dir, ident, keep)
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
-        status = {"start_time": time.time()}
+        status = {"start_time": time.time(), "reaper_peak_kb": _own_peak_kb()}
         try:
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
                                              stdout=out, stderr=err, **ident)
@@ -267,9 +290,11 @@ class Reaper:
         do not add up one job after the other."""
         done = []
         with contextlib.suppress(ChildProcessError):  # (no child left)
-            while (ended := os.wait4(-1, os.WNOHANG))[0]:
-                pid, wstatus, rusage = ended
-                run = self.runs.pop(pid, None)
+            while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                run = self.runs.pop(info.si_pid, None)
+                if run is not None:
+                    end_leftovers(info.si_pid)
+                _, wstatus, rusage = os.wait4(info.si_pid, 0)  # (it has ended: no wait)
                 if run is None:
                     continue  # something a job left behind (we are its subreaper): nothing to record
                 for name, pipe in run.pipes.items():  # before its status: see grun.drain

@@ -188,3 +188,16 @@ def test_spec_keys_are_checked_by_the_master_core():
     if not hasattr(J, "WAITING"):  # until dependencies land, a missing input has no producer to wait for
         with pytest.raises(ValueError, match="^no input /in$"):
             J.validate_spec({"cmd": ["x"], "needs": ["/in"]})
+
+
+def test_markers_in_a_sh_c_script_end_with_their_word(cluster, tmp_path):
+    """`sh -c SCRIPT` is read as a shell line: `%o:s2.txt;` names s2.txt, and a failed run's output is renamed."""
+    (tmp_path / "data.txt").write_text("b\na\n")
+    r = cluster.grun("-M", "sh", "-c", "sort %i:data.txt > %o:s2.txt; echo done", cwd=tmp_path)
+    assert (r.returncode, r.stdout, (tmp_path / "s2.txt").read_text()) == (0, b"done\n", "a\nb\n"), r.stderr
+    r = cluster.grun("-M", "sh", "-c", "sort %i:data.txt > %o:s2.txt; echo done", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, b"grun: up to date: s2.txt\n")
+    r = cluster.grun("-M", "-n", "sh", "-c", "echo x > %o:res4.txt; exit 3", cwd=tmp_path)
+    assert r.stdout.decode().splitlines()[0] == "# need res4.txt: it does not exist", r.stdout
+    assert cluster.grun("-M", "sh", "-c", "echo x > %o:res4.txt; exit 3", cwd=tmp_path).returncode == 3
+    assert (tmp_path / "res4.txt.failed").read_text() == "x\n" and not (tmp_path / "res4.txt").exists()

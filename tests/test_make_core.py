@@ -36,6 +36,16 @@ def _parse(cmd):
     ("cmd %o:a # %i:not 'an input", "cmd a # %i:not 'an input", [], ["a"]),
     ("diff <(sort %i:a) %i:b >d", "diff <(sort a) b >d", ["a", "b"], ["d"]),
     ("printf '%i: %s' x > y", "printf '%i: %s' x > y", [], ["y"]),  # `%i: ` in quotes is text
+    # the script of `sh -c` (bash, -ec, -o OPT) is a shell line: its markers end with their shell word
+    (["sh", "-c", "sort %i:data.txt > %o:s2.txt; echo done"], ["sh", "-c", "sort data.txt > s2.txt; echo done"],
+     ["data.txt"], ["s2.txt"]),
+    (["sh", "-c", "echo x > %o:res4.txt; exit 3"], ["sh", "-c", "echo x > res4.txt; exit 3"], [], ["res4.txt"]),
+    (["/bin/bash", "-o", "pipefail", "-ec", "cat %i:a|gzip>b.gz '#o:c'"], ["/bin/bash", "-o", "pipefail", "-ec",
+     "cat a|gzip>b.gz"], ["a"], ["b.gz", "c"]),
+    (["sh", "x.sh", "%i:a;b"], ["sh", "x.sh", "a;b"], ["a;b"], []),  # no -c: a word, which the marker begins
+    # a marker inside another word ends at whitespace, a quote or a metacharacter
+    (["python3", "-c", "f('%i:a', '%o:b'); g(%i:c)"], ["python3", "-c", "f('a', 'b'); g(c)"], ["a", "c"], ["b"]),
+    (["tool", "--in=#i:a x"], ["tool", "--in= x"], ["a"], []),
 ])
 def test_markers(cmd, run, inputs, outputs):
     m = _parse(cmd)

@@ -400,3 +400,42 @@ def test_the_stderr_tail_of_a_job_that_left_a_fifo_there_does_not_block(tmp_path
     assert got == [b""]
     assert _tail(str(regular)) == (b"x" * 10000 + b"Cannot allocate memory\n")[-8192:]
     assert _tail(str(tmp_path / "missing")) == b"" and _tail(None) == b""
+
+
+def test_what_a_job_leaves_running_in_its_group_is_killed_when_it_ends(c, tmp_path):
+    """`sleep 100 &` in a job's script, even one that ignores TERM, ends with the job (as under Slurm and SGE):
+    nothing of a finished job runs on outside the job table, where `grun -k` cannot reach it."""
+    script = f"sleep 100 & echo $! > {tmp_path}/a; (trap '' TERM INT HUP; sleep 100) & echo $! > {tmp_path}/b; echo started"
+    started = time.monotonic()
+    r = c.grun("sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, b"started\n"), r.stderr
+    assert time.monotonic() - started < 20
+    left = [int((tmp_path / name).read_text()) for name in "ab"]
+    wait_for(lambda: all(_not_running(p) for p in left), 10, what="the job's background processes to be killed")
+
+
+def test_a_job_waited_for_by_the_node_has_its_leftovers_killed_too(c, tmp_path):
+    """The same when the job's reaper died and the node (its subreaper) waits for it."""
+    gate = tmp_path / "gate"
+    client = c.client()
+    job_id = client.submit_spec({"cmd": [f"sleep 100 & echo $! > {tmp_path}/bg; while [ ! -e {gate} ]; do sleep 0.05; done"],
+                                 "shell": True, **AS_US})
+    pid = job_pid(c, job_id)
+    os.kill(_reaper_of(c, job_id), signal.SIGKILL)
+    wait_for(lambda: psutil.Process(pid).ppid() == c.procs["n1"].pid, 10, what="the job to be the node's child")
+    bg = int(wait_for(lambda: (tmp_path / "bg").exists() and (tmp_path / "bg").read_text().strip(), 10))
+    gate.touch()
+    assert client.wait([job_id], 30)[job_id]["state"] == "done"
+    wait_for(lambda: _not_running(bg), 10, what="the job's background sleep to be killed")
+
+
+def test_a_maxrss_no_larger_than_the_reaper_s_own_is_marked_as_at_most_that(c):
+    """Linux counts the reaper's memory (the child's before exec) in each job's ru_maxrss: `true` shows the
+    reaper's size, so its usage says that this is only a bound; a job that used more has its own peak."""
+    client = c.client()
+    small = client.submit_spec({"cmd": ["true"], **AS_US})
+    big = client.submit_spec({"cmd": ["python3", "-c", "x = bytearray(200 << 20); x[::4096] = b'1' * len(x[::4096])"],
+                              **AS_US})
+    done = client.wait([small, big], 60)
+    assert done[small]["usage"]["maxrss_at_most"] is True, done[small]["usage"]
+    assert "maxrss_at_most" not in done[big]["usage"] and done[big]["usage"]["maxrss_kb"] > 200 << 10, done[big]

@@ -194,10 +194,9 @@ class NodeJobs:
         spawner.killpg(pid, sig)
         if sig not in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
-            # The group even when its leader has ended: members that ignored the signal (a
-            # non-interactive shell's `cmd &` ignores SIGINT) would outlive a killed job. The group id
-            # cannot name another group within the grace period unless the pid space wrapped around.
-            timer = threading.Timer(grace, spawner.killpg, (pid, signal.SIGKILL))
+            # Once its leader has ended, its reaper killed what was left of the group (spawner.end_leftovers)
+            # before freeing the group id: only a job still running is killed here.
+            timer = threading.Timer(grace, lambda: self.job_status(live) is None and spawner.killpg(pid, signal.SIGKILL))
             timer.daemon = True
             timer.start()
         return True
@@ -349,14 +348,15 @@ class NodeJobs:
             return
         if pid is not None:
             try:
-                got, wstatus, rusage = os.wait4(pid, os.WNOHANG)
+                ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:  # not our child: its reaper was not ours, or had waited for it
-                got = None
-            if got == 0:  # it runs on, as our child
+                ended = False
+            if ended is None:  # it runs on, as our child
                 live.pid = pid
                 return
-            if got:
-                return self._record_orphan(live, wstatus, rusage)
+            if ended:
+                spawner.end_leftovers(pid)  # before its zombie is reaped, as its reaper does
+                return self._record_orphan(live, *os.wait4(pid, 0)[1:])
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
             return self._end_failed(live, f"{why}: the host rebooted", lost=True)
