@@ -48,6 +48,11 @@ def fmt_mb(kb) -> str:
     return "-" if kb is None else f"{kb / 1024:.0f}M"
 
 
+def fmt_rss(usage: dict) -> str:
+    """A job's peak memory; "<=16M" where it is no more than its node's reaper's at the fork (Linux counts that)."""
+    return "<=" * bool(usage.get("maxrss_at_most")) + fmt_mb(usage.get("maxrss_kb"))
+
+
 def fmt_bytes(n) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n is None or n < 1024 or unit == "GB":
@@ -129,7 +134,7 @@ def history_table(jobs: list[dict]) -> str:
         u = j.get("usage") or {}
         cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
         rows.append([label(j), j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
-                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_mb(u.get("maxrss_kb")), command_text(j)])
+                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_rss(u), command_text(j)])
     return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
 
 
@@ -152,7 +157,7 @@ def history_long(jobs: list[dict]) -> str:
             f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
             + f"ran {fmt_secs(u.get('wall'))}, ended {fmt_time(j.get('end_time'))}",
             f"  cpu       user {fmt_secs(u.get('utime'))}, system {fmt_secs(u.get('stime'))}",
-            f"  memory    max rss {fmt_mb(u.get('maxrss_kb'))}" + (f", limit {limit} MB" if limit else ""),
+            f"  memory    max rss {fmt_rss(u)}" + (f", limit {limit} MB" if limit else ""),
             f"  io        read {fmt_bytes(u.get('read_bytes'))}, written {fmt_bytes(u.get('write_bytes'))}",
             j.get("devices") and "  devices   " + "; ".join(f"{k} {','.join(v)}" for k, v in j["devices"].items()),
             j.get("inputs") and "  inputs    " + " ".join(j["inputs"]),

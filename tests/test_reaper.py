@@ -439,3 +439,6 @@ def test_a_maxrss_no_larger_than_the_reaper_s_own_is_marked_as_at_most_that(c):
     done = client.wait([small, big], 60)
     assert done[small]["usage"]["maxrss_at_most"] is True, done[small]["usage"]
     assert "maxrss_at_most" not in done[big]["usage"] and done[big]["usage"]["maxrss_kb"] > 200 << 10, done[big]
+    from grun.tables import fmt_rss, history_long, history_table
+    assert fmt_rss(done[small]["usage"]).startswith("<=") and not fmt_rss(done[big]["usage"]).startswith("<=")
+    assert "max rss <=" in history_long([done[small]]) and " <=" in history_table([done[small]])
