@@ -113,6 +113,22 @@ def test_a_lost_node_that_returns_before_the_job_ran_elsewhere_keeps_it():
     assert job not in list(m.table.pending) and job["id"] in m.table.nodes["a"].jobs
 
 
+def test_a_lost_node_that_returns_with_the_job_ended_keeps_it_and_the_job_runs_once():
+    """A node silent past node_timeout registers again with the job ended there (its end reported right after):
+    the job was re-queued, pinned there, and dispatched there again between the two calls, so it ran twice (QA:
+    2 runs in 7). Its ended run is reclaimed at the registration; its end then finishes the job."""
+    m = _state("a", "b")
+    job = _run_on(m, _submit(m, host="a"), "a")
+    _apply(m, m.table.lost_record(job, 5.0, "node a lost"))
+    records, start, stale = m.table.reconcile("a", running=[], finished=[job["id"]], now=6.0)
+    assert (records, start, stale) == ([{"op": "reclaim", "id": job["id"], "node": "a", "time": 6.0}], [], [])
+    _apply(m, records[0])
+    assert job not in list(m.table.pending)  # nothing to dispatch again
+    step = m.handle("finished", "a", [{"id": job["id"], "exit_code": 0, "attempt": 1}], 7.0)
+    [done] = [i[1] for i in step.do if i[0] == "finished"]
+    assert (done["state"], done["node"], done["attempt"]) == ("done", "a", 1)
+
+
 def test_only_the_current_copy_finishes_a_job_and_only_once():
     m = _state("a", "b")
     job = _run_on(m, _submit(m), "a")

@@ -354,7 +354,8 @@ class MasterState:
         self._commit(step, records)
         for rec in records:
             if rec["op"] == "reclaim":
-                step.log("info", f"job {rec['id']}: node {node.name} came back with it still running; it stays there")
+                how = "still running" if rec["id"] in {int(i) for i in running} else "ended there (its end comes next)"
+                step.log("info", f"job {rec['id']}: node {node.name} came back with it {how}; it stays there")
             elif rec["op"] != "start":
                 step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")
         if stale:

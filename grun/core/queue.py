@@ -371,14 +371,14 @@ class JobTable:
                 start.append(job)  # the start never reached the node: offer it again
             elif job["id"] not in in_flight:
                 records.append(self.lost_record(job, now, f"node {name} came back without it", requeue))
-        for job_id in sorted(running):
-            job = self.jobs.get(job_id)
+        for job_id in sorted(held):  # (a run that ended there is reclaimed too: its end is reported next, and a
+            job = self.jobs.get(job_id)  # new run dispatched there meanwhile would run the job twice)
             if job is not None and job.get("node") == name:
-                if job["state"] == J.DISPATCHED:
+                if job["state"] == J.DISPATCHED and job_id in running:
                     records.append({"op": "start", "id": job_id, "node": name, "pid": None, "time": now})
             elif job is not None and job["state"] == J.QUEUED and job.get("lost_from") == name:
                 records.append({"op": "reclaim", "id": job_id, "node": name, "time": now})
-            else:
+            elif job_id in running:
                 stale.append(job_id)  # finished, or re-queued and placed elsewhere: the copy here must go
         return records, start, stale
 
