@@ -379,15 +379,19 @@ class Master:
             return progress(job, self.core, time.time()) if short else \
                 explain(job, self.core, time.time()) + provenance(job)
 
-    def lookup(self, name: str, user: str | None = None) -> int | None:
-        """The live job with this name, else (given its user) the newest such finished one, or None."""
-        only = self._only()  # private_queries: another user's job is not there for this one
+    def lookup(self, name: str, user: str | None = None, ended: bool | None = None) -> int | None:
+        """The id of a user's job with this name (names are per user): the live one, else (`ended`; by default when
+        the user is given) their newest finished one; None if none. The user: as given, else the one the caller's
+        credential proves; with neither (root, or a cluster without auth:), any user's live job of that name."""
+        who, only, ended = auth.caller(), self._only(), bool(user) if ended is None else ended  # (only: private_queries)
+        user = str(user) if user else who["user"] if isinstance(who, dict) else None
         with self.lock:
-            found = self.core.table.names.get(str(name))
+            names, name = self.core.table.names, str(name)
+            found = names.get((user, name)) if user else next((i for (_, n), i in names.items() if n == name), None)
             if found is not None and only not in (None, self.core.table.jobs.get(found, {}).get("uid")):
                 found = None
-        ended = (self.store.find_name(str(user), str(name)) or {}) if user and found is None else {}
-        return found or (ended.get("id") if only in (None, ended.get("uid")) else None)
+        done = (self.store.find_name(user, name) or {}) if ended and user and found is None else {}
+        return found or (done.get("id") if only in (None, done.get("uid")) else None)
 
     def status(self, long: bool = False) -> dict:
         """`grun -q status` in one call: the nodes, the problems an admin must see (one line each), the master's

@@ -42,8 +42,7 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
             if isinstance(ref, int):
                 job = table.jobs.get(ref) or recent.get(ref) or known.get(ref)
             else:
-                job = table.jobs.get(table.names.get(ref))
-                job = job if job and job.get("user") == req["user"] else known.get((req["user"], ref))
+                job = table.jobs.get(table.names.get((req["user"], ref))) or known.get((req["user"], ref))
             if job is None:
                 raise ValueError(f"--{kind}: no job {ref}" if isinstance(ref, int) else
                                  f"--{kind}: no live task {ref} (for an ended one, wait for its array)" if
@@ -65,8 +64,7 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
 def cancel(job_id: int, dep: dict, now: float) -> dict:
     """The record that ends a job whose dependency `dep` (a finished job) can never be met."""
     reason = f"dependency {dep['id']} {'succeeded' if dep['state'] == J.DONE else dep['state']}"
-    return {"op": "finish", "id": job_id, "time": now,
-            "result": {"status": J.CANCELLED, "exit_code": 1, "reason": reason, "error": reason}}
+    return {"op": "finish", "id": job_id, "time": now, "result": {**J.never_started(J.CANCELLED, None, reason), "error": reason}}
 
 
 def followups(table, job: dict, now: float) -> list[dict]:

@@ -85,6 +85,14 @@ def _number(spec: dict, key: str, default: float, limit: float) -> float:
     return number(value, f"{key}: a number >= 0", limit)
 
 
+def _above_zero(spec: dict, key: str, default: float, limit: float, option: str, hint: str) -> float:
+    """cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
+    value = _number(spec, key, default, limit)
+    if value <= 0 and spec.get(key) is not None:
+        raise ValueError(f"{option} {spec[key]}: {key} must be above 0 ({hint})")
+    return value
+
+
 def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
     value = spec.get(key)
     if value is None:
@@ -153,15 +161,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "shell": bool(spec.get("shell", False)),
         "cwd": cwd,
         "env": dict(env),
-        "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS)),
-        "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB)),
+        "cpus": float(_above_zero(spec, "cpus", default_cpus, MAX_CPUS, "-c", "fractions allowed: -c 0.5")),
+        "memory": math.ceil(_above_zero(spec, "memory", default_memory, MAX_MEMORY_MB, "-m", "give a size, like -m 500M")),
         "user": _text(spec, "user", MAX_NAME) or "nobody",
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
         "priority": _whole(spec, "priority", int(default_priority), lambda v: abs(v) <= 1 << 31, "a whole number"),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
-        "name": _text(spec, "name", MAX_NAME),
+        "name": job_name(_text(spec, "name", MAX_NAME)),
         "host": _text(spec, "host", MAX_PATH),
         "params": validate_params(spec.get("params")),
         "parent": _whole(spec, "parent", None, lambda v: v > 0, "a job id"),
@@ -205,6 +213,14 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     return out
 
 
+def job_name(name: str | None) -> str | None:
+    """A job's name (-j), which --after, kill and wait take where they take ids: not one that reads as an id
+    (65, 12.3), nor with a comma (lists), a glob character (kill takes globs) or a blank."""
+    if name is not None and (name.replace(".", "", 1).isdigit() or any(c in ",*?[]" or c.isspace() for c in name)):
+        raise ValueError(f"bad job name {name!r}: a name is not a number and has no blank or any of , * ? [ ]")
+    return name
+
+
 def job_refs(refs, what: str = "dependencies") -> list:
     """Jobs named by id (12), array task ("12.7") or name: a list, or the command line's "12,13,build"."""
     if isinstance(refs, str):
@@ -238,7 +254,8 @@ def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
     changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
-               "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs)}
+               "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
+               "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
     if not isinstance(changes, dict) or not changes:
         raise ValueError("an edit needs KEY=VALUE changes")
     out: dict = {}
@@ -246,7 +263,7 @@ def parse_edit(changes: object) -> dict:
         key = str(raw_key).strip()
         field, param = EDIT_ALIASES.get(key, key), key.startswith(("p.", "param."))
         if not param and field not in parsers:
-            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok) or p.NAME")
+            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok), p.NAME or force")
         try:
             if param:  # (a string is read as -p reads it; an empty one removes the param)
                 text = value.strip() if isinstance(value, str) else value
@@ -290,7 +307,7 @@ def number_or_text(text: str):
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
     """The job's request with the changes applied, validated like a submission."""
     params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
-    asked = {k: job[k] for k in SPEC_KEYS if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
+    asked = {k: job[k] for k in SPEC_KEYS - {"name"} if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
     request = {**asked, **changes, "env": {},
                "params": {name: value for name, value in params.items() if value is not None}}
     checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
@@ -299,20 +316,29 @@ def edited_request(job: dict, changes: dict, default_cpus: float, default_memory
 
 def exit_code_of(result: dict) -> int:
     """The code a local shell would give: the exit status, or 128+N for death by signal N; EXIT_TIMEOUT
-    for a job ended at its time limit."""
+    for a job ended at its time limit. A job that never started has no exit status: 128+N if it was killed
+    (kill_signal), else 1 (cancelled), so that whoever waits for it sees it did not succeed."""
     if result.get("limit") == "time":
         return EXIT_TIMEOUT
-    if result.get("signal"):
-        return 128 + int(result["signal"])
-    return int(result.get("exit_code", 1)) & 0xFF
+    if result.get("signal") or result.get("kill_signal"):
+        return 128 + int(result.get("signal") or result["kill_signal"])
+    code = result.get("exit_code", 1)
+    return 1 if code is None else int(code) & 0xFF
 
 
 def describe_exit(result: dict) -> str:
+    """The EXIT of history: a limit's word, the signal, the exit status; "-" for a job that never started."""
     if result.get("limit") in LIMIT_WORDS:
         return LIMIT_WORDS[result["limit"]]
     if result.get("signal"):
         return f"signal {result['signal']}"
-    return str(result.get("exit_code", "?"))
+    return "-" if "exit_code" in result and result["exit_code"] is None else str(result.get("exit_code", "?"))
+
+
+def never_started(status: str, signal: int | None, reason: str) -> dict:
+    """The result of a job that ends before it ever ran (killed while queued, a dependency never met): no exit
+    status, as Slurm's 0:0; the signal it was killed with as kill_signal, and why."""
+    return {"status": status, "exit_code": None, **({"kill_signal": signal} if signal else {}), "reason": reason}
 
 
 def public_view(job: dict) -> dict:

@@ -198,16 +198,17 @@ class MasterState:
         step.reply = ids
 
     def _admit(self, request: dict, batch_names: set) -> None:
-        """Refuse (ValueError, one line) a duplicate name or a request no known node could ever run."""
+        """Refuse (ValueError, one line) a name the user's jobs already hold, or a request no known node could ever run."""
         name, why = request.get("name"), None if request.get("force") else refusal(request, self.table.nodes)
         if why and self.table.learned.unlearn(request, self.settings):  # no node has what its program used
             why = refusal(request, self.table.nodes)
-        if name and (name in self.table.names or name in batch_names):
-            other = self.table.names.get(name)
+        key = (request["user"], name)  # names are per user, as Slurm's (squeue -n, --dependency=singleton)
+        if name and (key in self.table.names or key in batch_names):
+            other = self.table.names.get(key)
             raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
         if why:
             raise ValueError(f"{why} (--force queues it anyway)")
-        batch_names.add(name)
+        batch_names.add(key)
 
     def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0) -> tuple[dict, list[dict]]:
         """{id: whether it is live} for the reply, and the live jobs (each once). An id `12.7` names
@@ -243,8 +244,9 @@ class MasterState:
         for job in jobs:
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
-            elif job["state"] in (J.QUEUED, J.HELD, J.WAITING):
-                records.append({"op": "finish", "id": job["id"], "time": now, "result": killed})
+            elif job["state"] in (J.QUEUED, J.HELD, J.WAITING):  # it never ran: no exit status
+                result = J.never_started(J.KILLED, signal, f"killed while {job['state']} (signal {signal})")
+                records.append({"op": "finish", "id": job["id"], "time": now, "result": result})
             else:
                 records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
                 if force:
@@ -277,10 +279,11 @@ class MasterState:
 
     def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None) -> None:
         """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`); and
-        what queued or waiting ones wait for (after, afterok, afternotok; `history` as for on_submit)."""
+        what queued or waiting ones wait for (after, afterok, afternotok, which replace all it waited for;
+        `history` as for on_submit). `force` edits a request no node could ever run."""
         found, jobs = self._lookup(job_ids)
         parsed, records = J.parse_edit(changes), []
-        kinds = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}
+        kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
         for job in jobs:
             if job["state"] not in (J.QUEUED, J.HELD, J.WAITING) or kinds and job["state"] == J.HELD:
                 raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be "
@@ -289,9 +292,11 @@ class MasterState:
                 s = self.settings
                 new = J.edited_request(job, parsed, s["default_cpus"], s["default_memory"]) if parsed else {}
                 new = self.table.learned.kept(job, new)
-                why = None if job.get("force") or not new else refusal({**job, **new}, self.table.nodes)
-                if why:
-                    raise ValueError(why)
+                # as at submit: refused if no node could ever run it, unless forced (a job forced at submit may
+                # keep what it was forced past, not take on more)
+                why = None if force or not new else refusal({**job, **new}, self.table.nodes)
+                if why and why != (job.get("force") and refusal(job, self.table.nodes)):
+                    raise ValueError(f"{why} (add force=yes to edit it anyway)")
                 if kinds:
                     deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
                                             self.settings["deps_other_users"])
@@ -299,7 +304,7 @@ class MasterState:
                         raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
                     if D.reaches(self.table, [d[1] for d in deps], job["id"]):
                         raise ValueError("that dependency would make a cycle")
-                    new = {**new, "deps": [d for d in job.get("deps") or () if d[0] not in kinds] + deps}
+                    new = {**new, "deps": deps}  # what it waits for now, whatever it waited for before
             except ValueError as exc:
                 raise ValueError(f"job {job['id']}: {exc}") from None
             records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})

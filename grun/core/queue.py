@@ -35,7 +35,7 @@ class JobTable:
         # tokens of finished jobs: token -> (job id, end time), oldest first
         self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
         self.next_id = 1
-        self.names: dict[str, int] = {}          # job name -> id, live jobs only
+        self.names: dict[tuple, int] = {}        # (user, job name) -> id, live jobs only: names are per user
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
         self.reserved: dict[int, dict] = {}      # queued jobs holding a node reservation, by id
         self.tasks: dict[int, dict[int, int]] = {}  # array id -> {task id: job id} of its live tasks
@@ -58,7 +58,7 @@ class JobTable:
             if job.get("token"):
                 self.tokens[job["token"]] = job["id"]
             if job.get("name"):
-                self.names[job["name"]] = job["id"]
+                self.names[job.get("user"), job["name"]] = job["id"]
             if "task" in job:
                 self.tasks.setdefault(job["array"], {})[job["task"]] = job["id"]
             if job["state"] in (J.QUEUED, J.WAITING):
@@ -221,8 +221,8 @@ class JobTable:
         self._index(job, False, outputs=True)
         self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
-        if job.get("name") and self.names.get(job["name"]) == job["id"]:
-            del self.names[job["name"]]
+        if job.get("name") and self.names.get(key := (job.get("user"), job["name"])) == job["id"]:
+            del self.names[key]
         if job.get("token"):  # kept a while after the job ended, for a submission retried late
             self.tokens.pop(job["token"], None)
             kept, now = self.done_tokens, rec["time"]
