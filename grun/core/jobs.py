@@ -89,7 +89,7 @@ def _above_zero(spec: dict, key: str, default: float, limit: float, option: str,
     """cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
     value = _number(spec, key, default, limit)
     if value <= 0 and spec.get(key) is not None:
-        raise ValueError(f"{option} {spec[key]}: {key} must be above 0 ({hint})")
+        raise ValueError(f"{option} {value:g}: {key} must be above 0 ({hint})")
     return value
 
 

@@ -292,10 +292,13 @@ class MasterState:
                 s = self.settings
                 new = J.edited_request(job, parsed, s["default_cpus"], s["default_memory"]) if parsed else {}
                 new = self.table.learned.kept(job, new)
-                # as at submit: refused if no node could ever run it, unless forced (a job forced at submit may
-                # keep what it was forced past, not take on more)
-                why = None if force or not new else refusal({**job, **new}, self.table.nodes)
-                if why and why != (job.get("force") and refusal(job, self.table.nodes)):
+                # as at submit: refused if no node could ever run it, unless forced; of a job forced at submit,
+                # only what the edit asks is judged (it may keep what it was forced past)
+                why = None if force or not new else refusal({**job, **new} if not job.get("force") else {
+                    "cpus": new["cpus"] if "cpus" in parsed else 0.0, "memory": new["memory"] if "memory" in parsed
+                    else 0, "host": parsed.get("host"), "params": {k: new["params"][k] for k in parsed.get(
+                        "params", ()) if k in new["params"]}}, self.table.nodes)
+                if why:
                     raise ValueError(f"{why} (add force=yes to edit it anyway)")
                 if kinds:
                     deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
