@@ -122,8 +122,9 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
-    code, out = _as_user(bob, env, ["-j", f"s{alice.pw_name}", "-W", "true"], cwd=str(tmp_path))
-    assert code == 1 and f"id {hers}" not in out and "cannot submit or find" in out, out  # her job's name: no id
+    code, out = _as_user(bob, env, ["-v", "-j", f"s{alice.pw_name}", "-W", "--nowait", "true"], cwd=str(tmp_path))
+    assert code == 0 and f"job {hers}" not in out and out.split()[-1] != hers, out  # names are per user: hers is
+    assert _as_user(bob, env, ["-k", out.split()[-1]], cwd=str(tmp_path))[0] == 0  # free for his own (queued: killed)
     code, out = _as_user(bob, env, ["-q", "status", "--json"], cwd=str(tmp_path))
     assert code == 0 and sum(n["running"] for n in json.loads(out)["nodes"]) == 2, out  # counts stay global
     everyone = {j["user"] for j in cluster.client().jobs()} | {j["user"] for j in cluster.client().history(10)}
