@@ -62,7 +62,7 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
         return ["attach", str(opts.pop("attach")), *words], "--attach"
-    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].isdigit()
+    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].replace(".", "", 1).isdigit()
                      or words[:1] == ["help"] and len(words) <= 2):
         return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
     return ["run", "--", *words], "grun"

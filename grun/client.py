@@ -217,9 +217,39 @@ class Client:
         """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
         return _by_id(self, "edit", job_ids, dict(changes))
 
-    def wait(self, job_ids: list[int], timeout: float | None = None) -> dict[int, dict]:
-        """The final records of the jobs, once all have finished (Timeout after `timeout` s)."""
-        ids, done = [int(i) for i in job_ids], {}
+    def task_job(self, ref: str, started: bool = True) -> int:
+        """The job id of task `12.7` (task 7 of array 12); `started`: wait until the task has begun (else a task
+        not begun yet gives the array's id). JobNotFound if the array has no such task, or it ended long ago."""
+        from .core.arrays import has_task
+        from .core.jobs import FINAL_STATES
+        array_id, task = (int(part) for part in ref.split(".", 1))
+        while True:
+            live = self.jobs()
+            if found := next((j["id"] for j in live if (j.get("array"), j.get("task")) == (array_id, task)), None):
+                return int(found)
+            array = next((j for j in live if j["id"] == array_id), None) or self.job(array_id)
+            if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
+                raise JobNotFound(f"job {array_id} {'has no task ' + str(task) if 'ranges' in array else 'is not an array'}")
+            if not (array["state"] not in FINAL_STATES and has_task(array, task)):
+                break  # it has ended: in history
+            if not started:
+                return array_id
+            time.sleep(1.0)
+        import re  # its array's command, among the user's last finished jobs
+        cmd = array["cmd"][0] if array.get("shell") else " ".join(array["cmd"])
+        for job in self.history(1000, array.get("user"), f"^{re.escape(cmd)}$"):
+            if (job.get("array"), job.get("task")) == (array_id, task):
+                return int(job["id"])
+        raise JobNotFound(f"task {ref} ended too long ago (see grun -q history)")
+
+    def job_id(self, ref, started: bool = True) -> int:
+        """A job id from 12 or "12" or a task's "12.7" (task_job)."""
+        return self.task_job(ref, started) if isinstance(ref, str) and "." in ref else int(ref)
+
+    def wait(self, job_ids: list, timeout: float | None = None) -> dict[int, dict]:
+        """The final records of the jobs (ids, or tasks `12.7`), once all have finished (Timeout after `timeout` s);
+        by the jobs' own ids."""
+        ids, done = [self.job_id(i) for i in job_ids], {}
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         while len(done) < len(ids):
             left = deadline - time.monotonic()
@@ -231,6 +261,7 @@ class Client:
 
     def exit_code(self, job_id: int, on_limit=None, timeout: float | None = None) -> int:
         """Wait for the job's end (as `wait`) and return its exit code; `on_limit(text)` hears of a limit it died of."""
+        job_id = self.job_id(job_id)
         final = self.wait([job_id], timeout)[job_id]
         _tell_limit(on_limit, final, job_id)
         if self.nfs_sync:
@@ -255,20 +286,24 @@ class Client:
                                           None) if job.get("node") else None
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
-    def _settle(self, job_id: int, run: tuple) -> None:
+    def _settle(self, job_id: int, run: tuple, retries: bool = False) -> dict | None:
         """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
-        `grun -q history` right after shows it; not for a next run (its node was lost), nor for a master away, nor
-        past SETTLE_WAIT in all."""
+        `grun -q history` right after shows it; not for a next run (its node was lost, or a retry: `retries`
+        polls soon and often, as the master's wait returns only at the job's last end), nor for a master
+        away, nor past SETTLE_WAIT in all. Returns the job's record as last seen (None: the master was away)."""
         from .core.jobs import FINAL_STATES
-        deadline = time.monotonic() + SETTLE_WAIT
+        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.02 if retries else 30.0, None
         try:
-            while not self.call("wait", [job_id], min(30.0, max(0.1, deadline - time.monotonic())), wait=0):
+            while not (ended := self.call("wait", [job_id], min(patience, max(0.02, deadline - time.monotonic())),
+                                          wait=0)):
                 job = self.call("job", job_id, wait=0)
                 if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run \
                         or time.monotonic() > deadline:
-                    return
+                    return job
+                patience = min(patience * 2, 30.0)
+            return next(iter(ended.values()))
         except GrunError:
-            pass
+            return job
 
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
@@ -284,10 +319,11 @@ class Client:
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
             stdin_fd is not None
         on_note = on_note or (lambda text: None)
+        retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
         if on_start:
             on_start(job)
         while True:
-            if job["state"] in J.UNSTARTED:  # re-queued: its node was lost
+            if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
                 job = self.wait_started(job_id, on_wait)
             run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
@@ -296,7 +332,10 @@ class Client:
                 on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                         f"following attempt {run[1]} on {run[0]}: its output starts over"
                         + ("; its input is not sent again" if fed else ""))
-            where, final = run, job["state"] in J.FINAL_STATES
+            elif retried and (run[1] or 0) > retried:  # that run ended, and its node began the next, before we came
+                on_note(f"job {job_id}: the output of attempt {retried} was not kept (it ended and the job ran again "
+                        f"before grun could attach); following attempt {run[1]}")
+            where, final, retried = run, job["state"] in J.FINAL_STATES, None
             try:
                 if not (supervisor := self.supervisor(job_id, job)):
                     if final:
@@ -333,10 +372,15 @@ class Client:
                             sup._pyroOneway("release")
                         except OSError:
                             pass
-                self._settle(job_id, where)
+                last, code = self._settle(job_id, where, bool(job.get("retries"))), J.exit_code_of(status)
+                if code and last and last["state"] not in J.FINAL_STATES and last.get("retried", 0) > job.get("retried", 0):
+                    on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
+                    job, where, retried, out_off, err_off = last, None, (where[1] or 0) + 1, 0, 0
+                    stdin_fd = b"" if fed else None  # what we had went to the first run
+                    continue
                 if self.nfs_sync:
                     mounts.after(job)
-                return J.exit_code_of(status)
+                return int(last["exit"]) if last and last["state"] in J.FINAL_STATES else code  # (the run that counts)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
                 stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
@@ -378,8 +422,11 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             cwd = os.getcwd()
         except OSError:  # ours was removed
             cwd = "/"
-    if priority is None and os.environ.get("GRUN_PRIORITY", "").lstrip("-").isdigit():
-        priority = os.environ["GRUN_PRIORITY"]
+    if priority is None and os.environ.get("GRUN_PRIORITY", "").strip():
+        try:
+            priority = parse_priority(os.environ["GRUN_PRIORITY"])
+        except ValueError as exc:
+            raise GrunError(f"bad $GRUN_PRIORITY: {exc}") from None
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
@@ -388,7 +435,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     try:
         chosen = {"cpus": cpus if cpus is None else parse_cpus(cpus),
                   "memory": memory if memory is None else parse_memory(memory),
-                  "priority": priority if priority is None else int(priority), "name": name, "host": hosts,
+                  "priority": priority if priority is None else parse_priority(priority), "name": name, "host": hosts,
                   "params": dict(params) if params else None, "requeue": None if requeue else False,
                   "force": force or None, "stdin": stdin or None}
     except ValueError as exc:
@@ -397,10 +444,30 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     return spec
 
 
+MAX_PRIORITY = 1 << 31  # as grun.core.jobs.validate_spec bounds it (tests/test_cli_errors.py holds them together)
+
+
+def parse_priority(value) -> int:
+    """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
+    from .values import parse_priority as whole
+    try:
+        if -MAX_PRIORITY <= (number := whole(value)) <= MAX_PRIORITY:
+            return number
+    except ValueError:
+        pass
+    raise ValueError(f"expected a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {value!r}")
+
+
 def _tell_limit(on_limit, result: dict, job_id: int) -> None:
-    if on_limit and result.get("limit"):
+    """Tell `on_limit` the limit the job died of, or why it ended without running (a dependency failed...)."""
+    if not on_limit:
+        return
+    if isinstance(result.get("limit"), str):  # (an array's record holds its %N throttle there: a number)
         from .limits import describe  # only then: the node's module, with its imports (subprocess)
         on_limit(describe(result, job_id))
+    elif result.get("state") in ("cancelled", "killed", "lost", "failed") and not result.get("start_time") \
+            and "ranges" not in result:  # (an array's tasks say how they ended)
+        on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else ""))
 
 
 def current_user() -> str:

@@ -53,9 +53,21 @@ def _retries(text: str) -> int:
 
 
 def _name(text: str) -> str:
-    if not text.strip() or "\n" in text or len(text) > 200:
-        raise ValueError(f"expected a one-line name, got {text!r}")
+    if not text.strip() or "\n" in text or len(text) > 200:  # (grun.core.jobs.MAX_NAME)
+        raise ValueError(f"expected a name of one line and at most 200 characters, got {text[:60]!r}"
+                         + (f" ({len(text)} characters)" if len(text) > 200 else ""))
     return text
+
+
+def _priority(text: str) -> int:
+    from .client import parse_priority  # (with its range, one for -r, $GRUN_PRIORITY and -e priority=)
+    return parse_priority(text)
+
+
+def _count(text: str) -> int:
+    if not 1 <= (n := _int(text)) <= 1_000_000:
+        raise ValueError(f"expected 1 to 1000000, got {text}")
+    return n
 
 
 # kind: flag | value | list (repeatable); an option's key in a parsed dict is its long name.
@@ -67,7 +79,7 @@ OPTIONS = [
     Option("m", "memory", "value", parse_memory, "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
     Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00; "
            "then TERM, KILL after kill_grace", "TIME"),
-    Option("r", "priority", "value", _int, "priority, higher runs first (default 20)", "N"),
+    Option("r", "priority", "value", _priority, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
     Option("p", "param", "list", _param, "a custom resource (gpu=1) or a label to match (os=debian12)", "NAME=VALUE"),
@@ -93,7 +105,7 @@ OPTIONS = [
     Option(None, "afternotok", "list", _refs, "start once these have failed (one succeeds: cancelled)", "ID|NAME,..."),
     Option(None, "dependency", "list", _dependency, "Slurm's form: afterok:12:13,after:14", "KIND:ID[:ID],..."),
     Option(None, "retries", "value", _retries, "run a job that fails again, up to N times (default 0)", "N"),
-    Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0)", "TIME"),
+    Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0; 1s for a job grun follows)", "TIME"),
     Option(None, "wrap", "value", str, "run the command inside PREFIX, at {cmd} (else at its end): a container, a module", "PREFIX"),
     Option(None, "stage", "value", str, "auto|always|never: send the -M and --stage-in/out files to and from the node (auto: when it lacks the cwd)", "MODE"),
     Option(None, "stage-in", "list", str, "also send FILE (under the cwd) to the job's node when it is staged", "FILE"),
@@ -101,7 +113,7 @@ OPTIONS = [
     Option("v", "verbose", help="print the job id and node on stderr"),
     Option(None, "json", help="one JSON document (with --nowait: the job ids)"),
     Option("e", "edit", help="grun -e hold|resume ID... or grun -e KEY=VALUE[,KEY=VALUE] ID..."),
-    Option(None, "attach", "value", _int, "re-attach to a job: replay its output, exit with its code", "ID"),
+    Option(None, "attach", "value", str, "re-attach to a job: replay its output, exit with its code", "ID|NAME"),
     Option(None, "tail", help="with --attach: only the output from now on"),
     Option("q", "query", help="query: jobs, status, history, wait ID..., why ID, conf"),
     Option("k", "kill", help="kill jobs: grun -k ID... (with -d: stop the daemons)"),
@@ -117,7 +129,7 @@ OPTIONS = [
     Option("h", "help", help="show this help"),
     Option("V", "version", help="show the version"),
     # for `history` and `watch`
-    Option("c", "count", "value", _int, "how many jobs (default 20)", "N"),
+    Option("c", "count", "value", _count, "how many jobs (default 20)", "N"),
     Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
@@ -143,8 +155,9 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
         """Record option `where`, with its value given inline, else (if it takes one) the next word."""
         opt = allowed.get(where)
         if opt is None:
-            known = next((o for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")), None)
-            raise UsageError(f"option --{known.long} does not go with {called}" if known else
+            known = [f"--{o.long}" for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")]
+            meant = f" ({' or '.join(known)})" if where[1] != "-" else ""  # a letter may mean more than one
+            raise UsageError(f"option {where}{meant} does not go with {called}" if known else
                              f"unknown option {where} (see grun --help)")
         if opt.kind == "flag" and value is not None:
             raise UsageError(f"option {where} takes no value")

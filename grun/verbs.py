@@ -128,14 +128,14 @@ def task_id(word: str) -> bool:
     return bool(dot and head.isdigit() and int(head) and tail.isdigit())
 
 
+job_or_task_ids = partial(job_ids, tasks=True)  # (grun.shell's completion knows the verbs by their readers)
+
+
 def one_id(words: list[str], called: str, opts: dict) -> dict:
-    ids = job_ids(words, called)["ids"]
-    if len(ids) != 1:
-        raise UsageError(f"{called} takes one job id")
-    return {"id": ids[0]}
-
-
-job_or_task_ids = partial(job_ids, tasks=True)
+    """`ID|NAME`: one job (12), task (12.7) or name."""
+    if len(words) != 1:
+        raise UsageError(f"{called} takes one job id or name")
+    return ids_or_name(words, called, opts)
 
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
@@ -146,8 +146,9 @@ def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     return {"ids": ids, "names": names + ([opts["name"]] if opts.get("name") else [])}
 
 
-def by_name(ctx: Context, args: dict, finished: bool = False) -> list[int]:
-    """The ids, and those of the live jobs named (or, `finished`, this user's newest finished one)."""
+def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
+    """The ids (a task's `12.7` as it is), and those of the live jobs named (or, `finished`, this user's newest
+    finished one)."""
     from .client import GrunError, current_user
     ids = list(args["ids"])
     for name in args.get("names", ()):
@@ -170,7 +171,12 @@ def changes(words: list[str], called: str, opts: dict) -> dict:
         if not eq or not key:
             raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
         found[key.strip()] = value.strip()
-    return {"changes": found, **job_ids(words[1:], called)}
+        check = {"priority": "priority", "cpus": "cpus", "memory": "memory", "time": "time"}.get(key.strip())
+        if check and value.strip():  # refused here as the option's own value would be; the master parses it again
+            parse_options([f"--{check}", value.strip()], (check,), called)
+    if not words[1:]:
+        raise UsageError(f"{called} needs job ids or names")
+    return {"changes": found, **ids_or_name(words[1:], called, opts)}
 
 
 def command(words: list[str], called: str, opts: dict) -> dict:
@@ -193,6 +199,11 @@ OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr
 # the other options of a job -> the job_spec keywords they set
 KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
             "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
+
+
+# A job that grun follows is retried this long after a failure unless --retry-delay says otherwise: its node
+# drops a run's output when the next run starts there, so grun needs a moment to fetch each run's.
+FOLLOWED_RETRY_DELAY = 1.0
 
 
 def as_command(words: list[str]) -> str | list[str]:
@@ -219,6 +230,8 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
     extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
+    if follow and args.get("retries") and "retry-delay" not in args:
+        extra["retry_delay"] = FOLLOWED_RETRY_DELAY
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
@@ -319,7 +332,6 @@ def _run_new(ctx: Context, args: dict) -> int:
     def started(job: dict) -> None:
         if run.pop("shown", False):
             ctx.err.write("\r\033[K")  # the progress line goes
-        run["retried"] = job.get("retried", 0)
         if verbose:
             ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
 
@@ -335,14 +347,9 @@ def _run_new(ctx: Context, args: dict) -> int:
             if verbose:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
-        on_wait, stdin, code = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None, ctx.stdin_fd, None
-        while code is None or code and ctx.client.job(ids[0]).get("retried", 0) > run["retried"]:  # --retries
-            if code is not None:  # follow the next run
-                ctx.say(f"job {ids[0]} failed (exit {code}); it is retried: following its next run")
-                stdin = b"" if stdin is not None else None  # what we had went to the first run
-            code = ctx.client.follow(ids[0], stdin_fd=stdin, on_start=started, on_limit=ctx.say, on_note=ctx.say,
-                                     on_wait=on_wait)
-        return code
+        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
+        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say,
+                                 on_wait=on_wait)  # (from run to run, when it is retried)
     except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
         if run.pop("shown", False):
             ctx.err.write("\r\033[K")
@@ -373,14 +380,15 @@ def interrupted(ctx: Context, ids: list[int], sig: int) -> int:
     return 128 + sig
 
 
-@verb("[--tail] ID", "tail", one_id)
+@verb("[--tail] ID|NAME", "tail", one_id)
 def do_attach(ctx: Context, args: dict) -> int:
     """stream a job's output (from the start, or --tail: from now) and its exit code; Ctrl-C detaches"""
     ctx.out.flush()
+    job_id = ctx.client.job_id(by_name(ctx, args, True)[0])
     try:
-        return ctx.client.follow(args["id"], tail=bool(args.get("tail")), on_note=ctx.say)
+        return ctx.client.follow(job_id, tail=bool(args.get("tail")), on_note=ctx.say, on_limit=ctx.say)
     except KeyboardInterrupt:
-        return ctx.say(f"detached from job {args['id']} (it keeps running)", 130)
+        return ctx.say(f"detached from job {job_id} (it keeps running)", 130)
 
 
 # ---- queries and control ---------------------------------------------------------------------------
@@ -395,6 +403,7 @@ def json_text(document) -> str:
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
+    from .client import JobNotFound
     from .core.jobs import SPEC_KEYS
     from .tables import COLUMNS, RECORD_FIELDS, history_long, jobs_table, label
     known = {c.lower() for c in COLUMNS} | SPEC_KEYS | set(RECORD_FIELDS)
@@ -403,8 +412,15 @@ def do_jobs(ctx: Context, args: dict) -> int:
     ids, names = set(map(str, args.get("ids", ()))), set(args.get("names", ()))
     jobs = [j for j in ctx.client.jobs() if args.get("user", j.get("user")) == j.get("user") and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names)]
-    return ctx.print(json_text(jobs) if args.get("json") else history_long(jobs[::-1]) if args.get("long") else
-                     jobs_table(jobs, args.get("format")))
+    shown, unknown = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}, []
+    for job_id in sorted(i for i in ids if i.isdigit() and i not in shown):  # an id never seen: as squeue -j
+        try:
+            ctx.client.job(int(job_id))  # (one that has ended: -q history shows it)
+        except JobNotFound:
+            unknown.append(ctx.say(f"no such job {job_id}"))
+    ctx.print(json_text(jobs) if args.get("json") else history_long(jobs[::-1]) if args.get("long") else
+              jobs_table(jobs, args.get("format")))
+    return 1 if unknown else 0
 
 
 @verb("[--long|--json]", "long json", aliases="nodes s")
@@ -454,18 +470,19 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
 
 _control("kill", "[-n SIG] [--force] [-j NAME] ID|NAME...", "signal force name", ids_or_name,
          "kill jobs (queued, waiting or running)", lambda args: (args.get("signal", 15), bool(args.get("force"))))
-_control("hold", "ID...", "", job_or_task_ids, "hold queued jobs, suspend running ones")
-_control("resume", "ID...", "", job_or_task_ids, "release held jobs, continue suspended ones")
-_control("edit", "KEY=VALUE[,KEY=VALUE] ID...", "", changes,
+_control("hold", "ID|NAME...", "", ids_or_name, "hold queued jobs, suspend running ones")
+_control("resume", "ID|NAME...", "", ids_or_name, "release held jobs, continue suspended ones")
+_control("edit", "KEY=VALUE[,KEY=VALUE] ID|NAME...", "", changes,
          "change queued or waiting jobs: priority, cpus, memory, hosts, params, after, afterok, afternotok",
          lambda args: (args["changes"],))
 
 
-@verb("[--json] ID", "json", one_id)
+@verb("[--json] ID|NAME", "json", one_id)
 def do_why(ctx: Context, args: dict) -> int:
     """why a queued job is not running"""
-    why = ctx.client.why(args["id"])
-    return ctx.print(json_text({"id": args["id"], "why": why}) if args.get("json") else why)
+    ref = by_name(ctx, args, True)[0]
+    why = ctx.client.why(ctx.client.job_id(ref, started=False))  # (a task not begun: its array's why)
+    return ctx.print(json_text({"id": ref, "why": why}) if args.get("json") else why)
 
 
 @verb("[--json]", "json")
