@@ -1,0 +1,82 @@
+"""What the `grun` command line tells a user at a job's end, and the ids and names it takes (QA findings of
+2026-12-06): every run of a retried job reaches the user in order; an array's %N is not a limit it died of; a
+job that ended without running says why; task ids (12.7) and names wherever ids are taken; values refused
+at parse time in one line, saying the range."""
+from __future__ import annotations
+
+import pytest
+from util import assert_one_error_line, nowait, wait_for
+
+MAX_PRIORITY = 1 << 31
+from grun.core.jobs import validate_spec
+
+
+def test_every_run_of_a_retried_job_reaches_the_user_in_order(cluster, tmp_path):
+    count = tmp_path / "count"
+    script = f"echo x >> {count}; n=$(wc -l < {count}); echo run $n; [ $n = 3 ]"
+    r = cluster.grun("--retries", "3", "sh", "-c", script, stdin=None)
+    assert (r.returncode, r.stdout.decode().split("\n")) == (0, ["run 1", "run 2", "run 3", ""]), r.stderr
+    assert r.stderr.decode().count("it is retried: following its next run") == 2, r.stderr
+    count.unlink()
+    r = cluster.grun("--retries", "2", "--retry-delay", "1", "sh", "-c", script.replace("[ $n = 3 ]", "exit 3"),
+                     stdin=None)
+    assert (r.returncode, r.stdout.decode().split()) == (3, ["run", "1", "run", "2", "run", "3"]), r.stderr
+
+
+def test_an_arrays_throttle_is_not_a_limit_it_died_of_and_a_cancelled_job_says_why(cluster):
+    array = nowait(cluster, "--array", "1-2%1", "true")
+    for args in (("-q", "wait", str(array)), ("--attach", str(array))):
+        r = cluster.grun(*args)
+        assert (r.returncode, r.stderr) == (0, b""), (args, r.stderr)
+    failed = nowait(cluster, "false")
+    r = cluster.grun("--afterok", str(failed), "echo", "x")
+    assert_one_error_line(r, "cancelled: dependency", f"{failed} failed")
+    waiting = nowait(cluster, "--afterok", str(failed), "true")
+    for args in (("--attach", str(waiting)), ("-q", "wait", str(waiting))):
+        assert_one_error_line(cluster.grun(*args), f"job {waiting} cancelled: dependency {failed} failed")
+
+
+def test_task_ids_and_names_are_taken_wherever_ids_are(cluster):
+    array = nowait(cluster, "--array", "1-3", "sh", "-c", "echo task $GRUN_TASK_ID; exit $GRUN_TASK_ID")
+    r = cluster.grun("-q", "wait", f"{array}.2")
+    assert r.returncode == 2 and b"Traceback" not in r.stderr, r.stderr
+    r = cluster.grun("--attach", f"{array}.3")
+    assert (r.returncode, r.stdout) == (3, b"task 3\n"), r.stderr
+    assert b"has finished" in cluster.grun("why", f"{array}.1").stdout
+    assert_one_error_line(cluster.grun("-q", "wait", f"{array}.9"), f"job {array} has no task 9")
+    assert_one_error_line(cluster.grun("-q", "wait", "1.5"), "job 1 is not an array")
+    job = nowait(cluster, "-j", "follow-ends-waiter", "sleep", "30")
+    wait_for(lambda: cluster.client().job(job)["state"] == "running")
+    assert cluster.grun("-e", "hold", "follow-ends-waiter").returncode == 0
+    r = cluster.grun("-q", "why", "follow-ends-waiter")
+    assert r.returncode == 0 and b"suspended" in r.stdout, r.stderr
+    assert cluster.grun("-e", "resume", "follow-ends-waiter").returncode == 0
+    assert_one_error_line(cluster.grun("-e", "priority=3", "follow-ends-waiter"), "only queued")
+    assert cluster.grun("-k", "follow-ends-waiter").returncode == 0
+    cluster.client().wait([job])
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["-r", "99999999999999999999", "true"], {}, f"from {-MAX_PRIORITY} to {MAX_PRIORITY}"),
+    (["-r", "9223372036854775807", "true"], {}, f"from {-MAX_PRIORITY} to {MAX_PRIORITY}"),
+    (["--nowait", "true"], {"GRUN_PRIORITY": "abc"}, "bad $GRUN_PRIORITY: expected a whole number from"),
+    (["--nowait", "true"], {"GRUN_PRIORITY": "99999999999999999999"}, "bad $GRUN_PRIORITY"),
+    (["-e", "priority=abc", "1"], {}, "expected a whole number from"),
+    (["-e", "memory=lots", "1"], {}, "memory size"),
+    (["-q", "history", "-F", "id"], {}, "option -F (--foreground or --format) does not go with -q history"),
+    (["-j", "x" * 300, "true"], {}, "at most 200 characters"),
+    (["-q", "history", "-c", "-1"], {}, "expected 1 to 1000000"),
+    (["-q", "jobs", "99999"], {}, "no such job 99999"),
+])
+def test_bad_values_are_refused_in_one_line_saying_why(cluster, args, env, needle):
+    r = cluster.grun(*args, env={**cluster.env, **env})
+    assert_one_error_line(r, needle)
+    assert b"Job_ID" not in r.stdout
+
+
+def test_the_priority_range_is_the_masters():
+    assert validate_spec({"cmd": ["-"], "priority": MAX_PRIORITY})["priority"] == MAX_PRIORITY
+    assert validate_spec({"cmd": ["-"], "priority": -MAX_PRIORITY})["priority"] == -MAX_PRIORITY
+    for outside in (MAX_PRIORITY + 1, -MAX_PRIORITY - 1):
+        with pytest.raises(ValueError):
+            validate_spec({"cmd": ["-"], "priority": outside})
