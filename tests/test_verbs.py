@@ -39,7 +39,9 @@ def test_the_command_lines_forms_are_verbs_of_the_table():
     ("wait", ["7"], {"ids": [7]}),
     ("history", ["-c", "5", "--json"], {"count": 5, "json": True}),
     ("edit", ["priority=5,cpus=2", "3"], {"changes": {"priority": "5", "cpus": "2"}, "ids": [3]}),
-    ("why", ["12"], {"id": 12}),
+    ("why", ["12"], {"ids": [12], "names": []}),
+    ("why", ["waiter"], {"ids": [], "names": ["waiter"]}),
+    ("hold", ["waiter", "12.7"], {"ids": ["12.7"], "names": ["waiter"]}),
     ("jobs", [], {}),
 ])
 def test_parsers(verb, words, expected):
