@@ -286,13 +286,13 @@ class Client:
                                           None) if job.get("node") else None
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
-    def _settle(self, job_id: int, run: tuple, retries: bool = False) -> dict | None:
+    def _settle(self, job_id: int, run: tuple) -> dict | None:
         """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
-        `grun -q history` right after shows it; not for a next run (its node was lost, or a retry: `retries`
-        polls soon and often, as the master's wait returns only at the job's last end), nor for a master
+        `grun -q history` right after shows it; not for a next run (its node was lost, or a retry: the master's
+        wait returns only at the job's last end, so the run is checked soon, then less often), nor for a master
         away, nor past SETTLE_WAIT in all. Returns the job's record as last seen (None: the master was away)."""
         from .core.jobs import FINAL_STATES
-        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.02 if retries else 30.0, None
+        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.02, None
         try:
             while not (ended := self.call("wait", [job_id], min(patience, max(0.02, deadline - time.monotonic())),
                                           wait=0)):
@@ -372,7 +372,7 @@ class Client:
                             sup._pyroOneway("release")
                         except OSError:
                             pass
-                last, code = self._settle(job_id, where, bool(job.get("retries"))), J.exit_code_of(status)
+                last, code = self._settle(job_id, where), J.exit_code_of(status)
                 if code and last and last["state"] not in J.FINAL_STATES and last.get("retried", 0) > job.get("retried", 0):
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
                     job, where, retried, out_off, err_off = last, None, (where[1] or 0) + 1, 0, 0

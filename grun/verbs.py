@@ -134,7 +134,7 @@ job_or_task_ids = partial(job_ids, tasks=True)  # (grun.shell's completion knows
 def one_id(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME`: one job (12), task (12.7) or name."""
     if len(words) != 1:
-        raise UsageError(f"{called} takes one job id or name")
+        raise UsageError(f"{called} takes one job id or name" if words else f"{called} needs job ids")
     return ids_or_name(words, called, opts)
 
 

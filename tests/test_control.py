@@ -345,7 +345,6 @@ def test_hold_suspend_and_edit_survive_a_master_kill_9(fresh_cluster):
     (["-p", "bad name=1", "true"], "bad resource name"),
     (["-e"], "-e needs"),
     (["-e", "hold"], "needs job ids"),
-    (["-e", "resume", "x1"], "bad job id"),
     (["-e", "priority=1"], "needs job ids"),
     (["-e", "priority"], "KEY=VALUE"),
     (["-j", "", "true"], "-j"),
