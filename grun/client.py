@@ -373,7 +373,7 @@ class Client:
                         except OSError:
                             pass
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
-                if code and last and last["state"] not in J.FINAL_STATES and last.get("retried", 0) > job.get("retried", 0):
+                if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
                     job, where, retried, out_off, err_off = last, None, (where[1] or 0) + 1, 0, 0
                     stdin_fd = b"" if fed else None  # what we had went to the first run

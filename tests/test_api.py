@@ -234,4 +234,5 @@ def test_follow_waits_for_the_record_of_the_end_settle_wait_at_most(cluster, mon
         return real()
 
     _follow_through(cluster, monkeypatch, answer)
-    assert len(waits) == 1 and waits[0] <= 0.5, waits
+    # (short waits first, then longer: a retry or a re-run shows in the job's record before the end does)
+    assert 1 <= len(waits) < 20 and sum(waits) <= 0.6, waits
