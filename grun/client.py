@@ -444,11 +444,9 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     return spec
 
 
-MAX_PRIORITY = 1 << 31  # as grun.core.jobs.validate_spec bounds it (tests/test_cli_errors.py holds them together)
-
-
 def parse_priority(value) -> int:
     """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
+    from .values import MAX_PRIORITY
     from .values import parse_priority as whole
     try:
         if -MAX_PRIORITY <= (number := whole(value)) <= MAX_PRIORITY:

@@ -164,6 +164,9 @@ def parse_ulimit(value) -> dict[str, int | None]:
     return out
 
 
+MAX_PRIORITY = 1 << 31  # a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
+
+
 def parse_priority(value) -> int:
     text = value.strip() if isinstance(value, str) else ""
     whole = (text[1:] if text[:1] in "+-" else text).isdecimal()

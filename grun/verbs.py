@@ -292,9 +292,9 @@ def do_run(ctx: Context, args: dict) -> int:
         return code
     if not args.get("wait-existing"):
         return _run_new(ctx, args)
-    from .client import GrunError
+    from .client import GrunError, current_user
     for _ in range(5):  # -j NAME -W: if a job of that name is live, wait for it and exit with its code
-        existing = ctx.client.lookup(args["name"])
+        existing = ctx.client.lookup(args["name"], current_user(), False)  # (names are per user: ours)
         if existing is not None:
             if args.get("verbose"):
                 ctx.say(f"job {existing} is named {args['name']}: waiting for it")
@@ -455,6 +455,17 @@ def do_wait(ctx: Context, args: dict) -> int:
     return next((code for code in [ctx.client.exit_code(i, ctx.say) for i in by_name(ctx, args, True)] if code), 0)
 
 
+def _gone(client, job_id) -> str:
+    """Why the master did not act on a job: it has ended (its history has it), else there is no such job."""
+    from .client import GrunError
+    from .core.jobs import FINAL_STATES
+    try:
+        state = client.job(job_id)["state"] if isinstance(job_id, int) else None
+    except GrunError:
+        state = None
+    return f"job {job_id} has already ended ({state})" if state in FINAL_STATES else f"no such job {job_id}"
+
+
 def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda args: ()) -> None:
     """The verbs that act on jobs through the master's call of their name: kill, hold, resume, edit.
     `extra(args)`: the call's arguments after the ids; each id the master did not find is named."""
@@ -462,7 +473,7 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
         found = getattr(ctx.client, name)(by_name(ctx, args), *extra(args))
         missing = [i for i, ok in found.items() if not ok]
         for job_id in missing:
-            ctx.say(f"no such job {job_id}")
+            ctx.say(_gone(ctx.client, job_id))
         return 1 if missing else 0
     run.__name__, run.__doc__ = f"do_{name}", doc
     verb(usage, options, words)(run)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from util import assert_one_error_line, nowait, wait_for
 
-MAX_PRIORITY = 1 << 31
 from grun.core.jobs import validate_spec
+from grun.values import MAX_PRIORITY
 
 
 def test_every_run_of_a_retried_job_reaches_the_user_in_order(cluster, tmp_path):

@@ -107,6 +107,10 @@ def test_names_per_user_and_bad_requests_on_a_cluster(cluster):
         client = cluster.client()
         assert client.lookup("common", "someone-else", False) == theirs
         assert client.lookup("common", "root") == mine, "root's own, finished or not"
+        client.wait([mine], 20)
+        assert_one_error_line(cluster.grun("-k", str(mine)), f"job {mine} has already ended (done)")  # not "no such"
+        own = cluster.grun("-j", "common", "-W", "sh", "-c", "exit 7", timeout=20)  # theirs is held: not waited for
+        assert own.returncode == 7, own.stderr
         for args, needle in ((("-j", "65"), "bad job name '65'"), (("-j", "a,b"), "bad job name 'a,b'"),
                              (("-m", "0"), "-m 0: memory must be above 0"), (("-c", "0"), "-c 0: cpus must be above 0")):
             assert_one_error_line(cluster.grun("--nowait", *args, "true"), needle)

@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from ..values import STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
+from ..values import MAX_PRIORITY, STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
@@ -167,7 +167,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
-        "priority": _whole(spec, "priority", int(default_priority), lambda v: abs(v) <= 1 << 31, "a whole number"),
+        "priority": _whole(spec, "priority", int(default_priority), lambda v: abs(v) <= MAX_PRIORITY, "a whole number"),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
         "name": job_name(_text(spec, "name", MAX_NAME)),
         "host": _text(spec, "host", MAX_PATH),
