@@ -27,6 +27,11 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["ksh", "x.ksh"], False, "x.ksh"),
     (["samtools sort in.bam > out.bam"], True, "samtools"),
     (["python3"], False, "python3"),
+    (["cd /tmp && python3 -u big.py"], True, "big.py"),  # (was cd: every `cd DIR && ...` line shared one key, and a
+    (["cd /tmp && true"], True, "true"),                 # big job was killed at the limit its small ones taught)
+    (["echo start; X=1 ./prog a | sort"], True, "prog"),
+    (["module load gcc; make -j4"], True, "make"),
+    (["find", ".", "-exec", "rm", "{}", ";"], False, "find"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program

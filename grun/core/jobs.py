@@ -61,9 +61,30 @@ def argv(job: dict) -> list[str]:
     return line.split() if job.get("shell") else job["cmd"]
 
 
+SETUP = frozenset({"cd", "pushd", "export", "set", "unset", "source", ".", "module", "ml", "conda", "ulimit", "umask",
+                   "echo", "printf", "true", ":", "mkdir", "date", "hostname"})  # before a line's real work
+OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
+
+
+def working_command(words: list[str]) -> list[str]:
+    """A shell line's command that does the work: the first that is not set-up (`cd DIR && python3 a.py`: not cd,
+    which learned requests would otherwise share with every such line), `VAR=value` words skipped; else the last."""
+    commands, current = [], []
+    for word in words:
+        if word in OPERATORS or word.endswith(";"):
+            commands.append(current + [word[:-1]] * (word not in OPERATORS and len(word) > 1))
+            current = []
+        elif current or "=" not in word or not word.split("=")[0].isidentifier():
+            current.append(word)
+    commands = [c for c in [*commands, current] if c]
+    return next((c for c in commands if os.path.basename(c[0]) not in SETUP), commands[-1] if commands else words)
+
+
 def script_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
-    """What a command runs, `env` skipped: (the script an interpreter runs, else the program; the code or module
-    given inline, ("-c", CODE); the program's name): ("/x/a.py", None, "python3") for `python3 -u /x/a.py`."""
+    """What a command runs, `env` and a shell line's set-up skipped: (the script an interpreter runs, else the program;
+    the code or module given inline, ("-c", CODE); the program's name): ("/x/a.py", None, "python3") for `python3 -u
+    /x/a.py`."""
+    words = working_command(words)
     words = words[1:] if words[:1] and os.path.basename(words[0]) == "env" else words
     name = os.path.basename(words[0]) if words else "?"
     if not INTERPRETERS.fullmatch(name):
