@@ -457,14 +457,15 @@ def parse_priority(value) -> int:
 
 
 def _tell_limit(on_limit, result: dict, job_id: int) -> None:
-    """Tell `on_limit` the limit the job died of, or why it ended without running (a dependency failed...)."""
+    """Tell `on_limit` the limit the job died of, why it ended without running (a dependency failed...), or that its
+    node was lost with it (--norequeue)."""
     if not on_limit:
         return
     if isinstance(result.get("limit"), str):  # (an array's record holds its %N throttle there: a number)
         from .limits import describe  # only then: the node's module, with its imports (subprocess)
         on_limit(describe(result, job_id))
-    elif result.get("state") in ("cancelled", "killed", "lost", "failed") and not result.get("start_time") \
-            and "ranges" not in result:  # (an array's tasks say how they ended)
+    elif (result.get("state") == "lost" or result.get("state") in ("cancelled", "killed", "failed")
+          and not result.get("start_time")) and "ranges" not in result:  # (an array's tasks say how they ended)
         on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else ""))
 
 

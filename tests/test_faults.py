@@ -358,6 +358,8 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
     assert (records[mid]["node"], records[mid]["exit"], records[mid]["attempt"]) == (other, 3, 2)
     assert (records[pinned]["node"], records[pinned]["attempt"], records[pinned]["state"]) == (lost_node, 1, "done")
     assert records[fragile]["state"] == "lost"
+    waited = c.grun("-q", "wait", str(fragile))  # says why (it exited 255 without a word)
+    assert waited.returncode == 255 and f"job {fragile} lost: node {lost_node}".encode() in waited.stderr, waited
     # the stale copy of the moved job was killed before its end; the pinned job ran once, to its end
     assert (runs / "mover").read_text() == f"start {lost_node}\nstart {other}\nend {other}\n"
     assert (runs / "pinned").read_text() == f"start {lost_node}\nend {lost_node}\n"
