@@ -221,9 +221,7 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
-    plugins.load(cfg, instantiate=False)  # a plugin that cannot be imported: said here, not only in the log
-    for warning in cfg.warnings:  # `grun -d` and `grun -d -R` say it where the user looks, and in the log
-        print(f"grun: warning: {warning}", file=sys.stderr)
+    _check(cfg)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     ready_r, ready_w = os.pipe()  # the daemon writes to it once it serves: its pid file alone comes before the bind
@@ -254,9 +252,18 @@ def _last_line(path: str) -> str:
     return lines[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if lines else "no reason in its log"
 
 
+def _check(cfg: Config) -> None:
+    """What `grun -d`, `-R` and `-r` say where the user looks, not only in the daemon's log: a plugin that cannot be
+    imported (refused here: the daemon would keep its old config, and a reload exited 0), the config's warnings."""
+    plugins.load(cfg, instantiate=False)
+    for warning in cfg.warnings:
+        print(f"grun: warning: {warning}", file=sys.stderr)
+
+
 def ask_reload(cfg: Config) -> int | None:
-    """SIGHUP to the running daemon; its pid, or None when none runs."""
+    """SIGHUP to the running daemon, once the config passes _check; its pid, or None when none runs."""
     if (pid := running_pid(cfg)) is not None:
+        _check(cfg)
         os.kill(pid, signal.SIGHUP)
     return pid
 
