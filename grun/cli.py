@@ -48,8 +48,8 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
     """The verb (and its words) a command line's form names, and how to call it in messages; the
     options that chose it are taken out of `opts`."""
     if opts.pop("query", False):
-        from .verbs import find
-        found = find(words[0]) if words else None
+        from .verbs import NAMES
+        found = NAMES.get(words[0]) if words else None
         if found is None or found.name not in QUERIES:
             wrong = f"unknown query {words[0]!r}: use " if words else "-q needs a query: "
             raise UsageError(wrong + ", ".join(QUERIES))

@@ -72,8 +72,8 @@ def _completer(view):
 def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
     """(text, meta) for the word being typed (`current`) after the words `done`, the first a verb's name."""
     if not done:
-        return [(name, verbs.find(name).help) for name in sorted(verbs.NAMES)]
-    if (v := verbs.find(done[0])) is None:
+        return [(name, verbs.NAMES.get(name).help) for name in sorted(verbs.NAMES)]
+    if (v := verbs.NAMES.get(done[0])) is None:
         return []
     if done[-1] in ("-H", "--hosts") and len(done) > 1:
         return [(n["name"], "up" if n["up"] else "down") for n in view.nodes]
@@ -207,7 +207,7 @@ def do_help(ctx: Context, args: dict) -> int:
     if args.get("verb") in TOPICS:
         return ctx.print(TOPICS[args["verb"]]())
     if args.get("verb"):
-        if (found := verbs.find(args["verb"])) is None:
+        if (found := verbs.NAMES.get(args["verb"])) is None:
             return ctx.say(f"no verb or topic {args['verb']!r} (topics: {', '.join(TOPICS)})", EXIT_USAGE)
         return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
                                     ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))

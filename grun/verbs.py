@@ -62,9 +62,6 @@ def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = 
     return declare
 
 
-find = NAMES.get  # a verb by its name or an alias, or None
-
-
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
     """A verb's args from its words, and from the options the command line read already (`preset`)."""
     called, preset = called or v.name, preset or {}
@@ -83,7 +80,7 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
     status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
     from .client import GrunError
     try:
-        v = find(words[0])
+        v = NAMES.get(words[0])
         if v is None:
             raise UsageError(f"unknown verb {words[0]!r} (try: help)")
         args = parse(v, words[1:], called, preset)

@@ -66,11 +66,11 @@ def test_bad_batch_requests_are_one_line(cluster, args, needle):
 
 
 def test_an_array_is_one_spec_and_cmds_one_spec_a_line(tmp_path):
-    args = verbs.parse(verbs.find("run"), ["--array", "1-2500", "-o", "log.%a", "echo", "x"])
+    args = verbs.parse(verbs.NAMES.get("run"), ["--array", "1-2500", "-o", "log.%a", "echo", "x"])
     spec = many.array_spec(args)
     assert spec["array"] == "1-2500" and spec["stdout_file"] == "log.%a" and spec["cmd"] == ["echo", "x"]
     (tmp_path / "cmds").write_text("".join(f"echo {i}\n" for i in range(2500)))
-    specs = many.task_specs(verbs.Context(None), verbs.parse(verbs.find("run"), ["--cmds", str(tmp_path / "cmds"),
+    specs = many.task_specs(verbs.Context(None), verbs.parse(verbs.NAMES.get("run"), ["--cmds", str(tmp_path / "cmds"),
                                                                                  "-o", "log.%a"]))
     assert len(specs) == 2500 and specs[-1]["env"]["GRUN_TASK_ID"] == "2500" and specs[-1]["stdout_file"] == "log.2500"
     assert specs[0]["cmd"] == ["echo 0"] and "token" not in specs[0]  # the client adds one per job

@@ -20,18 +20,18 @@ def test_every_verb_has_a_name_help_usage_parser_and_runner():
     for verb in verbs.VERBS.values():
         assert verb.help and "\n" not in verb.help
         assert callable(verb.run) and callable(verb.words)
-        assert verbs.find(verb.name) is verb
+        assert verbs.NAMES.get(verb.name) is verb
         assert set(verb.options) <= {o.long for o in OPTIONS}, "a verb's options come from the one table"
     for name in ("run", "submit", "jobs", "status", "history", "kill", "hold", "resume", "edit", "wait",
                  "attach", "why", "help", "exit", "watch", "top"):
-        assert verbs.find(name) is not None, name
+        assert verbs.NAMES.get(name) is not None, name
 
 
 def test_the_command_lines_forms_are_verbs_of_the_table():
     for query in cli.QUERIES:
-        assert verbs.find(query) is not None
+        assert verbs.NAMES.get(query) is not None
     for alias in ("j", "s", "nodes", "hist", "h"):
-        assert verbs.find(alias).name in cli.QUERIES
+        assert verbs.NAMES.get(alias).name in cli.QUERIES
 
 
 @pytest.mark.parametrize("verb,words,expected", [
@@ -45,7 +45,7 @@ def test_the_command_lines_forms_are_verbs_of_the_table():
     ("jobs", [], {}),
 ])
 def test_parsers(verb, words, expected):
-    args = verbs.parse(verbs.find(verb), words)
+    args = verbs.parse(verbs.NAMES.get(verb), words)
     assert {k: args[k] for k in expected} == expected
 
 
@@ -57,15 +57,15 @@ def test_parsers(verb, words, expected):
 ])
 def test_parse_errors_are_usage_errors(verb, words, needle):
     with pytest.raises(UsageError) as err:
-        verbs.parse(verbs.find(verb), words)
+        verbs.parse(verbs.NAMES.get(verb), words)
     assert needle in str(err.value)
 
 
 def test_run_takes_the_command_lines_job_options():
-    args = verbs.parse(verbs.find("run"), ["-c", "2", "-m", "1G", "echo", "-c", "x"])
+    args = verbs.parse(verbs.NAMES.get("run"), ["-c", "2", "-m", "1G", "echo", "-c", "x"])
     assert args["cpus"] == 2 and args["memory"] == 1024
     assert args["cmd"] == ["echo", "-c", "x"]
-    assert verbs.parse(verbs.find("kill"), ["3", "-n", "KILL", "4"])["ids"] == [3, 4], "options anywhere"
+    assert verbs.parse(verbs.NAMES.get("kill"), ["3", "-n", "KILL", "4"])["ids"] == [3, 4], "options anywhere"
     spec = verbs.cli_spec(args, args["cmd"])
     assert (spec["cmd"], spec["shell"], spec["cpus"], spec["memory"]) == (["echo", "-c", "x"], False, 2, 1024)
 
@@ -81,7 +81,7 @@ def test_run_takes_the_command_lines_job_options():
 def test_the_shell_leaves_shell_syntax_to_the_node(line, cmd):
     import shlex
     words = shlex.split(line)
-    args = verbs.parse(verbs.find(words[0]), words[1:])
+    args = verbs.parse(verbs.NAMES.get(words[0]), words[1:])
     assert shell._command(line, len(words) - len(args["cmd"]), args["cmd"]) == cmd
 
 
