@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 
 from . import spool
@@ -26,6 +27,7 @@ from .stream import PIPE_SIZE, _grow_pipe
 log = logging.getLogger("grun.node")
 
 BLOCK = 4096                 # punched ranges are whole blocks
+DISK_RETRY_SECS = 2.0        # how often a job stalled on a full spool disk is tried again
 PUNCH = 0x01 | 0x02          # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -105,23 +107,45 @@ class Output:
             room = self.drain.limit() - self.held()
             if room < PIPE_SIZE and self._discard():
                 room = self.drain.limit() - self.held()
-            if room <= 0:  # stop watching its pipes until a client is sent more (progress)
-                self.full = True
-                for fd in self.pipes.values():
-                    with contextlib.suppress(OSError):
-                        self.drain.poll.unregister(fd)
-                if self._discard():  # a client sent more before `full` was set did not see it
-                    self.progress()
-                return
+            if room <= 0:
+                return self._wait()
             try:
                 n = spool.append_from_pipe(pipe, self.files[name], min(room, PIPE_SIZE))
             except BlockingIOError:
                 return
+            except OSError as exc:  # (its bytes stay in the pipe)
+                if not spool.disk_full(exc):
+                    raise
+                return self._disk_full()
+            if n and self in self.drain.stalled:
+                self.drain.stalled.discard(self)
+                log.info("job %s: spool disk space is back: its output flows again", self.key)
             if n == 0:  # every writer has gone
                 self._close(name)
             elif n >= 64 << 10:
                 _grow_pipe(pipe)  # a bulk writer: 1 MiB per wakeup, not 64 KiB
         self.drain.wake(self.key)
+
+    def _wait(self) -> None:
+        """Stop watching its pipes until a client is sent more (progress): the job waits in its write."""
+        self.full = True
+        for fd in self.pipes.values():
+            with contextlib.suppress(OSError):
+                self.drain.poll.unregister(fd)
+        if self._discard():  # a client sent more before `full` was set did not see it
+            self.progress()
+
+    def _disk_full(self) -> None:
+        """The spool's disk is full: as at spool_max, the job waits in its write, and what clients were
+        sent is punched out to make room; the drain also looks again every DISK_RETRY_SECS, for space
+        freed by others. Said once per stall (a full disk fails every job's write: no traceback each)."""
+        if self._discard():
+            return  # (its pipe is still watched: the move is tried again at once)
+        if self not in self.drain.stalled:
+            self.drain.stalled.add(self)
+            log.warning("job %s: the spool disk is full (%s): its output waits until there is space",
+                        self.key, os.path.dirname(self.dir))
+        self._wait()
 
     def _close(self, name: str) -> None:
         fd = self.pipes.pop(name, None)
@@ -131,12 +155,15 @@ class Output:
                 self.drain.poll.unregister(fd)
             os.close(fd)
 
-    def finish(self, flush: bool = False, unlink: bool = True) -> None:
-        """The job has ended (its reaper drained its pipes first; `flush`: we waited for it, so we do)."""
+    def finish(self, flush: bool = False, unlink: bool = True) -> int:
+        """The job has ended (its reaper drained its pipes first; `flush`: we waited for it, so we do,
+        and say how many bytes a full disk made us drop)."""
+        lost = 0
         with self.lock:
+            self.drain.stalled.discard(self)
             for name in STREAMS:
-                if flush and name in self.pipes:
-                    spool.drain_pipe(self.pipes[name], self.dir, name)
+                if flush and name in self.pipes and not spool.drain_pipe(self.pipes[name], self.dir, name):
+                    lost += spool.drop_pipe(self.pipes[name])
                 self._close(name)
                 if unlink:
                     with contextlib.suppress(OSError):
@@ -144,6 +171,7 @@ class Output:
             for fd in self.files.values():
                 os.close(fd)
             self.files.clear()
+        return lost
 
 
 class Drain:
@@ -153,6 +181,8 @@ class Drain:
         self.limit, self.wake = limit, wake  # spool_max in bytes; tell a job's attached clients
         self.outputs: dict[str, Output] = {}
         self.fds: dict[int, tuple[Output, str]] = {}  # pipe -> its job's output and stream
+        self.stalled: set[Output] = set()  # outputs waiting for space on a full spool disk
+        self._retry_at = 0.0
         self.poll = select.epoll()
         self.loop = Loop("grun-node-drain", self._step, 0.0, log, stop)
         self.loop.start()
@@ -172,9 +202,9 @@ class Drain:
                     self.fds[pipe] = (out, name)
                     self.poll.register(pipe, select.EPOLLIN)
 
-    def finish(self, key: str, flush: bool = False) -> None:
-        if (out := self.outputs.get(key)) is not None:
-            out.finish(flush)
+    def finish(self, key: str, flush: bool = False) -> int:
+        out = self.outputs.get(key)
+        return 0 if out is None else out.finish(flush)
 
     def forget(self, key: str) -> None:
         if (out := self.outputs.pop(key, None)) is not None:
@@ -184,6 +214,10 @@ class Drain:
         for fd, _ in self.poll.poll(1.0):
             if (found := self.fds.get(fd)) is not None:
                 found[0].move(found[1])
+        if self.stalled and time.monotonic() >= self._retry_at:  # space freed by others, or a disk grown
+            self._retry_at = time.monotonic() + DISK_RETRY_SECS
+            for out in list(self.stalled):
+                out.progress()
 
     def close(self) -> None:
         """The node daemon stops: its running jobs' pipes stay for the next one."""

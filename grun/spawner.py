@@ -11,6 +11,7 @@ grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -30,6 +31,8 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
+RETRY_SECS = 2.0    # how often a status.json that a full disk refused is tried again
+OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 
 # What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id,
 # else its own). Their shims set the rest at submit (grun/compat.py); such a job gets a TMPDIR in its spool too.
@@ -38,6 +41,19 @@ COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NO
 
 # A job this reaper started and waits for (job is None for a job that never started).
 _Run = collections.namedtuple("_Run", "id dir job status notify pipes", defaults=({},))
+
+
+@dataclasses.dataclass(eq=False)
+class _Ending:
+    """A run that has ended, its output still going to its spool files: wait4's results, when it ended,
+    and while a full disk holds it back, the bytes its pipes held (`level`) and since when."""
+    run: _Run
+    wstatus: int
+    rusage: object
+    end: float
+    level: float = float("inf")
+    since: float = dataclasses.field(default_factory=time.monotonic)
+    lost: int = 0
 
 
 def set_subreaper() -> None:
@@ -99,14 +115,14 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str
     return f"{argv[0]}: {exc.strerror}", 126
 
 
-def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage) -> dict:
+def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float | None = None) -> dict:
     """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
     the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
     same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
     caused to be read from or written to storage (page-cache hits are not reads). The node's sampler
     leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's last stderr
-    lines may tell that an rlimit stopped it."""
-    end = time.time()
+    lines may tell that an rlimit stopped it. `end`: when it ended (now by default)."""
+    end = end or time.time()
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
@@ -219,6 +235,8 @@ class Reaper:
         # this burst; it finds the status files when it looks (NodeJobs._check_jobs).
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
+        self.unwritten: dict[str, _Run] = {}  # job dir -> an ended run whose status.json is not written yet
+        self.ending: list[_Ending] = []       # ended runs whose output a full disk holds back (_output_out)
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
         """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
@@ -278,8 +296,8 @@ class Reaper:
         (`err` when it is open already) and its status (with `more`: cwd_missing tells the master to run
         it elsewhere). Never raises: one job must not stop the reaper."""
         with contextlib.suppress(BaseException):
-            with err or open(os.path.join(job_dir, "stderr"), "ab") as f:
-                f.write(f"grun: {why}\n".encode())
+            with contextlib.suppress(OSError), err or open(os.path.join(job_dir, "stderr"), "ab") as f:
+                f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, notify))
@@ -288,34 +306,62 @@ class Reaper:
         """Collect every job that has ended, then record them together: the status files are written
         first and fsync'd after, so one journal commit carries them all, and the waits for the disk
         do not add up one job after the other."""
-        done = []
         with contextlib.suppress(ChildProcessError):  # (no child left)
             while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 run = self.runs.pop(info.si_pid, None)
                 if run is not None:
                     end_leftovers(info.si_pid)
                 _, wstatus, rusage = os.wait4(info.si_pid, 0)  # (it has ended: no wait)
-                if run is None:
-                    continue  # something a job left behind (we are its subreaper): nothing to record
-                for name, pipe in run.pipes.items():  # before its status: see grun.drain
-                    spool.drain_pipe(pipe, run.dir, name)
-                    os.close(pipe)
-                try:
-                    exit_status(run.dir, run.job, run.status, wstatus, rusage)
-                    if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
-                        from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
-                        with _as_user(_identity(run.job)):
-                            rename_failed(run.job.get("outputs") or [])
-                    done.append(run)
-                except Exception as exc:  # one job's bad spool must not stop the reaper
-                    self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
+                if run is not None:  # (else something a job left behind: we are its subreaper)
+                    self.ending.append(_Ending(run, wstatus, rusage, time.time()))
+        done = []
+        for ending in list(self.ending):
+            if not self._output_out(ending):
+                continue
+            self.ending.remove(ending)
+            run = ending.run
+            try:
+                spool.lost_output(exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage,
+                                              ending.end), ending.lost)
+                if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
+                    from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
+                    with _as_user(_identity(run.job)):
+                        rename_failed(run.job.get("outputs") or [])
+                done.append(run)
+            except Exception as exc:  # one job's bad spool must not stop the reaper
+                self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 
+    def _output_out(self, ending: "_Ending") -> bool:
+        """Whether what the ended job left in its pipes is in its spool files (before its status: see
+        grun.drain), or dropped: on a full spool disk it waits while the node's drain makes progress (an
+        attached client's bytes punched out), then after OUTPUT_GRACE_SECS without any it is dropped."""
+        pipes = ending.run.pipes
+        held = [name for name, pipe in pipes.items() if not spool.drain_pipe(pipe, ending.run.dir, name)]
+        if held and (level := sum(spool.pipe_level(pipes[name]) for name in held)) < ending.level:
+            ending.level, ending.since = level, time.monotonic()
+        if held and time.monotonic() - ending.since < OUTPUT_GRACE_SECS:
+            return False
+        ending.lost = sum(spool.drop_pipe(pipes[name]) for name in held)
+        for pipe in pipes.values():
+            os.close(pipe)
+        return True
+
     def _record(self, *runs: _Run) -> None:
+        """Write the runs' status files and tell the node. One we cannot write (a full spool disk) is
+        told as `unwritten` (the node reports it all the same, and says so once) and tried again every
+        RETRY_SECS (serve) until written (then told again, as `finished`) or its spool is gone."""
         ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
-        for i in spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]):
-            pings.setdefault(runs[i].notify, []).append(f"finished {runs[i].id} {ends[i]}")
+        written = set(spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]))
+        for i, run in enumerate(runs):
+            told = run.dir in self.unwritten
+            if i in written or not os.path.isdir(run.dir):  # (gone: the node forgot the job)
+                self.unwritten.pop(run.dir, None)
+            else:
+                self.unwritten[run.dir] = run
+            if i in written or not told:
+                pings.setdefault(run.notify, []).append(f"{'finished' if i in written else 'unwritten'} {run.id} {ends[i]}")
         # one datagram for many jobs: the receiving queue holds only a few (net.unix.max_dgram_qlen),
         # and each one wakes the node
         for notify, lines in pings.items():
@@ -346,8 +392,9 @@ class Reaper:
         signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
         signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
         buf, eof = b"", False
-        while not eof or self.runs:
-            ready = select.select([wake_r] if eof else [wake_r, control], [], [], 5.0)[0]
+        while not eof or self.runs or self.unwritten or self.ending:
+            pause = 0.2 if self.ending else RETRY_SECS if self.unwritten else 5.0
+            ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 4096):
@@ -362,6 +409,8 @@ class Reaper:
                     if job_dir:
                         self.start(job_dir, notify or None, job_json)
             self.reap()
+            if self.unwritten:
+                self._record(*self.unwritten.values())
 
 
 if __name__ == "__main__":  # job lines on stdin; jobs get /dev/null there, never our control pipe

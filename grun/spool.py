@@ -19,6 +19,7 @@ proportional to the spool, not to every job the node ever ran.
 """
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -86,10 +87,16 @@ def append_from_pipe(pipe: int, fd: int, most: int) -> int:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def drain_pipe(pipe: int, job_dir: str, name: str) -> None:
+def disk_full(exc: OSError) -> bool:
+    """Whether a write failed for lack of space (or of the user's quota) on the spool's file system."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
     """What the pipe holds, appended to its spool file; for a job that has ended, before its status is
     written, so whatever it wrote is in the file once its status is there. At most a full pipe (1 MiB):
-    a process the job left behind may write on and on (`yes &`), and it must not hold us."""
+    a process the job left behind may write on and on (`yes &`), and it must not hold us. False: the
+    spool disk is full, and the rest is still in the pipe (for drop_pipe, once waiting for space is over)."""
     with contextlib.suppress(OSError):
         fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         left = 1 << 20
@@ -98,8 +105,35 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> None:
                 left -= n
         except BlockingIOError:
             pass  # empty, but a process the job left behind still has it open
+        except OSError as exc:
+            return not disk_full(exc)
         finally:
             os.close(fd)
+    return True
+
+
+def pipe_level(pipe: int) -> int:
+    """How many bytes the pipe holds."""
+    import fcntl
+    import struct
+    import termios  # (light: C)
+    return struct.unpack("i", fcntl.ioctl(pipe, termios.FIONREAD, bytes(4)))[0]
+
+
+def drop_pipe(pipe: int) -> int:
+    """Read what the pipe holds (at most 1 MiB, as drain_pipe) and drop it: how many bytes."""
+    lost = 0
+    with contextlib.suppress(BlockingIOError):
+        while lost < 1 << 20 and (n := len(os.read(pipe, 1 << 16))):
+            lost += n
+    return lost
+
+
+def lost_output(status: dict, lost: int) -> dict:
+    """The job's status, its error saying that `lost` bytes of its output could not be spooled."""
+    if lost:
+        status["error"] = "; ".join(filter(None, (status.get("error"), f"{lost} bytes of output lost: spool disk full")))
+    return status
 
 
 def first_held(job_dir: str, name: str) -> int:
@@ -135,24 +169,38 @@ def read(job_dir: str, name: str) -> dict | None:
 
 def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     """Write each (job dir, status as JSON) to status.json, then fdatasync them all: a burst of ends
-    waits for the disk once, not once per job. Returns the indexes written (a spool gone is skipped).
+    waits for the disk once, not once per job. Returns the indexes written; one not written (its spool
+    is gone, or its disk full) leaves no status.json (its writer tries again: see grun.spawner).
     No temp file: a reader that catches one half-written sees invalid JSON and looks again later."""
-    written = []
+    opened = []
     for i, (job_dir, data) in enumerate(ends):
         fd = None
         try:
             fd = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            os.write(fd, data.encode())
-            written.append((i, fd))
-        except OSError:  # the spool is gone, or the disk is full
-            if fd is not None:
-                os.close(fd)
-    for _, fd in written:
+            if os.write(fd, data.encode()) == len(data.encode()):
+                opened.append((i, fd))
+                continue
+        except OSError:
+            pass
+        _unwritten(job_dir, fd)
+    written = []
+    for i, fd in opened:  # invariant 3: the end outlives us, whoever dies next
         try:
-            os.fdatasync(fd)  # invariant 3: the end outlives us, whoever dies next
+            os.fdatasync(fd)  # (a file system that allocates late says ENOSPC only here)
+            written.append(i)
+        except OSError:
+            _unwritten(ends[i][0], None)
         finally:
             os.close(fd)
-    return [i for i, _ in written]
+    return written
+
+
+def _unwritten(job_dir: str, fd: int | None) -> None:
+    """A status.json we could not write whole: none at all, rather than a torn one for good."""
+    with contextlib.suppress(OSError):
+        if fd is not None:
+            os.close(fd)
+        os.unlink(os.path.join(job_dir, STATUS))
 
 
 def remove(job_dir: str) -> None:

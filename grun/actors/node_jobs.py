@@ -241,8 +241,8 @@ class NodeJobs:
     def _ack(self, kind: str, lives: list) -> None:
         try:
             self.acks.add(kind, [(live.id, live.attempt) for live in lives])
-        except OSError:
-            log.exception("cannot write %s", self.acks.path)
+        except OSError as exc:  # (a full disk: the master is told of an end again after a restart of ours)
+            log.warning("cannot write %s: %s", self.acks.path, exc)
 
     def _acked(self) -> dict:
         with self.lock:
@@ -250,7 +250,8 @@ class NodeJobs:
                     for l in self.live.values() if l.reported or l.fetched}
 
     def _on_ping(self) -> None:
-        """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines."""
+        """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines, and
+        `unwritten <id> <status json>` for an end its status.json could not be written for (yet)."""
         try:
             data, extra, _, _ = self.notify_sock.recvmsg(1 << 16, socket.CMSG_SPACE(12))
         except OSError:
@@ -275,7 +276,9 @@ class NodeJobs:
                     if live.stdin_r is not None:
                         os.close(live.stdin_r)
                         live.stdin_r = None
-            elif what == "finished":
+            elif what in ("finished", "unwritten"):
+                if what == "unwritten":  # (its reaper tries again until the disk takes it)
+                    log.warning("job %s: ended, but the spool disk is full: its status.json is not written yet", job_id)
                 try:
                     self._finished(live, json.loads(rest))
                 except ValueError:
@@ -367,13 +370,12 @@ class NodeJobs:
 
     def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
         """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
-        self.drain.finish(str(live.id), flush=True)
-        status = spawner.exit_status(live.dir, live.job, {"start_time": spool.started_at(live.dir) or time.time(),
-                                     "limits": dict(live.job.get("limits") or {})}, wstatus, rusage)
-        try:
-            spool.write_statuses([(live.dir, json.dumps(status))])
-        except OSError:
-            log.exception("job %s: cannot write its status", live.id)
+        lost = self.drain.finish(str(live.id), flush=True)
+        status = spool.lost_output(spawner.exit_status(live.dir, live.job, {
+            "start_time": spool.started_at(live.dir) or time.time(), "limits": dict(live.job.get("limits") or {})},
+            wstatus, rusage), lost)
+        if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
+            log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
         self._finished(live, status)
 
     def _adopt(self) -> None:

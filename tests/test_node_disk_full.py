@@ -1,0 +1,95 @@
+"""A node whose spool disk is full (QA): like spool_max, the job waits in its write and goes on once there is
+space (a reader's punched bytes, or a grown disk), with one line in the node's log, never a traceback; and a
+job that ends meanwhile still ends, as what it was (killed), its lost output said, its status.json written
+once space returns. Real daemons, the node's spool on a real 3 MB tmpfs (root only)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from cluster import LocalCluster
+from util import nowait, wait_for, wait_state
+
+LINES = 1_000_000                              # `seq 1 LINES`: 6.9 MB, twice the disk
+EXPECTED = b"".join(b"%d\n" % i for i in range(1, LINES + 1))
+
+
+@pytest.fixture
+def c():
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: root only")
+    root = tempfile.mkdtemp(prefix="grun-disk-")
+    spool = os.path.join(root, "n4", "node")  # the node's spool (its log stays outside, in n4/)
+    os.makedirs(spool)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", spool], capture_output=True).returncode:
+        shutil.rmtree(root)
+        pytest.skip("cannot mount a tmpfs here")
+    cluster = LocalCluster(nodes={"n4": {"cpus": 2, "memory": 2000, "heartbeat": 0.5}}, root=root,
+                           master_extra={"min_free_disk": 0})  # (else the master places nothing on 3 MB)
+    cluster.spool = spool
+    try:
+        with cluster:
+            yield cluster
+    finally:  # room for a reaper still retrying a status, then the mount goes, whatever happened
+        subprocess.run(["mount", "-o", "remount,size=64m", spool], capture_output=True)
+        subprocess.run(["umount", "-l", spool], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _log(c) -> str:
+    with open(os.path.join(c.root, "n4", "grun.log")) as f:
+        return f.read()
+
+
+def _wait_disk_full(c) -> None:
+    def full():
+        st = os.statvfs(c.spool)
+        return st.f_bavail * st.f_frsize < 64 << 10
+    wait_for(full, 30, what="the job to fill the spool disk")
+    wait_for(lambda: "the spool disk is full" in _log(c), 10, what="the node to say its spool disk is full")
+
+
+def _grow(c) -> None:
+    subprocess.run(["mount", "-o", "remount,size=20m", c.spool], check=True)
+
+
+def test_an_attached_reader_gets_every_byte_through_a_full_spool_disk(c):
+    job_id = nowait(c, "-H", "n4", "seq", "1", str(LINES))
+    _wait_disk_full(c)
+    assert wait_state(c, job_id, "running")  # waiting in its write
+    r = c.grun("--attach", str(job_id), timeout=60)  # what it was sent is punched out: room for the rest
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == EXPECTED
+    log = _log(c)
+    assert log.count("the spool disk is full") == 1 and "Traceback" not in log, log
+
+
+def test_a_stalled_job_goes_on_when_space_returns_and_nothing_is_lost(c):
+    job_id = nowait(c, "-H", "n4", "seq", "1", str(LINES))
+    _wait_disk_full(c)
+    _grow(c)
+    wait_state(c, job_id, "done", timeout=30)
+    r = c.grun("--attach", str(job_id), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == EXPECTED  # the bytes a full disk refused stayed in the pipe
+    assert "output flows again" in _log(c) and "Traceback" not in _log(c)
+
+
+def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_space_returns(c):
+    job_id = nowait(c, "-H", "n4", "head -c 6000000 /dev/urandom | base64")
+    _wait_disk_full(c)
+    assert c.grun("-k", str(job_id)).returncode == 0
+    job = wait_state(c, job_id, "killed", "failed", timeout=20)  # reported with no status.json on disk
+    assert job["state"] == "killed", job
+    assert "bytes of output lost: spool disk full" in (job.get("error") or ""), job
+    status = os.path.join(c.spool, "jobs", str(job_id), "status.json")
+    assert not os.path.exists(status)  # not a torn (empty) one
+    log = _log(c)
+    assert log.count("its status.json is not written yet") == 1 and "Traceback" not in log, log
+    _grow(c)  # its reaper tries again: the end is on the node's disk at last
+    written = wait_for(lambda: os.path.exists(status) and json.load(open(status)), 10, what="status.json")
+    assert written["signal"] == 15 and "bytes of output lost" in written["error"], written
