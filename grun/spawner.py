@@ -237,6 +237,7 @@ class Reaper:
         self._ping_stalled_until = 0.0
         self.unwritten: dict[str, _Run] = {}  # job dir -> an ended run whose status.json is not written yet
         self.ending: list[_Ending] = []       # ended runs whose output a full disk holds back (_output_out)
+        self._retry_at = 0.0
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
         """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
@@ -332,7 +333,7 @@ class Reaper:
                 self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
         self._record(*done)
 
-    def _output_out(self, ending: "_Ending") -> bool:
+    def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: see
         grun.drain), or dropped: on a full spool disk it waits while the node's drain makes progress (an
         attached client's bytes punched out), then after OUTPUT_GRACE_SECS without any it is dropped."""
@@ -409,7 +410,8 @@ class Reaper:
                     if job_dir:
                         self.start(job_dir, notify or None, job_json)
             self.reap()
-            if self.unwritten:
+            if self.unwritten and time.monotonic() >= self._retry_at:
+                self._retry_at = time.monotonic() + RETRY_SECS
                 self._record(*self.unwritten.values())
 
 

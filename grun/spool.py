@@ -155,10 +155,17 @@ def spool_space(path: str) -> dict:
     return {"spool_free": st.f_bavail * st.f_frsize >> 20, "spool_size": st.f_blocks * st.f_frsize >> 20}
 
 
-def write(job_dir: str, name: str, value: dict) -> None:
-    """KILL or LIMIT; not durable: the master repeats a kill until the job has ended, and a limit's kill too."""
-    os.makedirs(job_dir, exist_ok=True)  # (a kill may come before the job)
-    write_atomic(os.path.join(job_dir, name), json.dumps(value).encode(), durable=False)
+def write(job_dir: str, name: str, value: dict) -> bool:
+    """KILL or LIMIT; not durable: the master repeats a kill until the job has ended, and a limit's kill too.
+    False: the spool disk is full (the kill is sent all the same; a KILL for later, again when repeated)."""
+    try:
+        os.makedirs(job_dir, exist_ok=True)  # (a kill may come before the job)
+        write_atomic(os.path.join(job_dir, name), json.dumps(value).encode(), durable=False)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        return False
+    return True
 
 
 def read(job_dir: str, name: str) -> dict | None:
@@ -280,7 +287,8 @@ class Acks:
         except OSError:
             return acks
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(jobs_dir, str(k[0])))}
-        self.rewrite(lambda: acks)
+        with contextlib.suppress(OSError):  # (a full disk: the log stays as it was, longer than needed)
+            self.rewrite(lambda: acks)
         return acks
 
     def rewrite(self, current) -> None:

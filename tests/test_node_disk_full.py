@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -90,6 +91,10 @@ def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_
     assert not os.path.exists(status)  # not a torn (empty) one
     log = _log(c)
     assert log.count("its status.json is not written yet") == 1 and "Traceback" not in log, log
+    c.kill("n4", signal.SIGTERM)  # a node daemon restarted on the full disk serves, and keeps the job's end
+    c.start_node("n4")
+    assert c.client().job(job_id)["state"] == "killed"
     _grow(c)  # its reaper tries again: the end is on the node's disk at last
     written = wait_for(lambda: os.path.exists(status) and json.load(open(status)), 10, what="status.json")
     assert written["signal"] == 15 and "bytes of output lost" in written["error"], written
+    assert "Traceback" not in _log(c)

@@ -187,8 +187,8 @@ class NodeJobs:
             live.kills.add(sig)
         if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
-        if self._job_pid(live) is None:  # not started: its reaper sends the signal once it has the pid
-            spool.write(live.dir, spool.KILL, {"signal": sig})
+        if self._job_pid(live) is None and not spool.write(live.dir, spool.KILL, {"signal": sig}):
+            live.kills.discard(sig)  # (a full disk: not asked for yet; the master's next repeat tries again)
         if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
             return True
         spawner.killpg(pid, sig)
