@@ -144,12 +144,12 @@ def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
 
 
 def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
-    """The ids (a task's `12.7` as it is), and those of the live jobs named (or, `finished`, this user's newest
-    finished one)."""
+    """The ids (a task's `12.7` as it is), and those of the live jobs named, ours first (root and admins: else anyone's),
+    or, `finished`, ours, live or newest finished."""
     from .client import GrunError, current_user
     ids = list(args["ids"])
     for name in args.get("names", ()):
-        if (found := ctx.client.lookup(name, *([current_user()] if finished else []))) is None:
+        if (found := ctx.client.lookup(name, current_user(), finished, not finished)) is None:
             raise GrunError(f"no job named {name!r}")
         ids.append(int(found))
     return ids

@@ -31,7 +31,9 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["cd /tmp && true"], True, "true"),                 # big job was killed at the limit its small ones taught)
     (["echo start; X=1 ./prog a | sort"], True, "prog"),
     (["module load gcc; make -j4"], True, "make"),
-    (["find", ".", "-exec", "rm", "{}", ";"], False, "find"),
+    (["echo", "a;", "python3", "x.py"], False, "echo"),  # an argv is no shell line: nothing split at its words
+    (["cd /x && exec python3 -u a.py"], True, "a.py"),
+    (["nohup", "time", "./sim", "1"], False, "sim"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program

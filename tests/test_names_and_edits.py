@@ -9,7 +9,7 @@ import random
 import pytest
 from util import assert_one_error_line, nowait
 
-from grun.client import job_spec
+from grun.client import current_user, job_spec
 from grun.core import jobs as J
 from grun.core.master_state import MasterState
 
@@ -68,6 +68,9 @@ def test_an_edit_no_node_could_run_is_refused_even_for_a_job_forced_at_submit_un
         "what it was forced past stays allowed"
     assert m.handle("edit", [forced], {"p.gpu": "1", "force": "yes"}, 2.0).reply == {str(forced): True}
     assert m.table.jobs[forced]["params"] == {"gpu": 1}
+    plain = _submit(m)
+    assert m.handle("edit", [plain], {"memory": "1T", "force": "yes"}, 3.0).reply == {str(plain): True}
+    assert m.handle("edit", [plain], {"priority": "3"}, 3.0).reply == {str(plain): True}, "forced once: as at submit"
 
 
 def test_after_replaces_every_dependency_and_empty_clears_them():
@@ -106,11 +109,14 @@ def test_names_per_user_and_bad_requests_on_a_cluster(cluster):
         assert mine != theirs
         client = cluster.client()
         assert client.lookup("common", "someone-else", False) == theirs
-        assert client.lookup("common", "root") == mine, "root's own, finished or not"
+        assert client.lookup("common", current_user()) == mine, "our own, finished or not"
         client.wait([mine], 20)
         assert_one_error_line(cluster.grun("-k", str(mine)), f"job {mine} has already ended (done)")  # not "no such"
         own = cluster.grun("-j", "common", "-W", "sh", "-c", "exit 7", timeout=20)  # theirs is held: not waited for
         assert own.returncode == 7, own.stderr
+        ours = nowait(cluster, "-j", "common", "sleep", "30")  # live, as theirs is: -k by name takes ours, not theirs
+        assert cluster.grun("-k", "-j", "common").returncode == 0
+        assert client.wait([ours], 20)[ours]["state"] == "killed" and client.job(theirs)["state"] == "held"
         for args, needle in ((("-j", "65"), "bad job name '65'"), (("-j", "a,b"), "bad job name 'a,b'"),
                              (("-m", "0"), "-m 0: memory must be above 0"), (("-c", "0"), "-c 0: cpus must be above 0")):
             assert_one_error_line(cluster.grun("--nowait", *args, "true"), needle)

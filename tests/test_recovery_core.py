@@ -127,6 +127,10 @@ def test_a_lost_node_that_returns_with_the_job_ended_keeps_it_and_the_job_runs_o
     step = m.handle("finished", "a", [{"id": job["id"], "exit_code": 0, "attempt": 1}], 7.0)
     [done] = [i[1] for i in step.do if i[0] == "finished"]
     assert (done["state"], done["node"], done["attempt"]) == ("done", "a", 1)
+    moved = _run_on(m, _submit(m), "a")  # and not a job that runs elsewhere now: its ended copy there is nothing
+    _apply(m, m.table.lost_record(moved, 8.0, "node a lost"))
+    _run_on(m, moved, "b", now=9.0)
+    assert m.table.reconcile("a", running=[], finished=[moved["id"]], now=10.0) == ([], [], [])
 
 
 def test_only_the_current_copy_finishes_a_job_and_only_once():

@@ -379,15 +379,19 @@ class Master:
             return progress(job, self.core, time.time()) if short else \
                 explain(job, self.core, time.time()) + provenance(job)
 
-    def lookup(self, name: str, user: str | None = None, ended: bool | None = None) -> int | None:
+    def lookup(self, name: str, user: str | None = None, ended: bool | None = None, anyone: bool = False) -> int | None:
         """The id of a user's job with this name (names are per user): the live one, else (`ended`; by default when
-        the user is given) their newest finished one; None if none. The user: as given, else the one the caller's
-        credential proves; with neither (root, or a cluster without auth:), any user's live job of that name."""
-        who, only, ended = auth.caller(), self._only(), bool(user) if ended is None else ended  # (only: private_queries)
-        user = str(user) if user else who["user"] if isinstance(who, dict) else None
+        the user is given) their newest finished one; None if none. The user: a user confined to their own jobs is
+        always themselves; others (root, admins, a cluster without auth:) name one, and with `anyone`, when that
+        user has no live job of that name, get any user's (as root's `scancel -n`)."""
+        confined, only = auth.confined(self.core.settings["admins"]), self._only()  # (only: private_queries)
+        who, ended = auth.caller(), bool(user) if ended is None else ended
+        user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
         with self.lock:
             names, name = self.core.table.names, str(name)
-            found = names.get((user, name)) if user else next((i for (_, n), i in names.items() if n == name), None)
+            found = names.get((user, name))
+            if found is None and anyone and not confined:
+                found = next((i for (_, n), i in names.items() if n == name), None)
             if found is not None and only not in (None, self.core.table.jobs.get(found, {}).get("uid")):
                 found = None
         done = (self.store.find_name(user, name) or {}) if ended and user and found is None else {}

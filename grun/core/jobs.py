@@ -80,12 +80,13 @@ def working_command(words: list[str]) -> list[str]:
     return next((c for c in commands if os.path.basename(c[0]) not in SETUP), commands[-1] if commands else words)
 
 
-def script_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
-    """What a command runs, `env` and a shell line's set-up skipped: (the script an interpreter runs, else the program;
-    the code or module given inline, ("-c", CODE); the program's name): ("/x/a.py", None, "python3") for `python3 -u
-    /x/a.py`."""
-    words = working_command(words)
-    words = words[1:] if words[:1] and os.path.basename(words[0]) == "env" else words
+def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
+    """What a command runs, `env`, `exec`, `nohup`, `time` and (`shell`: a shell line's) set-up skipped: (the script an
+    interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
+    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`."""
+    words = working_command(words) if shell else words
+    while words[1:] and os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command"):
+        words = words[1:]
     name = os.path.basename(words[0]) if words else "?"
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name

@@ -24,7 +24,7 @@ FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this mu
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
-    path, inline, name = script_of(argv(job))
+    path, inline, name = script_of(argv(job), job.get("shell"))
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 

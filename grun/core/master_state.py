@@ -300,6 +300,8 @@ class MasterState:
                         "params", ()) if k in new["params"]}}, self.table.nodes)
                 if why:
                     raise ValueError(f"{why} (add force=yes to edit it anyway)")
+                if force and new:  # as a job forced at submit: later edits are judged by what they ask
+                    new = {**new, "force": True}
                 if kinds:
                     deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
                                             self.settings["deps_other_users"])
@@ -360,9 +362,10 @@ class MasterState:
         requeue = self.settings["requeue"]
         records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
         self._commit(step, records)
+        still = {int(i) for i in running} if records else set()
         for rec in records:
             if rec["op"] == "reclaim":
-                how = "still running" if rec["id"] in {int(i) for i in running} else "ended there (its end comes next)"
+                how = "still running" if rec["id"] in still else "ended there (its end comes next)"
                 step.log("info", f"job {rec['id']}: node {node.name} came back with it {how}; it stays there")
             elif rec["op"] != "start":
                 step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")

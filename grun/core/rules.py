@@ -24,7 +24,7 @@ class Job:
         self.req, self.facts = req, facts
 
     argv = functools.cached_property(lambda self: J.argv(self.req))
-    script_path = functools.cached_property(lambda self: J.script_of(self.argv))
+    script_path = functools.cached_property(lambda self: J.script_of(self.argv, self.req.get("shell")))
 
     def _fact(self, what: str, *args):
         return getattr(self.facts, what)(*args) if self.facts is not None else None
