@@ -167,8 +167,9 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         signal.signal(sig, lambda signum, _frame: signals.put(signum))
     try:
         hosted.start(services)
-        if ready_fd:
-            os.write(int(ready_fd), b"1")
+        if ready_fd:  # (whoever started us may have stopped waiting: a slow start is still a start)
+            with contextlib.suppress(OSError):
+                os.write(int(ready_fd), b"1")
             os.close(int(ready_fd))
         while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
             with contextlib.suppress(queue.Empty):
@@ -233,23 +234,25 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
                                         start_new_session=True)
         finally:
             os.close(ready_w)
-        ready = select.select([ready_in], [], [], wait)[0] and ready_in.read(1) == b"1"
-    if ready:
+        said = ready_in.read(1) if select.select([ready_in], [], [], wait)[0] else None  # None: no word yet
+    if said == b"1" or said is None and proc.poll() is None and running_pid(cfg) == proc.pid:  # (or a long replay)
         return proc.pid
     if _wait(lambda: proc.poll() is not None, 2.0, 0.01):
-        raise DaemonError(f"the daemon exited at once (code {proc.returncode}): {_last_line(log_path)} (see {log_path})")
+        raise DaemonError(f"the daemon exited at once (code {proc.returncode}): {_last_line(log_path, proc.pid)} "
+                          f"(see {log_path})")
     raise DaemonError(f"the daemon did not start within {wait:.0f} s; see {log_path}")
 
 
-def _last_line(path: str) -> str:
-    """The last line of a log: a daemon that could not start says why there last."""
+def _last_line(path: str, pid: int) -> str:
+    """What the daemon `pid` said last in a log (it may be shared): one that could not start says why there last."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         lines = []
-    return lines[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if lines else "no reason in its log"
+    own = [line for line in lines if f"[{pid}]" in line or line.startswith("grun: ")]
+    return own[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if own else "no reason in its log"
 
 
 def _check(cfg: Config) -> None:

@@ -226,3 +226,19 @@ def test_a_daemon_that_cannot_start_says_why_in_one_line(setup, tmp_path):
         r = subprocess.run(argv, capture_output=True, timeout=60)
         assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and b"cannot start: [Errno 20] Not a directory" in \
             r.stderr, r.stderr
+
+
+def test_a_daemon_slower_to_start_than_its_starter_waits_still_starts(setup):
+    """The starter stops waiting (here at once) while the daemon still loads; the daemon's word that it serves,
+    written to a pipe nobody reads any more, must not end it (EPIPE once did: no daemon left, even after a -R)."""
+    from grun.config import load_config
+    from grun.daemon import DaemonError, running_pid, start_background, stop
+    cfg = load_config(setup.conf("slow", services="queue"), use_auth=False)
+    with pytest.raises(DaemonError, match="did not start within 0 s"):
+        start_background(cfg, wait=0.0)
+    try:
+        wait_for(setup.client.reachable, 20, what="the daemon to serve")
+        wait_for(lambda: running_pid(cfg), 5)
+        assert "cannot start" not in open(cfg.log_file).read()
+    finally:
+        stop(cfg)
