@@ -217,24 +217,26 @@ class Client:
         """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
         return _by_id(self, "edit", job_ids, dict(changes))
 
-    def task_job(self, ref: str, started: bool = True) -> int:
+    def task_job(self, ref: str, started: bool = True, deadline: float = float("inf")) -> int:
         """The job id of task `12.7` (task 7 of array 12); `started`: wait until the task has begun (else a task
-        not begun yet gives the array's id). JobNotFound if the array has no such task, or it ended long ago."""
+        not begun yet gives the array's id; Timeout past `deadline`, a time.monotonic()). JobNotFound if the array
+        has no such task, or it ended long ago."""
         from .core.arrays import has_task
         from .core.jobs import FINAL_STATES
         array_id, task = (int(part) for part in ref.split(".", 1))
-        while True:
-            live = self.jobs()
-            if found := next((j["id"] for j in live if (j.get("array"), j.get("task")) == (array_id, task)), None):
-                return int(found)
-            array = next((j for j in live if j["id"] == array_id), None) or self.job(array_id)
+        while True:  # (the array's record, not every live job, until the task has begun)
+            array = self.job(array_id)
             if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
                 raise JobNotFound(f"job {array_id} {'has no task ' + str(task) if 'ranges' in array else 'is not an array'}")
-            if not (array["state"] not in FINAL_STATES and has_task(array, task)):
-                break  # it has ended: in history
+            if array["state"] in FINAL_STATES or not has_task(array, task):
+                break  # begun: a live job, or ended (in history)
             if not started:
                 return array_id
+            if time.monotonic() > deadline:
+                raise Timeout(f"task {ref} has not begun yet")
             time.sleep(1.0)
+        if found := next((j["id"] for j in self.jobs() if (j.get("array"), j.get("task")) == (array_id, task)), None):
+            return int(found)
         import re  # its array's command, among the user's last finished jobs
         cmd = array["cmd"][0] if array.get("shell") else " ".join(array["cmd"])
         for job in self.history(1000, array.get("user"), f"^{re.escape(cmd)}$"):
@@ -242,15 +244,15 @@ class Client:
                 return int(job["id"])
         raise JobNotFound(f"task {ref} ended too long ago (see grun -q history)")
 
-    def job_id(self, ref, started: bool = True) -> int:
+    def job_id(self, ref, started: bool = True, deadline: float = float("inf")) -> int:
         """A job id from 12 or "12" or a task's "12.7" (task_job)."""
-        return self.task_job(ref, started) if isinstance(ref, str) and "." in ref else int(ref)
+        return self.task_job(ref, started, deadline) if isinstance(ref, str) and "." in ref else int(ref)
 
     def wait(self, job_ids: list, timeout: float | None = None) -> dict[int, dict]:
         """The final records of the jobs (ids, or tasks `12.7`), once all have finished (Timeout after `timeout` s);
         by the jobs' own ids."""
-        ids, done = [self.job_id(i) for i in job_ids], {}
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        ids, done = [self.job_id(i, deadline=deadline) for i in job_ids], {}
         while len(done) < len(ids):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -292,7 +294,7 @@ class Client:
         wait returns only at the job's last end, so the run is checked soon, then less often), nor for a master
         away, nor past SETTLE_WAIT in all. Returns the job's record as last seen (None: the master was away)."""
         from .core.jobs import FINAL_STATES
-        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.02, None
+        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.25, None
         try:
             while not (ended := self.call("wait", [job_id], min(patience, max(0.02, deadline - time.monotonic())),
                                           wait=0)):

@@ -276,6 +276,8 @@ _PLAIN = _KEY | frozenset("./-")  # a plain value: words of these, one space bet
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
+    if not text.replace("\n", "").isprintable():  # control characters (YAML refuses them, in comments too), tabs, CR
+        return None
     raw, lines = {}, {}
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip(" ") or line.startswith("#"):
@@ -305,7 +307,7 @@ def _simple_value(rest: str, master: bool):
         return text if closed and not (value[0] == '"' and "\\" in text) else _NOT_SIMPLE
     value = value.partition(" #")[0].rstrip(" ") if not value.startswith("#") else ""
     if master and value and YAML_WORDS.get(value, "") is not None and value[0] not in "|>&*!{" and not any(
-            c in value for c in " #'\""):
+            c.isspace() or c in "#'\"" for c in value):
         return value
     if not value or value in YAML_WORDS:
         return YAML_WORDS.get(value)

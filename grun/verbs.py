@@ -168,9 +168,8 @@ def changes(words: list[str], called: str, opts: dict) -> dict:
         if not eq or not key:
             raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
         found[key.strip()] = value.strip()
-        check = {"priority": "priority", "cpus": "cpus", "memory": "memory", "time": "time"}.get(key.strip())
-        if check and value.strip():  # refused here as the option's own value would be; the master parses it again
-            parse_options([f"--{check}", value.strip()], (check,), called)
+        if key.strip() in ("priority", "cpus", "memory", "time") and value.strip():  # refused here as the option's
+            parse_options([f"--{key.strip()}", value.strip()], (key.strip(),), called)  # value would be (and again)
     if not words[1:]:
         raise UsageError(f"{called} needs job ids or names")
     return {"changes": found, **ids_or_name(words[1:], called, opts)}

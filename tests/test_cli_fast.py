@@ -128,6 +128,16 @@ def test_fast_config_reader_agrees_with_pyyaml(tmp_path):
     for _ in range(20000):
         lines = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 9))) for _ in range(rnd.randint(1, 3))]
         _same_as_yaml("\n".join(f"k{i}: {v}" if rnd.random() < 0.9 else v for i, v in enumerate(lines)) + "\n")
+    path = tmp_path / "random.conf"
+    for _ in range(3000):  # master's values: as PyYAML's path reads them (quoted by config._MASTER_LINE)
+        text = "master: " + "".join(rnd.choice(alphabet.replace("\n", "") + "[]{}|>&*!%@,\r\x0b\xa0") for _ in range(rnd.randint(0, 9)))
+        if (fast := _read_simple(text + "\n")) is not None:
+            path.write_text(text + "\nx: [1]\n")  # a line only PyYAML reads
+            try:
+                slow = _read_yaml(str(path))[0]
+            except Exception:  # (PyYAML refuses it: then the fast path must not have taken it)
+                raise AssertionError(f"fast path read {text!r}, PyYAML's path refuses it") from None
+            assert fast[0]["master"] == slow["master"], text
 
 
 def test_when_grun_returns_the_master_has_the_jobs_end(cluster):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from util import assert_one_error_line, nowait, wait_for
 
+from grun.client import Timeout
 from grun.core.jobs import validate_spec
 from grun.values import MAX_PRIORITY
 
@@ -44,7 +45,15 @@ def test_task_ids_and_names_are_taken_wherever_ids_are(cluster):
     assert (r.returncode, r.stdout) == (3, b"task 3\n"), r.stderr
     assert b"has finished" in cluster.grun("why", f"{array}.1").stdout
     assert_one_error_line(cluster.grun("-q", "wait", f"{array}.9"), f"job {array} has no task 9")
-    assert_one_error_line(cluster.grun("-q", "wait", "1.5"), "job 1 is not an array")
+    plain = nowait(cluster, "true")
+    assert_one_error_line(cluster.grun("-q", "wait", f"{plain}.5"), f"job {plain} is not an array")
+    blocker = nowait(cluster, "sleep", "30")
+    waiting = nowait(cluster, "--after", str(blocker), "--array", "1-2", "true")
+    try:  # a task not begun: wait's timeout holds (it waited for ever)
+        with pytest.raises(Timeout, match=f"task {waiting}.2 has not begun yet"):
+            cluster.client().wait([f"{waiting}.2"], timeout=1.5)
+    finally:
+        cluster.client().kill([waiting, blocker])
     job = nowait(cluster, "-j", "follow-ends-waiter", "sleep", "30")
     wait_for(lambda: cluster.client().job(job)["state"] == "running")
     assert cluster.grun("-e", "hold", "follow-ends-waiter").returncode == 0
