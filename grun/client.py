@@ -335,7 +335,8 @@ class Client:
                         f"following attempt {run[1]} on {run[0]}: its output starts over"
                         + ("; its input is not sent again" if fed else ""))
             elif retried and (run[1] or 0) > retried:  # that run ended, and its node began the next, before we came
-                on_note(f"job {job_id}: the output of attempt {retried} was not kept (it ended and the job ran again "
+                gone = f"attempt {retried}" if run[1] - 1 == retried else f"attempts {retried}-{run[1] - 1}"
+                on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
                         f"before grun could attach); following attempt {run[1]}")
             where, final, retried = run, job["state"] in J.FINAL_STATES, None
             try:
