@@ -93,8 +93,22 @@ def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_
     assert log.count("its status.json is not written yet") == 1 and "Traceback" not in log, log
     c.kill("n4", signal.SIGTERM)  # a node daemon restarted on the full disk serves, and keeps the job's end
     c.start_node("n4")
+    # the node's side: the restarted daemon adopted the job from the full disk, still without its status.json
+    wait_for(lambda: "re-adopted 1 jobs from the spool" in _log(c), 20, what="the restarted node to adopt the job")
+    assert os.path.isdir(os.path.dirname(status)) and not os.path.exists(status)
     assert c.client().job(job_id)["state"] == "killed"
     _grow(c)  # its reaper tries again: the end is on the node's disk at last
     written = wait_for(lambda: os.path.exists(status) and json.load(open(status)), 10, what="status.json")
     assert written["signal"] == 15 and "bytes of output lost" in written["error"], written
+    assert "Traceback" not in _log(c)
+
+
+def test_a_job_killed_at_its_time_limit_on_a_full_disk_ends_as_timeout(c):
+    # its limit.json cannot be written: the node keeps the reason, and the job's end still says it
+    job_id = nowait(c, "-H", "n4", "-t", "4s", "head -c 6000000 /dev/urandom | base64")
+    _wait_disk_full(c)
+    job = wait_state(c, job_id, "timeout", "killed", "failed", timeout=30)
+    assert (job["state"], job.get("limit")) == ("timeout", "time"), job
+    assert "ran past its time limit" in job.get("limit_detail", ""), job
+    assert not os.path.exists(os.path.join(c.spool, "jobs", str(job_id), "limit.json"))
     assert "Traceback" not in _log(c)
