@@ -335,7 +335,9 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
             found.setdefault(job["id"], job)
     if arrays:  # their tasks: live ones, and ended ones among the latest history
         ended = sum(sum(array["counts"].values()) for array, _ in arrays.values())
-        tasks = sorted({j["id"]: j for j in (client.history(1000 + ended) if ended else []) + client.jobs()
+        users = {array.get("user") for array, _ in arrays.values()}  # (one: the history of that user's jobs only)
+        history = client.history(1000 + ended, user=users.pop() if len(users) == 1 else None) if ended else []
+        tasks = sorted({j["id"]: j for j in history + client.jobs()
                         if "task" in j and j["array"] in arrays}.values(), key=lambda j: j["task"])
         for array, asked in arrays.values():
             mine, waiting = [j for j in tasks if j["array"] == array["id"]], unstarted(array)

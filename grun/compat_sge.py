@@ -57,11 +57,12 @@ def qsub(argv: list[str]) -> int:
         else:
             raise Refused(f"unsupported resource -l {item}")
     client, tasks = Client(), _task_range(last(opts, "array"))
-    after = _holds(client, opts.get("hold_jid", []))
+    after = [j["id"] for j in _holds(client, opts.get("hold_jid", []))]
     if "hold_jid_ad" in opts:  # grun has no task-to-task dependency: each task waits for the whole arrays
-        arrays = [client.job(i) for i in _holds(client, opts["hold_jid_ad"])]
-        if tasks is None or any([list(range(*r)) for r in a.get("ranges") or []] != [
-                list(range(tasks[0], tasks[1] + 1, tasks[2]))] for a in arrays):
+        arrays = _holds(client, opts["hold_jid_ad"])
+        # (ranges compare by the numbers they hold, without listing them: -t 1-1000000)
+        if tasks is None or any([range(*r) for r in a.get("ranges") or []] != [
+                range(tasks[0], tasks[1] + 1, tasks[2])] for a in arrays):
             raise Refused("-hold_jid_ad: this job and the jobs it names must be arrays of the same -t range")
         if arrays:
             print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
@@ -116,21 +117,20 @@ def _task_range(text: str | None) -> tuple[int, int, int] | None:
     return first, last_task - (last_task - first) % step, step
 
 
-def _holds(client: Client, words: list[str]) -> list[int]:
+def _holds(client: Client, words: list[str]) -> list[dict]:
     """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name). As SGE, a name that
     matches no job and an id of no job (or of one long gone) are no hold."""
     held = [i for i in ",".join(words).split(",") if i]
-    ids = [int(i) for i in held if i.isdigit()]
-    if names := [i for i in held if not i.isdigit()]:
-        import fnmatch
-        ids += [j["id"] for j in client.jobs() if j.get("user") == current_user() and "task" not in j
-                and any(fnmatch.fnmatchcase(name_of(j), n) for n in names)]
     known = []
-    for job_id in ids:
+    for job_id in (int(i) for i in held if i.isdigit()):  # (only an id needs a look: it may be of no job)
         try:
-            known.append(client.job(job_id)["id"])
+            known.append(client.job(job_id))
         except GrunError:
             continue
+    if names := [i for i in held if not i.isdigit()]:
+        import fnmatch
+        known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
+                  and any(fnmatch.fnmatchcase(name_of(j), n) for n in names)]
     return known
 
 
@@ -177,10 +177,16 @@ def qstat(argv: list[str]) -> int:
 def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
     """qstat -j: a block of `key value` lines per live job (an array: one); qacct -j: per ended job, an array's
     per ended task (as SGE's accounting has them); the ids without one named on stderr."""
-    client, missing = Client(), []
-    for word in [i for i in ids.split(",") if i]:
+    client, missing, by_job = Client(), [], {}
+    words = [i for i in ids.split(",") if i]
+    if finished:  # (one look for them all: an array's tasks come from one history)
+        for j in C.job_list(client, words, None)[0]:
+            if "ranges" not in j and j["state"] in FINAL_STATES:
+                for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
+                    by_job.setdefault(key, []).append(j)
+    for word in words:
         if finished:
-            shown = [j for j in C.job_list(client, [word], None)[0] if "ranges" not in j and j["state"] in FINAL_STATES]
+            shown = by_job.get(word, [])
         else:
             try:
                 shown = [job for job in [client.job(int(word))] if job["state"] not in FINAL_STATES]

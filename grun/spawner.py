@@ -21,6 +21,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 from . import limits as L
@@ -33,6 +34,9 @@ PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
 RETRY_SECS = 2.0    # how often a status.json that a full disk refused is tried again
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
+# how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
+# those jobs as it does any whose reaper died (grun.actors.node_jobs._reaperless)
+ORPHAN_RETRY_SECS = float(os.environ.get("GRUN_REAPER_ORPHAN_RETRY_SECS", "600"))
 
 # What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id,
 # else its own). Their shims set the rest at submit (grun/compat.py); such a job gets a TMPDIR in its spool too.
@@ -392,7 +396,7 @@ class Reaper:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
         signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
-        buf, eof = b"", False
+        buf, eof, eof_at = b"", False, 0.0
         while not eof or self.runs or self.unwritten or self.ending:
             pause = 0.2 if self.ending else RETRY_SECS if self.unwritten else 5.0
             ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
@@ -402,7 +406,7 @@ class Reaper:
                         pass
             if control in ready:
                 data = os.read(control, 1 << 16)
-                eof = not data
+                eof, eof_at = not data, time.monotonic()
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")
@@ -413,6 +417,12 @@ class Reaper:
             if self.unwritten and time.monotonic() >= self._retry_at:
                 self._retry_at = time.monotonic() + RETRY_SECS
                 self._record(*self.unwritten.values())
+            if eof and self.unwritten and not self.runs and time.monotonic() - eof_at > ORPHAN_RETRY_SECS:
+                with contextlib.suppress(OSError):  # (our stderr is the node's: its log, or gone)
+                    print(f"grun reaper {os.getpid()}: gave up writing the status.json of {len(self.unwritten)} "
+                          f"ended jobs (spool disk full) {ORPHAN_RETRY_SECS:g} s after the node daemon went; "
+                          "a restarted node settles them", file=sys.stderr, flush=True)
+                self.unwritten.clear()
 
 
 if __name__ == "__main__":  # job lines on stdin; jobs get /dev/null there, never our control pipe

@@ -70,6 +70,14 @@ def test_qstat_j_knows_only_live_jobs_and_qacct_j_an_array_by_task(cluster, shim
     blocks = [dict(line.split(None, 1) for line in block.strip().splitlines()) for block in r.stdout.split("=" * 62)[1:]]
     assert r.returncode == 0 and [(b["jobnumber"], b["taskid"], b["failed"], b["exit_status"]) for b in blocks] == [
         (str(array), str(t), "0", str(t - 1)) for t in (1, 2, 3)], r.stdout
+    # several ids at once (one look at the history for them all): each its blocks, in the order named
+    plain = int(shims("qsub", "-terse", "-cwd", "-b", "y", "true", cwd=tmp_path).stdout)
+    wait_end(cluster, plain)
+    r = shims("qacct", "-j", f"{plain},99999,{array}")
+    blocks = [dict(line.split(None, 1) for line in block.strip().splitlines()) for block in r.stdout.split("=" * 62)[1:]]
+    assert [(b["jobnumber"], b["taskid"]) for b in blocks] == [(str(plain), "undefined")] + [
+        (str(array), str(t)) for t in (1, 2, 3)], r.stdout
+    assert (r.returncode, r.stderr) == (1, "error: job id not found: 99999\n"), r.stderr
 
 
 def test_hold_jid_of_no_job_is_no_hold_and_hold_jid_ad_waits_for_the_array(cluster, shims, tmp_path):  # noqa: F811

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 
+import psutil
 import pytest
 from cluster import LocalCluster
 from util import nowait, wait_for, wait_state
@@ -93,8 +94,51 @@ def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_
     assert log.count("its status.json is not written yet") == 1 and "Traceback" not in log, log
     c.kill("n4", signal.SIGTERM)  # a node daemon restarted on the full disk serves, and keeps the job's end
     c.start_node("n4")
+    # the node's side: the restarted daemon adopted the job from the full disk, still without its status.json
+    wait_for(lambda: "re-adopted 1 jobs from the spool" in _log(c), 20, what="the restarted node to adopt the job")
+    assert os.path.isdir(os.path.dirname(status)) and not os.path.exists(status)
     assert c.client().job(job_id)["state"] == "killed"
     _grow(c)  # its reaper tries again: the end is on the node's disk at last
     written = wait_for(lambda: os.path.exists(status) and json.load(open(status)), 10, what="status.json")
     assert written["signal"] == 15 and "bytes of output lost" in written["error"], written
+    assert "Traceback" not in _log(c)
+
+
+def test_a_job_killed_at_its_time_limit_on_a_full_disk_ends_as_timeout(c):
+    # its limit.json cannot be written: the node keeps the reason, and the job's end still says it
+    job_id = nowait(c, "-H", "n4", "-t", "4s", "head -c 6000000 /dev/urandom | base64")
+    _wait_disk_full(c)
+    job = wait_state(c, job_id, "timeout", "killed", "failed", timeout=30)
+    assert (job["state"], job.get("limit")) == ("timeout", "time"), job
+    assert "ran past its time limit" in job.get("limit_detail", ""), job
+    assert not os.path.exists(os.path.join(c.spool, "jobs", str(job_id), "limit.json"))
+    assert "Traceback" not in _log(c)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_reaper_whose_node_has_gone_gives_up_an_unwritten_status_and_a_restarted_node_settles_it(c, monkeypatch):
+    monkeypatch.setenv("GRUN_REAPER_ORPHAN_RETRY_SECS", "3")  # (600 s: a node daemon's reaper gets it at its start)
+    c.kill("n4", signal.SIGTERM)
+    c.start_node("n4")
+    job_id = nowait(c, "-H", "n4", "head -c 6000000 /dev/urandom | base64")
+    _wait_disk_full(c)
+    assert c.grun("-k", str(job_id)).returncode == 0
+    wait_state(c, job_id, "killed", timeout=20)
+    job_dir = os.path.join(c.spool, "jobs", str(job_id))
+    with open(os.path.join(job_dir, "pid")) as f:
+        reaper = int(f.read().split()[1].split(".")[0])
+    c.kill("n4", signal.SIGTERM)  # its reaper, on the still-full disk, gives up once the bound has passed
+    wait_for(lambda: not _alive(reaper), 20, what="the reaper to give up")
+    with open(os.path.join(c.root, "n4.out")) as f:
+        assert "gave up writing the status.json of 1 ended jobs" in f.read()
+    assert not os.path.exists(os.path.join(job_dir, "status.json"))
+    c.start_node("n4")  # settles it as a job whose reaper died: an attached client gets its end
+    r = c.grun("--attach", str(job_id), timeout=30)
+    assert r.returncode != 0 and c.client().job(job_id)["state"] == "killed", r.stderr
     assert "Traceback" not in _log(c)

@@ -51,6 +51,7 @@ class LiveJob:
     unsure: bool = False           # adopted unclaimed: an earlier reaper may claim it, its pid file names who did
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit_hit: str | None = None   # the limit the sampler is killing it for
+    limit: dict | None = None      # its limit.json, when a full disk refused it (_finished puts it in the status)
     deadline: float | None = None  # when its time limit runs out
     stage: object = None           # its grun.stage.Staged, when its files are staged
 
@@ -121,8 +122,9 @@ class NodeJobs:
 
     def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
         """Kill the job for a limit, and record why (its reaper reads it into its status)."""
-        live.limit_hit = limit
-        spool.write(live.dir, spool.LIMIT, {"limit": limit, "limit_detail": why})
+        live.limit_hit, reason = limit, {"limit": limit, "limit_detail": why}
+        if not spool.write(live.dir, spool.LIMIT, reason):  # (a full disk: its reaper cannot read it)
+            live.limit = reason
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
         self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
@@ -210,6 +212,8 @@ class NodeJobs:
         with self.lock:
             if live.status is not None:
                 return
+            if live.limit is not None and not status.get("limit"):
+                status = {**status, **live.limit}
             if live.stage is not None:
                 status = live.stage.ended(status)
             live.status = dict(status, superseded=True) if live.superseded else status
