@@ -67,7 +67,8 @@ def test_an_attached_reader_gets_every_byte_through_a_full_spool_disk(c):
     assert r.returncode == 0, r.stderr
     assert r.stdout == EXPECTED
     log = _log(c)
-    assert log.count("the spool disk is full") == 1 and "Traceback" not in log, log
+    stalls, resumes = log.count("the spool disk is full"), log.count("its output flows again")
+    assert 1 <= stalls <= resumes + 1 and "Traceback" not in log, log  # one line a stall, not one a 2 s retry
 
 
 def test_a_stalled_job_goes_on_when_space_returns_and_nothing_is_lost(c):
