@@ -27,7 +27,6 @@ from .stream import PIPE_SIZE, _grow_pipe
 log = logging.getLogger("grun.node")
 
 BLOCK = 4096                 # punched ranges are whole blocks
-DISK_RETRY_SECS = 2.0        # how often a job stalled on a full spool disk is tried again
 PUNCH = 0x01 | 0x02          # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
@@ -137,7 +136,7 @@ class Output:
 
     def _disk_full(self) -> None:
         """The spool's disk is full: as at spool_max, the job waits in its write, and what clients were
-        sent is punched out to make room; the drain also looks again every DISK_RETRY_SECS, for space
+        sent is punched out to make room; the drain also looks again every spool.DISK_RETRY_SECS, for space
         freed by others. Said once per stall (a full disk fails every job's write: no traceback each)."""
         if self._discard():
             return  # (its pipe is still watched: the move is tried again at once)
@@ -215,7 +214,7 @@ class Drain:
             if (found := self.fds.get(fd)) is not None:
                 found[0].move(found[1])
         if self.stalled and time.monotonic() >= self._retry_at:  # space freed by others, or a disk grown
-            self._retry_at = time.monotonic() + DISK_RETRY_SECS
+            self._retry_at = time.monotonic() + spool.DISK_RETRY_SECS
             for out in list(self.stalled):
                 out.progress()
 

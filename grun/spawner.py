@@ -33,7 +33,6 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
-RETRY_SECS = 2.0    # how often a status.json that a full disk refused is tried again
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 # how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
 # those jobs as it does any whose reaper died (grun.actors.node_jobs._reaperless)
@@ -72,14 +71,16 @@ def killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def end_leftovers(pid: int) -> None:
+def end_job(pid: int) -> tuple:
     """A job's main process `pid` has ended, and is not reaped yet: SIGKILL what is left of its process group
     (`cmd &` in its script, which a shell leaves in the job's group), as Slurm and SGE kill what a job leaves
     behind: a job is over when its main process is, and nothing of it may run on unseen, unkillable by
     `grun -k`. KILL at once, not TERM and a grace: the job's end is its own doing, and a grace would need a
     timer here while the group id is safe only now: its leader's zombie holds the pid, so no other process
-    can have it as its group id until we reap it. (What left the group, setsid or setpgid, escapes.)"""
+    can have it as its group id until we reap it, which this does next. (What left the group, setsid or setpgid,
+    escapes.) Returns its (wait status, rusage); the reaper and the node (a job of a dead reaper) both end jobs here."""
     killpg(pid, signal.SIGKILL)
+    return os.wait4(pid, 0)[1:]
 
 
 def _identity(job: dict) -> dict:
@@ -310,12 +311,10 @@ class Reaper:
         do not add up one job after the other."""
         with contextlib.suppress(ChildProcessError):  # (no child left)
             while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                run = self.runs.pop(info.si_pid, None)
-                if run is not None:
-                    end_leftovers(info.si_pid)
-                _, wstatus, rusage = os.wait4(info.si_pid, 0)  # (it has ended: no wait)
-                if run is not None:  # (else something a job left behind: we are its subreaper)
-                    self.ending.append(_Ending(run, wstatus, rusage, time.time()))
+                if (run := self.runs.pop(info.si_pid, None)) is None:  # something a job left: we are its subreaper
+                    os.wait4(info.si_pid, 0)  # (it has ended: no wait)
+                else:
+                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time()))
         done = []
         for ending in list(self.ending):
             if not self._output_out(ending):
@@ -352,7 +351,7 @@ class Reaper:
     def _record(self, *runs: _Run) -> None:
         """Write the runs' status files and tell the node. One we cannot write (a full spool disk) is
         told as `unwritten` (the node reports it all the same, and says so once) and tried again every
-        RETRY_SECS (serve) until written (then told again, as `finished`) or its spool is gone."""
+        spool.DISK_RETRY_SECS (serve) until written (then told again, as `finished`) or its spool is gone."""
         ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
         written = set(spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]))
@@ -395,7 +394,7 @@ class Reaper:
         signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
         buf, eof, eof_at = b"", False, 0.0
         while not eof or self.runs or self.unwritten or self.ending:
-            pause = 0.2 if self.ending else RETRY_SECS if self.unwritten else 5.0
+            pause = 0.2 if self.ending else spool.DISK_RETRY_SECS if self.unwritten else 5.0
             ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -412,7 +411,7 @@ class Reaper:
                         self.start(job_dir, notify or None, job_json)
             self.reap()
             if self.unwritten and time.monotonic() >= self._retry_at:
-                self._retry_at = time.monotonic() + RETRY_SECS
+                self._retry_at = time.monotonic() + spool.DISK_RETRY_SECS
                 self._record(*self.unwritten.values())
             if eof and self.unwritten and not self.runs and time.monotonic() - eof_at > ORPHAN_RETRY_SECS:
                 with contextlib.suppress(OSError):  # (our stderr is the node's: its log, or gone)

@@ -29,6 +29,7 @@ from .files import read_json, write_atomic
 ACKS_COMPACT_BYTES = 4 << 20
 JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
 STREAMS = ("stdout", "stderr")
+DISK_RETRY_SECS = 2.0  # how often what a full spool disk refused (a job's output, an ended job's status) is tried again
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
 
 

@@ -384,18 +384,17 @@ class Master:
         the user is given) their newest finished one; None if none. The user: a user confined to their own jobs is
         always themselves; others (root, admins, a cluster without auth:) name one, and with `anyone`, when that
         user has no live job of that name, get any user's (as root's `scancel -n`)."""
-        confined, only = auth.confined(self.core.settings["admins"]), self._only()  # (only: private_queries)
-        who, ended = auth.caller(), bool(user) if ended is None else ended
+        confined, who = auth.confined(self.core.settings["admins"]), auth.caller()  # (private_queries: the same)
+        ended = bool(user) if ended is None else ended
         user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
         with self.lock:
             names, name = self.core.table.names, str(name)
             found = names.get((user, name))
             if found is None and anyone and not confined:
                 found = next((i for (_, n), i in names.items() if n == name), None)
-            if found is not None and only not in (None, self.core.table.jobs.get(found, {}).get("uid")):
-                found = None
-        done = (self.store.find_name(user, name) or {}) if ended and user and found is None else {}
-        return found or (done.get("id") if only in (None, done.get("uid")) else None)
+        if found is None and user and ended:
+            found = (self.store.find_name(user, name) or {}).get("id")
+        return found
 
     def status(self, long: bool = False) -> dict:
         """`grun -q status` in one call: the nodes, the problems an admin must see (one line each), the master's

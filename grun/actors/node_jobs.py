@@ -50,8 +50,7 @@ class LiveJob:
     reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
     unsure: bool = False           # adopted unclaimed: an earlier reaper may claim it, its pid file names who did
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
-    limit_hit: str | None = None   # the limit the sampler is killing it for
-    limit: dict | None = None      # its limit.json, when a full disk refused it (_finished puts it in the status)
+    limit: dict | None = None      # what the sampler is killing it for, as limit.json ({limit, limit_detail})
     deadline: float | None = None  # when its time limit runs out
     stage: object = None           # its grun.stage.Staged, when its files are staged
 
@@ -113,7 +112,7 @@ class NodeJobs:
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
         for job_id, live in running.items():
             self._enforce(live, rss[job_id], now)
-        dying = any(l.limit_hit == "memory" and l.status is None for l in running.values())
+        dying = any((l.limit or {}).get("limit") == "memory" and l.status is None for l in running.values())
         victim = None if dying else node_memory_victim(
             {i: (rss[i], int(l.job.get("memory") or 0)) for i, l in running.items() if l.status is None},
             self.monitor.available_mb, self.min_free_memory)
@@ -122,27 +121,26 @@ class NodeJobs:
 
     def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
         """Kill the job for a limit, and record why (its reaper reads it into its status)."""
-        live.limit_hit, reason = limit, {"limit": limit, "limit_detail": why}
-        if not spool.write(live.dir, spool.LIMIT, reason):  # (a full disk: its reaper cannot read it)
-            live.limit = reason
+        live.limit = {"limit": limit, "limit_detail": why}
+        spool.write(live.dir, spool.LIMIT, live.limit)  # (a full disk may refuse it: then _finished adds it)
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
         self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
-        then KILL after kill_grace (again after a restart of ours: limit_hit comes from limit.json)."""
+        then KILL after kill_grace (again after a restart of ours: `limit` comes from limit.json)."""
         limits = live.job.get("limits") or {}
         why = over_memory_limit(rss_mb, limits)
-        if why and live.status is None and live.limit_hit is None:
+        if why and live.status is None and live.limit is None:
             self._limit_kill(live, "memory", why)
         if not limits.get("time") or live.status is not None:
             return
         if live.deadline is None:
             live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
-        if now >= live.deadline and live.limit_hit is None:
+        if now >= live.deadline and live.limit is None:
             self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
                                            f"then KILL after {self.kill_grace:g} s")
-        elif live.limit_hit == "time" and now >= live.deadline + self.kill_grace + 1:
+        elif (live.limit or {}).get("limit") == "time" and now >= live.deadline + self.kill_grace + 1:
             spawner.killpg(live.pid, signal.SIGKILL)  # its TERM was sent before we restarted
 
     def suspend(self, job_ids: list) -> dict:
@@ -196,7 +194,7 @@ class NodeJobs:
         spawner.killpg(pid, sig)
         if sig not in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
-            # Once its leader has ended, its reaper killed what was left of the group (spawner.end_leftovers)
+            # Once its leader has ended, its reaper killed what was left of the group (spawner.end_job)
             # before freeing the group id: only a job still running is killed here.
             timer = threading.Timer(grace, lambda: self.job_status(live) is None and spawner.killpg(pid, signal.SIGKILL))
             timer.daemon = True
@@ -362,8 +360,7 @@ class NodeJobs:
                 live.pid = pid
                 return
             if ended:
-                spawner.end_leftovers(pid)  # before its zombie is reaped, as its reaper does
-                return self._record_orphan(live, *os.wait4(pid, 0)[1:])
+                return self._record_orphan(live, *spawner.end_job(pid))  # (as its reaper would have)
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
             return self._end_failed(live, f"{why}: the host rebooted", lost=True)
@@ -405,7 +402,7 @@ class NodeJobs:
             live = LiveJob(int(job["id"]), job_dir, job)
             with self.lock:
                 self._register_job(live)
-        live.job, live.limit_hit = job, (spool.read(job_dir, spool.LIMIT) or {}).get("limit")
+        live.job, live.limit = job, spool.read(job_dir, spool.LIMIT)
         if job.get("stage_home"):  # staged: its inputs came, its outputs may still go back (grun.stage)
             live.stage = stage.Staged(self, live)
         kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())

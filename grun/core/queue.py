@@ -95,7 +95,8 @@ class JobTable:
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
         elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:
-            # the lost node came back with the job still running, before it ran anywhere else
+            # the lost node came back with the job (still running, or ended there: its end is reported next),
+            # before it ran anywhere else
             self.pending.remove(job)
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
