@@ -415,7 +415,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     run by /bin/sh) or an argv; run here (cwd, ours by default), as us, with the usual session
     variables, those `pass_env` names (`-E`) and `env`; `params` a dict or (name, value) pairs;
     `extra` spec keys as they are (output files, a parent job)."""
-    from .values import parse_cpus, parse_memory
+    from .values import parse_cpus, parse_job_priority, parse_memory
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():
@@ -427,7 +427,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             cwd = "/"
     if priority is None and os.environ.get("GRUN_PRIORITY", "").strip():
         try:
-            priority = parse_priority(os.environ["GRUN_PRIORITY"])
+            priority = parse_job_priority(os.environ["GRUN_PRIORITY"])
         except ValueError as exc:
             raise GrunError(f"bad $GRUN_PRIORITY: {exc}") from None
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
@@ -438,25 +438,13 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     try:
         chosen = {"cpus": cpus if cpus is None else parse_cpus(cpus),
                   "memory": memory if memory is None else parse_memory(memory),
-                  "priority": priority if priority is None else parse_priority(priority), "name": name, "host": hosts,
+                  "priority": priority if priority is None else parse_job_priority(priority), "name": name, "host": hosts,
                   "params": dict(params) if params else None, "requeue": None if requeue else False,
                   "force": force or None, "stdin": stdin or None}
     except ValueError as exc:
         raise GrunError(str(exc)) from None
     spec.update((key, value) for key, value in chosen.items() if value is not None)
     return spec
-
-
-def parse_priority(value) -> int:
-    """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
-    from .values import MAX_PRIORITY
-    from .values import parse_priority as whole
-    try:
-        if -MAX_PRIORITY <= (number := whole(value)) <= MAX_PRIORITY:
-            return number
-    except ValueError:
-        pass
-    raise ValueError(f"expected a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {value!r}")
 
 
 def _tell_limit(on_limit, result: dict, job_id: int) -> None:

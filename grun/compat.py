@@ -16,12 +16,16 @@ import sys
 import time
 
 from .client import Client, GrunError, current_user, job_spec
+from .core.arrays import has_task, left
 from .core.jobs import parse_time_limit
 from .tables import BY_NAME, FIELDS, MARK, SHORT, id_of, name_of, reason_of, state_of, unstarted
-from .values import parse_memory
+from .values import is_name, parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
+# a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
+ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
 class Refused(Exception):
     """One line for the user: exit 1, nothing submitted."""
 
@@ -190,9 +194,8 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
     env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
-               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_NTASKS="1",
-               SLURM_NPROCS="1", SLURM_TASKS_PER_NODE="1", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0",
-               **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
+               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
+               **ONE_TASK, **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
                "requeue": "norequeue" not in opts}
@@ -204,7 +207,7 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
     for item in filter(None, ",".join(opts.get("gres", [])).split(",")):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
-        if not count.isdigit() or not re.fullmatch(r"[A-Za-z_][\w.-]*", name) or len(kind) > 1:
+        if not count.isdigit() or not is_name(name) or len(kind) > 1:
             raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
         request.setdefault("params", {})[name] = int(count)
     for part in last(opts, "dependency", "").split(",") if "dependency" in opts else ():
@@ -296,8 +299,7 @@ def step(opts: dict, request: dict, command: list[str]) -> int:
             os.close(fd)
     exported = {k: v for k, v in request["env"].items() if not k.startswith("SLURM_") and k != "USER"}
     env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
-           "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": "0",
-           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1", "SLURM_NPROCS": "1",
+           "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
            "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", ""), **{k: v for k, v in request["env"].items()
                                                                        if k == "SLURM_CPUS_PER_TASK"}}
     running, early = [], []  # (signals that come before it started: sent once it has)
@@ -340,10 +342,10 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
         tasks = sorted({j["id"]: j for j in history + client.jobs()
                         if "task" in j and j["array"] in arrays}.values(), key=lambda j: j["task"])
         for array, asked in arrays.values():
-            mine, waiting = [j for j in tasks if j["array"] == array["id"]], unstarted(array)
+            mine = [j for j in tasks if j["array"] == array["id"]]
             for task in asked:
                 found.update((j["id"], j) for j in mine if str(j["task"]) == task or not task)
-                if not task and (waiting or not mine) or task.isdigit() and int(task) in waiting:
+                if not task and (left(array) or not mine) or task.isdigit() and has_task(array, int(task)):
                     found[array["id"]] = array  # (its line: the tasks not started yet)
                 elif task and not any(str(j["task"]) == task for j in mine):
                     unknown.append(f"{array['id']}_{task}")
@@ -399,7 +401,7 @@ def squeue(argv: list[str]) -> int:
         jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
     shown = []
     for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
-        if "ranges" in job and not unstarted(job):
+        if "ranges" in job and not left(job):
             continue  # an array all of whose tasks have started: they have their own lines
         if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and (
                 not states or "ALL" in states or {state_of(job), SHORT.get(state_of(job))} & set(states)):
@@ -441,7 +443,7 @@ def sacct(argv: list[str]) -> int:
     if "name" in opts:
         jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
     listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
-    jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or unstarted(j)]
+    jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or left(j)]
     sep = "|" if "P" in opts or "p" in opts else None
     rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
     for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:
@@ -459,7 +461,8 @@ def scancel(argv: list[str]) -> int:
         raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
     sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
     if "name" in opts or "user" in opts:  # filters on the live jobs (with ids: those of them)
-        ids = [id_of(j) for j in client.jobs() if (not ids or id_of(j) in ids or str(j["id"]) in ids)
+        ids = [str(j["id"]) if "ranges" in j else id_of(j) for j in client.jobs()  # (an array: its id, all tasks)
+               if (not ids or id_of(j) in ids or str(j["id"]) in ids)
                and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
     if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
         client.kill([i.replace("_", ".") if "_" in i else int(i) for i in ids], sig)

@@ -9,8 +9,10 @@ import time
 from . import compat as C
 from .client import Client, GrunError, current_user
 from .compat import Refused, last, name_of, out_path, parse, table
+from .core.arrays import left
 from .core.jobs import FINAL_STATES, number_or_text, parse_time_limit
 from .tables import command_text, label
+from .values import is_name
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "
@@ -52,7 +54,7 @@ def qsub(argv: list[str]) -> int:
                 C.megabytes(value, int(slots))
         elif key in TIME and value:
             request["time"] = parse_time_limit(f"{value}s" if value.isdigit() else value)  # (SGE: seconds, not minutes)
-        elif value and re.fullmatch(r"[A-Za-z_][\w.-]*", key):  # a consumable (gpu=1) or a label (arch=x86_64)
+        elif value and is_name(key):  # a consumable (gpu=1) or a label (arch=x86_64)
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {item}")
@@ -93,7 +95,7 @@ def qsub(argv: list[str]) -> int:
                           None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith(
                               "#!") else "/bin/sh"), hold="hold" in opts, **request)
     except GrunError as exc:  # the master's words for grun's options, in qsub's
-        raise Refused(str(exc).replace("--after: ", "-hold_jid: ").replace(" (--force queues it anyway)", "")) from None
+        raise Refused(str(exc).replace("--after: ", "-hold_jid: ")) from None
     shown = f"{job_id}.{tasks[0]}-{tasks[1]}:{tasks[2]}" if tasks else str(job_id)
     print(shown if "terse" in opts else
           f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
@@ -240,7 +242,7 @@ def qdel(argv: list[str]) -> int:
         lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
         if not ok:
             lines = [f'denied: job "{job_id}" does not exist']
-        elif not running or "ranges" in job and job["tasks"] > job["started"]:  # (an array's unstarted tasks)
+        elif not running or "ranges" in job and left(job):  # (an array's unstarted tasks)
             lines.append(f"{me} has deleted job{'-array task' * ('.' in str(job_id))} {job_id}")
         print("\n".join(lines))
     return 0 if all(found.values()) else 1

@@ -6,7 +6,7 @@ option file, -o output); a letter may mean different things to verbs that never 
 
 from collections import namedtuple
 
-from .values import is_name, parse_cpus, parse_duration, parse_memory
+from .values import is_name, parse_cpus, parse_duration, parse_job_priority, parse_memory
 from .values import parse_priority as _int  # a whole number, as config reads one
 
 
@@ -59,11 +59,6 @@ def _name(text: str) -> str:
     return text
 
 
-def _priority(text: str) -> int:
-    from .client import parse_priority  # (with its range, one for -r, $GRUN_PRIORITY and -e priority=)
-    return parse_priority(text)
-
-
 def _count(text: str) -> int:
     if not 1 <= (n := _int(text)) <= 1_000_000:
         raise ValueError(f"expected 1 to 1000000, got {text}")
@@ -79,7 +74,7 @@ OPTIONS = [
     Option("m", "memory", "value", parse_memory, "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
     Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00; "
            "then TERM, KILL after kill_grace", "TIME"),
-    Option("r", "priority", "value", _priority, "priority, higher runs first (default 20)", "N"),
+    Option("r", "priority", "value", parse_job_priority, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
     Option("p", "param", "list", _param, "a custom resource (gpu=1) or a label to match (os=debian12)", "NAME=VALUE"),

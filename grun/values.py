@@ -174,6 +174,16 @@ def parse_priority(value) -> int:
     return int(value)
 
 
+def parse_job_priority(value) -> int:
+    """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
+    try:
+        if -MAX_PRIORITY <= (number := parse_priority(value)) <= MAX_PRIORITY:
+            return number
+    except ValueError:
+        pass
+    raise ValueError(f"expected a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {value!r}")
+
+
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address (two colons or more) -> (host, port)."""
     address = text.strip() if isinstance(text, str) else ""

@@ -231,6 +231,12 @@ def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
     ids = [int(shims("sbatch", "--parsable", "-J", "victim", "--wrap", "sleep 30", cwd=tmp_path).stdout) for _ in (1, 2)]
     assert shims("scancel", "-n", "victim").returncode == 0
     assert {wait_end(cluster, i)["state"] for i in ids} == {"killed"}
+    r = shims("sbatch", "--parsable", "-J", "avictim", "--array=1-4%1", "--wrap", "sleep 30", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    array = int(r.stdout)
+    r = shims("scancel", "-n", "avictim")  # (an array with tasks waiting: its id, not 12_[2-4%1])
+    assert r.returncode == 0, r.stderr
+    assert wait_end(cluster, array)["state"] in ("killed", "cancelled")
     r = shims("scancel", "99999", str(ids[0]))  # never was, or has ended: nothing said, as Slurm 22.05's scancel
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     lines = shims("sinfo").stdout.splitlines()
