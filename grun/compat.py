@@ -258,9 +258,8 @@ def sbatch(argv: list[str]) -> int:
 def srun(argv: list[str]) -> int:
     """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
     inside a job, as a step of that job (step())."""
-    import signal
 
-    from .verbs import Context, Terminated, _raise_terminated, interrupted
+    from .verbs import Context, dies_with
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
@@ -269,15 +268,12 @@ def srun(argv: list[str]) -> int:
     if os.environ.get("GRUN_JOB_ID", "").isdigit():
         return step(opts, request, command)
     client, ids = Client(), []
-    signal.signal(signal.SIGTERM, _raise_terminated)  # as grun's: the job dies with us (on SIGINT too, even when
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a script started us in the background)
-    try:
+
+    def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
-    except (KeyboardInterrupt, Terminated) as exc:
-        sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-        return interrupted(Context(lambda: client, cli=True), ids, sig)
+    return dies_with(Context(lambda: client, cli=True), ids, follow)
 
 
 def step(opts: dict, request: dict, command: list[str]) -> int:

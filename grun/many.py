@@ -7,7 +7,7 @@ import os
 
 from .core import arrays
 from .options import UsageError
-from .verbs import Context, cli_spec, interrupted, json_text
+from .verbs import Context, cli_spec, dies_with, json_text
 
 SUBMIT_BATCH = 1000  # --cmds specs per submit_many call: one disk commit on the master each
 
@@ -54,7 +54,8 @@ def run(ctx: Context, args: dict) -> int:
     if "cmds" in args and args["cmd"]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
     specs, ids = [array_spec(args)] if "array" in args else task_specs(ctx, args), []
-    try:
+
+    def submit_and_wait() -> int:
         for start in range(0, len(specs), SUBMIT_BATCH):
             ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
             if (args.get("nowait") or args.get("verbose")) and not args.get("json"):
@@ -63,16 +64,15 @@ def run(ctx: Context, args: dict) -> int:
             ctx.print(json_text({"ids": ids}))
         # one by one: each wait is O(1) on the master
         ends = [] if args.get("nowait") else [(i, ctx.client.wait([i])[i]) for i in ids]
-    except KeyboardInterrupt:
-        return interrupted(ctx, ids, 2)  # SIGINT
-    failed = [(i, end.get("exit", 1)) for i, end in ends if end.get("exit", 1)]
-    if failed and "array" in args:  # the array's record counts its tasks and names the lowest failed ones
-        end = ends[0][1]
-        count, total = sum(n for state, n in end.get("counts", {}).items() if state != "done"), end.get("tasks")
-        named = [(f"{ids[0]}.{task}", code) for task, code in end.get("failures", [])]
-    else:
-        count, total, named = len(failed), len(ids), failed
-    if named:
-        shown = ", ".join(f"{i} (exit {code})" for i, code in named[:10]) + (", ..." if count > 10 else "")
-        ctx.say(f"{count} of {total} {'tasks' if 'array' in args else 'jobs'} failed: {shown}")
-    return failed[0][1] if failed else 0
+        failed = [(i, end.get("exit", 1)) for i, end in ends if end.get("exit", 1)]
+        if failed and "array" in args:  # the array's record counts its tasks and names the lowest failed ones
+            end = ends[0][1]
+            count, total = sum(n for state, n in end.get("counts", {}).items() if state != "done"), end.get("tasks")
+            named = [(f"{ids[0]}.{task}", code) for task, code in end.get("failures", [])]
+        else:
+            count, total, named = len(failed), len(ids), failed
+        if named:
+            shown = ", ".join(f"{i} (exit {code})" for i, code in named[:10]) + (", ..." if count > 10 else "")
+            ctx.say(f"{count} of {total} {'tasks' if 'array' in args else 'jobs'} failed: {shown}")
+        return failed[0][1] if failed else 0
+    return dies_with(ctx, ids, submit_and_wait)  # (Ctrl-C, SIGTERM: what was submitted is killed)

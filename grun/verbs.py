@@ -195,8 +195,6 @@ OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr
 # the other options of a job -> the job_spec keywords they set
 KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
             "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
-
-
 # A job that grun follows is retried this long after a failure unless --retry-delay says otherwise: its node
 # drops a run's output when the next run starts there, so grun needs a moment to fetch each run's.
 FOLLOWED_RETRY_DELAY = 1.0
@@ -313,53 +311,22 @@ def _raise_terminated(*_):
     raise Terminated()
 
 
-def _run_new(ctx: Context, args: dict) -> int:
-    """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
-    import signal
-    spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
-
-    def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
-        import shutil
-        run["shown"] = ctx.err.isatty()
-        text = f"grun: job {ids[0]} {line}"
-        ctx.err.write(f"\r\033[K{text[:shutil.get_terminal_size().columns - 1]}" if run["shown"] else text + "\n")
-        ctx.err.flush()
-
-    def started(job: dict) -> None:
-        if run.pop("shown", False):
-            ctx.err.write("\r\033[K")  # the progress line goes
-        if verbose:
-            ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
-
-    if ctx.cli:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
-    ctx.out.flush()
-    try:
-        ids.append(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
-        if verbose:
-            ctx.say(f"job {ids[0]} queued")
-        if args.get("noio"):  # no streams: say when it starts if asked, wait for its code
-            if verbose:
-                started(ctx.client.wait_started(ids[0]))
-            return ctx.client.exit_code(ids[0], ctx.say)
-        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
-        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say,
-                                 on_wait=on_wait)  # (from run to run, when it is retried)
-    except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
-        if run.pop("shown", False):
-            ctx.err.write("\r\033[K")
-        deaths = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}
-        return interrupted(ctx, ids, deaths[type(exc)])
-
-
-def interrupted(ctx: Context, ids: list[int], sig: int) -> int:
-    """Kill what we started (on a new connection: the old one may be mid-reply), say so (unless our reader
-    went away: SIGPIPE), and return the exit code of a death by `sig`."""
+def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
+    """`body()`, which submits jobs (their ids into `ids`) and follows them: `grun CMD`, srun, --array. On Ctrl-C,
+    SIGTERM or our reader going away (EPIPE): `before()`, then the jobs are killed (on a new connection: the old one
+    may be mid-reply) and said so (not to a reader gone), and the exit code is that death's, as a local command's."""
     import contextlib
     import signal
 
     from .client import Client, GrunError
+    if ctx.cli:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+    try:
+        return body()
+    except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
+        before()
+        sig = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}[type(exc)]
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -374,6 +341,39 @@ def interrupted(ctx: Context, ids: list[int], sig: int) -> int:
     with contextlib.suppress(BrokenPipeError):
         ctx.out.flush()
     return 128 + sig
+
+
+def _run_new(ctx: Context, args: dict) -> int:
+    """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
+    spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
+
+    def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
+        import shutil
+        run["shown"] = ctx.err.isatty()
+        text = f"grun: job {ids[0]} {line}"
+        ctx.err.write(f"\r\033[K{text[:shutil.get_terminal_size().columns - 1]}" if run["shown"] else text + "\n")
+        ctx.err.flush()
+
+    def started(job: dict | None = None) -> None:
+        if run.pop("shown", False):
+            ctx.err.write("\r\033[K")  # the progress line goes
+        if verbose and job:
+            ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
+
+    def follow() -> int:
+        ids.append(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
+        if verbose:
+            ctx.say(f"job {ids[0]} queued")
+        if args.get("noio"):  # no streams: say when it starts if asked, wait for its code
+            if verbose:
+                started(ctx.client.wait_started(ids[0]))
+            return ctx.client.exit_code(ids[0], ctx.say)
+        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
+        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say,
+                                 on_wait=on_wait)  # (from run to run, when it is retried)
+
+    ctx.out.flush()
+    return dies_with(ctx, ids, follow, before=started)
 
 
 @verb("[--tail] ID|NAME", "tail", one_id)

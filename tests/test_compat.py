@@ -486,3 +486,13 @@ def test_sbatch_messages_and_environment_as_slurms(cluster, shims, tmp_path):
         "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_TASKS_PER_NODE": "1",
         "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5", "SLURM_ARRAY_TASK_ID": "3"}
     assert got["SLURM_NODELIST"] == got["SLURM_JOB_NODELIST"] == "big"
+
+
+def test_srun_whose_reader_goes_away_kills_its_job(cluster, shims, tmp_path):
+    """`srun yes | head -1`: srun gets EPIPE and its job goes with it, as grun's does (srun left it running)."""
+    r = subprocess.run(f"{shims.bin}/srun -J epipe yes | head -1", shell=True, env=cluster.env, capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.stdout == "y\n", r.stderr
+    client = cluster.client()
+    job = next(j for j in client.jobs() + client.history(20) if "yes" in str(j.get("cmd")))
+    assert wait_end(cluster, job["id"])["state"] == "killed"
