@@ -1,9 +1,10 @@
 """The master object on real files (its store in a temp dir), called in-process with no node (issue 10):
-waits leave nothing behind, a registration is answered once its record is on disk, reloaded
-settings all apply, and status() warns of a damaged journal and a full disk."""
+waits leave nothing behind, an ending job is always live or in history, a registration is answered once its
+record is on disk, reloaded settings all apply, and status() warns of a damaged journal and a full disk."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -48,6 +49,21 @@ def test_finished_waits_leave_no_watcher_behind(make_master):
     waiter.join(20)
     assert results and results[0][str(queued)]["state"] == "killed"
     assert master.watchers == {}
+
+
+def test_an_ending_job_is_always_live_or_in_history(make_master):
+    """A job left the live table under the lock but reached history only after the journal's wait: on a slow disk,
+    squeue-then-sacct (CI: jobs() then history()) saw it in neither."""
+    master = make_master()
+    journal_wait = master.store.journal.wait
+    master.store.journal.wait = lambda seq: (time.sleep(0.5), journal_wait(seq))[1]  # a slow disk's fsync
+    job_id = master.submit(_spec())
+    killer = threading.Thread(target=master.kill, args=([job_id],))
+    killer.start()
+    while killer.is_alive():
+        assert any(j["id"] == job_id for j in master.jobs() + master.history(5)), "neither live nor in history"
+    killer.join()
+    assert master.history(5)[0]["id"] == job_id
 
 
 def test_a_registration_is_answered_once_its_node_record_is_on_disk(make_master):

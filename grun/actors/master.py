@@ -108,7 +108,9 @@ class Master:
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
         self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
-        self._execute(self.core.recover(snapshot, records, time.time()))
+        recovered = self.core.recover(snapshot, records, time.time())
+        self._to_history(recovered)
+        self._execute(recovered)
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
         self.records_since_snapshot, self.last_snapshot = len(records), time.monotonic()
         self._scheduler.start()
@@ -121,7 +123,8 @@ class Master:
                 raise Restarting("the grun master is restarting")
             try:
                 self.core.handle(event, *args, now, step=step, **kwargs)
-            finally:  # what was applied is journaled, even when the event then failed
+            finally:
+                self._to_history(step)  # here: a job that leaves the live table is never missing from both  # what was applied is journaled, even when the event then failed
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
                 seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
                 self.records_since_snapshot += len(step.records)
@@ -132,7 +135,7 @@ class Master:
             if self.failed.is_set():
                 raise Restarting("the grun master's journal failed; it is restarting")
         try:
-            self._execute(step)  # first: a waiter woken for a job's end finds it in history (add_history)
+            self._execute(step)  # first: plugins hear of an end before its waiters
         finally:
             for waiter in woken:
                 waiter.set()
@@ -148,6 +151,10 @@ class Master:
                 log.critical("journal failed (%s): the master stops and must be restarted", exc)
                 self.failed.set()
             raise Restarting(f"the grun master's journal failed: {exc}") from None
+
+    def _to_history(self, step: Step) -> None:
+        if finished := [args[0] for kind, *args in step.do if kind == "finished"]:
+            self.store.add_history(finished)
 
     def _execute(self, step: Step) -> None:
         finished, failed = [], []
@@ -165,7 +172,6 @@ class Master:
             elif kind == "log":
                 getattr(log, args[0])(args[1])
         if finished:
-            self.store.add_history(finished)
             self.plugins.finished(finished)
         if step.kick:
             self._scheduler.wake()
