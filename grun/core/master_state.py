@@ -240,7 +240,6 @@ class MasterState:
             raise ValueError(f"bad signal number {signal}")
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
-        killed = {"status": J.KILLED, "signal": signal, "exit_code": None}
         for job in jobs:
             if A.is_array(job):  # its tasks not started end now; those started are in `jobs` too
                 records.append({"op": "stop", "id": job["id"], "signal": signal, "time": now})
@@ -250,8 +249,8 @@ class MasterState:
             else:
                 records.append({"op": "kill", "id": job["id"], "signal": signal, "time": now})
                 if force:
-                    killed_now = dict(killed, error="killed with --force")
-                    records.append({"op": "finish", "id": job["id"], "time": now, "result": killed_now})
+                    result = {"status": J.KILLED, "signal": signal, "exit_code": None, "error": "killed with --force"}
+                    records.append({"op": "finish", "id": job["id"], "time": now, "result": result})
                 on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
@@ -396,12 +395,16 @@ class MasterState:
                 step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
             if rec is not None and rep.get("lost"):
                 # the node lost the job (its host rebooted under it): like a lost node, for this job
-                why = f"node {name}: {rep.get('error') or 'job lost'}"
-                rec = self.table.lost_record(self.table.jobs[job_id], now, why, self.settings["requeue"])
-                step.log("warning", f"job {job_id}: {why}; {_fate(rec)}")
+                rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
         step.reply = acked
+
+    def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
+        """The record of what becomes of a job its node lost (grun.core.queue's lost_record), logged."""
+        rec = self.table.lost_record(job, now, why, self.settings["requeue"])
+        step.log("warning", f"job {job['id']}: {why}; {_fate(rec)}")
+        return rec
 
     def on_started(self, step: Step, name: str, reply: dict, now: float) -> None:
         """A node's reply to an offer: the starts it confirms are recorded, the jobs it refused end."""
@@ -469,10 +472,7 @@ class MasterState:
                     step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)
                 reason = f"node {node.name} lost (silent for {silent:.0f} s)"
-                for job in self.table.jobs_on(node.name):
-                    rec = self.table.lost_record(job, now, reason, self.settings["requeue"])
-                    records.append(rec)
-                    step.log("warning", f"job {job['id']}: {reason}; {_fate(rec)}")
+                records += [self._lose(step, job, now, reason) for job in self.table.jobs_on(node.name)]
             elif node.lost and silent > NODE_FORGET_SECS and not node.jobs:
                 records.append({"op": "forget", "name": node.name})
                 step.do.append(("forget", node.name))
