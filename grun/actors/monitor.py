@@ -114,8 +114,8 @@ class Monitor:
         for key, (own, reaped, ppid) in self.prev_cpu.items():
             if key not in seen and ppid:
                 self.credit[ppid] = self.credit.get(ppid, 0.0) + own + reaped
-        for pid in [p for p in self.credit if p not in alive]:
-            del self.credit[pid]  # the parent is gone (or not ours): nobody will be credited
+        # a parent gone (or not ours): nobody will be credited
+        self.credit = {pid: cpu for pid, cpu in self.credit.items() if pid in alive}
 
     def outside(self) -> tuple[float, int]:
         """(cores, MB) used by programs that are not grun's, over the window since the last call."""
