@@ -426,9 +426,8 @@ class Master:
         """Finished records of the given jobs, returned when all have finished or the timeout passed. An unknown
         id (another user's, under private_queries) is refused before any wait."""
         views = {i: self.job(i) for i in map(J.parse_job_id, job_ids)}
-        if any(view["state"] not in J.FINAL_STATES for view in views.values()):
-            self._until(lambda: [i for i in views if i in self.core.table.jobs], timeout)
-            views = {i: view if view["state"] in J.FINAL_STATES else self.job(i) for i, view in views.items()}
+        self._until(lambda: [i for i in views if i in self.core.table.jobs], timeout)  # (none when all have finished)
+        views = {i: view if view["state"] in J.FINAL_STATES else self.job(i) for i, view in views.items()}
         return {str(i): view for i, view in views.items() if view["state"] in J.FINAL_STATES}
 
     def _until(self, waiting, timeout: float) -> None:
