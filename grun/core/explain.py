@@ -148,8 +148,7 @@ def explain(job: dict, master, now: float) -> str:
     for kind, label in (("small", "too small"), ("excluded", "excluded"), ("down", "down"), ("busy", "busy now"),
                         ("claimed", "reserved for a job that has waited longer"), ("fits", "with room now"),
                         ("disk", "taking no new jobs, their spool nearly full")):
-        if kind in groups:
-            names = groups[kind]
+        if names := groups.get(kind):
             lines.append(f"{len(names)} node{'s' if len(names) > 1 else ''} {label}: {'; '.join(names)}.")
     ahead = list(itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
     position, higher = len(ahead) + 1, sum(other["priority"] > job["priority"] for other in ahead)
