@@ -346,10 +346,9 @@ class MasterState:
         node.spool_free, node.disk = info.get("spool_free"), disk_low(f"node {name}", info, self.settings)
         if "mounts" in info:  # sent when they changed
             node.mounts = reported(info["mounts"])
-        for job_id, usage in (info.get("usage") or {}).items():
-            job = self.table.jobs.get(int(job_id))
-            if job is not None and job.get("node") == name:
-                self.usage[job["id"]] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
+        for raw, usage in (info.get("usage") or {}).items():
+            if self.table.jobs.get(int(raw), {}).get("node") == name:
+                self.usage[int(raw)] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
         step.reply = {"known": True, **self._reconcile(step, node, now, info.get("running", ()))}
         step.durable = bool(step.records)
 
