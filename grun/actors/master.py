@@ -123,8 +123,8 @@ class Master:
                 raise Restarting("the grun master is restarting")
             try:
                 self.core.handle(event, *args, now, step=step, **kwargs)
-            finally:
-                self._to_history(step)  # here: a job that leaves the live table is never missing from both  # what was applied is journaled, even when the event then failed
+            finally:  # what was applied is journaled, even when the event then failed
+                self._to_history(step)  # here: a job that leaves the live table is never missing from both
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
                 seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
                 self.records_since_snapshot += len(step.records)
