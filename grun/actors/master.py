@@ -354,8 +354,7 @@ class Master:
     def jobs(self) -> list[dict]:
         only = self._only()
         with self.lock:
-            return [self.core.view(j) for j in sorted(self.core.table.jobs.values(), key=lambda j: j["id"])
-                    if only in (None, j.get("uid"))]
+            return [self.core.view(j) for _, j in sorted(self.core.table.jobs.items()) if only in (None, j.get("uid"))]
 
     def _only(self) -> int | None:
         """private_queries: the uid whose jobs alone a user's queries show (None: all; root, admins, daemons)."""
