@@ -266,7 +266,7 @@ def test_jobs_shows_live_usage(three):
             rows = three.grun("-q", "jobs").stdout.decode().splitlines()
             row = next(r.split() for r in rows[1:] if r.split()[0] == str(job_id))
             cpu, mem = row[6].rstrip("M").split("c/") if row[6] != "-" else ("0", "0")
-            return row if float(cpu) > 0.3 and int(mem) >= 70 else None
+            return row if float(cpu) > 0.05 and int(mem) >= 70 else None
         row = wait_for(using, 20, what="live usage in -q jobs")
         assert row[2:4] == ["running", "big"]
     finally:

@@ -150,16 +150,18 @@ def test_dependencies_survive_a_master_restart_and_finished_ones_are_decided_fro
 
 def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster, tmp_path):
     c = cluster
-    first = nowait(c, "sleep", "2")
+    gate = tmp_path / "go"  # (not a sleep: under load the hold below came after its dependency had ended)
+    first = nowait(c, "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.1; done")
     held = nowait(c, "--afterok", str(first), "true")
     assert c.grun("-e", "hold", str(held)).returncode == 0 and _state(c, held) == "held"
+    gate.touch()
     assert c.grun("-q", "wait", str(first)).returncode == 0
     time.sleep(0.5)
     assert _state(c, held) == "held", "its dependency was met, but it is held"
     c.grun("-e", "resume", str(held))
     assert c.grun("-q", "wait", str(held)).returncode == 0
 
-    blocker = nowait(c, "sleep", "3")
+    blocker = nowait(c, "sleep", "60")  # killed below
     held = nowait(c, "--afterok", str(blocker), "true")  # released before its dependency is met: waiting again
     c.grun("-e", "hold", str(held))
     c.grun("-e", "resume", str(held))
