@@ -13,9 +13,10 @@ import re
 import shlex
 from typing import NamedTuple
 
+from .core.jobs import shell_script
+
 _MARK = re.compile(r"([%#])([io]):(?=\S|$)")  # `%i: x` inside a quoted word is text, not a marker
 _FILE_END = re.compile(r"[\s;|&<>()`'\"]")  # where a marker's file ends, unless the marker begins its word
-SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT`: SCRIPT is a shell line
 # a shell line's tokens: a redirection (with its fd, `%!`, or a `&N` it duplicates), a word, an operator;
 # anything else is a quote or a backslash left open
 _TOKEN = re.compile(r"""(?P<op>(?:%!|&|\d*)(?:>[>|]?|<<?<?)(?:&[-\d]*)?)
@@ -43,7 +44,7 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     if isinstance(cmd, str):
         cmd = _parse_line(cmd, inputs, outputs)
     else:
-        script = _shell_script(cmd)
+        script = shell_script(cmd)
         if any(word.startswith("%!>") for n, word in enumerate(cmd) if n != script):
             raise ValueError("-M: %!>FILE is a redirection: give the command as one quoted shell line")
         cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs) if n == script
@@ -57,19 +58,6 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
         if os.path.isdir(path):
             raise ValueError(f"-M: output {path} is a directory")
     return Make(cmd, inputs, outputs, cwd)
-
-
-def _shell_script(argv: list[str]) -> int | None:
-    """The index of SCRIPT in `sh -c SCRIPT` (bash, `-ec`, `-o pipefail -c`, ...), else None."""
-    if not argv or os.path.basename(argv[0]) not in SHELLS:
-        return None
-    i, script = 1, False
-    while i < len(argv) and argv[i][:1] in "-+" and argv[i] not in ("-", "--"):
-        word = argv[i]
-        script = script or (word[0] == "-" and word[1:2] != "-" and "c" in word)
-        i += 2 if word in ("-o", "+o", "-O", "+O") else 1  # (those take the next word)
-    i += argv[i:i + 1] == ["--"]
-    return i if script and i < len(argv) else None
 
 
 def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:

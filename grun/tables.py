@@ -4,7 +4,7 @@ at the end, how Slurm's tools (grun/compat.py) show them."""
 
 import os
 
-MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
+from .core.jobs import MARK
 
 
 def command_text(job: dict) -> str:

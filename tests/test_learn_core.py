@@ -21,7 +21,9 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["perl", "-e", "print 1"], False, "perl -e 'print 1'"),
     (["python3", "-m", "pip", "list"], False, "python3 -m 'pip'"),
     (["/opt/bin/bwa", "mem", "ref.fa"], False, "bwa"),
-    (["sh -c 'x' | sort"], True, "sh -c 'x'"),  # the shell's words, as rules see them
+    (["sh -c 'x' | sort"], True, "x"),  # the shell's words, as rules see them; `sh -c SCRIPT`: what SCRIPT runs
+    (["/bin/sh", "-c", "cd /x && python3 a.py"], False, "a.py"),  # (was `sh -c 'cd /x && python3 a.py'`)
+    (["bash", "-o", "pipefail", "-ec", "module load gcc\nmake -j4 \\\n  all"], False, "make"),
     (["python3 -u 'my run.py' > out"], True, "my run.py"),
     (["/usr/bin/env", "python3", "a.py"], False, "a.py"),
     (["ksh", "x.ksh"], False, "x.ksh"),
@@ -37,6 +39,23 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
+
+
+def test_a_job_of_the_slurm_and_sge_commands_is_keyed_by_what_its_user_gave_them():
+    """(Every sbatch, srun and qsub job of a user shared one key, the first 40 characters of grun.compat's wrapper.)"""
+    from grun import compat
+
+    class Client:
+        def submit_spec(self, spec):
+            self.program = L.program_of(spec)
+            return 1
+    client, wrap = Client(), "#!/bin/sh\n# This script was created by sbatch --wrap.\n\ncd /x && python3 a.py\n"
+    for args, program in [(("slurm", "wrap", wrap, [], "slurm-%j.out"), "a.py"),
+                          (("slurm", "run.sh", "#!/bin/bash\n#SBATCH -c 2\nsamtools sort $1\n", ["in.bam"]), "samtools"),
+                          (("slurm", "srun", None, ["python3", "b.py"]), "b.py"),
+                          (("sge", "x", None, ["/bin/sh", "-c", "exec ./sim 1"], "o", "e"), "sim")]:  # qsub -b y
+        compat.submit(client, *args)
+        assert client.program == program
 
 
 def _run(table, peak_mb=100, wall=10.0, cpu=5.0, user="ann", cmd=("python3", "align.py"), keep=20, **job):

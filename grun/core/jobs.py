@@ -53,17 +53,23 @@ CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the 
 
 
 def argv(job: dict) -> list[str]:
-    """A job's words: a shell command line's as /bin/sh splits them (at blanks if its quotes do not balance)."""
-    line = job["cmd"][0]
-    if job.get("shell") and any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
+    """A job's words: a shell command line's as `split` makes them."""
+    return split(job["cmd"][0]) if job.get("shell") else job["cmd"]
+
+
+def split(line: str) -> list[str]:
+    """A shell line's words as /bin/sh splits them (at blanks if its quotes do not balance)."""
+    if any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
         with contextlib.suppress(ValueError):
             return shlex.split(line)
-    return line.split() if job.get("shell") else job["cmd"]
+    return line.split()
 
 
 SETUP = frozenset({"cd", "pushd", "export", "set", "unset", "source", ".", "module", "ml", "conda", "ulimit", "umask",
                    "echo", "printf", "true", ":", "mkdir", "date", "hostname"})  # before a line's real work
 OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT`: SCRIPT is a shell line
+MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
 
 
 def working_command(words: list[str]) -> list[str]:
@@ -80,13 +86,33 @@ def working_command(words: list[str]) -> list[str]:
     return next((c for c in commands if os.path.basename(c[0]) not in SETUP), commands[-1] if commands else words)
 
 
+def shell_script(words: list[str]) -> int | None:
+    """The index of SCRIPT in `sh -c SCRIPT` (bash, `-ec`, `-o pipefail -c`, ...), else None."""
+    if not words or os.path.basename(words[0]) not in SHELLS:
+        return None
+    i, script = 1, False
+    while i < len(words) and words[i][:1] in "-+" and words[i] not in ("-", "--"):
+        word = words[i]
+        script = script or (word[0] == "-" and word[1:2] != "-" and "c" in word)
+        i += 2 if word in ("-o", "+o", "-O", "+O") else 1  # (those take the next word)
+    i += words[i:i + 1] == ["--"]
+    return i if script and i < len(words) else None
+
+
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
     """What a command runs, `env`, `exec`, `nohup`, `time` and (`shell`: a shell line's) set-up skipped: (the script an
     interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
-    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`."""
+    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`: what SCRIPT runs; a job of grun's
+    Slurm and SGE commands: what its user gave them (grun.compat.submit's wrapper runs a script, else its "$@")."""
+    if not shell and words[2:3] and words[2].startswith(MARK):  # grun.compat's wrapper: its batch script, or "$@"
+        words = words[:2] + words[4:5] if "mktemp" in words[2] else words[4:]
     words = working_command(words) if shell else words
     while words[1:] and os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command"):
         words = words[1:]
+    if (at := shell_script(words)) is not None:
+        lines = words[at].replace("\\\n", " ").splitlines()
+        words = [word for line in lines if not line.lstrip().startswith("#") for word in (*split(line), ";")]
+        return script_of(words, True)  # (a comment line goes: `#!/bin/sh`, `#SBATCH`)
     name = os.path.basename(words[0]) if words else "?"
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name
