@@ -1,6 +1,7 @@
 """GPUs and other indexed devices on a node: the built-in plugin that finds NVIDIA GPUs (`GpuPlugin`), and
 the environment that names the devices a job was given (`device_env`: README, GPUs and limits)."""
 
+import contextlib
 import glob
 import os
 import re
@@ -18,13 +19,10 @@ def device_env(devices: dict | None) -> dict[str, str]:
 
 def nvidia_gpus(proc: str = "/proc/driver/nvidia/gpus") -> list[tuple[str, str]]:
     """(index, model) of each NVIDIA GPU: from `nvidia-smi -L`, else from the driver's /proc files."""
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT).stdout
-        found = re.findall(r"(?m)^GPU (\d+): (.+?)(?: \(UUID: [^)]*\))?\s*$", out)
-        if found:
+        if found := re.findall(r"(?m)^GPU (\d+): (.+?)(?: \(UUID: [^)]*\))?\s*$", out):
             return found
-    except (OSError, subprocess.SubprocessError):
-        pass
     gpus = []
     for info in sorted(glob.glob(os.path.join(proc, "*", "information"))):
         try:

@@ -44,13 +44,10 @@ def fmt_span(secs) -> str:
     return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
 
 
-def fmt_mb(kb) -> str:
-    return "-" if kb is None else f"{kb / 1024:.0f}M"
-
-
 def fmt_rss(usage: dict) -> str:
     """A job's peak memory; "<=16M" where it is no more than its node's reaper's at the fork (Linux counts that)."""
-    return "<=" * bool(usage.get("maxrss_at_most")) + fmt_mb(usage.get("maxrss_kb"))
+    kb = usage.get("maxrss_kb")
+    return "<=" * bool(usage.get("maxrss_at_most")) + ("-" if kb is None else f"{kb / 1024:.0f}M")
 
 
 def fmt_bytes(n) -> str:

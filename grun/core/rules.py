@@ -168,12 +168,10 @@ def _rule(number: int, raw) -> tuple:
                 actions.append((key, text))
             elif key != "name":
                 raise RuleError(f"unknown action (known: {', '.join(ACTIONS)})", _at(key))
-        except RuleError as e:
+        except ValueError as e:  # (a RuleError's `at`: where in the expression, or LINE:COLUMN)
             at = getattr(e, "at", None)
-            at = _at(value, at) if isinstance(at, int) else at or _at(key)
+            at = _at(value, at) if isinstance(at, int) else at or _at(value) or _at(key)
             raise RuleError(f"{label}, {key}: {e}", at) from None
-        except ValueError as e:
-            raise RuleError(f"{label}, {key}: {e}", _at(value) or _at(key)) from None
     return label, test, actions
 
 
