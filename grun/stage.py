@@ -329,12 +329,10 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
         served, job = None, client.wait_started(job_id)
         while job["state"] not in FINAL_STATES:
             if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
-                try:
-                    with sup:
-                        transfer(sup.stage(False), job, note, False)
+                # (an OSError: its node is away, a daemon restarting; pushed once the master has it again)
+                with contextlib.suppress(OSError), sup:
+                    transfer(sup.stage(False), job, note, False)
                     served = run
-                except OSError:  # its node is away (a daemon restarting): pushed once the master has it again
-                    pass
             try:
                 job = client.wait([job_id], 10)[job_id]
             except TimeoutError:

@@ -75,12 +75,10 @@ def jobs_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}" + learned(j, "cpus"),
              f"{j['memory']}{learned(j, 'memory')}", now, fmt_span(j.get("time") or j.get("expected_time"))
              + learned(j, "time"), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
-    header = COLUMNS
     if fields:
-        at = {h.lower(): i for i, h in enumerate(header)}
+        at = {h.lower(): i for i, h in enumerate(COLUMNS)}
         rows = [[row[at[f]] if f in at else "-" if j.get(f) is None else j[f] for f in fields] for j, row in zip(jobs, rows)]
-        header = [f.upper() for f in fields]
-    return table(rows, header)
+    return table(rows, [f.upper() for f in fields] if fields else COLUMNS)
 
 
 def learned(job: dict, field: str) -> str:
