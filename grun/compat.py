@@ -83,6 +83,11 @@ def last(opts: dict, key: str, default=None):
     return opts[key][-1] if key in opts else default
 
 
+def items(opts: dict, key: str) -> list[str]:
+    """The comma lists given with an option (-u a,b -u c), as one list."""
+    return [item for value in opts.get(key, []) for item in value.split(",") if item]
+
+
 def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True, glued: bool = True) -> dict:
     """The options of the script's `#SBATCH` / `#$` lines, under those of the command line (`opts`);
     Slurm reads them up to the first command."""
@@ -205,7 +210,7 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
     if "time" in opts:
         request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
-    for item in filter(None, ",".join(opts.get("gres", [])).split(",")):  # gpu:2, gpu:a100:2 (a type: ignored)
+    for item in items(opts, "gres"):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
             raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
@@ -382,12 +387,12 @@ def squeue(argv: list[str]) -> int:
             if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
                 raise Refused(f"Invalid job format specification: {item}")
             fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
-    states = {s.upper(): s for s in ",".join(opts.get("states", [])).split(",") if s}
+    states = {s.upper(): s for s in items(opts, "states")}
     if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
         raise Refused(f"Invalid job state specified: {bad}")
-    users = {user_name(u) for u in ",".join(opts["user"]).split(",") if u} if "user" in opts else \
+    users = {user_name(u) for u in items(opts, "user")} if "user" in opts else \
         {current_user()} if "me" in opts else None
-    ids, names = [i for i in ",".join(opts.get("jobs", [])).split(",") if i], ",".join(opts.get("name", [])).split(",")
+    ids, names = items(opts, "jobs"), items(opts, "name")
     client = Client()
     jobs, unknown = job_list(client, ids)
     if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
@@ -429,7 +434,7 @@ def sacct(argv: list[str]) -> int:
         fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
     client = Client()
     if "jobs" in opts:
-        jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)[0]
+        jobs = job_list(client, items(opts, "jobs"), None)[0]
     else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight) and -E (now)
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
         start, end = when(last(opts, "start", "midnight")), when(last(opts, "end", "now"))
@@ -437,7 +442,7 @@ def sacct(argv: list[str]) -> int:
                 + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
                 and (users is None or j.get("user") in users)]
     if "name" in opts:
-        jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
+        jobs = [j for j in jobs if name_of(j) in set(items(opts, "name"))]
     listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
     jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or left(j)]
     sep = "|" if "P" in opts or "p" in opts else None
