@@ -158,9 +158,8 @@ def when(text: str) -> float:
     now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
     now, low = time.time(), text.lower()
     day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-    if m := re.fullmatch(r"now(?:([+-])(\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
-        count = int(m.group(2) or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m.group(3) or "s")[0]]
-        return now - count if m.group(1) == "-" else now + count
+    if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
+        return now + int(m[1] or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m[2] or "s")[0]]
     if low in ("midnight", "today", "noon") or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
         return day + (43200 * (low == "noon") if low.isalpha() else
                       sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
@@ -271,7 +270,7 @@ def srun(argv: list[str]) -> int:
     name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
     request = slurm_request(opts, name, "srun")
     if os.environ.get("GRUN_JOB_ID", "").isdigit():
-        return step(opts, request, command)
+        return step(request, command)
     client, ids = Client(), []
 
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
@@ -281,7 +280,7 @@ def srun(argv: list[str]) -> int:
     return dies_with(Context(lambda: client, cli=True), ids, follow)
 
 
-def step(opts: dict, request: dict, command: list[str]) -> int:
+def step(request: dict, command: list[str]) -> int:
     """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
     reservation (one a node: asking more than it has is refused, as Slurm refuses); our streams are its, signals
     sent to srun go to it, its exit code is ours (128+N: killed by signal N)."""
@@ -294,15 +293,14 @@ def step(opts: dict, request: dict, command: list[str]) -> int:
             raise Refused(f"Unable to create step for job {job}: {words}")
     number = "0"
     if os.environ.get("SLURM_JOB_ID") == job and os.environ.get("TMPDIR"):  # (the job's own TMPDIR: grun/spawner.py)
-        with contextlib.suppress(OSError):  # steps are numbered 0, 1, ...: a byte appended for each
-            fd = os.open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            number = str(os.write(fd, b".") and os.lseek(fd, 0, os.SEEK_CUR) - 1)
-            os.close(fd)
-    exported = {k: v for k, v in request["env"].items() if not k.startswith("SLURM_") and k != "USER"}
+        # steps are numbered 0, 1, ...: a byte appended for each (unbuffered: one write, then where it ended)
+        with contextlib.suppress(OSError), open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", "ab", buffering=0) as f:
+            number = str(f.write(b".") and f.tell() - 1)
+    exported = {k: v for k, v in request["env"].items()
+                if not k.startswith("SLURM_") and k != "USER" or k == "SLURM_CPUS_PER_TASK"}
     env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
            "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
-           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", ""), **{k: v for k, v in request["env"].items()
-                                                                       if k == "SLURM_CPUS_PER_TASK"}}
+           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
     running, early = [], []  # (signals that come before it started: sent once it has)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, lambda number, _: running[0].send_signal(number) if running else early.append(number))

@@ -144,7 +144,9 @@ def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
     opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
     if "jobs" in opts:
-        return _blocks(items(opts, "jobs"), _detail, "Following jobs do not exist: ")
+        client = Client()
+        found = [(word, _live(client, word)) for word in items(opts, "jobs")]
+        return _blocks(found, _detail, 28, "Following jobs do not exist: ")
     users = set(items(opts, "user")) if "user" in opts else {current_user()}
     rows = [(str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
              STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
@@ -171,30 +173,22 @@ def qstat(argv: list[str]) -> int:
     return 0
 
 
-def _blocks(words: list[str], fields, missing_text: str, finished: bool = False) -> int:
-    """qstat -j: a block of `key value` lines per live job (an array: one); qacct -j: per ended job, an array's
-    per ended task (as SGE's accounting has them); the ids without one named on stderr."""
-    client, missing, by_job = Client(), [], {}
-    if finished:  # (one look for them all: an array's tasks come from one history)
-        for j in C.job_list(client, words, None)[0]:
-            if "ranges" not in j and j["state"] in FINAL_STATES:
-                for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
-                    by_job.setdefault(key, []).append(j)
-    for word in words:
-        if finished:
-            shown = by_job.get(word, [])
-        else:
-            try:
-                shown = [job for job in [client.job(int(word))] if job["state"] not in FINAL_STATES]
-            except (GrunError, ValueError):
-                shown = []
-        for one in shown:
-            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(one)))
-        if not shown:
-            missing.append(word)
-    if missing:
+def _blocks(found: list[tuple[str, list]], fields, width: int, missing_text: str) -> int:
+    """Each id asked with its jobs: a block of `key value` lines per job; the ids without one named on stderr."""
+    for _, jobs in found:
+        for job in jobs:
+            print("=" * 62 + "".join(f"\n{key:<{width}}{value}" for key, value in fields(job)))
+    if missing := [word for word, jobs in found if not jobs]:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
+
+
+def _live(client: Client, word: str) -> list[dict]:
+    """qstat -j's: the job, live (an array: its own record only), or none."""
+    try:
+        return [job for job in [client.job(int(word))] if job["state"] not in FINAL_STATES]
+    except (GrunError, ValueError):
+        return []
 
 
 def _detail(job: dict) -> tuple:
@@ -247,4 +241,9 @@ def qacct(argv: list[str]) -> int:
     opts, rest = parse(argv, table("jobs=-j"), False)
     if rest or "jobs" not in opts:
         raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
-    return _blocks(items(opts, "jobs"), _accounting, "error: job id not found: ", finished=True)
+    client, words, ended = Client(), items(opts, "jobs"), {}
+    for j in C.job_list(client, words, None)[0]:  # ended jobs; an array's ended tasks, as SGE's accounting has them
+        if "ranges" not in j and j["state"] in FINAL_STATES:
+            for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
+                ended.setdefault(key, []).append(j)
+    return _blocks([(w, ended.get(w, [])) for w in words], _accounting, 13, "error: job id not found: ")
