@@ -60,7 +60,7 @@ def qsub(argv: list[str]) -> int:
             raise Refused(f"unsupported resource -l {item}")
     client, tasks = Client(), _task_range(last(opts, "array")) if "array" in opts else None
     span = tasks and f"{tasks.start}-{tasks[-1]}:{tasks.step}"
-    after = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]
+    request["after"] = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]  # (none: no dependency)
     if "hold_jid_ad" in opts:  # grun has no task-to-task dependency: each task waits for the whole arrays
         arrays = _holds(client, items(opts, "hold_jid_ad"))
         # (ranges compare by the numbers they hold, without listing them: -t 1-1000000)
@@ -69,9 +69,7 @@ def qsub(argv: list[str]) -> int:
         if arrays:
             print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
                   f"{', '.join(str(a['id']) for a in arrays)} (grun has no task-to-task dependency)", file=sys.stderr)
-        after += [a["id"] for a in arrays]
-    if after:
-        request["after"] = after
+        request["after"] += [a["id"] for a in arrays]
     if tasks:
         request["array"] = span + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
     env = {k: v for k, _, v in (w.partition("=") for w in items(opts, "env") if "=" in w)}
