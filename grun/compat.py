@@ -83,6 +83,11 @@ def last(opts: dict, key: str, default=None):
     return opts[key][-1] if key in opts else default
 
 
+def items(opts: dict, key: str) -> list[str]:
+    """The comma lists given with an option (-u a,b -u c), as one list."""
+    return [item for value in opts.get(key, []) for item in value.split(",") if item]
+
+
 def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True, glued: bool = True) -> dict:
     """The options of the script's `#SBATCH` / `#$` lines, under those of the command line (`opts`);
     Slurm reads them up to the first command."""
@@ -153,9 +158,8 @@ def when(text: str) -> float:
     now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
     now, low = time.time(), text.lower()
     day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
-    if m := re.fullmatch(r"now(?:([+-])(\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
-        count = int(m.group(2) or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m.group(3) or "s")[0]]
-        return now - count if m.group(1) == "-" else now + count
+    if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
+        return now + int(m[1] or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m[2] or "s")[0]]
     if low in ("midnight", "today", "noon") or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
         return day + (43200 * (low == "noon") if low.isalpha() else
                       sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
@@ -205,7 +209,7 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
     if "time" in opts:
         request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
-    for item in filter(None, ",".join(opts.get("gres", [])).split(",")):  # gpu:2, gpu:a100:2 (a type: ignored)
+    for item in items(opts, "gres"):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
             raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
@@ -266,7 +270,7 @@ def srun(argv: list[str]) -> int:
     name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
     request = slurm_request(opts, name, "srun")
     if os.environ.get("GRUN_JOB_ID", "").isdigit():
-        return step(opts, request, command)
+        return step(request, command)
     client, ids = Client(), []
 
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
@@ -276,7 +280,7 @@ def srun(argv: list[str]) -> int:
     return dies_with(Context(lambda: client, cli=True), ids, follow)
 
 
-def step(opts: dict, request: dict, command: list[str]) -> int:
+def step(request: dict, command: list[str]) -> int:
     """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
     reservation (one a node: asking more than it has is refused, as Slurm refuses); our streams are its, signals
     sent to srun go to it, its exit code is ours (128+N: killed by signal N)."""
@@ -289,15 +293,14 @@ def step(opts: dict, request: dict, command: list[str]) -> int:
             raise Refused(f"Unable to create step for job {job}: {words}")
     number = "0"
     if os.environ.get("SLURM_JOB_ID") == job and os.environ.get("TMPDIR"):  # (the job's own TMPDIR: grun/spawner.py)
-        with contextlib.suppress(OSError):  # steps are numbered 0, 1, ...: a byte appended for each
-            fd = os.open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            number = str(os.write(fd, b".") and os.lseek(fd, 0, os.SEEK_CUR) - 1)
-            os.close(fd)
-    exported = {k: v for k, v in request["env"].items() if not k.startswith("SLURM_") and k != "USER"}
+        # steps are numbered 0, 1, ...: a byte appended for each (unbuffered: one write, then where it ended)
+        with contextlib.suppress(OSError), open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", "ab", buffering=0) as f:
+            number = str(f.write(b".") and f.tell() - 1)
+    exported = {k: v for k, v in request["env"].items()
+                if not k.startswith("SLURM_") and k != "USER" or k == "SLURM_CPUS_PER_TASK"}
     env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
            "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
-           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", ""), **{k: v for k, v in request["env"].items()
-                                                                       if k == "SLURM_CPUS_PER_TASK"}}
+           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
     running, early = [], []  # (signals that come before it started: sent once it has)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, lambda number, _: running[0].send_signal(number) if running else early.append(number))
@@ -382,12 +385,12 @@ def squeue(argv: list[str]) -> int:
             if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
                 raise Refused(f"Invalid job format specification: {item}")
             fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
-    states = {s.upper(): s for s in ",".join(opts.get("states", [])).split(",") if s}
+    states = {s.upper(): s for s in items(opts, "states")}
     if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
         raise Refused(f"Invalid job state specified: {bad}")
-    users = {user_name(u) for u in ",".join(opts["user"]).split(",") if u} if "user" in opts else \
+    users = {user_name(u) for u in items(opts, "user")} if "user" in opts else \
         {current_user()} if "me" in opts else None
-    ids, names = [i for i in ",".join(opts.get("jobs", [])).split(",") if i], ",".join(opts.get("name", [])).split(",")
+    ids, names = items(opts, "jobs"), items(opts, "name")
     client = Client()
     jobs, unknown = job_list(client, ids)
     if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
@@ -429,7 +432,7 @@ def sacct(argv: list[str]) -> int:
         fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
     client = Client()
     if "jobs" in opts:
-        jobs = job_list(client, [i for i in ",".join(opts["jobs"]).split(",") if i], None)[0]
+        jobs = job_list(client, items(opts, "jobs"), None)[0]
     else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight) and -E (now)
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
         start, end = when(last(opts, "start", "midnight")), when(last(opts, "end", "now"))
@@ -437,7 +440,7 @@ def sacct(argv: list[str]) -> int:
                 + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
                 and (users is None or j.get("user") in users)]
     if "name" in opts:
-        jobs = [j for j in jobs if name_of(j) in set(",".join(opts["name"]).split(","))]
+        jobs = [j for j in jobs if name_of(j) in set(items(opts, "name"))]
     listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
     jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or left(j)]
     sep = "|" if "P" in opts or "p" in opts else None

@@ -8,7 +8,7 @@ import time
 
 from . import compat as C
 from .client import Client, GrunError, current_user
-from .compat import Refused, last, name_of, out_path, parse, table
+from .compat import Refused, items, last, name_of, out_path, parse, table
 from .core.arrays import left
 from .core.jobs import FINAL_STATES, number_or_text, parse_time_limit
 from .tables import command_text, label
@@ -47,7 +47,7 @@ def qsub(argv: list[str]) -> int:
         raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots")
     request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"),
                      "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
-    for item in (i for i in ",".join(opts.get("resources", [])).split(",") if i):
+    for item in items(opts, "resources"):
         key, _, value = item.partition("=")
         if key in MEMORY and value:  # per slot, as SGE counts them; plain numbers are bytes
             request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
@@ -58,29 +58,27 @@ def qsub(argv: list[str]) -> int:
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {item}")
-    client, tasks = Client(), _task_range(last(opts, "array"))
-    after = [j["id"] for j in _holds(client, opts.get("hold_jid", []))]
+    client, tasks = Client(), _task_range(last(opts, "array")) if "array" in opts else None
+    span = tasks and f"{tasks.start}-{tasks[-1]}:{tasks.step}"
+    request["after"] = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]  # (none: no dependency)
     if "hold_jid_ad" in opts:  # grun has no task-to-task dependency: each task waits for the whole arrays
-        arrays = _holds(client, opts["hold_jid_ad"])
+        arrays = _holds(client, items(opts, "hold_jid_ad"))
         # (ranges compare by the numbers they hold, without listing them: -t 1-1000000)
-        if tasks is None or any([range(*r) for r in a.get("ranges") or []] != [
-                range(tasks[0], tasks[1] + 1, tasks[2])] for a in arrays):
+        if tasks is None or any([range(*r) for r in a.get("ranges") or []] != [tasks] for a in arrays):
             raise Refused("-hold_jid_ad: this job and the jobs it names must be arrays of the same -t range")
         if arrays:
             print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
                   f"{', '.join(str(a['id']) for a in arrays)} (grun has no task-to-task dependency)", file=sys.stderr)
-        after += [a["id"] for a in arrays]
-    if after:
-        request["after"] = after
+        request["after"] += [a["id"] for a in arrays]
     if tasks:
-        request["array"] = f"{tasks[0]}-{tasks[1]}:{tasks[2]}" + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
-    env = {k: v for k, _, v in (w.partition("=") for w in ",".join(opts.get("env", [])).split(",") if "=" in w)}
+        request["array"] = span + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
+    env = {k: v for k, _, v in (w.partition("=") for w in items(opts, "env") if "=" in w)}
     env.update(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
                SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
-               **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"), map(str, tasks or ["undefined"] * 3))),
+               **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"),
+                          re.split("[-:]", span) if tasks else ["undefined"] * 3)),
                **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
-    request.update(env=env, pass_env=["*"] if "allenv" in opts else [w for w in ",".join(opts.get("env", [])).split(",")
-                                                                      if w and "=" not in w])
+    request.update(env=env, pass_env=["*"] if "allenv" in opts else [w for w in items(opts, "env") if "=" not in w])
     task = '."$SGE_TASK_ID"' if "array" in opts else ""
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
@@ -96,7 +94,7 @@ def qsub(argv: list[str]) -> int:
                               "#!") else "/bin/sh"), hold="hold" in opts, **request)
     except GrunError as exc:  # the master's words for grun's options, in qsub's
         raise Refused(str(exc).replace("--after: ", "-hold_jid: ")) from None
-    shown = f"{job_id}.{tasks[0]}-{tasks[1]}:{tasks[2]}" if tasks else str(job_id)
+    shown = f"{job_id}.{span}" if tasks else str(job_id)
     print(shown if "terse" in opts else
           f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
     if not yes(opts, "sync"):
@@ -106,29 +104,19 @@ def qsub(argv: list[str]) -> int:
     return code
 
 
-def _task_range(text: str | None) -> tuple[int, int, int] | None:
-    """-t n[-m[:s]]: first, last (as SGE: the last task the step reaches) and step; None without -t."""
-    if text is None:
-        return None
-    first, _, rest = text.partition("-")
-    last_task, _, step = rest.partition(":")
-    numbers = (first, last_task or first, step or "1")
-    if not all(n.isdigit() and int(n) > 0 for n in numbers) or int(numbers[1]) < int(first) or step and not rest:
+def _task_range(text: str) -> range:
+    """-t n[-m[:s]]: the task ids (its last, as SGE's, the last one the step reaches)."""
+    m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", text)
+    tasks = range(int(m[1]), int(m[2] or m[1]) + 1, int(m[3] or 1)) if m and int(m[3] or 1) else range(0)
+    if not tasks or not tasks[0]:
         raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
-    first, last_task, step = map(int, numbers)
-    return first, last_task - (last_task - first) % step, step
+    return tasks
 
 
-def _holds(client: Client, words: list[str]) -> list[dict]:
+def _holds(client: Client, held: list[str]) -> list[dict]:
     """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name). As SGE, a name that
     matches no job and an id of no job (or of one long gone) are no hold."""
-    held = [i for i in ",".join(words).split(",") if i]
-    known = []
-    for job_id in (int(i) for i in held if i.isdigit()):  # (only an id needs a look: it may be of no job)
-        try:
-            known.append(client.job(job_id))
-        except GrunError:
-            continue
+    known = [job for word in held if word.isdigit() for job in _job(client, word)]  # (an id may be of no job)
     if names := [i for i in held if not i.isdigit()]:
         import fnmatch
         known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
@@ -149,8 +137,10 @@ def qstat(argv: list[str]) -> int:
     """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
     opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
     if "jobs" in opts:
-        return _blocks(",".join(opts["jobs"]), _detail, "Following jobs do not exist: ")
-    users = set(",".join(opts.get("user", [current_user()])).split(","))
+        client, words = Client(), items(opts, "jobs")  # live jobs only (an array: one block)
+        found = [(w, [j for j in _job(client, w) if j["state"] not in FINAL_STATES]) for w in words]
+        return _blocks(found, _detail, 28, "Following jobs do not exist: ")
+    users = set(items(opts, "user")) if "user" in opts else {current_user()}
     rows = [(str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
              STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
                  j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
@@ -176,31 +166,22 @@ def qstat(argv: list[str]) -> int:
     return 0
 
 
-def _blocks(ids: str, fields, missing_text: str, finished: bool = False) -> int:
-    """qstat -j: a block of `key value` lines per live job (an array: one); qacct -j: per ended job, an array's
-    per ended task (as SGE's accounting has them); the ids without one named on stderr."""
-    client, missing, by_job = Client(), [], {}
-    words = [i for i in ids.split(",") if i]
-    if finished:  # (one look for them all: an array's tasks come from one history)
-        for j in C.job_list(client, words, None)[0]:
-            if "ranges" not in j and j["state"] in FINAL_STATES:
-                for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
-                    by_job.setdefault(key, []).append(j)
-    for word in words:
-        if finished:
-            shown = by_job.get(word, [])
-        else:
-            try:
-                shown = [job for job in [client.job(int(word))] if job["state"] not in FINAL_STATES]
-            except (GrunError, ValueError):
-                shown = []
-        for one in shown:
-            print("=" * 62 + "".join(f"\n{key:<{28 if not finished else 13}}{value}" for key, value in fields(one)))
-        if not shown:
-            missing.append(word)
-    if missing:
+def _blocks(found: list[tuple[str, list]], fields, width: int, missing_text: str) -> int:
+    """Each id asked with its jobs: a block of `key value` lines per job; the ids without one named on stderr."""
+    for _, jobs in found:
+        for job in jobs:
+            print("=" * 62 + "".join(f"\n{key:<{width}}{value}" for key, value in fields(job)))
+    if missing := [word for word, jobs in found if not jobs]:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
+
+
+def _job(client: Client, word: str) -> list[dict]:
+    """The job of this id (an array: its own record), or none."""
+    try:
+        return [client.job(int(word))]
+    except (GrunError, ValueError):
+        return []
 
 
 def _detail(job: dict) -> tuple:
@@ -253,4 +234,9 @@ def qacct(argv: list[str]) -> int:
     opts, rest = parse(argv, table("jobs=-j"), False)
     if rest or "jobs" not in opts:
         raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
-    return _blocks(",".join(opts["jobs"]), _accounting, "error: job id not found: ", finished=True)
+    client, words, ended = Client(), items(opts, "jobs"), {}
+    for j in C.job_list(client, words, None)[0]:  # ended jobs; an array's ended tasks, as SGE's accounting has them
+        if "ranges" not in j and j["state"] in FINAL_STATES:
+            for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
+                ended.setdefault(key, []).append(j)
+    return _blocks([(w, ended.get(w, [])) for w in words], _accounting, 13, "error: job id not found: ")
