@@ -184,6 +184,12 @@ def parse_job_priority(value) -> int:
     raise ValueError(f"expected a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {value!r}")
 
 
+def task_ref(text) -> tuple[int, int] | None:
+    """`12.7`, task 7 of array 12, as (12, 7); None for anything else (a job id, a name)."""
+    head, dot, tail = str(text).strip().partition(".")
+    return (int(head), int(tail)) if dot and head.isdecimal() and tail.isdecimal() and int(head) else None
+
+
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """ "host", "host:port", "[v6]:port", "[v6]" or a bare IPv6 address (two colons or more) -> (host, port)."""
     address = text.strip() if isinstance(text, str) else ""
