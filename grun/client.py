@@ -244,9 +244,8 @@ class Client:
 
     def exit_code(self, job_id: int, on_limit=None, timeout: float | None = None) -> int:
         """Wait for the job's end (as `wait`) and return its exit code; `on_limit(text)` hears of a limit it died of."""
-        job_id = self.job_id(job_id)
-        final = self.wait([job_id], timeout)[job_id]
-        _tell_limit(on_limit, final, job_id)
+        (final,) = self.wait([job_id], timeout).values()
+        _tell_limit(on_limit, final, final["id"])
         if self.nfs_sync:
             mounts.after(final)
         return int(final.get("exit", 1))
