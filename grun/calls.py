@@ -54,12 +54,10 @@ def _writer(name: str) -> Callable[[bytes], None]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def write(data: bytes) -> None:
-        stream = getattr(sys, name)
-        if stream is None:
+        if (stream := getattr(sys, name)) is None:
             return
         stream.flush()  # what was printed as text goes first
-        buffer = getattr(stream, "buffer", None)
-        if buffer is not None:
+        if (buffer := getattr(stream, "buffer", None)) is not None:
             buffer.write(data)
             buffer.flush()
         else:

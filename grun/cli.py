@@ -13,6 +13,7 @@ from . import __version__
 from .config import ConfigError, find_config_path, load_config
 from .options import EXIT_USAGE, GRUN_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
+from .values import task_ref
 
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
@@ -62,8 +63,8 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
         return ["attach", str(opts.pop("attach")), *words], "--attach"
-    if not opts and (words == ["shell"] or words[:1] == ["why"] and len(words) == 2 and words[1].replace(".", "", 1).isdigit()
-                     or words[:1] == ["help"] and len(words) <= 2):
+    if not opts and (words == ["shell"] or words[:1] == ["help"] and len(words) <= 2
+                     or words[:1] == ["why"] and len(words) == 2 and (words[1].isdigit() or task_ref(words[1]))):
         return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
     return ["run", "--", *words], "grun"
 

@@ -217,36 +217,17 @@ class Client:
         """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
         return _by_id(self, "edit", job_ids, dict(changes))
 
-    def task_job(self, ref: str, started: bool = True, deadline: float = float("inf")) -> int:
-        """The job id of task `12.7` (task 7 of array 12); `started`: wait until the task has begun (else a task
-        not begun yet gives the array's id; Timeout past `deadline`, a time.monotonic()). JobNotFound if the array
-        has no such task, or it ended long ago."""
-        from .core.arrays import has_task
-        from .core.jobs import FINAL_STATES
-        array_id, task = (int(part) for part in ref.split(".", 1))
-        while True:  # (the array's record, not every live job, until the task has begun)
-            array = self.job(array_id)
-            if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
-                raise JobNotFound(f"job {array_id} {'has no task ' + str(task) if 'ranges' in array else 'is not an array'}")
-            if array["state"] in FINAL_STATES or not has_task(array, task):
-                break  # begun: a live job, or ended (in history)
-            if not started:
-                return array_id
+    def job_id(self, ref, started: bool = True, deadline: float = float("inf")) -> int:
+        """A job id from 12, "12" or a task's "12.7" (task 7 of array 12; JobNotFound if the array has no such task, or
+        it ended long ago). A task not begun yet: `started`, wait until it has (Timeout past `deadline`, a
+        time.monotonic()); else its array's id."""
+        if not (isinstance(ref, str) and "." in ref):
+            return int(ref)
+        while "task" not in (job := self.job(ref)) and started:  # (not begun: the master answers with its array)
             if time.monotonic() > deadline:
                 raise Timeout(f"task {ref} has not begun yet")
             time.sleep(1.0)
-        if found := next((j["id"] for j in self.jobs() if (j.get("array"), j.get("task")) == (array_id, task)), None):
-            return int(found)
-        import re  # its array's command, among the user's last finished jobs
-        cmd = array["cmd"][0] if array.get("shell") else " ".join(array["cmd"])
-        for job in self.history(1000, array.get("user"), f"^{re.escape(cmd)}$"):
-            if (job.get("array"), job.get("task")) == (array_id, task):
-                return int(job["id"])
-        raise JobNotFound(f"task {ref} ended too long ago (see grun -q history)")
-
-    def job_id(self, ref, started: bool = True, deadline: float = float("inf")) -> int:
-        """A job id from 12 or "12" or a task's "12.7" (task_job)."""
-        return self.task_job(ref, started, deadline) if isinstance(ref, str) and "." in ref else int(ref)
+        return int(job["id"])
 
     def wait(self, job_ids: list, timeout: float | None = None) -> dict[int, dict]:
         """The final records of the jobs (ids, or tasks `12.7`), once all have finished (Timeout after `timeout` s);
@@ -263,9 +244,8 @@ class Client:
 
     def exit_code(self, job_id: int, on_limit=None, timeout: float | None = None) -> int:
         """Wait for the job's end (as `wait`) and return its exit code; `on_limit(text)` hears of a limit it died of."""
-        job_id = self.job_id(job_id)
-        final = self.wait([job_id], timeout)[job_id]
-        _tell_limit(on_limit, final, job_id)
+        (final,) = self.wait([job_id], timeout).values()
+        _tell_limit(on_limit, final, final["id"])
         if self.nfs_sync:
             mounts.after(final)
         return int(final.get("exit", 1))

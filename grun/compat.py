@@ -16,7 +16,7 @@ import sys
 import time
 
 from .client import Client, GrunError, current_user, job_spec
-from .core.arrays import has_task, left
+from .core.arrays import left
 from .core.jobs import parse_time_limit
 from .tables import BY_NAME, FIELDS, MARK, SHORT, id_of, name_of, reason_of, state_of, unstarted
 from .values import is_name, parse_memory
@@ -317,37 +317,33 @@ def step(request: dict, command: list[str]) -> int:
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
     """The live jobs, or those with these ids: N a job, or an array's tasks (and its part not started yet, if any);
-    N_T one task; ended ones too (less than `finished_for` s ago; None: whenever). And the ids not found."""
+    N_T one task (or its array's part not started yet); ended ones too (less than `finished_for` s ago; None:
+    whenever). And the ids not found."""
     if not ids:
         return client.jobs(), []
     found, unknown, arrays = {}, [], {}
     for word in ids:
         number, _, task = word.partition("_")
         try:
-            job = client.job(int(number))
+            job = client.job(f"{number}.{task}" if task else int(number))  # (a task: its own record, as the master has it)
         except (GrunError, ValueError):
             unknown.append(word)
             continue
-        if "ranges" in job:
-            arrays.setdefault(job["id"], (job, []))[1].append(task)
-        elif task:
-            unknown.append(word)
+        if "ranges" in job and not task:
+            arrays[job["id"]] = job
         else:
             found.setdefault(job["id"], job)
     if arrays:  # their tasks: live ones, and ended ones among the latest history
-        ended = sum(sum(array["counts"].values()) for array, _ in arrays.values())
-        users = {array.get("user") for array, _ in arrays.values()}  # (one: the history of that user's jobs only)
+        ended = sum(sum(array["counts"].values()) for array in arrays.values())
+        users = {array.get("user") for array in arrays.values()}  # (one: the history of that user's jobs only)
         history = client.history(1000 + ended, user=users.pop() if len(users) == 1 else None) if ended else []
         tasks = sorted({j["id"]: j for j in history + client.jobs()
                         if "task" in j and j["array"] in arrays}.values(), key=lambda j: j["task"])
-        for array, asked in arrays.values():
+        for array in arrays.values():
             mine = [j for j in tasks if j["array"] == array["id"]]
-            for task in asked:
-                found.update((j["id"], j) for j in mine if str(j["task"]) == task or not task)
-                if not task and (left(array) or not mine) or task.isdigit() and has_task(array, int(task)):
-                    found[array["id"]] = array  # (its line: the tasks not started yet)
-                elif task and not any(str(j["task"]) == task for j in mine):
-                    unknown.append(f"{array['id']}_{task}")
+            found.update((j["id"], j) for j in mine)
+            if left(array) or not mine:
+                found[array["id"]] = array  # (its line: the tasks not started yet)
     now = time.time()
     return [j for j in found.values() if finished_for is None or now - j.get("end_time", now) < finished_for], unknown
 

@@ -46,10 +46,13 @@ _time, _refs = _lazy("jobs", "parse_time_limit"), _lazy("jobs", "job_refs")
 _dependency = _lazy("deps", "parse_dependency")
 
 
-def _retries(text: str) -> int:
-    if not 0 <= (n := _int(text)) <= 100:
-        raise ValueError(f"expected 0 to 100, got {text}")
-    return n
+def _whole(least: int, most: int):
+    """The parser of a whole number from `least` to `most`."""
+    def parse(text: str) -> int:
+        if not least <= (n := _int(text)) <= most:
+            raise ValueError(f"expected {least} to {most}, got {text}")
+        return n
+    return parse
 
 
 def _name(text: str) -> str:
@@ -57,12 +60,6 @@ def _name(text: str) -> str:
         raise ValueError(f"expected a name of one line and at most 200 characters, got {text[:60]!r}"
                          + (f" ({len(text)} characters)" if len(text) > 200 else ""))
     return text
-
-
-def _count(text: str) -> int:
-    if not 1 <= (n := _int(text)) <= 1_000_000:
-        raise ValueError(f"expected 1 to 1000000, got {text}")
-    return n
 
 
 # kind: flag | value | list (repeatable); an option's key in a parsed dict is its long name.
@@ -99,7 +96,7 @@ OPTIONS = [
     Option(None, "afterok", "list", _refs, "start once these have succeeded (one fails: cancelled)", "ID|NAME,..."),
     Option(None, "afternotok", "list", _refs, "start once these have failed (one succeeds: cancelled)", "ID|NAME,..."),
     Option(None, "dependency", "list", _dependency, "Slurm's form: afterok:12:13,after:14", "KIND:ID[:ID],..."),
-    Option(None, "retries", "value", _retries, "run a job that fails again, up to N times (default 0)", "N"),
+    Option(None, "retries", "value", _whole(0, 100), "run a job that fails again, up to N times (default 0)", "N"),
     Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0; 1s for a job grun follows)", "TIME"),
     Option(None, "wrap", "value", str, "run the command inside PREFIX, at {cmd} (else at its end): a container, a module", "PREFIX"),
     Option(None, "stage", "value", str, "auto|always|never: send the -M and --stage-in/out files to and from the node (auto: when it lacks the cwd)", "MODE"),
@@ -124,7 +121,7 @@ OPTIONS = [
     Option("h", "help", help="show this help"),
     Option("V", "version", help="show the version"),
     # for `history` and `watch`
-    Option("c", "count", "value", _count, "how many jobs (default 20)", "N"),
+    Option("c", "count", "value", _whole(1, 1_000_000), "how many jobs (default 20)", "N"),
     Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),

@@ -167,21 +167,28 @@ def parse_ulimit(value) -> dict[str, int | None]:
 MAX_PRIORITY = 1 << 31  # a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
 
 
-def parse_priority(value) -> int:
+def _whole(value) -> bool:
+    """A whole number or its text ("7", "-3", "+2"); bools are YAML's yes/no, not numbers."""
     text = value.strip() if isinstance(value, str) else ""
-    whole = (text[1:] if text[:1] in "+-" else text).isdecimal()
-    expect(whole or isinstance(value, int) and not isinstance(value, bool), "a whole number", value)
+    return (text[1:] if text[:1] in "+-" else text).isdecimal() or isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_priority(value) -> int:
+    expect(_whole(value), "a whole number", value)
     return int(value)
 
 
 def parse_job_priority(value) -> int:
     """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
-    try:
-        if -MAX_PRIORITY <= (number := parse_priority(value)) <= MAX_PRIORITY:
-            return number
-    except ValueError:
-        pass
-    raise ValueError(f"expected a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}, got {value!r}")
+    expect(_whole(value) and -MAX_PRIORITY <= int(value) <= MAX_PRIORITY,
+           f"a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}", value)
+    return int(value)
+
+
+def task_ref(text) -> tuple[int, int] | None:
+    """`12.7`, task 7 of array 12, as (12, 7); None for anything else (a job id, a name)."""
+    head, dot, tail = str(text).strip().partition(".")
+    return (int(head), int(tail)) if dot and head.isdecimal() and tail.isdecimal() and int(head) else None
 
 
 def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:

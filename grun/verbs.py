@@ -9,6 +9,7 @@ from functools import cached_property, partial
 
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
+from .values import task_ref
 
 SHELL_CHARS = set(" \t\n|&;<>()$`\\\"'*?[]#~=%{}")
 
@@ -113,16 +114,10 @@ def no_words(words: list[str], called: str, opts: dict) -> dict:
 def job_ids(words: list[str], called: str, opts: dict | None = None, tasks: bool = False) -> dict:
     if not words:
         raise UsageError(f"{called} needs job ids")
-    bad = next((w for w in words if not (w.isdigit() and int(w)) and not (tasks and task_id(w))), None)
+    bad = next((w for w in words if not (w.isdigit() and int(w)) and not (tasks and task_ref(w))), None)
     if bad is not None:
         raise UsageError(f"bad job id {bad!r}")
     return {"ids": [int(w) if w.isdigit() else w for w in words]}
-
-
-def task_id(word: str) -> bool:
-    """`12.7`: task 7 of array 12 (kill, hold and resume take one)."""
-    head, dot, tail = word.partition(".")
-    return bool(dot and head.isdigit() and int(head) and tail.isdigit())
 
 
 job_or_task_ids = partial(job_ids, tasks=True)  # (grun.shell's completion knows the verbs by their readers)
@@ -137,7 +132,7 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME...`: a word not a job id (12) or task (12.7) names a job (kill's `-j NAME` may stand alone)."""
-    names = [w for w in words if not (w.isdigit() or task_id(w))]
+    names = [w for w in words if not (w.isdigit() or task_ref(w))]
     ids = [w for w in words if w not in names]
     ids = [] if not ids and (names or opts.get("name")) else job_ids(ids, called, tasks=True)["ids"]
     return {"ids": ids, "names": names + ([opts["name"]] if opts.get("name") else [])}

@@ -23,12 +23,14 @@ import Pyro5.api
 from .. import auth, registry
 from ..background import Loop
 from ..core import jobs as J
+from ..core.arrays import has_task
 from ..core.explain import disk_low, explain, progress, provenance
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
 from ..core.rules import SCRIPT_BYTES
 from ..plugins import Plugins
 from ..spool import spool_space
 from ..store import Store, StoreError
+from ..values import task_ref
 
 log = logging.getLogger("grun.master")
 
@@ -340,16 +342,30 @@ class Master:
         auth.require("report job ends")
         return self._do("finished", str(name), reports)
 
-    def job(self, job_id: int) -> dict:
-        job_id = J.parse_job_id(job_id)
+    def job(self, job_id: int | str) -> dict:
+        """A job's record: live, or ended (recent, else from history). A task `12.7` (task 7 of array 12): its own
+        record once it has begun (live, or ended), its array's while it has not (the array's has no `task`)."""
+        job_id, task = task_ref(job_id) or (J.parse_job_id(job_id), None)
         with self.lock:
-            job = self.core.table.jobs.get(job_id) or self.core.recent.get(job_id)
+            live = self.core.table.tasks.get(job_id, {}).get(task)  # (a task begun and not ended)
+            job = self.core.table.jobs.get(live or job_id) or self.core.recent.get(job_id)
             view = None if job is None else self.core.view(job)
         if view is None and (found := self.store.find_history(job_id)) is not None:
             view = J.public_view(found)
         if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"unknown job id {job_id}")
-        return view
+        return view if task is None or "task" in view else self._ended_task(view, task)
+
+    def _ended_task(self, array: dict, task: int) -> dict:
+        """Task `task` of this array, not live: its array's record if it has not begun, else its own from history."""
+        if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
+            raise LookupError(f"job {array['id']} {f'has no task {task}' if 'ranges' in array else 'is not an array'}")
+        if has_task(array, task):
+            return array  # (not begun yet)
+        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (array["id"], task))
+        if not ended:
+            raise LookupError(f"task {array['id']}.{task} ended too long ago (see grun -q history)")
+        return J.public_view(ended[0])
 
     def jobs(self) -> list[dict]:
         only = self._only()
