@@ -5,7 +5,7 @@ forms (`grun -k 3` runs `kill 3`). On the path of every `grun CMD`: nothing heav
 import os
 import sys
 from collections import namedtuple
-from functools import cached_property, partial
+from functools import cached_property
 
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
@@ -111,18 +111,6 @@ def no_words(words: list[str], called: str, opts: dict) -> dict:
     return {}
 
 
-def job_ids(words: list[str], called: str, opts: dict | None = None, tasks: bool = False) -> dict:
-    if not words:
-        raise UsageError(f"{called} needs job ids")
-    bad = next((w for w in words if not (w.isdigit() and int(w)) and not (tasks and task_ref(w))), None)
-    if bad is not None:
-        raise UsageError(f"bad job id {bad!r}")
-    return {"ids": [int(w) if w.isdigit() else w for w in words]}
-
-
-job_or_task_ids = partial(job_ids, tasks=True)  # (grun.shell's completion knows the verbs by their readers)
-
-
 def one_id(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME`: one job (12), task (12.7) or name."""
     if len(words) != 1:
@@ -132,10 +120,13 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME...`: a word not a job id (12) or task (12.7) names a job (kill's `-j NAME` may stand alone)."""
-    names = [w for w in words if not (w.isdigit() or task_ref(w))]
-    ids = [w for w in words if w not in names]
-    ids = [] if not ids and (names or opts.get("name")) else job_ids(ids, called, tasks=True)["ids"]
-    return {"ids": ids, "names": names + ([opts["name"]] if opts.get("name") else [])}
+    names = [w for w in words if not (w.isdecimal() or task_ref(w))]
+    if not words and not opts.get("name"):
+        raise UsageError(f"{called} needs job ids")
+    if bad := next((w for w in words if w.isdecimal() and not int(w)), None):
+        raise UsageError(f"bad job id {bad!r}")
+    return {"ids": [int(w) if w.isdecimal() else w for w in words if w not in names],
+            "names": names + ([opts["name"]] if opts.get("name") else [])}
 
 
 def by_name(ctx: Context, args: dict, finished: bool = False) -> list:

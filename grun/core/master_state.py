@@ -20,11 +20,11 @@ on each NodeView when its node was last heard from and whether it was declared l
 import collections
 import itertools
 import random
-import re
 from dataclasses import dataclass, field
 
 from ..config import KEYS
 from ..mounts import reported
+from ..values import task_ref
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
@@ -172,8 +172,8 @@ class MasterState:
         (by id, or by (user, name)); see grun.core.deps.resolve."""
         for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
             for kind in (k for k in J.DEP_KINDS if k in req):
-                req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if isinstance(
-                    ref, str) and re.fullmatch(r"\d+\.\d+", ref) else ref for ref in req[kind]]
+                req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if task_ref(ref) else ref
+                             for ref in req[kind]]
         ids, records, names, next_id = [], [], set(), self.table.next_id
         for req in requests:
             known = self.table.token_id(req["token"])
@@ -216,11 +216,10 @@ class MasterState:
         not started yet is made a job to act on."""
         found, jobs = {}, {}
         for raw in job_ids:
-            m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", raw) if isinstance(raw, str) else None
-            if m is None:
+            if (ref := task_ref(raw) if isinstance(raw, str) else None) is None:
                 key = str(job_id := J.parse_job_id(raw))
             else:
-                key, (array_id, task) = f"{int(m[1])}.{int(m[2])}", (int(m[1]), int(m[2]))
+                key, (array_id, task) = f"{ref[0]}.{ref[1]}", ref
                 job_id, array = self.table.tasks.get(array_id, {}).get(task), self.table.jobs.get(array_id)
                 if job_id is None and step is not None and array is not None and A.has_task(array, task):
                     job_id = self.table.next_id
