@@ -91,12 +91,8 @@ def start_daemon(bind: str, advertise: str) -> "Pyro5.api.Daemon":
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
     configure()
-    daemon = Pyro5.api.Daemon(host=bind, port=0)
-    if is_any_address(bind):
-        port = daemon.sock.getsockname()[1]
-        daemon.close()
-        daemon = Pyro5.api.Daemon(host=bind, port=port, nathost=advertise, natport=port)
-    return _guard(daemon)
+    nat = advertise if is_any_address(bind) else None  # (natport 0: the port the daemon bound)
+    return _guard(Pyro5.api.Daemon(host=bind, port=0, nathost=nat, natport=0 if nat else None))
 
 
 def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread":
