@@ -81,9 +81,8 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
                 where.setdefault(kind, f"{lines.get(key)} (original {key})")
             elif key in _RENAMED:
                 put(_RENAMED[key], key, value)
-            elif key == "default_memory":  # a bare number is in kB there, 1000 kB a MB
-                put(key, key, math.ceil(float(value) / 1000) if _is_number(value) else value)
-                where[key] = f"{lines.get(key)} (in kB there: {value})" if _is_number(value) else where[key]
+            elif key == "default_memory" and _is_number(value):  # in kB there, 1000 kB a MB (4G: as ours)
+                out[key], where[key] = math.ceil(float(value) / 1000), f"{lines.get(key)} (in kB there: {value})"
             elif key == "bind":  # its port is the one the master listens on, unless `master:` gives one
                 host, port = parse_hostport(str(value), 0)
                 put(key, key, host)
