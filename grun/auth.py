@@ -19,6 +19,7 @@ import struct
 import time
 
 from . import munge
+from .values import format_hostport
 
 PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
@@ -146,7 +147,6 @@ def tls_server():
 
 
 def _daemon_side(base):
-    import contextlib
     import socket
 
     class DaemonSide(base):
@@ -168,13 +168,19 @@ def _daemon_side(base):
                     raise ConnectionRefusedError("it speaks plain Pyro5, not TLS")
                 return super().recv(n, flags)  # the handshake, then the data
             except OSError as exc:
-                import logging
-                peer = "?"
-                with contextlib.suppress(OSError):
-                    peer = "{}:{}".format(*self.getpeername()[:2])
-                logging.getLogger("grun.auth").warning("refused a connection from %s: TLS: %s", peer, exc)
+                log_refused(self, f"TLS: {exc}")
                 raise
     return DaemonSide
+
+
+def log_refused(sock, why: str) -> None:
+    """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here)."""
+    import contextlib
+    import logging
+    peer = "?"
+    with contextlib.suppress(OSError):
+        peer = format_hostport(*sock.getpeername()[:2])
+    logging.getLogger("grun.auth").warning("refused a connection from %s: %s", peer, why)
 
 
 def tls_pyro5() -> None:

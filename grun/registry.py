@@ -68,11 +68,7 @@ def _guard(daemon):
             conn.grun_caller = auth.who(data)
             if conn.grun_caller is not None:
                 return "hello"
-            import contextlib
-            import logging  # (not at the top, as contextlib: clients import this module)
-            with contextlib.suppress(OSError):
-                conn = format_hostport(*conn.sock.getpeername()[:2])
-            logging.getLogger("grun.auth").warning("refused a connection from %s: no valid proof of the secret", conn)
+            auth.log_refused(conn.sock, "no valid proof of the secret")
             raise PermissionError(auth.REFUSED)
         daemon.validateHandshake = validate
     return daemon
