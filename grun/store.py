@@ -65,10 +65,9 @@ def _read_tables(path: str, *names: str) -> list[list[dict]]:
 
 class Store:
 
-    def __init__(self, state_dir: str, *, history_rotate_docs: int = 2000,
-                 history_flush_secs: float = 1.0, log: logging.Logger | None = None):
+    def __init__(self, state_dir: str, *, history_rotate_docs: int = 2000, history_flush_secs: float = 1.0):
         self.dir = os.path.abspath(state_dir)
-        self._log = log or logging.getLogger("grun.store")
+        self._log = logging.getLogger("grun.store")
         self.problems: list[str] = []  # one line each, for an admin: damage found, data kept aside
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         # Two masters appending to one journal would interleave seqs: refuse the second.
