@@ -130,13 +130,6 @@ def drop_pipe(pipe: int) -> int:
     return lost
 
 
-def lost_output(status: dict, lost: int) -> dict:
-    """The job's status, its error saying that `lost` bytes of its output could not be spooled."""
-    if lost:
-        status["error"] = "; ".join(filter(None, (status.get("error"), f"{lost} bytes of output lost: spool disk full")))
-    return status
-
-
 def first_held(job_dir: str, name: str) -> int:
     """The first byte of a spool file still held (those before were delivered and punched out)."""
     with contextlib.suppress(OSError):
@@ -180,19 +173,16 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     waits for the disk once, not once per job. Returns the indexes written; one not written (its spool
     is gone, or its disk full) leaves no status.json (its writer tries again: see grun.spawner).
     No temp file: a reader that catches one half-written sees invalid JSON and looks again later."""
-    opened = []
+    opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
-        fd = None
         try:
-            fd = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            if os.write(fd, data.encode()) == len(data.encode()):
-                opened.append((i, fd))
-                continue
+            opened[i] = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            if os.write(opened[i], data.encode()) < len(data.encode()):
+                raise OSError(errno.ENOSPC, "short write")
         except OSError:
-            pass
-        _unwritten(job_dir, fd)
+            _unwritten(job_dir, opened.pop(i, None))
     written = []
-    for i, fd in opened:  # invariant 3: the end outlives us, whoever dies next
+    for i, fd in opened.items():  # invariant 3: the end outlives us, whoever dies next
         try:
             os.fdatasync(fd)  # (a file system that allocates late says ENOSPC only here)
             written.append(i)
