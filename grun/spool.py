@@ -258,25 +258,21 @@ def reaper_alive(name: str) -> bool:
 class Acks:
     def __init__(self, spool: str, current):
         """`current()`: the acks of the jobs still here, what the log is rewritten with past ACKS_COMPACT_BYTES."""
-        self.path, self.current, self.lock = os.path.join(spool, "acks.log"), current, threading.Lock()
+        self.path, self.current, self.lock = os.path.join(spool, "acks.log"), current, threading.RLock()
 
     def add(self, kind: str, jobs: list[tuple[int, int]]) -> None:
         with self.lock, open(self.path, "a") as f:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
-            big = f.tell() >= ACKS_COMPACT_BYTES
-        if big:
-            self.rewrite(self.current)
+            if f.tell() >= ACKS_COMPACT_BYTES:
+                self.rewrite(self.current)
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
         """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
         acks: dict[tuple[int, int], set[str]] = {}
-        try:
-            with open(self.path, "rb") as f:
-                for words in map(bytes.split, f):
-                    if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
-                        acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
-        except OSError:
-            return acks
+        with contextlib.suppress(OSError), open(self.path, "rb") as f:  # (none yet: an empty log is written)
+            for words in map(bytes.split, f):
+                if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+                    acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(jobs_dir, str(k[0])))}
         with contextlib.suppress(OSError):  # (a full disk: the log stays as it was, longer than needed)
             self.rewrite(lambda: acks)
