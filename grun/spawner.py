@@ -170,20 +170,19 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
-_stuck_sync: int | None = None  # the pipe of a sync child still held by a hung server (one at most)
+_sync_pipe: int | None = None  # the pipe of the last sync child: readable (its end closed) once the child has ended
 
 
 def _sync_as(ident: dict, paths: list) -> None:
     """mounts.sync for the reaper, in a child as the job's user: a thread of ours stuck on a hung server would
     block every later id switch here (glibc's seteuid waits for each thread), a child only itself. Returns
     within SYNC_SECS; while a child is stuck, later syncs are skipped. The reaper collects the child (reap)."""
-    global _stuck_sync
-    if _stuck_sync is not None:
-        if not select.select([_stuck_sync], [], [], 0)[0]:
-            return
-        os.close(_stuck_sync)  # (it ended: its end of the pipe closed)
-        _stuck_sync = None
-    r, w = os.pipe2(os.O_CLOEXEC)
+    global _sync_pipe
+    if _sync_pipe is not None:
+        if not select.select([_sync_pipe], [], [], 0)[0]:
+            return  # (the last one is still stuck)
+        os.close(_sync_pipe)
+    _sync_pipe, w = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         try:
             with _as_user(ident):
@@ -191,10 +190,7 @@ def _sync_as(ident: dict, paths: list) -> None:
         finally:
             os._exit(0)
     os.close(w)
-    if select.select([r], [], [], mounts.SYNC_SECS)[0]:
-        os.close(r)
-    else:
-        _stuck_sync = r
+    select.select([_sync_pipe], [], [], mounts.SYNC_SECS)
 
 
 def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
