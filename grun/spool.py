@@ -104,9 +104,7 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
         try:
             while left > 0 and (n := append_from_pipe(pipe, fd, left)):
                 left -= n
-        except BlockingIOError:
-            pass  # empty, but a process the job left behind still has it open
-        except OSError as exc:
+        except OSError as exc:  # (EAGAIN: empty, but a process the job left behind still has it open)
             return not disk_full(exc)
         finally:
             os.close(fd)
