@@ -48,9 +48,8 @@ class StreamBroken(Exception):
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    for option, value in ((socket.TCP_KEEPIDLE, KEEPIDLE), (socket.TCP_KEEPINTVL, KEEPINTVL), (socket.TCP_KEEPCNT, KEEPCNT)):
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.socket:

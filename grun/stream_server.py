@@ -32,8 +32,7 @@ class _Attach:
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
                  get_status: Callable[[], dict | None], output):
-        self.job_key, self.stdin_fd, self.output = job_key, stdin_fd, output
-        self.get_status = get_status
+        self.job_key, self.stdin_fd, self.output, self.get_status = job_key, stdin_fd, output, get_status
         self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
                       for name, offset, kind in zip(("stdout", "stderr"), offsets, (stream.OUT, stream.ERR))]
         if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
