@@ -187,9 +187,8 @@ class Drain:
         self.loop.start()
 
     def add(self, key: str, job_dir: str) -> None:
-        """Drain the pipes the job has (a stream sent to a file by -o has none)."""
-        if key in self.outputs:
-            return
+        """Drain the pipes the job has (a stream sent to a file by -o has none); once per job, when the node
+        writes its directory or adopts it."""
         out = self.outputs[key] = Output(self, key, job_dir)
         with out.lock:
             for name in STREAMS:

@@ -107,11 +107,8 @@ def _tail(path: str | None, size: int = 8192) -> bytes:
     except (OSError, TypeError, ValueError):
         return b""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return b""
-        end = os.lseek(fd, 0, os.SEEK_END)
-        os.lseek(fd, max(0, end - size), os.SEEK_SET)
-        return os.read(fd, size)
+        found = os.fstat(fd)
+        return os.pread(fd, size, max(0, found.st_size - size)) if stat.S_ISREG(found.st_mode) else b""
     except OSError:
         return b""
     finally:

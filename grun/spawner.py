@@ -121,14 +121,14 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str
     return f"{argv[0]}: {exc.strerror}", 126
 
 
-def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float | None = None) -> dict:
+def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int) -> dict:
     """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
     the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
     same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
     caused to be read from or written to storage (page-cache hits are not reads). The node's sampler
     leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's last stderr
-    lines may tell that an rlimit stopped it. `end`: when it ended (now by default)."""
-    end = end or time.time()
+    lines may tell that an rlimit stopped it. `end`: when it ended; `lost`: how many bytes of its output a
+    full spool disk made us drop (see grun.drain)."""
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
@@ -140,6 +140,8 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
     found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(
         status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
+    if lost:
+        status["error"] = f"{lost} bytes of output lost: spool disk full"
     return status
 
 
@@ -168,20 +170,19 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
-_stuck_sync: int | None = None  # the pipe of a sync child still held by a hung server (one at most)
+_sync_pipe: int | None = None  # the pipe of the last sync child: readable (its end closed) once the child has ended
 
 
 def _sync_as(ident: dict, paths: list) -> None:
     """mounts.sync for the reaper, in a child as the job's user: a thread of ours stuck on a hung server would
     block every later id switch here (glibc's seteuid waits for each thread), a child only itself. Returns
     within SYNC_SECS; while a child is stuck, later syncs are skipped. The reaper collects the child (reap)."""
-    global _stuck_sync
-    if _stuck_sync is not None:
-        if not select.select([_stuck_sync], [], [], 0)[0]:
-            return
-        os.close(_stuck_sync)  # (it ended: its end of the pipe closed)
-        _stuck_sync = None
-    r, w = os.pipe2(os.O_CLOEXEC)
+    global _sync_pipe
+    if _sync_pipe is not None:
+        if not select.select([_sync_pipe], [], [], 0)[0]:
+            return  # (the last one is still stuck)
+        os.close(_sync_pipe)
+    _sync_pipe, w = os.pipe2(os.O_CLOEXEC)
     if os.fork() == 0:
         try:
             with _as_user(ident):
@@ -189,10 +190,7 @@ def _sync_as(ident: dict, paths: list) -> None:
         finally:
             os._exit(0)
     os.close(w)
-    if select.select([r], [], [], mounts.SYNC_SECS)[0]:
-        os.close(r)
-    else:
-        _stuck_sync = r
+    select.select([_sync_pipe], [], [], mounts.SYNC_SECS)
 
 
 def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
@@ -322,8 +320,7 @@ class Reaper:
             self.ending.remove(ending)
             run = ending.run
             try:
-                spool.lost_output(exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage,
-                                              ending.end), ending.lost)
+                exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost)
                 if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
                     from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
                     with _as_user(_identity(run.job)):
@@ -396,10 +393,8 @@ class Reaper:
         while not eof or self.runs or self.unwritten or self.ending:
             pause = 0.2 if self.ending else spool.DISK_RETRY_SECS if self.unwritten else 5.0
             ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
-            if wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 4096):
-                        pass
+            if wake_r in ready:  # (one read empties it: a pipe holds 64 KiB)
+                os.read(wake_r, 1 << 16)
             if control in ready:
                 data = os.read(control, 1 << 16)
                 eof, eof_at = not data, time.monotonic()

@@ -104,9 +104,7 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
         try:
             while left > 0 and (n := append_from_pipe(pipe, fd, left)):
                 left -= n
-        except BlockingIOError:
-            pass  # empty, but a process the job left behind still has it open
-        except OSError as exc:
+        except OSError as exc:  # (EAGAIN: empty, but a process the job left behind still has it open)
             return not disk_full(exc)
         finally:
             os.close(fd)
@@ -128,13 +126,6 @@ def drop_pipe(pipe: int) -> int:
         while lost < 1 << 20 and (n := len(os.read(pipe, 1 << 16))):
             lost += n
     return lost
-
-
-def lost_output(status: dict, lost: int) -> dict:
-    """The job's status, its error saying that `lost` bytes of its output could not be spooled."""
-    if lost:
-        status["error"] = "; ".join(filter(None, (status.get("error"), f"{lost} bytes of output lost: spool disk full")))
-    return status
 
 
 def first_held(job_dir: str, name: str) -> int:
@@ -180,19 +171,16 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     waits for the disk once, not once per job. Returns the indexes written; one not written (its spool
     is gone, or its disk full) leaves no status.json (its writer tries again: see grun.spawner).
     No temp file: a reader that catches one half-written sees invalid JSON and looks again later."""
-    opened = []
+    opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
-        fd = None
         try:
-            fd = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            if os.write(fd, data.encode()) == len(data.encode()):
-                opened.append((i, fd))
-                continue
+            opened[i] = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            if os.write(opened[i], data.encode()) < len(data.encode()):
+                raise OSError(errno.ENOSPC, "short write")
         except OSError:
-            pass
-        _unwritten(job_dir, fd)
+            _unwritten(job_dir, opened.pop(i, None))
     written = []
-    for i, fd in opened:  # invariant 3: the end outlives us, whoever dies next
+    for i, fd in opened.items():  # invariant 3: the end outlives us, whoever dies next
         try:
             os.fdatasync(fd)  # (a file system that allocates late says ENOSPC only here)
             written.append(i)
@@ -268,25 +256,21 @@ def reaper_alive(name: str) -> bool:
 class Acks:
     def __init__(self, spool: str, current):
         """`current()`: the acks of the jobs still here, what the log is rewritten with past ACKS_COMPACT_BYTES."""
-        self.path, self.current, self.lock = os.path.join(spool, "acks.log"), current, threading.Lock()
+        self.path, self.current, self.lock = os.path.join(spool, "acks.log"), current, threading.RLock()
 
     def add(self, kind: str, jobs: list[tuple[int, int]]) -> None:
         with self.lock, open(self.path, "a") as f:
             f.write("".join(f"{kind} {job_id} {attempt}\n" for job_id, attempt in jobs))
-            big = f.tell() >= ACKS_COMPACT_BYTES
-        if big:
-            self.rewrite(self.current)
+            if f.tell() >= ACKS_COMPACT_BYTES:
+                self.rewrite(self.current)
 
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
         """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
         acks: dict[tuple[int, int], set[str]] = {}
-        try:
-            with open(self.path, "rb") as f:
-                for words in map(bytes.split, f):
-                    if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
-                        acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
-        except OSError:
-            return acks
+        with contextlib.suppress(OSError), open(self.path, "rb") as f:  # (none yet: an empty log is written)
+            for words in map(bytes.split, f):
+                if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+                    acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(jobs_dir, str(k[0])))}
         with contextlib.suppress(OSError):  # (a full disk: the log stays as it was, longer than needed)
             self.rewrite(lambda: acks)

@@ -8,12 +8,14 @@ Frames, both ways: 1 type byte + 4-byte big-endian length + payload. The client 
 No logging, secrets or dataclasses here: every `grun CMD` imports this module (tests/test_cli_fast.py)."""
 import contextlib
 import errno
+import io
 import json
 import os
 import select
 import socket
 import struct
 import threading
+from functools import partial
 
 from . import auth
 from .wire import recv_exact
@@ -33,7 +35,6 @@ KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
 
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-_SPLICE = getattr(os, "splice", None)
 
 
 class StreamBroken(Exception):
@@ -47,9 +48,8 @@ class StreamBroken(Exception):
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", KEEPIDLE), ("TCP_KEEPINTVL", KEEPINTVL), ("TCP_KEEPCNT", KEEPCNT)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    for option, value in ((socket.TCP_KEEPIDLE, KEEPIDLE), (socket.TCP_KEEPINTVL, KEEPINTVL), (socket.TCP_KEEPCNT, KEEPCNT)):
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.socket:
@@ -148,17 +148,14 @@ def write_all(fd: int, data) -> None:
 def _send_input(sock: socket.socket, source: int | bytes, send_lock: threading.Lock) -> None:
     """Our input (a fd read to its end, or the whole of it as bytes) as STDIN frames, then STDIN_EOF.
     A thread of its own: it may stay blocked reading a tty."""
-    view, pos = memoryview(source) if isinstance(source, (bytes, bytearray, memoryview)) else None, 0
+    read = io.BytesIO(source).read if isinstance(source, (bytes, bytearray, memoryview)) else partial(os.read, source)
     try:
         while True:
-            if view is not None:
-                data, pos = view[pos:pos + STDIN_READ], pos + STDIN_READ
-            else:
-                try:
-                    data = os.read(source, STDIN_READ)
-                except BlockingIOError:
-                    select.select([source], [], [])  # someone handed us a non-blocking fd
-                    continue
+            try:
+                data = read(STDIN_READ)
+            except BlockingIOError:
+                select.select([source], [], [])  # someone handed us a non-blocking fd
+                continue
             with send_lock:  # once attach() has ended, the socket is shut down or closed: this fails
                 sock.sendall(HEADER.pack(STDIN if data else STDIN_EOF, len(data)) + data, _NOSIGNAL)
             if not data:
@@ -193,7 +190,7 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
     space (None when the kernel cannot splice between these fds), or through our buffer."""
     while True:
         try:
-            k = _SPLICE(sock.fileno(), sink, n) if splice else sock.recv_into(view[:n])
+            k = os.splice(sock.fileno(), sink, n) if splice else sock.recv_into(view[:n])
         except BlockingIOError:
             select.select([], [sink], [])  # someone handed us a non-blocking pipe
             continue
@@ -230,9 +227,9 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
                              daemon=True).start()
         view = memoryview(bytearray(1 << 20))
-        # Pipes get the bytes by splice (os.splice: Linux, Python >= 3.10): no copy into Python and out
-        # again (half the client's CPU). Other fds refuse it at the first frame, and get copies.
-        pipes = {kind for kind, sink in sinks.items() if _SPLICE and not callable(sink)}
+        # Pipes get the bytes by splice: no copy into Python and out again (half the client's CPU).
+        # Other fds refuse it at the first frame, and get copies.
+        pipes = {kind for kind, sink in sinks.items() if not callable(sink)}
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))
             if n > MAX_FRAME or (kind not in sinks and kind != EXIT):

@@ -32,8 +32,7 @@ class _Attach:
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
                  get_status: Callable[[], dict | None], output):
-        self.job_key, self.stdin_fd, self.output = job_key, stdin_fd, output
-        self.get_status = get_status
+        self.job_key, self.stdin_fd, self.output, self.get_status = job_key, stdin_fd, output, get_status
         self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
                       for name, offset, kind in zip(("stdout", "stderr"), offsets, (stream.OUT, stream.ERR))]
         if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
@@ -45,6 +44,9 @@ class _Attach:
     def release(self) -> None:
         """The offer is done with: expired, or its connection over."""
         self.close_stdin()
+        for tail in self.tails:
+            if tail.fd is not None:
+                os.close(tail.fd)
         if self.output is not None:
             self.output.detach(self.tails)
             self.output = None
@@ -61,34 +63,29 @@ class _Attach:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv or sendfile
 
     def pump(self) -> None:
-        tails, wait = self.tails, MIN_WAIT
-        try:
-            while not self.closed:
-                self.wake.clear()
-                # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
-                status = self.get_status()
-                sent = sum(tail.pump(self.sock) for tail in tails)
-                if sent and self.output is not None:
-                    self.output.progress()
-                if not sent and status is not None:
-                    payload = json.dumps(status).encode()
-                    self.sock.sendall(stream.HEADER.pack(stream.EXIT, len(payload)) + payload)
-                    self.exited = True
-                    # Half-close and let the client hang up first: closing with its stdin frames
-                    # still unread would send a RST that can destroy the EXIT frame in flight.
-                    self.sock.shutdown(socket.SHUT_WR)
-                    self.reader.join(EXIT_LINGER)
-                    return
-                if sent < stream.BATCH:
-                    # After a small frame too: a job writing fast would otherwise be chased in tiny
-                    # frames, and on a small machine the chase steals the CPU the job needs. An idle
-                    # stream still sends its first new line at once; only the follow-up waits.
-                    self.wake.wait(MIN_WAIT if sent else wait)
-                wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
-        finally:
-            for tail in tails:
-                if tail.fd is not None:
-                    os.close(tail.fd)
+        tails, wait = self.tails, MIN_WAIT  # (their files are closed by release)
+        while not self.closed:
+            self.wake.clear()
+            # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
+            status = self.get_status()
+            sent = sum(tail.pump(self.sock) for tail in tails)
+            if sent and self.output is not None:
+                self.output.progress()
+            if not sent and status is not None:
+                payload = json.dumps(status).encode()
+                self.sock.sendall(stream.HEADER.pack(stream.EXIT, len(payload)) + payload)
+                self.exited = True
+                # Half-close and let the client hang up first: closing with its stdin frames
+                # still unread would send a RST that can destroy the EXIT frame in flight.
+                self.sock.shutdown(socket.SHUT_WR)
+                self.reader.join(EXIT_LINGER)
+                return
+            if sent < stream.BATCH:
+                # After a small frame too: a job writing fast would otherwise be chased in tiny
+                # frames, and on a small machine the chase steals the CPU the job needs. An idle
+                # stream still sends its first new line at once; only the follow-up waits.
+                self.wake.wait(MIN_WAIT if sent else wait)
+            wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
 
     def read(self) -> None:
         try:

@@ -135,11 +135,9 @@ class Node(NodeJobs):
         started from now on; what the master places by, by registering again) and returns {key: new
         value} for those that changed; other keys are not the node's and are ignored."""
         auth.require("reconfigure a node")
-        changed = {}
-        for key, value in changes.items():
-            if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(self, key) != value:
-                setattr(self, key, value)
-                changed[key] = value
+        changed = {key: value for key, value in changes.items()
+                   if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(self, key) != value}
+        vars(self).update(changed)
         self._reregister |= bool(REREGISTER & changed.keys())
         self._report_now.wake()
         return changed

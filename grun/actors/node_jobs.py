@@ -264,8 +264,7 @@ class NodeJobs:
         if sender[1] != os.geteuid():  # only our reapers may say that a job started or ended
             log.warning("ignored a ping from pid %s, uid %s: not a reaper of this node", *sender[:2])
             return
-        data = data.decode(errors="replace")
-        for message in data.split("\n"):
+        for message in data.decode(errors="replace").split("\n"):
             what, _, rest = message.partition(" ")
             job_id, _, rest = rest.partition(" ")
             live = self.live.get(int(job_id)) if job_id.isdigit() else None
@@ -372,9 +371,9 @@ class NodeJobs:
     def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
         """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
         lost = self.drain.finish(str(live.id), flush=True)
-        status = spool.lost_output(spawner.exit_status(live.dir, live.job, {
+        status = spawner.exit_status(live.dir, live.job, {
             "start_time": spool.started_at(live.dir) or time.time(), "limits": dict(live.job.get("limits") or {})},
-            wstatus, rusage), lost)
+            wstatus, rusage, time.time(), lost)
         if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
             log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
         self._finished(live, status)
