@@ -183,10 +183,8 @@ class NodeIndex(dict):
             self[node.name] = node
 
     def __setitem__(self, name: str, node: NodeView) -> None:
-        old = self.get(name)
-        if old is not None and old is not node:
-            self._unfile(old)
-            object.__setattr__(old, "_index", None)
+        if name in self:  # (another view of the node replaces it)
+            del self[name]
         super().__setitem__(name, node)
         object.__setattr__(node, "_index", self)
         self._dirty[name] = node
@@ -228,8 +226,6 @@ class NodeIndex(dict):
             del self._keys[bisect_left(self._keys, key)]
 
     def refresh(self) -> None:
-        if not self._dirty:
-            return
         dirty, self._dirty = self._dirty, {}
         for name, node in dirty.items():
             if self.get(name) is not node:
