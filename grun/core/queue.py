@@ -112,19 +112,14 @@ class JobTable:
         elif op == "resume" and state == J.SUSPENDED:
             job["state"] = J.RUNNING
             job.pop("suspend_time", None)
-        elif op == "edit" and state in (J.QUEUED, J.HELD, J.WAITING):
+        elif op in ("edit", "dep") and state in (J.QUEUED, J.HELD, J.WAITING):  # "dep": one dependency met
+            changes = rec["changes"] if op == "edit" else {"deps": [d for d in job["deps"] if d[1] != rec["dep"]]}
             self.pending.remove(job)
             self._index(job, False)
-            job.update(rec["changes"])
+            job.update(changes)
             job.pop("reserved_node", None)
             self._index(job, True)
             if state != J.HELD:
-                self._settle(job, rec["time"])
-        elif op == "dep" and state in (J.WAITING, J.HELD):  # one dependency met
-            self._index(job, False)
-            job["deps"] = [d for d in job["deps"] if d[1] != rec["dep"]]
-            self._index(job, True)
-            if state == J.WAITING:
                 self._settle(job, rec["time"])
         elif op == "ready" and state == J.WAITING:  # its retry is due
             self._settle(job, rec["time"])
@@ -295,12 +290,11 @@ class JobTable:
         if entry is None:
             return
         self.quotas.count(job, entry[1], -1)
-        node = self.nodes.get(entry[0])
-        if node is not None:
-            node.take(entry[1], -1)
-            node.jobs.discard(job["id"])
-            node.used_cpus = max(0.0, node.used_cpus)
-            node.used_memory = max(0, node.used_memory)
+        node = self.nodes[entry[0]]  # (a node holding a job is not forgotten)
+        node.take(entry[1], -1)
+        node.jobs.discard(job["id"])
+        node.used_cpus = max(0.0, node.used_cpus)
+        node.used_memory = max(0, node.used_memory)
 
     def claims(self, now: float) -> dict:
         """Node name -> a copy of the queued job that reserved it, with its `window`: how long until the jobs
