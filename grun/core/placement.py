@@ -114,7 +114,7 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
                 plan.more = True
                 return plan
             if quotas is not None:
-                quotas.charge(job, extra)
+                quotas.count(job, job, totals=extra)
                 if quotas.refusal(job, extra):
                     break
         if placed or not copies:

@@ -48,9 +48,6 @@ class Quotas:
                 for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
 
-    def charge(self, job: dict, extra: dict) -> None:
-        self.count(job, job, 1, extra)
-
     def refusal(self, job: dict, extra: dict | None = None) -> str | None:
         """Why one more copy of the job would pass a limit, or None."""
         if not self.limits:
