@@ -287,6 +287,4 @@ class NodeIndex(dict):
                 if ok(node):
                     return node
         usable = [node for node in bucket if ok(node)]
-        if not usable:
-            return None
-        return usable[0] if len(usable) == 1 else rng.choice(usable)
+        return rng.choice(usable) if usable else None

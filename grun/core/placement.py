@@ -154,8 +154,7 @@ def _reserve(job: dict, index: NodeIndex, claims: dict, plan: Plan, rng) -> bool
         if not short:
             return False
         least = min(s for s, _ in short)
-        closest = [n for s, n in short if s <= least + EPS]
-        node = closest[0] if len(closest) == 1 else rng.choice(closest)
+        node = rng.choice([n for s, n in short if s <= least + EPS])
         _drop_claim(claims, job)
         plan.reserve.append((job, node))
     claims.setdefault(node.name, job)  # (a claim it holds already keeps its backfill window)
