@@ -67,15 +67,11 @@ def has_task(array: dict, task: int) -> bool:
 
 
 def take(array: dict, task: int) -> None:
-    """Mark the task started: the cursor (`at`: range index, task id) moves past it, or a task started
-    out of order is remembered (`taken`) until the cursor passes it. Fields are replaced, never
+    """Mark the task started: it joins `taken`, the tasks started ahead of the cursor (`at`: range index,
+    task id), and the cursor moves past those it reaches, which leave `taken`. Fields are replaced, never
     changed in place: a snapshot being written may hold the old values."""
     array["started"] += 1
-    if task != array["at"][1]:
-        array["taken"] = [*array["taken"], task]
-        return
-    ri, at = _after(array["ranges"], *array["at"])
-    taken = list(array["taken"])
+    taken, (ri, at) = [*array["taken"], task], array["at"]
     while at in taken:
         taken.remove(at)
         ri, at = _after(array["ranges"], ri, at)
