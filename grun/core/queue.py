@@ -311,9 +311,8 @@ class JobTable:
             run, began = job.get("time") or job.get("expected_time"), job.get("start_time", job.get("dispatch_time"))
             if not run or began is None or began + run <= now:
                 return 0.0  # no estimate, or past it: it may end any moment, or never
-            ends.append((began + run, job["id"]))
-        for end, job_id in sorted(ends):
-            job = self.jobs[job_id]
+            ends.append((began + run, job["id"], job))
+        for end, _, job in sorted(ends):  # (in id order at equal ends: a dict is never compared)
             frees = {"cpus": job["cpus"], "memory": job["memory"], **consumables(job, node)}
             room = {k: v + frees.get(k, 0) for k, v in room.items()}
             if all(room[k] + EPS >= v for k, v in need.items()):
