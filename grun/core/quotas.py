@@ -55,10 +55,8 @@ class Quotas:
         need = amounts(job)
         for owner in owners(job):
             for name, cap in self.caps(owner).items():
-                if not need.get(name):
-                    continue
                 have = self.totals.get(owner, {}).get(name, 0) + (extra or {}).get(owner, {}).get(name, 0)
-                if have + need[name] > cap + EPS:
+                if need.get(name) and have + need[name] > cap + EPS:
                     return _text(owner, name, cap, have, need[name])
         return None
 
