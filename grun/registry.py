@@ -79,16 +79,22 @@ def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserv
     registered on this same daemon, so one port serves both."""
     import Pyro5.nameserver
     configure()
-    nat = advertise if is_any_address(bind) else None
-    return _guard(Pyro5.nameserver.NameServerDaemon(host=bind, port=port, nathost=nat, natport=port if nat else None))
+    return _advertised(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
 
 
 def start_daemon(bind: str, advertise: str) -> "Pyro5.api.Daemon":
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
     configure()
-    nat = advertise if is_any_address(bind) else None  # (natport 0: the port the daemon bound)
-    return _guard(Pyro5.api.Daemon(host=bind, port=0, nathost=nat, natport=0 if nat else None))
+    return _advertised(Pyro5.api.Daemon(host=bind, port=0), bind, advertise)
+
+
+def _advertised(daemon, bind: str, advertise: str):
+    """A daemon bound to all interfaces hands out URIs with `advertise` (bracketed if IPv6) and the port it bound.
+    (Set here, not by Pyro5's natport=0: before 5.17 it cannot read the port out of "[::]:PORT".)"""
+    if is_any_address(bind):
+        daemon.natLocationStr = format_hostport(advertise, daemon.sock.getsockname()[1])
+    return _guard(daemon)
 
 
 def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread":

@@ -267,10 +267,15 @@ class Acks:
     def load(self, jobs_dir: str) -> dict[tuple[int, int], set[str]]:
         """(job id, attempt) -> {"r", "f"} for the jobs still in `jobs_dir`, the log's new content."""
         acks: dict[tuple[int, int], set[str]] = {}
-        with contextlib.suppress(OSError), open(self.path, "rb") as f:  # (none yet: an empty log is written)
-            for words in map(bytes.split, f):
-                if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
-                    acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
+        try:
+            with open(self.path, "rb") as f:
+                for words in map(bytes.split, f):
+                    if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
+                        acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
+        except FileNotFoundError:
+            pass  # (none yet: an empty log is written)
+        except OSError:
+            return acks  # (unreadable: rewriting it with what was read would lose the rest for good)
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(jobs_dir, str(k[0])))}
         with contextlib.suppress(OSError):  # (a full disk: the log stays as it was, longer than needed)
             self.rewrite(lambda: acks)

@@ -47,6 +47,14 @@ class Echo:
     def _private(self):
         pass
 
+for bind in ("0.0.0.0", "::"):  # a node's daemon bound to all interfaces: the URIs it hands out
+    try:
+        node = registry.start_daemon(bind, "fd00::5")
+    except OSError:  # (no IPv6 here)
+        print("-", flush=True)
+        continue
+    print(node.uriFor("x"), node.sock.getsockname()[1], flush=True)
+    node.close()
 daemon = registry.start_master_daemon("127.0.0.1", 0, "127.0.0.1")  # as the master's, name server and all
 print(daemon.register(Echo(), "grun.test.echo"), flush=True)
 daemon.requestLoop()
@@ -76,20 +84,21 @@ def echo(request, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     server = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdout=subprocess.PIPE, text=True)
     try:
+        advertised = [server.stdout.readline().split() for _ in range(2)]
         uri = server.stdout.readline().strip()
         assert uri.startswith("PYRO:"), "the Pyro5 daemon did not start"
         with wire.WireProxy(uri) as p:
             version = p.version()
         if request.param != "installed":
             assert version.split(".")[:2] == request.param.split("."), "the daemon runs the Pyro5 asked for"
-        yield uri, version
+        yield uri, version, advertised
     finally:
         server.kill()
         server.wait()
 
 
 def test_calls_and_values(echo):
-    uri, _ = echo
+    uri, _, _ = echo
     with wire.WireProxy(uri) as p:
         assert p.echo(1, "a", b"\x00", [1.5, None], {"k": True}) == [[1, "a", b"\x00", [1.5, None], {"k": True}], {}]
         assert p.echo(x=2) == [[], {"x": 2}]
@@ -104,7 +113,7 @@ def test_calls_and_values(echo):
 
 
 def test_each_kind_of_failure(echo):
-    uri, _ = echo
+    uri, _, _ = echo
     with wire.WireProxy(uri) as p:
         with pytest.raises(LookupError, match="no job 7"):
             p.missing(7)
@@ -128,6 +137,13 @@ def test_each_kind_of_failure(echo):
     with pytest.raises(wire.CallRejected, match="unknown object") as err:
         wire.WireProxy(uri.replace("grun.test.echo", "grun.job.424242")).echo()
     assert wire.is_unreachable(err.value) and not isinstance(err.value, wire.CallBroken)
+
+
+def test_a_daemon_on_all_interfaces_hands_out_its_advertised_address_and_bound_port(echo):
+    """0.0.0.0 and :: (Pyro5's own natport=0 could not read the port out of "[::]:PORT" before 5.17), and an
+    IPv6 address bracketed (else a URI Pyro5 cannot parse)."""
+    for words in echo[2]:
+        assert words == ["-"] or words == [f"PYRO:x@[fd00::5]:{words[1]}", words[1]], words
 
 
 def test_no_peer():
