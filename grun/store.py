@@ -249,6 +249,8 @@ class Store:
         with self._file_lock:
             with self._lock:
                 batch = list(self._buffer.values())
+            if batch and self._loaded:  # their ends on disk first: history is never ahead of the journal
+                self.journal.wait(self.journal.append([]))
             while batch:
                 room = self._rotate_docs - len(self._current_docs)
                 if room <= 0:
@@ -267,7 +269,9 @@ class Store:
                     for job in chunk:
                         self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
-    def history(self, limit: int = 50, predicate: Callable[[dict], bool] | None = None) -> list[dict]:
+    def history(self, limit: int = 50, predicate: Callable[[dict], bool] | None = None, after_id: int = 0) -> list[dict]:
+        """The newest `limit` finished jobs that match; `after_id`: files whose jobs all have ids up to it are not
+        read (for a job known to be newer, as a task is than its array)."""
         match = predicate or (lambda job: True)
         with self._lock:
             pending = list(self._buffer.values())
@@ -277,6 +281,8 @@ class Store:
         for n in reversed(numbered(self._hdir, "", ".json")):
             if len(found) >= limit:
                 break
+            if n in self._ranges and self._ranges[n][1] <= after_id:  # (the current file is not indexed yet)
+                continue
             for doc in self._docs(n):
                 if doc["id"] not in found and match(doc):
                     found[doc["id"]] = dict(doc)

@@ -474,7 +474,7 @@ _control("edit", "KEY=VALUE[,KEY=VALUE] ID|NAME...", "", changes,
 def do_why(ctx: Context, args: dict) -> int:
     """why a queued job is not running"""
     ref = by_name(ctx, args, True)[0]
-    why = ctx.client.why(ctx.client.job_id(ref, started=False))  # (a task not begun: its array's why)
+    why = ctx.client.why(ref)  # (a task not begun: its array's why)
     return ctx.print(json_text({"id": ref, "why": why}) if args.get("json") else why)
 
 

@@ -1,6 +1,7 @@
 """The master object on real files (its store in a temp dir), called in-process with no node (issue 10):
-waits leave nothing behind, an ending job is always live or in history, a registration is answered once its
-record is on disk, reloaded settings all apply, and status() warns of a damaged journal and a full disk."""
+waits leave nothing behind, an ending job is always live or in history, task ids name tasks, a registration is
+answered once its record is on disk, reloaded settings all apply, and status() warns of a damaged journal and a
+full disk."""
 from __future__ import annotations
 
 import threading
@@ -64,6 +65,20 @@ def test_an_ending_job_is_always_live_or_in_history(make_master):
         assert any(j["id"] == job_id for j in master.jobs() + master.history(5)), "neither live nor in history"
     killer.join()
     assert master.history(5)[0]["id"] == job_id
+
+
+def test_a_task_id_names_a_task_of_an_array_only(make_master):
+    """master.job("2.5") answered job 2 itself when job 2 was a task (of array 1), not "not an array"."""
+    master = make_master()
+    array = master.submit(_spec(array="1-3"))
+    master.kill([f"{array}.2"])  # (task 2 becomes a job of its own to be killed)
+    task = master.job(f"{array}.2")
+    assert (task["array"], task["task"], task["state"]) == (array, 2, "killed") and task["id"] != array
+    assert master.job(f"{array}.3")["id"] == array, "a task not begun: its array's record"
+    with pytest.raises(LookupError, match=f"job {task['id']} is not an array"):
+        master.job(f"{task['id']}.5")
+    with pytest.raises(LookupError, match=f"job {array} has no task 9"):
+        master.job(f"{array}.9")
 
 
 def test_a_registration_is_answered_once_its_node_record_is_on_disk(make_master):

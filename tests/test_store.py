@@ -350,6 +350,7 @@ def test_history_rotates_and_is_searchable(tmp_path, caplog):
     assert [j["id"] for j in store.history(5)] == [35, 34, 33, 32, 31]
     assert [j["id"] for j in store.history(100)] == list(range(35, 0, -1))
     assert [j["id"] for j in store.history(3, lambda j: j["id"] % 2 == 0)] == [34, 32, 30]
+    assert [j["id"] for j in store.history(100, after_id=20)] == list(range(35, 20, -1)), "files 1-2 left unread"
     assert store.find_history(2) == jobs[1]
     assert store.find_history(35) == jobs[34]
     assert store.find_history(99) is None

@@ -5,7 +5,8 @@ Every request takes one path, `_do`: under the lock, the core turns the event in
 and instructions, and the records are journaled; then, the lock released, the caller waits for the
 group commit when it must not be answered before the disk has the records (invariant 1), the waiters
 of the jobs the records touched are woken, and `_execute` carries out the instructions: node calls,
-each with a timeout and never under the lock (invariant 4), and history.
+each with a timeout and never under the lock (invariant 4). A finished job goes to history under the lock, once
+its end is journaled (the history file is written once the journal has it on disk).
 """
 
 import functools
@@ -126,9 +127,9 @@ class Master:
             try:
                 self.core.handle(event, *args, now, step=step, **kwargs)
             finally:  # what was applied is journaled, even when the event then failed
-                self._to_history(step)  # here: a job that leaves the live table is never missing from both
                 # (no records: the last seq journaled so far, to wait for when the step must be durable)
                 seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
+                self._to_history(step)  # under the lock: a job that leaves the live table is never missing from both
                 self.records_since_snapshot += len(step.records)
                 woken = [e for r in step.records if self.watchers
                          for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
@@ -354,7 +355,8 @@ class Master:
             view = J.public_view(found)
         if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"unknown job id {job_id}")
-        return view if task is None or "task" in view else self._ended_task(view, task)
+        return view if task is None or (view.get("array"), view.get("task")) == (job_id, task) else \
+            self._ended_task(view, task)
 
     def _ended_task(self, array: dict, task: int) -> dict:
         """Task `task` of this array, not live: its array's record if it has not begun, else its own from history."""
@@ -362,7 +364,7 @@ class Master:
             raise LookupError(f"job {array['id']} {f'has no task {task}' if 'ranges' in array else 'is not an array'}")
         if has_task(array, task):
             return array  # (not begun yet)
-        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (array["id"], task))
+        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (array["id"], task), array["id"])
         if not ended:
             raise LookupError(f"task {array['id']}.{task} ended too long ago (see grun -q history)")
         return J.public_view(ended[0])

@@ -9,7 +9,7 @@ no socket, clock or file is touched here, and the tests assert on the instructio
     ("reoffer", node, jobs)        the same for offers never confirmed, unless a call is in flight
     ("kill", node, ids, signal)    signal jobs there; heartbeat replies repeat it until the job ends
     ("signal", node, method, ids)  suspend or resume jobs there; the outcome is event "signalled"
-    ("finished", job)              the job ended: history, once its record is on disk
+    ("finished", job)              the job ended: history (written to disk after its record)
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
