@@ -17,8 +17,8 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec
 from .core.arrays import left
-from .core.jobs import parse_time_limit
-from .tables import BY_NAME, FIELDS, MARK, SHORT, id_of, name_of, reason_of, state_of, unstarted
+from .core.jobs import MARK, parse_time_limit
+from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of, unstarted
 from .values import is_name, parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -135,7 +135,8 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     """Queue a job for a shim: the script with its output files (a batch job), or the command `args`
     (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for
     -H/-h). Its id."""
-    # the layout of these words is read back by tables.command_text (and name_of): change them together
+    # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
+    # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`): change them together
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
         (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')

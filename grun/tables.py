@@ -4,15 +4,16 @@ at the end, how Slurm's tools (grun/compat.py) show them."""
 
 import os
 
-from .core.jobs import MARK
+from .core.jobs import wrapped
 
 
 def command_text(job: dict) -> str:
     """As typed; a job sent by sbatch or qsub (grun.compat): its script's name and arguments, by srun: its command."""
     import shlex
     cmd = job.get("cmd") or []
-    if cmd[2:3] and cmd[2].startswith(MARK):
-        return shlex.join(cmd[3:4] + cmd[5:]) if "mktemp" in cmd[2] else shlex.join(cmd[4:])
+    if not job.get("shell") and (wrapper := wrapped(cmd)):
+        name, script, args = wrapper
+        return shlex.join([name, *args] if script is not None else args)
     return cmd[0] if job.get("shell") else shlex.join(cmd)
 
 
@@ -177,8 +178,8 @@ REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
 
 def name_of(job: dict) -> str:
     cmd = job.get("cmd") or ["?"]
-    if len(cmd) > 3 and cmd[2].startswith(MARK):
-        return cmd[3]
+    if not job.get("shell") and (wrapper := wrapped(cmd)):
+        return wrapper[0]
     return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
 
 

@@ -36,6 +36,11 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["echo", "a;", "python3", "x.py"], False, "echo"),  # an argv is no shell line: nothing split at its words
     (["cd /x && exec python3 -u a.py"], True, "a.py"),
     (["nohup", "time", "./sim", "1"], False, "sim"),
+    (["srun", "-n", "4", "./sim", "1"], False, "sim"),  # (was srun: every MPI job of a user shared one key)
+    (["mpirun -np 4 --bind-to core python3 -u x.py"], True, "x.py"),
+    (["srun --ntasks=4 -c2 -l env OMP=1 ./sim"], True, "sim"),
+    (["srun", "-H", "./sim"], False, "srun"),  # an option not known: the program would be a guess
+    (["/bin/sh", "-c", "X=1\n  # note\n\nmodule load x\n./run a"], False, "run"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
@@ -53,9 +58,35 @@ def test_a_job_of_the_slurm_and_sge_commands_is_keyed_by_what_its_user_gave_them
     for args, program in [(("slurm", "wrap", wrap, [], "slurm-%j.out"), "a.py"),
                           (("slurm", "run.sh", "#!/bin/bash\n#SBATCH -c 2\nsamtools sort $1\n", ["in.bam"]), "samtools"),
                           (("slurm", "srun", None, ["python3", "b.py"]), "b.py"),
-                          (("sge", "x", None, ["/bin/sh", "-c", "exec ./sim 1"], "o", "e"), "sim")]:  # qsub -b y
+                          (("sge", "x", None, ["/bin/sh", "-c", "exec ./sim 1"], "o", "e"), "sim"),  # qsub -b y
+                          # (all three were `import`, the first line of code of every Python batch script)
+                          (("slurm", "job.py", "#!/usr/bin/env python3\n#SBATCH -c 2\nimport os\n", []), "job.py"),
+                          (("slurm", "j2", "#!/usr/bin/env -S python3 -u\nimport os\n", []), "j2"),
+                          (("sge", "x.py", "import os\n", [], "o", "e", "/usr/bin/python3"), "x.py"),  # qsub -S
+                          (("sge", "b.sh", "cd /x\npython3 b.py\n", [], "o", "e", "/bin/bash"), "b.py"),
+                          (("slurm", "mpi.sh", "#!/bin/bash\n#SBATCH -n 4\nmodule load openmpi\nsrun -n 4 ./sim in\n",
+                            []), "sim"),  # (was srun)
+                          (("slurm", "pty.sh", "#!/bin/bash\nsrun --pty ./sim\n", []), "pty.sh")]:  # (was srun)
         compat.submit(client, *args)
         assert client.program == program
+
+
+def test_the_compat_wrapper_is_read_in_one_place_the_same_by_every_reader():
+    from grun import compat, tables
+    from grun.core.jobs import wrapped
+
+    class Client:
+        def submit_spec(self, spec):
+            self.job = spec
+            return 1
+    client = Client()
+    compat.submit(client, "slurm", "run.sh", "#!/bin/sh\n./a\n", ["x y", "z"], "slurm-%j.out")
+    assert wrapped(client.job["cmd"]) == ("run.sh", "#!/bin/sh\n./a\n", ["x y", "z"])
+    assert (tables.command_text(client.job), tables.name_of(client.job)) == ("run.sh 'x y' z", "run.sh")
+    compat.submit(client, "slurm", "srun", None, ["./b", "1"])
+    assert wrapped(client.job["cmd"]) == ("srun", None, ["./b", "1"])
+    assert (tables.command_text(client.job), tables.name_of(client.job)) == ("./b 1", "srun")
+    assert wrapped(["/bin/sh", "-c", "echo hi", "x"]) is None and wrapped(["./a"]) is None
 
 
 def _run(table, peak_mb=100, wall=10.0, cpu=5.0, user="ann", cmd=("python3", "align.py"), keep=20, **job):

@@ -99,21 +99,86 @@ def shell_script(words: list[str]) -> int | None:
     return i if script and i < len(words) else None
 
 
+def wrapped(cmd: list[str]) -> tuple[str, str | None, list[str]] | None:
+    """grun.compat.submit's [/bin/sh, -c, MARK + BODY, NAME, [SCRIPT], *ARGS]: (NAME, SCRIPT|None, ARGS), else None."""
+    if len(cmd) < 4 or not cmd[2].startswith(MARK):
+        return None
+    script = "mktemp" in cmd[2] and len(cmd) > 4
+    return cmd[3], (cmd[4] if script else None), cmd[5 if script else 4:]
+
+
+LINES = re.compile(r"^[ \t]*[^#\s][^\r\n]*(?:\\\r?\n[^\r\n]*)*", re.MULTILINE)  # but comments, blank; `\` continues
+LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # run the command after their options
+# their options that take the next word (srun's, Open MPI's, MPICH's); another (-H: srun's flag) leaves it unknown
+LAUNCHER_VALUES = frozenset({*(f"-{letter}" for letter in "nNcptJAoeiwxCGmDf"), "-np", "-npernode", "-ppn", "-host",
+                             "-hosts", "-hostfile", "-machinefile", "-wdir", *(f"--{word}" for word in (
+    "ntasks", "nodes", "cpus-per-task", "partition", "time", "job-name", "account", "output", "error", "input", "mem",
+    "nodelist", "exclude", "constraint", "gpus", "gres", "mem-per-cpu", "ntasks-per-node", "distribution", "chdir",
+    "mpi", "cpu-bind", "export", "host", "hostfile", "map-by", "bind-to", "rank-by", "npernode"))})
+LAUNCHER_FLAGS = frozenset({"-l", "-u", "-v", *(f"--{word}" for word in ("label", "unbuffered", "exclusive", "exact",
+    "overlap", "verbose", "oversubscribe", "report-bindings", "tag-output", "allow-run-as-root"))})
+
+
+def first_work(script: str) -> list[str]:
+    """The words of a shell script's first line whose working command is not set-up (comment, blank and `VAR=value`
+    lines skipped), else of its last; read up to it only (a whole batch script's cost ~800 µs, at every job end)."""
+    last: list[str] = []
+    for match in LINES.finditer(script):
+        words = split(re.sub(r"\\\r?\n", " ", match[0]) if "\\" in match[0] else match[0])
+        if words and (command := working_command(words)) is not words:  # (words itself: only assignments)
+            last = words
+            if os.path.basename(command[0]) not in SETUP:
+                return words
+    return last
+
+
+def launched(words: list[str]) -> list[str] | None:
+    """The command srun, mpirun or mpiexec runs (`srun -n 4 ./sim 1`: `./sim 1`), None past an option not known."""
+    at = 1
+    while at < len(words) and words[at].startswith("-") and words[at] != "--":
+        word = words[at]
+        if word in LAUNCHER_VALUES:
+            at += 2
+        elif word in LAUNCHER_FLAGS or (word.startswith("--") and "=" in word) or \
+                (word[1:2] != "-" and word[:2] in LAUNCHER_VALUES and word[2:].isdigit()):  # (-n4)
+            at += 1
+        else:
+            return None
+    return words[at + (words[at:at + 1] == ["--"]):] or None
+
+
+def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple | None, str]:
+    """What a batch script runs: a shell script's first work; a script of another interpreter (`#!/usr/bin/env python3`,
+    `qsub -S python3`: all keyed `import` before) or whose work `launched` cannot tell: the script, by its name."""
+    run = body.rsplit("&& exec ", 1)[-1]  # (`... && exec [SHELL] "$f" "$@"`: qsub -S SHELL)
+    interpreter = split(run)[:-2] if run != '"$f" "$@"' else \
+        split(script[2:].split("\n", 1)[0]) if script.startswith("#!") else []
+    while interpreter[1:] and (os.path.basename(interpreter[0]) == "env" or interpreter[0].startswith("-")):
+        interpreter = interpreter[1:]  # (`#!/usr/bin/env -S python3 -u`)
+    if (program := os.path.basename(interpreter[0]) if interpreter else "sh") not in SHELLS:
+        return name, None, program
+    found = script_of(first_work(script), True)
+    return (name, None, found[2]) if found[:2] == (None, None) and found[2] in LAUNCHERS else found
+
+
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
     """What a command runs, `env`, `exec`, `nohup`, `time` and (`shell`: a shell line's) set-up skipped: (the script an
     interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
-    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`: what SCRIPT runs; a job of grun's
-    Slurm and SGE commands: what its user gave them (grun.compat.submit's wrapper runs a script, else its "$@")."""
-    if not shell and words[2:3] and words[2].startswith(MARK):  # grun.compat's wrapper: its batch script, or "$@"
-        words = words[:2] + words[4:5] if "mktemp" in words[2] else words[4:]
+    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`, `srun CMD`: what they run; a job of grun's
+    Slurm and SGE commands: what its user gave them."""
+    if not shell and (wrapper := wrapped(words)):
+        if wrapper[1] is not None:
+            return batch_script(*wrapper[:2], words[2])
+        words = wrapper[2]
     words = working_command(words) if shell else words
-    while words[1:] and os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command"):
+    while words[1:] and (os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command") or
+                         words[0].split("=")[0].isidentifier() and "=" in words[0]):  # (`env X=1 ./sim`)
         words = words[1:]
     if (at := shell_script(words)) is not None:
-        lines = words[at].replace("\\\n", " ").splitlines()
-        words = [word for line in lines if not line.lstrip().startswith("#") for word in (*split(line), ";")]
-        return script_of(words, True)  # (a comment line goes: `#!/bin/sh`, `#SBATCH`)
+        return script_of(first_work(words[at]), True)
     name = os.path.basename(words[0]) if words else "?"
+    if name in LAUNCHERS:
+        return script_of(command) if (command := launched(words)) else (None, None, name)
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name
     args = iter(words[1:])
