@@ -108,15 +108,8 @@ def wrapped(cmd: list[str]) -> tuple[str, str | None, list[str]] | None:
 
 
 LINES = re.compile(r"^[ \t]*[^#\s][^\r\n]*(?:\\\r?\n[^\r\n]*)*", re.MULTILINE)  # but comments, blank; `\` continues
-LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # run the command after their options
-# their options that take the next word (srun's, Open MPI's, MPICH's); another (-H: srun's flag) leaves it unknown
-LAUNCHER_VALUES = frozenset({*(f"-{letter}" for letter in "nNcptJAoeiwxCGmDf"), "-np", "-npernode", "-ppn", "-host",
-                             "-hosts", "-hostfile", "-machinefile", "-wdir", *(f"--{word}" for word in (
-    "ntasks", "nodes", "cpus-per-task", "partition", "time", "job-name", "account", "output", "error", "input", "mem",
-    "nodelist", "exclude", "constraint", "gpus", "gres", "mem-per-cpu", "ntasks-per-node", "distribution", "chdir",
-    "mpi", "cpu-bind", "export", "host", "hostfile", "map-by", "bind-to", "rank-by", "npernode"))})
-LAUNCHER_FLAGS = frozenset({"-l", "-u", "-v", *(f"--{word}" for word in ("label", "unbuffered", "exclusive", "exact",
-    "overlap", "verbose", "oversubscribe", "report-bindings", "tag-output", "allow-run-as-root"))})
+LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # a batch script whose work is theirs:
+# keyed by its name (their options, which differ by launcher, would make the program a guess)
 
 
 def first_work(script: str) -> list[str]:
@@ -132,24 +125,9 @@ def first_work(script: str) -> list[str]:
     return last
 
 
-def launched(words: list[str]) -> list[str] | None:
-    """The command srun, mpirun or mpiexec runs (`srun -n 4 ./sim 1`: `./sim 1`), None past an option not known."""
-    at = 1
-    while at < len(words) and words[at].startswith("-") and words[at] != "--":
-        word = words[at]
-        if word in LAUNCHER_VALUES:
-            at += 2
-        elif word in LAUNCHER_FLAGS or (word.startswith("--") and "=" in word) or \
-                (word[1:2] != "-" and word[:2] in LAUNCHER_VALUES and word[2:].isdigit()):  # (-n4)
-            at += 1
-        else:
-            return None
-    return words[at + (words[at:at + 1] == ["--"]):] or None
-
-
 def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple | None, str]:
     """What a batch script runs: a shell script's first work; a script of another interpreter (`#!/usr/bin/env python3`,
-    `qsub -S python3`: all keyed `import` before) or whose work `launched` cannot tell: the script, by its name."""
+    `qsub -S python3`: all keyed `import` before) or whose work is srun's or mpirun's (LAUNCHERS): the script, by its name."""
     run = body.rsplit("&& exec ", 1)[-1]  # (`... && exec [SHELL] "$f" "$@"`: qsub -S SHELL)
     interpreter = split(run)[:-2] if run != '"$f" "$@"' else \
         split(script[2:].split("\n", 1)[0]) if script.startswith("#!") else []
@@ -158,13 +136,13 @@ def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple |
     if (program := os.path.basename(interpreter[0]) if interpreter else "sh") not in SHELLS:
         return name, None, program
     found = script_of(first_work(script), True)
-    return (name, None, found[2]) if found[:2] == (None, None) and found[2] in LAUNCHERS else found
+    return (name, None, found[2]) if found[2] in LAUNCHERS else found
 
 
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
     """What a command runs, `env`, `exec`, `nohup`, `time` and (`shell`: a shell line's) set-up skipped: (the script an
     interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
-    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`, `srun CMD`: what they run; a job of grun's
+    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`: what SCRIPT runs; a job of grun's
     Slurm and SGE commands: what its user gave them."""
     if not shell and (wrapper := wrapped(words)):
         if wrapper[1] is not None:
@@ -177,8 +155,6 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
     if (at := shell_script(words)) is not None:
         return script_of(first_work(words[at]), True)
     name = os.path.basename(words[0]) if words else "?"
-    if name in LAUNCHERS:
-        return script_of(command) if (command := launched(words)) else (None, None, name)
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name
     args = iter(words[1:])
