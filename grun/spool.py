@@ -272,10 +272,8 @@ class Acks:
                 for words in map(bytes.split, f):
                     if len(words) == 3 and words[1].isdigit() and words[2].isdigit():
                         acks.setdefault((int(words[1]), int(words[2])), set()).add(words[0].decode())
-        except FileNotFoundError:
-            pass  # (none yet: an empty log is written)
-        except OSError:
-            return acks  # (unreadable: rewriting it with what was read would lose the rest for good)
+        except OSError:  # (none yet; or unreadable: rewriting it with what was read would lose the rest for good)
+            return acks
         acks = {k: v for k, v in acks.items() if os.path.isdir(os.path.join(jobs_dir, str(k[0])))}
         with contextlib.suppress(OSError):  # (a full disk: the log stays as it was, longer than needed)
             self.rewrite(lambda: acks)

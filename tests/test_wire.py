@@ -47,6 +47,8 @@ class Echo:
     def _private(self):
         pass
 
+daemon = registry.start_master_daemon("127.0.0.1", 0, "127.0.0.1")  # as the master's, name server and all
+print(daemon.register(Echo(), "grun.test.echo"), flush=True)
 for bind in ("0.0.0.0", "::"):  # a node's daemon bound to all interfaces: the URIs it hands out
     try:
         node = registry.start_daemon(bind, "fd00::5")
@@ -55,8 +57,6 @@ for bind in ("0.0.0.0", "::"):  # a node's daemon bound to all interfaces: the U
         continue
     print(node.uriFor("x"), node.sock.getsockname()[1], flush=True)
     node.close()
-daemon = registry.start_master_daemon("127.0.0.1", 0, "127.0.0.1")  # as the master's, name server and all
-print(daemon.register(Echo(), "grun.test.echo"), flush=True)
 daemon.requestLoop()
 """
 
@@ -84,8 +84,8 @@ def echo(request, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     server = subprocess.Popen([sys.executable, "-c", SERVER], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        advertised = [server.stdout.readline().split() for _ in range(2)]
         uri = server.stdout.readline().strip()
+        advertised = [server.stdout.readline().split() for _ in range(2)]
         assert uri.startswith("PYRO:"), "the Pyro5 daemon did not start"
         with wire.WireProxy(uri) as p:
             version = p.version()
