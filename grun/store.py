@@ -250,7 +250,7 @@ class Store:
             with self._lock:
                 batch = list(self._buffer.values())
             if batch and self._loaded:  # their ends on disk first: history is never ahead of the journal
-                self.journal.wait(self.journal.append([]))
+                self.log([])
             while batch:
                 room = self._rotate_docs - len(self._current_docs)
                 if room <= 0:
@@ -307,7 +307,7 @@ class Store:
     def flush(self) -> None:
         self._flush_history()
         if self._loaded:
-            self.journal.wait(self.journal.append([]))
+            self.log([])
 
     def close(self) -> None:
         if self._closed:

@@ -37,6 +37,8 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["cd /x && exec python3 -u a.py"], True, "a.py"),
     (["nohup", "time", "./sim", "1"], False, "sim"),
     (["env", "OMP_NUM_THREADS=4", "./sim"], False, "sim"),
+    (["/bin/sh", "-c", "python3 \\\n  -u a.py"], False, "a.py"),  # a line continued by `\`
+    (["/bin/sh", "-c", "OMP_NUM_THREADS=4 \\\r\n ./sim\n"], False, "sim"),
     (["/bin/sh", "-c", "X=1\n  # note\n\nmodule load x\n./run a"], False, "run"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
@@ -56,6 +58,7 @@ def test_a_job_of_the_slurm_and_sge_commands_is_keyed_by_what_its_user_gave_them
                           (("slurm", "run.sh", "#!/bin/bash\n#SBATCH -c 2\nsamtools sort $1\n", ["in.bam"]), "samtools"),
                           (("slurm", "srun", None, ["python3", "b.py"]), "b.py"),
                           (("sge", "x", None, ["/bin/sh", "-c", "exec ./sim 1"], "o", "e"), "sim"),  # qsub -b y
+                          (("sge", "x", None, ["./sim", "1"], "mktemp.out", "e"), "sim"),  # (read as a script)
                           # (all three were `import`, the first line of code of every Python batch script)
                           (("slurm", "job.py", "#!/usr/bin/env python3\n#SBATCH -c 2\nimport os\n", []), "job.py"),
                           (("slurm", "j2", "#!/usr/bin/env -S python3 -u\nimport os\n", []), "j2"),

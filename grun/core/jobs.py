@@ -103,11 +103,11 @@ def wrapped(cmd: list[str]) -> tuple[str, str | None, list[str]] | None:
     """grun.compat.submit's [/bin/sh, -c, MARK + BODY, NAME, [SCRIPT], *ARGS]: (NAME, SCRIPT|None, ARGS), else None."""
     if len(cmd) < 4 or not cmd[2].startswith(MARK):
         return None
-    script = "mktemp" in cmd[2] and len(cmd) > 4
+    script = cmd[2].endswith('"$f" "$@"') and len(cmd) > 4  # (only a script's RUN ends so: not "mktemp" in a -o path)
     return cmd[3], (cmd[4] if script else None), cmd[5 if script else 4:]
 
 
-LINES = re.compile(r"^[ \t]*[^#\s][^\r\n]*(?:\\\r?\n[^\r\n]*)*", re.MULTILINE)  # but comments, blank; `\` continues
+LINES = re.compile(r"^[ \t]*[^#\s][^\r\n\\]*(?:\\(?:\r?\n|.)?[^\r\n\\]*)*", re.MULTILINE)  # but comments, blank; `\` continues
 LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # a batch script whose work is theirs:
 # keyed by its name (their options, which differ by launcher, would make the program a guess)
 
