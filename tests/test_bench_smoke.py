@@ -16,7 +16,8 @@ def smoke(tmp_path, *args: str) -> tuple[str, dict]:
     """Run bench/run.py --smoke with args; its table and its --json data."""
     out = tmp_path / "bench.json"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--smoke", "--json", str(out), *args],
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--smoke", "--json", str(out),
+                           "--root", str(tmp_path / "root"), *args],  # (not /var/tmp/grun-bench: nothing left behind)
                           capture_output=True, text=True, timeout=80, cwd=str(tmp_path))
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
