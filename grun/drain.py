@@ -187,8 +187,10 @@ class Drain:
         self.loop.start()
 
     def add(self, key: str, job_dir: str) -> None:
-        """Drain the pipes the job has (a stream sent to a file by -o has none); once per job, when the node
-        writes its directory or adopts it."""
+        """Drain the pipes the job has (a stream sent to a file by -o has none): when the node writes its directory
+        or adopts it, once (a second Output would orphan the first one's fds)."""
+        if key in self.outputs:
+            return
         out = self.outputs[key] = Output(self, key, job_dir)
         with out.lock:
             for name in STREAMS:

@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import pwd
-import resource
 import select
 import shlex
 import signal
@@ -146,10 +145,15 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
 
 
 def _own_peak_kb() -> int:
-    """Our peak resident memory (VmHWM, as getrusage gives it: 1 us, /proc/self/status 15). Linux counts the memory a
-    child had before its exec, a copy of ours or (vfork) ours, in the child's ru_maxrss (fs/exec.c, exec_mmap): a job's
-    maxrss at or below this says only that its peak was at most that much (usage `maxrss_at_most`)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Our peak resident memory (VmHWM). Linux counts the memory a child had before its exec, a copy of ours or
+    (vfork) ours, in the child's ru_maxrss (fs/exec.c, exec_mmap): a job's maxrss at or below this says only
+    that its peak was at most that much (usage `maxrss_at_most`). Not getrusage: by that same rule our own
+    ru_maxrss holds the node daemon's memory when it started us."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 @contextlib.contextmanager

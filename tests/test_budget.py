@@ -53,7 +53,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # disk, an orphaned reaper's retries bounded, a slow daemon start kept, a task not begun watched through its array.
 # The whole-change re-read's mends (-13): one end_job, one dies_with, one limit field, array questions through
 # core.arrays, the priority range in values.
-TOTAL, MODULE, MEDIAN = 12620, 500, 200
+TOTAL, MODULE, MEDIAN = 12627, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -432,6 +432,19 @@ def test_a_job_waited_for_by_the_node_has_its_leftovers_killed_too(c, tmp_path):
     wait_for(lambda: _not_running(bg), 10, what="the job's background sleep to be killed")
 
 
+def test_the_reaper_s_own_peak_is_not_its_starter_s():
+    """The reaper is started by a node daemon many times its size: getrusage's ru_maxrss counts the daemon's memory
+    (the child's before exec), which marked real job peaks below it as bounds only. VmHWM is the reaper's own."""
+    import subprocess
+    import sys
+    big = bytearray(300 << 20)
+    big[::4096] = b"1" * len(big[::4096])  # (touched: resident)
+    out = subprocess.run([sys.executable, "-c", "from grun.spawner import _own_peak_kb; print(_own_peak_kb())"],
+                         capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    del big
+    assert 0 < int(out.stdout) < 100 << 10, out
+
+
 def test_a_maxrss_no_larger_than_the_reaper_s_own_is_marked_as_at_most_that(c):
     """Linux counts the reaper's memory (the child's before exec) in each job's ru_maxrss: `true` shows the
     reaper's size, so its usage says that this is only a bound; a job that used more has its own peak."""

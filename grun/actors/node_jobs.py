@@ -188,7 +188,8 @@ class NodeJobs:
         if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
         if self._job_pid(live) is None and not spool.write(live.dir, spool.KILL, {"signal": sig}):
-            live.kills.discard(sig)  # (a full disk: not asked for yet; the master's next repeat tries again)
+            with self.lock:  # (a full disk: not asked for yet; the master's next repeat tries again)
+                live.kills.discard(sig)
         if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
             return True
         spawner.killpg(pid, sig)
