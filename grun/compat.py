@@ -16,9 +16,9 @@ import sys
 import time
 
 from .client import Client, GrunError, current_user, job_spec
-from .core.arrays import left
+from .core.arrays import left, unstarted
 from .core.jobs import MARK, parse_time_limit
-from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of, unstarted
+from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of
 from .values import is_name, parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")

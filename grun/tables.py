@@ -4,6 +4,7 @@ at the end, how Slurm's tools (grun/compat.py) show them."""
 
 import os
 
+from .core.arrays import left, unstarted
 from .core.jobs import wrapped
 
 
@@ -89,7 +90,6 @@ def learned(job: dict, field: str) -> str:
 
 def fold_arrays(jobs: list[dict]) -> list[dict]:
     """The jobs with each array's tasks folded into its line: "3 running, 97 queued, 5 done"."""
-    from .core.arrays import left
     arrays = {j["id"]: {} for j in jobs if "ranges" in j}
     for j in jobs:
         if j.get("array") in arrays:
@@ -194,14 +194,6 @@ def id_of(job: dict) -> str:
         return label(job).replace(".", "_")
     ids, limit = unstarted(job), f"%{job['limit']}" if job.get("limit") else ""
     return f"{job['id']}_[{spans(ids) + limit if ids else job.get('array', '')}]"
-
-
-def unstarted(array: dict) -> list[int]:
-    """The ids of an array's tasks not started yet, in order."""
-    from .core.arrays import left
-    (at_range, at), taken = array["at"], set(array["taken"])
-    return [t for i, (start, stop, step) in enumerate(array["ranges"][at_range:], at_range) if left(array)
-            for t in range(at if i == at_range else start, stop, step) if t not in taken]
 
 
 def spans(ids: list[int]) -> str:

@@ -66,6 +66,13 @@ def has_task(array: dict, task: int) -> bool:
         task in range(*r) and (i > ri or i == ri and task >= at) for i, r in enumerate(array["ranges"]))
 
 
+def unstarted(array: dict) -> list[int]:
+    """The ids of its tasks not started yet, in order: from the cursor on, but those `taken` ahead of it."""
+    (at_range, at), taken = array["at"], set(array["taken"])
+    return [t for i, (start, stop, step) in enumerate(array["ranges"][at_range:], at_range) if left(array)
+            for t in range(at if i == at_range else start, stop, step) if t not in taken]
+
+
 def take(array: dict, task: int) -> None:
     """Mark the task started: it joins `taken`, the tasks started ahead of the cursor (`at`: range index,
     task id), and the cursor moves past those it reaches, which leave `taken`. Fields are replaced, never
