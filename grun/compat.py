@@ -316,6 +316,13 @@ def step(request: dict, command: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
+def find(client: Client, ref: str) -> dict | None:
+    """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
+    with contextlib.suppress(GrunError):
+        return client.job(ref)
+    return None
+
+
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
     """The live jobs, or those with these ids: N a job, or an array's tasks (and its part not started yet, if any);
     N_T one task (or its array's part not started yet); ended ones too (less than `finished_for` s ago; None:
@@ -325,12 +332,10 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
     found, unknown, arrays = {}, [], {}
     for word in ids:
         number, _, task = word.partition("_")
-        try:
-            job = client.job(f"{number}.{task}" if task else int(number))  # (a task: its own record, as the master has it)
-        except (GrunError, ValueError):
+        job = number.isdigit() and find(client, f"{number}.{task}" if task else number)  # (a task: as the master has it)
+        if not job:
             unknown.append(word)
-            continue
-        if "ranges" in job and not task:
+        elif "ranges" in job and not task:
             arrays[job["id"]] = job
         else:
             found.setdefault(job["id"], job)

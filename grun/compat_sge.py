@@ -116,7 +116,7 @@ def _task_range(text: str) -> range:
 def _holds(client: Client, held: list[str]) -> list[dict]:
     """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name). As SGE, a name that
     matches no job and an id of no job (or of one long gone) are no hold."""
-    known = [job for word in held if word.isdigit() for job in _job(client, word)]  # (an id may be of no job)
+    known = [job for word in held if word.isdigit() and (job := C.find(client, word))]  # (an id may be of no job)
     if names := [i for i in held if not i.isdigit()]:
         import fnmatch
         known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
@@ -138,7 +138,8 @@ def qstat(argv: list[str]) -> int:
     opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
     if "jobs" in opts:
         client, words = Client(), items(opts, "jobs")  # live jobs only (an array: one block)
-        found = [(w, [j for j in _job(client, w) if j["state"] not in FINAL_STATES]) for w in words]
+        found = [(w, [j] if w.isdigit() and (j := C.find(client, w)) and j["state"] not in FINAL_STATES else [])
+                 for w in words]
         return _blocks(found, _detail, 28, "Following jobs do not exist: ")
     users = set(items(opts, "user")) if "user" in opts else {current_user()}
     rows = [(str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
@@ -174,14 +175,6 @@ def _blocks(found: list[tuple[str, list]], fields, width: int, missing_text: str
     if missing := [word for word, jobs in found if not jobs]:
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
-
-
-def _job(client: Client, word: str) -> list[dict]:
-    """The job of this id (an array: its own record), or none."""
-    try:
-        return [client.job(int(word))]
-    except (GrunError, ValueError):
-        return []
 
 
 def _detail(job: dict) -> tuple:
