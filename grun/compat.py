@@ -466,7 +466,7 @@ def scancel(argv: list[str]) -> int:
                if (not ids or id_of(j) in ids or str(j["id"]) in ids)
                and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
     if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
-        client.kill([i.replace("_", ".") if "_" in i else int(i) for i in ids], sig)
+        client.kill([i.replace("_", ".") for i in ids], sig)
     return 0
 
 

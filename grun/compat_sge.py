@@ -12,7 +12,7 @@ from .compat import Refused, items, last, name_of, out_path, parse, table
 from .core.arrays import left
 from .core.jobs import FINAL_STATES, number_or_text, parse_time_limit
 from .tables import command_text, label
-from .values import is_name
+from .values import is_name, task_ref
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "
@@ -201,14 +201,14 @@ def qdel(argv: list[str]) -> int:
     job N` (not started); an array's running tasks and a task given as N.T: `... job-array task N.T ...`."""
     opts, words = parse(argv, table("user=-u force:-f"), False)
     ids = [i for w in words for i in w.split(",") if i]
-    if not ids and "user" not in opts or any(not re.fullmatch(r"\d+(\.\d+)?", i) for i in ids):
+    if not ids and "user" not in opts or any(not (i.isdigit() or task_ref(i)) for i in ids):
         raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
     client, me = Client(), current_user()
     live = client.jobs()
     by_label = {label(j): j for j in live}
     ids += [label(j) for j in live if "task" not in j and j.get("user") in last(opts, "user", "").split(",")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
-    found = client.kill([i if "." in i else int(i) for i in ids], 15, "force" in opts)
+    found = client.kill(ids, 15, "force" in opts)  # (N.T: one task)
     for job_id, ok in found.items():
         job = by_label.get(str(job_id), {})
         running = [job] if job.get("state") in RUNNING and "ranges" not in job else [
