@@ -283,10 +283,9 @@ def srun(argv: list[str]) -> int:
 
 def step(request: dict, command: list[str]) -> int:
     """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
-    reservation (one a node: asking more than it has is refused, as Slurm refuses); our streams are its, signals
-    sent to srun go to it, its exit code is ours (128+N: killed by signal N)."""
+    reservation (one a node: asking more than it has is refused, as Slurm refuses): srun becomes the command, so
+    its streams, the signals sent to srun and its exit code are the command's."""
     import signal
-    import subprocess
     job = os.environ["GRUN_JOB_ID"]
     for key, have, words in (("cpus", "SLURM_CPUS_ON_NODE", "More processors requested than permitted"),
                              ("memory", "SLURM_MEM_PER_NODE", "Memory required by task is not available")):
@@ -302,18 +301,16 @@ def step(request: dict, command: list[str]) -> int:
     env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
            "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
            "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
-    running, early = [], []  # (signals that come before it started: sent once it has)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda number, _: running[0].send_signal(number) if running else early.append(number))
+    # srun becomes the step: a child it forwarded signals to got a signal to the job's process group twice. With SIGPIPE
+    # and SIGXFSZ at their default again (Python ignores them; Popen set them back in its child)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
-        running.append(subprocess.Popen(command, cwd=request["cwd"], env=env))
+        os.chdir(request["cwd"])
+        os.execvpe(command[0], command, env)
     except OSError as exc:
         print(f"srun: error: execve(): {command[0]}: {exc.strerror}", file=sys.stderr)
         return 2
-    for number in early:
-        running[0].send_signal(number)
-    code = running[0].wait()
-    return 128 - code if code < 0 else code
 
 
 def find(client: Client, ref: str) -> dict | None:

@@ -4,6 +4,7 @@ parse it. The dask-jobqueue proof at the end skips when dask-jobqueue cannot be 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -419,6 +420,26 @@ def test_srun_inside_a_batch_job_runs_as_a_step_of_it(cluster, shims, tmp_path):
         f"srun: error: Unable to create step for job {job_id}: More processors requested than permitted\nrc=1\n"
         "srun: error: execve(): nosuch: No such file or directory\nrc=2\ngot TERM\nrc=5\n")
     assert max(j["id"] for j in cluster.client().jobs() + cluster.client().history(1000)) == job_id  # no job after it
+
+
+def test_a_step_gets_a_signal_to_its_job_once(cluster, shims, tmp_path):
+    """scancel signals the job's process group, srun's too: srun forwarded the TERM to its step, which had it
+    already (from the group), so the step counted two; Slurm's step gets one."""
+    (tmp_path / "count.py").write_text("import signal, time\ngot = []\nsignal.signal(signal.SIGTERM, lambda *_: got.append(1))\n"
+                                       "print('ready', flush=True)\nwhile not got:\n    time.sleep(0.01)\n"
+                                       "time.sleep(1)\nprint('got', len(got))\n")
+    (tmp_path / "count.sh").write_text(f"#!/bin/sh\n#SBATCH -o count.out\nPATH={shims.bin}:$PATH\n"
+                                       f"srun grep SigIgn /proc/self/status\n"  # (not SIGPIPE, which Python ignores)
+                                       f"trap 'echo batch got TERM' TERM\nsrun {sys.executable} count.py\n")
+    job_id = int(shims("sbatch", "--parsable", "count.sh", cwd=tmp_path).stdout)
+    deadline = time.monotonic() + 20
+    while "ready" not in ((tmp_path / "count.out").read_text() if (tmp_path / "count.out").exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert shims("scancel", "-s", "TERM", str(job_id)).returncode == 0
+    wait_end(cluster, job_id)
+    ignored, rest = (tmp_path / "count.out").read_text().split("\n", 1)
+    assert not int(ignored.split()[1], 16) & 1 << (signal.SIGPIPE - 1) and rest == "ready\ngot 1\nbatch got TERM\n"
 
 
 def test_srun_killed_with_TERM_kills_its_job(cluster, shims, tmp_path):
