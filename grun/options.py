@@ -46,7 +46,7 @@ _time, _refs = _lazy("jobs", "parse_time_limit"), _lazy("jobs", "job_refs")
 _dependency = _lazy("deps", "parse_dependency")
 
 
-def _whole(least: int, most: int):
+def _whole_between(least: int, most: int):
     """The parser of a whole number from `least` to `most`."""
     def parse(text: str) -> int:
         if not least <= (n := _int(text)) <= most:
@@ -96,7 +96,7 @@ OPTIONS = [
     Option(None, "afterok", "list", _refs, "start once these have succeeded (one fails: cancelled)", "ID|NAME,..."),
     Option(None, "afternotok", "list", _refs, "start once these have failed (one succeeds: cancelled)", "ID|NAME,..."),
     Option(None, "dependency", "list", _dependency, "Slurm's form: afterok:12:13,after:14", "KIND:ID[:ID],..."),
-    Option(None, "retries", "value", _whole(0, 100), "run a job that fails again, up to N times (default 0)", "N"),
+    Option(None, "retries", "value", _whole_between(0, 100), "run a job that fails again, up to N times (default 0)", "N"),
     Option(None, "retry-delay", "value", parse_duration, "wait this long before each retry (default 0; 1s for a job grun follows)", "TIME"),
     Option(None, "wrap", "value", str, "run the command inside PREFIX, at {cmd} (else at its end): a container, a module", "PREFIX"),
     Option(None, "stage", "value", str, "auto|always|never: send the -M and --stage-in/out files to and from the node (auto: when it lacks the cwd)", "MODE"),
@@ -121,7 +121,7 @@ OPTIONS = [
     Option("h", "help", help="show this help"),
     Option("V", "version", help="show the version"),
     # for `history` and `watch`
-    Option("c", "count", "value", _whole(1, 1_000_000), "how many jobs (default 20)", "N"),
+    Option("c", "count", "value", _whole_between(1, 1_000_000), "how many jobs (default 20)", "N"),
     Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),

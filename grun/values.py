@@ -167,20 +167,20 @@ def parse_ulimit(value) -> dict[str, int | None]:
 MAX_PRIORITY = 1 << 31  # a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
 
 
-def _whole(value) -> bool:
+def _is_whole(value) -> bool:
     """A whole number or its text ("7", "-3", "+2"); bools are YAML's yes/no, not numbers."""
     text = value.strip() if isinstance(value, str) else ""
     return (text[1:] if text[:1] in "+-" else text).isdecimal() or isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_priority(value) -> int:
-    expect(_whole(value), "a whole number", value)
+    expect(_is_whole(value), "a whole number", value)
     return int(value)
 
 
 def parse_job_priority(value) -> int:
     """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
-    expect(_whole(value) and -MAX_PRIORITY <= int(value) <= MAX_PRIORITY,
+    expect(_is_whole(value) and -MAX_PRIORITY <= int(value) <= MAX_PRIORITY,
            f"a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}", value)
     return int(value)
 

@@ -169,7 +169,7 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
-    value = default if spec.get(key) is None else spec[key]  # a spec is typed: "4" is refused, as by _whole
+    value = default if spec.get(key) is None else spec[key]  # a spec is typed: "4" is refused, as by _whole_field
     expect(not isinstance(value, str), f"{key}: a number >= 0", value)
     return number(value, f"{key}: a number >= 0", limit)
 
@@ -182,7 +182,8 @@ def _above_zero(spec: dict, key: str, default: float, limit: float, option: str,
     return value
 
 
-def _whole(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
+def _whole_field(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
+    """A spec's whole-number field (an int: a spec is typed, "4" is no number) that passes `ok`; `default` if absent."""
     value = spec.get(key)
     if value is None:
         return default
@@ -256,12 +257,12 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
         "stdin": bool(spec.get("stdin", False)),
-        "priority": _whole(spec, "priority", int(default_priority), lambda v: abs(v) <= MAX_PRIORITY, "a whole number"),
+        "priority": _whole_field(spec, "priority", int(default_priority), lambda v: abs(v) <= MAX_PRIORITY, "a whole number"),
         "token": spec.get("token") if isinstance(spec.get("token"), str) else None,
         "name": job_name(_text(spec, "name", MAX_NAME)),
         "host": _text(spec, "host", MAX_PATH),
         "params": validate_params(spec.get("params")),
-        "parent": _whole(spec, "parent", None, lambda v: v > 0, "a job id"),
+        "parent": _whole_field(spec, "parent", None, lambda v: v > 0, "a job id"),
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
@@ -281,14 +282,14 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "memory_set": given("memory"),  # asked for (-m): a limit too; else only a reservation (grun.limits)
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
-        "umask": _whole(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
+        "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME),
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         "stage": spec.get("stage") or None,
         **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
         "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
         **{kind: job_refs(spec[kind], kind) if spec.get(kind) else None for kind in DEP_KINDS},
-        "retries": _whole(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
+        "retries": _whole_field(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
         "retry_delay": given("retry_delay") and float(_number(spec, "retry_delay", 0, MAX_TIME)),
         "wrap": _text(spec, "wrap", MAX_PATH),
         "hold": bool(spec.get("hold")) or None,
