@@ -9,6 +9,7 @@ each with a timeout and never under the lock (invariant 4). A finished job goes 
 its end is journaled (the history file is written once the journal has it on disk).
 """
 
+import contextlib
 import functools
 import grp
 import logging
@@ -120,26 +121,31 @@ class Master:
         self._housekeeper.start()
 
     def _do(self, event: str, *args, **kwargs):
-        step, now = Step(), time.time()  # (when it arrived: a heartbeat that waits for the lock counts from then)
-        with self.lock:
-            if self.failed.is_set() or self._closing:  # memory may hold what the disk does not
-                raise Restarting("the grun master is restarting")
-            try:
-                self.core.handle(event, *args, now, step=step, **kwargs)
-            finally:  # what was applied is journaled, even when the event then failed
-                # (no records: the last seq journaled so far, to wait for when the step must be durable)
-                seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
-                self._to_history(step)  # under the lock: a job that leaves the live table is never missing from both
-                self.records_since_snapshot += len(step.records)
-                woken = [e for r in step.records if self.watchers
-                         for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
-        if seq and step.durable:
-            self._journal(self.store.journal.wait, seq)
-            if self.failed.is_set():
-                raise Restarting("the grun master's journal failed; it is restarting")
+        step, now, woken = Step(), time.time(), []  # (when it arrived: a heartbeat that waits for the lock counts from then)
         try:
+            with self.lock:
+                if self.failed.is_set() or self._closing:  # memory may hold what the disk does not
+                    raise Restarting("the grun master is restarting")
+                try:
+                    self.core.handle(event, *args, now, step=step, **kwargs)
+                finally:  # what was applied is journaled, even when the event then failed
+                    # (no records: the last seq journaled so far, to wait for when the step must be durable)
+                    seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
+                    self._to_history(step)  # under the lock: a job that leaves the live table is never missing from both
+                    self.records_since_snapshot += len(step.records)
+                    woken = [e for r in step.records if self.watchers
+                             for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
+            if seq and step.durable:
+                self._journal(self.store.journal.wait, seq)
+                if self.failed.is_set():
+                    raise Restarting("the grun master's journal failed; it is restarting")
             self._execute(step)  # first: plugins hear of an end before its waiters
-        finally:
+        except BaseException:
+            if woken and seq:  # an event that failed midway: its waiters read its records once they are on disk
+                with contextlib.suppress(StoreError):
+                    self.store.journal.wait(seq)
+            raise
+        finally:  # every waiter popped is woken, even when the event failed (it looks again, and waits again)
             for waiter in woken:
                 waiter.set()
         return step.reply
