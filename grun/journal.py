@@ -2,8 +2,14 @@
 in segments `journal.<first seq>.log`. One writer thread writes whatever is pending with one
 fdatasync (group commit) and wakes exactly the callers it made durable. Replay reads it back after a
 snapshot, cuts a torn last line (a crash mid-write) and reports any other damage (`problems`).
+
+A disk with no room left (ENOSPC, EDQUOT) stops nothing for good: what did not fit is cut off the file, stays
+pending and is written again, every RETRY_SECS, until it fits; meanwhile `full` says why, and a wait for a
+record not yet on disk raises DiskFull at once. Any other failure to write stops the journal for good (after a
+failed fsync the page cache may claim data the disk lost: only a restart that reads the disk is safe).
 """
 
+import errno
 import heapq
 import itertools
 import json
@@ -19,10 +25,20 @@ from .files import fsync_dir
 # The journal only appends: fdatasync syncs the data and the new size, skipping the mtime update.
 _datasync = getattr(os, "fdatasync", os.fsync)
 encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators) builds one per call
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+RETRY_SECS = 1.0  # how often the writer tries again while the disk is full
 
 
 class StoreError(Exception):
     """An unrecoverable storage problem (bad disk, failed fsync, missing journal)."""
+
+
+class DiskFull(Exception):
+    """The journal's disk has no room for what is pending: it is kept, and written once there is room."""
+
+
+def _no_room(exc: OSError, where: str) -> DiskFull:
+    return DiskFull(f"no room for its journal in {where} ({exc.strerror})")
 
 
 def numbered(directory: str, prefix: str, suffix: str) -> list[int]:
@@ -43,7 +59,8 @@ class Journal:
         self._seq = self._durable = self.commits = 0
         self._segment = 0  # first seq of the segment that new records go to
         self._file, self._error, self._closing = None, None, False
-        self._writer = Loop("grun-journal", self._commit, 60.0, log)
+        self.full: str | None = None  # why the disk takes no more records now (DiskFull); None: it does
+        self._writer = Loop("grun-journal", self._commit, lambda: RETRY_SECS if self.full else 60.0, log)
         self._writer.start()
 
     def _path(self, first: int) -> str:
@@ -103,7 +120,7 @@ class Journal:
     def open(self, next_seq: int) -> None:
         self._seq = self._durable = next_seq - 1
         self._segment = next_seq
-        self._file = open(self._path(next_seq), "ab")
+        self._file = open(self._path(next_seq), "ab", buffering=0)  # (unbuffered: a failed write leaves nothing behind)
         fsync_dir(self.dir)
 
     def append(self, records: list[dict]) -> int:
@@ -128,14 +145,14 @@ class Journal:
         with self._lock:
             if self._durable >= seq:
                 return
-            if self._error:
-                raise self._error
+            if self._error or self.full:
+                raise self._error or DiskFull(self.full)
             gate = threading.Lock()
             gate.acquire()
             heapq.heappush(self._waiters, (seq, next(self._tiebreak), gate))
         gate.acquire()
         if self._durable < seq:
-            raise self._error
+            raise self._error or DiskFull(self.full or "no room for its journal")
 
     def _release(self, upto: float) -> None:
         while self._waiters and self._waiters[0][0] <= upto:
@@ -162,34 +179,78 @@ class Journal:
         with self._lock:
             if not self._pending or self._error:
                 return
-            batch, self._pending, upto = self._pending, [], self._seq
+            batch, self._pending = self._pending, []
+        done, durable = 0, self._durable  # (items of the batch on disk; only this thread moves _durable)
         try:
-            for are_lines, items in itertools.groupby(batch, lambda item: isinstance(item, bytes)):
-                if are_lines:
-                    self._file.write(b"".join(items))
-                    self._file.flush()
-                    _datasync(self._file.fileno())
+            while done < len(batch):
+                if not isinstance(batch[done], bytes):
+                    self._switch(batch[done])
+                    done += 1
                     continue
-                for first in items:  # a new segment from here on
-                    self._file.close()
-                    self._file = open(self._path(first), "ab")
-                    fsync_dir(self.dir)
+                end = next((i for i in range(done, len(batch)) if not isinstance(batch[i], bytes)), len(batch))
+                self._write(batch[done:end])
+                durable, done = durable + end - done, end  # (a line per seq)
+                with self._lock:
+                    self._durable = durable
+                    self._release(durable)
+        except DiskFull as exc:
+            with self._lock:
+                self._pending[:0] = batch[done:]
+                if self.full is None:
+                    self._log.critical("%s: %d records wait in memory; new jobs and changes are refused until there "
+                                       "is room", exc, len(self._pending))
+                self.full = str(exc)
+                self._release(float("inf"))  # (each raises DiskFull: nobody waits on a disk with no room)
+            return
         except OSError as e:
-            # After a failed fsync the page cache may claim data the disk lost: stop for good.
             self._log.error("journal write failed: %s", e)
             with self._lock:
                 self._error = StoreError(f"journal write failed: {e}")
                 self._release(float("inf"))
             return
         with self._lock:
-            self._durable = upto
             self.commits += 1
-            self._release(upto)
+            if self.full is not None:
+                self._log.warning("the journal's disk has room again: its records are written; accepting jobs")
+                self.full = None
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Append lines and fdatasync them. No room: they are cut off again (DiskFull), so that no partial
+        line is left for the next write to glue onto; written again whole, they make new dirty pages."""
+        fd = self._file.fileno()
+        data, size = memoryview(b"".join(lines)), os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            _datasync(fd)
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                raise
+            os.ftruncate(fd, size)  # (a failure here is not for want of room: the journal stops)
+            raise _no_room(exc, self.dir) from None
+
+    def _switch(self, first: int) -> None:
+        """Later records go to journal.<first>.log."""
+        new = None
+        try:
+            new = open(self._path(first), "ab", buffering=0)
+            fsync_dir(self.dir)
+        except OSError as exc:
+            if new is not None:
+                new.close()
+            if exc.errno not in NO_ROOM:
+                raise
+            raise _no_room(exc, self.dir) from None
+        self._file.close()
+        self._file = new
 
     def close(self) -> None:
         with self._lock:
             self._closing = True
         self._writer.stop(join=60)
         self._commit()  # what was appended before close
+        if self._pending and not self._error:
+            self._log.error("%d journal records not written at close (%s): they were never acknowledged",
+                            len(self._pending), self.full)
         if self._file:
             self._file.close()

@@ -156,8 +156,15 @@ class Store:
             if len(tickets) >= 2:
                 self.journal.prune(tickets[-2])
 
+    def full(self) -> str | None:
+        """Why no job may be submitted or changed now: the journal's disk has no room (grun.journal.DiskFull)."""
+        why = self.journal.full
+        return why and f"master's disk is full: {why}: no new jobs or changes until there is room"
+
     def refusal(self, min_free_mb: int) -> str | None:
-        """Why no new jobs should be taken now (the file system is nearly full), or None."""
+        """Why no new jobs should be taken now (the file system is full or nearly full), or None."""
+        if full := self.full():
+            return full
         now = time.monotonic()
         checked, minimum, before, logged = self._disk
         if now - checked < DISK_CHECK_SECS and minimum == min_free_mb:
@@ -249,6 +256,8 @@ class Store:
         with self._file_lock:
             with self._lock:
                 batch = list(self._buffer.values())
+            if self.journal.full:  # (history waits for the journal, which waits for room)
+                return
             if batch and self._loaded:  # their ends on disk first: history is never ahead of the journal
                 self.log([])
             while batch:

@@ -29,6 +29,7 @@ from ..core.arrays import has_task
 from ..core.explain import disk_low, explain, progress, provenance
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
 from ..core.rules import SCRIPT_BYTES
+from ..journal import DiskFull
 from ..plugins import Plugins
 from ..spool import spool_space
 from ..store import Store, StoreError
@@ -44,6 +45,7 @@ MAX_WAIT_SECS = 60.0
 # Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
 # an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
 Restarting = ConnectionRefusedError
+FROM_NODES = frozenset({"register", "finished", "started"})  # told to try again on a full disk, as by a restart
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,19 +138,35 @@ class Master:
                     woken = [e for r in step.records if self.watchers
                              for e in self.watchers.pop(r["job"]["id"] if r["op"] == "submit" else r.get("id"), ())]
             if seq and step.durable:
-                self._journal(self.store.journal.wait, seq)
+                try:
+                    self._journal(self.store.journal.wait, seq)
+                except DiskFull as exc:
+                    raise self._not_written(event, step, exc) from None
                 if self.failed.is_set():
                     raise Restarting("the grun master's journal failed; it is restarting")
             self._execute(step)  # first: plugins hear of an end before its waiters
         except BaseException:
             if woken and seq:  # an event that failed midway: its waiters read its records once they are on disk
-                with contextlib.suppress(StoreError):
+                with contextlib.suppress(StoreError, DiskFull):
                     self.store.journal.wait(seq)
             raise
         finally:  # every waiter popped is woken, even when the event failed (it looks again, and waits again)
             for waiter in woken:
                 waiter.set()
         return step.reply
+
+    def _not_written(self, event: str, step: Step, exc: DiskFull) -> Exception:
+        """The error for a request whose records the disk had no room for (its earlier checks passed just before
+        the disk filled). They stay applied, and are written once there is room; so a submission's jobs are
+        killed now: their submitter is told they were not accepted, and they must never run."""
+        if new := [r["job"]["id"] for r in step.records if r["op"] == "submit"]:  # (not a retried submission's)
+            with contextlib.suppress(ValueError):  # (the kill's own records wait for room too)
+                self._do("kill", new, 15, True)
+            log.error("job %s not accepted, and killed: the disk had no room for it", ", ".join(map(str, new)))
+            return ValueError(f"master's disk is full: {exc}: not accepting new jobs")
+        if event in FROM_NODES:  # a node tries again, as when the master restarts
+            return Restarting(f"the grun master's disk is full: {exc}")
+        return ValueError(f"master's disk is full: {exc}: done in memory, on disk once there is room")
 
     def _journal(self, call, *args):
         """A call to the journal. When it fails, records are applied in memory but maybe not on disk:
@@ -239,11 +257,11 @@ class Master:
                 log.exception("starting jobs on %s failed; they are offered again later", name)
 
     def _schedule(self) -> None:
-        if not self._closing:
+        if not (self._closing or self.store.journal.full):  # (no dispatch is made durable while the disk is full)
             self._do("schedule")
 
     def _housekeeping(self) -> None:
-        if self._closing:
+        if self._closing or self.store.journal.full:
             return
         self._do("sweep")
         # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per
@@ -274,6 +292,7 @@ class Master:
         """submit_many for the submitter, in the same one call: {"ids": [...]}, with "warnings": [[id, text],
         ...] (a rule's warn:, ...) when there are some, for its stderr. A user's credential (grun.auth) says
         who they run as: a spec claiming someone else is refused."""
+        self._writable()
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
         notes: list[tuple[str, str]] = []
@@ -306,32 +325,38 @@ class Master:
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
         at once, even if its node cannot be reached (it is still signalled if it can)."""
-        self._owned(job_ids, "kill")
+        self._may_change(job_ids, "kill")
         return self._do("kill", job_ids, signal, force)
 
     def hold(self, job_ids: list) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to the process group, cpus released)."""
-        self._owned(job_ids, "hold")
+        self._may_change(job_ids, "hold")
         return self._do("control", "hold", job_ids)
 
     def resume(self, job_ids: list) -> dict:
         """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
-        self._owned(job_ids, "resume")
+        self._may_change(job_ids, "resume")
         return self._do("control", "resume", job_ids)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        self._owned(job_ids, "edit")
+        self._may_change(job_ids, "edit")
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
         users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
         return self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]))
 
-    def _owned(self, job_ids, what: str) -> None:
-        """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all)."""
+    def _may_change(self, job_ids, what: str) -> None:
+        """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all); nobody while
+        the master's disk is full (its journal could not keep the change)."""
+        self._writable()
         if isinstance(auth.caller(), dict) and isinstance(job_ids, (list, tuple)):
             with self.lock:
                 jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
             for job in filter(None, jobs):
                 auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
+
+    def _writable(self) -> None:
+        if full := self.store.full():
+            raise ValueError(full)
 
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")
