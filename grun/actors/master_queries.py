@@ -1,0 +1,148 @@
+"""The master's read-only answers: a job's record (live, recent or from history), the live jobs, the nodes, history,
+why a job waits, a name's job id, the cluster's status, and the waits for jobs to start or end. Each shows a user
+only what private_queries lets them see, and none changes a job. A mixin of grun.actors.master.Master, whose lock,
+core, store and watchers (the waits' events, which the master's records wake) it reads.
+"""
+
+import threading
+import time
+
+import Pyro5.api
+
+from .. import auth
+from ..core import jobs as J
+from ..core.arrays import has_task
+from ..core.explain import disk_low, explain, progress, provenance
+from ..spool import spool_space
+from ..values import task_ref
+
+MAX_WAIT_SECS = 60.0
+
+
+@Pyro5.api.expose
+class Queries:
+    def job(self, job_id: int | str) -> dict:
+        """A job's record: live, or ended (recent, else from history). A task `12.7` (task 7 of array 12): its own
+        record once it has begun (live, or ended), its array's while it has not (the array's has no `task`)."""
+        job_id, task = task_ref(job_id) or (J.parse_job_id(job_id), None)
+        with self.lock:
+            live = self.core.table.tasks.get(job_id, {}).get(task)  # (a task begun and not ended)
+            job = self.core.table.jobs.get(live or job_id) or self.core.recent.get(job_id)
+            view = None if job is None else self.core.view(job)
+        if view is None and (found := self.store.find_history(job_id)) is not None:
+            view = J.public_view(found)
+        if view is None or self._only() not in (None, view.get("uid")):
+            raise LookupError(f"unknown job id {job_id}")
+        return view if task is None or (view.get("array"), view.get("task")) == (job_id, task) else \
+            self._ended_task(view, task)
+
+    def _ended_task(self, array: dict, task: int) -> dict:
+        """Task `task` of this array, not live: its array's record if it has not begun, else its own from history."""
+        if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
+            raise LookupError(f"job {array['id']} {f'has no task {task}' if 'ranges' in array else 'is not an array'}")
+        if has_task(array, task):
+            return array  # (not begun yet)
+        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (array["id"], task), array["id"])
+        if not ended:
+            raise LookupError(f"task {array['id']}.{task} ended too long ago (see grun -q history)")
+        return J.public_view(ended[0])
+
+    def jobs(self) -> list[dict]:
+        only = self._only()
+        with self.lock:
+            return [self.core.view(j) for _, j in sorted(self.core.table.jobs.items()) if only in (None, j.get("uid"))]
+
+    def _only(self) -> int | None:
+        """private_queries: the uid whose jobs alone a user's queries show (None: all; root, admins, daemons)."""
+        who = auth.confined(self.core.settings["admins"]) if self.core.settings["private_queries"] else None
+        return None if who is None else who["uid"]
+
+    def nodes(self) -> list[dict]:
+        now = time.time()
+        with self.lock:
+            return [{"name": n.name, "up": n.up, "cpus": n.cpus, "memory": n.memory,
+                     "free_cpus": max(0.0, n.free_cpus), "free_memory": max(0, n.free_memory),
+                     "running": len(n.jobs), "uri": n.uri, "outside_cpus": n.outside_cpus,
+                     "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
+                     "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()},
+                     "spool_free": n.spool_free}
+                    for _, n in sorted(self.core.table.nodes.items())]
+
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
+        asked, only = J.history_filter(user, grep), self._only()
+        chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
+        return [J.public_view(j) for j in self.store.history(int(limit), chosen)]
+
+    def why(self, job_id: int, short: bool = False) -> str:
+        """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
+        job = self.job(job_id)
+        with self.lock:
+            return progress(job, self.core, time.time()) if short else \
+                explain(job, self.core, time.time()) + provenance(job)
+
+    def lookup(self, name: str, user: str | None = None, ended: bool | None = None, anyone: bool = False) -> int | None:
+        """The id of a user's job with this name (names are per user): the live one, else (`ended`; by default when
+        the user is given) their newest finished one; None if none. The user: a user confined to their own jobs is
+        always themselves; others (root, admins, a cluster without auth:) name one, and with `anyone`, when that
+        user has no live job of that name, get any user's (as root's `scancel -n`)."""
+        confined, who = auth.confined(self.core.settings["admins"]), auth.caller()  # (private_queries: the same)
+        ended = bool(user) if ended is None else ended
+        user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
+        with self.lock:
+            names, name = self.core.table.names, str(name)
+            found = names.get((user, name))
+            if found is None and anyone and not confined:
+                found = next((i for (_, n), i in names.items() if n == name), None)
+        if found is None and user and ended:
+            found = (self.store.find_name(user, name) or {}).get("id")
+        return found
+
+    def status(self, long: bool = False) -> dict:
+        """`grun -q status` in one call: the nodes, the problems an admin must see (one line each), the master's
+        spool in MB ({spool_free, spool_size}) and, `long`, the plugins the master and each node run."""
+        space, refusal = spool_space(self.store.dir), self.store.refusal(self.core.settings["min_free_disk"])
+        own = None if refusal else disk_low("the master", space, self.core.settings)
+        with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
+            disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if n.disk]
+        warnings = [*self.store.problems, *filter(None, [refusal, own and own[1]]), *disks]
+        out = {"nodes": self.nodes(), "warnings": warnings, "master_spool": space}
+        if long:
+            nodes = {f"node {n}": p for n, p in sorted(self.node_plugins.items())}
+            out["plugins"] = {"master": self.plugins.names, **nodes}
+        return out
+
+    def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
+        """Returns the job once it runs (or has finished), or as it is when the timeout passes."""
+        job_id, unstarted = J.parse_job_id(job_id), J.UNSTARTED
+        self._until(lambda: [job_id] if self.core.table.jobs.get(job_id, {}).get("state") in unstarted else [], timeout)
+        return self.job(job_id)
+
+    def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
+        """Finished records of the given jobs, returned when all have finished or the timeout passed. An unknown
+        id (another user's, under private_queries) is refused before any wait."""
+        views = {i: self.job(i) for i in map(J.parse_job_id, job_ids)}
+        self._until(lambda: [i for i in views if i in self.core.table.jobs], timeout)  # (none when all have finished)
+        views = {i: view if view["state"] in J.FINAL_STATES else self.job(i) for i, view in views.items()}
+        return {str(i): view for i, view in views.items() if view["state"] in J.FINAL_STATES}
+
+    def _until(self, waiting, timeout: float) -> None:
+        """Until waiting() (called under the lock) names no job, waking at every record of the jobs
+        it names, or until the timeout. A finished wait leaves no watcher behind."""
+        deadline, event, watched = time.monotonic() + min(float(timeout), MAX_WAIT_SECS), threading.Event(), set()
+        try:
+            while True:
+                with self.lock:
+                    ids = waiting()
+                    event.clear()
+                    for i in ids:
+                        self.watchers.setdefault(i, set()).add(event)
+                    watched.update(ids)
+                left = deadline - time.monotonic()
+                if not ids or left <= 0 or not event.wait(left):
+                    return
+        finally:
+            with self.lock:
+                for i in watched & self.watchers.keys():
+                    self.watchers[i].discard(event)
+                    if not self.watchers[i]:
+                        del self.watchers[i]
