@@ -32,6 +32,7 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
+HIDE_SECS = 5.0  # how long the node waits for a failed -M job's outputs to be renamed (hide_failed_outputs)
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 # how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
 # those jobs as it does any whose reaper died (grun.actors.node_jobs._reaperless)
@@ -174,6 +175,43 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
+def hide_failed_outputs(job: dict, status: dict, threaded: bool = False) -> None:
+    """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), as its user, never as root: done
+    by whoever waited for the job, its reaper or, when that died, the node (node_jobs._end_orphan), and once, as
+    the node settles only jobs without a status.json (a second call would find no FILE to move). The
+    single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches every thread's):
+    it renames in a child of its own, waited for at most HIDE_SECS (a hung NFS server must not stall the node)."""
+    outputs = job.get("outputs") or []
+    if not job.get("make") or not outputs or not (status.get("exit_code") or status.get("signal")):
+        return
+    from .make import rename_failed  # (not at import: the reaper starts light; nor in a child: the import lock)
+    ident = _identity(job)
+    if not (ident and threaded):
+        with _as_user(ident):
+            rename_failed(outputs)
+        return
+    pid, ended = _in_child_as(ident, rename_failed, outputs, HIDE_SECS)
+    if select.select([ended], [], [], 0)[0]:
+        os.waitpid(pid, 0)
+    os.close(ended)
+
+
+def _in_child_as(ident: dict, work, args, secs: float) -> tuple[int, int]:
+    """Run work(args) in a child as the job's user (`_identity`'s), waiting at most `secs` for it. Returns the
+    child's pid and a pipe readable once it has ended (it is then the caller's to collect)."""
+    ended, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with _as_user(ident):
+                work(args)
+        finally:
+            os._exit(0)
+    os.close(w)
+    select.select([ended], [], [], secs)
+    return pid, ended
+
+
 _sync_pipe: int | None = None  # the pipe of the last sync child: readable (its end closed) once the child has ended
 
 
@@ -186,15 +224,7 @@ def _sync_as(ident: dict, paths: list) -> None:
         if not select.select([_sync_pipe], [], [], 0)[0]:
             return  # (the last one is still stuck)
         os.close(_sync_pipe)
-    _sync_pipe, w = os.pipe2(os.O_CLOEXEC)
-    if os.fork() == 0:
-        try:
-            with _as_user(ident):
-                mounts.walk(paths)
-        finally:
-            os._exit(0)
-    os.close(w)
-    select.select([_sync_pipe], [], [], mounts.SYNC_SECS)
+    _sync_pipe = _in_child_as(ident, mounts.walk, paths, mounts.SYNC_SECS)[1]
 
 
 def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
@@ -325,10 +355,7 @@ class Reaper:
             run = ending.run
             try:
                 exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost)
-                if run.job.get("make") and (run.status["exit_code"] or run.status["signal"]):
-                    from .make import rename_failed  # (grun.make: FILE.failed), as its user, never as root
-                    with _as_user(_identity(run.job)):
-                        rename_failed(run.job.get("outputs") or [])
+                hide_failed_outputs(run.job, run.status)
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper
                 self._fail(run.dir, run.notify, f"supervisor failed: {exc}")

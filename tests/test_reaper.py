@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 
 import psutil
@@ -458,3 +460,37 @@ def test_a_maxrss_no_larger_than_the_reaper_s_own_is_marked_as_at_most_that(c):
     from grun.tables import fmt_rss, history_long, history_table
     assert fmt_rss(done[small]["usage"]).startswith("<=") and not fmt_rss(done[big]["usage"]).startswith("<=")
     assert "max rss <=" in history_long([done[small]]) and " <=" in history_table([done[small]])
+
+
+@pytest.mark.parametrize("death", ["reaper", "node and reaper"])
+def test_a_failed_make_job_of_a_dead_reaper_leaves_file_failed(c, death):
+    """-M: the outputs of a failed make job become FILE.failed, also when its reaper died and the node ended
+    it: waited for as the node's child (the reaper killed), or declared ended by a restarted node (the node
+    killed too: the job is nobody's child then). As the job's user: nobody, when we are root."""
+    where = tempfile.mkdtemp(prefix="grun-make-")  # (pytest's temp root is private to root)
+    os.chmod(where, 0o777)
+    gate, out = os.path.join(where, "gate"), os.path.join(where, "out")
+    who = {"uid": 65534, "gid": 65534} if os.geteuid() == 0 else {"uid": os.getuid(), "gid": os.getgid()}
+    try:
+        client = c.client()
+        job_id = client.submit_spec({"cmd": ["echo half > out; while [ ! -e gate ]; do sleep 0.05; done; exit 3"],
+                                     "shell": True, "cwd": where, "make": True, "outputs": [out], **who})
+        pid = job_pid(c, job_id)
+        wait_for(lambda: os.path.exists(out), 10, what="the job's output")
+        reaper = _reaper_of(c, job_id)
+        if death == "node and reaper":
+            c.kill("n1", signal.SIGKILL)
+        os.kill(reaper, signal.SIGKILL)
+        if death == "node and reaper":
+            c.start_node("n1")
+            want = ("failed", 255)
+        else:
+            wait_for(lambda: psutil.Process(pid).ppid() == c.procs["n1"].pid, 10, what="the job to be the node's child")
+            open(gate, "w").close()
+            want = ("failed", 3)
+        done = client.wait([job_id], 30)[job_id]
+        assert (done["state"], done["exit"]) == want, done
+        assert not os.path.exists(out) and open(out + ".failed").read() == "half\n"
+        assert os.stat(out + ".failed").st_uid == who["uid"]
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -363,11 +363,15 @@ class NodeJobs:
                 return self._record_orphan(live, *spawner.end_job(pid))  # (as its reaper would have)
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
-            return self._end_failed(live, f"{why}: the host rebooted", lost=True)
-        with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
-            if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
-                spawner.killpg(pid, signal.SIGKILL)
-        self._end_failed(live, why if pid else f"{why} while starting the job")
+            why, more = f"{why}: the host rebooted", {"lost": True}
+        else:
+            more = {}
+            with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
+                if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
+                    spawner.killpg(pid, signal.SIGKILL)
+        if pid is None:  # (never ran: it wrote no output to hide)
+            return self._end_failed(live, f"{why} while starting the job", **more)
+        self._end_orphan(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
 
     def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
         """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
@@ -375,6 +379,14 @@ class NodeJobs:
         status = spawner.exit_status(live.dir, live.job, {
             "start_time": spool.started_at(live.dir) or time.time(), "limits": dict(live.job.get("limits") or {})},
             wstatus, rusage, time.time(), lost)
+        self._end_orphan(live, status)
+
+    def _end_orphan(self, live: LiveJob, status: dict) -> None:
+        """End a job of a dead reaper as the reaper would have: a failed -M job's outputs hidden, then its status."""
+        try:
+            spawner.hide_failed_outputs(live.job, status, threaded=True)
+        except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
+            log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
         if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
             log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
         self._finished(live, status)
