@@ -319,9 +319,11 @@ class Reaper:
             return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)
-        spool.set_pid(claimed, proc.pid)
+        in_file = spool.set_pid(claimed, proc.pid)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, notify, keep)
-        if job.get("stdin"):  # the node then lets go of its read end of the FIFO; others need no ping
+        # the node then lets go of its read end of the FIFO; or learns the pid a full disk kept from the pid
+        # file (to signal the job: its kills, their escalation); others need no ping
+        if job.get("stdin") or not in_file:
             self._ping(notify, f"started {job['id']} {proc.pid}")
         if pending_kill := (spool.read(job_dir, spool.KILL) or {}).get("signal"):
             killpg(proc.pid, pending_kill)

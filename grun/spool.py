@@ -206,17 +206,25 @@ def remove(job_dir: str) -> None:
 
 def claim(job_dir: str, reaper: str) -> int | None:
     """Claim the job's start for this reaper: its pid file, open, or None when it was claimed before
-    (by us or an earlier reaper) or the job is gone."""
+    (by us or an earlier reaper) or the job is gone. On a full disk the file stays empty: still ours (O_EXCL)."""
     try:
         fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError:
         return None
-    os.write(fd, f"{'-':<{_PAD}} {reaper}\n".encode())
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{'-':<{_PAD}} {reaper}\n".encode())
     return fd
 
 
-def set_pid(claimed: int, pid: int) -> None:
-    os.pwrite(claimed, f"{pid:<{_PAD}}".encode(), 0)
+def set_pid(claimed: int, pid: int) -> bool:
+    """False: a full disk left the pid file empty (its reaper tells the node the pid in a ping instead)."""
+    try:
+        os.pwrite(claimed, f"{pid:<{_PAD}}".encode(), 0)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        return False
+    return True
 
 
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:

@@ -178,7 +178,7 @@ class LocalCluster:
             jobs_dir = os.path.join(self.root, name, "node", "jobs")
             for entry in os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else ():
                 # Read here, not through grun.spool: bench runs this file against older commits too.
-                with contextlib.suppress(OSError, ValueError):  # no pid yet; or the job ended meanwhile
+                with contextlib.suppress(OSError, ValueError, IndexError):  # no pid yet; or the job ended meanwhile
                     pid = int(open(os.path.join(jobs_dir, entry, "pid")).read().split()[0])  # "<job pid> <reaper>"
                     os.killpg(pid, signal.SIGKILL)  # the job's process group
 

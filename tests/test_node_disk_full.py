@@ -4,12 +4,14 @@ job that ends meanwhile still ends, as what it was (killed), its lost output sai
 once space returns. Real daemons, the node's spool on a real 3 MB tmpfs (root only)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -143,3 +145,49 @@ def test_a_reaper_whose_node_has_gone_gives_up_an_unwritten_status_and_a_restart
     r = c.grun("--attach", str(job_id), timeout=30)
     assert r.returncode != 0 and c.client().job(job_id)["state"] == "killed", r.stderr
     assert "Traceback" not in _log(c)
+
+
+def _fill(c) -> str:
+    """Fill the spool disk to its last byte, from outside (root ignores no tmpfs limit)."""
+    path = os.path.join(c.spool, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x" * 4096)
+    os.close(fd)
+    return path
+
+
+def _reaper(c) -> int:
+    node = psutil.Process(c.procs["n4"].pid)
+    (reaper,) = [p.pid for p in node.children() if "grun.spawner" in " ".join(p.cmdline())]
+    return reaper
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_a_kill_on_a_full_disk_is_escalated_to_kill_after_the_grace(c, started):
+    """The job ignores TERM; the spool disk is full to its last byte, so no kill request can be written:
+    the job still gets TERM, then KILL after the grace, and the master hears of it. `started`: the job runs;
+    else it still waits in its (stopped) reaper's pipe when the kill comes."""
+    assert c.grun("-H", "n4", "true").returncode == 0
+    reaper = _reaper(c)
+    if not started:
+        os.kill(reaper, signal.SIGSTOP)
+    try:
+        job_id = nowait(c, "-H", "n4", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
+        job_dir = os.path.join(c.spool, "jobs", str(job_id))
+        wait_for(lambda: os.path.exists(os.path.join(job_dir, "pid" if started else "job.json")), 10,
+                 what="the job on its node")
+        _fill(c)
+        t0 = time.monotonic()
+        assert c.grun("-k", str(job_id)).returncode == 0
+        if not started:
+            time.sleep(1)
+            os.kill(reaper, signal.SIGCONT)
+        job = wait_state(c, job_id, "killed", "failed", timeout=30)
+        assert (job["state"], job.get("signal")) == ("killed", signal.SIGKILL), job
+        assert time.monotonic() - t0 < 15
+        assert "Traceback" not in _log(c)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(reaper, signal.SIGCONT)
