@@ -13,9 +13,9 @@ from . import __version__
 from .config import ConfigError, find_config_path, load_config
 from .options import EXIT_USAGE, GRUN_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
-from .values import task_ref
 
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
+SHORT_FORMS = ("shell", "help", "why")  # `grun why 7` is `grun -q why 7`; `grun -- why 7` runs a program `why`
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...|why ID|conf   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
@@ -36,6 +36,17 @@ def _say(message: str, code: int = 1) -> int:
     return code
 
 
+def _show(text: str, end: str = "\n") -> int:
+    """`text` on stdout: 0, or 1 and one line if it cannot be written (`> /dev/full`), as coreutils."""
+    try:
+        print(text, end=end, flush=True)
+    except BrokenPipeError:
+        raise  # our reader went away: quietly
+    except OSError as exc:
+        return _say(f"write error: {exc.strerror}")
+    return 0
+
+
 def _stdin_fd() -> int | None:
     """Our stdin, to forward to the job, unless it is a terminal (or closed)."""
     try:
@@ -45,9 +56,10 @@ def _stdin_fd() -> int | None:
         return None
 
 
-def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
+def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str], str | None]:
     """The verb (and its words) a command line's form names, and how to call it in messages; the
-    options that chose it are taken out of `opts`."""
+    options that chose it are taken out of `opts`. A first word of SHORT_FORMS is that verb, whatever
+    follows (a wrong use is a usage error, never a job of that name), unless `escaped`: after `--`."""
     if opts.pop("query", False):
         from .verbs import NAMES
         found = NAMES.get(words[0]) if words else None
@@ -63,15 +75,43 @@ def _form(opts: dict, words: list[str]) -> tuple[list[str], str | None]:
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
         return ["attach", str(opts.pop("attach")), *words], "--attach"
-    if not opts and (words == ["shell"] or words[:1] == ["help"] and len(words) <= 2
-                     or words[:1] == ["why"] and len(words) == 2 and (words[1].isdigit() or task_ref(words[1]))):
-        return words, None  # `grun -c1 why 3` and `grun -- shell` run programs of those names
+    if words[:1] and words[0] in SHORT_FORMS and not escaped:
+        if opts and words[0] != "why":  # (why's own options go to it: `grun --json why 7`; others are refused there)
+            raise UsageError(f"option --{next(iter(opts))} does not go with {words[0]}")
+        return words, None
     return ["run", "--", *words], "grun"
+
+
+def _fill_closed_std_fds() -> None:
+    """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number
+    (a job's output would go into it), and a write to it fails with EBADF as to a closed fd, so that, as with
+    `echo hi >&-`, only output to write is an error ("write error: Bad file descriptor")."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:  # (Python gave up on them at start; print() to a None stderr writes to stdout)
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:  # our messages have nowhere to go
+        sys.stderr = open(os.devnull, "w")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `grun` command; as the program (argv None) it ends the process itself when it can (_exit_quickly)."""
+    if argv is None:
+        _fill_closed_std_fds()
     code = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        try:
+            sys.stdout.flush()
+        except OSError as exc:  # what print() left (`--help > /dev/full`), unless _main said so already
+            if not isinstance(exc, BrokenPipeError):  # (a reader gone: quietly, as `ls | head -1`)
+                code = code or _say(f"write error: {exc.strerror}")
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the bytes left go: the flush at exit fails no more
     if os.environ.get("GRUN_TIMES"):
         print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
     if argv is None:
@@ -83,11 +123,10 @@ def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
         if opts.get("help") or opts.get("version"):
-            print(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
-            return 0
+            return _show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
         if "completion" in opts:
             from .integrate import completion
-            return print(completion(opts["completion"]), end="") or 0
+            return _show(completion(opts["completion"]), end="")
         from . import verbs
         from .client import Client
         TIMES["imported"] = time.time()
@@ -95,7 +134,8 @@ def _main(argv: list[str]) -> int:
         TIMES["config"] = time.time()
         if opts.pop("daemon", False):
             return daemon(opts, words, cfg)
-        words, called = _form(opts, words)
+        escaped = bool(words) and argv[-len(words) - 1:-len(words)] == ["--"]  # (the words are argv's tail)
+        words, called = _form(opts, words, escaped)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)
         if words[0] in ("shell", "help"):
             from . import shell  # (its verbs: help)
@@ -126,8 +166,7 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
         from .integrate import systemd_unit
         if len(words) > bool(opts.get("install")) or set(opts) - {"systemd", "install"}:
             raise UsageError("usage: grun -d --systemd [--install [DIR]]")
-        return print(systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None),
-                     end="") or 0
+        return _show(systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None), end="")
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))

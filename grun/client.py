@@ -319,9 +319,11 @@ class Client:
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
                         f"before grun could attach); following attempt {run[1]}")
             where, final, retried = run, job["state"] in J.FINAL_STATES, None
+            node = job.get("node")
             try:
                 if not (supervisor := self.supervisor(job_id, job)):
                     if final:
+                        gone = f"job {job_id} ran on {node}, which the master no longer knows: its output is out of reach"
                         break
                     raise ConnectionError("its node has not registered with the master yet")
                 with supervisor as sup:
@@ -367,23 +369,25 @@ class Client:
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
                 stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
-            except BrokenPipeError:
-                raise  # our own reader went away (`grun yes | head -1`): the caller ends quietly
-            except LookupError:
-                if final:
-                    break  # the node no longer holds the output
+            except (BrokenPipeError, stream.WriteError):
+                raise  # our own reader went away (`grun yes | head -1`), or our stdout refuses the bytes
+            except (LookupError, wire.CallRejected):  # (its node answers, but holds no such job)
+                if final:  # (the node drops it once a client has read it to the end, or after output_keep)
+                    gone = f"job {job_id} has ended and its output is no longer kept on {node} (read already, or expired)"
+                    break
             except Exception as exc:
                 if not wire.is_unreachable(exc):
                     raise _failure(exc, f"job {job_id}") from None
             failures += 1
-            if final and failures >= 5:
-                break  # the job has ended, and its node does not answer: the master has its exit code
+            if final and failures >= 5:  # the job has ended, and its node does not answer: the master has its exit code
+                gone = f"job {job_id}: its node {node} does not answer, so its output cannot be fetched"
+                break
             time.sleep(min(0.2 * failures, 2.0))
             job = self.call("job", job_id, wait=self.long_wait)  # ride through a master restart
         if require_output:
-            raise GrunError(f"the output of job {job_id} is no longer kept on its node")
+            raise GrunError(gone)
         if job.get("node"):  # a job that never ran had no output to keep
-            on_note(f"the output of job {job_id} is no longer kept on its node")
+            on_note(gone)
         return self.exit_code(job_id, on_limit)
 
 

@@ -136,6 +136,13 @@ def _relay(tls, plain: socket.socket) -> None:
         tls.close()
 
 
+class WriteError(OSError):
+    """Our own stdout or stderr refused bytes (`> /dev/full`, `>&-`); said as coreutils say it."""
+
+    def __str__(self) -> str:
+        return f"write error: {self.strerror}"
+
+
 def write_all(fd: int, data) -> None:
     view = memoryview(data)
     while view:
@@ -206,7 +213,12 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
             if callable(sink):
                 sink(bytes(view[:k]))
             else:
-                write_all(sink, view[:k])
+                try:
+                    write_all(sink, view[:k])
+                except BrokenPipeError:
+                    raise
+                except OSError as e:  # our stdout is full or closed: not the connection's fault, no retry heals it
+                    raise WriteError(e.errno, e.strerror) from None
         return k
 
 
@@ -215,7 +227,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
     A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
     input (the Python API uses both). Raises StreamBroken if the connection drops first, and
-    BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`)."""
+    BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
     sock, send_lock = None, threading.Lock()
     try:

@@ -34,7 +34,13 @@ class Context:
 
     def print(self, text: str = "") -> int:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
-        print(text, file=self.out, flush=True)
+        try:
+            print(text, file=self.out, flush=True)
+        except BrokenPipeError:
+            raise  # our reader went away: the shell or the command line ends quietly
+        except OSError as exc:  # `> /dev/full`, `>&-`: one line, as coreutils say it
+            from .stream import WriteError
+            raise WriteError(exc.errno, exc.strerror) from None
         return 0
 
     def say(self, message: str, code: int = 1) -> int:
@@ -300,28 +306,35 @@ def _raise_terminated(*_):
 def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
     """`body()`, which submits jobs (their ids into `ids`) and follows them: `grun CMD`, srun, --array. On Ctrl-C,
     SIGTERM or our reader going away (EPIPE): `before()`, then the jobs are killed (on a new connection: the old one
-    may be mid-reply) and said so (not to a reader gone), and the exit code is that death's, as a local command's."""
+    may be mid-reply) and said so (not to a reader gone), and the exit code is that death's, as a local command's.
+    Our stdout refusing their output (`> /dev/full`) kills them as a reader gone would, and is a write error (1)."""
     import contextlib
     import signal
 
     from .client import Client, GrunError
+    from .stream import WriteError
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+    refused = None
     try:
         return body()
-    except (KeyboardInterrupt, Terminated, BrokenPipeError) as exc:
+    except (KeyboardInterrupt, Terminated, BrokenPipeError, WriteError) as exc:
         before()
-        sig = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM, BrokenPipeError: signal.SIGPIPE}[type(exc)]
+        refused = exc if isinstance(exc, WriteError) else None
+        sig = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(type(exc), signal.SIGPIPE)
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     what = f"jobs {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"job {ids[0]}" if ids else ""
+    killed = {}
     if ids:
         try:
-            Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
+            killed = Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
         except GrunError as exc:
             ctx.say(f"could not kill {what}: {exc}")
+    if refused:  # (a job that had ended already is not said killed)
+        return ctx.say(f"{refused}" + (f"; {what} killed" if any(killed.values()) else ""))
     if sig != signal.SIGPIPE:
         ctx.say(f"{what} killed" if ids else "interrupted")
     with contextlib.suppress(BrokenPipeError):
