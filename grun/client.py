@@ -454,12 +454,24 @@ def current_user() -> str:
     return user
 
 
+def known_user(name: str) -> None:
+    """GrunError unless this host knows a user of that name."""
+    import pwd
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise GrunError(f"no such user {name!r}") from None
+
+
 def default_env(extra: list[str] | None = None) -> dict:
-    """The environment a job gets: PATH and the usual session variables, plus those asked for by -E."""
+    """The environment a job gets: PATH and the usual session variables, plus those asked for by -E: names
+    (ours passed), '*' (all of ours) or NAME=VALUE (set so, as Slurm's --export=NAME=VALUE)."""
     keep = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
             "PYTHONPATH", "GRUN_CONF", "GRUN_MASTER", "GRUN_SPOOL", "XDG_STATE_HOME"}
     # GRUN_* and XDG_STATE_HOME: a grun inside the job reaches the same master and finds its secret
-    names = {n.strip() for item in extra or [] for n in item.split(",") if n.strip()}
+    words = [w for item in extra or [] for w in item.split(",") if w.strip()]
+    names = {w.strip() for w in words if "=" not in w}
+    given = {name.strip(): value for name, _, value in (w.partition("=") for w in words if "=" in w)}
     if "*" in names:
-        return dict(os.environ)
-    return {k: v for k, v in os.environ.items() if k in keep or k in names or k.startswith("LC_")}
+        return {**os.environ, **given}
+    return {**{k: v for k, v in os.environ.items() if k in keep or k in names or k.startswith("LC_")}, **given}

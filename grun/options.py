@@ -34,7 +34,29 @@ def _param(text: str) -> tuple:
         raise ValueError(f"expected NAME=VALUE, got {text!r}")
     if not is_name(name):
         raise ValueError(f"bad resource name {name!r}")
-    return name, number_or_text(value)
+    if not isinstance(amount := number_or_text(value), str) and amount < 0:  # (the master's check, said first)
+        raise ValueError(f"{name}: expected a count of 0 or more, got {value}")
+    return name, amount
+
+
+def _env(text: str) -> str:
+    """`-E NAME,NAME=VALUE,'*'`: checked here (grun.client.default_env reads it)."""
+    for word in filter(str.strip, text.split(",")):
+        name, eq, _ = word.partition("=")
+        if name.strip() == "*" and not eq:
+            continue
+        if not (name.strip().replace("_", "a").isalnum() and name.isascii() and not name.strip()[0].isdigit()):
+            raise ValueError(f"expected VAR, VAR=VALUE or '*', got {word!r}")
+    return text
+
+
+def _above_zero(parse, hint: str):
+    """-c and -m: none (0) is no request a node can count (the master's check, said first: a usage error)."""
+    def convert(text: str):
+        if (value := parse(text)) <= 0:
+            raise ValueError(f"expected more than 0 ({hint}), got {text}")
+        return value
+    return convert
 
 
 def _lazy(module: str, name: str):
@@ -67,13 +89,14 @@ def _name(text: str) -> str:
 Option = namedtuple("Option", "short long kind convert help metavar", defaults=("flag", None, "", ""))
 
 OPTIONS = [
-    Option("c", "cpus", "value", parse_cpus, "cpus the job needs (fractions allowed; default 1)", "CPUS"),
-    Option("m", "memory", "value", parse_memory, "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
-    Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00; "
+    Option("c", "cpus", "value", _above_zero(parse_cpus, "fractions allowed: -c 0.5"), "cpus the job needs (fractions allowed; default 1)", "CPUS"),
+    Option("m", "memory", "value", _above_zero(parse_memory, "a size, like -m 500M"), "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
+    Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00 (0: none); "
            "then TERM, KILL after kill_grace", "TIME"),
     Option("r", "priority", "value", parse_job_priority, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
-    Option("E", "env", "list", str, "also pass these environment variables ('*' for all)", "VAR,..."),
+    Option("E", "env", "list", _env, "also pass these environment variables ('*' for all), or set VAR=VALUE",
+           "VAR[=VALUE],..."),
     Option("p", "param", "list", _param, "a custom resource (gpu=1) or a label to match (os=debian12)", "NAME=VALUE"),
     Option("j", "name", "value", _name, "a unique name for the job (also: grun -k -j NAME)", "NAME"),
     Option("W", "wait-existing", help="with -j: if that job exists, wait for it and exit with its code"),

@@ -164,7 +164,7 @@ def parse_ulimit(value) -> dict[str, int | None]:
     return out
 
 
-MAX_PRIORITY = 1 << 31  # a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
+MAX_PRIORITY = (1 << 31) - 1  # (a 32-bit int, either sign) a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
 
 
 def _is_whole(value) -> bool:

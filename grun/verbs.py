@@ -36,11 +36,9 @@ class Context:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
         try:
             print(text, file=self.out, flush=True)
-        except BrokenPipeError:
-            raise  # our reader went away: the shell or the command line ends quietly
-        except OSError as exc:  # `> /dev/full`, `>&-`: one line, as coreutils say it
+        except OSError as exc:  # `> /dev/full`, `>&-`: one line, as coreutils say it (a reader gone: quietly)
             from .stream import WriteError
-            raise WriteError(exc.errno, exc.strerror) from None
+            raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
         return 0
 
     def say(self, message: str, code: int = 1) -> int:
@@ -85,12 +83,14 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
             adjust=None) -> int:
     """Run one verb (`words[0]`) with its words; every failure a user can cause is one line and an exit
     status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
-    from .client import GrunError
+    from .client import GrunError, known_user
     try:
         v = NAMES.get(words[0])
         if v is None:
             raise UsageError(f"unknown verb {words[0]!r} (try: help)")
         args = parse(v, words[1:], called, preset)
+        if args.get("user"):  # as squeue's "Invalid user": not an empty table
+            known_user(args["user"])
         if adjust is not None:
             adjust(v, args)
         code = v.run(ctx, args)

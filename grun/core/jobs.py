@@ -283,7 +283,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
-        "time": given("time") and _number(spec, "time", 0, MAX_TIME),
+        "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         "stage": spec.get("stage") or None,
         **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
@@ -295,8 +295,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "hold": bool(spec.get("hold")) or None,
     }
     out.update((key, value) for key, value in optional.items() if value is not None)
-    if out.get("time") == 0:
-        raise ValueError("time must be above zero")
     for stream in ("stdout", "stderr"):
         if f"{stream}_file" in out:
             out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
@@ -367,9 +365,12 @@ def parse_edit(changes: object) -> dict:
 
 def parse_time_limit(text) -> float:
     """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
-    D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m)."""
+    D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m); 0 (or Slurm's UNLIMITED,
+    INFINITE) is none."""
     word = str(text).strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
+    if word.upper() in ("UNLIMITED", "INFINITE"):
+        seconds = 0
+    elif re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
         seconds = float(word) * 60
     elif m := re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", word):
         given = [int(p) for p in m.groups()[1:] if p is not None]
@@ -380,8 +381,8 @@ def parse_time_limit(text) -> float:
         seconds = -1
         with contextlib.suppress(ValueError):
             seconds = parse_duration(word)
-    if not 0 < seconds <= MAX_TIME:
-        raise ValueError(f"expected a time limit above zero and at most a year, like 30 (minutes), 2h, "
+    if not 0 <= seconds <= MAX_TIME:
+        raise ValueError(f"expected a time limit of at most a year (0: none), like 30 (minutes), 2h, "
                          f"1:30:00 or 1-12:00, got {text!r}")
     return float(seconds)
 

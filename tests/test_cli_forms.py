@@ -1,0 +1,134 @@
+"""The command line as a Slurm or coreutils user expects it (QA of 2026-12-07): `grun why ...` always reaches the
+verb, a stdout that is closed or full is a "write error" (rc 1) and never a traceback or lost output, the note
+when a job's output cannot be had says why, `-E VAR=VALUE` sets a variable, and bad values are usage errors (2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from util import wait_for
+
+from grun.client import job_spec
+from grun.values import MAX_PRIORITY
+
+
+def _commands(cluster) -> list:
+    client = cluster.client()
+    return [j["cmd"] for j in client.jobs() + client.history(1000)]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["why", "no-such-name"], "no job named 'no-such-name'"),
+    (["why", "999999", "--json"], "999999"),
+    (["--json", "why", "999999"], "999999"),
+    (["why", "5", "6"], "why takes one job id or name"),
+    (["why"], "why needs job ids"),
+    (["-c1", "why", "3"], "option --cpus does not go with why"),
+    (["-v", "shell"], "option --verbose does not go with shell"),
+])
+def test_the_short_form_of_a_verb_never_submits_its_name(cluster, args, needle):
+    before = _commands(cluster)
+    r = cluster.grun(*args)
+    err = r.stderr.decode()
+    assert r.returncode in (1, 2) and needle in err and "command not found" not in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert _commands(cluster) == before, "a job was submitted"
+
+
+def test_why_in_its_short_forms_answers_and_double_dash_runs_the_program(cluster):
+    client = cluster.client()
+    job = client.submit_spec(job_spec(["sleep", "30"], force=True, hosts="nosuchnode", name="why-forms"))
+    try:
+        for args in (["why", str(job)], ["why", "why-forms"], ["why", str(job), "--json"], ["--json", "why", str(job)]):
+            r = cluster.grun(*args)
+            assert r.returncode == 0 and b"nosuchnode" in r.stdout, (args, r.stderr)
+    finally:
+        client.kill([job])
+    r = cluster.grun("--", "why", "3")  # `--`: the words are a command, whatever they are
+    assert r.returncode == 127 and ["why", "3"] in _commands(cluster)
+
+
+def _closed_stdout(cluster, *args, stdout=None):
+    """grun with its stdout closed (`>&-`), or sent to `stdout`."""
+    return subprocess.run([sys.executable, "-m", "grun.cli", *args], env=cluster.env, stdout=stdout, stderr=subprocess.PIPE,
+                          preexec_fn=None if stdout else lambda: os.close(1), timeout=60)
+
+
+@pytest.mark.parametrize("args", [["-q", "jobs"], ["-q", "status"], ["--nowait", "true"], ["echo", "hi"], ["-V"],
+                                  ["-q", "conf"]])
+def test_a_closed_stdout_is_a_write_error_as_for_echo(cluster, args):
+    r = _closed_stdout(cluster, *args)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("grun: write error: Bad file descriptor") and err.count("\n") == 1, err
+
+
+def test_a_closed_stdout_with_nothing_to_write_is_no_error(cluster):
+    r = _closed_stdout(cluster, "true")
+    assert (r.returncode, r.stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("args", [["-q", "jobs"], ["--help"], ["seq", "1", "100000"]])
+def test_a_full_stdout_is_a_write_error_as_for_seq(cluster, args):
+    with open("/dev/full", "wb") as full:
+        r = _closed_stdout(cluster, *args, stdout=full)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("grun: write error: No space left on device"), err
+    assert "no longer kept" not in err and err.count("\n") == 1
+
+
+def test_a_job_whose_output_cannot_be_written_is_killed_as_when_its_reader_goes_away(cluster):
+    with open("/dev/full", "wb") as full:
+        r = _closed_stdout(cluster, "-j", "full-writer", "sh", "-c", "seq 1 100000; sleep 60", stdout=full)
+    assert r.returncode == 1 and r.stderr.decode().endswith("killed\n"), r.stderr
+    client = cluster.client()
+    job = next(j for j in client.history(20) if j.get("name") == "full-writer")
+    assert job["state"] == "killed"
+
+
+def test_attaching_to_output_already_read_says_so(cluster):
+    r = cluster.grun("--nowait", "echo", "once")
+    job_id = int(r.stdout.split()[1])
+    assert cluster.grun("--attach", str(job_id)).stdout == b"once\n"
+    def gone():  # (the node drops it once read, when the master has the job's end too)
+        r = cluster.grun("--attach", str(job_id))
+        return r if r.stdout == b"" else None
+    r = wait_for(gone, what="the output to be dropped")
+    assert r.returncode == 0 and r.stderr.decode() == (
+        f"grun: job {job_id} has ended and its output is no longer kept on {cluster.client().job(job_id)['node']} "
+        "(read already, or expired)\n")
+
+
+def test_env_sets_variables_and_passes_names(cluster):
+    env = dict(cluster.env, PASSED="from-here")
+    r = cluster.grun("-E", "X=1", "-E", "PASSED, Y=a=b,", "sh", "-c", 'echo "$X $PASSED $Y"', env=env)
+    assert (r.returncode, r.stdout) == (0, b"1 from-here a=b\n"), r.stderr
+    r = cluster.grun("-E", "*,X=2", "sh", "-c", 'echo "$X $PASSED"', env=env)
+    assert r.stdout == b"2 from-here\n"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-E", "=1", "true"], "-E"), (["-E", "1X=2", "true"], "-E"), (["-E", "A-B", "true"], "-E"),
+    (["-c", "0", "true"], "-c"), (["-m", "0", "true"], "-m"), (["-p", "gpu=-1", "true"], "gpu"),
+    (["-e", "cpus=0", "1"], "--cpus"),
+    (["-r", str(MAX_PRIORITY + 1), "true"], f"from -{MAX_PRIORITY} to {MAX_PRIORITY}"),
+])
+def test_bad_option_values_are_usage_errors(cluster, args, needle):
+    r = cluster.grun(*args)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and needle in err and err.count("\n") == 1, err
+    assert MAX_PRIORITY == 2 ** 31 - 1, "a 32-bit int"
+
+
+def test_time_zero_is_no_limit_as_slurms(cluster):
+    r = cluster.grun("--nowait", "--json", "-t", "0", "true")
+    assert r.returncode == 0, r.stderr
+    job = cluster.client().job(int(r.stdout.decode().split(":")[1].strip(" }\n")))
+    assert not job.get("time")
+
+
+def test_an_unknown_user_is_an_error_not_an_empty_table(cluster):
+    for query in ("jobs", "history"):
+        r = cluster.grun("-q", query, "--user", "nosuchuser")
+        assert (r.returncode, r.stderr) == (1, b"grun: no such user 'nosuchuser'\n")
