@@ -250,7 +250,7 @@ def test_history_records_usage(three, tmp_path):
     assert f"job {job_id}: failed, exit 2" in long and "max rss" in long and "written 8." in long, long
     assert [j["id"] for j in _history(three, "-c", "1")] == [job_id]
     assert job_id in [j["id"] for j in _history(three, "--user", record["user"])]
-    assert _history(three, "--user", "no-such-user") == []
+    assert three.grun("-q", "history", "--user", "no-such-user").stderr == b"grun: no such user 'no-such-user'\n"
     assert [j["id"] for j in _history(three, "-g", r"process_time\(\)", "-c", "100")] == [job_id]
     table = three.grun("-q", "history", "-c", "1").stdout.decode().splitlines()
     assert table[0].split()[:8] == ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS"]
