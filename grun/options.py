@@ -50,11 +50,11 @@ def _env(text: str) -> str:
     return text
 
 
-def _above_zero(parse, hint: str):
+def _above_zero(parse, what: str, hint: str):
     """-c and -m: none (0) is no request a node can count (the master's check, said first: a usage error)."""
     def convert(text: str):
         if (value := parse(text)) <= 0:
-            raise ValueError(f"expected more than 0 ({hint}), got {text}")
+            raise ValueError(f"{what} must be above 0 ({hint}), got {text}")
         return value
     return convert
 
@@ -89,8 +89,8 @@ def _name(text: str) -> str:
 Option = namedtuple("Option", "short long kind convert help metavar", defaults=("flag", None, "", ""))
 
 OPTIONS = [
-    Option("c", "cpus", "value", _above_zero(parse_cpus, "fractions allowed: -c 0.5"), "cpus the job needs (fractions allowed; default 1)", "CPUS"),
-    Option("m", "memory", "value", _above_zero(parse_memory, "a size, like -m 500M"), "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
+    Option("c", "cpus", "value", _above_zero(parse_cpus, "cpus", "fractions allowed: -c 0.5"), "cpus the job needs (fractions allowed; default 1)", "CPUS"),
+    Option("m", "memory", "value", _above_zero(parse_memory, "memory", "give a size, like -m 500M"), "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
     Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00 (0: none); "
            "then TERM, KILL after kill_grace", "TIME"),
     Option("r", "priority", "value", parse_job_priority, "priority, higher runs first (default 20)", "N"),

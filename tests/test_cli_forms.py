@@ -83,8 +83,8 @@ def test_a_job_whose_output_cannot_be_written_is_killed_as_when_its_reader_goes_
         r = _closed_stdout(cluster, "-j", "full-writer", "sh", "-c", "seq 1 100000; sleep 60", stdout=full)
     assert r.returncode == 1 and r.stderr.decode().endswith("killed\n"), r.stderr
     client = cluster.client()
-    job = next(j for j in client.history(20) if j.get("name") == "full-writer")
-    assert job["state"] == "killed"
+    job_id = next(j["id"] for j in client.jobs() + client.history(20) if j.get("name") == "full-writer")
+    assert client.wait([job_id], 20)[job_id]["state"] == "killed"
 
 
 def test_attaching_to_output_already_read_says_so(cluster):

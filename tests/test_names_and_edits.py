@@ -118,7 +118,7 @@ def test_names_per_user_and_bad_requests_on_a_cluster(cluster):
         assert cluster.grun("-k", "-j", "common").returncode == 0
         assert client.wait([ours], 20)[ours]["state"] == "killed" and client.job(theirs)["state"] == "held"
         for args, needle in ((("-j", "65"), "bad job name '65'"), (("-j", "a,b"), "bad job name 'a,b'"),
-                             (("-m", "0"), "-m 0: memory must be above 0"), (("-c", "0"), "-c 0: cpus must be above 0")):
+                             (("-m", "0"), "-m: memory must be above 0"), (("-c", "0"), "-c: cpus must be above 0")):
             assert_one_error_line(cluster.grun("--nowait", *args, "true"), needle)
         forced = nowait(cluster, "--force", "-c", "64", "true")
         try:

@@ -48,7 +48,7 @@ def test_jobs_by_user_id_or_name_with_the_columns_asked_for(cluster):
         lines = _ok(cluster, "-q", "jobs", "-F", "id,state,name,priority", "first", str(b)).splitlines()
         assert lines[0].split() == ["ID", "STATE", "NAME", "PRIORITY"]
         assert [line.split() for line in lines[1:]] == [[str(a), "running", "first", "20"], [str(b), "queued", "-", "7"]]
-        assert _ok(cluster, "-q", "jobs", "--user", "nobody-at-all").splitlines()[1:] == []
+        assert _ok(cluster, "-q", "jobs", "--user", "nobody").splitlines()[1:] == []
         assert len(_ok(cluster, "-q", "jobs", str(a)).splitlines()) == 2
         r = cluster.grun("-q", "jobs", "-F", "id,colour")
         assert r.returncode == 2 and r.stderr.decode().count("\n") == 1 and "no field 'colour'" in r.stderr.decode()
