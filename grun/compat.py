@@ -472,7 +472,8 @@ def sinfo(argv: list[str]) -> int:
     opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), None)[0]
     groups: dict = {}
     for n in Client().nodes():
-        state = "down" if not n["up"] else "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
+        state = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
+        state = state if n["up"] else "unk" if n.get("state") == "unknown" else "down"  # (unk: as after slurmctld starts)
         groups.setdefault(state, []).append(n["name"])
     if "nodes" in opts:
         rows = [["NODELIST", "NODES", "PARTITION", "STATE"]] + [[n, "1", "grun*", s] for s, ns in groups.items() for n in ns]

@@ -77,10 +77,7 @@ def jobs_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}" + learned(j, "cpus"),
              f"{j['memory']}{learned(j, 'memory')}", now, fmt_span(j.get("time") or j.get("expected_time"))
              + learned(j, "time"), j.get("cwd", "-"), command_text(j)] for j, now in zip(jobs, using)]
-    if fields:
-        at = {h.lower(): i for i, h in enumerate(COLUMNS)}
-        rows = [[row[at[f]] if f in at else "-" if j.get(f) is None else j[f] for f in fields] for j, row in zip(jobs, rows)]
-    return table(rows, [f.upper() for f in fields] if fields else COLUMNS)
+    return chosen(rows, COLUMNS, jobs, fields)
 
 
 def learned(job: dict, field: str) -> str:
@@ -112,18 +109,52 @@ def label(job: dict) -> str:
     return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
 
 
-def nodes_table(nodes: list[dict]) -> str:
-    indexed = any(n.get("devices") for n in nodes)  # then a column of which devices jobs hold: "gpu 0,2 of 4"
-    rows = [[n["name"], "up" if n["up"] else "down", f"{n['free_cpus']:g}/{n['cpus']:g}",
-             f"{n['free_memory']}/{n['memory']}"] + [
+NODE_COLUMNS = ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "DEVICES(in use)", "JOBS", "SPOOL_MB_FREE"]
+NODE_FIELDS = ("name", "up", "state", "cpus", "memory", "free_cpus", "free_memory", "running", "outside_cpus",
+               "outside_memory", "grun_cpus", "last_seen", "devices", "resources", "labels", "spool_free")  # NodeView.public
+
+
+def nodes_table(nodes: list[dict], fields: list[str] | None = None) -> str:
+    """A node a line. STATE: up, down, or unknown (the master restarted and has not heard from it yet).
+    DEVICES: which devices of its indexed resources jobs hold ("gpu 0,2 of 4"), a column only when some node has
+    them; its labels and counted resources are in nodes_long (--long), -F and --json."""
+    rows = [[n["name"], n.get("state") or ("up" if n["up"] else "down"), f"{n['free_cpus']:g}/{n['cpus']:g}",
+             f"{n['free_memory']}/{n['memory']}",
              "; ".join(f"{k} {','.join(used) or 'none'} of {len(ids)}" for k, (ids, used) in
-                       sorted(n.get("devices", {}).items())) or "-"] * indexed + [n["running"]]
-            + ["-" if n.get("spool_free") is None else f"{n['spool_free']:,}"] for n in nodes]
-    return table(rows, ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)"] + ["DEVICES(in use)"] * indexed
-                 + ["JOBS", "SPOOL_MB_FREE"])
+                       sorted(n.get("devices", {}).items())) or "-", n["running"],
+             "-" if n.get("spool_free") is None else f"{n['spool_free']:,}"] for n in nodes]
+    if fields or any(n.get("devices") for n in nodes):
+        return chosen(rows, NODE_COLUMNS, nodes, fields)
+    return table([row[:4] + row[5:] for row in rows], NODE_COLUMNS[:4] + NODE_COLUMNS[5:])
 
 
-def history_table(jobs: list[dict]) -> str:
+def status_text(status: dict, long: bool) -> str:
+    """`grun -q status` (--long: and each node's labels and counted resources, and the plugins each daemon runs)."""
+    space = status["master_spool"]
+    return "\n".join(filter(None, [nodes_table(status["nodes"]), long and nodes_long(status["nodes"]), *(
+        f"plugins of the {daemon}: {', '.join(names) or 'none'}" for daemon, names in status.get("plugins", {}).items()),
+        f"master spool: {space['spool_free']:,} MB free of {space['spool_size']:,} MB",
+        *(f"warning: {problem}" for problem in status["warnings"])]))
+
+
+def nodes_long(nodes: list[dict]) -> str:
+    """`-q status --long`, after the table: each node's labels and counted resources (free/total), one line a node
+    that has any."""
+    lines = []
+    for n in nodes:
+        labels = " ".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))
+        counted = " ".join(f"{k} {free:g}/{total:g}" for k, (free, total) in sorted((n.get("resources") or {}).items()))
+        if labels or counted:
+            lines.append(f"node {n['name']}:" + f" labels {labels}" * bool(labels)
+                         + f"{';' * bool(labels)} resources(free/total) {counted}" * bool(counted))
+    return "\n".join(lines)
+
+
+HISTORY_COLUMNS = ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
+
+
+def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
+    """Finished jobs, given newest first, shown oldest first; `fields` (-F) as jobs_table's."""
     from .core.jobs import describe_exit
     rows = []
     for j in reversed(jobs):
@@ -131,11 +162,12 @@ def history_table(jobs: list[dict]) -> str:
         cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
         rows.append([label(j), j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
                      fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_rss(u), command_text(j)])
-    return table(rows, ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"])
+    return chosen(rows, HISTORY_COLUMNS, jobs[::-1], fields)
 
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
+    from .core.deps import WAITS_FOR
     from .core.jobs import FINAL_STATES, describe_exit
     blocks = []
     for j in reversed(jobs):
@@ -148,6 +180,9 @@ def history_long(jobs: list[dict]) -> str:
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
+            j.get("deps") and "  after     " + ", ".join(f"job {i} {WAITS_FOR[k]} ({k})" for k, i in j["deps"]),
+            j.get("requeue_reason") and f"  requeued  {j['requeue_reason']}",
+            j.get("retry_reason") and f"  retried   {j['retry_reason']}",
             f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}"
             + (f", time limit {fmt_span(j['time'])}" if j.get("time") else ""),
             f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "
@@ -164,6 +199,69 @@ def history_long(jobs: list[dict]) -> str:
             j.get("limit") and f"  limit     {j['limit']}: {j.get('limit_detail') or ''}".rstrip(),
             j.get("error") and f"  error     {j['error']}") if line))
     return "\n\n".join(blocks)
+
+
+# ---- -F: columns of a table by name, or fields of the records, formatted as the tables do ----------
+
+TIMES = {"submit_time", "start_time", "end_time", "dispatch_time", "queued_time", "suspend_time", "retry_at"}
+SPANS = {"queue_wait": fmt_secs, "last_seen": fmt_secs, "time": fmt_span, "expected_time": fmt_span}
+FINISHED_FIELDS = ("end_time", "exit", "signal", "error", "limit", "limit_detail", "usage", "devices")
+
+
+def column_key(header: str) -> str:
+    """How -F names a column: its header's first word, in lower case (CPUS(free/total): cpus)."""
+    return header.split("(")[0].lower()
+
+
+def check_fields(fields: list[str] | None, columns: list[str], record_fields) -> None:
+    """A UsageError (one line, naming those it knows) for a field of -F that is neither a column nor a record's."""
+    from .options import UsageError
+    known = {column_key(c) for c in columns} | set(record_fields)
+    if wrong := next((f for f in fields or () if f not in known), None):
+        raise UsageError(f"-F: no field {wrong!r} (known: {', '.join(sorted(known))})")
+
+
+def job_fields() -> set[str]:
+    """The fields -F knows in a job's record (as submitted, as queued, as finished)."""
+    from .core.jobs import SPEC_KEYS
+    return SPEC_KEYS - {"env", "token", "stdin"} | {*RECORD_FIELDS, *FINISHED_FIELDS, "id", "state", "node",
+                                                    "requeue_reason", "retry_reason", "expected_time"}
+
+
+def chosen(rows: list[list], header: list[str], records: list[dict], fields: list[str] | None) -> str:
+    """The table, or with `fields` (-F) those columns (by column_key) or fields of the records (field_text)."""
+    if not fields:
+        return table(rows, header)
+    at = {column_key(h): i for i, h in enumerate(header)}
+    return table([[row[at[f]] if f in at else field_text(rec, f) for f in fields] for rec, row in zip(records, rows)],
+                 [f.upper() for f in fields])
+
+
+def field_text(record: dict, name: str) -> str:
+    """One field of a record as a person reads it: times as dates, spans as -t writes them, the command as typed,
+    dependencies as Slurm's %E (afterok:12; -F after: all of them, afterok: those ids), a node's counted resources free/total, lists and mappings joined."""
+    from .core.jobs import DEP_KINDS
+    name = "deps" if name == "after" else name  # (-F after: what it waits for, whatever the kind)
+    value = [i for kind, i in record.get("deps") or () if kind == name] if name in DEP_KINDS else record.get(name)
+    if value is None or value in ("", [], {}):
+        return "-"
+    if name == "cmd":
+        return command_text(record)
+    if name in TIMES or name in SPANS:
+        return fmt_time(value) if name in TIMES else SPANS[name](value)
+    if name == "deps":
+        return ",".join(f"{kind}:{i}" for kind, i in value)
+    if name == "resources" and "free_cpus" in record:  # (a node's: [free, total])
+        return ",".join(f"{k}={free:g}/{total:g}" for k, (free, total) in sorted(value.items()))
+    return _plain(value)
+
+
+def _plain(value) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_plain(v)}" for k, v in sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_plain, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ---- how records look to Slurm's tools (grun/compat.py) ----------------------------------------

@@ -394,54 +394,69 @@ def json_text(document) -> str:
     return json.dumps(document, indent=1, sort_keys=True, default=sorted)
 
 
+def shown(ctx: Context, args: dict, text, records, *fields) -> int:
+    """`records` as --json, or as text(records, -F's fields); `fields`: the columns and record fields -F knows."""
+    from .tables import check_fields
+    check_fields(args.get("format"), *fields)  # (an unknown one: a UsageError)
+    return ctx.print(json_text(records) if args.get("json") else text(records, args.get("format")))
+
+
+def _where(client, job_id: int, finished: bool) -> dict | str:
+    """The job's record if it has finished (not `finished`: if it is live); else why a query does not show it."""
+    from .client import JobNotFound
+    from .core.jobs import FINAL_STATES
+    try:
+        job = client.job(job_id)
+    except JobNotFound:
+        return f"no such job {job_id}"
+    return job if (job["state"] in FINAL_STATES) == finished else f"job {job_id} has {'not ' * finished}finished " \
+        f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {job_id}"  # (as squeue -j and sacct -j)
+
+
 @verb("[--user USER] [--long|--json|-F FIELDS] [ID|NAME...]", "user long json format",
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
-    from .client import JobNotFound
-    from .core.jobs import SPEC_KEYS
-    from .tables import COLUMNS, RECORD_FIELDS, history_long, jobs_table, label
-    known = {c.lower() for c in COLUMNS} | SPEC_KEYS | set(RECORD_FIELDS)
-    if unknown := [f for f in args.get("format", ()) if f not in known]:
-        raise UsageError(f"-F: no field {unknown[0]!r} (columns: {', '.join(COLUMNS).lower()}, or a job's field)")
+    from .tables import COLUMNS, history_long, job_fields, jobs_table, label
     ids, names = set(map(str, args.get("ids", ()))), set(args.get("names", ()))
     jobs = [j for j in ctx.client.jobs() if args.get("user", j.get("user")) == j.get("user") and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names)]
-    shown, unknown = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}, []
-    for job_id in sorted(i for i in ids if i.isdigit() and i not in shown):  # an id never seen: as squeue -j
-        try:
-            ctx.client.job(int(job_id))  # (one that has ended: -q history shows it)
-        except JobNotFound:
-            unknown.append(ctx.say(f"no such job {job_id}"))
-    ctx.print(json_text(jobs) if args.get("json") else history_long(jobs[::-1]) if args.get("long") else
-              jobs_table(jobs, args.get("format")))
-    return 1 if unknown else 0
+    code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(js, fields),
+                 jobs, COLUMNS, job_fields())
+    live = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}  # an id asked for, ended or unknown:
+    notes = [_where(ctx.client, int(i), False) for i in sorted(ids) if i.isdigit() and i not in live]  # said, and rc 1
+    return max([code, *(ctx.say(note) for note in notes if isinstance(note, str))])  # (squeue -j past MinJobAge)
 
 
-@verb("[--long|--json]", "long json", aliases="nodes s")
+@verb("[--long|--json|-F FIELDS]", "long json format", aliases="nodes s")
 def do_status(ctx: Context, args: dict) -> int:
-    """the nodes (state, free cpus and memory, running jobs) and the master's warnings; --long: and plugins"""
-    from .tables import nodes_table
+    """the nodes (state, free cpus and memory, jobs; --long: labels, counted resources, plugins) and warnings"""
+    from .tables import NODE_COLUMNS, NODE_FIELDS, nodes_table, status_text
     status = ctx.client.status(bool(args.get("long")) and not args.get("json"))
-    if args.get("json"):
-        return ctx.print(json_text(status))
-    ctx.print(nodes_table(status["nodes"]))
-    for daemon, names in status.get("plugins", {}).items():
-        ctx.print(f"plugins of the {daemon}: {', '.join(names) or 'none'}")
-    space = status["master_spool"]
-    ctx.print(f"master spool: {space['spool_free']:,} MB free of {space['spool_size']:,} MB")
-    for problem in status["warnings"]:
-        ctx.print(f"warning: {problem}")
-    return 0
+    if args.get("json") or args.get("format"):
+        return shown(ctx, args, nodes_table, status if args.get("json") else status["nodes"], NODE_COLUMNS, NODE_FIELDS)
+    return ctx.print(status_text(status, bool(args.get("long"))))
 
 
-@verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json]", "count user grep long json", aliases="hist h")
+@verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json|-F FIELDS] [ID|NAME...]", "count user grep long json format",
+      lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
-    """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory"""
-    from .tables import history_long, history_table
-    jobs = ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))
-    return ctx.print(json_text(jobs) if args.get("json") else
-                     history_long(jobs) if args.get("long") else history_table(jobs))
+    """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory (all, or those named)"""
+    from .client import JobNotFound
+    from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
+    ids, found = list(dict.fromkeys(ctx.client.job_id(r, started=False) if isinstance(r, str) else r
+                                    for r in by_name(ctx, args, True))) if "ids" in args else [], {}
+    if ids:  # in one call: the master's wait finds each by id, and with a timeout of 0 does not wait
+        try:
+            found = {int(i): job for i, job in ctx.client.call("wait", ids, 0).items()}
+        except JobNotFound:  # (one is unknown: each is asked about, as the live ones are)
+            found = {}
+        found.update((i, _where(ctx.client, i, True)) for i in ids if i not in found)
+    jobs = [found[i] for i in reversed(ids) if isinstance(found[i], dict)] if ids else \
+        ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))  # (newest first)
+    code = shown(ctx, args, lambda js, fields: history_long(js) if args.get("long") else history_table(js, fields),
+                 jobs, HISTORY_COLUMNS, job_fields())
+    return max([code, *(ctx.say(note) for note in found.values() if isinstance(note, str))])
 
 
 @verb("ID|NAME...", words=ids_or_name)

@@ -60,13 +60,7 @@ class Queries:
     def nodes(self) -> list[dict]:
         now = time.time()
         with self.lock:
-            return [{"name": n.name, "up": n.up, "cpus": n.cpus, "memory": n.memory,
-                     "free_cpus": max(0.0, n.free_cpus), "free_memory": max(0, n.free_memory),
-                     "running": len(n.jobs), "uri": n.uri, "outside_cpus": n.outside_cpus,
-                     "outside_memory": n.outside_memory, "grun_cpus": n.grun_cpus, "last_seen": now - n.seen,
-                     "devices": {k: [ids, sorted(n.held.get(k, ()))] for k, ids in n.devices.items()},
-                     "spool_free": n.spool_free}
-                    for _, n in sorted(self.core.table.nodes.items())]
+            return [n.public(now) for _, n in sorted(self.core.table.nodes.items())]
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
         asked, only = J.history_filter(user, grep), self._only()

@@ -91,6 +91,21 @@ class NodeView:
             held = self.held.setdefault(name, set())
             held.update(ids) if sign > 0 else held.difference_update(ids)
 
+    def public(self, now: float) -> dict:
+        """The node as `grun -q status` (and client.nodes()) shows it. `state`: up; unknown for a node the
+        master knew before it restarted and has not heard from since (not journaled: it re-registers within a
+        heartbeat, else is declared down at node_timeout); else down. `resources`: the counted ones, [free, total]
+        (the indexed ones are `devices`: [ids, ids held])."""
+        state = "up" if self.up else "unknown" if not self.lost and self.uri is None else "down"
+        return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,
+                "free_cpus": max(0.0, self.free_cpus), "free_memory": max(0, self.free_memory),
+                "running": len(self.jobs), "uri": self.uri, "outside_cpus": self.outside_cpus,
+                "outside_memory": self.outside_memory, "grun_cpus": self.grun_cpus, "last_seen": now - self.seen,
+                "devices": {k: [ids, sorted(self.held.get(k, ()))] for k, ids in self.devices.items()},
+                "resources": {k: [self.free(k), total] for k, total in sorted(self.resources.items())
+                              if k not in self.devices},
+                "labels": dict(self.labels), "spool_free": self.spool_free}
+
     def pick(self, job: dict) -> dict[str, list[str]]:
         """The devices a job placed here gets: of each indexed consumable it asks for, the first free ones."""
         return {name: [d for d in self.devices[name] if d not in self.held.get(name, ())][:round(need)]
