@@ -1,0 +1,113 @@
+"""What the queries show (QA findings 6, 8, 9, 13 of 2026-12-07): a node's labels and counted resources, and
+`unknown` for a node not heard from since the master restarted; a job's dependencies and why it ran again; one
+finished job by id (`-q history ID`), and `-q jobs ID` naming where a finished one is; `-F` on every query,
+its values formatted as the tables show them, an unknown field refused with those it knows."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cluster import LocalCluster
+
+LABELLED = {"cpus": 2, "memory": 2000, "labels": {"os": "debian12"}, "resources": {"gpu": [0, 1], "io": 8}}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(nodes={"n1": LABELLED, "n2": {"cpus": 1, "memory": 1000}}) as c:
+        yield c
+
+
+def _run(c: LocalCluster, *args: str, rc: int = 0) -> tuple[str, str]:
+    r = c.grun(*args)
+    assert r.returncode == rc, (args, r)
+    return r.stdout.decode(), r.stderr.decode()
+
+
+def test_status_shows_labels_and_counted_resources_free_of_total(cluster):
+    job = cluster.client().submit(["sleep", "60"], params={"io": 3}).id
+    try:
+        plain = _run(cluster, "-q", "status")[0]
+        assert "debian12" not in plain and "io" not in plain  # (the table stays one short line a node)
+        long = _run(cluster, "-q", "status", "--long")[0]
+        assert "node n1: labels os=debian12; resources(free/total) io 5/8" in long.splitlines(), long
+        assert not [line for line in long.splitlines() if line.startswith("node n2:")], long
+        (n1,) = [n for n in json.loads(_run(cluster, "-q", "status", "--json")[0])["nodes"] if n["name"] == "n1"]
+        assert n1["labels"] == {"os": "debian12"} and n1["resources"] == {"io": [5, 8]} and n1["state"] == "up"
+        rows = [line.split() for line in _run(cluster, "-q", "status", "-F", "node,state,labels,resources,cpus")[0]
+                .splitlines()]
+        assert rows == [["NODE", "STATE", "LABELS", "RESOURCES", "CPUS"], ["n1", "up", "os=debian12", "io=5/8", "1/2"],
+                        ["n2", "up", "-", "-", "1/1"]], rows
+    finally:
+        cluster.client().kill([job])
+
+
+def test_dependencies_in_long_and_f_and_f_values_formatted(cluster):
+    first = cluster.client().submit(["sleep", "60"]).id
+    then = cluster.client().submit(["echo", "a b"], afterok=[first]).id
+    try:
+        long = _run(cluster, "-q", "jobs", "--long", str(then))[0]
+        assert f"  after     job {first} to succeed (afterok)" in long.splitlines(), long
+        rows = [line.split("  ") for line in _run(cluster, "-q", "jobs", "-F", "id,after,afterok,afternotok,submit_time,cmd",
+                                                  str(then))[0].splitlines()]
+        cells = [cell.strip() for cell in rows[1] if cell.strip()]
+        assert cells[:4] == [str(then), f"afterok:{first}", str(first), "-"], cells
+        assert cells[4].startswith(time.strftime("%Y-")) and cells[5] == "echo 'a b'", cells  # (not 1796616594.5, a list)
+        err = _run(cluster, "-q", "jobs", "-F", "id,colour", rc=2)[1]
+        assert err.count("\n") == 1 and "no field 'colour'" in err and "submit_time" in err and "after" in err, err
+        for query in ("history", "status"):
+            assert "no field 'colour'" in _run(cluster, "-q", query, "-F", "colour", rc=2)[1]
+    finally:
+        cluster.client().kill([first, then])
+
+
+def test_history_by_id_and_jobs_of_a_finished_one(cluster):
+    done = cluster.client().submit(["true"])
+    live = cluster.client().submit(["sleep", "60"]).id
+    try:
+        assert done.wait(30) == 0
+        rows = [line.split() for line in _run(cluster, "-q", "history", str(done.id))[0].splitlines()]
+        assert rows[0][:3] == ["ID", "USER", "EXIT"] and [r[0] for r in rows[1:]] == [str(done.id)], rows
+        out, err = _run(cluster, "-q", "history", str(done.id), "999999", str(live), rc=1)
+        assert [line.split()[0] for line in out.splitlines()[1:]] == [str(done.id)]
+        assert err.splitlines() == ["grun: no such job 999999",
+                                    f"grun: job {live} has not finished (running): see grun -q jobs {live}"], err
+        out, err = _run(cluster, "-q", "jobs", str(done.id), rc=1)
+        assert out.splitlines()[1:] == [] and err == f"grun: job {done.id} has finished (done): see grun -q history {done.id}\n"
+        rows = [line.split() for line in _run(cluster, "-q", "history", "-F", "id,exit,node,cmd", str(done.id))[0]
+                .splitlines()]
+        assert rows == [["ID", "EXIT", "NODE", "CMD"], [str(done.id), "0", rows[1][2], "true"]], rows
+        assert json.loads(_run(cluster, "-q", "history", "--json", str(done.id))[0])[0]["id"] == done.id
+    finally:
+        cluster.client().kill([live])
+
+
+def test_a_retried_job_shows_why_in_its_record(cluster):
+    job = cluster.client().submit(["false"], retries=1, retry_delay=0)
+    assert job.wait(60) == 1
+    long = _run(cluster, "-q", "history", "--long", str(job.id))[0]
+    assert "  retried   attempt 1 failed: exit 1" in long.splitlines(), long
+
+
+def test_requeue_reason_and_nodes_unknown_until_heard_from_after_a_master_restart():
+    with LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000}, "n2": {"cpus": 1, "memory": 1000}},
+                      master_extra={"node_timeout": 6}) as c:
+        job = c.client().submit(["sleep", "3"])
+        first = c.client().wait_started(job.id)["node"]
+        c.kill(first)  # lost after node_timeout: re-queued, runs on the other node
+        assert job.wait(60) == 0
+        long = _run(c, "-q", "history", "--long", str(job.id))[0]
+        assert f"  requeued  node {first} lost (silent for" in long, long
+        other = ({"n1", "n2"} - {first}).pop()
+        c.kill("master", signal.SIGTERM)
+        c.start_master()
+        c.wait_nodes([other])  # (the dead one, known from before the restart, is not down until node_timeout)
+        states = dict(line.split()[:2] for line in _run(c, "-q", "status")[0].splitlines()[1:-1])
+        assert states == {other: "up", first: "unknown"}, states
+        sinfo = subprocess.run([sys.executable, "-c", "import sys; from grun.compat import sinfo; sys.exit(sinfo(sys.argv[1:]))",
+                                "-N", "-h"], env=c.env, capture_output=True, text=True, timeout=30)
+        assert f"{first} 1 grun* unk" in [" ".join(line.split()) for line in sinfo.stdout.splitlines()], sinfo
