@@ -72,7 +72,7 @@ def test_task_ids_and_names_are_taken_wherever_ids_are(cluster):
     (["--nowait", "true"], {"GRUN_PRIORITY": "99999999999999999999"}, "bad $GRUN_PRIORITY"),
     (["-e", "priority=abc", "1"], {}, "expected a whole number from"),
     (["-e", "memory=lots", "1"], {}, "memory size"),
-    (["-q", "history", "-F", "id"], {}, "option -F (--foreground or --format) does not go with -q history"),
+    (["-q", "conf", "-F", "id"], {}, "option -F (--foreground or --format) does not go with -q conf"),
     (["-j", "x" * 300, "true"], {}, "at most 200 characters"),
     (["-q", "history", "-c", "-1"], {}, "expected 1 to 1000000"),
     (["-q", "jobs", "99999"], {}, "no such job 99999"),
