@@ -139,7 +139,7 @@ def master_state_dir(cluster) -> str:
 # ---- jobs ------------------------------------------------------------------------------------------
 
 def job_spec(cmd=("true",)) -> dict:
-    """What `grun CMD` submits (grun.client.job_spec, which grun.verbs.cli_spec calls), so the API paths
+    """What `grun CMD` submits (grun.client.job_spec, which grun.running.cli_spec calls), so the API paths
     carry the same payload."""
     from grun.client import default_env
     return {"cmd": list(cmd), "shell": False, "cwd": "/tmp", "env": default_env(),

@@ -264,7 +264,8 @@ def srun(argv: list[str]) -> int:
     """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
     inside a job, as a step of that job (step())."""
 
-    from .verbs import Context, dies_with
+    from .running import dies_with
+    from .verbs import Context
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")

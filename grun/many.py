@@ -7,7 +7,8 @@ import os
 
 from .core import arrays
 from .options import UsageError
-from .verbs import Context, cli_spec, dies_with, json_text
+from .running import cli_spec, dies_with
+from .verbs import Context, json_text
 
 SUBMIT_BATCH = 1000  # --cmds specs per submit_many call: one disk commit on the master each
 

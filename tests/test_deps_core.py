@@ -228,14 +228,14 @@ def test_a_missing_make_input_waits_for_the_newest_live_job_of_the_user_that_mak
 
 
 def test_the_command_line_builds_the_spec_keys():
-    from grun import verbs
+    from grun import running, verbs
     from grun.options import UsageError
     args = verbs.parse(verbs.NAMES.get("run"), ["--afterok", "1,2", "--after", "build", "--dependency",
                                            "afterok:3:4,afternotok:5", "--retries", "2", "--retry-delay", "1m", "true"])
-    spec = verbs.cli_spec(args, args["cmd"])
+    spec = running.cli_spec(args, args["cmd"])
     assert {k: spec[k] for k in (*J.DEP_KINDS, "retries", "retry_delay")} == {
         "after": ["build"], "afterok": [1, 2, 3, 4], "afternotok": [5], "retries": 2, "retry_delay": 60.0}
-    assert "retries" not in verbs.cli_spec(verbs.parse(verbs.NAMES.get("run"), ["true"]), ["true"])
+    assert "retries" not in running.cli_spec(verbs.parse(verbs.NAMES.get("run"), ["true"]), ["true"])
     edit = verbs.parse(verbs.NAMES.get("edit"), ["priority=3,after=12,13,afterok=", "7"])
     assert edit["changes"] == {"priority": "3", "after": "12,13", "afterok": ""}
     assert J.parse_edit(edit["changes"]) == {"priority": 3, "after": [12, 13], "afterok": []}

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from grun import cli, shell, verbs
+from grun import cli, running, shell, verbs
 from grun.options import OPTIONS, UsageError
 from grun.remote_worker import RESULT_MARK, ResultReader
 
@@ -66,7 +66,7 @@ def test_run_takes_the_command_lines_job_options():
     assert args["cpus"] == 2 and args["memory"] == 1024
     assert args["cmd"] == ["echo", "-c", "x"]
     assert verbs.parse(verbs.NAMES.get("kill"), ["3", "-n", "KILL", "4"])["ids"] == [3, 4], "options anywhere"
-    spec = verbs.cli_spec(args, args["cmd"])
+    spec = running.cli_spec(args, args["cmd"])
     assert (spec["cmd"], spec["shell"], spec["cpus"], spec["memory"]) == (["echo", "-c", "x"], False, 2, 1024)
 
 

@@ -1,0 +1,211 @@
+"""The verbs that run jobs (`run`, `submit`, `attach`): a command line's words made a job spec (`cli_spec`, with
+`-M`'s gate), and the submitter's side of a job's life: its output followed, and the job killed with its
+submitter (`dies_with`, shared with --array and the Slurm/SGE shims). Registered with grun.verbs' table on its import."""
+
+import os
+
+from .options import JOB_OPTIONS, UsageError
+from .verbs import SHELL_CHARS, Context, Terminated, by_name, command, json_text, one_id, verb
+
+# -o and its kin: option (and option-append) -> the streams it takes
+OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
+# the other options of a job -> the job_spec keywords they set
+KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
+            "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
+# A job that grun follows is retried this long after a failure unless --retry-delay says otherwise: its node
+# drops a run's output when the next run starts there, so grun needs a moment to fetch each run's.
+FOLLOWED_RETRY_DELAY = 1.0
+
+
+def as_command(words: list[str]) -> str | list[str]:
+    """One word with shell syntax is a command line for /bin/sh; else the words are an argv."""
+    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
+
+
+def asks_staging(args: dict) -> bool:
+    """Whether the command line asks for its files to be staged (grun.stage), beyond what -M implies."""
+    return args.get("stage", "never") != "never" or bool({"stage-in", "stage-out"} & args.keys())
+
+
+def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
+    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh); `follow`:
+    this grun follows the job to its end, and can stage its files (grun.stage); else they are never staged."""
+    from .client import job_spec
+    extra = {}
+    for option, append in ((name + suffix, bool(suffix)) for name in OUTPUTS for suffix in ("", "-append")):
+        for stream in OUTPUTS[option.removesuffix("-append")] if args.get(option) else ():
+            if f"{stream}_file" in extra:
+                raise UsageError(f"the job's {stream} is sent to two files; give one of -o, --err, --out-err")
+            extra[f"{stream}_file"], extra[f"{stream}_append"] = args[option], append
+    for kind, refs in [(k, r) for k in ("after", "afterok", "afternotok") for r in args.get(k, ())] + [
+            item for given in args.get("dependency", ()) for item in given.items()]:
+        extra[kind] = [*extra.get(kind, []), *refs]
+    extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
+    if follow and args.get("retries") and "retry-delay" not in args:
+        extra["retry_delay"] = FOLLOWED_RETRY_DELAY
+    for key in ("stage-in", "stage-out"):  # (grun.stage)
+        if args.get(key):
+            extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
+            if outside := next((p for p in paths if not p.startswith(os.getcwd().rstrip("/") + "/")), None):
+                raise UsageError(f"--{key} {outside}: only files under the working directory are staged")
+    if not follow and asks_staging(args):
+        raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --noio, --array, --cmds)")
+    if not follow and args.get("make"):
+        extra["stage"] = "never"  # nobody would serve its files
+    parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
+    if parent.isdigit() and int(parent) > 0:
+        extra["parent"] = int(parent)
+    cmd, made = args.get("_make") or (as_command(words), {})
+    return job_spec(cmd, requeue=not args.get("norequeue"), force=bool(args.get("force")), **extra, **made)
+
+
+def make_gate(ctx: Context, args: dict) -> int | None:
+    """`-M`: the exit code when nothing is to be queued (up to date, or --noexec); else None, and the
+    command without its markers and the make keys of its spec are left in args["_make"] for cli_spec."""
+    if not args.get("make"):
+        if args.get("noexec"):
+            raise UsageError("--noexec goes with -M")
+        return None
+    if "array" in args or "cmds" in args:
+        raise UsageError("-M does not go with --array or --cmds")
+    from . import make
+    try:
+        m = make.parse(as_command(args["cmd"]), os.getcwd())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    d = make.decide(m)
+    if args.get("noexec"):  # on stdout, as `make -n` prints: why, and what would run
+        import shlex
+        return ctx.print("\n".join(d.reasons + [m.cmd if isinstance(m.cmd, str) else shlex.join(m.cmd)] * d.run))
+    if not d.run:
+        return ctx.say(d.reasons[0].removeprefix("# "), 0)
+    args["_make"] = m.cmd, make.spec_keys(m, d)
+    return None
+
+
+@verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
+def do_run(ctx: Context, args: dict) -> int:
+    """run a command on the cluster and stream its output"""
+    if (code := make_gate(ctx, args)) is not None:
+        return code
+    if "array" in args or "cmds" in args:
+        from . import many
+        return many.run(ctx, args)
+    if args.get("nowait"):
+        staged = asks_staging(args)
+        job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
+        code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
+        if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
+            from . import stage
+            from .config import user_state_dir
+            os.makedirs(user_state_dir(), exist_ok=True)
+            stage.follow_detached(ctx.client, job_id, os.path.join(user_state_dir(), "stage.log"))
+        return code
+    if not args.get("wait-existing"):
+        return _run_new(ctx, args)
+    from .client import GrunError, current_user
+    for _ in range(5):  # -j NAME -W: if a job of that name is live, wait for it and exit with its code
+        existing = ctx.client.lookup(args["name"], current_user(), False)  # (names are per user: ours)
+        if existing is not None:
+            if args.get("verbose"):
+                ctx.say(f"job {existing} is named {args['name']}: waiting for it")
+            return ctx.client.exit_code(existing, ctx.say)
+        try:
+            return _run_new(ctx, args)
+        except GrunError as exc:
+            if "already exists" not in str(exc):
+                raise  # else: it was submitted meanwhile; wait for that one
+    raise GrunError(f"cannot submit or find the job named {args['name']!r}")
+
+
+@verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command, aliases="sub")
+def do_submit(ctx: Context, args: dict) -> int:
+    """queue a command and print its job id"""
+    return do_run(ctx, dict(args, nowait=True))
+
+
+def _raise_terminated(*_):
+    raise Terminated()
+
+
+def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
+    """`body()`, which submits jobs (their ids into `ids`) and follows them: `grun CMD`, srun, --array. On Ctrl-C,
+    SIGTERM or our reader going away (EPIPE): `before()`, then the jobs are killed (on a new connection: the old one
+    may be mid-reply) and said so (not to a reader gone), and the exit code is that death's, as a local command's.
+    Our stdout refusing their output (`> /dev/full`) kills them as a reader gone would, and is a write error (1)."""
+    import contextlib
+    import signal
+
+    from .client import Client, GrunError
+    from .stream import WriteError
+    if ctx.cli:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+    refused = None
+    try:
+        return body()
+    except (KeyboardInterrupt, Terminated, BrokenPipeError, WriteError) as exc:
+        before()
+        refused = exc if isinstance(exc, WriteError) else None
+        sig = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(type(exc), signal.SIGPIPE)
+    if ctx.cli:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    what = f"jobs {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"job {ids[0]}" if ids else ""
+    killed = {}
+    if ids:
+        try:
+            killed = Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
+        except GrunError as exc:
+            ctx.say(f"could not kill {what}: {exc}")
+    if refused:  # (a job that had ended already is not said killed)
+        return ctx.say(f"{refused}" + (f"; {what} killed" if any(killed.values()) else ""))
+    if sig != signal.SIGPIPE:
+        ctx.say(f"{what} killed" if ids else "interrupted")
+    with contextlib.suppress(BrokenPipeError):
+        ctx.out.flush()
+    return 128 + sig
+
+
+def _run_new(ctx: Context, args: dict) -> int:
+    """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
+    spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
+
+    def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
+        import shutil
+        run["shown"] = ctx.err.isatty()
+        text = f"grun: job {ids[0]} {line}"
+        ctx.err.write(f"\r\033[K{text[:shutil.get_terminal_size().columns - 1]}" if run["shown"] else text + "\n")
+        ctx.err.flush()
+
+    def started(job: dict | None = None) -> None:
+        if run.pop("shown", False):
+            ctx.err.write("\r\033[K")  # the progress line goes
+        if verbose and job:
+            ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
+
+    def follow() -> int:
+        ids.append(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
+        if verbose:
+            ctx.say(f"job {ids[0]} queued")
+        if args.get("noio"):  # no streams: say when it starts if asked, wait for its code
+            if verbose:
+                started(ctx.client.wait_started(ids[0]))
+            return ctx.client.exit_code(ids[0], ctx.say)
+        on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
+        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say,
+                                 on_wait=on_wait)  # (from run to run, when it is retried)
+
+    ctx.out.flush()
+    return dies_with(ctx, ids, follow, before=started)
+
+
+@verb("[--tail] ID|NAME", "tail", one_id)
+def do_attach(ctx: Context, args: dict) -> int:
+    """stream a job's output (from the start, or --tail: from now) and its exit code; Ctrl-C detaches"""
+    ctx.out.flush()
+    job_id = ctx.client.job_id(by_name(ctx, args, True)[0])
+    try:
+        return ctx.client.follow(job_id, tail=bool(args.get("tail")), on_note=ctx.say, on_limit=ctx.say)
+    except KeyboardInterrupt:
+        return ctx.say(f"detached from job {job_id} (it keeps running)", 130)
