@@ -52,6 +52,7 @@ class LiveJob:
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit: dict | None = None      # what the sampler is killing it for, as limit.json ({limit, limit_detail})
     deadline: float | None = None  # when its time limit runs out
+    peak_rss_mb: int = 0           # the largest sum of its processes' memory the sampler saw (see _finished)
     stage: object = None           # its grun.stage.Staged, when its files are staged
 
     @property
@@ -111,6 +112,7 @@ class NodeJobs:
         usage = self.monitor.sample({job_id: live.pid for job_id, live in running.items()})
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
         for job_id, live in running.items():
+            live.peak_rss_mb = max(live.peak_rss_mb, rss[job_id])
             self._enforce(live, rss[job_id], now)
         dying = any((l.limit or {}).get("limit") == "memory" and l.status is None for l in running.values())
         victim = None if dying else node_memory_victim(
@@ -215,6 +217,11 @@ class NodeJobs:
                 status = {**status, **live.limit}
             if live.stage is not None:
                 status = live.stage.ended(status)
+            if (usage := status.get("usage")) and live.peak_rss_mb << 10 > usage.get("maxrss_kb", 0):
+                # wait4's maxrss is the largest single process; the memory limit and Slurm's MaxRSS count the
+                # job's processes together. A sampled sum is a lower bound of the true peak: no "at most".
+                usage = {k: v for k, v in usage.items() if k != "maxrss_at_most"}
+                status = {**status, "usage": {**usage, "maxrss_kb": live.peak_rss_mb << 10}}
             live.status = dict(status, superseded=True) if live.superseded else status
             self._close_stdin(live)
             self.drain.finish(str(live.id))
