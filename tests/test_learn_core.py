@@ -40,6 +40,9 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["/bin/sh", "-c", "python3 \\\n  -u a.py"], False, "a.py"),  # a line continued by `\`
     (["/bin/sh", "-c", "OMP_NUM_THREADS=4 \\\r\n ./sim\n"], False, "sim"),
     (["/bin/sh", "-c", "X=1\n  # note\n\nmodule load x\n./run a"], False, "run"),
+    (["sleep", "5"], False, "sleep 5"),  # its argument is its length: `sleep 5` learns nothing from `sleep 15`
+    (["/bin/sh", "-c", "cd /x && /bin/sleep 15; echo"], False, "sleep 15"),
+    (["sleep 1m && true"], True, "sleep 1m"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
@@ -172,7 +175,31 @@ def test_runs_that_say_little_are_not_counted():
     _run(table, wall=0)
     assert not table.keys
     _run(table, state="killed", kill_requested=9, limit="memory")  # killed at its limit: it needs more
-    assert len(table.keys[("ann", "align.py")].walls) == 1
+    assert len(table.keys[("ann", "align.py")].peaks) == 1 and not table.keys[("ann", "align.py")].walls
+
+
+def test_a_run_killed_at_its_memory_limit_teaches_only_that_it_needs_more_than_the_limit():
+    """(Its peak and cpu time were cut short: after one, a program using 0.2 cpus was given 1.)"""
+    table = L.Learned()
+    for _ in range(3):
+        _run(table, 100, wall=10.0, cpu=2.0)
+    warning = _run(table, 17, wall=1.0, cpu=1.0, state="failed", limit="memory", limits={"memory_mb": 150})
+    runs = table.keys[("ann", "align.py")]
+    assert (list(runs.peaks), len(runs.walls), len(runs.cpus), runs.near) == ([100, 100, 100, 150], 3, 3, 1), warning
+    table.fill([req := _req()], SETTINGS)
+    assert (req["memory"], req["cpus"], req["expected_time"]) == (150, 0.2, 10.0)
+
+
+def test_runs_too_short_to_measure_teach_no_cpus():
+    """`true`: cpu time / a wall of ~0 s said 0.7-0.8 cpus."""
+    table = L.Learned()
+    for _ in range(3):
+        _run(table, 2, wall=0.004, cpu=0.003, cmd=("true",))
+    table.fill([req := _req(cmd=["true"])], SETTINGS)
+    assert (req["memory"], req["cpus"], req["expected_time"], set(req["origin"])) == (2, 1.0, 0.0, {"memory", "time"})
+    _run(table, 2, wall=2.0, cpu=0.9, cmd=("true",))
+    table.fill([req := _req(cmd=["true"])], SETTINGS)
+    assert req["cpus"] == 0.5, "a run long enough teaches cpus"
 
 
 def test_the_table_is_bounded_the_key_run_longest_ago_going_first(monkeypatch):

@@ -12,6 +12,7 @@ them would cost every `grun CMD`.
 import collections
 import math
 import os
+import re
 from array import array
 
 from .jobs import argv, script_of
@@ -20,11 +21,22 @@ MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
 NEAR, NEAR_RUNS = 0.9, 3  # this many runs in a row within 10 % of a limit: a warning
 FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this much over it: a warning
+# Shorter runs teach no cpus: their cpu time is mostly the program's start (an interpreter's imports, the
+# loader) and their wall the reaper's own latency, so cpu/wall says 0.7-0.8 for `true`. From 1 s on, a start
+# of up to 0.1 s moves the ratio by at most a tenth, the unit cpus are learned in.
+MIN_CPU_WALL = 1.0
+# Programs whose argument is their run time (`sleep 5`): the argument is part of their key, else every
+# `sleep` would be expected to take as long as the last ones did.
+LENGTH_IN_ARGUMENT = frozenset({"sleep"})
 
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
-    path, inline, name = script_of(argv(job), job.get("shell"))
+    words = argv(job)
+    path, inline, name = script_of(words, job.get("shell"))
+    if name in LENGTH_IN_ARGUMENT and path and (after := re.search(
+            rf"(?<!\S){re.escape(path)}\s+([^\s;&|)]+)", " ".join(words))):  # (also in `sh -c 'cd x && sleep 5'`)
+        return f"{name} {after[1][:20]}"
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
@@ -47,9 +59,10 @@ class Runs:
         self.predict()
 
     def predict(self) -> None:
-        """(memory MB, cpus in tenths, wall s, largest peak MB) from the p95 of the runs kept."""
-        self.guess = (max(1, math.ceil(p95(self.peaks))), max(0.1, math.ceil(p95(self.cpus) * 10 - 1e-6) / 10),
-                      round(p95(self.walls), 1), max(self.peaks)) if self.walls else None
+        """(memory MB, cpus in tenths or None, wall s, largest peak MB) from the p95 of the runs kept."""
+        cpus = max(0.1, math.ceil(p95(self.cpus) * 10 - 1e-6) / 10) if self.cpus else None
+        self.guess = (max(1, math.ceil(p95(self.peaks))), cpus, round(p95(self.walls), 1),
+                      max(self.peaks)) if self.walls else None
 
 
 class Learned:
@@ -68,12 +81,16 @@ class Learned:
         self.keys[key] = runs
         if len(self.keys) > MAX_KEYS:
             self.keys.popitem(last=False)
-        wall, peak = float(usage["wall"]), usage.get("maxrss_kb", 0) / 1024
-        for ring, value in ((runs.peaks, peak), (runs.walls, wall),
-                            (runs.cpus, ((usage.get("utime") or 0) + (usage.get("stime") or 0)) / wall)):
+        wall, peak, limits = float(usage["wall"]), usage.get("maxrss_kb", 0) / 1024, job.get("limits") or {}
+        learnt = [(runs.peaks, peak), (runs.walls, wall)]
+        if wall >= MIN_CPU_WALL:
+            learnt.append((runs.cpus, ((usage.get("utime") or 0) + (usage.get("stime") or 0)) / wall))
+        if job.get("limit") == "memory":  # killed for memory: its wall and cpu were cut short, and it needed
+            peak = max(peak, limits.get("memory_mb") or 0)  # more than its limit: all it tells (and it is near)
+            learnt = [(runs.peaks, peak)]
+        for ring, value in learnt:
             ring.append(value)
             del ring[:-keep]
-        limits = job.get("limits") or {}
         near = [f"{what} limit of {text}" for what, used, limit, text in (
             ("memory", peak, limits.get("memory_mb"), size(limits.get("memory_mb") or 0)),
             ("time", wall, limits.get("time"), f"{limits.get('time') or 0:g} s")) if limit and used >= NEAR * limit]
@@ -100,7 +117,7 @@ class Learned:
                     req["memory_limit"] = math.ceil(memory * settings["learn_memory_factor"])
             elif req["memory"] > FAR_FACTOR * top and req["memory"] - top > FAR_MB:
                 warnings.append(f"-m {size(req['memory'])}, but {_runs_of(len(runs.walls), key)} peaked at {size(top)}")
-            if not req.get("cpus_set"):
+            if not req.get("cpus_set") and cpus is not None:
                 req["cpus"], origin["cpus"] = cpus, f"learned: {what} (cpu time / wall)"
             if "time" not in req:
                 req["expected_time"], origin["time"] = wall, f"learned: {what} (an estimate, not a limit)"
