@@ -270,3 +270,12 @@ def _recovered(snapshot, records) -> MasterState:
     m = MasterState(random.Random(0))
     m.recover(snapshot, records, 100.0)
     return m
+
+
+def test_a_learned_time_under_a_second_shows_as_such_not_as_none():
+    """(`true`'s learned time of 0.0 s showed as `-*` in `grun -q jobs`.)"""
+    from grun.tables import jobs_table
+    job = {"id": 7, "state": "queued", "cmd": ["true"], "cpus": 1.0, "memory": 2, "expected_time": 0.0,
+           "origin": {"time": "learned: p95 of the last 3 runs of true by ann"}}
+    assert jobs_table([job]).splitlines()[1].split()[7] == "<1s*"
+    assert jobs_table([dict(job, expected_time=None, origin={})]).splitlines()[1].split()[7] == "-"
