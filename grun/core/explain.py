@@ -172,6 +172,9 @@ def explain(job: dict, master, now: float) -> str:
     return " ".join(lines)
 
 
+NO_NODE_UP = "no node up could run it"  # (squeue's ReqNodeNotAvail: grun.compat)
+
+
 def progress(job: dict, master, now: float) -> str:
     """The line a `grun` waiting on a terminal shows: "queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3
     (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
@@ -182,7 +185,7 @@ def progress(job: dict, master, now: float) -> str:
     reasons = [(node, *node_reason(node, job, claims)) for node in table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
     where = "starting" if any(kind == "fits" for _, kind, _ in reasons) else \
-        f"most room: {busy[1]} ({busy[2]})" if busy else "no node up could run it" if table.nodes else "no node yet"
+        f"most room: {busy[1]} ({busy[2]})" if busy else NO_NODE_UP if table.nodes else "no node yet"
     return f"queued: {ahead} ahead; needs {request_text(job)}; {where}"
 
 
