@@ -85,6 +85,19 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
 Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
 
 _Q, _X, _D = "queue", "exec", "daemon"
+
+
+def _resource(value):
+    """values.resource, refusing a bad count or size in words that fit a resource (not "a memory size")."""
+    try:
+        return resource(value)
+    except ValueError:
+        if isinstance(value, list):
+            raise  # (its device names: its own message)
+        raise ValueError(f"expected a count like 8, a size counted in MB like 500G or a list of device names like "
+                         f"[0, 1], got {value!r}") from None
+
+
 _positive_duration = lambda v: parse_duration(v, positive=True)
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT),
@@ -116,8 +129,8 @@ KEYS = {key.name: key for key in (
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space; place no job on a node's with less"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", lambda v: named(v, "resource", "amounts or device lists", resource), lambda c: {}, _X,
-        True, "this node's consumables (-p gpu=1); a list of ids: jobs get specific ones"),
+    Key("resources", lambda v: named(v, "resource", "amounts or device lists", _resource), lambda c: {}, _X,
+        True, "this node's consumables (-p gpu=1): counts, sizes counted in MB (500G), or device names: jobs get specific ones"),
     Key("labels", lambda v: named(v, "label", "values", label), lambda c: {}, _X, True,
         "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
@@ -139,10 +152,11 @@ KEYS = {key.name: key for key in (
         "cpu and memory used by non-grun programs are not offered to jobs"),
     Key("auth", choice("secret", "munge", "none"), lambda c: "secret" if c.personal else "none", "all", False,
         "secret: every connection proves secret_file; munge: MUNGE credentials (README: Trust); none",
-        "secret in personal mode"),
+        "secret in personal mode, else none (as the original grun)"),
     Key("secret_file", parse_path, lambda c: os.path.join(c.spool, "secret") if c.personal else "/etc/grun.secret", "all",
         False, "the same on every host (personal mode: made in the spool, mode 0600)"),
-    Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)", "personal mode: yes"),
+    Key("allow_root", parse_bool, lambda c: c.personal, _Q, True, "run jobs as root (uid 0)",
+        "yes in personal mode (its user's own cluster), else no"),
     Key("tls", parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", lambda v: frozenset(words(v, "user names", lambda u: ":" not in u)), lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),

@@ -177,7 +177,7 @@ def _verb_name(words: list[str], called: str, opts: dict) -> dict:
 
 def _config_page() -> str:
     from .config import KEYS
-    return "config keys (YAML, /etc/grun.conf; `grun -q conf` shows the values in effect):\n" + "\n".join(
+    return "config keys (YAML, /etc/grun.conf; `grun -q conf` reads them from this host's file, not from a running daemon, which keeps what it read at its start or last grun -d -r):\n" + "\n".join(
         f"  {k.name:<19} {k.doc}" + (f" [default: {k.default}]" if not callable(k.default) else
                                      f" [guessed: {k.guess}]" if k.guess else "") +
         ("" if k.reload else " (needs grun -d -R)") for k in KEYS.values())

@@ -302,7 +302,7 @@ def do_why(ctx: Context, args: dict) -> int:
 
 @verb("[--json]", "json")
 def do_conf(ctx: Context, args: dict) -> int:
-    """the config in effect here: each value and where it came from"""
+    """this host's config file read now (not a running daemon's): each value and where it came from"""
     from .config import describe
     return ctx.print(json_text(describe(ctx.cfg, as_dict=True)) if args.get("json") else describe(ctx.cfg).rstrip("\n"))
 

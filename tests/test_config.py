@@ -496,3 +496,30 @@ def load_config_from_describe(conf, cfg):
 def test_bad_scheduling_and_limit_keys(conf, text, key):
     e = error(conf, text)
     assert e.key == key and e.line == 1, str(e)
+
+
+def test_guesses_say_their_rule_without_contradicting_the_value(conf, env):
+    """(`allow_root: false  # guessed: personal mode: yes` and `auth: none # guessed: secret in personal mode`.)"""
+    for cfg, root, auth in ((conf("cpus: 2\n"), "no", "none"), (load_config(None, environ=env), "yes", "secret")):
+        origin = describe(cfg, as_dict=True)["keys"]
+        assert origin["allow_root"]["origin"] == "guessed: yes in personal mode (its user's own cluster), else no"
+        assert origin["auth"]["origin"] == "guessed: secret in personal mode, else none (as the original grun)"
+        assert (cfg.allow_root, cfg.auth) == (root == "yes", auth)
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "lots of", "'8 gpus'"])
+def test_a_bad_resource_value_says_what_a_resource_may_be(conf, value):
+    """(`resources: {gpu: x}` said "expected a memory size like 4096 (MB), 500M or 4G".)"""
+    e = error(conf, f"resources: {{gpu: {value}}}\n")
+    assert "resource gpu: expected a count like 8, a size counted in MB like 500G or a list of device names" in str(e)
+    assert "memory size" not in str(e), str(e)
+
+
+def test_a_size_given_to_a_resource_is_counted_in_mb_as_its_doc_says(conf):
+    assert conf("resources: {io: 8G}\n").resources == {"io": 8192}
+    assert "sizes counted in MB (500G)" in KEYS["resources"].doc
+
+
+def test_the_config_page_says_conf_reads_the_file_not_the_running_daemon():
+    from grun.shell import _config_page
+    assert "values in effect" not in _config_page() and "not from a running daemon" in _config_page()
