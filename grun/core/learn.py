@@ -12,7 +12,6 @@ them would cost every `grun CMD`.
 import collections
 import math
 import os
-import re
 from array import array
 
 from .jobs import argv, script_of
@@ -34,9 +33,8 @@ def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
     words = argv(job)
     path, inline, name = script_of(words, job.get("shell"))
-    if name in LENGTH_IN_ARGUMENT and path and (after := re.search(
-            rf"(?<!\S){re.escape(path)}\s+([^\s;&|)]+)", " ".join(words))):  # (also in `sh -c 'cd x && sleep 5'`)
-        return f"{name} {after[1][:20]}"
+    if name in LENGTH_IN_ARGUMENT and path in (tokens := " ".join(words).split())[:-1]:  # (`sh -c 'cd x && sleep 5'`)
+        return f"{name} {tokens[tokens.index(path) + 1].rstrip(';&|)')[:20]}"  # (no `re`: `grun CMD` imports us)
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
