@@ -192,6 +192,24 @@ def test_input_cut_short_ends_the_job_s_stdin(server, job_dir, monkeypatch):
         os.unlink(job_dir / "stdin")
 
 
+def test_an_offer_never_claimed_lets_its_job_s_stdin_go_with_no_other_offer(job_dir, monkeypatch):
+    """A client that got its ticket and never came (it died, or its connect failed and it asked again): the
+    job's stdin ends once the offer expires, on an idle server too (not at the next offer, which may never
+    come: the job would wait for its input while its node has nothing else to do)."""
+    monkeypatch.setattr(stream_server, "TOKEN_TTL", 0.2)
+    monkeypatch.setattr(stream_server, "EXPIRE_EVERY", 0.1)
+    srv = StreamServer("127.0.0.1")
+    wfd, child_stdin = fifo_for_job(job_dir)
+    with child_stdin, open(job_dir / "stdout", "wb") as out:
+        proc = subprocess.Popen(["cat"], stdin=child_stdin, stdout=out)
+    try:
+        srv.offer("j-unclaimed", str(job_dir), stdin_fd=wfd, get_status=popen_status(proc))
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        srv.close()
+
+
 def test_input_cut_short_on_a_real_node_leaks_no_fd_and_hangs_no_job():
     """`yes | grun head -1` stops sending once its job has ended, without end-of-input: the node
     must not keep one FIFO fd per such job; and `grun cat` killed while feeding its job leaves the
