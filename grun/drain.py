@@ -69,6 +69,11 @@ class Output:
             self.tails.difference_update(tails)
         self.progress()
 
+    def stall(self) -> str | None:
+        """Why the job's output waits while a client reads it, or None: a full spool disk (spool_max, by
+        contrast, only waits for the clients themselves)."""
+        return "the node's spool disk is full" if self in self.drain.stalled else None
+
     def progress(self) -> None:
         """A client was sent more: a job waiting for room may go on."""
         if self.full:  # (a move that finds no room sets it, then looks again: see move)
@@ -116,7 +121,7 @@ class Output:
                 if not spool.disk_full(exc):
                     raise
                 return self._disk_full()
-            if n and self in self.drain.stalled:
+            if n and self in self.drain.stalled and self._disk_has_room(name):
                 self.drain.stalled.discard(self)
                 log.info("job %s: spool disk space is back: its output flows again", self.key)
             if n == 0:  # every writer has gone
@@ -145,6 +150,12 @@ class Output:
             log.warning("job %s: the spool disk is full (%s): its output waits until there is space",
                         self.key, os.path.dirname(self.dir))
         self._wait()
+
+    def _disk_has_room(self, name: str) -> bool:
+        """Whether the disk has room again: a write into a block it held, or one punching a client's bytes freed,
+        is no end of the stall (nor a notice that says so, then another that it stalled again)."""
+        st = os.fstatvfs(self.files[name])
+        return st.f_bavail * st.f_frsize >= PIPE_SIZE
 
     def _close(self, name: str) -> None:
         fd = self.pipes.pop(name, None)

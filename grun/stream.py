@@ -22,6 +22,7 @@ from .wire import recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
+NOTE = b"N"                            # server -> client: a line for the user's stderr, not the job's (no offset)
 STDIN, STDIN_EOF = b"I", b"C"          # client -> server
 MAX_FRAME = 16 << 20                   # anything longer is garbage, not data
 TOKEN_LEN = 32
@@ -244,8 +245,12 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
         pipes = {kind for kind, sink in sinks.items() if not callable(sink)}
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))
-            if n > MAX_FRAME or (kind not in sinks and kind != EXIT):
+            if n > MAX_FRAME or (kind not in sinks and kind not in (EXIT, NOTE)):
                 raise StreamBroken(f"garbage frame (type {kind!r}, length {n})")
+            if kind == NOTE:  # (e.g. its output waits for room on a full spool disk)
+                note = _recv(sock, n)
+                sinks[ERR](note) if callable(sinks[ERR]) else write_all(sinks[ERR], note)
+                continue
             if kind == EXIT:
                 try:
                     return json.loads(_recv(sock, n))

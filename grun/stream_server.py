@@ -41,6 +41,7 @@ class _Attach:
         self.sock = self.peer = self.reader = None
         self.wake = threading.Event()
         self.closed = self.exited = False  # the client hung up (the pump stops); EXIT went out (no more stdin)
+        self.stall: str | None = None  # why the job's output waits, as the client was last told
 
     def release(self) -> None:
         """The offer is done with: expired, or its connection over."""
@@ -72,6 +73,9 @@ class _Attach:
             sent = sum(tail.pump(self.sock) for tail in tails)
             if sent and self.output is not None:
                 self.output.progress()
+            if self.output is not None and (stall := self.output.stall()) != self.stall:
+                self._note(f"output stalled: {stall}" if stall else "output flows again")
+                self.stall = stall
             if not sent and status is not None:
                 payload = json.dumps(status).encode()
                 self.sock.sendall(stream.HEADER.pack(stream.EXIT, len(payload)) + payload)
@@ -87,6 +91,11 @@ class _Attach:
                 # stream still sends its first new line at once; only the follow-up waits.
                 self.wake.wait(MIN_WAIT if sent else wait)
             wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
+
+    def _note(self, text: str) -> None:
+        """Tell the client's user (its stderr), once per change: a silent stream says nothing of why."""
+        line = f"grun: job {self.job_key}: {text}\n".encode()
+        self.sock.sendall(stream.HEADER.pack(stream.NOTE, len(line)) + line)
 
     def read(self) -> None:
         try:

@@ -1,0 +1,66 @@
+"""An attached client told why its job's output stopped: the node's spool disk is full (filled by others, so
+punching what the client was sent frees nothing), one stderr line when it stalls and one when it flows again,
+outside the job's own output. Real daemons, the node's spool on a real 3 MB tmpfs (root only)."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from cluster import LocalCluster
+from util import read_line, wait_for
+
+LINES = 20_000
+
+
+@pytest.fixture
+def c():
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: root only")
+    root = tempfile.mkdtemp(prefix="grun-stall-")
+    spool = os.path.join(root, "n5", "node")
+    os.makedirs(spool)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", spool], capture_output=True).returncode:
+        shutil.rmtree(root)
+        pytest.skip("cannot mount a tmpfs here")
+    cluster = LocalCluster(nodes={"n5": {"cpus": 2, "memory": 2000}}, root=root, master_extra={"min_free_disk": 0})
+    cluster.spool = spool
+    try:
+        with cluster:
+            yield cluster
+    finally:
+        subprocess.run(["umount", "-l", spool], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fill(path: str) -> None:
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def test_an_attached_client_is_told_when_a_full_spool_disk_stalls_its_job_s_output(c, tmp_path):
+    go = tmp_path / "go"
+    client = c.popen("-H", "n5", "sh", "-c", f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; seq 1 {LINES}")
+    try:
+        assert read_line(client.stdout, 30) == b"started\n"
+        filler = os.path.join(c.spool, "filler")
+        _fill(filler)  # (after the job's start: its directory is written)
+        go.touch()
+        assert read_line(client.stderr, 30) == b"grun: job 1: output stalled: the node's spool disk is full\n"
+        os.unlink(filler)
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    assert out == b"".join(b"%d\n" % i for i in range(1, LINES + 1))
+    # once each (not at each block punching frees meanwhile), and never within the job's own output
+    assert err == b"grun: job 1: output flows again\n", err
+    wait_for(lambda: "Traceback" not in open(os.path.join(c.root, "n5", "grun.log")).read(), 1)
