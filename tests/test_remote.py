@@ -169,8 +169,6 @@ class SlowStart:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="until grun/actors/node_jobs.py's offer_stream waits for the job to be set up "
-                                      "(LiveJob.set_up; the node helper's file: see the hang branch's report)")
 def test_a_caller_that_attaches_before_its_node_has_set_the_job_up(tmp_path, monkeypatch):
     """The node lists a job as running (in its heartbeat) once it has taken it, before it has written its
     spool directory (a plugin's on_start runs in between; here it takes 2.5 s): a caller that attached then

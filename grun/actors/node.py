@@ -105,6 +105,8 @@ class Node(NodeJobs):
                     self.plugins.start(live.job, spawner.SHELL)  # (before job.json is written)
                     if live.stage is None or not live.stage.waiting:  # else once its inputs came (grun.stage)
                         self._launch(live)
+                    else:  # an attach until then gets an offer without output: its inputs are still coming
+                        live.set_up.set()
                 started[str(job_id)] = None
             except Exception as exc:
                 log.exception("job %s: cannot start", job_id)

@@ -32,6 +32,7 @@ from .supervisor import JobSupervisor
 log = logging.getLogger("grun.node")
 
 KILL_GRACE_SECS = 5.0
+SET_UP_WAIT_SECS = 5.0  # how long an attach waits for a job taken a moment ago to have its spool directory
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,6 +55,7 @@ class LiveJob:
     deadline: float | None = None  # when its time limit runs out
     peak_rss_mb: int = 0           # the largest sum of its processes' memory the sampler saw (see _finished)
     stage: object = None           # its grun.stage.Staged, when its files are staged
+    set_up: threading.Event = dataclasses.field(default_factory=threading.Event)  # its directory, stdin and drain exist
 
     @property
     def attempt(self) -> int:
@@ -87,6 +89,10 @@ class NodeJobs:
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
         """A ticket to the job's output, from the offsets asked, or from the first bytes still held (the
         ticket says where: the client tells its user what was delivered before)."""
+        # The master may count the job as running (our heartbeat lists it) before _launch has made its stdin and
+        # drain: an offer made then would hold neither, and the client's input would go nowhere.
+        if not live.set_up.wait(SET_UP_WAIT_SECS):
+            raise ConnectionError(f"job {live.id} is not set up on this node yet")  # (the client asks again)
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
             stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
         output = self.drain.outputs.get(str(live.id))  # (None: not started, its inputs still coming)
@@ -177,6 +183,7 @@ class NodeJobs:
             return self._adopt_one(live.dir, live)  # we restarted since we started it
         live.stdin_r, live.stdin_w = fifo or (None, None)
         self.drain.add(str(live.id), live.dir)
+        live.set_up.set()
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
@@ -223,6 +230,7 @@ class NodeJobs:
                 usage = {k: v for k, v in usage.items() if k != "maxrss_at_most"}
                 status = {**status, "usage": {**usage, "maxrss_kb": live.peak_rss_mb << 10}}
             live.status = dict(status, superseded=True) if live.superseded else status
+            live.set_up.set()  # (ended unlaunched: a failed start or staging; its end is what an attach gets)
             self._close_stdin(live)
             self.drain.finish(str(live.id))
             if not live.reported:
@@ -427,6 +435,7 @@ class NodeJobs:
         kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())
         live.reported, live.fetched = "r" in kinds, "f" in kinds
         self.drain.add(str(live.id), job_dir)  # (for an ended job too: where its output starts)
+        live.set_up.set()
         if self.job_status(live) is not None:
             return
         claimed, _, reaper = spool.read_pid(job_dir)
