@@ -368,6 +368,11 @@ class Master(Queries):
         auth.require("speak for a node")
         return self._do("heartbeat", str(name), info)
 
+    def node_leaving(self, name: str, incarnation: str) -> bool:
+        """A node's daemon stops cleanly: it takes no new jobs until it registers again; its jobs stay its own."""
+        auth.require("speak for a node")
+        return self._do("leave", str(name), str(incarnation))
+
     def finished(self, name: str, reports: list) -> list:
         auth.require("report job ends")
         return self._do("finished", str(name), reports)

@@ -29,6 +29,7 @@ log = logging.getLogger("grun.node")
 
 REPORT_BATCH = 500
 JANITOR_SECS = 10.0
+LEAVE_SECS = 2.0  # how long a stopping node waits to tell the master (grun -d -k waits 15 s before KILL)
 REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded keys the master places by
 
 
@@ -267,11 +268,23 @@ class Node(NodeJobs):
                 "usage": {str(k): v for k, v in self.monitor.usage.items()}, **spool_space(self.jobs_dir),
                 **({"mounts": now} if changed else {})}
 
+    def _leave(self) -> None:
+        """Tell the master we stop, as slurmd does (one short call, best effort): it offers us no new job until we
+        register again, instead of trying until node_timeout. Our jobs run on under the reaper either way."""
+        self._report_now.join(LEAVE_SECS)  # its last heartbeat first (the master loop owns self._master)
+        try:
+            with registry.proxy(registry.master_uri(self.master_host, self.master_port), timeout=LEAVE_SECS) as master:
+                if master.node_leaving(self.name, self.incarnation):
+                    log.info("told the master this node stops")
+        except Exception as exc:
+            log.info("could not tell the master this node stops: %s", exc)
+
     def shutdown(self) -> None:
         auth.require("stop a node")
         self._stop.set()
         for loop in self._loops:
             loop.stop()
+        self._leave()
         with contextlib.suppress(Exception):
             self.daemon.shutdown()
         self.stream.close()

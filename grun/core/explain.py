@@ -167,6 +167,8 @@ def explain(job: dict, master, now: float) -> str:
         lines.append(f"After {_duration(left)} more a node will be reserved for it.")
     if "fits" in groups and not limit:
         lines.append("It should start at the next scheduling pass.")
+    elif not possible and any(not n.up and n.could_ever_fit(job) for n in table.nodes.values()):
+        lines.append("It runs once a node that is down and could run it comes back.")
     elif not possible:
         lines.append("No node up now could ever run it as it is; edit it with `grun -e` or kill it.")
     return " ".join(lines)
@@ -178,8 +180,8 @@ NO_NODE_UP = "no node up could run it"  # (squeue's ReqNodeNotAvail: grun.compat
 def progress(job: dict, master, now: float) -> str:
     """The line a `grun` waiting on a terminal shows: "queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3
     (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
-    if job["state"] != J.QUEUED:
-        return explain(job, master, now)
+    if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
+        return explain(job, master, now).removeprefix(f"Job {job['id']} ")
     table, claims = master.table, master.table.claims(now)
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
     reasons = [(node, *node_reason(node, job, claims)) for node in table.nodes.values()]

@@ -372,6 +372,14 @@ class MasterState:
         kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
         return {**reply, "stale": stale, "kill": kills, **self.pace()}
 
+    def on_leave(self, step: Step, name: str, incarnation: str, now: float) -> None:
+        """A node's daemon says it stops (NodeView.leave); the reply: whether that marked it down."""
+        node, step.durable = self.table.nodes.get(name), False
+        step.reply = node is not None and node.leave(str(incarnation))
+        if step.reply:
+            step.log("info", f"node {name} stopped: down, no new jobs go there until it registers again" +
+                     (f"; its jobs {sorted(node.jobs)} stay there" if node.jobs else ""))
+
     def pace(self) -> dict:
         """How often the master wants to hear from a node (0: the node's own interval; a node beats
         at the longer of the two) and whether it may keep its connection open."""
@@ -453,7 +461,8 @@ class MasterState:
             job = self.table.jobs.get(job_id)
             if job is not None and job["state"] == J.DISPATCHED:
                 self.unconfirmed[job_id] = now  # to the end: offered last
-                again[job["node"]].append(dict(job))
+                if getattr(self.table.nodes.get(job["node"]), "up", False):  # (a stopped node: when it registers)
+                    again[job["node"]].append(dict(job))
         step.do += [("offer", n, jobs) for n, jobs in offers.items()]
         step.do += [("reoffer", n, jobs) for n, jobs in again.items()]
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it

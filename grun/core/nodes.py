@@ -106,6 +106,16 @@ class NodeView:
                               if k not in self.devices},
                 "labels": dict(self.labels), "spool_free": self.spool_free}
 
+    def leave(self, incarnation: str) -> bool:
+        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once, so no new job goes there until it
+        registers again; not lost: its jobs run on under its reaper, and are lost only if it stays silent past
+        node_timeout. False when it was down already, or that was an older run of its daemon (a newer one
+        registered since: `grun -d -R`)."""
+        if not self.up or incarnation != self.incarnation:
+            return False
+        self.up = False
+        return True
+
     def pick(self, job: dict) -> dict[str, list[str]]:
         """The devices a job placed here gets: of each indexed consumable it asks for, the first free ones."""
         return {name: [d for d in self.devices[name] if d not in self.held.get(name, ())][:round(need)]
