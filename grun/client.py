@@ -340,7 +340,8 @@ class Client:
                     out_off, err_off = ticket.get("out_offset", out_off), ticket.get("err_offset", err_off)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd,
-                                           out_offset=out_off, err_offset=err_off)
+                                           out_offset=out_off, err_offset=err_off,
+                                           on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(on_limit, status, job_id)  # e.g. killed: out of memory
                     if status.get("superseded"):
                         # this copy was killed because the master ran the job elsewhere (or ended

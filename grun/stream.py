@@ -22,7 +22,7 @@ from .wire import recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
-NOTE = b"N"                            # server -> client: a line for the user's stderr, not the job's (no offset)
+NOTE = b"N"                            # server -> client: a word for the user (attach's on_note), not job output
 STDIN, STDIN_EOF = b"I", b"C"          # client -> server
 MAX_FRAME = 16 << 20                   # anything longer is garbage, not data
 TOKEN_LEN = 32
@@ -224,11 +224,12 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
-           stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0) -> dict:
+           stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
     A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
-    input (the Python API uses both). Raises StreamBroken if the connection drops first, and
-    BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
+    input (the Python API uses both). `on_note(text)` hears what the node tells the user, not the job's
+    output ("output stalled: ..."; a failure to tell it is ignored). Raises StreamBroken if the connection
+    drops first, and BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
     sock, send_lock = None, threading.Lock()
     try:
@@ -248,8 +249,11 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             if n > MAX_FRAME or (kind not in sinks and kind not in (EXIT, NOTE)):
                 raise StreamBroken(f"garbage frame (type {kind!r}, length {n})")
             if kind == NOTE:  # (e.g. its output waits for room on a full spool disk)
-                note = _recv(sock, n)
-                sinks[ERR](note) if callable(sinks[ERR]) else write_all(sinks[ERR], note)
+                note = _recv(sock, n).decode("utf-8", "replace")
+                # (our stderr closed or full: the stream goes on, and no error of it is the connection's)
+                with contextlib.suppress(OSError):
+                    if on_note is not None:
+                        on_note(note)
                 continue
             if kind == EXIT:
                 try:

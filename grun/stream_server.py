@@ -93,9 +93,9 @@ class _Attach:
             wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
 
     def _note(self, text: str) -> None:
-        """Tell the client's user (its stderr), once per change: a silent stream says nothing of why."""
-        line = f"grun: job {self.job_key}: {text}\n".encode()
-        self.sock.sendall(stream.HEADER.pack(stream.NOTE, len(line)) + line)
+        """Tell the client's user (attach's on_note), once per change: a silent stream says nothing of why."""
+        data = text.encode()
+        self.sock.sendall(stream.HEADER.pack(stream.NOTE, len(data)) + data)
 
     def read(self) -> None:
         try:

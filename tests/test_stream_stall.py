@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import pytest
 from cluster import LocalCluster
@@ -64,3 +65,50 @@ def test_an_attached_client_is_told_when_a_full_spool_disk_stalls_its_job_s_outp
     # once each (not at each block punching frees meanwhile), and never within the job's own output
     assert err == b"grun: job 1: output flows again\n", err
     wait_for(lambda: "Traceback" not in open(os.path.join(c.root, "n5", "grun.log")).read(), 1)
+
+
+def _stall_then_free(c, go) -> None:
+    """Once the job waits at `go`: fill the spool disk, let the job write, and free the disk once the node has seen it
+    full (its log: the client's notice may have nowhere to go)."""
+    filler = os.path.join(c.spool, "filler")
+    _fill(filler)
+    go.touch()
+    log = os.path.join(c.root, "n5", "grun.log")
+    wait_for(lambda: "the spool disk is full" in open(log).read(), 30, what="the node to see its spool disk full")
+    os.unlink(filler)
+
+
+def test_a_stall_notice_our_stderr_refuses_neither_breaks_nor_repeats_the_stream(c, tmp_path):
+    """`grun CMD 2>/dev/full`: the notice cannot be written; the job's output still comes once, whole (an OSError
+    from the notice was taken for a lost node: re-attached from the old offsets, stdout came again, and the
+    notice with it, in a loop)."""
+    go = tmp_path / "go"
+    with open("/dev/full", "wb") as full:
+        client = c.popen("-H", "n5", "sh", "-c", f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; "
+                         f"seq 1 {LINES}", stderr=full)
+    try:
+        assert read_line(client.stdout, 30) == b"started\n"
+        _stall_then_free(c, go)
+        out, _ = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert out == b"".join(b"%d\n" % i for i in range(1, LINES + 1))  # (after "started")
+    assert client.returncode == 0
+
+
+def test_the_python_api_hears_a_stall_through_on_note_not_in_the_job_s_stderr(c, tmp_path):
+    go = tmp_path / "go"
+    job = c.client().submit(f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; seq 1 {LINES}", hosts="n5")
+    out, err, notes = [], [], []
+    follower = threading.Thread(target=lambda: c.client().follow(job.id, stdout_fd=out.append, stderr_fd=err.append,
+                                                                 on_note=notes.append))
+    follower.start()
+    try:
+        wait_for(lambda: out, 30, what="the follower to attach")
+        _stall_then_free(c, go)
+    finally:
+        follower.join(60)
+    assert not follower.is_alive()
+    assert b"".join(out) == b"started\n" + b"".join(b"%d\n" % i for i in range(1, LINES + 1))
+    assert (err, notes) == ([], [f"job {job.id}: output stalled: the node's spool disk is full",
+                                 f"job {job.id}: output flows again"])
