@@ -45,6 +45,7 @@ class Output:
         self.sent = dict(self.start)
         self.tails: set = set()
         self.full, self.lock = False, threading.RLock()
+        self.free_when_full = 0  # the spool disk's free bytes (_free_bytes) at its last refusal of our write
 
     def held(self) -> int:
         return sum(os.fstat(fd).st_size - self.start[name] for name, fd in self.files.items())
@@ -120,7 +121,7 @@ class Output:
             except OSError as exc:  # (its bytes stay in the pipe)
                 if not spool.disk_full(exc):
                     raise
-                return self._disk_full()
+                return self._disk_full(name)
             if n and self in self.drain.stalled and self._disk_has_room(name):
                 self.drain.stalled.discard(self)
                 log.info("job %s: spool disk space is back: its output flows again", self.key)
@@ -139,12 +140,13 @@ class Output:
         if self._discard():  # a client sent more before `full` was set did not see it
             self.progress()
 
-    def _disk_full(self) -> None:
+    def _disk_full(self, name: str) -> None:
         """The spool's disk is full: as at spool_max, the job waits in its write, and what clients were
         sent is punched out to make room; the drain also looks again every spool.DISK_RETRY_SECS, for space
         freed by others. Said once per stall (a full disk fails every job's write: no traceback each)."""
         if self._discard():
             return  # (its pipe is still watched: the move is tried again at once)
+        self.free_when_full = self._free_bytes(name)
         if self not in self.drain.stalled:
             self.drain.stalled.add(self)
             log.warning("job %s: the spool disk is full (%s): its output waits until there is space",
@@ -153,9 +155,15 @@ class Output:
 
     def _disk_has_room(self, name: str) -> bool:
         """Whether the disk has room again: a write into a block it held, or one punching a client's bytes freed,
-        is no end of the stall (nor a notice that says so, then another that it stalled again)."""
+        is no end of the stall (nor a notice that says so, then another that it stalled again). Counted from
+        what was free when it refused us: some free blocks are never ours (ext4 keeps up to 16 MiB of them)."""
+        return self._free_bytes(name) >= self.free_when_full + PIPE_SIZE
+
+    def _free_bytes(self, name: str) -> int:
+        """The spool disk's free space for us: as root (a node, as a rule) its writes may fill the blocks
+        reserved for root too (5 % on ext4), and fail only when those are gone."""
         st = os.fstatvfs(self.files[name])
-        return st.f_bavail * st.f_frsize >= PIPE_SIZE
+        return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
     def _close(self, name: str) -> None:
         fd = self.pipes.pop(name, None)

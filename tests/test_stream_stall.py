@@ -1,8 +1,10 @@
 """An attached client told why its job's output stopped: the node's spool disk is full (filled by others, so
 punching what the client was sent frees nothing), one stderr line when it stalls and one when it flows again,
-outside the job's own output. Real daemons, the node's spool on a real 3 MB tmpfs (root only)."""
+outside the job's own output. Real daemons, the node's spool on a real 3 MB tmpfs, or an ext4 with a root
+reserve (root only)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -17,16 +19,23 @@ from util import read_line, wait_for
 LINES = 20_000
 
 
-@pytest.fixture
-def c():
+def _cluster_on(mount: list[str], image_mb: int = 0):
+    """A cluster whose node n5 has its spool on a file system of its own: `mount` (its last word the mount
+    point), over a fresh image file of `image_mb` MB, made ext4 with half its blocks reserved for root."""
     if os.geteuid() != 0:
-        pytest.skip("mounts a tmpfs: root only")
+        pytest.skip("mounts a file system: root only")
     root = tempfile.mkdtemp(prefix="grun-stall-")
     spool = os.path.join(root, "n5", "node")
     os.makedirs(spool)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", spool], capture_output=True).returncode:
+    image = os.path.join(root, "spool.img")
+    if image_mb:
+        with open(image, "wb") as f:
+            f.truncate(image_mb << 20)
+        made = subprocess.run(["mkfs.ext4", "-q", "-m", "50", image], capture_output=True).returncode == 0
+    if (image_mb and not made) or subprocess.run([*mount, image, spool] if image_mb else [*mount, spool],
+                                                 capture_output=True).returncode:
         shutil.rmtree(root)
-        pytest.skip("cannot mount a tmpfs here")
+        pytest.skip(f"cannot {' '.join(mount)} here")
     cluster = LocalCluster(nodes={"n5": {"cpus": 2, "memory": 2000}}, root=root, master_extra={"min_free_disk": 0})
     cluster.spool = spool
     try:
@@ -35,6 +44,17 @@ def c():
     finally:
         subprocess.run(["umount", "-l", spool], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def c():
+    yield from _cluster_on(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+
+
+@pytest.fixture
+def reserved():
+    """n5's spool on a 16 MB ext4 whose blocks are half reserved for root, as the node (root) writes it."""
+    yield from _cluster_on(["mount", "-o", "loop"], image_mb=16)
 
 
 def _fill(path: str) -> None:
@@ -112,3 +132,41 @@ def test_the_python_api_hears_a_stall_through_on_note_not_in_the_job_s_stderr(c,
     assert b"".join(out) == b"started\n" + b"".join(b"%d\n" % i for i in range(1, LINES + 1))
     assert (err, notes) == ([], [f"job {job.id}: output stalled: the node's spool disk is full",
                                  f"job {job.id}: output flows again"])
+
+
+def test_a_stall_ends_on_a_disk_whose_root_reserve_has_room_again(reserved, tmp_path):
+    """The node writes its spool as root: on ext4 its writes fail only once the root reserve (5 % by default) is full
+    too, so the stall is over once blocks are free again, though none are free for others (the stall was
+    over only once more than the whole reserve was free: the client was never told its output flows again)."""
+    lines = 5_000  # (less than a pipe holds: the notice after them comes while we do not read them)
+    go, end, fillers = tmp_path / "go", tmp_path / "end", os.path.join(reserved.spool, "fillers")
+    os.mkdir(fillers)
+    client = reserved.popen("-H", "n5", "sh", "-c", f"echo started; while [ ! -e {go} ]; do sleep 0.05; done; "
+                            f"seq 1 {lines}; while [ ! -e {end} ]; do sleep 0.05; done")
+    try:
+        assert read_line(client.stdout, 30) == b"started\n"
+        parts = 0
+        with contextlib.suppress(OSError):  # (we are root: the reserve fills too)
+            while True:
+                with open(os.path.join(fillers, str(parts)), "wb") as f:
+                    parts += 1
+                    f.write(b"\0" * (256 << 10))
+        for size in (4096, 1024, 1024):  # to its last block: ext4 refuses a big write before, and frees at a sync
+            os.sync()
+            with contextlib.suppress(OSError), open(os.path.join(fillers, f"last{size}"), "ab", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * size)
+        go.touch()
+        assert read_line(client.stderr, 30) == b"grun: job 1: output stalled: the node's spool disk is full\n"
+        for part in range(12):  # 3 MB: room for root, none for others (the reserve is 8 MB)
+            os.unlink(os.path.join(fillers, str(part)))
+        st = os.statvfs(reserved.spool)
+        assert st.f_bavail == 0 and st.f_bfree * st.f_frsize >= 2 << 20, st
+        # while the job runs (its end says so too)
+        assert read_line(client.stderr, 20) == b"grun: job 1: output flows again\n"
+        end.touch()
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert out == b"".join(b"%d\n" % i for i in range(1, lines + 1))
+    assert (client.returncode, err) == (0, b"")
