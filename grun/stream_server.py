@@ -18,7 +18,6 @@ from .wire import refused_tls
 log = logging.getLogger("grun.stream")
 
 TOKEN_TTL = 60.0                       # seconds an offered token stays usable
-EXPIRE_EVERY = 10.0                    # an idle server still drops expired offers (and their job's stdin) this often
 HANDSHAKE_TIMEOUT = 10.0
 EXIT_LINGER = 5.0                      # how long we wait for the client to hang up after EXIT
 MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool files
@@ -130,7 +129,6 @@ class StreamServer:
         self._conns: dict[str, set[_Attach]] = {}    # job key -> its attached clients
         family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
         self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
-        self._lsock.settimeout(EXPIRE_EVERY)  # (the sockets it accepts are blocking all the same)
         self.address: tuple[str, int] = self._lsock.getsockname()[:2]
         threading.Thread(target=self._accept_loop, name="grun-stream-accept", daemon=True).start()
 
@@ -153,7 +151,8 @@ class StreamServer:
         return token
 
     def expire(self, before: float | None = None) -> None:
-        """Drop the offers nobody claimed in time (and the job input they held)."""
+        """Drop the offers nobody claimed in time (and the job input they held): at each offer, and by the node's
+        janitor (an idle node makes no offer, and a job's stdin must end once its client got a ticket and died)."""
         before = time.monotonic() if before is None else before
         with self._lock:
             gone = [self._offers.pop(t)[2] for t, (deadline, *_) in list(self._offers.items()) if deadline < before]
@@ -181,11 +180,6 @@ class StreamServer:
         while not self._closed:
             try:
                 sock, peer = self._lsock.accept()
-            except TimeoutError:
-                # An offer nobody claims holds its job's stdin: the job sees its end once the offer expires,
-                # even when no other offer comes to purge it (a client that got its ticket and died).
-                self.expire()
-                continue
             except OSError as e:
                 if not self._closed:
                     log.warning("stream: accept failed: %s", e)  # e.g. EMFILE: retry, never die

@@ -192,22 +192,31 @@ def test_input_cut_short_ends_the_job_s_stdin(server, job_dir, monkeypatch):
         os.unlink(job_dir / "stdin")
 
 
-def test_an_offer_never_claimed_lets_its_job_s_stdin_go_with_no_other_offer(job_dir, monkeypatch):
-    """A client that got its ticket and never came (it died, or its connect failed and it asked again): the
-    job's stdin ends once the offer expires, on an idle server too (not at the next offer, which may never
-    come: the job would wait for its input while its node has nothing else to do)."""
-    monkeypatch.setattr(stream_server, "TOKEN_TTL", 0.2)
-    monkeypatch.setattr(stream_server, "EXPIRE_EVERY", 0.1)
-    srv = StreamServer("127.0.0.1")
-    wfd, child_stdin = fifo_for_job(job_dir)
-    with child_stdin, open(job_dir / "stdout", "wb") as out:
-        proc = subprocess.Popen(["cat"], stdin=child_stdin, stdout=out)
-    try:
-        srv.offer("j-unclaimed", str(job_dir), stdin_fd=wfd, get_status=popen_status(proc))
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        srv.close()
+class _QuickTokens(LocalCluster):
+    """Its nodes' offers expire after 1 s, not TOKEN_TTL's minute: the same daemon otherwise."""
+
+    def _spawn(self, name: str, config: str) -> None:
+        if name == "master":
+            return super()._spawn(name, config)
+        node = ("import sys; from grun import daemon, stream_server; stream_server.TOKEN_TTL = 1.0; "
+                "sys.exit(daemon.serve(daemon.load_config(sys.argv[1]), foreground=False))")
+        with open(os.path.join(self.root, f"{name}.out"), "ab") as log:
+            self.procs[name] = subprocess.Popen([sys.executable, "-c", node, config], stdout=log, stderr=log,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_an_offer_never_claimed_on_an_idle_node_lets_its_job_s_stdin_go():
+    """A client that got its ticket and never came (it died, or its connect failed and it asked again): the job's
+    stdin ends once the offer expires, by the node's janitor (not at the next offer, which may never come: the
+    job would wait for its input while its node has nothing else to do)."""
+    with _QuickTokens(nodes={"n1": {"cpus": 1, "memory": 2000, "output_keep": 2}}) as c:  # (janitor: every 0.5 s)
+        client = c.client()
+        job = client.submit("cat", stdin=True)
+        running = wait_state(c, job.id, "running")
+        with client.supervisor(job.id, running) as sup:
+            assert sup.attach(0, 0, True)["token"]  # and nobody comes for it
+        done = wait_state(c, job.id, "done", "failed", "killed", timeout=15)
+        assert (done["state"], done["exit"]) == ("done", 0), done
 
 
 def test_input_cut_short_on_a_real_node_leaks_no_fd_and_hangs_no_job():
