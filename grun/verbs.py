@@ -180,13 +180,17 @@ def command(words: list[str], called: str, opts: dict) -> dict:
     return {"cmd": words}
 
 
-# ---- queries and control ---------------------------------------------------------------------------
-
 def json_text(document) -> str:
     """`--json`: one document, keys sorted (field names as the README's "Queries as JSON" lists them)."""
     import json
     return json.dumps(document, indent=1, sort_keys=True, default=sorted)
 
+
+# The verbs that run jobs (run, submit, attach) register here, before the query verbs: `help` and the
+# shell's completion list verbs in the order they were declared. (running imports the helpers above.)
+from . import running  # noqa: F401
+
+# ---- queries and control ---------------------------------------------------------------------------
 
 def shown(ctx: Context, args: dict, text, records, *fields) -> int:
     """`records` as --json, or as text(records, -F's fields); `fields`: the columns and record fields -F knows."""
@@ -306,5 +310,3 @@ def do_conf(ctx: Context, args: dict) -> int:
     from .config import describe
     return ctx.print(json_text(describe(ctx.cfg, as_dict=True)) if args.get("json") else describe(ctx.cfg).rstrip("\n"))
 
-
-from . import running  # noqa: F401  (the verbs that run jobs: run, submit, attach)

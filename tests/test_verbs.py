@@ -252,5 +252,7 @@ def test_help_topics_are_made_from_the_tables_they_describe():
     assert "SO_PEERCRED" in grun_help("trust").stdout and "expr    := and" in grun_help("rules").stdout
     listing = grun_help()
     assert listing.returncode == 0 and "help TOPIC" in listing.stdout and "kill" in listing.stdout
+    listed = [line.split()[0] for line in listing.stdout.splitlines() if line.startswith("  ")]
+    assert listed[:5] == ["run", "submit", "attach", "jobs", "status"], listed  # the verbs that run jobs first
     wrong = grun_help("bogus")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "topics: config" in wrong.stderr
