@@ -412,8 +412,7 @@ def squeue(argv: list[str]) -> int:
                         for n in client.nodes()):  # the first in line waits for room (those after it, for it)
         head["_reason"] = "Resources"
     elif head:  # a node has room: does the job (queued with --force) want a host, resource or mount none has?
-        from .core.explain import NO_NODE_UP  # (here: its imports cost 50 ms)
-        head["_reason"] = "ReqNodeNotAvail" if client.call("why", head["id"], True).endswith(NO_NODE_UP) else "Priority"
+        head["_reason"] = "ReqNodeNotAvail" if client.call("placement", head["id"]) == "none up" else "Priority"
     rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
     for row in rows + [[(get(job) if get else h, w, r) for h, get, w, r in fields] for job in shown]:
         print("".join((t[:w].rjust(w) if r else t[:w].ljust(w)) if w else t for t, w, r in row).rstrip())

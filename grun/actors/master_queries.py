@@ -12,7 +12,7 @@ import Pyro5.api
 from .. import auth
 from ..core import jobs as J
 from ..core.arrays import has_task
-from ..core.explain import disk_low, explain, progress, provenance
+from ..core.explain import disk_low, explain, placement, progress, provenance
 from ..spool import spool_space
 from ..values import task_ref
 
@@ -73,6 +73,12 @@ class Queries:
         with self.lock:
             return progress(job, self.core, time.time()) if short else \
                 explain(job, self.core, time.time()) + provenance(job)
+
+    def placement(self, job_id: int) -> str | None:
+        """For a queued job, where it could go now (explain.placement's kind: starting, busy, none up, no node)."""
+        job = self.job(job_id)
+        with self.lock:
+            return placement(job, self.core, time.time())[0] if job["state"] == J.QUEUED else None
 
     def lookup(self, name: str, user: str | None = None, ended: bool | None = None, anyone: bool = False) -> int | None:
         """The id of a user's job with this name (names are per user): the live one, else (`ended`; by default when

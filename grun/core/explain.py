@@ -174,7 +174,15 @@ def explain(job: dict, master, now: float) -> str:
     return " ".join(lines)
 
 
-NO_NODE_UP = "no node up could run it"  # (squeue's ReqNodeNotAvail: grun.compat)
+def placement(job: dict, master, now: float) -> tuple[str, str]:
+    """Where a queued job could go now, as (kind, words): "starting" (a node can take it), "busy" (the words name the
+    node with most room), "none up" (no node up could ever run it: squeue's ReqNodeNotAvail), "no node" (none yet)."""
+    claims = master.table.claims(now)
+    reasons = [(node, *node_reason(node, job, claims)) for node in master.table.nodes.values()]
+    busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
+    return ("starting", "starting") if any(kind == "fits" for _, kind, _ in reasons) else \
+        ("busy", f"most room: {busy[1]} ({busy[2]})") if busy else \
+        ("none up", "no node up could run it") if master.table.nodes else ("no node", "no node yet")
 
 
 def progress(job: dict, master, now: float) -> str:
@@ -182,13 +190,8 @@ def progress(job: dict, master, now: float) -> str:
     (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
     if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
         return explain(job, master, now).removeprefix(f"Job {job['id']} ")
-    table, claims = master.table, master.table.claims(now)
-    ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], table.pending))
-    reasons = [(node, *node_reason(node, job, claims)) for node in table.nodes.values()]
-    busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
-    where = "starting" if any(kind == "fits" for _, kind, _ in reasons) else \
-        f"most room: {busy[1]} ({busy[2]})" if busy else NO_NODE_UP if table.nodes else "no node yet"
-    return f"queued: {ahead} ahead; needs {request_text(job)}; {where}"
+    ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], master.table.pending))
+    return f"queued: {ahead} ahead; needs {request_text(job)}; {placement(job, master, now)[1]}"
 
 
 def provenance(job: dict) -> str:
