@@ -47,11 +47,14 @@ def _show(text: str, end: str = "\n") -> int:
     return 0
 
 
+_stdin_closed = False  # (fd 0 was closed at start: _fill_closed_std_fds put /dev/null there)
+
+
 def _stdin_fd() -> int | None:
-    """Our stdin, to forward to the job, unless it is a terminal (or closed)."""
+    """Our stdin, to forward to the job, unless it is a terminal (or was closed: `grun CMD <&-`)."""
     try:
         os.fstat(0)  # raises if it is closed
-        return None if os.isatty(0) else 0
+        return None if os.isatty(0) or _stdin_closed else 0
     except OSError:
         return None
 
@@ -84,16 +87,16 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
 
 def _fill_closed_std_fds() -> None:
     """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number
-    (a job's output would go into it), and a write to it fails with EBADF as to a closed fd, so that, as with
-    `echo hi >&-`, only output to write is an error ("write error: Bad file descriptor")."""
+    (a job's output would go into it, or its input come from it), and a write to it fails with EBADF as to a closed
+    fd, so that, as with `echo hi >&-`, only output to write is an error ("write error: Bad file descriptor"). A
+    closed stdin is noted: the job gets no input, as before."""
+    global _stdin_closed
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDONLY)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
+        except OSError:  # (the fds below are open: /dev/null gets this number, the lowest free one)
+            os.open(os.devnull, os.O_RDONLY)
+            _stdin_closed = _stdin_closed or fd == 0
     if sys.stdout is None:  # (Python gave up on them at start; print() to a None stderr writes to stdout)
         sys.stdout = open(1, "w", closefd=False)
     if sys.stderr is None:  # our messages have nowhere to go

@@ -132,3 +132,13 @@ def test_an_unknown_user_is_an_error_not_an_empty_table(cluster):
     for query in ("jobs", "history"):
         r = cluster.grun("-q", query, "--user", "nosuchuser")
         assert (r.returncode, r.stderr) == (1, b"grun: no such user 'nosuchuser'\n")
+
+
+def test_a_closed_stdin_gives_the_job_no_input(cluster):
+    """`grun CMD <&-`: the job is submitted without input (as from a terminal), not fed an empty pipe."""
+    r = subprocess.run([sys.executable, "-m", "grun.cli", "-j", "closed-stdin", "cat"], env=cluster.env,
+                       capture_output=True, preexec_fn=lambda: os.close(0), timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")
+    client = cluster.client()
+    job = next(j for j in client.history(20) if j.get("name") == "closed-stdin")
+    assert not job.get("stdin"), job
