@@ -455,13 +455,13 @@ def current_user() -> str:
     return user
 
 
-def known_user(name: str) -> None:
-    """GrunError unless this host knows a user of that name."""
+def known_user(word: str) -> str:
+    """The name of the user this host knows by that name or uid (as squeue -u takes either); else a GrunError."""
     import pwd
     try:
-        pwd.getpwnam(name)
+        return pwd.getpwuid(int(word)).pw_name if word.isdigit() else pwd.getpwnam(word).pw_name
     except KeyError:
-        raise GrunError(f"no such user {name!r}") from None
+        raise GrunError(f"no such user {word!r}") from None
 
 
 def default_env(extra: list[str] | None = None) -> dict:

@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 
-from .client import Client, GrunError, current_user, job_spec
+from .client import Client, GrunError, current_user, job_spec, known_user
 from .core.arrays import left, unstarted
 from .core.jobs import MARK, parse_time_limit
 from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of
@@ -364,10 +364,9 @@ def fmt_fields(fmt: str) -> list[tuple]:
 
 
 def user_name(word: str) -> str:
-    import pwd
     try:
-        return pwd.getpwuid(int(word)).pw_name if word.isdigit() else pwd.getpwnam(word).pw_name
-    except KeyError:
+        return known_user(word)
+    except GrunError:
         raise Refused(f"Invalid user: {word}") from None
 
 

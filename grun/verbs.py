@@ -83,14 +83,12 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
             adjust=None) -> int:
     """Run one verb (`words[0]`) with its words; every failure a user can cause is one line and an exit
     status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
-    from .client import GrunError, known_user
+    from .client import GrunError
     try:
         v = NAMES.get(words[0])
         if v is None:
             raise UsageError(f"unknown verb {words[0]!r} (try: help)")
         args = parse(v, words[1:], called, preset)
-        if args.get("user"):  # as squeue's "Invalid user": not an empty table
-            known_user(args["user"])
         if adjust is not None:
             adjust(v, args)
         code = v.run(ctx, args)
@@ -211,13 +209,19 @@ def _where(client, job_id: int, finished: bool) -> dict | str:
         f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {job_id}"  # (as squeue -j and sacct -j)
 
 
+def _user(args: dict) -> str | None:
+    """--user's name: a user this host knows by name or uid (as squeue -u); else an error, not an empty table."""
+    from .client import known_user
+    return known_user(args["user"]) if args.get("user") else None
+
+
 @verb("[--user USER] [--long|--json|-F FIELDS] [ID|NAME...]", "user long json format",
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
     from .tables import COLUMNS, history_long, job_fields, jobs_table, label
-    ids, names = set(map(str, args.get("ids", ()))), set(args.get("names", ()))
-    jobs = [j for j in ctx.client.jobs() if args.get("user", j.get("user")) == j.get("user") and (
+    ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), _user(args)
+    jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names)]
     code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(js, fields),
                  jobs, COLUMNS, job_fields())
@@ -242,6 +246,7 @@ def do_history(ctx: Context, args: dict) -> int:
     """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory (all, or those named)"""
     from .client import JobNotFound
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
+    user = _user(args)
     ids, found = list(dict.fromkeys(ctx.client.job_id(r, started=False) if isinstance(r, str) else r
                                     for r in by_name(ctx, args, True))) if "ids" in args else [], {}
     if ids:  # in one call: the master's wait finds each by id, and with a timeout of 0 does not wait
@@ -251,7 +256,7 @@ def do_history(ctx: Context, args: dict) -> int:
             found = {}
         found.update((i, _where(ctx.client, i, True)) for i in ids if i not in found)
     jobs = [found[i] for i in reversed(ids) if isinstance(found[i], dict)] if ids else \
-        ctx.client.history(args.get("count", 20), args.get("user"), args.get("grep"))  # (newest first)
+        ctx.client.history(args.get("count", 20), user, args.get("grep"))  # (newest first)
     code = shown(ctx, args, lambda js, fields: history_long(js) if args.get("long") else history_table(js, fields),
                  jobs, HISTORY_COLUMNS, job_fields())
     return max([code, *(ctx.say(note) for note in found.values() if isinstance(note, str))])

@@ -134,6 +134,19 @@ def test_an_unknown_user_is_an_error_not_an_empty_table(cluster):
         assert (r.returncode, r.stderr) == (1, b"grun: no such user 'nosuchuser'\n")
 
 
+def test_user_takes_a_uid_as_squeue_u_does(cluster):
+    job = cluster.client().submit_spec(job_spec(["sleep", "30"], name="by-uid"))
+    try:
+        r = cluster.grun("-q", "jobs", "--user", str(os.getuid()), "-F", "name")
+        assert r.returncode == 0 and b"\nby-uid\n" in r.stdout, r.stderr
+        r = cluster.grun("-q", "history", "--user", str(os.getuid()))
+        assert r.returncode == 0, r.stderr
+    finally:
+        cluster.client().kill([job])
+    r = cluster.grun("-q", "history", "--user", "3999999")
+    assert (r.returncode, r.stderr) == (1, b"grun: no such user '3999999'\n")
+
+
 def test_a_closed_stdin_gives_the_job_no_input(cluster):
     """`grun CMD <&-`: the job is submitted without input (as from a terminal), not fed an empty pipe."""
     r = subprocess.run([sys.executable, "-m", "grun.cli", "-j", "closed-stdin", "cat"], env=cluster.env,
