@@ -196,13 +196,13 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     if not cpus.isdigit() or int(cpus) < 1:
         raise Refused(f"bad value for --cpus-per-task: {cpus!r}")
     export = last(opts, "export", "ALL").split(",")
-    here, env = os.getcwd(), {k: v for k, v in (w.split("=", 1) for w in export if "=" in w)}
-    env.update(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
+    here = os.getcwd()
+    env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
                SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
                **ONE_TASK, **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
-               "pass_env": ["*"] if export[0] == "ALL" else [w for w in export if "=" not in w and w != "NONE"],
+               "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
                "requeue": "norequeue" not in opts}
     if "mem" in opts or "mem-per-cpu" in opts:
         request["memory"] = megabytes(last(opts, "mem")) if "mem" in opts else \

@@ -72,13 +72,12 @@ def qsub(argv: list[str]) -> int:
         request["after"] += [a["id"] for a in arrays]
     if tasks:
         request["array"] = span + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
-    env = {k: v for k, _, v in (w.partition("=") for w in items(opts, "env") if "=" in w)}
-    env.update(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
+    env = dict(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
                SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
                **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"),
                           re.split("[-:]", span) if tasks else ["undefined"] * 3)),
                **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
-    request.update(env=env, pass_env=["*"] if "allenv" in opts else [w for w in items(opts, "env") if "=" not in w])
+    request.update(env=env, pass_env=["*"] * ("allenv" in opts) + items(opts, "env"))  # (-v NAME=VALUE: set so)
     task = '."$SGE_TASK_ID"' if "array" in opts else ""
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from grun import compat, tables
+from grun.client import job_spec
 from grun.core import jobs as J
 
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
@@ -42,12 +43,19 @@ def test_directives_until_the_first_command_under_the_command_line():
             compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat.SUBMIT, {})
 
 
-def test_slurm_requests_map_onto_grun_and_refuse_what_does_not():
+def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
+    monkeypatch.setenv("OURS", "1")
     request = compat.slurm_request(compat.parse(["-c", "2", "--mem-per-cpu=1G", "-d", "afterok:3:4_2,afterany:5",
                                                  "--export=NONE,A=b", "-D", "sub"], compat.SUBMIT)[0], "nm", "sbatch")
     assert (request["cpus"], request["memory"], request["afterok"], request["after"]) == (2, 2048, [3, "4.2"], [5])
-    assert request["pass_env"] == [] and request["cwd"] == os.path.join(os.getcwd(), "sub")
-    assert request["env"]["A"] == "b" and request["env"]["SLURM_CPUS_PER_TASK"] == "2"
+    assert request["pass_env"] == ["A=b"] and request["cwd"] == os.path.join(os.getcwd(), "sub")
+    assert request["env"]["SLURM_CPUS_PER_TASK"] == "2"
+    env = job_spec(["true"], env=request["env"], pass_env=request["pass_env"])["env"]  # (-E's reading of NAME=VALUE)
+    assert env["A"] == "b" and "OURS" not in env
+    for export in ("ALL,A=c", "A=c,ALL"):  # our variables, A set so
+        request = compat.slurm_request(compat.parse([f"--export={export}"], compat.SUBMIT)[0], "nm", "sbatch")
+        env = job_spec(["true"], env=request["env"], pass_env=request["pass_env"])["env"]
+        assert env["A"] == "c" and env["OURS"] == "1", export
     request = compat.slurm_request(compat.parse(["--gres=gpu:a100:2,scratch:1", "--gres", "io"], compat.SUBMIT)[0], "nm",
                                    "sbatch")
     assert request["params"] == {"gpu": 2, "scratch": 1, "io": 1}  # (a type, a100, is not placed by)

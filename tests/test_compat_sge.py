@@ -118,3 +118,11 @@ def test_qdel_names_jobs_and_array_tasks_as_sge_does(cluster, shims, tmp_path): 
     assert sorted(r.stdout.splitlines()) == sorted([f"{me} has registered the job-array task {array}.{t} for deletion"
                                                    for t in (1, 3)] + [f"{me} has deleted job {held}"]), r.stdout
     assert [wait_end(cluster, i)["state"] for i in (array, held)] == ["killed", "killed"]
+
+
+def test_qsub_v_sets_variables_and_v_passes_ours(cluster, shims, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("OURS", "ours")  # (not one grun passes by default: -V's)
+    for args, seen in (([], "1 x=y \n"), (["-V"], "1 x=y ours\n")):
+        r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-j", "y", "-o", "v.txt", "-v", "A=1,B=x=y", *args, "-b", "y",
+                  'echo "$A $B $OURS"', cwd=tmp_path)
+        assert r.returncode == 0 and (tmp_path / "v.txt").read_text() == seen, (args, r.stderr)
