@@ -87,17 +87,6 @@ Key = namedtuple("Key", "name parse default service reload doc guess env", defau
 _Q, _X, _D = "queue", "exec", "daemon"
 
 
-def _resource(value):
-    """values.resource, refusing a bad count or size in words that fit a resource (not "a memory size")."""
-    try:
-        return resource(value)
-    except ValueError:
-        if isinstance(value, list):
-            raise  # (its device names: its own message)
-        raise ValueError(f"expected a count like 8, a size counted in MB like 500G or a list of device names like "
-                         f"[0, 1], got {value!r}") from None
-
-
 _positive_duration = lambda v: parse_duration(v, positive=True)
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT),
@@ -129,7 +118,7 @@ KEYS = {key.name: key for key in (
     Key("requeue", parse_bool, True, _Q, True, "run lost jobs again (per job: grun --norequeue)"),
     Key("min_free_disk", parse_memory, 64, _Q, True, "refuse submissions when the master's spool has less free space; place no job on a node's with less"),
     Key("output_keep", parse_duration, 86400.0, _X, True, "how long a node keeps output nobody fetched"),
-    Key("resources", lambda v: named(v, "resource", "amounts or device lists", _resource), lambda c: {}, _X,
+    Key("resources", lambda v: named(v, "resource", "amounts or device lists", resource), lambda c: {}, _X,
         True, "this node's consumables (-p gpu=1): counts, sizes counted in MB (500G), or device names: jobs get specific ones"),
     Key("labels", lambda v: named(v, "label", "values", label), lambda c: {}, _X, True,
         "this node's labels (-p os=debian12, globs allowed)"),

@@ -116,7 +116,10 @@ def named(value, kind: str, values: str, parse) -> dict:
 def resource(value):
     """An amount (a counted consumable; a size, 500G, in MB as memory is), or a list of device ids (gpu: [0, 1])."""
     if not isinstance(value, list):
-        return parse_memory(value) if str(value).strip()[-1:].isalpha() else number(value, "an amount or ids")
+        try:  # (a bad one in words that fit a resource: parse_memory's say "a memory size")
+            return parse_memory(value) if str(value).strip()[-1:].isalpha() else number(value, "")
+        except ValueError:
+            expect(False, "a count like 8, a size counted in MB like 500G or a list of device names like [0, 1]", value)
     ids = [label(v) for v in value]
     expect(len(set(ids)) == len(ids), "device ids listed once each", value, "duplicates in ")
     return ids
