@@ -43,6 +43,8 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["sleep", "5"], False, "sleep 5"),  # its argument is its length: `sleep 5` learns nothing from `sleep 15`
     (["/bin/sh", "-c", "cd /x && /bin/sleep 15; echo"], False, "sleep 15"),
     (["sleep 1m && true"], True, "sleep 1m"),
+    (["sh", "-c", "echo sleep 5 && sleep 60"], False, "sleep 60"),  # the sleep that runs, not the first word sleep
+    (["echo sleep 5; sleep 60"], True, "sleep 60"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
@@ -68,7 +70,8 @@ def test_a_job_of_the_slurm_and_sge_commands_is_keyed_by_what_its_user_gave_them
                           (("sge", "x.py", "import os\n", [], "o", "e", "/usr/bin/python3"), "x.py"),  # qsub -S
                           (("sge", "b.sh", "cd /x\npython3 b.py\n", [], "o", "e", "/bin/bash"), "b.py"),
                           (("slurm", "mpi.sh", "#!/bin/bash\n#SBATCH -n 4\nmodule load openmpi\nsrun -n 4 ./sim in\n",
-                            []), "mpi.sh")]:  # (was srun)
+                            []), "mpi.sh"),  # (was srun)
+                          (("slurm", "s.sh", "#!/bin/sh\n# sleep 5\nsleep 60\n", []), "sleep 60")]:
         compat.submit(client, *args)
         assert client.program == program
 

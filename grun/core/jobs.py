@@ -144,16 +144,9 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
     interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
     ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`: what SCRIPT runs; a job of grun's
     Slurm and SGE commands: what its user gave them."""
-    if not shell and (wrapper := wrapped(words)):
-        if wrapper[1] is not None:
-            return batch_script(*wrapper[:2], words[2])
-        words = wrapper[2]
-    words = working_command(words) if shell else words
-    while words[1:] and (os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command") or
-                         words[0].split("=")[0].isidentifier() and "=" in words[0]):  # (`env X=1 ./sim`)
-        words = words[1:]
-    if (at := shell_script(words)) is not None:
-        return script_of(first_work(words[at]), True)
+    if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None:
+        return batch_script(*wrapper[:2], words[2])
+    words = command_of(words, shell)
     name = os.path.basename(words[0]) if words else "?"
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name
@@ -166,6 +159,20 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
         elif not arg.startswith("-"):
             return arg, None, name
     return None, None, name
+
+
+def command_of(words: list[str], shell: bool = False) -> list[str]:
+    """The words of the command script_of reads: `env`, `exec`, `nohup`, `time` and (`shell`) a shell line's set-up
+    skipped; `sh -c SCRIPT` and a batch script of grun's Slurm and SGE commands: their first work's."""
+    if not shell and (wrapper := wrapped(words)):
+        if wrapper[1] is not None:  # (its interpreter's, if not a shell: see batch_script)
+            return command_of(first_work(wrapper[1]), True)
+        words = wrapper[2]
+    words = working_command(words) if shell else words
+    while words[1:] and (os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command") or
+                         words[0].split("=")[0].isidentifier() and "=" in words[0]):  # (`env X=1 ./sim`)
+        words = words[1:]
+    return words if (at := shell_script(words)) is None else command_of(first_work(words[at]), True)
 
 
 def _number(spec: dict, key: str, default: float, limit: float) -> float:

@@ -14,7 +14,7 @@ import math
 import os
 from array import array
 
-from .jobs import argv, script_of
+from .jobs import argv, command_of, script_of
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
@@ -31,10 +31,10 @@ LENGTH_IN_ARGUMENT = frozenset({"sleep"})
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
-    words = argv(job)
-    path, inline, name = script_of(words, job.get("shell"))
-    if name in LENGTH_IN_ARGUMENT and path in (tokens := " ".join(words).split())[:-1]:  # (`sh -c 'cd x && sleep 5'`)
-        return f"{name} {tokens[tokens.index(path) + 1].rstrip(';&|)')[:20]}"  # (no `re`: `grun CMD` imports us)
+    words, shell = argv(job), job.get("shell")
+    path, inline, name = script_of(words, shell)
+    if name in LENGTH_IN_ARGUMENT and (command := command_of(words, shell))[1:]:  # (`sh -c 'cd x && sleep 5'`)
+        return f"{name} {command[1].rstrip(';&|)')[:20]}"
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
