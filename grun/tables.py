@@ -169,7 +169,7 @@ def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
-    from .core.deps import WAITS_FOR
+    from .core.deps import waits_text
     from .core.jobs import FINAL_STATES, describe_exit
     blocks = []
     for j in reversed(jobs):
@@ -182,7 +182,7 @@ def history_long(jobs: list[dict]) -> str:
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
-            j.get("deps") and "  after     " + ", ".join(f"job {i} {WAITS_FOR[k]} ({k})" for k, i in j["deps"]),
+            j.get("deps") and f"  after     {waits_text(j)}",
             j.get("requeue_reason") and f"  requeued  {j['requeue_reason']}",
             j.get("retry_reason") and f"  retried   {j['retry_reason']}",
             f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}"

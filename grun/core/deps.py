@@ -104,10 +104,15 @@ def reaches(table, ids: list[int], target: int) -> bool:
     return False
 
 
+def waits_text(job: dict) -> str:
+    """What a job's dependencies wait for: "job 12 to succeed (afterok), job 13 to end (after)"; "" if none."""
+    return ", ".join(f"job {i} {WAITS_FOR[k]} ({k})" for k, i in job.get("deps") or ())
+
+
 def waiting_text(job: dict, now: float) -> str:
     """`grun why` for a waiting job."""
-    waits = [f"job {i} {WAITS_FOR[k]} ({k})" for k, i in job.get("deps") or ()]
-    text = f"Job {job['id']} is waiting for {', '.join(waits)}." if waits else f"Job {job['id']} is waiting."
+    waits = waits_text(job)
+    text = f"Job {job['id']} is waiting for {waits}." if waits else f"Job {job['id']} is waiting."
     if job.get("retry_at", 0) > now:
         text += (f" It is retried in {job['retry_at'] - now:.0f} s (retry {job.get('retried', 0)} of "
                  f"{job.get('retries', 0)}; {job.get('retry_reason')}).")
