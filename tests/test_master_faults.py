@@ -1,9 +1,11 @@
 """The master when a request fails, through real daemons: in its core (the waiters the failed event's records woke are
 woken, not left asleep until their next poll, and the caller gets the core's one-line error), or on a full disk (it
-stays up, refuses changes, answers queries, and writes what it kept in memory once there is room)."""
+stays up, refuses changes, answers queries, writes what it kept in memory once there is room, and then carries out
+what those records asked for: an end's on_finish, its log lines)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -16,7 +18,10 @@ import pytest
 from cluster import LocalCluster
 from util import wait_for
 
+from grun.actors.master import Master
 from grun.client import GrunError, current_user
+from grun.journal import numbered
+from grun.plugins import Plugin, Plugins
 
 
 def _spec(**extra) -> dict:
@@ -42,33 +47,53 @@ def test_a_waiter_is_woken_when_an_event_fails_after_touching_its_job(cluster):
     assert time.monotonic() - began < 5, "the waiter slept through the end of the job it waits for"
 
 
-@pytest.fixture
-def full_disk_cluster():
-    """A cluster whose master's spool is a small tmpfs of its own (root only), unmounted and removed after."""
+@contextlib.contextmanager
+def _tmpfs(size: str):
+    """A small tmpfs of its own (root only) in a temp dir, yielded; unmounted and removed after."""
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root")
     root = tempfile.mkdtemp(prefix="grun-diskfull-")
-    spool = os.path.join(root, "master")
-    os.makedirs(spool)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", spool], capture_output=True).returncode:
+    mount = os.path.join(root, "master")
+    os.makedirs(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount], capture_output=True).returncode:
         shutil.rmtree(root)
         pytest.skip("cannot mount a tmpfs here")
-    # min_free_disk 0: no early refusal, the journal itself meets the full disk; the log outside it, to be read
-    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000}}, root=root,
-                     master_extra={"min_free_disk": 0, "log_file": os.path.join(root, "master.log")})
     try:
-        c.start()
-        yield c
+        yield root, mount
     finally:
-        c.stop()
-        subprocess.run(["umount", spool], check=False)
+        subprocess.run(["umount", mount], check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def full_disk_cluster():
+    """A cluster whose master's spool is a small tmpfs of its own (root only), unmounted and removed after."""
+    with _tmpfs("4m") as (root, _):
+        # min_free_disk 0: no early refusal, the journal itself meets the full disk; the log outside it, to be read
+        c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000}}, root=root,
+                         master_extra={"min_free_disk": 0, "log_file": os.path.join(root, "master.log")})
+        try:
+            c.start()
+            yield c
+        finally:
+            c.stop()
 
 
 def _fill(path: str) -> None:
     with contextlib.suppress(OSError), open(path, "wb", buffering=0) as f:
         while True:
             f.write(b"\0" * (64 << 10))
+
+
+def _submit_until_refused(submit) -> tuple[list[int], str]:
+    """Submissions until one meets the full disk (the journal's last page may take a few more records)."""
+    accepted = []
+    while len(accepted) < 200:
+        try:
+            accepted.append(submit())
+        except (GrunError, ValueError) as exc:
+            return accepted, str(exc)
+    raise AssertionError("200 submissions fitted on the full disk")
 
 
 def test_a_full_disk_refuses_changes_keeps_answering_and_heals(full_disk_cluster):
@@ -82,13 +107,8 @@ def test_a_full_disk_refuses_changes_keeps_answering_and_heals(full_disk_cluster
     wait_for(lambda: client.job(running)["state"] == "running", what="the job to run")
     ballast = os.path.join(c.root, "master", "ballast")
     _fill(ballast)
-    accepted, refused = [], None
-    while refused is None and len(accepted) < 200:  # (the journal's last page may take a few more records)
-        try:
-            accepted.append(client.submit_spec(_spec(hold=True)))
-        except GrunError as exc:
-            refused = str(exc)
-    assert refused and re.fullmatch(r"master's disk is full: no room for its journal in \S+ \(No space left on "
+    accepted, refused = _submit_until_refused(lambda: client.submit_spec(_spec(hold=True)))
+    assert re.fullmatch(r"master's disk is full: no room for its journal in \S+ \(No space left on "
                                     r"device\): not accepting new jobs", refused), refused
     open(gate, "w").close()  # its end cannot be written yet: the node reports it again until it is
     r = c.grun("--nowait", "true")
@@ -112,6 +132,73 @@ def test_a_full_disk_refuses_changes_keeps_answering_and_heals(full_disk_cluster
     assert c.grun("sh", "-c", "exit 5").returncode == 5
     never = client.job(accepted[-1] + 1 if accepted else running + 1)
     assert never["state"] == "killed" and never.get("start_time") is None, "the refused submission ran"
-    client.kill(accepted)
     with open(master_log) as f:
         assert "has room again" in f.read()
+
+    # a master killed now replays the journal the full disk cut and wrote again: every line whole, none glued
+    c.kill("master")
+    seqs, state = [], os.path.join(c.root, "master", "master")
+    for first in numbered(state, "journal.", ".log"):
+        with open(os.path.join(state, f"journal.{first}.log"), "rb") as f:
+            data = f.read()
+        assert data.endswith(b"\n"), f"journal.{first}.log ends in a torn line"
+        seqs += [json.loads(line)["seq"] for line in data.splitlines()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "journal records lost or repeated"
+    logged = os.path.getsize(master_log)
+    c.start_master()
+    c.wait_nodes(["n1"])
+    with open(master_log) as f:
+        f.seek(logged)
+        replay = f.read()
+    assert "torn" not in replay and "damaged" not in replay, replay
+    assert all(client.job(i)["state"] == "held" for i in accepted), "an acknowledged job was lost"
+    never = client.job(never["id"])
+    assert never["state"] == "killed" and never.get("start_time") is None, "the refused submission came back"
+    assert client.job(running)["exit"] == 3
+    client.kill(accepted)
+
+
+@pytest.fixture
+def full_disk_master():
+    """A master in-process whose store is on a small tmpfs, with a plugin that hears ends, and a ballast path there."""
+    with _tmpfs("2m") as (_, mount):
+        ends: list[tuple[int, str]] = []
+
+        class Ends:
+            def on_finish(self, job, record):
+                ends.append((job["id"], record["state"]))
+        master = Master(os.path.join(mount, "master"), plugins=Plugins([Plugin("test:Ends", Ends())]),
+                        min_free_disk=0, allow_root=True)
+        master.ends, master.ballast = ends, os.path.join(mount, "ballast")
+        try:
+            yield master
+        finally:
+            master.shutdown()
+
+
+def test_a_nodes_calls_on_a_full_disk_are_retried_and_an_end_is_heard_once_there_is_room(full_disk_master):
+    """A node's heartbeat whose records met a full disk got a ValueError ('done in memory'), which its daemon logged
+    as a traceback, losing that reply's kills: now it is told to try again, as a finished report is. And the ended job
+    of a report that met the full disk never reached the plugins' on_finish (the step's instructions were dropped,
+    and the node's retry finds the end already recorded): now they run once the records are on disk."""
+    master = full_disk_master
+    master.register_node({"name": "n9", "uri": "PYRO:grun.node@127.0.0.1:9", "cpus": 2, "memory": 1000})
+    job = master.submit_many([_spec()])[0]
+    wait_for(lambda: master.job(job)["state"] == "dispatched", what="the job to be dispatched")
+    _fill(master.ballast)
+    accepted, refused = _submit_until_refused(lambda: master.submit_many([_spec(hold=True)])[0])
+    assert refused.startswith("master's disk is full"), refused
+    with pytest.raises(ConnectionRefusedError, match="^the grun master's disk is full"):
+        master.heartbeat("n9", {"running": [job]})  # (its start record meets the full disk)
+    assert master.job(job)["state"] == "running"
+    for _ in range(2):  # the report, and the node's retry (which finds the end recorded: nothing new)
+        with pytest.raises(ConnectionRefusedError, match="^the grun master's disk is full"):
+            master.finished("n9", [{"id": job, "exit_code": 3}])
+    time.sleep(1.5)
+    assert master.ends == [], "on_finish heard of an end not on disk"
+    os.unlink(master.ballast)
+    wait_for(lambda: master.ends, 10, what="on_finish")
+    assert master.finished("n9", [{"id": job, "exit_code": 3}]) == [job]  # the node's retry, acknowledged
+    time.sleep(1.5)
+    # each once, in order: the refused submission's kill (its on_submit had run), and the job's end
+    assert master.ends == [((accepted[-1] if accepted else job) + 1, "killed"), (job, "failed")]

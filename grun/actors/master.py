@@ -11,6 +11,7 @@ full (grun.journal.DiskFull) the master stays up: what changes jobs is refused, 
 Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.actors.master_queries'.
 """
 
+import collections
 import contextlib
 import functools
 import grp
@@ -43,7 +44,7 @@ PASS_GAP_SECS = 0.01       # at most one scheduling pass per this long
 # Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
 # an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
 Restarting = ConnectionRefusedError
-FROM_NODES = frozenset({"register", "finished", "started"})  # told to try again on a full disk, as by a restart
+FROM_NODES = frozenset({"register", "heartbeat", "finished", "started"})  # told to try again on a full disk, as by a restart
 
 
 @functools.lru_cache(maxsize=4096)
@@ -109,6 +110,8 @@ class Master(Queries):
         self._outbox_lock = threading.Lock()
         # node -> jobs to offer in its next start call; a node is here while a start call to it is queued or in flight
         self._outbox: dict[str, dict[int, dict]] = {}
+        # (last seq, step) of steps whose records met a full disk: their instructions run once those are on disk
+        self._kept: collections.deque[tuple[int, Step]] = collections.deque()
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
         self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
@@ -139,7 +142,7 @@ class Master(Queries):
                 try:
                     self._journal(self.store.journal.wait, seq)
                 except DiskFull as exc:
-                    raise self._not_written(event, step, exc) from None
+                    raise self._not_written(event, step, seq, exc) from None
                 if self.failed.is_set():
                     raise Restarting("the grun master's journal failed; it is restarting")
             self._execute(step)  # first: plugins hear of an end before its waiters
@@ -153,15 +156,18 @@ class Master(Queries):
                 waiter.set()
         return step.reply
 
-    def _not_written(self, event: str, step: Step, exc: DiskFull) -> Exception:
+    def _not_written(self, event: str, step: Step, seq: int, exc: DiskFull) -> Exception:
         """The error for a request whose records the disk had no room for (its earlier checks passed just before
         the disk filled). They stay applied, and are written once there is room; so a submission's jobs are
-        killed now: their submitter is told they were not accepted, and they must never run."""
+        killed now: their submitter is told they were not accepted, and they must never run. Any other step is
+        kept, and its instructions (an end's on_finish, its log lines, offers, kills) run once it is on disk."""
         if new := [r["job"]["id"] for r in step.records if r["op"] == "submit"]:  # (not a retried submission's)
             with contextlib.suppress(ValueError):  # (the kill's own records wait for room too)
                 self._do("kill", new, 15, True)
             log.error("job %s not accepted, and killed: the disk had no room for it", ", ".join(map(str, new)))
             return ValueError(f"master's disk is full: {exc}: not accepting new jobs")
+        if step.records:  # (a retry makes no second one: the records are applied; one without records is remade)
+            self._kept.append((seq, step))
         if event in FROM_NODES:  # a node tries again, as when the master restarts
             return Restarting(f"the grun master's disk is full: {exc}")
         return ValueError(f"master's disk is full: {exc}: done in memory, on disk once there is room")
@@ -259,7 +265,10 @@ class Master(Queries):
             self._do("schedule")
 
     def _housekeeping(self) -> None:
-        if self._closing or self.store.journal.full:
+        if self._closing:
+            return
+        self._run_kept()
+        if self.store.journal.full:
             return
         self._do("sweep")
         # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per
@@ -269,6 +278,20 @@ class Master(Queries):
         if self.records_since_snapshot >= every or (
                 self.records_since_snapshot and time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_SECS):
             self._snapshot()
+
+    def _run_kept(self) -> None:
+        """The instructions of the steps kept while the disk was full, in order, each once its records are on disk."""
+        while self._kept:
+            seq, step = self._kept[0]
+            try:
+                self._journal(self.store.journal.wait, seq)
+            except (DiskFull, Restarting):  # still no room (next round), or the journal failed: the master stops
+                return
+            self._kept.popleft()  # (only this thread takes them)
+            try:
+                self._execute(step)
+            except Exception as exc:  # (a suspend or continue whose node did not answer: its caller is gone)
+                log.warning("%s", exc)
 
     def _snapshot(self) -> None:
         with self.lock:
@@ -289,8 +312,8 @@ class Master(Queries):
     def submit_jobs(self, specs: list) -> dict:
         """submit_many for the submitter, in the same one call: {"ids": [...]}, with "warnings": [[id, text],
         ...] (a rule's warn:, ...) when there are some, for its stderr. A user's credential (grun.auth) says
-        who they run as: a spec claiming someone else is refused."""
-        self._writable()
+        who they run as: a spec claiming someone else is refused. A full disk refuses it (store.refusal), but
+        not a retried one (the same token) that is already queued."""
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
         notes: list[tuple[str, str]] = []
