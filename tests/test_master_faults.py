@@ -134,6 +134,8 @@ def test_a_full_disk_refuses_changes_keeps_answering_and_heals(full_disk_cluster
     assert never["state"] == "killed" and never.get("start_time") is None, "the refused submission ran"
     with open(master_log) as f:
         assert "has room again" in f.read()
+    with open(os.path.join(c.root, "n1", "grun.log")) as f:  # the node was told to try again, not handed an error
+        assert "talking to the master" not in f.read()
 
     # a master killed now replays the journal the full disk cut and wrote again: every line whole, none glued
     c.kill("master")
