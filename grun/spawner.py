@@ -44,7 +44,8 @@ COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NO
               "sge": {"JOB_ID": "array", "HOSTNAME": "node"}}
 
 # A job this reaper started and waits for (job is None for a job that never started).
-_Run = collections.namedtuple("_Run", "id dir job status notify pipes", defaults=({},))
+# `lock`: its claim's lock (grun.spool.claim), held until its end is written when its pid file is not whole.
+_Run = collections.namedtuple("_Run", "id dir job status notify pipes lock", defaults=({}, None))
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,25 +176,30 @@ def _as_user(ident: dict):
         os.setgroups(groups)
 
 
-def hide_failed_outputs(job: dict, status: dict, threaded: bool = False) -> None:
+def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):
     """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), as its user, never as root: done
     by whoever waited for the job, its reaper or, when that died, the node (node_jobs._end_orphan), and once, as
     the node settles only jobs without a status.json (a second call would find no FILE to move). The
     single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches every thread's):
-    it renames in a child of its own, waited for at most HIDE_SECS (a hung NFS server must not stall the node)."""
+    it renames in a child of its own, waited for at most HIDE_SECS (a hung NFS server must not stall the job's
+    end), and gets what collects that child (it waits for it to end): to call once its hurry is over."""
     outputs = job.get("outputs") or []
     if not job.get("make") or not outputs or not (status.get("exit_code") or status.get("signal")):
-        return
+        return None
     from .make import rename_failed  # (not at import: the reaper starts light; nor in a child: the import lock)
     ident = _identity(job)
-    if not (ident and threaded):
+    if not threaded:
         with _as_user(ident):
             rename_failed(outputs)
-        return
+        return None
     pid, ended = _in_child_as(ident, rename_failed, outputs, HIDE_SECS)
-    if select.select([ended], [], [], 0)[0]:
-        os.waitpid(pid, 0)
-    os.close(ended)
+
+    def collect() -> None:
+        select.select([ended], [], [])  # (closed as it exits: then waitpid does not block)
+        os.close(ended)
+        with contextlib.suppress(ChildProcessError):  # (a node whose reaper died reaps what it does not know)
+            os.waitpid(pid, 0)
+    return collect
 
 
 def _in_child_as(ident: dict, work, args, secs: float) -> tuple[int, int]:
@@ -275,17 +281,22 @@ class Reaper:
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
         """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
-        claimed = spool.claim(job_dir, self.name)
-        if claimed is None:  # started already (by us or an earlier reaper), or the job is gone
+        claim = spool.claim(job_dir, self.name)
+        if claim is None:  # started already (by us or an earlier reaper), or the job is gone
             return
+        claimed, lock = claim
+        kept = False
         try:
-            self._start(job_dir, notify, claimed, json.loads(job_json) if job_json else spool.read(job_dir, spool.JOB))
+            kept = self._start(job_dir, notify, claim, json.loads(job_json) if job_json else spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
             self._fail(job_dir, notify, f"supervisor failed: {exc}")
         finally:
             os.close(claimed)
+            if not kept:
+                os.close(lock)
 
-    def _start(self, job_dir: str, notify: str | None, claimed: int, job: dict | None) -> None:
+    def _start(self, job_dir: str, notify: str | None, claim: tuple[int, int], job: dict | None) -> bool:
+        """Start the job; True when its run keeps the claim's lock (see _Run)."""
         if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = wrapped([SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"]), job)
@@ -319,14 +330,16 @@ class Reaper:
             return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)
-        in_file = spool.set_pid(claimed, proc.pid)
-        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, notify, keep)
+        in_file = spool.set_pid(claim[0], proc.pid)
         # the node then lets go of its read end of the FIFO; or learns the pid a full disk kept from the pid
         # file (to signal the job: its kills, their escalation); others need no ping
         if job.get("stdin") or not in_file:
             self._ping(notify, f"started {job['id']} {proc.pid}")
         if pending_kill := (spool.read(job_dir, spool.KILL) or {}).get("signal"):
             killpg(proc.pid, pending_kill)
+        # (last: once the run holds the claim's lock, nothing here may raise, or start would close it too)
+        self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, notify, keep, None if in_file else claim[1])
+        return not in_file
 
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
         """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
@@ -389,6 +402,8 @@ class Reaper:
             told = run.dir in self.unwritten
             if i in written or not os.path.isdir(run.dir):  # (gone: the node forgot the job)
                 self.unwritten.pop(run.dir, None)
+                if run.lock is not None:  # (its end is known: the claim's lock has done its work)
+                    os.close(run.lock)
             else:
                 self.unwritten[run.dir] = run
             if i in written or not told:

@@ -7,7 +7,8 @@ its sampler alike). Light on purpose (os, json): the reaper imports it.
   them there from the FIFOs `stdout.pipe`, `stderr.pipe` the job writes (grun.drain; a stream sent to a
   file by -o/--err has none); the first bytes may be punched out once delivered.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
-  claimed but not started; created O_EXCL, so exactly one reaper ever starts the job.
+  claimed but not started; created O_EXCL, so exactly one reaper ever starts the job (empty, or without its
+  reaper, when the disk was full: its claimant's flock of job.json then says whether it lives).
 - `killreq`: `{"signal": N}` asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory or time).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its
@@ -204,27 +205,54 @@ def remove(job_dir: str) -> None:
     shutil.rmtree(job_dir, ignore_errors=True)
 
 
-def claim(job_dir: str, reaper: str) -> int | None:
-    """Claim the job's start for this reaper: its pid file, open, or None when it was claimed before
-    (by us or an earlier reaper) or the job is gone. On a full disk the file stays empty: still ours (O_EXCL)."""
+def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
+    """Claim the job's start for this reaper: its pid file, open, and job.json, open and locked (flock), or None
+    when it was claimed before (by us or an earlier reaper) or the job is gone. On a full disk the pid file stays
+    empty: still ours (O_EXCL); the lock, taken before it exists and needing no disk, then tells the node whether
+    its claimant lives (claim_held): the reaper holds it until the job's end is written."""
+    import fcntl  # (light: C)
     try:
+        lock = os.open(os.path.join(job_dir, JOB), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (held: another reaper is claiming it)
         fd = os.open(os.path.join(job_dir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError:
+        os.close(lock)
         return None
     with contextlib.suppress(OSError):
         os.write(fd, f"{'-':<{_PAD}} {reaper}\n".encode())
-    return fd
+    return fd, lock
 
 
 def set_pid(claimed: int, pid: int) -> bool:
-    """False: a full disk left the pid file empty (its reaper tells the node the pid in a ping instead)."""
+    """Whether the pid file now names the job's pid and its reaper; False: a full disk kept either out (the
+    reaper tells the node the pid in a ping instead, and keeps its claim's lock)."""
     try:
         os.pwrite(claimed, f"{pid:<{_PAD}}".encode(), 0)
     except OSError as exc:
         if not disk_full(exc):
             raise
         return False
-    return True
+    return os.fstat(claimed).st_size > _PAD
+
+
+def claim_held(job_dir: str) -> bool:
+    """Whether a live reaper holds the job's claim (see claim): for a pid file a full disk left without its
+    reaper's name. Asked only once the pid file exists, so it never makes a reaper's claim fail."""
+    import fcntl
+    try:
+        fd = os.open(os.path.join(job_dir, JOB), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:

@@ -361,13 +361,16 @@ def test_the_claimant_of_a_job_sent_in_this_node_life_is_not_read_at_every_check
     sent, adopted = str(tmp_path / "1"), str(tmp_path / "2")
     for d in (sent, adopted):
         os.mkdir(d)
-    os.close(spool.claim(sent, "1.1"))
+        open(os.path.join(d, spool.JOB), "w").close()  # (what a reaper locks as it claims)
+    for fd in spool.claim(sent, "1.1"):
+        os.close(fd)
     node, reads, read_pid = NodeJobs.__new__(NodeJobs), [], spool.read_pid
     monkeypatch.setattr(spool, "read_pid", lambda d: reads.append(d) or read_pid(d))
     node.live = {1: LiveJob(1, sent, {}, reaper="1.1"), 2: LiveJob(2, adopted, {}, reaper="2.2", unsure=True)}
     node._check_jobs()
     assert reads == [adopted] and (node.live[2].reaper, node.live[2].unsure) == ("2.2", True)
-    os.close(spool.claim(adopted, "3.3"))  # the earlier reaper claims it
+    for fd in spool.claim(adopted, "3.3"):  # the earlier reaper claims it
+        os.close(fd)
     node._check_jobs()
     node._check_jobs()
     assert reads == [adopted, adopted] and (node.live[2].reaper, node.live[2].unsure) == ("3.3", False)

@@ -50,6 +50,7 @@ class LiveJob:
     pid: int | None = None         # the job's pid (and process group), once its reaper started it
     reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
     unsure: bool = False           # adopted unclaimed: an earlier reaper may claim it, its pid file names who did
+    settling: bool = False         # its reaper died, its end is being recorded (_end_orphan)
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit: dict | None = None      # what the sampler is killing it for, as limit.json ({limit, limit_detail})
     deadline: float | None = None  # when its time limit runs out
@@ -342,7 +343,7 @@ class NodeJobs:
             ours = None if self._no_reaper() else self._reaper_name
             alive = functools.cache(spool.reaper_alive)  # (a look at /proc per other reaper, not per job)
             for live in list(self.live.values()):
-                if live.status is None and live.reaper not in (None, ours) and not alive(live.reaper):
+                if live.status is None and not live.settling and live.reaper not in (None, ours) and not alive(live.reaper):
                     self._reaperless(live)
             if self._reaper_died:  # what orphaned jobs leave behind in the background is ours now too: reap it,
                 # never our reaper (an earlier one was reaped by its poll) nor a job (_reaperless waits for those)
@@ -361,11 +362,15 @@ class NodeJobs:
         claimed, pid, reaper = spool.read_pid(live.dir)
         if not claimed:
             return self._spawn(live)
-        if reaper is None or self.job_status(live) is not None:  # (being claimed; or it ended, and said so)
+        if self.job_status(live) is not None:  # (it ended, and said so)
             return
-        if reaper != live.reaper:
+        unnamed = reaper is None  # (a full disk kept its reaper's name, and maybe its pid, from its pid file)
+        if unnamed and spool.claim_held(live.dir):  # (its claimant lives, maybe not the one we sent it to)
+            return
+        if reaper not in (None, live.reaper):
             live.reaper = reaper
             return
+        pid = pid or live.pid  # (its reaper's `started` ping, when a full disk kept the pid from its pid file)
         if pid is not None:
             try:
                 ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -384,6 +389,8 @@ class NodeJobs:
             with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
                 if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                     spawner.killpg(pid, signal.SIGKILL)
+        if pid is None and unnamed:  # (a full disk: maybe it ran, and runs on, unknown to us)
+            return self._end_failed(live, f"{why}; a full spool disk kept its pid from us: it may have run", **more)
         if pid is None:  # (never ran: it wrote no output to hide)
             return self._end_failed(live, f"{why} while starting the job", **more)
         self._end_orphan(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
@@ -397,14 +404,24 @@ class NodeJobs:
         self._end_orphan(live, status)
 
     def _end_orphan(self, live: LiveJob, status: dict) -> None:
-        """End a job of a dead reaper as the reaper would have: a failed -M job's outputs hidden, then its status."""
+        """End a job of a dead reaper as the reaper would have: a failed -M job's outputs hidden, then its status.
+        In a thread of its own: the rename may wait for a hung file server (HIDE_SECS), and must hold up neither
+        the reaper lock (every job's start) nor the sampler (memory limits)."""
+        live.settling = True
+        threading.Thread(target=self._settle_orphan, args=(live, status), name=f"grun-settle-{live.id}",
+                         daemon=True).start()
+
+    def _settle_orphan(self, live: LiveJob, status: dict) -> None:
+        collect = None
         try:
-            spawner.hide_failed_outputs(live.job, status, threaded=True)
+            collect = spawner.hide_failed_outputs(live.job, status, threaded=True)
         except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
             log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
         if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
             log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
         self._finished(live, status)
+        if collect is not None:  # (the rename's child, still stuck on a hung server, perhaps)
+            collect()
 
     def _adopt(self) -> None:
         """At start: the jobs in the spool, as they were left."""
