@@ -191,3 +191,48 @@ def test_a_kill_on_a_full_disk_is_escalated_to_kill_after_the_grace(c, started):
     finally:
         with contextlib.suppress(OSError):
             os.kill(reaper, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("death", ["reaper", "node and reaper", "node"])
+def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_dies(c, death, tmp_path):
+    """The reaper claims and starts the job on a disk full to its last byte: its pid file stays empty (the node
+    learns the pid from its ping). Its reaper then dies: the node waits for the job as its child and records its
+    exit; killed with its node, a restarted node ends it (failed, saying why); a restarted node whose old reaper
+    lives leaves it to that reaper. The job used to be shown running forever ("being claimed")."""
+    os.chmod(tmp_path, 0o777)
+    gate = tmp_path / "gate"
+    assert c.grun("-H", "n4", "true").returncode == 0
+    reaper = _reaper(c)
+    os.kill(reaper, signal.SIGSTOP)
+    client = c.client()
+    try:
+        job_id = client.submit_spec({"cmd": [f"touch {tmp_path}/ran; while [ ! -e {gate} ]; do sleep 0.05; done; exit 3"],
+                                     "shell": True, "cwd": str(tmp_path), "uid": 0, "gid": 0})
+        job_dir = os.path.join(c.spool, "jobs", str(job_id))
+        wait_for(lambda: os.path.exists(os.path.join(job_dir, "job.json")), 10, what="the job on its node")
+        filler = _fill(c)
+    finally:
+        os.kill(reaper, signal.SIGCONT)
+    try:
+        wait_for(lambda: (tmp_path / "ran").exists(), 10, what="the job to start")
+        os.unlink(filler)
+        assert os.path.getsize(os.path.join(job_dir, "pid")) == 0
+        if death != "reaper":
+            c.kill("n4", signal.SIGKILL)
+        if death != "node":
+            os.kill(reaper, signal.SIGKILL)
+        if death != "reaper":
+            c.start_node("n4")
+        if death == "node and reaper":  # nobody knows its pid: reported failed, not run again
+            done = client.wait([job_id], 20)[job_id]
+            assert (done["state"], done["exit"]) == ("failed", 255), done
+            assert "a full spool disk kept its pid from us: it may have run" in done["error"], done
+        else:  # its exit code, from the node (its child now) or from the old reaper
+            time.sleep(2)
+            assert client.job(job_id)["state"] == "running"
+            gate.touch()
+            done = client.wait([job_id], 20)[job_id]
+            assert (done["state"], done["exit"]) == ("failed", 3), done
+        assert "Traceback" not in _log(c)
+    finally:
+        gate.touch()
