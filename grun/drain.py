@@ -121,7 +121,7 @@ class Output:
             except OSError as exc:  # (its bytes stay in the pipe)
                 if not spool.disk_full(exc):
                     raise
-                return self._disk_full(name)
+                return self._disk_full(name, exc)
             if n and self in self.drain.stalled and self._disk_has_room(name):
                 self.drain.stalled.discard(self)
                 log.info("job %s: spool disk space is back: its output flows again", self.key)
@@ -140,13 +140,14 @@ class Output:
         if self._discard():  # a client sent more before `full` was set did not see it
             self.progress()
 
-    def _disk_full(self, name: str) -> None:
+    def _disk_full(self, name: str, exc: OSError) -> None:
         """The spool's disk is full: as at spool_max, the job waits in its write, and what clients were
         sent is punched out to make room; the drain also looks again every spool.DISK_RETRY_SECS, for space
         freed by others. Said once per stall (a full disk fails every job's write: no traceback each)."""
         if self._discard():
             return  # (its pipe is still watched: the move is tried again at once)
-        self.free_when_full = self._free_bytes(name)
+        # (a quota's refusal, EDQUOT, leaves the disk's free blocks as they were: its stall ends at a write)
+        self.free_when_full = self._free_bytes(name) if exc.errno == errno.ENOSPC else -PIPE_SIZE
         if self not in self.drain.stalled:
             self.drain.stalled.add(self)
             log.warning("job %s: the spool disk is full (%s): its output waits until there is space",

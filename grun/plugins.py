@@ -121,7 +121,8 @@ class Plugins:
         self.hooks = {hook: [p for p in self.all if callable(getattr(p.obj, hook, None))] for hook in HOOKS}
 
     def submit(self, requests: list[dict]) -> None:
-        """on_submit over the validated requests, in place; a Reject refuses the whole submission (ValueError)."""
+        """on_submit over the validated requests, in place; a Reject refuses the whole submission (ValueError).
+        The master may still refuse it after (a full disk): on_submit is no sign that a job was queued."""
         from .core.jobs import validate_spec
         from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):

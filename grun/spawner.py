@@ -374,6 +374,8 @@ class Reaper:
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper
                 self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
+                if run.lock is not None:  # (_fail's run holds no lock: its end is told as any failure's)
+                    os.close(run.lock)
         self._record(*done)
 
     def _output_out(self, ending: _Ending) -> bool:

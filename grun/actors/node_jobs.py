@@ -115,7 +115,7 @@ class NodeJobs:
         limits enforced (grun.actors.monitor); then, if the node runs short of memory, the job furthest over
         its reservation is killed, unless one killed for memory is still on its way out."""
         self._watch_reapers()
-        running = {l.id: l for l in list(self.live.values()) if l.status is None and self._job_pid(l)}
+        running = {l.id: l for l in list(self.live.values()) if l.status is None and not l.settling and self._job_pid(l)}
         usage = self.monitor.sample({job_id: live.pid for job_id, live in running.items()})
         rss, now = {job_id: usage.get(job_id, {}).get("rss_mb", 0) for job_id in running}, time.time()
         for job_id, live in running.items():
@@ -362,11 +362,11 @@ class NodeJobs:
         claimed, pid, reaper = spool.read_pid(live.dir)
         if not claimed:
             return self._spawn(live)
-        if self.job_status(live) is not None:  # (it ended, and said so)
-            return
         unnamed = reaper is None  # (a full disk kept its reaper's name, and maybe its pid, from its pid file)
         if unnamed and spool.claim_held(live.dir):  # (its claimant lives, maybe not the one we sent it to)
             return
+        if self.job_status(live) is not None:  # (it ended, and said so; read after the claim's lock, which its
+            return  # holder lets go of once it has written the end)
         if reaper not in (None, live.reaper):
             live.reaper = reaper
             return
