@@ -5,7 +5,6 @@ Each test checks that every job ran once and appears once in history, with its e
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from util import (
     wait_state,
 )
 
-from grun import registry
+from grun import registry, spool
 from grun.client import MasterUnreachable
 
 FAST = {"heartbeat": 0.5}
@@ -365,7 +364,9 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
     assert (runs / "pinned").read_text() == f"start {lost_node}\nend {lost_node}\n"
     wait_for(lambda: not _group_alive(fragile_pid), 15, what="the lost job's stale copy to be killed")
     assert (runs / "fragile").read_text() == f"start {lost_node}\n"
-    assert json.loads(_spool(c, lost_node, mid, "status.json"))["signal"] == signal.SIGTERM
+    end = wait_for(lambda: spool.read(os.path.join(c.root, lost_node, "node", "jobs", str(mid)), spool.STATUS), 15,
+                   what="the stale copy's end")  # (its reader may catch it half-written: again)
+    assert end["signal"] == signal.SIGTERM
     with open(os.path.join(c.root, lost_node, "grun.log")) as f:
         assert f"job {mid}: killing this stale copy" in f.read()
 
@@ -390,10 +391,9 @@ def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_c
     assert c.grun("-q", "wait", str(jid)).returncode == 8
     record = _once_each(c, [jid])[jid]
     assert (record["node"], record["attempt"]) == (second, 2)
-    status = os.path.join(c.root, first, "node", "jobs", str(jid), "status.json")
-    wait_for(lambda: os.path.exists(status), 15, what="the stale copy to be killed")
-    with open(status) as f:
-        assert json.load(f)["signal"] == signal.SIGTERM
+    job_dir = os.path.join(c.root, first, "node", "jobs", str(jid))  # (its reader may catch it half-written: again)
+    end = wait_for(lambda: spool.read(job_dir, spool.STATUS), 15, what="the stale copy to be killed")
+    assert end["signal"] == signal.SIGTERM
     assert (runs / "job").read_text() == f"{first}\n{second}\n"
 
 

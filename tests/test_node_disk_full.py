@@ -5,7 +5,6 @@ once space returns. Real daemons, the node's spool on a real 3 MB tmpfs (root on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,9 @@ import psutil
 import pytest
 from cluster import LocalCluster
 from util import nowait, wait_for, wait_state
+
+from grun.spool import STATUS
+from grun.spool import read as read_spool
 
 LINES = 1_000_000                              # `seq 1 LINES`: 6.9 MB, twice the disk
 EXPECTED = b"".join(b"%d\n" % i for i in range(1, LINES + 1))
@@ -102,7 +104,7 @@ def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_
     assert os.path.isdir(os.path.dirname(status)) and not os.path.exists(status)
     assert c.client().job(job_id)["state"] == "killed"
     _grow(c)  # its reaper tries again: the end is on the node's disk at last
-    written = wait_for(lambda: os.path.exists(status) and json.load(open(status)), 10, what="status.json")
+    written = wait_for(lambda: read_spool(os.path.dirname(status), STATUS), 10, what="status.json")
     assert written["signal"] == 15 and "bytes of output lost" in written["error"], written
     assert "Traceback" not in _log(c)
 
