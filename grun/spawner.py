@@ -208,7 +208,9 @@ def _in_child_as(ident: dict, work, args, secs: float) -> tuple[int, int]:
     ended, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        try:
+        try:  # nothing of ours stays open in a child a hung server may keep: sockets, pid-file and claim locks
+            os.closerange(3, w)
+            os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
             with _as_user(ident):
                 work(args)
         finally:

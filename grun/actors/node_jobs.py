@@ -195,7 +195,7 @@ class NodeJobs:
             if once and sig in live.kills:
                 return True
             live.kills.add(sig)
-        if self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
+        if live.settling or self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
         if self._job_pid(live) is None and not spool.write(live.dir, spool.KILL, {"signal": sig}):
             with self.lock:  # (a full disk: not asked for yet; the master's next repeat tries again)
@@ -207,7 +207,8 @@ class NodeJobs:
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
             # Once its leader has ended, its reaper killed what was left of the group (spawner.end_job)
             # before freeing the group id: only a job still running is killed here.
-            timer = threading.Timer(grace, lambda: self.job_status(live) is None and spawner.killpg(pid, signal.SIGKILL))
+            timer = threading.Timer(grace, lambda: not live.settling and self.job_status(live) is None
+                                    and spawner.killpg(pid, signal.SIGKILL))  # (settling: its pid is reaped)
             timer.daemon = True
             timer.start()
         return True

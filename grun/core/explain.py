@@ -176,13 +176,15 @@ def explain(job: dict, master, now: float) -> str:
 
 def placement(job: dict, master, now: float) -> tuple[str, str]:
     """Where a queued job could go now, as (kind, words): "starting" (a node can take it), "busy" (the words name the
-    node with most room), "none up" (no node up could ever run it: squeue's ReqNodeNotAvail), "no node" (none yet)."""
+    node with most room), "none up" (no node up could ever run it: squeue's ReqNodeNotAvail), "disk" (only nodes whose spool is nearly full
+    could), "no node" (none yet)."""
     claims = master.table.claims(now)
     reasons = [(node, *node_reason(node, job, claims)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
     return ("starting", "starting") if any(kind == "fits" for _, kind, _ in reasons) else \
         ("busy", f"most room: {busy[1]} ({busy[2]})") if busy else \
-        ("none up", "no node up could run it") if master.table.nodes else ("no node", "no node yet")
+        ("disk", "the nodes that could run it have a nearly full spool") if any(k == "disk" for _, k, _ in reasons) \
+        else ("none up", "no node up could run it") if master.table.nodes else ("no node", "no node yet")
 
 
 def progress(job: dict, master, now: float) -> str:
