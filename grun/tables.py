@@ -3,6 +3,8 @@
 at the end, how Slurm's tools (grun/compat.py) show them."""
 
 import os
+import time
+from collections import Counter
 
 from .core.arrays import left, unstarted
 from .core.jobs import wrapped
@@ -62,7 +64,6 @@ def fmt_bytes(n) -> str:
 
 
 def fmt_time(t) -> str:
-    import time
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
@@ -89,21 +90,16 @@ def learned(job: dict, field: str) -> str:
 
 def fold_arrays(jobs: list[dict]) -> list[dict]:
     """The jobs with each array's tasks folded into its line: "3 running, 97 queued, 5 done"."""
-    arrays = {j["id"]: {} for j in jobs if "ranges" in j}
+    arrays = {j["id"]: Counter() for j in jobs if "ranges" in j}
     for j in jobs:
         if j.get("array") in arrays:
-            arrays[j["array"]][j["state"]] = arrays[j["array"]].get(j["state"], 0) + 1
-    out = []
+            arrays[j["array"]][j["state"]] += 1
     for j in jobs:
         if j["id"] in arrays:
-            counts = arrays[j["id"]]
-            if left(j):
-                counts[j["state"]] = counts.get(j["state"], 0) + left(j)
-            counts.update((s, counts.get(s, 0) + n) for s, n in j["counts"].items())
-            out.append(dict(j, state=", ".join(f"{n} {s}" for s, n in counts.items())))
-        elif j.get("array") not in arrays:
-            out.append(j)
-    return out
+            arrays[j["id"]].update({j["state"]: left(j)} if left(j) else {})  # (its tasks not started yet)
+            arrays[j["id"]].update(j["counts"])
+    return [dict(j, state=", ".join(f"{n} {s}" for s, n in arrays[j["id"]].items())) if j["id"] in arrays else j
+            for j in jobs if j.get("array") not in arrays]
 
 
 def label(job: dict) -> str:
@@ -316,13 +312,11 @@ def reason_of(job: dict) -> str:
 
 
 def elapsed(job: dict) -> float:
-    import time
     wall = (job.get("usage") or {}).get("wall")
     return wall if wall is not None else time.time() - job["start_time"] if job.get("start_time") else 0
 
 
 def stamp(t) -> str:
-    import time
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) if t else "Unknown"
 
 
