@@ -1,8 +1,6 @@
-"""Policy rules (`rules:` in the config) and what they do to a job at submit: their conditions (in grun's
-expression language, grun.core.expr) over the job's fields, their actions, the order they run in, and the
-nodes: condition placement checks. Pure code: the files and groups a condition reads come through the
-`facts` the caller gives, asked only when a rule reads them.
-"""
+"""Policy rules (`rules:` in the config): their conditions over a job's fields (in grun.core.expr's language),
+their actions and the order they run in at submit, and the nodes: condition placement checks. Pure code: the
+files and groups a condition reads come through the `facts` the caller gives, asked only when a rule reads them."""
 
 import functools
 import operator
@@ -16,9 +14,8 @@ SCRIPT_BYTES = 64 * 1024
 
 
 class Job:
-    """What a job condition reads: the request as earlier rules left it, and facts read once, when asked.
-    `facts`: head(path, uid, gid) -> a file's first bytes, size(path, uid, gid) -> bytes, groups(user, gid) ->
-    names; each None when unknown, as with no facts at all. (The request's `group` is the master's.)"""
+    """What a condition reads: the request as earlier rules left it (its `group`: the master's) and, read once when
+    asked, `facts`.head(path, uid, gid) -> first bytes, .size(...) -> bytes, .groups(user, gid) -> names (or None)."""
 
     def __init__(self, req: dict, facts=None):
         self.req, self.facts = req, facts
@@ -53,8 +50,6 @@ JOB_FIELDS = {"user": _req("user"), "group": _req("group"), "groups": operator.a
               "hosts": _req("host")}
 NODE_FIELDS = {**{k: operator.attrgetter(k) for k in ("name", "labels", "resources", "cpus", "memory")},
                "load": lambda node: node.grun_cpus + node.outside_cpus}
-
-
 _job_test = functools.partial(compile_expr, fields=JOB_FIELDS, functions={"size": lambda env, path: env.size(path)})
 _node_test = functools.lru_cache(maxsize=1024)(functools.partial(compile_expr, fields=NODE_FIELDS))
 
@@ -71,11 +66,8 @@ _SETTABLE = {"cpus": parse_cpus, "memory": parse_memory, "time": J.parse_time_li
              "host": lambda v: J.validate_spec({"cmd": ["-"], "host": v})["host"],
              "retries": lambda v: J.validate_spec({"cmd": ["-"], "retries": parse_priority(v)})["retries"]}
 ACTIONS = ("if", "name", "default", "set", "params", "labels", "priority", "hosts", "warn", "reject", "nodes")
-
-
-def _at(text, offset: int = 0) -> str | None:
-    """LINE:COLUMN of a config value read with its position (Marked), else None."""
-    return f"{text.line}:{text.column + offset + 1}" if getattr(text, "line", None) else None
+# LINE:COLUMN of a config value read with its position (Marked), else None
+_at = lambda text, offset=0: f"{text.line}:{text.column + offset + 1}" if getattr(text, "line", None) else None
 
 
 def _mapping(value, parse) -> dict:
@@ -98,8 +90,9 @@ def _settable(name: str, value: str) -> tuple:
         raise ValueError(f"{name}: {e}") from None
 
 
-def _param(labels: bool):
-    return lambda name, value: (name, J.validate_params({name: value if labels else J.number_or_text(value)})[name])
+_PARSE = {"default": _settable, "set": _settable,  # (labels are strings; params numbers where they read as one)
+          "params": lambda name, value: (name, J.validate_params({name: J.number_or_text(value)})[name]),
+          "labels": lambda name, value: (name, J.validate_params({name: value})[name])}
 
 
 class Rules(list):
@@ -122,9 +115,8 @@ class Marked(str):
 
 def marked(node, path: str):
     """A YAML node (grun.config reads the file) as data whose strings are Marked."""
-    if isinstance(node.value, list):
-        pairs = node.value if node.value and isinstance(node.value[0], tuple) else None
-        return {marked(k, path): marked(v, path) for k, v in pairs} if pairs or node.tag.endswith(":map") else \
+    if node.id != "scalar":
+        return {marked(k, path): marked(v, path) for k, v in node.value} if node.id == "mapping" else \
             [marked(v, path) for v in node.value]
     text = Marked(node.value)
     text.path, text.line = path, node.start_mark.line + 1
@@ -135,11 +127,10 @@ def marked(node, path: str):
 def compile_rules(value) -> Rules | tuple:
     """The `rules:` key: a list of mappings, each `if: CONDITION` (none: every job) and actions. A RuleError
     (a ValueError) names the rule, and its `at` the line and column when the value came from a file."""
-    value = [] if value is None or isinstance(value, str) and value.strip() in ("", "~", "null") else value
+    if value is None or value == [] or isinstance(value, str) and value.strip() in ("", "~", "null"):
+        return ()  # (the key's default)
     if not isinstance(value, list):
         raise RuleError(f"expected a list of rules like `- if: CONDITION` with actions, got {value!r}", _at(value))
-    if not value:
-        return ()  # (the key's default)
     rules = Rules(_rule(n, raw) for n, raw in enumerate(value, 1))
     rules.source = _plain(value)
     return rules
@@ -154,18 +145,15 @@ def _rule(number: int, raw) -> tuple:
     for key, value in raw.items():
         text = " ".join(str(value).split())
         try:
-            if key in ("if", "nodes"):
-                test = _job_test(value) if key == "if" else test
-                actions += [("nodes", text)] if key == "nodes" and compile_expr(value, NODE_FIELDS) else []
-            elif key in ("default", "set", "params", "labels"):
-                parse = _settable if key in ("default", "set") else _param(key == "labels")
-                actions.append(("params" if key == "labels" else key, _mapping(value, parse)))
-            elif key in ("priority", "hosts"):
-                relative = key == "priority" and text[:1] in "+-"
-                actions.append(("priority", parse_priority(text)) if relative else
+            if key == "if":
+                test = _job_test(value)
+            elif key in _PARSE:
+                actions.append(("params" if key == "labels" else key, _mapping(value, _PARSE[key])))
+            elif key in ("priority", "hosts"):  # (a priority of +N or -N: relative)
+                actions.append(("priority", parse_priority(text)) if key == "priority" and text[:1] in "+-" else
                                ("set", dict([_settable(key, text)])))
-            elif key in ("warn", "reject"):
-                actions.append((key, text))
+            elif key in ("warn", "reject") or key == "nodes" and compile_expr(value, NODE_FIELDS):
+                actions.append((key, text))  # (a nodes: condition is compiled above only to check it)
             elif key != "name":
                 raise RuleError(f"unknown action (known: {', '.join(ACTIONS)})", _at(key))
         except ValueError as e:  # (a RuleError's `at`: where in the expression, or LINE:COLUMN)
@@ -176,10 +164,9 @@ def _rule(number: int, raw) -> tuple:
 
 
 def apply(rules, req: dict, spec: dict, facts=None, log: list | None = None) -> dict:
-    """Run the rules on a validated request in order, each seeing what the earlier ones did; `spec` is what
-    the user gave. Changes the request (its `origin` and `warnings` too) and returns it; appends (level, text)
-    lines for the admin to `log`. A rule's reject is a ValueError with its message. `default:` fills what
-    neither the user nor an earlier rule gave; `set:` overrides."""
+    """Run the rules on a validated request in order, each seeing what the earlier ones did (`default:` fills what
+    neither the user, `spec`, nor an earlier rule gave; `set:` overrides). Changes the request (its `origin`,
+    `warnings`) and returns it; appends (level, text) lines for the admin to `log`; a reject: a ValueError, its text."""
     env, log = Job(req, facts), [] if log is None else log
     for label, test, actions in rules:
         try:
