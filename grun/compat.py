@@ -132,9 +132,8 @@ def out_path(pattern: str, names: dict) -> str:
 
 def submit(client: Client, family: str, name: str, script: str | None, args: list[str],
            out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, **request) -> int:
-    """Queue a job for a shim: the script with its output files (a batch job), or the command `args`
-    (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for
-    -H/-h). Its id."""
+    """Queue a job for a shim (its id): the script with its output files (a batch job), or the command `args` (srun);
+    `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h)."""
     # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
     # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`): change them together
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
@@ -263,7 +262,6 @@ def sbatch(argv: list[str]) -> int:
 def srun(argv: list[str]) -> int:
     """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
     inside a job, as a step of that job (step())."""
-
     from .running import dies_with
     from .verbs import Context
     opts, command = parse(argv, SRUN)

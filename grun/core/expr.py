@@ -71,15 +71,14 @@ FUNCTIONS = {"len": lambda env, x: None if x is None else len(x)}
 _JOIN = {"or": lambda a, b: lambda env: a(env) or b(env), "and": lambda a, b: lambda env: a(env) and b(env)}
 
 
-def _index(value, key):
-    if isinstance(value, dict):
-        return value.get(key)
-    i = _number(key)
-    return value[int(i)] if isinstance(value, (list, str)) and i is not None and -len(value) <= i < len(value) else None
-
-
 def _item(get, key):
-    return lambda env: _index(get(env), key(env))
+    def item(env):
+        obj, k = get(env), key(env)
+        if isinstance(obj, dict):
+            return obj.get(k)
+        i = _number(k)
+        return obj[int(i)] if isinstance(obj, (list, str)) and i is not None and -len(obj) <= i < len(obj) else None
+    return item
 
 
 def _const(value):
