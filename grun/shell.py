@@ -1,9 +1,8 @@
-"""`grun shell`: an interactive console running the verbs of grun/verbs.py through its dispatcher.
-
-On a terminal: a prompt_toolkit prompt with completion (verbs, options, job ids, nodes, past commands),
-a history file, and a prompt that shows when the master is unreachable. Ctrl-C interrupts the running
-verb, not the shell; Ctrl-D or `exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the
-lines of stdin and exits with the status of the last one. The shell's own verbs (help, exit, watch) live here."""
+"""`grun shell`: an interactive console running the verbs of grun/verbs.py through its dispatcher. On a terminal:
+a prompt_toolkit prompt with completion (verbs, options, job ids, nodes, past commands), a history file, and a
+prompt that shows when the master is unreachable. Ctrl-C interrupts the running verb, not the shell; Ctrl-D or
+`exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the lines of stdin and exits with the status
+of the last one. The shell's own verbs (help, exit, watch) live here."""
 
 import logging
 import os

@@ -136,8 +136,7 @@ def status_text(status: dict, long: bool) -> str:
 
 
 def nodes_long(nodes: list[dict]) -> str:
-    """`-q status --long`, after the table: each node's labels and counted resources (free/total), one line a node
-    that has any."""
+    """After `-q status --long`'s table: each node's labels and counted resources (free/total), if any, a line each."""
     lines = []
     for n in nodes:
         labels = " ".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))
