@@ -70,11 +70,10 @@ def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.s
 
 
 def secure(sock: socket.socket, context, timeout: float, **how) -> socket.socket:
-    """`sock` made TLS with `context` (its handshake within `timeout`), behind a local socket pair: the
-    caller gets the plain end, and a thread of its own relays between the other and the TLS socket. Python's
-    SSL sockets must not be read and written by two threads at once (the client's receiver and input sender,
-    the node's pump and stdin reader); so only the relay touches the SSL object, and the callers keep their
-    sendfile, splice and shutdown on the plain end, the same code with TLS on or off."""
+    """`sock` made TLS with `context` (handshake within `timeout`) behind a local socket pair: the caller gets the
+    plain end, a thread of its own relays the other to the TLS socket. An SSL socket must not be read and written
+    by two threads at once (client: receiver and input sender; node: pump and stdin reader), so only the relay
+    touches it, and callers keep sendfile, splice and shutdown on the plain end, the same code with TLS or not."""
     sock = context.wrap_socket(sock, do_handshake_on_connect=False, **how)
     try:
         sock.settimeout(timeout)
@@ -183,10 +182,9 @@ def _recv(sock: socket.socket, n: int) -> bytes:
 
 
 def _grow_pipe(fd: int) -> None:
-    """Give a pipe carrying bulk output 1 MiB instead of 64 KiB: each splice then moves 16 times more
-    per wakeup of us and of the reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB).  Only for
-    bulk, because the kernel charges pipe buffers to the user: many idle clients holding big pipes would
-    push that user's new pipes down to one page each (fs.pipe-user-pages-soft)."""
+    """A pipe carrying bulk output gets 1 MiB, not 64 KiB: 16 times more per splice and per wakeup of us and the
+    reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB). Bulk only: pipe buffers are charged to the
+    user, and idle clients' big pipes would shrink that user's new pipes to a page each (fs.pipe-user-pages-soft)."""
     import fcntl  # here, not at import: a `grun true` never needs it
     with contextlib.suppress(OSError):  # not a pipe, or over fs.pipe-max-size or the user's quota
         if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
@@ -225,11 +223,11 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
            stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
-    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict.
-    A sink may also be a callable taking each piece of bytes, and stdin_fd may be bytes: the job's whole
-    input (the Python API uses both). `on_note(text)` hears what the node tells the user, not the job's
-    output ("output stalled: ..."; a failure to tell it is ignored). Raises StreamBroken if the connection
-    drops first, and BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
+    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict. A sink may
+    also be a callable taking each piece of bytes, and stdin_fd bytes: the job's whole input (the Python API
+    uses both). `on_note(text)` hears what the node tells the user, not job output ("output stalled: ..."; a
+    failure to tell it is ignored). Raises StreamBroken if the connection drops first, BrokenPipeError if our
+    stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
     sock, send_lock = None, threading.Lock()
     try:
@@ -250,8 +248,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                 raise StreamBroken(f"garbage frame (type {kind!r}, length {n})")
             if kind == NOTE:  # (e.g. its output waits for room on a full spool disk)
                 note = _recv(sock, n).decode("utf-8", "replace")
-                # (our stderr closed or full: the stream goes on, and no error of it is the connection's)
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # (our stderr closed or full: not the connection's fault)
                     if on_note is not None:
                         on_note(note)
                 continue

@@ -1,7 +1,6 @@
 """The node's side of the output side channel (grun.stream has the wire format and the client's side):
 it serves a job's spool files, from any offset and while the job still writes them, to a client that
-presents a one-time token, and feeds the client's input into the job's stdin FIFO.
-"""
+presents a one-time token, and feeds the client's input into the job's stdin FIFO."""
 import contextlib
 import json
 import logging
@@ -24,11 +23,10 @@ MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool fi
 
 
 class _Attach:
-    """One offer, then the connection that claims it: a pump thread (files -> frames, then the job's
-    EXIT) and a reader thread (STDIN frames -> the job's FIFO). It owns `stdin_fd`, the FIFO's write
-    end, from the offer on, and closes it when the client's input ends, however it ends (end of input,
-    a hang-up, the job's exit, an offer nobody claimed in time), so a job never waits for input that
-    can no longer come (issue 10, bug 1)."""
+    """One offer, then the connection that claims it: a pump thread (files -> frames, then the job's EXIT) and a
+    reader thread (STDIN frames -> the job's FIFO). It owns `stdin_fd`, the FIFO's write end, from the offer on,
+    and closes it however the client's input ends (end of input, a hang-up, the job's exit, an offer nobody
+    claimed in time), so a job never waits for input that can no longer come (issue 10, bug 1)."""
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
                  get_status: Callable[[], dict | None], output):
@@ -72,12 +70,12 @@ class _Attach:
             sent = sum(tail.pump(self.sock) for tail in tails)
             if sent and self.output is not None:
                 self.output.progress()
+            # Tell the client's user (attach's on_note) once per change: a silent stream says nothing of why.
             if self.output is not None and (stall := self.output.stall()) != self.stall:
-                self._note(f"output stalled: {stall}" if stall else "output flows again")
+                self._send(stream.NOTE, (f"output stalled: {stall}" if stall else "output flows again").encode())
                 self.stall = stall
             if not sent and status is not None:
-                payload = json.dumps(status).encode()
-                self.sock.sendall(stream.HEADER.pack(stream.EXIT, len(payload)) + payload)
+                self._send(stream.EXIT, json.dumps(status).encode())
                 self.exited = True
                 # Half-close and let the client hang up first: closing with its stdin frames
                 # still unread would send a RST that can destroy the EXIT frame in flight.
@@ -85,16 +83,13 @@ class _Attach:
                 self.reader.join(EXIT_LINGER)
                 return
             if sent < stream.BATCH:
-                # After a small frame too: a job writing fast would otherwise be chased in tiny
-                # frames, and on a small machine the chase steals the CPU the job needs. An idle
-                # stream still sends its first new line at once; only the follow-up waits.
+                # After a small frame too: a job writing fast would otherwise be chased in tiny frames, stealing
+                # the CPU it needs on a small machine. An idle stream still sends its first new line at once.
                 self.wake.wait(MIN_WAIT if sent else wait)
             wait = MIN_WAIT if sent else min(wait * 2, MAX_WAIT)
 
-    def _note(self, text: str) -> None:
-        """Tell the client's user (attach's on_note), once per change: a silent stream says nothing of why."""
-        data = text.encode()
-        self.sock.sendall(stream.HEADER.pack(stream.NOTE, len(data)) + data)
+    def _send(self, kind: bytes, data: bytes) -> None:
+        self.sock.sendall(stream.HEADER.pack(kind, len(data)) + data)
 
     def read(self) -> None:
         try:
@@ -135,10 +130,9 @@ class StreamServer:
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
               stdin_fd: int | None = None, get_status: Callable[[], dict | None], by_user: bool = False,
               output=None) -> str:
-        """A one-time token for the job's output from these offsets (with `output`, its grun.drain.Output,
-        which keeps what the offer has not sent); with stdin_fd (which is ours from here on), the attached
-        client feeds the job's input. `by_user`: a token for a user's credential (grun.auth), who holds no
-        secret to prove on this channel."""
+        """A one-time token for the job's output from these offsets (`output`, its grun.drain.Output, keeps what
+        the offer has not sent); with stdin_fd (ours from here on), the client feeds the job's input. `by_user`: a
+        token for a user's credential (grun.auth), who holds no secret to prove on this channel."""
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
         return self.offer_other(_Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output),
                                 by_user)
@@ -188,8 +182,7 @@ class StreamServer:
             threading.Thread(target=self._serve, args=(sock, peer), name=f"grun-stream-{peer}", daemon=True).start()
 
     def _serve(self, sock: socket.socket, peer) -> None:
-        """One connection: its token, then its pump here and its reader in a thread; the socket is
-        closed once both are done with it."""
+        """One connection: its token, then its pump here and its reader in a thread; closed once both are done."""
         conn = None
         try:
             stream.tune(sock)
