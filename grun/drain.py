@@ -1,14 +1,12 @@
-"""The node's drain: one thread moves every running job's stdout and stderr from its pipes (FIFOs in its
-spool directory, grun.spool) into its spool files by splice, only while the job holds less than
-`spool_max` there (invariant 9). Past it the pipe fills and the job waits in its write, as for a slow
-reader's pipe: an attached reader sets its pace, and with none it waits for one. Bytes sent to a client
-are punched out of the file when room is needed (FALLOC_FL_PUNCH_HOLE: offsets stay, blocks go), never
-bytes an attached or offered client has not been sent; a re-attach replays what is held.
-Why pipes: a write to a file cannot be made to wait, and stopping the job (SIGSTOP) clashes with
-suspend. The reaper holds a read end of each pipe until the job has ended, and drains what is left
-before it writes the status: a node daemon restart never kills a job waiting on output (invariant 3).
-"""
-
+"""The node's drain: one thread moves every running job's stdout and stderr from its pipes (FIFOs in its spool
+directory, grun.spool) into its spool files by splice, only while the job holds less than `spool_max` there
+(invariant 9). Past it the pipe fills and the job waits in its write, as for a slow reader's pipe: an attached
+reader sets its pace, and with none it waits for one. Bytes sent to a client are punched out of the file when
+room is needed (FALLOC_FL_PUNCH_HOLE: offsets stay, blocks go), never bytes an attached or offered client has
+not been sent; a re-attach replays what is held. Why pipes: a write to a file cannot be made to wait, and
+stopping the job (SIGSTOP) clashes with suspend. The reaper holds a read end of each pipe until the job has
+ended, and drains what is left before it writes the status: a node daemon restart never kills a job waiting on
+output (invariant 3)."""
 import contextlib
 import ctypes
 import errno
@@ -22,7 +20,7 @@ from collections.abc import Callable
 from . import spool
 from .background import Loop
 from .spool import STREAMS
-from .stream import PIPE_SIZE, _grow_pipe
+from .stream import PIPE_SIZE, grow_pipe
 
 log = logging.getLogger("grun.node")
 
@@ -122,13 +120,16 @@ class Output:
                 if not spool.disk_full(exc):
                     raise
                 return self._disk_full(name, exc)
-            if n and self in self.drain.stalled and self._disk_has_room(name):
+            # A stall ends when the disk has room again, not at a write into a block it held or one punching a
+            # client's bytes freed (the notices flapped). Counted from what was free when it refused us: some free
+            # blocks are never ours (ext4 keeps up to 16 MiB of them).
+            if n and self in self.drain.stalled and self._free_bytes(name) >= self.free_when_full + PIPE_SIZE:
                 self.drain.stalled.discard(self)
                 log.info("job %s: spool disk space is back: its output flows again", self.key)
             if n == 0:  # every writer has gone
                 self._close(name)
             elif n >= 64 << 10:
-                _grow_pipe(pipe)  # a bulk writer: 1 MiB per wakeup, not 64 KiB
+                grow_pipe(pipe)  # a bulk writer: 1 MiB per wakeup, not 64 KiB
         self.drain.wake(self.key)
 
     def _wait(self) -> None:
@@ -141,9 +142,9 @@ class Output:
             self.progress()
 
     def _disk_full(self, name: str, exc: OSError) -> None:
-        """The spool's disk is full: as at spool_max, the job waits in its write, and what clients were
-        sent is punched out to make room; the drain also looks again every spool.DISK_RETRY_SECS, for space
-        freed by others. Said once per stall (a full disk fails every job's write: no traceback each)."""
+        """The spool's disk is full: as at spool_max, the job waits in its write and what clients were sent is
+        punched out to make room; the drain also looks again every spool.DISK_RETRY_SECS, for space freed by
+        others. Said once per stall (a full disk fails every job's write: no traceback each)."""
         if self._discard():
             return  # (its pipe is still watched: the move is tried again at once)
         # (a quota's refusal, EDQUOT, leaves the disk's free blocks as they were: its stall ends at a write)
@@ -153,12 +154,6 @@ class Output:
             log.warning("job %s: the spool disk is full (%s): its output waits until there is space",
                         self.key, os.path.dirname(self.dir))
         self._wait()
-
-    def _disk_has_room(self, name: str) -> bool:
-        """Whether the disk has room again: a write into a block it held, or one punching a client's bytes freed,
-        is no end of the stall (nor a notice that says so, then another that it stalled again). Counted from
-        what was free when it refused us: some free blocks are never ours (ext4 keeps up to 16 MiB of them)."""
-        return self._free_bytes(name) >= self.free_when_full + PIPE_SIZE
 
     def _free_bytes(self, name: str) -> int:
         """The spool disk's free space for us: as root (a node, as a rule) its writes may fill the blocks

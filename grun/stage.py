@@ -7,7 +7,6 @@ a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, neve
 work dir, neither writing inputs as root nor sending outputs back."""
 
 import contextlib
-import fcntl
 import os
 import socket
 import stat
@@ -22,7 +21,7 @@ HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
 FILE, MISSING, END = b"F", b"M", b"E"
 RESERVE = 64 << 20               # free space a node's spool keeps beyond what is staged onto it
 PART = ".grun-part."             # a file being received (+ random hex): never under its final name
-CHUNK = 1 << 20
+CHUNK = stream.PIPE_SIZE         # a splice at most: what the pipe from socket to file holds (stream.grow_pipe)
 PULL_WAIT = 600.0                # how long the --nowait stager waits for an ended job's node that is away
 _lock = threading.Lock()
 
@@ -222,8 +221,7 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
+        stream.grow_pipe(w)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         try:
             if ids:

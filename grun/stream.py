@@ -181,7 +181,7 @@ def _recv(sock: socket.socket, n: int) -> bytes:
     return got
 
 
-def _grow_pipe(fd: int) -> None:
+def grow_pipe(fd: int) -> None:
     """A pipe carrying bulk output gets 1 MiB, not 64 KiB: 16 times more per splice and per wakeup of us and the
     reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB). Bulk only: pipe buffers are charged to the
     user, and idle clients' big pipes would shrink that user's new pipes to a page each (fs.pipe-user-pages-soft)."""
@@ -259,7 +259,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                     raise StreamBroken(f"bad exit payload: {e}") from e
             sink = sinks[kind]
             if kind in pipes and n >= BATCH:
-                _grow_pipe(sink)
+                grow_pipe(sink)
             while n:  # straight from the socket to the sink: no frame buffering
                 k = _move(sock, sink, n, view, kind in pipes)
                 if k is None:
