@@ -1,10 +1,8 @@
-"""Python functions run on the cluster: `grun.remote`, `grun.submit_call` and `grun.map`.
-
-Each call is one job, `python -m grun.remote_worker` on a node (our interpreter unless `python=` names
-another), fed the cloudpickled function and arguments (so `__main__` functions, lambdas and closures
-work) as its stdin through the node's side channel: no file anywhere. Its output reaches our sys.stdout
-and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame."""
-
+"""Python functions run on the cluster: `grun.remote`, `grun.submit_call` and `grun.map`. Each call is one job,
+`python -m grun.remote_worker` on a node (our interpreter unless `python=` names another), fed the cloudpickled
+function and arguments (so `__main__` functions, lambdas and closures work) as its stdin through the node's side
+channel: no file anywhere. Its output reaches our sys.stdout and sys.stderr as it runs; its value or exception
+comes back in grun.remote_worker's result frame."""
 import codecs
 import contextlib
 import pickle
@@ -138,12 +136,11 @@ RESOURCES = ("cpus", "memory", "priority", "hosts", "env", "cwd", "params")  # a
 
 def submit_call(func: Callable, *args, python: str | None = None, client: Client | None = None,
                 **kwargs) -> CallFuture:
-    """Queue `func(*args, **kwargs)` as a job and return a Future for its value. The job is on the
-    master's disk when this returns (`future.job.id`). `result()` returns the function's value, or raises
-    what it raised remotely (same type and value, the remote traceback added as a note), or RemoteError
-    for a job that ended without a result. The keywords of RESOURCES (cpus, memory, priority, hosts,
-    env, cwd, params) are the job's, as for `Client.submit`; `python` is the interpreter on the node
-    (ours by default). Every other keyword argument goes to the function."""
+    """Queue `func(*args, **kwargs)` as a job and return a Future for its value; the job is on the master's disk
+    when this returns (`future.job.id`). `result()` returns the function's value, or raises what it raised
+    remotely (same type and value, the remote traceback added as a note), or RemoteError for a job that ended
+    without a result. The keywords of RESOURCES (cpus, memory, priority, hosts, env, cwd, params) are the job's,
+    as for `Client.submit`; `python` is the node's interpreter (ours by default); every other keyword, the call's."""
     resources = {key: kwargs.pop(key) for key in RESOURCES if key in kwargs}
     return _submit(client, func, [(args, kwargs)], python, resources)[0]
 

@@ -2,7 +2,6 @@
 and readers that take a missing or half-written file for None instead of an error. A crash or a full disk leaves
 either the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in 8 of 60
 tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears those a crash left."""
-
 import contextlib
 import json
 import os

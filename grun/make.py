@@ -1,13 +1,10 @@
-"""Make semantics of `grun -M`: which files a command reads and writes, whether it needs to run, and
-hiding the outputs of a failed run. Pure code over the command's words and the files' stats, no sockets.
-
-The original grun's markers, kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an
-output and stay in the command without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell
-would take them for a comment anyway); in a shell command line `< FILE` is an input, `> FILE`, `>FILE`,
-`>> FILE` an output, and `%!>FILE` writes FILE without making it an output (it stays as `>FILE`). The script of
-`sh -c SCRIPT` is such a line. A marker's file is the rest of its word, or, inside a word, up to a metacharacter.
-"""
-
+"""Make semantics of `grun -M`: which files a command reads and writes, whether it needs to run, and hiding the
+outputs of a failed run; pure code over the command's words and the files' stats. The original grun's markers,
+kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an output and stay in the command without
+the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would take them for a comment anyway); in a shell
+command line `< FILE` is an input, `> FILE`, `>FILE`, `>> FILE` an output, and `%!>FILE` writes FILE without
+making it an output (it stays as `>FILE`). The script of `sh -c SCRIPT` is such a line. A marker's file is the
+rest of its word, or, inside a word, up to a metacharacter."""
 import os
 import re
 import shlex
@@ -39,8 +36,7 @@ class Decision(NamedTuple):
 
 def parse(cmd: str | list[str], cwd: str) -> Make:
     """The make view of a command: a shell command line (str) or an argv (list). ValueError for bad input."""
-    inputs: list[str] = []
-    outputs: list[str] = []
+    inputs, outputs = [], []
     if isinstance(cmd, str):
         cmd = _parse_line(cmd, inputs, outputs)
     else:

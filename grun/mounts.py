@@ -1,12 +1,9 @@
-"""Network filesystems: which ones this host mounts (/proc/self/mountinfo), which one a path lies on, whether
-a node has the one a job's cwd lies on, and `sync`, the original grun's nfs_sync (refreshing their attribute
-caches, so that a job sees the files a job on another host has just written).
-
-A filesystem is named as the kernel shows it: {"type": "nfs4", "source": "server:/export", "root": its mount
-point, "sub": the path inside it mounted there, "/" for all}. A node reports its network mounts and autofs
-points (where one may appear on demand); a job carries its cwd's (`cwd_fs`), none when that is local.
-"""
-
+"""Network filesystems: which ones this host mounts (/proc/self/mountinfo), which one a path lies on, whether a
+node has the one a job's cwd lies on, and `sync`, the original grun's nfs_sync (refreshing their attribute caches,
+so that a job sees the files a job on another host has just written). A filesystem is named as the kernel shows
+it: {"type": "nfs4", "source": "server:/export", "root": its mount point, "sub": the path inside it mounted there,
+"/" for all}. A node reports its network mounts and autofs points (where one may appear on demand); a job carries
+its cwd's (`cwd_fs`), none when that is local."""
 import _thread
 import os
 import time
@@ -21,9 +18,8 @@ _table: tuple | None = None  # (when, table()), for fresh=False
 
 
 def parse(text: str) -> list[dict]:
-    """The mounts of a mountinfo text in order (a later one over the same point hides the earlier): `ID PARENT
-    MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`, with \\040 for a space (octal
-    escapes) in paths. Other lines are skipped."""
+    """The mounts of a mountinfo text in order (a later one over the same point hides the earlier): `ID PARENT MAJ:MIN
+    ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`, \\040 for a space (octal escapes); others skipped."""
     mounts = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
@@ -75,10 +71,9 @@ def identity(path: str, mounts: list[dict] | None = None) -> dict | None:
 
 
 def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
-    """Whether a node with these mounts (`network`'s) has the filesystem `cwd_fs`: True when it mounts that
-    export (or one that holds it); None when that cannot be told: no cwd_fs, mounts unknown, an autofs point
-    over its mount point (mounted on demand), or another source at the same mount point (the same server by
-    another name, perhaps); else False."""
+    """Whether a node with these mounts (`network`'s) has the filesystem `cwd_fs`: True when it mounts that export
+    (or one holding it); None when that cannot be told (no cwd_fs, mounts unknown, an autofs point over its mount
+    point: mounted on demand, or another source at that mount point: the same server by another name?); else False."""
     if not cwd_fs or node_mounts is None:
         return None
     want = _export(cwd_fs)
@@ -134,9 +129,8 @@ def after(job: dict) -> None:
 
 
 def sync(paths, timeout: float = SYNC_SECS) -> None:
-    """Refresh the attribute cache of these paths as the original grun's nfs_sync did: opendir/closedir each
-    directory (and each path's), stat each file. Never raises; returns within `timeout` even when a server
-    hangs (a sync still stuck on one skips the next ones: one stuck thread at most)."""
+    """Refresh the attribute cache of these paths as the original grun's nfs_sync did (`walk`). Never raises;
+    returns within `timeout` even when a server hangs (a sync still stuck on one skips the next: one thread at most)."""
     if not paths or not _idle.acquire(blocking=False):
         return
     done = _thread.allocate_lock()
@@ -153,7 +147,8 @@ def sync(paths, timeout: float = SYNC_SECS) -> None:
 
 
 def walk(paths) -> None:
-    """sync's refresh itself, in the calling thread (which a hung server may hold)."""
+    """sync's refresh, in the calling thread (which a hung server may hold): opendir/closedir each directory (and
+    each path's), stat each file."""
     import contextlib  # (not at the top: every `grun` call imports this module)
     for path in paths:
         for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again

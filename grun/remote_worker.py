@@ -1,8 +1,7 @@
-"""One Python call as a job: `python -m grun.remote_worker [LABEL]` on a node (the job `grun.remote`
-submits), and the result frame both sides read.
-
-Input (the job's stdin): a line with a one-time nonce, then cloudpickle bytes of (func, args, kwargs).
-The function's stdout and stderr are the job's. When it returns or raises, one frame goes to stdout:
+"""One Python call as a job: `python -m grun.remote_worker [LABEL]` on a node (the job `grun.remote` submits),
+and the result frame both sides read. Input (the job's stdin): a line with a one-time nonce, then cloudpickle
+bytes of (func, args, kwargs). The function's stdout and stderr are the job's. When it returns or raises, one
+frame goes to stdout:
 
     RESULT_MARK + nonce + b":" + 8-byte big-endian length + pickle of the outcome
 
@@ -10,7 +9,6 @@ The outcome is ("ok", value) or ("error", exception or None, remote traceback te
 The caller knows the nonce, so no output of the function can be taken for the frame (ResultReader).
 LABEL only names the call in `grun -q jobs`. Nothing of grun's is imported: it must start fast, and may
 run under another interpreter (`python=`) that only has cloudpickle."""
-
 import contextlib
 import os
 import pickle

@@ -5,7 +5,6 @@ Frames: HEAD (kind, path length, size, mode), the path's bytes, then the file's 
 or, for MISSING and END (which ends a transfer), a text: why not, or the node's refusal. A file is received under
 a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of the
 work dir, neither writing inputs as root nor sending outputs back."""
-
 import contextlib
 import os
 import socket
