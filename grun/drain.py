@@ -37,8 +37,7 @@ class Output:
 
     def __init__(self, drain: "Drain", key: str, job_dir: str):
         self.drain, self.key, self.dir = drain, key, job_dir
-        self.pipes: dict[str, int] = {}
-        self.files: dict[str, int] = {}
+        self.pipes, self.files = {}, {}  # stream name -> its pipe's fd, its spool file's fd
         self.start = {name: spool.first_held(job_dir, name) for name in STREAMS}
         self.sent = dict(self.start)
         self.tails: set = set()
@@ -218,8 +217,7 @@ class Drain:
                     self.poll.register(pipe, select.EPOLLIN)
 
     def finish(self, key: str, flush: bool = False) -> int:
-        out = self.outputs.get(key)
-        return 0 if out is None else out.finish(flush)
+        return 0 if (out := self.outputs.get(key)) is None else out.finish(flush)
 
     def forget(self, key: str) -> None:
         if (out := self.outputs.pop(key, None)) is not None:

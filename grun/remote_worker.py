@@ -56,9 +56,8 @@ def main() -> int:
         print(f"grun: no call arrived within {ARRIVAL_TIMEOUT:g} s (did the caller go away?)", file=sys.stderr)
         return 2
     nonce, _, blob = sys.stdin.buffer.read().partition(b"\n")
-    devnull = os.open(os.devnull, os.O_RDONLY)  # the function reads nothing of ours
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    with open(os.devnull, "rb") as devnull:  # the function reads nothing of ours
+        os.dup2(devnull.fileno(), 0)
     outcome = _outcome(blob)
     try:
         payload = _dumps(outcome)

@@ -266,10 +266,9 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
             if node:
                 raise Refused(notes[-1])
             continue
-        free = os.statvfs(root)
-        if node and size + RESERVE > free.f_bavail * free.f_frsize:
-            raise Refused(f"{rel} ({size >> 20} MB) does not fit: the node's spool has "
-                          f"{free.f_bavail * free.f_frsize >> 20} MB free")
+        st = os.statvfs(root)
+        if node and size + RESERVE > (free := st.f_bavail * st.f_frsize):
+            raise Refused(f"{rel} ({size >> 20} MB) does not fit: the node's spool has {free >> 20} MB free")
         _store(sock, root, rel, size, mode, ids, follow=not node)
     if node and expected:
         raise Refused(f"not sent: {', '.join(sorted(expected))}")
