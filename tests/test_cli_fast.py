@@ -162,3 +162,13 @@ def test_a_profiled_grun_still_ends_normally(tmp_path):
     code = "import atexit, sys; from grun import cli; atexit.register(print, 'atexit ran'); sys.argv[1:] = ['-V']; cli.main()"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.splitlines() == [f"grun {grun.__version__}", "atexit ran"], r.stdout + r.stderr
+
+
+def test_a_mount_point_with_a_space_costs_no_import_of_re():
+    """The client reads mountinfo (cwd_fs) on every call; a mount named with a space (\\040) must not pull in re."""
+    probe = ("import sys; from grun import mounts; "
+             "m = mounts.parse(r'62 27 0:56 /a\\134b /m\\040nt rw shared:4 - nfs srv:/e\\011x rw'); "
+             "print('re' in sys.modules, m)")
+    r = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert r.stdout.strip() == ("False [{'type': 'nfs', 'source': 'srv:/e\\tx', 'root': '/m nt', 'sub': '/a\\\\b'}]"), r
