@@ -25,7 +25,8 @@ RUNNING = ("dispatched", "running", "suspended")
 def yes(opts: dict, key: str) -> bool:
     value = last(opts, key, "n")
     if value not in ("y", "yes", "n", "no"):
-        raise Refused(f"-{key} takes y or n, got {value!r}")
+        flag = next(spelling for spelling, (name, _) in QSUB.items() if name == key)
+        raise Refused(f"{flag} takes y or n, got {value!r}")
     return value.startswith("y")
 
 

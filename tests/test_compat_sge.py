@@ -35,7 +35,8 @@ def test_qsub_refuses_options_it_does_not_know_and_submits_nothing(cluster, shim
     r = shims("qsub", "d.sh", cwd=tmp_path)
     assert r.returncode == 1 and "line 3: unsupported option -verify" in r.stderr and not r.stdout
     for args, words in ((["-t", "1-3%2"], "-t 1-3%2: expected n[-m[:s]]"), (["-t", "0-3"], "-t 0-3"),
-                        (["-hold_jid_ad", "1"], "-hold_jid_ad: this job and the jobs it names must be arrays")):
+                        (["-hold_jid_ad", "1"], "-hold_jid_ad: this job and the jobs it names must be arrays"),
+                        (["-b", "x"], "-b takes y or n, got 'x'"), (["-j", "maybe"], "-j takes y or n")):
         r = shims("qsub", *args, "t.sh", cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
     assert len(cluster.client().history(1000)) == before and not cluster.client().jobs()
