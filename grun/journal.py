@@ -37,10 +37,6 @@ class DiskFull(Exception):
     """The journal's disk has no room for what is pending: it is kept, and written once there is room."""
 
 
-def _no_room(exc: OSError, where: str) -> DiskFull:
-    return DiskFull(f"no room for its journal in {where} ({exc.strerror})")
-
-
 def numbered(directory: str, prefix: str, suffix: str) -> list[int]:
     """Sorted N of every file named <prefix>N<suffix>; temp, .corrupt and .damaged files don't match."""
     names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(suffix)]
@@ -193,20 +189,19 @@ class Journal:
                 with self._lock:
                     self._durable = durable
                     self._release(durable)
-        except DiskFull as exc:
+        except OSError as exc:
             with self._lock:
-                self._pending[:0] = batch[done:]
-                if self.full is None:
-                    self._log.critical("%s: %d records wait in memory; new jobs and changes are refused until there "
-                                       "is room", exc, len(self._pending))
-                self.full = str(exc)
-                self._release(float("inf"))  # (each raises DiskFull: nobody waits on a disk with no room)
-            return
-        except OSError as e:
-            self._log.error("journal write failed: %s", e)
-            with self._lock:
-                self._error = StoreError(f"journal write failed: {e}")
-                self._release(float("inf"))
+                if exc.errno in NO_ROOM:
+                    self._pending[:0] = batch[done:]
+                    if self.full is None:
+                        self._log.critical("no room for its journal in %s (%s): %d records wait in memory; new jobs "
+                                           "and changes are refused until there is room", self.dir, exc.strerror,
+                                           len(self._pending))
+                    self.full = f"no room for its journal in {self.dir} ({exc.strerror})"
+                else:
+                    self._log.error("journal write failed: %s", exc)
+                    self._error = StoreError(f"journal write failed: {exc}")
+                self._release(float("inf"))  # (each raises: nobody waits on a disk with no room, or a broken one)
             return
         with self._lock:
             self.commits += 1
@@ -215,8 +210,8 @@ class Journal:
                 self.full = None
 
     def _write(self, lines: list[bytes]) -> None:
-        """Append lines and fdatasync them. No room: they are cut off again (DiskFull), so that no partial
-        line is left for the next write to glue onto; written again whole, they make new dirty pages."""
+        """Append lines and fdatasync them. No room: they are cut off again, so that no partial line is left
+        for the next write to glue onto; written again whole, they make new dirty pages."""
         fd = self._file.fileno()
         data, size = memoryview(b"".join(lines)), os.fstat(fd).st_size
         try:
@@ -224,23 +219,18 @@ class Journal:
                 data = data[os.write(fd, data):]
             _datasync(fd)
         except OSError as exc:
-            if exc.errno not in NO_ROOM:
-                raise
-            os.ftruncate(fd, size)  # (a failure here is not for want of room: the journal stops)
-            raise _no_room(exc, self.dir) from None
+            if exc.errno in NO_ROOM:
+                os.ftruncate(fd, size)  # (a failure here is not for want of room: the journal stops)
+            raise
 
     def _switch(self, first: int) -> None:
         """Later records go to journal.<first>.log."""
-        new = None
+        new = open(self._path(first), "ab", buffering=0)
         try:
-            new = open(self._path(first), "ab", buffering=0)
             fsync_dir(self.dir)
-        except OSError as exc:
-            if new is not None:
-                new.close()
-            if exc.errno not in NO_ROOM:
-                raise
-            raise _no_room(exc, self.dir) from None
+        except OSError:
+            new.close()
+            raise
         self._file.close()
         self._file = new
 
