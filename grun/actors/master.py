@@ -65,12 +65,11 @@ class RuleFacts:
         self._seen: dict = {}
 
     def _once(self, compute, *args):
-        if (compute, *args) not in self._seen:
-            try:
-                self._seen[(compute, *args)] = compute(*args)
-            except (OSError, KeyError):
-                self._seen[(compute, *args)] = None
-        return self._seen[(compute, *args)]
+        if (key := (compute, *args)) not in self._seen:
+            self._seen[key] = None
+            with contextlib.suppress(OSError, KeyError):
+                self._seen[key] = compute(*args)
+        return self._seen[key]
 
     @staticmethod
     def _stat(path: str, uid: int, gid: int):
@@ -368,16 +367,13 @@ class Master(Queries):
     def _may_change(self, job_ids, what: str) -> None:
         """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all); nobody while
         the master's disk is full (its journal could not keep the change)."""
-        self._writable()
+        if full := self.store.full():
+            raise ValueError(full)
         if isinstance(auth.caller(), dict) and isinstance(job_ids, (list, tuple)):
             with self.lock:
                 jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
             for job in filter(None, jobs):
                 auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
-
-    def _writable(self) -> None:
-        if full := self.store.full():
-            raise ValueError(full)
 
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")

@@ -37,15 +37,13 @@ SETTINGS = {name: key.default for name, key in KEYS.items() if key.service == "q
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
 NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
-# The most heartbeats a second the master asks of all its nodes together: each costs it ~130-180 us
-# (almost all Pyro5), so 10,000 nodes beating every 5 s took 25-37 % of a core. Past 2,500 nodes
-# the master asks them to beat less often (the interval in its replies), never so seldom that three
-# beats do not fit in node_timeout.
+# The most heartbeats a second the master asks of all its nodes together: each costs it ~130-180 us (almost all
+# Pyro5), so 10,000 nodes beating every 5 s took 25-37 % of a core. Past 2,500 nodes the master asks them to beat
+# less often (the interval in its replies), never so seldom that three beats do not fit in node_timeout.
 HEARTBEATS_PER_SEC = 500
-# Each connection to the master holds one of its daemon's threads (Pyro5's thread pool: 1,024), so past
-# this many nodes a node closes its connection when it has had nothing to say for IDLE_LINGER_SECS, and
-# opens a new one for its next heartbeat or report: with heartbeats capped at HEARTBEATS_PER_SEC, about
-# HEARTBEATS_PER_SEC x 0.5-1 s connections are open at a time, whatever the number of nodes.
+# Each connection to the master holds one of its daemon's threads (Pyro5's pool: 1,024), so past this many nodes a
+# node closes its connection after IDLE_LINGER_SECS with nothing to say, and opens a new one for its next heartbeat
+# or report: with heartbeats capped, about HEARTBEATS_PER_SEC x 0.5-1 s connections are open, whatever the nodes.
 HOLD_CONNECTIONS_MAX, IDLE_LINGER_SECS = 500, 0.5
 # records after which a scheduling pass may place more than before
 KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node", "dep", "retry", "ready"})
@@ -176,8 +174,7 @@ class MasterState:
                              for ref in req[kind]]
         ids, records, names, next_id = [], [], set(), self.table.next_id
         for req in requests:
-            known = self.table.token_id(req["token"])
-            if known is not None:
+            if (known := self.table.token_id(req["token"])) is not None:
                 ids.append(known)  # a retried submission: the same job, not a second one
                 continue
             if refusal:
@@ -468,9 +465,8 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it
-        had are lost (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is
-        forgotten."""
+        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it had are lost
+        (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
