@@ -302,11 +302,8 @@ class Store:
             job = self._buffer.get(job_id) or self._current_docs.get(job_id)
         if job is not None:
             return dict(job)
-        for n in sorted((n for n, (lo, hi) in list(self._ranges.items()) if lo <= job_id <= hi), reverse=True):
-            for doc in self._read_file(n):
-                if doc["id"] == job_id:
-                    return doc
-        return None
+        files = sorted((n for n, (lo, hi) in list(self._ranges.items()) if lo <= job_id <= hi), reverse=True)
+        return next((doc for n in files for doc in self._read_file(n) if doc["id"] == job_id), None)
 
     def find_name(self, user: str, name: str) -> dict | None:
         """The newest finished job of this user with this name, among those indexed (see NAMES_KEPT)."""

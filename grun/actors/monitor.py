@@ -31,9 +31,8 @@ class Monitor:
         self.prev_cpu: dict[tuple, tuple] = {}     # (pid, create time) -> (own cpu s, reaped children's, ppid)
         self.credit: dict[int, float] = {}         # pid -> cpu s of its vanished children already counted
         self.last_sample = time.time()
-        self.window_start = time.monotonic()
-        self.window_busy0 = _busy_seconds()
-        self.window_grun = 0.0                     # grun cpu seconds since the window started
+        # the window's start, the machine's busy cpu s then, and grun's cpu s since
+        self.window_start, self.window_busy0, self.window_grun = time.monotonic(), _busy_seconds(), 0.0
         self.usage: dict[int, dict] = {}           # job id -> latest usage
         self.outside_memory = 0
         self.available_mb = 1 << 40                # the machine's available memory at the last sample
