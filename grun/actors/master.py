@@ -1,14 +1,13 @@
 """The master actor (`grun.master`): the lock, the journal and the calls to nodes around the pure core
 (`grun.core.master_state`), which owns the job table, the node table and every decision.
 
-Every request takes one path, `_do`: under the lock, the core turns the event into records (applied)
-and instructions, and the records are journaled; then, the lock released, the caller waits for the
-group commit when it must not be answered before the disk has the records (invariant 1), the waiters
-of the jobs the records touched are woken, and `_execute` carries out the instructions: node calls,
-each with a timeout and never under the lock (invariant 4). A finished job goes to history under the lock, once
-its end is journaled (the history file is written once the journal has it on disk). While the journal's disk is
-full (grun.journal.DiskFull) the master stays up: what changes jobs is refused, the rest waits in memory for room.
-Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.actors.master_queries'.
+Every request takes one path, `_do`: under the lock, the core turns the event into records (applied) and
+instructions, the records are journaled and a finished job goes to history (whose file is written once the journal
+has its end on disk); then, the lock released, the caller waits for the group commit when it must not be answered
+before the disk has the records (invariant 1), the waiters of the jobs the records touched are woken, and `_execute`
+carries out the instructions: node calls, each with a timeout and never under the lock (invariant 4). While the
+journal's disk is full (grun.journal.DiskFull) the master stays up: what changes jobs is refused, the rest waits in
+memory for room. Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.actors.master_queries'.
 """
 
 import collections

@@ -1,12 +1,11 @@
 """Learned requests (README: Learned requests): what a user's program used in its last runs, as the request
 of its next run when the user does not say (-m, -c, -t). Pure code.
 
-`Learned` is a bounded table keyed by (user, `program_of`), the key whose last run is oldest going first; each
-keeps a ring of its last runs and its prediction, worked out when a run is added, so submit and finish cost one
-dict lookup whatever the history. It lives in the JobTable and its snapshot: a finish record adds its run when
-applied, live or replayed after the snapshot, so a restart counts nothing twice. `fill` only reads (it runs
-outside the master's lock). No input-size bucket: the master cannot see the submitter's files, and stat-ing
-them would cost every `grun CMD`.
+`Learned` is a bounded table keyed by (user, `program_of`), the key whose last run is oldest going first; each keeps a
+ring of its last runs and its prediction, worked out when a run is added, so submit and finish cost one dict lookup
+whatever the history. It lives in the JobTable and its snapshot: a finish record adds its run when applied, live or
+replayed after the snapshot, so a restart counts nothing twice. `fill` only reads (it runs outside the master's lock).
+No input-size bucket: the master cannot see the submitter's files, and stat-ing them would cost every `grun CMD`.
 """
 
 import collections

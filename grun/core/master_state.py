@@ -486,9 +486,8 @@ class MasterState:
     def view(self, job: dict) -> dict:
         """A job as queries show it: no environment; the usage its node last sampled; its node's URI."""
         out = J.public_view(job)
-        if job["id"] in self.usage:
-            out["usage_now"] = self.usage[job["id"]]
-        node = self.table.nodes.get(job.get("node") or "")
-        if node is not None:
+        if (usage := self.usage.get(job["id"])) is not None:
+            out["usage_now"] = usage
+        if (node := self.table.nodes.get(job.get("node") or "")) is not None:
             out["node_uri"] = node.uri
         return out
