@@ -74,8 +74,7 @@ class Learned:
                 job.get("kill_requested") and not job.get("limit")):
             return None
         key = (job.get("user") or "?", program_of(job))
-        runs = self.keys.pop(key, None) or Runs()
-        self.keys[key] = runs
+        self.keys[key] = runs = self.keys.pop(key, None) or Runs()  # (now the newest key)
         if len(self.keys) > MAX_KEYS:
             self.keys.popitem(last=False)
         wall, peak, limits = float(usage["wall"]), usage.get("maxrss_kb", 0) / 1024, job.get("limits") or {}
