@@ -36,17 +36,6 @@ def _say(message: str, code: int = 1) -> int:
     return code
 
 
-def _show(text: str, end: str = "\n") -> int:
-    """`text` on stdout: 0, or 1 and one line if it cannot be written (`> /dev/full`), as coreutils."""
-    try:
-        print(text, end=end, flush=True)
-    except BrokenPipeError:
-        raise  # our reader went away: quietly
-    except OSError as exc:
-        return _say(f"write error: {exc.strerror}")
-    return 0
-
-
 _stdin_closed = False  # (fd 0 was closed at start: _fill_closed_std_fds put /dev/null there)
 
 
@@ -113,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
         except OSError as exc:  # what print() left (`--help > /dev/full`), unless _main said so already
             if not isinstance(exc, BrokenPipeError):  # (a reader gone: quietly, as `ls | head -1`)
-                code = code or _say(f"write error: {exc.strerror}")
+                from .stream import WriteError
+                code = code or _say(str(WriteError(exc.errno, exc.strerror)))
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the bytes left go: the flush at exit fails no more
     if os.environ.get("GRUN_TIMES"):
         print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
@@ -125,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
+        from . import verbs
+        show = verbs.Context(None).print  # (a write error is raised, and said below)
         if opts.get("help") or opts.get("version"):
-            return _show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
+            return show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
         if "completion" in opts:
             from .integrate import completion
-            return _show(completion(opts["completion"]), end="")
-        from . import verbs
+            return show(completion(opts["completion"]), end="")
         from .client import Client
         TIMES["imported"] = time.time()
         cfg = load_config(find_config_path(opts.pop("config", None)))
@@ -167,9 +158,11 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
     from . import daemon as d
     if opts.get("systemd"):
         from .integrate import systemd_unit
+        from .verbs import Context
         if len(words) > bool(opts.get("install")) or set(opts) - {"systemd", "install"}:
             raise UsageError("usage: grun -d --systemd [--install [DIR]]")
-        return _show(systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None), end="")
+        unit = systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None)
+        return Context(None).print(unit, end="")
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))

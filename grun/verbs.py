@@ -32,10 +32,10 @@ class Context:
     def client(self):
         return self.connect()
 
-    def print(self, text: str = "") -> int:
+    def print(self, text: str = "", end: str = "\n") -> int:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
         try:
-            print(text, file=self.out, flush=True)
+            print(text, end=end, file=self.out, flush=True)
         except OSError as exc:  # `> /dev/full`, `>&-`: one line, as coreutils say it (a reader gone: quietly)
             from .stream import WriteError
             raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
@@ -50,7 +50,8 @@ class Context:
 # ---- the table and the dispatcher ----------------------------------------------------------------
 
 Verb = namedtuple("Verb", "name run help usage options words aliases")
-VERBS: dict[str, Verb] = {}  # by name
+# by name, in help's order: grun.running's first, whichever of it and this module is imported first
+VERBS: dict[str, Verb] = dict.fromkeys(("run", "submit", "attach"))
 NAMES: dict[str, Verb] = {}  # by name and alias
 
 
@@ -184,10 +185,6 @@ def json_text(document) -> str:
     return json.dumps(document, indent=1, sort_keys=True, default=sorted)
 
 
-# The verbs that run jobs (run, submit, attach) register here, before the query verbs: `help` and the
-# shell's completion list verbs in the order they were declared. (running imports the helpers above.)
-from . import running  # noqa: F401
-
 # ---- queries and control ---------------------------------------------------------------------------
 
 def shown(ctx: Context, args: dict, text, records, *fields) -> int:
@@ -315,3 +312,5 @@ def do_conf(ctx: Context, args: dict) -> int:
     from .config import describe
     return ctx.print(json_text(describe(ctx.cfg, as_dict=True)) if args.get("json") else describe(ctx.cfg).rstrip("\n"))
 
+
+from . import running  # noqa: F401  (the verbs that run jobs; it imports the helpers above)
