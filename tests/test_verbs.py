@@ -27,6 +27,13 @@ def test_every_verb_has_a_name_help_usage_parser_and_runner():
         assert verbs.NAMES.get(name) is not None, name
 
 
+@pytest.mark.parametrize("first", ["grun.verbs", "grun.running", "grun.many"])
+def test_the_verbs_order_does_not_depend_on_which_module_was_imported_first(first):
+    order = subprocess.run([sys.executable, "-c", f"import {first}, grun.verbs; print(*grun.verbs.VERBS)"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert order == [*verbs.VERBS][:len(order)] and order[:4] == ["run", "submit", "attach", "jobs"]
+
+
 def test_the_command_lines_forms_are_verbs_of_the_table():
     for query in cli.QUERIES:
         assert verbs.NAMES.get(query) is not None
