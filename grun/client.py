@@ -1,9 +1,7 @@
-"""The one client: how the command line, the shell and Python code talk to the master and to jobs.
-
-It finds the master, rides through a master that is briefly away (bounded retries), maps what a call
-fails with (grun.wire) to grun's exceptions (`_failure`), builds job specs (`job_spec`, the only
-builder), and follows a job to its end: output streamed from its node, then its exit code. A Client
-may be shared between threads: each thread gets its own connection."""
+"""The one client of the master and of jobs (the command line's, the shell's, Python code's): it finds the master,
+rides through one briefly away (bounded retries), maps what a call fails with (grun.wire) to grun's exceptions
+(`_failure`), builds job specs (`job_spec`, the only builder) and follows a job to its end: output streamed from its
+node, then its exit code. A Client may be shared between threads: each thread gets its own connection."""
 
 import _thread
 import os
@@ -21,9 +19,8 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-# How long, in all, a job whose output has ended is waited for in the master's records (Client._settle): a few
-# ms normally, seconds under load; past this the end report was lost (its node's heartbeats may still come),
-# and `grun CMD` returns the stream's exit code rather than hang.
+# How long a job whose output has ended is waited for in the master's records (Client._settle): a few ms, seconds under
+# load; past this its end report was lost (its node may still report it), and `grun CMD` returns the stream's code.
 SETTLE_WAIT = 300.0
 
 
@@ -290,12 +287,12 @@ class Client:
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
-        """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables
-        taking bytes) until it ends; return its exit code. `release` lets the node drop the spool then;
-        `require_output`: raise GrunError if the node no longer holds the output; `on_note(text)` hears
-        what a user may want to know (the job re-run elsewhere, its output gone), `on_limit(text)` that it
-        died of a limit, `on_wait(line)` why it has not started yet (see wait_started). Rides through a master restart (calls retry), a node daemon restart or a dropped
-        connection (re-attach at the offsets reached) and a lost node (we follow the job's new run)."""
+        """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables taking
+        bytes) until it ends; return its exit code. `release` lets the node drop the spool then; `require_output`:
+        raise GrunError if the node no longer holds the output; `on_note(text)` hears what a user may want to know
+        (the job re-run elsewhere, its output gone), `on_limit(text)` that it died of a limit, `on_wait(line)` why it
+        has not started yet (see wait_started). Rides through a master restart (calls retry), a node daemon restart
+        or a dropped connection (re-attach at the offsets reached) and a lost node (we follow the job's new run)."""
         from . import stream
         from .core import jobs as J
         job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
@@ -339,13 +336,11 @@ class Client:
                             on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
                     out_off, err_off = ticket.get("out_offset", out_off), ticket.get("err_offset", err_off)
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
-                                           stderr_fd=stderr_fd, stdin_fd=stdin_fd,
-                                           out_offset=out_off, err_offset=err_off,
-                                           on_note=lambda text: on_note(f"job {job_id}: {text}"))
+                                           stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
+                                           err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(on_limit, status, job_id)  # e.g. killed: out of memory
-                    if status.get("superseded"):
-                        # this copy was killed because the master ran the job elsewhere (or ended
-                        # it): follow the run that counts, even if it has ended already
+                    if status.get("superseded"):  # killed: the master ran the job elsewhere (or ended it):
+                        # follow the run that counts, even if it has ended already
                         job = self.call("job", job_id, wait=self.long_wait)
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))

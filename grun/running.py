@@ -130,9 +130,9 @@ def _raise_terminated(*_):
 
 def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
     """`body()`, which submits jobs (their ids into `ids`) and follows them: `grun CMD`, srun, --array. On Ctrl-C,
-    SIGTERM or our reader going away (EPIPE): `before()`, then the jobs are killed (on a new connection: the old one
-    may be mid-reply) and said so (not to a reader gone), and the exit code is that death's, as a local command's.
-    Our stdout refusing their output (`> /dev/full`) kills them as a reader gone would, and is a write error (1)."""
+    SIGTERM, our reader gone (EPIPE) or our stdout refusing their output (`> /dev/full`: a write error, 1):
+    `before()`, then the jobs are killed (on a new connection: the old one may be mid-reply) and said so (not to a
+    reader gone), and the exit code is that death's, as a local command's."""
     import contextlib
     import signal
 
@@ -141,7 +141,6 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
-    refused = None
     try:
         return body()
     except (KeyboardInterrupt, Terminated, BrokenPipeError, WriteError) as exc:
