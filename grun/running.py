@@ -1,25 +1,16 @@
-"""The verbs that run jobs (`run`, `submit`, `attach`): a command line's words made a job spec (`cli_spec`, with
-`-M`'s gate), and the submitter's side of a job's life: its output followed, and the job killed with its
-submitter (`dies_with`, shared with --array and the Slurm/SGE shims). Registered with grun.verbs' table on its import."""
+"""The verbs that run jobs (`run`, `submit`, `attach`): a command line made a job spec (`cli_spec`, with `-M`'s gate),
+its output followed, the job killed with its submitter (`dies_with`: also --array's and the Slurm/SGE shims')."""
 
 import os
 
 from .options import JOB_OPTIONS, UsageError
-from .verbs import SHELL_CHARS, Context, Terminated, by_name, command, json_text, one_id, verb
+from .verbs import Context, Terminated, as_command, by_name, command, json_text, one_id, verb
 
 # -o and its kin: option (and option-append) -> the streams it takes
 OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
 # the other options of a job -> the job_spec keywords they set
 KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
             "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage")}}
-# A job that grun follows is retried this long after a failure unless --retry-delay says otherwise: its node
-# drops a run's output when the next run starts there, so grun needs a moment to fetch each run's.
-FOLLOWED_RETRY_DELAY = 1.0
-
-
-def as_command(words: list[str]) -> str | list[str]:
-    """One word with shell syntax is a command line for /bin/sh; else the words are an argv."""
-    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
 
 
 def asks_staging(args: dict) -> bool:
@@ -28,8 +19,8 @@ def asks_staging(args: dict) -> bool:
 
 
 def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
-    """The spec of `grun [options] COMMAND...` (one word with shell syntax runs through /bin/sh); `follow`:
-    this grun follows the job to its end, and can stage its files (grun.stage); else they are never staged."""
+    """The spec of `grun [options] COMMAND...`; `follow`: this grun follows the job to its end, and can stage its
+    files (grun.stage); else they are never staged."""
     from .client import job_spec
     extra = {}
     for option, append in ((name + suffix, bool(suffix)) for name in OUTPUTS for suffix in ("", "-append")):
@@ -41,8 +32,8 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
     extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
-    if follow and args.get("retries") and "retry-delay" not in args:
-        extra["retry_delay"] = FOLLOWED_RETRY_DELAY
+    if follow and args.get("retries") and "retry-delay" not in args:  # (its node drops a run's output when the next
+        extra["retry_delay"] = 1.0  # run starts there: grun needs a moment to fetch each run's)
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]
@@ -60,8 +51,8 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
 
 
 def make_gate(ctx: Context, args: dict) -> int | None:
-    """`-M`: the exit code when nothing is to be queued (up to date, or --noexec); else None, and the
-    command without its markers and the make keys of its spec are left in args["_make"] for cli_spec."""
+    """`-M`: the exit code when nothing is to be queued (up to date, or --noexec); else None, and the command
+    without its markers and the make keys of its spec are left in args["_make"] for cli_spec."""
     if not args.get("make"):
         if args.get("noexec"):
             raise UsageError("--noexec goes with -M")
@@ -96,10 +87,9 @@ def do_run(ctx: Context, args: dict) -> int:
         job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
         code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
         if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
-            from . import stage
-            from .config import user_state_dir
-            os.makedirs(user_state_dir(), exist_ok=True)
-            stage.follow_detached(ctx.client, job_id, os.path.join(user_state_dir(), "stage.log"))
+            from . import config, stage
+            os.makedirs(config.user_state_dir(), exist_ok=True)
+            stage.follow_detached(ctx.client, job_id, os.path.join(config.user_state_dir(), "stage.log"))
         return code
     if not args.get("wait-existing"):
         return _run_new(ctx, args)
@@ -129,10 +119,9 @@ def _raise_terminated(*_):
 
 
 def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
-    """`body()`, which submits jobs (their ids into `ids`) and follows them: `grun CMD`, srun, --array. On Ctrl-C,
-    SIGTERM, our reader gone (EPIPE) or our stdout refusing their output (`> /dev/full`: a write error, 1):
-    `before()`, then the jobs are killed (on a new connection: the old one may be mid-reply) and said so (not to a
-    reader gone), and the exit code is that death's, as a local command's."""
+    """`body()`, which submits jobs (their ids into `ids`) and follows them (`grun CMD`, srun, --array). On Ctrl-C,
+    SIGTERM, EPIPE or a write error (`> /dev/full`: exit 1), `before()`, then the jobs are killed (on a new
+    connection: the old one may be mid-reply) and said so (not to a reader gone), exiting as that death would."""
     import contextlib
     import signal
 

@@ -138,7 +138,7 @@ def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
     """The ids (a task's `12.7` as it is), and those of the live jobs named, ours first (root and admins: else anyone's),
     or, `finished`, ours, live or newest finished."""
     from .client import GrunError, current_user
-    ids = list(args["ids"])
+    ids = list(args.get("ids", ()))
     for name in args.get("names", ()):
         if (found := ctx.client.lookup(name, current_user(), finished, not finished)) is None:
             raise GrunError(f"no job named {name!r}")
@@ -177,6 +177,11 @@ def command(words: list[str], called: str, opts: dict) -> dict:
     if opts.get("wait-existing") and not opts.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
     return {"cmd": words}
+
+
+def as_command(words: list[str]) -> str | list[str]:
+    """One word with shell syntax is a command line for /bin/sh; else the words are an argv."""
+    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
 
 
 def json_text(document) -> str:
@@ -244,8 +249,7 @@ def do_history(ctx: Context, args: dict) -> int:
     from .client import JobNotFound
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
     user = _user(args)
-    ids, found = list(dict.fromkeys(ctx.client.job_id(r, started=False) if isinstance(r, str) else r
-                                    for r in by_name(ctx, args, True))) if "ids" in args else [], {}
+    ids, found = [*dict.fromkeys(ctx.client.job_id(r, started=False) for r in by_name(ctx, args, True))], {}
     if ids:  # in one call: the master's wait finds each by id, and with a timeout of 0 does not wait
         try:
             found = {int(i): job for i, job in ctx.client.call("wait", ids, 0).items()}
