@@ -112,8 +112,7 @@ class Client:
 
     def reset(self) -> None:
         """Drop this thread's connection (after an interrupted call); the next call reconnects."""
-        proxy = self._local.__dict__.pop("proxy", None)
-        if proxy is not None:
+        if (proxy := self._local.__dict__.pop("proxy", None)) is not None:
             proxy._pyroRelease()
 
     def _proxy(self) -> wire.WireProxy:

@@ -71,8 +71,7 @@ def verb(usage: str = "", options: str | tuple = (), words=None, aliases: str = 
 def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | None = None) -> dict:
     """A verb's args from its words, and from the options the command line read already (`preset`)."""
     called, preset = called or v.name, preset or {}
-    wrong = sorted(set(preset) - set(v.options))
-    if wrong:
+    if wrong := sorted(set(preset) - set(v.options)):
         raise UsageError(f"option --{wrong[0]} does not go with {called}")
     opts, rest = parse_options(words, v.options, called, interspersed=v.words is not command)
     args = {**preset, **opts}
