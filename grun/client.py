@@ -303,19 +303,18 @@ class Client:
         while True:
             if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
                 job = self.wait_started(job_id, on_wait)
-            run = (job.get("node"), job.get("attempt"))
+            node, attempt = run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off = err_off = 0
                 stdin_fd = b"" if fed else None  # what we sent went to the lost run; the new one gets an empty input
                 on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
-                        f"following attempt {run[1]} on {run[0]}: its output starts over"
+                        f"following attempt {attempt} on {node}: its output starts over"
                         + ("; its input is not sent again" if fed else ""))
-            elif retried and (run[1] or 0) > retried:  # that run ended, and its node began the next, before we came
-                gone = f"attempt {retried}" if run[1] - 1 == retried else f"attempts {retried}-{run[1] - 1}"
+            elif retried and (attempt or 0) > retried:  # that run ended, and its node began the next, before we came
+                gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
-                        f"before grun could attach); following attempt {run[1]}")
+                        f"before grun could attach); following attempt {attempt}")
             where, final, retried = run, job["state"] in J.FINAL_STATES, None
-            node = job.get("node")
             try:
                 if not (supervisor := self.supervisor(job_id, job)):
                     if final:
