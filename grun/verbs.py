@@ -271,12 +271,11 @@ def do_wait(ctx: Context, args: dict) -> int:
 def _gone(client, job_id) -> str:
     """Why the master did not act on a job: it has ended (its history has it), else there is no such job."""
     from .client import GrunError
-    from .core.jobs import FINAL_STATES
     try:
-        state = client.job(job_id)["state"] if isinstance(job_id, int) else None
+        job = _where(client, job_id, True) if isinstance(job_id, int) else None
     except GrunError:
-        state = None
-    return f"job {job_id} has already ended ({state})" if state in FINAL_STATES else f"no such job {job_id}"
+        job = None
+    return f"job {job_id} has already ended ({job['state']})" if isinstance(job, dict) else f"no such job {job_id}"
 
 
 def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda args: ()) -> None:
