@@ -127,7 +127,7 @@ def _main(argv: list[str]) -> int:
         cfg = load_config(find_config_path(opts.pop("config", None)))
         TIMES["config"] = time.time()
         if opts.pop("daemon", False):
-            return daemon(opts, words, cfg)
+            return daemon(opts, words, cfg, show)
         escaped = bool(words) and argv[-len(words) - 1:-len(words)] == ["--"]  # (the words are argv's tail)
         words, called = _form(opts, words, escaped)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)
@@ -153,16 +153,15 @@ def _main(argv: list[str]) -> int:
         raise
 
 
-def daemon(opts: dict, words: list[str], cfg) -> int:
-    """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts, -r reloads."""
+def daemon(opts: dict, words: list[str], cfg, show) -> int:
+    """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts, -r reloads;
+    --systemd shows a unit through `show` (verbs.Context.print)."""
     from . import daemon as d
     if opts.get("systemd"):
         from .integrate import systemd_unit
-        from .verbs import Context
         if len(words) > bool(opts.get("install")) or set(opts) - {"systemd", "install"}:
             raise UsageError("usage: grun -d --systemd [--install [DIR]]")
-        unit = systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None)
-        return Context(None).print(unit, end="")
+        return show(systemd_unit(cfg, (words or ["/etc/systemd/system"])[0] if opts.get("install") else None), end="")
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))
