@@ -50,8 +50,8 @@ _Run = collections.namedtuple("_Run", "id dir job status notify pipes lock", def
 
 @dataclasses.dataclass(eq=False)
 class _Ending:
-    """A run that has ended, its output still going to its spool files: wait4's results, when it ended,
-    and while a full disk holds it back, the bytes its pipes held (`level`) and since when."""
+    """An ended run whose output still goes to its spool files: wait4's results, its end, and while a full
+    disk holds it back, the bytes its pipes held (`level`) and since when."""
     run: _Run
     wstatus: int
     rusage: object
@@ -73,13 +73,11 @@ def killpg(pid: int, sig: int) -> None:
 
 
 def end_job(pid: int) -> tuple:
-    """A job's main process `pid` has ended, and is not reaped yet: SIGKILL what is left of its process group
-    (`cmd &` in its script, which a shell leaves in the job's group), as Slurm and SGE kill what a job leaves
-    behind: a job is over when its main process is, and nothing of it may run on unseen, unkillable by
-    `grun -k`. KILL at once, not TERM and a grace: the job's end is its own doing, and a grace would need a
-    timer here while the group id is safe only now: its leader's zombie holds the pid, so no other process
-    can have it as its group id until we reap it, which this does next. (What left the group, setsid or setpgid,
-    escapes.) Returns its (wait status, rusage); the reaper and the node (a job of a dead reaper) both end jobs here."""
+    """A job's main process `pid` has ended, unreaped: SIGKILL what is left of its group (`cmd &`), as Slurm and
+    SGE do: a job is over when its main process is; nothing of it may run on unseen, beyond `grun -k`. KILL, not
+    TERM and a grace: the end is the job's own doing, and the group id is safe only now, while its leader's zombie
+    holds the pid, until we reap it next (what left the group, setsid or setpgid, escapes). Returns its (wait
+    status, rusage); the reaper and the node (a job of a dead reaper) both end jobs here."""
     killpg(pid, signal.SIGKILL)
     return os.wait4(pid, 0)[1:]
 
@@ -123,13 +121,10 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str
 
 
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int) -> dict:
-    """Fill `status` (which holds start_time and limits) from wait4's results; returns it. The usage is
-    the job's and that of every descendant it waited for. Linux counts ru_inblock/ru_oublock from the
-    same per-task I/O accounting as /proc/PID/io read_bytes/write_bytes, in 512-byte units: bytes the job
-    caused to be read from or written to storage (page-cache hits are not reads). The node's sampler
-    leaves `limit.json` when it killed the job for memory; otherwise the signal or the job's last stderr
-    lines may tell that an rlimit stopped it. `end`: when it ended; `lost`: how many bytes of its output a
-    full spool disk made us drop (see grun.drain)."""
+    """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants'
+    usage); returns it. ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
+    storage I/O the job caused (page-cache hits are not reads). A limit is the sampler's limit.json, or else
+    told by the signal or the job's last stderr lines. `lost`: output bytes a full spool disk dropped."""
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
@@ -147,10 +142,9 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
 
 
 def _own_peak_kb() -> int:
-    """Our peak resident memory (VmHWM). Linux counts the memory a child had before its exec, a copy of ours or
-    (vfork) ours, in the child's ru_maxrss (fs/exec.c, exec_mmap): a job's maxrss at or below this says only
-    that its peak was at most that much (usage `maxrss_at_most`). Not getrusage: by that same rule our own
-    ru_maxrss holds the node daemon's memory when it started us."""
+    """Our peak resident memory (VmHWM). Linux counts a child's pre-exec memory (ours, vfork) in its ru_maxrss
+    (fs/exec.c, exec_mmap): a job's maxrss at or below this is only an upper bound (usage `maxrss_at_most`).
+    Not getrusage: by that same rule our ru_maxrss holds the node daemon's memory when it started us."""
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status", "rb") as f:
         for line in f:
             if line.startswith(b"VmHWM:"):
@@ -177,12 +171,11 @@ def _as_user(ident: dict):
 
 
 def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):
-    """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), as its user, never as root: done
-    by whoever waited for the job, its reaper or, when that died, the node (node_jobs._end_orphan), and once, as
-    the node settles only jobs without a status.json (a second call would find no FILE to move). The
-    single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches every thread's):
-    it renames in a child of its own, waited for at most HIDE_SECS (a hung NFS server must not stall the job's
-    end), and gets what collects that child (it waits for it to end): to call once its hurry is over."""
+    """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), as its user, never as root, once:
+    by its reaper or, when that died, the node (node_jobs._end_orphan), which settles only jobs without a
+    status.json. The single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches
+    every thread's): it renames in a child, waited for at most HIDE_SECS (a hung NFS server must not stall the
+    job's end), and gets a function that collects the child, to call once its hurry is over."""
     outputs = job.get("outputs") or []
     if not job.get("make") or not outputs or not (status.get("exit_code") or status.get("signal")):
         return None
@@ -224,9 +217,8 @@ _sync_pipe: int | None = None  # the pipe of the last sync child: readable (its 
 
 
 def _sync_as(ident: dict, paths: list) -> None:
-    """mounts.sync for the reaper, in a child as the job's user: a thread of ours stuck on a hung server would
-    block every later id switch here (glibc's seteuid waits for each thread), a child only itself. Returns
-    within SYNC_SECS; while a child is stuck, later syncs are skipped. The reaper collects the child (reap)."""
+    """mounts.sync in a child as the job's user (a stuck thread would block every later seteuid: glibc waits
+    for each thread), within SYNC_SECS; while one is stuck, later syncs are skipped. `reap` collects it."""
     global _sync_pipe
     if _sync_pipe is not None:
         if not select.select([_sync_pipe], [], [], 0)[0]:
@@ -272,9 +264,8 @@ class Reaper:
         self.runs: dict[int, _Run] = {}   # job pid -> its run
         self.name = spool.process_name(os.getpid())
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        # A unix datagram queue holds only a few messages: a burst of pings must wait for the node to
-        # read them, not be dropped. A node that does not read for this long gets no more pings from
-        # this burst; it finds the status files when it looks (NodeJobs._check_jobs).
+        # A unix datagram queue holds only a few messages: a burst of pings waits for the node to read them; a
+        # node that does not read for this long gets no more of the burst (it finds the status files: _check_jobs).
         self._sock.settimeout(PING_TIMEOUT)
         self._ping_stalled_until = 0.0
         self.unwritten: dict[str, _Run] = {}  # job dir -> an ended run whose status.json is not written yet
