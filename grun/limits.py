@@ -1,20 +1,18 @@
-"""Per-job limits: what they are (-m x the node's `hard_factor:`, -t, `ulimit:`), starting a job under
-them, and telling afterwards (and the user) whether a job died of one. A job without -m has a reservation
-(what the scheduler counts), not a limit: the node kills it only when it runs short of memory. -t, and
-the resident memory of a job with -m, are enforced by the node's sampler (grun.actors.monitor).
+"""Per-job limits: what they are (-m x the node's `hard_factor:`, -t, `ulimit:`), starting a job under them, and
+telling afterwards (and the user) whether a job died of one. A job without -m has a reservation, not a limit: the
+node kills it only when it runs short of memory. The node's sampler (grun.actors.monitor) enforces -t, and -m on
+resident memory. Light: imported by the reaper, and by the client for `describe`.
 
-The rlimits: around each spawn the reaper (single-threaded) lowers its own *soft* limits to the job's, so
-the job inherits them at vfork and keeps them through exec, never running unlimited, and raises them back
-(its hard limits untouched: no privilege needed); right after, prlimit lowers the job's soft and hard
-limits, so it cannot raise them back (unless within those microseconds). `preexec_fn` is unsafe in a
-threaded parent and slow in a big one; prlimit alone would let the job run unlimited for a moment and
-miss what it forked. The reaper catches SIGXCPU meanwhile (its own cpu time may be over the job's limit).
+The rlimits: around each spawn the single-threaded reaper lowers its own *soft* limits to the job's (its hard
+ones untouched: no privilege needed), so the job inherits them at vfork and never runs unlimited, and raises them
+back; right after, prlimit lowers the job's soft and hard limits, so it cannot raise them back (unless within
+those microseconds). `preexec_fn` is unsafe in a threaded parent and slow in a big one; prlimit alone would let
+the job run unlimited a moment and miss what it forked. The reaper catches SIGXCPU meanwhile (its own cpu time
+may be over the job's limit).
 
-Memory is RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which counts the address space that
-libraries, thread arenas and runtimes (Java, Go, OpenBLAS) reserve but never touch, and so fails ordinary
-threaded programs far below their real use. A refused allocation leaves no kernel record: the job is
-recognised from its last stderr lines (OOM_PATTERNS); the sampler's kill is recorded for sure.
-Light: imported by the reaper, and by the client for `describe`.
+Memory is RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which counts address space that libraries, thread
+arenas and runtimes (Java, Go, OpenBLAS) reserve but never touch, failing ordinary threaded programs far below
+their real use. A refused allocation leaves no kernel record (a sampler's kill does): its last stderr lines tell.
 """
 
 import contextlib
@@ -39,9 +37,9 @@ OOM_PATTERNS = re.compile(
 
 
 def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
-    """The limits a job gets on this node: memory_mb (what the sampler enforces on the job's resident
-    memory: -m x hard_factor, memory_basis saying so) and data_mb (the rlimit: the same, at least MIN_DATA_MB)
-    only for a job that asked for memory (a learned memory: memory_mb alone); time (seconds) when it asked."""
+    """The limits a job gets on this node: for a job that asked for memory, memory_mb (the sampler's, on resident
+    memory: -m x hard_factor, as memory_basis says) and the rlimit data_mb (the same, at least MIN_DATA_MB); for a
+    learned memory, memory_mb alone; time (seconds) when it asked."""
     out = {"time": job["time"]} if job.get("time") else {}
     if job.get("memory_set"):
         memory_limit = max(1, int(job["memory"] * hard_factor))
@@ -56,11 +54,9 @@ def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
 
 
 def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dict]:
-    """Popen in a session of its own, under the job's limits from its first instruction, and no
-    preexec_fn (see above; only safe in a single-threaded process). Returns the process and the limits
-    set (and memory_mb and time, which the node's sampler enforces). If our own fds or memory do not fit
-    under the job's limits, the spawn is retried unlimited and the limits set right after (a window of
-    microseconds)."""
+    """Popen in a session of its own, under the job's limits from its first instruction (see above; only in a
+    single-threaded process). Returns the process and the limits set (with the sampler's memory_mb and time).
+    If our own fds or memory do not fit under them, it spawns unlimited and sets them right after."""
     plan, saved = [], []  # (key, rlimit, soft, hard, unit) of each limit to set; what we lowered of ours
     for key, (which, unit) in _RLIMITS.items():
         if limits.get(key) is None:
