@@ -1,22 +1,20 @@
-"""The node's job spool, and the one module that reads and writes it (the node daemon, its reaper and
-its sampler alike). Light on purpose (os, json): the reaper imports it.
+"""The node's job spool, and the one module that reads and writes it (the node daemon, its reaper and its sampler
+alike). Light on purpose (os, json): the reaper imports it.
 
 <spool>/jobs/<id>/ holds, per job:
 - `job.json`: the job as the node got it; no fsync (the master holds the durable copy; a start is idempotent).
-- `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, the node's drain moves
-  them there from the FIFOs `stdout.pipe`, `stderr.pipe` the job writes (grun.drain; a stream sent to a
-  file by -o/--err has none); the first bytes may be punched out once delivered.
+- `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, moved there by the node's drain from
+  the FIFOs `stdout.pipe`, `stderr.pipe` the job writes (grun.drain; none for a stream sent to a file by -o/--err);
+  the first bytes may be punched out once delivered.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
   claimed but not started; created O_EXCL, so exactly one reaper ever starts the job (empty, or without its
   reaper, when the disk was full: its claimant's flock of job.json then says whether it lives).
 - `killreq`: `{"signal": N}` asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory or time).
-- `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its
-  reaper, or the node when the reaper died).
-<spool>/acks.log (Acks), so that a restarted node neither reports a job again nor keeps fetched output:
-`r <id> <attempt>` (the master has the job's end) and `f <id> <attempt>` (a client fetched it), appended;
-rewritten with only the jobs still here at each node start and past ACKS_COMPACT_BYTES, so it stays
-proportional to the spool, not to every job the node ever ran.
+- `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its reaper, or the node).
+<spool>/acks.log (Acks), so that a restarted node neither reports a job again nor keeps fetched output: `r <id>
+<attempt>` (the master has the job's end) and `f <id> <attempt>` (a client fetched it), appended; rewritten with only
+the jobs still here at each node start and past ACKS_COMPACT_BYTES (proportional to the spool, not to its history).
 """
 
 import contextlib
@@ -58,8 +56,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
 
 
 def open_stdin(job_dir: str) -> int:
-    """The job's end of its FIFO. The node holds the write end already, so this neither blocks nor
-    sees an early EOF."""
+    """The job's end of its FIFO: the node holds the write end already, so this neither blocks nor sees EOF."""
     fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     os.set_blocking(fd, True)
     return fd
@@ -78,9 +75,9 @@ def open_pipe(job_dir: str, name: str) -> tuple[int, int]:
 
 
 def append_from_pipe(pipe: int, fd: int, most: int) -> int:
-    """Up to `most` bytes the pipe holds (0: none, and no writer left), spliced to the end of the spool
-    file `fd`. Under an flock of the file: the node's drain and the reaper both do this (splice cannot
-    append: the end is read first), and each move's read from the pipe and write must not interleave."""
+    """Up to `most` bytes the pipe holds (0: none, and no writer left), spliced to the end of the spool file `fd`,
+    under its flock: the node's drain and the reaper both do this, and splice cannot append (the end is read
+    first): each move's read from the pipe and write must not interleave."""
     import fcntl  # (light: C)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -95,9 +92,8 @@ def disk_full(exc: OSError) -> bool:
 
 
 def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
-    """What the pipe holds, appended to its spool file; for a job that has ended, before its status is
-    written, so whatever it wrote is in the file once its status is there. At most a full pipe (1 MiB):
-    a process the job left behind may write on and on (`yes &`), and it must not hold us. False: the
+    """What the pipe holds, appended to its spool file (for an ended job, before its status is written). At most a
+    full pipe (1 MiB): a process the job left behind may write on (`yes &`), and must not hold us. False: the
     spool disk is full, and the rest is still in the pipe (for drop_pipe, once waiting for space is over)."""
     with contextlib.suppress(OSError):
         fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -149,7 +145,7 @@ def spool_space(path: str) -> dict:
 
 
 def write(job_dir: str, name: str, value: dict) -> bool:
-    """KILL or LIMIT; not durable: the master repeats a kill until the job has ended, and a limit's kill too.
+    """KILL or LIMIT, not durable: the master repeats a kill until the job has ended, and the sampler a limit's.
     False: the spool disk is full (the kill is sent all the same; a KILL for later, again when repeated)."""
     try:
         os.makedirs(job_dir, exist_ok=True)  # (a kill may come before the job)
@@ -168,10 +164,9 @@ def read(job_dir: str, name: str) -> dict | None:
 
 
 def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
-    """Write each (job dir, status as JSON) to status.json, then fdatasync them all: a burst of ends
-    waits for the disk once, not once per job. Returns the indexes written; one not written (its spool
-    is gone, or its disk full) leaves no status.json (its writer tries again: see grun.spawner).
-    No temp file: a reader that catches one half-written sees invalid JSON and looks again later."""
+    """Write each (job dir, status as JSON) to status.json, then fdatasync them all: a burst of ends waits for the
+    disk once. Returns the indexes written; one not written (its spool gone, or its disk full) leaves no
+    status.json (its writer tries again). No temp file: a reader of a torn one sees bad JSON, and looks again."""
     opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
         try:
@@ -206,10 +201,10 @@ def remove(job_dir: str) -> None:
 
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
-    """Claim the job's start for this reaper: its pid file, open, and job.json, open and locked (flock), or None
-    when it was claimed before (by us or an earlier reaper) or the job is gone. On a full disk the pid file stays
-    empty: still ours (O_EXCL); the lock, taken before it exists and needing no disk, then tells the node whether
-    its claimant lives (claim_held): the reaper holds it until the job's end is written."""
+    """Claim the job's start for this reaper: its pid file, open, and job.json, open and flock'ed; None when it was
+    claimed before (by any reaper) or the job is gone. On a full disk the pid file stays empty, still ours (O_EXCL);
+    the lock, taken before it and needing no disk, tells the node whether its claimant lives (claim_held): the
+    reaper holds it until the job's end is written."""
     import fcntl  # (light: C)
     try:
         lock = os.open(os.path.join(job_dir, JOB), os.O_RDONLY | os.O_CLOEXEC)
@@ -273,9 +268,8 @@ def started_at(job_dir: str) -> float | None:
 
 
 def process_name(pid: int) -> str | None:
-    """`<pid>.<start time>` of a live process (the start in clock ticks since boot, from /proc): a name
-    no later process shares. None when it has ended (a zombie has ended). A reaper names itself so in
-    the pid files of its jobs, and the node tells by it whether a job still has its reaper."""
+    """`<pid>.<start time>` of a live process (clock ticks since boot, from /proc): a name no later process shares;
+    None once it has ended (a zombie has). A reaper's name in its jobs' pid files: whether a job still has it."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
