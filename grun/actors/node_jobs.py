@@ -1,8 +1,8 @@
-"""The jobs of one node, from their start until the node forgets them: a mixin of the node actor
-(grun.actors.node.Node provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `min_free_memory`,
-`kill_grace`, `_stop` and `_report_now`). The node's reaper (grun.spawner) starts and waits for each job; its
-end comes back as a ping on the node's unix socket, with the status files (grun.spool) as the fallback. A job
-outlives its reaper (_reaperless, invariant 3) and the node (_adopt). Its limits are enforced by the sampler.
+"""The jobs of one node, from their start until the node forgets them: a mixin of the node actor (grun.actors.node.Node
+provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `min_free_memory`, `kill_grace`, `_stop` and
+`_report_now`). The node's reaper (grun.spawner) starts and waits for each job; its end comes back as a ping on the
+node's unix socket, or else in its status file (grun.spool). A job outlives its reaper (_reaperless, invariant 3)
+and the node (_adopt). The sampler enforces its limits.
 """
 
 import collections
@@ -88,10 +88,9 @@ class NodeJobs:
         return live.status
 
     def offer_stream(self, live: LiveJob, out_offset: int, err_offset: int, want_stdin: bool) -> dict:
-        """A ticket to the job's output, from the offsets asked, or from the first bytes still held (the
-        ticket says where: the client tells its user what was delivered before)."""
-        # The master may count the job as running (our heartbeat lists it) before _launch has made its stdin and
-        # drain: an offer made then would hold neither, and the client's input would go nowhere.
+        """A ticket to the job's output, from the offsets asked or the first bytes still held (the ticket says
+        where: the client tells its user what was delivered before). Not before _launch made its stdin and drain:
+        the master may count the job as running (our heartbeat lists it) before, and the input would go nowhere."""
         if not live.set_up.wait(SET_UP_WAIT_SECS):
             raise ConnectionError(f"job {live.id} is not set up on this node yet")  # (the client asks again)
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
@@ -111,9 +110,8 @@ class NodeJobs:
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
 
     def _sample(self) -> None:
-        """Every SAMPLE_SECS: jobs whose reaper died are taken over, the running ones measured and their
-        limits enforced (grun.actors.monitor); then, if the node runs short of memory, the job furthest over
-        its reservation is killed, unless one killed for memory is still on its way out."""
+        """Every SAMPLE_SECS: take over the jobs whose reaper died, measure the running ones, enforce their limits;
+        short of memory, kill the job furthest over its reservation, unless one killed for memory is on its way out."""
         self._watch_reapers()
         running = {l.id: l for l in list(self.live.values()) if l.status is None and not l.settling and self._job_pid(l)}
         usage = self.monitor.sample({job_id: live.pid for job_id, live in running.items()})
@@ -136,8 +134,8 @@ class NodeJobs:
         self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
-        """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM
-        then KILL after kill_grace (again after a restart of ours: `limit` comes from limit.json)."""
+        """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM then KILL
+        after kill_grace (again after a restart of ours: `limit` comes from limit.json)."""
         limits = live.job.get("limits") or {}
         why = over_memory_limit(rss_mb, limits)
         if why and live.status is None and live.limit is None:
@@ -188,9 +186,9 @@ class NodeJobs:
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
-        """Signal the job's process group, then SIGKILL it after `grace` seconds. `once`: unless this
-        signal was sent to this job before (the master repeats the kills it holds in every reply until
-        the job has ended: a repeat must neither signal again nor restart the escalation)."""
+        """Signal the job's process group, then SIGKILL it after `grace` seconds. `once`: unless this signal was
+        sent before (the master repeats its kills in every reply until the job has ended: a repeat must neither
+        signal again nor restart the escalation)."""
         with self.lock:
             if once and sig in live.kills:
                 return True
@@ -304,9 +302,8 @@ class NodeJobs:
                     self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
-        """The fallback for lost pings: status files; and who claimed a job whose claimant is `unsure` (the
-        sampler settles the jobs of a reaper that died). A job sent in this node life is claimed by the reaper
-        it was sent to: no other has it, so its pid file is not read at every tick (12 us a job)."""
+        """The fallback for lost pings: status files; and who claimed an `unsure` job (the sampler settles a dead
+        reaper's). A job sent in this node life has no other claimant, so its pid file is not read (12 us a job)."""
         for live in list(self.live.values()):
             if self.job_status(live) is None and live.unsure and (reaper := spool.read_pid(live.dir)[2]):
                 live.reaper, live.unsure = reaper, False
@@ -355,11 +352,10 @@ class NodeJobs:
                         os.waitpid(info.si_pid, os.WNOHANG)
 
     def _reaperless(self, live: LiveJob, why: str = "job supervisor vanished") -> None:
-        """The job's reaper died. Unclaimed, the job goes to the next reaper; claimed by another, that one is
-        watched; started, it is waited for here if it is our child now (its reaper was ours, and we are a
-        subreaper). Else, the reaper died without writing its status: if the host rebooted since the job
-        started, the job died with it: it is reported lost (the master may run it again); otherwise it may
-        still run: it is ended, and reported failed (running it again could run it twice)."""
+        """The job's reaper died. Unclaimed, the job goes to the next reaper; claimed by another, that one is watched;
+        started, it is waited for here if it is our child now (its reaper was ours; we are a subreaper). Else its
+        status was never written: if the host rebooted since it started, it died with it, and is reported lost (the
+        master may run it again); else it may still run: it is ended and reported failed (else it might run twice)."""
         claimed, pid, reaper = spool.read_pid(live.dir)
         if not claimed:
             return self._spawn(live)
@@ -405,9 +401,9 @@ class NodeJobs:
         self._end_orphan(live, status)
 
     def _end_orphan(self, live: LiveJob, status: dict) -> None:
-        """End a job of a dead reaper as the reaper would have: a failed -M job's outputs hidden, then its status.
-        In a thread of its own: the rename may wait for a hung file server (HIDE_SECS), and must hold up neither
-        the reaper lock (every job's start) nor the sampler (memory limits)."""
+        """End a job of a dead reaper as its reaper would have: a failed -M job's outputs hidden, then its status; in a
+        thread: the rename may wait for a hung file server (HIDE_SECS), holding up neither the reaper lock (every
+        job's start) nor the sampler (memory limits)."""
         live.settling = True
         threading.Thread(target=self._settle_orphan, args=(live, status), name=f"grun-settle-{live.id}",
                          daemon=True).start()
@@ -461,9 +457,7 @@ class NodeJobs:
             live.reaper = reaper or "?"  # ("?": never alive, so _reaperless names it once its pid file does)
             if not spool.reaper_alive(live.reaper):
                 self._reaperless(live, "job supervisor vanished while the node was down")
-        elif not live.reported:
-            # written but never started, or an earlier reaper still has it in its pipe: the claim of
-            # `pid` makes a second start a no-op
-            live.unsure = True  # an earlier reaper may have it in its pipe and claim it first
+        elif not live.reported:  # never started, or an earlier reaper has it in its pipe and may claim it first
+            live.unsure = True  # (the claim of `pid` makes a second start a no-op)
             self._spawn(live)
 
