@@ -238,16 +238,13 @@ def claim_held(job_dir: str) -> bool:
     reaper's name. Asked only once the pid file exists, so it never makes a reaper's claim fail."""
     import fcntl
     try:
-        fd = os.open(os.path.join(job_dir, JOB), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
+        with open(os.path.join(job_dir, JOB), "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    finally:
-        os.close(fd)
+    except OSError:  # (gone: nobody holds it)
+        pass
+    return False
 
 
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
