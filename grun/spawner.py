@@ -406,14 +406,13 @@ class Reaper:
         # one datagram for many jobs: the receiving queue holds only a few (net.unix.max_dgram_qlen),
         # and each one wakes the node
         for notify, lines in pings.items():
-            batch, size = [], 0
+            batch = ""
             for line in lines:
-                if batch and size + len(line) > PING_BYTES:
-                    self._ping(notify, "\n".join(batch))
-                    batch, size = [], 0
-                batch.append(line)
-                size += len(line) + 1
-            self._ping(notify, "\n".join(batch))
+                if batch and len(batch) + len(line) >= PING_BYTES:
+                    self._ping(notify, batch)
+                    batch = ""
+                batch += ("\n" if batch else "") + line
+            self._ping(notify, batch)
 
     def _ping(self, path: str | None, message: str) -> None:
         if not path or time.monotonic() < self._ping_stalled_until:
