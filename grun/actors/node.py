@@ -1,7 +1,7 @@
-"""The node actor (`grun.node.<hostname>`) and its conversation with the master: registration (with the jobs
-it holds, for the master to reconcile), heartbeats, completion reports until acknowledged, the master's
-orders, a reloaded config. Its jobs are kept by its mixin grun.actors.node_jobs, each an object `grun.job.<id>`
-of its Pyro5 daemon (not a name-server entry: that cost a registration and a removal per job).
+"""The node actor (`grun.node.<hostname>`) and its conversation with the master: registration (with the jobs it
+holds, for the master to reconcile), heartbeats, completion reports until acknowledged, the master's orders, a
+reloaded config. Its mixin grun.actors.node_jobs keeps its jobs, each an object `grun.job.<id>` of its Pyro5 daemon
+(not a name-server entry: that cost a registration and a removal per job).
 """
 
 import contextlib
@@ -38,16 +38,16 @@ REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded 
 class Node(NodeJobs):
     def __init__(self, name: str, spool: str, *, master_host: str, master_port: int, bind: str, advertise: str,
                  plugins: Plugins | None = None, **settings):
-        """`settings`: the other exec keys of grun.config.KEYS, parsed (the daemon passes them all), kept as
-        attributes of their names (cpus, memory, heartbeat, hard_factor, ulimit, kill_grace, stage, ...)."""
+        """`settings`: the other exec keys of grun.config.KEYS, parsed (the daemon passes them all), as attributes of
+        their names (cpus, memory, heartbeat, hard_factor, ulimit, kill_grace, stage, ...)."""
         vars(self).update(settings)
         self.plugins = plugins or Plugins()
         self.found = self.plugins.node_resources()  # what plugins offer besides resources and labels
         self.name, self.master_host, self.master_port, self.advertise = name, master_host, master_port, advertise
         self.mounts = mounts.network(mounts.table())  # (told the master when they change)
         self.monitor = Monitor()
-        # Launches are numbered within this process's life (its incarnation), so the master can tell
-        # a job list made before a start it saw confirmed from one that really lacks the job.
+        # Launches are numbered within this process's life (its incarnation), so the master can tell a job list
+        # made before a start it saw confirmed from one that really lacks the job.
         self.incarnation = secrets.token_hex(8)
         self.launch_seq = 0
         self._stop = threading.Event()
@@ -75,8 +75,8 @@ class Node(NodeJobs):
             loop.start()
 
     def start(self, jobs: list) -> dict:
-        """Start jobs; idempotent, so the master may offer the same job again. The node lock covers
-        only the decision; the files and the hand-over to the reaper are done outside it."""
+        """Start jobs; idempotent, so the master may offer a job again. The node lock covers only the decision, not
+        the files and the hand-over to the reaper."""
         auth.require("start jobs on a node")
         started, rejected, waiting = {}, {}, []
         for job in jobs:
@@ -123,8 +123,8 @@ class Node(NodeJobs):
         return {i: live is not None and self._kill(live, int(sig)) for i, live in lives.items()}
 
     def kill_stale(self, job_ids: list) -> None:
-        """Copies the master no longer counts as the job (re-run elsewhere, or ended): kill them, once;
-        their end is marked superseded, so an attached client follows the job to its new place."""
+        """Kill, once, copies the master no longer counts as the job (re-run elsewhere, or ended); their end is
+        marked superseded, so an attached client follows the job to its new place."""
         auth.require("kill jobs on a node")
         for job_id in job_ids:
             live = self.live.get(int(job_id))
@@ -134,9 +134,8 @@ class Node(NodeJobs):
                 self._kill(live, signal.SIGTERM)
 
     def reconfigure(self, **changes) -> dict:
-        """A reloaded config: applies the exec keys a reload applies (grun.config.KEYS; limits to jobs
-        started from now on; what the master places by, by registering again) and returns {key: new
-        value} for those that changed; other keys are not the node's and are ignored."""
+        """Apply the exec keys a reload applies (grun.config.KEYS; limits to jobs started from now on; what the
+        master places by, by registering again); returns {key: new value} of those changed. Others are ignored."""
         auth.require("reconfigure a node")
         changed = {key: value for key, value in changes.items()
                    if key in KEYS and KEYS[key].service == "exec" and KEYS[key].reload and getattr(self, key) != value}
@@ -201,9 +200,9 @@ class Node(NodeJobs):
             self._master, self._registered, self._retry_at = None, False, time.monotonic() + 1.0
 
     def _heard(self, reply: dict) -> None:
-        """What a registration or heartbeat reply asks of us: kills the master holds for our jobs (each
-        applied once per job), stale copies to end, and its pace: how often to beat (a master with many
-        nodes asks them to beat less) and how long to keep an idle connection (None: for good)."""
+        """What a registration or heartbeat reply asks: the master's kills for our jobs (each applied once), stale
+        copies to end, and its pace: how often to beat (a master with many nodes asks them to beat less) and how
+        long to keep an idle connection (None: for good)."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
         self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
         self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
@@ -214,8 +213,8 @@ class Node(NodeJobs):
         self.kill_stale(reply.get("stale", []))
 
     def _held(self) -> dict:
-        """The jobs we hold, for the master to reconcile with: running ones, and finished ones it has
-        not acknowledged yet; with the launch count they were taken at."""
+        """The jobs we hold, for the master to reconcile with: running ones, and finished ones it has not
+        acknowledged yet; with the launch count they were taken at."""
         with self.lock:  # copies we were told are stale do not count as the job's
             mine = [l for l in self.live.values() if not l.superseded]
             return {"running": [l.id for l in mine if l.status is None], "incarnation": self.incarnation,
@@ -234,8 +233,7 @@ class Node(NodeJobs):
         return reply
 
     def _send_reports(self) -> bool:
-        """Reports the finished jobs not yet acknowledged, from a queue (not a scan of `live`);
-        whether it called the master."""
+        """Report the finished jobs not yet acknowledged, from a queue (not a scan of `live`); whether it called."""
         todo = []
         with self.lock:
             while self._unreported and len(todo) < REPORT_BATCH:
@@ -269,8 +267,8 @@ class Node(NodeJobs):
                 **({"mounts": now} if changed else {})}
 
     def _leave(self) -> None:
-        """Tell the master we stop, as slurmd does (one short call, best effort): it offers us no new job until we
-        register again, instead of trying until node_timeout. Our jobs run on under the reaper either way."""
+        """Tell the master we stop, as slurmd does (one short call, best effort): it offers us no job until we register
+        again, instead of trying until node_timeout. Our jobs run on under the reaper either way."""
         self._report_now.join(LEAVE_SECS)  # its last heartbeat first (the master loop owns self._master)
         try:
             with registry.proxy(registry.master_uri(self.master_host, self.master_port), timeout=LEAVE_SECS) as master:
