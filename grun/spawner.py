@@ -324,8 +324,8 @@ class Reaper:
         finally:
             _close(stdin, out, err)
         in_file = spool.set_pid(claim[0], proc.pid)
-        # the node then lets go of its read end of the FIFO; or learns the pid a full disk kept from the pid
-        # file (to signal the job: its kills, their escalation); others need no ping
+        # the node then lets go of its read end of the FIFO, or learns the pid a full disk kept from the pid file
+        # (to signal the job); others need no ping
         if job.get("stdin") or not in_file:
             self._ping(notify, f"started {job['id']} {proc.pid}")
         if pending_kill := (spool.read(job_dir, spool.KILL) or {}).get("signal"):
@@ -335,9 +335,9 @@ class Reaper:
         return not in_file
 
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
-        """End a job that could not start, or whose end could not be read: `grun: why` on its stderr
-        (`err` when it is open already) and its status (with `more`: cwd_missing tells the master to run
-        it elsewhere). Never raises: one job must not stop the reaper."""
+        """End a job that could not start, or whose end could not be read: `grun: why` on its stderr (`err` when open)
+        and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
+        stop the reaper."""
         with contextlib.suppress(BaseException):
             with contextlib.suppress(OSError), err or open(os.path.join(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
@@ -346,9 +346,8 @@ class Reaper:
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, notify))
 
     def reap(self) -> None:
-        """Collect every job that has ended, then record them together: the status files are written
-        first and fsync'd after, so one journal commit carries them all, and the waits for the disk
-        do not add up one job after the other."""
+        """Collect every job that has ended, then record them together: the status files are written first and
+        fsync'd after, so one journal commit carries them all, and the waits for the disk do not add up."""
         with contextlib.suppress(ChildProcessError):  # (no child left)
             while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 if (run := self.runs.pop(info.si_pid, None)) is None:  # something a job left: we are its subreaper
@@ -372,9 +371,8 @@ class Reaper:
         self._record(*done)
 
     def _output_out(self, ending: _Ending) -> bool:
-        """Whether what the ended job left in its pipes is in its spool files (before its status: see
-        grun.drain), or dropped: on a full spool disk it waits while the node's drain makes progress (an
-        attached client's bytes punched out), then after OUTPUT_GRACE_SECS without any it is dropped."""
+        """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or
+        dropped: on a full spool disk, after OUTPUT_GRACE_SECS without the node's drain punching any bytes out."""
         pipes = ending.run.pipes
         held = [name for name, pipe in pipes.items() if not spool.drain_pipe(pipe, ending.run.dir, name)]
         if held and (level := sum(spool.pipe_level(pipes[name]) for name in held)) < ending.level:
@@ -387,9 +385,9 @@ class Reaper:
         return True
 
     def _record(self, *runs: _Run) -> None:
-        """Write the runs' status files and tell the node. One we cannot write (a full spool disk) is
-        told as `unwritten` (the node reports it all the same, and says so once) and tried again every
-        spool.DISK_RETRY_SECS (serve) until written (then told again, as `finished`) or its spool is gone."""
+        """Write the runs' status files and tell the node. One a full spool disk refuses is told once as `unwritten`
+        (the node reports it all the same) and tried again every spool.DISK_RETRY_SECS until written (then told
+        as `finished`) or its spool is gone."""
         ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
         written = set(spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]))
@@ -403,8 +401,7 @@ class Reaper:
                 self.unwritten[run.dir] = run
             if i in written or not told:
                 pings.setdefault(run.notify, []).append(f"{'finished' if i in written else 'unwritten'} {run.id} {ends[i]}")
-        # one datagram for many jobs: the receiving queue holds only a few (net.unix.max_dgram_qlen),
-        # and each one wakes the node
+        # one datagram for many jobs: the queue holds only a few (net.unix.max_dgram_qlen); each wakes the node
         for notify, lines in pings.items():
             batch = ""
             for line in lines:
