@@ -404,21 +404,19 @@ class NodeJobs:
         """End a job of a dead reaper as its reaper would have: a failed -M job's outputs hidden, then its status; in a
         thread: the rename may wait for a hung file server (HIDE_SECS), holding up neither the reaper lock (every
         job's start) nor the sampler (memory limits)."""
+        def settle() -> None:
+            collect = None
+            try:
+                collect = spawner.hide_failed_outputs(live.job, status, threaded=True)
+            except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
+                log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
+            if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
+                log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
+            self._finished(live, status)
+            if collect is not None:  # (the rename's child, still stuck on a hung server, perhaps)
+                collect()
         live.settling = True
-        threading.Thread(target=self._settle_orphan, args=(live, status), name=f"grun-settle-{live.id}",
-                         daemon=True).start()
-
-    def _settle_orphan(self, live: LiveJob, status: dict) -> None:
-        collect = None
-        try:
-            collect = spawner.hide_failed_outputs(live.job, status, threaded=True)
-        except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
-            log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
-        if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
-            log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
-        self._finished(live, status)
-        if collect is not None:  # (the rename's child, still stuck on a hung server, perhaps)
-            collect()
+        threading.Thread(target=settle, name=f"grun-settle-{live.id}", daemon=True).start()
 
     def _adopt(self) -> None:
         """At start: the jobs in the spool, as they were left."""
