@@ -1,6 +1,5 @@
 """Why a job cannot run, in words: the refusal of a request no known node could ever run (at submit
-and edit), `grun why ID`'s paragraph and a waiting `grun`'s progress line. Pure code over the job table.
-"""
+and edit), `grun why ID`'s paragraph and a waiting `grun`'s progress line. Pure code over the job table."""
 
 import itertools
 
@@ -12,14 +11,14 @@ from .rules import meets
 
 
 def refusal(job: dict, index: NodeIndex) -> str | None:
-    """impossible(job, every node), remembered per job shape until a node's description changes:
-    a submission must not cost a look at 10,000 nodes."""
+    """impossible() over every node, remembered per job shape until a node is described anew: a submission
+    must not cost a look at 10,000 nodes."""
     return index.remembered(shape(job), lambda: impossible(job, list(index.values())))
 
 
 def impossible(job: dict, nodes: list[NodeView]) -> str | None:
-    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None.
-    With no nodes known at all, nothing can be judged, so nothing is refused."""
+    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None (also when no
+    node is known: nothing can be judged)."""
     if not nodes:
         return None
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
@@ -39,8 +38,7 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
         elif having:
             if not isinstance(want, (int, float)):
                 return f"{name} is a consumable: ask for a number of {name}, not {want!r}"
-            largest = max(n.resources[name] for n in having)
-            if largest + EPS < want:
+            if (largest := max(n.resources[name] for n in having)) + EPS < want:
                 return f"no node has {want:g} {name}; largest is {largest:g}"
             pool = [n for n in having if n.resources[name] + EPS >= want]
             if want != round(want) and all(name in n.devices for n in pool):
@@ -51,11 +49,9 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             return f"no node has {name}={want}"
     if job.get("cwd_fs") and all(unmounted(job, n) for n in pool):
         return f"no node mounts {unmounted(job, pool[0])}"
-    largest = max(n.cpus for n in pool)
-    if job["cpus"] > largest + EPS:
+    if job["cpus"] > (largest := max(n.cpus for n in pool)) + EPS:
         return f"no node has {job['cpus']:g} cpus; largest is {largest:g}"
-    largest = max(n.memory for n in pool)
-    if job["memory"] > largest:
+    if job["memory"] > (largest := max(n.memory for n in pool)):
         return f"no node has {job['memory']} MB of memory; largest is {largest} MB"
     if not any(n.could_ever_fit(job) for n in pool):
         return f"no node has {job['cpus']:g} cpus and {job['memory']} MB of memory together"
@@ -175,9 +171,8 @@ def explain(job: dict, master, now: float) -> str:
 
 
 def placement(job: dict, master, now: float) -> tuple[str, str]:
-    """Where a queued job could go now, as (kind, words): "starting" (a node can take it), "busy" (the words name the
-    node with most room), "none up" (no node up could ever run it: squeue's ReqNodeNotAvail), "disk" (only nodes whose spool is nearly full
-    could), "no node" (none yet)."""
+    """Where a queued job could go now, as (kind, words): "starting", "busy" (the words name the node with most
+    room), "disk" (only nodes whose spool is nearly full could), "none up" (squeue's ReqNodeNotAvail), "no node"."""
     claims = master.table.claims(now)
     reasons = [(node, *node_reason(node, job, claims)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
@@ -188,8 +183,7 @@ def placement(job: dict, master, now: float) -> tuple[str, str]:
 
 
 def progress(job: dict, master, now: float) -> str:
-    """The line a `grun` waiting on a terminal shows: "queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3
-    (2 of 8 cpus free, running job 7)"; for a held or waiting job, `explain`'s."""
+    """A waiting `grun`'s line ("queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3 (...)"); else explain()'s."""
     if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
         return explain(job, master, now).removeprefix(f"Job {job['id']} ")
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], master.table.pending))
@@ -197,8 +191,7 @@ def progress(job: dict, master, now: float) -> str:
 
 
 def provenance(job: dict) -> str:
-    """Where the job's request came from when not from its submitter (`origin`: a policy rule, ...), and
-    the warnings it was given."""
+    """Where the job's request came from when not from its submitter (`origin`: a rule, ...), and its warnings."""
     origin = ", ".join(f"{field} from {where}" for field, where in (job.get("origin") or {}).items())
     warnings = "".join(f" Warning: {w}." for w in job.get("warnings") or ())
     return (f" Its request: {origin}." if origin else "") + warnings
