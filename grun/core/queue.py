@@ -1,9 +1,7 @@
-"""The job table: the live jobs and nodes, changed only by journal records. Pure code, no I/O.
+"""The job table: the live jobs and nodes, changed only by journal records (dicts with an "op"). Pure code, no I/O.
 
-Every change to the queue is a record (a small dict with an "op"). The master's decisions
-(`grun.core.master_state`) create records and apply them here before the master journals them; after a
-crash the journal is replayed through the same `apply`, so live operation and recovery cannot disagree.
-"""
+The master's decisions (`grun.core.master_state`) make records and apply them here before it journals them; after
+a crash the journal is replayed through the same `apply`, so live operation and recovery cannot disagree."""
 
 import collections
 import sys
@@ -130,12 +128,10 @@ class JobTable:
             if rec.get("exclude"):  # not there again: its cwd does not exist there (elsewhere_record)
                 job["exclude"] = [*job.get("exclude", ()), rec["exclude"]]
             self._settle(job, rec["time"])
-        elif op == "lend":  # (nested grun)
-            job["lent_to"] = sorted(set(job.get("lent_to", [])) | {rec["child"]})
-        elif op == "unlend":
-            job["lent_to"] = [c for c in job.get("lent_to", []) if c != rec["child"]]
-            if not job["lent_to"]:
-                del job["lent_to"]
+        elif op in ("lend", "unlend"):  # (nested grun: the children it lent what it holds to)
+            lent, child = set(job.pop("lent_to", ())), {rec["child"]}
+            if lent := (lent | child if op == "lend" else lent - child):
+                job["lent_to"] = sorted(lent)
         elif op == "reserve" and state == J.QUEUED:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
         self._sync(job)
@@ -265,10 +261,9 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now, and index its reservation (only a queued
-        job holds one; reserved_time stays, for the record). A node's `jobs` are the live jobs on it, so its
-        registration and sweep need not look at every job. (A job is only ever on a known node: a node's
-        record comes before any dispatch there.)"""
+        """Make the node views count exactly what the job holds now, and index its reservation (only a queued job
+        holds one; reserved_time stays, for the record). A node's `jobs` are the live jobs on it, so its registration
+        and sweep need not look at every job. (A job is only on a known node: its record precedes any dispatch.)"""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -320,10 +315,9 @@ class JobTable:
         return 0.0
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
-        """The end of a job that `node` reported, or its retry (grun.core.deps.retry_or_finish). None when the
-        job is unknown or already finished, so a repeated report is applied once; when the report is of an earlier
-        run than the job's current one; and when the node is not the job's (a stale copy there: the current
-        dispatch decides; or it never had it)."""
+        """The end of a job that `node` reported, or its retry (grun.core.deps.retry_or_finish). None when the job
+        is unknown or finished (a repeated report is applied once), when the report is of an earlier run than the
+        current one, or the node is not the job's (a stale copy: the current dispatch decides; or it never had it)."""
         job = self.jobs.get(job_id)
         if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
                 node != (job.get("node") or job.get("lost_from"))):
