@@ -3,8 +3,7 @@ exit status is told to a user. Plain dicts travel on the wire and in the journal
 one place that says what keys they hold.
 
 A submission or edit that cannot be accepted is a ValueError with one line for the user: the builtin,
-which Pyro5 clients rebuild (a class of ours would reach them as an unknown-class error).
-"""
+which Pyro5 clients rebuild (a class of ours would reach them as an unknown-class error)."""
 
 import contextlib
 import math
@@ -15,8 +14,7 @@ import shlex
 from ..values import MAX_PRIORITY, STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
-DONE, FAILED, KILLED, LOST = "done", "failed", "killed", "lost"
-TIMEOUT = "timeout"  # ended at its time limit (-t)
+DONE, FAILED, KILLED, LOST, TIMEOUT = "done", "failed", "killed", "lost", "timeout"  # TIMEOUT: at its -t
 WAITING, CANCELLED = "waiting", "cancelled"  # for dependencies or a retry delay; a dependency never met
 FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT, CANCELLED)
 EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
@@ -32,9 +30,8 @@ MAX_CPUS, MAX_MEMORY_MB = 1_000_000, 1 << 40
 SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
-    "stdout_file", "stderr_file", "stdout_append", "stderr_append",
+    "stdout_file", "stderr_file", "stdout_append", "stderr_append", "time",
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
-    "time",
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
     "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
     *DEP_KINDS, "retries", "retry_delay",
@@ -191,8 +188,7 @@ def _above_zero(spec: dict, key: str, default: float, limit: float, option: str,
 
 def _whole_field(spec: dict, key: str, default: int | None, ok, what: str) -> int | None:
     """A spec's whole-number field (an int: a spec is typed, "4" is no number) that passes `ok`; `default` if absent."""
-    value = spec.get(key)
-    if value is None:
+    if (value := spec.get(key)) is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
         raise ValueError(f"{key} must be {what}, got {value!r}")
@@ -200,8 +196,7 @@ def _whole_field(spec: dict, key: str, default: int | None, ok, what: str) -> in
 
 
 def _text(spec: dict, key: str, limit: int) -> str | None:
-    value = spec.get(key)
-    if value is None or value == "":
+    if (value := spec.get(key)) is None or value == "":
         return None
     if not isinstance(value, str) or "\0" in value or "\n" in value:
         raise ValueError(f"{key} must be a one-line string")
@@ -233,8 +228,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     """Check a submission and return a normalised copy (the job's immutable request)."""
     if not isinstance(spec, dict):
         raise ValueError("a job spec must be a mapping")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
+    if unknown := set(spec) - SPEC_KEYS:
         raise ValueError(f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
     if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
