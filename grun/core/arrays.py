@@ -1,11 +1,10 @@
-"""Job arrays (`--array 1-100000%50`): one record at the master, its tasks made job records one at a
-time, as they are placed (or killed or held one by one). Pure code, no I/O.
+"""Job arrays (`--array 1-100000%50`): one record at the master, its tasks made job records one at a time, as they are
+placed (or killed or held one by one). Pure code, no I/O.
 
-An array record is a job record (its id, request and state) with the fields below; it is queued while
-it has tasks left to start, and leaves the job table with one "finish" record, its outcome, once every
-task has ended. A task is a job record of its own (its own id from the same counter, so history, wire
-and kill stay keyed by int) with `array` (the array's id) and `task` (its task id), shown as `12.7`.
-"""
+An array record is a job record (its id, request and state) with the fields below; it is queued while it has tasks
+left to start, and leaves the job table with one "finish" record, its outcome, once every task has ended. A task is a
+job record of its own (its own id from the same counter, so history, wire and kill stay keyed by int) with `array`
+(the array's id) and `task` (its task id), shown as `12.7`."""
 
 import re
 

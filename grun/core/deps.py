@@ -1,12 +1,10 @@
 """Dependencies between jobs and retries of failed ones: the decisions, pure code over the job table.
 
-A job submitted `--after/--afterok/--afternotok` other jobs waits (state WAITING, its unmet ones in
-`deps` as [kind, id]) until each has ended as its kind asks; one that can never be met (an `afterok`
-job failed, an `afternotok` one succeeded) cancels it, and the cancellation, itself an end, decides
-its own dependants in the same step. The job table indexes waiting jobs by what they wait for, so
-the end of a job nobody waits for costs one dict lookup. A job that fails with `retries` left is
-queued again (after `retry_delay`) instead of ending: it is not final for its dependants until then.
-"""
+A job submitted `--after/--afterok/--afternotok` other jobs waits (state WAITING, its unmet ones in `deps`, each
+[kind, id]) until each has ended as its kind asks; one that can never be met (an `afterok` job failed, an `afternotok`
+one succeeded) cancels it, and the cancellation, itself an end, decides its own dependants in the same step. The job
+table indexes waiting jobs by what they wait for, so the end of a job nobody waits for costs one dict lookup. A job
+failing with `retries` left is queued again (after `retry_delay`): not final for its dependants until then."""
 
 from . import jobs as J
 
@@ -30,12 +28,11 @@ def parse_dependency(text: str) -> dict:
 
 
 def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> tuple[list, dict | None]:
-    """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...],
-    and a finished job that makes one never met (or None). A reference is a live job (a name
-    among this user's), else a finished one: in `recent`, or as the master looked it up in its
-    history (`known`: by id, or (user, name)). Each path `needs` names waits (afterok) for the newest
-    live job of the user with that output. A ValueError for an unknown one, or another user's
-    job when `other_users` is off."""
+    """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...], and a finished
+    job that makes one never met (or None). A reference is a live job (a name among this user's), else a finished one:
+    in `recent`, or as the master looked it up in its history (`known`: by id, or (user, name)). Each path `needs`
+    names waits (afterok) for the newest live job of the user with that output. A ValueError for an unknown one, or
+    another user's job when `other_users` is off."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
         for ref in req.pop(kind, ()):
@@ -79,8 +76,7 @@ def followups(table, job: dict, now: float) -> list[dict]:
 
 
 def retry_or_finish(job: dict, rec: dict) -> dict:
-    """A finish record, or the retry that replaces it: the job failed (not killed by its user) with
-    retries left."""
+    """A finish record, or the retry that replaces it: the job failed (not killed by its user) with retries left."""
     result = rec["result"]
     tried = job.get("retried", 0) - len(job.get("exclude", ()))  # (a node without its cwd is not a failure)
     if (tried >= job.get("retries", 0) or result.get("status") or job.get("kill_requested")

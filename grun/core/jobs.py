@@ -1,9 +1,8 @@
-"""Job records: the states a job moves through, validation of what a client submits, and how an
-exit status is told to a user. Plain dicts travel on the wire and in the journal; this module is the
-one place that says what keys they hold.
+"""Job records: the states a job moves through, validation of what a client submits, and how an exit status is told to
+a user. Plain dicts travel on the wire and in the journal; this module is the one place that says what keys they hold.
 
-A submission or edit that cannot be accepted is a ValueError with one line for the user: the builtin,
-which Pyro5 clients rebuild (a class of ours would reach them as an unknown-class error)."""
+A submission or edit that cannot be accepted is a ValueError with one line for the user: the builtin, which Pyro5
+clients rebuild (a class of ours would reach them as an unknown-class error)."""
 
 import contextlib
 import math
@@ -365,9 +364,8 @@ def parse_edit(changes: object) -> dict:
 
 
 def parse_time_limit(text) -> float:
-    """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
-    D-HH:MM:SS) or with units as grun's durations (90s, 30m, 2h, 1d, 1h30m); 0 (or Slurm's UNLIMITED,
-    INFINITE) is none."""
+    """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) or
+    with units as grun's durations (90s, 30m, 2h, 1d, 1h30m); 0 (or Slurm's UNLIMITED, INFINITE) is none."""
     word = str(text).strip()
     if word.upper() in ("UNLIMITED", "INFINITE"):
         seconds = 0

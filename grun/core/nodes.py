@@ -1,12 +1,10 @@
-"""What the master knows of its nodes: a `NodeView` each, whether a job's request matches and fits
-it, and the `NodeIndex` that files the up nodes by free capacity. Pure code, no I/O.
+"""What the master knows of its nodes: a `NodeView` each, whether a job's request matches and fits it, and the
+`NodeIndex` that files the up nodes by free capacity. Pure code, no I/O.
 
-A node's free capacity is its total minus what grun jobs have reserved (their requests, not their use)
-minus the load of other processes, as its node last measured it. Requests are cpus, memory, consumables
-(`-p gpu=1` against `resources:`), labels (`-p os=debian12` against `labels:`, globs allowed) and hosts.
-A consumable offered as a list (`gpu: ["0", "1"]`) is indexed: a job placed there is also given that many
-devices (`pick`) that no other job on the node holds meanwhile.
-"""
+A node's free capacity is its total minus what grun jobs have reserved (their requests, not their use) minus the load
+of other processes, as its node last measured it. Requests are cpus, memory, consumables (`-p gpu=1` against
+`resources:`), labels (`-p os=debian12` against `labels:`, globs allowed) and hosts. A consumable offered as a list
+(`gpu: ["0", "1"]`) is indexed: a job placed there is also given that many devices (`pick`) no other job there holds."""
 
 import fnmatch
 import random

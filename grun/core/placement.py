@@ -1,9 +1,8 @@
 """The placement policy: which queued job goes to which node. Pure code, no I/O.
 
-Jobs go in priority order, FIFO within a priority (`PendingQueue`); one that fits nowhere, or would pass a
-limit (`grun.core.quotas`), stays queued and the jobs behind it may still run. Best fit (`NodeIndex.best`),
-ties broken at random, so big jobs still find empty machines; reservations and backfill: README, How it works.
-"""
+Jobs go in priority order, FIFO within a priority (`PendingQueue`); one that fits nowhere, or would pass a limit
+(`grun.core.quotas`), stays queued and the jobs behind it may still run. Best fit (`NodeIndex.best`), ties broken at
+random, so big jobs still find empty machines; reservations and backfill: README, How it works."""
 
 import heapq
 import operator

@@ -325,9 +325,8 @@ class JobTable:
         return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
-        """What becomes of a job whose node was declared lost: back to the queue if it may run again
-        (config `requeue:` and the job's own `requeue`), else finished as lost; killed if a kill was
-        asked for."""
+        """What becomes of a job whose node was declared lost: back to the queue if it may run again (config
+        `requeue:` and the job's own `requeue`), else finished as lost; killed if a kill was asked for."""
         if job.get("kill_requested"):
             return {"op": "finish", "id": job["id"], "time": now, "result": {
                 "status": J.KILLED, "signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}

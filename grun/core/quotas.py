@@ -1,9 +1,7 @@
 """Per-user, per-group and cluster-wide limits on what runs at once (config `limits:`, README: GPUs and limits):
-running totals per owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code.
-A named scope's fields (`user.NAME`) replace the general one's (`user`) for that user. A job counts from its
-dispatch to its end with what it holds on its node (no cpus while suspended), so a check costs a few dict
-lookups, whatever the number of jobs.
-"""
+running totals per owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code. A named
+scope's fields (`user.NAME`) replace the general one's (`user`) for that user. A job counts, from its dispatch to its
+end, what it holds on its node (no cpus while suspended): a check costs a few dict lookups, however many jobs run."""
 
 import difflib
 import re
