@@ -11,8 +11,7 @@ from .rules import meets
 
 
 def refusal(job: dict, index: NodeIndex) -> str | None:
-    """impossible() over every node, remembered per job shape until a node is described anew: a submission
-    must not cost a look at 10,000 nodes."""
+    """impossible() over all nodes, kept per job shape until a node is described anew: no submit looks at 10,000."""
     return index.remembered(shape(job), lambda: impossible(job, list(index.values())))
 
 
@@ -71,11 +70,9 @@ def disk_low(where: str, space: dict, settings: dict) -> tuple[bool, str] | None
 
 
 def request_text(job: dict) -> str:
-    parts = [f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB"]
-    parts += [f"{k}={v}" for k, v in sorted((job.get("params") or {}).items())]
-    if job.get("host"):
-        parts.append(f"hosts {job['host']}")
-    return ", ".join(parts)
+    params = [f"{k}={v}" for k, v in sorted((job.get("params") or {}).items())]
+    hosts = [f"hosts {job['host']}"] if job.get("host") else []
+    return ", ".join([f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB", *params, *hosts])
 
 
 def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
@@ -114,8 +111,7 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
 
 def explain(job: dict, master, now: float) -> str:
     """`master`: the master's MasterState."""
-    head = f"Job {job['id']}"
-    state = job["state"]
+    head, state = f"Job {job['id']}", job["state"]
     if state == J.HELD:
         return f"{head} is held: it will not run until released with `grun -e resume {job['id']}`."
     if state in (J.DISPATCHED, J.RUNNING):
