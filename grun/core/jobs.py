@@ -285,6 +285,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
+        **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
+           for stream in ("stdout", "stderr")},  # (set with its file only)
         "stage": spec.get("stage") or None,
         **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
         "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
@@ -295,9 +297,6 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "hold": bool(spec.get("hold")) or None,
     }
     out.update((key, value) for key, value in optional.items() if value is not None)
-    for stream in ("stdout", "stderr"):
-        if f"{stream}_file" in out:
-            out[f"{stream}_append"] = bool(spec.get(f"{stream}_append", False))
     return out
 
 

@@ -262,12 +262,11 @@ class NodeIndex(dict):
                 continue
             self._unfile(node)
             if key is not None:
-                bucket = self._buckets.get(key)
-                if bucket is None:
-                    bucket = self._buckets[key] = []
+                if key not in self._buckets:
+                    self._buckets[key] = []
                     insort(self._keys, key)
-                self._where[name] = (key, len(bucket))
-                bucket.append(node)
+                self._where[name] = (key, len(self._buckets[key]))
+                self._buckets[key].append(node)
 
     def up_count(self) -> int:
         self.refresh()

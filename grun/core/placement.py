@@ -14,9 +14,8 @@ from .nodes import EPS, NodeIndex, NodeView, consumables, shape
 # A scheduling pass stops looking after this many jobs that did not fit: with a deep queue and a
 # full cluster, a pass must not cost O(queue length).
 MAX_MISSES_PER_PASS = 2000
-# ... and stops after placing this many: a pass runs under the master's lock, and 40,000 free cpus
-# (10,000 nodes) filled in one pass held it for seconds, so heartbeats waited past their timeout.
-# The master runs the next pass at once when a pass was cut short.
+# ... and stops after placing this many: a pass runs under the master's lock, and 40,000 free cpus (10,000 nodes)
+# filled in one pass held it for seconds, so heartbeats timed out. The master runs a pass cut short again at once.
 MAX_PLACED_PER_PASS = 2000
 # ... and stops after passing over this many jobs held back by a limit (a check costs about a microsecond).
 MAX_LIMITED_PER_PASS = 20000
@@ -141,10 +140,9 @@ def shortfall(node: NodeView, job: dict) -> float:
 
 
 def _reserve(job: dict, index: NodeIndex, claims: dict, plan: Plan, rng) -> bool:
-    """Claim for a starving job the node that comes closest to fitting it, among those no other job
-    has claimed (False: there is none). A reservation sticks while it can still be honoured: that node
-    is looked at alone (a look at every node for each starving job in every pass held the master's lock
-    1.5 s a pass with 200 of them on 10,000 full nodes)."""
+    """Claim for a starving job the node that comes closest to fitting it, among those no other job has claimed
+    (False: there is none). A reservation sticks while it can still be honoured: that node alone is looked at (looking
+    at every node for each of 200 starving jobs on 10,000 full nodes held the master's lock 1.5 s a pass)."""
     def free(n: NodeView) -> bool:
         return n.up and n.could_ever_fit(job) and (n.name not in claims or claims[n.name]["id"] == job["id"])
     node = index.get(job.get("reserved_node"))
