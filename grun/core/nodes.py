@@ -15,8 +15,7 @@ from ..mounts import unmounted
 from .rules import meets
 
 EPS = 1e-9
-# What changes the answers NodeIndex.remembered() keeps (a node's description), and what else moves a
-# node to another place in its index (usage, up/down).
+# What changes NodeIndex.remembered()'s answers (a node's description), and what else re-files a node (usage, up/down).
 _DESCRIBED = frozenset({"cpus", "memory", "resources", "labels", "devices", "mounts", "stage"})
 _WATCHED = _DESCRIBED | {"used_cpus", "used_memory", "up", "outside_cpus", "outside_memory"}
 
@@ -302,8 +301,7 @@ class NodeIndex(dict):
         def ok(node):
             return node.fits(job) and not delays_claim(node, job, claims)
         if len(bucket) > 1:
-            # rejection sampling: a random draw is almost always usable (plain jobs, few claims),
-            # and the draws stay uniform over the usable nodes
+            # rejection sampling, uniform over usable nodes: a random draw nearly always is one (plain jobs, few claims)
             for _ in range(4):
                 node = bucket[rng.randrange(len(bucket))]
                 if ok(node):

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 from .nodes import EPS, NodeIndex, NodeView, consumables, shape
 
-# A scheduling pass stops looking after this many jobs that did not fit: with a deep queue and a
-# full cluster, a pass must not cost O(queue length).
+# A pass stops looking after this many jobs that fit nowhere: a deep queue on a full cluster must not cost O(queue).
 MAX_MISSES_PER_PASS = 2000
 # ... and stops after placing this many: a pass runs under the master's lock, and 40,000 free cpus (10,000 nodes)
 # filled in one pass held it for seconds, so heartbeats timed out. The master runs a pass cut short again at once.

@@ -14,8 +14,7 @@ from .nodes import EPS, NodeIndex, NodeView, consumables
 from .placement import PendingQueue
 from .quotas import Quotas
 
-# Tokens of finished jobs are kept this long (and at most this many), so a submission retried after
-# its job already ended still gets the same id instead of queueing the job again.
+# Finished jobs' tokens are kept this long (at most this many): a submit retried after its job ended gets the same id.
 TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
 # Queued jobs share one copy of an environment or command they have in common (a user's jobs mostly
 # do): 100k queued jobs each with its own 5-variable environment took ~0.9 KB a job more. The cache
@@ -93,8 +92,7 @@ class JobTable:
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
         elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:
-            # the lost node came back with the job (still running, or ended there: its end is reported next),
-            # before it ran anywhere else
+            # its lost node came back with it (running, or ended there: its end comes next) before it ran elsewhere
             self.pending.remove(job)
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
