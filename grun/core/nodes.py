@@ -89,10 +89,9 @@ class NodeView:
             held.update(ids) if sign > 0 else held.difference_update(ids)
 
     def public(self, now: float) -> dict:
-        """The node as `grun -q status` (and client.nodes()) shows it. `state`: up; unknown for a node the
-        master knew before it restarted and has not heard from since (not journaled: it re-registers within a
-        heartbeat, else is declared down at node_timeout); else down. `resources`: the counted ones, [free, total]
-        (the indexed ones are `devices`: [ids, ids held])."""
+        """As `grun -q status` and client.nodes() show it. `state`: up; unknown if the master knew it before it restarted
+        and has not heard from it since (not journaled: it re-registers within a heartbeat, else is declared down at
+        node_timeout); else down. `resources`: the counted ones, [free, total]; `devices`: the indexed, [ids, held]."""
         state = "up" if self.up else "unknown" if not self.lost and self.uri is None else "down"
         return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,
                 "free_cpus": max(0.0, self.free_cpus), "free_memory": max(0, self.free_memory),
@@ -104,10 +103,9 @@ class NodeView:
                 "labels": dict(self.labels), "spool_free": self.spool_free}
 
     def leave(self, incarnation: str) -> bool:
-        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once, so no new job goes there until it
-        registers again; not lost: its jobs run on under its reaper, and are lost only if it stays silent past
-        node_timeout. False when it was down already, or that was an older run of its daemon (a newer one
-        registered since: `grun -d -R`)."""
+        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once (no new job goes there until it registers
+        again), not lost (its jobs run on under its reaper; lost only if it stays silent past node_timeout). False if it
+        was down already, or this is an older run of its daemon (a newer one registered since: `grun -d -R`)."""
         if not self.up or incarnation != self.incarnation:
             return False
         self.up = False
