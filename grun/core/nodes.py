@@ -89,7 +89,7 @@ class NodeView:
             held.update(ids) if sign > 0 else held.difference_update(ids)
 
     def public(self, now: float) -> dict:
-        """As `grun -q status` and client.nodes() show it. `state`: up; unknown if the master knew it before it restarted
+        """As `grun -q status` and client.nodes() show it. `state`: up; unknown if the master knew it before restarting
         and has not heard from it since (not journaled: it re-registers within a heartbeat, else is declared down at
         node_timeout); else down. `resources`: the counted ones, [free, total]; `devices`: the indexed, [ids, held]."""
         state = "up" if self.up else "unknown" if not self.lost and self.uri is None else "down"
@@ -103,7 +103,7 @@ class NodeView:
                 "labels": dict(self.labels), "spool_free": self.spool_free}
 
     def leave(self, incarnation: str) -> bool:
-        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once (no new job goes there until it registers
+        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once (no new job goes there till it registers
         again), not lost (its jobs run on under its reaper; lost only if it stays silent past node_timeout). False if it
         was down already, or this is an older run of its daemon (a newer one registered since: `grun -d -R`)."""
         if not self.up or incarnation != self.incarnation:
