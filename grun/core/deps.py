@@ -21,8 +21,7 @@ def parse_dependency(text: str) -> dict:
     out: dict = {}
     for item in text.replace("?", ",").split(","):
         kind, _, refs = item.strip().partition(":")
-        if kind not in J.DEP_KINDS or not refs:
-            raise ValueError(f"expected {'|'.join(J.DEP_KINDS)}:ID[:ID...], got {item.strip()!r}")
+        J.require(kind in J.DEP_KINDS and refs, f"expected {'|'.join(J.DEP_KINDS)}:ID[:ID...], got {item.strip()!r}")
         out.setdefault(kind, []).extend(J.job_refs(refs.replace(":", ","), kind))
     return out
 
@@ -52,8 +51,7 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
                 never = job
     for path in req.pop("needs", ()):  # make (-M): an input missing now, which a live job of the user makes
         makers = [i for i in table.makers.get(path, ()) if table.jobs[i].get("user") == req["user"]]
-        if not makers:
-            raise ValueError(f"no input {path}")
+        J.require(makers, f"no input {path}")
         deps.append(["afterok", max(makers)])
     return deps, never
 

@@ -171,6 +171,11 @@ def command_of(words: list[str], shell: bool = False) -> list[str]:
     return words if (at := shell_script(words)) is None else command_of(first_work(words[at]), True)
 
 
+def require(ok, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 def _number(spec: dict, key: str, default: float, limit: float) -> float:
     value = default if spec.get(key) is None else spec[key]  # a spec is typed: "4" is refused, as by _whole_field
     expect(not isinstance(value, str), f"{key}: a number >= 0", value)
@@ -180,8 +185,7 @@ def _number(spec: dict, key: str, default: float, limit: float) -> float:
 def _above_zero(spec: dict, key: str, default: float, limit: float, option: str, hint: str) -> float:
     """cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
     value = _number(spec, key, default, limit)
-    if value <= 0 and spec.get(key) is not None:
-        raise ValueError(f"{option} {value:g}: {key} must be above 0 ({hint})")
+    require(value > 0 or spec.get(key) is None, f"{option} {value:g}: {key} must be above 0 ({hint})")
     return value
 
 
@@ -189,18 +193,16 @@ def _whole_field(spec: dict, key: str, default: int | None, ok, what: str) -> in
     """A spec's whole-number field (an int: a spec is typed, "4" is no number) that passes `ok`; `default` if absent."""
     if (value := spec.get(key)) is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-        raise ValueError(f"{key} must be {what}, got {value!r}")
+    require(isinstance(value, int) and not isinstance(value, bool) and ok(value),
+            f"{key} must be {what}, got {value!r}")
     return value
 
 
 def _text(spec: dict, key: str, limit: int) -> str | None:
     if (value := spec.get(key)) is None or value == "":
         return None
-    if not isinstance(value, str) or "\0" in value or "\n" in value:
-        raise ValueError(f"{key} must be a one-line string")
-    if len(value) > limit:
-        raise ValueError(f"{key} is too long (limit {limit} characters)")
+    require(isinstance(value, str) and "\0" not in value and "\n" not in value, f"{key} must be a one-line string")
+    require(len(value) <= limit, f"{key} is too long (limit {limit} characters)")
     return value
 
 
@@ -208,11 +210,10 @@ def validate_params(params) -> dict:
     """Custom requests: NAME -> number (a consumable) or string (a label to match, globs allowed)."""
     if params is None:
         return {}
-    if not isinstance(params, dict) or len(params) > MAX_PARAMS:
-        raise ValueError(f"params must map at most {MAX_PARAMS} names to values")
+    require(isinstance(params, dict) and len(params) <= MAX_PARAMS,
+            f"params must map at most {MAX_PARAMS} names to values")
     for name, value in params.items():
-        if not isinstance(name, str) or not is_name(name):
-            raise ValueError(f"bad param name {name!r} (letters, digits, _ . - only)")
+        require(isinstance(name, str) and is_name(name), f"bad param name {name!r} (letters, digits, _ . - only)")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"param {name} must be a number or a string, got {value!r}")
         if isinstance(value, str) and (not value or len(value) > 256 or "\0" in value):
@@ -225,25 +226,19 @@ def validate_params(params) -> dict:
 def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int = 100,
                   default_priority: int = 20) -> dict:
     """Check a submission and return a normalised copy (the job's immutable request)."""
-    if not isinstance(spec, dict):
-        raise ValueError("a job spec must be a mapping")
-    if unknown := set(spec) - SPEC_KEYS:
-        raise ValueError(f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
+    require(isinstance(spec, dict), "a job spec must be a mapping")
+    require(not (unknown := set(spec) - SPEC_KEYS), f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
     if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
         raise ValueError("cmd must be a non-empty list of strings")
-    if sum(len(a) for a in cmd) > MAX_CMD_BYTES:
-        raise ValueError("command line too long")
-    if any("\0" in a for a in cmd):
-        raise ValueError("command contains a NUL byte")
+    require(sum(len(a) for a in cmd) <= MAX_CMD_BYTES, "command line too long")
+    require(not any("\0" in a for a in cmd), "command contains a NUL byte")
     cwd = spec.get("cwd") or "/"
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise ValueError("cwd must be an absolute path")
+    require(isinstance(cwd, str) and cwd.startswith("/"), "cwd must be an absolute path")
     env = spec.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ValueError("env must map strings to strings")
-    if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
-        raise ValueError("environment too large")
+    require(sum(len(k) + len(v) for k, v in env.items()) <= MAX_ENV_BYTES, "environment too large")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
     out = {
@@ -269,8 +264,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     if (groups := spec.get("groups")) is not None and (not isinstance(groups, list) or len(groups) > 65536 or not all(
             isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
         raise ValueError("groups must be a list of group ids")
-    if spec.get("stage") not in (None, *STAGE_MODES):
-        raise ValueError(f"stage must be auto, always or never, got {spec['stage']!r}")
+    require((stage := spec.get("stage")) in (None, *STAGE_MODES), f"stage must be auto, always or never, got {stage!r}")
     if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and sorted(fs) == [
             "root", "source", "sub", "type"] and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
         raise ValueError("cwd_fs must map type, source, root and sub to strings")
@@ -287,7 +281,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
            for stream in ("stdout", "stderr")},  # (set with its file only)
-        "stage": spec.get("stage") or None,
+        "stage": stage or None,
         **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
         "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
         **{kind: job_refs(spec[kind], kind) if spec.get(kind) else None for kind in DEP_KINDS},
@@ -312,8 +306,8 @@ def job_refs(refs, what: str = "dependencies") -> list:
     """Jobs named by id (12), array task ("12.7") or name: a list, or the command line's "12,13,build"."""
     if isinstance(refs, str):
         refs = [r.strip() for r in refs.split(",") if r.strip()]
-    if not isinstance(refs, list) or len(refs) > MAX_REFS:
-        raise ValueError(f"{what} must be a list of at most {MAX_REFS} job ids or names")
+    require(isinstance(refs, list) and len(refs) <= MAX_REFS,
+            f"{what} must be a list of at most {MAX_REFS} job ids or names")
     out = []
     for ref in refs:
         if isinstance(ref, str) and ref.isdigit():
@@ -343,8 +337,7 @@ def parse_edit(changes: object) -> dict:
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
                "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
-    if not isinstance(changes, dict) or not changes:
-        raise ValueError("an edit needs KEY=VALUE changes")
+    require(isinstance(changes, dict) and changes, "an edit needs KEY=VALUE changes")
     out: dict = {}
     for raw_key, value in changes.items():
         key = str(raw_key).strip()
@@ -379,9 +372,8 @@ def parse_time_limit(text) -> float:
         seconds = -1
         with contextlib.suppress(ValueError):
             seconds = parse_duration(word)
-    if not 0 <= seconds <= MAX_TIME:
-        raise ValueError(f"expected a time limit of at most a year (0: none), like 30 (minutes), 2h, "
-                         f"1:30:00 or 1-12:00, got {text!r}")
+    require(0 <= seconds <= MAX_TIME, f"expected a time limit of at most a year (0: none), like 30 (minutes), 2h, "
+                                      f"1:30:00 or 1-12:00, got {text!r}")
     return float(seconds)
 
 
