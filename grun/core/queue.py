@@ -286,8 +286,7 @@ class JobTable:
         node = self.nodes[entry[0]]  # (a node holding a job is not forgotten)
         node.take(entry[1], -1)
         node.jobs.discard(job["id"])
-        node.used_cpus = max(0.0, node.used_cpus)
-        node.used_memory = max(0, node.used_memory)
+        node.used_cpus, node.used_memory = max(0.0, node.used_cpus), max(0, node.used_memory)
 
     def claims(self, now: float) -> dict:
         """Node name -> a copy of the queued job that reserved it, with its `window`: how long until the jobs
