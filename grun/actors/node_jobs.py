@@ -198,17 +198,23 @@ class NodeJobs:
         if self._job_pid(live) is None and not spool.write(live.dir, spool.KILL, {"signal": sig}):
             with self.lock:  # (a full disk: not asked for yet; the master's next repeat tries again)
                 live.kills.discard(sig)
-        if (pid := self._job_pid(live)) is None:  # (looked again, in case it just did)
+        if (pid := self._job_pid(live)) is not None:  # (looked again, in case it just did)
+            spawner.killpg(pid, sig)
+        if sig in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
             return True
-        spawner.killpg(pid, sig)
-        if sig not in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
+        if pid is not None:
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
-            # Once its leader has ended, its reaper killed what was left of the group (spawner.end_job)
-            # before freeing the group id: only a job still running is killed here.
-            timer = threading.Timer(grace, lambda: not live.settling and self.job_status(live) is None
-                                    and spawner.killpg(pid, signal.SIGKILL))  # (settling: its pid is reaped)
-            timer.daemon = True
-            timer.start()
+
+        def escalate():
+            # With no pid yet, its reaper sends `sig` once it has started the job (killreq), and the repeats are
+            # not sent: the KILL must come all the same. Once a job's leader has ended, its reaper killed what was
+            # left of the group (spawner.end_job) before freeing the group id: only a job still running (not being
+            # settled: its pid is reaped) is killed here.
+            if not live.settling and self.job_status(live) is None and (pid := self._job_pid(live)) is not None:
+                spawner.killpg(pid, signal.SIGKILL)
+        timer = threading.Timer(grace, escalate)
+        timer.daemon = True
+        timer.start()
         return True
 
     def _job_pid(self, live: LiveJob) -> int | None:
