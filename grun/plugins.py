@@ -1,14 +1,12 @@
-"""Plugins: classes whose optional hooks (HOOKS) the daemons call, each within a time budget; README: Plugins says
-where each hook runs and what it may change. A hook that raises or runs past its budget is logged and skipped, and
-while a late one still runs its plugin is skipped at once: a plugin never stalls a daemon (nor runs under the
-master's lock) and never loses a job."""
+"""Plugins: classes whose optional hooks (HOOKS) the daemons call, each within a time budget (README: Plugins). A
+hook that raises or runs past its budget is logged and skipped, and while a late one runs its plugin is skipped at
+once: a plugin never stalls a daemon (nor runs under the master's lock) and never loses a job."""
 
 import inspect
 import logging
 import queue
 import threading
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as Late
 from importlib import metadata
 from pkgutil import resolve_name
 
@@ -73,7 +71,8 @@ class Plugin:
         self._dropping = False
 
     def call(self, hook: str, *args):
-        """The hook's result, or _SKIPPED when it failed, was late, or the plugin is still busy with a late one."""
+        """The hook's result, or _SKIPPED when it failed, was late, or the plugin is still busy with a late one;
+        on_submit's Reject is a ValueError."""
         if self._busy is not None and not self._busy.done():
             if self._told is not self._busy:  # (once, not once per job)
                 self._told = self._busy
@@ -82,24 +81,23 @@ class Plugin:
         future = self._calls.submit(getattr(self.obj, hook), *args)
         try:
             return future.result(timeout=self.budget)
-        except Late:
+        except TimeoutError:  # (concurrent.futures' since 3.11)
             self._busy = future
             log.warning("plugin %s: %s ran past its budget of %g s; skipped", self.name, hook, self.budget)
         except Exception as exc:
-            if isinstance(exc, Reject) and hook == "on_submit":
-                raise
+            if isinstance(exc, Reject) and hook == "on_submit":  # the submission is refused
+                raise ValueError(f"{exc} (plugin {self.name})") from None
             log.warning("plugin %s: %s failed (%s: %s); skipped", self.name, hook, type(exc).__name__, exc,
                         exc_info=log.isEnabledFor(logging.DEBUG))
         return _SKIPPED
 
     def notify(self, hook: str, *args) -> None:
-        if self._notices.queue.qsize() >= MAX_NOTICES:  # (those waiting, not the one running)
-            if not self._dropping:  # (once until one gets through)
-                log.warning("plugin %s: %s dropped, and its next notices while %d wait", self.name, hook, MAX_NOTICES)
-            self._dropping = True
-            return
-        self._dropping = False
-        self._notices.submit(self._notice, hook, args)
+        full = self._notices.queue.qsize() >= MAX_NOTICES  # (those waiting, not the one running)
+        if not full:
+            self._notices.submit(self._notice, hook, args)
+        elif not self._dropping:  # (once until one gets through)
+            log.warning("plugin %s: %s dropped, and its next notices while %d wait", self.name, hook, MAX_NOTICES)
+        self._dropping = full
 
     def _notice(self, hook: str, args: tuple) -> None:
         try:
@@ -109,8 +107,7 @@ class Plugin:
 
 
 class Plugins:
-    """The plugins a daemon runs; `replace` swaps them at a reload. Each method is free when no plugin has
-    its hook, so the hot paths cost nothing without plugins."""
+    """The plugins a daemon runs (`replace`: at a reload); each method is free when no plugin has its hook."""
 
     def __init__(self, plugins=()):
         self.replace(plugins)
@@ -127,11 +124,7 @@ class Plugins:
         from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):
             job = _copy(req, id=None)
-            try:
-                changes = plugin.call("on_submit", job)
-            except Reject as exc:
-                raise ValueError(f"{exc} (plugin {plugin.name})") from None
-            if changes is _SKIPPED:
+            if (changes := plugin.call("on_submit", job)) is _SKIPPED:
                 continue
             changes = {**job, **(changes if isinstance(changes, dict) else {})}
             new = {k: changes[k] for k in EDITABLE if k in changes and changes[k] != req.get(k)}
@@ -165,8 +158,7 @@ class Plugins:
             self.notify("on_finish", job, {k: job[k] for k in END_FIELDS if k in job})
 
     def node_resources(self) -> dict:
-        """What the plugins' node_resources() offer, merged (the first plugin to name a resource wins), each
-        checked as the config's `resources:` and `labels:` are; a bad answer is logged and skipped."""
+        """The plugins' node_resources() merged (the first to name a resource wins), each checked as in the config."""
         found = {"resources": {}, "labels": {}}
         for plugin in self.hooks["node_resources"]:
             if (offer := plugin.call("node_resources")) is _SKIPPED:
@@ -193,16 +185,13 @@ def load(cfg, instantiate: bool = True) -> Plugins:
              for ep in metadata.entry_points(group=GROUP)]
     found += [(spec, f"plugins: in {cfg.where.get('plugins', 'the config')}") for spec in cfg.plugins]
     found.append(("grun.gpu:GpuPlugin", "built in"))
-    loaded, seen = [], set()
+    loaded = {}  # spec -> Plugin: one named twice loads once
     for spec, where in found:
-        if spec in seen:
-            continue
-        seen.add(spec)
         try:
             cls = resolve_name(spec)
-            if instantiate:  # a class whose constructor takes an argument gets the daemon's Config
+            if instantiate and spec not in loaded:  # a class whose constructor takes an argument gets the Config
                 takes = inspect.isclass(cls) and len(inspect.signature(cls).parameters) > 0
-                loaded.append(Plugin(spec, cls(cfg) if takes else cls()))
+                loaded[spec] = Plugin(spec, cls(cfg) if takes else cls())
         except Exception as exc:
             raise ConfigError(f"plugin {spec!r} ({where}) cannot be loaded: {type(exc).__name__}: {exc}") from None
-    return Plugins(loaded)
+    return Plugins(loaded.values())
