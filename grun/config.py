@@ -56,13 +56,6 @@ def _psutil():
     return psutil
 
 
-def _advertise(cfg) -> str:
-    """bind, but the hostname for 0.0.0.0, :: or ::0; a host name others can resolve too, and a loopback bind is
-    reachable only at that very address (127.0.0.1 for the default)."""
-    bind = "127.0.0.1" if cfg.bind.lower() == "localhost" else cfg.bind
-    return cfg.hostname if is_any_address(bind) else bind
-
-
 def is_this_host(host: str, hostname: str | None = None) -> bool:
     """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
     "node1.example.org" are the same machine), then by address (DNS only if needed)."""
@@ -98,7 +91,9 @@ KEYS = {key.name: key for key in (
     Key("hostname", parse_host, lambda c: os.uname().nodename, _X, False, "this node's name", "this host's name"),
     Key("bind", parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
-    Key("advertise", parse_host, _advertise, _D, False, "the address others reach them at",
+    Key("advertise", parse_host, lambda c: c.hostname if is_any_address(c.bind) else  # (a loopback bind is reached
+        "127.0.0.1" if c.bind.lower() == "localhost" else c.bind, _D, False,  # only at its very address)
+        "the address others reach them at",
         "bind, or hostname if that is 0.0.0.0"),
     Key("cpus", parse_cpus, lambda c: float(_psutil().cpu_count(logical=True) or 1), _X, True,
         "cpus offered to jobs (fractions allowed)", "logical cores"),
@@ -276,6 +271,7 @@ _MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*
 _KEY_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
 _KEY = _KEY_START | frozenset("0123456789")
 _PLAIN = _KEY | frozenset("./-")  # a plain value: words of these, one space between
+_NOT_SIMPLE = object()
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
@@ -292,9 +288,6 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
             return None
         raw[key], lines[key] = value, lineno
     return raw, lines
-
-
-_NOT_SIMPLE = object()
 
 
 def _simple_value(rest: str, master: bool):
