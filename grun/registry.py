@@ -9,13 +9,6 @@ from . import auth
 from .values import format_hostport, is_any_address
 from .wire import CONNECT_TIMEOUT, NotAuthorized, WireProxy, is_unreachable  # noqa: F401  (one error model)
 
-TYPE_CHECKING = False  # as typing's, without importing typing on the client's path
-if TYPE_CHECKING:  # names for annotations only: the client path must not import these
-    import threading
-
-    import Pyro5.api
-    import Pyro5.nameserver
-
 MASTER_NAME = "grun.master"
 NODE_PREFIX = "grun.node."
 JOB_PREFIX = "grun.job."
@@ -23,9 +16,8 @@ JOB_PREFIX = "grun.job."
 CALL_TIMEOUT = 10.0  # short enough that a dead peer costs seconds, not minutes (invariant 4)
 
 
-@functools.cache  # once per process
+@functools.cache  # grun's Pyro5 settings, applied once per process
 def configure() -> None:
-    """Apply grun's Pyro5 settings to this process."""
     from Pyro5 import config as pyro_config
     pyro_config.SERIALIZER = "msgpack"  # measured 2-30x faster than serpent, and keeps bytes as bytes
     pyro_config.SOCK_NODELAY = True
@@ -74,15 +66,15 @@ def _guard(daemon):
     return daemon
 
 
-def start_master_daemon(bind: str, port: int, advertise: str) -> "Pyro5.nameserver.NameServerDaemon":
-    """A name server daemon on the master port, without the broadcast responder; the master object is
+def start_master_daemon(bind: str, port: int, advertise: str):
+    """A Pyro5 name server daemon on the master port, without the broadcast responder; the master object is
     registered on this same daemon, so one port serves both."""
     import Pyro5.nameserver
     configure()
     return _advertised(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
 
 
-def start_daemon(bind: str, advertise: str) -> "Pyro5.api.Daemon":
+def start_daemon(bind: str, advertise: str):
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
     configure()
@@ -97,7 +89,7 @@ def _advertised(daemon, bind: str, advertise: str):
     return _guard(daemon)
 
 
-def serve_in_thread(daemon: "Pyro5.api.Daemon", name: str) -> "threading.Thread":
+def serve_in_thread(daemon, name: str):
     import threading
     thread = threading.Thread(target=daemon.requestLoop, name=name, daemon=True)
     thread.start()
