@@ -1,10 +1,10 @@
 """The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
 
 The `grun` command and `grun.Client` (and the daemons, grun.registry) call the actors through `WireProxy`, not
-`Pyro5.api.Proxy`: importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun true`. tests/test_wire.py
-holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with an OSError when
-the peer is not there, with one of the classes below, or with the builtin exception the remote method
-raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
+`Pyro5.api.Proxy`: importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun
+true`. tests/test_wire.py holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with
+an OSError when the peer is not there, with one of the classes below, or with the builtin exception the remote
+method raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
 import _socket  # (socket.py, with selectors, would cost every `grun` call ~3 ms of imports)
 import struct
@@ -14,8 +14,7 @@ CONNECT_TIMEOUT = 5.0
 
 
 class CallBroken(ConnectionError):
-    """The connection failed after the request went out (or its answer did not come in time): the peer may
-    have acted on it."""
+    """The connection failed after the request went out (or no answer came in time): the peer may have acted on it."""
 
 
 class CallTimeout(CallBroken, TimeoutError):
@@ -225,9 +224,8 @@ def _loads(data: bytes):
 
 
 def _exception(data) -> BaseException:
-    """The remote exception as Pyro5 sends it: {"__class__": "builtins.KeyError", "args": [...],
-    "attributes": {"_pyroTraceback": [...]}}. Pyro5's own errors become those of a connection, as
-    with a Pyro5 proxy."""
+    """The remote exception as Pyro5 sends it: {"__class__": "builtins.KeyError", "args": [...], "attributes":
+    {"_pyroTraceback": [...]}}. Pyro5's own errors become those of a connection, as with a Pyro5 proxy."""
     import builtins
     if not isinstance(data, dict):
         return RemoteError(str(data))
