@@ -41,8 +41,7 @@ def running_pid(cfg: Config) -> int | None:
 
 
 def _lock_pid_file(pid_file: str, replacing: int | None) -> int:
-    """Lock the pid file and write our pid in it. `replacing`: the pid of the daemon that holds it now;
-    asked to exit (it writes a snapshot first), then waited for."""
+    """Lock the pid file, our pid in it; `replacing`: its holder, asked to exit (it writes a snapshot), then awaited."""
     if replacing:  # load everything before taking over, so the handover costs no import time
         from .actors import master as _m  # noqa: F401
         with contextlib.suppress(ProcessLookupError):
@@ -94,9 +93,8 @@ class Services:
             log.info("node %s serving at %s (%s cpus, %s MB)", cfg.hostname, self.node.uri, cfg.cpus, cfg.memory)
 
     def reload(self) -> None:
-        """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the actor that
-        reads it (its reconfigure; the log level here), or logged as needing `grun -d -R`, or as read by
-        no service of this daemon. A bad file is logged and the running config kept."""
+        """Re-read the config file (SIGHUP, `grun -d -r`): each changed key is applied by the actor that reads it (the
+        log level here), or logged as needing `grun -d -R` or as read by no service here; a bad file changes nothing."""
         old = self.cfg
         try:
             new = load_config(old.path, use_auth=False)
@@ -140,8 +138,7 @@ class Services:
 
 def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool = True,
           replacing: int | None = None) -> int:
-    """Host the services until SIGTERM or SIGINT; returns the exit code. `replacing`:
-    the pid of the daemon running now, replaced once this one has loaded (`grun -d -R`)."""
+    """Serve until SIGTERM or SIGINT; the exit code. `replacing`: the pid of the daemon this one replaces."""
     services = services or cfg.services
     ready_fd = os.environ.pop("GRUN_READY_FD", None)  # start_background's pipe: written once we serve
     try:  # (a read-only or missing spool, a log file we cannot open: one line, not a traceback)
