@@ -125,12 +125,11 @@ def tls_client():
     the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
     user connects without one (and proves who they are with a credential)."""
     if _tls:
+        import contextlib
         import ssl
         context = ssl.create_default_context(cafile=_tls["ca"])
-        try:
+        with contextlib.suppress(PermissionError):
             context.load_cert_chain(_tls["cert"], _tls["key"])
-        except PermissionError:
-            pass
         return context
 
 

@@ -78,8 +78,6 @@ def is_this_host(host: str, hostname: str | None = None) -> bool:
 Key = namedtuple("Key", "name parse default service reload doc guess env", defaults=("", ""))
 
 _Q, _X, _D = "queue", "exec", "daemon"
-
-
 _positive_duration = lambda v: parse_duration(v, positive=True)
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT),
@@ -253,10 +251,10 @@ def describe(cfg: Config, as_dict: bool = False):
         value = cfg.master_address if name == "master" else getattr(getattr(cfg, name), "source", getattr(cfg, name))
         value = sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
             value, float) and value.is_integer() else value
-        keys[name] = {"value": value, "origin": cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else
-                                                                        "default")}
+        origin = cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else "default")
+        keys[name] = {"value": value, "origin": origin}
         text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
-        lines.append(f"{f'{name}: {text}':<31} # {keys[name]['origin']}")
+        lines.append(f"{f'{name}: {text}':<31} # {origin}")
     return {"file": cfg.path, "warnings": cfg.warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
