@@ -242,12 +242,8 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
 
 def _last_line(path: str, pid: int) -> str:
     """What the daemon `pid` said last in a log (it may be shared): one that could not start says why there last."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        lines = []
+    from .limits import _tail
+    lines = _tail(path, 16384).decode(errors="replace").splitlines()
     own = [line for line in lines if f"[{pid}]" in line or line.startswith("grun: ")]
     return own[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if own else "no reason in its log"
 
