@@ -221,8 +221,7 @@ def who(given, bound: str = ""):
 
 
 def caller():
-    """The caller of the Pyro5 call being served: None when the cluster has no secret (all trusted, as the
-    original grun), CLUSTER, or a user's identity (see who())."""
+    """The Pyro5 call's caller: None without auth (all trusted, as the original grun), CLUSTER, or a user (who())."""
     if not required():
         return None
     from Pyro5.callcontext import current_context

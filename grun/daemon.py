@@ -187,8 +187,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
 
 
 def _use_secret(cfg: Config) -> None:
-    """The cluster secret this daemon checks and presents (a personal cluster makes its own), or a log line
-    saying that anyone who can connect may act."""
+    """The secret this daemon checks and presents (a personal cluster makes its own), or a warning: anyone may act."""
     auth.configure(cfg)
     if cfg.personal:
         auth.create(cfg.secret_file)

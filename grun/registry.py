@@ -67,8 +67,7 @@ def _guard(daemon):
 
 
 def start_master_daemon(bind: str, port: int, advertise: str):
-    """A Pyro5 name server daemon on the master port, without the broadcast responder; the master object is
-    registered on this same daemon, so one port serves both."""
+    """The name server's daemon on the master port (no broadcasts), which the master shares: one port serves both."""
     import Pyro5.nameserver
     configure()
     return _advertised(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
