@@ -1,16 +1,15 @@
-"""Cluster authentication: this process's cluster secret (a personal cluster's own, made at its first start,
-or `secret_file:` with `auth: secret`), the proofs of it that every connection presents (the Pyro5 handshake,
+"""Cluster authentication: this process's cluster secret (a personal cluster's own, made at its first start, or
+`secret_file:` with `auth: secret`), the proofs of it that every connection presents (the Pyro5 handshake,
 grun.registry and grun.wire; the output side channel, grun.stream), users' credentials, and the TLS contexts.
 
-A proof is a keyed BLAKE2b MAC (as good as an HMAC, and its module costs a `grun` call 0.2 ms where hmac's
-costs 2) of the time and a fresh nonce, never the secret. Not a challenge-response: Pyro5's handshake is one
-message each way, which grun.wire sends with its first call, so a challenge would cost every connection a
-round trip. Instead a nonce is taken once only, and a proof older than PROOF_TTL is refused: the hosts' clocks
-must agree within it, as MUNGE's do.
+A proof is a keyed BLAKE2b MAC (as good as an HMAC; its module costs a `grun` call 0.2 ms, hmac's 2) of the time
+and a fresh nonce, never the secret. Not a challenge-response: Pyro5's handshake is one message each way, which
+grun.wire sends with its first call, so a challenge would cost every connection a round trip. Instead a nonce is
+taken once only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do.
 
-Users cannot read a real cluster's secret: a user's `grun` asks the node daemon of its host (root) for a
-credential, and the node signs "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRED on a unix
-socket), not as the asker does. Daemons then know each call's caller (`caller()`)."""
+Users cannot read a real cluster's secret: a user's `grun` asks its host's node daemon (root) for a credential,
+signed with "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRED on a unix socket), not as the
+asker does. Daemons then know each call's caller (`caller()`)."""
 
 import _thread
 import functools

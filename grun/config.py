@@ -80,9 +80,8 @@ Key = namedtuple("Key", "name parse default service reload doc guess env", defau
 _Q, _X, _D = "queue", "exec", "daemon"
 _positive_duration = lambda v: parse_duration(v, positive=True)
 KEYS = {key.name: key for key in (
-    Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT),
-        "all", False, "where the queue runs (port 5184 by default)",
-        "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
+    Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT), "all",
+        False, "where the queue runs (port 5184 by default)", "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
     Key("services", parse_services, lambda c: SERVICES if c.personal or is_this_host(
         c.master_host, c.hostname) else frozenset({"exec"}), _D, False, 'on the master; "exec" alone on compute nodes',
         "both on the master's host (and in personal mode), else exec"),
