@@ -51,10 +51,27 @@ def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> WirePro
     return WireProxy(f"PYRO:Pyro.NameServer@{format_hostport(host, port)}", timeout)
 
 
-def _guard(daemon):
-    """With a cluster secret, the daemon refuses a connection without a proof of it (or a node's credential)
-    in its handshake, before it reads any request (Pyro5 answers the handshake's error and closes); the
-    connection remembers who it is (grun.auth.caller)."""
+def start_master_daemon(bind: str, port: int, advertise: str):
+    """The name server's daemon on the master port (no broadcasts), which the master shares: one port serves both."""
+    import Pyro5.nameserver
+    configure()
+    return _ready(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
+
+
+def start_daemon(bind: str, advertise: str):
+    """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
+    import Pyro5.api
+    configure()
+    return _ready(Pyro5.api.Daemon(host=bind, port=0), bind, advertise)
+
+
+def _ready(daemon, bind: str, advertise: str):
+    """Bound to all interfaces, the daemon hands out URIs with `advertise` (bracketed if IPv6) and the port it bound
+    (set here, not by Pyro5's natport=0: before 5.17 it cannot read the port out of "[::]:PORT"). With a cluster
+    secret it refuses a connection without a proof of it (or a node's credential) in its handshake, before it reads
+    any request (Pyro5 answers the handshake's error and closes); the connection remembers who it is (auth.caller)."""
+    if is_any_address(bind):
+        daemon.natLocationStr = format_hostport(advertise, daemon.sock.getsockname()[1])
     if auth.required():
         def validate(conn, data):
             conn.grun_caller = auth.who(data)
@@ -64,28 +81,6 @@ def _guard(daemon):
             raise PermissionError(auth.REFUSED)
         daemon.validateHandshake = validate
     return daemon
-
-
-def start_master_daemon(bind: str, port: int, advertise: str):
-    """The name server's daemon on the master port (no broadcasts), which the master shares: one port serves both."""
-    import Pyro5.nameserver
-    configure()
-    return _advertised(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
-
-
-def start_daemon(bind: str, advertise: str):
-    """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
-    import Pyro5.api
-    configure()
-    return _advertised(Pyro5.api.Daemon(host=bind, port=0), bind, advertise)
-
-
-def _advertised(daemon, bind: str, advertise: str):
-    """A daemon bound to all interfaces hands out URIs with `advertise` (bracketed if IPv6) and the port it bound.
-    (Set here, not by Pyro5's natport=0: before 5.17 it cannot read the port out of "[::]:PORT".)"""
-    if is_any_address(bind):
-        daemon.natLocationStr = format_hostport(advertise, daemon.sock.getsockname()[1])
-    return _guard(daemon)
 
 
 def serve_in_thread(daemon, name: str):
