@@ -51,11 +51,6 @@ def user_state_dir(environ=os.environ) -> str:
     return os.path.join(xdg if os.path.isabs(xdg) else os.path.join(home, ".local", "state"), "grun")
 
 
-def _psutil():
-    import psutil  # for the machine's guesses, which only a daemon (or `grun -q conf`) reads
-    return psutil
-
-
 def is_this_host(host: str, hostname: str | None = None) -> bool:
     """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
     "node1.example.org" are the same machine), then by address (DNS only if needed)."""
@@ -79,6 +74,7 @@ Key = namedtuple("Key", "name parse default service reload doc guess env", defau
 
 _Q, _X, _D = "queue", "exec", "daemon"
 _positive_duration = lambda v: parse_duration(v, positive=True)
+_psutil = lambda: __import__("psutil")  # for the machine's guesses, which only a daemon (or `grun -q conf`) reads
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT), "all",
         False, "where the queue runs (port 5184 by default)", "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
