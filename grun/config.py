@@ -169,9 +169,8 @@ KEYS = {key.name: key for key in (
 
 
 class Config:
-    """The effective configuration: an attribute per key of KEYS (master also as master_host, master_port and
-    master_address), path (None: personal mode), where (key -> "FILE:LINE" or "$VAR" of each value given), warnings.
-    Built directly (in tests), personal mode. A plain class: `dataclasses` imports `inspect`, a cost to `grun CMD`."""
+    """The effective configuration: an attribute per key of KEYS, path (None: personal mode), where (key -> "FILE:LINE"
+    or "$VAR" of each value given), warnings. A plain class: `dataclasses` imports `inspect`, a cost to `grun CMD`."""
 
     def __init__(self, path=None, where=None, warnings=(), environ=os.environ, **values):
         assert set(values) <= set(KEYS), f"not config keys: {sorted(set(values) - set(KEYS))}"
@@ -235,9 +234,8 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
 
 
 def describe(cfg: Config, as_dict: bool = False):
-    """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and
-    where it came from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back;
-    `as_dict`: {"file", "warnings", "keys": {key: {"value", "origin"}}} for --json."""
+    """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and where it came
+    from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back; `as_dict`: for --json."""
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
              *(f"# warning: {w}" for w in cfg.warnings)]
     import yaml
