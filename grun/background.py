@@ -1,6 +1,5 @@
-"""The one background-loop runner: a named daemon thread that runs a step every few seconds, or at
-once when woken, until stopped. A step that raises is logged and the loop goes on: one bad round
-must never end a daemon's housekeeping for good."""
+"""The background-loop runner: a named daemon thread that runs a step every few seconds, or at once when woken, until
+stopped. A step that raises is logged and the loop goes on: one bad round never ends a daemon's housekeeping."""
 
 import logging
 import threading

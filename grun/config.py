@@ -52,8 +52,7 @@ def user_state_dir(environ=os.environ) -> str:
 
 
 def is_this_host(host: str, hostname: str | None = None) -> bool:
-    """Whether `host` names this machine: by name first (with one side unqualified, "node1" and
-    "node1.example.org" are the same machine), then by address (DNS only if needed)."""
+    """Whether `host` is this machine: by name ("node1" is "node1.example.org" too), then by address (DNS if needed)."""
     import socket  # (DNS: only a daemon asks; socket would cost every `grun --version` and --completion 2.4 ms)
     h = host.lower().rstrip(".")
     names = {os.uname().nodename.lower(), "localhost"} | ({hostname.lower()} if hostname else set())

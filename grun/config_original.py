@@ -1,9 +1,8 @@
-"""The original Perl grun's /etc/grun.conf, read as this grun's config: its `key: value` lines (a file YAML cannot
-read goes through the original's own reader, with `include:` and `$key` values), each of its keys turned into
-ours (`param-NAME: 2` a counted resource, `param-NAME: text` a label, `default_cpu`, `expire_secs`, `bind` with a
-port, ...) or reported at its FILE:LINE as not supported, with what to use instead. Perl (`match:`, the
-`auto_profile` script, `{code}` values) is never run: the report shows the rule that replaces it. Imported only
-for a config with a key that is not ours."""
+"""The original Perl grun's /etc/grun.conf, read as this grun's config: its `key: value` lines (a file YAML cannot read
+goes through the original's own reader, with `include:` and `$key` values), each of its keys turned into ours
+(`param-NAME: 2` a counted resource, `param-NAME: text` a label, `default_cpu`, `bind` with a port, ...) or reported at
+its FILE:LINE as not supported, with what to use instead. Perl (`match:`, the `auto_profile` script, `{code}` values) is
+never run: the report shows the rule that replaces it. Imported only for a config with a key that is not ours."""
 
 import math
 import os

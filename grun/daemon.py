@@ -213,8 +213,7 @@ def _wait(done, seconds: float, every: float) -> bool:
 
 
 def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = None) -> int:
-    """Start `serve` in a detached process; returns its pid once it serves (else why not, from its log). `replacing`:
-    the pid of the daemon running now, which the new one stops once it has loaded."""
+    """`serve` in a detached process: its pid once it serves (else why not, from its log); `replacing`: as serve's."""
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)

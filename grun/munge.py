@@ -1,8 +1,7 @@
-"""Talking to MUNGE (`auth: munge`, as Slurm uses it): a credential of this process from its host's munged, and
-the check of a peer's, which yields the uid and gid of the process that made it as munged saw them (from the
-kernel), never as the peer says. Through libmunge with ctypes: measured here, importing ctypes costs a `grun`
-call 1.2 ms and a credential 0.05 ms, where `munge -n` in a subprocess costs 2.3 ms plus 2.4 ms of importing
-subprocess. grun.auth decides what a credential is worth."""
+"""Talking to MUNGE (`auth: munge`, as Slurm uses it): this process's credential from its host's munged, and the check
+of a peer's, yielding the uid and gid of its maker as munged saw them (from the kernel), never as the peer says. Through
+libmunge (ctypes): measured here, importing ctypes costs a `grun` call 1.2 ms and a credential 0.05 ms, where `munge -n`
+in a subprocess costs 2.3 ms plus 2.4 ms of importing subprocess. grun.auth decides what a credential is worth."""
 
 import functools
 

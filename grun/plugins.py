@@ -71,8 +71,7 @@ class Plugin:
         self._dropping = False
 
     def call(self, hook: str, *args):
-        """The hook's result, or _SKIPPED when it failed, was late, or the plugin is still busy with a late one;
-        on_submit's Reject is a ValueError."""
+        """The result, or _SKIPPED if it failed, was late, or a late one still runs; on_submit's Reject: ValueError."""
         if self._busy is not None and not self._busy.done():
             if self._told is not self._busy:  # (once, not once per job)
                 self._told = self._busy
