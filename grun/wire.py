@@ -75,10 +75,9 @@ def parse_uri(uri: str) -> tuple[str, str, int]:
 
 
 class WireProxy:
-    """A proxy for one remote Pyro5 object: `proxy.method(*args)` calls, one at a time, each under
-    `_pyroTimeout`. Not thread-safe (as Pyro5 proxies are not): one per thread. Any failure mid-call
-    closes the connection, so that a late answer can never be taken for the next call's; the next
-    call reconnects. A new connection sends its handshake and first call together (one round trip)."""
+    """A proxy of one Pyro5 object: `proxy.method(*args)` calls, one at a time, each under `_pyroTimeout`; one per
+    thread (not thread-safe, as Pyro5's). A failure mid-call closes the connection, so a late answer is never taken for
+    the next call's (which reconnects). A new connection sends its handshake with its first call (one round trip)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
         self._pyroTimeout = timeout
