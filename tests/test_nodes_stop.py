@@ -28,7 +28,7 @@ def test_a_node_that_leaves_is_down_at_once_keeps_its_jobs_and_is_back_when_it_r
     step = m.handle("leave", "a", "i1", 3.0)
     assert step.reply is True and step.records == [] and not step.durable
     node = m.table.nodes["a"]
-    assert (node.up, node.lost) == (False, False)
+    assert (node.up, node.lost, node.public(3.0)["state"]) == (False, False, "stopped")
     assert m.table.jobs[running]["state"] == J.RUNNING, "its running job is not lost: it runs on under its reaper"
     assert m.handle("leave", "a", "i1", 3.5).reply is False, "down already"
     assert m.handle("leave", "b", "an older run", 3.5).reply is False, "a newer daemon registered since"
@@ -42,7 +42,7 @@ def test_a_node_that_leaves_is_down_at_once_keeps_its_jobs_and_is_back_when_it_r
     back = m.handle("register", {"name": "a", "uri": "PYRO:grun.node@a:2", "cpus": 4, "memory": 4000,
                                  "incarnation": "i2", "seq": 0, "running": [running]}, 55.0)
     assert [j["id"] for j in back.reply["start"]] == [offered], "the start it never got comes with its registration"
-    assert m.table.nodes["a"].up and m.table.jobs[running]["state"] == J.RUNNING
+    assert m.table.nodes["a"].public(55.0)["state"] == "up" and m.table.jobs[running]["state"] == J.RUNNING
     assert ("offer", "a", [waiting]) in [(i[0], i[1], [j["id"] for j in i[2]]) for i in m.handle("schedule", 56.0).do]
 
 
@@ -52,6 +52,7 @@ def test_a_node_that_left_and_never_comes_back_loses_its_jobs_at_node_timeout():
     m.handle("leave", "a", "i1", 3.0)
     step = m.handle("sweep", 61.0)  # (last heard from at 0.0, when it registered)
     assert [(r["op"], r["id"]) for r in step.records] == [("requeue", running)]
+    assert m.table.nodes["a"].public(61.0)["state"] == "down", "stopped, then silent past node_timeout: down"
 
 
 def test_the_progress_line_does_not_name_the_job_twice():
@@ -91,7 +92,8 @@ def _stop(c: LocalCluster, name: str) -> None:
 def test_a_stopped_node_is_offered_no_job_and_runs_it_once_it_is_back(two_nodes):
     c = two_nodes
     _stop(c, "n3")
-    assert "n3 " in c.grun("-q", "status").stdout.decode() and " down " in c.grun("-q", "status").stdout.decode()
+    status = c.grun("-q", "status").stdout.decode()
+    assert any(line.split()[:2] == ["n3", "stopped"] for line in status.splitlines()), status
     waiting = c.popen("-v", "-H", "n3", "sh", "-c", "echo $GRUN_NODE")
     job_id = wait_for(lambda: next((j["id"] for j in c.client().jobs() if j.get("host") == "n3"), None), 10,
                       what="the job to be queued")

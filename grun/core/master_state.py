@@ -319,7 +319,8 @@ class MasterState:
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
-        node.uri, node.incarnation, node.seen, node.lost, node.up = str(info["uri"]), incarnation, now, False, True
+        node.uri, node.incarnation, node.seen, node.up = str(info["uri"]), incarnation, now, True
+        node.lost = node.stopped = False
         node.mounts, node.stage = reported(info.get("mounts")), str(info.get("stage", "auto"))
         # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation

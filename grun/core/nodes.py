@@ -38,11 +38,12 @@ class NodeView:
     devices: dict = field(default_factory=dict)         # indexed consumable name -> its device ids
     held: dict = field(default_factory=dict)            # indexed consumable name -> the ids jobs hold
     # what the master knows of the node itself: where to call it, which run of its daemon, when it
-    # was last heard from, whether its jobs were declared lost since, and its grun jobs' cpu use
+    # was last heard from, whether its jobs were declared lost since or it said it stopped, and its grun jobs' cpu use
     uri: str | None = None
     incarnation: str = ""
     seen: float = 0.0
     lost: bool = False
+    stopped: bool = False
     grun_cpus: float = 0.0
     spool_free: float | None = None  # MB, and (refusing, text) when its spool is getting full (explain.disk_low)
     disk: tuple | None = None
@@ -89,10 +90,11 @@ class NodeView:
             held.update(ids) if sign > 0 else held.difference_update(ids)
 
     def public(self, now: float) -> dict:
-        """As `grun -q status` and client.nodes() show it. `state`: up; unknown if the master knew it before restarting
-        and has not heard from it since (not journaled: it re-registers within a heartbeat, else is declared down at
-        node_timeout); else down. `resources`: the counted ones, [free, total]; `devices`: the indexed, [ids, held]."""
-        state = "up" if self.up else "unknown" if not self.lost and self.uri is None else "down"
+        """As `grun -q status` and client.nodes() show it. `state`: up; stopped (its daemon said so, its jobs not lost
+        yet); unknown if the master knew it before restarting and has not heard from it since (not journaled: it
+        re-registers within a heartbeat, else is declared down at node_timeout); else down. `resources`: the counted ones, [free, total]; `devices`: the indexed, [ids, held]."""
+        state = ("up" if self.up else "down" if self.lost else "stopped" if self.stopped else
+                 "unknown" if self.uri is None else "down")
         return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,
                 "free_cpus": max(0.0, self.free_cpus), "free_memory": max(0, self.free_memory),
                 "running": len(self.jobs), "uri": self.uri, "outside_cpus": self.outside_cpus,
@@ -108,7 +110,7 @@ class NodeView:
         was down already, or this is an older run of its daemon (a newer one registered since: `grun -d -R`)."""
         if not self.up or incarnation != self.incarnation:
             return False
-        self.up = False
+        self.up, self.stopped = False, True
         return True
 
     def pick(self, job: dict) -> dict[str, list[str]]:
