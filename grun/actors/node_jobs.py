@@ -195,26 +195,34 @@ class NodeJobs:
             live.kills.add(sig)
         if live.settling or self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
             return True
-        if self._job_pid(live) is None and not spool.write(live.dir, spool.KILL, {"signal": sig}):
-            with self.lock:  # (a full disk: not asked for yet; the master's next repeat tries again)
-                live.kills.discard(sig)
+        asked = self._job_pid(live) is not None or spool.write(live.dir, spool.KILL, {"signal": sig})
         if (pid := self._job_pid(live)) is not None:  # (looked again, in case it just did)
             spawner.killpg(pid, sig)
+        elif not asked:  # a full spool disk: neither sent nor asked for; the master's next repeat does it all
+            with self.lock:
+                live.kills.discard(sig)
+            return True
         if sig in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
             return True
         if pid is not None:
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
 
-        def escalate():
-            # With no pid yet, its reaper sends `sig` once it has started the job (killreq), and the repeats are
-            # not sent: the KILL must come all the same. Once a job's leader has ended, its reaper killed what was
-            # left of the group (spawner.end_job) before freeing the group id: only a job still running (not being
-            # settled: its pid is reaped) is killed here.
-            if not live.settling and self.job_status(live) is None and (pid := self._job_pid(live)) is not None:
-                spawner.killpg(pid, signal.SIGKILL)
-        timer = threading.Timer(grace, escalate)
-        timer.daemon = True
-        timer.start()
+        def escalate(started: bool):
+            # Once a job's leader has ended, its reaper killed what was left of the group (spawner.end_job) before
+            # freeing the group id: only a job still running (not forgotten, not being settled: its pid is reaped)
+            # is killed here. One not started at the kill gets `sig` from its reaper when it is (killreq), and
+            # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen.
+            if self.live.get(live.id) is live and not live.settling and self.job_status(live) is None:
+                if (pid := self._job_pid(live)) is not None and started:
+                    spawner.killpg(pid, signal.SIGKILL)
+                else:
+                    arm(pid is not None)
+
+        def arm(started: bool):
+            timer = threading.Timer(grace, escalate, (started,))
+            timer.daemon = True
+            timer.start()
+        arm(pid is not None)
         return True
 
     def _job_pid(self, live: LiveJob) -> int | None:
