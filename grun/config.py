@@ -83,9 +83,9 @@ KEYS = {key.name: key for key in (
     Key("hostname", parse_host, lambda c: os.uname().nodename, _X, False, "this node's name", "this host's name"),
     Key("bind", parse_host, lambda c: "127.0.0.1" if c.personal else "0.0.0.0", _D, False,
         "the address the daemons listen on (127.0.0.1 in personal mode)"),
-    Key("advertise", parse_host, lambda c: c.hostname if is_any_address(c.bind) else  # (a loopback bind is reached
-        "127.0.0.1" if c.bind.lower() == "localhost" else c.bind, _D, False,  # only at its very address)
-        "the address others reach them at",
+    # (advertise: a loopback bind is reached only at its very address)
+    Key("advertise", parse_host, lambda c: c.hostname if is_any_address(c.bind) else
+        "127.0.0.1" if c.bind.lower() == "localhost" else c.bind, _D, False, "the address others reach them at",
         "bind, or hostname if that is 0.0.0.0"),
     Key("cpus", parse_cpus, lambda c: float(_psutil().cpu_count(logical=True) or 1), _X, True,
         "cpus offered to jobs (fractions allowed)", "logical cores"),

@@ -220,7 +220,10 @@ class Journal:
             _datasync(fd)
         except OSError as exc:
             if exc.errno in NO_ROOM:
-                os.ftruncate(fd, size)  # (a failure here is not for want of room: the journal stops)
+                try:
+                    os.ftruncate(fd, size)
+                except OSError as cut:  # (the partial line stays: not for want of room, whatever its errno)
+                    raise OSError(errno.EIO, f"cutting off a partial write failed: {cut.strerror}") from None
             raise
 
     def _switch(self, first: int) -> None:

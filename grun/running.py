@@ -32,8 +32,9 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
             item for given in args.get("dependency", ()) for item in given.items()]:
         extra[kind] = [*extra.get(kind, []), *refs]
     extra.update((keyword, args[option]) for option, keyword in KEYWORDS.items() if option in args)
-    if follow and args.get("retries") and "retry-delay" not in args:  # (its node drops a run's output when the next
-        extra["retry_delay"] = 1.0  # run starts there: grun needs a moment to fetch each run's)
+    if follow and args.get("retries") and "retry-delay" not in args:
+        # (its node drops a run's output when the next run starts there: grun needs a moment to fetch each run's)
+        extra["retry_delay"] = 1.0
     for key in ("stage-in", "stage-out"):  # (grun.stage)
         if args.get(key):
             extra[key.replace("-", "_")] = paths = [os.path.abspath(p) for p in args[key]]

@@ -41,8 +41,10 @@ def duration(secs, days_first: bool = False) -> str:
 
 def fmt_span(secs) -> str:
     """30m, 1h30m, 45s, 2m5s: a duration as -t reads it ("-" for none; "<1s": a learned time of `true`)."""
-    if secs is None or secs < 1:
-        return "-" if secs is None else "<1s"
+    if secs is None:
+        return "-"
+    if secs < 1:
+        return "<1s"
     secs = round(secs)
     parts = [(secs // 86400, "d"), (secs % 86400 // 3600, "h"), (secs % 3600 // 60, "m"), (secs % 60, "s")]
     return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"

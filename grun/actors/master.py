@@ -65,9 +65,10 @@ class RuleFacts:
 
     def _once(self, compute, *args):
         if (key := (compute, *args)) not in self._seen:
-            self._seen[key] = None
-            with contextlib.suppress(OSError, KeyError):
+            try:
                 self._seen[key] = compute(*args)
+            except (OSError, KeyError):  # (anything else raises each time: the rules reading it are skipped)
+                self._seen[key] = None
         return self._seen[key]
 
     @staticmethod

@@ -168,7 +168,8 @@ def explain(job: dict, master, now: float) -> str:
 
 def placement(job: dict, master, now: float) -> tuple[str, str]:
     """Where a queued job could go now, as (kind, words): "starting", "busy" (the words name the node with most
-    room), "disk" (only nodes whose spool is nearly full could), "none up" (squeue's ReqNodeNotAvail), "no node"."""
+    room), "disk" (only nodes whose spool is nearly full could), "none up" (no node up could ever run it: squeue's
+    ReqNodeNotAvail), "no node" (none yet)."""
     claims = master.table.claims(now)
     reasons = [(node, *node_reason(node, job, claims)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)

@@ -92,7 +92,8 @@ class NodeView:
     def public(self, now: float) -> dict:
         """As `grun -q status` and client.nodes() show it. `state`: up; stopped (its daemon said so, its jobs not lost
         yet); unknown if the master knew it before restarting and has not heard from it since (not journaled: it
-        re-registers within a heartbeat, else is declared down at node_timeout); else down. `resources`: the counted ones, [free, total]; `devices`: the indexed, [ids, held]."""
+        re-registers within a heartbeat, else is declared down at node_timeout); else down. `resources`: the counted
+        ones, [free, total]; `devices`: the indexed, [ids, held]."""
         state = ("up" if self.up else "down" if self.lost else "stopped" if self.stopped else
                  "unknown" if self.uri is None else "down")
         return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,

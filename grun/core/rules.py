@@ -152,8 +152,10 @@ def _rule(number: int, raw) -> tuple:
             elif key in ("priority", "hosts"):  # (a priority of +N or -N: relative)
                 actions.append(("priority", parse_priority(text)) if key == "priority" and text[:1] in "+-" else
                                ("set", dict([_settable(key, text)])))
-            elif key in ("warn", "reject") or key == "nodes" and compile_expr(value, NODE_FIELDS):
-                actions.append((key, text))  # (a nodes: condition is compiled above only to check it)
+            elif key in ("warn", "reject", "nodes"):
+                if key == "nodes":
+                    compile_expr(value, NODE_FIELDS)  # (only to check it: placement compiles its own)
+                actions.append((key, text))
             elif key != "name":
                 raise RuleError(f"unknown action (known: {', '.join(ACTIONS)})", _at(key))
         except ValueError as e:  # (a RuleError's `at`: where in the expression, or LINE:COLUMN)
