@@ -10,7 +10,7 @@ from . import compat as C
 from .client import Client, GrunError, current_user
 from .compat import Refused, items, last, name_of, out_path, parse, table
 from .core.arrays import left
-from .core.jobs import FINAL_STATES, number_or_text, parse_time_limit
+from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit
 from .tables import command_text, label
 from .values import is_name, task_ref
 
@@ -19,7 +19,6 @@ QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v 
                 "start_shell=-shell queue=-q project=-P account=-A rerun=-r hold:-h"), "-pe": ("pe", 2)}
 STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
 MEMORY, TIME = ("h_vmem", "mem_free", "s_vmem", "virtual_free", "mem"), ("h_rt", "s_rt")
-RUNNING = ("dispatched", "running", "suspended")
 
 
 def yes(opts: dict, key: str) -> bool:
@@ -211,8 +210,8 @@ def qdel(argv: list[str]) -> int:
     found = client.kill(ids, 15, "force" in opts)  # (N.T: one task)
     for job_id, ok in found.items():
         job = by_label.get(str(job_id), {})
-        running = [job] if job.get("state") in RUNNING and "ranges" not in job else [
-            t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in RUNNING]
+        running = [job] if job.get("state") in ON_NODE_STATES and "ranges" not in job else [
+            t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in ON_NODE_STATES]
         lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
         if not ok:
             lines = [f'denied: job "{job_id}" does not exist']
