@@ -17,7 +17,7 @@ import time
 
 from . import auth, plugins, registry
 from .config import KEYS, Config, ConfigError, load_config
-from .files import read_int
+from .files import locked, read_int
 from .journal import StoreError
 from .values import format_hostport
 
@@ -30,14 +30,7 @@ class DaemonError(Exception):
 
 def running_pid(cfg: Config) -> int | None:
     """The pid of the daemon holding the pid file's lock; a stale file (or a zombie) is not running."""
-    try:
-        with open(cfg.pid_file, "rb") as f:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)  # we got it (and drop it): nobody holds it
-        return None
-    except BlockingIOError:
-        return read_int(cfg.pid_file)
-    except OSError:  # no pid file
-        return None
+    return read_int(cfg.pid_file) if locked(cfg.pid_file) else None
 
 
 def _lock_pid_file(pid_file: str, replacing: int | None) -> int:

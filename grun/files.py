@@ -16,6 +16,22 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def locked(path: str) -> bool:
+    """Whether a live process holds a lock (flock) on the file: a daemon's pid file, a reaper's claim. False when
+    the file is missing; the lock is taken and dropped at once when free (a shared one: it stops no one)."""
+    import fcntl
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = True, mode: int = 0o644) -> None:
     """Replace `path` with `data` (bytes, or pieces written one after the other, so a large file
     need not be built in memory). `durable`: fsync the file and its directory, so the new content

@@ -23,7 +23,7 @@ import json
 import os
 import threading
 
-from .files import read_json, write_atomic
+from .files import locked, read_json, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
 JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
@@ -236,15 +236,7 @@ def set_pid(claimed: int, pid: int) -> bool:
 def claim_held(job_dir: str) -> bool:
     """Whether a live reaper holds the job's claim (see claim): for a pid file a full disk left without its
     reaper's name. Asked only once the pid file exists, so it never makes a reaper's claim fail."""
-    import fcntl
-    try:
-        with open(os.path.join(job_dir, JOB), "rb") as f:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # (gone: nobody holds it)
-        pass
-    return False
+    return locked(os.path.join(job_dir, JOB))
 
 
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
