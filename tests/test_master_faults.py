@@ -165,13 +165,17 @@ def full_disk_master():
     """A master in-process whose store is on a small tmpfs, with a plugin that hears ends, and a ballast path there."""
     with _tmpfs("2m") as (_, mount):
         ends: list[tuple[int, str]] = []
+        dispatched: list[int] = []
 
         class Ends:
             def on_finish(self, job, record):
                 ends.append((job["id"], record["state"]))
+
+            def on_dispatch(self, job, node):
+                dispatched.append(job["id"])
         master = Master(os.path.join(mount, "master"), plugins=Plugins([Plugin("test:Ends", Ends())]),
                         min_free_disk=0, allow_root=True)
-        master.ends, master.ballast = ends, os.path.join(mount, "ballast")
+        master.ends, master.dispatched, master.ballast = ends, dispatched, os.path.join(mount, "ballast")
         try:
             yield master
         finally:
@@ -204,3 +208,27 @@ def test_a_nodes_calls_on_a_full_disk_are_retried_and_an_end_is_heard_once_there
     time.sleep(1.5)
     # each once, in order: the refused submission's kill (its on_submit had run), and the job's end
     assert master.ends == [((accepted[-1] if accepted else job) + 1, "killed"), (job, "failed")]
+
+
+def test_an_offer_kept_on_a_full_disk_is_not_sent_once_its_job_has_ended(full_disk_master):
+    """A scheduling pass made in the instant before the journal found its disk full kept its offers with its step;
+    they were sent once there was room, even for a job killed meanwhile (as a submission refused in that instant is),
+    so its node started it until the kill landed. Now an offer whose job is no longer dispatched there is dropped."""
+    master = full_disk_master
+    master.register_node({"name": "n9", "uri": "PYRO:grun.node@127.0.0.1:9", "cpus": 2, "memory": 1000})
+    master._scheduler.stop(join=5)  # the pass is made below, on cue
+    job = master.submit_many([_spec()])[0]
+    _fill(master.ballast)
+    assert _submit_until_refused(lambda: master.submit_many([_spec(hold=True)])[0])[1].startswith("master's disk")
+    # the pass that found room just before the journal found none: the job is dispatched in memory and its offer
+    # kept; then it is killed (as _not_written kills a refused submission), that step kept too
+    for event in (("schedule",), ("kill", [job], 15, True)):
+        with pytest.raises(ValueError, match="done in memory, on disk once there is room$"):
+            master._do(*event)
+    assert master.job(job)["state"] == "killed"
+    os.unlink(master.ballast)
+    wait_for(lambda: (job, "killed") in master.ends, 10, what="the kept steps to run")
+    later = master.submit_many([_spec()])[0]
+    master._do("schedule")
+    wait_for(lambda: later in master.dispatched, 10, what="a later offer to the node")  # (after the kept one's)
+    assert job not in master.dispatched, "the offer of a killed job was sent to its node"

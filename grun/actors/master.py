@@ -248,9 +248,12 @@ class Master(Queries):
                 if not batch or self._closing:
                     del self._outbox[name]
                     return
-            for job in batch.values() if self.plugins.hooks["on_dispatch"] else ():
+            with self.lock:  # an offer kept while the disk was full may be stale (its job killed since): dropped
+                jobs = [job for i, job in batch.items() if (live := self.core.table.jobs.get(i))
+                        and live["state"] == J.DISPATCHED and live["node"] == name]
+            for job in jobs if self.plugins.hooks["on_dispatch"] else ():
                 self.plugins.notify("on_dispatch", job, {"name": name})
-            reply = self._call_node(name, "start", list(batch.values()))
+            reply = self._call_node(name, "start", jobs) if jobs else None
             try:
                 if reply is not None:  # else the jobs stay dispatched and are offered again later
                     self._do("started", name, reply)
