@@ -213,13 +213,12 @@ class Client:
         """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
         return _by_id(self, "edit", job_ids, dict(changes))
 
-    def job_id(self, ref, started: bool = True, deadline: float = float("inf")) -> int:
+    def job_id(self, ref, deadline: float = float("inf")) -> int:
         """A job id from 12, "12" or a task's "12.7" (task 7 of array 12; JobNotFound if the array has no such task, or
-        it ended long ago). A task not begun yet: `started`, wait until it has (Timeout past `deadline`, a
-        time.monotonic()); else its array's id."""
+        it ended long ago), once that task has begun (Timeout past `deadline`, a time.monotonic())."""
         if not (isinstance(ref, str) and "." in ref):
             return int(ref)
-        while "task" not in (job := self.job(ref)) and started:  # (not begun: the master answers with its array)
+        while "task" not in (job := self.job(ref)):  # (not begun: the master answers with its array)
             if time.monotonic() > deadline:
                 raise Timeout(f"task {ref} has not begun yet")
             time.sleep(1.0)

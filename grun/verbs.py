@@ -198,16 +198,18 @@ def shown(ctx: Context, args: dict, text, records, *fields) -> int:
     return ctx.print(json_text(records) if args.get("json") else text(records, args.get("format")))
 
 
-def _where(client, job_id: int, finished: bool) -> dict | str:
-    """The job's record if it has finished (not `finished`: if it is live); else why a query does not show it."""
+def _where(client, job_id: int | str, finished: bool) -> dict | str:
+    """The job's (or task `12.7`'s) record if it has finished (not `finished`: if it is live); else why a query does
+    not show it (a task not begun yet is seen in its array's record)."""
     from .client import JobNotFound
     from .core.jobs import FINAL_STATES
+    from .tables import label
     try:
         job = client.job(job_id)
     except JobNotFound:
         return f"no such job {job_id}"
     return job if (job["state"] in FINAL_STATES) == finished else f"job {job_id} has {'not ' * finished}finished " \
-        f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {job_id}"  # (as squeue -j and sacct -j)
+        f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {label(job)}"  # (as squeue -j and sacct -j)
 
 
 def _user(args: dict) -> str | None:
@@ -248,14 +250,14 @@ def do_history(ctx: Context, args: dict) -> int:
     from .client import JobNotFound
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
     user = _user(args)
-    ids, found = [*dict.fromkeys(ctx.client.job_id(r, started=False) for r in by_name(ctx, args, True))], {}
-    if ids:  # in one call: the master's wait finds each by id, and with a timeout of 0 does not wait
+    refs, found = [*dict.fromkeys(by_name(ctx, args, True))], {}  # (ids, and tasks 12.7 as they are)
+    if ids := [r for r in refs if isinstance(r, int)]:  # in one call: the master's wait, which with 0 s does not wait
         try:
             found = {int(i): job for i, job in ctx.client.call("wait", ids, 0).items()}
-        except JobNotFound:  # (one is unknown: each is asked about, as the live ones are)
-            found = {}
-        found.update((i, _where(ctx.client, i, True)) for i in ids if i not in found)
-    jobs = [found[i] for i in reversed(ids) if isinstance(found[i], dict)] if ids else \
+        except JobNotFound:  # (one is unknown: each is asked about, as the live ones and the tasks are)
+            pass
+    found.update((r, _where(ctx.client, r, True)) for r in refs if r not in found)
+    jobs = [found[r] for r in reversed(refs) if isinstance(found[r], dict)] if refs else \
         ctx.client.history(args.get("count", 20), user, args.get("grep"))  # (newest first)
     code = shown(ctx, args, lambda js, fields: history_long(js) if args.get("long") else history_table(js, fields),
                  jobs, HISTORY_COLUMNS, job_fields())

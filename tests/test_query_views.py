@@ -111,3 +111,21 @@ def test_requeue_reason_and_nodes_unknown_until_heard_from_after_a_master_restar
         sinfo = subprocess.run([sys.executable, "-c", "import sys; from grun.compat import sinfo; sys.exit(sinfo(sys.argv[1:]))",
                                 "-N", "-h"], env=c.env, capture_output=True, text=True, timeout=30)
         assert f"{first} 1 grun* unk" in [" ".join(line.split()) for line in sinfo.stdout.splitlines()], sinfo
+
+
+def test_history_of_tasks_notes_a_missing_one_as_a_missing_id_and_names_each_as_asked(cluster):
+    """A task `-q history` could not find (no such task, or one ended too long ago) ended the whole command with an
+    error, where a missing id only got a note; and a task not begun was named by its array's id. Now each is a note
+    of its own, naming the task as it was asked for and the query that shows it (a task not begun: its array's)."""
+    out = _run(cluster, "--nowait", "--array", "1-3%1", "sh", "-c", '[ "$GRUN_TASK_ID" = 1 ] || sleep 60')[0]
+    array = int(out.split()[-1])
+    try:
+        cluster.client().wait([f"{array}.1"], timeout=30)
+        cluster.client().wait_started(cluster.client().job_id(f"{array}.2"))
+        out, err = _run(cluster, "-q", "history", f"{array}.1", f"{array}.9", "999999", f"{array}.3", f"{array}.2", rc=1)
+        assert [line.split()[0] for line in out.splitlines()[1:]] == [f"{array}.1"], out
+        assert err.splitlines() == [f"grun: no such job {array}.9", "grun: no such job 999999",
+                                    f"grun: job {array}.3 has not finished (queued): see grun -q jobs {array}",
+                                    f"grun: job {array}.2 has not finished (running): see grun -q jobs {array}.2"], err
+    finally:
+        cluster.client().kill([array])
