@@ -222,10 +222,14 @@ def _user(args: dict) -> str | None:
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
+    from .core.arrays import has_task, is_array
     from .tables import COLUMNS, history_long, job_fields, jobs_table, label
     ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), _user(args)
+    # a task not begun is its array's pending row (as squeue -j 12_7 shows 12_[7-9])
+    unbegun = {(int(a), int(t)) for a, dot, t in (i.partition(".") for i in ids) if dot and a.isdigit() and t.isdigit()}
     jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
-        not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names)]
+        not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names
+        or is_array(j) and any(a == j["id"] and has_task(j, t) for a, t in unbegun))]
     code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(js, fields),
                  jobs, COLUMNS, job_fields())
     live = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}  # an id asked for, ended or unknown:

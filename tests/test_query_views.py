@@ -127,5 +127,7 @@ def test_history_of_tasks_notes_a_missing_one_as_a_missing_id_and_names_each_as_
         assert err.splitlines() == [f"grun: no such job {array}.9", "grun: no such job 999999",
                                     f"grun: job {array}.3 has not finished (queued): see grun -q jobs {array}",
                                     f"grun: job {array}.2 has not finished (running): see grun -q jobs {array}.2"], err
+        out, err = _run(cluster, "-q", "jobs", f"{array}.3")  # (its array's pending row, as squeue -j 12_3 shows it)
+        assert [line.split()[0] for line in out.splitlines()[1:]] == [str(array)] and not err, (out, err)
     finally:
         cluster.client().kill([array])
