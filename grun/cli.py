@@ -112,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _show(text: str, end: str = "\n") -> int:
+    """As verbs.Context.print, for --help, -V and --completion without importing the verbs (4.6 ms)."""
+    try:
+        print(text, end=end, flush=True)
+    except OSError as exc:
+        from .stream import WriteError
+        raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
+    return 0
+
+
 def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
-        from . import verbs
-        show = verbs.Context(None).print  # (a write error is raised, and said below)
         if opts.get("help") or opts.get("version"):
-            return show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
+            return _show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
         if "completion" in opts:
             from .integrate import completion
-            return show(completion(opts["completion"]), end="")
+            return _show(completion(opts["completion"]), end="")
+        from . import verbs
+        show = verbs.Context(None).print  # (a write error is raised, and said below)
         from .client import Client
         TIMES["imported"] = time.time()
         cfg = load_config(find_config_path(opts.pop("config", None)))
