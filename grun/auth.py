@@ -208,7 +208,7 @@ def who(given, bound: str = ""):
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
-        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII | re.DOTALL)) is None:
+        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII)) is None:  # (one line)
             return None
     if not verify(given, f"{bound}\n{body}" if body else bound):
         return None
@@ -291,6 +291,8 @@ def serve_credentials(log):
                     conn.settimeout(1.0)
                     pid, uid, gid = peer_ids(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
                     bound = conn.recv(512).decode("ascii").rstrip("\n")
+                    if "\n" in bound:  # (signed as "BOUND\nBODY": a line of the asker's would pass for the body)
+                        raise UnicodeError(f"a request from uid {uid} for more than one line")
                     user, groups = _account(uid, gid)  # (the kernel's word on who asks, not the asker's)
                     body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
                     conn.sendall((_CRED + proof(f"{bound}\n{body}") + body).encode())

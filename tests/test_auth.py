@@ -530,6 +530,23 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     assert code == 0 and job_id in out and "running" in out, out  # the node took no word of bob's for it
     assert "ignored a ping from pid" in _log(secured, "n1")
 
+    def forged_kill():  # a credential signed for a "bound" of two lines, the second passed off as the body: root's
+        from grun import auth
+        from grun.client import Client
+        real, fake = auth._credential, "0:0:022:0:root"
+
+        def forge(bound):
+            got = real(f"{bound}\n{fake}")
+            cut = len(auth._CRED) + auth.PROOF_LEN
+            return got and f"{got[:cut]}{fake}\n{got[cut:]}"
+        auth._credential = forge
+        try:
+            return f"done: {Client().kill([int(job_id)])}"
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(bob, env, forged_kill, cwd=str(tmp_path))
+    assert out.startswith("refused: ") and secured.client().job(int(job_id))["state"] == "running", out
+
     def stop_master():  # an administrative call from a user
         from grun.client import Client
         try:
