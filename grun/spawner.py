@@ -158,7 +158,7 @@ def _as_user(ident: dict):
     if not ident:
         yield
         return
-    groups = os.getgroups()
+    groups, mask = os.getgroups(), os.umask(ident.get("umask", 0o022))  # (files it makes: -o/-e, with its umask)
     os.setgroups(ident["extra_groups"] or [ident["group"]])
     os.setegid(ident["group"])
     os.seteuid(ident["user"])
@@ -168,6 +168,7 @@ def _as_user(ident: dict):
         os.seteuid(0)
         os.setegid(0)
         os.setgroups(groups)
+        os.umask(mask)
 
 
 def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):

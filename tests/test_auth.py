@@ -484,7 +484,10 @@ def _as_themselves(users, tmp_path, client_config: str) -> dict:
     shutil.copy(client_config, conf)
     os.chmod(conf, 0o644)
     env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
-    code, out = _as_user(alice, env, ["sh", "-c", "id -u; id -G; umask; touch made"], cwd=str(tmp_path), umask=0o027)
+    code, out = _as_user(alice, env, ["-o", "out", "--err", "err", "sh", "-c", "id -u; id -G; umask; touch made"],
+                         cwd=str(tmp_path), umask=0o027)
+    assert [os.stat(tmp_path / f).st_mode & 0o777 for f in ("out", "err")] == [0o640, 0o640], "-o/--err: her umask"
+    out = (tmp_path / "out").read_text()
     assert len(out.splitlines()) == 3, (code, out)
     uid, gids, umask = out.split()[0], out.splitlines()[1].split(), out.splitlines()[2]
     assert (code, uid, umask) == (0, str(alice.pw_uid), "0027"), out
