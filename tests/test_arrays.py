@@ -123,6 +123,20 @@ def test_a_task_held_and_released_on_its_own_still_waits_for_percent_n():
     assert [t["task"] for t in _offered(m.handle("schedule", 7.0))] == [7], "room for one: the task released"
 
 
+def test_a_held_task_takes_no_percent_n_slot_and_why_counts_only_the_running():
+    m = _state(cpus=8)
+    array_id = _submit(m, "1-4%1")
+    first = _offered(m.handle("schedule", 2.0))
+    m.handle("control", "hold", [f"{array_id}.3"], 3.0)
+    _finish(m, first, 4.0)
+    assert [t["task"] for t in _offered(m.handle("schedule", 5.0))] == [2], "task 3 is held: 2 runs"
+    assert explain(m.table.jobs[array_id], m, 5.0) == (f"Array {array_id} waits: the array runs at most 1 task at "
+                                                      "once (%1) and 1 is running; the next starts when one ends.")
+    m.handle("control", "resume", [f"{array_id}.3"], 6.0)
+    assert explain(m.table.jobs[array_id], m, 6.0).endswith("and 1 is running, 1 more queued to start; the next "
+                                                            "starts when one ends.")
+
+
 def test_an_array_ends_with_one_finish_record_its_outcome():
     m = _state(cpus=8)
     array_id = _submit(m, "1-4")
@@ -335,3 +349,16 @@ def test_bad_arrays_are_refused_on_one_line_and_queue_nothing(cluster, array, ne
     with pytest.raises(Exception, match=needle):  # the master refuses it too, from any client
         cluster.client().submit_spec({**_spec("/tmp"), "array": array})
     assert cluster.client().jobs() == []
+
+
+def test_a_task_held_before_it_starts_does_not_stop_its_array(cluster, tmp_path):
+    array_id = _job_id(cluster.grun("--nowait", "--array", "1-4%1", "sleep", "0.5", cwd=tmp_path))
+    assert cluster.grun("-e", "hold", f"{array_id}.3").returncode == 0
+    client, deadline = cluster.client(), time.monotonic() + 20
+    while client.job(array_id)["counts"].get("done", 0) < 3:
+        assert time.monotonic() < deadline, (client.job(array_id), cluster.grun("why", str(array_id)).stdout)
+        time.sleep(0.1)
+    task = next(j for j in client.jobs() if j.get("array") == array_id)
+    assert (task["task"], task["state"]) == (3, "held")
+    assert cluster.grun("-e", "resume", f"{array_id}.3").returncode == 0
+    assert cluster.grun("-q", "wait", str(array_id), timeout=30).returncode == 0

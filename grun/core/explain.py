@@ -127,8 +127,10 @@ def explain(job: dict, master, now: float) -> str:
     if not table.room(job):  # an array (or one of its tasks) at its %N
         array, n = table.jobs.get(job.get("array"), job), job.get("limit") or table.jobs[job["array"]]["limit"]
         what = f"{head} (task {job['task']} of array {array['id']})" if "task" in job else f"Array {job['id']}"
-        return f"{what} waits: the array runs at most {n} task{'s' * (n > 1)} at once (%{n}) and {n} " \
-               f"{'are' if n > 1 else 'is'} running; the next starts when one ends."
+        busy = [t["state"] in J.ON_NODE_STATES for t in table.busy_tasks(array["id"])]
+        running, queued = sum(busy), f", {len(busy) - sum(busy)} more queued to start" * (len(busy) > sum(busy))
+        return f"{what} waits: the array runs at most {n} task{'s' * (n > 1)} at once (%{n}) and {running} " \
+               f"{'is' if running == 1 else 'are'} running{queued}; the next starts when one ends."
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
         kind, text = node_reason(node, job, claims)

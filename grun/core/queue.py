@@ -156,10 +156,14 @@ class JobTable:
         """How many copies of the job placement may start now: 1, or an array's tasks (its %N); a task
         queued on its own (re-queued, or held and released alone) waits while %N of its array run."""
         if A.is_array(job):
-            return A.room(job, len(self.tasks.get(job["id"], ())))
+            return A.room(job, job["limit"] and len(self.busy_tasks(job["id"])))  # (no %N: no count)
         limit = self.jobs[job["array"]]["limit"] if "task" in job and job["array"] in self.jobs else None
         return int(limit is None or sum(self.jobs[i]["state"] in J.ON_NODE_STATES
                                         for i in self.tasks[job["array"]].values()) < limit)
+
+    def busy_tasks(self, array_id: int) -> list[dict]:
+        """The array's tasks that take one of its %N: those made jobs and not held (as in Slurm)."""
+        return [job for i in self.tasks.get(array_id, {}).values() if (job := self.jobs[i])["state"] != J.HELD]
 
     def _share(self, job: dict) -> dict:
         """One copy of each env dict, cmd list and short string that many jobs hold alike."""
