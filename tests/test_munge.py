@@ -122,6 +122,12 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
+    before = cluster.client().job(int(hers))
+    for argv in (["-k", hers], ["-e", "hold", hers], ["-e", "resume", hers], ["-e", "priority=1", hers]):
+        code, out = _as_user(bob, env, argv, cwd=str(tmp_path))  # as for an id nobody has: not who owns it
+        assert code == 1 and out.strip() == f"grun: no such job {hers}", (argv, out)
+    after = cluster.client().job(int(hers))
+    assert (after["state"], after["priority"]) == ("running", before["priority"]), after
     code, out = _as_user(bob, env, ["-v", "-j", f"s{alice.pw_name}", "-W", "--nowait", "true"], cwd=str(tmp_path))
     assert code == 0 and f"job {hers}" not in out and out.split()[-1] != hers, out  # names are per user: hers is
     assert _as_user(bob, env, ["-k", out.split()[-1]], cwd=str(tmp_path))[0] == 0  # free for his own (queued: killed)

@@ -348,35 +348,41 @@ class Master(Queries):
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
         at once, even if its node cannot be reached (it is still signalled if it can)."""
-        self._may_change(job_ids, "kill")
-        return self._do("kill", job_ids, signal, force)
+        job_ids, hidden = self._may_change(job_ids, "kill")
+        return {**self._do("kill", job_ids, signal, force), **hidden}
 
     def hold(self, job_ids: list) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to the process group, cpus released)."""
-        self._may_change(job_ids, "hold")
-        return self._do("control", "hold", job_ids)
+        job_ids, hidden = self._may_change(job_ids, "hold")
+        return {**self._do("control", "hold", job_ids), **hidden}
 
     def resume(self, job_ids: list) -> dict:
         """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
-        self._may_change(job_ids, "resume")
-        return self._do("control", "resume", job_ids)
+        job_ids, hidden = self._may_change(job_ids, "resume")
+        return {**self._do("control", "resume", job_ids), **hidden}
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        self._may_change(job_ids, "edit")
+        job_ids, hidden = self._may_change(job_ids, "edit")
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
         users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
-        return self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]))
+        return {**self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users])),
+                **hidden}
 
-    def _may_change(self, job_ids, what: str) -> None:
+    def _may_change(self, job_ids, what: str) -> tuple[list, dict]:
         """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all); nobody while
-        the master's disk is full (its journal could not keep the change)."""
+        the master's disk is full (its journal could not keep the change). Under private_queries another's job
+        is unknown to them: the ids to act on, and those left out, answered {id: False} as an unknown id is."""
         if full := self.store.full():
             raise ValueError(full)
         if isinstance(auth.caller(), dict) and isinstance(job_ids, (list, tuple)):
             with self.lock:
                 jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
+            if (only := self._only()) is not None:
+                hidden = {str(i): False for i, job in zip(job_ids, jobs) if job and job["uid"] != only}
+                return [i for i in job_ids if str(i) not in hidden], hidden
             for job in filter(None, jobs):
                 auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
+        return job_ids, {}
 
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")
