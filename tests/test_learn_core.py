@@ -45,6 +45,10 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["sleep 1m && true"], True, "sleep 1m"),
     (["sh", "-c", "echo sleep 5 && sleep 60"], False, "sleep 60"),  # the sleep that runs, not the first word sleep
     (["echo sleep 5; sleep 60"], True, "sleep 60"),
+    (["echo hi; exit 0"], True, "echo"),  # (was exit: every line ending `exit` shared one key, and its learned limit)
+    (["mytool a | tee log; exit $?"], True, "mytool"),
+    (["./a & ./b & wait"], True, "a"),
+    (["exit 3"], True, "exit"),  # (nothing else there)
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
