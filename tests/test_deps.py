@@ -177,4 +177,8 @@ def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster
     assert c.grun("-q", "wait", str(after_three)).returncode == 1
     assert _job(c, after_three)["reason"].startswith("dependency ") and _job(c, after_three)["state"] == "cancelled"
     r = c.grun("--nowait", "--afterok", f"{array}.9", "true")
-    assert r.returncode == 1 and "no live task" in r.stderr.decode()
+    assert r.returncode == 1 and "no task" in r.stderr.decode()
+    # an ended task is judged by its end, as an ended plain job is (it was refused: "no live task")
+    assert c.grun("--afterok", f"{array}.2", "true").returncode == 0
+    r = c.grun("--afterok", f"{array}.3", "true")
+    assert r.returncode == 1 and "dependency" in r.stderr.decode() and "failed" in r.stderr.decode(), r

@@ -41,8 +41,8 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
                 job = table.jobs.get(table.names.get((req["user"], ref))) or known.get((req["user"], ref))
             if job is None:
                 raise ValueError(f"--{kind}: no job {ref}" if isinstance(ref, int) else
-                                 f"--{kind}: no live task {ref} (for an ended one, wait for its array)" if
-                                 ref.replace(".", "").isdigit() else f"--{kind}: no job named {ref!r} of user {req['user']}")
+                                 f"--{kind}: no task {ref}" if ref.replace(".", "").isdigit() else
+                                 f"--{kind}: no job named {ref!r} of user {req['user']}")
             if job.get("user") != req["user"] and not other_users:
                 raise ValueError(f"--{kind}: job {job['id']} is {job.get('user')}'s (deps_other_users is off)")
             if job["state"] not in J.FINAL_STATES:
