@@ -71,11 +71,11 @@ COLUMNS = ["ID", "USER", "STATE", "NODE", "CPUS", "MEM", "USING", "TIME", "CWD",
 RECORD_FIELDS = ("submit_time", "start_time", "attempt", "task", "deps", "queue_wait", "origin", "warnings")
 
 
-def jobs_table(jobs: list[dict], fields: list[str] | None = None) -> str:
+def jobs_table(jobs: list[dict], fields: list[str] | None = None, unfolded=()) -> str:
     """Queued and running jobs; USING: what a running job's processes use now (cpus busy, resident MB);
-    TIME: its time limit (-t). An array is one line, its STATE the count of its tasks in each state.
+    TIME: its time limit (-t). An array is one line, its STATE the count of its tasks in each state (see fold_arrays).
     `fields` (-F): these columns by name, or any field of the records."""
-    jobs = fold_arrays(jobs)
+    jobs = fold_arrays(jobs, unfolded)
     using = [f"{u.get('cpu', 0):g}c/{u.get('rss_mb', 0)}M" if (u := j.get("usage_now")) else "-" for j in jobs]
     rows = [[label(j), j.get("user", "-"), j["state"], j.get("node") or "-", f"{j['cpus']:g}" + learned(j, "cpus"),
              f"{j['memory']}{learned(j, 'memory')}", now, fmt_span(j.get("time") or j.get("expected_time"))
@@ -88,18 +88,20 @@ def learned(job: dict, field: str) -> str:
     return "*" if (job.get("origin") or {}).get(field, "").startswith("learned") else ""
 
 
-def fold_arrays(jobs: list[dict]) -> list[dict]:
-    """The jobs with each array's tasks folded into its line: "3 running, 97 queued, 5 done"."""
+def fold_arrays(jobs: list[dict], unfolded=()) -> list[dict]:
+    """The jobs with each array's tasks folded into its line: "3 running, 97 queued, 5 done" (`unfolded` arrays: their
+    live tasks keep their own lines, its line counts the others)."""
     arrays = {j["id"]: Counter() for j in jobs if "ranges" in j}
     for j in jobs:
-        if j.get("array") in arrays:
+        if j.get("array") in arrays and j["array"] not in unfolded:
             arrays[j["array"]][j["state"]] += 1
     for j in jobs:
         if j["id"] in arrays:
             arrays[j["id"]].update({j["state"]: left(j)} if left(j) else {})  # (its tasks not started yet)
             arrays[j["id"]].update(j["counts"])
     return [dict(j, state=", ".join(f"{n} {s}" for s, n in arrays[j["id"]].items())) if j["id"] in arrays else j
-            for j in jobs if j.get("array") not in arrays]
+            for j in jobs if (j.get("array") not in arrays or j["array"] in unfolded)
+            and (j["id"] not in unfolded or arrays.get(j["id"], 1))]  # (its tasks all begun: their lines alone)
 
 
 def label(job: dict) -> str:
@@ -214,6 +216,7 @@ def check_fields(fields: list[str] | None, columns: list[str], record_fields) ->
     """A UsageError (one line, naming those it knows) for a field of -F that is neither a column nor a record's."""
     from .options import UsageError
     known = {column_key(c) for c in columns} | set(record_fields)
+    known |= {"mem"} if "memory" in known else set()  # (-q jobs' MEM column: the request)
     if wrong := next((f for f in fields or () if f not in known), None):
         raise UsageError(f"-F: no field {wrong!r} (known: {', '.join(sorted(known))})")
 
@@ -230,7 +233,8 @@ def chosen(rows: list[list], header: list[str], records: list[dict], fields: lis
     if not fields:
         return table(rows, header)
     at = {column_key(h): i for i, h in enumerate(header)}
-    return table([[row[at[f]] if f in at else field_text(rec, f) for f in fields] for rec, row in zip(records, rows)],
+    return table([[row[at[f]] if f in at else field_text(rec, "memory" if f == "mem" else f) for f in fields]
+                  for rec, row in zip(records, rows)],
                  [f.upper() for f in fields])
 
 

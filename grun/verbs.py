@@ -191,10 +191,13 @@ def json_text(document) -> str:
 
 # ---- queries and control ---------------------------------------------------------------------------
 
-def shown(ctx: Context, args: dict, text, records, *fields) -> int:
-    """`records` as --json, or as text(records, -F's fields); `fields`: the columns and record fields -F knows."""
+def shown(ctx: Context, args: dict, text, records, *fields, quiet: bool = False) -> int:
+    """`records` as --json, or as text(records, -F's fields); `fields`: the columns and record fields -F knows.
+    `quiet`: no table (not even its header) when every job asked for is missing, as squeue -j prints only the error."""
     from .tables import check_fields
     check_fields(args.get("format"), *fields)  # (an unknown one: a UsageError)
+    if quiet and not args.get("json"):
+        return 0
     return ctx.print(json_text(records) if args.get("json") else text(records, args.get("format")))
 
 
@@ -230,8 +233,9 @@ def do_jobs(ctx: Context, args: dict) -> int:
     jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names
         or is_array(j) and any(a == j["id"] and has_task(j, t) for a, t in unbegun))]
-    code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(js, fields),
-                 jobs, COLUMNS, job_fields())
+    arrays = {j["id"] for j in jobs if str(j["id"]) in ids}  # named: its tasks a row each (as squeue -j 12)
+    code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(
+        js, fields, arrays), jobs, COLUMNS, job_fields(), quiet=bool(ids and not names and not jobs))
     live = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}  # an id asked for, ended or unknown:
     notes = [_where(ctx.client, int(i), False) for i in sorted(ids) if i.isdigit() and i not in live]  # said, and rc 1
     return max([code, *(ctx.say(note) for note in notes if isinstance(note, str))])  # (squeue -j past MinJobAge)
@@ -264,7 +268,7 @@ def do_history(ctx: Context, args: dict) -> int:
     jobs = [found[r] for r in reversed(refs) if isinstance(found[r], dict)] if refs else \
         ctx.client.history(args.get("count", 20), user, args.get("grep"))  # (newest first)
     code = shown(ctx, args, lambda js, fields: history_long(js) if args.get("long") else history_table(js, fields),
-                 jobs, HISTORY_COLUMNS, job_fields())
+                 jobs, HISTORY_COLUMNS, job_fields(), quiet=bool(refs and not jobs))
     return max([code, *(ctx.say(note) for note in found.values() if isinstance(note, str))])
 
 

@@ -131,3 +131,23 @@ def test_history_of_tasks_notes_a_missing_one_as_a_missing_id_and_names_each_as_
         assert [line.split()[0] for line in out.splitlines()[1:]] == [str(array)] and not err, (out, err)
     finally:
         cluster.client().kill([array])
+
+
+def test_a_missing_id_has_no_header_an_array_id_lists_its_tasks_and_history_takes_mem(cluster):
+    """QA 2026-12-07: `-q jobs ID` and `-q history ID` of a missing id printed an empty table's header before the
+    error (squeue -j prints the error alone); `-q jobs ARRAY` was the array's one summary line, where squeue -j lists
+    its running tasks and its pending line; `-q history -F mem` was refused, though `-q jobs -F mem` works."""
+    for query in ("jobs", "history"):
+        assert _run(cluster, "-q", query, "999999", rc=1) == ("", "grun: no such job 999999\n")
+    array = int(_run(cluster, "--nowait", "--array", "1-3%1", "sleep", "60")[0].split()[-1])
+    try:
+        cluster.client().wait_started(cluster.client().job_id(f"{array}.1"))
+        rows = [line.split() for line in _run(cluster, "-q", "jobs", str(array))[0].splitlines()[1:]]
+        assert [row[0] for row in rows] == [str(array), f"{array}.1"], rows
+        assert rows[0][2:4] == ["2", "queued"] and rows[1][2] == "running", rows
+    finally:
+        cluster.client().kill([array])
+    done = cluster.client().submit(["true"], memory=300)
+    assert done.wait(30) == 0
+    out = _run(cluster, "-q", "history", "-F", "id,mem", str(done.id))[0]
+    assert [line.split() for line in out.splitlines()] == [["ID", "MEM"], [str(done.id), "300"]], out
