@@ -64,13 +64,18 @@ def split(line: str) -> list[str]:
 SETUP = frozenset({"cd", "pushd", "export", "set", "unset", "source", ".", "module", "ml", "conda", "ulimit", "umask",
                    "echo", "printf", "true", ":", "mkdir", "date", "hostname"})  # before a line's real work
 OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
+# Shell builtins that only end or steer a line (`echo hi; exit 0`, `./a & ./b & wait`): never its working command while
+# another is there, else every such line would share their learned key. `true`, `false`, `:` stay: alone they are a
+# job's whole (test) work, and `cd x && true` keeps its key.
+RUN_NOTHING = frozenset({"exit", "return", "wait", "logout", "shift", "trap", "break", "continue"})
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT`: SCRIPT is a shell line
 MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
 
 
 def working_command(words: list[str]) -> list[str]:
     """A shell line's command that does the work: the first that is not set-up (`cd DIR && python3 a.py`: not cd,
-    which learned requests would otherwise share with every such line), `VAR=value` words skipped; else the last."""
+    which learned requests would otherwise share with every such line), `VAR=value` words and, but alone, RUN_NOTHING
+    commands skipped; else the last."""
     commands, current = [], []
     for word in words:
         if word in OPERATORS or word.endswith(";"):
@@ -79,6 +84,7 @@ def working_command(words: list[str]) -> list[str]:
         elif current or "=" not in word or not word.split("=")[0].isidentifier():
             current.append(word)
     commands = [c for c in [*commands, current] if c]
+    commands = [c for c in commands if c[0] not in RUN_NOTHING] or commands
     return next((c for c in commands if os.path.basename(c[0]) not in SETUP), commands[-1] if commands else words)
 
 
@@ -115,7 +121,7 @@ def first_work(script: str) -> list[str]:
     for match in LINES.finditer(script):
         words = split(re.sub(r"\\\r?\n", " ", match[0]) if "\\" in match[0] else match[0])
         if words and (command := working_command(words)) is not words:  # (words itself: only assignments)
-            last = words
+            last = words if command[0] not in RUN_NOTHING or not last else last
             if os.path.basename(command[0]) not in SETUP:
                 return words
     return last

@@ -13,7 +13,7 @@ import math
 import os
 from array import array
 
-from .jobs import OPERATORS, argv, command_of, script_of
+from .jobs import argv, command_of, script_of
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
@@ -26,31 +26,15 @@ MIN_CPU_WALL = 1.0
 # Programs whose argument is their run time (`sleep 5`): the argument is part of their key, else every
 # `sleep` would be expected to take as long as the last ones did.
 LENGTH_IN_ARGUMENT = frozenset({"sleep"})
-# Shell builtins that only end or steer a line (`echo hi; exit 0`, `./a & ./b & wait`): never its program while a
-# command is there, else every such line would share their key. `true`, `false`, `:` stay: alone they are a job's whole
-# (test) work, and `cd x && true` keeps its key.
-RUN_NOTHING = frozenset({"exit", "return", "wait", "logout", "shift", "trap", "break", "continue"})
 
 
 def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
     words, shell = argv(job), job.get("shell")
-    words = shell and doing_something(words) or words
     path, inline, name = script_of(words, shell)
     if name in LENGTH_IN_ARGUMENT and (command := command_of(words, shell))[1:]:  # (`sh -c 'cd x && sleep 5'`)
         return f"{name} {command[1].rstrip(';&|)')[:20]}"
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
-
-
-def doing_something(words: list[str]) -> list[str]:
-    """A shell line's words less its commands that run nothing (RUN_NOTHING); [] if it has no others."""
-    kept, command = [], []
-    for word in words:
-        command.append(word)
-        if word in OPERATORS or word.endswith(";"):
-            kept += command * (command[0].rstrip(";") not in RUN_NOTHING)
-            command = []
-    return kept + command * (not command or command[0] not in RUN_NOTHING)
 
 
 def p95(values) -> float:
