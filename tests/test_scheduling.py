@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 from cluster import LocalCluster
 from util import assert_one_error_line, job, nowait, wait_for, wait_state
@@ -97,17 +98,21 @@ def _node(cluster, name) -> dict:
 def test_outside_load_lowers_free_cpus_and_grun_jobs_are_not_outside_load(tmp_path):
     """Other sessions may share this machine, so the first half checks what the node excluded
     (the job's own cpu use) and that free = total - reserved - outside; the second half saturates
-    every core from outside grun, which fills the node whatever else runs."""
-    c = _start({"busy": {"cpus": 2, "memory": 4000, "count_outside_load": True}})
+    every core from outside grun, which fills the node whatever else runs. Outside load is charged only
+    beyond what the config leaves unoffered: "busy" offers the whole machine, "small" a sliver of it."""
+    cores, total_mb = os.cpu_count() or 2, psutil.virtual_memory().total // 2**20
+    c = _start({"busy": {"cpus": cores, "memory": total_mb, "count_outside_load": True},
+                "small": {"cpus": 1, "memory": 100, "count_outside_load": True}})
     burners = []
     try:
-        burn = nowait(c, "-c", "1", PY, "-c", "while True: pass")
+        burn = nowait(c, "-H", "busy", "-c", "1", PY, "-c", "while True: pass")
         wait_state(c, burn, "running")
         wait_for(lambda: (u := job(c, burn).get("usage_now")) and u.get("cpu", 0) > 0.5, 15,
                  what="the node to sample the burning job")
         node = wait_for(lambda: (n := _node(c, "busy")).get("grun_cpus", 0) > 0.5 and n, 15,
                         what="the job's cpu to be counted as grun's, not outside load")
-        assert node["free_cpus"] == max(0.0, 2 - 1 - node["outside_cpus"]), node
+        assert node["free_cpus"] == max(0.0, cores - 1 - node["outside_cpus"]), node
+        assert _node(c, "small")["outside_memory"] == 0, "others' memory comes out of what small does not offer"
         c.client().kill([burn], 9)
         # processes outside grun busy on every core: the node is full
         burners = [subprocess.Popen([PY, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
@@ -115,14 +120,14 @@ def test_outside_load_lowers_free_cpus_and_grun_jobs_are_not_outside_load(tmp_pa
         # dip; the node must hold the job back on at least one of two tries
         for attempt in range(2):
             wait_for(lambda: _free(c, "busy")[0] == 0, 15, what="outside load to fill the node")
-            waiting = nowait(c, "-c", "1", "true")
+            waiting = nowait(c, "-H", "busy", "-c", "1", "true")
             if job(c, waiting)["state"] == "queued":
                 break
         assert job(c, waiting)["state"] == "queued"
         text = c.grun("why", str(waiting)).stdout.decode()
         assert "taken by other programs" in text, text
         node = _node(c, "busy")
-        assert node["outside_memory"] > 0 and node["free_memory"] == 4000 - node["outside_memory"], node
+        assert node["outside_memory"] > 0 and node["free_memory"] == total_mb - node["outside_memory"], node
         for p in burners:
             p.kill()
         assert c.grun("-q", "wait", str(waiting)).returncode == 0

@@ -6,6 +6,8 @@ and which job goes when a memory limit is hit (its own, or the node's min_free_m
 Outside cpu load, over the heartbeat window: the machine's busy cpu time (all but idle and iowait) minus
 grun's, in whole cores, a core counting once it is BUSY_CORE busy, so a few percent of daemon noise never
 costs a 1-cpu job its node. Outside memory: the machine's used memory minus grun's resident memory.
+Both are charged to the node only beyond the part of the machine its config does not offer (cpus:, memory: below
+the machine's): other programs use that part first.
 """
 
 import math
@@ -116,17 +118,22 @@ class Monitor:
         # a parent gone (or not ours): nobody will be credited
         self.credit = {pid: cpu for pid, cpu in self.credit.items() if pid in alive}
 
-    def outside(self) -> tuple[float, int]:
-        """(cores, MB) used by programs that are not grun's, over the window since the last call."""
+    def outside(self, cpus: float, memory_mb: int) -> tuple[float, int]:
+        """(cores, MB) that programs not grun's take of what the node offers (`cpus`, `memory_mb`), over the window
+        since the last call."""
         now, busy = time.monotonic(), _busy_seconds()
         elapsed = now - self.window_start
-        if elapsed < 0.5:
-            return self._last_outside
+        if elapsed >= 0.5:
+            self._measure(now, busy, elapsed)
+        cores, memory = self._last_outside
+        return (max(0.0, cores - max(0, (psutil.cpu_count() or 1) - cpus)),
+                max(0, memory - max(0, psutil.virtual_memory().total // 2**20 - memory_mb)))
+
+    def _measure(self, now: float, busy: float, elapsed: float) -> None:
         cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
         self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
         self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
         self._last_outside = (float(max(0, math.floor(cores + (1 - BUSY_CORE)))), int(self.outside_memory))
-        return self._last_outside
 
 
 def over_memory_limit(rss_mb: int, limits: dict) -> str | None:

@@ -258,7 +258,7 @@ class Node(NodeJobs):
 
     def _load(self) -> dict:
         held, now = self._held(), mounts.network(mounts.table())
-        cores, memory = self.monitor.outside() if self.count_outside_load else (0.0, 0)
+        cores, memory = self.monitor.outside(self.cpus, self.memory) if self.count_outside_load else (0.0, 0)
         changed, self.mounts = now != self.mounts, now
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
