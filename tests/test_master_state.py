@@ -167,3 +167,51 @@ def test_nested_grun_lends_and_takes_back_through_the_events():
     child = m.handle("submit", m.requests([{"cmd": ["x"], "parent": parent}]), None, 3.0)
     assert [r["op"] for r in child.records] == ["submit", "lend"]
     assert m.table.nodes["a"].free_cpus == 4
+
+
+def _logs(step, level: str = "warning") -> list[str]:
+    return [i[2] for i in step.do if i[:2] == ("log", level)]
+
+
+def test_a_node_beating_slower_than_node_timeout_allows_is_judged_by_three_of_its_beats():
+    """QA: a node with `heartbeat:` longer than node_timeout flapped up and down, its jobs re-queued and run twice."""
+    m = _state(node_timeout=10.0)
+    assert _logs(m.handle("register", _info("fast", heartbeat=3.0), 0.0)) == [], "3 beats fit in node_timeout"
+    step = m.handle("register", _info("slow", heartbeat=8.0), 0.0)
+    assert _logs(step) == ["node slow: heartbeat 8 s, so down after 24 s unheard, not node_timeout"]
+    job_id = _running(m, "slow")
+    assert m.handle("sweep", 20.0).records == [] and m.table.nodes["slow"].up, "silent for 20 s: 2.5 of its beats"
+    assert not m.table.nodes["fast"].up, "the others keep node_timeout"
+    assert m.handle("sweep", 24.5).records[0]["op"] == "requeue" and not m.table.nodes["slow"].up
+    assert job_id not in m.launched
+
+
+def test_a_node_that_stops_is_told_when_its_jobs_are_re_queued():
+    """QA: `grun -d -k` of a node logged that its jobs "stay there"; they are re-queued after node_timeout."""
+    m = _state("a", node_timeout=10.0)
+    job_id = _running(m, "a")
+    step = m.handle("leave", "a", "i1", 3.0)
+    assert _logs(step, "info") == [(f"node a stopped: down, no new jobs go there until it registers again; its jobs "
+                                    f"[{job_id}] are re-queued if it is not back within 10 s (node_timeout)")]
+
+
+def test_the_end_of_a_run_the_master_re_ran_elsewhere_is_logged_not_counted():
+    """QA: a job that finished on a node whose daemon was dead, while the master ran it again elsewhere, lost its
+    first run without a word. (Every run in history, as sacct -D, is not kept.)"""
+    m = _state("a", "b", node_timeout=10.0)
+    job_id = _submit(m)
+    m.handle("schedule", 2.0)
+    first = m.table.jobs[job_id]["node"]
+    m.handle("started", first, {"started": {str(job_id): 99}, "incarnation": "i1", "seq": 1}, 2.0)
+    other = ({"a", "b"} - {first}).pop()
+    m.handle("heartbeat", other, {}, 9.0)
+    assert m.handle("sweep", 10.5).records[0]["op"] == "requeue"
+    m.handle("schedule", 11.0)
+    assert m.table.jobs[job_id]["node"] == other and m.table.jobs[job_id]["attempt"] == 2
+    step = m.handle("finished", first, [{"id": job_id, "exit_code": 3, "attempt": 1}], 12.0)
+    assert step.records == [] and step.reply == [job_id], "acknowledged, not counted"
+    assert _logs(step) == [f"job {job_id}: node {first} ended run 1 (3), superseded by run 2 on {other}: not counted"]
+    report = [{"id": job_id, "exit_code": 0, "attempt": 2}]
+    assert m.handle("finished", other, report, 13.0).records[0]["op"] == "finish"
+    again = m.handle("finished", other, report, 14.0)
+    assert again.records == [] and _logs(again) == [], "a repeated report of the run that counted: silent"

@@ -13,7 +13,7 @@ no socket, clock or file is touched here, and the tests assert on the instructio
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
-Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, and
+Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, `beats`, and
 on each NodeView when its node was last heard from and whether it was declared lost).
 """
 
@@ -63,8 +63,7 @@ class Step:
         self.do.append(("log", level, message))
 
 
-def _fate(rec: dict) -> str:
-    """What a record made of a job its node lost (grun.core.queue's lost_record)."""
+def _fate(rec: dict) -> str:  # what a record made of a job its node lost (grun.core.queue's lost_record)
     return "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
 
 
@@ -78,6 +77,7 @@ class MasterState:
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
+        self.beats: dict[str, float] = {}  # node -> the heartbeat it registered with
         self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
@@ -316,6 +316,9 @@ class MasterState:
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
+        self.beats[name] = beat = float(info.get("heartbeat") or 0)  # down after 3 unheard (else it flaps, jobs rerun)
+        if 3 * beat > self.settings["node_timeout"]:
+            step.log("warning", f"node {name}: heartbeat {beat:g} s, so down after {3 * beat:g} s unheard, not node_timeout")
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
@@ -354,8 +357,7 @@ class MasterState:
         reconcile), its records committed and logged; the reply's part: running copies of jobs that finished or
         moved elsewhere meanwhile are named stale, kills asked for its jobs are repeated in every reply until the
         jobs end, and (registering) jobs it should have but never got are offered again."""
-        requeue = self.settings["requeue"]
-        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
+        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, self.settings["requeue"])
         self._commit(step, records)
         still = {int(i) for i in running} if records else set()
         for rec in records:
@@ -375,12 +377,15 @@ class MasterState:
         node, step.durable = self.table.nodes.get(name), False
         step.reply = node is not None and node.leave(str(incarnation))
         if step.reply:
-            step.log("info", f"node {name} stopped: down, no new jobs go there until it registers again" +
-                     (f"; its jobs {sorted(node.jobs)} stay there" if node.jobs else ""))
+            step.log("info", f"node {name} stopped: down, no new jobs go there until it registers again" + (
+                f"; its jobs {sorted(node.jobs)} are {'re-queued' if self.settings['requeue'] else 'lost'} if it is "
+                f"not back within {self.timeout(name):g} s (node_timeout)" if node.jobs else ""))
+
+    def timeout(self, name: str) -> float:  # how long a node may be silent before it is down
+        return max(self.settings["node_timeout"], 3 * self.beats.get(name, 0.0))
 
     def pace(self) -> dict:
-        """How often the master wants to hear from a node (0: the node's own interval; a node beats
-        at the longer of the two) and whether it may keep its connection open."""
+        """The heartbeat the master asks (0: the node's own; it beats at the longer) and whether to keep connections."""
         n = len(self.table.nodes)
         return {"heartbeat": round(min(n / HEARTBEATS_PER_SEC, self.settings["node_timeout"] / 3), 3),
                 "linger": IDLE_LINGER_SECS if n > HOLD_CONNECTIONS_MAX else None}
@@ -397,11 +402,13 @@ class MasterState:
             if rec and rep.get("cwd_missing") and (again := self.table.elsewhere_record(job, name, rep["error"], now)):
                 rec = again
                 step.log("warning", f"job {job_id}: {rep['error']}; it runs again elsewhere")
-            if rec is not None and rep.get("lost"):
-                # the node lost the job (its host rebooted under it): like a lost node, for this job
+            if rec is not None and rep.get("lost"):  # its host rebooted under the job: as a lost node, for this job
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
+            elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt")) != (cur["node"], cur["attempt"]):
+                step.log("warning", f"job {job_id}: node {name} ended run {rep.get('attempt')} ({J.describe_exit(result)})"
+                         f", superseded by run {cur['attempt']} on {cur['node']}: not counted")  # (not in history)
         step.reply = acked
 
     def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
@@ -412,8 +419,7 @@ class MasterState:
 
     def on_started(self, step: Step, name: str, reply: dict, now: float) -> None:
         """A node's reply to an offer: the starts it confirms are recorded, the jobs it refused end."""
-        launch = (str(reply.get("incarnation", "")), int(reply.get("seq", 0)))
-        records = []
+        launch, records = (str(reply.get("incarnation", "")), int(reply.get("seq", 0))), []
         for raw, pid in reply.get("started", {}).items():
             job = self.table.jobs.get(int(raw))
             if job is None or job.get("node") != name or job["state"] != J.DISPATCHED:
@@ -466,12 +472,12 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Jobs whose retry is due are queued. A node silent for node_timeout is down and the jobs it had are lost
+        """Jobs whose retry is due are queued. A node silent for its timeout() is down and the jobs it had are lost
         (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
-            if not node.lost and silent > self.settings["node_timeout"]:
+            if not node.lost and silent > self.timeout(node.name):
                 if node.up:
                     step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)
