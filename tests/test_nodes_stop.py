@@ -4,6 +4,7 @@ running jobs as they are (they run on under the node's reaper), and it takes job
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -82,6 +83,11 @@ def _master_log(c: LocalCluster) -> str:
         return f.read()
 
 
+def _node_log(c: LocalCluster, name: str) -> str:
+    with open(os.path.join(c.root, name, "grun.log")) as f:
+        return f.read()
+
+
 def _stop(c: LocalCluster, name: str) -> None:
     """`grun -C NODE.conf -d -k`: SIGTERM to its daemon."""
     r = c.grun("-C", c.configs[name], "-d", "-k")
@@ -102,6 +108,7 @@ def test_a_stopped_node_is_offered_no_job_and_runs_it_once_it_is_back(two_nodes)
     why = c.grun("why", str(job_id)).stdout.decode()
     assert "1 node down: n3." in why and "comes back" in why, why
     assert "start failed" not in _master_log(c) and "node n3 stopped" in _master_log(c)
+    assert "ignored a ping" not in _node_log(c, "n3"), "its own shutdown woke the notify socket: no sender"
     c.start_node("n3")
     out, err = waiting.communicate(timeout=30)
     assert (waiting.returncode, out) == (0, b"n3\n"), err
@@ -123,3 +130,24 @@ def test_a_node_stopped_with_a_job_running_keeps_it_and_reports_its_end_when_bac
     assert (final["state"], final["exit"], final["attempt"], final.get("requeue_reason")) == ("failed", 3, 1, None)
     assert runs.read_text() == "ran\n", "it ran once"
     assert "start failed" not in _master_log(c)
+
+
+def test_a_node_says_once_that_its_master_is_unreachable_and_when_it_is_back(tmp_path):
+    """QA: a node whose master could not be reached logged nothing (slurmd: "Unable to register"); a warning at
+    most once a minute, and a line when it registers again. And a heartbeat longer than node_timeout allows is
+    named at the master (its node is judged by three of its beats, not flapping: tests/test_master_state.py)."""
+    c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 500, **FAST}, "slow": {"cpus": 1, "memory": 500, "heartbeat": 4}},
+                     master_extra={"node_timeout": 10})
+    try:
+        c.start()
+        assert "node slow: heartbeat 4 s, so down after 12 s unheard, not node_timeout" in _master_log(c)
+        assert "node n1: heartbeat" not in _master_log(c)
+        c.kill("master", signal.SIGKILL)
+        time.sleep(4)  # a retry a second
+        assert _node_log(c, "n1").count("cannot reach the master") == 1, _node_log(c, "n1")
+        c.start_master()
+        c.wait_nodes(["n1"])
+        wait_for(lambda: f"registered with the master at 127.0.0.1:{c.port} after failures" in _node_log(c, "n1"),
+                 5, what="the node to say it reached its master again")
+    finally:
+        c.stop()

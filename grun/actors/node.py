@@ -6,6 +6,7 @@ reloaded config. Its mixin grun.actors.node_jobs keeps its jobs, each an object 
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -30,7 +31,8 @@ log = logging.getLogger("grun.node")
 REPORT_BATCH = 500
 JANITOR_SECS = 10.0
 LEAVE_SECS = 2.0  # how long a stopping node waits to tell the master (grun -d -k waits 15 s before KILL)
-REREGISTER = {"cpus", "memory", "resources", "labels", "stage"}  # the reloaded keys the master places by
+UNREACHABLE_LOG_SECS = 60.0  # how often a node that cannot reach its master says so
+REREGISTER = {"cpus", "memory", "resources", "labels", "stage", "heartbeat"}  # the reloaded keys the master places by
 
 
 @Pyro5.api.expose
@@ -56,6 +58,7 @@ class Node(NodeJobs):
         self._master = None
         self._registered = self._reregister = self._name_pending = self._told_refused = False
         self._next_beat = self._last_call = self._retry_at = 0.0
+        self._unreachable_told = -math.inf  # when we last logged that the master cannot be reached
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
@@ -194,8 +197,9 @@ class Node(NodeJobs):
                 self._told_refused = True
             elif not registry.is_unreachable(exc):
                 log.exception("talking to the master")
-            else:
-                log.debug("master unreachable: %s", exc)
+            elif time.monotonic() - self._unreachable_told >= UNREACHABLE_LOG_SECS:  # as slurmd: not per retry
+                log.warning("cannot reach the master at %s:%s (retrying): %s", self.master_host, self.master_port, exc)
+                self._unreachable_told = time.monotonic()
             registry.reset(self._master)
             self._master, self._registered, self._retry_at = None, False, time.monotonic() + 1.0
 
@@ -225,11 +229,14 @@ class Node(NodeJobs):
         self.mounts = mounts.network(mounts.table())
         reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus, "mounts": self.mounts,
                                             "stage": self.stage, "memory": self.memory, **self._held(), "plugins": self.plugins.names,
+                                            "heartbeat": self.heartbeat,
                                             **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
         self._name_pending = True  # once per registration, not per job
-        log.info("registered with the master at %s:%s", self.master_host, self.master_port)
+        log.info("registered with the master at %s:%s%s", self.master_host, self.master_port,
+                 " after failures" if self._unreachable_told > -math.inf else "")
+        self._unreachable_told = -math.inf
         return reply
 
     def _send_reports(self) -> bool:

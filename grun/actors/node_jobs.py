@@ -290,6 +290,8 @@ class NodeJobs:
             if not self._stop.is_set():
                 raise
             return
+        if not data and self._stop.is_set():  # shutdown() wakes recvmsg with an empty read, from no sender
+            return
         sender = next((auth.peer_ids(d) for lvl, kind, d in extra if kind == socket.SCM_CREDENTIALS), (0, -1, -1))
         if sender[1] != os.geteuid():  # only our reapers may say that a job started or ended
             log.warning("ignored a ping from pid %s, uid %s: not a reaper of this node", *sender[:2])
