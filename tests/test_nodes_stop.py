@@ -140,7 +140,8 @@ def test_a_node_says_once_that_its_master_is_unreachable_and_when_it_is_back(tmp
                      master_extra={"node_timeout": 10})
     try:
         c.start()
-        assert "node slow: heartbeat 4 s, so down after 12 s unheard, not node_timeout" in _master_log(c)
+        wait_for(lambda: "node slow: heartbeat 4 s, so down after 12 s unheard, not node_timeout" in _master_log(c), 5,
+                 what="the master to name the node whose heartbeat outlasts node_timeout")
         assert "node n1: heartbeat" not in _master_log(c)
         c.kill("master", signal.SIGKILL)
         time.sleep(4)  # a retry a second

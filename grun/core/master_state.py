@@ -76,8 +76,7 @@ class MasterState:
         # at offers old enough to repeat, not at every job in flight: 40,000 at 10,000 nodes)
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
-        self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
-        self.beats: dict[str, float] = {}  # node -> the heartbeat it registered with
+        self.usage, self.beats = {}, {}  # job id -> what its node last sampled; node -> the heartbeat it registered with
         self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
@@ -406,7 +405,8 @@ class MasterState:
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
-            elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt")) != (cur["node"], cur["attempt"]):
+            elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt", cur["attempt"])) != (
+                    cur["node"], cur["attempt"]):  # superseded (a repeated report is not)
                 step.log("warning", f"job {job_id}: node {name} ended run {rep.get('attempt')} ({J.describe_exit(result)})"
                          f", superseded by run {cur['attempt']} on {cur['node']}: not counted")  # (not in history)
         step.reply = acked
