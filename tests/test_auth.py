@@ -550,6 +550,15 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     code, out = _as_user(bob, env, forged_kill, cwd=str(tmp_path))
     assert out.startswith("refused: ") and secured.client().job(int(job_id))["state"] == "running", out
 
+    def kill_by_a_dict():  # ids not in a list skipped the owner check: the core took the dict's keys
+        from grun.client import Client
+        try:
+            return f"done: {Client().call('kill', {job_id: 0}, 15, False)}"
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(bob, env, kill_by_a_dict, cwd=str(tmp_path))
+    assert "refused: job ids: a list" in out and secured.client().job(int(job_id))["state"] == "running", out
+
     def stop_master():  # an administrative call from a user
         from grun.client import Client
         try:

@@ -374,15 +374,20 @@ class Master(Queries):
         is unknown to them: the ids to act on, and those left out, answered {id: False} as an unknown id is."""
         if full := self.store.full():
             raise ValueError(full)
-        if isinstance(auth.caller(), dict) and isinstance(job_ids, (list, tuple)):
-            with self.lock:
-                jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
-            if (only := self._only()) is not None:
-                hidden = {str(i): False for i, job in zip(job_ids, jobs) if job and job["uid"] != only}
-                return [i for i in job_ids if str(i) not in hidden], hidden
-            for job in filter(None, jobs):
-                auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
-        return job_ids, {}
+        if not isinstance(auth.caller(), dict):
+            return job_ids, {}
+        if not isinstance(job_ids, (list, tuple)):  # (the core would take a dict's keys or a string's digits unchecked)
+            raise ValueError("job ids: a list")
+        with self.lock:
+            jobs = [self.core.table.jobs.get(i) or self.core.recent.get(i) for i in map(J.job_number, job_ids)]
+        mine, hidden, only = [], {}, self._only()
+        for i, job in zip(job_ids, jobs):
+            if job is None or only is not None and job["uid"] != only:
+                hidden[str(i)] = False  # (unknown now, it is not acted on: a job that takes its id meanwhile is not theirs)
+                continue
+            auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
+            mine.append(i)
+        return mine, hidden
 
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")

@@ -13,7 +13,7 @@ no socket, clock or file is touched here, and the tests assert on the instructio
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
-Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, `beats`, and
+Decision data that is not journaled lives here too (`launched`, `unconfirmed`, `recent`, `usage`, and
 on each NodeView when its node was last heard from and whether it was declared lost).
 """
 
@@ -63,7 +63,8 @@ class Step:
         self.do.append(("log", level, message))
 
 
-def _fate(rec: dict) -> str:  # what a record made of a job its node lost (grun.core.queue's lost_record)
+def _fate(rec: dict) -> str:
+    """What a record made of a job its node lost (grun.core.queue's lost_record)."""
     return "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
 
 
@@ -76,7 +77,7 @@ class MasterState:
         # at offers old enough to repeat, not at every job in flight: 40,000 at 10,000 nodes)
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
-        self.usage, self.beats = {}, {}  # job id -> what its node last sampled; node -> the heartbeat it registered with
+        self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
         self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
@@ -315,12 +316,13 @@ class MasterState:
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
-        self.beats[name] = beat = float(info.get("heartbeat") or 0)  # down after 3 unheard (else it flaps, jobs rerun)
-        if 3 * beat > self.settings["node_timeout"]:
-            step.log("warning", f"node {name}: heartbeat {beat:g} s, so down after {3 * beat:g} s unheard, not node_timeout")
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
+        node.heartbeat = float(info.get("heartbeat") or 0)
+        if (timeout := node.timeout(self.settings["node_timeout"])) > self.settings["node_timeout"]:
+            step.log("warning", f"node {name}: heartbeat {node.heartbeat:g} s, so down after {timeout:g} s unheard, "
+                                f"not node_timeout")
         node.uri, node.incarnation, node.seen, node.up = str(info["uri"]), incarnation, now, True
         node.lost = node.stopped = False
         node.mounts, node.stage = reported(info.get("mounts")), str(info.get("stage", "auto"))
@@ -356,7 +358,8 @@ class MasterState:
         reconcile), its records committed and logged; the reply's part: running copies of jobs that finished or
         moved elsewhere meanwhile are named stale, kills asked for its jobs are repeated in every reply until the
         jobs end, and (registering) jobs it should have but never got are offered again."""
-        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, self.settings["requeue"])
+        requeue = self.settings["requeue"]
+        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
         self._commit(step, records)
         still = {int(i) for i in running} if records else set()
         for rec in records:
@@ -378,10 +381,7 @@ class MasterState:
         if step.reply:
             step.log("info", f"node {name} stopped: down, no new jobs go there until it registers again" + (
                 f"; its jobs {sorted(node.jobs)} are {'re-queued' if self.settings['requeue'] else 'lost'} if it is "
-                f"not back within {self.timeout(name):g} s (node_timeout)" if node.jobs else ""))
-
-    def timeout(self, name: str) -> float:  # how long a node may be silent before it is down
-        return max(self.settings["node_timeout"], 3 * self.beats.get(name, 0.0))
+                f"not back within {node.timeout(self.settings['node_timeout']):g} s (node_timeout)" if node.jobs else ""))
 
     def pace(self) -> dict:
         """The heartbeat the master asks (0: the node's own; it beats at the longer) and whether to keep connections."""
@@ -472,12 +472,12 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Jobs whose retry is due are queued. A node silent for its timeout() is down and the jobs it had are lost
+        """Jobs whose retry is due are queued. A node silent for its NodeView.timeout is down and the jobs it had are lost
         (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
-            if not node.lost and silent > self.timeout(node.name):
+            if not node.lost and silent > node.timeout(self.settings["node_timeout"]):
                 if node.up:
                     step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)

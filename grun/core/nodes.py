@@ -44,6 +44,7 @@ class NodeView:
     seen: float = 0.0
     lost: bool = False
     stopped: bool = False
+    heartbeat: float = 0.0  # its own interval: it is down after node_timeout or 3 of them unheard (else it flaps)
     grun_cpus: float = 0.0
     spool_free: float | None = None  # MB, and (refusing, text) when its spool is getting full (explain.disk_low)
     disk: tuple | None = None
@@ -104,6 +105,9 @@ class NodeView:
                 "resources": {k: [self.free(k), total] for k, total in sorted(self.resources.items())
                               if k not in self.devices},
                 "labels": dict(self.labels), "spool_free": self.spool_free}
+
+    def timeout(self, node_timeout: float) -> float:
+        return max(node_timeout, 3 * self.heartbeat)
 
     def leave(self, incarnation: str) -> bool:
         """Its daemon stops cleanly (grun.actors.node's shutdown): down at once (no new job goes there till it registers
