@@ -126,6 +126,8 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     for argv in (["-k", hers], ["-e", "hold", hers], ["-e", "resume", hers], ["-e", "priority=1", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))  # as for an id nobody has: not who owns it
         assert code == 1 and out.strip() == f"grun: no such job {hers}", (argv, out)
+    code, out = _as_user(bob, env, ["--nowait", "--afterok", hers, "true"], cwd=str(tmp_path))
+    assert code == 1 and out.strip() == f"grun: --afterok: no job {hers}", out  # (was: "job N is alice's")
     after = cluster.client().job(int(hers))
     assert (after["state"], after["priority"]) == ("running", before["priority"]), after
     code, out = _as_user(bob, env, ["-v", "-j", f"s{alice.pw_name}", "-W", "--nowait", "true"], cwd=str(tmp_path))

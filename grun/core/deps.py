@@ -26,12 +26,12 @@ def parse_dependency(text: str) -> dict:
     return out
 
 
-def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> tuple[list, dict | None]:
+def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tuple[list, dict | None]:
     """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...], and a finished
     job that makes one never met (or None). A reference is a live job (a name among this user's), else a finished one:
     in `recent`, or as the master looked it up in its history (`known`: by id, or (user, name)). Each path `needs`
     names waits (afterok) for the newest live job of the user with that output. A ValueError for an unknown one, or
-    another user's job when `other_users` is off."""
+    another user's job when deps_other_users is off, or under private_queries (but for root and admins)."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
         for ref in req.pop(kind, ()):
@@ -43,7 +43,10 @@ def resolve(req: dict, table, recent: dict, known: dict, other_users: bool) -> t
                 raise ValueError(f"--{kind}: no job {ref}" if isinstance(ref, int) else
                                  f"--{kind}: no task {ref}" if ref.replace(".", "").isdigit() else
                                  f"--{kind}: no job named {ref!r} of user {req['user']}")
-            if job.get("user") != req["user"] and not other_users:
+            if job.get("user") != req["user"] and settings["private_queries"] and req["user"] not in (
+                    "root", *settings["admins"]):  # (unknown to them: how it ended would show through theirs)
+                raise ValueError(f"--{kind}: no job {ref}")
+            if job.get("user") != req["user"] and not settings["deps_other_users"]:
                 raise ValueError(f"--{kind}: job {job['id']} is {job.get('user')}'s (deps_other_users is off)")
             if job["state"] not in J.FINAL_STATES:
                 deps.append([kind, job["id"]])

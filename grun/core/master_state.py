@@ -180,7 +180,7 @@ class MasterState:
             if refusal:
                 raise ValueError(refusal)
             self._admit(req, names)
-            deps, never = D.resolve(req, self.table, self.recent, history or {}, self.settings["deps_other_users"])
+            deps, never = D.resolve(req, self.table, self.recent, history or {}, self.settings)
             job = dict(req, id=next_id, state=J.WAITING if deps else J.QUEUED, submit_time=now, attempt=0, node=None,
                        **(A.parse(req["array"]) if req.get("array") else {}), **({"deps": deps} if deps else {}))
             held = job.pop("hold", None)
@@ -299,7 +299,7 @@ class MasterState:
                     new = {**new, "force": True}
                 if kinds:
                     deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
-                                            self.settings["deps_other_users"])
+                                            self.settings)
                     if never is not None:
                         raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
                     if D.reaches(self.table, [d[1] for d in deps], job["id"]):
