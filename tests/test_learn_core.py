@@ -50,6 +50,7 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["./a & ./b & wait"], True, "a"),
     (["exit 3"], True, "exit"),  # (nothing else there)
     (["sh", "-c", "echo hi; exit 0"], False, "echo"), (["sh", "-c", "echo a\nmytool\nexit 0"], False, "mytool"),
+    (["sh", "-c", "echo a\nexit 0"], False, "echo"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program

@@ -184,6 +184,13 @@ def test_a_node_beating_slower_than_node_timeout_allows_is_judged_by_three_of_it
     assert not m.table.nodes["fast"].up, "the others keep node_timeout"
     assert m.handle("sweep", 24.5).records[0]["op"] == "requeue" and not m.table.nodes["slow"].up
     assert job_id not in m.launched
+    again = _state(node_timeout=10.0)  # a master restarted: the node's beat comes with its record, before it registers
+    again.handle("register", _info("slow", heartbeat=8.0), 0.0)
+    job_id = _running(again, "slow")
+    fresh = MasterState()
+    fresh.configure(node_timeout=10.0)
+    fresh.recover(again.table.snapshot(), [], 100.0)
+    assert fresh.handle("sweep", 111.0).records == [], "silent 11 s after the restart: under 3 of its beats"
 
 
 def test_a_node_that_stops_is_told_when_its_jobs_are_re_queued():

@@ -218,7 +218,8 @@ def test_a_node_is_journaled_when_new_or_changed_and_nothing_follows_it():
     m = MasterState()
     info = {"name": "a", "uri": "PYRO:n@a:1", "cpus": 2, "memory": 1000}
     step = m.handle("register", info, 1.0)
-    assert step.records == [{"op": "node", "name": "a", "cpus": 2.0, "memory": 1000, "resources": {}, "labels": {}}]
+    assert step.records == [{"op": "node", "name": "a", "cpus": 2.0, "memory": 1000, "resources": {}, "labels": {},
+                             "heartbeat": 0.0}]
     assert step.durable, "the registration is answered once its node record is on disk"
     assert m.handle("register", info, 2.0).records == []
     assert m.handle("register", dict(info, cpus=4), 3.0).records[0]["cpus"] == 4.0

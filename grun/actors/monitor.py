@@ -40,6 +40,7 @@ class Monitor:
         self.available_mb = 1 << 40                # the machine's available memory at the last sample
         self._last_outside = (0.0, 0)
         self.grun_cores = 0.0
+        self.machine = (psutil.cpu_count() or 1, psutil.virtual_memory().total // 2**20)  # (cores, MB): they stay
 
     def sample(self, groups: dict[int, int]) -> dict[int, dict]:
         """One sample. `groups`: job id -> its pgid. Returns job id -> usage, also kept in .usage."""
@@ -126,8 +127,7 @@ class Monitor:
         if elapsed >= 0.5:
             self._measure(now, busy, elapsed)
         cores, memory = self._last_outside
-        return (max(0.0, cores - max(0, (psutil.cpu_count() or 1) - cpus)),
-                max(0, memory - max(0, psutil.virtual_memory().total // 2**20 - memory_mb)))
+        return (max(0.0, cores - max(0, self.machine[0] - cpus)), max(0, memory - max(0, self.machine[1] - memory_mb)))
 
     def _measure(self, now: float, busy: float, elapsed: float) -> None:
         cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)

@@ -121,7 +121,10 @@ def first_work(script: str) -> list[str]:
     for match in LINES.finditer(script):
         words = split(re.sub(r"\\\r?\n", " ", match[0]) if "\\" in match[0] else match[0])
         if words and (command := working_command(words)) is not words:  # (words itself: only assignments)
-            last = words if command[0] not in RUN_NOTHING or not last else last
+            if command[0] in RUN_NOTHING:  # (`exit 0`: the script's work only if nothing else is)
+                last = last or words
+                continue
+            last = words
             if os.path.basename(command[0]) not in SETUP:
                 return words
     return last

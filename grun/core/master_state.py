@@ -316,10 +316,9 @@ class MasterState:
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
-        rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"))
+        rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"), info.get("heartbeat"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
-        node.heartbeat = float(info.get("heartbeat") or 0)
         if (timeout := node.timeout(self.settings["node_timeout"])) > self.settings["node_timeout"]:
             step.log("warning", f"node {name}: heartbeat {node.heartbeat:g} s, so down after {timeout:g} s unheard, "
                                 f"not node_timeout")

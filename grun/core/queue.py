@@ -371,12 +371,13 @@ class JobTable:
         return records, start, stale
 
     def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
-                    labels: dict | None = None) -> dict | None:
-        """A "node" record when a node's description is new or changed, else None."""
+                    labels: dict | None = None, heartbeat: float | None = None) -> dict | None:
+        """A "node" record when a node's description is new or changed, else None (`heartbeat`: its own interval,
+        kept so that a master restarted judges it by its timeout before it registers again)."""
         rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),  # (a list: device ids)
                "resources": {str(k): list(dict.fromkeys(map(str, v))) if isinstance(v, (list, tuple)) else float(v)
                              for k, v in (resources or {}).items()},
-               "labels": {str(k): str(v) for k, v in (labels or {}).items()}}
+               "labels": {str(k): str(v) for k, v in (labels or {}).items()}, "heartbeat": float(heartbeat or 0)}
         return None if name in self.nodes and _described(self.nodes[name]) == rec else rec
 
     def _describe_node(self, rec: dict) -> NodeView:
@@ -384,6 +385,7 @@ class JobTable:
         if node is None:  # being up is not journaled: down until it registers again
             node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
+        node.heartbeat = float(rec.get("heartbeat") or 0)
         node.labels, given = dict(rec.get("labels") or {}), rec.get("resources") or {}
         node.devices = {k: list(v) for k, v in given.items() if isinstance(v, list)}
         node.resources = {k: float(len(v)) if isinstance(v, list) else v for k, v in given.items()}
@@ -431,4 +433,5 @@ class JobTable:
 def _described(node: NodeView) -> dict:
     """The "node" record that describes the node as it is (a snapshot holds one per node)."""
     return {"op": "node", "name": node.name, "cpus": node.cpus, "memory": node.memory,
-            "resources": {**node.resources, **{k: list(v) for k, v in node.devices.items()}}, "labels": dict(node.labels)}
+            "resources": {**node.resources, **{k: list(v) for k, v in node.devices.items()}},
+            "labels": dict(node.labels), "heartbeat": node.heartbeat}
