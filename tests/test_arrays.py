@@ -298,6 +298,9 @@ def test_kill_one_task_then_the_whole_array_and_jobs_fold_it(cluster, tmp_path):
         time.sleep(0.05)
     shown = cluster.grun("-q", "jobs").stdout.decode().splitlines()
     assert len(shown) == 2 and shown[1].split()[0] == str(array_id) and "2 running, 48 queued" in shown[1], shown
+    assert cluster.grun("-e", "hold", f"{array_id}.40").returncode == 0  # (held: a job of its own, to edit)
+    r = cluster.grun("-e", "priority=5", f"{array_id}.40")  # (a task by its N.T reference: was 'bad job id')
+    assert r.returncode == 0 and client.job(client.job_id(f"{array_id}.40"))["priority"] == 5, r.stderr
     r = cluster.grun("-k", f"{array_id}.1", f"{array_id}.30")
     assert r.returncode == 0, r.stderr
     assert cluster.grun("-k", f"{array_id}.30").returncode == 1, "ended already"

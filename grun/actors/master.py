@@ -364,7 +364,7 @@ class Master(Queries):
     def edit(self, job_ids: list, changes: dict) -> dict:
         job_ids, hidden = self._may_change(job_ids, "edit")
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
-        users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.parse_job_id(i)))}
+        users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.job_number(i)))}
         return {**self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users])),
                 **hidden}
 

@@ -397,7 +397,8 @@ def number_or_text(text: str):
 def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
     """The job's request with the changes applied, validated like a submission."""
     params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
-    asked = {k: job[k] for k in SPEC_KEYS - {"name"} if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
+    asked = {k: job[k] for k in SPEC_KEYS - {"name", "array"}  # (a task's "array" is its array's id, not a range)
+             if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
     request = {**asked, **changes, "env": {},
                "params": {name: value for name, value in params.items() if value is not None}}
     checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
