@@ -170,7 +170,7 @@ class Client:
     def submit_many(self, specs: list[dict]) -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
         # the token makes a retried submission harmless (os.urandom: `secrets` imports hmac and _hashlib)
-        specs = [{"token": os.urandom(12).hex(), **self._ended_tasks(spec)} for spec in specs]
+        specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]
         sent = time.time()
         reply = self.call("submit_jobs", specs, sent_wait=SENT_SUBMIT_WAIT)
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),
@@ -178,23 +178,6 @@ class Client:
         for job_id, text in reply.get("warnings", ()):  # (a policy rule's warn:, ...)
             self.warn(f"job {job_id}: {text}" if len(specs) > 1 else text)
         return [int(i) for i in reply["ids"]]
-
-    def _ended_tasks(self, spec: dict) -> dict:
-        """The spec with each dependency on an ended task `12.7` by the task's own id: the master knows a task by
-        its array while it is live, a finished one by its id (as a finished plain job is judged by its end)."""
-        if not any("." in str(r) for k, refs in spec.items() if k.startswith("after") and isinstance(refs, list)
-                   for r in refs):
-            return spec  # (and nothing imported: tests/test_cli_fast.py)
-        from .core.jobs import DEP_KINDS, FINAL_STATES
-        from .values import task_ref
-
-        def own(ref):
-            try:
-                job = self.job(ref) if task_ref(ref) else {}
-            except GrunError:  # (unknown, or not ours to see: the master's own error)
-                job = {}
-            return job["id"] if job.get("task") and job["state"] in FINAL_STATES else ref
-        return {k: [own(r) for r in v] if k in DEP_KINDS and isinstance(v, list) else v for k, v in spec.items()}
 
     def warn(self, text: str) -> None:
         """A warning about a submission, for the submitter: on stderr (replace it to do otherwise)."""

@@ -32,6 +32,7 @@ from ..core.rules import SCRIPT_BYTES
 from ..journal import DiskFull
 from ..plugins import Plugins
 from ..store import Store, StoreError
+from ..values import task_ref
 from .master_queries import Queries
 
 log = logging.getLogger("grun.master")
@@ -166,6 +167,9 @@ class Master(Queries):
             log.error("job %s not accepted, and killed: the disk had no room for it", ", ".join(map(str, new)))
             return ValueError(f"master's disk is full: {exc}: not accepting new jobs")
         if step.records:  # (a retry makes no second one: the records are applied; one without records is remade)
+            # its offers go: by the time there is room one may be stale (its job killed since), and the core offers
+            # its dispatched jobs again until their start is confirmed (MasterState.unconfirmed)
+            step.do = [i for i in step.do if i[0] not in ("offer", "reoffer")]
             self._kept.append((seq, step))
         if event in FROM_NODES:  # a node tries again, as when the master restarts
             return Restarting(f"the grun master's disk is full: {exc}")
@@ -248,12 +252,9 @@ class Master(Queries):
                 if not batch or self._closing:
                     del self._outbox[name]
                     return
-            with self.lock:  # an offer kept while the disk was full may be stale (its job killed since): dropped
-                jobs = [job for i, job in batch.items() if (live := self.core.table.jobs.get(i))
-                        and live["state"] == J.DISPATCHED and live["node"] == name]
-            for job in jobs if self.plugins.hooks["on_dispatch"] else ():
+            for job in batch.values() if self.plugins.hooks["on_dispatch"] else ():
                 self.plugins.notify("on_dispatch", job, {"name": name})
-            reply = self._call_node(name, "start", jobs) if jobs else None
+            reply = self._call_node(name, "start", list(batch.values()))
             try:
                 if reply is not None:  # else the jobs stay dispatched and are offered again later
                     self._do("started", name, reply)
@@ -335,12 +336,17 @@ class Master(Queries):
 
     def _finished(self, requests: list[dict]) -> dict:
         """The finished jobs the requests' dependencies name that the core cannot see (neither live nor
-        recent): from history, by id or by (user, name), each an indexed lookup."""
+        recent): from history, by id or by (user, name), each an indexed lookup; an ended task `12.7` as
+        `job` finds it (a live one the core makes the job it is)."""
         found, live, recent = {}, self.core.table.jobs, self.core.recent
         for req in requests:
             for ref in (ref for kind in J.DEP_KINDS for ref in req.get(kind) or ()):
                 if isinstance(ref, int) and ref not in live and ref not in recent:
                     found[ref] = self.store.find_history(ref)
+                elif isinstance(ref, str) and task_ref(ref):
+                    with contextlib.suppress(LookupError):
+                        task = self.job(ref)
+                        found[(req["user"], ref)] = task if "task" in task and task["state"] in J.FINAL_STATES else None
                 elif isinstance(ref, str):  # (a live job of that name may be another user's)
                     found[(req["user"], ref)] = self.store.find_name(req["user"], ref)
         return {key: job for key, job in found.items() if job is not None}
