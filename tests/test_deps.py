@@ -180,5 +180,14 @@ def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster
     assert r.returncode == 1 and "no task" in r.stderr.decode()
     # an ended task is judged by its end, as an ended plain job is (it was refused: "no live task")
     assert c.grun("--afterok", f"{array}.2", "true").returncode == 0
+    blocker = nowait(c, "sleep", "60")
+    waiting = nowait(c, "--afterok", str(blocker), "true")  # an edit names an ended task too
+    assert c.grun("-e", f"afterok={array}.2", str(waiting)).returncode == 0
+    assert c.grun("-q", "wait", str(waiting)).returncode == 0
+    waiting, running = nowait(c, "--afterok", str(blocker), "true"), nowait(c, "--array", "1-2", "sleep", "1")
+    c.client().job_id(f"{running}.1", deadline=time.monotonic() + 20)  # (begun)
+    assert c.grun("-e", f"afterok={running}.1", str(waiting)).returncode == 0, "an edit names a live task too"
+    assert c.grun("-q", "wait", str(waiting)).returncode == 0
+    c.grun("-k", str(blocker))
     r = c.grun("--afterok", f"{array}.3", "true")
     assert r.returncode == 1 and "dependency" in r.stderr.decode() and "failed" in r.stderr.decode(), r

@@ -6,6 +6,7 @@ one succeeded) cancels it, and the cancellation, itself an end, decides its own 
 table indexes waiting jobs by what they wait for, so the end of a job nobody waits for costs one dict lookup. A job
 failing with `retries` left is queued again (after `retry_delay`): not final for its dependants until then."""
 
+from ..values import task_ref
 from . import jobs as J
 
 WAITS_FOR = {"after": "to end", "afterok": "to succeed", "afternotok": "to fail"}
@@ -37,6 +38,8 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
         for ref in req.pop(kind, ()):
             if isinstance(ref, int):
                 job = table.jobs.get(ref) or recent.get(ref) or known.get(ref)
+            elif task := task_ref(ref):  # (begun: live; ended: as grun.actors.master._finished found it)
+                job = table.jobs.get(table.tasks.get(task[0], {}).get(task[1])) or known.get((req["user"], ref))
             else:
                 job = table.jobs.get(table.names.get((req["user"], ref))) or known.get((req["user"], ref))
             if job is None:
