@@ -229,7 +229,7 @@ def do_jobs(ctx: Context, args: dict) -> int:
     from .tables import COLUMNS, history_long, job_fields, jobs_table, label
     ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), _user(args)
     # a task not begun is its array's pending row (as squeue -j 12_7 shows 12_[7-9])
-    unbegun = {(int(a), int(t)) for a, dot, t in (i.partition(".") for i in ids) if dot and a.isdigit() and t.isdigit()}
+    unbegun = {ref for i in ids if (ref := task_ref(i))}
     jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names
         or is_array(j) and any(a == j["id"] and has_task(j, t) for a, t in unbegun))]

@@ -49,7 +49,7 @@ def left(array: dict) -> int:
 
 
 def room(array: dict, live: int) -> int:
-    """How many more of its tasks may start now, with `live` of them started and not ended."""
+    """How many more of its tasks may start now, with `live` of them taking a slot (JobTable.busy_tasks)."""
     return left(array) if array["limit"] is None else max(0, min(left(array), array["limit"] - live))
 
 
