@@ -13,6 +13,7 @@ from .values import (
     STAGE_MODES,
     YAML_WORDS,
     choice,
+    close_to,
     format_hostport,
     is_any_address,
     label,
@@ -206,9 +207,7 @@ def load_config(path: str | None = None, environ=os.environ, use_auth: bool = Tr
     for name, value, source, line in given:
         at = f"{source}:{line}" if line else source
         if name not in KEYS:
-            import difflib  # only when there is an unknown key
-            close = "".join(f"; did you mean {key!r}?" for key in difflib.get_close_matches(str(name), KEYS, n=1))
-            warnings.append(f"{at}: unknown key {str(name)!r} ignored{close}")
+            warnings.append(f"{at}: unknown key {str(name)!r} ignored{close_to(name, KEYS)}")
         elif value is not None or name == "log_file":  # null takes the default; log_file: null logs to stderr
             if source == "$GRUN_SPOOL":  # relative to where it was set, unlike a relative path in a file
                 value = os.path.abspath(os.path.expanduser(value))

@@ -6,7 +6,7 @@ option file, -o output); a letter may mean different things to verbs that never 
 
 from collections import namedtuple
 
-from .values import is_name, parse_cpus, parse_duration, parse_job_priority, parse_memory
+from .values import close_to, is_name, parse_cpus, parse_duration, parse_job_priority, parse_memory
 from .values import parse_priority as _int  # a whole number, as config reads one
 
 
@@ -237,7 +237,7 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
     for name, value in (data or {}).items():
         opt = _BY_LONG.get(str(name).replace("_", "-"))
         if opt is None or opt.long not in names:
-            raise UsageError(f"{path}: unknown option {name!r}")
+            raise UsageError(f"{path}: unknown option {name!r}{close_to(str(name).replace('_', '-'), names)}")
         if opt.long in opts:
             continue
         if opt.kind == "flag" and not isinstance(value, bool):

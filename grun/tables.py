@@ -8,6 +8,7 @@ from collections import Counter
 
 from .core.arrays import left, unstarted
 from .core.jobs import wrapped
+from .values import close_to
 
 
 def command_text(job: dict) -> str:
@@ -218,7 +219,7 @@ def check_fields(fields: list[str] | None, columns: list[str], record_fields) ->
     known = {column_key(c) for c in columns} | set(record_fields)
     known |= {"mem"} if "memory" in known else set()  # (-q jobs' MEM column: the request)
     if wrong := next((f for f in fields or () if f not in known), None):
-        raise UsageError(f"-F: no field {wrong!r} (known: {', '.join(sorted(known))})")
+        raise UsageError(f"-F: no field {wrong!r} (known: {', '.join(sorted(known))}){close_to(wrong, known)}")
 
 
 def job_fields() -> set[str]:

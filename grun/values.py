@@ -27,6 +27,12 @@ _MEMORY_UNIT = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2}  # in MB
 _DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def close_to(name, known, cutoff: float = 0.6) -> str:
+    """ "; did you mean 'cpus'?" for the name in `known` closest to a mistyped `name`, or "" (difflib: only then)."""
+    import difflib
+    return "".join(f"; did you mean {m!r}?" for m in difflib.get_close_matches(str(name), known, 1, cutoff))
+
+
 def is_name(text) -> bool:
     """A resource's, label's or -p parameter's name: a letter or _, then letters, digits, _ . -; 64 at most."""
     return isinstance(text, str) and text[:1] in _NAME_START and _NAME.issuperset(text) and len(text) <= 64

@@ -86,6 +86,16 @@ def test_history_by_id_and_jobs_of_a_finished_one(cluster):
         cluster.client().kill([live])
 
 
+def test_an_unknown_field_or_option_name_says_the_one_meant(cluster, tmp_path):
+    """QA 2026-12-07: `-F stat`, `-F wal` and an option file's `cpu:` were refused without naming the one meant."""
+    for args, meant in ((["jobs", "-F", "id,stat"], "'state'"), (["history", "-F", "wal"], "'wall'")):
+        err = _run(cluster, "-q", *args, rc=2)[1]
+        assert err.count("\n") == 1 and err.endswith(f"; did you mean {meant}?\n"), err
+    (tmp_path / "opts.yaml").write_text("cpu: 2\n")
+    err = _run(cluster, "-f", str(tmp_path / "opts.yaml"), "true", rc=2)[1]
+    assert err == f"grun: {tmp_path}/opts.yaml: unknown option 'cpu'; did you mean 'cpus'?\n", err
+
+
 def test_a_retried_job_shows_why_in_its_record(cluster):
     job = cluster.client().submit(["false"], retries=1, retry_delay=0)
     assert job.wait(60) == 1

@@ -126,7 +126,7 @@ def test_jobs_held_back_by_a_limit_neither_cost_misses_nor_block_the_queue_behin
 
 def test_a_bad_limit_is_one_config_error_with_file_and_line(tmp_path):
     conf = tmp_path / "grun.conf"
-    for text, needle in (("limits:\n  user: {cpu: 64}\n", "user: unknown field 'cpu' (did you mean cpus?)"),
+    for text, needle in (("limits:\n  user: {cpu: 64}\n", "user: unknown field 'cpu'; did you mean 'cpus'?"),
                          ("limits: {users: {cpus: 4}}\n", "scopes user, user.NAME, group, group.NAME or all"),
                          ("limits: {user: {memory: lots}}\n", "memory size"),
                          ("limits: {all: 8}\n", "a mapping like")):

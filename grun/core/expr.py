@@ -173,9 +173,8 @@ class _Parser:
         if kind == "name" and text in self.fields:
             return self.fields[text]
         if kind == "name":
-            import difflib  # only for the error
-            close = "".join(f"; did you mean {m!r}?" for m in difflib.get_close_matches(text, self.fields, 1))
-            raise self.error(f"unknown field (known: {', '.join(self.fields)}){close}", token)
+            from ..values import close_to  # (only for the error)
+            raise self.error(f"unknown field (known: {', '.join(self.fields)}){close_to(text, self.fields)}", token)
         raise self.error("unterminated string" if text in ("'", '"') else "expected a value", token)
 
 

@@ -3,11 +3,10 @@ running totals per owner, kept as jobs start and end, and whether one more job w
 scope's fields (`user.NAME`) replace the general one's (`user`) for that user. A job counts, from its dispatch to its
 end, what it holds on its node (no cpus while suspended): a check costs a few dict lookups, however many jobs run."""
 
-import difflib
 import re
 from functools import lru_cache
 
-from ..values import expect, is_name, number, parse_memory
+from ..values import close_to, expect, is_name, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
@@ -79,7 +78,7 @@ def parse_limits(value) -> dict:
         out[scope] = {}
         for name, amount in fields.items():
             expect(is_name(name), f"in {scope} jobs, cpus, memory or a resource", name)
-            if name not in FIELDS and (close := difflib.get_close_matches(name, FIELDS, 1, 0.8)):
-                raise ValueError(f"{scope}: unknown field {name!r} (did you mean {close[0]}?)")
+            if name not in FIELDS and (close := close_to(name, FIELDS, 0.8)):
+                raise ValueError(f"{scope}: unknown field {name!r}{close}")
             out[scope][name] = parse_memory(amount) if name == "memory" else number(amount, f"{scope} {name}: a number")
     return out
