@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 from .core.arrays import left, unstarted
-from .core.jobs import wrapped
+from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, wrapped
 from .values import close_to
 
 
@@ -150,25 +150,23 @@ def nodes_long(nodes: list[dict]) -> str:
     return "\n".join(lines)
 
 
-HISTORY_COLUMNS = ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
+HISTORY_COLUMNS = ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
 
 
 def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
-    """Finished jobs, given newest first, shown oldest first; `fields` (-F) as jobs_table's."""
-    from .core.jobs import describe_exit
+    """Finished jobs (STATE: how each ended, as sacct's), given newest first, shown oldest first; -F as jobs_table's."""
     rows = []
     for j in reversed(jobs):
         u = j.get("usage") or {}
         cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
-        rows.append([label(j), j.get("user", "-"), describe_exit(j), j.get("node") or "-", fmt_secs(j.get("queue_wait")),
-                     fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_rss(u), command_text(j)])
+        rows.append([label(j), j.get("user", "-"), j.get("state", "-"), describe_exit(j), j.get("node") or "-",
+                     fmt_secs(j.get("queue_wait")), fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_rss(u), command_text(j)])
     return chosen(rows, HISTORY_COLUMNS, jobs[::-1], fields)
 
 
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
     from .core.deps import waits_text
-    from .core.jobs import FINAL_STATES, describe_exit
     blocks = []
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
@@ -224,7 +222,6 @@ def check_fields(fields: list[str] | None, columns: list[str], record_fields) ->
 
 def job_fields() -> set[str]:
     """The fields -F knows in a job's record (as submitted, as queued, as finished)."""
-    from .core.jobs import SPEC_KEYS
     return SPEC_KEYS - {"env", "token", "stdin"} | {*RECORD_FIELDS, *FINISHED_FIELDS, "id", "state", "node",
                                                     "requeue_reason", "retry_reason", "expected_time"}
 
@@ -242,7 +239,6 @@ def chosen(rows: list[list], header: list[str], records: list[dict], fields: lis
 def field_text(record: dict, name: str) -> str:
     """One field of a record as a person reads it: times as dates, spans as -t writes them, the command as typed,
     dependencies as Slurm's %E (afterok:12; -F after: all of them, afterok: those ids), a node's counted resources free/total, lists and mappings joined."""
-    from .core.jobs import DEP_KINDS
     name = "deps" if name == "after" else name  # (-F after: what it waits for, whatever the kind)
     value = [i for kind, i in record.get("deps") or () if kind == name] if name in DEP_KINDS else record.get(name)
     if value is None or value in ("", [], {}):

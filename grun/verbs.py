@@ -254,7 +254,7 @@ def do_status(ctx: Context, args: dict) -> int:
 @verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json|-F FIELDS] [ID|NAME...]", "count user grep long json format",
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
-    """finished jobs, newest last: exit, node, queue wait, wall, cpu, memory (all, or those named)"""
+    """finished jobs, newest last: state, exit, node, queue wait, wall, cpu, memory (all, or those named)"""
     from .client import JobNotFound
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
     user = _user(args)

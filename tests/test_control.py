@@ -253,7 +253,7 @@ def test_history_records_usage(three, tmp_path):
     assert three.grun("-q", "history", "--user", "no-such-user").stderr == b"grun: no such user 'no-such-user'\n"
     assert [j["id"] for j in _history(three, "-g", r"process_time\(\)", "-c", "100")] == [job_id]
     table = three.grun("-q", "history", "-c", "1").stdout.decode().splitlines()
-    assert table[0].split()[:8] == ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS"]
+    assert table[0].split()[:9] == ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS"]
     assert_one_error_line(three.grun("-q", "history", "-g", "("), "bad regular expression")
 
 
@@ -285,7 +285,7 @@ def test_a_job_over_its_memory_rlimit_ends_outofmem(three):
     record = job(three, job_id)
     assert (record["state"], record["limit"]) == ("failed", "memory")
     row = next(l.split() for l in three.grun("-q", "history").stdout.decode().splitlines() if l.split()[0] == str(job_id))
-    assert row[2] == "OUTOFMEM"
+    assert row[2:4] == ["failed", "OUTOFMEM"]
     r = three.grun("-m", "100", "sh", "-c", "ulimit -d")
     assert r.stdout == b"153600\n", "the data rlimit is -m 100 x hard_factor 1.5, in KB"
 
@@ -312,7 +312,7 @@ def test_ulimits_from_the_nodes_config(three, tmp_path):
     assert r.returncode == 128 + signal.SIGXCPU and b"out of cpu time" in r.stderr, r.stderr
     job_id = job_id_from_verbose(r.stderr)
     row = next(l.split() for l in three.grun("-q", "history").stdout.decode().splitlines() if l.split()[0] == str(job_id))
-    assert row[2] == "CPULIMIT"
+    assert row[3] == "CPULIMIT"
 
 
 def test_hold_suspend_and_edit_survive_a_master_kill_9(fresh_cluster):

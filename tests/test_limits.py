@@ -146,7 +146,7 @@ def test_a_job_at_its_time_limit_gets_term_and_ends_as_timeout(lc):
     assert (record["state"], record["exit"], record["limit"], record["signal"]) == ("timeout", 124, "time", 15)
     assert "TERM, then KILL after 2 s" in record["limit_detail"]
     row = next(l.split() for l in lc.grun("-q", "history").stdout.decode().splitlines() if l.split()[0] == str(job_id))
-    assert row[2] == "TIMEOUT"
+    assert row[2:4] == ["timeout", "TIMEOUT"]
     assert "time limit 2s" in lc.grun("-q", "history", "--long", "-c", "1").stdout.decode()
 
 

@@ -128,6 +128,6 @@ def test_names_per_user_and_bad_requests_on_a_cluster(cluster):
             assert cluster.grun("-k", str(forced)).returncode == 0
         assert J.describe_exit(cluster.client().wait([forced], 20)[forced]) == "-"
         history = cluster.grun("-q", "history", "-c", "5").stdout.decode().splitlines()
-        assert next(line for line in history if line.startswith(f"{forced} ")).split()[2] == "-", history
+        assert next(line for line in history if line.startswith(f"{forced} ")).split()[2:4] == ["killed", "-"], history
     finally:
         cluster.client().kill([theirs])

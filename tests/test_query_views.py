@@ -71,7 +71,7 @@ def test_history_by_id_and_jobs_of_a_finished_one(cluster):
     try:
         assert done.wait(30) == 0
         rows = [line.split() for line in _run(cluster, "-q", "history", str(done.id))[0].splitlines()]
-        assert rows[0][:3] == ["ID", "USER", "EXIT"] and [r[0] for r in rows[1:]] == [str(done.id)], rows
+        assert rows[0][:4] == ["ID", "USER", "STATE", "EXIT"] and [r[0] for r in rows[1:]] == [str(done.id)], rows
         out, err = _run(cluster, "-q", "history", str(done.id), "999999", str(live), rc=1)
         assert [line.split()[0] for line in out.splitlines()[1:]] == [str(done.id)]
         assert err.splitlines() == ["grun: no such job 999999",
@@ -84,6 +84,21 @@ def test_history_by_id_and_jobs_of_a_finished_one(cluster):
         assert json.loads(_run(cluster, "-q", "history", "--json", str(done.id))[0])[0]["id"] == done.id
     finally:
         cluster.client().kill([live])
+
+
+def test_history_has_the_state_a_job_ended_in_and_f_and_long_agree(cluster):
+    """QA 2026-12-07: `-q history` had no STATE (sacct has State): a job killed while queued showed only dashes."""
+    done, held = cluster.client().submit(["true"]), cluster.client().submit(["true"], hold=True)
+    assert done.wait(30) == 0
+    cluster.client().kill([held.id])
+    cluster.client().wait([held.id], 20)
+    ids, user = [str(done.id), str(held.id)], cluster.client().job(done.id)["user"]
+    rows = [line.split()[:5] for line in _run(cluster, "-q", "history", *ids)[0].splitlines()]
+    assert rows == [["ID", "USER", "STATE", "EXIT", "NODE"], [ids[0], user, "done", "0", rows[1][4]],
+                    [ids[1], user, "killed", "-", "-"]], rows
+    rows = [line.split() for line in _run(cluster, "-q", "history", "-F", "id,state", *ids)[0].splitlines()]
+    assert rows == [["ID", "STATE"], [ids[0], "done"], [ids[1], "killed"]], rows
+    assert f"job {ids[1]}: killed, exit -" in _run(cluster, "-q", "history", "--long", ids[1])[0].splitlines()
 
 
 def test_an_unknown_field_or_option_name_says_the_one_meant(cluster, tmp_path):

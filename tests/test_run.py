@@ -107,7 +107,7 @@ def test_killed_by_signal_shows_in_history(cluster):
     record = job(cluster, job_id)
     assert (record["signal"], record["exit"]) == (9, 137)
     rows = [line.split() for line in cluster.grun("-q", "history").stdout.decode().splitlines()]
-    assert [str(job_id), getpass.getuser(), "signal", "9"] in [row[:4] for row in rows]
+    assert [str(job_id), getpass.getuser(), "failed", "signal", "9"] in [row[:5] for row in rows]
 
 
 def test_missing_command_exits_127_with_the_shells_message(cluster):
@@ -314,9 +314,9 @@ def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):
 
     r = cluster.grun("-q", "history")
     header, *rows = r.stdout.decode().splitlines()
-    assert header.split() == ["ID", "USER", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
+    assert header.split() == ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
     row = next(row.split() for row in rows if row.split()[0] == str(job_id))
-    assert row[:5] == [str(job_id), getpass.getuser(), "signal", "15", "big"]
+    assert row[:6] == [str(job_id), getpass.getuser(), "killed", "signal", "15", "big"]
     assert row[-2:] == ["sleep", "30"]
     history = json.loads(cluster.grun("-q", "history", "--json").stdout)
     assert [j["id"] for j in history].count(job_id) == 1

@@ -39,7 +39,7 @@ def test_a_script_of_verbs(cluster, tmp_path):
                        f"jobs\n")
     lines = r.stdout.decode().splitlines()
     assert lines[0] == "one"
-    assert any(re.match(rf"{job_id} +\S+ +4 ", line) for line in lines), lines  # history: exit 4
+    assert any(re.match(rf"{job_id} +\S+ +failed +4 ", line) for line in lines), lines  # history: exit 4
     assert "queued" in lines, "attach replays the output"
     assert lines[-1].startswith("ID ") and lines[-1].endswith(" COMMAND"), "jobs: nothing is left running"
     assert r.stderr.decode().startswith("two\ngrun: job ")
