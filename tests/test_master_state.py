@@ -222,3 +222,16 @@ def test_the_end_of_a_run_the_master_re_ran_elsewhere_is_logged_not_counted():
     assert m.handle("finished", other, report, 13.0).records[0]["op"] == "finish"
     again = m.handle("finished", other, report, 14.0)
     assert again.records == [] and _logs(again) == [], "a repeated report of the run that counted: silent"
+
+
+def test_a_job_that_traps_the_kill_and_exits_0_was_killed_and_its_afterok_dependents_never_run():
+    m = _state("a")
+    trapper, signalled = _running(m, "a"), _running(m, "a")
+    dependent = _submit(m, afterok=[trapper])
+    m.handle("kill", [trapper], 15, False, 3.0)
+    m.handle("kill", [signalled], 10, False, 3.0)  # USR1: a signal to the job, not a request that it end
+    m.handle("finished", "a", [{"id": trapper, "exit_code": 0, "attempt": 1},
+                               {"id": signalled, "exit_code": 0, "attempt": 1}], 4.0)
+    assert (m.recent[trapper]["state"], m.recent[signalled]["state"]) == (J.KILLED, J.DONE)
+    m.handle("schedule", 5.0)
+    assert dependent not in m.table.jobs and m.recent[dependent]["state"] == J.CANCELLED

@@ -21,6 +21,7 @@ TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
 # is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
 SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
+ENDING_SIGNALS = (1, 2, 3, 9, 15)  # a kill with one of these ends the job as killed however it exits (a trap's exit 0)
 
 
 class JobTable:
@@ -234,7 +235,8 @@ class JobTable:
         if started and job.get("submit_time"):
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
-        killed = result.get("signal") and (job.get("kill_requested") or result.get("limit"))
+        asked = job.get("kill_requested")  # (as Slurm's CANCELLED: its afterok dependents do not run; USR1 & co. only
+        killed = asked in ENDING_SIGNALS or result.get("signal") and (asked or result.get("limit"))  # if it died of one)
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
