@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from grun.core import jobs as J
 from grun.core.master_state import NODE_FORGET_SECS, START_RETRY_SECS, MasterState
 from grun.core.queue import JobTable
@@ -235,3 +237,25 @@ def test_a_job_that_traps_the_kill_and_exits_0_was_killed_and_its_afterok_depend
     assert (m.recent[trapper]["state"], m.recent[signalled]["state"]) == (J.KILLED, J.DONE)
     m.handle("schedule", 5.0)
     assert dependent not in m.table.jobs and m.recent[dependent]["state"] == J.CANCELLED
+
+
+def test_an_edit_of_a_task_not_started_splits_it_out_of_its_array_alone():
+    """QA: `grun -e priority=5 12.7` said "no such job" for a task not begun (kill and hold made it a job, edit did
+    not). As Slurm's `scontrol update jobid=12_7`, the edit makes that task a job; an edit of the whole array still
+    changes the array's record only (its tasks not started), not its live tasks; a held array's task stays held."""
+    m = _state("a")
+    array_id = _submit(m, array="1-10", hold=True)
+    step = m.handle("edit", [f"{array_id}.7"], {"priority": "5"}, 2.0)
+    task_id = m.table.tasks[array_id][7]
+    assert step.reply == {f"{array_id}.7": True} and [r["op"] for r in step.records] == ["task", "edit"]
+    assert (m.table.jobs[task_id]["priority"], m.table.jobs[task_id]["state"]) == (5, J.HELD)
+    m.handle("control", "resume", [array_id], 3.0)
+    m.handle("control", "hold", [f"{array_id}.7"], 3.0)
+    m.handle("schedule", 4.0)
+    live = list(m.table.tasks[array_id].values())
+    step = m.handle("edit", [array_id], {"priority": "9"}, 5.0)
+    assert [(r["op"], r["id"]) for r in step.records] == [("edit", array_id)], "not its live tasks"
+    assert len(live) == 5 and 9 not in [m.table.jobs[i]["priority"] for i in live]
+    with pytest.raises(ValueError, match=f"job {m.table.next_id}: .*cpus"):  # refused: the task made a job stays so
+        m.handle("edit", [f"{array_id}.9"], {"cpus": "99"}, 6.0)
+    assert m.table.jobs[m.table.tasks[array_id][9]]["cpus"] == m.table.jobs[array_id]["cpus"], "and nothing else"

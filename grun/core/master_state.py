@@ -207,10 +207,10 @@ class MasterState:
             raise ValueError(f"{why} (--force queues it anyway)")
         batch_names.add(key)
 
-    def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0) -> tuple[dict, list[dict]]:
-        """{id: whether it is live} for the reply, and the live jobs (each once). An id `12.7` names
-        task 7 of array 12. With a step (kill, hold), an array brings its live tasks along, and a task
-        not started yet is made a job to act on."""
+    def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0, live=True) -> tuple[dict, list[dict]]:
+        """{id: whether it is live} for the reply, and the live jobs (each once). An id `12.7` names task 7 of
+        array 12. With a step, a task not started yet is made a job to act on (as Slurm splits it out of its
+        array), and (kill, hold: `live`) an array brings its live tasks along."""
         found, jobs = {}, {}
         for raw in job_ids:
             if (ref := task_ref(raw) if isinstance(raw, str) else None) is None:
@@ -225,7 +225,7 @@ class MasterState:
             found[key] = job is not None
             if job is not None:
                 jobs[job["id"]] = job
-                if step is not None and A.is_array(job):
+                if step is not None and live and A.is_array(job):
                     jobs.update((i, self.table.jobs[i]) for i in self.table.tasks.get(job["id"], {}).values())
         return found, list(jobs.values())
 
@@ -276,7 +276,7 @@ class MasterState:
         """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`); and
         what queued or waiting ones wait for (after, afterok, afternotok, which replace all it waited for;
         `history` as for on_submit). `force` edits a request no node could ever run."""
-        found, jobs = self._lookup(job_ids)
+        found, jobs = self._lookup(job_ids, step, now, live=False)  # (an array: its tasks not started yet)
         parsed, records = J.parse_edit(changes), []
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
         for job in jobs:

@@ -139,7 +139,8 @@ class JobTable:
     def _array(self, array: dict, rec: dict) -> dict:
         """"task": one task of the array becomes a job (returned); "stop": the array was killed, its
         tasks not started yet end with it (counted as killed)."""
-        if rec["op"] == "task":
+        if rec["op"] == "task":  # in its array's state: one of a held array made a job (to edit) stays held
+            task = dict(A.task_job(array, rec["new"], rec["task"]), attempt=0, node=None)
             A.take(array, rec["task"])
         else:
             array["counts"] = {**array["counts"], J.KILLED: array["counts"].get(J.KILLED, 0) + A.left(array)}
@@ -148,10 +149,7 @@ class JobTable:
             self.pending.remove(array)
             array["state"] = J.RUNNING
             self._sync(array)
-        if rec["op"] == "task":
-            task = dict(A.task_job(array, rec["new"], rec["task"]), state=J.QUEUED, attempt=0, node=None)
-            return self.apply({"op": "submit", "job": task})
-        return array
+        return self.apply({"op": "submit", "job": task}) if rec["op"] == "task" else array
 
     def room(self, job: dict) -> int:
         """How many copies of the job placement may start now: 1, or an array's tasks (its %N); a task
