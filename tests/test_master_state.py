@@ -239,6 +239,16 @@ def test_a_job_that_traps_the_kill_and_exits_0_was_killed_and_its_afterok_depend
     assert dependent not in m.table.jobs and m.recent[dependent]["state"] == J.CANCELLED
 
 
+def test_the_end_of_a_run_whose_job_was_re_queued_then_killed_says_so():
+    """QA: the log said "superseded by run 1 on None" for a job killed while queued after its node was lost."""
+    m = _state("a", node_timeout=10.0)
+    job_id = _running(m, "a")
+    assert m.handle("sweep", 12.5).records[0]["op"] == "requeue"
+    m.handle("kill", [job_id], 15, False, 13.0)
+    step = m.handle("finished", "a", [{"id": job_id, "exit_code": 0, "attempt": 1}], 14.0)
+    assert step.records == [] and _logs(step) == [
+        f"job {job_id}: node a ended run 1 (0), superseded by a re-queue (now killed): not counted"]
+
 def test_an_edit_of_a_task_not_started_splits_it_out_of_its_array_alone():
     """QA: `grun -e priority=5 12.7` said "no such job" for a task not begun (kill and hold made it a job, edit did
     not). As Slurm's `scontrol update jobid=12_7`, the edit makes that task a job; an edit of the whole array still

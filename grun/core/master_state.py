@@ -231,8 +231,7 @@ class MasterState:
 
     def on_kill(self, step: Step, job_ids: list, signal: int, force: bool, now: float) -> None:
         """Queued jobs end at once; running ones are signalled, and with force marked killed at once."""
-        signal = int(signal)
-        if not 1 <= signal <= 64:
+        if not 1 <= (signal := int(signal)) <= 64:
             raise ValueError(f"bad signal number {signal}")
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
@@ -406,8 +405,9 @@ class MasterState:
                 self._commit(step, [rec])
             elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt", cur["attempt"])) != (
                     cur["node"], cur["attempt"]):  # superseded (a repeated report is not)
+                by = f"run {cur['attempt']} on {cur['node']}" if cur["node"] else f"a re-queue (now {cur['state']})"
                 step.log("warning", f"job {job_id}: node {name} ended run {rep.get('attempt')} ({J.describe_exit(result)})"
-                         f", superseded by run {cur['attempt']} on {cur['node']}: not counted")  # (not in history)
+                         f", superseded by {by}: not counted")  # (not in history)
         step.reply = acked
 
     def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
