@@ -50,8 +50,8 @@ def run(ctx: Context, args: dict) -> int:
     Their output is not streamed: -o/--err with %a keep it."""
     if "array" in args and "cmds" in args:
         raise UsageError("give --array or --cmds, not both")
-    if args.get("name") or args.get("wait-existing"):
-        raise UsageError("-j/-W name one job; they do not go with --array or --cmds")
+    if args.get("wait-existing") or args.get("name") and "cmds" in args:  # (-j NAME --array names the array job)
+        raise UsageError("-j/-W name one job; they do not go with --cmds, nor -W with --array")
     if "cmds" in args and args["cmd"]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
     specs, ids = [array_spec(args)] if "array" in args else task_specs(ctx, args), []

@@ -366,3 +366,22 @@ def test_a_task_held_before_it_starts_does_not_stop_its_array(cluster, tmp_path)
     assert cluster.grun("-e", "resume", f"{array_id}.3").returncode == 0
     assert cluster.grun("-q", "wait", str(array_id), timeout=30).returncode == 0
 
+
+def test_dash_j_names_the_array_job_and_not_its_tasks(cluster, tmp_path):
+    """QA: `grun -j NAME --array 1-4` was refused. As `sbatch -J NAME --array`, the name is the array job's (its one
+    record): --after NAME, -q jobs NAME and kill by name find the array; its tasks take no name (names are unique)."""
+    array_id = _job_id(cluster.grun("--nowait", "-j", "sweep", "--array", "1-4%1", "sleep", "30", cwd=tmp_path))
+    after = _job_id(cluster.grun("--nowait", "--after", "sweep", "true", cwd=tmp_path))
+    client, deadline = cluster.client(), time.monotonic() + 20
+    while not (tasks := [j for j in client.jobs() if j.get("array") == array_id and j["state"] == "running"]):
+        assert time.monotonic() < deadline, client.jobs()
+        time.sleep(0.05)
+    assert client.job(array_id)["name"] == "sweep" and "name" not in tasks[0], tasks
+    assert client.job(after)["state"] == "waiting" and array_id in [d[1] for d in client.job(after)["deps"]]
+    shown = cluster.grun("-q", "jobs", "sweep").stdout.decode().splitlines()
+    assert [line.split()[0] for line in shown[1:]] == [str(array_id)], shown
+    r = cluster.grun("--nowait", "-j", "sweep", "true", cwd=tmp_path)
+    assert r.returncode != 0 and f"a job named 'sweep' already exists (job {array_id})" in r.stderr.decode(), r.stderr
+    assert cluster.grun("-k", "sweep").returncode == 0
+    assert cluster.grun("-q", "wait", str(array_id), timeout=30).returncode == 143
+    assert cluster.grun("-q", "wait", str(after), timeout=30).returncode == 0, "--after sweep: the array's end"

@@ -53,7 +53,8 @@ def test_cmds_file_one_job_a_line_run_by_the_shell(cluster, tmp_path):
     (["--array", "1,1", "true"], "given twice"),
     (["--array", "1-200000", "true"], "at most 100,000 tasks"),
     (["--array", "1-2"], "no command given"),
-    (["--array", "1-2", "-j", "x", "true"], "do not go with --array"),
+    (["--array", "1-2", "-j", "x", "-W", "true"], "nor -W with --array"),  # (-j alone names the array job)
+    (["--cmds", os.devnull, "-j", "x"], "do not go with --cmds"),
     (["--array", "1-2", "--cmds", "f"], "give --array or --cmds, not both"),
     (["--cmds", "/nonexistent/jobs.txt"], "No such file"),
     (["--cmds", os.devnull], "no commands in"),
