@@ -249,6 +249,7 @@ def test_the_end_of_a_run_whose_job_was_re_queued_then_killed_says_so():
     assert step.records == [] and _logs(step) == [
         f"job {job_id}: node a ended run 1 (0), superseded by a re-queue (now killed): not counted"]
 
+
 def test_an_edit_of_a_task_not_started_splits_it_out_of_its_array_alone():
     """QA: `grun -e priority=5 12.7` said "no such job" for a task not begun (kill and hold made it a job, edit did
     not). As Slurm's `scontrol update jobid=12_7`, the edit makes that task a job; an edit of the whole array still
