@@ -236,8 +236,9 @@ def do_jobs(ctx: Context, args: dict) -> int:
     arrays = {j["id"] for j in jobs if str(j["id"]) in ids}  # named: its tasks a row each (as squeue -j 12)
     code = shown(ctx, args, lambda js, fields: history_long(js[::-1]) if args.get("long") else jobs_table(
         js, fields, arrays), jobs, COLUMNS, job_fields(), quiet=bool(ids and not names and not jobs))
-    live = {str(j["id"]) for j in jobs} | {str(j.get("array")) for j in jobs}  # an id asked for, ended or unknown:
-    notes = [_where(ctx.client, int(i), False) for i in sorted(ids) if i.isdigit() and i not in live]  # said, and rc 1
+    live = {str(j[key]) for j in jobs for key in ("id", "array") if key in j} | {label(j) for j in jobs}
+    notes = [_where(ctx.client, i if "." in i else int(i), False)  # an id or task asked for, ended or unknown: said,
+             for i in sorted(ids - live) if i.isdigit() or task_ref(i)]  # and rc 1
     return max([code, *(ctx.say(note) for note in notes if isinstance(note, str))])  # (squeue -j past MinJobAge)
 
 

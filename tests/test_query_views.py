@@ -154,6 +154,11 @@ def test_history_of_tasks_notes_a_missing_one_as_a_missing_id_and_names_each_as_
                                     f"grun: job {array}.2 has not finished (running): see grun -q jobs {array}.2"], err
         out, err = _run(cluster, "-q", "jobs", f"{array}.3")  # (its array's pending row, as squeue -j 12_3 shows it)
         assert [line.split()[0] for line in out.splitlines()[1:]] == [str(array)] and not err, (out, err)
+        assert _run(cluster, "-q", "jobs", f"{array}.9", rc=1) == ("", f"grun: no such job {array}.9\n")  # (was rc 0)
+        plain = cluster.client().job_id(f"{array}.2")  # a running task: a job, not an array
+        for form in (["-k", f"{plain}.1"], ["-e", "priority=3", f"{plain}.1"], ["--afterok", f"{plain}.1", "true"]):
+            err = _run(cluster, *form, rc=1)[1]
+            assert f"{plain}.1" in err and "'at'" not in err, (form, err)  # (was "error: 'at'", a KeyError)
     finally:
         cluster.client().kill([array])
 

@@ -59,9 +59,9 @@ def next_task(array: dict) -> int:
 
 
 def has_task(array: dict, task: int) -> bool:
-    """Whether the task belongs to the array and is not started yet."""
-    ri, at = array["at"]
-    return left(array) > 0 and task not in array["taken"] and any(
+    """Whether the job is an array, the task one of its own and not started yet."""
+    ri, at = array.get("at", (0, 0))
+    return is_array(array) and left(array) > 0 and task not in array["taken"] and any(
         task in range(*r) and (i > ri or i == ri and task >= at) for i, r in enumerate(array["ranges"]))
 
 
