@@ -17,6 +17,7 @@ import time
 
 from .client import Client, GrunError, current_user, job_spec, known_user
 from .core.arrays import left, unstarted
+from .core.deps import parse_dependency
 from .core.jobs import MARK, parse_time_limit
 from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of
 from .values import is_name, parse_memory
@@ -214,12 +215,10 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
             raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
         request.setdefault("params", {})[name] = int(count)
-    for part in last(opts, "dependency", "").split(",") if "dependency" in opts else ():
-        kind, _, ids = part.partition(":")
-        key = {"afterany": "after", "afterok": "afterok", "afternotok": "afternotok"}.get(kind)
-        if key is None or not re.fullmatch(r"\d+(_\d+)?(:\d+(_\d+)?)*", ids):
-            raise Refused(f"unsupported dependency {part!r}: grun has afterany, afterok and afternotok on job ids")
-        request.setdefault(key, []).extend(int(i) if i.isdigit() else i.replace("_", ".") for i in ids.split(":"))
+    if "dependency" in opts:  # grun's, whose after is Slurm's afterany (not its after, ?, singleton, names or +TIME)
+        if not re.fullmatch(r"(after(any|ok|notok)(:\d+(_\d+)?)+(,(?=.)|$))+", dep := last(opts, "dependency")):
+            raise Refused(f"unsupported dependency {dep!r}: grun has afterany, afterok and afternotok on job ids")
+        request.update(parse_dependency(dep.replace("afterany", "after").replace("_", ".")))
     return request
 
 

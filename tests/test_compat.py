@@ -66,6 +66,12 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
             compat.slurm_request(compat.parse(argv, compat.SUBMIT)[0], "nm", "sbatch")
 
 
+def test_slurm_dependencies_grun_has_not_are_refused():
+    for dep in ("singleton", "afterok:3,", "afterok:x", "afterok:3+10", "aftercorr:3", "afterany:3?afterok:4", ""):
+        with pytest.raises(compat.Refused, match="unsupported dependency"):
+            compat.slurm_request({"dependency": [dep]}, "nm", "sbatch")
+
+
 def test_output_names_expand_in_the_job_and_quote_the_rest():
     names = {"%j": '"$SLURM_JOB_ID"', "%%": "%"}
     word = compat.out_path("my dir/$(x) `y` o-%j.100%%;rm *", names)

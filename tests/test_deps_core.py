@@ -99,8 +99,10 @@ def test_references_are_checked_and_resolved_at_submit():
         _submit(strict, afterok=[theirs])
     with pytest.raises(ValueError, match="bad job id or name 0"):
         m.requests([{"cmd": ["x"], "after": [0]}])
-    assert D.parse_dependency("afterok:12:13,after:14?afternotok:x") == {
+    assert D.parse_dependency("afterok:12:13,after:14,afternotok:x") == {
         "afterok": [12, 13], "after": [14], "afternotok": ["x"]}
+    with pytest.raises(ValueError, match="no `[?]`"):  # Slurm's: any one of them, not all
+        D.parse_dependency("afterok:12?afterok:13")
     with pytest.raises(ValueError, match="expected after"):
         D.parse_dependency("aftercorr:3")
 

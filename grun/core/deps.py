@@ -18,9 +18,10 @@ def met(kind: str, state: str) -> bool:
 
 
 def parse_dependency(text: str) -> dict:
-    """Slurm's `--dependency afterok:12:13,after:14` (or `?` between them) -> {kind: [refs]}."""
+    """Slurm's `--dependency afterok:12:13,after:14` -> {kind: [refs]}, each to be met (Slurm's `?`, any one: refused)."""
+    J.require("?" not in text, f"grun has no `?` (any one of them): each dependency must be met, got {text!r}")
     out: dict = {}
-    for item in text.replace("?", ",").split(","):
+    for item in text.split(","):
         kind, _, refs = item.strip().partition(":")
         J.require(kind in J.DEP_KINDS and refs, f"expected {'|'.join(J.DEP_KINDS)}:ID[:ID...], got {item.strip()!r}")
         out.setdefault(kind, []).extend(J.job_refs(refs.replace(":", ","), kind))
