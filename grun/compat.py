@@ -19,7 +19,7 @@ from .client import Client, GrunError, current_user, job_spec, known_user
 from .core.arrays import left, unstarted
 from .core.deps import parse_dependency
 from .core.jobs import MARK, parse_time_limit
-from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, state_of
+from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, stamp, state_of
 from .values import is_name, parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
@@ -467,19 +467,26 @@ def scancel(argv: list[str]) -> int:
 
 
 def sinfo(argv: list[str]) -> int:
-    """sinfo [-h] [-N]: the nodes, grouped by state (-N: one a line), in partition `grun`."""
-    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node"), None)[0]
-    groups: dict = {}
-    for n in Client().nodes():
-        state = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
-        state = state if n["up"] else "unk" if n.get("state") == "unknown" else "down"  # (unk: as after slurmctld starts)
+    """sinfo [-h] [-N | -R]: the nodes, grouped by state (-N: one a line), in partition `grun`; -R: the nodes not up
+    with REASON (Slurm's own words), USER (grun: it set them all) and TIMESTAMP (when last heard from)."""
+    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons"), None)[0]
+    groups, nodes = {}, Client().nodes()
+    for n in nodes:
+        busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
+        # as Slurm's: a node whose daemon said it stops takes no new job and runs its own on (drng: draining, as after
+        # `scontrol update state=drain`); `*`: not responding, lost (down*) or not heard from since the master started
+        state = {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
         groups.setdefault(state, []).append(n["name"])
-    if "nodes" in opts:
+    if "reasons" in opts:  # a node a line (Slurm's groups those of one reason, user and time: rare here)
+        rows = [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
+            ["Node daemon stopped" if n["state"] == "stopped" else "Not responding", "grun",
+             stamp(time.time() - n["last_seen"]), n["name"]] for n in nodes if not n["up"]]
+    elif "nodes" in opts:
         rows = [["NODELIST", "NODES", "PARTITION", "STATE"]] + [[n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
     else:
         rows = [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
             [["grun*", "up", "infinite", str(len(ns)), s, ",".join(ns)] for s, ns in groups.items()]
+    widths = {"REASON": (-20, -9, -19, 0), "NODELIST": (-10, 5, 9, -6)}.get(rows[0][0], (-9, 5, 10, 6, 6, 0))
     for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
-        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in
-                       zip(row, (-9, 5, 10, 6, 6, 0) if len(row) == 6 else (-10, 5, 9, -6))).rstrip())
+        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in zip(row, widths)).rstrip())
     return 0

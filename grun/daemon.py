@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import auth, plugins, registry
-from .config import KEYS, Config, ConfigError, load_config
+from .config import KEYS, Config, ConfigError, load_config, overclaims
 from .files import locked, read_int
 from .journal import StoreError
 from .values import format_hostport
@@ -141,7 +141,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
             handlers.append(logging.FileHandler(cfg.log_file))
         logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
                             format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-        for warning in cfg.warnings:
+        for warning in cfg.warnings + (overclaims(cfg) if "exec" in services else []):  # (a node's: Low RealMemory)
             log.warning("%s", warning)
         os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
         _use_secret(cfg)

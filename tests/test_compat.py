@@ -531,3 +531,41 @@ def test_srun_whose_reader_goes_away_kills_its_job(cluster, shims, tmp_path):
     client = cluster.client()
     job = next(j for j in client.jobs() + client.history(20) if "yes" in str(j.get("cmd")))
     assert wait_end(cluster, job["id"])["state"] == "killed"
+
+
+def test_sinfo_shows_a_stopped_and_a_lost_node_as_slurm_does_and_why(shims):
+    """A node whose daemon stopped is drained (drng while its jobs run on), one gone silent down* (not responding);
+    -R says why. And a node offering more than its machine has is warned of, in its log and in `grun -q conf`."""
+    from cluster import LocalCluster
+    from util import nowait, wait_for
+    nodes = {"ok": {"cpus": 50000, "memory": "64T"}, "gone": {"cpus": 1, "memory": 500, "heartbeat": 10},
+             "lost": {"cpus": 1, "memory": 500}}
+    with LocalCluster(nodes, master_extra={"node_timeout": 1}) as c:
+        sinfo = lambda *args: subprocess.run([str(shims.bin / "sinfo"), *args], env=c.env, capture_output=True,
+                                             text=True, timeout=60).stdout.splitlines()
+        job = nowait(c, "-H", "gone", "sleep", "60")
+        wait_for(lambda: c.client().job(job)["state"] == "running", 20, what="the job to run")
+        assert c.grun("-C", c.configs["gone"], "-d", "-k").returncode == 0 and c.procs["gone"].wait(15) == 0
+        c.kill("lost")  # (SIGKILL: silent, lost after node_timeout; gone, beating every 10 s, after 30)
+        wait_for(lambda: {n["name"]: n["state"] for n in c.client().nodes()} == {"ok": "up", "gone": "stopped",
+                                                                                "lost": "down"}, 20, what="both down")
+        assert sorted(line.split() for line in sinfo("-N", "-h")) == [
+            ["gone", "1", "grun*", "drng"], ["lost", "1", "grun*", "down*"], ["ok", "1", "grun*", "idle"]]
+        lines = sinfo("-R")
+        assert lines[0].split() == ["REASON", "USER", "TIMESTAMP", "NODELIST"], lines
+        assert sorted((line[:20].strip(), *line[21:].split()[::2]) for line in lines[1:]) == [
+            ("Node daemon stopped", "grun", "gone"), ("Not responding", "grun", "lost")], lines
+        assert all(abs(time.mktime(time.strptime(line.split()[-2], "%Y-%m-%dT%H:%M:%S")) - time.time()) < 60
+                   for line in lines[1:]), lines  # (when it was last heard from)
+        c.client().kill([job])
+        import psutil
+        logs = {}
+        for name in ("ok", "lost"):
+            with open(os.path.join(c.root, name, "grun.log")) as f:
+                logs[name] = f.read()
+        conf = c.grun("-C", c.configs["ok"], "-q", "conf").stdout.decode()
+        machine = psutil.virtual_memory().total // 2 ** 20
+        for text in ("cpus: 50,000 offered, more than this machine's",
+                     f"memory: 67,108,864 offered, more than this machine's {machine:,} MB"):
+            assert logs["ok"].count(text) == 1 and f"# warning: {c.configs['ok']}:" in conf and text in conf, logs
+        assert "more than this machine's" not in logs["lost"]

@@ -18,7 +18,7 @@ def met(kind: str, state: str) -> bool:
 
 
 def parse_dependency(text: str) -> dict:
-    """Slurm's `--dependency afterok:12:13,after:14` -> {kind: [refs]}, each to be met (Slurm's `?`, any one: refused)."""
+    """Slurm's `--dependency afterok:12:13,after:14` -> {kind: [refs]}, all to be met (Slurm's `?`: any one)."""
     J.require("?" not in text, f"grun has no `?` (any one of them): each dependency must be met, got {text!r}")
     out: dict = {}
     for item in text.split(","):
