@@ -234,9 +234,8 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
 def describe(cfg: Config, as_dict: bool = False):
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and where it came
     from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back; `as_dict`: for --json."""
-    warnings = cfg.warnings + overclaims(cfg)
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
-             *(f"# warning: {w}" for w in warnings)]
+             *(f"# warning: {w}" for w in cfg.warnings + overclaims(cfg))]
     import yaml
     keys = {}
     for name, key in KEYS.items():
@@ -247,12 +246,11 @@ def describe(cfg: Config, as_dict: bool = False):
         keys[name] = {"value": value, "origin": origin}
         text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
         lines.append(f"{f'{name}: {text}':<31} # {origin}")
-    return {"file": cfg.path, "warnings": warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
+    return {"file": cfg.path, "warnings": cfg.warnings + overclaims(cfg), "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
 def overclaims(cfg: Config) -> list[str]:
-    """The cpus or memory the config offers beyond this machine's (its guesses), a warning each: taken at its word, as
-    overcommitting may be meant (Slurm drains such a node: "Low RealMemory")."""
+    """A warning for cpus or memory given beyond this machine's; not refused: overcommitting may be meant."""
     return [f"{cfg.where[name]}: {name}: {given:,.10g} offered, more than this machine's {have:,.10g} {unit}"
             for name, unit in (("cpus", "logical cores"), ("memory", "MB")) if name in cfg.where
             and (given := getattr(cfg, name)) > (have := KEYS[name].default(cfg))]
