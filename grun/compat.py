@@ -1,6 +1,7 @@
-"""Slurm's commands (sbatch, srun, squeue, sacct, scancel, sinfo) as thin fronts to grun's client, for
-the tools written for Slurm; SGE's (grun/compat_sge.py) share this module's ground. `grun-compat install`
-(grun/integrate.py) puts them on PATH: each a small script calling main(), which goes by its name.
+"""The ground Slurm's and SGE's commands stand on (grun/compat_slurm.py, grun/compat_sge.py), thin fronts to
+grun's client for the tools written for them: `main`, which goes by the name it was called by (`grun-compat install`,
+grun/integrate.py, puts each on PATH as a small script calling it); their option and directive parser; how a batch
+job is submitted; and how jobs are read back.
 
 A batch job runs as `/bin/sh -c WRAPPER NAME SCRIPT ARGS...`: the wrapper opens the output files Slurm or
 SGE would (their names may hold the job id, which the job learns only when it starts: $SLURM_JOB_ID or
@@ -15,17 +16,14 @@ import shlex
 import sys
 import time
 
-from .client import Client, GrunError, current_user, job_spec, known_user
-from .core.arrays import left, unstarted
-from .core.deps import parse_dependency
-from .core.jobs import MARK, parse_time_limit
-from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, stamp, state_of
-from .values import is_name, parse_memory
+from .client import Client, GrunError, job_spec
+from .core.arrays import left
+from .core.jobs import MARK
+from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
-# a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
-ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
 
 class Refused(Exception):
     """One line for the user: exit 1, nothing submitted."""
@@ -36,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if called not in NAMES:
         from .integrate import install_shims
         return install_shims(argv)
-    from . import compat_sge
+    from . import compat_sge, compat_slurm
     try:
-        return (globals().get(called) or getattr(compat_sge, called))(argv)
+        return getattr(compat_slurm if called.startswith("s") else compat_sge, called)(argv)
     except (Refused, GrunError, OSError, ValueError) as exc:
         print(f"{called}: error: {exc}", file=sys.stderr)
         return 1
@@ -173,144 +171,6 @@ def when(text: str) -> float:
 
 # ---- the commands ----------------------------------------------------------------------------------
 
-SLURM_STATES = " ".join([*SHORT, *SHORT.values()]) + " ALL PREEMPTED PR BOOT_FAIL BF DEADLINE DL COMPLETING CG" \
-    " CONFIGURING CF REQUEUED RQ REQUEUE_FED RF REQUEUE_HOLD RH RESIZING RS RESV_DEL_HOLD RD REVOKED RV SIGNALING SI" \
-    " SPECIAL_EXIT SE STAGE_OUT SO STOPPED ST"  # (what squeue -t takes)
-SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus-per-task mem=--mem "
-               "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
-               "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
-               "account=-A,--account ntasks=-n,--ntasks nodes=-N,--nodes wrap=--wrap quiet:-Q,--quiet "
-               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold gres=--gres")
-SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold")}
-
-
-def slurm_request(opts: dict, name: str, command: str) -> dict:
-    """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit."""
-    for key in ("ntasks", "nodes"):
-        if last(opts, key, "1") not in ("1", "1-1"):
-            raise Refused(f"--{key}={last(opts, key)}: grun runs a job as one task on one node")
-    for key in ("partition", "account"):
-        if key in opts and "quiet" not in opts:
-            print(f"{command}: note: --{key} ignored (grun has none)", file=sys.stderr)
-    cpus = last(opts, "cpus", "1")
-    if not cpus.isdigit() or int(cpus) < 1:
-        raise Refused(f"bad value for --cpus-per-task: {cpus!r}")
-    export = last(opts, "export", "ALL").split(",")
-    here = os.getcwd()
-    env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
-               SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
-               SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
-               **ONE_TASK, **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
-    request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
-               "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
-               "requeue": "norequeue" not in opts}
-    if "mem" in opts or "mem-per-cpu" in opts:
-        request["memory"] = megabytes(last(opts, "mem")) if "mem" in opts else \
-            megabytes(last(opts, "mem-per-cpu"), int(cpus))
-        env["SLURM_MEM_PER_NODE"] = str(request["memory"])
-    if "time" in opts:
-        request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
-    for item in items(opts, "gres"):  # gpu:2, gpu:a100:2 (a type: ignored)
-        name, *kind, count = item.split(":") if ":" in item else (item, "1")
-        if not count.isdigit() or not is_name(name) or len(kind) > 1:
-            raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
-        request.setdefault("params", {})[name] = int(count)
-    if "dependency" in opts:  # grun's, whose after is Slurm's afterany (not its after, ?, singleton, names or +TIME)
-        if not re.fullmatch(r"(after(any|ok|notok)(:\d+(_\d+)?)+(,(?=.)|$))+", dep := last(opts, "dependency")):
-            raise Refused(f"unsupported dependency {dep!r}: grun has afterany, afterok and afternotok on job ids")
-        request.update(parse_dependency(dep.replace("afterany", "after").replace("_", ".")))
-    return request
-
-
-def sbatch(argv: list[str]) -> int:
-    """sbatch [options] [SCRIPT [ARGS...]] | --wrap CMD: prints `Submitted batch job N` (--parsable: N)."""
-    opts, rest = parse(argv, SUBMIT)
-    if "wrap" in opts:
-        if rest:
-            raise Refused(f"--wrap and a script ({rest[0]}) given together")
-        script, name = f"#!/bin/sh\n# This script was created by sbatch --wrap.\n\n{last(opts, 'wrap')}\n", "wrap"
-    else:
-        name = os.path.basename(rest[0]) if rest else "sbatch"
-        try:
-            script = read_script(rest[0] if rest else None, "batch")
-        except OSError:
-            raise Refused(f"Unable to open file {rest[0]}") from None
-    if not script.startswith("#!"):
-        raise Refused("This does not look like a batch script.  The first line must start with #! followed by "
-                      "the path to an interpreter.")
-    opts = directives(script, "#SBATCH", SUBMIT, opts)
-    name = last(opts, "name", name)
-    request = slurm_request(opts, name, "sbatch")
-    if "array" in opts:
-        from .core.arrays import parse as tasks  # (a bad value: a ValueError, one line)
-        request["array"], ids = last(opts, "array"), [range(*r) for r in tasks(last(opts, "array"))["ranges"]]
-        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(map(len, ids))), SLURM_ARRAY_TASK_STEP=str(ids[0].step),
-                              SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ids)),
-                              SLURM_ARRAY_TASK_MAX=str(max(r[-1] for r in ids)))
-    names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
-             "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
-             "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
-    out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
-    client = Client()
-    job_id = submit(client, "slurm", name, script, rest[1:], out_path(out, names),
-                    out_path(last(opts, "err"), names) if "err" in opts else None, hold="hold" in opts, **request)
-    print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
-    return client.exit_code(job_id) if "wait" in opts else 0
-
-
-def srun(argv: list[str]) -> int:
-    """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
-    inside a job, as a step of that job (step())."""
-    from .running import dies_with
-    from .verbs import Context
-    opts, command = parse(argv, SRUN)
-    if not command:
-        raise Refused("No command given to execute.")
-    name, stdin = last(opts, "name", os.path.basename(command[0])), None if os.isatty(0) else 0
-    request = slurm_request(opts, name, "srun")
-    if os.environ.get("GRUN_JOB_ID", "").isdigit():
-        return step(request, command)
-    client, ids = Client(), []
-
-    def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
-        ids.append(submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
-        say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
-        return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
-    return dies_with(Context(lambda: client, cli=True), ids, follow)
-
-
-def step(request: dict, command: list[str]) -> int:
-    """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
-    reservation (one a node: asking more than it has is refused, as Slurm refuses): srun becomes the command, so
-    its streams, the signals sent to srun and its exit code are the command's."""
-    import signal
-    job = os.environ["GRUN_JOB_ID"]
-    for key, have, words in (("cpus", "SLURM_CPUS_ON_NODE", "More processors requested than permitted"),
-                             ("memory", "SLURM_MEM_PER_NODE", "Memory required by task is not available")):
-        if os.environ.get(have, "").isdigit() and request.get(key, 0) > int(os.environ[have]):
-            raise Refused(f"Unable to create step for job {job}: {words}")
-    number = "0"
-    if os.environ.get("SLURM_JOB_ID") == job and os.environ.get("TMPDIR"):  # (the job's own TMPDIR: grun/spawner.py)
-        # steps are numbered 0, 1, ...: a byte appended for each (unbuffered: one write, then where it ended)
-        with contextlib.suppress(OSError), open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", "ab", buffering=0) as f:
-            number = str(f.write(b".") and f.tell() - 1)
-    exported = {k: v for k, v in request["env"].items()
-                if not k.startswith("SLURM_") and k != "USER" or k == "SLURM_CPUS_PER_TASK"}
-    env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
-           "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
-           "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
-    # srun becomes the step: a child it forwarded signals to got a signal to the job's process group twice. With SIGPIPE
-    # and SIGXFSZ at their default again (Python ignores them; Popen set them back in its child)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    try:
-        os.chdir(request["cwd"])
-        os.execvpe(command[0], command, env)
-    except OSError as exc:
-        print(f"srun: error: execve(): {command[0]}: {exc.strerror}", file=sys.stderr)
-        return 2
-
-
 def find(client: Client, ref: str) -> dict | None:
     """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
     with contextlib.suppress(GrunError):
@@ -347,146 +207,3 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
                 found[array["id"]] = array  # (its line: the tasks not started yet)
     now = time.time()
     return [j for j in found.values() if finished_for is None or now - j.get("end_time", now) < finished_for], unknown
-
-
-def fmt_fields(fmt: str) -> list[tuple]:
-    """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and the text between them."""
-    out = []
-    for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z]))?", fmt):
-        if letter and (letter not in FIELDS or not FIELDS[letter][0]):
-            raise Refused(f"Invalid job format specification: %{letter}")
-        out += [(literal, None, 0, False)] * bool(literal) + ([(*FIELDS[letter][:4:3], int(width or 0), bool(right))]
-                                                              if letter else [])
-    return out
-
-
-def user_name(word: str) -> str:
-    try:
-        return known_user(word)
-    except GrunError:
-        raise Refused(f"Invalid user: {word}") from None
-
-
-def squeue(argv: list[str]) -> int:
-    """squeue [-j IDS] [-u USERS] [--me] [-t STATES] [-n NAMES] [-r] [-h] [-o FORMAT | -O FIELDS]"""
-    opts = parse(argv, table("jobs=-j,--jobs user=-u,--user noheader:-h,--noheader format=-o,--format name=-n,--name "
-                             "Format=-O,--Format me:--me states=-t,--states partition=-p,--partition all:-a,--all "
-                             "tasks:-r,--array"), None)[0]
-    fields = fmt_fields(last(opts, "format", "%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R"))
-    if "Format" in opts:
-        fields = []
-        for item in last(opts, "Format").split(","):
-            key, _, width = item.partition(":")
-            letter = BY_NAME.get(key.lower().replace("_", ""), ("", "1"))[1]  # ("1": sacct's only)
-            if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
-                raise Refused(f"Invalid job format specification: {item}")
-            fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
-    states = {s.upper(): s for s in items(opts, "states")}
-    if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
-        raise Refused(f"Invalid job state specified: {bad}")
-    users = {user_name(u) for u in items(opts, "user")} if "user" in opts else \
-        {current_user()} if "me" in opts else None
-    ids, names = items(opts, "jobs"), items(opts, "name")
-    client = Client()
-    jobs, unknown = job_list(client, ids)
-    if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
-        print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
-        return 1
-    if not ids and set(states) - {"PENDING", "PD", "RUNNING", "R", "SUSPENDED", "S"}:  # ended ones too, as
-        jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
-    shown = []
-    for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
-        if "ranges" in job and not left(job):
-            continue  # an array all of whose tasks have started: they have their own lines
-        if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and (
-                not states or "ALL" in states or {state_of(job), SHORT.get(state_of(job))} & set(states)):
-            shown += [dict({k: v for k, v in job.items() if k != "ranges"}, array=job["id"], task=task,
-                           _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job \
-                else [job]  # (-r: an array's tasks not started, one a line)
-    head = next((j for j in shown if j["state"] == "queued" and reason_of(j) == "Priority"), None)
-    if head and not any(n["up"] and n["free_cpus"] >= head.get("cpus", 1) and n["free_memory"] >= head.get("memory", 0)
-                        for n in client.nodes()):  # the first in line waits for room (those after it, for it)
-        head["_reason"] = "Resources"
-    elif head:  # a node has room: does the job (queued with --force) want a host, resource or mount none has?
-        head["_reason"] = "ReqNodeNotAvail" if client.call("placement", head["id"]) == "none up" else "Priority"
-    rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
-    for row in rows + [[(get(job) if get else h, w, r) for h, get, w, r in fields] for job in shown]:
-        print("".join((t[:w].rjust(w) if r else t[:w].ljust(w)) if w else t for t, w, r in row).rstrip())
-    return 0
-
-
-def sacct(argv: list[str]) -> int:
-    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
-    opts = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
-                             "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), None)[0]
-    fields = []
-    for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
-                     "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
-        key, _, width = item.partition("%")
-        if key.lower() not in BY_NAME or width and not width.isdigit():
-            raise Refused(f'Invalid field requested: "{key}"')
-        name, letter = BY_NAME[key.lower()]
-        fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
-    client = Client()
-    if "jobs" in opts:
-        jobs = job_list(client, items(opts, "jobs"), None)[0]
-    else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight) and -E (now)
-        users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
-        start, end = when(last(opts, "start", "midnight")), when(last(opts, "end", "now"))
-        jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
-                + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
-                and (users is None or j.get("user") in users)]
-    if "name" in opts:
-        jobs = [j for j in jobs if name_of(j) in set(items(opts, "name"))]
-    listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
-    jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or left(j)]
-    sep = "|" if "P" in opts or "p" in opts else None
-    rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
-    for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:
-        print(sep.join(row) + ("|" if "p" in opts else "") if sep else
-              " ".join(t[:w].ljust(w) if i == 0 else t[:w].rjust(w) for i, (t, (_, w, _)) in enumerate(zip(row, fields))))
-    return 0
-
-
-def scancel(argv: list[str]) -> int:
-    """scancel [-n NAME] [-u USER] [-s SIGNAL] [ID...]: ids as N or N_T (one array task)."""
-    from .options import _signal
-    opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet"), False)
-    bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+)?", i)), None)
-    if bad or not (ids or "name" in opts or "user" in opts):
-        raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
-    sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
-    if "name" in opts or "user" in opts:  # filters on the live jobs (with ids: those of them)
-        ids = [str(j["id"]) if "ranges" in j else id_of(j) for j in client.jobs()  # (an array: its id, all tasks)
-               if (not ids or id_of(j) in ids or str(j["id"]) in ids)
-               and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
-    if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
-        client.kill([i.replace("_", ".") for i in ids], sig)
-    return 0
-
-
-def sinfo(argv: list[str]) -> int:
-    """sinfo [-h] [-N | -R]: the nodes, grouped by state (-N: one a line), in partition `grun`; -R: the nodes not up
-    with REASON (Slurm's own words), USER (grun: it set them all) and TIMESTAMP (when last heard from)."""
-    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons"), None)[0]
-    groups, nodes = {}, Client().nodes()
-    for n in nodes:
-        busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
-        # as Slurm's: a node whose daemon said it stops takes no new job and runs its own on (drng: draining, as after
-        # `scontrol update state=drain`); `*`: not responding, lost (down*) or not heard from since the master started
-        state = {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
-        groups.setdefault(state, []).append(n["name"])
-    if "reasons" in opts:  # a node a line (Slurm's groups those of one reason, user and time: rare here)
-        rows = [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
-            ["Node daemon stopped" if n["state"] == "stopped" else "Not responding", "grun",
-             stamp(time.time() - n["last_seen"]), n["name"]] for n in nodes if not n["up"]]
-    elif "nodes" in opts:
-        rows = [["NODELIST", "NODES", "PARTITION", "STATE"]] + [[n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
-    else:
-        rows = [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
-            [["grun*", "up", "infinite", str(len(ns)), s, ",".join(ns)] for s, ns in groups.items()]
-    widths = {"REASON": (-20, -9, -19, 0), "NODELIST": (-10, 5, 9, -6)}.get(rows[0][0], (-9, 5, 10, 6, 6, 0))
-    for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
-        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in zip(row, widths)).rstrip())
-    return 0

@@ -1,5 +1,5 @@
 """SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
-SGE; how they run and read back jobs is grun/compat.py's (the Slurm side), shared."""
+SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_slurm.py)."""
 
 import os
 import re
@@ -8,10 +8,10 @@ import time
 
 from . import compat as C
 from .client import Client, GrunError, current_user
-from .compat import Refused, items, last, name_of, out_path, parse, table
+from .compat import Refused, items, last, out_path, parse, table
 from .core.arrays import left
 from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit
-from .tables import command_text, label
+from .tables import command_text, label, name_of
 from .values import is_name, task_ref
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "

@@ -1,6 +1,6 @@
 """How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
 `--long` blocks), and a job's command as typed. Pure functions of the master's records;
-at the end, how Slurm's tools (grun/compat.py) show them."""
+at the end, how Slurm's tools (grun/compat_slurm.py) show them."""
 
 import os
 import time
@@ -262,7 +262,7 @@ def _plain(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# ---- how records look to Slurm's tools (grun/compat.py) ----------------------------------------
+# ---- how records look to Slurm's tools (grun/compat_slurm.py) ----------------------------------
 
 STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatched": "RUNNING", "running": "RUNNING",
           "suspended": "SUSPENDED", "done": "COMPLETED", "failed": "FAILED", "killed": "CANCELLED",

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from grun import compat, tables
-from grun.client import job_spec
+from grun import compat, compat_slurm, tables
+from grun.client import current_user, job_spec
 from grun.core import jobs as J
 
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
@@ -21,7 +21,7 @@ SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
 # ---- pure: how options, scripts and records are read (no daemons) ----------------------------------
 
 def test_options_read_as_getopt_does():
-    opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat.SUBMIT)
+    opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat_slurm.SUBMIT)
     assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
     assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
     for argv in (["-h", "x"], ["--", "x"]):  # (squeue, sacct, sinfo, qstat take no other word)
@@ -30,46 +30,46 @@ def test_options_read_as_getopt_does():
     for argv, words in ((["--gpus=1"], "unsupported option --gpus"), (["-J"], "-J needs a value"),
                         (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
         with pytest.raises(compat.Refused, match=words):
-            compat.parse(argv, compat.SUBMIT)
+            compat.parse(argv, compat_slurm.SUBMIT)
 
 
 def test_directives_until_the_first_command_under_the_command_line():
     script = "#!/bin/sh\n\n#SBATCH -J a --mem 2G\n#SBATCH  -c 2   # two\n#SBATCHX -J no\necho\n#SBATCH -J late\n"
-    assert compat.directives(script, "#SBATCH", compat.SUBMIT, {"cpus": ["3"]}) == {
+    assert compat.directives(script, "#SBATCH", compat_slurm.SUBMIT, {"cpus": ["3"]}) == {
         "name": ["a"], "mem": ["2G"], "cpus": ["3"]}
     for line, words in (("#SBATCH -J 'open", "line 2: No closing quotation"), ("#SBATCH x", "line 2: not an option"),
                         ("#SBATCH", "line 2: not an option"), ("#SBATCH --exclusive", "unsupported option --exclusive")):
         with pytest.raises(compat.Refused, match=words):
-            compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat.SUBMIT, {})
+            compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat_slurm.SUBMIT, {})
 
 
 def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
     monkeypatch.setenv("OURS", "1")
-    request = compat.slurm_request(compat.parse(["-c", "2", "--mem-per-cpu=1G", "-d", "afterok:3:4_2,afterany:5",
-                                                 "--export=NONE,A=b", "-D", "sub"], compat.SUBMIT)[0], "nm", "sbatch")
+    request = compat_slurm.slurm_request(compat.parse(["-c", "2", "--mem-per-cpu=1G", "-d", "afterok:3:4_2,afterany:5",
+                                                 "--export=NONE,A=b", "-D", "sub"], compat_slurm.SUBMIT)[0], "nm", "sbatch")
     assert (request["cpus"], request["memory"], request["afterok"], request["after"]) == (2, 2048, [3, "4.2"], [5])
     assert request["pass_env"] == ["A=b"] and request["cwd"] == os.path.join(os.getcwd(), "sub")
     assert request["env"]["SLURM_CPUS_PER_TASK"] == "2"
     env = job_spec(["true"], env=request["env"], pass_env=request["pass_env"])["env"]  # (-E's reading of NAME=VALUE)
     assert env["A"] == "b" and "OURS" not in env
     for export in ("ALL,A=c", "A=c,ALL"):  # our variables, A set so
-        request = compat.slurm_request(compat.parse([f"--export={export}"], compat.SUBMIT)[0], "nm", "sbatch")
+        request = compat_slurm.slurm_request(compat.parse([f"--export={export}"], compat_slurm.SUBMIT)[0], "nm", "sbatch")
         env = job_spec(["true"], env=request["env"], pass_env=request["pass_env"])["env"]
         assert env["A"] == "c" and env["OURS"] == "1", export
-    request = compat.slurm_request(compat.parse(["--gres=gpu:a100:2,scratch:1", "--gres", "io"], compat.SUBMIT)[0], "nm",
+    request = compat_slurm.slurm_request(compat.parse(["--gres=gpu:a100:2,scratch:1", "--gres", "io"], compat_slurm.SUBMIT)[0], "nm",
                                    "sbatch")
     assert request["params"] == {"gpu": 2, "scratch": 1, "io": 1}  # (a type, a100, is not placed by)
     for argv, words in ((["-n", "2"], "one task on one node"), (["--gres=gpu:x"], "bad --gres"), (["-d", "after:3"], "unsupported dependency"),
                         (["-d", "afterok:3?afterok:4"], "unsupported dependency"), (["-c", "0.5"], "cpus-per-task"),
                         (["--mem", "-1"], "bad memory size")):
         with pytest.raises(compat.Refused, match=words):
-            compat.slurm_request(compat.parse(argv, compat.SUBMIT)[0], "nm", "sbatch")
+            compat_slurm.slurm_request(compat.parse(argv, compat_slurm.SUBMIT)[0], "nm", "sbatch")
 
 
 def test_slurm_dependencies_grun_has_not_are_refused():
     for dep in ("singleton", "afterok:3,", "afterok:x", "afterok:3+10", "aftercorr:3", "afterany:3?afterok:4", ""):
         with pytest.raises(compat.Refused, match="unsupported dependency"):
-            compat.slurm_request({"dependency": [dep]}, "nm", "sbatch")
+            compat_slurm.slurm_request({"dependency": [dep]}, "nm", "sbatch")
 
 
 def test_output_names_expand_in_the_job_and_quote_the_rest():
@@ -82,26 +82,26 @@ def test_output_names_expand_in_the_job_and_quote_the_rest():
 def test_records_as_slurm_shows_them():
     job = {"id": 5, "state": "running", "cmd": ["/bin/sh", "-c", compat.MARK + "\nexec", "nm", "s"], "start_time": 1,
            "usage": {"wall": 3725}, "cpus": 2.0, "node": "n1"}
-    row = [get(job) if get else text for text, get, _, _ in compat.fmt_fields("%i|%j|%T|%t|%M|%C|%R|%K")]
+    row = [get(job) if get else text for text, get, _, _ in compat_slurm.fmt_fields("%i|%j|%T|%t|%M|%C|%R|%K")]
     assert "".join(row) == "5|nm|RUNNING|R|1:02:05|2|n1|N/A"
     queued = {"id": 7, "state": "waiting", "cmd": ["sleep", "9"], "task": 3, "array": 6}
-    assert [compat.FIELDS[k][3](queued) for k in "ijTtRK"] == ["6_3", "sleep", "PENDING", "PD", "(Dependency)", "3"]
+    assert [tables.FIELDS[k][3](queued) for k in "ijTtRK"] == ["6_3", "sleep", "PENDING", "PD", "(Dependency)", "3"]
     ended = dict(job, state="failed", exit=137, signal=9, limit="memory", usage={"wall": 90000, "maxrss_kb": 10})
-    fields = [compat.BY_NAME[name.lower()] for name in ("State", "ExitCode", "Elapsed", "MaxRSS")]
-    assert [compat.FIELDS[letter][3](ended) for _, letter in fields] == ["OUT_OF_MEMORY", "0:9", "1-01:00:00", "10K"]
+    fields = [tables.BY_NAME[name.lower()] for name in ("State", "ExitCode", "Elapsed", "MaxRSS")]
+    assert [tables.FIELDS[letter][3](ended) for _, letter in fields] == ["OUT_OF_MEMORY", "0:9", "1-01:00:00", "10K"]
     with pytest.raises(compat.Refused, match="%X"):
-        compat.fmt_fields("%i %X")
+        compat_slurm.fmt_fields("%i %X")
 
 
 def test_array_tasks_not_started_as_slurm_writes_them():
     array = {"id": 2, "array": "1-9%2", "ranges": [[1, 10, 1]], "limit": 2, "at": [0, 5], "taken": [7], "tasks": 9,
              "started": 5, "stopped": False, "counts": {"done": 3}, "state": "queued"}
-    assert compat.unstarted(array) == [5, 6, 8, 9] and compat.id_of(array) == "2_[5-6,8-9%2]"
-    assert compat.FIELDS["r"][3](array) == "JobArrayTaskLimit"  # two of its tasks run: its limit
-    assert compat.FIELDS["r"][3](dict(array, counts={"done": 4})) == "Priority"
+    assert tables.unstarted(array) == [5, 6, 8, 9] and tables.id_of(array) == "2_[5-6,8-9%2]"
+    assert tables.FIELDS["r"][3](array) == "JobArrayTaskLimit"  # two of its tasks run: its limit
+    assert tables.FIELDS["r"][3](dict(array, counts={"done": 4})) == "Priority"
     assert [tables.spans(ids) for ids in ([3, 4], [1, 3, 5, 7], [1, 5], [1, 2, 3, 7], [4])] == [
         "3-4", "1-7:2", "1,5", "1-3,7", "4"]
-    assert compat.id_of(dict(array, stopped=9)) == "2_[1-9%2]"  # none will start: as submitted
+    assert tables.id_of(dict(array, stopped=9)) == "2_[1-9%2]"  # none will start: as submitted
 
 
 # ---- through a real cluster -------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_squeue_default_format_and_fields_as_tools_parse_them(cluster, shims, tm
         assert row[2] == "sleeper" and row[4] == "R" and row[6] == "1"
         r = shims("squeue", "-h", "-j", str(job_id), "-o", "%i %T %j %u %M %D %R")
         i, state, name, user, used, nodes, where = r.stdout.split()
-        assert user == compat.current_user()
+        assert user == current_user()
         assert (i, state, name, nodes) == (str(job_id), "RUNNING", "sleeper", "1") and ":" in used and where
         assert shims("squeue", "--me", "-h", "-O", "jobid,state").stdout.split() == [str(job_id), "RUNNING"]
         r = shims("squeue", "-o", "%Q %X")
@@ -517,7 +517,7 @@ def test_sbatch_messages_and_environment_as_slurms(cluster, shims, tmp_path):
     assert {k: got.get(k) for k in ("USER", "SLURM_JOB_USER", "SLURM_JOB_CPUS_PER_NODE", "SLURM_NTASKS", "SLURM_PROCID",
                                     "SLURM_LOCALID", "SLURM_NODEID", "SLURM_TASKS_PER_NODE", "SLURM_ARRAY_TASK_COUNT",
                                     "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_ID")} == {
-        "USER": compat.current_user(), "SLURM_JOB_USER": compat.current_user(), "SLURM_JOB_CPUS_PER_NODE": "2",
+        "USER": current_user(), "SLURM_JOB_USER": current_user(), "SLURM_JOB_CPUS_PER_NODE": "2",
         "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_TASKS_PER_NODE": "1",
         "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5", "SLURM_ARRAY_TASK_ID": "3"}
     assert got["SLURM_NODELIST"] == got["SLURM_JOB_NODELIST"] == "big"
