@@ -148,8 +148,7 @@ def explain(job: dict, master, now: float) -> str:
     position, higher = len(ahead) + 1, sum(other["priority"] > job["priority"] for other in ahead)
     lines.append(f"It is number {position} of {len(table.pending)} in the queue (priority {job['priority']}"
                  f"{f'; {higher} of higher priority ahead' if higher else ''}) and has waited {_duration(waited)}.")
-    if job.get("cwd_fs") and (up := [n for n in table.nodes.values() if n.up]) and all(
-            unmounted(job, n) for n in up):
+    if job.get("cwd_fs") and (up := [n for n in table.nodes.values() if n.up]) and all(unmounted(job, n) for n in up):
         lines.append(f"No node up mounts {unmounted(job, up[0])}.")
     if limit := table.quotas.refusal(job):
         lines.append(f"It waits under a limit of the config: {limit}.")
