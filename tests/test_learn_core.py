@@ -51,6 +51,9 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["exit 3"], True, "exit"),  # (nothing else there)
     (["sh", "-c", "echo hi; exit 0"], False, "echo"), (["sh", "-c", "echo a\nmytool\nexit 0"], False, "mytool"),
     (["sh", "-c", "echo a\nexit 0"], False, "echo"),
+    # a Python call (grun.calls) by its function: all shared one key, and a tiny function's learned limit killed a big one
+    (["/usr/bin/python3", "-u", "-m", "grun.remote_worker", "lab.fit"], False, "python3 call lab.fit"),
+    (["python3", "-m", "grun.remote_worker", "__main__.<lambda>"], False, "python3 call __main__.<lambda>"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program
