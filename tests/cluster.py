@@ -167,6 +167,10 @@ class LocalCluster:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
+            with contextlib.suppress(OSError, ValueError):  # one restarted (`grun -d -R`) is another: its pid file's
+                pid = int(open(os.path.join(self.root, name, "grun.pid")).read())
+                if self.configs[name].encode() in open(f"/proc/{pid}/cmdline", "rb").read():  # (not a reused pid)
+                    os.kill(pid, signal.SIGKILL)
         self._kill_leftover_jobs()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)

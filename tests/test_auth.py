@@ -10,6 +10,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -365,6 +366,7 @@ def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: in
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        code = 99
         try:
             os.close(r)
             os.dup2(w, 1)  # (a job's output is written to the fds, not through sys.stdout)
@@ -384,14 +386,19 @@ def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: in
                 code = cli.main(argv)
         except BaseException as exc:
             print(f"child failed: {exc!r}", file=sys.stderr)
-            code = 99
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        finally:  # never back into pytest, even on a broken pipe (its parent gone): a copy would run its teardowns too
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
     os.close(w)
-    with os.fdopen(r) as f:
-        out = f.read()
+    try:
+        with os.fdopen(r) as f:
+            out = f.read()
+    except BaseException:  # (interrupted: the child, a process of that user, must not outlive the test)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
 
 
