@@ -19,11 +19,15 @@ import yaml
 
 from grun.client import Client
 
+TEST_USER = "grun test user"
+
 
 def account(*argv: str, check: bool = True) -> None:
     """useradd, usermod, groupadd, userdel or groupdel: retried while another test worker holds the lock
     on /etc/passwd or /etc/group (the shadow tools refuse at once rather than wait), or while a process of
-    the user being removed is still ending (a job killed a moment ago)."""
+    the user being removed is still ending (a job killed a moment ago). A user added is marked as a test's (its
+    comment, TEST_USER): only such a user is ever removed by conftest's sweep."""
+    argv = (*argv[:1], "-c", TEST_USER, *argv[1:]) if argv[0] == "useradd" else argv
     for attempt in range(100):
         r = subprocess.run(argv, capture_output=True, text=True)
         if r.returncode == 0 or "lock" not in r.stderr and "currently used" not in r.stderr:

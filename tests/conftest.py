@@ -18,7 +18,7 @@ import signal
 import tempfile
 
 import pytest
-from cluster import LocalCluster, account
+from cluster import TEST_USER, LocalCluster, account
 
 OWNER = "GRUNTEST_PID"  # every process a test starts inherits it: a leftover names the pytest it came from
 TAGGED = re.compile(r"(gra|grb|grg|grunt)(\d+)")  # users and groups of tests: a prefix, their pytest's pid % 100000
@@ -55,8 +55,9 @@ def sweep() -> None:
                 if root.startswith(GRUN_TMP):  # (a LocalCluster's root): that dir too
                     shutil.rmtree(root, ignore_errors=True)
     for tool, table in (("userdel", pwd.getpwall), ("groupdel", grp.getgrall)):
-        for name, _, uid, *_ in table():  # (whether a pid lives: asked again for each, a pytest may have begun since)
-            if (m := TAGGED.fullmatch(name)) and int(m[2]) not in {p % 100000 for p in _pids()}:
+        for name, _, uid, *rest in table():  # (whether a pid lives: asked again for each, a pytest may have begun since)
+            ours = rest[1] == TEST_USER if tool == "userdel" else name.startswith("grg") and not rest[0]  # (no member)
+            if ours and (m := TAGGED.fullmatch(name)) and int(m[2]) not in {p % 100000 for p in _pids()}:
                 for pid in live if tool == "userdel" else ():
                     with contextlib.suppress(OSError):
                         if os.stat(f"/proc/{pid}").st_uid == uid:
