@@ -191,7 +191,7 @@ TOPICS = {"config": _config_page,
           "options": lambda: help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command "
                                        "line's)", tuple(o.long for o in OPTIONS)), "make": lambda: _doc(".make"),
           "rules": lambda: _doc(".core.rules") + "\n\n" + _doc(".core.expr"),
-          "trust": lambda: _doc(".auth"), "slurm": lambda: _shim_page(".compat", "SUBMIT", "sbatch and srun"),
+          "trust": lambda: _doc(".auth"), "slurm": lambda: _shim_page(".compat_slurm", "SUBMIT", "sbatch and srun"),
           "sge": lambda: _shim_page(".compat_sge", "QSUB", "qsub")}
 
 
