@@ -71,6 +71,7 @@ def parse(argv: list[str], table: dict, stop: bool | None = True, glued: bool = 
         if name not in table:
             raise Refused(f"unsupported option {name}")
         key, count = table[name]
+        count = count if count >= 0 else int(bool(eq))  # (KEY?--opt: a value only as --opt=V, as getopt's optional)
         values = ([inline] if eq else []) + [words.pop() if words else None for _ in range(count - bool(eq))]
         if eq and not count or None in values:
             raise Refused(f"option {name} " + ("takes no value" if eq else "needs a value"))
@@ -108,17 +109,18 @@ def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bo
     return {**found, **opts}
 
 
-def read_script(path: str | None, kind: str) -> str:
-    """The script's text as at submit (the caller may remove the file at once), from stdin without a path."""
+def read_script(path: str | None, kind: str, newline: str | None = None) -> str:
+    """The script's text as at submit (the caller may remove the file at once), from stdin without a path;
+    `newline` as open's ("": its \r\n kept, for sbatch to refuse them as Slurm's does)."""
     if path is None and sys.stdin.isatty():
         raise Refused(f"no {kind} script given (and no script on standard input)")
-    with open(path, encoding="utf-8", errors="surrogateescape") if path else sys.stdin as f:
+    with open(path or 0, encoding="utf-8", errors="surrogateescape", newline=newline, closefd=bool(path)) as f:
         return f.read()
 
 
 def megabytes(text: str, per: float = 1) -> int:
     try:
-        return max(1, round(parse_memory(text) * per))
+        return round(parse_memory(text) * per)  # (0: Slurm's all of a node's memory)
     except ValueError as exc:
         raise Refused(f"bad memory size {text!r}: {exc}") from None
 
@@ -130,13 +132,16 @@ def out_path(pattern: str, names: dict) -> str:
 
 
 def submit(client: Client, family: str, name: str, script: str | None, args: list[str],
-           out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, **request) -> int:
-    """Queue a job for a shim (its id): the script with its output files (a batch job), or the command `args` (srun);
-    `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h)."""
+           out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, append: bool = False,
+           **request) -> int:
+    """Queue a job for a shim (its id): the script with its output files (a batch job; `append`: added to), or the
+    command `args` (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec
+    (hold=True for -H/-h). An `err` that is `out` (the same shell word) is opened once: twice, each truncates it."""
     # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
     # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`): change them together
+    to = ">>" if append else ">"
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
-        (f"exec >{out} " + ("2>&1" if err is None else f"2>{err}") + "\n" if out else "") + \
+        (f"exec {to}{out} " + ("2>&1" if err in (None, out) else f"2{to}{err}") + "\n" if out else "") + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     env = {**(env or {}), "GRUN_COMPAT": family}
@@ -147,9 +152,10 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
 
 
 def table(text: str) -> dict:
-    """An option table from `KEY=SPELLING,...` (takes a value) and `KEY:SPELLING,...` (a flag) words."""
-    return {spelling: (key, int(eq == "=")) for word in text.split() for key, eq, spellings in
-            [re.match(r"([\w-]+)([=:])(.*)", word).groups()] for spelling in spellings.split(",")}
+    """An option table from `KEY=SPELLING,...` (takes a value), `KEY:SPELLING,...` (a flag) and `KEY?SPELLING,...`
+    (a flag or --opt=VALUE) words."""
+    return {spelling: (key, {"=": 1, ":": 0, "?": -1}[eq]) for word in text.split() for key, eq, spellings in
+            [re.match(r"([\w-]+)([=:?])(.*)", word).groups()] for spelling in spellings.split(",")}
 
 
 def when(text: str) -> float:

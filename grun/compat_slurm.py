@@ -14,8 +14,9 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.deps import parse_dependency
 from .core.jobs import parse_time_limit
+from .core.nodes import host_matches
 from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, stamp, state_of
-from .values import is_name
+from .values import is_name, parse_job_priority
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
 ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
@@ -27,33 +28,65 @@ SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus
                "mem-per-cpu=--mem-per-cpu time=-t,--time array=-a,--array dependency=-d,--dependency "
                "parsable:--parsable export=--export chdir=-D,--chdir wait:-W,--wait partition=-p,--partition "
                "account=-A,--account ntasks=-n,--ntasks nodes=-N,--nodes wrap=--wrap quiet:-Q,--quiet "
-               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold gres=--gres")
-SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold")}
+               "norequeue:--no-requeue requeue:--requeue hold:-H,--hold gres=--gres open-mode=--open-mode qos=-q,--qos "
+               "mail-type=--mail-type mail-user=--mail-user comment=--comment nice?--nice hosts=-w,--nodelist "
+               "ntasks-per-node=--ntasks-per-node kill-on-invalid-dep=--kill-on-invalid-dep "
+               "exclude=-x,--exclude exclusive?--exclusive begin=-b,--begin signal=--signal")
+SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode")}
+IGNORED = {"partition": "partitions", "account": "accounts", "qos": "QOS", "mail-type": "mail", "mail-user": "mail"}
+REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may run on)",
+           "exclusive": "grun has no whole-node request (ask for cpus and memory: -c N --mem=0)",
+           "begin": "grun cannot delay a job's start (-H queues it held till `grun -e resume ID`)",
+           "signal": "grun signals a job only at its time limit (TERM, then KILL)"}
 
 
-def slurm_request(opts: dict, name: str, command: str) -> dict:
-    """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit."""
-    for key in ("ntasks", "nodes"):
+def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict:
+    """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit; `script`:
+    the batch script (N tasks that no srun in it starts are N cpus for one)."""
+    if refused := next((key for key in REFUSED if key in opts), None):
+        raise Refused(f"--{refused}: {REFUSED[refused]}")
+    if last(opts, "kill-on-invalid-dep", "yes") != "yes":
+        raise Refused("--kill-on-invalid-dep=no: grun cancels a job whose dependency can never be met")
+    for key in ("nodes", "ntasks-per-node"):
         if last(opts, key, "1") not in ("1", "1-1"):
             raise Refused(f"--{key}={last(opts, key)}: grun runs a job as one task on one node")
-    for key in ("partition", "account"):
-        if key in opts and "quiet" not in opts:
-            print(f"{command}: note: --{key} ignored (grun has none)", file=sys.stderr)
-    cpus = last(opts, "cpus", "1")
-    if not cpus.isdigit() or int(cpus) < 1:
-        raise Refused(f"bad value for --cpus-per-task: {cpus!r}")
+    def note(text: str) -> None:
+        if "quiet" not in opts:
+            print(f"{command}: note: {text}", file=sys.stderr)
+    if ignored := [key for key in IGNORED if key in opts]:
+        note(f"{', '.join('--' + k for k in ignored)} ignored (grun has no {', '.join(dict.fromkeys(map(IGNORED.get, ignored)))})")
+    per_task, tasks = last(opts, "cpus", "1"), last(opts, "ntasks", "1")
+    if not per_task.isdigit() or int(per_task) < 1 or not tasks.isdigit() or int(tasks) < 1:
+        raise Refused(f"bad value for --cpus-per-task or --ntasks: {per_task!r}, {tasks!r}")
+    cpus = str(int(per_task) * int(tasks))
     export = last(opts, "export", "ALL").split(",")
     here = os.getcwd()
     env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
                SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
-               **ONE_TASK, **({"SLURM_CPUS_PER_TASK": cpus} if "cpus" in opts else {}))
+               SLURM_JOB_PARTITION="grun", **ONE_TASK, **({"SLURM_CPUS_PER_TASK": per_task} if "cpus" in opts else {}))
+    if tasks != "1":  # no srun to start them: N tasks are N cpus for the one (bwa -t $SLURM_NTASKS)
+        if command == "srun" or re.search(r"^[^#\n]*\bsrun\b", script, re.MULTILINE):
+            raise Refused(f"--ntasks={tasks}: grun runs a job as one task on one node")
+        note(f"--ntasks={tasks}: one task with {cpus} cpus (grun runs one)")
+        env.update(SLURM_NTASKS=tasks, SLURM_NPROCS=tasks, SLURM_TASKS_PER_NODE=tasks)
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
-               "requeue": "norequeue" not in opts}
+               "requeue": "norequeue" not in opts, "hosts": ",".join(hostlist(last(opts, "hosts", ""))) or None}
+    if "nice" in opts:  # --nice[=N] (100): grun's priority (higher first: $GRUN_PRIORITY, else its default) less N
+        from .config import find_config_path, load_config
+        if not re.fullmatch(r"[+-]?\d+", nice := "100" if last(opts, "nice") is True else last(opts, "nice")):
+            raise Refused(f"bad value for --nice: {nice!r}")
+        base = os.environ.get("GRUN_PRIORITY", "").strip() or load_config(find_config_path(), use_auth=False).default_priority
+        request["priority"] = parse_job_priority(base) - int(nice)
     if "mem" in opts or "mem-per-cpu" in opts:
         request["memory"] = C.megabytes(last(opts, "mem")) if "mem" in opts else \
             C.megabytes(last(opts, "mem-per-cpu"), int(cpus))
+        if not request["memory"] and not (command == "srun" and os.environ.get("GRUN_JOB_ID", "").isdigit()):
+            # 0: all of the node's memory (a step's: all of its job's, as it is)
+            request["memory"] = max([n["memory"] for n in Client().nodes()
+                                     if host_matches(n["name"], request["hosts"] or "*")] or [1])
+            note(f"--mem=0: the largest node's, {request['memory']} MB (no whole-node request)")
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
     if "time" in opts:
         request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
@@ -69,6 +102,15 @@ def slurm_request(opts: dict, name: str, command: str) -> dict:
     return request
 
 
+def hostlist(text: str) -> list[str]:
+    """Slurm's host list (n[1-3,07-08],m) as names: n1, n2, n3, n07, n08, m (a word's [...] groups one by one)."""
+    if not (m := re.search(r"([^,]*?)\[(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)\]((?:\[[^]]*\]|[^,])*)", text)):
+        return [word for word in text.split(",") if word]  # (names, or patterns as grun's -H takes: n[ab]*)
+    words = [f"{m[1]}{n:0{len(first)}}{m[3]}" for first, _, end in (item.partition("-") for item in m[2].split(","))
+             for n in range(int(first), int(end or first) + 1)]
+    return hostlist(text[:m.start()] + ",".join(words) + text[m.end():])
+
+
 def sbatch(argv: list[str]) -> int:
     """sbatch [options] [SCRIPT [ARGS...]] | --wrap CMD: prints `Submitted batch job N` (--parsable: N)."""
     opts, rest = parse(argv, SUBMIT)
@@ -79,15 +121,17 @@ def sbatch(argv: list[str]) -> int:
     else:
         name = os.path.basename(rest[0]) if rest else "sbatch"
         try:
-            script = C.read_script(rest[0] if rest else None, "batch")
+            script = C.read_script(rest[0] if rest else None, "batch", newline="")
         except OSError:
             raise Refused(f"Unable to open file {rest[0]}") from None
     if not script.startswith("#!"):
         raise Refused("This does not look like a batch script.  The first line must start with #! followed by "
                       "the path to an interpreter.")
+    if "\r\n" in script:
+        raise Refused("Batch script contains DOS line breaks (\\r\\n) instead of expected UNIX line breaks (\\n).")
     opts = C.directives(script, "#SBATCH", SUBMIT, opts)
     name = last(opts, "name", name)
-    request = slurm_request(opts, name, "sbatch")
+    request = slurm_request(opts, name, "sbatch", script)
     if "array" in opts:
         from .core.arrays import parse as tasks  # (a bad value: a ValueError, one line)
         request["array"], ids = last(opts, "array"), [range(*r) for r in tasks(last(opts, "array"))["ranges"]]
@@ -98,9 +142,12 @@ def sbatch(argv: list[str]) -> int:
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
+    if (mode := last(opts, "open-mode", "truncate")) not in ("append", "truncate"):
+        raise Refused(f"Invalid --open-mode: {mode} (append or truncate)")
     client = Client()
     job_id = C.submit(client, "slurm", name, script, rest[1:], C.out_path(out, names),
-                    C.out_path(last(opts, "err"), names) if "err" in opts else None, hold="hold" in opts, **request)
+                      C.out_path(last(opts, "err"), names) if "err" in opts else None, hold="hold" in opts,
+                      append=mode == "append", **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
 
@@ -118,6 +165,7 @@ def srun(argv: list[str]) -> int:
     if os.environ.get("GRUN_JOB_ID", "").isdigit():
         return step(request, command)
     client, ids = Client(), []
+    request["env"].update(SLURM_STEP_ID="0", SLURM_STEPID="0")  # (as Slurm's: its job's one step)
 
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))

@@ -24,11 +24,13 @@ def test_options_read_as_getopt_does():
     opts, rest = compat.parse(["-Jx", "--mem=4G", "-c", "2", "-QW", "--", "-J", "y"], compat_slurm.SUBMIT)
     assert opts == {"name": ["x"], "mem": ["4G"], "cpus": ["2"], "quiet": [True], "wait": [True]} and rest == ["-J", "y"]
     assert compat.parse(["-pe", "smp", "4", "job.sh", "-N", "a"], {"-pe": ("pe", 2)})[0] == {"pe": [["smp", "4"]]}
+    assert compat.parse(["--nice", "--nice=5", "x"], compat_slurm.SUBMIT) == ({"nice": [True, "5"]}, ["x"])  # (getopt's
+    # optional value: only after =)
     for argv in (["-h", "x"], ["--", "x"]):  # (squeue, sacct, sinfo, qstat take no other word)
         with pytest.raises(compat.Refused, match="unexpected argument x"):
             compat.parse(argv, compat.table("noheader:-h"), None)
     for argv, words in ((["--gpus=1"], "unsupported option --gpus"), (["-J"], "-J needs a value"),
-                        (["--wait=1"], "--wait takes no value"), (["-Wx"], "unsupported option -Wx")):
+                        (["--wait=1"], "--wait takes no value"), (["-Wz"], "unsupported option -Wz")):
         with pytest.raises(compat.Refused, match=words):
             compat.parse(argv, compat_slurm.SUBMIT)
 
@@ -38,7 +40,7 @@ def test_directives_until_the_first_command_under_the_command_line():
     assert compat.directives(script, "#SBATCH", compat_slurm.SUBMIT, {"cpus": ["3"]}) == {
         "name": ["a"], "mem": ["2G"], "cpus": ["3"]}
     for line, words in (("#SBATCH -J 'open", "line 2: No closing quotation"), ("#SBATCH x", "line 2: not an option"),
-                        ("#SBATCH", "line 2: not an option"), ("#SBATCH --exclusive", "unsupported option --exclusive")):
+                        ("#SBATCH", "line 2: not an option"), ("#SBATCH --gpus-per-node=1", "unsupported option --gpus-per")):
         with pytest.raises(compat.Refused, match=words):
             compat.directives(f"#!/bin/sh\n{line}\n", "#SBATCH", compat_slurm.SUBMIT, {})
 
@@ -59,11 +61,22 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
     request = compat_slurm.slurm_request(compat.parse(["--gres=gpu:a100:2,scratch:1", "--gres", "io"], compat_slurm.SUBMIT)[0], "nm",
                                    "sbatch")
     assert request["params"] == {"gpu": 2, "scratch": 1, "io": 1}  # (a type, a100, is not placed by)
-    for argv, words in ((["-n", "2"], "one task on one node"), (["--gres=gpu:x"], "bad --gres"), (["-d", "after:3"], "unsupported dependency"),
+    request = compat_slurm.slurm_request(compat.parse(["-n", "4", "-c", "2", "-w", "n[08-10,3],m", "--ntasks-per-node=1",
+                                                       "--kill-on-invalid-dep=yes", "--comment=x"], compat_slurm.SUBMIT)[0],
+                                         "nm", "sbatch", "#!/bin/sh\n# srun (a comment)\nbwa -t $SLURM_NTASKS\n")
+    assert (request["cpus"], request["hosts"], request["env"]["SLURM_NTASKS"]) == (8, "n08,n09,n10,n3,m", "4")
+    assert request["env"]["SLURM_CPUS_PER_TASK"] == "2" and request["env"]["SLURM_JOB_PARTITION"] == "grun"
+    monkeypatch.setenv("GRUN_PRIORITY", "30")  # (grun's priority: higher first, default 20)
+    for nice, priority in (("--nice", -70), ("--nice=5", 25), ("--nice=-5", 35)):
+        assert compat_slurm.slurm_request(compat.parse([nice], compat_slurm.SUBMIT)[0], "nm", "sbatch")["priority"] == priority
+    for argv, words in ((["-n", "2"], "srun: one task on one node"), (["--gres=gpu:x"], "bad --gres"), (["-d", "after:3"], "unsupported dependency"),
                         (["-d", "afterok:3?afterok:4"], "unsupported dependency"), (["-c", "0.5"], "cpus-per-task"),
-                        (["--mem", "-1"], "bad memory size")):
-        with pytest.raises(compat.Refused, match=words):
-            compat_slurm.slurm_request(compat.parse(argv, compat_slurm.SUBMIT)[0], "nm", "sbatch")
+                        (["--mem", "-1"], "bad memory size"), (["--ntasks-per-node=2"], "one task on one node"),
+                        (["--kill-on-invalid-dep=no"], "grun cancels"), (["-x", "n1"], "--exclude: grun cannot"),
+                        (["--exclusive"], "--exclusive: grun has no whole-node"), (["--begin=now+1hour"], "cannot delay"),
+                        (["--signal=USR1@60"], "--signal: grun signals"), (["--nice=x"], "bad value for --nice")):
+        with pytest.raises(compat.Refused, match=words.removeprefix("srun: ")):
+            compat_slurm.slurm_request(compat.parse(argv, compat_slurm.SUBMIT)[0], "nm", "srun" if "srun:" in words else "sbatch")
 
 
 def test_slurm_dependencies_grun_has_not_are_refused():
@@ -173,12 +186,50 @@ def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_p
     assert (tmp_path / f"e-{job_id}.txt").read_text() == "oops\n"
 
 
+def test_output_and_error_to_one_file_keep_both_and_open_mode_append_adds(cluster, shims, tmp_path):
+    """-o F -e F opened F twice, each truncating it: the error lines wrote over the output's."""
+    loop = "for i in 1 2 3; do echo out$i; echo err$i >&2; done"
+    lines = [f"{kind}{i}" for i in (1, 2, 3) for kind in ("out", "err")]
+    for mode, times in (("truncate", 1), ("truncate", 1), ("append", 2)):
+        r = shims("sbatch", "--wait", "-o", "same-%x.log", "-e", "same-%x.log", f"--open-mode={mode}", "--wrap", loop,
+                  cwd=tmp_path)
+        assert r.returncode == 0 and (tmp_path / "same-wrap.log").read_text().split() == lines * times, r.stderr
+    r = shims("sbatch", "--open-mode=add", "--wrap", "true", cwd=tmp_path)
+    assert r.returncode == 1 and "Invalid --open-mode: add" in r.stderr
+    r = shims("qsub", "-sync", "y", "-cwd", "-o", "q.log", "-e", "q.log", "-b", "y", loop, cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "q.log").read_text().split() == lines, r.stderr
+
+
+def test_a_lab_scripts_directives_map_onto_grun_or_are_noted(cluster, shims, tmp_path):
+    (tmp_path / "lab.sh").write_text(
+        "#!/bin/bash\n#SBATCH --mail-type=END,FAIL\n#SBATCH --mail-user=me@lab.org\n#SBATCH -p long --qos=normal\n"
+        "#SBATCH --comment 'run 3'\n#SBATCH --nice=5\n#SBATCH -w bi[f-g],big\n#SBATCH -n 3 --ntasks-per-node=1\n"
+        "#SBATCH --kill-on-invalid-dep=yes\n#SBATCH --mem=0\n#SBATCH -o lab.out\n"
+        "echo $SLURM_NTASKS $SLURM_CPUS_ON_NODE $SLURM_JOB_PARTITION $SLURM_MEM_PER_NODE\n")
+    r = shims("sbatch", "--parsable", "lab.sh", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == [
+        "sbatch: note: --partition, --qos, --mail-type, --mail-user ignored (grun has no partitions, QOS, mail)",
+        "sbatch: note: --ntasks=3: one task with 3 cpus (grun runs one)",
+        "sbatch: note: --mem=0: the largest node's, 8000 MB (no whole-node request)"]
+    job = wait_end(cluster, int(r.stdout))  # (priority: grun's default, 20, less 5)
+    assert (job["exit"], job["cpus"], job["memory"], job["priority"], job["node"]) == (0, 3, 8000, 15, "big")
+    assert (tmp_path / "lab.out").read_text() == "3 3 grun 8000\n"
+    r = shims("sbatch", "-Q", "--mem=0", "-w", "small", "--wait", "--wrap", "true", cwd=tmp_path)  # (-w: of those)
+    assert r.returncode == 0 and not r.stderr
+    assert cluster.client().history(1)[0]["memory"] == 2000
+
+
 def test_sbatch_refuses_what_it_cannot_do_faithfully(cluster, shims, tmp_path):
     before = len(cluster.client().jobs()) + len(cluster.client().history(1000))
     (tmp_path / "noshebang.sh").write_text("echo hi\n")
     (tmp_path / "bad.sh").write_text("#!/bin/sh\n#SBATCH --gpus=1\necho\n")
     (tmp_path / "torn.sh").write_text("#!/bin/sh\n#SBATCH -J 'open\necho\n")
-    for args, words in ((["--exclusive", "--wrap", "true"], "--exclusive"), (["-n", "4", "--wrap", "true"], "--ntasks=4"),
+    (tmp_path / "dos.sh").write_text("#!/bin/sh\r\necho\r\n")
+    for args, words in ((["--exclusive", "--wrap", "true"], "--exclusive: grun has no whole-node request"),
+                        (["-n", "4", "--wrap", "srun hostname"], "--ntasks=4"), (["-x", "small", "--wrap", "true"], "--exclude"),
+                        (["--begin=16:00", "--wrap", "true"], "--begin"), (["--signal=B:USR1@60", "--wrap", "true"], "--signal"),
+                        (["dos.sh"], "Batch script contains DOS line breaks"),
                         (["noshebang.sh"], "does not look like a batch script"), (["bad.sh"], "line 2: unsupported option --gpus"),
                         (["--gres=gpu:1", "--wrap", "true"], "no node has gpu"),
                         (["torn.sh"], "line 2: No closing quotation"), (["-d", "after:1", "--wrap", "true"], "after:1"),
@@ -236,10 +287,10 @@ def test_sacct_parsable_fields_and_states(cluster, shims, tmp_path):
 
 
 def test_srun_streams_output_and_exits_with_the_code(cluster, shims, tmp_path):
-    r = shims("srun", "-c", "1", "--mem=100", "sh", "-c", "echo $SLURM_JOB_ID; read x; echo got $x; exit 4",
-              input="hello\n", cwd=tmp_path)
+    r = shims("srun", "-c", "1", "--mem=100", "sh", "-c", "echo $SLURM_JOB_ID $SLURM_STEP_ID $SLURM_JOB_PARTITION; "
+              "read x; echo got $x; exit 4", input="hello\n", cwd=tmp_path)
     assert r.returncode == 4 and r.stdout.splitlines()[1] == "got hello", r.stderr
-    assert r.stdout.split()[0].isdigit()
+    assert r.stdout.split()[0].isdigit() and r.stdout.split()[1:3] == ["0", "grun"]
 
 
 def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
