@@ -17,7 +17,6 @@ import sys
 import time
 
 from .client import Client, GrunError, job_spec
-from .core.arrays import left
 from .core.jobs import MARK
 from .values import parse_memory
 
@@ -36,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         return install_shims(argv)
     from . import compat_sge, compat_slurm
     try:
-        return getattr(compat_slurm if called.startswith("s") else compat_sge, called)(argv)
+        code = getattr(compat_slurm if called.startswith("s") else compat_sge, called)(argv)
+        sys.stdout.flush()  # (a reader gone: found here, not at exit)
+        return code
+    except BrokenPipeError:  # our reader went away (`sacct | head -1`): quietly, as Slurm's, and grun's CLI (cli.py)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # else the flush at exit fails once more
+        return 141
     except (Refused, GrunError, OSError, ValueError) as exc:
         print(f"{called}: error: {exc}", file=sys.stderr)
         return 1
@@ -159,18 +163,23 @@ def table(text: str) -> dict:
 
 
 def when(text: str) -> float:
-    """sacct's -S/-E times: YYYY-MM-DD[THH:MM[:SS]], HH:MM[:SS] (today), midnight, noon, today,
+    """sacct's -S/-E times: YYYY-MM-DD[THH:MM[:SS]], MM/DD[/YY][-HH:MM[:SS]] (also MM.DD[.YY] and MMDD[YY]; no year:
+    the latest past), HH:MM[:SS] (today), midnight, noon, fika, teatime, today,
     now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
-    now, low = time.time(), text.lower()
+    now, low, named = time.time(), text.lower(), {"midnight": 0, "today": 0, "noon": 12, "fika": 15, "teatime": 16}
     day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
         return now + int(m[1] or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m[2] or "s")[0]]
-    if low in ("midnight", "today", "noon") or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
-        return day + (43200 * (low == "noon") if low.isalpha() else
+    if low in named or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
+        return day + (3600 * named[low] if low in named else
                       sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
+    iso, this = text, time.localtime(now)
+    if m := re.fullmatch(r"(\d\d)([/.]?)(\d\d)(?:\2(\d\d))?(-\d\d:\d\d(?::\d\d)?)?", text):
+        iso = f"{2000 + int(m[4]) if m[4] else this.tm_year - (int(m[1]) > this.tm_mon)}-{m[1]}-{m[3]}" + \
+            (m[5] or "").replace("-", "T")
     try:
         import datetime
-        return datetime.datetime.fromisoformat(text).timestamp()
+        return datetime.datetime.fromisoformat(iso).timestamp()
     except ValueError:
         raise Refused(f"invalid time specification: {text}") from None
 
@@ -209,7 +218,7 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
         for array in arrays.values():
             mine = [j for j in tasks if j["array"] == array["id"]]
             found.update((j["id"], j) for j in mine)
-            if left(array) or not mine:
-                found[array["id"]] = array  # (its line: the tasks not started yet)
+            if array["tasks"] > array["started"] or not mine:
+                found[array["id"]] = array  # (its line: the tasks not started yet, or cancelled before they started)
     now = time.time()
     return [j for j in found.values() if finished_for is None or now - j.get("end_time", now) < finished_for], unknown

@@ -2,6 +2,7 @@
 written for Slurm, on the ground grun/compat.py lays for both families (SGE's: grun/compat_sge.py)."""
 
 import contextlib
+import math
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ from .core.arrays import left, unstarted
 from .core.deps import parse_dependency
 from .core.jobs import parse_time_limit
 from .core.nodes import host_matches
-from .tables import BY_NAME, FIELDS, SHORT, id_of, name_of, reason_of, stamp, state_of
+from .tables import BY_NAME, FIELDS, SHORT, host_ranges, id_of, name_of, reason_of, stamp, state_of
 from .values import is_name, parse_job_priority
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
@@ -217,6 +218,18 @@ def fmt_fields(fmt: str) -> list[tuple]:
     return out
 
 
+def wanted_states(opts: dict, key: str) -> set[str]:
+    """The states of squeue -t, sacct -s, scancel -t, in capitals (PD or PENDING)."""
+    states = {s.upper(): s for s in C.items(opts, key)}
+    if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
+        raise Refused(f"Invalid job state specified: {bad}")
+    return set(states)
+
+
+def in_states(job: dict, states: set[str]) -> bool:
+    return not states or "ALL" in states or bool({state_of(job), SHORT.get(state_of(job))} & states)
+
+
 def user_name(word: str) -> str:
     try:
         return known_user(word)
@@ -238,9 +251,7 @@ def squeue(argv: list[str]) -> int:
             if not FIELDS[letter][0] or not re.fullmatch(r"\.?\d*", width):
                 raise Refused(f"Invalid job format specification: {item}")
             fields += [(*FIELDS[letter][:4:3], int(width.strip(".") or 20), width.startswith(".")), (" ", None, 0, False)]
-    states = {s.upper(): s for s in C.items(opts, "states")}
-    if bad := next((given for s, given in states.items() if s not in SLURM_STATES.split()), None):
-        raise Refused(f"Invalid job state specified: {bad}")
+    states = wanted_states(opts, "states")
     users = {user_name(u) for u in C.items(opts, "user")} if "user" in opts else \
         {current_user()} if "me" in opts else None
     ids, names = C.items(opts, "jobs"), C.items(opts, "name")
@@ -253,10 +264,10 @@ def squeue(argv: list[str]) -> int:
         jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
     shown = []
     for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
-        if "ranges" in job and not left(job):
-            continue  # an array all of whose tasks have started: they have their own lines
-        if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and (
-                not states or "ALL" in states or {state_of(job), SHORT.get(state_of(job))} & set(states)):
+        if "ranges" in job and not (left(job) or (states or ids) and job["tasks"] > job["started"]):
+            continue  # an array all of whose tasks have started (or, cancelled, some never will: with -t or -j)
+        if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and \
+                in_states(job, states):
             shown += [dict({k: v for k, v in job.items() if k != "ranges"}, array=job["id"], task=task,
                            _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job \
                 else [job]  # (-r: an array's tasks not started, one a line)
@@ -276,57 +287,70 @@ def sacct(argv: list[str]) -> int:
     """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
     opts = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
                              "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime"), None)[0]
-    fields = []
+                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime state=-s,--state"), None)[0]
+    fields, states = [], wanted_states(opts, "state")
     for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
                      "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
         key, _, width = item.partition("%")
-        if key.lower() not in BY_NAME or width and not width.isdigit():
+        name, letter = BY_NAME.get(key.lower(), ("x", ""))
+        if name.islower() or width and not width.isdigit():  # (squeue's -O names, in lower case: not sacct's)
             raise Refused(f'Invalid field requested: "{key}"')
-        name, letter = BY_NAME[key.lower()]
         fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
     client = Client()
     if "jobs" in opts:
         jobs = C.job_list(client, C.items(opts, "jobs"), None)[0]
-    else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight) and -E (now)
+    else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight; with -s, now) and -E (now)
         users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
-        start, end = C.when(last(opts, "start", "midnight")), C.when(last(opts, "end", "now"))
+        start, end = C.when(last(opts, "start", "now" if states else "midnight")), C.when(last(opts, "end", "now"))
         jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
                 + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
                 and (users is None or j.get("user") in users)]
-    if "name" in opts:
-        jobs = [j for j in jobs if name_of(j) in set(C.items(opts, "name"))]
-    listed = {j["array"] for j in jobs if "task" in j}  # an array whose tasks have lines: its own only while some wait
-    jobs = [j for j in jobs if "ranges" not in j or j["id"] not in listed or left(j)]
-    sep = "|" if "P" in opts or "p" in opts else None
+    # an array whose tasks have lines: its own while some wait (or, cancelled, never will start); Slurm's order: by id
+    listed = {j["array"] for j in jobs if "task" in j}
+    jobs = sorted((j for j in jobs if ("ranges" not in j or j["id"] not in listed or j["tasks"] > j["started"]) and (
+        "name" not in opts or name_of(j) in C.items(opts, "name")) and in_states(j, states)),
+        key=lambda j: (j["array"] if "task" in j else j["id"], j.get("task", math.inf)))
+    sep, cut = "|" if "P" in opts or "p" in opts else None, lambda t, w: t if len(t) <= w else t[:w - 1] + "+"
     rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
-    for row in rows + [[get(job) for _, _, get in fields] for job in jobs]:
+    for row in rows + [[get(job) if sep else cut(get(job), w) for _, w, get in fields] for job in jobs]:
         print(sep.join(row) + ("|" if "p" in opts else "") if sep else
               " ".join(t[:w].ljust(w) if i == 0 else t[:w].rjust(w) for i, (t, (_, w, _)) in enumerate(zip(row, fields))))
     return 0
 
 
 def scancel(argv: list[str]) -> int:
-    """scancel [-n NAME] [-u USER] [-s SIGNAL] [ID...]: ids as N or N_T (one array task)."""
+    """scancel [-n NAME] [-u USER] [-t STATE] [-s SIGNAL] [ID...]: ids as N, N_T (one array task) or N_[TASKS]."""
+    from .core.arrays import parse as tasks
     from .options import _signal
-    opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet"), False)
-    bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+)?", i)), None)
-    if bad or not (ids or "name" in opts or "user" in opts):
+    opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet "
+                                  "state=-t,--state"), False)
+    states = wanted_states(opts, "state")
+    bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+|_\[[\d,:-]+])?", i)), None)
+    if bad or not (ids or "name" in opts or "user" in opts or states):
         raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
+    try:  # N_[4-5,7]: N_4 N_5 N_7
+        ids = [f"{n}_{t}" if t else n for i in ids for n, _, spec in [i.partition("_[")]
+               for t in ([t for r in tasks(spec[:-1])["ranges"] for t in range(*r)] if spec else [""])]
+    except ValueError:
+        raise Refused(f"Invalid job id {' '.join(ids)}") from None
     sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
-    if "name" in opts or "user" in opts:  # filters on the live jobs (with ids: those of them)
-        ids = [str(j["id"]) if "ranges" in j else id_of(j) for j in client.jobs()  # (an array: its id, all tasks)
-               if (not ids or id_of(j) in ids or str(j["id"]) in ids)
-               and name_of(j) == last(opts, "name", name_of(j)) and j.get("user") == last(opts, "user", j.get("user"))]
+    if "name" in opts or "user" in opts or states:  # filters on the live jobs (with ids: those of them)
+        ids = [i for j in client.jobs() if (not ids or id_of(j) in ids or FIELDS["A"][3](j) in ids)
+               and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j))
+               and j.get("user") == last(opts, "user", j.get("user"))
+               for i in ([f"{j['id']}_{t}" for t in unstarted(j)] if states and "ranges" in j else
+                         [str(j["id"]) if "ranges" in j else id_of(j)])]  # (an array: its id, all tasks; -t: unstarted)
     if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
         client.kill([i.replace("_", ".") for i in ids], sig)
     return 0
 
 
 def sinfo(argv: list[str]) -> int:
-    """sinfo [-h] [-N | -R]: the nodes, grouped by state (-N: one a line), in partition `grun`; -R: the nodes not up
-    with REASON (Slurm's own words), USER (grun: it set them all) and TIMESTAMP (when last heard from)."""
-    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons"), None)[0]
+    """sinfo [-h] [-N | -R | -s]: the nodes, grouped by state (-N: one a line), in partition `grun`; -R: the nodes not
+    up with REASON (Slurm's own words), USER (grun: it set them all) and TIMESTAMP (when last heard from); -s: how many
+    are allocated, idle, other and in all."""
+    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons "
+                             "summarize:-s,--summarize"), None)[0]
     groups, nodes = {}, Client().nodes()
     for n in nodes:
         busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
@@ -335,15 +359,20 @@ def sinfo(argv: list[str]) -> int:
         state = {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
         groups.setdefault(state, []).append(n["name"])
     if "reasons" in opts:  # a node a line (Slurm's groups those of one reason, user and time: rare here)
-        rows = [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
+        widths, rows = (-20, -9, -19, 0), [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
             ["Node daemon stopped" if n["state"] == "stopped" else "Not responding", "grun",
              stamp(time.time() - n["last_seen"]), n["name"]] for n in nodes if not n["up"]]
     elif "nodes" in opts:
-        rows = [["NODELIST", "NODES", "PARTITION", "STATE"]] + [[n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
+        widths, rows = (-10, 5, 9, -6), [["NODELIST", "NODES", "PARTITION", "STATE"]] + [
+            [n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
+    elif "summarize" in opts:  # (as Slurm's: draining ones allocated, unknown ones idle, drained and down ones other)
+        busy, idle = (sum(len(groups.get(s, ())) for s in ks) for ks in (("alloc", "mix", "drng"), ("idle", "unk*")))
+        widths, rows = (-9, 5, 10, 16, 0), [["PARTITION", "AVAIL", "TIMELIMIT", "NODES(A/I/O/T)", "NODELIST"], [
+            "grun*", "up", "infinite", f"{busy}/{idle}/{len(nodes) - busy - idle}/{len(nodes)}",
+            host_ranges([n["name"] for n in nodes])]]
     else:
-        rows = [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
-            [["grun*", "up", "infinite", str(len(ns)), s, ",".join(ns)] for s, ns in groups.items()]
-    widths = {"REASON": (-20, -9, -19, 0), "NODELIST": (-10, 5, 9, -6)}.get(rows[0][0], (-9, 5, 10, 6, 6, 0))
+        widths, rows = (-9, 5, 10, 6, 6, 0), [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
+            [["grun*", "up", "infinite", str(len(ns)), s, host_ranges(ns)] for s, ns in groups.items()]
     for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
         print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in zip(row, widths)).rstrip())
     return 0

@@ -3,6 +3,7 @@
 at the end, how Slurm's tools (grun/compat_slurm.py) show them."""
 
 import os
+import re
 import time
 from collections import Counter
 
@@ -280,29 +281,40 @@ def name_of(job: dict) -> str:
 
 
 def state_of(job: dict) -> str:
+    """(An array's line once it was cancelled: its tasks that never started, CANCELLED as Slurm's.)"""
     limit = {"memory": "OUT_OF_MEMORY", "time": "TIMEOUT"}.get(job.get("limit"))
-    return limit or STATES.get(job["state"], job["state"].upper())
+    return limit or "CANCELLED" * bool(job.get("stopped")) or STATES.get(job["state"], job["state"].upper())
 
 
 def id_of(job: dict) -> str:
-    """grun's label (12, 12.7: task 7 of array 12) as Slurm's (12_7); an array's tasks not started yet: 12_[3-9%2]."""
+    """grun's label (12; task 7 of array 12, 12.7) as Slurm's (12_7); its tasks yet (or never) to start: 12_[3-9%2]."""
     if "ranges" not in job:
         return label(job).replace(".", "_")
     ids, limit = unstarted(job), f"%{job['limit']}" if job.get("limit") else ""
     return f"{job['id']}_[{spans(ids) + limit if ids else job.get('array', '')}]"
 
 
-def spans(ids: list[int]) -> str:
-    """Task ids as Slurm writes them: 1-4, 1-9:2, 1,5,9."""
+def spans(ids: list[int], steps: bool = True) -> str:
+    """Task ids as Slurm writes them: 1-4, 1-9:2, 1,5,9 (without `steps`, as its hostlists: 1-4, 1,3,5)."""
     out, i = [], 0
     while i < len(ids):
-        j, step = i, ids[i + 1] - ids[i] if i + 1 < len(ids) else 1
+        j, step = i, ids[i + 1] - ids[i] if steps and i + 1 < len(ids) else 1
         while j + 1 < len(ids) and ids[j + 1] - ids[j] == step:
             j += 1
         j = i if j == i + 1 and step > 1 else j  # (two ids a step apart: a list, not a range)
         out.append(str(ids[i]) if j == i else f"{ids[i]}-{ids[j]}" + (f":{step}" if step > 1 else ""))
         i = j + 1
     return ",".join(out)
+
+
+def host_ranges(names: list[str]) -> str:
+    """Node names as a Slurm hostlist: n1,n2,n3,n7,x as n[1-3,7],x; n01..n12 as n[01-12] (compat_slurm.hostlist: back)."""
+    groups: dict = {}
+    for prefix, digits in sorted(re.fullmatch(r"(.*?)(\d*)", name).groups() for name in names):
+        width = len(digits) * (digits[:1] == "0" or (prefix, len(digits)) in groups)  # (zero-padded: as wide)
+        groups.setdefault((prefix, width if digits else -1), []).append(int(digits or 0))
+    return ",".join(p if w < 0 else p + (f"[{s}]" if len(ids) > 1 else s) for (p, w), ids in groups.items()
+                    for s in [re.sub(r"\d+", lambda m, w=w: m[0].zfill(w), spans(sorted(ids), steps=False))])
 
 
 def reason_of(job: dict) -> str:
@@ -324,7 +336,8 @@ def usage(job: dict, *keys: str) -> float:
     return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
 
 
-# squeue's %letter, its header, the names -O and sacct know it by, sacct's width, its value for a record
+# squeue's %letter, its header, the names -O (lower case) and sacct (Slurm's spelling) know it by, sacct's width,
+# its value for a record
 FIELDS = {row[0]: row[1:] for row in [
     ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j["array"] if "task" in j else j["id"])),
     ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
@@ -339,10 +352,11 @@ FIELDS = {row[0]: row[1:] for row in [
     ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
     ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
     ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
-    ("r", "REASON", "reason", 0, reason_of), ("o", "COMMAND", "command", 0, command_text),
+    ("r", "REASON", "reason Reason", 22, reason_of), ("o", "COMMAND", "command", 0, command_text),
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
-    ("Q", "PRIORITY", "priority", 0, lambda j: str(j.get("priority", 0))), ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
+    ("Q", "PRIORITY", "priority Priority", 10, lambda j: str(j.get("priority", 0))),
+    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
     ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"
      if j.get("start_time") else "0:0"),
     ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),

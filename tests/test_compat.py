@@ -114,7 +114,22 @@ def test_array_tasks_not_started_as_slurm_writes_them():
     assert tables.FIELDS["r"][3](dict(array, counts={"done": 4})) == "Priority"
     assert [tables.spans(ids) for ids in ([3, 4], [1, 3, 5, 7], [1, 5], [1, 2, 3, 7], [4])] == [
         "3-4", "1-7:2", "1,5", "1-3,7", "4"]
-    assert tables.id_of(dict(array, stopped=9)) == "2_[1-9%2]"  # none will start: as submitted
+    assert tables.id_of(dict(array, at=[1, -1], taken=[], started=9)) == "2_[1-9%2]"  # all started: as submitted
+    cancelled = dict(array, stopped=9)  # those that never started: one line, as Slurm's
+    assert (tables.id_of(cancelled), tables.state_of(cancelled)) == ("2_[5-6,8-9%2]", "CANCELLED")
+
+
+def test_hostlists_and_sacct_dates_as_slurm_writes_and_reads_them():
+    assert [tables.host_ranges(names) for names in (["n2", "n1", "n3", "n7", "x"], [f"n{i:02d}" for i in range(1, 13)],
+                                                 ["n9", "n10"], ["big", "small"], ["n1", "n3", "n5"], ["n4"])] == [
+        "n[1-3,7],x", "n[01-12]", "n[9-10]", "big,small", "n[1,3,5]", "n4"]
+    year = time.localtime().tm_year
+    for text, when in (("12/31/25", (2025, 12, 31, 0, 0)), ("01.02-10:30", (year, 1, 2, 10, 30)), ("010225", (2025, 1, 2, 0, 0)),
+                       ("0102", (year, 1, 2, 0, 0)), ("fika", time.localtime()[:3] + (15, 0))):
+        assert compat.when(text) == time.mktime(when + (0, 0, 0, -1)), text
+    for text in ("13/01", "12/07/2025", "1/2"):
+        with pytest.raises(compat.Refused, match=f"invalid time specification: {text}"):
+            compat.when(text)
 
 
 # ---- through a real cluster -------------------------------------------------------------------------
@@ -309,6 +324,9 @@ def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
     assert lines[0].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]
     assert sum(int(line.split()[3]) for line in lines[1:]) == 2
     assert sorted(line.split()[0] for line in shims("sinfo", "-N", "-h").stdout.splitlines()) == ["big", "small"]
+    lines = shims("sinfo", "-s").stdout.splitlines()  # (nodes allocated, idle, other, in all)
+    assert lines[0].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES(A/I/O/T)", "NODELIST"], lines
+    assert lines[1].split()[3].endswith("/0/2") and lines[1].split()[4] == "big,small", lines
 
 
 def test_qsub_script_with_directives_and_sge_names(cluster, shims, tmp_path):
@@ -602,6 +620,7 @@ def test_sinfo_shows_a_stopped_and_a_lost_node_as_slurm_does_and_why(shims):
                                                                                 "lost": "down"}, 20, what="both down")
         assert sorted(line.split() for line in sinfo("-N", "-h")) == [
             ["gone", "1", "grun*", "drng"], ["lost", "1", "grun*", "down*"], ["ok", "1", "grun*", "idle"]]
+        assert sinfo("-s", "-h")[0].split() == ["grun*", "up", "infinite", "1/1/1/3", "gone,lost,ok"]
         lines = sinfo("-R")
         assert lines[0].split() == ["REASON", "USER", "TIMESTAMP", "NODELIST"], lines
         assert sorted((line[:20].strip(), *line[21:].split()[::2]) for line in lines[1:]) == [
@@ -620,3 +639,51 @@ def test_sinfo_shows_a_stopped_and_a_lost_node_as_slurm_does_and_why(shims):
                      f"memory: 67,108,864 offered, more than this machine's {machine:,} MB"):
             assert logs["ok"].count(text) == 1 and f"# warning: {c.configs['ok']}:" in conf and text in conf, logs
         assert "more than this machine's" not in logs["lost"]
+
+
+def test_a_cancelled_arrays_unstarted_tasks_task_ranges_and_states_as_slurms(cluster, shims, tmp_path):
+    """scancel N_[3-4]: those tasks (not started); scancel -t PD: only tasks not started. An array cancelled with
+    tasks not started: sacct and squeue -t CA show them as one line, N_[5-6%2] CANCELLED; sacct's lines by id
+    (its -s: jobs in those states, by default now), sacct's fields by Slurm's names, a `+` where a value is cut."""
+    array = int(shims("sbatch", "--parsable", "--array=1-6%2", "-J", "a-long-name", "-o", "/dev/null", "--wrap",
+                      "sleep 30", cwd=tmp_path).stdout)
+    other = int(shims("sbatch", "--parsable", "--array=1-3%1", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path).stdout)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not {f"{array}_1", f"{array}_2", f"{other}_1"} <= set(
+            shims("squeue", "-h", "-t", "R", "-o", "%i").stdout.split()):
+        time.sleep(0.1)
+    assert shims("scancel", f"{array}_[3-4]").returncode == 0 and shims("scancel", "-t", "PD", str(other)).returncode == 0
+    lines = shims("squeue", "-h", "-t", "PD,R", "-j", f"{array},{other}", "-o", "%i %t").stdout.splitlines()
+    assert sorted(lines) == sorted([f"{array}_1 R", f"{array}_2 R", f"{array}_[5-6%2] PD", f"{other}_1 R"]), lines
+    assert shims("scancel", str(array), str(other)).returncode == 0
+    wait_end(cluster, array), wait_end(cluster, other)
+    ids = [f"{array}_{t}" for t in (1, 2, 3, 4)] + [f"{array}_[5-6%2]"] + [f"{other}_{t}" for t in (1, 2, 3)]
+    assert shims("sacct", "-nPj", str(array), "-o", "JobID,State").stdout.split() == [f"{i}|CANCELLED" for i in ids[:5]]
+    assert f"{array}_[5-6%2] CA" in shims("squeue", "-h", "-t", "CA", "-o", "%i %t").stdout.splitlines()
+    for states, window, seen in (("CA", ["-S", "now-1hour"], True), ("CD,F", ["-S", "now-1hour"], False), ("CA", [], False)):
+        out = [i for i in shims("sacct", "-nP", "-s", states, *window, "-o", "JobID").stdout.split() if i in ids]
+        assert out == (ids if seen else []), (states, window, out)
+    row = shims("sacct", "-n", "-j", str(array), "-o", "JobID,JobName%6,State%8").stdout.splitlines()[0].split()
+    assert row == [f"{array}_1", "a-lon+", "CANCELL+"], row
+    lines = shims("sacct", "-P", "-j", str(other), "-o", "JobID,Reason,Priority").stdout.splitlines()
+    assert lines[0] == "JobID|Reason|Priority" and all(lines[1].split("|")), lines
+    for args, words in ((["sacct", "-o", "JobID,ArrayJobID"], 'sacct: error: Invalid field requested: "ArrayJobID"\n'),
+                        (["sacct", "-s", "done"], "sacct: error: Invalid job state specified: done\n"),
+                        (["scancel", f"{array}_[5-4]"], f"scancel: error: Invalid job id {array}_[5-4]\n")):
+        r = shims(*args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", words), r
+
+
+def test_a_reader_gone_ends_the_commands_quietly(cluster, shims, tmp_path):
+    """`sacct | head -1`: no word, as Slurm's; 141, as grun's CLI (a process killed by SIGPIPE)."""
+    job = int(shims("sbatch", "--parsable", "--wrap", "true", cwd=tmp_path).stdout)
+    wait_end(cluster, job)
+    for argv in (["sacct", "-j", str(job)], ["squeue", "-t", "all"], ["sinfo"], ["qacct", "-j", str(job)]):
+        read, write = os.pipe()
+        os.close(read)  # (gone before the first line)
+        try:
+            r = subprocess.run([str(shims.bin / argv[0]), *argv[1:]], env=cluster.env, stdout=write,
+                               stderr=subprocess.PIPE, timeout=60)
+        finally:
+            os.close(write)
+        assert (r.returncode, r.stderr) == (141, b""), (argv, r)

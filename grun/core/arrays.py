@@ -66,9 +66,9 @@ def has_task(array: dict, task: int) -> bool:
 
 
 def unstarted(array: dict) -> list[int]:
-    """The ids of its tasks not started yet, in order: from the cursor on, but those `taken` ahead of it."""
+    """Its tasks not started yet (killed: never to start), in order: from the cursor on, but those `taken` ahead."""
     (at_range, at), taken = array["at"], set(array["taken"])
-    return [t for i, (start, stop, step) in enumerate(array["ranges"][at_range:], at_range) if left(array)
+    return [t for i, (start, stop, step) in enumerate(array["ranges"][at_range:], at_range)
             for t in range(at if i == at_range else start, stop, step) if t not in taken]
 
 
