@@ -70,8 +70,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # more than its machine has (+13), less compat's own --dependency parser (-1); a task of a job no array refused in
 # words (+1); compat.py (492, its Slurm half about to grow) split by family: the ground in compat.py, Slurm's commands
 # in compat_slurm.py as SGE's in compat_sge.py (+17); a Python call learnt by its function (+2); sbatch's lab directives
-# (-w hostlists, --nice, -n as cpus, notes and refusals saying why), --mem=0, -o/-e one file, --open-mode (+54).
-TOTAL, MODULE, MEDIAN = 13223, 500, 200
+# (-w hostlists, --nice, -n as cpus, notes and refusals saying why), --mem=0, -o/-e one file, --open-mode (+54); the
+# Slurm QA's reading side: a cancelled array's unstarted tasks, sacct -s/order/`+`/Slurm's names, scancel -t and
+# N_[4-5], sacct's MM/DD dates, sinfo -s and n[1-2] hostlists, `| head` quietly (+52).
+TOTAL, MODULE, MEDIAN = 13275, 500, 200
 
 
 def module_lines() -> dict[str, int]:
