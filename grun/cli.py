@@ -178,9 +178,9 @@ def daemon(opts: dict, words: list[str], cfg, show) -> int:
     if opts.get("kill"):
         return _say("stopped" if d.stop(cfg) else "not running", 0)
     if opts.get("reload"):
-        pid = d.ask_reload(cfg)
-        return _say(f"asked the daemon (pid {pid}) to reload {cfg.path or 'its config'}; see {cfg.log_file}"
-                    if pid else "not running", 0 if pid else 1)
+        pid, said = d.ask_reload(cfg)
+        return _say(f"the daemon (pid {pid}) {said}" if said else f"asked the daemon (pid {pid}) to reload "
+                    f"{cfg.path or 'its config'}; see {cfg.log_file}" if pid else "not running", 0 if pid else 1)
     if opts.get("restart"):
         old, pid = d.restart(cfg)
         return _say(f"restarted services {services} (pid {old} -> {pid})" if old else

@@ -22,6 +22,7 @@ from .journal import StoreError
 from .values import format_hostport
 
 log = logging.getLogger("grun.daemon")
+KEEPING = "keeping the running config"  # (the end of a reload refused: `grun -d -r` looks for it)
 
 
 class DaemonError(Exception):
@@ -93,7 +94,7 @@ class Services:
             new = load_config(old.path, use_auth=False)
             self.plugins.replace(plugins.load(new).all)  # (a plugin that cannot load keeps the running config)
         except Exception as exc:  # a broken edit must not take the daemon down
-            log.error("reload: %s; keeping the running config", exc)
+            log.error("reload: %s; %s", exc, KEEPING)
             return
         for warning in new.warnings:
             log.warning("reload: %s", warning)
@@ -112,11 +113,11 @@ class Services:
                     log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
         unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
         restart = [name for name in changed if name not in applied and name not in unread]
-        log.info("reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(
-            f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
         for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
             if names:
                 log.warning("reload: %s changed but %s", ", ".join(names), why)
+        log.info("reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(  # (last: ask_reload)
+            f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
         for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
             setattr(new, name, getattr(old, name))
         self.cfg = new
@@ -210,7 +211,9 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
-    _check(cfg)
+    plugins.load(cfg, instantiate=False)  # (said here, not only in its log: the daemon has our environment)
+    for warning in cfg.warnings:
+        print(f"grun: warning: {warning}", file=sys.stderr)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")
     ready_r, ready_w = os.pipe()  # the daemon writes to it once it serves: its pid file alone comes before the bind
@@ -239,20 +242,30 @@ def _last_line(path: str, pid: int) -> str:
     return own[-1].split(" ERROR ", 1)[-1].removeprefix("grun: ") if own else "no reason in its log"
 
 
-def _check(cfg: Config) -> None:
-    """What `grun -d`, `-R` and `-r` say where the user looks, not only in the daemon's log: a plugin that cannot be
-    imported (refused here: the daemon would keep its old config, and a reload exited 0), the config's warnings."""
-    plugins.load(cfg, instantiate=False)
-    for warning in cfg.warnings:
-        print(f"grun: warning: {warning}", file=sys.stderr)
+def ask_reload(cfg: Config, wait: float = 15.0) -> tuple[int | None, str | None]:
+    """`grun -d -r`: SIGHUP to the running daemon; (its pid, its log's "reloaded ..."), None for what is not there in
+    `wait` s, the lines it logged before on stderr; a DaemonError if it kept its running config. The daemon checks the
+    plugins (here, in the client's environment, one only the daemon's PYTHONPATH finds refused the reload: QA)."""
+    if (pid := running_pid(cfg)) is None:
+        return None, None
+    path = cfg.log_file if cfg.log_level in ("debug", "info") else None  # (else "reloaded" is not logged)
+    start = os.path.getsize(path) if path and os.path.exists(path) else 0
+    os.kill(pid, signal.SIGHUP)
+    said: list[str] = []
 
-
-def ask_reload(cfg: Config) -> int | None:
-    """SIGHUP to the running daemon, once the config passes _check; its pid, or None when none runs."""
-    if (pid := running_pid(cfg)) is not None:
-        _check(cfg)
-        os.kill(pid, signal.SIGHUP)
-    return pid
+    def told() -> bool:
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            f.seek(start)
+            said[:] = [message for line in f.read().decode(errors="replace").splitlines()
+                       if (message := line.partition(f"[{pid}] ")[2].partition(" ")[2]).startswith(("reload", "plugin "))]
+        return bool(said) and (said[-1].startswith("reloaded ") or said[-1].endswith(KEEPING))
+    if not path or not _wait(told, wait, 0.05):
+        return pid, None
+    for message in said[:-1]:
+        print(f"grun: {message}", file=sys.stderr)
+    if said[-1].endswith(KEEPING):
+        raise DaemonError(f"the daemon (pid {pid}) refused the {said[-1]}")
+    return pid, said[-1]
 
 
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:

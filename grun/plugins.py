@@ -1,64 +1,40 @@
 """Plugins: classes whose optional hooks (HOOKS) the daemons call, each within a time budget (README: Plugins). A
-hook that raises or runs past its budget is logged and skipped, and while a late one runs its plugin is skipped at
-once: a plugin never stalls a daemon (nor runs under the master's lock) and never loses a job."""
+hook that raises or runs past its budget is logged and skipped (an enforcing plugin's on_submit refuses instead), and
+while a late one runs its plugin is skipped at once, never waited for: a plugin never stalls a daemon (nor runs under
+the master's lock) and never loses a job."""
 
+import contextlib
 import inspect
 import logging
-import queue
-import threading
-from concurrent.futures import Future
+import os
+import sys
 from importlib import metadata
 from pkgutil import resolve_name
 
+from .background import Worker
 from .config import KEYS, ConfigError
 
 log = logging.getLogger("grun.plugins")
 
 GROUP = "grun.plugins"
 BUDGET_SECS = 2.0
-IDLE_SECS = 60.0  # a hook's thread ends after this long without a call
 MAX_NOTICES = 1000  # notices waiting for one plugin; more are dropped (logged): a stuck plugin costs no memory
 HOOKS = ("on_submit", "on_dispatch", "on_finish", "node_resources", "on_start")
+# A reload does not import a plugin's module again (importlib.reload would run the new code over the old module's
+# objects, and not the modules it imports: half new, half old, and a failure midway changes the running plugins).
+NOT_AGAIN = "the daemon imported it: a reload does not import plugin code again, grun -d -R does"
+_IMPORTED: dict[str, int] = {}  # a plugin module's file -> its mtime (ns) when this process first loaded a plugin of it
 EDITABLE = ("cpus", "memory", "params", "priority", "env")  # what on_submit may change
 END_FIELDS = ("state", "exit", "exit_code", "signal", "node", "start_time", "end_time", "usage", "error", "limit",
               "attempt")
-_SKIPPED = object()
 
 
 class Reject(Exception):
     """Raised by a plugin's on_submit: the job is refused and the submitter sees the message (exit 1)."""
 
 
-class _Worker:
-    """A daemon thread that runs what it is given, in order, and ends when idle (a hook that never returns must
-    not hold up the daemon's exit, as a ThreadPoolExecutor's thread would; plugins gone at a reload leave none)."""
-
-    def __init__(self, name: str):
-        self.name, self.queue, self.thread, self.lock = name, queue.SimpleQueue(), None, threading.Lock()
-
-    def submit(self, fn, *args) -> Future:
-        future = Future()
-        with self.lock:  # (so a thread that finds the queue empty and ends cannot miss this call)
-            self.queue.put((future, fn, args))
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self.thread.start()
-        return future
-
-    def _run(self) -> None:
-        while True:
-            try:
-                future, fn, args = self.queue.get(timeout=IDLE_SECS)
-            except queue.Empty:
-                with self.lock:
-                    if self.queue.empty():
-                        self.thread = None
-                        return
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:
-                future.set_exception(exc)
+class Skipped(str):
+    """What Plugin.call gives for a call that failed, was late, or was not made while a late one runs: why."""
 
 
 class Plugin:
@@ -66,29 +42,32 @@ class Plugin:
 
     def __init__(self, name: str, obj):
         self.name, self.obj, self.budget = name, obj, float(getattr(obj, "budget", BUDGET_SECS))
-        self._calls, self._notices = _Worker(f"grun-plugin-{name}"), _Worker(f"grun-plugin-{name}-notices")
-        self._busy = self._told = None  # the future of a call that ran past its budget; the one the log told of
+        self.enforce = bool(getattr(obj, "enforce", False))  # a late or failed on_submit refuses the submission
+        self._calls, self._notices = Worker(f"grun-plugin-{name}", True), Worker(f"grun-plugin-{name}-notices")
+        self._late = self._told = None  # (the future, the hook) of a call that ran past its budget; the one told of
         self._dropping = False
 
-    def call(self, hook: str, *args):
-        """The result, or _SKIPPED if it failed, was late, or a late one still runs; on_submit's Reject: ValueError."""
-        if self._busy is not None and not self._busy.done():
-            if self._told is not self._busy:  # (once, not once per job)
-                self._told = self._busy
-                log.warning("plugin %s: %s skipped, as its hooks are until its late call ends", self.name, hook)
-            return _SKIPPED
+    def call(self, hook: str, *args, skipping: str = "skipped"):
+        """The result, or a Skipped if it failed, was late, or a late one still runs, logged with `skipping` (what
+        that means); on_submit's Reject: ValueError."""
+        if self._late is not None and not self._late[0].done():
+            why = Skipped(f"not called while its late {self._late[1]} runs")
+            if self._told is not self._late:  # (once, not once per job)
+                self._told = self._late
+                log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping)
+            return why
         future = self._calls.submit(getattr(self.obj, hook), *args)
         try:
             return future.result(timeout=self.budget)
         except TimeoutError:  # (concurrent.futures' since 3.11)
-            self._busy = future
-            log.warning("plugin %s: %s ran past its budget of %g s; skipped", self.name, hook, self.budget)
+            self._late, why = (future, hook), Skipped(f"ran past its budget of {self.budget:g} s")
+            log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping)
         except Exception as exc:
             if isinstance(exc, Reject) and hook == "on_submit":  # the submission is refused
                 raise ValueError(f"{exc} (plugin {self.name})") from None
-            log.warning("plugin %s: %s failed (%s: %s); skipped", self.name, hook, type(exc).__name__, exc,
-                        exc_info=log.isEnabledFor(logging.DEBUG))
-        return _SKIPPED
+            why = Skipped(f"failed ({type(exc).__name__}: {exc})")
+            log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping, exc_info=log.isEnabledFor(logging.DEBUG))
+        return why
 
     def notify(self, hook: str, *args) -> None:
         full = self._notices.queue.qsize() >= MAX_NOTICES  # (those waiting, not the one running)
@@ -109,6 +88,7 @@ class Plugins:
     """The plugins a daemon runs (`replace`: at a reload); each method is free when no plugin has its hook."""
 
     def __init__(self, plugins=()):
+        self.offers = {}  # plugin -> its last good node_resources(), which stands while it is skipped (over reloads)
         self.replace(plugins)
 
     def replace(self, plugins) -> None:
@@ -117,13 +97,16 @@ class Plugins:
         self.hooks = {hook: [p for p in self.all if callable(getattr(p.obj, hook, None))] for hook in HOOKS}
 
     def submit(self, requests: list[dict]) -> None:
-        """on_submit over the validated requests, in place; a Reject refuses the whole submission (ValueError).
-        The master may still refuse it after (a full disk): on_submit is no sign that a job was queued."""
+        """on_submit over the validated requests, in place; a Reject, or an enforcing plugin's skipped call, refuses the
+        whole submission (ValueError). The master may still refuse it after (a full disk): on_submit is no sign that a
+        job was queued."""
         from .core.jobs import validate_spec
         from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):
-            job = _copy(req, id=None)
-            if (changes := plugin.call("on_submit", job)) is _SKIPPED:
+            job, skipping = _copy(req, id=None), "the submission refused (it enforces)" if plugin.enforce else "skipped"
+            if isinstance(changes := plugin.call("on_submit", job, skipping=skipping), Skipped):
+                if plugin.enforce:  # it fails closed: a policy that could not be asked is not waived
+                    raise ValueError(f"plugin {plugin.name}: on_submit {changes}; {skipping}")
                 continue
             changes = {**job, **(changes if isinstance(changes, dict) else {})}
             new = {k: changes[k] for k in EDITABLE if k in changes and changes[k] != req.get(k)}
@@ -140,7 +123,7 @@ class Plugins:
         argv = [shell, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"])
         for plugin in self.hooks["on_start"]:
             view = _copy(job, cmd=list(argv), env=dict(job.get("env") or {}))
-            if plugin.call("on_start", view, view["env"]) is _SKIPPED:
+            if isinstance(plugin.call("on_start", view, view["env"]), Skipped):
                 continue
             job["env"] = {str(k): str(v) for k, v in view["env"].items()}
             if view["cmd"] != argv and view["cmd"] and all(isinstance(a, str) for a in view["cmd"]):
@@ -157,17 +140,17 @@ class Plugins:
             self.notify("on_finish", job, {k: job[k] for k in END_FIELDS if k in job})
 
     def node_resources(self) -> dict:
-        """The plugins' node_resources() merged (the first to name a resource wins), each checked as in the config."""
+        """The plugins' node_resources() merged (the first to name a resource wins), each checked as in the config;
+        while a plugin's call fails or is late, its last good answer stands (a slow one at a reload lost them: QA)."""
         found = {"resources": {}, "labels": {}}
         for plugin in self.hooks["node_resources"]:
-            if (offer := plugin.call("node_resources")) is _SKIPPED:
-                continue
+            skipping = "skipped, keeping its last resources and labels" if plugin.name in self.offers else "skipped"
             try:
-                parsed = {key: KEYS[key].parse((offer or {}).get(key) or {}) for key in found}
+                if not isinstance(offer := plugin.call("node_resources", skipping=skipping), Skipped):
+                    self.offers[plugin.name] = {key: KEYS[key].parse((offer or {}).get(key) or {}) for key in found}
             except (AttributeError, ValueError) as exc:
-                log.warning("plugin %s: node_resources() gave a bad answer (%s); skipped", plugin.name, exc)
-                continue
-            for key, values in parsed.items():
+                log.warning("plugin %s: node_resources() gave a bad answer (%s); %s", plugin.name, exc, skipping)
+            for key, values in self.offers.get(plugin.name, {}).items():
                 found[key] = {**values, **found[key]}
         return found
 
@@ -192,5 +175,17 @@ def load(cfg, instantiate: bool = True) -> Plugins:
                 takes = inspect.isclass(cls) and len(inspect.signature(cls).parameters) > 0
                 loaded[spec] = Plugin(spec, cls(cfg) if takes else cls())
         except Exception as exc:
-            raise ConfigError(f"plugin {spec!r} ({where}) cannot be loaded: {type(exc).__name__}: {exc}") from None
+            hint = f" ({path} changed since {NOT_AGAIN})" if (path := _changed(spec)) else ""
+            raise ConfigError(f"plugin {spec!r} ({where}) cannot be loaded: {type(exc).__name__}: {exc}{hint}") from None
+    for path in dict.fromkeys(filter(None, (_changed(spec) for spec, _ in found))):
+        log.warning("plugin module %s changed since %s; its old code runs until then", path, NOT_AGAIN)
     return Plugins(loaded.values())
+
+
+def _changed(spec: str) -> str:
+    """The file of the plugin's module if it changed since this process first loaded a plugin of it, else ''."""
+    path = getattr(sys.modules.get(spec.partition(":")[0]), "__file__", None) or ""
+    with contextlib.suppress(OSError):
+        mtime = os.stat(path).st_mtime_ns
+        return path if _IMPORTED.setdefault(path, mtime) != mtime else ""
+    return ""

@@ -158,14 +158,14 @@ def _reload_everything(s) -> tuple[set, set, str]:
     assert warning() in log_path.read_text()
 
     s.conf("both", **{**keys, **NEW_VALUES, **NEEDS_RESTART})
-    r = s.grun("-C", conf, "-d", "-r")
-    assert r.returncode == 0 and b"reload" in r.stderr, r.stderr
-    log = wait_for(lambda: "reloaded" in log_path.read_text() and log_path.read_text(), 20, what="the reload")
-    after = log.split("reloaded", 1)[1]
-    applied_line = re.search(r"^ \S+: (?:applied (.*)|nothing to apply)$", after, re.MULTILINE)
-    applied = set(re.findall(r"(?:^|, )(\w+)=", applied_line.group(1) or ""))
-    restart = re.search(r"reload: (.*) changed but need a restart \(grun -d -R\)", after)
-    assert f"reload: {warning()}" in log  # the reload warns again
+    r = s.grun("-C", conf, "-d", "-r")  # the daemon's verdict, read in its log: its warnings, then what it applied
+    said = r.stderr.decode().splitlines()
+    last = re.fullmatch(r"grun: the daemon \(pid \d+\) reloaded \S+: (?:applied (.*)|nothing to apply)", said[-1])
+    assert r.returncode == 0 and last and f"grun: reload: {warning()}" in said, said  # (the reload warns again)
+    applied = set(re.findall(r"(?:^|, )(\w+)=", last.group(1) or ""))
+    restart = next(filter(None, (re.fullmatch(r"grun: reload: (.*) changed but need a restart \(grun -d -R\)", line)
+                                 for line in said)), None)
+    log = log_path.read_text()
     return applied, set(restart.group(1).split(", ")) if restart else set(), log
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -117,7 +117,7 @@ def test_plugins_that_raise_or_sleep_lose_nothing(installed):
         master = log(c, "master")
         assert "plugin grun_testplug:Raises: on_submit failed (RuntimeError: on_submit is broken)" in master
         assert "plugin grun_testplug:Sleeps: on_submit ran past its budget of 0.3 s" in master
-        assert "on_submit skipped, as its hooks are until its late call ends" in master
+        assert "on_submit not called while its late on_submit runs; skipped" in master
         assert "on_start failed" in log(c, "n1")
         r = c.grun("-q", "status", "--long")
         assert "grun_testplug:Raises, grun_testplug:Sleeps" in r.stdout.decode()
@@ -133,24 +133,74 @@ def test_a_plugin_that_cannot_be_imported(installed, tmp_path):
     assert not os.path.exists(tmp_path / "spool" / "grun.pid")
 
 
-def test_reload_with_a_plugin_that_cannot_be_imported_keeps_the_running_config(cluster):
-    conf = cluster.configs["master"]
-    good = open(conf).read()
-    try:
+def test_reload_is_checked_by_the_daemon_which_never_imports_a_plugin_again(cluster):
+    """`grun -d -r` says the daemon's verdict, and exits 1 when it kept the running config. The client no longer
+    checks the plugins itself (one only the daemon's PYTHONPATH finds refused the reload: QA), and a class added to
+    a module the daemon imported is refused with why: a reload does not import plugin code again (QA)."""
+    conf, site = cluster.configs["master"], os.path.join(os.path.dirname(cluster.notes), "site")
+    good, module = open(conf).read(), os.path.join(site, "grun_reloadlab.py")
+    bare = {**cluster.env, "PYTHONPATH": os.pathsep.join(p for p in os.environ["PYTHONPATH"].split(os.pathsep)
+                                                        if p != site)}  # (this client imports no plugin)
+
+    def reload(plugins: str, env=None):
         with open(conf, "w") as f:
-            f.write(good + "plugins: [nosuch_lab_module:Quota]\n")
-        # `grun -d -r` says so and does not signal (it exited 0, and the log alone said why: QA) ...
-        assert_one_error_line(cluster.grun("-C", conf, "-d", "-r"), "plugin 'nosuch_lab_module:Quota'")
-        cluster.procs["master"].send_signal(signal.SIGHUP)  # ... and a SIGHUP from elsewhere keeps the running config
-        wait_for(lambda: "reload: plugin 'nosuch_lab_module:Quota'" in log(cluster, "master"), what="the reload")
-        assert "keeping the running config" in log(cluster, "master")
+            f.write(good + f"plugins: [{plugins}]\n")
+        return cluster.grun("-C", conf, "-d", "-r", env=env or cluster.env)
+    try:
+        with open(module, "w") as f:
+            f.write("class A:\n    def on_submit(self, job):\n        job['env']['LAB'] = 'a'\n")
+        r = reload("grun_reloadlab:A", env=bare)
+        assert r.returncode == 0 and re.fullmatch(rb"grun: the daemon \(pid \d+\) reloaded \S+: applied plugins="
+                                                  rb"\['grun_reloadlab:A'\]\n", r.stderr), r.stderr
+        assert cluster.grun("sh", "-c", 'echo "$LAB $SUBMITTED_VIA"').stdout == b"a labplugin\n"
+        with open(module, "a") as f:
+            f.write("class B:\n    pass\n")
+        r = reload("grun_reloadlab:A, grun_reloadlab:B")
+        assert_one_error_line(r, "the daemon (pid", "refused the reload: plugin 'grun_reloadlab:B'",
+                              "AttributeError: module 'grun_reloadlab' has no attribute 'B'",
+                              f"({module} changed since the daemon imported it: a reload does not import plugin code "
+                              "again, grun -d -R does); keeping the running config")
+        assert_one_error_line(reload("nosuch_lab_module:Quota", env=bare),
+                              "plugin 'nosuch_lab_module:Quota'", "No module named 'nosuch_lab_module'", "keeping the")
         assert LAB in cluster.client().status(True)["plugins"]["master"]
-        r = cluster.grun("sh", "-c", 'echo "$SUBMITTED_VIA"')
-        assert (r.returncode, r.stdout) == (0, b"labplugin\n")
-        assert log(cluster, "master").count("reload: plugin 'nosuch_lab_module:Quota'") == 1  # the SIGHUP's only
+        assert cluster.grun("sh", "-c", 'echo "$LAB $SUBMITTED_VIA"').stdout == b"a labplugin\n"
+        r = reload("grun_reloadlab:A")  # its plugins load, its changed code does not run: said
+        assert r.returncode == 0 and f"grun: plugin module {module} changed since the daemon imported " \
+            "it: a reload does not import plugin code again, grun -d -R does; its old code runs until then\n" \
+            in r.stderr.decode() and b"grun: the daemon (pid " in r.stderr, r.stderr
     finally:
         with open(conf, "w") as f:
             f.write(good)
+        os.unlink(module)
+        assert cluster.grun("-C", conf, "-d", "-r").returncode == 0
+
+
+def test_a_late_node_probe_keeps_its_offer_and_delays_no_other_hook(installed):
+    """A node_resources late at a reload lost its plugin's resources and labels until the next good reload, and a job
+    started meanwhile waited behind the late call, its on_start called late (QA): the last answer stands, on_start runs
+    at once beside it. And an enforcing plugin's failed on_submit refuses the submission rather than let it through."""
+    node = {"cpus": 2, "memory": 4000, "plugins": ["grun_testplug:SlowProbe"]}
+    with LocalCluster({"n1": node}, master_extra={"plugins": ["grun_testplug:Strict"]}) as c:
+        def n1() -> dict:
+            return next(n for n in c.client().nodes() if n["name"] == "n1")
+        assert (n1()["resources"]["lic"][1], n1()["labels"]["plug"]) == (2, "yes"), n1()
+        open(os.path.join(installed, "hang"), "w").close()
+        try:
+            c.write_config("n1", {"services": "exec", "count_outside_load": False, **node, "cpus": 3})
+            reload = c.popen("-C", c.configs["n1"], "-d", "-r")
+            wait_for(lambda: os.path.exists(os.path.join(installed, "hanging")), what="the probe to hang")
+            r = c.grun("-p", "lic=1", "printenv", "PROBED")
+            assert (r.returncode, r.stdout) == (0, b"yes\n"), r.stderr  # (it waited behind it, and was skipped)
+            err = reload.communicate(timeout=30)[1].decode()
+        finally:
+            os.unlink(os.path.join(installed, "hanging"))
+        assert reload.returncode == 0 and "grun: plugin grun_testplug:SlowProbe: node_resources ran past its budget " \
+            "of 4 s; skipped, keeping its last resources and labels\n" in err, err
+        wait_for(lambda: n1()["cpus"] == 3, what="the node to register again")
+        assert (n1()["resources"]["lic"][1], n1()["labels"]["plug"]) == (2, "yes"), n1()
+        assert c.grun("-p", "lic=2", "-p", "plug=yes", "true").returncode == 0
+        assert_one_error_line(c.grun("-j", "crash", "true"), "plugin grun_testplug:Strict: on_submit failed "
+                              "(RuntimeError: the quota database is down); the submission refused (it enforces)")
 
 
 # ---- the hooks' rules, without daemons ------------------------------------------------------------
@@ -191,10 +241,71 @@ def test_a_late_hook_is_skipped_and_its_plugin_skipped_while_it_runs(caplog):
     assert [r["memory"] for r in requests] == [100] * 4 and "origin" not in requests[1]
     assert [r.getMessage() for r in caplog.records] == [  # the skips said once, not once per job
         "plugin lab:Policy: on_submit ran past its budget of 0.2 s; skipped",
-        "plugin lab:Policy: on_submit skipped, as its hooks are until its late call ends"]
+        "plugin lab:Policy: on_submit not called while its late on_submit runs; skipped"]
     time.sleep(1)
     plugins.submit(requests[1:])  # done sleeping: called again
     assert requests[1]["memory"] == 2048
+
+
+def test_a_late_hook_delays_no_other_and_a_skipped_node_resources_keeps_its_last_answer(caplog):
+    import threading
+
+    class Probe:
+        budget, answer = 0.3, None
+
+        def node_resources(self):
+            if self.answer is None:
+                raise RuntimeError("licence server down")
+            time.sleep(self.answer.get("sleep", 0))
+            return self.answer
+
+        def on_start(self, job, env):
+            env["PROBED"] = "yes"
+    probe, offered = Probe(), {"resources": {"lic": 2}, "labels": {"plug": "yes"}}
+    plugins, probe.answer = Plugins([Plugin("lab:Probe", probe)]), offered
+    assert plugins.node_resources() == offered
+    probe.answer = None
+    assert plugins.node_resources() == offered  # failed: its last answer stands
+    plugins.replace([Plugin("lab:Probe", probe)])  # (a reload: a new instance, the same name)
+    probe.answer = {"sleep": 1.0, "resources": {"lic": 9}}
+    slow = threading.Thread(target=lambda: offers.append(plugins.node_resources()))
+    offers, job = [], {"cmd": ["true"], "env": {}}
+    slow.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    plugins.start(job, "/bin/sh")  # while node_resources runs within its budget: beside it, at once
+    assert (job["env"], time.monotonic() - started < 0.2) == ({"PROBED": "yes"}, True)
+    slow.join()
+    assert offers == [offered]  # late: its last answer stands
+    started, job = time.monotonic(), {"cmd": ["true"], "env": {}}
+    plugins.start(job, "/bin/sh")  # while the late one still runs: skipped at once
+    assert (job["env"], time.monotonic() - started < 0.2) == ({}, True)
+    assert [r.getMessage() for r in caplog.records] == [
+        ("plugin lab:Probe: node_resources failed (RuntimeError: licence server down); skipped, keeping its last "
+         "resources and labels"),
+        "plugin lab:Probe: node_resources ran past its budget of 0.3 s; skipped, keeping its last resources and labels",
+        "plugin lab:Probe: on_start not called while its late node_resources runs; skipped"]
+
+
+def test_an_enforcing_plugin_refuses_what_it_could_not_check():
+    class Quota(Policy):
+        enforce = True
+
+        def on_submit(self, job):
+            if job["name"] == "broken":
+                raise RuntimeError("quota db down")
+            return super().on_submit(job)
+    plugins = Plugins([Plugin("lab:Quota", Quota())])
+    with pytest.raises(ValueError, match=r"^plugin lab:Quota: on_submit failed \(RuntimeError: quota db down\); the "
+                       r"submission refused \(it enforces\)$"):
+        plugins.submit(_requests("a", "broken"))
+    with pytest.raises(ValueError, match=r"on_submit ran past its budget of 0.2 s; the submission refused"):
+        plugins.submit(_requests("slow"))
+    with pytest.raises(ValueError, match=r"on_submit not called while its late on_submit runs; the submission refused"):
+        plugins.submit(_requests("a"))
+    time.sleep(1)
+    plugins.submit(requests := _requests("a"))  # done sleeping: called again
+    assert requests[0]["memory"] == 2048
 
 
 def test_no_plugins_cost_nothing_and_on_start_wraps_argv():

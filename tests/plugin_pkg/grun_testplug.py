@@ -1,7 +1,8 @@
 """A lab's grun plugin, as a third party writes one (tests/test_plugins.py): every hook, each leaving a
-trace in $GRUN_TESTPLUG_DIR (one JSON line per call in a file named after the hook). Raises and Sleeps are
-the plugins that misbehave, loaded by `plugins:` in a config."""
+trace in $GRUN_TESTPLUG_DIR (one JSON line per call in a file named after the hook). Raises, Sleeps and SlowProbe
+are the plugins that misbehave, Strict one that enforces, loaded by `plugins:` in a config."""
 
+import contextlib
 import json
 import os
 import time
@@ -62,3 +63,27 @@ class Sleeps:
             args[-1]["SLEPT"] = "yes"  # too late: a late hook's changes never count
 
     on_submit = on_dispatch = on_finish = on_start = node_resources = _sleep
+
+
+class SlowProbe:
+    """A node's probe (a licence server's count) that hangs once when $GRUN_TESTPLUG_DIR/hang exists (renamed
+    `hanging` as it does); its on_start is quick."""
+    budget = 4.0
+
+    def node_resources(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(hang := os.path.join(os.environ["GRUN_TESTPLUG_DIR"], "hang"), hang + "ing")
+            time.sleep(8)
+        return {"resources": {"lic": 2}, "labels": {"plug": "yes"}}
+
+    def on_start(self, job, env):
+        env["PROBED"] = "yes"
+
+
+class Strict:
+    """An admin's policy that enforces: its on_submit failing refuses the submission rather than let the job through."""
+    enforce = True
+
+    def on_submit(self, job):
+        if job["name"] == "crash":
+            raise RuntimeError("the quota database is down")
