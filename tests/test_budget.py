@@ -72,8 +72,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # in compat_slurm.py as SGE's in compat_sge.py (+17); a Python call learnt by its function (+2); sbatch's lab directives
 # (-w hostlists, --nice, -n as cpus, notes and refusals saying why), --mem=0, -o/-e one file, --open-mode (+54); the
 # Slurm QA's reading side: a cancelled array's unstarted tasks, sacct -s/order/`+`/Slurm's names, scancel -t and
-# N_[4-5], sacct's MM/DD dates, sinfo -s and n[1-2] hostlists, `| head` quietly (+52).
-TOTAL, MODULE, MEDIAN = 13275, 500, 200
+# N_[4-5], sacct's MM/DD dates, sinfo -s and n[1-2] hostlists, `| head` quietly (+52); plugin hooks on threads of their
+# own, node_resources' last answer kept, enforce, `grun -d -r` with the daemon's verdict and stale plugin code said (+52).
+TOTAL, MODULE, MEDIAN = 13327, 500, 200
 
 
 def module_lines() -> dict[str, int]:
