@@ -234,8 +234,9 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
 def describe(cfg: Config, as_dict: bool = False):
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and where it came
     from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back; `as_dict`: for --json."""
+    warnings = cfg.warnings + overclaims(cfg) + strangers(cfg)
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
-             *(f"# warning: {w}" for w in cfg.warnings + overclaims(cfg))]
+             *(f"# warning: {w}" for w in warnings)]
     import yaml
     keys = {}
     for name, key in KEYS.items():
@@ -246,7 +247,7 @@ def describe(cfg: Config, as_dict: bool = False):
         keys[name] = {"value": value, "origin": origin}
         text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
         lines.append(f"{f'{name}: {text}':<31} # {origin}")
-    return {"file": cfg.path, "warnings": cfg.warnings + overclaims(cfg), "keys": keys} if as_dict else "\n".join(lines) + "\n"
+    return {"file": cfg.path, "warnings": warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
 def overclaims(cfg: Config) -> list[str]:
@@ -254,6 +255,23 @@ def overclaims(cfg: Config) -> list[str]:
     return [f"{cfg.where[name]}: {name}: {given:,.10g} offered, more than this machine's {have:,.10g} {unit}"
             for name, unit in (("cpus", "logical cores"), ("memory", "MB")) if name in cfg.where
             and (given := getattr(cfg, name)) > (have := KEYS[name].default(cfg))]
+
+
+def strangers(cfg: Config) -> list[str]:
+    """A warning for each user (admins, limits' user.NAME) or group (group.NAME) this host does not know: it matches
+    nobody. Looked up by a daemon at start and reload and by `grun -q conf`, not by every client."""
+    import grp
+    import pwd
+    named = [("user", u, "admins") for u in cfg.admins] + [(*s.split(".", 1), "limits") for s in cfg.limits if "." in s]
+    return [f"{cfg.where.get(key, key)}: {key}: no {kind} {name!r} on this host" for kind, name, key in sorted(named)
+            if not _exists(pwd.getpwnam if kind == "user" else grp.getgrnam, name)]
+
+
+def _exists(lookup, name: str) -> bool:
+    try:
+        return bool(lookup(name))
+    except KeyError:
+        return False
 
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the base-60 integer

@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import auth, plugins, registry
-from .config import KEYS, Config, ConfigError, load_config, overclaims
+from .config import KEYS, Config, ConfigError, load_config, overclaims, strangers
 from .files import locked, read_int
 from .journal import StoreError
 from .values import format_hostport
@@ -96,7 +96,7 @@ class Services:
         except Exception as exc:  # a broken edit must not take the daemon down
             log.error("reload: %s; %s", exc, KEEPING)
             return
-        for warning in new.warnings:
+        for warning in new.warnings + (strangers(new) if self.master is not None else []):
             log.warning("reload: %s", warning)
         changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]
         logging.getLogger().setLevel(new.log_level.upper())
@@ -142,7 +142,8 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
             handlers.append(logging.FileHandler(cfg.log_file))
         logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
                             format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-        for warning in cfg.warnings + (overclaims(cfg) if "exec" in services else []):  # (a node's: Low RealMemory)
+        for warning in cfg.warnings + (overclaims(cfg) if "exec" in services else []) + (  # (a node's: Low RealMemory)
+                strangers(cfg) if "queue" in services else []):
             log.warning("%s", warning)
         os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
         _use_secret(cfg)

@@ -73,8 +73,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # (-w hostlists, --nice, -n as cpus, notes and refusals saying why), --mem=0, -o/-e one file, --open-mode (+54); the
 # Slurm QA's reading side: a cancelled array's unstarted tasks, sacct -s/order/`+`/Slurm's names, scancel -t and
 # N_[4-5], sacct's MM/DD dates, sinfo -s and n[1-2] hostlists, `| head` quietly (+52); plugin hooks on threads of their
-# own, node_resources' last answer kept, enforce, `grun -d -r` with the daemon's verdict and stale plugin code said (+52).
-TOTAL, MODULE, MEDIAN = 13327, 500, 200
+# own, node_resources' last answer kept, enforce, `grun -d -r` with the daemon's verdict and stale plugin code said (+52);
+# the limits QA: a job over a limit alone refused, every limit named, private why, warnings for a limits resource no
+# node offers and users or groups the host lacks, a failing rule's job named in the log (+32).
+TOTAL, MODULE, MEDIAN = 13359, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -404,6 +404,16 @@ def test_describe_says_where_each_value_came_from(conf, tmp_path, env):
     assert "cpus: 2 " in describe(cfg) and f"memory: {psutil.virtual_memory().total // 2 ** 20} " in describe(cfg)
 
 
+def test_describe_warns_of_users_and_groups_this_host_does_not_know(conf, tmp_path):
+    cfg = conf("admins: [root, nobodyhere]\nlimits: {user.root: {jobs: 1}, group.nosuchgroup: {jobs: 1}, "
+               "group.root: {jobs: 1}, user.nobodyhere: {cpus: 2}}\n")
+    assert describe(cfg, as_dict=True)["warnings"] == [
+        f"{tmp_path}/grun.conf:2: limits: no group 'nosuchgroup' on this host",
+        f"{tmp_path}/grun.conf:1: admins: no user 'nobodyhere' on this host",
+        f"{tmp_path}/grun.conf:2: limits: no user 'nobodyhere' on this host"]
+    assert cfg.warnings == [], "the lookups are a daemon's and `grun -q conf`'s, not every client's"
+
+
 def test_describe_personal(env):
     text = describe(load_config(None, environ=env))
     assert "personal mode" in text and yaml.safe_load(text)["master"] == "127.0.0.1:5184"

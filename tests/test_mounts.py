@@ -163,10 +163,11 @@ def test_refusal_and_why_name_the_filesystem():
     a, b, c = _nodes()
     assert E.impossible(_job(), [b]) == "no node mounts /data (nfs4 nas:/export)"
     assert E.impossible(_job(), [a, b]) is None and E.impossible(_job(), [b, c]) is None
-    index = NodeIndex([b])
-    assert E.refusal(_job(), index) == "no node mounts /data (nfs4 nas:/export)"
+    table = JobTable()
+    table.nodes = NodeIndex([b])
+    assert E.refusal(_job(), table) == "no node mounts /data (nfs4 nas:/export)"
     b.mounts = a.mounts  # its mounts changed: the remembered answer goes
-    assert E.refusal(_job(), index) is None
+    assert E.refusal(_job(), table) is None
 
     master = SimpleNamespace(settings={"reserve_after": 300.0}, table=JobTable())  # (what explain reads of it)
     master.table.nodes["b"] = NodeView("b", 1, 8000, mounts=[])

@@ -113,6 +113,10 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
         ids[user.pw_name] = out.split()[-1]
     wait_for(lambda: sum(n["running"] for n in cluster.client().nodes()) == 2, timeout=20)
     mine, hers = ids[bob.pw_name], ids[alice.pw_name]
+    code, out = _as_user(bob, env, ["--nowait", "-c", "2", "true"], cwd=str(tmp_path))
+    code, why = _as_user(bob, env, ["why", out.split()[-1]], cwd=str(tmp_path)) if code == 0 else (code, out)
+    assert code == 0 and "running 2 jobs" in why and "running job" not in why, why  # no job id of alice's (nor his)
+    assert _as_user(bob, env, ["-k", out.split()[-1]], cwd=str(tmp_path))[0] == 0
     for argv in (["-q", "jobs", "--json"], ["-q", "history", "--json"]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         shown = json.loads(out)

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from grun.core import jobs as J
-from grun.core.explain import explain, impossible, refusal
+from grun.core.explain import explain, impossible, progress, refusal
 from grun.core.master_state import MasterState
 from grun.core.nodes import EPS, NodeIndex, NodeView, delays_claim
 from grun.core.placement import MAX_PLACED_PER_PASS, MAX_RESERVING_PER_PASS, PendingQueue, place
@@ -365,6 +365,9 @@ def test_why_names_the_resource_the_nodes_and_the_queue_position():
     assert "2 cpus" in text and "small" in text and "big" in text
     assert "2 of 2" in text or "position 2" in text, text
     assert busy and ahead
+    private = explain(t.jobs[mine], t.state, 10.0, private=True)  # (private_queries: no job id but a count)
+    assert f"running job {busy}" in text and "running 1 job" in private and f"job {busy}" not in private, private
+    assert progress(t.jobs[mine], t.state, 10.0, True).endswith("most room: big (0 of 4 cpus free, running 1 job)")
 
 
 # ---- the node index (many nodes) ---------------------------------------------------------------
@@ -431,13 +434,13 @@ def test_the_index_follows_changes_of_usage_outside_load_and_up():
 
 
 def test_the_index_remembers_impossible_until_a_node_changes():
-    a = NodeView("a", 4, 8000)
-    index = NodeIndex([a])
-    assert refusal(job(1, 8), index) == "no node has 8 cpus; largest is 4"
+    a, table = NodeView("a", 4, 8000), JobTable()
+    table.nodes = index = NodeIndex([a])
+    assert refusal(job(1, 8), table) == "no node has 8 cpus; largest is 4"
     a.cpus = 8
-    assert refusal(job(1, 8), index) is None, "a node's new size is seen at once"
+    assert refusal(job(1, 8), table) is None, "a node's new size is seen at once"
     index["b"] = NodeView("b", 16, 8000)
-    assert refusal(job(1, 12), index) is None
+    assert refusal(job(1, 12), table) is None
 
 
 def test_placement_with_ten_thousand_nodes_does_not_scan_every_node_per_job():

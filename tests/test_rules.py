@@ -126,7 +126,8 @@ def test_set_labels_hosts(cluster):
 def test_a_rule_that_fails_on_a_job_is_logged_and_skipped(cluster):
     r = cluster.grun("echo", "abc")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"abc\n", b"")
-    assert re.search(r"rule 7 \(master.conf:\d+\) skipped for a job of \w+: TypeError: cannot compare 'abc' with 5",
+    assert re.search(r"rule 7 \(master.conf:\d+\) skipped for a job of \w+: TypeError: cannot compare 'abc' with 5 "
+                     r"\(command 'echo abc'\)",
                      master_log(cluster))
     assert cluster.grun("echo", "9").stderr == b"grun: warning: a number\n"
 

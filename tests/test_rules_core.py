@@ -190,7 +190,8 @@ def test_a_runtime_error_skips_the_rule_and_is_logged():
     rules = R.compile_rules([{"if": "argv[1] > 5", "set": {"cpus": 3}}, {"if": "true", "set": {"memory": 5}}])
     R.apply(rules, request, spec, None, log)
     assert request["cpus"] == 1 and request["memory"] == 5
-    assert log == [("warning", "rule 1 skipped for a job of bob: TypeError: cannot compare 'abc' with 5")]
+    assert log == [("warning", "rule 1 skipped for a job of bob: TypeError: cannot compare 'abc' with 5",
+                    ["sleep", "abc"])]
 
 
 # ---- actions -------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def test_reject_is_a_value_error_with_its_message_and_stops_the_rules():
     rules = R.compile_rules([{"if": "cpus > 8", "reject": "at most 8 cpus"}, {"warn": "never"}])
     with pytest.raises(ValueError, match="^at most 8 cpus$"):
         R.apply(rules, request, spec, None, log)
-    assert log == [("info", "rule 1 refused a job of bob: at most 8 cpus")] and "warnings" not in request
+    assert log == [("info", "rule 1 refused a job of bob: at most 8 cpus", ["true"])] and "warnings" not in request
 
 
 def test_rules_see_what_earlier_rules_did():
@@ -305,7 +306,7 @@ def test_requests_run_the_rules_between_validation_and_the_settings():
     log = []
     a, b = m.requests([{"cmd": ["risky"], "cwd": "/"}, {"cmd": ["x", "y"], "cwd": "/"}], None, log)
     assert a["warnings"] == ["careful"] and "warnings" not in b and a["retries"] == b["retries"] == 1
-    assert [level for level, _ in log] == ["warning"] and "skipped" in log[0][1]
+    assert [level for level, *_ in log] == ["warning"] and "skipped" in log[0][1]
     with pytest.raises(ValueError, match="no"):
         MasterState(rules=R.compile_rules([{"reject": "no"}])).requests([{"cmd": ["x"], "cwd": "/"}])
 

@@ -12,7 +12,7 @@ from cluster import LocalCluster
 from util import nowait, wait_state
 
 from grun.config import ConfigError, load_config
-from grun.core.explain import explain
+from grun.core.explain import explain, progress
 from grun.core.master_state import MasterState
 from grun.core.placement import MAX_MISSES_PER_PASS
 
@@ -40,6 +40,8 @@ def test_a_user_at_a_limit_waits_while_other_users_pass_and_why_names_the_limit(
     assert _states(m, alice + bob) == ["dispatched", "dispatched", "queued", "dispatched"]
     text = explain(m.table.jobs[alice[2]], m, 3.0)
     assert "user alice already runs 4 of their 4 cpus" in text and "should start" not in text
+    assert progress(m.table.jobs[alice[2]], m, 3.0) == "queued: 0 ahead; needs 2 cpus, 100 MB; user alice already " \
+                                                      "runs 4 of their 4 cpus and this job needs 2"
     m.handle("finished", "n", [{"id": alice[0], "exit_code": 0}], 4.0)
     m.handle("schedule", 5.0)
     assert _states(m, alice[1:]) == ["dispatched", "dispatched"], "the running total went down as the job ended"
@@ -61,13 +63,39 @@ def test_named_scopes_replace_the_general_one_and_groups_and_all_count_together(
         assert text in explain(m.table.jobs[job_id], m, 3.0)
 
 
-def test_an_array_places_tasks_only_up_to_the_limit_and_a_job_larger_than_the_limit_says_so():
-    m = _master({"user": {"cpus": 6}})
+def test_why_names_every_limit_a_job_waits_under_and_what_it_needs_and_status_a_resource_no_node_offers():
+    m = _master({"user": {"jobs": 1}, "group.students": {"gpu": 2}, "all": {"memory": 500, "gpus": 1}},
+                groups={200: "students"})
+    first = _submit(m, "s1", gid=200, params={"gpu": 2}, memory=450)
+    [job] = _submit(m, "s1", gid=200, params={"gpu": 1})
+    m.handle("schedule", 2.0)
+    assert _states(m, first + [job]) == ["dispatched", "queued"]
+    assert "It waits under the config's limits: user s1 already runs 1 of their 1 jobs; group students already runs " \
+           "2 of its 2 gpu and this job needs 1; the cluster already runs 450 of its 500 MB of memory and this job " \
+           "needs 100." in explain(m.table.jobs[job], m, 3.0)
+    assert m.table.quotas.unoffered(m.table.nodes.values()) == [
+        "limits: no node offers 'gpus': it limits nothing; did you mean 'gpu'?"]
+
+
+def test_an_array_places_tasks_only_up_to_the_limit_and_a_job_larger_than_the_limit_is_refused_unless_forced():
+    m = _master({"user": {"cpus": 6}, "all": {"memory": 500}})
     [array] = _submit(m, "erin", array="1-10")
-    [big] = _submit(m, "erin", cpus=8)
+    alone = "user erin may run at most 6 cpus at once and this job alone asks for 8"
+    with pytest.raises(ValueError, match=f"^{alone} \\(--force queues it anyway\\)$"):
+        _submit(m, "erin", cpus=8)
+    with pytest.raises(ValueError, match="the cluster may run at most 500 MB of memory at once and this job alone asks "
+                                         "for 700 .--force"):
+        _submit(m, "erin", memory=700)
+    [big] = _submit(m, "erin", cpus=8, force=True)
+    [job] = _submit(m, "erin")
+    with pytest.raises(ValueError, match=f"job {job}: {alone} .add force=yes"):
+        m.handle("edit", [job], {"cpus": 8}, 2.0)
+    m.handle("edit", [big], {"priority": 7}, 2.0)  # a forced job: only what the edit asks is judged, as its user's
+    with pytest.raises(ValueError, match=f"job {big}: user erin may run at most 6 cpus at once and this job alone"):
+        m.handle("edit", [big], {"cpus": 7}, 2.0)
     m.handle("schedule", 2.0)
     assert sorted(j["task"] for j in m.table.jobs.values() if j.get("state") == "dispatched") == [1, 2, 3]
-    assert "user erin may run at most 6 cpus at once and this job alone asks for 8" in explain(m.table.jobs[big], m, 3.0)
+    assert alone in explain(m.table.jobs[big], m, 3.0)
     assert m.table.jobs[array]["state"] == "queued"
 
 
@@ -141,7 +169,12 @@ def test_a_bad_limit_is_one_config_error_with_file_and_line(tmp_path):
 # ---- a real cluster -----------------------------------------------------------------------------
 
 def test_limits_on_a_real_cluster_why_and_reload(tmp_path):
-    with LocalCluster({"n": {"cpus": 4, "memory": 4000}}, master_extra={"limits": {"user": {"jobs": 1}}}) as c:
+    limits, node = {"user": {"jobs": 1}, "all": {"memory": 3000}}, {"cpus": 4, "memory": 4000, "resources": {"gpu": 2}}
+    with LocalCluster({"n": node}, master_extra={"limits": limits}) as c:
+        r = c.grun("-m", "3500", "true")  # (the node has room for it, the limit never)
+        refused = "grun: the cluster may run at most 3000 MB of memory at once and this job alone asks for 3500 " \
+                  "(--force queues it anyway)\n"
+        assert (r.returncode, r.stderr.decode()) == (1, refused)
         first = nowait(c, "sleep", "60")
         wait_state(c, first, "running")
         second = nowait(c, "true")
@@ -153,10 +186,14 @@ def test_limits_on_a_real_cluster_why_and_reload(tmp_path):
         path = c.configs["master"]
         with open(path) as f:
             cfg = yaml.safe_load(f)
-        cfg["limits"] = {"user": {"jobs": 2}}
+        cfg["limits"] = {"user": {"jobs": 2}, "user.nobodyhere": {"jobs": 1}, "all": {"gpus": 1}}
         with open(path, "w") as f:
             yaml.safe_dump(cfg, f)
         r = c.grun("-d", "-r", "-C", path)
-        assert r.returncode == 0, r.stderr
+        typo = "limits: no node offers 'gpus': it limits nothing; did you mean 'gpu'?"
+        assert r.returncode == 0 and f"grun: reload: {typo}\n" in r.stderr.decode(), r.stderr
+        assert f"grun: reload: {path}:" in r.stderr.decode() and ": limits: no user 'nobodyhere' on this host" in \
+            r.stderr.decode(), r.stderr  # (the master's log, as `grun -d -r` echoes it)
+        assert f"warning: {typo}" in c.grun("-q", "status").stdout.decode()
         wait_state(c, second, "done")
         c.grun("-k", str(first))

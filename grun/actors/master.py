@@ -319,12 +319,15 @@ class Master(Queries):
         not a retried one (the same token) that is already queued."""
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
-        notes: list[tuple[str, str]] = []
+        notes: list[tuple[str, str, list]] = []
         try:
             requests = self.core.requests(specs, RuleFacts(), notes)
         finally:
-            for level, text in dict.fromkeys(notes):  # (once per submission, however many jobs it holds)
-                getattr(log, level)(text)
+            cmds = collections.defaultdict(list)  # (a line once per submission, however many jobs it holds: which
+            for level, text, cmd in notes:        # job, by the first one's command, and how many more)
+                cmds[level, text].append(" ".join(cmd)[:80])
+            for (level, text), named in cmds.items():
+                getattr(log, level)(f"{text} (command {named[0]!r}{f', and {len(named) - 1} more' * (len(named) > 1)})")
         self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
         ids = self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
                        history=self._finished(requests))
@@ -419,7 +422,10 @@ class Master(Queries):
     def reconfigure(self, **changes) -> dict:
         auth.require("reconfigure the master")
         with self.lock:
-            return self.core.configure(**changes)
+            changed, table = self.core.configure(**changes), self.core.table
+            for warning in table.quotas.unoffered(table.nodes.values()) if "limits" in changed else ():
+                log.warning("reload: %s", warning)  # (and in `grun -q status` until it is fixed)
+            return changed
 
     def begin_shutdown(self) -> None:
         """From now on nothing changes state; callers get Restarting, which clients retry."""

@@ -69,10 +69,10 @@ class Queries:
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
-        job = self.job(job_id)
+        job, private = self.job(job_id), self._only() is not None  # (private: no other user's job ids)
         with self.lock:
-            return progress(job, self.core, time.time()) if short else \
-                explain(job, self.core, time.time()) + provenance(job)
+            return progress(job, self.core, time.time(), private) if short else \
+                explain(job, self.core, time.time(), private) + provenance(job)
 
     def placement(self, job_id: int) -> str | None:
         """For a queued job, where it could go now (explain.placement's kind: starting, busy, none up, no node)."""
@@ -104,6 +104,7 @@ class Queries:
         own = None if refusal else disk_low("the master", space, self.core.settings)
         with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
             disks = [n.disk[1] for _, n in sorted(self.core.table.nodes.items()) if n.disk]
+            disks += self.core.table.quotas.unoffered(self.core.table.nodes.values())  # (a typo: "gpus" for "gpu")
         warnings = [*self.store.problems, *filter(None, [refusal, own and own[1]]), *disks]
         out = {"nodes": self.nodes(), "warnings": warnings, "master_spool": space}
         if long:

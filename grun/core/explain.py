@@ -6,13 +6,14 @@ import itertools
 from ..mounts import unmounted
 from . import jobs as J
 from .deps import waiting_text
-from .nodes import EPS, NodeIndex, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
+from .nodes import EPS, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
 from .rules import meets
 
 
-def refusal(job: dict, index: NodeIndex) -> str | None:
-    """impossible() over all nodes, kept per job shape until a node is described anew: no submit looks at 10,000."""
-    return index.remembered(shape(job), lambda: impossible(job, list(index.values())))
+def refusal(job: dict, table) -> str | None:
+    """A limit the job alone passes, else impossible(), kept per shape till a node changes: no submit scans 10,000."""
+    return table.quotas.refusal(job, alone=True) or table.nodes.remembered(shape(job), lambda: impossible(
+        job, list(table.nodes.values())))
 
 
 def impossible(job: dict, nodes: list[NodeView]) -> str | None:
@@ -75,8 +76,8 @@ def request_text(job: dict) -> str:
     return ", ".join([f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB", *params, *hosts])
 
 
-def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
-    """(kind, text) for why the job does not run on this node now; kind "fits" if it would."""
+def node_reason(node, job: dict, claims: dict, private: bool = False) -> tuple[str, str]:
+    """(kind, text) for why the job does not run on this node now ("fits": it would); `private`: no job ids, a count."""
     if not node.up:
         return "down", "down"
     if node.disk and node.disk[0]:
@@ -101,16 +102,16 @@ def node_reason(node, job: dict, claims: dict) -> tuple[str, str]:
         if need > node.free(name) + EPS:
             busy.append(f"{node.free(name):g} of {node.resources[name]:g} {name} free")
     if busy:
-        ids = sorted(node.jobs)
-        shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
-        return "busy", "; ".join(busy) + (f", running job{'s' if len(ids) > 1 else ''} {shown}" if ids else "")
+        ids, s = sorted(node.jobs), "s" * (len(node.jobs) > 1)
+        shown = f"{len(ids)} job{s}" if private else f"job{s} {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
+        return "busy", "; ".join(busy) + (f", running {shown}" if ids else "")
     if delays_claim(node, job, claims):
-        return "claimed", f"reserved for job {claims[node.name]['id']}"
+        return "claimed", "reserved for " + ("another job" if private else f"job {claims[node.name]['id']}")
     return "fits", "has room now"
 
 
-def explain(job: dict, master, now: float) -> str:
-    """`master`: the master's MasterState."""
+def explain(job: dict, master, now: float, private: bool = False) -> str:
+    """`master`: the master's MasterState; `private`: node_reason's."""
     head, state = f"Job {job['id']}", job["state"]
     if state == J.HELD:
         return f"{head} is held: it will not run until released with `grun -e resume {job['id']}`."
@@ -133,7 +134,7 @@ def explain(job: dict, master, now: float) -> str:
                f"{'is' if running == 1 else 'are'} running{queued}; the next starts when one ends."
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
-        kind, text = node_reason(node, job, claims)
+        kind, text = node_reason(node, job, claims, private)
         groups.setdefault(kind, []).append(f"{node.name} ({text})" if kind != "down" else node.name)
     waited = now - job.get("queued_time", job.get("submit_time", now))
     lines = [f"{head} is queued and needs {request_text(job)}."]
@@ -151,11 +152,10 @@ def explain(job: dict, master, now: float) -> str:
     if job.get("cwd_fs") and (up := [n for n in table.nodes.values() if n.up]) and all(unmounted(job, n) for n in up):
         lines.append(f"No node up mounts {unmounted(job, up[0])}.")
     if limit := table.quotas.refusal(job):
-        lines.append(f"It waits under a limit of the config: {limit}.")
+        lines.append(f"It waits under the config's limits: {limit}.")
     possible = any(k in groups for k in ("busy", "claimed", "fits", "disk"))
     if job.get("reserved_node"):
-        lines.append(f"Node {job['reserved_node']} is reserved for it: other jobs go there only if they "
-                     f"take nothing it needs.")
+        lines.append(f"Node {job['reserved_node']} is reserved for it: only jobs taking nothing it needs go there.")
     elif possible and "fits" not in groups and (left := master.settings["reserve_after"] - waited) > 0:
         lines.append(f"After {_duration(left)} more a node will be reserved for it.")
     if "fits" in groups and not limit:
@@ -167,25 +167,25 @@ def explain(job: dict, master, now: float) -> str:
     return " ".join(lines)
 
 
-def placement(job: dict, master, now: float) -> tuple[str, str]:
-    """Where a queued job could go now, as (kind, words): "starting", "busy" (the words name the node with most
-    room), "disk" (only nodes whose spool is nearly full could), "none up" (no node up could ever run it: squeue's
-    ReqNodeNotAvail), "no node" (none yet)."""
-    claims = master.table.claims(now)
-    reasons = [(node, *node_reason(node, job, claims)) for node in master.table.nodes.values()]
+def placement(job: dict, master, now: float, private: bool = False) -> tuple[str, str]:
+    """Where a queued job could go now, as (kind, words): "starting", "busy" (the words name the node with most room; of
+    both, the limits it waits under if any), "disk" (only nodes whose spool is nearly full could), "none up" (no node up
+    could ever run it: squeue's ReqNodeNotAvail), "no node" (none yet)."""
+    claims, limit = master.table.claims(now), master.table.quotas.refusal(job)
+    reasons = [(node, *node_reason(node, job, claims, private)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
-    return ("starting", "starting") if any(kind == "fits" for _, kind, _ in reasons) else \
-        ("busy", f"most room: {busy[1]} ({busy[2]})") if busy else \
+    return ("starting", limit or "starting") if any(kind == "fits" for _, kind, _ in reasons) else \
+        ("busy", limit or f"most room: {busy[1]} ({busy[2]})") if busy else \
         ("disk", "the nodes that could run it have a nearly full spool") if any(k == "disk" for _, k, _ in reasons) \
         else ("none up", "no node up could run it") if master.table.nodes else ("no node", "no node yet")
 
 
-def progress(job: dict, master, now: float) -> str:
+def progress(job: dict, master, now: float, private: bool = False) -> str:
     """A waiting `grun`'s line ("queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3 (...)"); else explain()'s."""
     if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
-        return explain(job, master, now).removeprefix(f"Job {job['id']} ")
+        return explain(job, master, now, private).removeprefix(f"Job {job['id']} ")
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], master.table.pending))
-    return f"queued: {ahead} ahead; needs {request_text(job)}; {placement(job, master, now)[1]}"
+    return f"queued: {ahead} ahead; needs {request_text(job)}; {placement(job, master, now, private)[1]}"
 
 
 def provenance(job: dict) -> str:

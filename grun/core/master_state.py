@@ -195,10 +195,10 @@ class MasterState:
         step.reply = ids
 
     def _admit(self, request: dict, batch_names: set) -> None:
-        """Refuse (ValueError, one line) a name the user's jobs already hold, or a request no known node could ever run."""
-        name, why = request.get("name"), None if request.get("force") else refusal(request, self.table.nodes)
+        """Refuse (ValueError, one line) a name the user's jobs already hold, or a request no node or limit lets run."""
+        name, why = request.get("name"), None if request.get("force") else refusal(request, self.table)
         if why and self.table.learned.unlearn(request, self.settings):  # no node has what its program used
-            why = refusal(request, self.table.nodes)
+            why = refusal(request, self.table)
         key = (request["user"], name)  # names are per user, as Slurm's (squeue -n, --dependency=singleton)
         if name and (key in self.table.names or key in batch_names):
             other = self.table.names.get(key)
@@ -289,9 +289,9 @@ class MasterState:
                 # as at submit: refused if no node could ever run it, unless forced; of a job forced at submit,
                 # only what the edit asks is judged (it may keep what it was forced past)
                 why = None if force or not new else refusal({**job, **new} if not job.get("force") else {
-                    "cpus": new["cpus"] if "cpus" in parsed else 0.0, "memory": new["memory"] if "memory" in parsed
-                    else 0, "host": parsed.get("host"), "params": {k: new["params"][k] for k in parsed.get(
-                        "params", ()) if k in new["params"]}}, self.table.nodes)
+                    "user": job["user"], "group": job.get("group"), "cpus": new["cpus"] if "cpus" in parsed else 0.0,
+                    "memory": new["memory"] if "memory" in parsed else 0, "host": parsed.get("host"), "params": {
+                        k: new["params"][k] for k in parsed.get("params", ()) if k in new["params"]}}, self.table)
                 if why:
                     raise ValueError(f"{why} (add force=yes to edit it anyway)")
                 if force and new:  # as a job forced at submit: later edits are judged by what they ask

@@ -45,17 +45,23 @@ class Quotas:
                 for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
 
-    def refusal(self, job: dict, extra: dict | None = None) -> str | None:
-        """Why one more copy of the job would pass a limit, or None."""
+    def refusal(self, job: dict, extra: dict | None = None, alone: bool = False) -> str | None:
+        """Why one more copy of the job would pass limits (`alone`: with nothing else running), each one, or None."""
         if not self.limits:
             return None
-        need = amounts(job)
+        need, out, extra = amounts(job), [], extra or {}
         for owner in owners(job):
             for name, cap in self.caps(owner).items():
-                have = self.totals.get(owner, {}).get(name, 0) + (extra or {}).get(owner, {}).get(name, 0)
+                have = 0 if alone else self.totals.get(owner, {}).get(name, 0) + extra.get(owner, {}).get(name, 0)
                 if need.get(name) and have + need[name] > cap + EPS:
-                    return _text(owner, name, cap, have, need[name])
-        return None
+                    out.append(_text(owner, name, cap, have, need[name]))
+        return "; ".join(out) or None
+
+    def unoffered(self, nodes) -> list[str]:
+        """A warning for each resource the limits name that none of these nodes offers: it limits nothing."""
+        offered = {name for node in nodes for name in node.resources}
+        names = sorted({name for fields in self.limits.values() for name in fields} - set(FIELDS) - offered)
+        return [f"limits: no node offers {name!r}: it limits nothing{close_to(name, offered, 0.8)}" for name in names]
 
 
 def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
@@ -64,7 +70,7 @@ def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
     unit = _UNIT.get(name, name)
     if need > cap + EPS:
         return f"{who} may run at most {cap:g} {unit} at once and this job alone asks for {need:g}"
-    return f"{who} already runs {have:g} of {their} {cap:g} {unit}"
+    return f"{who} already runs {have:g} of {their} {cap:g} {unit}" + f" and this job needs {need:g}" * (name != "jobs")
 
 
 def parse_limits(value) -> dict:

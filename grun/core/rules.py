@@ -168,19 +168,19 @@ def _rule(number: int, raw) -> tuple:
 def apply(rules, req: dict, spec: dict, facts=None, log: list | None = None) -> dict:
     """Run the rules on a validated request in order, each seeing what the earlier ones did (`default:` fills what
     neither the user, `spec`, nor an earlier rule gave; `set:` overrides). Changes the request (its `origin`,
-    `warnings`) and returns it; appends (level, text) lines for the admin to `log`; a reject: a ValueError, its text."""
+    `warnings`) and returns it; appends (level, text, its command) for the admin to `log`; a reject: a ValueError."""
     env, log = Job(req, facts), [] if log is None else log
     for label, test, actions in rules:
         try:
             if not test(env):
                 continue
         except Exception as e:  # a condition that fails on this job: logged and skipped, the job goes on
-            log.append(("warning", f"{label} skipped for a job of {req['user']}: {type(e).__name__}: {e}"))
+            log.append(("warning", f"{label} skipped for a job of {req['user']}: {type(e).__name__}: {e}", req["cmd"]))
             continue
         origin = req.setdefault("origin", {})
         for kind, value in actions:
             if kind == "reject":
-                log.append(("info", f"{label} refused a job of {req['user']}: {value}"))
+                log.append(("info", f"{label} refused a job of {req['user']}: {value}", req["cmd"]))
                 raise ValueError(value)
             for key, v in value.items() if isinstance(value, dict) else ():
                 if kind == "params":
