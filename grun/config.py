@@ -112,7 +112,7 @@ KEYS = {key.name: key for key in (
         "this node's labels (-p os=debian12, globs allowed)"),
     Key("default_cpus", parse_cpus, 1.0, _Q, True, "for a job that does not say (-c)"),
     Key("default_memory", parse_memory, 100, _Q, True, "for a job that does not say (-m)"),
-    Key("default_priority", parse_priority, 20, _Q, True, "for a job that does not say (-r, $GRUN_PRIORITY)"),
+    Key("default_priority", parse_priority, 20, _Q, True, "for a job that does not say (-r, $GRUN_PRIORITY); users may not ask more"),
     Key("deps_other_users", parse_bool, True, _Q, True, "a job may wait for (--after) another user's jobs"),
     Key("default_retries", lambda v: int(number(v, "a whole number from 0 to 100", most=100)), 0, _Q, True,
         "for a job that does not say (--retries): runs again after a failure"),
@@ -136,7 +136,7 @@ KEYS = {key.name: key for key in (
         "yes in personal mode (its user's own cluster), else no"),
     Key("tls", parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", lambda v: frozenset(words(v, "user names", lambda u: ":" not in u)), lambda c: frozenset(), _Q, True,
-        "users who may kill, hold, edit and attach to anyone's jobs (root and the cluster's daemons may)"),
+        "users who may kill, hold, edit and attach to anyone's jobs and raise priorities (as root and the daemons may)"),
     Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
     Key("plugins", lambda v: words(v, "a list of module:Class", lambda i: i.count(":") == 1 and all(

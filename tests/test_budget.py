@@ -75,8 +75,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # N_[4-5], sacct's MM/DD dates, sinfo -s and n[1-2] hostlists, `| head` quietly (+52); plugin hooks on threads of their
 # own, node_resources' last answer kept, enforce, `grun -d -r` with the daemon's verdict and stale plugin code said (+52);
 # the limits QA: a job over a limit alone refused, every limit named, private why, warnings for a limits resource no
-# node offers and users or groups the host lacks, a failing rule's job named in the log (+32).
-TOTAL, MODULE, MEDIAN = 13359, 500, 200
+# node offers and users or groups the host lacks, a failing rule's job named in the log (+32); an edit
+# judged by the rules and plugins as a submission, and the priority a user may ask (+84).
+TOTAL, MODULE, MEDIAN = 13443, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -17,7 +17,9 @@ from test_personal import personal  # noqa: F401  (the fixture: a personal clust
 from util import job_id_from_verbose, nowait, wait_for
 
 from grun.actors.monitor import node_memory_victim, over_memory_limit
+from grun.core import edits as E
 from grun.core import jobs as J
+from grun.core.master_state import SETTINGS
 from grun.limits import describe, job_limits
 from grun.options import UsageError, parse
 from grun.tables import fmt_secs, fmt_span
@@ -54,9 +56,9 @@ def test_a_job_without_m_gets_a_reservation_and_no_memory_limit():
                                           "memory_basis": "-m 100 x hard_factor 1.5"}
     assert "time" not in J.validate_spec({"cmd": ["x"], "time": 0}), "-t 0: no limit, as Slurm's"
     # an edit keeps "not asked" unless memory is what it changes
-    assert not J.edited_request(free, J.parse_edit({"priority": 3}), 1, 100)["memory_set"]
-    assert J.edited_request(free, J.parse_edit({"m": "1G"}), 1, 100)["memory_set"]
-    assert J.edited_request(free, J.parse_edit({"t": "2h"}), 1, 100)["time"] == 7200
+    assert not E.edited(free, J.parse_edit({"priority": 3}), SETTINGS).get("memory_set")
+    assert E.edited(free, J.parse_edit({"m": "1G"}), SETTINGS)["memory_set"]
+    assert E.edited(free, J.parse_edit({"t": "2h"}), SETTINGS)["time"] == 7200
 
 
 def test_the_memory_kills_decide_by_limit_and_by_reservation():

@@ -8,9 +8,10 @@ import random
 
 import pytest
 
+from grun.core import edits as E
 from grun.core import jobs as J
 from grun.core.explain import explain, impossible, progress, refusal
-from grun.core.master_state import MasterState
+from grun.core.master_state import SETTINGS, MasterState
 from grun.core.nodes import EPS, NodeIndex, NodeView, delays_claim
 from grun.core.placement import MAX_PLACED_PER_PASS, MAX_RESERVING_PER_PASS, PendingQueue, place
 from grun.core.queue import JobTable
@@ -314,7 +315,7 @@ def test_hold_release_and_edit():
     assert t.jobs[a]["state"] == "held" and [j["id"] for j in t.pending] == [b]
     t.apply({"op": "release", "id": a, "time": 2.0})
     assert [j["id"] for j in t.pending] == [a, b]
-    changes = J.edited_request(t.jobs[b], J.parse_edit({"priority": "50", "cpus": "0.5", "p.os": "x"}), 1.0, 100)
+    changes = E.edited(t.jobs[b], J.parse_edit({"priority": "50", "cpus": "0.5", "p.os": "x"}), SETTINGS)
     t.apply({"op": "edit", "id": b, "changes": changes, "time": 3.0})
     assert [j["id"] for j in t.pending] == [b, a]
     assert (t.jobs[b]["priority"], t.jobs[b]["cpus"], t.jobs[b]["params"]) == (50, 0.5, {"os": "x"})

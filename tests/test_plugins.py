@@ -101,6 +101,19 @@ def test_each_hook_of_an_installed_plugin(cluster):
     assert {n["id"] for n in notes(cluster, "on_finish")} >= {job_id, failed}
 
 
+def test_an_edit_is_judged_by_on_submit_as_a_submission_is(cluster):
+    first = nowait(cluster, "sleep", "30")
+    job = nowait(cluster, "-j", "aligner", "--after", str(first), "true")
+    r = cluster.grun("-e", "cpus=1,memory=100", str(job))
+    assert r.returncode == 0, r.stderr
+    got = cluster.client().job(job)
+    assert (got["cpus"], got["memory"], got["priority"]) == (2, 1234, 77) and got["origin"]["cpus"] == f"plugin {LAB}"
+    r = cluster.grun("-e", "cpus=20,force=yes", str(job))
+    assert_one_error_line(r, "at most 16 cpus here (plugin grun_testplug:LabPlugin)")
+    assert r.returncode == 1 and cluster.client().job(job)["cpus"] == 2
+    assert cluster.grun("-k", str(first), str(job)).returncode == 0
+
+
 def test_plugins_that_raise_or_sleep_lose_nothing(installed):
     bad = {"plugins": ["grun_testplug:Raises", "grun_testplug:Sleeps"]}
     with LocalCluster({"n1": {"cpus": 2, "memory": 4000, **bad}}, master_extra=bad) as c:

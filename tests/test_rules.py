@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from cluster import LocalCluster
+from test_auth import ROOT_ONLY, _as_user, shared_dir, users  # noqa: F401 (fixtures)
 from util import wait_for
 
 USER, GROUP = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
@@ -172,3 +173,60 @@ def test_the_bench_scenario_runs(tmp_path):
     assert not [row for row in rows.values() if "ERROR" in row["note"]], rows
     assert rows["core: cost per rule per job"]["value"] > 0
     assert rows["master daemon, 10 rules: submit_many of 100, submit only"]["value"] > 0
+
+
+# ---- two real users: an edit is judged as a submission; only admins raise a priority -------------------
+
+@ROOT_ONLY
+def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared_dir):  # noqa: F811 (the fixtures)
+    """The QA scenario: a job queued with 1 cpu and edited to 3 past a rule that refuses 3 at submit; `-e
+    priority=100`, `-r 1000` and $GRUN_PRIORITY=50 of a user refused; an admin (admins:) raises both."""
+    import pwd
+    import shutil
+
+    from grun import auth
+    (alice, bob), _ = users
+    group = grp.getgrgid(alice.pw_gid).gr_name
+    rules = [{"if": f'group == "{group}" and cpus > 2', "reject": "at most 2 cpus here"},
+             {"if": 'name == "gpu"', "params": {"gpu": 1}}]
+    with open(os.open(str(shared_dir / "secret"), os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(os.urandom(32).hex())
+    keys = {"auth": "secret", "secret_file": str(shared_dir / "secret")}
+    auth.use(keys["secret_file"])
+    c = LocalCluster(nodes={"n1": {"cpus": 4, "memory": 2000, "resources": {"gpu": 2}, **keys}},
+                     master_extra={**keys, "rules": rules, "admins": [bob.pw_name]})
+    try:
+        c.start()
+        conf = str(shared_dir / "grun.conf")
+        shutil.copy(c.write_config("users", {"services": "exec", **keys}), conf)
+        os.chmod(conf, 0o644)
+        env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(shared_dir)}
+        grun = lambda who, *argv, **more: _as_user(who, {**env, **more}, list(argv), cwd=str(shared_dir))
+        code, out = grun(alice, "-c", "3", "true")
+        assert (code, out) == (1, "grun: at most 2 cpus here\n")
+        code, out = grun(alice, "--nowait", "sleep", "60")
+        first = out.split()[-1]
+        code, out = grun(alice, "--nowait", "-c", "1", "-j", "gpu", "--after", first, "true")
+        job = int(out.split()[-1])
+        assert code == 0 and c.client().job(job)["state"] == "waiting", out
+        for edit, message in (("cpus=3", f"grun: job {job}: at most 2 cpus here\n"), ("p.gpu=2", None),
+                              ("priority=100", (f"grun: job {job}: priority 100 is above this cluster's "
+                               "default_priority (20): only root, an admin (admins:) or a rule may raise a job's priority\n"))):
+            code, out = grun(alice, "-e", edit, str(job))
+            assert (code, out) == (1, message) if message else code == 0, (edit, out)
+        assert {k: c.client().job(job)[k] for k in ("cpus", "priority", "params")} == {
+            "cpus": 1, "priority": 20, "params": {"gpu": 1}}, "refused, or the rule's gpu=1 kept"
+        for argv, more in ((["-r", "1000", "true"], {}), (["true"], {"GRUN_PRIORITY": "50"})):
+            code, out = grun(alice, *argv, **more)
+            assert code == 1 and "above this cluster's default_priority (20)" in out and len(out.splitlines()) == 1
+        assert grun(alice, "-r", "5", "--nowait", "--after", first, "true")[0] == 0, "lower: anyone"
+        assert grun(bob, "-e", "priority=100", str(job))[0] == 0
+        code, out = grun(bob, "--nowait", "-r", "1000", "--after", first, "true")
+        assert code == 0 and c.client().job(int(out.split()[-1]))["priority"] == 1000, out
+        assert c.client().job(job)["priority"] == 100 and pwd.getpwuid(c.client().job(job)["uid"]).pw_name == alice.pw_name
+        code, out = grun(bob, "-e", "cpus=3", str(job))  # the rule judges the job (alice's group), an admin or not
+        assert (code, out) == (1, f"grun: job {job}: at most 2 cpus here\n")
+        assert grun(alice, "-k", first)[0] == 0
+    finally:
+        c.stop()
+        auth.use(None)

@@ -11,6 +11,7 @@ import pytest
 
 from grun.actors.master import RuleFacts
 from grun.config import ConfigError, load_config
+from grun.core import edits as E
 from grun.core import jobs as J
 from grun.core import rules as R
 from grun.core.explain import explain, impossible
@@ -364,3 +365,57 @@ def test_the_readmes_rules_load(conf):
     request, spec = req(["python3", "train.py"], user="alice")
     out = R.apply(cfg.rules, request, spec, Facts({"/w/train.py": (b"import jax\n", 11)}))
     assert (out["params"], out["priority"], out["nodes"]) == ({"gpu": 1}, 30, 'labels.os == "debian12"')
+
+
+# ---- an edit is judged as its submission was; a user may not raise a priority ----------------------
+
+def _queued(rules, **spec):
+    """A MasterState with these rules and a node, and a job of bob's (group staff) queued on it: (state, job id)."""
+    m = MasterState(random.Random(0), rules=R.compile_rules(rules), default_priority=20)
+    m.group_of = lambda gid: "staff"
+    m.handle("register", {"name": "n1", "cpus": 8, "memory": 8000, "uri": "PYRO:x@h:1", "resources": {"gpu": 4}}, 0.0)
+    spec = {"cmd": ["x"], "cwd": "/", "user": "bob", "uid": 1000, "gid": 1000, **spec}
+    return m, m.handle("submit", m.requests([spec], trusted=False), None, 0.0).reply[0]
+
+
+def test_an_edit_goes_through_the_rules_as_its_submission_did():
+    rules = [{"if": 'group == "staff" and cpus > 2', "reject": "at most 2 cpus"},
+             {"if": 'user == "bob"', "priority": "+10", "params": {"gpu": 1}},
+             {"if": 'name == "fixed"', "set": {"priority": 3}},
+             {"if": "cpus >= 2", "default": {"memory": 300}}]
+    m, job = _queued(rules)
+    with pytest.raises(ValueError, match=r"^job \d+: at most 2 cpus$"):
+        m.handle("edit", [job], {"cpus": "3"}, 1.0)
+    j = m.table.jobs[job]
+    assert (j["cpus"], j["priority"], j["params"]) == (1, 30, {"gpu": 1}), "refused: unchanged"
+    m.handle("edit", [job], {"p.gpu": "2", "cpus": "2"}, 1.0)  # +10 of the submitted 20 once; params: forced
+    assert (j["cpus"], j["priority"], j["params"], j["memory"]) == (2, 30, {"gpu": 1}, 300)
+    assert j["origin"] == {"priority": "rule 2", "params.gpu": "rule 2", "memory": "rule 4"}
+    m.handle("edit", [job], {"priority": "5", "memory": "200"}, 2.0)  # what the edit asks, the rule's +10 on it
+    assert (j["priority"], j["memory"], j["asked"]) == (15, 200, {"priority": 5, "params.gpu": 2})
+    m.handle("edit", [job], {"cpus": "1"}, 3.0)  # the edit's memory stays its own; the default does not undo it
+    assert (j["priority"], j["memory"], j["cpus"]) == (15, 200, 1) and "memory" not in j["origin"]
+    m, fixed = _queued(rules, name="fixed", memory=500)
+    m.handle("edit", [fixed], {"priority": "9", "cpus": "2"}, 1.0)  # set: forces it, as at submit
+    assert (m.table.jobs[fixed]["priority"], m.table.jobs[fixed]["memory"]) == (3, 500), "-m given: no default"
+
+
+def test_a_user_may_not_raise_a_priority_root_admins_and_rules_may():
+    settings = {**MasterState().settings, "admins": frozenset({"ann"})}
+    bob = {"uid": 1000, "user": "bob"}
+    with pytest.raises(ValueError, match=r"priority 21 is above this cluster's default_priority \(20\): only root, "
+                                         r"an admin \(admins:\) or a rule may raise"):
+        E.may_raise(21, bob, settings)
+    for who in ({"uid": 0, "user": "root"}, {"uid": 1001, "user": "ann"}):
+        E.may_raise(1000, who, settings)
+    E.may_raise(20, bob, settings)
+    m, job = _queued([{"if": 'user == "bob"', "priority": "+50"}], priority=-5)  # a rule's raise is no user's
+    assert m.table.jobs[job]["priority"] == 45
+    with pytest.raises(ValueError, match="default_priority"):
+        _queued([], priority=1000)
+    assert m.requests([{"cmd": ["x"], "cwd": "/", "uid": 1000, "priority": 1000}])[0]["priority"] == 1000, "trusted"
+    j = m.table.jobs[job]
+    with pytest.raises(ValueError, match=r"^priority 21 is above"):
+        E.edited(j, {"priority": 21}, m.settings, who=bob)
+    assert E.edited(j, {"cpus": 2.0}, m.settings, who=bob)["priority"] == 45, "an edit of another field: no check"
+    assert E.edited(j, {"priority": 21}, m.settings, who={"uid": 0, "user": "root"})["priority"] == 71

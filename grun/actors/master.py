@@ -26,6 +26,7 @@ import Pyro5.api
 
 from .. import auth, registry
 from ..background import Loop
+from ..core import edits as E
 from ..core import jobs as J
 from ..core.master_state import START_RETRY_SECS, MasterState, Step
 from ..core.rules import SCRIPT_BYTES
@@ -319,15 +320,7 @@ class Master(Queries):
         not a retried one (the same token) that is already queued."""
         if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
             specs = [J.as_submitter(spec, who) for spec in specs]
-        notes: list[tuple[str, str, list]] = []
-        try:
-            requests = self.core.requests(specs, RuleFacts(), notes)
-        finally:
-            cmds = collections.defaultdict(list)  # (a line once per submission, however many jobs it holds: which
-            for level, text, cmd in notes:        # job, by the first one's command, and how many more)
-                cmds[level, text].append(" ".join(cmd)[:80])
-            for (level, text), named in cmds.items():
-                getattr(log, level)(f"{text} (command {named[0]!r}{f', and {len(named) - 1} more' * (len(named) > 1)})")
+        requests = self._policy(self.core.requests, specs, trusted=who is auth.CLUSTER)
         self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
         ids = self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
                        history=self._finished(requests))
@@ -336,6 +329,19 @@ class Master(Queries):
             log.info("warned %s about job %s%s: %s", requests[0]["user"], warned[0][0], f" and {len(warned) - 1} more"
                      if len(warned) > 1 else "", "; ".join(dict.fromkeys(text for _, text in warned)))
         return {"ids": ids, **({"warnings": warned} if warned else {})}
+
+    @staticmethod
+    def _policy(judge, *args, **kwargs):
+        """judge(*args, facts, notes, **kwargs): what policy rules read (RuleFacts); their lines logged."""
+        notes: list[tuple[str, str, list]] = []
+        try:
+            return judge(*args, RuleFacts(), notes, **kwargs)
+        finally:
+            cmds = collections.defaultdict(list)  # (a line once per submission, however many jobs it holds: which
+            for level, text, cmd in notes:        # job, by the first one's command, and how many more)
+                cmds[level, text].append(" ".join(cmd)[:80])
+            for (level, text), named in cmds.items():
+                getattr(log, level)(f"{text} (command {named[0]!r}{f', and {len(named) - 1} more' * (len(named) > 1)})")
 
     def _finished(self, requests: list[dict]) -> dict:
         """The finished jobs the requests' dependencies name that the core cannot see (neither live nor
@@ -374,8 +380,27 @@ class Master(Queries):
         job_ids, hidden = self._may_change(job_ids, "edit")
         refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
         users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.job_number(i)))}
-        return {**self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users])),
-                **hidden}
+        return {**self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]),
+                           judged=self._judged(job_ids, changes)), **hidden}
+
+    def _judged(self, job_ids, changes) -> dict:
+        """An edit of the requests of jobs judged as a submission is, outside the lock: the priority it asks, the rules
+        (grun.core.edits), the plugins' on_submit. {job id (a task not begun: its array's): its request}."""
+        parsed = {k: v for k, v in J.parse_edit(changes).items() if k not in ("force", *J.DEP_KINDS)}
+        with self.lock:  # (copies: the rules and plugins run without it)
+            table, judged = self.core.table, {}
+            jobs = {job["id"]: dict(job) for raw in (job_ids if parsed and isinstance(job_ids, (list, tuple)) else ()) if (
+                job := table.jobs.get(table.tasks.get(ref[0], {}).get(ref[1], ref[0]) if (ref := task_ref(raw)) else
+                                      J.job_number(raw))) and job["state"] in (J.QUEUED, J.HELD, J.WAITING)}
+        who = auth.caller()  # (no auth: the job's owner, as its submission was judged)
+        for i, job in jobs.items():
+            try:
+                judged[i] = self._policy(E.edited, job, parsed, self.core.settings, who=None if who is auth.CLUSTER
+                                         else who or job)
+            except ValueError as exc:
+                raise ValueError(f"job {i}: {exc}") from None
+        self.plugins.submit(list(judged.values()))
+        return judged
 
     def _may_change(self, job_ids, what: str) -> tuple[list, dict]:
         """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all); nobody while

@@ -394,17 +394,6 @@ def number_or_text(text: str):
     return text
 
 
-def edited_request(job: dict, changes: dict, default_cpus: float, default_memory: int) -> dict:
-    """The job's request with the changes applied, validated like a submission."""
-    params = {**(job.get("params") or {}), **changes.get("params", {})}  # (None: the param goes)
-    asked = {k: job[k] for k in SPEC_KEYS - {"name", "array"}  # (a task's "array" is its array's id, not a range)
-             if k in job and job.get(f"{k}_set", k not in ("cpus", "memory"))}
-    request = {**asked, **changes, "env": {},
-               "params": {name: value for name, value in params.items() if value is not None}}
-    checked = validate_spec(request, default_cpus, default_memory, job.get("priority", 20))
-    return {k: checked.get(k) for k in ("priority", "cpus", "memory", "host", "params", "memory_set", "cpus_set", "time")}
-
-
 def exit_code_of(result: dict) -> int:
     """The code a local shell would give: the exit status, or 128+N for death by signal N; EXIT_TIMEOUT
     for a job ended at its time limit. A job that never started has no exit status: 128+N if it was killed

@@ -27,8 +27,8 @@ from ..mounts import reported
 from ..values import task_ref
 from . import arrays as A
 from . import deps as D
+from . import edits as E
 from . import jobs as J
-from . import rules as R
 from .explain import disk_low, refusal
 from .placement import place
 from .queue import JobTable
@@ -146,7 +146,7 @@ class MasterState:
             node.seen = now
         return step
 
-    def requests(self, specs, facts=None, log: list | None = None) -> list[dict]:
+    def requests(self, specs, facts=None, log: list | None = None, trusted=True) -> list[dict]:
         """Validated submissions (a ValueError, one line, for the first bad one), through the policy rules
         (`facts`: what they read of files and groups, grun.core.rules.Job; `log`: gets their lines)."""
         if not isinstance(specs, (list, tuple)):
@@ -156,8 +156,9 @@ class MasterState:
                     for spec in specs]
         for req in requests:  # (by the master's name service: a client cannot claim a group)
             req["group"] = self.group_of(req["gid"])
-        for req, spec in zip(requests, specs) if s["rules"] else ():
-            R.apply(s["rules"], req, spec, facts, log)  # policy rules, in order
+        for req, spec in zip(requests, specs):  # the priority it asks (of a user: `trusted` not), the rules in order
+            E.may_raise(None if trusted or spec.get("priority") is None else req["priority"], req, s)
+            E.run_rules(s["rules"], req, spec, facts, log)
         self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
         if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
@@ -271,10 +272,11 @@ class MasterState:
         self._commit(step, [{"op": method, "id": i, "time": now} for i in job_ids
                             if self.table.jobs.get(i, {}).get("node") == node])
 
-    def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None) -> None:
-        """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`); and
-        what queued or waiting ones wait for (after, afterok, afternotok, which replace all it waited for;
-        `history` as for on_submit). `force` edits a request no node could ever run."""
+    def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None, judged=None) -> None:
+        """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`), judged as at submit
+        (grun.core.edits; `judged`: {job id, or a task's array's: that request} as the master judged it outside
+        its lock); and what queued or waiting ones wait for (after, afterok, afternotok, which replace all it waited
+        for; `history` as for on_submit). `force` edits a request no node could ever run."""
         found, jobs = self._lookup(job_ids, step, now, live=False)  # (an array: its tasks not started yet)
         parsed, records = J.parse_edit(changes), []
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
@@ -283,15 +285,9 @@ class MasterState:
                 raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be "
                                  f"edited, and only queued or waiting ones wait for other jobs")
             try:
-                s = self.settings
-                new = J.edited_request(job, parsed, s["default_cpus"], s["default_memory"]) if parsed else {}
-                new = self.table.learned.kept(job, new)
-                # as at submit: refused if no node could ever run it, unless forced; of a job forced at submit,
-                # only what the edit asks is judged (it may keep what it was forced past)
-                why = None if force or not new else refusal({**job, **new} if not job.get("force") else {
-                    "user": job["user"], "group": job.get("group"), "cpus": new["cpus"] if "cpus" in parsed else 0.0,
-                    "memory": new["memory"] if "memory" in parsed else 0, "host": parsed.get("host"), "params": {
-                        k: new["params"][k] for k in parsed.get("params", ()) if k in new["params"]}}, self.table)
+                new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
+                # as at submit: refused if no node could ever run it, unless forced
+                why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)
                 if why:
                     raise ValueError(f"{why} (add force=yes to edit it anyway)")
                 if force and new:  # as a job forced at submit: later edits are judged by what they ask

@@ -1,0 +1,74 @@
+"""An edit of a queued job's request (`grun -e`), judged as its submission was: the priority the user asks (only root,
+`admins:` and rules raise one), then the policy rules on the request its submitter gave with the edit's changes."""
+
+from . import jobs as J
+from . import rules as R
+
+# what an edit writes: the request's fields, and what the rules made of them
+EDITED = ("priority", "cpus", "memory", "host", "params", "memory_set", "cpus_set", "time", "nodes", "origin", "asked")
+
+
+def may_raise(priority: int | None, who: dict, settings: dict) -> None:
+    """Only root, an admin or a rule gives a job a priority above default_priority (as Slurm's --nice and SGE's -p let
+    users only lower theirs): a ValueError when `who` (the submitter, or the user editing) asks for one."""
+    admins = settings["admins"] if isinstance(settings["admins"], frozenset) else ()  # (its default: a function)
+    if priority is not None and priority > (top := settings["default_priority"]) and who["uid"] and who["user"] not in admins:
+        raise ValueError(f"priority {priority} is above this cluster's default_priority ({top}): only root, an admin "
+                         f"(admins:) or a rule may raise a job's priority")
+
+
+def run_rules(rules, req: dict, spec: dict, facts=None, log=None) -> dict:
+    """grun.core.rules.apply, keeping the submitter's own value of each field a rule changed (`asked`), which an
+    edit of the job starts from (given_spec)."""
+    if not rules:
+        return req
+    mine = {**req, **{f"params.{k}": v for k, v in req["params"].items()}}
+    given = {k for k, v in spec.items() if v is not None} | {f"params.{k}" for k in spec.get("params") or ()}
+    R.apply(rules, req, spec, facts, log)
+    asked = {k: mine[k] for k in req.get("origin") or () if k in given and k in mine}
+    if asked:
+        req["asked"] = asked
+    return req
+
+
+def given_spec(job: dict, changes: dict) -> dict:
+    """The job's spec as its submitter gave it (a field a rule or plugin changed, in `origin`: back to their own
+    value, `asked`, or to none), with the edit's changes."""
+    ruled = {k: (job.get("asked") or {}).get(k) for k, where in (job.get("origin") or {}).items()
+             if not where.startswith("learned")}
+    mine = {**job, **{k: v for k, v in ruled.items() if "." not in k}}
+    params = {**(job.get("params") or {}), **{k[7:]: v for k, v in ruled.items() if k.startswith("params.")},
+              **changes.get("params", {})}  # (None: the param goes)
+    spec = {k: mine[k] for k in J.SPEC_KEYS - {"name", "array"}  # (a task's "array" is its array's id, not a range)
+            if mine.get(k) is not None and mine.get(f"{k}_set", k not in ("cpus", "memory"))}
+    return {**spec, **changes, "env": {}, "params": {name: value for name, value in params.items() if value is not None}}
+
+
+def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=None) -> dict:
+    """The job's request after an edit (grun.core.jobs.parse_edit's `changes`): the priority `who` asks (None: the cluster's
+    own callers), then given_spec validated and through the rules (a reject: a ValueError), as run_rules at submit."""
+    may_raise(changes.get("priority") if who else None, who, settings)
+    spec = given_spec(job, changes)
+    req = J.validate_spec(spec, settings["default_cpus"], settings["default_memory"], settings["default_priority"])
+    learned = {k: v for k, v in (job.get("origin") or {}).items() if v.startswith("learned") and k not in changes}
+    req.update({k: job.get(k) for k in ("group", "name", "array", "env")}, **({"origin": learned} if learned else {}))
+    return run_rules(settings["rules"], req, spec, facts, log)
+
+
+def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> dict:
+    """The EDITED fields of a job's request after an edit, as the master judged it outside its lock (`judged`: {job id,
+    or a task's array's: its request}), or else (the core's tests) here, by the rules alone."""
+    req = {} if not changes else edited(job, changes, settings) if judged is None else \
+        judged.get(job["id"]) or judged.get(job.get("array"))
+    if req is None:  # (made, or split from its array, since)
+        raise ValueError("it changed while the edit was judged: try again")
+    return {k: req.get(k) for k in EDITED} if req else {}
+
+
+def to_place(job: dict, new: dict, changes: dict) -> dict:
+    """What nodes must have for the edited job: all it asks; of a job forced at submit, only what the edit asks (it
+    may keep what it was forced past)."""
+    return {**job, **new} if not job.get("force") else {
+        "user": job["user"], "group": job.get("group"), "cpus": new["cpus"] if "cpus" in changes else 0.0,
+        "memory": new["memory"] if "memory" in changes else 0,
+        "host": changes.get("host"), "params": {k: new["params"][k] for k in changes.get("params", ()) if k in new["params"]}}
