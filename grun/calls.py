@@ -96,7 +96,7 @@ def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonc
         code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
         ok, value = _outcome(future.job, label, code, stdout.close())
     except BaseException as exc:
-        ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label}: {exc}")
+        ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
     with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
         future.set_result(value) if ok else future.set_exception(value)
 

@@ -290,11 +290,14 @@ class Client:
         raise GrunError if the node no longer holds the output; `on_note(text)` hears what a user may want to know
         (the job re-run elsewhere, its output gone), `on_limit(text)` that it died of a limit, `on_wait(line)` why it
         has not started yet (see wait_started). Rides through a master restart (calls retry), a node daemon restart
-        or a dropped connection (re-attach at the offsets reached) and a lost node (we follow the job's new run)."""
+        or a dropped connection (re-attach at the offsets reached) and a lost node (we follow the job's new run, which
+        reads an empty stdin, or the same `stdin_fd` bytes again)."""
         from . import stream
         from .core import jobs as J
-        job, where, out_off, err_off, failures, fed = self.wait_started(job_id, on_wait), None, 0, 0, 0, \
-            stdin_fd is not None
+        job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
+        # what a new run of the job reads: input given as bytes again (a call's payload: grun.calls), else an empty
+        # stdin (what we sent went to the lost run)
+        again = stdin_fd if isinstance(stdin_fd, bytes) or stdin_fd is None else b""
         on_note = on_note or (lambda text: None)
         retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
         if on_start:
@@ -305,10 +308,10 @@ class Client:
             node, attempt = run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off = err_off = 0
-                stdin_fd = b"" if fed else None  # what we sent went to the lost run; the new one gets an empty input
+                stdin_fd = again
                 on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                         f"following attempt {attempt} on {node}: its output starts over"
-                        + ("; its input is not sent again" if fed else ""))
+                        + ("; its input is not sent again" if again == b"" else ""))
             elif retried and (attempt or 0) > retried:  # that run ended, and its node began the next, before we came
                 gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
@@ -354,7 +357,7 @@ class Client:
                 if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
                     job, where, retried, out_off, err_off = last, None, (where[1] or 0) + 1, 0, 0
-                    stdin_fd = b"" if fed else None  # what we had went to the first run
+                    stdin_fd = again
                     continue
                 if self.nfs_sync:
                     mounts.after(job)

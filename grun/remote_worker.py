@@ -52,10 +52,12 @@ def _traceback(exc: BaseException) -> str:
 
 
 def main() -> int:
-    if not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
-        print(f"grun: no call arrived within {ARRIVAL_TIMEOUT:g} s (did the caller go away?)", file=sys.stderr)
+    ready = select.select([0], [], [], ARRIVAL_TIMEOUT)[0]
+    nonce, line, blob = sys.stdin.buffer.read().partition(b"\n") if ready else (b"", b"", b"")
+    if not line:  # (an input that ended first: the caller hung up before it sent the call)
+        why = "its input ended before it" if ready else f"none within {ARRIVAL_TIMEOUT:g} s"
+        print(f"grun: no call arrived ({why}: did the caller go away?)", file=sys.stderr)
         return 2
-    nonce, _, blob = sys.stdin.buffer.read().partition(b"\n")
     with open(os.devnull, "rb") as devnull:  # the function reads nothing of ours
         os.dup2(devnull.fileno(), 0)
     outcome = _outcome(blob)
@@ -82,26 +84,27 @@ def main() -> int:
 
 class ResultReader:
     """The caller's side: the job's stdout, whose output passes through to `sink` and whose result frame
-    is kept (only the caller knows the nonce that marks it)."""
+    is kept (only the caller knows the nonce that marks it). From the first RESULT_MARK on, nothing is passed
+    on before close(), so no frame reaches `sink` as raw bytes, ours or another's."""
 
     def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
         self.mark, self.sink = RESULT_MARK + nonce + b":", sink
         self.pending = bytearray()
-        self.frame: bytearray | None = None
+        self.frame: bytearray | None = None  # from the first RESULT_MARK on
 
     def feed(self, data: bytes) -> None:
         if self.frame is not None:
             self.frame += data
             return
         self.pending += data
-        at = self.pending.find(self.mark)
+        at = self.pending.find(RESULT_MARK)
         if at >= 0:
-            self.frame = bytearray(self.pending[at + len(self.mark):])
+            self.frame = bytearray(self.pending[at:])
             self._emit(at)
             return
         # hold back only a tail that could be the start of the mark (it starts with the one NUL)
-        nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(self.mark)))
-        self._emit(nul if nul >= 0 and self.mark.startswith(self.pending[nul:]) else len(self.pending))
+        nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(RESULT_MARK)))
+        self._emit(nul if nul >= 0 and RESULT_MARK.startswith(self.pending[nul:]) else len(self.pending))
 
     def _emit(self, upto: int) -> None:
         """Pass the output held before `upto` on; what follows it is the (start of a) frame, or kept."""
@@ -110,13 +113,19 @@ class ResultReader:
         del self.pending[:upto if self.frame is None else len(self.pending)]
 
     def close(self) -> bytes | None:
-        """The pickled outcome, or None if the job ended without a (whole) result frame."""
+        """The pickled outcome, or None if the job ended without a (whole) result frame; a ValueError if its
+        frame is not this call's (a mark the function printed, before ours, is output: passed on now)."""
         self._emit(len(self.pending))
-        if self.frame is None or len(self.frame) < LENGTH_BYTES:
+        if self.frame is None:
             return None
-        size = int.from_bytes(self.frame[:LENGTH_BYTES], "big")
-        body = bytes(self.frame[LENGTH_BYTES:LENGTH_BYTES + size])
-        return body if len(body) == size else None
+        if (at := self.frame.find(self.mark)) < 0:
+            raise ValueError("its result frame is not this call's (another nonce): the node ran it without its call")
+        if at:
+            self.sink(bytes(self.frame[:at]))
+        frame = self.frame[at + len(self.mark):]
+        size = int.from_bytes(frame[:LENGTH_BYTES], "big")
+        body = bytes(frame[LENGTH_BYTES:LENGTH_BYTES + size])
+        return body if len(frame) >= LENGTH_BYTES and len(body) == size else None
 
 
 if __name__ == "__main__":

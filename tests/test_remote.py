@@ -184,3 +184,52 @@ def test_a_caller_that_attaches_before_its_node_has_set_the_job_up(tmp_path, mon
 def test_map_refuses_a_keyword_that_is_not_a_resource_before_it_submits_anything():
     with pytest.raises(TypeError, match="memroy"):
         grun.map(abs, [1], memroy=100)
+
+
+def test_a_map_rides_through_a_lost_node(tmp_path, capfd):
+    """A node lost mid-map: its calls are re-queued, and each new run gets its call again (a command's new run
+    reads an empty stdin; a call's stdin IS the call: it failed "cannot load the call: EOFError", and its result
+    frame, of an empty nonce, went to our stdout as raw bytes)."""
+    from cluster import LocalCluster
+
+    def slow(x):
+        time.sleep(3)
+        return x * 10
+
+    nodes = {"n1": {"cpus": 2, "memory": 4000}, "n2": {"cpus": 2, "memory": 4000}}
+    with LocalCluster(nodes, master_extra={"node_timeout": 2}) as c:
+        client = c.client()
+        futures = [grun.submit_call(slow, x, cpus=0.5, memory=50, client=client) for x in range(6)]
+        from util import wait_for
+        wait_for(lambda: all(f.job.state == "running" for f in futures), 20, what="the calls running")
+        time.sleep(1)
+        c.kill("n1")
+        assert [f.result(timeout=60) for f in futures] == [x * 10 for x in range(6)]
+        assert any(f.job.info().get("attempt", 1) > 1 for f in futures), "no call was re-run"
+    assert "\0" not in capfd.readouterr().out
+
+
+def test_a_result_frame_that_is_not_the_calls_is_an_error_never_output():
+    from grun.remote_worker import RESULT_MARK, ResultReader
+    out = []
+    reader = ResultReader(b"ours", out.append)
+    for piece in (b"printed\n\0", b"grun-res", b"ult:theirs:\x00\x00\x00\x00\x00\x00\x00\x02ok"):
+        reader.feed(piece)
+    with pytest.raises(ValueError, match="not this call's"):
+        reader.close()
+    assert b"".join(out) == b"printed\n"
+    reader = ResultReader(b"ours", out.clear() or out.append)  # a mark the function printed is output
+    reader.feed(b"a " + RESULT_MARK + b"b\n" + RESULT_MARK + b"ours:" + (2).to_bytes(8, "big") + b"ok")
+    assert reader.close() == b"ok" and b"".join(out) == b"a " + RESULT_MARK + b"b\n"
+
+
+def test_a_call_whose_input_ends_before_it_ends_at_once(cluster):
+    """A caller that hangs up before it sent the call (it died): the job ends at once, saying so, with no
+    result frame (it waited GRUN_CALL_TIMEOUT, then failed "cannot load the call: EOFError")."""
+    from grun import calls
+    client, out, err = cluster.client(), [], []
+    job_id = client.submit_spec(calls.worker_spec("builtins.abs", None, {"env": {"GRUN_CALL_TIMEOUT": "60"}}))
+    started = time.monotonic()
+    assert client.follow(job_id, stdin_fd=b"", stdout_fd=out.append, stderr_fd=err.append) == 2
+    assert time.monotonic() - started < 30 and out == []
+    assert b"no call arrived (its input ended before it" in b"".join(err)
