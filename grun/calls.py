@@ -3,10 +3,13 @@
 function and arguments (so `__main__` functions, lambdas and closures work) as its stdin through the node's side
 channel: no file anywhere. Its output reaches our sys.stdout and sys.stderr as it runs; its value or exception
 comes back in grun.remote_worker's result frame."""
+import atexit
 import codecs
 import contextlib
+import os
 import pickle
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -38,6 +41,7 @@ class CallFuture(Future):
     """A concurrent.futures.Future for one remote call; `job` is its Job. Cancelling kills the job."""
 
     job: Job
+    started = False  # its job has run: its follower sends the call
 
     def cancel(self) -> bool:
         if self.done():
@@ -89,14 +93,42 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
         return False, RemoteError(f"{summary}\n{where}")
 
 
+_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (_kill_pending)
+
+
+def _kill_pending(unsent_only: bool) -> None:
+    """Kill the jobs of the calls not settled (`unsent_only`: those not started, whose call was never sent: at our
+    exit, so that none starts to wait GRUN_CALL_TIMEOUT for it), on a new connection (ours may be mid-reply), as
+    `grun CMD` kills its job when it dies (grun.running.dies_with). A `kill -9` of us leaves them to that timeout."""
+    by_master: dict[tuple, list[int]] = {}
+    for future in list(_pending):
+        if not (unsent_only and future.started):
+            by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
+    for (host, port), ids in by_master.items():
+        with contextlib.suppress(GrunError):
+            Client(host, port, connect_wait=5.0).kill(ids)
+
+
+atexit.register(_kill_pending, True)  # (a follower is a daemon thread: it does not hold our exit for its call)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Our calls die with us, then we die of SIGTERM as we would have (set only where nobody else handles it)."""
+    _kill_pending(False)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
     """Send the call, pass its output on, and settle the future with its value or exception."""
     stdout = ResultReader(nonce, _writer("stdout"))
     try:
-        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
+        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"),
+                             on_start=lambda job: setattr(future, "started", True))
         ok, value = _outcome(future.job, label, code, stdout.close())
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
+    _pending.discard(future)
     with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
         future.set_result(value) if ok else future.set_exception(value)
 
@@ -121,10 +153,13 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
     ids = client.submit_many([worker_spec(label, python, resources)] * len(calls)) if calls else []
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     futures = []
     for job_id, payload, nonce in zip(ids, payloads, nonces):
         future = CallFuture()
         future.job = Job(client, job_id)
+        _pending.add(future)
         threading.Thread(target=_follow, args=(client, future, label, payload, nonce), name=f"grun-call-{job_id}",
                          daemon=True).start()
         futures.append(future)

@@ -233,3 +233,33 @@ def test_a_call_whose_input_ends_before_it_ends_at_once(cluster):
     assert client.follow(job_id, stdin_fd=b"", stdout_fd=out.append, stderr_fd=err.append) == 2
     assert time.monotonic() - started < 30 and out == []
     assert b"no call arrived (its input ended before it" in b"".join(err)
+
+
+CALLER = """
+import os, signal, sys, time
+import grun
+future = grun.submit_call(abs, -1, hosts="small", cpus=1, env={"GRUN_CALL_TIMEOUT": "60"})
+print(future.job.id, flush=True)
+if sys.argv[1] == "term":
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "term"])
+def test_a_callers_queued_calls_die_with_it(cluster, tmp_path, how):
+    """A script that exits (or gets SIGTERM) before its calls were sent: their jobs are killed (they started
+    later and held their node for GRUN_CALL_TIMEOUT, 300 s by default, waiting for a call nobody would send)."""
+    from util import wait_for
+    client = cluster.client()
+    blocker = client.submit("sleep 60", hosts="small", cpus=1)  # the calls stay queued behind it
+    try:
+        (tmp_path / "caller.py").write_text(CALLER)
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), how], env=cluster.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        call = client.get(int(proc.stdout.readline()))
+        if how == "term":
+            proc.terminate()
+        assert proc.wait(30) == (-15 if how == "term" else 0), proc.stderr.read()
+        wait_for(lambda: call.state in ("cancelled", "killed"), 10, what=f"job {call.id} killed")
+    finally:
+        blocker.kill()
