@@ -18,7 +18,7 @@ import threading
 from functools import partial
 
 from . import auth
-from .wire import recv_exact
+from .wire import LOCAL_ERRNOS, recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -234,6 +234,8 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
         try:
             sock = connect(host, port, token)
         except OSError as e:
+            if e.errno in LOCAL_ERRNOS:  # (out of fds here: no retry heals it)
+                raise
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",

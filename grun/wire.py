@@ -7,10 +7,13 @@ an OSError when the peer is not there, with one of the classes below, or with th
 method raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
 
 import _socket  # (socket.py, with selectors, would cost every `grun` call ~3 ms of imports)
+import errno
 import struct
 import time
 
 CONNECT_TIMEOUT = 5.0
+# Failures of ours, not of a peer, which waiting for the peer does not heal: raised as they are, at once
+LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class CallBroken(ConnectionError):
@@ -43,7 +46,7 @@ class RemoteError(Exception):
 
 def is_unreachable(exc: BaseException) -> bool:
     """Whether a call failed for want of its peer (it may succeed later)."""
-    return isinstance(exc, OSError)  # ConnectionError, TimeoutError and CallBroken are OSErrors
+    return isinstance(exc, OSError) and exc.errno not in LOCAL_ERRNOS  # (ConnectionError, CallBroken: OSErrors)
 
 
 def refused_tls(exc: BaseException) -> bool:
@@ -147,7 +150,7 @@ class WireProxy:
                                     f"TLS with {self._host}:{self._port} failed: {exc}") from None
             if isinstance(exc, TimeoutError) and sent:
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
-            if isinstance(exc, OSError) and not isinstance(exc, CallRejected):
+            if is_unreachable(exc) and not isinstance(exc, CallRejected):
                 # As with a Pyro5 proxy, a peer that took the connection and went away (or stalled) without
                 # a word may have had our request: a submission waits for it to come back.
                 raise CallBroken(f"{where}: {exc}") if sent else ConnectionError(

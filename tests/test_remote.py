@@ -263,3 +263,34 @@ def test_a_callers_queued_calls_die_with_it(cluster, tmp_path, how):
         wait_for(lambda: call.state in ("cancelled", "killed"), 10, what=f"job {call.id} killed")
     finally:
         blocker.kill()
+
+
+OUT_OF_FDS = """
+import os, resource, sys
+from grun import Client, GrunError, MasterUnreachable
+resource.setrlimit(resource.RLIMIT_NOFILE, (100, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+client = Client(sys.argv[1])
+client.call("ping")
+client.reset()
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+try:
+    client.call("jobs", wait=600)
+except MasterUnreachable as exc:
+    print("master unreachable:", exc)
+except GrunError as exc:
+    print(exc)
+"""
+
+
+def test_out_of_fds_is_an_error_at_once_not_a_master_away(cluster):
+    """EMFILE is ours: a call that meets it fails at once, saying so (it was taken for a master away, and retried
+    for up to an hour: a map out of fds hung in silence)."""
+    r = subprocess.run([sys.executable, "-c", OUT_OF_FDS, f"127.0.0.1:{cluster.port}"], env=cluster.env,
+                       capture_output=True, timeout=30)
+    assert r.stdout.startswith(b"cannot reach the grun master at ") and b"Too many open files in this process" \
+        in r.stdout, r.stdout + r.stderr
