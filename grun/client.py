@@ -51,7 +51,7 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     if wire.is_unreachable(exc):
         return MasterUnreachable(f"cannot reach the grun {where}: {text}")
     if isinstance(exc, OSError) and exc.errno in wire.LOCAL_ERRNOS:
-        return GrunError(f"cannot reach the grun {where}: {exc.strerror} in this process (ours, not the {where}'s)")
+        return GrunError(f"{where}: {exc.strerror} in this process")  # (ours, which no retry heals)
     if isinstance(exc, wire.NoSuchMethod):
         return NotSupported(f"{method} is not available on the {where}")
     if isinstance(exc, LookupError):

@@ -112,11 +112,15 @@ class Queries:
             out["plugins"] = {"master": self.plugins.names, **nodes}
         return out
 
-    def wait_started(self, job_id: int, timeout: float = 30.0) -> dict:
-        """Returns the job once it runs (or has finished), or as it is when the timeout passes."""
-        job_id, unstarted = J.parse_job_id(job_id), J.UNSTARTED
-        self._until(lambda: [job_id] if self.core.table.jobs.get(job_id, {}).get("state") in unstarted else [], timeout)
-        return self.job(job_id)
+    def wait_started(self, job_id: int | list, timeout: float = 30.0) -> dict:
+        """Returns the job once it runs (or has finished), or as it is when the timeout passes. Given a list of ids:
+        {id: job} of those that run or have finished, once one does (none: the timeout passed; grun.calls)."""
+        ids = [J.parse_job_id(i) for i in (job_id if isinstance(job_id, list) else [job_id])]
+        jobs = self.core.table.jobs
+        self._until(lambda: ids if all(jobs.get(i, {}).get("state") in J.UNSTARTED for i in ids) else [], timeout)
+        if not isinstance(job_id, list):
+            return self.job(ids[0])
+        return {str(i): job for i in ids if (job := self.job(i))["state"] not in J.UNSTARTED}
 
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
         """Finished records of the given jobs, returned when all have finished or the timeout passed. An unknown
