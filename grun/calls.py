@@ -47,6 +47,7 @@ class CallFuture(Future):
     def cancel(self) -> bool:
         if self.done():
             return False
+        _pending.discard(self)
         with contextlib.suppress(GrunError):
             self.job.kill()
         return super().cancel()
@@ -124,8 +125,7 @@ def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonc
     """Send the call, pass its output on, and settle the future with its value or exception."""
     stdout = ResultReader(nonce, _writer("stdout"))
     try:
-        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"),
-                             on_start=lambda job: setattr(future, "started", True))
+        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
         ok, value = _outcome(future.job, label, code, stdout.close())
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
@@ -160,9 +160,8 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     for future, job_id in zip(futures, ids):
         future.job = Job(client, job_id)
     _pending.update(futures)
-    if ids:
-        threading.Thread(target=_start, args=(client, label, list(zip(futures, payloads, nonces))),
-                         name=f"grun-calls-{ids[0]}", daemon=True).start()
+    threading.Thread(target=_start, args=(client, label, list(zip(futures, payloads, nonces))), name="grun-calls",
+                     daemon=True).start()
     return futures
 
 
@@ -181,11 +180,10 @@ def _start(client: Client, label: str, calls: list[tuple[CallFuture, bytes, byte
             started = list(waiting)
         for job_id in [int(i) for i in started]:  # (map is ours here)
             future, payload, nonce = waiting.pop(job_id)
-            if future.done():  # cancelled
-                _pending.discard(future)
-                continue
-            threading.Thread(target=_follow, args=(client, future, label, payload, nonce), name=f"grun-call-{job_id}",
-                             daemon=True).start()
+            if not future.done():  # (cancelled)
+                future.started = True
+                threading.Thread(target=_follow, args=(client, future, label, payload, nonce),
+                                 name=f"grun-call-{job_id}", daemon=True).start()
 
 
 RESOURCES = ("cpus", "memory", "priority", "hosts", "env", "cwd", "params")  # a job's, as for Client.submit
