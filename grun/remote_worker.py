@@ -51,11 +51,24 @@ def _traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def _input() -> bytes | None:
+    """The job's whole input, or None if none came within ARRIVAL_TIMEOUT."""
+    os.set_blocking(0, False)
+    try:  # (a FIFO whose writer closed before we opened it reads as ended, but select never says so: measured)
+        first = os.read(0, 1 << 16)
+    except BlockingIOError:
+        first = None
+    os.set_blocking(0, True)
+    if first is None and not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
+        return None
+    return first if first == b"" else (first or b"") + sys.stdin.buffer.read()
+
+
 def main() -> int:
-    ready = select.select([0], [], [], ARRIVAL_TIMEOUT)[0]
-    nonce, line, blob = sys.stdin.buffer.read().partition(b"\n") if ready else (b"", b"", b"")
+    data = _input()
+    nonce, line, blob = (data or b"").partition(b"\n")
     if not line:  # (an input that ended first: the caller hung up before it sent the call)
-        why = "its input ended before it" if ready else f"none within {ARRIVAL_TIMEOUT:g} s"
+        why = "its input ended before it" if data is not None else f"none within {ARRIVAL_TIMEOUT:g} s"
         print(f"grun: no call arrived ({why}: did the caller go away?)", file=sys.stderr)
         return 2
     with open(os.devnull, "rb") as devnull:  # the function reads nothing of ours

@@ -78,8 +78,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # node offers and users or groups the host lacks, a failing rule's job named in the log (+32); an edit
 # judged by the rules and plugins as a submission, and the priority a user may ask (+84).
 # The Python calls' QA: a call's new run gets its call again, a foreign result frame an error, calls that die with their
-# caller (exit, SIGTERM), EMFILE an error at once, followers only for running calls (master's wait_started of a list) (+78).
-TOTAL, MODULE, MEDIAN = 13521, 500, 200
+# caller (exit, SIGTERM), EMFILE an error at once, followers only for running calls (master's wait_started of a list), their
+# followers split from calls.py into call_follow.py (+106: the split +15, keeping calls.py under the median).
+TOTAL, MODULE, MEDIAN = 13549, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -1,0 +1,155 @@
+"""The caller's side of the calls' jobs (grun.calls submits them): each call's follower, started once its job runs,
+sends the call, passes its output on to our sys.stdout and sys.stderr, and settles its Future with the value or the
+exception of grun.remote_worker's result frame; the calls not settled die with us."""
+import atexit
+import codecs
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from itertools import islice
+from typing import Any
+
+from .client import Client, GrunError
+from .job import Job
+from .remote_worker import ResultReader
+
+
+class RemoteError(GrunError):
+    """A call that produced no value: the job failed, was killed or lost, or its result could not be
+    brought back. The message says why and carries the remote traceback when there is one."""
+
+
+class CallFuture(Future):
+    """A concurrent.futures.Future for one remote call; `job` is its Job. Cancelling kills the job."""
+
+    job: Job
+    started = False  # its job has run: its follower sends the call
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        _pending.discard(self)
+        with contextlib.suppress(GrunError):
+            self.job.kill()
+        return super().cancel()
+
+
+def _writer(name: str) -> Callable[[bytes], None]:
+    """Bytes to our sys.stdout or sys.stderr (looked up at each write, so redirections apply)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(data: bytes) -> None:
+        if (stream := getattr(sys, name)) is None:
+            return
+        stream.flush()  # what was printed as text goes first
+        if (buffer := getattr(stream, "buffer", None)) is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:
+            stream.write(decoder.decode(data))
+            stream.flush()
+    return write
+
+
+def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple[bool, Any]:
+    """(True, value) or (False, exception to raise)."""
+    if frame is None:
+        try:
+            info = job.info()
+            how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}" + (
+                f" ({info['error']})" if info.get("error") else "")
+        except GrunError:
+            how = f"ended with exit code {exit_code}"
+        return False, RemoteError(f"{label} (job {job.id}) {how} without returning a result")
+    try:
+        outcome = pickle.loads(frame)
+    except Exception as exc:
+        return False, RemoteError(f"{label} (job {job.id}): cannot load its result here: {type(exc).__name__}: {exc}")
+    if outcome[0] == "ok":
+        return True, outcome[1]
+    _, exc, text, summary = outcome
+    where = f"remote traceback of {label} (job {job.id}):\n{text.rstrip()}"
+    try:
+        exc.add_note(where)  # printed with the exception's message, like the rest of its traceback
+        return False, exc if isinstance(exc, Exception) else RemoteError(f"{summary}\n{where}")
+    except Exception:
+        return False, RemoteError(f"{summary}\n{where}")
+
+
+_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (_kill_pending)
+
+
+def _kill_pending(unsent_only: bool) -> None:
+    """Kill the jobs of the calls not settled (`unsent_only`: those not started, whose call was never sent: at our
+    exit, so that none starts to wait GRUN_CALL_TIMEOUT for it), on a new connection (ours may be mid-reply), as
+    `grun CMD` kills its job when it dies (grun.running.dies_with). A `kill -9` of us leaves them to that timeout."""
+    by_master: dict[tuple, list[int]] = {}
+    for future in list(_pending):
+        if not (unsent_only and future.started):
+            by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
+    for (host, port), ids in by_master.items():
+        with contextlib.suppress(GrunError):
+            Client(host, port, connect_wait=5.0).kill(ids)
+
+
+atexit.register(_kill_pending, True)  # (a follower is a daemon thread: it does not hold our exit for its call)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """Our calls die with us, then we die of SIGTERM as we would have (set only where nobody else handles it)."""
+    _kill_pending(False)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
+    """Send the call, pass its output on, and settle the future with its value or exception."""
+    stdout = ResultReader(nonce, _writer("stdout"))
+    try:
+        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
+        ok, value = _outcome(future.job, label, code, stdout.close())
+    except BaseException as exc:
+        ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
+    _pending.discard(future)
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+        future.set_result(value) if ok else future.set_exception(value)
+
+
+def follow_all(client: Client, label: str, ids: list[int], payloads: list[bytes],
+               nonces: list[bytes]) -> list[CallFuture]:
+    """Futures for the calls of one submission (their jobs `ids`), followed from now on by a thread (_start)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    futures = [CallFuture() for _ in ids]
+    for future, job_id in zip(futures, ids):
+        future.job = Job(client, job_id)
+    _pending.update(futures)
+    threading.Thread(target=_start, args=(client, label, list(zip(futures, payloads, nonces))), name="grun-calls",
+                     daemon=True).start()
+    return futures
+
+
+START_WINDOW = 64  # how many of a submission's calls not started yet the master is asked about at once
+
+
+def _start(client: Client, label: str, calls: list[tuple[CallFuture, bytes, bytes]]) -> None:
+    """Start each call's follower once its job runs (or has ended): a thread and connections for each call running,
+    not for each one queued (a map of 300 took 305 threads and 467 fds). The master is asked about the first
+    START_WINDOW calls not started, which its queue (first come, first served) starts before the others."""
+    waiting = {future.job.id: (future, payload, nonce) for future, payload, nonce in calls}
+    while waiting:
+        try:
+            started = client.call("wait_started", list(islice(waiting, START_WINDOW)), 30.0, wait=client.long_wait)
+        except GrunError:  # (a master too old to take a list...): each call's follower waits for its own
+            started = list(waiting)
+        for job_id in map(int, started):
+            future, payload, nonce = waiting.pop(job_id)
+            if not future.done():  # (cancelled)
+                future.started = True
+                threading.Thread(target=_follow, args=(client, future, label, payload, nonce),
+                                 name=f"grun-call-{job_id}", daemon=True).start()
