@@ -92,8 +92,8 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
 
 
 def install_shims(argv: list[str]) -> int:
-    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), unless a real Slurm
-    or SGE is on PATH (or in DIR); `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
+    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), Slurm's unless a real Slurm
+    command is on PATH (or in DIR), SGE's likewise; `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
     from .compat import MARK, NAMES
     if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
         print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
@@ -105,20 +105,29 @@ def install_shims(argv: list[str]) -> int:
         print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
         return 0
     import shutil
-    for name, path in paths.items():
-        real = next((p for p in (shutil.which(name), path) if p and os.path.exists(p) and not _ours(p, MARK)), None)
-        if real:
-            print(f"grun-compat: a real {name} is installed ({real}): not shadowing Slurm or SGE; nothing installed",
-                  file=sys.stderr)
-            return 1
+    real = {name: p for name, path in paths.items() for p in [shutil.which(name), path]
+            if p and os.path.exists(p) and not _ours(p, MARK)}
+    installed = []
+    for family, names in (("Slurm", NAMES[:6]), ("SGE", NAMES[6:])):  # each unless one of its commands is real
+        if found := next((name for name in names if name in real), None):
+            print(f"grun-compat: a real {found} is installed ({real[found]}): not shadowing {family}", file=sys.stderr)
+        else:
+            installed += names
+    if not installed:
+        return 1
     os.makedirs(target, exist_ok=True)
-    for path in paths.values():
-        with open(path, "w", encoding="utf-8") as f:
+    for name in installed:
+        with open(paths[name], "w", encoding="utf-8") as f:
             f.write(f"#!{sys.executable}\n{MARK}: a front to grun (grun-compat uninstall removes it)\n"
                     "import sys\nfrom grun.compat import main\nsys.exit(main())\n")
-        os.chmod(path, 0o755)
+        os.chmod(paths[name], 0o755)
     on_path = target in os.environ.get("PATH", "").split(os.pathsep)
-    print(f"grun-compat: installed {', '.join(NAMES)} in {target}" + ("" if on_path else f" (add {target} to PATH)"))
+    print(f"grun-compat: installed {', '.join(installed)} in {target}" + ("" if on_path else f" (add {target} to PATH)"))
+    # the scripts run this python: users who cannot reach it (under /root) cannot run them
+    if any(not os.stat(p).st_mode & 0o001 for x in {sys.executable, os.path.realpath(sys.executable)}
+           for p in [x, *(x[:i] or "/" for i, c in enumerate(x) if c == "/")]):
+        print(f"grun-compat: warning: {sys.executable} is not executable by other users: the commands work for "
+              "this user only", file=sys.stderr)
     return 0
 
 

@@ -156,23 +156,34 @@ def wait_end(cluster, job_id: int) -> dict:
 
 
 def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_own(tmp_path):
-    real, target = tmp_path / "real", tmp_path / "bin"
+    real, target, private = tmp_path / "real", tmp_path / "bin", tmp_path / "private"
     real.mkdir()
+    private.mkdir(mode=0o700)
+    (private / "python").symlink_to(sys.executable)
     (real / "qstat").write_text("#!/bin/sh\necho real\n")
     (real / "qstat").chmod(0o755)
-    run = lambda *a, path: subprocess.run(
-        [sys.executable, "-c", "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))", *a],
+    run = lambda *a, path, python=sys.executable: subprocess.run(
+        [python, "-c", "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))", *a],
         env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
-    r = run("install", str(target), path=f"{real}:/nonexistent")
-    assert r.returncode == 1 and "real qstat" in r.stderr and not target.exists()
-    assert run("install", str(target), path="/nonexistent").returncode == 0
+    r = run("install", str(target), path=f"{real}:/nonexistent")  # (a real SGE blocked Slurm's commands too)
+    assert r.returncode == 0 and "real qstat" in r.stderr and "not shadowing SGE" in r.stderr, r.stderr
+    assert sorted(os.listdir(target)) == sorted(compat.NAMES[:6])
+    r = run("install", str(target), path="/nonexistent", python=str(private / "python"))  # (a python under /root)
+    assert r.returncode == 0 and sorted(os.listdir(target)) == sorted(compat.NAMES)
+    assert f"{private / 'python'} is not executable by other users: the commands work for this user only" in r.stderr
     (target / "mine").write_text("keep")
     (target / "sbatch").write_text(f"#!{sys.executable}\n{compat.MARK}\n{SCRIPT}")  # ours, rewritten
     r = run("uninstall", str(target), path="/nonexistent")
     assert r.returncode == 0 and os.listdir(target) == ["mine"]
     (target / "squeue").write_text("#!/bin/sh\n")  # a real one in DIR: not overwritten
     r = run("install", str(target), path="/nonexistent")
-    assert r.returncode == 1 and "real squeue" in r.stderr and (target / "squeue").read_text() == "#!/bin/sh\n"
+    assert r.returncode == 0 and "real squeue" in r.stderr and (target / "squeue").read_text() == "#!/bin/sh\n"
+    assert sorted(os.listdir(target)) == sorted(["mine", "squeue", *compat.NAMES[6:]])
+    for name in compat.NAMES[6:]:
+        os.remove(target / name)
+    (target / "qsub").write_text("#!/bin/sh\n")  # both families real: nothing installed
+    r = run("install", str(target), path="/nonexistent")
+    assert r.returncode == 1 and sorted(os.listdir(target)) == ["mine", "qsub", "squeue"]
 
 
 def test_sbatch_script_with_directives_runs_with_slurm_names(cluster, shims, tmp_path):
