@@ -137,15 +137,16 @@ def out_path(pattern: str, names: dict) -> str:
 
 def submit(client: Client, family: str, name: str, script: str | None, args: list[str],
            out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, append: bool = False,
-           **request) -> int:
-    """Queue a job for a shim (its id): the script with its output files (a batch job; `append`: added to), or the
-    command `args` (srun); `name` as its $0, GRUN_COMPAT=family in its environment; `request` as for job_spec
-    (hold=True for -H/-h). An `err` that is `out` (the same shell word) is opened once: twice, each truncates it."""
+           setup: str = "", **request) -> int:
+    """Queue a job for a shim (its id): the script with its output files (a batch job; `append`: added to, as SGE's
+    always are), or the command `args` (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0,
+    GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h). An `err` that is `out`
+    (the same shell word) is opened once: twice, each truncates it."""
     # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
     # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`): change them together
     to = ">>" if append else ">"
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
-        (f"exec {to}{out} " + ("2>&1" if err in (None, out) else f"2{to}{err}") + "\n" if out else "") + \
+        (f"exec {to}{out} " + ("2>&1" if err in (None, out) else f"2{to}{err}") + "\n" if out else "") + setup + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     env = {**(env or {}), "GRUN_COMPAT": family}
@@ -153,6 +154,14 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
         return client.submit_spec(job_spec(words, env=env, **request))
     except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
         raise GrunError(str(exc).replace(" (--force queues it anyway)", "")) from None
+
+
+def priority(offset: int) -> int:
+    """grun's priority (higher first: $GRUN_PRIORITY, else the configured default) + `offset` (--nice N: -N; -p N: N)."""
+    from .config import find_config_path, load_config
+    from .values import parse_job_priority
+    base = os.environ.get("GRUN_PRIORITY", "").strip() or load_config(find_config_path(), use_auth=False).default_priority
+    return parse_job_priority(base) + offset
 
 
 def table(text: str) -> dict:

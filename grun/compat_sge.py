@@ -16,9 +16,16 @@ from .values import is_name, task_ref
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "
-                "start_shell=-shell queue=-q project=-P account=-A rerun=-r hold:-h"), "-pe": ("pe", 2)}
+                "start_shell=-shell queue=-q project=-P account=-A rerun=-r hold:-h notify:-notify mail=-m "
+                "mail_to=-M priority=-p reserve=-R verify=-w now=-now share=-js begin=-a ckpt=-ckpt"), "-pe": ("pe", 2)}
 STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
-MEMORY, TIME = ("h_vmem", "mem_free", "s_vmem", "virtual_free", "mem"), ("h_rt", "s_rt")
+# memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
+MEMORY, REQUEST, TIME = ("h_vmem", "s_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt", "s_rt")
+ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
+NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints",
+         "-notify": "USR1/USR2 warnings: at its limits a job gets TERM, then KILL"}
+REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
+           "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)"}
 
 
 def yes(opts: dict, key: str) -> bool:
@@ -39,25 +46,50 @@ def qsub(argv: list[str]) -> int:
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False, glued=False)
     name = last(opts, "name", os.path.basename(rest[0].split()[0] if binary and rest[0].split() else rest[0])
                 if rest else "STDIN")
-    for spelling in ("-q", "-P", "-A"):
-        if QSUB[spelling][0] in opts:
-            print(f"qsub: note: {spelling} ignored (grun has none)", file=sys.stderr)
-    slots = last(opts, "pe", [None, "1"])[1]
-    if not slots.isdigit() or int(slots) < 1:
-        raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots")
-    request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"),
-                     "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
-    for item in items(opts, "resources"):
-        key, _, value = item.partition("=")
-        if key in MEMORY and value:  # per slot, as SGE counts them; plain numbers are bytes
-            request["memory"] = -(-int(value) // (1 << 20)) * int(slots) if value.isdigit() else \
-                C.megabytes(value, int(slots))
+    if "name" in opts and re.search(r"[\s/:@\\*?]", name):  # (as SGE's: refused at submit, not at start)
+        raise Refused(f"-N {name!r}: a job name has no whitespace and none of / : @ \\ * ?")
+    resources = {key: value for key, _, value in (item.partition("=") for item in items(opts, "resources"))}
+    queues = items(opts, "queue")  # QUEUE@HOST, *@HOST: the host; a queue without one: any host
+    hosts = [h for q in queues for h in q.partition("@")[2].split("|")] if all("@" in q for q in queues) else []
+    hosts += [h for key in ("h", "hostname") for h in resources.pop(key, "").split("|") if h]
+    for spelling in [flag for flag in ("-q", *NOTED) if QSUB[flag][0] in opts and (flag != "-q" or not hosts)]:
+        print(f"qsub: note: {spelling} ignored (grun has no {NOTED.get(spelling, 'queues')})", file=sys.stderr)
+    if refused := "-a" * ("begin" in opts) or next((f"-l {key}" for key in ("exclusive", "excl") if resources.pop(
+            key, "false").lower() not in ("false", "0")), None):
+        raise Refused(f"{refused}: {REFUSED[refused[:2]]}")
+    if yes(opts, "now") or last(opts, "verify", "n") not in ("e", "w", "n"):
+        raise Refused("-now y: grun queues a job till it can start" if yes(opts, "now") else
+                      "-w v: grun does not verify a job without queueing it" if last(opts, "verify") == "v" else
+                      f"-w takes e, w, n or v, got {last(opts, 'verify')!r}")
+    yes(opts, "reserve")  # (-R y: grun reserves room for a job that waits long by itself)
+    pe = last(opts, "pe", [None, "1"])[1]  # N, or a range N-M, N-, -M: its lowest (grun gives no more than asked)
+    m = re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)
+    slots = resources.pop("slots", None) or (m[1] or "1" if m else pe)
+    if not slots.isdigit() or int(slots) < 1 or m and m[2] and int(m[2]) < int(slots):
+        raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots or a range of them")
+    request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"), "hosts": ",".join(hosts)
+                     or None, "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
+    if "priority" in opts:  # (as SGE's: a user may lower a job's, from 0 down to -1023)
+        if not re.fullmatch(r"[+-]?\d+", last(opts, "priority")):
+            raise Refused(f"-p {last(opts, 'priority')}: expected a number")
+        request["priority"] = C.priority(int(last(opts, "priority")))
+    setup, memory = "", {}
+    size = lambda v: int(v) if v.isdigit() else C.megabytes(v) << 20  # (bytes: plain numbers are, in SGE)
+    seconds = lambda v: parse_time_limit(f"{v}s" if v.isdigit() else v)  # (SGE: plain numbers are seconds)
+    for key, value in resources.items():
+        if (key in MEMORY or key in REQUEST) and value:  # per slot, as SGE counts them
+            memory[key in MEMORY] = -(-size(value) * int(slots) // (1 << 20))
         elif key in TIME and value:
-            request["time"] = parse_time_limit(f"{value}s" if value.isdigit() else value)  # (SGE: seconds, not minutes)
+            request["time"] = seconds(value)
+        elif key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
+            amount = seconds(value) if key == "h_cpu" else size(value)
+            setup += f"ulimit {ULIMITS[key][0]} {max(1, int(amount) // ULIMITS[key][1])}\n"
         elif value and is_name(key):  # a consumable (gpu=1) or a label (arch=x86_64)
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
-            raise Refused(f"unsupported resource -l {item}")
+            raise Refused(f"unsupported resource -l {key}{'=' * bool(value)}{value}")
+    if memory:  # a limit (h_vmem) reserves and limits; a request alone (mem_free) only reserves
+        request.update(memory=memory.get(True, memory.get(False)), reserve_only=True not in memory or None)
     client, tasks = Client(), _task_range(last(opts, "array")) if "array" in opts else None
     span = tasks and f"{tasks.start}-{tasks[-1]}:{tasks.step}"
     request["after"] = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]  # (none: no dependency)
@@ -87,20 +119,28 @@ def qsub(argv: list[str]) -> int:
         # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
         rest = [last(opts, "shell", "/bin/sh"), "-c", rest[0] + "".join(
             ' "' + re.sub(r'(["\\`])', r"\\\1", word) + '"' for word in rest[1:])]
-    try:
-        job_id = C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
-                          None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith(
-                              "#!") else "/bin/sh"), hold="hold" in opts, **request)
-    except GrunError as exc:  # the master's words for grun's options, in qsub's
-        raise Refused(str(exc).replace("--after: ", "-hold_jid: ")) from None
-    shown = f"{job_id}.{span}" if tasks else str(job_id)
-    print(shown if "terse" in opts else
-          f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
+    ids: list = []
+
+    def submit() -> int:  # (-sync y: as SGE's, the job dies with qsub, on SIGINT, SIGTERM and EPIPE)
+        try:
+            ids.append(C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
+                                None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith(
+                                    "#!") else "/bin/sh"), hold="hold" in opts, append=True, setup=setup, **request))
+        except GrunError as exc:  # the master's words for grun's options, in qsub's
+            raise Refused(str(exc).replace("--after: ", "-hold_jid: ")) from None
+        shown = f"{ids[0]}.{span}" if tasks else str(ids[0])
+        print(shown if "terse" in opts else
+              f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
+        if not yes(opts, "sync"):
+            return 0
+        code = client.exit_code(ids[0])
+        print(f"Job {ids[0]} exited with exit code {code}.")
+        return code
     if not yes(opts, "sync"):
-        return 0
-    code = client.exit_code(job_id)
-    print(f"Job {job_id} exited with exit code {code}.")
-    return code
+        return submit()
+    from .running import dies_with
+    from .verbs import Context
+    return dies_with(Context(lambda: client, cli=True), ids, submit)
 
 
 def _task_range(text: str) -> range:

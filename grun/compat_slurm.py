@@ -17,7 +17,7 @@ from .core.deps import parse_dependency
 from .core.jobs import parse_time_limit
 from .core.nodes import host_matches
 from .tables import BY_NAME, FIELDS, SHORT, host_ranges, id_of, name_of, reason_of, stamp, state_of
-from .values import is_name, parse_job_priority
+from .values import is_name
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
 ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
@@ -74,12 +74,10 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
                "requeue": "norequeue" not in opts, "hosts": ",".join(hostlist(last(opts, "hosts", ""))) or None}
-    if "nice" in opts:  # --nice[=N] (100): grun's priority (higher first: $GRUN_PRIORITY, else its default) less N
-        from .config import find_config_path, load_config
+    if "nice" in opts:  # --nice[=N] (100): grun's priority less N
         if not re.fullmatch(r"[+-]?\d+", nice := "100" if last(opts, "nice") is True else last(opts, "nice")):
             raise Refused(f"bad value for --nice: {nice!r}")
-        base = os.environ.get("GRUN_PRIORITY", "").strip() or load_config(find_config_path(), use_auth=False).default_priority
-        request["priority"] = parse_job_priority(base) - int(nice)
+        request["priority"] = C.priority(-int(nice))
     if "mem" in opts or "mem-per-cpu" in opts:
         request["memory"] = C.megabytes(last(opts, "mem")) if "mem" in opts else \
             C.megabytes(last(opts, "mem-per-cpu"), int(cpus))

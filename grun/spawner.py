@@ -138,6 +138,7 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
         status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
     if lost:
         status["error"] = f"{lost} bytes of output lost: spool disk full"
+    spool.remove(os.path.join(job_dir, "tmp"))  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do
     return status
 
 

@@ -80,7 +80,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # The Python calls' QA: a call's new run gets its call again, a foreign result frame an error, calls that die with their
 # caller (exit, SIGTERM), EMFILE an error at once, followers only for running calls (master's wait_started of a list), their
 # followers split from calls.py into call_follow.py (+106: the split +15, keeping calls.py under the median).
-TOTAL, MODULE, MEDIAN = 13549, 500, 200
+TOTAL, MODULE, MEDIAN = 13608, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -3,6 +3,9 @@
 words, the array variables. (The first SGE tests are in tests/test_compat.py, whose `shims` this module uses.)"""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 
 import pytest
@@ -17,7 +20,7 @@ def test_qsub_options_are_whole_words():
     # getopt's -XV and -nP are not SGE's: -verify was read as -v erify, -hold_jid_ad as -h -o ld_jid_ad
     assert compat.parse(["-hold_jid_ad", "3", "-t", "1-2", "x.sh"], QSUB, glued=False) == (
         {"hold_jid_ad": ["3"], "array": ["1-2"]}, ["x.sh"])
-    for word in ("-verify", "-binding", "-jc", "-js", "-cwdx", "-Nname"):
+    for word in ("-verify", "-binding", "-jc", "-jsv", "-cwdx", "-Nname"):
         with pytest.raises(compat.Refused, match=f"unsupported option {word}$"):
             compat.parse([word, "v", "x.sh"], QSUB, glued=False)
     with pytest.raises(compat.Refused, match="line 2: unsupported option -verify"):
@@ -28,7 +31,7 @@ def test_qsub_refuses_options_it_does_not_know_and_submits_nothing(cluster, shim
     (tmp_path / "t.sh").write_text("#!/bin/sh\ntouch ran\n")
     before = len(cluster.client().history(1000))
     for args, option in ((["-verify", "-cwd"], "-verify"), (["-binding", "linear:1"], "-binding"),
-                         (["-jc", "short"], "-jc"), (["-js", "10"], "-js")):
+                         (["-jc", "short"], "-jc"), (["-jsv", "x"], "-jsv")):
         r = shims("qsub", *args, "t.sh", cwd=tmp_path)
         assert (r.returncode, r.stdout, r.stderr) == (1, "", f"qsub: error: unsupported option {option}\n"), args
     (tmp_path / "d.sh").write_text("#!/bin/sh\n#$ -cwd\n#$ -verify\ntouch ran\n")
@@ -124,6 +127,73 @@ def test_qdel_names_jobs_and_array_tasks_as_sge_does(cluster, shims, tmp_path): 
 def test_qsub_v_sets_variables_and_v_passes_ours(cluster, shims, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("OURS", "ours")  # (not one grun passes by default: -V's)
     for args, seen in (([], "1 x=y \n"), (["-V"], "1 x=y ours\n")):
-        r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-j", "y", "-o", "v.txt", "-v", "A=1,B=x=y", *args, "-b", "y",
-                  'echo "$A $B $OURS"', cwd=tmp_path)
-        assert r.returncode == 0 and (tmp_path / "v.txt").read_text() == seen, (args, r.stderr)
+        r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-j", "y", "-o", f"v{len(args)}.txt", "-v", "A=1,B=x=y", *args,
+                  "-b", "y", 'echo "$A $B $OURS"', cwd=tmp_path)
+        assert r.returncode == 0 and (tmp_path / f"v{len(args)}.txt").read_text() == seen, (args, r.stderr)
+
+
+def test_array_tasks_and_reruns_add_to_one_output_file_as_sges_do(cluster, shims, tmp_path):  # noqa: F811
+    # SGE opens -o files O_APPEND without O_TRUNC: each task (and each rerun) adds its lines; they overwrote each other
+    command = "echo task $SGE_TASK_ID; sleep 1; echo task $SGE_TASK_ID done"
+    for runs in (1, 2):
+        r = shims("qsub", "-sync", "y", "-cwd", "-t", "1-6", "-o", "shared.log", "-j", "y", "-b", "y", command,
+                  cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        lines = (tmp_path / "shared.log").read_text().splitlines()
+        assert sorted(lines) == sorted([f"task {t}{done}" for t in range(1, 7) for done in ("", " done")] * runs)
+
+
+def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(cluster, shims, tmp_path):  # noqa: F811
+    (tmp_path / "nf.sh").write_text(
+        "#!/bin/bash\n#$ -N nf-task\n#$ -cwd\n#$ -j y\n#$ -notify\n#$ -l h_rss=300M,mem_free=300M\n#$ -l slots=2\n"
+        "#$ -m bea -M me@lab.org\n#$ -p -5\n#$ -R y\n#$ -w e\n#$ -now n\n#$ -js 3\n#$ -ckpt none\n"
+        "#$ -l h_cpu=1:00:00,h_fsize=1M,h_stack=16M\nulimit -t; ulimit -f; ulimit -s\n"
+        "trap '' XFSZ; head -c 2000000 /dev/zero 2>/dev/null > big || echo fsize\n")
+    r = shims("qsub", "-terse", "-sync", "y", "-o", "nf.log", "nf.sh", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [line.split(" ignored")[0] for line in r.stderr.splitlines()] == [
+        f"qsub: note: {flag}" for flag in ("-m", "-M", "-js", "-ckpt", "-notify")], r.stderr
+    job = wait_end(cluster, int(r.stdout.split()[0]))  # (memory per slot; priority: grun's default, 20, less 5)
+    assert (job["cpus"], job["memory"], job.get("memory_set"), job["priority"]) == (2, 600, True, 15)
+    assert (tmp_path / "nf.log").read_text().splitlines() == ["3600", "1024", "16384", "fsize"]  # (bash's: KB)
+    assert os.path.getsize(tmp_path / "big") == 1 << 20
+    # mem_free alone: a request (reserved), not a limit; a slot range: its lowest (grun gives a job a fixed number)
+    r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-l", "mem_free=1G", "-pe", "smp", "2-4", "-b", "y", "true",
+              cwd=tmp_path)
+    job = wait_end(cluster, int(r.stdout.split()[0]))
+    assert (r.returncode, job["cpus"], job["memory"], job.get("memory_set")) == (0, 2, 2048, None), r.stderr
+    before = len(cluster.client().history(1000))
+    for args, words in ((["-a", "202612011200"], "-a: grun cannot delay a job's start"),
+                        (["-l", "exclusive=true"], "-l exclusive: grun has no whole-node request"),
+                        (["-now", "y"], "-now y: grun queues"), (["-w", "v"], "-w v: grun does not verify"),
+                        (["-w", "x"], "-w takes e, w, n or v"), (["-N", "a/b"], "-N 'a/b': a job name has no"),
+                        (["-N", "my job"], "-N 'my job'"), (["-q", "all.q@@group"], "no node matches hosts '@group'"),
+                        (["-pe", "smp", "4-2"], "-pe smp 4-2: expected"), (["-p", "x"], "-p x: expected a number")):
+        r = shims("qsub", *args, "-b", "y", "true", cwd=tmp_path)
+        assert r.returncode == 1 and words in r.stderr and r.stderr.count("\n") == 1 and not r.stdout, (args, r.stderr)
+    assert len(cluster.client().history(1000)) == before
+
+
+def test_qsub_pins_jobs_to_the_hosts_its_queue_and_resources_name(cluster, shims, tmp_path):  # noqa: F811
+    # -q all.q@small was dropped ("-q ignored") and the job ran on big
+    for args, node in ((["-q", "all.q@small"], "small"), (["-q", "*@big"], "big"), (["-l", "h=sm*"], "small"),
+                       (["-l", "hostname=nope|big"], "big"), (["-q", "all.q@small,all.q@big", "-pe", "smp", "2"], "big")):
+        r = shims("qsub", "-terse", "-sync", "y", *args, "-b", "y", "true", cwd=tmp_path)
+        assert r.returncode == 0 and not r.stderr, (args, r.stderr)
+        assert wait_end(cluster, int(r.stdout.split()[0]))["node"] == node, args
+
+
+def test_ctrl_c_on_qsub_sync_kills_its_job_and_a_jobs_tmpdir_goes_at_its_end(cluster, shims, tmp_path):  # noqa: F811
+    qsub = subprocess.Popen([str(shims.bin / "qsub"), "-terse", "-sync", "y", "-b", "y", "sleep 30"], env=cluster.env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = int(qsub.stdout.readline())
+    cluster.client().wait_started(job_id)
+    qsub.send_signal(signal.SIGINT)
+    assert qsub.wait(timeout=30) == 130
+    assert wait_end(cluster, job_id)["state"] == "killed"
+    # SGE (and Slurm's tmpfs plugins) remove a job's TMPDIR at its end: 50 MB stayed in the node's spool for a day
+    r = shims("qsub", "-sync", "y", "-cwd", "-j", "y", "-o", "tmp.txt", "-b", "y",
+              'head -c 1000000 /dev/zero > "$TMPDIR/scratch" && echo "$TMPDIR"', cwd=tmp_path)
+    tmpdir = (tmp_path / "tmp.txt").read_text().strip()
+    assert r.returncode == 0 and tmpdir.startswith(cluster.root) and not os.path.exists(tmpdir), (r.stderr, tmpdir)
+    assert os.path.isdir(os.path.dirname(tmpdir))  # (its spool stays, for its output)

@@ -38,6 +38,7 @@ SPEC_KEYS = {
     "cwd_fs",  # the network filesystem the cwd lies on (grun.mounts.identity): placed only where it is mounted
     "stage", "stage_in", "stage_out",  # files sent to and from a node without the shared filesystem (grun.stage)
     "hold",  # queued held (sbatch -H, qsub -h): in the submission's own commit, so no pass can start it first
+    "reserve_only",  # its memory reserved, not a limit (qsub -l mem_free)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
@@ -282,7 +283,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
     given = lambda key: spec.get(key) is not None or None  # (None: the key is left out)
     optional = {
-        "memory_set": given("memory"),  # asked for (-m): a limit too; else only a reservation (grun.limits)
+        # asked for (-m): a limit too; else (or reserve_only) only a reservation (grun.limits)
+        "memory_set": given("memory") and not spec.get("reserve_only") or None,
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
