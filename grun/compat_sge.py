@@ -1,6 +1,8 @@
 """SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
 SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_slurm.py)."""
 
+import contextlib
+import fnmatch
 import os
 import re
 import sys
@@ -9,16 +11,23 @@ import time
 from . import compat as C
 from .client import Client, GrunError, current_user
 from .compat import Refused, items, last, out_path, parse, table
-from .core.arrays import left
-from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit
-from .tables import command_text, label, name_of
+from .core.arrays import left, unstarted
+from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit, wrapped
+from .tables import command_text, label, name_of, spans, usage
 from .values import is_name, task_ref
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "
                 "start_shell=-shell queue=-q project=-P account=-A rerun=-r hold:-h notify:-notify mail=-m "
                 "mail_to=-M priority=-p reserve=-R verify=-w now=-now share=-js begin=-a ckpt=-ckpt"), "-pe": ("pe", 2)}
-STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s"}
+STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "running": "r", "suspended": "s",
+          **dict.fromkeys(FINAL_STATES, "z")}
+SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h": {"hqw"},  # qstat -s's letters
+        "a": {"qw", "hqw", "Eqw", "r", "t", "s"}}
+# qacct's `failed`, SGE's code and words, for a job killed (qdel) or lost with its node, and one at its time limit
+# (h_rt: SGE's exit_status then is 137, SIGKILL's)
+FAILED = {"killed": "100 : assumedly after job", "lost": "100 : assumedly after job",
+          "timeout": "37  : qmaster enforced h_rt limit"}
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
 MEMORY, REQUEST, TIME = ("h_vmem", "s_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt", "s_rt")
 ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
@@ -157,7 +166,6 @@ def _holds(client: Client, held: list[str]) -> list[dict]:
     matches no job and an id of no job (or of one long gone) are no hold."""
     known = [job for word in held if word.isdigit() and (job := C.find(client, word))]  # (an id may be of no job)
     if names := [i for i in held if not i.isdigit()]:
-        import fnmatch
         known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
                   and any(fnmatch.fnmatchcase(name_of(j), n) for n in names)]
     return known
@@ -173,36 +181,105 @@ def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
 
 
 def qstat(argv: list[str]) -> int:
-    """qstat [-u USER,...|'*'] [-j ID,...] [-xml]: the live jobs, SGE's columns and states."""
-    opts = parse(argv, table("user=-u jobs=-j xml:-xml full:-f"), None)[0]
+    """qstat [-u USER,...|'*'] [-j ID,...] [-s STATES] [-q QUEUE] [-f] [-r] [-ext] [-g c] [-xml]: the live jobs, SGE's
+    columns and states (-s z: the latest 100 ended, as SGE's finished_jobs). grun has one queue, all.q, and qsub ignores
+    -q: -q lists every job, whatever queue it names, so that a tool polling `qstat -q` its own (Nextflow's SGE executor)
+    sees its jobs (none listed: it would take them as gone, and fail them)."""
+    opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f states=-s queue=-q request:-r ext:-ext group=-g"),
+                       False)
+    if rest:  # (as SGE's: a job is asked with -j)
+        raise Refused(f'invalid option argument "{rest[0]}"')
     if "jobs" in opts:
         client, words = Client(), items(opts, "jobs")  # live jobs only (an array: one block)
         found = [(w, [j] if w.isdigit() and (j := C.find(client, w)) and j["state"] not in FINAL_STATES else [])
                  for w in words]
         return _blocks(found, _detail, 28, "Following jobs do not exist: ")
-    users = set(items(opts, "user")) if "user" in opts else {current_user()}
-    rows = [(str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j), j.get("user", "?"),
-             STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
-                 j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
-             f"{max(1, round(j.get('cpus', 1)))}", str(j.get("task", j.get("array", "") if "ranges" in j else "")))
-            for j in Client().jobs() if ("*" in users or j.get("user") in users)
-            and ("ranges" not in j or not j.get("stopped") and j["tasks"] > j["started"])]
+    letters = re.findall(r"h[uosdja]?|[przsa]", asked := "".join(opts.get("states", ["prs"])))
+    if "".join(letters) != asked or last(opts, "group", "c") != "c":
+        raise Refused(f"-s {asked}: expected p, r, s, z, h or a" if "".join(letters) != asked else "-g: only -g c")
+    shown, users, client = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user")), Client()
+    rows = [(_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
+            if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or left(j))
+            and STATES.get(j["state"], "Eqw") in shown]
+    if "group" in opts or "full" in opts:
+        return _queues(client.nodes(), rows, "group" in opts, "ext" in opts)
     if "xml" in opts:
         from xml.sax.saxutils import escape
         tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state", "JAT_start_time", "queue_name", "slots",
                 "tasks")
         parts = {part: "".join(f'    <job_list state="{"running" if running else "pending"}">\n' + "".join(
             f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip(tags, r) if v) + "    </job_list>\n"
-            for r in rows if (running := r[4] in ("r", "t", "s")) == (part == "queue_info"))
+            for r, _ in rows if (running := r[4] in ("r", "t", "s")) == (part == "queue_info"))
             for part in ("queue_info", "job_info")}
         print("<?xml version='1.0'?>\n<job_info>\n" + "".join(f"  <{p}>\n{x}  </{p}>\n" for p, x in parts.items())
               + "</job_info>")
         return 0
+    ext = "ext" in opts
+    head = ("job-ID  prior   " + "ntckt   " * ext + "name       user         " + "project          department " * ext +
+            "state " + ("cpu        mem     io      tckts ovrts otckt ftckt stckt share " if ext else
+                        "submit/start at     ") + "queue                          slots ja-task-ID ")
     if rows:
-        print("job-ID  prior   name       user         state submit/start at     queue                          "
-              "slots ja-task-ID \n" + "-" * 113)
-    for r in rows:
-        print(f"{r[0]:>7} {r[1]} {r[2][:10]:<10} {r[3][:12]:<12} {r[4]:<5} {r[5]} {r[6]:<30} {r[7]:>5} {r[8]}".rstrip())
+        print(f"{head}\n{'-' * (len(head) - 1)}")
+    for r, j in rows:
+        print(_line(r, ext, True) + (_requests(j) if "request" in opts else ""))
+    return 0
+
+
+def _row(j: dict) -> tuple:
+    """A job's line: one task, or an array's tasks not started yet."""
+    return (str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j),
+            j.get("user", "?"), STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
+                j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
+            f"{max(1, round(j.get('cpus', 1)))}",
+            str(j["task"]) if "task" in j else _ranges(unstarted(j)) if "ranges" in j else "")
+
+
+def _ranges(tasks: list[int]) -> str:
+    """Task ids as SGE writes them: 5-8:1, 1-9:2, and two a step apart as 5,6."""
+    return re.sub(r"(\d+)-(\d+)(?=,|$)", lambda m: m[0].replace("-", ",") if int(m[2]) - int(m[1]) == 1 else
+                  m[0] + ":1", spans(tasks))
+
+
+def _line(r: tuple, ext: bool, queue: bool) -> str:
+    """-ext's columns: grun has no tickets, projects or departments, and learns a job's usage when it ends."""
+    return " ".join([f"{r[0]:>7}", r[1]] + ["0.00000"] * ext + [f"{r[2][:10]:<10}", f"{r[3][:12]:<12}"] +
+                    ["NA              ", "defaultdep"] * ext + [f"{r[4]:<5}"] + [
+                        "NA         NA      NA          0     0     0     0     0 0.00" if ext else r[5]] +
+                    [f"{r[6]:<30}"] * queue + [f"{r[7]:>5}", r[8]]).rstrip()
+
+
+def _requests(j: dict) -> str:
+    """-r: a job's requests, under its line."""
+    asked = [f"{k}={j[key]:g}{unit}" for k, key, unit in (("h_vmem", "memory", "M"), ("h_rt", "time", ""))
+             if j.get(key)]
+    return "".join(f"\n       {k:<18}{v}" for k, v in (
+        ("Full jobname:", name_of(j)), ("Master Queue:", f"all.q@{j['node']}" if j.get("node") else ""),
+        ("Requested PE:", f"smp {j['cpus']:g}" if j.get("cpus", 1) > 1 else ""),
+        ("Hard Resources:", "\n                         ".join(f"{a} (0.000000)" for a in asked))) if v)
+
+
+def _queues(nodes: list[dict], rows: list, summary: bool, ext: bool) -> int:
+    """-g c: grun's one queue, all.q, in SGE's cluster queue summary; -f: each node as queue instance all.q@NODE with
+    its jobs, then the jobs pending. A node's load: the cores its jobs and others' processes keep busy, per core."""
+    load = {n["name"]: (n["grun_cpus"] + n["outside_cpus"]) / n["cpus"] for n in nodes if n["up"] and n["cpus"]}
+    up = [n for n in nodes if n["up"]]
+    if summary:
+        print(f"{'CLUSTER QUEUE':<31} CQLOAD   USED    RES  AVAIL  TOTAL aoACDS  cdsuE\n" + "-" * 80)
+        print(f"{'all.q':<31} " + (f"{sum(load.values()) / len(load):6.2f}" if load else "  -NA-") + "".join(
+            f" {v:>6g}" for v in (sum(n["cpus"] - n["free_cpus"] for n in up), 0, sum(n["free_cpus"] for n in up),
+                                   sum(n["cpus"] for n in nodes), 0, len(nodes) - len(up))))
+        return 0
+    print(f"{'queuename':<30} qtype resv/used/tot. load_avg arch          states")
+    for n in nodes:  # (states: u, unreachable; d, its daemon stopped, as a disabled queue)
+        slots = f"0/{n['cpus'] - n['free_cpus']:g}/{n['cpus']:g}"
+        avg = f"{load[n['name']]:.2f}" if n["name"] in load else "-NA-"
+        print("-" * 81 + f"\n{'all.q@' + n['name']:<30} BIP   {slots:<14} {avg:<8} {'-NA-':<13} " +
+              {"up": "", "stopped": "d"}.get(n["state"], "u"))
+        for r in (r for r, j in rows if j.get("node") == n["name"] and r[4] in "rts"):
+            print(_line(r, ext, False))
+    if pending := [r for r, _ in rows if r[4] not in "rts"]:
+        print("\n" + "#" * 76 + "\n" + " - PENDING JOBS" * 5 + "\n" + "#" * 76)
+        print("\n".join(_line(r, ext, False) for r in pending))
     return 0
 
 
@@ -211,7 +288,7 @@ def _blocks(found: list[tuple[str, list]], fields, width: int, missing_text: str
     for _, jobs in found:
         for job in jobs:
             print("=" * 62 + "".join(f"\n{key:<{width}}{value}" for key, value in fields(job)))
-    if missing := [word for word, jobs in found if not jobs]:
+    if missing := [word for word, jobs in found if not jobs and word]:  # (qacct -j alone: none missing)
         print(missing_text + ", ".join(missing), file=sys.stderr)
     return 1 if missing else 0
 
@@ -230,25 +307,41 @@ def _accounting(job: dict) -> tuple:
             ("jobnumber", job["array"] if "task" in job else job["id"]), ("taskid", job.get("task", "undefined")),
             ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
             ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
-            ("failed", 0 if job.get("start_time") else 1), ("exit_status", job.get("exit")),
+            ("failed", job.get("sge_failed") or FAILED.get(job["state"], 0)),
+            ("exit_status", 137 if job["state"] == "timeout" else job.get("exit")),
             ("ru_wallclock", f"{u.get('wall', 0):.3f}s"), ("ru_utime", f"{u.get('utime', 0):.3f}s"),
             ("ru_stime", f"{u.get('stime', 0):.3f}s"), ("ru_maxrss", f"{u.get('maxrss_kb', 0)}K"))
 
 
+def _unopened(client: Client, job: dict) -> None:
+    """A batch job whose output file cannot be opened (qsub -o nodir/x.out) exits 2 before its script runs, its shell's
+    words (on line 2, compat.submit's `exec >FILE`) on its stderr, which its node keeps (output_keep; read here without
+    releasing it, in ~10 ms; a node that does not answer costs a few seconds): SGE's failed 26, with those words."""
+    err: list[bytes] = []
+    with contextlib.suppress(GrunError):
+        client.follow(job["id"], stdout_fd=lambda b: None, stderr_fd=err.append, release=False, require_output=True)
+    if m := re.match(rf"{re.escape(name_of(job))}: (?:line )?2: (.*)", b"".join(err).decode(errors="replace")):
+        job["sge_failed"] = f"26  : opening input/output file: {m[1]}"
+
+
 def qdel(argv: list[str]) -> int:
-    """qdel ID[,ID...] | -u USER: per job, `USER has registered the job N for deletion` (running) or `has deleted
-    job N` (not started); an array's running tasks and a task given as N.T: `... job-array task N.T ...`."""
-    opts, words = parse(argv, table("user=-u force:-f"), False)
+    """qdel [-f] [-u USER,...] [ID|NAME|PATTERN,...] [-t TASKS]: per job, `USER has registered the job N for deletion`
+    (running) or `has deleted job N` (not started); an array's running tasks and a task given as N.T (or by -t, of each
+    job named): `... job-array task N.T ...`. A name or glob: the caller's live jobs of that name, as SGE's."""
+    opts, words = parse(argv, table("user=-u force:-f tasks=-t"), False)
     ids = [i for w in words for i in w.split(",") if i]
-    if not ids and "user" not in opts or any(not (i.isdigit() or task_ref(i)) for i in ids):
-        raise Refused("usage: qdel JOB_ID[,JOB_ID...] | -u USER")
+    if not ids and ("user" not in opts or "tasks" in opts):
+        raise Refused("usage: qdel [-f] [-u USER,...] [JOB_ID|NAME,...] [-t TASKS]")
     client, me = Client(), current_user()
+    named = {n: [label(j) for j in _holds(client, [n])] for n in ids if not (n.isdigit() or task_ref(n))}
+    ids = [i for i in ids if i not in named] + [i for labels in named.values() for i in labels]
+    ids = [f"{i}.{t}" for i in ids for t in _task_range(last(opts, "tasks"))] if "tasks" in opts else ids
     live = client.jobs()
     by_label = {label(j): j for j in live}
     ids += [label(j) for j in live if "task" not in j and j.get("user") in last(opts, "user", "").split(",")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
-    found = client.kill(ids, 15, "force" in opts)  # (N.T: one task)
-    for job_id, ok in found.items():
+    found = {**client.kill(ids, 15, "force" in opts), **{n: False for n, labels in named.items() if not labels}}
+    for job_id, ok in found.items():  # (N.T: one task)
         job = by_label.get(str(job_id), {})
         running = [job] if job.get("state") in ON_NODE_STATES and "ranges" not in job else [
             t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in ON_NODE_STATES]
@@ -262,13 +355,40 @@ def qdel(argv: list[str]) -> int:
 
 
 def qacct(argv: list[str]) -> int:
-    """qacct -j ID[,ID...]: the accounting record of finished jobs."""
-    opts, rest = parse(argv, table("jobs=-j"), False)
-    if rest or "jobs" not in opts:
-        raise Refused("usage: qacct -j JOB_ID[,JOB_ID...]")
-    client, words, ended = Client(), items(opts, "jobs"), {}
-    for j in C.job_list(client, words, None)[0]:  # ended jobs; an array's ended tasks, as SGE's accounting has them
-        if "ranges" not in j and j["state"] in FINAL_STATES:
-            for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N, or N_T)
+    """qacct -j [ID|NAME|PATTERN,...] [-o [OWNER]] [-d DAYS]: -j, the accounting record of each job that ran (N: a job
+    or an array's tasks; a name or glob: the jobs of that name; nothing: all); else SGE's summary (-o: per owner, or
+    of OWNER only). Records by name, all and the summary: among the newest 10,000 ended jobs; -d: started since DAYS."""
+    opts, words = {}, list(argv)
+    while words:  # (-j and -o take a value only if one follows: not getopt's way)
+        if (flag := words.pop(0)) not in ("-j", "-o", "-d"):
+            raise Refused(f"unsupported option {flag}" if flag.startswith("-") else f'invalid option argument "{flag}"')
+        opts[flag] = words.pop(0) if words and not words[0].startswith("-") else ""
+    if not opts.get("-d", "0").isdigit():
+        raise Refused("-d takes a number of days")
+    client, asked = Client(), [w for w in opts.get("-j", "").split(",") if w] or [""] * ("-j" in opts)
+    names, since = [w for w in asked if not w.isdigit()], time.time() - 86400 * int(opts["-d"]) if "-d" in opts else 0
+    jobs = C.job_list(client, [w for w in asked if w.isdigit()], None)[0] if len(names) < len(asked) else []
+    jobs += client.history(10_000, opts.get("-o") or None)[::-1] if names or not asked else []  # (as they ended)
+    jobs = [j for j in {j["id"]: j for j in jobs}.values() if "ranges" not in j and j["state"] in FINAL_STATES
+            and (j.get("start_time") or 0) > since and opts.get("-o") in (None, "", j.get("user"))]  # (never run: none)
+    if asked:
+        ended = {}
+        for j in jobs:
+            if j["state"] == "failed" and j.get("exit") == 2 and wrapped(j.get("cmd") or []):
+                _unopened(client, j)
+            for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N: a job, an array; N_T)
                 ended.setdefault(key, []).append(j)
-    return _blocks([(w, ended.get(w, [])) for w in words], _accounting, 13, "error: job id not found: ")
+        return _blocks([(w, ended.get(w, []) if w.isdigit() else [j for j in jobs if fnmatch.fnmatchcase(
+            name_of(j), w or "*")]) for w in asked], _accounting, 13, "error: job id not found: ")
+    print(("OWNER       " if "-o" in opts else "Total System Usage\n") + "    WALLCLOCK         UTIME         STIME    "
+          "       CPU             MEMORY                 IO                IOW\n" + "=" * (112 + 12 * ("-o" in opts)))
+    groups: dict = {} if "-o" in opts else {"": []}
+    for j in jobs:
+        groups.setdefault(j.get("user", "?") if "-o" in opts else "", []).append(j)
+    for owner, mine in sorted(groups.items()):
+        wall, utime, stime = (sum(usage(j, key) for j in mine) for key in ("wall", "utime", "stime"))
+        memory = sum(usage(j, "maxrss_kb") / 2**20 * usage(j, "wall") for j in mine)  # (GB s: its peak all along)
+        io = sum(usage(j, "read_bytes", "write_bytes") for j in mine) / 1e9
+        print(f"{owner:<12}" * ("-o" in opts) + f"{wall:>13.0f} {utime:>13.3f} {stime:>13.3f} {utime + stime:>13.3f} "
+              f"{memory:>18.3f} {io:>18.3f} {0:>18.3f}")
+    return 0

@@ -80,7 +80,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # The Python calls' QA: a call's new run gets its call again, a foreign result frame an error, calls that die with their
 # caller (exit, SIGTERM), EMFILE an error at once, followers only for running calls (master's wait_started of a list), their
 # followers split from calls.py into call_follow.py (+106: the split +15, keeping calls.py under the median).
-TOTAL, MODULE, MEDIAN = 13608, 500, 200
+# The SGE QA's submit side: appended output, Nextflow's and labs' qsub options, host pinning, -sync y dying with
+# qsub, a job's TMPDIR removed at its end, shims installed per family (+59). Its reading side: qstat -s/-q/-r/-ext/-f/-g c and an array's tasks left, qdel by name and -t, qacct by name,
+# -o/-d and its summary, SGE's failed codes and no record for tasks never run, failed 26 with the shell's words (+120, and +1 merging).
+TOTAL, MODULE, MEDIAN = 13728, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -197,3 +197,84 @@ def test_ctrl_c_on_qsub_sync_kills_its_job_and_a_jobs_tmpdir_goes_at_its_end(clu
     tmpdir = (tmp_path / "tmp.txt").read_text().strip()
     assert r.returncode == 0 and tmpdir.startswith(cluster.root) and not os.path.exists(tmpdir), (r.stderr, tmpdir)
     assert os.path.isdir(os.path.dirname(tmpdir))  # (its spool stays, for its output)
+
+
+def _until(test, seconds=20):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not test():
+        time.sleep(0.1)
+    return test()
+
+
+def test_qstat_switches_scripts_use_and_an_arrays_tasks_left(cluster, shims, tmp_path):  # noqa: F811
+    array = int(shims("qsub", "-terse", "-N", "arr", "-t", "1-8", "-tc", "2", "-b", "y", "sleep 30",
+                      cwd=tmp_path).stdout.split(".")[0])
+    assert _until(lambda: len([j for j in cluster.client().jobs() if j.get("array") == array
+                               and j["state"] == "running"]) == 2)
+    assert shims("qdel", f"{array}.5").returncode == 0
+    lines = shims("qstat").stdout.splitlines()
+    assert [line.split()[-1] for line in lines[2:]] == ["3,4,6-8:1", "1", "2"], lines  # (what is left, as SGE writes it)
+    assert [line.split()[4] for line in shims("qstat", "-s", "r").stdout.splitlines()[2:]] == ["r", "r"]
+    assert [line.split()[4] for line in shims("qstat", "-s", "p").stdout.splitlines()[2:]] == ["qw"]
+    assert shims("qstat", "-q", "long.q").stdout.splitlines() == lines  # (one queue: Nextflow polls its own)
+    r = shims("qstat", "-r")
+    assert r.stdout.count("Full jobname:     arr") == 3 and "Master Queue:     all.q@" in r.stdout, r.stdout
+    r = shims("qstat", "-ext")
+    assert r.stdout.split()[:3] == ["job-ID", "prior", "ntckt"] and len(r.stdout.splitlines()) == 5, r.stdout
+    r = shims("qstat", "-g", "c")
+    row = r.stdout.splitlines()[2].split()  # (big has 4 cores and small 1: 2 used, 3 available, 5 in all)
+    assert row[0] == "all.q" and float(row[1]) >= 0 and row[2:] == ["2", "0", "3", "5", "0", "0"], r.stdout
+    r = shims("qstat", "-f")
+    queues = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("all.q@")]
+    assert sorted(queues) == ["all.q@big", "all.q@small"] and "- PENDING JOBS -" in r.stdout, r.stdout
+    assert r.stdout.split("PENDING JOBS")[-1].split()[-1] == "3,4,6-8:1" and r.stdout.count(" r ") == 2, r.stdout
+    for args, words in ((["1"], 'invalid option argument "1"'), (["-s", "x"], "-s x: expected"), (["-g", "d"], "-g")):
+        r = shims("qstat", *args)
+        assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
+    shims("qdel", str(array))
+    wait_end(cluster, array)
+    assert f"{array} " in shims("qstat", "-s", "z").stdout and not shims("qstat").stdout
+
+
+def test_qdel_takes_names_globs_and_task_ranges(cluster, shims, tmp_path):  # noqa: F811
+    me = current_user()
+    ids = [int(shims("qsub", "-terse", "-h", "-N", name, "-b", "y", "true", cwd=tmp_path).stdout)
+           for name in ("dname1", "dname2")]
+    r = shims("qdel", "dname*")
+    assert (r.returncode, sorted(r.stdout.splitlines())) == (0, [f"{me} has deleted job {i}" for i in ids]), r.stderr
+    r = shims("qdel", "nosuchname")
+    assert (r.returncode, r.stdout) == (1, 'denied: job "nosuchname" does not exist\n')
+    array = int(shims("qsub", "-terse", "-h", "-t", "1-6", "-b", "y", "true", cwd=tmp_path).stdout.split(".")[0])
+    r = shims("qdel", str(array), "-t", "3-4")
+    assert r.stdout.splitlines() == [f"{me} has deleted job-array task {array}.{t}" for t in (3, 4)], r.stdout
+    assert shims("qstat").stdout.split()[-1] == "1,2,5,6"
+    assert shims("qdel", str(array)).returncode == 0
+
+
+def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tmp_path):  # noqa: F811
+    def blocks(*args):
+        r = shims("qacct", *args)
+        return [dict(line.split(None, 1) for line in b.strip().splitlines()) for b in r.stdout.split("=" * 62)[1:]]
+    ok = int(shims("qsub", "-terse", "-N", "acctok", "-b", "y", "true", cwd=tmp_path).stdout)
+    rt = int(shims("qsub", "-terse", "-l", "h_rt=1", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
+    gone = int(shims("qsub", "-terse", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
+    array = int(shims("qsub", "-terse", "-t", "1-3", "-tc", "1", "-b", "y", "sleep 30", cwd=tmp_path).stdout.split(".")[0])
+    bad, two = (int(shims("qsub", "-terse", "-cwd", *args, "-b", "y", "exit 2", cwd=tmp_path).stdout)
+                for args in (["-o", "nodir/x.out"], []))
+    assert _until(lambda: all(cluster.client().job(i)["state"] == "running" for i in (gone, f"{array}.1")))
+    shims("qdel", f"{array}.2")
+    shims("qdel", str(gone), str(array))
+    for i in (ok, rt, gone, array, bad, two):
+        wait_end(cluster, i)
+    assert [(b["jobnumber"], b["failed"]) for b in blocks("-j", "acctok")] == [(str(ok), "0")]
+    assert [(b["failed"], b["exit_status"]) for b in blocks("-j", str(rt))] == [("37  : qmaster enforced h_rt limit", "137")]
+    assert [b["failed"] for b in blocks("-j", str(gone))] == ["100 : assumedly after job"]
+    assert [b["failed"] for b in blocks("-j", f"{bad},{two}")] == [  # (the shell's words; a script's own exit 2: none)
+        "26  : opening input/output file: cannot create nodir/x.out: Directory nonexistent", "0"]
+    assert [b["taskid"] for b in blocks("-j", str(array))] == ["1"]  # (2 and 3 never ran: no record, as SGE's)
+    me = current_user()
+    r = shims("qacct", "-o", me, "-d", "1")
+    assert r.stdout.split()[:2] == ["OWNER", "WALLCLOCK"] and r.stdout.splitlines()[2].split()[0] == me, r.stdout
+    assert shims("qacct").stdout.startswith("Total System Usage\n    WALLCLOCK")
+    r = shims("qacct", "-x")
+    assert (r.returncode, r.stderr) == (1, "qacct: error: unsupported option -x\n")
