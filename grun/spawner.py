@@ -295,7 +295,8 @@ class Reaper:
         if not isinstance(job, dict):
             raise ValueError("job.json is missing or unreadable")
         argv = wrapped([SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"]), job)
-        env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname())
+        env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname(),
+                   GRUN_CPUS=f"{job.get('cpus', 1):g}", GRUN_MEMORY=str(job.get("memory", 0)))  # (MB)
         env.setdefault("PATH", os.defpath)
         env.update(device_env(job.get("devices")))
         try:

@@ -150,6 +150,9 @@ def test_environment(cluster):
     assert r.returncode == 1
     r = cluster.grun("-E", "*", "printenv", "BAR_ONLY_WITH_STAR", env=env)
     assert (r.returncode, r.stdout) == (0, b"bar\n")
+    toolchain = {"LD_LIBRARY_PATH": "/opt/x/lib", "CONDA_PREFIX": "/opt/conda", "OMP_NUM_THREADS": "4", "LC_ALL": "C"}
+    r = cluster.grun("printenv", *toolchain, env={**env, **toolchain})  # (`module load`, conda: without -E)
+    assert (r.returncode, r.stdout.decode().split()) == (0, list(toolchain.values()))
 
 
 def test_job_id_and_node_in_the_environment_and_verbose(cluster):
@@ -279,9 +282,10 @@ def test_cpus_and_memory_options(cluster):
     assert r.returncode == 0, r.stderr
     record = job(cluster, job_id_from_verbose(r.stderr))
     assert (record["cpus"], record["memory"]) == (0.5, 1024)
-    r = cluster.grun("-v", "-c2", "-m", "500M", "true")
+    r = cluster.grun("-v", "-c2", "-m", "500M", "sh", "-c", 'echo "$GRUN_CPUS $GRUN_MEMORY"')
     record = job(cluster, job_id_from_verbose(r.stderr))
     assert (record["cpus"], record["memory"]) == (2.0, 500)
+    assert r.stdout == b"2 500\n", "the job learns its request, as from SLURM_CPUS_PER_TASK / SLURM_MEM_PER_NODE"
 
 
 def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):
