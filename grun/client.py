@@ -464,10 +464,11 @@ def known_user(word: str) -> str:
 # What a job gets of our environment (README "Environment"; NAME* all that begin so): the session; grun's own and
 # XDG_STATE_HOME (a grun inside the job reaches the same master and finds its secret); what `module load`, conda,
 # OpenMP/BLAS, R, Perl and Java set. Not all of it: each queued job's env is journaled and kept in the master's memory.
-DEFAULT_ENV = """PATH HOME USER LOGNAME SHELL LANG LANGUAGE LC_* TZ TMPDIR TERM GRUN_CONF GRUN_MASTER GRUN_SPOOL
-    XDG_STATE_HOME VIRTUAL_ENV PYTHONPATH CONDA_* LD_LIBRARY_PATH LIBRARY_PATH CPATH PKG_CONFIG_PATH MANPATH MODULEPATH
-    LOADEDMODULES _LMFILES_ MODULESHOME OMP_* MKL_NUM_THREADS OPENBLAS_NUM_THREADS PERL5LIB R_LIBS R_LIBS_USER JAVA_HOME
-    CLASSPATH""".split()
+DEFAULT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TERM",
+               "GRUN_CONF", "GRUN_MASTER", "GRUN_SPOOL", "XDG_STATE_HOME", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_*",
+               "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH", "PKG_CONFIG_PATH", "MANPATH", "MODULEPATH",
+               "LOADEDMODULES", "_LMFILES_", "MODULESHOME", "OMP_*", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "PERL5LIB", "R_LIBS", "R_LIBS_USER", "JAVA_HOME", "CLASSPATH")
 
 
 def default_env(extra: list[str] | None = None) -> dict:

@@ -109,15 +109,28 @@ def wrapped(argv: list[str], job: dict) -> list[str]:
     return argv
 
 
-def _exec_error(exc: OSError, argv: list[str], cwd: str, node: str) -> tuple[str, int]:
-    """The message and exit code a shell would give for a command it cannot run (a missing cwd: 2, usage)."""
+def _exec_error(exc: OSError, argv: list[str], cwd: str, env: dict) -> tuple[str, int]:
+    """The message and exit code a shell would give for a command it cannot run (a missing cwd: 2, usage), saying what
+    is wrong: no such file, a missing #! interpreter (DOS line breaks?), no #! line, a command in the cwd without ./."""
     if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(cwd):
-        return f"cwd {cwd} does not exist on node {node}", 2
+        return f"cwd {cwd} does not exist on node {env['GRUN_NODE']}", 2
     if exc.filename == cwd:
         return f"cannot change directory to {cwd}: {exc.strerror}", 1
-    if exc.errno == errno.ENOENT:
-        return f"{argv[0]}: command not found", 127
-    return f"{argv[0]}: {exc.strerror}", 126
+    name, head = argv[0], b""
+    dirs = [""] if "/" in name else env.get("PATH", os.defpath).split(":")
+    with contextlib.suppress(OSError, StopIteration), open(next(
+            p for d in dirs if os.path.isfile(p := os.path.join(cwd, d, name))), "rb") as f:
+        head = f.readline(256)
+    if exc.errno == errno.ENOENT and head.startswith(b"#!"):
+        dos = ": the script has DOS line breaks (\\r\\n): dos2unix it" if head.endswith(b"\r\n") else ""
+        interpreter = head[2:].strip().partition(b" ")[0].decode(errors="replace")
+        return f"{name}: its interpreter {interpreter} not found{dos}", 127
+    if exc.errno == errno.ENOENT and not head:
+        guess = f" (did you mean ./{name}?)" if "/" not in name and os.path.isfile(os.path.join(cwd, name)) else ""
+        return f"{name}: " + ("no such file" if "/" in name else "command not found" + guess), 127
+    if exc.errno == errno.ENOEXEC and not head.startswith(b"\x7fELF"):  # (not a program for another machine)
+        return f"{name}: {exc.strerror} (no #! line: add #!/bin/bash, or run it as: grun bash {name})", 126
+    return f"{name}: {exc.strerror}", 126
 
 
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int) -> dict:
@@ -322,7 +335,7 @@ class Reaper:
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
             _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
-            why, code = _exec_error(exc, argv, job["cwd"], env["GRUN_NODE"])
+            why, code = _exec_error(exc, argv, job["cwd"], env)
             return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)

@@ -120,6 +120,21 @@ def test_missing_command_exits_127_with_the_shells_message(cluster):
     assert b"no-such-command-xyz" in r.stderr and b"not found" in r.stderr
 
 
+def test_a_program_that_cannot_start_says_why(cluster, tmp_path):
+    scripts = {"dos.sh": b"#!/bin/sh\r\necho hi\r\n", "gone.sh": b"#!/no/such/sh\necho hi\n", "bare.sh": b"echo hi\n"}
+    for name, text in scripts.items():
+        (tmp_path / name).write_bytes(text)
+        (tmp_path / name).chmod(0o755)
+    expected = {"./missing.sh": (127, "no such file"),
+                "./dos.sh": (127, r"its interpreter /bin/sh not found: the script has DOS line breaks (\r\n): dos2unix it"),
+                "./gone.sh": (127, "its interpreter /no/such/sh not found"),
+                "./bare.sh": (126, "Exec format error (no #! line: add #!/bin/bash, or run it as: grun bash ./bare.sh)"),
+                "bare.sh": (127, "command not found (did you mean ./bare.sh?)")}
+    said = {cmd: cluster.grun(cmd, cwd=tmp_path) for cmd in expected}
+    assert {cmd: (r.returncode, r.stderr.decode().strip()) for cmd, r in said.items()} == {
+        cmd: (code, f"grun: {cmd}: {text}") for cmd, (code, text) in expected.items()}
+
+
 def test_command_that_is_not_executable_exits_126(cluster, tmp_path):
     script = tmp_path / "noexec.sh"
     script.write_text("#!/bin/sh\necho hi\n")

@@ -147,7 +147,8 @@ class Learned:
         origin = job.get("origin") or {}
         new = {**new, **{f: job[f] for f in ("cpus", "memory") if f in new and not new.get(f"{f}_set")
                          and origin.get(f, "").startswith("learned")}}
-        edited = {f for f in origin if f in new and (new[f] != job.get(f) or new.get(f"{f}_set") and not job.get(f"{f}_set"))}
+        edited = {f for f in origin if f in new and (new[f] != job.get(f)
+                                                     or new.get(f"{f}_set") and not job.get(f"{f}_set"))}
         return {**new, "origin": {f: v for f, v in origin.items() if f not in edited}} if edited else new
 
     def dump(self) -> list:
