@@ -159,6 +159,11 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
 def _run_new(ctx: Context, args: dict) -> int:
     """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
+    if ctx.cli and ctx.stdin_fd is None and os.isatty(0):  # `grun bash`, `grun python3`: they would end at once
+        from .core.jobs import CODE_OPTIONS, INTERPRETERS
+        if INTERPRETERS.fullmatch(os.path.basename(args["cmd"][0])) and all(
+                w[:1] == "-" and w not in CODE_OPTIONS for w in args["cmd"][1:]):
+            ctx.say("jobs get no terminal: run a script, or pipe input to it")
 
     def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
         import shutil

@@ -218,13 +218,16 @@ def test_job_reads_eof_when_grun_stdin_is_dev_null(cluster):
 
 
 def test_job_reads_dev_null_when_grun_stdin_is_a_terminal(cluster):
-    master, slave = os.openpty()
-    try:
-        r = cluster.grun("sh", "-c", "readlink /proc/self/fd/0; cat; echo end", stdin=slave, timeout=30)
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert (r.returncode, r.stdout) == (0, b"/dev/null\nend\n")
+    no_terminal = b"grun: jobs get no terminal: run a script, or pipe input to it\n"  # (an interpreter with nothing to run)
+    for cmd, out, err in ((["sh", "-c", "readlink /proc/self/fd/0; cat; echo end"], b"/dev/null\nend\n", b""),
+                          (["bash"], b"", no_terminal), (["python3", "-u"], b"", no_terminal)):
+        master, slave = os.openpty()
+        try:
+            r = cluster.grun(*cmd, stdin=slave, timeout=30)
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert (r.returncode, r.stdout, r.stderr) == (0, out, err)
 
 
 # ---- signals on the client --------------------------------------------------------------------
