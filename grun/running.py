@@ -191,7 +191,11 @@ def _run_new(ctx: Context, args: dict) -> int:
                                  on_wait=on_wait)  # (from run to run, when it is retried)
 
     ctx.out.flush()
-    return dies_with(ctx, ids, follow, before=started)
+    code = dies_with(ctx, ids, follow, before=started)
+    for path in spec.get("outputs", ()) if code == 0 else ():  # (-M; follow synced them: NFS shows the job's files)
+        if not os.path.exists(path):
+            ctx.say(f"-M: the job did not write {os.path.relpath(path)}, an output it declares")
+    return code
 
 
 @verb("[--tail] ID|NAME", "tail", one_id)

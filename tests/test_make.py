@@ -95,6 +95,14 @@ def test_argv_with_hash_markers_as_in_the_issue(cluster, tmp_path):
     assert (r.returncode, r.stderr) == (0, b"grun: up to date: out.sam\n")
 
 
+def test_an_output_the_job_did_not_write_is_said(cluster, tmp_path):
+    r = cluster.grun("-M", "echo", "hi", "#o:out.txt", cwd=tmp_path)  # (#o: is removed: echo writes to stdout)
+    assert (r.returncode, r.stdout) == (0, b"hi\n")
+    assert r.stderr == b"grun: -M: the job did not write out.txt, an output it declares\n"
+    r = cluster.grun("-M", "echo hi > %o:out.txt", cwd=tmp_path)
+    assert (r.returncode, r.stderr, (tmp_path / "out.txt").read_text()) == (0, b"", "hi\n")
+
+
 def test_failed_make_job_leaves_file_failed_and_no_file(cluster, tmp_path):
     (tmp_path / "in").write_text("x\n")
     r = cluster.grun("-M", "cat %i:in > out; echo half > %o:log; exit 3", cwd=tmp_path)

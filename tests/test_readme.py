@@ -32,3 +32,10 @@ def test_ci_installs_and_runs_the_readmes_test_command():
     for readme_run, ci_run in zip(readme_runs, ci_runs):  # the same runs, in order; CI may add options
         for word in readme_run.split():
             assert word in ci_run.split(), (word, ci_run)
+
+
+def test_readme_lists_what_a_job_gets_of_the_environment():
+    from grun.client import DEFAULT_ENV
+    environment = next(p for p in _read("README.md").split("\n\n") if p.startswith("Environment: a job gets"))
+    assert [name for name in DEFAULT_ENV if f"`{name}`" not in environment] == []
+    assert all(f"`{name}`" in environment for name in ("GRUN_JOB_ID", "GRUN_NODE", "GRUN_CPUS", "GRUN_MEMORY"))
