@@ -132,8 +132,11 @@ def nodes_table(nodes: list[dict], fields: list[str] | None = None) -> str:
 
 def status_text(status: dict, long: bool) -> str:
     """`grun -q status` (--long: and each node's labels and counted resources, and the plugins each daemon runs)."""
-    space = status["master_spool"]
-    return "\n".join(filter(None, [nodes_table(status["nodes"]), long and nodes_long(status["nodes"]), *(
+    space, nodes = status["master_spool"], status["nodes"]
+    outside = "; ".join(f"{n['name']} {n['outside_cpus']:g} cpus, {n['outside_memory']} MB" for n in nodes
+                        if n.get("outside_cpus") or n.get("outside_memory"))  # (not free: count_outside_load)
+    return "\n".join(filter(None, [nodes_table(nodes), outside and f"taken by other programs: {outside}",
+                                   long and nodes_long(nodes), *(
         f"plugins of the {daemon}: {', '.join(names) or 'none'}" for daemon, names in status.get("plugins", {}).items()),
         f"master spool: {space['spool_free']:,} MB free of {space['spool_size']:,} MB",
         *(f"warning: {problem}" for problem in status["warnings"])]))

@@ -181,3 +181,13 @@ def test_a_missing_id_has_no_header_an_array_id_lists_its_tasks_and_history_take
     assert done.wait(30) == 0
     out = _run(cluster, "-q", "history", "-F", "id,mem", str(done.id))[0]
     assert [line.split() for line in out.splitlines()] == [["ID", "MEM"], [str(done.id), "300"]], out
+
+
+def test_status_says_what_other_programs_take_of_a_node():
+    from grun.tables import status_text
+    node = {"name": "n1", "up": True, "cpus": 2.0, "memory": 2000, "free_cpus": 1.0, "free_memory": 1200, "running": 0,
+            "outside_cpus": 1.0, "outside_memory": 800}
+    status = {"nodes": [node, {**node, "name": "n2", "free_cpus": 2.0, "outside_cpus": 0.0, "outside_memory": 0}],
+              "master_spool": {"spool_free": 10, "spool_size": 20}, "warnings": []}
+    lines = status_text(status, False).splitlines()
+    assert lines[3:] == ["taken by other programs: n1 1 cpus, 800 MB", "master spool: 10 MB free of 20 MB"], lines
