@@ -70,6 +70,10 @@ def test_an_estimate_after_three_runs_is_marked_and_survives_master_restarts(lc)
         lc.client().kill([again], 9)
     long = lc.grun("-q", "history", "--long", "-c", "1").stdout.decode()
     assert f"origin    memory from {learned}" in long, long
+    queued = nowait(lc, "--force", "-c", "64", sys.executable, hog, "60", "0")
+    assert lc.grun("-e", "memory=200M", str(queued)).returncode == 0  # an edit's value is no longer learned
+    assert _row(lc, queued)["MEM"] == "200" and "memory from" not in lc.grun("why", str(queued)).stdout.decode()
+    lc.client().kill([queued], 9)
 
 
 def test_a_request_far_above_what_the_program_used_is_warned_of(lc):
