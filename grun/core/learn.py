@@ -142,14 +142,9 @@ class Learned:
 
     @staticmethod
     def kept(job: dict, new: dict) -> dict:
-        """An edit of a queued job keeps the learned values it does not ask to change, and drops the origin of those
-        it changes or now asks for (else `*` and why would still call the value learned)."""
-        origin = job.get("origin") or {}
-        new = {**new, **{f: job[f] for f in ("cpus", "memory") if f in new and not new.get(f"{f}_set")
-                         and origin.get(f, "").startswith("learned")}}
-        edited = {f for f in origin if f in new and (new[f] != job.get(f)
-                                                     or new.get(f"{f}_set") and not job.get(f"{f}_set"))}
-        return {**new, "origin": {f: v for f, v in origin.items() if f not in edited}} if edited else new
+        """An edit of a queued job keeps the learned values it does not ask to change."""
+        return {**new, **{f: job[f] for f in ("cpus", "memory") if f in new and not new.get(f"{f}_set")
+                          and (job.get("origin") or {}).get(f, "").startswith("learned")}}
 
     def dump(self) -> list:
         return [[*key, r.peaks.tolist(), r.walls.tolist(), r.cpus.tolist(), r.near, r.near_what]
