@@ -461,9 +461,9 @@ def known_user(word: str) -> str:
         raise GrunError(f"no such user {word!r}") from None
 
 
-# What a job gets of our environment (README "Environment"; NAME* all that begin so): the session; grun's own and
-# XDG_STATE_HOME (a grun inside the job reaches the same master and finds its secret); what `module load`, conda,
-# OpenMP/BLAS, R, Perl and Java set. Not all of it: each queued job's env is journaled and kept in the master's memory.
+# What a job gets of our environment (NAME*: all that begin so): the session, grun's own and XDG_STATE_HOME (a grun in
+# the job finds its master and secret), what `module load`, conda, OpenMP, BLAS, R, Perl and Java set. Not all: each
+# queued job's env is journaled and kept in the master's memory.
 DEFAULT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TERM",
                "GRUN_CONF", "GRUN_MASTER", "GRUN_SPOOL", "XDG_STATE_HOME", "VIRTUAL_ENV", "PYTHONPATH", "CONDA_*",
                "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH", "PKG_CONFIG_PATH", "MANPATH", "MODULEPATH",
@@ -475,10 +475,9 @@ def default_env(extra: list[str] | None = None) -> dict:
     """The environment a job gets: DEFAULT_ENV's variables, plus those asked for by -E: names (ours passed), '*'
     (all of ours) or NAME=VALUE (set so, as Slurm's --export=NAME=VALUE)."""
     words = [w for item in extra or [] for w in item.split(",") if w.strip()]
-    names = {w.strip() for w in words if "=" not in w}
+    names = {w.strip() for w in words if "=" not in w} | set(DEFAULT_ENV)
     given = {name.strip(): value for name, _, value in (w.partition("=") for w in words if "=" in w)}
     if "*" in names:
         return {**os.environ, **given}
-    names |= {n for n in DEFAULT_ENV if n[-1] != "*"}
     prefixes = tuple(n[:-1] for n in DEFAULT_ENV if n[-1] == "*")
     return {**{k: v for k, v in os.environ.items() if k in names or k.startswith(prefixes)}, **given}

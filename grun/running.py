@@ -192,9 +192,8 @@ def _run_new(ctx: Context, args: dict) -> int:
 
     ctx.out.flush()
     code = dies_with(ctx, ids, follow, before=started)
-    for path in spec.get("outputs", ()) if code == 0 else ():  # (-M; follow synced them: NFS shows the job's files)
-        if not os.path.exists(path):
-            ctx.say(f"-M: the job did not write {os.path.relpath(path)}, an output it declares")
+    for path in [p for p in spec.get("outputs", ()) if code == 0 and not os.path.exists(p)]:  # (-M; follow synced NFS)
+        ctx.say(f"-M: the job did not write {os.path.relpath(path)}, an output it declares")
     return code
 
 

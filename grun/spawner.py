@@ -116,19 +116,18 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, env: dict) -> tuple[str
         return f"cwd {cwd} does not exist on node {env['GRUN_NODE']}", 2
     if exc.filename == cwd:
         return f"cannot change directory to {cwd}: {exc.strerror}", 1
-    name, head = argv[0], b""
+    name, head = argv[0], ""
     dirs = [""] if "/" in name else env.get("PATH", os.defpath).split(":")
     with contextlib.suppress(OSError, StopIteration), open(next(
             p for d in dirs if os.path.isfile(p := os.path.join(cwd, d, name))), "rb") as f:
-        head = f.readline(256)
-    if exc.errno == errno.ENOENT and head.startswith(b"#!"):
-        dos = ": the script has DOS line breaks (\\r\\n): dos2unix it" if head.endswith(b"\r\n") else ""
-        interpreter = head[2:].strip().partition(b" ")[0].decode(errors="replace")
-        return f"{name}: its interpreter {interpreter} not found{dos}", 127
+        head = f.readline(256).decode(errors="replace")
+    if exc.errno == errno.ENOENT and head.startswith("#!"):
+        dos = ": the script has DOS line breaks (\\r\\n): dos2unix it" if head.endswith("\r\n") else ""
+        return f"{name}: its interpreter {head[2:].strip().partition(' ')[0]} not found{dos}", 127
     if exc.errno == errno.ENOENT and not head:
         guess = f" (did you mean ./{name}?)" if "/" not in name and os.path.isfile(os.path.join(cwd, name)) else ""
         return f"{name}: " + ("no such file" if "/" in name else "command not found" + guess), 127
-    if exc.errno == errno.ENOEXEC and not head.startswith(b"\x7fELF"):  # (not a program for another machine)
+    if exc.errno == errno.ENOEXEC and not head.startswith("\x7fELF"):  # (not a program for another machine)
         return f"{name}: {exc.strerror} (no #! line: add #!/bin/bash, or run it as: grun bash {name})", 126
     return f"{name}: {exc.strerror}", 126
 
