@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import os
 import pickle
+import secrets
 import signal
 import sys
 import threading
@@ -56,13 +57,19 @@ def _writer(name: str) -> Callable[[bytes], None]:
     return write
 
 
-def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple[bool, Any]:
-    """(True, value) or (False, exception to raise)."""
+def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None, stderr: bytes = b"") -> tuple[bool, Any]:
+    """(True, value) or (False, exception to raise); `stderr`: the start of the job's (its python may lack grun)."""
     if frame is None:
         try:
             info = job.info()
             how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}" + (
                 f" ({info['error']})" if info.get("error") else "")
+            if isinstance(kind := info.get("limit"), str):  # what it had, and the keyword to ask for more
+                had = {"memory": f"{info.get('memory')} MB", "time": f"{info.get('time') or 0:g} s"}.get(kind)
+                return False, RemoteError(f"{label} (job {job.id}) killed at its {kind} limit "
+                                          f"({had or info.get('limit_detail')})" + (f": ask for more with {kind}=" * bool(had)))
+            if b"No module named 'grun'" in stderr:
+                how += f": python={info['cmd'][0]} cannot import grun: install grun there"
         except GrunError:
             how = f"ended with exit code {exit_code}"
         return False, RemoteError(f"{label} (job {job.id}) {how} without returning a result")
@@ -75,6 +82,11 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None) -> tuple
     _, exc, text, summary = outcome
     where = f"remote traceback of {label} (job {job.id}):\n{text.rstrip()}"
     try:
+        if isinstance(exc, tuple):  # (its type, args and __dict__): rebuilt without its __init__ (grun.remote_worker)
+            cls, args, state = exc
+            exc = cls.__new__(cls, *args)
+            exc.args = args
+            exc.__dict__.update(state)
         exc.add_note(where)  # printed with the exception's message, like the rest of its traceback
         return False, exc if isinstance(exc, Exception) else RemoteError(f"{summary}\n{where}")
     except Exception:
@@ -107,12 +119,23 @@ def _on_sigterm(signum, frame) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonce: bytes) -> None:
+def _follow(client: Client, future: CallFuture, label: str, function: bytes, args: bytes) -> None:
     """Send the call, pass its output on, and settle the future with its value or exception."""
-    stdout = ResultReader(nonce, _writer("stdout"))
+    nonce, write_stderr, first_stderr = secrets.token_hex(16).encode(), _writer("stderr"), []
+    runs = [ResultReader(nonce, _writer("stdout"))]
+
+    def stderr(data: bytes) -> None:  # (its start says when its python has no grun)
+        first_stderr or first_stderr.append(data[:300])
+        write_stderr(data)
+
+    def on_note(text: str) -> None:  # (another run of the job, retried or re-queued: its output and result count)
+        print(f"grun: {text}", file=sys.stderr, flush=True)
+        if "following" in text:
+            runs.append(ResultReader(nonce, runs[0].sink))
     try:
-        code = client.follow(future.job.id, stdin_fd=payload, stdout_fd=stdout.feed, stderr_fd=_writer("stderr"))
-        ok, value = _outcome(future.job, label, code, stdout.close())
+        code = client.follow(future.job.id, stdin_fd=b"".join((nonce, b"\n", function, args)), on_note=on_note,
+                             stdout_fd=lambda data: runs[-1].feed(data), stderr_fd=stderr)
+        ok, value = _outcome(future.job, label, code, runs[-1].close(), b"".join(first_stderr))
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
     _pending.discard(future)
@@ -120,16 +143,16 @@ def _follow(client: Client, future: CallFuture, label: str, payload: bytes, nonc
         future.set_result(value) if ok else future.set_exception(value)
 
 
-def follow_all(client: Client, label: str, ids: list[int], payloads: list[bytes],
-               nonces: list[bytes]) -> list[CallFuture]:
-    """Futures for the calls of one submission (their jobs `ids`), followed from now on by a thread (_start)."""
+def follow_all(client: Client, label: str, ids: list[int], function: bytes, args: list[bytes]) -> list[CallFuture]:
+    """Futures for the calls of one submission (their jobs `ids`; the pickled function, and each call's arguments),
+    followed from now on by a thread (_start)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     futures = [CallFuture() for _ in ids]
     for future, job_id in zip(futures, ids):
         future.job = Job(client, job_id)
     _pending.update(futures)
-    threading.Thread(target=_start, args=(client, label, list(zip(futures, payloads, nonces))), name="grun-calls",
+    threading.Thread(target=_start, args=(client, label, function, list(zip(futures, args))), name="grun-calls",
                      daemon=True).start()
     return futures
 
@@ -137,19 +160,19 @@ def follow_all(client: Client, label: str, ids: list[int], payloads: list[bytes]
 START_WINDOW = 64  # how many of a submission's calls not started yet the master is asked about at once
 
 
-def _start(client: Client, label: str, calls: list[tuple[CallFuture, bytes, bytes]]) -> None:
+def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFuture, bytes]]) -> None:
     """Start each call's follower once its job runs (or has ended): a thread and connections for each call running,
     not for each one queued (a map of 300 took 305 threads and 467 fds). The master is asked about the first
     START_WINDOW calls not started, which its queue (first come, first served) starts before the others."""
-    waiting = {future.job.id: (future, payload, nonce) for future, payload, nonce in calls}
+    waiting = {future.job.id: (future, args) for future, args in calls}
     while waiting:
         try:
             started = client.call("wait_started", list(islice(waiting, START_WINDOW)), 30.0, wait=client.long_wait)
         except GrunError:  # (a master too old to take a list...): each call's follower waits for its own
             started = list(waiting)
         for job_id in map(int, started):
-            future, payload, nonce = waiting.pop(job_id)
+            future, args = waiting.pop(job_id)
             if not future.done():  # (cancelled)
                 future.started = True
-                threading.Thread(target=_follow, args=(client, future, label, payload, nonce),
+                threading.Thread(target=_follow, args=(client, future, label, function, args),
                                  name=f"grun-call-{job_id}", daemon=True).start()

@@ -64,9 +64,18 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
 
 
 def _by_id(client, method: str, job_ids: list, *args) -> dict:
-    """The master's `method` over job ids (`12.7`: task 7 of array 12), its answer by id."""
-    ids = [i if isinstance(i, str) and "." in i else int(i) for i in job_ids]
+    """The master's `method` over job ids (`12.7`: task 7 of array 12), or one id, its answer by id."""
+    ids = [i if isinstance(i, str) and "." in i else int(i) for i in _ids(job_ids)]
     return {k if "." in k else int(k): v for k, v in client.call(method, ids, *args).items()}
+
+
+def _ids(job_ids) -> list:
+    """Job ids (or names, tasks `12.7`) from a list of them, of Jobs or of CallFutures (grun.calls), or from one."""
+    listed = job_ids if hasattr(job_ids, "__iter__") and not isinstance(job_ids, str) else [job_ids]
+    ids = [getattr(getattr(i, "job", i), "id", i) for i in listed]
+    if not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
+        raise GrunError(f"expected a job id or a list of them, got {job_ids!r}")
+    return ids
 
 
 def _ask(method: str, doc: str, by_id: bool = False):
@@ -162,6 +171,8 @@ class Client:
         it may run on). (A dict is taken as a complete low-level job spec, and its job id is returned.)"""
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
+        if not isinstance(cmd, (str, list, tuple)):
+            raise GrunError(f"submit takes a command line (a string) or an argv list, not {cmd!r}")
         from .job import Job
         return Job(self, self.submit_spec(job_spec(cmd, **options)))
 
@@ -193,7 +204,7 @@ class Client:
 
     # the master's answers as they are (its docstrings say what each takes and returns)
     job = _ask("job", "The job's record: id, state, cmd, cpus, memory, node, exit, usage, ...")
-    jobs = _ask("jobs", "Records of the queued and running jobs, by id.")
+    jobs = _ask("jobs", "A list of the records of the queued and running jobs.")
     nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
     status = _ask("status", "{nodes, warnings (the master's problems, a line each), master_spool}; (True): plugins.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
@@ -207,7 +218,7 @@ class Client:
         return self.call("history", limit, user, grep)
 
     def kill(self, job_ids: list, sig: int = 15, force: bool = False) -> dict:
-        """Signal queued or running jobs; {id: whether it was live}. `force` marks running jobs killed at once,
+        """Signal queued or running jobs (or one); {id: whether it was live}. `force` marks running jobs killed at once,
         even if their node cannot be reached."""
         return _by_id(self, "kill", job_ids, int(sig), bool(force))
 
@@ -230,7 +241,7 @@ class Client:
         """The final records of the jobs (ids, or tasks `12.7`), once all have finished (Timeout after `timeout` s);
         by the jobs' own ids."""
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
-        ids, done = [self.job_id(i, deadline=deadline) for i in job_ids], {}
+        ids, done = [self.job_id(i, deadline=deadline) for i in _ids(job_ids)], {}
         while len(done) < len(ids):
             left = deadline - time.monotonic()
             if left <= 0:

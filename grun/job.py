@@ -5,13 +5,15 @@ import os
 import threading
 from collections.abc import Iterator
 
-from .client import Client, GrunError
+from . import wire
+from .client import Client, GrunError, _failure
 
 
 class Job:
     """A handle for one job. `wait()` returns the exit code as a shell would give it (128+N for death by
     signal N); `stdout()`/`stderr()` the whole output once the job has ended, or with `stream=True` the
-    chunks as the job writes them, from its node (which keeps them for `output_keep:`, a day by default)."""
+    chunks as the job writes them, from its node, which keeps them to be read again (stdout and stderr are read
+    apart) until `release()`, else for `output_keep:` (a day by default)."""
 
     def __init__(self, client: Client, job_id: int):
         self.client, self.id = client, int(job_id)
@@ -47,6 +49,17 @@ class Job:
         """The job's standard error: all of it (waiting for the end), or chunks as they come."""
         chunks = _chunks(self.client, self.id, "stderr")
         return chunks if stream else b"".join(chunks)
+
+    def release(self) -> None:
+        """Let the job's node drop its output (now, or once it ends): stdout() and stderr() find it gone."""
+        job = self.info()
+        try:
+            if supervisor := self.client.supervisor(self.id, job):
+                with supervisor:
+                    supervisor.release()
+        except Exception as exc:
+            if not isinstance(exc, (LookupError, wire.CallRejected)):  # (else its node holds it no longer)
+                raise _failure(exc, f"node of job {self.id}") from None
 
     def kill(self, sig: int = 15) -> bool:
         """Signal the job (TERM by default; KILL follows after a grace period). False if it had ended."""

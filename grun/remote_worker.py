@@ -1,15 +1,17 @@
 """One Python call as a job: `python -m grun.remote_worker [LABEL]` on a node (the job `grun.remote` submits),
 and the result frame both sides read. Input (the job's stdin): a line with a one-time nonce, then cloudpickle
-bytes of (func, args, kwargs). The function's stdout and stderr are the job's. When it returns or raises, one
-frame goes to stdout:
+bytes of func, then of (args, kwargs) (a map's calls share the function's bytes). The function's stdout and stderr
+are the job's. When it returns or raises, one frame goes to stdout:
 
     RESULT_MARK + nonce + b":" + 8-byte big-endian length + pickle of the outcome
 
-The outcome is ("ok", value) or ("error", exception or None, remote traceback text, "Type: message").
+The outcome is ("ok", value) or ("error", exception or None, remote traceback text, "Type: message"); an exception
+that pickle cannot rebuild (its __init__ takes other arguments than its args) goes as (type, args, __dict__).
 The caller knows the nonce, so no output of the function can be taken for the frame (ResultReader).
-LABEL only names the call in `grun -q jobs`. Nothing of grun's is imported: it must start fast, and may
-run under another interpreter (`python=`) that only has cloudpickle."""
+LABEL only names the call in `grun -q jobs`. Nothing else of grun's is imported: it must start fast. Another
+interpreter (`python=`) must have grun (this module) and cloudpickle."""
 import contextlib
+import io
 import os
 import pickle
 import select
@@ -34,7 +36,8 @@ def _dumps(outcome: tuple) -> bytes:
 
 def _outcome(blob: bytes) -> tuple:
     try:
-        func, args, kwargs = pickle.loads(blob)
+        call = io.BytesIO(blob)
+        func, (args, kwargs) = pickle.load(call), pickle.load(call)
     except BaseException as exc:
         return "error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}"
     try:
@@ -83,8 +86,8 @@ def main() -> int:
         try:
             pickle.loads(payload)  # an exception that pickles but cannot be rebuilt would fail the caller
         except BaseException:
-            if outcome[0] == "error":
-                payload = _dumps(("error", None, outcome[2], outcome[3]))
+            if outcome[0] == "error":  # (the caller rebuilds it without its __init__)
+                payload = _dumps(("error", (type(outcome[1]), outcome[1].args, vars(outcome[1])), *outcome[2:]))
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

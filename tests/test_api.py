@@ -121,6 +121,12 @@ def test_errors_are_grun_exceptions(cluster):
         client.submit("true", cwd="relative/dir/../x", cpus=-1)
     with pytest.raises(GrunError):
         client.submit([])
+    for bad in (42, None):  # (a bare TypeError: 'int' object is not iterable)
+        with pytest.raises(GrunError, match="a command line"):
+            client.submit(bad)
+    with pytest.raises(GrunError, match="a job id or a list"):
+        client.kill(None)
+    assert client.kill(999999) == {999999: False}
     with pytest.raises(GrunError):
         Client("not a host:port:at all")
     start = time.monotonic()
@@ -128,6 +134,21 @@ def test_errors_are_grun_exceptions(cluster):
         Client(f"127.0.0.1:{free_port()}", connect_wait=0.5).jobs()
     assert time.monotonic() - start < 5
     assert not isinstance(err.value, Pyro5.errors.PyroError)
+
+
+def test_release_lets_the_node_drop_the_output(cluster):
+    job = cluster.client().submit("echo kept")
+    assert job.wait(30) == 0 and job.stdout() == b"kept\n" and job.stdout() == b"kept\n"
+    job.release()
+    wait_for(lambda: _gone(job), 20, what="the output dropped")
+
+
+def _gone(job: Job) -> bool:
+    try:
+        job.stdout()
+    except GrunError as exc:
+        return "no longer kept" in str(exc)
+    return False
 
 
 def test_one_client_in_many_threads(cluster):
