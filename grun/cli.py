@@ -13,15 +13,19 @@ from . import __version__
 from .config import ConfigError, find_config_path, load_config
 from .options import EXIT_USAGE, GRUN_OPTIONS, UsageError, help_text
 from .options import parse as parse_options
+from .values import close_to
 
 QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
-SHORT_FORMS = ("shell", "help", "why")  # `grun why 7` is `grun -q why 7`; `grun -- why 7` runs a program `why`
+# A first word naming a verb runs it (`grun jobs` is `grun -q jobs`; `grun -- jobs` runs a program `jobs`), but for
+# the verbs named as common programs (/bin/kill, procps' watch): `grun kill 60` is refused, saying grun's spelling
+PROGRAMS = {"kill": "grun -k ID...", "watch": "in grun shell"}
+HELP_TOPICS = ("config", "rules", "make", "options", "trust", "slurm", "sge")  # (grun/shell.py's pages)
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
        grun -q jobs|status|history|wait ID...|why ID|conf   query
        grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
        grun -e hold|resume ID... | -e KEY=VAL,... ID...   hold, resume or edit jobs
        grun [--nowait] --array 1-100 COMMAND    many jobs, each with $GRUN_TASK_ID (or --cmds FILE: one a line)
-       grun why ID                              why a job is not running
+       grun VERB [ARGS...]                      a verb by name: grun jobs, grun why ID, grun hold ID (grun help)
        grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)
        grun -d [-F] | -d -k                     start (foreground) | stop the daemons
@@ -50,10 +54,10 @@ def _stdin_fd() -> int | None:
 
 def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str], str | None]:
     """The verb (and its words) a command line's form names, and how to call it in messages; the
-    options that chose it are taken out of `opts`. A first word of SHORT_FORMS is that verb, whatever
+    options that chose it are taken out of `opts`. A first word naming a verb is that verb, whatever
     follows (a wrong use is a usage error, never a job of that name), unless `escaped`: after `--`."""
+    from .verbs import NAMES, VERBS
     if opts.pop("query", False):
-        from .verbs import NAMES
         found = NAMES.get(words[0]) if words else None
         if found is None or found.name not in QUERIES:
             wrong = f"unknown query {words[0]!r}: use " if words else "-q needs a query: "
@@ -62,14 +66,19 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
     if opts.pop("kill", False):
         return ["kill", *words], "-k"
     if opts.pop("edit", False):
-        if not words:
-            raise UsageError("-e needs hold ID..., resume ID... or KEY=VALUE[,KEY=VALUE] ID...")
+        if not words or words[0] not in ("hold", "resume") and "=" not in words[0]:
+            raise UsageError("-e needs hold ID..., resume ID... or KEY=VALUE[,KEY=VALUE] ID..." +
+                             (close_to(words[0], ("hold", "resume")) if words else ""))
         return (words, f"-e {words[0]}") if words[0] in ("hold", "resume") else (["edit", *words], "-e")
     if "attach" in opts:
         return ["attach", str(opts.pop("attach")), *words], "--attach"
-    if words[:1] and words[0] in SHORT_FORMS and not escaped:
-        if opts and words[0] != "why":  # (why's own options go to it: `grun --json why 7`; others are refused there)
-            raise UsageError(f"option --{next(iter(opts))} does not go with {words[0]}")
+    first, line = None if escaped else (words or [None])[0], " ".join(words)
+    if first in PROGRAMS:
+        raise UsageError(f"`grun {line}` would run the {first} program on a node; grun's {first}: "
+                         f"{PROGRAMS[first].replace('ID...', line[len(first) + 1:] or 'ID...')} (the program: grun -- {line})")
+    if first in VERBS and first != "exit" or first in ("shell", "help"):
+        if opts and first == "shell":  # (a verb's own options go to it: `grun --json why 7`; others are refused)
+            raise UsageError(f"option --{next(iter(opts))} does not go with shell")
         return words, None
     return ["run", "--", *words], "grun"
 
@@ -176,7 +185,8 @@ def daemon(opts: dict, words: list[str], cfg, show) -> int:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))
     if opts.get("kill"):
-        return _say("stopped" if d.stop(cfg) else "not running", 0)
+        return _say(("stopped" + ("; jobs running here run on: the next start adopts them" if "exec" in cfg.services
+                                  else "")) if d.stop(cfg) else "not running", 0)
     if opts.get("reload"):
         pid, said = d.ask_reload(cfg)
         return _say(f"the daemon (pid {pid}) {said}" if said else f"asked the daemon (pid {pid}) to reload "

@@ -13,13 +13,13 @@ SHELLS = ("bash", "zsh", "fish")
 # what the shell asks the live cluster for, each call cut off after 2 s (an unreachable master: no answers)
 _IDS = "timeout 2 grun -q jobs -F id 2>/dev/null | tail -n +2"
 _NODES = "timeout 2 grun -q status 2>/dev/null | awk 'NR>1{print $1}'"
-_TAKES_IDS = ("-k", "--kill", "--attach", "why", "wait", "hold", "resume", "kill", "edit", "attach", "--after",
+_TAKES_IDS = ("-k", "--kill", "--attach", "why", "wait", "hold", "resume", "edit", "attach", "--after",
               "--afterok", "--afternotok")
 
 
 def completion(shell: str) -> str:
     """The script that, sourced, completes grun's options, queries, job ids and node names in `shell`."""
-    from .cli import QUERIES
+    from .cli import HELP_TOPICS, QUERIES
     if shell not in SHELLS:
         raise UsageError(f"--completion takes {', '.join(SHELLS)}, not {shell!r}")
     if shell == "fish":
@@ -31,12 +31,14 @@ def completion(shell: str) -> str:
               f"{' -r' + values.get(o.long, '') if o.kind != 'flag' else ''} -d {shlex.quote(o.help[:60])}"
               for o in OPTIONS),
             f"complete -c grun -n '__fish_seen_subcommand_from -q --query' -f -a '{' '.join(QUERIES)}'",
-            f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'", ""])
+            f"complete -c grun -n '__fish_seen_subcommand_from {' '.join(_TAKES_IDS)}' -f -a '(__grun_ids)'",
+            f"complete -c grun -n '__fish_seen_subcommand_from help' -f -a '{' '.join(HELP_TOPICS)}'", ""])
     flags = sorted({f"--{o.long}" for o in OPTIONS} | {f"-{o.short}" for o in OPTIONS if o.short})
     script = f"""_grun() {{
     local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}}
     case "$prev" in
         -q|--query) COMPREPLY=($(compgen -W "{' '.join(QUERIES)}" -- "$cur")); return;;
+        help) COMPREPLY=($(compgen -W "{' '.join(HELP_TOPICS)}" -- "$cur")); return;;
         {'|'.join(_TAKES_IDS)}) COMPREPLY=($(compgen -W "$({_IDS})" -- "$cur")); return;;
         -H|--hosts) COMPREPLY=($(compgen -W "$({_NODES})" -- "$cur")); return;;
         -C|--config|-f|--file|-o|--out|--err|--out-err|--cmds) COMPREPLY=($(compgen -f -- "$cur")); return;;

@@ -1,10 +1,10 @@
-"""Make semantics of `grun -M`: which files a command reads and writes, whether it needs to run, and hiding the
-outputs of a failed run; pure code over the command's words and the files' stats. The original grun's markers,
-kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an output and stay in the command without
-the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would take them for a comment anyway); in a shell
-command line `< FILE` is an input, `> FILE`, `>FILE`, `>> FILE` an output, and `%!>FILE` writes FILE without
-making it an output (it stays as `>FILE`). The script of `sh -c SCRIPT` is such a line. A marker's file is the
-rest of its word, or, inside a word, up to a metacharacter."""
+"""`grun -M CMD` runs CMD only if an output is missing or empty or an input is newer than an output, else says "up to
+date" (exit 0); a failed run's outputs become FILE.failed; `-M -n` says what would run and why. The original grun's
+markers, kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an output and stay in the command
+without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would take them for a comment anyway); in a
+shell command line `< FILE` is an input, `> FILE`, `>FILE`, `>> FILE` an output, and `%!>FILE` writes FILE without
+making it an output (it stays as `>FILE`). The script of `sh -c SCRIPT` is such a line. A marker's file is the rest
+of its word, or, inside a word, up to a metacharacter."""
 import os
 import re
 import shlex

@@ -47,7 +47,7 @@ def task_specs(ctx: Context, args: dict) -> list[dict]:
 def run(ctx: Context, args: dict) -> int:
     """Submit the array (or every --cmds line, in batches), print the job ids (with --nowait or -v);
     without --nowait, wait for them all and exit with the first non-zero exit code, in task order.
-    Their output is not streamed: -o/--err with %a keep it."""
+    Their output is not streamed (said when waiting, unless -o): -o/--err with %a keep it."""
     if "array" in args and "cmds" in args:
         raise UsageError("give --array or --cmds, not both")
     if args.get("wait-existing") or args.get("name") and "cmds" in args:  # (-j NAME --array names the array job)
@@ -55,6 +55,8 @@ def run(ctx: Context, args: dict) -> int:
     if "cmds" in args and args["cmd"]:
         raise UsageError(f"--cmds takes its commands from {args['cmds']}; unexpected: {' '.join(args['cmd'])}")
     specs, ids = [array_spec(args)] if "array" in args else task_specs(ctx, args), []
+    if not args.get("nowait") and not {"out", "out-err", "out-append", "out-err-append"} & args.keys():  # (else silent)
+        ctx.say("tasks' output is not shown here; give -o out.%a (and --err err.%a) to keep it", 0)
 
     def submit_and_wait() -> int:
         for start in range(0, len(specs), SUBMIT_BATCH):

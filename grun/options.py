@@ -154,6 +154,9 @@ OPTIONS = [
            "time between redraws (default 2s)", "SECONDS"),
 ]
 _BY_LONG = {o.long: o for o in OPTIONS}
+# Slurm's spellings of grun's options (not close enough for close_to): said in the error, as its "did you mean"
+SLURM = {f"--{slurm}": f"--{ours}" for slurm, ours in (("mem", "memory"), ("cpus-per-task", "cpus"), ("job-name", "name"),
+         ("output", "out"), ("error", "err"), ("nodelist", "hosts"), ("export", "env"))}
 _NAMES = list(_BY_LONG)
 JOB_OPTIONS = tuple(_NAMES[:_NAMES.index("json") + 1])  # `run`'s and `submit`'s; an option file (-f) may hold all but json
 GRUN_OPTIONS = tuple(_NAMES[:_NAMES.index("version") + 1])  # grun's own: those and its forms' (the rest: some verbs')
@@ -172,8 +175,10 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
         if opt is None:
             known = [f"--{o.long}" for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")]
             meant = f" ({' or '.join(known)})" if where[1] != "-" else ""  # a letter may mean more than one
+            if not known:  # a typo (close_to), or Slurm's name for it
+                meant = f"; did you mean {SLURM[where]!r}?" if SLURM.get(where) in allowed else close_to(where, allowed)
             raise UsageError(f"option {where}{meant} does not go with {called}" if known else
-                             f"unknown option {where} (see grun --help)")
+                             f"unknown option {where} (see grun --help){meant}")
         if opt.kind == "flag" and value is not None:
             raise UsageError(f"option {where} takes no value")
         if opt.kind != "flag" and value is None and (value := next(rest, None)) is None:

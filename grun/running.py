@@ -202,6 +202,8 @@ def do_attach(ctx: Context, args: dict) -> int:
     """stream a job's output (from the start, or --tail: from now) and its exit code; Ctrl-C detaches"""
     ctx.out.flush()
     job_id = ctx.client.job_id(by_name(ctx, args, True)[0])
+    if "ranges" in (job := ctx.client.job(job_id)):  # (an array: grun.core.arrays.is_array) has no output of its own
+        return ctx.say(f"job {job_id} is an array: attach to one of its tasks, e.g. grun --attach {job_id}.{job['ranges'][0][0]}")
     try:
         return ctx.client.follow(job_id, tail=bool(args.get("tail")), on_note=ctx.say, on_limit=ctx.say)
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """`grun shell`: an interactive console running the verbs of grun/verbs.py through its dispatcher. On a terminal:
 a prompt_toolkit prompt with completion (verbs, options, job ids, nodes, past commands), a history file, and a
 prompt that shows when the master is unreachable. Ctrl-C interrupts the running verb, not the shell; Ctrl-D or
-`exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the lines of stdin and exits with the status
-of the last one. The shell's own verbs (help, exit, watch) live here."""
+`exit` leaves. Without a terminal (`echo jobs | grun shell`) it runs the lines of stdin and exits, as sh does, with the
+status of the last one (or exit's CODE). The shell's own verbs (help, exit, watch) live here."""
 
 import logging
 import os
@@ -131,8 +131,8 @@ def run(ctx: Context, lines) -> int:
         for line in (line.strip() for line in lines):
             if line and not line.startswith("#"):
                 status = execute(ctx, line)
-    except ExitShell as exc:
-        return exc.args[0]
+    except ExitShell as exc:  # (`exit` alone: the last line's status, as sh's)
+        return status if exc.args[0] is None else exc.args[0]
     return status
 
 
@@ -187,7 +187,7 @@ def _doc(module: str) -> str:
 
 
 # `help TOPIC`: pages made from the tables and docstrings they describe
-TOPICS = {"config": _config_page,
+TOPICS = {"config": _config_page,  # (their names: grun.cli.HELP_TOPICS, for completion)
           "options": lambda: help_text("grun [options] COMMAND [ARGS...]   (every option; `grun -h`: the command "
                                        "line's)", tuple(o.long for o in OPTIONS)), "make": lambda: _doc(".make"),
           "rules": lambda: _doc(".core.rules") + "\n\n" + _doc(".core.expr"),
@@ -208,24 +208,29 @@ def do_help(ctx: Context, args: dict) -> int:
     if args.get("verb"):
         if (found := verbs.NAMES.get(args["verb"])) is None:
             return ctx.say(f"no verb or topic {args['verb']!r} (topics: {', '.join(TOPICS)})", EXIT_USAGE)
-        return ctx.print("\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
-                                    ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else [])))
+        text = "\n".join([f"{found.name} {found.usage}".rstrip(), f"    {found.help}"] +
+                         ([f"    aliases: {', '.join(found.aliases)}"] if found.aliases else []))
+        return ctx.print(help_text(text, found.options) if found.options else text)
+    from .cli import PROGRAMS
     width = max(map(len, verbs.VERBS))
+    ctx.print(f"{'verb':<{width + 4}}{'command line':<21}what it does")
     for v in verbs.VERBS.values():
-        ctx.print(f"  {v.name:<{width}}  {v.help}")
-    return ctx.print(f"help VERB shows its arguments, help TOPIC a page ({', '.join(TOPICS)}); Ctrl-C "
-                     "interrupts a verb, Ctrl-D leaves.")
+        spelled = {"exit": "in grun shell", "run": "grun CMD", **PROGRAMS}.get(v.name, f"grun {v.name}")
+        ctx.print(f"  {v.name:<{width}}  {spelled:<20} {v.help}")
+    return ctx.print(f"help VERB shows its arguments, help TOPIC a page ({', '.join(TOPICS)}); " + (
+        "`grun -- VERB` runs a program of that name; -q, -k, -e: grun --help" if ctx.cli else
+        "Ctrl-C interrupts a verb, Ctrl-D leaves."))
 
 
 def _exit_code(words: list[str], called: str, opts: dict) -> dict:
     if words[1:] or words and not words[0].isdigit():
         raise UsageError("usage: exit [CODE]")
-    return {"code": int(words[0]) & 0xFF if words else 0}
+    return {"code": int(words[0]) & 0xFF if words else None}
 
 
 @verb("[CODE]", words=_exit_code, aliases="quit")
 def do_exit(ctx: Context, args: dict) -> int:
-    """leave the shell (also Ctrl-D)"""
+    """leave the shell (also Ctrl-D) with CODE, else the last line's status"""
     raise ExitShell(args["code"])
 
 

@@ -62,8 +62,8 @@ def parse_memory(text) -> int:
 
 
 def _megabytes(size: str) -> float | None:
-    """ "3000", "500m", "4 g", "1.5gib", "512kb": a number and at most one unit (MB without one), else None."""
-    for suffix in ("ib", "b"):
+    """ "3000", "500m", "4 g", "1.5gib", "2gi", "512kb": a number and at most one unit (MB without one), else None."""
+    for suffix in ("ib", "i", "b"):  # (4GiB, 4Gi as Kubernetes writes it, 4GB)
         if size.endswith(suffix) and size[:-len(suffix)][-1:] in _MEMORY_UNIT:
             size = size[:-len(suffix)]
             break

@@ -172,7 +172,7 @@ def command(words: list[str], called: str, opts: dict) -> dict:
         opts.update(merged)
         words = words or from_file
     if not words and "cmds" not in opts:
-        raise UsageError(f"no command given to {called}")
+        raise UsageError(f"no command given to {called} (see grun --help)")
     if opts.get("wait-existing") and not opts.get("name"):
         raise UsageError("-W waits for the job named by -j NAME; give -j too")
     return {"cmd": words}

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from util import wait_for
+from util import assert_one_error_line, wait_for
 
+from grun import cli
 from grun.client import job_spec
 from grun.values import MAX_PRIORITY
 
@@ -48,6 +49,42 @@ def test_why_in_its_short_forms_answers_and_double_dash_runs_the_program(cluster
         client.kill([job])
     r = cluster.grun("--", "why", "3")  # `--`: the words are a command, whatever they are
     assert r.returncode == 127 and ["why", "3"] in _commands(cluster)
+
+
+def test_a_verbs_name_runs_the_verb_and_kill_or_watch_is_refused_never_run(cluster):
+    before = _commands(cluster)
+    for args, head in ((["jobs"], b"ID "), (["status"], b"NODE "), (["history", "-c", "1"], b"ID "), (["conf"], b"")):
+        r = cluster.grun(*args)
+        assert r.returncode == 0 and r.stdout.startswith(head) and r.stderr == b"", (args, r.stderr)
+    assert_one_error_line(cluster.grun("hold", "999999"), "no such job 999999")
+    r = cluster.grun("kill", "60")  # /bin/kill 60 on some node: whatever process has that pid there
+    assert_one_error_line(r, "`grun kill 60` would run the kill program on a node; grun's kill: grun -k 60 "
+                             "(the program: grun -- kill 60)")
+    assert_one_error_line(cluster.grun("watch"), "grun's watch: in grun shell (the program: grun -- watch)")
+    assert r.returncode == 2 and _commands(cluster) == before, "a job was submitted"
+    assert cli._form({}, ["make", "all"]) == (["run", "--", "make", "all"], "grun")  # a program, not a verb
+    assert cli._form({}, ["exit", "3"])[0] == ["run", "--", "exit", "3"]  # (the shell's verb)
+    assert cli._form({}, ["jobs"], escaped=True)[0] == ["run", "--", "jobs"]  # `grun -- jobs`
+
+
+def test_an_array_says_where_its_output_goes_and_attach_to_it_names_a_task(cluster, tmp_path):
+    r = cluster.grun("--array", "3-4", "echo", "hi", cwd=tmp_path)
+    note = "grun: tasks' output is not shown here; give -o out.%a (and --err err.%a) to keep it\n"
+    assert (r.returncode, r.stdout, r.stderr.decode()) == (0, b"", note)
+    r = cluster.grun("--nowait", "--array", "3-4", "-o", "out.%a", "echo", "hi", cwd=tmp_path)
+    array = int(r.stdout.split()[1])
+    assert r.stderr == b"" and cluster.client().wait([array])
+    assert (tmp_path / "out.4").read_text() == "hi\n"
+    assert_one_error_line(cluster.grun("--attach", str(array)),
+                          f"job {array} is an array: attach to one of its tasks, e.g. grun --attach {array}.3")
+    assert cluster.grun("--attach", f"{array}.3").returncode == 0
+
+
+def test_stopping_a_nodes_daemon_says_its_jobs_run_on(fresh_cluster):
+    r = fresh_cluster.grun("-C", fresh_cluster.configs["small"], "-d", "-k")
+    assert (r.returncode, r.stderr) == (0, b"grun: stopped; jobs running here run on: the next start adopts them\n")
+    r = fresh_cluster.grun("-C", fresh_cluster.configs["master"], "-d", "-k")
+    assert (r.returncode, r.stderr) == (0, b"grun: stopped\n")
 
 
 def _closed_stdout(cluster, *args, stdout=None):

@@ -26,9 +26,10 @@ def test_every_run_of_a_retried_job_reaches_the_user_in_order(cluster, tmp_path)
 
 def test_an_arrays_throttle_is_not_a_limit_it_died_of_and_a_cancelled_job_says_why(cluster):
     array = nowait(cluster, "--array", "1-2%1", "true")
-    for args in (("-q", "wait", str(array)), ("--attach", str(array))):
+    for args in (("-q", "wait", str(array)), ("--attach", f"{array}.1"), ("--attach", f"{array}.2")):
         r = cluster.grun(*args)
         assert (r.returncode, r.stderr) == (0, b""), (args, r.stderr)
+    assert_one_error_line(cluster.grun("--attach", str(array)), f"job {array} is an array: attach to one of its tasks")
     failed = nowait(cluster, "false")
     r = cluster.grun("--afterok", str(failed), "echo", "x")
     assert_one_error_line(r, "cancelled: dependency", f"{failed} failed")

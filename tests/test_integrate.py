@@ -10,6 +10,8 @@ import sys
 import pytest
 from cluster import LocalCluster
 
+from grun.shell import TOPICS
+
 # bash's (and zsh's, through bashcompinit) completion of `grun WORDS` with the cursor after the last word
 COMPLETE = """source /dev/stdin <<< "$SCRIPT"
 {setup}COMP_WORDS=(grun {words}); COMP_CWORD={cword}; _grun; printf '%s\\n' "${{COMPREPLY[@]}}"
@@ -54,6 +56,7 @@ def test_each_shell_completes_options_queries_and_live_job_ids(cluster, shell):
             ["jobs", "status", "history", "wait", "why", "conf"]
         assert str(job) in _complete(shell, ["grun", "-k", ""], cluster.env)
         assert "n1" in _complete(shell, ["grun", "-H", ""], cluster.env)
+        assert sorted(_complete(shell, ["grun", "help", ""], cluster.env)) == sorted(TOPICS), "not every command"
     finally:
         cluster.client().kill([job])
 

@@ -32,7 +32,8 @@ def test_array_waits_for_all_and_exits_with_the_first_failure(cluster, tmp_path)
                      cwd=tmp_path)
     assert r.returncode == 5
     assert r.stdout == b""
-    err = r.stderr.decode().strip()
+    note, err = r.stderr.decode().strip().split("\n")
+    assert note == "grun: tasks' output is not shown here; give -o out.%a (and --err err.%a) to keep it"
     assert err.startswith("grun: 2 of 6 tasks failed: ") and ".4 (exit 5)" in err and ".6 (exit 9)" in err, err
 
 

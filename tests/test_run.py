@@ -304,6 +304,8 @@ def test_cpus_and_memory_options(cluster):
     record = job(cluster, job_id_from_verbose(r.stderr))
     assert (record["cpus"], record["memory"]) == (2.0, 500)
     assert r.stdout == b"2 500\n", "the job learns its request, as from SLURM_CPUS_PER_TASK / SLURM_MEM_PER_NODE"
+    r = cluster.grun("-v", "-m", "2Gi", "true")  # (Kubernetes' spelling, as 2GiB)
+    assert r.returncode == 0 and job(cluster, job_id_from_verbose(r.stderr))["memory"] == 2048, r.stderr
 
 
 def test_queries_while_a_job_runs_then_kill_it(cluster, tmp_path):

@@ -60,6 +60,7 @@ def test_bad_input_is_one_line_and_the_shell_goes_on(cluster):
     assert r.returncode == 2, "the status of the last verb"
     r = shell(cluster, "exit 5\nstatus\n")
     assert (r.returncode, r.stdout) == (5, b"")
+    assert shell(cluster, "bogus\nexit\n").returncode == 2, "exit alone: the last line's status, as sh's"
 
 
 def test_help(cluster):
@@ -70,6 +71,18 @@ def test_help(cluster):
         assert re.search(rf"^  {verb} ", out, re.MULTILINE), verb
     assert re.search(r"^kill \[-n SIG\].* ID\|NAME\.\.\.\n    kill jobs", out, re.MULTILINE), out
     assert r.stderr.decode().startswith("grun: no verb or topic 'nope'")
+    assert "Ctrl-D leaves" in out
+
+
+def test_grun_help_spells_each_verb_as_the_command_line_takes_it(cluster):
+    out = cluster.grun("help").stdout.decode()
+    for verb, spelled in (("run", "grun CMD"), ("jobs", "grun jobs"), ("hold", "grun hold"), ("kill", "grun -k ID..."),
+                          ("watch", "in grun shell"), ("exit", "in grun shell")):
+        assert re.search(rf"^  {verb} +{re.escape(spelled)} ", out, re.MULTILINE), (verb, out)
+    assert "Ctrl-D leaves" not in out, "no shell keys outside the shell"
+    run = cluster.grun("help", "run").stdout.decode()
+    assert "  -c, --cpus CPUS " in run and "  -t, --time TIME " in run and "--nowait" in run, run
+    assert "pure code" not in (make := cluster.grun("help", "make").stdout.decode()) and "FILE.failed" in make
 
 
 def test_job_control_verbs(cluster):
