@@ -209,9 +209,8 @@ class Drain:
         with out.lock:
             for name in STREAMS:
                 with contextlib.suppress(FileNotFoundError):
-                    pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-                    out.files[name] = os.open(os.path.join(job_dir, name),
-                                              os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | spool.NOFOLLOW)
+                    out.files[name] = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | spool.NOFOLLOW, 0o644)
                     out.pipes[name] = pipe
                     self.fds[pipe] = (out, name)
                     self.poll.register(pipe, select.EPOLLIN)

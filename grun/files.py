@@ -38,7 +38,7 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
     survives a power cut, not only a crash of this process."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode), "wb") as f:
             f.writelines([data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
             f.flush()
             if durable:

@@ -32,6 +32,7 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
+GONE = "tmp.gone"  # an ended job's TMPDIR, removed in a child: 100k files take 1 s, no job may wait for that
 HIDE_SECS = 5.0  # how long the node waits for a failed -M job's outputs to be renamed (hide_failed_outputs)
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 # how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
@@ -150,7 +151,8 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
         status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
     if lost:
         status["error"] = f"{lost} bytes of output lost: spool disk full"
-    spool.remove(os.path.join(job_dir, "tmp"))  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do
+    with contextlib.suppress(OSError):  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do: aside
+        os.rename(os.path.join(job_dir, "tmp"), os.path.join(job_dir, GONE))  # now, removed later (Reaper.reap)
     return status
 
 
@@ -318,9 +320,10 @@ class Reaper:
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
             env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
-            os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)
+            spool.remove(env["TMPDIR"])  # (its user owns job_dir: whatever is there, a link to /etc, goes unfollowed)
+            os.mkdir(env["TMPDIR"], 0o700)
             if ident:
-                os.chown(env["TMPDIR"], ident["user"], ident["group"])
+                os.chown(env["TMPDIR"], ident["user"], ident["group"], follow_symlinks=False)
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
         keep: dict[str, int] = {}
@@ -354,7 +357,7 @@ class Reaper:
         and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
         stop the reaper."""
         with contextlib.suppress(BaseException):
-            with contextlib.suppress(OSError), err or open(os.path.join(job_dir, "stderr"), "ab") as f:
+            with contextlib.suppress(OSError), err or spool.open_append(job_dir, "stderr") as f:
                 f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
@@ -384,6 +387,8 @@ class Reaper:
                 if run.lock is not None:  # (_fail's run holds no lock: its end is told as any failure's)
                     os.close(run.lock)
         self._record(*done)
+        if gone := [path for run in done if os.path.lexists(path := os.path.join(run.dir, GONE))]:
+            os.close(_in_child_as({}, lambda paths: [spool.remove(p) for p in paths], gone, 0)[1])  # (reaped above)
 
     def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or

@@ -30,6 +30,8 @@ JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
 STREAMS = ("stdout", "stderr")
 DISK_RETRY_SECS = 2.0  # how often what a full spool disk refused (a job's output, an ended job's status) is tried again
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
+# A job's directory is its user's: a root daemon opens nothing in it through a link the user put there (-> /etc/passwd)
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
@@ -47,17 +49,17 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     for name in STREAMS:
         if not job.get(f"{name}_file"):
             os.mkfifo(pipe_path(job_dir, name), 0o600)  # opened by the reaper and the node, as root or as us
-    if job.get("uid") and os.geteuid() == 0:  # the job's user owns them
+    with open(os.open(os.path.join(job_dir, JOB), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644), "wb") as f:
+        f.write(job_json.encode())
+    if job.get("uid") and os.geteuid() == 0:  # the job's user owns them (last: nothing is written in it after)
         for path in (job_dir, fifo) if ends else (job_dir,):
             os.chown(path, job["uid"], job.get("gid", job["uid"]))
-    with open(os.path.join(job_dir, JOB), "wb") as f:
-        f.write(job_json.encode())
     return ends
 
 
 def open_stdin(job_dir: str) -> int:
     """The job's end of its FIFO: the node holds the write end already, so this neither blocks nor sees EOF."""
-    fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
     os.set_blocking(fd, True)
     return fd
 
@@ -70,8 +72,10 @@ def open_pipe(job_dir: str, name: str) -> tuple[int, int]:
     """For the reaper: a read end of the job's stdout or stderr pipe, which it holds until the job has
     ended (so the job's writes never fail while the node daemon is away), and the job's write end."""
     path = pipe_path(job_dir, name)
-    keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    return keep, os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # (does not block: a reader is there)
+    keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    write = os.open(path, os.O_WRONLY | os.O_NONBLOCK | NOFOLLOW)  # (a reader is there: a FIFO put there since, ENXIO)
+    os.set_blocking(write, True)
+    return keep, write
 
 
 def append_from_pipe(pipe: int, fd: int, most: int) -> int:
@@ -96,7 +100,7 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
     full pipe (1 MiB): a process the job left behind may write on (`yes &`), and must not hold us. False: the
     spool disk is full, and the rest is still in the pipe (for drop_pipe, once waiting for space is over)."""
     with contextlib.suppress(OSError):
-        fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | NOFOLLOW, 0o644)
         left = 1 << 20
         try:
             while left > 0 and (n := append_from_pipe(pipe, fd, left)):
@@ -170,7 +174,7 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
         try:
-            opened[i] = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            opened[i] = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
             if os.write(opened[i], data.encode()) < len(data.encode()):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError:
@@ -195,9 +199,17 @@ def _unwritten(job_dir: str, fd: int | None) -> None:
         os.unlink(os.path.join(job_dir, STATUS))
 
 
-def remove(job_dir: str) -> None:
-    import shutil  # not at import: the reaper removes only a job's TMPDIR, at its end (2 ms: not at its start)
-    shutil.rmtree(job_dir, ignore_errors=True)
+def remove(path: str) -> None:
+    """A directory and all in it, or a file, or a link (never followed)."""
+    import shutil  # not at import: the reaper removes only a job's TMPDIR (2 ms: not at its start)
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # (a directory: EISDIR)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def open_append(job_dir: str, name: str):
+    """A spool file of the job, opened to add to it."""
+    return open(os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644), "ab")
 
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:

@@ -498,3 +498,41 @@ def test_a_failed_make_job_of_a_dead_reaper_leaves_file_failed(c, death):
         assert os.stat(out + ".failed").st_uid == who["uid"]
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real user (CI runs as root)")
+def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_reaper(tmp_path):
+    """A job's spool directory is its user's: before the reaper (root) starts a Slurm-compat job, the user can put
+    tmp -> a directory of root's (the reaper would chown it to them) and stdout, stderr or status.json -> a file of
+    root's (the reaper would write into it). None is followed; the job gets a TMPDIR of its own, removed after its
+    end: renamed aside at once (100k files take 1 s: no other job waits for that) and removed in a child."""
+    import pwd
+    import subprocess
+    import sys
+
+    from grun import spawner, spool
+    name = f"grl{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    try:
+        user = pwd.getpwnam(name)
+        victim_dir, victim = tmp_path / "etc", tmp_path / "passwd"
+        victim_dir.mkdir()
+        victim.write_text("root:x:0:0\n")
+        job = {"id": 7, "cmd": ["sh", "-c", 'touch "$TMPDIR/made"; echo out; echo err >&2; exit 3'], "cwd": "/",
+               "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
+        job_dir = str(tmp_path / "7")
+        spool.create(job_dir, job, json.dumps(job))
+        assert os.stat(job_dir).st_uid == user.pw_uid
+        for link, target in (("tmp", victim_dir), ("stdout", victim), ("stderr", victim), ("status.json", victim)):
+            os.symlink(target, os.path.join(job_dir, link))  # (as the user may: theirs is the directory)
+        reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
+        reaper.communicate(f"{job_dir}\t\n".encode(), timeout=60)  # (ends once the job's end is written)
+        assert (os.stat(victim_dir).st_uid, os.listdir(victim_dir), victim.read_text()) == (0, [], "root:x:0:0\n")
+        assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3
+        wait_for(lambda: not {"tmp", spawner.GONE} & set(os.listdir(job_dir)), timeout=10)
+        # exit_status renames a TMPDIR aside, and removes none of it
+        os.makedirs(os.path.join(job_dir, "tmp", "d"))
+        end = spawner.exit_status(job_dir, job, {}, 0, __import__("resource").getrusage(0), time.time(), 0)
+        assert end["exit_code"] == 0 and os.path.isdir(os.path.join(job_dir, spawner.GONE, "d"))
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
