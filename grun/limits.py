@@ -39,9 +39,9 @@ OOM_PATTERNS = re.compile(
 def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
     """The limits a job gets on this node: for a job that asked for memory, memory_mb (the sampler's, on resident
     memory: -m x hard_factor, as memory_basis says) and the rlimit data_mb (the same, at least MIN_DATA_MB); for a
-    learned memory, memory_mb alone; time (seconds) when it asked."""
+    learned memory, memory_mb alone; time (seconds) when it asked. A reserve_only memory (qsub -l mem_free) is no limit."""
     out = {"time": job["time"]} if job.get("time") else {}
-    if job.get("memory_set"):
+    if job.get("memory_set") and not job.get("reserve_only"):
         memory_limit = max(1, int(job["memory"] * hard_factor))
         out.update(memory_mb=memory_limit, data_mb=max(memory_limit, MIN_DATA_MB),
                    memory_basis=f"-m {job['memory']} x hard_factor {hard_factor:g}")

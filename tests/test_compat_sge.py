@@ -157,11 +157,14 @@ def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(c
     assert (job["cpus"], job["memory"], job.get("memory_set"), job["priority"]) == (2, 600, True, 15)
     assert (tmp_path / "nf.log").read_text().splitlines() == ["3600", "1024", "16384", "fsize"]  # (bash's: KB)
     assert os.path.getsize(tmp_path / "big") == 1 << 20
-    # mem_free alone: a request (reserved), not a limit; a slot range: its lowest (grun gives a job a fixed number)
-    r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-l", "mem_free=1G", "-pe", "smp", "2-4", "-b", "y", "true",
-              cwd=tmp_path)
-    job = wait_end(cluster, int(r.stdout.split()[0]))
-    assert (r.returncode, job["cpus"], job["memory"], job.get("memory_set")) == (0, 2, 2048, None), r.stderr
+    # mem_free alone: a request (reserved), not a limit, and learning (after 3 runs) leaves it; a slot range: its
+    # lowest (grun gives a job a fixed number)
+    for run in range(4):
+        r = shims("qsub", "-terse", "-sync", "y", "-cwd", "-j", "y", "-o", f"free{run}", "-l", "mem_free=1G", "-pe",
+                  "smp", "2-4", "-b", "y", "ulimit -d", cwd=tmp_path)
+        job = wait_end(cluster, int(r.stdout.split()[0]))
+        assert (r.returncode, job["cpus"], job["memory"], job.get("memory_limit")) == (0, 2, 2048, None), r.stderr
+        assert (tmp_path / f"free{run}").read_text() == "unlimited\n"
     before = len(cluster.client().history(1000))
     for args, words in ((["-a", "202612011200"], "-a: grun cannot delay a job's start"),
                         (["-l", "exclusive=true"], "-l exclusive: grun has no whole-node request"),

@@ -283,8 +283,9 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
     given = lambda key: spec.get(key) is not None or None  # (None: the key is left out)
     optional = {
-        # asked for (-m): a limit too; else (or reserve_only) only a reservation (grun.limits)
-        "memory_set": given("memory") and not spec.get("reserve_only") or None,
+        # asked for (-m): learning leaves it alone; a limit too unless reserve_only (grun.limits)
+        "memory_set": given("memory"),
+        "reserve_only": spec.get("reserve_only") or None,
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
