@@ -21,6 +21,8 @@ from .core.jobs import MARK
 from .values import parse_memory
 
 NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
+MAX_ARG = 131072  # Linux's MAX_ARG_STRLEN: the longest argument (a batch script's text), its NUL included
+RUN_FILE = {"slurm": "sbatch --wrap 'bash SCRIPT'", "sge": "qsub -b y bash SCRIPT"}
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
 
 
@@ -141,12 +143,17 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     """Queue a job for a shim (its id): the script with its output files (a batch job; `append`: added to, as SGE's
     always are), or the command `args` (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0,
     GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h). An `err` that is `out`
-    (the same shell word) is opened once: twice, each truncates it."""
+    once expanded (o.%j, o.%A; f, ./f) is opened once: twice, each truncates it."""
+    if script is not None and len(script.encode(errors="surrogateescape")) >= MAX_ARG:
+        raise Refused(f"the script is {len(script.encode(errors='surrogateescape'))} bytes: grun passes it as one "
+                      f"argument, less than 128 KiB (Slurm's take 4 MB): run it as a file, e.g. {RUN_FILE[family]}")
     # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
-    # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`): change them together
+    # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`; SGE's qacct, the exec on line 2): change
+    # them together
     to = ">>" if append else ">"
+    opened = f'e={err}; exec {to}"$o"; [ "$o" -ef "$e" ] && exec 2>&1 || exec 2{to}"$e"' if err else f'exec {to}"$o" 2>&1'
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
-        (f"exec {to}{out} " + ("2>&1" if err in (None, out) else f"2{to}{err}") + "\n" if out else "") + setup + \
+        (f"o={out}; {opened}\n" if out else "") + setup + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     env = {**(env or {}), "GRUN_COMPAT": family}
@@ -179,7 +186,7 @@ def when(text: str) -> float:
     day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
         return now + int(m[1] or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m[2] or "s")[0]]
-    if low in named or re.fullmatch(r"\d\d?:\d\d(:\d\d)?", text):
+    if low in named or re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?", text):
         return day + (3600 * named[low] if low in named else
                       sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
     iso, this = text, time.localtime(now)

@@ -105,8 +105,10 @@ def hostlist(text: str) -> list[str]:
     """Slurm's host list (n[1-3,07-08],m) as names: n1, n2, n3, n07, n08, m (a word's [...] groups one by one)."""
     if not (m := re.search(r"([^,]*?)\[(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)\]((?:\[[^]]*\]|[^,])*)", text)):
         return [word for word in text.split(",") if word]  # (names, or patterns as grun's -H takes: n[ab]*)
-    words = [f"{m[1]}{n:0{len(first)}}{m[3]}" for first, _, end in (item.partition("-") for item in m[2].split(","))
-             for n in range(int(first), int(end or first) + 1)]
+    ranges = [(first, int(first), int(end or first)) for first, _, end in (item.partition("-") for item in m[2].split(","))]
+    if any(low > high for _, low, high in ranges):  # (n[3-1]: as Slurm's, refused, not no host, which is any)
+        raise Refused(f"invalid node name specified: {m[0]}")
+    words = [f"{m[1]}{n:0{len(first)}}{m[3]}" for first, low, high in ranges for n in range(low, high + 1)]
     return hostlist(text[:m.start()] + ",".join(words) + text[m.end():])
 
 
@@ -137,10 +139,12 @@ def sbatch(argv: list[str]) -> int:
         request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(map(len, ids))), SLURM_ARRAY_TASK_STEP=str(ids[0].step),
                               SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ids)),
                               SLURM_ARRAY_TASK_MAX=str(max(r[-1] for r in ids)))
-    names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
+    names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%J": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
+    for spec in set(re.findall(r"%\d[jJAa]", out + last(opts, "err", ""))):  # %4a: zero-padded to 4 digits
+        names[spec] = f'"$(printf %0{spec[1]}d {names["%" + spec[2]]})"'
     if (mode := last(opts, "open-mode", "truncate")) not in ("append", "truncate"):
         raise Refused(f"Invalid --open-mode: {mode} (append or truncate)")
     client = Client()

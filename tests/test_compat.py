@@ -127,9 +127,11 @@ def test_hostlists_and_sacct_dates_as_slurm_writes_and_reads_them():
     for text, when in (("12/31/25", (2025, 12, 31, 0, 0)), ("01.02-10:30", (year, 1, 2, 10, 30)), ("010225", (2025, 1, 2, 0, 0)),
                        ("0102", (year, 1, 2, 0, 0)), ("fika", time.localtime()[:3] + (15, 0))):
         assert compat.when(text) == time.mktime(when + (0, 0, 0, -1)), text
-    for text in ("13/01", "12/07/2025", "1/2"):
+    for text in ("13/01", "12/07/2025", "1/2", "99:99", "12:60"):
         with pytest.raises(compat.Refused, match=f"invalid time specification: {text}"):
             compat.when(text)
+    with pytest.raises(compat.Refused, match=r"invalid node name specified: n\[3-1\]"):
+        compat_slurm.hostlist("big,n[3-1]")  # (no host would be any host)
 
 
 # ---- through a real cluster -------------------------------------------------------------------------
@@ -210,6 +212,13 @@ def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_p
     job_id = r.stdout.strip()
     assert (tmp_path / f"slurm-{job_id}.out").read_text() == "out\n"
     assert (tmp_path / f"e-{job_id}.txt").read_text() == "oops\n"
+    r = shims("sbatch", "--parsable", "--wait", "-o", "p%3j-%J-%4a.%%4a", "--wrap", "echo x", cwd=tmp_path)  # zero-padded
+    assert (tmp_path / f"p{int(r.stdout):03d}-{int(r.stdout)}-4294967294.%4a").read_text() == "x\n", r.stderr
+    before = len(cluster.client().history(1000))
+    for command in ("sbatch", "qsub"):  # a script is one argument: Linux takes 128 KiB (Slurm 4 MB), so it would fail
+        r = shims(command, input="#!/bin/sh\n" + "# padding\n" * 13108, cwd=tmp_path)
+        assert r.returncode == 1 and "131090 bytes" in r.stderr and "as a file" in r.stderr and r.stderr.count("\n") == 1
+    assert len(cluster.client().history(1000)) == before
 
 
 def test_output_and_error_to_one_file_keep_both_and_open_mode_append_adds(cluster, shims, tmp_path):
@@ -220,6 +229,10 @@ def test_output_and_error_to_one_file_keep_both_and_open_mode_append_adds(cluste
         r = shims("sbatch", "--wait", "-o", "same-%x.log", "-e", "same-%x.log", f"--open-mode={mode}", "--wrap", loop,
                   cwd=tmp_path)
         assert r.returncode == 0 and (tmp_path / "same-wrap.log").read_text().split() == lines * times, r.stderr
+    for out, err in (("o.%j", "o.%A"), ("f f'\"", "./f f'\"")):  # one file once expanded, or by another path
+        r = shims("sbatch", "--parsable", "--wait", "-o", out, "-e", err, "--wrap", loop, cwd=tmp_path)
+        path = tmp_path / err.replace("%A", r.stdout.strip())
+        assert r.returncode == 0 and path.read_text().split() == lines, r.stderr
     r = shims("sbatch", "--open-mode=add", "--wrap", "true", cwd=tmp_path)
     assert r.returncode == 1 and "Invalid --open-mode: add" in r.stderr
     r = shims("qsub", "-sync", "y", "-cwd", "-o", "q.log", "-e", "q.log", "-b", "y", loop, cwd=tmp_path)
