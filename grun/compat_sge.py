@@ -1,7 +1,6 @@
 """SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
 SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_slurm.py)."""
 
-import contextlib
 import fnmatch
 import os
 import re
@@ -122,7 +121,7 @@ def qsub(argv: list[str]) -> int:
     task = '."$SGE_TASK_ID"' if "array" in opts else ""
     names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
              "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
-    out, err = (_output(opts, key, name, names, task) for key in ("out", "err"))
+    out, err = (_output(opts, key, name, names, task, request["cwd"]) for key in ("out", "err"))
     if binary and ("start_shell" not in opts or yes(opts, "start_shell")):
         # SGE's -shell y: the command line goes to a shell, its variables ($SGE_TASK_ID) expanded; (SGE joins the
         # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
@@ -171,10 +170,11 @@ def _holds(client: Client, held: list[str]) -> list[dict]:
     return known
 
 
-def _output(opts: dict, key: str, name: str, names: dict, task: str) -> str:
-    """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory, or in the directory -o/-e names, or the file."""
+def _output(opts: dict, key: str, name: str, names: dict, task: str, cwd: str) -> str:
+    """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory (`cwd`), or in the directory -o/-e names, or the
+    file."""
     path = last(opts, key, "")
-    if not path or os.path.isdir(path):
+    if not path or os.path.isdir(os.path.join(cwd, path)):
         return (out_path(path.rstrip("/") + "/", names) if path else "") + \
             out_path(name, names) + f'.{key[0]}"$JOB_ID"' + task
     return out_path(path, names)
@@ -313,13 +313,20 @@ def _accounting(job: dict) -> tuple:
             ("ru_stime", f"{u.get('stime', 0):.3f}s"), ("ru_maxrss", f"{u.get('maxrss_kb', 0)}K"))
 
 
-def _unopened(client: Client, job: dict) -> None:
+def _unopened(client: Client, job: dict, down: set) -> None:
     """A batch job whose output file cannot be opened (qsub -o nodir/x.out) exits 2 before its script runs, its shell's
-    words (on line 2, compat.submit's `exec >FILE`) on its stderr, which its node keeps (output_keep; read here without
-    releasing it, in ~10 ms; a node that does not answer costs a few seconds): SGE's failed 26, with those words."""
+    words (on line 2, compat.submit's `exec >>FILE`) on its stderr, which its node keeps (output_keep; read here without
+    releasing it, in ~10 ms; a node that does not answer costs a few seconds, and is not asked again: `down`): SGE's
+    failed 26, with those words. Only for a failed qsub job (an sbatch job's exec is on line 3; srun's has none)."""
+    cmd = job.get("cmd") or []
+    if job["state"] != "failed" or job.get("exit") != 2 or not wrapped(cmd) or not re.match(r".*\no=.*exec >>", cmd[2]) \
+            or job.get("node") in down:
+        return
     err: list[bytes] = []
-    with contextlib.suppress(GrunError):
+    try:
         client.follow(job["id"], stdout_fd=lambda b: None, stderr_fd=err.append, release=False, require_output=True)
+    except GrunError:
+        down.add(job.get("node"))
     if m := re.match(rf"{re.escape(name_of(job))}: (?:line )?2: (.*)", b"".join(err).decode(errors="replace")):
         job["sge_failed"] = f"26  : opening input/output file: {m[1]}"
 
@@ -372,10 +379,10 @@ def qacct(argv: list[str]) -> int:
     jobs = [j for j in {j["id"]: j for j in jobs}.values() if "ranges" not in j and j["state"] in FINAL_STATES
             and (j.get("start_time") or 0) > since and opts.get("-o") in (None, "", j.get("user"))]  # (never run: none)
     if asked:
-        ended = {}
+        ended, down = {}, set()
         for j in jobs:
-            if j["state"] == "failed" and j.get("exit") == 2 and wrapped(j.get("cmd") or []):
-                _unopened(client, j)
+            if str(j.get("array", j["id"])) in asked:  # (asked by number: by name, or all, 10,000 would be read)
+                _unopened(client, j, down)
             for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N: a job, an array; N_T)
                 ended.setdefault(key, []).append(j)
         return _blocks([(w, ended.get(w, []) if w.isdigit() else [j for j in jobs if fnmatch.fnmatchcase(

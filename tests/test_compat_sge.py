@@ -202,6 +202,14 @@ def test_ctrl_c_on_qsub_sync_kills_its_job_and_a_jobs_tmpdir_goes_at_its_end(clu
     assert os.path.isdir(os.path.dirname(tmpdir))  # (its spool stays, for its output)
 
 
+def test_qsub_o_names_a_directory_of_the_job_s_cwd_not_qsub_s(cluster, shims, tmp_path):  # noqa: F811
+    home = tmp_path / "home"  # (without -cwd, the job runs in $HOME)
+    (home / "logs").mkdir(parents=True)
+    r = subprocess.run([str(shims.bin / "qsub"), "-terse", "-sync", "y", "-j", "y", "-o", "logs", "-N", "inhome", "-b", "y",
+                        "echo hi"], env=dict(cluster.env, HOME=str(home)), cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and (home / "logs" / f"inhome.o{r.stdout.split()[0]}").read_text() == "hi\n", r.stderr
+
+
 def _until(test, seconds=20):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not test():
@@ -263,7 +271,7 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     gone = int(shims("qsub", "-terse", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
     array = int(shims("qsub", "-terse", "-t", "1-3", "-tc", "1", "-b", "y", "sleep 30", cwd=tmp_path).stdout.split(".")[0])
     bad, two = (int(shims("qsub", "-terse", "-cwd", *args, "-b", "y", "exit 2", cwd=tmp_path).stdout)
-                for args in (["-o", "nodir/x.out"], []))
+                for args in (["-o", "nodir/x.out", "-N", "unopened"], []))
     assert _until(lambda: all(cluster.client().job(i)["state"] == "running" for i in (gone, f"{array}.1")))
     shims("qdel", f"{array}.2")
     shims("qdel", str(gone), str(array))
@@ -274,6 +282,7 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     assert [b["failed"] for b in blocks("-j", str(gone))] == ["100 : assumedly after job"]
     assert [b["failed"] for b in blocks("-j", f"{bad},{two}")] == [  # (the shell's words; a script's own exit 2: none)
         "26  : opening input/output file: cannot create nodir/x.out: Directory nonexistent", "0"]
+    assert [b["failed"] for b in blocks("-j", "unopened")] == ["0"]  # (by name: its node's spool is not read)
     assert [b["taskid"] for b in blocks("-j", str(array))] == ["1"]  # (2 and 3 never ran: no record, as SGE's)
     me = current_user()
     r = shims("qacct", "-o", me, "-d", "1")
