@@ -49,7 +49,7 @@ def qsub(argv: list[str]) -> int:
     opts, rest = parse(argv, QSUB, glued=False)  # (SGE's options are whole words: -verify is not -v erify)
     binary = yes(opts, "binary")
     script = None if binary else C.read_script(rest[0] if rest else None, "job")
-    if binary and not rest:
+    if binary and not (rest and rest[0].strip()):
         raise Refused("-b y needs a command")
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False, glued=False)
     name = last(opts, "name", os.path.basename(rest[0].split()[0] if binary and rest[0].split() else rest[0])
@@ -71,7 +71,7 @@ def qsub(argv: list[str]) -> int:
                       f"-w takes e, w, n or v, got {last(opts, 'verify')!r}")
     yes(opts, "reserve")  # (-R y: grun reserves room for a job that waits long by itself)
     pe = last(opts, "pe", [None, "1"])[1]  # N, or a range N-M, N-, -M: its lowest (grun gives no more than asked)
-    m = re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)
+    m = pe and re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)  # ('': refused)
     slots = resources.pop("slots", None) or (m[1] or "1" if m else pe)
     if not slots.isdigit() or int(slots) < 1 or m and m[2] and int(m[2]) < int(slots):
         raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots or a range of them")
@@ -110,6 +110,8 @@ def qsub(argv: list[str]) -> int:
             print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
                   f"{', '.join(str(a['id']) for a in arrays)} (grun has no task-to-task dependency)", file=sys.stderr)
         request["after"] += [a["id"] for a in arrays]
+    if not last(opts, "limit", "1").isdigit():
+        raise Refused(f"-tc {last(opts, 'limit')}: expected a number of tasks")
     if tasks:
         request["array"] = span + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
     env = dict(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
@@ -195,8 +197,9 @@ def qstat(argv: list[str]) -> int:
                  for w in words]
         return _blocks(found, _detail, 28, "Following jobs do not exist: ")
     letters = re.findall(r"h[uosdja]?|[przsa]", asked := "".join(opts.get("states", ["prs"])))
-    if "".join(letters) != asked or last(opts, "group", "c") != "c":
-        raise Refused(f"-s {asked}: expected p, r, s, z, h or a" if "".join(letters) != asked else "-g: only -g c")
+    if not asked or "".join(letters) != asked or last(opts, "group", "c") != "c":
+        raise Refused(f"-s {asked!r}: expected p, r, s, z, h or a" if "".join(letters) != asked or not asked else
+                      "-g: only -g c")
     shown, users, client = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user")), Client()
     rows = [(_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
             if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or left(j))

@@ -337,7 +337,8 @@ class Reaper:
                                              stdout=out, stderr=err, **ident)
         except OSError as exc:
             _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
-            why, code = _exec_error(exc, argv, job["cwd"], env)
+            with _as_user(ident):  # (its #! line is read as its user: root's read would show one they cannot)
+                why, code = _exec_error(exc, argv, job["cwd"], env)
             return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)

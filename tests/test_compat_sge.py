@@ -171,7 +171,9 @@ def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(c
                         (["-now", "y"], "-now y: grun queues"), (["-w", "v"], "-w v: grun does not verify"),
                         (["-w", "x"], "-w takes e, w, n or v"), (["-N", "a/b"], "-N 'a/b': a job name has no"),
                         (["-N", "my job"], "-N 'my job'"), (["-q", "all.q@@group"], "no node matches hosts '@group'"),
-                        (["-pe", "smp", "4-2"], "-pe smp 4-2: expected"), (["-p", "x"], "-p x: expected a number")):
+                        (["-pe", "smp", "4-2"], "-pe smp 4-2: expected"), (["-p", "x"], "-p x: expected a number"),
+                        (["-pe", "smp", ""], "-pe smp : expected"), (["-t", "1-2", "-tc", "x"], "-tc x: expected a number"),
+                        (["-b", "y", " "], "-b y needs a command")):
         r = shims("qsub", *args, "-b", "y", "true", cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and r.stderr.count("\n") == 1 and not r.stdout, (args, r.stderr)
     assert len(cluster.client().history(1000)) == before
@@ -239,7 +241,7 @@ def test_qstat_switches_scripts_use_and_an_arrays_tasks_left(cluster, shims, tmp
     queues = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("all.q@")]
     assert sorted(queues) == ["all.q@big", "all.q@small"] and "- PENDING JOBS -" in r.stdout, r.stdout
     assert r.stdout.split("PENDING JOBS")[-1].split()[-1] == "3,4,6-8:1" and r.stdout.count(" r ") == 2, r.stdout
-    for args, words in ((["1"], 'invalid option argument "1"'), (["-s", "x"], "-s x: expected"), (["-g", "d"], "-g")):
+    for args, words in ((["1"], 'invalid option argument "1"'), (["-s", "x"], "-s 'x': expected"), (["-s", ""], "-s '': expected"), (["-g", "d"], "-g")):
         r = shims("qstat", *args)
         assert r.returncode == 1 and words in r.stderr and not r.stdout, (args, r.stderr)
     shims("qdel", str(array))

@@ -513,6 +513,7 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
     from grun import spawner, spool
     name = f"grl{os.getpid() % 100000}"
     subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    hidden = tempfile.mkdtemp(prefix="grun-hidden-")
     try:
         user = pwd.getpwnam(name)
         victim_dir, victim = tmp_path / "etc", tmp_path / "passwd"
@@ -525,8 +526,15 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
         assert os.stat(job_dir).st_uid == user.pw_uid
         for link, target in (("tmp", victim_dir), ("stdout", victim), ("stderr", victim), ("status.json", victim)):
             os.symlink(target, os.path.join(job_dir, link))  # (as the user may: theirs is the directory)
+        # and a script the user may run but not read: why it cannot start must not show its #! line
+        os.chmod(hidden, 0o711)
+        with open(os.open(os.path.join(hidden, "s"), os.O_WRONLY | os.O_CREAT, 0o711), "w") as f:
+            f.write("#!/nonexistent/secret-word\n")
+        other = dict(job, id=8, cmd=[os.path.join(hidden, "s")], env={"PATH": os.defpath})
+        spool.create(str(tmp_path / "8"), other, json.dumps(other))
         reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
-        reaper.communicate(f"{job_dir}\t\n".encode(), timeout=60)  # (ends once the job's end is written)
+        reaper.communicate(f"{job_dir}\t\n{tmp_path / '8'}\t\n".encode(), timeout=60)  # (ends once the ends are written)
+        assert "secret" not in (tmp_path / "8" / "stderr").read_text() and spool.read(str(tmp_path / "8"), spool.STATUS)
         assert (os.stat(victim_dir).st_uid, os.listdir(victim_dir), victim.read_text()) == (0, [], "root:x:0:0\n")
         assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3
         wait_for(lambda: not {"tmp", spawner.GONE} & set(os.listdir(job_dir)), timeout=10)
@@ -536,3 +544,4 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
         assert end["exit_code"] == 0 and os.path.isdir(os.path.join(job_dir, spawner.GONE, "d"))
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(hidden)
