@@ -163,12 +163,21 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
         raise GrunError(str(exc).replace(" (--force queues it anyway)", "")) from None
 
 
-def priority(offset: int) -> int:
-    """grun's priority (higher first: $GRUN_PRIORITY, else the configured default) + `offset` (--nice N: -N; -p N: N)."""
+def priority(text: str, flag: str, sign: int = 1) -> int:
+    """grun's priority (higher first: $GRUN_PRIORITY, else the configured default) + sign x text (--nice N: -N; -p N)."""
     from .config import find_config_path, load_config
     from .values import parse_job_priority
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise Refused(f"{flag} {text}: expected a number")
     base = os.environ.get("GRUN_PRIORITY", "").strip() or load_config(find_config_path(), use_auth=False).default_priority
-    return parse_job_priority(base) + offset
+    return parse_job_priority(base) + sign * int(text)
+
+
+def dies_with(client: Client, ids: list, run) -> int:
+    """run(), its job (ids[0], once submitted) killed if we die (SIGINT, SIGTERM, EPIPE): srun's, qsub -sync y's."""
+    from .running import dies_with
+    from .verbs import Context
+    return dies_with(Context(lambda: client, cli=True), ids, run)
 
 
 def table(text: str) -> dict:

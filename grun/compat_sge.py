@@ -78,9 +78,7 @@ def qsub(argv: list[str]) -> int:
     request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"), "hosts": ",".join(hosts)
                      or None, "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
     if "priority" in opts:  # (as SGE's: a user may lower a job's, from 0 down to -1023)
-        if not re.fullmatch(r"[+-]?\d+", last(opts, "priority")):
-            raise Refused(f"-p {last(opts, 'priority')}: expected a number")
-        request["priority"] = C.priority(int(last(opts, "priority")))
+        request["priority"] = C.priority(last(opts, "priority"), "-p")
     setup, memory = "", {}
     size = lambda v: int(v) if v.isdigit() else C.megabytes(v) << 20  # (bytes: plain numbers are, in SGE)
     seconds = lambda v: parse_time_limit(f"{v}s" if v.isdigit() else v)  # (SGE: plain numbers are seconds)
@@ -146,11 +144,7 @@ def qsub(argv: list[str]) -> int:
         code = client.exit_code(ids[0])
         print(f"Job {ids[0]} exited with exit code {code}.")
         return code
-    if not yes(opts, "sync"):
-        return submit()
-    from .running import dies_with
-    from .verbs import Context
-    return dies_with(Context(lambda: client, cli=True), ids, submit)
+    return C.dies_with(client, ids, submit) if yes(opts, "sync") else submit()
 
 
 def _task_range(text: str) -> range:

@@ -75,9 +75,7 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
                "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
                "requeue": "norequeue" not in opts, "hosts": ",".join(hostlist(last(opts, "hosts", ""))) or None}
     if "nice" in opts:  # --nice[=N] (100): grun's priority less N
-        if not re.fullmatch(r"[+-]?\d+", nice := "100" if last(opts, "nice") is True else last(opts, "nice")):
-            raise Refused(f"bad value for --nice: {nice!r}")
-        request["priority"] = C.priority(-int(nice))
+        request["priority"] = C.priority("100" if last(opts, "nice") is True else last(opts, "nice"), "--nice", -1)
     if "mem" in opts or "mem-per-cpu" in opts:
         request["memory"] = C.megabytes(last(opts, "mem")) if "mem" in opts else \
             C.megabytes(last(opts, "mem-per-cpu"), int(cpus))
@@ -158,8 +156,6 @@ def sbatch(argv: list[str]) -> int:
 def srun(argv: list[str]) -> int:
     """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
     inside a job, as a step of that job (step())."""
-    from .running import dies_with
-    from .verbs import Context
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
@@ -174,7 +170,7 @@ def srun(argv: list[str]) -> int:
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
-    return dies_with(Context(lambda: client, cli=True), ids, follow)
+    return C.dies_with(client, ids, follow)
 
 
 def step(request: dict, command: list[str]) -> int:
@@ -302,7 +298,7 @@ def sacct(argv: list[str]) -> int:
     if "jobs" in opts:
         jobs = C.job_list(client, C.items(opts, "jobs"), None)[0]
     else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight; with -s, now) and -E (now)
-        users = None if "all" in opts else set(last(opts, "user", current_user()).split(","))
+        users = None if "all" in opts else {user_name(u) for u in C.items(opts, "user")} or {current_user()}
         start, end = C.when(last(opts, "start", "now" if states else "midnight")), C.when(last(opts, "end", "now"))
         jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
                 + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end

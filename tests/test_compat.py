@@ -74,7 +74,7 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
                         (["--mem", "-1"], "bad memory size"), (["--ntasks-per-node=2"], "one task on one node"),
                         (["--kill-on-invalid-dep=no"], "grun cancels"), (["-x", "n1"], "--exclude: grun cannot"),
                         (["--exclusive"], "--exclusive: grun has no whole-node"), (["--begin=now+1hour"], "cannot delay"),
-                        (["--signal=USR1@60"], "--signal: grun signals"), (["--nice=x"], "bad value for --nice")):
+                        (["--signal=USR1@60"], "--signal: grun signals"), (["--nice=x"], "--nice x: expected a number")):
         with pytest.raises(compat.Refused, match=words.removeprefix("srun: ")):
             compat_slurm.slurm_request(compat.parse(argv, compat_slurm.SUBMIT)[0], "nm", "srun" if "srun:" in words else "sbatch")
 
