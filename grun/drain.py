@@ -208,9 +208,14 @@ class Drain:
         out = self.outputs[key] = Output(self, key, job_dir)
         with out.lock:
             for name in STREAMS:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # (no pipe: -o sent it to a file; ELOOP: a link its user put there)
                     pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | spool.NOFOLLOW)
-                    out.files[name] = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | spool.NOFOLLOW, 0o644)
+                    try:
+                        out.files[name] = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | spool.NOFOLLOW,
+                                                  0o644)
+                    except OSError:
+                        os.close(pipe)
+                        raise
                     out.pipes[name] = pipe
                     self.fds[pipe] = (out, name)
                     self.poll.register(pipe, select.EPOLLIN)
