@@ -32,12 +32,8 @@ class CallFuture(Future):
     started = False  # its job has run: its follower sends the call
 
     def cancel(self) -> bool:
-        if self.done():
-            return False
-        _pending.discard(self)
-        with contextlib.suppress(GrunError):
-            self.job.kill()
-        return super().cancel()
+        cancel_all([self])
+        return self.cancelled()
 
 
 def _writer(name: str) -> Callable[[bytes], None]:
@@ -93,20 +89,35 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None, stderr: 
         return False, RemoteError(f"{summary}\n{where}")
 
 
-_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (_kill_pending)
+_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (_kill_pending): ours, not a fork's
+os.register_at_fork(after_in_child=_pending.clear)  # (a Pool's worker, TERMed or exiting, killed its parent's calls)
+EXIT_KILL_WAIT = 5.0  # how long our exit or SIGTERM waits for a master to take the kill (not call_timeout: 90 s)
+
+
+def cancel_all(futures: list[CallFuture]) -> None:
+    """Kill the jobs of the calls not settled, one kill per master (a failed map of 10,000: one), and cancel them."""
+    _kill([future for future in futures if not future.done()])
+    for future in futures:
+        Future.cancel(future)
+
+
+def _kill(futures: list[CallFuture], timeout: float = 90.0) -> None:
+    """Kill these calls' jobs, on a new connection to each master (ours may be mid-reply) that waits `timeout` s."""
+    _pending.difference_update(futures)
+    by_master: dict[tuple, list[int]] = {}
+    for future in futures:
+        by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
+    for (host, port), ids in by_master.items():
+        with contextlib.suppress(GrunError):
+            client = Client(host, port, connect_wait=5.0)
+            client.call_timeout = timeout
+            client.kill(ids)
 
 
 def _kill_pending(unsent_only: bool) -> None:
-    """Kill the jobs of the calls not settled (`unsent_only`: those not started, whose call was never sent: at our
-    exit, so that none starts to wait GRUN_CALL_TIMEOUT for it), on a new connection (ours may be mid-reply), as
-    `grun CMD` kills its job when it dies (grun.running.dies_with). A `kill -9` of us leaves them to that timeout."""
-    by_master: dict[tuple, list[int]] = {}
-    for future in list(_pending):
-        if not (unsent_only and future.started):
-            by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
-    for (host, port), ids in by_master.items():
-        with contextlib.suppress(GrunError):
-            Client(host, port, connect_wait=5.0).kill(ids)
+    """Kill the jobs of the calls not settled (`unsent_only`: those whose call was never sent: at our exit, so that none
+    waits GRUN_CALL_TIMEOUT for it), as `grun CMD` does (grun.running.dies_with); `kill -9` leaves them to it."""
+    _kill([future for future in list(_pending) if not (unsent_only and future.started)], EXIT_KILL_WAIT)
 
 
 atexit.register(_kill_pending, True)  # (a follower is a daemon thread: it does not hold our exit for its call)
@@ -122,19 +133,16 @@ def _on_sigterm(signum, frame) -> None:
 def _follow(client: Client, future: CallFuture, label: str, function: bytes, args: bytes) -> None:
     """Send the call, pass its output on, and settle the future with its value or exception."""
     nonce, write_stderr, first_stderr = secrets.token_hex(16).encode(), _writer("stderr"), []
-    runs = [ResultReader(nonce, _writer("stdout"))]
+    runs: list[ResultReader] = []  # one a run of the job (retried or re-queued): its output and result count
 
     def stderr(data: bytes) -> None:  # (its start says when its python has no grun)
         first_stderr or first_stderr.append(data[:300])
         write_stderr(data)
-
-    def on_note(text: str) -> None:  # (another run of the job, retried or re-queued: its output and result count)
-        print(f"grun: {text}", file=sys.stderr, flush=True)
-        if "following" in text:
-            runs.append(ResultReader(nonce, runs[0].sink))
-    try:
-        code = client.follow(future.job.id, stdin_fd=b"".join((nonce, b"\n", function, args)), on_note=on_note,
-                             stdout_fd=lambda data: runs[-1].feed(data), stderr_fd=stderr)
+    try:  # (the input a tuple: a map's running calls share its function's bytes, not a copy each)
+        code = client.follow(future.job.id, stdin_fd=(nonce + b"\n", function, args), stderr_fd=stderr,
+                             on_start=lambda job: runs.append(ResultReader(nonce, _writer("stdout"))),
+                             on_note=lambda text: print(f"grun: {text}", file=sys.stderr, flush=True),
+                             stdout_fd=lambda data: runs[-1].feed(data))
         ok, value = _outcome(future.job, label, code, runs[-1].close(), b"".join(first_stderr))
     except BaseException as exc:
         ok, value = False, exc if isinstance(exc, GrunError) else RemoteError(f"{label} (job {future.job.id}): {exc}")
@@ -157,19 +165,32 @@ def follow_all(client: Client, label: str, ids: list[int], function: bytes, args
     return futures
 
 
-START_WINDOW = 64  # how many of a submission's calls not started yet the master is asked about at once
+START_WINDOW, START_WAIT = 64, 30.0  # how many of a submission's calls not started the master is asked about at once
 
 
 def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFuture, bytes]]) -> None:
     """Start each call's follower once its job runs (or has ended): a thread and connections for each call running,
     not for each one queued (a map of 300 took 305 threads and 467 fds). The master is asked about the first
-    START_WINDOW calls not started, which its queue (first come, first served) starts before the others."""
+    START_WINDOW calls not started, which its queue (first come, first served) starts before the others, and, after
+    a wait in which none of them started (held by their user, say), about the next window too, in turn."""
     waiting = {future.job.id: (future, args) for future, args in calls}
+    more, single = 0, False  # where the next window begins (0: none); single: a master too old for lists of ids
     while waiting:
+        window = [*islice(waiting, START_WINDOW), *(islice(waiting, more, more + START_WINDOW) if more else ())]
         try:
-            started = client.call("wait_started", list(islice(waiting, START_WINDOW)), 30.0, wait=client.long_wait)
-        except GrunError:  # (a master too old to take a list...): each call's follower waits for its own
-            started = list(waiting)
+            started = [client.wait_started(window[0])["id"]] if single else client.call(
+                "wait_started", window, START_WAIT, wait=client.long_wait)
+        except GrunError as exc:
+            if single or not str(exc).startswith("bad job id ["):  # (an old master's answer to a list)
+                for future, _ in waiting.values():  # (not a follower each: out of fds, 10,000 threads that fail)
+                    with contextlib.suppress(InvalidStateError):
+                        future.set_exception(exc)
+                _kill([future for future, _ in waiting.values()], EXIT_KILL_WAIT)  # (and out of _pending)
+                return
+            single = True
+            continue
+        if not started:
+            more = more + START_WINDOW if more + START_WINDOW < len(waiting) else 0
         for job_id in map(int, started):
             future, args = waiting.pop(job_id)
             if not future.done():  # (cancelled)

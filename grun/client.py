@@ -65,17 +65,24 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
 
 def _by_id(client, method: str, job_ids: list, *args) -> dict:
     """The master's `method` over job ids (`12.7`: task 7 of array 12), or one id, its answer by id."""
-    ids = [i if isinstance(i, str) and "." in i else int(i) for i in _ids(job_ids)]
-    return {k if "." in k else int(k): v for k, v in client.call(method, ids, *args).items()}
+    return {k if "." in k else int(k): v for k, v in client.call(method, _ids(job_ids), *args).items()}
+
+
+def _job_ref(ref) -> int | str:
+    """A job id from 12 or "12", or a task's "12.7" as it is; GrunError for anything else ("name", "12x")."""
+    try:
+        return ref if isinstance(ref, str) and "." in ref else int(ref)
+    except ValueError:
+        raise GrunError(f"not a job id: {ref!r}") from None
 
 
 def _ids(job_ids) -> list:
-    """Job ids (or names, tasks `12.7`) from a list of them, of Jobs or of CallFutures (grun.calls), or from one."""
+    """Job ids (tasks `12.7` as they are) from a list of them, of Jobs or of CallFutures (grun.calls), or from one."""
     listed = job_ids if hasattr(job_ids, "__iter__") and not isinstance(job_ids, str) else [job_ids]
     ids = [getattr(getattr(i, "job", i), "id", i) for i in listed]
     if not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
         raise GrunError(f"expected a job id or a list of them, got {job_ids!r}")
-    return ids
+    return [_job_ref(i) for i in ids]
 
 
 def _ask(method: str, doc: str, by_id: bool = False):
@@ -229,8 +236,8 @@ class Client:
     def job_id(self, ref, deadline: float = float("inf")) -> int:
         """A job id from 12, "12" or a task's "12.7" (task 7 of array 12; JobNotFound if the array has no such task, or
         it ended long ago), once that task has begun (Timeout past `deadline`, a time.monotonic())."""
-        if not (isinstance(ref, str) and "." in ref):
-            return int(ref)
+        if isinstance(ref := _job_ref(ref), int):
+            return ref
         while "task" not in (job := self.job(ref)):  # (not begun: the master answers with its array)
             if time.monotonic() > deadline:
                 raise Timeout(f"task {ref} has not begun yet")
@@ -299,22 +306,20 @@ class Client:
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
         """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables taking
-        bytes) until it ends; return its exit code. `release` lets the node drop the spool then; `require_output`:
-        raise GrunError if the node no longer holds the output; `on_note(text)` hears what a user may want to know
-        (the job re-run elsewhere, its output gone), `on_limit(text)` that it died of a limit, `on_wait(line)` why it
-        has not started yet (see wait_started). Rides through a master restart (calls retry), a node daemon restart
-        or a dropped connection (re-attach at the offsets reached) and a lost node (we follow the job's new run, which
-        reads an empty stdin, or the same `stdin_fd` bytes again)."""
+        bytes) until it ends; return its exit code. `on_start(job)` hears of each run followed (the first, a re-run, a
+        retry); `release` lets the node drop the spool then; `require_output`: raise GrunError if the node no longer
+        holds the output; `on_note(text)` what a user may want to know (the job re-run elsewhere, its output gone),
+        `on_limit(text)` that it died of a limit, `on_wait(line)` why it has not started yet (see wait_started). Rides
+        through a master restart (calls retry), a node daemon restart or a dropped connection (re-attach at the offsets
+        reached) and a lost node (we follow the job's new run, which reads an empty stdin, or `stdin_fd` bytes again)."""
         from . import stream
         from .core import jobs as J
         job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
         # what a new run of the job reads: input given as bytes again (a call's payload: grun.calls), else an empty
         # stdin (what we sent went to the lost run)
-        again = stdin_fd if isinstance(stdin_fd, bytes) or stdin_fd is None else b""
+        again = stdin_fd if isinstance(stdin_fd, (bytes, tuple)) or stdin_fd is None else b""
         on_note = on_note or (lambda text: None)
         retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
-        if on_start:
-            on_start(job)
         while True:
             if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
                 job = self.wait_started(job_id, on_wait)
@@ -329,6 +334,8 @@ class Client:
                 gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
                         f"before grun could attach); following attempt {attempt}")
+            if on_start and run != where:  # the first run we follow, or the next one
+                on_start(job)
             where, final, retried = run, job["state"] in J.FINAL_STATES, None
             try:
                 if not (supervisor := self.supervisor(job_id, job)):
@@ -488,7 +495,5 @@ def default_env(extra: list[str] | None = None) -> dict:
     words = [w for item in extra or [] for w in item.split(",") if w.strip()]
     names = {w.strip() for w in words if "=" not in w} | set(DEFAULT_ENV)
     given = {name.strip(): value for name, _, value in (w.partition("=") for w in words if "=" in w)}
-    if "*" in names:
-        return {**os.environ, **given}
-    prefixes = tuple(n[:-1] for n in DEFAULT_ENV if n[-1] == "*")
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))  # ("*": all of ours)
     return {**{k: v for k, v in os.environ.items() if k in names or k.startswith(prefixes)}, **given}

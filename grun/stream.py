@@ -8,7 +8,6 @@ Frames, both ways: 1 type byte + 4-byte big-endian length + payload. The client 
 No logging, secrets or dataclasses here: every `grun CMD` imports this module (tests/test_cli_fast.py)."""
 import contextlib
 import errno
-import io
 import json
 import os
 import select
@@ -18,7 +17,7 @@ import threading
 from functools import partial
 
 from . import auth
-from .wire import LOCAL_ERRNOS, recv_exact
+from .wire import is_unreachable, recv_exact
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -152,10 +151,12 @@ def write_all(fd: int, data) -> None:
             select.select([], [fd], [])  # someone handed us a non-blocking fd
 
 
-def _send_input(sock: socket.socket, source: int | bytes, send_lock: threading.Lock) -> None:
-    """Our input (a fd read to its end, or the whole of it as bytes) as STDIN frames, then STDIN_EOF.
-    A thread of its own: it may stay blocked reading a tty."""
-    read = io.BytesIO(source).read if isinstance(source, (bytes, bytearray, memoryview)) else partial(os.read, source)
+def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: threading.Lock) -> None:
+    """Our input (a fd read to its end, or the whole of it as bytes or a tuple of bytes, sent without a copy of
+    them all) as STDIN frames, then STDIN_EOF. A thread of its own: it may stay blocked reading a tty."""
+    chunks = (memoryview(part)[i:i + STDIN_READ] for part in (source if isinstance(source, tuple) else (source,))
+              for i in range(0, len(part), STDIN_READ))  # (slices: a map's calls share its function's bytes)
+    read = partial(os.read, source) if isinstance(source, int) else lambda n: next(chunks, b"")
     try:
         while True:
             try:
@@ -222,19 +223,19 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
-           stdin_fd: int | bytes | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
+           stdin_fd: int | bytes | tuple | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
     """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict. A sink may
-    also be a callable taking each piece of bytes, and stdin_fd bytes: the job's whole input (the Python API
-    uses both). `on_note(text)` hears what the node tells the user, not job output ("output stalled: ..."; a
-    failure to tell it is ignored). Raises StreamBroken if the connection drops first, BrokenPipeError if our
-    stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
+    also be a callable taking each piece of bytes, and stdin_fd bytes (or a tuple of them): the job's whole input
+    (the Python API uses both). `on_note(text)` hears what the node tells the user, not job output ("output
+    stalled: ..."; a failure to tell it is ignored). Raises StreamBroken if the connection drops first,
+    BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
     sock, send_lock = None, threading.Lock()
     try:
         try:
             sock = connect(host, port, token)
         except OSError as e:
-            if e.errno in LOCAL_ERRNOS:  # (out of fds here: no retry heals it)
+            if not is_unreachable(e):  # (out of fds here: no retry heals it)
                 raise
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:

@@ -150,9 +150,9 @@ class WireProxy:
                                     f"TLS with {self._host}:{self._port} failed: {exc}") from None
             if isinstance(exc, TimeoutError) and sent:
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
-            if is_unreachable(exc) and not isinstance(exc, CallRejected):
+            if (is_unreachable(exc) or sent and isinstance(exc, OSError)) and not isinstance(exc, CallRejected):
                 # As with a Pyro5 proxy, a peer that took the connection and went away (or stalled) without
-                # a word may have had our request: a submission waits for it to come back.
+                # a word may have had our request: a submission waits for it to come back (our ENOMEM too, once sent).
                 raise CallBroken(f"{where}: {exc}") if sent else ConnectionError(
                     f"cannot reach {self._host}:{self._port}: {exc}") from None
             raise

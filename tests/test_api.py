@@ -126,6 +126,11 @@ def test_errors_are_grun_exceptions(cluster):
             client.submit(bad)
     with pytest.raises(GrunError, match="a job id or a list"):
         client.kill(None)
+    for bad in ("name", "12x", ["7", "x"]):
+        with pytest.raises(GrunError, match="^not a job id: '(name|12x|x)'$"):
+            client.kill(bad)
+    with pytest.raises(GrunError, match="^not a job id: 'name'$"):
+        client.wait("name")
     assert client.kill(999999) == {999999: False}
     with pytest.raises(GrunError):
         Client("not a host:port:at all")
@@ -257,3 +262,12 @@ def test_follow_waits_for_the_record_of_the_end_settle_wait_at_most(cluster, mon
     _follow_through(cluster, monkeypatch, answer)
     # (short waits first, then longer: a retry or a re-run shows in the job's record before the end does)
     assert 1 <= len(waits) < 20 and sum(waits) <= 0.6, waits
+
+
+def test_follow_tells_on_start_of_each_run(cluster, tmp_path):
+    """A retried job's next run was told by a note only, which callers (grun.call_follow) matched by its words."""
+    flag, client, runs, out = tmp_path / "ran", cluster.client(), [], []
+    job = client.submit(f"sleep 1; test -e {flag} || {{ touch {flag}; exit 3; }}; echo second", retries=1)
+    code = client.follow(job.id, on_start=lambda j: runs.append(j["attempt"]), stdout_fd=out.append,
+                         stderr_fd=lambda data: None)
+    assert (code, runs, b"".join(out)) == (0, [1, 2], b"second\n")

@@ -527,6 +527,18 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))  # queries stay open to all
     assert code == 0 and job_id in out, out
 
+    def release_hers():  # her node dropped her output at anyone's word
+        from grun.client import Client
+        from grun.job import Job
+        try:
+            return f"done: {Job(Client(), int(job_id)).release()}"
+        except Exception as exc:
+            return f"refused: {exc}"
+    code, out = _as_user(bob, env, release_hers, cwd=str(tmp_path))
+    assert out.startswith(f"refused: not authorized: {bob.pw_name} may not release job {job_id}"), out
+    code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
+    assert code == 0 and job_id in out, out
+
     spool = os.path.abspath(os.path.join(secured.root, "n1", "node"))
     notify = "\0grun.notify." + hashlib.sha1(spool.encode()).hexdigest()[:20]
 

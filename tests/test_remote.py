@@ -371,9 +371,103 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def test_a_map_pickles_its_function_once(cluster):
-    """A 20 MB closure over 40 inputs was pickled once per input, all held at once: 862 MB at the caller's peak; now
-    233 MB (each of the 5 calls running at once holds its input, to send it again to a re-run)."""
+    """A 20 MB closure over 40 inputs was pickled once per input, all held at once: 862 MB at the caller's peak; then
+    233 MB (each of the 5 calls running at once held a copy of it in its input, to send it again to a re-run); now
+    72 MB (the running calls' inputs share the function's bytes)."""
     r = subprocess.run([sys.executable, "-c", MAP_MEMORY], env=cluster.env, capture_output=True, timeout=300)
     out = r.stdout.decode().splitlines()
     assert out[0] == str([(20 << 20) + x for x in range(40)]), r.stderr.decode()[-2000:]
-    assert int(out[1]) < 400, f"peak RSS {out[1]} MB"
+    assert int(out[1]) < 150, f"peak RSS {out[1]} MB"
+
+
+FORKER = """
+import os, signal, sys, time
+import grun
+future = grun.submit_call(abs, -1, hosts="small", cpus=1, env={"GRUN_CALL_TIMEOUT": "60"})
+for how in ("exit", "term"):  # a child that exits, one TERMed (as a closed multiprocessing.Pool's workers)
+    if (pid := os.fork()) == 0:
+        time.sleep(30 if how == "term" else 0)
+        sys.exit(0)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM) if how == "term" else None
+    os.waitpid(pid, 0)
+    time.sleep(0.5)
+    print(how, future.job.state, flush=True)
+"""
+
+
+def test_a_forked_child_leaves_its_parents_calls_alone(cluster, tmp_path):
+    """A fork inherited the pending calls with the SIGTERM handler and atexit: a child exiting, or TERMed, killed them."""
+    client = cluster.client()
+    blocker = client.submit("sleep 60", hosts="small", cpus=1)  # the call stays queued behind it
+    try:
+        r = subprocess.run([sys.executable, "-c", FORKER], env=cluster.env, capture_output=True, timeout=60)
+        assert r.stdout == b"exit queued\nterm queued\n", r.stdout + r.stderr
+    finally:
+        blocker.kill()
+
+
+def test_calls_behind_held_ones_are_followed(cluster, monkeypatch):
+    """Only the first START_WINDOW unstarted calls were watched: with those held, the calls after them ran without
+    their input and died after GRUN_CALL_TIMEOUT, their futures never settled."""
+    from util import wait_for
+
+    from grun import call_follow, calls
+    monkeypatch.setattr(call_follow, "START_WINDOW", 1)
+    monkeypatch.setattr(call_follow, "START_WAIT", 1.0)
+    client = cluster.client()
+    blocker = client.submit("sleep 60", hosts="small", cpus=1)
+    wait_for(lambda: blocker.state == "running", 20, what="the blocker running")
+    futures = calls._submit(client, abs, [((-x,), {}) for x in (1, 2, 3)], None,
+                            {"hosts": "small", "cpus": 1, "env": {"GRUN_CALL_TIMEOUT": "60"}})
+    try:
+        assert futures[0].job.suspend()
+        blocker.kill()
+        assert [f.result(timeout=40) for f in futures[1:]] == [2, 3]
+    finally:
+        blocker.kill()
+        futures[0].cancel()
+
+
+def test_calls_whose_master_is_gone_fail_together_without_a_follower_each(fresh_cluster):
+    """A failed wait for the calls to start started a follower (a thread, a connection) for each of them: a map of
+    10,000 out of fds, or whose master was away, opened 10,000."""
+    import threading
+
+    from grun import MasterUnreachable, calls
+    client = fresh_cluster.client()
+    client.long_wait = 2.0
+    futures = calls._submit(client, abs, [((-x,), {}) for x in range(20)], None, {"hosts": "nosuchnode", "force": True})
+    fresh_cluster.kill("master")
+    peak, deadline = 0, time.monotonic() + 30
+    while not all(f.done() for f in futures) and time.monotonic() < deadline:
+        peak = max(peak, sum(t.name.startswith("grun-call-") for t in threading.enumerate()))
+        time.sleep(0.02)
+    assert all(isinstance(f.exception(0), MasterUnreachable) for f in futures) and peak == 0, peak
+
+
+STALLED = """
+import grun
+from grun import calls
+future = calls._submit(None, abs, [((-1,), {})], None, {"hosts": "nosuchnode", "force": True})[0]
+print(future.job.id, flush=True)
+input()
+"""
+
+
+def test_sigterm_with_the_master_stalled_dies_within_seconds(fresh_cluster):
+    """The SIGTERM handler's kill of the pending calls waited up to call_timeout (90 s) for a stalled master."""
+    import signal
+    master = fresh_cluster.procs["master"]
+    proc = subprocess.Popen([sys.executable, "-c", STALLED], env=fresh_cluster.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip().isdigit(), proc.stderr.read()
+        master.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        proc.terminate()
+        assert proc.wait(30) == -15 and time.monotonic() - started < 15, time.monotonic() - started
+    finally:
+        master.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

@@ -139,6 +139,32 @@ def test_each_kind_of_failure(echo):
     assert wire.is_unreachable(err.value) and not isinstance(err.value, wire.CallBroken)
 
 
+def test_our_own_errno_once_the_request_went_out_is_a_broken_call(echo):
+    """ENOMEM or ENOBUFS after the request went out: the peer may have it, so a submission is retried with its token
+    (it was a plain error of ours: a user resubmitting got a duplicate); before it went out, an error of ours at once."""
+    import _socket
+    import errno
+
+    class Short(_socket.socket):  # our kernel out of memory at one step of the call
+        def sendall(self, *args):
+            if self.step == "send":
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            return super().sendall(*args)
+
+        def recv_into(self, *args):
+            if self.step == "receive":
+                raise OSError(errno.ENOMEM, "Cannot allocate memory")
+            return super().recv_into(*args)
+    with wire.WireProxy(echo[0]) as p:
+        for step, raised in (("receive", wire.CallBroken), ("send", OSError)):
+            assert p.echo(1) == [[1], {}]
+            p._sock = Short(fileno=p._sock.detach())
+            p._sock.step = step
+            with pytest.raises(raised) as err:
+                p.echo(2)
+            assert wire.is_unreachable(err.value) == (step == "receive"), err.value
+
+
 def test_a_daemon_on_all_interfaces_hands_out_its_advertised_address_and_bound_port(echo):
     """0.0.0.0 and :: (Pyro5's own natport=0 could not read the port out of "[::]:PORT" before 5.17), and an
     IPv6 address bracketed (else a URI Pyro5 cannot parse)."""

@@ -195,7 +195,7 @@ class Node(NodeJobs):
                 if not self._told_refused:  # side only (config key tls), will not heal by retrying: say it once, loudly
                     log.error("the master refused this node: %s", exc)
                 self._told_refused = True
-            elif not registry.is_unreachable(exc):
+            elif not isinstance(exc, OSError):  # (a master away, or our EMFILE: a warning, not a traceback a second)
                 log.exception("talking to the master")
             elif time.monotonic() - self._unreachable_told >= UNREACHABLE_LOG_SECS:  # as slurmd: not per retry
                 log.warning("cannot reach the master at %s:%s (retrying): %s", self.master_host, self.master_port, exc)

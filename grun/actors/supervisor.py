@@ -54,4 +54,5 @@ class JobSupervisor:
 
     def release(self) -> None:
         """The client has the whole output; the spool may go once the master has the status too."""
+        auth.require(f"release job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
         self._node.mark_fetched(self._live)
