@@ -578,6 +578,27 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     code, out = _as_user(bob, env, kill_by_a_dict, cwd=str(tmp_path))
     assert "refused: job ids: a list" in out and secured.client().job(int(job_id))["state"] == "running", out
 
+    import msgpack  # (here: bob cannot read root's Python)
+    import serpent
+
+    def submit_as_alice_in_a_tuple():  # Pyro5 takes serpent too, which keeps a tuple where msgpack makes a list
+        from grun import wire
+        from grun.client import Client, job_spec
+        real, spec = wire._message, job_spec(["sleep", "60"], uid=alice.pw_uid, user=alice.pw_name, hold=True)
+
+        def in_serpent(kind, flags, seq, payload):
+            if kind != wire._INVOKE:
+                return real(kind, flags, seq, payload)
+            data = serpent.dumps((*msgpack.unpackb(payload)[:2], ((spec,),), {}))
+            return wire._HEADER.pack(b"PYRO", wire._VERSION, kind, 1, flags, seq, len(data), 0, bytes(16), 0,
+                                     wire._MAGIC) + data
+        wire._message = in_serpent
+        with contextlib.suppress(Exception):  # (its reply comes in serpent too, which grun's client does not read)
+            Client()._proxy().submit_jobs([spec])
+        return "sent"
+    assert _as_user(bob, env, submit_as_alice_in_a_tuple, cwd=str(tmp_path)) == (0, "sent\n")
+    assert [job["id"] for job in secured.client().jobs() if job["state"] == "held"] == [], "bob's, as alice's, queued"
+
     def stop_master():  # an administrative call from a user
         from grun.client import Client
         try:

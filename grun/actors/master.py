@@ -318,7 +318,7 @@ class Master(Queries):
         ...] (a rule's warn:, ...) when there are some, for its stderr. A user's credential (grun.auth) says
         who they run as: a spec claiming someone else is refused. A full disk refuses it (store.refusal), but
         not a retried one (the same token) that is already queued."""
-        if isinstance(who := auth.caller(), dict) and isinstance(specs, list):
+        if isinstance(who := auth.caller(), dict) and isinstance(specs, (list, tuple)):  # (Pyro5 keeps tuples)
             specs = [J.as_submitter(spec, who) for spec in specs]
         requests = self._policy(self.core.requests, specs, trusted=who is auth.CLUSTER)
         self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
