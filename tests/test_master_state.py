@@ -228,13 +228,14 @@ def test_the_end_of_a_run_the_master_re_ran_elsewhere_is_logged_not_counted():
 
 def test_a_job_that_traps_the_kill_and_exits_0_was_killed_and_its_afterok_dependents_never_run():
     m = _state("a")
-    trapper, signalled = _running(m, "a"), _running(m, "a")
+    trapper, signalled, hup = _running(m, "a"), _running(m, "a"), _running(m, "a")
     dependent = _submit(m, afterok=[trapper])
     m.handle("kill", [trapper], 15, False, 3.0)
+    m.handle("kill", [trapper], 10, False, 3.0)  # a later USR1 keeps the TERM's ending
     m.handle("kill", [signalled], 10, False, 3.0)  # USR1: a signal to the job, not a request that it end
-    m.handle("finished", "a", [{"id": trapper, "exit_code": 0, "attempt": 1},
-                               {"id": signalled, "exit_code": 0, "attempt": 1}], 4.0)
-    assert (m.recent[trapper]["state"], m.recent[signalled]["state"]) == (J.KILLED, J.DONE)
+    m.handle("kill", [hup], 1, False, 3.0)  # HUP: often a server job's "reload"
+    m.handle("finished", "a", [{"id": i, "exit_code": 0, "attempt": 1} for i in (trapper, signalled, hup)], 4.0)
+    assert [m.recent[i]["state"] for i in (trapper, signalled, hup)] == [J.KILLED, J.DONE, J.DONE]
     m.handle("schedule", 5.0)
     assert dependent not in m.table.jobs and m.recent[dependent]["state"] == J.CANCELLED
 

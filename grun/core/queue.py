@@ -21,7 +21,9 @@ TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
 # is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
 SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
-ENDING_SIGNALS = (1, 2, 3, 9, 15)  # a kill with one of these ends the job as killed however it exits (a trap's exit 0)
+# A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
+# dependents do not run; USR1 & co. (and HUP, a server job's "reload") only if it died of one.
+ENDING_SIGNALS = (2, 3, 9, 15)
 
 
 class JobTable:
@@ -85,7 +87,7 @@ class JobTable:
             job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
-        elif op == "kill":
+        elif op == "kill" and job.get("kill_requested") not in ENDING_SIGNALS:  # (a later USR1 keeps an earlier TERM)
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":
             # its node was declared lost: back in the queue, remembering where the old copy may live
@@ -233,8 +235,8 @@ class JobTable:
         if started and job.get("submit_time"):
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
-        asked = job.get("kill_requested")  # (as Slurm's CANCELLED: its afterok dependents do not run; USR1 & co. only
-        killed = asked in ENDING_SIGNALS or result.get("signal") and (asked or result.get("limit"))  # if it died of one)
+        asked = job.get("kill_requested")
+        killed = asked in ENDING_SIGNALS or result.get("signal") and (asked or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
