@@ -189,8 +189,9 @@ def daemon(opts: dict, words: list[str], cfg, show) -> int:
                                   else "")) if d.stop(cfg) else "not running", 0)
     if opts.get("reload"):
         pid, said = d.ask_reload(cfg)
+        where = f"see {cfg.log_file}" if cfg.log_file else "its log goes to its stderr"
         return _say(f"the daemon (pid {pid}) {said}" if said else f"asked the daemon (pid {pid}) to reload "
-                    f"{cfg.path or 'its config'}; see {cfg.log_file}" if pid else "not running", 0 if pid else 1)
+                    f"{cfg.path or 'its config'}; {where}" if pid else "not running", 0 if pid else 1)
     if opts.get("restart"):
         old, pid = d.restart(cfg)
         return _say(f"restarted services {services} (pid {old} -> {pid})" if old else

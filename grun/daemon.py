@@ -116,7 +116,8 @@ class Services:
         for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
             if names:
                 log.warning("reload: %s changed but %s", ", ".join(names), why)
-        log.info("reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(  # (last: ask_reload)
+        level = max(logging.INFO, logging.getLogger().getEffectiveLevel())  # (last, and at any log_level: ask_reload)
+        log.log(level, "reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(
             f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
         for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
             setattr(new, name, getattr(old, name))
@@ -249,8 +250,7 @@ def ask_reload(cfg: Config, wait: float = 15.0) -> tuple[int | None, str | None]
     plugins (here, in the client's environment, one only the daemon's PYTHONPATH finds refused the reload: QA)."""
     if (pid := running_pid(cfg)) is None:
         return None, None
-    path = cfg.log_file if cfg.log_level in ("debug", "info") else None  # (else "reloaded" is not logged)
-    start = os.path.getsize(path) if path and os.path.exists(path) else 0
+    start = os.path.getsize(path) if (path := cfg.log_file) and os.path.exists(path) else 0
     os.kill(pid, signal.SIGHUP)
     said: list[str] = []
 

@@ -210,6 +210,25 @@ def test_a_reload_that_changes_the_secret_keeps_the_running_one_until_a_restart(
     assert (r.returncode, r.stdout) == (0, b"after\n"), r.stderr
 
 
+def test_a_reload_says_the_daemons_verdict_at_any_log_level(setup):
+    """With log_level: warning the daemon did not log its "reloaded" line: `grun -d -r` said nothing of it and exited 0
+    even when the daemon refused the reload (a plugin the client imports but the daemon cannot make)."""
+    s, keys = setup, {"services": "queue", "log_file": "grun.log", "log_level": "warning"}
+    conf = s.conf("quiet", **keys)
+    assert s.grun("-C", conf, "-d").returncode == 0
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 0 and re.fullmatch(rb"grun: the daemon \(pid \d+\) reloaded \S+: nothing to apply\n", r.stderr)
+    s.conf("quiet", **keys, plugins=["grun.plugins:Plugin"])  # (its constructor takes two arguments, not the config)
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 1 and b"refused the reload: plugin 'grun.plugins:Plugin'" in r.stderr, r.stderr
+    assert s.grun("-C", conf, "-d", "-k").returncode == 0
+    conf = s.conf("quiet", **{**keys, "log_file": None})
+    assert s.grun("-C", conf, "-d").returncode == 0
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 0 and r.stderr.endswith(b"; its log goes to its stderr\n"), r.stderr
+    assert s.grun("-C", conf, "-d", "-k").returncode == 0
+
+
 def test_a_daemon_that_cannot_start_says_why_in_one_line(setup, tmp_path):
     """`grun -d` returned "started" once the daemon's pid file named it, before it bound its port: a second master
     on a port in use said it started and exited 0 (the log alone said why). Now it waits for the daemon to serve
