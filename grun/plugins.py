@@ -60,13 +60,12 @@ class Plugin:
         try:
             return future.result(timeout=self.budget)
         except TimeoutError:  # (concurrent.futures' since 3.11)
-            self._late, why = (future, hook), Skipped(f"ran past its budget of {self.budget:g} s")
-            log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping)
+            self._late, why, failed = (future, hook), Skipped(f"ran past its budget of {self.budget:g} s"), False
         except Exception as exc:
             if isinstance(exc, Reject) and hook == "on_submit":  # the submission is refused
                 raise ValueError(f"{exc} (plugin {self.name})") from None
-            why = Skipped(f"failed ({type(exc).__name__}: {exc})")
-            log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping, exc_info=log.isEnabledFor(logging.DEBUG))
+            why, failed = Skipped(f"failed ({type(exc).__name__}: {exc})"), log.isEnabledFor(logging.DEBUG)
+        log.warning("plugin %s: %s %s; %s", self.name, hook, why, skipping, exc_info=failed)
         return why
 
     def notify(self, hook: str, *args) -> None:
@@ -100,6 +99,7 @@ class Plugins:
         """on_submit over the validated requests, in place; a Reject, or an enforcing plugin's skipped call, refuses the
         whole submission (ValueError). The master may still refuse it after (a full disk): on_submit is no sign that a
         job was queued."""
+        from .core.edits import given
         from .core.jobs import validate_spec
         from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):
@@ -115,8 +115,12 @@ class Plugins:
             except ValueError as exc:
                 log.warning("plugin %s: on_submit's changes are not valid (%s); skipped", plugin.name, exc)
                 continue
-            if new:  # set as a rule's `set:` is: its origin, and (cpus, memory) a limit as if asked
+            if new:  # set as a rule's `set:` is: its origin, (cpus, memory) a limit as if asked; theirs in asked
+                mine = {k: req[k] for k in ("cpus", "memory", "priority") if k in new and k not in req.get("origin", ())
+                        and given(req, k)}
                 apply([(f"plugin {plugin.name}", lambda _: True, [("set", {k: checked[k] for k in new})])], req, {})
+                if asked := {**mine, **req.get("asked", {})}:  # (an edit starts from it: grun.core.edits.given_spec)
+                    req["asked"] = asked
 
     def start(self, job: dict, shell: str) -> None:
         """on_start, on the node's copy of the job before it is written: its env, and its argv when wrapped."""

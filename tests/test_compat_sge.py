@@ -165,6 +165,11 @@ def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(c
         job = wait_end(cluster, int(r.stdout.split()[0]))
         assert (r.returncode, job["cpus"], job["memory"], job.get("memory_limit")) == (0, 2, 2048, None), r.stderr
         assert (tmp_path / f"free{run}").read_text() == "unlimited\n"
+    held = int(shims("qsub", "-terse", "-h", "-cwd", "-l", "mem_free=1G", "-b", "y", "true", cwd=tmp_path).stdout)
+    assert cluster.grun("-e", "priority=5", str(held)).returncode == 0  # an edit keeps its memory (and no limit)
+    job = cluster.client().job(held)
+    assert (job["memory"], job.get("reserve_only"), job["priority"]) == (1024, True, 5)
+    assert cluster.grun("-k", str(held)).returncode == 0
     before = len(cluster.client().history(1000))
     for args, words in ((["-a", "202612011200"], "-a: grun cannot delay a job's start"),
                         (["-l", "exclusive=true"], "-l exclusive: grun has no whole-node request"),

@@ -111,7 +111,10 @@ def test_an_edit_is_judged_by_on_submit_as_a_submission_is(cluster):
     r = cluster.grun("-e", "cpus=20,force=yes", str(job))
     assert_one_error_line(r, "at most 16 cpus here (plugin grun_testplug:LabPlugin)")
     assert r.returncode == 1 and cluster.client().job(job)["cpus"] == 2
-    assert cluster.grun("-k", str(first), str(job)).returncode == 0
+    padded = nowait(cluster, "-j", "padded", "-m", "2000", "--after", str(first), "true")
+    assert cluster.grun("-e", "cpus=2", str(padded)).returncode == 0  # from the 2000 asked, not the default
+    assert (cluster.client().job(padded)["memory"], cluster.client().job(padded)["cpus"]) == (2100, 2)
+    assert cluster.grun("-k", str(first), str(job), str(padded)).returncode == 0
 
 
 def test_plugins_that_raise_or_sleep_lose_nothing(installed):

@@ -17,6 +17,8 @@ from cluster import LocalCluster
 from test_auth import ROOT_ONLY, _as_user, shared_dir, users  # noqa: F401 (fixtures)
 from util import wait_for
 
+from grun.client import job_spec
+
 USER, GROUP = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
 RULES = [
     {"if": 'prog == "align.py" and size(argv[2]) > 4K', "default": {"memory": "300M", "cpus": 2}},
@@ -230,3 +232,16 @@ def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared
     finally:
         c.stop()
         auth.use(None)
+
+
+def test_an_edit_without_auth_is_trusted_and_judges_only_the_jobs_it_names(cluster):
+    """auth: none trusts every caller, an edit's too (root raises bob's priority, as at submit); a task id of no job's
+    or array's task is no such job, whatever the rules would say of the job or array it starts with (they judged it)."""
+    client = cluster.client()
+    bobs = client.submit_spec({"cmd": ["true"], "cwd": "/", "user": "bob", "uid": 1000, "gid": 1000, "hold": True})
+    assert client.edit([bobs], {"priority": 50}) == {bobs: True} and client.job(bobs)["priority"] == 50
+    mine, array = (client.submit_spec(job_spec(["true"], hold=True, **more)) for more in ({}, {"array": "1-2"}))
+    for ref in (f"{mine}.1", f"{array}.99"):  # (cpus=4: the rules refuse it of root's group)
+        r = cluster.grun("-e", "cpus=4", ref)
+        assert r.returncode == 1 and b"at most 3 cpus" not in r.stderr, r.stderr
+    assert cluster.grun("-k", str(bobs), str(mine), str(array)).returncode == 0

@@ -400,6 +400,21 @@ def test_an_edit_goes_through_the_rules_as_its_submission_did():
     assert (m.table.jobs[fixed]["priority"], m.table.jobs[fixed]["memory"]) == (3, 500), "-m given: no default"
 
 
+def test_an_edit_judged_while_another_was_made_is_refused():
+    """The master judges an edit outside its lock (master._judged): one made meanwhile (root's priority=-50) is not
+    undone by the commit of the earlier-judged one (bob's cpus=2), which is refused."""
+    m, job = _queued([])
+    j = m.table.jobs[job]
+    judged = lambda: {job: (E.fields(j), E.edited(dict(j), {"cpus": 2.0}, m.settings))}
+    first = judged()
+    m.handle("edit", [job], {"priority": -50}, 1.0)
+    with pytest.raises(ValueError, match=rf"^job {job}: it changed while the edit was judged: try again$"):
+        m.handle("edit", [job], {"cpus": 2.0}, 2.0, judged=first)
+    assert (j["priority"], j["cpus"]) == (-50, 1)
+    m.handle("edit", [job], {"cpus": 2.0}, 3.0, judged=judged())
+    assert (j["priority"], j["cpus"]) == (-50, 2)
+
+
 def test_a_user_may_not_raise_a_priority_root_admins_and_rules_may():
     settings = {**MasterState().settings, "admins": frozenset({"ann"})}
     bob = {"uid": 1000, "user": "bob"}

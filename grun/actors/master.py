@@ -385,21 +385,23 @@ class Master(Queries):
 
     def _judged(self, job_ids, changes) -> dict:
         """An edit of the requests of jobs judged as a submission is, outside the lock: the priority it asks, the rules
-        (grun.core.edits), the plugins' on_submit. {job id (a task not begun: its array's): its request}."""
+        (grun.core.edits), the plugins' on_submit. {job id (a task not begun: its array's): (its fields then, its
+        request)}: the core refuses the edit of a job edited meanwhile."""
         parsed = {k: v for k, v in J.parse_edit(changes).items() if k not in ("force", *J.DEP_KINDS)}
+        jobs, judged = {}, {}
         with self.lock:  # (copies: the rules and plugins run without it)
-            table, judged = self.core.table, {}
-            jobs = {job["id"]: dict(job) for raw in (job_ids if parsed and isinstance(job_ids, (list, tuple)) else ()) if (
-                job := table.jobs.get(table.tasks.get(ref[0], {}).get(ref[1], ref[0]) if (ref := task_ref(raw)) else
-                                      J.job_number(raw))) and job["state"] in (J.QUEUED, J.HELD, J.WAITING)}
-        who = auth.caller()  # (no auth: the job's owner, as its submission was judged)
-        for i, job in jobs.items():
+            for raw in job_ids if parsed and isinstance(job_ids, (list, tuple)) else ():
+                _, job_id, new = self.core.table.named(raw)  # (a task not begun: its array)
+                job = self.core.table.jobs.get(new[0] if new else job_id)
+                if job and job["state"] in (J.QUEUED, J.HELD, J.WAITING):
+                    jobs[job["id"]] = E.fields(job), dict(job)
+        who = who if isinstance(who := auth.caller(), dict) else None  # (a user; the cluster's, or no auth: trusted)
+        for i, (was, job) in jobs.items():
             try:
-                judged[i] = self._policy(E.edited, job, parsed, self.core.settings, who=None if who is auth.CLUSTER
-                                         else who or job)
+                judged[i] = was, self._policy(E.edited, job, parsed, self.core.settings, who=who)
             except ValueError as exc:
                 raise ValueError(f"job {i}: {exc}") from None
-        self.plugins.submit(list(judged.values()))
+        self.plugins.submit([req for _, req in judged.values()])
         return judged
 
     def _may_change(self, job_ids, what: str) -> tuple[list, dict]:

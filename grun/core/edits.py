@@ -6,13 +6,14 @@ from . import rules as R
 
 # what an edit writes: the request's fields, and what the rules made of them
 EDITED = ("priority", "cpus", "memory", "host", "params", "memory_set", "cpus_set", "time", "nodes", "origin", "asked")
+fields = lambda job: {k: job.get(k) for k in EDITED}  # (a job's or a request's)
 
 
 def may_raise(priority: int | None, who: dict, settings: dict) -> None:
     """Only root, an admin or a rule gives a job a priority above default_priority (as Slurm's --nice and SGE's -p let
     users only lower theirs): a ValueError when `who` (the submitter, or the user editing) asks for one."""
-    admins = settings["admins"] if isinstance(settings["admins"], frozenset) else ()  # (its default: a function)
-    if priority is not None and priority > (top := settings["default_priority"]) and who["uid"] and who["user"] not in admins:
+    if priority is not None and priority > (top := settings["default_priority"]) and who["uid"] and \
+            who["user"] not in settings["admins"]:
         raise ValueError(f"priority {priority} is above this cluster's default_priority ({top}): only root, an admin "
                          f"(admins:) or a rule may raise a job's priority")
 
@@ -31,6 +32,11 @@ def run_rules(rules, req: dict, spec: dict, facts=None, log=None) -> dict:
     return req
 
 
+def given(req: dict, key: str) -> bool:
+    """Whether the submitter gave the request's `key`: cpus and memory if asked (-c, -m, qsub's mem_free), any other."""
+    return bool(req.get(f"{key}_set", key not in ("cpus", "memory")))
+
+
 def given_spec(job: dict, changes: dict) -> dict:
     """The job's spec as its submitter gave it (a field a rule or plugin changed, in `origin`: back to their own
     value, `asked`, or to none), with the edit's changes."""
@@ -40,7 +46,7 @@ def given_spec(job: dict, changes: dict) -> dict:
     params = {**(job.get("params") or {}), **{k[7:]: v for k, v in ruled.items() if k.startswith("params.")},
               **changes.get("params", {})}  # (None: the param goes)
     spec = {k: mine[k] for k in J.SPEC_KEYS - {"name", "array"}  # (a task's "array" is its array's id, not a range)
-            if mine.get(k) is not None and mine.get(f"{k}_set", k not in ("cpus", "memory"))}
+            if mine.get(k) is not None and given(mine, k)}
     return {**spec, **changes, "env": {}, "params": {name: value for name, value in params.items() if value is not None}}
 
 
@@ -57,12 +63,12 @@ def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=N
 
 def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> dict:
     """The EDITED fields of a job's request after an edit, as the master judged it outside its lock (`judged`: {job id,
-    or a task's array's: its request}), or else (the core's tests) here, by the rules alone."""
-    req = {} if not changes else edited(job, changes, settings) if judged is None else \
-        judged.get(job["id"]) or judged.get(job.get("array"))
-    if req is None:  # (made, or split from its array, since)
+    or a task's array's: (its fields as judged, its request)}), or else (the core's tests) here, by the rules alone."""
+    was, req = (fields(job), edited(job, changes, settings) if changes else {}) if judged is None or not changes else \
+        judged.get(job["id"]) or judged.get(job.get("array")) or (None, None)
+    if req is None or was != fields(job):  # (made, split from its array, or edited since)
         raise ValueError("it changed while the edit was judged: try again")
-    return {k: req.get(k) for k in EDITED} if req else {}
+    return fields(req) if req else {}
 
 
 def to_place(job: dict, new: dict, changes: dict) -> dict:

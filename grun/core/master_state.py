@@ -21,6 +21,7 @@ import collections
 import itertools
 import random
 from dataclasses import dataclass, field
+from types import SimpleNamespace as Namespace
 
 from ..config import KEYS
 from ..mounts import reported
@@ -33,7 +34,8 @@ from .explain import disk_low, refusal
 from .placement import place
 from .queue import JobTable
 
-SETTINGS = {name: key.default for name, key in KEYS.items() if key.service == "queue"}  # the config's queue keys
+SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default) else key.default  # the config's queue
+            for name, key in KEYS.items() if key.service == "queue"}  # keys (a default of the config: a configured one's)
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
 NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
@@ -160,7 +162,7 @@ class MasterState:
             E.may_raise(None if trusted or spec.get("priority") is None else req["priority"], req, s)
             E.run_rules(s["rules"], req, spec, facts, log)
         self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
-        if s["allow_root"] is not True and any(req["uid"] == 0 for req in requests):  # (its default: a function)
+        if not s["allow_root"] and any(req["uid"] == 0 for req in requests):
             raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         for req in requests if s["default_retries"] else ():
             req.setdefault("retries", s["default_retries"])
@@ -214,14 +216,10 @@ class MasterState:
         array), and (kill, hold: `live`) an array brings its live tasks along."""
         found, jobs = {}, {}
         for raw in job_ids:
-            if (ref := task_ref(raw) if isinstance(raw, str) else None) is None:
-                key = str(job_id := J.parse_job_id(raw))
-            else:
-                key, (array_id, task) = f"{ref[0]}.{ref[1]}", ref
-                job_id, array = self.table.tasks.get(array_id, {}).get(task), self.table.jobs.get(array_id)
-                if job_id is None and step is not None and array is not None and A.has_task(array, task):
-                    job_id = self.table.next_id
-                    self._commit(step, [{"op": "task", "id": array_id, "new": job_id, "task": task, "time": now}])
+            key, job_id, new = self.table.named(raw)
+            if new is not None and step is not None:
+                job_id = self.table.next_id
+                self._commit(step, [{"op": "task", "id": new[0], "new": job_id, "task": new[1], "time": now}])
             job = self.table.jobs.get(job_id)
             found[key] = job is not None
             if job is not None:

@@ -6,6 +6,7 @@ a crash the journal is replayed through the same `apply`, so live operation and 
 import collections
 import sys
 
+from ..values import task_ref
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
@@ -152,6 +153,14 @@ class JobTable:
             array["state"] = J.RUNNING
             self._sync(array)
         return self.apply({"op": "submit", "job": task}) if rec["op"] == "task" else array
+
+    def named(self, raw) -> tuple[str, int | None, tuple | None]:
+        """What an id in a request names: (its key in a reply, the id of its job, and for a task `12.7` of an array
+        not begun yet, (array id, task) to make it a job). A bad id: a ValueError."""
+        if (ref := task_ref(raw) if isinstance(raw, str) else None) is None:
+            return str(job_id := J.parse_job_id(raw)), job_id, None
+        job_id, array = self.tasks.get(ref[0], {}).get(ref[1]), self.jobs.get(ref[0])
+        return f"{ref[0]}.{ref[1]}", job_id, ref if job_id is None and array and A.has_task(array, ref[1]) else None
 
     def room(self, job: dict) -> int:
         """How many copies of the job placement may start now: 1, or an array's tasks (its %N); a task
