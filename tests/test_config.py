@@ -216,13 +216,14 @@ def test_personal_mode_always_runs_both_services(env):
     (3000, 3000), ("3000", 3000), (0, 0), ("0", 0), ("500M", 500), ("500m", 500), ("500MB", 500),
     ("4G", 4096), ("4g", 4096), ("4GB", 4096), ("4GiB", 4096), ("1T", 1048576), ("512K", 1),
     ("1.5G", 1536), (" 2 G ", 2048), (1.5, 2), ("0.1", 1), (".5g", 512), ("2048k", 2), ("512kb", 1), ("4 gib", 4096),
+    ("4Gi", 4096), ("4mi", 4),  # (Kubernetes' spelling, as the QA's newcomer wrote it)
 ])
 def test_parse_memory(value, mb):
     assert parse_memory(value) == mb
 
 
 @pytest.mark.parametrize("value", ["", "lots", "-1", -1, "4X", "4 GBs", "G", "1e3", "500B",
-                                   "4ib", "4mi", "4gbb", "1_000", "4..5g", "4 g b", math.nan, math.inf, "nan", "inf", True, None, [1], "2000000T"])
+                                   "4ib", "4mib b", "4gbb", "1_000", "4..5g", "4 g b", math.nan, math.inf, "nan", "inf", True, None, [1], "2000000T"])
 def test_parse_memory_refuses(value):
     with pytest.raises(ValueError, match="expected"):
         parse_memory(value)
