@@ -53,10 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 # ---- reading options and scripts -----------------------------------------------------------------
 
 def parse(argv: list[str], table: dict, stop: bool | None = True, glued: bool = True) -> tuple[dict, list[str]]:
-    """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags
-    together (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first;
-    with False, they are collected; with None, there may be none. Without `glued` (SGE's: its options
-    are whole words, -verify is not -v erify), neither -XV nor -nP."""
+    """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags together
+    (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first; with False, they are
+    collected; with None, there may be none. Without `glued` (SGE's whole words: -verify), neither -XV nor -nP."""
     opts, rest, words = {}, [], list(reversed(argv))
     while words:
         word = words.pop()
@@ -144,21 +143,19 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     always are), or the command `args` (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0,
     GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h). An `err` that is `out`
     once expanded (o.%j, o.%A; f, ./f) is opened once: twice, each truncates it."""
-    if script is not None and len(script.encode(errors="surrogateescape")) >= MAX_ARG:
-        raise Refused(f"the script is {len(script.encode(errors='surrogateescape'))} bytes: grun passes it as one "
+    if script is not None and (size := len(script.encode(errors="surrogateescape"))) >= MAX_ARG:
+        raise Refused(f"the script is {size} bytes: grun passes it as one "
                       f"argument, less than 128 KiB (Slurm's take 4 MB): run it as a file, e.g. {RUN_FILE[family]}")
-    # the layout of these words is read back by core.jobs.wrapped (for tables.command_text, name_of and
-    # core.jobs.script_of, and batch_script reads RUN's `exec [SHELL]`; SGE's qacct, the exec on line 2): change
-    # them together
+    # read back by core.jobs.wrapped (for tables.command_text, name_of, core.jobs.script_of), batch_script (RUN's
+    # `exec [SHELL]`) and SGE's qacct (the exec on line 2): change them together
     to = ">>" if append else ">"
     opened = f'e={err}; exec {to}"$o"; [ "$o" -ef "$e" ] && exec 2>&1 || exec 2{to}"$e"' if err else f'exec {to}"$o" 2>&1'
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
         (f"o={out}; {opened}\n" if out else "") + setup + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
-    env = {**(env or {}), "GRUN_COMPAT": family}
     try:
-        return client.submit_spec(job_spec(words, env=env, **request))
+        return client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
     except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
         raise GrunError(str(exc).replace(" (--force queues it anyway)", "")) from None
 
@@ -188,9 +185,8 @@ def table(text: str) -> dict:
 
 
 def when(text: str) -> float:
-    """sacct's -S/-E times: YYYY-MM-DD[THH:MM[:SS]], MM/DD[/YY][-HH:MM[:SS]] (also MM.DD[.YY] and MMDD[YY]; no year:
-    the latest past), HH:MM[:SS] (today), midnight, noon, fika, teatime, today,
-    now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
+    """sacct's -S/-E: YYYY-MM-DD[THH:MM[:SS]], MM/DD[/YY][-HH:MM[:SS]] (or MM.DD[.YY], MMDD[YY]; no year: the latest
+    past), HH:MM[:SS] (today), midnight, noon, fika, teatime, today, now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
     now, low, named = time.time(), text.lower(), {"midnight": 0, "today": 0, "noon": 12, "fika": 15, "teatime": 16}
     day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
     if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
@@ -215,13 +211,11 @@ def find(client: Client, ref: str) -> dict | None:
     """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
     with contextlib.suppress(GrunError):
         return client.job(ref)
-    return None
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
-    """The live jobs, or those with these ids: N a job, or an array's tasks (and its part not started yet, if any);
-    N_T one task (or its array's part not started yet); ended ones too (less than `finished_for` s ago; None:
-    whenever). And the ids not found."""
+    """The live jobs, or those with these ids: N a job, or an array's tasks (and its part not started yet, if any), N_T
+    one task (or its array's unstarted part); ended ones too (< `finished_for` s ago; None: any); the ids not found."""
     if not ids:
         return client.jobs(), []
     found, unknown, arrays = {}, [], {}

@@ -23,8 +23,7 @@ STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "r
           **dict.fromkeys(FINAL_STATES, "z")}
 SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h": {"hqw"},  # qstat -s's letters
         "a": {"qw", "hqw", "Eqw", "r", "t", "s"}}
-# qacct's `failed`, SGE's code and words, for a job killed (qdel) or lost with its node, and one at its time limit
-# (h_rt: SGE's exit_status then is 137, SIGKILL's)
+# qacct's `failed` (SGE's code and words) for a job killed (qdel), lost with its node, or at h_rt (exit_status 137)
 FAILED = {"killed": "100 : assumedly after job", "lost": "100 : assumedly after job",
           "timeout": "37  : qmaster enforced h_rt limit"}
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
@@ -33,7 +32,10 @@ ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)} 
 NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints",
          "-notify": "USR1/USR2 warnings: at its limits a job gets TERM, then KILL"}
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
-           "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)"}
+           "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)",
+           "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it"}
+PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
+            "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}  # (in -o/-e paths)
 
 
 def yes(opts: dict, key: str) -> bool:
@@ -62,13 +64,13 @@ def qsub(argv: list[str]) -> int:
     hosts += [h for key in ("h", "hostname") for h in resources.pop(key, "").split("|") if h]
     for spelling in [flag for flag in ("-q", *NOTED) if QSUB[flag][0] in opts and (flag != "-q" or not hosts)]:
         print(f"qsub: note: {spelling} ignored (grun has no {NOTED.get(spelling, 'queues')})", file=sys.stderr)
-    if refused := "-a" * ("begin" in opts) or next((f"-l {key}" for key in ("exclusive", "excl") if resources.pop(
-            key, "false").lower() not in ("false", "0")), None):
-        raise Refused(f"{refused}: {REFUSED[refused[:2]]}")
-    if yes(opts, "now") or last(opts, "verify", "n") not in ("e", "w", "n"):
-        raise Refused("-now y: grun queues a job till it can start" if yes(opts, "now") else
-                      "-w v: grun does not verify a job without queueing it" if last(opts, "verify") == "v" else
-                      f"-w takes e, w, n or v, got {last(opts, 'verify')!r}")
+    verify = last(opts, "verify", "n")
+    if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "now") or "-w v" * (verify == "v") or next((
+            f"-l {key}" for key in ("exclusive", "excl") if resources.pop(key, "false").lower() not in ("false", "0")),
+            None):
+        raise Refused(f"{refused}: {REFUSED[refused.split()[0]]}")
+    if verify not in ("e", "w", "n"):
+        raise Refused(f"-w takes e, w, n or v, got {verify!r}")
     yes(opts, "reserve")  # (-R y: grun reserves room for a job that waits long by itself)
     pe = last(opts, "pe", [None, "1"])[1]  # N, or a range N-M, N-, -M: its lowest (grun gives no more than asked)
     m = pe and re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)  # ('': refused)
@@ -118,10 +120,7 @@ def qsub(argv: list[str]) -> int:
                           re.split("[-:]", span) if tasks else ["undefined"] * 3)),
                **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
     request.update(env=env, pass_env=["*"] * ("allenv" in opts) + items(opts, "env"))  # (-v NAME=VALUE: set so)
-    task = '."$SGE_TASK_ID"' if "array" in opts else ""
-    names = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
-             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}
-    out, err = (_output(opts, key, name, names, task, request["cwd"]) for key in ("out", "err"))
+    out, err = (_output(opts, key, name, request["cwd"]) for key in ("out", "err"))
     if binary and ("start_shell" not in opts or yes(opts, "start_shell")):
         # SGE's -shell y: the command line goes to a shell, its variables ($SGE_TASK_ID) expanded; (SGE joins the
         # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
@@ -166,14 +165,13 @@ def _holds(client: Client, held: list[str]) -> list[dict]:
     return known
 
 
-def _output(opts: dict, key: str, name: str, names: dict, task: str, cwd: str) -> str:
-    """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory (`cwd`), or in the directory -o/-e names, or the
-    file."""
+def _output(opts: dict, key: str, name: str, cwd: str) -> str:
+    """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory (`cwd`) or the one -o/-e names, or that file."""
     path = last(opts, key, "")
     if not path or os.path.isdir(os.path.join(cwd, path)):
-        return (out_path(path.rstrip("/") + "/", names) if path else "") + \
-            out_path(name, names) + f'.{key[0]}"$JOB_ID"' + task
-    return out_path(path, names)
+        return (out_path(path.rstrip("/") + "/", PATTERNS) if path else "") + \
+            out_path(name, PATTERNS) + f'.{key[0]}"$JOB_ID"' + '."$SGE_TASK_ID"' * ("array" in opts)
+    return out_path(path, PATTERNS)
 
 
 def qstat(argv: list[str]) -> int:
@@ -185,16 +183,15 @@ def qstat(argv: list[str]) -> int:
                        False)
     if rest:  # (as SGE's: a job is asked with -j)
         raise Refused(f'invalid option argument "{rest[0]}"')
-    if "jobs" in opts:
-        client, words = Client(), items(opts, "jobs")  # live jobs only (an array: one block)
-        found = [(w, [j] if w.isdigit() and (j := C.find(client, w)) and j["state"] not in FINAL_STATES else [])
-                 for w in words]
-        return _blocks(found, _detail, 28, "Following jobs do not exist: ")
+    client = Client()
+    if "jobs" in opts:  # live jobs only (an array: one block)
+        return _blocks([(w, [j] if w.isdigit() and (j := C.find(client, w)) and j["state"] not in FINAL_STATES else [])
+                        for w in items(opts, "jobs")], _detail, 28, "Following jobs do not exist: ")
     letters = re.findall(r"h[uosdja]?|[przsa]", asked := "".join(opts.get("states", ["prs"])))
     if not asked or "".join(letters) != asked or last(opts, "group", "c") != "c":
         raise Refused(f"-s {asked!r}: expected p, r, s, z, h or a" if "".join(letters) != asked or not asked else
                       "-g: only -g c")
-    shown, users, client = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user")), Client()
+    shown, users = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user"))
     rows = [(_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
             if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or left(j))
             and STATES.get(j["state"], "Eqw") in shown]
@@ -247,8 +244,7 @@ def _line(r: tuple, ext: bool, queue: bool) -> str:
 
 def _requests(j: dict) -> str:
     """-r: a job's requests, under its line."""
-    asked = [f"{k}={j[key]:g}{unit}" for k, key, unit in (("h_vmem", "memory", "M"), ("h_rt", "time", ""))
-             if j.get(key)]
+    asked = [f"{k}={j[key]:g}{u}" for k, key, u in (("h_vmem", "memory", "M"), ("h_rt", "time", "")) if j.get(key)]
     return "".join(f"\n       {k:<18}{v}" for k, v in (
         ("Full jobname:", name_of(j)), ("Master Queue:", f"all.q@{j['node']}" if j.get("node") else ""),
         ("Requested PE:", f"smp {j['cpus']:g}" if j.get("cpus", 1) > 1 else ""),
@@ -311,10 +307,10 @@ def _accounting(job: dict) -> tuple:
 
 
 def _unopened(client: Client, job: dict, down: set) -> None:
-    """A batch job whose output file cannot be opened (qsub -o nodir/x.out) exits 2 before its script runs, its shell's
-    words (on line 2, compat.submit's `exec >>FILE`) on its stderr, which its node keeps (output_keep; read here without
-    releasing it, in ~10 ms; a node that does not answer costs a few seconds, and is not asked again: `down`): SGE's
-    failed 26, with those words. Only for a failed qsub job (an sbatch job's exec is on line 3; srun's has none)."""
+    """A qsub job whose output file cannot be opened (-o nodir/x.out) exits 2 before its script runs, its shell's words
+    (line 2, compat.submit's `exec >>FILE`) on the stderr its node keeps (output_keep: read unreleased, ~10 ms; a node
+    that does not answer costs seconds, and is not asked again: `down`): SGE's failed 26, with those words. (An sbatch
+    job's exec is on line 3; srun's has none.)"""
     cmd = job.get("cmd") or []
     if job["state"] != "failed" or job.get("exit") != 2 or not wrapped(cmd) or not re.match(r".*\no=.*exec >>", cmd[2]) \
             or job.get("node") in down:

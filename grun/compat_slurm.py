@@ -35,40 +35,35 @@ SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus
                "exclude=-x,--exclude exclusive?--exclusive begin=-b,--begin signal=--signal")
 SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode")}
 IGNORED = {"partition": "partitions", "account": "accounts", "qos": "QOS", "mail-type": "mail", "mail-user": "mail"}
+ONE = "grun runs a job as one task on one node"
 REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may run on)",
            "exclusive": "grun has no whole-node request (ask for cpus and memory: -c N --mem=0)",
            "begin": "grun cannot delay a job's start (-H queues it held till `grun -e resume ID`)",
-           "signal": "grun signals a job only at its time limit (TERM, then KILL)"}
+           "signal": "grun signals a job only at its time limit (TERM, then KILL)", "nodes": ONE,
+           "kill-on-invalid-dep": "grun cancels a job whose dependency can never be met", "ntasks-per-node": ONE}
+ALLOWED = {"nodes": ("1", "1-1"), "ntasks-per-node": ("1", "1-1"), "kill-on-invalid-dep": ("yes",)}  # (their values)
 
 
 def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict:
     """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit; `script`:
     the batch script (N tasks that no srun in it starts are N cpus for one)."""
-    if refused := next((key for key in REFUSED if key in opts), None):
-        raise Refused(f"--{refused}: {REFUSED[refused]}")
-    if last(opts, "kill-on-invalid-dep", "yes") != "yes":
-        raise Refused("--kill-on-invalid-dep=no: grun cancels a job whose dependency can never be met")
-    for key in ("nodes", "ntasks-per-node"):
-        if last(opts, key, "1") not in ("1", "1-1"):
-            raise Refused(f"--{key}={last(opts, key)}: grun runs a job as one task on one node")
-    def note(text: str) -> None:
-        if "quiet" not in opts:
-            print(f"{command}: note: {text}", file=sys.stderr)
+    if key := next((key for key in REFUSED if key in opts and last(opts, key) not in ALLOWED.get(key, ())), None):
+        raise Refused(f"--{key}" + f"={last(opts, key)}" * (key in ALLOWED) + f": {REFUSED[key]}")
+    note = (lambda text: None) if "quiet" in opts else lambda text: print(f"{command}: note: {text}", file=sys.stderr)
     if ignored := [key for key in IGNORED if key in opts]:
         note(f"{', '.join('--' + k for k in ignored)} ignored (grun has no {', '.join(dict.fromkeys(map(IGNORED.get, ignored)))})")
     per_task, tasks = last(opts, "cpus", "1"), last(opts, "ntasks", "1")
     if not per_task.isdigit() or int(per_task) < 1 or not tasks.isdigit() or int(tasks) < 1:
         raise Refused(f"bad value for --cpus-per-task or --ntasks: {per_task!r}, {tasks!r}")
     cpus = str(int(per_task) * int(tasks))
-    export = last(opts, "export", "ALL").split(",")
-    here = os.getcwd()
+    export, here = last(opts, "export", "ALL").split(","), os.getcwd()
     env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
                SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
                SLURM_JOB_PARTITION="grun", **ONE_TASK, **({"SLURM_CPUS_PER_TASK": per_task} if "cpus" in opts else {}))
     if tasks != "1":  # no srun to start them: N tasks are N cpus for the one (bwa -t $SLURM_NTASKS)
         if command == "srun" or re.search(r"^[^#\n]*\bsrun\b", script, re.MULTILINE):
-            raise Refused(f"--ntasks={tasks}: grun runs a job as one task on one node")
+            raise Refused(f"--ntasks={tasks}: {ONE}")
         note(f"--ntasks={tasks}: one task with {cpus} cpus (grun runs one)")
         env.update(SLURM_NTASKS=tasks, SLURM_NPROCS=tasks, SLURM_TASKS_PER_NODE=tasks)
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
@@ -77,8 +72,7 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
     if "nice" in opts:  # --nice[=N] (100): grun's priority less N
         request["priority"] = C.priority("100" if last(opts, "nice") is True else last(opts, "nice"), "--nice", -1)
     if "mem" in opts or "mem-per-cpu" in opts:
-        request["memory"] = C.megabytes(last(opts, "mem")) if "mem" in opts else \
-            C.megabytes(last(opts, "mem-per-cpu"), int(cpus))
+        request["memory"] = C.megabytes(last(opts, "mem", last(opts, "mem-per-cpu")), 1 if "mem" in opts else int(cpus))
         if not request["memory"] and not (command == "srun" and os.environ.get("GRUN_JOB_ID", "").isdigit()):
             # 0: all of the node's memory (a step's: all of its job's, as it is)
             request["memory"] = max([n["memory"] for n in Client().nodes()
@@ -252,8 +246,7 @@ def squeue(argv: list[str]) -> int:
     states = wanted_states(opts, "states")
     users = {user_name(u) for u in C.items(opts, "user")} if "user" in opts else \
         {current_user()} if "me" in opts else None
-    ids, names = C.items(opts, "jobs"), C.items(opts, "name")
-    client = Client()
+    ids, names, client = C.items(opts, "jobs"), C.items(opts, "name"), Client()
     jobs, unknown = C.job_list(client, ids)
     if unknown and not jobs:  # (one that has ended long ago: no line, as Slurm past MinJobAge)
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
@@ -344,9 +337,8 @@ def scancel(argv: list[str]) -> int:
 
 
 def sinfo(argv: list[str]) -> int:
-    """sinfo [-h] [-N | -R | -s]: the nodes, grouped by state (-N: one a line), in partition `grun`; -R: the nodes not
-    up with REASON (Slurm's own words), USER (grun: it set them all) and TIMESTAMP (when last heard from); -s: how many
-    are allocated, idle, other and in all."""
+    """sinfo [-h] [-N | -R | -s]: the nodes by state (-N: one a line), in partition `grun`; -R: those not up with REASON
+    (Slurm's words), USER (grun: it set them all), TIMESTAMP (last heard from); -s: allocated, idle, other, all."""
     opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons "
                              "summarize:-s,--summarize"), None)[0]
     groups, nodes = {}, Client().nodes()

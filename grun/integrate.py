@@ -1,7 +1,6 @@
-"""What grun hands to the system around it: shell completion scripts (`grun --completion bash|zsh|fish`),
-systemd units (`grun -d --systemd [--install [DIR]]`) and Slurm's and SGE's commands on PATH (`grun-compat
-install|uninstall [DIR]`, grun/compat.py). Each is made from the table it describes (the options, the
-configured services, the shims' names), so it never drifts from the command line."""
+"""What grun hands to the system around it: shell completion scripts (`grun --completion bash|zsh|fish`), systemd
+units (`grun -d --systemd [--install [DIR]]`) and Slurm's and SGE's commands on PATH (`grun-compat install|uninstall
+[DIR]`, grun/compat.py). Each is made from the table it describes (options, services, shims' names): it never drifts."""
 
 import os
 import shlex

@@ -1,6 +1,5 @@
-"""How records look to a person: the tables of `grun -q jobs`, `-q status` and `-q history` (and its
-`--long` blocks), and a job's command as typed. Pure functions of the master's records;
-at the end, how Slurm's tools (grun/compat_slurm.py) show them."""
+"""How records look to a person: `grun -q jobs`, `-q status` and `-q history` tables (and `--long` blocks), a job's
+command as typed; at the end, as Slurm's tools (grun/compat_slurm.py) show them. Pure functions of master records."""
 
 import os
 import re
@@ -17,8 +16,7 @@ def command_text(job: dict) -> str:
     import shlex
     cmd = job.get("cmd") or []
     if not job.get("shell") and (wrapper := wrapped(cmd)):
-        name, script, args = wrapper
-        return shlex.join([name, *args] if script is not None else args)
+        return shlex.join([wrapper[0]] * (wrapper[1] is not None) + wrapper[2])
     return cmd[0] if job.get("shell") else shlex.join(cmd)
 
 
@@ -43,10 +41,8 @@ def duration(secs, days_first: bool = False) -> str:
 
 def fmt_span(secs) -> str:
     """30m, 1h30m, 45s, 2m5s: a duration as -t reads it ("-" for none; "<1s": a learned time of `true`)."""
-    if secs is None:
-        return "-"
-    if secs < 1:
-        return "<1s"
+    if secs is None or secs < 1:
+        return "-" if secs is None else "<1s"
     secs = round(secs)
     parts = [(secs // 86400, "d"), (secs % 86400 // 3600, "h"), (secs % 3600 // 60, "m"), (secs % 60, "s")]
     return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
@@ -99,8 +95,7 @@ def fold_arrays(jobs: list[dict], unfolded=()) -> list[dict]:
             arrays[j["array"]][j["state"]] += 1
     for j in jobs:
         if j["id"] in arrays:
-            arrays[j["id"]].update({j["state"]: left(j)} if left(j) else {})  # (its tasks not started yet)
-            arrays[j["id"]].update(j["counts"])
+            arrays[j["id"]].update({j["state"]: left(j)} if left(j) else {}, **j["counts"])  # (+ its tasks not started)
     return [dict(j, state=", ".join(f"{n} {s}" for s, n in arrays[j["id"]].items())) if j["id"] in arrays else j
             for j in jobs if (j.get("array") not in arrays or j["array"] in unfolded)
             and (j["id"] not in unfolded or arrays.get(j["id"], 1))]  # (its tasks all begun: their lines alone)
@@ -144,14 +139,11 @@ def status_text(status: dict, long: bool) -> str:
 
 def nodes_long(nodes: list[dict]) -> str:
     """After `-q status --long`'s table: each node's labels and counted resources (free/total), if any, a line each."""
-    lines = []
-    for n in nodes:
-        labels = " ".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))
-        counted = " ".join(f"{k} {free:g}/{total:g}" for k, (free, total) in sorted((n.get("resources") or {}).items()))
-        if labels or counted:
-            lines.append(f"node {n['name']}:" + f" labels {labels}" * bool(labels)
-                         + f"{';' * bool(labels)} resources(free/total) {counted}" * bool(counted))
-    return "\n".join(lines)
+    return "\n".join(f"node {n['name']}:" + f" labels {labels}" * bool(labels)
+                     + f"{';' * bool(labels)} resources(free/total) {counted}" * bool(counted) for n in nodes
+                     for labels in [" ".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
+                     for counted in [" ".join(f"{k} {free:g}/{total:g}" for k, (free, total) in
+                                              sorted((n.get("resources") or {}).items()))] if labels or counted)
 
 
 HISTORY_COLUMNS = ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU", "MAXRSS", "COMMAND"]
@@ -159,12 +151,9 @@ HISTORY_COLUMNS = ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU",
 
 def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     """Finished jobs (STATE: how each ended, as sacct's), given newest first, shown oldest first; -F as jobs_table's."""
-    rows = []
-    for j in reversed(jobs):
-        u = j.get("usage") or {}
-        cpu = (u.get("utime") or 0) + (u.get("stime") or 0) if u else None
-        rows.append([label(j), j.get("user", "-"), j.get("state", "-"), describe_exit(j), j.get("node") or "-",
-                     fmt_secs(j.get("queue_wait")), fmt_secs(u.get("wall")), fmt_secs(cpu), fmt_rss(u), command_text(j)])
+    rows = [[label(j), j.get("user", "-"), j.get("state", "-"), describe_exit(j), j.get("node") or "-",
+             *map(fmt_secs, (j.get("queue_wait"), u.get("wall"), usage(j, "utime", "stime") if u else None)),
+             fmt_rss(u), command_text(j)] for j in reversed(jobs) for u in [j.get("usage") or {}]]
     return chosen(rows, HISTORY_COLUMNS, jobs[::-1], fields)
 
 
@@ -175,10 +164,9 @@ def history_long(jobs: list[dict]) -> str:
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
         params = "".join(f", {k}={v}" for k, v in sorted((j.get("params") or {}).items()))
-        name = f" ({j['name']})" if j.get("name") else ""
-        ended = f", exit {describe_exit(j)}" if j.get("state") in FINAL_STATES else ""
         blocks.append("\n".join(line for line in (
-            f"job {label(j)}{name}: {j.get('state')}{ended}",
+            f"job {label(j)}" + (f" ({j['name']})" if j.get("name") else "") + f": {j.get('state')}"
+            + (f", exit {describe_exit(j)}" if j.get("state") in FINAL_STATES else ""),
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
@@ -205,8 +193,9 @@ def history_long(jobs: list[dict]) -> str:
 
 # ---- -F: columns of a table by name, or fields of the records, formatted as the tables do ----------
 
-TIMES = {"submit_time", "start_time", "end_time", "dispatch_time", "queued_time", "suspend_time", "retry_at"}
-SPANS = {"queue_wait": fmt_secs, "last_seen": fmt_secs, "time": fmt_span, "expected_time": fmt_span}
+SHOWN = {**dict.fromkeys(("submit_time", "start_time", "end_time", "dispatch_time", "queued_time", "suspend_time",
+                          "retry_at"), fmt_time), "queue_wait": fmt_secs, "last_seen": fmt_secs, "time": fmt_span,
+         "expected_time": fmt_span, "deps": lambda deps: ",".join(f"{kind}:{i}" for kind, i in deps)}
 FINISHED_FIELDS = ("end_time", "exit", "signal", "error", "limit", "limit_detail", "usage", "devices")
 
 
@@ -249,10 +238,8 @@ def field_text(record: dict, name: str) -> str:
         return "-"
     if name == "cmd":
         return command_text(record)
-    if name in TIMES or name in SPANS:
-        return fmt_time(value) if name in TIMES else SPANS[name](value)
-    if name == "deps":
-        return ",".join(f"{kind}:{i}" for kind, i in value)
+    if name in SHOWN:
+        return SHOWN[name](value)
     if name == "resources" and "free_cpus" in record:  # (a node's: [free, total])
         return ",".join(f"{k}={free:g}/{total:g}" for k, (free, total) in sorted(value.items()))
     return _plain(value)
@@ -339,8 +326,7 @@ def usage(job: dict, *keys: str) -> float:
     return sum((job.get("usage") or {}).get(key) or 0 for key in keys)
 
 
-# squeue's %letter, its header, the names -O (lower case) and sacct (Slurm's spelling) know it by, sacct's width,
-# its value for a record
+# squeue's %letter: its header, -O's (lower case) and sacct's (Slurm's spelling) names, sacct's width, its value
 FIELDS = {row[0]: row[1:] for row in [
     ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j["array"] if "task" in j else j["id"])),
     ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
