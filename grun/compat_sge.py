@@ -41,16 +41,14 @@ PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '
 def yes(opts: dict, key: str) -> bool:
     value = last(opts, key, "n")
     if value not in ("y", "yes", "n", "no"):
-        flag = next(spelling for spelling, (name, _) in QSUB.items() if name == key)
-        raise Refused(f"{flag} takes y or n, got {value!r}")
+        raise Refused(f"{next(flag for flag, (name, _) in QSUB.items() if name == key)} takes y or n, got {value!r}")
     return value.startswith("y")
 
 
 def qsub(argv: list[str]) -> int:
     """qsub [options] [SCRIPT [ARGS...]] | -b y COMMAND...: prints `Your job N ("name") has been submitted`."""
     opts, rest = parse(argv, QSUB, glued=False)  # (SGE's options are whole words: -verify is not -v erify)
-    binary = yes(opts, "binary")
-    script = None if binary else C.read_script(rest[0] if rest else None, "job")
+    script = None if (binary := yes(opts, "binary")) else C.read_script(rest[0] if rest else None, "job")
     if binary and not (rest and rest[0].strip()):
         raise Refused("-b y needs a command")
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False, glued=False)

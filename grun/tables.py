@@ -345,11 +345,10 @@ FIELDS = {row[0]: row[1:] for row in [
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
     ("Q", "PRIORITY", "priority Priority", 10, lambda j: str(j.get("priority", 0))),
-    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])),
+    ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
     ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"
      if j.get("start_time") else "0:0"),
     ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
     ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),
-    ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
     ("7", "", "TotalCPU", 10, lambda j: duration(usage(j, "utime", "stime"), True))]}
 BY_NAME = {name.lower(): (name, letter) for letter, row in FIELDS.items() for name in row[1].split()}
