@@ -46,10 +46,9 @@ def _writer(name: str) -> Callable[[bytes], None]:
         stream.flush()  # what was printed as text goes first
         if (buffer := getattr(stream, "buffer", None)) is not None:
             buffer.write(data)
-            buffer.flush()
         else:
             stream.write(decoder.decode(data))
-            stream.flush()
+        (stream if buffer is None else buffer).flush()
     return write
 
 

@@ -44,11 +44,9 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         function, args = cloudpickle.dumps(func), [cloudpickle.dumps(call) for call in calls]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    specs = [worker_spec(label, python, resources)] * len(calls)
-    if names:
-        specs = [dict(spec, name=name) for spec, name in zip(specs, names)]
-    ids = client.submit_many(specs) if calls else []
-    return follow_all(client, label, ids, function, args)
+    spec = worker_spec(label, python, resources)
+    specs = [dict(spec, name=name) for name in names] if names else [spec] * len(calls)
+    return follow_all(client, label, client.submit_many(specs) if calls else [], function, args)
 
 
 RESOURCES = ("cpus", "memory", "priority", "hosts", "env", "cwd", "params", "time", "name", "retries", "after",

@@ -58,8 +58,7 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
     follows (a wrong use is a usage error, never a job of that name), unless `escaped`: after `--`."""
     from .verbs import NAMES, VERBS
     if opts.pop("query", False):
-        found = NAMES.get(words[0]) if words else None
-        if found is None or found.name not in QUERIES:
+        if (found := NAMES.get(words[0]) if words else None) is None or found.name not in QUERIES:
             wrong = f"unknown query {words[0]!r}: use " if words else "-q needs a query: "
             raise UsageError(wrong + ", ".join(QUERIES))
         return [found.name, *words[1:]], f"-q {found.name}"
@@ -202,18 +201,15 @@ def daemon(opts: dict, words: list[str], cfg, show) -> int:
 
 
 def _exit_quickly(code: int) -> None:
-    """Leave without the interpreter's teardown (freeing every module and object: ~5 ms of each `grun`
-    call, measured) when nothing needs it: no profiler or coverage to write its results, no work asked
-    of atexit since we started, no logging handler to flush, no thread of ours still working, and the
-    interactive shell not used."""
+    """Leave without the interpreter's teardown (freeing every module and object: ~5 ms of each `grun` call, measured)
+    when nothing needs it: no profiler or coverage to write its results, no work asked of atexit since we started, no
+    logging handler to flush, no thread of ours still working, and the interactive shell not used."""
     logging, threading = sys.modules.get("logging"), sys.modules.get("threading")
-    if "grun.shell" in sys.modules or sys.getprofile() or sys.gettrace() or _atexit_count() > _ATEXIT_AT_START:
-        return
-    if logging and (logging.root.handlers or any(getattr(lg, "handlers", None)
-                                                 for lg in list(logging.Logger.manager.loggerDict.values()))):
-        return
-    if threading and any(t.is_alive() and not t.daemon and t is not threading.main_thread()
-                         for t in threading.enumerate()):
+    if "grun.shell" in sys.modules or sys.getprofile() or sys.gettrace() or _atexit_count() > _ATEXIT_AT_START or \
+            logging and (logging.root.handlers or any(getattr(lg, "handlers", None)
+                                                      for lg in list(logging.Logger.manager.loggerDict.values()))) or \
+            threading and any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+                              for t in threading.enumerate()):
         return
     try:
         sys.stdout.flush()

@@ -58,9 +58,7 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
         return JobNotFound(text.strip("'\""))  # a KeyError's message is the repr of its key
     if isinstance(exc, UnicodeEncodeError):  # a word or file name whose bytes are not UTF-8
         return GrunError(f"{exc.object.encode(errors='surrogateescape')!r}: not UTF-8, and grun's records are text")
-    if isinstance(exc, (ValueError, TypeError)):  # a refused request says why itself
-        return GrunError(text)
-    return GrunError(f"{where}: {text}")
+    return GrunError(text if isinstance(exc, (ValueError, TypeError)) else f"{where}: {text}")  # (a refusal says why)
 
 
 def _by_id(client, method: str, job_ids: list, *args) -> dict:
@@ -154,8 +152,7 @@ class Client:
                 self._answered = True
                 return result
             except Exception as exc:
-                unreachable = wire.is_unreachable(exc)
-                if unreachable:
+                if unreachable := wire.is_unreachable(exc):
                     self.reset()
                     if sent_wait and isinstance(exc, wire.CallBroken):  # it may have arrived
                         deadline = max(deadline, started + sent_wait)
@@ -250,8 +247,7 @@ class Client:
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         ids, done = [self.job_id(i, deadline=deadline) for i in _ids(job_ids)], {}
         while len(done) < len(ids):
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if (left := deadline - time.monotonic()) <= 0:
                 raise Timeout(f"job {ids[0]} has not finished after {timeout:g} s")
             got = self.call("wait", [i for i in ids if i not in done], min(left, 30.0), wait=self.long_wait)
             done.update({int(k): v for k, v in got.items()})
@@ -315,8 +311,6 @@ class Client:
         from . import stream
         from .core import jobs as J
         job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
-        # what a new run of the job reads: input given as bytes again (a call's payload: grun.calls), else an empty
-        # stdin (what we sent went to the lost run)
         again = stdin_fd if isinstance(stdin_fd, (bytes, tuple)) or stdin_fd is None else b""
         on_note = on_note or (lambda text: None)
         retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
@@ -325,8 +319,7 @@ class Client:
                 job = self.wait_started(job_id, on_wait)
             node, attempt = run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
-                out_off = err_off = 0
-                stdin_fd = again
+                out_off, err_off, stdin_fd = 0, 0, again
                 on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                         f"following attempt {attempt} on {node}: its output starts over"
                         + ("; its input is not sent again" if again == b"" else ""))
@@ -376,8 +369,7 @@ class Client:
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
                 if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
-                    job, where, retried, out_off, err_off = last, None, (where[1] or 0) + 1, 0, 0
-                    stdin_fd = again
+                    job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again
                     continue
                 if self.nfs_sync:
                     mounts.after(job)
@@ -411,10 +403,9 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
              priority: int | None = None, params=None, name: str | None = None, cwd: str | None = None,
              env: dict | None = None, hosts: str | None = None, stdin: bool = False, pass_env: list | None = None,
              requeue: bool = True, force: bool = False, **extra) -> dict:
-    """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string,
-    run by /bin/sh) or an argv; run here (cwd, ours by default), as us, with the usual session
-    variables, those `pass_env` names (`-E`) and `env`; `params` a dict or (name, value) pairs;
-    `extra` spec keys as they are (output files, a parent job)."""
+    """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string, run by /bin/sh)
+    or an argv; run here (cwd, ours by default), as us, with the usual session variables, those `pass_env` names (`-E`)
+    and `env`; `params` a dict or (name, value) pairs; `extra` spec keys as they are (output files, a parent job)."""
     from .values import parse_cpus, parse_job_priority, parse_memory
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]
@@ -433,10 +424,8 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
-    if fs := mounts.identity(spec["cwd"]):  # (a local cwd: none, and no placement by it)
-        spec["cwd_fs"] = fs
-    try:
-        chosen = {"cpus": cpus if cpus is None else parse_cpus(cpus),
+    try:  # (a local cwd has no cwd_fs, and no placement by it)
+        chosen = {"cwd_fs": mounts.identity(spec["cwd"]), "cpus": cpus if cpus is None else parse_cpus(cpus),
                   "memory": memory if memory is None else parse_memory(memory),
                   "priority": priority if priority is None else parse_job_priority(priority), "name": name, "host": hosts,
                   "params": dict(params) if params else None, "requeue": None if requeue else False,
@@ -450,24 +439,21 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
 def _tell_limit(on_limit, result: dict, job_id: int) -> None:
     """Tell `on_limit` the limit the job died of, why it ended without running (a dependency failed...), or that its
     node was lost with it (--norequeue)."""
-    if not on_limit:
-        return
-    if isinstance(result.get("limit"), str):  # (an array's record holds its %N throttle there: a number)
+    if on_limit and isinstance(result.get("limit"), str):  # (an array's record holds its %N throttle there: a number)
         from .limits import describe  # only then: the node's module, with its imports (subprocess)
         on_limit(describe(result, job_id))
-    elif (result.get("state") == "lost" or result.get("state") in ("cancelled", "killed", "failed")
-          and not result.get("start_time")) and "ranges" not in result:  # (an array's tasks say how they ended)
+    elif on_limit and (result.get("state") == "lost" or result.get("state") in ("cancelled", "killed", "failed")
+                       and not result.get("start_time")) and "ranges" not in result:  # (an array's tasks say theirs)
         on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else ""))
 
 
 def current_user() -> str:
     """The user name as getpass.getuser() finds it (the same variables, then the password database),
     without importing getpass and termios on every `grun` call."""
-    user = next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None)
-    if user is None:
-        import pwd
-        user = pwd.getpwuid(os.getuid())[0]
-    return user
+    if user := next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None):
+        return user
+    import pwd
+    return pwd.getpwuid(os.getuid())[0]
 
 
 def known_user(word: str) -> str:

@@ -1,12 +1,11 @@
 """The node's drain: one thread moves every running job's stdout and stderr from its pipes (FIFOs in its spool
 directory, grun.spool) into its spool files by splice, only while the job holds less than `spool_max` there
-(invariant 9). Past it the pipe fills and the job waits in its write, as for a slow reader's pipe: an attached
-reader sets its pace, and with none it waits for one. Bytes sent to a client are punched out of the file when
-room is needed (FALLOC_FL_PUNCH_HOLE: offsets stay, blocks go), never bytes an attached or offered client has
-not been sent; a re-attach replays what is held. Why pipes: a write to a file cannot be made to wait, and
-stopping the job (SIGSTOP) clashes with suspend. The reaper holds a read end of each pipe until the job has
-ended, and drains what is left before it writes the status: a node daemon restart never kills a job waiting on
-output (invariant 3)."""
+(invariant 9). Past it the pipe fills and the job waits in its write, as for a slow reader's pipe: an attached reader
+sets its pace, and with none it waits for one. Bytes sent to a client are punched out of the file when room is needed
+(FALLOC_FL_PUNCH_HOLE: offsets stay, blocks go), never bytes an attached or offered client has not been sent; a
+re-attach replays what is held. Why pipes: a write to a file cannot be made to wait, and stopping the job (SIGSTOP)
+clashes with suspend. The reaper holds a read end of each pipe until the job has ended, and drains what is left before
+it writes the status: a node daemon restart never kills a job waiting on output (invariant 3)."""
 import contextlib
 import ctypes
 import errno
@@ -103,8 +102,7 @@ class Output:
     def move(self, name: str) -> None:
         """What the job's pipe holds into its file, as far as its room allows."""
         with self.lock:
-            pipe = self.pipes.get(name)
-            if pipe is None:
+            if (pipe := self.pipes.get(name)) is None:
                 return
             room = self.drain.limit() - self.held()
             if room < PIPE_SIZE and self._discard():
@@ -161,8 +159,7 @@ class Output:
         return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
     def _close(self, name: str) -> None:
-        fd = self.pipes.pop(name, None)
-        if fd is not None:
+        if (fd := self.pipes.pop(name, None)) is not None:
             self.drain.fds.pop(fd, None)
             with contextlib.suppress(OSError):
                 self.drain.poll.unregister(fd)
@@ -209,10 +206,9 @@ class Drain:
         with out.lock:
             for name in STREAMS:
                 with contextlib.suppress(OSError):  # (no pipe: -o sent it to a file; ELOOP: a link its user put there)
-                    pipe = os.open(spool.pipe_path(job_dir, name), os.O_RDONLY | os.O_NONBLOCK | spool.NOFOLLOW)
+                    pipe = spool.open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
                     try:
-                        out.files[name] = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | spool.NOFOLLOW,
-                                                  0o644)
+                        out.files[name] = spool.open_in(job_dir, name, os.O_WRONLY | os.O_CREAT)
                     except OSError:
                         os.close(pipe)
                         raise

@@ -1,7 +1,6 @@
-"""Many jobs from one `grun`: `--array IDS` (one array job at the master, its tasks started as they
-fit, each with $GRUN_TASK_ID: grun.core.arrays) and `--cmds FILE` (one job per line, run by /bin/sh,
-submitted in batches), for scripts that would otherwise loop over `grun --nowait` (a Python process per
-job). Imported only when one is asked for."""
+"""Many jobs from one `grun`: `--array IDS` (one array job at the master, its tasks started as they fit, each with
+$GRUN_TASK_ID: grun.core.arrays) and `--cmds FILE` (one job per line, run by /bin/sh, submitted in batches), for scripts
+that would otherwise loop over `grun --nowait` (a Python process per job). Imported only when one is asked for."""
 
 import os
 

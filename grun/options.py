@@ -43,9 +43,8 @@ def _env(text: str) -> str:
     """`-E NAME,NAME=VALUE,'*'`: checked here (grun.client.default_env reads it)."""
     for word in filter(str.strip, text.split(",")):
         name, eq, _ = word.partition("=")
-        if name.strip() == "*" and not eq:
-            continue
-        if not (name.strip().replace("_", "a").isalnum() and name.isascii() and not name.strip()[0].isdigit()):
+        if not (name.strip() == "*" and not eq or name.strip().replace("_", "a").isalnum() and name.isascii()
+                and not name.strip()[0].isdigit()):
             raise ValueError(f"expected VAR, VAR=VALUE or '*', got {word!r}")
     return text
 
@@ -104,9 +103,7 @@ OPTIONS = [
     Option("o", "out", "value", str, "the job's stdout goes to FILE, written on its node", "FILE"),
     Option(None, "err", "value", str, "the job's stderr goes to FILE", "FILE"),
     Option(None, "out-err", "value", str, "stdout and stderr both go to FILE", "FILE"),
-    Option(None, "out-append", "value", str, "like --out, appending", "FILE"),
-    Option(None, "err-append", "value", str, "like --err, appending", "FILE"),
-    Option(None, "out-err-append", "value", str, "like --out-err, appending", "FILE"),
+    *(Option(None, f"{o}-append", "value", str, f"like --{o}, appending", "FILE") for o in ("out", "err", "out-err")),
     Option(None, "noio", help="wait for the job without streaming its input or output"),
     Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
@@ -171,14 +168,12 @@ def parse(argv: list[str], names: tuple[str, ...], called: str, interspersed: bo
 
     def take(where: str, value: str | None = None) -> None:
         """Record option `where`, with its value given inline, else (if it takes one) the next word."""
-        opt = allowed.get(where)
-        if opt is None:
-            known = [f"--{o.long}" for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")]
-            meant = f" ({' or '.join(known)})" if where[1] != "-" else ""  # a letter may mean more than one
-            if not known:  # a typo (close_to), or Slurm's name for it
-                meant = f"; did you mean {SLURM[where]!r}?" if SLURM.get(where) in allowed else close_to(where, allowed)
-            raise UsageError(f"option {where}{meant} does not go with {called}" if known else
-                             f"unknown option {where} (see grun --help){meant}")
+        if (opt := allowed.get(where)) is None:
+            if known := [f"--{o.long}" for o in OPTIONS if where in (f"-{o.short}", f"--{o.long}")]:
+                meant = f" ({' or '.join(known)})" if where[1] != "-" else ""  # a letter may mean more than one
+                raise UsageError(f"option {where}{meant} does not go with {called}")
+            meant = f"; did you mean {SLURM[where]!r}?" if SLURM.get(where) in allowed else close_to(where, allowed)
+            raise UsageError(f"unknown option {where} (see grun --help){meant}")  # (a typo, or Slurm's name for it)
         if opt.kind == "flag" and value is not None:
             raise UsageError(f"option {where} takes no value")
         if opt.kind != "flag" and value is None and (value := next(rest, None)) is None:
@@ -240,8 +235,7 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
                                     and command and all(isinstance(w, str | int | float) for w in command)):
         raise UsageError(f"{path}: command must be a string or a list of words")
     for name, value in (data or {}).items():
-        opt = _BY_LONG.get(str(name).replace("_", "-"))
-        if opt is None or opt.long not in names:
+        if (opt := _BY_LONG.get(str(name).replace("_", "-"))) is None or opt.long not in names:
             raise UsageError(f"{path}: unknown option {name!r}{close_to(str(name).replace('_', '-'), names)}")
         if opt.long in opts:
             continue

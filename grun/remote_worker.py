@@ -91,8 +91,7 @@ def main() -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    frame = RESULT_MARK + nonce + b":" + len(payload).to_bytes(LENGTH_BYTES, "big") + payload
-    view = memoryview(frame)
+    view = memoryview(RESULT_MARK + nonce + b":" + len(payload).to_bytes(LENGTH_BYTES, "big") + payload)
     while view:
         view = view[os.write(1, view):]
     return 0 if outcome[0] == "ok" else 1
@@ -104,8 +103,7 @@ class ResultReader:
     on before close(), so no frame reaches `sink` as raw bytes, ours or another's."""
 
     def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
-        self.mark, self.sink = RESULT_MARK + nonce + b":", sink
-        self.pending = bytearray()
+        self.mark, self.sink, self.pending = RESULT_MARK + nonce + b":", sink, bytearray()
         self.frame: bytearray | None = None  # from the first RESULT_MARK on
 
     def feed(self, data: bytes) -> None:
@@ -113,11 +111,9 @@ class ResultReader:
             self.frame += data
             return
         self.pending += data
-        at = self.pending.find(RESULT_MARK)
-        if at >= 0:
+        if (at := self.pending.find(RESULT_MARK)) >= 0:
             self.frame = bytearray(self.pending[at:])
-            self._emit(at)
-            return
+            return self._emit(at)
         # hold back only a tail that could be the start of the mark (it starts with the one NUL)
         nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(RESULT_MARK)))
         self._emit(nul if nul >= 0 and RESULT_MARK.startswith(self.pending[nul:]) else len(self.pending))

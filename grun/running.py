@@ -96,8 +96,7 @@ def do_run(ctx: Context, args: dict) -> int:
         return _run_new(ctx, args)
     from .client import GrunError, current_user
     for _ in range(5):  # -j NAME -W: if a job of that name is live, wait for it and exit with its code
-        existing = ctx.client.lookup(args["name"], current_user(), False)  # (names are per user: ours)
-        if existing is not None:
+        if (existing := ctx.client.lookup(args["name"], current_user(), False)) is not None:  # (names: per user)
             if args.get("verbose"):
                 ctx.say(f"job {existing} is named {args['name']}: waiting for it")
             return ctx.client.exit_code(existing, ctx.say)

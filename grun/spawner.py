@@ -215,8 +215,7 @@ def _in_child_as(ident: dict, work, args, secs: float) -> tuple[int, int]:
     """Run work(args) in a child as the job's user (`_identity`'s), waiting at most `secs` for it. Returns the
     child's pid and a pipe readable once it has ended (it is then the caller's to collect)."""
     ended, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
+    if (pid := os.fork()) == 0:
         try:  # nothing of ours stays open in a child a hung server may keep: sockets, pid-file and claim locks
             os.closerange(3, w)
             os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
@@ -293,8 +292,7 @@ class Reaper:
         claim = spool.claim(job_dir, self.name)
         if claim is None:  # started already (by us or an earlier reaper), or the job is gone
             return
-        claimed, lock = claim
-        kept = False
+        (claimed, lock), kept = claim, False
         try:
             kept = self._start(job_dir, notify, claim, json.loads(job_json) if job_json else spool.read(job_dir, spool.JOB))
         except BaseException as exc:  # never let one job stop the reaper
@@ -358,7 +356,7 @@ class Reaper:
         and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
         stop the reaper."""
         with contextlib.suppress(BaseException):
-            with contextlib.suppress(OSError), err or spool.open_append(job_dir, "stderr") as f:
+            with contextlib.suppress(OSError), err or open(spool.open_in(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {

@@ -49,7 +49,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     for name in STREAMS:
         if not job.get(f"{name}_file"):
             os.mkfifo(pipe_path(job_dir, name), 0o600)  # opened by the reaper and the node, as root or as us
-    with open(os.open(os.path.join(job_dir, JOB), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644), "wb") as f:
+    with open(open_in(job_dir, JOB, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(job_json.encode())
     if job.get("uid") and os.geteuid() == 0:  # the job's user owns them (last: nothing is written in it after)
         for path in (job_dir, fifo) if ends else (job_dir,):
@@ -59,7 +59,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
 
 def open_stdin(job_dir: str) -> int:
     """The job's end of its FIFO: the node holds the write end already, so this neither blocks nor sees EOF."""
-    fd = os.open(os.path.join(job_dir, "stdin"), os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    fd = open_in(job_dir, "stdin", os.O_RDONLY | os.O_NONBLOCK)
     os.set_blocking(fd, True)
     return fd
 
@@ -71,9 +71,8 @@ def pipe_path(job_dir: str, name: str) -> str:
 def open_pipe(job_dir: str, name: str) -> tuple[int, int]:
     """For the reaper: a read end of the job's stdout or stderr pipe, which it holds until the job has
     ended (so the job's writes never fail while the node daemon is away), and the job's write end."""
-    path = pipe_path(job_dir, name)
-    keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
-    write = os.open(path, os.O_WRONLY | os.O_NONBLOCK | NOFOLLOW)  # (a reader is there: a FIFO put there since, ENXIO)
+    keep = open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
+    write = open_in(job_dir, name + ".pipe", os.O_WRONLY | os.O_NONBLOCK)  # (ours has a reader; one put since: ENXIO)
     os.set_blocking(write, True)
     return keep, write
 
@@ -100,7 +99,7 @@ def drain_pipe(pipe: int, job_dir: str, name: str) -> bool:
     full pipe (1 MiB): a process the job left behind may write on (`yes &`), and must not hold us. False: the
     spool disk is full, and the rest is still in the pipe (for drop_pipe, once waiting for space is over)."""
     with contextlib.suppress(OSError):
-        fd = os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_CREAT | NOFOLLOW, 0o644)
+        fd = open_in(job_dir, name, os.O_WRONLY | os.O_CREAT)
         left = 1 << 20
         try:
             while left > 0 and (n := append_from_pipe(pipe, fd, left)):
@@ -174,7 +173,7 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
         try:
-            opened[i] = os.open(os.path.join(job_dir, STATUS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+            opened[i] = open_in(job_dir, STATUS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             if os.write(opened[i], data.encode()) < len(data.encode()):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError:
@@ -207,9 +206,9 @@ def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def open_append(job_dir: str, name: str):
-    """A spool file of the job, opened to add to it."""
-    return open(os.open(os.path.join(job_dir, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644), "ab")
+def open_in(job_dir: str, name: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
+    """A file of the job's directory (by default, to add to), never through a link (NOFOLLOW: ELOOP)."""
+    return os.open(os.path.join(job_dir, name), flags | NOFOLLOW, 0o644)
 
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:

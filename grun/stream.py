@@ -209,16 +209,13 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
             raise StreamBroken(str(e)) from e
         if not k:
             raise StreamBroken("connection closed before the exit status")
-        if not splice:
-            if callable(sink):
-                sink(bytes(view[:k]))
-            else:
-                try:
-                    write_all(sink, view[:k])
-                except BrokenPipeError:
-                    raise
-                except OSError as e:  # our stdout is full or closed: not the connection's fault, no retry heals it
-                    raise WriteError(e.errno, e.strerror) from None
+        if not splice and callable(sink):
+            sink(bytes(view[:k]))
+        elif not splice:
+            try:
+                write_all(sink, view[:k])
+            except OSError as e:  # our stdout is full or closed (a reader gone: as it is): no retry heals it
+                raise e if isinstance(e, BrokenPipeError) else WriteError(e.errno, e.strerror) from None
         return k
 
 
@@ -264,8 +261,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             if kind in pipes and n >= BATCH:
                 grow_pipe(sink)
             while n:  # straight from the socket to the sink: no frame buffering
-                k = _move(sock, sink, n, view, kind in pipes)
-                if k is None:
+                if (k := _move(sock, sink, n, view, kind in pipes)) is None:
                     pipes.discard(kind)  # and copy through user space instead
                     continue
                 offsets[kind] += k

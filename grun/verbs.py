@@ -19,10 +19,9 @@ class Terminated(BaseException):
 
 
 class Context:
-    """What a verb works with: where it writes (text streams for tables and messages; a job's bytes go
-    to file descriptors 1 and 2), the input a job may read (`stdin_fd`), the config, and the client,
-    connected on first use (`conf` needs no master). `cli`: the one-shot command line, which owns the
-    process (its signal handlers)."""
+    """What a verb works with: where it writes (text streams for tables and messages; a job's bytes go to file
+    descriptors 1 and 2), the input a job may read (`stdin_fd`), the config, and the client, connected on first use
+    (`conf` needs no master). `cli`: the one-shot command line, which owns the process (its signal handlers)."""
 
     def __init__(self, connect, cfg=None, out=None, err=None, stdin_fd: int | None = None, cli: bool = False):
         self.connect, self.cfg, self.cli, self.stdin_fd = connect, cfg, cli, stdin_fd
@@ -85,8 +84,7 @@ def execute(ctx: Context, words: list[str], called: str | None = None, preset: d
     status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
     from .client import GrunError
     try:
-        v = NAMES.get(words[0])
-        if v is None:
+        if (v := NAMES.get(words[0])) is None:
             raise UsageError(f"unknown verb {words[0]!r} (try: help)")
         args = parse(v, words[1:], called, preset)
         if adjust is not None:
@@ -294,10 +292,7 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
     `extra(args)`: the call's arguments after the ids; each id the master did not find is named."""
     def run(ctx: Context, args: dict) -> int:
         found = getattr(ctx.client, name)(by_name(ctx, args), *extra(args))
-        missing = [i for i, ok in found.items() if not ok]
-        for job_id in missing:
-            ctx.say(_gone(ctx.client, job_id))
-        return 1 if missing else 0
+        return max([0, *(ctx.say(_gone(ctx.client, job_id)) for job_id, ok in found.items() if not ok)])
     run.__name__, run.__doc__ = f"do_{name}", doc
     verb(usage, options, words)(run)
 

@@ -83,9 +83,8 @@ class WireProxy:
     the next call's (which reconnects). A new connection sends its handshake with its first call (one round trip)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
-        self._pyroTimeout = timeout
+        self._pyroTimeout, self._sock = timeout, None
         self._object, self._host, self._port = parse_uri(uri)
-        self._sock = None
 
     def __enter__(self):
         return self
