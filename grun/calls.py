@@ -39,7 +39,7 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     client, label = client or default_client(), f"{getattr(func, '__module__', None) or '?'}.{name}"
     for kind in {"after", "afterok"} & resources.keys():
-        resources[kind] = _ids(resources[kind])
+        resources[kind] = _ids(resources[kind], names=True)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
         function, args = cloudpickle.dumps(func), [cloudpickle.dumps(call) for call in calls]
     except Exception as exc:

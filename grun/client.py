@@ -74,13 +74,14 @@ def _job_ref(ref) -> int | str:
         raise GrunError(f"not a job id: {ref!r}") from None
 
 
-def _ids(job_ids) -> list:
-    """Job ids (tasks `12.7` as they are) from a list of them, of Jobs or of CallFutures (grun.calls), or from one."""
+def _ids(job_ids, names: bool = False) -> list:
+    """Job ids (tasks `12.7` as they are) from a list of them, of Jobs or of CallFutures (grun.calls), or from one;
+    `names`: other strings too, as job names (after/afterok: the master resolves them)."""
     listed = job_ids if hasattr(job_ids, "__iter__") and not isinstance(job_ids, str) else [job_ids]
     ids = [getattr(getattr(i, "job", i), "id", i) for i in listed]
     if not all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids):
         raise GrunError(f"expected a job id or a list of them, got {job_ids!r}")
-    return [_job_ref(i) for i in ids]
+    return [i if names and isinstance(i, str) and not i.replace(".", "").isdigit() else _job_ref(i) for i in ids]
 
 
 def _ask(method: str, doc: str, by_id: bool = False):

@@ -205,16 +205,20 @@ class Drain:
         out = self.outputs[key] = Output(self, key, job_dir)
         with out.lock:
             for name in STREAMS:
-                with contextlib.suppress(OSError):  # (no pipe: -o sent it to a file; ELOOP: a link its user put there)
+                try:
                     pipe = spool.open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
                     try:
                         out.files[name] = spool.open_in(job_dir, name, os.O_WRONLY | os.O_CREAT)
                     except OSError:
                         os.close(pipe)
                         raise
-                    out.pipes[name] = pipe
-                    self.fds[pipe] = (out, name)
-                    self.poll.register(pipe, select.EPOLLIN)
+                except OSError as exc:  # no pipe (-o sent it to a file), or a link or FIFO its user put there (not
+                    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EINVAL):  # EMFILE: it would block)
+                        continue
+                    raise
+                out.pipes[name] = pipe
+                self.fds[pipe] = (out, name)
+                self.poll.register(pipe, select.EPOLLIN)
 
     def finish(self, key: str, flush: bool = False) -> int:
         return 0 if (out := self.outputs.get(key)) is None else out.finish(flush)

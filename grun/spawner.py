@@ -305,7 +305,7 @@ class Reaper:
     def _start(self, job_dir: str, notify: str | None, claim: tuple[int, int], job: dict | None) -> bool:
         """Start the job; True when its run keeps the claim's lock (see _Run)."""
         if not isinstance(job, dict):
-            raise ValueError("job.json is missing or unreadable")
+            raise ValueError("job.json is missing, unreadable or not the node's (never run)")
         argv = wrapped([SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"]), job)
         env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname(),
                    GRUN_CPUS=f"{job.get('cpus', 1):g}", GRUN_MEMORY=str(job.get("memory", 0)))  # (MB)
@@ -318,7 +318,8 @@ class Reaper:
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
             env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
-            spool.remove(env["TMPDIR"])  # (its user owns job_dir: whatever is there, a link to /etc, goes unfollowed)
+            with contextlib.suppress(FileNotFoundError):  # (its user owns job_dir: whatever is there, a FIFO, a link,
+                os.rename(env["TMPDIR"], f"{env['TMPDIR']}.{time.time_ns()}")  # goes aside unopened: never removed here)
             os.mkdir(env["TMPDIR"], 0o700)
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"], follow_symlinks=False)
@@ -386,8 +387,9 @@ class Reaper:
                 if run.lock is not None:  # (_fail's run holds no lock: its end is told as any failure's)
                     os.close(run.lock)
         self._record(*done)
-        if gone := [path for run in done if os.path.lexists(path := os.path.join(run.dir, GONE))]:
-            os.close(_in_child_as({}, lambda paths: [spool.remove(p) for p in paths], gone, 0)[1])  # (reaped above)
+        for run in done:  # as its user: a FIFO put in it may hang only that child (reaped above)
+            if os.path.lexists(path := os.path.join(run.dir, GONE)):
+                os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])
 
     def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or

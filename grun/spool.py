@@ -21,9 +21,10 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import threading
 
-from .files import locked, read_json, write_atomic
+from .files import locked, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
 JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
@@ -59,9 +60,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
 
 def open_stdin(job_dir: str) -> int:
     """The job's end of its FIFO: the node holds the write end already, so this neither blocks nor sees EOF."""
-    fd = open_in(job_dir, "stdin", os.O_RDONLY | os.O_NONBLOCK)
-    os.set_blocking(fd, True)
-    return fd
+    return open_in(job_dir, "stdin", os.O_RDONLY)
 
 
 def pipe_path(job_dir: str, name: str) -> str:
@@ -72,9 +71,7 @@ def open_pipe(job_dir: str, name: str) -> tuple[int, int]:
     """For the reaper: a read end of the job's stdout or stderr pipe, which it holds until the job has
     ended (so the job's writes never fail while the node daemon is away), and the job's write end."""
     keep = open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
-    write = open_in(job_dir, name + ".pipe", os.O_WRONLY | os.O_NONBLOCK)  # (ours has a reader; one put since: ENXIO)
-    os.set_blocking(write, True)
-    return keep, write
+    return keep, open_in(job_dir, name + ".pipe", os.O_WRONLY)  # (ours has a reader; one put since: ENXIO)
 
 
 def append_from_pipe(pipe: int, fd: int, most: int) -> int:
@@ -131,7 +128,7 @@ def drop_pipe(pipe: int) -> int:
 def first_held(job_dir: str, name: str) -> int:
     """The first byte of a spool file still held (those before were delivered and punched out)."""
     with contextlib.suppress(OSError):
-        fd = os.open(os.path.join(job_dir, name), os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_in(job_dir, name, os.O_RDONLY)
         try:
             return os.lseek(fd, 0, os.SEEK_DATA)
         except OSError:  # ENXIO: holes only, or empty
@@ -161,8 +158,13 @@ def write(job_dir: str, name: str, value: dict) -> bool:
 
 
 def read(job_dir: str, name: str) -> dict | None:
-    """JOB, STATUS, KILL or LIMIT: a dict, or None when it is missing or torn."""
-    found = read_json(os.path.join(job_dir, name))
+    """JOB, STATUS, KILL or LIMIT: a dict, or None when it is missing, torn or not ours: the job's user can replace
+    any file in its directory (a job.json with "uid": 0), but cannot make one owned by us (root)."""
+    try:
+        with open(open_in(job_dir, name, os.O_RDONLY), "rb") as f:
+            found = json.loads(f.read()) if os.fstat(f.fileno()).st_uid == os.geteuid() else None
+    except (OSError, ValueError):
+        return None
     return found if isinstance(found, dict) else None
 
 
@@ -173,7 +175,8 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
         try:
-            opened[i] = open_in(job_dir, STATUS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            _unwritten(job_dir, None)  # (then made anew, ours: never a file or FIFO its user put there)
+            opened[i] = open_in(job_dir, STATUS, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             if os.write(opened[i], data.encode()) < len(data.encode()):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError:
@@ -207,8 +210,14 @@ def remove(path: str) -> None:
 
 
 def open_in(job_dir: str, name: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
-    """A file of the job's directory (by default, to add to), never through a link (NOFOLLOW: ELOOP)."""
-    return os.open(os.path.join(job_dir, name), flags | NOFOLLOW, 0o644)
+    """A file of the job's directory (by default, to add to; blocking unless `flags` say), never through a link
+    (NOFOLLOW: ELOOP) nor a FIFO its user put for a file (root must not wait on it: ENXIO with no reader, else EINVAL)."""
+    fd = os.open(path := os.path.join(job_dir, name), flags | NOFOLLOW | os.O_NONBLOCK, 0o644)
+    if (stat.S_ISFIFO if name.endswith(".pipe") or name == "stdin" else stat.S_ISREG)(os.fstat(fd).st_mode):
+        os.set_blocking(fd, not flags & os.O_NONBLOCK)
+        return fd
+    os.close(fd)
+    raise OSError(errno.EINVAL, "not a regular file (a FIFO for *.pipe, stdin)", path)
 
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
@@ -218,7 +227,7 @@ def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
     reaper holds it until the job's end is written."""
     import fcntl  # (light: C)
     try:
-        lock = os.open(os.path.join(job_dir, JOB), os.O_RDONLY | os.O_CLOEXEC)
+        lock = open_in(job_dir, JOB, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -253,8 +262,8 @@ def claim_held(job_dir: str) -> bool:
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
     """(claimed, the job's pid or None, its reaper's name or None)."""
     try:
-        with open(os.path.join(job_dir, "pid"), "rb") as f:
-            words = f.read().split()
+        with open(open_in(job_dir, "pid", os.O_RDONLY), "rb") as f:  # (its user's: claimed, but by no one known)
+            words = f.read().split() if os.fstat(f.fileno()).st_uid == os.geteuid() else []
     except OSError:
         return False, None, None
     return True, int(words[0]) if words and words[0].isdigit() else None, words[1].decode() if len(words) > 1 else None

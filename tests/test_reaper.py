@@ -521,7 +521,7 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
         victim.write_text("root:x:0:0\n")
         job = {"id": 7, "cmd": ["sh", "-c", 'touch "$TMPDIR/made"; echo out; echo err >&2; exit 3'], "cwd": "/",
                "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
-        job_dir = str(tmp_path / "7")
+        job_dir = os.path.join(hidden, "7")  # (its user must reach it, as in a spool: 0711 below)
         spool.create(job_dir, job, json.dumps(job))
         assert os.stat(job_dir).st_uid == user.pw_uid
         for link, target in (("tmp", victim_dir), ("stdout", victim), ("stderr", victim), ("status.json", victim)):
@@ -531,10 +531,10 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
         with open(os.open(os.path.join(hidden, "s"), os.O_WRONLY | os.O_CREAT, 0o711), "w") as f:
             f.write("#!/nonexistent/secret-word\n")
         other = dict(job, id=8, cmd=[os.path.join(hidden, "s")], env={"PATH": os.defpath})
-        spool.create(str(tmp_path / "8"), other, json.dumps(other))
+        spool.create(os.path.join(hidden, "8"), other, json.dumps(other))
         reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
-        reaper.communicate(f"{job_dir}\t\n{tmp_path / '8'}\t\n".encode(), timeout=60)  # (ends once the ends are written)
-        assert "secret" not in (tmp_path / "8" / "stderr").read_text() and spool.read(str(tmp_path / "8"), spool.STATUS)
+        reaper.communicate(f"{job_dir}\t\n{hidden}/8\t\n".encode(), timeout=60)  # (ends once the ends are written)
+        assert "secret" not in open(f"{hidden}/8/stderr").read() and spool.read(f"{hidden}/8", spool.STATUS)
         assert (os.stat(victim_dir).st_uid, os.listdir(victim_dir), victim.read_text()) == (0, [], "root:x:0:0\n")
         assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3
         wait_for(lambda: not {"tmp", spawner.GONE} & set(os.listdir(job_dir)), timeout=10)
@@ -545,3 +545,44 @@ def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_rea
     finally:
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(hidden)
+
+
+def test_a_job_s_user_cannot_make_the_root_reaper_run_its_job_json_nor_hang_it_on_fifos(tmp_path):
+    """The user can replace any file of its job's spool: a job.json of theirs with "uid": 0 ran as root; a FIFO at
+    stdout or status.json hung the reaper (no job on the node then ended); a TMPDIR there was removed by root."""
+    import glob
+    import pwd
+    import subprocess
+    import sys
+
+    from grun import spool
+    name = f"grf{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    reaper, spool_dir = None, tempfile.mkdtemp(prefix="grun-spool-")
+    try:
+        os.chmod(spool_dir, 0o711)
+        user = pwd.getpwnam(name)
+        dirs = {i: f"{spool_dir}/{i}" for i in (7, 9)}
+        for i, job_dir in dirs.items():
+            job = {"id": i, "cmd": ["sh", "-c", 'echo $(id -u) >"$TMPDIR/../made"; exit 3'], "cwd": "/",
+                   "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
+            spool.create(job_dir, job, json.dumps(job))
+            for fifo in ("stdout", "status.json", "stderr"):
+                os.mkfifo(os.path.join(job_dir, fifo))
+        os.unlink(os.path.join(dirs[9], "job.json"))  # (as the user may: theirs is the directory)
+        with open(f"{dirs[9]}/job.json", "w") as f:
+            f.write(json.dumps(dict(job, uid=0)))
+        os.chown(f"{dirs[9]}/job.json", user.pw_uid, user.pw_gid)
+        os.makedirs(os.path.join(dirs[7], "tmp", "theirs"))
+        reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
+        reaper.communicate(f"{dirs[9]}\t\n{dirs[7]}\t\n".encode(), timeout=60)  # (hung: TimeoutExpired)
+        assert "not the node's" in spool.read(dirs[9], spool.STATUS)["error"]
+        assert spool.read(dirs[7], spool.STATUS)["exit_code"] == 3 and not os.path.exists(f"{dirs[9]}/made")
+        assert open(f"{dirs[7]}/made").read() == f"{user.pw_uid}\n"
+        assert os.listdir(next(glob.iglob(f"{dirs[7]}/tmp.1*"))) == ["theirs"], "their TMPDIR was not put aside"
+    finally:
+        if reaper and reaper.poll() is None:
+            reaper.kill()
+            reaper.wait()
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(spool_dir)

@@ -319,7 +319,7 @@ def test_a_call_takes_a_time_limit_name_retries_and_dependencies_and_says_when_i
         return "second run"
 
     first = grun.submit_call(fails_once, retries=1, name=f"once-{os.getpid()}", client=client)
-    then = grun.submit_call(abs, -2, afterok=first, after=[first.job.id], client=client)
+    then = grun.submit_call(abs, -2, afterok=[first, f"once-{os.getpid()}"], after=[first.job.id], client=client)
     assert first.result(timeout=60) == "second run" and then.result(timeout=60) == 2
     assert first.job.info()["name"] == f"once-{os.getpid()}" and first.job.info()["attempt"] == 2
     assert then.job.info()["start_time"] >= first.job.info()["end_time"], "it did not wait for its dependency"
