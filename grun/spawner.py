@@ -388,8 +388,9 @@ class Reaper:
                     os.close(run.lock)
         self._record(*done)
         for run in done:  # as its user: a FIFO put in it may hang only that child (reaped above)
-            if os.path.lexists(path := os.path.join(run.dir, GONE)):
-                os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])
+            with contextlib.suppress(ValueError):  # (its user gone since: the dir goes with the job's spool)
+                if os.path.lexists(path := os.path.join(run.dir, GONE)):
+                    os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])
 
     def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or

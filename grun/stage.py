@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 
-from . import auth, mounts, stream, wire
+from . import auth, mounts, spool, stream, wire
 from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
@@ -61,9 +61,11 @@ class Staged:
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
         self.failed, self.sock = False, None  # (sock: a push under way)
         self.since = time.monotonic()  # (it waits stage_wait from here: a reload applies to waiting jobs too)
-        os.makedirs(self.work, exist_ok=True)
+        os.makedirs(os.path.dirname(self.work), exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # (a link its user put there is not followed: chown below)
+            os.mkdir(self.work, 0o755)
         if self.ids:
-            os.chown(self.work, *self.ids)
+            os.chown(self.work, *self.ids, follow_symlinks=False)
 
     def offer(self, out: bool) -> dict | None:
         """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""
@@ -116,7 +118,7 @@ class Staged:
         self.failed = True
         with contextlib.suppress(OSError, AttributeError):
             self.sock.shutdown(socket.SHUT_RDWR)  # a push under way ends, and its half-written file goes
-        with contextlib.suppress(OSError), open(os.path.join(self.live.dir, "stderr"), "ab") as f:
+        with contextlib.suppress(OSError), open(spool.open_in(self.live.dir, "stderr"), "ab") as f:
             f.write(f"grun: staging: {why}\n".encode())  # (as grun.spawner's _fail: every client hears why)
         self.node._end_failed(self.live, f"staging: {why}", signal=sig, exit_code=None if sig else 255)
         return True
@@ -198,7 +200,7 @@ def _send(sock, fd: int | None, name: str, why: str | None) -> None:  # a file's
 def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = False) -> int:
     """`rel` under `root` read-only, or (`create`) the directory that holds it, made as needed (owned by
     `ids`); opened without following a symlink on the way, unless `follow` (the client, as its user)."""
-    fd, parts = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), rel.split("/")
+    fd, parts = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW * (not follow) | os.O_CLOEXEC), rel.split("/")
     try:
         for i, part in enumerate(parts[:-1] if create else parts):
             if create:
