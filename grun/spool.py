@@ -162,7 +162,8 @@ def read(job_dir: str, name: str) -> dict | None:
     any file in its directory (a job.json with "uid": 0), but cannot make one owned by us (root)."""
     try:
         with open(open_in(job_dir, name, os.O_RDONLY), "rb") as f:
-            found = json.loads(f.read()) if os.fstat(f.fileno()).st_uid == os.geteuid() else None
+            st = os.fstat(f.fileno())  # (ours, and not a hard link of another job's file)
+            found = json.loads(f.read()) if st.st_uid == os.geteuid() and st.st_nlink == 1 else None
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
