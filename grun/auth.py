@@ -44,9 +44,8 @@ def configure(cfg) -> None:
 
 
 def use(path: str | None, master: tuple | None = None, tls: dict | None = None) -> None:
-    """The secret this process presents and checks: the file at `path`, read when first needed (a personal
-    cluster's is made by its daemon, maybe after its client read the config); None: none. `master`: the
-    cluster's master address, which names where this host's node signs credentials for users."""
+    """The secret file this process presents and checks (read when first needed: a personal cluster's daemon makes it,
+    maybe after its client read the config), or None; `master` names where this host's node signs credentials."""
     global _path, _key, _cred_at, _tls
     _path, _key, _cred_at, _tls = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None, tls
     tls_client.cache_clear()

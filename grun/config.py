@@ -8,6 +8,7 @@ import os
 from collections import namedtuple
 
 from .values import (
+    _NAME_START,
     DEFAULT_PORT,
     SERVICES,
     STAGE_MODES,
@@ -234,7 +235,7 @@ def find_config_path(explicit: str | None = None, environ=os.environ, etc_path: 
 def describe(cfg: Config, as_dict: bool = False):
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and where it came
     from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back; `as_dict`: for --json."""
-    warnings = cfg.warnings + overclaims(cfg) + strangers(cfg)
+    warnings = checks(cfg)
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
              *(f"# warning: {w}" for w in warnings)]
     import yaml
@@ -250,28 +251,24 @@ def describe(cfg: Config, as_dict: bool = False):
     return {"file": cfg.path, "warnings": warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
 
 
-def overclaims(cfg: Config) -> list[str]:
-    """A warning for cpus or memory given beyond this machine's; not refused: overcommitting may be meant."""
-    return [f"{cfg.where[name]}: {name}: {given:,.10g} offered, more than this machine's {have:,.10g} {unit}"
-            for name, unit in (("cpus", "logical cores"), ("memory", "MB")) if name in cfg.where
-            and (given := getattr(cfg, name)) > (have := KEYS[name].default(cfg))]
-
-
-def strangers(cfg: Config) -> list[str]:
-    """A warning for each user (admins, limits' user.NAME) or group (group.NAME) this host does not know: it matches
-    nobody. Looked up by a daemon at start and reload and by `grun -q conf`, not by every client."""
+def checks(cfg: Config, services=SERVICES) -> list[str]:
+    """The config's warnings, with what a daemon of `services` looks up (at start and reload; `grun -q conf`: all),
+    not every client: cpus or memory given beyond this machine's (not refused: overcommitting may be meant), users
+    (admins, limits' user.NAME) or groups (group.NAME) this host does not know: they match nobody."""
     import grp
     import pwd
+    found = list(cfg.warnings)
+    if "exec" in services:
+        found += [f"{cfg.where[name]}: {name}: {given:,.10g} offered, more than this machine's {have:,.10g} {unit}"
+                  for name, unit in (("cpus", "logical cores"), ("memory", "MB")) if name in cfg.where
+                  and (given := getattr(cfg, name)) > (have := KEYS[name].default(cfg))]
     named = [("user", u, "admins") for u in cfg.admins] + [(*s.split(".", 1), "limits") for s in cfg.limits if "." in s]
-    return [f"{cfg.where.get(key, key)}: {key}: no {kind} {name!r} on this host" for kind, name, key in sorted(named)
-            if not _exists(pwd.getpwnam if kind == "user" else grp.getgrnam, name)]
-
-
-def _exists(lookup, name: str) -> bool:
-    try:
-        return bool(lookup(name))
-    except KeyError:
-        return False
+    for kind, name, key in sorted(named) if "queue" in services else ():
+        try:
+            (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
+        except KeyError:
+            found.append(f"{cfg.where.get(key, key)}: {key}: no {kind} {name!r} on this host")
+    return found
 
 
 # "master: [::1]:6000" is not valid YAML (a flow list, then junk) and "master: 10:30" is the base-60 integer
@@ -282,10 +279,8 @@ _MASTER_LINE = r"(?m)^(master[ \t]*:[ \t]*)([^\s'\"#|>&*!{][^\s'\"#]*)([ \t]+#.*
 # (~12 ms of every `grun CMD`) or re (~4 ms). Anything else (nesting, flow collections, lists, anchors, escapes,
 # tabs, duplicate keys, values YAML 1.1 would read otherwise than the int, float, bool, null or string taken here)
 # returns None and goes to PyYAML, which also gives the errors. tests/test_cli_fast.py checks they agree.
-_KEY_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_KEY = _KEY_START | frozenset("0123456789")
+_KEY = _NAME_START | frozenset("0123456789")
 _PLAIN = _KEY | frozenset("./-")  # a plain value: words of these, one space between
-_NOT_SIMPLE = object()
 
 
 def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
@@ -296,42 +291,36 @@ def _read_simple(text: str) -> tuple[dict, dict[str, int]] | None:
         if not line.strip(" ") or line.startswith("#"):
             continue
         key, colon, rest = line.partition(":")
-        if not colon or key[:1] not in _KEY_START or not _KEY.issuperset(key) or key in raw or key in YAML_WORDS:
-            return None  # not a key, twice, or a key YAML reads as no string
-        if (value := _simple_value(rest, master=key == "master")) is _NOT_SIMPLE:
+        if not colon or key[:1] not in _NAME_START or not _KEY.issuperset(key) or key in raw or key in YAML_WORDS \
+                or rest[:1] not in ("", " "):
+            return None  # not a key, twice, a key YAML reads as no string, or no space after its colon
+        value = rest.lstrip(" ")
+        if value[:1] in ("'", '"'):  # 'text' or "text" (no escapes), then maybe a comment
+            end = value.find(value[0], 1)
+            quoted, after = value[1:end], value[end + 1:]
+            if end < 0 or after.strip(" ") and not (after.startswith(" ") and after.lstrip(" ").startswith("#")) \
+                    or value[0] == '"' and "\\" in quoted:
+                return None
+            raw[key], lines[key] = quoted, lineno
+            continue
+        value = value.partition(" #")[0].rstrip(" ") if not value.startswith("#") else ""
+        if key == "master" and value and YAML_WORDS.get(value, "") is not None and value[0] not in "|>&*!{" and not any(
+                c.isspace() or c in "#'\"" for c in value):
+            pass  # master's value is the address as written, as PyYAML reads it once _MASTER_LINE has quoted it
+        elif not value or value in YAML_WORDS:
+            value = YAML_WORDS.get(value)
+        elif not _PLAIN.issuperset(value.replace(" ", "")) or "  " in value or value[0] == "-":  # "-5", "- x": PyYAML's
+            return None
+        elif (num := value.partition("."))[0].isdigit() and (num[2].isdigit() or not num[1] and (
+                num[0] == "0" or num[0][0] != "0")):
+            value = float(value) if num[1] else int(value)
+        # a plain value YAML 1.1 might read as an int, float or timestamp though it is none of the forms above: a date,
+        # hex, binary, .inf/.nan, 1_000, "1.". (There is no ':', '+' or leading '-' here: no base-60, no signed exponent.)
+        elif value[0] in "0123456789." and ("-" in value or value.startswith(("0x", "0b")) or value.lower() in (
+                ".inf", ".nan") or not value.replace("_", "").replace(".", "", 1).strip("0123456789")):
             return None
         raw[key], lines[key] = value, lineno
     return raw, lines
-
-
-def _simple_value(rest: str, master: bool):
-    """What YAML reads after `key:` (" value  # comment"), if it is a value of the fast path, else _NOT_SIMPLE.
-    master's value is the address as written, as PyYAML reads it once _MASTER_LINE has quoted it."""
-    if rest[:1] not in ("", " ") or "\t" in rest:
-        return _NOT_SIMPLE
-    value = rest.lstrip(" ")
-    if value[:1] in ("'", '"'):  # 'text' or "text" (no escapes), then maybe a comment
-        end = value.find(value[0], 1)
-        text, after = value[1:end], value[end + 1:]
-        closed = end > 0 and (not after.strip(" ") or after.startswith(" ") and after.lstrip(" ").startswith("#"))
-        return text if closed and not (value[0] == '"' and "\\" in text) else _NOT_SIMPLE
-    value = value.partition(" #")[0].rstrip(" ") if not value.startswith("#") else ""
-    if master and value and YAML_WORDS.get(value, "") is not None and value[0] not in "|>&*!{" and not any(
-            c.isspace() or c in "#'\"" for c in value):
-        return value
-    if not value or value in YAML_WORDS:
-        return YAML_WORDS.get(value)
-    if not _PLAIN.issuperset(value.replace(" ", "")) or "  " in value or value[0] == "-":  # "-5", "- x": PyYAML's
-        return _NOT_SIMPLE
-    whole, point, fraction = value.partition(".")
-    if whole.isdigit() and (whole == "0" or whole[0] != "0") and not point or whole.isdigit() and fraction.isdigit():
-        return float(value) if point else int(value)
-    # a plain value YAML 1.1 might read as an int, float or timestamp though it is none of the forms above: a date,
-    # hex, binary, .inf/.nan, 1_000, "1.". (There is no ':', '+' or leading '-' here: no base-60, no signed exponent.)
-    if value[0] in "0123456789." and ("-" in value or value.startswith(("0x", "0b")) or value.lower() in (".inf", ".nan")
-                                        or not value.replace("_", "").replace(".", "", 1).strip("0123456789")):
-        return _NOT_SIMPLE
-    return value
 
 
 def _read_yaml(path: str) -> tuple[dict, dict[str, int]]:

@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import auth, plugins, registry
-from .config import KEYS, Config, ConfigError, load_config, overclaims, strangers
+from .config import KEYS, Config, ConfigError, checks, load_config
 from .files import locked, read_int
 from .journal import StoreError
 from .values import format_hostport
@@ -96,7 +96,7 @@ class Services:
         except Exception as exc:  # a broken edit must not take the daemon down
             log.error("reload: %s; %s", exc, KEEPING)
             return
-        for warning in new.warnings + (strangers(new) if self.master is not None else []):
+        for warning in checks(new, {"queue"} if self.master is not None else ()):
             log.warning("reload: %s", warning)
         changed = [name for name in KEYS if getattr(new, name) != getattr(old, name)]
         logging.getLogger().setLevel(new.log_level.upper())
@@ -111,9 +111,9 @@ class Services:
                     applied.update(actor.reconfigure(**asked))
                 except Exception:  # logged; the daemon serves on, and the keys are reported below
                     log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
-        unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
-        restart = [name for name in changed if name not in applied and name not in unread]
-        for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
+        unread = [name for name in changed if actors.get(KEYS[name].service, self) is None]
+        for names, why in (([n for n in changed if n not in applied and n not in unread], "need a restart (grun -d -R)"),
+                           (unread, "no service of this daemon reads them")):
             if names:
                 log.warning("reload: %s changed but %s", ", ".join(names), why)
         level = max(logging.INFO, logging.getLogger().getEffectiveLevel())  # (last, and at any log_level: ask_reload)
@@ -143,8 +143,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
             handlers.append(logging.FileHandler(cfg.log_file))
         logging.basicConfig(level=cfg.log_level.upper(), handlers=handlers, force=True,
                             format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-        for warning in cfg.warnings + (overclaims(cfg) if "exec" in services else []) + (  # (a node's: Low RealMemory)
-                strangers(cfg) if "queue" in services else []):
+        for warning in checks(cfg, services):  # (a node's overclaim: Slurm's Low RealMemory)
             log.warning("%s", warning)
         os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
         _use_secret(cfg)
@@ -201,7 +200,6 @@ def _use_secret(cfg: Config) -> None:
 
 
 def _wait(done, seconds: float, every: float) -> bool:
-    """Whether done() comes true within `seconds`, asked every `every` seconds."""
     deadline = time.monotonic() + seconds
     while not done() and time.monotonic() < deadline:
         time.sleep(every)
@@ -270,8 +268,8 @@ def ask_reload(cfg: Config, wait: float = 15.0) -> tuple[int | None, str | None]
 
 
 def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
-    """`grun -d -R`: a new daemon (new code, new config) loads, then stops the running one, which writes a
-    snapshot, and takes over at once; clients and nodes see a pause, not an error. Returns (old, new pid)."""
+    """`grun -d -R`: a new daemon loads, then stops the running one (it writes a snapshot) and takes over at once:
+    clients and nodes see a pause, not an error. Returns (old, new pid)."""
     return (old := running_pid(cfg)), start_background(cfg, wait=wait, replacing=old)
 
 

@@ -5,6 +5,7 @@ without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would t
 shell command line `< FILE` is an input, `> FILE`, `>FILE`, `>> FILE` an output, and `%!>FILE` writes FILE without
 making it an output (it stays as `>FILE`). The script of `sh -c SCRIPT` is such a line. A marker's file is the rest
 of its word, or, inside a word, up to a metacharacter."""
+import contextlib
 import os
 import re
 import shlex
@@ -170,9 +171,7 @@ def rename_failed(outputs: list[str]) -> list[str]:
     missing file (or one we may not move) is skipped, never an error. The node calls it as the job's user."""
     renamed = []
     for path in outputs:
-        try:
+        with contextlib.suppress(OSError):
             os.replace(path, path + ".failed")
-        except OSError:
-            continue
-        renamed.append(path)
+            renamed.append(path)
     return renamed
