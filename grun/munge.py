@@ -32,32 +32,31 @@ def _libmunge():
     return lib, ctypes, free
 
 
-class _Context:
-    """`with _Context() as (lib, ctypes, free, ctx)`: a context of its own (libmunge's are not for sharing between
-    threads), set to our socket. (A class: contextlib would cost every `grun` call ~1 ms of imports.)"""
-
-    def __enter__(self):
-        lib, ctypes, free = self.lib = _libmunge()
-        path = socket.encode()  # (first: a ctx once made must reach __exit__)
-        self.ctx = lib.munge_ctx_create()
-        lib.munge_ctx_set(ctypes.c_void_p(self.ctx), _OPT_SOCKET, path)
-        return lib, ctypes, free, self.ctx
-
-    def __exit__(self, *exc) -> None:
-        self.lib[0].munge_ctx_destroy(self.ctx)
+def _run(call) -> tuple[int, str]:
+    """call(ctx) in a libmunge context of its own (theirs are not for sharing between threads), set to our socket: its
+    error code, with libmunge's text for it. (Not a context manager: contextlib would cost every `grun` call ~1 ms.)"""
+    lib, ctypes, _ = _libmunge()
+    path = socket.encode()  # (first: a ctx once made must be destroyed)
+    ctx = lib.munge_ctx_create()
+    try:
+        lib.munge_ctx_set(ctypes.c_void_p(ctx), _OPT_SOCKET, path)
+        err = call(ctx)
+        return err, (lib.munge_ctx_strerror(ctx) or b"").decode() if err else ""
+    finally:
+        lib.munge_ctx_destroy(ctx)
 
 
 def encode(payload: str) -> str:
     """A credential of this process, carrying `payload` (signed and encrypted with it); MungeError without one."""
-    with _Context() as (lib, ctypes, free, ctx):
-        cred, data = ctypes.c_void_p(), payload.encode()
-        if err := lib.munge_encode(ctypes.byref(cred), ctx, data, len(data)):
-            raise MungeError(f"cannot get a MUNGE credential: {(lib.munge_ctx_strerror(ctx) or b'').decode()} "
-                             f"(error {err})")
-        try:
-            return ctypes.string_at(cred).decode("ascii")
-        finally:
-            free(cred)
+    lib, ctypes, free = _libmunge()
+    cred, data = ctypes.c_void_p(), payload.encode()
+    err, why = _run(lambda ctx: lib.munge_encode(ctypes.byref(cred), ctx, data, len(data)))
+    if err:
+        raise MungeError(f"cannot get a MUNGE credential: {why} (error {err})")
+    try:
+        return ctypes.string_at(cred).decode("ascii")
+    finally:
+        free(cred)
 
 
 def decode(cred) -> tuple[int, int, str] | None:
@@ -65,17 +64,16 @@ def decode(cred) -> tuple[int, int, str] | None:
     invalid, expired or replayed credential, which munged refuses: logged with its reason)."""
     if not isinstance(cred, str) or not cred.startswith("MUNGE:") or len(cred) > 8192 or not cred.isascii():
         return None
-    with _Context() as (lib, ctypes, free, ctx):
-        buf, size, uid, gid = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_uint32(), ctypes.c_uint32()
-        err = lib.munge_decode(cred.encode(), ctx, ctypes.byref(buf), ctypes.byref(size), ctypes.byref(uid),
-                               ctypes.byref(gid))
-        try:
-            payload = ctypes.string_at(buf, size.value) if buf.value else b""
-        finally:
-            free(buf)
-        if err:  # a replayed credential (_REPLAYED) comes with its uid and payload: refused all the same
-            import logging  # (daemons only)
-            logging.getLogger("grun.auth").warning("MUNGE refused a credential: %s (error %d%s)", (
-                lib.munge_ctx_strerror(ctx) or b"").decode(), err, ", a replay" if err == _REPLAYED else "")
-            return None
-        return uid.value, gid.value, payload.decode("utf-8", "replace")
+    lib, ctypes, free = _libmunge()
+    buf, size, uid, gid = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_uint32(), ctypes.c_uint32()
+    err, why = _run(lambda ctx: lib.munge_decode(cred.encode(), ctx, *map(ctypes.byref, (buf, size, uid, gid))))
+    try:
+        payload = ctypes.string_at(buf, size.value) if buf.value else b""
+    finally:
+        free(buf)
+    if err:  # a replayed credential (_REPLAYED) comes with its uid and payload: refused all the same
+        import logging  # (daemons only)
+        logging.getLogger("grun.auth").warning("MUNGE refused a credential: %s (error %d%s)", why, err,
+                                               ", a replay" if err == _REPLAYED else "")
+        return None
+    return uid.value, gid.value, payload.decode("utf-8", "replace")
