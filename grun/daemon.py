@@ -111,9 +111,9 @@ class Services:
                     applied.update(actor.reconfigure(**asked))
                 except Exception:  # logged; the daemon serves on, and the keys are reported below
                     log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
-        unread = [name for name in changed if actors.get(KEYS[name].service, self) is None]
-        for names, why in (([n for n in changed if n not in applied and n not in unread], "need a restart (grun -d -R)"),
-                           (unread, "no service of this daemon reads them")):
+        unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
+        restart = [name for name in changed if name not in applied and name not in unread]
+        for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
             if names:
                 log.warning("reload: %s changed but %s", ", ".join(names), why)
         level = max(logging.INFO, logging.getLogger().getEffectiveLevel())  # (last, and at any log_level: ask_reload)

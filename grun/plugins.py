@@ -71,9 +71,9 @@ class Plugin:
     def notify(self, hook: str, *args) -> None:
         full = self._notices.queue.qsize() >= MAX_NOTICES  # (those waiting, not the one running)
         if not full:  # (a failure is logged here: nobody reads a notice's future)
-            self._notices.submit(getattr(self.obj, hook), *args).add_done_callback(lambda done: (
-                exc := done.exception()) and log.warning("plugin %s: %s failed (%s: %s)", self.name, hook,
-                                                         type(exc).__name__, exc))
+            future = self._notices.submit(getattr(self.obj, hook), *args)
+            future.add_done_callback(lambda done: done.exception() and log.warning(
+                "plugin %s: %s failed (%s: %s)", self.name, hook, type(done.exception()).__name__, done.exception()))
         elif not self._dropping:  # (once until one gets through)
             log.warning("plugin %s: %s dropped, and its next notices while %d wait", self.name, hook, MAX_NOTICES)
         self._dropping = full
