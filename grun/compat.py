@@ -50,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# ---- reading options and scripts -----------------------------------------------------------------
-
 def parse(argv: list[str], table: dict, stop: bool | None = True, glued: bool = True) -> tuple[dict, list[str]]:
     """Options in `table` (spelling -> (key, number of values)), as --opt=V, --opt V, -XV, -X V or flags together
     (-nP); each key -> its values, in order. Other words: with `stop`, options end at the first; with False, they are
@@ -94,8 +92,7 @@ def items(opts: dict, key: str) -> list[str]:
 
 
 def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True, glued: bool = True) -> dict:
-    """The options of the script's `#SBATCH` / `#$` lines, under those of the command line (`opts`);
-    Slurm reads them up to the first command."""
+    """The options of the script's `#SBATCH` (to its first command) or `#$` lines, under the command line's (`opts`)."""
     found: dict = {}
     for number, line in enumerate(script.splitlines()[1:], 2):
         text = line.strip()
@@ -115,8 +112,7 @@ def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bo
 
 
 def read_script(path: str | None, kind: str, newline: str | None = None) -> str:
-    """The script's text as at submit (the caller may remove the file at once), from stdin without a path;
-    `newline` as open's ("": its \r\n kept, for sbatch to refuse them as Slurm's does)."""
+    """The script's text, as at submit (stdin without a path); newline="" keeps \r\n (for sbatch to refuse)."""
     if path is None and sys.stdin.isatty():
         raise Refused(f"no {kind} script given (and no script on standard input)")
     with open(path or 0, encoding="utf-8", errors="surrogateescape", newline=newline, closefd=bool(path)) as f:
@@ -139,10 +135,9 @@ def out_path(pattern: str, names: dict) -> str:
 def submit(client: Client, family: str, name: str, script: str | None, args: list[str],
            out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, append: bool = False,
            setup: str = "", **request) -> int:
-    """Queue a job for a shim (its id): the script with its output files (a batch job; `append`: added to, as SGE's
-    always are), or the command `args` (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0,
-    GRUN_COMPAT=family in its environment; `request` as for job_spec (hold=True for -H/-h). An `err` that is `out`
-    once expanded (o.%j, o.%A; f, ./f) is opened once: twice, each truncates it."""
+    """Queue a job (its id): the script with its output files (`append`: added to, as SGE's are), or the command `args`
+    (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0; `request` as for job_spec. An `err` that
+    is `out` once expanded (o.%j, o.%A; f, ./f) is opened once: twice, each truncates it."""
     if script is not None and (size := len(script.encode(errors="surrogateescape"))) >= MAX_ARG:
         raise Refused(f"the script is {size} bytes: grun passes it as one "
                       f"argument, less than 128 KiB (Slurm's take 4 MB): run it as a file, e.g. {RUN_FILE[family]}")
@@ -157,7 +152,8 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     try:
         return client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
     except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
-        raise GrunError(str(exc).replace(" (--force queues it anyway)", "")) from None
+        words = str(exc).replace(" (--force queues it anyway)", "")
+        raise GrunError(words.replace("--after: ", "-hold_jid: ") if family == "sge" else words) from None
 
 
 def priority(text: str, flag: str, sign: int = 1) -> int:
@@ -178,8 +174,7 @@ def dies_with(client: Client, ids: list, run) -> int:
 
 
 def table(text: str) -> dict:
-    """An option table from `KEY=SPELLING,...` (takes a value), `KEY:SPELLING,...` (a flag) and `KEY?SPELLING,...`
-    (a flag or --opt=VALUE) words."""
+    """An option table from `KEY=SPELLING,...` (a value), `KEY:SPELLING,...` (a flag), `KEY?...` (either: --opt=V)."""
     return {spelling: (key, {"=": 1, ":": 0, "?": -1}[eq]) for word in text.split() for key, eq, spellings in
             [re.match(r"([\w-]+)([=:?])(.*)", word).groups()] for spelling in spellings.split(",")}
 
@@ -187,14 +182,13 @@ def table(text: str) -> dict:
 def when(text: str) -> float:
     """sacct's -S/-E: YYYY-MM-DD[THH:MM[:SS]], MM/DD[/YY][-HH:MM[:SS]] (or MM.DD[.YY], MMDD[YY]; no year: the latest
     past), HH:MM[:SS] (today), midnight, noon, fika, teatime, today, now[{+|-}N[seconds|minutes|hours|days|weeks]]."""
-    now, low, named = time.time(), text.lower(), {"midnight": 0, "today": 0, "noon": 12, "fika": 15, "teatime": 16}
-    day = time.mktime(time.localtime(now)[:3] + (0, 0, 0, 0, 0, -1))
+    now, low = time.time(), text.lower()
+    clock = {"midnight": "0:00", "today": "0:00", "noon": "12:00", "fika": "15:00", "teatime": "16:00"}.get(low, text)
     if m := re.fullmatch(r"now(?:([+-]\d+)(seconds?|minutes?|hours?|days?|weeks?|[smhdw]?))?", low):
         return now + int(m[1] or 0) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[(m[2] or "s")[0]]
-    if low in named or re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?", text):
-        return day + (3600 * named[low] if low in named else
-                      sum(int(n) * f for n, f in zip(text.split(":"), (3600, 60, 1))))
     iso, this = text, time.localtime(now)
+    if re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d(:[0-5]\d)?", clock):  # (today)
+        return time.mktime(this[:3] + (*map(int, (clock + ":0").split(":")[:3]), 0, 0, -1))
     if m := re.fullmatch(r"(\d\d)([/.]?)(\d\d)(?:\2(\d\d))?(-\d\d:\d\d(?::\d\d)?)?", text):
         iso = f"{2000 + int(m[4]) if m[4] else this.tm_year - (int(m[1]) > this.tm_mon)}-{m[1]}-{m[3]}" + \
             (m[5] or "").replace("-", "T")
@@ -204,8 +198,6 @@ def when(text: str) -> float:
     except ValueError:
         raise Refused(f"invalid time specification: {text}") from None
 
-
-# ---- the commands ----------------------------------------------------------------------------------
 
 def find(client: Client, ref: str) -> dict | None:
     """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
@@ -232,12 +224,9 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
         ended = sum(sum(array["counts"].values()) for array in arrays.values())
         users = {array.get("user") for array in arrays.values()}  # (one: the history of that user's jobs only)
         history = client.history(1000 + ended, user=users.pop() if len(users) == 1 else None) if ended else []
-        tasks = sorted({j["id"]: j for j in history + client.jobs()
-                        if "task" in j and j["array"] in arrays}.values(), key=lambda j: j["task"])
-        for array in arrays.values():
-            mine = [j for j in tasks if j["array"] == array["id"]]
-            found.update((j["id"], j) for j in mine)
-            if array["tasks"] > array["started"] or not mine:
-                found[array["id"]] = array  # (its line: the tasks not started yet, or cancelled before they started)
+        tasks = {j["id"]: j for j in history + client.jobs() if "task" in j and j["array"] in arrays}
+        found.update(sorted(tasks.items(), key=lambda item: item[1]["task"]))
+        begun = {j["array"] for j in tasks.values()}  # an array's own line: tasks not started (or never to start)
+        found.update((i, a) for i, a in arrays.items() if a["tasks"] > a["started"] or i not in begun)
     now = time.time()
     return [j for j in found.values() if finished_for is None or now - j.get("end_time", now) < finished_for], unknown

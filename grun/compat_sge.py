@@ -1,6 +1,7 @@
 """SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
 SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_slurm.py)."""
 
+import contextlib
 import fnmatch
 import os
 import re
@@ -10,7 +11,7 @@ import time
 from . import compat as C
 from .client import Client, GrunError, current_user
 from .compat import Refused, items, last, out_path, parse, table
-from .core.arrays import left, unstarted
+from .core import arrays
 from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit, wrapped
 from .tables import command_text, label, name_of, spans, usage
 from .values import is_name, task_ref
@@ -34,26 +35,26 @@ NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": 
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
            "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)",
            "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it"}
+# options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
+GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}  # (in -o/-e paths)
 
 
-def yes(opts: dict, key: str) -> bool:
-    value = last(opts, key, "n")
-    if value not in ("y", "yes", "n", "no"):
-        raise Refused(f"{next(flag for flag, (name, _) in QSUB.items() if name == key)} takes y or n, got {value!r}")
+def yes(opts: dict, flag: str, default: str = "n") -> bool:
+    if (value := last(opts, QSUB[flag][0], default)) not in ("y", "yes", "n", "no"):
+        raise Refused(f"{flag} takes y or n, got {value!r}")
     return value.startswith("y")
 
 
 def qsub(argv: list[str]) -> int:
     """qsub [options] [SCRIPT [ARGS...]] | -b y COMMAND...: prints `Your job N ("name") has been submitted`."""
     opts, rest = parse(argv, QSUB, glued=False)  # (SGE's options are whole words: -verify is not -v erify)
-    script = None if (binary := yes(opts, "binary")) else C.read_script(rest[0] if rest else None, "job")
+    script = None if (binary := yes(opts, "-b")) else C.read_script(rest[0] if rest else None, "job")
     if binary and not (rest and rest[0].strip()):
         raise Refused("-b y needs a command")
     opts = opts if binary else C.directives(script, "#$", QSUB, opts, first_only=False, glued=False)
-    name = last(opts, "name", os.path.basename(rest[0].split()[0] if binary and rest[0].split() else rest[0])
-                if rest else "STDIN")
+    name = last(opts, "name", os.path.basename(rest[0].split()[0] if binary else rest[0]) if rest else "STDIN")
     if "name" in opts and re.search(r"[\s/:@\\*?]", name):  # (as SGE's: refused at submit, not at start)
         raise Refused(f"-N {name!r}: a job name has no whitespace and none of / : @ \\ * ?")
     resources = {key: value for key, _, value in (item.partition("=") for item in items(opts, "resources"))}
@@ -63,22 +64,21 @@ def qsub(argv: list[str]) -> int:
     for spelling in [flag for flag in ("-q", *NOTED) if QSUB[flag][0] in opts and (flag != "-q" or not hosts)]:
         print(f"qsub: note: {spelling} ignored (grun has no {NOTED.get(spelling, 'queues')})", file=sys.stderr)
     verify = last(opts, "verify", "n")
-    if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "now") or "-w v" * (verify == "v") or next((
+    if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "-now") or "-w v" * (verify == "v") or next((
             f"-l {key}" for key in ("exclusive", "excl") if resources.pop(key, "false").lower() not in ("false", "0")),
             None):
         raise Refused(f"{refused}: {REFUSED[refused.split()[0]]}")
     if verify not in ("e", "w", "n"):
         raise Refused(f"-w takes e, w, n or v, got {verify!r}")
-    yes(opts, "reserve")  # (-R y: grun reserves room for a job that waits long by itself)
+    yes(opts, "-R")  # (-R y: grun reserves room for a job that waits long by itself)
     pe = last(opts, "pe", [None, "1"])[1]  # N, or a range N-M, N-, -M: its lowest (grun gives no more than asked)
     m = pe and re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)  # ('': refused)
     slots = resources.pop("slots", None) or (m[1] or "1" if m else pe)
     if not slots.isdigit() or int(slots) < 1 or m and m[2] and int(m[2]) < int(slots):
         raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots or a range of them")
-    request: dict = {"cpus": int(slots), "requeue": last(opts, "rerun", "y").startswith("y"), "hosts": ",".join(hosts)
-                     or None, "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~"))}
-    if "priority" in opts:  # (as SGE's: a user may lower a job's, from 0 down to -1023)
-        request["priority"] = C.priority(last(opts, "priority"), "-p")
+    request: dict = {"cpus": int(slots), "requeue": yes(opts, "-r", "y"), "hosts": ",".join(hosts) or None,
+                     "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~")),
+                     **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts}}
     setup, memory = "", {}
     size = lambda v: int(v) if v.isdigit() else C.megabytes(v) << 20  # (bytes: plain numbers are, in SGE)
     seconds = lambda v: parse_time_limit(f"{v}s" if v.isdigit() else v)  # (SGE: plain numbers are seconds)
@@ -100,14 +100,13 @@ def qsub(argv: list[str]) -> int:
     span = tasks and f"{tasks.start}-{tasks[-1]}:{tasks.step}"
     request["after"] = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]  # (none: no dependency)
     if "hold_jid_ad" in opts:  # grun has no task-to-task dependency: each task waits for the whole arrays
-        arrays = _holds(client, items(opts, "hold_jid_ad"))
-        # (ranges compare by the numbers they hold, without listing them: -t 1-1000000)
-        if tasks is None or any([range(*r) for r in a.get("ranges") or []] != [tasks] for a in arrays):
+        held = _holds(client, items(opts, "hold_jid_ad"))  # (ranges compare by the numbers they hold: -t 1-1000000)
+        if tasks is None or any([range(*r) for r in a.get("ranges") or []] != [tasks] for a in held):
             raise Refused("-hold_jid_ad: this job and the jobs it names must be arrays of the same -t range")
-        if arrays:
+        if held:
             print("qsub: note: -hold_jid_ad: each task waits for all the tasks of "
-                  f"{', '.join(str(a['id']) for a in arrays)} (grun has no task-to-task dependency)", file=sys.stderr)
-        request["after"] += [a["id"] for a in arrays]
+                  f"{', '.join(str(a['id']) for a in held)} (grun has no task-to-task dependency)", file=sys.stderr)
+        request["after"] += [a["id"] for a in held]
     if not last(opts, "limit", "1").isdigit():
         raise Refused(f"-tc {last(opts, 'limit')}: expected a number of tasks")
     if tasks:
@@ -119,7 +118,7 @@ def qsub(argv: list[str]) -> int:
                **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
     request.update(env=env, pass_env=["*"] * ("allenv" in opts) + items(opts, "env"))  # (-v NAME=VALUE: set so)
     out, err = (_output(opts, key, name, request["cwd"]) for key in ("out", "err"))
-    if binary and ("start_shell" not in opts or yes(opts, "start_shell")):
+    if binary and yes(opts, "-shell", "y"):
         # SGE's -shell y: the command line goes to a shell, its variables ($SGE_TASK_ID) expanded; (SGE joins the
         # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
         rest = [last(opts, "shell", "/bin/sh"), "-c", rest[0] + "".join(
@@ -127,35 +126,29 @@ def qsub(argv: list[str]) -> int:
     ids: list = []
 
     def submit() -> int:  # (-sync y: as SGE's, the job dies with qsub, on SIGINT, SIGTERM and EPIPE)
-        try:
-            ids.append(C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
-                                None if yes(opts, "join") else err, last(opts, "shell", "" if (script or "#!").startswith(
-                                    "#!") else "/bin/sh"), hold="hold" in opts, append=True, setup=setup, **request))
-        except GrunError as exc:  # the master's words for grun's options, in qsub's
-            raise Refused(str(exc).replace("--after: ", "-hold_jid: ")) from None
+        ids.append(C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
+                            None if yes(opts, "-j") else err, last(opts, "shell", "" if (script or "#!").startswith(
+                                "#!") else "/bin/sh"), append=True, setup=setup, **request))
         shown = f"{ids[0]}.{span}" if tasks else str(ids[0])
         print(shown if "terse" in opts else
               f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
-        if not yes(opts, "sync"):
+        if not yes(opts, "-sync"):
             return 0
-        code = client.exit_code(ids[0])
-        print(f"Job {ids[0]} exited with exit code {code}.")
+        print(f"Job {ids[0]} exited with exit code {(code := client.exit_code(ids[0]))}.")
         return code
-    return C.dies_with(client, ids, submit) if yes(opts, "sync") else submit()
+    return C.dies_with(client, ids, submit) if yes(opts, "-sync") else submit()
 
 
 def _task_range(text: str) -> range:
-    """-t n[-m[:s]]: the task ids (its last, as SGE's, the last one the step reaches)."""
-    m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", text)
-    tasks = range(int(m[1]), int(m[2] or m[1]) + 1, int(m[3] or 1)) if m and int(m[3] or 1) else range(0)
-    if not tasks or not tasks[0]:
-        raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
-    return tasks
+    """-t n[-m[:s]]: the task ids (its last, as SGE's, the last one the step reaches), as the core reads an array's."""
+    with contextlib.suppress(ValueError):
+        if re.fullmatch(r"0*[1-9]\d*(-\d+(:\d+)?)?", text):
+            return range(*arrays.parse(text)["ranges"][0])
+    raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
 
 
 def _holds(client: Client, held: list[str]) -> list[dict]:
-    """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name). As SGE, a name that
-    matches no job and an id of no job (or of one long gone) are no hold."""
+    """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name); as SGE's, no job is no hold."""
     known = [job for word in held if word.isdigit() and (job := C.find(client, word))]  # (an id may be of no job)
     if names := [i for i in held if not i.isdigit()]:
         known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
@@ -167,16 +160,14 @@ def _output(opts: dict, key: str, name: str, cwd: str) -> str:
     """SGE's output name: `NAME.oJOBID[.TASK]` in the job's directory (`cwd`) or the one -o/-e names, or that file."""
     path = last(opts, key, "")
     if not path or os.path.isdir(os.path.join(cwd, path)):
-        return (out_path(path.rstrip("/") + "/", PATTERNS) if path else "") + \
-            out_path(name, PATTERNS) + f'.{key[0]}"$JOB_ID"' + '."$SGE_TASK_ID"' * ("array" in opts)
+        path = os.path.join(path, name) + f".{key[0]}$JOB_ID" + ".$TASK_ID" * ("array" in opts)
     return out_path(path, PATTERNS)
 
 
 def qstat(argv: list[str]) -> int:
-    """qstat [-u USER,...|'*'] [-j ID,...] [-s STATES] [-q QUEUE] [-f] [-r] [-ext] [-g c] [-xml]: the live jobs, SGE's
-    columns and states (-s z: the latest 100 ended, as SGE's finished_jobs). grun has one queue, all.q, and qsub ignores
-    -q: -q lists every job, whatever queue it names, so that a tool polling `qstat -q` its own (Nextflow's SGE executor)
-    sees its jobs (none listed: it would take them as gone, and fail them)."""
+    """qstat [-u USER,...|'*'] [-j ID,...] [-s STATES] [-q QUEUE] [-f] [-r] [-ext] [-g c] [-xml]: the live jobs (-s z:
+    and the latest 100 ended, as SGE's finished_jobs). -q lists every job (grun has one queue, all.q): a tool polling
+    its own queue (Nextflow's) would take its jobs as gone, and fail them."""
     opts, rest = parse(argv, table("user=-u jobs=-j xml:-xml full:-f states=-s queue=-q request:-r ext:-ext group=-g"),
                        False)
     if rest:  # (as SGE's: a job is asked with -j)
@@ -191,7 +182,7 @@ def qstat(argv: list[str]) -> int:
                       "-g: only -g c")
     shown, users = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user"))
     rows = [(_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
-            if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or left(j))
+            if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or arrays.left(j))
             and STATES.get(j["state"], "Eqw") in shown]
     if "group" in opts or "full" in opts:
         return _queues(client.nodes(), rows, "group" in opts, "ext" in opts)
@@ -223,7 +214,7 @@ def _row(j: dict) -> tuple:
             j.get("user", "?"), STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
                 j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
             f"{max(1, round(j.get('cpus', 1)))}",
-            str(j["task"]) if "task" in j else _ranges(unstarted(j)) if "ranges" in j else "")
+            str(j["task"]) if "task" in j else _ranges(arrays.unstarted(j)) if "ranges" in j else "")
 
 
 def _ranges(tasks: list[int]) -> str:
@@ -250,8 +241,8 @@ def _requests(j: dict) -> str:
 
 
 def _queues(nodes: list[dict], rows: list, summary: bool, ext: bool) -> int:
-    """-g c: grun's one queue, all.q, in SGE's cluster queue summary; -f: each node as queue instance all.q@NODE with
-    its jobs, then the jobs pending. A node's load: the cores its jobs and others' processes keep busy, per core."""
+    """-g c: grun's one queue, all.q, as SGE's cluster queue summary; -f: a node a queue instance all.q@NODE with its
+    jobs, then the jobs pending. A node's load: the cores its jobs and others' processes keep busy, per core."""
     load = {n["name"]: (n["grun_cpus"] + n["outside_cpus"]) / n["cpus"] for n in nodes if n["up"] and n["cpus"]}
     up = [n for n in nodes if n["up"]]
     if summary:
@@ -293,22 +284,20 @@ def _detail(job: dict) -> tuple:
 
 
 def _accounting(job: dict) -> tuple:
-    u = job.get("usage") or {}
     return (("qname", "all.q"), ("hostname", job.get("node")), ("owner", job.get("user")), ("jobname", name_of(job)),
             ("jobnumber", job["array"] if "task" in job else job["id"]), ("taskid", job.get("task", "undefined")),
             ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
             ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
             ("failed", job.get("sge_failed") or FAILED.get(job["state"], 0)),
             ("exit_status", 137 if job["state"] == "timeout" else job.get("exit")),
-            ("ru_wallclock", f"{u.get('wall', 0):.3f}s"), ("ru_utime", f"{u.get('utime', 0):.3f}s"),
-            ("ru_stime", f"{u.get('stime', 0):.3f}s"), ("ru_maxrss", f"{u.get('maxrss_kb', 0)}K"))
+            ("ru_wallclock", f"{usage(job, 'wall'):.3f}s"), ("ru_utime", f"{usage(job, 'utime'):.3f}s"),
+            ("ru_stime", f"{usage(job, 'stime'):.3f}s"), ("ru_maxrss", f"{int(usage(job, 'maxrss_kb'))}K"))
 
 
 def _unopened(client: Client, job: dict, down: set) -> None:
-    """A qsub job whose output file cannot be opened (-o nodir/x.out) exits 2 before its script runs, its shell's words
-    (line 2, compat.submit's `exec >>FILE`) on the stderr its node keeps (output_keep: read unreleased, ~10 ms; a node
-    that does not answer costs seconds, and is not asked again: `down`): SGE's failed 26, with those words. (An sbatch
-    job's exec is on line 3; srun's has none.)"""
+    """SGE's failed 26 for a qsub job whose output file could not be opened (-o nodir/x.out): it exits 2 before its
+    script, its shell's words for line 2 (compat.submit's `exec >>FILE`) in the stderr its node keeps (read unreleased,
+    ~10 ms; a node that does not answer costs seconds: `down`, not asked again)."""
     cmd = job.get("cmd") or []
     if job["state"] != "failed" or job.get("exit") != 2 or not wrapped(cmd) or not re.match(r".*\no=.*exec >>", cmd[2]) \
             or job.get("node") in down:
@@ -323,9 +312,8 @@ def _unopened(client: Client, job: dict, down: set) -> None:
 
 
 def qdel(argv: list[str]) -> int:
-    """qdel [-f] [-u USER,...] [ID|NAME|PATTERN,...] [-t TASKS]: per job, `USER has registered the job N for deletion`
-    (running) or `has deleted job N` (not started); an array's running tasks and a task given as N.T (or by -t, of each
-    job named): `... job-array task N.T ...`. A name or glob: the caller's live jobs of that name, as SGE's."""
+    """qdel [-f] [-u USER,...] [ID|NAME|PATTERN,...] [-t TASKS]: `USER has registered the job N for deletion` (running)
+    or `has deleted job N` (not started), `job-array task N.T` for a task (an array's running ones, N.T, -t's)."""
     opts, words = parse(argv, table("user=-u force:-f tasks=-t"), False)
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and ("user" not in opts or "tasks" in opts):
@@ -346,7 +334,7 @@ def qdel(argv: list[str]) -> int:
         lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
         if not ok:
             lines = [f'denied: job "{job_id}" does not exist']
-        elif not running or "ranges" in job and left(job):  # (an array's unstarted tasks)
+        elif not running or "ranges" in job and arrays.left(job):  # (an array's unstarted tasks)
             lines.append(f"{me} has deleted job{'-array task' * ('.' in str(job_id))} {job_id}")
         print("\n".join(lines))
     return 0 if all(found.values()) else 1
@@ -371,19 +359,16 @@ def qacct(argv: list[str]) -> int:
             and (j.get("start_time") or 0) > since and opts.get("-o") in (None, "", j.get("user"))]  # (never run: none)
     if asked:
         ended, down = {}, set()
-        for j in jobs:
-            if str(j.get("array", j["id"])) in asked:  # (asked by number: by name, or all, 10,000 would be read)
+        for j in jobs:  # (N: a job, or an array's tasks; read on its node only if asked by number, not of 10,000)
+            if (key := str(j.get("array", j["id"]))) in asked:
                 _unopened(client, j, down)
-            for key in {str(j.get("array", j["id"])), f"{j.get('array')}_{j.get('task')}"}:  # (N: a job, an array; N_T)
-                ended.setdefault(key, []).append(j)
+            ended.setdefault(key, []).append(j)
         return _blocks([(w, ended.get(w, []) if w.isdigit() else [j for j in jobs if fnmatch.fnmatchcase(
             name_of(j), w or "*")]) for w in asked], _accounting, 13, "error: job id not found: ")
     print(("OWNER       " if "-o" in opts else "Total System Usage\n") + "    WALLCLOCK         UTIME         STIME    "
           "       CPU             MEMORY                 IO                IOW\n" + "=" * (112 + 12 * ("-o" in opts)))
-    groups: dict = {} if "-o" in opts else {"": []}
-    for j in jobs:
-        groups.setdefault(j.get("user", "?") if "-o" in opts else "", []).append(j)
-    for owner, mine in sorted(groups.items()):
+    for owner in sorted({j.get("user", "?") for j in jobs}) if "-o" in opts else [""]:
+        mine = [j for j in jobs if owner in ("", j.get("user", "?"))]
         wall, utime, stime = (sum(usage(j, key) for j in mine) for key in ("wall", "utime", "stime"))
         memory = sum(usage(j, "maxrss_kb") / 2**20 * usage(j, "wall") for j in mine)  # (GB s: its peak all along)
         io = sum(usage(j, "read_bytes", "write_bytes") for j in mine) / 1e9

@@ -13,6 +13,7 @@ from . import compat as C
 from .client import Client, GrunError, current_user, known_user
 from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
+from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
 from .core.jobs import parse_time_limit
 from .core.nodes import host_matches
@@ -42,20 +43,21 @@ REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may 
            "signal": "grun signals a job only at its time limit (TERM, then KILL)", "nodes": ONE,
            "kill-on-invalid-dep": "grun cancels a job whose dependency can never be met", "ntasks-per-node": ONE}
 ALLOWED = {"nodes": ("1", "1-1"), "ntasks-per-node": ("1", "1-1"), "kill-on-invalid-dep": ("yes",)}  # (their values)
+# the options that are grun's, one to one: KEY -> (job_spec's argument, its value from the option's)
+GRUN = {"time": ("time", parse_time_limit), "hold": ("hold", bool), "norequeue": ("requeue", lambda _: False),
+        "nice": ("priority", lambda n: C.priority("100" if n is True else n, "--nice", -1))}  # (--nice: less 100)
 
 
 def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict:
-    """The job_spec arguments that Slurm's options ask for, and the environment Slurm gives a job at submit; `script`:
-    the batch script (N tasks that no srun in it starts are N cpus for one)."""
+    """job_spec's arguments for Slurm's options, with the environment Slurm gives a job (`script`: sbatch's)."""
     if key := next((key for key in REFUSED if key in opts and last(opts, key) not in ALLOWED.get(key, ())), None):
         raise Refused(f"--{key}" + f"={last(opts, key)}" * (key in ALLOWED) + f": {REFUSED[key]}")
     note = (lambda text: None) if "quiet" in opts else lambda text: print(f"{command}: note: {text}", file=sys.stderr)
     if ignored := [key for key in IGNORED if key in opts]:
         note(f"{', '.join('--' + k for k in ignored)} ignored (grun has no {', '.join(dict.fromkeys(map(IGNORED.get, ignored)))})")
     per_task, tasks = last(opts, "cpus", "1"), last(opts, "ntasks", "1")
-    if not per_task.isdigit() or int(per_task) < 1 or not tasks.isdigit() or int(tasks) < 1:
+    if not (per_task.isdigit() and tasks.isdigit() and (cpus := str(int(per_task) * int(tasks))) != "0"):
         raise Refused(f"bad value for --cpus-per-task or --ntasks: {per_task!r}, {tasks!r}")
-    cpus = str(int(per_task) * int(tasks))
     export, here = last(opts, "export", "ALL").split(","), os.getcwd()
     env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
@@ -68,9 +70,8 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
         env.update(SLURM_NTASKS=tasks, SLURM_NPROCS=tasks, SLURM_TASKS_PER_NODE=tasks)
     request = {"cpus": int(cpus), "cwd": os.path.join(here, last(opts, "chdir", "")), "env": env,
                "pass_env": ["*" if w == "ALL" else w for w in export if w != "NONE"],  # (NAME=VALUE: set so)
-               "requeue": "norequeue" not in opts, "hosts": ",".join(hostlist(last(opts, "hosts", ""))) or None}
-    if "nice" in opts:  # --nice[=N] (100): grun's priority less N
-        request["priority"] = C.priority("100" if last(opts, "nice") is True else last(opts, "nice"), "--nice", -1)
+               "hosts": ",".join(hostlist(last(opts, "hosts", ""))) or None,  # (a bad -t: a ValueError, one line)
+               **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts}}
     if "mem" in opts or "mem-per-cpu" in opts:
         request["memory"] = C.megabytes(last(opts, "mem", last(opts, "mem-per-cpu")), 1 if "mem" in opts else int(cpus))
         if not request["memory"] and not (command == "srun" and os.environ.get("GRUN_JOB_ID", "").isdigit()):
@@ -79,8 +80,6 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
                                      if host_matches(n["name"], request["hosts"] or "*")] or [1])
             note(f"--mem=0: the largest node's, {request['memory']} MB (no whole-node request)")
         env["SLURM_MEM_PER_NODE"] = str(request["memory"])
-    if "time" in opts:
-        request["time"] = parse_time_limit(last(opts, "time"))  # (a ValueError: one line, as Refused)
     for item in C.items(opts, "gres"):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
@@ -125,31 +124,27 @@ def sbatch(argv: list[str]) -> int:
     opts = C.directives(script, "#SBATCH", SUBMIT, opts)
     name = last(opts, "name", name)
     request = slurm_request(opts, name, "sbatch", script)
-    if "array" in opts:
-        from .core.arrays import parse as tasks  # (a bad value: a ValueError, one line)
-        request["array"], ids = last(opts, "array"), [range(*r) for r in tasks(last(opts, "array"))["ranges"]]
-        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(sum(map(len, ids))), SLURM_ARRAY_TASK_STEP=str(ids[0].step),
-                              SLURM_ARRAY_TASK_MIN=str(min(r[0] for r in ids)),
-                              SLURM_ARRAY_TASK_MAX=str(max(r[-1] for r in ids)))
+    if "array" in opts:  # (a bad value: a ValueError, one line)
+        ranges = array_tasks(request.setdefault("array", last(opts, "array")))["ranges"]
+        ids = sorted(t for r in ranges for t in range(*r))
+        request["env"].update(SLURM_ARRAY_TASK_COUNT=str(len(ids)), SLURM_ARRAY_TASK_STEP=str(ranges[0][2]),
+                              SLURM_ARRAY_TASK_MIN=str(ids[0]), SLURM_ARRAY_TASK_MAX=str(ids[-1]))
     names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%J": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
              "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
              "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
-    for spec in set(re.findall(r"%\d[jJAa]", out + last(opts, "err", ""))):  # %4a: zero-padded to 4 digits
-        names[spec] = f'"$(printf %0{spec[1]}d {names["%" + spec[2]]})"'
+    names |= {f"%{n}{c}": f'"$(printf %0{n}d {names["%" + c]})"' for n in "0123456789" for c in "jJAa"}  # %4a: 0004
     if (mode := last(opts, "open-mode", "truncate")) not in ("append", "truncate"):
         raise Refused(f"Invalid --open-mode: {mode} (append or truncate)")
-    client = Client()
-    job_id = C.submit(client, "slurm", name, script, rest[1:], C.out_path(out, names),
-                      C.out_path(last(opts, "err"), names) if "err" in opts else None, hold="hold" in opts,
-                      append=mode == "append", **request)
+    job_id = C.submit(client := Client(), "slurm", name, script, rest[1:], C.out_path(out, names),
+                      C.out_path(last(opts, "err"), names) if "err" in opts else None, append=mode == "append",
+                      **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
 
 
 def srun(argv: list[str]) -> int:
-    """srun [options] COMMAND [ARGS...]: runs it, its output and input streamed, and exits with its code;
-    inside a job, as a step of that job (step())."""
+    """srun [options] COMMAND [ARGS...]: runs it, its input and output streamed, with its exit code (in a job: step)."""
     opts, command = parse(argv, SRUN)
     if not command:
         raise Refused("No command given to execute.")
@@ -168,9 +163,8 @@ def srun(argv: list[str]) -> int:
 
 
 def step(request: dict, command: list[str]) -> int:
-    """srun inside a grun job, as Slurm's inside an allocation: the command runs here, as a step of the job, in its
-    reservation (one a node: asking more than it has is refused, as Slurm refuses): srun becomes the command, so
-    its streams, the signals sent to srun and its exit code are the command's."""
+    """srun in a grun job, as Slurm's in an allocation: srun becomes the command, a step of the job in its reservation
+    (asking more than it has is refused, as Slurm's), so the streams, signals and exit code are the command's."""
     import signal
     job = os.environ["GRUN_JOB_ID"]
     for key, have, words in (("cpus", "SLURM_CPUS_ON_NODE", "More processors requested than permitted"),
@@ -182,13 +176,11 @@ def step(request: dict, command: list[str]) -> int:
         # steps are numbered 0, 1, ...: a byte appended for each (unbuffered: one write, then where it ended)
         with contextlib.suppress(OSError), open(f"{os.environ['TMPDIR']}/.srun-steps-{job}", "ab", buffering=0) as f:
             number = str(f.write(b".") and f.tell() - 1)
-    exported = {k: v for k, v in request["env"].items()
-                if not k.startswith("SLURM_") and k != "USER" or k == "SLURM_CPUS_PER_TASK"}
-    env = {**os.environ, **exported, "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number,
-           "SLURM_STEPID": number, "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", **ONE_TASK,
+    env = {**os.environ, **{k: v for k, v in request["env"].items() if k == "SLURM_CPUS_PER_TASK"}, **ONE_TASK,
+           "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number, "SLURM_STEPID": number,
+           "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1",
            "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
-    # srun becomes the step: a child it forwarded signals to got a signal to the job's process group twice. With SIGPIPE
-    # and SIGXFSZ at their default again (Python ignores them; Popen set them back in its child)
+    # (no child: it got a signal to the job's process group twice); SIGPIPE, SIGXFSZ at their default, as Popen's
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -253,12 +245,11 @@ def squeue(argv: list[str]) -> int:
         return 1
     if not ids and set(states) - {"PENDING", "PD", "RUNNING", "R", "SUSPENDED", "S"}:  # ended ones too, as
         jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
-    shown = []
+    shown = []  # (an array's own line while tasks are left to start, or, cancelled, some never started: with -t or -j)
     for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
-        if "ranges" in job and not (left(job) or (states or ids) and job["tasks"] > job["started"]):
-            continue  # an array all of whose tasks have started (or, cancelled, some never will: with -t or -j)
-        if (users is None or job.get("user") in users) and ("name" not in opts or name_of(job) in names) and \
-                in_states(job, states):
+        if in_states(job, states) and (users is None or job.get("user") in users) and (
+                "name" not in opts or name_of(job) in names) and (
+                "ranges" not in job or left(job) or (states or ids) and job["tasks"] > job["started"]):
             shown += [dict({k: v for k, v in job.items() if k != "ranges"}, array=job["id"], task=task,
                            _reason=reason_of(job)) for task in unstarted(job)] if "tasks" in opts and "ranges" in job \
                 else [job]  # (-r: an array's tasks not started, one a line)
@@ -311,7 +302,6 @@ def sacct(argv: list[str]) -> int:
 
 def scancel(argv: list[str]) -> int:
     """scancel [-n NAME] [-u USER] [-t STATE] [-s SIGNAL] [ID...]: ids as N, N_T (one array task) or N_[TASKS]."""
-    from .core.arrays import parse as tasks
     from .options import _signal
     opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet "
                                   "state=-t,--state"), False)
@@ -321,7 +311,7 @@ def scancel(argv: list[str]) -> int:
         raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
     try:  # N_[4-5,7]: N_4 N_5 N_7
         ids = [f"{n}_{t}" if t else n for i in ids for n, _, spec in [i.partition("_[")]
-               for t in ([t for r in tasks(spec[:-1])["ranges"] for t in range(*r)] if spec else [""])]
+               for t in ([t for r in array_tasks(spec[:-1])["ranges"] for t in range(*r)] if spec else [""])]
     except ValueError:
         raise Refused(f"Invalid job id {' '.join(ids)}") from None
     sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
