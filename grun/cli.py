@@ -139,13 +139,12 @@ def _main(argv: list[str]) -> int:
             from .integrate import completion
             return _show(completion(opts["completion"]), end="")
         from . import verbs
-        show = verbs.Context(None).print  # (a write error is raised, and said below)
         from .client import Client
         TIMES["imported"] = time.time()
         cfg = load_config(find_config_path(opts.pop("config", None)))
         TIMES["config"] = time.time()
         if opts.pop("daemon", False):
-            return daemon(opts, words, cfg, show)
+            return daemon(opts, words, cfg, verbs.Context(None).print)  # (a write error: raised, said below)
         escaped = bool(words) and argv[-len(words) - 1:-len(words)] == ["--"]  # (the words are argv's tail)
         words, called = _form(opts, words, escaped)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)

@@ -139,11 +139,9 @@ class Client:
         return self._local.proxy
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
-        """Call the master, riding through a master that is briefly away: up to `wait` s once this client
-        has reached it (a master restart), at most `connect_wait` while it never has. `sent_wait`: once the
-        request may have reached the master (the connection broke after it was sent), keep retrying this
-        long; for calls safe to repeat (a submission with its token), so that a master that took the
-        request and died before answering is waited for, not reported as absent."""
+        """Call the master, riding through one briefly away: up to `wait` s once this client has reached it (a master
+        restart), at most `connect_wait` while it never has. `sent_wait`: how long a call safe to repeat (a submission
+        with its token) is retried once it may have arrived (the connection broke after it was sent)."""
         started, delay = time.monotonic(), 0.05
         deadline = started + min(self.connect_wait if wait is None else wait,
                                  float("inf") if self._answered else self.connect_wait)
@@ -169,11 +167,10 @@ class Client:
             return False
 
     def submit(self, cmd: str | Sequence[str] | dict, **options) -> "Job | int":
-        """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command
-        line (a string, run by /bin/sh) or an argv list; `options` as job_spec takes them: cpus, memory (MB
-        or a string with a unit, "500M", "4G"), priority, params (custom resources, {"gpu": 1}), name, cwd
-        (ours by default), env (added to the usual session variables), hosts (a glob or comma list of nodes
-        it may run on). (A dict is taken as a complete low-level job spec, and its job id is returned.)"""
+        """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command line (a string,
+        run by /bin/sh) or an argv list; `options` as job_spec takes them: cpus, memory (MB or with a unit: "500M",
+        "4G"), priority, params (custom resources, {"gpu": 1}), name, cwd (ours by default), env (added to the usual
+        session variables), hosts (a glob or comma list of nodes). (A dict: a complete spec; its job id is returned.)"""
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
         if not isinstance(cmd, (str, list, tuple)):
@@ -207,14 +204,13 @@ class Client:
         self.job(job_id)
         return Job(self, int(job_id))
 
-    # the master's answers as they are (its docstrings say what each takes and returns)
+    # the master's answers as they are (its docstrings say what each takes and returns; hold, resume: {id: found})
     job = _ask("job", "The job's record: id, state, cmd, cpus, memory, node, exit, usage, ...")
     jobs = _ask("jobs", "A list of the records of the queued and running jobs.")
     nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
     status = _ask("status", "{nodes, warnings (the master's problems, a line each), master_spool}; (True): plugins.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
     why = _ask("why", "One paragraph on why a queued job is not running.")
-    # {id: whether it was found}
     hold = _ask("hold", "Hold queued jobs, suspend running ones.", by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
 
@@ -281,10 +277,9 @@ class Client:
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
     def _settle(self, job_id: int, run: tuple) -> dict | None:
-        """Wait until the master has this run's end (a few ms after the stream's; seconds under load), so that
-        `grun -q history` right after shows it; not for a next run (its node was lost, or a retry: the master's
-        wait returns only at the job's last end, so the run is checked soon, then less often), nor for a master
-        away, nor past SETTLE_WAIT in all. Returns the job's record as last seen (None: the master was away)."""
+        """Wait until the master has this run's end, so that `grun -q history` right after shows it; not for a next
+        run (the master's wait returns only at the job's last end: the run is checked soon, then less often), nor for
+        a master away, nor past SETTLE_WAIT. Returns the job's record as last seen (None: the master was away)."""
         from .core.jobs import FINAL_STATES
         deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.25, None
         try:
@@ -353,8 +348,7 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                            err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(on_limit, status, job_id)  # e.g. killed: out of memory
-                    if status.get("superseded"):  # killed: the master ran the job elsewhere (or ended it):
-                        # follow the run that counts, even if it has ended already
+                    if status.get("superseded"):  # killed: run elsewhere (or ended): follow the run that counts
                         job = self.call("job", job_id, wait=self.long_wait)
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
                             return int(job.get("exit", 1))
@@ -457,8 +451,10 @@ def current_user() -> str:
     return pwd.getpwuid(os.getuid())[0]
 
 
-def known_user(word: str) -> str:
-    """The name of the user this host knows by that name or uid (as squeue -u takes either); else a GrunError."""
+def known_user(word: str | None) -> str | None:
+    """The user this host knows by that name or uid (as squeue -u takes either; None: none asked); else a GrunError."""
+    if not word:
+        return None
     import pwd
     try:
         return pwd.getpwuid(int(word)).pw_name if word.isdigit() else pwd.getpwnam(word).pw_name

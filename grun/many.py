@@ -28,8 +28,7 @@ def task_specs(ctx: Context, args: dict) -> list[dict]:
     if path == "-" and ctx.stdin_fd is None:
         raise UsageError("--cmds -: no standard input to read commands from")
     try:
-        with (os.fdopen(os.dup(ctx.stdin_fd), encoding="utf-8", errors="surrogateescape") if path == "-" else
-              open(path, encoding="utf-8", errors="surrogateescape")) as f:
+        with open(os.dup(ctx.stdin_fd) if path == "-" else path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"--cmds {path}: {exc.strerror or exc}") from None

@@ -216,10 +216,10 @@ def help_text(usage: str, names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dict, list[str]]:
+def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> list[str]:
     """`-f FILE`: a YAML mapping of long option names among `names` (cpus: 4, memory: 3G, param: {gpu: 1},
     name: x, out: log.txt) and optionally `command:` (a string for the shell, or a list). Options
-    given on the command line win. Returns (options, command words or [])."""
+    given on the command line (`opts`) win; the others join them. Returns the command words, or []."""
     import yaml
     try:
         with open(path, encoding="utf-8") as f:
@@ -230,14 +230,14 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
         raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())[:120]}") from None
     if not isinstance(data, dict | None):
         raise UsageError(f"{path}: expected a mapping of option: value")
-    merged, command = dict(opts), (data or {}).pop("command", None)
+    given, command = set(opts), (data or {}).pop("command", None)
     if command is not None and not (isinstance(command, str) and command.strip() or isinstance(command, list)
                                     and command and all(isinstance(w, str | int | float) for w in command)):
         raise UsageError(f"{path}: command must be a string or a list of words")
     for name, value in (data or {}).items():
         if (opt := _BY_LONG.get(str(name).replace("_", "-"))) is None or opt.long not in names:
             raise UsageError(f"{path}: unknown option {name!r}{close_to(str(name).replace('_', '-'), names)}")
-        if opt.long in opts:
+        if opt.long in given:
             continue
         if opt.kind == "flag" and not isinstance(value, bool):
             raise UsageError(f"{path}: {opt.long} must be true or false")
@@ -250,5 +250,5 @@ def load_option_file(path: str, opts: dict, names: tuple[str, ...]) -> tuple[dic
         except ValueError as exc:
             raise UsageError(f"{path}: bad value for {opt.long}: {exc}") from None
         if value is not False:
-            merged[opt.long] = converted if opt.kind == "list" else converted[0]
-    return merged, [command] if isinstance(command, str) else [str(w) for w in command or []]
+            opts[opt.long] = converted if opt.kind == "list" else converted[0]
+    return [command] if isinstance(command, str) else [str(w) for w in command or []]

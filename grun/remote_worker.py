@@ -103,38 +103,34 @@ class ResultReader:
     on before close(), so no frame reaches `sink` as raw bytes, ours or another's."""
 
     def __init__(self, nonce: bytes, sink: Callable[[bytes], None]):
-        self.mark, self.sink, self.pending = RESULT_MARK + nonce + b":", sink, bytearray()
-        self.frame: bytearray | None = None  # from the first RESULT_MARK on
+        self.mark, self.sink, self.held, self.framed = RESULT_MARK + nonce + b":", sink, bytearray(), False
 
     def feed(self, data: bytes) -> None:
-        if self.frame is not None:
-            self.frame += data
+        self.held += data  # (once framed: the frame, from the first RESULT_MARK on)
+        if self.framed:
             return
-        self.pending += data
-        if (at := self.pending.find(RESULT_MARK)) >= 0:
-            self.frame = bytearray(self.pending[at:])
-            return self._emit(at)
-        # hold back only a tail that could be the start of the mark (it starts with the one NUL)
-        nul = self.pending.rfind(b"\0", max(0, len(self.pending) - len(RESULT_MARK)))
-        self._emit(nul if nul >= 0 and RESULT_MARK.startswith(self.pending[nul:]) else len(self.pending))
+        if (at := self.held.find(RESULT_MARK)) >= 0:
+            self.framed = True
+        else:  # hold back only a tail that could be the start of the mark (it starts with the one NUL)
+            nul = self.held.rfind(b"\0", max(0, len(self.held) - len(RESULT_MARK)))
+            at = nul if nul >= 0 and RESULT_MARK.startswith(self.held[nul:]) else len(self.held)
+        self._emit(at)
 
     def _emit(self, upto: int) -> None:
-        """Pass the output held before `upto` on; what follows it is the (start of a) frame, or kept."""
+        """Pass the output held before `upto` on."""
         if upto:
-            self.sink(bytes(self.pending[:upto]))
-        del self.pending[:upto if self.frame is None else len(self.pending)]
+            self.sink(bytes(self.held[:upto]))
+            del self.held[:upto]
 
     def close(self) -> bytes | None:
         """The pickled outcome, or None if the job ended without a (whole) result frame; a ValueError if its
         frame is not this call's (a mark the function printed, before ours, is output: passed on now)."""
-        self._emit(len(self.pending))
-        if self.frame is None:
-            return None
-        if (at := self.frame.find(self.mark)) < 0:
+        if not self.framed:
+            return self._emit(len(self.held))
+        if (at := self.held.find(self.mark)) < 0:
             raise ValueError("its result frame is not this call's (another nonce): the node ran it without its call")
-        if at:
-            self.sink(bytes(self.frame[:at]))
-        frame = self.frame[at + len(self.mark):]
+        self._emit(at)
+        frame = self.held[len(self.mark):]
         size = int.from_bytes(frame[:LENGTH_BYTES], "big")
         body = bytes(frame[LENGTH_BYTES:LENGTH_BYTES + size])
         return body if len(frame) >= LENGTH_BYTES and len(body) == size else None

@@ -1,7 +1,6 @@
-"""A job's output file sent to a client from an offset while the job still writes it (for
-grun.stream_server): each new piece as one frame of grun.stream's wire format, by sendfile past SMALL
-bytes (so the bytes never enter Python), and what was sent dropped from the page cache past DROP_AFTER.
-"""
+"""A job's output file sent to a client from an offset while the job still writes it (for grun.stream_server): each
+new piece as one frame of grun.stream's wire format, by sendfile past SMALL bytes (so the bytes never enter Python),
+and what was sent dropped from the page cache past DROP_AFTER."""
 import contextlib
 import os
 import socket

@@ -53,48 +53,35 @@ def number(value, what: str, most: float = 2 ** 53, least: float = 0) -> float:
 
 
 def parse_memory(text) -> int:
-    """Memory in MB: 3000, "3000", "500M", "4G", "1.5g", "1T", "512K" (rounded up to whole MB)."""
-    what = "a memory size like 4096 (MB), 500M or 4G"
-    mb = _megabytes(text.strip().lower()) if isinstance(text, str) else None
-    mb = number(text, what) if mb is None else mb
-    expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
-    return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
-
-
-def _megabytes(size: str) -> float | None:
-    """ "3000", "500m", "4 g", "1.5gib", "2gi", "512kb": a number and at most one unit (MB without one), else None."""
+    """Memory in MB: 3000, "3000", "500M", "4 g", "1.5gib", "2Gi", "1T", "512kb": a number and at most one unit (MB
+    without one), rounded up to whole MB."""
+    what, size = "a memory size like 4096 (MB), 500M or 4G", str(text).strip().lower()
     for suffix in ("ib", "i", "b"):  # (4GiB, 4Gi as Kubernetes writes it, 4GB)
         if size.endswith(suffix) and size[:-len(suffix)][-1:] in _MEMORY_UNIT:
             size = size[:-len(suffix)]
             break
     unit = size[-1:] if size[-1:] in _MEMORY_UNIT else ""
-    amount = decimal(size.removesuffix(unit).rstrip())
-    return None if amount is None else amount * _MEMORY_UNIT[unit or "m"]
+    amount = decimal(size.removesuffix(unit).rstrip()) if isinstance(text, str) else None
+    mb = number(text, what) if amount is None else amount * _MEMORY_UNIT[unit or "m"]
+    expect(mb <= 2 ** 40, what, text, "an absurd size ")  # an exabyte: surely a units mistake
+    return math.ceil(mb)  # the units are powers of two: no rounding beyond the number's own
 
 
 def parse_cpus(text) -> float:
     return number(text, "a number of CPUs like 4 or 0.5", most=100_000)
 
 
-def _terms(text: str) -> list[float] | None:
-    """ "1h30m" -> [3600.0, 1800.0]: each number with its unit, spaces around either; else None."""
-    terms, amount = [], ""
-    for char in text:
-        if char not in _DURATION_UNIT:
-            amount += char
-        elif (value := decimal(amount.strip())) is None:
-            return None
-        else:
-            terms.append(value * _DURATION_UNIT[char])
-            amount = ""
-    return terms if not amount.strip() else None
-
-
 def parse_duration(text, positive: bool = False) -> float:
-    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m": once there are several numbers,
-    each needs its unit ("1h 30" is ambiguous)."""
-    terms = _terms(text.strip().lower()) if isinstance(text, str) else None
-    seconds = round(sum(terms), 6) if terms else number(text, "a duration like 30, 45s, 30m, 12h or 1d")  # 0.7h: 2520
+    """Seconds from a number or "45s", "30m", "12h", "1d", "2w", "1h30m" (spaces around either): once there are
+    several numbers, each needs its unit ("1h 30" is ambiguous)."""
+    terms, amount = [], ""  # (a unit after no number: kept in amount, which is then no number)
+    for char in text.strip().lower() if isinstance(text, str) else "":
+        if char in _DURATION_UNIT and (value := decimal(amount.strip())) is not None:
+            terms, amount = [*terms, value * _DURATION_UNIT[char]], ""
+        else:
+            amount += char
+    seconds = round(sum(terms), 6) if terms and not amount.strip() else number(
+        text, "a duration like 30, 45s, 30m, 12h or 1d")  # 0.7h: 2520
     expect(seconds > 0 or not positive, "a duration above zero", text)
     return seconds
 
@@ -176,22 +163,17 @@ def parse_ulimit(value) -> dict[str, int | None]:
 MAX_PRIORITY = (1 << 31) - 1  # (a 32-bit int, either sign) a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
 
 
-def _is_whole(value) -> bool:
-    """A whole number or its text ("7", "-3", "+2"); bools are YAML's yes/no, not numbers."""
+def parse_priority(value, most: float = math.inf) -> int:
+    """A whole number or its text ("7", "-3", "+2"; bools are YAML's yes/no, not numbers), from -`most` to `most`."""
     text = value.strip() if isinstance(value, str) else ""
-    return (text[1:] if text[:1] in "+-" else text).isdecimal() or isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_priority(value) -> int:
-    expect(_is_whole(value), "a whole number", value)
+    whole = (text[1:] if text[:1] in "+-" else text).isdecimal() or isinstance(value, int) and not isinstance(value, bool)
+    expect(whole and -most <= int(value) <= most, "a whole number" + f" from {-most} to {most}" * (most < math.inf), value)
     return int(value)
 
 
 def parse_job_priority(value) -> int:
     """A job's priority (-r, $GRUN_PRIORITY, an edit): a whole number the master takes; a ValueError saying the range."""
-    expect(_is_whole(value) and -MAX_PRIORITY <= int(value) <= MAX_PRIORITY,
-           f"a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}", value)
-    return int(value)
+    return parse_priority(value, MAX_PRIORITY)
 
 
 def task_ref(text) -> tuple[int, int] | None:
@@ -206,10 +188,8 @@ def parse_hostport(text, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     if address.startswith("["):
         host, closed, rest = address[1:].partition("]")
         port, ok = rest[1:] if rest else None, closed and rest[:1] in ("", ":")
-    elif address.count(":") >= 2:
-        host, port, ok = address, None, True
-    else:
-        host, colon, port = address.partition(":")
+    else:  # (two colons or more: a bare IPv6 address, no port)
+        host, colon, port = (address, "", "") if address.count(":") >= 2 else address.partition(":")
         port, ok = port if colon else None, True
     expect(ok and host and not any(c.isspace() or c in "/[]" for c in host), "host or host:port ([addr]:port for IPv6)",
            text)

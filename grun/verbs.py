@@ -7,6 +7,7 @@ import sys
 from collections import namedtuple
 from functools import cached_property
 
+from .client import GrunError, JobNotFound, current_user, known_user
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
 from .values import task_ref
@@ -79,16 +80,14 @@ def parse(v: Verb, words: list[str], called: str | None = None, preset: dict | N
 
 
 def execute(ctx: Context, words: list[str], called: str | None = None, preset: dict | None = None,
-            adjust=None) -> int:
+            adjust=lambda v, args: None) -> int:
     """Run one verb (`words[0]`) with its words; every failure a user can cause is one line and an exit
     status. `adjust(verb, args)` may rework the args first (the shell keeps a command's shell syntax)."""
-    from .client import GrunError
     try:
         if (v := NAMES.get(words[0])) is None:
             raise UsageError(f"unknown verb {words[0]!r} (try: help)")
         args = parse(v, words[1:], called, preset)
-        if adjust is not None:
-            adjust(v, args)
+        adjust(v, args)
         code = v.run(ctx, args)
     except UsageError as exc:
         return ctx.say(str(exc), EXIT_USAGE)
@@ -134,7 +133,6 @@ def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
 def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
     """The ids (a task's `12.7` as it is), and those of the live jobs named, ours first (root and admins: else anyone's),
     or, `finished`, ours, live or newest finished."""
-    from .client import GrunError, current_user
     ids = list(args.get("ids", ()))
     for name in args.get("names", ()):
         if (found := ctx.client.lookup(name, current_user(), finished, not finished)) is None:
@@ -166,8 +164,7 @@ def changes(words: list[str], called: str, opts: dict) -> dict:
 def command(words: list[str], called: str, opts: dict) -> dict:
     """`[options] COMMAND [ARGS...]`; `-f FILE` adds the options (and maybe the command) it holds."""
     if "file" in opts:
-        merged, from_file = load_option_file(opts.pop("file"), opts, JOB_OPTIONS[:-1])
-        opts.update(merged)
+        from_file = load_option_file(opts.pop("file"), opts, JOB_OPTIONS[:-1])
         words = words or from_file
     if not words and "cmds" not in opts:
         raise UsageError(f"no command given to {called} (see grun --help)")
@@ -202,7 +199,6 @@ def shown(ctx: Context, args: dict, text, records, *fields, quiet: bool = False)
 def _where(client, job_id: int | str, finished: bool) -> dict | str:
     """The job's (or task `12.7`'s) record if it has finished (not `finished`: if it is live); else why a query does
     not show it (a task not begun yet is seen in its array's record)."""
-    from .client import JobNotFound
     from .core.jobs import FINAL_STATES
     from .tables import label
     try:
@@ -213,19 +209,13 @@ def _where(client, job_id: int | str, finished: bool) -> dict | str:
         f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {label(job)}"  # (as squeue -j and sacct -j)
 
 
-def _user(args: dict) -> str | None:
-    """--user's name: a user this host knows by name or uid (as squeue -u); else an error, not an empty table."""
-    from .client import known_user
-    return known_user(args["user"]) if args.get("user") else None
-
-
 @verb("[--user USER] [--long|--json|-F FIELDS] [ID|NAME...]", "user long json format",
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="j")
 def do_jobs(ctx: Context, args: dict) -> int:
     """the queued and running jobs (all, a user's, or those named; an array's id takes its tasks too)"""
     from .core.arrays import has_task, is_array
     from .tables import COLUMNS, history_long, job_fields, jobs_table, label
-    ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), _user(args)
+    ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), known_user(args.get("user"))
     # a task not begun is its array's pending row (as squeue -j 12_7 shows 12_[7-9])
     unbegun = {ref for i in ids if (ref := task_ref(i))}
     jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
@@ -254,9 +244,8 @@ def do_status(ctx: Context, args: dict) -> int:
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
     """finished jobs, newest last: state, exit, node, queue wait, wall, cpu, memory (all, or those named)"""
-    from .client import JobNotFound
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
-    user = _user(args)
+    user = known_user(args.get("user"))  # (an unknown one: an error, not an empty table)
     refs, found = [*dict.fromkeys(by_name(ctx, args, True))], {}  # (ids, and tasks 12.7 as they are)
     if ids := [r for r in refs if isinstance(r, int)]:  # in one call: the master's wait, which with 0 s does not wait
         try:
@@ -279,7 +268,6 @@ def do_wait(ctx: Context, args: dict) -> int:
 
 def _gone(client, job_id) -> str:
     """Why the master did not act on a job: it has ended (its history has it), else there is no such job."""
-    from .client import GrunError
     try:
         job = _where(client, job_id, True) if isinstance(job_id, int) else None
     except GrunError:
