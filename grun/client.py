@@ -184,8 +184,7 @@ class Client:
 
     def submit_many(self, specs: list[dict]) -> list[int]:
         """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
-        # the token makes a retried submission harmless (os.urandom: `secrets` imports hmac and _hashlib)
-        specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]
+        specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]  # a retry: harmless (secrets: hmac)
         sent = time.time()
         reply = self.call("submit_jobs", specs, sent_wait=SENT_SUBMIT_WAIT)
         self.times = {"connected": getattr(self._local.__dict__.get("proxy"), "_pyroConnected", sent),

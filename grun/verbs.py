@@ -150,12 +150,12 @@ def changes(words: list[str], called: str, opts: dict) -> dict:
         if "=" not in item and key in ("after", "afterok", "afternotok"):
             found[key] += "," + item  # after=12,13
             continue
-        key, eq, value = item.partition("=")
+        key, eq, value = (part.strip() for part in item.partition("="))
         if not eq or not key:
             raise UsageError(f"bad change {item!r}: expected KEY=VALUE")
-        found[key.strip()] = value.strip()
-        if key.strip() in ("priority", "cpus", "memory", "time") and value.strip():  # refused here as the option's
-            parse_options([f"--{key.strip()}", value.strip()], (key.strip(),), called)  # value would be (and again)
+        found[key] = value
+        if key in ("priority", "cpus", "memory", "time") and value:  # refused here as the option's value would be
+            parse_options([f"--{key}", value], (key,), called)  # (and again by the master)
     if not words[1:]:
         raise UsageError(f"{called} needs job ids or names")
     return {"changes": found, **ids_or_name(words[1:], called, opts)}
@@ -216,8 +216,7 @@ def do_jobs(ctx: Context, args: dict) -> int:
     from .core.arrays import has_task, is_array
     from .tables import COLUMNS, history_long, job_fields, jobs_table, label
     ids, names, user = set(map(str, args.get("ids", ()))), set(args.get("names", ())), known_user(args.get("user"))
-    # a task not begun is its array's pending row (as squeue -j 12_7 shows 12_[7-9])
-    unbegun = {ref for i in ids if (ref := task_ref(i))}
+    unbegun = {ref for i in ids if (ref := task_ref(i))}  # (one not begun: its array's row, as squeue's 12_[7-9])
     jobs = [j for j in ctx.client.jobs() if user in (None, j.get("user")) and (
         not ids and not names or {label(j), str(j["id"]), str(j.get("array"))} & ids or j.get("name") in names
         or is_array(j) and any(a == j["id"] and has_task(j, t) for a, t in unbegun))]
