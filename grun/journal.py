@@ -47,8 +47,7 @@ class Journal:
     def __init__(self, directory: str, log: logging.Logger, problems: list[str]):
         self.dir, self._log, self.problems = directory, log, problems
         self._lock = threading.Lock()
-        # Callers waiting for durability: (seq, tiebreak, held lock). The writer releases exactly
-        # the ones its fsync covered; a shared Condition would wake all 32 to let 14 go.
+        # (seq, tiebreak, held lock): the writer releases the ones its fsync covered (a Condition woke all 32 for 14)
         self._waiters: list = []
         self._tiebreak = itertools.count()
         self._pending: list = []  # encoded lines, or an int: switch to segment journal.<int>.log
@@ -63,8 +62,7 @@ class Journal:
         return os.path.join(self.dir, f"journal.{first}.log")
 
     def replay(self, after: int) -> tuple[list[dict], int]:
-        """Records with seq > after, and the highest seq present. A torn last line (a crash in the
-        middle of a write) is normal and cut off; any other unreadable line is damage (_damaged)."""
+        """Records with seq > after, and the highest seq present; a torn last line is cut off, other bad ones damage."""
         segs = numbered(self.dir, "journal.", ".log")
         if segs and segs[0] > after + 1:
             raise StoreError(f"journal starts at seq {segs[0]}, but the snapshot ends at seq {after}")
@@ -99,8 +97,7 @@ class Journal:
         return records, max([last] + [s - 1 for s in segs[-1:]])
 
     def _damaged(self, path: str, bad: list, before: int, after: int | None) -> None:
-        """Lines that are not a torn tail: records that were on disk may be lost. The file is kept
-        for a post-mortem, and the loss is logged and named in `problems`, never skipped in silence."""
+        """Lines that are not a torn tail (records lost): the file kept aside, the loss logged and in `problems`."""
         kept = path + ".damaged"
         if not os.path.exists(kept):
             shutil.copyfile(path, kept)
@@ -210,8 +207,7 @@ class Journal:
                 self.full = None
 
     def _write(self, lines: list[bytes]) -> None:
-        """Append lines and fdatasync them. No room: they are cut off again, so that no partial line is left
-        for the next write to glue onto; written again whole, they make new dirty pages."""
+        """Append lines and fdatasync them; no room: cut off again, so that no partial line is left to glue onto."""
         fd = self._file.fileno()
         data, size = memoryview(b"".join(lines)), os.fstat(fd).st_size
         try:

@@ -32,17 +32,13 @@ _SNAPSHOT_CHUNK = 500  # documents encoded per piece: the GIL changes hands betw
 DISK_CHECK_SECS = 1.0  # how stale the free-space figure a submission is checked against may be
 DISK_LOG_SECS = 60.0   # how often the log repeats that submissions are being refused
 MIN_FREE_INODES = 1000
-# Finished jobs' names are looked up (--after NAME, grun -q wait NAME) among those of this many jobs: the
-# current history file's and those finished since the master started, newest kept.
+# Finished jobs' names are looked up (--after NAME) among this many: the current history file's and newer.
 NAMES_KEPT = 100_000
 
 
 def _tables(tables: dict) -> Iterator[bytes]:
-    """The pieces of a file TinyDB reads as these tables of JSON-encoded documents (doc ids 1..n).
-
-    The documents are joined a chunk at a time, so they may be encoded lazily as they come:
-    encoding 100k jobs as one string held the GIL for up to 0.8 s (every submit waited) and took
-    2-3x the table's size in memory, a peak the master's RSS never gave back."""
+    """The pieces of a file TinyDB reads as these tables of JSON-encoded documents (doc ids 1..n), a chunk at a
+    time: 100k jobs as one string held the GIL for up to 0.8 s and took 2-3x their size in memory for good."""
     yield b"{"
     for t, (name, docs) in enumerate(tables.items()):
         yield b"%s%s:{" % (b"," if t else b"", encode(name).encode())
@@ -55,9 +51,8 @@ def _tables(tables: dict) -> Iterator[bytes]:
 
 
 def _read_tables(path: str, *names: str) -> list[list[dict]]:
-    """The documents of these tables of a TinyDB file that _tables() wrote, in doc id order. Read
-    as plain JSON: TinyDB would wrap each document (100k jobs: twice the time of a load) and
-    re-parse the file on every table access."""
+    """The documents of these tables of a file _tables() wrote, in doc id order, read as plain JSON (TinyDB would
+    wrap each document, twice the time for 100k jobs, and re-parse the file on every table access)."""
     with open(path, "rb") as f:
         data = json.load(f)
     return [list(data.get(name, {}).values()) for name in names]  # (AttributeError: not a TinyDB file)
@@ -91,7 +86,7 @@ class Store:
         numbers = numbered(self._hdir, "", ".json")
         self._current = numbers[-1] if numbers else 1
         self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
-        self._previous_ids = {doc["id"] for doc in self._docs(self._current - 1)}
+        self._previous_ids = {doc["id"] for doc in self._read_file(self._current - 1)}
         docs = self._read_file(self._current)
         self._current_docs, self._current_parts = {doc["id"]: doc for doc in docs}, [encode(doc) for doc in docs]
         self._names: dict[tuple, int] = {}  # (user, job name) -> the newest such job's id (for --after NAME)
@@ -130,8 +125,7 @@ class Store:
         return metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
 
     def log(self, records: list[dict]) -> int:
-        """Append records and return once they are fsync'd; returns the last seq. (The master appends
-        under its lock, journal.append, and waits after releasing it, journal.wait.)"""
+        """Append records and return their last seq once they are fsync'd."""
         seq = self.journal.append(records)
         self.journal.wait(seq)
         return seq
@@ -191,8 +185,7 @@ class Store:
         return os.path.join(self._hdir, f"{n}.json")
 
     def _load_index(self, numbers: list[int]) -> dict[int, tuple[int, int]]:
-        """The id ranges of the closed files; a file the index misses (the index was deleted or
-        damaged) is read once and the index written again."""
+        """The id ranges of the closed files; a file the index misses is read, and the index written again."""
         try:  # (read_json gives None for a missing or torn file)
             ranges = {int(n): (int(lo), int(hi)) for n, (lo, hi) in read_json(f"{self._hdir}/index.json").items()}
         except (ValueError, TypeError, AttributeError):
@@ -209,8 +202,7 @@ class Store:
                      encode({str(n): list(r) for n, r in sorted(ranges.items())}).encode())
 
     def _read_file(self, n: int) -> list[dict]:
-        """The jobs of history file n, [] if there is none. A damaged file is kept aside (renamed
-        .corrupt: the current one would be written over) and reported; it must not hide the rest."""
+        """The jobs of history file n, [] if there is none; a damaged one is reported and kept aside (.corrupt)."""
         path = self._history_path(n)
         try:
             docs = _read_tables(path, "jobs")[0] if os.path.exists(path) else []
@@ -224,12 +216,6 @@ class Store:
             with contextlib.suppress(OSError):
                 os.replace(path, path + ".corrupt")
             return []
-
-    def _docs(self, n: int) -> list[dict]:
-        with self._file_lock:
-            if n == self._current:
-                return list(self._current_docs.values())
-        return self._read_file(n)  # closed files never change
 
     def _name(self, jobs: list[dict]) -> None:
         """Index the names of these jobs, the newest last; the oldest go past NAMES_KEPT."""
@@ -250,9 +236,8 @@ class Store:
                 self._flusher.wake()
 
     def _flush_history(self) -> None:
-        """Write the history buffer (a job leaves it once on disk). Each job is JSON-encoded once: the current
-        file's documents are kept encoded, and a flush rewrites the file from those pieces plus the new jobs
-        (a TinyDB insert re-encoded the whole file, up to 5,000 jobs, every second)."""
+        """Write the history buffer, the current file from its jobs kept encoded and the new ones (a TinyDB insert
+        re-encoded the whole file, up to 5,000 jobs, every second)."""
         with self._file_lock:
             with self._lock:
                 batch = list(self._buffer.values())
@@ -279,20 +264,20 @@ class Store:
                         self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
     def history(self, limit: int = 50, predicate: Callable[[dict], bool] | None = None, after_id: int = 0) -> list[dict]:
-        """The newest `limit` finished jobs that match; `after_id`: files whose jobs all have ids up to it are not
-        read (for a job known to be newer, as a task is than its array)."""
+        """The newest `limit` finished jobs that match; `after_id`: files whose ids are all up to it are not read."""
         match = predicate or (lambda job: True)
         with self._lock:
             pending = list(self._buffer.values())
         found = {job["id"]: dict(job) for job in pending if match(job)}
-        # Files hold jobs in finish order, so once `limit` matches are in hand older files can't
-        # hold newer ones (replayed finishes aside, which land close to their original place).
+        # Files hold jobs in finish order: once `limit` matches are in hand older files hold no newer ones
         for n in reversed(numbered(self._hdir, "", ".json")):
             if len(found) >= limit:
                 break
             if n in self._ranges and self._ranges[n][1] <= after_id:  # (the current file is not indexed yet)
                 continue
-            for doc in self._docs(n):
+            with self._file_lock:  # (closed files never change)
+                docs = list(self._current_docs.values()) if n == self._current else None
+            for doc in self._read_file(n) if docs is None else docs:
                 if doc["id"] not in found and match(doc):
                     found[doc["id"]] = dict(doc)
         return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]

@@ -42,8 +42,7 @@ SNAPSHOT_EVERY_RECORDS = 20000
 SNAPSHOT_EVERY_SECS = 60.0
 PASS_GAP_SECS = 0.01       # at most one scheduling pass per this long
 
-# Raised to callers while the master shuts down: a builtin, so that Pyro5 clients rebuild it and see
-# an unreachable master (and retry), where a class of ours would arrive as an unknown-class error.
+# Raised to callers while the master shuts down: a builtin, which Pyro5 clients rebuild and retry.
 Restarting = ConnectionRefusedError
 FROM_NODES = frozenset({"register", "heartbeat", "finished", "started"})  # told to try again on a full disk, as by a restart
 
@@ -58,9 +57,8 @@ def _group_name(gid: int) -> str:
 
 
 class RuleFacts:
-    """What policy rules read outside a request (grun.core.rules.Job), each at most once per submission: a file's
-    first bytes and size when the job's user could read it (its mode bits; never a FIFO or a device, which could
-    block), a user's groups; None when there is no such file, group or user."""
+    """What policy rules read outside a request (grun.core.rules.Job), once per submission: a file's first bytes and
+    size when the job's user could read it (never a FIFO or a device), a user's groups; else None."""
 
     def __init__(self):
         self._seen: dict = {}
@@ -104,9 +102,8 @@ class Master(Queries):
         self.store = Store(state_dir)
         self.links: dict[str, types.SimpleNamespace] = {}  # node -> its uri, proxy and the lock of that
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
-        # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the
-        # nodes' registrations (all registered in 52 s instead of 17). A host that is down holds a
-        # thread for up to the call timeout, a refused connection for no time at all.
+        # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the nodes'
+        # registrations (all registered in 52 s instead of 17)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
         self._outbox_lock = threading.Lock()
         # node -> jobs to offer in its next start call; a node is here while a start call to it is queued or in flight
@@ -158,18 +155,15 @@ class Master(Queries):
         return step.reply
 
     def _not_written(self, event: str, step: Step, seq: int, exc: DiskFull) -> Exception:
-        """The error for a request whose records the disk had no room for (its earlier checks passed just before
-        the disk filled). They stay applied, and are written once there is room; so a submission's jobs are
-        killed now: their submitter is told they were not accepted, and they must never run. Any other step is
-        kept, and its instructions (an end's on_finish, its log lines, offers, kills) run once it is on disk."""
+        """The error for a request whose records the disk had no room for. They stay applied and are written once there
+        is room: so a submission's jobs are killed now (never to run); any other step's instructions run then."""
         if new := [r["job"]["id"] for r in step.records if r["op"] == "submit"]:  # (not a retried submission's)
             with contextlib.suppress(ValueError):  # (the kill's own records wait for room too)
                 self._do("kill", new, 15, True)
             log.error("job %s not accepted, and killed: the disk had no room for it", ", ".join(map(str, new)))
             return ValueError(f"master's disk is full: {exc}: not accepting new jobs")
         if step.records:  # (a retry makes no second one: the records are applied; one without records is remade)
-            # its offers go: by the time there is room one may be stale (its job killed since), and the core offers
-            # its dispatched jobs again until their start is confirmed (MasterState.unconfirmed)
+            # its offers go (one may be stale by then): the core offers them again until confirmed (unconfirmed)
             step.do = [i for i in step.do if i[0] not in ("offer", "reoffer")]
             self._kept.append((seq, step))
         if event in FROM_NODES:  # a node tries again, as when the master restarts
@@ -177,8 +171,7 @@ class Master(Queries):
         return ValueError(f"master's disk is full: {exc}: done in memory, on disk once there is room")
 
     def _journal(self, call, *args):
-        """A call to the journal. When it fails, records are applied in memory but maybe not on disk:
-        the only safe way on is a restart that reads the disk again; nobody is told "done" meanwhile."""
+        """A call to the journal; when it fails (records applied but maybe not on disk), only a restart is safe."""
         try:
             return call(*args)
         except StoreError as exc:
@@ -215,8 +208,7 @@ class Master(Queries):
                              f"{', '.join(str(i) for _, i in failed)}: its node did not answer")
 
     def _call_node(self, name: str, method: str, *args):
-        """The node's reply, or None when the call failed (logged; a failed call closes its connection, and the
-        next reconnects). Its proxy serves one caller at a time."""
+        """The node's reply, or None when the call failed (logged). Its proxy serves one caller at a time."""
         if (link := self.links.get(name)) is None:
             return None
         with link.lock:
@@ -235,10 +227,8 @@ class Master(Queries):
         return [i for i in ids if i not in done]
 
     def _offer(self, name: str, jobs: list[dict], again: bool = False) -> None:
-        """Queue jobs for their node's `start`, one call in flight per node: the next pass need not
-        wait for a slow node, and what piles up for a node meanwhile goes in its next call. An offer
-        made again waits while a call to the node is queued or in flight: its reply decides, and a
-        second copy would only add load where there is already too much (10,000 nodes)."""
+        """Queue jobs for their node's `start`, one call in flight per node (what piles up meanwhile goes in its next
+        call); an offer made again is dropped while a call to the node is queued or in flight: its reply decides."""
         with self._outbox_lock:
             if name not in self._outbox:
                 self._pool.submit(self._drain_outbox, name)
@@ -275,9 +265,8 @@ class Master(Queries):
         if self.store.journal.full:
             return
         self._do("sweep")
-        # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per
-        # record flat (every 20,000 records with 100,000 queued was 16 % of the master's CPU while
-        # 10,000 nodes drained the queue), and the journal replayed at a restart at most that long.
+        # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per record flat
+        # (every 20,000 with 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue).
         every = max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs))
         if self.records_since_snapshot >= every or (
                 self.records_since_snapshot and time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_SECS):
@@ -314,10 +303,8 @@ class Master(Queries):
         return self.submit_jobs(specs)["ids"]
 
     def submit_jobs(self, specs: list) -> dict:
-        """submit_many for the submitter, in the same one call: {"ids": [...]}, with "warnings": [[id, text],
-        ...] (a rule's warn:, ...) when there are some, for its stderr. A user's credential (grun.auth) says
-        who they run as: a spec claiming someone else is refused. A full disk refuses it (store.refusal), but
-        not a retried one (the same token) that is already queued."""
+        """submit_many, with "warnings": [[id, text], ...] (a rule's warn:, ...) if any. A user's credential (grun.auth)
+        says who they run as; a full disk refuses it (store.refusal), but not a retried one queued."""
         if isinstance(who := auth.caller(), dict) and isinstance(specs, (list, tuple)):  # (Pyro5 keeps tuples)
             specs = [J.as_submitter(spec, who) for spec in specs]
         requests = self._policy(self.core.requests, specs, trusted=who is auth.CLUSTER)
@@ -344,9 +331,7 @@ class Master(Queries):
                 getattr(log, level)(f"{text} (command {named[0]!r}{f', and {len(named) - 1} more' * (len(named) > 1)})")
 
     def _finished(self, requests: list[dict]) -> dict:
-        """The finished jobs the requests' dependencies name that the core cannot see (neither live nor
-        recent): from history, by id or by (user, name), each an indexed lookup; an ended task `12.7` as
-        `job` finds it (a live one the core makes the job it is)."""
+        """The finished jobs the requests' dependencies name that are neither live nor recent, from history."""
         found, live, recent = {}, self.core.table.jobs, self.core.recent
         for req in requests:
             for ref in (ref for kind in J.DEP_KINDS for ref in req.get(kind) or ()):
@@ -384,9 +369,8 @@ class Master(Queries):
                            judged=self._judged(job_ids, changes)), **hidden}
 
     def _judged(self, job_ids, changes) -> dict:
-        """An edit of the requests of jobs judged as a submission is, outside the lock: the priority it asks, the rules
-        (grun.core.edits), the plugins' on_submit. {job id (a task not begun: its array's): (its fields then, its
-        request)}: the core refuses the edit of a job edited meanwhile."""
+        """An edit judged as a submission is, outside the lock (grun.core.edits, the plugins' on_submit): {job id (a
+        task not begun: its array's): (its fields then, its request)}; the core refuses a job edited meanwhile."""
         parsed = {k: v for k, v in J.parse_edit(changes).items() if k not in ("force", *J.DEP_KINDS)}
         jobs, judged = {}, {}
         with self.lock:  # (copies: the rules and plugins run without it)
@@ -405,9 +389,8 @@ class Master(Queries):
         return judged
 
     def _may_change(self, job_ids, what: str) -> tuple[list, dict]:
-        """A user acts on their own jobs only (grun.auth.require: root, admins and daemons on all); nobody while
-        the master's disk is full (its journal could not keep the change). Under private_queries another's job
-        is unknown to them: the ids to act on, and those left out, answered {id: False} as an unknown id is."""
+        """The ids a user may act on (their own; root, admins and daemons: all; nobody on a full disk), and those
+        private_queries hides from them, answered {id: False} as an unknown id is."""
         if full := self.store.full():
             raise ValueError(full)
         if not isinstance(auth.caller(), dict):

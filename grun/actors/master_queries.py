@@ -81,10 +81,9 @@ class Queries:
             return placement(job, self.core, time.time())[0] if job["state"] == J.QUEUED else None
 
     def lookup(self, name: str, user: str | None = None, ended: bool | None = None, anyone: bool = False) -> int | None:
-        """The id of a user's job with this name (names are per user): the live one, else (`ended`; by default when
-        the user is given) their newest finished one; None if none. The user: a user confined to their own jobs is
-        always themselves; others (root, admins, a cluster without auth:) name one, and with `anyone`, when that
-        user has no live job of that name, get any user's (as root's `scancel -n`)."""
+        """The id of a user's job with this name: the live one, else (`ended`; by default when the user is given) their
+        newest finished one, or None. A confined user is always themselves; others may name one, and with `anyone`
+        get any user's when that one has no live job of that name (as root's `scancel -n`)."""
         confined, who = auth.confined(self.core.settings["admins"]), auth.caller()  # (private_queries: the same)
         ended = bool(user) if ended is None else ended
         user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
@@ -98,8 +97,8 @@ class Queries:
         return found
 
     def status(self, long: bool = False) -> dict:
-        """`grun -q status` in one call: the nodes, the problems an admin must see (one line each), the master's
-        spool in MB ({spool_free, spool_size}) and, `long`, the plugins the master and each node run."""
+        """`grun -q status` in one call: the nodes, the problems an admin must see, the master's spool in MB and,
+        `long`, the plugins the master and each node run."""
         space, refusal = spool_space(self.store.dir), self.store.refusal(self.core.settings["min_free_disk"])
         own = None if refusal else disk_low("the master", space, self.core.settings)
         with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
@@ -123,16 +122,14 @@ class Queries:
         return {str(i): job for i in ids if (job := self.job(i))["state"] not in J.UNSTARTED}
 
     def wait(self, job_ids: list, timeout: float = 30.0) -> dict:
-        """Finished records of the given jobs, returned when all have finished or the timeout passed. An unknown
-        id (another user's, under private_queries) is refused before any wait."""
+        """Finished records of the given jobs, once all have finished or the timeout passed; an unknown id: refused."""
         views = {i: self.job(i) for i in map(J.parse_job_id, job_ids)}
         self._until(lambda: [i for i in views if i in self.core.table.jobs], timeout)  # (none when all have finished)
         views = {i: view if view["state"] in J.FINAL_STATES else self.job(i) for i, view in views.items()}
         return {str(i): view for i, view in views.items() if view["state"] in J.FINAL_STATES}
 
     def _until(self, waiting, timeout: float) -> None:
-        """Until waiting() (called under the lock) names no job, waking at every record of the jobs
-        it names, or until the timeout. A finished wait leaves no watcher behind."""
+        """Until waiting() (under the lock) names no job, waking at every record of those it names, or the timeout."""
         deadline, event, watched = time.monotonic() + min(float(timeout), MAX_WAIT_SECS), threading.Event(), set()
         try:
             while True:

@@ -100,8 +100,7 @@ class Monitor:
         if prev is None:
             delta = total if created >= self.last_sample else 0.0  # new since the last sample: all of it
         else:
-            # A reaped child's time lands in its parent's children times; what we counted while the
-            # child lived is credited to the parent, so only the part we never saw counts again.
+            # A reaped child's time lands in its parent's: what we counted of it is credited, not counted again
             reaped_new = max(0.0, reaped - prev[1])
             credit = self.credit.pop(pid, 0.0)
             if credit > reaped_new:
@@ -120,20 +119,15 @@ class Monitor:
         self.credit = {pid: cpu for pid, cpu in self.credit.items() if pid in alive}
 
     def outside(self, cpus: float, memory_mb: int) -> tuple[float, int]:
-        """(cores, MB) that programs not grun's take of what the node offers (`cpus`, `memory_mb`), over the window
-        since the last call."""
+        """(cores, MB) that programs not grun's take of what the node offers, over the window since the last call."""
         now, busy = time.monotonic(), _busy_seconds()
-        elapsed = now - self.window_start
-        if elapsed >= 0.5:
-            self._measure(now, busy, elapsed)
+        if (elapsed := now - self.window_start) >= 0.5:
+            cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
+            self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
+            self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
+            self._last_outside = (float(max(0, math.floor(cores + (1 - BUSY_CORE)))), int(self.outside_memory))
         cores, memory = self._last_outside
         return (max(0.0, cores - max(0, self.machine[0] - cpus)), max(0, memory - max(0, self.machine[1] - memory_mb)))
-
-    def _measure(self, now: float, busy: float, elapsed: float) -> None:
-        cores = max(0.0, (busy - self.window_busy0 - self.window_grun) / elapsed)
-        self.grun_cores = round(self.window_grun / elapsed, 2)  # what was excluded, for inspection
-        self.window_start, self.window_busy0, self.window_grun = now, busy, 0.0
-        self._last_outside = (float(max(0, math.floor(cores + (1 - BUSY_CORE)))), int(self.outside_memory))
 
 
 def over_memory_limit(rss_mb: int, limits: dict) -> str | None:
@@ -144,9 +138,8 @@ def over_memory_limit(rss_mb: int, limits: dict) -> str | None:
 
 
 def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple | None:
-    """When the node has less than min_free_mb available: (job id, why) of the job furthest over its
-    reservation, `jobs` being id -> (resident MB, reservation MB); None when it has enough, or no job is
-    over its reservation (a job within what it reserved was promised that much)."""
+    """Under min_free_mb available: (job id, why) of the job furthest over its reservation (`jobs`: id -> (resident MB,
+    reservation MB)); None when there is enough, or no job is over (within it, a job was promised that much)."""
     over = {job_id: rss - reserved for job_id, (rss, reserved) in jobs.items() if rss > reserved}
     if available_mb >= min_free_mb or not over:
         return None

@@ -16,8 +16,7 @@ _BOOKS = ("tasks", "ranges", "limit", "at", "started", "taken", "counts", "failu
 
 
 def parse(text: str) -> dict:
-    """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping
-    fields. A ValueError (one line) for anything else, a task id given twice, or too many tasks."""
+    """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping fields."""
     if not isinstance(text, str):
         raise ValueError("array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")
     ids, _, limit = text.partition("%")
@@ -73,22 +72,16 @@ def unstarted(array: dict) -> list[int]:
 
 
 def take(array: dict, task: int) -> None:
-    """Mark the task started: it joins `taken`, the tasks started ahead of the cursor (`at`: range index,
-    task id), and the cursor moves past those it reaches, which leave `taken`. Fields are replaced, never
-    changed in place: a snapshot being written may hold the old values."""
+    """Mark the task started: it joins `taken`, the tasks started ahead of the cursor (`at`: range index, task id),
+    which moves past those it reaches. Fields are replaced, not changed: a snapshot being written may hold them."""
     array["started"] += 1
-    taken, (ri, at) = [*array["taken"], task], array["at"]
+    taken, (ri, at), ranges = [*array["taken"], task], array["at"], array["ranges"]
     while at in taken:
         taken.remove(at)
-        ri, at = _after(array["ranges"], ri, at)
+        at += ranges[ri][2]
+        if at >= ranges[ri][1]:
+            ri, at = (ri + 1, ranges[ri + 1][0]) if ri + 1 < len(ranges) else (len(ranges), -1)
     array["taken"], array["at"] = taken, [ri, at]
-
-
-def _after(ranges: list, ri: int, task: int) -> tuple[int, int]:
-    task += ranges[ri][2]
-    if task < ranges[ri][1]:
-        return ri, task
-    return (ri + 1, ranges[ri + 1][0]) if ri + 1 < len(ranges) else (len(ranges), -1)
 
 
 def task_job(array: dict, job_id: int, task: int) -> dict:
@@ -110,8 +103,7 @@ def ended(array: dict, task: dict) -> None:
 
 
 def outcome(array: dict) -> dict:
-    """The result of an array all of whose tasks have ended: killed if it was killed, failed if a
-    task did not succeed (the exit code of the lowest such task), else done."""
+    """An ended array's result: killed, failed (the exit code of its lowest failed task), else done."""
     status = "killed" if array["stopped"] else "failed" if array["failures"] else "done"
     result = {"status": status, "exit_code": array["failures"][0][1] if array["failures"] else 0}
     if status == "killed" and not array["failures"]:

@@ -29,11 +29,9 @@ def parse_dependency(text: str) -> dict:
 
 
 def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tuple[list, dict | None]:
-    """The request's references (taken out of it) as the dependencies still unmet, [[kind, id], ...], and a finished
-    job that makes one never met (or None). A reference is a live job (a name among this user's), else a finished one:
-    in `recent`, or as the master looked it up in its history (`known`: by id, or (user, name)). Each path `needs`
-    names waits (afterok) for the newest live job of the user with that output. A ValueError for an unknown one, or
-    another user's job when deps_other_users is off, or under private_queries (but for root and admins)."""
+    """The request's references (taken out of it) as the dependencies unmet, [[kind, id], ...], and a finished job
+    that makes one never met (or None). A reference is a live job (a name: this user's), else a finished one (`recent`,
+    or `known`: the master's history). Each path `needs` waits for the newest live job of the user making it."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
         for ref in req.pop(kind, ()):
@@ -70,8 +68,7 @@ def cancel(job_id: int, dep: dict, now: float) -> dict:
 
 
 def followups(table, job: dict, now: float) -> list[dict]:
-    """Records for the jobs that wait for this one, which has just ended: each dependency met, or
-    the dependant cancelled."""
+    """Records for the jobs that wait for this one, just ended: each dependency met, or the dependant cancelled."""
     out = []
     for dependant_id in sorted(table.dependants.get(job["id"], ())):
         kinds = [k for k, i in table.jobs[dependant_id]["deps"] if i == job["id"]]
@@ -92,8 +89,7 @@ def retry_or_finish(job: dict, rec: dict) -> dict:
 
 
 def reaches(table, ids: list[int], target: int) -> bool:
-    """Whether any of these jobs is the target or waits for it, directly or not (`grun -e after=`
-    must not make a cycle; a submission cannot: it names jobs that exist)."""
+    """Whether any of these jobs is the target or waits for it, directly or not (an edit's cycle)."""
     seen, todo = set(), list(ids)
     while todo:
         job_id = todo.pop()

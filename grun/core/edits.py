@@ -10,8 +10,8 @@ fields = lambda job: {k: job.get(k) for k in EDITED}  # (a job's or a request's)
 
 
 def may_raise(priority: int | None, who: dict, settings: dict) -> None:
-    """Only root, an admin or a rule gives a job a priority above default_priority (as Slurm's --nice and SGE's -p let
-    users only lower theirs): a ValueError when `who` (the submitter, or the user editing) asks for one."""
+    """Only root, an admin or a rule raises a job's priority above default_priority (as Slurm's --nice): a ValueError
+    when `who` asks for one."""
     if priority is not None and priority > (top := settings["default_priority"]) and who["uid"] and \
             who["user"] not in settings["admins"]:
         raise ValueError(f"priority {priority} is above this cluster's default_priority ({top}): only root, an admin "
@@ -19,8 +19,7 @@ def may_raise(priority: int | None, who: dict, settings: dict) -> None:
 
 
 def run_rules(rules, req: dict, spec: dict, facts=None, log=None) -> dict:
-    """grun.core.rules.apply, keeping the submitter's own value of each field a rule changed (`asked`), which an
-    edit of the job starts from (given_spec)."""
+    """grun.core.rules.apply, keeping the submitter's value of each field a rule changed (`asked`: for given_spec)."""
     if not rules:
         return req
     mine = {**req, **{f"params.{k}": v for k, v in req["params"].items()}}
@@ -38,8 +37,7 @@ def given(req: dict, key: str) -> bool:
 
 
 def given_spec(job: dict, changes: dict) -> dict:
-    """The job's spec as its submitter gave it (a field a rule or plugin changed, in `origin`: back to their own
-    value, `asked`, or to none), with the edit's changes."""
+    """The job's spec as its submitter gave it (a field in `origin`: back to `asked`, or none), with the changes."""
     ruled = {k: (job.get("asked") or {}).get(k) for k, where in (job.get("origin") or {}).items()
              if not where.startswith("learned")}
     mine = {**job, **{k: v for k, v in ruled.items() if "." not in k}}
@@ -51,8 +49,8 @@ def given_spec(job: dict, changes: dict) -> dict:
 
 
 def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=None) -> dict:
-    """The job's request after an edit (grun.core.jobs.parse_edit's `changes`): the priority `who` asks (None: the cluster's
-    own callers), then given_spec validated and through the rules (a reject: a ValueError), as run_rules at submit."""
+    """The job's request after an edit (parse_edit's `changes`): the priority `who` asks (None: the cluster's own
+    callers), then given_spec validated and through the rules, as at submit."""
     may_raise(changes.get("priority") if who else None, who, settings)
     spec = given_spec(job, changes)
     req = J.validate_spec(spec, settings["default_cpus"], settings["default_memory"], settings["default_priority"])
@@ -62,8 +60,8 @@ def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=N
 
 
 def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> dict:
-    """The EDITED fields of a job's request after an edit, as the master judged it outside its lock (`judged`: {job id,
-    or a task's array's: (its fields as judged, its request)}), or else (the core's tests) here, by the rules alone."""
+    """The EDITED fields of a job's request after an edit, as the master judged it outside its lock (`judged`), or
+    else (the core's tests) here, by the rules alone."""
     was, req = (fields(job), edited(job, changes, settings) if changes else {}) if judged is None or not changes else \
         judged.get(job["id"]) or judged.get(job.get("array")) or (None, None)
     if req is None or was != fields(job):  # (made, split from its array, or edited since)
@@ -72,8 +70,7 @@ def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> di
 
 
 def to_place(job: dict, new: dict, changes: dict) -> dict:
-    """What nodes must have for the edited job: all it asks; of a job forced at submit, only what the edit asks (it
-    may keep what it was forced past)."""
+    """What nodes must have for the edited job: all it asks; of a job forced at submit, only what the edit asks."""
     return {**job, **new} if not job.get("force") else {
         "user": job["user"], "group": job.get("group"), "cpus": new["cpus"] if "cpus" in changes else 0.0,
         "memory": new["memory"] if "memory" in changes else 0,

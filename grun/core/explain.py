@@ -17,8 +17,7 @@ def refusal(job: dict, table) -> str | None:
 
 
 def impossible(job: dict, nodes: list[NodeView]) -> str | None:
-    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None (also when no
-    node is known: nothing can be judged)."""
+    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None (or no node known)."""
     if not nodes:
         return None
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
@@ -59,8 +58,7 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
 
 
 def disk_low(where: str, space: dict, settings: dict) -> tuple[bool, str] | None:
-    """(refusing, text) when the spool whose space is {spool_free, spool_size} (MB) has less free than
-    min_free_disk (no new jobs) or disk_warn (a warning), else None."""
+    """(refusing, text) when a spool ({spool_free, spool_size} MB) is under min_free_disk or disk_warn, else None."""
     free, size, warn = space.get("spool_free"), space.get("spool_size") or 0, settings["disk_warn"]
     warn = size * float(warn[:-1]) / 100 if isinstance(warn, str) else warn  # "10%", or MB
     if free is None or free >= max(settings["min_free_disk"], warn):
@@ -168,9 +166,8 @@ def explain(job: dict, master, now: float, private: bool = False) -> str:
 
 
 def placement(job: dict, master, now: float, private: bool = False) -> tuple[str, str]:
-    """Where a queued job could go now, as (kind, words): "starting", "busy" (the words name the node with most room; of
-    both, the limits it waits under if any), "disk" (only nodes whose spool is nearly full could), "none up" (no node up
-    could ever run it: squeue's ReqNodeNotAvail), "no node" (none yet)."""
+    """Where a queued job could go now, as (kind, words): "starting", "busy" (the node with most room; of both, the
+    limits it waits under if any), "disk" (only nodes with a nearly full spool), "none up", "no node"."""
     claims, limit = master.table.claims(now), master.table.quotas.refusal(job)
     reasons = [(node, *node_reason(node, job, claims, private)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)

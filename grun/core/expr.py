@@ -179,8 +179,7 @@ class _Parser:
 
 
 def compile_expr(text, fields: dict, functions: dict | None = None):
-    """The expression as a function of an environment (which `fields`' getters and `functions` read);
-    an RuleError names the token where it goes wrong."""
+    """The expression as a function of an environment (`fields`' getters and `functions` read it); a RuleError."""
     if not isinstance(text, str) or not text.strip():
         raise RuleError(f"expected a condition, got {text!r}", 0)
     parser = _Parser(text, fields, functions or {})

@@ -65,18 +65,16 @@ def split(line: str) -> list[str]:
 SETUP = frozenset({"cd", "pushd", "export", "set", "unset", "source", ".", "module", "ml", "conda", "ulimit", "umask",
                    "echo", "printf", "true", ":", "mkdir", "date", "hostname"})  # before a line's real work
 OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
-# Shell builtins that only end or steer a line (`echo hi; exit 0`, `./a & ./b & wait`): never its working command while
-# another is there, else every such line would share their learned key. `true`, `false`, `:` stay: alone they are a
-# job's whole (test) work, and `cd x && true` keeps its key.
+# Shell builtins that only end or steer a line (`echo hi; exit 0`): never its working command while another is there,
+# else every such line would share their learned key (`true`, `false`, `:` stay: alone they are a job's whole work).
 RUN_NOTHING = frozenset({"exit", "return", "wait", "logout", "shift", "trap", "break", "continue"})
 SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT`: SCRIPT is a shell line
 MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
 
 
 def working_command(words: list[str]) -> list[str]:
-    """A shell line's command that does the work: the first that is not set-up (`cd DIR && python3 a.py`: not cd,
-    which learned requests would otherwise share with every such line), `VAR=value` words and, but alone, RUN_NOTHING
-    commands skipped; else the last."""
+    """A shell line's command that does the work: the first not set-up (`cd DIR && python3 a.py`: not cd, which every
+    such line would share), `VAR=value` words and, but alone, RUN_NOTHING commands skipped; else the last."""
     commands, current = [], []
     for word in words:
         if word in OPERATORS or word.endswith(";"):
@@ -146,10 +144,8 @@ def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple |
 
 
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
-    """What a command runs, `env`, `exec`, `nohup`, `time` and (`shell`: a shell line's) set-up skipped: (the script an
-    interpreter runs, else the program; the code or module given inline, ("-c", CODE); the program's name):
-    ("/x/a.py", None, "python3") for `python3 -u /x/a.py`. `sh -c SCRIPT`: what SCRIPT runs; a job of grun's
-    Slurm and SGE commands: what its user gave them."""
+    """What command_of's command runs: ("/x/a.py", None, "python3") for `python3 -u /x/a.py` (script, inline code or
+    module as ("-c", CODE), program)."""
     if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None:
         return batch_script(*wrapper[:2], words[2])
     words = command_of(words, shell)
@@ -239,15 +235,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     require(isinstance(spec, dict), "a job spec must be a mapping")
     require(not (unknown := set(spec) - SPEC_KEYS), f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
-    if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
-        raise ValueError("cmd must be a non-empty list of strings")
+    require(isinstance(cmd, (list, tuple)) and cmd and all(isinstance(a, str) for a in cmd),
+            "cmd must be a non-empty list of strings")
     require(sum(len(a) for a in cmd) <= MAX_CMD_BYTES, "command line too long")
     require(not any("\0" in a for a in cmd), "command contains a NUL byte")
     cwd = spec.get("cwd") or "/"
     require(isinstance(cwd, str) and cwd.startswith("/"), "cwd must be an absolute path")
     env = spec.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("env must map strings to strings")
+    require(isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+            "env must map strings to strings")
     require(sum(len(k) + len(v) for k, v in env.items()) <= MAX_ENV_BYTES, "environment too large")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
@@ -271,20 +267,19 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
-    if (groups := spec.get("groups")) is not None and (not isinstance(groups, list) or len(groups) > 65536 or not all(
-            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
-        raise ValueError("groups must be a list of group ids")
+    require((groups := spec.get("groups")) is None or isinstance(groups, list) and len(groups) <= 65536 and all(
+        isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups),
+        "groups must be a list of group ids")
     require((stage := spec.get("stage")) in (None, *STAGE_MODES), f"stage must be auto, always or never, got {stage!r}")
-    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and sorted(fs) == [
-            "root", "source", "sub", "type"] and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
-        raise ValueError("cwd_fs must map type, source, root and sub to strings")
+    require((fs := spec.get("cwd_fs")) is None or isinstance(fs, dict) and set(fs) == {"root", "source", "sub", "type"}
+            and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()),
+            "cwd_fs must map type, source, root and sub to strings")
     if spec.get("array") is not None:
         from .arrays import parse
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
     given = lambda key: spec.get(key) is not None or None  # (None: the key is left out)
     optional = {
-        # asked for (-m): learning leaves it alone; a limit too unless reserve_only (grun.limits)
-        "memory_set": given("memory"),
+        "memory_set": given("memory"),  # asked for (-m): learning leaves it alone; a limit unless reserve_only
         "reserve_only": spec.get("reserve_only") or None,
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
@@ -307,8 +302,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
 
 
 def job_name(name: str | None) -> str | None:
-    """A job's name (-j), which --after, kill and wait take where they take ids: not one that reads as an id
-    (65, 12.3), nor with a comma (lists), a glob character (kill takes globs) or a blank."""
+    """A job's name (-j), taken where ids are: not one that reads as an id (65, 12.3), nor with a comma, glob, blank."""
     if name is not None and (name.replace(".", "", 1).isdigit() or any(c in ",*?[]" or c.isspace() for c in name)):
         raise ValueError(f"bad job name {name!r}: a name is not a number and has no blank or any of , * ? [ ]")
     return name
@@ -333,19 +327,17 @@ def job_refs(refs, what: str = "dependencies") -> list:
 
 def _paths(spec: dict, key: str) -> list[str]:
     paths = spec.get(key) or []
-    if not isinstance(paths, list) or len(paths) > MAX_FILES or not all(
-            isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths):
-        raise ValueError(f"{key} must be a list of at most {MAX_FILES} absolute paths")
+    require(isinstance(paths, list) and len(paths) <= MAX_FILES and all(
+        isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths),
+        f"{key} must be a list of at most {MAX_FILES} absolute paths")
     return list(paths)
 
 
-# `grun -e KEY=VALUE`: the short forms of the fields an edit changes
 EDIT_ALIASES = {"r": "priority", "c": "cpus", "m": "memory", "hosts": "host", "H": "host", "t": "time"}
 
 
 def parse_edit(changes: object) -> dict:
-    """`grun -e KEY=VALUE,...`: values as typed or as the strings the command line gives; returns
-    changes to the request ({"params": {...}} holds `p.NAME=VALUE` entries; an empty value removes)."""
+    """`grun -e KEY=VALUE,...` (values typed, or strings) as changes to the request (`p.NAME=`: a param removed)."""
     parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
                "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
@@ -398,9 +390,8 @@ def number_or_text(text: str):
 
 
 def exit_code_of(result: dict) -> int:
-    """The code a local shell would give: the exit status, or 128+N for death by signal N; EXIT_TIMEOUT
-    for a job ended at its time limit. A job that never started has no exit status: 128+N if it was killed
-    (kill_signal), else 1 (cancelled), so that whoever waits for it sees it did not succeed."""
+    """The code a local shell would give: the exit status, 128+N for signal N, EXIT_TIMEOUT at its time limit; a job
+    that never started: 128+N if it was killed (kill_signal), else 1 (cancelled): it did not succeed."""
     if result.get("limit") == "time":
         return EXIT_TIMEOUT
     if result.get("signal") or result.get("kill_signal"):
@@ -419,8 +410,7 @@ def describe_exit(result: dict) -> str:
 
 
 def never_started(status: str, signal: int | None, reason: str) -> dict:
-    """The result of a job that ends before it ever ran (killed while queued, a dependency never met): no exit
-    status, as Slurm's 0:0; the signal it was killed with as kill_signal, and why."""
+    """The result of a job that ends before it ever ran: no exit status (Slurm's 0:0), its kill_signal, and why."""
     return {"status": status, "exit_code": None, **({"kill_signal": signal} if signal else {}), "reason": reason}
 
 
@@ -454,8 +444,7 @@ def parse_job_id(raw) -> int:
 
 
 def history_filter(user: str | None, grep: str | None):
-    """A predicate for `grun -q history -u USER -g REGEX` (the command line, or the job's name), or
-    None for every job; a bad regular expression is a ValueError."""
+    """A predicate for `grun -q history -u USER -g REGEX` (command line, or name), or None for every job."""
     if not (user or grep):
         return None
     try:

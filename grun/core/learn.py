@@ -19,12 +19,10 @@ MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
 NEAR, NEAR_RUNS = 0.9, 3  # this many runs in a row within 10 % of a limit: a warning
 FAR_FACTOR, FAR_MB = 4, 1024  # -m this many times the largest peak, and this much over it: a warning
-# Shorter runs teach no cpus: their cpu time is mostly the program's start (an interpreter's imports, the
-# loader) and their wall the reaper's own latency, so cpu/wall says 0.7-0.8 for `true`. From 1 s on, a start
-# of up to 0.1 s moves the ratio by at most a tenth, the unit cpus are learned in.
+# Shorter runs teach no cpus: cpu/wall says 0.7-0.8 for `true` (the program's start, the reaper's latency); from
+# 1 s on, a start of up to 0.1 s moves the ratio by at most a tenth, the unit cpus are learned in.
 MIN_CPU_WALL = 1.0
-# Programs whose argument is their run time (`sleep 5`): the argument is part of their key, else every
-# `sleep` would be expected to take as long as the last ones did.
+# Programs whose argument is their run time (`sleep 5`): the argument is part of their key.
 LENGTH_IN_ARGUMENT = frozenset({"sleep"})
 
 
@@ -69,8 +67,8 @@ class Learned:
         self.keys: collections.OrderedDict[tuple[str, str], Runs] = collections.OrderedDict()
 
     def observe(self, job: dict, keep: int) -> str | None:
-        """Add a finished job's run (not one lost, cancelled or killed by a person: its usage says little);
-        returns a warning for the master's log when the key keeps running within 10 % of a limit."""
+        """Add a finished job's run (not one lost, cancelled or killed by a person); a warning for the master's log
+        when the key keeps running within 10 % of a limit."""
         usage = job.get("usage") or {}
         if not usage.get("wall") or job["state"] in ("lost", "cancelled") or (
                 job.get("kill_requested") and not job.get("limit")):
@@ -99,9 +97,8 @@ class Learned:
         return None
 
     def fill(self, requests: list[dict], settings: dict) -> None:
-        """Complete each request with its key's prediction where the user (or a rule) gave no value, saying
-        where it came from (`origin`); warn (`warnings`) of a request far above what the runs used, and of
-        runs that keep ending near their limit."""
+        """Complete each request with its key's prediction where nobody gave a value (`origin` says so); `warnings`
+        of a request far above what the runs used, and of runs that keep ending near their limit."""
         for req in requests if settings["learn"] else ():
             key = (req.get("user") or "?", program_of(req))
             runs = self.keys.get(key)

@@ -39,13 +39,11 @@ SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default
 RECENT_FINISHED = 20000
 START_RETRY_SECS = 2.0
 NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
-# The most heartbeats a second the master asks of all its nodes together: each costs it ~130-180 us (almost all
-# Pyro5), so 10,000 nodes beating every 5 s took 25-37 % of a core. Past 2,500 nodes the master asks them to beat
-# less often (the interval in its replies), never so seldom that three beats do not fit in node_timeout.
+# The most heartbeats a second the master asks of all its nodes together: each costs it ~130-180 us (Pyro5), so
+# 10,000 nodes beating every 5 s took 25-37 % of a core; never so seldom that three do not fit in node_timeout.
 HEARTBEATS_PER_SEC = 500
 # Each connection to the master holds one of its daemon's threads (Pyro5's pool: 1,024), so past this many nodes a
-# node closes its connection after IDLE_LINGER_SECS with nothing to say, and opens a new one for its next heartbeat
-# or report: with heartbeats capped, about HEARTBEATS_PER_SEC x 0.5-1 s connections are open, whatever the nodes.
+# node closes its connection after IDLE_LINGER_SECS with nothing to say, and opens one for its next call.
 HOLD_CONNECTIONS_MAX, IDLE_LINGER_SECS = 500, 0.5
 # records after which a scheduling pass may place more than before
 KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node", "dep", "retry", "ready"})
@@ -75,8 +73,7 @@ class MasterState:
         self.settings, self.table, self.rng = dict(SETTINGS), JobTable(), rng or random.Random()
         self.configure(**settings)
         self.launched: dict[int, tuple[str, int]] = {}  # job id -> (node incarnation, launch seq)
-        # dispatched job id -> when last offered to its node, oldest offer first (a pass looks only
-        # at offers old enough to repeat, not at every job in flight: 40,000 at 10,000 nodes)
+        # dispatched job id -> when last offered, oldest first (a pass looks only at offers due again, not at 40,000)
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
@@ -120,10 +117,8 @@ class MasterState:
         step.records += todo
 
     def _followups(self, rec: dict, job: dict) -> list[dict]:
-        """The records that follow this one: a nested grun's parent lends its reservation to the child (lend)
-        until the child ends (unlend); an array ends, with its outcome, in one "finish" record once no task is
-        left to start or running (from then on it is a finished job like any other: history, wait,
-        dependencies); the jobs that depend on a job that ended learn of it (grun.core.deps)."""
+        """The records that follow this one: a nested grun's parent lends its reservation to the child until it
+        ends; an array's "finish" once no task is left to start or running; its dependants' (grun.core.deps)."""
         out, parent = [], self.table.jobs.get(job.get("parent"))
         if parent and rec["op"] == "submit" and parent["state"] in J.ON_NODE_STATES and parent["uid"] == job["uid"]:
             out.append({"op": "lend", "id": parent["id"], "child": job["id"], "time": job["submit_time"]})
@@ -149,10 +144,8 @@ class MasterState:
         return step
 
     def requests(self, specs, facts=None, log: list | None = None, trusted=True) -> list[dict]:
-        """Validated submissions (a ValueError, one line, for the first bad one), through the policy rules
-        (`facts`: what they read of files and groups, grun.core.rules.Job; `log`: gets their lines)."""
-        if not isinstance(specs, (list, tuple)):
-            raise ValueError("submit_many takes a list of job specs")
+        """Validated submissions (a ValueError for the first bad one), through the policy rules (`facts`, `log`)."""
+        J.require(isinstance(specs, (list, tuple)), "submit_many takes a list of job specs")
         s = self.settings
         requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
                     for spec in specs]
@@ -162,15 +155,14 @@ class MasterState:
             E.may_raise(None if trusted or spec.get("priority") is None else req["priority"], req, s)
             E.run_rules(s["rules"], req, spec, facts, log)
         self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
-        if not s["allow_root"] and any(req["uid"] == 0 for req in requests):
-            raise ValueError("jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
+        J.require(s["allow_root"] or all(req["uid"] for req in requests),
+                  "jobs as root (uid 0) are refused on this cluster (allow_root: true in its config)")
         for req in requests if s["default_retries"] else ():
             req.setdefault("retries", s["default_retries"])
         return requests
 
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float, history=None) -> None:
-        """`history`: the finished jobs that dependencies name, as the master found them in its history
-        (by id, or by (user, name)); see grun.core.deps.resolve."""
+        """`history`: the finished jobs dependencies name, found by the master (grun.core.deps.resolve)."""
         for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
             for kind in (k for k in J.DEP_KINDS if k in req):
                 req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if task_ref(ref) else ref
@@ -211,9 +203,8 @@ class MasterState:
         batch_names.add(key)
 
     def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0, live=True) -> tuple[dict, list[dict]]:
-        """{id: whether it is live} for the reply, and the live jobs (each once). An id `12.7` names task 7 of
-        array 12. With a step, a task not started yet is made a job to act on (as Slurm splits it out of its
-        array), and (kill, hold: `live`) an array brings its live tasks along."""
+        """{id: whether it is live} for the reply, and the live jobs (each once). With a step, a task `12.7` not
+        started yet is made a job to act on (as Slurm splits it out), and (`live`) an array brings its live tasks."""
         found, jobs = {}, {}
         for raw in job_ids:
             key, job_id, new = self.table.named(raw)
@@ -230,8 +221,7 @@ class MasterState:
 
     def on_kill(self, step: Step, job_ids: list, signal: int, force: bool, now: float) -> None:
         """Queued jobs end at once; running ones are signalled, and with force marked killed at once."""
-        if not 1 <= (signal := int(signal)) <= 64:
-            raise ValueError(f"bad signal number {signal}")
+        J.require(1 <= (signal := int(signal)) <= 64, f"bad signal number {signal}")
         found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
@@ -271,10 +261,8 @@ class MasterState:
                             if self.table.jobs.get(i, {}).get("node") == node])
 
     def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None, judged=None) -> None:
-        """Change queued, waiting or held jobs: priority, cpus, memory, hosts, params (`p.NAME`), judged as at submit
-        (grun.core.edits; `judged`: {job id, or a task's array's: that request} as the master judged it outside
-        its lock); and what queued or waiting ones wait for (after, afterok, afternotok, which replace all it waited
-        for; `history` as for on_submit). `force` edits a request no node could ever run."""
+        """Change queued, waiting or held jobs' requests, judged as at submit (grun.core.edits; `judged`: as the master
+        judged them outside its lock), and what queued or waiting ones wait for (`history` as for on_submit)."""
         found, jobs = self._lookup(job_ids, step, now, live=False)  # (an array: its tasks not started yet)
         parsed, records = J.parse_edit(changes), []
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
@@ -284,7 +272,6 @@ class MasterState:
                                  f"edited, and only queued or waiting ones wait for other jobs")
             try:
                 new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
-                # as at submit: refused if no node could ever run it, unless forced
                 why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)
                 if why:
                     raise ValueError(f"{why} (add force=yes to edit it anyway)")
@@ -318,7 +305,6 @@ class MasterState:
         node.uri, node.incarnation, node.seen, node.up = str(info["uri"]), incarnation, now, True
         node.lost = node.stopped = False
         node.mounts, node.stage = reported(info.get("mounts")), str(info.get("stage", "auto"))
-        # its jobs whose start was confirmed after the node made its list
         in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
                      and self.launched[i][1] > seq}
         step.reply = self._reconcile(step, node, now, running, finished, in_flight)
@@ -346,10 +332,8 @@ class MasterState:
         step.durable = bool(step.records)
 
     def _reconcile(self, step: Step, node, now: float, running, finished=None, in_flight=()) -> dict:
-        """The jobs a node runs (and, registering, holds finished: `finished`) against the table's (grun.core.queue's
-        reconcile), its records committed and logged; the reply's part: running copies of jobs that finished or
-        moved elsewhere meanwhile are named stale, kills asked for its jobs are repeated in every reply until the
-        jobs end, and (registering) jobs it should have but never got are offered again."""
+        """JobTable.reconcile, its records committed and logged; the reply's part: stale copies, the kills asked for
+        its jobs (repeated until they end) and, registering (`finished`), the jobs it never got, offered again."""
         requeue = self.settings["requeue"]
         records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
         self._commit(step, records)
@@ -383,8 +367,8 @@ class MasterState:
 
     def on_finished(self, step: Step, name: str, reports: list, now: float) -> None:
         """Completions from a node, each applied once; the reply acknowledges them all."""
-        if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
-            raise ValueError("finished takes a list of reports")
+        J.require(isinstance(reports, list) and all(isinstance(r, dict) for r in reports),
+                  "finished takes a list of reports")
         acked = [J.parse_job_id(rep.get("id")) for rep in reports]
         for job_id, rep in zip(acked, reports):
             result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
@@ -405,7 +389,7 @@ class MasterState:
         step.reply = acked
 
     def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
-        """The record of what becomes of a job its node lost (grun.core.queue's lost_record), logged."""
+        """JobTable.lost_record, logged."""
         rec = self.table.lost_record(job, now, why, self.settings["requeue"])
         step.log("warning", f"job {job['id']}: {why}; {_fate(rec)}")
         return rec
@@ -425,9 +409,8 @@ class MasterState:
         step.durable = any(i[0] == "finished" for i in step.do)  # a start need not wait for the disk
 
     def on_schedule(self, step: Step, now: float) -> None:
-        """Dispatch every queued job that fits somewhere now, reserve nodes for jobs that waited
-        longer than reserve_after, and offer again the jobs whose start was never confirmed (node
-        slow or unreachable; node.start is idempotent, so a second offer cannot run a job twice)."""
+        """Dispatch every queued job that fits now, reserve nodes for those past reserve_after, and offer again
+        the jobs whose start was never confirmed (node.start is idempotent: a second offer runs nothing twice)."""
         offers, again = collections.defaultdict(list), collections.defaultdict(list)
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
@@ -451,7 +434,6 @@ class MasterState:
             for job in dispatched:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
                 offers[job["node"]].append(dict(job))
-        # oldest offer first, so those due again are the first ones
         due = itertools.takewhile(lambda i: self.unconfirmed[i] < now - START_RETRY_SECS, self.unconfirmed)
         for job_id in list(due):
             del self.unconfirmed[job_id]
@@ -465,8 +447,7 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Jobs whose retry is due are queued. A node silent for its NodeView.timeout is down and the jobs it had are lost
-        (re-queued or finished); a node down for NODE_FORGET_SECS that holds no job is forgotten."""
+        """Due retries queued; a node silent past its timeout down, its jobs lost; one down long and idle forgotten."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen

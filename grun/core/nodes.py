@@ -37,8 +37,6 @@ class NodeView:
     labels: dict = field(default_factory=dict)          # label name -> value (a string)
     devices: dict = field(default_factory=dict)         # indexed consumable name -> its device ids
     held: dict = field(default_factory=dict)            # indexed consumable name -> the ids jobs hold
-    # what the master knows of the node itself: where to call it, which run of its daemon, when it
-    # was last heard from, whether its jobs were declared lost since or it said it stopped, and its grun jobs' cpu use
     uri: str | None = None
     incarnation: str = ""
     seen: float = 0.0
@@ -80,8 +78,7 @@ class NodeView:
         return all(self.resources.get(name, 0) + EPS >= need for name, need in consumables(job, self).items())
 
     def take(self, job: dict, sign: int = 1, devices: dict | None = None) -> None:
-        """Count (or with sign=-1, uncount) a job's request on this node, and the devices it holds
-        (`devices`, else the job's own "devices")."""
+        """Count (sign=-1: uncount) a job's request on this node, and its devices (`devices`, else the job's own)."""
         self.used_cpus += sign * job["cpus"]
         self.used_memory += sign * job["memory"]
         for name, need in consumables(job, self).items():  # (used_cpus' assignment above re-filed the node)
@@ -91,10 +88,8 @@ class NodeView:
             held.update(ids) if sign > 0 else held.difference_update(ids)
 
     def public(self, now: float) -> dict:
-        """As `grun -q status` and client.nodes() show it. `state`: up; stopped (its daemon said so, its jobs not lost
-        yet); unknown if the master knew it before restarting and has not heard from it since (not journaled: it
-        re-registers within a heartbeat, else is declared down at node_timeout); else down. `resources`: the counted
-        ones, [free, total]; `devices`: the indexed, [ids, held]."""
+        """As `grun -q status` shows it. `state`: up; stopped (its daemon said so, its jobs not lost yet); unknown (not
+        heard from since the master restarted); else down. `resources`: [free, total]; `devices`: [ids, held]."""
         state = ("up" if self.up else "down" if self.lost else "stopped" if self.stopped else
                  "unknown" if self.uri is None else "down")
         return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,
@@ -110,9 +105,8 @@ class NodeView:
         return max(node_timeout, 3 * self.heartbeat)
 
     def leave(self, incarnation: str) -> bool:
-        """Its daemon stops cleanly (grun.actors.node's shutdown): down at once (no new job goes there till it registers
-        again), not lost (its jobs run on under its reaper; lost only if it stays silent past node_timeout). False if it
-        was down already, or this is an older run of its daemon (a newer one registered since: `grun -d -R`)."""
+        """Its daemon stops cleanly: down at once, not lost (its jobs run on; lost if silent past node_timeout).
+        False if it was down already, or this is an older run of its daemon (`grun -d -R`)."""
         if not self.up or incarnation != self.incarnation:
             return False
         self.up, self.stopped = False, True
@@ -137,8 +131,7 @@ def label_matches(have, want) -> bool:
 
 
 def consumables(job: dict, node: NodeView | None = None) -> dict[str, float]:
-    """The job's numeric requests that are consumables (on this node: names it declares as labels
-    are matched, not consumed)."""
+    """The job's numeric requests that are consumables (on this node: not the names it declares as labels)."""
     return {name: float(value) for name, value in (job.get("params") or {}).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
             and (node is None or name not in node.labels)}
@@ -168,9 +161,8 @@ def mismatch(node: NodeView, job: dict) -> str | None:
 
 
 def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
-    """Whether placing the job on this node takes something the job that reserved it still needs, and
-    could hold it past the time the reserving job would start (EASY backfill: a job that will have ended
-    by then may run; its run time is its -t or a learned estimate, the owner's `window`, JobTable.claims)."""
+    """Whether the job takes on this node something the job that reserved it needs, maybe past when that one would
+    start (EASY backfill: a job whose -t or learned estimate ends within the owner's `window` may run)."""
     owner = claims.get(node.name) if claims else None
     if owner is None or owner["id"] == job["id"]:
         return False
@@ -194,10 +186,8 @@ def shape(job: dict) -> tuple:
 
 
 class NodeIndex(dict):
-    """Nodes by name, the up ones also filed by free capacity, so that best fit need not look at thousands of
-    nodes per job: buckets of equal (free cpus, free memory), their keys sorted, so a search starts where nodes
-    come closest. Nodes that changed (NodeView.__setattr__ tells) are re-filed before the next search: a pass
-    costs O(log buckets) per job, not O(nodes). Nodes come and go by item assignment and del only."""
+    """Nodes by name, the up ones also filed in buckets of equal free capacity, their keys sorted, so that best fit
+    costs O(log buckets) per job, not O(nodes); nodes that changed (NodeView.__setattr__) are re-filed first."""
 
     def __init__(self, nodes=()):
         super().__init__()
@@ -225,8 +215,7 @@ class NodeIndex(dict):
         self._remembered.clear()
 
     def remembered(self, key, compute):
-        """compute(), remembered under key until a node is added, removed or described anew: for
-        answers that depend only on the nodes' descriptions (explain.refusal)."""
+        """compute(), remembered under key until a node is added, removed or described anew (explain.refusal)."""
         if key not in self._remembered:
             if len(self._remembered) > 1000:
                 self._remembered.clear()
@@ -257,8 +246,7 @@ class NodeIndex(dict):
         for name, node in dirty.items():
             if self.get(name) is not node:
                 continue
-            # rounded: float sums of fractional cpus (0.1 + 0.2) must not split equal nodes; the free consumables
-            # too, so that a search passes over the nodes whose GPUs are all taken without looking at each
+            # rounded: 0.1 + 0.2 must not split equal nodes; consumables too, to pass over nodes whose GPUs are taken
             key = (round(node.free_cpus, 9), node.free_memory,
                    tuple((name, round(node.free(name), 9)) for name in sorted(node.resources))) if node.up else None
             where = self._where.get(name)

@@ -13,21 +13,18 @@ from .nodes import EPS, NodeIndex, NodeView, consumables, shape
 
 # A pass stops looking after this many jobs that fit nowhere: a deep queue on a full cluster must not cost O(queue).
 MAX_MISSES_PER_PASS = 2000
-# ... and stops after placing this many: a pass runs under the master's lock, and 40,000 free cpus (10,000 nodes)
-# filled in one pass held it for seconds, so heartbeats timed out. The master runs a pass cut short again at once.
+# ... and stops after placing this many: 40,000 free cpus filled in one pass held the master's lock for seconds.
 MAX_PLACED_PER_PASS = 2000
 # ... and stops after passing over this many jobs held back by a limit (a check costs about a microsecond).
 MAX_LIMITED_PER_PASS = 20000
-# ... and makes at most this many new reservations: each looks at every node (200 jobs starving at once on
-# 10,000 full nodes held the lock 5-6 s in one pass); the passes that follow at once make the rest.
+# ... and makes at most this many new reservations: each looks at every node (200 on 10,000 full nodes: 5-6 s).
 MAX_RESERVING_PER_PASS = 20
 _job_id = operator.itemgetter("id")
 
 
 class PendingQueue:
-    """The queued jobs in run order. A re-queued job (its id is below the newest queued one of its
-    priority) waits in a side table, merged back in id order when the queue is read: putting it in
-    place rebuilt the main table, O(queue) per job, and a lost node's jobs (or 10,000 nodes') paid it."""
+    """The queued jobs in run order. A re-queued job (an id below its priority's newest) waits in a side table, merged
+    in id order when the queue is read: put in place, it rebuilt the main table, O(queue) per job."""
 
     FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
 
@@ -73,9 +70,8 @@ class Plan:
 
 def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: float | None = None,
           reserve_after: float | None = None, claims: dict | None = None, room=None, quotas=None) -> Plan:
-    """Assign as many jobs as fit (counted on the NodeViews), and reserve nodes for starving jobs; `claims`
-    (node name -> the job that reserved it) is updated in place. `room(job)`: how many copies of the job may
-    be placed (an array's tasks; default 1). `quotas`: a grun.core.quotas.Quotas (None: no limits)."""
+    """Assign as many jobs as fit (counted on the NodeViews), and reserve nodes for starving jobs; `claims` (node name
+    -> the job that reserved it) is updated in place; `room(job)`: how many copies may be placed (default 1)."""
     plan = Plan()
     claims = {} if claims is None else claims
     n_live, misses, limited, extra, held_back = index.up_count(), 0, 0, {}, set()
@@ -139,9 +135,8 @@ def shortfall(node: NodeView, job: dict) -> float:
 
 
 def _reserve(job: dict, index: NodeIndex, claims: dict, plan: Plan, rng) -> bool:
-    """Claim for a starving job the node that comes closest to fitting it, among those no other job has claimed
-    (False: there is none). A reservation sticks while it can still be honoured: that node alone is looked at (looking
-    at every node for each of 200 starving jobs on 10,000 full nodes held the master's lock 1.5 s a pass)."""
+    """Claim for a starving job the unclaimed node closest to fitting it (False: none). A reservation sticks while it
+    can be honoured (every node looked at for 200 starving jobs on 10,000 full nodes: 1.5 s a pass)."""
     def free(n: NodeView) -> bool:
         return n.up and n.could_ever_fit(job) and (n.name not in claims or claims[n.name]["id"] == job["id"])
     node = index.get(job.get("reserved_node"))
@@ -158,7 +153,6 @@ def _reserve(job: dict, index: NodeIndex, claims: dict, plan: Plan, rng) -> bool
 
 
 def _drop_claim(claims: dict, job: dict) -> None:
-    """A job's claim is filed under its reserved node (a look at every claim for every job placed made a pass
-    quadratic in reservations: 2,000 jobs past 2,000 of them, 205 ms)."""
+    """By its reserved node (a look at every claim per job placed: 2,000 jobs past 2,000 claims, 205 ms)."""
     if (name := job.get("reserved_node")) in claims and claims[name]["id"] == job["id"]:
         del claims[name]

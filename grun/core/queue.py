@@ -17,9 +17,8 @@ from .quotas import Quotas
 
 # Finished jobs' tokens are kept this long (at most this many): a submit retried after its job ended gets the same id.
 TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
-# Queued jobs share one copy of an environment or command they have in common (a user's jobs mostly
-# do): 100k queued jobs each with its own 5-variable environment took ~0.9 KB a job more. The cache
-# is dropped when it grows past this many distinct values, so unique commands cannot grow it forever.
+# Queued jobs share one copy of an environment or command they have in common (100k jobs each with its own
+# 5-variable environment took ~0.9 KB a job more); the cache is dropped past this many distinct values.
 SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 # A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
@@ -33,8 +32,7 @@ class JobTable:
         self.pending = PendingQueue()
         self.nodes = NodeIndex()                 # NodeViews by name, filed by free capacity
         self.tokens: dict[str, int] = {}         # client submit token -> job id, for retried submits
-        # tokens of finished jobs: token -> (job id, end time), oldest first
-        self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self.done_tokens: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()  # (id, end)
         self.next_id = 1
         self.names: dict[tuple, int] = {}        # (user, job name) -> id, live jobs only: names are per user
         self.counted: dict[int, tuple] = {}      # job id -> (node, what of it that node's usage counts)
@@ -49,8 +47,7 @@ class JobTable:
         self.learned = Learned()                 # what finished runs used, for learned requests (grun.core.learn)
 
     def apply(self, rec: dict):
-        """Apply one record; returns the job it touched (finished, for "finish"), the node's view for
-        "node", or None when the record no longer applies (a job that has left)."""
+        """Apply one record; returns the job it touched, the node's view for "node", or None (a job that has left)."""
         op = rec["op"]
         if op == "submit":
             job = self._share(dict(rec["job"]))
@@ -90,13 +87,11 @@ class JobTable:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
         elif op == "kill" and job.get("kill_requested") not in ENDING_SIGNALS:  # (a later USR1 keeps an earlier TERM)
             job["kill_requested"] = rec.get("signal", 15)
-        elif op == "requeue":
-            # its node was declared lost: back in the queue, remembering where the old copy may live
+        elif op == "requeue":  # its node was lost: back in the queue, remembering where the old copy may live
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"] = job.get("requeues", 0) + 1
             self.pending.add(job)
-        elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:
-            # its lost node came back with it (running, or ended there: its end comes next) before it ran elsewhere
+        elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:  # its lost node is back
             self.pending.remove(job)
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
         elif op == "finish":
@@ -140,8 +135,7 @@ class JobTable:
         return job
 
     def _array(self, array: dict, rec: dict) -> dict:
-        """"task": one task of the array becomes a job (returned); "stop": the array was killed, its
-        tasks not started yet end with it (counted as killed)."""
+        """"task": one task of the array becomes a job (returned); "stop": its tasks not started end (killed)."""
         if rec["op"] == "task":  # in its array's state: one of a held array made a job (to edit) stays held
             task = dict(A.task_job(array, rec["new"], rec["task"]), attempt=0, node=None)
             A.take(array, rec["task"])
@@ -155,16 +149,14 @@ class JobTable:
         return self.apply({"op": "submit", "job": task}) if rec["op"] == "task" else array
 
     def named(self, raw) -> tuple[str, int | None, tuple | None]:
-        """What an id in a request names: (its key in a reply, the id of its job, and for a task `12.7` of an array
-        not begun yet, (array id, task) to make it a job). A bad id: a ValueError."""
+        """(its key in a reply, its job's id, and for a task `12.7` not begun, (array id, task)); a ValueError."""
         if (ref := task_ref(raw) if isinstance(raw, str) else None) is None:
             return str(job_id := J.parse_job_id(raw)), job_id, None
         job_id, array = self.tasks.get(ref[0], {}).get(ref[1]), self.jobs.get(ref[0])
         return f"{ref[0]}.{ref[1]}", job_id, ref if job_id is None and array and A.has_task(array, ref[1]) else None
 
     def room(self, job: dict) -> int:
-        """How many copies of the job placement may start now: 1, or an array's tasks (its %N); a task
-        queued on its own (re-queued, or held and released alone) waits while %N of its array run."""
+        """How many copies of the job may start now: 1, or an array's tasks (its %N), which a task alone counts too."""
         if A.is_array(job):
             return A.room(job, job["limit"] and len(self.busy_tasks(job["id"])))  # (no %N: no count)
         limit = self.jobs[job["array"]]["limit"] if "task" in job and job["array"] in self.jobs else None
@@ -195,8 +187,7 @@ class JobTable:
         return job
 
     def _settle(self, job: dict, now: float) -> None:
-        """Where a job that is not held (and not in the pending queue) belongs: waiting while it has
-        dependencies unmet or a retry delay left, else queued."""
+        """A job not held nor pending: waiting while it has dependencies unmet or a retry delay left, else queued."""
         self.delayed.pop(job["id"], None)
         if job.get("deps") or job.get("retry_at", 0.0) > now:
             job["state"] = J.WAITING
@@ -264,8 +255,7 @@ class JobTable:
         return self.tokens.get(token) or self.done_tokens.get(token, (None,))[0]
 
     def _claim_of(self, job: dict) -> dict | None:
-        """What the job holds on its node now: its request while it runs; no cpus while suspended;
-        nothing while a nested grun of its own runs (it lent its reservation to the child)."""
+        """What the job holds on its node: its request; no cpus suspended; nothing while it lends it (nested grun)."""
         if job["state"] not in J.ON_NODE_STATES or job.get("node") not in self.nodes:
             return None
         if job.get("lent_to"):
@@ -274,9 +264,8 @@ class JobTable:
         return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
 
     def _sync(self, job: dict) -> None:
-        """Make the node views count exactly what the job holds now, and index its reservation (only a queued job
-        holds one; reserved_time stays, for the record). A node's `jobs` are the live jobs on it, so its registration
-        and sweep need not look at every job. (A job is only on a known node: its record precedes any dispatch.)"""
+        """Make the node views count exactly what the job holds now (and a node's `jobs` its live jobs), and index its
+        reservation (only a queued job holds one; reserved_time stays, for the record)."""
         if job["state"] == J.QUEUED and job.get("reserved_node"):
             self.reserved[job["id"]] = job
         else:
@@ -304,9 +293,8 @@ class JobTable:
         node.used_cpus, node.used_memory = max(0.0, node.used_cpus), max(0, node.used_memory)
 
     def claims(self, now: float) -> dict:
-        """Node name -> a copy of the queued job that reserved it, with its `window`: how long until the jobs
-        running there, by their ends as -t or learned estimates tell, leave it room (0 when a job it waits
-        for has no estimate, or is past it: then nothing is backfilled there)."""
+        """Node name -> a copy of the queued job that reserved it, with its `window`: how long until the jobs there, by
+        their -t or learned estimates, leave it room (0 when one has no estimate, or is past it: no backfill)."""
         return {j["reserved_node"]: dict(j, window=self._window(self.nodes[j["reserved_node"]], j, now))
                 for j in self.reserved.values() if j.get("reserved_node") in self.nodes}
 
@@ -327,9 +315,8 @@ class JobTable:
         return 0.0
 
     def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
-        """The end of a job that `node` reported, or its retry (grun.core.deps.retry_or_finish). None when the job
-        is unknown or finished (a repeated report is applied once), when the report is of an earlier run than the
-        current one, or the node is not the job's (a stale copy: the current dispatch decides; or it never had it)."""
+        """The end of a job that `node` reported, or its retry (deps.retry_or_finish); None for a job unknown or ended
+        (a repeated report), a report of an earlier run, or from a node not the job's (a stale copy)."""
         job = self.jobs.get(job_id)
         if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
                 node != (job.get("node") or job.get("lost_from"))):
@@ -337,8 +324,7 @@ class JobTable:
         return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
-        """What becomes of a job whose node was declared lost: back to the queue if it may run again (config
-        `requeue:` and the job's own `requeue`), else finished as lost; killed if a kill was asked for."""
+        """A job whose node was lost: re-queued if it may be (config and job `requeue`), else lost; killed if asked."""
         if job.get("kill_requested"):
             return {"op": "finish", "id": job["id"], "time": now, "result": {
                 "status": J.KILLED, "signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}
@@ -356,10 +342,8 @@ class JobTable:
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
                   in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
-        """What a node says it holds against what we think: `running`, ids of the jobs running there;
-        `finished`, ids it holds finished and not yet reported, or None for a heartbeat (then nothing
-        is declared lost or offered); `in_flight`, ids whose start is too recent for the node's list to
-        show. Returns (records to apply, jobs to start there, ids to kill there as stale copies)."""
+        """What a node holds (`running`; `finished` not yet reported, None for a heartbeat: then nothing is lost or
+        offered; `in_flight`: starts too recent for its list) against the table: (records, jobs to start, stale ids)."""
         running = {int(i) for i in running}
         held = running | {int(i) for i in finished or ()}
         records, start, stale = [], [], []
@@ -383,8 +367,7 @@ class JobTable:
 
     def node_record(self, name: str, cpus: float, memory: int, resources: dict | None = None,
                     labels: dict | None = None, heartbeat: float | None = None) -> dict | None:
-        """A "node" record when a node's description is new or changed, else None (`heartbeat`: its own interval,
-        kept so that a master restarted judges it by its timeout before it registers again)."""
+        """A "node" record when a node's description is new or changed, else None (`heartbeat`: its own interval)."""
         rec = {"op": "node", "name": name, "cpus": float(cpus), "memory": int(memory),  # (a list: device ids)
                "resources": {str(k): list(dict.fromkeys(map(str, v))) if isinstance(v, (list, tuple)) else float(v)
                              for k, v in (resources or {}).items()},
@@ -400,7 +383,6 @@ class JobTable:
         node.labels, given = dict(rec.get("labels") or {}), rec.get("resources") or {}
         node.devices = {k: list(v) for k, v in given.items() if isinstance(v, list)}
         node.resources = {k: float(len(v)) if isinstance(v, list) else v for k, v in given.items()}
-        # count again what its jobs hold there (what its labels make consumables may have changed)
         on_node = self.jobs_on(node.name)
         for job in on_node:
             self._uncount(job)
@@ -414,8 +396,7 @@ class JobTable:
         return [self.jobs[i] for i in sorted(node.jobs)] if node is not None else []
 
     def snapshot(self) -> dict:
-        """The live state as plain data. An environment that jobs share is written once, under
-        "envs", and each job names it by its index: environments were 60 % of a snapshot's bytes."""
+        """The live state as plain data; a shared environment once, under "envs" (60 % of a snapshot's bytes)."""
         envs: dict[int, tuple[int, dict]] = {}  # id() of a shared env dict -> (its index, the dict)
         jobs = []
         for job in self.jobs.values():

@@ -36,8 +36,7 @@ class Quotas:
         return {**self.limits.get(kind, {}), **self.limits.get(f"{kind}.{name}", {})}
 
     def count(self, job: dict, claim: dict, sign: int = 1, totals: dict | None = None) -> None:
-        """Count (sign -1: no longer) what the job holds on its node (grun.core.queue's `counted`), or one more
-        copy of it in `totals` (what a scheduling pass placed so far: only what a limit watches)."""
+        """Count (sign -1: no longer) what the job holds on its node, or one more copy of it in a pass's `totals`."""
         what = amounts(claim)
         for owner in owners(job):
             if totals is None or self.caps(owner):

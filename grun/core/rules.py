@@ -96,8 +96,7 @@ _PARSE = {"default": _settable, "set": _settable,  # (labels are strings; params
 
 
 class Rules(list):
-    """Compiled rules (label, condition, actions), equal when their source is: a reload that changes nothing
-    applies nothing. `source`: the rules as plain YAML data (`grun -q conf`)."""
+    """Compiled rules (label, condition, actions), equal when their `source` (plain YAML data, `grun -q conf`) is."""
     __eq__ = lambda self, other: self.source == getattr(other, "source", other)
     __ne__ = lambda self, other: not self.__eq__(other)
     __repr__ = lambda self: f"<{len(self)} rules>"
@@ -125,8 +124,7 @@ def marked(node, path: str):
 
 
 def compile_rules(value) -> Rules | tuple:
-    """The `rules:` key: a list of mappings, each `if: CONDITION` (none: every job) and actions. A RuleError
-    (a ValueError) names the rule, and its `at` the line and column when the value came from a file."""
+    """The `rules:` key: a list of mappings, each `if: CONDITION` (none: every job) and actions; a RuleError."""
     if value is None or value == [] or isinstance(value, str) and value.strip() in ("", "~", "null"):
         return ()  # (the key's default)
     if not isinstance(value, list):
@@ -166,9 +164,8 @@ def _rule(number: int, raw) -> tuple:
 
 
 def apply(rules, req: dict, spec: dict, facts=None, log: list | None = None) -> dict:
-    """Run the rules on a validated request in order, each seeing what the earlier ones did (`default:` fills what
-    neither the user, `spec`, nor an earlier rule gave; `set:` overrides). Changes the request (its `origin`,
-    `warnings`) and returns it; appends (level, text, its command) for the admin to `log`; a reject: a ValueError."""
+    """Run the rules on a validated request in order (`default:` fills what neither the user, `spec`, nor an earlier
+    rule gave; `set:` overrides), in place; (level, text, command) for the admin to `log`; a reject: a ValueError."""
     env, log = Job(req, facts), [] if log is None else log
     for label, test, actions in rules:
         try:
