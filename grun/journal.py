@@ -176,9 +176,15 @@ class Journal:
         done, durable = 0, self._durable  # (items of the batch on disk; only this thread moves _durable)
         try:
             while done < len(batch):
-                if not isinstance(batch[done], bytes):
-                    self._switch(batch[done])
-                    done += 1
+                if not isinstance(first := batch[done], bytes):  # later records go to journal.<first>.log
+                    new = open(self._path(first), "ab", buffering=0)
+                    try:
+                        fsync_dir(self.dir)
+                    except OSError:
+                        new.close()
+                        raise
+                    self._file.close()
+                    self._file, done = new, done + 1
                     continue
                 end = next((i for i in range(done, len(batch)) if not isinstance(batch[i], bytes)), len(batch))
                 self._write(batch[done:end])
@@ -221,17 +227,6 @@ class Journal:
                 except OSError as cut:  # (the partial line stays: not for want of room, whatever its errno)
                     raise OSError(errno.EIO, f"cutting off a partial write failed: {cut.strerror}") from None
             raise
-
-    def _switch(self, first: int) -> None:
-        """Later records go to journal.<first>.log."""
-        new = open(self._path(first), "ab", buffering=0)
-        try:
-            fsync_dir(self.dir)
-        except OSError:
-            new.close()
-            raise
-        self._file.close()
-        self._file = new
 
     def close(self) -> None:
         with self._lock:

@@ -105,7 +105,11 @@ class Store:
         state, ticket = None, 0
         for t in reversed(tickets):
             try:
-                state, ticket = self._read_snapshot(t), t
+                metas, jobs = _read_tables(self._snap_path(t), "meta", "jobs")
+                if len(metas) != 1 or metas[0]["ticket"] != t or len(jobs) != (metas[0]["jobs_count"] or 0):
+                    raise ValueError("no meta document for this ticket, or not as many jobs as it says")
+                state = metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
+                ticket = t
                 break
             except _UNREADABLE as e:
                 self._log.warning("snapshot %s unreadable (%s); falling back", self._snap_path(t), e)
@@ -117,12 +121,6 @@ class Store:
         self.journal.open(max([last, ticket] + tickets) + 1)
         self._loaded = True
         return state, records
-
-    def _read_snapshot(self, ticket: int) -> dict:
-        metas, jobs = _read_tables(self._snap_path(ticket), "meta", "jobs")
-        if len(metas) != 1 or metas[0]["ticket"] != ticket or len(jobs) != (metas[0]["jobs_count"] or 0):
-            raise ValueError("no meta document for this ticket, or not as many jobs as it says")
-        return metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
 
     def log(self, records: list[dict]) -> int:
         """Append records and return their last seq once they are fsync'd."""

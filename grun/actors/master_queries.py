@@ -33,18 +33,13 @@ class Queries:
             view = J.public_view(found)
         if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"unknown job id {job_id}")
-        return view if task is None or (view.get("array"), view.get("task")) == (job_id, task) else \
-            self._ended_task(view, task)
-
-    def _ended_task(self, array: dict, task: int) -> dict:
-        """Task `task` of this array, not live: its array's record if it has not begun, else its own from history."""
-        if "ranges" not in array or not any(task in range(*r) for r in array["ranges"]):
-            raise LookupError(f"job {array['id']} {f'has no task {task}' if 'ranges' in array else 'is not an array'}")
-        if has_task(array, task):
-            return array  # (not begun yet)
-        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (array["id"], task), array["id"])
+        if task is None or (view.get("array"), view.get("task")) == (job_id, task) or has_task(view, task):
+            return view  # (a task not begun yet: its array's)
+        if "ranges" not in view or not any(task in range(*r) for r in view["ranges"]):
+            raise LookupError(f"job {job_id} {f'has no task {task}' if 'ranges' in view else 'is not an array'}")
+        ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (job_id, task), job_id)
         if not ended:
-            raise LookupError(f"task {array['id']}.{task} ended too long ago (see grun -q history)")
+            raise LookupError(f"task {job_id}.{task} ended too long ago (see grun -q history)")
         return J.public_view(ended[0])
 
     def jobs(self) -> list[dict]:

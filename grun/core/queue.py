@@ -254,15 +254,6 @@ class JobTable:
         """The job a client token already named (live, or finished not long ago)."""
         return self.tokens.get(token) or self.done_tokens.get(token, (None,))[0]
 
-    def _claim_of(self, job: dict) -> dict | None:
-        """What the job holds on its node: its request; no cpus suspended; nothing while it lends it (nested grun)."""
-        if job["state"] not in J.ON_NODE_STATES or job.get("node") not in self.nodes:
-            return None
-        if job.get("lent_to"):
-            return {"cpus": 0.0, "memory": 0, "params": {}}
-        cpus = 0.0 if job["state"] == J.SUSPENDED else job["cpus"]  # (a suspended job keeps its devices)
-        return {"cpus": cpus, "memory": job["memory"], "params": job.get("params") or {}, "devices": job.get("devices")}
-
     def _sync(self, job: dict) -> None:
         """Make the node views count exactly what the job holds now (and a node's `jobs` its live jobs), and index its
         reservation (only a queued job holds one; reserved_time stays, for the record)."""
@@ -271,7 +262,11 @@ class JobTable:
         else:
             self.reserved.pop(job["id"], None)
             job.pop("reserved_node", None)
-        claim = self._claim_of(job)
+        claim = None  # what it holds on its node: its request; no cpus suspended (its devices kept); nothing lent
+        if job["state"] in J.ON_NODE_STATES and job.get("node") in self.nodes:
+            claim = {"cpus": 0.0, "memory": 0, "params": {}} if job.get("lent_to") else {  # (to a nested grun's child)
+                "cpus": 0.0 if job["state"] == J.SUSPENDED else job["cpus"], "memory": job["memory"],
+                "params": job.get("params") or {}, "devices": job.get("devices")}
         if self.counted.get(job["id"]) == (job.get("node"), claim):
             return
         self._uncount(job)
