@@ -235,15 +235,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     require(isinstance(spec, dict), "a job spec must be a mapping")
     require(not (unknown := set(spec) - SPEC_KEYS), f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
-    require(isinstance(cmd, (list, tuple)) and cmd and all(isinstance(a, str) for a in cmd),
-            "cmd must be a non-empty list of strings")
+    if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
+        raise ValueError("cmd must be a non-empty list of strings")
     require(sum(len(a) for a in cmd) <= MAX_CMD_BYTES, "command line too long")
     require(not any("\0" in a for a in cmd), "command contains a NUL byte")
     cwd = spec.get("cwd") or "/"
     require(isinstance(cwd, str) and cwd.startswith("/"), "cwd must be an absolute path")
     env = spec.get("env") or {}
-    require(isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
-            "env must map strings to strings")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("env must map strings to strings")
     require(sum(len(k) + len(v) for k, v in env.items()) <= MAX_ENV_BYTES, "environment too large")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
@@ -267,13 +267,13 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
-    require((groups := spec.get("groups")) is None or isinstance(groups, list) and len(groups) <= 65536 and all(
-        isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups),
-        "groups must be a list of group ids")
+    if (groups := spec.get("groups")) is not None and (not isinstance(groups, list) or len(groups) > 65536 or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
+        raise ValueError("groups must be a list of group ids")
     require((stage := spec.get("stage")) in (None, *STAGE_MODES), f"stage must be auto, always or never, got {stage!r}")
-    require((fs := spec.get("cwd_fs")) is None or isinstance(fs, dict) and set(fs) == {"root", "source", "sub", "type"}
-            and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()),
-            "cwd_fs must map type, source, root and sub to strings")
+    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and sorted(fs) == [
+            "root", "source", "sub", "type"] and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
+        raise ValueError("cwd_fs must map type, source, root and sub to strings")
     if spec.get("array") is not None:
         from .arrays import parse
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
@@ -327,9 +327,9 @@ def job_refs(refs, what: str = "dependencies") -> list:
 
 def _paths(spec: dict, key: str) -> list[str]:
     paths = spec.get(key) or []
-    require(isinstance(paths, list) and len(paths) <= MAX_FILES and all(
-        isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths),
-        f"{key} must be a list of at most {MAX_FILES} absolute paths")
+    if not isinstance(paths, list) or len(paths) > MAX_FILES or not all(
+            isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths):
+        raise ValueError(f"{key} must be a list of at most {MAX_FILES} absolute paths")
     return list(paths)
 
 

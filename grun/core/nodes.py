@@ -291,8 +291,7 @@ class NodeIndex(dict):
     @staticmethod
     def _pick(bucket: list, job: dict, rng, claims) -> NodeView | None:
         """A node of the bucket (all equally good) the job may use, uniformly at random."""
-        def ok(node):
-            return node.fits(job) and not delays_claim(node, job, claims)
+        ok = lambda node: node.fits(job) and not delays_claim(node, job, claims)
         if len(bucket) > 1:
             # rejection sampling, uniform over usable nodes: a random draw nearly always is one (plain jobs, few claims)
             for _ in range(4):
