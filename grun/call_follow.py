@@ -173,21 +173,17 @@ def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFu
     START_WINDOW calls not started, which its queue (first come, first served) starts before the others, and, after
     a wait in which none of them started (held by their user, say), about the next window too, in turn."""
     waiting = {future.job.id: (future, args) for future, args in calls}
-    more, single = 0, False  # where the next window begins (0: none); single: a master too old for lists of ids
+    more = 0  # where the next window begins (0: none)
     while waiting:
         window = [*islice(waiting, START_WINDOW), *(islice(waiting, more, more + START_WINDOW) if more else ())]
         try:
-            started = [client.wait_started(window[0])["id"]] if single else client.call(
-                "wait_started", window, START_WAIT, wait=client.long_wait)
+            started = client.call("wait_started", window, START_WAIT, wait=client.long_wait)
         except GrunError as exc:
-            if single or not str(exc).startswith("bad job id ["):  # (an old master's answer to a list)
-                for future, _ in waiting.values():  # (not a follower each: out of fds, 10,000 threads that fail)
-                    with contextlib.suppress(InvalidStateError):
-                        future.set_exception(exc)
-                _kill([future for future, _ in waiting.values()], EXIT_KILL_WAIT)  # (and out of _pending)
-                return
-            single = True
-            continue
+            for future, _ in waiting.values():  # (not a follower each: out of fds, 10,000 threads that fail)
+                with contextlib.suppress(InvalidStateError):
+                    future.set_exception(exc)
+            _kill([future for future, _ in waiting.values()], EXIT_KILL_WAIT)  # (and out of _pending)
+            return
         if not started:
             more = more + START_WINDOW if more + START_WINDOW < len(waiting) else 0
         for job_id in map(int, started):

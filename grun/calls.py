@@ -4,9 +4,12 @@ function and arguments (so `__main__` functions, lambdas and closures work) as i
 channel: no file anywhere. A map's function is pickled once, and its bytes are shared by the calls' inputs (a 20 MB
 closure over 40 inputs: 862 MB at the peak when each input held a copy; 72 MB). Its output reaches our
 sys.stdout and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame."""
+import collections
+import io
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,6 +33,21 @@ def worker_spec(label: str, python: str | None, resources: dict) -> dict:
     return job_spec(cmd, stdin=True, **resources)
 
 
+def _dumps(cloudpickle, obj) -> bytes:
+    """cloudpickle's bytes of obj, its functions' code keeping the name of its file: cloudpickle 3 names each one
+    "<dynamic-code>", and the remote traceback then showed no file and none of its lines."""
+    reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+    def code(obj):
+        make, args = reduce(obj)
+        return make, tuple(obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+    class Pickler(cloudpickle.Pickler):
+        dispatch_table = collections.ChainMap({types.CodeType: code}, cloudpickle.Pickler.dispatch_table)
+    Pickler(out := io.BytesIO()).dump(obj)
+    return out.getvalue()
+
+
 def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict]], python: str | None,
             resources: dict, names: list[str] | None = None) -> list[CallFuture]:
     """Queue one job per (args, kwargs) in one submission, and follow them (grun.call_follow)."""
@@ -41,7 +59,7 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     for kind in {"after", "afterok"} & resources.keys():
         resources[kind] = _ids(resources[kind], names=True)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
-        function, args = cloudpickle.dumps(func), [cloudpickle.dumps(call) for call in calls]
+        function, args = _dumps(cloudpickle, func), [cloudpickle.dumps(call) for call in calls]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
     spec = worker_spec(label, python, resources)
