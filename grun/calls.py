@@ -11,7 +11,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from .call_follow import CallFuture, RemoteError, cancel_all, follow_all  # noqa: F401  (RemoteError: grun's, from here)
 from .client import Client, GrunError, Timeout, _ids, job_spec
@@ -43,7 +43,7 @@ def _dumps(cloudpickle, obj) -> bytes:
         return make, tuple(obj.co_filename if arg == "<dynamic-code>" else arg for arg in args)
 
     class Pickler(cloudpickle.Pickler):
-        dispatch_table = collections.ChainMap({types.CodeType: code}, cloudpickle.Pickler.dispatch_table)
+        dispatch_table: ClassVar = collections.ChainMap({types.CodeType: code}, cloudpickle.Pickler.dispatch_table)
     Pickler(out := io.BytesIO()).dump(obj)
     return out.getvalue()
 
