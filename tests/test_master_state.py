@@ -271,3 +271,20 @@ def test_an_edit_of_a_task_not_started_splits_it_out_of_its_array_alone():
     with pytest.raises(ValueError, match=f"job {m.table.next_id}: .*cpus"):  # refused: the task made a job stays so
         m.handle("edit", [f"{array_id}.9"], {"cpus": "99"}, 6.0)
     assert m.table.jobs[m.table.tasks[array_id][9]]["cpus"] == m.table.jobs[array_id]["cpus"], "and nothing else"
+
+
+def test_what_the_core_refuses_it_refuses_whole_and_in_one_line():
+    """A review: an edit's priority=3.7 became 3; a cwd_fs with keys of mixed types off the wire raised TypeError,
+    not a one-line refusal; a submission refused on a full disk had already split the task it named out of its array."""
+    m = _state("a")
+    queued = _submit(m)
+    with pytest.raises(ValueError, match="whole number"):
+        m.handle("edit", [queued], {"priority": 3.7}, 2.0)  # (typed, as the Python API sends it)
+    assert m.table.jobs[queued]["priority"] == 20
+    with pytest.raises(ValueError, match="cwd_fs must map"):
+        m.requests([{"cmd": ["true"], "cwd_fs": {1: "x", "type": "nfs", "source": "s", "root": "/"}}])
+    array_id = _submit(m, array="1-10")
+    requests = m.requests([{"cmd": ["true"], "afterok": [f"{array_id}.7"]}])
+    with pytest.raises(ValueError, match="disk"):
+        m.handle("submit", requests, "the master's disk is full", 3.0)
+    assert m.table.tasks.get(array_id, {}) == {} and m.table.next_id == array_id + 1, "nothing split, no id taken"

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 
+from .. import values
 from ..values import MAX_PRIORITY, STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
@@ -271,8 +272,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
             isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
         raise ValueError("groups must be a list of group ids")
     require((stage := spec.get("stage")) in (None, *STAGE_MODES), f"stage must be auto, always or never, got {stage!r}")
-    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and sorted(fs) == [
-            "root", "source", "sub", "type"] and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
+    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and fs.keys() == {
+            "root", "source", "sub", "type"} and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
         raise ValueError("cwd_fs must map type, source, root and sub to strings")
     if spec.get("array") is not None:
         from .arrays import parse
@@ -338,7 +339,7 @@ EDIT_ALIASES = {"r": "priority", "c": "cpus", "m": "memory", "hosts": "host", "H
 
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...` (values typed, or strings) as changes to the request (`p.NAME=`: a param removed)."""
-    parsers = {"priority": int, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
+    parsers = {"priority": values.parse_job_priority, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
                "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
     require(isinstance(changes, dict) and changes, "an edit needs KEY=VALUE changes")

@@ -163,6 +163,8 @@ class MasterState:
 
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float, history=None) -> None:
         """`history`: the finished jobs dependencies name, found by the master (grun.core.deps.resolve)."""
+        if refusal and any(self.table.token_id(req["token"]) is None for req in requests):  # (a retried one is queued)
+            raise ValueError(refusal)
         for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
             for kind in (k for k in J.DEP_KINDS if k in req):
                 req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if task_ref(ref) else ref
@@ -172,8 +174,6 @@ class MasterState:
             if (known := self.table.token_id(req["token"])) is not None:
                 ids.append(known)  # a retried submission: the same job, not a second one
                 continue
-            if refusal:
-                raise ValueError(refusal)
             self._admit(req, names)
             deps, never = D.resolve(req, self.table, self.recent, history or {}, self.settings)
             job = dict(req, id=next_id, state=J.WAITING if deps else J.QUEUED, submit_time=now, attempt=0, node=None,
