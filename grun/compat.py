@@ -17,10 +17,13 @@ import sys
 import time
 
 from .client import Client, GrunError, job_spec
+from .core.arrays import unstarted
 from .core.jobs import MARK
 from .values import parse_memory
 
-NAMES = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "qsub", "qstat", "qdel", "qacct")
+SLURM = ("sbatch", "srun", "squeue", "sacct", "scancel", "sinfo", "scontrol")
+SGE = ("qsub", "qstat", "qdel", "qacct", "qhold", "qrls", "qalter")
+NAMES = SLURM + SGE
 MAX_ARG = 131072  # Linux's MAX_ARG_STRLEN: the longest argument (a batch script's text), its NUL included
 RUN_FILE = {"slurm": "sbatch --wrap 'bash SCRIPT'", "sge": "qsub -b y bash SCRIPT"}
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
@@ -203,6 +206,21 @@ def find(client: Client, ref: str) -> dict | None:
     """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
     with contextlib.suppress(GrunError):
         return client.job(ref)
+
+
+def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, list[str]]:
+    """Slurm's and SGE's hold (or release) of job `ref` (N, N.T): held if queued or waiting (released if held); one
+    running runs on (grun's hold would suspend it), and an array's running tasks (its others are held one by one, as
+    Slurm splits them). Its record (None: there is none) and the ids held (or released)."""
+    if not (job := find(client, ref)):
+        return None, []
+    array = "ranges" in job and str(job["id"]) == ref
+    running = array and job["started"] > sum(job["counts"].values())  # (its state may say queued yet)
+    refs = [f"{ref}.{t}" for t in unstarted(job)] if running and not release else [ref] if job["state"] in (
+        ("held",) if release else ("queued", "waiting")) or array and release else []
+    if refs:
+        (client.resume if release else client.hold)(refs)
+    return job, refs
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:

@@ -37,6 +37,8 @@ REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun 
            "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it"}
 # options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
 GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
+_bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
+_seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}  # (in -o/-e paths)
 
@@ -71,31 +73,20 @@ def qsub(argv: list[str]) -> int:
     if verify not in ("e", "w", "n"):
         raise Refused(f"-w takes e, w, n or v, got {verify!r}")
     yes(opts, "-R")  # (-R y: grun reserves room for a job that waits long by itself)
-    pe = last(opts, "pe", [None, "1"])[1]  # N, or a range N-M, N-, -M: its lowest (grun gives no more than asked)
-    m = pe and re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)  # ('': refused)
-    slots = resources.pop("slots", None) or (m[1] or "1" if m else pe)
-    if not slots.isdigit() or int(slots) < 1 or m and m[2] and int(m[2]) < int(slots):
-        raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots or a range of them")
+    slots = _slots(opts, resources)
     request: dict = {"cpus": int(slots), "requeue": yes(opts, "-r", "y"), "hosts": ",".join(hosts) or None,
                      "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~")),
-                     **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts}}
-    setup, memory = "", {}
-    size = lambda v: int(v) if v.isdigit() else C.megabytes(v) << 20  # (bytes: plain numbers are, in SGE)
-    seconds = lambda v: parse_time_limit(f"{v}s" if v.isdigit() else v)  # (SGE: plain numbers are seconds)
+                     **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts},
+                     **_limits(resources, int(slots))}
+    setup = ""
     for key, value in resources.items():
-        if (key in MEMORY or key in REQUEST) and value:  # per slot, as SGE counts them
-            memory[key in MEMORY] = -(-size(value) * int(slots) // (1 << 20))
-        elif key in TIME and value:
-            request["time"] = seconds(value)
-        elif key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
-            amount = seconds(value) if key == "h_cpu" else size(value)
+        if key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
+            amount = _seconds(value) if key == "h_cpu" else _bytes(value)
             setup += f"ulimit {ULIMITS[key][0]} {max(1, int(amount) // ULIMITS[key][1])}\n"
         elif value and is_name(key):  # a consumable (gpu=1) or a label (arch=x86_64)
             request.setdefault("params", {})[key] = number_or_text(value)
         else:
             raise Refused(f"unsupported resource -l {key}{'=' * bool(value)}{value}")
-    if memory:  # a limit (h_vmem) reserves and limits; a request alone (mem_free) only reserves
-        request.update(memory=memory.get(True, memory.get(False)), reserve_only=True not in memory or None)
     client, tasks = Client(), _task_range(last(opts, "array")) if "array" in opts else None
     span = tasks and f"{tasks.start}-{tasks[-1]}:{tasks.step}"
     request["after"] = [j["id"] for j in _holds(client, items(opts, "hold_jid"))]  # (none: no dependency)
@@ -137,6 +128,31 @@ def qsub(argv: list[str]) -> int:
         print(f"Job {ids[0]} exited with exit code {(code := client.exit_code(ids[0]))}.")
         return code
     return C.dies_with(client, ids, submit) if yes(opts, "-sync") else submit()
+
+
+def _slots(opts: dict, resources: dict) -> str:
+    """-pe's slots: N, or a range N-M, N-, -M: its lowest (grun gives no more than asked); or -l slots=N."""
+    pe = last(opts, "pe", [None, "1"])[1]
+    m = pe and re.fullmatch(r"(\d+)?(?:-(\d*))?", pe)  # ('': refused)
+    slots = resources.pop("slots", None) or (m[1] or "1" if m else pe)
+    if not slots.isdigit() or int(slots) < 1 or m and m[2] and int(m[2]) < int(slots):
+        raise Refused(f"-pe {' '.join(last(opts, 'pe'))}: expected a number of slots or a range of them")
+    return slots
+
+
+def _limits(resources: dict, slots: int) -> dict:
+    """-l's memory, per slot as SGE counts it (a limit, h_vmem, reserves and limits; a request alone, mem_free, only
+    reserves), and time (h_rt) as grun's request, taken out of `resources`."""
+    request, memory = {}, {}
+    for key, value in [(k, v) for k, v in resources.items() if v and k in (*MEMORY, *REQUEST, *TIME)]:
+        del resources[key]
+        if key in TIME:
+            request["time"] = _seconds(value)
+        else:
+            memory[key in MEMORY] = -(-_bytes(value) * slots // (1 << 20))
+    if memory:
+        request.update(memory=memory.get(True, memory.get(False)), reserve_only=True not in memory or None)
+    return request
 
 
 def _task_range(text: str) -> range:
@@ -375,3 +391,59 @@ def qacct(argv: list[str]) -> int:
         print(f"{owner:<12}" * ("-o" in opts) + f"{wall:>13.0f} {utime:>13.3f} {stime:>13.3f} {utime + stime:>13.3f} "
               f"{memory:>18.3f} {io:>18.3f} {0:>18.3f}")
     return 0
+
+
+def qhold(argv: list[str], release: bool = False) -> int:
+    """qhold [-h u] ID,...: `modified hold of job N` for each pending job held (qrls: released); one running
+    runs on, as SGE's (whose hold matters only to a run not started)."""
+    opts, words = parse(argv, table("kind=-h"), False, glued=False)
+    if last(opts, "kind", "u") != "u" or not words:
+        raise Refused(f"usage: {'qrls' if release else 'qhold'} [-h u] JOB_ID,...  (grun's holds are users')")
+    client, code = Client(), 0
+    for ref in (i for word in words for i in word.split(",") if i):  # (N, N.T)
+        job, held = C.hold(client, ref, release)
+        if not job or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
+            print(f'denied: job "{ref}" does not exist')
+            code = 1
+        for i in held:  # (an array held whole: its tasks not started)
+            print("\n".join(f"modified hold of job-array task {i}.{t}" for t in arrays.unstarted(job)) if i == str(job["id"])
+                  and "ranges" in job else f"modified hold of job{'-array task' * ('.' in i)} {i}")
+    return code
+
+
+def qrls(argv: list[str]) -> int:
+    return qhold(argv, True)
+
+
+def qalter(argv: list[str]) -> int:
+    """qalter [-l h_vmem|mem_free=SIZE,h_rt=TIME] [-pe smp N] [-p PRIORITY] ID,...: a pending job's request, as
+    SGE's qalter words it (`modified hard resource list of job N`); -N: grun's job names are their commands'."""
+    opts, words = parse(argv, {k: QSUB[k] for k in ("-l", "-pe", "-p", "-N")}, False, glued=False)
+    if "name" in opts or not words or not opts:
+        raise Refused("-N: grun cannot rename a job" if "name" in opts else
+                      "usage: qalter [-l h_vmem|mem_free=SIZE,h_rt=TIME] [-pe smp N] [-p PRIORITY] JOB_ID,...")
+    resources = {key: value for key, _, value in (item.partition("=") for item in items(opts, "resources"))}
+    if bad := [key for key, value in resources.items() if not value or key not in (*MEMORY, *REQUEST, *TIME)]:
+        raise Refused(f"-l {','.join(bad)}: qalter changes memory (h_vmem, mem_free) and time (h_rt) only")
+    client, code, asked = Client(), 0, int(_slots(opts, {})) if "pe" in opts else None
+    for ref in (i for word in words for i in word.split(",") if i):  # (N, N.T)
+        if not (job := C.find(client, ref)) or job["state"] not in ("queued", "held", "waiting"):
+            print(f'denied: job "{ref}" does not exist' if not job or job["state"] in FINAL_STATES else
+                  f"job {ref} can't modify running jobs")
+            code = 1
+            continue
+        slots = asked or job.get("cpus", 1)
+        changes = {k: f"{v:g}s" if k == "time" else v for k, v in _limits(dict(resources), slots).items()
+                   if k != "reserve_only"}
+        if "pe" in opts:
+            changes["cpus"] = slots
+            if job.get("memory_set"):  # its memory was asked per slot, as SGE counts it
+                changes.setdefault("memory", round(job["memory"] * slots / job.get("cpus", 1)))
+        if "priority" in opts:
+            changes["priority"] = GRUN["priority"][1](last(opts, "priority"))
+        client.edit([ref], changes)
+        for key, said in (("resources", "modified hard resource list of job {0}"), ("pe", "modified slot range of job {0}"),
+                          ("priority", "{1}@{2} sets scheduling priority of job {0} to {3}")):
+            if key in opts:
+                print(said.format(ref, current_user(), os.uname().nodename, last(opts, "priority")))
+    return code

@@ -15,9 +15,9 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
-from .core.jobs import parse_time_limit
+from .core.jobs import FINAL_STATES, parse_time_limit
 from .core.nodes import host_matches
-from .tables import BY_NAME, FIELDS, SHORT, host_ranges, id_of, name_of, reason_of, stamp, state_of
+from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_of, stamp, state_of
 from .values import is_name
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
@@ -44,6 +44,11 @@ REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may 
            "kill-on-invalid-dep": "grun cancels a job whose dependency can never be met", "ntasks-per-node": ONE}
 ALLOWED = {"nodes": ("1", "1-1"), "ntasks-per-node": ("1", "1-1"), "kill-on-invalid-dep": ("yes",)}  # (their values)
 # the options that are grun's, one to one: KEY -> (job_spec's argument, its value from the option's)
+# scontrol update's keys (in lower case) -> grun's edit's; the shell texts of sbatch's -o %j, %A, %a, %N
+UPDATE = {"jobid": "id", "numcpus": "cpus", "minmemorynode": "memory", "timelimit": "time", "priority": "priority",
+          "nice": "priority"}
+OUT_NAMES = ('"$SLURM_JOB_ID"', '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"', '"${SLURM_ARRAY_TASK_ID:-4294967294}"',
+             '"$GRUN_NODE"')
 GRUN = {"time": ("time", parse_time_limit), "hold": ("hold", bool), "norequeue": ("requeue", lambda _: False),
         "nice": ("priority", lambda n: C.priority("100" if n is True else n, "--nice", -1))}  # (--nice: less 100)
 
@@ -129,9 +134,8 @@ def sbatch(argv: list[str]) -> int:
         ids = sorted(t for r in ranges for t in range(*r))
         request["env"].update(SLURM_ARRAY_TASK_COUNT=str(len(ids)), SLURM_ARRAY_TASK_STEP=str(ranges[0][2]),
                               SLURM_ARRAY_TASK_MIN=str(ids[0]), SLURM_ARRAY_TASK_MAX=str(ids[-1]))
-    names = {"%%": "%", "%j": '"$SLURM_JOB_ID"', "%J": '"$SLURM_JOB_ID"', "%A": '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"',
-             "%a": '"${SLURM_ARRAY_TASK_ID:-4294967294}"', "%x": shlex.quote(name), "%u": shlex.quote(current_user()),
-             "%N": '"$GRUN_NODE"', "%n": "0", "%t": "0", "%s": "batch"}
+    names = {"%%": "%", **dict(zip(("%j", "%A", "%a", "%N"), OUT_NAMES)), "%J": OUT_NAMES[0], "%x": shlex.quote(name),
+             "%u": shlex.quote(current_user()), "%n": "0", "%t": "0", "%s": "batch"}
     out = last(opts, "out", "slurm-%A_%a.out" if "array" in opts else "slurm-%j.out")
     names |= {f"%{n}{c}": f'"$(printf %0{n}d {names["%" + c]})"' for n in "0123456789" for c in "jJAa"}  # %4a: 0004
     if (mode := last(opts, "open-mode", "truncate")) not in ("append", "truncate"):
@@ -306,24 +310,99 @@ def scancel(argv: list[str]) -> int:
     opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet "
                                   "state=-t,--state"), False)
     states = wanted_states(opts, "state")
-    bad = next((i for i in ids if not re.fullmatch(r"\d+(_\d+|_\[[\d,:-]+])?", i)), None)
-    if bad or not (ids or "name" in opts or "user" in opts or states):
-        raise Refused(f"Invalid job id {bad}" if bad else "No job identification provided")
-    try:  # N_[4-5,7]: N_4 N_5 N_7
-        ids = [f"{n}_{t}" if t else n for i in ids for n, _, spec in [i.partition("_[")]
-               for t in ([t for r in array_tasks(spec[:-1])["ranges"] for t in range(*r)] if spec else [""])]
-    except ValueError:
-        raise Refused(f"Invalid job id {' '.join(ids)}") from None
-    sig, client = _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: a ValueError, one line)
-    if "name" in opts or "user" in opts or states:  # filters on the live jobs (with ids: those of them)
-        ids = [i for j in client.jobs() if (not ids or id_of(j) in ids or FIELDS["A"][3](j) in ids)
-               and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j))
-               and j.get("user") == last(opts, "user", j.get("user"))
-               for i in ([f"{j['id']}_{t}" for t in unstarted(j)] if states and "ranges" in j else
-                         [str(j["id"]) if "ranges" in j else id_of(j)])]  # (an array: its id, all tasks; -t: unstarted)
+    if not (ids or "name" in opts or "user" in opts or states):
+        raise Refused("No job identification provided")
+    ids, sig, client = slurm_ids(ids), _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: one line)
+    user = user_name(last(opts, "user")) if "user" in opts else None  # (-u 1000: its name, as squeue's)
+    if "name" in opts or user or states:  # filters on the live jobs (with ids: those of them)
+        ids = [i for j in client.jobs() if (not ids or label(j) in ids or FIELDS["A"][3](j) in ids)
+               and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j)) and user in (None, j.get("user"))
+               for i in ([f"{j['id']}.{t}" for t in unstarted(j)] if states and "ranges" in j else [label(j)])]
     if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
-        client.kill([i.replace("_", ".") for i in ids], sig)
+        client.kill(ids, sig)  # (an array: its id, all tasks; -t: those not started)
     return 0
+
+
+def slurm_ids(words: list[str]) -> list[str]:
+    """Slurm's job ids (N, N_T, N_[4-5,7]; comma lists) as grun's (N, N.T); Refused naming one that is none."""
+    refs = []
+    for word in (w for given in words for w in re.split(r",(?![^[]*])", given) if w):
+        m = re.fullmatch(r"(\d+)(?:_(\d+|\[[\d,:-]+]))?", word)
+        try:
+            refs += [f"{m[1]}.{t}" for r in array_tasks(m[2].strip("[]"))["ranges"] for t in range(*r)] if m[2] else [m[1]]
+        except (TypeError, ValueError):  # (TypeError: no match)
+            raise Refused(f"Invalid job id {word}") from None
+    return refs
+
+
+def scontrol(argv: list[str]) -> int:
+    """scontrol [-o] hold|release ID... | show job [ID] | show hostnames [LIST] | update JobId=ID KEY=VALUE...: a pending
+    job's hold or release, jobs' records (Slurm's KEY=VALUE lines; -o: one line each), a hostlist's names (default:
+    $SLURM_JOB_NODELIST), a pending job's edit (NumCPUs, MinMemoryNode, TimeLimit, Priority, Nice). Else: one line."""
+    opts, words = parse(argv, table("oneliner:-o,--oneliner quiet:-Q,--quiet"), False)
+    verb, what, args = *(w.lower() for w in (words + ["", ""])[:2]), words[1:]
+    if verb == "show" and what in ("hostnames", "hostname") and len(args) < 3:
+        if not (names := hostlist((args[1:] or [os.environ.get("SLURM_JOB_NODELIST", "")])[0])):
+            raise Refused("host list is empty")
+        print("\n".join(names))
+        return 0
+    if verb == "show" and what == "job" and len(args) < 3:
+        jobs, unknown = C.job_list(Client(), args[1:])
+        if unknown:
+            print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
+            return 1
+        print("\n".join(show_job(j, "oneliner" in opts) for j in jobs) or "No jobs in the system")
+        return 0
+    if verb not in ("hold", "release", "update") or not args:
+        raise Refused(f"too few arguments for keyword:{verb}" if verb in ("hold", "release", "update") else
+                      "too many arguments for keyword:show" if verb == "show" and len(args) > 2 else
+                      f"{' '.join(words[:2]) or 'no command'}: not supported (grun's scontrol has hold, release, show job, "
+                      "show hostnames and update JobId=)")
+    keys, changes = {w.partition("=")[0].lower(): w for w in args}, {}
+    for key, word in keys.items() if verb == "update" else ():
+        if key not in UPDATE:  # (JobName: grun's names are the job's command, as its submitter gave it)
+            raise Refused(f"Update of this parameter is not supported: {word}")
+        value = word.partition("=")[2]
+        changes[UPDATE[key]] = C.priority(value, "Nice", -1) if key == "nice" else value
+    if verb == "update" and "id" not in changes:
+        raise Refused("No valid entity in update command (grun's scontrol updates jobs: JobId=)")
+    client, code = Client(), 0
+    for ref in slurm_ids([changes.pop("id")] if verb == "update" else args):
+        job = C.find(client, ref) if verb == "update" else C.hold(client, ref, verb == "release")[0]
+        if verb == "update" and job and job["state"] in ("queued", "held", "waiting"):
+            client.edit([ref], changes)
+        elif not job or job["state"] in FINAL_STATES or verb == "update":  # (as Slurm's: held or running, nothing)
+            print(("Invalid job id specified" if not job else "Job has already finished" if job["state"] in FINAL_STATES
+                   else "Job is no longer pending execution") + f" for job {ref.replace('.', '_')}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def show_job(j: dict, oneliner: bool) -> str:
+    """scontrol show job's lines for a job, as Slurm 22.05's with the fields grun knows."""
+    from .tables import command_text, duration, elapsed, spans
+    array = f" ArrayJobId={j['array']} ArrayTaskId={j['task']}" if "task" in j else \
+        f" ArrayJobId={j['id']} ArrayTaskId={spans(unstarted(j))}" if "ranges" in j else ""
+    end, cpus = j.get("end_time") or j.get("start_time") and j.get("time") and j["start_time"] + j["time"], FIELDS["C"][3](j)
+    lines = [f"JobId={j['id']}{array} JobName={name_of(j)}", f"UserId={j.get('user')}({j.get('uid')})",
+             f"Priority={j.get('priority', 0)}", f"JobState={state_of(j)} Reason={reason_of(j)}",
+             f"ExitCode={FIELDS['2'][3](j)}", f"RunTime={duration(elapsed(j), True)} TimeLimit=" +
+             (duration(j["time"], True) if j.get("time") else "UNLIMITED"), f"SubmitTime={stamp(j.get('submit_time'))}",
+             f"StartTime={stamp(j.get('start_time'))} EndTime={stamp(end)}", "Partition=grun",
+             f"NodeList={j.get('node') or ''}", f"NumNodes=1 NumCPUs={cpus} NumTasks=1 CPUs/Task={cpus}",
+             f"MinMemoryNode={j.get('memory', 0)}M", f"Command={command_text(j)}", f"WorkDir={j.get('cwd', '')}",
+             *(f"{key}={path}" for key, path in zip(("StdOut", "StdErr"), output_files(j)))]
+    return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"
+
+
+def output_files(j: dict) -> list[str]:
+    """sbatch's -o and -e (compat.submit's o= and e=) with the job's %j, %A, %a, %N; else grun's -o and -e."""
+    if not (m := re.search(r"^o=(.*?); (?:e=(.*?); )?exec", "".join((j.get("cmd") or [])[2:3]), re.MULTILINE)):
+        return [j.get("stdout_file", ""), j.get("stderr_file", "")]
+    words = [m[1], m[2] or m[1]]
+    for text, value in zip(OUT_NAMES, (j["id"], FIELDS["A"][3](j), j.get("task", 4294967294), j.get("node", ""))):
+        words = [w.replace(text, shlex.quote(str(value))) for w in words]
+    return [os.path.join(j.get("cwd", ""), shlex.split(w)[0]) for w in words]
 
 
 def sinfo(argv: list[str]) -> int:

@@ -95,7 +95,7 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
 def install_shims(argv: list[str]) -> int:
     """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), Slurm's unless a real Slurm
     command is on PATH (or in DIR), SGE's likewise; `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
-    from .compat import MARK, NAMES
+    from .compat import MARK, NAMES, SGE, SLURM
     if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
         print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
@@ -109,7 +109,7 @@ def install_shims(argv: list[str]) -> int:
     real = {name: p for name, path in paths.items() for p in [shutil.which(name), path]
             if p and os.path.exists(p) and not _ours(p, MARK)}
     installed = []
-    for family, names in (("Slurm", NAMES[:6]), ("SGE", NAMES[6:])):  # each unless one of its commands is real
+    for family, names in (("Slurm", SLURM), ("SGE", SGE)):  # each unless one of its commands is real
         if found := next((name for name in names if name in real), None):
             print(f"grun-compat: a real {found} is installed ({real[found]}): not shadowing {family}", file=sys.stderr)
         else:

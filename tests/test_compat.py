@@ -169,7 +169,7 @@ def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_o
         env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
     r = run("install", str(target), path=f"{real}:/nonexistent")  # (a real SGE blocked Slurm's commands too)
     assert r.returncode == 0 and "real qstat" in r.stderr and "not shadowing SGE" in r.stderr, r.stderr
-    assert sorted(os.listdir(target)) == sorted(compat.NAMES[:6])
+    assert sorted(os.listdir(target)) == sorted(compat.SLURM)
     r = run("install", str(target), path="/nonexistent", python=str(private / "python"))  # (a python under /root)
     assert r.returncode == 0 and sorted(os.listdir(target)) == sorted(compat.NAMES)
     assert f"{private / 'python'} is not executable by other users: the commands work for this user only" in r.stderr
@@ -180,8 +180,8 @@ def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_o
     (target / "squeue").write_text("#!/bin/sh\n")  # a real one in DIR: not overwritten
     r = run("install", str(target), path="/nonexistent")
     assert r.returncode == 0 and "real squeue" in r.stderr and (target / "squeue").read_text() == "#!/bin/sh\n"
-    assert sorted(os.listdir(target)) == sorted(["mine", "squeue", *compat.NAMES[6:]])
-    for name in compat.NAMES[6:]:
+    assert sorted(os.listdir(target)) == sorted(["mine", "squeue", *compat.SGE])
+    for name in compat.SGE:
         os.remove(target / name)
     (target / "qsub").write_text("#!/bin/sh\n")  # both families real: nothing installed
     r = run("install", str(target), path="/nonexistent")
@@ -351,6 +351,64 @@ def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
     lines = shims("sinfo", "-s").stdout.splitlines()  # (nodes allocated, idle, other, in all)
     assert lines[0].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES(A/I/O/T)", "NODELIST"], lines
     assert lines[1].split()[3].endswith("/0/2") and lines[1].split()[4] == "big,small", lines
+
+
+def test_scancel_u_takes_a_uid_as_squeue_does(cluster, shims, tmp_path):
+    job = int(shims("sbatch", "--parsable", "-H", "--wrap", "true", cwd=tmp_path).stdout)
+    assert shims("scancel", "-u", str(os.getuid())).returncode == 0  # (it compared the uid with user names)
+    assert wait_end(cluster, job)["state"] == "killed"
+    r = shims("scancel", "-u", "no-such-user")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "scancel: error: Invalid user: no-such-user\n")
+
+
+def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims, tmp_path):
+    job = int(shims("sbatch", "--parsable", "-H", "-J", "ctl", "--mem=100M", "-t", "10", "-o", "o-%j.txt", "--wrap",
+                    "echo ran", cwd=tmp_path).stdout)
+    r = shims("scontrol", "show", "job", str(job))  # (Slurm 22.05's lines, as scripts grep and split them)
+    fields = dict(word.split("=", 1) for word in r.stdout.split())
+    assert r.stdout.startswith(f"JobId={job} JobName=ctl\n   UserId=") and r.stdout.endswith("\n   \n\n"), r.stdout
+    assert [fields[k] for k in ("JobState", "Reason", "NumCPUs", "MinMemoryNode", "TimeLimit", "StdOut", "StdErr")] == [
+        "PENDING", "JobHeldUser", "1", "100M", "00:10:00", str(tmp_path / f"o-{job}.txt"), str(tmp_path / f"o-{job}.txt")]
+    one = shims("scontrol", "show", "job", "-o", str(job)).stdout
+    assert one.count("\n") == 1 and dict(word.split("=", 1) for word in one.split()) == fields
+    before = cluster.client().job(job)["priority"]
+    r = shims("scontrol", "update", f"JobId={job}", "NumCPUs=2", "MinMemoryNode=200", "timelimit=1-00:00:00", "Nice=5")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    edited = cluster.client().job(job)
+    assert (edited["cpus"], edited["memory"], edited["time"], edited["priority"]) == (2, 200, 86400, before - 5)
+    assert shims("scontrol", "release", str(job)).returncode == 0 and wait_end(cluster, job)["state"] == "done"
+    assert (tmp_path / f"o-{job}.txt").read_text() == "ran\n"
+    r = shims("scontrol", "hold", str(job))
+    assert (r.returncode, r.stderr) == (1, f"Job has already finished for job {job}\n")
+    # a running job runs on (grun's hold would suspend it), and an array's running task; the rest are held
+    array = int(shims("sbatch", "--parsable", "--array=1-3%1", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path).stdout)
+    deadline = time.monotonic() + 20
+    while not (tasks := [j for j in cluster.client().jobs() if j.get("array") == array and j["state"] == "running"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = shims("scontrol", "hold", str(array), str(tasks[0]["id"]))
+    assert (r.returncode, r.stderr) == (0, "")
+    held = lambda: sorted(j["task"] for j in cluster.client().jobs() if j.get("array") == array and j["state"] == "held")
+    assert cluster.client().job(tasks[0]["id"])["state"] == "running" and held() == [2, 3]
+    r = shims("scontrol", "update", f"JobId={array}_1", "TimeLimit=5")
+    assert (r.returncode, r.stderr) == (1, f"Job is no longer pending execution for job {array}_1\n")
+    assert "ArrayJobId" in shims("scontrol", "show", "job", f"{array}_1").stdout
+    assert shims("scontrol", "release", str(array)).returncode == 0 and held() == []
+    shims("scancel", str(array))
+    r = shims("sbatch", "--parsable", "-w", "big", "-o", "h.txt", "--wrap", f"{shims.bin}/scontrol show hostnames; "
+              f"{shims.bin}/scontrol show hostnames 'n[1-2,08],x'", cwd=tmp_path)  # (as MPI scripts list their hosts)
+    assert wait_end(cluster, int(r.stdout))["state"] == "done" and (tmp_path / "h.txt").read_text() == "big\nn1\nn2\nn08\nx\n"
+    for args, code, err in (
+            (["hold", "99999"], 1, "Invalid job id specified for job 99999"),
+            (["show", "job", "99999"], 1, "slurm_load_jobs error: Invalid job id specified"),
+            (["hold", "x1"], 1, "scontrol: error: Invalid job id x1"), (["hold"], 1, "scontrol: error: too few arguments for keyword:hold"),
+            (["update", f"JobId={job}", "JobName=x"], 1, "scontrol: error: Update of this parameter is not supported: JobName=x"),
+            (["update", "TimeLimit=5"], 1, "scontrol: error: No valid entity in update command (grun's scontrol updates jobs: JobId=)"),
+            (["requeue", str(job)], 1, "scontrol: error: requeue " + str(job) + ": not supported (grun's scontrol has hold, "
+             "release, show job, show hostnames and update JobId=)"),
+            (["show", "hostnames", "n[3-1]"], 1, "scontrol: error: invalid node name specified: n[3-1]")):
+        r = shims("scontrol", *args)
+        assert (r.returncode, r.stdout, r.stderr) == (code, "", err + "\n"), args
 
 
 def test_qsub_script_with_directives_and_sge_names(cluster, shims, tmp_path):

@@ -297,3 +297,41 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     assert shims("qacct").stdout.startswith("Total System Usage\n    WALLCLOCK")
     r = shims("qacct", "-x")
     assert (r.returncode, r.stderr) == (1, "qacct: error: unsupported option -x\n")
+
+
+def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shims, tmp_path):  # noqa: F811
+    blocker = shims("qsub", "-terse", "-h", "-b", "y", "true").stdout.strip()
+    job = shims("qsub", "-terse", "-cwd", "-hold_jid", blocker, "-pe", "smp", "2", "-l", "h_vmem=100M", "-b", "y",
+                "echo ran > ran.txt", cwd=tmp_path).stdout.strip()  # (waiting for blocker)
+    r = shims("qhold", job)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"modified hold of job {job}\n", "")
+    before = cluster.client().job(int(job))
+    assert before["state"] == "held" and (before["cpus"], before["memory"]) == (2, 200)
+    r = shims("qalter", "-l", "h_vmem=300M,h_rt=600", "-pe", "smp", "3", "-p", "-5", job)
+    assert (r.returncode, r.stderr) == (0, "") and r.stdout == (
+        f"modified hard resource list of job {job}\nmodified slot range of job {job}\n"
+        f"{current_user()}@{os.uname().nodename} sets scheduling priority of job {job} to -5\n")
+    edited = cluster.client().job(int(job))
+    assert (edited["cpus"], edited["memory"], edited["time"], edited["priority"]) == (3, 900, 600, before["priority"] - 5)
+    assert shims("qalter", "-pe", "smp", "1", job).stdout == f"modified slot range of job {job}\n"
+    assert (cluster.client().job(int(job))["cpus"], cluster.client().job(int(job))["memory"]) == (1, 300)  # (per slot)
+    assert shims("qrls", job).stdout == f"modified hold of job {job}\n" and cluster.client().job(int(job))["state"] == "waiting"
+    assert shims("qrls", blocker).stdout == f"modified hold of job {blocker}\n"
+    assert wait_end(cluster, int(job))["state"] == "done" and (tmp_path / "ran.txt").read_text() == "ran\n"
+    running = int(shims("qsub", "-terse", "-b", "y", "sleep 30").stdout)
+    deadline = time.monotonic() + 20
+    while cluster.client().job(running)["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    r = shims("qhold", str(running))  # (as SGE's: it runs on)
+    assert (r.returncode, r.stdout, cluster.client().job(running)["state"]) == (0, "", "running")
+    for command, args, code, out, err in (
+            ("qalter", ["-p", "-1", str(running)], 1, f"job {running} can't modify running jobs\n", ""),
+            ("qhold", [job], 1, f'denied: job "{job}" does not exist\n', ""),  # (ended)
+            ("qrls", ["99999"], 1, 'denied: job "99999" does not exist\n', ""),
+            ("qalter", ["-N", "x", str(running)], 1, "", "qalter: error: -N: grun cannot rename a job\n"),
+            ("qhold", ["-h", "s", str(running)], 1, "", "qhold: error: usage: qhold [-h u] JOB_ID,"),
+            ("qalter", ["-l", "arch=x86_64", blocker], 1, "", "qalter: error: -l arch: qalter changes memory (h_vmem")):
+        r = shims(command, *args)  # (one line)
+        assert (r.returncode, r.stdout, r.stderr.count("\n")) == (code, out, bool(err)) and r.stderr.startswith(err), args
+    shims("qdel", str(running))
