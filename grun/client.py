@@ -210,7 +210,8 @@ class Client:
     status = _ask("status", "{nodes, warnings (the master's problems, a line each), master_spool}; (True): plugins.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
     why = _ask("why", "One paragraph on why a queued job is not running.")
-    hold = _ask("hold", "Hold queued jobs, suspend running ones.", by_id=True)
+    hold = _ask("hold", "Hold queued jobs, suspend running ones (not with pending_only=True, as Slurm and SGE).",
+                by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:

@@ -17,7 +17,6 @@ import sys
 import time
 
 from .client import Client, GrunError, job_spec
-from .core.arrays import unstarted
 from .core.jobs import MARK
 from .values import parse_memory
 
@@ -209,17 +208,14 @@ def find(client: Client, ref: str) -> dict | None:
 
 
 def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, list[str]]:
-    """Slurm's and SGE's hold (or release) of job `ref` (N, N.T): held if queued or waiting (released if held); one
-    running runs on (grun's hold would suspend it), and an array's running tasks (its others are held one by one, as
-    Slurm splits them). Its record (None: there is none) and the ids held (or released)."""
+    """Slurm's and SGE's hold (or release) of job `ref` (N, N.T): of a pending one (an array's tasks not started);
+    one running runs on, and an array's running tasks (grun's hold would suspend them). Its record (None: there is
+    none) and the ids held (or released)."""
     if not (job := find(client, ref)):
         return None, []
-    array = "ranges" in job and str(job["id"]) == ref
-    running = array and job["started"] > sum(job["counts"].values())  # (its state may say queued yet)
-    refs = [f"{ref}.{t}" for t in unstarted(job)] if running and not release else [ref] if job["state"] in (
-        ("held",) if release else ("queued", "waiting")) or array and release else []
+    refs = [ref] if job["state"] in (("held",) if release else ("queued", "waiting")) else []
     if refs:
-        (client.resume if release else client.hold)(refs)
+        client.resume(refs) if release else client.hold(refs, True)
     return job, refs
 
 

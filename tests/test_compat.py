@@ -380,7 +380,8 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     assert (tmp_path / f"o-{job}.txt").read_text() == "ran\n"
     r = shims("scontrol", "hold", str(job))
     assert (r.returncode, r.stderr) == (1, f"Job has already finished for job {job}\n")
-    # a running job runs on (grun's hold would suspend it), and an array's running task; the rest are held
+    # a running job runs on (grun's hold would suspend it), and an array's running task; the rest are held (the array's
+    # record: its tasks not started, none split out of it)
     array = int(shims("sbatch", "--parsable", "--array=1-3%1", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path).stdout)
     deadline = time.monotonic() + 20
     while not (tasks := [j for j in cluster.client().jobs() if j.get("array") == array and j["state"] == "running"]):
@@ -388,8 +389,9 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
         time.sleep(0.1)
     r = shims("scontrol", "hold", str(array), str(tasks[0]["id"]))
     assert (r.returncode, r.stderr) == (0, "")
-    held = lambda: sorted(j["task"] for j in cluster.client().jobs() if j.get("array") == array and j["state"] == "held")
-    assert cluster.client().job(tasks[0]["id"])["state"] == "running" and held() == [2, 3]
+    held = lambda: [j["id"] for j in cluster.client().jobs() if j["state"] == "held"]
+    assert cluster.client().job(tasks[0]["id"])["state"] == "running" and held() == [array]
+    assert [j["task"] for j in cluster.client().jobs() if j.get("array") == array] == [1]
     r = shims("scontrol", "update", f"JobId={array}_1", "TimeLimit=5")
     assert (r.returncode, r.stderr) == (1, f"Job is no longer pending execution for job {array}_1\n")
     assert "ArrayJobId" in shims("scontrol", "show", "job", f"{array}_1").stdout

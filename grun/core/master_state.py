@@ -240,16 +240,17 @@ class MasterState:
         step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
         step.reply = found
 
-    def on_control(self, step: Step, what: str, job_ids: list, now: float) -> None:
-        """hold: queued jobs are held, running ones suspended; resume: the other way round."""
+    def on_control(self, step: Step, what: str, job_ids: list, now: float, pending_only: bool = False) -> None:
+        """hold: queued jobs are held, running ones suspended; resume: the other way round. `pending_only` (Slurm's and
+        SGE's hold): running jobs run on, and an array's running tasks too (its tasks not started are held)."""
         here, op, there, method = {"hold": (J.QUEUED, "hold", J.RUNNING, "suspend"),
                                    "resume": (J.HELD, "release", J.SUSPENDED, "resume")}[what]
-        found, jobs = self._lookup(job_ids, step, now)
+        found, jobs = self._lookup(job_ids, step, now, live=not pending_only)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
             if job["state"] == here or (what, job["state"]) == ("hold", J.WAITING):
                 records.append({"op": op, "id": job["id"], "time": now})
-            elif job["state"] == there and not A.is_array(job):
+            elif job["state"] == there and not A.is_array(job) and not pending_only:
                 on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("signal", node, method, ids) for node, ids in on_nodes.items()]
