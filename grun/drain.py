@@ -212,11 +212,11 @@ class Drain:
                     except OSError:
                         os.close(pipe)
                         raise
-                except OSError as exc:  # no pipe (-o sent it to a file), or what its user put there (a link, FIFO, dir):
-                    if exc.errno in (errno.EMFILE, errno.ENFILE):  # skipped; out of fds, the job would block: said
-                        self.outputs.pop(key, None)
-                        raise
+                except FileNotFoundError:  # no pipe: -o sent it to a file
                     continue
+                except OSError:  # (out of fds: undrained, the job would block: said)
+                    self.outputs.pop(key, None)
+                    raise
                 out.pipes[name] = pipe
                 self.fds[pipe] = (out, name)
                 self.poll.register(pipe, select.EPOLLIN)

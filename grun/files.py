@@ -21,7 +21,7 @@ def locked(path: str) -> bool:
     the file is missing; the lock is taken and dropped at once when free (a shared one: it stops no one)."""
     import fcntl
     try:
-        f = open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")  # (a FIFO put there: no wait)
+        f = open(path, "rb")
     except OSError:
         return False
     with f:
@@ -37,10 +37,8 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
     need not be built in memory). `durable`: fsync the file and its directory, so the new content
     survives a power cut, not only a crash of this process."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):  # (made anew: never a link or FIFO someone put there)
-        os.unlink(tmp)
     try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
             f.writelines([data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
             f.flush()
             if durable:

@@ -95,24 +95,25 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
     return proc, applied
 
 
-def _tail(path: str | None, size: int = 8192) -> bytes:
-    """The last `size` bytes of the regular file at path, else b"": read as root (the reaper, the node's orphan
-    path under its reaper lock), so a FIFO or device the job left there must not block: opened non-blocking."""
+def _tail(path: str | None, size: int = 8192, owner: int | None = None) -> bytes:
+    """The last `size` bytes of path, a regular file (of `owner`'s), else b"": read as root (the reaper, the node's orphan
+    path), so no FIFO the job left there may block it (non-blocking), nor a link to another's file (/etc/shadow) leak."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (OSError, TypeError, ValueError):
         return b""
     try:
         found = os.fstat(fd)
-        return os.pread(fd, size, max(0, found.st_size - size)) if stat.S_ISREG(found.st_mode) else b""
+        mine = stat.S_ISREG(found.st_mode) and owner in (None, found.st_uid)
+        return os.pread(fd, size, max(0, found.st_size - size)) if mine else b""
     except OSError:
         return b""
     finally:
         os.close(fd)
 
 
-def limit_hit(status: dict, limits: dict, stderr_path: str | None) -> dict:
-    """{"limit": ..., "limit_detail": ...} when the job died of one of its limits, else {}."""
+def limit_hit(status: dict, limits: dict, stderr_path: str | None, owner: int) -> dict:
+    """{"limit": ..., "limit_detail": ...} when the job died of one of its limits, else {} (its stderr: owner's file)."""
     sig, code = status.get("signal"), status.get("exit_code")
     usage = status.get("usage") or {}
     cpu = (usage.get("utime") or 0) + (usage.get("stime") or 0)
@@ -124,7 +125,7 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None) -> dict:
         return {}
     crashed_full = (sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
                     and usage.get("maxrss_kb", 0) / 1024 >= 0.9 * limits["data_mb"])
-    if crashed_full or OOM_PATTERNS.search(_tail(stderr_path)):
+    if crashed_full or OOM_PATTERNS.search(_tail(stderr_path, owner=owner)):
         return {"limit": "memory",
                 "limit_detail": f"a memory allocation failed at its limit of {limits.get('memory_mb', limits['data_mb'])} MB"}
     return {}

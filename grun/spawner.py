@@ -32,7 +32,6 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
-GONE = "tmp.gone"  # an ended job's TMPDIR, removed in a child: 100k files take 1 s, no job may wait for that
 HIDE_SECS = 5.0  # how long the node waits for a failed -M job's outputs to be renamed (hide_failed_outputs)
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 # how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
@@ -147,12 +146,11 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
     if rusage.ru_maxrss <= status.pop("reaper_peak_kb", 0):  # ours, not the job's: see _own_peak_kb
         status["usage"]["maxrss_at_most"] = True
     found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
-    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(
-        status, job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr")))
+    owner = (job.get("uid") or 0) if err and os.geteuid() == 0 else os.geteuid()  # (its -e file: its user's, or unread)
+    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(status,
+        job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr"), owner))
     if lost:
         status["error"] = f"{lost} bytes of output lost: spool disk full"
-    with contextlib.suppress(OSError):  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do: aside
-        os.rename(os.path.join(job_dir, "tmp"), os.path.join(job_dir, GONE))  # now, removed later (Reaper.reap)
     return status
 
 
@@ -247,8 +245,8 @@ def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
     ends go into `keep`: see grun.drain), or the files of -o/--err/--out-err, opened as its user in its cwd."""
     files, opened = {"stdin": subprocess.DEVNULL}, {}
     try:
-        if job.get("stdin"):
-            files["stdin"] = os.fdopen(spool.open_stdin(job_dir), "rb")
+        if job.get("stdin"):  # (its FIFO: the node holds the write end, so this neither blocks nor sees EOF)
+            files["stdin"] = os.fdopen(spool.open_in(job_dir, "stdin", os.O_RDONLY), "rb")
         for stream in spool.STREAMS:
             if not (name := job.get(f"{stream}_file")):
                 keep[stream], write = spool.open_pipe(job_dir, stream)
@@ -318,11 +316,9 @@ class Reaper:
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
             env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
-            with contextlib.suppress(FileNotFoundError):  # (its user owns job_dir: whatever is there, a FIFO, a link,
-                os.rename(env["TMPDIR"], f"{env['TMPDIR']}.{time.time_ns()}")  # goes aside unopened: never removed here)
-            os.mkdir(env["TMPDIR"], 0o700)
+            os.mkdir(env["TMPDIR"], 0o700)  # (made in the job's directory, root's, then given: nothing to race)
             if ident:
-                os.chown(env["TMPDIR"], ident["user"], ident["group"], follow_symlinks=False)
+                os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
         keep: dict[str, int] = {}
@@ -387,10 +383,10 @@ class Reaper:
                 if run.lock is not None:  # (_fail's run holds no lock: its end is told as any failure's)
                     os.close(run.lock)
         self._record(*done)
-        for run in done:  # as its user: a FIFO put in it may hang only that child (reaped above)
-            with contextlib.suppress(ValueError):  # (its user gone since: the dir goes with the job's spool)
-                if os.path.lexists(path := os.path.join(run.dir, GONE)):
-                    os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])
+        for run in done:  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do: as its user, in a child
+            with contextlib.suppress(ValueError):  # not waited for (100k files take 1 s); its user gone: with its spool
+                if os.path.isdir(path := os.path.join(run.dir, "tmp")):
+                    os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])  # (reaped above)
 
     def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or

