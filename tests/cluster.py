@@ -106,7 +106,7 @@ class LocalCluster:
     def start_master(self) -> None:
         path = self.write_config("master", {"services": "queue", **self.master_extra})
         self._spawn("master", path)
-        self.client().call("ping", wait=20)
+        self.client(connect_wait=30).call("ping")  # (a loaded machine: a master has taken over 10 s to start)
 
     def start_node(self, name: str, wait: bool = True) -> None:
         spec = self.node_specs[name]
