@@ -21,11 +21,11 @@ QUERIES = ("jobs", "status", "history", "wait", "why", "conf")
 PROGRAMS = {"kill": "grun -k ID...", "watch": "in grun shell"}
 HELP_TOPICS = ("config", "rules", "make", "options", "trust", "slurm", "sge")  # (grun/shell.py's pages)
 USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the cluster
-       grun -q jobs|status|history|wait ID...|why ID|conf   query
-       grun -k ID... [-n SIG] [--force] | -k -j NAME   kill jobs
-       grun -e hold|resume ID... | -e KEY=VAL,... ID...   hold, resume or edit jobs
+       grun [-q] jobs|status|history|wait ID...|why ID|conf   query
+       grun -k ID... [-n SIG] [--force] | -k -j NAME | -k --user USER   kill jobs
+       grun [-e] hold|resume ID... | -e KEY=VAL,... ID...   hold, resume or edit jobs
        grun [--nowait] --array 1-100 COMMAND    many jobs, each with $GRUN_TASK_ID (or --cmds FILE: one a line)
-       grun VERB [ARGS...]                      a verb by name: grun jobs, grun why ID, grun hold ID (grun help)
+       grun VERB [ARGS...]                      any verb by name, also submit CMD, edit K=V ID (grun help [VERB])
        grun --attach ID [--tail]                re-attach to a job's output and exit code
        grun shell                               the interactive console (or: echo jobs | grun shell)
        grun -d [-F] | -d -k                     start (foreground) | stop the daemons
@@ -133,6 +133,8 @@ def _show(text: str, end: str = "\n") -> int:
 def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
+        if not argv:  # a bare `grun`: what it does, as a usage error (as `srun` alone is one)
+            return _say(f"no command given\n{USAGE}\n(grun --help: the options; grun help: the verbs)", EXIT_USAGE)
         if opts.get("help") or opts.get("version"):
             return _show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
         if "completion" in opts:

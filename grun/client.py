@@ -214,9 +214,9 @@ class Client:
                 by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
 
-    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
-        """The latest finished jobs, newest first; only `user`'s, or those whose command or name match `grep`."""
-        return self.call("history", limit, user, grep)
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
+        """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s tasks."""
+        return self.call("history", limit, user, grep, array)
 
     def kill(self, job_ids: list, sig: int = 15, force: bool = False) -> dict:
         """Signal queued or running jobs (or one); {id: whether it was live}. `force` marks running jobs killed at once,

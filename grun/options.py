@@ -108,6 +108,7 @@ OPTIONS = [
     Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
+    Option(None, "hold", help="queue the job held: it starts once released (grun -e resume ID)"),
     Option(None, "array", "value", str, "one array job, a task per id: 1-100, 1-100:2, 1,5,9; %N: N at once ($GRUN_TASK_ID; %a in -o)", "IDS"),
     Option(None, "cmds", "value", str, "a job per line of FILE ('-': stdin), run by sh ($GRUN_TASK_ID)", "FILE"),
     Option("M", "make", help="run only if an output (%o:F, >F) is missing, empty or older than an input (%i:F, <F)"),
@@ -138,11 +139,11 @@ OPTIONS = [
     Option(None, "systemd", help="with -d: print a systemd unit for this host's services (--install [DIR]: write it)"),
     Option(None, "install", help="with -d --systemd: write the unit into DIR (default /etc/systemd/system)"),
     Option(None, "completion", "value", str, "print a completion script: bash, zsh or fish", "SHELL"),
+    Option(None, "user", "value", str, "only this user's jobs (-q jobs, history); with -k: kill all their jobs", "USER"),
     Option("h", "help", help="show this help"),
     Option("V", "version", help="show the version"),
-    # for `history` and `watch`
+    # for `history` and `watch` (and --user above)
     Option("c", "count", "value", _whole_between(1, 1_000_000), "how many jobs (default 20)", "N"),
-    Option(None, "user", "value", str, "only this user's jobs", "USER"),
     Option("g", "grep", "value", str, "only jobs whose command or name matches REGEX", "REGEX"),
     Option("l", "long", help="every recorded field, a block per job"),
     Option("F", "format", "value", lambda text: [f.strip().lower() for f in text.split(",") if f.strip()],

@@ -122,8 +122,9 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME...`: a word not a job id (12) or task (12.7) names a job (kill's `-j NAME` may stand alone)."""
     names = [w for w in words if not (w.isdecimal() or task_ref(w))]
-    if not words and not opts.get("name"):
-        raise UsageError(f"{called} needs job ids")
+    if bool(opts.get("user")) == bool(words or opts.get("name")):  # (kill's --user: all that user's jobs, none named)
+        raise UsageError(f"{called} --user takes all that user's jobs: give no job ids or names with it"
+                         if opts.get("user") else f"{called} needs job ids")
     if bad := next((w for w in words if w.isdecimal() and not int(w)), None):
         raise UsageError(f"bad job id {bad!r}")
     return {"ids": [int(w) if w.isdecimal() else w for w in words if w not in names],
@@ -196,17 +197,17 @@ def shown(ctx: Context, args: dict, text, records, *fields, quiet: bool = False)
     return ctx.print(json_text(records) if args.get("json") else text(records, args.get("format")))
 
 
-def _where(client, job_id: int | str, finished: bool) -> dict | str:
-    """The job's (or task `12.7`'s) record if it has finished (not `finished`: if it is live); else why a query does
-    not show it (a task not begun yet is seen in its array's record)."""
+def _where(client, job_id: int | str, finished: bool, arrays: bool = False) -> dict | str:
+    """The job's (or task `12.7`'s) record if it has finished (not `finished`: if it is live; `arrays`: an array's
+    either way); else why a query does not show it, as squeue -j and sacct -j (a task not begun: its array's record)."""
     from .core.jobs import FINAL_STATES
     from .tables import label
     try:
         job = client.job(job_id)
     except JobNotFound:
         return f"no such job {job_id}"
-    return job if (job["state"] in FINAL_STATES) == finished else f"job {job_id} has {'not ' * finished}finished " \
-        f"({job['state']}): see grun -q {'jobs' if finished else 'history'} {label(job)}"  # (as squeue -j and sacct -j)
+    return job if (job["state"] in FINAL_STATES) == finished or arrays and "ranges" in job else f"job {job_id} has " \
+        f"{'not ' * finished}finished ({job['state']}): see grun -q {'jobs' if finished else 'history'} {label(job)}"
 
 
 @verb("[--user USER] [--long|--json|-F FIELDS] [ID|NAME...]", "user long json format",
@@ -242,7 +243,8 @@ def do_status(ctx: Context, args: dict) -> int:
 @verb("[-c COUNT] [--user USER] [-g REGEX] [--long|--json|-F FIELDS] [ID|NAME...]", "count user grep long json format",
       lambda words, called, opts: ids_or_name(words, called, opts) if words else {}, aliases="hist h")
 def do_history(ctx: Context, args: dict) -> int:
-    """finished jobs, newest last: state, exit, node, queue wait, wall, cpu, memory (all, or those named)"""
+    """finished jobs, newest last: state, exit, node, queue wait, wall, cpu, memory (all, those named, an array's tasks)"""
+    from .core.jobs import FINAL_STATES
     from .tables import HISTORY_COLUMNS, history_long, history_table, job_fields
     user = known_user(args.get("user"))  # (an unknown one: an error, not an empty table)
     refs, found = [*dict.fromkeys(by_name(ctx, args, True))], {}  # (ids, and tasks 12.7 as they are)
@@ -251,9 +253,12 @@ def do_history(ctx: Context, args: dict) -> int:
             found = {int(i): job for i, job in ctx.client.call("wait", ids, 0).items()}
         except JobNotFound:  # (one is unknown: each is asked about, as the live ones and the tasks are)
             pass
-    found.update((r, _where(ctx.client, r, True)) for r in refs if r not in found)
-    jobs = [found[r] for r in reversed(refs) if isinstance(found[r], dict)] if refs else \
-        ctx.client.history(args.get("count", 20), user, args.get("grep"))  # (newest first)
+    found.update((r, _where(ctx.client, r, True, arrays=isinstance(r, int))) for r in refs if r not in found)
+    for r, job in [(r, j) for r, j in found.items() if isinstance(r, int) and isinstance(j, dict) and "ranges" in j]:
+        tasks = ctx.client.history(args.get("count", 10**6), None, None, r)  # an array's id: its ended tasks (as sacct
+        found[r] = [job][:job["state"] in FINAL_STATES] + tasks or _where(ctx.client, r, True)  # -j), its line once ended
+    jobs = [j for r in reversed(refs) for j in (found[r] if isinstance(found[r], list) else [found[r]])
+            if isinstance(j, dict)] if refs else ctx.client.history(args.get("count", 20), user, args.get("grep"))
     code = shown(ctx, args, lambda js, fields: history_long(js) if args.get("long") else history_table(js, fields),
                  jobs, HISTORY_COLUMNS, job_fields(), quiet=bool(refs and not jobs))
     return max([code, *(ctx.say(note) for note in found.values() if isinstance(note, str))])
@@ -267,10 +272,7 @@ def do_wait(ctx: Context, args: dict) -> int:
 
 def _gone(client, job_id) -> str:
     """Why the master did not act on a job: it has ended (its history has it), else there is no such job."""
-    try:
-        job = _where(client, job_id, True) if isinstance(job_id, int) else None
-    except GrunError:
-        job = None
+    job = _where(client, job_id, True) if isinstance(job_id, int) else None
     return f"job {job_id} has already ended ({job['state']})" if isinstance(job, dict) else f"no such job {job_id}"
 
 
@@ -278,13 +280,15 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
     """The verbs that act on jobs through the master's call of their name: kill, hold, resume, edit.
     `extra(args)`: the call's arguments after the ids; each id the master did not find is named."""
     def run(ctx: Context, args: dict) -> int:
-        found = getattr(ctx.client, name)(by_name(ctx, args), *extra(args))
-        return max([0, *(ctx.say(_gone(ctx.client, job_id)) for job_id, ok in found.items() if not ok)])
+        user = known_user(args.get("user"))  # kill's: all that user's live jobs, as scancel -u (none is said to have ended)
+        found = getattr(ctx.client, name)([j["id"] for j in ctx.client.jobs() if j.get("user") == user] if user
+                                          else by_name(ctx, args), *extra(args))
+        return max([0, *(ctx.say(_gone(ctx.client, job_id)) for job_id, ok in found.items() if not ok and not user)])
     run.__name__, run.__doc__ = f"do_{name}", doc
     verb(usage, options, words)(run)
 
 
-_control("kill", "[-n SIG] [--force] [-j NAME] ID|NAME...", "signal force name", ids_or_name,
+_control("kill", "[-n SIG] [--force] [--user USER] [-j NAME] ID|NAME...", "signal force name user", ids_or_name,
          "kill jobs (queued, waiting or running)", lambda args: (args.get("signal", 15), bool(args.get("force"))))
 _control("hold", "ID|NAME...", "", ids_or_name, "hold queued jobs, suspend running ones")
 _control("resume", "ID|NAME...", "", ids_or_name, "release held jobs, continue suspended ones")

@@ -521,7 +521,7 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     job_id = out.strip().split()[-1]
     assert code == 0 and job_id.isdigit(), out
     wait_for(lambda: secured.client().job(int(job_id))["state"] == "running", timeout=20)
-    for argv in (["-k", job_id], ["-e", "priority=1", job_id], ["--attach", job_id]):
+    for argv in (["-k", job_id], ["-e", "priority=1", job_id], ["--attach", job_id], ["-k", "--user", alice.pw_name]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and "not authorized" in out and len(out.splitlines()) == 1, (argv, out)
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))  # queries stay open to all
@@ -607,6 +607,7 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
             return f"refused: {exc}"
     code, out = _as_user(bob, env, stop_master, cwd=str(tmp_path))
     assert "refused: not authorized" in out, out
-    code, out = _as_user(alice, env, ["-k", job_id], cwd=str(tmp_path))
+    code, out = _as_user(alice, env, ["-k", "--user", alice.pw_name], cwd=str(tmp_path))  # (her own: all of them)
     assert code == 0, out
+    wait_for(lambda: secured.client().job(int(job_id))["state"] == "killed", timeout=20)
     assert secured.client().call("ping") == "grun.master"  # still serving

@@ -28,7 +28,7 @@ PY = sys.executable
     (["-c"], "-c"),
     (["-r", "high", "true"], "-r"),
     (["-n", "NOSUCHSIG", "-k", "1"], "NOSUCHSIG"),
-    ([], "no command given to grun (see grun --help)"),
+    (["-c", "2"], "no command given to grun (see grun --help)"),  # (a bare `grun`: its usage, test_verbs)
     (["--cpu", "2", "true"], "--cpu (see grun --help); did you mean '--cpus'?"),  # typos, and Slurm's spellings
     (["--nowiat", "true"], "did you mean '--nowait'?"),
     (["--cpus-per-task", "2", "true"], "did you mean '--cpus'?"),

@@ -4,8 +4,10 @@ when a job's output cannot be had says why, `-E VAR=VALUE` sets a variable, and 
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
+import time
 
 import pytest
 from util import assert_one_error_line, wait_for
@@ -194,3 +196,77 @@ def test_a_closed_stdin_gives_the_job_no_input(cluster):
     client = cluster.client()
     job = next(j for j in client.history(20) if j.get("name") == "closed-stdin")
     assert not job.get("stdin"), job
+
+
+def _submitted(r: subprocess.CompletedProcess) -> int:
+    assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r
+    return int(r.stdout.split()[1])
+
+
+def test_kill_user_kills_all_that_users_live_jobs_as_scancel_u(cluster):
+    """QA: no native way to kill all one's jobs (scancel -u, qdel -u): `grun -k --user ME` kills each live one, held,
+    queued, running, an array and its tasks, saying nothing of those it killed; never with ids (not a filter of them)."""
+    me, client = pwd.getpwuid(os.getuid()).pw_name, cluster.client()
+    named = _submitted(cluster.grun("--nowait", "-j", "kill-me-by-name", "sleep", "60"))
+    assert cluster.grun("-k", "-j", "kill-me-by-name").returncode == 0  # (-k -j NAME, as before)
+    wait_for(lambda: client.job(named)["state"] == "killed")
+    ids = [_submitted(cluster.grun("--nowait", *args, "sleep", "60")) for args in
+           ([], ["--hold"], ["--array", "1-9"], ["-c", "4"])]
+    wait_for(lambda: client.job(ids[0])["state"] == "running")
+    assert_one_error_line(r := cluster.grun("-k", "--user", me, str(ids[0])), "give no job ids or names with it")
+    assert r.returncode == 2 and client.job(ids[0])["state"] == "running"
+    assert_one_error_line(cluster.grun("-k", "--user", "nosuchuser"), "no such user 'nosuchuser'")
+    assert (r := cluster.grun("-k", "--user", me)).returncode == 0 and r.stderr == b"", r
+    wait_for(lambda: not client.jobs(), what="every job killed")
+    assert {client.job(i)["state"] for i in ids} == {"killed"}
+    assert (r := cluster.grun("-k", "--user", str(os.getuid()))).returncode == 0 and r.stderr == b"", "none: no word"
+
+
+def test_hold_queues_a_job_held_and_a_waiting_grun_runs_it_once_released(cluster):
+    """QA: sbatch -H and qsub -h had no native form: `--hold` queues the job held; `grun --hold CMD` waits (-v: says
+    why) until `grun -e resume ID`, then runs it and streams its output, as srun -H."""
+    client = cluster.client()
+    queued = _submitted(cluster.grun("--nowait", "--hold", "true"))
+    waiting = cluster.popen("-v", "--hold", "echo", "released")
+    try:
+        assert client.job(queued)["state"] == "held"
+        job = wait_for(lambda: next((j["id"] for j in client.jobs() if j["id"] != queued), None))
+        time.sleep(4)  # (the waiting grun says why after 3 s)
+        assert client.job(job)["state"] == "held" and waiting.poll() is None
+        assert cluster.grun("-e", "resume", str(job)).returncode == 0
+        out, err = waiting.communicate(timeout=30)
+        assert (waiting.returncode, out) == (0, b"released\n"), err
+        assert f"grun: job {job} is held: it will not run until released with `grun -e resume {job}`." in err.decode()
+    finally:
+        waiting.kill()
+        client.kill([queued])
+
+
+def test_history_of_an_array_lists_its_tasks_as_jobs_does_its_live_ones(cluster):
+    """QA: `grun -q history ARRAY` showed the array's one line: its ended tasks are listed (as sacct -j), then its own
+    line once it has ended; a live array's ended tasks too, and one with none ended is said not to have finished."""
+    array = _submitted(cluster.grun("--nowait", "--array", "1-3", "test $GRUN_TASK_ID != 2"))
+    cluster.client().wait([array])
+    r = cluster.grun("-q", "history", "-F", "id,state,exit", str(array))
+    rows = [line.split() for line in r.stdout.decode().splitlines()]
+    assert r.returncode == 0 and rows[0] == ["ID", "STATE", "EXIT"] and rows[-1] == [str(array), "failed", "1"], r
+    assert sorted(rows[1:-1]) == [[f"{array}.1", "done", "0"], [f"{array}.2", "failed", "1"],
+                                  [f"{array}.3", "done", "0"]], rows
+    live = _submitted(cluster.grun("--nowait", "--array", "1-2%1", "test $GRUN_TASK_ID = 1 || sleep 60"))
+    try:
+        wait_for(lambda: any(j.get("task") == 2 for j in cluster.client().jobs()))
+        r = cluster.grun("-q", "history", "-F", "id,state", str(live), "-c", "5")
+        assert (r.returncode, r.stdout.decode().split()) == (0, ["ID", "STATE", f"{live}.1", "done"]), r
+    finally:
+        cluster.client().kill([live])
+    held = _submitted(cluster.grun("--nowait", "--hold", "--array", "1-2", "true"))
+    assert_one_error_line(cluster.grun("-q", "history", str(held)), f"job {held} has not finished (held)")
+    cluster.client().kill([held])
+
+
+@pytest.mark.parametrize("args", [["why"], ["-q", "wait"], ["--attach"], ["-k"], ["-e", "hold"], ["-e", "priority=3"],
+                                  ["-q", "jobs"], ["-q", "history"]])
+def test_every_verb_says_an_unknown_job_id_in_the_same_words(cluster, args):
+    """QA: `why`, `wait` and `--attach` said "unknown job id N" where the others say "no such job N"."""
+    r = cluster.grun(*args, "999999")
+    assert (r.returncode, r.stdout, r.stderr) == (1, b"", b"grun: no such job 999999\n")

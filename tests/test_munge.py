@@ -125,7 +125,7 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     assert mine in out and alice.pw_name not in out, out
     for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
-        assert code == 1 and f"unknown job id {hers}" in out and len(out.splitlines()) == 1, (argv, out)
+        assert code == 1 and f"no such job {hers}" in out and len(out.splitlines()) == 1, (argv, out)
     before = cluster.client().job(int(hers))
     for argv in (["-k", hers], ["-e", "hold", hers], ["-e", "resume", hers], ["-e", "priority=1", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))  # as for an id nobody has: not who owns it

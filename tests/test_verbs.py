@@ -4,6 +4,7 @@ cheap `import grun`."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,7 @@ def test_the_command_lines_forms_are_verbs_of_the_table():
     ("why", ["waiter"], {"ids": [], "names": ["waiter"]}),
     ("hold", ["waiter", "12.7"], {"ids": ["12.7"], "names": ["waiter"]}),
     ("jobs", [], {}),
+    ("kill", ["--user", "bob"], {"user": "bob", "ids": [], "names": []}),
 ])
 def test_parsers(verb, words, expected):
     args = verbs.parse(verbs.NAMES.get(verb), words)
@@ -60,12 +62,28 @@ def test_parsers(verb, words, expected):
     ("kill", [], "needs job ids"), ("kill", ["0"], "0"), ("wait", ["0"], "0"), ("why", ["1", "2"], "one"),
     ("status", ["extra"], "no arguments"), ("history", ["--bogus"], "--bogus"), ("edit", ["3"], "KEY=VALUE"),
     ("run", [], "no command"), ("run", ["-q", "jobs"], "--query"), ("run", ["-c", "lots", "x"], "-c"),
-    ("kill", ["3", "--json"], "--json"), ("history", ["-c", "x"], "-c"),
+    ("kill", ["3", "--json"], "--json"), ("history", ["-c", "x"], "-c"), ("kill", ["--user", "bob", "3"], "--user"),
+    ("kill", ["--user", "bob", "-j", "x"], "no job ids or names"), ("hold", ["--user", "bob"], "--user"),
 ])
 def test_parse_errors_are_usage_errors(verb, words, needle):
     with pytest.raises(UsageError) as err:
         verbs.parse(verbs.NAMES.get(verb), words)
     assert needle in str(err.value)
+
+
+def test_a_bare_grun_shows_its_usage_naming_the_verbs():
+    """QA: `grun` alone said only "no command given": it shows the usage too, which names the verbs (`grun jobs`)."""
+    r = subprocess.run([sys.executable, "-m", "grun.cli"], capture_output=True, text=True, env=dict(
+        os.environ, GRUN_CONF="/nonexistent"), timeout=60)  # (no config read, no master asked)
+    assert (r.returncode, r.stdout) == (2, "") and r.stderr.startswith("grun: no command given\nusage: grun "), r
+    for name in set(verbs.VERBS) - {"run", "exit", "watch", "top"}:  # (watch and top: in grun shell)
+        assert re.search(rf"\b{name}\b", r.stderr), name
+    assert "grun -k ID" in r.stderr and "--user USER" in r.stderr and "grun help" in r.stderr
+
+
+def test_hold_is_a_job_option_that_goes_into_the_spec():
+    args = verbs.parse(verbs.NAMES.get("run"), ["--hold", "true"])
+    assert running.cli_spec(args, args["cmd"])["hold"] is True and "hold" not in running.cli_spec({}, ["true"])
 
 
 def test_run_takes_the_command_lines_job_options():

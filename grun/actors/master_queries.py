@@ -32,7 +32,7 @@ class Queries:
         if view is None and (found := self.store.find_history(job_id)) is not None:
             view = J.public_view(found)
         if view is None or self._only() not in (None, view.get("uid")):
-            raise LookupError(f"unknown job id {job_id}")
+            raise LookupError(f"no such job {job_id}")
         if task is None or (view.get("array"), view.get("task")) == (job_id, task) or has_task(view, task):
             return view  # (a task not begun yet: its array's)
         if "ranges" not in view or not any(task in range(*r) for r in view["ranges"]):
@@ -57,10 +57,11 @@ class Queries:
         with self.lock:
             return [n.public(now) for _, n in sorted(self.core.table.nodes.items())]
 
-    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None) -> list[dict]:
-        asked, only = J.history_filter(user, grep), self._only()
+    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
+        array = J.parse_job_id(array) if array else 0
+        asked, only = J.history_filter(user, grep, array), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
-        return [J.public_view(j) for j in self.store.history(int(limit), chosen)]
+        return [J.public_view(j) for j in self.store.history(int(limit), chosen, array)]
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""

@@ -444,9 +444,9 @@ def parse_job_id(raw) -> int:
     raise ValueError(f"bad job id {raw!r}")
 
 
-def history_filter(user: str | None, grep: str | None):
-    """A predicate for `grun -q history -u USER -g REGEX` (command line, or name), or None for every job."""
-    if not (user or grep):
+def history_filter(user: str | None, grep: str | None, array: int = 0):
+    """A predicate for `grun -q history -u USER -g REGEX` (command line, or name) and an array's tasks; None: every job."""
+    if not (user or grep or array):
         return None
     try:
         pattern = re.compile(str(grep)) if grep else None
@@ -455,6 +455,6 @@ def history_filter(user: str | None, grep: str | None):
 
     def keep(job: dict) -> bool:
         cmd = job.get("cmd") or []
-        return (not user or job.get("user") == user) and (pattern is None or bool(pattern.search(
-            cmd[0] if job.get("shell") and cmd else " ".join(cmd)) or pattern.search(job.get("name") or "")))
+        return (not user or job.get("user") == user) and array in (0, job.get("array")) and (pattern is None or bool(
+            pattern.search(cmd[0] if job.get("shell") and cmd else " ".join(cmd)) or pattern.search(job.get("name") or "")))
     return keep
