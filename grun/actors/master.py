@@ -354,7 +354,7 @@ class Master(Queries):
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to the process group, cpus released) unless `pending_only`."""
         job_ids, hidden = self._may_change(job_ids, "hold")
-        return {**self._do("control", "hold", job_ids, bool(pending_only)), **hidden}
+        return {**self._do("control", "hold", job_ids, pending_only=bool(pending_only)), **hidden}
 
     def resume(self, job_ids: list) -> dict:
         """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
