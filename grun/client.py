@@ -216,7 +216,7 @@ class Client:
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
         """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s tasks."""
-        return self.call("history", limit, user, grep, array)
+        return self.call("history", limit, user, grep, *((array,) if array else ()))  # (a master before it: 3 args)
 
     def kill(self, job_ids: list, sig: int = 15, force: bool = False) -> dict:
         """Signal queued or running jobs (or one); {id: whether it was live}. `force` marks running jobs killed at once,
