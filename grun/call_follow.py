@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from itertools import islice
@@ -29,7 +30,6 @@ class CallFuture(Future):
     """A concurrent.futures.Future for one remote call; `job` is its Job. Cancelling kills the job."""
 
     job: Job
-    started = False  # its job has run: its follower sends the call
 
     def cancel(self) -> bool:
         cancel_all([self])
@@ -88,9 +88,27 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None, stderr: 
         return False, RemoteError(f"{summary}\n{where}")
 
 
-_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (_kill_pending): ours, not a fork's
+_pending: set[CallFuture] = set()  # the calls not settled yet, which die with us (atexit): ours, not a fork's
 os.register_at_fork(after_in_child=_pending.clear)  # (a Pool's worker, TERMed or exiting, killed its parent's calls)
 EXIT_KILL_WAIT = 5.0  # how long our exit or SIGTERM waits for a master to take the kill (not call_timeout: 90 s)
+_renewer = threading.Thread()  # (not started: follow_all starts it, in a fork's child again)
+
+
+def lease() -> float:
+    """How long the calls' jobs outlive our last renewal of their leases (we were killed with kill -9, our kernel
+    crashed, our machine died: grun.core.leases): $GRUN_CALL_LEASE s, 60 by default."""
+    with contextlib.suppress(ValueError):
+        if (seconds := float(os.environ.get("GRUN_CALL_LEASE") or 60)) > 0:  # (0 would spin the renewer)
+            return seconds
+    raise GrunError(f"bad $GRUN_CALL_LEASE {os.environ['GRUN_CALL_LEASE']!r}: expected seconds, above 0")
+
+
+def _renew() -> None:
+    """Renew the leases of the calls not settled, every lease / 3 s, one call to each master for all of them; a
+    renewal that fails is tried again the next round."""
+    while True:
+        time.sleep(lease() / 3)
+        _each_master("renew", list(_pending))
 
 
 def cancel_all(futures: list[CallFuture]) -> None:
@@ -101,8 +119,13 @@ def cancel_all(futures: list[CallFuture]) -> None:
 
 
 def _kill(futures: list[CallFuture], timeout: float = 90.0) -> None:
-    """Kill these calls' jobs, on a new connection to each master (ours may be mid-reply) that waits `timeout` s."""
     _pending.difference_update(futures)
+    _each_master("kill", futures, timeout)
+
+
+def _each_master(method: str, futures: list[CallFuture], timeout: float = 90.0) -> None:
+    """The master's `method` (kill, renew) over these calls' jobs, one call to each master, on a new connection (ours
+    may be mid-reply) that waits `timeout` s."""
     by_master: dict[tuple, list[int]] = {}
     for future in futures:
         by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
@@ -110,21 +133,17 @@ def _kill(futures: list[CallFuture], timeout: float = 90.0) -> None:
         with contextlib.suppress(GrunError):
             client = Client(host, port, connect_wait=5.0)
             client.call_timeout = timeout
-            client.kill(ids)
+            getattr(client, method)(ids)
 
 
-def _kill_pending(unsent_only: bool) -> None:
-    """Kill the jobs of the calls not settled (`unsent_only`: those whose call was never sent: at our exit, so that none
-    waits GRUN_CALL_TIMEOUT for it), as `grun CMD` does (grun.running.dies_with); `kill -9` leaves them to it."""
-    _kill([future for future in list(_pending) if not (unsent_only and future.started)], EXIT_KILL_WAIT)
-
-
-atexit.register(_kill_pending, True)  # (a follower is a daemon thread: it does not hold our exit for its call)
+# The calls not settled die with us, as `grun CMD`'s job does (grun.running.dies_with): at our exit (those not sent
+# would wait GRUN_CALL_TIMEOUT for it; the others' results are lost) or SIGTERM; `kill -9` leaves them to their leases.
+atexit.register(lambda: _kill(list(_pending), EXIT_KILL_WAIT))  # (a follower, a daemon thread, does not hold our exit)
 
 
 def _on_sigterm(signum, frame) -> None:
     """Our calls die with us, then we die of SIGTERM as we would have (set only where nobody else handles it)."""
-    _kill_pending(False)
+    _kill(list(_pending), EXIT_KILL_WAIT)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -159,6 +178,10 @@ def follow_all(client: Client, label: str, ids: list[int], function: bytes, args
     for future, job_id in zip(futures, ids):
         future.job = Job(client, job_id)
     _pending.update(futures)
+    global _renewer
+    if not _renewer.is_alive():  # (no lock a fork could copy held: two threads here at once may start two, harmless)
+        _renewer = threading.Thread(target=_renew, name="grun-lease", daemon=True)
+        _renewer.start()
     threading.Thread(target=_start, args=(client, label, function, list(zip(futures, args))), name="grun-calls",
                      daemon=True).start()
     return futures
@@ -189,6 +212,5 @@ def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFu
         for job_id in map(int, started):
             future, args = waiting.pop(job_id)
             if not future.done():  # (cancelled)
-                future.started = True
                 threading.Thread(target=_follow, args=(client, future, label, function, args),
                                  name=f"grun-call-{job_id}", daemon=True).start()

@@ -13,7 +13,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-from .call_follow import CallFuture, RemoteError, cancel_all, follow_all  # noqa: F401  (RemoteError: grun's, from here)
+from .call_follow import CallFuture, RemoteError, cancel_all, follow_all, lease  # noqa: F401  (RemoteError: grun's)
 from .client import Client, GrunError, Timeout, _ids, job_spec
 
 _default: list[Client] = []
@@ -28,9 +28,10 @@ def default_client() -> Client:
 
 
 def worker_spec(label: str, python: str | None, resources: dict) -> dict:
-    """The job of one call: grun.remote_worker on a node (its stdin, the call, from the caller's follower)."""
+    """The job of one call: grun.remote_worker on a node (its stdin, the call, from the caller's follower), leased to
+    us (grun.call_follow renews it)."""
     cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
-    return job_spec(cmd, stdin=True, **resources)
+    return job_spec(cmd, stdin=True, lease=lease(), **resources)
 
 
 def _dumps(cloudpickle, obj) -> bytes:
@@ -55,7 +56,7 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     if not callable(func):
         raise GrunError(f"{func!r} is not callable")
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
-    client, label = client or default_client(), f"{getattr(func, '__module__', None) or '?'}.{name}"
+    label = f"{getattr(func, '__module__', None) or '?'}.{name}"
     for kind in {"after", "afterok"} & resources.keys():
         resources[kind] = _ids(resources[kind], names=True)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
@@ -64,6 +65,7 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
     spec = worker_spec(label, python, resources)
     specs = [dict(spec, name=name) for name in names] if names else [spec] * len(calls)
+    client = client or default_client()  # (bad input refused first: not after a personal cluster was started)
     return follow_all(client, label, client.submit_many(specs) if calls else [], function, args)
 
 

@@ -213,6 +213,7 @@ class Client:
     hold = _ask("hold", "Hold queued jobs, suspend running ones (not with pending_only=True, as Slurm and SGE).",
                 by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
+    renew = _ask("renew", "Renew the leases of jobs submitted with lease=SECONDS: {id: renewed}.", by_id=True)
 
     def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
         """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s tasks."""

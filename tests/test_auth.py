@@ -527,15 +527,23 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))  # queries stay open to all
     assert code == 0 and job_id in out, out
 
-    def release_hers():  # her node dropped her output at anyone's word
-        from grun.client import Client
-        from grun.job import Job
-        try:
-            return f"done: {Job(Client(), int(job_id)).release()}"
-        except Exception as exc:
-            return f"refused: {exc}"
+    def hers(act):  # a call on her job by whoever runs it: its answer, or its refusal
+        def call():
+            from grun.client import Client
+            from grun.job import Job
+            try:
+                return f"done: {act(Client(), Job, int(job_id))}"
+            except Exception as exc:
+                return f"refused: {exc}"
+        return call
+    release_hers = hers(lambda c, Job, i: Job(c, i).release())  # her node dropped her output at anyone's word
     code, out = _as_user(bob, env, release_hers, cwd=str(tmp_path))
     assert out.startswith(f"refused: not authorized: {bob.pw_name} may not release job {job_id}"), out
+    renew_hers = hers(lambda c, Job, i: c.renew(i))  # the lease of a job of hers: hers to renew, as to kill
+    code, out = _as_user(bob, env, renew_hers, cwd=str(tmp_path))
+    assert out.startswith(f"refused: not authorized: {bob.pw_name} may not renew the lease of job {job_id}"), out
+    code, out = _as_user(alice, env, renew_hers, cwd=str(tmp_path))
+    assert out == f"done: {{{job_id}: False}}\n", out  # (hers, without a lease)
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
     assert code == 0 and job_id in out, out
 

@@ -288,3 +288,27 @@ def test_what_the_core_refuses_it_refuses_whole_and_in_one_line():
     with pytest.raises(ValueError, match="disk"):
         m.handle("submit", requests, "the master's disk is full", 3.0)
     assert m.table.tasks.get(array_id, {}) == {} and m.table.next_id == array_id + 1, "nothing split, no id taken"
+
+
+def test_a_lease_not_renewed_ends_its_job_and_a_restart_starts_each_lease_again():
+    """grun.core.leases: a job whose submitter stopped renewing its lease ends at the first sweep past it (queued:
+    cancelled; on a node: killed, its node told); a renewal puts it off; jobs without one are not in the index."""
+    m = _state("a")
+    running = _running(m, "a", 2.0, cpus=4, lease=10)  # due at 12
+    queued, renewed, plain = _submit(m, 2.0, lease=10), _submit(m, 2.0, lease=10), _submit(m, 2.0)
+    with pytest.raises(ValueError, match="lease: a number"):
+        m.requests([{"cmd": ["true"], "lease": "10"}])
+    assert m.handle("renew", [renewed, plain, 999], 9.0).reply == {str(renewed): True, str(plain): False, "999": False}
+    assert m.handle("sweep", 11.9).records == []
+    step = m.handle("sweep", 12.0)
+    reason = "its caller stopped renewing its lease"
+    assert [(r["id"], r["result"]["status"], r["result"]["reason"]) for r in step.records] == [
+        (running, J.KILLED, reason), (queued, J.CANCELLED, reason)] and step.durable
+    assert [i for i in step.do if i[0] == "kill"] == [("kill", "a", [running], 15)]
+    assert ("log", "info", f"job {running} and 1 more: {reason}") in step.do
+    assert m.recent[queued]["error"] == reason and set(m.leases) == {renewed} and plain in m.table.jobs
+    assert m.handle("renew", [running], 13.0).reply == {str(running): False}
+    fresh = MasterState(random.Random(0))
+    fresh.recover(m.table.snapshot(), [], 100.0)  # a restart: not 19, as before it
+    assert fresh.leases == {renewed: 110.0}
+    assert [r["id"] for r in m.handle("sweep", 19.0).records] == [renewed]

@@ -238,20 +238,22 @@ def test_a_call_whose_input_ends_before_it_ends_at_once(cluster):
 CALLER = """
 import os, signal, sys, time
 import grun
-future = grun.submit_call(abs, -1, hosts="small", cpus=1, env={"GRUN_CALL_TIMEOUT": "60"})
+future = grun.submit_call(time.sleep, 60, hosts="small", cpus=1, env={"GRUN_CALL_TIMEOUT": "60"})
 print(future.job.id, flush=True)
-if sys.argv[1] == "term":
-    time.sleep(60)
+while sys.argv[1] == "running" and future.job.state != "running":
+    time.sleep(0.1)
+time.sleep(60 if sys.argv[1] == "term" else 1)
 """
 
 
-@pytest.mark.parametrize("how", ["exit", "term"])
-def test_a_callers_queued_calls_die_with_it(cluster, tmp_path, how):
+@pytest.mark.parametrize("how", ["exit", "term", "running"])
+def test_a_callers_calls_die_with_it(cluster, tmp_path, how):
     """A script that exits (or gets SIGTERM) before its calls were sent: their jobs are killed (they started
-    later and held their node for GRUN_CALL_TIMEOUT, 300 s by default, waiting for a call nobody would send)."""
+    later and held their node for GRUN_CALL_TIMEOUT, 300 s by default, waiting for a call nobody would send); and
+    those running, whose results would be lost (they ran on until their lease ran out)."""
     from util import wait_for
     client = cluster.client()
-    blocker = client.submit("sleep 60", hosts="small", cpus=1)  # the calls stay queued behind it
+    blocker = client.submit("sleep 60" if how != "running" else "true", hosts="small", cpus=1)  # (the call waits)
     try:
         (tmp_path / "caller.py").write_text(CALLER)
         proc = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), how], env=cluster.env,
@@ -263,6 +265,73 @@ def test_a_callers_queued_calls_die_with_it(cluster, tmp_path, how):
         wait_for(lambda: call.state in ("cancelled", "killed"), 10, what=f"job {call.id} killed")
     finally:
         blocker.kill()
+
+
+MAPPER = """
+import os, sys, time
+import grun
+marks = sys.argv[4]
+
+def nap(secs):
+    open(os.path.join(marks, str(os.getpid())), "w").close()  # its call came
+    time.sleep(secs)
+
+print(grun.map(nap, [float(sys.argv[1])] * int(sys.argv[2]), name=sys.argv[3], cpus=1, memory=50), flush=True)
+"""
+
+
+def test_a_dead_callers_calls_end_with_their_lease_and_a_live_callers_long_calls_run_on(cluster, tmp_path):
+    """A caller killed with kill -9 (a crashed kernel, a dead machine) stops renewing its calls' leases: all of them
+    end within a few lease periods, queued ones cancelled, running ones killed (each waited GRUN_CALL_TIMEOUT, 300 s,
+    for a call that never came, one after another; a running one ran on); a live caller's calls outlast many."""
+    from util import wait_for
+    client, env = cluster.client(), dict(cluster.env, GRUN_CALL_LEASE="3")
+    (tmp_path / "mapper.py").write_text(MAPPER)
+    mapper = lambda *args: subprocess.Popen([sys.executable, str(tmp_path / "mapper.py"), *map(str, args)], env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    named = lambda prefix: [j for j in client.jobs() if (j.get("name") or "").startswith(prefix)]
+    for name in ("live", "dead"):
+        (tmp_path / name).mkdir()
+    live = mapper(12, 2, "live", tmp_path / "live")  # 12 s: four leases
+    wait_for(lambda: len(os.listdir(tmp_path / "live")) == 2, 30, what="the live calls running")
+    dead = mapper(600, 12, "dead", tmp_path / "dead")  # 5 slots: 3 run, 9 wait
+    try:
+        wait_for(lambda: len(os.listdir(tmp_path / "dead")) == 3, 30, what="the dead calls running")
+        ids = sorted(j["id"] for j in named("dead-"))
+        dead.kill()
+        dead.wait()
+        wait_for(lambda: not named("dead-"), 15, what="the dead caller's calls ended")
+        ended = {i: client.job(i) for i in ids}
+        assert sorted(j["state"] for j in ended.values()) == ["cancelled"] * 9 + ["killed"] * 3
+        why = cluster.grun("-q", "why", str(ids[0])).stdout.decode() + cluster.grun(
+            "-q", "history", "--long", str(ids[-1])).stdout.decode()
+        assert why.count("its caller stopped renewing its lease") == 2, why
+        assert live.wait(30) == 0 and live.stdout.read() == b"[None, None]\n", live.stderr.read()
+    finally:
+        for proc in (live, dead):
+            proc.kill()
+            proc.wait()
+        client.kill([j["id"] for j in named("dead-") + named("live-")])
+
+
+def test_a_master_restart_longer_than_the_lease_kills_no_call(fresh_cluster, tmp_path):
+    """Leases live in the master's memory: after a restart each runs from then; and the caller's renewals, failing
+    while the master is away, go on (a renewer that died of a failure let the calls end a lease after the restart)."""
+    from util import wait_for
+    (tmp_path / "mapper.py").write_text(MAPPER)
+    (tmp_path / "marks").mkdir()
+    caller = subprocess.Popen([sys.executable, str(tmp_path / "mapper.py"), "15", "2", "calls", str(tmp_path / "marks")],
+                              env=dict(fresh_cluster.env, GRUN_CALL_LEASE="2"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(os.listdir(tmp_path / "marks")) == 2, 30, what="the calls running")
+        fresh_cluster.kill("master")
+        time.sleep(6)  # (longer than the lease, and than a renewal rides through a master away: 5 s)
+        fresh_cluster.start_master()
+        assert caller.wait(60) == 0 and caller.stdout.read() == b"[None, None]\n", caller.stderr.read()
+    finally:
+        caller.kill()
+        caller.wait()
 
 
 OUT_OF_FDS = """

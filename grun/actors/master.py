@@ -388,10 +388,15 @@ class Master(Queries):
         self.plugins.submit([req for _, req in judged.values()])
         return judged
 
-    def _may_change(self, job_ids, what: str) -> tuple[list, dict]:
-        """The ids a user may act on (their own; root, admins and daemons: all; nobody on a full disk), and those
-        private_queries hides from them, answered {id: False} as an unknown id is."""
-        if full := self.store.full():
+    def renew(self, job_ids: list) -> dict:
+        """Renew the leases of these jobs (grun.core.leases), on a full disk too: {id: renewed (live, with a lease)}."""
+        job_ids, hidden = self._may_change(job_ids, "renew the lease of", writes=False)
+        return {**self._do("renew", job_ids), **hidden}
+
+    def _may_change(self, job_ids, what: str, writes: bool = True) -> tuple[list, dict]:
+        """The ids a user may act on (their own; root, admins and daemons: all; nobody on a full disk if it `writes`),
+        and those private_queries hides from them, answered {id: False} as an unknown id is."""
+        if writes and (full := self.store.full()):
             raise ValueError(full)
         if not isinstance(auth.caller(), dict):
             return job_ids, {}

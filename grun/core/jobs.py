@@ -40,6 +40,7 @@ SPEC_KEYS = {
     "stage", "stage_in", "stage_out",  # files sent to and from a node without the shared filesystem (grun.stage)
     "hold",  # queued held (sbatch -H, qsub -h): in the submission's own commit, so no pass can start it first
     "reserve_only",  # its memory reserved, not a limit (qsub -l mem_free)
+    "lease",  # seconds it lives past its submitter's last renewal (grun.core.leases: grun.calls' jobs)
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
@@ -276,6 +277,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
             "root", "source", "sub", "type"} and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
         raise ValueError("cwd_fs must map type, source, root and sub to strings")
     if spec.get("array") is not None:
+        require(spec.get("lease") is None, "an array takes no lease (its tasks are jobs of their own)")
         from .arrays import parse
         parse(spec["array"])  # (a ValueError, one line, when it is not an array)
     given = lambda key: spec.get(key) is not None or None  # (None: the key is left out)
@@ -286,6 +288,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
+        "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
            for stream in ("stdout", "stderr")},  # (set with its file only)

@@ -31,6 +31,7 @@ from . import deps as D
 from . import edits as E
 from . import jobs as J
 from .explain import disk_low, refusal
+from .leases import Leases
 from .placement import place
 from .queue import JobTable
 
@@ -77,6 +78,7 @@ class MasterState:
         self.unconfirmed: dict[int, float] = {}
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
+        self.leases = Leases()  # (not journaled: after a restart, each lease runs from then)
         self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
@@ -141,6 +143,7 @@ class MasterState:
         self.unconfirmed = {i: 0.0 for i, job in self.table.jobs.items() if job["state"] == J.DISPATCHED}
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
+        self.leases.start(self.table.jobs.values(), now)
         return step
 
     def requests(self, specs, facts=None, log: list | None = None, trusted=True) -> list[dict]:
@@ -187,6 +190,7 @@ class MasterState:
             ids.append(job["id"])
             next_id += 1
         self._commit(step, records)
+        self.leases.start((rec["job"] for rec in records if rec["op"] == "submit"), now)
         step.reply = ids
 
     def _admit(self, request: dict, batch_names: set) -> None:
@@ -448,7 +452,8 @@ class MasterState:
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:
-        """Due retries queued; a node silent past its timeout down, its jobs lost; one down long and idle forgotten."""
+        """Due retries queued; a node silent past its timeout down, its jobs lost; one down long and idle forgotten; the
+        jobs whose lease ran out ended (grun.core.leases)."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
         for node in list(self.table.nodes.values()):
             silent = now - node.seen
@@ -462,8 +467,14 @@ class MasterState:
                 records.append({"op": "forget", "name": node.name})
                 step.do.append(("forget", node.name))
                 step.log("info", f"node {node.name} down for {silent / 3600:.0f} h and holding no job: forgotten")
-        self._commit(step, records)
-        step.durable = bool(records)
+        expired, kills = self.leases.expire(self.table, now)
+        step.do += kills
+        self._commit(step, records + expired)
+        step.durable = bool(step.records)
+
+    def on_renew(self, step: Step, job_ids: list, now: float) -> None:
+        """A caller renews the leases of its calls' jobs (grun.core.leases): nothing to journal."""
+        step.durable, step.reply = False, self.leases.renew(self.table, job_ids, now)
 
     def view(self, job: dict) -> dict:
         """A job as queries show it: no environment; the usage its node last sampled; its node's URI."""
