@@ -34,8 +34,8 @@ def worker_spec(label: str, python: str | None, resources: dict) -> dict:
     return job_spec(cmd, stdin=True, lease=lease(), **resources)
 
 
-def _dumps(cloudpickle, obj) -> bytes:
-    """cloudpickle's bytes of obj, its functions' code keeping the name of its file: cloudpickle 3 names each one
+def _dumps(cloudpickle) -> Callable[[Any], bytes]:
+    """cloudpickle's dumps, its functions' code keeping the name of its file: cloudpickle 3 names each one
     "<dynamic-code>", and the remote traceback then showed no file and none of its lines."""
     reduce = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
@@ -45,8 +45,11 @@ def _dumps(cloudpickle, obj) -> bytes:
 
     class Pickler(cloudpickle.Pickler):
         dispatch_table: ClassVar = collections.ChainMap({types.CodeType: code}, cloudpickle.Pickler.dispatch_table)
-    Pickler(out := io.BytesIO()).dump(obj)
-    return out.getvalue()
+
+    def dumps(obj) -> bytes:
+        Pickler(out := io.BytesIO()).dump(obj)
+        return out.getvalue()
+    return dumps
 
 
 def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict]], python: str | None,
@@ -60,7 +63,8 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
     for kind in {"after", "afterok"} & resources.keys():
         resources[kind] = _ids(resources[kind], names=True)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
-        function, args = _dumps(cloudpickle, func), [cloudpickle.dumps(call) for call in calls]
+        dumps = _dumps(cloudpickle)  # (and the functions among the arguments)
+        function, args = dumps(func), [dumps(call) for call in calls]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
     spec = worker_spec(label, python, resources)

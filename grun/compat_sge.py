@@ -1,7 +1,6 @@
 """SGE's commands (qsub, qstat, qdel, qacct) as thin fronts to grun's client, for the tools written for
 SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_slurm.py)."""
 
-import contextlib
 import fnmatch
 import os
 import re
@@ -157,10 +156,12 @@ def _limits(resources: dict, slots: int) -> dict:
 
 def _task_range(text: str) -> range:
     """-t n[-m[:s]]: the task ids (its last, as SGE's, the last one the step reaches), as the core reads an array's."""
-    with contextlib.suppress(ValueError):
-        if re.fullmatch(r"0*[1-9]\d*(-\d+(:\d+)?)?", text):
-            return range(*arrays.parse(text)["ranges"][0])
-    raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
+    if not re.fullmatch(r"0*[1-9]\d*(-\d+(:\d+)?)?", text):
+        raise Refused(f"-t {text}: expected n[-m[:s]], task ids from 1")
+    try:
+        return range(*arrays.parse(text)["ranges"][0])
+    except ValueError as exc:  # (too many tasks, say)
+        raise Refused(f"-t {text}: {str(exc).removeprefix('bad value for --array: ')}") from None
 
 
 def _holds(client: Client, held: list[str]) -> list[dict]:
@@ -433,7 +434,7 @@ def qalter(argv: list[str]) -> int:
             code = 1
             continue
         slots = asked or job.get("cpus", 1)
-        changes = {k: f"{v:g}s" if k == "time" else v for k, v in _limits(dict(resources), slots).items()
+        changes = {k: f"{v}s" if k == "time" else v for k, v in _limits(dict(resources), slots).items()
                    if k != "reserve_only"}
         if "pe" in opts:
             changes["cpus"] = slots

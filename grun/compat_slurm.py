@@ -332,6 +332,8 @@ def slurm_ids(words: list[str]) -> list[str]:
             refs += [f"{m[1]}.{t}" for r in array_tasks(m[2].strip("[]"))["ranges"] for t in range(*r)] if m[2] else [m[1]]
         except (TypeError, ValueError):  # (TypeError: no match)
             raise Refused(f"Invalid job id {word}") from None
+    if words and not refs:  # (`scontrol update JobId= ...` did nothing, and said nothing)
+        raise Refused(f"Invalid job id {' '.join(words)!r}")
     return refs
 
 

@@ -405,6 +405,7 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
             (["show", "job", "99999"], 1, "slurm_load_jobs error: Invalid job id specified"),
             (["hold", "x1"], 1, "scontrol: error: Invalid job id x1"), (["hold"], 1, "scontrol: error: too few arguments for keyword:hold"),
             (["update", f"JobId={job}", "JobName=x"], 1, "scontrol: error: Update of this parameter is not supported: JobName=x"),
+            (["update", "JobId=", "TimeLimit=5"], 1, "scontrol: error: Invalid job id ''"),
             (["update", "TimeLimit=5"], 1, "scontrol: error: No valid entity in update command (grun's scontrol updates jobs: JobId=)"),
             (["requeue", str(job)], 1, "scontrol: error: requeue " + str(job) + ": not supported (grun's scontrol has hold, "
              "release, show job, show hostnames and update JobId=)"),

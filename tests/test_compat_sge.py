@@ -38,6 +38,7 @@ def test_qsub_refuses_options_it_does_not_know_and_submits_nothing(cluster, shim
     r = shims("qsub", "d.sh", cwd=tmp_path)
     assert r.returncode == 1 and "line 3: unsupported option -verify" in r.stderr and not r.stdout
     for args, words in ((["-t", "1-3%2"], "-t 1-3%2: expected n[-m[:s]]"), (["-t", "0-3"], "-t 0-3"),
+                        (["-t", "1-200000"], "-t 1-200000: at most 100,000 tasks"),
                         (["-hold_jid_ad", "1"], "-hold_jid_ad: this job and the jobs it names must be arrays"),
                         (["-b", "x"], "-b takes y or n, got 'x'"), (["-j", "maybe"], "-j takes y or n")):
         r = shims("qsub", *args, "t.sh", cwd=tmp_path)
@@ -313,6 +314,7 @@ def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shi
         f"{current_user()}@{os.uname().nodename} sets scheduling priority of job {job} to -5\n")
     edited = cluster.client().job(int(job))
     assert (edited["cpus"], edited["memory"], edited["time"], edited["priority"]) == (3, 900, 600, before["priority"] - 5)
+    assert shims("qalter", "-l", "h_rt=300:00:00", job).returncode == 0 and cluster.client().job(int(job))["time"] == 1080000
     assert shims("qalter", "-pe", "smp", "1", job).stdout == f"modified slot range of job {job}\n"
     assert (cluster.client().job(int(job))["cpus"], cluster.client().job(int(job))["memory"]) == (1, 300)  # (per slot)
     assert shims("qrls", job).stdout == f"modified hold of job {job}\n" and cluster.client().job(int(job))["state"] == "waiting"
