@@ -432,12 +432,11 @@ def test_a_python_without_grun_is_named(cluster, tmp_path):
 
 MAP_MEMORY = """
 import os, resource, sys
-import cloudpickle, grun
+import grun
 from grun import calls
 big = os.urandom(20 << 20)
-dumps, own, sizes = cloudpickle.dumps, calls._dumps, []  # (a call's arguments; its function, by calls' own Pickler)
-cloudpickle.dumps = lambda obj, *a, **k: sizes.append(len(out := dumps(obj, *a, **k))) or out
-calls._dumps = lambda *a: sizes.append(len(out := own(*a))) or out
+own, sizes = calls._dumps, []  # (the function and each call's arguments, by calls' own Pickler)
+calls._dumps = lambda cloudpickle: lambda obj: sizes.append(len(out := own(cloudpickle)(obj))) or out
 print(grun.map(lambda x: len(big) + x, range(40), cpus=1, memory=200))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, sum(size > 20 << 20 for size in sizes))
 """
