@@ -219,12 +219,13 @@ class Master(Queries):
                 return None
 
     def _signal(self, node: str, method: str, ids: list[int]) -> list[int]:
-        """SIGSTOP/SIGCONT on the node, then record what was done. Returns the ids it did not do."""
-        reply = self._call_node(node, method, ids)
-        done = [i for i in ids if reply is not None and reply.get(str(i)) is not False]
-        if done:
+        """SIGSTOP/SIGCONT on the node, then record what was done. Returns the ids of a node that did not answer (one
+        that says a job is not running there: it has just ended, its end is on the way)."""
+        if (reply := self._call_node(node, method, ids)) is None:
+            return ids
+        if done := [i for i in ids if reply.get(str(i)) is not False]:
             self._do("signalled", method, node, done)
-        return [i for i in ids if i not in done]
+        return []
 
     def _offer(self, name: str, jobs: list[dict], again: bool = False) -> None:
         """Queue jobs for their node's `start`, one call in flight per node (what piles up meanwhile goes in its next
