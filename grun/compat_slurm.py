@@ -17,6 +17,7 @@ from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
 from .core.jobs import FINAL_STATES, parse_time_limit
 from .core.nodes import host_matches
+from .pty_job import Terminal
 from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_of, stamp, state_of
 from .values import is_name
 
@@ -34,7 +35,8 @@ SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus
                "mail-type=--mail-type mail-user=--mail-user comment=--comment nice?--nice hosts=-w,--nodelist "
                "ntasks-per-node=--ntasks-per-node kill-on-invalid-dep=--kill-on-invalid-dep "
                "exclude=-x,--exclude exclusive?--exclusive begin=-b,--begin signal=--signal")
-SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode")}
+SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode")} | \
+    table("pty:--pty")  # (grun.pty_job)
 IGNORED = {"partition": "partitions", "account": "accounts", "qos": "QOS", "mail-type": "mail", "mail-user": "mail"}
 ONE = "grun runs a job as one task on one node"
 REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may run on)",
@@ -158,12 +160,17 @@ def srun(argv: list[str]) -> int:
         return step(request, command)
     client, ids = Client(), []
     request["env"].update(SLURM_STEP_ID="0", SLURM_STEPID="0")  # (as Slurm's: its job's one step)
+    if term := "pty" in opts and stdin is None and Terminal():  # (no terminal, as Slurm's: no --pty)
+        command, stdin, request["requeue"] = term.wrap(command), term.fd, False
 
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
-        return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say)
-    return C.dies_with(client, ids, follow)
+        return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start)
+    try:
+        return C.dies_with(client, ids, follow)
+    finally:
+        term and term.restore()
 
 
 def step(request: dict, command: list[str]) -> int:

@@ -104,6 +104,7 @@ OPTIONS = [
     Option(None, "err", "value", str, "the job's stderr goes to FILE", "FILE"),
     Option(None, "out-err", "value", str, "stdout and stderr both go to FILE", "FILE"),
     *(Option(None, f"{o}-append", "value", str, f"like --{o}, appending", "FILE") for o in ("out", "err", "out-err")),
+    Option(None, "pty", help="run the command on a terminal of its own, ours while it runs: a shell, vim, top"),
     Option(None, "noio", help="wait for the job without streaming its input or output"),
     Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
     Option(None, "nowait", help="queue the job, print its id and exit"),

@@ -78,6 +78,11 @@ def make_gate(ctx: Context, args: dict) -> int | None:
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)
 def do_run(ctx: Context, args: dict) -> int:
     """run a command on the cluster and stream its output"""
+    if args.get("pty") and (clash := next((o for o in args if args[o] and o.removesuffix("-append") in (
+            "nowait", "array", "cmds", "noio", *OUTPUTS)), None)):
+        raise UsageError(f"--pty does not go with --{clash}: the job's terminal is this grun's")
+    if args.get("pty") and not os.isatty(0):
+        raise UsageError("--pty needs a terminal on stdin")
     if (code := make_gate(ctx, args)) is not None:
         return code
     if "array" in args or "cmds" in args:
@@ -158,11 +163,16 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
 def _run_new(ctx: Context, args: dict) -> int:
     """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
-    if ctx.cli and ctx.stdin_fd is None and os.isatty(0):  # `grun bash`, `grun python3`: they would end at once
+    stdin_fd, term = ctx.stdin_fd, None
+    if args.get("pty"):  # (grun.pty_job: not re-run elsewhere, its keys gone with its node)
+        from .pty_job import Terminal
+        stdin_fd = (term := Terminal()).fd
+        spec.update(cmd=term.wrap(spec["cmd"], spec["shell"]), shell=False, requeue=False)
+    elif ctx.cli and ctx.stdin_fd is None and os.isatty(0):  # `grun bash`, `grun python3`: they would end at once
         from .core.jobs import CODE_OPTIONS, INTERPRETERS
         if INTERPRETERS.fullmatch(os.path.basename(args["cmd"][0])) and all(
                 w[:1] == "-" and w not in CODE_OPTIONS for w in args["cmd"][1:]):
-            ctx.say("jobs get no terminal: run a script, or pipe input to it")
+            ctx.say("jobs get no terminal: run a script, pipe input to it, or give --pty")
 
     def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
         import shutil
@@ -171,14 +181,16 @@ def _run_new(ctx: Context, args: dict) -> int:
         ctx.err.write(f"\r\033[K{text[:shutil.get_terminal_size().columns - 1]}" if run["shown"] else text + "\n")
         ctx.err.flush()
 
-    def started(job: dict | None = None) -> None:
+    def started(job: dict | None = None) -> None:  # (None: interrupted, the job to be killed: our terminal back)
         if run.pop("shown", False):
             ctx.err.write("\r\033[K")  # the progress line goes
         if verbose and job:
             ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
+        if term:
+            term.start() if job else term.restore()
 
     def follow() -> int:
-        ids.append(ctx.client.submit_spec(dict(spec, stdin=ctx.stdin_fd is not None and not args.get("noio"))))
+        ids.append(ctx.client.submit_spec(dict(spec, stdin=stdin_fd is not None and not args.get("noio"))))
         if verbose:
             ctx.say(f"job {ids[0]} queued")
         if args.get("noio"):  # no streams: say when it starts if asked, wait for its code
@@ -186,11 +198,16 @@ def _run_new(ctx: Context, args: dict) -> int:
                 started(ctx.client.wait_started(ids[0]))
             return ctx.client.exit_code(ids[0], ctx.say)
         on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
-        return ctx.client.follow(ids[0], stdin_fd=ctx.stdin_fd, on_start=started, on_limit=ctx.say, on_note=ctx.say,
+        say = (lambda text: ctx.say(text + "\r" * term.raw)) if term else ctx.say  # (a raw terminal's \n: no \r)
+        return ctx.client.follow(ids[0], stdin_fd=stdin_fd, on_start=started, on_limit=say, on_note=say,
                                  on_wait=on_wait)  # (from run to run, when it is retried)
 
     ctx.out.flush()
-    code = dies_with(ctx, ids, follow, before=started)
+    try:
+        code = dies_with(ctx, ids, follow, before=started)
+    finally:
+        if term:
+            term.restore()
     for path in [p for p in spec.get("outputs", ()) if code == 0 and not os.path.exists(p)]:  # (-M; follow synced NFS)
         ctx.say(f"-M: the job did not write {os.path.relpath(path)}, an output it declares")
     return code

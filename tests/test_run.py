@@ -218,7 +218,7 @@ def test_job_reads_eof_when_grun_stdin_is_dev_null(cluster):
 
 
 def test_job_reads_dev_null_when_grun_stdin_is_a_terminal(cluster):
-    no_terminal = b"grun: jobs get no terminal: run a script, or pipe input to it\n"  # (an interpreter with nothing to run)
+    no_terminal = b"grun: jobs get no terminal: run a script, pipe input to it, or give --pty\n"  # (an interpreter with nothing to run)
     for cmd, out, err in ((["sh", "-c", "readlink /proc/self/fd/0; cat; echo end"], b"/dev/null\nend\n", b""),
                           (["bash"], b"", no_terminal), (["python3", "-u"], b"", no_terminal)):
         master, slave = os.openpty()

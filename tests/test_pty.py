@@ -1,0 +1,142 @@
+"""`grun --pty CMD` (grun.pty_job) on real daemons, from a real terminal (pexpect's): the job's own tty, its window
+size and its changes, Ctrl-C and Ctrl-\\ reaching the job, the job's exit code, and our terminal as it was after every
+end (the job's, Ctrl-\\, grun killed with TERM); srun --pty; and the command lines refused."""
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+
+import pexpect
+import pytest
+from cluster import LocalCluster
+from util import assert_one_error_line, wait_for
+
+GRUN, PROMPT = f"{shlex.quote(sys.executable)} -m grun.cli", "@pty@ "
+
+
+def session(cluster, tmp_path, command: str) -> pexpect.spawn:
+    """`command` run by sh on a terminal of 24x80, between two saves of that terminal's settings (`stty -g`), its exit
+    code said after it ("rc=N")."""
+    line = f"stty -g > before; {command}; echo rc=$?; stty -g > after"
+    child = pexpect.spawn("/bin/sh", ["-c", line], env=dict(cluster.env, PS1=PROMPT, TERM="xterm"), cwd=str(tmp_path),
+                          timeout=30, dimensions=(24, 80))
+    child.logfile_read = open(tmp_path / "session.log", "ab")
+    return child
+
+
+def ended(child: pexpect.spawn, tmp_path, code: int) -> None:
+    """The session's grun has exited `code`, and left the terminal's settings as they were before it."""
+    child.expect(f"rc={code}\r\n")
+    child.expect(pexpect.EOF)
+    assert (tmp_path / "before").read_text() == (tmp_path / "after").read_text()
+
+
+def test_a_shell_on_a_terminal_of_its_own(cluster, tmp_path):
+    child = session(cluster, tmp_path, f"{GRUN} --pty -E PS1 sh")
+    try:
+        child.expect(PROMPT)
+        child.sendline("tty; stty size")
+        child.expect(r"/dev/pts/\d+\r\n24 80\r\n")
+        child.setwinsize(30, 100)  # followed: SIGWINCH, a frame on the job's stdin
+        child.sendline("stty size")
+        child.expect("30 100\r\n")
+        child.sendline("sh -c 'echo $((6 * 7)); exec sleep 100'")
+        child.expect("42\r\n")  # (sleep is starting: its echoed line alone would be no proof)
+        child.sendintr()  # Ctrl-C: a key for the job's terminal, which interrupts sleep, not grun
+        child.expect(PROMPT)
+        child.sendline("echo alive")
+        child.expect("alive\r\n")
+        child.sendline("exit 3")
+        ended(child, tmp_path, 3)
+    finally:
+        child.close(force=True)
+
+
+@pytest.mark.parametrize("how", ["quit", "term"])
+def test_the_terminal_is_restored_however_grun_ends(cluster, tmp_path, how):
+    child = session(cluster, tmp_path, f"{GRUN} --pty sh -c 'echo started; exec sleep 100'")
+    try:
+        child.expect("started\r\n")
+        if how == "quit":  # Ctrl-\: SIGQUIT for sleep, on its node
+            child.sendcontrol("\\")
+            return ended(child, tmp_path, 128 + signal.SIGQUIT)
+        grun = wait_for(lambda: subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True).stdout.split(),
+                        what="grun's pid")
+        subprocess.run(["kill", "-TERM", grun[0]], check=True)  # the job is killed with it
+        child.expect(r"job \d+ killed")
+        ended(child, tmp_path, 128 + signal.SIGTERM)
+    finally:
+        child.close(force=True)
+
+
+def test_signals_to_the_job_reach_its_program(cluster, tmp_path):
+    """`grun -k -n USR1`: to the program on the pty (in a session of its own, outside the job's process group)."""
+    loop = 'trap "echo got USR1; exit 7" USR1; echo started; while :; do sleep 0.1; done'
+    child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
+    try:
+        child.expect(r"grun: job (\d+) running")
+        job_id = child.match.group(1).decode()
+        child.expect("started\r\n")
+        assert cluster.grun("-k", "-n", "USR1", job_id).returncode == 0
+        child.expect("got USR1\r\n")
+        ended(child, tmp_path, 7)
+    finally:
+        child.close(force=True)
+
+
+def test_a_signal_after_the_terminal_lost_its_session_reaches_the_program_alone():
+    """(The pty's foreground group is 0 then, and os.killpg(0, sig) would signal the job's side itself, over and over:
+    as the node's SIGCONT did after each kill once the program had ended.) The job's side alone, in a session of its
+    own, as its node starts it."""
+    code = ("import fcntl, signal, termios, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+            "fcntl.ioctl(0, termios.TIOCNOTTY); print('detached', flush=True); time.sleep(30)")
+    job = subprocess.Popen([sys.executable, "-m", "grun.pty_job", "24x80", sys.executable, "-c", code],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert job.stdout.readline() == b"detached\r\n"
+        job.send_signal(signal.SIGTERM)
+        assert (job.wait(timeout=20), job.stderr.read()) == (128 + signal.SIGTERM, b"")
+    finally:
+        job.kill()
+        job.wait()
+
+
+def test_the_node_lost(tmp_path):
+    """Its node gone, the job is not run again elsewhere (lost), grun says so on lines of their own (\\r\\n on the raw
+    terminal) and ends with our terminal restored."""
+    with LocalCluster({"lone": {"cpus": 1, "memory": 1000}}, master_extra={"node_timeout": 2}) as cluster:
+        child = session(cluster, tmp_path, f"{GRUN} --pty sh -c 'echo started; exec sleep 100'")
+        try:
+            child.expect("started\r\n")
+            cluster.kill("lone")
+            child.expect(r"grun: job \d+ lost: node lone lost \(silent for \d+ s\)\r\n")
+            ended(child, tmp_path, 255)
+        finally:
+            child.close(force=True)
+
+
+def test_srun_pty(cluster, tmp_path):
+    bin_dir = tmp_path / "bin"
+    install = "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))"
+    subprocess.run([sys.executable, "-c", install, "install", str(bin_dir)], check=True,
+                   env=dict(cluster.env, PATH=f"{bin_dir}:/nonexistent"),  # (not shadowing this machine's Slurm)
+                   capture_output=True)
+    child = session(cluster, tmp_path, f"{bin_dir}/srun --pty sh -c 'tty; exit 4'")
+    try:
+        child.expect(r"/dev/pts/\d+\r\n")
+        ended(child, tmp_path, 4)
+    finally:
+        child.close(force=True)
+
+
+def test_refused(cluster, tmp_path):
+    for args, words in ((["--pty", "sh"], "--pty needs a terminal on stdin"),
+                        (["--pty", "--nowait", "sh"], "--pty does not go with --nowait"),
+                        (["--pty", "--array", "1-2", "sh"], "--pty does not go with --array"),
+                        (["--pty", "-o", "out", "sh"], "--pty does not go with --out"),
+                        (["submit", "--pty", "sh"], "--pty does not go with --nowait")):
+        r = cluster.grun(*args, stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert_one_error_line(r, words)
+        assert r.returncode == 2
