@@ -118,6 +118,7 @@ def test_or_and_not_bind_in_that_order():
     (["python3", "-W", "ignore", "x.py"], ["python3", "-W", "ignore", "x.py"], "x.py", "x.py"),  # -W's argument
     (["node", "app.js"], ["node", "app.js"], "app.js", "app.js"),
     (["python3", "-m", "pip", "list"], ["python3", "-m", "pip", "list"], "pip", None),  # a module: its name, no script
+    (pty := ["/x/python3", "-m", "grun.pty_job", "24x80", "python3", "a.py"], pty, "a.py", "a.py"),  # --pty's: what it runs
 ])
 def test_argv_prog_and_the_script_of_an_interpreter(cmd, argv, prog, script_path):
     job = R.Job(req(cmd)[0], None)

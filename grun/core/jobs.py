@@ -166,13 +166,14 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
 
 
 def command_of(words: list[str], shell: bool = False) -> list[str]:
-    """The words of the command script_of reads: `env`, `exec`, `nohup`, `time` and (`shell`) a shell line's set-up
-    skipped; `sh -c SCRIPT` and a batch script of grun's Slurm and SGE commands: their first work's."""
+    """The words of the command script_of reads: `env`, `exec`, `nohup`, `time`, --pty's wrapper (grun.pty_job) and
+    (`shell`) a shell line's set-up skipped; `sh -c SCRIPT` and a batch script of grun's Slurm and SGE commands: their
+    first work's."""
     if not shell and (wrapper := wrapped(words)):
         if wrapper[1] is not None:  # (its interpreter's, if not a shell: see batch_script)
             return command_of(first_work(wrapper[1]), True)
         words = wrapper[2]
-    words = working_command(words) if shell else words
+    words = working_command(words) if shell else words[4:] if words[1:3] == ["-m", "grun.pty_job"] else words
     while words[1:] and (os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command") or
                          words[0].split("=")[0].isidentifier() and "=" in words[0]):  # (`env X=1 ./sim`)
         words = words[1:]
