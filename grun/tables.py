@@ -15,6 +15,8 @@ def command_text(job: dict) -> str:
     """As typed; a job sent by sbatch or qsub (grun.compat): its script's name and arguments, by srun: its command."""
     import shlex
     cmd = job.get("cmd") or []
+    if cmd[1:3] == ["-m", "grun.pty_job"]:  # (--pty's wrapper: what runs on its terminal)
+        return cmd[6] if cmd[4:6] == ["/bin/sh", "-c"] else shlex.join(cmd[4:])
     if not job.get("shell") and (wrapper := wrapped(cmd)):
         return shlex.join([wrapper[0]] * (wrapper[1] is not None) + wrapper[2])
     return cmd[0] if job.get("shell") else shlex.join(cmd)

@@ -140,3 +140,10 @@ def test_refused(cluster, tmp_path):
         r = cluster.grun(*args, stdin=subprocess.DEVNULL, cwd=tmp_path)
         assert_one_error_line(r, words)
         assert r.returncode == 2
+
+
+def test_jobs_and_history_show_what_runs_on_the_terminal_not_its_wrapper():
+    from grun.tables import command_text
+    wrapper = [sys.executable, "-m", "grun.pty_job", "24x80"]
+    assert command_text({"cmd": [*wrapper, "vim", "a b"]}) == "vim 'a b'"
+    assert command_text({"cmd": [*wrapper, "/bin/sh", "-c", "ls | wc -l"]}) == "ls | wc -l"
