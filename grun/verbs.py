@@ -281,8 +281,11 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
     `extra(args)`: the call's arguments after the ids; each id the master did not find is named."""
     def run(ctx: Context, args: dict) -> int:
         user = known_user(args.get("user"))  # kill's: all that user's live jobs, as scancel -u (none is said to have ended)
-        found = getattr(ctx.client, name)([j["id"] for j in ctx.client.jobs() if j.get("user") == user] if user
-                                          else by_name(ctx, args), *extra(args))
+        ids = [j["id"] for j in ctx.client.jobs() if j.get("user") == user] if user else by_name(ctx, args)
+        if user and not ids and user != current_user():  # (with private_queries, nobody else's: it killed none, silently)
+            ctx.say(f"no live jobs of {user} that you may see")
+            return 1
+        found = getattr(ctx.client, name)(ids, *extra(args))
         return max([0, *(ctx.say(_gone(ctx.client, job_id)) for job_id, ok in found.items() if not ok and not user)])
     run.__name__, run.__doc__ = f"do_{name}", doc
     verb(usage, options, words)(run)

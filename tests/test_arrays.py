@@ -197,13 +197,16 @@ def test_hold_the_whole_array_then_release_it():
 
 
 def test_a_pending_only_hold_of_an_array_holds_its_tasks_not_started_and_its_running_ones_run_on():
-    """Slurm's scontrol hold and SGE's qhold: a running task runs on (it was split out of its array task by task)."""
+    """Slurm's scontrol hold and SGE's qhold: a running task runs on; a task split out of it (an edit) is held too (QA)."""
     m = _state(cpus=2)
     array_id = _submit(m, "1-10")
     running = _offered(m.handle("schedule", 2.0))
     m.handle("started", "a", {"started": {str(t["id"]): 9 for t in running}, "incarnation": "i1", "seq": 1}, 2.5)
+    m.handle("edit", [f"{array_id}.7"], {"priority": "10"}, 2.7)
+    split = m.table.tasks[array_id][7]
     step = m.handle("control", "hold", [array_id], 3.0, True)
-    assert [r["op"] for r in step.records] == ["hold"] and step.do == [] and m.table.jobs[array_id]["state"] == J.HELD
+    assert sorted((r["op"], r["id"]) for r in step.records) == [("hold", array_id), ("hold", split)] and step.do == []
+    assert m.table.jobs[array_id]["state"] == m.table.jobs[split]["state"] == J.HELD
     assert all(m.table.jobs[t["id"]]["state"] == J.RUNNING for t in running)
     _finish(m, running, 4.0)
     assert _offered(m.handle("schedule", 5.0)) == []

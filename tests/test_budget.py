@@ -110,7 +110,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # call not settled killed at exit: -9).
 # Interactive jobs, `grun --pty` and `srun --pty` (grun/pty_job.py, +153; the client's side of them, +25; learned
 # requests and rules keyed on what the pty runs, +1)
-TOTAL, MODULE, MEDIAN = 14076, 500, 200
+TOTAL, MODULE, MEDIAN = 14081, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -220,6 +220,8 @@ def test_kill_user_kills_all_that_users_live_jobs_as_scancel_u(cluster):
     wait_for(lambda: not client.jobs(), what="every job killed")
     assert {client.job(i)["state"] for i in ids} == {"killed"}
     assert (r := cluster.grun("-k", "--user", str(os.getuid()))).returncode == 0 and r.stderr == b"", "none: no word"
+    # another's, none seen (with private_queries, whatever they have): said, not a silent success (QA)
+    assert_one_error_line(r := cluster.grun("-k", "--user", "nobody"), "no live jobs of nobody that you may see")
 
 
 def test_hold_queues_a_job_held_and_a_waiting_grun_runs_it_once_released(cluster):

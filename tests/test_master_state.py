@@ -281,6 +281,8 @@ def test_what_the_core_refuses_it_refuses_whole_and_in_one_line():
     with pytest.raises(ValueError, match="whole number"):
         m.handle("edit", [queued], {"priority": 3.7}, 2.0)  # (typed, as the Python API sends it)
     assert m.table.jobs[queued]["priority"] == 20
+    with pytest.raises(ValueError, match="lease must be 0 .none. or at least 1 s"):  # (QA: 1e-4 killed a live caller's)
+        m.requests([{"cmd": ["true"], "lease": 0.001}])
     with pytest.raises(ValueError, match="cwd_fs must map"):
         m.requests([{"cmd": ["true"], "cwd_fs": {1: "x", "type": "nfs", "source": "s", "root": "/"}}])
     array_id = _submit(m, array="1-10")

@@ -289,7 +289,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
-        "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none)
+        "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none; else 1 s at least, below)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
            for stream in ("stdout", "stderr")},  # (set with its file only)
@@ -303,6 +303,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "hold": bool(spec.get("hold")) or None,
     }
     out.update((key, value) for key, value in optional.items() if value is not None)
+    # (renewed every lease / 3: a lease of a few ms killed a live caller's calls)
+    require(out.get("lease", 1) >= 1, f"lease must be 0 (none) or at least 1 s, got {spec.get('lease')!r}")
     return out
 
 

@@ -246,10 +246,10 @@ class MasterState:
 
     def on_control(self, step: Step, what: str, job_ids: list, now: float, pending_only: bool = False) -> None:
         """hold: queued jobs are held, running ones suspended; resume: the other way round. `pending_only` (Slurm's and
-        SGE's hold): running jobs run on, and an array's running tasks too (its tasks not started are held)."""
+        SGE's hold): running jobs run on, and an array's running tasks too (its tasks pending are held, split out or not)."""
         here, op, there, method = {"hold": (J.QUEUED, "hold", J.RUNNING, "suspend"),
                                    "resume": (J.HELD, "release", J.SUSPENDED, "resume")}[what]
-        found, jobs = self._lookup(job_ids, step, now, live=not pending_only)
+        found, jobs = self._lookup(job_ids, step, now)
         on_nodes, records = collections.defaultdict(list), []
         for job in jobs:
             if job["state"] == here or (what, job["state"]) == ("hold", J.WAITING):
