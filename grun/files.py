@@ -1,10 +1,12 @@
 """Small files written and read safely: the one atomic write (temp file, fsync, rename, fsync of the directory),
 and readers that take a missing or half-written file for None instead of an error. A crash or a full disk leaves
 either the old content or the new, never a torn file (TinyDB could not open a snapshot torn by kill -9 in 8 of 60
-tries). Temp files are `<name>.tmp<pid>`; remove_temps() clears those a crash left."""
+tries). Temp files are `<name>.tmp<tid>` (the kernel's thread id: no other live thread of any process has it; two
+threads shared `.tmp<pid>`, and tore it); remove_temps() clears those a crash left."""
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 
 
@@ -21,14 +23,10 @@ def locked(path: str) -> bool:
     the file is missing; the lock is taken and dropped at once when free (a shared one: it stops no one)."""
     import fcntl
     try:
-        f = open(path, "rb")
-    except OSError:
-        return False
-    with f:
-        try:
+        with open(path, "rb") as f:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+    except OSError as exc:
+        return isinstance(exc, BlockingIOError)
     return False
 
 
@@ -36,7 +34,7 @@ def write_atomic(path: str, data: bytes | Iterable[bytes], *, durable: bool = Tr
     """Replace `path` with `data` (bytes, or pieces written one after the other, so a large file
     need not be built in memory). `durable`: fsync the file and its directory, so the new content
     survives a power cut, not only a crash of this process."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp{threading.get_native_id()}"
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
             f.writelines([data] if isinstance(data, (bytes, bytearray, memoryview)) else data)

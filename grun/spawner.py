@@ -316,7 +316,7 @@ class Reaper:
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
             env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
-            os.mkdir(env["TMPDIR"], 0o700)  # (made in the job's directory, root's, then given: nothing to race)
+            os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)  # (in the job's directory, root's, then given: no race)
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
@@ -386,7 +386,7 @@ class Reaper:
         for run in done:  # a Slurm or SGE job's TMPDIR (_start) goes at its end, as theirs do: as its user, in a child
             with contextlib.suppress(ValueError):  # not waited for (100k files take 1 s); its user gone: with its spool
                 if os.path.isdir(path := os.path.join(run.dir, "tmp")):
-                    os.close(_in_child_as(_identity(run.job), spool.remove, path, 0)[1])  # (reaped above)
+                    os.close(_in_child_as(_identity(run.job), lambda p: spool.empty(p, {}), path, 0)[1])  # (reaped above)
 
     def _output_out(self, ending: _Ending) -> bool:
         """Whether what the ended job left in its pipes is in its spool files (before its status: grun.drain), or

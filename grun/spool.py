@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import threading
+import time
 
 from .files import locked, read_json, write_atomic
 
@@ -37,11 +38,9 @@ _PAD = 10  # the pid file's first word, so the pid can be written over it in pla
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     """The job's directory, its stdin FIFO if it reads input (returned: its read and write ends, the node's
     to hold, see grun.actors.node_jobs.LiveJob), and job.json (`job_json`). FileExistsError: it is there."""
-    try:
-        os.mkdir(job_dir, 0o711)
-    except FileExistsError:  # made by a kill request that came first, or the job is there already
-        if os.path.exists(os.path.join(job_dir, JOB)):
-            raise
+    if os.path.exists(os.path.join(job_dir, JOB)):
+        raise FileExistsError(errno.EEXIST, "the job is there already", job_dir)
+    make_dir(job_dir)  # (made already by a kill request that came first, perhaps)
     fifo, ends = os.path.join(job_dir, "stdin"), None
     if job.get("stdin"):
         os.mkfifo(fifo, 0o600)
@@ -52,6 +51,12 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     with open(open_in(job_dir, JOB, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(job_json.encode())
     return ends
+
+
+def make_dir(job_dir: str) -> None:
+    """The job's directory, 0711 whatever our umask (under UMask=077 its job reached neither its TMPDIR nor work/)."""
+    os.makedirs(job_dir, exist_ok=True)
+    os.chmod(job_dir, 0o711)
 
 
 def pipe_path(job_dir: str, name: str) -> str:
@@ -139,7 +144,7 @@ def write(job_dir: str, name: str, value: dict) -> bool:
     """KILL or LIMIT, not durable: the master repeats a kill until the job has ended, and the sampler a limit's.
     False: the spool disk is full (the kill is sent all the same; a KILL for later, again when repeated)."""
     try:
-        os.makedirs(job_dir, 0o711, exist_ok=True)  # (a kill may come before the job)
+        make_dir(job_dir)  # (a kill may come before the job)
         write_atomic(os.path.join(job_dir, name), json.dumps(value).encode(), durable=False)
     except OSError as exc:
         if not disk_full(exc):
@@ -186,23 +191,45 @@ def _unwritten(job_dir: str, fd: int | None) -> None:
 
 
 def remove(job_dir: str) -> None:
-    """A job's directory (or its TMPDIR). What another user owns in it (its user's tmp/, work/) is emptied as that user
-    by `rm -rf`, given 10 s (they may stop it; what is left stays), then taken out: root walks no tree of theirs (rmtree
-    hangs on a subdirectory swapped for a FIFO). The rest is ours."""
-    import shutil
+    """A job's directory, out of the way at once: renamed `.gone-<id>-<ns>` beside it, for sweep() (which may wait on
+    its user: the node's janitor and its start, that call this, must not)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(job_dir, f"{os.path.dirname(job_dir)}/.gone-{os.path.basename(job_dir)}-{time.time_ns()}")
+
+
+def sweep(jobs_dir: str) -> None:
+    """Remove the directories remove() renamed (the node's sweeper, each round; what is left, at the next). What another
+    user owns in them (its user's tmp/, work/) is emptied by one `rm -rf` as that user (by the thousand: argv's limit),
+    given 10 s (they may stop it), then taken out: root walks no tree of theirs (rmtree hangs on a subdirectory swapped
+    for a FIFO). Their rm gets nothing of ours (the user may read its /proc): no fd, no environment."""
     import subprocess  # (not at import: the reaper starts light)
+    gone, theirs = [entry.path for entry in os.scandir(jobs_dir) if entry.name.startswith(".gone-")], {}
+    for path in gone:
+        empty(path, theirs)
+    for (uid, gid), paths in theirs.items():
+        for i in range(0, len(paths), 1000):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["rm", "-rf", "--", *paths[i:i + 1000]], user=uid, group=gid, extra_groups=[], cwd="/",
+                               env={"PATH": os.defpath}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+    for path in [p for paths in theirs.values() for p in paths] + gone:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def empty(path: str, theirs: dict) -> None:
+    """Remove what we own in the directory `path`, then `path` if it is empty; what another user owns there is left,
+    and added to `theirs`: (uid, gid) -> [paths]."""
+    import shutil
     with contextlib.suppress(OSError):
-        for entry in os.scandir(job_dir):
+        for entry in os.scandir(path):
             if (st := entry.stat(follow_symlinks=False)).st_uid != os.geteuid():
-                with contextlib.suppress(OSError, subprocess.SubprocessError):
-                    subprocess.run(["rm", "-rf", "--", entry.path], user=st.st_uid, group=st.st_gid, extra_groups=[],
-                                   stderr=subprocess.DEVNULL, timeout=10)
-                    os.rmdir(entry.path)
+                theirs.setdefault((st.st_uid, st.st_gid), []).append(entry.path)
             elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
-        os.rmdir(job_dir)
+        os.rmdir(path)
 
 
 def open_in(job_dir: str, name: str, flags: int = os.O_WRONLY | os.O_APPEND | os.O_CREAT) -> int:

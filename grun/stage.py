@@ -61,7 +61,7 @@ class Staged:
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
         self.failed, self.sock = False, None  # (sock: a push under way)
         self.since = time.monotonic()  # (it waits stage_wait from here: a reload applies to waiting jobs too)
-        os.makedirs(os.path.dirname(self.work), 0o711, exist_ok=True)  # (its job dir: grun.spool)
+        spool.make_dir(os.path.dirname(self.work))
         os.makedirs(self.work, exist_ok=True)  # (then its user's)
         if self.ids:
             os.chown(self.work, *self.ids)

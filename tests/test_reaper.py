@@ -161,6 +161,7 @@ def test_spool_files_acks_log_and_job_objects_without_name_server_entries(c, tmp
     # the client's release is one-way: it may land just after the client has exited
     wait_for(lambda: f"f {job_id} 1\n" in _acks(c), 10, what="the fetch in acks.log")
     wait_for(lambda: not os.path.exists(job_dir), 15, what="the fetched spool to be removed")
+    wait_for(lambda: not os.listdir(_jobs_dir(c)), 15, what="the sweeper to empty what it was renamed to")
 
 
 def test_a_restarted_node_keeps_acks_and_the_old_reaper_finishes_its_job(c, tmp_path):
@@ -177,7 +178,9 @@ def test_a_restarted_node_keeps_acks_and_the_old_reaper_finishes_its_job(c, tmp_
     (old_reaper,) = _reapers(c)
     c.kill("n1", signal.SIGKILL)
     assert psutil.pid_exists(old_reaper)
+    os.makedirs(f"{_jobs_dir(c)}/.gone-1-1/tmp")  # (what a remove left in the last life: swept at the start)
     c.start_node("n1")
+    wait_for(lambda: not os.path.exists(f"{_jobs_dir(c)}/.gone-1-1"), 5, what="the sweep at the node's start")
     gate.touch()
     done = client.wait([job_id], 30)[job_id]
     assert (done["state"], done["exit"]) == ("failed", 9), done
@@ -410,7 +413,7 @@ def test_the_stderr_tail_of_a_job_that_left_a_fifo_there_does_not_block(tmp_path
     assert _tail(str(regular)) == (b"x" * 10000 + b"Cannot allocate memory\n")[-8192:]
     assert _tail(str(tmp_path / "missing")) == b"" and _tail(None) == b""
     os.symlink(regular, tmp_path / "link")  # (the user's -e file, a link to a file of root's: not read)
-    assert _tail(str(tmp_path / "link"), owner=65534) == b"" and _tail(str(tmp_path / "link"), owner=0)
+    assert _tail(str(tmp_path / "link"), owner=65534) == b"" and _tail(str(tmp_path / "link"), owner=os.geteuid())
 
 
 def test_what_a_job_leaves_running_in_its_group_is_killed_when_it_ends(c, tmp_path):
@@ -544,10 +547,12 @@ def test_a_job_s_user_can_plant_nothing_in_its_spool_for_the_root_reaper():
         os.makedirs(f"{job_dir}/tmp/root's")  # the node removes what its user owns as its user: what they cannot, stays
         open(f"{job_dir}/tmp/root's/f", "w").close()
         spool.remove(job_dir)
-        assert os.listdir(job_dir) == ["tmp"] and os.listdir(f"{job_dir}/tmp") == ["root's"]
-        shutil.rmtree(f"{job_dir}/tmp/root's")
-        spool.remove(job_dir)
-        assert not os.path.exists(job_dir)
+        spool.sweep(spool_dir)
+        [gone] = [f"{spool_dir}/{n}" for n in os.listdir(spool_dir) if n.startswith(".gone-7-")]
+        assert os.listdir(gone) == ["tmp"] and os.listdir(f"{gone}/tmp") == ["root's"]
+        shutil.rmtree(f"{gone}/tmp/root's")
+        spool.sweep(spool_dir)
+        assert not os.path.exists(gone)
     finally:
         account("userdel", name, check=False)
         shutil.rmtree(spool_dir)
@@ -576,8 +581,8 @@ def test_a_running_job_writes_its_tmpdir_and_work_dir_and_nothing_else_of_its_sp
         out = []
         assert client.follow(job, stdout_fd=out.append) == 0
         assert b"".join(out).decode().split() == ["tmpdir", "work"]
-        gone = os.path.join(_jobs_dir(c), str(job))  # (fetched: the node forgets it, its user's tmp/ and work/ too)
-        wait_for(lambda: not os.path.exists(gone), 20, what="its spool removed")
+        # (fetched: the node forgets it, and its sweeper removes its user's tmp/ and work/ too)
+        wait_for(lambda: not os.listdir(_jobs_dir(c)), 25, what="its spool removed")
         swap = 'd=$(dirname "$TMPDIR"); mv "$d/pid" "$d/old"; touch -d 2100-01-01 "$d/pid"; sleep 60'
         swap = client.submit_spec({"cmd": [swap], "shell": True, "time": 2, **who})
         job_dir = os.path.join(_jobs_dir(c), str(swap))
@@ -588,3 +593,113 @@ def test_a_running_job_writes_its_tmpdir_and_work_dir_and_nothing_else_of_its_sp
     finally:
         c.stop()
         account("userdel", name, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real user (CI runs as root)")
+def test_a_user_who_stops_their_rm_holds_up_no_remove_and_what_they_kept_goes_later():
+    """spool.remove (the node's janitor, once per ended job, and its start, under the node lock) waited 10 s for each
+    `rm` of its user's tmp/ and work/, which the user may SIGSTOP: 20 s per job, and what was left stayed for good.
+    It only renames now; sweep (the node's sweeper) gives their rm 10 s, and takes the rest at a later round."""
+    import pwd
+    import threading
+
+    from grun import spool
+    name = f"grunt{os.getpid() % 100000}"
+    account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
+    spool_dir = tempfile.mkdtemp(prefix="grun-spool-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)  # (fast)
+    stop = threading.Event()
+    try:
+        os.chmod(spool_dir, 0o711)  # (as a node's: its jobs reach their TMPDIR)
+        user, job_dir = pwd.getpwnam(name), os.path.join(spool_dir, "7")
+        spool.create(job_dir, {"id": 7}, "{}")
+        for sub in ("tmp", "work"):  # (files enough that their rm takes a while: it is stopped on its way)
+            os.makedirs(f"{job_dir}/{sub}/d")
+            for i in range(20000):
+                os.close(os.open(f"{job_dir}/{sub}/d/{i}", os.O_CREAT | os.O_WRONLY))
+            for path in (sub, f"{sub}/d"):
+                os.chown(f"{job_dir}/{path}", user.pw_uid, user.pw_gid)
+
+        def stopper():  # the user's: SIGSTOP their every rm
+            while not stop.is_set():
+                for proc in psutil.process_iter(["name", "uids"]):
+                    if proc.info["name"] == "rm" and proc.info["uids"] and proc.info["uids"].real == user.pw_uid:
+                        with contextlib.suppress(psutil.Error):
+                            proc.send_signal(signal.SIGSTOP)
+        (thread := threading.Thread(target=stopper, daemon=True)).start()
+        started = time.monotonic()
+        spool.remove(job_dir)
+        assert time.monotonic() - started < 1 and not os.path.exists(job_dir)
+        [gone] = [f"{spool_dir}/{n}" for n in os.listdir(spool_dir)]
+        assert os.path.basename(gone).startswith(".gone-7-")
+        spool.sweep(spool_dir)  # (their rm stopped: killed at 10 s, what it left stays for the next round)
+        assert sorted(os.listdir(gone)) == ["tmp", "work"]
+        stop.set()
+        thread.join()
+        spool.sweep(spool_dir)
+        assert os.listdir(spool_dir) == []
+    finally:
+        stop.set()
+        account("userdel", name, check=False)
+        shutil.rmtree(spool_dir)
+
+
+def test_a_tmpdir_left_in_the_job_s_directory_does_not_stop_its_next_run(tmp_path):
+    """A Slurm or SGE job's TMPDIR already there (left by an earlier run whose user kept it from going) failed the
+    next run at its mkdir (File exists)."""
+    import subprocess
+    import sys
+
+    from grun import spool
+    job = {"id": 7, "cmd": ["sh", "-c", 'test -d "$TMPDIR"'], "cwd": "/",
+           "env": {"GRUN_COMPAT": "slurm", "PATH": os.defpath}}
+    job_dir = str(tmp_path / "7")
+    spool.create(job_dir, job, json.dumps(job))
+    os.mkdir(f"{job_dir}/tmp")
+    reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
+    reaper.communicate(f"{job_dir}\t\n".encode(), timeout=60)  # (ends once the end is written)
+    assert spool.read(job_dir, spool.STATUS)["exit_code"] == 0, open(f"{job_dir}/stderr").read()
+
+
+def test_a_node_started_under_umask_077_leaves_its_jobs_their_tmpdir():
+    """The daemon's umask made the jobs dir and each job's 0700 (UMask=077): its jobs reached neither their TMPDIR
+    nor work/. They are 0755 and 0711 whatever it is."""
+    old = os.umask(0o077)
+    try:
+        c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000, **FAST}})
+        c.start()
+    finally:
+        os.umask(old)
+    try:
+        client = c.client()
+        job = client.submit_spec({"cmd": ['stat -c %a "${TMPDIR%/tmp}" "${TMPDIR%/*/tmp}"'], "shell": True, **AS_US,
+                                  "env": {"GRUN_COMPAT": "slurm", "PATH": os.environ["PATH"]}})
+        out = []
+        assert client.follow(job, stdout_fd=out.append) == 0
+        assert b"".join(out).split() == [b"711", b"755"]
+    finally:
+        c.stop()
+
+
+def test_two_threads_writing_one_file_atomically_do_not_share_its_temp(tmp_path):
+    """write_atomic's temp was `<name>.tmp<pid>`, opened O_TRUNC: two threads (spool.write of a KILL from two RPC
+    threads) truncated and renamed each other's (a torn file, or a rename of a temp gone)."""
+    import threading
+
+    from grun.files import write_atomic
+    path, errors = str(tmp_path / "killreq"), []
+
+    def writer(byte: bytes):
+        try:
+            for _ in range(300):
+                write_atomic(path, byte * (1 << 18), durable=False)
+                with open(path, "rb") as f:
+                    data = f.read()
+                assert len(data) == 1 << 18 and len(set(data)) == 1
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=writer, args=(b,)) for b in (b"a", b"b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and os.listdir(tmp_path) == ["killreq"]

@@ -21,7 +21,7 @@ from .. import auth, limits, mounts, registry, spawner, stage
 from ..background import Loop
 from ..config import KEYS
 from ..plugins import Plugins
-from ..spool import spool_space
+from ..spool import spool_space, sweep
 from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
@@ -69,9 +69,11 @@ class Node(NodeJobs):
                             lambda: min(1.0, self.heartbeat, 1.0 if self._linger is None else self._linger), log, self._stop),
                        Loop("grun-node-janitor", self._tidy, lambda: min(JANITOR_SECS, max(0.5, self.output_keep / 4)),
                             log, self._stop),
-                       Loop("grun-node-sampler", self._sample, SAMPLE_SECS, log, self._stop)]
+                       Loop("grun-node-sampler", self._sample, SAMPLE_SECS, log, self._stop),
+                       Loop("grun-node-sweeper", lambda: sweep(self.jobs_dir), JANITOR_SECS, log, self._stop)]
         self._report_now = self._loops[1]
-        self._report_now.wake()  # register at once
+        for loop in self._loops[1], self._loops[4]:  # register, and sweep what our last life left (spool.remove), at once
+            loop.wake()
         self._adopt()
         self.serve_thread = registry.serve_in_thread(self.daemon, "grun-node-pyro")
         for loop in self._loops:
