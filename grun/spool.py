@@ -209,7 +209,9 @@ def sweep(jobs_dir: str) -> None:
     for (uid, gid), paths in theirs.items():
         for i in range(0, len(paths), 1000):
             with contextlib.suppress(OSError, subprocess.SubprocessError):
-                subprocess.run(["rm", "-rf", "--", *paths[i:i + 1000]], user=uid, group=gid, extra_groups=[], cwd="/",
+                # (made writable first: rm -rf empties no directory its user made read-only, as Go's module cache is)
+                subprocess.run(["sh", "-c", 'chmod -R u+rwx -- "$@" 2>/dev/null; exec rm -rf -- "$@"', "rm",
+                                *paths[i:i + 1000]], user=uid, group=gid, extra_groups=[], cwd="/",
                                env={"PATH": os.defpath}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=10)
     for path in [p for paths in theirs.values() for p in paths] + gone:

@@ -544,6 +544,8 @@ def test_a_job_s_user_can_plant_nothing_in_its_spool_for_the_root_reaper():
         assert spool.read(job_dir, spool.STATUS)["exit_code"] == 3 and not os.path.exists(f"{job_dir}/made")
         assert os.stat(f"{job_dir}/tmp").st_uid == user.pw_uid
         wait_for(lambda: not os.listdir(f"{job_dir}/tmp"), timeout=10, what="its TMPDIR emptied")
+        ro = 'mkdir -p "$1/tmp/ro/d" && touch "$1/tmp/ro/d/f" && chmod -R a-w "$1/tmp/ro" && chmod 0 "$1/tmp/ro/d"'
+        subprocess.run(["sh", "-c", ro, "sh", job_dir], user=user.pw_uid, group=user.pw_gid, extra_groups=[], check=True)
         os.makedirs(f"{job_dir}/tmp/root's")  # the node removes what its user owns as its user: what they cannot, stays
         open(f"{job_dir}/tmp/root's/f", "w").close()
         spool.remove(job_dir)
