@@ -151,8 +151,9 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
         (f"o={out}; {opened}\n" if out else "") + setup + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
-    try:
-        return client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family}, **request))
+    try:  # (a job with an `out` no grun follows: nobody would fetch its files from a staged node's work dir)
+        return client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family},
+                                           stage="never" if out else None, **request))
     except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
         words = str(exc).replace(" (--force queues it anyway)", "")
         raise GrunError(words.replace("--after: ", "-hold_jid: ") if family == "sge" else words) from None

@@ -42,8 +42,8 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
                 raise UsageError(f"--{key} {outside}: only files under the working directory are staged")
     if not follow and asks_staging(args):
         raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --noio, --array, --cmds)")
-    if not follow and args.get("make"):
-        extra["stage"] = "never"  # nobody would serve its files
+    if not follow and (args.get("make") or "stdout_file" in extra or "stderr_file" in extra):
+        extra["stage"] = "never"  # nobody would serve its files (-M's, or -o's: they would stay on its node)
     parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
     if parent.isdigit() and int(parent) > 0:
         extra["parent"] = int(parent)

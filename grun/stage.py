@@ -6,6 +6,7 @@ or, for MISSING and END (which ends a transfer), a text: why not, or the node's 
 a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, never following a symlink out of the
 work dir, neither writing inputs as root nor sending outputs back."""
 import contextlib
+import errno
 import os
 import socket
 import stat
@@ -52,10 +53,15 @@ class Staged:
         job, self.node, self.live, self.work = live.job, node, live, os.path.join(live.dir, "work")
         self.home = job.get("stage_home") or job["cwd"]  # (a job re-adopted from its spool has it)
         rel = lambda p: under(p, self.home) or under(p, self.work)
-        pick = lambda *keys: list(dict.fromkeys(r for k in keys for p in job.get(k) or () if (r := rel(p))))
-        self.inputs, self.outputs = pick("inputs", "stage_in"), pick("outputs", "stage_out")
-        here = lambda key: [os.path.join(self.work, r) if (r := rel(p)) else p for p in job.get(key) or ()]
-        live.job = dict(job, cwd=self.work, stage_home=self.home, inputs=here("inputs"), outputs=here("outputs"))
+        pick = lambda *lists: list(dict.fromkeys(r for paths in lists for p in paths or () if (r := rel(p))))
+        # its -o/--err files (relative to its cwd) go back as --stage-out's; an appending one is sent first, if any
+        logs = {k: os.path.join(job["cwd"], job[k]) for k in ("stdout_file", "stderr_file") if job.get(k)}
+        appended = [p for k, p in logs.items() if job.get(k.replace("_file", "_append"))]
+        self.inputs, self.optional = pick(job.get("inputs"), job.get("stage_in"), appended), pick(appended)
+        self.outputs = pick(job.get("outputs"), job.get("stage_out"), logs.values())
+        here = lambda p: os.path.join(self.work, r) if (r := rel(p)) else p
+        live.job = dict(job, cwd=self.work, stage_home=self.home, **{k: here(p) for k, p in logs.items()},
+                        **{k: [here(p) for p in job.get(k) or ()] for k in ("inputs", "outputs")})
         uid = job.get("uid")
         self.ids = (uid, job.get("gid", uid)) if os.geteuid() == 0 and uid else None
         self.waiting = bool(self.inputs) and "stage_home" not in job  # (re-adopted: it was started)
@@ -83,7 +89,7 @@ class Staged:
             return _end(sock)
         try:
             self.sock = sock
-            _receive(sock, self.work, set(self.inputs), self.ids)
+            _receive(sock, self.work, set(self.inputs), self.ids, optional=self.optional)
             if not self.settle():  # (before the socket goes: the janitor must not see a push ended and its job waiting)
                 raise Refused("the job no longer waits for its inputs")
             self.sock = None
@@ -253,9 +259,9 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
             os.close(f)
 
 
-def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> list[str]:
-    """Frames until END, each file stored under root. On the node (a push) every expected file must come and
-    fit; on the client (a pull), returns the notes of MISSING frames."""
+def _receive(sock, root: str, expected: set, ids=None, node: bool = True, optional=()) -> list[str]:
+    """Frames until END, each file stored under root. On the node (a push) every expected file must come (an
+    `optional` one, unless the client has none), and fit; on the client (a pull), returns the notes of MISSING frames."""
     notes = []
     while (head := _read_head(sock))[0] != END:
         kind, rel, size, mode, text = head
@@ -264,7 +270,7 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True) -> lis
         expected.discard(rel)
         if kind == MISSING:
             notes.append(f"{rel} {text}")
-            if node:
+            if node and not (rel in optional and text.endswith(os.strerror(errno.ENOENT))):  # (not one unread)
                 raise Refused(notes[-1])
             continue
         st = os.statvfs(root)

@@ -165,6 +165,43 @@ def test_failed_job_outputs_come_back_and_those_it_cannot_send_are_in_its_record
     assert "staging:" in error and "never.txt was never written" in error and "outside the staged tree" in error
 
 
+def test_the_jobs_output_files_come_back_and_one_it_removed_is_named(cluster, tmp_path):
+    """-o/--err files (relative to its cwd: the work dir) come back as --stage-out's; an appending one is sent
+    to the node first, if the submitter has it, so it gains this run's output."""
+    (tmp_path / "in.txt").write_text("in\n")
+    (tmp_path / "had.log").write_text("before\n")
+    r = grun(cluster, tmp_path, "--hosts", "far", "--stage-in", "in.txt", "--stage-out", "out.txt", "-o", "log.txt",
+             "--err", "err.txt", "cat in.txt > out.txt; pwd; echo oops >&2")
+    assert r.returncode == 0 and r.stdout == b"", r.stderr
+    assert (tmp_path / "out.txt").read_text() == "in\n" and (tmp_path / "err.txt").read_text() == "oops\n"
+    assert (tmp_path / "log.txt").read_text().strip().endswith("/work")  # (staged: it ran in the work dir)
+    for name, before in (("had.log", "before\n"), ("new.log", "")):
+        r = grun(cluster, tmp_path, "--hosts", "far", "--out-err-append", name, "echo run; echo e >&2")
+        assert r.returncode == 0 and (tmp_path / name).read_text() == before + "run\ne\n", r.stderr
+    (tmp_path / "dir.log").mkdir()  # one it has but cannot send: never replaced by this run's part
+    r = grun(cluster, tmp_path, "--hosts", "far", "--out-append", "dir.log", "true")
+    assert r.returncode == 255 and b"staging: dir.log is not a regular file" in r.stderr, r.stderr
+    r = grun(cluster, tmp_path, "-v", "--hosts", "far", "-o", "gone.log", "rm gone.log")
+    assert r.returncode == 0 and "gone.log was never written by the job" in r.stderr.decode(), r.stderr
+    job_id = int(r.stderr.split()[2])  # `grun: job N queued`
+    assert "staging: gone.log was never written" in cluster.client().wait([job_id], 10)[job_id]["error"]
+
+
+def test_jobs_no_grun_follows_write_their_output_files_in_place(cluster, tmp_path):
+    """An array's tasks and an sbatch job: nobody would fetch them from a work dir, so they run in their cwd."""
+    r = grun(cluster, tmp_path, "--hosts", "far", "--array", "1-3", "-o", "out.%a", "echo task $GRUN_TASK_ID")
+    assert r.returncode == 0, r.stderr
+    assert [(tmp_path / f"out.{t}").read_text() for t in (1, 2, 3)] == [f"task {t}\n" for t in (1, 2, 3)]
+    bin_dir = tmp_path / "bin"
+    install = "import sys; from grun.integrate import install_shims; sys.exit(install_shims(sys.argv[1:]))"
+    subprocess.run([sys.executable, "-c", install, "install", str(bin_dir)], check=True, capture_output=True,
+                   env=dict(cluster.env, PATH=f"{bin_dir}:/nonexistent"))  # (not shadowed by a real Slurm's)
+    r = subprocess.run([str(bin_dir / "sbatch"), "--parsable", "-W", "-w", "far", "-o", "s-%j.out", "--wrap", "pwd"],
+                       env=cluster.env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / f"s-{r.stdout.strip()}.out").read_text() == f"{tmp_path}\n"
+
+
 def test_outputs_come_back_to_a_reattached_client_and_through_a_symlinked_dir(cluster, tmp_path):
     """The client that ran the job was killed: `grun --attach` brings the outputs back (into a directory the
     submitter reaches through a symlink: the client, as its user, follows it)."""
