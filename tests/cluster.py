@@ -76,6 +76,7 @@ class LocalCluster:
                                                             "small": {"cpus": 1, "memory": 2000}}
         self.master_extra = master_extra or {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.clients: list[subprocess.Popen] = []  # (popen's: a test that failed before waiting for one left it running)
         self.configs: dict[str, str] = {}
         self.client_config = self.write_config("client", {"services": "exec"})
 
@@ -166,9 +167,14 @@ class LocalCluster:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("env", self.env)
-        return subprocess.Popen([sys.executable, "-m", "grun.cli", *args], **kwargs)
+        self.clients.append(p := subprocess.Popen([sys.executable, "-m", "grun.cli", *args], **kwargs))
+        return p
 
     def stop(self) -> None:
+        for p in self.clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
             with contextlib.suppress(OSError, ValueError):  # one restarted (`grun -d -R`) is another: its pid file's

@@ -532,10 +532,12 @@ def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, mon
         jobqueue = pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed (pip install -e '.[test]')")
     from dask.distributed import Client as DaskClient
     monkeypatch.setenv("PATH", f"{shims.bin}:{os.environ['PATH']}")  # ours before the real Slurm of this machine
+    import dask
+    monkeypatch.setitem(dask.config.config, "temporary-directory", str(tmp_path))  # (else /tmp/dask-scratch-space stays)
     monkeypatch.setenv("GRUN_CONF", cluster.client_config)
     monkeypatch.chdir(tmp_path)
     with getattr(jobqueue, kind)(cores=1, memory="1GB", processes=1, walltime="00:10:00", python=sys.executable,
-                                 log_directory=str(tmp_path), scheduler_options={"host": "127.0.0.1"}) as dask:
+                                 log_directory=str(tmp_path), local_directory=str(tmp_path), scheduler_options={"host": "127.0.0.1"}) as dask:
         dask.scale(2)
         with DaskClient(dask) as client:
             client.wait_for_workers(2, timeout=60)
