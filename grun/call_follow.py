@@ -96,9 +96,10 @@ _renewer = threading.Thread()  # (not started: follow_all starts it, in a fork's
 
 def lease() -> float:
     """How long the calls' jobs outlive our last renewal of their leases (we were killed with kill -9, our kernel
-    crashed, our machine died: grun.core.leases): $GRUN_CALL_LEASE s, 60 by default."""
+    crashed, our machine died: grun.core.leases): $GRUN_CALL_LEASE s, 120 by default (a C call holding the GIL, a big
+    sort, stops our renewals: 10 s of it with a lease of 3 s lost a live caller's calls)."""
     with contextlib.suppress(ValueError):
-        if (seconds := float(os.environ.get("GRUN_CALL_LEASE") or 60)) > 0:  # (0 would spin the renewer)
+        if (seconds := float(os.environ.get("GRUN_CALL_LEASE") or 120)) > 0:  # (0 would spin the renewer)
             return seconds
     raise GrunError(f"bad $GRUN_CALL_LEASE {os.environ['GRUN_CALL_LEASE']!r}: expected seconds, above 0")
 
@@ -107,7 +108,9 @@ def _renew() -> None:
     """Renew the leases of the calls not settled, every lease / 3 s, one call to each master for all of them; a
     renewal that fails is tried again the next round."""
     while True:
-        time.sleep(lease() / 3)
+        with contextlib.suppress(GrunError):  # ($GRUN_CALL_LEASE made bad since: the last good one's pace)
+            pace = lease() / 3
+        time.sleep(pace)
         _each_master("renew", list(_pending))
 
 

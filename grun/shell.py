@@ -80,7 +80,7 @@ def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
         return [(f"--{o.long}", o.help) for o in OPTIONS if o.long in v.options]
     if v.words is _verb_name and len(done) == 1:
         return [(name, other.help) for name, other in verbs.VERBS.items()]
-    if v.words in (verbs.one_id, verbs.ids_or_name, verbs.changes):
+    if v.words in (verbs.one_id, verbs.ids_or_name, verbs.kill_ids, verbs.changes):
         jobs = view.jobs + (view.history if v.name in ("wait", "attach") else [])
         return [(str(j["id"]), f"{j.get('state', 'done')}: {command_text(j)}"[:60]) for j in jobs
                 if str(j["id"]) not in done[1:]]

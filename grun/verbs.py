@@ -122,13 +122,19 @@ def one_id(words: list[str], called: str, opts: dict) -> dict:
 def ids_or_name(words: list[str], called: str, opts: dict) -> dict:
     """`ID|NAME...`: a word not a job id (12) or task (12.7) names a job (kill's `-j NAME` may stand alone)."""
     names = [w for w in words if not (w.isdecimal() or task_ref(w))]
-    if bool(opts.get("user")) == bool(words or opts.get("name")):  # (kill's --user: all that user's jobs, none named)
-        raise UsageError(f"{called} --user takes all that user's jobs: give no job ids or names with it"
-                         if opts.get("user") else f"{called} needs job ids")
+    if not (words or opts.get("name") or opts.get("user")):
+        raise UsageError(f"{called} needs job ids")
     if bad := next((w for w in words if w.isdecimal() and not int(w)), None):
         raise UsageError(f"bad job id {bad!r}")
     return {"ids": [int(w) if w.isdecimal() else w for w in words if w not in names],
             "names": names + ([opts["name"]] if opts.get("name") else [])}
+
+
+def kill_ids(words: list[str], called: str, opts: dict) -> dict:
+    """kill's ids_or_name: its --user is all that user's jobs, none named (jobs' and history's, a filter of them)."""
+    if opts.get("user") and (words or opts.get("name")):
+        raise UsageError(f"{called} --user takes all that user's jobs: give no job ids or names with it")
+    return ids_or_name(words, called, opts)
 
 
 def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
@@ -291,7 +297,7 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
     verb(usage, options, words)(run)
 
 
-_control("kill", "[-n SIG] [--force] [--user USER] [-j NAME] ID|NAME...", "signal force name user", ids_or_name,
+_control("kill", "[-n SIG] [--force] [--user USER] [-j NAME] ID|NAME...", "signal force name user", kill_ids,
          "kill jobs (queued, waiting or running)", lambda args: (args.get("signal", 15), bool(args.get("force"))))
 _control("hold", "ID|NAME...", "", ids_or_name, "hold queued jobs, suspend running ones")
 _control("resume", "ID|NAME...", "", ids_or_name, "release held jobs, continue suspended ones")

@@ -180,6 +180,8 @@ def test_user_takes_a_uid_as_squeue_u_does(cluster):
     try:
         r = cluster.grun("-q", "jobs", "--user", str(os.getuid()), "-F", "name")
         assert r.returncode == 0 and b"\nby-uid\n" in r.stdout, r.stderr
+        r = cluster.grun("-q", "jobs", "--user", str(os.getuid()), "-F", "name", str(job))  # (a filter, kill's --user not)
+        assert r.returncode == 0 and b"\nby-uid\n" in r.stdout, r.stderr
         r = cluster.grun("-q", "history", "--user", str(os.getuid()))
         assert r.returncode == 0, r.stderr
     finally:
@@ -220,8 +222,11 @@ def test_kill_user_kills_all_that_users_live_jobs_as_scancel_u(cluster):
     wait_for(lambda: not client.jobs(), what="every job killed")
     assert {client.job(i)["state"] for i in ids} == {"killed"}
     assert (r := cluster.grun("-k", "--user", str(os.getuid()))).returncode == 0 and r.stderr == b"", "none: no word"
-    # another's, none seen (with private_queries, whatever they have): said, not a silent success (QA)
+    # another's, none seen (with private_queries, whatever they have): said, not a silent success (QA); ours run on
+    survivor = _submitted(cluster.grun("--nowait", "sleep", "60"))
     assert_one_error_line(r := cluster.grun("-k", "--user", "nobody"), "no live jobs of nobody that you may see")
+    assert client.job(survivor)["state"] in ("queued", "dispatched", "running")
+    cluster.grun("-k", str(survivor))
 
 
 def test_hold_queues_a_job_held_and_a_waiting_grun_runs_it_once_released(cluster):

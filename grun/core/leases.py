@@ -7,10 +7,14 @@ wait for their call from the caller once they run) ends once that long has passe
 from . import jobs as J
 
 REASON = "its caller stopped renewing its lease"
+PAUSE_SECS = 5.0  # a gap between two sweeps (made every second or so) longer than this: the master did not run
 
 
 class Leases(dict):
-    """Job id -> when its lease runs out."""
+    """Job id -> when its lease runs out; `swept`: when the master last looked (time it did not run, stopped or paused,
+    or a step of the clock, must not end a live caller's calls: each lease is pushed on by it)."""
+
+    swept = 0.0
 
     def start(self, jobs, now: float) -> None:
         self.update((job["id"], now + job["lease"]) for job in jobs if "lease" in job)
@@ -27,6 +31,10 @@ class Leases(dict):
 
     def expire(self, table, now: float) -> tuple[list[dict], list[tuple]]:
         """The records that end the live jobs whose lease ran out by `now`, and the instructions: their nodes' kills."""
+        if self.swept and now - self.swept > PAUSE_SECS:  # (a master SIGSTOPped 5 s killed every 3 s lease's calls)
+            for job_id in self:
+                self[job_id] += now - self.swept
+        self.swept = now
         ended = [job_id for job_id, due in self.items() if due <= now]  # (a job that ended, renewed no more, leaves so)
         records, on_nodes = [], {}
         for job in filter(None, map(table.jobs.get, ended)):
