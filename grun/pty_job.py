@@ -1,9 +1,10 @@
 """A `--pty` job's terminal (`grun --pty CMD`, `srun --pty CMD`): this module owns it, both ends.
 
 The job's end, `python -m grun.pty_job ROWSxCOLS CMD [ARGS...]` (what --pty makes of the command; it imports
-nothing of grun's), runs CMD on a new pty of that size, CMD a session leader with the pty its controlling terminal;
-it copies the job's stdin to the pty and the pty's output to the job's stdout, passes the signals grun sends the job
-(FORWARDED) on to CMD and to the terminal's foreground group (CMD's own session is beyond the job's process group),
+nothing of grun's), runs CMD on a new pty of that size, the controlling terminal of the job's session (we lead it),
+CMD's process group its foreground: CMD stays in the job's session, where the node's suspend and kills reach all it
+starts. It copies the job's stdin to the pty and the pty's output to the job's stdout, passes the signals grun sends
+the job (FORWARDED) on to CMD's group and to the terminal's foreground group (neither is the job's process group),
 and exits with CMD's status (128+N: killed by signal N). The end of its stdin (the client gone) hangs the terminal
 up: SIGHUP, as when an ssh connection drops.
 The client's end, Terminal: our terminal raw while the job runs (Ctrl-C, Ctrl-Z, Ctrl-\\ are keys for the job),
@@ -44,20 +45,26 @@ def _write_all(fd: int, data: bytes) -> None:
 def main(argv: list[str]) -> int:
     """The job's end (the module's docstring)."""
     import fcntl
-    import pty
     import termios
     rows, _, cols = argv[0].partition("x")
     winsize = lambda rows, cols: struct.pack("HHHH", int(rows), int(cols), 0, 0)
-    pid, master = pty.fork()
-    if pid == 0:  # CMD, on the pty
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # (Python ignores them, and exec would keep that)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(rows, cols))  # before CMD reads it
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)  # (we lead the job's session: the reaper's setsid)
+    if (pid := os.fork()) == 0:  # CMD, on the pty, in the job's session (the node's signals and kills reach it there)
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # (else tcsetpgrp from a background group stops us)
+        os.tcsetpgrp(slave, os.getpid())
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTOU):  # (Python ignores them, and exec would keep that)
             signal.signal(sig, signal.SIG_DFL)
         try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, winsize(rows, cols))  # before CMD reads it
             os.execvp(argv[1], argv[1:])
         except OSError as exc:
             os.write(2, f"grun: {argv[1]}: {exc.strerror}\n".encode())
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    os.close(slave)  # (CMD holds it: its read fails, EIO, once nobody does)
 
     def forward(sig, _=None):
         groups = {pid}

@@ -67,17 +67,35 @@ def set_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def killpg(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
+def killpg(sid: int, sig: int) -> bool:
+    """Signal job `sid` (its reaper's setsid made it a session leader) in every process group of its session, those
+    a process moved to (setpgid: an interactive shell's jobs, --pty's CMD) too, until a scan of /proc (2-3 ms with
+    2,000 processes) finds no new one; what called setsid escapes. Whether any was signalled."""
+    done, sent = set(), False
+    while groups := _session_groups(sid) - done:
+        for group in groups:
+            with contextlib.suppress(OSError):  # (gone, or only processes we may not signal)
+                os.killpg(group, sig)
+                sent = True
+        done |= groups
+    return sent
+
+
+def _session_groups(sid: int) -> set[int]:
+    groups = {sid}
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(ValueError, OSError):
+            if os.getsid(pid := int(name)) == sid:
+                groups.add(os.getpgid(pid))
+    return groups
 
 
 def end_job(pid: int) -> tuple:
-    """A job's main process `pid` has ended, unreaped: SIGKILL what is left of its group (`cmd &`), as Slurm and
+    """A job's main process `pid` has ended, unreaped: SIGKILL what is left of its session (`cmd &`), as Slurm and
     SGE do: a job is over when its main process is; nothing of it may run on unseen, beyond `grun -k`. KILL, not
-    TERM and a grace: the end is the job's own doing, and the group id is safe only now, while its leader's zombie
-    holds the pid, until we reap it next (what left the group, setsid or setpgid, escapes). Returns its (wait
-    status, rusage); the reaper and the node (a job of a dead reaper) both end jobs here."""
+    TERM and a grace: the end is the job's own doing, and the session id is safe only now, while its leader's zombie
+    holds the pid, until we reap it next. Returns its (wait status, rusage); the reaper and the node (a job of a dead
+    reaper) both end jobs here."""
     killpg(pid, signal.SIGKILL)
     return os.wait4(pid, 0)[1:]
 

@@ -1,17 +1,22 @@
 """`grun --pty CMD` (grun.pty_job) on real daemons, from a real terminal (pexpect's): the job's own tty, its window
 size and its changes, Ctrl-C and Ctrl-\\ reaching the job, the job's exit code, and our terminal as it was after every
-end (the job's, Ctrl-\\, grun killed with TERM); srun --pty; and the command lines refused."""
+end (the job's, Ctrl-\\, grun killed with TERM); the program and all it starts in the job's session, where hold, kill
+and the job's end reach them; srun --pty; and the command lines refused."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import pexpect
+import psutil
 import pytest
 from cluster import LocalCluster
-from util import assert_one_error_line, wait_for
+from util import assert_one_error_line, wait_for, wait_state
 
 GRUN, PROMPT = f"{shlex.quote(sys.executable)} -m grun.cli", "@pty@ "
 
@@ -72,7 +77,7 @@ def test_the_terminal_is_restored_however_grun_ends(cluster, tmp_path, how):
 
 
 def test_signals_to_the_job_reach_its_program(cluster, tmp_path):
-    """`grun -k -n USR1`: to the program on the pty (in a session of its own, outside the job's process group)."""
+    """`grun -k -n USR1`: to the program on the pty (in a process group of its own, outside the job's)."""
     loop = 'trap "echo got USR1; exit 7" USR1; echo started; while :; do sleep 0.1; done'
     child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
     try:
@@ -84,6 +89,77 @@ def test_signals_to_the_job_reach_its_program(cluster, tmp_path):
         ended(child, tmp_path, 7)
     finally:
         child.close(force=True)
+
+
+def _running(path) -> int | None:
+    """The pid written in `path`, if that process runs (a zombie has ended); None once it does not."""
+    with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError, ValueError):
+        pid = int(path.read_text())
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return pid
+    return None
+
+
+def _killed(path) -> None:
+    """(When a test failed: what it left running.)"""
+    with contextlib.suppress(OSError, TypeError):
+        os.kill(_running(path), signal.SIGKILL)
+
+
+def test_grun_k_kills_a_program_on_the_terminal_that_ignores_term_and_hup(cluster, tmp_path):
+    """The program's process group is not the job's, but it is in the job's session: TERM, then KILL reach it."""
+    loop = f'trap "" TERM HUP; echo $$ > {tmp_path}/pid; echo started; while :; do sleep 0.1; done'
+    child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
+    try:
+        child.expect(r"grun: job (\d+) running")
+        job_id = child.match.group(1).decode()
+        child.expect("started\r\n")
+        assert cluster.grun("-k", job_id).returncode == 0
+        child.expect(pexpect.EOF, timeout=30)
+        wait_for(lambda: _running(tmp_path / "pid") is None, 10, what="the program to be killed")
+    finally:
+        child.close(force=True)
+        _killed(tmp_path / "pid")
+
+
+def test_hold_suspends_the_program_on_the_terminal_and_resume_continues_it(cluster, tmp_path):
+    ticks = tmp_path / "ticks"
+    loop = f"echo $$ > {tmp_path}/pid; echo started; i=0; while :; do i=$((i+1)); echo $i > {ticks}; sleep 0.2; done"
+    child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
+    try:
+        child.expect(r"grun: job (\d+) running")
+        job_id = child.match.group(1).decode()
+        child.expect("started\r\n")
+        assert cluster.grun("-e", "hold", job_id).returncode == 0
+        wait_state(cluster, int(job_id), "suspended")
+        time.sleep(0.5)
+        count = ticks.read_text()
+        time.sleep(1)
+        assert ticks.read_text() == count, "the suspended job's program ran on"
+        assert cluster.grun("-e", "resume", job_id).returncode == 0
+        wait_for(lambda: ticks.read_text() != count, 10, what="the resumed program to tick again")
+        assert cluster.grun("-k", job_id).returncode == 0
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close(force=True)
+        _killed(tmp_path / "pid")
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash --norc"])
+def test_what_a_shell_on_the_terminal_left_running_ends_with_the_job(cluster, tmp_path, shell):
+    """`sleep 777 &` in an interactive shell: a process group of its own (job control), in the job's session."""
+    child = session(cluster, tmp_path, f"{GRUN} --pty -E PS1 {shell}")
+    try:
+        child.expect(PROMPT)
+        child.sendline(f"sleep 777 & echo $! > {tmp_path}/pid")
+        child.expect(PROMPT)
+        wait_for(lambda: _running(tmp_path / "pid"), 10, what="the background sleep")
+        child.sendline("exit")
+        ended(child, tmp_path, 0)
+        wait_for(lambda: _running(tmp_path / "pid") is None, 10, what="the background sleep to be killed")
+    finally:
+        child.close(force=True)
+        _killed(tmp_path / "pid")
 
 
 def test_a_signal_after_the_terminal_lost_its_session_reaches_the_program_alone():

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
@@ -416,15 +417,18 @@ def test_the_stderr_tail_of_a_job_that_left_a_fifo_there_does_not_block(tmp_path
     assert _tail(str(tmp_path / "link"), owner=65534) == b"" and _tail(str(tmp_path / "link"), owner=os.geteuid())
 
 
-def test_what_a_job_leaves_running_in_its_group_is_killed_when_it_ends(c, tmp_path):
-    """`sleep 100 &` in a job's script, even one that ignores TERM, ends with the job (as under Slurm and SGE):
-    nothing of a finished job runs on outside the job table, where `grun -k` cannot reach it."""
-    script = f"sleep 100 & echo $! > {tmp_path}/a; (trap '' TERM INT HUP; sleep 100) & echo $! > {tmp_path}/b; echo started"
+def test_what_a_job_leaves_running_in_its_session_is_killed_when_it_ends(c, tmp_path):
+    """`sleep 100 &` in a job's script, even one that ignores TERM or moved to a process group of its own (`set -m`),
+    ends with the job (as under Slurm and SGE): nothing of a finished job runs on outside the job table, where `grun -k`
+    cannot reach it."""
+    regroup = f"import os, time; os.setpgid(0, 0); open('{tmp_path}/c', 'w').write(str(os.getpid())); time.sleep(100)"
+    script = (f"sleep 100 & echo $! > {tmp_path}/a; (trap '' TERM INT HUP; sleep 100) & echo $! > {tmp_path}/b; "
+              f"{sys.executable} -c \"{regroup}\" & while [ ! -s {tmp_path}/c ]; do sleep 0.05; done; echo started")
     started = time.monotonic()
     r = c.grun("sh", "-c", script)
     assert (r.returncode, r.stdout) == (0, b"started\n"), r.stderr
     assert time.monotonic() - started < 20
-    left = [int((tmp_path / name).read_text()) for name in "ab"]
+    left = [int((tmp_path / name).read_text()) for name in "abc"]
     wait_for(lambda: all(_not_running(p) for p in left), 10, what="the job's background processes to be killed")
 
 

@@ -353,7 +353,7 @@ class Master(Queries):
         return {**self._do("kill", job_ids, signal, force), **hidden}
 
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
-        """Hold queued jobs; suspend running ones (SIGSTOP to the process group, cpus released) unless `pending_only`."""
+        """Hold queued jobs; suspend running ones (SIGSTOP to their sessions, cpus released) unless `pending_only`."""
         job_ids, hidden = self._may_change(job_ids, "hold")
         return {**self._do("control", "hold", job_ids, pending_only=bool(pending_only)), **hidden}
 

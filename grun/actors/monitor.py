@@ -1,7 +1,7 @@
-"""What a node measures every second with psutil: each running job's usage (a job is its process group:
-its reaper starts it as a group leader), and the load that is not grun's, so the scheduler never counts on
-cpus or memory other programs use (grun's processes: the node daemon, its descendants and every job group);
-and which job goes when a memory limit is hit (its own, or the node's min_free_memory).
+"""What a node measures every second with psutil: each running job's usage (a job is its session, all its process
+groups: its reaper starts it as a session leader; what calls setsid escapes), and the load that is not grun's, so the
+scheduler never counts on cpus or memory other programs use (grun's processes: the node daemon, its descendants and
+every job's session); and which job goes when a memory limit is hit (its own, or the node's min_free_memory).
 
 Outside cpu load, over the heartbeat window: the machine's busy cpu time (all but idle and iowait) minus
 grun's, in whole cores, a core counting once it is BUSY_CORE busy, so a few percent of daemon noise never
@@ -42,12 +42,12 @@ class Monitor:
         self.grun_cores = 0.0
         self.machine = (psutil.cpu_count() or 1, psutil.virtual_memory().total // 2**20)  # (cores, MB): they stay
 
-    def sample(self, groups: dict[int, int]) -> dict[int, dict]:
-        """One sample. `groups`: job id -> its pgid. Returns job id -> usage, also kept in .usage."""
+    def sample(self, sessions: dict[int, int]) -> dict[int, dict]:
+        """One sample. `sessions`: job id -> its session id (its pid). Returns job id -> usage, also kept in .usage."""
         now = time.time()
         interval = max(1e-3, now - self.last_sample)
-        by_group = {pgid: job_id for job_id, pgid in groups.items()}
-        per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in groups}
+        by_session = {sid: job_id for job_id, sid in sessions.items()}
+        per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in sessions}
         grun_rss, seen = 0, {}
         try:
             own = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
@@ -55,10 +55,9 @@ class Monitor:
             own = {os.getpid()}
         for pid in psutil.pids():
             try:
-                pgid = os.getpgid(pid)
+                job_id = by_session.get(os.getsid(pid))
             except OSError:
                 continue
-            job_id = by_group.get(pgid)
             if job_id is None and pid not in own:
                 continue
             got = self._read(pid)

@@ -47,7 +47,7 @@ class LiveJob:
     stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
-    pid: int | None = None         # the job's pid (and process group), once its reaper started it
+    pid: int | None = None         # the job's pid (and session), once its reaper started it
     reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
     unsure: bool = False           # adopted unclaimed: an earlier reaper may claim it, its pid file names who did
     settling: bool = False         # its reaper died, its end is being recorded (_end_orphan)
@@ -152,12 +152,12 @@ class NodeJobs:
             spawner.killpg(live.pid, signal.SIGKILL)  # its TERM was sent before we restarted
 
     def suspend(self, job_ids: list) -> dict:
-        """SIGSTOP the process group of each running job; {id: done}."""
+        """SIGSTOP each running job (all its session: spawner.killpg); {id: done}."""
         auth.require("suspend jobs on a node (ask the master)")
         return self._signal_groups(job_ids, signal.SIGSTOP)
 
     def resume(self, job_ids: list) -> dict:
-        """SIGCONT the process group of each suspended job; {id: done}."""
+        """SIGCONT each suspended job; {id: done}."""
         auth.require("resume jobs on a node (ask the master)")
         return self._signal_groups(job_ids, signal.SIGCONT)
 
@@ -166,9 +166,7 @@ class NodeJobs:
         for job_id in out:
             live = self.live.get(int(job_id))
             if live is not None and self.job_status(live) is None and (pid := self._job_pid(live)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, sig)
-                    out[job_id] = True
+                out[job_id] = spawner.killpg(pid, sig)
         return out
 
     def _register_job(self, live: LiveJob) -> None:
@@ -187,7 +185,7 @@ class NodeJobs:
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
-        """Signal the job's process group, then SIGKILL it after `grace` seconds. `once`: unless this signal was
+        """Signal the job (spawner.killpg), then SIGKILL it after `grace` seconds. `once`: unless this signal was
         sent before (the master repeats its kills in every reply until the job has ended: a repeat must neither
         signal again nor restart the escalation)."""
         with self.lock:
@@ -400,8 +398,8 @@ class NodeJobs:
             why, more = f"{why}: the host rebooted", {"lost": True}
         else:
             more = {}
-            with contextlib.suppress(psutil.Error, OSError):  # its group, if the pid still names the job's
-                if pid and os.getpgid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
+            with contextlib.suppress(psutil.Error, OSError):  # its session, if the pid still names the job's
+                if pid and os.getsid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                     spawner.killpg(pid, signal.SIGKILL)
         if pid is None and unnamed:  # (a full disk: maybe it ran, and runs on, unknown to us)
             return self._end_failed(live, f"{why}; a full spool disk kept its pid from us: it may have run", **more)
