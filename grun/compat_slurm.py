@@ -165,7 +165,7 @@ def srun(argv: list[str]) -> int:
 
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
-        say = lambda text: print(f"srun: {text}", file=sys.stderr, flush=True)
+        say = lambda text: print(f"srun: {text}" + "\r" * bool(term and term.raw), file=sys.stderr, flush=True)
         return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start)
     try:
         return C.dies_with(client, ids, follow)

@@ -138,8 +138,11 @@ class Terminal:
             threading.Thread(target=self._copy, name="grun-pty-keys", daemon=True).start()
 
     def resized(self, *_) -> None:
+        """The job's new size, written by a thread of its own: the pipe full (a job not reading its terminal) would
+        block the thread the signal came to, the one streaming the job's output."""
+        import threading
         cols, rows = os.get_terminal_size(0)
-        os.write(self.pipe, FRAME.pack(MARK, rows, cols))
+        threading.Thread(target=os.write, args=(self.pipe, FRAME.pack(MARK, rows, cols)), daemon=True).start()
 
     def _copy(self) -> None:
         with contextlib.suppress(OSError):
