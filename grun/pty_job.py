@@ -50,9 +50,17 @@ def main(argv: list[str]) -> int:
     winsize = lambda rows, cols: struct.pack("HHHH", int(rows), int(cols), 0, 0)
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(rows, cols))  # before CMD reads it
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)  # (we lead the job's session: the reaper's setsid)
+    try:  # (we lead the job's session, the reaper's setsid; not under a --wrap that forks, `timeout 1h {cmd}`)
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        ours = True
+    except OSError:  # CMD then leads a session of its own (as pty.fork made it), which we pass the job's signals on to
+        ours = False
     if (pid := os.fork()) == 0:  # CMD, on the pty, in the job's session (the node's signals and kills reach it there)
-        os.setpgid(0, 0)
+        if not ours:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        else:
+            os.setpgid(0, 0)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # (else tcsetpgrp from a background group stops us)
         os.tcsetpgrp(slave, os.getpid())
         for fd in (0, 1, 2):
@@ -70,11 +78,12 @@ def main(argv: list[str]) -> int:
         groups = {pid}
         with contextlib.suppress(OSError):
             groups.add(os.tcgetpgrp(master) or pid)  # (0 once the pty has lost its session: killpg(0) is our own)
+        groups.discard(os.getpgrp())  # (ours, the terminal's until CMD takes it: a signal to us came back to us)
         for group in groups:
             with contextlib.suppress(OSError):
                 os.killpg(group, sig)
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    for sig in FORWARDED:  # (in the job's session, the node's signals reach CMD's groups: passed on, they came twice)
+        signal.signal(sig, (lambda *_: None) if ours else forward)
     wake, woken = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(woken)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # (its byte on `wake`: CMD has ended, even if others hold the pty)

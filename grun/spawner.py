@@ -71,13 +71,14 @@ def killpg(sid: int, sig: int) -> bool:
     """Signal job `sid` (its reaper's setsid made it a session leader) in every process group of its session, those
     a process moved to (setpgid: an interactive shell's jobs, --pty's CMD) too, until a scan of /proc (2-3 ms with
     2,000 processes) finds no new one; what called setsid escapes. Whether any was signalled."""
-    done, sent = set(), False
-    while groups := _session_groups(sid) - done:
+    done, sent, groups = set(), False, _session_groups(sid)
+    while groups:
         for group in groups:
             with contextlib.suppress(OSError):  # (gone, or only processes we may not signal)
                 os.killpg(group, sig)
                 sent = True
-        done |= groups
+        done |= groups  # (scanned again only where a process moved groups: a scan a job end halved the reaper's jobs/s)
+        groups = _session_groups(sid) - done if len(done) > 1 else set()
     return sent
 
 

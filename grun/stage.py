@@ -157,9 +157,9 @@ class Staged:
                     fd = _open(self.work, under(real, self.work))
                 except OSError:
                     return None, rel, f"cannot be read: {e.strerror}"
-            if self.ids and os.fstat(fd).st_uid != self.ids[0]:
+            if not stat.S_ISREG((st := os.fstat(fd)).st_mode) or self.ids and st.st_uid != self.ids[0]:
                 os.close(fd)
-                return None, rel, "is not the job user's file (a hard link to another's?): not sent back"
+                return None, rel, "is not a file of the job user's (a FIFO, a hard link to another's?): not sent back"
             return fd, name, None
         return None, rel, "was never written by the job"
 
@@ -213,7 +213,8 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
                     os.mkdir(part, 0o755, dir_fd=fd)
                     if ids:
                         os.chown(part, *ids, dir_fd=fd, follow_symlinks=False)
-            flags = os.O_RDONLY | os.O_NOFOLLOW * (not follow) | os.O_CLOEXEC | (0 if i == len(parts) - 1 else os.O_DIRECTORY)
+            last = i == len(parts) - 1  # (not blocking: a FIFO the job put there for an output hung the node, its lock held)
+            flags = os.O_RDONLY | os.O_NOFOLLOW * (not follow) | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
             fd, old = os.open(part, flags, dir_fd=fd), fd
             os.close(old)
     except BaseException:

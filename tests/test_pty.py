@@ -165,14 +165,15 @@ def test_what_a_shell_on_the_terminal_left_running_ends_with_the_job(cluster, tm
 def test_a_signal_after_the_terminal_lost_its_session_reaches_the_program_alone():
     """(The pty's foreground group is 0 then, and os.killpg(0, sig) would signal the job's side itself, over and over:
     as the node's SIGCONT did after each kill once the program had ended.) The job's side alone, in a session of its
-    own, as its node starts it."""
+    own, as its node starts it, signalled as the node does (grun.spawner.killpg: each group of its session, once)."""
+    from grun.spawner import killpg
     code = ("import fcntl, signal, termios, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
             "fcntl.ioctl(0, termios.TIOCNOTTY); print('detached', flush=True); time.sleep(30)")
     job = subprocess.Popen([sys.executable, "-m", "grun.pty_job", "24x80", sys.executable, "-c", code],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         assert job.stdout.readline() == b"detached\r\n"
-        job.send_signal(signal.SIGTERM)
+        assert killpg(job.pid, signal.SIGTERM)
         assert (job.wait(timeout=20), job.stderr.read()) == (128 + signal.SIGTERM, b"")
     finally:
         job.kill()
