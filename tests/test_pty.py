@@ -81,9 +81,7 @@ def test_signals_to_the_job_reach_its_program(cluster, tmp_path):
     loop = 'trap "echo got USR1; exit 7" USR1; echo started; while :; do sleep 0.1; done'
     child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
     try:
-        child.expect(r"grun: job (\d+) running")
-        job_id = child.match.group(1).decode()
-        child.expect("started\r\n")
+        job_id = _started(child)
         assert cluster.grun("-k", "-n", "USR1", job_id).returncode == 0
         child.expect("got USR1\r\n")
         ended(child, tmp_path, 7)
@@ -106,14 +104,20 @@ def _killed(path) -> None:
         os.kill(_running(path), signal.SIGKILL)
 
 
+def _started(child) -> str:
+    """The id of the job `grun --pty -v` runs, once its program said "started"."""
+    child.expect(r"grun: job (\d+) running")
+    job_id = child.match.group(1).decode()
+    child.expect("started\r\n")
+    return job_id
+
+
 def test_grun_k_kills_a_program_on_the_terminal_that_ignores_term_and_hup(cluster, tmp_path):
     """The program's process group is not the job's, but it is in the job's session: TERM, then KILL reach it."""
     loop = f'trap "" TERM HUP; echo $$ > {tmp_path}/pid; echo started; while :; do sleep 0.1; done'
     child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
     try:
-        child.expect(r"grun: job (\d+) running")
-        job_id = child.match.group(1).decode()
-        child.expect("started\r\n")
+        job_id = _started(child)
         assert cluster.grun("-k", job_id).returncode == 0
         child.expect(pexpect.EOF, timeout=30)
         wait_for(lambda: _running(tmp_path / "pid") is None, 10, what="the program to be killed")
@@ -127,9 +131,7 @@ def test_hold_suspends_the_program_on_the_terminal_and_resume_continues_it(clust
     loop = f"echo $$ > {tmp_path}/pid; echo started; i=0; while :; do i=$((i+1)); echo $i > {ticks}; sleep 0.2; done"
     child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
     try:
-        child.expect(r"grun: job (\d+) running")
-        job_id = child.match.group(1).decode()
-        child.expect("started\r\n")
+        job_id = _started(child)
         assert cluster.grun("-e", "hold", job_id).returncode == 0
         wait_state(cluster, int(job_id), "suspended")
         time.sleep(0.5)
