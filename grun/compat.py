@@ -208,16 +208,15 @@ def find(client: Client, ref: str) -> dict | None:
         return client.job(ref)
 
 
-def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, list[str]]:
+def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, bool]:
     """Slurm's and SGE's hold (or release) of job `ref` (N, N.T): of a pending one (an array's tasks not started);
     one running runs on, and an array's running tasks (grun's hold would suspend them). Its record (None: there is
-    none) and the ids held (or released)."""
+    none) and whether it was held (or released)."""
     if not (job := find(client, ref)):
-        return None, []
-    refs = [ref] if job["state"] in (("held",) if release else ("queued", "waiting")) else []
-    if refs:
-        client.resume(refs) if release else client.hold(refs, True)
-    return job, refs
+        return None, False
+    if done := job["state"] in (("held",) if release else ("queued", "waiting")):
+        client.resume([ref]) if release else client.hold([ref], True)
+    return job, done
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:

@@ -406,9 +406,9 @@ def qhold(argv: list[str], release: bool = False) -> int:
         if not job or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
             print(f'denied: job "{ref}" does not exist')
             code = 1
-        for i in held:  # (an array held whole: its tasks not started)
-            print("\n".join(f"modified hold of job-array task {i}.{t}" for t in arrays.unstarted(job)) if i == str(job["id"])
-                  and "ranges" in job else f"modified hold of job{'-array task' * ('.' in i)} {i}")
+        if held:  # (an array held whole: its tasks not started)
+            print("\n".join(f"modified hold of job-array task {ref}.{t}" for t in arrays.unstarted(job)) if ref == str(
+                job["id"]) and "ranges" in job else f"modified hold of job{'-array task' * ('.' in ref)} {ref}")
     return code
 
 

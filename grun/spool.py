@@ -53,10 +53,11 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     return ends
 
 
-def make_dir(job_dir: str) -> None:
-    """The job's directory, 0711 whatever our umask (under UMask=077 its job reached neither its TMPDIR nor work/)."""
-    os.makedirs(job_dir, exist_ok=True)
-    os.chmod(job_dir, 0o711)
+def make_dir(path: str, mode: int = 0o711) -> None:
+    """A job's directory (or the jobs' own), `mode` whatever our umask (under UMask=077 a job reached neither its
+    TMPDIR nor work/)."""
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
 
 
 def pipe_path(job_dir: str, name: str) -> str:

@@ -77,13 +77,17 @@ def test_the_terminal_is_restored_however_grun_ends(cluster, tmp_path, how):
 
 
 def test_signals_to_the_job_reach_its_program(cluster, tmp_path):
-    """`grun -k -n USR1`: to the program on the pty (in a process group of its own, outside the job's)."""
-    loop = 'trap "echo got USR1; exit 7" USR1; echo started; while :; do sleep 0.1; done'
+    """`grun -k -n USR1`: to the program on the pty (in a process group of its own, outside the job's), once (the
+    wrapper passed on what the node's killpg had sent it already: twice, a review)."""
+    loop = ('n=0; got() { n=$((n+1)); echo "got USR1 $n"; }; trap got USR1; trap "exit 7" TERM; echo started; '
+            'while :; do sleep 0.1; done')
     child = session(cluster, tmp_path, f"{GRUN} --pty -v sh -c '{loop}'")
     try:
         job_id = _started(child)
         assert cluster.grun("-k", "-n", "USR1", job_id).returncode == 0
-        child.expect("got USR1\r\n")
+        child.expect("got USR1 1\r\n")
+        assert child.expect(["got USR1 2", pexpect.TIMEOUT], timeout=1.5) == 1, "delivered twice"
+        assert cluster.grun("-k", job_id).returncode == 0
         ended(child, tmp_path, 7)
     finally:
         child.close(force=True)

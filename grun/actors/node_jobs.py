@@ -67,8 +67,7 @@ class LiveJob:
 class NodeJobs:
     def _init_jobs(self, spool_dir: str) -> None:
         self.jobs_dir, self.acks = os.path.join(spool_dir, "jobs"), spool.Acks(spool_dir, self._acked)
-        os.makedirs(self.jobs_dir, exist_ok=True)
-        os.chmod(self.jobs_dir, 0o755)  # (whatever our umask: its jobs reach their TMPDIR and work/ through it)
+        spool.make_dir(self.jobs_dir, 0o755)
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
         self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged

@@ -21,13 +21,10 @@ class Leases(dict):
 
     def renew(self, table, job_ids: list, now: float) -> dict:
         """{id: whether it is a live job with a lease, renewed from `now`}."""
-        reply = {}
-        for raw in job_ids:
-            job = table.jobs.get(job_id := J.parse_job_id(raw))
-            reply[str(raw)] = renewed = job is not None and job_id in self
-            if renewed:
-                self[job_id] = now + job["lease"]
-        return reply
+        ids = {str(raw): J.parse_job_id(raw) for raw in job_ids}
+        live = {i for i in ids.values() if i in self and i in table.jobs}
+        self.update((i, now + table.jobs[i]["lease"]) for i in live)
+        return {raw: i in live for raw, i in ids.items()}
 
     def expire(self, table, now: float) -> tuple[list[dict], list[tuple]]:
         """The records that end the live jobs whose lease ran out by `now`, and the instructions: their nodes' kills."""
