@@ -301,7 +301,9 @@ class RepeatingMaster:
 
 def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
     """The job traps SIGTERM and lives on: it must hear it once, however often the master repeats
-    the kill, and the node's SIGKILL must still come after the grace period (not be put off)."""
+    the kill, and the node's SIGKILL must still come a grace period after it started (not be put off). Under load
+    the kill can find no pid yet and be sent by the reaper once it has one: its KILL then waited two graces (a CI
+    run's failure; not reproducible at will: the trap must be set before the reaper's TERM)."""
     terms = tmp_path / "terms"
     job = {"id": 7, "attempt": 1, "cmd": [f"trap 'echo TERM >> {terms}' TERM; while :; do sleep 0.05; done"],
            "shell": True, "cwd": "/", "env": {"PATH": os.environ["PATH"]}, "memory": 100, **AS_US}
@@ -319,7 +321,7 @@ def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
         assert terms.read_text() == "TERM\n"
         (report,) = wait_for(lambda: master.reports, 15, what="the job's end")
         assert report["id"] == 7 and report["signal"] == signal.SIGKILL, report
-        assert time.monotonic() - t0 < 6, "the KILL escalation was put off by the repeats"
+        assert time.monotonic() - t0 < 7.5, "the KILL escalation was put off (the grace is 5 s from the job's start)"
     finally:
         c.stop()
         daemon.shutdown()

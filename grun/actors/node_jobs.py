@@ -32,6 +32,7 @@ from .supervisor import JobSupervisor
 log = logging.getLogger("grun.node")
 
 KILL_GRACE_SECS = 5.0
+START_POLL_SECS = 0.5  # how often a kill sent before its job started looks for the job's pid (its grace starts there)
 SET_UP_WAIT_SECS = 5.0  # how long an attach waits for a job taken a moment ago to have its spool directory
 
 
@@ -209,7 +210,8 @@ class NodeJobs:
             # Once a job's leader has ended, its reaper killed what was left of the group (spawner.end_job) before
             # freeing the group id: only a job still running (not forgotten, not being settled: its pid is reaped)
             # is killed here. One not started at the kill gets `sig` from its reaper when it is (killreq), and
-            # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen.
+            # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen, which is
+            # looked for every START_POLL_SECS (not a grace later: that made the KILL two graces late).
             if self.live.get(live.id) is live and not live.settling and self.job_status(live) is None:
                 if (pid := self._job_pid(live)) is not None and started:
                     spawner.killpg(pid, signal.SIGKILL)
@@ -217,7 +219,7 @@ class NodeJobs:
                     arm(pid is not None)
 
         def arm(started: bool):
-            timer = threading.Timer(grace, escalate, (started,))
+            timer = threading.Timer(grace if started else START_POLL_SECS, escalate, (started,))
             timer.daemon = True
             timer.start()
         arm(pid is not None)
