@@ -193,7 +193,8 @@ class Drain:
         self.fds: dict[int, tuple[Output, str]] = {}  # pipe -> its job's output and stream
         self.stalled: set[Output] = set()  # outputs waiting for space on a full spool disk
         self._retry_at = 0.0
-        self.poll = select.epoll()
+        self.poll, self._waker = select.epoll(), os.eventfd(0, os.EFD_NONBLOCK)  # (close wakes the poll: no 1 s wait)
+        self.poll.register(self._waker, select.EPOLLIN)
         self.loop = Loop("grun-node-drain", self._step, 0.0, log, stop)
         self.loop.start()
 
@@ -239,7 +240,9 @@ class Drain:
 
     def close(self) -> None:
         """The node daemon stops: its running jobs' pipes stay for the next one."""
+        os.eventfd_write(self._waker, 1)
         self.loop.stop(join=2.0)
         for out in self.outputs.values():
             out.finish(unlink=False)
         self.poll.close()
+        os.close(self._waker)
