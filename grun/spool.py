@@ -208,11 +208,12 @@ def sweep(jobs_dir: str) -> None:
     for path in gone:
         empty(path, theirs)
     for (uid, gid), paths in theirs.items():
+        user = {} if uid == os.geteuid() else {"user": uid, "group": gid, "extra_groups": []}
         for i in range(0, len(paths), 1000):
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 # (made writable first: rm -rf empties no directory its user made read-only, as Go's module cache is)
                 subprocess.run(["sh", "-c", 'chmod -R u+rwx -- "$@" 2>/dev/null; exec rm -rf -- "$@"', "rm",
-                                *paths[i:i + 1000]], user=uid, group=gid, extra_groups=[], cwd="/",
+                                *paths[i:i + 1000]], **user, cwd="/",
                                env={"PATH": os.defpath}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=10)
     for path in [p for paths in theirs.values() for p in paths] + gone:
@@ -230,6 +231,8 @@ def empty(path: str, theirs: dict) -> None:
                 theirs.setdefault((st.st_uid, st.st_gid), []).append(entry.path)
             elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
+                if os.path.lexists(entry.path):  # (a node not root: a tree its job made read-only, for sweep's rm)
+                    theirs.setdefault((st.st_uid, st.st_gid), []).append(entry.path)
             else:
                 os.unlink(entry.path)
         os.rmdir(path)

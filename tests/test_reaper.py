@@ -561,6 +561,22 @@ def test_a_job_s_user_can_plant_nothing_in_its_spool_for_the_root_reaper():
         shutil.rmtree(f"{gone}/tmp/root's")
         spool.sweep(spool_dir)
         assert not os.path.exists(gone)
+        theirs = f"{spool_dir}/theirs"  # a node run by the user themselves (a personal cluster): a read-only tree too
+        os.mkdir(theirs)
+        os.chown(theirs, user.pw_uid, user.pw_gid)
+        subprocess.run(["sh", "-c", ro, "sh", theirs + "/7"], user=user.pw_uid,
+                       group=user.pw_gid, extra_groups=[], check=True)
+        if (child := os.fork()) == 0:  # (our python is root's: the user may not run it)
+            try:
+                os.setgroups([])
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+                spool.remove(f"{theirs}/7")
+                spool.sweep(theirs)
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert os.listdir(theirs) == []
     finally:
         account("userdel", name, check=False)
         shutil.rmtree(spool_dir)
