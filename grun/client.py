@@ -57,7 +57,8 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     if isinstance(exc, LookupError):
         return JobNotFound(text.strip("'\""))  # a KeyError's message is the repr of its key
     if isinstance(exc, UnicodeEncodeError):  # a word or file name whose bytes are not UTF-8
-        return GrunError(f"{exc.object.encode(errors='surrogateescape')!r}: not UTF-8, and grun's records are text")
+        word = exc.object.encode(errors="surrogateescape").decode(errors="backslashreplace")  # (not b'...': a repr)
+        return GrunError(f"'{word}': not UTF-8, and grun's records are text")
     return GrunError(text if isinstance(exc, (ValueError, TypeError)) else f"{where}: {text}")  # (a refusal says why)
 
 

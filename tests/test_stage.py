@@ -295,7 +295,7 @@ def test_names_travel_as_bytes_and_bad_input_is_one_line(cluster, tmp_path):
         stage._head(a, stage.END, b"", 0)
         assert stage._receive(b, str(tmp_path / "dst"), {rel}, node=False) == []
     assert open(os.path.join(os.fsencode(tmp_path / "dst"), name), "rb").read() == b"bytes\n"
-    for args, needle in [(["--stage-in", os.fsencode(rel), "cat"], b"not UTF-8"),
+    for args, needle in [(["--stage-in", os.fsencode(rel), "cat"], b"caf\\xe9 \\xff.txt': not UTF-8"),
                          (["--noio", "--stage", "always", "true"], b"need grun to follow the job"),
                          (["--stage-in", "/etc/hostname", "true"], b"only files under the working directory"),
                          (["--stage", "sometimes", "true"], b"stage must be auto, always or never")]:
