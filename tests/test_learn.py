@@ -110,10 +110,10 @@ def test_the_learned_memory_limit_kills_far_over_it_and_a_reload_turns_it_off(lc
 
 def test_runs_that_keep_ending_near_their_limit_are_warned_of(lc):
     _runs(lc, 3, "-t", "2s", "sleep", "1.9")
-    wait_for(lambda: "came within 10 % of their time limit of 2 s" in
+    wait_for(lambda: "used 90 % or more of their time limit of 2 s" in
              open(os.path.join(lc.root, "master", "grun.log")).read(), 20, what="the master's warning")
     job = lc.client().job(nowait(lc, "--force", "-c", "64", "-t", "2s", "sleep", "1.9"))
-    assert job["warnings"] == [f"the last 3 runs of sleep 1.9 by {USER} came within 10 % of their time limit of 2 s"]
+    assert job["warnings"] == [f"the last 3 runs of sleep 1.9 by {USER} used 90 % or more of their time limit of 2 s"]
     lc.client().kill([job["id"]], 9)
 
 

@@ -170,10 +170,10 @@ def test_runs_near_their_limit_three_times_in_a_row_warn_at_finish_and_at_the_ne
     table, near = L.Learned(), {"limits": {"memory_mb": 1000}}
     assert [_run(table, 950, **near) for _ in range(2)] == [None, None]
     assert _run(table, 10, wall=95.0, limits={"time": 100}) == (
-        "the last 3 runs of align.py by ann came within 10 % of their time limit of 100 s: they need more")
+        "the last 3 runs of align.py by ann used 90 % or more of their time limit of 100 s: they need more")
     req = _req()
     table.fill([req], SETTINGS)
-    assert req["warnings"] == ["the last 3 runs of align.py by ann came within 10 % of their time limit of 100 s"]
+    assert req["warnings"] == ["the last 3 runs of align.py by ann used 90 % or more of their time limit of 100 s"]
     assert _run(table, 500, **near) is None, "a run well under its limits starts the count again"
     table.fill([again := _req()], SETTINGS)
     assert "warnings" not in again

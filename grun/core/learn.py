@@ -93,7 +93,7 @@ class Learned:
         runs.near, runs.near_what = (runs.near + 1, near[0]) if near else (0, "")
         runs.predict()
         if runs.near >= NEAR_RUNS:
-            return f"{_runs_of(runs.near, key)} came within 10 % of their {runs.near_what}: they need more"
+            return f"{_runs_of(runs.near, key)} used 90 % or more of their {runs.near_what}: they need more"
         return None
 
     def fill(self, requests: list[dict], settings: dict) -> None:
@@ -117,7 +117,7 @@ class Learned:
             if "time" not in req:
                 req["expected_time"], origin["time"] = wall, f"learned: {what} (an estimate, not a limit)"
             if runs.near >= NEAR_RUNS:
-                warnings.append(f"{_runs_of(runs.near, key)} came within 10 % of their {runs.near_what}")
+                warnings.append(f"{_runs_of(runs.near, key)} used 90 % or more of their {runs.near_what}")
             if origin:
                 req.setdefault("origin", {}).update(origin)
             if warnings:
