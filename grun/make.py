@@ -2,10 +2,12 @@
 date" (exit 0); a failed run's outputs become FILE.failed; `-M -n` says what would run and why. The original grun's
 markers, kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an output and stay in the command
 without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would take them for a comment anyway); in a
-shell command line `< FILE` is an input, `> FILE`, `>FILE`, `>> FILE` an output, and `%!>FILE` writes FILE without
-making it an output (it stays as `>FILE`). The script of `sh -c SCRIPT` is such a line. A marker's file is the rest
-of its word, or, inside a word, up to a metacharacter."""
+shell command line `< FILE` is an input, `> FILE` and `>FILE` an output; `>> FILE` (a log, as make sees one: many
+jobs append to it, none makes it) is neither, nor is `%!>FILE`, which writes FILE (it stays as `>FILE`). The script of
+`sh -c SCRIPT` is such a line. A marker's file is the rest of its word, or, inside a word, up to a metacharacter."""
 import contextlib
+import filecmp
+import itertools
 import os
 import re
 import shlex
@@ -116,7 +118,7 @@ def _parse_line(line: str, inputs: list, outputs: list) -> str:
             i += 1
             if op.endswith("<") and "<<" not in op:
                 inputs.append(path)
-            elif ">" in op and fd in ("", "1", "&"):
+            elif ">" in op and ">>" not in op and fd in ("", "1", "&"):
                 outputs.append(path)
     for start, end, text in reversed(edits):
         line = line[:start] + text + line[end:]
@@ -166,12 +168,15 @@ def spec_keys(make: Make, decision: Decision) -> dict:
 
 
 def rename_failed(outputs: list[str]) -> list[str]:
-    """After a failed run: each existing output FILE becomes FILE.failed (replacing an older one), so a
-    rerun does not take a half-written output for an up-to-date one. Returns the outputs renamed; a
+    """After a failed run: each existing output FILE becomes FILE.failed, so a rerun does not take a half-written
+    output for an up-to-date one. An older FILE.failed of other content is kept as FILE.failed.N (the first free N):
+    it may hold what no rerun makes again (`>> %o:log`, a log the job appends to). Returns the outputs renamed; a
     missing file (or one we may not move) is skipped, never an error. The node calls it as the job's user."""
     renamed = []
     for path in outputs:
         with contextlib.suppress(OSError):
-            os.replace(path, path + ".failed")
+            if os.path.isfile(failed := path + ".failed") and not filecmp.cmp(path, failed, shallow=False):
+                os.rename(failed, next(to for n in itertools.count(1) if not os.path.lexists(to := f"{failed}.{n}")))
+            os.replace(path, failed)
             renamed.append(path)
     return renamed

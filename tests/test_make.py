@@ -114,6 +114,16 @@ def test_failed_make_job_leaves_file_failed_and_no_file(cluster, tmp_path):
     assert (tmp_path / "out").read_text() == "x\n"
 
 
+def test_a_log_the_job_appends_to_is_never_renamed(cluster, tmp_path):
+    """(QA: `>> pipeline.log` was an output: each failure renamed it, the next one's .failed replaced the first.)"""
+    (tmp_path / "data.txt").write_text("b\na\n")
+    (tmp_path / "pipeline.log").write_text("step1\nstep2\n")
+    for step, out in (("step3", "res.txt"), ("step4", "res2.txt")):
+        r = cluster.grun("-M", f"echo {step} >> pipeline.log; sort %i:data.txt > %o:{out}; exit 2", cwd=tmp_path)
+        assert r.returncode == 2 and (tmp_path / f"{out}.failed").read_text() == "a\nb\n", r.stderr
+    assert (tmp_path / "pipeline.log").read_text() == "step1\nstep2\nstep3\nstep4\n"
+
+
 def test_killed_make_job_is_renamed_and_jobs_long_shows_its_files(cluster, tmp_path):
     (tmp_path / "in").write_text("x\n")
     r = cluster.grun("-M", "--nowait", "cat %i:in > out; sleep 60", cwd=tmp_path)

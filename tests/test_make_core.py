@@ -25,9 +25,10 @@ def _parse(cmd):
     ("gzip %i:x.foo #o:x.foo.gz", "gzip x.foo", ["x.foo"], ["x.foo.gz"]),
     ('wc %i:"my file" "#o:out put" | cat', 'wc "my file" | cat', ["my file"], ["out put"]),
     ('tool "--in=#i:q" >o', 'tool "--in=" >o', ["q"], ["o"]),
-    # < FILE is an input, > FILE, >FILE, >> FILE, 1> and &> outputs
+    # < FILE is an input, > FILE, >FILE, 1> and &> outputs; >> FILE (&>>) a log, neither, unless marked
     ("tr a b < in.txt >out.txt", "tr a b < in.txt >out.txt", ["in.txt"], ["out.txt"]),
-    ("cat %i:a >> log 1>x &>y", "cat a >> log 1>x &>y", ["a"], ["log", "x", "y"]),
+    ("cat %i:a >> log 1>x &>y &>>z", "cat a >> log 1>x &>y &>>z", ["a"], ["x", "y"]),
+    ("cat %i:a >> %o:log", "cat a >> log", ["a"], ["log"]),
     ("cat %i:a > %o:b", "cat a > b", ["a"], ["b"]),
     # %!>FILE writes FILE, not an output; 2>FILE and 2>&1 neither; a comment is not the command's
     ("sort %i:a > b %!>log.txt", "sort a > b >log.txt", ["a"], ["b"]),
@@ -153,8 +154,14 @@ def test_rename_failed(tmp_path):
     (tmp_path / "half").write_text("half written")
     (tmp_path / "old").write_text("new try")
     (tmp_path / "old.failed").write_text("older failure")
+    (tmp_path / "old.failed.1").write_text("oldest failure")
     paths = [str(tmp_path / name) for name in ("half", "missing", "old")]
     assert make.rename_failed(paths) == [paths[0], paths[2]]
-    assert sorted(os.listdir(tmp_path)) == ["half.failed", "old.failed"]
-    assert (tmp_path / "old.failed").read_text() == "new try"
+    assert sorted(os.listdir(tmp_path)) == ["half.failed", "old.failed", "old.failed.1", "old.failed.2"]
+    # an older FILE.failed of other content is kept aside (a log appended to holds what no rerun makes again)
+    assert [(tmp_path / f"old.failed{n}").read_text() for n in ("", ".1", ".2")] == [
+        "new try", "oldest failure", "older failure"]
+    (tmp_path / "old").write_text("new try")  # the same content again: it replaces its copy
+    assert make.rename_failed(paths[2:]) == paths[2:] and len(os.listdir(tmp_path)) == 4
     assert make.rename_failed(paths) == [] and make.rename_failed([str(tmp_path / "no/dir/x")]) == []
+
