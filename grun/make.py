@@ -1,5 +1,6 @@
 """`grun -M CMD` runs CMD only if an output is missing or empty or an input is newer than an output, else says "up to
-date" (exit 0); a failed run's outputs become FILE.failed; `-M -n` says what would run and why. The original grun's
+date" (exit 0); a failed run's outputs become FILE.failed; `-M -n` says what would run and why. A job that writes
+what a live make job of yours writes waits for it to end, then is checked again. The original grun's
 markers, kept so its users' scripts work: `%i:FILE` / `%o:FILE` name an input / an output and stay in the command
 without the marker; `#i:FILE` / `#o:FILE` are removed from it (the shell would take them for a comment anyway); in a
 shell command line `< FILE` is an input, `> FILE` and `>FILE` an output; `>> FILE` (a log, as make sees one: many
@@ -12,8 +13,6 @@ import os
 import re
 import shlex
 from typing import NamedTuple
-
-from .core.jobs import shell_script
 
 _MARK = re.compile(r"([%#])([io]):(?=\S|$)")  # `%i: x` inside a quoted word is text, not a marker
 _FILE_END = re.compile(r"[\s;|&<>()`'\"]")  # where a marker's file ends, unless the marker begins its word
@@ -39,6 +38,7 @@ class Decision(NamedTuple):
 
 def parse(cmd: str | list[str], cwd: str) -> Make:
     """The make view of a command: a shell command line (str) or an argv (list). ValueError for bad input."""
+    from .core.jobs import shell_script  # (here, not at import: the reaper imports us, and starts light)
     inputs, outputs = [], []
     if isinstance(cmd, str):
         cmd = _parse_line(cmd, inputs, outputs)
@@ -152,6 +152,13 @@ def decide(make: Make) -> Decision:
         reasons.append("# need to run: no output to compare with its inputs")
     return Decision(bool(reasons), missing,
                     reasons or ["# up to date: " + " ".join(name(out) for out in make.outputs)])
+
+
+def up_to_date(job: dict, as_user) -> str | None:
+    """`up to date: OUTS` if a job that waited for its outputs' makers (grun.core.deps) need not run now, else None."""
+    with as_user:
+        d = decide(Make(job["cmd"], job.get("inputs") or [], job["outputs"], job["cwd"]))
+    return None if d.run else d.reasons[0].removeprefix("# ")
 
 
 def _stat(path: str) -> os.stat_result | None:

@@ -25,7 +25,7 @@ import sys
 import time
 
 from . import limits as L
-from . import mounts, spool
+from . import make, mounts, spool
 from .gpu import device_env
 
 SHELL = "/bin/sh"
@@ -212,13 +212,12 @@ def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):
     outputs = job.get("outputs") or []
     if not job.get("make") or not outputs or not (status.get("exit_code") or status.get("signal")):
         return None
-    from .make import rename_failed  # (not at import: the reaper starts light; nor in a child: the import lock)
     ident = _identity(job)
     if not threaded:
         with _as_user(ident):
-            rename_failed(outputs)
+            make.rename_failed(outputs)
         return None
-    pid, ended = _in_child_as(ident, rename_failed, outputs, HIDE_SECS)
+    pid, ended = _in_child_as(ident, make.rename_failed, outputs, HIDE_SECS)
 
     def collect() -> None:
         select.select([ended], [], [])  # (closed as it exits: then waitpid does not block)
@@ -340,6 +339,8 @@ class Reaper:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
+        if job.get("recheck") and (made := make.up_to_date(job, _as_user(ident))):  # waited for its outputs' makers
+            return self._fail(job_dir, notify, made, 0)  # (grun.core.deps): `grun: up to date: OUT`, exit 0
         keep: dict[str, int] = {}
         try:
             stdin, out, err = _open_streams(job, job_dir, ident, keep)

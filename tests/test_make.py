@@ -174,6 +174,18 @@ def test_missing_input_produced_by_a_queued_job_waits_for_it(cluster, tmp_path):
     assert (tmp_path / "final").read_text() == "MADE\n"
 
 
+def test_a_job_making_what_a_live_job_makes_waits_for_it_then_finds_it_up_to_date(cluster, tmp_path):
+    """(QA: two identical `grun --nowait -M` ran at once, both writing dup.txt.)"""
+    (tmp_path / "data.txt").write_text("b\na\n")
+    runs = [cluster.grun("--nowait", "-M", "sleep 1; echo ran >> runs; sort %i:data.txt > %o:dup.txt", cwd=tmp_path)
+            for _ in range(2)]
+    ids = [int(r.stdout.split()[1]) for r in runs]
+    assert [end["exit"] for end in cluster.client().wait(ids).values()] == [0, 0]
+    assert (tmp_path / "runs").read_text() == "ran\n" and (tmp_path / "dup.txt").read_text() == "a\nb\n"
+    r = cluster.grun("--attach", str(ids[1]), cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, b"grun: up to date: dup.txt\n")
+
+
 @pytest.mark.parametrize("args,needle", [
     (["-M", "true"], "-M: the command names no input or output"),
     (["-M", "sort %i:data.txt 'x > out"], "-M: unbalanced quotes"),

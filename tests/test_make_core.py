@@ -3,11 +3,14 @@ decision on real files and mtimes, each bad input, and the renaming of a failed 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 
 import pytest
 
 from grun import make
+from grun.core import jobs as J
+from grun.core.master_state import MasterState
 
 CWD = "/w"
 
@@ -165,3 +168,21 @@ def test_rename_failed(tmp_path):
     assert make.rename_failed(paths[2:]) == paths[2:] and len(os.listdir(tmp_path)) == 4
     assert make.rename_failed(paths) == [] and make.rename_failed([str(tmp_path / "no/dir/x")]) == []
 
+
+def test_a_make_job_waits_for_the_live_jobs_making_its_outputs_then_is_looked_at_again():
+    """The master's core (grun.core.deps): two writers of one file would race; the later one waits for the
+    earlier to end, whatever its end, and then its node decides again whether it still has to run."""
+    m = MasterState(random.Random(0))
+    m.handle("register", {"name": "a", "uri": "PYRO:x@a:1", "cpus": 8, "memory": 8000, "incarnation": "i"}, 0.0)
+
+    def submit(user="ann", **keys):  # (make's keys as grun.core.jobs validates them; the client sets them)
+        reqs = [{**m.requests([{"cmd": ["x"], "user": user}])[0], "make": True, **keys}]
+        return m.handle("submit", reqs, None, 1.0).reply[0]
+
+    first, theirs = submit(outputs=["/d/dup.txt"]), submit(user="bob", outputs=["/d/dup.txt"])
+    again = submit(outputs=["/d/b.txt", "/d/dup.txt"])
+    later = submit(outputs=["/d/b.txt"], make=None)  # (not a make job: nothing to look at again)
+    assert [m.table.jobs[i].get("deps") for i in (first, theirs, again, later)] == [None, None, [["after", first]], None]
+    assert [m.table.jobs[i].get("recheck") for i in (first, theirs, again)] == [None, None, True]
+    m.handle("kill", [first], 15, False, 2.0)  # a failed or killed maker leaves FILE.failed: the next one runs
+    assert m.table.jobs[again]["state"] == J.QUEUED and m.table.jobs[again]["recheck"]

@@ -31,7 +31,8 @@ def parse_dependency(text: str) -> dict:
 def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tuple[list, dict | None]:
     """The request's references (taken out of it) as the dependencies unmet, [[kind, id], ...], and a finished job
     that makes one never met (or None). A reference is a live job (a name: this user's), else a finished one (`recent`,
-    or `known`: the master's history). Each path `needs` waits for the newest live job of the user making it."""
+    or `known`: the master's history). A make job waits for the newest live job of the user making what it `needs`, and
+    for each making an output of its own (two writers of one file race): then its node checks it again (`recheck`)."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
         for ref in req.pop(kind, ()):
@@ -54,10 +55,14 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
                 deps.append([kind, job["id"]])
             elif not met(kind, job["state"]) and never is None:
                 never = job
-    for path in req.pop("needs", ()):  # make (-M): an input missing now, which a live job of the user makes
-        makers = [i for i in table.makers.get(path, ()) if table.jobs[i].get("user") == req["user"]]
-        J.require(makers, f"no input {path}")
-        deps.append(["afterok", max(makers)])
+    def makers(path: str) -> list[int]:  # make (-M): the live jobs of the user that make this file
+        return [i for i in table.makers.get(path, ()) if table.jobs[i].get("user") == req["user"]]
+    for path in req.pop("needs", ()):  # an input missing now: made by the newest of them first
+        J.require(makers(path), f"no input {path}")
+        deps.append(["afterok", max(makers(path))])
+    if same := sorted({i for path in req.get("outputs") or () if req.get("make") for i in makers(path)}):
+        deps += [["after", i] for i in same]
+        req["recheck"] = True
     return deps, never
 
 
