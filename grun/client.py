@@ -44,6 +44,14 @@ class NotSupported(GrunError):
     """The master has no such operation (Pyro5 found no method of that name)."""
 
 
+class JobsRefused(GrunError):
+    """Some jobs are another user's: `refused` {id: why}, a line each; the rest were acted on (`found`: {id: found})."""
+
+    def __init__(self, refused: dict, found: dict):
+        super().__init__("\n".join(refused.values()))
+        self.refused, self.found = refused, found
+
+
 def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
     """The one map from what a remote call can fail with (see grun.wire) to grun's exceptions."""
     lines = str(exc).strip().splitlines()
@@ -63,8 +71,11 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
 
 
 def _by_id(client, method: str, job_ids: list, *args) -> dict:
-    """The master's `method` over job ids (`12.7`: task 7 of array 12), or one id, its answer by id."""
-    return {k if "." in k else int(k): v for k, v in client.call(method, _ids(job_ids), *args).items()}
+    """The master's `method` over job ids (`12.7`: task 7 of array 12), or one id, its answer by id (or JobsRefused)."""
+    found = {k if "." in k else int(k): v for k, v in client.call(method, _ids(job_ids), *args).items()}
+    if refused := {k: why for k, why in found.items() if isinstance(why, str)}:
+        raise JobsRefused(refused, {k: v is True for k, v in found.items()})
+    return found
 
 
 def _job_ref(ref) -> int | str:

@@ -343,14 +343,16 @@ def qdel(argv: list[str]) -> int:
     by_label = {label(j): j for j in live}
     ids += [label(j) for j in live if "task" not in j and j.get("user") in last(opts, "user", "").split(",")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
-    found = {**client.kill(ids, 15, "force" in opts), **{n: False for n, labels in named.items() if not labels}}
+    found, refused = C.kill(client, ids, 15, "force" in opts)
+    found.update((n, False) for n, labels in named.items() if not labels)
     for job_id, ok in found.items():  # (N.T: one task)
         job = by_label.get(str(job_id), {})
         running = [job] if job.get("state") in ON_NODE_STATES and "ranges" not in job else [
             t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in ON_NODE_STATES]
         lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
-        if not ok:
-            lines = [f'denied: job "{job_id}" does not exist']
+        if not ok:  # (another user's: SGE's words)
+            lines = [f'{me} - you do not have the necessary privileges to delete the job "{job_id}"' if job_id in refused
+                     else f'denied: job "{job_id}" does not exist']
         elif not running or "ranges" in job and arrays.left(job):  # (an array's unstarted tasks)
             lines.append(f"{me} has deleted job{'-array task' * ('.' in str(job_id))} {job_id}")
         print("\n".join(lines))

@@ -321,13 +321,17 @@ def scancel(argv: list[str]) -> int:
         raise Refused("No job identification provided")
     ids, sig, client = slurm_ids(ids), _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: one line)
     user = user_name(last(opts, "user")) if "user" in opts else None  # (-u 1000: its name, as squeue's)
-    if "name" in opts or user or states:  # filters on the live jobs (with ids: those of them)
+    if "name" in opts or user or states:  # filters on the live jobs (with ids: those of them), anyone's, as Slurm's
         ids = [i for j in client.jobs() if (not ids or label(j) in ids or FIELDS["A"][3](j) in ids)
                and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j)) and user in (None, j.get("user"))
                for i in ([f"{j['id']}.{t}" for t in unstarted(j)] if states and "ranges" in j else [label(j)])]
-    if ids:  # ids of jobs that have ended or never were: no word, exit 0, as Slurm's scancel
-        client.kill(ids, sig)  # (an array: its id, all tasks; -t: those not started)
-    return 0
+    # (an array: its id, all tasks; -t: those not started). As the real Slurm 22.05 here: ids of jobs that have ended or
+    # never were, no word; another user's, a line each and exit non-zero (its 210), the rest cancelled
+    refused = C.kill(client, ids, sig)[1] if ids else {}
+    for i in refused:
+        print(f"scancel: error: Kill job error on job id {str(i).replace('.', '_')}: Access/permission denied",
+              file=sys.stderr)
+    return 1 if refused else 0
 
 
 def slurm_ids(words: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ import sys
 from collections import namedtuple
 from functools import cached_property
 
-from .client import GrunError, JobNotFound, current_user, known_user
+from .client import GrunError, JobNotFound, JobsRefused, current_user, known_user
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
 from .values import task_ref
@@ -291,8 +291,12 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
         if user and not ids and user != current_user():  # (with private_queries, nobody else's: it killed none, silently)
             ctx.say(f"no live jobs of {user} that you may see")
             return 1
-        found = getattr(ctx.client, name)(ids, *extra(args))
-        return max([0, *(ctx.say(_gone(ctx.client, job_id)) for job_id, ok in found.items() if not ok and not user)])
+        try:
+            found, refused = getattr(ctx.client, name)(ids, *extra(args)), {}
+        except JobsRefused as exc:  # (another user's: a line each; the rest were acted on)
+            found, refused = exc.found, exc.refused
+        return max([0, *(ctx.say(refused.get(job_id) or _gone(ctx.client, job_id))
+                         for job_id, ok in found.items() if not ok and (job_id in refused or not user))])
     run.__name__, run.__doc__ = f"do_{name}", doc
     verb(usage, options, words)(run)
 

@@ -24,7 +24,7 @@ from test_wire import SERVER, TREE, allowed_minors
 from util import wait_for
 
 # (cli, client, verbs: loaded before a child drops root: it could not read them under /root)
-from grun import auth, cli, client, config, registry, stream, verbs, wire  # noqa: F401
+from grun import auth, cli, client, compat, compat_sge, compat_slurm, config, registry, shell, stream, verbs, wire  # noqa: F401
 from grun.core.master_state import MasterState
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real second user (CI runs as root)")
@@ -619,3 +619,59 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     assert code == 0, out
     wait_for(lambda: secured.client().job(int(job_id))["state"] == "killed", timeout=20)
     assert secured.client().call("ping") == "grun.master"  # still serving
+
+
+@ROOT_ONLY
+def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secured, users, shared_dir):
+    """grun -k, scancel, qdel, the shell and the Client judge each id on its own: another user's is said, a line each
+    (exit 1), and the user's own are killed (they were all refused for it); so with a user's scancel -n/-t without -u,
+    which picks anyone's jobs, as the real Slurm 22.05 here does. An unknown id: grun -k says so, scancel does not."""
+    (alice, bob), tmp_path = users[0], shared_dir
+    env = _as_themselves(users, tmp_path, secured.write_config(
+        "several", {"services": "exec", "auth": "secret", "secret_file": secured.secret}))
+
+    def held(*names):  # held jobs of these names (a user's live jobs' names are unique), by whoever runs it: their ids
+        def submit():
+            from grun.client import Client
+            return " ".join(str(Client().submit(["true"], name=n, hold=True).id) for n in names)
+        return submit
+
+    def compat_main(called, *argv):  # a Slurm or SGE command, as its shim runs it
+        def run():
+            sys.argv[0] = called
+            return compat.main(list(argv))
+        return run
+
+    def client_kill(*ids):
+        from grun.client import Client, JobsRefused
+        try:
+            return Client().kill(list(ids))
+        except JobsRefused as exc:
+            return f"{exc} | {exc.found}"
+
+    def in_shell(line):
+        return lambda: shell.run(verbs.Context(client.Client), [line])
+
+    hers = int(_as_user(alice, env, held("wrap"), cwd=str(tmp_path))[1])
+    out = _as_user(bob, env, held("b0", "b1", "b2", "b3", "b4", "wrap", "other"), cwd=str(tmp_path))[1]
+    mine = [int(i) for i in out.split()] if out[:1].isdigit() else pytest.fail(out)
+    refusal = f"not authorized: {bob.pw_name} may not kill job {hers}, which is {alice.pw_name}'s"
+    denied = f"scancel: error: Kill job error on job id {hers}: Access/permission denied\n"
+    no_privileges = f'{bob.pw_name} - you do not have the necessary privileges to delete the job "{hers}"\n'
+
+    def bob_runs(what):  # argv (grun's exit code) or a callable (its answer last; the exit code 0)
+        return _as_user(bob, env, what, cwd=str(tmp_path))
+    try:
+        assert bob_runs(["-k", str(hers), str(mine[0]), "99999"]) == (1, f"grun: {refusal}\ngrun: no such job 99999\n")
+        assert bob_runs(in_shell(f"kill {mine[1]} {hers}")) == (0, f"grun: {refusal}\n1\n")
+        assert bob_runs(compat_main("scancel", str(hers), str(mine[2]))) == (0, f"{denied}1\n")
+        assert bob_runs(compat_main("qdel", str(mine[3]), str(hers))) == (
+            0, f"{bob.pw_name} has deleted job {mine[3]}\n{no_privileges}1\n")
+        assert bob_runs(lambda: client_kill(hers, mine[4])) == (0, f"{refusal} | {{{mine[4]}: True, {hers}: False}}\n")
+        assert bob_runs(compat_main("scancel", "-n", "wrap")) == (0, f"{denied}1\n")  # (mine[5], and hers: "wrap")
+        assert bob_runs(compat_main("scancel", "-t", "PD")) == (0, f"{denied}1\n")  # (mine[6], and hers)
+        assert bob_runs(compat_main("scancel", "99999")) == (0, "0\n")
+        assert bob_runs(["-k", "99999"]) == (1, "grun: no such job 99999\n")
+        assert [secured.client().job(i)["state"] for i in [hers, *mine]] == ["held"] + ["killed"] * len(mine)
+    finally:
+        secured.client().kill([hers, *mine])

@@ -347,8 +347,8 @@ class Master(Queries):
         return {key: job for key, job in found.items() if job is not None}
 
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
-        """Kill queued or running jobs; returns {id: found}. With force a running job is marked killed
-        at once, even if its node cannot be reached (it is still signalled if it can)."""
+        """Kill queued or running jobs; returns {id: found (another user's: why not)}. With force a running job is marked
+        killed at once, even if its node cannot be reached (it is still signalled if it can)."""
         job_ids, hidden = self._may_change(job_ids, "kill")
         return {**self._do("kill", job_ids, signal, force), **hidden}
 
@@ -396,7 +396,8 @@ class Master(Queries):
 
     def _may_change(self, job_ids, what: str, writes: bool = True) -> tuple[list, dict]:
         """The ids a user may act on (their own; root, admins and daemons: all; nobody on a full disk if it `writes`),
-        and those private_queries hides from them, answered {id: False} as an unknown id is."""
+        and the others' answers: {id: False} for those private_queries hides (as an unknown id), {id: why} for another
+        user's (refused each on its own, as Slurm's and SGE's: the rest are acted on)."""
         if writes and (full := self.store.full()):
             raise ValueError(full)
         if not isinstance(auth.caller(), dict):
@@ -410,8 +411,11 @@ class Master(Queries):
             if job is None or only is not None and job["uid"] != only:
                 hidden[str(i)] = False  # (unknown now, it is not acted on: a job that takes its id meanwhile is not theirs)
                 continue
-            auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
-            mine.append(i)
+            try:
+                auth.require(f"{what} job {job['id']}, which is {job['user']}'s", job["uid"], self.core.settings["admins"])
+                mine.append(i)
+            except ValueError as exc:
+                hidden[str(i)] = str(exc)
         return mine, hidden
 
     def register_node(self, info: dict) -> dict:
