@@ -316,11 +316,11 @@ class Client:
         holds the output; `on_note(text)` what a user may want to know (the job re-run elsewhere, its output gone),
         `on_limit(text)` that it died of a limit, `on_wait(line)` why it has not started yet (see wait_started). Rides
         through a master restart (calls retry), a node daemon restart or a dropped connection (re-attach at the offsets
-        reached) and a lost node (we follow the job's new run, which reads an empty stdin, or `stdin_fd` bytes again)."""
+        reached) and a lost node (we follow the job's new run, which reads its input again if it can: stream.input_again)."""
         from . import stream
         from .core import jobs as J
         job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
-        again = stdin_fd if isinstance(stdin_fd, (bytes, tuple)) or stdin_fd is None else b""
+        again = stream.input_again(stdin_fd)
         on_note = on_note or (lambda text: None)
         retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
         while True:
@@ -328,10 +328,10 @@ class Client:
                 job = self.wait_started(job_id, on_wait)
             node, attempt = run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
-                out_off, err_off, stdin_fd = 0, 0, again
+                out_off, err_off, stdin_fd = 0, 0, again()
                 on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
                         f"following attempt {attempt} on {node}: its output starts over"
-                        + ("; its input is not sent again" if again == b"" else ""))
+                        + ("; its input is not sent again" if stdin_fd == b"" else ""))
             elif retried and (attempt or 0) > retried:  # that run ended, and its node began the next, before we came
                 gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
@@ -377,8 +377,10 @@ class Client:
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
                 if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
-                    job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again
+                    job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again()
                     continue
+                if last and last.get("not_retried"):
+                    on_note(f"job {job_id} is not retried: {last['not_retried']}")
                 if self.nfs_sync:
                     mounts.after(job)
                 return int(last["exit"]) if last and last["state"] in J.FINAL_STATES else code  # (the run that counts)

@@ -65,15 +65,16 @@ def run(ctx: Context, args: dict) -> int:
             ctx.print(json_text({"ids": ids}))
         # one by one: each wait is O(1) on the master
         ends = [] if args.get("nowait") else [(i, ctx.client.wait([i])[i]) for i in ids]
-        failed = [(i, end.get("exit", 1)) for i, end in ends if end.get("exit", 1)]
+        failed = [(i, end.get("exit", 1), *filter(None, [end.get("error")])) for i, end in ends if end.get("exit", 1)]
         if failed and "array" in args:  # the array's record counts its tasks and names the lowest failed ones
             end = ends[0][1]
             count, total = sum(n for state, n in end.get("counts", {}).items() if state != "done"), end.get("tasks")
-            named = [(f"{ids[0]}.{task}", code) for task, code in end.get("failures", [])]
+            named = [(f"{ids[0]}.{task}", *rest) for task, *rest in end.get("failures", [])]
         else:
             count, total, named = len(failed), len(ids), failed
-        if named:
-            shown = ", ".join(f"{i} (exit {code})" for i, code in named[:10]) + (", ..." if count > 10 else "")
-            ctx.say(f"{count} of {total} {'tasks' if 'array' in args else 'jobs'} failed: {shown}")
+        if named:  # (and the first one's error: why, e.g. its -o file could not be opened)
+            shown = ", ".join(f"{i} (exit {code})" for i, code, *_ in named[:10]) + (", ..." if count > 10 else "")
+            ctx.say(f"{count} of {total} {'tasks' if 'array' in args else 'jobs'} failed: {shown}"
+                    + "".join(f"; {named[0][0]}: {error}" for error in named[0][2:]))
         return failed[0][1] if failed else 0
     return dies_with(ctx, ids, submit_and_wait)  # (Ctrl-C, SIGTERM: what was submitted is killed)

@@ -2,6 +2,7 @@
 its output followed, the job killed with its submitter (`dies_with`: also --array's and the Slurm/SGE shims')."""
 
 import os
+import stat
 
 from .options import JOB_OPTIONS, UsageError
 from .verbs import Context, Terminated, as_command, by_name, command, json_text, one_id, verb
@@ -173,6 +174,11 @@ def _run_new(ctx: Context, args: dict) -> int:
         if INTERPRETERS.fullmatch(os.path.basename(args["cmd"][0])) and all(
                 w[:1] == "-" and w not in CODE_OPTIONS for w in args["cmd"][1:]):
             ctx.say("jobs get no terminal: run a script, pipe input to it, or give --pty")
+    # a pipe is read once: no retries (nor default_retries), which would read an empty stdin (stream.input_again)
+    elif stdin_fd is not None and not args.get("noio") and stat.S_IFMT(os.fstat(stdin_fd).st_mode) in (
+            stat.S_IFIFO, stat.S_IFSOCK) and spec.setdefault("retries", 0):
+        raise UsageError("--retries: the job's input is a pipe, which a retry could not read again; "
+                         "give it as a file (< FILE), or < /dev/null if it reads none")
 
     def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
         import shutil

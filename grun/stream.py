@@ -12,6 +12,7 @@ import json
 import os
 import select
 import socket
+import stat
 import struct
 import threading
 from functools import partial
@@ -170,6 +171,19 @@ def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: thr
                 return
     except OSError:
         pass  # the connection went away; the receiving side reports it
+
+
+def input_again(source: int | bytes | tuple | None):
+    """What a job's next run (retry, re-queue) reads, as a function giving attach()'s stdin_fd: the same bytes; a regular
+    file (`< FILE`) from where it stood, opened anew (an earlier run's sender keeps its fd and offset); a pipe: b""."""
+    if not isinstance(source, int) or not stat.S_ISREG(os.fstat(source).st_mode):
+        return lambda: b"" if isinstance(source, int) else source
+    offset = os.lseek(source, 0, os.SEEK_CUR)
+
+    def reopen() -> int:
+        os.lseek(fd := os.open(f"/proc/self/fd/{source}", os.O_RDONLY | os.O_CLOEXEC), offset, os.SEEK_SET)
+        return fd
+    return reopen
 
 
 def _recv(sock: socket.socket, n: int) -> bytes:

@@ -175,6 +175,7 @@ def history_long(jobs: list[dict]) -> str:
             j.get("deps") and f"  after     {waits_text(j)}",
             j.get("requeue_reason") and f"  requeued  {j['requeue_reason']}",
             j.get("retry_reason") and f"  retried   {j['retry_reason']}",
+            j.get("not_retried") and f"  retried   not: {j['not_retried']}",
             f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}"
             + (f", time limit {fmt_span(j['time'])}" if j.get("time") else ""),
             f"  times     submitted {fmt_time(j.get('submit_time'))}, waited {fmt_secs(j.get('queue_wait'))}, "

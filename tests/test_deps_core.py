@@ -192,6 +192,20 @@ def test_a_retry_waits_its_delay_and_a_killed_job_is_not_retried():
     assert [r["op"] for r in step.records] == ["finish"] and m.recent[killed]["state"] == J.KILLED
 
 
+def test_a_job_ended_by_its_own_time_or_memory_limit_is_not_retried_and_says_why():
+    m = _state()
+    for limit, state in (("time", J.TIMEOUT), ("memory", J.KILLED), ("cpu", None)):
+        job_id = _submit(m, retries=2)
+        m.handle("schedule", 1.0)
+        m.handle("started", "a", {"started": {str(job_id): 9}, "incarnation": "i", "seq": 1}, 1.0)
+        step = m.handle("finished", "a", [{"id": job_id, "exit_code": None, "signal": 9, "limit": limit}], 2.0)
+        if state is None:  # (another limit, e.g. cpu, is retried as before)
+            assert [r["op"] for r in step.records] == ["retry"]
+            continue
+        assert [r["op"] for r in step.records] == ["finish"] and m.recent[job_id]["state"] == state
+        assert m.recent[job_id]["not_retried"] == f"it reached its {limit} limit, as a retry would"
+
+
 def test_why_names_what_a_job_waits_for_and_why_it_was_cancelled():
     m = _state()
     a, b = _submit(m), _submit(m)

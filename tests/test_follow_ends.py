@@ -90,3 +90,23 @@ def test_the_priority_range_is_the_masters():
     for outside in (MAX_PRIORITY + 1, -MAX_PRIORITY - 1):
         with pytest.raises(ValueError):
             validate_spec({"cmd": ["-"], "priority": outside})
+
+
+def test_a_retry_reads_its_input_file_again_and_input_from_a_pipe_is_refused_retries(cluster, tmp_path):
+    data, tried = tmp_path / "data", tmp_path / "tried"
+    data.write_bytes(b"x\n" * 100000)
+    script = f"echo lines=$(wc -l); [ -e {tried} ] || {{ touch {tried}; exit 1; }}"
+    with open(data, "rb") as f:  # (QA: the retry read an empty stdin, printed lines=0 and passed)
+        r = cluster.grun("--retries", "1", "sh", "-c", script, stdin=f)
+    assert (r.returncode, r.stdout) == (0, b"lines=100000\nlines=100000\n"), r.stderr
+    r = cluster.grun("--retries", "1", "sh", "-c", script, input=b"x\n")
+    assert_one_error_line(r, "--retries: the job's input is a pipe", "< FILE")
+
+
+def test_a_job_at_its_own_time_limit_is_not_retried_and_an_array_says_why_its_first_task_failed(cluster, tmp_path):
+    runs = tmp_path / "runs"
+    r = cluster.grun("--retries", "1", "-t", "1s", "sh", "-c", f"echo run >> {runs}; sleep 5", stdin=None)
+    assert r.returncode == 124 and runs.read_text() == "run\n", r.stderr
+    assert b"is not retried: it reached its time limit, as a retry would" in r.stderr, r.stderr
+    r = cluster.grun("--array", "1-2", "-o", "/nonexist/x.%a", "true")
+    assert_one_error_line(r, "2 of 2 tasks failed", ".1: cannot open /nonexist/x.1: No such file or directory")

@@ -96,10 +96,11 @@ def task_job(array: dict, job_id: int, task: int) -> dict:
 
 
 def ended(array: dict, task: dict) -> None:
-    """Count a task that ended (in `counts` by state; the lowest failed ones in `failures`)."""
+    """Count a task that ended (in `counts` by state; the lowest failed ones in `failures`: task, exit[, error])."""
     array["counts"] = {**array["counts"], task["state"]: array["counts"].get(task["state"], 0) + 1}
     if task["state"] != "done":
-        array["failures"] = sorted([*array["failures"], [task["task"], task["exit"]]])[:MAX_FAILURES_KEPT]
+        failure = [task["task"], task["exit"], *filter(None, [task.get("error")])]  # (why, if it says)
+        array["failures"] = sorted([*array["failures"], failure])[:MAX_FAILURES_KEPT]
 
 
 def outcome(array: dict) -> dict:

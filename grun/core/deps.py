@@ -83,12 +83,14 @@ def followups(table, job: dict, now: float) -> list[dict]:
 
 
 def retry_or_finish(job: dict, rec: dict) -> dict:
-    """A finish record, or the retry that replaces it: the job failed (not killed by its user) with retries left."""
+    """A finish record, or the retry replacing it: the job failed (not killed by its user, -t or -m) with retries left."""
     result = rec["result"]
     tried = job.get("retried", 0) - len(job.get("exclude", ()))  # (a node without its cwd is not a failure)
     if (tried >= job.get("retries", 0) or result.get("status") or job.get("kill_requested")
             or not J.exit_code_of(result)):
         return rec
+    if result.get("limit") in ("time", "memory"):  # a retry would end the same (as Slurm, no requeue)
+        return {**rec, "result": {**result, "not_retried": f"it reached its {result['limit']} limit, as a retry would"}}
     return {"op": "retry", "id": job["id"], "time": rec["time"], "at": rec["time"] + job.get("retry_delay", 0.0),
             "reason": f"attempt {job.get('attempt', 0)} failed: exit {J.describe_exit(result)}"}
 
