@@ -227,9 +227,10 @@ class Client:
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
     renew = _ask("renew", "Renew the leases of jobs submitted with lease=SECONDS: {id: renewed}.", by_id=True)
 
-    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
-        """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s tasks."""
-        return self.call("history", limit, user, grep, *((array,) if array else ()))  # (a master before it: 3 args)
+    def history(self, limit=50, user: str | None = None, grep: str | None = None, array=0, since=0.0) -> list[dict]:
+        """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s
+        tasks, those that ended at `since` or later (all history's, up to `limit`); a master before `array` takes 3 args."""
+        return self.call("history", limit, user, grep, *((array, since) if since else (array,) if array else ()))
 
     def kill(self, job_ids: list, sig: int = 15, force: bool = False) -> dict:
         """Signal queued or running jobs (or one); {id: whether it was live}. `force` marks running jobs killed at once,

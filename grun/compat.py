@@ -25,6 +25,8 @@ SGE = ("qsub", "qstat", "qdel", "qacct", "qhold", "qrls", "qalter")
 NAMES = SLURM + SGE
 MAX_ARG = 131072  # Linux's MAX_ARG_STRLEN: the longest argument (a batch script's text), its NUL included
 RUN_FILE = {"slurm": "sbatch --wrap 'bash SCRIPT'", "sge": "qsub -b y bash SCRIPT"}
+# srun's command not found: srun's words and code, as its step's (grun.compat_slurm.step), not /bin/sh's (a line number)
+NOT_FOUND = 'command -v "$1" >/dev/null || { echo "srun: error: execve(): $1: No such file or directory" >&2; exit 2; }; '
 RUN = 'f=$(mktemp "${TMPDIR:-/tmp}/script.XXXXXX") && printf %s "$1" >"$f" && chmod 700 "$f" && shift && exec '
 
 
@@ -149,13 +151,15 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     opened = f'e={err}; exec {to}"$o"; [ "$o" -ef "$e" ] && exec 2>&1 || exec 2{to}"$e"' if err else f'exec {to}"$o" 2>&1'
     body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
         (f"o={out}; {opened}\n" if out else "") + setup + \
-        (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else 'exec "$@"')
+        (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else
+         NOT_FOUND * (family == "slurm") + 'exec "$@"')
     words = ["/bin/sh", "-c", f"{MARK}\n{body}", name, *([script] if script is not None else []), *args]
     try:  # (a job with an `out` no grun follows: nobody would fetch its files from a staged node's work dir)
         return client.submit_spec(job_spec(words, env={**(env or {}), "GRUN_COMPAT": family},
                                            stage="never" if out else None, **request))
     except GrunError as exc:  # (the master's refusals may name grun's own options, which these commands lack)
         words = str(exc).replace(" (--force queues it anyway)", "")
+        words = ("a negative --nice: " if family == "slurm" else "a positive -p: ") * ("default_priority (" in words) + words
         raise GrunError(words.replace("--after: ", "-hold_jid: ") if family == "sge" else words) from None
 
 

@@ -362,7 +362,7 @@ def qdel(argv: list[str]) -> int:
 def qacct(argv: list[str]) -> int:
     """qacct -j [ID|NAME|PATTERN,...] [-o [OWNER]] [-d DAYS]: -j, the accounting record of each job that ran (N: a job
     or an array's tasks; a name or glob: the jobs of that name; nothing: all); else SGE's summary (-o: per owner, or
-    of OWNER only). Records by name, all and the summary: among the newest 10,000 ended jobs; -d: started since DAYS."""
+    of OWNER only). Records by name, all and the summary: among the newest 10,000 ended jobs (-d: all, since DAYS)."""
     opts, words = {}, list(argv)
     while words:  # (-j and -o take a value only if one follows: not getopt's way)
         if (flag := words.pop(0)) not in ("-j", "-o", "-d"):
@@ -373,7 +373,8 @@ def qacct(argv: list[str]) -> int:
     client, asked = Client(), [w for w in opts.get("-j", "").split(",") if w] or [""] * ("-j" in opts)
     names, since = [w for w in asked if not w.isdigit()], time.time() - 86400 * int(opts["-d"]) if "-d" in opts else 0
     jobs = C.job_list(client, [w for w in asked if w.isdigit()], None)[0] if len(names) < len(asked) else []
-    jobs += client.history(10_000, opts.get("-o") or None)[::-1] if names or not asked else []  # (as they ended)
+    jobs += client.history(sys.maxsize if since else 10_000, opts.get("-o") or None, since=since)[::-1] \
+        if names or not asked else []  # (as they ended; -d: all that ended since, as those that started did)
     jobs = [j for j in {j["id"]: j for j in jobs}.values() if "ranges" not in j and j["state"] in FINAL_STATES
             and (j.get("start_time") or 0) > since and opts.get("-o") in (None, "", j.get("user"))]  # (never run: none)
     if asked:

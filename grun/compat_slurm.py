@@ -204,7 +204,7 @@ def step(request: dict, command: list[str]) -> int:
 
 def fmt_fields(fmt: str) -> list[tuple]:
     """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and the text between them."""
-    out = []
+    out, fmt = [], fmt.replace("%all", "".join(f"%{c}|" for c, row in FIELDS.items() if row[0]))  # (Slurm's: all)
     for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z]))?", fmt):
         if letter and (letter not in FIELDS or not FIELDS[letter][0]):
             raise Refused(f"Invalid job format specification: %{letter}")
@@ -255,7 +255,7 @@ def squeue(argv: list[str]) -> int:
         print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
         return 1
     if not ids and set(states) - {"PENDING", "PD", "RUNNING", "R", "SUSPENDED", "S"}:  # ended ones too, as
-        jobs += [j for j in client.history(1000) if time.time() - j.get("end_time", 0) < 300]  # Slurm's MinJobAge
+        jobs += client.history(sys.maxsize, since=time.time() - 300)  # Slurm's MinJobAge (those ended since)
     shown = []  # (an array's own line while tasks are left to start, or, cancelled, some never started: with -t or -j)
     for job in sorted(jobs, key=lambda j: (SHORT.get(state_of(j), ""), -j.get("priority", 0), j["id"])):  # (Slurm's order)
         if in_states(job, states) and (users is None or job.get("user") in users) and (
@@ -277,37 +277,41 @@ def squeue(argv: list[str]) -> int:
 
 
 def sacct(argv: list[str]) -> int:
-    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b]"""
+    """sacct [-j IDS] [-X] [-n] [-P|-p] [-o|--format FIELDS] [-u USERS | -a] [--name NAMES] [-b] [-S|-E TIME] [-M all]"""
     opts = parse(argv, table("jobs=-j,--jobs X:-X,--allocations noheader:-n,--noheader P:-P,--parsable2 "
                              "p:-p,--parsable format=-o,--format user=-u,--user all:-a,--allusers name=--name "
-                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime state=-s,--state"), None)[0]
+                             "brief:-b,--brief start=-S,--starttime end=-E,--endtime state=-s,--state "
+                             "clusters=-M,--clusters"), None)[0]
     fields, states = [], wanted_states(opts, "state")
-    for item in last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
-                     "jobid,jobname,partition,account,alloccpus,state,exitcode").split(","):
+    for i, item in enumerate(last(opts, "format", "jobid,state,exitcode" if "brief" in opts else
+                                  "jobid,jobname,partition,account,alloccpus,state,exitcode").split(",")):
         key, _, width = item.partition("%")
         name, letter = BY_NAME.get(key.lower(), ("x", ""))
-        if name.islower() or width and not width.isdigit():  # (squeue's -O names, in lower case: not sacct's)
-            raise Refused(f'Invalid field requested: "{key}"')
-        fields.append((name, int(width or FIELDS[letter][2]), FIELDS[letter][3]))
+        if name.islower() or width and not re.fullmatch(r"-?\d+", width):  # (squeue's -O names: not sacct's)
+            raise Refused(f'Invalid field requested: "{key}"')  # (a width: right-justified; -N, left, as the first's)
+        fields.append((name, int(width or FIELDS[letter][2] * (-1 if i == 0 else 1)), FIELDS[letter][3]))
+    if bad := [f"-M {c}: grun is one cluster, with no name (-M all: it)" for c in C.items(opts, "clusters") if c != "all"] \
+            + [f"Bad job/step specified: {w}" for w in C.items(opts, "jobs") if not w[:1].isdigit()]:  # (as Slurm's)
+        raise Refused(bad[0])
     client = Client()
     if "jobs" in opts:
         jobs = C.job_list(client, C.items(opts, "jobs"), None)[0]
     else:  # as sacct: this user's jobs that ran or waited between -S (default: midnight; with -s, now) and -E (now)
         users = None if "all" in opts else {user_name(u) for u in C.items(opts, "user")} or {current_user()}
         start, end = C.when(last(opts, "start", "now" if states else "midnight")), C.when(last(opts, "end", "now"))
-        jobs = [j for j in client.history(1000, None if users is None or len(users) > 1 else next(iter(users)))[::-1]
-                + client.jobs() if (j.get("end_time") or time.time()) >= start and j.get("submit_time", 0) <= end
-                and (users is None or j.get("user") in users)]
+        jobs = [j for j in client.history(sys.maxsize, None if users is None or len(users) > 1 else next(iter(users)),
+                                          since=start)[::-1]  # (those that ended since -S, in the whole history)
+                + client.jobs() if j.get("submit_time", 0) <= end and (users is None or j.get("user") in users)]
     # an array whose tasks have lines: its own while some wait (or, cancelled, never will start); Slurm's order: by id
     listed = {j["array"] for j in jobs if "task" in j}
     jobs = sorted((j for j in jobs if ("ranges" not in j or j["id"] not in listed or j["tasks"] > j["started"]) and (
         "name" not in opts or name_of(j) in C.items(opts, "name")) and in_states(j, states)),
         key=lambda j: (j["array"] if "task" in j else j["id"], j.get("task", math.inf)))
     sep, cut = "|" if "P" in opts or "p" in opts else None, lambda t, w: t if len(t) <= w else t[:w - 1] + "+"
-    rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * w for _, w, _ in fields]])
-    for row in rows + [[get(job) if sep else cut(get(job), w) for _, w, get in fields] for job in jobs]:
+    rows = [] if "noheader" in opts else [[f[0] for f in fields]] + ([] if sep else [["-" * abs(w) for _, w, _ in fields]])
+    for row in rows + [[get(job) if sep else cut(get(job), abs(w)) for _, w, get in fields] for job in jobs]:
         print(sep.join(row) + ("|" if "p" in opts else "") if sep else
-              " ".join(t[:w].ljust(w) if i == 0 else t[:w].rjust(w) for i, (t, (_, w, _)) in enumerate(zip(row, fields))))
+              " ".join(t[:-w].ljust(-w) if w < 0 else t[:w].rjust(w) for t, (_, w, _) in zip(row, fields)))
     return 0
 
 

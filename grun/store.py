@@ -261,9 +261,10 @@ class Store:
                     for job in chunk:
                         self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
-    def history(self, limit: int = 50, predicate: Callable[[dict], bool] | None = None, after_id: int = 0) -> list[dict]:
-        """The newest `limit` finished jobs that match; `after_id`: files whose ids are all up to it are not read."""
-        match = predicate or (lambda job: True)
+    def history(self, limit=50, predicate: Callable[[dict], bool] | None = None, after_id=0, since=0.0) -> list[dict]:
+        """The newest `limit` finished jobs that match and ended at `since` or later (files whose ids are all up to
+        `after_id`: not read)."""
+        match = lambda job: (job.get("end_time") or 0) >= since and (predicate or bool)(job)
         with self._lock:
             pending = list(self._buffer.values())
         found = {job["id"]: dict(job) for job in pending if match(job)}
@@ -275,9 +276,10 @@ class Store:
                 continue
             with self._file_lock:  # (closed files never change)
                 docs = list(self._current_docs.values()) if n == self._current else None
-            for doc in self._read_file(n) if docs is None else docs:
-                if doc["id"] not in found and match(doc):
-                    found[doc["id"]] = dict(doc)
+            docs = self._read_file(n) if docs is None else docs
+            found.update((doc["id"], dict(doc)) for doc in docs if doc["id"] not in found and match(doc))
+            if since and not any((doc.get("end_time") or 0) >= since for doc in docs):
+                break  # (in finish order: older files ended before `since` too)
         return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
 
     def find_history(self, job_id: int) -> dict | None:

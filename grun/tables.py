@@ -332,8 +332,8 @@ def usage(job: dict, *keys: str) -> float:
 # squeue's %letter: its header, -O's (lower case) and sacct's (Slurm's spelling) names, sacct's width, its value
 FIELDS = {row[0]: row[1:] for row in [
     ("i", "JOBID", "jobid JobID", 12, id_of), ("A", "JOBID", "", 0, lambda j: str(j["array"] if "task" in j else j["id"])),
-    ("F", "ARRAY_JOB_ID", "arrayjobid", 0, lambda j: str(j.get("array") if "task" in j else j["id"])),
-    ("K", "ARRAY_TASK_ID", "arraytaskid", 0, lambda j: str(j.get("task", "N/A"))),
+    ("F", "ARRAY_JOB_ID", "ArrayJobID", 15, lambda j: str(j.get("array") if "task" in j else j["id"])),
+    ("K", "ARRAY_TASK_ID", "ArrayTaskID", 11, lambda j: str(j.get("task", "N/A"))),
     ("j", "NAME", "name JobName", 10, name_of), ("u", "USER", "username User", 9, lambda j: j.get("user", "?")),
     ("T", "STATE", "state State", 10, state_of), ("t", "ST", "statecompact", 0, lambda j: SHORT.get(state_of(j), "?")),
     ("M", "TIME", "timeused", 0, lambda j: duration(elapsed(j))), ("D", "NODES", "numnodes NNodes", 8, lambda j: "1"),
@@ -349,7 +349,7 @@ FIELDS = {row[0]: row[1:] for row in [
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),
     ("Q", "PRIORITY", "priority Priority", 10, lambda j: str(j.get("priority", 0))),
     ("1", "", "JobIDRaw", 12, lambda j: str(j["id"])), ("6", "", "End", 19, lambda j: stamp(j.get("end_time"))),
-    ("2", "", "ExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"
+    ("2", "", "ExitCode DerivedExitCode", 8, lambda j: f"{0 if j.get('signal') else j.get('exit', 0)}:{j.get('signal') or 0}"
      if j.get("start_time") else "0:0"),
     ("3", "", "Elapsed", 10, lambda j: duration(elapsed(j), True)), ("4", "", "ElapsedRaw", 10, lambda j: str(int(elapsed(j)))),
     ("5", "", "MaxRSS", 10, lambda j: f"{int(usage(j, 'maxrss_kb'))}K" if usage(j, "maxrss_kb") else ""),

@@ -325,6 +325,26 @@ def test_sacct_parsable_fields_and_states(cluster, shims, tmp_path):
     assert r.returncode == 1 and "invalid time specification: whenever" in r.stderr
 
 
+def test_slurms_words_for_formats_array_limits_ids_and_commands_not_found(cluster, shims, tmp_path):
+    """squeue -o %all: every field, a `|` after each; sacct's DerivedExitCode, ArrayJobID, a negative width (left-
+    justified), -M all (grun's one cluster); sbatch --array=1-3% and sacct -j abc refused, as Slurm's; srun of a
+    command not found: Slurm's words and code 2, not /bin/sh's (with its line number)."""
+    job = int(shims("sbatch", "--parsable", "-J", "w", "--wrap", "exit 3", cwd=tmp_path).stdout)
+    wait_end(cluster, job)
+    head = shims("squeue", "-o", "%all").stdout.splitlines()[0]
+    assert head.startswith("JOBID|") and "|ACCOUNT|" in head and head.endswith("|"), head
+    r = shims("sacct", "-nP", "-M", "all", "-j", str(job), "-o", "JobID,DerivedExitCode,ArrayJobID")
+    assert r.stdout == f"{job}|3:0|{job}\n", r
+    assert shims("sacct", "-n", "-j", str(job), "-o", "JobName%-15,State").stdout == f"{'w':<15}     FAILED\n"
+    for args, words in ((["sbatch", "--array=1-3%", "--wrap", "true"], "bad value for --array: %N needs N >= 1, got '1-3%'"),
+                        (["sacct", "-j", "abc"], "Bad job/step specified: abc"),
+                        (["sacct", "--clusters=other"], "-M other: grun is one cluster, with no name (-M all: it)")):
+        r = shims(*args, cwd=tmp_path)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"{args[0]}: error: {words}\n"), r
+    r = shims("srun", "nonexistent_cmd", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "srun: error: execve(): nonexistent_cmd: No such file or directory\n"), r
+
+
 def test_srun_streams_output_and_exits_with_the_code(cluster, shims, tmp_path):
     r = shims("srun", "-c", "1", "--mem=100", "sh", "-c", "echo $SLURM_JOB_ID $SLURM_STEP_ID $SLURM_JOB_PARTITION; "
               "read x; echo got $x; exit 4", input="hello\n", cwd=tmp_path)
@@ -755,7 +775,7 @@ def test_a_cancelled_arrays_unstarted_tasks_task_ranges_and_states_as_slurms(clu
     assert row == [f"{array}_1", "a-lon+", "CANCELL+"], row
     lines = shims("sacct", "-P", "-j", str(other), "-o", "JobID,Reason,Priority").stdout.splitlines()
     assert lines[0] == "JobID|Reason|Priority" and all(lines[1].split("|")), lines
-    for args, words in ((["sacct", "-o", "JobID,ArrayJobID"], 'sacct: error: Invalid field requested: "ArrayJobID"\n'),
+    for args, words in ((["sacct", "-o", "JobID,reasonlist"], 'sacct: error: Invalid field requested: "reasonlist"\n'),
                         (["sacct", "-s", "done"], "sacct: error: Invalid job state specified: done\n"),
                         (["scancel", f"{array}_[5-4]"], f"scancel: error: Invalid job id {array}_[5-4]\n")):
         r = shims(*args)

@@ -186,7 +186,7 @@ def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared
     import pwd
     import shutil
 
-    from grun import auth
+    from grun import auth, compat, compat_slurm  # noqa: F401 (compat_slurm: imported for alice's sbatch)
     (alice, bob), _ = users
     group = grp.getgrgid(alice.pw_gid).gr_name
     rules = [{"if": f'group == "{group}" and cpus > 2', "reject": "at most 2 cpus here"},
@@ -221,6 +221,9 @@ def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared
         for argv, more in ((["-r", "1000", "true"], {}), (["true"], {"GRUN_PRIORITY": "50"})):
             code, out = grun(alice, *argv, **more)
             assert code == 1 and "above this cluster's default_priority (20)" in out and len(out.splitlines()) == 1
+        sbatch = lambda: (sys.argv.__setitem__(0, "sbatch"), compat.main(["--nice=-100", "--wrap", "true"]))[1]
+        words = "a negative --nice: priority 120 is above this cluster's default_priority (20): only root, an admin (admins:)"
+        assert _as_user(alice, env, sbatch, cwd=str(shared_dir)) == (0, f"sbatch: error: {words} or a rule may raise a job's priority\n1\n")
         assert grun(alice, "-r", "5", "--nowait", "--after", first, "true")[0] == 0, "lower: anyone"
         assert grun(bob, "-e", "priority=100", str(job))[0] == 0
         code, out = grun(bob, "--nowait", "-r", "1000", "--after", first, "true")

@@ -357,6 +357,7 @@ def test_history_rotates_and_is_searchable(tmp_path, caplog):
 
     (hist / "1.json").write_text("not json")  # history(5) never gets that far back
     assert [j["id"] for j in store.history(5)] == [35, 34, 33, 32, 31]
+    assert [j["id"] for j in store.history(100, since=1021)] == list(range(35, 20, -1)), "file 2 read, ended before"
     assert "unreadable" not in caplog.text
     assert len(store.history(100)) == 25 and "unreadable" in caplog.text
     store.close()

@@ -57,11 +57,11 @@ class Queries:
         with self.lock:
             return [n.public(now) for _, n in sorted(self.core.table.nodes.items())]
 
-    def history(self, limit: int = 50, user: str | None = None, grep: str | None = None, array: int = 0) -> list[dict]:
+    def history(self, limit=50, user: str | None = None, grep: str | None = None, array=0, since=0.0) -> list[dict]:
         array = J.parse_job_id(array) if array else 0
         asked, only = J.history_filter(user, grep, array), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
-        return [J.public_view(j) for j in self.store.history(int(limit), chosen, array)]
+        return [J.public_view(j) for j in self.store.history(int(limit), chosen, array, float(since))]
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""

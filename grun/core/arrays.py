@@ -19,8 +19,8 @@ def parse(text: str) -> dict:
     """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping fields."""
     if not isinstance(text, str):
         raise ValueError("array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")
-    ids, _, limit = text.partition("%")
-    if limit and not (limit.strip().isdigit() and int(limit) > 0):
+    ids, percent, limit = text.partition("%")
+    if percent and not (limit.strip().isdigit() and int(limit) > 0):
         raise ValueError(f"bad value for --array: %N needs N >= 1, got {text!r}")
     ranges, count = [], 0
     for part in ids.split(","):
