@@ -236,6 +236,10 @@ def describe(cfg: Config, as_dict: bool = False):
     """The effective config as `grun -q conf` prints it: its warnings, then each key with its value and where it came
     from (FILE:LINE, $VAR, a guess or the default), as YAML that load_config reads back; `as_dict`: for --json."""
     warnings = checks(cfg)
+    try:
+        __import__("grun.plugins", fromlist=["_"]).load(cfg, instantiate=False)  # (as `grun -d` checks them)
+    except ConfigError as exc:
+        warnings.append(str(exc))
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
              *(f"# warning: {w}" for w in warnings)]
     import yaml
@@ -253,8 +257,9 @@ def describe(cfg: Config, as_dict: bool = False):
 
 def checks(cfg: Config, services=SERVICES) -> list[str]:
     """The config's warnings, with what a daemon of `services` looks up (at start and reload; `grun -q conf`: all),
-    not every client: cpus or memory given beyond this machine's (not refused: overcommitting may be meant), users
-    (admins, limits' user.NAME) or groups (group.NAME) this host does not know: they match nobody."""
+    not every client: cpus or memory given beyond this machine's (not refused: overcommitting may be meant), or below
+    what a job asks by default (a node here), users (admins, limits' user.NAME) or groups (group.NAME) this host does
+    not know: they match nobody."""
     import grp
     import pwd
     found = list(cfg.warnings)
@@ -262,6 +267,13 @@ def checks(cfg: Config, services=SERVICES) -> list[str]:
         found += [f"{cfg.where[name]}: {name}: {given:,.10g} offered, more than this machine's {have:,.10g} {unit}"
                   for name, unit in (("cpus", "logical cores"), ("memory", "MB")) if name in cfg.where
                   and (given := getattr(cfg, name)) > (have := KEYS[name].default(cfg))]
+    for name, flag in (("cpus", "-c"), ("memory", "-m")) if "exec" in services and "exec" in cfg.services else ():
+        have, key = getattr(cfg, name), f"default_{name}"  # (a job that does not say asks the master's default_)
+        if not have:
+            found.append(f"{cfg.where.get(name, name)}: {name}: 0 offered: no job can run on this node")
+        elif (want := getattr(cfg, key)) > have:
+            found.append(f"{cfg.where.get(key) or cfg.where.get(name, name)}: {key}: {want:,.10g}, more than the {have:,.10g} "
+                         f"{name} this node offers: a job without {flag} cannot run on it")
     named = [("user", u, "admins") for u in cfg.admins] + [(*s.split(".", 1), "limits") for s in cfg.limits if "." in s]
     for kind, name, key in sorted(named) if "queue" in services else ():
         try:

@@ -415,6 +415,18 @@ def test_describe_warns_of_users_and_groups_this_host_does_not_know(conf, tmp_pa
     assert cfg.warnings == [], "the lookups are a daemon's and `grun -q conf`'s, not every client's"
 
 
+def test_describe_warns_of_a_plugin_grun_d_refuses_and_of_a_node_no_job_fits(conf, tmp_path):
+    """QA: `grun -q conf` said nothing of these (the plugin's line is `grun -d`'s refusal)."""
+    cfg = conf("services: exec\ncpus: 1\nmemory: 0\ndefault_cpus: 100\nplugins: [nosuchmod:Plugin]\n")
+    assert describe(cfg, as_dict=True)["warnings"] == [
+        (f"{tmp_path}/grun.conf:4: default_cpus: 100, more than the 1 cpus this node offers: a job without -c cannot "
+         "run on it"),
+        f"{tmp_path}/grun.conf:3: memory: 0 offered: no job can run on this node",
+        (f"plugin 'nosuchmod:Plugin' (plugins: in {tmp_path}/grun.conf:5) cannot be loaded: ModuleNotFoundError: "
+         "No module named 'nosuchmod'")]
+    assert describe(conf("services: queue\nmemory: 0\ndefault_cpus: 100\n"), as_dict=True)["warnings"] == []  # no node
+
+
 def test_describe_personal(env):
     text = describe(load_config(None, environ=env))
     assert "personal mode" in text and yaml.safe_load(text)["master"] == "127.0.0.1:5184"
