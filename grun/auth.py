@@ -12,6 +12,7 @@ signed with "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRE
 asker does. Daemons then know each call's caller (`caller()`)."""
 
 import _thread
+import contextlib
 import functools
 import os
 import struct
@@ -30,7 +31,9 @@ CLUSTER = "cluster"  # caller(): a holder of the cluster secret
 _CRED = "cred:"
 _path: str | None = None
 _key: bytes | None = None
-_cred_at: str | None = None  # the abstract unix socket where this host's node daemon signs credentials
+CRED_DIR = "/run/grun"  # root's: no user can take a credential socket's name there first, as any could an abstract one's
+_cred_at: str | None = None  # the socket in CRED_DIR, named by the master, where this host's node daemon signs credentials
+_served: int | None = None  # the inode of the socket file this process made there
 _tls: dict | None = None  # {cert, key, ca} (config key tls); None or {}: no TLS
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
@@ -47,7 +50,7 @@ def use(path: str | None, master: tuple | None = None, tls: dict | None = None) 
     """The secret file this process presents and checks (read when first needed: a personal cluster's daemon makes it,
     maybe after its client read the config), or None; `master` names where this host's node signs credentials."""
     global _path, _key, _cred_at, _tls
-    _path, _key, _cred_at, _tls = path, None, f"\0grun-cred-{master[0]}:{master[1]}" if master and path else None, tls
+    _path, _key, _cred_at, _tls = path, None, f"{CRED_DIR}/cred-{master[0]}:{master[1]}" if master and path else None, tls
     tls_client.cache_clear()
     tls_server.cache_clear()
 
@@ -123,7 +126,6 @@ def tls_client():
     the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
     user connects without one (and proves who they are with a credential)."""
     if _tls:
-        import contextlib
         import ssl
         context = ssl.create_default_context(cafile=_tls["ca"])
         with contextlib.suppress(PermissionError):
@@ -172,7 +174,6 @@ def _daemon_side(base):
 
 def log_refused(sock, why: str) -> None:
     """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here)."""
-    import contextlib
     import logging
     peer = "?"
     with contextlib.suppress(OSError):
@@ -265,17 +266,27 @@ def _umask(pid) -> str:
 
 
 def serve_credentials(log):
-    """A thread answering credential requests on this host's socket (returned); None if another node here has it,
-    or if this daemon cannot vouch for users (not root, or no secret)."""
+    """A thread answering credential requests on this host's socket (returned); None if another node daemon of this
+    host answers there already, or if this daemon cannot vouch for users (not root, or no secret)."""
+    global _served
     import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:
         return None
+    if _credential(""):
+        log.info("credentials: another daemon of this host signs them (%s)", _cred_at)
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        os.makedirs(CRED_DIR, exist_ok=True)
+        os.chmod(CRED_DIR, 0o755)
+        if os.path.exists(_cred_at):
+            os.unlink(_cred_at)  # a daemon's that died
         sock.bind(_cred_at)
+        os.chmod(_cred_at, 0o666)  # (connecting to it takes write permission)
+        _served = os.stat(_cred_at).st_ino
         sock.listen(128)
     except OSError as exc:
-        log.info("credentials: another daemon of this host signs them (%s)", exc)
+        log.warning("credentials: cannot sign them for this host's users: %s", exc)
         sock.close()
         return None
 
@@ -300,6 +311,13 @@ def serve_credentials(log):
     import threading
     threading.Thread(target=serve, name="grun-credentials", daemon=True).start()
     return sock
+
+
+def unserve() -> None:
+    """Remove the credential socket's file this process made, unless another node daemon of this host made it since."""
+    with contextlib.suppress(OSError):
+        if _served and os.stat(_cred_at).st_ino == _served:
+            os.unlink(_cred_at)
 
 
 def _credential(bound: str) -> str | None:

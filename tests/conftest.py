@@ -9,6 +9,7 @@ Ctrl-C); one killed outright leaves what it started, which the next session swee
 from __future__ import annotations
 
 import contextlib
+import glob
 import grp
 import os
 import pwd
@@ -19,6 +20,8 @@ import tempfile
 
 import pytest
 from cluster import TEST_USER, LocalCluster, account
+
+from grun import auth
 
 OWNER = "GRUNTEST_PID"  # every process a test starts inherits it: a leftover names the pytest it came from
 TAGGED = re.compile(r"(gra|grb|grg|grunt)(\d+)")  # users and groups of tests: a prefix, their pytest's pid % 100000
@@ -42,7 +45,8 @@ def pytest_configure(config):
 
 def sweep() -> None:
     """Kill the daemons, reapers, sshd and munged that a dead pytest started (by the pid it left in their environment),
-    then remove the users and groups tagged with a pid that no live process has (killing the users' processes first)."""
+    remove the credential sockets no daemon holds, then the users and groups tagged with a pid that no live process
+    has (killing the users' processes first)."""
     live = _pids()
     for pid in live:
         with contextlib.suppress(OSError, ValueError):  # ended meanwhile, or not ours to read
@@ -54,6 +58,12 @@ def sweep() -> None:
                 root = os.path.dirname(argv[3]) if len(argv) > 3 else ""  # a daemon's config in a test's temp dir
                 if root.startswith(GRUN_TMP):  # (a LocalCluster's root): that dir too
                     shutil.rmtree(root, ignore_errors=True)
+    stale = glob.glob(os.path.join(auth.CRED_DIR, "cred-*"))  # credential sockets of node daemons killed outright
+    with open("/proc/net/unix") as f:  # (read after: a socket's file is made when it is bound)
+        bound = f.read().split()
+    for path in stale if os.geteuid() == 0 else ():
+        if path not in bound:
+            os.unlink(path)
     for tool, table in (("userdel", pwd.getpwall), ("groupdel", grp.getgrall)):
         for name, _, uid, *rest in table():  # (whether a pid lives: asked again for each, a pytest may have begun since)
             ours = rest[1] == TEST_USER if tool == "userdel" else name.startswith("grg") and not rest[0]  # (no member)

@@ -675,3 +675,56 @@ def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secu
         assert [secured.client().job(i)["state"] for i in [hers, *mine]] == ["held"] + ["killed"] * len(mine)
     finally:
         secured.client().kill([hers, *mine])
+
+
+@ROOT_ONLY
+def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_jobs(users, shared_dir):
+    """QA: bob, binding the name of the node's credential socket before the node daemon did (an abstract socket's:
+    any user could), left every user of the host refused; it is a file in root's /run/grun now, gone at the node's
+    stop. And an admin (admins:, reloaded) could kill another's job but not attach to it: nodes get the master's."""
+    (alice, bob), tmp_path = users[0], shared_dir
+    (tmp_path / "secret").write_text(os.urandom(32).hex())
+    os.chmod(tmp_path / "secret", 0o600)
+    keys = {"auth": "secret", "secret_file": str(tmp_path / "secret")}
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}}, master_extra=keys)
+    names = [f"\0grun-cred-127.0.0.1:{c.port}", f"/run/grun/cred-127.0.0.1:{c.port}"]
+    (report, said), (held, hold) = os.pipe(), os.pipe()
+    if (squatter := os.fork()) == 0:  # bob binds what he can of both names first, as QA did, until `hold` closes
+        try:
+            os.close(hold)
+            os.setgroups([])
+            os.setgid(bob.pw_gid)
+            os.setuid(bob.pw_uid)
+            socks = [socket.socket(socket.AF_UNIX) for _ in names]
+            for sock, name in zip(socks, names):
+                with contextlib.suppress(OSError):
+                    sock.bind(name)
+            os.write(said, repr([sock.getsockname() for sock in socks]).encode())
+            os.read(held, 1)
+        finally:
+            os._exit(0)
+    os.close(said)
+    os.close(held)
+    auth.use(keys["secret_file"])  # (this process's clients: the cluster's start)
+    try:
+        assert os.read(report, 4096) == repr([names[0].encode(), ""]).encode()  # the abstract name, not the file
+        c.start()
+        shutil.copy(c.write_config("users", {"services": "exec", **keys}), tmp_path / "grun.conf")
+        os.chmod(tmp_path / "grun.conf", 0o644)
+        env = {"PATH": os.environ["PATH"], "GRUN_CONF": str(tmp_path / "grun.conf"), "HOME": str(tmp_path)}
+        code, out = _as_user(bob, env, ["--nowait", "sh", "-c", "echo bobs; sleep 2"], cwd=str(tmp_path))
+        assert code == 0 and out.split()[-1].isdigit(), out  # (was: "not authorized", the node signing for nobody)
+        attach = ["--attach", out.split()[-1]]
+        code, out = _as_user(alice, env, attach, cwd=str(tmp_path))
+        assert code == 1 and f"{alice.pw_name} may not attach to job {attach[1]}, which is {bob.pw_name}'s" in out, out
+        c.master_extra["admins"] = [alice.pw_name]
+        c.write_config("master", {"services": "queue", **c.master_extra})
+        c.procs["master"].send_signal(signal.SIGHUP)  # (grun -d -r)
+        assert wait_for(lambda: (r := _as_user(alice, env, attach, cwd=str(tmp_path)))[0] == 0 and r, timeout=15,
+                        interval=0.5) == (0, "bobs\n")
+    finally:
+        os.close(hold)
+        os.waitpid(squatter, 0)
+        c.stop()
+        auth.use(None)
+    assert not os.path.exists(names[1])

@@ -59,6 +59,7 @@ class Node(NodeJobs):
         self._registered = self._reregister = self._name_pending = self._told_refused = False
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._unreachable_told = -math.inf  # when we last logged that the master cannot be reached
+        self.admins: frozenset[str] = frozenset()  # the master's (_heard): they may attach to anyone's jobs here
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
@@ -208,9 +209,10 @@ class Node(NodeJobs):
     def _heard(self, reply: dict) -> None:
         """What a registration or heartbeat reply asks: the master's kills for our jobs (each applied once), stale
         copies to end, and its pace: how often to beat (a master with many nodes asks them to beat less) and how
-        long to keep an idle connection (None: for good)."""
+        long to keep an idle connection (None: for good); and its admins."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
         self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
+        self.admins = frozenset(reply.get("admins") or ())
         self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))
@@ -300,6 +302,7 @@ class Node(NodeJobs):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake a blocked recv or accept
             sock.close()
+        auth.unserve()
         if self.reaper is not None:  # at the end of its input, the reaper waits for its jobs and exits
             with contextlib.suppress(OSError):
                 self.reaper.stdin.close()

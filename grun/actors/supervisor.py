@@ -35,24 +35,29 @@ class JobSupervisor:
                 sizes[stream] = os.path.getsize(os.path.join(live.dir, stream))
         return {"id": self._id, "node": self._node.name, "status": self._node.job_status(live), **sizes}
 
+    def _owned(self, what: str):
+        """The live job, if the caller may `what` it: its owner, root, an admin (the master's) or a daemon."""
+        live = self._live
+        auth.require(f"{what} job {self._id}, which is {live.job.get('user')}'s", live.job.get("uid"), self._node.admins)
+        return live
+
     def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False) -> dict:
         """A one-time ticket to stream the job's output from the given offsets (and feed its stdin), which says
         whether the job has staged outputs to pull once it ended; for a staged job that still waits for its inputs,
         a ticket to push them first instead: {"inputs": ticket} (grun.stage)."""
         if int(out_offset) < 0 or int(err_offset) < 0:
             raise ValueError("offsets must be >= 0")
-        auth.require(f"attach to job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
-        if (staged := self._live.stage) and (push := staged.offer(False)):
+        live = self._owned("attach to")
+        if (staged := live.stage) and (push := staged.offer(False)):
             return {"inputs": push}
-        ticket = self._node.offer_stream(self._live, int(out_offset), int(err_offset), bool(stdin))
+        ticket = self._node.offer_stream(live, int(out_offset), int(err_offset), bool(stdin))
         return dict(ticket, outputs=bool(staged and staged.outputs))
 
     def stage(self, out: bool = False) -> dict | None:
         """A one-time ticket to push a staged job's inputs, or (`out`, once it ended) to pull its outputs (grun.stage)."""
-        auth.require(f"stage files of job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
-        return self._live.stage and self._live.stage.offer(bool(out))
+        staged = self._owned("stage files of").stage
+        return staged and staged.offer(bool(out))
 
     def release(self) -> None:
         """The client has the whole output; the spool may go once the master has the status too."""
-        auth.require(f"release job {self._id}, which is {self._live.job.get('user')}'s", self._live.job.get("uid"))
-        self._node.mark_fetched(self._live)
+        self._node.mark_fetched(self._owned("release"))
