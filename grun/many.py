@@ -37,9 +37,7 @@ def task_specs(ctx: Context, args: dict) -> list[dict]:
     if not tasks:
         raise UsageError(f"no commands in {path}")
     base = cli_spec(args, [tasks[0][1]])
-    return [dict(base, cmd=[cmd], shell=True, env=dict(base["env"], GRUN_TASK_ID=str(task)),
-                 **{key: base[key].replace("%a", str(task)) for key in ("stdout_file", "stderr_file") if key in base})
-            for task, cmd in tasks]
+    return [dict(base, cmd=[cmd], shell=True, env=dict(base["env"], GRUN_TASK_ID=str(task))) for task, cmd in tasks]
 
 
 def run(ctx: Context, args: dict) -> int:

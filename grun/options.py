@@ -100,7 +100,7 @@ OPTIONS = [
     Option("j", "name", "value", _name, "a unique name for the job (also: grun -k -j NAME)", "NAME"),
     Option("W", "wait-existing", help="with -j: if that job exists, wait for it and exit with its code"),
     Option("f", "file", "value", str, "read options from a YAML file (command-line options win)", "FILE"),
-    Option("o", "out", "value", str, "the job's stdout goes to FILE, written on its node", "FILE"),
+    Option("o", "out", "value", str, "the job's stdout goes to FILE (%j: its id, %x: its name), written on its node", "FILE"),
     Option(None, "err", "value", str, "the job's stderr goes to FILE", "FILE"),
     Option(None, "out-err", "value", str, "stdout and stderr both go to FILE", "FILE"),
     *(Option(None, f"{o}-append", "value", str, f"like --{o}, appending", "FILE") for o in ("out", "err", "out-err")),

@@ -38,10 +38,11 @@ OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last out
 # those jobs as it does any whose reaper died (grun.actors.node_jobs._reaperless)
 ORPHAN_RETRY_SECS = float(os.environ.get("GRUN_REAPER_ORPHAN_RETRY_SECS", "600"))
 
-# What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id,
-# else its own). Their shims set the rest at submit (grun/compat.py); such a job gets a TMPDIR in its spool too.
-COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NODELIST": "node", "SLURMD_NODENAME": "node"},
-              "sge": {"JOB_ID": "array", "HOSTNAME": "node"}}
+# What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id, else its
+# own; cpus, memory: as edited since, if set at submit). Their shims set the rest (grun/compat.py). It gets a TMPDIR too.
+COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NODELIST": "node", "SLURMD_NODENAME": "node",
+                        "SLURM_CPUS_ON_NODE": "cpus", "SLURM_JOB_CPUS_PER_NODE": "cpus", "SLURM_MEM_PER_NODE": "memory",
+                        "SLURM_CPUS_PER_TASK": "task_cpus"}, "sge": {"JOB_ID": "array", "HOSTNAME": "node", "NSLOTS": "cpus"}}
 
 # A job this reaper started and waits for (job is None for a job that never started).
 # `lock`: its claim's lock (grun.spool.claim), held until its end is written when its pid file is not whole.
@@ -209,8 +210,7 @@ def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):
     status.json. The single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches
     every thread's): it renames in a child, waited for at most HIDE_SECS (a hung NFS server must not stall the
     job's end), and gets a function that collects the child, to call once its hurry is over."""
-    outputs = job.get("outputs") or []
-    if not job.get("make") or not outputs or not (status.get("exit_code") or status.get("signal")):
+    if not job.get("make") or not (outputs := job.get("outputs")) or not (status.get("exit_code") or status.get("signal")):
         return None
     ident = _identity(job)
     if not threaded:
@@ -305,8 +305,7 @@ class Reaper:
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
         """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
-        claim = spool.claim(job_dir, self.name)
-        if claim is None:  # started already (by us or an earlier reaper), or the job is gone
+        if (claim := spool.claim(job_dir, self.name)) is None:  # started already (by us or an earlier reaper), or gone
             return
         (claimed, lock), kept = claim, False
         try:
@@ -323,17 +322,19 @@ class Reaper:
         if not isinstance(job, dict):
             raise ValueError("job.json is missing, unreadable or not the node's (never run)")
         argv = wrapped([SHELL, "-c", job["cmd"][0]] if job.get("shell") else list(job["cmd"]), job)
-        env = dict(job.get("env") or {}, GRUN_JOB_ID=str(job["id"]), GRUN_NODE=job.get("node") or socket.gethostname(),
-                   GRUN_CPUS=f"{job.get('cpus', 1):g}", GRUN_MEMORY=str(job.get("memory", 0)))  # (MB)
-        env.setdefault("PATH", os.defpath)
-        env.update(device_env(job.get("devices")))
+        env = dict({"PATH": os.defpath, **(job.get("env") or {})}, GRUN_JOB_ID=str(job["id"]), GRUN_CPUS=f"{job.get('cpus', 1):g}",
+                   GRUN_NODE=job.get("node") or socket.gethostname(), GRUN_MEMORY=str(job.get("memory", 0)),  # (MB)
+                   **device_env(job.get("devices")))
         try:
             ident = _identity(job)
         except ValueError as exc:  # its user is unknown here
             return self._fail(job_dir, notify, str(exc), 1)
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
-            known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"]}
-            env.update({name: str(known[key]) for name, key in family.items()}, TMPDIR=os.path.join(job_dir, "tmp"))
+            known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"],
+                     "cpus": (cpus := -int(-job.get("cpus", 1) // 1)), "memory": job.get("memory", 0),  # (0.5 cpus: 1)
+                     "task_cpus": max(1, cpus // int(env.get("SLURM_NTASKS", 1)))}  # (grun -e, qalter, scontrol update)
+            env.update({name: str(known[key]) for name, key in family.items() if key in ("id", "node", "array") or name in env},
+                       TMPDIR=os.path.join(job_dir, "tmp"))
             os.makedirs(env["TMPDIR"], 0o700, exist_ok=True)  # (in the job's directory, root's, then given: no race)
             if ident:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])

@@ -1,13 +1,12 @@
 """How records look to a person: `grun -q jobs`, `-q status` and `-q history` tables (and `--long` blocks), a job's
 command as typed; at the end, as Slurm's tools (grun/compat_slurm.py) show them. Pure functions of master records."""
 
-import os
 import re
 import time
 from collections import Counter
 
 from .core.arrays import left, unstarted
-from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, wrapped
+from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, name_of, wrapped
 from .values import close_to
 
 
@@ -264,13 +263,6 @@ STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatc
 SHORT = {"PENDING": "PD", "RUNNING": "R", "SUSPENDED": "S", "COMPLETED": "CD", "FAILED": "F", "CANCELLED": "CA",
          "NODE_FAIL": "NF", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM"}
 REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
-
-
-def name_of(job: dict) -> str:
-    cmd = job.get("cmd") or ["?"]
-    if not job.get("shell") and (wrapper := wrapped(cmd)):
-        return wrapper[0]
-    return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
 
 
 def state_of(job: dict) -> str:

@@ -306,7 +306,7 @@ _control("kill", "[-n SIG] [--force] [--user USER] [-j NAME] ID|NAME...", "signa
 _control("hold", "ID|NAME...", "", ids_or_name, "hold queued jobs, suspend running ones")
 _control("resume", "ID|NAME...", "", ids_or_name, "release held jobs, continue suspended ones")
 _control("edit", "KEY=VALUE[,KEY=VALUE] ID|NAME...", "", changes,
-         "change queued or waiting jobs: priority, cpus, memory, hosts, params, after, afterok, afternotok",
+         "change queued, waiting or held jobs: priority, cpus, memory, time, hosts, p.NAME, after(ok|notok), force",
          lambda args: (args["changes"],))
 
 

@@ -75,6 +75,7 @@ def test_a_task_gets_its_environment_and_its_output_names():
     a = dict(A.parse("1-9"), id=12, cmd=["x"], env={"A": "1"}, stdout_file="/o/%A.%a", token="t", name="n",
              state="queued")
     t = A.task_job(a, 40, 7)
+    J.out_names(t, a)  # (as the job table does, for every job it takes in)
     assert (t["id"], t["array"], t["task"], t["stdout_file"]) == (40, 12, 7, "/o/12.7")
     assert t["env"] == {"A": "1", "GRUN_TASK_ID": "7", "SLURM_ARRAY_TASK_ID": "7", "SGE_TASK_ID": "7",
                         "SLURM_ARRAY_JOB_ID": "12"}

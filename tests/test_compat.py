@@ -382,8 +382,9 @@ def test_scancel_u_takes_a_uid_as_squeue_does(cluster, shims, tmp_path):
 
 
 def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims, tmp_path):
-    job = int(shims("sbatch", "--parsable", "-H", "-J", "ctl", "--mem=100M", "-t", "10", "-o", "o-%j.txt", "--wrap",
-                    "echo ran", cwd=tmp_path).stdout)
+    job = int(shims("sbatch", "--parsable", "-H", "-J", "ctl", "-c", "1", "--mem=100M", "-t", "10", "-o", "o-%j.txt",
+                    "--wrap", "echo ran $SLURM_CPUS_PER_TASK $SLURM_JOB_CPUS_PER_NODE $SLURM_MEM_PER_NODE",
+                    cwd=tmp_path).stdout)
     r = shims("scontrol", "show", "job", str(job))  # (Slurm 22.05's lines, as scripts grep and split them)
     fields = dict(word.split("=", 1) for word in r.stdout.split())
     assert r.stdout.startswith(f"JobId={job} JobName=ctl\n   UserId=") and r.stdout.endswith("\n   \n\n"), r.stdout
@@ -397,7 +398,7 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     edited = cluster.client().job(job)
     assert (edited["cpus"], edited["memory"], edited["time"], edited["priority"]) == (2, 200, 86400, before - 5)
     assert shims("scontrol", "release", str(job)).returncode == 0 and wait_end(cluster, job)["state"] == "done"
-    assert (tmp_path / f"o-{job}.txt").read_text() == "ran\n"
+    assert (tmp_path / f"o-{job}.txt").read_text() == "ran 2 2 200\n", "as it asks when it starts"
     r = shims("scontrol", "hold", str(job))
     assert (r.returncode, r.stderr) == (1, f"Job has already finished for job {job}\n")
     # a running job runs on (grun's hold would suspend it), and an array's running task; the rest are held (the array's

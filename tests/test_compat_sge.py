@@ -303,7 +303,7 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
 def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shims, tmp_path):  # noqa: F811
     blocker = shims("qsub", "-terse", "-h", "-b", "y", "true").stdout.strip()
     job = shims("qsub", "-terse", "-cwd", "-hold_jid", blocker, "-pe", "smp", "2", "-l", "h_vmem=100M", "-b", "y",
-                "echo ran > ran.txt", cwd=tmp_path).stdout.strip()  # (waiting for blocker)
+                "echo ran $NSLOTS > ran.txt", cwd=tmp_path).stdout.strip()  # (waiting for blocker)
     r = shims("qhold", job)
     assert (r.returncode, r.stdout, r.stderr) == (0, f"modified hold of job {job}\n", "")
     before = cluster.client().job(int(job))
@@ -319,7 +319,7 @@ def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shi
     assert (cluster.client().job(int(job))["cpus"], cluster.client().job(int(job))["memory"]) == (1, 300)  # (per slot)
     assert shims("qrls", job).stdout == f"modified hold of job {job}\n" and cluster.client().job(int(job))["state"] == "waiting"
     assert shims("qrls", blocker).stdout == f"modified hold of job {blocker}\n"
-    assert wait_end(cluster, int(job))["state"] == "done" and (tmp_path / "ran.txt").read_text() == "ran\n"
+    assert wait_end(cluster, int(job))["state"] == "done" and (tmp_path / "ran.txt").read_text() == "ran 1\n"
     running = int(shims("qsub", "-terse", "-b", "y", "sleep 30").stdout)
     deadline = time.monotonic() + 20
     while cluster.client().job(running)["state"] != "running":

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from grun import many, verbs
+from grun.core import jobs as J
 
 
 def _ids(stdout: bytes) -> list[int]:
@@ -74,7 +75,8 @@ def test_an_array_is_one_spec_and_cmds_one_spec_a_line(tmp_path):
     (tmp_path / "cmds").write_text("".join(f"echo {i}\n" for i in range(2500)))
     specs = many.task_specs(verbs.Context(None), verbs.parse(verbs.NAMES.get("run"), ["--cmds", str(tmp_path / "cmds"),
                                                                                  "-o", "log.%a"]))
-    assert len(specs) == 2500 and specs[-1]["env"]["GRUN_TASK_ID"] == "2500" and specs[-1]["stdout_file"] == "log.2500"
+    assert len(specs) == 2500 and specs[-1]["env"]["GRUN_TASK_ID"] == "2500" and specs[-1]["stdout_file"] == "log.%a"
+    assert J.out_names(dict(specs[-1], id=7))["stdout_file"] == "log.2500", "as the master's job table takes it in"
     assert specs[0]["cmd"] == ["echo 0"] and "token" not in specs[0]  # the client adds one per job
 
 

@@ -99,7 +99,63 @@ def test_a_job_that_never_started_has_no_exit_status():
     assert m.recent[cancelled]["reason"] == "dependency 2 killed"
 
 
+def test_output_names_take_the_job_id_and_name_arrays_their_tasks_and_percent_percent_a_percent():
+    m = _state()
+    plain = _submit(m, name="nm", stdout_file="o.%j.%x.%%j.%q", stderr_file="e.%A.%a")
+    line = _submit(m, env={"GRUN_TASK_ID": "3"}, stdout_file="c.%a.%j")  # a --cmds line
+    array = _submit(m, name="arr", array="5-6", stdout_file="a.%A.%a.%j.%x")
+    m.handle("schedule", 2.0)
+    jobs = m.table.jobs
+    assert (jobs[plain]["stdout_file"], jobs[plain]["stderr_file"]) == (f"o.{plain}.nm.%j.%q", f"e.{plain}.%a")
+    assert jobs[line]["stdout_file"] == f"c.3.{line}" and jobs[array]["stdout_file"] == "a.%A.%a.%j.%x"
+    assert [jobs[i]["stdout_file"] for i in m.table.tasks[array].values()] == [
+        f"a.{array}.{task}.{i}.arr" for task, i in m.table.tasks[array].items()] and len(m.table.tasks[array]) == 2
+
+
+def test_a_held_job_takes_a_dependency_edit_and_a_started_one_is_told_what_can_be_edited():
+    m = _state()
+    first, held = _submit(m, hold=True), _submit(m, hold=True)
+    assert m.handle("edit", [held], {"after": str(first)}, 2.0).reply == {str(held): True}
+    assert (m.table.jobs[held]["state"], m.table.jobs[held]["deps"]) == (J.HELD, [["after", first]])
+    m.handle("control", "resume", [held], 3.0)
+    assert m.table.jobs[held]["state"] == J.WAITING, "released: it waits for what the edit named"
+    started = _submit(m)
+    m.handle("schedule", 4.0)
+    with pytest.raises(ValueError, match=rf"^job {started} is dispatched: only queued, waiting or held jobs can be "
+                                         r"edited$"):
+        m.handle("edit", [started], {"after": str(first)}, 5.0)
+
+
 # ---- through real daemons ---------------------------------------------------------------------------------
+
+
+def test_output_names_expand_per_job_for_plain_array_and_cmds_jobs(cluster, tmp_path):
+    plain = [nowait(cluster, "-o", str(tmp_path / "log.%j"), "sh", "-c", "echo job $GRUN_JOB_ID") for _ in range(3)]
+    array = nowait(cluster, "--array", "1-2", "-j", "arr", "-o", str(tmp_path / "a.%x.%A.%a.%j"), "sh", "-c",
+                   "echo $GRUN_JOB_ID")
+    (tmp_path / "cmds").write_text("echo one\necho two\n")
+    r = cluster.grun("--cmds", str(tmp_path / "cmds"), "-o", str(tmp_path / "c.%a.%j.100%%"))
+    assert r.returncode == 0, r.stderr
+    assert {s["state"] for s in cluster.client().wait([*plain, array], 30).values()} == {"done"}
+    assert [(tmp_path / f"log.{j}").read_text() for j in plain] == [f"job {j}\n" for j in plain]
+    tasks = sorted(p.name.split(".")[3:] + [p.read_text()] for p in tmp_path.glob(f"a.arr.{array}.*"))
+    assert [task for task, _, _ in tasks] == ["1", "2"] and all(out == f"{i}\n" for _, i, out in tasks), tasks
+    lines = sorted(p.name.split(".")[1:] + [p.read_text()] for p in tmp_path.glob("c.*"))
+    assert [(n, i.isdigit(), pct, out) for n, i, pct, out in lines] == [("1", True, "100%", "one\n"),
+                                                                       ("2", True, "100%", "two\n")], lines
+
+
+def test_a_held_job_waits_for_what_an_edit_names(cluster):
+    blocker, held = nowait(cluster, "--hold", "true"), nowait(cluster, "--hold", "true")
+    try:
+        r = cluster.grun("-e", f"after={blocker}", str(held))
+        assert r.returncode == 0, r.stderr
+        assert cluster.grun("-e", "resume", str(held)).returncode == 0
+        assert cluster.client().job(held)["state"] == "waiting"
+        assert cluster.grun("-e", "resume", str(blocker)).returncode == 0
+        assert cluster.client().wait([held], 30)[held]["state"] == "done"
+    finally:
+        cluster.client().kill([blocker, held])
 
 
 def test_names_per_user_and_bad_requests_on_a_cluster(cluster):

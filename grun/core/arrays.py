@@ -85,14 +85,10 @@ def take(array: dict, task: int) -> None:
 
 
 def task_job(array: dict, job_id: int, task: int) -> dict:
-    """The job record of one task: the array's request, its own id, environment and output names."""
+    """The job record of one task: the array's request, its own id and environment."""
     job = {k: v for k, v in array.items() if k not in _BOOKS and k not in ("token", "name", "reserved_node")}
     env = dict(array.get("env") or {}, **{v: str(task) for v in TASK_VARS}, **{v: str(array["id"]) for v in ARRAY_VARS})
-    job.update(id=job_id, array=array["id"], task=task, env=env)
-    for key in ("stdout_file", "stderr_file"):
-        if key in job:
-            job[key] = job[key].replace("%a", str(task)).replace("%A", str(array["id"]))
-    return job
+    return dict(job, id=job_id, array=array["id"], task=task, env=env)  # (its -o %a: core.jobs.out_names)
 
 
 def ended(array: dict, task: dict) -> None:

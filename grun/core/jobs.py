@@ -110,6 +110,24 @@ def wrapped(cmd: list[str]) -> tuple[str, str | None, list[str]] | None:
     return cmd[3], (cmd[4] if script else None), cmd[5 if script else 4:]
 
 
+def name_of(job: dict) -> str:
+    """Its name as shown: -j NAME, sbatch's or qsub's script name, else its program's."""
+    cmd = job.get("cmd") or ["?"]
+    if not job.get("shell") and (wrapper := wrapped(cmd)):
+        return wrapper[0]
+    return job.get("name") or os.path.basename(cmd[0].split()[0] if job.get("shell") and cmd[0].split() else cmd[0])
+
+
+def out_names(job: dict, array: dict | None = None) -> dict:
+    """The job, its -o/--err names with %j (its id), %x (its name; a task's: its `array`'s), %A (its array's id, else
+    %j), %a (its task id, $GRUN_TASK_ID: an array's or --cmds'), %% (a %), as sbatch's; an array's own keeps them."""
+    names = lambda m: str({"j": job["id"], "x": name_of(array or job), "A": (array or job)["id"], "%": "%",
+                           "a": (job.get("env") or {}).get("GRUN_TASK_ID", "%a")}[m[1]])
+    if "ranges" not in job:
+        job.update({key: re.sub("%([jxAa%])", names, job[key]) for key in ("stdout_file", "stderr_file") if job.get(key)})
+    return job
+
+
 LINES = re.compile(r"^[ \t]*[^#\s][^\r\n\\]*(?:\\(?:\r?\n|.)?[^\r\n\\]*)*", re.MULTILINE)  # but comments, blank; `\` continues
 LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # a batch script whose work is theirs:
 # keyed by its name (their options, which differ by launcher, would make the program a guess)

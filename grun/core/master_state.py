@@ -267,14 +267,13 @@ class MasterState:
 
     def on_edit(self, step: Step, job_ids: list, changes: dict, now: float, history=None, judged=None) -> None:
         """Change queued, waiting or held jobs' requests, judged as at submit (grun.core.edits; `judged`: as the master
-        judged them outside its lock), and what queued or waiting ones wait for (`history` as for on_submit)."""
+        judged them outside its lock), and what they wait for (`history` as for on_submit)."""
         found, jobs = self._lookup(job_ids, step, now, live=False)  # (an array: its tasks not started yet)
         parsed, records = J.parse_edit(changes), []
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
         for job in jobs:
-            if job["state"] not in (J.QUEUED, J.HELD, J.WAITING) or kinds and job["state"] == J.HELD:
-                raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be "
-                                 f"edited, and only queued or waiting ones wait for other jobs")
+            if job["state"] not in (J.QUEUED, J.HELD, J.WAITING):
+                raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be edited")
             try:
                 new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
                 why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)

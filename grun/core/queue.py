@@ -50,7 +50,7 @@ class JobTable:
         """Apply one record; returns the job it touched, the node's view for "node", or None (a job that has left)."""
         op = rec["op"]
         if op == "submit":
-            job = self._share(dict(rec["job"]))
+            job = self._share(J.out_names(dict(rec["job"]), self.jobs.get(rec["job"].get("array"))))
             self.jobs[job["id"]] = job
             self.next_id = max(self.next_id, job["id"] + 1)
             if job.get("token"):
