@@ -12,7 +12,6 @@ signed with "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRE
 asker does. Daemons then know each call's caller (`caller()`)."""
 
 import _thread
-import contextlib
 import functools
 import os
 import struct
@@ -126,6 +125,7 @@ def tls_client():
     the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
     user connects without one (and proves who they are with a credential)."""
     if _tls:
+        import contextlib
         import ssl
         context = ssl.create_default_context(cafile=_tls["ca"])
         with contextlib.suppress(PermissionError):
@@ -174,6 +174,7 @@ def _daemon_side(base):
 
 def log_refused(sock, why: str) -> None:
     """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here)."""
+    import contextlib
     import logging
     peer = "?"
     with contextlib.suppress(OSError):
@@ -315,6 +316,7 @@ def serve_credentials(log):
 
 def unserve() -> None:
     """Remove the credential socket's file this process made, unless another node daemon of this host made it since."""
+    import contextlib  # (here, not at import: `grun --nowait` imports nothing it does not need, test_cli_fast)
     with contextlib.suppress(OSError):
         if _served and os.stat(_cred_at).st_ino == _served:
             os.unlink(_cred_at)
