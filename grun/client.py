@@ -361,7 +361,7 @@ class Client:
                     status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                            err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
-                    _tell_limit(on_limit, status, job_id)  # e.g. killed: out of memory
+                    _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
                     if status.get("superseded"):  # killed: run elsewhere (or ended): follow the run that counts
                         job = self.call("job", job_id, wait=self.long_wait)
                         if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:

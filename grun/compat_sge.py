@@ -29,13 +29,13 @@ FAILED = {"killed": "100 : assumedly after job", "lost": "100 : assumedly after 
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
 MEMORY, REQUEST, TIME = ("h_vmem", "s_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt", "s_rt")
 ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
-NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints",
-         "-notify": "USR1/USR2 warnings: at its limits a job gets TERM, then KILL"}
+NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints"}
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
            "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)",
            "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it"}
 # options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
-GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
+GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p")),
+        "notify": ("time_signal", lambda _: [12, 60])}  # SIGUSR2 60 s (SGE's default notify) before its h_rt: TERM
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
 _seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',

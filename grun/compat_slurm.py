@@ -17,6 +17,7 @@ from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
 from .core.jobs import FINAL_STATES, parse_time_limit
 from .core.nodes import host_matches
+from .options import _time_signal
 from .pty_job import Terminal
 from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_of, stamp, state_of
 from .values import is_name
@@ -42,7 +43,7 @@ ONE = "grun runs a job as one task on one node"
 REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may run on)",
            "exclusive": "grun has no whole-node request (ask for cpus and memory: -c N --mem=0)",
            "begin": "grun cannot delay a job's start (-H queues it held till `grun -e resume ID`)",
-           "signal": "grun signals a job only at its time limit (TERM, then KILL)", "nodes": ONE,
+           "nodes": ONE,
            "kill-on-invalid-dep": "grun cancels a job whose dependency can never be met", "ntasks-per-node": ONE}
 ALLOWED = {"nodes": ("1", "1-1"), "ntasks-per-node": ("1", "1-1"), "kill-on-invalid-dep": ("yes",)}  # (their values)
 # the options that are grun's, one to one: KEY -> (job_spec's argument, its value from the option's)
@@ -52,6 +53,7 @@ UPDATE = {"jobid": "id", "numcpus": "cpus", "minmemorynode": "memory", "timelimi
 OUT_NAMES = ('"$SLURM_JOB_ID"', '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"', '"${SLURM_ARRAY_TASK_ID:-4294967294}"',
              '"$GRUN_NODE"')
 GRUN = {"time": ("time", parse_time_limit), "hold": ("hold", bool), "norequeue": ("requeue", lambda _: False),
+        "signal": ("time_signal", _time_signal),  # (B:, the batch shell alone: grun signals all of the job's session)
         "nice": ("priority", lambda n: C.priority("100" if n is True else n, "--nice", -1))}  # (--nice: less 100)
 
 

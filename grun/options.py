@@ -26,6 +26,15 @@ def _signal(text: str) -> int:
     return int(number)
 
 
+def _time_signal(text: str) -> list:
+    """--time-signal (sbatch --signal's form, [R|B:]SIG[@SECS]; R, B ignored): [SIG, SECS before the limit (60)]."""
+    flags, _, sig = text.rpartition(":")
+    if not set(flags.upper()) <= {"R", "B"}:
+        raise ValueError(f"expected [B:]SIG[@SECS], got {text!r}")
+    sig, _, secs = sig.partition("@")
+    return [_signal(sig), _whole_between(0, 65535)(secs) if secs else 60]
+
+
 def _param(text: str) -> tuple:
     """`-p NAME=VALUE`: a number asks for that much of a consumable, text for a label to match."""
     from .core.jobs import number_or_text
@@ -92,6 +101,8 @@ OPTIONS = [
     Option("m", "memory", "value", _above_zero(parse_memory, "memory", "give a size, like -m 500M"), "memory the job needs, MB or with a suffix: 500M, 4G", "MEM"),
     Option("t", "time", "value", _time, "wall-time limit: 30 (minutes), 90s, 2h, 1:30:00, 1-12:00 (0: none); "
            "then TERM, KILL after kill_grace", "TIME"),
+    Option(None, "time-signal", "value", _time_signal, "also send SIG to the job SECS (default 60) seconds before "
+           "its -t limit (sbatch --signal)", "SIG[@SECS]"),
     Option("r", "priority", "value", parse_job_priority, "priority, higher runs first (default 20)", "N"),
     Option("H", "hosts", "value", str, "only run on these nodes (glob or comma list)", "PATTERN"),
     Option("E", "env", "list", _env, "also pass these environment variables ('*' for all), or set VAR=VALUE",

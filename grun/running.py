@@ -11,7 +11,7 @@ from .verbs import Context, Terminated, as_command, by_name, command, json_text,
 OUTPUTS = {"out": ("stdout",), "err": ("stderr",), "out-err": ("stdout", "stderr")}
 # the other options of a job -> the job_spec keywords they set
 KEYWORDS = {"cpus": "cpus", "memory": "memory", "priority": "priority", "param": "params", "name": "name",
-            "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "retries", "retry-delay", "wrap", "stage", "hold")}}
+            "hosts": "hosts", "env": "pass_env", **{k: k.replace("-", "_") for k in ("time", "time-signal", "retries", "retry-delay", "wrap", "stage", "hold")}}
 
 
 def asks_staging(args: dict) -> bool:

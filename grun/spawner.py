@@ -152,28 +152,6 @@ def _exec_error(exc: OSError, argv: list[str], cwd: str, env: dict) -> tuple[str
     return f"{name}: {exc.strerror}", 126
 
 
-def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int) -> dict:
-    """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants'
-    usage); returns it. ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
-    storage I/O the job caused (page-cache hits are not reads). A limit is the sampler's limit.json, or else
-    told by the signal or the job's last stderr lines. `lost`: output bytes a full spool disk dropped."""
-    status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
-                  signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
-                  usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
-                         "stime": rusage.ru_stime, "maxrss_kb": rusage.ru_maxrss, "read_blocks": rusage.ru_inblock,
-                         "write_blocks": rusage.ru_oublock, "read_bytes": rusage.ru_inblock * 512,
-                         "write_bytes": rusage.ru_oublock * 512})
-    if rusage.ru_maxrss <= status.pop("reaper_peak_kb", 0):  # ours, not the job's: see _own_peak_kb
-        status["usage"]["maxrss_at_most"] = True
-    found, err = spool.read(job_dir, spool.LIMIT), job.get("stderr_file")
-    owner = (job.get("uid") or 0) if err and os.geteuid() == 0 else os.geteuid()  # (its -e file: its user's, or unread)
-    status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else L.limit_hit(status,
-        job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr"), owner))
-    if lost:
-        status["error"] = f"{lost} bytes of output lost: spool disk full"
-    return status
-
-
 def _own_peak_kb() -> int:
     """Our peak resident memory (VmHWM). Linux counts a child's pre-exec memory (ours, vfork) in its ru_maxrss
     (fs/exec.c, exec_mmap): a job's maxrss at or below this is only an upper bound (usage `maxrss_at_most`).
@@ -282,6 +260,21 @@ def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
     return files["stdin"], files["stdout"], files["stderr"]
 
 
+def _tell(job_dir: str, job: dict, text: str, err=None) -> bool:
+    """`grun: text` on the job's stderr: `err` (open), the file its fd 2 was at a limit's kill or its --err file (as
+    its user: never a user's path as root), or its spool stream; whether it went to the stream (a client following
+    the job shows it: it says it once)."""
+    told = (spool.read(job_dir, spool.LIMIT) or {}).get("stderr", "")
+    path = None if err is not None else told if told.startswith("/") and not told.startswith(
+        os.path.realpath(job_dir) + "/") else job.get("stderr_file")
+    with contextlib.suppress(OSError, ValueError), _as_user(_identity(job) if path else {}):
+        with err or open(os.open(os.path.join(job["cwd"], path), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
+                         if path else spool.open_in(job_dir, "stderr"), "ab") as f:
+            f.write(f"grun: {text}\n".encode())
+        return not (path or err)
+    return False
+
+
 def _close(*files) -> None:
     for f in files:
         with contextlib.suppress(OSError):
@@ -374,8 +367,7 @@ class Reaper:
         and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
         stop the reaper."""
         with contextlib.suppress(BaseException):
-            with contextlib.suppress(OSError), err or open(spool.open_in(job_dir, "stderr"), "ab") as f:
-                f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
+            _tell(job_dir, {}, why, err)  # (a full disk may refuse it: the status matters more)
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, notify))
@@ -396,7 +388,9 @@ class Reaper:
             self.ending.remove(ending)
             run = ending.run
             try:
-                exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost)
+                L.exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost)
+                if run.status.get("limit"):  # why, on its stderr too (as slurmstepd's "CANCELLED ... DUE TO TIME LIMIT")
+                    run.status["limit_told"] = _tell(run.dir, run.job, L.describe(run.status, run.id)) or None
                 hide_failed_outputs(run.job, run.status)
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper

@@ -128,7 +128,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # -o names' %j %x %% for every job in the job table, the request's Slurm/SGE variables as edited, held jobs' dependency
 # edits (+4).
 # auth.py imports contextlib where it uses it again: `grun --nowait` imported it (+2).
-TOTAL, MODULE, MEDIAN = 14311, 500, 200
+# A job killed at a limit says so at the end of its own stderr (its reaper, as its user); --time-signal
+# (sbatch --signal, qsub -notify) signals a job before its -t limit (+45).
+TOTAL, MODULE, MEDIAN = 14356, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -4,6 +4,7 @@ parse it. The dask-jobqueue proof at the end skips when dask-jobqueue cannot be 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
                         (["--mem", "-1"], "bad memory size"), (["--ntasks-per-node=2"], "one task on one node"),
                         (["--kill-on-invalid-dep=no"], "grun cancels"), (["-x", "n1"], "--exclude: grun cannot"),
                         (["--exclusive"], "--exclusive: grun has no whole-node"), (["--begin=now+1hour"], "cannot delay"),
-                        (["--signal=USR1@60"], "--signal: grun signals"), (["--nice=x"], "--nice x: expected a number")):
+                        (["--nice=x"], "--nice x: expected a number")):
         with pytest.raises(compat.Refused, match=words.removeprefix("srun: ")):
             compat_slurm.slurm_request(compat.parse(argv, compat_slurm.SUBMIT)[0], "nm", "srun" if "srun:" in words else "sbatch")
 
@@ -221,6 +222,19 @@ def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_p
     assert len(cluster.client().history(1000)) == before
 
 
+def test_sbatch_signal_warns_before_the_time_limit_and_the_kill_is_said_in_its_output(cluster, shims, tmp_path):
+    """Nextflow's `#SBATCH --signal B:USR2@30` was refused (no task ran); the kill at -t was in `grun -q history
+    --long` only, not in slurm-N.out, where slurmstepd writes "CANCELLED ... DUE TO TIME LIMIT"."""
+    (tmp_path / "task.sh").write_text("#!/bin/sh\n#SBATCH --signal B:USR2@2\n#SBATCH -t 0:04\ns=$(date +%s)\n"
+                                      "trap 'echo warned after $(($(date +%s) - s)) s' USR2\nsleep 30 & wait; sleep 30 & wait\n")
+    r = shims("sbatch", "--parsable", "--wait", "task.sh", cwd=tmp_path)
+    job_id = int(r.stdout)
+    first, last = (tmp_path / f"slurm-{job_id}.out").read_text().splitlines()
+    assert r.returncode == 124 and re.fullmatch("warned after [123] s", first), (r.stderr, first)
+    assert re.fullmatch(f"grun: job {job_id} ran out of its time limit of 4s \\(used [45]s\\); pass -t with more", last)
+    assert cluster.client().job(job_id)["time_signal"] == [signal.SIGUSR2, 2]
+
+
 def test_output_and_error_to_one_file_keep_both_and_open_mode_append_adds(cluster, shims, tmp_path):
     """-o F -e F opened F twice, each truncating it: the error lines wrote over the output's."""
     loop = "for i in 1 2 3; do echo out$i; echo err$i >&2; done"
@@ -267,7 +281,7 @@ def test_sbatch_refuses_what_it_cannot_do_faithfully(cluster, shims, tmp_path):
     (tmp_path / "dos.sh").write_text("#!/bin/sh\r\necho\r\n")
     for args, words in ((["--exclusive", "--wrap", "true"], "--exclusive: grun has no whole-node request"),
                         (["-n", "4", "--wrap", "srun hostname"], "--ntasks=4"), (["-x", "small", "--wrap", "true"], "--exclude"),
-                        (["--begin=16:00", "--wrap", "true"], "--begin"), (["--signal=B:USR1@60", "--wrap", "true"], "--signal"),
+                        (["--begin=16:00", "--wrap", "true"], "--begin"), (["--signal=FOO", "--wrap", "true"], "unknown signal 'FOO'"),
                         (["dos.sh"], "Batch script contains DOS line breaks"),
                         (["noshebang.sh"], "does not look like a batch script"), (["bad.sh"], "line 2: unsupported option --gpus"),
                         (["--gres=gpu:1", "--wrap", "true"], "no node has gpu"),

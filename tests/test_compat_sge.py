@@ -153,8 +153,9 @@ def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(c
     r = shims("qsub", "-terse", "-sync", "y", "-o", "nf.log", "nf.sh", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert [line.split(" ignored")[0] for line in r.stderr.splitlines()] == [
-        f"qsub: note: {flag}" for flag in ("-m", "-M", "-js", "-ckpt", "-notify")], r.stderr
+        f"qsub: note: {flag}" for flag in ("-m", "-M", "-js", "-ckpt")], r.stderr
     job = wait_end(cluster, int(r.stdout.split()[0]))  # (memory per slot; priority: grun's default, 20, less 5)
+    assert job["time_signal"] == [signal.SIGUSR2, 60]  # -notify: SGE's USR2 before its kill at h_rt
     assert (job["cpus"], job["memory"], job.get("memory_set"), job["priority"]) == (2, 600, True, 15)
     assert (tmp_path / "nf.log").read_text().splitlines() == ["3600", "1024", "16384", "fsize"]  # (bash's: KB)
     assert os.path.getsize(tmp_path / "big") == 1 << 20

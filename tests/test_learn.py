@@ -92,11 +92,13 @@ def test_a_request_far_above_what_the_program_used_is_warned_of(lc):
 def test_the_learned_memory_limit_kills_far_over_it_and_a_reload_turns_it_off(lc):
     grow = _script(lc, "grow.py")
     _runs(lc, 3, sys.executable, grow, "20", "0")
-    r = lc.grun("-v", sys.executable, grow, "600", "4")
+    r = lc.grun("-v", "--err", os.path.join(lc.root, "grow.err"), sys.executable, grow, "600", "4")
     job = killed = lc.client().job(job_id_from_verbose(r.stderr))
     assert r.returncode == 137 and (job["state"], job["limit"]) == ("killed", "memory"), (r.stderr, job)
     assert f"limit {job['memory_limit']} MB = learned {job['memory']} MB x learn_memory_factor" in \
         r.stderr.decode().splitlines()[-1], r.stderr
+    with open(os.path.join(lc.root, "grow.err")) as f:  # the job's own stderr says it too (else empty)
+        assert f.read() == r.stderr.decode().splitlines()[-1] + "\n"
     log = os.path.join(lc.root, "master", "grun.log")
     lc.write_config("master", {"services": "queue", "learn_memory_factor": "off"})
     lc.procs["master"].send_signal(signal.SIGHUP)

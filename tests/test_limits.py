@@ -143,6 +143,7 @@ def test_a_job_at_its_time_limit_gets_term_and_ends_as_timeout(lc):
     assert r.returncode == J.EXIT_TIMEOUT, r.stderr
     line = r.stderr.decode().splitlines()[-1]
     assert re.fullmatch(f"grun: job {job_id} ran out of its time limit of 2s \\(used [23]s\\); pass -t with more", line), line
+    assert r.stderr.count(b"ran out") == 1, "the job's stderr says it (its node's line), and grun does not again"
     assert 2 <= took < 10
     record = _record(lc, job_id)
     assert (record["state"], record["exit"], record["limit"], record["signal"]) == ("timeout", 124, "time", 15)
@@ -150,6 +151,25 @@ def test_a_job_at_its_time_limit_gets_term_and_ends_as_timeout(lc):
     row = next(l.split() for l in lc.grun("-q", "history").stdout.decode().splitlines() if l.split()[0] == str(job_id))
     assert row[2:4] == ["timeout", "TIMEOUT"]
     assert "time limit 2s" in lc.grun("-q", "history", "--long", "-c", "1").stdout.decode()
+    err, said, job_id = [], [], nowait(lc, "-t", "1s", "sleep", "30")  # (its stderr stream, as a client reads it)
+    lc.client().follow(job_id, stdout_fd=lambda data: None, stderr_fd=err.append, on_limit=said.append)
+    assert b"".join(err).startswith(f"grun: job {job_id} ran out of its time limit of 1s".encode()) and not said, said
+
+
+def test_time_signal_comes_secs_before_the_limit_and_the_kill_is_said_in_the_err_file(lc, tmp_path):
+    """--time-signal (sbatch --signal): the job's session gets SIG that long before -t; none without -t. At the kill its
+    --err file gets the node's line (it was in `grun -q history --long` only)."""
+    trap = "s=$(date +%s); trap 'echo warned after $(($(date +%s) - s)) s' USR1; sleep 30 & wait; sleep 30 & wait"
+    r = lc.grun("-v", "-t", "4s", "--time-signal", "USR1@2", "--err", str(tmp_path / "e"), "sh", "-c", trap)
+    job_id = job_id_from_verbose(r.stderr)
+    assert r.returncode == 124 and re.fullmatch(rb"warned after [123] s\n", r.stdout), (r.stdout, r.stderr)
+    told = (tmp_path / "e").read_text()
+    assert re.fullmatch(f"grun: job {job_id} ran out of its time limit of 4s \\(used [45]s\\); pass -t with more\n", told)
+    assert r.stderr.decode().splitlines()[-1] == told.strip()  # (not in the stream: grun says it too)
+    r = lc.grun("--time-signal", "USR1@100", "sh", "-c", trap.replace("sleep 30", "sleep 1"))
+    assert (r.returncode, r.stdout) == (0, b""), r.stderr
+    r = lc.grun("--time-signal", "B:NOPE@3", "true")
+    assert r.returncode == 2 and r.stderr == b"grun: bad value for --time-signal: unknown signal 'NOPE'\n", r.stderr
 
 
 def test_a_job_that_ignores_term_is_killed_after_kill_grace(lc):

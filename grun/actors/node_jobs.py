@@ -23,7 +23,7 @@ import time
 import psutil
 import Pyro5.api
 
-from .. import auth, registry, spawner, spool, stage
+from .. import auth, limits, registry, spawner, spool, stage
 from ..drain import Drain
 from ..tables import fmt_span
 from .monitor import node_memory_victim, over_memory_limit
@@ -55,6 +55,7 @@ class LiveJob:
     kills: set = dataclasses.field(default_factory=set)  # signals it was sent as kills
     limit: dict | None = None      # what the sampler is killing it for, as limit.json ({limit, limit_detail})
     deadline: float | None = None  # when its time limit runs out
+    warned: bool = False           # it got its --time-signal (not known after a restart of ours: it may get it again)
     peak_rss_mb: int = 0           # the largest sum of its processes' memory the sampler saw (see _finished)
     stage: object = None           # its grun.stage.Staged, when its files are staged
     set_up: threading.Event = dataclasses.field(default_factory=threading.Event)  # its directory, stdin and drain exist
@@ -130,13 +131,15 @@ class NodeJobs:
     def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
         """Kill the job for a limit, and record why (its reaper reads it into its status)."""
         live.limit = {"limit": limit, "limit_detail": why}
+        with contextlib.suppress(OSError):  # where its stderr goes (sbatch's -o: its shell's own), for its reaper's
+            live.limit["stderr"] = os.readlink(f"/proc/{live.pid}/fd/2")  # line saying why (spawner._tell)
         spool.write(live.dir, spool.LIMIT, live.limit)  # (a full disk may refuse it: then _finished adds it)
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
         self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM then KILL
-        after kill_grace (again after a restart of ours: `limit` comes from limit.json)."""
+        after kill_grace (again after a restart of ours: `limit` comes from limit.json); its --time-signal before."""
         limits = live.job.get("limits") or {}
         why = over_memory_limit(rss_mb, limits)
         if why and live.status is None and live.limit is None:
@@ -145,6 +148,9 @@ class NodeJobs:
             return
         if live.deadline is None:
             live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
+        sig, secs = live.job.get("time_signal") or (0, 0)
+        if sig and not live.warned and live.limit is None and now >= live.deadline - secs:
+            live.warned = spawner.killpg(live.pid, sig)
         if now >= live.deadline and live.limit is None:
             self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
                                            f"then KILL after {self.kill_grace:g} s")
@@ -411,7 +417,7 @@ class NodeJobs:
     def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
         """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
         lost = self.drain.finish(str(live.id), flush=True)
-        status = spawner.exit_status(live.dir, live.job, {
+        status = limits.exit_status(live.dir, live.job, {
             "start_time": spool.started_at(live.dir) or time.time(), "limits": dict(live.job.get("limits") or {})},
             wstatus, rusage, time.time(), lost)
         self._end_orphan(live, status)

@@ -30,7 +30,7 @@ MAX_CPUS, MAX_MEMORY_MB = 1_000_000, 1 << 40
 SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
-    "stdout_file", "stderr_file", "stdout_append", "stderr_append", "time",
+    "stdout_file", "stderr_file", "stdout_append", "stderr_append", "time", "time_signal",
     "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
     "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
@@ -209,6 +209,13 @@ def _number(spec: dict, key: str, default: float, limit: float) -> float:
     return number(value, f"{key}: a number >= 0", limit)
 
 
+def _time_signal(value) -> list:
+    """[signal, seconds before its time limit] (grun.options reads them from --time-signal)."""
+    require(isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value) and 1 <= value[0] <= 64
+            and 0 <= value[1] <= MAX_TIME, f"time_signal must be [signal 1-64, seconds], got {value!r}")
+    return value
+
+
 def _above_zero(spec: dict, key: str, default: float, limit: float, option: str, hint: str) -> float:
     """cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
     value = _number(spec, key, default, limit)
@@ -307,6 +314,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
+        "time_signal": given("time_signal") and _time_signal(spec["time_signal"]),
         "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none; else 1 s at least, below)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
