@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
+import tempfile
 import time
 
 import psutil
 import pytest
-from cluster import LocalCluster
+from cluster import LocalCluster, account
 from test_personal import personal  # noqa: F401  (the fixture: a personal cluster with no config)
 from util import job_id_from_verbose, nowait, wait_for
 
@@ -170,6 +172,28 @@ def test_time_signal_comes_secs_before_the_limit_and_the_kill_is_said_in_the_err
     assert (r.returncode, r.stdout) == (0, b""), r.stderr
     r = lc.grun("--time-signal", "B:NOPE@3", "true")
     assert r.returncode == 2 and r.stderr == b"grun: bad value for --time-signal: unknown signal 'NOPE'\n", r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a user")
+def test_the_limit_line_is_written_as_the_jobs_user(lc):
+    """The reaper (root) opens the job's stderr file as its user: a link the job put where its fd 2 was (deleted)
+    to a file it may not write is not written through."""
+    name = f"grunl{os.getpid() % 100000}"
+    account("useradd", "-M", "-s", "/usr/sbin/nologin", name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="grun-test-") as work:  # (pytest's tmp_path: under a 0700 dir)
+            os.chmod(work, 0o777)
+            target, user = os.path.join(work, "roots"), pwd.getpwnam(name)
+            with open(target, "w") as f:
+                f.write("root's\n")
+            job_id = lc.client().submit_spec({"cmd": [f"rm e; ln -s {target} 'e (deleted)'; sleep 30"], "shell": True,
+                                              "cwd": work, "uid": user.pw_uid, "gid": user.pw_gid, "user": name,
+                                              "time": 1, "stderr_file": "e"})
+            done = lc.client().wait([job_id], 30)[job_id]
+            assert done["state"] == "timeout", (done.get("error"), done.get("exit"))
+            assert open(target).read() == "root's\n" and os.path.islink(os.path.join(work, "e (deleted)"))
+    finally:
+        account("userdel", name, check=False)
 
 
 def test_a_job_that_ignores_term_is_killed_after_kill_grace(lc):
