@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 from cluster import LocalCluster, account
-from test_personal import personal  # noqa: F401  (the fixture: a personal cluster with no config)
+from test_personal import personal_elsewhere  # noqa: F401  (the fixture: a personal cluster with no config)
 from util import job_id_from_verbose, nowait, wait_for
 
 from grun.actors.monitor import node_memory_victim, over_memory_limit
@@ -98,8 +98,8 @@ def _record(c: LocalCluster, job_id: int) -> dict:
     return c.client().job(job_id)
 
 
-def test_a_300mb_job_without_m_runs_on_a_fresh_personal_cluster(personal):  # noqa: F811
-    grun, _state, _seen = personal
+def test_a_300mb_job_without_m_runs_on_a_fresh_personal_cluster(personal_elsewhere):  # noqa: F811
+    grun, _state, _seen = personal_elsewhere
     r = grun(PY, "-c", "x = bytearray(300*1024*1024)")
     assert r.returncode == 0, r.stderr
     r = grun("sh", "-c", "ulimit -d")

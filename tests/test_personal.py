@@ -28,13 +28,24 @@ def _port_busy() -> bool:
 @pytest.fixture
 def personal():
     """An environment with no config: HOME and XDG_STATE_HOME in a temp dir, no GRUN_* variables."""
-    if os.path.exists("/etc/grun.conf"):
-        pytest.skip("/etc/grun.conf exists, so grun would not run in personal mode")
     if _port_busy():
         pytest.skip(f"something already listens on 127.0.0.1:{PORT}, the personal cluster's port")
+    yield from _personal({})
+
+
+@pytest.fixture
+def personal_elsewhere():
+    """The same on a free port ($GRUN_MASTER): for other modules' tests, which may run while this module's do."""
+    from cluster import free_port
+    yield from _personal({"GRUN_MASTER": f"127.0.0.1:{free_port()}"})
+
+
+def _personal(extra: dict):
+    if os.path.exists("/etc/grun.conf"):
+        pytest.skip("/etc/grun.conf exists, so grun would not run in personal mode")
     root = tempfile.mkdtemp(prefix="grun-personal-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRUN_")}
-    env.update(HOME=os.path.join(root, "home"), XDG_STATE_HOME=os.path.join(root, "state"))
+    env.update(HOME=os.path.join(root, "home"), XDG_STATE_HOME=os.path.join(root, "state"), **extra)
     os.makedirs(env["HOME"])
     state = os.path.join(root, "state", "grun")
     seen: set[int] = set()
