@@ -35,8 +35,9 @@ SUBMIT = table("name=-J,--job-name out=-o,--output err=-e,--error cpus=-c,--cpus
                "norequeue:--no-requeue requeue:--requeue hold:-H,--hold gres=--gres open-mode=--open-mode qos=-q,--qos "
                "mail-type=--mail-type mail-user=--mail-user comment=--comment nice?--nice hosts=-w,--nodelist "
                "ntasks-per-node=--ntasks-per-node kill-on-invalid-dep=--kill-on-invalid-dep "
-               "exclude=-x,--exclude exclusive?--exclusive begin=-b,--begin signal=--signal")
-SRUN = {k: v for k, v in SUBMIT.items() if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode")} | \
+               "exclude=-x,--exclude exclusive?--exclusive begin=-b,--begin signal=--signal test:--test-only")
+SRUN = {k: v for k, v in SUBMIT.items()
+        if v[0] not in ("array", "parsable", "wait", "wrap", "out", "err", "hold", "open-mode", "test")} | \
     table("pty:--pty")  # (grun.pty_job)
 IGNORED = {"partition": "partitions", "account": "accounts", "qos": "QOS", "mail-type": "mail", "mail-user": "mail"}
 ONE = "grun runs a job as one task on one node"
@@ -94,10 +95,13 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
             raise Refused(f"bad --gres {item!r}: expected NAME[:TYPE]:COUNT")
         request.setdefault("params", {})[name] = int(count)
-    if "dependency" in opts:  # grun's, whose after is Slurm's afterany (not its after, ?, singleton, names or +TIME)
-        if not re.fullmatch(r"(after(any|ok|notok)(:\d+(_\d+)?)+(,(?=.)|$))+", dep := last(opts, "dependency")):
-            raise Refused(f"unsupported dependency {dep!r}: grun has afterany, afterok and afternotok on job ids")
-        request.update(parse_dependency(dep.replace("afterany", "after").replace("_", ".")))
+    if "dependency" in opts:  # grun's, whose after is Slurm's afterany (not its after, ?, aftercorr, names or +TIME)
+        if not re.fullmatch(r"((after(any|ok|notok)(:\d+(_\d+)?)+|singleton)(,(?=.)|$))+", dep := last(opts, "dependency")):
+            raise Refused(f"unsupported dependency {dep!r}: grun has afterany, afterok, afternotok and singleton")
+        if "singleton" in (words := dep.split(",")):  # after the user's live jobs of this name, as at submit (two
+            words = [w for w in words if w != "singleton"] + [  # submitted at once do not see each other)
+                f"after:{j['id']}" for j in Client().jobs() if j.get("user") == current_user() and name_of(j) == name]
+        request.update(parse_dependency(",".join(words).replace("afterany", "after").replace("_", ".")) if words else {})
     return request
 
 
@@ -144,11 +148,25 @@ def sbatch(argv: list[str]) -> int:
     names |= {f"%{n}{c}": f'"$(printf %0{n}d {names["%" + c]})"' for n in "0123456789" for c in "jJAa"}  # %4a: 0004
     if (mode := last(opts, "open-mode", "truncate")) not in ("append", "truncate"):
         raise Refused(f"Invalid --open-mode: {mode} (append or truncate)")
+    if "test" in opts:
+        return test_only(request)
     job_id = C.submit(client := Client(), "slurm", name, script, rest[1:], C.out_path(out, names),
                       C.out_path(last(opts, "err"), names) if "err" in opts else None, append=mode == "append",
                       **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     return client.exit_code(job_id) if "wait" in opts else 0
+
+
+def test_only(request: dict) -> int:
+    """sbatch --test-only: nothing submitted; the nodes that could start the job now (grun has no estimate of later)."""
+    fits = [n for n in Client().nodes() if n["up"] and host_matches(n["name"], request["hosts"] or "*")
+            and n["cpus"] >= request["cpus"] and n["memory"] >= request.get("memory", 0)]
+    if not fits:
+        raise Refused("Batch job submission failed: Requested node configuration is not available")
+    free = [n["name"] for n in fits if n["free_cpus"] >= request["cpus"] and n["free_memory"] >= request.get("memory", 0)]
+    print(f"sbatch: Job 0 to start at {stamp(time.time() if free else None)} using {request['cpus']} processors on nodes "
+          f"{host_ranges(free or [n['name'] for n in fits])} in partition grun", file=sys.stderr)
+    return 0
 
 
 def srun(argv: list[str]) -> int:
@@ -318,15 +336,16 @@ def sacct(argv: list[str]) -> int:
 
 
 def scancel(argv: list[str]) -> int:
-    """scancel [-n NAME] [-u USER] [-t STATE] [-s SIGNAL] [ID...]: ids as N, N_T (one array task) or N_[TASKS]."""
+    """scancel [-n NAME] [-u USER | --me] [-t STATE] [-s SIGNAL] [ID...]: ids as N, N_T (one array task) or N_[TASKS]."""
     from .options import _signal
     opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet "
-                                  "state=-t,--state"), False)
+                                  "state=-t,--state me:--me"), False)
     states = wanted_states(opts, "state")
-    if not (ids or "name" in opts or "user" in opts or states):
+    if not (ids or {"name", "user", "me"} & opts.keys() or states):
         raise Refused("No job identification provided")
     ids, sig, client = slurm_ids(ids), _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: one line)
-    user = user_name(last(opts, "user")) if "user" in opts else None  # (-u 1000: its name, as squeue's)
+    # (-u 1000: its name, as squeue's)
+    user = user_name(last(opts, "user")) if "user" in opts else current_user() if "me" in opts else None
     if "name" in opts or user or states:  # filters on the live jobs (with ids: those of them), anyone's, as Slurm's
         ids = [i for j in client.jobs() if (not ids or label(j) in ids or FIELDS["A"][3](j) in ids)
                and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j)) and user in (None, j.get("user"))

@@ -81,7 +81,7 @@ def test_slurm_requests_map_onto_grun_and_refuse_what_does_not(monkeypatch):
 
 
 def test_slurm_dependencies_grun_has_not_are_refused():
-    for dep in ("singleton", "afterok:3,", "afterok:x", "afterok:3+10", "aftercorr:3", "afterany:3?afterok:4", ""):
+    for dep in ("afterok:3,", "afterok:x", "afterok:3+10", "aftercorr:3", "afterany:3?afterok:4", ""):
         with pytest.raises(compat.Refused, match="unsupported dependency"):
             compat_slurm.slurm_request({"dependency": [dep]}, "nm", "sbatch")
 
@@ -393,6 +393,24 @@ def test_scancel_u_takes_a_uid_as_squeue_does(cluster, shims, tmp_path):
     assert wait_end(cluster, job)["state"] == "killed"
     r = shims("scancel", "-u", "no-such-user")
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "scancel: error: Invalid user: no-such-user\n")
+
+
+def test_singleton_waits_for_the_users_jobs_of_its_name_scancel_me_and_test_only(cluster, shims, tmp_path):
+    first, other = (int(shims("sbatch", "--parsable", "-J", n, "--wrap", "sleep 30", cwd=tmp_path).stdout) for n in "ab")
+    r = shims("sbatch", "--parsable", "-J", "a", "-d", "singleton", "--wrap", "true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert cluster.client().job(int(r.stdout))["deps"] == [["after", first]]
+    r = shims("sbatch", "--parsable", "-J", "c", "-d", f"singleton,afterok:{other}", "--wrap", "true", cwd=tmp_path)
+    assert cluster.client().job(int(r.stdout))["deps"] == [["afterok", other]]  # (no other c: singleton, no wait)
+    ids = [j["id"] for j in cluster.client().jobs()]
+    r = shims("sbatch", "--test-only", "-c", "1", "-w", "big", "--wrap", "true", cwd=tmp_path)  # (nothing submitted)
+    assert r.returncode == 0 and re.fullmatch(r"sbatch: Job 0 to start at \S+ using 1 processors on nodes big in "
+                                              r"partition grun\n", r.stderr), r.stderr
+    r = shims("sbatch", "--test-only", "-c", "999", "--wrap", "true", cwd=tmp_path)
+    assert r.stderr == "sbatch: error: Batch job submission failed: Requested node configuration is not available\n"
+    assert r.returncode == 1 and [j["id"] for j in cluster.client().jobs()] == ids
+    r = shims("scancel", "--me")
+    assert (r.returncode, r.stderr) == (0, "") and {wait_end(cluster, i)["state"] for i in ids} <= {"killed", "cancelled"}
 
 
 def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims, tmp_path):
