@@ -77,7 +77,11 @@ def qsub(argv: list[str]) -> int:
                      "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~")),
                      **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts},
                      **_limits(resources, int(slots))}
-    setup = ""
+    # SGE's TMP, output paths (the wrapper's o, e, opened: made whole) and, for a parallel job (-pe), its PE_HOSTFILE
+    setup = 'e="$o"; ' * yes(opts, "-j") + 'case $o in /*) ;; *) o="$PWD/$o";; esac; case $e in /*) ;; *) e="$PWD/$e";; esac\n' \
+        'export TMP="$TMPDIR" SGE_STDOUT_PATH="$o" SGE_STDERR_PATH="$e"\n' + \
+        'export PE_HOSTFILE="$TMPDIR/pe_hostfile"; echo "$HOSTNAME $NSLOTS all.q@$HOSTNAME UNDEFINED" >"$PE_HOSTFILE"\n' \
+        * ("pe" in opts)
     for key, value in resources.items():
         if key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
             amount = _seconds(value) if key == "h_cpu" else _bytes(value)
@@ -102,6 +106,7 @@ def qsub(argv: list[str]) -> int:
     if tasks:
         request["array"] = span + (f"%{last(opts, 'limit')}" if "limit" in opts else "")
     env = dict(JOB_NAME=name, REQUEST=name, NSLOTS=slots, NHOSTS="1", QUEUE="all.q", ENVIRONMENT="BATCH",
+               SGE_CWD_PATH=request["cwd"], **({"PE": last(opts, "pe")[0]} if "pe" in opts else {}),
                SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
                **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"),
                           re.split("[-:]", span) if tasks else ["undefined"] * 3)),
@@ -420,16 +425,17 @@ def qrls(argv: list[str]) -> int:
 
 
 def qalter(argv: list[str]) -> int:
-    """qalter [-l h_vmem|mem_free=SIZE,h_rt=TIME] [-pe smp N] [-p PRIORITY] ID,...: a pending job's request, as
-    SGE's qalter words it (`modified hard resource list of job N`); -N: grun's job names are their commands'."""
-    opts, words = parse(argv, {k: QSUB[k] for k in ("-l", "-pe", "-p", "-N")}, False, glued=False)
+    """qalter [-l h_vmem|mem_free=SIZE,h_rt=TIME] [-pe smp N] [-p PRIORITY] [-hold_jid IDS] ID,...: a pending job's
+    request, as SGE's qalter words it (`modified hard resource list of job N`); -N: grun's job names are their commands'."""
+    opts, words = parse(argv, {k: QSUB[k] for k in ("-l", "-pe", "-p", "-N", "-hold_jid")}, False, glued=False)
     if "name" in opts or not words or not opts:
-        raise Refused("-N: grun cannot rename a job" if "name" in opts else
-                      "usage: qalter [-l h_vmem|mem_free=SIZE,h_rt=TIME] [-pe smp N] [-p PRIORITY] JOB_ID,...")
+        raise Refused("-N: grun cannot rename a job" if "name" in opts else "usage: qalter [-l h_vmem|mem_free=SIZE,"
+                      "h_rt=TIME] [-pe smp N] [-p PRIORITY] [-hold_jid IDS] JOB_ID,...")
     resources = {key: value for key, _, value in (item.partition("=") for item in items(opts, "resources"))}
     if bad := [key for key, value in resources.items() if not value or key not in (*MEMORY, *REQUEST, *TIME)]:
         raise Refused(f"-l {','.join(bad)}: qalter changes memory (h_vmem, mem_free) and time (h_rt) only")
     client, code, asked = Client(), 0, int(_slots(opts, {})) if "pe" in opts else None
+    held = ",".join(str(j["id"]) for j in _holds(client, items(opts, "hold_jid")))  # (replacing its own: none, none)
     for ref in (i for word in words for i in word.split(",") if i):  # (N, N.T)
         if not (job := C.find(client, ref)) or job["state"] not in ("queued", "held", "waiting"):
             print(f'denied: job "{ref}" does not exist' if not job or job["state"] in FINAL_STATES else
@@ -445,9 +451,12 @@ def qalter(argv: list[str]) -> int:
                 changes.setdefault("memory", round(job["memory"] * slots / job.get("cpus", 1)))
         if "priority" in opts:
             changes["priority"] = GRUN["priority"][1](last(opts, "priority"))
+        if "hold_jid" in opts:
+            changes["after"] = held
         client.edit([ref], changes)
         for key, said in (("resources", "modified hard resource list of job {0}"), ("pe", "modified slot range of job {0}"),
-                          ("priority", "{1}@{2} sets scheduling priority of job {0} to {3}")):
+                          ("priority", "{1}@{2} sets scheduling priority of job {0} to {3}"),
+                          ("hold_jid", "modified job id hold list of job {0}")):
             if key in opts:
                 print(said.format(ref, current_user(), os.uname().nodename, last(opts, "priority")))
     return code

@@ -15,7 +15,7 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
-from .core.jobs import FINAL_STATES, parse_time_limit
+from .core.jobs import FINAL_STATES, ON_NODE_STATES, parse_time_limit
 from .core.nodes import host_matches
 from .options import _time_signal
 from .pty_job import Terminal
@@ -89,7 +89,8 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
             request["memory"] = max([n["memory"] for n in Client().nodes()
                                      if host_matches(n["name"], request["hosts"] or "*")] or [1])
             note(f"--mem=0: the largest node's, {request['memory']} MB (no whole-node request)")
-        env["SLURM_MEM_PER_NODE"] = str(request["memory"])
+        per_cpu = "mem" not in opts  # (as Slurm's: the amount asked, per cpu or per node)
+        env[f"SLURM_MEM_PER_{'CPU' if per_cpu else 'NODE'}"] = str(request["memory"] // int(cpus) if per_cpu else request["memory"])
     for item in C.items(opts, "gres"):  # gpu:2, gpu:a100:2 (a type: ignored)
         name, *kind, count = item.split(":") if ":" in item else (item, "1")
         if not count.isdigit() or not is_name(name) or len(kind) > 1:
@@ -409,7 +410,8 @@ def scontrol(argv: list[str]) -> int:
         job = C.find(client, ref) if verb == "update" else C.hold(client, ref, verb == "release")[0]
         if verb == "update" and job and job["state"] in ("queued", "held", "waiting"):
             client.edit([ref], changes)
-        elif not job or job["state"] in FINAL_STATES or verb == "update":  # (as Slurm's: held or running, nothing)
+        elif not job or job["state"] in FINAL_STATES or verb == "update" or verb == "hold" and "ranges" not in job \
+                and job["state"] in ON_NODE_STATES:  # (as Slurm's: held, nothing; an array's running tasks run on)
             print(("Invalid job id specified" if not job else "Job has already finished" if job["state"] in FINAL_STATES
                    else "Job is no longer pending execution") + f" for job {ref.replace('.', '_')}", file=sys.stderr)
             code = 1

@@ -304,7 +304,8 @@ def host_ranges(names: list[str]) -> str:
 
 def reason_of(job: dict) -> str:
     """Why a pending job waits, in Slurm's words (squeue may have found `Resources`)."""
-    at_limit = "ranges" in job and job["limit"] and job["started"] - sum(job["counts"].values()) >= job["limit"]
+    at_limit = job["state"] == "queued" and "ranges" in job and job["limit"] and \
+        job["started"] - sum(job["counts"].values()) >= job["limit"]  # (held, waiting: that, as Slurm's)
     return job.get("_reason") or ("JobArrayTaskLimit" if at_limit else REASONS.get(job["state"], "None"))
 
 

@@ -409,6 +409,9 @@ def test_singleton_waits_for_the_users_jobs_of_its_name_scancel_me_and_test_only
     r = shims("sbatch", "--test-only", "-c", "999", "--wrap", "true", cwd=tmp_path)
     assert r.stderr == "sbatch: error: Batch job submission failed: Requested node configuration is not available\n"
     assert r.returncode == 1 and [j["id"] for j in cluster.client().jobs()] == ids
+    r = shims("sbatch", "--parsable", "-c", "2", "--mem-per-cpu=50", "-o", "mem.txt", "--wrap",
+              "echo $SLURM_MEM_PER_CPU ${SLURM_MEM_PER_NODE:-none}", cwd=tmp_path)  # (as Slurm's: per cpu, not per node)
+    assert wait_end(cluster, int(r.stdout))["state"] == "done" and (tmp_path / "mem.txt").read_text() == "50 none\n"
     r = shims("scancel", "--me")
     assert (r.returncode, r.stderr) == (0, "") and {wait_end(cluster, i)["state"] for i in ids} <= {"killed", "cancelled"}
 
@@ -440,8 +443,9 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     while not (tasks := [j for j in cluster.client().jobs() if j.get("array") == array and j["state"] == "running"]):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    r = shims("scontrol", "hold", str(array), str(tasks[0]["id"]))
-    assert (r.returncode, r.stderr) == (0, "")
+    r = shims("scontrol", "hold", str(array), str(tasks[0]["id"]))  # (a running task named: as Slurm's, refused)
+    assert (r.returncode, r.stderr) == (1, f"Job is no longer pending execution for job {tasks[0]['id']}\n")
+    assert shims("squeue", "-h", "-j", str(array), "-t", "PD", "-o", "%r").stdout == "JobHeldUser\n"
     held = lambda: [j["id"] for j in cluster.client().jobs() if j["state"] == "held"]
     assert cluster.client().job(tasks[0]["id"])["state"] == "running" and held() == [array]
     assert [j["task"] for j in cluster.client().jobs() if j.get("array") == array] == [1]

@@ -338,3 +338,21 @@ def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shi
         r = shims(command, *args)  # (one line)
         assert (r.returncode, r.stdout, r.stderr.count("\n")) == (code, out, bool(err)) and r.stderr.startswith(err), args
     shims("qdel", str(running))
+
+
+def test_sge_job_variables_pe_hostfile_and_qalter_hold_jid(cluster, shims, tmp_path):  # noqa: F811
+    job = shims("qsub", "-terse", "-cwd", "-pe", "mpi", "2", "-o", "v.out", "-e", "v.err", "-b", "y",
+                'echo $PE $SGE_CWD_PATH $SGE_STDOUT_PATH $SGE_STDERR_PATH; [ "$TMP" = "$TMPDIR" ] && cat $PE_HOSTFILE',
+                cwd=tmp_path).stdout.strip()
+    assert wait_end(cluster, int(job))["state"] == "done"
+    node = cluster.client().job(int(job))["node"]
+    assert (tmp_path / "v.out").read_text() == f"mpi {tmp_path} {tmp_path}/v.out {tmp_path}/v.err\n" \
+        f"{node} 2 all.q@{node} UNDEFINED\n"
+    blocker, other = (shims("qsub", "-terse", "-h", "-N", n, "-b", "y", "true").stdout.strip() for n in ("blk", "oth"))
+    waiting = shims("qsub", "-terse", "-hold_jid", blocker, "-b", "y", "true").stdout.strip()
+    r = shims("qalter", "-hold_jid", "oth", waiting)  # (a name, as qsub's: replacing what it waited for)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"modified job id hold list of job {waiting}\n", "")
+    assert cluster.client().job(int(waiting))["deps"] == [["after", int(other)]]
+    assert shims("qalter", "-hold_jid", "no-such-job", waiting).returncode == 0  # (no job: no hold, as qsub's)
+    assert wait_end(cluster, int(waiting))["state"] == "done"
+    shims("qdel", blocker, other)
