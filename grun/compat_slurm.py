@@ -375,9 +375,10 @@ def slurm_ids(words: list[str]) -> list[str]:
 
 
 def scontrol(argv: list[str]) -> int:
-    """scontrol [-o] hold|release ID... | show job [ID] | show hostnames [LIST] | update JobId=ID KEY=VALUE...: a pending
-    job's hold or release, jobs' records (Slurm's KEY=VALUE lines; -o: one line each), a hostlist's names (default:
-    $SLURM_JOB_NODELIST), a pending job's edit (NumCPUs, MinMemoryNode, TimeLimit, Priority, Nice). Else: one line."""
+    """scontrol [-o] hold|release ID... | show job [ID] | show node [LIST] | show hostnames [LIST] | update JobId=ID
+    KEY=VALUE...: a pending job's hold or release, jobs' or nodes' records (Slurm's KEY=VALUE lines; -o: one line each),
+    a hostlist's names (default: $SLURM_JOB_NODELIST), a pending job's edit (NumCPUs, MinMemoryNode, TimeLimit,
+    Priority, Nice). Else: one line."""
     opts, words = parse(argv, table("oneliner:-o,--oneliner quiet:-Q,--quiet"), False)
     verb, what, args = *(w.lower() for w in (words + ["", ""])[:2]), words[1:]
     if verb == "show" and what in ("hostnames", "hostname") and len(args) < 3:
@@ -392,11 +393,17 @@ def scontrol(argv: list[str]) -> int:
             return 1
         print("\n".join(show_job(j, "oneliner" in opts) for j in jobs) or "No jobs in the system")
         return 0
+    if verb == "show" and what in ("node", "nodes") and len(args) < 3:  # (all, or those of a hostlist)
+        if not (nodes := [n for n in Client().nodes() if not args[1:] or n["name"] in hostlist(args[1])]):
+            print(f"Node {args[1]} not found" if args[1:] else "No nodes in the system")
+            return 1
+        print("\n".join(show_node(n, "oneliner" in opts) for n in nodes))
+        return 0
     if verb not in ("hold", "release", "update") or not args:
         raise Refused(f"too few arguments for keyword:{verb}" if verb in ("hold", "release", "update") else
                       "too many arguments for keyword:show" if verb == "show" and len(args) > 2 else
                       f"{' '.join(words[:2]) or 'no command'}: not supported (grun's scontrol has hold, release, show job, "
-                      "show hostnames and update JobId=)")
+                      "show node, show hostnames and update JobId=)")
     keys, changes = {w.partition("=")[0].lower(): w for w in args}, {}
     for key, word in keys.items() if verb == "update" else ():
         if key not in UPDATE:  # (JobName: grun's names are the job's command, as its submitter gave it)
@@ -445,6 +452,24 @@ def output_files(j: dict) -> list[str]:
     return [os.path.join(j.get("cwd", ""), shlex.split(w)[0]) for w in words]
 
 
+def node_state(n: dict) -> str:
+    """As Slurm's: a node whose daemon said it stops takes no new job and runs its own on (drng: draining, as after
+    `scontrol update state=drain`); `*`: not responding, lost (down*) or not heard from since the master started."""
+    busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
+    return {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
+
+
+def show_node(n: dict, oneliner: bool) -> str:
+    """scontrol show node's lines for a node, as Slurm 22.05's with the fields grun knows (CPULoad: cores kept busy)."""
+    state = {"idle": "IDLE", "alloc": "ALLOCATED", "mix": "MIXED", "drng": "MIXED+DRAIN", "drain": "IDLE+DRAIN",
+             "unk*": "UNKNOWN*"}.get(node_state(n), "DOWN*")
+    name, load = n["name"], n["grun_cpus"] + n["outside_cpus"]
+    lines = [f"NodeName={name}", f"CPUAlloc={n['cpus'] - n['free_cpus']:g} CPUTot={n['cpus']:g} CPULoad={load:.2f}",
+             f"NodeAddr={name} NodeHostName={name}", f"RealMemory={n['memory']} AllocMem={n['memory'] - n['free_memory']}",
+             f"State={state}", "Partitions=grun"]
+    return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"
+
+
 def sinfo(argv: list[str]) -> int:
     """sinfo [-h] [-N | -R | -s]: the nodes by state (-N: one a line), in partition `grun`; -R: those not up with REASON
     (Slurm's words), USER (grun: it set them all), TIMESTAMP (last heard from); -s: allocated, idle, other, all."""
@@ -452,11 +477,7 @@ def sinfo(argv: list[str]) -> int:
                              "summarize:-s,--summarize"), None)[0]
     groups, nodes = {}, Client().nodes()
     for n in nodes:
-        busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
-        # as Slurm's: a node whose daemon said it stops takes no new job and runs its own on (drng: draining, as after
-        # `scontrol update state=drain`); `*`: not responding, lost (down*) or not heard from since the master started
-        state = {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
-        groups.setdefault(state, []).append(n["name"])
+        groups.setdefault(node_state(n), []).append(n["name"])
     if "reasons" in opts:  # a node a line (Slurm's groups those of one reason, user and time: rare here)
         widths, rows = (-20, -9, -19, 0), [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
             ["Node daemon stopped" if n["state"] == "stopped" else "Not responding", "grun",

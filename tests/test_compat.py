@@ -457,6 +457,13 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     r = shims("sbatch", "--parsable", "-w", "big", "-o", "h.txt", "--wrap", f"{shims.bin}/scontrol show hostnames; "
               f"{shims.bin}/scontrol show hostnames 'n[1-2,08],x'", cwd=tmp_path)  # (as MPI scripts list their hosts)
     assert wait_end(cluster, int(r.stdout))["state"] == "done" and (tmp_path / "h.txt").read_text() == "big\nn1\nn2\nn08\nx\n"
+    r = shims("scontrol", "show", "node", "big")  # (Slurm 22.05's lines, with what grun knows of its nodes)
+    node = dict(word.split("=", 1) for word in r.stdout.split())
+    assert r.returncode == 0 and r.stdout.startswith("NodeName=big\n   CPUAlloc=") and node["Partitions"] == "grun"
+    assert node["State"] in ("IDLE", "MIXED", "ALLOCATED") and int(node["RealMemory"]) > 0, r.stdout
+    assert shims("scontrol", "-o", "show", "nodes").stdout.count("\n") == 2
+    r = shims("scontrol", "show", "node", "nope")
+    assert (r.returncode, r.stdout) == (1, "Node nope not found\n")
     for args, code, err in (
             (["hold", "99999"], 1, "Invalid job id specified for job 99999"),
             (["show", "job", "99999"], 1, "slurm_load_jobs error: Invalid job id specified"),
@@ -465,7 +472,7 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
             (["update", "JobId=", "TimeLimit=5"], 1, "scontrol: error: Invalid job id ''"),
             (["update", "TimeLimit=5"], 1, "scontrol: error: No valid entity in update command (grun's scontrol updates jobs: JobId=)"),
             (["requeue", str(job)], 1, "scontrol: error: requeue " + str(job) + ": not supported (grun's scontrol has hold, "
-             "release, show job, show hostnames and update JobId=)"),
+             "release, show job, show node, show hostnames and update JobId=)"),
             (["show", "hostnames", "n[3-1]"], 1, "scontrol: error: invalid node name specified: n[3-1]")):
         r = shims("scontrol", *args)
         assert (r.returncode, r.stdout, r.stderr) == (code, "", err + "\n"), args
