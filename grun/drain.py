@@ -44,7 +44,8 @@ class Output:
         self.free_when_full = 0  # the spool disk's free bytes (_free_bytes) at its last refusal of our write
 
     def held(self) -> int:
-        return sum(os.fstat(fd).st_size - self.start[name] for name, fd in self.files.items())
+        with self.lock:  # (its files close at its end)
+            return sum(os.fstat(fd).st_size - self.start[name] for name, fd in self.files.items())
 
     def held_from(self, *offsets: int) -> list[int]:
         """Where a client asking for stdout and stderr from these offsets starts: not before what is held."""
@@ -221,6 +222,10 @@ class Drain:
                 out.pipes[name] = pipe
                 self.fds[pipe] = (out, name)
                 self.poll.register(pipe, select.EPOLLIN)
+
+    def unread(self) -> dict[str, int]:
+        """Job key -> the bytes held of each job whose output waits at spool_max, no client attached (grun why)."""
+        return {k: o.held() for k, o in list(self.outputs.items()) if o.full and not o.tails and o not in self.stalled}
 
     def finish(self, key: str, flush: bool = False) -> int:
         return 0 if (out := self.outputs.get(key)) is None else out.finish(flush)

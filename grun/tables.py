@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 from .core.arrays import left, unstarted
+from .core.explain import unread_text
 from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, name_of, wrapped
 from .values import close_to
 
@@ -171,6 +172,7 @@ def history_long(jobs: list[dict]) -> str:
             f"  command   {command_text(j)}",
             f"  user      {j.get('user', '-')}   cwd {j.get('cwd', '-')}",
             f"  node      {j.get('node') or '-'}   attempt {j.get('attempt', '-')}",
+            unread_text(j) and f"  output    {unread_text(j)[2:]}",
             j.get("deps") and f"  after     {waits_text(j)}",
             j.get("requeue_reason") and f"  requeued  {j['requeue_reason']}",
             j.get("retry_reason") and f"  retried   {j['retry_reason']}",

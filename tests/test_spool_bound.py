@@ -55,6 +55,9 @@ def test_with_no_reader_the_job_waits_at_spool_max_then_a_reader_gets_every_byte
     size = _settled_size(_stdout(c, job_id))
     assert 0 < size <= MAX_MB << 20
     assert c.client().job(job_id)["state"] == "running"  # waiting in its write, not dead
+    said = f"its output waits for a reader: 2 MB unread, spool_max reached: attach (grun --attach {job_id}) or use -o"
+    wait_for(lambda: said in c.grun("why", str(job_id)).stdout.decode(), 10, what="grun why to say so")
+    assert said[4:] in c.grun("-q", "jobs", "--long").stdout.decode()
     r = c.grun("--attach", str(job_id), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == EXPECTED  # nothing was punched: nobody had read it

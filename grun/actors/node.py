@@ -270,12 +270,12 @@ class Node(NodeJobs):
     def _load(self) -> dict:
         held, now = self._held(), mounts.network(mounts.table())
         cores, memory = self.monitor.outside(self.cpus, self.memory) if self.count_outside_load else (0.0, 0)
-        changed, self.mounts = now != self.mounts, now
+        changed, self.mounts, unread = now != self.mounts, now, self.drain.unread()
         return {"running": held["running"], "seq": held["seq"], "incarnation": self.incarnation,
                 "load": os.getloadavg()[0], "available_memory": psutil.virtual_memory().available // 2**20,
                 "outside_cpus": cores, "outside_memory": memory, "grun_cpus": self.monitor.grun_cores,
-                "usage": {str(k): v for k, v in self.monitor.usage.items()}, **spool_space(self.jobs_dir),
-                **({"mounts": now} if changed else {})}
+                "usage": {str(k): dict(v, unread=unread.get(str(k))) for k, v in self.monitor.usage.items()},
+                **spool_space(self.jobs_dir), **({"mounts": now} if changed else {})}
 
     def _leave(self) -> None:
         """Tell the master we stop, as slurmd does (one short call, best effort): it offers us no job until we register

@@ -114,7 +114,7 @@ def explain(job: dict, master, now: float, private: bool = False) -> str:
     if state == J.HELD:
         return f"{head} is held: it will not run until released with `grun -e resume {job['id']}`."
     if state in (J.DISPATCHED, J.RUNNING):
-        return f"{head} is {state} on {job.get('node')}."
+        return f"{head} is {state} on {job.get('node')}{unread_text(job)}."
     if state == J.SUSPENDED:
         return (f"{head} is suspended on {job.get('node')} (stopped, its cpus lent to other jobs, its "
                 f"memory kept); continue it with `grun -e resume {job['id']}`.")
@@ -163,6 +163,13 @@ def explain(job: dict, master, now: float, private: bool = False) -> str:
     elif not possible:
         lines.append("No node up now could ever run it as it is; edit it with `grun -e` or kill it.")
     return " ".join(lines)
+
+
+def unread_text(job: dict) -> str:
+    """A running job waiting in its write for a reader (drain.py: its node's spool_max reached, none attached)."""
+    unread = (job.get("usage_now") or {}).get("unread")
+    return f"; its output waits for a reader: {unread / 2**20:.0f} MB unread, spool_max reached: attach (grun " \
+           f"--attach {job['id']}) or use -o" if unread else ""
 
 
 def placement(job: dict, master, now: float, private: bool = False) -> tuple[str, str]:

@@ -49,7 +49,7 @@ HOLD_CONNECTIONS_MAX, IDLE_LINGER_SECS = 500, 0.5
 # records after which a scheduling pass may place more than before
 KICKS = frozenset({"submit", "finish", "requeue", "release", "edit", "suspend", "unlend", "node", "dep", "retry", "ready"})
 RESULT_KEYS = ("exit_code", "signal", "usage", "error", "start_time", "limit", "limit_detail", "limits")
-USAGE_FIELDS = ("cpu", "rss_mb", "cputime", "read_bytes", "write_bytes", "procs", "time")
+USAGE_FIELDS = ("cpu", "rss_mb", "cputime", "read_bytes", "write_bytes", "procs", "time", "unread")
 
 
 @dataclass
@@ -331,7 +331,7 @@ class MasterState:
             node.mounts = reported(info["mounts"])
         for raw, usage in (info.get("usage") or {}).items():
             if self.table.jobs.get(int(raw), {}).get("node") == name:
-                self.usage[int(raw)] = {k: usage.get(k) for k in USAGE_FIELDS if k in usage}
+                self.usage[int(raw)] = {k: usage[k] for k in USAGE_FIELDS if usage.get(k) is not None}
         step.reply = {"known": True, **self._reconcile(step, node, now, info.get("running", ()))}
         step.durable = bool(step.records)
 
