@@ -67,11 +67,11 @@ class Learned:
         self.keys: collections.OrderedDict[tuple[str, str], Runs] = collections.OrderedDict()
 
     def observe(self, job: dict, keep: int) -> str | None:
-        """Add a finished job's run (not one lost, cancelled or killed by a person); a warning for the master's log
+        """Add a finished job's run (not one lost, cancelled or killed by a person or a lease); a warning for the log
         when the key keeps running within 10 % of a limit."""
         usage = job.get("usage") or {}
         if not usage.get("wall") or job["state"] in ("lost", "cancelled") or (
-                job.get("kill_requested") and not job.get("limit")):
+                (job.get("kill_requested") or job["state"] == "killed") and not job.get("limit")):
             return None
         key = (job.get("user") or "?", program_of(job))
         self.keys[key] = runs = self.keys.pop(key, None) or Runs()  # (now the newest key)

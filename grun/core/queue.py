@@ -231,6 +231,8 @@ class JobTable:
         result = rec.get("result", {})
         job.update(result)
         job["end_time"] = rec["time"]
+        if result.get("status") == J.KILLED and "usage" not in result and job.get("start_time"):  # not the node's:
+            job["usage"] = {"wall": round(rec["time"] - job["start_time"], 6)}  # (a lease, --force) from our records
         started = job.get("start_time") or job.get("dispatch_time")
         if started and job.get("submit_time"):
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
