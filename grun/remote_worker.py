@@ -18,6 +18,7 @@ import select
 import sys
 import traceback
 from collections.abc import Callable
+from resource import RLIMIT_DATA, getrlimit
 
 RESULT_MARK = b"\x00grun-result:"
 LENGTH_BYTES = 8
@@ -45,6 +46,9 @@ def _outcome(blob: bytes) -> tuple:
     except SystemExit as exc:
         return "error", None, _traceback(exc), f"the function called sys.exit({exc.code!r})"
     except BaseException as exc:
+        if type(exc) is MemoryError and not exc.args and (limit := getrlimit(RLIMIT_DATA)[0]) > 0:  # (none: -1)
+            exc.args = (f"the call reached its memory limit of {limit >> 20} MB (memory={os.environ.get('GRUN_MEMORY')} MB"
+                        + " x the node's hard_factor): ask for more with memory=",)
         return "error", exc, _traceback(exc), f"{type(exc).__name__}: {exc}"
 
 

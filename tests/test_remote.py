@@ -381,6 +381,13 @@ def test_a_call_takes_a_time_limit_name_retries_and_dependencies_and_says_when_i
     with pytest.raises(grun.RemoteError, match=r"killed at its time limit \(2 s\): ask for more with time="):
         grun.remote(time.sleep, 30, time=2, client=client)
 
+    def hog():  # (QA: a bare MemoryError(), no word of the limit)
+        held = []
+        while True:
+            held.append(bytearray(10 << 20))
+    with pytest.raises(MemoryError, match=r"memory limit of 75 MB \(memory=50 MB x the node's hard_factor\)"):
+        grun.remote(hog, memory=50, client=client)
+
     def fails_once():
         if not flag.exists():
             flag.touch()
