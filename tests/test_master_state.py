@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from grun import tables
 from grun.core import jobs as J
 from grun.core.master_state import NODE_FORGET_SECS, START_RETRY_SECS, MasterState
 from grun.core.queue import JobTable
@@ -236,6 +237,9 @@ def test_a_job_that_traps_the_kill_and_exits_0_was_killed_and_its_afterok_depend
     m.handle("kill", [hup], 1, False, 3.0)  # HUP: often a server job's "reload"
     m.handle("finished", "a", [{"id": i, "exit_code": 0, "attempt": 1} for i in (trapper, signalled, hup)], 4.0)
     assert [m.recent[i]["state"] for i in (trapper, signalled, hup)] == [J.KILLED, J.DONE, J.DONE]
+    # as Slurm's scancel: CANCELLED at once, its exit code kept (sacct's 0:0); history's "killed, exit 0"
+    assert (tables.state_of(m.recent[trapper]), tables.FIELDS["2"][3](m.recent[trapper])) == ("CANCELLED", "0:0")
+    assert J.describe_exit(m.recent[trapper]) == "0"
     m.handle("schedule", 5.0)
     assert dependent not in m.table.jobs and m.recent[dependent]["state"] == J.CANCELLED
 
