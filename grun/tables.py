@@ -154,7 +154,7 @@ HISTORY_COLUMNS = ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU",
 def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
     """Finished jobs (STATE: how each ended, as sacct's), given newest first, shown oldest first; -F as jobs_table's."""
     rows = [[label(j), j.get("user", "-"), j.get("state", "-"), describe_exit(j), j.get("node") or "-",
-             *map(fmt_secs, (j.get("queue_wait"), u.get("wall"), usage(j, "utime", "stime") if u else None)),
+             *map(fmt_secs, (j.get("queue_wait"), u.get("wall"), usage(j, "utime", "stime") if "utime" in u else None)),
              fmt_rss(u), command_text(j)] for j in reversed(jobs) for u in [j.get("usage") or {}]]
     return chosen(rows, HISTORY_COLUMNS, jobs[::-1], fields)
 

@@ -314,6 +314,7 @@ def test_a_lease_not_renewed_ends_its_job_and_a_restart_starts_each_lease_again(
     assert ("log", "info", f"job {running} and 1 more: {reason}") in step.do
     assert m.recent[queued]["error"] == reason and set(m.leases) == {renewed} and plain in m.table.jobs
     assert m.recent[running]["usage"] == {"wall": 10.0} and not m.table.learned.keys, "its wall: ours; nothing learned"
+    assert "10.00s  -    -" in tables.history_table([m.recent[running]]), "WALL ours; CPU and MAXRSS unknown, not 0"
     assert m.handle("renew", [running], 13.0).reply == {str(running): False}
     fresh = MasterState(random.Random(0))
     fresh.recover(m.table.snapshot(), [], 100.0)  # a restart: not 19, as before it
