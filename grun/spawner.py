@@ -448,7 +448,7 @@ class Reaper:
         if not path or time.monotonic() < self._ping_stalled_until:
             return
         try:
-            self._sock.sendto(message.encode(), path)
+            self._sock.sendto(message.encode(), spool.socket_addr(path))
         except TimeoutError:
             self._ping_stalled_until = time.monotonic() + PING_TIMEOUT
         except OSError:

@@ -14,6 +14,7 @@ given to the job's user. So the user can rename, replace or link nothing in it. 
 - `killreq`: `{"signal": N}` asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory or time).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its reaper, or the node).
+<spool>/notify: the socket the node's reapers ping (a file, which only the node's user can make: see NodeJobs).
 <spool>/acks.log (Acks), so that a restarted node neither reports a job again nor keeps fetched output: `r <id>
 <attempt>` (the master has the job's end) and `f <id> <attempt>` (a client fetched it), appended; rewritten with only
 the jobs still here at each node start and past ACKS_COMPACT_BYTES (proportional to the spool, not to its history).
@@ -33,6 +34,7 @@ JOB, STATUS, KILL, LIMIT = "job.json", "status.json", "killreq", "limit.json"
 STREAMS = ("stdout", "stderr")
 DISK_RETRY_SECS = 2.0  # how often what a full spool disk refused (a job's output, an ended job's status) is tried again
 _PAD = 10  # the pid file's first word, so the pid can be written over it in place
+_dirs: dict[str, int] = {}  # a directory -> a descriptor of it, kept open (socket_addr)
 
 
 def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
@@ -51,6 +53,16 @@ def create(job_dir: str, job: dict, job_json: str) -> tuple[int, int] | None:
     with open(open_in(job_dir, JOB, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(job_json.encode())
     return ends
+
+
+def socket_addr(path: str) -> str:
+    """`path` as a unix socket's address; past sun_path's 108 bytes, through a descriptor of its directory, kept."""
+    if len(os.fsencode(path)) < 108:
+        return path
+    head, name = os.path.split(path)
+    if head not in _dirs:
+        _dirs[head] = os.open(head, os.O_PATH | os.O_DIRECTORY)
+    return f"/proc/self/fd/{_dirs[head]}/{name}"
 
 
 def make_dir(path: str, mode: int = 0o711) -> None:

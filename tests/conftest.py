@@ -40,7 +40,14 @@ def pytest_configure(config):
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # the controller, or a pytest without workers: once a session.
+        config.made_run_dir = not os.path.exists(auth.CRED_DIR)  # (if so, removed at the end: pytest_unconfigure)
         sweep()  # (a worker whose controller dies unwinds anyway: execnet SIGINTs it 5 s later, ends it 10 s after)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "made_run_dir", False):
+        with contextlib.suppress(OSError):  # (not empty: another pytest's node daemon has its socket there)
+            os.rmdir(auth.CRED_DIR)
 
 
 def sweep() -> None:

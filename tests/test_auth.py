@@ -547,14 +547,16 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
     assert code == 0 and job_id in out, out
 
-    spool = os.path.abspath(os.path.join(secured.root, "n1", "node"))
-    notify = "\0grun.notify." + hashlib.sha1(spool.encode()).hexdigest()[:20]
+    spool = os.path.join(secured.root, "n1", "node")
+    os.chmod(os.path.join(spool, "notify"), 0o666)  # (as a umask of 0 would leave it: the node still ignores bob)
+    way_in = os.open(spool, os.O_PATH)  # (bob's: the cluster's root is root's alone)
 
     def fake_end():  # a datagram to the node's notify socket, as its reaper says a job ended
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(f'finished {job_id} {{"exit_code": 0}}'.encode(), notify)
+            s.sendto(f'finished {job_id} {{"exit_code": 0}}'.encode(), f"/proc/self/fd/{way_in}/notify")
         return "sent"
     assert _as_user(bob, env, fake_end)[1].strip() == "sent"
+    os.close(way_in)
     time.sleep(1.5)
     code, out = _as_user(bob, env, ["-q", "jobs"], cwd=str(tmp_path))
     assert code == 0 and job_id in out and "running" in out, out  # the node took no word of bob's for it
@@ -681,21 +683,26 @@ def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secu
 def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_jobs(users, shared_dir):
     """QA: bob, binding the name of the node's credential socket before the node daemon did (an abstract socket's:
     any user could), left every user of the host refused; it is a file in root's /run/grun now, gone at the node's
-    stop. And an admin (admins:, reloaded) could kill another's job but not attach to it: nodes get the master's."""
+    stop. Binding the node's notify socket's (its reapers ping it), he kept the node from starting, and would have
+    heard of each job's end from the reapers of one restarting: it is a file in the node's spool now. And an admin
+    (admins:, reloaded) could kill another's job but not attach to it: nodes get the master's."""
     (alice, bob), tmp_path = users[0], shared_dir
     (tmp_path / "secret").write_text(os.urandom(32).hex())
     os.chmod(tmp_path / "secret", 0o600)
     keys = {"auth": "secret", "secret_file": str(tmp_path / "secret")}
     c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}}, master_extra=keys)
-    names = [f"\0grun-cred-127.0.0.1:{c.port}", f"/run/grun/cred-127.0.0.1:{c.port}"]
+    spool = os.path.join(c.root, "n1", "node")
+    names = [f"\0grun-cred-127.0.0.1:{c.port}", f"/run/grun/cred-127.0.0.1:{c.port}",
+             "\0grun.notify." + hashlib.sha1(spool.encode()).hexdigest()[:20], os.path.join(spool, "notify")]
     (report, said), (held, hold) = os.pipe(), os.pipe()
-    if (squatter := os.fork()) == 0:  # bob binds what he can of both names first, as QA did, until `hold` closes
+    if (squatter := os.fork()) == 0:  # bob binds what he can of these names first, as QA did, until `hold` closes
         try:
             os.close(hold)
             os.setgroups([])
             os.setgid(bob.pw_gid)
             os.setuid(bob.pw_uid)
-            socks = [socket.socket(socket.AF_UNIX) for _ in names]
+            socks = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM if "notify" in n else socket.SOCK_STREAM)
+                     for n in names]
             for sock, name in zip(socks, names):
                 with contextlib.suppress(OSError):
                     sock.bind(name)
@@ -707,7 +714,7 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
     os.close(held)
     auth.use(keys["secret_file"])  # (this process's clients: the cluster's start)
     try:
-        assert os.read(report, 4096) == repr([names[0].encode(), ""]).encode()  # the abstract name, not the file
+        assert os.read(report, 4096) == repr([names[0].encode(), "", names[2].encode(), ""]).encode()  # (not files)
         c.start()
         shutil.copy(c.write_config("users", {"services": "exec", **keys}), tmp_path / "grun.conf")
         os.chmod(tmp_path / "grun.conf", 0o644)

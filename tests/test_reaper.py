@@ -727,3 +727,16 @@ def test_two_threads_writing_one_file_atomically_do_not_share_its_temp(tmp_path)
     for thread in threads:
         thread.join()
     assert errors == [] and os.listdir(tmp_path) == ["killreq"]
+
+
+def test_a_node_whose_spool_is_too_deep_for_a_socket_s_name_hears_its_reaper(tmp_path):
+    """The reapers ping a socket file in the node's spool: past sun_path's 108 bytes, the node and its reapers name it
+    through a descriptor of its directory (grun.spool.socket_addr). A slow heartbeat: no other way to an end in 5 s."""
+    c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000, "heartbeat": 30, "output_keep": 3600}},
+                     root=str(tmp_path / ("d" * 100)))
+    try:
+        c.start()
+        job_id = c.client().submit_spec({"cmd": ["true"], **AS_US})
+        assert c.client().wait([job_id], 5)[job_id]["exit"] == 0
+    finally:
+        c.stop()

@@ -9,7 +9,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -77,11 +76,16 @@ class NodeJobs:
         self.reaper: subprocess.Popen | None = None
         self._reaper_name, self._reaper_died, self._reaper_lock = "", False, threading.RLock()
         spawner.set_subreaper()
-        # where the reapers ping: an abstract socket (no path-length limit, and gone when we are)
-        self.notify_addr = "\0grun.notify." + hashlib.sha1(os.path.abspath(spool_dir).encode()).hexdigest()[:20]
+        # where the reapers ping: a file in our spool, which only we can make (any user could take an abstract name)
+        self.notify_addr = os.path.join(os.path.abspath(spool_dir), "notify")
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # who sent each ping: the kernel says
-        self.notify_sock.bind(self.notify_addr)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:  # (not ours: connecting binds one with SO_PASSCRED)
+            if probe.connect_ex(spool.socket_addr(self.notify_addr)) == 0:  # (a dead node's refuses)
+                raise OSError(f"another node daemon uses the spool {spool_dir}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.notify_addr)  # a node's that was killed
+        self.notify_sock.bind(spool.socket_addr(self.notify_addr))
         self.drain = Drain(lambda: self.spool_max << 20, lambda key: self.stream.wake(key), self._stop)
 
     def job_status(self, live: LiveJob) -> dict | None:
