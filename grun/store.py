@@ -34,6 +34,7 @@ DISK_LOG_SECS = 60.0   # how often the log repeats that submissions are being re
 MIN_FREE_INODES = 1000
 # Finished jobs' names are looked up (--after NAME) among this many: the current history file's and newer.
 NAMES_KEPT = 100_000
+SINCE_SLACK_SECS = 60.0  # a `since` query reads on past a file ending this near it: end times are taken before the lock
 
 
 def _tables(tables: dict) -> Iterator[bytes]:
@@ -278,8 +279,8 @@ class Store:
                 docs = list(self._current_docs.values()) if n == self._current else None
             docs = self._read_file(n) if docs is None else docs
             found.update((doc["id"], dict(doc)) for doc in docs if doc["id"] not in found and match(doc))
-            if since and not any((doc.get("end_time") or 0) >= since for doc in docs):
-                break  # (in finish order: older files ended before `since` too)
+            if since and docs and max((doc.get("end_time") or 0) for doc in docs) < since - SINCE_SLACK_SECS:
+                break  # (in finish order: older files ended before `since` too, give or take a lock wait)
         return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
 
     def find_history(self, job_id: int) -> dict | None:

@@ -184,5 +184,7 @@ def test_a_make_job_waits_for_the_live_jobs_making_its_outputs_then_is_looked_at
     later = submit(outputs=["/d/b.txt"], make=None)  # (not a make job: nothing to look at again)
     assert [m.table.jobs[i].get("deps") for i in (first, theirs, again, later)] == [None, None, [["after", first]], None]
     assert [m.table.jobs[i].get("recheck") for i in (first, theirs, again)] == [None, None, True]
-    m.handle("kill", [first], 15, False, 2.0)  # a failed or killed maker leaves FILE.failed: the next one runs
+    m.handle("edit", [again], {"after": str(later)}, 1.5)  # (what it waits for, changed: the other writer stays)
+    assert m.table.jobs[again]["deps"] == [["after", later], ["after", first]]
+    m.handle("kill", [first, later], 15, False, 2.0)  # a failed or killed maker leaves FILE.failed: the next one runs
     assert m.table.jobs[again]["state"] == J.QUEUED and m.table.jobs[again]["recheck"]

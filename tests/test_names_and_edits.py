@@ -4,6 +4,7 @@ after= replaces all a job waits for; a job that never started has no exit status
 the same through real daemons."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from util import assert_one_error_line, nowait
 from grun.client import current_user, job_spec
 from grun.core import jobs as J
 from grun.core.master_state import MasterState
+from grun.core.queue import JobTable
 
 
 def _state() -> MasterState:
@@ -110,6 +112,9 @@ def test_output_names_take_the_job_id_and_name_arrays_their_tasks_and_percent_pe
     assert jobs[line]["stdout_file"] == f"c.3.{line}" and jobs[array]["stdout_file"] == "a.%A.%a.%j.%x"
     assert [jobs[i]["stdout_file"] for i in m.table.tasks[array].values()] == [
         f"a.{array}.{task}.{i}.arr" for task, i in m.table.tasks[array].items()] and len(m.table.tasks[array]) == 2
+    again = JobTable()  # a master restarted from its snapshot: the names stay (%% was % once: not expanded twice)
+    again.restore(json.loads(json.dumps(m.table.snapshot())))
+    assert {i: j.get("stdout_file") for i, j in again.jobs.items()} == {i: j.get("stdout_file") for i, j in jobs.items()}
 
 
 def test_a_held_job_takes_a_dependency_edit_and_a_started_one_is_told_what_can_be_edited():

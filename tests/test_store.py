@@ -333,7 +333,7 @@ def test_sigkill_never_loses_an_acknowledged_record(tmp_path):
 
 def test_history_rotates_and_is_searchable(tmp_path, caplog):
     store, _, _ = reopen(tmp_path, history_rotate_docs=10, history_flush_secs=60)
-    jobs = [{"id": i, "end_time": 1000.0 + i, "state": "done"} for i in range(1, 36)]
+    jobs = [{"id": i, "end_time": 1000.0 + 100 * i, "state": "done"} for i in range(1, 36)]
     store.add_history(jobs[:25])
     store.flush()
     store.add_history(jobs[25:33])
@@ -357,7 +357,7 @@ def test_history_rotates_and_is_searchable(tmp_path, caplog):
 
     (hist / "1.json").write_text("not json")  # history(5) never gets that far back
     assert [j["id"] for j in store.history(5)] == [35, 34, 33, 32, 31]
-    assert [j["id"] for j in store.history(100, since=1021)] == list(range(35, 20, -1)), "file 2 read, ended before"
+    assert [j["id"] for j in store.history(100, since=3080)] == list(range(35, 20, -1)), "file 2 read, ended before"
     assert "unreadable" not in caplog.text
     assert len(store.history(100)) == 25 and "unreadable" in caplog.text
     store.close()

@@ -288,7 +288,9 @@ class MasterState:
                         raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
                     if D.reaches(self.table, [d[1] for d in deps], job["id"]):
                         raise ValueError("that dependency would make a cycle")
-                    new = {**new, "deps": deps}  # what it waits for now, whatever it waited for before
+                    made = {i for path in (job.get("inputs") or []) + (job.get("outputs") or []) if job.get("make")
+                            for i in self.table.makers.get(path, ())}  # (-M's waits stay: see deps.resolve)
+                    new = {**new, "deps": deps + [d for d in job.get("deps", ()) if d[1] in made and d not in deps]}
             except ValueError as exc:
                 raise ValueError(f"job {job['id']}: {exc}") from None
             records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})

@@ -50,7 +50,8 @@ class JobTable:
         """Apply one record; returns the job it touched, the node's view for "node", or None (a job that has left)."""
         op = rec["op"]
         if op == "submit":
-            job = self._share(J.out_names(dict(rec["job"]), self.jobs.get(rec["job"].get("array"))))
+            job = self._share(dict(rec["job"]) if rec.get("restored") else  # (a snapshot's: named already)
+                              J.out_names(dict(rec["job"]), self.jobs.get(rec["job"].get("array"))))
             self.jobs[job["id"]] = job
             self.next_id = max(self.next_id, job["id"] + 1)
             if job.get("token"):
@@ -416,7 +417,7 @@ class JobTable:
                 if not 0 <= job["env"] < len(envs):
                     raise ValueError(f"snapshot: job {job.get('id')} names environment {job['env']} of {len(envs)}")
                 job["env"] = envs[job["env"]]
-            self.apply({"op": "submit", "job": job})
+            self.apply({"op": "submit", "job": job, "restored": True})
 
 
 def _described(node: NodeView) -> dict:
