@@ -101,7 +101,8 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
             raise Refused(f"unsupported dependency {dep!r}: grun has afterany, afterok, afternotok and singleton")
         if "singleton" in (words := dep.split(",")):  # after the user's live jobs of this name, as at submit (two
             words = [w for w in words if w != "singleton"] + [  # submitted at once do not see each other)
-                f"after:{j['id']}" for j in Client().jobs() if j.get("user") == current_user() and name_of(j) == name]
+                f"after:{j['id']}" for j in Client().jobs() if j.get("user") == current_user() and name_of(j) == name
+                and "task" not in j]  # (an array once: its tasks, each its own job id, come with it)
         request.update(parse_dependency(",".join(words).replace("afterany", "after").replace("_", ".")) if words else {})
     return request
 

@@ -194,7 +194,7 @@ class Drain:
         self.fds: dict[int, tuple[Output, str]] = {}  # pipe -> its job's output and stream
         self.stalled: set[Output] = set()  # outputs waiting for space on a full spool disk
         self._retry_at = 0.0
-        self.poll, self._waker = select.epoll(), os.eventfd(0, os.EFD_NONBLOCK)  # (close wakes the poll: no 1 s wait)
+        self.poll, self._waker = select.epoll(), os.eventfd(0)  # (close wakes the poll: no 1 s wait)
         self.poll.register(self._waker, select.EPOLLIN)
         self.loop = Loop("grun-node-drain", self._step, 0.0, log, stop)
         self.loop.start()

@@ -260,18 +260,17 @@ def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
     return files["stdin"], files["stdout"], files["stderr"]
 
 
-def _tell(job_dir: str, job: dict, text: str, err=None) -> bool:
-    """`grun: text` on the job's stderr: `err` (open), the file its fd 2 was at a limit's kill or its --err file (as
-    its user: never a user's path as root), or its spool stream; whether it went to the stream (a client following
-    the job shows it: it says it once)."""
+def _tell(job_dir: str, job: dict, text: str) -> bool:
+    """`grun: text` on the job's stderr: the file its fd 2 was at a limit's kill or its --err file (as its user: never
+    a user's path as root), or its spool stream; whether it went to the stream (a following client shows it once)."""
     told = (spool.read(job_dir, spool.LIMIT) or {}).get("stderr", "")
-    path = None if err is not None else told if told.startswith("/") and not told.startswith(
-        os.path.realpath(job_dir) + "/") else job.get("stderr_file")
+    path = told if told.startswith("/") and not told.startswith(os.path.realpath(job_dir) + "/") else job.get(
+        "stderr_file")
     with contextlib.suppress(OSError, ValueError), _as_user(_identity(job) if path else {}):
-        with err or open(os.open(os.path.join(job["cwd"], path), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
-                         if path else spool.open_in(job_dir, "stderr"), "ab") as f:
+        with open(os.open(os.path.join(job["cwd"], path), os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
+                  if path else spool.open_in(job_dir, "stderr"), "ab") as f:
             f.write(f"grun: {text}\n".encode())
-        return not (path or err)
+        return not path
     return False
 
 
@@ -367,7 +366,8 @@ class Reaper:
         and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
         stop the reaper."""
         with contextlib.suppress(BaseException):
-            _tell(job_dir, {}, why, err)  # (a full disk may refuse it: the status matters more)
+            with contextlib.suppress(OSError), err or open(spool.open_in(job_dir, "stderr"), "ab") as f:
+                f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
             now = time.time()
             self._record(_Run(os.path.basename(job_dir), job_dir, None, {
                 "exit_code": code, "signal": None, "error": why, "start_time": now, "end_time": now, **more}, notify))

@@ -243,7 +243,7 @@ def empty(path: str, theirs: dict) -> None:
                 theirs.setdefault((st.st_uid, st.st_gid), []).append(entry.path)
             elif entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
-                if os.path.lexists(entry.path):  # (a node not root: a tree its job made read-only, for sweep's rm)
+                if os.geteuid() and os.path.lexists(entry.path):  # (a node not root: a tree its job made read-only, for sweep's rm)
                     theirs.setdefault((st.st_uid, st.st_gid), []).append(entry.path)
             else:
                 os.unlink(entry.path)

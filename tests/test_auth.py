@@ -685,7 +685,7 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
     any user could), left every user of the host refused; it is a file in root's /run/grun now, gone at the node's
     stop. Binding the node's notify socket's (its reapers ping it), he kept the node from starting, and would have
     heard of each job's end from the reapers of one restarting: it is a file in the node's spool now. And an admin
-    (admins:, reloaded) could kill another's job but not attach to it: nodes get the master's."""
+    (admins:, reloaded) could kill another's job but not attach to it: a job's node has the master's admins in the job."""
     (alice, bob), tmp_path = users[0], shared_dir
     (tmp_path / "secret").write_text(os.urandom(32).hex())
     os.chmod(tmp_path / "secret", 0o600)
@@ -727,8 +727,11 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
         c.master_extra["admins"] = [alice.pw_name]
         c.write_config("master", {"services": "queue", **c.master_extra})
         c.procs["master"].send_signal(signal.SIGHUP)  # (grun -d -r)
-        assert wait_for(lambda: (r := _as_user(alice, env, attach, cwd=str(tmp_path)))[0] == 0 and r, timeout=15,
-                        interval=0.5) == (0, "bobs\n")
+        log = os.path.join(c.root, "master", "grun.log")
+        wait_for(lambda: "applied admins" in open(log).read() or "admins=" in open(log).read(), 15, what="the reload")
+        code, out = _as_user(bob, env, ["--nowait", "sh", "-c", "echo bobs; sleep 2"], cwd=str(tmp_path))
+        attach = ["--attach", out.split()[-1]]  # (the admins a job's node knows are the master's at its start)
+        assert _as_user(alice, env, attach, cwd=str(tmp_path)) == (0, "bobs\n")
     finally:
         os.close(hold)
         os.waitpid(squatter, 0)

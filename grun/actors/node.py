@@ -59,7 +59,6 @@ class Node(NodeJobs):
         self._registered = self._reregister = self._name_pending = self._told_refused = False
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._unreachable_told = -math.inf  # when we last logged that the master cannot be reached
-        self.admins: frozenset[str] = frozenset()  # the master's (_heard): they may attach to anyone's jobs here
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
@@ -209,10 +208,9 @@ class Node(NodeJobs):
     def _heard(self, reply: dict) -> None:
         """What a registration or heartbeat reply asks: the master's kills for our jobs (each applied once), stale
         copies to end, and its pace: how often to beat (a master with many nodes asks them to beat less) and how
-        long to keep an idle connection (None: for good); and its admins."""
+        long to keep an idle connection (None: for good)."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
         self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
-        self.admins = frozenset(reply.get("admins") or ())
         self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))

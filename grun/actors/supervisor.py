@@ -36,9 +36,11 @@ class JobSupervisor:
         return {"id": self._id, "node": self._node.name, "status": self._node.job_status(live), **sizes}
 
     def _owned(self, what: str):
-        """The live job, if the caller may `what` it: its owner, root, an admin (the master's) or a daemon."""
+        """The live job, if the caller may `what` it: its owner, root, a daemon, or an admin as the master said at its
+        start (in the job, by the master's proven call: not in a heartbeat reply, which anyone at its address could fake)."""
         live = self._live
-        auth.require(f"{what} job {self._id}, which is {live.job.get('user')}'s", live.job.get("uid"), self._node.admins)
+        auth.require(f"{what} job {self._id}, which is {live.job.get('user')}'s", live.job.get("uid"),
+                     frozenset(live.job.get("admins") or ()))
         return live
 
     def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False) -> dict:
