@@ -32,7 +32,7 @@ _path: str | None = None
 _key: bytes | None = None
 CRED_DIR = "/run/grun"  # root's: no user can take a credential socket's name there first, as any could an abstract one's
 _cred_at: str | None = None  # the socket in CRED_DIR, named by the master, where this host's node daemon signs credentials
-_served: int | None = None  # the inode of the socket file this process made there
+_served = False  # whether this process made the socket there (it holds its lock: see serve_credentials)
 _tls: dict | None = None  # {cert, key, ca} (config key tls); None or {}: no TLS
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
@@ -267,31 +267,38 @@ def _umask(pid) -> str:
 
 
 def serve_credentials(log):
-    """A thread answering credential requests on this host's socket (returned); None if another node daemon of this
-    host answers there already, or if this daemon cannot vouch for users (not root, or no secret)."""
-    global _served
+    """A thread answering credential requests on this host's socket (returned), once it holds the socket's lock: the
+    node daemons of a host sign in turn, the next when the one before stops or dies (the kernel lets go of its lock);
+    None if this daemon cannot vouch for users (not root, or no secret)."""
+    import fcntl
     import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:
-        return None
-    if _credential(""):
-        log.info("credentials: another daemon of this host signs them (%s)", _cred_at)
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         os.makedirs(CRED_DIR, exist_ok=True)
         os.chmod(CRED_DIR, 0o755)
-        if os.path.exists(_cred_at):
-            os.unlink(_cred_at)  # a daemon's that died
-        sock.bind(_cred_at)
-        os.chmod(_cred_at, 0o666)  # (connecting to it takes write permission)
-        _served = os.stat(_cred_at).st_ino
-        sock.listen(128)
+        lock = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (never removed: see flock(2))
     except OSError as exc:
         log.warning("credentials: cannot sign them for this host's users: %s", exc)
-        sock.close()
         return None
 
     def serve():
+        global _served
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("credentials: another node daemon of this host signs them (%s) until it stops", _cred_at)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.lexists(_cred_at):
+                os.unlink(_cred_at)  # a daemon's that died
+            sock.bind(_cred_at)
+            os.chmod(_cred_at, 0o666)  # (connecting to it takes write permission)
+            sock.listen(128)
+            _served = True
+        except OSError as exc:
+            return log.warning("credentials: cannot sign them for this host's users: %s", exc)
         while True:
             try:
                 conn, _ = sock.accept()
@@ -315,10 +322,10 @@ def serve_credentials(log):
 
 
 def unserve() -> None:
-    """Remove the credential socket's file this process made, unless another node daemon of this host made it since."""
+    """Remove the credential socket's file this process made (it holds the lock: no other daemon made one since)."""
     import contextlib  # (here, not at import: `grun --nowait` imports nothing it does not need, test_cli_fast)
     with contextlib.suppress(OSError):
-        if _served and os.stat(_cred_at).st_ino == _served:
+        if _served:
             os.unlink(_cred_at)
 
 

@@ -9,6 +9,7 @@ Ctrl-C); one killed outright leaves what it started, which the next session swee
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import grp
 import os
@@ -46,8 +47,24 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     if getattr(config, "made_run_dir", False):
+        _sweep_credentials()
         with contextlib.suppress(OSError):  # (not empty: another pytest's node daemon has its socket there)
             os.rmdir(auth.CRED_DIR)
+
+
+def _sweep_credentials() -> None:
+    """Remove the credential sockets and their locks no node daemon holds (left by daemons killed outright)."""
+    stale = glob.glob(os.path.join(auth.CRED_DIR, "cred-*"))
+    with open("/proc/net/unix") as f:  # (read after: a socket's file is made when it is bound)
+        bound = f.read().split()
+    for path in stale if os.geteuid() == 0 else ():
+        with contextlib.suppress(OSError):
+            if not path.endswith(".lock") and path not in bound:
+                os.unlink(path)
+            elif path.endswith(".lock"):
+                with open(path) as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (held: a live daemon's; OSError)
+                    os.unlink(path)
 
 
 def sweep() -> None:
@@ -65,12 +82,7 @@ def sweep() -> None:
                 root = os.path.dirname(argv[3]) if len(argv) > 3 else ""  # a daemon's config in a test's temp dir
                 if root.startswith(GRUN_TMP):  # (a LocalCluster's root): that dir too
                     shutil.rmtree(root, ignore_errors=True)
-    stale = glob.glob(os.path.join(auth.CRED_DIR, "cred-*"))  # credential sockets of node daemons killed outright
-    with open("/proc/net/unix") as f:  # (read after: a socket's file is made when it is bound)
-        bound = f.read().split()
-    for path in stale if os.geteuid() == 0 else ():
-        if path not in bound:
-            os.unlink(path)
+    _sweep_credentials()
     for tool, table in (("userdel", pwd.getpwall), ("groupdel", grp.getgrall)):
         for name, _, uid, *rest in table():  # (whether a pid lives: asked again for each, a pytest may have begun since)
             ours = rest[1] == TEST_USER if tool == "userdel" else name.startswith("grg") and not rest[0]  # (no member)

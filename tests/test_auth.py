@@ -738,3 +738,27 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
         c.stop()
         auth.use(None)
     assert not os.path.exists(names[1])
+
+
+def test_the_node_daemons_of_one_host_sign_credentials_in_turn(users, shared_dir):
+    """Review: of two root node daemons of one host, the one that did not sign deferred for good, so once the other
+    stopped nobody signed and every user of the host was refused. They now wait on the socket's lock in turn."""
+    (alice, _), tmp_path = users[0], shared_dir
+    (tmp_path / "secret").write_text(os.urandom(32).hex())
+    os.chmod(tmp_path / "secret", 0o600)
+    keys = {"auth": "secret", "secret_file": str(tmp_path / "secret")}
+    auth.use(keys["secret_file"])
+    c = LocalCluster(nodes={name: {"cpus": 1, "memory": 1000, **keys} for name in ("n1", "n2")}, master_extra=keys)
+    try:
+        c.start()
+        shutil.copy(c.write_config("users", {"services": "exec", **keys}), tmp_path / "grun.conf")
+        os.chmod(tmp_path / "grun.conf", 0o644)
+        env = {"PATH": os.environ["PATH"], "GRUN_CONF": str(tmp_path / "grun.conf"), "HOME": str(tmp_path)}
+        for stopped in ("n1", "n2"):  # (one of them signed first: stopped, the other takes over)
+            c.kill(stopped, signal.SIGTERM)
+            assert wait_for(lambda: (r := _as_user(alice, env, ["echo", "signed"], cwd=str(tmp_path)))[0] == 0 and r, timeout=15,
+                            interval=0.5) == (0, "signed\n")
+            c.start_node(stopped)
+    finally:
+        c.stop()
+        auth.use(None)
