@@ -154,13 +154,6 @@ def decide(make: Make) -> Decision:
                     reasons or ["# up to date: " + " ".join(name(out) for out in make.outputs)])
 
 
-def up_to_date(job: dict, as_user) -> str | None:
-    """`up to date: OUTS` if a job that waited for its outputs' makers (grun.core.deps) need not run now, else None."""
-    with as_user:
-        d = decide(Make(job["cmd"], job.get("inputs") or [], job["outputs"], job["cwd"]))
-    return None if d.run else d.reasons[0].removeprefix("# ")
-
-
 def _stat(path: str) -> os.stat_result | None:
     try:
         return os.stat(path)

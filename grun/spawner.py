@@ -332,8 +332,11 @@ class Reaper:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
-        if job.get("recheck") and (made := make.up_to_date(job, _as_user(ident))):  # waited for its outputs' makers
-            return self._fail(job_dir, notify, made, 0)  # (grun.core.deps): `grun: up to date: OUT`, exit 0
+        if job.get("recheck"):  # it waited for its outputs' makers (grun.core.deps): made meanwhile, it is done
+            with _as_user(ident):
+                made = make.decide(make.Make(job["cmd"], job.get("inputs") or [], job["outputs"], job["cwd"]))
+            if not made.run:
+                return self._fail(job_dir, notify, made.reasons[0].removeprefix("# "), 0)  # `grun: up to date: OUT`
         keep: dict[str, int] = {}
         try:
             stdin, out, err = _open_streams(job, job_dir, ident, keep)

@@ -118,7 +118,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A node not run as root removes the read-only trees its jobs leave (they stayed, retried each round) (+4).
 # A word not UTF-8 is shown escaped, not as a bytes repr (+1).
 # -M: `>> FILE` a log, not an output; an older FILE.failed kept as FILE.failed.N (+5); a make job waits for the live
-# make jobs writing its outputs, then its reaper checks it again (grun.core.deps, make.up_to_date) (+13).
+# make jobs writing its outputs, then its reaper checks it again (grun.core.deps, make.decide) (+13).
 # Killing several jobs: each id judged on its own, the caller's killed, another user's said in a line each by grun -k,
 # the shell, scancel, qdel and the Client's JobsRefused (+33).
 # Retries: a job at its own -t or -m is not retried, a retry reads its `< FILE` again, --retries with a pipe is refused;
@@ -138,7 +138,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # sun_path's 108 bytes names it through a descriptor of its directory (grun.spool.socket_addr) (+16).
 # Review mends: names expanded once, -M waits kept by edits, history's window slack, admins in the job (not in a
 # heartbeat reply anyone could fake), the reaper's failure path as before, singleton's array once.
-TOTAL, MODULE, MEDIAN = 14456, 500, 200
+TOTAL, MODULE, MEDIAN = 14451, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -220,8 +220,7 @@ class NodeJobs:
             # Once a job's leader has ended, its reaper killed what was left of the group (spawner.end_job) before
             # freeing the group id: only a job still running (not forgotten, not being settled: its pid is reaped)
             # is killed here. One not started at the kill gets `sig` from its reaper when it is (killreq), and
-            # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen, which is
-            # looked for every START_POLL_SECS (not a grace later: that made the KILL two graces late).
+            # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen.
             if self.live.get(live.id) is live and not live.settling and self.job_status(live) is None:
                 if (pid := self._job_pid(live)) is not None and started:
                     spawner.killpg(pid, signal.SIGKILL)
