@@ -371,6 +371,29 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
         assert f"job {mid}: killing this stale copy" in f.read()
 
 
+def test_a_master_that_hears_no_node_declares_none_lost(make_cluster, tmp_path):
+    """QA: a master that could not hear its nodes (restarted with a wrong bind:) declared them all lost and, back, ran
+    their jobs again on the first node to register. Every node silent past node_timeout: the master is cut off."""
+    c = make_cluster(nodes={n: {"cpus": 2, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ids = {code: nowait(c, "sh", "-c", f"echo $GRUN_NODE >> {runs}/{code}; sleep 9; exit {code}") for code in (3, 4)}
+    for i in ids.values():
+        wait_state(c, i, "running")
+    for name in ("a", "b"):
+        c.procs[name].send_signal(signal.SIGSTOP)  # (their jobs run on, under their reapers)
+    time.sleep(6)  # twice node_timeout
+    for name in ("a", "b"):
+        c.procs[name].send_signal(signal.SIGCONT)
+    assert [c.grun("-q", "wait", str(i)).returncode for i in ids.values()] == [3, 4]
+    records = _once_each(c, list(ids.values()))
+    assert all(r["attempt"] == 1 and not r.get("requeues") for r in records.values()), records
+    assert all(len((runs / str(code)).read_text().split()) == 1 for code in ids), "each job ran once"
+    with open(os.path.join(c.root, "master", "grun.log")) as f:
+        log = f.read()
+    assert "this master seems cut off from them" in log and " lost (silent" not in log, log
+
+
 def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
     """The restarted master knows the node only from its journal: it must still declare it lost."""
     c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},

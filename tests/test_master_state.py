@@ -144,6 +144,35 @@ def test_a_silent_node_is_declared_lost_and_one_down_for_a_day_with_no_job_forgo
     assert "a" not in replay.nodes, "a restart forgets it too"
 
 
+def test_a_master_that_hears_no_node_is_cut_off_itself_and_declares_none_lost():
+    """QA: a master restarted with a wrong `bind:` declared its three nodes lost at node_timeout; back, it ran their
+    jobs again on the first to register. A node's silence counts while another is heard, from when one is again."""
+    m = _state("a", "b", "c", node_timeout=10.0)
+    on_a, on_b = _running(m, "a"), _running(m, "b")
+    fresh = MasterState(random.Random(0))
+    fresh.configure(node_timeout=10.0)
+    fresh.recover(m.table.snapshot(), [], 100.0)
+    step = fresh.handle("sweep", 125.0)
+    assert step.records == [] and _logs(step) == [
+        ("no node heard for 25 s: this master seems cut off from them (its network? its bind:?); none is declared "
+         "lost until one is heard")]
+    assert fresh.handle("sweep", 126.0).do == [], "said once"
+    step = fresh.handle("register", _info("a", running=[on_a]), 130.0)
+    assert _logs(step, "info")[0] == "a node heard after 30 s with none: the silence of the others counts from now"
+    fresh.handle("heartbeat", "a", {"running": [on_a]}, 139.0)
+    assert fresh.handle("sweep", 139.5).records == [], "b and c have node_timeout from when a was heard"
+    assert fresh.handle("register", _info("b", running=[on_b]), 139.8).records == []
+    fresh.handle("heartbeat", "a", {"running": [on_a]}, 140.2)
+    step = fresh.handle("sweep", 140.5)
+    assert step.records == [] and not fresh.table.nodes["c"].up, "c (holding no job) is lost, the others not"
+    assert [fresh.table.jobs[i]["state"] for i in (on_a, on_b)] == [J.RUNNING, J.RUNNING]
+    fresh.handle("heartbeat", "a", {"running": [on_a]}, 149.0)
+    assert fresh.handle("sweep", 150.5).records == [{"op": "requeue", "id": on_b, "node": "b", "time": 150.5,
+                                                     "reason": "node b lost (silent for 11 s)"}], "b is dead: lost"
+    alone = _state("a", node_timeout=10.0)  # one node: a master cannot tell, and its jobs could go nowhere else
+    assert alone.handle("sweep", 11.0).records == [] and not alone.table.nodes["a"].up, "lost"
+
+
 def test_a_node_holding_a_job_is_never_forgotten():
     m = _state("a", node_timeout=10.0, requeue=False)
     job_id = _running(m, "a", requeue=False)
@@ -183,8 +212,12 @@ def test_a_node_beating_slower_than_node_timeout_allows_is_judged_by_three_of_it
     step = m.handle("register", _info("slow", heartbeat=8.0), 0.0)
     assert _logs(step) == ["node slow: heartbeat 8 s, so down after 24 s unheard, not node_timeout"]
     job_id = _running(m, "slow")
+    m.handle("register", _info("ear"), 0.0)
+    for t in (9.0, 19.0):  # (a node heard: the master is not cut off from them all)
+        m.handle("heartbeat", "ear", {}, t)
     assert m.handle("sweep", 20.0).records == [] and m.table.nodes["slow"].up, "silent for 20 s: 2.5 of its beats"
     assert not m.table.nodes["fast"].up, "the others keep node_timeout"
+    m.handle("heartbeat", "ear", {}, 24.0)
     assert m.handle("sweep", 24.5).records[0]["op"] == "requeue" and not m.table.nodes["slow"].up
     assert job_id not in m.launched
     again = _state(node_timeout=10.0)  # a master restarted: the node's beat comes with its record, before it registers

@@ -32,6 +32,7 @@ from . import edits as E
 from . import jobs as J
 from .explain import disk_low, refusal
 from .leases import Leases
+from .nodes import Hearing
 from .placement import place
 from .queue import JobTable
 
@@ -79,6 +80,7 @@ class MasterState:
         self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
         self.leases = Leases()  # (not journaled: after a restart, each lease runs from then)
+        self.hearing = Hearing()  # whether it hears any node (not journaled either)
         self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
 
     def configure(self, **changes) -> dict:
@@ -143,6 +145,7 @@ class MasterState:
         self.unconfirmed = {i: 0.0 for i, job in self.table.jobs.items() if job["state"] == J.DISPATCHED}
         for node in self.table.nodes.values():  # a node that never comes back must still time out
             node.seen = now
+        self.hearing = Hearing(now)
         self.leases.start(self.table.jobs.values(), now)
         return step
 
@@ -302,6 +305,7 @@ class MasterState:
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
+        self.hearing.hear(now, self.settings["node_timeout"], step.log)
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"), info.get("heartbeat"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
@@ -322,6 +326,7 @@ class MasterState:
     def on_heartbeat(self, step: Step, name: str, info: dict, now: float) -> None:
         """A node is alive. A node we declared down must register again (so its jobs are reconciled)."""
         node, step.durable = self.table.nodes.get(name), False
+        self.hearing.hear(now, self.settings["node_timeout"], step.log)
         if node is None or not node.up:
             step.reply = {"known": False}
             return
@@ -456,9 +461,10 @@ class MasterState:
         """Due retries queued; a node silent past its timeout down, its jobs lost; one down long and idle forgotten; the
         jobs whose lease ran out ended (grun.core.leases)."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
+        deaf = self.hearing.deaf(self.table.nodes, now, self.settings["node_timeout"], step.log)
         for node in list(self.table.nodes.values()):
-            silent = now - node.seen
-            if not node.lost and silent > node.timeout(self.settings["node_timeout"]):
+            silent = self.hearing.silent(node, now)
+            if not node.lost and not deaf and silent > node.timeout(self.settings["node_timeout"]):
                 if node.up:
                     step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)
