@@ -376,6 +376,9 @@ class Client:
                         except OSError:
                             pass
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
+                if last and last.get("requeues", 0) > job.get("requeues", 0) and (last.get("node"), last["attempt"]) != where:
+                    job = last  # its node was lost meanwhile (QA: silent, the run's end not counted): the next run
+                    continue
                 if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
                     job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again()

@@ -394,6 +394,30 @@ def test_a_master_that_hears_no_node_declares_none_lost(make_cluster, tmp_path):
     assert "this master seems cut off from them" in log and " lost (silent" not in log, log
 
 
+def test_a_grun_whose_run_ended_after_it_was_re_queued_says_so_and_follows_the_next(make_cluster, tmp_path):
+    """QA: a run that ended on its own while its node daemon was silent, its job re-queued meanwhile: the `grun`
+    following it said nothing (README: it says so) and returned that run's code, not the one of the run that counts."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    follower = c.popen("-v", "sh", "-c", f"if [ -e {runs}/first ]; then sleep 2; echo second; exit 5; fi; "
+                                         f"touch {runs}/first; echo first; sleep 5; touch {runs}/ended; exit 3")
+    try:
+        read_line(follower.stderr, 20)
+        jid = job_id_from_verbose(read_line(follower.stderr, 20))
+        first = wait_state(c, jid, "running")["node"]
+        wait_for(lambda: (runs / "first").exists(), 20, what="the first run")
+        c.procs[first].send_signal(signal.SIGSTOP)
+        wait_for(lambda: job(c, jid)["attempt"] == 2, 20, what="the job re-queued and placed again")
+        wait_for(lambda: (runs / "ended").exists(), 20, what="the first run's end")
+        c.procs[first].send_signal(signal.SIGCONT)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        _reap(follower)
+    assert follower.returncode == 5 and out == b"first\nsecond\n", (out, err)
+    assert f"job {jid} was re-queued (node {first} lost (silent for".encode() in err, err
+
+
 def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
     """The restarted master knows the node only from its journal: it must still declare it lost."""
     c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},
