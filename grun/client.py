@@ -387,6 +387,8 @@ class Client:
                     on_note(f"job {job_id} is not retried: {last['not_retried']}")
                 if self.nfs_sync:
                     mounts.after(job)
+                if last and last["state"] == J.LOST:  # (its node was silent, then back with the run we followed)
+                    _tell_limit(on_limit, last, job_id)
                 return int(last["exit"]) if last and last["state"] in J.FINAL_STATES else code  # (the run that counts)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
@@ -458,7 +460,9 @@ def _tell_limit(on_limit, result: dict, job_id: int) -> None:
         on_limit(describe(result, job_id))
     elif on_limit and (result.get("state") == "lost" or result.get("state") in ("cancelled", "killed", "failed")
                        and not result.get("start_time")) and "ranges" not in result:  # (an array's tasks say theirs)
-        on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else ""))
+        on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else "") + (
+            f"; if its node comes back with its end, grun -q wait {job_id} gives its exit code"
+            if result["state"] == "lost" and "late_end" not in result else ""))
 
 
 def current_user() -> str:

@@ -84,6 +84,7 @@ class Store:
         self._lock = threading.Lock()  # the history buffer, the current docs; never held during I/O
         self._file_lock = threading.Lock()  # the current history file, its documents, rotation, the index
         self._buffer: dict[int, dict] = {}  # finished jobs not yet on disk
+        self._amend: dict[int, dict] = {}  # records of the current file taken anew (add_history's replace)
         numbers = numbered(self._hdir, "", ".json")
         self._current = numbers[-1] if numbers else 1
         self._ranges = self._load_index(numbers)  # closed file number -> (lowest id, highest id)
@@ -225,11 +226,16 @@ class Store:
         while len(self._names) > NAMES_KEPT:
             del self._names[next(iter(self._names))]
 
-    def add_history(self, jobs: list[dict]) -> None:
+    def add_history(self, jobs: list[dict], replace: bool = False) -> None:
+        """Finished jobs, each once; `replace`: records already there taken anew (a lost job's late end), unless their
+        file was closed."""
         with self._lock:
             self._name(jobs)
             for job in jobs:
-                if not (job["id"] in self._buffer or job["id"] in self._current_docs or job["id"] in self._previous_ids):
+                if replace and job["id"] in self._current_docs:
+                    self._amend[job["id"]] = dict(job)
+                elif replace and job["id"] in self._buffer or not (
+                        job["id"] in self._buffer or job["id"] in self._current_docs or job["id"] in self._previous_ids):
                     self._buffer[job["id"]] = dict(job)
             if len(self._buffer) >= _HISTORY_BATCH:
                 self._flusher.wake()
@@ -242,6 +248,13 @@ class Store:
                 batch = list(self._buffer.values())
             if self.journal.full:  # (history waits for the journal, which waits for room)
                 return
+            with self._lock:
+                amend, self._amend = self._amend, {}
+            for i, job_id in enumerate(self._current_docs if amend else ()):
+                if job_id in amend:
+                    self._current_docs[job_id], self._current_parts[i] = amend[job_id], encode(amend[job_id])
+            if amend:
+                write_atomic(self._history_path(self._current), _tables({"jobs": self._current_parts}))
             if batch and self._loaded:  # their ends on disk first: history is never ahead of the journal
                 self.log([])
             while batch:

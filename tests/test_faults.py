@@ -418,6 +418,33 @@ def test_a_grun_whose_run_ended_after_it_was_re_queued_says_so_and_follows_the_n
     assert f"job {jid} was re-queued (node {first} lost (silent for".encode() in err, err
 
 
+def test_a_lost_job_not_run_again_takes_its_real_end_when_its_node_is_back(make_cluster):
+    """QA: `grun --norequeue`, its node daemon stopped past node_timeout while the job ran to its end (exit 32): grun
+    exited 255 without a word, the master ignored the end the node reported when back, history said `lost 255`."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    follower = c.popen("-v", "--norequeue", "-H", "a", "sh", "-c", "echo start; sleep 5; echo end; exit 32")
+    try:
+        read_line(follower.stderr, 20)
+        jid = job_id_from_verbose(read_line(follower.stderr, 20))
+        assert read_line(follower.stdout, 20) == b"start\n"
+        pid = job_pid(c, jid)
+        c.procs["a"].send_signal(signal.SIGSTOP)
+        wait_state(c, jid, "lost")
+        wait_for(lambda: not _group_alive(pid), 20, what="the job's end")
+        c.procs["a"].send_signal(signal.SIGCONT)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        _reap(follower)
+    assert out == b"end\n" and follower.returncode in (32, 255), (out, err)  # (255: grun asked before the node told)
+    assert f"grun: job {jid} lost: node a lost (silent for".encode() in err, err
+    wait_for(lambda: c.grun("-q", "wait", str(jid)).returncode == 32, 20, what="the run's real end")
+    wait_for(lambda: _once_each(c, [jid])[jid]["exit"] == 32, 10, what="history to show it")
+    record = _once_each(c, [jid])[jid]
+    assert record["state"] == "lost" and "its run ended there later: exit 32" in record["error"], record
+    with open(os.path.join(c.root, "master", "grun.log")) as f:
+        assert f"job {jid}: node a lost (silent for" in f.read()
+
+
 def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
     """The restarted master knows the node only from its journal: it must still declare it lost."""
     c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},

@@ -173,6 +173,29 @@ def test_a_master_that_hears_no_node_is_cut_off_itself_and_declares_none_lost():
     assert alone.handle("sweep", 11.0).records == [] and not alone.table.nodes["a"].up, "lost"
 
 
+def test_a_lost_job_not_run_again_takes_the_end_its_node_reports_when_back():
+    """QA: a --norequeue job's node silent past node_timeout, then back with the run's end (exit 32): the master ignored
+    it, history said `lost 255`. Still lost (its waiters and dependants went by that), with the run's exit and usage."""
+    m = _state("a", node_timeout=10.0)
+    job_id, plain = _running(m, "a", requeue=False), _running(m, "a")
+    m.handle("sweep", 11.0)
+    assert (m.recent[job_id]["state"], m.recent[job_id]["exit"]) == (J.LOST, 255)
+    m.handle("register", _info("a", running=[plain], finished=[job_id]), 12.0)
+    step = m.handle("finished", "a", [{"id": job_id, "attempt": 1, "exit_code": 32, "usage": {"wall": 20.0}}], 13.0)
+    assert step.records == [] and step.reply == [job_id]
+    [(kind, late)] = [i for i in step.do if i[0] != "log"]
+    assert kind == "history" and late is m.recent[job_id] and (late["state"], late["exit"], late["usage"]) == (
+        J.LOST, 32, {"wall": 20.0})
+    assert _logs(step) == [f"job {job_id}: node a lost (silent for 11 s); its run ended there later: exit 32"]
+    assert [i for i in m.handle("finished", "a", [{"id": job_id, "attempt": 1, "exit_code": 32}], 14.0).do
+            if i[0] != "log"] == [], "once"
+    other = _state("a", node_timeout=10.0)
+    killed = _running(other, "a", requeue=False)
+    other.handle("sweep", 11.0)
+    copy = {"id": killed, "attempt": 1, "signal": 15, "superseded": True}  # the copy it killed when the node came back
+    assert other.handle("finished", "a", [copy], 13.0).do == [] and other.recent[killed]["exit"] == 255
+
+
 def test_a_node_holding_a_job_is_never_forgotten():
     m = _state("a", node_timeout=10.0, requeue=False)
     job_id = _running(m, "a", requeue=False)

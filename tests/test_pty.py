@@ -194,7 +194,8 @@ def test_the_node_lost(tmp_path):
         try:
             child.expect("started\r\n")
             cluster.kill("lone")
-            child.expect(r"grun: job \d+ lost: node lone lost \(silent for \d+ s\)\r\n")
+            child.expect(r"grun: job \d+ lost: node lone lost \(silent for \d+ s\); if its node comes back with its "
+                         r"end, grun -q wait \d+ gives its exit code\r\n")
             ended(child, tmp_path, 255)
         finally:
             child.close(force=True)

@@ -434,3 +434,20 @@ def test_add_history_is_idempotent(tmp_path):
         with open(tmp_path / "history" / f"{n}.json") as f:
             sizes.append(len(json.load(f)["jobs"]))
     assert sizes == [10, 6]
+
+
+def test_a_late_end_replaces_a_record_buffered_or_in_the_current_file_not_in_a_closed_one(tmp_path):
+    """A lost job's late end (grun.core.jobs.late_end) takes its record's place, once, on disk at the next flush."""
+    store, _, _ = reopen(tmp_path, history_rotate_docs=3, history_flush_secs=60)
+    store.add_history([{"id": i, "exit": 255} for i in range(1, 6)])  # 1-3 in a closed file, 4-6 in the current
+    store.add_history([{"id": 6, "exit": 255}])
+    store.add_history([{"id": 6, "exit": 6}], replace=True)  # still buffered
+    store.flush()
+    store.add_history([{"id": i, "exit": i} for i in (2, 5)], replace=True)
+    assert store.find_history(5)["exit"] == 255, "on disk at the next flush"
+    store.flush()
+    store.close()
+    store, _, _ = reopen(tmp_path, history_rotate_docs=3, history_flush_secs=60)
+    assert [store.find_history(i)["exit"] for i in range(1, 7)] == [255, 255, 255, 255, 5, 6]
+    assert len(store.history(100)) == 6
+    store.close()

@@ -181,8 +181,9 @@ class Master(Queries):
             raise Restarting(f"the grun master's journal failed: {exc}") from None
 
     def _to_history(self, step: Step) -> None:
-        if finished := [args[0] for kind, *args in step.do if kind == "finished"]:
-            self.store.add_history(finished)
+        for kind in ("finished", "history"):  # ("history": a record there taken anew, a lost job's late end)
+            if jobs := [args[0] for done, *args in step.do if done == kind]:
+                self.store.add_history(jobs, replace=kind == "history")
 
     def _execute(self, step: Step) -> None:
         finished, failed = [], []

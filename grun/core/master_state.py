@@ -392,6 +392,10 @@ class MasterState:
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
+            elif late := J.late_end(self.recent.get(job_id), name, rep, result, now):  # history takes it (once)
+                self.recent[job_id] = late
+                step.do.append(("history", late))
+                step.log("warning", f"job {job_id}: {late['error']}")
             elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt", cur["attempt"])) != (
                     cur["node"], cur["attempt"]):  # superseded (a repeated report is not)
                 by = f"run {cur['attempt']} on {cur['node']}" if cur["node"] else f"a re-queue (now {cur['state']})"
