@@ -159,16 +159,22 @@ def test_a_master_that_hears_no_node_is_cut_off_itself_and_declares_none_lost():
     assert fresh.handle("sweep", 126.0).do == [], "said once"
     step = fresh.handle("register", _info("a", running=[on_a]), 130.0)
     assert _logs(step, "info")[0] == "a node heard after 30 s with none: the silence of the others counts from now"
-    fresh.handle("heartbeat", "a", {"running": [on_a]}, 139.0)
+    for t in (134.0, 138.0):
+        fresh.handle("heartbeat", "a", {"running": [on_a]}, t)
     assert fresh.handle("sweep", 139.5).records == [], "b and c have node_timeout from when a was heard"
     assert fresh.handle("register", _info("b", running=[on_b]), 139.8).records == []
     fresh.handle("heartbeat", "a", {"running": [on_a]}, 140.2)
     step = fresh.handle("sweep", 140.5)
     assert step.records == [] and not fresh.table.nodes["c"].up, "c (holding no job) is lost, the others not"
     assert [fresh.table.jobs[i]["state"] for i in (on_a, on_b)] == [J.RUNNING, J.RUNNING]
-    fresh.handle("heartbeat", "a", {"running": [on_a]}, 149.0)
+    for t in (144.0, 148.0, 150.0):
+        fresh.handle("heartbeat", "a", {"running": [on_a]}, t)
     assert fresh.handle("sweep", 150.5).records == [{"op": "requeue", "id": on_b, "node": "b", "time": 150.5,
                                                      "reason": "node b lost (silent for 11 s)"}], "b is dead: lost"
+    cut = _state("a", "b", node_timeout=10.0)  # cut off at 1.0, with a last heard at 0.0 and b at 0.9: a is not
+    _running(cut, "a")  # lost at 10.0, before the master could tell it hears none (a heartbeat apart)
+    cut.handle("heartbeat", "b", {}, 0.9)
+    assert cut.handle("sweep", 10.5).records == []
     alone = _state("a", node_timeout=10.0)  # one node: a master cannot tell, and its jobs could go nowhere else
     assert alone.handle("sweep", 11.0).records == [] and not alone.table.nodes["a"].up, "lost"
 
@@ -236,11 +242,12 @@ def test_a_node_beating_slower_than_node_timeout_allows_is_judged_by_three_of_it
     assert _logs(step) == ["node slow: heartbeat 8 s, so down after 24 s unheard, not node_timeout"]
     job_id = _running(m, "slow")
     m.handle("register", _info("ear"), 0.0)
-    for t in (9.0, 19.0):  # (a node heard: the master is not cut off from them all)
-        m.handle("heartbeat", "ear", {}, t)
+    for t in range(3, 19, 3):  # (a node heard: the master is not cut off from them all)
+        m.handle("heartbeat", "ear", {}, float(t))
     assert m.handle("sweep", 20.0).records == [] and m.table.nodes["slow"].up, "silent for 20 s: 2.5 of its beats"
     assert not m.table.nodes["fast"].up, "the others keep node_timeout"
-    m.handle("heartbeat", "ear", {}, 24.0)
+    for t in (21.0, 24.0):
+        m.handle("heartbeat", "ear", {}, t)
     assert m.handle("sweep", 24.5).records[0]["op"] == "requeue" and not m.table.nodes["slow"].up
     assert job_id not in m.launched
     again = _state(node_timeout=10.0)  # a master restarted: the node's beat comes with its record, before it registers

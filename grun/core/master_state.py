@@ -305,7 +305,7 @@ class MasterState:
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
-        self.hearing.hear(now, self.settings["node_timeout"], step.log)
+        self.hearing.hear(now, step.log)
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"), info.get("heartbeat"))
         self._commit(step, [rec] if rec else [])
         node = self.table.nodes[name]  # (described by that record, or by an earlier one)
@@ -326,7 +326,7 @@ class MasterState:
     def on_heartbeat(self, step: Step, name: str, info: dict, now: float) -> None:
         """A node is alive. A node we declared down must register again (so its jobs are reconciled)."""
         node, step.durable = self.table.nodes.get(name), False
-        self.hearing.hear(now, self.settings["node_timeout"], step.log)
+        self.hearing.hear(now, step.log)
         if node is None or not node.up:
             step.reply = {"known": False}
             return

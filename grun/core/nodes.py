@@ -119,27 +119,28 @@ class NodeView:
 
 
 class Hearing:
-    """Whether the master hears its nodes at all. One that has heard none of several nodes for node_timeout is cut off
-    itself (its network, a wrong `bind:`), not facing lost nodes (QA: a master restarted with a wrong bind declared all
-    three lost; back, it ran their jobs again on the first to register): a node's silence counts only while another is
-    heard, and from when the master hears one again. With one node it cannot tell: that one is declared lost (a
+    """Whether the master hears its nodes at all. One that has heard none of several nodes for half node_timeout (or
+    1.5 beats of the slowest: each beats 3 times in its timeout, so the first one cut off could not time out yet) is cut
+    off itself (its network, a wrong `bind:`), not facing lost nodes (QA: a master restarted with a wrong bind declared
+    all three lost; back, it ran their jobs again on the first to register): a node's silence counts only while another
+    is heard, and from when the master hears one again. With one node it cannot tell: that one is declared lost (a
     re-queued job can only go back to it, which reclaims it when it registers)."""
 
     def __init__(self, now: float = 0.0):
         self.heard = self.since = now  # when a node was last heard; when the master began hearing them (again)
-        self.said = False  # that it hears none (once a spell)
+        self.said = False  # that it hears none: then the next node heard starts every silence again
 
-    def hear(self, now: float, node_timeout: float, log) -> None:
+    def hear(self, now: float, log) -> None:
         """A node talks: `log(level, text)` hears when that ends a spell of hearing none."""
-        gap, self.heard, said, self.said = now - self.heard, now, self.said, False
-        if gap > node_timeout:
-            self.since = now
-        if said:
-            log("info", f"a node heard after {gap:.0f} s with none: the silence of the others counts from now")
+        if self.said:
+            self.since, self.said = now, False
+            log("info", f"a node heard after {now - self.heard:.0f} s with none: the silence of the others counts from now")
+        self.heard = now
 
     def deaf(self, nodes: dict, now: float, node_timeout: float, log) -> bool:
         """Whether no node's silence counts now (it hears none, and knows several); said once a spell."""
-        deaf = now - self.heard > node_timeout and sum(not n.lost for n in nodes.values()) > 1
+        beats = [n.heartbeat for n in nodes.values() if not n.lost]
+        deaf = len(beats) > 1 and now - self.heard > max(node_timeout / 2, 1.5 * max(beats))
         if deaf and not self.said:
             self.said = True
             log("warning", f"no node heard for {now - self.heard:.0f} s: this master seems cut off from them (its "
