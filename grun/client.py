@@ -362,22 +362,18 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                            err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
-                    if status.get("superseded"):  # killed: run elsewhere (or ended): follow the run that counts
-                        job = self.call("job", job_id, wait=self.long_wait)
-                        if job["state"] in J.FINAL_STATES and (job.get("node"), job.get("attempt")) == where:
-                            return int(job.get("exit", 1))
-                        continue
-                    if ticket["outputs"]:  # its node does not share our files: they come back (grun.stage)
-                        from . import stage
+                    if ticket["outputs"] and not status.get("superseded"):  # its node does not share our files: they
+                        from . import stage  # come back (grun.stage); not a copy killed as stale (superseded)
                         release = stage.transfer(sup.stage(True), job, on_note, True) and release  # else kept there
-                    if release:  # nothing to wait for: the node drops the spool once the master has the end too
+                    if release and not status.get("superseded"):  # the node drops the spool once the master has it too
                         try:
                             sup._pyroOneway("release")
                         except OSError:
                             pass
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
-                if last and last.get("requeues", 0) > job.get("requeues", 0) and (last.get("node"), last["attempt"]) != where:
-                    job = last  # its node was lost meanwhile (QA: silent, the run's end not counted): the next run
+                if last and (last.get("node"), last["attempt"]) != where and (  # re-run: follow the run that counts
+                        status.get("superseded") or last.get("requeues", 0) > job.get("requeues", 0)):
+                    job = last  # (its node was lost meanwhile: our run killed as stale, or it ended and did not count)
                     continue
                 if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                     on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
@@ -453,8 +449,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
 
 
 def _tell_limit(on_limit, result: dict, job_id: int) -> None:
-    """Tell `on_limit` the limit the job died of, why it ended without running (a dependency failed...), or that its
-    node was lost with it (--norequeue)."""
+    """Tell `on_limit` the limit the job died of, why it ended unstarted (a dependency failed...), or that it was lost."""
     if on_limit and isinstance(result.get("limit"), str):  # (an array's record holds its %N throttle there: a number)
         from .limits import describe  # only then: the node's module, with its imports (subprocess)
         on_limit(describe(result, job_id))
