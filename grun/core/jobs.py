@@ -442,18 +442,6 @@ def describe_exit(result: dict) -> str:
     return "-" if "exit_code" in result and result["exit_code"] is None else str(result.get("exit_code", "?"))
 
 
-def late_end(job: dict | None, node: str, report: dict, result: dict, now: float) -> dict | None:
-    """A job declared lost, not run again, with the end of that run its node reports when it is back: still lost (its
-    dependants and waiters went by that), its exit and usage the run's (QA: ignored, history said `lost 255`, "ran -").
-    None for any other report, or the end of a copy the master killed when the node came back (superseded)."""
-    if not job or job["state"] != LOST or "late_end" in job or report.get("superseded") or job.get("node") != node \
-            or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
-        return None
-    code = exit_code_of(result)
-    return {**job, **{k: v for k, v in result.items() if k != "error"}, "exit": code, "late_end": now,
-            "error": f"{job.get('error')}; its run ended there later: exit {code}"}
-
-
 def never_started(status: str, signal: int | None, reason: str) -> dict:
     """The result of a job that ends before it ever ran: no exit status (Slurm's 0:0), its kill_signal, and why."""
     return {"status": status, "exit_code": None, **({"kill_signal": signal} if signal else {}), "reason": reason}

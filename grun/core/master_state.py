@@ -34,7 +34,7 @@ from .explain import disk_low, refusal
 from .leases import Leases
 from .nodes import Hearing
 from .placement import place
-from .queue import JobTable
+from .queue import JobTable, late_end
 
 SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default) else key.default  # the config's queue
             for name, key in KEYS.items() if key.service == "queue"}  # keys (a default of the config: a configured one's)
@@ -392,7 +392,7 @@ class MasterState:
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
-            elif late := J.late_end(self.recent.get(job_id), name, rep, result, now):  # history takes it (once)
+            elif late := late_end(self.recent.get(job_id), name, rep, result, now):  # history takes it (once)
                 self.recent[job_id] = late
                 step.do.append(("history", late))
                 step.log("warning", f"job {job_id}: {late['error']}")

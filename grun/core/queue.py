@@ -425,3 +425,15 @@ def _described(node: NodeView) -> dict:
     return {"op": "node", "name": node.name, "cpus": node.cpus, "memory": node.memory,
             "resources": {**node.resources, **{k: list(v) for k, v in node.devices.items()}},
             "labels": dict(node.labels), "heartbeat": node.heartbeat}
+
+
+def late_end(job: dict | None, node: str, report: dict, result: dict, now: float) -> dict | None:
+    """A job declared lost, not run again, with the end of that run its node reports when it is back: still lost (its
+    dependants and waiters went by that), its exit and usage the run's (QA: ignored, history said `lost 255`, "ran -").
+    None for any other report, or the end of a copy the master killed when the node came back (superseded)."""
+    if not job or job["state"] != J.LOST or "late_end" in job or report.get("superseded") or job.get("node") != node \
+            or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
+        return None
+    code = J.exit_code_of(result)
+    return {**job, **{k: v for k, v in result.items() if k != "error"}, "exit": code, "late_end": now,
+            "error": f"{job.get('error')}; its run ended there later: exit {code}"}
