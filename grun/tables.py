@@ -6,7 +6,6 @@ import time
 from collections import Counter
 
 from .core.arrays import left, unstarted
-from .core.explain import unread_text
 from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, name_of, wrapped
 from .values import close_to
 
@@ -162,6 +161,7 @@ def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
 def history_long(jobs: list[dict]) -> str:
     """`-q history --long` (and `-q jobs --long`): every recorded field of each job, a block per job."""
     from .core.deps import waits_text
+    from .core.explain import unread_text  # (here: core.explain's imports cost every `grun -q jobs` 25 ms)
     blocks = []
     for j in reversed(jobs):
         u, limit = j.get("usage") or {}, (j.get("limits") or {}).get("memory_mb")
