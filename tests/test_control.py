@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -24,6 +25,8 @@ from util import (
     wait_for,
     wait_state,
 )
+
+from grun.actors.node_jobs import KILL_GRACE_SECS
 
 PY = sys.executable
 NODES = {"big": {"cpus": 4, "memory": 8000},
@@ -58,6 +61,12 @@ def test_kill_with_a_signal_and_by_name(three):
     assert three.grun("-k", "-n", "USR1", str(a)).returncode == 0
     assert three.grun("-q", "wait", str(a)).returncode == 128 + signal.SIGUSR1
     assert (job(three, a)["state"], job(three, a)["signal"]) == ("killed", signal.SIGUSR1)
+    c = nowait(three, "sh", "-c", "trap 'echo USR1' USR1; while :; do sleep 0.1; done")  # (a checkpoint signal, say)
+    wait_state(three, c, "running")
+    assert three.grun("-k", "-n", "USR1", str(c)).returncode == 0
+    time.sleep(KILL_GRACE_SECS + 1)
+    assert job(three, c)["state"] == "running", "a signal that ends nothing is no kill: no KILL a grace later"
+    assert three.grun("-k", str(c)).returncode == 0 and three.grun("-q", "wait", str(c)).returncode == 143
     r = three.grun("-k", "-j", "sleeper", "-n", "9")
     assert (r.returncode, r.stderr) == (0, b"")
     assert three.grun("-q", "wait", str(b)).returncode == 137

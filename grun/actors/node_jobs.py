@@ -211,8 +211,8 @@ class NodeJobs:
             with self.lock:
                 live.kills.discard(sig)
             return True
-        if sig in (signal.SIGCONT, signal.SIGKILL):  # (SIGKILL ends a stopped job too)
-            return True
+        if sig not in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):  # (KILL ends a stopped job too; USR1 ends nothing:
+            return True  # it was followed by a KILL a grace later, and woke a suspended job)
         if pid is not None:
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
 
