@@ -33,6 +33,7 @@ _key: bytes | None = None
 CRED_DIR = "/run/grun"  # root's: no user can take a credential socket's name there first, as any could an abstract one's
 _cred_at: str | None = None  # the socket in CRED_DIR, named by the master, where this host's node daemon signs credentials
 _served = False  # whether this process made the socket there (it holds its lock: see serve_credentials)
+_lock = [-1]  # that lock's fd
 _tls: dict | None = None  # {cert, key, ca} (config key tls); None or {}: no TLS
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
@@ -278,13 +279,15 @@ def serve_credentials(log):
     try:
         os.makedirs(CRED_DIR, exist_ok=True)
         os.chmod(CRED_DIR, 0o755)
-        lock = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (never removed: see flock(2))
+        lock = _lock[0] = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (kept: flock(2))
     except OSError as exc:
         log.warning("credentials: cannot sign them for this host's users: %s", exc)
         return None
 
     def serve():
         global _served
+        import errno
+        import time
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -298,12 +301,17 @@ def serve_credentials(log):
             sock.listen(128)
             _served = True
         except OSError as exc:
+            os.close(lock)  # (the next node daemon of this host may do better)
             return log.warning("credentials: cannot sign them for this host's users: %s", exc)
         while True:
             try:
                 conn, _ = sock.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EINVAL):
+                    return  # closed: our daemon stops (unserve lets the lock go)
+                log.warning("credentials: %s", exc)  # (EMFILE: it heals)
+                time.sleep(1.0)
+                continue
             with conn:
                 try:
                     conn.settimeout(1.0)
@@ -327,6 +335,7 @@ def unserve() -> None:
     with contextlib.suppress(OSError):
         if _served:
             os.unlink(_cred_at)
+        os.close(_lock[0])  # (the next node daemon of this host signs at once, not once we have exited)
 
 
 def _credential(bound: str) -> str | None:

@@ -19,8 +19,7 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-# How long a job whose output has ended is waited for in the master's records (Client._settle): a few ms, seconds under
-# load; past this its end report was lost (its node may still report it), and `grun CMD` returns the stream's code.
+# How long _settle waits for the record of a job whose output ended (ms; s under load), then gives the stream's code.
 SETTLE_WAIT = 300.0
 
 
@@ -383,9 +382,10 @@ class Client:
                     on_note(f"job {job_id} is not retried: {last['not_retried']}")
                 if self.nfs_sync:
                     mounts.after(job)
-                if last and last["state"] == J.LOST:  # (its node was silent, then back with the run we followed)
-                    _tell_limit(on_limit, last, job_id)
-                return int(last["exit"]) if last and last["state"] in J.FINAL_STATES else code  # (the run that counts)
+                if last and last["state"] == J.LOST:  # (its node was silent, then back with the run we followed: its
+                    _tell_limit(on_limit, last, job_id)  # code, whether the master has heard that end yet or not)
+                return int(last["exit"]) if last and last["state"] in J.FINAL_STATES and (
+                    last["state"] != J.LOST or status.get("superseded")) else code  # (the run that counts)
             except stream.StreamBroken as broken:
                 out_off, err_off = broken.out_offset, broken.err_offset
                 stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice

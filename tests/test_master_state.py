@@ -177,6 +177,17 @@ def test_a_master_that_hears_no_node_is_cut_off_itself_and_declares_none_lost():
     assert cut.handle("sweep", 10.5).records == []
     alone = _state("a", node_timeout=10.0)  # one node: a master cannot tell, and its jobs could go nowhere else
     assert alone.handle("sweep", 11.0).records == [] and not alone.table.nodes["a"].up, "lost"
+    paused = _state("a", "b", "c", node_timeout=10.0)  # a review: a master stopped (SIGSTOP, its host asleep) runs
+    on_b = _running(paused, "b")  # no sweep meanwhile; a heartbeat handled first must start the others' silence
+    paused.handle("sweep", 5.0)
+    paused.handle("heartbeat", "a", {}, 60.0)
+    assert paused.handle("sweep", 60.1).records == [] and paused.table.jobs[on_b]["state"] == J.RUNNING
+    poked = _state("a", "b", node_timeout=10.0)  # `grun -k -n USR1` asks no end: lost, the job is re-queued
+    job = _running(poked, "a")
+    poked.handle("kill", [job], 10, False, 1.0)
+    assert poked.handle("heartbeat", "a", {"running": [job]}, 2.0).reply.get("kill") == {}, "sent once, not repeated"
+    poked.handle("heartbeat", "b", {}, 12.0)
+    assert [r["op"] for r in poked.handle("sweep", 12.5).records] == ["requeue"]
 
 
 def test_a_lost_job_not_run_again_takes_the_end_its_node_reports_when_back():

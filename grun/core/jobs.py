@@ -17,6 +17,11 @@ QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "
 DONE, FAILED, KILLED, LOST, TIMEOUT = "done", "failed", "killed", "lost", "timeout"  # TIMEOUT: at its -t
 WAITING, CANCELLED = "waiting", "cancelled"  # for dependencies or a retry delay; a dependency never met
 FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT, CANCELLED)
+ENDING_SIGNALS = (2, 3, 9, 15)  # a kill asked with one ends the job (`grun -k -n USR1`: a signal, no end asked)
+
+
+def asked_to_end(job: dict) -> bool:
+    return job.get("kill_requested") in ENDING_SIGNALS
 EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 UNSTARTED = (QUEUED, HELD, WAITING, DISPATCHED)

@@ -13,7 +13,7 @@ import math
 import os
 from array import array
 
-from .jobs import argv, command_of, script_of
+from .jobs import argv, asked_to_end, command_of, script_of
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
@@ -71,7 +71,7 @@ class Learned:
         when the key keeps running within 10 % of a limit."""
         usage = job.get("usage") or {}
         if not usage.get("wall") or job["state"] in ("lost", "cancelled") or (
-                (job.get("kill_requested") or job["state"] == "killed") and not job.get("limit")):
+                (asked_to_end(job) or job["state"] == "killed") and not job.get("limit")):
             return None
         key = (job.get("user") or "?", program_of(job))
         self.keys[key] = runs = self.keys.pop(key, None) or Runs()  # (now the newest key)

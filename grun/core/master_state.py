@@ -358,7 +358,7 @@ class MasterState:
         if stale:
             step.log("warning", f"node {node.name} holds stale copies of jobs {stale}: killing them")
         jobs, reply = self.table.jobs, {} if finished is None else {"start": [dict(j) for j in start]}
-        kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if jobs[i].get("kill_requested")}
+        kills = {str(i): int(jobs[i]["kill_requested"]) for i in node.jobs if J.asked_to_end(jobs[i])}
         return {**reply, "stale": stale, "kill": kills, **self.pace()}
 
     def on_leave(self, step: Step, name: str, incarnation: str, now: float) -> None:

@@ -7,6 +7,7 @@ of other processes, as its node last measured it. Requests are cpus, memory, con
 (`gpu: ["0", "1"]`) is indexed: a job placed there is also given that many devices (`pick`) no other job there holds."""
 
 import fnmatch
+import math
 import random
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
@@ -129,18 +130,20 @@ class Hearing:
     def __init__(self, now: float = 0.0):
         self.heard = self.since = now  # when a node was last heard; when the master began hearing them (again)
         self.said = False  # that it hears none: then the next node heard starts every silence again
+        self.limit = math.inf  # how long hearing none makes it cut off (deaf's last): a pause as long counts too
 
     def hear(self, now: float, log) -> None:
         """A node talks: `log(level, text)` hears when that ends a spell of hearing none."""
-        if self.said:
-            self.since, self.said = now, False
+        if self.said or now - self.heard > self.limit:  # (a master paused, SIGSTOP, host asleep: no sweep saw it)
             log("info", f"a node heard after {now - self.heard:.0f} s with none: the silence of the others counts from now")
+            self.since, self.said = now, False
         self.heard = now
 
     def deaf(self, nodes: dict, now: float, node_timeout: float, log) -> bool:
         """Whether no node's silence counts now (it hears none, and knows several); said once a spell."""
         beats = [n.heartbeat for n in nodes.values() if not n.lost]
-        deaf = len(beats) > 1 and now - self.heard > max(node_timeout / 2, 1.5 * max(beats))
+        self.limit = max(node_timeout / 2, 1.5 * max(beats, default=0)) if len(beats) > 1 else math.inf
+        deaf = now - self.heard > self.limit
         if deaf and not self.said:
             self.said = True
             log("warning", f"no node heard for {now - self.heard:.0f} s: this master seems cut off from them (its "

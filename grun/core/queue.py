@@ -23,7 +23,6 @@ SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
 # A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
 # dependents do not run; USR1 & co. (and HUP, a server job's "reload") only if it died of one.
-ENDING_SIGNALS = (2, 3, 9, 15)
 
 
 class JobTable:
@@ -86,7 +85,7 @@ class JobTable:
             job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
-        elif op == "kill" and job.get("kill_requested") not in ENDING_SIGNALS:  # (a later USR1 keeps an earlier TERM)
+        elif op == "kill" and not J.asked_to_end(job):  # (a later USR1 keeps an earlier TERM)
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":  # its node was lost: back in the queue, remembering where the old copy may live
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
@@ -239,7 +238,7 @@ class JobTable:
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
         asked = job.get("kill_requested")
-        killed = asked in ENDING_SIGNALS or result.get("signal") and (asked or result.get("limit"))
+        killed = J.asked_to_end(job) or result.get("signal") and (asked or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
@@ -323,7 +322,7 @@ class JobTable:
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
         """A job whose node was lost: re-queued if it may be (config and job `requeue`), else lost; killed if asked."""
-        if job.get("kill_requested"):
+        if J.asked_to_end(job):
             return {"op": "finish", "id": job["id"], "time": now, "result": {
                 "status": J.KILLED, "signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}
         if requeue and job.get("requeue", True):
@@ -334,7 +333,7 @@ class JobTable:
     def elsewhere_record(self, job: dict, node: str, why: str, now: float) -> dict | None:
         """A job whose cwd does not exist on `node`: run it again, never there, when a node up could run it."""
         others = {**job, "exclude": [*job.get("exclude", ()), node]}
-        if not job.get("kill_requested") and any(n.up and n.could_ever_fit(others) for n in self.nodes.values()):
+        if not J.asked_to_end(job) and any(n.up and n.could_ever_fit(others) for n in self.nodes.values()):
             return {"op": "retry", "id": job["id"], "time": now, "at": now, "reason": why, "exclude": node}
         return None
 
