@@ -169,4 +169,4 @@ class Terminal:
 if __name__ == "__main__":
     if len(sys.argv) < 3 or not all(part.isdigit() for part in sys.argv[1].split("x", 1)):
         sys.exit("usage: python -m grun.pty_job ROWSxCOLS CMD [ARGS...]")
-    sys.exit(main(sys.argv[1:]))
+    os._exit(main(sys.argv[1:]))  # (not sys.exit: Python's exit puts SIGTERM's default back, and a late one killed us)

@@ -288,6 +288,7 @@ class RepeatingMaster:
         self.job, self.beats, self.reports = job, 0, []
 
     def register_node(self, info: dict) -> dict:
+        self.uri = info["uri"]
         return {"start": [self.job], "kill": {}, "stale": []}
 
     def heartbeat(self, name: str, info: dict) -> dict:
@@ -318,6 +319,9 @@ def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
         heard = master.beats
         t0 = time.monotonic()
         wait_for(lambda: master.beats >= heard + 10, 10, what="ten more heartbeats, each repeating the kill")
+        with registry.proxy(master.uri) as node:  # the master's own kill call, after its repeat came first
+            assert node.kill([7], int(signal.SIGTERM)) == {"7": True}
+        time.sleep(0.5)
         assert terms.read_text() == "TERM\n"
         (report,) = wait_for(lambda: master.reports, 15, what="the job's end")
         assert report["id"] == 7 and report["signal"] == signal.SIGKILL, report

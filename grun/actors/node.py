@@ -125,7 +125,8 @@ class Node(NodeJobs):
     def kill(self, job_ids: list, sig: int = 15) -> dict:
         auth.require("signal jobs on a node (ask the master)")
         lives = {str(i): self.live.get(int(i)) for i in job_ids}
-        return {i: live is not None and self._kill(live, int(sig)) for i, live in lives.items()}
+        # (a kill once: the master's heartbeat reply repeating it may come before this call, whose TERM would be a second)
+        return {i: live is not None and self._kill(live, int(sig), once=int(sig) in (2, 3, 15)) for i, live in lives.items()}
 
     def kill_stale(self, job_ids: list) -> None:
         """Kill, once, copies the master no longer counts as the job (re-run elsewhere, or ended); their end is
