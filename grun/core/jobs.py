@@ -17,11 +17,9 @@ QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "
 DONE, FAILED, KILLED, LOST, TIMEOUT = "done", "failed", "killed", "lost", "timeout"  # TIMEOUT: at its -t
 WAITING, CANCELLED = "waiting", "cancelled"  # for dependencies or a retry delay; a dependency never met
 FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT, CANCELLED)
-ENDING_SIGNALS = (2, 3, 9, 15)  # a kill asked with one ends the job (`grun -k -n USR1`: a signal, no end asked)
-
-
-def asked_to_end(job: dict) -> bool:
-    return job.get("kill_requested") in ENDING_SIGNALS
+# A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
+# dependents do not run; USR1 & co. (HUP, a server job's "reload") are signals, no end asked: killed only if it died of one.
+ENDING_SIGNALS = (2, 3, 9, 15)
 EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 UNSTARTED = (QUEUED, HELD, WAITING, DISPATCHED)
@@ -54,6 +52,10 @@ LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "ti
 MAX_TIME = 366 * 86400.0  # a time limit's, a retry delay's
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
+
+
+def asked_to_end(job: dict) -> bool:
+    return job.get("kill_requested") in ENDING_SIGNALS
 
 
 def argv(job: dict) -> list[str]:

@@ -21,8 +21,6 @@ TOKEN_KEEP_SECS, TOKEN_KEEP_MAX = 3600.0, 100_000
 # 5-variable environment took ~0.9 KB a job more); the cache is dropped past this many distinct values.
 SHARED_VALUES_MAX = 10_000
 LOST_EXIT = 255  # what a lost job exits with, as ssh does when the remote end went away
-# A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
-# dependents do not run; USR1 & co. (and HUP, a server job's "reload") only if it died of one.
 
 
 class JobTable:
