@@ -246,10 +246,8 @@ def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0)
             arrays[job["id"]] = job
         else:
             found.setdefault(job["id"], job)
-    if arrays:  # their tasks: live ones, and ended ones among the latest history
-        ended = sum(sum(array["counts"].values()) for array in arrays.values())
-        users = {array.get("user") for array in arrays.values()}  # (one: the history of that user's jobs only)
-        history = client.history(1000 + ended, user=users.pop() if len(users) == 1 else None) if ended else []
+    if arrays:  # their tasks: live ones, and each one's ended ones (the history's: `array` reads only its files)
+        history = [j for i, a in arrays.items() if (n := sum(a["counts"].values())) for j in client.history(n, array=i)]
         tasks = {j["id"]: j for j in history + client.jobs() if "task" in j and j["array"] in arrays}
         found.update(sorted(tasks.items(), key=lambda item: item[1]["task"]))
         begun = {j["array"] for j in tasks.values()}  # an array's own line: tasks not started (or never to start)

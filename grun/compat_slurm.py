@@ -17,7 +17,7 @@ from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
 from .core.jobs import FINAL_STATES, ON_NODE_STATES, parse_time_limit
 from .core.nodes import host_matches
-from .options import _time_signal
+from .options import OPTIONS
 from .pty_job import Terminal
 from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_of, stamp, state_of
 from .values import is_name
@@ -41,27 +41,28 @@ SRUN = {k: v for k, v in SUBMIT.items()
     table("pty:--pty")  # (grun.pty_job)
 IGNORED = {"partition": "partitions", "account": "accounts", "qos": "QOS", "mail-type": "mail", "mail-user": "mail"}
 ONE = "grun runs a job as one task on one node"
-REFUSED = {"exclude": "grun cannot keep a job off a node (-w names those it may run on)",
-           "exclusive": "grun has no whole-node request (ask for cpus and memory: -c N --mem=0)",
-           "begin": "grun cannot delay a job's start (-H queues it held till `grun -e resume ID`)",
-           "nodes": ONE,
-           "kill-on-invalid-dep": "grun cancels a job whose dependency can never be met", "ntasks-per-node": ONE}
-ALLOWED = {"nodes": ("1", "1-1"), "ntasks-per-node": ("1", "1-1"), "kill-on-invalid-dep": ("yes",)}  # (their values)
-# the options that are grun's, one to one: KEY -> (job_spec's argument, its value from the option's)
+REFUSED = {"exclude": ("grun cannot keep a job off a node (-w names those it may run on)",),  # KEY: (why, values ok)
+           "exclusive": ("grun has no whole-node request (ask for cpus and memory: -c N --mem=0)",),
+           "begin": ("grun cannot delay a job's start (-H queues it held till `grun -e resume ID`)",),
+           "nodes": (ONE, "1", "1-1"), "ntasks-per-node": (ONE, "1", "1-1"),
+           "kill-on-invalid-dep": ("grun cancels a job whose dependency can never be met", "yes")}
 # scontrol update's keys (in lower case) -> grun's edit's; the shell texts of sbatch's -o %j, %A, %a, %N
 UPDATE = {"jobid": "id", "numcpus": "cpus", "minmemorynode": "memory", "timelimit": "time", "priority": "priority",
           "nice": "priority"}
 OUT_NAMES = ('"$SLURM_JOB_ID"', '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"', '"${SLURM_ARRAY_TASK_ID:-4294967294}"',
              '"$GRUN_NODE"')
+CONVERT = {o.long: o.convert for o in OPTIONS}  # grun's own readers of --signal, --time-signal (sbatch --signal's form)
+# the options that are grun's, one to one: KEY -> (job_spec's argument, its value from the option's); --signal's B:,
+# the batch shell alone: grun signals all of the job's session
 GRUN = {"time": ("time", parse_time_limit), "hold": ("hold", bool), "norequeue": ("requeue", lambda _: False),
-        "signal": ("time_signal", _time_signal),  # (B:, the batch shell alone: grun signals all of the job's session)
+        "signal": ("time_signal", CONVERT["time-signal"]),
         "nice": ("priority", lambda n: C.priority("100" if n is True else n, "--nice", -1))}  # (--nice: less 100)
 
 
 def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict:
     """job_spec's arguments for Slurm's options, with the environment Slurm gives a job (`script`: sbatch's)."""
-    if key := next((key for key in REFUSED if key in opts and last(opts, key) not in ALLOWED.get(key, ())), None):
-        raise Refused(f"--{key}" + f"={last(opts, key)}" * (key in ALLOWED) + f": {REFUSED[key]}")
+    if key := next((key for key in REFUSED if key in opts and last(opts, key) not in REFUSED[key][1:]), None):
+        raise Refused(f"--{key}" + f"={last(opts, key)}" * (len(REFUSED[key]) > 1) + f": {REFUSED[key][0]}")
     note = (lambda text: None) if "quiet" in opts else lambda text: print(f"{command}: note: {text}", file=sys.stderr)
     if ignored := [key for key in IGNORED if key in opts]:
         note(f"{', '.join('--' + k for k in ignored)} ignored (grun has no {', '.join(dict.fromkeys(map(IGNORED.get, ignored)))})")
@@ -339,15 +340,13 @@ def sacct(argv: list[str]) -> int:
 
 def scancel(argv: list[str]) -> int:
     """scancel [-n NAME] [-u USER | --me] [-t STATE] [-s SIGNAL] [ID...]: ids as N, N_T (one array task) or N_[TASKS]."""
-    from .options import _signal
     opts, ids = parse(argv, table("name=-n,--name,--jobname user=-u,--user signal=-s,--signal quiet:-Q,--quiet "
                                   "state=-t,--state me:--me"), False)
     states = wanted_states(opts, "state")
     if not (ids or {"name", "user", "me"} & opts.keys() or states):
         raise Refused("No job identification provided")
-    ids, sig, client = slurm_ids(ids), _signal(last(opts, "signal", "TERM")), Client()  # (a bad signal: one line)
-    # (-u 1000: its name, as squeue's)
-    user = user_name(last(opts, "user")) if "user" in opts else current_user() if "me" in opts else None
+    ids, sig, client = slurm_ids(ids), CONVERT["signal"](last(opts, "signal", "TERM")), Client()  # (bad: one line)
+    user = user_name(last(opts, "user")) if "user" in opts else current_user() if "me" in opts else None  # (-u 1000)
     if "name" in opts or user or states:  # filters on the live jobs (with ids: those of them), anyone's, as Slurm's
         ids = [i for j in client.jobs() if (not ids or label(j) in ids or FIELDS["A"][3](j) in ids)
                and in_states(j, states) and name_of(j) == last(opts, "name", name_of(j)) and user in (None, j.get("user"))
@@ -382,34 +381,32 @@ def scontrol(argv: list[str]) -> int:
     Priority, Nice). Else: one line."""
     opts, words = parse(argv, table("oneliner:-o,--oneliner quiet:-Q,--quiet"), False)
     verb, what, args = *(w.lower() for w in (words + ["", ""])[:2]), words[1:]
-    if verb == "show" and what in ("hostnames", "hostname") and len(args) < 3:
-        if not (names := hostlist((args[1:] or [os.environ.get("SLURM_JOB_NODELIST", "")])[0])):
+    if verb == "show" and what in ("hostnames", "hostname", "job", "node", "nodes") and len(args) < 3:
+        if what == "job":
+            jobs, unknown = C.job_list(Client(), args[1:])
+            if unknown:
+                print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
+                return 1
+            lines = [show_job(j, "oneliner" in opts) for j in jobs] or ["No jobs in the system"]
+        elif what.startswith("node"):  # (all, or those of a hostlist)
+            if not (lines := [show_node(n, "oneliner" in opts) for n in Client().nodes()
+                              if not args[1:] or n["name"] in hostlist(args[1])]):
+                print(f"Node {args[1]} not found" if args[1:] else "No nodes in the system")
+                return 1
+        elif not (lines := hostlist((args[1:] or [os.environ.get("SLURM_JOB_NODELIST", "")])[0])):
             raise Refused("host list is empty")
-        print("\n".join(names))
-        return 0
-    if verb == "show" and what == "job" and len(args) < 3:
-        jobs, unknown = C.job_list(Client(), args[1:])
-        if unknown:
-            print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
-            return 1
-        print("\n".join(show_job(j, "oneliner" in opts) for j in jobs) or "No jobs in the system")
-        return 0
-    if verb == "show" and what in ("node", "nodes") and len(args) < 3:  # (all, or those of a hostlist)
-        if not (nodes := [n for n in Client().nodes() if not args[1:] or n["name"] in hostlist(args[1])]):
-            print(f"Node {args[1]} not found" if args[1:] else "No nodes in the system")
-            return 1
-        print("\n".join(show_node(n, "oneliner" in opts) for n in nodes))
+        print("\n".join(lines))
         return 0
     if verb not in ("hold", "release", "update") or not args:
         raise Refused(f"too few arguments for keyword:{verb}" if verb in ("hold", "release", "update") else
                       "too many arguments for keyword:show" if verb == "show" and len(args) > 2 else
                       f"{' '.join(words[:2]) or 'no command'}: not supported (grun's scontrol has hold, release, show job, "
                       "show node, show hostnames and update JobId=)")
-    keys, changes = {w.partition("=")[0].lower(): w for w in args}, {}
-    for key, word in keys.items() if verb == "update" else ():
-        if key not in UPDATE:  # (JobName: grun's names are the job's command, as its submitter gave it)
+    changes = {}
+    for word in args if verb == "update" else ():
+        key, _, value = word.partition("=")
+        if (key := key.lower()) not in UPDATE:  # (JobName: grun's names are its command, as its submitter gave it)
             raise Refused(f"Update of this parameter is not supported: {word}")
-        value = word.partition("=")[2]
         changes[UPDATE[key]] = C.priority(value, "Nice", -1) if key == "nice" else value
     if verb == "update" and "id" not in changes:
         raise Refused("No valid entity in update command (grun's scontrol updates jobs: JobId=)")

@@ -160,7 +160,7 @@ def parse_ulimit(value) -> dict[str, int | None]:
     return out
 
 
-MAX_PRIORITY = (1 << 31) - 1  # (a 32-bit int, either sign) a job's priority is within +- this (the master's check; -r and $GRUN_PRIORITY say it first)
+MAX_PRIORITY = (1 << 31) - 1  # a job's priority, +- this: 32 bits (the master's check; -r, $GRUN_PRIORITY say it first)
 
 
 def parse_priority(value, most: float = math.inf) -> int:
