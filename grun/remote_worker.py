@@ -58,21 +58,15 @@ def _traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _input() -> bytes | None:
-    """The job's whole input, or None if none came within ARRIVAL_TIMEOUT."""
+def main() -> int:
     os.set_blocking(0, False)
     try:  # (a FIFO whose writer closed before we opened it reads as ended, but select never says so: measured)
-        first = os.read(0, 1 << 16)
+        data = os.read(0, 1 << 16)
     except BlockingIOError:
-        first = None
+        data = None
     os.set_blocking(0, True)
-    if first is None and not select.select([0], [], [], ARRIVAL_TIMEOUT)[0]:
-        return None
-    return first if first == b"" else (first or b"") + sys.stdin.buffer.read()
-
-
-def main() -> int:
-    data = _input()
+    if data != b"" and (data is not None or select.select([0], [], [], ARRIVAL_TIMEOUT)[0]):
+        data = (data or b"") + sys.stdin.buffer.read()  # (None: nothing came within ARRIVAL_TIMEOUT)
     nonce, line, blob = (data or b"").partition(b"\n")
     if not line:  # (an input that ended first: the caller hung up before it sent the call)
         why = "its input ended before it" if data is not None else f"none within {ARRIVAL_TIMEOUT:g} s"

@@ -23,10 +23,6 @@ class JobSupervisor:
             raise LookupError(f"job {self._id} is no longer on this node")
         return live
 
-    def status(self) -> dict | None:
-        """The job's final status (exit code, signal, usage), or None while it runs."""
-        return self._node.job_status(self._live)
-
     def info(self) -> dict:
         live = self._live
         sizes = dict.fromkeys(("stdout", "stderr"), 0)  # (0: not started yet, or just forgotten)

@@ -26,8 +26,7 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
     if job.get("nodes") and not (pool := [n for n in pool if meets(job["nodes"], n)]):
         return f"no node meets {job['nodes']}"
     for name, want in (job.get("params") or {}).items():
-        labelled = [n for n in pool if name in n.labels]
-        having = [n for n in pool if name in n.resources]
+        labelled, having = ([n for n in pool if name in getattr(n, kind)] for kind in ("labels", "resources"))
         if labelled:
             ok = [n for n in labelled if label_matches(n.labels[name], want)]
             if not ok and not having:
@@ -82,23 +81,17 @@ def node_reason(node, job: dict, claims: dict, private: bool = False) -> tuple[s
         return "disk", node.disk[1].split(": ", 1)[1]
     if why := mismatch(node, job):
         return "excluded", why
-    if job["cpus"] > node.cpus + EPS:
-        return "small", f"{node.cpus:g} cpu{'s' if node.cpus != 1 else ''} in all"
-    if job["memory"] > node.memory:
-        return "small", f"{node.memory} MB in all"
-    for name, need in consumables(job, node).items():
-        if need > node.resources.get(name, 0) + EPS:
-            return "small", f"{node.resources.get(name, 0):g} {name} in all"
-    busy = []
-    if job["cpus"] > node.free_cpus + EPS:
-        outside = f", {node.outside_cpus:g} taken by other programs" if node.outside_cpus else ""
-        busy.append(f"{max(0.0, node.free_cpus):g} of {node.cpus:g} cpus free{outside}")
-    if job["memory"] > node.free_memory:
-        outside = f", {node.outside_memory} MB used by other programs" if node.outside_memory else ""
-        busy.append(f"{max(0, node.free_memory)} of {node.memory} MB free{outside}")
-    for name, need in consumables(job, node).items():
-        if need > node.free(name) + EPS:
-            busy.append(f"{node.free(name):g} of {node.resources[name]:g} {name} free")
+    wants = [(job["cpus"], node.cpus, node.free_cpus, "cpu" + "s" * (node.cpus != 1), "cpus",
+              f", {_n(node.outside_cpus)} taken by other programs" * bool(node.outside_cpus)),
+             (job["memory"], node.memory, node.free_memory, "MB", "MB",
+              f", {node.outside_memory} MB used by other programs" * bool(node.outside_memory)),
+             *((need, node.resources.get(name, 0), node.free(name), name, name, "")
+               for name, need in consumables(job, node).items())]
+    for need, total, _, unit, _, _ in wants:
+        if need > total + EPS:
+            return "small", f"{_n(total)} {unit} in all"
+    busy = [f"{_n(max(0, free))} of {_n(total)} {unit} free{outside}"
+            for need, total, free, _, unit, outside in wants if need > free + EPS]
     if busy:
         ids, s = sorted(node.jobs), "s" * (len(node.jobs) > 1)
         shown = f"{len(ids)} job{s}" if private else f"job{s} {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
@@ -197,6 +190,9 @@ def provenance(job: dict) -> str:
     origin = ", ".join(f"{field} from {where}" for field, where in (job.get("origin") or {}).items())
     warnings = "".join(f" Warning: {w}." for w in job.get("warnings") or ())
     return (f" Its request: {origin}." if origin else "") + warnings
+
+
+_n = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # (memory: an int, 1048576 MB not 1.04858e+06)
 
 
 def _duration(secs: float) -> str:

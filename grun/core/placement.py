@@ -34,10 +34,8 @@ class PendingQueue:
 
     def add(self, job: dict) -> None:
         bucket = self._by_priority.setdefault(job["priority"], {})
-        if bucket and job["id"] < next(reversed(bucket)):
-            self._late.setdefault(job["priority"], {})[job["id"]] = job
-        else:
-            bucket[job["id"]] = job
+        late = bucket and job["id"] < next(reversed(bucket))
+        (self._late.setdefault(job["priority"], {}) if late else bucket)[job["id"]] = job
 
     def remove(self, job: dict) -> None:
         for table in (self._by_priority, self._late):
