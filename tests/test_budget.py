@@ -144,7 +144,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Hearing's window: half node_timeout, or 1.5 beats of the slowest; a follow's superseded run through the re-run path (-4).
 # Late review mends: USR1 asks no end (not repeated, not a kill when lost), a paused master's hearing, the signer's lock.
 # (a shrink of the Slurm/SGE shims: grun's own option readers, an array's history asked by id, scontrol's shows: -5)
-TOTAL, MODULE, MEDIAN = 14535, 500, 200
+# (a shrink of explain, placement, remote_worker and the job supervisor: -16)
+TOTAL, MODULE, MEDIAN = 14519, 500, 200
 
 
 def module_lines() -> dict[str, int]:
