@@ -34,22 +34,24 @@ USAGE = """usage: grun [options] COMMAND [ARGS...]      run a command on the clu
        grun --completion bash|zsh|fish          a shell completion script (source it)"""
 
 
-def _say(message: str, code: int = 1) -> int:
+def say(message: str, code: int = 1, file=None) -> int:
     """'grun: MESSAGE' on stderr (a failure, or with code 0 what was done); returns `code`."""
-    print(f"grun: {message}", file=sys.stderr, flush=True)
+    print(f"grun: {message}", file=file or sys.stderr, flush=True)
     return code
 
 
-_stdin_closed = False  # (fd 0 was closed at start: _fill_closed_std_fds put /dev/null there)
-
-
-def _stdin_fd() -> int | None:
-    """Our stdin, to forward to the job, unless it is a terminal (or was closed: `grun CMD <&-`)."""
+def show(text: str, end: str = "\n", file=None) -> int:
+    """`text` on stdout (or `file`); returns 0. A write error is one line, as coreutils say it (a reader gone: quietly).
+    (Here, not in grun.verbs: --help, -V and --completion do not import the verbs, 4.6 ms.)"""
     try:
-        os.fstat(0)  # raises if it is closed
-        return None if os.isatty(0) or _stdin_closed else 0
-    except OSError:
-        return None
+        print(text, end=end, file=file, flush=True)
+    except OSError as exc:  # `> /dev/full`, `>&-`
+        from .stream import WriteError
+        raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
+    return 0
+
+
+_stdin_closed = False  # (fd 0 was closed at start: _fill_closed_std_fds put /dev/null there)
 
 
 def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str], str | None]:
@@ -83,10 +85,8 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
 
 
 def _fill_closed_std_fds() -> None:
-    """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number
-    (a job's output would go into it, or its input come from it), and a write to it fails with EBADF as to a closed
-    fd, so that, as with `echo hi >&-`, only output to write is an error ("write error: Bad file descriptor"). A
-    closed stdin is noted: the job gets no input, as before."""
+    """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number, and a
+    write to it fails with EBADF as `echo hi >&-`'s does. A closed stdin is noted: the job gets no input, as before."""
     global _stdin_closed
     for fd in (0, 1, 2):
         try:
@@ -107,11 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     code = _main(sys.argv[1:] if argv is None else argv)
     if argv is None:
         try:
-            sys.stdout.flush()
-        except OSError as exc:  # what print() left (`--help > /dev/full`), unless _main said so already
+            show("", end="")  # what print() left (`--help > /dev/full`), unless _main said so already
+        except OSError as exc:
             if not isinstance(exc, BrokenPipeError):  # (a reader gone: quietly, as `ls | head -1`)
-                from .stream import WriteError
-                code = code or _say(str(WriteError(exc.errno, exc.strerror)))
+                code = code or say(str(exc))
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the bytes left go: the flush at exit fails no more
     if os.environ.get("GRUN_TIMES"):
         print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
@@ -120,36 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _show(text: str, end: str = "\n") -> int:
-    """As verbs.Context.print, for --help, -V and --completion without importing the verbs (4.6 ms)."""
-    try:
-        print(text, end=end, flush=True)
-    except OSError as exc:
-        from .stream import WriteError
-        raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
-    return 0
-
-
 def _main(argv: list[str]) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
         if not argv:  # a bare `grun`: what it does, as a usage error (as `srun` alone is one)
-            return _say(f"no command given\n{USAGE}\n(grun --help: the options; grun help: the verbs)", EXIT_USAGE)
+            return say(f"no command given\n{USAGE}\n(grun --help: the options; grun help: the verbs)", EXIT_USAGE)
         if opts.get("help") or opts.get("version"):
-            return _show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
+            return show(help_text(USAGE, GRUN_OPTIONS) if opts.get("help") else f"grun {__version__}")
         if "completion" in opts:
             from .integrate import completion
-            return _show(completion(opts["completion"]), end="")
+            return show(completion(opts["completion"]), end="")
         from . import verbs
         from .client import Client
         TIMES["imported"] = time.time()
         cfg = load_config(find_config_path(opts.pop("config", None)))
         TIMES["config"] = time.time()
         if opts.pop("daemon", False):
-            return daemon(opts, words, cfg, verbs.Context(None).print)  # (a write error: raised, said below)
+            return daemon(opts, words, cfg)
         escaped = bool(words) and argv[-len(words) - 1:-len(words)] == ["--"]  # (the words are argv's tail)
         words, called = _form(opts, words, escaped)
-        ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=_stdin_fd(), cli=True)
+        stdin_fd = None if _stdin_closed or os.isatty(0) else 0  # (a terminal's or none: the job gets no input)
+        ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=stdin_fd, cli=True)
         if words[0] in ("shell", "help"):
             from . import shell  # (its verbs: help)
             if words[0] == "shell":
@@ -158,7 +148,7 @@ def _main(argv: list[str]) -> int:
         TIMES.update(getattr(vars(ctx).get("client"), "times", {}))
         return code
     except UsageError as exc:
-        return _say(str(exc), EXIT_USAGE)
+        return say(str(exc), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # our reader went away (`grun -q history | head -1`): no error, as with `ls`
@@ -168,13 +158,13 @@ def _main(argv: list[str]) -> int:
         from .client import GrunError
         from .daemon import DaemonError
         if isinstance(exc, (ConfigError, GrunError, DaemonError, OSError)):
-            return _say(str(exc))
+            return say(str(exc))
         raise
 
 
-def daemon(opts: dict, words: list[str], cfg, show) -> int:
+def daemon(opts: dict, words: list[str], cfg) -> int:
     """`grun -d` starts the configured services (-F: in the foreground); -k stops, -R restarts, -r reloads;
-    --systemd shows a unit through `show` (verbs.Context.print)."""
+    --systemd shows a unit."""
     from . import daemon as d
     if opts.get("systemd"):
         from .integrate import systemd_unit
@@ -185,20 +175,20 @@ def daemon(opts: dict, words: list[str], cfg, show) -> int:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))
     if opts.get("kill"):
-        return _say(("stopped" + ("; jobs running here run on: the next start adopts them" if "exec" in cfg.services
-                                  else "")) if d.stop(cfg) else "not running", 0)
+        return say(("stopped" + ("; jobs running here run on: the next start adopts them" if "exec" in cfg.services
+                                 else "")) if d.stop(cfg) else "not running", 0)
     if opts.get("reload"):
         pid, said = d.ask_reload(cfg)
         where = f"see {cfg.log_file}" if cfg.log_file else "its log goes to its stderr"
-        return _say(f"the daemon (pid {pid}) {said}" if said else f"asked the daemon (pid {pid}) to reload "
-                    f"{cfg.path or 'its config'}; {where}" if pid else "not running", 0 if pid else 1)
+        return say(f"the daemon (pid {pid}) {said}" if said else f"asked the daemon (pid {pid}) to reload "
+                   f"{cfg.path or 'its config'}; {where}" if pid else "not running", 0 if pid else 1)
     if opts.get("restart"):
         old, pid = d.restart(cfg)
-        return _say(f"restarted services {services} (pid {old} -> {pid})" if old else
-                    f"was not running; started services {services} (pid {pid})", 0)
+        return say(f"restarted services {services} (pid {old} -> {pid})" if old else
+                   f"was not running; started services {services} (pid {pid})", 0)
     if opts.get("foreground"):
         return d.serve(cfg, foreground=True)
-    return _say(f"started services {services} (pid {d.start_background(cfg)}, log {cfg.log_file})", 0)
+    return say(f"started services {services} (pid {d.start_background(cfg)}, log {cfg.log_file})", 0)
 
 
 def _exit_quickly(code: int) -> None:
@@ -232,13 +222,12 @@ def node_main(argv: list[str] | None = None) -> int:
         if words:
             raise UsageError(f"unexpected arguments: {' '.join(words)}")
         if opts.get("help"):
-            print("usage: grun-node [-C FILE]   run the exec service in the foreground")
-            return 0
+            return show("usage: grun-node [-C FILE]   run the exec service in the foreground")
         return serve(load_config(find_config_path(opts.get("config"))), services=frozenset({"exec"}), foreground=True)
     except UsageError as exc:
-        return _say(str(exc), EXIT_USAGE)
+        return say(str(exc), EXIT_USAGE)
     except (ConfigError, DaemonError) as exc:
-        return _say(str(exc))
+        return say(str(exc))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ def _by_id(client, method: str, job_ids: list, *args) -> dict:
     return found
 
 
+def refusals(act, *args) -> tuple[dict, dict]:
+    """A Client method acting on jobs by id (kill, hold, resume, edit): its {id: found}, and {id: why} for the jobs
+    refused (another user's, a line each; the rest were acted on)."""
+    try:
+        return act(*args), {}
+    except JobsRefused as exc:
+        return exc.found, exc.refused
+
+
 def _job_ref(ref) -> int | str:
     """A job id from 12 or "12", or a task's "12.7" as it is; GrunError for anything else ("name", "12x")."""
     try:

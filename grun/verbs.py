@@ -7,7 +7,8 @@ import sys
 from collections import namedtuple
 from functools import cached_property
 
-from .client import GrunError, JobNotFound, JobsRefused, current_user, known_user
+from .cli import say, show
+from .client import GrunError, JobNotFound, current_user, known_user, refusals
 from .options import EXIT_USAGE, JOB_OPTIONS, UsageError, load_option_file
 from .options import parse as parse_options
 from .values import task_ref
@@ -34,17 +35,11 @@ class Context:
 
     def print(self, text: str = "", end: str = "\n") -> int:
         """`text` on our output; returns 0 (a verb that shows something ends `return ctx.print(...)`)."""
-        try:
-            print(text, end=end, file=self.out, flush=True)
-        except OSError as exc:  # `> /dev/full`, `>&-`: one line, as coreutils say it (a reader gone: quietly)
-            from .stream import WriteError
-            raise exc if isinstance(exc, BrokenPipeError) else WriteError(exc.errno, exc.strerror) from None
-        return 0
+        return show(text, end, self.out)
 
     def say(self, message: str, code: int = 1) -> int:
         """A message for the user, "grun: MESSAGE" on stderr; returns `code` (for a verb that fails)."""
-        print(f"grun: {message}", file=self.err, flush=True)
-        return code
+        return say(message, code, self.err)
 
 
 # ---- the table and the dispatcher ----------------------------------------------------------------
@@ -291,10 +286,7 @@ def _control(name: str, usage: str, options: str, words, doc: str, extra=lambda 
         if user and not ids and user != current_user():  # (with private_queries, nobody else's: it killed none, silently)
             ctx.say(f"no live jobs of {user} that you may see")
             return 1
-        try:
-            found, refused = getattr(ctx.client, name)(ids, *extra(args)), {}
-        except JobsRefused as exc:  # (another user's: a line each; the rest were acted on)
-            found, refused = exc.found, exc.refused
+        found, refused = refusals(getattr(ctx.client, name), ids, *extra(args))
         return max([0, *(ctx.say(refused.get(job_id) or _gone(ctx.client, job_id))
                          for job_id, ok in found.items() if not ok and (job_id in refused or not user))])
     run.__name__, run.__doc__ = f"do_{name}", doc
