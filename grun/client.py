@@ -78,8 +78,7 @@ def _by_id(client, method: str, job_ids: list, *args) -> dict:
 
 
 def refusals(act, *args) -> tuple[dict, dict]:
-    """A Client method acting on jobs by id (kill, hold, resume, edit): its {id: found}, and {id: why} for the jobs
-    refused (another user's, a line each; the rest were acted on)."""
+    """A Client method acting on jobs by id (kill, hold, edit...): its {id: found}, and {id: why} of JobsRefused."""
     try:
         return act(*args), {}
     except JobsRefused as exc:
@@ -113,13 +112,11 @@ def _ask(method: str, doc: str, by_id: bool = False):
 
 
 class Client:
-    """A connection to one grun master: `Client()` finds it like the `grun` command does ($GRUN_CONF,
-    /etc/grun.conf, else the personal cluster on this machine, started if needed), or from `config` (a
-    path or a loaded config); `Client("host:5184")` or `Client("host", 5184)` names it. `connect_wait`
-    bounds how long a call rides through a master that does not answer before raising MasterUnreachable."""
+    """A connection to one grun master: `Client()` finds it as `grun` does ($GRUN_CONF, /etc/grun.conf, else the
+    personal cluster here, started if needed), or from `config` (a path or a loaded config); `Client("host:5184")` or
+    `Client("host", 5184)` names it; a call rides through a silent master `connect_wait` s (then MasterUnreachable)."""
 
-    def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *,
-                 config=None):
+    def __init__(self, host: str | None = None, port: int | None = None, connect_wait: float = 10.0, *, config=None):
         from .config import ConfigError, find_config_path, load_config
         from .values import format_hostport, parse_hostport
         self._local = _thread._local()  # threading.local, without importing threading
@@ -159,9 +156,8 @@ class Client:
         return self._local.proxy
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
-        """Call the master, riding through one briefly away: up to `wait` s once this client has reached it (a master
-        restart), at most `connect_wait` while it never has. `sent_wait`: how long a call safe to repeat (a submission
-        with its token) is retried once it may have arrived (the connection broke after it was sent)."""
+        """Call the master, riding through one briefly away: up to `wait` s once reached (a restart), else connect_wait.
+        `sent_wait`: how long a call safe to repeat (a submission, its token) is retried once it may have arrived."""
         started, delay = time.monotonic(), 0.05
         deadline = started + min(self.connect_wait if wait is None else wait,
                                  float("inf") if self._answered else self.connect_wait)
@@ -187,10 +183,9 @@ class Client:
             return False
 
     def submit(self, cmd: str | Sequence[str] | dict, **options) -> "Job | int":
-        """Queue a command and return its Job (once the master has it on disk). `cmd` is a shell command line (a string,
-        run by /bin/sh) or an argv list; `options` as job_spec takes them: cpus, memory (MB or with a unit: "500M",
-        "4G"), priority, params (custom resources, {"gpu": 1}), name, cwd (ours by default), env (added to the usual
-        session variables), hosts (a glob or comma list of nodes). (A dict: a complete spec; its job id is returned.)"""
+        """Queue a command, its Job once on the master's disk: `cmd` a shell command line (a string, run by /bin/sh) or
+        an argv list; `options` as job_spec takes them: cpus, memory (MB, "500M", "4G"), priority, params ({"gpu": 1}),
+        name, cwd (ours by default), env (added to the session's), hosts (a glob or comma list). A dict: a spec, id."""
         if isinstance(cmd, dict):
             return self.submit_spec(cmd)
         if not isinstance(cmd, (str, list, tuple)):
@@ -250,8 +245,8 @@ class Client:
         return _by_id(self, "edit", job_ids, dict(changes))
 
     def job_id(self, ref, deadline: float = float("inf")) -> int:
-        """A job id from 12, "12" or a task's "12.7" (task 7 of array 12; JobNotFound if the array has no such task, or
-        it ended long ago), once that task has begun (Timeout past `deadline`, a time.monotonic())."""
+        """A job id from 12, "12" or a task's "12.7", once that task has begun (JobNotFound: no such task, or it ended
+        long ago; Timeout past `deadline`, a time.monotonic())."""
         if isinstance(ref := _job_ref(ref), int):
             return ref
         while "task" not in (job := self.job(ref)):  # (not begun: the master answers with its array)
@@ -299,9 +294,8 @@ class Client:
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
     def _settle(self, job_id: int, run: tuple) -> dict | None:
-        """Wait until the master has this run's end, so that `grun -q history` right after shows it; not for a next
-        run (the master's wait returns only at the job's last end: the run is checked soon, then less often), nor for
-        a master away, nor past SETTLE_WAIT. Returns the job's record as last seen (None: the master was away)."""
+        """Wait until the master has this run's end (for `grun -q history` right after); not for a next run (the
+        master's wait returns at the job's last end), a master away, nor past SETTLE_WAIT. Its record last seen/None."""
         from .core.jobs import FINAL_STATES
         deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.25, None
         try:
@@ -319,13 +313,11 @@ class Client:
     def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
                release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
                on_limit=None, on_wait=None) -> int:
-        """Once the job runs, stream its output from the start (or, `tail`, from now) into fds (or callables taking
-        bytes) until it ends; return its exit code. `on_start(job)` hears of each run followed (the first, a re-run, a
-        retry); `release` lets the node drop the spool then; `require_output`: raise GrunError if the node no longer
-        holds the output; `on_note(text)` what a user may want to know (the job re-run elsewhere, its output gone),
-        `on_limit(text)` that it died of a limit, `on_wait(line)` why it has not started yet (see wait_started). Rides
-        through a master restart (calls retry), a node daemon restart or a dropped connection (re-attach at the offsets
-        reached) and a lost node (we follow the job's new run, which reads its input again if it can: stream.input_again)."""
+        """Once the job runs, stream its output from the start (`tail`: from now) into fds (or callables taking bytes)
+        until it ends; return its exit code. `on_start(job)` hears of each run followed; `release`: the node drops the
+        spool then; `require_output`: GrunError if the node no longer holds it; `on_note(text)`: what a user may want to
+        know, `on_limit(text)` a limit it died of, `on_wait(line)` why it has not started yet. Rides through a master or
+        node daemon restart, a dropped connection (re-attach at the offsets reached) and a lost node (its new run)."""
         from . import stream
         from .core import jobs as J
         job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
@@ -424,9 +416,8 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
              priority: int | None = None, params=None, name: str | None = None, cwd: str | None = None,
              env: dict | None = None, hosts: str | None = None, stdin: bool = False, pass_env: list | None = None,
              requeue: bool = True, force: bool = False, **extra) -> dict:
-    """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string, run by /bin/sh)
-    or an argv; run here (cwd, ours by default), as us, with the usual session variables, those `pass_env` names (`-E`)
-    and `env`; `params` a dict or (name, value) pairs; `extra` spec keys as they are (output files, a parent job)."""
+    """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string) or an argv, run
+    in `cwd` (ours) as us, the session's variables, `pass_env`'s (-E), `env`; `params` a dict or pairs; `extra` keys."""
     from .values import parse_cpus, parse_job_priority, parse_memory
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]

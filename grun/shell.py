@@ -29,10 +29,10 @@ class ExitShell(Exception):
 class ClusterView:
     """What completion knows, never fetched while typing: whether the master answers, and its jobs, nodes
     and past commands, refreshed every MONITOR_SECS by a client whose calls give up after a few seconds
-    (a master gone silent must be noticed, not waited on). `on_change(up)` hears it go or come back."""
+    (a master gone silent must be noticed, not waited on). `say(text)` tells the user it went or came back."""
 
-    def __init__(self, host: str, port: int, on_change=None):
-        self.client, self.on_change, self.up, self._ticks = Client(host, port, connect_wait=0), on_change, None, 0
+    def __init__(self, host: str, port: int, say):
+        self.client, self.say, self.up, self._ticks = Client(host, port, connect_wait=0), say, None, 0
         self.client.call_timeout = 5.0
         self.jobs, self.nodes, self.history = [], [], []
         self.loop = Loop("grun-shell-monitor", self._refresh, MONITOR_SECS, logging.getLogger("grun.shell"))
@@ -47,8 +47,9 @@ class ClusterView:
         except Exception:
             self.up = False
         self._ticks += 1
-        if was is not None and was != self.up and self.on_change is not None:
-            self.on_change(self.up)
+        if was is not None and was != self.up:
+            self.say(f"the master at {self.client.address} is back" if self.up else
+                     f"lost the master at {self.client.address}; waiting for it to return")
 
 
 def _completer(view):
@@ -253,8 +254,7 @@ def do_watch(ctx: Context, args: dict) -> int:
     try:
         tty.setcbreak(fd)
         while True:
-            ctx.out.write("\x1b[H\x1b[2J" + _screen(ctx.client) + "\n\n(press any key to stop)\n")
-            ctx.out.flush()
+            ctx.print("\x1b[H\x1b[2J" + _screen(ctx.client) + "\n\n(press any key to stop)")
             if select.select([fd], [], [], args.get("interval", 2.0))[0]:
                 os.read(fd, 64)
                 return 0
@@ -272,9 +272,7 @@ def main(ctx: Context, words: list[str]) -> int:
     if not (sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()):
         return run(ctx, sys.stdin)
     from .config import user_state_dir
-    view = ClusterView(client.host, client.port, on_change=lambda up: ctx.say(
-        f"the master at {client.address} is back" if up else
-        f"lost the master at {client.address}; waiting for it to return"))
+    view = ClusterView(client.host, client.port, ctx.say)
     view.loop.start()
     view.loop.wake()  # the first look at once, then every MONITOR_SECS
     try:
