@@ -51,9 +51,6 @@ def show(text: str, end: str = "\n", file=None) -> int:
     return 0
 
 
-_stdin_closed = False  # (fd 0 was closed at start: _fill_closed_std_fds put /dev/null there)
-
-
 def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str], str | None]:
     """The verb (and its words) a command line's form names, and how to call it in messages; the
     options that chose it are taken out of `opts`. A first word naming a verb is that verb, whatever
@@ -84,27 +81,27 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
     return ["run", "--", *words], "grun"
 
 
-def _fill_closed_std_fds() -> None:
+def _fill_closed_std_fds() -> bool:
     """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number, and a
-    write to it fails with EBADF as `echo hi >&-`'s does. A closed stdin is noted: the job gets no input, as before."""
-    global _stdin_closed
+    write to it fails with EBADF as `echo hi >&-`'s does. Whether stdin was closed: the job gets no input, as before."""
+    stdin_closed = False
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:  # (the fds below are open: /dev/null gets this number, the lowest free one)
             os.open(os.devnull, os.O_RDONLY)
-            _stdin_closed = _stdin_closed or fd == 0
+            stdin_closed = stdin_closed or fd == 0
     if sys.stdout is None:  # (Python gave up on them at start; print() to a None stderr writes to stdout)
         sys.stdout = open(1, "w", closefd=False)
     if sys.stderr is None:  # our messages have nowhere to go
         sys.stderr = open(os.devnull, "w")
+    return stdin_closed
 
 
 def main(argv: list[str] | None = None) -> int:
     """The `grun` command; as the program (argv None) it ends the process itself when it can (_exit_quickly)."""
-    if argv is None:
-        _fill_closed_std_fds()
-    code = _main(sys.argv[1:] if argv is None else argv)
+    stdin_closed = argv is None and _fill_closed_std_fds()
+    code = _main(sys.argv[1:] if argv is None else argv, stdin_closed)
     if argv is None:
         try:
             show("", end="")  # what print() left (`--help > /dev/full`), unless _main said so already
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], stdin_closed: bool = False) -> int:
     try:
         opts, words = parse_options(argv, GRUN_OPTIONS, "grun")
         if not argv:  # a bare `grun`: what it does, as a usage error (as `srun` alone is one)
@@ -138,7 +135,7 @@ def _main(argv: list[str]) -> int:
             return daemon(opts, words, cfg)
         escaped = bool(words) and argv[-len(words) - 1:-len(words)] == ["--"]  # (the words are argv's tail)
         words, called = _form(opts, words, escaped)
-        stdin_fd = None if _stdin_closed or os.isatty(0) else 0  # (a terminal's or none: the job gets no input)
+        stdin_fd = None if stdin_closed or os.isatty(0) else 0  # (a terminal's or none: the job gets no input)
         ctx = verbs.Context(lambda: Client(config=cfg), cfg, stdin_fd=stdin_fd, cli=True)
         if words[0] in ("shell", "help"):
             from . import shell  # (its verbs: help)

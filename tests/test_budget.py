@@ -102,7 +102,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # (a shrink of compat, compat_slurm, compat_sge: -36)
 # (a shrink of the client side: client, cli, options, verbs, values, remote_worker, many, tail: -45)
 # (a shrink of the master side and the pure core: -157)
-# (a shrink of client, verbs, cli, options, tables, shell: one say/show, client.refusals, the shell's view says: -21)
+# (a shrink of client, verbs, cli, options, tables, shell: one say/show, client.refusals, the shell's view says, _main told of a closed stdin: -24)
 # (call_follow's old-master fallback gone, -4; calls' code keeps its file under cloudpickle 3, +15)
 # One owner for a job's spool dir, root (-15): its user owns only tmp/ and work/, so the per-file defences went.
 # The native CLI's QA gaps: grun -k --user, --hold, -q history ARRAY's tasks (+8).
@@ -146,8 +146,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Late review mends: USR1 asks no end (not repeated, not a kill when lost), a paused master's hearing, the signer's lock.
 # (a shrink of the Slurm/SGE shims: grun's own option readers, an array's history asked by id, scontrol's shows: -5)
 # (a shrink of explain, placement, remote_worker and the job supervisor: -16)
-TOTAL, MODULE, MEDIAN = 14498, 500, 200
-TOTAL, MODULE, MEDIAN = 14498, 500, 200
+TOTAL, MODULE, MEDIAN = 14495, 500, 200
 
 
 def module_lines() -> dict[str, int]:
