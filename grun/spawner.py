@@ -93,19 +93,17 @@ def _session_groups(sid: int) -> set[int]:
 
 
 def end_job(pid: int) -> tuple:
-    """A job's main process `pid` has ended, unreaped: SIGKILL what is left of its session (`cmd &`), as Slurm and
-    SGE do: a job is over when its main process is; nothing of it may run on unseen, beyond `grun -k`. KILL, not
-    TERM and a grace: the end is the job's own doing, and the session id is safe only now, while its leader's zombie
-    holds the pid, until we reap it next. Returns its (wait status, rusage); the reaper and the node (a job of a dead
-    reaper) both end jobs here."""
+    """A job's main process `pid` has ended, unreaped: SIGKILL what is left of its session (`cmd &`), as Slurm and SGE
+    do (a job is over when its main process is: nothing of it runs on unseen). KILL, not TERM and a grace: the end is
+    the job's own doing, and the session id is safe only while its leader's zombie holds the pid, until we reap it
+    here. Returns its (wait status, rusage), for the reaper and the node (a job of a dead reaper)."""
     killpg(pid, signal.SIGKILL)
     return os.wait4(pid, 0)[1:]
 
 
 def _identity(job: dict) -> dict:
     """Popen arguments that make the job run as its submitter when the node runs as root."""
-    uid = job.get("uid")
-    if os.geteuid() != 0 or uid is None or uid == 0:
+    if os.geteuid() != 0 or not (uid := job.get("uid")):  # (None, or root's)
         return {}
     if "groups" in job:  # verified at submit (grun.auth): the user known here by name, the groups and umask proved
         try:
@@ -182,20 +180,14 @@ def _as_user(ident: dict):
         os.umask(mask)
 
 
-def hide_failed_outputs(job: dict, status: dict, threaded: bool = False):
-    """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), as its user, never as root, once:
-    by its reaper or, when that died, the node (node_jobs._end_orphan), which settles only jobs without a
-    status.json. The single-threaded reaper switches its own ids; a `threaded` caller must not (glibc switches
-    every thread's): it renames in a child, waited for at most HIDE_SECS (a hung NFS server must not stall the
-    job's end), and gets a function that collects the child, to call once its hurry is over."""
+def hide_failed_outputs(job: dict, status: dict):
+    """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), once: by its reaper or, when that died,
+    the node (node_jobs._end_orphan: jobs without a status.json). As its user (never root), in a child (glibc switches
+    every thread's ids), waited for at most HIDE_SECS (a hung NFS server must not stall the job's end): returns a
+    function that collects the child."""
     if not job.get("make") or not (outputs := job.get("outputs")) or not (status.get("exit_code") or status.get("signal")):
         return None
-    ident = _identity(job)
-    if not threaded:
-        with _as_user(ident):
-            make.rename_failed(outputs)
-        return None
-    pid, ended = _in_child_as(ident, make.rename_failed, outputs, HIDE_SECS)
+    pid, ended = _in_child_as(_identity(job), make.rename_failed, outputs, HIDE_SECS)
 
     def collect() -> None:
         select.select([ended], [], [])  # (closed as it exits: then waitpid does not block)
@@ -260,10 +252,9 @@ def _open_streams(job: dict, job_dir: str, ident: dict, keep: dict) -> tuple:
     return files["stdin"], files["stdout"], files["stderr"]
 
 
-def _tell(job_dir: str, job: dict, text: str) -> bool:
-    """`grun: text` on the job's stderr: the file its fd 2 was at a limit's kill or its --err file (as its user: never
-    a user's path as root), or its spool stream; whether it went to the stream (a following client shows it once)."""
-    told = (spool.read(job_dir, spool.LIMIT) or {}).get("stderr", "")
+def _tell(job_dir: str, job: dict, text: str, told: str) -> bool:
+    """`grun: text` on the job's stderr: `told`, the file its fd 2 was at a limit's kill, or its --err file (as its
+    user: never a user's path as root), or its spool stream; whether it went to the stream (a client shows it once)."""
     path = told if told.startswith("/") and not told.startswith(os.path.realpath(job_dir) + "/") else job.get(
         "stderr_file")
     with contextlib.suppress(OSError, ValueError), _as_user(_identity(job) if path else {}):
@@ -365,9 +356,8 @@ class Reaper:
         return not in_file
 
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
-        """End a job that could not start, or whose end could not be read: `grun: why` on its stderr (`err` when open)
-        and its status (`more`: cwd_missing tells the master to run it elsewhere). Never raises: one job must not
-        stop the reaper."""
+        """End a job that could not start, or whose end could not be read: `grun: why` on its stderr (`err` when
+        open) and its status (`more`: cwd_missing, to run it elsewhere). Never raises: one job must not stop us."""
         with contextlib.suppress(BaseException):
             with contextlib.suppress(OSError), err or open(spool.open_in(job_dir, "stderr"), "ab") as f:
                 f.write(f"grun: {why}\n".encode())  # (a full disk may refuse it: the status matters more)
@@ -391,10 +381,14 @@ class Reaper:
             self.ending.remove(ending)
             run = ending.run
             try:
-                L.exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost)
+                limit = spool.read(run.dir, spool.LIMIT) or {}  # (the sampler's kill)
+                L.exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost,
+                              limit)
                 if run.status.get("limit"):  # why, on its stderr too (as slurmstepd's "CANCELLED ... DUE TO TIME LIMIT")
-                    run.status["limit_told"] = _tell(run.dir, run.job, L.describe(run.status, run.id)) or None
-                hide_failed_outputs(run.job, run.status)
+                    run.status["limit_told"] = _tell(run.dir, run.job, L.describe(run.status, run.id),
+                                                     limit.get("stderr", "")) or None
+                if collect := hide_failed_outputs(run.job, run.status):
+                    collect()
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper
                 self._fail(run.dir, run.notify, f"supervisor failed: {exc}")

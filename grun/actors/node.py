@@ -20,6 +20,7 @@ import Pyro5.api
 from .. import auth, limits, mounts, registry, spawner, stage
 from ..background import Loop
 from ..config import KEYS
+from ..core.jobs import ENDING_SIGNALS
 from ..plugins import Plugins
 from ..spool import spool_space, sweep
 from ..stream_server import StreamServer
@@ -124,9 +125,9 @@ class Node(NodeJobs):
 
     def kill(self, job_ids: list, sig: int = 15) -> dict:
         auth.require("signal jobs on a node (ask the master)")
-        lives = {str(i): self.live.get(int(i)) for i in job_ids}
+        lives, sig = {str(i): self.live.get(int(i)) for i in job_ids}, int(sig)
         # (a kill once: the master's heartbeat reply repeating it may come before this call, whose TERM would be a second)
-        return {i: live is not None and self._kill(live, int(sig), once=int(sig) in (2, 3, 15)) for i, live in lives.items()}
+        return {i: live is not None and self._kill(live, sig, once=sig in ENDING_SIGNALS) for i, live in lives.items()}
 
     def kill_stale(self, job_ids: list) -> None:
         """Kill, once, copies the master no longer counts as the job (re-run elsewhere, or ended); their end is

@@ -23,6 +23,7 @@ import psutil
 import Pyro5.api
 
 from .. import auth, limits, registry, spawner, spool, stage
+from ..core.jobs import ENDING_SIGNALS
 from ..drain import Drain
 from ..tables import fmt_span
 from .monitor import node_memory_victim, over_memory_limit
@@ -72,9 +73,8 @@ class NodeJobs:
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
         self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged
-        # our reaper and its name, and whether one died (see _watch_reapers)
-        self.reaper: subprocess.Popen | None = None
-        self._reaper_name, self._reaper_died, self._reaper_lock = "", False, threading.RLock()
+        # our reaper (a Popen) and its name, and whether one died (see _watch_reapers)
+        self.reaper, self._reaper_name, self._reaper_died, self._reaper_lock = None, "", False, threading.RLock()
         spawner.set_subreaper()
         # where the reapers ping: a file in our spool, which only we can make (any user could take an abstract name)
         self.notify_addr = os.path.join(os.path.abspath(spool_dir), "notify")
@@ -163,15 +163,14 @@ class NodeJobs:
 
     def suspend(self, job_ids: list) -> dict:
         """SIGSTOP each running job (all its session: spawner.killpg); {id: done}."""
-        auth.require("suspend jobs on a node (ask the master)")
-        return self._signal_groups(job_ids, signal.SIGSTOP)
+        return self._signal_groups(job_ids, signal.SIGSTOP, "suspend")
 
     def resume(self, job_ids: list) -> dict:
         """SIGCONT each suspended job; {id: done}."""
-        auth.require("resume jobs on a node (ask the master)")
-        return self._signal_groups(job_ids, signal.SIGCONT)
+        return self._signal_groups(job_ids, signal.SIGCONT, "resume")
 
-    def _signal_groups(self, job_ids: list, sig: int) -> dict:
+    def _signal_groups(self, job_ids: list, sig: int, what: str) -> dict:
+        auth.require(f"{what} jobs on a node (ask the master)")
         out = dict.fromkeys(map(str, job_ids), False)
         for job_id in out:
             live = self.live.get(int(job_id))
@@ -211,27 +210,24 @@ class NodeJobs:
             with self.lock:
                 live.kills.discard(sig)
             return True
-        if sig not in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):  # (KILL ends a stopped job too; USR1 ends nothing:
+        if sig == signal.SIGKILL or sig not in ENDING_SIGNALS:  # (KILL ends a stopped job too; USR1 ends nothing:
             return True  # it was followed by a KILL a grace later, and woke a suspended job)
         if pid is not None:
             spawner.killpg(pid, signal.SIGCONT)  # a stopped job must wake up to die
 
-        def escalate(started: bool):
+        def escalate(started: bool) -> None:
             # Once a job's leader has ended, its reaper killed what was left of the group (spawner.end_job) before
             # freeing the group id: only a job still running (not forgotten, not being settled: its pid is reaped)
             # is killed here. One not started at the kill gets `sig` from its reaper when it is (killreq), and
             # the master's repeats are not sent: its KILL comes a whole grace after its pid was first seen.
-            if self.live.get(live.id) is live and not live.settling and self.job_status(live) is None:
-                if (pid := self._job_pid(live)) is not None and started:
-                    spawner.killpg(pid, signal.SIGKILL)
-                else:
-                    arm(pid is not None)
-
-        def arm(started: bool):
-            timer = threading.Timer(grace if started else START_POLL_SECS, escalate, (started,))
-            timer.daemon = True
-            timer.start()
-        arm(pid is not None)
+            while True:
+                time.sleep(grace if started else START_POLL_SECS)
+                if self.live.get(live.id) is not live or live.settling or self.job_status(live) is not None:
+                    return
+                if started:
+                    return spawner.killpg(live.pid, signal.SIGKILL)
+                started = self._job_pid(live) is not None
+        threading.Thread(target=escalate, args=(pid is not None,), name=f"grun-kill-{live.id}", daemon=True).start()
         return True
 
     def _job_pid(self, live: LiveJob) -> int | None:
@@ -401,8 +397,13 @@ class NodeJobs:
             if ended is None:  # it runs on, as our child
                 live.pid = pid
                 return
-            if ended:
-                return self._record_orphan(live, *spawner.end_job(pid))  # (as its reaper would have)
+            if ended:  # as its reaper would have: its output, then its status
+                wstatus, rusage = spawner.end_job(pid)
+                status = {"start_time": spool.started_at(live.dir) or time.time(),
+                          "limits": dict(live.job.get("limits") or {})}
+                lost = self.drain.finish(str(live.id), flush=True)
+                limits.exit_status(live.dir, live.job, status, wstatus, rusage, time.time(), lost, live.limit)
+                return self._end_orphan(live, status)
         started = spool.started_at(live.dir)
         if started is not None and started < psutil.boot_time():
             why, more = f"{why}: the host rebooted", {"lost": True}
@@ -411,19 +412,10 @@ class NodeJobs:
             with contextlib.suppress(psutil.Error, OSError):  # its session, if the pid still names the job's
                 if pid and os.getsid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
                     spawner.killpg(pid, signal.SIGKILL)
-        if pid is None and unnamed:  # (a full disk: maybe it ran, and runs on, unknown to us)
-            return self._end_failed(live, f"{why}; a full spool disk kept its pid from us: it may have run", **more)
-        if pid is None:  # (never ran: it wrote no output to hide)
-            return self._end_failed(live, f"{why} while starting the job", **more)
+        if pid is None:  # never ran (no output to hide), or ran on a full disk, maybe runs on, unknown to us
+            why += "; a full spool disk kept its pid from us: it may have run" if unnamed else " while starting the job"
+            return self._end_failed(live, why, **more)
         self._end_orphan(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
-
-    def _record_orphan(self, live: LiveJob, wstatus: int, rusage) -> None:
-        """A job of our dead reaper ended: what its reaper would have done, its output, then its status."""
-        lost = self.drain.finish(str(live.id), flush=True)
-        status = limits.exit_status(live.dir, live.job, {
-            "start_time": spool.started_at(live.dir) or time.time(), "limits": dict(live.job.get("limits") or {})},
-            wstatus, rusage, time.time(), lost)
-        self._end_orphan(live, status)
 
     def _end_orphan(self, live: LiveJob, status: dict) -> None:
         """End a job of a dead reaper as its reaper would have: a failed -M job's outputs hidden, then its status; in a
@@ -432,7 +424,7 @@ class NodeJobs:
         def settle() -> None:
             collect = None
             try:
-                collect = spawner.hide_failed_outputs(live.job, status, threaded=True)
+                collect = spawner.hide_failed_outputs(live.job, status)
             except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
                 log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
             if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
