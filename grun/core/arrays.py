@@ -8,6 +8,8 @@ job record of its own (its own id from the same counter, so history, wire and ki
 
 import re
 
+from .jobs import require
+
 MAX_TASKS = 100_000
 # Set in every task's environment, for scripts written for grun, Slurm and SGE.
 TASK_VARS, ARRAY_VARS = ("GRUN_TASK_ID", "SLURM_ARRAY_TASK_ID", "SGE_TASK_ID"), ("SLURM_ARRAY_JOB_ID",)
@@ -17,23 +19,19 @@ _BOOKS = ("tasks", "ranges", "limit", "at", "started", "taken", "counts", "failu
 
 def parse(text: str) -> dict:
     """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping fields."""
-    if not isinstance(text, str):
-        raise ValueError("array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")
+    require(isinstance(text, str), "array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")
     ids, percent, limit = text.partition("%")
-    if percent and not (limit.strip().isdigit() and int(limit) > 0):
-        raise ValueError(f"bad value for --array: %N needs N >= 1, got {text!r}")
+    require(not percent or limit.strip().isdigit() and int(limit) > 0, f"bad value for --array: %N needs N >= 1, got {text!r}")
     ranges, count = [], 0
     for part in ids.split(","):
         m = re.fullmatch(r"\s*(\d+)(?:-(\d+))?(?::(\d+))?\s*", part)
         span = range(int(m[1]), int(m[2] or m[1]) + 1, int(m[3] or 1)) if m and int(m[3] or 1) else range(0)
-        if not span:
-            raise ValueError(f"bad value for --array: expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
+        require(span, f"bad value for --array: expected task ids like 1-100, 1-100:2 or 1,5,9, got {text!r}")
         count += len(span)
-        if count > MAX_TASKS:
-            raise ValueError(f"bad value for --array: at most {MAX_TASKS:,} tasks in one array, got {text!r}")
+        require(count <= MAX_TASKS, f"bad value for --array: at most {MAX_TASKS:,} tasks in one array, got {text!r}")
         ranges.append([span.start, span.stop, span.step])
-    if len(ranges) > 1 and len(set().union(*(range(*r) for r in ranges))) != count:
-        raise ValueError(f"bad value for --array: a task id is given twice in {text!r}")
+    require(len(ranges) < 2 or len(set().union(*(range(*r) for r in ranges))) == count,
+            f"bad value for --array: a task id is given twice in {text!r}")
     return {"tasks": count, "ranges": ranges, "limit": int(limit) if limit else None, "at": [0, ranges[0][0]],
             "started": 0, "taken": [], "counts": {}, "failures": [], "stopped": False}
 

@@ -210,23 +210,13 @@ def require(ok, message: str) -> None:
         raise ValueError(message)
 
 
-def _number(spec: dict, key: str, default: float, limit: float) -> float:
+def _number(spec: dict, key: str, default: float, limit: float, hint: str = "") -> float:
+    """`hint`: cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
     value = default if spec.get(key) is None else spec[key]  # a spec is typed: "4" is refused, as by _whole_field
     expect(not isinstance(value, str), f"{key}: a number >= 0", value)
-    return number(value, f"{key}: a number >= 0", limit)
-
-
-def _time_signal(value) -> list:
-    """[signal, seconds before its time limit] (grun.options reads them from --time-signal)."""
-    require(isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value) and 1 <= value[0] <= 64
-            and 0 <= value[1] <= MAX_TIME, f"time_signal must be [signal 1-64, seconds], got {value!r}")
-    return value
-
-
-def _above_zero(spec: dict, key: str, default: float, limit: float, option: str, hint: str) -> float:
-    """cpus and memory asked for: none (0) is no request a node can count (and -m 0 is not Slurm's whole node)."""
-    value = _number(spec, key, default, limit)
-    require(value > 0 or spec.get(key) is None, f"{option} {value:g}: {key} must be above 0 ({hint})")
+    value = number(value, f"{key}: a number >= 0", limit)
+    if hint and value <= 0 and spec.get(key) is not None:
+        raise ValueError(f"-{key[0]} {value:g}: {key} must be above 0 ({hint})")
     return value
 
 
@@ -270,15 +260,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     require(isinstance(spec, dict), "a job spec must be a mapping")
     require(not (unknown := set(spec) - SPEC_KEYS), f"unknown job spec keys: {', '.join(sorted(map(str, unknown)))}")
     cmd = spec.get("cmd")
-    if not isinstance(cmd, (list, tuple)) or not cmd or not all(isinstance(a, str) for a in cmd):
-        raise ValueError("cmd must be a non-empty list of strings")
+    require(isinstance(cmd, (list, tuple)) and cmd and all(isinstance(a, str) for a in cmd),
+            "cmd must be a non-empty list of strings")
     require(sum(len(a) for a in cmd) <= MAX_CMD_BYTES, "command line too long")
     require(not any("\0" in a for a in cmd), "command contains a NUL byte")
     cwd = spec.get("cwd") or "/"
     require(isinstance(cwd, str) and cwd.startswith("/"), "cwd must be an absolute path")
     env = spec.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ValueError("env must map strings to strings")
+    require(isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
+            "env must map strings to strings")
     require(sum(len(k) + len(v) for k, v in env.items()) <= MAX_ENV_BYTES, "environment too large")
     # A submission that does not say who it is runs as us, unless we are root: then as nobody.
     uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
@@ -287,8 +277,8 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "shell": bool(spec.get("shell", False)),
         "cwd": cwd,
         "env": dict(env),
-        "cpus": float(_above_zero(spec, "cpus", default_cpus, MAX_CPUS, "-c", "fractions allowed: -c 0.5")),
-        "memory": math.ceil(_above_zero(spec, "memory", default_memory, MAX_MEMORY_MB, "-m", "give a size, like -m 500M")),
+        "cpus": float(_number(spec, "cpus", default_cpus, MAX_CPUS, "fractions allowed: -c 0.5")),
+        "memory": math.ceil(_number(spec, "memory", default_memory, MAX_MEMORY_MB, "give a size, like -m 500M")),
         "user": _text(spec, "user", MAX_NAME) or "nobody",
         "uid": int(_number(spec, "uid", uid, 1 << 32)),
         "gid": int(_number(spec, "gid", gid, 1 << 32)),
@@ -302,13 +292,15 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "force": bool(spec.get("force", False)),
         "requeue": bool(spec.get("requeue", True)),  # run again if its node is lost (--norequeue: no)
     }
-    if (groups := spec.get("groups")) is not None and (not isinstance(groups, list) or len(groups) > 65536 or not all(
-            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups)):
-        raise ValueError("groups must be a list of group ids")
+    require((groups := spec.get("groups")) is None or isinstance(groups, list) and len(groups) <= 65536 and all(
+        isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 1 << 32 for g in groups), "groups must be a list of group ids")
     require((stage := spec.get("stage")) in (None, *STAGE_MODES), f"stage must be auto, always or never, got {stage!r}")
-    if (fs := spec.get("cwd_fs")) is not None and not (isinstance(fs, dict) and fs.keys() == {
-            "root", "source", "sub", "type"} and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values())):
-        raise ValueError("cwd_fs must map type, source, root and sub to strings")
+    require((fs := spec.get("cwd_fs")) is None or isinstance(fs, dict) and fs.keys() == {"root", "source", "sub", "type"}
+            and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()),
+            "cwd_fs must map type, source, root and sub to strings")
+    if (sig := spec.get("time_signal")) is not None and not (isinstance(sig, list) and len(sig) == 2 and all(
+            type(v) is int for v in sig) and 1 <= sig[0] <= 64 and 0 <= sig[1] <= MAX_TIME):  # (seconds before its -t)
+        raise ValueError(f"time_signal must be [signal 1-64, seconds], got {sig!r}")
     if spec.get("array") is not None:
         require(spec.get("lease") is None, "an array takes no lease (its tasks are jobs of their own)")
         from .arrays import parse
@@ -321,7 +313,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
         "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
-        "time_signal": given("time_signal") and _time_signal(spec["time_signal"]),
+        "time_signal": sig,
         "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none; else 1 s at least, below)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
@@ -354,22 +346,19 @@ def job_refs(refs, what: str = "dependencies") -> list:
         refs = [r.strip() for r in refs.split(",") if r.strip()]
     require(isinstance(refs, list) and len(refs) <= MAX_REFS,
             f"{what} must be a list of at most {MAX_REFS} job ids or names")
-    out = []
+    refs = [int(ref) if isinstance(ref, str) and ref.isdigit() else ref for ref in refs]
     for ref in refs:
-        if isinstance(ref, str) and ref.isdigit():
-            ref = int(ref)
-        if isinstance(ref, bool) or not isinstance(ref, (int, str)) or (ref <= 0 if isinstance(ref, int) else
-                                                                         not 0 < len(ref) <= MAX_NAME or "\n" in ref):
+        if isinstance(ref, bool) or not (ref > 0 if isinstance(ref, int) else isinstance(ref, str) and
+                                         0 < len(ref) <= MAX_NAME and "\n" not in ref):
             raise ValueError(f"{what}: bad job id or name {ref!r}")
-        out.append(ref)
-    return out
+    return refs
 
 
 def _paths(spec: dict, key: str) -> list[str]:
     paths = spec.get(key) or []
-    if not isinstance(paths, list) or len(paths) > MAX_FILES or not all(
-            isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths):
-        raise ValueError(f"{key} must be a list of at most {MAX_FILES} absolute paths")
+    require(isinstance(paths, list) and len(paths) <= MAX_FILES and all(
+        isinstance(p, str) and p.startswith("/") and "\0" not in p and len(p) <= MAX_PATH for p in paths),
+        f"{key} must be a list of at most {MAX_FILES} absolute paths")
     return list(paths)
 
 
@@ -386,8 +375,8 @@ def parse_edit(changes: object) -> dict:
     for raw_key, value in changes.items():
         key = str(raw_key).strip()
         field, param = EDIT_ALIASES.get(key, key), key.startswith(("p.", "param."))
-        if not param and field not in parsers:
-            raise ValueError(f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok), p.NAME or force")
+        require(param or field in parsers,
+                f"cannot edit {key!r}: use priority, cpus, memory, time, hosts, after(ok|notok), p.NAME or force")
         try:
             if param:  # (a string is read as -p reads it; an empty one removes the param)
                 text = value.strip() if isinstance(value, str) else value

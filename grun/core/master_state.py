@@ -155,9 +155,8 @@ class MasterState:
         s = self.settings
         requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
                     for spec in specs]
-        for req in requests:  # (by the master's name service: a client cannot claim a group)
-            req["group"] = self.group_of(req["gid"])
         for req, spec in zip(requests, specs):  # the priority it asks (of a user: `trusted` not), the rules in order
+            req["group"] = self.group_of(req["gid"])  # (by the master's name service: a client cannot claim a group)
             E.may_raise(None if trusted or spec.get("priority") is None else req["priority"], req, s)
             E.run_rules(s["rules"], req, spec, facts, log)
         self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
@@ -169,8 +168,7 @@ class MasterState:
 
     def on_submit(self, step: Step, requests: list[dict], refusal: str | None, now: float, history=None) -> None:
         """`history`: the finished jobs dependencies name, found by the master (grun.core.deps.resolve)."""
-        if refusal and any(self.table.token_id(req["token"]) is None for req in requests):  # (a retried one is queued)
-            raise ValueError(refusal)
+        J.require(not refusal or all(self.table.token_id(req["token"]) is not None for req in requests), refusal)
         for req in requests:  # a task `12.7`: the job it is (made one now if not started: before the ids below)
             for kind in (k for k in J.DEP_KINDS if k in req):
                 req[kind] = [(self._lookup([ref], step, now)[1] or [{"id": ref}])[0]["id"] if task_ref(ref) else ref
@@ -209,22 +207,25 @@ class MasterState:
             raise ValueError(f"{why} (--force queues it anyway)")
         batch_names.add(key)
 
-    def _lookup(self, job_ids: list, step: Step | None = None, now: float = 0.0, live=True) -> tuple[dict, list[dict]]:
-        """{id: whether it is live} for the reply, and the live jobs (each once). With a step, a task `12.7` not
-        started yet is made a job to act on (as Slurm splits it out), and (`live`) an array brings its live tasks."""
+    def _lookup(self, job_ids: list, step: Step, now: float, live=True) -> tuple[dict, list[dict]]:
+        """{id: whether it is live} for the reply, and the live jobs (each once). A task `12.7` not started yet is made
+        a job to act on (as Slurm splits it out), and (`live`) an array brings its live tasks."""
         found, jobs = {}, {}
         for raw in job_ids:
             key, job_id, new = self.table.named(raw)
-            if new is not None and step is not None:
-                job_id = self.table.next_id
-                self._commit(step, [{"op": "task", "id": new[0], "new": job_id, "task": new[1], "time": now}])
-            job = self.table.jobs.get(job_id)
+            job = self._split(step, *new, now) if new is not None else self.table.jobs.get(job_id)
             found[key] = job is not None
             if job is not None:
                 jobs[job["id"]] = job
-                if step is not None and live and A.is_array(job):
+                if live and A.is_array(job):
                     jobs.update((i, self.table.jobs[i]) for i in self.table.tasks.get(job["id"], {}).values())
         return found, list(jobs.values())
+
+    def _split(self, step: Step, array_id: int, task: int, now: float) -> dict:
+        """One task of an array made a job (its record committed), to dispatch or act on."""
+        job_id = self.table.next_id
+        self._commit(step, [{"op": "task", "id": array_id, "new": job_id, "task": task, "time": now}])
+        return self.table.jobs[job_id]
 
     def on_kill(self, step: Step, job_ids: list, signal: int, force: bool, now: float) -> None:
         """Queued jobs end at once; running ones are signalled, and with force marked killed at once."""
@@ -275,13 +276,12 @@ class MasterState:
         parsed, records = J.parse_edit(changes), []
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
         for job in jobs:
-            if job["state"] not in (J.QUEUED, J.HELD, J.WAITING):
-                raise ValueError(f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be edited")
+            J.require(job["state"] in (J.QUEUED, J.HELD, J.WAITING),
+                      f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be edited")
             try:
                 new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
                 why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)
-                if why:
-                    raise ValueError(f"{why} (add force=yes to edit it anyway)")
+                J.require(not why, f"{why} (add force=yes to edit it anyway)")
                 if force and new:  # as a job forced at submit: later edits are judged by what they ask
                     new = {**new, "force": True}
                 if kinds:
@@ -289,8 +289,7 @@ class MasterState:
                                             self.settings)
                     if never is not None:
                         raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
-                    if D.reaches(self.table, [d[1] for d in deps], job["id"]):
-                        raise ValueError("that dependency would make a cycle")
+                    J.require(not D.reaches(self.table, [d[1] for d in deps], job["id"]), "that dependency would make a cycle")
                     made = {i for path in (job.get("inputs") or []) + (job.get("outputs") or []) if job.get("make")
                             for i in self.table.makers.get(path, ())}  # (-M's waits stay: see deps.resolve)
                     new = {**new, "deps": deps + [d for d in job.get("deps", ()) if d[1] in made and d not in deps]}
@@ -426,7 +425,7 @@ class MasterState:
     def on_schedule(self, step: Step, now: float) -> None:
         """Dispatch every queued job that fits now, reserve nodes for those past reserve_after, and offer again
         the jobs whose start was never confirmed (node.start is idempotent: a second offer runs nothing twice)."""
-        offers, again = collections.defaultdict(list), collections.defaultdict(list)
+        offers = collections.defaultdict(list)  # (offer or reoffer, node) -> jobs
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
                          reserve_after=self.settings["reserve_after"], claims=self.table.claims(now),
@@ -435,9 +434,7 @@ class MasterState:
             for (job, node), devices in zip(plan.placed, plan.devices):
                 node.take(job, -1, devices)  # place() counted the job on the view; apply() must not count it twice
                 if A.is_array(job):  # one of its tasks becomes a job, and that one is dispatched
-                    task = {"op": "task", "id": job["id"], "new": self.table.next_id, "task": A.next_task(job)}
-                    self._commit(step, [dict(task, time=now)])
-                    job = self.table.jobs[task["new"]]
+                    job = self._split(step, job["id"], A.next_task(job), now)
                 dispatched.append(job)
                 records.append({"op": "dispatch", "id": job["id"], "node": node.name, "time": now,
                                 **({"devices": devices} if devices else {})})
@@ -448,7 +445,7 @@ class MasterState:
             step.kick = plan.more
             for job in dispatched:  # (no longer in unconfirmed since it was last queued)
                 self.unconfirmed[job["id"]] = now
-                offers[job["node"]].append(dict(job))
+                offers["offer", job["node"]].append(dict(job))
         due = itertools.takewhile(lambda i: self.unconfirmed[i] < now - START_RETRY_SECS, self.unconfirmed)
         for job_id in list(due):
             del self.unconfirmed[job_id]
@@ -456,9 +453,8 @@ class MasterState:
             if job is not None and job["state"] == J.DISPATCHED:
                 self.unconfirmed[job_id] = now  # to the end: offered last
                 if getattr(self.table.nodes.get(job["node"]), "up", False):  # (a stopped node: when it registers)
-                    again[job["node"]].append(dict(job))
-        step.do += [("offer", n, jobs) for n, jobs in offers.items()]
-        step.do += [("reoffer", n, jobs) for n, jobs in again.items()]
+                    offers["reoffer", job["node"]].append(dict(job))
+        step.do += [(kind, node, jobs) for (kind, node), jobs in offers.items()]
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
     def on_sweep(self, step: Step, now: float) -> None:

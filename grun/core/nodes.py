@@ -67,9 +67,8 @@ class NodeView:
         return self.resources.get(resource, 0) - self.used_resources.get(resource, 0)
 
     def fits(self, job: dict) -> bool:
-        if self.disk and self.disk[0]:  # its spool is nearly full
-            return False
-        if not self.up or job["cpus"] > self.free_cpus + EPS or job["memory"] > self.free_memory or mismatch(self, job):
+        if not self.up or self.disk and self.disk[0] or job["cpus"] > self.free_cpus + EPS or \
+                job["memory"] > self.free_memory or mismatch(self, job):  # (disk[0]: its spool is nearly full)
             return False
         return all(self.free(name) + EPS >= need for name, need in consumables(job, self).items())
 
@@ -201,13 +200,11 @@ def delays_claim(node: NodeView, job: dict, claims: dict | None) -> bool:
     """Whether the job takes on this node something the job that reserved it needs, maybe past when that one would
     start (EASY backfill: a job whose -t or learned estimate ends within the owner's `window` may run)."""
     owner = claims.get(node.name) if claims else None
-    if owner is None or owner["id"] == job["id"]:
+    if owner is None or owner["id"] == job["id"] or (
+            (run := job.get("time") or job.get("expected_time")) and run <= owner.get("window", 0.0)):
         return False
-    if (run := job.get("time") or job.get("expected_time")) and run <= owner.get("window", 0.0):
-        return False
-    if job["cpus"] > EPS and node.free_cpus - job["cpus"] < owner["cpus"] - EPS:
-        return True
-    if job["memory"] > 0 and node.free_memory - job["memory"] < owner["memory"]:
+    if job["cpus"] > EPS and node.free_cpus - job["cpus"] < owner["cpus"] - EPS or \
+            job["memory"] > 0 and node.free_memory - job["memory"] < owner["memory"]:
         return True
     owner_needs = consumables(owner, node)
     return any(need > EPS and name in owner_needs and node.free(name) - need < owner_needs[name] - EPS
@@ -265,8 +262,7 @@ class NodeIndex(dict):
             self._remembered.clear()
 
     def _unfile(self, node: NodeView) -> None:
-        where = self._where.pop(node.name, None)
-        if where is None:
+        if (where := self._where.pop(node.name, None)) is None:
             return
         key, i = where
         bucket = self._buckets[key]

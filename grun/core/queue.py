@@ -235,8 +235,7 @@ class JobTable:
         if started and job.get("submit_time"):
             job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
-        asked = job.get("kill_requested")
-        killed = J.asked_to_end(job) or result.get("signal") and (asked or result.get("limit"))
+        killed = J.asked_to_end(job) or result.get("signal") and (job.get("kill_requested") or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
@@ -278,8 +277,7 @@ class JobTable:
             self.quotas.count(job, claim)
 
     def _uncount(self, job: dict) -> None:
-        entry = self.counted.pop(job["id"], None)
-        if entry is None:
+        if (entry := self.counted.pop(job["id"], None)) is None:
             return
         self.quotas.count(job, entry[1], -1)
         node = self.nodes[entry[0]]  # (a node holding a job is not forgotten)
@@ -387,8 +385,7 @@ class JobTable:
         return node
 
     def jobs_on(self, name: str) -> list[dict]:
-        node = self.nodes.get(name)
-        return [self.jobs[i] for i in sorted(node.jobs)] if node is not None else []
+        return [self.jobs[i] for i in sorted(self.nodes[name].jobs)] if name in self.nodes else []
 
     def snapshot(self) -> dict:
         """The live state as plain data; a shared environment once, under "envs" (60 % of a snapshot's bytes)."""
