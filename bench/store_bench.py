@@ -59,7 +59,7 @@ def snapshot(root: str, n: int) -> str:
     store = fresh(root, f"snap{n}")
     state = {"next_id": n + 1, "jobs": [job(i) for i in range(n)]}
     start = time.perf_counter()
-    store.write_snapshot(store.begin_snapshot(), state)
+    store.write_snapshot(store.journal.rotate(), state)
     written = time.perf_counter() - start
     store.close()
     size = sum(os.path.getsize(os.path.join(store.dir, f)) for f in os.listdir(store.dir) if f.startswith("snapshot"))

@@ -1,15 +1,13 @@
 """The master's durable state, in one directory; the master gives dicts and gets dicts back.
 
 - ``journal.<first_seq>.log``: the journal (grun.journal), the truth: group commit, replay.
-- ``snapshot.<ticket>.json``: the live state (TinyDB tables ``meta`` and ``jobs``), written whole and
-  atomically; a restart loads the newest readable one and replays the journal after it.
-- ``history/<n>.json``: finished jobs (TinyDB), flushed lazily and rotated every
-  ``history_rotate_docs`` jobs so a write never costs more as history grows; ``history/index.json``
-  holds each closed file's id range, so a lookup of an old job reads one file (closed files never change).
+- ``snapshot.<ticket>.json``: the live state (TinyDB tables ``meta`` and ``jobs``), written whole and atomically; a
+  restart loads the newest readable one and replays the journal after it.
+- ``history/<n>.json``: finished jobs (TinyDB), flushed lazily and rotated every ``history_rotate_docs`` jobs so a
+  write never costs more as history grows; ``history/index.json`` holds each closed (never changed) file's id range.
 
-A damaged file is never skipped in silence: it is kept aside, logged as critical and named in
-``Store.problems`` (the warnings of the master's `status()`, which `grun -q status` prints), as is a file system too
-full to take new jobs (`Store.refusal`).
+A damaged file is never skipped in silence: it is kept aside, logged as critical and named in ``Store.problems``
+(warnings in `grun -q status`), as is a file system too full to take new jobs (`Store.refusal`).
 """
 
 import contextlib
@@ -129,9 +127,6 @@ class Store:
         seq = self.journal.append(records)
         self.journal.wait(seq)
         return seq
-
-    def begin_snapshot(self) -> int:
-        return self.journal.rotate()
 
     def write_snapshot(self, ticket: int, state: dict) -> None:
         # A fallback to the previous snapshot replays the records up to this ticket: have them on disk.

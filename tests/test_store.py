@@ -65,9 +65,9 @@ def test_second_store_on_same_dir_is_refused(tmp_path):
 def test_restart_replays_only_records_after_snapshot(tmp_path):
     store, _, _ = reopen(tmp_path)
     store.log([{"op": "submit", "id": i} for i in (1, 2, 3)])
-    ticket = store.begin_snapshot()
+    ticket = store.journal.rotate()
     assert ticket == 3
-    store.log([{"op": "submit", "id": 4}])  # after begin_snapshot: new segment, replayed
+    store.log([{"op": "submit", "id": 4}])  # after journal.rotate(): new segment, replayed
     state = {"next_id": 4, "jobs": [{"id": i, "state": "queued"} for i in (1, 2, 3)]}
     store.write_snapshot(ticket, state)
     store.log([{"op": "finish", "id": 1}])
@@ -104,7 +104,7 @@ def test_big_snapshot_is_a_tinydb_file_and_does_not_stall_other_threads(tmp_path
 
     t = threading.Thread(target=ticker)
     t.start()
-    ticket = store.begin_snapshot()
+    ticket = store.journal.rotate()
     store.write_snapshot(ticket, {"next_id": 40_002, "jobs": jobs})
     done.set()
     t.join()
@@ -124,7 +124,7 @@ def test_old_snapshots_and_segments_are_pruned(tmp_path):
     store, _, _ = reopen(tmp_path)
     for round_ in range(5):
         store.log([{"round": round_}])
-        ticket = store.begin_snapshot()
+        ticket = store.journal.rotate()
         store.write_snapshot(ticket, {"round": round_})
     store.log([{"round": 5}])
     store.close()
@@ -138,11 +138,11 @@ def test_old_snapshots_and_segments_are_pruned(tmp_path):
 
 def test_snapshot_keeps_state_exactly(tmp_path):
     store, _, _ = reopen(tmp_path)
-    store.write_snapshot(store.begin_snapshot(), {"jobs": [{"id": 1, "env": {"A": "é"}}, {}], "nodes": {"a": [1, 2]}})
+    store.write_snapshot(store.journal.rotate(), {"jobs": [{"id": 1, "env": {"A": "é"}}, {}], "nodes": {"a": [1, 2]}})
     store.close()
     store, state, _ = reopen(tmp_path)
     assert state == {"jobs": [{"id": 1, "env": {"A": "é"}}, {}], "nodes": {"a": [1, 2]}}
-    store.write_snapshot(store.begin_snapshot(), {"next_id": 1, "jobs": []})
+    store.write_snapshot(store.journal.rotate(), {"next_id": 1, "jobs": []})
     store.close()
     store, state, _ = reopen(tmp_path)
     assert state == {"next_id": 1, "jobs": []}
@@ -200,9 +200,9 @@ def test_a_damaged_line_is_kept_aside_and_reported_never_skipped_in_silence(tmp_
 def test_corrupt_newest_snapshot_falls_back_to_previous(tmp_path, caplog):
     store, _, _ = reopen(tmp_path)
     store.log([{"n": n} for n in range(5)])
-    store.write_snapshot(store.begin_snapshot(), {"upto": 5})
+    store.write_snapshot(store.journal.rotate(), {"upto": 5})
     store.log([{"n": n} for n in range(5, 10)])
-    store.write_snapshot(store.begin_snapshot(), {"upto": 10})
+    store.write_snapshot(store.journal.rotate(), {"upto": 10})
     store.log([{"n": 10}, {"n": 11}])
     store.close()
     raw = (tmp_path / "snapshot.10.json").read_bytes()
@@ -213,7 +213,7 @@ def test_corrupt_newest_snapshot_falls_back_to_previous(tmp_path, caplog):
     assert seqs(records) == list(range(6, 13))
     assert "snapshot.10.json unreadable" in caplog.text
     assert (tmp_path / "snapshot.10.json.corrupt").exists()  # kept for a post-mortem, no longer counted
-    store.write_snapshot(store.begin_snapshot(), {"upto": 12})  # and the store carries on
+    store.write_snapshot(store.journal.rotate(), {"upto": 12})  # and the store carries on
     store.close()
     store, state, records = reopen(tmp_path)
     assert (state, records) == ({"upto": 12}, [])
@@ -224,7 +224,7 @@ def test_missing_journal_behind_snapshot_is_an_error(tmp_path):
     store, _, _ = reopen(tmp_path)
     for n in range(3):
         store.log([{"n": n}])
-        store.write_snapshot(store.begin_snapshot(), {"n": n})
+        store.write_snapshot(store.journal.rotate(), {"n": n})
     store.close()
     for name in os.listdir(tmp_path):
         if name.startswith("snapshot."):
@@ -292,7 +292,7 @@ while os.getppid() == parent and time.monotonic() < deadline:  # never outlive a
     time.sleep(0.02)
     if snapshots:
         with state_lock:
-            ticket = store.begin_snapshot()
+            ticket = store.journal.rotate()
             copy = sorted(items)
         store.write_snapshot(ticket, {"items": copy})
 """

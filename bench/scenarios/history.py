@@ -51,7 +51,7 @@ def seed_history(state_dir: str, count: int) -> float:
             store.flush()  # keeps a million-job history from sitting in memory first
             batch = []
     store.add_history(batch)
-    ticket = store.begin_snapshot()
+    ticket = store.journal.rotate()
     store.write_snapshot(ticket, {"next_id": count + 1, "jobs": []})
     store.close()
     return time.time() - t0

@@ -1,13 +1,12 @@
-"""The master actor (`grun.master`): the lock, the journal and the calls to nodes around the pure core
-(`grun.core.master_state`), which owns the job table, the node table and every decision.
+"""The master actor (`grun.master`): the lock, the journal and the node calls around the pure core
+(`grun.core.master_state`), which owns the job and node tables and every decision.
 
-Every request takes one path, `_do`: under the lock, the core turns the event into records (applied) and
-instructions, the records are journaled and a finished job goes to history (whose file is written once the journal
-has its end on disk); then, the lock released, the caller waits for the group commit when it must not be answered
-before the disk has the records (invariant 1), the waiters of the jobs the records touched are woken, and `_execute`
-carries out the instructions: node calls, each with a timeout and never under the lock (invariant 4). While the
-journal's disk is full (grun.journal.DiskFull) the master stays up: what changes jobs is refused, the rest waits in
-memory for room. Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.actors.master_queries'.
+Every request takes one path, `_do`: under the lock the core turns the event into records (applied) and instructions,
+the records are journaled and ended jobs go to history (written once the journal has their end); then, unlocked, the
+caller waits for the group commit when its answer needs the records on disk (invariant 1), the waiters of the jobs
+touched are woken, and `_execute` makes the node calls, each with a timeout (invariant 4). On a full journal disk
+(grun.journal.DiskFull) the master stays up: changes to jobs are refused, the rest waits in memory for room.
+Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.actors.master_queries'.
 """
 
 import collections
@@ -102,14 +101,11 @@ class Master(Queries):
         self.store = Store(state_dir)
         self.links: dict[str, types.SimpleNamespace] = {}  # node -> its uri, proxy and the lock of that
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
-        # 16, not more: with 64, start calls during a 10,000-node dispatch took the GIL from the nodes'
-        # registrations (all registered in 52 s instead of 17)
+        # 16: with 64, start calls in a 10,000-node dispatch took the GIL from registrations (52 s for all, not 17)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
         self._outbox_lock = threading.Lock()
-        # node -> jobs to offer in its next start call; a node is here while a start call to it is queued or in flight
-        self._outbox: dict[str, dict[int, dict]] = {}
-        # (last seq, step) of steps whose records met a full disk: their instructions run once those are on disk
-        self._kept: collections.deque[tuple[int, Step]] = collections.deque()
+        self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs for its next start call (while one is on the way)
+        self._kept: collections.deque[tuple[int, Step]] = collections.deque()  # (last seq, step) met a full disk
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
         self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
         snapshot, records = self.store.load()
@@ -129,8 +125,7 @@ class Master(Queries):
                     raise Restarting("the grun master is restarting")
                 try:
                     self.core.handle(event, *args, now, step=step, **kwargs)
-                finally:  # what was applied is journaled, even when the event then failed
-                    # (no records: the last seq journaled so far, to wait for when the step must be durable)
+                finally:  # what was applied is journaled, even when the event then failed (no records: the last seq)
                     seq = self._journal(self.store.journal.append, step.records) if step.records or step.durable else 0
                     self._to_history(step)  # under the lock: a job that leaves the live table is never missing from both
                     self.records_since_snapshot += len(step.records)
@@ -186,11 +181,9 @@ class Master(Queries):
                 self.store.add_history(jobs, replace=kind == "history")
 
     def _execute(self, step: Step) -> None:
-        finished, failed = [], []
+        failed = []
         for kind, *args in step.do:
-            if kind == "finished":
-                finished.append(args[0])
-            elif kind in ("offer", "reoffer"):
+            if kind in ("offer", "reoffer"):
                 self._offer(*args, again=kind == "reoffer")
             elif kind == "kill":  # not waited for: heartbeat replies repeat it until the job ends
                 self._pool.submit(self._call_node, args[0], "kill", args[1], args[2])
@@ -200,8 +193,7 @@ class Master(Queries):
                 self.links.pop(args[0], None)
             elif kind == "log":
                 getattr(log, args[0])(args[1])
-        if finished:
-            self.plugins.finished(finished)
+        self.plugins.finished([args[0] for kind, *args in step.do if kind == "finished"])
         if step.kick:
             self._scheduler.wake()
         if failed:
@@ -291,7 +283,7 @@ class Master(Queries):
 
     def _snapshot(self) -> None:
         with self.lock:
-            ticket, state = self.store.begin_snapshot(), self.core.table.snapshot()
+            ticket, state = self.store.journal.rotate(), self.core.table.snapshot()
             self.records_since_snapshot, self.last_snapshot = 0, time.monotonic()
         self.store.write_snapshot(ticket, state)
 
@@ -351,25 +343,24 @@ class Master(Queries):
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found (another user's: why not)}. With force a running job is marked
         killed at once, even if its node cannot be reached (it is still signalled if it can)."""
-        job_ids, hidden = self._may_change(job_ids, "kill")
-        return {**self._do("kill", job_ids, signal, force), **hidden}
+        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force))
 
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to their sessions, cpus released) unless `pending_only`."""
-        job_ids, hidden = self._may_change(job_ids, "hold")
-        return {**self._do("control", "hold", job_ids, pending_only=bool(pending_only)), **hidden}
+        return self._may_change(job_ids, "hold", lambda ids: self._do("control", "hold", ids,
+                                                                     pending_only=bool(pending_only)))
 
     def resume(self, job_ids: list) -> dict:
         """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
-        job_ids, hidden = self._may_change(job_ids, "resume")
-        return {**self._do("control", "resume", job_ids), **hidden}
+        return self._may_change(job_ids, "resume", lambda ids: self._do("control", "resume", ids))
 
     def edit(self, job_ids: list, changes: dict) -> dict:
-        job_ids, hidden = self._may_change(job_ids, "edit")
-        refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
-        users = {job["user"] for i in job_ids if (job := self.core.table.jobs.get(J.job_number(i)))}
-        return {**self._do("edit", job_ids, changes, history=self._finished([{"user": u, **refs} for u in users]),
-                           judged=self._judged(job_ids, changes)), **hidden}
+        def act(ids):
+            refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
+            users = {job["user"] for i in ids if (job := self.core.table.jobs.get(J.job_number(i)))}
+            return self._do("edit", ids, changes, history=self._finished([{"user": u, **refs} for u in users]),
+                            judged=self._judged(ids, changes))
+        return self._may_change(job_ids, "edit", act)
 
     def _judged(self, job_ids, changes) -> dict:
         """An edit judged as a submission is, outside the lock (grun.core.edits, the plugins' on_submit): {job id (a
@@ -393,17 +384,16 @@ class Master(Queries):
 
     def renew(self, job_ids: list) -> dict:
         """Renew the leases of these jobs (grun.core.leases), on a full disk too: {id: renewed (live, with a lease)}."""
-        job_ids, hidden = self._may_change(job_ids, "renew the lease of", writes=False)
-        return {**self._do("renew", job_ids), **hidden}
+        return self._may_change(job_ids, "renew the lease of", lambda ids: self._do("renew", ids), writes=False)
 
-    def _may_change(self, job_ids, what: str, writes: bool = True) -> tuple[list, dict]:
-        """The ids a user may act on (their own; root, admins and daemons: all; nobody on a full disk if it `writes`),
-        and the others' answers: {id: False} for those private_queries hides (as an unknown id), {id: why} for another
-        user's (refused each on its own, as Slurm's and SGE's: the rest are acted on)."""
+    def _may_change(self, job_ids, what: str, act, writes: bool = True) -> dict:
+        """act(the ids a user may act on): their own; root, admins and daemons: all; nobody on a full disk if it
+        `writes`. With the others' answers: {id: False} for those private_queries hides (as an unknown id), {id: why}
+        for another user's (refused each on its own, as Slurm's and SGE's: the rest are acted on)."""
         if writes and (full := self.store.full()):
             raise ValueError(full)
         if not isinstance(auth.caller(), dict):
-            return job_ids, {}
+            return act(job_ids)
         if not isinstance(job_ids, (list, tuple)):  # (the core would take a dict's keys or a string's digits unchecked)
             raise ValueError("job ids: a list")
         with self.lock:
@@ -418,7 +408,7 @@ class Master(Queries):
                 mine.append(i)
             except ValueError as exc:
                 hidden[str(i)] = str(exc)
-        return mine, hidden
+        return {**act(mine), **hidden}
 
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")
