@@ -183,7 +183,6 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
 
 def _use_secret(cfg: Config) -> None:
     """The secret this daemon checks and presents (a personal cluster makes its own), or a warning: anyone may act."""
-    auth.configure(cfg)
     if cfg.personal:
         auth.create(cfg.secret_file)
     if cfg.auth == "munge":

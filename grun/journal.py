@@ -177,14 +177,10 @@ class Journal:
         try:
             while done < len(batch):
                 if not isinstance(first := batch[done], bytes):  # later records go to journal.<first>.log
-                    new = open(self._path(first), "ab", buffering=0)
-                    try:
-                        fsync_dir(self.dir)
-                    except OSError:
-                        new.close()
-                        raise
                     self._file.close()
-                    self._file, done = new, done + 1
+                    self._file = open(self._path(first), "ab", buffering=0)
+                    fsync_dir(self.dir)  # (when this or the open fails, a retry switches again, to the same file)
+                    done += 1
                     continue
                 end = next((i for i in range(done, len(batch)) if not isinstance(batch[i], bytes)), len(batch))
                 self._write(batch[done:end])

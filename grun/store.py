@@ -105,11 +105,10 @@ class Store:
         state, ticket = None, 0
         for t in reversed(tickets):
             try:
-                metas, jobs = _read_tables(self._snap_path(t), "meta", "jobs")
-                if len(metas) != 1 or metas[0]["ticket"] != t or len(jobs) != (metas[0]["jobs_count"] or 0):
+                [meta], jobs = _read_tables(self._snap_path(t), "meta", "jobs")  # (no meta, or two: a ValueError)
+                if meta["ticket"] != t or len(jobs) != (meta["jobs_count"] or 0):
                     raise ValueError("no meta document for this ticket, or not as many jobs as it says")
-                state = metas[0]["state"] if metas[0]["jobs_count"] is None else dict(metas[0]["state"], jobs=jobs)
-                ticket = t
+                state, ticket = meta["state"] if meta["jobs_count"] is None else dict(meta["state"], jobs=jobs), t
                 break
             except _UNREADABLE as e:
                 self._log.warning("snapshot %s unreadable (%s); falling back", self._snap_path(t), e)
@@ -239,12 +238,10 @@ class Store:
         """Write the history buffer, the current file from its jobs kept encoded and the new ones (a TinyDB insert
         re-encoded the whole file, up to 5,000 jobs, every second)."""
         with self._file_lock:
-            with self._lock:
-                batch = list(self._buffer.values())
             if self.journal.full:  # (history waits for the journal, which waits for room)
                 return
             with self._lock:
-                amend, self._amend = self._amend, {}
+                batch, (amend, self._amend) = list(self._buffer.values()), (self._amend, {})
             for i, job_id in enumerate(self._current_docs if amend else ()):
                 if job_id in amend:
                     self._current_docs[job_id], self._current_parts[i] = amend[job_id], encode(amend[job_id])

@@ -458,8 +458,7 @@ class Master(Queries):
                 self._snapshot()
         except (StoreError, OSError, DiskFull) as exc:
             log.error("no snapshot at shutdown (%s); the journal has everything", exc)
-        finally:
-            try:
-                self.store.close()
-            except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
-                log.error("closing the store: %s", exc)
+        try:
+            self.store.close()
+        except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
+            log.error("closing the store: %s", exc)

@@ -133,7 +133,6 @@ def over_memory_limit(rss_mb: int, limits: dict) -> str | None:
     """Why a job whose processes hold rss_mb is killed for its memory limit (grun.limits.job_limits), or None."""
     if limits.get("memory_mb") and rss_mb > limits["memory_mb"]:
         return f"its processes held {rss_mb} MB; limit {limits['memory_mb']} MB = {limits['memory_basis']}"
-    return None
 
 
 def node_memory_victim(jobs: dict, available_mb: int, min_free_mb: int) -> tuple | None:
