@@ -221,8 +221,7 @@ class Store:
             del self._names[next(iter(self._names))]
 
     def add_history(self, jobs: list[dict], replace: bool = False) -> None:
-        """Finished jobs, each once; `replace`: records already there taken anew (a lost job's late end), unless their
-        file was closed."""
+        """Finished jobs, each once; `replace`: one there taken anew (a lost job's late end) unless its file closed."""
         with self._lock:
             self._name(jobs)
             for job in jobs:
@@ -268,8 +267,7 @@ class Store:
                         self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
     def history(self, limit=50, predicate: Callable[[dict], bool] | None = None, after_id=0, since=0.0) -> list[dict]:
-        """The newest `limit` finished jobs that match and ended at `since` or later (files whose ids are all up to
-        `after_id`: not read)."""
+        """The newest `limit` matching jobs ended since `since`; files whose ids all are <= `after_id` are skipped."""
         match = lambda job: (job.get("end_time") or 0) >= since and (predicate or bool)(job)
         with self._lock:
             pending = list(self._buffer.values())

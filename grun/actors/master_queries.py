@@ -93,8 +93,7 @@ class Queries:
         return found
 
     def status(self, long: bool = False) -> dict:
-        """`grun -q status` in one call: the nodes, the problems an admin must see, the master's spool in MB and,
-        `long`, the plugins the master and each node run."""
+        """`grun -q status`: nodes, problems for an admin, the master's spool (MB); `long`: each daemon's plugins."""
         space, refusal = spool_space(self.store.dir), self.store.refusal(self.core.settings["min_free_disk"])
         own = None if refusal else disk_low("the master", space, self.core.settings)
         with self.lock:  # nodes whose spool is nearly full (they take no new jobs) or getting full
