@@ -47,9 +47,8 @@ class Journal:
     def __init__(self, directory: str, log: logging.Logger, problems: list[str]):
         self.dir, self._log, self.problems = directory, log, problems
         self._lock = threading.Lock()
-        # (seq, tiebreak, held lock): the writer releases the ones its fsync covered (a Condition woke all 32 for 14)
+        # (seq, id(lock), held lock): the writer releases the ones its fsync covered (a Condition woke all 32 for 14)
         self._waiters: list = []
-        self._tiebreak = itertools.count()
         self._pending: list = []  # encoded lines, or an int: switch to segment journal.<int>.log
         self._seq = self._durable = self.commits = 0
         self._segment = 0  # first seq of the segment that new records go to
@@ -142,7 +141,7 @@ class Journal:
                 raise self._error or DiskFull(self.full)
             gate = threading.Lock()
             gate.acquire()
-            heapq.heappush(self._waiters, (seq, next(self._tiebreak), gate))
+            heapq.heappush(self._waiters, (seq, id(gate), gate))
         gate.acquire()
         if self._durable < seq:
             raise self._error or DiskFull(self.full or "no room for its journal")
