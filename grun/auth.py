@@ -47,8 +47,8 @@ def configure(cfg) -> None:
 
 
 def use(path: str | None, master: tuple | None = None, tls: dict | None = None) -> None:
-    """The secret file this process presents and checks (read when first needed: a personal cluster's daemon makes it,
-    maybe after its client read the config), or None; `master` names where this host's node signs credentials."""
+    """The secret file this process presents and checks (read when first needed: a personal cluster's daemon may make
+    it later), or None; `master` names where this host's node signs credentials."""
     global _path, _key, _cred_at, _tls
     _path, _key, _cred_at, _tls = path, None, f"{CRED_DIR}/cred-{master[0]}:{master[1]}" if master and path else None, tls
     tls_client.cache_clear()
@@ -83,13 +83,11 @@ def _mac(secret: bytes, stamp: str, bound: str) -> str:
 
 
 def proof(bound: str = "") -> str | None:
-    """A proof of the secret for one connection (`bound`: what it is for, e.g. a stream token), or, for a
-    user who cannot read the secret, a credential from the node of this host; or None. With `auth: munge`: a
-    MUNGE credential carrying `bound` and our umask (our say about ourselves, as the umask always is)."""
+    """A proof of the secret for one connection (`bound`: what for, e.g. a stream token), or for a user who cannot read
+    it a credential from this host's node; or None. `auth: munge`: a MUNGE credential of `bound` and our umask."""
     if munge.socket:
         return munge.encode(f"{_umask('self')}\n{bound}")
-    secret = key()
-    if secret is None:
+    if (secret := key()) is None:
         return _credential(bound) if _cred_at else None
     stamp = f"{int(time.time()):010d}{os.urandom(12).hex()}"
     return stamp + _mac(secret, stamp, bound)
@@ -103,28 +101,25 @@ def verify(given, bound: str = "") -> bool:
             or not given[:10].isdigit() or abs(now - int(given[:10])) > PROOF_TTL
             or not compare_digest(_mac(secret, given[:34], bound), given[34:])):
         return False
-    minute = int(given[:10]) // 60
     with _seen_lock:
         for old in [m for m in _seen if m < (now - PROOF_TTL) // 60 - 1]:
             del _seen[old]
-        nonces = _seen.setdefault(minute, set())
-        if given[10:34] in nonces:
+        if given[10:34] in (nonces := _seen.setdefault(int(given[:10]) // 60, set())):
             return False  # a replay
         nonces.add(given[10:34])
     return True
 
 
 def side_proof(token: str) -> str:
-    """What the output side channel gets after a token: a proof of the secret, the sign of a user who holds
-    none (the token came to their credential), or nothing on a cluster without a secret."""
+    """What the side channel gets after a token: a proof of the secret, NO_PROOF from a user (the token came to
+    their credential), or nothing on a cluster without a secret."""
     return (proof(token) if key() is not None else NO_PROOF) if _path else ""
 
 
 @functools.cache
 def tls_client():
-    """This process's TLS context for its connections, or None without `tls:`. The cluster's CA verifies
-    the peer and its name; this host's certificate goes along where it can be read (daemons, root), and a
-    user connects without one (and proves who they are with a credential)."""
+    """This process's TLS context for its connections, or None without `tls:`: the cluster's CA verifies the peer
+    and its name; this host's certificate goes along where it can be read (daemons, root), a user's has none."""
     if _tls:
         import contextlib
         import ssl
@@ -136,8 +131,7 @@ def tls_client():
 
 @functools.cache
 def tls_server():
-    """The daemons' TLS context (Pyro5's and the side channel's), or None without `tls:`: it verifies a client's
-    certificate when the client shows one (a daemon's) and takes clients without (users), as tls_client()."""
+    """The daemons' TLS context (Pyro5's and the side channel's), or None; a client's certificate is optional."""
     if _tls:
         import ssl
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=_tls["ca"])
@@ -150,10 +144,9 @@ def _daemon_side(base):
     import socket
 
     class DaemonSide(base):
-        """A daemon's TLS connection. Its handshake is made by its first read, in the thread serving it: Pyro5
-        made it in accept(), where a peer that connects and says nothing stalled every other connection. A peer
-        speaking plain Pyro5 is told in plain Pyro5 (its grun says so at once, where a reset looks like a
-        daemon away, retried for minutes); a refused peer is logged with its address."""
+        """A daemon's TLS connection, its handshake made by its first read in its own thread (in Pyro5's accept(), a
+        silent peer stalled every other). A plain Pyro5 peer is told in plain Pyro5 (a reset looks like a daemon
+        away, retried for minutes); a refused peer is logged with its address."""
         do_handshake_on_connect = property(lambda self: False, lambda self, value: None)
 
         def recv(self, n, flags=0):
@@ -194,9 +187,8 @@ def tls_pyro5() -> None:
 
 def who(given, bound: str = ""):
     """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for
-    ({uid, gid, umask, groups, user}), or None (neither, or a replay). With `auth: munge`, MUNGE's word: CLUSTER
-    for root and the user the daemons run as, else the uid and gid munged vouches for, the groups this host's
-    account database gives (never the client's list) and the umask of the payload."""
+    ({uid, gid, umask, groups, user}), or None (neither, or a replay). `auth: munge`: CLUSTER for root and the
+    daemons' user, else munged's uid and gid, this host's groups of them (not the client's) and the payload's umask."""
     import re  # (here, not at the top: the daemons' only; 4 ms of every `grun` call)
     if munge.socket:
         uid, gid, payload = munge.decode(given) or (None, None, "")
@@ -223,10 +215,8 @@ def who(given, bound: str = ""):
 
 def caller():
     """The Pyro5 call's caller: None without auth (all trusted, as the original grun), CLUSTER, or a user (who())."""
-    if not required():
-        return None
     from Pyro5.callcontext import current_context
-    return getattr(current_context.client, "grun_caller", None)
+    return getattr(current_context.client, "grun_caller", None) if required() else None
 
 
 def required() -> bool:
@@ -241,8 +231,8 @@ def confined(admins=()) -> dict | None:
 
 
 def require(what: str, owner: int | None = None, admins=()) -> None:
-    """Refuse (a ValueError, one line, which Pyro5 clients rebuild) a user's call to do `what` unless the user is
-    `owner`, root or in `admins`; the cluster's daemons and root (holders of the secret) may do anything."""
+    """Refuse (a ValueError, which Pyro5 clients rebuild) a user's call to do `what` unless the user is `owner`, root or
+    in `admins`; holders of the secret may do anything."""
     who = caller()
     if isinstance(who, dict) and (owner is None or who["uid"] not in (owner, 0) and who["user"] not in admins):
         raise ValueError(f"not authorized: {who['user']} may not {what}")
@@ -268,9 +258,8 @@ def _umask(pid) -> str:
 
 
 def serve_credentials(log):
-    """A thread answering credential requests on this host's socket (returned), once it holds the socket's lock: the
-    node daemons of a host sign in turn, the next when the one before stops or dies (the kernel lets go of its lock);
-    None if this daemon cannot vouch for users (not root, or no secret)."""
+    """A thread answering credential requests on this host's socket (returned) once it holds the socket's lock (a
+    host's node daemons sign in turn); None if this daemon cannot vouch for users (not root, or no secret)."""
     import fcntl
     import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:

@@ -22,8 +22,8 @@ from .remote_worker import ResultReader
 
 
 class RemoteError(GrunError):
-    """A call that produced no value: the job failed, was killed or lost, or its result could not be
-    brought back. The message says why and carries the remote traceback when there is one."""
+    """A call that produced no value (its job failed, was killed or lost, or its result was not brought back): why,
+    with the remote traceback when there is one."""
 
 
 class CallFuture(Future):
@@ -95,9 +95,9 @@ _renewer = threading.Thread()  # (not started: follow_all starts it, in a fork's
 
 
 def lease() -> float:
-    """How long the calls' jobs outlive our last renewal of their leases (we were killed with kill -9, our kernel
-    crashed, our machine died: grun.core.leases): $GRUN_CALL_LEASE s, 120 by default (a C call holding the GIL, a big
-    sort, stops our renewals: 10 s of it with a lease of 3 s lost a live caller's calls)."""
+    """How long the calls' jobs outlive our last renewal of their leases (we died with kill -9, our host crashed:
+    grun.core.leases): $GRUN_CALL_LEASE s, 120 by default (a C call holding the GIL stops our renewals: 10 s of it
+    with a lease of 3 s lost a live caller's calls)."""
     with contextlib.suppress(ValueError):
         if (seconds := float(os.environ.get("GRUN_CALL_LEASE") or 120)) > 0:  # (0 would spin the renewer)
             return seconds
@@ -105,8 +105,7 @@ def lease() -> float:
 
 
 def _renew() -> None:
-    """Renew the leases of the calls not settled, every lease / 3 s, one call to each master for all of them; a
-    renewal that fails is tried again the next round."""
+    """Renew the leases of the calls not settled every lease / 3 s, one call to each master (a failure: next round)."""
     while True:
         with contextlib.suppress(GrunError):  # ($GRUN_CALL_LEASE made bad since: the last good one's pace)
             pace = lease() / 3
@@ -127,8 +126,8 @@ def _kill(futures: list[CallFuture], timeout: float = 90.0) -> None:
 
 
 def _each_master(method: str, futures: list[CallFuture], timeout: float = 90.0) -> None:
-    """The master's `method` (kill, renew) over these calls' jobs, one call to each master, on a new connection (ours
-    may be mid-reply) that waits `timeout` s."""
+    """The master's `method` (kill, renew) over these calls' jobs, one call to each master on a new connection (ours
+    may be mid-reply)."""
     by_master: dict[tuple, list[int]] = {}
     for future in futures:
         by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
@@ -173,8 +172,8 @@ def _follow(client: Client, future: CallFuture, label: str, function: bytes, arg
 
 
 def follow_all(client: Client, label: str, ids: list[int], function: bytes, args: list[bytes]) -> list[CallFuture]:
-    """Futures for the calls of one submission (their jobs `ids`; the pickled function, and each call's arguments),
-    followed from now on by a thread (_start)."""
+    """Futures for the calls of one submission (their jobs `ids`; the pickled function, each call's arguments),
+    followed by a thread (_start)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
     futures = [CallFuture() for _ in ids]
@@ -194,10 +193,9 @@ START_WINDOW, START_WAIT = 64, 30.0  # how many of a submission's calls not star
 
 
 def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFuture, bytes]]) -> None:
-    """Start each call's follower once its job runs (or has ended): a thread and connections for each call running,
-    not for each one queued (a map of 300 took 305 threads and 467 fds). The master is asked about the first
-    START_WINDOW calls not started, which its queue (first come, first served) starts before the others, and, after
-    a wait in which none of them started (held by their user, say), about the next window too, in turn."""
+    """Start each call's follower once its job runs (or ended): threads and connections for the calls running, not the
+    queued (a map of 300 took 305 threads and 467 fds). The master is asked about the first START_WINDOW calls not
+    started (its queue starts them first), and after a wait in which none started (held, say), the next window too."""
     waiting = {future.job.id: (future, args) for future, args in calls}
     more = 0  # where the next window begins (0: none)
     while waiting:

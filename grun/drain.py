@@ -52,8 +52,7 @@ class Output:
         return [max(offset, self.start[name]) for offset, name in zip(offsets, STREAMS)]
 
     def attach(self, tails: list) -> None:
-        """An offer's tails: each starts at the first byte held at least, and from now on nothing they
-        have not sent is punched out (so held_from says, after this, where they start)."""
+        """An offer's tails, moved up to the first byte held: from now on nothing they have not sent is punched out."""
         with self.lock:
             for tail in tails:
                 if tail.offset < self.start[tail.name]:
@@ -67,11 +66,6 @@ class Output:
             self.tails.difference_update(tails)
         self.progress()
 
-    def stall(self) -> str | None:
-        """Why the job's output waits while a client reads it, or None: a full spool disk (spool_max, by
-        contrast, only waits for the clients themselves)."""
-        return "the node's spool disk is full" if self in self.drain.stalled else None
-
     def progress(self) -> None:
         """A client was sent more: a job waiting for room may go on."""
         if self.full:  # (a move that finds no room sets it, then looks again: see move)
@@ -82,8 +76,7 @@ class Output:
                         self.drain.poll.register(fd, select.EPOLLIN)
 
     def _discard(self) -> bool:
-        """Punch out, per stream, what every client attached or offered has been sent (else the
-        furthest any client was sent); whether it freed anything."""
+        """Punch out what every client attached or offered was sent (none: the furthest one was); whether any went."""
         freed = False
         for name, fd in self.files.items():
             offsets = [t.offset for t in self.tails if t.name == name]
@@ -154,8 +147,7 @@ class Output:
         self._wait()
 
     def _free_bytes(self, name: str) -> int:
-        """The spool disk's free space for us: as root (a node, as a rule) its writes may fill the blocks
-        reserved for root too (5 % on ext4), and fail only when those are gone."""
+        """The spool disk's free space for us: root's writes also fill the blocks reserved for root (5 % on ext4)."""
         st = os.fstatvfs(self.files[name])
         return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
@@ -167,8 +159,7 @@ class Output:
             os.close(fd)
 
     def finish(self, flush: bool = False, unlink: bool = True) -> int:
-        """The job has ended (its reaper drained its pipes first; `flush`: we waited for it, so we do,
-        and say how many bytes a full disk made us drop)."""
+        """The job has ended (its reaper drained its pipes; `flush`: we do, and say what a full disk dropped)."""
         lost = 0
         with self.lock:
             self.drain.stalled.discard(self)

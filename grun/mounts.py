@@ -18,8 +18,8 @@ _table: tuple | None = None  # (when, table()), for fresh=False
 
 
 def _unescape(field: str) -> str:
-    """The kernel writes a space, tab, newline or backslash as \\ and 3 octal digits. (Not with re: importing it is
-    4 ms of every `grun` call, and a desktop's mount of "My Disk" would cost every call that.)"""
+    """The kernel writes a space, tab, newline or backslash as \\ and 3 octal digits. (Not with re: importing it costs
+    a `grun` call 4 ms.)"""
     head, *rest = field.split("\\")
     return head + "".join(chr(int(p[:3], 8)) + p[3:] if len(p) >= 3 and not p[:3].strip("01234567") else "\\" + p
                           for p in rest)
@@ -27,7 +27,7 @@ def _unescape(field: str) -> str:
 
 def parse(text: str) -> list[dict]:
     """The mounts of a mountinfo text in order (a later one over the same point hides the earlier): `ID PARENT MAJ:MIN
-    ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`, \\040 for a space (octal escapes); others skipped."""
+    ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER_OPTIONS`; other lines skipped."""
     mounts = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
@@ -77,13 +77,12 @@ def identity(path: str, mounts: list[dict] | None = None) -> dict | None:
 
 
 def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
-    """Whether a node with these mounts (`network`'s) has the filesystem `cwd_fs`: True when it mounts that export
-    (or one holding it); None when that cannot be told (no cwd_fs, mounts unknown, an autofs point over its mount
-    point: mounted on demand, or another source at that mount point: the same server by another name?); else False."""
+    """Whether a node with these mounts (`network`'s) has the filesystem `cwd_fs`: True when it mounts that export (or
+    one holding it); None when that cannot be told (no cwd_fs, mounts unknown, an autofs point over its mount point,
+    another source at that mount point: the same server by another name?); else False."""
     if not cwd_fs or node_mounts is None:
         return None
-    want = _export(cwd_fs)
-    if any(m["type"] != AUTOFS and inside(want, _export(m)) for m in node_mounts):
+    if any(m["type"] != AUTOFS and inside(_export(cwd_fs), _export(m)) for m in node_mounts):
         return True
     if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and inside(cwd_fs["root"], m["root"])
            for m in node_mounts):
@@ -92,8 +91,8 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
 
 
 def may_stage(job: dict, mode: str) -> bool:
-    """Whether a node in stage: `mode` (the job's --stage first) may run the job where its cwd is not: always,
-    or auto for a job with files to stage (grun.stage.wanted decides on the node itself)."""
+    """Whether a node in stage: `mode` (the job's --stage first) may run the job where its cwd is not: always, or auto
+    for a job with files to stage (grun.stage.wanted decides on the node)."""
     mode = job.get("stage") or mode
     return mode == "always" or mode == "auto" and any(job.get(k) for k in ("inputs", "outputs", "stage_in", "stage_out"))
 
@@ -118,9 +117,8 @@ def where(fs: dict) -> str:
 
 
 def job_paths(job: dict, mounts: list[dict] | None, ended: bool = False) -> list[str]:
-    """What of a job lies on a network filesystem of `mounts` (and its cwd, when it has a cwd_fs): before it
-    starts, its cwd, the directories of its command's words that are paths and its -M inputs; once it has
-    `ended`, its -M outputs and cwd."""
+    """What of a job lies on a network filesystem of `mounts` (and its cwd, when it has a cwd_fs): before it starts,
+    its cwd, the directories of its command's paths and its -M inputs; once `ended`, its -M outputs and cwd."""
     cwd, words = job["cwd"], job["cmd"][0].split() if job.get("shell") else job["cmd"]
     paths = [*job.get("outputs", ()), cwd] if ended else [cwd, *job.get("inputs", ()), *(
         os.path.dirname(os.path.normpath(os.path.join(cwd, w))) for w in words if "/" in w and w[0] != "-")]
@@ -135,8 +133,8 @@ def after(job: dict) -> None:
 
 
 def sync(paths, timeout: float = SYNC_SECS) -> None:
-    """Refresh the attribute cache of these paths as the original grun's nfs_sync did (`walk`). Never raises;
-    returns within `timeout` even when a server hangs (a sync still stuck on one skips the next: one thread at most)."""
+    """Refresh the attribute cache of these paths (`walk`), never raising, within `timeout` even when a server hangs (a
+    sync still stuck on one skips the next: one thread at most)."""
     if not paths or not _idle.acquire(blocking=False):
         return
     done = _thread.allocate_lock()
@@ -153,8 +151,7 @@ def sync(paths, timeout: float = SYNC_SECS) -> None:
 
 
 def walk(paths) -> None:
-    """sync's refresh, in the calling thread (which a hung server may hold): opendir/closedir each directory (and
-    each path's), stat each file."""
+    """sync's refresh, in this thread (a hung server may hold it): opendir/closedir each directory, stat each file."""
     import contextlib  # (not at the top: every `grun` call imports this module)
     for path in paths:
         for name in (os.path.dirname(path), path):  # opendir/closedir: NFS asks the server again

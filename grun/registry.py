@@ -54,22 +54,21 @@ def locate_ns(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> WirePro
 def start_master_daemon(bind: str, port: int, advertise: str):
     """The name server's daemon on the master port (no broadcasts), which the master shares: one port serves both."""
     import Pyro5.nameserver
-    configure()
-    return _ready(Pyro5.nameserver.NameServerDaemon(host=bind, port=port), bind, advertise)
+    return _ready(Pyro5.nameserver.NameServerDaemon, bind, port, advertise)
 
 
 def start_daemon(bind: str, advertise: str):
     """A plain Pyro5 daemon on an OS-chosen port, advertising an address others can reach."""
     import Pyro5.api
+    return _ready(Pyro5.api.Daemon, bind, 0, advertise)
+
+
+def _ready(kind, bind: str, port: int, advertise: str):
+    """Bound to all interfaces, the daemon hands out URIs with `advertise` and the port it bound (not Pyro5's natport=0:
+    before 5.17 it cannot read "[::]:PORT"). With auth it refuses a handshake without a proof (or credential) before
+    any request, and the connection remembers who it is (auth.caller)."""
     configure()
-    return _ready(Pyro5.api.Daemon(host=bind, port=0), bind, advertise)
-
-
-def _ready(daemon, bind: str, advertise: str):
-    """Bound to all interfaces, the daemon hands out URIs with `advertise` (bracketed if IPv6) and the port it bound
-    (set here, not by Pyro5's natport=0: before 5.17 it cannot read the port out of "[::]:PORT"). With a cluster
-    secret it refuses a connection without a proof of it (or a node's credential) in its handshake, before it reads
-    any request (Pyro5 answers the handshake's error and closes); the connection remembers who it is (auth.caller)."""
+    daemon = kind(host=bind, port=port)
     if is_any_address(bind):
         daemon.natLocationStr = format_hostport(advertise, daemon.sock.getsockname()[1])
     if auth.required():

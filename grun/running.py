@@ -45,8 +45,7 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
         raise UsageError("--stage, --stage-in and --stage-out need grun to follow the job (not --noio, --array, --cmds)")
     if not follow and (args.get("make") or "stdout_file" in extra or "stderr_file" in extra):
         extra["stage"] = "never"  # nobody would serve its files (-M's, or -o's: they would stay on its node)
-    parent = os.environ.get("GRUN_JOB_ID", "")  # a grun inside a job lends it the job's reservation
-    if parent.isdigit() and int(parent) > 0:
+    if (parent := os.environ.get("GRUN_JOB_ID", "")).isdigit() and int(parent) > 0:  # a grun in a job: its reservation
         extra["parent"] = int(parent)
     cmd, made = args.get("_make") or (as_command(words), {})
     return job_spec(cmd, requeue=not args.get("norequeue"), force=bool(args.get("force")), **extra, **made)

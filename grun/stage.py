@@ -36,9 +36,8 @@ def under(path: str, home: str) -> str | None:
 
 
 def wanted(job: dict, mode: str, fetch_path: list, node_mounts: list | None) -> bool:
-    """Stage this job on this node? Its --stage, else the node's `stage:`; auto: a job with files to stage, when
-    the node does not mount its cwd's filesystem (grun.mounts), lacks the cwd, or the cwd lies under `fetch_path:`
-    (a job without files fails there: its cwd is not found)."""
+    """Stage this job on this node? Its --stage, else the node's `stage:`; auto: a job with files to stage, when the
+    node does not mount its cwd's filesystem (grun.mounts), lacks the cwd, or the cwd lies under `fetch_path:`."""
     cwd = job["cwd"]
     return (job.get("stage") or mode) == "always" or mounts.may_stage(job, mode) and (
         mounts.shared(job.get("cwd_fs"), node_mounts) is False or not os.path.isdir(cwd)
@@ -46,8 +45,8 @@ def wanted(job: dict, mode: str, fetch_path: list, node_mounts: list | None) -> 
 
 
 class Staged:
-    """A staged job on its node (its LiveJob's `stage`): its files, and whether it still waits for its inputs.
-    The job's cwd and -M paths become the work dir's (so the reaper renames failed outputs there)."""
+    """A staged job on its node (its LiveJob's `stage`): its files, and whether it still waits for its inputs; its cwd
+    and -M paths become the work dir's."""
 
     def __init__(self, node, live):
         job, self.node, self.live, self.work = live.job, node, live, os.path.join(live.dir, "work")
@@ -81,8 +80,7 @@ class Staged:
                 "files": self.outputs if out else self.inputs}
 
     def serve(self, sock: socket.socket, out: bool) -> None:
-        """An offer's connection (grun.stream_server gives each token one, in time): the outputs sent back, or the
-        inputs received, and then the job started."""
+        """An offer's connection: the outputs sent back, or the inputs received and then the job started."""
         if out:
             for rel in self.outputs:
                 _send(sock, *self.open(rel, self.live.status or {}))
@@ -116,8 +114,7 @@ class Staged:
         return was
 
     def fail(self, why: str, sig: int | None = None) -> bool:
-        """End the job that waits for its inputs (killed by `sig`: as a killed job ends, 128+sig; or they did not
-        come whole); False if it did not wait."""
+        """End the job waiting for its inputs (killed by `sig`, or they did not come whole); False if it was not."""
         if not self.settle():
             return False
         self.failed = True
@@ -142,8 +139,7 @@ class Staged:
         return dict(status, error=error) if error else status
 
     def open(self, rel: str, status: dict) -> tuple[int | None, str, str | None]:
-        """An output, open: (fd, the name it goes back under, None), or (None, rel, why not). The node (root)
-        sends back only the job user's own files: not a hard link to another's."""
+        """An output, open: (fd, the name it goes back under, None) or (None, rel, why not); the job user's own only."""
         for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
             try:
                 fd = _open(self.work, name)
@@ -189,8 +185,7 @@ def _send(sock, fd: int | None, name: str, why: str | None) -> None:  # a file's
     if fd is None:
         return _end(sock, why, MISSING, os.fsencode(name))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG((st := os.fstat(fd)).st_mode):
             return _send(sock, None, name, "is not a regular file")
         _head(sock, FILE, os.fsencode(name), st.st_size, st.st_mode & 0o777)
         done = 0
@@ -203,8 +198,8 @@ def _send(sock, fd: int | None, name: str, why: str | None) -> None:  # a file's
 
 
 def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = False) -> int:
-    """`rel` under `root` read-only, or (`create`) the directory that holds it, made as needed (owned by
-    `ids`); opened without following a symlink on the way, unless `follow` (the client, as its user)."""
+    """`rel` under `root` read-only, or (`create`) its directory, made as needed (owned by `ids`); not following a
+    symlink on the way, unless `follow` (the client, as its user)."""
     fd, parts = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW * (not follow) | os.O_CLOEXEC), rel.split("/")
     try:
         for i, part in enumerate(parts[:-1] if create else parts):
@@ -226,43 +221,41 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
 def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bool = False) -> None:
     """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole."""
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
-    r, w = os.pipe2(os.O_CLOEXEC)
+    fds = [dir_fd, *os.pipe2(os.O_CLOEXEC)]
     try:
-        stream.grow_pipe(w)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-        try:
-            if ids:
-                os.fchown(fd, *ids)
-            left = size
-            while left:
+        stream.grow_pipe(w := fds[2])
+        fds.append(fd := os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                 dir_fd=dir_fd))
+        if ids:
+            os.fchown(fd, *ids)
+        left = size
+        while left:
+            try:
+                k = os.splice(sock.fileno(), w, min(left, CHUNK))
+            except OSError:  # (reset: as good as closed)
+                k = 0
+            if not k:
+                raise Refused(f"the other side went away while {rel} was sent ({size - left} of {size} bytes)")
+            left -= k
+            while k:
                 try:
-                    k = os.splice(sock.fileno(), w, min(left, CHUNK))
-                except OSError:  # (reset: as good as closed)
-                    k = 0
-                if not k:
-                    raise Refused(f"the other side went away while {rel} was sent ({size - left} of {size} bytes)")
-                left -= k
-                while k:
-                    try:
-                        k -= os.splice(r, fd, k)
-                    except OSError as e:
-                        raise Refused(f"cannot store {rel}: {e.strerror or e}") from None
-            os.fchmod(fd, mode & 0o777 or 0o644)
-        finally:
-            os.close(fd)
+                    k -= os.splice(fds[1], fd, k)
+                except OSError as e:
+                    raise Refused(f"cannot store {rel}: {e.strerror or e}") from None
+        os.fchmod(fd, mode & 0o777 or 0o644)
         os.rename(part, rel.rsplit("/", 1)[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(part, dir_fd=dir_fd)
         raise
     finally:
-        for f in (r, w, dir_fd):
+        for f in fds:
             os.close(f)
 
 
 def _receive(sock, root: str, expected: set, ids=None, node: bool = True, optional=()) -> list[str]:
-    """Frames until END, each file stored under root. On the node (a push) every expected file must come (an
-    `optional` one, unless the client has none), and fit; on the client (a pull), returns the notes of MISSING frames."""
+    """Frames until END, each file stored under root. On the node (a push) every expected file (an `optional` one unless
+    the client has none) must come, and fit; on the client (a pull), returns the notes of MISSING frames."""
     notes = []
     while (head := _read_head(sock))[0] != END:
         kind, rel, size, mode, text = head
@@ -284,9 +277,8 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True, option
 
 
 def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
-    """The client, with a node's ticket (JobSupervisor.stage or .attach; None: nothing to move): a job's inputs
-    before it starts, or once it ended (`out`) its outputs, into its cwd. What failed is noted. False when it
-    broke: a pull's outputs stay on the node (output_keep) for `grun --attach`; a push's node still waits."""
+    """The client, with a node's ticket (None: nothing to move): a job's inputs before it starts, or its outputs once it
+    ended (`out`), into its cwd; what failed is noted. False when it broke (a pull's outputs stay on the node)."""
     if not ticket:
         return True
     whole = True
@@ -315,9 +307,8 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
 
 
 def follow_detached(client, job_id: int, log_path: str) -> None:
-    """`grun --nowait`: a process of the submitter's own, detached, does for a staged job what a following `grun`
-    does (pushes its inputs once it reached its node, again if it is re-run elsewhere; pulls its outputs once it
-    ended), then exits. Its notes go to `log_path`; the job's record says what failed."""
+    """`grun --nowait`: a detached process of the submitter's does for a staged job what a following `grun` does
+    (pushes its inputs at each run, pulls its outputs once it ended), then exits; its notes go to `log_path`."""
     if child := os.fork():
         os.waitpid(child, 0)  # (it forks the stager and exits at once: init adopts the stager)
         return

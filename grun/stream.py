@@ -1,11 +1,10 @@
 """The output side channel's wire format, and the client's side of it (grun.stream_server is the node's).
 
 A job's bulk bytes bypass Pyro5 (invariant 5): a client given (host, port, token) by the node's StreamServer.offer
-reads the job's spool files with `attach` on a TCP socket (TLS with `tls:`, see `secure`), from any offset while
-the job runs, so it can detach and re-attach (invariant 3); its stdin flows the other way into the job's FIFO.
-Frames, both ways: 1 type byte + 4-byte big-endian length + payload. The client first sends its token, then
-(with a cluster secret) a proof of the secret bound to it (grun.auth); the server answers or closes.
-No logging, secrets or dataclasses here: every `grun CMD` imports this module (tests/test_cli_fast.py)."""
+reads the job's spool files with `attach` on a TCP socket (TLS with `tls:`), from any offset while the job runs, so
+it can detach and re-attach (invariant 3); its stdin flows the other way into the job's FIFO. Frames, both ways:
+1 type byte + 4-byte big-endian length + payload. The client first sends its token, then (with a cluster secret) a
+proof of the secret bound to it (grun.auth). No logging here: every `grun CMD` imports this module."""
 import contextlib
 import errno
 import json
@@ -18,7 +17,7 @@ import threading
 from functools import partial
 
 from . import auth
-from .wire import is_unreachable, recv_exact
+from .wire import is_unreachable, recv_exact, refused_tls
 
 HEADER = struct.Struct(">cI")
 OUT, ERR, EXIT = b"O", b"E", b"X"      # server -> client
@@ -38,6 +37,9 @@ KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
+CLOSED = "connection closed before the exit status"
+
+
 class StreamBroken(Exception):
     """The connection dropped before EXIT; re-attach with a new token at the offsets reached (attach sets them)."""
     out_offset = err_offset = 0
@@ -47,9 +49,9 @@ class StreamBroken(Exception):
 
 
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in ((socket.TCP_KEEPIDLE, KEEPIDLE), (socket.TCP_KEEPINTVL, KEEPINTVL), (socket.TCP_KEEPCNT, KEEPCNT)):
+    for option, value in ((socket.TCP_NODELAY, 1), (socket.TCP_KEEPIDLE, KEEPIDLE), (socket.TCP_KEEPINTVL, KEEPINTVL),
+                          (socket.TCP_KEEPCNT, KEEPCNT)):
         sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
@@ -62,18 +64,16 @@ def connect(host: str, port: int, token: str, timeout: float = 10.0) -> socket.s
         try:
             sock = secure(sock, tls, timeout, server_hostname=host)
         except OSError as e:
-            from .wire import NotAuthorized, refused_tls
-            raise NotAuthorized(f"TLS with {host}:{port} failed: {e}") if refused_tls(e) else e from None
+            raise refused_tls(e, f"{host}:{port}") or e from None
     sock.sendall((token + auth.side_proof(token)).encode("ascii"), _NOSIGNAL)
     sock.settimeout(None)
     return sock
 
 
 def secure(sock: socket.socket, context, timeout: float, **how) -> socket.socket:
-    """`sock` made TLS with `context` (handshake within `timeout`) behind a local socket pair: the caller gets the
-    plain end, a thread of its own relays the other to the TLS socket. An SSL socket must not be read and written
-    by two threads at once (client: receiver and input sender; node: pump and stdin reader), so only the relay
-    touches it, and callers keep sendfile, splice and shutdown on the plain end, the same code with TLS or not."""
+    """`sock` made TLS with `context` behind a local socket pair: the caller gets the plain end, a thread relays the
+    other to the TLS socket. An SSL socket must not be read and written by two threads at once (receiver and input
+    sender; pump and stdin reader), and callers keep sendfile, splice and shutdown, the same code with TLS or not."""
     sock = context.wrap_socket(sock, do_handshake_on_connect=False, **how)
     try:
         sock.settimeout(timeout)
@@ -88,9 +88,8 @@ def secure(sock: socket.socket, context, timeout: float, **how) -> socket.socket
 
 
 def _relay(tls, plain: socket.socket) -> None:
-    """Bytes both ways between a TLS socket and the plain one, non-blocking, until both ways have ended
-    (an end is passed on as a half-close; the plain end's owner hanging up (HUP) ends the way to it at once,
-    and the way from it once what it wrote is out); then closes both."""
+    """Bytes both ways between a TLS socket and the plain one until both ways have ended (an end is passed on as a
+    half-close; the plain end's owner hanging up ends the way to it at once), then closes both."""
     import ssl
     down = up = b""  # read from TLS, not yet written to plain; and the other way
     down_open, up_open, hung = True, True, False
@@ -153,8 +152,8 @@ def write_all(fd: int, data) -> None:
 
 
 def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: threading.Lock) -> None:
-    """Our input (a fd read to its end, or the whole of it as bytes or a tuple of bytes, sent without a copy of
-    them all) as STDIN frames, then STDIN_EOF. A thread of its own: it may stay blocked reading a tty."""
+    """Our input (a fd read to its end, or all of it as bytes or a tuple of bytes) as STDIN frames, then STDIN_EOF; a
+    thread of its own (it may stay blocked reading a tty)."""
     chunks = (memoryview(part)[i:i + STDIN_READ] for part in (source if isinstance(source, tuple) else (source,))
               for i in range(0, len(part), STDIN_READ))  # (slices: a map's calls share its function's bytes)
     read = partial(os.read, source) if isinstance(source, int) else lambda n: next(chunks, b"")
@@ -174,8 +173,8 @@ def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: thr
 
 
 def input_again(source: int | bytes | tuple | None):
-    """What a job's next run (retry, re-queue) reads, as a function giving attach()'s stdin_fd: the same bytes; a regular
-    file (`< FILE`) from where it stood, opened anew (an earlier run's sender keeps its fd and offset); a pipe: b""."""
+    """A function giving attach()'s stdin_fd for a job's next run (retry, re-queue): the same bytes; a regular file
+    (`< FILE`) from where it stood, opened anew (an earlier run's sender keeps its fd); a pipe: b""."""
     if not isinstance(source, int) or not stat.S_ISREG(os.fstat(source).st_mode):
         return lambda: b"" if isinstance(source, int) else source
     offset = os.lseek(source, 0, os.SEEK_CUR)
@@ -188,18 +187,17 @@ def input_again(source: int | bytes | tuple | None):
 
 def _recv(sock: socket.socket, n: int) -> bytes:
     try:
-        got = recv_exact(sock, n)
+        if (got := recv_exact(sock, n)) is not None:
+            return got
     except OSError as e:
         raise StreamBroken(str(e)) from e
-    if got is None:
-        raise StreamBroken("connection closed before the exit status")
-    return got
+    raise StreamBroken(CLOSED)
 
 
 def grow_pipe(fd: int) -> None:
-    """A pipe carrying bulk output gets 1 MiB, not 64 KiB: 16 times more per splice and per wakeup of us and the
-    reader (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB). Bulk only: pipe buffers are charged to the
-    user, and idle clients' big pipes would shrink that user's new pipes to a page each (fs.pipe-user-pages-soft)."""
+    """A pipe carrying bulk output gets 1 MiB, not 64 KiB (`grun job | cat`: client CPU 0.38 -> 0.19 s per GiB). Bulk
+    only: pipe buffers are charged to the user, and idle clients' big pipes would shrink that user's new pipes to a
+    page each (fs.pipe-user-pages-soft)."""
     import fcntl  # here, not at import: a `grun true` never needs it
     with contextlib.suppress(OSError):  # not a pipe, or over fs.pipe-max-size or the user's quota
         if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
@@ -207,8 +205,7 @@ def grow_pipe(fd: int) -> None:
 
 
 def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> int | None:
-    """Up to n bytes of a frame from the socket to its sink: spliced into a pipe, never entering user
-    space (None when the kernel cannot splice between these fds), or through our buffer."""
+    """Up to n bytes of a frame from the socket to its sink: spliced into a pipe (None: these fds cannot), or copied."""
     while True:
         try:
             k = os.splice(sock.fileno(), sink, n) if splice else sock.recv_into(view[:n])
@@ -222,8 +219,8 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
                 raise  # our reader went away, as with os.write
             raise StreamBroken(str(e)) from e
         if not k:
-            raise StreamBroken("connection closed before the exit status")
-        if not splice and callable(sink):
+            raise StreamBroken(CLOSED)
+        if callable(sink):
             sink(bytes(view[:k]))
         elif not splice:
             try:
@@ -235,10 +232,9 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
            stdin_fd: int | bytes | tuple | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
-    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict. A sink may
-    also be a callable taking each piece of bytes, and stdin_fd bytes (or a tuple of them): the job's whole input
-    (the Python API uses both). `on_note(text)` hears what the node tells the user, not job output ("output
-    stalled: ..."; a failure to tell it is ignored). Raises StreamBroken if the connection drops first,
+    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict. A sink may be a
+    callable taking bytes, and stdin_fd bytes (or a tuple of them): the job's whole input. `on_note(text)` hears what
+    the node tells the user ("output stalled: ..."). Raises StreamBroken if the connection drops first,
     BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
     sock, send_lock = None, threading.Lock()
@@ -253,8 +249,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
             threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
                              daemon=True).start()
         view = memoryview(bytearray(1 << 20))
-        # Pipes get the bytes by splice: no copy into Python and out again (half the client's CPU).
-        # Other fds refuse it at the first frame, and get copies.
+        # Pipes get the bytes by splice: no copy into Python and out (half the client's CPU); other fds get copies.
         pipes = {kind for kind, sink in sinks.items() if not callable(sink)}
         while True:
             kind, n = HEADER.unpack(_recv(sock, HEADER.size))

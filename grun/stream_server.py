@@ -23,10 +23,9 @@ MIN_WAIT, MAX_WAIT = 0.001, 0.025      # idle backoff while tailing the spool fi
 
 
 class _Attach:
-    """One offer, then the connection that claims it: a pump thread (files -> frames, then the job's EXIT) and a
-    reader thread (STDIN frames -> the job's FIFO). It owns `stdin_fd`, the FIFO's write end, from the offer on,
-    and closes it however the client's input ends (end of input, a hang-up, the job's exit, an offer nobody
-    claimed in time), so a job never waits for input that can no longer come (issue 10, bug 1)."""
+    """One offer, then the connection that claims it: a pump (files -> frames, then the job's EXIT) and a reader thread
+    (STDIN frames -> the job's FIFO). It owns `stdin_fd`, the FIFO's write end, and closes it however the input ends
+    (its end, a hang-up, the job's exit, an offer never claimed): a job never waits for input that cannot come."""
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
                  get_status: Callable[[], dict | None], output):
@@ -37,8 +36,8 @@ class _Attach:
             output.attach(self.tails)
         self.sock = self.peer = self.reader = None
         self.wake = threading.Event()
-        self.closed = self.exited = False  # the client hung up (the pump stops); EXIT went out (no more stdin)
-        self.stall: str | None = None  # why the job's output waits, as the client was last told
+        # the client hung up (the pump stops); EXIT went out (no more stdin); the client was told of a full spool disk
+        self.closed = self.exited = self.stall = False
 
     def release(self) -> None:
         """The offer is done with: expired, or its connection over."""
@@ -71,8 +70,9 @@ class _Attach:
             if sent and self.output is not None:
                 self.output.progress()
             # Tell the client's user (attach's on_note) once per change: a silent stream says nothing of why.
-            if self.output is not None and (stall := self.output.stall()) != self.stall:
-                self._send(stream.NOTE, (f"output stalled: {stall}" if stall else "output flows again").encode())
+            if self.output is not None and (stall := self.output in self.output.drain.stalled) != self.stall:
+                self._send(stream.NOTE, b"output flows again" if not stall else
+                           b"output stalled: the node's spool disk is full")
                 self.stall = stall
             if not sent and status is not None:
                 self._send(stream.EXIT, json.dumps(status).encode())
@@ -98,8 +98,7 @@ class _Attach:
                 if kind not in (stream.STDIN, stream.STDIN_EOF) or n > stream.MAX_FRAME:
                     log.warning("stream %s: garbage frame (type %r, length %d); closing", self.peer, kind, n)
                     break
-                data = stream.recv_exact(self.sock, n)
-                if data is None:
+                if (data := stream.recv_exact(self.sock, n)) is None:
                     break
                 if kind == stream.STDIN_EOF:
                     self.close_stdin()
@@ -121,7 +120,7 @@ class StreamServer:
     def __init__(self, bind_host: str, port: int = 0):
         self._lock, self._closed = threading.Lock(), False
         self._offers: dict[str, tuple] = {}          # token -> (deadline, by_user, offer)
-        self._conns: dict[str, set[_Attach]] = {}    # job key -> its attached clients
+        self._conns: set[_Attach] = set()            # the attached clients
         family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
         self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
         self.address: tuple[str, int] = self._lsock.getsockname()[:2]
@@ -130,9 +129,9 @@ class StreamServer:
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
               stdin_fd: int | None = None, get_status: Callable[[], dict | None], by_user: bool = False,
               output=None) -> str:
-        """A one-time token for the job's output from these offsets (`output`, its grun.drain.Output, keeps what
-        the offer has not sent); with stdin_fd (ours from here on), the client feeds the job's input. `by_user`: a
-        token for a user's credential (grun.auth), who holds no secret to prove on this channel."""
+        """A one-time token for the job's output from these offsets (`output`, its grun.drain.Output, keeps what the
+        offer has not sent); with stdin_fd (ours from now on), the client feeds the job's input. `by_user`: for a
+        user's credential, who has no secret to prove."""
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
         return self.offer_other(_Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output),
                                 by_user)
@@ -146,7 +145,7 @@ class StreamServer:
 
     def expire(self, before: float | None = None) -> None:
         """Drop the offers nobody claimed in time (and the job input they held): at each offer, and by the node's
-        janitor (an idle node makes no offer, and a job's stdin must end once its client got a ticket and died)."""
+        janitor (a job's stdin must end once its client got a ticket and died)."""
         before = time.monotonic() if before is None else before
         with self._lock:
             gone = [self._offers.pop(t)[2] for t, (deadline, *_) in list(self._offers.items()) if deadline < before]
@@ -156,8 +155,9 @@ class StreamServer:
 
     def wake(self, job_key: str) -> None:
         with self._lock:
-            for conn in self._conns.get(job_key, ()):
-                conn.wake.set()
+            for conn in self._conns:
+                if conn.job_key == job_key:
+                    conn.wake.set()
 
     def close(self) -> None:
         self._closed = True  # before the offers go: a connection claims one only while we are open
@@ -165,10 +165,9 @@ class StreamServer:
         with contextlib.suppress(OSError):
             self._lsock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept() on Linux
         self._lsock.close()
-        with self._lock:
-            conns = [c for cs in self._conns.values() for c in cs]
-        for conn in conns:
-            conn.hang_up()
+        with self._lock:  # (hang_up takes no lock)
+            for conn in self._conns:
+                conn.hang_up()
 
     def _accept_loop(self) -> None:
         while not self._closed:
@@ -199,7 +198,7 @@ class StreamServer:
                 deadline, _, conn = self._offers.pop(token, (0, 0, None)) if token and not self._closed else (0, 0, None)
                 if (fresh := deadline >= time.monotonic()) and isinstance(conn, _Attach):
                     conn.sock, conn.peer = sock, peer
-                    self._conns.setdefault(conn.job_key, set()).add(conn)
+                    self._conns.add(conn)
             if not fresh:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
@@ -217,14 +216,12 @@ class StreamServer:
         except Exception:
             log.exception("stream %s: serving failed", peer)
         finally:
-            if isinstance(conn, _Attach) and conn.sock is not None:
-                with self._lock:
-                    self._conns[conn.job_key].discard(conn)
-                    if not self._conns[conn.job_key]:
-                        del self._conns[conn.job_key]
-                conn.hang_up()
-                if conn.reader is not None:
-                    conn.reader.join()
             if isinstance(conn, _Attach):
+                if conn.sock is not None:
+                    with self._lock:
+                        self._conns.discard(conn)
+                    conn.hang_up()
+                    if conn.reader is not None:
+                        conn.reader.join()
                 conn.release()
             sock.close()

@@ -49,8 +49,7 @@ class Tail:
         sock.sendall(HEADER.pack(self.kind, n), _MSG_MORE)
         end = self.offset + n  # the header promises n bytes, and the file only grows: sendfile delivers
         while self.offset < end:
-            k = os.sendfile(sock.fileno(), self.fd, self.offset, end - self.offset)
-            if k == 0:
+            if not (k := os.sendfile(sock.fileno(), self.fd, self.offset, end - self.offset)):
                 raise OSError(f"{self.path} shrank below offset {self.offset}")
             self.offset += k
         if self.offset - self.advised >= DROP_BEHIND:

@@ -1,10 +1,9 @@
 """The client's side of Pyro5's wire protocol (version 502, msgpack), and the one error model of a remote call.
 
-The `grun` command and `grun.Client` (and the daemons, grun.registry) call the actors through `WireProxy`, not
-`Pyro5.api.Proxy`: importing Pyro5 costs 25-90 ms (ssl, logging, sqlite3, serpent, inspect, ...) of each `grun
-true`. tests/test_wire.py holds it to real Pyro5 daemons of every version pyproject.toml allows. A call fails with
-an OSError when the peer is not there, with one of the classes below, or with the builtin exception the remote
-method raised, rebuilt as itself; grun.client maps these to grun's own exceptions."""
+`grun`, `grun.Client` and the daemons call the actors through `WireProxy`, not `Pyro5.api.Proxy`: importing Pyro5
+costs each `grun true` 25-90 ms. tests/test_wire.py holds it to real Pyro5 daemons of every version allowed. A call
+fails with an OSError when the peer is not there, with one of the classes below, or with the builtin exception the
+remote method raised, rebuilt; grun.client maps these to grun's own exceptions."""
 
 import _socket  # (socket.py, with selectors, would cost every `grun` call ~3 ms of imports)
 import errno
@@ -49,10 +48,11 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno not in LOCAL_ERRNOS  # (ConnectionError, CallBroken: OSErrors)
 
 
-def refused_tls(exc: BaseException) -> bool:
-    """Whether a TLS peer refused us (our certificate, its, the protocol), which retrying does not heal; not
-    a connection that ended (SSLEOFError and the like: a daemon away)."""
-    return type(exc).__name__ in ("SSLError", "SSLCertVerificationError") and type(exc).__module__ == "ssl"
+def refused_tls(exc: BaseException, where: str = "") -> "NotAuthorized | None":
+    """A TLS peer's refusal of us at `where` (a certificate, the protocol: no retry heals it) as an error, or None."""
+    if type(exc).__name__ in ("SSLError", "SSLCertVerificationError") and type(exc).__module__ == "ssl":
+        return NotAuthorized(f"{where} does not speak TLS (config key tls is set here): {exc}"
+                             if "WRONG_VERSION_NUMBER" in str(exc) else f"TLS with {where} failed: {exc}")
 
 
 # Pyro5/protocol.py: a 40-byte header, then annotation chunks, then the payload.
@@ -78,9 +78,8 @@ def parse_uri(uri: str) -> tuple[str, str, int]:
 
 
 class WireProxy:
-    """A proxy of one Pyro5 object: `proxy.method(*args)` calls, one at a time, each under `_pyroTimeout`; one per
-    thread (not thread-safe, as Pyro5's). A failure mid-call closes the connection, so a late answer is never taken for
-    the next call's (which reconnects). A new connection sends its handshake with its first call (one round trip)."""
+    """A proxy of one Pyro5 object: `proxy.method(*args)` calls, each under `_pyroTimeout`; one per thread, as Pyro5's.
+    A failure mid-call closes the connection: a late answer is never taken for the next call's (which reconnects)."""
 
     def __init__(self, uri: str, timeout: float = 10.0):
         self._pyroTimeout, self._sock = timeout, None
@@ -143,10 +142,8 @@ class WireProxy:
                 raise Garbled(f"unexpected reply (type {kind}, sequence {seq}, flags {flags}) to {method}")
         except BaseException as exc:
             self._pyroRelease()
-            if refused_tls(exc):  # the peer is not the cluster's, or we are not (with TLS 1.3, after our handshake)
-                raise NotAuthorized(f"{self._host}:{self._port} does not speak TLS (config key tls is set here): {exc}"
-                                    if "WRONG_VERSION_NUMBER" in str(exc) else
-                                    f"TLS with {self._host}:{self._port} failed: {exc}") from None
+            if refusal := refused_tls(exc, f"{self._host}:{self._port}"):  # (TLS 1.3: after our handshake)
+                raise refusal from None
             if isinstance(exc, TimeoutError) and sent:
                 raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
             if (is_unreachable(exc) or sent and isinstance(exc, OSError)) and not isinstance(exc, CallRejected):
@@ -177,8 +174,7 @@ def connect(host, port: int, timeout: float):
 
 
 def recv_exact(sock, n: int) -> bytes | None:
-    """n bytes, or None if the peer closed first (grun.stream's too: here, because importing grun.stream (json,
-    threading) would cost 1.2-1.8 ms of every `grun --nowait`, measured)."""
+    """n bytes, or None if the peer closed first (grun.stream's too: importing it costs `grun --nowait` 1.2-1.8 ms)."""
     buf, got = bytearray(n), 0
     while got < n:
         if not (k := sock.recv_into(memoryview(buf)[got:])):
@@ -225,8 +221,8 @@ def _loads(data: bytes):
 
 
 def _exception(data) -> BaseException:
-    """The remote exception as Pyro5 sends it: {"__class__": "builtins.KeyError", "args": [...], "attributes":
-    {"_pyroTraceback": [...]}}. Pyro5's own errors become those of a connection, as with a Pyro5 proxy."""
+    """The remote exception Pyro5 sent ({"__class__": "builtins.KeyError", "args": [...], "attributes":
+    {"_pyroTraceback": [...]}}); Pyro5's own errors become those of a connection, as with a Pyro5 proxy."""
     import builtins
     if not isinstance(data, dict):
         return RemoteError(str(data))

@@ -150,7 +150,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # (a shrink of the core: jobs, master_state, queue, nodes, arrays: -24)
 # (a shrink of master, master_queries, monitor, store, journal, daemon, config, plugins: -28)
 # (a shrink of master, master_queries, monitor, store, journal, daemon: -29)
-TOTAL, MODULE, MEDIAN = 14427, 500, 200
+# (a shrink of the side channel, wire, auth, stage, mounts, running: one TLS refusal, a flat conn set...: -49)
+TOTAL, MODULE, MEDIAN = 14378, 500, 200
 
 
 def module_lines() -> dict[str, int]:
