@@ -209,6 +209,7 @@ class Drain:
                     continue
                 except OSError:  # (out of fds: undrained, the job would block: said)
                     self.outputs.pop(key, None)
+                    out.finish(unlink=False)  # stdout's pipe and file, when it was stderr's that failed
                     raise
                 out.pipes[name] = pipe
                 self.fds[pipe] = (out, name)

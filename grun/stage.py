@@ -221,8 +221,9 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
 def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bool = False) -> None:
     """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole."""
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
-    fds = [dir_fd, *os.pipe2(os.O_CLOEXEC)]
+    fds = [dir_fd]
     try:
+        fds += os.pipe2(os.O_CLOEXEC)
         stream.grow_pipe(w := fds[2])
         fds.append(fd := os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                                  dir_fd=dir_fd))

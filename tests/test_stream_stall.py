@@ -170,3 +170,25 @@ def test_a_stall_ends_on_a_disk_whose_root_reserve_has_room_again(reserved, tmp_
         client.kill()
     assert out == b"".join(b"%d\n" % i for i in range(1, lines + 1))
     assert (client.returncode, err) == (0, b"")
+
+
+def test_a_drain_that_cannot_open_stderr_s_file_closes_stdout_s_pipe_and_file(tmp_path):
+    """Drain.add of a job whose stderr file cannot be opened (here a directory: EISDIR; out of fds in life) gives
+    up the job's output with its error, and leaves no fd of stdout's behind in the node daemon."""
+    from grun.drain import Drain
+    for name in ("stdout", "stderr"):
+        os.mkfifo(tmp_path / f"{name}.pipe")
+    os.mkdir(tmp_path / "stderr")
+    writers = [os.open(tmp_path / f"{n}.pipe", os.O_RDWR) for n in ("stdout", "stderr")]  # (a FIFO opens at once)
+    stop = threading.Event()
+    drain = Drain(lambda: 1 << 30, lambda key: None, stop)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(IsADirectoryError):
+            drain.add("7", str(tmp_path))
+        assert set(os.listdir("/proc/self/fd")) <= before and not drain.outputs and not drain.fds
+    finally:
+        stop.set()
+        drain.close()
+        for fd in writers:
+            os.close(fd)
