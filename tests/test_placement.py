@@ -226,6 +226,39 @@ def test_no_backfill_past_a_running_job_without_an_estimate():
     assert _run(t, 12.0) == [] and t.jobs[short]["state"] == "queued"
 
 
+def test_the_backfill_window_counts_what_a_suspended_job_holds_not_what_it_asked_for():
+    """A suspended job's cpus are lent already (free now): its end frees none, and the window is the running one's."""
+    t = _table(("a", 4, 8000), reserve_after=5.0)
+    stopped, running = _submit(t, cpus=2, time=50.0), _submit(t, cpus=2, time=100.0)
+    _run(t, 0.0)
+    for i in (stopped, running):
+        t.apply({"op": "start", "id": i, "time": 0.0})
+    t.apply({"op": "suspend", "id": stopped, "time": 1.0})
+    big = _submit(t, 1.0, cpus=4)
+    assert [(r["op"], r["id"]) for r in _run(t, 10.0)] == [("reserve", big)]
+    assert t.claims(11.0)["a"]["window"] == 89.0, "it fits when the running job ends, not the suspended one"
+    short = _submit(t, 11.0, cpus=2, time=60.0)  # ends at 71, before the big job could start
+    assert [(r["op"], r["id"]) for r in _run(t, 12.0)] == [("dispatch", short)]
+
+
+def test_no_backfill_when_a_lending_parent_ending_frees_nothing_the_reserved_job_lacks():
+    """Outside load: the big job fits only when it goes; a parent lending its cpus frees none when it ends, so no job
+    knows when the big one starts and a 2-cpu job must not backfill (it would delay it once the load goes)."""
+    t = _table(("a", 4, 8000), ("b", 4, 8000), reserve_after=5.0)
+    parent = _submit(t, cpus=2, time=50.0, uid=7, host="a")
+    _submit(t, cpus=1, time=20.0, host="a")
+    _run(t, 0.0)
+    child = _submit(t, 0.5, cpus=1, time=40.0, uid=7, parent=parent, host="b")
+    _run(t, 0.5)
+    t.nodes["a"].outside_cpus = 1.0
+    big = _submit(t, 1.0, cpus=4, host="a")
+    assert t.jobs[parent]["lent_to"] == [child] and t.nodes["a"].free_cpus == 2.0
+    assert [(r["op"], r["id"]) for r in _run(t, 10.0)] == [("reserve", big)]
+    assert t.claims(11.0)["a"]["window"] == 0.0
+    _submit(t, 11.0, cpus=2, time=30.0, host="a")
+    assert _run(t, 12.0) == []
+
+
 def test_reservations_and_lending_replay_from_the_journal():
     """Every change goes through apply(): replaying the records gives the same table."""
     t = _table(("a", 2, 4000))

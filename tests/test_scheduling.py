@@ -263,6 +263,25 @@ def test_easy_backfill_runs_a_short_job_on_the_reserved_node_and_not_a_long_one(
         c.stop()
 
 
+def test_easy_backfill_counts_a_suspended_jobs_cpus_free_already():
+    """On a (4 cpus) a job of -t 5m runs and one of -t 60s is suspended (its 2 cpus lent): the big job (4 cpus)
+    could start when the running one ends, not the suspended one, so a 2-cpu job of -t 2m backfills now."""
+    c = _start({"a": {"cpus": 4, "memory": 4000}}, reserve_after=1.0)
+    try:
+        running, stopped = nowait(c, "-c", "2", "-t", "5m", "sleep", "300"), nowait(c, "-c", "2", "-t", "60s", "sleep", "60")
+        wait_state(c, running, "running")
+        wait_state(c, stopped, "running")
+        assert c.grun("-e", "hold", str(stopped)).returncode == 0
+        wait_state(c, stopped, "suspended")
+        big = nowait(c, "-c", "4", "-r", "30", "echo", "big")
+        wait_for(lambda: job(c, big).get("reserved_node") == "a", 20, what="a reservation for the big job")
+        short = nowait(c, "-c", "2", "-t", "2m", "true")
+        assert wait_state(c, short, "done")["node"] == "a" and job(c, big)["state"] == "queued"
+        _kill(c, running, stopped, big)
+    finally:
+        c.stop()
+
+
 # ---- 6. nested grun ----------------------------------------------------------------------------
 
 def test_nested_grun_lends_the_parents_reservation(three, tmp_path):

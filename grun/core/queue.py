@@ -299,9 +299,9 @@ class JobTable:
             run, began = job.get("time") or job.get("expected_time"), job.get("start_time", job.get("dispatch_time"))
             if not run or began is None or began + run <= now:
                 return 0.0  # no estimate, or past it: it may end any moment, or never
-            ends.append((began + run, job["id"], job))
-        for end, _, job in sorted(ends):  # (in id order at equal ends: a dict is never compared)
-            frees = {"cpus": job["cpus"], "memory": job["memory"], **consumables(job, node)}
+            ends.append((began + run, job["id"], self.counted[job["id"]][1]))  # what it holds: lent cpus are free now
+        for end, _, held in sorted(ends):  # (in id order at equal ends: a dict is never compared)
+            frees = {"cpus": held["cpus"], "memory": held["memory"], **consumables(held, node)}
             room = {k: v + frees.get(k, 0) for k, v in room.items()}
             if all(room[k] + EPS >= v for k, v in need.items()):
                 return end - now
