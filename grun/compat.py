@@ -117,7 +117,7 @@ def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bo
 
 def read_script(path: str | None, kind: str, newline: str | None = None) -> str:
     """The script's text, as at submit (stdin without a path); newline="" keeps \r\n (for sbatch to refuse)."""
-    if path is None and sys.stdin.isatty():
+    if path is None and (not sys.stdin or sys.stdin.isatty()):  # (None: closed)
         raise Refused(f"no {kind} script given (and no script on standard input)")
     with open(path or 0, encoding="utf-8", errors="surrogateescape", newline=newline, closefd=bool(path)) as f:
         return f.read()
