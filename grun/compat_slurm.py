@@ -48,7 +48,7 @@ REFUSED = {"exclude": ("grun cannot keep a job off a node (-w names those it may
            "kill-on-invalid-dep": ("grun cancels a job whose dependency can never be met", "yes")}
 # scontrol update's keys (in lower case) -> grun's edit's; the shell texts of sbatch's -o %j, %A, %a, %N
 UPDATE = {"jobid": "id", "numcpus": "cpus", "minmemorynode": "memory", "timelimit": "time", "priority": "priority",
-          "nice": "priority"}
+          "nice": "nice"}
 OUT_NAMES = ('"$SLURM_JOB_ID"', '"${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}"', '"${SLURM_ARRAY_TASK_ID:-4294967294}"',
              '"$GRUN_NODE"')
 CONVERT = {o.long: o.convert for o in OPTIONS}  # grun's own readers of --signal, --time-signal (sbatch --signal's form)
@@ -407,7 +407,9 @@ def scontrol(argv: list[str]) -> int:
         key, _, value = word.partition("=")
         if (key := key.lower()) not in UPDATE:  # (JobName: grun's names are its command, as its submitter gave it)
             raise Refused(f"Update of this parameter is not supported: {word}")
-        changes[UPDATE[key]] = C.priority(value, "Nice", -1) if key == "nice" else value
+        changes[UPDATE[key]] = value
+    if "nice" in changes:  # (as Slurm 22.05's: a Priority given is set, the Nice ignored)
+        changes.setdefault("priority", C.priority(changes.pop("nice"), "Nice", -1))
     if verb == "update" and "id" not in changes:
         raise Refused("No valid entity in update command (grun's scontrol updates jobs: JobId=)")
     client, code = Client(), 0

@@ -437,6 +437,9 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     edited = cluster.client().job(job)
     assert (edited["cpus"], edited["memory"], edited["time"], edited["priority"]) == (2, 200, 86400, before - 5)
+    for words in (["Priority=7", "Nice=5"], ["Nice=5", "Priority=7"]):  # (as Slurm 22.05's: Priority set, Nice ignored)
+        r = shims("scontrol", "update", f"JobId={job}", *words)
+        assert (r.returncode, r.stderr, cluster.client().job(job)["priority"]) == (0, "", 7), words
     assert shims("scontrol", "release", str(job)).returncode == 0 and wait_end(cluster, job)["state"] == "done"
     assert (tmp_path / f"o-{job}.txt").read_text() == "ran 2 2 200\n", "as it asks when it starts"
     r = shims("scontrol", "hold", str(job))
