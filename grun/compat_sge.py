@@ -346,7 +346,7 @@ def qdel(argv: list[str]) -> int:
     ids = [f"{i}.{t}" for i in ids for t in _task_range(last(opts, "tasks"))] if "tasks" in opts else ids
     live = client.jobs()
     by_label = {label(j): j for j in live}
-    ids += [label(j) for j in live if "task" not in j and j.get("user") in last(opts, "user", "").split(",")
+    ids += [label(j) for j in live if "task" not in j and j.get("user") in items(opts, "user")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
     found, refused = C.kill(client, ids, 15, "force" in opts)
     found.update((n, False) for n, labels in named.items() if not labels)

@@ -119,7 +119,7 @@ def test_qdel_names_jobs_and_array_tasks_as_sge_does(cluster, shims, tmp_path): 
     while time.monotonic() < deadline and not [j for j in client.jobs() if j.get("array") == array
                                                and j.get("task") == 3 and j["state"] == "running"]:
         time.sleep(0.1)
-    r = shims("qdel", "-u", me)
+    r = shims("qdel", "-u", me, "-u", "nobody")  # (every -u, as SGE's)
     assert sorted(r.stdout.splitlines()) == sorted([f"{me} has registered the job-array task {array}.{t} for deletion"
                                                    for t in (1, 3)] + [f"{me} has deleted job {held}"]), r.stdout
     assert [wait_end(cluster, i)["state"] for i in (array, held)] == ["killed", "killed"]
