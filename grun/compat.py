@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from .client import Client, GrunError, JobsRefused, job_spec
+from .client import Client, GrunError, job_spec
 from .core.jobs import MARK
 from .values import parse_memory
 
@@ -210,14 +210,6 @@ def find(client: Client, ref: str) -> dict | None:
     """The record of job N (an array: its own) or of task N.T, or None: there is none (or none the master knows)."""
     with contextlib.suppress(GrunError):
         return client.job(ref)
-
-
-def kill(client: Client, ids: list, *args) -> tuple[dict, dict]:
-    """client.kill: {id: found}, and {id: why} for those refused, another user's (the rest killed, as Slurm and SGE)."""
-    try:
-        return client.kill(ids, *args), {}
-    except JobsRefused as exc:
-        return exc.found, exc.refused
 
 
 def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, bool]:

@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import compat as C
-from .client import Client, GrunError, current_user
+from .client import Client, GrunError, current_user, refusals
 from .compat import Refused, items, last, out_path, parse, table
 from .core import arrays
 from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit, wrapped
@@ -348,7 +348,7 @@ def qdel(argv: list[str]) -> int:
     by_label = {label(j): j for j in live}
     ids += [label(j) for j in live if "task" not in j and j.get("user") in items(opts, "user")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
-    found, refused = C.kill(client, ids, 15, "force" in opts)
+    found, refused = refusals(client.kill, ids, 15, "force" in opts)  # (the rest killed)
     found.update((n, False) for n, labels in named.items() if not labels)
     for job_id, ok in found.items():  # (N.T: one task)
         job = by_label.get(str(job_id), {})

@@ -10,7 +10,7 @@ import sys
 import time
 
 from . import compat as C
-from .client import Client, GrunError, current_user, known_user
+from .client import Client, GrunError, current_user, known_user, refusals
 from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
@@ -353,7 +353,7 @@ def scancel(argv: list[str]) -> int:
                for i in ([f"{j['id']}.{t}" for t in unstarted(j)] if states and "ranges" in j else [label(j)])]
     # (an array: its id, all tasks; -t: those not started). As the real Slurm 22.05 here: ids of jobs that have ended or
     # never were, no word; another user's, a line each and exit non-zero (its 210), the rest cancelled
-    refused = C.kill(client, ids, sig)[1] if ids else {}
+    refused = refusals(client.kill, ids, sig)[1] if ids else {}
     for i in refused:
         print(f"scancel: error: Kill job error on job id {str(i).replace('.', '_')}: Access/permission denied",
               file=sys.stderr)
