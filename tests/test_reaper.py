@@ -147,7 +147,7 @@ def test_spool_files_acks_log_and_job_objects_without_name_server_entries(c, tmp
     # the job actor is an object of the node's daemon, reachable by the URI the client derives ...
     location = view["node_uri"].split("@", 1)[1]
     with registry.proxy(f"PYRO:{registry.job_name(job_id)}@{location}") as sup:
-        assert sup.status() is None and sup.info()["stdout"] == 3
+        assert sup.info()["status"] is None and sup.info()["stdout"] == 3
     # ... and not one name-server entry per job
     with registry.locate_ns("127.0.0.1", c.port) as ns:
         assert ns.list(prefix=registry.JOB_PREFIX) == {}
