@@ -153,7 +153,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # (a shrink of the side channel, wire, auth, stage, mounts, running: one TLS refusal, a flat conn set...: -49)
 # Session 14's fd leaks on a failed drain add and a failed pipe2 in staging: +2.
 # The shims' small fixes (sbatch/qsub stdin, scontrol Priority+Nice, qdel -u -u) and compat.kill through client.refusals: -6.
-TOTAL, MODULE, MEDIAN = 14374, 500, 200
+# A node back without the jobs it was killed with (an OOM kill of their cgroup) reports them lost, not failed; no "late end" for them (+9).
+TOTAL, MODULE, MEDIAN = 14383, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -258,6 +258,40 @@ def test_a_node_back_without_its_jobs_has_them_declared_lost_and_rerun(make_clus
     _once_each(c, [wiped, rebooted, orphaned])
 
 
+@pytest.mark.parametrize("timeout", [10, 3])
+def test_a_node_killed_with_its_jobs_has_them_declared_lost(make_cluster, tmp_path, timeout):
+    """QA: the node daemon, its reaper and its jobs killed at once (an OOM kill of their cgroup), the daemon back within
+    node_timeout (10) or past it (3: its pinned job re-queued meanwhile): its jobs failed 255 ("supervisor vanished"),
+    never ran again, and grun said nothing. They never finished: lost, re-queued (--norequeue: ended lost)."""
+    c = make_cluster(nodes={"n1": {"cpus": 4, "memory": 4000, **FAST}}, node_timeout=timeout)
+    runs = tmp_path / "runs"
+    follower = c.popen("-v", "-H", "n1", "sh", "-c", f"[ -e {runs} ] && exit 6; touch {runs}; sleep 60")
+    lone = c.popen("-v", "--norequeue", "sleep", "60")
+    try:
+        jid, once = (job_id_from_verbose(read_line(p.stderr, 20) and read_line(p.stderr, 20)) for p in (follower, lone))
+        pids = [job_pid(c, i) for i in (jid, once)]
+        reaper = int(_spool(c, "n1", jid, "pid").split()[1].split(b".")[0])
+        c.kill("n1", signal.SIGKILL)
+        os.kill(reaper, signal.SIGKILL)
+        for pid in pids:
+            os.killpg(pid, signal.SIGKILL)
+        if timeout == 3:
+            wait_state(c, once, "lost")
+            assert job(c, jid)["state"] == "queued"
+        c.start_node("n1")
+        out, err = follower.communicate(timeout=60)
+        lone_err = lone.communicate(timeout=30)[1]
+    finally:
+        _reap(follower, lone)
+    assert follower.returncode == 6, (out, err)
+    assert f"job {jid} was re-queued (node n1: job supervisor vanished".encode() in err, err
+    why = "n1 lost (silent for" if timeout == 3 else "n1: job supervisor vanished"  # (then no late end: it had none)
+    assert lone.returncode == 255 and f"job {once} lost: node {why}".encode() in lone_err, lone_err
+    done = _once_each(c, [jid, once])
+    assert (done[jid]["state"], done[jid]["exit"]) == ("failed", 6) and "its job with it" in done[jid]["requeue_reason"]
+    assert (done[once]["state"], done[once]["exit"]) == ("lost", 255) and "later" not in done[once]["error"], done[once]
+
+
 # ---- client loss -------------------------------------------------------------------------------
 
 def test_attach_after_the_client_was_killed_and_output_keep(make_cluster, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from cluster import LocalCluster
 from util import nowait, wait_for, wait_state
 
+from grun import registry
 from grun.spool import STATUS
 from grun.spool import read as read_spool
 
@@ -117,6 +118,8 @@ def test_a_job_killed_at_its_time_limit_on_a_full_disk_ends_as_timeout(c):
     assert (job["state"], job.get("limit")) == ("timeout", "time"), job
     assert "ran past its time limit" in job.get("limit_detail", ""), job
     assert not os.path.exists(os.path.join(c.spool, "jobs", str(job_id), "limit.json"))
+    with registry.proxy(f"PYRO:{registry.job_name(job_id)}@{job['node_uri'].split('@', 1)[1]}") as sup:
+        assert "stderr" not in sup.info()["status"]  # (the sampler's look at where its stderr goes: not its end)
     assert "Traceback" not in _log(c)
 
 

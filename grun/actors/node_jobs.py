@@ -239,8 +239,8 @@ class NodeJobs:
         with self.lock:
             if live.status is not None:
                 return
-            if live.limit is not None and not status.get("limit"):
-                status = {**status, **live.limit}
+            if live.limit is not None and not status.get("limit"):  # (not its "stderr": the reaper's, not the job's)
+                status = {**status, "limit": live.limit["limit"], "limit_detail": live.limit.get("limit_detail")}
             if live.stage is not None:
                 status = live.stage.ended(status)
             if (usage := status.get("usage")) and live.peak_rss_mb << 10 > usage.get("maxrss_kb", 0):
@@ -375,8 +375,9 @@ class NodeJobs:
     def _reaperless(self, live: LiveJob, why: str = "job supervisor vanished") -> None:
         """The job's reaper died. Unclaimed, the job goes to the next reaper; claimed by another, that one is watched;
         started, it is waited for here if it is our child now (its reaper was ours; we are a subreaper). Else its
-        status was never written: if the host rebooted since it started, it died with it, and is reported lost (the
-        master may run it again); else it may still run: it is ended and reported failed (else it might run twice)."""
+        status was never written: if the host rebooted since it started, or the job is gone too (an OOM kill of their
+        cgroup), it died unrecorded: reported lost (the master may run it again); else it may still run: it is ended
+        and reported failed (else it might run twice)."""
         claimed, pid, reaper = spool.read_pid(live.dir)
         if not claimed:
             return self._spawn(live)
@@ -404,14 +405,21 @@ class NodeJobs:
                 lost = self.drain.finish(str(live.id), flush=True)
                 limits.exit_status(live.dir, live.job, status, wstatus, rusage, time.time(), lost, live.limit)
                 return self._end_orphan(live, status)
-        started = spool.started_at(live.dir)
+        started, more = spool.started_at(live.dir), {"lost": True}
         if started is not None and started < psutil.boot_time():
-            why, more = f"{why}: the host rebooted", {"lost": True}
-        else:
+            why += ": the host rebooted"
+        elif pid is None:  # (unknown to us: below)
             more = {}
-            with contextlib.suppress(psutil.Error, OSError):  # its session, if the pid still names the job's
-                if pid and os.getsid(pid) == pid and psutil.Process(pid).create_time() <= (started or 0) + 1:
+        else:
+            try:  # its session, if the pid still names the job's: it may run on (else it died with its reaper)
+                if os.getsid(pid) == pid and (job := psutil.Process(pid)).create_time() <= (started or 0) + 1:
+                    more = more if job.status() == psutil.STATUS_ZOMBIE else {}  # (a zombie: it ended, unseen)
                     spawner.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, psutil.NoSuchProcess):  # what it left in its session goes, as at any end
+                spawner.killpg(pid, signal.SIGKILL)  # (no later process gets its pid while any of its session lives)
+            except (psutil.Error, OSError):
+                more = {}
+            why += ", and its job with it, its end unrecorded" if more else ""
         if pid is None:  # never ran (no output to hide), or ran on a full disk, maybe runs on, unknown to us
             why += "; a full spool disk kept its pid from us: it may have run" if unnamed else " while starting the job"
             return self._end_failed(live, why, **more)

@@ -424,9 +424,10 @@ def _described(node: NodeView) -> dict:
 def late_end(job: dict | None, node: str, report: dict, result: dict, now: float) -> dict | None:
     """A job declared lost, not run again, with the end of that run its node reports when it is back: still lost (its
     dependants and waiters went by that), its exit and usage the run's (QA: ignored, history said `lost 255`, "ran -").
-    None for any other report, or the end of a copy the master killed when the node came back (superseded)."""
-    if not job or job["state"] != J.LOST or "late_end" in job or report.get("superseded") or job.get("node") != node \
-            or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
+    None for any other report, the end of a copy the master killed when the node came back (superseded), or a run
+    the node lost too (its reaper killed with it: no end to tell)."""
+    if not job or job["state"] != J.LOST or "late_end" in job or report.get("superseded") or report.get("lost") \
+            or job.get("node") != node or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
         return None
     code = J.exit_code_of(result)
     return {**job, **{k: v for k, v in result.items() if k != "error"}, "exit": code, "late_end": now,
