@@ -284,8 +284,8 @@ class RepeatingMaster:
     repeats a kill of it in every heartbeat reply, as the master does for each kill it holds until
     the job has ended (issue 10, bug 3)."""
 
-    def __init__(self, job: dict):
-        self.job, self.beats, self.reports = job, 0, []
+    def __init__(self, job: dict, ready=None):
+        self.job, self.beats, self.reports, self.ready = job, 0, [], ready  # (a file: kill once it exists)
 
     def register_node(self, info: dict) -> dict:
         self.uri = info["uri"]
@@ -293,7 +293,8 @@ class RepeatingMaster:
 
     def heartbeat(self, name: str, info: dict) -> dict:
         self.beats += 1
-        return {"known": True, "stale": [], "kill": {str(self.job["id"]): int(signal.SIGTERM)}}
+        kill = {str(self.job["id"]): int(signal.SIGTERM)} if self.ready is None or self.ready.exists() else {}
+        return {"known": True, "stale": [], "kill": kill}
 
     def finished(self, name: str, reports: list) -> list:
         self.reports.extend(reports)
@@ -304,12 +305,13 @@ def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
     """The job traps SIGTERM and lives on: it must hear it once, however often the master repeats
     the kill, and the node's SIGKILL must still come a grace period after it started (not be put off). Under load
     the kill can find no pid yet and be sent by the reaper once it has one: its KILL then waited two graces (a CI
-    run's failure; not reproducible at will: the trap must be set before the reaper's TERM)."""
-    terms = tmp_path / "terms"
-    job = {"id": 7, "attempt": 1, "cmd": [f"trap 'echo TERM >> {terms}' TERM; while :; do sleep 0.05; done"],
+    run's failure; not reproducible at will). The kills begin once the job's trap is set: a TERM before it ended the
+    job (a loaded full run)."""
+    terms, ready = tmp_path / "terms", tmp_path / "ready"
+    job = {"id": 7, "attempt": 1, "cmd": [f"trap 'echo TERM >> {terms}' TERM; : > {ready}; while :; do sleep 0.05; done"],
            "shell": True, "cwd": "/", "env": {"PATH": os.environ["PATH"]}, "memory": 100, **AS_US}
     c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.2}})
-    master = RepeatingMaster(job)
+    master = RepeatingMaster(job, ready)
     daemon = registry.start_master_daemon("127.0.0.1", c.port, "127.0.0.1")
     try:
         daemon.register(master, registry.MASTER_NAME)
