@@ -308,7 +308,8 @@ def test_a_kill_the_master_repeats_in_every_heartbeat_is_applied_once(tmp_path):
     run's failure; not reproducible at will). The kills begin once the job's trap is set: a TERM before it ended the
     job (a loaded full run)."""
     terms, ready = tmp_path / "terms", tmp_path / "ready"
-    job = {"id": 7, "attempt": 1, "cmd": [f"trap 'echo TERM >> {terms}' TERM; : > {ready}; while :; do sleep 0.05; done"],
+    loop = f"trap 'echo TERM >> {terms}' TERM; : > {ready}; while :; do sleep 0.05; done"
+    job = {"id": 7, "attempt": 1, "cmd": [loop],
            "shell": True, "cwd": "/", "env": {"PATH": os.environ["PATH"]}, "memory": 100, **AS_US}
     c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, "heartbeat": 0.2}})
     master = RepeatingMaster(job, ready)
