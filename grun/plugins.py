@@ -92,8 +92,8 @@ class Plugins:
         self.hooks = {hook: [p for p in self.all if callable(getattr(p.obj, hook, None))] for hook in HOOKS}
 
     def submit(self, requests: list[dict]) -> None:
-        """on_submit over the validated requests, in place; a Reject, or an enforcing plugin's skipped call, refuses the
-        whole submission (ValueError). The master may still refuse it after (a full disk): on_submit is no sign that a
+        """on_submit over the validated requests, in place; a Reject, or an enforcing plugin's skipped call or changes
+        that are not valid, refuses the whole submission (ValueError). The master may still refuse it after (a full disk): on_submit is no sign that a
         job was queued."""
         from .core.edits import given
         from .core.jobs import validate_spec
@@ -108,8 +108,10 @@ class Plugins:
             new = {k: changes[k] for k in EDITABLE if k in changes and changes[k] != req.get(k)}
             try:
                 checked = validate_spec({"cmd": req["cmd"], "cwd": req["cwd"], **{k: req[k] for k in EDITABLE}, **new})
-            except ValueError as exc:
-                log.warning("plugin %s: on_submit's changes are not valid (%s); skipped", plugin.name, exc)
+            except ValueError as exc:  # (an enforcing plugin's, as its failure: a policy not applied is not waived)
+                log.warning(why := f"plugin {plugin.name}: on_submit's changes are not valid ({exc}); {skipping}")
+                if plugin.enforce:
+                    raise ValueError(why) from None
                 continue
             if new:  # set as a rule's `set:` is: its origin, (cpus, memory) a limit as if asked; theirs in asked
                 mine = {k: req[k] for k in ("cpus", "memory", "priority") if k in new and k not in req.get("origin", ())

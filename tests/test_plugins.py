@@ -217,6 +217,8 @@ def test_a_late_node_probe_keeps_its_offer_and_delays_no_other_hook(installed):
         assert c.grun("-p", "lic=2", "-p", "plug=yes", "true").returncode == 0
         assert_one_error_line(c.grun("-j", "crash", "true"), "plugin grun_testplug:Strict: on_submit failed "
                               "(RuntimeError: the quota database is down); the submission refused (it enforces)")
+        assert_one_error_line(c.grun("-j", "bad-strict", "true"), "plugin grun_testplug:Strict: on_submit's changes "
+                              "are not valid (expected cpus: a number >= 0, got -1); the submission refused (it enforces)")
 
 
 # ---- the hooks' rules, without daemons ------------------------------------------------------------
@@ -310,7 +312,7 @@ def test_an_enforcing_plugin_refuses_what_it_could_not_check():
         def on_submit(self, job):
             if job["name"] == "broken":
                 raise RuntimeError("quota db down")
-            return super().on_submit(job)
+            return {"cpus": -1} if job["name"] == "bad" else super().on_submit(job)
     plugins = Plugins([Plugin("lab:Quota", Quota())])
     with pytest.raises(ValueError, match=r"^plugin lab:Quota: on_submit failed \(RuntimeError: quota db down\); the "
                        r"submission refused \(it enforces\)$"):
@@ -322,6 +324,13 @@ def test_an_enforcing_plugin_refuses_what_it_could_not_check():
     time.sleep(1)
     plugins.submit(requests := _requests("a"))  # done sleeping: called again
     assert requests[0]["memory"] == 2048
+    with pytest.raises(ValueError, match=r"^plugin lab:Quota: on_submit's changes are not valid \(expected cpus: a "
+                       r"number >= 0, got -1\); the submission refused \(it enforces\)$"):  # (QA: it let the job through)
+        plugins.submit(_requests("bad"))
+    Quota.enforce = False  # one that does not enforce: skipped, the job goes on as asked
+    plugins.replace([Plugin("lab:Quota", Quota())])
+    plugins.submit(requests := _requests("bad"))
+    assert requests[0]["cpus"] == 1 and "origin" not in requests[0]
 
 
 def test_no_plugins_cost_nothing_and_on_start_wraps_argv():

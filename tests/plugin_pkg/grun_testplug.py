@@ -91,3 +91,5 @@ class Strict:
     def on_submit(self, job):
         if job["name"] == "crash":
             raise RuntimeError("the quota database is down")
+        if job["name"] == "bad-strict":
+            return {"cpus": -1}  # not valid: refused too, not let through as asked
