@@ -258,8 +258,8 @@ def describe(cfg: Config, as_dict: bool = False):
 def checks(cfg: Config, services=SERVICES) -> list[str]:
     """The config's warnings, with what a daemon of `services` looks up (at start and reload; `grun -q conf`: all),
     not every client: cpus or memory given beyond this machine's (not refused: overcommitting may be meant), or below
-    what a job asks by default (a node here), users (admins, limits' user.NAME) or groups (group.NAME) this host does
-    not know: they match nobody."""
+    what a job asks by default (a node here), users (admins, limits' user.NAME, rules') or groups (group.NAME, rules')
+    this host does not know: they match nobody; a rule's condition that fails on every job (grun.core.rules' notes)."""
     import grp
     import pwd
     found = list(cfg.warnings)
@@ -275,11 +275,15 @@ def checks(cfg: Config, services=SERVICES) -> list[str]:
             found.append(f"{cfg.where.get(key) or cfg.where.get(name, name)}: {key}: {want:,.10g}, more than the {have:,.10g} "
                          f"{name} this node offers: a job without {flag} cannot run on it")
     named = [("user", u, "admins") for u in cfg.admins] + [(*s.split(".", 1), "limits") for s in cfg.limits if "." in s]
-    for kind, name, key in sorted(named) if "queue" in services else ():
+    named = [(kind, name, f"{cfg.where.get(key, key)}: {key}") for kind, name, key in named]
+    notes = getattr(cfg.rules, "notes", ()) if "queue" in services else ()  # (no rules: ())
+    found += [f"{where}: {text}" for kind, text, where in notes if kind == "warning"]
+    named += [note for note in notes if note[0] != "warning"]
+    for kind, name, where in sorted(set(named)) if "queue" in services else ():
         try:
             (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
         except KeyError:
-            found.append(f"{cfg.where.get(key, key)}: {key}: no {kind} {name!r} on this host")
+            found.append(f"{where}: no {kind} {name!r} on this host")
     return found
 
 

@@ -28,6 +28,7 @@ RULES = [
     {"if": f'user == "{USER}" and name like "picky*"', "priority": "+10", "nodes": 'labels.os == "debian12"'},
     {"if": 'name == "fixed"', "set": {"cpus": 0.5, "priority": 3}, "labels": {"os": "deb*"}, "hosts": "a,b"},
     {"if": "argv[1] > 5", "warn": "a number"},  # fails (TypeError) on `echo abc`: logged and skipped
+    {"if": 'name == "gpus"', "params": {"gpus": 1}},  # (a typo: the node offers gpu)
 ]
 
 
@@ -76,10 +77,13 @@ def test_default_params_and_provenance(cluster, workdir):
 
 def test_reject_exits_1_with_the_message_and_queues_nothing(cluster):
     before = len(cluster.client().history(1000)) + len(cluster.client().jobs())
-    r = cluster.grun("-c", "4", "true")
-    assert (r.returncode, r.stderr.decode()) == (1, "grun: at most 3 cpus per job here\n")
+    r = cluster.grun("-c", "4", "true")  # the user sees which rule, as a plugin's refusal names it (QA)
+    assert (r.returncode, r.stderr.decode()) == (1, "grun: at most 3 cpus per job here (rule 3)\n")
     assert len(cluster.client().history(1000)) + len(cluster.client().jobs()) == before
     assert re.search(rf"rule 3 \(master.conf:\d+\) refused a job of {USER}: at most 3 cpus", master_log(cluster))
+    r = cluster.grun("-j", "gpus", "true")  # what a rule added, and no node has: it says the rule added it (QA)
+    assert r.returncode == 1 and re.fullmatch(r"grun: no node has gpus; params.gpus from rule 8 \(master.conf:\d+\) "
+                                              r"\(--force queues it anyway\)\n", r.stderr.decode()), r.stderr
 
 
 def test_warn_reaches_the_submitters_stderr_and_the_log(cluster):
@@ -109,7 +113,8 @@ def test_priority_and_nodes_condition(cluster):
 
 def test_why_says_no_node_meets_the_condition(cluster):
     r = cluster.grun("--nowait", "-j", "picky2", "-H", "a", "true")
-    assert (r.returncode, r.stderr) == (1, b'grun: no node meets labels.os == "debian12" (--force queues it anyway)\n')
+    assert r.returncode == 1 and re.fullmatch(r'grun: no node meets labels.os == "debian12"; nodes from rule 5 '
+                                              r'\(master.conf:\d+\) \(--force queues it anyway\)\n', r.stderr.decode())
     job_id = submit(cluster, "--force", "-j", "picky3", "-H", "a", "true")
     why = cluster.grun("why", str(job_id)).stdout.decode()
     assert 'a (does not meet labels.os == "debian12")' in why and "could ever run it" in why, why
@@ -138,12 +143,20 @@ def test_a_rule_that_fails_on_a_job_is_logged_and_skipped(cluster):
 # ---- reload, and bad rules at start and at reload -----------------------------------------------
 
 def test_rules_reload_and_a_bad_rule_is_refused_with_file_line_column(tmp_path):
-    with LocalCluster(nodes={"a": {"cpus": 2, "memory": 2000}}, master_extra={"rules": [{"warn": "one"}]}) as c:
+    """And typos that parse (a group this host lacks, a number compared with a word) are warned of, never refused."""
+    typo = {"if": 'group == "nosuchgroup"', "warn": "never"}
+    with LocalCluster(nodes={"a": {"cpus": 2, "memory": 2000}}, master_extra={"rules": [{"warn": "one"}, typo]}) as c:
         conf = c.configs["master"]
         assert c.grun("true").stderr == b"grun: warning: one\n"
-        c.write_config("master", {"services": "queue", "rules": [{"if": "cpus > 1", "warn": "two"}]})
+        nosuch = r"rule 2 \(master.conf:\d+\): no group 'nosuchgroup' on this host"
+        assert re.search(rf"WARNING {nosuch}\n", master_log(c)), "at start"
+        assert re.search(rf"# warning: {nosuch}\n", c.grun("-C", conf, "-q", "conf").stdout.decode())
+        c.write_config("master", {"services": "queue", "rules": [{"if": "cpus > 1", "warn": "two"},
+                                                                 {"if": 'cpus > "two"', "warn": "never"}]})
         r = c.grun("-C", conf, "-d", "-r")
-        assert r.returncode == 0, r.stderr
+        assert r.returncode == 0 and re.search(r"grun: reload: rule 2 \(master.conf:\d+\): cpus > 'two' compares a "
+                                               r"number with a word: it fails on every job \(the rule is skipped\)\n",
+                                               r.stderr.decode()), r.stderr
         wait_for(lambda: "applied rules" in master_log(c), what="the reload")
         assert c.grun("-c", "2", "true").stderr == b"grun: warning: two\n" and c.grun("true").stderr == b""
 
@@ -205,13 +218,13 @@ def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared
         env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(shared_dir)}
         grun = lambda who, *argv, **more: _as_user(who, {**env, **more}, list(argv), cwd=str(shared_dir))
         code, out = grun(alice, "-c", "3", "true")
-        assert (code, out) == (1, "grun: at most 2 cpus here\n")
+        assert (code, out) == (1, "grun: at most 2 cpus here (rule 1)\n")
         code, out = grun(alice, "--nowait", "sleep", "60")
         first = out.split()[-1]
         code, out = grun(alice, "--nowait", "-c", "1", "-j", "gpu", "--after", first, "true")
         job = int(out.split()[-1])
         assert code == 0 and c.client().job(job)["state"] == "waiting", out
-        for edit, message in (("cpus=3", f"grun: job {job}: at most 2 cpus here\n"), ("p.gpu=2", None),
+        for edit, message in (("cpus=3", f"grun: job {job}: at most 2 cpus here (rule 1)\n"), ("p.gpu=2", None),
                               ("priority=100", (f"grun: job {job}: priority 100 is above this cluster's "
                                "default_priority (20): only root, an admin (admins:) or a rule may raise a job's priority\n"))):
             code, out = grun(alice, "-e", edit, str(job))
@@ -230,7 +243,7 @@ def test_edits_go_through_the_rules_and_only_admins_raise_priority(users, shared
         assert code == 0 and c.client().job(int(out.split()[-1]))["priority"] == 1000, out
         assert c.client().job(job)["priority"] == 100 and pwd.getpwuid(c.client().job(job)["uid"]).pw_name == alice.pw_name
         code, out = grun(bob, "-e", "cpus=3", str(job))  # the rule judges the job (alice's group), an admin or not
-        assert (code, out) == (1, f"grun: job {job}: at most 2 cpus here\n")
+        assert (code, out) == (1, f"grun: job {job}: at most 2 cpus here (rule 1)\n")
         assert grun(alice, "-k", first)[0] == 0
     finally:
         c.stop()

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from grun.actors.master import RuleFacts
-from grun.config import ConfigError, load_config
+from grun.config import ConfigError, checks, load_config
 from grun.core import edits as E
 from grun.core import jobs as J
 from grun.core import rules as R
@@ -230,7 +230,7 @@ def test_reject_is_a_value_error_with_its_message_and_stops_the_rules():
     log = []
     request, spec = req(cpus=9)
     rules = R.compile_rules([{"if": "cpus > 8", "reject": "at most 8 cpus"}, {"warn": "never"}])
-    with pytest.raises(ValueError, match="^at most 8 cpus$"):
+    with pytest.raises(ValueError, match=r"^at most 8 cpus \(rule 1\)$"):  # the user sees which rule (QA)
         R.apply(rules, request, spec, None, log)
     assert log == [("info", "rule 1 refused a job of bob: at most 8 cpus", ["true"])] and "warnings" not in request
 
@@ -271,7 +271,7 @@ def test_the_issues_rules_load_and_work_as_written(conf):
     assert (out["memory"], out["cpus"], out["params"], out["priority"], out["nodes"]) == \
         (8192, 4, {"gpu": 1}, 30, 'labels.os == "debian12"')
     request, spec = req("rm -rf /tmp/x", group="students", cpus=9)
-    with pytest.raises(ValueError, match="^students may use at most 8 cpus per job$"):
+    with pytest.raises(ValueError, match=r"^students may use at most 8 cpus per job \(rule 3\)$"):
         R.apply(cfg.rules, request, spec, facts)
     request, spec = req("rm -rf /tmp/x", group="students", cpus=8)
     assert R.apply(cfg.rules, request, spec, facts)["warnings"] == ["this job removes files under /"]
@@ -327,14 +327,32 @@ def test_a_nodes_condition_places_refuses_and_explains():
     step = m.handle("submit", [dict(nobody, token="t", force=True)], None, 2.0)
     why = explain(m.table.jobs[step.reply[0]], m, 3.0)
     assert "does not meet labels.os == \"c\"" in why and "could ever run it" in why, why
-    with pytest.raises(ValueError, match='no node meets labels.os == "c" \\(--force'):
+    with pytest.raises(ValueError, match='no node meets labels.os == "c"; nodes from rule 1 \\(--force'):
         m.handle("submit", [dict(nobody, token="u")], None, 2.0)
+    m.settings["rules"] = R.compile_rules([{"params": {"gpus": 1}}])  # what a rule added, said so (QA)
+    with pytest.raises(ValueError, match=r"^no node has gpus; params.gpus from rule 1 \(--force queues it anyway\)$"):
+        m.handle("submit", m.requests([{"cmd": ["x"], "cwd": "/"}]), None, 2.0)
 
 
 def test_the_shape_of_a_job_includes_its_condition():
     """A job whose condition no node meets must not stop plain jobs of the same size in the same pass."""
     from grun.core.nodes import shape
     assert shape({"cpus": 1, "memory": 1, "nodes": "x"}) != shape({"cpus": 1, "memory": 1})
+
+
+def test_typos_that_parse_are_warned_of_never_refused(conf):
+    """QA: a group this host lacks, a number ordered against a word (in a condition, a nodes: one) reloaded without a
+    word; now warned of where limits: warns of unknown groups (grun.config.checks: `grun -d`, reload, `grun -q conf`)."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    cfg, _ = conf(f'rules:\n  - if: group == "nosuchgroup" or "{group}" in groups or user in ["root", "nosuchuser"]\n'
+                  '    warn: x\n  - name: sizes\n    if: \'"two" < cpus and memory < 2G and name > "a"\'\n'
+                  '    nodes: load >= "high" and cpus > 2\n  - if: group in "students staff"\n    warn: a substring\n')
+    assert checks(cfg, {"queue"}) == [
+        "rule sizes (grun.yaml:4): 'two' < cpus compares a number with a word: it fails on every job (the rule is skipped)",
+        "rule sizes (grun.yaml:4): load >= 'high' compares a number with a word: no node meets it",
+        "rule 1 (grun.yaml:2): no group 'nosuchgroup' on this host",
+        "rule 1 (grun.yaml:2): no user 'nosuchuser' on this host"]
+    assert checks(cfg, {"exec"}) == [] and cfg.warnings == [], "the lookups are the master's and `grun -q conf`'s"
 
 
 # ---- the facts the master reads ------------------------------------------------------------------
@@ -385,7 +403,7 @@ def test_an_edit_goes_through_the_rules_as_its_submission_did():
              {"if": 'name == "fixed"', "set": {"priority": 3}},
              {"if": "cpus >= 2", "default": {"memory": 300}}]
     m, job = _queued(rules)
-    with pytest.raises(ValueError, match=r"^job \d+: at most 2 cpus$"):
+    with pytest.raises(ValueError, match=r"^job \d+: at most 2 cpus \(rule 1\)$"):
         m.handle("edit", [job], {"cpus": "3"}, 1.0)
     j = m.table.jobs[job]
     assert (j["cpus"], j["priority"], j["params"]) == (1, 30, {"gpu": 1}), "refused: unchanged"

@@ -90,6 +90,7 @@ def _const(value):
 class _Parser:
     def __init__(self, text: str, fields: dict, functions: dict):
         self.text, self.fields, self.functions, self.i = text, fields, {**FUNCTIONS, **functions}, 0
+        self.compares: list[tuple] = []  # (op, left, right) of each comparison, for a caller's checks
         self.tokens = [("kw" if m[0] in _KEYWORDS else m.lastgroup, m[0], m.start()) for m in _TOKEN.finditer(text)]
         self.tokens += [("end", "", len(text.rstrip()))] * 2
 
@@ -127,6 +128,7 @@ class _Parser:
             _regex(right.const) if op in ("~", "!~") and isinstance(getattr(right, "const", None), str) else None
         except re.error as e:
             raise self.error(f"bad regular expression ({e})", token) from None
+        self.compares.append((op, left, right))
         return lambda env: test(left(env), right(env))
 
     def value(self):
@@ -163,6 +165,8 @@ class _Parser:
                 items.append(self.expr())
             if text == "(":
                 self.expect(")")
+            elif all(hasattr(item, "const") for item in items):  # a list of constants: one
+                return _const([item.const for item in items])
             return items[0] if text == "(" else lambda env: [item(env) for item in items]
         if kind == "name" and self.accept("("):
             if text not in self.functions:
@@ -178,12 +182,14 @@ class _Parser:
         raise self.error("unterminated string" if text in ("'", '"') else "expected a value", token)
 
 
-def compile_expr(text, fields: dict, functions: dict | None = None):
-    """The expression as a function of an environment (`fields`' getters and `functions` read it); a RuleError."""
+def compile_expr(text, fields: dict, functions: dict | None = None, compares: list | None = None):
+    """The expression as a function of an environment (`fields`' getters and `functions` read it); a RuleError.
+    `compares` gets each comparison in it: (op, left, right), a constant side's value its `.const`."""
     if not isinstance(text, str) or not text.strip():
         raise RuleError(f"expected a condition, got {text!r}", 0)
     parser = _Parser(text, fields, functions or {})
     f = parser.expr()
     if parser.tokens[parser.i][0] != "end":
         raise parser.error("unexpected")
+    compares is None or compares.extend(parser.compares)
     return f

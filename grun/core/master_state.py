@@ -35,6 +35,7 @@ from .leases import Leases
 from .nodes import Hearing
 from .placement import place
 from .queue import JobTable, late_end
+from .rule_checks import set_by
 
 SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default) else key.default  # the config's queue
             for name, key in KEYS.items() if key.service == "queue"}  # keys (a default of the config: a configured one's)
@@ -204,7 +205,7 @@ class MasterState:
             other = self.table.names.get(key)
             raise ValueError(f"a job named {name!r} already exists" + (f" (job {other})" if other else ""))
         if why:
-            raise ValueError(f"{why} (--force queues it anyway)")
+            raise ValueError(f"{why}{set_by(request, why)} (--force queues it anyway)")
         batch_names.add(key)
 
     def _lookup(self, job_ids: list, step: Step, now: float, live=True) -> tuple[dict, list[dict]]:
@@ -281,7 +282,7 @@ class MasterState:
             try:
                 new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
                 why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)
-                J.require(not why, f"{why} (add force=yes to edit it anyway)")
+                J.require(not why, why and f"{why}{set_by(new, why)} (add force=yes to edit it anyway)")
                 if force and new:  # as a job forced at submit: later edits are judged by what they ask
                     new = {**new, "force": True}
                 if kinds:

@@ -9,6 +9,7 @@ import os.path
 from ..values import parse_cpus, parse_memory, parse_priority
 from . import jobs as J
 from .expr import RuleError, compile_expr
+from .rule_checks import notes_of
 
 SCRIPT_BYTES = 64 * 1024
 
@@ -96,7 +97,7 @@ _PARSE = {"default": _settable, "set": _settable,  # (labels are strings; params
 
 
 class Rules(list):
-    """Compiled rules (label, condition, actions), equal when their `source` (plain YAML data, `grun -q conf`) is."""
+    """Compiled rules (label, condition, actions) with `notes` (rule_checks), equal when their `source` (YAML) is."""
     __eq__ = lambda self, other: self.source == getattr(other, "source", other)
     __ne__ = lambda self, other: not self.__eq__(other)
     __repr__ = lambda self: f"<{len(self)} rules>"
@@ -129,31 +130,34 @@ def compile_rules(value) -> Rules | tuple:
         return ()  # (the key's default)
     if not isinstance(value, list):
         raise RuleError(f"expected a list of rules like `- if: CONDITION` with actions, got {value!r}", _at(value))
-    rules = Rules(_rule(n, raw) for n, raw in enumerate(value, 1))
-    rules.source = _plain(value)
+    notes: list[tuple] = []
+    rules = Rules(_rule(n, raw, notes) for n, raw in enumerate(value, 1))
+    rules.source, rules.notes = _plain(value), notes
     return rules
 
 
-def _rule(number: int, raw) -> tuple:
+def _rule(number: int, raw, notes: list) -> tuple:
     if not isinstance(raw, dict) or not raw:
         raise RuleError(f"rule {number}: expected a mapping like {{if: CONDITION, set: {{cpus: 2}}}}", _at(raw))
     first = next(iter(raw))
-    where = f" ({os.path.basename(first.path)}:{first.line})" if getattr(first, "path", None) else ""
-    label, test, actions = f"rule {raw.get('name') or number}{where}", (lambda env: True), []
+    name, test, actions = f"rule {raw.get('name') or number}", (lambda env: True), []
+    label = name + (f" ({os.path.basename(first.path)}:{first.line})" if getattr(first, "path", None) else "")
     for key, value in raw.items():
         text = " ".join(str(value).split())
         try:
             if key == "if":
-                test = _job_test(value)
+                test = _job_test(value, compares=(compares := []))
+                notes_of(label, compares, JOB_FIELDS, notes, "it fails on every job (the rule is skipped)")
             elif key in _PARSE:
                 actions.append(("params" if key == "labels" else key, _mapping(value, _PARSE[key])))
             elif key in ("priority", "hosts"):  # (a priority of +N or -N: relative)
                 actions.append(("priority", parse_priority(text)) if key == "priority" and text[:1] in "+-" else
                                ("set", dict([_settable(key, text)])))
             elif key in ("warn", "reject", "nodes"):
-                if key == "nodes":
-                    compile_expr(value, NODE_FIELDS)  # (only to check it: placement compiles its own)
-                actions.append((key, text))
+                if key == "nodes":  # (compiled only to check it: placement compiles its own)
+                    compile_expr(value, NODE_FIELDS, compares=(compares := []))
+                    notes_of(label, compares, NODE_FIELDS, notes, "no node meets it")
+                actions.append((key, (text, name) if key == "reject" else text))
             elif key != "name":
                 raise RuleError(f"unknown action (known: {', '.join(ACTIONS)})", _at(key))
         except ValueError as e:  # (a RuleError's `at`: where in the expression, or LINE:COLUMN)
@@ -176,9 +180,9 @@ def apply(rules, req: dict, spec: dict, facts=None, log: list | None = None) -> 
             continue
         origin = req.setdefault("origin", {})
         for kind, value in actions:
-            if kind == "reject":
-                log.append(("info", f"{label} refused a job of {req['user']}: {value}", req["cmd"]))
-                raise ValueError(value)
+            if kind == "reject":  # (the user sees which rule, as a plugin's Reject names its plugin)
+                log.append(("info", f"{label} refused a job of {req['user']}: {value[0]}", req["cmd"]))
+                raise ValueError(f"{value[0]} ({value[1]})")
             for key, v in value.items() if isinstance(value, dict) else ():
                 if kind == "params":
                     req["params"], origin[f"params.{key}"] = {**req["params"], key: v}, label
