@@ -93,8 +93,8 @@ class Plugins:
 
     def submit(self, requests: list[dict]) -> None:
         """on_submit over the validated requests, in place; a Reject, or an enforcing plugin's skipped call or changes
-        that are not valid, refuses the whole submission (ValueError). The master may still refuse it after (a full disk): on_submit is no sign that a
-        job was queued."""
+        that are not valid, refuses the whole submission (ValueError). The master may still refuse it after (a full
+        disk): on_submit is no sign that a job was queued."""
         from .core.edits import given
         from .core.jobs import validate_spec
         from .core.rules import apply
