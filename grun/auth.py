@@ -8,8 +8,8 @@ grun.wire sends with its first call, so a challenge would cost every connection 
 taken once only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do.
 
 Users cannot read a real cluster's secret: a user's `grun` asks its host's node daemon (root) for a credential,
-signed with "uid, gid, umask, groups, user" as the kernel tells them (SO_PEERCRED on a unix socket), not as the
-asker does. Daemons then know each call's caller (`caller()`)."""
+signed with "uid, gid, umask, groups, job, user" as the kernel tells them (SO_PEERCRED on a unix socket), not as the
+asker does (job: the node's live job whose session it is in, if any). Daemons then know each call's caller (`caller()`)."""
 
 import _thread
 import functools
@@ -186,9 +186,9 @@ def tls_pyro5() -> None:
 
 
 def who(given, bound: str = ""):
-    """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for
-    ({uid, gid, umask, groups, user}), or None (neither, or a replay). `auth: munge`: CLUSTER for root and the
-    daemons' user, else munged's uid and gid, this host's groups of them (not the client's) and the payload's umask."""
+    """Who presents `given`: CLUSTER for a proof of the secret, the identity a node's credential vouches for ({uid, gid,
+    umask, groups, user, job: the job it runs in, or None}), or None (neither, or a replay). `auth: munge`: CLUSTER for
+    root and the daemons' user, else munged's uid and gid, this host's groups of them (not the client's), its umask."""
     import re  # (here, not at the top: the daemons' only; 4 ms of every `grun` call)
     if munge.socket:
         uid, gid, payload = munge.decode(given) or (None, None, "")
@@ -197,20 +197,20 @@ def who(given, bound: str = ""):
             return None
         if uid in (0, os.geteuid()):
             return CLUSTER
-        user, groups = _account(uid, gid)
-        return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups}
+        user, groups = _account(uid, gid)  # (no job: munged cannot vouch for one, so a nested grun borrows nothing)
+        return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups, "job": None}
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
         given, body = given[len(_CRED):len(_CRED) + PROOF_LEN], given[len(_CRED) + PROOF_LEN:]
-        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(.+)", body, re.ASCII)) is None:  # (one line)
+        if (fields := re.fullmatch(r"(\d+):(\d+):([0-7]+):([\d,]*):(\d*):(.+)", body, re.ASCII)) is None:  # (one line)
             return None
     if not verify(given, f"{bound}\n{body}" if body else bound):
         return None
     if not body:
         return CLUSTER
-    uid, gid, umask, groups, user = fields.groups()
+    uid, gid, umask, groups, job, user = fields.groups()
     return {"uid": int(uid), "gid": int(gid), "umask": int(umask, 8), "user": user,
-            "groups": [int(g) for g in groups.split(",") if g]}
+            "groups": [int(g) for g in groups.split(",") if g], "job": int(job) if job else None}
 
 
 def caller():
@@ -239,11 +239,11 @@ def require(what: str, owner: int | None = None, admins=()) -> None:
 
 
 def _account(uid: int, gid: int) -> tuple[str, list[int]]:
-    """The user name and groups of a uid, from this host's account database."""
+    """The user name and groups of a uid, from this host's account database (its passwd group's, not `sg`'s gid's)."""
     import pwd
     try:
-        user = pwd.getpwuid(uid).pw_name
-        return user, os.getgrouplist(user, gid)
+        user = pwd.getpwuid(uid)
+        return user.pw_name, os.getgrouplist(user.pw_name, user.pw_gid)
     except KeyError:
         return str(uid), [gid]
 
@@ -257,9 +257,9 @@ def _umask(pid) -> str:
         return "022"
 
 
-def serve_credentials(log):
-    """A thread answering credential requests on this host's socket (returned) once it holds the socket's lock (a
-    host's node daemons sign in turn); None if this daemon cannot vouch for users (not root, or no secret)."""
+def serve_credentials(log, job_of=lambda sid: None):
+    """A thread signing credentials on this host's socket (returned) once it holds its lock (a host's node daemons sign in
+    turn), with job_of(session id): this node's live job of it, or None; None if not root, or no secret."""
     import fcntl
     import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:
@@ -309,7 +309,7 @@ def serve_credentials(log):
                     if "\n" in bound:  # (signed as "BOUND\nBODY": a line of the asker's would pass for the body)
                         raise UnicodeError(f"a request from uid {uid} for more than one line")
                     user, groups = _account(uid, gid)  # (the kernel's word on who asks, not the asker's)
-                    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{user}"
+                    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{job_of(os.getsid(pid)) or ''}:{user}"
                     conn.sendall((_CRED + proof(f"{bound}\n{body}") + body).encode())
                 except (OSError, UnicodeError) as exc:
                     log.warning("credentials: a request failed: %s", exc)

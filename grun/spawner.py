@@ -112,7 +112,7 @@ def _identity(job: dict) -> dict:
             raise ValueError(f"user {job['user']} does not exist on node {job.get('node')}") from None
         return {"user": uid, "group": job["gid"], "extra_groups": job["groups"], "umask": job.get("umask", 0o022)}
     try:
-        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, job.get("gid", uid))
+        groups = os.getgrouplist((pw := pwd.getpwuid(uid)).pw_name, pw.pw_gid)  # (with `sg OTHER`: as sg leaves them)
     except KeyError:
         groups = []
     return {"user": uid, "group": job.get("gid", uid), "extra_groups": groups}

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
@@ -359,10 +360,11 @@ def test_root_jobs_need_allow_root_on_a_configured_cluster(tmp_path):
 
 # ---- the personal cluster: its owner's only ---------------------------------------------------------
 
-def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: int = 0o022) -> tuple[int, str]:
+def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: int = 0o022,
+             gid: int | None = None) -> tuple[int, str]:
     """`grun ARGV` (or argv(), printing what it returns) run by another local user: a child of this process
     that drops to that user (its Python is under /root, which others cannot read, so everything it needs is
-    imported already)."""
+    imported already); `gid`: with that group's gid, as `sg GROUP` runs a command."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -373,7 +375,7 @@ def _as_user(user: pwd.struct_passwd, env: dict, argv, cwd: str = "/", umask: in
             os.dup2(w, 2)
             sys.stdout = sys.stderr = os.fdopen(w, "w")
             os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
-            os.setgid(user.pw_gid)
+            os.setgid(user.pw_gid if gid is None else gid)
             os.setuid(user.pw_uid)
             os.chdir(cwd)
             os.umask(umask)
@@ -565,7 +567,7 @@ def test_users_run_as_themselves_and_act_on_their_own_jobs_only(secured, users, 
     def forged_kill():  # a credential signed for a "bound" of two lines, the second passed off as the body: root's
         from grun import auth
         from grun.client import Client
-        real, fake = auth._credential, "0:0:022:0:root"
+        real, fake = auth._credential, "0:0:022:0::root"
 
         def forge(bound):
             got = real(f"{bound}\n{fake}")
@@ -759,6 +761,78 @@ def test_the_node_daemons_of_one_host_sign_credentials_in_turn(users, shared_dir
             assert wait_for(lambda: (r := _as_user(alice, env, ["echo", "signed"], cwd=str(tmp_path)))[0] == 0 and r, timeout=15,
                             interval=0.5) == (0, "signed\n")
             c.start_node(stopped)
+    finally:
+        c.stop()
+        auth.use(None)
+
+
+def _users_env(c: LocalCluster, tmp_path) -> dict:
+    """The users' environment for cluster `c`: its client config copied where all may read it (the cluster's is root's)."""
+    shutil.copy(c.write_config("users", {"services": "exec", "auth": "secret", "secret_file": c.secret}), tmp_path / "grun.conf")
+    os.chmod(tmp_path / "grun.conf", 0o644)
+    return {"PATH": os.environ["PATH"], "GRUN_CONF": str(tmp_path / "grun.conf"), "HOME": str(tmp_path)}
+
+
+@ROOT_ONLY
+def test_only_a_grun_inside_a_job_borrows_its_reservation(secured, users, shared_dir):
+    """QA: a grun's parent was its GRUN_JOB_ID, anyone's word: from a login shell, `GRUN_JOB_ID=P grun` had job P
+    lend its cpus (and GPU) to another job while P still used them. Now the credential of the node P runs on
+    says which job the asker is in: a job claimed from outside lends nothing; a grun inside P still borrows."""
+    (alice, _), tmp_path = users[0], shared_dir
+    site = tmp_path / "site"  # (alice's job runs the system's Python: ours, under /root, is not hers to read)
+    for name in ("msgpack", "Pyro5", "serpent.py", "yaml", "_yaml", "psutil"):
+        src = os.path.join(sysconfig.get_paths()["purelib"], name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, site / name)
+    env = _users_env(secured, tmp_path)
+    nested = (f"while [ ! -e go ]; do sleep 0.1; done; PYTHONPATH={os.path.dirname(os.path.dirname(auth.__file__))}:{site}"
+              " /usr/bin/python3 -m grun.cli -c 2 echo borrowed > nested 2>&1; sleep 60")
+    code, out = _as_user(alice, env, ["--nowait", "-c", "2", "sh", "-c", nested], cwd=str(tmp_path))
+    parent = int(out.split()[-1]) if code == 0 else pytest.fail(out)
+    try:
+        wait_for(lambda: secured.client().job(parent)["state"] == "running", timeout=20)
+        code, out = _as_user(alice, {**env, "GRUN_JOB_ID": str(parent)}, ["--nowait", "-c", "2", "true"], cwd=str(tmp_path))
+        claimed = int(out.split()[-1]) if code == 0 else pytest.fail(out)
+        time.sleep(2)  # (lent, it ran at once)
+        assert secured.client().job(claimed)["state"] == "queued", "the parent's cpus lent to a job outside it"
+        secured.client().kill([claimed])
+        (tmp_path / "go").touch()
+        done = tmp_path / "nested"
+        wait_for(lambda: done.exists() and done.read_text().endswith("\n"), timeout=30, what="the nested grun")
+        assert done.read_text() == "borrowed\n"
+    finally:
+        secured.client().kill([parent])
+
+
+@ROOT_ONLY
+def test_sg_does_not_change_the_group_rules_and_limits_see(users, shared_dir):
+    """QA: `sg OTHER -c 'grun ...'` passed for group OTHER in rules (`group`, `groups`) and `group.X` limits, and its
+    job ran without the user's primary group. Policy now reads the passwd's primary group; the job keeps sg's gid
+    and has the primary group among its others, as sg leaves them."""
+    (alice, _), tmp_path = users[0], shared_dir
+    other, primary = users[1], grp.getgrgid(alice.pw_gid).gr_name
+    (tmp_path / "secret").write_text(os.urandom(32).hex())
+    os.chmod(tmp_path / "secret", 0o600)
+    keys = {"auth": "secret", "secret_file": str(tmp_path / "secret")}
+    rule = f'group == "{primary}" and "{primary}" in groups and "{grp.getgrgid(other).gr_name}" in groups'
+    c = LocalCluster(nodes={"n1": {"cpus": 2, "memory": 2000, **keys}}, master_extra={
+        **keys, "rules": [{"if": rule, "warn": "her primary group"}], "limits": {f"group.{primary}": {"cpus": 1}}})
+    c.secret = keys["secret_file"]
+    auth.use(c.secret)
+    try:
+        c.start()
+        env = _users_env(c, tmp_path)
+        code, out = _as_user(alice, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path), gid=other)
+        assert code == 0 and "warning: her primary group" in out, out
+        first = int(out.split()[-1])
+        wait_for(lambda: c.client().job(first)["state"] == "running", timeout=20)
+        code, out = _as_user(alice, env, ["--nowait", "-o", "ids", "sh", "-c", "id -g; id -G"], cwd=str(tmp_path), gid=other)
+        assert code == 0 and "warning: her primary group" in out, out
+        time.sleep(2)  # (her group's limit: 1 cpu, which her first job holds)
+        assert (c.client().job(first)["group"], c.client().job(first + 1)["state"]) == (primary, "queued")
+        c.client().kill([first])
+        wait_for(lambda: (ids := tmp_path / "ids").exists() and len(ids.read_text().splitlines()) == 2, timeout=20)
+        gid, gids = (tmp_path / "ids").read_text().splitlines()
+        assert gid == str(other) and {str(alice.pw_gid), str(other)} <= set(gids.split()), (gid, gids)
     finally:
         c.stop()
         auth.use(None)

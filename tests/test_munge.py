@@ -21,6 +21,7 @@ from test_auth import _answer, _as_themselves, _as_user, _fuzz, _log
 from util import wait_for
 
 from grun import auth, config, munge, wire
+from grun.core.jobs import as_submitter
 from grun.files import read_int
 
 users, shared_dir = test_auth.users, test_auth.shared_dir  # (its fixtures: real users, a directory for all)
@@ -84,7 +85,8 @@ def test_a_credential_says_who_made_it_and_is_good_once(munged, users, shared_di
     assert code == 0 and cred.startswith("MUNGE:"), out
     who = auth.who(cred, "conn")
     assert who == {"uid": alice.pw_uid, "gid": alice.pw_gid, "umask": 0o027, "user": alice.pw_name,
-                   "groups": os.getgrouplist(alice.pw_name, alice.pw_gid)} and group in who["groups"], who
+                   "groups": os.getgrouplist(alice.pw_name, alice.pw_gid), "job": None} and group in who["groups"], who
+    assert as_submitter({"cmd": ["true"], "parent": 5}, who)["parent"] is None, "munged vouches for no job to borrow from"
     assert auth.who(cred, "conn") is None  # a replay
     assert auth.who(auth.proof("conn"), "conn") == auth.CLUSTER  # root (the daemons' own user too)
     assert auth.who(auth.proof("conn"), "another connection") is None

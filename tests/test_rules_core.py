@@ -391,7 +391,7 @@ def test_the_readmes_rules_load(conf):
 def _queued(rules, **spec):
     """A MasterState with these rules and a node, and a job of bob's (group staff) queued on it: (state, job id)."""
     m = MasterState(random.Random(0), rules=R.compile_rules(rules), default_priority=20)
-    m.group_of = lambda gid: "staff"
+    m.group_of = lambda user, gid: "staff"
     m.handle("register", {"name": "n1", "cpus": 8, "memory": 8000, "uri": "PYRO:x@h:1", "resources": {"gpu": 4}}, 0.0)
     spec = {"cmd": ["x"], "cwd": "/", "user": "bob", "uid": 1000, "gid": 1000, **spec}
     return m, m.handle("submit", m.requests([spec], trusted=False), None, 0.0).reply[0]

@@ -19,7 +19,7 @@ from grun.core.placement import MAX_MISSES_PER_PASS
 
 def _master(limits: dict, cpus: float = 16, groups=None) -> MasterState:
     m = MasterState(random.Random(0), limits=limits)
-    m.group_of = lambda gid: (groups or {}).get(gid, "staff")
+    m.group_of = lambda user, gid: (groups or {}).get(gid, "staff")
     m.handle("register", {"name": "n", "uri": "u", "cpus": cpus, "memory": 64000, "resources": {"gpu": 8}}, 0.0)
     return m
 

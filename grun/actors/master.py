@@ -15,6 +15,7 @@ import functools
 import grp
 import logging
 import os
+import pwd
 import stat
 import threading
 import time
@@ -47,12 +48,13 @@ FROM_NODES = frozenset({"register", "heartbeat", "finished", "started"})  # told
 
 
 @functools.lru_cache(maxsize=4096)
-def _group_name(gid: int) -> str:
-    """A submitter's group by name (config limits: group.NAME), once per gid: groups are rarely renamed."""
-    try:
+def _group_name(user: str, gid: int) -> str:
+    """A submitter's primary group's name, their passwd's (not `sg`'s; the gid given if unknown here), once per user."""
+    with contextlib.suppress(KeyError, ValueError):
+        gid = pwd.getpwnam(user).pw_gid
+    with contextlib.suppress(KeyError, OverflowError):
         return grp.getgrgid(gid).gr_name
-    except (KeyError, OverflowError):
-        return str(gid)
+    return str(gid)
 
 
 class RuleFacts:
@@ -82,7 +84,7 @@ class RuleFacts:
             with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
                 return f.read(SCRIPT_BYTES)
 
-    _groups = staticmethod(lambda user, gid: [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, gid)])
+    _groups = staticmethod(lambda user, gid: [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, pwd.getpwnam(user).pw_gid)])
     head = lambda self, *args: self._once(RuleFacts._head, *args)
     size = lambda self, *args: getattr(self._once(RuleFacts._stat, *args), "st_size", None)
     groups = lambda self, *args: self._once(RuleFacts._groups, *args)

@@ -449,12 +449,13 @@ def public_view(job: dict) -> dict:
 
 
 def as_submitter(spec, who: dict):
-    """A user's submission with the identity their credential proved (grun.auth); claiming another's is refused."""
+    """A user's submission as their credential says (grun.auth: who, the job they run in); claiming another's is refused."""
     if not isinstance(spec, dict):
         return spec
     if spec.get("uid") not in (None, who["uid"]):
         raise ValueError(f"not authorized: you are uid {who['uid']} ({who['user']}), not uid {spec['uid']}")
-    return {**spec, **{k: who[k] for k in ("uid", "gid", "groups", "umask", "user")}}
+    return {**spec, **{k: who[k] for k in ("uid", "gid", "groups", "umask", "user")},
+            "parent": who["job"] if spec.get("parent") == who["job"] else None}
 
 
 def job_number(raw) -> int | None:

@@ -82,7 +82,7 @@ class MasterState:
         self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
         self.leases = Leases()  # (not journaled: after a restart, each lease runs from then)
         self.hearing = Hearing()  # whether it hears any node (not journaled either)
-        self.group_of = str  # gid -> group name; the master gives a lookup in the system's group database
+        self.group_of = lambda user, gid: str(gid)  # -> a name; the master's: user's primary group (its passwd's)
 
     def configure(self, **changes) -> dict:
         """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
@@ -157,7 +157,7 @@ class MasterState:
         requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
                     for spec in specs]
         for req, spec in zip(requests, specs):  # the priority it asks (of a user: `trusted` not), the rules in order
-            req["group"] = self.group_of(req["gid"])  # (by the master's name service: a client cannot claim a group)
+            req["group"] = self.group_of(req["user"], req["gid"])  # (the master's name service: none claims a group)
             E.may_raise(None if trusted or spec.get("priority") is None else req["priority"], req, s)
             E.run_rules(s["rules"], req, spec, facts, log)
         self.table.learned.fill(requests, s)  # what the user did not give, from the runs of their program
