@@ -128,3 +128,27 @@ def test_a_learned_run_time_is_an_estimate_never_a_limit(lc):
     job = lc.client().job(job_id_from_verbose(r.stderr))
     assert job["origin"]["time"].startswith("learned") and job["expected_time"] < 1, job
     assert r.returncode == 0 and job["state"] == "done" and "time" not in job["limits"], (r.stderr, job)
+
+
+def test_a_queued_jobs_learned_request_no_node_fits_any_more_gives_way_to_the_defaults_and_says_so():
+    """(QA: a job held with a learned 300 MB, both nodes cut to 250 MB by a reload, then resumed, stayed queued for
+    ever, `grun why`: "No node up now could ever run it"; and nothing said why a request fell back to the defaults.)"""
+    with LocalCluster({"n1": {"cpus": 1, "memory": 4000}, "n2": {"cpus": 1, "memory": 4000}}) as c:
+        hog = _script(c, "hog.py")
+        _runs(c, 3, sys.executable, hog, "300", "0")
+        job_id = nowait(c, "--hold", sys.executable, hog, "10", "0")
+        assert c.client().job(job_id)["memory"] > 300
+        for node in ("n1", "n2"):
+            conf = c.write_config(node, {"services": "exec", "count_outside_load": False, "cpus": 1, "memory": 250})
+            assert c.grun("-C", conf, "-d", "-r").returncode == 0
+        wait_for(lambda: {n["name"]: n["memory"] for n in c.client().nodes()} == {"n1": 250, "n2": 250}, 20,
+                 what="both nodes cut to 250 MB")
+        job = wait_for(lambda: (j := c.client().job(job_id))["memory"] == 100 and j, 20, what="the defaults")
+        [warning] = job["warnings"]
+        assert warning.startswith("its learned request (") and not job.get("origin") and f"p95 of the last 3 runs of " \
+            f"hog.py by {USER}) was dropped for the defaults: no node has " in warning and warning.endswith(
+                "of memory; largest is 250 MB"), job
+        assert f"Warning: {warning}." in c.grun("why", str(job_id)).stdout.decode()
+        assert c.grun("-e", "resume", str(job_id)).returncode == 0
+        wait_for(lambda: c.client().job(job_id)["state"] == "done", 30, what="the job to run")
+        assert f"  warning   {warning}" in c.grun("-q", "history", "--long", "-c", "1").stdout.decode()

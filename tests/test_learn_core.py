@@ -263,6 +263,40 @@ def test_learned_values_no_node_could_run_are_not_used():
     job = m.table.jobs[job_id]
     assert (job["cpus"], job["memory"], "origin" in job, "memory_limit" in job) == (1.0, 100, False, False), \
         "the defaults, and it is queued"
+    assert job["warnings"] == [("its learned request (100M, 90 cpus, 10 s: p95 of the last 3 runs of align.py by ann) "
+                               "was dropped for the defaults: no node has 90 cpus; largest is 64")]
+
+
+def test_queued_jobs_learned_values_no_node_or_limit_lets_run_any_more_give_way_to_the_defaults():
+    """(A job queued with a learned 1.5G waited forever once every node was cut to 1200 MB: only a submit fell back.)"""
+    m, journal = _master(), []
+    for peak in (1500, 1500, 1500):
+        journal += _finish_one(m, peak, 0.0)
+    held, fine, forced = (m.requests([{"cmd": ["python3", "align.py"], "user": "ann", **extra}])[0]
+                          for extra in ({"hold": True}, {"hold": True, "memory": 1000}, {"hold": True, "force": True}))
+    journal += m.handle("submit", [held, fine, forced], None, 5.0).records
+    ids = sorted(m.table.jobs)
+    assert [m.table.jobs[i]["memory"] for i in ids] == [1500, 1000, 1500] and m.table.learnt
+    assert not m.handle("schedule", 6.0).records, "nothing changed: no edit"
+    journal += m.handle("register", {"name": "a", "uri": "PYRO:x@a:1", "cpus": 64, "memory": 1200,
+                                     "incarnation": "j"}, 7.0).records
+    step = m.handle("schedule", 8.0)
+    assert [(r["op"], r["id"]) for r in step.records] == [("edit", ids[0])], "not the one given -m, nor the forced one"
+    journal += step.records
+    job = m.table.jobs[ids[0]]
+    assert (job["memory"], job["cpus"], job["memory_limit"], job["expected_time"], job["origin"]) == \
+        (100, 1.0, None, None, None) and job["state"] == "held" and L.filed(m.table.jobs[ids[2]]) is None
+    assert not any(ids[0] in filed for filed in m.table.learnt.values()), "out of the index: never looked at again"
+    assert job["warnings"] == [("its learned request (1.5G, 0.1 cpus, 10 s: p95 of the last 3 runs of align.py by ann) "
+                               "was dropped for the defaults: no node has 1500 MB of memory; largest is 1200 MB")]
+    assert not m.handle("schedule", 9.0).records
+    assert _recovered(None, journal).table.jobs[ids[0]] == job, "the edit is journaled: a replay agrees"
+    m.handle("register", {"name": "a", "uri": "PYRO:x@a:1", "cpus": 64, "memory": 64000, "incarnation": "k"}, 10.0)
+    journal += m.handle("submit", m.requests([{"cmd": ["python3", "align.py"], "user": "ann"}]), None, 11.0).records
+    m.configure(limits={"user": {"memory": 1000}})  # a reload: over the user's limit, as at submit
+    edit, dispatch = m.handle("schedule", 12.0).records  # (the edit first: it runs at once, as the defaults)
+    assert (edit["op"], dispatch["op"]) == ("edit", "dispatch") and edit["changes"]["memory"] == 100 and edit["changes"]["warnings"][0].endswith(
+        "dropped for the defaults: user ann may run at most 1000 MB of memory at once and this job alone asks for 1500")
 
 
 def test_a_restart_from_snapshot_and_journal_counts_each_run_once():

@@ -13,7 +13,9 @@ import math
 import os
 from array import array
 
-from .jobs import argv, asked_to_end, command_of, script_of
+from .explain import refusal
+from .jobs import HELD, QUEUED, WAITING, argv, asked_to_end, command_of, script_of
+from .nodes import shape
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
 MAX_KEYS = 10_000      # (user, program) pairs kept (~0.5 KB each)
@@ -124,18 +126,25 @@ class Learned:
                 req.setdefault("warnings", []).extend(warnings)
 
     @staticmethod
-    def unlearn(req: dict, settings: dict) -> bool:
-        """Put the defaults back in place of learned values (which no node could run); whether any were."""
-        origin = req.get("origin") or {}
+    def unlearn(req: dict, settings: dict, why: str) -> bool:
+        """Put the defaults back in place of learned values, which no node or limit lets run (`why`), and a warning
+        that says so; whether any were. Copies what it changes: `req` may be a copy of a live job."""
+        origin = dict(req.get("origin") or {})
         learned = [field for field, text in origin.items() if text.startswith("learned")]
-        for field, default in (("memory", "default_memory"), ("cpus", "default_cpus"), ("time", None)):
-            if field in learned:
-                del origin[field]
-                req.pop({"memory": "memory_limit", "time": "expected_time"}.get(field), None)
-                req.update({field: settings[default]} if default else {})
+        if not learned:
+            return False
+        shown = {"memory": size(req["memory"]), "cpus": f"{req['cpus']:g} cpus", "time": f"{req.get('expected_time'):g} s"}
+        what = origin[learned[0]].removeprefix("learned: ").split(" (")[0]
+        said = f"its learned request ({', '.join(shown[f] for f in learned)}: {what}) was dropped for the defaults: {why}"
+        req["warnings"] = [*(req.get("warnings") or ()), said]
+        for field in learned:  # (memory, cpus, time: what fill() learns)
+            del origin[field]
+            req.pop({"memory": "memory_limit", "time": "expected_time"}.get(field), None)
+            req.update({field: settings[f"default_{field}"]} if field != "time" else {})
+        req["origin"] = origin
         if not origin:
-            req.pop("origin", None)
-        return bool(learned)
+            req.pop("origin")
+        return True
 
     @staticmethod
     def kept(job: dict, new: dict) -> dict:
@@ -149,6 +158,26 @@ class Learned:
 
     def load(self, rows: list) -> None:
         self.keys = collections.OrderedDict(((user, program), Runs(*rest)) for user, program, *rest in rows or ())
+
+
+def filed(job: dict) -> tuple | None:
+    """The key of JobTable.learnt a live job is filed under while it holds learned values (not --force: no node need
+    fit it): one refusal a key tells whether its jobs still fit. (Not its `exclude`: a retry adds to it.)"""
+    if not job.get("force") and any(text.startswith("learned") for text in (job.get("origin") or {}).values()):
+        return job.get("user"), job.get("group"), shape(job)[:-1]
+    return None
+
+
+def unlearned(table, settings: dict, now: float) -> list[dict]:
+    """Edits putting the defaults back in place of learned values, as at submit, in the jobs not started that no node or
+    limit lets run any more: the nodes or limits changed since (MasterState.on_schedule, then only)."""
+    records = []
+    for ids in table.learnt.values():
+        for job in map(table.jobs.get, ids) if (why := refusal(table.jobs[next(iter(ids))], table)) else ():
+            if job["state"] in (QUEUED, HELD, WAITING) and Learned.unlearn(new := dict(job), settings, why):
+                changes = {k: new.get(k) for k in ("memory", "cpus", "memory_limit", "expected_time", "origin", "warnings")}
+                records.append({"op": "edit", "id": job["id"], "changes": changes, "time": now})
+    return records
 
 
 def _runs_of(n: int, key: tuple[str, str]) -> str:

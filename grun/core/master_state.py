@@ -30,6 +30,7 @@ from . import arrays as A
 from . import deps as D
 from . import edits as E
 from . import jobs as J
+from . import learn as L
 from .explain import disk_low, refusal
 from .leases import Leases
 from .nodes import Hearing
@@ -198,7 +199,7 @@ class MasterState:
     def _admit(self, request: dict, batch_names: set) -> None:
         """Refuse (ValueError, one line) a name the user's jobs already hold, or a request no node or limit lets run."""
         name, why = request.get("name"), None if request.get("force") else refusal(request, self.table)
-        if why and self.table.learned.unlearn(request, self.settings):  # no node has what its program used
+        if why and self.table.learned.unlearn(request, self.settings, why):  # no node has what its program used
             why = refusal(request, self.table)
         key = (request["user"], name)  # names are per user, as Slurm's (squeue -n, --dependency=singleton)
         if name and (key in self.table.names or key in batch_names):
@@ -427,6 +428,9 @@ class MasterState:
         """Dispatch every queued job that fits now, reserve nodes for those past reserve_after, and offer again
         the jobs whose start was never confirmed (node.start is idempotent: a second offer runs nothing twice)."""
         offers = collections.defaultdict(list)  # (offer or reoffer, node) -> jobs
+        # after a node is described anew or the limits change (NodeIndex.remembered; a new caps), once: learn.unlearned
+        self.table.nodes.remembered(("unlearn", self.table.quotas.caps), lambda: self._commit(
+            step, L.unlearned(self.table, self.settings, now)))
         if len(self.table.pending):
             plan = place(iter(self.table.pending), self.table.nodes, self.rng, now=now,
                          reserve_after=self.settings["reserve_after"], claims=self.table.claims(now),

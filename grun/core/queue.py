@@ -10,7 +10,7 @@ from ..values import task_ref
 from . import arrays as A
 from . import deps as D
 from . import jobs as J
-from .learn import Learned
+from .learn import Learned, filed
 from .nodes import EPS, NodeIndex, NodeView, consumables
 from .placement import PendingQueue
 from .quotas import Quotas
@@ -42,6 +42,7 @@ class JobTable:
         self._shared: dict[tuple, object] = {}   # see SHARED_VALUES_MAX; values are never mutated
         self._last_shared: dict[str, object] = {}
         self.learned = Learned()                 # what finished runs used, for learned requests (grun.core.learn)
+        self.learnt: dict[tuple, set[int]] = {}  # learn.filed(job) -> the live jobs holding learned values
 
     def apply(self, rec: dict):
         """Apply one record; returns the job it touched, the node's view for "node", or None (a job that has left)."""
@@ -198,8 +199,9 @@ class JobTable:
         self.pending.add(job)
 
     def _index(self, job: dict, add: bool, outputs: bool = False) -> None:
-        """File the job under each job it waits for (and, `outputs`, each of its outputs), or take it out."""
+        """File the job under each job it waits for, its learn.filed key (`outputs`: each of its outputs), or take it out."""
         for index, keys in ((self.dependants, [d[1] for d in job.get("deps") or ()]),
+                            (self.learnt, [key] if (key := filed(job)) else ()),
                             (self.makers, job.get("outputs") or () if outputs else ())):
             for key in keys:
                 if add:
