@@ -82,7 +82,8 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     another source at that mount point: the same server by another name?); else False."""
     if not cwd_fs or node_mounts is None:
         return None
-    if any(m["type"] != AUTOFS and inside(_export(cwd_fs), _export(m)) for m in node_mounts):
+    want = _export(cwd_fs)  # (once: the master asks this per job and node)
+    if any(m["type"] != AUTOFS and inside(want, _export(m)) for m in node_mounts):
         return True
     if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and inside(cwd_fs["root"], m["root"])
            for m in node_mounts):

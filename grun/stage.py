@@ -244,6 +244,7 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
                 except OSError as e:
                     raise Refused(f"cannot store {rel}: {e.strerror or e}") from None
         os.fchmod(fd, mode & 0o777 or 0o644)
+        os.close(fds.pop())  # before the rename: NFS tells a failed write-back (EDQUOT, EIO) at close
         os.rename(part, rel.rsplit("/", 1)[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):

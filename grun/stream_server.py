@@ -120,7 +120,7 @@ class StreamServer:
     def __init__(self, bind_host: str, port: int = 0):
         self._lock, self._closed = threading.Lock(), False
         self._offers: dict[str, tuple] = {}          # token -> (deadline, by_user, offer)
-        self._conns: set[_Attach] = set()            # the attached clients
+        self._conns: dict[str, set[_Attach]] = {}    # job key -> its attached clients (wake: per pipe read)
         family = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM)[0][0]
         self._lsock = socket.create_server((bind_host, port), family=family, backlog=128)
         self.address: tuple[str, int] = self._lsock.getsockname()[:2]
@@ -155,9 +155,8 @@ class StreamServer:
 
     def wake(self, job_key: str) -> None:
         with self._lock:
-            for conn in self._conns:
-                if conn.job_key == job_key:
-                    conn.wake.set()
+            for conn in self._conns.get(job_key, ()):
+                conn.wake.set()
 
     def close(self) -> None:
         self._closed = True  # before the offers go: a connection claims one only while we are open
@@ -166,7 +165,7 @@ class StreamServer:
             self._lsock.shutdown(socket.SHUT_RDWR)  # close() alone does not wake accept() on Linux
         self._lsock.close()
         with self._lock:  # (hang_up takes no lock)
-            for conn in self._conns:
+            for conn in (c for conns in self._conns.values() for c in conns):
                 conn.hang_up()
 
     def _accept_loop(self) -> None:
@@ -198,7 +197,7 @@ class StreamServer:
                 deadline, _, conn = self._offers.pop(token, (0, 0, None)) if token and not self._closed else (0, 0, None)
                 if (fresh := deadline >= time.monotonic()) and isinstance(conn, _Attach):
                     conn.sock, conn.peer = sock, peer
-                    self._conns.add(conn)
+                    self._conns.setdefault(conn.job_key, set()).add(conn)
             if not fresh:
                 log.warning("stream %s: bad, expired or used token; closing", peer)
                 return
@@ -219,7 +218,9 @@ class StreamServer:
             if isinstance(conn, _Attach):
                 if conn.sock is not None:
                     with self._lock:
-                        self._conns.discard(conn)
+                        self._conns[conn.job_key].discard(conn)
+                        if not self._conns[conn.job_key]:
+                            del self._conns[conn.job_key]
                     conn.hang_up()
                     if conn.reader is not None:
                         conn.reader.join()

@@ -59,6 +59,15 @@ def tls_signed(root: str, name: str, ca: tuple[str, str]) -> dict:
     return {"cert": cert, "key": key, "ca": ca[0]}
 
 
+def _state(pid: int) -> bytes:
+    """A process's state letter (b"Z": a zombie), b"" once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,13 +200,19 @@ class LocalCluster:
     def _kill_leftover_jobs(self) -> None:
         """Jobs outlive their daemons by design; a test must not leave them behind. (Their reaper, left
         without input and jobs, then exits by itself, having reaped them.)"""
+        reapers = set()
         for name in self.node_specs:
             jobs_dir = os.path.join(self.root, name, "node", "jobs")
             for entry in os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else ():
                 # Read here, not through grun.spool: bench runs this file against older commits too.
                 with contextlib.suppress(OSError, ValueError, IndexError):  # no pid yet; or the job ended meanwhile
-                    pid = int(open(os.path.join(jobs_dir, entry, "pid")).read().split()[0])  # "<job pid> <reaper>"
+                    pid, reaper = map(int, open(os.path.join(jobs_dir, entry, "pid")).read().split()[:2])
+                    reapers.add(reaper)
                     os.killpg(pid, signal.SIGKILL)  # the job's process group
+        deadline = time.monotonic() + 5  # its reaper writes the job's end: not into a tree removed meanwhile (it made
+        while reapers and time.monotonic() < deadline:  # the job's directory again, left in /tmp)
+            reapers = {r for r in reapers if _state(r) not in (b"", b"Z")}
+            time.sleep(0.05)
 
     def __enter__(self):
         try:
