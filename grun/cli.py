@@ -81,7 +81,7 @@ def _form(opts: dict, words: list[str], escaped: bool = False) -> tuple[list[str
     return ["run", "--", *words], "grun"
 
 
-def _fill_closed_std_fds() -> bool:
+def fill_closed_std_fds() -> bool:
     """A standard fd left closed (`grun CMD >&-`) gets /dev/null, read-only: no socket of ours takes its number, and a
     write to it fails with EBADF as `echo hi >&-`'s does. Whether stdin was closed: the job gets no input, as before."""
     stdin_closed = False
@@ -100,7 +100,7 @@ def _fill_closed_std_fds() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """The `grun` command; as the program (argv None) it ends the process itself when it can (_exit_quickly)."""
-    stdin_closed = argv is None and _fill_closed_std_fds()
+    stdin_closed = argv is None and fill_closed_std_fds()
     code = _main(sys.argv[1:] if argv is None else argv, stdin_closed)
     if argv is None:
         try:
@@ -223,7 +223,7 @@ def node_main(argv: list[str] | None = None) -> int:
         return serve(load_config(find_config_path(opts.get("config"))), services=frozenset({"exec"}), foreground=True)
     except UsageError as exc:
         return say(str(exc), EXIT_USAGE)
-    except (ConfigError, DaemonError) as exc:
+    except (ConfigError, DaemonError, OSError) as exc:  # (OSError: `--help > /dev/full`)
         return say(str(exc))
 
 

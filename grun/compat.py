@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from .integrate import install_shims
         return install_shims(argv)
     from . import compat_sge, compat_slurm
+    from .cli import fill_closed_std_fds
+    fill_closed_std_fds()  # (`srun cat <&-`: else the master's socket took fd 0, and the job read it)
     try:
         code = getattr(compat_slurm if called.startswith("s") else compat_sge, called)(argv)
         sys.stdout.flush()  # (a reader gone: found here, not at exit)
@@ -119,8 +121,13 @@ def read_script(path: str | None, kind: str, newline: str | None = None) -> str:
     """The script's text, as at submit (stdin without a path); newline="" keeps \r\n (for sbatch to refuse)."""
     if path is None and (not sys.stdin or sys.stdin.isatty()):  # (None: closed)
         raise Refused(f"no {kind} script given (and no script on standard input)")
-    with open(path or 0, encoding="utf-8", errors="surrogateescape", newline=newline, closefd=bool(path)) as f:
-        return f.read()
+    try:
+        with open(path or 0, encoding="utf-8", errors="surrogateescape", newline=newline, closefd=bool(path)) as f:
+            return f.read()
+    except OSError as exc:
+        if path:
+            raise
+        raise Refused(f"cannot read standard input: {exc.strerror}") from None
 
 
 def megabytes(text: str, per: float = 1) -> int:

@@ -130,8 +130,8 @@ def sbatch(argv: list[str]) -> int:
         name = os.path.basename(rest[0]) if rest else "sbatch"
         try:
             script = C.read_script(rest[0] if rest else None, "batch", newline="")
-        except OSError as exc:  # (a file's: Slurm's words)
-            raise Refused(f"Unable to open file {rest[0]}" if rest else f"cannot read standard input: {exc.strerror}") from None
+        except OSError:  # (Slurm's words)
+            raise Refused(f"Unable to open file {rest[0]}") from None
     if not script.startswith("#!"):
         raise Refused("This does not look like a batch script.  The first line must start with #! followed by "
                       "the path to an interpreter.")

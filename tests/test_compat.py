@@ -290,11 +290,16 @@ def test_sbatch_refuses_what_it_cannot_do_faithfully(cluster, shims, tmp_path):
         r = shims("sbatch", *args, cwd=tmp_path)
         assert r.returncode == 1 and words in r.stderr and r.stderr.count("\n") == 1 and not r.stdout, (args, r.stderr)
     for name, redirect, words in (("sbatch", "<&-", "no batch script given"), ("qsub", "<&-", "no job script given"),
-                                  ("sbatch", "0>>w", "cannot read standard input: Bad file descriptor")):  # (write-only)
+                                  ("sbatch", "0>>w", "cannot read standard input: Bad file descriptor"),  # (write-only)
+                                  ("qsub", "0>>w", "cannot read standard input: Bad file descriptor")):
         r = subprocess.run(["/bin/sh", "-c", f'exec "$0" {redirect}', shims.bin / name], env=cluster.env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and words in r.stderr and r.stderr.count("\n") == 1, (name, redirect, r.stderr)
     assert len(cluster.client().jobs()) + len(cluster.client().history(1000)) == before
+    # srun with stdin closed: the job reads nothing (it read the master's socket, which took fd 0, and hung)
+    r = subprocess.run(["/bin/sh", "-c", 'exec "$0" cat <&-', shims.bin / "srun"], env=cluster.env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
 
 
 def test_squeue_default_format_and_fields_as_tools_parse_them(cluster, shims, tmp_path):

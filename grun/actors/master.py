@@ -460,7 +460,8 @@ class Master(Queries):
                 self._snapshot()
         except (StoreError, OSError, DiskFull) as exc:
             log.error("no snapshot at shutdown (%s); the journal has everything", exc)
-        try:
-            self.store.close()
-        except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
-            log.error("closing the store: %s", exc)
+        finally:  # (whatever a snapshot raised: the journal's last commit and the history flush)
+            try:
+                self.store.close()
+            except (StoreError, OSError) as exc:  # e.g. history not flushed to a full disk: in the journal
+                log.error("closing the store: %s", exc)
