@@ -4,8 +4,8 @@ The node daemon starts one reaper in a session of its own and sends it, on its s
 `<job_dir>\\t<notify socket>[\\t<job.json's content>]`. The reaper, single-threaded and long-lived, claims
 the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts it with Popen (vfork + exec)
 in its own session, waits for it with SIGCHLD + wait4 (exact usage), writes its `status.json` and pings the
-node. It outlives the node daemon, and exits once its input and its last job have ended (one that dies:
-grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after a crash.
+node. It outlives the node daemon, and exits once its input and its last job have ended, their ends written or
+forgotten (one that dies: grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after a crash.
 """
 
 import collections
@@ -21,7 +21,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from . import limits as L
@@ -32,11 +31,8 @@ SHELL = "/bin/sh"
 PR_SET_CHILD_SUBREAPER = 36
 PING_TIMEOUT = 0.5
 PING_BYTES = 60000  # per datagram (the node reads up to 64 KiB)
-HIDE_SECS = 5.0  # how long the node waits for a failed -M job's outputs to be renamed (hide_failed_outputs)
+HIDE_SECS = 5.0  # how long a failed -M job's end waits for its outputs to be renamed (hide_failed_outputs)
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
-# how long, once its node daemon has gone, unwritten statuses are tried again: then a restarted node settles
-# those jobs as it does any whose reaper died (grun.actors.node_jobs._reaperless)
-ORPHAN_RETRY_SECS = float(os.environ.get("GRUN_REAPER_ORPHAN_RETRY_SECS", "600"))
 
 # What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id, else its
 # own; cpus, memory: as edited since, if set at submit). Their shims set the rest (grun/compat.py). It gets a TMPDIR too.
@@ -183,18 +179,11 @@ def _as_user(ident: dict):
 def hide_failed_outputs(job: dict, status: dict):
     """A failed -M job's outputs become FILE.failed (grun.make.rename_failed), once: by its reaper or, when that died,
     the node (node_jobs._end_orphan: jobs without a status.json). As its user (never root), in a child (glibc switches
-    every thread's ids), waited for at most HIDE_SECS (a hung NFS server must not stall the job's end): returns a
-    function that collects the child."""
+    every thread's ids), waited for at most HIDE_SECS (a hung NFS server must not stall the job's end): returns
+    _in_child_as's (pid, pipe), the caller's to collect, or None."""
     if not job.get("make") or not (outputs := job.get("outputs")) or not (status.get("exit_code") or status.get("signal")):
         return None
-    pid, ended = _in_child_as(_identity(job), make.rename_failed, outputs, HIDE_SECS)
-
-    def collect() -> None:
-        select.select([ended], [], [])  # (closed as it exits: then waitpid does not block)
-        os.close(ended)
-        with contextlib.suppress(ChildProcessError):  # (a node whose reaper died reaps what it does not know)
-            os.waitpid(pid, 0)
-    return collect
+    return _in_child_as(_identity(job), make.rename_failed, outputs, HIDE_SECS)
 
 
 def _in_child_as(ident: dict, work, args, secs: float) -> tuple[int, int]:
@@ -387,8 +376,8 @@ class Reaper:
                 if run.status.get("limit"):  # why, on its stderr too (as slurmstepd's "CANCELLED ... DUE TO TIME LIMIT")
                     run.status["limit_told"] = _tell(run.dir, run.job, L.describe(run.status, run.id),
                                                      limit.get("stderr", "")) or None
-                if collect := hide_failed_outputs(run.job, run.status):
-                    collect()
+                if hiding := hide_failed_outputs(run.job, run.status):  # its child, maybe stuck on a hung server,
+                    os.close(hiding[1])  # is reaped as it ends, as what a job leaves (above): never waited for here
                 done.append(run)
             except Exception as exc:  # one job's bad spool must not stop the reaper
                 self._fail(run.dir, run.notify, f"supervisor failed: {exc}")
@@ -415,21 +404,21 @@ class Reaper:
         return True
 
     def _record(self, *runs: _Run) -> None:
-        """Write the runs' status files and tell the node. One a full spool disk refuses is told once as `unwritten`
-        (the node reports it all the same) and tried again every spool.DISK_RETRY_SECS until written (then told
-        as `finished`) or its spool is gone."""
+        """Write the runs' status files and tell the node. One a full spool disk refuses is told as `unwritten` (the
+        node reports it all the same) and tried again every spool.DISK_RETRY_SECS until written (then told as
+        `finished`) or its spool is gone (the node forgot it), told again each time: never given up while the node
+        is down, else a restarted node would find it reaperless, and lost, and the master would run it twice."""
         ends = [json.dumps(run.status) for run in runs]
         pings: dict[str, list[str]] = {}
         written = set(spool.write_statuses([(run.dir, end) for run, end in zip(runs, ends)]))
         for i, run in enumerate(runs):
-            told = run.dir in self.unwritten
             if i in written or not os.path.isdir(run.dir):  # (gone: the node forgot the job)
                 self.unwritten.pop(run.dir, None)
                 if run.lock is not None:  # (its end is known: the claim's lock has done its work)
                     os.close(run.lock)
             else:
                 self.unwritten[run.dir] = run
-            if i in written or not told:
+            if i in written or run.dir in self.unwritten:
                 pings.setdefault(run.notify, []).append(f"{'finished' if i in written else 'unwritten'} {run.id} {ends[i]}")
         # one datagram for many jobs: the queue holds only a few (net.unix.max_dgram_qlen); each wakes the node
         for notify, lines in pings.items():
@@ -458,7 +447,7 @@ class Reaper:
         signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
         signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
-        buf, eof, eof_at = b"", False, 0.0
+        buf, eof = b"", False
         while not eof or self.runs or self.unwritten or self.ending:
             pause = 0.2 if self.ending else spool.DISK_RETRY_SECS if self.unwritten else 5.0
             ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
@@ -466,7 +455,7 @@ class Reaper:
                 os.read(wake_r, 1 << 16)
             if control in ready:
                 data = os.read(control, 1 << 16)
-                eof, eof_at = not data, time.monotonic()
+                eof = not data
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")
@@ -477,12 +466,6 @@ class Reaper:
             if self.unwritten and time.monotonic() >= self._retry_at:
                 self._retry_at = time.monotonic() + spool.DISK_RETRY_SECS
                 self._record(*self.unwritten.values())
-            if eof and self.unwritten and not self.runs and time.monotonic() - eof_at > ORPHAN_RETRY_SECS:
-                with contextlib.suppress(OSError):  # (our stderr is the node's: its log, or gone)
-                    print(f"grun reaper {os.getpid()}: gave up writing the status.json of {len(self.unwritten)} "
-                          f"ended jobs (spool disk full) {ORPHAN_RETRY_SECS:g} s after the node daemon went; "
-                          "a restarted node settles them", file=sys.stderr, flush=True)
-                self.unwritten.clear()
 
 
 if __name__ == "__main__":  # job lines on stdin; jobs get /dev/null there, never our control pipe

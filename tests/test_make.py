@@ -3,14 +3,17 @@ older than an input; `--noexec` says why and queues nothing; a failed make job l
 half-written FILE; bad markers are one line and nothing queued. (The parsing rules: test_make_core.py.)"""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import signal
 import tempfile
 import time
 
 import pytest
 
 from grun.core import jobs as J
+from grun.spawner import HIDE_SECS
 
 
 def _newest(cluster) -> int:
@@ -112,6 +115,26 @@ def test_failed_make_job_leaves_file_failed_and_no_file(cluster, tmp_path):
     # the same command without -M keeps what it wrote
     assert cluster.grun("cat in > out; exit 3", cwd=tmp_path).returncode == 3
     assert (tmp_path / "out").read_text() == "x\n"
+
+
+def test_a_failed_make_job_ends_within_hide_secs_while_its_outputs_cannot_be_renamed(cluster, tmp_path):
+    """(Review: the reaper waited for the rename's child with no bound: a hung file server stalled every start and
+    end on its node.) A lease on the output holds the rename's compare of it, as a hung NFS server would, for the
+    kernel's lease-break-time (45 s): the job still ends, failed, within HIDE_SECS."""
+    for name, text in (("out", "a\n"), ("out.failed", "b\n"), ("in", "x\n")):  # (as big: compared, so read)
+        (tmp_path / name).write_text(text)
+        if name != "in":
+            _older(tmp_path / name)
+    ignored = signal.signal(signal.SIGIO, signal.SIG_IGN)  # (a lease's holder is told of a break by SIGIO)
+    fd = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        t0 = time.monotonic()
+        r = cluster.grun("-M", "cat %i:in; : %o:out; exit 3", cwd=tmp_path, timeout=90)
+        assert r.returncode == 3 and time.monotonic() - t0 < HIDE_SECS + 10, (r.stderr, time.monotonic() - t0)
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, ignored)
 
 
 def test_a_log_the_job_appends_to_is_never_renamed(cluster, tmp_path):

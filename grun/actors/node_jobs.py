@@ -315,7 +315,7 @@ class NodeJobs:
                         os.close(live.stdin_r)
                         live.stdin_r = None
             elif what in ("finished", "unwritten"):
-                if what == "unwritten":  # (its reaper tries again until the disk takes it)
+                if what == "unwritten" and live.status is None:  # (its reaper tries again, and tells us each time)
                     log.warning("job %s: ended, but the spool disk is full: its status.json is not written yet", job_id)
                 try:
                     self._finished(live, json.loads(rest))
@@ -408,7 +408,7 @@ class NodeJobs:
         started, more = spool.started_at(live.dir), {"lost": True}
         if started is not None and started < psutil.boot_time():
             why += ": the host rebooted"
-        elif pid is None:  # (unknown to us: below)
+        elif pid is None or unnamed:  # (unknown to us: below; or its start is: the pid file's mtime is the claim's)
             more = {}
         else:
             try:  # its session, if the pid still names the job's: it may run on (else it died with its reaper)
@@ -430,16 +430,18 @@ class NodeJobs:
         thread: the rename may wait for a hung file server (HIDE_SECS), holding up neither the reaper lock (every
         job's start) nor the sampler (memory limits)."""
         def settle() -> None:
-            collect = None
+            hiding = None
             try:
-                collect = spawner.hide_failed_outputs(live.job, status)
+                hiding = spawner.hide_failed_outputs(live.job, status)
             except (OSError, ValueError) as exc:  # (its user unknown here, or no process to spare)
                 log.warning("job %s: cannot rename its failed outputs: %s", live.id, exc)
             if not spool.write_statuses([(live.dir, json.dumps(status))]):  # (reported all the same)
                 log.warning("job %s: cannot write its status.json (spool disk full?)", live.id)
             self._finished(live, status)
-            if collect is not None:  # (the rename's child, still stuck on a hung server, perhaps)
-                collect()
+            if hiding is not None:  # (the rename's child, still stuck on a hung server, perhaps)
+                os.close(hiding[1])
+                with contextlib.suppress(ChildProcessError):  # (the reaping of what a dead reaper left, maybe: above)
+                    os.waitpid(hiding[0], 0)
         live.settling = True
         threading.Thread(target=settle, name=f"grun-settle-{live.id}", daemon=True).start()
 
