@@ -8,8 +8,8 @@ grun.wire sends with its first call, so a challenge would cost every connection 
 taken once only, and a proof older than PROOF_TTL is refused: the hosts' clocks must agree within it, as MUNGE's do.
 
 Users cannot read a real cluster's secret: a user's `grun` asks its host's node daemon (root) for a credential,
-signed with "uid, gid, umask, groups, job, user" as the kernel tells them (SO_PEERCRED on a unix socket), not as the
-asker does (job: the node's live job whose session it is in, if any). Daemons then know each call's caller (`caller()`)."""
+signed with "uid, gid, umask, groups, job, user" as the kernel tells them (SO_PEERCRED on a unix socket), not as
+the asker does (job: the node's live job it runs in, if any). Daemons then know each call's caller (`caller()`)."""
 
 import _thread
 import functools
@@ -86,7 +86,7 @@ def proof(bound: str = "") -> str | None:
     """A proof of the secret for one connection (`bound`: what for, e.g. a stream token), or for a user who cannot read
     it a credential from this host's node; or None. `auth: munge`: a MUNGE credential of `bound` and our umask."""
     if munge.socket:
-        return munge.encode(f"{_umask('self')}\n{bound}")
+        return munge.encode(f"{_status('self', 'Umask', '022')}\n{bound}")
     if (secret := key()) is None:
         return _credential(bound) if _cred_at else None
     stamp = f"{int(time.time()):010d}{os.urandom(12).hex()}"
@@ -197,7 +197,7 @@ def who(given, bound: str = ""):
             return None
         if uid in (0, os.geteuid()):
             return CLUSTER
-        user, groups = _account(uid, gid)  # (no job: munged cannot vouch for one, so a nested grun borrows nothing)
+        user, groups = account(uid, gid)  # (no job: munged cannot vouch for one, so a nested grun borrows nothing)
         return {"uid": uid, "gid": gid, "umask": int(umask, 8), "user": user, "groups": groups, "job": None}
     body = ""
     if isinstance(given, str) and given.startswith(_CRED):
@@ -238,28 +238,39 @@ def require(what: str, owner: int | None = None, admins=()) -> None:
         raise ValueError(f"not authorized: {who['user']} may not {what}")
 
 
-def _account(uid: int, gid: int) -> tuple[str, list[int]]:
-    """The user name and groups of a uid, from this host's account database (its passwd group's, not `sg`'s gid's)."""
+def account(user: int | str, gid: int) -> tuple[str, list[int]]:
+    """The name and groups of a user (a uid or a name) by this host's account database, with its passwd primary
+    group's (not `sg`'s gid); if it is unknown here, (the user, [gid])."""
     import pwd
     try:
-        user = pwd.getpwuid(uid)
-        return user.pw_name, os.getgrouplist(user.pw_name, user.pw_gid)
-    except KeyError:
-        return str(uid), [gid]
+        pw = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+        return pw.pw_name, os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except (KeyError, ValueError):  # (ValueError: a NUL in a name)
+        return str(user), [gid]
 
 
-def _umask(pid) -> str:
-    """The umask of a process (octal digits), from /proc: thread-safe where os.umask is not; 022 if unknown."""
+def _status(pid: int, key: str, default: str = "") -> str:
+    """A field of /proc/PID/status (its first word), or `default` if the process is gone (a umask: thread-safe)."""
     try:
         with open(f"/proc/{pid}/status") as f:
-            return next((line.split()[1] for line in f if line.startswith("Umask:")), "022")
-    except (OSError, ValueError):
-        return "022"
+            return next((line.split()[1] for line in f if line.startswith(f"{key}:")), default)
+    except OSError:
+        return default
 
 
-def serve_credentials(log, job_of=lambda sid: None):
-    """A thread signing credentials on this host's socket (returned) once it holds its lock (a host's node daemons sign in
-    turn), with job_of(session id): this node's live job of it, or None; None if not root, or no secret."""
+def job_of(pid: int, uid: int, leaders: dict) -> int | None:
+    """The job `pid` runs in, of `leaders` (pid -> id): its nearest ancestor's (setsid keeps ancestry), else its
+    session leader's (a daemon's double fork leaves the tree); None if neither, or not `uid`'s (a pid reused)."""
+    at = pid
+    while at > 1 and at not in leaders:
+        at = int(_status(at, "PPid", "0"))
+    leader = at if at in leaders else int(_status(pid, "NSsid", "0"))
+    return leaders[leader] if leader in leaders and _status(leader, "Uid") == str(uid) else None
+
+
+def serve_credentials(log, leaders=dict):
+    """A thread signing credentials on this host's socket (returned) once it holds its lock (a host's node daemons sign
+    in turn), with the job the asker runs in of leaders() (job_of); None if not root, or no secret."""
     import fcntl
     import socket
     if os.geteuid() != 0 or not _cred_at or key() is None:
@@ -308,8 +319,9 @@ def serve_credentials(log, job_of=lambda sid: None):
                     bound = conn.recv(512).decode("ascii").rstrip("\n")
                     if "\n" in bound:  # (signed as "BOUND\nBODY": a line of the asker's would pass for the body)
                         raise UnicodeError(f"a request from uid {uid} for more than one line")
-                    user, groups = _account(uid, gid)  # (the kernel's word on who asks, not the asker's)
-                    body = f"{uid}:{gid}:{_umask(pid)}:{','.join(map(str, groups))}:{job_of(os.getsid(pid)) or ''}:{user}"
+                    user, groups = account(uid, gid)  # (the kernel's word on who asks, not the asker's)
+                    job = job_of(pid, uid, leaders()) or ""
+                    body = f"{uid}:{gid}:{_status(pid, 'Umask', '022')}:{','.join(map(str, groups))}:{job}:{user}"
                     conn.sendall((_CRED + proof(f"{bound}\n{body}") + body).encode())
                 except (OSError, UnicodeError) as exc:
                     log.warning("credentials: a request failed: %s", exc)

@@ -25,6 +25,7 @@ import time
 
 from . import limits as L
 from . import make, mounts, spool
+from .auth import account
 from .gpu import device_env
 
 SHELL = "/bin/sh"
@@ -107,11 +108,8 @@ def _identity(job: dict) -> dict:
         except KeyError:
             raise ValueError(f"user {job['user']} does not exist on node {job.get('node')}") from None
         return {"user": uid, "group": job["gid"], "extra_groups": job["groups"], "umask": job.get("umask", 0o022)}
-    try:
-        groups = os.getgrouplist((pw := pwd.getpwuid(uid)).pw_name, pw.pw_gid)  # (with `sg OTHER`: as sg leaves them)
-    except KeyError:
-        groups = []
-    return {"user": uid, "group": job.get("gid", uid), "extra_groups": groups}
+    gid = job.get("gid", uid)  # (with `sg OTHER`, sg's gid and the passwd's groups, as sg leaves them)
+    return {"user": uid, "group": gid, "extra_groups": account(uid, gid)[1]}
 
 
 def wrapped(argv: list[str], job: dict) -> list[str]:

@@ -767,31 +767,38 @@ def test_the_node_daemons_of_one_host_sign_credentials_in_turn(users, shared_dir
 
 
 def _users_env(c: LocalCluster, tmp_path) -> dict:
-    """The users' environment for cluster `c`: its client config copied where all may read it (the cluster's is root's)."""
-    shutil.copy(c.write_config("users", {"services": "exec", "auth": "secret", "secret_file": c.secret}), tmp_path / "grun.conf")
+    """The users' environment for cluster `c`: its client config copied where all may read it (the cluster's is
+    root's)."""
+    conf = c.write_config("users", {"services": "exec", "auth": "secret", "secret_file": c.secret})
+    shutil.copy(conf, tmp_path / "grun.conf")
     os.chmod(tmp_path / "grun.conf", 0o644)
     return {"PATH": os.environ["PATH"], "GRUN_CONF": str(tmp_path / "grun.conf"), "HOME": str(tmp_path)}
 
 
 @ROOT_ONLY
-def test_only_a_grun_inside_a_job_borrows_its_reservation(secured, users, shared_dir):
+@pytest.mark.parametrize("prefix", ["", "setsid "])
+def test_only_a_grun_inside_a_job_borrows_its_reservation(secured, users, shared_dir, prefix):
     """QA: a grun's parent was its GRUN_JOB_ID, anyone's word: from a login shell, `GRUN_JOB_ID=P grun` had job P
     lend its cpus (and GPU) to another job while P still used them. Now the credential of the node P runs on
-    says which job the asker is in: a job claimed from outside lends nothing; a grun inside P still borrows."""
+    says which job the asker is in: a job claimed from outside lends nothing, and says so; a grun inside P still
+    borrows, in a session of its own too (review: `setsid`, `--pty` under a forking wrap, `start_new_session` hung
+    on a full node when the job was found by the asker's session, not its ancestry)."""
     (alice, _), tmp_path = users[0], shared_dir
     site = tmp_path / "site"  # (alice's job runs the system's Python: ours, under /root, is not hers to read)
     for name in ("msgpack", "Pyro5", "serpent.py", "yaml", "_yaml", "psutil"):
         src = os.path.join(sysconfig.get_paths()["purelib"], name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, site / name)
-    env = _users_env(secured, tmp_path)
-    nested = (f"while [ ! -e go ]; do sleep 0.1; done; PYTHONPATH={os.path.dirname(os.path.dirname(auth.__file__))}:{site}"
+    env, path = _users_env(secured, tmp_path), f"{os.path.dirname(os.path.dirname(auth.__file__))}:{site}"
+    nested = (f"while [ ! -e go ]; do sleep 0.1; done; {prefix}env PYTHONPATH={path}"
               " /usr/bin/python3 -m grun.cli -c 2 echo borrowed > nested 2>&1; sleep 60")
     code, out = _as_user(alice, env, ["--nowait", "-c", "2", "sh", "-c", nested], cwd=str(tmp_path))
     parent = int(out.split()[-1]) if code == 0 else pytest.fail(out)
     try:
         wait_for(lambda: secured.client().job(parent)["state"] == "running", timeout=20)
-        code, out = _as_user(alice, {**env, "GRUN_JOB_ID": str(parent)}, ["--nowait", "-c", "2", "true"], cwd=str(tmp_path))
+        code, out = _as_user(alice, {**env, "GRUN_JOB_ID": str(parent)}, ["--nowait", "-c", "2", "true"],
+                             cwd=str(tmp_path))
         claimed = int(out.split()[-1]) if code == 0 else pytest.fail(out)
+        assert f"warning: GRUN_JOB_ID {parent}: this grun does not run inside job {parent}: nothing lent" in out, out
         time.sleep(2)  # (lent, it ran at once)
         assert secured.client().job(claimed)["state"] == "queued", "the parent's cpus lent to a job outside it"
         secured.client().kill([claimed])
@@ -801,6 +808,45 @@ def test_only_a_grun_inside_a_job_borrows_its_reservation(secured, users, shared
         assert done.read_text() == "borrowed\n"
     finally:
         secured.client().kill([parent])
+
+
+def test_the_job_a_credential_vouches_for_is_its_askers_ancestors_or_sessions():
+    """Review: the job is the nearest ancestor leading one (setsid changes the session, not the ancestry), else the
+    session's leader (a daemon's double fork leaves the job's processes); not the job of another uid (a pid reused
+    between connect and lookup), and none, never an exception (no credential at all), for an asker gone."""
+    me = os.getuid()
+    child = subprocess.Popen(["setsid", "sleep", "30"])
+    orphan = subprocess.Popen(["sh", "-c", 'sh -c "sleep 30 & echo \\$!"; exec sleep 30'], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    daemon = int(orphan.stdout.readline())  # (its parent gone: init, or a subreaper, is its parent now)
+    try:
+        wait_for(lambda: os.getsid(child.pid) == child.pid and psutil.Process(orphan.pid).name() == "sleep", timeout=10)
+        assert auth.job_of(child.pid, me, {os.getpid(): 7}) == 7
+        assert auth.job_of(child.pid, me + 1, {os.getpid(): 7}) is None  # (the leader is not the asker's)
+        assert auth.job_of(child.pid, me, {orphan.pid: 8}) is None
+        assert auth.job_of(daemon, me, {orphan.pid: 8}) == 8
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+        for proc in (child, orphan):
+            proc.kill()
+            proc.wait()
+        orphan.stdout.close()
+    assert auth.job_of(child.pid, me, {os.getpid(): 7}) is None  # gone
+
+
+@ROOT_ONLY
+def test_the_master_reads_a_users_groups_from_the_account_database_as_it_is_now(users):
+    """Review: the master cached a user's primary group until its restart (`usermod -g` unseen). (A user it does not
+    know: test_rules_core's test_rule_facts_read_files_once_as_the_user_could.)"""
+    from grun.actors.master import _group_names
+    ((alice, _), other), name = users, grp.getgrgid(users[1]).gr_name
+    assert _group_names(alice.pw_name, other, primary=True) == [grp.getgrgid(alice.pw_gid).gr_name]  # (not sg's)
+    account("usermod", "-g", name, alice.pw_name)
+    try:
+        assert _group_names(alice.pw_name, other, primary=True) == [name]
+    finally:
+        account("usermod", "-g", str(alice.pw_gid), alice.pw_name)
+    assert _group_names("grun-nobody-here", 0, primary=True) == ["root"]
 
 
 @ROOT_ONLY

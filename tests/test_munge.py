@@ -21,7 +21,7 @@ from test_auth import _answer, _as_themselves, _as_user, _fuzz, _log
 from util import wait_for
 
 from grun import auth, config, munge, wire
-from grun.core.jobs import as_submitter
+from grun.core.jobs import lent_only_inside, validate_spec
 from grun.files import read_int
 
 users, shared_dir = test_auth.users, test_auth.shared_dir  # (its fixtures: real users, a directory for all)
@@ -86,7 +86,9 @@ def test_a_credential_says_who_made_it_and_is_good_once(munged, users, shared_di
     who = auth.who(cred, "conn")
     assert who == {"uid": alice.pw_uid, "gid": alice.pw_gid, "umask": 0o027, "user": alice.pw_name,
                    "groups": os.getgrouplist(alice.pw_name, alice.pw_gid), "job": None} and group in who["groups"], who
-    assert as_submitter({"cmd": ["true"], "parent": 5}, who)["parent"] is None, "munged vouches for no job to borrow from"
+    lent_only_inside(req := validate_spec({"cmd": ["true"], "parent": 5}), who)  # (munged vouches for no job)
+    said = "GRUN_JOB_ID 5: this grun does not run inside job 5: nothing lent"
+    assert (req["parent"], req["warnings"]) == (None, [said]), req
     assert auth.who(cred, "conn") is None  # a replay
     assert auth.who(auth.proof("conn"), "conn") == auth.CLUSTER  # root (the daemons' own user too)
     assert auth.who(auth.proof("conn"), "another connection") is None

@@ -11,7 +11,6 @@ Its read-only answers (job, jobs, nodes, history, status, the waits) are grun.ac
 
 import collections
 import contextlib
-import functools
 import grp
 import logging
 import os
@@ -47,14 +46,16 @@ Restarting = ConnectionRefusedError
 FROM_NODES = frozenset({"register", "heartbeat", "finished", "started"})  # told to try again on a full disk, as by a restart
 
 
-@functools.lru_cache(maxsize=4096)
-def _group_name(user: str, gid: int) -> str:
-    """A submitter's primary group's name, their passwd's (not `sg`'s; the gid given if unknown here), once per user."""
-    with contextlib.suppress(KeyError, ValueError):
-        gid = pwd.getpwnam(user).pw_gid
-    with contextlib.suppress(KeyError, OverflowError):
-        return grp.getgrgid(gid).gr_name
-    return str(gid)
+def _group_names(user: str, gid: int, primary: bool = False) -> list[str]:
+    """A submitter's groups by name (`primary`: that one): their passwd's, not `sg`'s gid's, as the account database
+    says now (`usermod -g`: no restart); of a user or group unknown here, the gid given's name (or number)."""
+    try:
+        gids = [pwd.getpwnam(user).pw_gid] if primary else auth.account(user, gid)[1]
+        return [grp.getgrgid(g).gr_name for g in gids]
+    except (KeyError, ValueError, OverflowError):  # (ValueError: a NUL in the name)
+        with contextlib.suppress(KeyError, OverflowError):
+            return [grp.getgrgid(gid).gr_name]
+        return [str(gid)]
 
 
 class RuleFacts:
@@ -84,10 +85,9 @@ class RuleFacts:
             with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
                 return f.read(SCRIPT_BYTES)
 
-    _groups = staticmethod(lambda user, gid: [grp.getgrgid(g).gr_name for g in os.getgrouplist(user, pwd.getpwnam(user).pw_gid)])
     head = lambda self, *args: self._once(RuleFacts._head, *args)
     size = lambda self, *args: getattr(self._once(RuleFacts._stat, *args), "st_size", None)
-    groups = lambda self, *args: self._once(RuleFacts._groups, *args)
+    groups = lambda self, *args: self._once(_group_names, *args)
 
 
 @Pyro5.api.expose
@@ -96,7 +96,7 @@ class Master(Queries):
     def __init__(self, state_dir: str, plugins: Plugins | None = None, **settings):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
         self.core, self.plugins, self.node_plugins = MasterState(**settings), plugins or Plugins(), {}
-        self.core.group_of = _group_name
+        self.core.group_of = lambda user, gid: _group_names(user, gid, primary=True)[0]
         self.lock = threading.Lock()
         self.failed = threading.Event()           # the journal broke: the daemon must exit
         self._closing = False
@@ -305,6 +305,8 @@ class Master(Queries):
         if isinstance(who := auth.caller(), dict) and isinstance(specs, (list, tuple)):  # (Pyro5 keeps tuples)
             specs = [J.as_submitter(spec, who) for spec in specs]
         requests = self._policy(self.core.requests, specs, trusted=who is auth.CLUSTER)
+        for req in requests if isinstance(who, dict) else ():
+            J.lent_only_inside(req, who)
         self.plugins.submit(requests)  # (outside the lock; a plugin's Reject is a ValueError)
         ids = self._do("submit", requests, self.store.refusal(self.core.settings["min_free_disk"]),
                        history=self._finished(requests))

@@ -64,8 +64,8 @@ class Node(NodeJobs):
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
-        self._credentials = auth.serve_credentials(log, lambda sid: next((  # (a root node with a secret: users' `grun`)
-            live.id for live in list(self.live.values()) if live.status is None and self._job_pid(live) == sid), None))
+        self._credentials = auth.serve_credentials(log, lambda: {  # (a root node with a secret: users' `grun`)
+            pid: live.id for live in list(self.live.values()) if live.status is None and (pid := self._job_pid(live))})
         self._loops = [Loop("grun-node-notify", self._on_ping, 0.0, log, self._stop),
                        Loop("grun-node-master", self._talk_to_master,
                             lambda: min(1.0, self.heartbeat, 1.0 if self._linger is None else self._linger), log, self._stop),

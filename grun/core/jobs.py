@@ -449,13 +449,19 @@ def public_view(job: dict) -> dict:
 
 
 def as_submitter(spec, who: dict):
-    """A user's submission as their credential says (grun.auth: who, the job they run in); claiming another's is refused."""
+    """A user's submission with the identity their credential proved (grun.auth); claiming another's is refused."""
     if not isinstance(spec, dict):
         return spec
     if spec.get("uid") not in (None, who["uid"]):
         raise ValueError(f"not authorized: you are uid {who['uid']} ({who['user']}), not uid {spec['uid']}")
-    return {**spec, **{k: who[k] for k in ("uid", "gid", "groups", "umask", "user")},
-            "parent": who["job"] if spec.get("parent") == who["job"] else None}
+    return {**spec, **{k: who[k] for k in ("uid", "gid", "groups", "umask", "user")}}
+
+
+def lent_only_inside(req: dict, who: dict) -> None:
+    """A user's job borrows its parent's reservation only if their credential vouches they run in it (grun.auth.who)."""
+    if (parent := req["parent"]) not in (None, who["job"]):  # (said: the nested grun may wait for room of its own)
+        req["parent"], said = None, f"GRUN_JOB_ID {parent}: this grun does not run inside job {parent}: nothing lent"
+        req.setdefault("warnings", []).append(said)
 
 
 def job_number(raw) -> int | None:
