@@ -50,9 +50,9 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
                                                       else _unmark(word, word, inputs, outputs)) is not None]
     if not (cmd.strip() if isinstance(cmd, str) else cmd):
         raise ValueError("-M: nothing is left to run once the #i:/#o: words are removed")
+    inputs, outputs = _absolute(inputs, cwd), _absolute(outputs, cwd)
     if not inputs and not outputs:
         raise ValueError("-M: the command names no input or output (%i:FILE, %o:FILE, #i:, #o:, < FILE, > FILE)")
-    inputs, outputs = _absolute(inputs, cwd), _absolute(outputs, cwd)
     for path in outputs:
         if os.path.isdir(path):
             raise ValueError(f"-M: output {path} is a directory")
@@ -126,7 +126,10 @@ def _parse_line(line: str, inputs: list, outputs: list) -> str:
 
 
 def _absolute(paths: list[str], cwd: str) -> list[str]:
-    return list(dict.fromkeys(os.path.normpath(os.path.join(cwd, path)) for path in paths))
+    """Each path once, absolute; none of the kernel's (`2>/dev/null`: a failed job's outputs are renamed, and as root
+    /dev/null became a regular file, then FILE.failed)."""
+    found = (os.path.normpath(os.path.join(cwd, path)) for path in paths)
+    return list(dict.fromkeys(p for p in found if not p.startswith(("/dev/", "/proc/", "/sys/"))))
 
 
 def decide(make: Make) -> Decision:
@@ -175,6 +178,8 @@ def rename_failed(outputs: list[str]) -> list[str]:
     renamed = []
     for path in outputs:
         with contextlib.suppress(OSError):
+            if not os.path.isfile(path) or os.path.islink(path):  # (a device, a FIFO; a link: its target is the output)
+                continue
             if os.path.isfile(failed := path + ".failed") and not filecmp.cmp(path, failed, shallow=False):
                 os.rename(failed, next(to for n in itertools.count(1) if not os.path.lexists(to := f"{failed}.{n}")))
             os.replace(path, failed)

@@ -62,6 +62,11 @@ def test_paths_are_absolute_and_listed_once():
     m = make.parse(["cat", "%i:../a", "%i:/abs/b", "%i:./c/../a", "#o:sub/out"], "/w/x")
     assert m.inputs == ["/w/a", "/abs/b", "/w/x/a"] and m.outputs == ["/w/x/sub/out"]
     assert make.parse(["cat", "%i:a", "%i:a", "#o:b"], CWD).inputs == ["/w/a"]
+    # the kernel's files are no one's inputs or outputs: a failed job renamed /dev/null (as root, it broke the host)
+    m = make.parse("cat < /dev/null %i:a 2>/dev/null > /dev/stdout; echo > %o:/proc/self/fd/1 > b", CWD)
+    assert (m.inputs, m.outputs) == (["/w/a"], ["/w/b"])
+    with pytest.raises(ValueError, match="names no input or output"):
+        make.parse("cat < /dev/null > /dev/null", CWD)
 
 
 def test_the_rewritten_line_runs(tmp_path):
@@ -167,6 +172,9 @@ def test_rename_failed(tmp_path):
     (tmp_path / "old").write_text("new try")  # the same content again: it replaces its copy
     assert make.rename_failed(paths[2:]) == paths[2:] and len(os.listdir(tmp_path)) == 4
     assert make.rename_failed(paths) == [] and make.rename_failed([str(tmp_path / "no/dir/x")]) == []
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "old.failed", tmp_path / "link")
+    assert make.rename_failed([str(tmp_path / "fifo"), str(tmp_path / "link")]) == []  # (neither is the output itself)
 
 
 def test_a_make_job_waits_for_the_live_jobs_making_its_outputs_then_is_looked_at_again():
