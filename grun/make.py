@@ -178,7 +178,7 @@ def rename_failed(outputs: list[str]) -> list[str]:
     renamed = []
     for path in outputs:
         with contextlib.suppress(OSError):
-            if not os.path.isfile(path) or os.path.islink(path):  # (a device, a FIFO; a link: its target is the output)
+            if not os.path.isfile(path):  # (a device, a FIFO, or a link to one)
                 continue
             if os.path.isfile(failed := path + ".failed") and not filecmp.cmp(path, failed, shallow=False):
                 os.rename(failed, next(to for n in itertools.count(1) if not os.path.lexists(to := f"{failed}.{n}")))
