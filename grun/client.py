@@ -156,11 +156,9 @@ class Client:
         return self._local.proxy
 
     def call(self, method: str, *args, wait: float | None = None, sent_wait: float | None = None):
-        """Call the master, riding through one briefly away: up to `wait` s once reached (a restart), else connect_wait.
+        """Call the master, riding through one away from its failure: up to `wait` s once reached, else connect_wait.
         `sent_wait`: how long a call safe to repeat (a submission, its token) is retried once it may have arrived."""
-        started, delay = time.monotonic(), 0.05
-        deadline = started + min(self.connect_wait if wait is None else wait,
-                                 float("inf") if self._answered else self.connect_wait)
+        failed, deadline, delay = None, 0.0, 0.05
         while True:
             try:
                 result = getattr(self._proxy(), method)(*args)
@@ -169,8 +167,10 @@ class Client:
             except Exception as exc:
                 if unreachable := wire.is_unreachable(exc):
                     self.reset()
-                    if sent_wait and isinstance(exc, wire.CallBroken):  # it may have arrived
-                        deadline = max(deadline, started + sent_wait)
+                    self._answered |= (broken := isinstance(exc, wire.CallBroken))  # it was there, may have it
+                    failed = failed or time.monotonic()  # (not the call's start: a long poll waits 30 s)
+                    deadline = max(deadline, failed + (sent_wait if broken and sent_wait else 0), failed + min(
+                        self.connect_wait if wait is None else wait, float("inf") if self._answered else self.connect_wait))
                 if not unreachable or time.monotonic() + delay > deadline:
                     raise _failure(exc, f"master at {self.address}", method) from None
                 time.sleep(delay)

@@ -169,6 +169,32 @@ def test_clients_ride_through_a_master_outage_of_several_seconds(make_cluster, t
     assert records[rid]["usage"]["wall"] >= 2  # the usage measured while the master was down arrived
 
 
+def test_long_polls_ride_through_a_master_restart_from_when_it_cut_them(make_cluster):
+    """QA: `grun -q wait` waiting longer than connect_wait, its long poll its only call yet, failed at once when
+    the master restarted: its ride-through counted from the poll's start, and no answer had shown it reachable."""
+    c = make_cluster(nodes={"solo": {"cpus": 1, "memory": 1000, **FAST}})
+    running, queued = nowait(c, "sh", "-c", "sleep 8; exit 4"), nowait(c, "sh", "-c", "exit 6")  # (it waits)
+    wait_state(c, running, "running")
+    got, errors = {}, []
+
+    def waiter(name, call):
+        try:
+            got[name] = call(c.client(connect_wait=2))  # a new client: its long poll its only call
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=waiter, args=("ended", lambda client: client.wait([running]))),
+               threading.Thread(target=waiter, args=("started", lambda client: client.wait_started(queued)))]
+    for t in threads:
+        t.start()
+    time.sleep(3)  # past connect_wait
+    c.kill("master", signal.SIGKILL)
+    time.sleep(3)  # away longer than connect_wait: its cut call showed it was reached (a restart)
+    c.start_master()
+    for t in threads:
+        t.join(60)
+    assert not errors and got["ended"][running]["exit"] == 4 and got["started"]["id"] == queued, (errors, got)
+
+
 def test_a_submission_the_master_died_on_is_retried_until_it_is_back(make_cluster):
     """The request reached the master, which died before answering: it may have queued the job, so
     the client keeps trying (same token) for longer than a master that never answered would get."""
