@@ -330,9 +330,10 @@ class Client:
             node, attempt = run = (job.get("node"), job.get("attempt"))
             if where is not None and run != where:
                 out_off, err_off, stdin_fd = 0, 0, again()
-                on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); "
-                        f"following attempt {attempt} on {node}: its output starts over"
-                        + ("; its input is not sent again" if stdin_fd == b"" else ""))
+                on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); " + (
+                    f"following attempt {attempt} on {node}: its output starts over" + (
+                        "; its input is not sent again" if stdin_fd == b"" else "") if node
+                    else f"it was {job['state']} before its next attempt"))  # (killed: it never ran again)
             elif retried and (attempt or 0) > retried:  # that run ended, and its node began the next, before we came
                 gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
                 on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "

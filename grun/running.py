@@ -189,8 +189,8 @@ def _run_new(ctx: Context, args: dict) -> int:
     def started(job: dict | None = None) -> None:  # (None: interrupted, the job to be killed: our terminal back)
         if run.pop("shown", False):
             ctx.err.write("\r\033[K")  # the progress line goes
-        if verbose and job:
-            ctx.say(f"job {job['id']} {job['state']} on {job.get('node') or '-'}")
+        if verbose and job and job.get("node"):  # (not a job that ended before it ran, or ran again: it says so)
+            ctx.say(f"job {job['id']} {job['state']} on {job['node']}")
         if term:
             term.start() if job else term.restore()
 

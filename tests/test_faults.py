@@ -747,3 +747,25 @@ def _pid_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_job_killed_while_re_queued_is_said_so_not_followed_on_no_node(make_cluster):
+    """QA: `grun` followed a job killed while re-queued (its node lost) as "attempt 1 on None", then "killed on -"."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    follower = c.popen("-v", "-H", "a", "sh", "-c", "echo started; sleep 60")
+    try:
+        jid = job_id_from_verbose(read_line(follower.stderr, 20))
+        assert read_line(follower.stdout, 20) == b"started\n"
+        c.procs["a"].send_signal(signal.SIGSTOP)
+        wait_for(lambda: job(c, jid)["state"] == "queued", 20, what="the job re-queued")
+        assert c.grun("-k", str(jid)).returncode == 0
+        c.procs["a"].send_signal(signal.SIGCONT)  # back: its stale copy is killed, and the follower hears of it
+        out, err = follower.communicate(timeout=60)
+    finally:
+        c.procs["a"].send_signal(signal.SIGCONT)
+        _reap(follower)
+    assert follower.returncode == job(c, jid)["exit"] == 143 and out == b"", (out, err)  # ("started": read above)
+    lines = err.decode().splitlines()  # not "following attempt 1 on None", nor "job 1 killed on -"
+    assert len(lines) == 2 and lines[0] == f"grun: job {jid} running on a", err
+    assert re.fullmatch(rf"grun: job {jid} was re-queued \(node a lost \(silent for \d+ s\)\); it was killed before "
+                        r"its next attempt", lines[1]), err
