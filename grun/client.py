@@ -276,16 +276,14 @@ class Client:
         return int(final.get("exit", 1))
 
     def wait_started(self, job_id: int, on_wait=None) -> dict:
-        """The job's record once it runs (or has ended); `on_wait(line)` hears why not yet, after 3 s, every 5 s."""
+        """The job's record once it runs (or has ended); `on_wait(line)` hears why not yet, after 3 s, as it changes."""
         from .core.jobs import UNSTARTED  # waiting (dependencies) too
-        patience = 3.0 if on_wait else 30.0
-        while True:
-            job = self.call("wait_started", job_id, patience, wait=self.long_wait)
-            if job["state"] not in UNSTARTED:
-                return job
-            if on_wait:
-                on_wait(self.call("why", job_id, True))
-                patience = 5.0
+        patience, told = 3.0 if on_wait else 30.0, None
+        while (job := self.call("wait_started", job_id, patience, wait=self.long_wait))["state"] in UNSTARTED:
+            if on_wait and (line := self.call("why", job_id, True)) != told:
+                on_wait(told := line)
+            patience = 5.0 if on_wait else 30.0  # (asked every 5 s, said once: as srun's "queued and waiting")
+        return job
 
     def supervisor(self, job_id: int, job: dict) -> wire.WireProxy | None:
         """A proxy to the job's supervisor on its node's daemon, or None while its node is not known."""

@@ -191,3 +191,12 @@ def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster
     c.grun("-k", str(blocker))
     r = c.grun("--afterok", f"{array}.3", "true")
     assert r.returncode == 1 and "dependency" in r.stderr.decode() and "failed" in r.stderr.decode(), r
+
+
+def test_a_following_grun_says_why_it_waits_once_not_every_5_s(cluster):
+    """QA: `grun --afterok` printed the same "is waiting for job 55 to succeed (afterok)" line every 5 s."""
+    c = cluster
+    a = nowait(c, "sleep", "9")
+    out, err = c.popen("-v", "--afterok", str(a), "echo", "B").communicate(timeout=60)  # (-v: lines, not a terminal)
+    why = f"is waiting for job {a} to succeed (afterok)"
+    assert out == b"B\n" and err.decode().count(why) == 1, err  # (asked at 3 s, 8 s: said once)
