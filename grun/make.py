@@ -28,6 +28,7 @@ class Make(NamedTuple):
     inputs: list[str]  # absolute paths, in the order given
     outputs: list[str]
     cwd: str
+    appends: list[str] | tuple = ()  # `>> FILE`'s (absolute): neither, but a staged job gets and returns them (grun.stage)
 
 
 class Decision(NamedTuple):
@@ -39,14 +40,14 @@ class Decision(NamedTuple):
 def parse(cmd: str | list[str], cwd: str) -> Make:
     """The make view of a command: a shell command line (str) or an argv (list). ValueError for bad input."""
     from .core.jobs import shell_script  # (here, not at import: the reaper imports us, and starts light)
-    inputs, outputs = [], []
+    inputs, outputs, appends = [], [], []
     if isinstance(cmd, str):
-        cmd = _parse_line(cmd, inputs, outputs)
+        cmd = _parse_line(cmd, inputs, outputs, appends)
     else:
         script = shell_script(cmd)
         if any(word.startswith("%!>") for n, word in enumerate(cmd) if n != script):
             raise ValueError("-M: %!>FILE is a redirection: give the command as one quoted shell line")
-        cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs) if n == script
+        cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs, appends) if n == script
                                                       else _unmark(word, word, inputs, outputs)) is not None]
     if not (cmd.strip() if isinstance(cmd, str) else cmd):
         raise ValueError("-M: nothing is left to run once the #i:/#o: words are removed")
@@ -56,7 +57,7 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     for path in outputs:
         if os.path.isdir(path):
             raise ValueError(f"-M: output {path} is a directory")
-    return Make(cmd, inputs, outputs, cwd)
+    return Make(cmd, inputs, outputs, cwd, _absolute(appends, cwd))
 
 
 def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:
@@ -88,8 +89,8 @@ def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:
     return _unmark(kept, rest, inputs, outputs) if end else kept  # (a word may hold more markers)
 
 
-def _parse_line(line: str, inputs: list, outputs: list) -> str:
-    """The shell line without its markers; its inputs and outputs added to those lists."""
+def _parse_line(line: str, inputs: list, outputs: list, appends: list) -> str:
+    """The shell line without its markers; its inputs, outputs and `>>` files added to those lists."""
     tokens, edits, i = list(_TOKEN.finditer(line)), [], 0
     while i < len(tokens):
         token, i = tokens[i], i + 1
@@ -113,6 +114,8 @@ def _parse_line(line: str, inputs: list, outputs: list) -> str:
             if target is None or not target["word"]:
                 raise ValueError(f"-M: no file after '{op}'")
             fd, path = op.rstrip("<>|"), shlex.split(target["word"])[0]
+            if ">>" in op:
+                appends.append(_MARK.sub("", path, 1))
             if _MARK.search(path):
                 continue  # `> %o:FILE`: its marker says what it is
             i += 1
@@ -167,7 +170,7 @@ def _stat(path: str) -> os.stat_result | None:
 def spec_keys(make: Make, decision: Decision) -> dict:
     """What a make job adds to its spec (grun.core.jobs: inputs, outputs, make, needs)."""
     return {"inputs": make.inputs, "outputs": make.outputs, "make": True,
-            **({"needs": decision.missing} if decision.missing else {})}
+            **{k: v for k, v in (("needs", decision.missing), ("appends", make.appends)) if v}}
 
 
 def rename_failed(outputs: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from . import auth, mounts, spool, stream, wire
+from . import auth, make, mounts, spool, stream, wire
 from .core.jobs import FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
@@ -53,11 +53,11 @@ class Staged:
         self.home = job.get("stage_home") or job["cwd"]  # (a job re-adopted from its spool has it)
         rel = lambda p: under(p, self.home) or under(p, self.work)
         pick = lambda *lists: list(dict.fromkeys(r for paths in lists for p in paths or () if (r := rel(p))))
-        # its -o/--err files (relative to its cwd) go back as --stage-out's; an appending one is sent first, if any
+        # its -o/--err files (relative to its cwd) go back as --stage-out's; an appending one (or -M's `>> F`) goes first
         logs = {k: os.path.join(job["cwd"], job[k]) for k in ("stdout_file", "stderr_file") if job.get(k)}
-        appended = [p for k, p in logs.items() if job.get(k.replace("_file", "_append"))]
+        appended = [p for k, p in logs.items() if job.get(k.replace("_file", "_append"))] + (job.get("appends") or [])
         self.inputs, self.optional = pick(job.get("inputs"), job.get("stage_in"), appended), pick(appended)
-        self.outputs = pick(job.get("outputs"), job.get("stage_out"), logs.values())
+        self.outputs = pick(job.get("outputs"), job.get("stage_out"), logs.values(), appended)
         here = lambda p: os.path.join(self.work, r) if (r := rel(p)) else p
         live.job = dict(job, cwd=self.work, stage_home=self.home, **{k: here(p) for k, p in logs.items()},
                         **{k: [here(p) for p in job.get(k) or ()] for k in ("inputs", "outputs")})
@@ -67,17 +67,21 @@ class Staged:
         self.failed, self.sock = False, None  # (sock: a push under way)
         self.since = time.monotonic()  # (it waits stage_wait from here: a reload applies to waiting jobs too)
         spool.make_dir(os.path.dirname(self.work))
-        os.makedirs(self.work, exist_ok=True)  # (then its user's)
+        os.makedirs(self.work, 0o700, exist_ok=True)  # (then its user's: 0755 let others read its staged copies)
         if self.ids:
             os.chown(self.work, *self.ids)
+        for rel in self.outputs:  # their directories, as in its cwd (else `-o logs/x` cannot be opened)
+            with contextlib.suppress(OSError):  # (re-adopted: the job may have put a symlink there)
+                os.close(_open(self.work, rel, True, self.ids))
 
     def offer(self, out: bool) -> dict | None:
         """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""
         if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
             return None
         token = self.node.stream.offer_other(lambda sock: self.serve(sock, out), isinstance(auth.caller(), dict))
+        failed = out and self.live.status.get("exit_code") != 0 and bool(self.live.job.get("make"))  # (see open)
         return {"host": self.node.advertise, "port": self.node.stream.address[1], "token": token,
-                "files": self.outputs if out else self.inputs}
+                "files": self.outputs if out else self.inputs, "failed": failed}
 
     def serve(self, sock: socket.socket, out: bool) -> None:
         """An offer's connection: the outputs sent back, or the inputs received and then the job started."""
@@ -139,7 +143,8 @@ class Staged:
         return dict(status, error=error) if error else status
 
     def open(self, rel: str, status: dict) -> tuple[int | None, str, str | None]:
-        """An output, open: (fd, the name it goes back under, None) or (None, rel, why not); the job user's own only."""
+        """An output, open: (fd, rel, None) or (None, rel, why not); the job user's own only. A failed make job's
+        FILE.failed (spawner.hide_failed_outputs) goes back as FILE: the client renames it as in place."""
         for name in (rel + ".failed", rel) if status.get("exit_code") != 0 and self.live.job.get("make") else (rel,):
             try:
                 fd = _open(self.work, name)
@@ -156,7 +161,7 @@ class Staged:
             if not stat.S_ISREG((st := os.fstat(fd)).st_mode) or self.ids and st.st_uid != self.ids[0]:
                 os.close(fd)
                 return None, rel, "is not a file of the job user's (a FIFO, a hard link to another's?): not sent back"
-            return fd, name, None
+            return fd, rel, None
         return None, rel, "was never written by the job"
 
 
@@ -205,7 +210,7 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
         for i, part in enumerate(parts[:-1] if create else parts):
             if create:
                 with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=fd)
+                    os.mkdir(part, 0o777 if follow else 0o700, dir_fd=fd)  # (the client's: as its umask says)
                     if ids:
                         os.chown(part, *ids, dir_fd=fd, follow_symlinks=False)
             last = i == len(parts) - 1  # (not blocking: a FIFO the job put there for an output hung the node, its lock held)
@@ -287,8 +292,7 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
     with stream.connect(ticket["host"], ticket["port"], ticket["token"]) as sock:
         try:
             if out:
-                want = {n for rel in ticket["files"] for n in (rel, rel + ".failed")}
-                notes = _receive(sock, job["cwd"], want, node=False)
+                notes = _receive(sock, job["cwd"], set(ticket["files"]), node=False)
             else:
                 with contextlib.suppress(OSError):  # (the node refused: its reason follows)
                     for rel in ticket["files"]:
@@ -303,6 +307,8 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
         except (Refused, OSError) as e:
             whole, notes = False, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
                                      if out else f"staging failed: the node did not confirm the inputs: {e}"]
+    if ticket.get("failed"):  # as in place: FILE.failed, an older one of other content kept; no FILE left
+        make.rename_failed(job.get("outputs") or [])
     for text in notes:
         note(f"job {job['id']}: {text}")
     return whole

@@ -370,3 +370,51 @@ def test_staging_over_tls_with_a_cluster_secret(tmp_path):
     finally:
         auth.use(None)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_work_dir_and_dirs_staged_into_it_are_the_job_users_alone(cluster, tmp_path):
+    """(QA) They were 0755: another user read the staged copy of a file from a 0700 cwd."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "in.txt").write_text("private\n")
+    r = grun(cluster, tmp_path, "--hosts", "far", "-M", "stat -c %a . sub; cat %i:sub/in.txt > out.txt")
+    assert r.returncode == 0 and r.stdout.split() == [b"700", b"700"], r
+
+
+def test_a_make_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
+    """(QA) `>> %o:log` came back holding only this run's lines, a plain `>> log` (neither input nor output) never."""
+    (tmp_path / "in.txt").write_text("in\n")
+    (tmp_path / "log.txt").write_text("old\n")
+    (tmp_path / "plain.log").write_text("p\n")
+    r = grun(cluster, tmp_path, "--hosts", "far", "-M",
+             "cat %i:in.txt > out.txt; echo new >> %o:log.txt; echo run >> plain.log; echo e 2>>new.log >&2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "log.txt").read_text() == "old\nnew\n" and (tmp_path / "plain.log").read_text() == "p\nrun\n"
+    assert (tmp_path / "new.log").read_text() == "e\n" and (tmp_path / "out.txt").read_text() == "in\n"
+
+
+def test_a_failed_staged_make_job_hides_its_outputs_as_in_place(cluster, tmp_path):
+    """(QA) An older FILE.failed of other content is kept as FILE.failed.1 (make.rename_failed), and no output,
+    written or stale, stays under its own name for a downstream step to take for a good one."""
+    (tmp_path / "in.txt").write_text("in\n")
+    (tmp_path / "out.txt.failed").write_text("older\n")
+    (tmp_path / "stale.txt").write_text("stale\n")
+    os.utime(tmp_path / "stale.txt", (1, 1))  # (older than in.txt: make runs the job)
+    for where in ("near", "far"):  # in place, then staged: the same files
+        r = grun(cluster, tmp_path, "--hosts", where, "-M", "cat %i:in.txt > %o:out.txt; test -e %o:stale.txt; exit 1")
+        assert r.returncode == 1, r.stderr
+        assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.txt.failed", "out.txt.failed.1", "stale.txt.failed"]
+        assert [(tmp_path / n).read_text() for n in ("out.txt.failed", "out.txt.failed.1", "stale.txt.failed")] == [
+            "in\n", "older\n", "stale\n"], where
+        (tmp_path / "out.txt.failed").write_text("older\n")
+        os.unlink(tmp_path / "out.txt.failed.1")
+        os.rename(tmp_path / "stale.txt.failed", tmp_path / "stale.txt")
+
+
+def test_outputs_in_a_subdirectory_are_written_when_staged(cluster, tmp_path):
+    """(QA) `-o logs/j.out`, `%o:sub/count.txt`, `--stage-out sub/x.txt`: their directories are made in the work dir."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "sub").mkdir()
+    r = grun(cluster, tmp_path, "--hosts", "far", "-o", "logs/j.out", "--stage-out", "sub/x.txt", "-M",
+             "echo 1 > %o:sub/count.txt; echo x > sub/x.txt; echo hi")
+    assert r.returncode == 0, r.stderr
+    assert [(tmp_path / p).read_text() for p in ("logs/j.out", "sub/count.txt", "sub/x.txt")] == ["hi\n", "1\n", "x\n"]

@@ -34,7 +34,7 @@ SPEC_KEYS = {
     "cmd", "shell", "cwd", "env", "cpus", "memory", "user", "uid", "gid", "stdin",
     "token", "priority", "name", "host", "params", "parent", "force", "requeue",
     "stdout_file", "stderr_file", "stdout_append", "stderr_append", "time", "time_signal",
-    "inputs", "outputs", "make", "needs",  # make semantics (grun.make)
+    "inputs", "outputs", "make", "needs", "appends",  # make semantics (grun.make)
     "array",  # `--array 1-100%10`: one record, its tasks made jobs as they start (grun.core.arrays)
     "groups", "umask",  # from the submitter's credential (grun.auth), with its uid, gid and user
     *DEP_KINDS, "retries", "retry_delay",
@@ -319,7 +319,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
            for stream in ("stdout", "stderr")},  # (set with its file only)
         "stage": stage or None,
-        **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "stage_in", "stage_out")},
+        **{key: _paths(spec, key) or None for key in ("inputs", "outputs", "needs", "appends", "stage_in", "stage_out")},
         "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
         **{kind: job_refs(spec[kind], kind) if spec.get(kind) else None for kind in DEP_KINDS},
         "retries": _whole_field(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
