@@ -282,7 +282,7 @@ def checks(cfg: Config, services=SERVICES) -> list[str]:
     for kind, name, where in sorted(set(named)) if "queue" in services else ():
         try:
             (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
-        except KeyError:
+        except (KeyError, ValueError):  # (ValueError: a name with a NUL)
             found.append(f"{where}: no {kind} {name!r} on this host")
     return found
 

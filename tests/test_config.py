@@ -406,10 +406,11 @@ def test_describe_says_where_each_value_came_from(conf, tmp_path, env):
 
 
 def test_describe_warns_of_users_and_groups_this_host_does_not_know(conf, tmp_path):
-    cfg = conf("admins: [root, nobodyhere]\nlimits: {user.root: {jobs: 1}, group.nosuchgroup: {jobs: 1}, "
+    cfg = conf("admins: [root, nobodyhere, \"a\\0b\"]\nlimits: {user.root: {jobs: 1}, group.nosuchgroup: {jobs: 1}, "
                "group.root: {jobs: 1}, user.nobodyhere: {cpus: 2}}\n")
     assert describe(cfg, as_dict=True)["warnings"] == [
         f"{tmp_path}/grun.conf:2: limits: no group 'nosuchgroup' on this host",
+        f"{tmp_path}/grun.conf:1: admins: no user 'a\\x00b' on this host",  # (a NUL: getpwnam's ValueError)
         f"{tmp_path}/grun.conf:1: admins: no user 'nobodyhere' on this host",
         f"{tmp_path}/grun.conf:2: limits: no user 'nobodyhere' on this host"]
     assert cfg.warnings == [], "the lookups are a daemon's and `grun -q conf`'s, not every client's"

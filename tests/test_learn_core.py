@@ -272,8 +272,8 @@ def test_queued_jobs_learned_values_no_node_or_limit_lets_run_any_more_give_way_
     m, journal = _master(), []
     for peak in (1500, 1500, 1500):
         journal += _finish_one(m, peak, 0.0)
-    held, fine, forced = (m.requests([{"cmd": ["python3", "align.py"], "user": "ann", **extra}])[0]
-                          for extra in ({"hold": True}, {"hold": True, "memory": 1000}, {"hold": True, "force": True}))
+    held, fine, forced, timed = (m.requests([{"cmd": ["python3", "align.py"], "user": "ann", **extra}])[0] for extra in (
+        {"hold": True}, {"hold": True, "memory": 1000}, {"hold": True, "force": True}, {"hold": True, "time": 60}))
     journal += m.handle("submit", [held, fine, forced], None, 5.0).records
     ids = sorted(m.table.jobs)
     assert [m.table.jobs[i]["memory"] for i in ids] == [1500, 1000, 1500] and m.table.learnt
@@ -282,6 +282,8 @@ def test_queued_jobs_learned_values_no_node_or_limit_lets_run_any_more_give_way_
                                      "incarnation": "j"}, 7.0).records
     step = m.handle("schedule", 8.0)
     assert [(r["op"], r["id"]) for r in step.records] == [("edit", ids[0])], "not the one given -m, nor the forced one"
+    [timed_id] = m.handle("submit", [timed], None, 8.5).reply  # (-t: no learned time to show; it raised TypeError)
+    assert m.table.jobs[timed_id]["warnings"][0].startswith("its learned request (1.5G, 0.1 cpus: p95")
     journal += step.records
     job = m.table.jobs[ids[0]]
     assert (job["memory"], job["cpus"], job["memory_limit"], job["expected_time"], job["origin"]) == \

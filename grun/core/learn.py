@@ -133,9 +133,10 @@ class Learned:
         learned = [field for field, text in origin.items() if text.startswith("learned")]
         if not learned:
             return False
-        shown = {"memory": size(req["memory"]), "cpus": f"{req['cpus']:g} cpus", "time": f"{req.get('expected_time'):g} s"}
+        shown = {"memory": lambda: size(req["memory"]), "cpus": lambda: f"{req['cpus']:g} cpus",
+                 "time": lambda: f"{req['expected_time']:g} s"}  # (the learned ones only: a job's -t has no estimate)
         what = origin[learned[0]].removeprefix("learned: ").split(" (")[0]
-        said = f"its learned request ({', '.join(shown[f] for f in learned)}: {what}) was dropped for the defaults: {why}"
+        said = f"its learned request ({', '.join(shown[f]() for f in learned)}: {what}) was dropped for the defaults: {why}"
         req["warnings"] = [*(req.get("warnings") or ()), said]
         for field in learned:  # (memory, cpus, time: what fill() learns)
             del origin[field]
