@@ -361,12 +361,12 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                            err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
-                    if ticket["outputs"] and not status.get("superseded"):  # its node does not share our files: they
-                        from . import stage  # come back (grun.stage); not a copy killed as stale (superseded)
-                        release = stage.transfer(sup.stage(True), job, on_note, True) and release  # else kept there
-                    if release and not status.get("superseded"):  # the node drops the spool once the master has it too
+                    if tried := ticket["outputs"] and not status.get("superseded"):  # its node does not share our files:
+                        from . import stage  # they come back (grun.stage); not a copy killed as stale (superseded)
+                        tried = not stage.transfer(sup.stage(True), job, on_note, True)  # else kept there, its end told
+                    if (release or tried) and not status.get("superseded"):  # the node drops the spool once the master has it
                         try:
-                            sup._pyroOneway("release")
+                            sup._pyroOneway("release", "tried" if tried else "all")
                         except OSError:
                             pass
                 last, code = self._settle(job_id, where), J.exit_code_of(status)

@@ -162,7 +162,7 @@ KEYS = {key.name: key for key in (
     Key("fetch_path", lambda v: [os.path.normpath(p) for p in words(v, "a list of absolute paths", os.path.isabs)],
         lambda c: [], _X, True, "with stage: auto, jobs whose cwd lies under these paths are staged too"),
     Key("stage_wait", _positive_duration, 300.0, _X, True,
-        "a staged job fails if no client begins to send its inputs this soon"),
+        "a staged job fails if no client begins to send its inputs this soon; its end waits as long for its outputs to be fetched"),
     Key("munge_socket", lambda v: parse_path(v, absolute=True), "/run/munge/munge.socket.2", "all", False,
         "munged's socket, with auth: munge"),
     Key("private_queries", parse_bool, False, _Q, True, "users see only their own jobs (root, admins: all)"),

@@ -203,11 +203,11 @@ def _unwritten(job_dir: str, fd: int | None) -> None:
         os.unlink(os.path.join(job_dir, STATUS))
 
 
-def remove(job_dir: str) -> None:
-    """A job's directory, out of the way at once: renamed `.gone-<id>-<ns>` beside it, for sweep() (which may wait on
-    its user: the node's janitor and its start, that call this, must not)."""
+def remove(job_dir: str, into: str = "") -> None:
+    """A job's directory (or one in it, `into` the jobs dir), out of the way at once: renamed `.gone-<id>-<ns>` beside
+    it, for sweep() (which may wait on its user: the node's janitor and its start, that call this, must not)."""
     with contextlib.suppress(FileNotFoundError):
-        os.rename(job_dir, f"{os.path.dirname(job_dir)}/.gone-{os.path.basename(job_dir)}-{time.time_ns()}")
+        os.rename(job_dir, f"{into or os.path.dirname(job_dir)}/.gone-{os.path.basename(job_dir)}-{time.time_ns()}")
 
 
 def sweep(jobs_dir: str) -> None:

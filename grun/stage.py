@@ -76,7 +76,8 @@ class Staged:
 
     def offer(self, out: bool) -> dict | None:
         """A ticket to push the inputs (while it waits for them), or to pull the outputs (once it ended); or None."""
-        if not (self.live.status is not None and self.outputs and not self.failed if out else self.waiting):
+        if not (self.live.status is not None and self.outputs and not (self.failed or self.live.delivered) if out
+                else self.waiting):  # (outputs released: delivered once, never again over the user's later edits)
             return None
         token = self.node.stream.offer_other(lambda sock: self.serve(sock, out), isinstance(auth.caller(), dict))
         failed = out and self.live.status.get("exit_code") != 0 and bool(self.live.job.get("make"))  # (see open)
@@ -132,6 +133,12 @@ class Staged:
     def check(self) -> None:  # by the node's janitor; a push under way is not cut off (a dead client ends it)
         if self.waiting and self.sock is None and time.monotonic() - self.since > self.node.stage_wait:
             self.fail(f"no client sent the inputs within {self.node.stage_wait:g} s")
+
+    def holds(self) -> bool:
+        """Whether the node keeps the ended job's end from the master (its dependants would find stale files) until a
+        client released its outputs (or failed to fetch them), at most stage_wait from its end (re-adopted: held on)."""
+        return bool(self.outputs) and not (self.failed or self.live.delivered or self.live.tried or self.live.superseded) and (
+            time.time() - self.live.status.get("end_time", 0) < self.node.stage_wait)
 
     def ended(self, status: dict) -> dict:
         """The job's status, with the outputs that cannot go back named in its error."""
@@ -329,22 +336,26 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
             os.dup2(fd, to)
         client.reset()  # (the connection is the parent's: ours is made anew)
         note = lambda text: os.write(2, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n".encode(errors="replace"))
-        served, job = None, client.wait_started(job_id)
-        while job["state"] not in FINAL_STATES:
-            if (run := (job.get("node"), job.get("attempt"))) != served and (sup := client.supervisor(job_id, job)):
+        served, pulled, job = None, None, client.wait_started(job_id)
+        while job["state"] not in FINAL_STATES:  # (each run's outputs once it ended: its node holds its end until then)
+            if (run := (job.get("node"), job.get("attempt"))) != pulled and (sup := client.supervisor(job_id, job)):
                 # (an OSError: its node is away, a daemon restarting; pushed once the master has it again)
                 with contextlib.suppress(OSError), sup:
-                    transfer(sup.stage(False), job, note, False)
-                    served = run
+                    if run != served:
+                        transfer(sup.stage(False), job, note, False)
+                        served = run
+                    if ticket := sup.stage(True):
+                        pulled = run  # (its work dir goes, as a following grun's; its end to the master, either way)
+                        sup.release("outputs" if transfer(ticket, job, note, True) else "tried")
             try:
-                job = client.wait([job_id], 10)[job_id]
+                job = client.wait([job_id], 2)[job_id]
             except TimeoutError:
                 job = client.wait_started(job_id)
         deadline = time.monotonic() + PULL_WAIT
-        while sup := client.supervisor(job_id, job):
-            try:
+        while (job.get("node"), job.get("attempt")) != pulled and (sup := client.supervisor(job_id, job)):
+            try:  # (its node reported it unfetched: away past stage_wait)
                 with sup:
-                    return transfer(sup.stage(True), job, note, True)
+                    return sup.release("outputs" if transfer(sup.stage(True), job, note, True) else "tried")
             except wire.CallRejected as exc:  # its node no longer has the job (forgotten, its spool lost): no wait
                 return note(f"job {job_id}: outputs not received, its node no longer has the job ({exc})")
             except OSError as exc:  # its node is away (a daemon restarting), and keeps the outputs meanwhile

@@ -14,9 +14,10 @@ import sys
 import tempfile
 import time
 
+import psutil
 import pytest
 from cluster import LocalCluster
-from util import wait_for
+from util import job_id_from_verbose, wait_for
 
 from grun import stage
 from grun.client import job_spec
@@ -321,6 +322,77 @@ def test_with_nowait_a_process_of_the_submitters_own_serves_the_files(cluster, t
     out = grun(cluster, tmp_path, "--attach", str(job_id), env=env)  # its output stayed on the node
     assert out.stdout.decode().strip().endswith("/work"), out
     assert (tmp_path / "state" / "grun" / "stage.log").read_text() == ""  # nothing went wrong
+
+
+@pytest.mark.parametrize("nowait", [False, True])
+def test_a_pipeline_step_waits_until_the_previous_steps_staged_output_is_back(cluster, tmp_path, nowait):
+    """Step 2 waits for step 1 (a -M reader of its output, not there yet). Step 1 ends while its client (its grun,
+    or the --nowait stager) is stopped: its end reaches the master only once its output is back (Staged.holds), so
+    step 2 is not released to find it missing (or stale)."""
+    cwd, gate = tmp_path / "cwd", tmp_path / "gate"
+    cwd.mkdir()
+    (cwd / "in.txt").write_text("in\n")
+    env = dict(cluster.env, XDG_STATE_HOME=str(tmp_path / "state"))
+    mode = ["--nowait"] if nowait else ["-v"]
+    run = lambda *args: cluster.popen(*mode, "--stage", "always", "--hosts", "far", "-M", *args, cwd=str(cwd), env=env)
+    step1 = run(f"while [ ! -e {gate} ]; do sleep 0.05; done; cat %i:in.txt %i:in.txt > %o:step1.bin")
+    job_id = lambda proc: int((proc.stdout if nowait else proc.stderr).readline().split()[-1 if nowait else 2])
+    step1_id = job_id(step1)
+    wait_for(lambda: os.path.exists(os.path.join(cluster.root, "far", "node", "jobs", str(step1_id), "work", "in.txt")),
+             20, what="step 1 to get its input")
+    client = wait_for(lambda: next((p for p in psutil.process_iter(["cmdline", "cwd"]) if p.info["cwd"] == str(cwd)
+                                    and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager"
+                      ) if nowait else psutil.Process(step1.pid)
+    step2 = run("wc -c < %i:step1.bin > %o:step2.txt")
+    step2_id = job_id(step2)  # (queued: waiting for step 1)
+    client.suspend()
+    try:
+        gate.touch()
+        status = os.path.join(cluster.root, "far", "node", "jobs", str(step1_id), "status.json")
+        wait_for(lambda: os.path.exists(status), 20, what="step 1 to end")
+        time.sleep(2)  # (long enough for step 2 to be released, and fail, if step 1's end were reported)
+    finally:
+        client.resume()
+    if nowait:
+        assert cluster.client().wait([step2_id], 60)[step2_id]["exit"] == 0
+    else:
+        assert step2.wait(60) == 0 and step1.wait(60) == 0, step2.stderr.read()
+    wait_for(lambda: (cwd / "step2.txt").exists(), 30, what="step 2's output")
+    assert (cwd / "step2.txt").read_text().strip() == "6"
+
+
+def test_nowait_frees_the_work_dir_once_its_outputs_are_back(cluster):
+    """The --nowait stager releases the staged outputs on the node once it has them (near keeps a job's spool a
+    day): the work dir goes (inputs and outputs), its output stays for `grun --attach`."""
+    cwd = os.path.join(cluster.root, "fetched", "release")  # staged on near (fetch_path)
+    os.makedirs(cwd)
+    with open(os.path.join(cwd, "in.txt"), "w") as f:
+        f.write("in\n")
+    env = dict(cluster.env, XDG_STATE_HOME=os.path.join(cluster.root, "state-release"))
+    r = cluster.grun("--nowait", "--hosts", "near", "--stage-in", "in.txt", "--stage-out", "out.txt",
+                     "cat in.txt > out.txt; pwd", cwd=cwd, env=env)
+    assert r.returncode == 0, r.stderr
+    job_id = int(r.stdout.split()[-1])
+    wait_for(lambda: os.path.exists(os.path.join(cwd, "out.txt")), 30, what="the stager to bring the output back")
+    work = os.path.join(cluster.root, "near", "node", "jobs", str(job_id), "work")
+    wait_for(lambda: not os.path.exists(work), 10, what="the node to drop the delivered job's work dir")
+    assert cluster.client().wait([job_id], 10)[job_id]["exit"] == 0
+    assert cluster.grun("--attach", str(job_id), cwd=cwd, env=env).stdout.decode().strip() == work
+
+
+def test_attach_does_not_fetch_delivered_outputs_again(cluster):
+    """Outputs once fetched (the following grun released the job) are not sent again to a `grun --attach`, which
+    would overwrite the user's later edits (near keeps a job's spool a day; its janitor looks every 10 s)."""
+    cwd = os.path.join(cluster.root, "fetched", "again")
+    os.makedirs(cwd)
+    r = cluster.grun("-v", "--hosts", "near", "--stage-out", "o.txt", "echo done > o.txt", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    job_id = job_id_from_verbose(r.stderr.splitlines()[0])
+    with open(os.path.join(cwd, "o.txt"), "w") as f:
+        f.write("edited\n")
+    cluster.grun("--attach", str(job_id), cwd=cwd)  # (its job is released: gone, or nothing to send again)
+    with open(os.path.join(cwd, "o.txt")) as f:
+        assert f.read() == "edited\n"
 
 
 @pytest.mark.alone

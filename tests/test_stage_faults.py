@@ -150,8 +150,9 @@ def _ended_with_its_stager_stopped(c, tmp_path):
                                     and "--nowait" in (p.info["cmdline"] or ())), None), 10, what="the stager")
     stager.suspend()
     try:
-        gate.touch()
-        assert c.client().wait([job_id], 20)[job_id]["exit"] == 0
+        gate.touch()  # (its node holds its end from the master until the stager has the outputs, or stage_wait)
+        wait_for(lambda: os.path.exists(os.path.join(c.root, "n1", "node", "jobs", str(job_id), "status.json")), 20,
+                 what="the job to end")
     except BaseException:
         stager.kill()
         raise
@@ -185,7 +186,7 @@ def test_the_nowait_stager_stops_at_once_when_the_node_forgot_the_ended_job(make
     """The job ended and its node forgot it (output_keep passed) before the stager came to pull: the node's daemon
     has no such object (wire.CallRejected), which no wait mends: the stager says so and ends, not retrying for
     stage.PULL_WAIT."""
-    c = make_cluster({"n1": {**STAGED, "output_keep": 1}})
+    c = make_cluster({"n1": {**STAGED, "output_keep": 1, "stage_wait": 2}})  # (its end reported unfetched after 2 s)
     cwd, job_id, stager = _ended_with_its_stager_stopped(c, tmp_path)
     try:
         wait_for(lambda: not os.path.exists(os.path.dirname(_work(c, "n1", job_id))), 20,

@@ -246,12 +246,13 @@ class Node(NodeJobs):
 
     def _send_reports(self) -> bool:
         """Report the finished jobs not yet acknowledged, from a queue (not a scan of `live`); whether it called."""
-        todo = []
+        todo, held = [], []
         with self.lock:
             while self._unreported and len(todo) < REPORT_BATCH:
                 live = self._unreported.popleft()
                 if not live.reported and self.live.get(live.id) is live:
-                    todo.append(live)
+                    (held if live.stage and live.stage.holds() else todo).append(live)
+            self._unreported.extend(held)  # (its outputs not fetched yet: grun.stage's holds)
         if not todo:
             return False
         acked = set()

@@ -45,6 +45,8 @@ class LiveJob:
     status: dict | None = None
     reported: bool = False         # the master has acknowledged its end
     fetched: bool = False          # a client has read its whole output
+    delivered: bool = False        # a client has its staged outputs (fetched: too)
+    tried: bool = False            # a client failed to fetch its staged outputs: its end is reported all the same
     stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
@@ -110,10 +112,18 @@ class NodeJobs:
         return {"host": self.advertise, "port": self.stream.address[1], "token": token,
                 "out_offset": out_offset, "err_offset": err_offset}
 
-    def mark_fetched(self, live: LiveJob) -> None:
-        if not live.fetched:
-            live.fetched = True
+    def mark_fetched(self, live: LiveJob, what: str = "all") -> None:
+        """A client has the job's whole output ("all"), its staged outputs ("outputs": its work dir goes now, copies of
+        private files too; its output stays), or failed to fetch them ("tried"); its end is held no more (Staged.holds)."""
+        live.tried |= what == "tried"
+        if what == "outputs" and live.stage and not live.delivered:
+            live.delivered = True
+            self._ack("s", [live])
+            spool.remove(live.stage.work, self.jobs_dir)
+        elif what == "all" and not live.fetched:
+            live.fetched = live.delivered = True
             self._ack("f", [live])  # so a restarted node does not keep fetched output for output_keep
+        self._report_now.wake()  # (a staged job's end, held until now: Staged.holds)
 
     def _sample(self) -> None:
         """Every SAMPLE_SECS: take over the jobs whose reaper died, measure the running ones, enforce their limits;
@@ -283,8 +293,8 @@ class NodeJobs:
 
     def _acked(self) -> dict:
         with self.lock:
-            return {(l.id, l.attempt): {k for k, on in (("r", l.reported), ("f", l.fetched)) if on}
-                    for l in self.live.values() if l.reported or l.fetched}
+            return {(l.id, l.attempt): {k for k, on in (("r", l.reported), ("f", l.fetched), ("s", l.delivered)) if on}
+                    for l in self.live.values() if l.reported or l.delivered}
 
     def _on_ping(self) -> None:
         """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines, and
@@ -472,7 +482,7 @@ class NodeJobs:
         if job.get("stage_home"):  # staged: its inputs came, its outputs may still go back (grun.stage)
             live.stage = stage.Staged(self, live)
         kinds = (acks if acks is not None else self.acks.load(self.jobs_dir)).get((live.id, live.attempt), ())
-        live.reported, live.fetched = "r" in kinds, "f" in kinds
+        live.reported, live.fetched, live.delivered = "r" in kinds, "f" in kinds, bool({"f", "s"} & set(kinds))
         self.drain.add(str(live.id), job_dir)  # (for an ended job too: where its output starts)
         live.set_up.set()
         if self.job_status(live) is not None:

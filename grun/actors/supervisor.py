@@ -56,6 +56,7 @@ class JobSupervisor:
         staged = self._owned("stage files of").stage
         return staged and staged.offer(bool(out))
 
-    def release(self) -> None:
-        """The client has the whole output; the spool may go once the master has the status too."""
-        self._node.mark_fetched(self._owned("release"))
+    def release(self, what: str = "all") -> None:
+        """The client has the whole output (the spool may go once the master has the status too), or a staged job's
+        outputs ("outputs": its work dir goes), or failed to fetch them ("tried"); another word does nothing."""
+        self._node.mark_fetched(self._owned("release"), what)
