@@ -167,7 +167,8 @@ class Client:
             except Exception as exc:
                 if unreachable := wire.is_unreachable(exc):
                     self.reset()
-                    self._answered |= (broken := isinstance(exc, wire.CallBroken))  # it was there, may have it
+                    self._answered |= getattr(exc, "reached", False)  # it answered our hello: a master, away now
+                    broken = isinstance(exc, wire.CallBroken)  # (it may have the call)
                     failed = failed or time.monotonic()  # (not the call's start: a long poll waits 30 s)
                     deadline = max(deadline, failed + (sent_wait if broken and sent_wait else 0), failed + min(
                         self.connect_wait if wait is None else wait, float("inf") if self._answered else self.connect_wait))

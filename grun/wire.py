@@ -109,7 +109,7 @@ class WireProxy:
         import msgpack
         where = f"{method} to {self._host}:{self._port}"
         request = msgpack.packb((self._object, method, list(args), kwargs), default=_plain)
-        hello, sent = b"", False
+        hello, sent, greeted = b"", False, True  # greeted: the peer answered a hello of ours (now, or at connect)
         try:
             if self._sock is None:
                 from .auth import proof, tls_client  # (the proof first: one failing leaves no socket sans hello)
@@ -122,7 +122,7 @@ class WireProxy:
                 self._seq, self._pyroConnected = 0, time.time()
                 if (tls := tls_client()) is not None:
                     self._sock = tls.wrap_socket(self._sock, server_hostname=self._host)
-            self._seq = (self._seq + 1) & 0xFFFF
+            self._seq, greeted = (self._seq + 1) & 0xFFFF, not hello
             sock = self._sock
             sock.settimeout(self._pyroTimeout)
             sock.sendall(hello + _message(_INVOKE, _ONEWAY if oneway else 0, self._seq, request))
@@ -135,6 +135,7 @@ class WireProxy:
                         f"connection to {self._host}:{self._port} rejected: {why}")
                 if kind != _CONNECTOK:
                     raise Garbled(f"unexpected message type {kind} in the handshake")
+                greeted = True
             if oneway:
                 return None
             kind, flags, seq, data = _receive(sock)
@@ -145,13 +146,17 @@ class WireProxy:
             if refusal := refused_tls(exc, f"{self._host}:{self._port}"):  # (TLS 1.3: after our handshake)
                 raise refusal from None
             if isinstance(exc, TimeoutError) and sent:
-                raise CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s") from None
-            if (is_unreachable(exc) or sent and isinstance(exc, OSError)) and not isinstance(exc, CallRejected):
+                broken = CallTimeout(f"no answer to {where} within {self._pyroTimeout:g} s")
+            elif (is_unreachable(exc) or sent and isinstance(exc, OSError)) and not isinstance(exc, CallRejected):
                 # As with a Pyro5 proxy, a peer that took the connection and went away (or stalled) without
                 # a word may have had our request: a submission waits for it to come back (our ENOMEM too, once sent).
-                raise CallBroken(f"{where}: {exc}") if sent else ConnectionError(
-                    f"cannot reach {self._host}:{self._port}: {exc}") from None
-            raise
+                if not sent:
+                    raise ConnectionError(f"cannot reach {self._host}:{self._port}: {exc}") from None
+                broken = CallBroken(f"{where}: {exc}")
+            else:
+                raise
+            broken.reached = greeted  # (a port that takes connections and drops them is no master come and gone)
+            raise broken from None
         result = _loads(data)
         if flags & _EXCEPTION:
             raise _exception(result)

@@ -166,7 +166,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Staging mends (QA): a 0700 work dir, -M's `>> FILE` staged, output dirs made, failed outputs renamed by the client: +9.
 # The third review's mends (learn's warning of a -t job, one group lookup a user a submission, a NUL name): +4.
 # Staging's order (QA): a staged job's end held until its outputs are fetched, the --nowait stager's release: +23.
-TOTAL, MODULE, MEDIAN = 14524, 500, 200
+# A broken call counts as a master reached only if the peer answered our hello: +7.
+TOTAL, MODULE, MEDIAN = 14530, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -153,6 +153,30 @@ def test_client_connect_wait_is_bounded():
     assert "cannot reach the grun master at 127.0.0.1:" in str(err.value)
 
 
+def test_a_port_that_takes_connections_and_drops_them_is_no_master_come_and_gone():
+    """A long poll (a wait rides through a master away up to long_wait, an hour) against a wrong port whose listener
+    accepts and closes (a dead `ssh -L` tunnel) gives up within connect_wait: the peer never answered our hello."""
+    import socket
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drop():
+        while True:
+            try:
+                server.accept()[0].close()
+            except OSError:
+                return
+    threading.Thread(target=drop, daemon=True).start()
+    try:
+        start = time.monotonic()
+        client = Client("127.0.0.1", server.getsockname()[1], connect_wait=1)
+        with pytest.raises(GrunError, match="cannot reach the grun master"):
+            client.call("wait", [1], 30.0, wait=client.long_wait)
+        assert time.monotonic() - start < 5
+    finally:
+        server.close()
+
+
 def test_refused_submission_is_reported_at_once(cluster):
     words = ["x" * (110 << 10)] * 10  # a 1.1 MB command line: over the master's limit, under the kernel's
     start = time.monotonic()
