@@ -310,9 +310,9 @@ class Reaper:
                 os.chown(env["TMPDIR"], ident["user"], ident["group"])
         if job.get("nfs_sync"):  # (node config nfs_sync: what of the job lies on a network filesystem)
             _sync_as(ident, job["nfs_sync"])
-        if job.get("recheck"):  # it waited for its outputs' makers (grun.core.deps): made meanwhile, it is done
+        if job.get("recheck"):  # it waited for its files' makers (grun.core.deps): made meanwhile, it is done
             with _as_user(ident):
-                made = make.decide(make.Make(job["cmd"], job.get("inputs") or [], job["outputs"], job["cwd"]))
+                made = make.decide(make.Make(job["cmd"], job.get("inputs") or [], job.get("outputs") or [], job["cwd"]))
             if not made.run:
                 return self._fail(job_dir, notify, made.reasons[0].removeprefix("# "), 0)  # `grun: up to date: OUT`
         keep: dict[str, int] = {}

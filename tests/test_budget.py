@@ -167,7 +167,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # The third review's mends (learn's warning of a -t job, one group lookup a user a submission, a NUL name): +4.
 # Staging's order (QA): a staged job's end held until its outputs are fetched, the --nowait stager's release: +23.
 # A broken call counts as a master reached only if the peer answered our hello: +7.
-TOTAL, MODULE, MEDIAN = 14530, 500, 200
+# -M: an input a live job of the user rewrites is waited for, never "up to date" meanwhile: +2.
+TOTAL, MODULE, MEDIAN = 14532, 500, 200
 
 
 def module_lines() -> dict[str, int]:

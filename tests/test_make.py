@@ -209,6 +209,26 @@ def test_a_job_making_what_a_live_job_makes_waits_for_it_then_finds_it_up_to_dat
     assert (r.returncode, r.stderr) == (0, b"grun: up to date: dup.txt\n")
 
 
+def test_a_job_whose_old_input_a_live_job_rewrites_waits_for_it_then_runs_on_the_new_one(cluster, tmp_path):
+    """(As make's DAG: step 2, newer than the OLD step1, neither says "up to date" nor runs on it while step 1 is held.)"""
+    for name, text, age in (("step1", "x\n", 30), ("a", "y\nx\n", 20), ("step2", "1\n", 10)):
+        (tmp_path / name).write_text(text)  # a changed since step 1 made step1; step2 is newer than the old step1
+        _older(tmp_path / name, age)
+    first = cluster.grun("--nowait", "--hold", "-M", "sort %i:a > %o:step1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    step1 = int(first.stdout.split()[1])
+    second = cluster.grun("--nowait", "-M", "wc -l < %i:step1 > %o:step2", cwd=tmp_path)
+    assert (second.returncode, second.stderr) == (0, b""), "not up to date: step 1 rewrites its input"
+    step2 = int(second.stdout.split()[1])
+    try:
+        assert cluster.client().job(step2)["state"] == "waiting" and (tmp_path / "step2").read_text() == "1\n"
+        assert cluster.grun("-e", "resume", str(step1)).returncode == 0
+        assert [cluster.client().wait([i], 30)[i]["exit"] for i in (step1, step2)] == [0, 0]
+        assert (tmp_path / "step2").read_text() == "2\n"
+    finally:
+        cluster.client().kill([step1, step2])
+
+
 @pytest.mark.parametrize("args,needle", [
     (["-M", "true"], "-M: the command names no input or output"),
     (["-M", "sort %i:data.txt 'x > out"], "-M: unbalanced quotes"),

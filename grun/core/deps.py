@@ -31,8 +31,8 @@ def parse_dependency(text: str) -> dict:
 def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tuple[list, dict | None]:
     """The request's references (taken out of it) as the dependencies unmet, [[kind, id], ...], and a finished job
     that makes one never met (or None). A reference is a live job (a name: this user's), else a finished one (`recent`,
-    or `known`: the master's history). A make job waits for the newest live job of the user making what it `needs`, and
-    for each making an output of its own (two writers of one file race): then its node checks it again (`recheck`)."""
+    or `known`: the master's history). A make job waits for the newest live job of the user making each input (missing
+    or not), and for each making an output of its own (two writers of one file race): then its node checks it again."""
     deps, never = [], None
     for kind in J.DEP_KINDS:
         for ref in req.pop(kind, ()):
@@ -57,12 +57,13 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
                 never = job
     def makers(path: str) -> list[int]:  # make (-M): the live jobs of the user that make this file
         return [i for i in table.makers.get(path, ()) if table.jobs[i].get("user") == req["user"]]
-    for path in req.pop("needs", ()):  # an input missing now: made by the newest of them first
+    for path in (needs := req.pop("needs", ())):  # an input missing now: refused if no live job makes it
         J.require(makers(path), f"no input {path}")
-        deps.append(["afterok", max(makers(path))])
-    if same := sorted({i for path in req.get("outputs") or () if req.get("make") for i in makers(path)}):
-        deps += [["after", i] for i in same]
-        req["recheck"] = True
+    # an input's newest maker (the input missing, or an old copy it rewrites) must succeed first; an output's, end
+    made = {max(makers(p)) for p in [*needs, *(req.get("make") and req.get("inputs") or ())] if makers(p)}
+    if (same := {i for path in req.get("outputs") or () if req.get("make") for i in makers(path)}) or made:
+        deps += [["afterok", i] for i in sorted(made)] + [["after", i] for i in sorted(same)]
+        req["recheck"] = True  # then its node checks it again (a missing input: it runs)
     return deps, never
 
 
