@@ -69,8 +69,7 @@ def make_gate(ctx: Context, args: dict) -> int | None:
     if args.get("noexec"):  # on stdout, as `make -n` prints: why, and what would run
         import shlex
         return ctx.print("\n".join(d.reasons + [m.cmd if isinstance(m.cmd, str) else shlex.join(m.cmd)] * d.run))
-    if not d.run and not any(path in m.inputs for job in ctx.client.jobs() if job.get("uid") == os.getuid()
-                             for path in job.get("outputs") or ()):  # (a live job remaking an input: after it, then seen)
+    if not d.run and os.getuid() not in ctx.client.call("makers", m.inputs):  # (a live job remaking an input: after it)
         return ctx.say(d.reasons[0].removeprefix("# "), 0)
     args["_make"] = m.cmd, make.spec_keys(m, d)
     return None

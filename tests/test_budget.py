@@ -168,7 +168,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Staging's order (QA): a staged job's end held until its outputs are fetched, the --nowait stager's release: +23.
 # A broken call counts as a master reached only if the peer answered our hello: +7.
 # -M: an input a live job of the user rewrites is waited for, never "up to date" meanwhile: +2.
-TOTAL, MODULE, MEDIAN = 14532, 500, 200
+# -M's up-to-date check asks the master's makers index, not every job: +7.
+TOTAL, MODULE, MEDIAN = 14539, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -47,6 +47,14 @@ class Queries:
         with self.lock:
             return [self.core.view(j) for _, j in sorted(self.core.table.jobs.items()) if only in (None, j.get("uid"))]
 
+    def makers(self, paths: list) -> list[int]:
+        """The uids of the live jobs that make any of these files (grun -M: an input a job of yours remakes is not
+        up to date), from the master's index: not every job of a big queue over the wire."""
+        only = self._only()
+        with self.lock:
+            uids = [self.core.table.jobs[i].get("uid") for p in paths for i in self.core.table.makers.get(p, ())]
+        return [u for u in uids if only in (None, u)]
+
     def _only(self) -> int | None:
         """private_queries: the uid whose jobs alone a user's queries show (None: all; root, admins, daemons)."""
         who = auth.confined(self.core.settings["admins"]) if self.core.settings["private_queries"] else None
