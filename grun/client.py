@@ -362,14 +362,14 @@ class Client:
                                            stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                            err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
                     _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
-                    if tried := ticket["outputs"] and not status.get("superseded"):  # its node does not share our files:
-                        from . import stage  # they come back (grun.stage); not a copy killed as stale (superseded)
-                        tried = not stage.transfer(sup.stage(True), job, on_note, True)  # else kept there, its end told
-                    if (release or tried) and not status.get("superseded"):  # the node drops the spool once the master has it
-                        try:
-                            sup._pyroOneway("release", "tried" if tried else "all")
-                        except OSError:
-                            pass
+                    what = "all" if release and not status.get("superseded") and not ticket["outputs"] else None
+                    if ticket["outputs"] and not status.get("superseded"):  # (not a stale copy's)
+                        from . import stage
+                        what = stage.pull(sup, job, on_note, release)
+                    try:  # the node drops the spool once the master has it
+                        what and sup._pyroOneway("release", what)
+                    except OSError:
+                        pass
                 last, code = self._settle(job_id, where), J.exit_code_of(status)
                 if last and (last.get("node"), last["attempt"]) != where and (  # re-run: follow the run that counts
                         status.get("superseded") or last.get("requeues", 0) > job.get("requeues", 0)):

@@ -315,10 +315,20 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
             whole, notes = False, [f"outputs not all received: {e}; `grun --attach {job['id']}` fetches them again"
                                      if out else f"staging failed: the node did not confirm the inputs: {e}"]
     if ticket.get("failed"):  # as in place: FILE.failed, an older one of other content kept; no FILE left
-        make.rename_failed(job.get("outputs") or [])
+        make.rename_failed([p for p in job.get("outputs") or () if os.path.relpath(p, job["cwd"]) in ticket["files"]])
     for text in notes:
         note(f"job {job['id']}: {text}")
     return whole
+
+
+def pull(sup, job: dict, note, release: bool = False, ticket=None) -> str | None:
+    """A follower's pull of a staged job's outputs, and the release it then tells the node (which then tells the
+    master of the job's end): "all" (`release`) or "outputs" once we have them, else "tried" (kept for --attach);
+    None: the cwd is another's (root's attach): we would write there as root, through links its user made."""
+    with contextlib.suppress(OSError):
+        if os.stat(job["cwd"]).st_uid != os.getuid():
+            return note(f"job {job['id']}: its outputs stay on its node for its user: `grun --attach {job['id']}`")
+    return ("all" if release else "outputs") if transfer(ticket or sup.stage(True), job, note, True) else "tried"
 
 
 def follow_detached(client, job_id: int, log_path: str) -> None:
@@ -344,9 +354,9 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                     if run != served:
                         transfer(sup.stage(False), job, note, False)
                         served = run
-                    if ticket := sup.stage(True):
-                        pulled = run  # (its work dir goes, as a following grun's; its end to the master, either way)
-                        sup.release("outputs" if transfer(ticket, job, note, True) else "tried")
+                    if ticket := sup.stage(True):  # (its work dir goes, as a following grun's; its end told, either way)
+                        sup.release(pull(sup, job, note, ticket=ticket))
+                        pulled = run  # (once told: a refused connection is tried again)
             try:
                 job = client.wait([job_id], 2)[job_id]
             except TimeoutError:
@@ -355,7 +365,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
         while (job.get("node"), job.get("attempt")) != pulled and (sup := client.supervisor(job_id, job)):
             try:  # (its node reported it unfetched: away past stage_wait)
                 with sup:
-                    return sup.release("outputs" if transfer(sup.stage(True), job, note, True) else "tried")
+                    return sup.release(pull(sup, job, note))
             except wire.CallRejected as exc:  # its node no longer has the job (forgotten, its spool lost): no wait
                 return note(f"job {job_id}: outputs not received, its node no longer has the job ({exc})")
             except OSError as exc:  # its node is away (a daemon restarting), and keeps the outputs meanwhile

@@ -169,7 +169,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A broken call counts as a master reached only if the peer answered our hello: +7.
 # -M: an input a live job of the user rewrites is waited for, never "up to date" meanwhile: +2.
 # -M's up-to-date check asks the master's makers index, not every job: +7.
-TOTAL, MODULE, MEDIAN = 14539, 500, 200
+# The staging review's mends (a non-releasing reader's pull ends the hold; only staged outputs renamed; root's attach pulls into no other's cwd): +10.
+TOTAL, MODULE, MEDIAN = 14549, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -490,3 +490,16 @@ def test_outputs_in_a_subdirectory_are_written_when_staged(cluster, tmp_path):
              "echo 1 > %o:sub/count.txt; echo x > sub/x.txt; echo hi")
     assert r.returncode == 0, r.stderr
     assert [(tmp_path / p).read_text() for p in ("logs/j.out", "sub/count.txt", "sub/x.txt")] == ["hi\n", "1\n", "x\n"]
+
+
+def test_a_python_reader_of_a_staged_job_s_output_gets_its_outputs_and_its_end_at_once(cluster, tmp_path):
+    """Job.stdout() follows without releasing the job's spool; its pull of the outputs must still end the node's hold
+    of the job's end (it held it for stage_wait, 5 min, and stdout() waited that long for the master)."""
+    from grun.job import Job
+    spec = job_spec("echo made > out.txt; echo hello", cwd=str(tmp_path), hosts="far",
+                    stage_out=[str(tmp_path / "out.txt")])
+    client = cluster.client()
+    job, start = Job(client, client.submit_spec(spec)), time.monotonic()
+    assert job.stdout() == b"hello\n" and time.monotonic() - start < 30
+    assert (tmp_path / "out.txt").read_text() == "made\n"
+    assert client.wait([job.id], 10)[job.id]["state"] == "done"

@@ -116,7 +116,7 @@ class NodeJobs:
         """A client has the job's whole output ("all"), its staged outputs ("outputs": its work dir goes now, copies of
         private files too; its output stays), or failed to fetch them ("tried"); its end is held no more (Staged.holds)."""
         live.tried |= what == "tried"
-        if what == "outputs" and live.stage and not live.delivered:
+        if what == "outputs" and live.stage and live.status is not None and not live.delivered:  # (not under it)
             live.delivered = True
             self._ack("s", [live])
             spool.remove(live.stage.work, self.jobs_dir)
