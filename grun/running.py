@@ -69,10 +69,19 @@ def make_gate(ctx: Context, args: dict) -> int | None:
     if args.get("noexec"):  # on stdout, as `make -n` prints: why, and what would run
         import shlex
         return ctx.print("\n".join(d.reasons + [m.cmd if isinstance(m.cmd, str) else shlex.join(m.cmd)] * d.run))
-    if not d.run and os.getuid() not in ctx.client.call("makers", m.inputs):  # (a live job remaking an input: after it)
+    if not d.run and os.getuid() not in _makers(ctx.client, m.inputs):  # (a live job remaking an input: after it)
         return ctx.say(d.reasons[0].removeprefix("# "), 0)
     args["_make"] = m.cmd, make.spec_keys(m, d)
     return None
+
+
+def _makers(client, paths: list) -> list[int]:
+    """The uids of the live jobs making these files; none when the master is away (up to date: it needs none)."""
+    from .client import MasterUnreachable
+    try:
+        return client.call("makers", paths, wait=0)
+    except MasterUnreachable:
+        return []
 
 
 @verb("[options] COMMAND [ARGS...]", JOB_OPTIONS, command)

@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import auth, make, mounts, spool, stream, wire
-from .core.jobs import FINAL_STATES
+from .core.jobs import ENDING_SIGNALS, FINAL_STATES
 
 HEAD = struct.Struct(">cIQI")    # kind, path length, size, mode
 FILE, MISSING, END = b"F", b"M", b"E"
@@ -137,8 +137,9 @@ class Staged:
     def holds(self) -> bool:
         """Whether the node keeps the ended job's end from the master (its dependants would find stale files) until a
         client released its outputs (or failed to fetch them), at most stage_wait from its end (re-adopted: held on)."""
-        return bool(self.outputs) and not (self.failed or self.live.delivered or self.live.tried or self.live.superseded) and (
-            time.time() - self.live.status.get("end_time", 0) < self.node.stage_wait)
+        live = self.live  # (a job killed: its dependants are cancelled, nothing waits for its files)
+        done = self.failed or live.delivered or live.tried or live.superseded or live.kills.intersection(ENDING_SIGNALS)
+        return bool(self.outputs) and not done and time.time() - live.status.get("end_time", 0) < self.node.stage_wait
 
     def ended(self, status: dict) -> dict:
         """The job's status, with the outputs that cannot go back named in its error."""
@@ -321,13 +322,14 @@ def transfer(ticket: dict | None, job: dict, note, out: bool) -> bool:
     return whole
 
 
-def pull(sup, job: dict, note, release: bool = False, ticket=None) -> str | None:
+def pull(sup, job: dict, note, release: bool = False, ticket=None) -> str:
     """A follower's pull of a staged job's outputs, and the release it then tells the node (which then tells the
     master of the job's end): "all" (`release`) or "outputs" once we have them, else "tried" (kept for --attach);
-    None: the cwd is another's (root's attach): we would write there as root, through links its user made."""
+    "tried" too for another's job in another's cwd (root's attach: we would write there as root, through its links)."""
     with contextlib.suppress(OSError):
-        if os.stat(job["cwd"]).st_uid != os.getuid():
-            return note(f"job {job['id']}: its outputs stay on its node for its user: `grun --attach {job['id']}`")
+        if job.get("uid", os.getuid()) != os.getuid() and os.stat(job["cwd"]).st_uid != os.getuid():
+            note(f"job {job['id']}: its outputs stay on its node for its user: `grun --attach {job['id']}`")
+            return "tried"
     return ("all" if release else "outputs") if transfer(ticket or sup.stage(True), job, note, True) else "tried"
 
 
@@ -358,7 +360,7 @@ def follow_detached(client, job_id: int, log_path: str) -> None:
                         sup.release(pull(sup, job, note, ticket=ticket))
                         pulled = run  # (once told: a refused connection is tried again)
             try:
-                job = client.wait([job_id], 2)[job_id]
+                job = client.wait([job_id], 5)[job_id]
             except TimeoutError:
                 job = client.wait_started(job_id)
         deadline = time.monotonic() + PULL_WAIT

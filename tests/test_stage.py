@@ -503,3 +503,20 @@ def test_a_python_reader_of_a_staged_job_s_output_gets_its_outputs_and_its_end_a
     assert job.stdout() == b"hello\n" and time.monotonic() - start < 30
     assert (tmp_path / "out.txt").read_text() == "made\n"
     assert client.wait([job.id], 10)[job.id]["state"] == "done"
+
+
+def test_outputs_come_back_to_a_cwd_of_another_user_and_a_killed_staged_job_s_end_is_not_held(cluster, tmp_path):
+    """A job of ours in a directory that is not (/tmp, a group's project dir) gets its outputs back: only another's job
+    in another's cwd (root's attach) leaves them on the node. A staged job killed with no follower is ended at once:
+    its dependants are cancelled, nothing waits for its files (its end was held for stage_wait, 5 min)."""
+    os.chown(tmp_path, 65534, 65534)
+    os.chmod(tmp_path, 0o777)
+    client, out = cluster.client(), str(tmp_path / "out.txt")
+    start = time.monotonic()
+    assert client.follow(client.submit_spec(job_spec("echo made > out.txt", cwd=str(tmp_path), hosts="far",
+                                                     stage_out=[out]))) == 0 and time.monotonic() - start < 30
+    assert (tmp_path / "out.txt").read_text() == "made\n"
+    job_id = client.submit_spec(job_spec("sleep 60 > out.txt", cwd=str(tmp_path), hosts="far", stage_out=[out]))
+    client.wait_started(job_id)
+    client.kill([job_id])
+    assert client.wait([job_id], 30)[job_id]["state"] == "killed"

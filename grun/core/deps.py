@@ -62,7 +62,7 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
     # an input's newest maker (the input missing, or an old copy it rewrites) must succeed first; an output's, end
     made = {max(makers(p)) for p in [*needs, *(req.get("make") and req.get("inputs") or ())] if makers(p)}
     if (same := {i for path in req.get("outputs") or () if req.get("make") for i in makers(path)}) or made:
-        deps += [["afterok", i] for i in sorted(made)] + [["after", i] for i in sorted(same)]
+        deps += [["afterok", i] for i in sorted(made)] + [["after", i] for i in sorted(same - made)]
         req["recheck"] = True  # then its node checks it again (a missing input: it runs)
     return deps, never
 
