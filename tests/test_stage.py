@@ -385,12 +385,16 @@ def test_attach_does_not_fetch_delivered_outputs_again(cluster):
     would overwrite the user's later edits (near keeps a job's spool a day; its janitor looks every 10 s)."""
     cwd = os.path.join(cluster.root, "fetched", "again")
     os.makedirs(cwd)
-    r = cluster.grun("-v", "--hosts", "near", "--stage-out", "o.txt", "echo done > o.txt", cwd=cwd)
+    r = cluster.grun("--nowait", "--hosts", "near", "--stage-out", "o.txt", "echo hi; echo done > o.txt", cwd=cwd)
     assert r.returncode == 0, r.stderr
-    job_id = job_id_from_verbose(r.stderr.splitlines()[0])
+    job_id = int(r.stdout.split()[1])
+    cluster.client().wait([job_id], 30)  # (its stager pulled o.txt first: the node held the job's end until then)
+    with open(os.path.join(cwd, "o.txt")) as f:
+        assert f.read() == "done\n"
     with open(os.path.join(cwd, "o.txt"), "w") as f:
         f.write("edited\n")
-    cluster.grun("--attach", str(job_id), cwd=cwd)  # (its job is released: gone, or nothing to send again)
+    r = cluster.grun("--attach", str(job_id), cwd=cwd)  # (the stager released its outputs only: its output stays)
+    assert (r.returncode, r.stdout) == (0, b"hi\n"), r.stderr
     with open(os.path.join(cwd, "o.txt")) as f:
         assert f.read() == "edited\n"
 
