@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 from cluster import LocalCluster
-from util import job_id_from_verbose, wait_for
+from util import wait_for
 
 from grun import stage
 from grun.client import job_spec
