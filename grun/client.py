@@ -350,7 +350,7 @@ class Client:
                     if tail:
                         sizes, tail = sup.info(), False
                         out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
-                    while "inputs" in (ticket := sup.attach(out_off, err_off, stdin_fd is not None)):
+                    while "inputs" in (ticket := sup.attach(out_off, err_off, stdin_fd is not None, attempt or 0)):
                         from . import stage  # its node does not share our files, and waits for its inputs
                         if not stage.transfer(ticket["inputs"], job, on_note, False):
                             time.sleep(1)  # it broke before the node took it: the next ticket, not at once

@@ -18,6 +18,7 @@ from grun import (
     JobNotFound,
     MasterUnreachable,
     Timeout,
+    wire,
 )
 
 
@@ -271,3 +272,15 @@ def test_follow_tells_on_start_of_each_run(cluster, tmp_path):
     code = client.follow(job.id, on_start=lambda j: runs.append(j["attempt"]), stdout_fd=out.append,
                          stderr_fd=lambda data: None)
     assert (code, runs, b"".join(out)) == (0, [1, 2], b"second\n")
+
+
+def test_a_run_not_on_its_node_yet_is_not_attached_to_as_the_previous_one(cluster):
+    """The master records a retried job's next run when it offers it; until its node has it, an attach reached the
+    ended run (under load, a retried job's follower returned the first run's exit 3 with no output)."""
+    client = cluster.client()
+    job = client.submit("exit 3")
+    client.wait([job.id], 30)
+    with client.supervisor(job.id, client.job(job.id)) as sup:
+        assert "token" in sup.attach(0, 0, False, 1)
+        with pytest.raises((LookupError, wire.CallRejected), match="attempt 2 has not reached this node yet"):
+            sup.attach(0, 0, False, 2)

@@ -39,13 +39,15 @@ class JobSupervisor:
                      frozenset(live.job.get("admins") or ()))
         return live
 
-    def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False) -> dict:
+    def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False, attempt: int = 0) -> dict:
         """A one-time ticket to stream the job's output from the given offsets (and feed its stdin), which says
         whether the job has staged outputs to pull once it ended; for a staged job that still waits for its inputs,
-        a ticket to push them first instead: {"inputs": ticket} (grun.stage)."""
+        a ticket to push them first instead: {"inputs": ticket} (grun.stage). Not for a run before `attempt`."""
         if int(out_offset) < 0 or int(err_offset) < 0:
             raise ValueError("offsets must be >= 0")
         live = self._owned("attach to")
+        if live.attempt < int(attempt):  # (the master started the next run: its offer is on its way here)
+            raise LookupError(f"job {self._id}'s attempt {attempt} has not reached this node yet")
         if (staged := live.stage) and (push := staged.offer(False)):
             return {"inputs": push}
         ticket = self._node.offer_stream(live, int(out_offset), int(err_offset), bool(stdin))
