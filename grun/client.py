@@ -71,7 +71,9 @@ def _failure(exc: BaseException, where: str, method: str = "") -> GrunError:
 
 def _by_id(client, method: str, job_ids: list, *args) -> dict:
     """The master's `method` over job ids (`12.7`: task 7 of array 12), or one id, its answer by id (or JobsRefused)."""
-    found = {k if "." in k else int(k): v for k, v in client.call(method, _ids(job_ids), *args).items()}
+    for job_id, text in (reply := client.call(method, _ids(job_ids), *args)).pop("warnings", ()):  # (an edit's, as a
+        client.warn(f"job {job_id}: {text}")                             # submission's: a rule's warn:, what it set)
+    found = {k if "." in k else int(k): v for k, v in reply.items()}
     if refused := {k: why for k, why in found.items() if isinstance(why, str)}:
         raise JobsRefused(refused, {k: v is True for k, v in found.items()})
     return found
@@ -210,7 +212,7 @@ class Client:
         return [int(i) for i in reply["ids"]]
 
     def warn(self, text: str) -> None:
-        """A warning about a submission, for the submitter: on stderr (replace it to do otherwise)."""
+        """A warning about a submission or an edit, for its maker: on stderr (replace it to do otherwise)."""
         print(f"grun: warning: {text}", file=sys.stderr, flush=True)
 
     def get(self, job_id: int) -> "Job":
@@ -229,6 +231,8 @@ class Client:
     hold = _ask("hold", "Hold queued jobs, suspend running ones (not with pending_only=True, as Slurm and SGE).",
                 by_id=True)
     resume = _ask("resume", "Release held jobs, continue suspended ones.", by_id=True)
+    edit = _ask("edit", "Change queued jobs ({'priority': 5, 'cpus': 2, 'p.gpu': 1, ...}, as grun -e): {id: found}; what "
+                "the rules or plugins did otherwise than asked, and their warnings, through `warn`.", by_id=True)
     renew = _ask("renew", "Renew the leases of jobs submitted with lease=SECONDS: {id: renewed}.", by_id=True)
 
     def history(self, limit=50, user: str | None = None, grep: str | None = None, array=0, since=0.0) -> list[dict]:
@@ -240,10 +244,6 @@ class Client:
         """Signal queued or running jobs (or one); {id: whether it was live}. `force` marks running jobs killed at once,
         even if their node cannot be reached."""
         return _by_id(self, "kill", job_ids, int(sig), bool(force))
-
-    def edit(self, job_ids: list, changes: dict) -> dict:
-        """Change queued jobs (priority, cpus, memory, hosts, params); {id: found}."""
-        return _by_id(self, "edit", job_ids, dict(changes))
 
     def job_id(self, ref, deadline: float = float("inf")) -> int:
         """A job id from 12, "12" or a task's "12.7", once that task has begun (JobNotFound: no such task, or it ended

@@ -99,7 +99,8 @@ class Plugins:
         from .core.jobs import validate_spec
         from .core.rules import apply
         for req, plugin in ((r, p) for r in requests for p in self.hooks["on_submit"]):
-            job, skipping = _copy(req, id=None), "the submission refused (it enforces)" if plugin.enforce else "skipped"
+            job = _copy({"id": None, "edit": None, **req})  # (an edit's: its job's id, and what it changes)
+            skipping = "the submission refused (it enforces)" if plugin.enforce else "skipped"
             if isinstance(changes := plugin.call("on_submit", job, skipping=skipping), Skipped):
                 if plugin.enforce:  # it fails closed: a policy that could not be asked is not waived
                     raise ValueError(f"plugin {plugin.name}: on_submit {changes}; {skipping}")

@@ -104,8 +104,9 @@ def test_each_hook_of_an_installed_plugin(cluster):
 def test_an_edit_is_judged_by_on_submit_as_a_submission_is(cluster):
     first = nowait(cluster, "sleep", "30")
     job = nowait(cluster, "-j", "aligner", "--after", str(first), "true")
-    r = cluster.grun("-e", "cpus=1,memory=100", str(job))
-    assert r.returncode == 0, r.stderr
+    r = cluster.grun("-e", "cpus=1,memory=100", str(job))  # (said: QA found a plugin's override accepted in silence)
+    assert r.returncode == 0 and r.stderr.decode() == (f"grun: warning: job {job}: cpus=1 set to 2 by plugin {LAB}\n"
+                                                       f"grun: warning: job {job}: memory=100 set to 1234 by plugin {LAB}\n")
     got = cluster.client().job(job)
     assert (got["cpus"], got["memory"], got["priority"]) == (2, 1234, 77) and got["origin"]["cpus"] == f"plugin {LAB}"
     r = cluster.grun("-e", "cpus=20,force=yes", str(job))
@@ -115,6 +116,21 @@ def test_an_edit_is_judged_by_on_submit_as_a_submission_is(cluster):
     assert cluster.grun("-e", "cpus=2", str(padded)).returncode == 0  # from the 2000 asked, not the default
     assert (cluster.client().job(padded)["memory"], cluster.client().job(padded)["cpus"]) == (2100, 2)
     assert cluster.grun("-k", str(first), str(job), str(padded)).returncode == 0
+
+
+def test_on_submit_tells_an_edit_from_a_submission_and_the_env_it_sets_then_is_kept(cluster, tmp_path):
+    """QA: on_submit could not tell an edit from a submission, and the env it set at an edit was dropped: it gets the
+    job's `id` and `edit` (each field changed: [was, asked]; None at a submission), and the job runs with that env."""
+    r = cluster.grun("--nowait", "--hold", "sh", "-c", 'echo "$EDITED" > edited.txt', cwd=tmp_path)
+    job = int(r.stdout.split()[-1])
+    before = cluster.client().job(job)
+    assert not any(n["id"] == job for n in notes(cluster, "on_submit_edit")), "a submission: edit is None"
+    assert cluster.grun("-e", "memory=300,priority=5,p.widget=1", str(job)).returncode == 0
+    assert [n for n in notes(cluster, "on_submit_edit") if n["id"] == job] == [{"id": job, "edit": {
+        "memory": [before["memory"], 300], "priority": [before["priority"], 5], "params.widget": [None, 1]}}]
+    assert cluster.grun("resume", str(job)).returncode == 0
+    wait_state(cluster, job, "done")
+    assert (tmp_path / "edited.txt").read_text() == "memory,params.widget,priority\n"
 
 
 def test_plugins_that_raise_or_sleep_lose_nothing(installed):

@@ -29,6 +29,7 @@ RULES = [
     {"if": 'name == "fixed"', "set": {"cpus": 0.5, "priority": 3}, "labels": {"os": "deb*"}, "hosts": "a,b"},
     {"if": "argv[1] > 5", "warn": "a number"},  # fails (TypeError) on `echo abc`: logged and skipped
     {"if": 'name == "gpus"', "params": {"gpus": 1}},  # (a typo: the node offers gpu)
+    {"if": "memory > 3000", "warn": "few nodes have over 3000 MB"},
 ]
 
 
@@ -101,6 +102,26 @@ def test_warn_reaches_the_submitters_stderr_and_the_log(cluster):
                               {"cmd": ["rm -rf /b"], "shell": True, "cwd": "/"}])
     assert said == [f"job {ids[0]}: this job removes files under /", f"job {ids[2]}: this job removes files under /"]
     assert client.job(ids[0])["warnings"] == ["this job removes files under /"]
+
+
+def test_an_edit_tells_what_the_rules_made_of_it(cluster):
+    """QA: an edit a rule's `set:` overrides was accepted in silence, and a rule's `warn:` shown at submit only: both
+    are told as a submission's warnings are, naming the job (the Python API's through `warn`); an edit the rules
+    leave as asked says nothing."""
+    job = submit(cluster, "--hold", "-j", "fixed", "true")
+    r = cluster.grun("-e", "cpus=2,priority=5,memory=3500", str(job))
+    assert r.returncode == 0 and re.fullmatch(
+        rf"grun: warning: job {job}: few nodes have over 3000 MB\n"
+        rf"grun: warning: job {job}: cpus=2 set to 0.5 by rule 6 \(master.conf:\d+\)\n"
+        rf"grun: warning: job {job}: priority=5 set to 3 by rule 6 \(master.conf:\d+\)\n", r.stderr.decode()), r.stderr
+    assert {k: cluster.client().job(job)[k] for k in ("cpus", "priority", "memory")} == {"cpus": 0.5, "priority": 3,
+                                                                                         "memory": 3500}
+    assert (r := cluster.grun("-e", "memory=200", str(job))).returncode == 0 and r.stderr == b"", r.stderr
+    client, said = cluster.client(), []
+    client.warn = said.append
+    assert client.edit([job], {"cpus": 1}) == {job: True}
+    assert len(said) == 1 and re.fullmatch(rf"job {job}: cpus=1 set to 0.5 by rule 6 \(master.conf:\d+\)", said[0])
+    assert cluster.grun("-k", str(job)).returncode == 0
 
 
 def test_priority_and_nodes_condition(cluster):

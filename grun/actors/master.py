@@ -362,8 +362,9 @@ class Master(Queries):
         def act(ids):
             refs = {k: J.job_refs(v) for k, v in (changes.items() if isinstance(changes, dict) else ()) if k in J.DEP_KINDS}
             users = {job["user"] for i in ids if (job := self.core.table.jobs.get(J.job_number(i)))}
-            return self._do("edit", ids, changes, history=self._finished([{"user": u, **refs} for u in users]),
-                            judged=self._judged(ids, changes))
+            found = self._do("edit", ids, changes, history=self._finished([{"user": u, **refs} for u in users]),
+                             judged=(judged := self._judged(ids, changes)))
+            return {**found, **({"warnings": said} if (said := E.told(judged)) else {})}  # (a rule's warn:, ...)
         return self._may_change(job_ids, "edit", act)
 
     def _judged(self, job_ids, changes) -> dict:

@@ -3,10 +3,12 @@
 
 from . import jobs as J
 from . import rules as R
+from .explain import _n
 
 # what an edit writes: the request's fields, and what the rules made of them
 EDITED = ("priority", "cpus", "memory", "host", "params", "memory_set", "cpus_set", "time", "nodes", "origin", "asked")
 fields = lambda job: {k: job.get(k) for k in EDITED}  # (a job's or a request's)
+flat = lambda req: {**req, **{f"params.{k}": v for k, v in (req.get("params") or {}).items()}}  # (params.NAME: as origin)
 
 
 def may_raise(priority: int | None, who: dict, settings: dict) -> None:
@@ -22,7 +24,7 @@ def run_rules(rules, req: dict, spec: dict, facts=None, log=None) -> dict:
     """grun.core.rules.apply, keeping the submitter's value of each field a rule changed (`asked`: for given_spec)."""
     if not rules:
         return req
-    mine = {**req, **{f"params.{k}": v for k, v in req["params"].items()}}
+    mine = flat(req)
     given = {k for k, v in spec.items() if v is not None} | {f"params.{k}" for k in spec.get("params") or ()}
     R.apply(rules, req, spec, facts, log)
     asked = {k: mine[k] for k in req.get("origin") or () if k in given and k in mine}
@@ -55,8 +57,22 @@ def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=N
     spec = given_spec(job, changes)
     req = J.validate_spec(spec, settings["default_cpus"], settings["default_memory"], settings["default_priority"])
     learned = {k: v for k, v in (job.get("origin") or {}).items() if v.startswith("learned") and k not in changes}
-    req.update({k: job.get(k) for k in ("group", "name", "array", "env")}, **({"origin": learned} if learned else {}))
+    edit = {k: [flat(job).get(k), v] for k, v in flat(changes).items() if k != "params"}  # (on_submit's: [was, asked])
+    req.update({k: job.get(k) for k in ("id", "group", "name", "array", "env")}, edit=edit,
+               **({"origin": learned} if learned else {}))
     return run_rules(settings["rules"], req, spec, facts, log)
+
+
+def told(judged: dict) -> list:
+    """What an edit tells its submitter, [job id, text] each, as a submission tells its warnings: the rules' `warn:`, and
+    each value it asks that a rule or plugin set otherwise ("memory=9000 set to 4000 by rule cap")."""
+    said = []
+    for job_id, (_, req) in judged.items():
+        now = flat(req)
+        said += [[job_id, text] for text in req.get("warnings") or ()] + [
+            [job_id, f"{k}={_n(asked)} set to {_n(now.get(k))} by {req['origin'][k]}"]
+            for k, (_, asked) in req["edit"].items() if now.get(k) != asked and k in (req.get("origin") or {})]
+    return said
 
 
 def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> dict:
@@ -66,7 +82,8 @@ def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> di
         judged.get(job["id"]) or judged.get(job.get("array")) or (None, None)
     if req is None or was != fields(job):  # (made, split from its array, or edited since)
         raise ValueError("it changed while the edit was judged: try again")
-    return fields(req) if req else {}
+    new = fields(req) if req else {}  # (and env only if a plugin's on_submit changed it: not journaled at every edit)
+    return {**new, "env": req["env"]} if req and req.get("env") != job.get("env") else new
 
 
 def to_place(job: dict, new: dict, changes: dict) -> dict:

@@ -30,6 +30,9 @@ class LabPlugin:
         if job["name"] == "bad-change":
             return {"cpus": -3}  # refused by the validation again: the job goes on as asked
         job["env"]["SUBMITTED_VIA"] = "labplugin"
+        if job["edit"]:  # an edit (grun -e): its job's id, and what it changes, each [was, asked]
+            _note("on_submit_edit", id=job["id"], edit=job["edit"])
+            job["env"]["EDITED"] = ",".join(sorted(job["edit"]))
 
     def on_dispatch(self, job, node):
         _note("on_dispatch", id=job["id"], node=node["name"])
