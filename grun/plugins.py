@@ -159,7 +159,7 @@ class Plugins:
 
 
 def _copy(job: dict, **more) -> dict:
-    return {**job, **{k: dict(job[k]) for k in ("env", "params") if isinstance(job.get(k), dict)},
+    return {**job, **{k: dict(job[k]) for k in ("env", "params", "edit") if isinstance(job.get(k), dict)},
             **({"cmd": list(job["cmd"])} if "cmd" in job else {}), **more}
 
 
