@@ -50,7 +50,11 @@ def use(path: str | None, master: tuple | None = None, tls: dict | None = None) 
     """The secret file this process presents and checks (read when first needed: a personal cluster's daemon may make
     it later), or None; `master` names where this host's node signs credentials."""
     global _path, _key, _cred_at, _tls
-    _path, _key, _cred_at, _tls = path, None, f"{CRED_DIR}/cred-{master[0]}:{master[1]}" if master and path else None, tls
+    name = f"{master[0]}:{master[1]}" if master and path else None
+    if name and len(name.encode()) > 92:  # (a socket's name has 108 bytes; a master's DNS name may have 253)
+        from _blake2 import blake2b
+        name = blake2b(name.encode(), digest_size=16).hexdigest()
+    _path, _key, _cred_at, _tls = path, None, name and f"{CRED_DIR}/cred-{name}", tls
     tls_client.cache_clear()
     tls_server.cache_clear()
 

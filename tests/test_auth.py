@@ -20,6 +20,7 @@ import time
 
 import psutil
 import pytest
+import yaml
 from cluster import LocalCluster, account, free_port
 from test_wire import SERVER, TREE, allowed_minors
 from util import wait_for
@@ -55,6 +56,27 @@ def test_a_proof_is_taken_once_for_what_it_was_made_for(secret):
     assert auth.verify(proof) and not auth.verify(proof)  # a replay is refused
     bound = auth.proof("token1")
     assert not auth.verify(bound, "token2") and auth.verify(bound, "token1")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a node signs credentials as root only")
+def test_a_node_signs_credentials_for_a_master_whose_name_is_too_long_for_a_socket_s(tmp_path):
+    """The credential socket was named `/run/grun/cred-<master>:<port>`: past sun_path's 108 bytes (a DNS name may have
+    253) the node could not bind it and users' grun were refused. A long name is hashed."""
+    master = (".".join(["a" * 60, "b" * 60]) + ".invalid", free_port())  # (never resolved: the node retries)
+    (tmp_path / "secret").write_text(os.urandom(32).hex())
+    conf = tmp_path / "n.conf"
+    conf.write_text(yaml.safe_dump({"master": f"{master[0]}:{master[1]}", "bind": "127.0.0.1", "spool": str(tmp_path / "n"),
+                                    "services": "exec", "auth": "secret", "secret_file": str(tmp_path / "secret")}))
+    node = subprocess.Popen([sys.executable, "-m", "grun.daemon", str(conf)], stderr=subprocess.DEVNULL)
+    auth.use(str(tmp_path / "secret"), master)
+    try:
+        assert wait_for(lambda: auth._credential("x"), 20, what="a credential").startswith("cred:")
+    finally:
+        node.terminate()
+        node.wait(30)
+        with contextlib.suppress(OSError):
+            os.unlink(f"{auth._cred_at}.lock")
+        auth.use(None)
 
 
 @pytest.mark.parametrize("given", [None, "hello", 42, b"x" * 66, "x" * 66, "0" * 66, "9" * 66, ["a"], {"a": 1},
