@@ -137,6 +137,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     services = services or cfg.services
     ready_fd = os.environ.pop("GRUN_READY_FD", None)  # start_background's pipe: written once we serve
     try:  # (a read-only or missing spool, a log file we cannot open: one line, not a traceback)
+        _check_spool(cfg.spool, "exec" in services)
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if foreground or not cfg.log_file else []
         if cfg.log_file:
             os.makedirs(os.path.dirname(cfg.log_file) or ".", exist_ok=True)
@@ -145,7 +146,6 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
                             format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
         for warning in checks(cfg, services):  # (a node's overclaim: Slurm's Low RealMemory)
             log.warning("%s", warning)
-        os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
         _use_secret(cfg)
         pid_file = cfg.pid_file if services == cfg.services else f"{cfg.pid_file}.{'-'.join(sorted(services))}"
         hosted = Services(cfg)  # (its plugins load first: one that cannot is refused before we take the pid file)
@@ -179,6 +179,27 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         with contextlib.suppress(OSError):
             os.unlink(pid_file)
         os.close(lock_fd)
+
+
+def _check_spool(path: str, node: bool) -> None:
+    """The spool, made, and refused if another user could change what is in it (a root daemon acts on its job.json
+    and pid files): it must be ours, the directories above it ours or root's, none writable by others but a sticky
+    one above it (as sshd's StrictModes). A node's is searchable by all, whatever our umask (UMask=077): its jobs
+    reach their TMPDIR through it."""
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    at = spool = os.path.realpath(path)
+    while True:
+        st = os.stat(at)
+        if st.st_uid != os.geteuid() and (st.st_uid != 0 or at == spool):
+            raise DaemonError(f"cannot start: {at} is owned by uid {st.st_uid}: others could change the spool {path}")
+        if st.st_mode & 0o022 and (at == spool or not st.st_mode & 0o1000):
+            raise DaemonError(f"cannot start: {at} is writable by others (mode {st.st_mode & 0o7777:o}): others could "
+                              f"change the spool {path} (chmod go-w it)")
+        if at == "/":
+            break
+        at = os.path.dirname(at)
+    if node:
+        os.chmod(spool, os.stat(spool).st_mode | 0o111)
 
 
 def _use_secret(cfg: Config) -> None:

@@ -261,3 +261,27 @@ def test_a_daemon_slower_to_start_than_its_starter_waits_still_starts(setup):
         assert "cannot start" not in open(cfg.log_file).read()
     finally:
         stop(cfg)
+
+
+def test_a_daemon_refuses_a_spool_others_could_write_to(setup, tmp_path):
+    """A spool another user owns or may write to (or a directory above it, but a sticky one) was used as it was: the
+    files a root node acts on (job.json, pid) were anyone's to change. One line, as sshd's StrictModes."""
+    def start(spool):
+        return subprocess.run([sys.executable, "-m", "grun.daemon", setup.conf(spool.name, services="exec",
+                                                                               spool=str(spool))],
+                              capture_output=True, timeout=60)
+    (group_writable := tmp_path / "open").mkdir(mode=0o775)
+    group_writable.chmod(0o775)
+    (shared := tmp_path / "shared").mkdir()
+    shared.chmod(0o777)
+    cases = [(group_writable, "open is writable by others (mode 775)"), (shared / "new", "shared is writable by others")]
+    if os.geteuid() == 0:
+        (theirs := tmp_path / "theirs").mkdir()
+        os.chown(theirs, 65534, 65534)
+        cases.append((theirs, "theirs is owned by uid 65534"))
+    for spool, why in cases:
+        r = start(spool)
+        assert r.returncode == 1 and r.stderr.count(b"\n") == 1 and why.encode() in r.stderr, r.stderr
+    shared.chmod(0o1777)  # (as /tmp: nobody else may rename what is ours in it)
+    setup.popen([sys.executable, "-m", "grun.daemon", setup.conf("new", services="exec", spool=str(shared / "new"))])
+    wait_for(lambda: os.path.exists(shared / "new" / "grun.pid"), 20, what="the node to start")

@@ -596,7 +596,7 @@ def _mount_tmpfs(path: str, size_mb: int) -> bool:
     os.makedirs(path, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", path], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=755", "tmpfs", path], capture_output=True)
     return r.returncode == 0
 
 

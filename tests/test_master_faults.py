@@ -55,7 +55,7 @@ def _tmpfs(size: str):
     root = tempfile.mkdtemp(prefix="grun-diskfull-")
     mount = os.path.join(root, "master")
     os.makedirs(mount)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", mount], capture_output=True).returncode:
         shutil.rmtree(root)
         pytest.skip("cannot mount a tmpfs here")
     try:

@@ -693,7 +693,7 @@ def test_a_tmpdir_left_in_the_job_s_directory_does_not_stop_its_next_run(tmp_pat
 
 def test_a_node_started_under_umask_077_leaves_its_jobs_their_tmpdir():
     """The daemon's umask made the jobs dir and each job's 0700 (UMask=077): its jobs reached neither their TMPDIR
-    nor work/. They are 0755 and 0711 whatever it is."""
+    nor work/. They are 0755 and 0711 whatever it is, the node's own spool 0755, the daemon's searchable by all."""
     old = os.umask(0o077)
     try:
         c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 1000, **FAST}})
@@ -702,11 +702,11 @@ def test_a_node_started_under_umask_077_leaves_its_jobs_their_tmpdir():
         os.umask(old)
     try:
         client = c.client()
-        job = client.submit_spec({"cmd": ['stat -c %a "${TMPDIR%/tmp}" "${TMPDIR%/*/tmp}"'], "shell": True, **AS_US,
+        job = client.submit_spec({"cmd": ['cd "${TMPDIR%/tmp}" && stat -c %a . .. ../.. ../../..'], "shell": True, **AS_US,
                                   "env": {"GRUN_COMPAT": "slurm", "PATH": os.environ["PATH"]}})
         out = []
         assert client.follow(job, stdout_fd=out.append) == 0
-        assert b"".join(out).split() == [b"711", b"755"]
+        assert b"".join(out).split() == [b"711", b"755", b"755", b"711"]
     finally:
         c.stop()
 

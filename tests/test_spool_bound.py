@@ -151,7 +151,7 @@ def test_a_node_whose_spool_is_nearly_full_takes_no_new_jobs_and_says_why(tmp_pa
                      master_extra={"min_free_disk": 12, "disk_warn": "80%"})
     spool = os.path.join(c.root, "n1")
     os.makedirs(spool)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", spool], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=755", "tmpfs", spool], check=True)
     try:
         c.start()
         gate = tmp_path / "gate"

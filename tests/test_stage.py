@@ -25,7 +25,7 @@ from grun.client import job_spec
 
 def _tmpfs(path: str, size: str) -> bool:
     os.makedirs(path, exist_ok=True)
-    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+    return os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", path],
                                                 capture_output=True).returncode == 0
 
 

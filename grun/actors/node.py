@@ -22,7 +22,7 @@ from ..background import Loop
 from ..config import KEYS
 from ..core.jobs import ENDING_SIGNALS
 from ..plugins import Plugins
-from ..spool import spool_space, sweep
+from ..spool import make_dir, spool_space, sweep
 from ..stream_server import StreamServer
 from .monitor import SAMPLE_SECS, Monitor
 from .node_jobs import LiveJob, NodeJobs
@@ -54,6 +54,7 @@ class Node(NodeJobs):
         self.incarnation = secrets.token_hex(8)
         self.launch_seq = 0
         self._stop = threading.Event()
+        make_dir(spool, 0o755)  # (whatever our umask: the jobs reach their TMPDIR through it)
         self._init_jobs(spool)
         # the master conversation, kept by its loop's thread alone
         self._master = None
