@@ -311,9 +311,9 @@ def test_with_nowait_a_process_of_the_submitters_own_serves_the_files(cluster, t
     data = os.urandom(1 << 20)
     (tmp_path / "in.bin").write_bytes(data)
     env = dict(cluster.env, XDG_STATE_HOME=str(tmp_path / "state"))
-    # (near, made to stage: far forgets an unread output 2 s after its end, and the stager looks every 5 s)
-    r = grun(cluster, tmp_path, "--nowait", "--hosts", "near", "--stage", "always", "--stage-in", "in.bin",
-             "--stage-out", "out.bin", "sleep 1; cat in.bin > out.bin; pwd", env=env)
+    # (far forgets an unread output 2 s after its end was told, which waited for the stager: it looks every 5 s)
+    r = grun(cluster, tmp_path, "--nowait", "--hosts", "far", "--stage-in", "in.bin", "--stage-out", "out.bin",
+             "sleep 1; cat in.bin > out.bin; pwd", env=env)
     assert r.returncode == 0 and r.stdout.startswith(b"Job_ID: "), r.stderr
     job_id = int(r.stdout.split()[-1])
     assert not (tmp_path / "out.bin").exists()  # (the job sleeps: its grun has gone, the stager waits)

@@ -166,8 +166,8 @@ class Node(NodeJobs):
         for live in list(self.live.values()):
             if live.stage is not None:
                 live.stage.check()
-            if live.status is not None and live.reported and (
-                    live.fetched or now - live.status.get("end_time", 0) > self.output_keep):
+            if live.status is not None and live.reported and (  # (a staged job's end is told once its files are back)
+                    live.fetched or now - max(live.status.get("end_time", 0), live.reported) > self.output_keep):
                 self._forget(live)
         self.stream.expire()
 
@@ -262,7 +262,7 @@ class Node(NodeJobs):
                                                           for l in todo]))
         finally:  # what was not acknowledged (yet), or not sent (the call failed), goes again next round
             for live in todo:
-                live.reported = live.id in acked
+                live.reported = time.time() if live.id in acked else False  # (when: its output is kept from then)
             self._ack("r", [l for l in todo if l.reported])
             with self.lock:
                 self._unreported.extendleft(reversed([l for l in todo if not l.reported]))

@@ -43,7 +43,7 @@ class LiveJob:
     dir: str
     job: dict
     status: dict | None = None
-    reported: bool = False         # the master has acknowledged its end
+    reported: bool | float = False  # the master has acknowledged its end (when, unless re-adopted so)
     fetched: bool = False          # a client has read its whole output
     delivered: bool = False        # a client has its staged outputs (fetched: too)
     tried: bool = False            # a client failed to fetch its staged outputs: its end is reported all the same
