@@ -28,7 +28,6 @@ class Make(NamedTuple):
     inputs: list[str]  # absolute paths, in the order given
     outputs: list[str]
     cwd: str
-    appends: list[str] | tuple = ()  # `>> FILE`'s (absolute): neither, but a staged job gets and returns them (grun.stage)
 
 
 class Decision(NamedTuple):
@@ -40,14 +39,14 @@ class Decision(NamedTuple):
 def parse(cmd: str | list[str], cwd: str) -> Make:
     """The make view of a command: a shell command line (str) or an argv (list). ValueError for bad input."""
     from .core.jobs import shell_script  # (here, not at import: the reaper imports us, and starts light)
-    inputs, outputs, appends = [], [], []
+    inputs, outputs = [], []
     if isinstance(cmd, str):
-        cmd = _parse_line(cmd, inputs, outputs, appends)
+        cmd = _parse_line(cmd, inputs, outputs, [])
     else:
         script = shell_script(cmd)
         if any(word.startswith("%!>") for n, word in enumerate(cmd) if n != script):
             raise ValueError("-M: %!>FILE is a redirection: give the command as one quoted shell line")
-        cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs, appends) if n == script
+        cmd = [kept for n, word in enumerate(cmd) if (kept := _parse_line(word, inputs, outputs, []) if n == script
                                                       else _unmark(word, word, inputs, outputs)) is not None]
     if not (cmd.strip() if isinstance(cmd, str) else cmd):
         raise ValueError("-M: nothing is left to run once the #i:/#o: words are removed")
@@ -57,7 +56,7 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     for path in outputs:
         if os.path.isdir(path):
             raise ValueError(f"-M: output {path} is a directory")
-    return Make(cmd, inputs, outputs, cwd, _absolute(appends, cwd))
+    return Make(cmd, inputs, outputs, cwd)
 
 
 def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:
@@ -128,6 +127,15 @@ def _parse_line(line: str, inputs: list, outputs: list, appends: list) -> str:
     return line
 
 
+def appends(cmd: str | list[str], cwd: str) -> list[str]:
+    """A command's `>> FILE`s (absolute; not `>> $LOG`), which a staged job gets first and gives back (grun.stage)."""
+    from .core.jobs import shell_script
+    line, found = cmd if isinstance(cmd, str) else None if (n := shell_script(cmd)) is None else cmd[n], []
+    with contextlib.suppress(ValueError):  # (-M's complaints: this may be no -M job)
+        _parse_line(line or "", [], [], found)
+    return _absolute([p for p in found if not re.search(r"[$`]", p)], cwd)
+
+
 def _absolute(paths: list[str], cwd: str) -> list[str]:
     """Each path once, absolute; none of the kernel's (`2>/dev/null`: a failed job's outputs are renamed, and as root
     /dev/null became a regular file, then FILE.failed)."""
@@ -170,7 +178,7 @@ def _stat(path: str) -> os.stat_result | None:
 def spec_keys(make: Make, decision: Decision) -> dict:
     """What a make job adds to its spec (grun.core.jobs: inputs, outputs, make, needs)."""
     return {"inputs": make.inputs, "outputs": make.outputs, "make": True,
-            **{k: v for k, v in (("needs", decision.missing), ("appends", make.appends)) if v}}
+            **({"needs": decision.missing} if decision.missing else {})}
 
 
 def rename_failed(outputs: list[str]) -> list[str]:

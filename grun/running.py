@@ -48,6 +48,9 @@ def cli_spec(args: dict, words: list[str], follow: bool = False) -> dict:
     if (parent := os.environ.get("GRUN_JOB_ID", "")).isdigit() and int(parent) > 0:  # a grun in a job: its reservation
         extra["parent"] = int(parent)
     cmd, made = args.get("_make") or (as_command(words), {})
+    if follow:  # its `>> FILE`s: if it is staged, they go to its node first and come back (a log gains this run's lines)
+        from .make import appends
+        made = dict(made, appends=appends(cmd, os.getcwd()))
     return job_spec(cmd, requeue=not args.get("norequeue"), force=bool(args.get("force")), **extra, **made)
 
 

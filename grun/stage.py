@@ -53,7 +53,7 @@ class Staged:
         self.home = job.get("stage_home") or job["cwd"]  # (a job re-adopted from its spool has it)
         rel = lambda p: under(p, self.home) or under(p, self.work)
         pick = lambda *lists: list(dict.fromkeys(r for paths in lists for p in paths or () if (r := rel(p))))
-        # its -o/--err files (relative to its cwd) go back as --stage-out's; an appending one (or -M's `>> F`) goes first
+        # its -o/--err files (relative to its cwd) go back as --stage-out's; an appending one (or a `>> F`) goes first
         logs = {k: os.path.join(job["cwd"], job[k]) for k in ("stdout_file", "stderr_file") if job.get(k)}
         appended = [p for k, p in logs.items() if job.get(k.replace("_file", "_append"))] + (job.get("appends") or [])
         self.inputs, self.optional = pick(job.get("inputs"), job.get("stage_in"), appended), pick(appended)

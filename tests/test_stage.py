@@ -469,6 +469,17 @@ def test_a_make_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
     assert (tmp_path / "new.log").read_text() == "e\n" and (tmp_path / "out.txt").read_text() == "in\n"
 
 
+def test_a_plain_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
+    """(QA) A job not -M's lost its `>> log` (its grun serves it as -M's); a job no grun follows does not wait for it."""
+    (tmp_path / "plain.log").write_text("p\n")
+    r = grun(cluster, tmp_path, "--hosts", "far", "echo run >> plain.log; echo e 2>>new.log >&2")
+    assert r.returncode == 0, r.stderr
+    assert [(tmp_path / n).read_text() for n in ("plain.log", "new.log")] == ["p\nrun\n", "e\n"]
+    r = grun(cluster, tmp_path, "--nowait", "--hosts", "far", "echo run >> plain.log")  # (its log does not come back)
+    job_id = int(r.stdout.split()[-1])
+    assert cluster.client().wait([job_id], 30)[job_id]["state"] == "done"
+
+
 def test_a_failed_staged_make_job_hides_its_outputs_as_in_place(cluster, tmp_path):
     """(QA) An older FILE.failed of other content is kept as FILE.failed.1 (make.rename_failed), and no output,
     written or stale, stays under its own name for a downstream step to take for a good one."""
