@@ -15,7 +15,7 @@ import shlex
 from typing import NamedTuple
 
 _MARK = re.compile(r"([%#])([io]):(?=\S|$)")  # `%i: x` inside a quoted word is text, not a marker
-_FILE_END = re.compile(r"[\s;|&<>()`'\"]")  # where a marker's file ends, unless the marker begins its word
+FILE_END = re.compile(r"[\s;|&<>()`'\"]")  # where a marker's file ends, unless the marker begins its word
 # a shell line's tokens: a redirection (with its fd, `%!`, or a `&N` it duplicates), a word, an operator;
 # anything else is a quote or a backslash left open
 _TOKEN = re.compile(r"""(?P<op>(?:%!|&|\d*)(?:>[>|]?|<<?<?)(?:&[-\d]*)?)
@@ -67,7 +67,7 @@ def _unmark(raw: str, value: str, inputs: list, outputs: list) -> str | None:
     found = _MARK.search(value)
     if not found:
         return raw
-    end = _FILE_END.search(value, found.end()) if found.start() else None
+    end = FILE_END.search(value, found.end()) if found.start() else None
     path = value[found.end():end.start() if end else None]
     if not path:
         raise ValueError(f"-M: {found[0]} names no file")

@@ -8,6 +8,7 @@ work dir, neither writing inputs as root nor sending outputs back."""
 import contextlib
 import errno
 import os
+import re
 import socket
 import stat
 import struct
@@ -59,7 +60,8 @@ class Staged:
         self.inputs, self.optional = pick(job.get("inputs"), job.get("stage_in"), appended), pick(appended)
         self.outputs = pick(job.get("outputs"), job.get("stage_out"), logs.values(), appended)
         here = lambda p: os.path.join(self.work, r) if (r := rel(p)) else p
-        live.job = dict(job, cwd=self.work, stage_home=self.home, **{k: here(p) for k, p in logs.items()},
+        cmd = _rehome(job["cmd"], self.home, self.work, {*self.inputs, *self.outputs})
+        live.job = dict(job, cwd=self.work, stage_home=self.home, cmd=cmd, **{k: here(p) for k, p in logs.items()},
                         **{k: [here(p) for p in job.get(k) or ()] for k in ("inputs", "outputs")})
         uid = job.get("uid")
         self.ids = (uid, job.get("gid", uid)) if os.geteuid() == 0 and uid else None
@@ -171,6 +173,14 @@ class Staged:
                 return None, rel, "is not a file of the job user's (a FIFO, a hard link to another's?): not sent back"
             return fd, rel, None
         return None, rel, "was never written by the job"
+
+
+def _rehome(cmd: list, home: str, work: str, rels: set) -> list:
+    """The command with a staged file named by its path under the cwd (`%i:$PWD/in.txt`) naming its copy in the work
+    dir instead: the job would read, or write, the submitter's path on its node (not there, or another file)."""
+    end, names = make.FILE_END.pattern[1:-1], "|".join(map(re.escape, rels))  # (where a word ends; or --in=PATH)
+    path = re.compile(f"(?<![^{end}=:]){re.escape(home.rstrip('/'))}/({names})(?![^{end}])")
+    return [path.sub(lambda m: os.path.join(work, m[1]), word) for word in cmd] if rels else cmd
 
 
 def _head(sock, kind: bytes, path: bytes, size: int, mode: int = 0) -> None:

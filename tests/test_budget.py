@@ -177,7 +177,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A daemon refuses a spool another user owns or may write to (or a directory above it, but a sticky one), as sshd's
 # StrictModes; a node's spool is searchable by all whatever the umask; a master's name past sun_path hashed (+26).
 # Staging (QA): a followed job's shell `>> FILE`s staged as -M's (make.appends; no longer a Make field): +11.
-TOTAL, MODULE, MEDIAN = 14618, 500, 200
+# Staging (QA): a staged file named by its absolute path is the work dir's copy (stage._rehome): +10.
+TOTAL, MODULE, MEDIAN = 14628, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -469,6 +469,17 @@ def test_a_make_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
     assert (tmp_path / "new.log").read_text() == "e\n" and (tmp_path / "out.txt").read_text() == "in\n"
 
 
+def test_staged_files_named_by_absolute_path_are_the_work_dirs_copies(cluster, tmp_path):
+    """(QA) `%i:$PWD/in.txt` was staged, but the job read (and wrote) the submitter's path on its node."""
+    (tmp_path / "in.txt").write_text("in\n")
+    r = grun(cluster, tmp_path, "-v", "--hosts", "far", "-M", f"echo %i:{tmp_path}/in.txt; cat %i:{tmp_path}/in.txt > "
+             f"%o:{tmp_path}/out.txt; cat --in={tmp_path}/in.txt.bak 2>&1 | grep -c {tmp_path}/in")
+    assert r.returncode == 0 and "never written" not in r.stderr.decode(), r.stderr
+    read, unstaged = r.stdout.decode().split()
+    assert read.startswith(os.path.join(cluster.root, "far")) and read.endswith("/work/in.txt") and unstaged == "1", read
+    assert (tmp_path / "out.txt").read_text() == "in\n"
+
+
 def test_a_plain_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
     """(QA) A job not -M's lost its `>> log` (its grun serves it as -M's); a job no grun follows does not wait for it."""
     (tmp_path / "plain.log").write_text("p\n")
