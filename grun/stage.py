@@ -243,6 +243,8 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
 
 def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bool = False) -> None:
     """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole."""
+    if follow and os.path.islink(link := os.path.join(root, rel)):  # (the client: through its user's link, as in place)
+        root, rel = "/", os.path.realpath(link).lstrip("/")
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
     fds = [dir_fd]
     try:

@@ -178,7 +178,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # StrictModes; a node's spool is searchable by all whatever the umask; a master's name past sun_path hashed (+26).
 # Staging (QA): a followed job's shell `>> FILE`s staged as -M's (make.appends; no longer a Make field): +11.
 # Staging (QA): a staged file named by its absolute path is the work dir's copy (stage._rehome): +10.
-TOTAL, MODULE, MEDIAN = 14628, 500, 200
+# Staging (QA): an output that is a symlink in the cwd is written through it: +2.
+TOTAL, MODULE, MEDIAN = 14630, 500, 200
 
 
 def module_lines() -> dict[str, int]:

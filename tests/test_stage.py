@@ -491,6 +491,19 @@ def test_a_plain_jobs_appended_files_gain_this_runs_lines(cluster, tmp_path):
     assert cluster.client().wait([job_id], 30)[job_id]["state"] == "done"
 
 
+def test_an_output_that_is_a_symlink_in_the_cwd_is_written_through_it(cluster, tmp_path):
+    """(QA) It became a regular file; in place, the job writes through it, wherever it points (even nowhere yet)."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "out.txt").symlink_to("results/out.txt")
+    (tmp_path / "away.txt").symlink_to(away := tmp_path.parent / f"{tmp_path.name}-away.txt")  # (out of the cwd)
+    r = grun(cluster, tmp_path, "--hosts", "far", "--stage-out", "out.txt", "--stage-out", "away.txt",
+             "echo o > out.txt; echo a > away.txt")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").is_symlink() and (tmp_path / "away.txt").is_symlink()
+    assert (tmp_path / "results" / "out.txt").read_text() == "o\n" and away.read_text() == "a\n"
+    away.unlink()
+
+
 def test_a_failed_staged_make_job_hides_its_outputs_as_in_place(cluster, tmp_path):
     """(QA) An older FILE.failed of other content is kept as FILE.failed.1 (make.rename_failed), and no output,
     written or stale, stays under its own name for a downstream step to take for a good one."""
