@@ -7,6 +7,7 @@ a temporary name, renamed once whole; the node walks paths with O_NOFOLLOW, neve
 work dir, neither writing inputs as root nor sending outputs back."""
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import socket
@@ -248,10 +249,15 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
     fds = [dir_fd]
     try:
-        fds += os.pipe2(os.O_CLOEXEC)
-        stream.grow_pipe(w := fds[2])
+        fds += (pipe := os.pipe2(os.O_CLOEXEC))
+        stream.grow_pipe(w := pipe[1])
         fds.append(fd := os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                                  dir_fd=dir_fd))
+        if follow:  # the client: its part locked before its first byte, until renamed (a dup: it outlives the close)
+            with contextlib.suppress(OSError):  # (a file system without locks: _sweep cannot lock, and removes none)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            fds.insert(0, os.dup(fd))
+            _sweep(dir_fd)
         if ids:
             os.fchown(fd, *ids)
         left = size
@@ -265,7 +271,7 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
             left -= k
             while k:
                 try:
-                    k -= os.splice(fds[1], fd, k)
+                    k -= os.splice(pipe[0], fd, k)
                 except OSError as e:
                     raise Refused(f"cannot store {rel}: {e.strerror or e}") from None
         os.fchmod(fd, mode & 0o777 or 0o644)
@@ -278,6 +284,16 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
     finally:
         for f in fds:
             os.close(f)
+
+
+def _sweep(dir_fd: int) -> None:
+    """Remove the part files that pulls killed mid-file left here: unlocked and not empty (a live one's is locked first)."""
+    for name in (n for n in os.listdir(dir_fd) if n.startswith(PART)):
+        opener = lambda path, _: os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        with contextlib.suppress(OSError), open(name, "rb", opener=opener) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(f.fileno()).st_size:
+                os.unlink(name, dir_fd=dir_fd)
 
 
 def _receive(sock, root: str, expected: set, ids=None, node: bool = True, optional=()) -> list[str]:

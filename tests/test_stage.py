@@ -5,6 +5,7 @@ stages every job (`stage: always`), node `near` only jobs whose cwd it lacks or 
 have a test: a client killed mid-transfer, a spool too small (a real tmpfs, as root), a disk that fills as
 a file is written, an output never written, a symlink out of the tree, a name with spaces or non-UTF-8 bytes."""
 
+import fcntl
 import os
 import shutil
 import signal
@@ -234,8 +235,14 @@ def test_a_client_killed_while_outputs_come_back_leaves_them_whole_for_attach(cl
     proc.kill()
     proc.communicate()
     assert "big.out" not in os.listdir(cwd)  # nothing under the final name
-    r = cluster.grun("--attach", str(job_id), cwd=cwd)
+    with open(live := os.path.join(cwd, stage.PART + "live"), "w") as f:  # another pull's, under way: locked
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write("x")
+        f.flush()
+        r = cluster.grun("--attach", str(job_id), cwd=cwd)
     assert r.returncode == 0 and os.path.getsize(os.path.join(cwd, "big.out")) == 1 << 30, r.stderr
+    assert sorted(os.listdir(cwd)) == [stage.PART + "live", "big.out"]  # (QA: the killed pull's part stayed for ever)
+    os.unlink(live)
 
 
 def test_client_killed_or_job_killed_mid_transfer_ends_it_and_leaves_no_partial_file(cluster, tmp_path):
