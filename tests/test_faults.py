@@ -505,6 +505,28 @@ def test_a_lost_job_not_run_again_takes_its_real_end_when_its_node_is_back(make_
         assert f"job {jid}: node a lost (silent for" in f.read()
 
 
+def test_a_one_node_master_stalled_past_node_timeout_does_not_lose_its_own_node():
+    """QA: the personal cluster's daemon (master and its only node in one) stopped longer than node_timeout, then
+    continued: the master declared its own node lost and the job with it, though it ran on. Its own pause is no
+    silence of its nodes: they get a node_timeout from when it runs again."""
+    c = LocalCluster(nodes={}, master_extra={"services": "queue,exec", "cpus": 1, "memory": 1000, "node_timeout": 3,
+                                             **FAST}).start()
+    try:
+        c.wait_nodes(["master"])
+        jid = nowait(c, "--norequeue", "sh", "-c", "sleep 6; exit 7")
+        wait_state(c, jid, "running")
+        c.procs["master"].send_signal(signal.SIGSTOP)
+        time.sleep(4.5)
+        c.procs["master"].send_signal(signal.SIGCONT)
+        assert c.grun("-q", "wait", str(jid)).returncode == 7
+        with open(os.path.join(c.root, "master", "grun.log")) as f:
+            log = f.read()
+        assert "lost" not in log and "this master stood still for" in log, log
+    finally:
+        c.procs["master"].send_signal(signal.SIGCONT)
+        c.stop()
+
+
 def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
     """The restarted master knows the node only from its journal: it must still declare it lost."""
     c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},

@@ -115,7 +115,7 @@ class Master(Queries):
         self._to_history(recovered)
         self._execute(recovered)
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
-        self.records_since_snapshot, self.last_snapshot = len(records), time.monotonic()
+        self.records_since_snapshot, self.last_snapshot, self._looked = len(records), time.monotonic(), time.time()
         self._scheduler.start()
         self._housekeeper.start()
 
@@ -261,7 +261,8 @@ class Master(Queries):
         self._run_kept()
         if self.store.journal.full:
             return
-        self._do("sweep")
+        stood, self._looked = time.time() - self._looked, time.time()  # (a long gap: it stood still, nodes.Hearing)
+        self._do("sweep", stood=stood)
         # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per record flat
         # (every 20,000 with 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue).
         every = max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs))

@@ -464,11 +464,11 @@ class MasterState:
         step.do += [(kind, node, jobs) for (kind, node), jobs in offers.items()]
         step.durable = bool(step.do)  # a job is on disk as dispatched before any node can run it
 
-    def on_sweep(self, step: Step, now: float) -> None:
+    def on_sweep(self, step: Step, now: float, stood: float = 0.0) -> None:
         """Due retries queued; a node silent past its timeout down, its jobs lost; one down long and idle forgotten; the
         jobs whose lease ran out ended (grun.core.leases)."""
         records = [{"op": "ready", "id": i, "time": now} for i, at in self.table.delayed.items() if at <= now]
-        deaf = self.hearing.deaf(self.table.nodes, now, self.settings["node_timeout"], step.log)
+        deaf = self.hearing.deaf(self.table.nodes, now, self.settings["node_timeout"], step.log, stood)
         for node in list(self.table.nodes.values()):
             silent = self.hearing.silent(node, now)
             if not node.lost and not deaf and silent > node.timeout(self.settings["node_timeout"]):

@@ -124,7 +124,7 @@ class Hearing:
     off itself (its network, a wrong `bind:`), not facing lost nodes (QA: a master restarted with a wrong bind declared
     all three lost; back, it ran their jobs again on the first to register): a node's silence counts only while another
     is heard, and from when the master hears one again. With one node it cannot tell: that one is declared lost (a
-    re-queued job can only go back to it, which reclaims it when it registers)."""
+    re-queued job can only go back to it, which reclaims it when it registers). Its own pause is no node's silence (`stood`)."""
 
     def __init__(self, now: float = 0.0):
         self.heard = self.since = now  # when a node was last heard; when the master began hearing them (again)
@@ -138,8 +138,12 @@ class Hearing:
             self.since, self.said = now, False
         self.heard = now
 
-    def deaf(self, nodes: dict, now: float, node_timeout: float, log) -> bool:
-        """Whether no node's silence counts now (it hears none, and knows several); said once a spell."""
+    def deaf(self, nodes: dict, now: float, node_timeout: float, log, stood: float = 0.0) -> bool:
+        """Whether no node's silence counts now (it hears none, and knows several); said once a spell. `stood`: how long
+        since the master last looked (each second); longer, it stood still itself (SIGSTOP, its host asleep)."""
+        if stood > node_timeout / 2:  # (QA: a one-node master stopped past node_timeout declared its own node lost)
+            log("warning", f"this master stood still for {stood:.0f} s: its nodes' silence counts from now")
+            self.since = now
         beats = [n.heartbeat for n in nodes.values() if not n.lost]
         self.limit = max(node_timeout / 2, 1.5 * max(beats, default=0)) if len(beats) > 1 else math.inf
         deaf = now - self.heard > self.limit
