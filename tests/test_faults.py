@@ -503,6 +503,11 @@ def test_a_lost_job_not_run_again_takes_its_real_end_when_its_node_is_back(make_
     assert record["state"] == "lost" and "its run ended there later: exit 32" in record["error"], record
     with open(os.path.join(c.root, "master", "grun.log")) as f:
         assert f"job {jid}: node a lost (silent for" in f.read()
+    c.kill("master", signal.SIGKILL)  # the late end is journaled: the restarted master shows it too (QA: lost 255)
+    c.start_master()
+    assert c.grun("-q", "wait", str(jid)).returncode == 32
+    assert "its run ended there later: exit 32" in job(c, jid)["error"]
+    assert _once_each(c, [jid])[jid]["exit"] == 32
 
 
 def test_a_one_node_master_stalled_past_node_timeout_does_not_lose_its_own_node():

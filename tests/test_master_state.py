@@ -199,7 +199,7 @@ def test_a_lost_job_not_run_again_takes_the_end_its_node_reports_when_back():
     assert (m.recent[job_id]["state"], m.recent[job_id]["exit"]) == (J.LOST, 255)
     m.handle("register", _info("a", running=[plain], finished=[job_id]), 12.0)
     step = m.handle("finished", "a", [{"id": job_id, "attempt": 1, "exit_code": 32, "usage": {"wall": 20.0}}], 13.0)
-    assert step.records == [] and step.reply == [job_id]
+    assert [(r["op"], r["job"]) for r in step.records] == [("late", m.recent[job_id])] and step.reply == [job_id]
     [(kind, late)] = [i for i in step.do if i[0] != "log"]
     assert kind == "history" and late is m.recent[job_id] and (late["state"], late["exit"], late["usage"]) == (
         J.LOST, 32, {"wall": 20.0})

@@ -105,7 +105,10 @@ class MasterState:
         for rec in todo:  # (todo grows while it is walked)
             job = self.table.apply(rec)
             step.kick = step.kick or rec["op"] in KICKS
-            if rec["op"] in ("node", "forget") or job is None:
+            if rec["op"] == "late":  # a lost job's run ended later (queue.late_end): journaled, history takes it anew
+                self.recent[rec["id"]] = rec["job"]
+                step.do.append(("history", rec["job"]))
+            if rec["op"] in ("node", "forget") or job is None:  # (a "late" one's job has left)
                 continue
             if job["state"] != J.DISPATCHED:
                 self.unconfirmed.pop(job["id"], None)
@@ -395,9 +398,8 @@ class MasterState:
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
-            elif late := late_end(self.recent.get(job_id), name, rep, result, now):  # history takes it (once)
-                self.recent[job_id] = late
-                step.do.append(("history", late))
+            elif late := late_end(self.recent.get(job_id), name, rep, result, now):  # (once: it has late_end)
+                self._commit(step, [{"op": "late", "id": job_id, "job": late, "time": now}])
                 step.log("warning", f"job {job_id}: {late['error']}")
             elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt", cur["attempt"])) != (
                     cur["node"], cur["attempt"]):  # superseded (a repeated report is not)
