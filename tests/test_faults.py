@@ -28,6 +28,7 @@ from util import (
 
 from grun import registry, spool
 from grun.client import MasterUnreachable
+from grun.core import jobs as J
 
 FAST = {"heartbeat": 0.5}
 AS_US = {"cwd": "/", "uid": os.getuid(), "gid": os.getgid()}  # else a root master runs them as nobody
@@ -508,6 +509,26 @@ def test_a_lost_job_not_run_again_takes_its_real_end_when_its_node_is_back(make_
     assert c.grun("-q", "wait", str(jid)).returncode == 32
     assert "its run ended there later: exit 32" in job(c, jid)["error"]
     assert _once_each(c, [jid])[jid]["exit"] == 32
+
+
+def test_a_kill_that_never_reached_a_lost_node_is_not_recorded_as_its_end(make_cluster):
+    """QA: `grun -k` of a job whose node was away, declared lost, then back with the job's own end (exit 0): history
+    said it was killed by signal 15, a signal no one sent it. Its EXIT is the run's own end (still killed: asked)."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    jid = nowait(c, "-H", "a", "sh", "-c", "sleep 5; exit 0")
+    pid = job_pid(c, jid)
+    c.procs["a"].send_signal(signal.SIGSTOP)
+    try:
+        assert c.grun("-k", str(jid)).returncode == 0
+        dead = wait_state(c, jid, "killed")
+        assert (dead.get("signal"), J.describe_exit(dead)) == (None, "-"), dead  # (no signal reached it)
+        wait_for(lambda: not _group_alive(pid), 20, what="the job's own end")
+    finally:
+        c.procs["a"].send_signal(signal.SIGCONT)
+    wait_for(lambda: _once_each(c, [jid])[jid]["exit"] == 0, 20, what="history to take its own end")
+    record = _once_each(c, [jid])[jid]
+    assert (record["state"], J.describe_exit(record), record.get("signal")) == ("killed", "0", None), record
+    assert "its run ended there later: exit 0" in record["error"], record
 
 
 def test_a_one_node_master_stalled_past_node_timeout_does_not_lose_its_own_node():

@@ -319,10 +319,11 @@ class JobTable:
         return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
     def lost_record(self, job: dict, now: float, reason: str, requeue: bool = True) -> dict:
-        """A job whose node was lost: re-queued if it may be (config and job `requeue`), else lost; killed if asked."""
+        """A job whose node was lost: re-queued if it may be (config and job `requeue`), else lost; killed if asked (its
+        kill_signal: no signal is known to have reached it; late_end may tell its end)."""
         if J.asked_to_end(job):
             return {"op": "finish", "id": job["id"], "time": now, "result": {
-                "status": J.KILLED, "signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}
+                "status": J.KILLED, "kill_signal": int(job["kill_requested"]), "exit_code": None, "error": reason}}
         if requeue and job.get("requeue", True):
             return {"op": "requeue", "id": job["id"], "node": job.get("node"), "reason": reason, "time": now}
         return {"op": "finish", "id": job["id"], "time": now,
@@ -424,12 +425,13 @@ def _described(node: NodeView) -> dict:
 
 
 def late_end(job: dict | None, node: str, report: dict, result: dict, now: float) -> dict | None:
-    """A job declared lost, not run again, with the end of that run its node reports when it is back: still lost (its
-    dependants and waiters went by that), its exit and usage the run's (QA: ignored, history said `lost 255`, "ran -").
-    None for any other report, the end of a copy the master killed when the node came back (superseded), or a run
-    the node lost too (its reaper killed with it: no end to tell)."""
-    if not job or job["state"] != J.LOST or "late_end" in job or report.get("superseded") or report.get("lost") \
-            or job.get("node") != node or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
+    """A job declared lost (or killed while lost: lost_record), not run again, with the end of that run its node reports
+    when it is back: still lost or killed (its dependants went by that), its exit and usage the run's (QA: ignored,
+    history said `lost 255`, "ran -"; killed, "signal 15", sent by no one). None for any other report, the end of a copy
+    the master killed when the node came back (superseded), or a run the node lost too (killed with its reaper)."""
+    if not job or job["state"] != J.LOST and "kill_signal" not in job or "late_end" in job or report.get("superseded") \
+            or report.get("lost") or job.get("node") != node \
+            or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
         return None
     code = J.exit_code_of(result)
     return {**job, **{k: v for k, v in result.items() if k != "error"}, "exit": code, "late_end": now,
