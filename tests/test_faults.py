@@ -553,6 +553,23 @@ def test_a_one_node_master_stalled_past_node_timeout_does_not_lose_its_own_node(
         c.stop()
 
 
+def test_the_wait_of_a_job_re_queued_is_its_last_runs(make_cluster, tmp_path):
+    """QA: a job lost with its node and run again showed a WAIT from its submission to its last start, the lost run
+    in it. As sacct's (eligible to start): from its re-queue."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    first = tmp_path / "first"
+    jid = nowait(c, "sh", "-c", f"[ -e {first} ] && exit 0; touch {first}; sleep 60")
+    node = wait_state(c, jid, "running")["node"]
+    c.procs[node].send_signal(signal.SIGSTOP)
+    try:
+        wait_state(c, jid, "done", timeout=30)
+    finally:
+        c.procs[node].send_signal(signal.SIGCONT)
+    record = _once_each(c, [jid])[jid]
+    assert record["start_time"] - record["submit_time"] > 3 and record["requeues"] == 1, record
+    assert record["queue_wait"] < 2, record
+
+
 def test_a_node_that_never_returns_after_a_master_restart_still_times_out(make_cluster, tmp_path):
     """The restarted master knows the node only from its journal: it must still declare it lost."""
     c = make_cluster(nodes={"a": {"cpus": 1, "memory": 1000, **FAST}, "b": {"cpus": 1, "memory": 1000, **FAST}},

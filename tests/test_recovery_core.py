@@ -111,6 +111,8 @@ def test_a_lost_node_that_returns_before_the_job_ran_elsewhere_keeps_it():
     [job] = _apply(m, records[0])
     assert (job["state"], job["node"], job["attempt"]) == ("running", "a", 1)
     assert job not in list(m.table.pending) and job["id"] in m.table.nodes["a"].jobs
+    [done] = _apply(m, {"op": "finish", "id": job["id"], "node": "a", "time": 9.0, "result": {"exit_code": 0}})
+    assert done["queue_wait"] == 1.0, "its run is the first: its wait, from its submission (not its re-queue)"
 
 
 def test_a_lost_node_that_returns_with_the_job_ended_keeps_it_and_the_job_runs_once():

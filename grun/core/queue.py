@@ -88,11 +88,12 @@ class JobTable:
             job["kill_requested"] = rec.get("signal", 15)
         elif op == "requeue":  # its node was lost: back in the queue, remembering where the old copy may live
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
-            job["requeues"] = job.get("requeues", 0) + 1
+            job["requeues"], job["requeue_time"] = job.get("requeues", 0) + 1, rec["time"]
             self.pending.add(job)
         elif op == "reclaim" and state == J.QUEUED and job.get("lost_from") == rec["node"]:  # its lost node is back
             self.pending.remove(job)
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
+            job.pop("requeue_time", None)  # (its run is the one before: its wait, from its submission)
         elif op == "finish":
             return self._finish(job, rec)
         elif op == "hold" and state in (J.QUEUED, J.WAITING):
@@ -233,9 +234,9 @@ class JobTable:
         job["end_time"] = rec["time"]
         if result.get("status") == J.KILLED and "usage" not in result and job.get("start_time"):  # not the node's:
             job["usage"] = {"wall": round(rec["time"] - job["start_time"], 6)}  # (a lease, --force) from our records
-        started = job.get("start_time") or job.get("dispatch_time")
+        started = job.get("start_time") or job.get("dispatch_time")  # its last run's: re-queued, from then (as sacct's)
         if started and job.get("submit_time"):
-            job["queue_wait"] = round(max(0.0, started - job["submit_time"]), 6)
+            job["queue_wait"] = round(max(0.0, started - job.get("requeue_time", job["submit_time"])), 6)
         job["exit"] = J.exit_code_of(result)
         killed = J.asked_to_end(job) or result.get("signal") and (job.get("kill_requested") or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
