@@ -180,7 +180,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Staging (QA): a staged file named by its absolute path is the work dir's copy (stage._rehome): +10.
 # Staging (QA): an output that is a symlink in the cwd is written through it: +2.
 # Staging (QA): a pull removes the part files that killed pulls left (a live one's is locked): +16.
-TOTAL, MODULE, MEDIAN = 14646, 500, 200
+# Master QA round (a late end journaled; a kill never delivered not recorded as one; WAIT from a re-queue; a master's
+# own stall is no silence of its nodes): +10.
+TOTAL, MODULE, MEDIAN = 14656, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -36,7 +36,7 @@ from .explain import disk_low, refusal
 from .leases import Leases
 from .nodes import Hearing
 from .placement import place
-from .queue import JobTable, late_end
+from .queue import JobTable, fate, late_end
 from .rule_checks import set_by
 
 SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default) else key.default  # the config's queue
@@ -66,11 +66,6 @@ class Step:
 
     def log(self, level: str, message: str) -> None:
         self.do.append(("log", level, message))
-
-
-def _fate(rec: dict) -> str:
-    """What a record made of a job its node lost (grun.core.queue's lost_record)."""
-    return "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
 
 
 class MasterState:
@@ -360,7 +355,7 @@ class MasterState:
                 how = "still running" if rec["id"] in still else "ended there (its end comes next)"
                 step.log("info", f"job {rec['id']}: node {node.name} came back with it {how}; it stays there")
             elif rec["op"] != "start":
-                step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {_fate(rec)}")
+                step.log("warning", f"job {rec['id']}: node {node.name} came back without it; {fate(rec)}")
         if stale:
             step.log("warning", f"node {node.name} holds stale copies of jobs {stale}: killing them")
         jobs, reply = self.table.jobs, {} if finished is None else {"start": [dict(j) for j in start]}
@@ -411,7 +406,7 @@ class MasterState:
     def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
         """JobTable.lost_record, logged."""
         rec = self.table.lost_record(job, now, why, self.settings["requeue"])
-        step.log("warning", f"job {job['id']}: {why}; {_fate(rec)}")
+        step.log("warning", f"job {job['id']}: {why}; {fate(rec)}")
         return rec
 
     def on_started(self, step: Step, name: str, reply: dict, now: float) -> None:

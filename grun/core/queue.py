@@ -418,6 +418,11 @@ class JobTable:
             self.apply({"op": "submit", "job": job, "restored": True})
 
 
+def fate(rec: dict) -> str:
+    """What a lost_record made of a job its node lost."""
+    return "re-queued" if rec["op"] == "requeue" else f"finished as {rec['result']['status']}"
+
+
 def _described(node: NodeView) -> dict:
     """The "node" record that describes the node as it is (a snapshot holds one per node)."""
     return {"op": "node", "name": node.name, "cpus": node.cpus, "memory": node.memory,
