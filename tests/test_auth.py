@@ -26,7 +26,7 @@ from test_wire import SERVER, TREE, allowed_minors
 from util import wait_for
 
 # (cli, client, verbs: loaded before a child drops root: it could not read them under /root)
-from grun import auth, cli, client, compat, compat_sge, compat_slurm, config, registry, shell, stream, verbs, wire  # noqa: F401
+from grun import auth, cli, client, compat, compat_sge, compat_slurm, config, make, registry, shell, stream, verbs, wire  # noqa: F401
 from grun.core.master_state import MasterState
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a real second user (CI runs as root)")
