@@ -130,6 +130,8 @@ def test_users_run_as_munge_says_and_see_only_their_own_jobs(cluster, users, sha
     for argv in (["why", hers], ["-q", "why", hers, "--json"], ["--attach", hers], ["-q", "wait", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))
         assert code == 1 and f"no such job {hers}" in out and len(out.splitlines()) == 1, (argv, out)
+    code, out = _as_user(bob, env, ["why", f"s{alice.pw_name}"], cwd=str(tmp_path))  # (root and admins: anyone's)
+    assert (code, out) == (1, f"grun: no job named 's{alice.pw_name}'\n"), out
     before = cluster.client().job(int(hers))
     for argv in (["-k", hers], ["-e", "hold", hers], ["-e", "resume", hers], ["-e", "priority=1", hers]):
         code, out = _as_user(bob, env, argv, cwd=str(tmp_path))  # as for an id nobody has: not who owns it
