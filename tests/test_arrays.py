@@ -119,7 +119,7 @@ def test_a_task_held_and_released_on_its_own_still_waits_for_percent_n():
     m.handle("control", "resume", [f"{array_id}.7"], 4.0)
     assert _offered(m.handle("schedule", 5.0)) == [], "2 of its array run: %2"
     task = m.table.jobs[m.table.tasks[array_id][7]]
-    assert explain(task, m, 5.0).startswith(f"Job {task['id']} (task 7 of array {array_id}) waits: the array runs at most 2")
+    assert explain(task, m, 5.0).startswith(f"Job {array_id}.7 waits: the array runs at most 2")
     _finish(m, running[:1], 6.0)
     assert [t["task"] for t in _offered(m.handle("schedule", 7.0))] == [7], "room for one: the task released"
 

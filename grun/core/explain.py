@@ -73,8 +73,9 @@ def request_text(job: dict) -> str:
     return ", ".join([f"{job['cpus']:g} cpu{'s' if job['cpus'] != 1 else ''}", f"{job['memory']} MB", *params, *hosts])
 
 
-def node_reason(node, job: dict, claims: dict, private: bool = False) -> tuple[str, str]:
-    """(kind, text) for why the job does not run on this node now ("fits": it would); `private`: no job ids, a count."""
+def node_reason(node, job: dict, claims: dict, private: bool = False, shown=str) -> tuple[str, str]:
+    """(kind, text) for why the job does not run on this node now ("fits": it would); `private`: no job ids, a count;
+    `shown`: a job id as it is named (_shown)."""
     if not node.up:
         return "down", "down"
     if node.disk and node.disk[0]:
@@ -94,38 +95,39 @@ def node_reason(node, job: dict, claims: dict, private: bool = False) -> tuple[s
             for need, total, free, _, unit, outside in wants if need > free + EPS]
     if busy:
         ids, s = sorted(node.jobs), "s" * (len(node.jobs) > 1)
-        shown = f"{len(ids)} job{s}" if private else f"job{s} {', '.join(map(str, ids[:5]))}" + ", ..." * (len(ids) > 5)
-        return "busy", "; ".join(busy) + (f", running {shown}" if ids else "")
+        named = f"{len(ids)} job{s}" if private else f"job{s} {', '.join(map(shown, ids[:5]))}" + ", ..." * (len(ids) > 5)
+        return "busy", "; ".join(busy) + (f", running {named}" if ids else "")
     if delays_claim(node, job, claims):
-        return "claimed", "reserved for " + ("another job" if private else f"job {claims[node.name]['id']}")
+        return "claimed", "reserved for " + ("another job" if private else f"job {shown(claims[node.name]['id'])}")
     return "fits", "has room now"
 
 
 def explain(job: dict, master, now: float, private: bool = False) -> str:
-    """`master`: the master's MasterState; `private`: node_reason's."""
-    head, state = f"Job {job['id']}", job["state"]
+    """`master`: the master's MasterState; `private`: node_reason's. Jobs named as people name them (_shown)."""
+    ref, state, shown = _label(job), job["state"], _shown(master.table)
+    head = f"Job {ref}"
     if state == J.HELD:
-        return f"{head} is held: it will not run until released with `grun -e resume {job['id']}`."
+        return f"{head} is held: it will not run until released with `grun -e resume {ref}`."
     if state in (J.DISPATCHED, J.RUNNING):
         return f"{head} is {state} on {job.get('node')}{unread_text(job)}."
     if state == J.SUSPENDED:
         return (f"{head} is suspended on {job.get('node')} (stopped, its cpus lent to other jobs, its "
-                f"memory kept); continue it with `grun -e resume {job['id']}`.")
+                f"memory kept); continue it with `grun -e resume {ref}`.")
     if state == J.WAITING:
-        return waiting_text(job, now)
+        return waiting_text({**job, "id": ref, "deps": [[k, shown(i)] for k, i in job.get("deps") or ()]}, now)
     if state in J.FINAL_STATES:
         return f"{head} has finished: {state}, {job.get('reason') or f'exit {J.describe_exit(job)}'}."
     table, claims = master.table, master.table.claims(now)
     if not table.room(job):  # an array (or one of its tasks) at its %N
         array, n = table.jobs.get(job.get("array"), job), job.get("limit") or table.jobs[job["array"]]["limit"]
-        what = f"{head} (task {job['task']} of array {array['id']})" if "task" in job else f"Array {job['id']}"
+        what = head if "task" in job else f"Array {ref}"
         busy = [t["state"] in J.ON_NODE_STATES for t in table.busy_tasks(array["id"])]
         running, queued = sum(busy), f", {len(busy) - sum(busy)} more queued to start" * (len(busy) > sum(busy))
         return f"{what} waits: the array runs at most {n} task{'s' * (n > 1)} at once (%{n}) and {running} " \
                f"{'is' if running == 1 else 'are'} running{queued}; the next starts when one ends."
     groups: dict[str, list[str]] = {}
     for node in sorted(table.nodes.values(), key=lambda n: n.name):
-        kind, text = node_reason(node, job, claims, private)
+        kind, text = node_reason(node, job, claims, private, shown)
         groups.setdefault(kind, []).append(f"{node.name} ({text})" if kind != "down" else node.name)
     waited = now - job.get("queued_time", job.get("submit_time", now))
     lines = [f"{head} is queued and needs {request_text(job)}."]
@@ -162,14 +164,14 @@ def unread_text(job: dict) -> str:
     """A running job waiting in its write for a reader (drain.py: its node's spool_max reached, none attached)."""
     unread = (job.get("usage_now") or {}).get("unread")
     return f"; its output waits for a reader: {unread / 2**20:.0f} MB unread, spool_max reached: attach (grun " \
-           f"--attach {job['id']}) or use -o" if unread else ""
+           f"--attach {_label(job)}) or use -o" if unread else ""
 
 
 def placement(job: dict, master, now: float, private: bool = False) -> tuple[str, str]:
     """Where a queued job could go now, as (kind, words): "starting", "busy" (the node with most room; of both, the
     limits it waits under if any), "disk" (only nodes with a nearly full spool), "none up", "no node"."""
-    claims, limit = master.table.claims(now), master.table.quotas.refusal(job)
-    reasons = [(node, *node_reason(node, job, claims, private)) for node in master.table.nodes.values()]
+    claims, limit, shown = master.table.claims(now), master.table.quotas.refusal(job), _shown(master.table)
+    reasons = [(node, *node_reason(node, job, claims, private, shown)) for node in master.table.nodes.values()]
     busy = max(((n.free_cpus, n.name, text) for n, kind, text in reasons if kind in ("busy", "claimed")), default=None)
     return ("starting", limit or "starting") if any(kind == "fits" for _, kind, _ in reasons) else \
         ("busy", limit or f"most room: {busy[1]} ({busy[2]})") if busy else \
@@ -180,9 +182,14 @@ def placement(job: dict, master, now: float, private: bool = False) -> tuple[str
 def progress(job: dict, master, now: float, private: bool = False) -> str:
     """A waiting `grun`'s line ("queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3 (...)"); else explain()'s."""
     if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
-        return explain(job, master, now, private).removeprefix(f"Job {job['id']} ")
+        return explain(job, master, now, private).removeprefix(f"Job {_label(job)} ")
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], master.table.pending))
     return f"queued: {ahead} ahead; needs {request_text(job)}; {placement(job, master, now, private)[1]}"
+
+
+def _label(job: dict) -> str:
+    """How people name a job, as grun -q jobs shows it: `12.7` for task 7 of array 12 (its own id is internal)."""
+    return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
 
 
 def provenance(job: dict) -> str:
@@ -193,6 +200,7 @@ def provenance(job: dict) -> str:
 
 
 _n = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # (memory: an int, 1048576 MB not 1.04858e+06)
+_shown = lambda table: lambda job_id: _label(table.jobs.get(job_id) or {"id": job_id})  # (node_reason's `shown`)
 
 
 def _duration(secs: float) -> str:
