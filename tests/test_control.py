@@ -144,7 +144,7 @@ def test_edit_a_queued_job(three):
         assert (record["priority"], record["cpus"], record["memory"], record["state"]) == (50, 0.5, 200, "queued")
         assert_one_error_line(three.grun("-e", "colour=red", str(queued)), "cannot edit 'colour'")
         assert_one_error_line(three.grun("-e", "cpus=lots", str(queued)), "cpus")
-        assert_one_error_line(three.grun("-e", "cpus=64", str(queued)), "no node has 64 cpus; largest is 1")
+        assert_one_error_line(three.grun("-e", "cpus=64", str(queued)), "of the nodes in hosts 'small', none has 64 cpus; largest is 1")
         assert_one_error_line(three.grun("-e", "priority=1", str(blocker)), f"job {blocker} is running")
         assert three.grun("-e", "hosts=big", str(queued)).returncode == 0
         assert three.grun("-q", "wait", str(queued)).returncode == 0

@@ -288,7 +288,8 @@ def test_no_node_mounts_it(sshfs):
     cluster, export, mnt = sshfs.cluster, sshfs.export, sshfs.mnt
     where = f"{mnt} (fuse.sshfs root@127.0.0.1:{export})"
     r = cluster.grun("--nowait", "-H", "b", "pwd", cwd=str(mnt / "proj"))
-    assert r.returncode == 1 and r.stderr.decode() == f"grun: no node mounts {where} (--force queues it anyway)\n"
+    assert r.returncode == 1 and r.stderr.decode() == f"grun: of the nodes in hosts 'b', none mounts {where} (--force queues " \
+        "it anyway)\n", "a mounts it, b is asked for"
     r = cluster.grun("--nowait", "--force", "-H", "b", "pwd", cwd=str(mnt / "proj"))
     assert r.returncode == 0, r.stderr
     job_id = int(r.stdout.split()[-1])

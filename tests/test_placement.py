@@ -384,7 +384,7 @@ def test_impossible_requests_are_explained():
     assert impossible(job(1, params={"tpu": 1}), ns) == "no node has tpu"
     assert impossible(job(1, params={"os": "centos7"}), ns) == "no node has os=centos7; os is debian12"
     assert impossible(job(1, host="gpu*"), ns) == "no node matches hosts 'gpu*'"
-    assert impossible(job(1, 8, host="small"), ns) == "no node has 8 cpus; largest is 4"
+    assert impossible(job(1, 8, host="small"), ns) == "of the nodes in hosts 'small', none has 8 cpus; largest is 4"
     assert impossible(job(1, 40, params={"os": "debian12"}), ns) is None
     assert impossible(job(1, 64), []) is None, "with no nodes known, nothing can be judged"
 

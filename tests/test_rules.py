@@ -132,10 +132,10 @@ def test_priority_and_nodes_condition(cluster):
     assert f'job {job_id} (picky1)' in long and '  nodes     labels.os == "debian12"' in long
 
 
-def test_why_says_no_node_meets_the_condition(cluster):
+def test_why_says_no_node_meets_the_condition(cluster):  # (b meets it, not in -H a: said of the nodes in hosts a)
     r = cluster.grun("--nowait", "-j", "picky2", "-H", "a", "true")
-    assert r.returncode == 1 and re.fullmatch(r'grun: no node meets labels.os == "debian12"; nodes from rule 5 '
-                                              r'\(master.conf:\d+\) \(--force queues it anyway\)\n', r.stderr.decode())
+    assert r.returncode == 1 and re.fullmatch(r'grun: of the nodes in hosts \'a\', none meets labels.os == "debian12"; nodes '
+                                              r'from rule 5 \(master.conf:\d+\) \(--force queues it anyway\)\n', r.stderr.decode())
     job_id = submit(cluster, "--force", "-j", "picky3", "-H", "a", "true")
     why = cluster.grun("why", str(job_id)).stdout.decode()
     assert 'a (does not meet labels.os == "debian12")' in why and "could ever run it" in why, why

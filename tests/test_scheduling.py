@@ -158,7 +158,7 @@ def test_best_fit_fills_one_machine_at_a_time(three):
     (["-p", "tpu=1"], "no node has tpu"),
     (["-p", "os=centos7"], "no node has os=centos7"),
     (["-H", "gpu*"], "no node matches hosts 'gpu*'"),
-    (["-H", "small", "-c", "2"], "no node has 2 cpus; largest is 1"),
+    (["-H", "small", "-c", "2"], "of the nodes in hosts 'small', none has 2 cpus; largest is 1"),
 ])
 def test_impossible_requests_are_refused_at_submit(three, args, message):
     r = three.grun(*args, "true")

@@ -1,15 +1,31 @@
-"""`grun why` (QA): root and admins find any user's job by name (a user only their own: test_munge), and array tasks
-are named as `grun -q jobs` names them (12.7, not their internal ids)."""
+"""`grun why` (QA): root and admins find any user's job by name (a user only their own: test_munge), array tasks are
+named as `grun -q jobs` names them (12.7, not their internal ids), and a request two constraints of which no one node
+meets together is refused for that, not for a resource another node has."""
 from __future__ import annotations
 
 import pytest
 from cluster import LocalCluster
 from test_master_state import _state, _submit
+from test_placement import job, nodes
 from util import nowait, wait_for, wait_state
 
-from grun.core.explain import explain
+from grun.core.explain import explain, impossible
 
 # ---- the core ------------------------------------------------------------------------------------
+
+def test_a_constraint_unmet_is_said_of_the_nodes_that_meet_the_others():
+    ns = nodes(("lab", 4, 8000, {"labels": {"os": "debian12"}}), ("gpu", 8, 8000, {"resources": {"gpu": 1}}))
+    for params, text in (({"os": "debian12", "gpu": 1}, "of the nodes with os=debian12, none has gpu=1"),
+                         ({"gpu": 1, "os": "debian12"}, "of the nodes with gpu=1, none has os=debian12")):
+        assert impossible(job(1, params=params), ns) == text
+    assert impossible(job(1, host="lab", params={"gpu": 1}), ns) == "of the nodes in hosts 'lab', none has gpu=1"
+    assert impossible(job(1, host="*", params={"gpu": 1, "tpu": 1}), ns) == \
+        "of the nodes in hosts '*' and with gpu=1, none has tpu=1"
+    assert impossible(job(1, 8, params={"os": "debian12"}), ns) == \
+        "of the nodes with os=debian12, none has 8 cpus; largest is 4"
+    assert impossible(job(1, params={"tpu": 1}), ns) == "no node has tpu", "nothing narrowed: as before"
+    assert impossible(job(1, 8, params={"gpu": 1}), ns) is None
+
 
 def test_why_names_array_tasks_as_the_queue_shows_them():
     m = _state("a")  # (4 cpus: a task takes them all)
@@ -63,3 +79,10 @@ def test_why_names_array_tasks_as_the_queue_shows_them_on_daemons(cluster):
     finally:
         cluster.grun("-k", str(array))
         wait_for(lambda: not cluster.client().jobs(), what="the jobs to end")
+
+
+def test_a_label_and_a_gpu_no_one_node_has_are_refused_for_that(cluster):
+    for argv, text in ((["-p", "os=debian12", "-p", "gpu=1"], "of the nodes with os=debian12, none has gpu=1"),
+                       (["-H", "n1", "-p", "gpu=1"], "of the nodes in hosts 'n1', none has gpu=1")):
+        r = cluster.grun(*argv, "true")
+        assert (r.returncode, r.stderr.decode()) == (1, f"grun: {text} (--force queues it anyway)\n"), argv

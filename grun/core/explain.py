@@ -17,14 +17,21 @@ def refusal(job: dict, table) -> str | None:
 
 
 def impossible(job: dict, nodes: list[NodeView]) -> str | None:
-    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None (or no node known)."""
-    if not nodes:
-        return None
+    """Why no known node could ever run this job ("no node has 64 cpus; largest is 48"), or None (or no node known);
+    said of the nodes meeting its other constraints: "of the nodes with os=debian12, none has gpu=1" (none has both)."""
+    given: list[str] = []  # (the constraints _unmet found met so far: hosts, a rule's nodes:, params)
+    text = _unmet(job, nodes, given) if nodes else None
+    return f"of the nodes {' and '.join(given)}, none{text[7:]}" if given and str(text).startswith("no node") else text
+
+
+def _unmet(job: dict, nodes: list[NodeView], given: list[str]) -> str | None:
     pool = [n for n in nodes if not job.get("host") or host_matches(n.name, job["host"])]
     if not pool:
         return f"no node matches hosts {job['host']!r}"
+    given += [f"in hosts {job['host']!r}"] if job.get("host") else []
     if job.get("nodes") and not (pool := [n for n in pool if meets(job["nodes"], n)]):
         return f"no node meets {job['nodes']}"
+    given += [f"meeting {job['nodes']}"] if job.get("nodes") else []
     for name, want in (job.get("params") or {}).items():
         labelled, having = ([n for n in pool if name in getattr(n, kind)] for kind in ("labels", "resources"))
         if labelled:
@@ -42,9 +49,10 @@ def impossible(job: dict, nodes: list[NodeView]) -> str | None:
             if want != round(want) and all(name in n.devices for n in pool):
                 return f"{name} is indexed (devices): ask for a whole number, not {want:g}"
         else:
-            return f"no node has {name}"
+            return f"no node has {name}" + f"={want}" * bool(given)
         if not pool:
             return f"no node has {name}={want}"
+        given.append(f"with {name}={want}")
     if job.get("cwd_fs") and all(unmounted(job, n) for n in pool):
         return f"no node mounts {unmounted(job, pool[0])}"
     if job["cpus"] > (largest := max(n.cpus for n in pool)) + EPS:
