@@ -141,7 +141,8 @@ class Hearing:
     def deaf(self, nodes: dict, now: float, node_timeout: float, log, stood: float = 0.0) -> bool:
         """Whether no node's silence counts now (it hears none, and knows several); said once a spell. `stood`: how long
         since the master last looked (each second); longer, it stood still itself (SIGSTOP, its host asleep)."""
-        if stood > node_timeout / 2:  # (QA: a one-node master stopped past node_timeout declared its own node lost)
+        if stood > max(node_timeout / 2, 2.0):  # (QA: a one-node master stopped past node_timeout declared its own
+            # node lost; 2 s: it looks each second, so a shorter node_timeout (tests' 1 s) would read each look as a stall)
             log("warning", f"this master stood still for {stood:.0f} s: its nodes' silence counts from now")
             self.since = now
         beats = [n.heartbeat for n in nodes.values() if not n.lost]
