@@ -98,9 +98,10 @@ def items(opts: dict, key: str) -> list[str]:
 
 
 def directives(script: str, prefix: str, table: dict, opts: dict, first_only: bool = True, glued: bool = True) -> dict:
-    """The options of the script's `#SBATCH` (to its first command) or `#$` lines, under the command line's (`opts`)."""
-    found: dict = {}
-    for number, line in enumerate(script.splitlines()[1:], 2):
+    """The options of the script's `#SBATCH` (to its first command) or `#$` lines, under the command line's (`opts`);
+    line 1 too unless it is the #! line (qsub's script on stdin, or with no #!)."""
+    found, start = {}, int(script.startswith("#!"))
+    for number, line in enumerate(script.splitlines()[start:], start + 1):
         text = line.strip()
         if text.startswith(prefix) and (len(text) == len(prefix) or text[len(prefix)].isspace()):
             try:
@@ -220,7 +221,7 @@ def find(client: Client, ref: str) -> dict | None:
 
 
 def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, bool]:
-    """Slurm's and SGE's hold (or release) of job `ref` (N, N.T): of a pending one (an array's tasks not started);
+    """scontrol's hold (or release) of job `ref` (N, N.T): of a pending one (an array's tasks not started);
     one running runs on, and an array's running tasks (grun's hold would suspend them). Its record (None: there is
     none) and whether it was held (or released)."""
     if not (job := find(client, ref)):

@@ -4,6 +4,7 @@ SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_s
 import fnmatch
 import os
 import re
+import signal
 import sys
 import time
 
@@ -27,15 +28,18 @@ SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h":
 FAILED = {"killed": "100 : assumedly after job", "lost": "100 : assumedly after job",
           "timeout": "37  : qmaster enforced h_rt limit"}
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
-MEMORY, REQUEST, TIME = ("h_vmem", "s_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt", "s_rt")
+MEMORY, REQUEST, TIME = ("h_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt",)
+NOTIFY = 60  # SGE's default queue `notify`: after a USR1 at s_rt (or -notify's USR2), the kill comes this much later
 ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
 NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints"}
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
            "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)",
-           "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it"}
+           "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it",
+           "-l s_vmem": "grun has no soft memory limit (-l h_vmem= limits, mem_free= reserves)",
+           "-notify": "grun has one warning signal before a job's kill, and -l s_rt sends USR1"}
 # options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
 GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p")),
-        "notify": ("time_signal", lambda _: [12, 60])}  # SIGUSR2 60 s (SGE's default notify) before its h_rt: TERM
+        "notify": ("time_signal", lambda _: [12, NOTIFY])}  # SIGUSR2 before its h_rt: TERM
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
 _seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
@@ -65,10 +69,11 @@ def qsub(argv: list[str]) -> int:
     for spelling in [flag for flag in ("-q", *NOTED) if QSUB[flag][0] in opts and (flag != "-q" or not hosts)]:
         print(f"qsub: note: {spelling} ignored (grun has no {NOTED.get(spelling, 'queues')})", file=sys.stderr)
     verify = last(opts, "verify", "n")
-    if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "-now") or "-w v" * (verify == "v") or next((
+    if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "-now") or "-w v" * (verify == "v") or \
+            "-l s_vmem" * ("s_vmem" in resources) or "-notify" * ("notify" in opts and "s_rt" in resources) or next((
             f"-l {key}" for key in ("exclusive", "excl") if resources.pop(key, "false").lower() not in ("false", "0")),
             None):
-        raise Refused(f"{refused}: {REFUSED[refused.split()[0]]}")
+        raise Refused(f"{refused}: {REFUSED.get(refused) or REFUSED[refused.split()[0]]}")
     if verify not in ("e", "w", "n"):
         raise Refused(f"-w takes e, w, n or v, got {verify!r}")
     yes(opts, "-R")  # (-R y: grun reserves room for a job that waits long by itself)
@@ -129,8 +134,11 @@ def qsub(argv: list[str]) -> int:
               f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)
         if not yes(opts, "-sync"):
             return 0
-        print(f"Job {ids[0]} exited with exit code {(code := client.exit_code(ids[0]))}.")
-        return code
+        code, job = client.exit_code(ids[0]), C.find(client, str(ids[0])) or {}
+        sig = signal.SIGKILL if job.get("state") == "timeout" else job.get("signal")  # (at h_rt: SGE's KILL, as qacct's)
+        print(f"Job {ids[0]} exited " + (f"because of signal {signal.Signals(sig).name}" if sig else
+                                         f"with exit code {code}."))  # (SGE's words; a signal's: exit 1)
+        return 1 if sig else code
     return C.dies_with(client, ids, submit) if yes(opts, "-sync") else submit()
 
 
@@ -146,14 +154,19 @@ def _slots(opts: dict, resources: dict) -> str:
 
 def _limits(resources: dict, slots: int) -> dict:
     """-l's memory, per slot as SGE counts it (a limit, h_vmem, reserves and limits; a request alone, mem_free, only
-    reserves), and time (h_rt) as grun's request, taken out of `resources`."""
+    reserves), and time (h_rt) as grun's request, taken out of `resources`; s_rt, as SGE's: USR1 at it, the kill NOTIFY
+    s later (or at h_rt, if sooner)."""
     request, memory = {}, {}
-    for key, value in [(k, v) for k, v in resources.items() if v and k in (*MEMORY, *REQUEST, *TIME)]:
+    soft, hard = (_seconds(resources.pop(k)) if resources.get(k) else None for k in ("s_rt", "h_rt"))
+    if soft is not None:
+        hard = soft + NOTIFY if hard is None else min(hard, soft + NOTIFY)
+        if soft < hard:
+            request["time_signal"] = [int(signal.SIGUSR1), round(hard - soft)]
+    if hard is not None:
+        request["time"] = hard
+    for key, value in [(k, v) for k, v in resources.items() if v and k in (*MEMORY, *REQUEST)]:
         del resources[key]
-        if key in TIME:
-            request["time"] = _seconds(value)
-        else:
-            memory[key in MEMORY] = -(-_bytes(value) * slots // (1 << 20))
+        memory[key in MEMORY] = -(-_bytes(value) * slots // (1 << 20))
     if memory:
         request.update(memory=memory.get(True, memory.get(False)), reserve_only=True not in memory or None)
     return request
@@ -169,13 +182,19 @@ def _task_range(text: str) -> range:
         raise Refused(f"-t {text}: {str(exc).removeprefix('bad value for --array: ')}") from None
 
 
-def _holds(client: Client, held: list[str]) -> list[dict]:
+def _holds(client: Client, held: list[str], anyone: bool = False) -> list[dict]:
     """-hold_jid's jobs: ids, names or globs (this user's live jobs of that name); as SGE's, no job is no hold."""
     known = [job for word in held if word.isdigit() and (job := C.find(client, word))]  # (an id may be of no job)
     if names := [i for i in held if not i.isdigit()]:
-        known += [j for j in client.jobs() if j.get("user") == current_user() and "task" not in j
+        known += [j for j in client.jobs() if (anyone or j.get("user") == current_user()) and "task" not in j
                   and any(fnmatch.fnmatchcase(name_of(j), n) for n in names)]
     return known
+
+
+def _named(client: Client, words: list[str], anyone: bool = False) -> list[str]:
+    """N, N.T as they are; a name or glob: the caller's (`anyone`: anyone's) live jobs of it, as SGE's (none: itself)."""
+    return [ref for w in words for ref in ([w] if w.isdigit() or task_ref(w) else [
+        label(j) for j in _holds(client, [w], anyone)] or [w])]
 
 
 def _output(opts: dict, key: str, name: str, cwd: str) -> str:
@@ -196,8 +215,8 @@ def qstat(argv: list[str]) -> int:
         raise Refused(f'invalid option argument "{rest[0]}"')
     client = Client()
     if "jobs" in opts:  # live jobs only (an array: one block)
-        return _blocks([(w, [j] if w.isdigit() and (j := C.find(client, w)) and j["state"] not in FINAL_STATES else [])
-                        for w in items(opts, "jobs")], _detail, 28, "Following jobs do not exist: ")
+        return _blocks([(w, [j] if (j := C.find(client, w)) and j["state"] not in FINAL_STATES else []) for w in (
+            _named(client, items(opts, "jobs"), True))], _detail, 28, "Following jobs do not exist: ")
     letters = re.findall(r"h[uosdja]?|[przsa]", asked := "".join(opts.get("states", ["prs"])))
     if not asked or "".join(letters) != asked or last(opts, "group", "c") != "c":
         raise Refused(f"-s {asked!r}: expected p, r, s, z, h or a" if "".join(letters) != asked or not asked else
@@ -210,12 +229,14 @@ def qstat(argv: list[str]) -> int:
         return _queues(client.nodes(), rows, "group" in opts, "ext" in opts)
     if "xml" in opts:
         from xml.sax.saxutils import escape
-        tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state", "JAT_start_time", "queue_name", "slots",
-                "tasks")
-        parts = {part: "".join(f'    <job_list state="{"running" if running else "pending"}">\n' + "".join(
-            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip(tags, r) if v) + "    </job_list>\n"
-            for r, _ in rows if (running := r[4] in ("r", "t", "s")) == (part == "queue_info"))
-            for part in ("queue_info", "job_info")}
+        tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state"), ("queue_name", "slots", "tasks")
+        iso = lambda j: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(j.get("start_time") or j["submit_time"]))
+        parts = {part: "".join(f'    <job_list state="{state}">\n' + "".join(
+            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip((*tags[0], when, *tags[1]), (*r[:5], iso(j), *r[6:]))
+            if v)
+            + "    </job_list>\n" for r, j in rows if (r[4] in ("r", "t", "s")) == (state == "running"))
+            for part, state, when in (("queue_info", "running", "JAT_start_time"),
+                                      ("job_info", "pending", "JB_submission_time"))}
         print("<?xml version='1.0'?>\n<job_info>\n" + "".join(f"  <{p}>\n{x}  </{p}>\n" for p, x in parts.items())
               + "</job_info>")
         return 0
@@ -255,11 +276,16 @@ def _line(r: tuple, ext: bool, queue: bool) -> str:
 
 def _requests(j: dict) -> str:
     """-r: a job's requests, under its line."""
-    asked = [f"{k}={j[key]:g}{u}" for k, key, u in (("h_vmem", "memory", "M"), ("h_rt", "time", "")) if j.get(key)]
     return "".join(f"\n       {k:<18}{v}" for k, v in (
         ("Full jobname:", name_of(j)), ("Master Queue:", f"all.q@{j['node']}" if j.get("node") else ""),
         ("Requested PE:", f"smp {j['cpus']:g}" if j.get("cpus", 1) > 1 else ""),
-        ("Hard Resources:", "\n                         ".join(f"{a} (0.000000)" for a in asked))) if v)
+        ("Hard Resources:", "\n                         ".join(f"{a} (0.000000)" for a in _hard(j)))) if v)
+
+
+def _hard(j: dict) -> list[str]:
+    """A job's -l as asked: its memory per slot (h_vmem, a limit; mem_free, a reservation alone) and h_rt."""
+    memory = j.get("memory_set") and f"{'mem_free' if j.get('reserve_only') else 'h_vmem'}={j['memory'] / j['cpus']:g}M"
+    return [a for a in (memory, j.get("time") and f"h_rt={j['time']:g}") if a]
 
 
 def _queues(nodes: list[dict], rows: list, summary: bool, ext: bool) -> int:
@@ -302,7 +328,7 @@ def _detail(job: dict) -> tuple:
             ("owner:", job.get("user")), ("sge_o_workdir:", job.get("cwd")), ("job_name:", name_of(job)),
             ("job_state:", STATES.get(job["state"], job["state"])), ("script_file:", command_text(job)),
             ("parallel environment:", f"smp range: {job.get('cpus', 1):g}"),
-            ("hard resource_list:", f"h_vmem={job.get('memory')}M"), ("exec_host_list 1:", job.get("node") or ""))
+            ("hard resource_list:", ",".join(_hard(job))), ("exec_host_list 1:", job.get("node") or ""))
 
 
 def _accounting(job: dict) -> tuple:
@@ -313,7 +339,8 @@ def _accounting(job: dict) -> tuple:
             ("failed", job.get("sge_failed") or FAILED.get(job["state"], 0)),
             ("exit_status", 137 if job["state"] == "timeout" else job.get("exit")),
             ("ru_wallclock", f"{usage(job, 'wall'):.3f}s"), ("ru_utime", f"{usage(job, 'utime'):.3f}s"),
-            ("ru_stime", f"{usage(job, 'stime'):.3f}s"), ("ru_maxrss", f"{int(usage(job, 'maxrss_kb'))}K"))
+            ("ru_stime", f"{usage(job, 'stime'):.3f}s"), ("ru_maxrss", f"{int(usage(job, 'maxrss_kb'))}K"),
+            ("maxvmem", f"{usage(job, 'maxrss_kb') / 1024:.3f}M"))  # (grun measures the peak RSS, not virtual memory)
 
 
 def _unopened(client: Client, job: dict, down: set) -> None:
@@ -384,8 +411,8 @@ def qacct(argv: list[str]) -> int:
             and (j.get("start_time") or 0) > since and opts.get("-o") in (None, "", j.get("user"))]  # (never run: none)
     if asked:
         ended, down = {}, set()
-        for j in jobs:  # (N: a job, or an array's tasks; read on its node only if asked by number, not of 10,000)
-            if (key := str(j.get("array", j["id"]))) in asked:
+        for j in jobs:  # (N: a job, or an array's tasks; read on its node if asked by number or name, not `-j` alone)
+            if (key := str(j.get("array", j["id"]))) in asked or any(fnmatch.fnmatchcase(name_of(j), n) for n in names):
                 _unopened(client, j, down)
             ended.setdefault(key, []).append(j)
         return _blocks([(w, ended.get(w, []) if w.isdigit() else [j for j in jobs if fnmatch.fnmatchcase(
@@ -403,20 +430,24 @@ def qacct(argv: list[str]) -> int:
 
 
 def qhold(argv: list[str], release: bool = False) -> int:
-    """qhold [-h u] ID,...: `modified hold of job N` for each pending job held (qrls: released); one running
-    runs on, as SGE's (whose hold matters only to a run not started)."""
+    """qhold [-h u] ID|NAME,...: `modified hold of job N` for each of the caller's live jobs (qrls: released); one
+    running runs on, as SGE's (whose hold matters only to a run not started); another user's, SGE's refusal."""
     opts, words = parse(argv, table("kind=-h"), False, glued=False)
     if last(opts, "kind", "u") != "u" or not words:
-        raise Refused(f"usage: {'qrls' if release else 'qhold'} [-h u] JOB_ID,...  (grun's holds are users')")
+        raise Refused(f"usage: {'qrls' if release else 'qhold'} [-h u] JOB_ID|NAME,...  (grun's holds are users')")
     client, code = Client(), 0
-    for ref in (i for word in words for i in word.split(",") if i):  # (N, N.T)
-        job, held = C.hold(client, ref, release)
-        if not job or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
+    for ref in _named(client, [i for word in words for i in word.split(",") if i]):  # (N, N.T)
+        if not (job := C.find(client, ref)) or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
             print(f'denied: job "{ref}" does not exist')
-            code = 1
-        if held:  # (an array held whole: its tasks not started)
+        # another user's: the master says (it knows admins); a suspended job's release would resume it: its owner's only
+        elif (job.get("user") != current_user() if release and job["state"] == "suspended" else
+              refusals(*(client.resume, [ref]) if release else (client.hold, [ref], True))[1]):
+            print(f'{current_user()} - you have no permission to modify job "{ref}"')
+        else:  # (an array whole: its tasks not started)
             print("\n".join(f"modified hold of job-array task {ref}.{t}" for t in arrays.unstarted(job)) if ref == str(
                 job["id"]) and "ranges" in job else f"modified hold of job{'-array task' * ('.' in ref)} {ref}")
+            continue
+        code = 1
     return code
 
 
@@ -436,7 +467,7 @@ def qalter(argv: list[str]) -> int:
         raise Refused(f"-l {','.join(bad)}: qalter changes memory (h_vmem, mem_free) and time (h_rt) only")
     client, code, asked = Client(), 0, int(_slots(opts, {})) if "pe" in opts else None
     held = ",".join(str(j["id"]) for j in _holds(client, items(opts, "hold_jid")))  # (replacing its own: none, none)
-    for ref in (i for word in words for i in word.split(",") if i):  # (N, N.T)
+    for ref in _named(client, [i for word in words for i in word.split(",") if i]):  # (N, N.T)
         if not (job := C.find(client, ref)) or job["state"] not in ("queued", "held", "waiting"):
             print(f'denied: job "{ref}" does not exist' if not job or job["state"] in FINAL_STATES else
                   f"job {ref} can't modify running jobs")

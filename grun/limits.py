@@ -153,16 +153,18 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
     return status
 
 
-def describe(result: dict, job_id) -> str | None:
-    """The line a client prints on stderr when its job died of a limit: what it used, and what to pass."""
+def describe(result: dict, job_id, family: str | None = None) -> str | None:
+    """The line a client prints on stderr when its job died of a limit: what it used, and what to pass (an SGE job's,
+    `family` from grun/compat.py's GRUN_COMPAT: qsub's options; Slurm's -t is grun's)."""
     from .tables import fmt_span
     kind, detail = result.get("limit"), result.get("limit_detail")
+    more = ("-l h_rt=", "-l h_vmem=") if family == "sge" else ("-t", "-m")
     if kind == "time":
         limit, used = (result.get("limits") or {}).get("time"), (result.get("usage") or {}).get("wall")
         return (f"job {job_id} ran out of its time limit" + (f" of {fmt_span(limit)}" if limit else "")
-                + (f" (used {fmt_span(used)})" if used else "") + "; pass -t with more")
+                + (f" (used {fmt_span(used)})" if used else "") + f"; pass {more[0]} with more")
     if not kind:
         return None
     what = {"memory": "out of memory", "cpu": "out of cpu time", "fsize": "file size limit"}.get(kind, kind)
     return (f"job {job_id} {'killed' if result.get('signal') else 'failed'}: {what}" + (f" ({detail})" if detail else "")
-            + ("; pass -m with what it needs" if kind == "memory" else ""))
+            + (f"; pass {more[1]} with what it needs" if kind == "memory" else ""))

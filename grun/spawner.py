@@ -372,8 +372,8 @@ class Reaper:
                 L.exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost,
                               limit)
                 if run.status.get("limit"):  # why, on its stderr too (as slurmstepd's "CANCELLED ... DUE TO TIME LIMIT")
-                    run.status["limit_told"] = _tell(run.dir, run.job, L.describe(run.status, run.id),
-                                                     limit.get("stderr", "")) or None
+                    said = L.describe(run.status, run.id, (run.job.get("env") or {}).get("GRUN_COMPAT"))
+                    run.status["limit_told"] = _tell(run.dir, run.job, said, limit.get("stderr", "")) or None
                 if hiding := hide_failed_outputs(run.job, run.status):  # its child, maybe stuck on a hung server,
                     os.close(hiding[1])  # is reaped as it ends, as what a job leaves (above): never waited for here
                 done.append(run)

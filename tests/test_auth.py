@@ -704,6 +704,36 @@ def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secu
 
 
 @ROOT_ONLY
+def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, shared_dir):
+    """QA: bob's qrls of alice's running job (nothing to release) exited 0 and said nothing, where his qhold of it
+    said "not authorized" (a traceback's last line): both give SGE's refusal, of a held job and of a running one, and
+    change nothing."""
+    (alice, bob), tmp_path = users[0], shared_dir
+    env = _as_themselves(users, tmp_path, secured.write_config(
+        "holds", {"services": "exec", "auth": "secret", "secret_file": secured.secret}))
+
+    def submit():
+        from grun.client import Client
+        return " ".join(str(Client().submit(["sleep", "60"], hold=hold).id) for hold in (True, False))
+
+    def as_sge(called, *argv):
+        def run():
+            sys.argv[0] = called
+            return compat.main(list(argv))
+        return run
+    held, running = (int(i) for i in _as_user(alice, env, submit, cwd=str(tmp_path))[1].split())
+    try:
+        wait_for(lambda: secured.client().job(running)["state"] == "running", timeout=20)
+        for command in ("qhold", "qrls"):
+            for job_id in (held, running):
+                assert _as_user(bob, env, as_sge(command, str(job_id)), cwd=str(tmp_path)) == (
+                    0, f'{bob.pw_name} - you have no permission to modify job "{job_id}"\n1\n'), (command, job_id)
+        assert [secured.client().job(i)["state"] for i in (held, running)] == ["held", "running"]
+    finally:
+        secured.client().kill([held, running])
+
+
+@ROOT_ONLY
 def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_jobs(users, shared_dir):
     """QA: bob, binding the name of the node's credential socket before the node daemon did (an abstract socket's:
     any user could), left every user of the host refused; it is a file in root's /run/grun now, gone at the node's

@@ -293,7 +293,8 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     assert [b["failed"] for b in blocks("-j", str(gone))] == ["100 : assumedly after job"]
     assert [b["failed"] for b in blocks("-j", f"{bad},{two}")] == [  # (the shell's words; a script's own exit 2: none)
         "26  : opening input/output file: cannot create nodir/x.out: Directory nonexistent", "0"]
-    assert [b["failed"] for b in blocks("-j", "unopened")] == ["0"]  # (by name: its node's spool is not read)
+    assert [b["failed"] for b in blocks("-j", "unopened")] == [  # (by name too: it said 0)
+        "26  : opening input/output file: cannot create nodir/x.out: Directory nonexistent"]
     assert [b["taskid"] for b in blocks("-j", str(array))] == ["1"]  # (2 and 3 never ran: no record, as SGE's)
     me = current_user()
     r = shims("qacct", "-o", me, "-d", "1")
@@ -328,14 +329,15 @@ def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shi
     while cluster.client().job(running)["state"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    r = shims("qhold", str(running))  # (as SGE's: it runs on)
-    assert (r.returncode, r.stdout, cluster.client().job(running)["state"]) == (0, "", "running")
+    r = shims("qhold", str(running))  # (as SGE's: it runs on, its hold said)
+    assert (r.returncode, r.stdout, cluster.client().job(running)["state"]) == (0, f"modified hold of job {running}\n",
+                                                                                "running")
     for command, args, code, out, err in (
             ("qalter", ["-p", "-1", str(running)], 1, f"job {running} can't modify running jobs\n", ""),
             ("qhold", [job], 1, f'denied: job "{job}" does not exist\n', ""),  # (ended)
             ("qrls", ["99999"], 1, 'denied: job "99999" does not exist\n', ""),
             ("qalter", ["-N", "x", str(running)], 1, "", "qalter: error: -N: grun cannot rename a job\n"),
-            ("qhold", ["-h", "s", str(running)], 1, "", "qhold: error: usage: qhold [-h u] JOB_ID,"),
+            ("qhold", ["-h", "s", str(running)], 1, "", "qhold: error: usage: qhold [-h u] JOB_ID|NAME,"),
             ("qalter", ["-l", "arch=x86_64", blocker], 1, "", "qalter: error: -l arch: qalter changes memory (h_vmem")):
         r = shims(command, *args)  # (one line)
         assert (r.returncode, r.stdout, r.stderr.count("\n")) == (code, out, bool(err)) and r.stderr.startswith(err), args

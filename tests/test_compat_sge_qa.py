@@ -1,0 +1,98 @@
+"""What an SGE lab's PI found in grun/compat_sge.py, against a real cluster: `#$` lines on a script's first line,
+soft limits (s_rt, s_vmem), what qsub -sync y says of a job killed at h_rt, job names in qhold/qrls/qalter/qstat -j,
+qstat -xml's times, and qstat -j's, qhold's and qacct's rough edges. (qacct -j NAME's failed 26:
+tests/test_compat_sge.py; another user's qhold and qrls: tests/test_auth.py, which makes one.)"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+from test_compat import shims, wait_end  # noqa: F401 (shims: a fixture)
+from util import wait_for
+
+from grun import compat
+from grun.compat_sge import QSUB
+
+
+def test_directives_on_a_scripts_first_line_count_unless_it_is_the_shebang(cluster, shims, tmp_path):  # noqa: F811
+    # line 1 was always skipped: a script on stdin, or one without #!, lost its first #$ line (here its -o)
+    assert compat.directives("#$ -N first\necho\n", "#$", QSUB, {}, glued=False) == {"name": ["first"]}
+    assert compat.directives("#!/bin/sh -N\n#$ -cwd\n", "#$", QSUB, {}, glued=False) == {"cwd": [True]}
+    r = shims("qsub", "-sync", "y", input="#$ -o first.out\n#$ -cwd\n#$ -j y\necho ran\n", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "first.out").read_text() == "ran\n", (r.stdout, r.stderr)
+
+
+def test_s_rt_warns_with_usr1_and_qsub_sync_tells_of_the_kill_at_h_rt_as_sge(cluster, shims, tmp_path):  # noqa: F811
+    # s_rt was a hard limit (the last of h_rt, s_rt won: h_rt=1:00,s_rt=0:02 killed at 2 s); at h_rt, -sync y said
+    # "exited with exit code 124" (exit 124) where qacct says exit_status 137, SGE's KILL
+    r = shims("qsub", "-sync", "y", "-cwd", "-j", "y", "-o", "rt.out", "-l", "h_rt=0:04,s_rt=0:01", "-b", "y",
+              "s=$(date +%s); trap 'echo usr1 after $(($(date +%s) - s)) s' USR1; sleep 30 & wait; sleep 30 & wait",
+              cwd=tmp_path)
+    job_id = int(r.stdout.split()[2])
+    assert (r.returncode, r.stdout.splitlines()[-1]) == (1, f"Job {job_id} exited because of signal SIGKILL"), r.stdout
+    job = cluster.client().job(job_id)
+    assert (job["state"], job["time"], job["time_signal"]) == ("timeout", 4, [signal.SIGUSR1, 3])
+    first, told = (tmp_path / "rt.out").read_text().splitlines()
+    assert re.fullmatch("usr1 after [12] s", first), first  # (and in qsub's words, not grun's -t)
+    assert told.endswith("; pass -l h_rt= with more"), told
+    acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job_id)).stdout.splitlines()[1:])
+    assert acct["exit_status"] == "137" and acct["maxvmem"].endswith("M")  # (labs grep maxvmem: the peak RSS)
+    for limits, time_limit, sig in (("s_rt=10", 70, [signal.SIGUSR1, 60]), ("s_rt=0:30,h_rt=0:10", 10, None),
+                                    ("h_rt=0:10,s_rt=0:08", 10, [signal.SIGUSR1, 2])):  # (SGE's notify: 60 s)
+        r = shims("qsub", "-terse", "-h", "-l", limits, "-b", "y", "true", cwd=tmp_path)
+        job = cluster.client().job(int(r.stdout))
+        assert (job["time"], job.get("time_signal")) == (time_limit, sig), limits
+        cluster.client().kill([job["id"]])
+    before = len(cluster.client().history(1000))
+    for args, words in ((["-l", "s_vmem=1G"], "-l s_vmem: grun has no soft memory limit"),
+                        (["-notify", "-l", "s_rt=10"], "-notify: grun has one warning signal")):
+        r = shims("qsub", *args, "-b", "y", "true", cwd=tmp_path)
+        assert (r.returncode, r.stdout, r.stderr.count("\n")) == (1, "", 1) and words in r.stderr, (args, r.stderr)
+    assert len(cluster.client().history(1000)) == before
+
+
+def test_qhold_qrls_qalter_and_qstat_j_take_job_names(cluster, shims, tmp_path):  # noqa: F811
+    # "job h2 does not exist": only qdel (and -hold_jid) took names
+    blocker = shims("qsub", "-terse", "-h", "-b", "y", "true", cwd=tmp_path).stdout.strip()
+    job = shims("qsub", "-terse", "-hold_jid", blocker, "-N", "h2", "-pe", "smp", "2", "-l", "h_vmem=100M,h_rt=600",
+                "-b", "y", "true", cwd=tmp_path).stdout.strip()  # (waiting for blocker)
+    r = shims("qhold", "h2")
+    assert (r.returncode, r.stdout, cluster.client().job(int(job))["state"]) == (0, f"modified hold of job {job}\n",
+                                                                                "held"), (r.stdout, r.stderr)
+    assert shims("qalter", "-p", "-1", "h*").stdout.endswith(f"sets scheduling priority of job {job} to -1\n")
+    r = shims("qstat", "-j", "h2")  # (its h_vmem per slot, as asked, not the 200M of its 2 slots; and its h_rt)
+    assert r.returncode == 0 and re.search(r"hard resource_list:\s+h_vmem=100M,h_rt=600\n", r.stdout), r.stdout
+    assert shims("qrls", "h2").stdout == f"modified hold of job {job}\n"
+    assert cluster.client().job(int(job))["state"] == "waiting"
+    for command in ("qhold", "qrls", "qalter -p 1"):
+        r = shims(*command.split(), "no-such-name")
+        assert (r.returncode, r.stdout) == (1, 'denied: job "no-such-name" does not exist\n'), command
+    r = shims("qstat", "-j", "no-such-name")
+    assert (r.returncode, r.stderr) == (1, "Following jobs do not exist: no-such-name\n")
+    plain = shims("qsub", "-terse", "-h", "-b", "y", "true", cwd=tmp_path).stdout.strip()  # (no memory asked: none said)
+    assert re.search(r"hard resource_list:\s*\n", shims("qstat", "-j", plain).stdout)
+    cluster.client().kill([int(job), int(plain), int(blocker)])
+
+
+def test_qhold_of_a_running_job_says_so_as_sges_and_it_runs_on(cluster, shims, tmp_path):  # noqa: F811
+    running = int(shims("qsub", "-terse", "-N", "runs", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
+    wait_for(lambda: cluster.client().job(running)["state"] == "running", timeout=20)
+    for command in ("qhold", "qrls"):  # (printed nothing, exit 0)
+        r = shims(command, "runs")
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"modified hold of job {running}\n", ""), command
+    assert cluster.client().job(running)["state"] == "running"
+    cluster.client().kill([running])
+
+
+def test_qstat_xml_times_are_sges(cluster, shims, tmp_path):  # noqa: F811
+    # a pending job's was a JAT_start_time, and written 12/07/2026 20:03:29
+    pending = int(shims("qsub", "-terse", "-h", "-b", "y", "true", cwd=tmp_path).stdout)
+    running = int(shims("qsub", "-terse", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
+    wait_for(lambda: cluster.client().job(running)["state"] == "running", timeout=20)
+    xml, iso = shims("qstat", "-xml").stdout, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+    for job_id, tag, when in ((pending, "JB_submission_time", "submit_time"), (running, "JAT_start_time", "start_time")):
+        block = next(b for b in xml.split("<job_list")[1:] if f"<JB_job_number>{job_id}<" in b)
+        assert re.search(f"<{tag}>({iso})</{tag}>", block)[1] == time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.localtime(cluster.client().job(job_id)[when])), block
+    cluster.client().kill([pending, running])
