@@ -786,6 +786,15 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
         code, out = _as_user(bob, env, ["--nowait", "sh", "-c", "echo bobs; sleep 2"], cwd=str(tmp_path))
         attach = ["--attach", out.split()[-1]]  # (the admins a job's node knows are the master's at its start)
         assert _as_user(alice, env, attach, cwd=str(tmp_path)) == (0, "bobs\n")
+        code, out = _as_user(bob, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))
+        wait_for(lambda: c.client().job(int(out.split()[-1]))["state"] == "running", 15, what="the job's start")
+        c.master_extra["admins"] = []  # QA: revoked by a reload, she still attached (her rights at the job's start)
+        c.write_config("master", {"services": "queue", **c.master_extra})
+        c.procs["master"].send_signal(signal.SIGHUP)
+        wait_for(lambda: open(log).read().count("reloaded ") == 2, 15, what="the second reload")
+        time.sleep(2.5)  # (the node's next heartbeat reply names the master's admins now: heartbeat 1 s)
+        code, said = _as_user(alice, env, ["--attach", out.split()[-1]], cwd=str(tmp_path))
+        assert code == 1 and f"{alice.pw_name} may not attach to job {out.split()[-1]}" in said, said
     finally:
         os.close(hold)
         os.waitpid(squatter, 0)

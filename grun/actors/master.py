@@ -241,8 +241,8 @@ class Master(Queries):
                     return
             for job in batch.values() if self.plugins.hooks["on_dispatch"] else ():
                 self.plugins.notify("on_dispatch", job, {"name": name})
-            admins = {"admins": sorted(self.core.settings["admins"])} if self.core.settings["admins"] else {}
-            reply = self._call_node(name, "start", [dict(job, **admins) for job in batch.values()])
+            admins = sorted(self.core.settings["admins"])  # (the node's for the job, and its view of the master's now)
+            reply = self._call_node(name, "start", [dict(job, admins=admins) for job in batch.values()])
             try:
                 if reply is not None:  # else the jobs stay dispatched and are offered again later
                     self._do("started", name, reply)

@@ -62,6 +62,7 @@ class Node(NodeJobs):
         self._next_beat = self._last_call = self._retry_at = 0.0
         self._unreachable_told = -math.inf  # when we last logged that the master cannot be reached
         self._linger: float | None = None  # None: keep the connection; else close it after this long idle
+        self.admins: frozenset | None = None  # the master's, as its last reply said (None: not heard yet)
         self.daemon = registry.start_daemon(bind, advertise)
         self.uri = str(self.daemon.register(self, registry.node_name(name)))
         self.stream = StreamServer(bind)
@@ -89,6 +90,8 @@ class Node(NodeJobs):
         started, rejected, waiting = {}, {}, []
         for job in jobs:
             job_id, live = int(job["id"]), None
+            if "admins" in job:  # (the master's now, as its replies say: JobSupervisor._owned)
+                self.admins = frozenset(job["admins"])
             try:
                 # (outside the lock: it may stat the job's cwd, on a file server that may hang)
                 staged = stage.wanted(job, self.stage, self.fetch_path, self.mounts)
@@ -215,6 +218,8 @@ class Node(NodeJobs):
         long to keep an idle connection (None: for good)."""
         self._registered, self._last_call = bool(reply.get("known", True)), time.monotonic()
         self._linger = reply.get("linger")  # (the master's pace(): finite numbers or None)
+        if "admins" in reply:  # (trusted to revoke only: JobSupervisor._owned)
+            self.admins = frozenset(reply["admins"])
         self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
             live = self.live.get(int(job_id))

@@ -33,10 +33,12 @@ class JobSupervisor:
 
     def _owned(self, what: str):
         """The live job, if the caller may `what` it: its owner, root, a daemon, or an admin as the master said at its
-        start (in the job, by the master's proven call: not in a heartbeat reply, which anyone at its address could fake)."""
-        live = self._live
+        start (in the job, by the master's proven call: not in a heartbeat reply, which anyone at its address could fake)
+        and still says (its last reply: one that drops an admin can only take rights away, so a reload revokes at once)."""
+        live, now = self._live, self._node.admins
+        admins = frozenset(live.job.get("admins") or ())
         auth.require(f"{what} job {self._id}, which is {live.job.get('user')}'s", live.job.get("uid"),
-                     frozenset(live.job.get("admins") or ()))
+                     admins if now is None else admins & now)
         return live
 
     def attach(self, out_offset: int = 0, err_offset: int = 0, stdin: bool = False, attempt: int = 0) -> dict:

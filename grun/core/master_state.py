@@ -372,10 +372,10 @@ class MasterState:
                 f"not back within {node.timeout(self.settings['node_timeout']):g} s (node_timeout)" if node.jobs else ""))
 
     def pace(self) -> dict:
-        """The heartbeat the master asks (0: the node's own; it beats at the longer) and whether to keep connections."""
+        """The heartbeat the master asks (0: the node's own; it beats at the longer), whether to keep connections, admins."""
         n = len(self.table.nodes)
         return {"heartbeat": round(min(n / HEARTBEATS_PER_SEC, self.settings["node_timeout"] / 3), 3),
-                "linger": IDLE_LINGER_SECS if n > HOLD_CONNECTIONS_MAX else None}
+                "linger": IDLE_LINGER_SECS if n > HOLD_CONNECTIONS_MAX else None, "admins": sorted(self.settings["admins"])}
 
     def on_finished(self, step: Step, name: str, reports: list, now: float) -> None:
         """Completions from a node, each applied once; the reply acknowledges them all."""
