@@ -23,8 +23,8 @@ from .values import format_hostport
 PROOF_TTL = 300  # seconds
 PROOF_LEN = 66   # characters: the time (10), the nonce (24), the MAC (32)
 NO_PROOF = "-" * PROOF_LEN  # on the side channel, from a user with a credential (grun.stream_server)
-REFUSED = ("not authorized: no valid proof of the cluster secret or MUNGE credential "
-           "(a personal cluster serves its owner only)")
+PERSONAL = " (a personal cluster serves its owner only)"  # (a node's log says what a node should check instead)
+REFUSED = "not authorized: no valid proof of the cluster secret or MUNGE credential" + PERSONAL
 TLS_ONLY = "not authorized: the cluster speaks TLS only (config key tls: {cert, key, ca}; README: Trust)"
 CLUSTER = "cluster"  # caller(): a holder of the cluster secret
 _CRED = "cred:"
@@ -37,6 +37,8 @@ _lock = [-1]  # that lock's fd
 _tls: dict | None = None  # {cert, key, ca} (config key tls); None or {}: no TLS
 _seen: dict[int, set[str]] = {}  # minute of a proof -> the nonces taken in it
 _seen_lock = _thread.allocate_lock()
+REFUSED_LOG_SECS = 60.0  # a refused peer (a node with a wrong secret retries each second) is logged once per this
+_refused: dict[str, list] = {}  # a refused peer's host -> [when logged (monotonic), refusals since]
 
 
 def configure(cfg) -> None:
@@ -171,13 +173,21 @@ def _daemon_side(base):
 
 
 def log_refused(sock, why: str) -> None:
-    """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here)."""
+    """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here): a host's
+    first, then at most one each REFUSED_LOG_SECS, with how many more there were."""
     import contextlib
     import logging
-    peer = "?"
+    peer = ("?", 0)
     with contextlib.suppress(OSError):
-        peer = format_hostport(*sock.getpeername()[:2])
-    logging.getLogger("grun.auth").warning("refused a connection from %s: %s", peer, why)
+        peer = sock.getpeername()[:2]
+    if len(_refused) > 4096:  # (bounded, whoever knocks)
+        _refused.clear()
+    told = _refused.setdefault(peer[0], [float("-inf"), -1])
+    if time.monotonic() - told[0] >= REFUSED_LOG_SECS:
+        more = f" ({told[1]} more from {peer[0]} since)" if told[1] > 0 else ""
+        logging.getLogger("grun.auth").warning("refused a connection from %s: %s%s", format_hostport(*peer), why, more)
+        told[:] = [time.monotonic(), -1]
+    told[1] += 1
 
 
 def tls_pyro5() -> None:

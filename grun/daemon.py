@@ -160,8 +160,10 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
     try:
         hosted.start(services)
         if ready_fd:  # (whoever started us may have stopped waiting: a slow start is still a start)
+            node = hosted.node  # R: the master refused this node (it said why); a master away for 5 s is no failure
+            refused = node and _wait(lambda: node._registered or node._told_refused, 5.0, 0.02) and node._told_refused
             with contextlib.suppress(OSError):
-                os.write(int(ready_fd), b"1")
+                os.write(int(ready_fd), b"R" + refused.encode()[:500] if refused else b"1")  # (a pipe's atomic write)
             os.close(int(ready_fd))
         while hosted.master is None or not hosted.master.failed.is_set():  # until the master's journal fails
             with contextlib.suppress(queue.Empty):
@@ -245,7 +247,10 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
                                         start_new_session=True)
         finally:
             os.close(ready_w)
-        said = ready_in.read(1) if select.select([ready_in], [], [], wait)[0] else None  # None: no word yet
+        said = ready_in.read(512) if select.select([ready_in], [], [], wait)[0] else None  # None: no word yet
+    if said and said.startswith(b"R"):  # (and why, in the same write)
+        raise DaemonError(f"started (pid {proc.pid}), but {said[1:].decode(errors='replace')}; it retries each second "
+                          f"(grun -d -k stops it; see {log_path})")
     if said == b"1" or said is None and proc.poll() is None and running_pid(cfg) == proc.pid:  # (or a long replay)
         return proc.pid
     if _wait(lambda: proc.poll() is not None, 2.0, 0.01):

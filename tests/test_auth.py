@@ -347,8 +347,9 @@ def test_a_node_with_another_secret_cannot_join(secured, tmp_path):
     try:
         time.sleep(3)
         assert "n2" not in {n["name"] for n in secured.client().nodes()}
-        refusal = next((line for line in _log(secured, "n2").splitlines() if "the master refused this node" in line), "")
+        refusal = next((line for line in _log(secured, "n2").splitlines() if "refused this node" in line), "")
         assert " ERROR " in refusal and "not authorized" in refusal  # said once as an error, not at debug level
+        assert "is this host's secret_file (or auth:) the master's?" in refusal and "personal" not in refusal  # (QA)
     finally:
         secured.kill("n2")
         del secured.node_specs["n2"]

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -285,3 +286,22 @@ def test_a_daemon_refuses_a_spool_others_could_write_to(setup, tmp_path):
     shared.chmod(0o1777)  # (as /tmp: nobody else may rename what is ours in it)
     setup.popen([sys.executable, "-m", "grun.daemon", setup.conf("new", services="exec", spool=str(shared / "new"))])
     wait_for(lambda: os.path.exists(shared / "new" / "grun.pid"), 20, what="the node to start")
+
+
+def test_a_node_the_master_refuses_fails_its_start_and_is_logged_once_a_minute(setup):
+    """QA: `grun -d` of a node whose secret is not the master's said "started" and exited 0; the node's log hinted at a
+    personal cluster; the master logged "refused a connection" once a second (3,600 lines an hour)."""
+    s, keys = setup, {"log_file": "grun.log", "auth": "secret"}
+    for name in ("a", "b"):
+        (s.tmp / f"secret.{name}").write_text(f"secret {name} " * 4)
+        os.chmod(s.tmp / f"secret.{name}", 0o600)
+    assert s.grun("-C", s.conf("m", services="queue", **keys, secret_file=str(s.tmp / "secret.a")), "-d").returncode == 0
+    node = s.conf("n3", services="exec", hostname="n3", **keys, secret_file=str(s.tmp / "secret.b"))
+    r = s.grun("-C", node, "-d")
+    assert r.returncode == 1 and re.fullmatch(
+        rb"grun: started \(pid \d+\), but the master at 127\.0\.0\.1:%d refused this node: not authorized: no valid "
+        rb"proof of the cluster secret or MUNGE credential: is this host's secret_file \(or auth:\) the master's\?; "
+        rb"it retries each second \(grun -d -k stops it; see \S+\)\n" % s.port, r.stderr), r.stderr
+    time.sleep(2.5)  # (it retried twice)
+    assert (s.tmp / "m" / "grun.log").read_text().count("refused a connection from 127.0.0.1:") == 1
+    assert s.grun("-C", node, "-d", "-k").returncode == 0

@@ -201,9 +201,11 @@ class Node(NodeJobs):
         except Exception as exc:
             if isinstance(exc, registry.NotAuthorized) or isinstance(exc, ValueError) and str(exc).startswith(
                     "not authorized"):  # a wrong secret, or TLS on one, or a node daemon that is not root under munge
+                why = f"the master at {self.master_host}:{self.master_port} refused this node: " + str(exc).replace(
+                    auth.PERSONAL, ": is this host's secret_file (or auth:) the master's?")  # (`grun -d` says it too)
                 if not self._told_refused:  # side only (config key tls), will not heal by retrying: say it once, loudly
-                    log.error("the master refused this node: %s", exc)
-                self._told_refused = True
+                    log.error("%s", why)
+                self._told_refused = why
             elif not isinstance(exc, OSError):  # (a master away, or our EMFILE: a warning, not a traceback a second)
                 log.exception("talking to the master")
             elif time.monotonic() - self._unreachable_told >= UNREACHABLE_LOG_SECS:  # as slurmd: not per retry
