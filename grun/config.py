@@ -76,6 +76,7 @@ Key = namedtuple("Key", "name parse default service reload doc guess env", defau
 _Q, _X, _D = "queue", "exec", "daemon"
 _positive_duration = lambda v: parse_duration(v, positive=True)
 _psutil = lambda: __import__("psutil")  # for the machine's guesses, which only a daemon (or `grun -q conf`) reads
+quotas = lambda: __import__("grun.core.quotas", fromlist=["_"])  # (only a config with limits: imports it)
 KEYS = {key.name: key for key in (
     Key("master", parse_hostport, lambda c: ("127.0.0.1" if c.personal else os.uname().nodename, DEFAULT_PORT), "all",
         False, "where the queue runs (port 5184 by default)", "this host (127.0.0.1 in personal mode)", "GRUN_MASTER"),
@@ -138,7 +139,7 @@ KEYS = {key.name: key for key in (
     Key("tls", parse_tls, lambda c: {}, "all", False, "{cert: FILE, key: FILE, ca: FILE}: TLS on every connection (README: Trust)"),
     Key("admins", lambda v: frozenset(words(v, "user names", lambda u: ":" not in u)), lambda c: frozenset(), _Q, True,
         "users who may kill, hold, edit and attach to anyone's jobs and raise priorities (as root and the daemons may)"),
-    Key("limits", lambda v: __import__("grun.core.quotas", fromlist=["_"]).parse_limits(v), lambda c: {}, _Q, True,
+    Key("limits", lambda v: quotas().parse_limits(v), lambda c: {}, _Q, True,
         "the most running at once per user, user.NAME, group, group.NAME or all (README: GPUs and limits)"),
     Key("plugins", lambda v: words(v, "a list of module:Class", lambda i: i.count(":") == 1 and all(
         name.isidentifier() for name in i.replace(":", ".").split("."))), lambda c: [], _D, True,
@@ -277,6 +278,8 @@ def checks(cfg: Config, services=SERVICES) -> list[str]:
     named = [("user", u, "admins") for u in cfg.admins] + [(*s.split(".", 1), "limits") for s in cfg.limits if "." in s]
     named = [(kind, name, f"{cfg.where.get(key, key)}: {key}") for kind, name, key in named]
     notes = getattr(cfg.rules, "notes", ()) if "queue" in services else ()  # (no rules: ())
+    if "queue" in services and cfg.limits:
+        found += [f"{cfg.where.get('limits', 'config')}: limits: {text}" for text in quotas().typos(cfg.limits)]
     found += [f"{where}: {text}" for kind, text, where in notes if kind == "warning"]
     named += [note for note in notes if note[0] != "warning"]
     for kind, name, where in sorted(set(named)) if "queue" in services else ():

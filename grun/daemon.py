@@ -234,7 +234,7 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
         raise DaemonError(f"already running (pid {pid})")
     os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
     plugins.load(cfg, instantiate=False)  # (said here, not only in its log: the daemon has our environment)
-    for warning in cfg.warnings:
+    for warning in checks(cfg, cfg.services):  # (as the daemon's log will: README)
         print(f"grun: warning: {warning}", file=sys.stderr)
     args = [sys.executable, "-m", "grun.daemon", cfg.path or "", *([str(replacing)] if replacing else [])]
     log_path = cfg.log_file or os.path.join(cfg.spool, "grun.log")

@@ -305,3 +305,17 @@ def test_a_node_the_master_refuses_fails_its_start_and_is_logged_once_a_minute(s
     time.sleep(2.5)  # (it retried twice)
     assert (s.tmp / "m" / "grun.log").read_text().count("refused a connection from 127.0.0.1:") == 1
     assert s.grun("-C", node, "-d", "-k").returncode == 0
+
+
+def test_grun_d_says_the_configs_warnings_as_its_log_and_q_conf_do(setup):
+    """QA: a rule's typo (a number compared with a word, a user nobody is) was in the log and `-q conf` but `grun -d`
+    said nothing (README: it warns); a limit on "cpuz" was in `grun -q status` only, without "did you mean"."""
+    s = setup
+    conf = s.conf("w", services="queue", log_file="grun.log", limits={"user": {"cpuz": 4, "gpus": 1}},
+                  rules=[{"if": 'cpus > "two"', "warn": "x"}, {"if": 'user == "nobodyhere"', "warn": "y"}])
+    cpuz = "limits: user: 'cpuz' limits a resource of that name, not one of jobs, cpus, memory; did you mean 'cpus'?"
+    said = [cpuz, "cpus > 'two' compares a number with a word", "no user 'nobodyhere' on this host"]
+    r = s.grun("-C", conf, "-d")
+    assert r.returncode == 0 and all(text in r.stderr.decode() for text in said) and b"gpus" not in r.stderr, r.stderr
+    assert cpuz in (s.tmp / "w" / "grun.log").read_text() and cpuz in s.grun("-C", conf, "-q", "conf").stdout.decode()
+    assert s.grun("-C", conf, "-d", "-k").returncode == 0

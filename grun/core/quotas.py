@@ -60,7 +60,16 @@ class Quotas:
         """A warning for each resource the limits name that none of these nodes offers: it limits nothing."""
         offered = {name for node in nodes for name in node.resources}
         names = sorted({name for fields in self.limits.values() for name in fields} - set(FIELDS) - offered)
-        return [f"limits: no node offers {name!r}: it limits nothing{close_to(name, offered, 0.8)}" for name in names]
+        return [f"limits: no node offers {name!r}: it limits nothing{close_to(name, [*offered, *FIELDS], 0.75)}"
+                for name in names]
+
+
+def typos(limits: dict) -> list[str]:
+    """A warning for each name in `limits` that reads as a misspelt count of grun's (cpuz; not gpus: nearer grun's gpu):
+    it limits a resource of that name, which no node is likely to offer (the config's checks: log, `grun -q conf`)."""
+    return [f"{scope}: {name!r} limits a resource of that name, not one of {', '.join(FIELDS)}{hint}"
+            for scope, fields in limits.items() for name in fields
+            if name not in FIELDS and (hint := close_to(name, (*FIELDS, "gpu"), 0.75)) and "'gpu'" not in hint]
 
 
 def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
