@@ -171,6 +171,8 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
     if words or set(opts) - {"kill", "foreground", "restart", "reload"}:
         raise UsageError(f"unexpected arguments after -d: {' '.join(words) or ', '.join(opts)}")
     services = ", ".join(sorted(cfg.services))
+    d.controllable(cfg, next((verb for key, verb in (("kill", "stop"), ("reload", "reload"), ("restart", "restart"))
+                              if opts.get(key)), "start"))
     if opts.get("kill"):
         return say(("stopped" + ("; jobs running here run on: the next start adopts them" if "exec" in cfg.services
                                  else "")) if d.stop(cfg) else "not running", 0)

@@ -221,6 +221,21 @@ def _use_secret(cfg: Config) -> None:
                           "`openssl rand -hex 32 > FILE; chmod 600 FILE`) and copy it to every host")
 
 
+def controllable(cfg: Config, what: str) -> None:
+    """Refuse, one line, to `what` the daemons of a spool another user owns, as its daemons run as its owner (a plain
+    user's `grun -d -k` of root's said "not running", its pid file unreadable, or "Operation not permitted")."""
+    try:
+        owner = os.stat(cfg.spool).st_uid
+    except FileNotFoundError:
+        return
+    except PermissionError:  # (under a directory of theirs)
+        owner = -1
+    if os.geteuid() not in (0, owner):
+        name, only = ("root", "root") if owner == 0 else (auth.account(owner, 0)[0], "they or root") if owner > 0 else (
+            "another user", "that user or root")
+        raise DaemonError(f"the daemons of {cfg.spool} run as {name}: only {only} can {what} them")
+
+
 def _wait(done, seconds: float, every: float) -> bool:
     deadline = time.monotonic() + seconds
     while not done() and time.monotonic() < deadline:

@@ -944,3 +944,27 @@ def test_sg_does_not_change_the_group_rules_and_limits_see(users, shared_dir):
     finally:
         c.stop()
         auth.use(None)
+
+
+@ROOT_ONLY
+def test_a_plain_users_daemon_control_of_roots_daemons_is_one_line(users, shared_dir):
+    """QA: a user's `grun -d -k` said "not running" (exit 0) of root's running daemons when their spool was unreadable
+    and "[Errno 1] Operation not permitted" when not; `-d -R`: "[Errno 13] Permission denied: .../grun.log"."""
+    import grun.daemon  # noqa: F401  (before _as_user's fork: alice cannot read this Python's modules)
+    (alice, _), tmp_path = users[0], shared_dir
+    c = LocalCluster(nodes={})
+    try:
+        c.start_master()
+        shutil.copy(c.configs["master"], tmp_path / "grun.conf")
+        os.chmod(tmp_path / "grun.conf", 0o644)
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        spool = os.path.join(c.root, "master")
+        for mode, owner in ((0o700, "another user: only that user or root"), (0o755, "root: only root")):
+            os.chmod(c.root, mode)
+            for flag, verb in (("-k", "stop"), ("-r", "reload"), ("-R", "restart"), ("-F", "start")):
+                said = _as_user(alice, env, ["-C", str(tmp_path / "grun.conf"), "-d", flag], cwd=str(tmp_path))
+                assert said == (1, f"grun: the daemons of {spool} run as {owner} can {verb} them\n"), said
+        assert c.procs["master"].poll() is None
+    finally:
+        os.chmod(c.root, 0o700)
+        c.stop()
