@@ -196,9 +196,10 @@ class Config:
         return "Config(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in KEYS) + ")"
 
 
-def load_config(path: str | None = None, environ=os.environ, use_auth: bool = True) -> Config:
+def load_config(path: str | None = None, environ=os.environ, use_auth: bool = True, lenient: bool = False) -> Config:
     """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None;
-    `use_auth`: this process presents and checks what it says (a daemon's reload must not: it needs a restart)."""
+    `use_auth`: this process presents and checks what it says (a daemon's reload must not: it needs a restart);
+    `lenient`: a bad value is left out (`grun -d -r` finds its daemon, whose reload refuses it and logs why)."""
     raw, lines = _read_yaml(path) if path is not None else ({}, {})
     values, where, warnings = {}, {}, []
     if raw.keys() - KEYS.keys() or ":" in str(raw.get("bind", "")):  # the original grun's keys, maybe
@@ -216,6 +217,8 @@ def load_config(path: str | None = None, environ=os.environ, use_auth: bool = Tr
             try:
                 values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
+                if lenient:
+                    continue
                 raise ConfigError(str(e), source, getattr(e, "at", line), name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)
     if use_auth:
@@ -243,17 +246,26 @@ def describe(cfg: Config, as_dict: bool = False):
         warnings.append(str(exc))
     lines = [f"# grun config from {cfg.path or 'no file (personal mode)'}; memory in MB, durations in seconds",
              *(f"# warning: {w}" for w in warnings)]
-    import yaml
     keys = {}
     for name, key in KEYS.items():
-        value = cfg.master_address if name == "master" else getattr(getattr(cfg, name), "source", getattr(cfg, name))
-        value = sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
-            value, float) and value.is_integer() else value
+        value = written(cfg.master_address if name == "master" else getattr(cfg, name))
         origin = cfg.where.get(name) or (f"guessed: {key.guess}" if key.guess else "default")
         keys[name] = {"value": value, "origin": origin}
-        text = yaml.safe_dump(value, default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
-        lines.append(f"{f'{name}: {text}':<31} # {origin}")
+        lines.append(f"{f'{name}: {written(value, True)}':<31} # {origin}")
     return {"file": cfg.path, "warnings": warnings, "keys": keys} if as_dict else "\n".join(lines) + "\n"
+
+
+def written(value, text: bool = False):
+    """A parsed value as a config file writes it (its source: rules'; a set as a list; 4.0 as 4), or (`text`) as YAML on
+    one line: `grun -q conf`, a reload's log."""
+    if text:
+        import yaml
+        return yaml.safe_dump(written(value), default_flow_style=True, width=2 ** 16).removesuffix("\n...\n").strip()
+    value = getattr(value, "source", value)
+    if isinstance(value, dict):
+        return {k: written(v) for k, v in value.items()}
+    return sorted(value) if isinstance(value, frozenset) else int(value) if isinstance(
+        value, float) and value.is_integer() else value
 
 
 def checks(cfg: Config, services=SERVICES) -> list[str]:

@@ -16,7 +16,7 @@ import sys
 import time
 
 from . import auth, plugins, registry
-from .config import KEYS, Config, ConfigError, checks, load_config
+from .config import KEYS, Config, ConfigError, checks, load_config, written
 from .files import locked, read_int
 from .journal import StoreError
 from .values import format_hostport
@@ -113,12 +113,14 @@ class Services:
                     log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
         unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
         restart = [name for name in changed if name not in applied and name not in unread]
-        for names, why in ((restart, "need a restart (grun -d -R)"), (unread, "no service of this daemon reads them")):
+        others = " and ".join(sorted({KEYS[name].service for name in unread}))  # (QA: read as a contradiction)
+        for names, why in ((restart, "applied at the next restart (grun -d -R)"),
+                           (unread, f"for the {others} service, which this daemon does not run")):
             if names:
-                log.warning("reload: %s changed but %s", ", ".join(names), why)
+                log.warning("reload: %s changed: %s", ", ".join(names), why)
         level = max(logging.INFO, logging.getLogger().getEffectiveLevel())  # (last, and at any log_level: ask_reload)
-        log.log(level, "reloaded %s: %s", old.path or "the default config", "applied " + ", ".join(
-            f"{name}={value!r}" for name, value in applied.items()) if applied else "nothing to apply")
+        log.log(level, "reloaded %s: %s", old.path or "the default config", "applied " + "; ".join(
+            f"{name}: {written(value, True)}" for name, value in applied.items()) if applied else "nothing to apply")
         for name in set(changed) - set(applied):  # run on with what runs: the next reload reports them again
             setattr(new, name, getattr(old, name))
         self.cfg = new

@@ -163,8 +163,8 @@ def _reload_everything(s) -> tuple[set, set, str]:
     said = r.stderr.decode().splitlines()
     last = re.fullmatch(r"grun: the daemon \(pid \d+\) reloaded \S+: (?:applied (.*)|nothing to apply)", said[-1])
     assert r.returncode == 0 and last and f"grun: reload: {warning()}" in said, said  # (the reload warns again)
-    applied = set(re.findall(r"(?:^|, )(\w+)=", last.group(1) or ""))
-    restart = next(filter(None, (re.fullmatch(r"grun: reload: (.*) changed but need a restart \(grun -d -R\)", line)
+    applied = set(re.findall(r"(?:^|; )(\w+): ", last.group(1) or ""))
+    restart = next(filter(None, (re.fullmatch(r"grun: reload: (.*) changed: applied at the next restart \(grun -d -R\)", line)
                                  for line in said)), None)
     log = log_path.read_text()
     return applied, set(restart.group(1).split(", ")) if restart else set(), log
@@ -206,7 +206,7 @@ def test_a_reload_that_changes_the_secret_keeps_the_running_one_until_a_restart(
     s.conf("both", **keys, secret_file=str(s.tmp / "secret.b"))
     assert s.grun("-C", conf, "-d", "-r").returncode == 0
     wait_for(lambda: "reloaded" in log_path.read_text(), 20, what="the reload")
-    assert re.search(r"reload: .*secret_file.* need a restart", log_path.read_text())
+    assert re.search(r"reload: .*secret_file.* applied at the next restart", log_path.read_text())
     r = s.grun("-C", client_conf, "echo", "after")
     assert (r.returncode, r.stdout) == (0, b"after\n"), r.stderr
 
@@ -319,3 +319,22 @@ def test_grun_d_says_the_configs_warnings_as_its_log_and_q_conf_do(setup):
     assert r.returncode == 0 and all(text in r.stderr.decode() for text in said) and b"gpus" not in r.stderr, r.stderr
     assert cpuz in (s.tmp / "w" / "grun.log").read_text() and cpuz in s.grun("-C", conf, "-q", "conf").stdout.decode()
     assert s.grun("-C", conf, "-d", "-k").returncode == 0
+
+
+def test_a_reload_says_its_values_as_the_config_writes_them_and_logs_a_refusal(setup):
+    """QA: "applied admins=frozenset({'root'}), limits={'user': {'jobs': 4.0}}"; "cpus changed but no service of this
+    daemon reads them" (read as a contradiction of the node's daemon); a `grun -d -r` of a bad rule: no log line."""
+    s, keys = setup, {"services": "queue", "log_file": "grun.log"}
+    conf = s.conf("r", **keys)
+    assert s.grun("-C", conf, "-d").returncode == 0
+    s.conf("r", **keys, allow_root=False, admins=["root"], limits={"user": {"jobs": 4}}, cpus=3)
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 0 and re.sub(r"pid \d+", "pid N", r.stderr.decode()).splitlines()[-2:] == [
+        "grun: reload: cpus changed: for the exec service, which this daemon does not run",
+        f"grun: the daemon (pid N) reloaded {conf}: applied allow_root: false; admins: [root]; limits: {{user: {{jobs: 4}}}}"
+    ], r.stderr
+    s.conf("r", **keys, rules=[{"if": "cpus >", "warn": "x"}])
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode == 1 and b"refused the reload: " in r.stderr and b"keeping the running config" in r.stderr
+    assert "keeping the running config" in (s.tmp / "r" / "grun.log").read_text()
+    assert s.grun("-C", s.conf("r", **keys), "-d", "-k").returncode == 0
