@@ -101,7 +101,7 @@ def test_a_job_killed_on_a_full_disk_ends_killed_and_its_status_is_written_when_
     c.kill("n4", signal.SIGTERM)  # a node daemon restarted on the full disk serves, and keeps the job's end
     c.start_node("n4")
     # the node's side: the restarted daemon adopted the job from the full disk, still without its status.json
-    wait_for(lambda: "re-adopted 1 jobs from the spool" in _log(c), 20, what="the restarted node to adopt the job")
+    wait_for(lambda: "re-adopted jobs from the spool: " in _log(c), 20, what="the restarted node to adopt the job")
     assert os.path.isdir(os.path.dirname(status)) and not os.path.exists(status)
     assert c.client().job(job_id)["state"] == "killed"
     _grow(c)  # its reaper tries again: the end is on the node's disk at last

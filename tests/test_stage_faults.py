@@ -8,6 +8,7 @@ job (`stage: always`)."""
 
 import contextlib
 import os
+import re
 import signal
 import time
 
@@ -240,7 +241,8 @@ def test_a_readopted_staged_job_sends_its_outputs_back_to_its_grun_and_to_attach
     wait_for(lambda: not {str(i) for i in ids.values()} & set(os.listdir(jobs)), 20,
              what="the node to drop the spools once their outputs were fetched")
     with open(os.path.join(c.root, "n1", "grun.log")) as f:
-        assert "re-adopted 2 jobs" in f.read()
+        told = re.search(r"re-adopted jobs from the spool: (\d+) running, (\d+) ended", f.read())
+        assert told and int(told[1]) + int(told[2]) == 2, told  # (QA read "18 jobs" when 1 ran)
     final = c.client().wait(list(ids.values()), 10)
     assert [final[ids[k]]["exit"] for k in "AB"] == [3, 4]
     assert not any(final[ids[k]].get("error") for k in "AB"), final
