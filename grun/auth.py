@@ -293,7 +293,7 @@ def serve_credentials(log, leaders=dict):
     try:
         os.makedirs(CRED_DIR, exist_ok=True)
         os.chmod(CRED_DIR, 0o755)
-        lock = _lock[0] = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (kept: flock(2))
+        _lock[0] = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (kept: flock(2))
     except OSError as exc:
         log.warning("credentials: cannot sign them for this host's users: %s", exc)
         return None
@@ -303,11 +303,16 @@ def serve_credentials(log, leaders=dict):
         import errno
         import time
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("credentials: another node daemon of this host signs them (%s) until it stops", _cred_at)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
+            while True:  # (the daemon we waited for removed the file we locked, as it stopped: lock the new one)
+                try:
+                    fcntl.flock(_lock[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("credentials: another node daemon of this host signs them (%s) until it stops", _cred_at)
+                    fcntl.flock(_lock[0], fcntl.LOCK_EX)
+                if os.fstat(_lock[0]).st_nlink:  # (unserve's unlink, under the lock: 0 links)
+                    break
+                stale, _lock[0] = _lock[0], os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.close(stale)
             if os.path.lexists(_cred_at):
                 os.unlink(_cred_at)  # a daemon's that died
             sock.bind(_cred_at)
@@ -315,7 +320,7 @@ def serve_credentials(log, leaders=dict):
             sock.listen(128)
             _served = True
         except OSError as exc:
-            os.close(lock)  # (the next node daemon of this host may do better)
+            os.close(_lock[0])  # (the next node daemon of this host may do better)
             return log.warning("credentials: cannot sign them for this host's users: %s", exc)
         while True:
             try:
@@ -345,11 +350,12 @@ def serve_credentials(log, leaders=dict):
 
 
 def unserve() -> None:
-    """Remove the credential socket's file this process made (it holds the lock: no other daemon made one since)."""
+    """Remove the credential socket's and lock's files this process made (it holds the lock: a waiter locks anew)."""
     import contextlib  # (here, not at import: `grun --nowait` imports nothing it does not need, test_cli_fast)
     with contextlib.suppress(OSError):
         if _served:
             os.unlink(_cred_at)
+            os.unlink(f"{_cred_at}.lock")
         os.close(_lock[0])  # (the next node daemon of this host signs at once, not once we have exited)
 
 

@@ -801,7 +801,7 @@ def test_a_user_cannot_squat_the_credential_socket_and_admins_attach_to_anyones_
         os.waitpid(squatter, 0)
         c.stop()
         auth.use(None)
-    assert not os.path.exists(names[1])
+    assert not os.path.exists(names[1]) and not os.path.exists(f"{names[1]}.lock")  # (QA: the lock files stayed)
 
 
 def test_the_node_daemons_of_one_host_sign_credentials_in_turn(users, shared_dir):
@@ -826,6 +826,7 @@ def test_the_node_daemons_of_one_host_sign_credentials_in_turn(users, shared_dir
     finally:
         c.stop()
         auth.use(None)
+    assert not os.path.exists(f"/run/grun/cred-127.0.0.1:{c.port}.lock")  # (each removed its file at its stop)
 
 
 def _users_env(c: LocalCluster, tmp_path) -> dict:
