@@ -124,6 +124,14 @@ def test_an_edit_tells_what_the_rules_made_of_it(cluster):
     assert cluster.grun("-k", str(job)).returncode == 0
 
 
+def test_a_submission_tells_what_a_rules_set_made_of_what_it_asked(cluster):
+    """QA: `-c 2` that a rule's `set:` made 0.5 was queued in silence (an edit said so): a submission says it too, once."""
+    r = cluster.grun("--nowait", "--hold", "-j", "fixed", "-c", "2", "true")
+    assert r.returncode == 0 and re.fullmatch(r"grun: warning: cpus=2 set to 0.5 by rule 6 \(master.conf:\d+\)\n",
+                                              r.stderr.decode()), r.stderr
+    assert cluster.grun("-k", r.stdout.split()[-1].decode()).returncode == 0
+
+
 def test_priority_and_nodes_condition(cluster):
     job_id = submit(cluster, "-j", "picky1", "true")
     job = wait_for(lambda: (j := cluster.client().job(job_id))["state"] == "done" and j, what="the job to run")

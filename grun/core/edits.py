@@ -30,7 +30,15 @@ def run_rules(rules, req: dict, spec: dict, facts=None, log=None) -> dict:
     asked = {k: mine[k] for k in req.get("origin") or () if k in given and k in mine}
     if asked:
         req["asked"] = asked
+    if "edit" not in req and (said := overridden(req, asked)):  # (a submission's; an edit's: told, of what it asks)
+        req["warnings"] = [*req.get("warnings", ()), *said]
     return req
+
+
+def overridden(req: dict, asked: dict) -> list[str]:
+    """Each value asked ({key: value}) that a rule or plugin set otherwise: "memory=9000 set to 4000 by rule cap"."""
+    now, origin = flat(req), req.get("origin") or {}
+    return [f"{k}={_n(v)} set to {_n(now.get(k))} by {origin[k]}" for k, v in asked.items() if now.get(k) != v and k in origin]
 
 
 def given(req: dict, key: str) -> bool:
@@ -66,13 +74,8 @@ def edited(job: dict, changes: dict, settings: dict, facts=None, log=None, who=N
 def told(judged: dict) -> list:
     """What an edit tells its submitter, [job id, text] each, as a submission tells its warnings: the rules' `warn:`, and
     each value it asks that a rule or plugin set otherwise ("memory=9000 set to 4000 by rule cap")."""
-    said = []
-    for job_id, (_, req) in judged.items():
-        now = flat(req)
-        said += [[job_id, text] for text in req.get("warnings") or ()] + [
-            [job_id, f"{k}={_n(asked)} set to {_n(now.get(k))} by {req['origin'][k]}"]
-            for k, (_, asked) in req["edit"].items() if now.get(k) != asked and k in (req.get("origin") or {})]
-    return said
+    return [[job_id, text] for job_id, (_, req) in judged.items() for text in [
+        *(req.get("warnings") or ()), *overridden(req, {k: asked for k, (_, asked) in req["edit"].items()})]]
 
 
 def written(job: dict, changes: dict, settings: dict, judged: dict | None) -> dict:
