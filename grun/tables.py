@@ -176,6 +176,8 @@ def history_long(jobs: list[dict]) -> str:
             j.get("deps") and f"  after     {waits_text(j)}",
             j.get("requeue_reason") and f"  requeued  {j['requeue_reason']}",
             j.get("retry_reason") and f"  retried   {j['retry_reason']}",
+            j.get("killed_by") and f"  killed    by {j['killed_by']}",
+            j.get("held_by") and f"  held      by an admin ({j['held_by']}): only an admin can release it",
             j.get("not_retried") and f"  retried   not: {j['not_retried']}",
             f"  request   {j.get('cpus', 0):g} cpus, {j.get('memory')} MB, priority {j.get('priority')}{params}"
             + (f", time limit {fmt_span(j['time'])}" if j.get("time") else ""),

@@ -704,6 +704,14 @@ def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secu
         secured.client().kill([hers, *mine])
 
 
+def _shim(called, *argv):
+    """A Slurm or SGE command as its shim runs it, for _as_user."""
+    def run():
+        sys.argv[0] = called
+        return compat.main(list(argv))
+    return run
+
+
 @ROOT_ONLY
 def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, shared_dir):
     """QA: bob's qrls of alice's running job (nothing to release) exited 0 and said nothing, where his qhold of it
@@ -717,21 +725,54 @@ def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, s
         from grun.client import Client
         return " ".join(str(Client().submit(["sleep", "60"], hold=hold).id) for hold in (True, False))
 
-    def as_sge(called, *argv):
-        def run():
-            sys.argv[0] = called
-            return compat.main(list(argv))
-        return run
     held, running = (int(i) for i in _as_user(alice, env, submit, cwd=str(tmp_path))[1].split())
     try:
         wait_for(lambda: secured.client().job(running)["state"] == "running", timeout=20)
         for command in ("qhold", "qrls"):
             for job_id in (held, running):
-                assert _as_user(bob, env, as_sge(command, str(job_id)), cwd=str(tmp_path)) == (
+                assert _as_user(bob, env, _shim(command, str(job_id)), cwd=str(tmp_path)) == (
                     0, f'{bob.pw_name} - you have no permission to modify job "{job_id}"\n1\n'), (command, job_id)
         assert [secured.client().job(i)["state"] for i in (held, running)] == ["held", "running"]
     finally:
         secured.client().kill([held, running])
+
+
+@ROOT_ONLY
+def test_an_owner_cannot_release_an_admins_hold_and_a_kill_names_its_killer(secured, users, shared_dir):
+    """QA: alice's `grun -e resume`, qrls and scontrol release undid root's hold of her queued job and suspension of her
+    running one (Slurm, SGE: a user cannot release an operator's hold): each refused in one line; root releases them.
+    And a kill was said nowhere: the master's log and the job's history --long name who killed it."""
+    (alice, _), tmp_path = users[0], shared_dir
+    env = _as_themselves(users, tmp_path, secured.write_config(
+        "admin-holds", {"services": "exec", "auth": "secret", "secret_file": secured.secret}))
+
+    def submit():
+        from grun.client import Client
+        return " ".join(str(Client().submit(["sleep", "60"], cpus=2).id) for _ in range(2))
+
+    running, queued = (int(i) for i in _as_user(alice, env, submit, cwd=str(tmp_path))[1].split())
+    why = "job {} was held by an admin (root): only an admin can release it"
+    try:
+        wait_for(lambda: secured.client().job(running)["state"] == "running", timeout=30, what="her first job to run")
+        secured.client().hold([running, queued])
+        wait_for(lambda: secured.client().job(running)["state"] == "suspended", timeout=20, what="its suspension")
+        assert _as_user(alice, env, ["-e", "resume", str(running), str(queued)], cwd=str(tmp_path)) == (
+            1, f"grun: {why.format(running)}\ngrun: {why.format(queued)}\n")
+        assert _as_user(alice, env, _shim("qrls", str(queued)), cwd=str(tmp_path)) == (  # (SGE's own refusal)
+            0, f'{alice.pw_name} - you have no permission to modify job "{queued}"\n1\n')
+        assert _as_user(alice, env, _shim("scontrol", "release", str(queued)), cwd=str(tmp_path)) == (
+            0, f"scontrol: error: {why.format(queued)}\n1\n")
+        assert [secured.client().job(i)["state"] for i in (running, queued)] == ["suspended", "held"]
+        secured.client().resume([running, queued])
+        wait_for(lambda: secured.client().job(running)["state"] == "running", timeout=20, what="it continued")
+        assert _as_user(alice, env, ["-k", str(running)], cwd=str(tmp_path))[0] == 0
+        wait_for(lambda: secured.client().job(running)["state"] == "killed", timeout=20, what="her kill")
+        assert f"job {running} killed by {alice.pw_name} (signal 15)" in _log(secured, "master")
+        code, out = _as_user(alice, env, ["-q", "history", "--long"], cwd=str(tmp_path))
+        block = next((b for b in out.split("\n\n") if b.startswith(f"job {running}:")), out)
+        assert code == 0 and f"  killed    by {alice.pw_name}\n" in block, out
+    finally:
+        secured.client().kill([running, queued])
 
 
 @ROOT_ONLY

@@ -1,5 +1,5 @@
 """A master with many nodes asks them to beat less often, and a real node daemon follows: the sum of
-all nodes' heartbeats stays bounded (grun.core.master_state.HEARTBEATS_PER_SEC) however big the cluster."""
+all nodes' heartbeats stays bounded (grun.core.nodes.HEARTBEATS_PER_SEC) however big the cluster."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import time
 import psutil
 from cluster import LocalCluster
 
-from grun.core.master_state import HEARTBEATS_PER_SEC
+from grun.core.nodes import HEARTBEATS_PER_SEC
 
 SIM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "sim_nodes.py")
 

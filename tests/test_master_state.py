@@ -76,11 +76,11 @@ def test_kill_signals_running_jobs_ends_queued_ones_and_force_forgets_the_start(
     step = m.handle("kill", [running, queued, 999], 9, False, 3.0)
     assert step.reply == {str(running): True, str(queued): True, "999": False}
     assert step.records[0] == {"op": "kill", "id": running, "signal": 9, "time": 3.0}
-    assert [i for i in step.do if i[0] != "finished"] == [("kill", "a", [running], 9)]
+    assert [i for i in step.do if i[0] not in ("finished", "log")] == [("kill", "a", [running], 9)]
     assert [i[1]["id"] for i in step.do if i[0] == "finished"] == [queued]
     assert m.table.jobs[running]["state"] == J.RUNNING, "it ends when its node says so"
     forced = m.handle("kill", [other], 15, True, 4.0)
-    shown = [(i[0], i[1]["id"] if i[0] == "finished" else i[1]) for i in forced.do]
+    shown = [(i[0], i[1]["id"] if i[0] == "finished" else i[1]) for i in forced.do if i[0] != "log"]
     assert shown == [("finished", other), ("kill", "a")]
     assert other not in m.launched and other not in m.table.jobs and m.recent[other]["error"] == "killed with --force"
 
@@ -104,12 +104,36 @@ def test_hold_suspends_on_the_node_and_the_record_follows_its_answer():
     running, queued = _running(m, "a"), _submit(m, cpus=64, force=True)
     step = m.handle("control", "hold", [running, queued], 3.0)
     assert step.records == [{"op": "hold", "id": queued, "time": 3.0}]
-    assert step.do == [("signal", "a", "suspend", [running])] and m.table.jobs[running]["state"] == J.RUNNING
+    assert step.do == [("signal", "a", "suspend", [running], None)] and m.table.jobs[running]["state"] == J.RUNNING
     done = m.handle("signalled", "suspend", "a", [running], 3.5)
     assert done.records == [{"op": "suspend", "id": running, "time": 3.5}] and done.kick, "its cpus are free"
     step = m.handle("control", "resume", [running, queued], 4.0)
     assert (step.records, step.do) == ([{"op": "release", "id": queued, "time": 4.0}],
-                                       [("signal", "a", "resume", [running])])
+                                       [("signal", "a", "resume", [running], None)])
+
+
+def test_an_admins_hold_is_an_admins_to_release_and_a_kill_names_who_asked():
+    """QA: the owner resumed what an admin held or suspended (Slurm, SGE: a user cannot release an admin's hold); an
+    admin's kill of others' jobs was said nowhere: the log says who, and so does the job's record (history --long)."""
+    m = _state("a")
+    running, queued, mine = _running(m, "a"), _submit(m, cpus=64, force=True), _submit(m, cpus=64, force=True)
+    assert m.handle("control", "hold", [running, queued], 3.0, by=("qa3a", True)).do == [
+        ("signal", "a", "suspend", [running], "qa3a")]
+    m.handle("control", "hold", [mine], 3.0, by=("qa3b", False))
+    m.handle("signalled", "suspend", "a", [running], 3.5, by="qa3a")
+    assert [m.table.jobs[i].get("held_by") for i in (running, queued, mine)] == ["qa3a", "qa3a", None]
+    step = m.handle("control", "resume", [running, queued, mine], 4.0, by=("qa3b", False))
+    why = "job {} was held by an admin (qa3a): only an admin can release it"
+    assert step.reply == {str(running): why.format(running), str(queued): why.format(queued), str(mine): True}
+    assert step.records == [{"op": "release", "id": mine, "time": 4.0}] and step.do == []
+    assert "  held      by an admin (qa3a): only an admin can release it" in tables.history_long([m.table.jobs[queued]])
+    assert m.handle("control", "resume", [queued], 5.0, by=("root", True)).records == [
+        {"op": "release", "id": queued, "time": 5.0}] and "held_by" not in m.table.jobs[queued]
+    step = m.handle("kill", [queued, running], 15, False, 6.0, by="qa3a")
+    assert _logs(step, "info") == [f"job {queued}, {running} killed by qa3a (signal 15)"]
+    m.handle("finished", "a", [{"id": running, "signal": 15, "attempt": 1}], 7.0)
+    for i in (running, queued):
+        assert m.recent[i]["killed_by"] == "qa3a" and "  killed    by qa3a" in tables.history_long([m.recent[i]])
 
 
 def test_a_job_submitted_held_is_held_in_its_own_commit_and_a_pass_leaves_it():

@@ -213,13 +213,13 @@ class Master(Queries):
                 log.warning("node %s: %s failed: %s", name, method, exc)
                 return None
 
-    def _signal(self, node: str, method: str, ids: list[int]) -> list[int]:
-        """SIGSTOP/SIGCONT on the node, then record what was done. Returns the ids of a node that did not answer (one
-        that says a job is not running there: it has just ended, its end is on the way)."""
+    def _signal(self, node: str, method: str, ids: list[int], by=None) -> list[int]:
+        """SIGSTOP/SIGCONT on the node, then record what was done (`by`: the admin who did). Returns the ids of a node
+        that did not answer (one that says a job is not running there: it has just ended, its end is on the way)."""
         if (reply := self._call_node(node, method, ids)) is None:
             return ids
         if done := [i for i in ids if reply.get(str(i)) is not False]:
-            self._do("signalled", method, node, done)
+            self._do("signalled", method, node, done, by=by)
         return []
 
     def _offer(self, name: str, jobs: list[dict], again: bool = False) -> None:
@@ -348,16 +348,23 @@ class Master(Queries):
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found (another user's: why not)}. With force a running job is marked
         killed at once, even if its node cannot be reached (it is still signalled if it can)."""
-        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force))
+        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force, by=self._by()[0]))
 
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to their sessions, cpus released) unless `pending_only`."""
         return self._may_change(job_ids, "hold", lambda ids: self._do("control", "hold", ids,
-                                                                     pending_only=bool(pending_only)))
+                                                                     pending_only=bool(pending_only), by=self._by()))
 
     def resume(self, job_ids: list) -> dict:
-        """Release held jobs; continue suspended ones (SIGCONT, cpus taken back)."""
-        return self._may_change(job_ids, "resume", lambda ids: self._do("control", "resume", ids))
+        """Release held jobs; continue suspended ones (SIGCONT, cpus taken back); those an admin held: an admin's only."""
+        return self._may_change(job_ids, "resume", lambda ids: self._do("control", "resume", ids, by=self._by()))
+
+    def _by(self) -> tuple:
+        """Who calls, as the records that name who acted keep it: (user, whether root or an admin); root: a holder of
+        the cluster's secret; (None, True): no auth (all trusted)."""
+        who = auth.caller()
+        return (who["user"], not who["uid"] or who["user"] in self.core.settings["admins"]) if isinstance(who, dict) \
+            else ("root" if who else None, True)
 
     def edit(self, job_ids: list, changes: dict) -> dict:
         def act(ids):

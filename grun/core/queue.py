@@ -85,7 +85,7 @@ class JobTable:
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
         elif op == "kill" and not J.asked_to_end(job):  # (a later USR1 keeps an earlier TERM)
-            job["kill_requested"] = rec.get("signal", 15)
+            job.update({"killed_by": rec["killed_by"]} if "killed_by" in rec else {}, kill_requested=rec.get("signal", 15))
         elif op == "requeue":  # its node was lost: back in the queue, remembering where the old copy may live
             job.update(state=J.QUEUED, node=None, requeue_reason=rec.get("reason"), lost_from=rec.get("node"))
             job["requeues"], job["requeue_time"] = job.get("requeues", 0) + 1, rec["time"]
@@ -131,6 +131,9 @@ class JobTable:
                 job["lent_to"] = sorted(lent)
         elif op == "reserve" and state == J.QUEUED:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
+        if op in ("hold", "suspend", "release", "resume") and job["state"] != state:  # (by: the admin who held it)
+            job.pop("held_by", None)
+            job.update({"held_by": rec["by"]} if rec.get("by") else {})
         self._sync(job)
         return job
 
