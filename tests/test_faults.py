@@ -455,6 +455,49 @@ def test_a_master_that_hears_no_node_declares_none_lost(make_cluster, tmp_path):
     assert "this master seems cut off from them" in log and " lost (silent" not in log, log
 
 
+def test_a_master_that_hears_no_node_declares_those_whose_daemons_are_gone_lost(make_cluster):
+    """QA: every node daemon killed at once (their hosts up): none was declared lost, the master taking the silence for
+    its own cut-off. A host that refuses a connection to its daemon's port proves that daemon gone: lost as usual."""
+    c = make_cluster(nodes={n: {"cpus": 1, "memory": 1000, **FAST} for n in ("a", "b")}, node_timeout=3)
+    ids = [nowait(c, "sleep", "30") for _ in range(2)]
+    for i in ids:
+        wait_state(c, i, "running")
+    for name in ("a", "b"):
+        c.kill(name)
+    log = os.path.join(c.root, "master", "grun.log")
+    wait_for(lambda: all(f"node {n} lost (silent" in open(log).read() for n in ("a", "b")), 30, what="both lost")
+    assert [job(c, i)["state"] for i in ids] == ["queued"] * 2  # (re-queued: no node left to run them)
+
+
+def test_a_second_daemon_with_a_live_nodes_name_is_refused_and_its_restart_elsewhere_is_not(make_cluster, tmp_path):
+    """QA: a second node daemon given n1's hostname: (a copied config, another spool) while n1 ran a job: the master
+    re-queued the job and ran it again on the newcomer (and, that one stopped, a third time on n1). It is refused, said
+    once in the master's log and in its own, and the job runs once. n1 killed -9, its daemon back at another port (its
+    old one refusing connections) is taken at once."""
+    c = make_cluster(nodes={"n1": {"cpus": 2, "memory": 1000, **FAST}}, node_timeout=3)
+    runs = tmp_path / "runs"
+    jid = nowait(c, "sh", "-c", f"echo run >> {runs}; sleep 3")
+    wait_state(c, jid, "running")
+    copy = c.write_config("copy", {"services": "exec", "count_outside_load": False, "hostname": "n1", "cpus": 2,
+                                   "memory": 1000, **FAST})
+    said = "refused: its name is served by a live daemon at"
+    started = c.grun("-C", copy, "-d")  # (the node side's `grun -d` says the master's refusal, exit 1)
+    assert started.returncode == 1 and said in started.stderr.decode(), started.stderr
+    copy_log, log = (os.path.join(c.root, name, "grun.log") for name in ("copy", "master"))
+    text = lambda path: open(path).read() if os.path.exists(path) else ""
+    time.sleep(2)  # (it tries again each second)
+    assert text(copy_log).count(said) == 1 and text(log).count(said) == 1
+    assert c.grun("-C", copy, "-d", "-k").returncode == 0
+    assert c.grun("-q", "wait", str(jid)).returncode == 0 and runs.read_text() == "run\n"
+    assert job(c, jid)["attempt"] == 1
+    old = c.client().nodes()[0]["uri"]
+    c.kill("n1")
+    c._spawn("copy", copy)
+    wait_for(lambda: [(n["uri"], n["up"]) for n in c.client().nodes()] not in ([(old, True)], [(old, False)]), 20,
+             what="n1's new daemon taken")
+    assert c.client().nodes()[0]["up"] and said not in text(copy_log).split("registered")[-1]
+
+
 def test_a_grun_whose_run_ended_after_it_was_re_queued_says_so_and_follows_the_next(make_cluster, tmp_path):
     """QA: a run that ended on its own while its node daemon was silent, its job re-queued meanwhile: the `grun`
     following it said nothing (README: it says so) and returned that run's code, not the one of the run that counts."""

@@ -214,6 +214,23 @@ def test_a_master_that_hears_no_node_is_cut_off_itself_and_declares_none_lost():
     assert [r["op"] for r in poked.handle("sweep", 12.5).records] == ["requeue"]
 
 
+def test_hearing_none_a_node_whose_daemon_is_gone_is_lost_and_a_rival_for_a_live_nodes_name_refused():
+    """QA: all node daemons killed, none was declared lost (the master's probe finds them gone: Hearing.gone); and a
+    second daemon taking a live node's name (a copied config) ran its jobs twice."""
+    m = _state("a", "b", node_timeout=10.0)
+    job_id = _running(m, "a", 1.0)
+    assert not m.handle("sweep", 30.0).records and not m.table.nodes["a"].lost, "cut off: none lost"
+    m.hearing.gone = {"a"}
+    assert [r["op"] for r in m.handle("sweep", 31.0).records] == ["requeue"] and m.table.jobs[job_id]["node"] is None
+    assert m.table.nodes["a"].lost and not m.table.nodes["b"].lost
+    m.handle("register", _info("a", incarnation="i2"), 32.0)
+    assert m.hearing.gone == set(), "a node heard: the next spell is probed anew"
+    node = m.table.nodes["a"]
+    assert "a live daemon at PYRO:grun.node@a:1" in node.rival("PYRO:grun.node@a:2", "i3", 35.0, 10.0)
+    assert node.rival("PYRO:grun.node@a:1", "i3", 35.0, 10.0) is None, "its restart, at its address"
+    assert node.rival("PYRO:grun.node@a:2", "i3", 43.0, 10.0) is None, "silent past its timeout"
+
+
 def test_a_lost_job_not_run_again_takes_the_end_its_node_reports_when_back():
     """QA: a --norequeue job's node silent past node_timeout, then back with the run's end (exit 32): the master ignored
     it, history said `lost 255`. Still lost (its waiters and dependants went by that), with the run's exit and usage."""

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import grp
 import logging
+import math
 import os
 import pwd
 import stat
@@ -40,6 +41,7 @@ log = logging.getLogger("grun.master")
 SNAPSHOT_EVERY_RECORDS = 20000
 SNAPSHOT_EVERY_SECS = 60.0
 PASS_GAP_SECS = 0.01       # at most one scheduling pass per this long
+PROBE_SECS = 5.0  # hearing no node, each silent node's daemon port is tried this often (_probe)
 
 # Raised to callers while the master shuts down: a builtin, which Pyro5 clients rebuild and retry.
 Restarting = ConnectionRefusedError
@@ -116,6 +118,7 @@ class Master(Queries):
         self._execute(recovered)
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
         self.records_since_snapshot, self.last_snapshot, self._looked = len(records), time.monotonic(), time.time()
+        self._probed, self._rivals = 0.0, set()  # (when _probe last ran; the (name, uri) of rival daemons refused)
         self._scheduler.start()
         self._housekeeper.start()
 
@@ -263,12 +266,26 @@ class Master(Queries):
             return
         stood, self._looked = time.time() - self._looked, time.time()  # (a long gap: it stood still, nodes.Hearing)
         self._do("sweep", stood=stood)
+        if self.core.hearing.said and time.monotonic() - self._probed > PROBE_SECS:  # (it hears no node)
+            self._probed = math.inf  # (until it has probed them all, however long that takes)
+            threading.Thread(target=self._probe, name="grun-probe", daemon=True).start()
         # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per record flat
         # (every 20,000 with 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue).
         every = max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs))
         if self.records_since_snapshot >= every or (
                 self.records_since_snapshot and time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_SECS):
             self._snapshot()
+
+    def _probe(self) -> None:
+        """Hearing no node (core.nodes.Hearing), one whose host refuses a connection to its daemon is lost as usual (QA:
+        all daemons killed, none was); a host that does not answer may be the master's own cut-off. Outside the lock."""
+        with self.lock:
+            uris = {node.name: node.uri for node in self.core.table.nodes.values() if node.up and node.uri}
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-probe") as pool:  # (not the node calls')
+            gone = {name for name, refused in zip(uris, pool.map(registry.refused, uris.values())) if refused}
+        with self.lock:
+            self.core.hearing.gone = gone if self.core.hearing.said else set()
+        self._probed = time.monotonic()
 
     def _run_kept(self) -> None:
         """The instructions of the steps kept while the disk was full, in order, each once its records are on disk."""
@@ -360,8 +377,7 @@ class Master(Queries):
         return self._may_change(job_ids, "resume", lambda ids: self._do("control", "resume", ids, by=self._by()))
 
     def _by(self) -> tuple:
-        """Who calls, as the records that name who acted keep it: (user, whether root or an admin); root: a holder of
-        the cluster's secret; (None, True): no auth (all trusted)."""
+        """Who calls: (user, whether root or an admin); a holder of the secret: root's; without auth (None, True)."""
         who = auth.caller()
         return (who["user"], not who["uid"] or who["user"] in self.core.settings["admins"]) if isinstance(who, dict) \
             else ("root" if who else None, True)
@@ -426,6 +442,12 @@ class Master(Queries):
     def register_node(self, info: dict) -> dict:
         auth.require("register a node")
         name, uri = str(info["name"]), str(info["uri"])
+        if (node := self.core.table.nodes.get(name)) and (why := node.rival(uri, str(info.get("incarnation", "")), time.time(),
+                self.core.settings["node_timeout"])) and not registry.refused(node.uri):  # (unlocked: a probe)
+            if (name, uri) not in self._rivals:
+                self._rivals.add((name, uri))
+                log.error("%s", why)
+            raise ValueError(f"not authorized: {why}")  # (its node says it once, as of a wrong secret)
         if getattr(self.links.get(name), "uri", None) != uri:
             self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=registry.proxy(uri))
         self.node_plugins[name] = [str(p) for p in info.pop("plugins", None) or ()]

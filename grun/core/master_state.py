@@ -463,7 +463,8 @@ class MasterState:
         deaf = self.hearing.deaf(self.table.nodes, now, self.settings["node_timeout"], step.log, stood)
         for node in list(self.table.nodes.values()):
             silent = self.hearing.silent(node, now)
-            if not node.lost and not deaf and silent > node.timeout(self.settings["node_timeout"]):
+            if not node.lost and (not deaf or node.name in self.hearing.gone) and silent > node.timeout(
+                    self.settings["node_timeout"]):
                 if node.up:
                     step.log("warning", f"node {node.name} silent for {silent:.0f} s: marked down, no new jobs go there")
                 node.up, node.lost = False, True  # (its jobs are dealt with once, here)

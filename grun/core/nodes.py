@@ -111,6 +111,14 @@ class NodeView:
     def timeout(self, node_timeout: float) -> float:
         return max(node_timeout, 3 * self.heartbeat)
 
+    def rival(self, uri: str, incarnation: str, now: float, node_timeout: float) -> str | None:
+        """Why a daemon registering at `uri` may not take this node's name from its daemon, alive elsewhere (heard within
+        its timeout; QA: a copied config ran the node's jobs twice); None: it may (its restart has its address)."""
+        if self.up and self.uri not in (None, uri) and incarnation != self.incarnation and \
+                now - self.seen <= self.timeout(node_timeout):
+            return (f"node {self.name} at {uri} refused: its name is served by a live daemon at {self.uri} (a copied "
+                    f"config? each node daemon needs its own name, hostname:)")
+
     def leave(self, incarnation: str) -> bool:
         """Its daemon stops cleanly: down at once, not lost (its jobs run on; lost if silent past node_timeout).
         False if it was down already, or this is an older run of its daemon (`grun -d -R`)."""
@@ -137,17 +145,18 @@ class Hearing:
         self.heard = self.since = now  # when a node was last heard; when the master began hearing them (again)
         self.said = False  # that it hears none: then the next node heard starts every silence again
         self.limit = math.inf  # how long hearing none makes it cut off (deaf's last): a pause as long counts too
+        self.gone: set = set()  # hearing none, the nodes whose host refused a connection to their daemon (the master's)
 
     def hear(self, now: float, log) -> None:
         """A node talks: `log(level, text)` hears when that ends a spell of hearing none."""
         if self.said or now - self.heard > self.limit:  # (a master paused, SIGSTOP, host asleep: no sweep saw it)
             log("info", f"a node heard after {now - self.heard:.0f} s with none: the silence of the others counts from now")
-            self.since, self.said = now, False
+            self.since, self.said, self.gone = now, False, set()
         self.heard = now
 
     def deaf(self, nodes: dict, now: float, node_timeout: float, log, stood: float = 0.0) -> bool:
-        """Whether no node's silence counts now (it hears none, and knows several); said once a spell. `stood`: how long
-        since the master last looked (each second); longer, it stood still itself (SIGSTOP, its host asleep)."""
+        """Whether no node's silence counts now (it hears none, and knows several; but those `gone`'s do); said once a
+        spell. `stood`: how long since the master last looked (each second); longer, it stood still (SIGSTOP, asleep)."""
         if stood > max(node_timeout / 2, 2.0):  # (QA: a one-node master stopped past node_timeout declared its own
             # node lost; 2 s: it looks each second, so a shorter node_timeout (tests' 1 s) would read each look as a stall)
             log("warning", f"this master stood still for {stood:.0f} s: its nodes' silence counts from now")
