@@ -8,9 +8,9 @@ and does not pull in Pyro5 or cloudpickle (nor importlib: `__import__` does the 
 
 __version__ = "0.1.0"
 
-__all__ = ["CallFuture", "Client", "GrunError", "Job", "JobNotFound", "JobsRefused", "MasterUnreachable",
+__all__ = ["BadArgument", "CallFuture", "Client", "GrunError", "Job", "JobNotFound", "JobsRefused", "MasterUnreachable",
            "NotSupported", "Reject", "RemoteError", "Timeout", "__version__", "map", "remote", "submit_call"]
-_LAZY = {name: "calls" if name in ("CallFuture", "RemoteError", "map", "remote", "submit_call") else
+_LAZY = {name: "calls" if name in ("BadArgument", "CallFuture", "RemoteError", "map", "remote", "submit_call") else
          "job" if name == "Job" else "plugins" if name == "Reject" else "client"
          for name in __all__ if name != "__version__"}
 

@@ -27,13 +27,29 @@ class RemoteError(GrunError):
 
 
 class CallFuture(Future):
-    """A concurrent.futures.Future for one remote call; `job` is its Job. Cancelling kills the job."""
+    """A concurrent.futures.Future for one remote call; `job` is its Job. `running()` while its job runs. `cancel()`
+    kills the job, a running one too, as dask's cancel does (an Executor's Future cannot cancel a running call)."""
 
     job: Job
+    started = False  # its job started (the Future's own state stays pending: a running call can be cancelled)
+
+    def running(self) -> bool:
+        return self.started and not self.done()
 
     def cancel(self) -> bool:
         cancel_all([self])
         return self.cancelled()
+
+
+PYTHON_WORDS = {"pass -t with more": "give time= more", "pass -m with what it needs": "give memory= what it needs",
+                "--force queues": "force=True queues", "--after:": "after=:", "--afterok:": "afterok=:"}
+
+
+def in_python(text: str) -> str:
+    """A message of grun's in the Python API's words: time=, not -t; `afterok=: no job 9`, not `--afterok: ...`."""
+    for cli, python in PYTHON_WORDS.items():
+        text = text.replace(cli, python)
+    return text
 
 
 def _writer(name: str) -> Callable[[bytes], None]:
@@ -59,10 +75,12 @@ def _outcome(job: Job, label: str, exit_code: int, frame: bytes | None, stderr: 
             info = job.info()
             how = f"{info.get('state', 'ended')} with exit code {info.get('exit', exit_code)}" + (
                 f" ({info['error']})" if info.get("error") else "")
-            if isinstance(kind := info.get("limit"), str):  # what it had, and the keyword to ask for more
-                had = {"memory": f"{info.get('memory')} MB", "time": f"{info.get('time') or 0:g} s"}.get(kind)
-                return False, RemoteError(f"{label} (job {job.id}) killed at its {kind} limit "
-                                          f"({had or info.get('limit_detail')})" + (f": ask for more with {kind}=" * bool(had)))
+            if isinstance(kind := info.get("limit"), str):  # the limit enforced, and the keyword to ask for more
+                detail = str(info.get("limit_detail") or "?").replace("-m ", "memory=")  # (learned x learn_memory_factor...)
+                had = {"memory": detail, "time": f"{(info.get('limits') or {}).get('time') or info.get('time') or 0:g} s"}
+                learned = (info.get("origin") or {}).get(kind, "").startswith("learned")  # (a memory= she never gave)
+                return False, RemoteError(f"{label} (job {job.id}) killed at its {kind} limit ({had.get(kind, detail)})" + (
+                    f": {'its memory was learned from its last runs; ' * learned}give {kind}= what it needs" * (kind in had)))
             if b"No module named 'grun'" in stderr:
                 how += f": python={info['cmd'][0]} cannot import grun: install grun there"
         except GrunError:
@@ -155,13 +173,14 @@ def _follow(client: Client, future: CallFuture, label: str, function: bytes, arg
     nonce, write_stderr, first_stderr = secrets.token_hex(16).encode(), _writer("stderr"), []
     runs: list[ResultReader] = []  # one a run of the job (retried or re-queued): its output and result count
 
-    def stderr(data: bytes) -> None:  # (its start says when its python has no grun)
+    def stderr(data: bytes) -> None:  # (its start says when its python has no grun; its node says the limit it died of)
         first_stderr or first_stderr.append(data[:300])
-        write_stderr(data)
+        write_stderr(in_python(data.decode(errors="surrogateescape")).encode(errors="surrogateescape")
+                     if b"grun: job " in data else data)
     try:  # (the input a tuple: a map's running calls share its function's bytes, not a copy each)
         code = client.follow(future.job.id, stdin_fd=(nonce + b"\n", function, args), stderr_fd=stderr,
                              on_start=lambda job: runs.append(ResultReader(nonce, _writer("stdout"))),
-                             on_note=lambda text: print(f"grun: {text}", file=sys.stderr, flush=True),
+                             on_note=lambda text: print(f"grun: {in_python(text)}", file=sys.stderr, flush=True),
                              stdout_fd=lambda data: runs[-1].feed(data))
         ok, value = _outcome(future.job, label, code, runs[-1].close(), b"".join(first_stderr))
     except BaseException as exc:
@@ -213,5 +232,6 @@ def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFu
         for job_id in map(int, started):
             future, args = waiting.pop(job_id)
             if not future.done():  # (cancelled)
+                future.started = True
                 threading.Thread(target=_follow, args=(client, future, label, function, args),
                                  name=f"grun-call-{job_id}", daemon=True).start()

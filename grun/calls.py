@@ -5,16 +5,22 @@ channel: no file anywhere. A map's function is pickled once, and its bytes are s
 closure over 40 inputs: 862 MB at the peak when each input held a copy; 72 MB). Its output reaches our
 sys.stdout and sys.stderr as it runs; its value or exception comes back in grun.remote_worker's result frame."""
 import collections
+import hashlib
+import inspect
 import io
+import os
+import secrets
 import sys
 import threading
 import time
 import types
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, ClassVar
 
-from .call_follow import CallFuture, RemoteError, cancel_all, follow_all, lease  # noqa: F401  (RemoteError: grun's)
+from .call_follow import CallFuture, RemoteError, cancel_all, follow_all, in_python, lease  # noqa: F401  (RemoteError: grun's)
 from .client import Client, GrunError, Timeout, _ids, job_spec
+from .values import parse_duration
 
 _default: list[Client] = []
 _default_lock = threading.Lock()
@@ -27,11 +33,38 @@ def default_client() -> Client:
         return _default[0]
 
 
-def worker_spec(label: str, python: str | None, resources: dict) -> dict:
+class BadArgument(GrunError, ValueError):
+    """A call's job option grun cannot take (cpus=-1, memory="lots"): a ValueError too, as Python's own are."""
+
+
+def worker_spec(label: str, python: str | None, resources: dict, key: str = "-") -> dict:
     """The job of one call: grun.remote_worker on a node (its stdin, the call, from the caller's follower), leased to
-    us (grun.call_follow renews it)."""
-    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label]  # -u: prints reach us at once
-    return job_spec(cmd, stdin=True, lease=lease(), **resources)
+    us (grun.call_follow renews it); `key` names the function's code (what learns from its runs: grun.core.learn).
+    Our own sys.path entries (the script's directory, `sys.path.append`s; no interpreter's, no site-packages: another
+    python= may not load them) are on its PYTHONPATH: cloudpickle sends a module beside the script by name."""
+    cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label, key]  # -u: prints reach us at once
+    ours = [os.path.abspath(p or ".") for p in sys.path if not p.startswith((sys.prefix, sys.base_prefix))
+            and not p.endswith(("site-packages", "dist-packages"))]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [*ours, os.environ.get("PYTHONPATH")])), **(
+        resources.pop("env", None) or {})}
+    try:
+        for kind in {"after", "afterok"} & resources.keys():
+            resources[kind] = _ids(resources[kind], names=True)
+        if resources.get("time") is not None:  # (30, "90s", "1h": as the CLI's durations; a number is seconds)
+            resources["time"] = parse_duration(resources["time"])
+        return job_spec(cmd, stdin=True, lease=lease(), env=env, **resources)
+    except (GrunError, ValueError) as exc:  # (a bad cpus=, memory=, time=, after=...)
+        raise BadArgument(str(exc)) from None
+
+
+def code_key(func: Callable) -> str:
+    """What names a function's code, so only it learns from its runs (every `f` and `<lambda>` of every script shared
+    one key: a tiny one's learned limit killed a big one): a hash of its file and qualname, and a lambda's or a nested
+    function's line and bytecode; '-' for one without Python code (a builtin: its name is enough)."""
+    if (code := getattr(getattr(func, "func", func), "__code__", None)) is None:  # (func: a functools.partial's)
+        return "-"
+    nested = f"{code.co_firstlineno} {code.co_code.hex()}" if "<" in code.co_qualname else ""
+    return hashlib.blake2s(f"{code.co_filename} {code.co_qualname} {nested}".encode(), digest_size=6).hexdigest()
 
 
 def _dumps(cloudpickle) -> Callable[[Any], bytes]:
@@ -60,21 +93,23 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         raise GrunError(f"{func!r} is not callable")
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     label = f"{getattr(func, '__module__', None) or '?'}.{name}"
-    for kind in {"after", "afterok"} & resources.keys():
-        resources[kind] = _ids(resources[kind], names=True)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
         dumps = _dumps(cloudpickle)  # (and the functions among the arguments)
         function, args = dumps(func), [dumps(call) for call in calls]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    spec = worker_spec(label, python, resources)
+    spec = worker_spec(label, python, resources, code_key(func))
     specs = [dict(spec, name=name) for name in names] if names else [spec] * len(calls)
     client = client or default_client()  # (bad input refused first: not after a personal cluster was started)
-    return follow_all(client, label, client.submit_many(specs) if calls else [], function, args)
+    try:
+        ids = client.submit_many(specs) if calls else []
+    except GrunError as exc:  # (refused: in the Python API's words)
+        raise type(exc)(in_python(str(exc))) from None
+    return follow_all(client, label, ids, function, args)
 
 
 RESOURCES = ("cpus", "memory", "priority", "hosts", "env", "cwd", "params", "time", "name", "retries", "after",
-             "afterok")  # a job's, as for Client.submit (time: a limit in s; after(ok): ids, Jobs or CallFutures)
+             "afterok", "force")  # a job's, as for Client.submit (time: a limit; after(ok): ids, Jobs or CallFutures)
 
 
 def submit_call(func: Callable, *args, python: str | None = None, client: Client | None = None,
@@ -83,9 +118,17 @@ def submit_call(func: Callable, *args, python: str | None = None, client: Client
     when this returns (`future.job.id`). `result()` returns the function's value, or raises what it raised
     remotely (same type and value, the remote traceback added as a note), or RemoteError for a job that ended
     without a result. The keywords of RESOURCES (cpus, memory, priority, hosts, env, cwd, params, time, name, retries,
-    after, afterok) are the job's, as for `Client.submit`; `python` is the node's interpreter (ours by default; grun
-    must be importable there); every other keyword, the call's."""
+    after, afterok, force) are the job's, as for `Client.submit`; `python` is the node's interpreter (ours by default;
+    grun must be importable there); every other keyword, the call's: one `func` takes too (`def f(x, time=0)`) is
+    refused, give it with functools.partial(f, time=0). Bad job options raise BadArgument, a ValueError."""
     resources = {key: kwargs.pop(key) for key in RESOURCES if key in kwargs}
+    try:  # (no signature: a builtin's, some C function's; a partial's own keywords are its)
+        takes = inspect.signature(func).parameters.keys() - (func.keywords if isinstance(func, partial) else {})
+    except (TypeError, ValueError):
+        takes = set()
+    if both := sorted(resources.keys() & takes):
+        raise TypeError(f"{', '.join(both)}= would be the job's, and {getattr(func, '__name__', func)} takes it too: "
+                        f"give the function its own with functools.partial(f, {both[0]}=...)")
     return _submit(client, func, [(args, kwargs)], python, resources)[0]
 
 
@@ -94,16 +137,17 @@ def remote(func: Callable, *args, **kwargs) -> Any:
     return _results([submit_call(func, *args, **kwargs)])[0]
 
 
-def map(func: Callable, iterable: Iterable, *, python: str | None = None, client: Client | None = None,
-        timeout: float | None = None, **resources) -> list:
-    """`[func(x) for x in iterable]`, each call a job of its own, all queued at once and run in parallel
-    with the given resources each (RESOURCES, as for submit_call; `name` names the calls' jobs NAME-0, NAME-1...);
-    results in input order. The first failure (in order) is raised, or Timeout `timeout` s after the call (as
-    Executor.map's), and the calls not yet finished are killed."""
+def map(func: Callable, iterable: Iterable, *iterables: Iterable, python: str | None = None,
+        client: Client | None = None, timeout: float | None = None, **resources) -> list:
+    """`[func(x) for x in iterable]` (several iterables: `func(x, y)`, as the built-in map), each call a job of its
+    own, all queued at once and run in parallel with the given resources each (RESOURCES, as for submit_call; `name`
+    names the jobs NAME-ID-0, NAME-ID-1..., ID the map's own: maps may share a name); results in input order. The
+    first failure (in order) is raised, or Timeout `timeout` s after the call (as Executor.map's), and the calls not
+    yet finished are killed."""
     if unknown := sorted(resources.keys() - set(RESOURCES)):
         raise TypeError(f"map() got unexpected keyword arguments {', '.join(unknown)} (resources: {', '.join(RESOURCES)})")
-    calls, name = [((x,), {}) for x in iterable], resources.pop("name", None)
-    names = None if name is None else [f"{name}-{i}" for i in range(len(calls))]
+    calls, name, map_id = [(xs, {}) for xs in zip(iterable, *iterables)], resources.pop("name", None), secrets.token_hex(3)
+    names = None if name is None else [f"{name}-{map_id}-{i}" for i in range(len(calls))]
     return _results(_submit(client, func, calls, python, resources, names), timeout)
 
 

@@ -39,8 +39,10 @@ def _outcome(blob: bytes) -> tuple:
     try:
         call = io.BytesIO(blob)
         func, (args, kwargs) = pickle.load(call), pickle.load(call)
-    except BaseException as exc:
-        return "error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}"
+    except BaseException as exc:  # (a module the caller imports by name, not on our sys.path: how to send it)
+        hint = f" (not under this node's sys.path: cloudpickle.register_pickle_by_value({exc.name}) sends it with the" \
+               " call)" if isinstance(exc, ModuleNotFoundError) else ""
+        return "error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}{hint}"
     try:
         return "ok", func(*args, **kwargs)
     except SystemExit as exc:

@@ -54,6 +54,8 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     # a Python call (grun.calls) by its function: all shared one key, and a tiny function's learned limit killed a big one
     (["/usr/bin/python3", "-u", "-m", "grun.remote_worker", "lab.fit"], False, "python3 call lab.fit"),
     (["python3", "-m", "grun.remote_worker", "__main__.<lambda>"], False, "python3 call __main__.<lambda>"),
+    # and by its code (grun.calls.code_key): every `f` and `<lambda>` of every script shared one key
+    (["python3", "-m", "grun.remote_worker", "__main__.f", "3fa2c19b01de"], False, "python3 call __main__.f 3fa2c19b01de"),
 ])
 def test_the_program_is_the_script_for_interpreters_else_the_command(cmd, shell, program):
     assert L.program_of({"cmd": cmd, "shell": shell}) == program

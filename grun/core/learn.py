@@ -34,8 +34,8 @@ def program_of(job: dict) -> str:
     path, inline, name = script_of(words, shell)
     if name in LENGTH_IN_ARGUMENT and (command := command_of(words, shell))[1:]:  # (`sh -c 'cd x && sleep 5'`)
         return f"{name} {command[1].rstrip(';&|)')[:20]}"
-    if inline == ("-m", "grun.remote_worker"):  # a Python call (grun.calls): each function learns its own
-        return f"{name} call {words[-1][:60]}"
+    if inline == ("-m", "grun.remote_worker"):  # a Python call (grun.calls): its function's name and code_key
+        return f"{name} call {' '.join(word[:60] for word in words[words.index(inline[1]) + 1:])}"
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
