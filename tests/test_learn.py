@@ -102,7 +102,7 @@ def test_the_learned_memory_limit_kills_far_over_it_and_a_reload_turns_it_off(lc
     log = os.path.join(lc.root, "master", "grun.log")
     lc.write_config("master", {"services": "queue", "learn_memory_factor": "off"})
     lc.procs["master"].send_signal(signal.SIGHUP)
-    wait_for(lambda: "learn_memory_factor=0.0" in open(log).read(), 20, what="the reload")
+    wait_for(lambda: "learn_memory_factor: 0" in open(log).read(), 20, what="the reload")
     r = lc.grun("-v", sys.executable, grow, "600", "3")
     job = lc.client().job(job_id_from_verbose(r.stderr))
     assert r.returncode == 0 and "memory_limit" not in job and "memory_mb" not in job["limits"], (r.stderr, job)

@@ -193,8 +193,9 @@ def test_rules_reload_and_a_bad_rule_is_refused_with_file_line_column(tmp_path):
         line = open(conf).read().splitlines().index("- if: cpus >> 1") + 1
         expected = (f"{conf}:{line}:13: key 'rules': rule 1 (master.conf:{line}), if: expected a value at '>' "
                     "in: cpus >> 1")
-        r = c.grun("-C", conf, "-d", "-r")  # the command line reads the file first, and refuses it
-        assert (r.returncode, r.stderr.decode()) == (1, f"grun: {expected}\n")
+        r = c.grun("-C", conf, "-d", "-r")  # the daemon refuses it (and logs it), and the command line says so
+        assert r.returncode == 1 and re.fullmatch(rf"grun: the daemon \(pid \d+\) refused the reload: {re.escape(expected)}; "
+                                                  r"keeping the running config\n", r.stderr.decode()), r.stderr
         os.kill(c.procs["master"].pid, signal.SIGHUP)  # the daemon itself: logged, the old rules kept
         wait_for(lambda: f"reload: {expected}; keeping the running config" in master_log(c), what="the refusal")
         assert c.grun("-c", "2", "true").stderr == b"grun: warning: two\n"
