@@ -157,7 +157,9 @@ def sbatch(argv: list[str]) -> int:
                       C.out_path(last(opts, "err"), names) if "err" in opts else None, append=mode == "append",
                       **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
-    return client.exit_code(job_id) if "wait" in opts else 0
+    code = client.exit_code(job_id) if "wait" in opts else 0  # an array's: as Slurm's, its tasks' highest exit code
+    tasks = C.job_list(client, [str(job_id)], None)[0] if code and "array" in opts else []  # (grun's: its first's)
+    return max([code] + [j.get("exit", 1) for j in tasks if "task" in j])
 
 
 def test_only(request: dict) -> int:
@@ -384,7 +386,7 @@ def scontrol(argv: list[str]) -> int:
     if verb == "show" and what in ("hostnames", "hostname", "job", "node", "nodes") and len(args) < 3:
         if what == "job":
             jobs, unknown = C.job_list(Client(), args[1:])
-            if unknown:
+            if unknown or args[1:] and not jobs:  # (or ended long ago: as Slurm's past its MinJobAge)
                 print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
                 return 1
             lines = [show_job(j, "oneliner" in opts) for j in jobs] or ["No jobs in the system"]

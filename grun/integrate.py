@@ -93,11 +93,13 @@ def systemd_unit(cfg, install_dir: str | None = None) -> str:
 
 
 def install_shims(argv: list[str]) -> int:
-    """`grun-compat install [DIR]`: a script per command in DIR (default ~/.local/bin), Slurm's unless a real Slurm
-    command is on PATH (or in DIR), SGE's likewise; `grun-compat uninstall [DIR]` removes only the scripts it wrote."""
+    """`grun-compat install [--force] [DIR]`: a script per command in DIR (default ~/.local/bin), Slurm's unless a real
+    Slurm command is in DIR or on PATH (unless --force), SGE's likewise; `uninstall [DIR]` removes only its own."""
     from .compat import MARK, NAMES, SGE, SLURM
+    force = argv[:2] == ["install", "--force"]
+    argv = argv[:1] + argv[1 + force:]
     if argv[:1] not in (["install"], ["uninstall"]) or len(argv) > 2:
-        print("usage: grun-compat install|uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
+        print("usage: grun-compat install [--force] [DIR] | uninstall [DIR]   (Slurm's and SGE's commands, run by grun)")
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     target = os.path.abspath(os.path.expanduser(argv[1] if len(argv) > 1 else "~/.local/bin"))
     paths = {name: os.path.join(target, name) for name in NAMES}
@@ -106,12 +108,13 @@ def install_shims(argv: list[str]) -> int:
         print(f"grun-compat: removed {', '.join(removed) or 'nothing'} from {target}")
         return 0
     import shutil
-    real = {name: p for name, path in paths.items() for p in [shutil.which(name), path]
+    real = {name: p for name, path in paths.items() for p in [None if force else shutil.which(name), path]
             if p and os.path.exists(p) and not _ours(p, MARK)}
     installed = []
     for family, names in (("Slurm", SLURM), ("SGE", SGE)):  # each unless one of its commands is real
         if found := next((name for name in names if name in real), None):
-            print(f"grun-compat: a real {found} is installed ({real[found]}): not shadowing {family}", file=sys.stderr)
+            hint = f" (grun-compat install --force {target}: all the same)" * (real[found] != paths[found])
+            print(f"grun-compat: a real {found} is installed ({real[found]}): not shadowing {family}{hint}", file=sys.stderr)
         else:
             installed += names
     if not installed:

@@ -171,6 +171,9 @@ def test_install_refuses_to_shadow_a_real_slurm_and_uninstall_removes_only_its_o
     r = run("install", str(target), path=f"{real}:/nonexistent")  # (a real SGE blocked Slurm's commands too)
     assert r.returncode == 0 and "real qstat" in r.stderr and "not shadowing SGE" in r.stderr, r.stderr
     assert sorted(os.listdir(target)) == sorted(compat.SLURM)
+    assert f"(grun-compat install --force {target}: all the same)" in r.stderr
+    r = run("install", "--force", str(tmp_path / "forced"), path=f"{real}:/nonexistent")  # (a private dir: said so)
+    assert r.returncode == 0 and sorted(os.listdir(tmp_path / "forced")) == sorted(compat.NAMES), r.stderr
     r = run("install", str(target), path="/nonexistent", python=str(private / "python"))  # (a python under /root)
     assert r.returncode == 0 and sorted(os.listdir(target)) == sorted(compat.NAMES)
     assert f"{private / 'python'} is not executable by other users: the commands work for this user only" in r.stderr
@@ -220,6 +223,20 @@ def test_sbatch_wrap_parsable_wait_and_separate_error_file(cluster, shims, tmp_p
         r = shims(command, input="#!/bin/sh\n" + "# padding\n" * 13108, cwd=tmp_path)
         assert r.returncode == 1 and "131090 bytes" in r.stderr and "as a file" in r.stderr and r.stderr.count("\n") == 1
     assert len(cluster.client().history(1000)) == before
+
+
+def test_sbatch_W_of_an_array_exits_with_its_highest_and_an_old_job_is_not_shown(cluster, shims, tmp_path, monkeypatch,
+                                                                                capsys):
+    r = shims("sbatch", "--parsable", "-W", "--array=1-3", "-o", "/dev/null", "--wrap", "exit $((SLURM_ARRAY_TASK_ID * 2))")
+    assert r.returncode == 6, r.stderr  # (Slurm's: the highest task exit code, not the first failure's 2)
+    array = r.stdout.strip()
+    assert shims("scontrol", "show", "job", array).returncode == 0  # (ended just now: shown, as Slurm's)
+    monkeypatch.setenv("GRUN_CONF", cluster.client_config)  # ended > MinJobAge ago (job_list's 300 s, here 0 s)
+    job_list = compat.job_list
+    monkeypatch.setattr(compat, "job_list", lambda client, ids, finished_for=0: job_list(client, ids, finished_for))
+    for ref in (array, f"{array}_2"):
+        assert compat_slurm.scontrol(["show", "job", ref]) == 1
+        assert capsys.readouterr().err == "slurm_load_jobs error: Invalid job id specified\n"
 
 
 def test_sbatch_signal_warns_before_the_time_limit_and_the_kill_is_said_in_its_output(cluster, shims, tmp_path):
