@@ -310,7 +310,9 @@ def reason_of(job: dict) -> str:
     """Why a pending job waits, in Slurm's words (squeue may have found `Resources`)."""
     at_limit = job["state"] == "queued" and "ranges" in job and job["limit"] and \
         job["started"] - sum(job["counts"].values()) >= job["limit"]  # (held, waiting: that, as Slurm's)
-    return job.get("_reason") or ("JobArrayTaskLimit" if at_limit else REASONS.get(job["state"], "None"))
+    never = job["state"] == "cancelled" and (job.get("error") or "").startswith("dependency ")  # (core.deps.cancel's)
+    return job.get("_reason") or ("JobArrayTaskLimit" if at_limit else "DependencyNeverSatisfied" if never else
+                                  REASONS.get(job["state"], "None"))
 
 
 def elapsed(job: dict) -> float:
@@ -341,6 +343,8 @@ FIELDS = {row[0]: row[1:] for row in [
     ("m", "MIN_MEMORY", "minmemory ReqMem", 10, lambda j: f"{j.get('memory', 0)}M"),
     ("l", "TIME_LIMIT", "timelimit Timelimit", 10, lambda j: duration(j["time"]) if j.get("time") else "UNLIMITED"),
     ("Z", "WORK_DIR", "workdir WorkDir", 20, lambda j: j.get("cwd", "")),
+    ("E", "DEPENDENCY", "dependency", 0, lambda j: ",".join(  # (Slurm's words: its afterany is grun's after)
+        f"{'afterany' if k == 'after' else k}:{i}(unfulfilled)" for k, i in j.get("deps") or ()) or "(null)"),
     ("r", "REASON", "reason Reason", 22, reason_of), ("o", "COMMAND", "command", 0, command_text),
     ("V", "SUBMIT_TIME", "submittime Submit", 19, lambda j: stamp(j.get("submit_time"))),
     ("S", "START_TIME", "starttime Start", 19, lambda j: stamp(j.get("start_time"))),

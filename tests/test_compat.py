@@ -239,6 +239,17 @@ def test_sbatch_W_of_an_array_exits_with_its_highest_and_an_old_job_is_not_shown
         assert capsys.readouterr().err == "slurm_load_jobs error: Invalid job id specified\n"
 
 
+def test_squeue_shows_dependencies_and_one_never_satisfied_says_so(cluster, shims, tmp_path):
+    first = shims("sbatch", "--parsable", "-H", "--wrap", "true", cwd=tmp_path).stdout.strip()
+    then = shims("sbatch", "--parsable", "-d", f"afterok:{first}", "--wrap", "true", cwd=tmp_path).stdout.strip()
+    r = shims("squeue", "-h", "-o", "%i %E", "-j", f"{first},{then}")
+    assert r.stdout.splitlines() == [f"{first} (null)", f"{then} afterok:{first}(unfulfilled)"], r.stderr
+    assert shims("squeue", "-h", "-O", "JobID:6,Dependency:30", "-j", then).stdout.split() == [then, f"afterok:{first}(unfulfilled)"]
+    assert shims("scancel", first).returncode == 0 and wait_end(cluster, int(then))["state"] == "cancelled"
+    assert "Reason=DependencyNeverSatisfied" in shims("scontrol", "show", "job", then).stdout
+    assert shims("sacct", "-j", then, "-n", "-P", "-o", "State,Reason").stdout == "CANCELLED|DependencyNeverSatisfied\n"
+
+
 def test_sbatch_signal_warns_before_the_time_limit_and_the_kill_is_said_in_its_output(cluster, shims, tmp_path):
     """Nextflow's `#SBATCH --signal B:USR2@30` was refused (no task ran); the kill at -t was in `grun -q history
     --long` only, not in slurm-N.out, where slurmstepd writes "CANCELLED ... DUE TO TIME LIMIT"."""
