@@ -434,11 +434,11 @@ def show_job(j: dict, oneliner: bool) -> str:
         f" ArrayJobId={j['id']} ArrayTaskId={spans(unstarted(j))}" if "ranges" in j else ""
     end, cpus = j.get("end_time") or j.get("start_time") and j.get("time") and j["start_time"] + j["time"], FIELDS["C"][3](j)
     lines = [f"JobId={j['id']}{array} JobName={name_of(j)}", f"UserId={j.get('user')}({j.get('uid')})",
-             f"Priority={j.get('priority', 0)}", f"JobState={state_of(j)} Reason={reason_of(j)}",
-             f"ExitCode={FIELDS['2'][3](j)}", f"RunTime={duration(elapsed(j), True)} TimeLimit=" +
-             (duration(j["time"], True) if j.get("time") else "UNLIMITED"), f"SubmitTime={stamp(j.get('submit_time'))}",
-             f"StartTime={stamp(j.get('start_time'))} EndTime={stamp(end)}", "Partition=grun",
-             f"NodeList={j.get('node') or ''}", f"NumNodes=1 NumCPUs={cpus} NumTasks=1 CPUs/Task={cpus}",
+             f"Priority={j.get('priority', 0)}", f"JobState={state_of(j)} Reason={reason_of(j)} Dependency={FIELDS['E'][3](j)}",
+             f"Requeue={int(j.get('requeue') is not False)} ExitCode={FIELDS['2'][3](j)}",
+             f"RunTime={duration(elapsed(j), True)} TimeLimit={duration(j['time'], True) if j.get('time') else 'UNLIMITED'}",
+             f"SubmitTime={stamp(j.get('submit_time'))}", f"StartTime={stamp(j.get('start_time'))} EndTime={stamp(end)}",
+             "Partition=grun", f"NodeList={j.get('node') or ''}", f"NumNodes=1 NumCPUs={cpus} NumTasks=1 CPUs/Task={cpus}",
              f"MinMemoryNode={j.get('memory', 0)}M", f"Command={command_text(j)}", f"WorkDir={j.get('cwd', '')}",
              *(f"{key}={path}" for key, path in zip(("StdOut", "StdErr"), output_files(j)))]
     return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"

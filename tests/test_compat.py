@@ -245,6 +245,8 @@ def test_squeue_shows_dependencies_and_one_never_satisfied_says_so(cluster, shim
     r = shims("squeue", "-h", "-o", "%i %E", "-j", f"{first},{then}")
     assert r.stdout.splitlines() == [f"{first} (null)", f"{then} afterok:{first}(unfulfilled)"], r.stderr
     assert shims("squeue", "-h", "-O", "JobID:6,Dependency:30", "-j", then).stdout.split() == [then, f"afterok:{first}(unfulfilled)"]
+    fields = dict(w.split("=", 1) for w in shims("scontrol", "show", "job", then).stdout.split())
+    assert (fields["Dependency"], fields["Requeue"]) == (f"afterok:{first}(unfulfilled)", "1")  # (Slurm's: its requeue)
     assert shims("scancel", first).returncode == 0 and wait_end(cluster, int(then))["state"] == "cancelled"
     assert "Reason=DependencyNeverSatisfied" in shims("scontrol", "show", "job", then).stdout
     assert shims("sacct", "-j", then, "-n", "-P", "-o", "State,Reason").stdout == "CANCELLED|DependencyNeverSatisfied\n"
