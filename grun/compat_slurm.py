@@ -67,9 +67,9 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
     if ignored := [key for key in IGNORED if key in opts]:
         note(f"{', '.join('--' + k for k in ignored)} ignored (grun has no {', '.join(dict.fromkeys(map(IGNORED.get, ignored)))})")
     per_task, tasks = last(opts, "cpus", "1"), last(opts, "ntasks", "1")
-    if not (per_task.isdigit() and tasks.isdigit() and (cpus := str(int(per_task) * int(tasks))) != "0"):
-        raise Refused(f"bad value for --cpus-per-task or --ntasks: {per_task!r}, {tasks!r}")
-    export, here = last(opts, "export", "ALL").split(","), os.getcwd()
+    if bad := next(((k, v) for k, v in (("cpus-per-task", per_task), ("ntasks", tasks)) if not v.isdigit() or not int(v)), 0):
+        raise Refused(f'Invalid numeric value "{bad[1]}" for --{bad[0]}.')  # (Slurm's words)
+    export, here, cpus = last(opts, "export", "ALL").split(","), os.getcwd(), str(int(per_task) * int(tasks))
     env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
                SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",

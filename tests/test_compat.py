@@ -244,6 +244,10 @@ def test_squeue_shows_dependencies_and_one_never_satisfied_says_so(cluster, shim
     then = shims("sbatch", "--parsable", "-d", f"afterok:{first}", "--wrap", "true", cwd=tmp_path).stdout.strip()
     r = shims("squeue", "-h", "-o", "%i %E", "-j", f"{first},{then}")
     assert r.stdout.splitlines() == [f"{first} (null)", f"{then} afterok:{first}(unfulfilled)"], r.stderr
+    for option in ("-c0", "-n0", "-cx"):  # (Slurm's words)
+        r = shims("sbatch", option, "--wrap", "true", cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr == f'sbatch: error: Invalid numeric value "{option[2:]}" for ' \
+            f'--{"ntasks" if option == "-n0" else "cpus-per-task"}.\n', r.stderr
     assert shims("squeue", "-h", "-O", "JobID:6,Dependency:30", "-j", then).stdout.split() == [then, f"afterok:{first}(unfulfilled)"]
     fields = dict(w.split("=", 1) for w in shims("scontrol", "show", "job", then).stdout.split())
     assert (fields["Dependency"], fields["Requeue"]) == (f"afterok:{first}(unfulfilled)", "1")  # (Slurm's: its requeue)
