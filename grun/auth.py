@@ -174,7 +174,7 @@ def _daemon_side(base):
 
 def log_refused(sock, why: str) -> None:
     """Log a connection a daemon refuses, with its peer's address (grun.registry's handshake, TLS's here): a host's
-    first, then at most one each REFUSED_LOG_SECS, with how many more there were."""
+    first for a reason, then at most one each REFUSED_LOG_SECS, with how many more there were."""
     import contextlib
     import logging
     peer = ("?", 0)
@@ -182,7 +182,7 @@ def log_refused(sock, why: str) -> None:
         peer = sock.getpeername()[:2]
     if len(_refused) > 4096:  # (bounded, whoever knocks)
         _refused.clear()
-    told = _refused.setdefault(peer[0], [float("-inf"), -1])
+    told = _refused.setdefault((peer[0], why), [float("-inf"), -1])  # (each reason's first: a TLS mismatch, a secret)
     if time.monotonic() - told[0] >= REFUSED_LOG_SECS:
         more = f" ({told[1]} more from {peer[0]} since)" if told[1] > 0 else ""
         logging.getLogger("grun.auth").warning("refused a connection from %s: %s%s", format_hostport(*peer), why, more)

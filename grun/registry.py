@@ -4,7 +4,6 @@ answers or sends UDP broadcasts: it is always addressed by explicit host and por
 for the names: Pyro5 is imported by the functions that need it, and every proxy is grun.wire's."""
 
 import functools
-import socket
 
 from . import auth
 from .values import format_hostport, is_any_address, parse_hostport
@@ -50,6 +49,7 @@ proxy = functools.partial(WireProxy, timeout=CALL_TIMEOUT)
 def refused(uri: str, timeout: float = 0.5) -> bool:
     """Whether the host of a daemon's URI (PYRO:name@host:port) refuses a connection to its port: reachable, and its
     daemon gone. A timeout or an unreachable host says nothing of the daemon."""
+    import socket  # (the master's: `grun --nowait` imports this module, not socket: tests/test_cli_fast.py)
     try:
         socket.create_connection(parse_hostport(uri.rpartition("@")[2]), timeout).close()
     except ConnectionRefusedError:

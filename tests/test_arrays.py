@@ -190,7 +190,7 @@ def test_hold_the_whole_array_then_release_it():
     m.handle("started", "a", {"started": {str(t["id"]): 9 for t in running}, "incarnation": "i1", "seq": 1}, 2.5)
     step = m.handle("control", "hold", [array_id], 3.0)
     assert m.table.jobs[array_id]["state"] == J.HELD
-    assert ("signal", "a", "suspend", [t["id"] for t in running]) in step.do
+    assert ("signal", "a", "suspend", [t["id"] for t in running], None) in step.do  # (by: no admin)
     _finish(m, running, 4.0)
     assert _offered(m.handle("schedule", 5.0)) == []
     m.handle("control", "resume", [array_id], 6.0)

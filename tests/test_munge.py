@@ -212,7 +212,7 @@ def test_a_node_without_a_valid_credential_cannot_register(cluster, munged):
     cluster.start_node("n2", wait=False)
     try:
         log = os.path.join(cluster.root, "n2", "grun.log")
-        wait_for(lambda: os.path.exists(log) and "the master refused this node" in _log(cluster, "n2"), timeout=20)
+        wait_for(lambda: os.path.exists(log) and " refused this node: " in _log(cluster, "n2"), timeout=20)
         assert "n2" not in {n["name"] for n in cluster.client().nodes()}
     finally:
         cluster.kill("n2")

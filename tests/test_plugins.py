@@ -182,7 +182,7 @@ def test_reload_is_checked_by_the_daemon_which_never_imports_a_plugin_again(clus
         with open(module, "w") as f:
             f.write("class A:\n    def on_submit(self, job):\n        job['env']['LAB'] = 'a'\n")
         r = reload("grun_reloadlab:A", env=bare)
-        assert r.returncode == 0 and re.fullmatch(rb"grun: the daemon \(pid \d+\) reloaded \S+: applied plugins="
+        assert r.returncode == 0 and re.fullmatch(rb"grun: the daemon \(pid \d+\) reloaded \S+: applied plugins: "
                                                   rb"\['grun_reloadlab:A'\]\n", r.stderr), r.stderr
         assert cluster.grun("sh", "-c", 'echo "$LAB $SUBMITTED_VIA"').stdout == b"a labplugin\n"
         with open(module, "a") as f:

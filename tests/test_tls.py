@@ -210,7 +210,7 @@ def test_a_tls_node_of_a_plain_master_says_so_once_and_loudly(tmp_path):
         wait_for(lambda: os.path.exists(log) and "ERROR" in open(log).read(), 20, what="the node's error")
         time.sleep(2.5)  # more attempts (one a second): no more lines
         text = open(log).read()
-        assert text.count("the master refused this node") == 1 and "WRONG_VERSION_NUMBER" in text, text[-2000:]
+        assert text.count(" refused this node: ") == 1 and "WRONG_VERSION_NUMBER" in text, text[-2000:]
         assert not any(n["up"] for n in c.client().nodes())
     finally:
         c.stop()
