@@ -52,10 +52,8 @@ def refused(uri: str, timeout: float = 0.5) -> bool:
     import socket  # (the master's: `grun --nowait` imports this module, not socket: tests/test_cli_fast.py)
     try:
         socket.create_connection(parse_hostport(uri.rpartition("@")[2]), timeout).close()
-    except ConnectionRefusedError:
-        return True
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError) as exc:
+        return isinstance(exc, ConnectionRefusedError)
     return False
 
 

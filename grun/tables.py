@@ -5,7 +5,7 @@ import re
 import time
 from collections import Counter
 
-from .core.arrays import left, unstarted
+from .core.arrays import label, left, unstarted
 from .core.jobs import DEP_KINDS, FINAL_STATES, SPEC_KEYS, describe_exit, name_of, wrapped
 from .values import close_to
 
@@ -100,11 +100,6 @@ def fold_arrays(jobs: list[dict], unfolded=()) -> list[dict]:
     return [dict(j, state=", ".join(f"{n} {s}" for s, n in arrays[j["id"]].items())) if j["id"] in arrays else j
             for j in jobs if (j.get("array") not in arrays or j["array"] in unfolded)
             and (j["id"] not in unfolded or arrays.get(j["id"], 1))]  # (its tasks all begun: their lines alone)
-
-
-def label(job: dict) -> str:
-    """How a person names a job: `12`, or `12.7` for task 7 of array 12."""
-    return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
 
 
 NODE_COLUMNS = ["NODE", "STATE", "CPUS(free/total)", "MEM_MB(free/total)", "DEVICES(in use)", "JOBS", "SPOOL_MB_FREE"]

@@ -134,6 +134,16 @@ def test_an_admins_hold_is_an_admins_to_release_and_a_kill_names_who_asked():
     m.handle("finished", "a", [{"id": running, "signal": 15, "attempt": 1}], 7.0)
     for i in (running, queued):
         assert m.recent[i]["killed_by"] == "qa3a" and "  killed    by qa3a" in tables.history_long([m.recent[i]])
+        assert "held_by" not in m.recent[i]  # (review: a killed job's history said "only an admin can release it")
+
+
+def test_an_admins_hold_of_an_array_is_refused_to_its_owner_by_the_tasks_name():
+    """Review: the refusal of `resume 1.2` was filed under the task's internal id, so the id asked read True."""
+    m = _state("a")
+    array = m.handle("submit", m.requests([{"cmd": ["true"], "array": "1-3", "cpus": 64, "force": True}]), None, 1.0).reply[0]
+    m.handle("control", "hold", [array], 2.0, by=("root", True))
+    step = m.handle("control", "resume", [f"{array}.2"], 3.0, by=("alice", False))
+    assert step.reply == {f"{array}.2": f"job {array}.2 was held by an admin (root): only an admin can release it"}
 
 
 def test_a_job_submitted_held_is_held_in_its_own_commit_and_a_pass_leaves_it():
@@ -440,3 +450,12 @@ def test_a_lease_not_renewed_ends_its_job_and_a_restart_starts_each_lease_again(
     paused = _submit(m, 20.0, lease=10)
     m.handle("sweep", 20.0)
     assert m.handle("sweep", 40.0).records == [] and m.leases[paused] == 50.0
+
+
+def test_a_requeued_job_killed_before_its_next_run_has_no_wait():
+    """Review: its old start (before the re-queue) made WAIT negative, shown as 0; it never started again: none."""
+    m = _state("a")
+    job_id = _running(m, "a")
+    m.table.apply({"op": "requeue", "id": job_id, "node": "a", "reason": "node a lost", "time": 5.0})
+    m.handle("kill", [job_id], 15, False, 6.0)
+    assert m.recent[job_id]["state"] == J.KILLED and "queue_wait" not in m.recent[job_id]

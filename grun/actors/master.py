@@ -262,9 +262,9 @@ class Master(Queries):
         if self._closing:
             return
         self._run_kept()
+        stood, self._looked = time.time() - self._looked, time.time()  # (a long gap: it stood still, nodes.Hearing)
         if self.store.journal.full:
             return
-        stood, self._looked = time.time() - self._looked, time.time()  # (a long gap: it stood still, nodes.Hearing)
         self._do("sweep", stood=stood)
         if self.core.hearing.said and time.monotonic() - self._probed > PROBE_SECS:  # (it hears no node)
             self._probed = math.inf  # (until it has probed them all, however long that takes)
@@ -379,8 +379,7 @@ class Master(Queries):
     def _by(self) -> tuple:
         """Who calls: (user, whether root or an admin); a holder of the secret: root's; without auth (None, True)."""
         who = auth.caller()
-        return (who["user"], not who["uid"] or who["user"] in self.core.settings["admins"]) if isinstance(who, dict) \
-            else ("root" if who else None, True)
+        return (who["user"] if isinstance(who, dict) else "root" if who else None, not auth.confined(self.core.settings["admins"]))
 
     def edit(self, job_ids: list, changes: dict) -> dict:
         def act(ids):
@@ -445,7 +444,7 @@ class Master(Queries):
         if (node := self.core.table.nodes.get(name)) and (why := node.rival(uri, str(info.get("incarnation", "")), time.time(),
                 self.core.settings["node_timeout"])) and not registry.refused(node.uri):  # (unlocked: a probe)
             if (name, uri) not in self._rivals:
-                self._rivals.add((name, uri))
+                self._rivals = {*self._rivals, (name, uri)} if len(self._rivals) < 1000 else {(name, uri)}  # (bounded)
                 log.error("%s", why)
             raise ValueError(f"not authorized: {why}")  # (its node says it once, as of a wrong secret)
         if getattr(self.links.get(name), "uri", None) != uri:

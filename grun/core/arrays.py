@@ -17,6 +17,11 @@ MAX_FAILURES_KEPT = 10  # the failed tasks an array's record names (the lowest t
 _BOOKS = ("tasks", "ranges", "limit", "at", "started", "taken", "counts", "failures", "stopped")
 
 
+def label(job: dict) -> str:
+    """How people name a job, as grun -q jobs shows it: `12`, or `12.7` for task 7 of array 12 (its own id is internal)."""
+    return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
+
+
 def parse(text: str) -> dict:
     """`1-100`, `1-100:2`, `1,5,9`, a mix, then `%N` (at most N at once): an array's bookkeeping fields."""
     require(isinstance(text, str), "array must be a string like 1-100, 1-100:2, 1,5,9 or 1-100%10")

@@ -4,6 +4,7 @@ and edit), `grun why ID`'s paragraph and a waiting `grun`'s progress line. Pure 
 import itertools
 
 from ..mounts import unmounted
+from . import arrays as A
 from . import jobs as J
 from .deps import waiting_text
 from .nodes import EPS, NodeView, consumables, delays_claim, host_matches, label_matches, mismatch, shape
@@ -112,7 +113,7 @@ def node_reason(node, job: dict, claims: dict, private: bool = False, shown=str)
 
 def explain(job: dict, master, now: float, private: bool = False) -> str:
     """`master`: the master's MasterState; `private`: node_reason's. Jobs named as people name them (_shown)."""
-    ref, state, shown = _label(job), job["state"], _shown(master.table)
+    ref, state, shown = A.label(job), job["state"], _shown(master.table)
     head = f"Job {ref}"
     if state == J.HELD:
         return f"{head} is held: it will not run until released with `grun -e resume {ref}`."
@@ -172,7 +173,7 @@ def unread_text(job: dict) -> str:
     """A running job waiting in its write for a reader (drain.py: its node's spool_max reached, none attached)."""
     unread = (job.get("usage_now") or {}).get("unread")
     return f"; its output waits for a reader: {unread / 2**20:.0f} MB unread, spool_max reached: attach (grun " \
-           f"--attach {_label(job)}) or use -o" if unread else ""
+           f"--attach {A.label(job)}) or use -o" if unread else ""
 
 
 def placement(job: dict, master, now: float, private: bool = False) -> tuple[str, str]:
@@ -190,14 +191,9 @@ def placement(job: dict, master, now: float, private: bool = False) -> tuple[str
 def progress(job: dict, master, now: float, private: bool = False) -> str:
     """A waiting `grun`'s line ("queued: 14 ahead; needs 4 cpus, 100 MB; most room: n3 (...)"); else explain()'s."""
     if job["state"] != J.QUEUED:  # (the caller names the job: "grun: job 7 is held: ...")
-        return explain(job, master, now, private).removeprefix(f"Job {_label(job)} ")
+        return explain(job, master, now, private).removeprefix(f"Job {A.label(job)} ")
     ahead = sum(1 for _ in itertools.takewhile(lambda other: other["id"] != job["id"], master.table.pending))
     return f"queued: {ahead} ahead; needs {request_text(job)}; {placement(job, master, now, private)[1]}"
-
-
-def _label(job: dict) -> str:
-    """How people name a job, as grun -q jobs shows it: `12.7` for task 7 of array 12 (its own id is internal)."""
-    return f"{job['array']}.{job['task']}" if "task" in job else str(job["id"])
 
 
 def provenance(job: dict) -> str:
@@ -208,7 +204,7 @@ def provenance(job: dict) -> str:
 
 
 _n = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # (memory: an int, 1048576 MB not 1.04858e+06)
-_shown = lambda table: lambda job_id: _label(table.jobs.get(job_id) or {"id": job_id})  # (node_reason's `shown`)
+_shown = lambda table: lambda job_id: A.label(table.jobs.get(job_id) or {"id": job_id})  # (node_reason's `shown`)
 
 
 def _duration(secs: float) -> str:

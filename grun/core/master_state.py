@@ -258,7 +258,7 @@ class MasterState:
         on_nodes, records, admin = collections.defaultdict(list), [], by[0] if by[1] and what == "hold" else None
         for job in jobs:
             if what == "resume" and job.get("held_by") and not by[1]:
-                found[str(job["id"])] = f"job {job['id']} was held by an admin ({job['held_by']}): only an admin can release it"
+                found[A.label(job)] = f"job {A.label(job)} was held by an admin ({job['held_by']}): only an admin can release it"
             elif job["state"] == here or (what, job["state"]) == ("hold", J.WAITING):
                 records.append({"op": op, "id": job["id"], "time": now, **({"by": admin} if admin else {})})
             elif job["state"] == there and not A.is_array(job) and not pending_only:

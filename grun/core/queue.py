@@ -131,9 +131,10 @@ class JobTable:
                 job["lent_to"] = sorted(lent)
         elif op == "reserve" and state == J.QUEUED:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
-        if op in ("hold", "suspend", "release", "resume") and job["state"] != state:  # (by: the admin who held it)
+        if op in ("hold", "suspend") and job["state"] != state and rec.get("by"):  # (by: the admin who held it)
+            job["held_by"] = rec["by"]
+        if job["state"] not in (J.HELD, J.SUSPENDED):  # (released, killed, re-queued: no admin's hold holds it)
             job.pop("held_by", None)
-            job.update({"held_by": rec["by"]} if rec.get("by") else {})
         self._sync(job)
         return job
 
@@ -217,6 +218,7 @@ class JobTable:
 
     def _finish(self, job: dict, rec: dict) -> dict:
         self.pending.remove(job)
+        job.pop("held_by", None)  # (ended: no admin's hold holds it; history --long said "only an admin can release it")
         self._index(job, False, outputs=True)
         self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
@@ -238,8 +240,8 @@ class JobTable:
         if result.get("status") == J.KILLED and "usage" not in result and job.get("start_time"):  # not the node's:
             job["usage"] = {"wall": round(rec["time"] - job["start_time"], 6)}  # (a lease, --force) from our records
         started = job.get("start_time") or job.get("dispatch_time")  # its last run's: re-queued, from then (as sacct's)
-        if started and job.get("submit_time"):
-            job["queue_wait"] = round(max(0.0, started - job.get("requeue_time", job["submit_time"])), 6)
+        if started and job.get("submit_time") and started >= job.get("requeue_time", 0):  # (killed before its re-run: none)
+            job["queue_wait"] = round(started - job.get("requeue_time", job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
         killed = J.asked_to_end(job) or result.get("signal") and (job.get("kill_requested") or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
