@@ -133,19 +133,16 @@ def _renew() -> None:
 
 def cancel_all(futures: list[CallFuture]) -> None:
     """Kill the jobs of the calls not settled, one kill per master (a failed map of 10,000: one), and cancel them."""
-    _kill([future for future in futures if not future.done()])
+    _each_master("kill", [future for future in futures if not future.done()])
     for future in futures:
         Future.cancel(future)
 
 
-def _kill(futures: list[CallFuture], timeout: float = 90.0) -> None:
-    _pending.difference_update(futures)
-    _each_master("kill", futures, timeout)
-
-
 def _each_master(method: str, futures: list[CallFuture], timeout: float = 90.0) -> None:
     """The master's `method` (kill, renew) over these calls' jobs, one call to each master on a new connection (ours
-    may be mid-reply)."""
+    may be mid-reply); those killed are no longer ours to kill or renew."""
+    if method == "kill":
+        _pending.difference_update(futures)
     by_master: dict[tuple, list[int]] = {}
     for future in futures:
         by_master.setdefault((future.job.client.host, future.job.client.port), []).append(future.job.id)
@@ -158,12 +155,12 @@ def _each_master(method: str, futures: list[CallFuture], timeout: float = 90.0) 
 
 # The calls not settled die with us, as `grun CMD`'s job does (grun.running.dies_with): at our exit (those not sent
 # would wait GRUN_CALL_TIMEOUT for it; the others' results are lost) or SIGTERM; `kill -9` leaves them to their leases.
-atexit.register(lambda: _kill(list(_pending), EXIT_KILL_WAIT))  # (a follower, a daemon thread, does not hold our exit)
+atexit.register(lambda: _each_master("kill", [*_pending], EXIT_KILL_WAIT))  # (a follower, a daemon thread: no wait)
 
 
 def _on_sigterm(signum, frame) -> None:
     """Our calls die with us, then we die of SIGTERM as we would have (set only where nobody else handles it)."""
-    _kill(list(_pending), EXIT_KILL_WAIT)
+    _each_master("kill", list(_pending), EXIT_KILL_WAIT)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -225,7 +222,7 @@ def _start(client: Client, label: str, function: bytes, calls: list[tuple[CallFu
             for future, _ in waiting.values():  # (not a follower each: out of fds, 10,000 threads that fail)
                 with contextlib.suppress(InvalidStateError):
                     future.set_exception(exc)
-            _kill([future for future, _ in waiting.values()], EXIT_KILL_WAIT)  # (and out of _pending)
+            _each_master("kill", [future for future, _ in waiting.values()], EXIT_KILL_WAIT)  # (and out of _pending)
             return
         if not started:
             more = more + START_WINDOW if more + START_WINDOW < len(waiting) else 0

@@ -60,10 +60,13 @@ def worker_spec(label: str, python: str | None, resources: dict, key: str = "-")
 def code_key(func: Callable) -> str:
     """What names a function's code, so only it learns from its runs (every `f` and `<lambda>` of every script shared
     one key: a tiny one's learned limit killed a big one): a hash of its file and qualname, and a lambda's or a nested
-    function's line and bytecode; '-' for one without Python code (a builtin: its name is enough)."""
+    function's line, bytecode and constants (`lambda: f(1)`, `lambda: f(10**9)`); '-' for one without Python code."""
     if (code := getattr(getattr(func, "func", func), "__code__", None)) is None:  # (func: a functools.partial's)
-        return "-"
-    nested = f"{code.co_firstlineno} {code.co_code.hex()}" if "<" in code.co_qualname else ""
+        return "-"  # (a builtin: its name is enough)
+    def text(code) -> str:  # the same in every run (not a code's repr: its address; a frozenset's order: its hashes)
+        return code.co_code.hex() + repr([text(c) if isinstance(c, types.CodeType) else sorted(map(repr, c))
+                                          if isinstance(c, frozenset) else c for c in code.co_consts])
+    nested = f"{code.co_firstlineno} {text(code)}" if "<" in code.co_qualname else ""
     return hashlib.blake2s(f"{code.co_filename} {code.co_qualname} {nested}".encode(), digest_size=6).hexdigest()
 
 
@@ -93,12 +96,12 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         raise GrunError(f"{func!r} is not callable")
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     label = f"{getattr(func, '__module__', None) or '?'}.{name}"
+    spec = worker_spec(label, python, resources, code_key(func))  # (bad options refused before the pickling: big)
     try:  # the function once; each call's input is its nonce, these bytes and its arguments' (grun.remote_worker)
         dumps = _dumps(cloudpickle)  # (and the functions among the arguments)
         function, args = dumps(func), [dumps(call) for call in calls]
     except Exception as exc:
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
-    spec = worker_spec(label, python, resources, code_key(func))
     specs = [dict(spec, name=name) for name in names] if names else [spec] * len(calls)
     client = client or default_client()  # (bad input refused first: not after a personal cluster was started)
     try:
@@ -122,8 +125,9 @@ def submit_call(func: Callable, *args, python: str | None = None, client: Client
     grun must be importable there); every other keyword, the call's: one `func` takes too (`def f(x, time=0)`) is
     refused, give it with functools.partial(f, time=0). Bad job options raise BadArgument, a ValueError."""
     resources = {key: kwargs.pop(key) for key in RESOURCES if key in kwargs}
-    try:  # (no signature: a builtin's, some C function's; a partial's own keywords are its)
-        takes = inspect.signature(func).parameters.keys() - (func.keywords if isinstance(func, partial) else {})
+    try:  # (no signature: a builtin's, a C function's; a partial's keywords are its; positional-only ones cannot clash)
+        takes = {n for n, p in inspect.signature(func).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                 p.KEYWORD_ONLY)} - (func.keywords.keys() if isinstance(func, partial) else set())
     except (TypeError, ValueError):
         takes = set()
     if both := sorted(resources.keys() & takes):

@@ -37,11 +37,10 @@ def _dumps(outcome: tuple) -> bytes:
 
 def _outcome(blob: bytes) -> tuple:
     try:
-        call = io.BytesIO(blob)
-        func, (args, kwargs) = pickle.load(call), pickle.load(call)
-    except BaseException as exc:  # (a module the caller imports by name, not on our sys.path: how to send it)
-        hint = f" (not under this node's sys.path: cloudpickle.register_pickle_by_value({exc.name}) sends it with the" \
-               " call)" if isinstance(exc, ModuleNotFoundError) else ""
+        func, (args, kwargs) = pickle.load(call := io.BytesIO(blob)), pickle.load(call)
+    except BaseException as exc:  # (a module the caller imports by name, not on our sys.path: how to get it here)
+        hint = " (install it for this python; a module of your own: cloudpickle.register_pickle_by_value(mod)" \
+               " sends it with the call)" if isinstance(exc, ModuleNotFoundError) else ""
         return "error", None, traceback.format_exc(), f"cannot load the call on this node: {type(exc).__name__}: {exc}{hint}"
     try:
         return "ok", func(*args, **kwargs)
