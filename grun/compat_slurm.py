@@ -158,7 +158,7 @@ def sbatch(argv: list[str]) -> int:
                       **request)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     code = client.exit_code(job_id) if "wait" in opts else 0  # an array's: as Slurm's, its tasks' highest exit code
-    tasks = C.job_list(client, [str(job_id)], None)[0] if code and "array" in opts else []  # (grun's: its first's)
+    tasks = C.job_list(client, [str(job_id)], None)[0] if code and "array" in opts else []  # (grun's: lowest failed task's)
     return max([code] + [j.get("exit", 1) for j in tasks if "task" in j])
 
 

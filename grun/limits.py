@@ -155,10 +155,10 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
 
 def describe(result: dict, job_id, family: str | None = None) -> str | None:
     """The line a client prints on stderr when its job died of a limit: what it used, and what to pass (an SGE job's,
-    `family` from grun/compat.py's GRUN_COMPAT: qsub's options; Slurm's -t is grun's)."""
+    `family` from grun/compat.py's GRUN_COMPAT: qsub's options, sbatch's: its -m is --distribution)."""
     from .tables import fmt_span
     kind, detail = result.get("limit"), result.get("limit_detail")
-    more = ("-l h_rt=", "-l h_vmem=") if family == "sge" else ("-t", "-m")
+    more = {"sge": ("-l h_rt=", "-l h_vmem="), "slurm": ("-t", "--mem=")}.get(family, ("-t", "-m"))
     if kind == "time":
         limit, used = (result.get("limits") or {}).get("time"), (result.get("usage") or {}).get("wall")
         return (f"job {job_id} ran out of its time limit" + (f" of {fmt_span(limit)}" if limit else "")

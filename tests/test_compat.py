@@ -15,6 +15,7 @@ import pytest
 from grun import compat, compat_slurm, tables
 from grun.client import current_user, job_spec
 from grun.core import jobs as J
+from grun.limits import describe
 
 SCRIPT = "import sys\nfrom grun.compat import main\nsys.exit(main())\n"
 
@@ -91,6 +92,14 @@ def test_output_names_expand_in_the_job_and_quote_the_rest():
     word = compat.out_path("my dir/$(x) `y` o-%j.100%%;rm *", names)
     assert subprocess.run(["sh", "-c", f"printf %s {word}"], env={"SLURM_JOB_ID": "7"}, capture_output=True,
                           text=True).stdout == "my dir/$(x) `y` o-7.100%;rm *"
+
+
+def test_a_limit_names_the_option_of_the_jobs_own_submitter():
+    """A Slurm job out of memory was told "pass -m" (sbatch's -m is --distribution)."""
+    oom, late = {"limit": "memory", "signal": 9}, {"limit": "time", "signal": 15}
+    told = [describe(r, 3, family).rsplit("; pass ", 1)[1] for family in ("slurm", "sge", None) for r in (oom, late)]
+    assert told == ["--mem= with what it needs", "-t with more", "-l h_vmem= with what it needs", "-l h_rt= with more",
+                    "-m with what it needs", "-t with more"], told
 
 
 def test_records_as_slurm_shows_them():
@@ -230,6 +239,8 @@ def test_sbatch_W_of_an_array_exits_with_its_highest_and_an_old_job_is_not_shown
     r = shims("sbatch", "--parsable", "-W", "--array=1-3", "-o", "/dev/null", "--wrap", "exit $((SLURM_ARRAY_TASK_ID * 2))")
     assert r.returncode == 6, r.stderr  # (Slurm's: the highest task exit code, not the first failure's 2)
     array = r.stdout.strip()
+    late = shims("sbatch", "-W", "--array=1-3", "-o", "/dev/null", "--wrap", "exit $((SLURM_ARRAY_TASK_ID * 2 - 2))")
+    assert late.returncode == 4, late.stderr  # (task 1 exits 0: still the highest, not grun's 2, its lowest failed)
     assert shims("scontrol", "show", "job", array).returncode == 0  # (ended just now: shown, as Slurm's)
     monkeypatch.setenv("GRUN_CONF", cluster.client_config)  # ended > MinJobAge ago (job_list's 300 s, here 0 s)
     job_list = compat.job_list
