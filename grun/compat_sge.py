@@ -230,10 +230,9 @@ def qstat(argv: list[str]) -> int:
     if "xml" in opts:
         from xml.sax.saxutils import escape
         tags = ("JB_job_number", "JAT_prio", "JB_name", "JB_owner", "state"), ("queue_name", "slots", "tasks")
-        iso = lambda j: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(j.get("start_time") or j["submit_time"]))
         parts = {part: "".join(f'    <job_list state="{state}">\n' + "".join(
-            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip((*tags[0], when, *tags[1]), (*r[:5], iso(j), *r[6:]))
-            if v)
+            f"      <{t}>{escape(v)}</{t}>\n" for t, v in zip((*tags[0], when, *tags[1]), (*r[:5], re.sub(
+                r"(..)/(..)/(....) ", r"\3-\1-\2T", r[5]), *r[6:])) if v)  # (its time, as _row's: in ISO 8601)
             + "    </job_list>\n" for r, j in rows if (r[4] in ("r", "t", "s")) == (state == "running"))
             for part, state, when in (("queue_info", "running", "JAT_start_time"),
                                       ("job_info", "pending", "JB_submission_time"))}
@@ -252,9 +251,10 @@ def qstat(argv: list[str]) -> int:
 
 
 def _row(j: dict) -> tuple:
-    """A job's line: one task, or an array's tasks not started yet."""
+    """A job's line: one task, or an array's tasks not started yet; the time: its start's, pending: its submission's."""
+    state = STATES.get(j["state"], "Eqw")
     return (str(j["array"] if "task" in j else j["id"]), f"{0.5 + j.get('priority', 20) / 2048:.5f}", name_of(j),
-            j.get("user", "?"), STATES.get(j["state"], "Eqw"), time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(
+            j.get("user", "?"), state, time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(state in ("r", "t", "s") and
                 j.get("start_time") or j.get("submit_time") or 0)), f"all.q@{j['node']}" if j.get("node") else "",
             f"{max(1, round(j.get('cpus', 1)))}",
             str(j["task"]) if "task" in j else _ranges(arrays.unstarted(j)) if "ranges" in j else "")

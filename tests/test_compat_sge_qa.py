@@ -86,13 +86,21 @@ def test_qhold_of_a_running_job_says_so_as_sges_and_it_runs_on(cluster, shims, t
 
 
 def test_qstat_xml_times_are_sges(cluster, shims, tmp_path):  # noqa: F811
-    # a pending job's was a JAT_start_time, and written 12/07/2026 20:03:29
+    # a pending job's was a JAT_start_time, and written 12/07/2026 20:03:29; a pending one that ran (re-queued,
+    # retried): its last start
     pending = int(shims("qsub", "-terse", "-h", "-b", "y", "true", cwd=tmp_path).stdout)
     running = int(shims("qsub", "-terse", "-b", "y", "sleep 30", cwd=tmp_path).stdout)
+    ran = cluster.client().submit("exit 3", retries=1, retry_delay=600, hold=True).id
+    time.sleep(1.1)  # (its start another second than its submission)
+    shims("qrls", str(ran))
     wait_for(lambda: cluster.client().job(running)["state"] == "running", timeout=20)
+    wait_for(lambda: cluster.client().job(ran).get("retried"), timeout=20)
     xml, iso = shims("qstat", "-xml").stdout, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
-    for job_id, tag, when in ((pending, "JB_submission_time", "submit_time"), (running, "JAT_start_time", "start_time")):
+    for job_id, tag, when in ((pending, "JB_submission_time", "submit_time"), (running, "JAT_start_time", "start_time"),
+                              (ran, "JB_submission_time", "submit_time")):
         block = next(b for b in xml.split("<job_list")[1:] if f"<JB_job_number>{job_id}<" in b)
         assert re.search(f"<{tag}>({iso})</{tag}>", block)[1] == time.strftime(
             "%Y-%m-%dT%H:%M:%S", time.localtime(cluster.client().job(job_id)[when])), block
-    cluster.client().kill([pending, running])
+    line = next(line for line in shims("qstat").stdout.splitlines() if line.split()[0] == str(ran))  # (as plain qstat's)
+    assert time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(cluster.client().job(ran)["submit_time"])) in line, line
+    cluster.client().kill([pending, running, ran])
