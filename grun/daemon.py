@@ -6,8 +6,10 @@ stop (-k), reload (-r), replace without a gap (-R), and the personal cluster `gr
 
 import contextlib
 import fcntl
+import grp
 import logging
 import os
+import pwd
 import queue
 import select
 import signal
@@ -189,14 +191,14 @@ def _check_spool(path: str, node: bool) -> None:
     """The spool, made, and refused if another user could change what is in it (a root daemon acts on its job.json
     and pid files): it must be ours, the directories above it ours or root's, none writable by others but a sticky
     one above it (as sshd's StrictModes). A node's is searchable by all, whatever our umask (UMask=077): its jobs
-    reach their TMPDIR through it."""
-    os.makedirs(path, mode=0o755, exist_ok=True)
+    reach their TMPDIR through it. Group write is ours when the group is our private one (Debian's StrictModes)."""
+    make_dirs(path)
     at = spool = os.path.realpath(path)
     while True:
         st = os.stat(at)
         if st.st_uid != os.geteuid() and (st.st_uid != 0 or at == spool):
             raise DaemonError(f"cannot start: {at} is owned by uid {st.st_uid}: others could change the spool {path}")
-        if st.st_mode & 0o022 and (at == spool or not st.st_mode & 0o1000):
+        if st.st_mode & (0o002 if _private_group(st) else 0o022) and (at == spool or not st.st_mode & 0o1000):
             raise DaemonError(f"cannot start: {at} is writable by others (mode {st.st_mode & 0o7777:o}): others could "
                               f"change the spool {path} (chmod go-w it)")
         if at == "/":
@@ -204,6 +206,22 @@ def _check_spool(path: str, node: bool) -> None:
         at = os.path.dirname(at)
     if node:
         os.chmod(spool, os.stat(spool).st_mode | 0o111)
+
+
+def _private_group(st: os.stat_result) -> bool:
+    """Whether a directory is ours and its group our own, with no other members (umask 002's users: Debian, Fedora)."""
+    with contextlib.suppress(KeyError):  # (a uid or gid without a name)
+        return st.st_uid == os.geteuid() and st.st_gid == pwd.getpwuid(st.st_uid).pw_gid and not grp.getgrgid(
+            st.st_gid).gr_mem
+    return False
+
+
+def make_dirs(path: str) -> None:
+    """`path` and each missing directory above it, 0755 (os.makedirs' parents get 0777 & ~umask: 0775 if umask 002)."""
+    if path and not os.path.isdir(path):  # ("": a relative path's top)
+        make_dirs(os.path.dirname(path))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
 
 
 def _use_secret(cfg: Config) -> None:
@@ -249,7 +267,7 @@ def start_background(cfg: Config, wait: float = 15.0, replacing: int | None = No
     """`serve` in a detached process: its pid once it serves (else why not, from its log); `replacing`: as serve's."""
     if (pid := running_pid(cfg)) and pid != replacing:
         raise DaemonError(f"already running (pid {pid})")
-    os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+    make_dirs(cfg.spool)
     plugins.load(cfg, instantiate=False)  # (said here, not only in its log: the daemon has our environment)
     for warning in checks(cfg, cfg.services):  # (as the daemon's log will: README)
         print(f"grun: warning: {warning}", file=sys.stderr)
@@ -328,7 +346,7 @@ def stop(cfg: Config, wait: float = 15.0) -> bool:
 
 def ensure_personal_cluster(cfg: Config, client, announce) -> None:
     """Start the personal cluster if nothing answers at its address, then wait until it can run jobs."""
-    os.makedirs(cfg.spool, mode=0o755, exist_ok=True)
+    make_dirs(cfg.spool)
     with open(os.path.join(cfg.spool, "start.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two grun started together must not both start a cluster
         if not client.reachable():

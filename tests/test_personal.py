@@ -138,3 +138,14 @@ def test_two_first_gruns_at_once_start_one_cluster(personal):
     messages = [r.stderr for r in results if r.stderr]
     assert len(messages) == 1, messages
     assert grun("-d", "-k").returncode == 0
+
+
+def test_a_personal_cluster_starts_under_umask_002(personal_elsewhere):
+    """Under umask 002 (a private group's users) the spool's missing parents are made 0755, not 0775 (refused: 'writable
+    by others'), and a parent group-writable by our private group passes, as Debian's sshd StrictModes."""
+    grun, state, _ = personal_elsewhere
+    top = os.path.dirname(os.path.dirname(state))
+    os.chmod(top, 0o775)  # (its group is our private one: the tests' user's has no other members)
+    r = grun("hostname", umask=0o002)
+    assert r.returncode == 0, r.stderr.decode()
+    assert [os.stat(d).st_mode & 0o777 for d in (os.path.dirname(state), state)] == [0o755, 0o755]
