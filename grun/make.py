@@ -128,12 +128,12 @@ def _parse_line(line: str, inputs: list, outputs: list, appends: list) -> str:
 
 
 def appends(cmd: str | list[str], cwd: str) -> list[str]:
-    """A command's `>> FILE`s (absolute; not `>> $LOG`), which a staged job gets first and gives back (grun.stage)."""
+    """A command's `>> FILE`s (absolute; not `>> $LOG`, `~/x`, `*.log`), which a staged job gets first and gives back."""
     from .core.jobs import shell_script
     line, found = cmd if isinstance(cmd, str) else None if (n := shell_script(cmd)) is None else cmd[n], []
     with contextlib.suppress(ValueError):  # (-M's complaints: this may be no -M job)
         _parse_line(line or "", [], [], found)
-    return _absolute([p for p in found if not re.search(r"[$`]", p)], cwd)
+    return _absolute([p for p in found if not re.search(r"^~|[$`*?\[]", p)], cwd)
 
 
 def _absolute(paths: list[str], cwd: str) -> list[str]:

@@ -216,3 +216,9 @@ def test_a_make_job_waits_for_the_live_jobs_making_its_outputs_then_is_looked_at
     assert m.table.jobs[again]["deps"] == [["after", later], ["after", first]]
     m.handle("kill", [first, later], 15, False, 2.0)  # a failed or killed maker leaves FILE.failed: the next one runs
     assert m.table.jobs[again]["state"] == J.QUEUED and m.table.jobs[again]["recheck"]
+
+
+def test_appends_are_files_the_shell_need_not_expand():
+    """(Review) `>> ~/x` was read as CWD/~/x and `>> *.log` as a file named so: a staged job said "~/x was never written
+    by the job". Only a plain name is given back."""
+    assert make.appends("echo a >> ~/x; echo b >> *.log; echo c >>$LOG 2>>log[1]; echo d >> ok.log 2>>x~", CWD) == ["/w/ok.log", "/w/x~"]
