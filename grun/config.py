@@ -199,7 +199,7 @@ class Config:
 def load_config(path: str | None = None, environ=os.environ, use_auth: bool = True, lenient: bool = False) -> Config:
     """The effective Config from the file at `path` (as find_config_path gives it), or personal mode if None;
     `use_auth`: this process presents and checks what it says (a daemon's reload must not: it needs a restart);
-    `lenient`: a bad value is left out (`grun -d -r` finds its daemon, whose reload refuses it and logs why)."""
+    `lenient`: a bad value of a key a reload applies is left out (`grun -d -r` finds its daemon, which refuses it)."""
     raw, lines = _read_yaml(path) if path is not None else ({}, {})
     values, where, warnings = {}, {}, []
     if raw.keys() - KEYS.keys() or ":" in str(raw.get("bind", "")):  # the original grun's keys, maybe
@@ -217,7 +217,7 @@ def load_config(path: str | None = None, environ=os.environ, use_auth: bool = Tr
             try:
                 values[name], where[name] = KEYS[name].parse(value), at
             except ValueError as e:
-                if lenient:
+                if lenient and KEYS[name].reload:  # (not spool, pid_file, master: the default's would be another daemon)
                     continue
                 raise ConfigError(str(e), source, getattr(e, "at", line), name if source == path else None) from None
     cfg = Config(path, where, warnings, environ, **values)

@@ -339,4 +339,7 @@ def test_a_reload_says_its_values_as_the_config_writes_them_and_logs_a_refusal(s
     r = s.grun("-C", conf, "-d", "-r")
     assert r.returncode == 1 and b"refused the reload: " in r.stderr and b"keeping the running config" in r.stderr
     assert "keeping the running config" in (s.tmp / "r" / "grun.log").read_text()
+    s.conf("r", **keys, spool="r")  # (review: a bad key no reload applies took its default: another daemon's spool)
+    r = s.grun("-C", conf, "-d", "-r")
+    assert r.returncode != 0 and r.stderr.count(b"\n") == 1 and b"spool" in r.stderr and b"absolute" in r.stderr, r.stderr
     assert s.grun("-C", s.conf("r", **keys), "-d", "-k").returncode == 0
