@@ -54,7 +54,7 @@ def use(path: str | None, master: tuple | None = None, tls: dict | None = None) 
     global _path, _key, _cred_at, _tls
     name = f"{master[0]}:{master[1]}" if master and path else None
     if name and len(name.encode()) > 92:  # (a socket's name has 108 bytes; a master's DNS name may have 253)
-        from _blake2 import blake2b
+        from _blake2 import blake2b  # (not hashlib's: it loads OpenSSL, 2.9 ms of a `grun` call against _blake2's 0.3)
         name = blake2b(name.encode(), digest_size=16).hexdigest()
     _path, _key, _cred_at, _tls = path, None, name and f"{CRED_DIR}/cred-{name}", tls
     tls_client.cache_clear()
@@ -290,20 +290,15 @@ def serve_credentials(log, leaders=dict):
     if os.geteuid() != 0 or not _cred_at or key() is None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        os.makedirs(CRED_DIR, exist_ok=True)
-        os.chmod(CRED_DIR, 0o755)
-        _lock[0] = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (kept: flock(2))
-    except OSError as exc:
-        log.warning("credentials: cannot sign them for this host's users: %s", exc)
-        return None
 
     def serve():
         global _served
         import errno
-        import time
         try:
+            os.makedirs(CRED_DIR, exist_ok=True)
+            os.chmod(CRED_DIR, 0o755)
             while True:  # (the daemon we waited for removed the file we locked, as it stopped: lock the new one)
+                _lock[0] = os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # (kept: flock(2))
                 try:
                     fcntl.flock(_lock[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -311,7 +306,7 @@ def serve_credentials(log, leaders=dict):
                     fcntl.flock(_lock[0], fcntl.LOCK_EX)
                 if os.fstat(_lock[0]).st_nlink:  # (unserve's unlink, under the lock: 0 links)
                     break
-                stale, _lock[0] = _lock[0], os.open(f"{_cred_at}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                stale, _lock[0] = _lock[0], -1  # (-1 whenever it is not ours: a close would close another thread's fd)
                 os.close(stale)
             if os.path.lexists(_cred_at):
                 os.unlink(_cred_at)  # a daemon's that died
@@ -320,7 +315,9 @@ def serve_credentials(log, leaders=dict):
             sock.listen(128)
             _served = True
         except OSError as exc:
-            os.close(_lock[0])  # (the next node daemon of this host may do better)
+            if _lock[0] >= 0:  # (the next node daemon of this host may do better)
+                os.close(_lock[0])
+                _lock[0] = -1
             return log.warning("credentials: cannot sign them for this host's users: %s", exc)
         while True:
             try:
@@ -352,10 +349,10 @@ def serve_credentials(log, leaders=dict):
 def unserve() -> None:
     """Remove the credential socket's and lock's files this process made (it holds the lock: a waiter locks anew)."""
     import contextlib  # (here, not at import: `grun --nowait` imports nothing it does not need, test_cli_fast)
+    for path in (_cred_at, f"{_cred_at}.lock") if _served else ():
+        with contextlib.suppress(OSError):  # (each its own: a socket file gone must not keep the lock file, nor its fd)
+            os.unlink(path)
     with contextlib.suppress(OSError):
-        if _served:
-            os.unlink(_cred_at)
-            os.unlink(f"{_cred_at}.lock")
         os.close(_lock[0])  # (the next node daemon of this host signs at once, not once we have exited)
 
 
