@@ -242,13 +242,18 @@ def _open(root: str, rel: str, create: bool = False, ids=None, follow: bool = Fa
     return fd
 
 
-def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bool = False) -> None:
-    """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole."""
+def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, swept: set | None = None) -> None:
+    """`size` bytes from the socket into root/rel: socket -> pipe -> a temporary file, renamed once whole; `swept`: the
+    client's directories this pull swept."""
+    follow = swept is not None
     if follow and os.path.islink(link := os.path.join(root, rel)):  # (the client: through its user's link, as in place)
         root, rel = "/", os.path.realpath(link).lstrip("/")
     dir_fd, part = _open(root, rel, True, ids, follow), PART + os.urandom(6).hex()
     fds = [dir_fd]
     try:
+        if follow and (at := ((st := os.fstat(dir_fd)).st_dev, st.st_ino)) not in swept:  # (once a pull)
+            swept.add(at)  # before our part: on NFS, flock is a POSIX lock, which the close of any fd of ours lets go
+            _sweep(dir_fd)
         fds += (pipe := os.pipe2(os.O_CLOEXEC))
         stream.grow_pipe(w := pipe[1])
         fds.append(fd := os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -257,7 +262,6 @@ def _store(sock, root: str, rel: str, size: int, mode: int, ids=None, follow: bo
             with contextlib.suppress(OSError):  # (a file system without locks: _sweep cannot lock, and removes none)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             fds.insert(0, os.dup(fd))
-            _sweep(dir_fd)
         if ids:
             os.fchown(fd, *ids)
         left = size
@@ -299,7 +303,7 @@ def _sweep(dir_fd: int) -> None:
 def _receive(sock, root: str, expected: set, ids=None, node: bool = True, optional=()) -> list[str]:
     """Frames until END, each file stored under root. On the node (a push) every expected file (an `optional` one unless
     the client has none) must come, and fit; on the client (a pull), returns the notes of MISSING frames."""
-    notes = []
+    notes, swept = [], set()
     while (head := _read_head(sock))[0] != END:
         kind, rel, size, mode, text = head
         if rel not in expected:
@@ -313,7 +317,7 @@ def _receive(sock, root: str, expected: set, ids=None, node: bool = True, option
         st = os.statvfs(root)
         if node and size + RESERVE > (free := st.f_bavail * st.f_frsize):
             raise Refused(f"{rel} ({size >> 20} MB) does not fit: the node's spool has {free >> 20} MB free")
-        _store(sock, root, rel, size, mode, ids, follow=not node)
+        _store(sock, root, rel, size, mode, ids, None if node else swept)
     if node and expected:
         raise Refused(f"not sent: {', '.join(sorted(expected))}")
     return notes

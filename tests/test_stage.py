@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import psutil
@@ -243,6 +244,30 @@ def test_a_client_killed_while_outputs_come_back_leaves_them_whole_for_attach(cl
     assert r.returncode == 0 and os.path.getsize(os.path.join(cwd, "big.out")) == 1 << 30, r.stderr
     assert sorted(os.listdir(cwd)) == [stage.PART + "live", "big.out"]  # (QA: the killed pull's part stayed for ever)
     os.unlink(live)
+
+
+def test_a_pull_sweeps_each_directory_once_before_its_first_part(tmp_path):
+    """(Review) On NFS, flock is a POSIX lock, one a process: the sweep ran once our part was made and locked, opened it
+    and its close let our lock go (another grun's sweep could remove it mid-file). A pull sweeps each directory once,
+    before its first part is made: a part left there later is the next pull's to sweep."""
+    (tmp_path / (stage.PART + "old")).write_text("x")  # a killed pull's: unlocked, not empty
+
+    def send(sock):
+        for name in (b"one", b"two"):
+            if name == b"two":
+                wait_for(lambda: (tmp_path / "one").exists(), 10, 0.01, "the first file")
+                (tmp_path / (stage.PART + "later")).write_text("x")
+            stage._head(sock, stage.FILE, name, 3, 0o644)
+            sock.sendall(name)
+        stage._end(sock)
+
+    a, b = socket.socketpair()
+    with a, b:
+        sender = threading.Thread(target=send, args=(a,))
+        sender.start()
+        assert stage._receive(b, str(tmp_path), {"one", "two"}, node=False) == []
+        sender.join()
+    assert sorted(os.listdir(tmp_path)) == [stage.PART + "later", "one", "two"]
 
 
 def test_client_killed_or_job_killed_mid_transfer_ends_it_and_leaves_no_partial_file(cluster, tmp_path):
