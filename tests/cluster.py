@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+import psutil
 import yaml
 
 from grun.client import Client
@@ -32,6 +33,11 @@ def account(*argv: str, check: bool = True) -> None:
         r = subprocess.run(argv, capture_output=True, text=True)
         if r.returncode == 0 or "lock" not in r.stderr and "currently used" not in r.stderr:
             break
+        if attempt == 50 and argv[0] == "userdel":  # a job of this test user left stopped (suspended) or stuck
+            for proc in psutil.process_iter(["username"]):  # (its processes: a test user's own, this test's)
+                if proc.info["username"] == argv[-1]:
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
         time.sleep(0.1)
     if check and r.returncode:
         raise RuntimeError(f"{' '.join(argv)}: {r.stderr.strip()}")
