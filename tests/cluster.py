@@ -33,7 +33,7 @@ def account(*argv: str, check: bool = True) -> None:
         r = subprocess.run(argv, capture_output=True, text=True)
         if r.returncode == 0 or "lock" not in r.stderr and "currently used" not in r.stderr:
             break
-        if attempt == 50 and argv[0] == "userdel":  # a job of this test user left stopped (suspended) or stuck
+        if attempt == 20 and argv[0] == "userdel":  # a job of this test user left stopped (suspended) or stuck
             for proc in psutil.process_iter(["username"]):  # (its processes: a test user's own, this test's)
                 if proc.info["username"] == argv[-1]:
                     with contextlib.suppress(psutil.Error):
