@@ -64,7 +64,8 @@ def code_key(func: Callable) -> str:
     if (code := getattr(getattr(func, "func", func), "__code__", None)) is None:  # (func: a functools.partial's)
         return "-"  # (a builtin: its name is enough)
     def text(code) -> str:  # the same in every run (not a code's repr: its address; a frozenset's order: its hashes)
-        return code.co_code.hex() + repr([text(c) if isinstance(c, types.CodeType) else sorted(map(repr, c))
+        # (no map() here: this module's map runs its function on the cluster; it started a personal cluster)
+        return code.co_code.hex() + repr([text(c) if isinstance(c, types.CodeType) else sorted(repr(x) for x in c)
                                           if isinstance(c, frozenset) else c for c in code.co_consts])
     nested = f"{code.co_firstlineno} {text(code)}" if "<" in code.co_qualname else ""
     return hashlib.blake2s(f"{code.co_filename} {code.co_qualname} {nested}".encode(), digest_size=6).hexdigest()
