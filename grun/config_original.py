@@ -111,6 +111,8 @@ def translate(raw: dict, lines: dict, path: str) -> tuple[dict, dict, list[str]]
     if listen and not (master := parse_hostport(str(out.get("master", "localhost")), 0))[1]:
         out["master"] = format_hostport(master[0], listen[0])
         where["master"] = f"{where.get('master', lines.get(listen[1]))} (the port: line {lines.get(listen[1])}'s)"
+    elif listen and master[1] != listen[0]:  # (a node's own port for a firewall: grun has none, say so)
+        report(listen[1], f"its port is not used: the master listens on master:'s ({master[1]}), nodes on ports the OS gives")
     return out, where, reports
 
 

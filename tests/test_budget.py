@@ -197,7 +197,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # the caller's sys.path on PYTHONPATH, the API's words, BadArgument, time='1h', map over several iterables: +66.
 # The master review's mends and cuts (one label for tasks in core.arrays, _by through auth.confined, refused() shorter): -5.
 # code_key's frozensets through a comprehension (grun.calls.map is the remote one: it submitted jobs): +1.
-TOTAL, MODULE, MEDIAN = 14940, 500, 200
+# A node's `bind: host:port` whose port nobody listens on (the master has its own) is reported (QA): +2.
+TOTAL, MODULE, MEDIAN = 14942, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -166,3 +166,11 @@ def test_a_cluster_from_an_original_config(tmp_path):
         assert wait_for(lambda: client.history(1), what="the job in history")[0]["memory"] == 300
     finally:
         assert run("-d", "-k").returncode == 0  # (it waits for the daemon to end, by its pid file)
+
+
+def test_a_bind_port_no_daemon_listens_on_is_reported(conf):
+    """A node's `bind: host:port` (a fixed port for a firewall) beside a master: with its own port: none listens there."""
+    cfg = load_config(conf("master: 127.0.0.1:5360\nbind: 127.0.0.1:5361\n"), environ={})
+    assert (cfg.master, cfg.bind) == (("127.0.0.1", 5360), "127.0.0.1")
+    assert [w.split(": ", 1)[1] for w in cfg.warnings] == ["key 'bind' (127.0.0.1:5361) its port is not used: the master "
+                                                           "listens on master:'s (5360), nodes on ports the OS gives"]
