@@ -1,7 +1,7 @@
 """The one client of the master and of jobs (the command line's, the shell's, Python code's): it finds the master,
 rides through one briefly away (bounded retries), maps what a call fails with (grun.wire) to grun's exceptions
-(`_failure`), builds job specs (`job_spec`, the only builder) and follows a job to its end: output streamed from its
-node, then its exit code. A Client may be shared between threads: each thread gets its own connection."""
+(`_failure`), builds job specs (`job_spec`, the only builder) and follows a job to its end (grun.follow: output
+streamed from its node, then its exit code). A Client may be shared between threads: each its own connection."""
 
 import _thread
 import os
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from .job import Job
 
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
-# How long _settle waits for the record of a job whose output ended (ms; s under load), then gives the stream's code.
-SETTLE_WAIT = 300.0
 
 
 class GrunError(Exception):
@@ -292,124 +290,10 @@ class Client:
                                           None) if job.get("node") else None
         return wire.WireProxy(f"PYRO:{job_name(job_id)}@{uri.split('@', 1)[1]}") if uri else None
 
-    def _settle(self, job_id: int, run: tuple) -> dict | None:
-        """Wait until the master has this run's end (for `grun -q history` right after); not for a next run (the
-        master's wait returns at the job's last end), a master away, nor past SETTLE_WAIT. Its record last seen/None."""
-        from .core.jobs import FINAL_STATES
-        deadline, patience, job = time.monotonic() + SETTLE_WAIT, 0.25, None
-        try:
-            while not (ended := self.call("wait", [job_id], min(patience, max(0.02, deadline - time.monotonic())),
-                                          wait=0)):
-                job = self.call("job", job_id, wait=0)
-                if job["state"] in FINAL_STATES or (job.get("node"), job.get("attempt")) != run \
-                        or time.monotonic() > deadline:
-                    return job
-                patience = min(patience * 2, 30.0)
-            return next(iter(ended.values()))
-        except GrunError:
-            return job
-
-    def follow(self, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
-               release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
-               on_limit=None, on_wait=None) -> int:
-        """Once the job runs, stream its output from the start (`tail`: from now) into fds (or callables taking bytes)
-        until it ends; return its exit code. `on_start(job)` hears of each run followed; `release`: the node drops the
-        spool then; `require_output`: GrunError if the node no longer holds it; `on_note(text)`: what a user may want to
-        know, `on_limit(text)` a limit it died of, `on_wait(line)` why it has not started yet. Rides through a master or
-        node daemon restart, a dropped connection (re-attach at the offsets reached) and a lost node (its new run)."""
-        from . import stream
-        from .core import jobs as J
-        job, where, out_off, err_off, failures = self.wait_started(job_id, on_wait), None, 0, 0, 0
-        again = stream.input_again(stdin_fd)
-        on_note = on_note or (lambda text: None)
-        retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
-        while True:
-            if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
-                job = self.wait_started(job_id, on_wait)
-            node, attempt = run = (job.get("node"), job.get("attempt"))
-            if where is not None and run != where:
-                out_off, err_off, stdin_fd = 0, 0, again()
-                on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}); " + (
-                    f"following attempt {attempt} on {node}: its output starts over" + (
-                        "; its input is not sent again" if stdin_fd == b"" else "") if node
-                    else f"it was {job['state']} before its next attempt"))  # (killed: it never ran again)
-            elif retried and (attempt or 0) > retried:  # that run ended, and its node began the next, before we came
-                gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
-                on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
-                        f"before grun could attach); following attempt {attempt}")
-            if on_start and run != where:  # the first run we follow, or the next one
-                on_start(job)
-            where, final, retried = run, job["state"] in J.FINAL_STATES, None
-            try:
-                if not (supervisor := self.supervisor(job_id, job)):
-                    if final:
-                        gone = f"job {job_id} ran on {node}, which the master no longer knows: its output is out of reach"
-                        break
-                    raise ConnectionError("its node has not registered with the master yet")
-                with supervisor as sup:
-                    if tail:
-                        sizes, tail = sup.info(), False
-                        out_off, err_off = sizes.get("stdout", 0), sizes.get("stderr", 0)
-                    while "inputs" in (ticket := sup.attach(out_off, err_off, stdin_fd is not None, attempt or 0)):
-                        from . import stage  # its node does not share our files, and waits for its inputs
-                        if not stage.transfer(ticket["inputs"], job, on_note, False):
-                            time.sleep(1)  # it broke before the node took it: the next ticket, not at once
-                    for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
-                        if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
-                            on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
-                    out_off, err_off = ticket.get("out_offset", out_off), ticket.get("err_offset", err_off)
-                    status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
-                                           stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
-                                           err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
-                    _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
-                    what = "all" if release and not status.get("superseded") and not ticket["outputs"] else None
-                    if ticket["outputs"] and not status.get("superseded"):  # (not a stale copy's)
-                        from . import stage
-                        what = stage.pull(sup, job, on_note, release)
-                    try:  # the node drops the spool once the master has it
-                        what and sup._pyroOneway("release", what)
-                    except OSError:
-                        pass
-                last, code = self._settle(job_id, where), J.exit_code_of(status)
-                if last and (last.get("node"), last["attempt"]) != where and (  # re-run: follow the run that counts
-                        status.get("superseded") or last.get("requeues", 0) > job.get("requeues", 0)):
-                    job = last  # (its node was lost meanwhile: our run killed as stale, or it ended and did not count)
-                    continue
-                if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
-                    on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
-                    job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again()
-                    continue
-                if last and last.get("not_retried"):
-                    on_note(f"job {job_id} is not retried: {last['not_retried']}")
-                if self.nfs_sync:
-                    mounts.after(job)
-                if last and last["state"] == J.LOST:  # (its node was silent, then back with the run we followed: its
-                    _tell_limit(on_limit, last, job_id)  # code, whether the master has heard that end yet or not)
-                return int(last["exit"]) if last and last["state"] in J.FINAL_STATES and (
-                    last["state"] != J.LOST or status.get("superseded")) else code  # (the run that counts)
-            except stream.StreamBroken as broken:
-                out_off, err_off = broken.out_offset, broken.err_offset
-                stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
-            except (BrokenPipeError, stream.WriteError):
-                raise  # our own reader went away (`grun yes | head -1`), or our stdout refuses the bytes
-            except (LookupError, wire.CallRejected):  # (its node answers, but holds no such job)
-                if final:  # (the node drops it once a client has read it to the end, or after output_keep)
-                    gone = f"job {job_id} has ended and its output is no longer kept on {node} (read already, or expired)"
-                    break
-            except Exception as exc:
-                if not wire.is_unreachable(exc):
-                    raise _failure(exc, f"job {job_id}") from None
-            failures += 1
-            if final and failures >= 5:  # the job has ended, and its node does not answer: the master has its exit code
-                gone = f"job {job_id}: its node {node} does not answer, so its output cannot be fetched"
-                break
-            time.sleep(min(0.2 * failures, 2.0))
-            job = self.call("job", job_id, wait=self.long_wait)  # ride through a master restart
-        if require_output:
-            raise GrunError(gone)
-        if job.get("node"):  # a job that never ran had no output to keep
-            on_note(gone)
-        return self.exit_code(job_id, on_limit)
+    def follow(self, job_id: int, **how) -> int:
+        """Stream the job's output once it runs into fds or callables, until it ends; its exit code (grun.follow)."""
+        from .follow import follow
+        return follow(self, job_id, **how)
 
 
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,

@@ -246,8 +246,8 @@ def test_follow_does_not_wait_for_the_record_of_a_run_superseded(cluster, monkey
 
 def test_follow_waits_for_the_record_of_the_end_settle_wait_at_most(cluster, monkeypatch):
     """An end report that never comes (its node's heartbeats still do): waited for SETTLE_WAIT in all."""
-    import grun.client
-    monkeypatch.setattr(grun.client, "SETTLE_WAIT", 0.5)
+    import grun.follow
+    monkeypatch.setattr(grun.follow, "SETTLE_WAIT", 0.5)
     waits = []
 
     def answer(real, method, args):

@@ -198,7 +198,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # The master review's mends and cuts (one label for tasks in core.arrays, _by through auth.confined, refused() shorter): -5.
 # code_key's frozensets through a comprehension (grun.calls.map is the remote one: it submitted jobs): +1.
 # A node's `bind: host:port` whose port nobody listens on (the master has its own) is reported (QA): +2.
-TOTAL, MODULE, MEDIAN = 14942, 500, 200
+# Client.follow's loop (and _settle) in a module of their own, grun/follow.py: client.py was at its 500 lines: +14.
+TOTAL, MODULE, MEDIAN = 14956, 500, 200
 
 
 def module_lines() -> dict[str, int]:
