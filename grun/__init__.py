@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = ["BadArgument", "CallFuture", "Client", "GrunError", "Job", "JobNotFound", "JobsRefused", "MasterUnreachable",
            "NotSupported", "Reject", "RemoteError", "Timeout", "__version__", "map", "remote", "submit_call"]
-_LAZY = {name: "calls" if name in ("BadArgument", "CallFuture", "RemoteError", "map", "remote", "submit_call") else
+_LAZY = {name: "calls" if name in ("CallFuture", "RemoteError", "map", "remote", "submit_call") else
          "job" if name == "Job" else "plugins" if name == "Reject" else "client"
          for name in __all__ if name != "__version__"}
 

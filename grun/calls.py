@@ -19,8 +19,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from .call_follow import CallFuture, RemoteError, cancel_all, follow_all, in_python, lease  # noqa: F401  (RemoteError: grun's)
-from .client import Client, GrunError, Timeout, _ids, job_spec
-from .values import parse_duration
+from .client import BadArgument, Client, GrunError, Timeout, job_spec  # noqa: F401  (BadArgument: grun's, here too)
 
 _default: list[Client] = []
 _default_lock = threading.Lock()
@@ -33,28 +32,18 @@ def default_client() -> Client:
         return _default[0]
 
 
-class BadArgument(GrunError, ValueError):
-    """A call's job option grun cannot take (cpus=-1, memory="lots"): a ValueError too, as Python's own are."""
-
-
 def worker_spec(label: str, python: str | None, resources: dict, key: str = "-") -> dict:
     """The job of one call: grun.remote_worker on a node (its stdin, the call, from the caller's follower), leased to
     us (grun.call_follow renews it); `key` names the function's code (what learns from its runs: grun.core.learn).
     Our own sys.path entries (the script's directory, `sys.path.append`s; no interpreter's, no site-packages: another
-    python= may not load them) are on its PYTHONPATH: cloudpickle sends a module beside the script by name."""
+    python= may not load them) are on its PYTHONPATH: cloudpickle sends a module beside the script by name. Bad
+    `resources` (cpus=-1, time="soon", after=[None]): BadArgument (job_spec's); the dict itself is left as it was."""
     cmd = [python or sys.executable, "-u", "-m", "grun.remote_worker", label, key]  # -u: prints reach us at once
     ours = [os.path.abspath(p or ".") for p in sys.path if not p.startswith((sys.prefix, sys.base_prefix))
             and not p.endswith(("site-packages", "dist-packages"))]
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [*ours, os.environ.get("PYTHONPATH")])), **(
-        resources.pop("env", None) or {})}
-    try:
-        for kind in {"after", "afterok"} & resources.keys():
-            resources[kind] = _ids(resources[kind], names=True)
-        if resources.get("time") is not None:  # (30, "90s", "1h": as the CLI's durations; a number is seconds)
-            resources["time"] = parse_duration(resources["time"])
-        return job_spec(cmd, stdin=True, lease=lease(), env=env, **resources)
-    except (GrunError, ValueError) as exc:  # (a bad cpus=, memory=, time=, after=...)
-        raise BadArgument(str(exc)) from None
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [*ours, os.environ.get("PYTHONPATH")])),
+           **(resources.get("env") or {})}
+    return job_spec(cmd, stdin=True, lease=lease(), **{**resources, "env": env})
 
 
 def code_key(func: Callable) -> str:

@@ -33,6 +33,10 @@ class JobNotFound(GrunError, LookupError):
     """No job has this id (or it is too old to be remembered)."""
 
 
+class BadArgument(GrunError, ValueError):
+    """An argument refused before anything is sent (cpus=-1, memory="lots", a spec that is not one): a ValueError too."""
+
+
 class Timeout(GrunError, TimeoutError):
     """A wait with a timeout ran out before the job finished."""
 
@@ -186,20 +190,30 @@ class Client:
     def submit(self, cmd: str | Sequence[str] | dict, **options) -> "Job | int":
         """Queue a command, its Job once on the master's disk: `cmd` a shell command line (a string, run by /bin/sh) or
         an argv list; `options` as job_spec takes them: cpus, memory (MB, "500M", "4G"), priority, params ({"gpu": 1}),
-        name, cwd (ours by default), env (added to the session's), hosts (a glob or comma list). A dict: a spec, id."""
+        name, cwd (ours by default), env (added to the session's), hosts (a glob or comma list), time (seconds, "1h"),
+        after/afterok (ids, names, Jobs), retries... A dict: a spec, its id. A bad one: BadArgument, nothing sent."""
         if isinstance(cmd, dict):
-            return self.submit_spec(cmd)
+            return self.submit_many([cmd])[0]
         if not isinstance(cmd, (str, list, tuple)):
-            raise GrunError(f"submit takes a command line (a string) or an argv list, not {cmd!r}")
+            raise BadArgument(f"submit takes a command line (a string) or an argv list, not {cmd!r}")
         from .job import Job
-        return Job(self, self.submit_spec(job_spec(cmd, **options)))
+        return Job(self, self.submit_many([job_spec(cmd, **options)])[0])
 
     def submit_spec(self, spec: dict) -> int:
-        """Queue one job from a full spec (see grun.core.jobs.SPEC_KEYS); returns its id once on disk."""
-        return self.submit_many([spec])[0]
+        """Queue one job from a spec job_spec built (the command line's: not checked here, which would import
+        grun.core.jobs into each `grun` call; the master checks it); its id once on disk."""
+        return self.submit_many([spec], check=False)[0]
 
-    def submit_many(self, specs: list[dict]) -> list[int]:
-        """Queue many jobs from full specs in one call (one disk commit); returns their ids."""
+    def submit_many(self, specs: list[dict], check: bool = True) -> list[int]:
+        """Queue many jobs from full specs (see grun.core.jobs.SPEC_KEYS) in one call (one disk commit): their ids. A spec
+        the master would refuse as malformed raises BadArgument, before anything is sent (unless not `check`)."""
+        if check:
+            from .core.jobs import validate_spec
+            try:
+                for spec in specs if isinstance(specs, (list, tuple)) else [None]:
+                    validate_spec(spec)  # (None: "a job spec must be a mapping")
+            except (TypeError, ValueError) as exc:
+                raise BadArgument(str(exc)) from None
         specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]  # a retry: harmless (secrets: hmac)
         sent = time.time()
         reply = self.call("submit_jobs", specs, sent_wait=SENT_SUBMIT_WAIT)
@@ -299,14 +313,16 @@ class Client:
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
              priority: int | None = None, params=None, name: str | None = None, cwd: str | None = None,
              env: dict | None = None, hosts: str | None = None, stdin: bool = False, pass_env: list | None = None,
-             requeue: bool = True, force: bool = False, **extra) -> dict:
+             requeue: bool = True, force: bool = False, time: float | str | None = None, **extra) -> dict:
     """The one builder of a job spec (grun.core.jobs.SPEC_KEYS): `cmd` a shell command line (a string) or an argv, run
-    in `cwd` (ours) as us, the session's variables, `pass_env`'s (-E), `env`; `params` a dict or pairs; `extra` keys."""
-    from .values import parse_cpus, parse_job_priority, parse_memory
+    in `cwd` (ours) as us, the session's variables, `pass_env`'s (-E), `env`; `params` a dict or pairs; `time` seconds
+    or a duration ("90s", "1h30m"); after, afterok, afternotok: ids, names, Jobs or CallFutures; `extra` other keys.
+    What it cannot take raises BadArgument."""
+    from .values import parse_cpus, parse_duration, parse_job_priority, parse_memory
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():
-        raise GrunError("empty command")
+        raise BadArgument("empty command")
     if cwd is None:
         try:
             cwd = os.getcwd()
@@ -321,13 +337,15 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
                   "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
     try:  # (a local cwd has no cwd_fs, and no placement by it)
+        spec.update((kind, _ids(extra[kind], names=True)) for kind in ("after", "afterok", "afternotok")
+                    if extra.get(kind) is not None)
         chosen = {"cwd_fs": mounts.identity(spec["cwd"]), "cpus": cpus if cpus is None else parse_cpus(cpus),
                   "memory": memory if memory is None else parse_memory(memory),
                   "priority": priority if priority is None else parse_job_priority(priority), "name": name, "host": hosts,
                   "params": dict(params) if params else None, "requeue": None if requeue else False,
-                  "force": force or None, "stdin": stdin or None}
-    except ValueError as exc:
-        raise GrunError(str(exc)) from None
+                  "force": force or None, "stdin": stdin or None, "time": time if time is None else parse_duration(time)}
+    except (GrunError, TypeError, ValueError) as exc:  # (after=[None], params=3, ...)
+        raise BadArgument(str(exc)) from None
     spec.update((key, value) for key, value in chosen.items() if value is not None)
     return spec
 

@@ -56,7 +56,7 @@ def run(ctx: Context, args: dict) -> int:
 
     def submit_and_wait() -> int:
         for start in range(0, len(specs), SUBMIT_BATCH):
-            ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH]))
+            ids.extend(batch := ctx.client.submit_many(specs[start:start + SUBMIT_BATCH], check=False))  # (cli_spec's)
             if (args.get("nowait") or args.get("verbose")) and not args.get("json"):
                 ctx.print("\n".join(f"Job_ID: {i}" for i in batch))
         if args.get("json") and args.get("nowait"):

@@ -12,6 +12,7 @@ from cluster import free_port
 from util import wait_for
 
 from grun import (
+    BadArgument,
     Client,
     GrunError,
     Job,
@@ -135,11 +136,30 @@ def test_errors_are_grun_exceptions(cluster):
     assert client.kill(999999) == {999999: False}
     with pytest.raises(GrunError):
         Client("not a host:port:at all")
+    timed = client.submit("true", time="1h", after=[Job(client, client.submit("true").id)])  # (a Job: its id)
+    assert timed.wait(30) == 0 and timed.info()["time"] == 3600
     start = time.monotonic()
     with pytest.raises(MasterUnreachable) as err:
         Client(f"127.0.0.1:{free_port()}", connect_wait=0.5).jobs()
     assert time.monotonic() - start < 5
     assert not isinstance(err.value, Pyro5.errors.PyroError)
+
+
+def test_bad_arguments_are_refused_before_anything_is_sent():
+    """Client.submit raised a plain GrunError for what grun.remote raises BadArgument (a ValueError) for, and only once
+    the master had answered; submit_many(["true"]) a bare TypeError. Here no master is there: nothing was sent."""
+    dead = Client(f"127.0.0.1:{free_port()}", connect_wait=0.2)
+    for cmd, bad in (("true", {"cpus": -1}), ("true", {"memory": "lots"}), ("true", {"time": "soon"}),
+                     ("true", {"after": [None]}), ("true", {"retries": -1}), ("true", {"cpu": 2}), (42, {}), ([], {}),
+                     ({"cmd": ["true"], "cpus": -1}, {})):
+        with pytest.raises(BadArgument) as err:
+            dead.submit(cmd, **bad)
+        assert isinstance(err.value, ValueError) and isinstance(err.value, GrunError), err.value
+    for specs in (["true"], [{"cmd": "true"}], [{"cmd": ["true"], "name": "a\nb"}], {"cmd": ["true"]}):
+        with pytest.raises(BadArgument):
+            dead.submit_many(specs)
+    with pytest.raises(MasterUnreachable):  # (a good one is sent)
+        dead.submit("true", time="1h", after=[7, "prep"])
 
 
 def test_release_lets_the_node_drop_the_output(cluster):

@@ -17,7 +17,7 @@ from cluster import LocalCluster
 from util import wait_for
 
 import grun
-from grun.calls import code_key
+from grun.calls import code_key, worker_spec
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,14 @@ def test_bad_arguments_are_value_errors_and_durations_and_iterables_as_elsewhere
     assert future.result(60) == 1 and future.job.info()["time"] == 3600
     assert grun.map(pow, [1, 2], [3, 4], client=client) == [1, 16]
     assert grun.map(os.path.join, ["a", "b"], ["x"], client=client) == ["a/x"]  # (the shortest, as zip)
+
+
+def test_worker_spec_leaves_the_callers_resources_as_they_were():
+    """It popped env and rewrote after and time in the dict it was given: a caller reusing its dict of options for a
+    second call sent that call no env."""
+    resources = {"env": {"SEED": "1"}, "after": [7, "prep"], "time": "1h", "cpus": 2}
+    spec = worker_spec("m.f", None, resources)
+    assert resources == {"env": {"SEED": "1"}, "after": [7, "prep"], "time": "1h", "cpus": 2}
+    assert (spec["env"]["SEED"], spec["after"], spec["time"], spec["cpus"]) == ("1", [7, "prep"], 3600, 2)
+    assert worker_spec("m.f", None, resources)["env"]["SEED"] == "1", "the second call lost its env"
+
