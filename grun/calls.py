@@ -49,13 +49,15 @@ def worker_spec(label: str, python: str | None, resources: dict, key: str = "-")
 def code_key(func: Callable) -> str:
     """What names a function's code, so only it learns from its runs (every `f` and `<lambda>` of every script shared
     one key: a tiny one's learned limit killed a big one): a hash of its file and qualname, and a lambda's or a nested
-    function's line, bytecode and constants (`lambda: f(1)`, `lambda: f(10**9)`); '-' for one without Python code."""
+    function's line, bytecode, constants and names (`lambda: f(1)`, `lambda: f(10**9)`, `lambda: g(1)`: its globals,
+    attributes, closure variables); '-' for one without Python code."""
     if (code := getattr(getattr(func, "func", func), "__code__", None)) is None:  # (func: a functools.partial's)
         return "-"  # (a builtin: its name is enough)
     def text(code) -> str:  # the same in every run (not a code's repr: its address; a frozenset's order: its hashes)
         # (no map() here: this module's map runs its function on the cluster; it started a personal cluster)
-        return code.co_code.hex() + repr([text(c) if isinstance(c, types.CodeType) else sorted(repr(x) for x in c)
-                                          if isinstance(c, frozenset) else c for c in code.co_consts])
+        consts = [text(c) if isinstance(c, types.CodeType) else sorted(repr(x) for x in c) if isinstance(c, frozenset)
+                  else c for c in code.co_consts]
+        return f"{code.co_code.hex()} {code.co_names + code.co_freevars} {consts!r}"
     nested = f"{code.co_firstlineno} {text(code)}" if "<" in code.co_qualname else ""
     return hashlib.blake2s(f"{code.co_filename} {code.co_qualname} {nested}".encode(), digest_size=6).hexdigest()
 

@@ -101,6 +101,8 @@ def test_code_keys_and_bad_options_before_pickling():
     """Two lambdas on one line differing in a constant shared a key (one learned the other's memory); a bad time= was
     refused only after the function and all the arguments were pickled (hundreds of MB for a big map)."""
     assert code_key(lambda: 1) != code_key(lambda: 2)
+    keys = [code_key(f) for f in (lambda: alloc(1), lambda: free(1), lambda: np.zeros(1), lambda: np.ones(1))]  # noqa: F821
+    assert len(set(keys)) == 4, "two lambdas on one line calling different functions shared a key"
     script = ("import grun.calls; grun.calls.map = None; "  # (code_key called grun's map: jobs on the cluster)
               "print(grun.calls.code_key(lambda: [x in {'a', 'b', 'c'} for x in 'ab']))")
     keys = {subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(seed)}, text=True,
