@@ -115,7 +115,7 @@ def submit_call(func: Callable, *args, python: str | None = None, client: Client
     without a result. The keywords of RESOURCES (cpus, memory, priority, hosts, env, cwd, params, time, name, retries,
     after, afterok, force) are the job's, as for `Client.submit`; `python` is the node's interpreter (ours by default;
     grun must be importable there); every other keyword, the call's: one `func` takes too (`def f(x, time=0)`) is
-    refused, give it with functools.partial(f, time=0). Bad job options raise BadArgument, a ValueError."""
+    refused, give it with functools.partial(f, time=0); a `**kwargs` gets no job option. Bad ones: BadArgument."""
     resources = {key: kwargs.pop(key) for key in RESOURCES if key in kwargs}
     try:  # (no signature: a builtin's, a C function's; a partial's keywords are its; positional-only ones cannot clash)
         takes = {n for n, p in inspect.signature(func).parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,

@@ -170,3 +170,17 @@ def test_worker_spec_leaves_the_callers_resources_as_they_were():
     assert (spec["env"]["SEED"], spec["after"], spec["time"], spec["cpus"]) == ("1", [7, "prep"], 3600, 2)
     assert worker_spec("m.f", None, resources)["env"]["SEED"] == "1", "the second call lost its env"
 
+
+def test_a_function_taking_any_keyword_leaves_the_job_options_to_the_job(lc):
+    """def f(x, **kw): a keyword that is a job option (time=, name=, memory=) is the job's, and not in kw (were it
+    refused as a clash, no job option could be given to such a function); the function's own: functools.partial."""
+    def f(x, **kw):
+        return kw
+
+    client = lc.client()
+    future = grun.submit_call(f, 1, time=30, name=f"kw-{os.getpid()}", memory="200M", alpha=2, client=client)
+    assert future.result(60) == {"alpha": 2}
+    info = future.job.info()
+    assert (info["time"], info["memory"], info["name"]) == (30, 200, f"kw-{os.getpid()}")
+    assert grun.remote(functools.partial(f, time=3, name="mine"), 1, time=30, client=client) == {"time": 3, "name": "mine"}
+    assert grun.map(f, [1], name="kwmap", client=client) == [{}]
