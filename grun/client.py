@@ -206,12 +206,14 @@ class Client:
 
     def submit_many(self, specs: list[dict], check: bool = True) -> list[int]:
         """Queue many jobs from full specs (see grun.core.jobs.SPEC_KEYS) in one call (one disk commit): their ids. A spec
-        the master would refuse as malformed raises BadArgument, before anything is sent (unless not `check`)."""
+        the master would refuse as malformed raises BadArgument, before anything is sent (unless check=False)."""
+        if not isinstance(specs, (list, tuple)):
+            raise BadArgument(f"submit_many takes a list of job specs, not {type(specs).__name__}")
         if check:
             from .core.jobs import validate_spec
             try:
-                for spec in specs if isinstance(specs, (list, tuple)) else [None]:
-                    validate_spec(spec)  # (None: "a job spec must be a mapping")
+                for spec in specs:
+                    validate_spec(spec)
             except (TypeError, ValueError) as exc:
                 raise BadArgument(str(exc)) from None
         specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]  # a retry: harmless (secrets: hmac)

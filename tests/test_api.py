@@ -158,6 +158,8 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
     for specs in (["true"], [{"cmd": "true"}], [{"cmd": ["true"], "name": "a\nb"}], {"cmd": ["true"]}):
         with pytest.raises(BadArgument):
             dead.submit_many(specs)
+    with pytest.raises(BadArgument, match="^submit_many takes a list of job specs, not dict$"):
+        dead.submit_many({"cmd": ["true"]}, check=False)
     with pytest.raises(MasterUnreachable):  # (a good one is sent)
         dead.submit("true", time="1h", after=[7, "prep"])
 
