@@ -172,5 +172,5 @@ def test_a_bind_port_no_daemon_listens_on_is_reported(conf):
     """A node's `bind: host:port` (a fixed port for a firewall) beside a master: with its own port: none listens there."""
     cfg = load_config(conf("master: 127.0.0.1:5360\nbind: 127.0.0.1:5361\n"), environ={})
     assert (cfg.master, cfg.bind) == (("127.0.0.1", 5360), "127.0.0.1")
-    assert [w.split(": ", 1)[1] for w in cfg.warnings] == ["key 'bind' (127.0.0.1:5361) its port is not used: the master "
-                                                           "listens on master:'s (5360), nodes on ports the OS gives"]
+    said = "key 'bind' (127.0.0.1:5361) its port is not used: the master listens on master:'s (5360), nodes on ports"
+    assert [w.split(": ", 1)[1] for w in cfg.warnings] == [said + " the OS gives"]
