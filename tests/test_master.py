@@ -4,6 +4,7 @@ answered once its record is on disk, reloaded settings all apply, and status() w
 full disk."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -89,6 +90,67 @@ def test_a_registration_is_answered_once_its_node_record_is_on_disk(make_master)
         master.register_node({"name": f"n{i}", "uri": f"PYRO:grun.node@127.0.0.1:{9000 + i}", "cpus": 2,
                               "memory": 1000, "running": [], "finished": []})
         assert journal._durable >= journal._seq, f"node n{i}: replied before its record was durable"
+
+
+def _node(name: str, port: int) -> dict:
+    return {"name": name, "uri": f"PYRO:grun.node@127.0.0.1:{port}", "cpus": 2, "memory": 1000, "heartbeat": 0.2,
+            "incarnation": f"{name}:{port}", "running": [], "finished": []}
+
+
+def _listening(backlog_full: bool = False) -> tuple[socket.socket, list]:
+    """A port that takes connections (a node's daemon alive), or whose backlog is full (a connection waits out its
+    timeout: a host that does not answer)."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=0)
+    clients = [socket.socket() for _ in range(3 if backlog_full else 0)]
+    for client in clients:
+        client.setblocking(False)
+        client.connect_ex(server.getsockname())
+    return server, clients
+
+
+def test_two_daemons_registering_one_new_name_at_once_one_is_refused(make_master):
+    """The check for a live node's name (a copied config) ran outside the lock: two daemons registering one new name at
+    the same instant both passed it, the second took the first's name. Now one step under the lock with the registration."""
+    master, (a, _), (b, _) = make_master(), _listening(), _listening()
+    results = {}
+
+    def register(server):
+        port = server.getsockname()[1]
+        try:
+            results[port] = master.register_node(_node("twin", port))
+        except ValueError as exc:
+            results[port] = str(exc)
+    with a, b:
+        with master.lock:  # (both arrive while it is held)
+            threads = [threading.Thread(target=register, args=(s,)) for s in (a, b)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+        for t in threads:
+            t.join(10)
+    [(port, _)], [(_, refused)] = ([(p, r) for p, r in results.items() if isinstance(r, kind)] for kind in (dict, str))
+    assert refused.startswith("not authorized: node twin at") and master.core.table.nodes["twin"].uri.endswith(f":{port}")
+
+
+def test_the_probe_stops_with_the_master(make_master):
+    """QA: the probe thread (hearing no node, the master tries their daemons' ports) could still be running at the
+    master's shutdown and print a traceback at exit: it is a background loop that shutdown stops and joins at once."""
+    server, clients = _listening(backlog_full=True)
+    with server:
+        master = make_master(node_timeout=1.0)
+        for i in range(64):  # (each probe waits out 0.5 s: 2 s for all)
+            master.register_node(_node(f"n{i}", server.getsockname()[1]))
+        probing = lambda: any(t.name.startswith("grun-probe_") for t in threading.enumerate())  # (its pool's threads)
+        deadline = time.monotonic() + 10
+        while not probing() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert probing(), "hearing no node, the master probes them"
+        began = time.monotonic()
+        master.shutdown()
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("grun-probe")]
+        assert time.monotonic() - began < 1.5, "the probes left are skipped"
+    for client in clients:
+        client.close()
 
 
 def test_reconfigure_applies_all_seven_settings(make_master):

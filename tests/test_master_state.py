@@ -8,7 +8,7 @@ import pytest
 
 from grun import tables
 from grun.core import jobs as J
-from grun.core.master_state import NODE_FORGET_SECS, START_RETRY_SECS, MasterState
+from grun.core.master_state import NODE_FORGET_SECS, START_RETRY_SECS, MasterState, Rival
 from grun.core.queue import JobTable
 
 
@@ -239,6 +239,11 @@ def test_hearing_none_a_node_whose_daemon_is_gone_is_lost_and_a_rival_for_a_live
     assert "a live daemon at PYRO:grun.node@a:1" in node.rival("PYRO:grun.node@a:2", "i3", 35.0, 10.0)
     assert node.rival("PYRO:grun.node@a:1", "i3", 35.0, 10.0) is None, "its restart, at its address"
     assert node.rival("PYRO:grun.node@a:2", "i3", 43.0, 10.0) is None, "silent past its timeout"
+    with pytest.raises(Rival) as refused:  # (judged with the registration: two daemons at once, one name)
+        m.handle("register", _info("a", uri="PYRO:grun.node@a:2", incarnation="i3"), 35.0)
+    assert refused.value.uri == "PYRO:grun.node@a:1" and node.uri == refused.value.uri and node.incarnation == "i2"
+    m.handle("register", _info("a", uri="PYRO:grun.node@a:2", incarnation="i3"), 35.0, dead=refused.value.uri)
+    assert node.uri == "PYRO:grun.node@a:2", "that address refuses connections (the master probed it): its daemon is gone"
 
 
 def test_a_lost_job_not_run_again_takes_the_end_its_node_reports_when_back():

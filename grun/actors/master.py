@@ -13,7 +13,6 @@ import collections
 import contextlib
 import grp
 import logging
-import math
 import os
 import pwd
 import stat
@@ -28,7 +27,7 @@ from .. import auth, registry
 from ..background import Loop
 from ..core import edits as E
 from ..core import jobs as J
-from ..core.master_state import START_RETRY_SECS, MasterState, Step
+from ..core.master_state import START_RETRY_SECS, MasterState, Rival, Step
 from ..core.rules import SCRIPT_BYTES
 from ..journal import DiskFull
 from ..plugins import Plugins
@@ -99,28 +98,25 @@ class Master(Queries):
         """`settings`: grun.core.master_state.SETTINGS' keys (the config's queue keys)."""
         self.core, self.plugins, self.node_plugins = MasterState(**settings), plugins or Plugins(), {}
         self.core.group_of = lambda user, gid: _group_names(user, gid, primary=True)[0]
-        self.lock = threading.Lock()
-        self.failed = threading.Event()           # the journal broke: the daemon must exit
-        self._closing = False
-        self.store = Store(state_dir)
-        self.links: dict[str, types.SimpleNamespace] = {}  # node -> its uri, proxy and the lock of that
+        self.lock, self.failed, self._closing = threading.Lock(), threading.Event(), False  # (failed: the journal broke)
+        self.store, self.links = Store(state_dir), {}  # links: node -> a proxy to its address now, and the lock of that
         self.watchers: dict[int, set[threading.Event]] = {}  # job id -> events of its waiters
         # 16: with 64, start calls in a 10,000-node dispatch took the GIL from registrations (52 s for all, not 17)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-node-call")
-        self._outbox_lock = threading.Lock()
-        self._outbox: dict[str, dict[int, dict]] = {}  # node -> jobs for its next start call (while one is on the way)
+        self._outbox_lock, self._outbox = threading.Lock(), {}  # node -> jobs for its next start call (one on the way)
         self._kept: collections.deque[tuple[int, Step]] = collections.deque()  # (last seq, step) met a full disk
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
-        self._housekeeper = Loop("grun-housekeeping", self._housekeeping, 1.0, log)
+        self._prober = Loop("grun-probe", self._probe, PROBE_SECS, log, gap=PROBE_SECS)  # (woken by housekeeping)
+        self._loops = (self._scheduler, Loop("grun-housekeeping", self._housekeeping, 1.0, log), self._prober)
         snapshot, records = self.store.load()
         recovered = self.core.recover(snapshot, records, time.time())
         self._to_history(recovered)
         self._execute(recovered)
         log.info("recovered %d live jobs (%d journal records replayed)", len(self.core.table.jobs), len(records))
         self.records_since_snapshot, self.last_snapshot, self._looked = len(records), time.monotonic(), time.time()
-        self._probed, self._rivals = 0.0, set()  # (when _probe last ran; the (name, uri) of rival daemons refused)
-        self._scheduler.start()
-        self._housekeeper.start()
+        self._rivals: set = set()  # the (name, uri) of the rival daemons refused (logged once)
+        for loop in self._loops:
+            loop.start()
 
     def _do(self, event: str, *args, **kwargs):
         step, now, woken = Step(), time.time(), []  # (when it arrived: a heartbeat that waits for the lock counts from then)
@@ -206,9 +202,11 @@ class Master(Queries):
                              f"{', '.join(str(i) for _, i in failed)}: its node did not answer")
 
     def _call_node(self, name: str, method: str, *args):
-        """The node's reply, or None when the call failed (logged). Its proxy serves one caller at a time."""
-        if (link := self.links.get(name)) is None:
+        """The node's reply, or None (the call failed: logged). Its proxy, to its address now, serves one caller at a time."""
+        if (uri := getattr(self.core.table.nodes.get(name), "uri", None)) is None:
             return None
+        if getattr(link := self.links.get(name), "uri", None) != uri:  # (new, or its daemon came back elsewhere)
+            link = self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=registry.proxy(uri))
         with link.lock:
             try:
                 return getattr(link.proxy, method)(*args)
@@ -266,26 +264,25 @@ class Master(Queries):
         if self.store.journal.full:
             return
         self._do("sweep", stood=stood)
-        if self.core.hearing.said and time.monotonic() - self._probed > PROBE_SECS:  # (it hears no node)
-            self._probed = math.inf  # (until it has probed them all, however long that takes)
-            threading.Thread(target=self._probe, name="grun-probe", daemon=True).start()
-        # A snapshot costs O(live jobs): one every max(20,000, live jobs) records keeps its cost per record flat
-        # (every 20,000 with 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue).
+        if self.core.hearing.said:  # (it hears no node)
+            self._prober.wake()
+        # a snapshot costs O(live jobs): one per max(20,000, live jobs) records, flat per record (every 20,000 with
+        # 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue)
         every = max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs))
         if self.records_since_snapshot >= every or (
                 self.records_since_snapshot and time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_SECS):
             self._snapshot()
 
     def _probe(self) -> None:
-        """Hearing no node (core.nodes.Hearing), one whose host refuses a connection to its daemon is lost as usual (QA:
-        all daemons killed, none was); a host that does not answer may be the master's own cut-off. Outside the lock."""
+        """Hearing no node (core.nodes.Hearing), one whose daemon's port is refused is lost as usual (QA: all daemons killed,
+        none was); a silent host may be the master's own cut-off. Unlocked; once the master stops, the rest is skipped."""
         with self.lock:
-            uris = {node.name: node.uri for node in self.core.table.nodes.values() if node.up and node.uri}
+            uris = {n.name: n.uri for n in self.core.table.nodes.values() if n.up and n.uri} if self.core.hearing.said else {}
+        refused = lambda uri: not self._prober.stopping.is_set() and registry.refused(uri)
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="grun-probe") as pool:  # (not the node calls')
-            gone = {name for name, refused in zip(uris, pool.map(registry.refused, uris.values())) if refused}
+            gone = {name for name, no in zip(uris, pool.map(refused, uris.values())) if no}
         with self.lock:
             self.core.hearing.gone = gone if self.core.hearing.said else set()
-        self._probed = time.monotonic()
 
     def _run_kept(self) -> None:
         """The instructions of the steps kept while the disk was full, in order, each once its records are on disk."""
@@ -439,18 +436,21 @@ class Master(Queries):
         return {**act(mine), **hidden}
 
     def register_node(self, info: dict) -> dict:
+        """A node (re)joins; a daemon taking a live node's name from elsewhere is refused (Rival), unless that one's gone."""
         auth.require("register a node")
-        name, uri = str(info["name"]), str(info["uri"])
-        if (node := self.core.table.nodes.get(name)) and (why := node.rival(uri, str(info.get("incarnation", "")), time.time(),
-                self.core.settings["node_timeout"])) and not registry.refused(node.uri):  # (unlocked: a probe)
-            if (name, uri) not in self._rivals:
-                self._rivals = {*self._rivals, (name, uri)} if len(self._rivals) < 1000 else {(name, uri)}  # (bounded)
-                log.error("%s", why)
-            raise ValueError(f"not authorized: {why}")  # (its node says it once, as of a wrong secret)
-        if getattr(self.links.get(name), "uri", None) != uri:
-            self.links[name] = types.SimpleNamespace(uri=uri, lock=threading.Lock(), proxy=registry.proxy(uri))
-        self.node_plugins[name] = [str(p) for p in info.pop("plugins", None) or ()]
-        return self._do("register", info)  # (its node record is on disk before the reply)
+        plugins, dead = [str(p) for p in info.pop("plugins", None) or ()], None
+        while True:
+            try:
+                reply = self._do("register", info, dead=dead)  # (its node record is on disk before the reply)
+                self.node_plugins[str(info["name"])] = plugins
+                return reply
+            except Rival as exc:
+                if registry.refused(dead := exc.uri):  # (probed unlocked; then the core judges again, knowing it)
+                    continue
+                if (key := (str(info["name"]), str(info["uri"]))) not in self._rivals:  # (said once; bounded)
+                    self._rivals = {*self._rivals, key} if len(self._rivals) < 1000 else {key}
+                    log.error("%s", exc)
+                raise ValueError(f"not authorized: {exc}") from None  # (its node says it once, as of a wrong secret)
 
     def heartbeat(self, name: str, info: dict) -> dict:
         auth.require("speak for a node")
@@ -478,14 +478,14 @@ class Master(Queries):
         auth.require("stop the master")
         with self.lock:
             self._closing = True
-        self._scheduler.stop()
-        self._housekeeper.stop()
+        for loop in self._loops:
+            loop.stop()
 
     def shutdown(self) -> None:
         auth.require("stop the master")
         self.begin_shutdown()
-        self._scheduler.join(5)
-        self._housekeeper.join(5)
+        for loop in self._loops:
+            loop.join(5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             if not (self.failed.is_set() or self.store.journal.full):

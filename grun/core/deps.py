@@ -67,6 +67,18 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
     return deps, never
 
 
+def edited(job: dict, kinds: dict, table, recent: dict, known: dict, settings: dict) -> list:
+    """The dependencies an edit gives a job (`kinds`: {kind: refs}, as resolve takes them), with the waits for its
+    make (-M) files' makers kept; a ValueError for one never met or a cycle."""
+    deps, never = resolve({"user": job["user"], **kinds}, table, recent, known, settings)
+    if never is not None:
+        raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
+    J.require(not reaches(table, [d[1] for d in deps], job["id"]), "that dependency would make a cycle")
+    made = {i for path in (job.get("inputs") or []) + (job.get("outputs") or []) if job.get("make")
+            for i in table.makers.get(path, ())}
+    return deps + [d for d in job.get("deps", ()) if d[1] in made and d not in deps]
+
+
 def cancel(job_id: int, dep: dict, now: float) -> dict:
     """The record that ends a job whose dependency `dep` (a finished job) can never be met."""
     reason = f"dependency {dep['id']} {'succeeded' if dep['state'] == J.DONE else dep['state']}"

@@ -62,6 +62,13 @@ class Step:
         self.do.append(("log", level, message))
 
 
+class Rival(ValueError):
+    """A daemon registering a live node's name from elsewhere (NodeView.rival); `uri`: that node's, to probe."""
+    def __init__(self, why: str, uri: str):
+        super().__init__(why)
+        self.uri = uri
+
+
 class MasterState:
     def __init__(self, rng: random.Random | None = None, **settings):
         self.settings, self.table, self.rng = dict(SETTINGS), JobTable(), rng or random.Random()
@@ -69,10 +76,8 @@ class MasterState:
         self.launched: dict[int, tuple[str, int]] = {}  # job id -> (node incarnation, launch seq)
         # dispatched job id -> when last offered, oldest first (a pass looks only at offers due again, not at 40,000)
         self.unconfirmed: dict[int, float] = {}
-        self.recent: collections.OrderedDict[int, dict] = collections.OrderedDict()
-        self.usage: dict[int, dict] = {}  # job id -> what its node last sampled
-        self.leases = Leases()  # (not journaled: after a restart, each lease runs from then)
-        self.hearing = Hearing()  # whether it hears any node (not journaled either)
+        self.recent, self.usage = collections.OrderedDict(), {}  # the last finished jobs; job id -> its node's last sample
+        self.leases, self.hearing = Leases(), Hearing()  # (not journaled: leases run from a restart; whether it hears nodes)
         self.group_of = lambda user, gid: str(gid)  # -> a name; the master's: user's primary group (its passwd's)
 
     def configure(self, **changes) -> dict:
@@ -148,8 +153,7 @@ class MasterState:
         """Validated submissions (a ValueError for the first bad one), through the policy rules (`facts`, `log`)."""
         J.require(isinstance(specs, (list, tuple)), "submit_many takes a list of job specs")
         s = self.settings
-        requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"])
-                    for spec in specs]
+        requests = [J.validate_spec(spec, s["default_cpus"], s["default_memory"], s["default_priority"]) for spec in specs]
         group_of = functools.cache(self.group_of)  # (once a submission per user: a submit_many of 10,000 on LDAP)
         for req, spec in zip(requests, specs):  # the priority it asks (of a user: `trusted` not), the rules in order
             req["group"] = group_of(req["user"], req["gid"])  # (the master's name service: none claims a group)
@@ -288,25 +292,22 @@ class MasterState:
                 if force and new:  # as a job forced at submit: later edits are judged by what they ask
                     new = {**new, "force": True}
                 if kinds:
-                    deps, never = D.resolve({"user": job["user"], **kinds}, self.table, self.recent, history or {},
-                                            self.settings)
-                    if never is not None:
-                        raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
-                    J.require(not D.reaches(self.table, [d[1] for d in deps], job["id"]), "that dependency would make a cycle")
-                    made = {i for path in (job.get("inputs") or []) + (job.get("outputs") or []) if job.get("make")
-                            for i in self.table.makers.get(path, ())}  # (-M's waits stay: see deps.resolve)
-                    new = {**new, "deps": deps + [d for d in job.get("deps", ()) if d[1] in made and d not in deps]}
+                    new = {**new, "deps": D.edited(job, kinds, self.table, self.recent, history or {}, self.settings)}
             except ValueError as exc:
                 raise ValueError(f"job {job['id']}: {exc}") from None
             records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})
         self._commit(step, records)
         step.reply = found
 
-    def on_register(self, step: Step, info: dict, now: float) -> None:
-        """A node (re)joins with the jobs it holds: the jobs it lost are declared lost (and see _reconcile)."""
+    def on_register(self, step: Step, info: dict, now: float, dead: str | None = None) -> None:
+        """A node (re)joins with its jobs (those it lost: lost, see _reconcile); a Rival for its name is refused unless
+        that node's address is `dead` (the master probed it: its daemon is gone)."""
         name, cpus, memory = str(info["name"]), float(info["cpus"]), int(info["memory"])
         running, finished = ([int(i) for i in info.get(key, [])] for key in ("running", "finished"))
         incarnation, seq = str(info.get("incarnation", "")), int(info.get("seq", 0))
+        if (node := self.table.nodes.get(name)) and node.uri != dead and (why := node.rival(
+                str(info["uri"]), incarnation, now, self.settings["node_timeout"])):
+            raise Rival(why, node.uri)
         self.hearing.hear(now, step.log)
         rec = self.table.node_record(name, cpus, memory, info.get("resources"), info.get("labels"), info.get("heartbeat"))
         self._commit(step, [rec] if rec else [])
@@ -317,8 +318,7 @@ class MasterState:
         node.uri, node.incarnation, node.seen, node.up = str(info["uri"]), incarnation, now, True
         node.lost = node.stopped = False
         node.mounts, node.stage = reported(info.get("mounts")), str(info.get("stage", "auto"))
-        in_flight = {i for i in node.jobs if self.launched.get(i, (None, 0))[0] == incarnation
-                     and self.launched[i][1] > seq}
+        in_flight = {i for i in node.jobs if (at := self.launched.get(i)) and at[0] == incarnation and at[1] > seq}
         step.reply = self._reconcile(step, node, now, running, finished, in_flight)
         step.log("info", f"node {name} registered ({cpus:g} cpus, {memory} MB, {len(running)} running, "
                          f"{len(finished)} finished)")
@@ -347,8 +347,7 @@ class MasterState:
     def _reconcile(self, step: Step, node, now: float, running, finished=None, in_flight=()) -> dict:
         """JobTable.reconcile, its records committed and logged; the reply's part: stale copies, the kills asked for
         its jobs (repeated until they end) and, registering (`finished`), the jobs it never got, offered again."""
-        requeue = self.settings["requeue"]
-        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, requeue)
+        records, start, stale = self.table.reconcile(node.name, running, finished, now, in_flight, self.settings["requeue"])
         self._commit(step, records)
         still = {int(i) for i in running} if records else set()
         for rec in records:
@@ -374,8 +373,7 @@ class MasterState:
 
     def on_finished(self, step: Step, name: str, reports: list, now: float) -> None:
         """Completions from a node, each applied once; the reply acknowledges them all."""
-        J.require(isinstance(reports, list) and all(isinstance(r, dict) for r in reports),
-                  "finished takes a list of reports")
+        J.require(isinstance(reports, list) and all(isinstance(r, dict) for r in reports), "finished takes a list of reports")
         acked = [J.parse_job_id(rep.get("id")) for rep in reports]
         for job_id, rep in zip(acked, reports):
             result = {k: rep[k] for k in RESULT_KEYS if rep.get(k) is not None}
