@@ -193,6 +193,24 @@ def test_a_waiting_job_can_be_held_and_a_dependency_can_be_an_array_task(cluster
     assert r.returncode == 1 and "dependency" in r.stderr.decode() and "failed" in r.stderr.decode(), r
 
 
+def test_a_task_a_job_waits_for_is_named_as_people_know_it(cluster, tmp_path):
+    """QA: what a job waits for showed an array task's internal id where users know 12.7 (-q jobs -F after, --long,
+    --json; the cancel's "dependency 3 failed"). Now as people name it wherever it is shown."""
+    c, gate = cluster, tmp_path / "go"
+    array = nowait(c, "--array", "1-2", "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.1; done; exit $((GRUN_TASK_ID == 2))")
+    after = nowait(c, "--afterok", f"{array}.2", "true")
+    task = f"{array}.2"
+    assert c.grun("-q", "jobs", "-F", "id,after", str(after)).stdout.decode().split()[-2:] == [str(after), f"afterok:{task}"]
+    assert f"after     job {task} to succeed (afterok)" in c.grun("-q", "jobs", "--long", str(after)).stdout.decode()
+    assert json.loads(c.grun("-q", "jobs", "--json", str(after)).stdout)[0]["deps"] == [["afterok", task]]
+    assert f"is waiting for job {task} to succeed (afterok)" in c.grun("why", str(after)).stdout.decode()
+    gate.touch()
+    assert c.grun("-q", "wait", str(after)).returncode == 1
+    assert _job(c, after)["reason"] == f"dependency {task} failed" and _job(c, after)["deps"] == [["afterok", task]]
+    [ended] = json.loads(c.grun("-q", "history", "--json", str(after)).stdout)
+    assert ended["deps"] == [["afterok", task]] and ended["error"] == f"dependency {task} failed"
+
+
 def test_a_following_grun_says_why_it_waits_once_not_every_5_s(cluster):
     """QA: `grun --afterok` printed the same "is waiting for job 55 to succeed (afterok)" line every 5 s."""
     c = cluster

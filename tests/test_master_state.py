@@ -402,7 +402,8 @@ def test_an_edit_of_a_task_not_started_splits_it_out_of_its_array_alone():
     step = m.handle("edit", [array_id], {"priority": "9"}, 5.0)
     assert [(r["op"], r["id"]) for r in step.records] == [("edit", array_id)], "not its live tasks"
     assert len(live) == 5 and 9 not in [m.table.jobs[i]["priority"] for i in live]
-    with pytest.raises(ValueError, match=f"job {m.table.next_id}: .*cpus"):  # refused: the task made a job stays so
+    with pytest.raises(ValueError, match=f"job {array_id}.9: .*cpus"):  # refused (named as users know it): the task made
+        # a job stays so
         m.handle("edit", [f"{array_id}.9"], {"cpus": "99"}, 6.0)
     assert m.table.jobs[m.table.tasks[array_id][9]]["cpus"] == m.table.jobs[array_id]["cpus"], "and nothing else"
 

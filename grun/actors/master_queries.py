@@ -12,6 +12,7 @@ import Pyro5.api
 from .. import auth
 from ..core import jobs as J
 from ..core.arrays import has_task
+from ..core.deps import named
 from ..core.explain import disk_low, explain, placement, progress, provenance
 from ..spool import spool_space
 from ..values import task_ref
@@ -30,7 +31,7 @@ class Queries:
             job = self.core.table.jobs.get(live or job_id) or self.core.recent.get(job_id)
             view = None if job is None else self.core.view(job)
         if view is None and (found := self.store.find_history(job_id)) is not None:
-            view = J.public_view(found)
+            view = self._ended(found)
         if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"no such job {job_id}")
         if task is None or (view.get("array"), view.get("task")) == (job_id, task) or has_task(view, task):
@@ -40,7 +41,16 @@ class Queries:
         ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (job_id, task), job_id)
         if not ended:
             raise LookupError(f"task {job_id}.{task} ended too long ago (see grun -q history)")
-        return J.public_view(ended[0])
+        return self._ended(ended[0])
+
+    def _ended(self, job: dict) -> dict:
+        """A job from history as queries show it: its dependencies named as core.view names them (from history too)."""
+        view = J.public_view(job)
+        if deps := job.get("deps"):
+            with self.lock:
+                found = {i: self.core.table.jobs.get(i) or self.core.recent.get(i) for _, i in deps}
+            view["deps"] = named(deps, lambda i: found[i] or self.store.find_history(i))
+        return view
 
     def jobs(self) -> list[dict]:
         only = self._only()
@@ -69,7 +79,7 @@ class Queries:
         array = J.parse_job_id(array) if array else 0
         asked, only = J.history_filter(user, grep, array), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
-        return [J.public_view(j) for j in self.store.history(int(limit), chosen, array, float(since))]
+        return [self._ended(j) for j in self.store.history(int(limit), chosen, array, float(since))]
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""

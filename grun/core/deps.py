@@ -7,6 +7,7 @@ table indexes waiting jobs by what they wait for, so the end of a job nobody wai
 failing with `retries` left is queued again (after `retry_delay`): not final for its dependants until then."""
 
 from ..values import task_ref
+from . import arrays as A
 from . import jobs as J
 
 WAITS_FOR = {"after": "to end", "afterok": "to succeed", "afternotok": "to fail"}
@@ -50,7 +51,7 @@ def resolve(req: dict, table, recent: dict, known: dict, settings: dict) -> tupl
                     "root", *settings["admins"]):  # (unknown to them: how it ended would show through theirs)
                 raise ValueError(f"--{kind}: no job {ref}")
             if job.get("user") != req["user"] and not settings["deps_other_users"]:
-                raise ValueError(f"--{kind}: job {job['id']} is {job.get('user')}'s (deps_other_users is off)")
+                raise ValueError(f"--{kind}: job {A.label(job)} is {job.get('user')}'s (deps_other_users is off)")
             if job["state"] not in J.FINAL_STATES:
                 deps.append([kind, job["id"]])
             elif not met(kind, job["state"]) and never is None:
@@ -72,7 +73,7 @@ def edited(job: dict, kinds: dict, table, recent: dict, known: dict, settings: d
     make (-M) files' makers kept; a ValueError for one never met or a cycle."""
     deps, never = resolve({"user": job["user"], **kinds}, table, recent, known, settings)
     if never is not None:
-        raise ValueError(f"job {never['id']} is {never['state']}: that dependency is never met")
+        raise ValueError(f"job {A.label(never)} is {never['state']}: that dependency is never met")
     J.require(not reaches(table, [d[1] for d in deps], job["id"]), "that dependency would make a cycle")
     made = {i for path in (job.get("inputs") or []) + (job.get("outputs") or []) if job.get("make")
             for i in table.makers.get(path, ())}
@@ -81,7 +82,7 @@ def edited(job: dict, kinds: dict, table, recent: dict, known: dict, settings: d
 
 def cancel(job_id: int, dep: dict, now: float) -> dict:
     """The record that ends a job whose dependency `dep` (a finished job) can never be met."""
-    reason = f"dependency {dep['id']} {'succeeded' if dep['state'] == J.DONE else dep['state']}"
+    reason = f"dependency {A.label(dep)} {'succeeded' if dep['state'] == J.DONE else dep['state']}"
     return {"op": "finish", "id": job_id, "time": now, "result": {**J.never_started(J.CANCELLED, None, reason), "error": reason}}
 
 
@@ -119,6 +120,11 @@ def reaches(table, ids: list[int], target: int) -> bool:
             seen.add(job_id)
             todo += [i for _, i in table.jobs.get(job_id, {}).get("deps") or ()]
     return False
+
+
+def named(deps: list, find) -> list:
+    """[[kind, id], ...] with each task as people name it, `12.7`, not by its internal id (`find`: an id's job or None)."""
+    return [[kind, A.label(job) if (job := find(i)) and "task" in job else i] for kind, i in deps]
 
 
 def waits_text(job: dict) -> str:

@@ -246,7 +246,7 @@ class MasterState:
                 on_nodes[job["node"]].append(job["id"])
         self._commit(step, records)
         step.do += [("kill", node, ids, signal) for node, ids in on_nodes.items()]
-        if ids := [str(job["id"]) for job in jobs]:  # (QA: an admin's kill of others' jobs was said nowhere)
+        if ids := [A.label(job) for job in jobs]:  # (QA: an admin's kill of others' jobs was said nowhere)
             step.log("info", f"job {', '.join(ids[:10])}{f' and {len(ids) - 10} more' * (len(ids) > 10)} killed"
                              f"{f' by {by}' * bool(by)} (signal {signal})")
         step.reply = found
@@ -284,7 +284,7 @@ class MasterState:
         kinds, force = {kind: parsed.pop(kind) for kind in J.DEP_KINDS if kind in parsed}, parsed.pop("force", False)
         for job in jobs:
             J.require(job["state"] in (J.QUEUED, J.HELD, J.WAITING),
-                      f"job {job['id']} is {job['state']}: only queued, waiting or held jobs can be edited")
+                      f"job {A.label(job)} is {job['state']}: only queued, waiting or held jobs can be edited")
             try:
                 new = self.table.learned.kept(job, E.written(job, parsed, self.settings, judged))
                 why = None if force or not new else refusal(E.to_place(job, new, parsed), self.table)
@@ -294,7 +294,7 @@ class MasterState:
                 if kinds:
                     new = {**new, "deps": D.edited(job, kinds, self.table, self.recent, history or {}, self.settings)}
             except ValueError as exc:
-                raise ValueError(f"job {job['id']}: {exc}") from None
+                raise ValueError(f"job {A.label(job)}: {exc}") from None
             records.append({"op": "edit", "id": job["id"], "changes": new, "time": now})
         self._commit(step, records)
         step.reply = found
@@ -482,8 +482,10 @@ class MasterState:
         step.durable, step.reply = False, self.leases.renew(self.table, job_ids, now)
 
     def view(self, job: dict) -> dict:
-        """A job as queries show it: no environment; the usage its node last sampled; its node's URI."""
+        """A job as queries show it: no environment; what it waits for as people name it; its node's last sample and URI."""
         out = J.public_view(job)
+        if job.get("deps"):
+            out["deps"] = D.named(job["deps"], lambda i: self.table.jobs.get(i) or self.recent.get(i))
         if (usage := self.usage.get(job["id"])) is not None:
             out["usage_now"] = usage
         if (node := self.table.nodes.get(job.get("node") or "")) is not None:
