@@ -132,12 +132,12 @@ def kill_ids(words: list[str], called: str, opts: dict) -> dict:
     return ids_or_name(words, called, opts)
 
 
-def by_name(ctx: Context, args: dict, finished: bool = False, anyone: bool = False) -> list:
-    """The ids (a task's `12.7` as it is), and those of the live jobs named, ours first (root and admins: else anyone's),
-    or, `finished`, ours, live or newest finished (`anyone`: else, root's and admins', anyone's live one)."""
+def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
+    """The ids (a task's `12.7` as it is), and those of the jobs named: ours, live (`finished`: or newest finished),
+    else, root's and admins', anyone's live one (the master's lookup: a name more users have is an error)."""
     ids = list(args.get("ids", ()))
     for name in args.get("names", ()):
-        if (found := ctx.client.lookup(name, current_user(), finished, anyone or not finished)) is None:
+        if (found := ctx.client.lookup(name, current_user(), finished, True)) is None:
             raise GrunError(f"no job named {name!r}")
         ids.append(int(found))
     return ids
@@ -305,7 +305,7 @@ _control("edit", "KEY=VALUE[,KEY=VALUE] ID|NAME...", "", changes,
 @verb("[--json] ID|NAME", "json", one_id)
 def do_why(ctx: Context, args: dict) -> int:
     """why a queued job is not running"""
-    ref = by_name(ctx, args, True, True)[0]  # (root and admins: any user's job, as squeue -n shows every user's)
+    ref = by_name(ctx, args, True)[0]  # (root and admins: any user's job, as squeue -n shows every user's)
     why = ctx.client.why(ref)  # (a task not begun: its array's why)
     return ctx.print(json_text({"id": ref, "why": why}) if args.get("json") else why)
 

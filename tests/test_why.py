@@ -68,6 +68,28 @@ def test_root_finds_any_users_job_by_name_its_own_first(cluster):
         wait_for(lambda: not client.jobs(), what="the jobs to end")
 
 
+def test_root_finds_any_users_job_by_name_in_every_verb_and_an_ambiguous_name_is_an_error(cluster):
+    """QA: `grun -q wait NAME`, `--attach NAME`, `-q history NAME` looked in root's own jobs only (`why NAME` in anyone's).
+    Now each: the caller's own first, then anyone's if only one user has a live job of that name."""
+    client = cluster.client()
+    spec = {"cmd": ["true"], "cwd": "/", "gid": 1000, "hold": True, "name": "theirs"}
+    bobs = client.submit_spec({**spec, "user": "bob", "uid": 1000})
+    try:
+        r = cluster.grun("-q", "history", "theirs")
+        assert r.returncode == 1 and r.stderr.decode() == f"grun: job {bobs} has not finished (held): see grun -q jobs " \
+            f"{bobs}\n", "bob's, found by its name"
+        alices = client.submit_spec({**spec, "user": "alice", "uid": 1001})
+        for verb in (["-q", "history"], ["-q", "wait"], ["--attach"], ["why"], ["-k", "-j"]):  # (each: one lookup)
+            r = cluster.grun(*verb, "theirs")
+            assert r.returncode == 1 and r.stderr.decode() == f"grun: jobs of 2 users are named 'theirs': give the id " \
+                f"of one of them: {bobs} (bob), {alices} (alice)\n", (verb, r)
+        mine = nowait(cluster, "--hold", "-j", "theirs", "true")
+        assert _out(cluster, "why", "theirs").startswith(f"Job {mine} is held"), "a job of root's own comes first"
+    finally:
+        client.kill([j["id"] for j in client.jobs()])
+        wait_for(lambda: not client.jobs(), what="the jobs to end")
+
+
 def test_why_names_array_tasks_as_the_queue_shows_them_on_daemons(cluster):
     array = nowait(cluster, "-H", "n1", "--array", "1-2", "sleep", "60")
     try:

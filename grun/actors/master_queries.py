@@ -96,18 +96,22 @@ class Queries:
 
     def lookup(self, name: str, user: str | None = None, ended: bool | None = None, anyone: bool = False) -> int | None:
         """The id of a user's job with this name: the live one, else (`ended`; by default when the user is given) their
-        newest finished one, or None. A confined user is always themselves; others may name one, and with `anyone`
-        get any user's when that one has no live job of that name (as root's `scancel -n`)."""
+        newest finished one; else, with `anyone`, for root and admins (as root's `scancel -n`), any user's live one, if
+        only one user has one (a ValueError names them), or None. A confined user is always themselves."""
         confined, who = auth.confined(self.core.settings["admins"]), auth.caller()  # (private_queries: the same)
-        ended = bool(user) if ended is None else ended
+        ended, name = bool(user) if ended is None else ended, str(name)
         user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
         with self.lock:
-            names, name = self.core.table.names, str(name)
-            found = names.get((user, name))
-            if found is None and anyone and not confined:
-                found = next((i for (_, n), i in names.items() if n == name), None)
+            found = self.core.table.names.get((user, name))
         if found is None and user and ended:
             found = (self.store.find_name(user, name) or {}).get("id")
+        if found is None and anyone and not confined:
+            with self.lock:
+                theirs = sorted((i, u) for (u, n), i in self.core.table.names.items() if n == name)
+            if len(theirs) > 1:
+                raise ValueError(f"jobs of {len(theirs)} users are named {name!r}: give the id of one of them: "
+                                 + ", ".join(f"{i} ({u})" for i, u in theirs))
+            found = theirs[0][0] if theirs else None
         return found
 
     def status(self, long: bool = False) -> dict:
