@@ -227,15 +227,23 @@ def step(request: dict, command: list[str]) -> int:
         return 2
 
 
-def fmt_fields(fmt: str) -> list[tuple]:
-    """squeue -o: `%[.][N]X` fields (`.`: right-justified, N: width) and the text between them."""
-    out, fmt = [], fmt.replace("%all", "".join(f"%{c}|" for c, row in FIELDS.items() if row[0]))  # (Slurm's: all)
+def fmt_fields(fmt: str, fields: dict | None = None, kind: str = "job") -> list[tuple]:
+    """squeue's (`fields`: letter -> (header, value of a job); by default tables.FIELDS') and sinfo's -o: `%[.][N]X`
+    fields (`.`: right-justified, N: width) and the text between them, as (header, value, width, right-justified)."""
+    fields = fields or {c: row[:4:3] for c, row in FIELDS.items() if row[0]}
+    out, fmt = [], fmt.replace("%all", "".join(f"%{c}|" for c in fields))  # (Slurm's: all)
     for literal, right, width, letter in re.findall(r"([^%]*)(?:%(\.?)(\d*)([A-Za-z]))?", fmt):
-        if letter and (letter not in FIELDS or not FIELDS[letter][0]):
-            raise Refused(f"Invalid job format specification: %{letter}")
-        out += [(literal, None, 0, False)] * bool(literal) + ([(*FIELDS[letter][:4:3], int(width or 0), bool(right))]
-                                                              if letter else [])
+        if letter and letter not in fields:
+            raise Refused(f"Invalid {kind} format specification: %{letter}")
+        out += [(literal, None, 0, False)] * bool(literal) + ([(*fields[letter], int(width or 0), bool(right))] if letter else [])
     return out
+
+
+def print_rows(fields: list[tuple], items: list, header: bool) -> None:
+    """fmt_fields' fields of each item a line (`header`: their headers first), cut to their widths, as Slurm's."""
+    for i in [None] * header + items:
+        print("".join(f"{t[:w]:{'>' if r else '<'}{w}}" if w else t for h, get, w, r in fields
+                      for t in [h if i is None or not get else get(i)]).rstrip())
 
 
 def wanted_states(opts: dict, key: str) -> set[str]:
@@ -295,9 +303,7 @@ def squeue(argv: list[str]) -> int:
         head["_reason"] = "Resources"
     elif head:  # a node has room: does the job (queued with --force) want a host, resource or mount none has?
         head["_reason"] = "ReqNodeNotAvail" if client.call("placement", head["id"]) == "none up" else "Priority"
-    rows = [] if "noheader" in opts else [[(h, w, r) for h, _, w, r in fields]]
-    for row in rows + [[(get(job) if get else h, w, r) for h, get, w, r in fields] for job in shown]:
-        print("".join((t[:w].rjust(w) if r else t[:w].ljust(w)) if w else t for t, w, r in row).rstrip())
+    print_rows(fields, shown, "noheader" not in opts)
     return 0
 
 
@@ -391,6 +397,7 @@ def scontrol(argv: list[str]) -> int:
                 return 1
             lines = [show_job(j, "oneliner" in opts) for j in jobs] or ["No jobs in the system"]
         elif what.startswith("node"):  # (all, or those of a hostlist)
+            from .compat_slurm_nodes import show_node
             if not (lines := [show_node(n, "oneliner" in opts) for n in Client().nodes()
                               if not args[1:] or n["name"] in hostlist(args[1])]):
                 print(f"Node {args[1]} not found" if args[1:] else "No nodes in the system")
@@ -454,47 +461,6 @@ def output_files(j: dict) -> list[str]:
     return [os.path.join(j.get("cwd", ""), shlex.split(w)[0]) for w in words]
 
 
-def node_state(n: dict) -> str:
-    """As Slurm's: a node whose daemon said it stops takes no new job and runs its own on (drng: draining, as after
-    `scontrol update state=drain`); `*`: not responding, lost (down*) or not heard from since the master started."""
-    busy = "idle" if not n["running"] else "alloc" if n["free_cpus"] <= 0 else "mix"
-    return {"up": busy, "stopped": "drng" if n["running"] else "drain", "unknown": "unk*"}.get(n["state"], "down*")
-
-
-def show_node(n: dict, oneliner: bool) -> str:
-    """scontrol show node's lines for a node, as Slurm 22.05's with the fields grun knows (CPULoad: cores kept busy)."""
-    state = {"idle": "IDLE", "alloc": "ALLOCATED", "mix": "MIXED", "drng": "MIXED+DRAIN", "drain": "IDLE+DRAIN",
-             "unk*": "UNKNOWN*"}.get(node_state(n), "DOWN*")
-    name, load = n["name"], n["grun_cpus"] + n["outside_cpus"]
-    lines = [f"NodeName={name}", f"CPUAlloc={n['cpus'] - n['free_cpus']:g} CPUTot={n['cpus']:g} CPULoad={load:.2f}",
-             f"NodeAddr={name} NodeHostName={name}", f"RealMemory={n['memory']} AllocMem={n['memory'] - n['free_memory']}",
-             f"State={state}", "Partitions=grun"]
-    return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"
-
-
-def sinfo(argv: list[str]) -> int:
-    """sinfo [-h] [-N | -R | -s]: the nodes by state (-N: one a line), in partition `grun`; -R: those not up with REASON
-    (Slurm's words), USER (grun: it set them all), TIMESTAMP (last heard from); -s: allocated, idle, other, all."""
-    opts = parse(argv, table("noheader:-h,--noheader nodes:-N,--Node reasons:-R,--list-reasons "
-                             "summarize:-s,--summarize"), None)[0]
-    groups, nodes = {}, Client().nodes()
-    for n in nodes:
-        groups.setdefault(node_state(n), []).append(n["name"])
-    if "reasons" in opts:  # a node a line (Slurm's groups those of one reason, user and time: rare here)
-        widths, rows = (-20, -9, -19, 0), [["REASON", "USER", "TIMESTAMP", "NODELIST"]] + [
-            ["Node daemon stopped" if n["state"] == "stopped" else "Not responding", "grun",
-             stamp(time.time() - n["last_seen"]), n["name"]] for n in nodes if not n["up"]]
-    elif "nodes" in opts:
-        widths, rows = (-10, 5, 9, -6), [["NODELIST", "NODES", "PARTITION", "STATE"]] + [
-            [n, "1", "grun*", s] for s, ns in groups.items() for n in ns]
-    elif "summarize" in opts:  # (as Slurm's: draining ones allocated, unknown ones idle, drained and down ones other)
-        busy, idle = (sum(len(groups.get(s, ())) for s in ks) for ks in (("alloc", "mix", "drng"), ("idle", "unk*")))
-        widths, rows = (-9, 5, 10, 16, 0), [["PARTITION", "AVAIL", "TIMELIMIT", "NODES(A/I/O/T)", "NODELIST"], [
-            "grun*", "up", "infinite", f"{busy}/{idle}/{len(nodes) - busy - idle}/{len(nodes)}",
-            host_ranges([n["name"] for n in nodes])]]
-    else:
-        widths, rows = (-9, 5, 10, 6, 6, 0), [["PARTITION", "AVAIL", "TIMELIMIT", "NODES", "STATE", "NODELIST"]] + \
-            [["grun*", "up", "infinite", str(len(ns)), s, host_ranges(ns)] for s, ns in groups.items()]
-    for row in rows[1 if "noheader" in opts else 0:]:  # (widths as Slurm's: negative ones left-justified)
-        print(" ".join(f"{cell:{'<' if w < 0 else '>'}{abs(w)}}" for cell, w in zip(row, widths)).rstrip())
-    return 0
+def sinfo(argv: list[str]) -> int:  # (its views of nodes: grun/compat_slurm_nodes.py, which stands on this module)
+    from .compat_slurm_nodes import sinfo
+    return sinfo(argv)

@@ -440,6 +440,16 @@ def test_scancel_by_name_and_sinfo(cluster, shims, tmp_path):
     lines = shims("sinfo", "-s").stdout.splitlines()  # (nodes allocated, idle, other, in all)
     assert lines[0].split() == ["PARTITION", "AVAIL", "TIMELIMIT", "NODES(A/I/O/T)", "NODELIST"], lines
     assert lines[1].split()[3].endswith("/0/2") and lines[1].split()[4] == "big,small", lines
+    r = shims("sinfo", "-N", "-o", "%N|%P|%a|%l|%D|%c|%m|%G|%.4c|%3D|%e %O %C")  # (Slurm's %X fields, as its -o)
+    assert r.stdout.splitlines()[0] == "NODELIST|PARTITION|AVAIL|TIMELIMIT|NODES|CPUS|MEMORY|GRES|CPUS|NOD|FREE_MEM " \
+        "CPU_LOAD CPUS(A/I/O/T)", r.stderr
+    assert [re.fullmatch(r"([^|]+\|){10}\d+ \d+\.\d\d \d+/\d+/0/\d+", line) and line.split("|")[:10] for line in
+            r.stdout.splitlines()[1:]] == [["big", "grun*", "up", "infinite", "1", "4", "8000", "(null)", "   4", "1  "],
+                                           ["small", "grun*", "up", "infinite", "1", "1", "2000", "(null)", "   1", "1  "]]
+    assert shims("sinfo", "-o", "%P %D").stdout == "PARTITION NODES\ngrun* 2\n"  # (nodes alike in its fields: a line)
+    assert shims("sinfo", "-h", "-o", "%C %N").stdout.endswith("/5 big,small\n")
+    r = shims("sinfo", "-o", "%N %Q")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "sinfo: error: Invalid node format specification: %Q\n")
 
 
 def test_scancel_u_takes_a_uid_as_squeue_does(cluster, shims, tmp_path):
