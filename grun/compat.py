@@ -157,7 +157,7 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
     # `exec [SHELL]`) and SGE's qacct (the exec on line 2): change them together
     to = ">>" if append else ">"
     opened = f'e={err}; exec {to}"$o"; [ "$o" -ef "$e" ] && exec 2>&1 || exec 2{to}"$e"' if err else f'exec {to}"$o" 2>&1'
-    body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST"\n' if family == "slurm" else "") + \
+    body = ('export SLURM_NODELIST="$SLURM_JOB_NODELIST" SLURM_TASK_PID=$$\n' if family == "slurm" else "") + \
         (f"o={out}; {opened}\n" if out else "") + setup + \
         (RUN + (shlex.quote(shell) + ' "$f" "$@"' if shell else '"$f" "$@"') if script is not None else
          NOT_FOUND * (family == "slurm") + 'exec "$@"')

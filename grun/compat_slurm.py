@@ -23,7 +23,8 @@ from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_
 from .values import is_name
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
-ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+            "SLURM_GTIDS": "0"}
 
 SLURM_STATES = " ".join([*SHORT, *SHORT.values()]) + " ALL PREEMPTED PR BOOT_FAIL BF DEADLINE DL COMPLETING CG" \
     " CONFIGURING CF REQUEUED RQ REQUEUE_FED RF REQUEUE_HOLD RH RESIZING RS RESV_DEL_HOLD RD REVOKED RV SIGNALING SI" \
@@ -73,6 +74,7 @@ def slurm_request(opts: dict, name: str, command: str, script: str = "") -> dict
     env = dict(SLURM_SUBMIT_DIR=here, SLURM_SUBMIT_HOST=os.uname().nodename, SLURM_JOB_NAME=name,
                SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_ON_NODE=cpus, SLURM_JOB_CPUS_PER_NODE=cpus,
                SLURM_JOB_USER=current_user(), USER=os.environ.get("USER") or current_user(), SLURM_TASKS_PER_NODE="1",
+               SLURM_JOB_UID=str(os.getuid()), SLURM_JOB_GID=str(os.getgid()), SLURM_CLUSTER_NAME="grun",
                SLURM_JOB_PARTITION="grun", **ONE_TASK, **({"SLURM_CPUS_PER_TASK": per_task} if "cpus" in opts else {}))
     if tasks != "1":  # no srun to start them: N tasks are N cpus for the one (bwa -t $SLURM_NTASKS)
         if command == "srun" or re.search(r"^[^#\n]*\bsrun\b", script, re.MULTILINE):
@@ -214,7 +216,7 @@ def step(request: dict, command: list[str]) -> int:
             number = str(f.write(b".") and f.tell() - 1)
     env = {**os.environ, **{k: v for k, v in request["env"].items() if k == "SLURM_CPUS_PER_TASK"}, **ONE_TASK,
            "SLURM_JOB_ID": job, "SLURM_JOBID": job, "SLURM_STEP_ID": number, "SLURM_STEPID": number,
-           "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1",
+           "SLURM_STEP_NUM_TASKS": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_TASK_PID": str(os.getpid()),
            "SLURM_STEP_NODELIST": os.environ.get("GRUN_NODE", "")}
     # (no child: it got a signal to the job's process group twice); SIGPIPE, SIGXFSZ at their default, as Popen's
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):

@@ -209,7 +209,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A job's name found alike by every verb: the caller's own, then (root, admins) anyone's if only one user's: +4.
 # sinfo -o FORMAT (Slurm's %X fields; its default, -N, -R and -s formats through it), sinfo and scontrol show node in
 # grun/compat_slurm_nodes.py, squeue's and sinfo's one -o reader and printer (+37).
-TOTAL, MODULE, MEDIAN = 15036, 500, 200
+# A Slurm job's SLURM_JOB_UID, SLURM_JOB_GID, SLURM_CLUSTER_NAME, SLURM_GTIDS and SLURM_TASK_PID, as Slurm's (+2).
+TOTAL, MODULE, MEDIAN = 15038, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -800,7 +800,7 @@ def test_sbatch_messages_and_environment_as_slurms(cluster, shims, tmp_path):
         assert r.returncode == 1 and r.stderr.startswith(f"sbatch: error: {words}") and "--force" not in r.stderr, r.stderr
     env = {k: v for k, v in cluster.env.items() if k != "USER"}  # (Slurm sets USER in the job even so)
     r = subprocess.run([str(shims.bin / "sbatch"), "--parsable", "--export=NONE", "-c", "2", "--array=1-5:2", "-o", "env-%a",
-                        "--wrap", "env"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                        "--wrap", "echo pid=$$; env"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     wait_end(cluster, int(r.stdout))
     got = dict(line.split("=", 1) for line in (tmp_path / "env-3").read_text().splitlines() if "=" in line)
     assert {k: got.get(k) for k in ("USER", "SLURM_JOB_USER", "SLURM_JOB_CPUS_PER_NODE", "SLURM_NTASKS", "SLURM_PROCID",
@@ -809,6 +809,9 @@ def test_sbatch_messages_and_environment_as_slurms(cluster, shims, tmp_path):
         "USER": current_user(), "SLURM_JOB_USER": current_user(), "SLURM_JOB_CPUS_PER_NODE": "2",
         "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_TASKS_PER_NODE": "1",
         "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5", "SLURM_ARRAY_TASK_ID": "3"}
+    assert {k: got.get(k) for k in ("SLURM_JOB_UID", "SLURM_JOB_GID", "SLURM_CLUSTER_NAME", "SLURM_GTIDS", "SLURM_TASK_PID")} \
+        == {"SLURM_JOB_UID": str(os.getuid()), "SLURM_JOB_GID": str(os.getgid()), "SLURM_CLUSTER_NAME": "grun",
+            "SLURM_GTIDS": "0", "SLURM_TASK_PID": got["pid"]}  # (the script's own pid, as Slurm's)
     assert got["SLURM_NODELIST"] == got["SLURM_JOB_NODELIST"] == "big"
 
 
