@@ -148,7 +148,7 @@ def submit(client: Client, family: str, name: str, script: str | None, args: lis
            out: str | None = None, err: str | None = None, shell: str = "", env: dict | None = None, append: bool = False,
            setup: str = "", **request) -> int:
     """Queue a job (its id): the script with its output files (`append`: added to, as SGE's are), or the command `args`
-    (srun); `setup`: shell lines run first (SGE's ulimits); `name` as its $0; `request` as for job_spec. An `err` that
+    (srun); `setup`: shell lines run first (SGE's ulimits; sbatch's `: SCRIPT`, its path for scontrol); `name` as its $0; `request` as for job_spec. An `err` that
     is `out` once expanded (o.%j, o.%A; f, ./f) is opened once: twice, each truncates it."""
     if script is not None and (size := len(script.encode(errors="surrogateescape"))) >= MAX_ARG:
         raise Refused(f"the script is {size} bytes: grun passes it as one "

@@ -15,11 +15,11 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
-from .core.jobs import FINAL_STATES, ON_NODE_STATES, parse_time_limit
+from .core.jobs import FINAL_STATES, ON_NODE_STATES, parse_time_limit, wrapped
 from .core.nodes import host_matches
 from .options import OPTIONS
 from .pty_job import Terminal
-from .tables import BY_NAME, FIELDS, SHORT, host_ranges, label, name_of, reason_of, stamp, state_of
+from .tables import BY_NAME, FIELDS, SHORT, command_text, host_ranges, label, name_of, reason_of, stamp, state_of
 from .values import is_name
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
@@ -155,9 +155,10 @@ def sbatch(argv: list[str]) -> int:
         raise Refused(f"Invalid --open-mode: {mode} (append or truncate)")
     if "test" in opts:
         return test_only(request)
+    path = rest[0] if rest[:1] and rest[0][:1] in "./" else os.path.join(request["cwd"], *rest[:1])  # (as Slurm's)
     job_id = C.submit(client := Client(), "slurm", name, script, rest[1:], C.out_path(out, names),
                       C.out_path(last(opts, "err"), names) if "err" in opts else None, append=mode == "append",
-                      **request)
+                      setup=f": {shlex.quote(path)}\n" * bool(rest), **request)  # (its path: for scontrol's Command)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
     code = client.exit_code(job_id) if "wait" in opts else 0  # an array's: as Slurm's, its tasks' highest exit code
     tasks = C.job_list(client, [str(job_id)], None)[0] if code and "array" in opts else []  # (grun's: lowest failed task's)
@@ -438,19 +439,28 @@ def scontrol(argv: list[str]) -> int:
 
 def show_job(j: dict, oneliner: bool) -> str:
     """scontrol show job's lines for a job, as Slurm 22.05's with the fields grun knows."""
-    from .tables import command_text, duration, elapsed, spans
+    from .tables import duration, elapsed, spans
     array = f" ArrayJobId={j['array']} ArrayTaskId={j['task']}" if "task" in j else \
         f" ArrayJobId={j['id']} ArrayTaskId={spans(unstarted(j))}" if "ranges" in j else ""
     end, cpus = j.get("end_time") or j.get("start_time") and j.get("time") and j["start_time"] + j["time"], FIELDS["C"][3](j)
-    lines = [f"JobId={j['id']}{array} JobName={name_of(j)}", f"UserId={j.get('user')}({j.get('uid')})",
+    lines = [f"JobId={j['id']}{array} JobName={name_of(j)}", f"UserId={j.get('user')}({j.get('uid')}) GroupId={j.get('group')}({j.get('gid')})",
              f"Priority={j.get('priority', 0)}", f"JobState={state_of(j)} Reason={reason_of(j)} Dependency={FIELDS['E'][3](j)}",
              f"Requeue={int(j.get('requeue') is not False)} ExitCode={FIELDS['2'][3](j)}",
              f"RunTime={duration(elapsed(j), True)} TimeLimit={duration(j['time'], True) if j.get('time') else 'UNLIMITED'}",
              f"SubmitTime={stamp(j.get('submit_time'))}", f"StartTime={stamp(j.get('start_time'))} EndTime={stamp(end)}",
              "Partition=grun", f"NodeList={j.get('node') or ''}", f"NumNodes=1 NumCPUs={cpus} NumTasks=1 CPUs/Task={cpus}",
-             f"MinMemoryNode={j.get('memory', 0)}M", f"Command={command_text(j)}", f"WorkDir={j.get('cwd', '')}",
+             f"MinMemoryNode={j.get('memory', 0)}M", f"Command={command_of(j)}", f"WorkDir={j.get('cwd', '')}",
              *(f"{key}={path}" for key, path in zip(("StdOut", "StdErr"), output_files(j)))]
     return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"
+
+
+def command_of(j: dict) -> str:
+    """scontrol's Command, as Slurm's: sbatch's script as named (its `: PATH` line) and its arguments, (null) for
+    --wrap's or stdin's; srun's program; a job of grun's own, as typed."""
+    if not (wrapper := wrapped(j.get("cmd") or [])) or wrapper[1] is None:
+        return wrapper[2][0] if wrapper else command_text(j)
+    m = re.search(r"^: ('[^']*'(?:\"'\"'[^']*')*|\S+)$", j["cmd"][2], re.MULTILINE)
+    return " ".join([shlex.split(m[1])[0], *wrapper[2]]) if m else "(null)"
 
 
 def output_files(j: dict) -> list[str]:

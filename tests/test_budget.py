@@ -210,7 +210,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # sinfo -o FORMAT (Slurm's %X fields; its default, -N, -R and -s formats through it), sinfo and scontrol show node in
 # grun/compat_slurm_nodes.py, squeue's and sinfo's one -o reader and printer (+37).
 # A Slurm job's SLURM_JOB_UID, SLURM_JOB_GID, SLURM_CLUSTER_NAME, SLURM_GTIDS and SLURM_TASK_PID, as Slurm's (+2).
-TOTAL, MODULE, MEDIAN = 15038, 500, 200
+# scontrol show job's Command as Slurm's (sbatch's script as named, its arguments; (null) for --wrap's and stdin's;
+# srun's program) and GroupId (+10).
+TOTAL, MODULE, MEDIAN = 15048, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -3,6 +3,7 @@ run as a tool written for Slurm or SGE runs them, against a real cluster; their 
 parse it. The dask-jobqueue proof at the end skips when dask-jobqueue cannot be imported (not in CI)."""
 from __future__ import annotations
 
+import grp
 import os
 import re
 import signal
@@ -212,6 +213,14 @@ def test_sbatch_script_with_directives_runs_with_slurm_names(cluster, shims, tmp
     assert r.stdout.startswith("Submitted batch job ") and r.stdout.count("\n") == 1
     job_id = int(r.stdout.split()[-1])
     script.unlink()  # as dask-jobqueue does: the script was read at submit
+    command = lambda ref: re.search(r"\n   Command=(.*)\n", shims("scontrol", "show", "job", ref).stdout)[1]
+    assert command(str(job_id)) == f"{script} a1 a2"  # (as Slurm's: the script as named, a name in the directory's path)
+    (tmp_path / "two.sh").write_text("#!/bin/sh\n")
+    for args, shown in ((["two.sh", "x y"], f"{tmp_path}/two.sh x y"), (["./two.sh"], "./two.sh"),
+                        (["--wrap", "true"], "(null)"), ([], "(null)")):  # (--wrap's, stdin's: none, as Slurm's)
+        r = shims("sbatch", "--parsable", "-H", "-o", "/dev/null", *args, cwd=tmp_path, input="#!/bin/sh\n")
+        assert command(r.stdout.strip()) == shown, (args, r.stderr)
+        shims("scancel", r.stdout.strip())
     job = wait_end(cluster, job_id)
     assert job["exit"] == 0 and job["cpus"] == 1 and job["memory"] == 300
     out = (tmp_path / f"named-{job_id}.log").read_text()
@@ -488,6 +497,7 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
     r = shims("scontrol", "show", "job", str(job))  # (Slurm 22.05's lines, as scripts grep and split them)
     fields = dict(word.split("=", 1) for word in r.stdout.split())
     assert r.stdout.startswith(f"JobId={job} JobName=ctl\n   UserId=") and r.stdout.endswith("\n   \n\n"), r.stdout
+    assert (fields["GroupId"], fields["Command"]) == (f"{grp.getgrgid(os.getgid()).gr_name}({os.getgid()})", "(null)")
     assert [fields[k] for k in ("JobState", "Reason", "NumCPUs", "MinMemoryNode", "TimeLimit", "StdOut", "StdErr")] == [
         "PENDING", "JobHeldUser", "1", "100M", "00:10:00", str(tmp_path / f"o-{job}.txt"), str(tmp_path / f"o-{job}.txt")]
     one = shims("scontrol", "show", "job", "-o", str(job)).stdout
