@@ -15,7 +15,7 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
-from .core.jobs import FINAL_STATES, ON_NODE_STATES, parse_time_limit, wrapped
+from .core.jobs import EXIT_TIMEOUT, FINAL_STATES, ON_NODE_STATES, parse_time_limit, wrapped
 from .core.nodes import host_matches
 from .options import OPTIONS
 from .pty_job import Terminal
@@ -160,9 +160,10 @@ def sbatch(argv: list[str]) -> int:
                       C.out_path(last(opts, "err"), names) if "err" in opts else None, append=mode == "append",
                       setup=f": {shlex.quote(path)}\n" * bool(rest), **request)  # (its path: for scontrol's Command)
     print(job_id if "parsable" in opts else f"Submitted batch job {job_id}", flush=True)
-    code = client.exit_code(job_id) if "wait" in opts else 0  # an array's: as Slurm's, its tasks' highest exit code
-    tasks = C.job_list(client, [str(job_id)], None)[0] if code and "array" in opts else []  # (grun's: lowest failed task's)
-    return max([code] + [j.get("exit", 1) for j in tasks if "task" in j])
+    code = client.exit_code(job_id) if "wait" in opts else 0  # as Slurm's: 1 for a job a signal ended (or its time
+    # limit), and an array's, its tasks' highest exit code (grun's: its lowest failed task's)
+    jobs = C.job_list(client, [str(job_id)], None)[0] if code else []  # (an array's own: its tasks that never ran)
+    return max([0] + [code if "ranges" in j else 1 if j.get("signal") else j.get("exit", 1) for j in jobs])
 
 
 def test_only(request: dict) -> int:
@@ -194,7 +195,9 @@ def srun(argv: list[str]) -> int:
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}" + "\r" * bool(term and term.raw), file=sys.stderr, flush=True)
-        return client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start)
+        code = client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start)
+        job = C.find(client, ids[0]) if code == EXIT_TIMEOUT else None  # (its time limit's, or its command's own)
+        return 128 + int(job.get("signal") or 15) if job and job.get("limit") == "time" else code  # (Slurm's: 143)
     try:
         return C.dies_with(client, ids, follow)
     finally:

@@ -212,7 +212,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A Slurm job's SLURM_JOB_UID, SLURM_JOB_GID, SLURM_CLUSTER_NAME, SLURM_GTIDS and SLURM_TASK_PID, as Slurm's (+2).
 # scontrol show job's Command as Slurm's (sbatch's script as named, its arguments; (null) for --wrap's and stdin's;
 # srun's program) and GroupId (+10).
-TOTAL, MODULE, MEDIAN = 15048, 500, 200
+# A timed-out job's exit code as Slurm's: sbatch -W 1 (a signal's), srun 128 + its signal, 143 (+3).
+TOTAL, MODULE, MEDIAN = 15051, 500, 200
 
 
 def module_lines() -> dict[str, int]:

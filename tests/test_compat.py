@@ -284,7 +284,7 @@ def test_sbatch_signal_warns_before_the_time_limit_and_the_kill_is_said_in_its_o
     r = shims("sbatch", "--parsable", "--wait", "task.sh", cwd=tmp_path)
     job_id = int(r.stdout)
     first, last = (tmp_path / f"slurm-{job_id}.out").read_text().splitlines()
-    assert r.returncode == 124 and re.fullmatch("warned after [123] s", first), (r.stderr, first)
+    assert r.returncode == 1 and re.fullmatch("warned after [123] s", first), (r.stderr, first)  # (Slurm's -W: a signal's)
     assert re.fullmatch(f"grun: job {job_id} ran out of its time limit of 4s \\(used [45]s\\); pass -t with more", last)
     assert cluster.client().job(job_id)["time_signal"] == [signal.SIGUSR2, 2]
 
@@ -603,7 +603,11 @@ def test_time_limits_map_onto_grun_time(cluster, shims, tmp_path):
     job_id = int(r.stdout)
     assert cluster.client().job(job_id)["time"] == 2
     wait_end(cluster, job_id)
-    assert shims("sacct", "-nPj", str(job_id), "--format", "State").stdout.strip() == "TIMEOUT"
+    assert shims("sacct", "-nPj", str(job_id), "--format", "State,ExitCode").stdout.strip() == "TIMEOUT|0:15"
+    r = shims("srun", "-t", "0:02", "sleep", "30", cwd=tmp_path)  # (as Slurm's: killed with TERM, 128 + 15)
+    assert r.returncode == 143 and shims("srun", "sh", "-c", "exit 124").returncode == 124, r.stderr
+    r = shims("sbatch", "-W", "-t", "0:02", "--array=1-2", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr  # (Slurm's sbatch -W: 1 for a job a signal ended, not grun's 124)
     r = shims("qsub", "-terse", "-b", "y", "-l", "h_rt=90", "true", cwd=tmp_path)  # seconds, as SGE reads it
     assert cluster.client().job(int(r.stdout))["time"] == 90
     assert shims("sbatch", "-t", "soon", "--wrap", "true").returncode == 1
