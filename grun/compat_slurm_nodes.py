@@ -18,8 +18,8 @@ def node_state(n: dict) -> str:
 
 def show_node(n: dict, oneliner: bool) -> str:
     """scontrol show node's lines for a node, as Slurm 22.05's with the fields grun knows (CPULoad: cores kept busy)."""
-    lines = [f"NodeName={n['name']}", f"CPUAlloc={n['cpus'] - n['free_cpus']:g} CPUTot={n['cpus']:g} "
-             f"CPULoad={NODE_FIELDS['O'][1](n)}", f"NodeAddr={n['name']} NodeHostName={n['name']}",
+    lines = [f"NodeName={n['name']}", (f"CPUAlloc={n['cpus'] - n['free_cpus']:g} CPUTot={n['cpus']:g} "
+              f"CPULoad={NODE_FIELDS['O'][1](n)}"), f"NodeAddr={n['name']} NodeHostName={n['name']}",
              f"RealMemory={n['memory']} AllocMem={n['memory'] - n['free_memory']}",
              f"State={NODE_STATES[node_state(n)][1]}", "Partitions=grun"]
     return " ".join(lines) + " " if oneliner else "\n   ".join(lines + [""]) + "\n"
