@@ -196,7 +196,7 @@ def test_a_reload_that_changes_the_secret_keeps_the_running_one_until_a_restart(
         (s.tmp / f"secret.{name}").write_text(f"secret {name} " * 4)
         os.chmod(s.tmp / f"secret.{name}", 0o600)
     keys = {"services": "queue,exec", "hostname": "n1", "cpus": 2, "memory": "1G", "log_file": "grun.log",
-            "auth": "secret"}
+            "auth": "secret", "count_outside_load": False}  # (a loaded machine: its cpus)
     conf = s.conf("both", **keys, secret_file=str(s.tmp / "secret.a"))
     client_conf = s.conf("client", **keys, secret_file=str(s.tmp / "secret.a"))
     assert s.grun("-C", conf, "-d").returncode == 0

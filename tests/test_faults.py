@@ -579,6 +579,7 @@ def test_a_one_node_master_stalled_past_node_timeout_does_not_lose_its_own_node(
     continued: the master declared its own node lost and the job with it, though it ran on. Its own pause is no
     silence of its nodes: they get a node_timeout from when it runs again."""
     c = LocalCluster(nodes={}, master_extra={"services": "queue,exec", "cpus": 1, "memory": 1000, "node_timeout": 3,
+                                             "count_outside_load": False,
                                              **FAST}).start()
     try:
         c.wait_nodes(["master"])
