@@ -24,12 +24,12 @@ STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "r
           **dict.fromkeys(FINAL_STATES, "z")}
 SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h": {"hqw"},  # qstat -s's letters
         "a": {"qw", "hqw", "Eqw", "r", "t", "s"}}
-# qacct's `failed` (SGE's code and words) for a job killed (qdel), lost with its node, or at h_rt (exit_status 137)
-FAILED = {"killed": "100 : assumedly after job", "lost": "100 : assumedly after job",
-          "timeout": "37  : qmaster enforced h_rt limit"}
+# qacct's `failed` of a job that died through a signal (qdel's, h_rt's KILL: exit_status 137) or was lost with its node,
+# as SGE's execd reports it (37, "qmaster enforced h_rt limit", is only for a job its execd failed to kill)
+AFTER, AFTER_STATES = "100 : assumedly after job", ("killed", "lost", "timeout")
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
 MEMORY, REQUEST, TIME = ("h_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt",)
-NOTIFY = 60  # SGE's default queue `notify`: after a USR1 at s_rt (or -notify's USR2), the kill comes this much later
+NOTIFY = 60  # SGE's default queue `notify`: after a USR1 at s_rt (or -notify's USR2), the KILL comes this much later
 ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
 NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints"}
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
@@ -38,8 +38,7 @@ REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun 
            "-l s_vmem": "grun has no soft memory limit (-l h_vmem= limits, mem_free= reserves)",
            "-notify": "grun has one warning signal before a job's kill, and -l s_rt sends USR1"}
 # options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
-GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p")),
-        "notify": ("time_signal", lambda _: [12, NOTIFY])}  # SIGUSR2 before its h_rt: TERM
+GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
 _seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
@@ -81,12 +80,13 @@ def qsub(argv: list[str]) -> int:
     request: dict = {"cpus": int(slots), "requeue": yes(opts, "-r", "y"), "hosts": ",".join(hosts) or None,
                      "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~")),
                      **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts},
-                     **_limits(resources, int(slots))}
+                     **_limits(resources, int(slots), "notify" in opts), "time_signal": [int(signal.SIGKILL), 0]}
     # SGE's TMP, output paths (the wrapper's o, e, opened: made whole) and, for a parallel job (-pe), its PE_HOSTFILE
     setup = 'e="$o"; ' * yes(opts, "-j") + 'case $o in /*) ;; *) o="$PWD/$o";; esac; case $e in /*) ;; *) e="$PWD/$e";; esac\n' \
         'export TMP="$TMPDIR" SGE_STDOUT_PATH="$o" SGE_STDERR_PATH="$e"\n' + \
         'export PE_HOSTFILE="$TMPDIR/pe_hostfile"; echo "$HOSTNAME $NSLOTS all.q@$HOSTNAME UNDEFINED" >"$PE_HOSTFILE"\n' \
-        * ("pe" in opts)
+        * ("pe" in opts) + "".join(f"(trap '' USR1 USR2; sleep {at}; kill -{sig.name[3:]} 0) </dev/null >/dev/null 2>&1 &\n"
+                                   for sig, at in request.pop("warn", ()))  # (its KILL at h_rt: time_signal's, above)
     for key, value in resources.items():
         if key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
             amount = _seconds(value) if key == "h_cpu" else _bytes(value)
@@ -152,18 +152,17 @@ def _slots(opts: dict, resources: dict) -> str:
     return slots
 
 
-def _limits(resources: dict, slots: int) -> dict:
+def _limits(resources: dict, slots: int, notify: bool = False) -> dict:
     """-l's memory, per slot as SGE counts it (a limit, h_vmem, reserves and limits; a request alone, mem_free, only
-    reserves), and time (h_rt) as grun's request, taken out of `resources`; s_rt, as SGE's: USR1 at it, the kill NOTIFY
-    s later (or at h_rt, if sooner)."""
+    reserves), and time (h_rt) as grun's request, taken out of `resources`; s_rt, as SGE's: USR1 at it, the KILL NOTIFY
+    s later (or at h_rt, if sooner); `warn`: the (signal, seconds) a job sends itself (-notify: USR2 NOTIFY s before)."""
     request, memory = {}, {}
     soft, hard = (_seconds(resources.pop(k)) if resources.get(k) else None for k in ("s_rt", "h_rt"))
     if soft is not None:
         hard = soft + NOTIFY if hard is None else min(hard, soft + NOTIFY)
-        if soft < hard:
-            request["time_signal"] = [int(signal.SIGUSR1), round(hard - soft)]
-    if hard is not None:
-        request["time"] = hard
+    if hard is not None:  # (grun's one --time-signal is SGE's KILL at h_rt: the warnings are the job's own)
+        request.update(time=hard, warn=([(signal.SIGUSR1, round(soft))] if soft is not None and soft < hard else []) +
+                       [(signal.SIGUSR2, round(max(0, hard - NOTIFY)))] * notify)
     for key, value in [(k, v) for k, v in resources.items() if v and k in (*MEMORY, *REQUEST)]:
         del resources[key]
         memory[key in MEMORY] = -(-_bytes(value) * slots // (1 << 20))
@@ -336,7 +335,7 @@ def _accounting(job: dict) -> tuple:
             ("jobnumber", job["array"] if "task" in job else job["id"]), ("taskid", job.get("task", "undefined")),
             ("qsub_time", time.ctime(job.get("submit_time", 0))), ("start_time", time.ctime(job.get("start_time") or 0)),
             ("end_time", time.ctime(job.get("end_time") or 0)), ("slots", f"{job.get('cpus', 1):g}"),
-            ("failed", job.get("sge_failed") or FAILED.get(job["state"], 0)),
+            ("failed", job.get("sge_failed") or (AFTER if job.get("signal") or job["state"] in AFTER_STATES else 0)),
             ("exit_status", 137 if job["state"] == "timeout" else job.get("exit")),
             ("ru_wallclock", f"{usage(job, 'wall'):.3f}s"), ("ru_utime", f"{usage(job, 'utime'):.3f}s"),
             ("ru_stime", f"{usage(job, 'stime'):.3f}s"), ("ru_maxrss", f"{int(usage(job, 'maxrss_kb'))}K"),
@@ -475,7 +474,7 @@ def qalter(argv: list[str]) -> int:
             continue
         slots = asked or job.get("cpus", 1)
         changes = {k: f"{v}s" if k == "time" else v for k, v in _limits(dict(resources), slots).items()
-                   if k != "reserve_only"}
+                   if k not in ("reserve_only", "warn")}
         if "pe" in opts:
             changes["cpus"] = slots
             if job.get("memory_set"):  # its memory was asked per slot, as SGE counts it

@@ -213,7 +213,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # scontrol show job's Command as Slurm's (sbatch's script as named, its arguments; (null) for --wrap's and stdin's;
 # srun's program) and GroupId (+10).
 # A timed-out job's exit code as Slurm's: sbatch -W 1 (a signal's), srun 128 + its signal, 143 (+3).
-TOTAL, MODULE, MEDIAN = 15051, 500, 200
+# SGE's h_rt a KILL (grun's time_signal), s_rt's and -notify's warnings the job's own, qacct's failed 100 of a signal: -1.
+TOTAL, MODULE, MEDIAN = 15050, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -156,7 +156,7 @@ def test_qsub_takes_what_nextflow_and_labs_write_and_refuses_what_it_cannot_do(c
     assert [line.split(" ignored")[0] for line in r.stderr.splitlines()] == [
         f"qsub: note: {flag}" for flag in ("-m", "-M", "-js", "-ckpt")], r.stderr
     job = wait_end(cluster, int(r.stdout.split()[0]))  # (memory per slot; priority: grun's default, 20, less 5)
-    assert job["time_signal"] == [signal.SIGUSR2, 60]  # -notify: SGE's USR2 before its kill at h_rt
+    assert job["time_signal"] == [signal.SIGKILL, 0]  # SGE's KILL at h_rt (-notify's USR2 before it: the job's own)
     assert (job["cpus"], job["memory"], job.get("memory_set"), job["priority"]) == (2, 600, True, 15)
     assert (tmp_path / "nf.log").read_text().splitlines() == ["3600", "1024", "16384", "fsize"]  # (bash's: KB)
     assert os.path.getsize(tmp_path / "big") == 1 << 20
@@ -289,7 +289,7 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     for i in (ok, rt, gone, array, bad, two):
         wait_end(cluster, i)
     assert [(b["jobnumber"], b["failed"]) for b in blocks("-j", "acctok")] == [(str(ok), "0")]
-    assert [(b["failed"], b["exit_status"]) for b in blocks("-j", str(rt))] == [("37  : qmaster enforced h_rt limit", "137")]
+    assert [(b["failed"], b["exit_status"]) for b in blocks("-j", str(rt))] == [("100 : assumedly after job", "137")]
     assert [b["failed"] for b in blocks("-j", str(gone))] == ["100 : assumedly after job"]
     assert [b["failed"] for b in blocks("-j", f"{bad},{two}")] == [  # (the shell's words; a script's own exit 2: none)
         "26  : opening input/output file: cannot create nodir/x.out: Directory nonexistent", "0"]

@@ -32,17 +32,18 @@ def test_s_rt_warns_with_usr1_and_qsub_sync_tells_of_the_kill_at_h_rt_as_sge(clu
     job_id = int(r.stdout.split()[2])
     assert (r.returncode, r.stdout.splitlines()[-1]) == (1, f"Job {job_id} exited because of signal SIGKILL"), r.stdout
     job = cluster.client().job(job_id)
-    assert (job["state"], job["time"], job["time_signal"]) == ("timeout", 4, [signal.SIGUSR1, 3])
-    first, told = (tmp_path / "rt.out").read_text().splitlines()
-    assert re.fullmatch("usr1 after [12] s", first), first  # (and in qsub's words, not grun's -t)
-    assert told.endswith("; pass -l h_rt= with more"), told
+    assert (job["state"], job["time"], job["time_signal"]) == ("timeout", 4, [signal.SIGKILL, 0])
+    # (grun's line "job N ran out of its time limit ...; pass -l h_rt= with more" is gone with the TERM: the node
+    # records the limit, and reads where the job's fd 2 was, after its time_signal's KILL, which took fd 2 away)
+    first = (tmp_path / "rt.out").read_text().splitlines()[0]
+    assert re.fullmatch("usr1 after [12] s", first), first
     acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job_id)).stdout.splitlines()[1:])
     assert acct["exit_status"] == "137" and acct["maxvmem"].endswith("M")  # (labs grep maxvmem: the peak RSS)
-    for limits, time_limit, sig in (("s_rt=10", 70, [signal.SIGUSR1, 60]), ("s_rt=0:30,h_rt=0:10", 10, None),
-                                    ("h_rt=0:10,s_rt=0:08", 10, [signal.SIGUSR1, 2])):  # (SGE's notify: 60 s)
+    for limits, time_limit, warned in (("s_rt=10", 70, "sleep 10; kill -USR1 0"), ("s_rt=0:30,h_rt=0:10", 10, None),
+                                       ("h_rt=0:10,s_rt=0:08", 10, "sleep 8; kill -USR1 0")):  # (SGE's notify: 60 s)
         r = shims("qsub", "-terse", "-h", "-l", limits, "-b", "y", "true", cwd=tmp_path)
-        job = cluster.client().job(int(r.stdout))
-        assert (job["time"], job.get("time_signal")) == (time_limit, sig), limits
+        job = cluster.client().job(int(r.stdout))  # (the warning: the job's own, grun's --time-signal is the KILL)
+        assert (job["time"], re.search(r"sleep \d+; kill -USR1 0", job["cmd"][2]) and warned) == (time_limit, warned), limits
         cluster.client().kill([job["id"]])
     before = len(cluster.client().history(1000))
     for args, words in ((["-l", "s_vmem=1G"], "-l s_vmem: grun has no soft memory limit"),
@@ -104,3 +105,24 @@ def test_qstat_xml_times_are_sges(cluster, shims, tmp_path):  # noqa: F811
     line = next(line for line in shims("qstat").stdout.splitlines() if line.split()[0] == str(ran))  # (as plain qstat's)
     assert time.strftime("%m/%d/%Y %H:%M:%S", time.localtime(cluster.client().job(ran)["submit_time"])) in line, line
     cluster.client().kill([pending, running, ran])
+
+
+def test_h_rt_kills_with_sigkill_as_sge_and_qacct_says_failed_100_of_any_job_a_signal_ended(cluster, shims, tmp_path):  # noqa: F811
+    # h_rt sent TERM, then KILL kill_grace (30 s) later: a job trapping TERM ran on past it; SGE's execd KILLs at h_rt
+    # (queue_conf(5)). qacct said failed 37 (qmaster enforced) at h_rt and 0 of a job a signal ended: SGE's execd says
+    # 100, assumedly after job, of every job that died through a signal
+    start = time.monotonic()
+    r = shims("qsub", "-sync", "y", "-cwd", "-j", "y", "-o", "kill.out", "-l", "h_rt=0:02", "-b", "y",
+              "trap 'echo term' TERM; sleep 30 & wait; sleep 30 & wait; echo ran on", cwd=tmp_path)
+    job_id = int(r.stdout.split()[2])
+    assert r.stdout.splitlines()[-1] == f"Job {job_id} exited because of signal SIGKILL", r.stdout
+    assert time.monotonic() - start < 15 and "term" not in (tmp_path / "kill.out").read_text()
+    segv = int(shims("qsub", "-terse", "-b", "y", "kill -SEGV $$", cwd=tmp_path).stdout)
+    wait_end(cluster, segv)
+    for job, exit_status in ((job_id, "137"), (segv, "139")):
+        acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job)).stdout.splitlines()[1:])
+        assert (acct["failed"], acct["exit_status"]) == ("100 : assumedly after job", exit_status), acct
+    r = shims("qsub", "-terse", "-h", "-notify", "-l", "h_rt=0:01:05", "-b", "y", "true", cwd=tmp_path)
+    job = cluster.client().job(int(r.stdout))  # (-notify: SGE's USR2, notify (60 s) before the KILL)
+    assert "sleep 5; kill -USR2 0" in job["cmd"][2] and job["time_signal"] == [signal.SIGKILL, 0]
+    cluster.client().kill([job["id"]])
