@@ -35,8 +35,7 @@ NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": 
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
            "-l": "grun has no whole-node request (ask for slots and memory: -pe smp N -l h_vmem=SIZE)",
            "-now": "grun queues a job till it can start", "-w": "grun does not verify a job without queueing it",
-           "-l s_vmem": "grun has no soft memory limit (-l h_vmem= limits, mem_free= reserves)",
-           "-notify": "grun has one warning signal before a job's kill, and -l s_rt sends USR1"}
+           "-l s_vmem": "grun has no soft memory limit (-l h_vmem= limits, mem_free= reserves)"}
 # options that are grun's, one to one: KEY -> (job_spec's argument, its value); -p: as SGE's, a user may lower a job's
 GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
@@ -69,9 +68,8 @@ def qsub(argv: list[str]) -> int:
         print(f"qsub: note: {spelling} ignored (grun has no {NOTED.get(spelling, 'queues')})", file=sys.stderr)
     verify = last(opts, "verify", "n")
     if refused := "-a" * ("begin" in opts) or "-now y" * yes(opts, "-now") or "-w v" * (verify == "v") or \
-            "-l s_vmem" * ("s_vmem" in resources) or "-notify" * ("notify" in opts and "s_rt" in resources) or next((
-            f"-l {key}" for key in ("exclusive", "excl") if resources.pop(key, "false").lower() not in ("false", "0")),
-            None):
+            "-l s_vmem" * ("s_vmem" in resources) or next((f"-l {key}" for key in ("exclusive", "excl") if
+                                                           resources.pop(key, "false").lower() not in ("false", "0")), None):
         raise Refused(f"{refused}: {REFUSED.get(refused) or REFUSED[refused.split()[0]]}")
     if verify not in ("e", "w", "n"):
         raise Refused(f"-w takes e, w, n or v, got {verify!r}")
@@ -361,7 +359,8 @@ def _unopened(client: Client, job: dict, down: set) -> None:
 
 def qdel(argv: list[str]) -> int:
     """qdel [-f] [-u USER,...] [ID|NAME|PATTERN,...] [-t TASKS]: `USER has registered the job N for deletion` (running)
-    or `has deleted job N` (not started), `job-array task N.T` for a task (an array's running ones, N.T, -t's)."""
+    or `has deleted job N` (not started), `job-array task N.T` for a task (an array's running ones, N.T, -t's). As
+    SGE's, a running job is KILLed, with no TERM first."""
     opts, words = parse(argv, table("user=-u force:-f tasks=-t"), False)
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and ("user" not in opts or "tasks" in opts):
@@ -374,7 +373,7 @@ def qdel(argv: list[str]) -> int:
     by_label = {label(j): j for j in live}
     ids += [label(j) for j in live if "task" not in j and j.get("user") in items(opts, "user")
             and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
-    found, refused = refusals(client.kill, ids, 15, "force" in opts)  # (the rest killed)
+    found, refused = refusals(client.kill, ids, int(signal.SIGKILL), "force" in opts)  # (SGE's: no TERM first)
     found.update((n, False) for n, labels in named.items() if not labels)
     for job_id, ok in found.items():  # (N.T: one task)
         job = by_label.get(str(job_id), {})

@@ -214,7 +214,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # srun's program) and GroupId (+10).
 # A timed-out job's exit code as Slurm's: sbatch -W 1 (a signal's), srun 128 + its signal, 143 (+3).
 # SGE's h_rt a KILL (grun's time_signal), s_rt's and -notify's warnings the job's own, qacct's failed 100 of a signal: -1.
-TOTAL, MODULE, MEDIAN = 15050, 500, 200
+# qdel KILLs (SGE's, no TERM first); -notify with s_rt no longer refused (each warning the job's own): -1.
+TOTAL, MODULE, MEDIAN = 15049, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -12,6 +12,7 @@ from test_compat import shims, wait_end  # noqa: F401 (shims: a fixture)
 from util import wait_for
 
 from grun import compat
+from grun.client import current_user
 from grun.compat_sge import QSUB
 
 
@@ -46,10 +47,9 @@ def test_s_rt_warns_with_usr1_and_qsub_sync_tells_of_the_kill_at_h_rt_as_sge(clu
         assert (job["time"], re.search(r"sleep \d+; kill -USR1 0", job["cmd"][2]) and warned) == (time_limit, warned), limits
         cluster.client().kill([job["id"]])
     before = len(cluster.client().history(1000))
-    for args, words in ((["-l", "s_vmem=1G"], "-l s_vmem: grun has no soft memory limit"),
-                        (["-notify", "-l", "s_rt=10"], "-notify: grun has one warning signal")):
-        r = shims("qsub", *args, "-b", "y", "true", cwd=tmp_path)
-        assert (r.returncode, r.stdout, r.stderr.count("\n")) == (1, "", 1) and words in r.stderr, (args, r.stderr)
+    r = shims("qsub", "-l", "s_vmem=1G", "-b", "y", "true", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (1, "") and r.stderr == ("qsub: error: -l s_vmem: grun has no soft memory "
+                                                                "limit (-l h_vmem= limits, mem_free= reserves)\n")
     assert len(cluster.client().history(1000)) == before
 
 
@@ -122,7 +122,19 @@ def test_h_rt_kills_with_sigkill_as_sge_and_qacct_says_failed_100_of_any_job_a_s
     for job, exit_status in ((job_id, "137"), (segv, "139")):
         acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job)).stdout.splitlines()[1:])
         assert (acct["failed"], acct["exit_status"]) == ("100 : assumedly after job", exit_status), acct
-    r = shims("qsub", "-terse", "-h", "-notify", "-l", "h_rt=0:01:05", "-b", "y", "true", cwd=tmp_path)
-    job = cluster.client().job(int(r.stdout))  # (-notify: SGE's USR2, notify (60 s) before the KILL)
-    assert "sleep 5; kill -USR2 0" in job["cmd"][2] and job["time_signal"] == [signal.SIGKILL, 0]
+    r = shims("qsub", "-terse", "-h", "-notify", "-l", "h_rt=0:01:05,s_rt=3", "-b", "y", "true", cwd=tmp_path)
+    job = cluster.client().job(int(r.stdout))  # (-notify: SGE's USR2, notify (60 s) before the KILL; it was refused
+    assert job["time_signal"] == [signal.SIGKILL, 0] and job["time"] == 63  # with s_rt, the one warning grun had)
+    assert "sleep 3; kill -USR1 0" in job["cmd"][2] and "sleep 3; kill -USR2 0" in job["cmd"][2]
     cluster.client().kill([job["id"]])
+
+
+def test_qdel_kills_a_running_job_with_sigkill_as_sge(cluster, shims, tmp_path):  # noqa: F811
+    # qdel sent TERM (KILL kill_grace later): a job trapping it ran its trap ("got TERM", exit 5); SGE's is a KILL
+    job = int(shims("qsub", "-terse", "-cwd", "-j", "y", "-o", "del.out", "-b", "y",
+                    "trap 'echo got TERM; exit 5' TERM; echo up; sleep 100 & wait", cwd=tmp_path).stdout)
+    assert wait_for(lambda: (tmp_path / "del.out").exists() and (tmp_path / "del.out").read_text(), timeout=20)
+    assert shims("qdel", str(job)).stdout == f"{current_user()} has registered the job {job} for deletion\n"
+    assert (wait_end(cluster, job)["state"], (tmp_path / "del.out").read_text()) == ("killed", "up\n")
+    acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job)).stdout.splitlines()[1:])
+    assert (acct["failed"], acct["exit_status"]) == ("100 : assumedly after job", "137"), acct
