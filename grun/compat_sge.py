@@ -4,6 +4,7 @@ SGE, on the ground grun/compat.py lays for both families (Slurm's: grun/compat_s
 import fnmatch
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -24,8 +25,7 @@ STATES = {"queued": "qw", "held": "hqw", "waiting": "hqw", "dispatched": "t", "r
           **dict.fromkeys(FINAL_STATES, "z")}
 SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h": {"hqw"},  # qstat -s's letters
         "a": {"qw", "hqw", "Eqw", "r", "t", "s"}}
-# qacct's `failed` of a job that died through a signal (qdel's, h_rt's KILL: exit_status 137) or was lost with its node,
-# as SGE's execd reports it (37, "qmaster enforced h_rt limit", is only for a job its execd failed to kill)
+# qacct's `failed` of a job a signal ended (h_rt's KILL too; 37, qmaster enforced, is a job its execd failed to kill) or lost
 AFTER, AFTER_STATES = "100 : assumedly after job", ("killed", "lost", "timeout")
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
 MEMORY, REQUEST, TIME = ("h_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt",)
@@ -40,6 +40,9 @@ REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun 
 GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p, "-p"))}
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
 _seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
+# SGE's exit 99, "run it again" (grun re-queues for no exit code): run again in place, signals passed on, the script's died of
+RERUN = "{{ trap : HUP INT QUIT TERM USR1 USR2 ALRM; while :; do {}; c=$?; [ $c = 99 ] || break; done; trap - HUP INT " \
+    "QUIT TERM USR1 USR2 ALRM; case $((c - 128)) in [1-9]|1[0-6]|2[4-7]|29|3[01]) kill -$((c - 128)) $$;; esac; exit $c; }}\n"
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}  # (in -o/-e paths)
 
@@ -121,12 +124,13 @@ def qsub(argv: list[str]) -> int:
         # words with spaces; here each argument stays one word, "$VAR" in it expanded, so `sh -c "a; b"` still works)
         rest = [last(opts, "shell", "/bin/sh"), "-c", rest[0] + "".join(
             ' "' + re.sub(r'(["\\`])', r"\\\1", word) + '"' for word in rest[1:])]
-    ids: list = []
+    shell, ids = last(opts, "shell", "" if (script or "#!").startswith("#!") else "/bin/sh"), []
+    setup += (C.RUN.removesuffix("exec ") if script is not None else "") + RERUN.format(  # (RUN's exec: never reached)
+        '"$@"' if script is None else f'{shlex.quote(shell) + " " if shell else ""}"$f" "$@"')
 
     def submit() -> int:  # (-sync y: as SGE's, the job dies with qsub, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "sge", name, script, rest[1:] if script is not None else rest, out,
-                            None if yes(opts, "-j") else err, last(opts, "shell", "" if (script or "#!").startswith(
-                                "#!") else "/bin/sh"), append=True, setup=setup, **request))
+                            None if yes(opts, "-j") else err, shell, append=True, setup=setup, **request))
         shown = f"{ids[0]}.{span}" if tasks else str(ids[0])
         print(shown if "terse" in opts else
               f"Your job{'-array' if 'array' in opts else ''} {shown} (\"{name}\") has been submitted", flush=True)

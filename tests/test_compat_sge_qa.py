@@ -138,3 +138,18 @@ def test_qdel_kills_a_running_job_with_sigkill_as_sge(cluster, shims, tmp_path):
     assert (wait_end(cluster, job)["state"], (tmp_path / "del.out").read_text()) == ("killed", "up\n")
     acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job)).stdout.splitlines()[1:])
     assert (acct["failed"], acct["exit_status"]) == ("100 : assumedly after job", "137"), acct
+
+
+def test_a_script_exiting_99_runs_again_as_sges_rerun_and_its_signals_reach_grun(cluster, shims, tmp_path):  # noqa: F811
+    # SGE re-runs a job whose script exits 99; grun ended it (exit 99). grun re-queues for no exit code: the wrapper
+    # runs the script again in place, and dies of the signal the script died of (grun's record, qacct's 100 and 139)
+    (tmp_path / "rerun.sh").write_text("#!/bin/sh\nn=$(cat count 2>/dev/null || echo 0); echo $((n + 1)) >count\n"
+                                       'echo "run $n of $JOB_ID"; [ "$n" -ge 2 ] || exit 99; exit 3\n')
+    r = shims("qsub", "-sync", "y", "-cwd", "-j", "y", "-o", "rerun.out", "rerun.sh", cwd=tmp_path)
+    job_id = int(r.stdout.split()[2])
+    assert (r.returncode, r.stdout.splitlines()[-1]) == (3, f"Job {job_id} exited with exit code 3."), r.stdout
+    assert (tmp_path / "rerun.out").read_text() == "".join(f"run {n} of {job_id}\n" for n in range(3))
+    r = shims("qsub", "-sync", "y", "-cwd", "-b", "y", "exit 200", cwd=tmp_path)  # (not a signal: no kill -72)
+    said = f"Job {r.stdout.split()[2]} exited with exit code 200."
+    assert (r.returncode, r.stdout.splitlines()[-1], r.stderr) == (200, said, ""), r.stdout
+    assert cluster.client().job(job_id)["exit"] == 3 and not next(tmp_path.glob("exit.e*")).read_text()
