@@ -223,9 +223,10 @@ def qstat(argv: list[str]) -> int:
         raise Refused(f"-s {asked!r}: expected p, r, s, z, h or a" if "".join(letters) != asked or not asked else
                       "-g: only -g c")
     shown, users = set().union(*(SHOW[w[0]] for w in letters)), set(items(opts, "user"))
-    rows = [(_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
-            if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or arrays.left(j))
-            and STATES.get(j["state"], "Eqw") in shown]
+    # the jobs asked, running ones first (as SGE's: then the pending, an array's tasks left after its running ones)
+    rows = sorted(((_row(j), j) for j in client.jobs() + (client.history(100) if "z" in shown else [])
+                   if ("*" in users or j.get("user") in (users or {current_user()})) and ("ranges" not in j or arrays.left(
+                       j)) and STATES.get(j["state"], "Eqw") in shown), key=lambda r: r[0][4] not in ("r", "t", "s"))
     if "group" in opts or "full" in opts:
         return _queues(client.nodes(), rows, "group" in opts, "ext" in opts)
     if "xml" in opts:

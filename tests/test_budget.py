@@ -216,7 +216,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # SGE's h_rt a KILL (grun's time_signal), s_rt's and -notify's warnings the job's own, qacct's failed 100 of a signal: -1.
 # qdel KILLs (SGE's, no TERM first); -notify with s_rt no longer refused (each warning the job's own): -1.
 # A qsub script exiting 99 run again in place by its wrapper (SGE's rerun), signals passed on; two comments shorter: +4.
-TOTAL, MODULE, MEDIAN = 15053, 500, 200
+# qstat lists running jobs first, as SGE's (an array's tasks left came before its running ones): +1.
+TOTAL, MODULE, MEDIAN = 15054, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -235,7 +235,8 @@ def test_qstat_switches_scripts_use_and_an_arrays_tasks_left(cluster, shims, tmp
                                and j["state"] == "running"]) == 2)
     assert shims("qdel", f"{array}.5").returncode == 0
     lines = shims("qstat").stdout.splitlines()
-    assert [line.split()[-1] for line in lines[2:]] == ["3,4,6-8:1", "1", "2"], lines  # (what is left, as SGE writes it)
+    assert [line.split()[-1] for line in lines[2:]] == ["1", "2", "3,4,6-8:1"], lines  # (what is left, as SGE writes it,
+    # after the running tasks: SGE lists the running jobs first)
     assert [line.split()[4] for line in shims("qstat", "-s", "r").stdout.splitlines()[2:]] == ["r", "r"]
     assert [line.split()[4] for line in shims("qstat", "-s", "p").stdout.splitlines()[2:]] == ["qw"]
     assert shims("qstat", "-q", "long.q").stdout.splitlines() == lines  # (one queue: Nextflow polls its own)

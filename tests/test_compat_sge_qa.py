@@ -153,3 +153,12 @@ def test_a_script_exiting_99_runs_again_as_sges_rerun_and_its_signals_reach_grun
     said = f"Job {r.stdout.split()[2]} exited with exit code 200."
     assert (r.returncode, r.stdout.splitlines()[-1], r.stderr) == (200, said, ""), r.stdout
     assert cluster.client().job(job_id)["exit"] == 3 and not next(tmp_path.glob("exit.e*")).read_text()
+
+
+def test_qstat_lists_running_jobs_first_as_sge(cluster, shims, tmp_path):  # noqa: F811
+    # an array's line of tasks left came before its running tasks' (and any pending job before a running one)
+    array = int(shims("qsub", "-terse", "-t", "1-3", "-tc", "1", "-b", "y", "sleep 30", cwd=tmp_path).stdout.split(".")[0])
+    wait_for(lambda: cluster.client().job(f"{array}.1")["state"] == "running", timeout=20)
+    rows = [line.split() for line in shims("qstat").stdout.splitlines()[2:]]
+    assert [(r[0], r[4], r[-1]) for r in rows] == [(str(array), "r", "1"), (str(array), "qw", "2,3")], rows
+    cluster.client().kill([array])
