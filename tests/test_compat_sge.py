@@ -66,9 +66,10 @@ def test_qsub_binary_command_lines_go_through_the_shell_with_the_array_variables
 
 
 def test_qstat_j_knows_only_live_jobs_and_qacct_j_an_array_by_task(cluster, shims, tmp_path):  # noqa: F811
-    r = shims("qsub", "-terse", "-cwd", "-t", "1-3", "-b", "y", "sleep 1; exit $((SGE_TASK_ID - 1))", cwd=tmp_path)
+    r = shims("qsub", "-terse", "-cwd", "-h", "-t", "1-3", "-b", "y", "exit $((SGE_TASK_ID - 1))", cwd=tmp_path)
     array = int(r.stdout.split(".")[0])
-    assert "job_number:" in shims("qstat", "-j", str(array)).stdout  # (queued or running)
+    assert "job_number:" in shims("qstat", "-j", str(array)).stdout  # (held: under load a running one ended first)
+    assert shims("qrls", str(array)).returncode == 0
     wait_end(cluster, array)
     r = shims("qstat", "-j", str(array))  # ended: as SGE, gone (`qstat -j $id || echo done`)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", f"Following jobs do not exist: {array}\n")
