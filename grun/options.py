@@ -49,13 +49,19 @@ def _param(text: str) -> tuple:
 
 
 def _env(text: str) -> str:
-    """`-E NAME,NAME=VALUE,'*'`: checked here (grun.client.default_env reads it)."""
+    """`-E NAME,NAME=VALUE,'*'`: checked here (grun.client.default_env reads it). A NAME may be bash's of an exported
+    function (`export -f f`: BASH_FUNC_f%%), which only '*' passed."""
     for word in filter(str.strip, text.split(",")):
         name, eq, _ = word.partition("=")
         if not (name.strip() == "*" and not eq or name.strip().replace("_", "a").isalnum() and name.isascii()
-                and not name.strip()[0].isdigit()):
+                and not name.strip()[0].isdigit() or _function(name.strip())):
             raise ValueError(f"expected VAR, VAR=VALUE or '*', got {word!r}")
     return text
+
+
+def _function(name: str) -> bool:
+    body = name.removeprefix("BASH_FUNC_").removesuffix("%%")
+    return len(body) == len(name) - 12 > 0 and "%" not in body and not any(c.isspace() for c in body)
 
 
 def _above_zero(parse, what: str, hint: str):

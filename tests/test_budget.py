@@ -217,7 +217,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # qdel KILLs (SGE's, no TERM first); -notify with s_rt no longer refused (each warning the job's own): -1.
 # A qsub script exiting 99 run again in place by its wrapper (SGE's rerun), signals passed on; two comments shorter: +4.
 # qstat lists running jobs first, as SGE's (an array's tasks left came before its running ones): +1.
-TOTAL, MODULE, MEDIAN = 15054, 500, 200
+# -E BASH_FUNC_NAME%% (QA: an exported bash function passed only with -E '*'): +6.
+TOTAL, MODULE, MEDIAN = 15060, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -210,3 +210,13 @@ def test_a_reader_that_went_away_is_no_error(cluster, args):
     finally:
         os.close(write_end)
     assert (r.returncode, r.stderr) == (141, b"")
+
+
+def test_an_exported_bash_function_passes_by_its_name_and_a_bad_name_is_still_refused(cluster):
+    """(QA: `grun -E 'BASH_FUNC_myalign%%'`, the variable bash's `export -f myalign` makes, was refused as a bad value,
+    so a function passed with -E '*' only.)"""
+    env = {**cluster.env, "BASH_FUNC_hi%%": "() {  echo hi-$1\n}"}
+    r = cluster.grun("-E", "BASH_FUNC_hi%%", "bash", "-c", "hi there", env=env)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"hi-there\n", b""), r.stderr
+    for bad in ("BASH_FUNC_%%", "BASH_FUNC_a b%%", "BASH_FUNC_a%", "A%%"):
+        assert_one_error_line(cluster.grun("-E", bad, "true"), "-E")
