@@ -6,8 +6,9 @@ option file, -o output); a letter may mean different things to verbs that never 
 
 from collections import namedtuple
 
-from .values import close_to, is_name, parse_cpus, parse_duration, parse_job_priority, parse_memory
+from .values import close_to, is_name, number_or_text, parse_cpus, parse_duration, parse_job_priority, parse_memory
 from .values import parse_priority as _int  # a whole number, as config reads one
+from .values import parse_time_limit as _time
 
 
 class UsageError(Exception):
@@ -37,7 +38,6 @@ def _time_signal(text: str) -> list:
 
 def _param(text: str) -> tuple:
     """`-p NAME=VALUE`: a number asks for that much of a consumable, text for a label to match."""
-    from .core.jobs import number_or_text
     name, eq, value = (part.strip() for part in text.partition("="))
     if not eq or not value:
         raise ValueError(f"expected NAME=VALUE, got {text!r}")
@@ -78,7 +78,7 @@ def _lazy(module: str, name: str):
     return lambda text: getattr(__import__(f"grun.core.{module}", fromlist=[name]), name)(text)
 
 
-_time, _refs = _lazy("jobs", "parse_time_limit"), _lazy("jobs", "job_refs")
+_refs = _lazy("jobs", "job_refs")
 _dependency = _lazy("deps", "parse_dependency")
 
 

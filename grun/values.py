@@ -52,6 +52,16 @@ def number(value, what: str, most: float = 2 ** 53, least: float = 0) -> float:
     return float(number)
 
 
+def number_or_text(text: str):
+    """`-p gpu=2` asks for 2 of a consumable; `-p os=debian12` for a label (a value not a string stays as it is)."""
+    try:
+        if isinstance(text, str) and math.isfinite(value := float(text)):
+            return int(value) if value.is_integer() else value
+    except ValueError:
+        pass
+    return text
+
+
 def parse_memory(text) -> int:
     """Memory in MB: 3000, "3000", "500M", "4 g", "1.5gib", "2Gi", "1T", "512kb": a number and at most one unit (MB
     without one), rounded up to whole MB."""
@@ -84,6 +94,32 @@ def parse_duration(text, positive: bool = False) -> float:
         text, "a duration like 30, 45s, 30m, 12h or 1d")  # 0.7h: 2520
     expect(seconds > 0 or not positive, "a duration above zero", text)
     return seconds
+
+
+MAX_TIME = 366 * 86400.0  # a time limit's, a retry delay's
+
+
+def parse_time_limit(text) -> float:
+    """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) or
+    with units as grun's durations (90s, 30m, 2h, 1d, 1h30m); 0 (or Slurm's UNLIMITED, INFINITE) is none."""
+    word = str(text).strip()
+    days, dash, clock = word.partition("-")
+    given = clock.split(":") if dash else word.split(":")
+    if word.upper() in ("UNLIMITED", "INFINITE"):
+        seconds = 0.0
+    elif word[:1].isdecimal() and word[-1:].isdecimal() and (minutes := decimal(word)) is not None:
+        seconds = minutes * 60  # (as Slurm reads a bare number)
+    elif (days.isdecimal() or not dash) and all(map(str.isdecimal, given)) and (1 if dash else 2) <= len(given) <= 3:
+        hms = [*map(int, given), *[0] * (3 - len(given))] if dash else [*[0] * (3 - len(given)), *map(int, given)]
+        seconds = (int(days) * 86400 if dash else 0) + hms[0] * 3600 + hms[1] * 60 + hms[2]  # D-HH[:MM[:SS]], [HH:]MM:SS
+    else:
+        try:
+            seconds = parse_duration(word)
+        except ValueError:
+            seconds = -1
+    expect(0 <= seconds <= MAX_TIME, "a time limit of at most a year (0: none), like 30 (minutes), 2h, 1:30:00 or "
+           "1-12:00", text)
+    return float(seconds)
 
 
 def parse_bool(value) -> bool:

@@ -218,7 +218,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # A qsub script exiting 99 run again in place by its wrapper (SGE's rerun), signals passed on; two comments shorter: +4.
 # qstat lists running jobs first, as SGE's (an array's tasks left came before its running ones): +1.
 # -E BASH_FUNC_NAME%% (QA: an exported bash function passed only with -E '*'): +6.
-TOTAL, MODULE, MEDIAN = 15060, 500, 200
+# A pipeline or list learned as all its commands (`zcat|bwa`), not its first; jobs.py's time limits and -p's numbers
+# in values (no re), read there by options: +28.
+TOTAL, MODULE, MEDIAN = 15088, 500, 200
 
 
 def module_lines() -> dict[str, int]:

@@ -89,6 +89,27 @@ def test_a_request_far_above_what_the_program_used_is_warned_of(lc):
     assert "warnings" not in lc.client().job(job_id_from_verbose(r.stderr))
 
 
+def test_a_pipeline_is_keyed_by_all_its_programs_not_its_first(lc):
+    """(QA: `grun "cat nums.txt | python3 -c BIG"` got the memory learned from `grun cat` runs, 12 MB, and was killed
+    at 48 MB, learned x learn_memory_factor.)"""
+    nums = os.path.join(lc.root, "nums.txt")
+    with open(nums, "w") as f:
+        f.write("200\n")
+    _runs(lc, 3, "cat", nums)
+    code = 'import time; x = b"y" * (int(input()) << 20); time.sleep(1)'
+    line = f"cat {nums} | {sys.executable} -c '{code}'"
+    r = lc.grun("-v", line)
+    job = lc.client().job(job_id_from_verbose(r.stderr))
+    assert r.returncode == 0 and "origin" not in job, (r.stderr, job)
+    _runs(lc, 2, line)
+    job_id = nowait(lc, "--force", "-c", "64", line)
+    key = f"cat|{os.path.basename(sys.executable)} -c {code[:40]!r}"  # (not cat's: its origin names this key)
+    assert _row(lc, job_id)["MEM"].endswith("*"), "three runs: learned"
+    assert f"origin    memory from learned: p95 of the last 3 runs of {key} by {USER}" in \
+        lc.grun("-q", "jobs", "--long").stdout.decode()
+    lc.client().kill([job_id], 9)
+
+
 def test_the_learned_memory_limit_kills_far_over_it_and_a_reload_turns_it_off(lc):
     grow = _script(lc, "grow.py")
     _runs(lc, 3, sys.executable, grow, "20", "0")

@@ -21,7 +21,7 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["perl", "-e", "print 1"], False, "perl -e 'print 1'"),
     (["python3", "-m", "pip", "list"], False, "python3 -m 'pip'"),
     (["/opt/bin/bwa", "mem", "ref.fa"], False, "bwa"),
-    (["sh -c 'x' | sort"], True, "x"),  # the shell's words, as rules see them; `sh -c SCRIPT`: what SCRIPT runs
+    (["sh -c 'x' | sort"], True, "x|sort"),  # the shell's words, as rules see them; `sh -c SCRIPT`: what SCRIPT runs
     (["/bin/sh", "-c", "cd /x && python3 a.py"], False, "a.py"),  # (was `sh -c 'cd /x && python3 a.py'`)
     (["bash", "-o", "pipefail", "-ec", "module load gcc\nmake -j4 \\\n  all"], False, "make"),
     (["python3 -u 'my run.py' > out"], True, "my run.py"),
@@ -31,7 +31,7 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["python3"], False, "python3"),
     (["cd /tmp && python3 -u big.py"], True, "big.py"),  # (was cd: every `cd DIR && ...` line shared one key, and a
     (["cd /tmp && true"], True, "true"),                 # big job was killed at the limit its small ones taught)
-    (["echo start; X=1 ./prog a | sort"], True, "prog"),
+    (["echo start; X=1 ./prog a | sort"], True, "prog|sort"),
     (["module load gcc; make -j4"], True, "make"),
     (["echo", "a;", "python3", "x.py"], False, "echo"),  # an argv is no shell line: nothing split at its words
     (["cd /x && exec python3 -u a.py"], True, "a.py"),
@@ -46,8 +46,15 @@ SETTINGS = {"learn": True, "learn_memory_factor": 4.0, "learn_runs": 20}
     (["sh", "-c", "echo sleep 5 && sleep 60"], False, "sleep 60"),  # the sleep that runs, not the first word sleep
     (["echo sleep 5; sleep 60"], True, "sleep 60"),
     (["echo hi; exit 0"], True, "echo"),  # (was exit: every line ending `exit` shared one key, and its learned limit)
-    (["mytool a | tee log; exit $?"], True, "mytool"),
-    (["./a & ./b & wait"], True, "a"),
+    (["mytool a | tee log; exit $?"], True, "mytool|tee"),
+    (["./a & ./b & wait"], True, "a&b"),
+    # a pipeline or list is all its commands (QA: `cat nums | python3 -c BIG` got `grun cat`'s 12 MB and was killed
+    # at 48; `sh -c "head -n 50; sleep 20; cat"` head's): a plain line stays its program's
+    (["cat nums.txt | python3 -c 'import sys'"], True, "cat|python3 -c 'import sys'"),
+    (["zcat r.fq.gz | bwa mem ref - > out.sam"], True, "zcat|bwa"), (["zcat r.fq.gz > r.fq"], True, "zcat"),
+    (["sh", "-c", "head -n 50; sleep 20; cat"], False, "head;sleep 20;cat"),
+    (["cd /x && ./a || ./b"], True, "a||b"), (["a|b|c|d|e|f"], True, "a|b|c|d|"),  # (KEYED commands at most)
+    (["sh", "-c", "module load x\n./a\n./b | ./c\n./d\n./e"], False, "a;b|c;d;"),  # a script: its lines, KEYED at most
     (["exit 3"], True, "exit"),  # (nothing else there)
     (["sh", "-c", "echo hi; exit 0"], False, "echo"), (["sh", "-c", "echo a\nmytool\nexit 0"], False, "mytool"),
     (["sh", "-c", "echo a\nexit 0"], False, "echo"),

@@ -11,7 +11,7 @@ import re
 import shlex
 
 from .. import values
-from ..values import MAX_PRIORITY, STAGE_MODES, expect, is_name, number, parse_cpus, parse_duration, parse_memory
+from ..values import MAX_PRIORITY, STAGE_MODES, expect, is_name, number, number_or_text, parse_cpus
 
 QUEUED, HELD, DISPATCHED, RUNNING, SUSPENDED = "queued", "held", "dispatched", "running", "suspended"
 DONE, FAILED, KILLED, LOST, TIMEOUT = "done", "failed", "killed", "lost", "timeout"  # TIMEOUT: at its -t
@@ -49,7 +49,7 @@ MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
-MAX_TIME = 366 * 86400.0  # a time limit's, a retry delay's
+MAX_TIME, parse_time_limit = values.MAX_TIME, values.parse_time_limit  # (read here by rules, the shims)
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
 
@@ -64,16 +64,21 @@ def argv(job: dict) -> list[str]:
 
 
 def split(line: str) -> list[str]:
-    """A shell line's words as /bin/sh splits them (at blanks if its quotes do not balance)."""
-    if any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
-        with contextlib.suppress(ValueError):
+    """A shell line's words as /bin/sh splits them, its operators words of their own (`a|b`: a, |, b); at blanks if its
+    quotes do not balance."""
+    with contextlib.suppress(ValueError):
+        if any(c in line for c in ";&|"):  # (`zcat x|bwa mem`: not one command zcat)
+            words = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")  # (not `()`: `x=$(date);` one word)
+            words.whitespace_split = True
+            return list(words)
+        if any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
             return shlex.split(line)
     return line.split()
 
 
 SETUP = frozenset({"cd", "pushd", "export", "set", "unset", "source", ".", "module", "ml", "conda", "ulimit", "umask",
                    "echo", "printf", "true", ":", "mkdir", "date", "hostname"})  # before a line's real work
-OPERATORS = frozenset({"&&", "||", ";", "|", "&"})
+OPERATORS = frozenset({"&&", "||", ";", "|", "&", "|&"})  # (split makes them words)
 # Shell builtins that only end or steer a line (`echo hi; exit 0`): never its working command while another is there,
 # else every such line would share their learned key (`true`, `false`, `:` stay: alone they are a job's whole work).
 RUN_NOTHING = frozenset({"exit", "return", "wait", "logout", "shift", "trap", "break", "continue"})
@@ -81,19 +86,22 @@ SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash"}  # `SHELL -c SCRIPT
 MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and the shims grun-compat installs
 
 
-def working_command(words: list[str]) -> list[str]:
-    """A shell line's command that does the work: the first not set-up (`cd DIR && python3 a.py`: not cd, which every
-    such line would share), `VAR=value` words and, but alone, RUN_NOTHING commands skipped; else the last."""
+def working_commands(words: list[str]) -> list[tuple[list[str], str]]:
+    """A shell line's commands that do the work, each with the operator after it: not set-up (`cd DIR && python3 a.py`:
+    not cd, which every such line would share), `VAR=value` words and, but alone, RUN_NOTHING commands skipped; if only
+    set-up, its last."""
     commands, current = [], []
     for word in words:
-        if word in OPERATORS or word.endswith(";"):
-            commands.append(current + [word[:-1]] * (word not in OPERATORS and len(word) > 1))
-            current = []
-        elif current or "=" not in word or not word.split("=")[0].isidentifier():
+        if word in OPERATORS:
+            commands, current = [*commands, (current, word)], []
+            continue
+        if "(" not in (word := word if current else word.lstrip("(")):  # (`(cd x; make)`: cd, make; `$(date)` stays)
+            word = word.rstrip(")")
+        if word and (current or "=" not in word or not word.split("=")[0].isidentifier()):
             current.append(word)
-    commands = [c for c in [*commands, current] if c]
-    commands = [c for c in commands if c[0] not in RUN_NOTHING] or commands
-    return next((c for c in commands if os.path.basename(c[0]) not in SETUP), commands[-1] if commands else words)
+    commands = [c for c in [*commands, (current, "")] if c[0]]
+    commands = [c for c in commands if c[0][0] not in RUN_NOTHING] or commands
+    return [c for c in commands if os.path.basename(c[0][0]) not in SETUP] or commands[-1:] or [(words, "")]
 
 
 def shell_script(words: list[str]) -> int | None:
@@ -138,27 +146,25 @@ def out_names(job: dict, array: dict | None = None) -> dict:
 LINES = re.compile(r"^[ \t]*[^#\s][^\r\n\\]*(?:\\(?:\r?\n|.)?[^\r\n\\]*)*", re.MULTILINE)  # but comments, blank; `\` continues
 LAUNCHERS = frozenset({"srun", "mpirun", "mpiexec", "orterun", "prterun"})  # a batch script whose work is theirs:
 # keyed by its name (their options, which differ by launcher, would make the program a guess)
+KEYED = 4  # a pipeline's or list's commands (`zcat x | bwa mem`) its learned key names (grun.core.learn.program_of)
 
 
-def first_work(script: str) -> list[str]:
-    """The words of a shell script's first line whose working command is not set-up (comment, blank and `VAR=value`
-    lines skipped), else of its last; read up to it only (a whole batch script's cost ~800 µs, at every job end)."""
-    last: list[str] = []
+def script_words(script: str) -> list[str]:
+    """A shell script's lines (but comments, blank) as one line's words, each ended by `;`; read up to its KEYED-th line
+    of work only (a whole batch script's cost ~800 µs, at every job end)."""
+    words, work = [], 0
     for match in LINES.finditer(script):
-        words = split(re.sub(r"\\\r?\n", " ", match[0]) if "\\" in match[0] else match[0])
-        if words and (command := working_command(words)) is not words:  # (words itself: only assignments)
-            if command[0] in RUN_NOTHING:  # (`exit 0`: the script's work only if nothing else is)
-                last = last or words
-                continue
-            last = words
-            if os.path.basename(command[0]) not in SETUP:
-                return words
-    return last
+        line = split(re.sub(r"\\\r?\n", " ", match[0]) if "\\" in match[0] else match[0])
+        words += [*line, ";"]
+        work += any(os.path.basename(c[0]) not in SETUP | RUN_NOTHING for c, _ in working_commands(line) if c is not line)
+        if work == KEYED:
+            break
+    return words
 
 
-def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple | None, str]:
-    """What a batch script runs: a shell script's first work; a script of another interpreter (`#!/usr/bin/env python3`,
-    `qsub -S python3`: all keyed `import` before) or whose work is srun's or mpirun's (LAUNCHERS): the script, by its name."""
+def batch_script(name: str, script: str, body: str) -> tuple[str, None, str] | None:
+    """A batch script keyed by its name: one of another interpreter (`#!/usr/bin/env python3`, `qsub -S python3`: all
+    keyed `import` before) or whose work is srun's or mpirun's (LAUNCHERS); None: a shell script, keyed as its lines."""
     run = body.rsplit("&& exec ", 1)[-1]  # (`... && exec [SHELL] "$f" "$@"`: qsub -S SHELL)
     interpreter = split(run)[:-2] if run != '"$f" "$@"' else \
         split(script[2:].split("\n", 1)[0]) if script.startswith("#!") else []
@@ -166,16 +172,20 @@ def batch_script(name: str, script: str, body: str) -> tuple[str | None, tuple |
         interpreter = interpreter[1:]  # (`#!/usr/bin/env -S python3 -u`)
     if (program := os.path.basename(interpreter[0]) if interpreter else "sh") not in SHELLS:
         return name, None, program
-    found = script_of(first_work(script), True)
-    return (name, None, found[2]) if found[2] in LAUNCHERS else found
+    return (name, None, program) if (program := run_of(commands_of(script_words(script), True)[0][0])[2]) in LAUNCHERS \
+        else None
 
 
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
-    """What command_of's command runs: ("/x/a.py", None, "python3") for `python3 -u /x/a.py` (script, inline code or
-    module as ("-c", CODE), program)."""
-    if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None:
-        return batch_script(*wrapper[:2], words[2])
-    words = command_of(words, shell)
+    """What a job's first command runs (run_of), or a batch script keyed by its name."""
+    if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None and (named := batch_script(*wrapper[:2], words[2])):
+        return named
+    return run_of(commands_of(words, shell)[0][0])
+
+
+def run_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
+    """What a command runs: ("/x/a.py", None, "python3") for `python3 -u /x/a.py` (script, inline code or module as
+    ("-c", CODE), program)."""
     name = os.path.basename(words[0]) if words else "?"
     if not INTERPRETERS.fullmatch(name):
         return (words[0] if words else None), None, name
@@ -190,19 +200,23 @@ def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple 
     return None, None, name
 
 
-def command_of(words: list[str], shell: bool = False) -> list[str]:
-    """The words of the command script_of reads: `env`, `exec`, `nohup`, `time`, --pty's wrapper (grun.pty_job) and
-    (`shell`) a shell line's set-up skipped; `sh -c SCRIPT` and a batch script of grun's Slurm and SGE commands: their
-    first work's."""
+def commands_of(words: list[str], shell: bool = False) -> list[tuple[list[str], str]]:
+    """The commands a job runs, each with the operator after it (working_commands'; "" after the last): `env`, `exec`,
+    `nohup`, `time`, --pty's wrapper (grun.pty_job) and (`shell`) a shell line's set-up skipped; of `sh -c SCRIPT` and
+    a batch script of grun's Slurm and SGE commands: their lines'."""
     if not shell and (wrapper := wrapped(words)):
         if wrapper[1] is not None:  # (its interpreter's, if not a shell: see batch_script)
-            return command_of(first_work(wrapper[1]), True)
+            return commands_of(script_words(wrapper[1]), True)
         words = wrapper[2]
-    words = working_command(words) if shell else words[4:] if words[1:3] == ["-m", "grun.pty_job"] else words
-    while words[1:] and (os.path.basename(words[0]) in ("env", "exec", "nohup", "time", "command") or
-                         words[0].split("=")[0].isidentifier() and "=" in words[0]):  # (`env X=1 ./sim`)
-        words = words[1:]
-    return words if (at := shell_script(words)) is None else command_of(first_work(words[at]), True)
+    found = []
+    for command, operator in working_commands(words) if shell else [
+            (words[4:] if words[1:3] == ["-m", "grun.pty_job"] else words, "")]:
+        while command[1:] and (os.path.basename(command[0]) in ("env", "exec", "nohup", "time", "command") or
+                               command[0].split("=")[0].isidentifier() and "=" in command[0]):  # (`env X=1 ./sim`)
+            command = command[1:]
+        inner = [(command, "")] if (at := shell_script(command)) is None else commands_of(script_words(command[at]), True)
+        found += [*inner[:-1], (inner[-1][0], operator)]
+    return [*found[:-1], (found[-1][0], "")]
 
 
 def require(ok, message: str) -> None:
@@ -367,7 +381,7 @@ EDIT_ALIASES = {"r": "priority", "c": "cpus", "m": "memory", "hosts": "host", "H
 
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...` (values typed, or strings) as changes to the request (`p.NAME=`: a param removed)."""
-    parsers = {"priority": values.parse_job_priority, "cpus": parse_cpus, "memory": parse_memory, "host": lambda v: str(v).strip() or None,
+    parsers = {"priority": values.parse_job_priority, "cpus": parse_cpus, "memory": values.parse_memory, "host": lambda v: str(v).strip() or None,
                "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
                "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
     require(isinstance(changes, dict) and changes, "an edit needs KEY=VALUE changes")
@@ -386,36 +400,6 @@ def parse_edit(changes: object) -> dict:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"bad value for {key}: {exc}") from None
     return out
-
-
-def parse_time_limit(text) -> float:
-    """Seconds of a wall-time limit, in Slurm's forms (30 = minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) or
-    with units as grun's durations (90s, 30m, 2h, 1d, 1h30m); 0 (or Slurm's UNLIMITED, INFINITE) is none."""
-    word = str(text).strip()
-    if word.upper() in ("UNLIMITED", "INFINITE"):
-        seconds = 0
-    elif re.fullmatch(r"\d+(?:\.\d+)?", word):  # minutes, as Slurm reads a bare number
-        seconds = float(word) * 60
-    elif m := re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", word):
-        given = [int(p) for p in m.groups()[1:] if p is not None]
-        # D-HH[:MM[:SS]], else MM:SS or HH:MM:SS
-        hms = given + [0] * (3 - len(given)) if m[1] else [0] * (3 - len(given)) + given
-        seconds = int(m[1] or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
-    else:
-        seconds = -1
-        with contextlib.suppress(ValueError):
-            seconds = parse_duration(word)
-    require(0 <= seconds <= MAX_TIME, f"expected a time limit of at most a year (0: none), like 30 (minutes), 2h, "
-                                      f"1:30:00 or 1-12:00, got {text!r}")
-    return float(seconds)
-
-
-def number_or_text(text: str):
-    """`-p gpu=2` asks for 2 of a consumable; `-p os=debian12` for a label (a value not a string stays as it is)."""
-    with contextlib.suppress(ValueError):
-        if isinstance(text, str) and math.isfinite(number := float(text)):
-            return int(number) if number.is_integer() else number
-    return text
 
 
 def exit_code_of(result: dict) -> int:

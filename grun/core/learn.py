@@ -14,7 +14,7 @@ import os
 from array import array
 
 from .explain import refusal
-from .jobs import HELD, QUEUED, WAITING, argv, asked_to_end, command_of, script_of
+from .jobs import HELD, KEYED, QUEUED, WAITING, argv, asked_to_end, batch_script, commands_of, run_of, wrapped
 from .nodes import shape
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
@@ -29,13 +29,21 @@ LENGTH_IN_ARGUMENT = frozenset({"sleep"})
 
 
 def program_of(job: dict) -> str:
-    """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`."""
+    """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`; a pipeline's or
+    list's commands joined by their operators (`zcat|bwa`: not zcat's, which a big `zcat x | bwa mem` would inherit)."""
     words, shell = argv(job), job.get("shell")
-    path, inline, name = script_of(words, shell)
-    if name in LENGTH_IN_ARGUMENT and (command := command_of(words, shell))[1:]:  # (`sh -c 'cd x && sleep 5'`)
-        return f"{name} {command[1].rstrip(';&|)')[:20]}"
+    if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None and (
+            named := batch_script(*wrapper[:2], words[2])):
+        return os.path.basename(named[0])
+    return "".join(_program(command) + operator for command, operator in commands_of(words, shell)[:KEYED])
+
+
+def _program(command: list[str]) -> str:
+    path, inline, name = run_of(command)
+    if name in LENGTH_IN_ARGUMENT and command[1:]:
+        return f"{name} {command[1][:20]}"
     if inline == ("-m", "grun.remote_worker"):  # a Python call (grun.calls): its function's name and code_key
-        return f"{name} call {' '.join(word[:60] for word in words[words.index(inline[1]) + 1:])}"
+        return f"{name} call {' '.join(word[:60] for word in command[command.index(inline[1]) + 1:])}"
     return f"{name} {inline[0]} {inline[1][:40]!r}" if inline else os.path.basename(path) if path else name
 
 
