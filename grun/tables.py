@@ -146,11 +146,15 @@ HISTORY_COLUMNS = ["ID", "USER", "STATE", "EXIT", "NODE", "WAIT", "WALL", "CPU",
 
 
 def history_table(jobs: list[dict], fields: list[str] | None = None) -> str:
-    """Finished jobs (STATE: how each ended, as sacct's), given newest first, shown oldest first; -F as jobs_table's."""
+    """Finished jobs (STATE: how each ended, as sacct's), given newest first, shown oldest first, an array's own line
+    after its last task (by end time it fell among them: 88.1, 88, 88.2); -F as jobs_table's."""
+    jobs = jobs[::-1]
+    last = {j["array"]: i for i, j in enumerate(jobs) if "task" in j}
+    jobs = [jobs[i] for i in sorted(range(len(jobs)), key=lambda i: (last.get(jobs[i]["id"], i), "ranges" in jobs[i]))]
     rows = [[label(j), j.get("user", "-"), j.get("state", "-"), describe_exit(j), j.get("node") or "-",
              *map(fmt_secs, (j.get("queue_wait"), u.get("wall"), usage(j, "utime", "stime") if "utime" in u else None)),
-             fmt_rss(u), command_text(j)] for j in reversed(jobs) for u in [j.get("usage") or {}]]
-    return chosen(rows, HISTORY_COLUMNS, jobs[::-1], fields)
+             fmt_rss(u), command_text(j)] for j in jobs for u in [j.get("usage") or {}]]
+    return chosen(rows, HISTORY_COLUMNS, jobs, fields)
 
 
 def history_long(jobs: list[dict]) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from cluster import free_port
-from util import assert_one_error_line
+from util import assert_one_error_line, nowait
 
 from grun.client import Client, GrunError
 
@@ -220,3 +220,12 @@ def test_an_exported_bash_function_passes_by_its_name_and_a_bad_name_is_still_re
     assert (r.returncode, r.stdout, r.stderr) == (0, b"hi-there\n", b""), r.stderr
     for bad in ("BASH_FUNC_%%", "BASH_FUNC_a b%%", "BASH_FUNC_a%", "A%%"):
         assert_one_error_line(cluster.grun("-E", bad, "true"), "-E")
+
+
+def test_history_shows_an_arrays_own_line_after_its_tasks_not_among_them(cluster, tmp_path):
+    """(QA: `grun -q history`, sorted by end time, showed `88.1, 88, 88.2`: the array's line between its tasks.)"""
+    array = nowait(cluster, "--array", "1-3", "-o", "/dev/null", "sh", "-c", "sleep $((GRUN_TASK_ID / 3))")
+    assert cluster.grun("-q", "wait", str(array)).returncode == 0
+    ids = [line.split()[0] for line in cluster.grun("-q", "history").stdout.decode().splitlines()[1:]]
+    ours = [i for i in ids if i.partition(".")[0] == str(array)]
+    assert sorted(ours[:-1]) == [f"{array}.1", f"{array}.2", f"{array}.3"] and ours[-1] == str(array), ids
