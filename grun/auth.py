@@ -227,10 +227,49 @@ def who(given, bound: str = ""):
             "groups": [int(g) for g in groups.split(",") if g], "job": int(job) if job else None}
 
 
+def greeting() -> str:
+    """What a connection's handshake presents: a proof, or (no auth) the user we are, a claim as a submission's uid."""
+    return proof() or f"hello {_user(os.getuid())}"
+
+
+@functools.cache
+def _user(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def handshake(checked: bool, conn, data) -> str:
+    """A new connection's handshake (Pyro5's validateHandshake): `checked` (auth), who presents `data` (caller()),
+    refused if nobody; else the user it claims (claimed())."""
+    if not checked:
+        conn.grun_claim = data[6:70] if isinstance(data, str) and data.startswith("hello ") and data[6:].isprintable() \
+            else None
+        return "hello"
+    conn.grun_caller = who(data)
+    if conn.grun_caller is not None:
+        return "hello"
+    log_refused(conn.sock, "no valid proof of the secret")
+    raise PermissionError(REFUSED)
+
+
 def caller():
     """The Pyro5 call's caller: None without auth (all trusted, as the original grun), CLUSTER, or a user (who())."""
     from Pyro5.callcontext import current_context
     return getattr(current_context.client, "grun_caller", None) if required() else None
+
+
+def claimed() -> str | None:
+    """The user a call's connection says it is, without auth (greeting()): who a kill names, as a credential's user."""
+    from Pyro5.callcontext import current_context
+    return getattr(current_context.client, "grun_claim", None)
+
+
+def umask() -> int:
+    """Our umask (os.umask would set it, under other threads' feet)."""
+    return int(_status("self", "Umask", "022"), 8)
 
 
 def required() -> bool:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import mounts, wire
+from . import auth, mounts, wire
 from .registry import job_name, master_uri
 
 # Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, contextlib, and
@@ -337,7 +337,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
             raise GrunError(f"bad $GRUN_PRIORITY: {exc}") from None
     spec: dict = {"cmd": words, "shell": shell, "cwd": os.path.abspath(cwd),
                   "env": {**default_env(pass_env), **{str(k): str(v) for k, v in (env or {}).items()}},
-                  "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), **extra}
+                  "user": current_user(), "uid": os.getuid(), "gid": os.getgid(), "umask": auth.umask(), **extra}
     try:  # (a local cwd has no cwd_fs, and no placement by it)
         spec.update((kind, _ids(extra[kind], names=True)) for kind in ("after", "afterok", "afternotok")
                     if extra.get(kind) is not None)

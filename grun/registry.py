@@ -77,19 +77,12 @@ def start_daemon(bind: str, advertise: str):
 def _ready(kind, bind: str, port: int, advertise: str):
     """Bound to all interfaces, the daemon hands out URIs with `advertise` and the port it bound (not Pyro5's natport=0:
     before 5.17 it cannot read "[::]:PORT"). With auth it refuses a handshake without a proof (or credential) before
-    any request, and the connection remembers who it is (auth.caller)."""
+    any request, and the connection remembers who it is (auth.caller); without, who it claims (auth.claimed)."""
     configure()
     daemon = kind(host=bind, port=port)
     if is_any_address(bind):
         daemon.natLocationStr = format_hostport(advertise, daemon.sock.getsockname()[1])
-    if auth.required():
-        def validate(conn, data):
-            conn.grun_caller = auth.who(data)
-            if conn.grun_caller is not None:
-                return "hello"
-            auth.log_refused(conn.sock, "no valid proof of the secret")
-            raise PermissionError(auth.REFUSED)
-        daemon.validateHandshake = validate
+    daemon.validateHandshake = functools.partial(auth.handshake, auth.required())
     return daemon
 
 

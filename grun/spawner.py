@@ -109,7 +109,7 @@ def _identity(job: dict) -> dict:
             raise ValueError(f"user {job['user']} does not exist on node {job.get('node')}") from None
         return {"user": uid, "group": job["gid"], "extra_groups": job["groups"], "umask": job.get("umask", 0o022)}
     gid = job.get("gid", uid)  # (with `sg OTHER`, sg's gid and the passwd's groups, as sg leaves them)
-    return {"user": uid, "group": gid, "extra_groups": account(uid, gid)[1]}
+    return {"user": uid, "group": gid, "extra_groups": account(uid, gid)[1], "umask": job.get("umask", 0o022)}  # (claimed)
 
 
 def wrapped(argv: list[str], job: dict) -> list[str]:

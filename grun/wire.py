@@ -112,8 +112,8 @@ class WireProxy:
         hello, sent, greeted = b"", False, True  # greeted: the peer answered a hello of ours (now, or at connect)
         try:
             if self._sock is None:
-                from .auth import proof, tls_client  # (the proof first: one failing leaves no socket sans hello)
-                hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": proof() or "hello", "object": self._object}))
+                from .auth import greeting, tls_client  # (the proof first: one failing leaves no socket sans hello)
+                hello = _message(_CONNECT, 0, 0, msgpack.packb({"handshake": greeting(), "object": self._object}))
                 # bytes: a str host goes through the "idna" codec, whose import costs ~1.3 ms of a `grun` call; a
                 # connect slower than CONNECT_TIMEOUT is a peer not there: the caller decides, not a 90 s timeout
                 self._sock = connect(self._host.encode("ascii") if self._host.isascii() else self._host, self._port,

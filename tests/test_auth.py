@@ -738,6 +738,32 @@ def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, s
 
 
 @ROOT_ONLY
+def test_without_auth_a_job_gets_its_submitters_umask_and_a_kill_names_who_claims_it(users, shared_dir):
+    """QA: with no `auth:` line a user's `umask 077; grun sh -c "umask; touch f"` said 0022 and made f -rw-r--r-- (the
+    node's umask; with auth: secret, 0077); and a kill said "job 25 killed (signal 2)", naming nobody. Without auth the
+    umask, as the uid and the user, is the client's claim, and so is who kills."""
+    (alice, _), tmp_path = users[0], shared_dir
+    with LocalCluster({"n1": {"cpus": 2, "memory": 1000}}) as c:
+        conf = str(tmp_path / "grun.conf")
+        shutil.copy(c.client_config, conf)
+        os.chmod(conf, 0o644)
+        env = {"PATH": os.environ["PATH"], "GRUN_CONF": conf, "HOME": str(tmp_path)}
+        assert _as_user(alice, env, ["sh", "-c", "umask; touch made"], cwd=str(tmp_path), umask=0o077) == (0, "0077\n")
+        assert os.stat(tmp_path / "made").st_mode & 0o777 == 0o600 and os.stat(tmp_path / "made").st_uid == alice.pw_uid
+        job_id = int(_as_user(alice, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))[1].split()[-1])
+        try:
+            wait_for(lambda: c.client().job(job_id)["state"] == "running", timeout=30, what="her job to run")
+            assert _as_user(alice, env, ["-k", str(job_id)], cwd=str(tmp_path))[0] == 0
+            wait_for(lambda: c.client().job(job_id)["state"] == "killed", timeout=20, what="her kill")
+        finally:
+            c.client().kill([job_id], 9)
+        assert f"job {job_id} killed by {alice.pw_name} (signal 15)" in _log(c, "master")
+        block = next((b for b in c.grun("-q", "history", "--long").stdout.decode().split("\n\n")
+                      if b.startswith(f"job {job_id}:")), "")
+        assert f"  killed    by {alice.pw_name}\n" in block, block
+
+
+@ROOT_ONLY
 def test_an_owner_cannot_release_an_admins_hold_and_a_kill_names_its_killer(secured, users, shared_dir):
     """QA: alice's `grun -e resume`, qrls and scontrol release undid root's hold of her queued job and suspension of her
     running one (Slurm, SGE: a user cannot release an operator's hold): each refused in one line; root releases them.

@@ -362,7 +362,7 @@ class Master(Queries):
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found (another user's: why not)}. With force a running job is marked
         killed at once, even if its node cannot be reached (it is still signalled if it can)."""
-        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force, by=self._by()[0]))
+        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force, by=self._by()[0] or auth.claimed()))
 
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to their sessions, cpus released) unless `pending_only`."""
