@@ -165,7 +165,7 @@ def serve(cfg: Config, services: frozenset[str] | None = None, foreground: bool 
         hosted.start(services)
         if ready_fd:  # (whoever started us may have stopped waiting: a slow start is still a start)
             node = hosted.node  # R: the master refused this node (it said why); a master away for 5 s is no failure
-            refused = node and _wait(lambda: node._registered or node._told_refused, 5.0, 0.02) and node._told_refused
+            refused = node and _wait(lambda: node.first_word() is not None, 5.0, 0.02) and node.first_word()
             with contextlib.suppress(OSError):
                 os.write(int(ready_fd), b"R" + refused.encode()[:500] if refused else b"1")  # (a pipe's atomic write)
             os.close(int(ready_fd))

@@ -12,6 +12,7 @@ from cluster import LocalCluster
 from test_master_state import _running, _state, _submit
 from util import nowait, wait_for, wait_state
 
+from grun import registry
 from grun.core import jobs as J
 from grun.core.explain import explain, progress
 from grun.core.master_state import START_RETRY_SECS
@@ -143,9 +144,12 @@ def test_a_node_says_once_that_its_master_is_unreachable_and_when_it_is_back(tmp
         wait_for(lambda: "node slow: heartbeat 4 s, so down after 12 s unheard, not node_timeout" in _master_log(c), 5,
                  what="the master to name the node whose heartbeat outlasts node_timeout")
         assert "node n1: heartbeat" not in _master_log(c)
+        node = registry.proxy(next(n["uri"] for n in c.client().nodes() if n["name"] == "n1"))
+        assert node.first_word() == ""  # (the master's answer, what `grun -d` exits by: "" known, None not yet)
         c.kill("master", signal.SIGKILL)
         time.sleep(4)  # a retry a second
         assert _node_log(c, "n1").count("cannot reach the master") == 1, _node_log(c, "n1")
+        assert node.first_word() is None
         c.start_master()
         c.wait_nodes(["n1"])
         wait_for(lambda: f"registered with the master at 127.0.0.1:{c.port} after failures" in _node_log(c, "n1"),

@@ -214,6 +214,10 @@ class Node(NodeJobs):
             registry.reset(self._master)
             self._master, self._registered, self._retry_at = None, False, time.monotonic() + 1.0
 
+    def first_word(self) -> str | None:
+        """The master's answer to our registration, for `grun -d`'s exit: None (none yet), "" (known), or why it refused."""
+        return self._told_refused or ("" if self._registered else None)
+
     def _heard(self, reply: dict) -> None:
         """What a registration or heartbeat reply asks: the master's kills for our jobs (each applied once), stale
         copies to end, and its pace: how often to beat (a master with many nodes asks them to beat less) and how
