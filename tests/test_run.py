@@ -295,6 +295,17 @@ def test_nowait_prints_the_job_id_and_wait_returns_its_code(cluster):
     assert r.returncode == 5 and r.stderr == b""
 
 
+def test_a_staged_nowait_job_makes_the_state_dir_as_a_personal_cluster_would(cluster, tmp_path):
+    """(QA: os.makedirs made it 0775 under umask 002, a spool a personal cluster then refused to start in.)"""
+    (tmp_path / "in.txt").write_text("x")
+    env = dict(cluster.env, XDG_STATE_HOME=str(tmp_path / "x" / "state"))
+    r = cluster.grun("--nowait", "--stage-in", "in.txt", "true", env=env, cwd=tmp_path, umask=0o002)
+    assert r.returncode == 0, r.stderr
+    cluster.grun("-q", "wait", r.stdout.decode().split()[-1])
+    modes = [os.stat(tmp_path / d).st_mode & 0o777 for d in ("x", "x/state", "x/state/grun")]
+    assert modes == [0o755] * 3, [oct(m) for m in modes]
+
+
 def test_cpus_and_memory_options(cluster):
     r = cluster.grun("-v", "-c", "0.5", "-m", "1G", "true")
     assert r.returncode == 0, r.stderr
