@@ -331,7 +331,9 @@ class Reaper:
             return self._fail(job_dir, notify, why, code, None if "stderr" in keep else err, cwd_missing=code == 2)
         finally:
             _close(stdin, out, err)
-        in_file = spool.set_pid(claim[0], proc.pid)
+        if not (in_file := spool.set_pid(claim[0], proc.pid)) and not spool.mark_pid(job_dir, proc.pid, self.name):
+            killpg(proc.pid, signal.SIGKILL)  # (a node restarted later could neither signal nor find it)
+            status["error"] = "the spool disk is full: its pid could not be recorded, so it was killed at its start"
         # the node then lets go of its read end of the FIFO, or learns the pid a full disk kept from the pid file
         # (to signal the job); others need no ping
         if job.get("stdin") or not in_file:

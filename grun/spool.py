@@ -10,7 +10,8 @@ given to the job's user. So the user can rename, replace or link nothing in it. 
   the first bytes may be punched out once delivered.
 - `pid`: `<job pid> <reaper>` (the reaper as process_name gives it), with a padded `-` for the pid while
   claimed but not started; created O_EXCL, so exactly one reaper ever starts the job (empty, or without its
-  reaper, when the disk was full: its claimant's flock of job.json then says whether it lives).
+  reaper, when the disk was full: its claimant's flock of job.json then says whether it lives). What a full disk
+  kept out of it goes in a name, `pid.<job pid>.<reaper>`: an empty file (mark_pid), which needs no data block.
 - `killreq`: `{"signal": N}` asked for before the job had a pid, sent by its reaper once it has started it.
 - `limit.json`: why the node's sampler killed the job (memory or time).
 - `status.json`: the job's end, written once, with one fdatasync, by whoever waited for it (its reaper, or the node).
@@ -291,6 +292,16 @@ def set_pid(claimed: int, pid: int) -> bool:
     return os.fstat(claimed).st_size > _PAD
 
 
+def mark_pid(job_dir: str, pid: int, reaper: str) -> bool:
+    """Name the job's pid and reaper in an empty file's name, for a pid file a full disk kept them out of (set_pid);
+    False: not even that (the reaper then kills the job: a job nobody can find must not run on)."""
+    try:
+        os.close(os.open(os.path.join(job_dir, f"pid.{pid}.{reaper}"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    except OSError:
+        return False
+    return True
+
+
 def claim_held(job_dir: str) -> bool:
     """Whether a live reaper holds the job's claim (see claim): for a pid file a full disk left without its
     reaper's name. Asked only once the pid file exists, so it never makes a reaper's claim fail."""
@@ -304,7 +315,12 @@ def read_pid(job_dir: str) -> tuple[bool, int | None, str | None]:
             words = f.read().split()
     except OSError:
         return False, None, None
-    return True, int(words[0]) if words and words[0].isdigit() else None, words[1].decode() if len(words) > 1 else None
+    pid, reaper = int(words[0]) if words and words[0].isdigit() else None, words[1].decode() if len(words) > 1 else None
+    if pid is None or reaper is None:  # (not started yet, or a full disk: mark_pid's name then)
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            marked, reaper = next(n for n in os.listdir(job_dir) if n.startswith("pid."))[4:].split(".", 1)
+            pid = int(marked)
+    return True, pid, reaper
 
 
 def started_at(job_dir: str) -> float | None:

@@ -207,9 +207,11 @@ def test_a_kill_on_a_full_disk_is_escalated_to_kill_after_the_grace(c, started):
 @pytest.mark.parametrize("death", ["reaper", "node and reaper", "node"])
 def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_dies(c, death, tmp_path):
     """The reaper claims and starts the job on a disk full to its last byte: its pid file stays empty (the node
-    learns the pid from its ping). Its reaper then dies: the node waits for the job as its child and records its
-    exit; killed with its node, a restarted node ends it (failed, saying why); a restarted node whose old reaper
-    lives leaves it to that reaper. The job used to be shown running forever ("being claimed")."""
+    learns the pid from its ping, a restarted node from the name of an empty file, spool.mark_pid). Its reaper then
+    dies: the node waits for the job as its child and records its exit; killed with its node, a restarted node kills
+    it and ends it (failed, saying why); a restarted node whose old reaper lives leaves it to that reaper, and can
+    signal it. The job used to be shown running forever ("being claimed"); then, with a restarted node, to run on
+    untracked (reported failed, "it may have run", or running with no pid the node could signal)."""
     os.chmod(tmp_path, 0o777)
     gate = tmp_path / "gate"
     assert c.grun("-H", "n4", "true").returncode == 0
@@ -217,7 +219,7 @@ def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_
     os.kill(reaper, signal.SIGSTOP)
     client = c.client()
     try:
-        job_id = client.submit_spec({"cmd": [f"touch {tmp_path}/ran; while [ ! -e {gate} ]; do sleep 0.05; done; exit 3"],
+        job_id = client.submit_spec({"cmd": [f"touch {tmp_path}/ran; while [ ! -e {gate} ]; do sleep 0.05; done; touch {tmp_path}/on; exit 3"],
                                      "shell": True, "cwd": str(tmp_path), "uid": 0, "gid": 0})
         job_dir = os.path.join(c.spool, "jobs", str(job_id))
         wait_for(lambda: os.path.exists(os.path.join(job_dir, "job.json")), 10, what="the job on its node")
@@ -234,13 +236,20 @@ def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_
             os.kill(reaper, signal.SIGKILL)
         if death != "reaper":
             c.start_node("n4")
-        if death == "node and reaper":  # nobody knows its pid: reported failed, not run again
+        if death == "node and reaper":  # killed by the restarted node: reported failed, not run again
             done = client.wait([job_id], 20)[job_id]
             assert (done["state"], done["exit"]) == ("failed", 255), done
-            assert "a full spool disk kept its pid from us: it may have run" in done["error"], done
+            assert "job supervisor vanished while the node was down" in done["error"], done
+            gate.touch()
+            time.sleep(1)
+            assert not (tmp_path / "on").exists(), "the job ran on, untracked"
         else:  # its exit code, from the node (its child now) or from the old reaper
             time.sleep(2)
             assert client.job(job_id)["state"] == "running"
+            client.hold([job_id])  # (the node signals its session: it knows the pid)
+            assert wait_state(c, job_id, "suspended")["state"] == "suspended"
+            client.resume([job_id])
+            wait_state(c, job_id, "running")
             gate.touch()
             done = client.wait([job_id], 20)[job_id]
             assert (done["state"], done["exit"]) == ("failed", 3), done
