@@ -131,11 +131,14 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None, owner: int) -
     return {}
 
 
-def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int, found: dict):
+def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int, found: dict,
+                moved: str = ""):
     """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants'
     usage); returns it. ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
     storage I/O the job caused (page-cache hits are not reads). A limit is the sampler's (`found`: limit.json), or
-    else told by the signal or the job's last stderr lines. `lost`: output bytes a full spool disk dropped."""
+    else told by the signal or the job's last stderr lines: its --err file's, or `moved`'s, the file the job itself
+    sent its stderr to (sbatch's -o: its script's exec 2>&1), else its spool's. `lost`: output bytes a full spool
+    disk dropped."""
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,
@@ -144,10 +147,10 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
                          "write_bytes": rusage.ru_oublock * 512})
     if rusage.ru_maxrss <= status.pop("reaper_peak_kb", 0):  # ours, not the job's: see spawner._own_peak_kb
         status["usage"]["maxrss_at_most"] = True
-    err = job.get("stderr_file")
-    owner = (job.get("uid") or 0) if err and os.geteuid() == 0 else os.geteuid()  # (its -e file: its user's, or unread)
+    err = os.path.join(job["cwd"], job["stderr_file"]) if job.get("stderr_file") else moved
+    owner = (job.get("uid") or 0) if err and os.geteuid() == 0 else os.geteuid()  # (its user's file, or unread)
     status.update({"limit": found["limit"], "limit_detail": found.get("limit_detail")} if found else limit_hit(status,
-        job.get("limits") or {}, os.path.join(job["cwd"], err) if err else os.path.join(job_dir, "stderr"), owner))
+        job.get("limits") or {}, err or os.path.join(job_dir, "stderr"), owner))
     if lost:
         status["error"] = f"{lost} bytes of output lost: spool disk full"
     return status

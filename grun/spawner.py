@@ -57,6 +57,7 @@ class _Ending:
     level: float = float("inf")
     since: float = dataclasses.field(default_factory=time.monotonic)
     lost: int = 0
+    moved: str = ""  # where the job moved its stderr (Reaper.watched)
 
 
 def set_subreaper() -> None:
@@ -272,6 +273,9 @@ class Reaper:
         self.unwritten: dict[str, _Run] = {}  # job dir -> an ended run whose status.json is not written yet
         self.ending: list[_Ending] = []       # ended runs whose output a full disk holds back (_output_out)
         self._retry_at = 0.0
+        # A job with a memory rlimit that moves its stderr off its pipe (sbatch's script: exec >"$o" 2>&1): where to,
+        # read from /proc once the pipe has no writer left, for the MemoryError its last lines may say (limits.limit_hit)
+        self.poll, self.watched, self.moved = select.poll(), {}, {}  # (its stderr pipe -> job pid; job pid -> path)
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
         """Start the job of `job_dir`: `job_json` (read from its job.json when empty) says what it runs."""
@@ -342,6 +346,9 @@ class Reaper:
             killpg(proc.pid, pending_kill)
         # (last: once the run holds the claim's lock, nothing here may raise, or start would close it too)
         self.runs[proc.pid] = _Run(int(job["id"]), job_dir, job, status, notify, keep, None if in_file else claim[1])
+        if status["limits"].get("data_mb") and "stderr" in keep:
+            self.poll.register(keep["stderr"], 0)  # (POLLHUP only, always reported)
+            self.watched[keep["stderr"]] = proc.pid
         return not in_file
 
     def _fail(self, job_dir: str, notify: str | None, why: str, code: int = 255, err=None, **more) -> None:
@@ -362,7 +369,9 @@ class Reaper:
                 if (run := self.runs.pop(info.si_pid, None)) is None:  # something a job left: we are its subreaper
                     os.wait4(info.si_pid, 0)  # (it has ended: no wait)
                 else:
-                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time()))
+                    if self.watched.pop(run.pipes.get("stderr"), None):  # (before _output_out closes it)
+                        self.poll.unregister(run.pipes["stderr"])
+                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time(), moved=self.moved.pop(info.si_pid, "")))
         done = []
         for ending in list(self.ending):
             if not self._output_out(ending):
@@ -372,10 +381,10 @@ class Reaper:
             try:
                 limit = spool.read(run.dir, spool.LIMIT) or {}  # (the sampler's kill)
                 L.exit_status(run.dir, run.job, run.status, ending.wstatus, ending.rusage, ending.end, ending.lost,
-                              limit)
+                              limit, ending.moved)
                 if run.status.get("limit"):  # why, on its stderr too (as slurmstepd's "CANCELLED ... DUE TO TIME LIMIT")
                     said = L.describe(run.status, run.id, (run.job.get("env") or {}).get("GRUN_COMPAT"))
-                    run.status["limit_told"] = _tell(run.dir, run.job, said, limit.get("stderr", "")) or None
+                    run.status["limit_told"] = _tell(run.dir, run.job, said, limit.get("stderr") or ending.moved) or None
                 if hiding := hide_failed_outputs(run.job, run.status):  # its child, maybe stuck on a hung server,
                     os.close(hiding[1])  # is reaped as it ends, as what a job leaves (above): never waited for here
                 done.append(run)
@@ -448,14 +457,23 @@ class Reaper:
         signal.signal(signal.SIGCHLD, lambda *_: None)   # a Python handler, so SIGCHLD writes wake_w
         signal.signal(signal.SIGXCPU, lambda *_: None)   # see grun.limits; reset to default at exec
         buf, eof = b"", False
+        for fd in (wake_r, control):
+            self.poll.register(fd, select.POLLIN)
         while not eof or self.runs or self.unwritten or self.ending:
             pause = 0.2 if self.ending else spool.DISK_RETRY_SECS if self.unwritten else 5.0
-            ready = select.select([wake_r] if eof else [wake_r, control], [], [], pause)[0]
+            ready = {fd for fd, _ in self.poll.poll(pause * 1000)}
             if wake_r in ready:  # (one read empties it: a pipe holds 64 KiB)
                 os.read(wake_r, 1 << 16)
+            for fd in ready & self.watched.keys():
+                self.poll.unregister(fd)
+                pid = self.watched.pop(fd)
+                with contextlib.suppress(OSError):  # (ended already: no path, as before; a pipe's or socket's: none)
+                    if (path := os.readlink(f"/proc/{pid}/fd/2")).startswith("/"):
+                        self.moved[pid] = path
             if control in ready:
                 data = os.read(control, 1 << 16)
-                eof = not data
+                if eof := not data:
+                    self.poll.unregister(control)
                 *lines, buf = (buf + data).split(b"\n")
                 for line in lines:
                     job_dir, _, rest = line.decode(errors="replace").partition("\t")

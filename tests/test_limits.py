@@ -9,6 +9,9 @@ import json
 import os
 import pwd
 import re
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -116,6 +119,26 @@ def test_a_job_without_m_has_no_memory_limit_and_with_m_still_has_one(lc):
     assert r.returncode == 1 and f"grun: job {job_id} failed: out of memory".encode() in r.stderr, r.stderr
     assert b"; pass -m with what it needs\n" in r.stderr
     assert (_record(lc, job_id)["state"], _record(lc, job_id)["limit"]) == ("failed", "memory")
+
+
+@pytest.mark.parametrize("how", ["--out-err", "-o/--err", "sbatch"])
+def test_a_memory_error_is_found_in_stderr_joined_to_stdout(lc, tmp_path, how):
+    """(QA: under sbatch, whose -o takes stderr too, a job dying of MemoryError was FAILED, no memory reason: it was
+    looked for in the job's stderr spool only.) grun's own forms of one file, and the shim's (its script's exec 2>&1)."""
+    oom = [PY, "-c", "print('start', flush=True); a = b'x' * (300 << 20)"]
+    if how == "sbatch":
+        shim = "import sys; sys.argv[0] = 'sbatch'; from grun.compat import main; sys.exit(main())"
+        r = subprocess.run([sys.executable, "-c", shim, "--parsable", "--wait", "--mem=100", "-o", "log", "--wrap",
+                            shlex.join(oom)], env=lc.env, cwd=tmp_path, capture_output=True, timeout=60)
+        job_id = int(r.stdout.split()[0])
+    else:
+        files = ["--out-err", "log"] if how == "--out-err" else ["-o", "log", "--err", "log"]
+        r = lc.grun("--nowait", "-m", "100", *files, *oom, cwd=tmp_path)
+        job_id = int(r.stdout.split()[-1])
+    record = lc.client().wait([job_id], 30)[job_id]
+    log = (tmp_path / "log").read_text()
+    assert (record["state"], record.get("limit")) == ("failed", "memory"), record
+    assert "MemoryError" in log and f"grun: job {job_id} failed: out of memory" in log, log  # (said there, as Slurm does)
 
 
 def test_when_the_node_runs_short_the_job_furthest_over_its_reservation_goes(tmp_path):
