@@ -274,7 +274,7 @@ class Reaper:
         self.ending: list[_Ending] = []       # ended runs whose output a full disk holds back (_output_out)
         self._retry_at = 0.0
         # A job with a memory rlimit that moves its stderr off its pipe (sbatch's script: exec >"$o" 2>&1): where to,
-        # read from /proc once the pipe has no writer left, for the MemoryError its last lines may say (limits.limit_hit)
+        # read from /proc once the pipe has no writer left, for a MemoryError its last lines may say (limits.limit_hit)
         self.poll, self.watched, self.moved = select.poll(), {}, {}  # (its stderr pipe -> job pid; job pid -> path)
 
     def start(self, job_dir: str, notify: str | None, job_json: str) -> None:
@@ -371,7 +371,8 @@ class Reaper:
                 else:
                     if self.watched.pop(run.pipes.get("stderr"), None):  # (before _output_out closes it)
                         self.poll.unregister(run.pipes["stderr"])
-                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time(), moved=self.moved.pop(info.si_pid, "")))
+                    moved = self.moved.pop(info.si_pid, "")  # (where its stderr went, if it moved it)
+                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time(), moved=moved))
         done = []
         for ending in list(self.ending):
             if not self._output_out(ending):

@@ -226,7 +226,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # Node: first_word() for `grun -d`'s exit (daemon read the node's private flags): +4.
 # A pid a full disk kept out of its pid file goes in an empty file's name (spool.mark_pid), else the job is killed: +18.
 # The reaper reads where a -m job moved its stderr (sbatch's exec 2>&1) for its MemoryError: +21.
-TOTAL, MODULE, MEDIAN = 15167, 500, 200
+# The reaper reads where a -m job moved its stderr (sbatch's exec 2>&1) for its MemoryError: +22.
+TOTAL, MODULE, MEDIAN = 15168, 500, 200
 
 
 def module_lines() -> dict[str, int]:

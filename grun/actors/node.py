@@ -215,7 +215,7 @@ class Node(NodeJobs):
             self._master, self._registered, self._retry_at = None, False, time.monotonic() + 1.0
 
     def first_word(self) -> str | None:
-        """The master's answer to our registration, for `grun -d`'s exit: None (none yet), "" (known), or why it refused."""
+        """The master's answer to our registration, for `grun -d`'s exit: None (none yet), "" (known), or its refusal."""
         return self._told_refused or ("" if self._registered else None)
 
     def _heard(self, reply: dict) -> None:
