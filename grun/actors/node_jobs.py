@@ -391,7 +391,7 @@ class NodeJobs:
         claimed, pid, reaper = spool.read_pid(live.dir)
         if not claimed:
             return self._spawn(live)
-        unnamed = reaper is None  # (a full disk kept its reaper's name, and maybe its pid, from its pid file)
+        unnamed = reaper is None  # (a full disk kept its reaper's name from its pid file, and from spool.mark_pid's)
         if unnamed and spool.claim_held(live.dir):  # (its claimant lives, maybe not the one we sent it to)
             return
         if self.job_status(live) is not None:  # (it ended, and said so; read after the claim's lock, which its
@@ -430,7 +430,7 @@ class NodeJobs:
             except (psutil.Error, OSError):
                 more = {}
             why += ", and its job with it, its end unrecorded" if more else ""
-        if pid is None:  # never ran (no output to hide), or ran on a full disk, maybe runs on, unknown to us
+        if pid is None:  # never ran (no output to hide), or its reaper died on a full disk before naming its pid
             why += "; a full spool disk kept its pid from us: it may have run" if unnamed else " while starting the job"
             return self._end_failed(live, why, **more)
         self._end_orphan(live, {"exit_code": 255, "signal": None, "error": why, "end_time": time.time(), **more})
