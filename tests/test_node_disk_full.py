@@ -5,10 +5,13 @@ once space returns. Real daemons, the node's spool on a real 3 MB tmpfs (root on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -18,7 +21,7 @@ from cluster import LocalCluster
 from util import nowait, wait_for, wait_state
 
 from grun import registry
-from grun.spool import DISK_RETRY_SECS, STATUS, read_pid
+from grun.spool import DISK_RETRY_SECS, STATUS, create, read_pid
 from grun.spool import read as read_spool
 
 LINES = 1_000_000                              # `seq 1 LINES`: 6.9 MB, twice the disk
@@ -142,7 +145,7 @@ def test_a_job_that_ended_while_its_node_was_down_on_a_full_disk_runs_once(c, mo
     job_dir = os.path.join(c.spool, "jobs", str(job_id))
     wait_for(lambda: os.path.exists(runs) and read_pid(job_dir)[2], 10, what="the job to start")
     reaper = int(read_pid(job_dir)[2].split(".")[0])
-    filler = _fill(c)
+    filler = _fill(c.spool)
     c.kill("n4", signal.SIGTERM)  # stopped as by an upgrade (KillMode=process): its reaper and job run on
     time.sleep(4 + 3 + 2 * DISK_RETRY_SECS)  # the job's end, then past that bound
     assert _alive(reaper) and not os.path.exists(os.path.join(job_dir, STATUS))
@@ -158,9 +161,9 @@ def test_a_job_that_ended_while_its_node_was_down_on_a_full_disk_runs_once(c, mo
     assert "Traceback" not in _log(c)
 
 
-def _fill(c) -> str:
+def _fill(spool: str) -> str:
     """Fill the spool disk to its last byte, from outside (root ignores no tmpfs limit)."""
-    path = os.path.join(c.spool, "filler")
+    path = os.path.join(spool, "filler")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     with contextlib.suppress(OSError):
         while True:
@@ -189,7 +192,7 @@ def test_a_kill_on_a_full_disk_is_escalated_to_kill_after_the_grace(c, started):
         job_dir = os.path.join(c.spool, "jobs", str(job_id))
         wait_for(lambda: os.path.exists(os.path.join(job_dir, "pid" if started else "job.json")), 10,
                  what="the job on its node")
-        _fill(c)
+        _fill(c.spool)
         t0 = time.monotonic()
         assert c.grun("-k", str(job_id)).returncode == 0
         if not started:
@@ -223,7 +226,7 @@ def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_
                                      "shell": True, "cwd": str(tmp_path), "uid": 0, "gid": 0})
         job_dir = os.path.join(c.spool, "jobs", str(job_id))
         wait_for(lambda: os.path.exists(os.path.join(job_dir, "job.json")), 10, what="the job on its node")
-        filler = _fill(c)
+        filler = _fill(c.spool)
     finally:
         os.kill(reaper, signal.SIGCONT)
     try:
@@ -256,3 +259,44 @@ def test_a_job_whose_pid_file_a_full_disk_left_empty_is_settled_when_its_reaper_
         assert "Traceback" not in _log(c)
     finally:
         gate.touch()
+
+
+def test_a_job_whose_pid_the_reaper_cannot_name_on_a_full_disk_is_killed_at_its_start(tmp_path):
+    """Neither its pid file nor an empty file's name (spool.mark_pid: no inode left) can say its pid: nobody could find
+    the job after a restart, so its reaper kills it at once, and says why. Its own reaper and tmpfs, no daemons."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: root only")
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=64", "tmpfs", jobs], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    reaper = None
+    try:
+        job = {"id": 7, "cmd": ["sleep", "30"], "cwd": "/", "stdout_file": "/dev/null", "stderr_file": "/dev/null"}
+        create(job_dir := str(jobs / "7"), job, json.dumps(job))
+        _fill(str(jobs))
+        empties = []
+        with contextlib.suppress(OSError):  # every inode but one, for the pid file's claim
+            while True:
+                os.close(os.open(jobs / f"e{len(empties)}", os.O_CREAT | os.O_WRONLY))
+                empties.append(jobs / f"e{len(empties)}")
+        os.remove(empties.pop())
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(10)
+        reaper = subprocess.Popen([sys.executable, "-m", "grun.spawner"], stdin=subprocess.PIPE)
+        reaper.stdin.write(f"{job_dir}\t{tmp_path / 'notify'}\n".encode())
+        reaper.stdin.close()
+        while not (ping := notify.recv(1 << 16).decode()).startswith("unwritten 7 "):  # (its end, once it is over)
+            assert ping.startswith("started 7 "), ping
+        end = json.loads(ping.split(" ", 2)[2])
+        assert (end["signal"], end["error"]) == (signal.SIGKILL, "the spool disk is full: its pid could not be recorded, "
+                                                                 "so it was killed at its start"), end
+        assert os.path.getsize(os.path.join(job_dir, "pid")) == 0 and not any(jobs.glob("7/pid.*"))
+    finally:
+        subprocess.run(["mount", "-o", "remount,size=8m,nr_inodes=4096", jobs], capture_output=True)
+        if reaper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                reaper.wait(15)  # (its end written, once there is room)
+            reaper.kill()
+        subprocess.run(["umount", "-l", jobs], capture_output=True)
