@@ -290,8 +290,8 @@ def test_a_job_whose_pid_the_reaper_cannot_name_on_a_full_disk_is_killed_at_its_
         while not (ping := notify.recv(1 << 16).decode()).startswith("unwritten 7 "):  # (its end, once it is over)
             assert ping.startswith("started 7 "), ping
         end = json.loads(ping.split(" ", 2)[2])
-        assert (end["signal"], end["error"]) == (signal.SIGKILL, "the spool disk is full: its pid could not be recorded, "
-                                                                 "so it was killed at its start"), end
+        said = "the spool disk is full: its pid could not be recorded, so it was killed at its start"
+        assert (end["signal"], end["error"]) == (signal.SIGKILL, said), end
         assert os.path.getsize(os.path.join(job_dir, "pid")) == 0 and not any(jobs.glob("7/pid.*"))
     finally:
         subprocess.run(["mount", "-o", "remount,size=8m,nr_inodes=4096", jobs], capture_output=True)
