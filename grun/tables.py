@@ -265,7 +265,8 @@ STATES = {"queued": "PENDING", "held": "PENDING", "waiting": "PENDING", "dispatc
           "cancelled": "CANCELLED", "lost": "NODE_FAIL", "timeout": "TIMEOUT"}
 SHORT = {"PENDING": "PD", "RUNNING": "R", "SUSPENDED": "S", "COMPLETED": "CD", "FAILED": "F", "CANCELLED": "CA",
          "NODE_FAIL": "NF", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM"}
-REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority"}
+REASONS = {"held": "JobHeldUser", "waiting": "Dependency", "queued": "Priority", "timeout": "TimeLimit",
+           "failed": "NonZeroExitCode"}  # (an ended job's: as Slurm 22.05's scontrol shows them)
 
 
 def state_of(job: dict) -> str:

@@ -604,6 +604,7 @@ def test_time_limits_map_onto_grun_time(cluster, shims, tmp_path):
     assert cluster.client().job(job_id)["time"] == 2
     wait_end(cluster, job_id)
     assert shims("sacct", "-nPj", str(job_id), "--format", "State,ExitCode").stdout.strip() == "TIMEOUT|0:15"
+    assert "JobState=TIMEOUT Reason=TimeLimit " in shims("scontrol", "show", "job", str(job_id)).stdout  # (Slurm's)
     r = shims("srun", "-t", "0:02", "sleep", "30", cwd=tmp_path)  # (as Slurm's: killed with TERM, 128 + 15)
     assert r.returncode == 143 and shims("srun", "sh", "-c", "exit 124").returncode == 124, r.stderr
     r = shims("sbatch", "-W", "-t", "0:02", "--array=1-2", "-o", "/dev/null", "--wrap", "sleep 30", cwd=tmp_path)

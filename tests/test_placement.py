@@ -66,6 +66,9 @@ def test_fractional_cpus():
     n = NodeView("a", 1, 1000)
     placed = place([job(i, 0.25) for i in range(1, 6)], NodeIndex([n])).placed
     assert [j["id"] for j, _ in placed] == [1, 2, 3, 4]
+    tenths = NodeView("b", 1, 1000)
+    assert len(place([job(i, 0.1, 10) for i in range(1, 11)], NodeIndex([tenths])).placed) == 10
+    assert tenths.public(0.0)["free_cpus"] == 0.0, "-q status showed 1.33227e-15/2 (QA): the sums' float residue"
 
 
 def test_labels_must_match_and_a_job_without_labels_matches_any_node():

@@ -100,7 +100,7 @@ class NodeView:
         state = ("up" if self.up else "down" if self.lost else "stopped" if self.stopped else
                  "unknown" if self.uri is None else "down")
         return {"name": self.name, "up": self.up, "state": state, "cpus": self.cpus, "memory": self.memory,
-                "free_cpus": max(0.0, self.free_cpus), "free_memory": max(0, self.free_memory),
+                "free_cpus": max(0.0, round(self.free_cpus, 6)), "free_memory": max(0, self.free_memory),
                 "running": len(self.jobs), "uri": self.uri, "outside_cpus": self.outside_cpus,
                 "outside_memory": self.outside_memory, "grun_cpus": self.grun_cpus, "last_seen": now - self.seen,
                 "devices": {k: [ids, sorted(self.held.get(k, ()))] for k, ids in self.devices.items()},
