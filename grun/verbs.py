@@ -3,6 +3,7 @@
 forms (`grun -k 3` runs `kill 3`); and the verbs that query and control jobs (those that run them are
 grun.running's). On the path of every `grun CMD`: nothing heavy is imported at import time."""
 
+import os
 import sys
 from collections import namedtuple
 from functools import cached_property
@@ -176,8 +177,10 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 
 
 def as_command(words: list[str]) -> str | list[str]:
-    """One word with shell syntax is a command line for /bin/sh; else the words are an argv."""
-    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) else list(words)
+    """One word with shell syntax is a command line for /bin/sh, unless it names a file (`grun "./my script.sh"`: the
+    program); else the words are an argv."""
+    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) and not os.path.isfile(
+        words[0]) else list(words)
 
 
 def json_text(document) -> str:

@@ -125,7 +125,31 @@ def test_a_job_whose_output_cannot_be_written_is_killed_as_when_its_reader_goes_
     assert r.returncode == 1 and r.stderr.decode().endswith("killed\n"), r.stderr
     client = cluster.client()
     job_id = next(j["id"] for j in client.jobs() + client.history(20) if j.get("name") == "full-writer")
-    assert client.wait([job_id], 20)[job_id]["state"] == "killed"
+    end = client.wait([job_id], 20)[job_id]  # (it failed of it, as of the pipe here: not cancelled, by no one)
+    assert (end["state"], end["signal"]) == ("failed", 13), end
+
+
+def test_a_job_whose_reader_went_away_failed_of_sigpipe_as_it_would_have_here(cluster):
+    """QA: `grun seq 1 1000000 | head -1`: the job, killed with SIGPIPE by its grun for its reader gone, was recorded
+    `killed, signal 13`; Slurm keeps CANCELLED for scancel. It failed, of signal 13, as it would have here."""
+    subprocess.run(f"{sys.executable} -m grun.cli -j reader-gone sh -c 'echo 1; sleep 1; seq 1 100000; sleep 60' "
+                   "| head -1",  # (its output after head has gone: grun writes into a pipe nobody reads)
+                   shell=True, env=cluster.env, capture_output=True, timeout=60, check=True)
+    client = cluster.client()
+    job_id = next(j["id"] for j in client.jobs() + client.history(20) if j.get("name") == "reader-gone")
+    end = client.wait([job_id], 20)[job_id]
+    assert (end["state"], end["signal"]) == ("failed", 13), end
+
+
+def test_one_word_naming_a_file_runs_that_file_even_with_a_space_in_its_name(cluster, tmp_path):
+    """QA: `grun "./my script.sh"` ran through sh -c (`/bin/sh: 1: ./my: not found`): one word with a blank is a
+    shell line, unless it names a file: the program then."""
+    script = tmp_path / "my script.sh"
+    script.write_text('#!/bin/sh\necho ran "$0"\n')
+    script.chmod(0o755)
+    r = cluster.grun("./my script.sh", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, b"ran ./my script.sh\n"), r.stderr
+    assert cluster.grun("echo two words", cwd=tmp_path).stdout == b"two words\n"  # (no such file: a shell line)
 
 
 def test_attaching_to_output_already_read_says_so(cluster):

@@ -281,3 +281,12 @@ def test_help_topics_are_made_from_the_tables_they_describe():
     assert listed[:5] == ["run", "submit", "attach", "jobs", "status"], listed  # the verbs that run jobs first
     wrong = grun_help("bogus")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "topics: config" in wrong.stderr
+
+
+def test_one_word_is_a_shell_line_unless_it_names_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my script.sh").write_text("")
+    assert verbs.as_command(["./my script.sh"]) == ["./my script.sh"]
+    assert verbs.as_command(["my script.sh"]) == ["my script.sh"]
+    assert verbs.as_command(["./other script.sh"]) == "./other script.sh"
+    assert verbs.as_command(["ls -l | wc"]) == "ls -l | wc" and verbs.as_command(["ls", "-l"]) == ["ls", "-l"]
