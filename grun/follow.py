@@ -14,17 +14,26 @@ SETTLE_WAIT = 300.0
 
 def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
            release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
-           on_limit=None, on_wait=None) -> int:
+           on_limit=None, on_wait=None, one_run: bool = False) -> int:
     """Once the job runs, stream its output from the start (`tail`: from now) into fds (or callables taking bytes)
     until it ends; return its exit code. `on_start(job)` hears of each run followed; `release`: the node drops the
     spool then; `require_output`: GrunError if the node no longer holds it; `on_note(text)`: what a user may want to
     know, `on_limit(text)` a limit it died of, `on_wait(line)` why it has not started yet. Rides through a master or
-    node daemon restart, a dropped connection (re-attach at the offsets reached) and a lost node (its new run)."""
+    node daemon restart, a dropped connection (re-attach at the offsets reached) and a lost node (its new run; not with
+    `one_run` once the lost run's output reached us, two runs' bytes in one stream: 255, as srun fails on NODE_FAIL)."""
     job, where, out_off, err_off, failures = client.wait_started(job_id, on_wait), None, 0, 0, 0
     again = stream.input_again(stdin_fd)
     on_note = on_note or (lambda text: None)
     retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
+    wrote = False  # whether bytes of the run followed (`where`) reached our fds
     while True:
+        if one_run and wrote and (job["state"] in J.UNSTARTED or job.get("node") and
+                                  (job["node"], job.get("attempt")) != where):
+            on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}) after its attempt "
+                    f"{where[1]}'s output: not following the next (grun --attach {job_id} does)")
+            if job.get("stdin"):  # (its next run would wait for ever for the input we gave the first)
+                stream.end_input(client, job_id)
+            return 255
         if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
             job = client.wait_started(job_id, on_wait)
         node, attempt = run = (job.get("node"), job.get("attempt"))
@@ -62,6 +71,7 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
                 status = stream.attach(ticket["host"], ticket["port"], ticket["token"], stdout_fd=stdout_fd,
                                        stderr_fd=stderr_fd, stdin_fd=stdin_fd, out_offset=out_off,
                                        err_offset=err_off, on_note=lambda text: on_note(f"job {job_id}: {text}"))
+                wrote |= status.wrote
                 _tell_limit(None if status.get("limit_told") else on_limit, status, job_id)  # (told: in its stderr)
                 what = "all" if release and not status.get("superseded") and not ticket["outputs"] else None
                 if ticket["outputs"] and not status.get("superseded"):  # (not a stale copy's)
@@ -79,6 +89,7 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
             if last and last.get("retried", 0) > job.get("retried", 0):  # (its next run may have ended too)
                 on_note(f"job {job_id} failed (exit {code}); it is retried: following its next run")
                 job, where, retried, out_off, err_off, stdin_fd = last, None, (where[1] or 0) + 1, 0, 0, again()
+                wrote = False  # (a retry's output follows the failed run's: README)
                 continue
             if last and last.get("not_retried"):
                 on_note(f"job {job_id} is not retried: {last['not_retried']}")
@@ -89,6 +100,7 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
             return int(last["exit"]) if last and last["state"] in J.FINAL_STATES and (
                 last["state"] != J.LOST or status.get("superseded")) else code  # (the run that counts)
         except stream.StreamBroken as broken:
+            wrote |= broken.offsets != (out_off, err_off)
             out_off, err_off = broken.out_offset, broken.err_offset
             stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
         except (BrokenPipeError, stream.WriteError):

@@ -135,38 +135,60 @@ def _raise_terminated(*_):
     raise Terminated()
 
 
-def dies_with(ctx: Context, ids: list, body, before=lambda: None) -> int:
+def dies_with(ctx: Context, ids: list, body, before=lambda: None, wait_end: bool = False) -> int:
     """`body()`, which submits jobs (their ids into `ids`) and follows them (`grun CMD`, srun, --array). On Ctrl-C,
     SIGTERM, EPIPE or a write error (`> /dev/full`: exit 1), `before()`, then the jobs are killed (on a new
-    connection: the old one may be mid-reply) and said so (not to a reader gone), exiting as that death would."""
+    connection: the old one may be mid-reply) and said so (not to a reader gone), exiting as that death would.
+    `wait_end` (a foreground `grun CMD`): Ctrl-C asks for the kill and `body` goes on to the job's real end (its last
+    words, a kill that came too late, an INT ignored until SIGKILL), which is said; a second Ctrl-C stops waiting."""
     import contextlib
     import signal
+    import threading
 
     from .client import Client, GrunError
     from .stream import WriteError
+    asked = []  # (wait_end: the kill asked at the first Ctrl-C)
+
+    def what() -> str:  # (ids: filled by body)
+        return f"jobs {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"job {ids[0]}" if ids else ""
+
+    def kill(sig: int) -> dict:
+        try:
+            return Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
+        except GrunError as exc:
+            return ctx.say(f"could not kill {what()}: {exc}") and {}
+
+    def interrupted(*_):  # (the kill by a thread: our main one may hold a lock it needs, and streams on meanwhile)
+        if asked or not (wait_end and ids):
+            raise KeyboardInterrupt
+        asked.append(before())  # (first: a second Ctrl-C as soon as this one is said is a second)
+        ctx.say(f"{what()}: killing it, its output followed to its end (Ctrl-C again: stop waiting)")
+        threading.Thread(target=kill, args=(signal.SIGINT,), daemon=True).start()
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background by a script
+        signal.signal(signal.SIGINT, interrupted)  # (even when started in the background by a script)
     try:
-        return body()
+        code = body()
     except (KeyboardInterrupt, Terminated, BrokenPipeError, WriteError) as exc:
         before()
         refused = exc if isinstance(exc, WriteError) else None
         sig = {KeyboardInterrupt: signal.SIGINT, Terminated: signal.SIGTERM}.get(type(exc), signal.SIGPIPE)
+    else:  # after Ctrl-C's kill: the job's real end said, 130 if our kill ended it (if it never ran, follow said it)
+        if not asked:
+            return code
+        if (job := ctx.client.job(ids[0]))["state"] != "killed":
+            return ctx.say(f"job {ids[0]} ended {job['state']} {job.get('exit')} before the kill", code)
+        return ctx.say(f"{what()} killed", 130) if job.get("start_time") else 130
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    what = f"jobs {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"job {ids[0]}" if ids else ""
-    killed = {}
-    if ids:
-        try:
-            killed = Client(ctx.client.host, ctx.client.port, connect_wait=5.0).kill(ids, sig)
-        except GrunError as exc:
-            ctx.say(f"could not kill {what}: {exc}")
+    if asked and sig == signal.SIGINT:
+        return ctx.say(f"{what()} may still be running: grun -q wait {ids[0]} gives its end", 128 + sig)
+    killed = kill(sig) if ids else {}
     if refused:  # (a job that had ended already is not said killed)
-        return ctx.say(f"{refused}" + (f"; {what} killed" if any(killed.values()) else ""))
+        return ctx.say(f"{refused}" + (f"; {what()} killed" if any(killed.values()) else ""))
     if sig != signal.SIGPIPE:
-        ctx.say(f"{what} killed" if ids else "interrupted")
+        ctx.say(f"{what()} killed" if ids else "interrupted")
     with contextlib.suppress(BrokenPipeError):
         ctx.out.flush()
     return 128 + sig
@@ -217,11 +239,11 @@ def _run_new(ctx: Context, args: dict) -> int:
         on_wait = waiting if ctx.cli and (verbose or ctx.err.isatty()) else None
         say = (lambda text: ctx.say(text + "\r" * term.raw)) if term else ctx.say  # (a raw terminal's \n: no \r)
         return ctx.client.follow(ids[0], stdin_fd=stdin_fd, on_start=started, on_limit=say, on_note=say,
-                                 on_wait=on_wait)  # (from run to run, when it is retried)
+                                 on_wait=on_wait, one_run=True)  # (from run to run, when it is retried)
 
     ctx.out.flush()
     try:
-        code = dies_with(ctx, ids, follow, before=started)
+        code = dies_with(ctx, ids, follow, before=started, wait_end=not term)
     finally:
         if term:
             term.restore()
@@ -238,6 +260,6 @@ def do_attach(ctx: Context, args: dict) -> int:
     if "ranges" in (job := ctx.client.job(job_id)):  # (an array: grun.core.arrays.is_array) has no output of its own
         return ctx.say(f"job {job_id} is an array: attach to one of its tasks, e.g. grun --attach {job_id}.{job['ranges'][0][0]}")
     try:
-        return ctx.client.follow(job_id, tail=bool(args.get("tail")), on_note=ctx.say, on_limit=ctx.say)
+        return ctx.client.follow(job_id, tail=bool(args.get("tail")), on_note=ctx.say, on_limit=ctx.say, one_run=True)
     except KeyboardInterrupt:
         return ctx.say(f"detached from job {job_id} (it keeps running)", 130)

@@ -43,9 +43,15 @@ CLOSED = "connection closed before the exit status"
 class StreamBroken(Exception):
     """The connection dropped before EXIT; re-attach with a new token at the offsets reached (attach sets them)."""
     out_offset = err_offset = 0
+    offsets = property(lambda self: (self.out_offset, self.err_offset))
 
     def __str__(self) -> str:
         return f"{self.args[0]} (stdout at {self.out_offset}, stderr at {self.err_offset})"
+
+
+class Exit(dict):
+    """The job's end as its node sent it; `wrote`: whether this attach wrote any of its bytes (grun.follow)."""
+    wrote = False
 
 
 def tune(sock: socket.socket) -> None:  # no Nagle delay; keepalive probes (KEEPIDLE)
@@ -185,6 +191,16 @@ def input_again(source: int | bytes | tuple | None):
     return reopen
 
 
+def end_input(client, job_id: int) -> None:
+    """A run nobody will follow (the grun that fed the job's input stopped at its re-queue) gets the end of its input
+    at once, not a wait for ever: our connection, closed (its output stays on its node for `grun --attach`)."""
+    job = client.wait_started(job_id)
+    with contextlib.suppress(Exception):  # (ended, its node away, staging: no input to end)
+        with client.supervisor(job_id, job) as sup:
+            ticket = sup.attach(0, 0, True, job.get("attempt") or 0)
+        connect(ticket["host"], ticket["port"], ticket["token"]).close()
+
+
 def _recv(sock: socket.socket, n: int) -> bytes:
     try:
         if (got := recv_exact(sock, n)) is not None:
@@ -232,7 +248,7 @@ def _move(sock: socket.socket, sink, n: int, view: memoryview, splice: bool) -> 
 
 def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: int = 2,
            stdin_fd: int | bytes | tuple | None = None, out_offset: int = 0, err_offset: int = 0, on_note=None) -> dict:
-    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT dict. A sink may be a
+    """Stream a job's output to our fds (and our stdin to it) until it ends; return its EXIT (an Exit). A sink may be a
     callable taking bytes, and stdin_fd bytes (or a tuple of them): the job's whole input. `on_note(text)` hears what
     the node tells the user ("output stalled: ..."). Raises StreamBroken if the connection drops first,
     BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
@@ -263,9 +279,11 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                 continue
             if kind == EXIT:
                 try:
-                    return json.loads(_recv(sock, n))
+                    status = Exit(json.loads(_recv(sock, n)))
                 except ValueError as e:
                     raise StreamBroken(f"bad exit payload: {e}") from e
+                status.wrote = offsets != {OUT: out_offset, ERR: err_offset}
+                return status
             sink = sinks[kind]
             if kind in pipes and n >= BATCH:
                 grow_pipe(sink)

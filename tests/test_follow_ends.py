@@ -4,8 +4,12 @@ job that ended without running says why; task ids (12.7) and names wherever ids 
 at parse time in one line, saying the range."""
 from __future__ import annotations
 
+import signal
+import subprocess
+
 import pytest
-from util import assert_one_error_line, nowait, wait_for
+from cluster import LocalCluster
+from util import assert_one_error_line, job, job_id_from_verbose, nowait, read_line, wait_for, wait_state
 
 from grun.client import Timeout
 from grun.core.jobs import validate_spec
@@ -110,3 +114,93 @@ def test_a_job_at_its_own_time_limit_is_not_retried_and_an_array_says_why_its_fi
     assert b"is not retried: it reached its time limit, as a retry would" in r.stderr, r.stderr
     r = cluster.grun("--array", "1-2", "-o", "/nonexist/x.%a", "true")
     assert_one_error_line(r, "2 of 2 tasks failed", ".1: cannot open /nonexist/x.1: No such file or directory")
+
+
+def _started(cluster, *args: str, **kwargs) -> tuple[subprocess.Popen, int]:
+    """A `grun -v ARGS` whose job runs, and the job's id (from its `queued`, then `running on` lines)."""
+    proc = cluster.popen("-v", *args, **kwargs)
+    read_line(proc.stderr, 20)
+    return proc, job_id_from_verbose(read_line(proc.stderr, 20))
+
+
+def test_ctrl_c_asks_for_the_kill_and_follows_the_job_to_its_real_end(cluster):
+    """QA: Ctrl-C on `grun CMD` said "killed" and exited at once: a trap's last words never came, a job that ignores
+    INT still ran (until SIGKILL, 5 s later), one that had already ended was said killed. The kill is asked, the job
+    followed to its real end, which is said (130 if our kill ended it); a second Ctrl-C stops waiting."""
+    trapper, jid = _started(cluster, "sh", "-c", "trap 'sleep 1; echo got INT >&2; exit 3' INT; echo ready; "
+                                                 "while :; do sleep 0.1; done")
+    assert read_line(trapper.stdout, 20) == b"ready\n"
+    trapper.send_signal(signal.SIGINT)
+    out, err = trapper.communicate(timeout=30)
+    assert trapper.returncode == 130 and err.endswith(f"got INT\ngrun: job {jid} killed\n".encode()), err
+    assert job(cluster, jid)["state"] == "killed"
+
+    deaf, jid = _started(cluster, "sh", "-c", "trap '' INT; echo ready; sleep 60")
+    assert read_line(deaf.stdout, 20) == b"ready\n"
+    deaf.send_signal(signal.SIGINT)
+    assert b"Ctrl-C again: stop waiting" in read_line(deaf.stderr, 20)
+    out, err = deaf.communicate(timeout=30)  # (its node's SIGKILL, 5 s after the INT it ignores)
+    assert deaf.returncode == 130 and err.endswith(f"grun: job {jid} killed\n".encode()), err
+    assert job(cluster, jid)["state"] == "killed"  # (when grun said so: not still running)
+
+    deaf, jid = _started(cluster, "sh", "-c", "trap '' INT; echo ready; sleep 60")
+    assert read_line(deaf.stdout, 20) == b"ready\n"
+    deaf.send_signal(signal.SIGINT)
+    read_line(deaf.stderr, 20)
+    deaf.send_signal(signal.SIGINT)
+    out, err = deaf.communicate(timeout=30)  # (not waiting for its end: not said killed, as when it waits)
+    assert deaf.returncode == 130 and err.endswith(f"grun: job {jid} may still be running: grun -q wait {jid} gives "
+                                                   "its end\n".encode()), err
+    wait_state(cluster, jid, "killed")
+
+    ended, jid = _started(cluster, "sh", "-c", "sleep 2; echo bye", stdin=subprocess.DEVNULL)
+    ended.send_signal(signal.SIGSTOP)  # (its grun hears the Ctrl-C only once the job has ended: a kill too late)
+    try:
+        wait_state(cluster, jid, "done")
+        ended.send_signal(signal.SIGINT)
+    finally:
+        ended.send_signal(signal.SIGCONT)
+    out, err = ended.communicate(timeout=30)
+    assert (ended.returncode, out) == (0, b"bye\n"), err
+    assert err.endswith(f"grun: job {jid} ended done 0 before the kill\n".encode()), err
+
+
+def test_a_grun_whose_job_is_re_queued_after_its_output_began_stops_there_and_attach_follows_the_next_run(tmp_path):
+    """QA: a job re-queued (its node lost) after part of its output reached `grun CMD > out`: grun followed the next
+    run, whose output starts over, into the same stdout (1 2 3 4 5 1 2 3 ... 10), exit 0. It says so and exits 255
+    (as srun fails on NODE_FAIL), the next run's input ended; `grun --attach` follows that run. A job re-queued before
+    any of its output reached grun is followed to its next run's end, as before."""
+    c = LocalCluster(nodes={n: {"cpus": 1, "memory": 1000, "heartbeat": 0.5} for n in ("a", "b")},
+                     master_extra={"node_timeout": 3}).start()
+    try:
+        for before in ("seq 1 2; ", ""):
+            proc, jid = _started(c, "sh", "-c", f"{before}sleep 6; cat; seq 3 4", stdin=subprocess.PIPE)
+            if before:
+                assert read_line(proc.stdout, 20) == b"1\n"
+            first = job(c, jid)["node"]
+            c.procs[first].send_signal(signal.SIGSTOP)
+            try:
+                wait_for(lambda jid=jid: job(c, jid).get("attempt") == 2, 20, what="the job re-queued and run again")
+            finally:
+                c.procs[first].send_signal(signal.SIGCONT)
+            out, err = proc.communicate(timeout=60)
+            said = f"job {jid} was re-queued (node {first} lost".encode()
+            if before:
+                assert (proc.returncode, out) == (255, b"2\n"), err  # (after the "1" read above)
+                assert said in err and f"grun --attach {jid} does".encode() in err, err
+                r = c.grun("--attach", str(jid))
+                assert (r.returncode, r.stdout) == (0, b"1\n2\n3\n4\n"), r.stderr
+            else:
+                assert (proc.returncode, out) == (0, b"3\n4\n"), err
+                assert said in err and b"its input is not sent again" in err, err
+    finally:
+        c.stop()
+
+
+def test_sighup_on_grun_leaves_its_job_running_as_kill_9_does(cluster):
+    """QA: SIGHUP (a dropped ssh session) ends grun, 129, and its job runs on: README says so, by INT and TERM."""
+    hup, jid = _started(cluster, "sh", "-c", "echo ready; sleep 2; echo bye")
+    assert read_line(hup.stdout, 20) == b"ready\n"
+    hup.send_signal(signal.SIGHUP)
+    assert hup.wait(10) == -signal.SIGHUP and job(cluster, jid)["state"] == "running"
+    assert cluster.grun("--attach", str(jid)).stdout == b"ready\nbye\n"
