@@ -12,6 +12,7 @@ A damaged file is never skipped in silence: it is kept aside, logged as critical
 
 import contextlib
 import fcntl
+import heapq
 import itertools
 import json
 import logging
@@ -266,25 +267,39 @@ class Store:
                     for job in chunk:
                         self._current_docs[job["id"]] = self._buffer.pop(job["id"])
 
-    def history(self, limit=50, predicate: Callable[[dict], bool] | None = None, after_id=0, since=0.0) -> list[dict]:
-        """The newest `limit` matching jobs ended since `since`; files whose ids all are <= `after_id` are skipped."""
+    def history(self, limit=50, predicate: Callable[[dict], bool] | None = None, after_id=0, since=0.0,
+                view: Callable[[dict], dict] = dict) -> list[dict]:
+        """The newest `limit` matching jobs ended since `since`, each as `view` copies it (queries: without its env);
+        files whose ids all are <= `after_id` are skipped. Only those copies and one file are held at a time (QA: a full
+        listing held every record whole, env too, twice: +100 MB a call, much of it kept by the allocator after)."""
         match = lambda job: (job.get("end_time") or 0) >= since and (predicate or bool)(job)
+        newest: list[tuple] = []  # a heap of ((end time, id), view): the newest `limit` matches so far
+        seen: set[int] = set()
+
+        def keep(docs) -> None:
+            for doc in docs:
+                if doc["id"] not in seen and match(doc):
+                    seen.add(doc["id"])
+                    if len(newest) < limit:
+                        heapq.heappush(newest, ((doc.get("end_time") or 0.0, doc["id"]), view(doc)))
+                    elif (when := (doc.get("end_time") or 0.0, doc["id"])) > newest[0][0]:
+                        heapq.heapreplace(newest, (when, view(doc)))
         with self._lock:
             pending = list(self._buffer.values())
-        found = {job["id"]: dict(job) for job in pending if match(job)}
+        keep(pending)
         # Files hold jobs in finish order: once `limit` matches are in hand older files hold no newer ones
         for n in reversed(numbered(self._hdir, "", ".json")):
-            if len(found) >= limit:
+            if len(newest) >= limit:
                 break
             if n in self._ranges and self._ranges[n][1] <= after_id:  # (the current file is not indexed yet)
                 continue
             with self._file_lock:  # (closed files never change)
                 docs = list(self._current_docs.values()) if n == self._current else None
             docs = self._read_file(n) if docs is None else docs
-            found.update((doc["id"], dict(doc)) for doc in docs if doc["id"] not in found and match(doc))
+            keep(docs)
             if since and docs and max((doc.get("end_time") or 0) for doc in docs) < since - SINCE_SLACK_SECS:
                 break  # (in finish order: older files ended before `since` too, give or take a lock wait)
-        return sorted(found.values(), key=lambda j: (j.get("end_time") or 0.0, j["id"]), reverse=True)[:limit]
+        return [job for _, job in sorted(newest, key=lambda item: item[0], reverse=True)]
 
     def find_history(self, job_id: int) -> dict | None:
         with self._lock:

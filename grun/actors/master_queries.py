@@ -79,7 +79,7 @@ class Queries:
         array = J.parse_job_id(array) if array else 0
         asked, only = J.history_filter(user, grep, array), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
-        return [self._ended(j) for j in self.store.history(int(limit), chosen, array, float(since))]
+        return self.store.history(int(limit), chosen, array, float(since), self._ended)
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
