@@ -41,7 +41,9 @@ from .rule_checks import set_by
 
 SETTINGS = {name: key.default(Namespace(personal=False)) if callable(key.default) else key.default  # the config's queue
             for name, key in KEYS.items() if key.service == "queue"}  # keys (a default of the config: a configured one's)
-RECENT_FINISHED = 20000
+# Finished jobs kept whole for decisions (deps, late ends, repeated reports); older ones are the store's. 20,000 held
+# 40-120 MB a restart dropped (QA: 3-4x the master's RSS after one); ended lost ones stay as many more (late_end).
+RECENT_FINISHED = 2000
 START_RETRY_SECS = 2.0
 NODE_FORGET_SECS = 86400.0  # a node down this long and holding no job leaves the node tables
 # records after which a scheduling pass may place more than before
@@ -77,6 +79,7 @@ class MasterState:
         # dispatched job id -> when last offered, oldest first (a pass looks only at offers due again, not at 40,000)
         self.unconfirmed: dict[int, float] = {}
         self.recent, self.usage = collections.OrderedDict(), {}  # the last finished jobs; job id -> its node's last sample
+        self.lost_ended = collections.OrderedDict()  # ended lost jobs gone from recent (for late_end)
         self.leases, self.hearing = Leases(), Hearing()  # (not journaled: leases run from a restart; whether it hears nodes)
         self.group_of = lambda user, gid: str(gid)  # -> a name; the master's: user's primary group (its passwd's)
 
@@ -111,8 +114,11 @@ class MasterState:
                 self.usage.pop(job["id"], None)
             if rec["op"] == "finish":
                 self.recent[job["id"]] = job
-                if len(self.recent) > RECENT_FINISHED:
-                    self.recent.popitem(last=False)
+                old = self.recent.popitem(last=False)[1] if len(self.recent) > RECENT_FINISHED else {}
+                if old.get("node") and (old["state"] == J.LOST or "kill_signal" in old):  # (its run may end later)
+                    self.lost_ended[old["id"]] = old
+                    if len(self.lost_ended) > RECENT_FINISHED:
+                        self.lost_ended.popitem(last=False)
                 step.do.append(("finished", job))
                 if (warning := self.table.learned.observe(job, int(self.settings["learn_runs"]))) and not replay:
                     step.log("warning", f"job {job['id']}: {warning}")
@@ -386,7 +392,7 @@ class MasterState:
                 rec = self._lose(step, job, now, f"node {name}: {rep.get('error') or 'job lost'}")
             if rec is not None:
                 self._commit(step, [rec])
-            elif late := late_end(self.recent.get(job_id), name, rep, result, now):  # (once: it has late_end)
+            elif late := late_end(self.recent.get(job_id) or self.lost_ended.get(job_id), name, rep, result, now):
                 self._commit(step, [{"op": "late", "id": job_id, "job": late, "time": now}])
                 step.log("warning", f"job {job_id}: {late['error']}")
             elif (cur := job or self.recent.get(job_id)) and (name, rep.get("attempt", cur["attempt"])) != (
