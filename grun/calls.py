@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from .call_follow import CallFuture, RemoteError, cancel_all, follow_all, in_python, lease  # noqa: F401  (RemoteError: grun's)
-from .client import BadArgument, Client, GrunError, Timeout, job_spec  # noqa: F401  (BadArgument: grun's, here too)
+from .client import BadArgument, Client, GrunError, Timeout, check_specs, job_spec  # noqa: F401  (BadArgument: grun's, here too)
 
 _default: list[Client] = []
 _default_lock = threading.Lock()
@@ -96,8 +96,9 @@ def _submit(client: Client | None, func: Callable, calls: list[tuple[tuple, dict
         raise GrunError(f"cannot send {label} to the cluster: {type(exc).__name__}: {exc}") from None
     specs = [dict(spec, name=name) for name in names] if names else [spec] * len(calls)
     client = client or default_client()  # (bad input refused first: not after a personal cluster was started)
-    try:
-        ids = client.submit_many(specs) if calls else []
+    try:  # (one check: named copies differ in their names only, which the master checks)
+        check_specs(specs[:1])
+        ids = client.submit_many(specs, check=False) if calls else []
     except GrunError as exc:  # (refused: in the Python API's words)
         raise type(exc)(in_python(str(exc))) from None
     return follow_all(client, label, ids, function, args)

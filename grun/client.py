@@ -190,8 +190,8 @@ class Client:
     def submit(self, cmd: str | Sequence[str] | dict, **options) -> "Job | int":
         """Queue a command, its Job once on the master's disk: `cmd` a shell command line (a string, run by /bin/sh) or
         an argv list; `options` as job_spec takes them: cpus, memory (MB, "500M", "4G"), priority, params ({"gpu": 1}),
-        name, cwd (ours by default), env (added to the session's), hosts (a glob or comma list), time (seconds, "1h"),
-        after/afterok (ids, names, Jobs), retries... A dict: a spec, its id. A bad one: BadArgument, nothing sent."""
+        name, cwd (ours by default), env (added to the session's), hosts (a glob or comma list), time (seconds; a
+        string as -t reads it: "1h", "1:30:00", "30" minutes), after/afterok (ids, names, Jobs), retries... A dict: a spec, its id. A bad one: BadArgument, nothing sent."""
         if isinstance(cmd, dict):
             return self.submit_many([cmd])[0]
         if not isinstance(cmd, (str, list, tuple)):
@@ -207,15 +207,11 @@ class Client:
     def submit_many(self, specs: list[dict], check: bool = True) -> list[int]:
         """Queue many jobs from full specs (see grun.core.jobs.SPEC_KEYS) in one call (one disk commit): their ids. A spec
         the master would refuse as malformed raises BadArgument, before anything is sent (unless check=False)."""
-        if not isinstance(specs, (list, tuple)):
+        if isinstance(specs, (dict, str, bytes)) or not hasattr(specs, "__iter__"):
             raise BadArgument(f"submit_many takes a list of job specs, not {type(specs).__name__}")
+        specs = list(specs)  # (a generator of specs too)
         if check:
-            from .core.jobs import validate_spec
-            try:
-                for spec in specs:
-                    validate_spec(spec)
-            except (TypeError, ValueError) as exc:
-                raise BadArgument(str(exc)) from None
+            check_specs(specs)
         specs = [{"token": os.urandom(12).hex(), **spec} for spec in specs]  # a retry: harmless (secrets: hmac)
         sent = time.time()
         reply = self.call("submit_jobs", specs, sent_wait=SENT_SUBMIT_WAIT)
@@ -312,6 +308,16 @@ class Client:
         return follow(self, job_id, **how)
 
 
+def check_specs(specs: list[dict]) -> None:
+    """BadArgument for a spec the master would refuse as malformed; each dict once (grun.map gives one for all its calls)."""
+    from .core.jobs import validate_spec
+    try:
+        for spec in {id(spec): spec for spec in specs}.values():  # (34 us a check)
+            validate_spec(spec)
+    except (TypeError, ValueError) as exc:
+        raise BadArgument(str(exc)) from None
+
+
 def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int | str | None = None,
              priority: int | None = None, params=None, name: str | None = None, cwd: str | None = None,
              env: dict | None = None, hosts: str | None = None, stdin: bool = False, pass_env: list | None = None,
@@ -320,7 +326,7 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
     in `cwd` (ours) as us, the session's variables, `pass_env`'s (-E), `env`; `params` a dict or pairs; `time` seconds
     or a duration ("90s", "1h30m"); after, afterok, afternotok: ids, names, Jobs or CallFutures; `extra` other keys.
     What it cannot take raises BadArgument."""
-    from .values import parse_cpus, parse_duration, parse_job_priority, parse_memory
+    from .values import parse_cpus, parse_job_priority, parse_memory, parse_time_limit
     shell = isinstance(cmd, str)
     words = [cmd] if shell else [str(w) for w in cmd]
     if not words or shell and not cmd.strip():
@@ -345,7 +351,8 @@ def job_spec(cmd: str | Sequence[str], *, cpus: float | None = None, memory: int
                   "memory": memory if memory is None else parse_memory(memory),
                   "priority": priority if priority is None else parse_job_priority(priority), "name": name, "host": hosts,
                   "params": dict(params) if params else None, "requeue": None if requeue else False,
-                  "force": force or None, "stdin": stdin or None, "time": time if time is None else parse_duration(time)}
+                  "force": force or None, "stdin": stdin or None,  # (time: a number, seconds; a string as -t reads it)
+                  "time": time if time is None or isinstance(time, (int, float)) else parse_time_limit(time)}
     except (GrunError, TypeError, ValueError) as exc:  # (after=[None], params=3, ...)
         raise BadArgument(str(exc)) from None
     spec.update((key, value) for key, value in chosen.items() if value is not None)

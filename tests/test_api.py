@@ -21,6 +21,7 @@ from grun import (
     Timeout,
     wire,
 )
+from grun.client import job_spec
 
 
 def test_client_finds_the_master_like_the_command_line(cluster, monkeypatch):
@@ -162,6 +163,10 @@ def test_bad_arguments_are_refused_before_anything_is_sent():
         dead.submit_many({"cmd": ["true"]}, check=False)
     with pytest.raises(MasterUnreachable):  # (a good one is sent)
         dead.submit("true", time="1h", after=[7, "prep"])
+    with pytest.raises(MasterUnreachable):  # (a generator of specs is a list of them: review)
+        dead.submit_many(job_spec(c) for c in ("true", "false"))
+    # time= as -t and edits read it (review: "30" was 30 s here, 30 minutes there; "1:30:00" refused)
+    assert [job_spec("true", time=t)["time"] for t in (30, "30", "1:30:00", "90s")] == [30, 1800, 5400, 90]
 
 
 def test_release_lets_the_node_drop_the_output(cluster):
