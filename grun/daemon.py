@@ -19,7 +19,7 @@ import time
 
 from . import auth, plugins, registry
 from .config import KEYS, Config, ConfigError, checks, load_config, written
-from .files import locked, read_int
+from .files import locked, make_dirs, read_int
 from .journal import StoreError
 from .values import format_hostport
 
@@ -214,14 +214,6 @@ def _private_group(st: os.stat_result) -> bool:
         return st.st_uid == os.geteuid() and st.st_gid == pwd.getpwuid(st.st_uid).pw_gid and not grp.getgrgid(
             st.st_gid).gr_mem
     return False
-
-
-def make_dirs(path: str) -> None:
-    """`path` and each missing directory above it, 0755 (os.makedirs' parents get 0777 & ~umask: 0775 if umask 002)."""
-    if path and not os.path.isdir(path):  # ("": a relative path's top)
-        make_dirs(os.path.dirname(path))
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o755)
 
 
 def _use_secret(cfg: Config) -> None:

@@ -10,6 +10,14 @@ import threading
 from collections.abc import Iterable
 
 
+def make_dirs(path: str) -> None:
+    """`path` and each missing directory above it, 0755 (os.makedirs' parents get 0777 & ~umask: 0775 if umask 002)."""
+    if path and not os.path.isdir(path):  # ("": a relative path's top)
+        make_dirs(os.path.dirname(path))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755)
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -105,8 +105,9 @@ def do_run(ctx: Context, args: dict) -> int:
         job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
         code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
         if staged:  # asked for: a process of ours serves its files while it runs (only then: one a job)
-            from . import config, daemon, stage
-            daemon.make_dirs(state := config.user_state_dir())  # (as a personal cluster's: 0755, which it then accepts)
+            from . import config, stage
+            from .files import make_dirs
+            make_dirs(state := config.user_state_dir())  # (as a personal cluster's: 0755, which it then accepts)
             stage.follow_detached(ctx.client, job_id, os.path.join(state, "stage.log"))
         return code
     if not args.get("wait-existing"):
