@@ -91,7 +91,8 @@ def test_a_node_that_registers_again_with_its_list_keeps_the_assignment():
     a = _submit(m, 1)
     m.handle("schedule", 2.0)
     step = m.handle("register", {"name": "g", "uri": "u2", "cpus": 8, "memory": 8000, "incarnation": "j",
-                                 "resources": {"gpu": [0, 1, 2, 3]}, "running": [a]}, 3.0)
+                                 "resources": {"gpu": [0, 1, 2, 3]}, "running": [a]}, 3.0,
+                    dead="PYRO:x@g:1")  # (its daemon restarted elsewhere: the master found the old address refused)
     assert step.records[:1] == [{"op": "start", "id": a, "node": "g", "pid": None, "time": 3.0}], "no new node record"
     assert m.table.nodes["g"].held == {"gpu": {"0"}} and _devices(m)[a] == {"gpu": ["0"]}
 
