@@ -120,6 +120,8 @@ KEYS = {key.name: key for key in (
         "for a job that does not say (--retries): runs again after a failure"),
     Key("reserve_after", parse_duration, 300.0, _Q, True,
         "a job waiting longer gets a node reserved; others backfill around it"),
+    Key("fair_share", parse_bool, True, _Q, True,
+        "at equal priority the next job is the oldest of the user holding fewest cpus; off: first come, first served"),
     Key("hard_factor", lambda v: number(v, "a factor between 1 and 100, like 1.5", least=1, most=100), 1.5, _X,
         True, "memory limit = -m x this (RLIMIT_DATA, and the node kills a job above it); no -m: no limit"),
     Key("min_free_memory", parse_memory, lambda c: min(1024, _psutil().virtual_memory().total // 2 ** 20 // 20), _X,

@@ -157,6 +157,44 @@ def test_higher_priority_first_fifo_within_a_priority():
     assert [r["id"] for r in recs if r["op"] == "dispatch"] == [high]
 
 
+def _users_jobs(t, user, n, now=0.0, **spec):
+    specs = [{"cmd": ["x"], "user": user, **spec}] * n
+    return t.state.handle("submit", t.state.requests(specs), None, now).reply
+
+
+def test_fair_share_the_user_holding_fewest_cpus_goes_first_within_a_priority():
+    t = _table(("a", 4, 8000))
+    running = _users_jobs(t, "alice", 4)
+    _run(t, 1.0)
+    assert t.quotas.held("alice") == 4 and not t.quotas.limits  # (counted without limits: configured)
+    flood = _users_jobs(t, "alice", 1000, 2.0)
+    bob = _users_jobs(t, "bob", 6, 3.0)
+    urgent = _users_jobs(t, "alice", 1, 4.0, priority=30)
+    order = [j["id"] for j in t.pending]
+    # bob holds 0 and alice 4: bob's first four, then by cpus held plus read so far, ties to the older job
+    assert order[:9] == [*urgent, *bob[:4], flood[0], bob[4], flood[1], bob[5]] and order[9:] == flood[2:]
+    assert "It is number 2 of 1007 in the queue" in explain(t.jobs[bob[0]], t.state, 5.0)
+    node_up(t, "b", 2, 1000)
+    assert [r["id"] for r in _run(t, 5.0) if r["op"] == "dispatch"] == [*urgent, bob[0]]
+    assert t.jobs[running[0]]["state"] == J.DISPATCHED
+    t.state.configure(fair_share=False)  # (a reload): first come, first served within a priority
+    assert [j["id"] for j in t.pending] == [*flood, *bob[1:]]
+
+
+def test_fair_share_with_one_user_is_fifo_also_with_requeued_jobs():
+    t = _table(("a", 4, 8000))
+    ids = _users_jobs(t, "alice", 300)
+    plain = PendingQueue()
+    for i in ids:
+        plain.add(t.jobs[i])
+    for q in (t.pending, plain):
+        for i in ids[::2]:
+            q.remove(t.jobs[i])
+        for i in ids[::2]:  # "re-queued": below the newest, past FOLD_AT
+            q.add(t.jobs[i])
+    assert t.pending.fair is t.quotas and [j["id"] for j in t.pending] == ids == [j["id"] for j in plain]
+
+
 def test_a_starving_big_job_gets_a_reservation_and_only_harmless_jobs_backfill():
     t = _table(("a", 4, 8000), ("b", 4, 8000))
     busy = [_submit(t, cpus=3, host="a"), _submit(t, cpus=3, host="b")]

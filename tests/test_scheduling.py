@@ -216,6 +216,23 @@ def _specs(n, *cmd, **request) -> list[dict]:
     return [{"cmd": list(cmd), "cwd": "/", "uid": os.getuid(), "gid": os.getgid(), **request} for _ in range(n)]
 
 
+def test_fair_share_another_users_job_passes_a_flood_at_the_same_priority():
+    """root floods a 2-cpu node with 20 one-second jobs; nobody's one job, submitted after them all, starts as soon
+    as a cpu frees (nobody holds none, root all), not after root's 20 (first come, first served)."""
+    c = _start({"a": {"cpus": 2, "memory": 4000}})
+    try:
+        client = c.client()
+        flood = client.submit_many(_specs(20, "sleep", "1", cpus=1, user="root"))  # (auth: none: as it claims)
+        wait_state(c, flood[0], "running")
+        other = client.submit_spec({"cmd": ["true"], "cwd": "/", "user": "nobody", "uid": 65534, "gid": 65534})
+        started = wait_state(c, other, "done")["dispatch_time"]
+        before = [i for i in flood if job(c, i).get("dispatch_time", 1e18) < started]
+        assert len(before) <= 4, f"nobody's job waited for {len(before)} of root's 20"
+        client.kill(flood, 9)
+    finally:
+        c.stop()
+
+
 def test_a_starving_big_job_gets_a_node_reserved_and_small_ones_backfill_elsewhere():
     """a (2 cpus) is the only node the big job fits; a stream of 1-cpu jobs would keep one of its
     cpus busy for as long as the stream lasts. After reserve_after, a is reserved: the stream goes on

@@ -89,6 +89,7 @@ class MasterState:
         self.settings.update(changed)
         if "limits" in changed:
             self.table.quotas.configure(changed["limits"])
+        self.table.pending.fair = self.table.quotas if self.settings["fair_share"] else None
         return changed
 
     def handle(self, event: str, *args, step: Step | None = None, **kwargs) -> Step:

@@ -1,6 +1,6 @@
 """The placement policy: which queued job goes to which node. Pure code, no I/O.
 
-Jobs go in priority order, FIFO within a priority (`PendingQueue`); one that fits nowhere, or would pass a limit
+Jobs go in priority order, within a priority fair share or FIFO (`PendingQueue`); one that fits nowhere, or would pass a limit
 (`grun.core.quotas`), stays queued and the jobs behind it may still run. Best fit (`NodeIndex.best`), ties broken at
 random, so big jobs still find empty machines; reservations and backfill: README, How it works."""
 
@@ -23,39 +23,73 @@ _job_id = operator.itemgetter("id")
 
 
 class PendingQueue:
-    """The queued jobs in run order. A re-queued job (an id below its priority's newest) waits in a side table, merged
-    in id order when the queue is read: put in place, it rebuilt the main table, O(queue) per job."""
+    """The queued jobs in run order: higher priority first; within a priority, with `fair` (a Quotas: config
+    fair_share), the oldest job of the user holding the fewest cpus now, counting those of the jobs read before it in
+    this read (an array: one job of its user), ties by id; without, FIFO. A re-queued job (an id below its user's
+    newest) waits in a side table, merged in id order when the queue is read: put in place, it rebuilt the main table,
+    O(queue) per job."""
 
     FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
 
     def __init__(self):
-        self._by_priority: dict[int, dict[int, dict]] = {}   # ids ascending
-        self._late: dict[int, dict[int, dict]] = {}          # re-queued, any order
+        self._main: dict[int, dict[str, dict[int, dict]]] = {}   # priority -> user -> its jobs, ids ascending
+        self._late: dict[int, dict[str, dict[int, dict]]] = {}   # re-queued, any order
+        self.fair = None
 
     def add(self, job: dict) -> None:
-        bucket = self._by_priority.setdefault(job["priority"], {})
+        user = job.get("user") or "?"
+        bucket = self._main.setdefault(job["priority"], {}).setdefault(user, {})
         late = bucket and job["id"] < next(reversed(bucket))
-        (self._late.setdefault(job["priority"], {}) if late else bucket)[job["id"]] = job
+        (self._late.setdefault(job["priority"], {}).setdefault(user, {}) if late else bucket)[job["id"]] = job
 
     def remove(self, job: dict) -> None:
-        for table in (self._by_priority, self._late):
-            bucket = table.get(job["priority"])
-            if bucket is not None and bucket.pop(job["id"], None) is not None:
+        user = job.get("user") or "?"
+        for table in (self._main, self._late):
+            users = table.get(job["priority"], {})
+            if (bucket := users.get(user)) is not None and bucket.pop(job["id"], None) is not None:
                 if not bucket:
-                    del table[job["priority"]]
+                    self._drop(table, job["priority"], user)
                 return
 
     def __iter__(self):
-        for priority in sorted(self._by_priority.keys() | self._late.keys(), reverse=True):
-            main, late = self._by_priority.get(priority, {}), self._late.get(priority, {})
-            if len(late) >= self.FOLD_AT:
-                main = self._by_priority[priority] = dict(sorted([*main.items(), *self._late.pop(priority).items()]))
-                late = {}
-            main = list(main.values())  # (a copy: the caller may change the queue while it reads)
-            yield from heapq.merge(main, sorted(late.values(), key=_job_id), key=_job_id) if late else main
+        """Read while the queue stays as it is (place() and `grun why` change nothing while they read: a copy of the
+        queue in each pass cost O(queue), 4x more in one list per user)."""
+        for priority in sorted(self._main.keys() | self._late.keys(), reverse=True):
+            runs = [self._run(priority, user) for user in self._main.get(priority, {}).keys() |
+                    self._late.get(priority, {}).keys()]
+            yield from runs[0] if len(runs) == 1 else self._fair(runs) if self.fair else heapq.merge(*runs, key=_job_id)
+
+    def _run(self, priority: int, user: str):
+        """One user's jobs of one priority, in id order."""
+        main, late = self._main.get(priority, {}).get(user, {}), self._late.get(priority, {}).get(user, {})
+        if len(late) >= self.FOLD_AT:
+            main = self._main.setdefault(priority, {})[user] = dict(sorted([*main.items(), *late.items()]))
+            self._drop(self._late, priority, user)
+        elif late:
+            return heapq.merge(main.values(), sorted(late.values(), key=_job_id), key=_job_id)
+        return iter(main.values())
+
+    @staticmethod
+    def _drop(table: dict, priority: int, user: str) -> None:
+        del table[priority][user]
+        if not table[priority]:
+            del table[priority]
+
+    def _fair(self, runs: list):
+        """The users' runs merged: next, the head of the one whose cpus held plus read so far are fewest."""
+        heap = [(self.fair.held(job.get("user") or "?"), job["id"], job, run) for run in runs
+                if (job := next(run, None)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            cpus, _, job, run = heap[0]
+            yield job
+            if (after := next(run, None)) is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (cpus + job["cpus"], after["id"], after, run))
 
     def __len__(self):
-        return sum(len(b) for b in self._by_priority.values()) + sum(len(b) for b in self._late.values())
+        return sum(len(b) for table in (self._main, self._late) for users in table.values() for b in users.values())
 
 
 @dataclass

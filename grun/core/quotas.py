@@ -1,7 +1,8 @@
 """Per-user, per-group and cluster-wide limits on what runs at once (config `limits:`, README: GPUs and limits):
-running totals per owner, kept as jobs start and end, and whether one more job would pass a limit. Pure code. A named
-scope's fields (`user.NAME`) replace the general one's (`user`) for that user. A job counts, from its dispatch to its
-end, what it holds on its node (no cpus while suspended): a check costs a few dict lookups, however many jobs run."""
+running totals per owner, kept as jobs start and end, limits or not (fair share reads the users' cpus), and whether
+one more job would pass a limit. Pure code. A named scope's fields (`user.NAME`) replace the general one's (`user`)
+for that user. A job counts, from its dispatch to its end, what it holds on its node (no cpus while suspended): a
+check costs a few dict lookups, however many jobs run."""
 
 import re
 from functools import lru_cache
@@ -43,6 +44,10 @@ class Quotas:
                 sums = (self.totals if totals is None else totals).setdefault(owner, {})
                 for name, n in what.items():
                     sums[name] = sums.get(name, 0) + sign * n
+
+    def held(self, user: str) -> float:
+        """The cpus a user's jobs hold now (fair share: grun.core.placement.PendingQueue)."""
+        return self.totals.get(("user", user), {}).get("cpus", 0.0)
 
     def refusal(self, job: dict, extra: dict | None = None, alone: bool = False) -> str | None:
         """Why one more copy of the job would pass limits (`alone`: with nothing else running), each one, or None."""
