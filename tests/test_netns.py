@@ -162,10 +162,10 @@ def test_a_partitioned_node_s_jobs_are_requeued_and_the_stale_copy_killed_on_hea
         time.sleep(max(0.0, NODE_TIMEOUT + 1 - (time.monotonic() - cut_at)))  # longer than node_timeout
         c.heal(cut_node)
 
-        out, err = mover.communicate(timeout=90)
-        assert mover.returncode == 3, err
-        assert out.endswith(f"start {other}\nend\n".encode()), out
-        assert b"was re-queued" in err, err
+        out, err = mover.communicate(timeout=90)  # (its first run's output came: grun follows no second run)
+        assert (mover.returncode, out) == (255, b""), err  # ("start": read above)
+        assert f"job {mid} was re-queued (node {cut_node} lost".encode() in err and b"--attach" in err, err
+        assert c.grun("-q", "wait", str(mid), timeout=90).returncode == 3
     finally:
         if mover.poll() is None:
             mover.kill()
