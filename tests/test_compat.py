@@ -773,7 +773,9 @@ def test_srun_killed_with_TERM_kills_its_job(cluster, shims, tmp_path):
 
 
 def test_squeue_and_sacct_show_an_arrays_tasks(cluster, shims, tmp_path):
-    array = int(shims("sbatch", "--parsable", "--array=1-4%2", "-o", "/dev/null", "--wrap", "sleep 2", cwd=tmp_path).stdout)
+    go = tmp_path / "go"  # (its tasks run until it exists: 'sleep 2' ended before squeue looked on a loaded machine)
+    array = int(shims("sbatch", "--parsable", "--array=1-4%2", "-o", "/dev/null", "--wrap",
+                      f"while [ ! -e {go} ]; do sleep 0.1; done", cwd=tmp_path).stdout)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len(lines := shims("squeue", "-h", "-j", str(array), "-o", "%i %t %R").stdout
                                                         .splitlines()) < 3:
@@ -782,6 +784,7 @@ def test_squeue_and_sacct_show_an_arrays_tasks(cluster, shims, tmp_path):
         [f"{array}_1", "R"], [f"{array}_2", "R"]], lines
     assert shims("squeue", "-h", "-j", f"{array}_2", "-o", "%i").stdout.split() == [f"{array}_2"]
     assert shims("squeue", "-h", "-r", "-t", "PD", "-o", "%i").stdout.split() == [f"{array}_3", f"{array}_4"]
+    go.touch()
     wait_end(cluster, array)
     tasks = [f"{array}_{t}|COMPLETED" for t in (1, 2, 3, 4)]
     assert shims("sacct", "-nPj", str(array), "-o", "JobID,State").stdout.split() == tasks
