@@ -22,12 +22,14 @@ def _live(c) -> set[int]:
 
 def test_afterok_runs_in_order_and_a_failure_cancels_its_dependants_transitively(cluster, tmp_path):
     c, log = cluster, tmp_path / "log"
-    a = nowait(c, "sh", "-c", f"sleep 1; echo A >> {log}")
+    go = tmp_path / "go"  # (A runs until it exists: a 'sleep 1' ended before the checks on a loaded machine)
+    a = nowait(c, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done; echo A >> {log}")
     b = nowait(c, "--afterok", str(a), "sh", "-c", f"echo B >> {log}")
     assert _state(c, b) == "waiting"
     assert "waiting" in c.grun("-q", "jobs").stdout.decode()
     why = c.grun("why", str(b)).stdout.decode()
     assert f"is waiting for job {a} to succeed (afterok)" in why, why
+    go.touch()
     assert c.grun("-q", "wait", str(b)).returncode == 0
     assert log.read_text() == "A\nB\n"
 
