@@ -12,18 +12,38 @@ from .core import jobs as J
 SETTLE_WAIT = 300.0
 
 
-def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
-           release: bool = True, require_output: bool = False, tail: bool = False, on_note=None,
-           on_limit=None, on_wait=None, one_run: bool = False) -> int:
+def follow(client: Client, job_id: int, *, on_note=None, **how) -> int:
+    """_follow's, but a run whose input was cut off (its stream broke before all of it went out: the node daemon ends
+    the job's input with the connection) is killed, its results wrong (no afterok dependant runs): its code if it
+    had failed (not killed), else 1."""
+    on_note, cut = on_note or (lambda text: None), []
+    code = _follow(client, job_id, on_note=on_note, cut=cut, **how)
+    if len(cut) == 1:  # (its node never answered again)
+        _cut_off(client, job_id, cut[0], on_note)
+    job = client.job(job_id) if cut else {}
+    return code if not cut else int(job.get("exit") or 1) if job["state"] == J.FAILED and not job.get("kill_signal") else 1
+
+
+def _cut_off(client: Client, job_id: int, broken: stream.StreamBroken, on_note) -> None:
+    on_note(f"job {job_id}'s input was cut off when its node daemon restarted ({broken.args[0]}): killing it")
+    try:
+        client.kill([job_id], 9)
+    except GrunError as exc:
+        on_note(f"could not kill job {job_id}: {exc}")
+
+
+def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
+            release: bool = True, require_output: bool = False, tail: bool = False, on_note,
+            on_limit=None, on_wait=None, one_run: bool = False, cut: list) -> int:
     """Once the job runs, stream its output from the start (`tail`: from now) into fds (or callables taking bytes)
     until it ends; return its exit code. `on_start(job)` hears of each run followed; `release`: the node drops the
     spool then; `require_output`: GrunError if the node no longer holds it; `on_note(text)`: what a user may want to
     know, `on_limit(text)` a limit it died of, `on_wait(line)` why it has not started yet. Rides through a master or
     node daemon restart, a dropped connection (re-attach at the offsets reached) and a lost node (its new run; not with
-    `one_run` once the lost run's output reached us, two runs' bytes in one stream: 255, as srun fails on NODE_FAIL)."""
+    `one_run` once the lost run's output reached us, two runs' bytes in one stream: 255, as srun fails on NODE_FAIL). `cut` gets the StreamBroken that cut the
+    run's input off, then None once that is said."""
     job, where, out_off, err_off, failures = client.wait_started(job_id, on_wait), None, 0, 0, 0
     again = stream.input_again(stdin_fd)
-    on_note = on_note or (lambda text: None)
     retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
     wrote = False  # whether bytes of the run followed (`where`) reached our fds
     while True:
@@ -47,6 +67,8 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
             gone = f"attempt {retried}" if attempt - 1 == retried else f"attempts {retried}-{attempt - 1}"
             on_note(f"job {job_id}: the output of {gone} was not kept (it ended and the job ran again "
                     f"before grun could attach); following attempt {attempt}")
+        if cut and where is not None and run != where:  # (a next run gets its input anew)
+            cut.clear()
         if on_start and run != where:  # the first run we follow, or the next one
             on_start(job)
         where, final, retried = run, job["state"] in J.FINAL_STATES, None
@@ -64,6 +86,8 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
                     from . import stage  # its node does not share our files, and waits for its inputs
                     if not stage.transfer(ticket["inputs"], job, on_note, False):
                         time.sleep(1)  # it broke before the node took it: the next ticket, not at once
+                if len(cut) == 1:  # its node answers again (the kill reaches it): said, and killed, once
+                    cut.append(_cut_off(client, job_id, cut[0], on_note))
                 for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                     if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
                         on_note(f"job {job_id}: {what} before byte {ticket[key]} was already delivered")
@@ -103,6 +127,8 @@ def follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd
             wrote |= broken.offsets != (out_off, err_off)
             out_off, err_off = broken.out_offset, broken.err_offset
             stdin_fd = None  # what was sent is gone with the connection; don't send the rest twice
+            if broken.input_cut and not cut:  # (told and killed once the node answers: the kill reaches it)
+                cut.append(broken)
         except (BrokenPipeError, stream.WriteError):
             raise  # our own reader went away (`grun yes | head -1`), or our stdout refuses the bytes
         except (LookupError, wire.CallRejected):  # (its node answers, but holds no such job)

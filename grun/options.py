@@ -124,6 +124,7 @@ OPTIONS = [
     Option(None, "pty", help="run the command on a terminal of its own, ours while it runs: a shell, vim, top"),
     Option(None, "noio", help="wait for the job without streaming its input or output"),
     Option(None, "force", help="queue what no node can run now; with -k: mark killed even if its node is away"),
+    Option(None, "noinput", help="the job reads /dev/null, our stdin left unread (ssh -n: a `while read` loop)"),
     Option(None, "nowait", help="queue the job, print its id and exit"),
     Option(None, "norequeue", help="do not run the job again if its node is lost"),
     Option(None, "hold", help="queue the job held: it starts once released (grun -e resume ID)"),

@@ -101,6 +101,8 @@ def do_run(ctx: Context, args: dict) -> int:
         from . import many
         return many.run(ctx, args)
     if args.get("nowait"):
+        if ctx.cli and _piped(ctx.stdin_fd) and not args.get("noinput"):  # (a terminal's, /dev/null, a file: no word)
+            ctx.say("--nowait does not send the job our input (it reads /dev/null): give it a file to read")
         staged = asks_staging(args)
         job_id = ctx.client.submit_spec(cli_spec(args, args["cmd"], follow=staged))
         code = ctx.print(json_text({"id": job_id}) if args.get("json") else f"Job_ID: {job_id}")
@@ -130,6 +132,11 @@ def do_run(ctx: Context, args: dict) -> int:
 def do_submit(ctx: Context, args: dict) -> int:
     """queue a command and print its job id"""
     return do_run(ctx, dict(args, nowait=True))
+
+
+def _piped(fd: int | None) -> bool:
+    """Whether our input is a pipe or socket, which a job reads once (not a terminal's, /dev/null, nor a file)."""
+    return fd is not None and stat.S_IFMT(os.fstat(fd).st_mode) in (stat.S_IFIFO, stat.S_IFSOCK)
 
 
 def _raise_terminated(*_):
@@ -198,7 +205,7 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None, wait_end: bool
 def _run_new(ctx: Context, args: dict) -> int:
     """Submit the job and stream its output (--noio: wait for its end); Ctrl-C, SIGTERM or EPIPE kill it."""
     spec, ids, verbose, run = cli_spec(args, args["cmd"], not args.get("noio")), [], args.get("verbose"), {}
-    stdin_fd, term = ctx.stdin_fd, None
+    stdin_fd, term, piped = None if args.get("noinput") else ctx.stdin_fd, None, False
     if args.get("pty"):  # (grun.pty_job: not re-run elsewhere, its keys gone with its node)
         from .pty_job import Terminal
         stdin_fd = (term := Terminal()).fd
@@ -208,11 +215,12 @@ def _run_new(ctx: Context, args: dict) -> int:
         if INTERPRETERS.fullmatch(os.path.basename(args["cmd"][0])) and all(
                 w[:1] == "-" and w not in CODE_OPTIONS for w in args["cmd"][1:]):
             ctx.say("jobs get no terminal: run a script, pipe input to it, or give --pty")
-    # a pipe is read once: no retries (nor default_retries), which would read an empty stdin (stream.input_again)
-    elif stdin_fd is not None and not args.get("noio") and stat.S_IFMT(os.fstat(stdin_fd).st_mode) in (
-            stat.S_IFIFO, stat.S_IFSOCK) and spec.setdefault("retries", 0):
-        raise UsageError("--retries: the job's input is a pipe, which a retry could not read again; "
-                         "give it as a file (< FILE), or < /dev/null if it reads none")
+    # a pipe is read once: no retries (nor default_retries), nor a re-queue, which would read an empty stdin
+    elif piped := not args.get("noio") and _piped(stdin_fd):  # (stream.input_again)
+        if spec.setdefault("retries", 0):
+            raise UsageError("--retries: the job's input is a pipe, which a retry could not read again; "
+                             "give it as a file (< FILE), or < /dev/null if it reads none")
+        spec["requeue"] = False  # (its node lost: it ends lost, said below)
 
     def waiting(line: str) -> None:  # on a terminal, one line that updates itself; with -v elsewhere, lines
         import shutil
@@ -248,6 +256,8 @@ def _run_new(ctx: Context, args: dict) -> int:
     finally:
         if term:
             term.restore()
+    if piped and code and ids and ctx.client.job(ids[0])["state"] == "lost":
+        ctx.say(f"job {ids[0]} was not run again: its input is a pipe, read once (give it as a file, < FILE)")
     for path in [p for p in spec.get("outputs", ()) if code == 0 and not os.path.exists(p)]:  # (-M; follow synced NFS)
         ctx.say(f"-M: the job did not write {os.path.relpath(path)}, an output it declares")
     return code

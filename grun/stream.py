@@ -41,8 +41,10 @@ CLOSED = "connection closed before the exit status"
 
 
 class StreamBroken(Exception):
-    """The connection dropped before EXIT; re-attach with a new token at the offsets reached (attach sets them)."""
+    """The connection dropped before EXIT; re-attach with a new token at the offsets reached (attach sets them).
+    `input_cut`: our input had not all gone out, and the node ends the job's input with the connection (grun.follow)."""
     out_offset = err_offset = 0
+    input_cut = False
     offsets = property(lambda self: (self.out_offset, self.err_offset))
 
     def __str__(self) -> str:
@@ -157,9 +159,9 @@ def write_all(fd: int, data) -> None:
             select.select([], [fd], [])  # someone handed us a non-blocking fd
 
 
-def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: threading.Lock) -> None:
-    """Our input (a fd read to its end, or all of it as bytes or a tuple of bytes) as STDIN frames, then STDIN_EOF; a
-    thread of its own (it may stay blocked reading a tty)."""
+def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: threading.Lock, ended: list) -> None:
+    """Our input (a fd read to its end, or all of it as bytes or a tuple of bytes) as STDIN frames, then STDIN_EOF
+    (`ended` gets True once it went out); a thread of its own (it may stay blocked reading a tty)."""
     chunks = (memoryview(part)[i:i + STDIN_READ] for part in (source if isinstance(source, tuple) else (source,))
               for i in range(0, len(part), STDIN_READ))  # (slices: a map's calls share its function's bytes)
     read = partial(os.read, source) if isinstance(source, int) else lambda n: next(chunks, b"")
@@ -173,7 +175,7 @@ def _send_input(sock: socket.socket, source: int | bytes | tuple, send_lock: thr
             with send_lock:  # once attach() has ended, the socket is shut down or closed: this fails
                 sock.sendall(HEADER.pack(STDIN if data else STDIN_EOF, len(data)) + data, _NOSIGNAL)
             if not data:
-                return
+                return ended.append(True)
     except OSError:
         pass  # the connection went away; the receiving side reports it
 
@@ -253,7 +255,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
     the node tells the user ("output stalled: ..."). Raises StreamBroken if the connection drops first,
     BrokenPipeError if our stdout/stderr reader went away (`grun yes | head -1`), WriteError if they refuse bytes."""
     offsets, sinks = {OUT: out_offset, ERR: err_offset}, {OUT: stdout_fd, ERR: stderr_fd}
-    sock, send_lock = None, threading.Lock()
+    sock, send_lock, sent = None, threading.Lock(), []
     try:
         try:
             sock = connect(host, port, token)
@@ -262,7 +264,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                 raise
             raise StreamBroken(f"cannot connect to {host}:{port}: {e}") from e
         if stdin_fd is not None:
-            threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock), name="grun-stream-stdin",
+            threading.Thread(target=_send_input, args=(sock, stdin_fd, send_lock, sent), name="grun-stream-stdin",
                              daemon=True).start()
         view = memoryview(bytearray(1 << 20))
         # Pipes get the bytes by splice: no copy into Python and out (half the client's CPU); other fds get copies.
@@ -295,6 +297,7 @@ def attach(host: str, port: int, token: str, *, stdout_fd: int = 1, stderr_fd: i
                 n -= k
     except StreamBroken as e:
         e.out_offset, e.err_offset = offsets[OUT], offsets[ERR]
+        e.input_cut = stdin_fd is not None and not sent  # (an offer not claimed ends it too)
         raise
     finally:
         if sock is not None:

@@ -383,9 +383,9 @@ def test_a_silent_node_s_jobs_are_requeued_and_its_stale_copies_killed(make_clus
         return f"s={sleep}; {rerun}echo start $GRUN_NODE >> {runs}/{k}; echo start $GRUN_NODE; sleep $s; " \
                f"echo end $GRUN_NODE >> {runs}/{k}; echo end; exit {code}"
 
-    # the mover reads its input to the end: its second run must get an end, not wait forever
+    # the mover reads its input to the end: its second run must get an end, not wait forever (not a pipe's: not re-run)
     mover = c.popen("-v", "sh", "-c", script("mover", 20, 3, rerun_sleep=1).replace("echo end $", "cat; echo end $"),
-                    stdin=subprocess.PIPE)
+                    stdin=subprocess.DEVNULL)
     try:
         read_line(mover.stderr, 20)
         mid = job_id_from_verbose(read_line(mover.stderr, 20))

@@ -321,6 +321,21 @@ def test_stream_broken_carries_offsets_for_reattach(job_dir, tmp_path):
     assert isinstance(attach_to_files(srv, "0" * 32, tmp_path)[0], StreamBroken)  # closed for good
 
 
+def test_stream_broken_says_whether_our_input_was_cut_off(job_dir, tmp_path):
+    """The node ends the job's input with the connection: one broken before our input's end says so (grun.follow)."""
+    for stdin, cut in ((b"all of it", False), ("pipe", True), (None, False)):
+        srv = StreamServer("127.0.0.1")
+        token = srv.offer("j8", str(job_dir), get_status=lambda: None)
+        r, w = os.pipe()  # (a writer kept open: its input never ends)
+        threading.Timer(0.5, srv.close).start()
+        try:
+            broken = attach_to_files(srv, token, tmp_path, stdin_fd=r if stdin == "pipe" else stdin)[0]
+        finally:
+            os.close(w)
+            os.close(r)
+        assert isinstance(broken, StreamBroken) and broken.input_cut == cut, stdin
+
+
 def test_connect_refused_is_stream_broken():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
