@@ -169,9 +169,10 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None, wait_end: bool
     def interrupted(*_):  # (the kill by a thread: our main one may hold a lock it needs, and streams on meanwhile)
         if asked or not (wait_end and ids):
             raise KeyboardInterrupt
-        asked.append(before())  # (first: a second Ctrl-C as soon as this one is said is a second)
+        asker = threading.Thread(target=kill, args=(signal.SIGINT,), daemon=True)
+        asked.extend((before(), asker))  # (first: a second Ctrl-C as soon as this one is said is a second)
+        asker.start()
         ctx.say(f"{what()}: killing it, its output followed to its end (Ctrl-C again: stop waiting)")
-        threading.Thread(target=kill, args=(signal.SIGINT,), daemon=True).start()
     if ctx.cli:
         signal.signal(signal.SIGTERM, _raise_terminated)
         signal.signal(signal.SIGINT, interrupted)  # (even when started in the background by a script)
@@ -190,7 +191,8 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None, wait_end: bool
     if ctx.cli:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if asked and sig == signal.SIGINT:
+    if asked and sig == signal.SIGINT:  # (the kill asked first: a second Ctrl-C at once would end it unsent)
+        asked[-1].join(10) if asked[-1].ident else kill(signal.SIGINT)
         return ctx.say(f"{what()} may still be running: grun -q wait {ids[0]} gives its end", 128 + sig)
     killed = kill(sig) if ids else {}
     if refused:  # (a job that had ended already is not said killed)
