@@ -225,7 +225,6 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # handshake claims (auth.greeting/handshake; registry's validator moved there): +32.
 # Node: first_word() for `grun -d`'s exit (daemon read the node's private flags): +4.
 # A pid a full disk kept out of its pid file goes in an empty file's name (spool.mark_pid), else the job is killed: +18.
-# The reaper reads where a -m job moved its stderr (sbatch's exec 2>&1) for its MemoryError: +21.
 # The reaper reads where a -m job moved its stderr (sbatch's exec 2>&1) for its MemoryError: +22.
 # -q status's free cpus rounded (0.1-cpu jobs left 1.33227e-15 free: QA), Slurm's TimeLimit and NonZeroExitCode reasons: +1.
 # A job killed with SIGPIPE for its reader gone is failed, not killed; one word naming a file is the program: +5.
