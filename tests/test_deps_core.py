@@ -192,6 +192,19 @@ def test_a_retry_waits_its_delay_and_a_killed_job_is_not_retried():
     assert [r["op"] for r in step.records] == ["finish"] and m.recent[killed]["state"] == J.KILLED
 
 
+def test_a_job_killed_for_its_reader_gone_fails_and_is_neither_retried_nor_learned_from():
+    """`grun --retries 2 CMD | head -1`: a re-run had nobody reading, and its cut-short run taught a low memory limit."""
+    m = _state()
+    job_id = _submit(m, retries=2, cmd=["python3", "align.py"])
+    m.handle("schedule", 2.0)
+    m.handle("started", "a", {"started": {str(job_id): 9}, "incarnation": "i", "seq": 1}, 2.0)
+    m.handle("kill", [job_id], 13, False, 3.0)
+    usage = {"wall": 1.0, "utime": 0.5, "stime": 0.0, "maxrss_kb": 1024}
+    step = m.handle("finished", "a", [{"id": job_id, "exit_code": None, "signal": 13, "usage": usage}], 4.0)
+    assert [r["op"] for r in step.records] == ["finish"] and m.recent[job_id]["state"] == J.FAILED
+    assert not m.table.learned.keys
+
+
 def test_a_job_ended_by_its_own_time_or_memory_limit_is_not_retried_and_says_why():
     m = _state()
     for limit, state in (("time", J.TIMEOUT), ("memory", J.KILLED), ("cpu", None)):

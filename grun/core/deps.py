@@ -97,10 +97,11 @@ def followups(table, job: dict, now: float) -> list[dict]:
 
 
 def retry_or_finish(job: dict, rec: dict) -> dict:
-    """A finish record, or the retry replacing it: the job failed (not killed by its user, -t or -m) with retries left."""
+    """A finish record, or the retry replacing it: the job failed (not killed by its user, -t or -m, nor for its reader
+    gone) with retries left."""
     result = rec["result"]
     tried = job.get("retried", 0) - len(job.get("exclude", ()))  # (a node without its cwd is not a failure)
-    if (tried >= job.get("retries", 0) or result.get("status") or J.asked_to_end(job)
+    if (tried >= job.get("retries", 0) or result.get("status") or J.asked_to_end(job) or J.reader_gone(job)
             or not J.exit_code_of(result)):
         return rec
     if result.get("limit") in ("time", "memory"):  # a retry would end the same (as Slurm, no requeue)

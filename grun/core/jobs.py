@@ -20,6 +20,7 @@ FINAL_STATES = (DONE, FAILED, KILLED, LOST, TIMEOUT, CANCELLED)
 # A kill with one of these ends the job as killed however it exits (a trap's exit 0), as Slurm's CANCELLED: its afterok
 # dependents do not run; USR1 & co. (HUP, a server job's "reload") are signals, no end asked: killed only if it died of one.
 ENDING_SIGNALS = (2, 3, 9, 15)
+SIGPIPE = 13  # a client's kill for its reader gone (grun.running.dies_with: `grun CMD | head -1`)
 EXIT_TIMEOUT = 124  # a job ended at its time limit exits with this, as under timeout(1)
 ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 UNSTARTED = (QUEUED, HELD, WAITING, DISPATCHED)
@@ -56,6 +57,12 @@ CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the 
 
 def asked_to_end(job: dict) -> bool:
     return job.get("kill_requested") in ENDING_SIGNALS
+
+
+def reader_gone(job: dict) -> bool:
+    """Killed for its reader gone: it failed, as it would have of the pipe, but was cut short: neither retried (nobody
+    reads a re-run) nor learned from (its low time and memory)."""
+    return job.get("kill_requested") == SIGPIPE
 
 
 def argv(job: dict) -> list[str]:

@@ -13,6 +13,7 @@ import math
 import os
 from array import array
 
+from . import jobs as J
 from .explain import refusal
 from .jobs import HELD, KEYED, QUEUED, WAITING, argv, asked_to_end, batch_script, commands_of, run_of, wrapped
 from .nodes import shape
@@ -77,10 +78,10 @@ class Learned:
         self.keys: collections.OrderedDict[tuple[str, str], Runs] = collections.OrderedDict()
 
     def observe(self, job: dict, keep: int) -> str | None:
-        """Add a finished job's run (not one lost, cancelled or killed by a person or a lease); a warning for the log
-        when the key keeps running within 10 % of a limit."""
+        """Add a finished job's run (not one lost, cancelled, killed by a person or a lease, or cut short for its reader
+        gone); a warning for the log when the key keeps running within 10 % of a limit."""
         usage = job.get("usage") or {}
-        if not usage.get("wall") or job["state"] in ("lost", "cancelled") or (
+        if not usage.get("wall") or job["state"] in ("lost", "cancelled") or J.reader_gone(job) or (
                 (asked_to_end(job) or job["state"] == "killed") and not job.get("limit")):
             return None
         key = (job.get("user") or "?", program_of(job))

@@ -243,9 +243,8 @@ class JobTable:
         if started and job.get("submit_time") and started >= job.get("requeue_time", 0):  # (killed before its re-run: none)
             job["queue_wait"] = round(started - job.get("requeue_time", job["submit_time"]), 6)
         job["exit"] = J.exit_code_of(result)
-        # (a kill with SIGPIPE is a client's for its reader gone (grun.running.dies_with): the job failed, as it would
-        killed = J.asked_to_end(job) or result.get("signal") and (  # have of the pipe, not cancelled as by scancel)
-            job.get("kill_requested", 13) != 13 or result.get("limit"))
+        killed = J.asked_to_end(job) or result.get("signal") and (  # (a reader gone: failed, not cancelled)
+            "kill_requested" in job and not J.reader_gone(job) or result.get("limit"))
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
