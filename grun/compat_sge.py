@@ -13,9 +13,9 @@ from . import compat as C
 from .client import Client, GrunError, current_user, refusals
 from .compat import Refused, items, last, out_path, parse, table
 from .core import arrays
-from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, parse_time_limit, wrapped
+from .core.jobs import FINAL_STATES, ON_NODE_STATES, number_or_text, wrapped
 from .tables import command_text, label, name_of, spans, usage
-from .values import is_name, task_ref
+from .values import is_name, parse_time_limit, task_ref
 
 QSUB = {**table("name=-N out=-o err=-e join=-j cwd:-cwd wd=-wd allenv:-V env=-v resources=-l array=-t limit=-tc "
                 "hold_jid=-hold_jid hold_jid_ad=-hold_jid_ad sync=-sync terse:-terse binary=-b shell=-S "

@@ -15,12 +15,12 @@ from .compat import Refused, last, parse, table
 from .core.arrays import left, unstarted
 from .core.arrays import parse as array_tasks
 from .core.deps import parse_dependency
-from .core.jobs import EXIT_TIMEOUT, FINAL_STATES, ON_NODE_STATES, parse_time_limit, wrapped
+from .core.jobs import EXIT_TIMEOUT, FINAL_STATES, ON_NODE_STATES, wrapped
 from .core.nodes import host_matches
 from .options import OPTIONS
 from .pty_job import Terminal
 from .tables import BY_NAME, FIELDS, SHORT, command_text, host_ranges, label, name_of, reason_of, stamp, state_of
-from .values import is_name
+from .values import is_name, parse_time_limit
 
 # a job and a step are one task (grun runs a job as one task on one node), as Slurm tells its task
 ONE_TASK = {"SLURM_NTASKS": "1", "SLURM_NPROCS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",

@@ -21,6 +21,7 @@ from cluster import LocalCluster, account
 from test_personal import personal_elsewhere  # noqa: F401  (the fixture: a personal cluster with no config)
 from util import job_id_from_verbose, nowait, wait_for
 
+from grun import values
 from grun.actors.monitor import node_memory_victim, over_memory_limit
 from grun.core import edits as E
 from grun.core import jobs as J
@@ -40,13 +41,13 @@ HOG = "x = bytearray({mb} << 20); x[::4096] = b'y' * len(x[::4096]); import time
     ("10:30", 630), ("0:45", 45), ("1:02:03", 3723), ("1-2", 93600), ("1-2:30", 95400), ("1-2:30:15", 95415),
     ("0", 0), ("0:00", 0), ("UNLIMITED", 0)])  # 0: no limit, as Slurm's
 def test_time_limits_in_slurms_forms_and_ours(text, seconds):
-    assert J.parse_time_limit(text) == seconds
+    assert values.parse_time_limit(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["abc", "1:2:3:4", "-5", "", "1-", "2y", "400d", "1h 30"])
 def test_a_bad_time_limit_is_one_usage_line(text):
     with pytest.raises(ValueError, match="expected a time limit"):
-        J.parse_time_limit(text)
+        values.parse_time_limit(text)
     with pytest.raises(UsageError, match="^bad value for -t: expected a time limit") as e:
         parse(["-t", text, "true"], ("time",), "grun")
     assert "\n" not in str(e.value)

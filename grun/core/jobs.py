@@ -50,7 +50,6 @@ MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
 # What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
-MAX_TIME, parse_time_limit = values.MAX_TIME, values.parse_time_limit  # (read here by rules, the shims)
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
 
@@ -70,15 +69,21 @@ def argv(job: dict) -> list[str]:
     return split(job["cmd"][0]) if job.get("shell") else job["cmd"]
 
 
+WORDS = re.compile(r"[;&|<>]+|[^ \t\r\n;&|<>]+")  # (shlex's punctuation_chars words of a line without quotes)
+
+
 def split(line: str) -> list[str]:
     """A shell line's words as /bin/sh splits them, its operators words of their own (`a|b`: a, |, b); at blanks if its
     quotes do not balance."""
+    quoted = any(c in line for c in "'\"\\")  # (else as str.split or a regex: shlex costs 10-200 µs a line)
     with contextlib.suppress(ValueError):
         if any(c in line for c in ";&|"):  # (`zcat x|bwa mem`: not one command zcat)
+            if not quoted and "#" not in line:  # (shlex's words: its operators as runs of ;&|<>, a # ends the line)
+                return WORDS.findall(line)
             words = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")  # (not `()`: `x=$(date);` one word)
             words.whitespace_split = True
             return list(words)
-        if any(c in line for c in "'\"\\"):  # (else as str.split, and shlex costs 10 µs a line)
+        if quoted:
             return shlex.split(line)
     return line.split()
 
@@ -185,9 +190,13 @@ def batch_script(name: str, script: str, body: str) -> tuple[str, None, str] | N
 
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
     """What a job's first command runs (run_of), or a batch script keyed by its name."""
-    if not shell and (wrapper := wrapped(words)) and wrapper[1] is not None and (named := batch_script(*wrapper[:2], words[2])):
-        return named
-    return run_of(commands_of(words, shell)[0][0])
+    return not shell and named_script(words) or run_of(commands_of(words, shell)[0][0])
+
+
+def named_script(words: list[str]) -> tuple[str, None, str] | None:
+    """An sbatch or qsub script keyed by its name (batch_script), else None."""
+    wrapper = wrapped(words)
+    return batch_script(*wrapper[:2], words[2]) if wrapper and wrapper[1] is not None else None
 
 
 def run_of(words: list[str]) -> tuple[str | None, tuple | None, str]:
@@ -320,7 +329,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
             and all(isinstance(v, str) and 0 < len(v) <= MAX_PATH for v in fs.values()),
             "cwd_fs must map type, source, root and sub to strings")
     if (sig := spec.get("time_signal")) is not None and not (isinstance(sig, list) and len(sig) == 2 and all(
-            type(v) is int for v in sig) and 1 <= sig[0] <= 64 and 0 <= sig[1] <= MAX_TIME):  # (seconds before its -t)
+            type(v) is int for v in sig) and 1 <= sig[0] <= 64 and 0 <= sig[1] <= values.MAX_TIME):  # (seconds before its -t)
         raise ValueError(f"time_signal must be [signal 1-64, seconds], got {sig!r}")
     if spec.get("array") is not None:
         require(spec.get("lease") is None, "an array takes no lease (its tasks are jobs of their own)")
@@ -333,9 +342,9 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "cpus_set": given("cpus"),  # asked for (-c): rules' defaults and learned requests leave it alone
         "groups": groups and list(groups), "cwd_fs": fs and dict(fs), "array": spec.get("array"),
         "umask": _whole_field(spec, "umask", None, lambda v: 0 <= v <= 0o777, "a umask from 0 to 0o777"),
-        "time": given("time") and _number(spec, "time", 0, MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
+        "time": given("time") and _number(spec, "time", 0, values.MAX_TIME) or None,  # (0: no limit, as Slurm's -t 0)
         "time_signal": sig,
-        "lease": given("lease") and _number(spec, "lease", 0, MAX_TIME) or None,  # (0: none; else 1 s at least, below)
+        "lease": given("lease") and _number(spec, "lease", 0, values.MAX_TIME) or None,  # (0: none; else 1 s at least, below)
         **{f"{stream}_file": _text(spec, f"{stream}_file", MAX_PATH) for stream in ("stdout", "stderr")},
         **{f"{stream}_append": bool(spec.get(f"{stream}_append")) if spec.get(f"{stream}_file") else None
            for stream in ("stdout", "stderr")},  # (set with its file only)
@@ -344,7 +353,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
         "make": bool(spec.get("make")) or None,  # the node renames its outputs FILE.failed when it fails
         **{kind: job_refs(spec[kind], kind) if spec.get(kind) else None for kind in DEP_KINDS},
         "retries": _whole_field(spec, "retries", None, lambda v: 0 <= v <= MAX_RETRIES, f"0 to {MAX_RETRIES}"),
-        "retry_delay": given("retry_delay") and float(_number(spec, "retry_delay", 0, MAX_TIME)),
+        "retry_delay": given("retry_delay") and float(_number(spec, "retry_delay", 0, values.MAX_TIME)),
         "wrap": _text(spec, "wrap", MAX_PATH),
         "hold": bool(spec.get("hold")) or None,
     }
@@ -389,7 +398,7 @@ EDIT_ALIASES = {"r": "priority", "c": "cpus", "m": "memory", "hosts": "host", "H
 def parse_edit(changes: object) -> dict:
     """`grun -e KEY=VALUE,...` (values typed, or strings) as changes to the request (`p.NAME=`: a param removed)."""
     parsers = {"priority": values.parse_job_priority, "cpus": parse_cpus, "memory": values.parse_memory, "host": lambda v: str(v).strip() or None,
-               "time": parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
+               "time": values.parse_time_limit, **dict.fromkeys(DEP_KINDS, job_refs),
                "force": lambda v: v is True or str(v).strip().lower() in ("1", "yes", "true")}  # as --force at submit
     require(isinstance(changes, dict) and changes, "an edit needs KEY=VALUE changes")
     out: dict = {}

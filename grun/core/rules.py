@@ -6,7 +6,7 @@ import functools
 import operator
 import os.path
 
-from ..values import parse_cpus, parse_memory, parse_priority
+from ..values import parse_cpus, parse_memory, parse_priority, parse_time_limit
 from . import jobs as J
 from .expr import RuleError, compile_expr
 from .rule_checks import notes_of
@@ -63,7 +63,7 @@ def meets(condition: str, node) -> bool:
         return False
 
 
-_SETTABLE = {"cpus": parse_cpus, "memory": parse_memory, "time": J.parse_time_limit, "priority": parse_priority,
+_SETTABLE = {"cpus": parse_cpus, "memory": parse_memory, "time": parse_time_limit, "priority": parse_priority,
              "host": lambda v: J.validate_spec({"cmd": ["-"], "host": v})["host"],
              "retries": lambda v: J.validate_spec({"cmd": ["-"], "retries": parse_priority(v)})["retries"]}
 ACTIONS = ("if", "name", "default", "set", "params", "labels", "priority", "hosts", "warn", "reject", "nodes")
