@@ -741,7 +741,7 @@ def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, s
 def test_without_auth_a_job_gets_its_submitters_umask_and_a_kill_names_who_claims_it(users, shared_dir):
     """QA: with no `auth:` line a user's `umask 077; grun sh -c "umask; touch f"` said 0022 and made f -rw-r--r-- (the
     node's umask; with auth: secret, 0077); and a kill said "job 25 killed (signal 2)", naming nobody. Without auth the
-    umask, as the uid and the user, is the client's claim, and so is who kills."""
+    umask, as the uid and the user, is the client's claim, and so is who kills, holds or resumes."""
     (alice, _), tmp_path = users[0], shared_dir
     with LocalCluster({"n1": {"cpus": 2, "memory": 1000}}) as c:
         conf = str(tmp_path / "grun.conf")
@@ -753,6 +753,11 @@ def test_without_auth_a_job_gets_its_submitters_umask_and_a_kill_names_who_claim
         job_id = int(_as_user(alice, env, ["--nowait", "sleep", "60"], cwd=str(tmp_path))[1].split()[-1])
         try:
             wait_for(lambda: c.client().job(job_id)["state"] == "running", timeout=30, what="her job to run")
+            assert _as_user(alice, env, ["-e", "hold", str(job_id)], cwd=str(tmp_path))[0] == 0
+            wait_for(lambda: c.client().job(job_id)["state"] == "suspended", timeout=20, what="her hold")
+            assert c.client().job(job_id).get("held_by") == alice.pw_name, "her suspension named nobody"
+            assert _as_user(alice, env, ["-e", "resume", str(job_id)], cwd=str(tmp_path))[0] == 0
+            wait_for(lambda: c.client().job(job_id)["state"] == "running", timeout=20, what="her resume")
             assert _as_user(alice, env, ["-k", str(job_id)], cwd=str(tmp_path))[0] == 0
             wait_for(lambda: c.client().job(job_id)["state"] == "killed", timeout=20, what="her kill")
         finally:

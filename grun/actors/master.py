@@ -362,7 +362,7 @@ class Master(Queries):
     def kill(self, job_ids: list, signal: int = 15, force: bool = False) -> dict:
         """Kill queued or running jobs; returns {id: found (another user's: why not)}. With force a running job is marked
         killed at once, even if its node cannot be reached (it is still signalled if it can)."""
-        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force, by=self._by()[0] or auth.claimed()))
+        return self._may_change(job_ids, "kill", lambda ids: self._do("kill", ids, signal, force, by=self._by()[0]))
 
     def hold(self, job_ids: list, pending_only: bool = False) -> dict:
         """Hold queued jobs; suspend running ones (SIGSTOP to their sessions, cpus released) unless `pending_only`."""
@@ -374,9 +374,10 @@ class Master(Queries):
         return self._may_change(job_ids, "resume", lambda ids: self._do("control", "resume", ids, by=self._by()))
 
     def _by(self) -> tuple:
-        """Who calls: (user, whether root or an admin); a holder of the secret: root's; without auth (None, True)."""
+        """Who calls: (user, whether root or an admin); a holder of the secret: root's; without auth (its claim, True)."""
         who = auth.caller()
-        return (who["user"] if isinstance(who, dict) else "root" if who else None, not auth.confined(self.core.settings["admins"]))
+        return (who["user"] if isinstance(who, dict) else "root" if who else auth.claimed(),
+                not auth.confined(self.core.settings["admins"]))
 
     def edit(self, job_ids: list, changes: dict) -> dict:
         def act(ids):
