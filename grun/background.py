@@ -13,9 +13,10 @@ IDLE_SECS = 60.0  # a Worker's thread ends after this long without a call
 
 
 class Loop(threading.Thread):
-    def __init__(self, name: str, step: Callable[[], None], every: float | Callable[[], float],
+    def __init__(self, name: str, step: Callable[[], None], every: float | Callable[[], float] | None,
                  log: logging.Logger, stop: threading.Event | None = None, gap: float = 0.0):
-        """`gap`: at least this long from one step's start to the next; wakes meanwhile join the next."""
+        """`every` None: only when woken; `gap`: at least this long from one step's start to the next; wakes meanwhile
+        join the next."""
         super().__init__(name=name, daemon=True)
         self.step, self.every, self.log, self.gap = step, every, log, gap
         self.stopping = stop or threading.Event()

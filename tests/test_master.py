@@ -148,9 +148,24 @@ def test_the_probe_stops_with_the_master(make_master):
         began = time.monotonic()
         master.shutdown()
         assert not [t.name for t in threading.enumerate() if t.name.startswith("grun-probe")]
-        assert time.monotonic() - began < 1.5, "the probes left are skipped"
+        assert time.monotonic() - began < 5, "the probes left are skipped"  # (2 s for all, and a loaded machine)
     for client in clients:
         client.close()
+
+
+def test_the_probe_runs_only_when_no_node_is_heard(make_master, monkeypatch):
+    """It woke every 5 s anyway, taking the lock twice for an empty pool."""
+    monkeypatch.setattr("grun.actors.master.PROBE_SECS", 0.1)
+    master, probes = make_master(), []
+    step = master._prober.step
+    master._prober.step = lambda: probes.append(step())
+    time.sleep(1.5)
+    assert probes == [], "it probed with every node heard"
+    master._prober.wake()
+    deadline = time.monotonic() + 5
+    while not probes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert probes, "woken, it probes"
 
 
 def test_reconfigure_applies_all_seven_settings(make_master):

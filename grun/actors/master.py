@@ -106,7 +106,7 @@ class Master(Queries):
         self._outbox_lock, self._outbox = threading.Lock(), {}  # node -> jobs for its next start call (one on the way)
         self._kept: collections.deque[tuple[int, Step]] = collections.deque()  # (last seq, step) met a full disk
         self._scheduler = Loop("grun-scheduler", self._schedule, START_RETRY_SECS, log, gap=PASS_GAP_SECS)
-        self._prober = Loop("grun-probe", self._probe, PROBE_SECS, log, gap=PROBE_SECS)  # (woken by housekeeping)
+        self._prober = Loop("grun-probe", self._probe, None, log, gap=PROBE_SECS)  # (only when housekeeping wakes it)
         self._loops = (self._scheduler, Loop("grun-housekeeping", self._housekeeping, 1.0, log), self._prober)
         snapshot, records = self.store.load()
         recovered = self.core.recover(snapshot, records, time.time())
