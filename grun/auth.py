@@ -228,8 +228,14 @@ def who(given, bound: str = ""):
 
 
 def greeting() -> str:
-    """What a connection's handshake presents: a proof, or (no auth) the user we are, a claim as a submission's uid."""
-    return proof() or f"hello {_user(os.getuid())}"
+    """What a connection's handshake presents: a proof, or (no auth) the user we are, a claim as a submission's user."""
+    return proof() or f"hello {current_user()}"
+
+
+def current_user() -> str:
+    """The user name as getpass.getuser() finds it (the same variables, then the password database; else the uid),
+    without importing getpass and termios, nor reading the database, on every `grun` call."""
+    return next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None) or _user(os.getuid())
 
 
 @functools.cache

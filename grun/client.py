@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from . import auth, mounts, wire
+from .auth import current_user  # (read from here by the verbs and shims too)
 from .registry import job_name, master_uri
 
 # Not imported here: Pyro5 (calls go through grun.wire), psutil, yaml, secrets, typing, threading, contextlib, and
@@ -369,15 +370,6 @@ def _tell_limit(on_limit, result: dict, job_id: int) -> None:
         on_limit(f"job {job_id} {result['state']}" + (f": {result['error']}" if result.get("error") else "") + (
             f"; if its node comes back with its end, grun -q wait {job_id} gives its exit code"
             if result["state"] == "lost" and "late_end" not in result else ""))
-
-
-def current_user() -> str:
-    """The user name as getpass.getuser() finds it (the same variables, then the password database),
-    without importing getpass and termios on every `grun` call."""
-    if user := next(filter(None, map(os.environ.get, ("LOGNAME", "USER", "LNAME", "USERNAME"))), None):
-        return user
-    import pwd
-    return pwd.getpwuid(os.getuid())[0]
 
 
 def known_user(word: str | None) -> str | None:

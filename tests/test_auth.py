@@ -737,6 +737,21 @@ def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, s
         secured.client().kill([held, running])
 
 
+def test_without_auth_a_kill_names_the_user_its_jobs_are_submitted_as():
+    """The handshake's claim read the password database where a submission's user is LOGNAME's (getpass's order): a
+    `LOGNAME=zed grun` job was zed's and its kill by the same `LOGNAME=zed grun -k` named the database's user."""
+    with LocalCluster({"n1": {"cpus": 1, "memory": 500}}) as c:
+        env = dict(c.env, LOGNAME="zed")
+        job_id = int(c.grun("--nowait", "sleep", "60", env=env).stdout.split()[1])
+        try:
+            assert c.client().job(job_id)["user"] == "zed"
+            assert c.grun("-k", str(job_id), env=env).returncode == 0
+            wait_for(lambda: c.client().job(job_id)["state"] == "killed", timeout=20, what="the kill")
+        finally:
+            c.client().kill([job_id], 9)
+        assert f"job {job_id} killed by zed (signal 15)" in _log(c, "master")
+
+
 @ROOT_ONLY
 def test_without_auth_a_job_gets_its_submitters_umask_and_a_kill_names_who_claims_it(users, shared_dir):
     """QA: with no `auth:` line a user's `umask 077; grun sh -c "umask; touch f"` said 0022 and made f -rw-r--r-- (the
