@@ -325,9 +325,9 @@ class Reaper:
         except OSError as exc:
             return self._fail(job_dir, notify, f"cannot open {exc.filename}: {exc.strerror}", 1)
         status = {"start_time": time.time(), "reaper_peak_kb": _own_peak_kb()}
-        try:
+        try:  # (its submitter's umask whoever runs it: root's job, a node not root's; -1: the node's)
             proc, status["limits"] = L.spawn(job.get("limits") or {}, argv, cwd=job["cwd"], env=env, stdin=stdin,
-                                             stdout=out, stderr=err, **ident)
+                                             stdout=out, stderr=err, **{"umask": job.get("umask", -1), **ident})
         except OSError as exc:
             _close(*keep.values())  # (its message goes to the spool file itself, not through the pipe)
             with _as_user(ident):  # (its #! line is read as its user: root's read would show one they cannot)

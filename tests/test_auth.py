@@ -737,6 +737,15 @@ def test_qhold_and_qrls_of_another_users_job_are_refused_alike(secured, users, s
         secured.client().kill([held, running])
 
 
+def test_a_job_the_node_runs_as_itself_gets_its_submitters_umask():
+    """Only a job the node (root) ran as another user got its umask: root's jobs, and every job of a personal or
+    non-root cluster, ran with the node's."""
+    with LocalCluster({"n1": {"cpus": 1, "memory": 500}}) as c:
+        for mask in (0o077, 0o002):
+            r = c.grun("sh", "-c", "umask", umask=mask)
+            assert (r.returncode, r.stdout) == (0, f"{mask:04o}\n".encode()), r.stderr
+
+
 def test_without_auth_a_kill_names_the_user_its_jobs_are_submitted_as():
     """The handshake's claim read the password database where a submission's user is LOGNAME's (getpass's order): a
     `LOGNAME=zed grun` job was zed's and its kill by the same `LOGNAME=zed grun -k` named the database's user."""
