@@ -2,6 +2,7 @@
 node (grun.stream), its staged files pulled (grun.stage), then its exit code; riding through a master or node daemon
 restart, a dropped connection and a lost node or a retry (the run that counts)."""
 
+import contextlib
 import time
 
 from . import mounts, stream, wire
@@ -32,6 +33,15 @@ def _cut_off(client: Client, job_id: int, broken: stream.StreamBroken, on_note) 
         on_note(f"could not kill job {job_id}: {exc}")
 
 
+def _end_input(client: Client, job_id: int, job: dict) -> None:
+    """A run nobody will follow (the grun that fed the job's input stopped at its re-queue) gets the end of its input
+    at once, not a wait for ever: our connection, closed (its output stays on its node for `grun --attach`)."""
+    with contextlib.suppress(Exception):  # (ended, its node away, staging: no input to end)
+        with client.supervisor(job_id, job) as sup:
+            ticket = sup.attach(0, 0, True, job.get("attempt") or 0)
+        stream.connect(ticket["host"], ticket["port"], ticket["token"]).close()
+
+
 def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_fd=2, on_start=None,
             release: bool = True, require_output: bool = False, tail: bool = False, on_note,
             on_limit=None, on_wait=None, one_run: bool = False, cut: list) -> int:
@@ -45,14 +55,13 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
     job, where, out_off, err_off, failures = client.wait_started(job_id, on_wait), None, 0, 0, 0
     again = stream.input_again(stdin_fd)
     retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
-    wrote = False  # whether bytes of the run followed (`where`) reached our fds
+    wrote, requeues = False, job.get("requeues", 0)  # (bytes of the run followed, `where`, reached our fds; its requeues)
     while True:
-        if one_run and wrote and (job["state"] in J.UNSTARTED or job.get("node") and
-                                  (job["node"], job.get("attempt")) != where):
+        if one_run and wrote and job.get("requeues", 0) > requeues:  # (not a retry: that one is followed)
             on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}) after its attempt "
                     f"{where[1]}'s output: not following the next (grun --attach {job_id} does)")
-            if job.get("stdin"):  # (its next run would wait for ever for the input we gave the first)
-                stream.end_input(client, job_id)
+            if job.get("stdin") and job.get("node") and job["state"] not in J.UNSTARTED:  # (never waited for: review)
+                _end_input(client, job_id, job)  # (its next run would wait for ever for the input we gave the first)
             return 255
         if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
             job = client.wait_started(job_id, on_wait)
@@ -71,7 +80,7 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
             cut.clear()
         if on_start and run != where:  # the first run we follow, or the next one
             on_start(job)
-        where, final, retried = run, job["state"] in J.FINAL_STATES, None
+        where, final, retried, requeues = run, job["state"] in J.FINAL_STATES, None, job.get("requeues", 0)
         try:
             if not (supervisor := client.supervisor(job_id, job)):
                 if final:

@@ -193,16 +193,6 @@ def input_again(source: int | bytes | tuple | None):
     return reopen
 
 
-def end_input(client, job_id: int) -> None:
-    """A run nobody will follow (the grun that fed the job's input stopped at its re-queue) gets the end of its input
-    at once, not a wait for ever: our connection, closed (its output stays on its node for `grun --attach`)."""
-    job = client.wait_started(job_id)
-    with contextlib.suppress(Exception):  # (ended, its node away, staging: no input to end)
-        with client.supervisor(job_id, job) as sup:
-            ticket = sup.attach(0, 0, True, job.get("attempt") or 0)
-        connect(ticket["host"], ticket["port"], ticket["token"]).close()
-
-
 def _recv(sock: socket.socket, n: int) -> bytes:
     try:
         if (got := recv_exact(sock, n)) is not None:
