@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from .client import Client, GrunError, job_spec
+from .client import Client, GrunError, JobNotFound, job_spec, refusals
 from .core.jobs import MARK
 from .values import parse_memory
 
@@ -220,15 +220,27 @@ def find(client: Client, ref: str) -> dict | None:
         return client.job(ref)
 
 
-def hold(client: Client, ref: str, release: bool = False) -> tuple[dict | None, bool]:
-    """scontrol's hold (or release) of job `ref` (N, N.T): of a pending one (an array's tasks not started);
-    one running runs on, and an array's running tasks (grun's hold would suspend them). Its record (None: there is
-    none) and whether it was held (or released)."""
-    if not (job := find(client, ref)):
-        return None, False
-    if done := job["state"] in (("held",) if release else ("queued", "waiting")):
-        client.resume([ref]) if release else client.hold([ref], True)
-    return job, done
+def records(client: Client, refs: list[str]) -> dict[str, dict | None]:
+    """find's answer for each of N (a job, an array's own record; a task's own id) and N.T (a task; not begun: its
+    array's), from a call for all the live jobs and one for the ended: a shim acting on 10,000 jobs asks twice, not
+    10,000 times (if one is unknown, find's for each not live)."""
+    from .core.arrays import has_task, label
+    from .values import task_ref
+    live = {key: j for j in client.jobs() for key in {str(j["id"]), label(j)}}
+    found = {ref: live.get(ref) or (t := task_ref(ref)) and (a := live.get(str(t[0]))) and has_task(a, t[1]) and a
+             for ref in refs}
+    with contextlib.suppress(JobNotFound):  # (the master's wait, which with 0 s does not wait: the ended ones' records)
+        ended = client.call("wait", rest, 0) if (rest := [r for r, j in found.items() if not j and r.isdigit()]) else {}
+        found.update((ref, job) for ref, job in ended.items() if ref in found)
+    return {ref: job or find(client, ref) for ref, job in found.items()}
+
+
+def act(client: Client, jobs: dict, states: tuple, verb: str, *args) -> dict:
+    """The master's hold, resume or edit (`verb`, with `args`) of those of the jobs (records(): by ref) in `states`,
+    in one call: {ref: why} of those refused (another user's)."""
+    if not (refs := [ref for ref, job in jobs.items() if job and job["state"] in states]):
+        return {}
+    return {str(k): why for k, why in refusals(getattr(client, verb), refs, *args)[1].items()}
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:

@@ -427,17 +427,18 @@ def scontrol(argv: list[str]) -> int:
         changes.setdefault("priority", C.priority(changes.pop("nice"), "Nice", -1))
     if verb == "update" and "id" not in changes:
         raise Refused("No valid entity in update command (grun's scontrol updates jobs: JobId=)")
-    client, code = Client(), 0
-    for ref in slurm_ids([changes.pop("id")] if verb == "update" else args):
-        job = C.find(client, ref) if verb == "update" else C.hold(client, ref, verb == "release")[0]
-        if verb == "update" and job and job["state"] in ("queued", "held", "waiting"):
-            client.edit([ref], changes)
-        elif not job or job["state"] in FINAL_STATES or verb == "update" or verb == "hold" and "ranges" not in job \
-                and job["state"] in ON_NODE_STATES:  # (as Slurm's: held, nothing; an array's running tasks run on)
-            print(("Invalid job id specified" if not job else "Job has already finished" if job["state"] in FINAL_STATES
-                   else "Job is no longer pending execution") + f" for job {ref.replace('.', '_')}", file=sys.stderr)
-            code = 1
-    return code
+    client, lines = Client(), []  # (10,000 ids: one read of the jobs, one hold, release or edit of them all)
+    jobs = C.records(client, slurm_ids([changes.pop("id")] if verb == "update" else args))
+    pending = ("queued", "held", "waiting") if verb == "update" else ("held",) if verb == "release" else ("queued", "waiting")
+    refused = C.act(client, jobs, pending, *{"update": ("edit", changes), "release": ("resume",)}.get(verb, ("hold", True)))
+    for ref, job in jobs.items():  # (as Slurm's: one held, nothing; one running runs on, and an array's running tasks)
+        if ref in refused or not job or job["state"] in FINAL_STATES or verb == "update" and job["state"] not in pending \
+                or verb == "hold" and "ranges" not in job and job["state"] in ON_NODE_STATES:
+            lines.append(f"scontrol: error: {refused[ref]}" if ref in refused else ("Invalid job id specified" if not job
+                         else "Job has already finished" if job["state"] in FINAL_STATES else
+                         "Job is no longer pending execution") + f" for job {ref.replace('.', '_')}")
+    print("\n".join(lines), file=sys.stderr, end="\n" * bool(lines))
+    return int(bool(lines))
 
 
 def show_job(j: dict, oneliner: bool) -> str:

@@ -556,6 +556,47 @@ def test_scontrol_shows_holds_releases_and_updates_jobs_as_slurms(cluster, shims
         assert (r.returncode, r.stdout, r.stderr) == (code, "", err + "\n"), args
 
 
+COUNTED = """import collections, sys
+from grun import client, compat
+calls, call = collections.Counter(), client.Client.call
+def counted(self, method, *args, **kwargs):
+    calls[method] += 1
+    return call(self, method, *args, **kwargs)
+client.Client.call, sys.argv[0] = counted, sys.argv[1]
+code = compat.main(sys.argv[2:])
+sys.stdout.flush()
+print(sum(calls.values()), file=sys.stderr)
+sys.exit(code)"""
+
+
+def counted(cluster, *argv: str) -> tuple[int, str, str, int]:
+    """A shim run as a command, and how many calls it made to the master: (exit code, stdout, stderr, calls)."""
+    r = subprocess.run([sys.executable, "-c", COUNTED, *argv], env=cluster.env, capture_output=True, text=True, timeout=60)
+    *err, calls = r.stderr.splitlines() or ["?"]
+    return r.returncode, r.stdout, "".join(f"{line}\n" for line in err), int(calls)
+
+
+def test_scontrol_acts_on_many_jobs_in_a_few_calls(cluster):
+    """QA: `scontrol release` of 10,000 ids took 155 s, a call or two to the master a job (`grun -e resume` of them:
+    3.4 s): now one read of the live jobs (and one of the ended), one hold, release or edit of them all."""
+    from util import wait_for
+    ids = cluster.client().submit_many([job_spec(["sleep", "30"], hold=True, name=f"many{i}") for i in range(40)])
+    words = ",".join(map(str, ids))
+    assert counted(cluster, "scontrol", "update", f"JobId={words}", "TimeLimit=5") == (0, "", "", 2)
+    assert {j["time"] for j in map(cluster.client().job, ids)} == {300}
+    assert counted(cluster, "scontrol", "release", words) == (0, "", "", 2)
+    code, out, err, calls = counted(cluster, "scontrol", "hold", words)  # (those running: as Slurm's, refused)
+    held = [i for i in ids if cluster.client().job(i)["state"] == "held"]
+    assert (code, out, calls, len(held)) == (1, "", 2, 40 - err.count("\n")), err
+    assert err == "".join(f"Job is no longer pending execution for job {i}\n" for i in ids if i not in held)
+    assert counted(cluster, "scancel", *map(str, ids)) == (0, "", "", 1)
+    wait_for(lambda: all(cluster.client().job(i)["state"] in J.FINAL_STATES for i in ids), 30, what="all cancelled")
+    assert counted(cluster, "scontrol", "hold", f"{words},99999") == (
+        1, "", "".join(f"Job has already finished for job {i}\n" for i in ids) + "Invalid job id specified for job 99999\n",
+        43)  # (one unknown: the master's wait refuses them all, and each is asked for: 1 + 1 + 41)
+    assert counted(cluster, "scontrol", "hold", words)[3] == 2
+
+
 def test_qsub_script_with_directives_and_sge_names(cluster, shims, tmp_path):
     script = tmp_path / "job.sge"
     script.write_text("#!/bin/sh\n#$ -N sgejob\n#$ -cwd -j y\n#$ -pe smp 2\n#$ -l h_vmem=200M\n"
