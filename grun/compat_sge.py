@@ -370,27 +370,28 @@ def qdel(argv: list[str]) -> int:
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and ("user" not in opts or "tasks" in opts):
         raise Refused("usage: qdel [-f] [-u USER,...] [JOB_ID|NAME,...] [-t TASKS]")
-    client, me = Client(), current_user()
+    client, me, out = Client(), current_user(), []  # (out: a line or more a job, printed at once)
     named = {n: [label(j) for j in _holds(client, [n])] for n in ids if not (n.isdigit() or task_ref(n))}
     ids = [i for i in ids if i not in named] + [i for labels in named.values() for i in labels]
     ids = [f"{i}.{t}" for i in ids for t in _task_range(last(opts, "tasks"))] if "tasks" in opts else ids
     live = client.jobs()
-    by_label = {label(j): j for j in live}
+    by_label, asked = {label(j): j for j in live}, set(ids)
     ids += [label(j) for j in live if "task" not in j and j.get("user") in items(opts, "user")
-            and label(j) not in ids]  # (jobs and arrays: an array's tasks go with it)
+            and label(j) not in asked]  # (jobs and arrays: an array's tasks go with it)
     found, refused = refusals(client.kill, ids, int(signal.SIGKILL), "force" in opts)  # (SGE's: no TERM first)
     found.update((n, False) for n, labels in named.items() if not labels)
-    for job_id, ok in found.items():  # (N.T: one task)
+    for job_id, ok in found.items():  # (N.T: one task; only an array's walk all the live jobs, not each job's)
         job = by_label.get(str(job_id), {})
-        running = [job] if job.get("state") in ON_NODE_STATES and "ranges" not in job else [
-            t for t in live if t.get("array") == job.get("id") and "task" in t and t["state"] in ON_NODE_STATES]
+        running = [job] if job.get("state") in ON_NODE_STATES and "ranges" not in job else [t for t in live if t.get(
+            "array") == job["id"] and "task" in t and t["state"] in ON_NODE_STATES] if "ranges" in job else []
         lines = [f"{me} has registered the job{'-array task' * ('task' in t)} {label(t)} for deletion" for t in running]
         if not ok:  # (another user's: SGE's words)
             lines = [f'{me} - you do not have the necessary privileges to delete the job "{job_id}"' if job_id in refused
                      else f'denied: job "{job_id}" does not exist']
         elif not running or "ranges" in job and arrays.left(job):  # (an array's unstarted tasks)
             lines.append(f"{me} has deleted job{'-array task' * ('.' in str(job_id))} {job_id}")
-        print("\n".join(lines))
+        out += lines or [""]
+    print("\n".join(out), end="\n" * bool(out))
     return 0 if all(found.values()) else 1
 
 
@@ -438,20 +439,22 @@ def qhold(argv: list[str], release: bool = False) -> int:
     opts, words = parse(argv, table("kind=-h"), False, glued=False)
     if last(opts, "kind", "u") != "u" or not words:
         raise Refused(f"usage: {'qrls' if release else 'qhold'} [-h u] JOB_ID|NAME,...  (grun's holds are users')")
-    client, code = Client(), 0
-    for ref in _named(client, [i for word in words for i in word.split(",") if i]):  # (N, N.T)
-        if not (job := C.find(client, ref)) or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
-            print(f'denied: job "{ref}" does not exist')
-        # another user's: the master says (it knows admins); a suspended job's release would resume it: its owner's only
-        elif (job.get("user") != current_user() if release and job["state"] == "suspended" else
-              refusals(*(client.resume, [ref]) if release else (client.hold, [ref], True))[1]):
-            print(f'{current_user()} - you have no permission to modify job "{ref}"')
+    client, me, lines = Client(), current_user(), []  # (10,000 jobs: one read of them, one hold or release)
+    jobs = C.records(client, _named(client, [i for word in words for i in word.split(",") if i]))  # (N, N.T)
+    # another user's: the master says (it knows admins); a suspended job's release would resume it: its owner's only
+    mine = {ref: job for ref, job in jobs.items() if job and job["state"] not in FINAL_STATES and not (
+        release and job["state"] == "suspended" and job.get("user") != me)}
+    refused = C.act(client, mine, tuple(STATES), *("resume",) if release else ("hold", True))
+    for ref, job in jobs.items():
+        if not job or job["state"] in FINAL_STATES:  # (as SGE's: an ended job is none)
+            lines.append(f'denied: job "{ref}" does not exist')
+        elif ref in refused or ref not in mine:
+            lines.append(f'{me} - you have no permission to modify job "{ref}"')
         else:  # (an array whole: its tasks not started)
-            print("\n".join(f"modified hold of job-array task {ref}.{t}" for t in arrays.unstarted(job)) if ref == str(
-                job["id"]) and "ranges" in job else f"modified hold of job{'-array task' * ('.' in ref)} {ref}")
-            continue
-        code = 1
-    return code
+            lines += [f"modified hold of job-array task {ref}.{t}" for t in arrays.unstarted(job)] if ref == str(
+                job["id"]) and "ranges" in job else [f"modified hold of job{'-array task' * ('.' in ref)} {ref}"]
+    print("\n".join(lines))
+    return int(any(not line.startswith("modified") for line in lines))
 
 
 def qrls(argv: list[str]) -> int:
@@ -468,29 +471,28 @@ def qalter(argv: list[str]) -> int:
     resources = {key: value for key, _, value in (item.partition("=") for item in items(opts, "resources"))}
     if bad := [key for key, value in resources.items() if not value or key not in (*MEMORY, *REQUEST, *TIME)]:
         raise Refused(f"-l {','.join(bad)}: qalter changes memory (h_vmem, mem_free) and time (h_rt) only")
-    client, code, asked = Client(), 0, int(_slots(opts, {})) if "pe" in opts else None
-    held = ",".join(str(j["id"]) for j in _holds(client, items(opts, "hold_jid")))  # (replacing its own: none, none)
-    for ref in _named(client, [i for word in words for i in word.split(",") if i]):  # (N, N.T)
-        if not (job := C.find(client, ref)) or job["state"] not in ("queued", "held", "waiting"):
-            print(f'denied: job "{ref}" does not exist' if not job or job["state"] in FINAL_STATES else
-                  f"job {ref} can't modify running jobs")
-            code = 1
+    client, lines, groups, asked = Client(), [], {}, int(_slots(opts, {})) if "pe" in opts else None
+    said = {"resources": "modified hard resource list of job {0}", "pe": "modified slot range of job {0}", "priority": (
+        f"{current_user()}@{os.uname().nodename} sets scheduling priority of job {{0}} to {last(opts, 'priority')}"),
+        "hold_jid": "modified job id hold list of job {0}"}  # (SGE's words, in its order)
+    fixed = {"priority": GRUN["priority"][1](last(opts, "priority"))} if "priority" in opts else {}  # (a config read)
+    if "hold_jid" in opts:  # (replacing what it waits for; no job: nothing)
+        fixed["after"] = ",".join(str(j["id"]) for j in _holds(client, items(opts, "hold_jid")))
+    for ref, job in C.records(client, _named(client, [i for word in words for i in word.split(",") if i])).items():
+        if not job or job["state"] not in ("queued", "held", "waiting"):
+            lines.append(f'denied: job "{ref}" does not exist' if not job or job["state"] in FINAL_STATES else
+                         f"job {ref} can't modify running jobs")
             continue
         slots = asked or job.get("cpus", 1)
         changes = {k: f"{v}s" if k == "time" else v for k, v in _limits(dict(resources), slots).items()
-                   if k not in ("reserve_only", "warn")}
+                   if k not in ("reserve_only", "warn")} | fixed
         if "pe" in opts:
             changes["cpus"] = slots
             if job.get("memory_set"):  # its memory was asked per slot, as SGE counts it
                 changes.setdefault("memory", round(job["memory"] * slots / job.get("cpus", 1)))
-        if "priority" in opts:
-            changes["priority"] = GRUN["priority"][1](last(opts, "priority"))
-        if "hold_jid" in opts:
-            changes["after"] = held
-        client.edit([ref], changes)
-        for key, said in (("resources", "modified hard resource list of job {0}"), ("pe", "modified slot range of job {0}"),
-                          ("priority", "{1}@{2} sets scheduling priority of job {0} to {3}"),
-                          ("hold_jid", "modified job id hold list of job {0}")):
-            if key in opts:
-                print(said.format(ref, current_user(), os.uname().nodename, last(opts, "priority")))
-    return code
+        groups.setdefault(tuple(changes.items()), []).append(ref)  # (an edit for each set of changes, not each job)
+        lines += [text.format(ref) for key, text in said.items() if key in opts]
+    for changes, refs in groups.items():
+        client.edit(refs, dict(changes))
+    print("\n".join(lines))
+    return int(any(line.startswith(("denied: ", "job ")) for line in lines))

@@ -245,7 +245,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "grun"
 # current_user moves to auth, whose greeting claims it (LOGNAME first, as the submission's user): -2.
 # Review mends (follow): a re-queue only stops a one-run follow (not a retry), its next run's input ended only when it runs: +1.
 # scontrol hold/release/update of many jobs in a few calls (compat.records, compat.act), not one or two a job (+13).
-TOTAL, MODULE, MEDIAN = 15368, 500, 200
+# qhold, qrls, qalter and qdel of many jobs in a few calls, their lines printed at once (+2).
+TOTAL, MODULE, MEDIAN = 15370, 500, 200
 
 
 def module_lines() -> dict[str, int]:

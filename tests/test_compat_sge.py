@@ -4,16 +4,17 @@ words, the array variables. (The first SGE tests are in tests/test_compat.py, wh
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 
 import pytest
-from test_compat import shims, wait_end  # noqa: F401 (shims: a fixture)
+from test_compat import counted, shims, wait_end  # noqa: F401 (shims: a fixture)
 from util import wait_for
 
 from grun import compat
-from grun.client import current_user
+from grun.client import current_user, job_spec
 from grun.compat_sge import QSUB
 
 
@@ -304,6 +305,23 @@ def test_qacct_names_owners_days_summary_and_why_a_job_failed(cluster, shims, tm
     assert shims("qacct").stdout.startswith("Total System Usage\n    WALLCLOCK")
     r = shims("qacct", "-x")
     assert (r.returncode, r.stderr) == (1, "qacct: error: unsupported option -x\n")
+
+
+def test_qhold_qrls_qalter_and_qdel_act_on_many_jobs_in_a_few_calls(cluster):
+    """QA: `qhold 'bulk*'` of 10,000 jobs took 44 s, a call or two to the master a job: now a read or two of the live
+    jobs and one hold, release, edit or kill of them all; each job still has SGE's line, printed at once."""
+    ids = cluster.client().submit_many([job_spec(["sleep", "30"], hold=True, name=f"lots{i}") for i in range(40)])
+    me, words = current_user(), ",".join(map(str, ids))
+    assert counted(cluster, "qhold", "lots*") == (0, "".join(f"modified hold of job {i}\n" for i in ids), "", 3)
+    assert counted(cluster, "qalter", "-p", "-1", "lots*") == (0, "".join(
+        f"{me}@{os.uname().nodename} sets scheduling priority of job {i} to -1\n" for i in ids), "", 3)
+    assert len({cluster.client().job(i)["priority"] for i in ids}) == 1
+    assert counted(cluster, "qrls", words) == (0, "".join(f"modified hold of job {i}\n" for i in ids), "", 2)
+    assert not any(cluster.client().job(i)["state"] == "held" for i in ids)
+    code, out, err, calls = counted(cluster, "qdel", "lots*")
+    assert (code, err, calls, len(out.splitlines())) == (0, "", 3, 40) and all(re.fullmatch(
+        rf"{me} has (registered the job {i} for deletion|deleted job {i})", line) for i, line in zip(ids, out.splitlines()))
+    assert all(wait_end(cluster, i)["state"] in ("killed", "cancelled") for i in ids)
 
 
 def test_qhold_qrls_and_qalter_change_a_pending_job_with_sges_words(cluster, shims, tmp_path):  # noqa: F811
