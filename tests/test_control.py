@@ -73,6 +73,26 @@ def test_kill_with_a_signal_and_by_name(three):
     assert_one_error_line(three.grun("-k", "-j", "sleeper"), "no job named 'sleeper'")
 
 
+def test_kill_hold_and_edit_take_a_glob_of_names_in_one_call(three):
+    """QA: `grun -e hold 'bulk*'` and `grun -k -j 'bulk99*'` said "no job named 'bulk*'" where SGE's shims take globs:
+    a glob names every live job of ours it matches; one that matches none is an error, as an unknown name is."""
+    blocker = nowait(three, "-H", "small", "sleep", "30")
+    ids = {name: nowait(three, "-H", "small", "-j", name, "true") for name in ("glob-a1", "glob-a2", "glob-b1")}
+    wait_state(three, blocker, "running")
+    r = three.grun("-e", "hold", "glob-a*")
+    assert (r.returncode, r.stderr) == (0, b""), r.stderr
+    assert {n: job(three, i)["state"] for n, i in ids.items()} == {"glob-a1": "held", "glob-a2": "held", "glob-b1": "queued"}
+    assert three.grun("-e", "priority=7", "glob-?2").returncode == 0 and job(three, ids["glob-a2"])["priority"] == 7
+    assert three.grun("-e", "resume", "glob-a[12]", "glob-b1").returncode == 0
+    assert {job(three, i)["state"] for i in ids.values()} == {"queued"}
+    r = three.grun("-k", "-j", "glob-a*")
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert [job(three, i)["state"] for i in ids.values()] == ["killed", "killed", "queued"]
+    for args in (["-e", "hold", "nomatch*"], ["-k", "-j", "glob-a*"]):  # (ended ones match no more)
+        assert_one_error_line(three.grun(*args), f"no live job's name matches '{args[-1]}'")
+    three.client().kill([blocker, ids["glob-b1"]], 9)
+
+
 def test_force_kill_marks_killed_when_the_node_is_unreachable(fresh_cluster):
     c = fresh_cluster
     job_id = nowait(c, "-H", "small", "sleep", "60")

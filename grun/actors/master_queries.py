@@ -4,6 +4,8 @@ only what private_queries lets them see, and none changes a job. A mixin of grun
 core, store and watchers (the waits' events, which the master's records wake) it reads.
 """
 
+import fnmatch
+import re
 import threading
 import time
 
@@ -113,6 +115,17 @@ class Queries:
                                  + ", ".join(f"{i} ({u})" for i, u in theirs))
             found = theirs[0][0] if theirs else None
         return found
+
+    def matching(self, pattern: str, user: str | None = None) -> list[int]:
+        """The ids of the live jobs whose names match a glob (`bulk*`: grun -k and -e of many jobs, in one call): the
+        user's (a confined caller: only theirs), else, for root and admins, any user's, as lookup's names. None: []."""
+        confined, who = auth.confined(self.core.settings["admins"]), auth.caller()
+        user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
+        match = re.compile(fnmatch.translate(str(pattern))).match
+        with self.lock:
+            found = [(u, i) for (u, name), i in self.core.table.names.items() if match(name)]
+        own = sorted(i for u, i in found if u == user)
+        return own if own or confined else sorted(i for _, i in found)
 
     def status(self, long: bool = False) -> dict:
         """`grun -q status`: nodes, problems for an admin, the master's spool (MB); `long`: each daemon's plugins."""
