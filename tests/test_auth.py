@@ -695,7 +695,8 @@ def test_of_several_jobs_a_user_kills_their_own_and_is_told_of_each_refused(secu
         assert bob_runs(compat_main("qdel", str(mine[3]), str(hers))) == (
             0, f"{bob.pw_name} has deleted job {mine[3]}\n{no_privileges}1\n")
         assert bob_runs(lambda: client_kill(hers, mine[4])) == (0, f"{refusal} | {{{mine[4]}: True, {hers}: False}}\n")
-        assert bob_runs(compat_main("scancel", "-n", "wrap")) == (0, f"{denied}1\n")  # (mine[5], and hers: "wrap")
+        assert bob_runs(["-k", "-j", "wra?"]) == (0, "")  # (a glob: his own live jobs only, mine[5], not hers)
+        assert bob_runs(compat_main("scancel", "-n", "wrap")) == (0, f"{denied}1\n")  # (hers: "wrap")
         assert bob_runs(compat_main("scancel", "-t", "PD")) == (0, f"{denied}1\n")  # (mine[6], and hers)
         assert bob_runs(compat_main("scancel", "99999")) == (0, "0\n")
         assert bob_runs(["-k", "99999"]) == (1, "grun: no such job 99999\n")
