@@ -136,13 +136,13 @@ def kill_ids(words: list[str], called: str, opts: dict) -> dict:
 def by_name(ctx: Context, args: dict, finished: bool = False) -> list:
     """The ids (a task's `12.7` as it is), and those of the jobs named: ours, live (`finished`: or newest finished),
     else, root's and admins', anyone's live one (the master's lookup: a name more users have is an error). Not
-    `finished`, a glob (`bulk*`: no name has * ? [) names all our live jobs it matches (root's: anyone's), in one call."""
+    `finished`, a glob (`bulk*`: no name has * ? [) names all our live jobs it matches (root's, if none: anyone's)."""
     ids = list(args.get("ids", ()))
     for name in args.get("names", ()):
         glob = not finished and any(c in name for c in "*?[")
         found = ctx.client.call("matching", name, current_user()) if glob else \
             ctx.client.lookup(name, current_user(), finished, True)
-        if found is None or found == []:
+        if not found:  # (None, or no match; no job's id is 0)
             raise GrunError(f"no job named {name!r}" if found is None else f"no live job's name matches {name!r}")
         ids += found if glob else [int(found)]
     return ids

@@ -118,7 +118,7 @@ class Queries:
 
     def matching(self, pattern: str, user: str | None = None) -> list[int]:
         """The ids of the live jobs whose names match a glob (`bulk*`: grun -k and -e of many jobs, in one call): the
-        user's (a confined caller: only theirs), else, for root and admins, any user's, as lookup's names. None: []."""
+        user's (a confined caller: always theirs); for root and admins, if none of theirs does, any user's."""
         confined, who = auth.confined(self.core.settings["admins"]), auth.caller()
         user = confined["user"] if confined else str(user) if user else who["user"] if isinstance(who, dict) else None
         match = re.compile(fnmatch.translate(str(pattern))).match
