@@ -34,9 +34,10 @@ def test_s_rt_warns_with_usr1_and_qsub_sync_tells_of_the_kill_at_h_rt_as_sge(clu
     assert (r.returncode, r.stdout.splitlines()[-1]) == (1, f"Job {job_id} exited because of signal SIGKILL"), r.stdout
     job = cluster.client().job(job_id)
     assert (job["state"], job["time"], job["time_signal"]) == ("timeout", 4, [signal.SIGKILL, 0])
-    # (grun's line "job N ran out of its time limit ...; pass -l h_rt= with more" is gone with the TERM: the node
-    # records the limit, and reads where the job's fd 2 was, after its time_signal's KILL, which took fd 2 away)
-    first = (tmp_path / "rt.out").read_text().splitlines()[0]
+    # (grun's line "job N ran out of its time limit ...; pass -l h_rt= with more" was lost with the TERM: the node
+    # sent its time_signal's KILL, then read where the job's fd 2 had been, gone with it; its limit kill KILLs now)
+    first, *_, told = (tmp_path / "rt.out").read_text().splitlines()
+    assert told.endswith("; pass -l h_rt= with more"), told
     assert re.fullmatch("usr1 after [012] s", first), first  # (timed from the wrapper's start, before the script's s=)
     acct = dict(line.split(None, 1) for line in shims("qacct", "-j", str(job_id)).stdout.splitlines()[1:])
     assert acct["exit_status"] == "137" and acct["maxvmem"].endswith("M")  # (labs grep maxvmem: the peak RSS)

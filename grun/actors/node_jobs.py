@@ -142,14 +142,14 @@ class NodeJobs:
         if victim:
             self._limit_kill(running[victim[0]], "memory", victim[1])
 
-    def _limit_kill(self, live: LiveJob, limit: str, why: str) -> None:
-        """Kill the job for a limit, and record why (its reaper reads it into its status)."""
+    def _limit_kill(self, live: LiveJob, limit: str, why: str, sig: int = signal.SIGTERM) -> None:
+        """Kill the job for a limit (a memory limit with KILL), and record why (its reaper reads it into its status)."""
         live.limit = {"limit": limit, "limit_detail": why}
         with contextlib.suppress(OSError):  # where its stderr goes (sbatch's -o: its shell's own), for its reaper's
             live.limit["stderr"] = os.readlink(f"/proc/{live.pid}/fd/2")  # line saying why (spawner._tell)
         spool.write(live.dir, spool.LIMIT, live.limit)  # (a full disk may refuse it: then _finished adds it)
         log.warning("job %s: killed for %s: %s", live.id, limit, why)
-        self._kill(live, signal.SIGKILL if limit == "memory" else signal.SIGTERM, grace=self.kill_grace)
+        self._kill(live, signal.SIGKILL if limit == "memory" else sig, grace=self.kill_grace)
 
     def _enforce(self, live: LiveJob, rss_mb: int, now: float) -> None:
         """Kill the job over its memory limit (-m x hard_factor) at once; past its time limit (-t), TERM then KILL
@@ -163,11 +163,13 @@ class NodeJobs:
         if live.deadline is None:
             live.deadline = (spool.started_at(live.dir) or now) + limits["time"]
         sig, secs = live.job.get("time_signal") or (0, 0)
-        if sig and not live.warned and live.limit is None and now >= live.deadline - secs:
-            live.warned = spawner.killpg(live.pid, sig)
+        at_limit = sig == signal.SIGKILL and not secs  # (qsub's h_rt) the limit kill sends it, once it has read fd 2's
+        if sig and not at_limit and not live.warned and live.limit is None and now >= live.deadline - secs:  # path
+            live.warned = spawner.killpg(live.pid, sig)  # (for the reaper's line saying why: a KILL before lost it)
         if now >= live.deadline and live.limit is None:
-            self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: TERM, "
-                                           f"then KILL after {self.kill_grace:g} s")
+            how = "KILL" if at_limit else f"TERM, then KILL after {self.kill_grace:g} s"
+            self._limit_kill(live, "time", f"ran past its time limit of {fmt_span(limits['time'])}: {how}",
+                             signal.SIGKILL if at_limit else signal.SIGTERM)
         elif (live.limit or {}).get("limit") == "time" and now >= live.deadline + self.kill_grace + 1:
             spawner.killpg(live.pid, signal.SIGKILL)  # its TERM was sent before we restarted
 
@@ -333,8 +335,7 @@ class NodeJobs:
                     self.job_status(live)  # its status.json then
 
     def _check_jobs(self) -> None:
-        """The fallback for lost pings: status files; and who claimed an `unsure` job (the sampler settles a dead
-        reaper's). A job sent in this node life has no other claimant, so its pid file is not read (12 us a job)."""
+        """The fallback for lost pings: status files; and who claimed an `unsure` job (its pid file: 12 us)."""
         for live in list(self.live.values()):
             if self.job_status(live) is None and live.unsure and (reaper := spool.read_pid(live.dir)[2]):
                 live.reaper, live.unsure = reaper, False
