@@ -74,6 +74,7 @@ class NodeJobs:
         spool.make_dir(self.jobs_dir, 0o755)
         self.lock = threading.RLock()
         self.live: dict[int, LiveJob] = {}
+        self._later, self._later_acks = {}, {}  # ended jobs the master has, read once we serve (Node._adopt_later)
         self._unreported: collections.deque[LiveJob] = collections.deque()  # ended, not yet acknowledged
         # our reaper (a Popen) and its name, and whether one died (see _watch_reapers)
         self.reaper, self._reaper_name, self._reaper_died, self._reaper_lock = None, "", False, threading.RLock()
@@ -294,9 +295,10 @@ class NodeJobs:
             log.warning("cannot write %s: %s", self.acks.path, exc)
 
     def _acked(self) -> dict:
-        with self.lock:
-            return {(l.id, l.attempt): {k for k, on in (("r", l.reported), ("f", l.fetched), ("s", l.delivered)) if on}
-                    for l in self.live.values() if l.reported or l.delivered}
+        with self.lock:  # (and those of the ended jobs not read yet: Node._adopt_later)
+            return {**{k: v for k, v in self._later_acks.items() if k[0] in self._later},
+                    **{(l.id, l.attempt): {k for k, on in (("r", l.reported), ("f", l.fetched), ("s", l.delivered))
+                                           if on} for l in self.live.values() if l.reported or l.delivered}}
 
     def _on_ping(self) -> None:
         """One datagram from a reaper: `started <id> <pid>`, `finished <id> [<status json>]` lines, and
@@ -455,19 +457,6 @@ class NodeJobs:
                     os.waitpid(hiding[0], 0)
         live.settling = True
         threading.Thread(target=settle, name=f"grun-settle-{live.id}", daemon=True).start()
-
-    def _adopt(self) -> None:
-        """At start: the jobs in the spool, as they were left."""
-        acks = self.acks.load(self.jobs_dir)
-        for entry in os.listdir(self.jobs_dir):
-            if entry.isdigit():
-                try:
-                    self._adopt_one(os.path.join(self.jobs_dir, entry), acks=acks)
-                except Exception:
-                    log.exception("cannot adopt job spool %s", entry)
-        if self.live:  # (QA read "18 jobs" when 1 ran)
-            log.info("re-adopted jobs from the spool: %d running, %d ended (their output or status not yet taken)",
-                     *(sum((live.status is None) == running for live in self.live.values()) for running in (True, False)))
 
     def _adopt_one(self, job_dir: str, live: LiveJob | None = None, acks: dict | None = None) -> None:
         job = spool.read(job_dir, spool.JOB)
