@@ -175,8 +175,9 @@ def daemon(opts: dict, words: list[str], cfg) -> int:
     d.controllable(cfg, next((verb for key, verb in (("kill", "stop"), ("reload", "reload"), ("restart", "restart"))
                               if opts.get(key)), "start"))
     if opts.get("kill"):
-        return say(("stopped" + ("; jobs running here run on: the next start adopts them" if "exec" in cfg.services
-                                 else "")) if d.stop(cfg) else "not running", 0)
+        pid = d.stop(cfg)
+        return say("not running" if pid is None else f"still stopping (pid {pid})" if pid else "stopped" + (
+            "; jobs running here run on: the next start adopts them" if "exec" in cfg.services else ""), 0)
     if opts.get("reload"):
         pid, said = d.ask_reload(cfg)
         where = f"see {cfg.log_file}" if cfg.log_file else "its log goes to its stderr"

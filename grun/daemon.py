@@ -325,15 +325,24 @@ def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
     return (old := running_pid(cfg)), start_background(cfg, wait=wait, replacing=old)
 
 
-def stop(cfg: Config, wait: float = 15.0) -> bool:
-    """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds. False when none was running."""
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop(cfg: Config, wait: float = 15.0) -> int | None:
+    """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds; its pid, 0 once it is gone (not its pid
+    file: a node's exit took seconds after), None when none was running."""
     if (pid := running_pid(cfg)) is None:
-        return False
+        return None
     os.kill(pid, signal.SIGTERM)
-    if not _wait(lambda: running_pid(cfg) != pid, wait, 0.05):
+    if not _wait(lambda: _gone(pid), wait, 0.05):
         with contextlib.suppress(ProcessLookupError):  # it has just gone
             os.kill(pid, signal.SIGKILL)
-    return True
+    return 0 if _wait(lambda: _gone(pid), 5.0, 0.05) else pid
 
 
 def ensure_personal_cluster(cfg: Config, client, announce) -> None:

@@ -110,9 +110,8 @@ def test_background_master_foreground_nodes(setup):
     assert fg.wait(15) == 0
 
     r = s.grun("-C", master_conf, "-d", "-k")
-    assert r.returncode == 0 and b"stopped" in r.stderr
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             15, what="the master daemon to exit")
+    assert r.returncode == 0 and b"stopped" in r.stderr  # (once its pid is gone, not its pid file: QA saw seconds)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not (s.tmp / "head" / "grun.pid").exists()
     r = s.grun("-C", master_conf, "-d", "-k")
     assert r.returncode == 0 and b"not running" in r.stderr
