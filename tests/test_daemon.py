@@ -132,6 +132,7 @@ NEW_VALUES.update(learn=False, learn_memory_factor="off", learn_runs=10)  # lear
 NEW_VALUES.update(nfs_sync=False)  # NFS and the working directory (issue 14)
 NEW_VALUES.update(stage="never", fetch_path=["/data"], stage_wait="10m")  # staging (issue 14)
 NEW_VALUES.update(private_queries=True)  # issue 15
+NEW_VALUES.update(fair_share=False)  # fair share at equal priority (QA)
 NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
 
 
