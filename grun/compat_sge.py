@@ -41,8 +41,8 @@ GRUN = {"hold": ("hold", bool), "priority": ("priority", lambda p: C.priority(p,
 _bytes = lambda text: int(text) if text.isdigit() else C.megabytes(text) << 20  # (plain numbers are bytes, in SGE)
 _seconds = lambda text: parse_time_limit(f"{text}s" if text.isdigit() else text)  # (plain numbers are seconds)
 # SGE's exit 99, "run it again" (grun re-queues for no exit code): run again in place, signals passed on, the script's died of
-RERUN = "{{ trap : HUP INT QUIT TERM USR1 USR2 ALRM; while :; do {}; c=$?; [ $c = 99 ] || break; done; trap - HUP INT " \
-    "QUIT TERM USR1 USR2 ALRM; case $((c - 128)) in [1-9]|1[0-6]|2[4-7]|29|3[01]) kill -$((c - 128)) $$;; esac; exit $c; }}\n"
+RERUN = "{{ trap : HUP INT QUIT TERM USR1 USR2 ALRM; while :; do {}; c=$?; [ $c = 99 ] || break; sleep 1; done; trap - HUP INT " \
+    "QUIT TERM USR1 USR2 ALRM; case $((c - 128)) in [1-9]|1[0-6]|2[4-7]|29|3[01]) ulimit -c 0; kill -$((c - 128)) $$;; esac; exit $c; }}\n"
 PATTERNS = {"$JOB_ID": '"$JOB_ID"', "$TASK_ID": '"$SGE_TASK_ID"', "$JOB_NAME": '"$JOB_NAME"', "$USER": '"$USER"',
             "$HOME": '"$HOME"', "$HOSTNAME": '"$HOSTNAME"'}  # (in -o/-e paths)
 

@@ -195,7 +195,7 @@ def srun(argv: list[str]) -> int:
     def follow() -> int:  # (as grun's: the job dies with us, on SIGINT, SIGTERM and EPIPE)
         ids.append(C.submit(client, "slurm", name, None, command, stdin=stdin is not None, **request))
         say = lambda text: print(f"srun: {text}" + "\r" * bool(term and term.raw), file=sys.stderr, flush=True)
-        code = client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start)
+        code = client.follow(ids[0], stdin_fd=stdin, on_limit=say, on_note=say, on_start=term and term.start, one_run=True)
         job = C.find(client, ids[0]) if code == EXIT_TIMEOUT else None  # (its time limit's, or its command's own)
         return 128 + int(job.get("signal") or 15) if job and job.get("limit") == "time" else code  # (Slurm's: 143)
     try:

@@ -183,8 +183,8 @@ def command(words: list[str], called: str, opts: dict) -> dict:
 def as_command(words: list[str]) -> str | list[str]:
     """One word with shell syntax is a command line for /bin/sh, unless it names a file (`grun "./my script.sh"`: the
     program); else the words are an argv."""
-    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) and not os.path.isfile(
-        words[0]) else list(words)
+    return words[0] if len(words) == 1 and any(c in SHELL_CHARS for c in words[0]) and not (
+        "/" in words[0] and os.path.isfile(words[0])) else list(words)  # (no /: exec looks in $PATH, not here)
 
 
 def json_text(document) -> str:

@@ -287,6 +287,6 @@ def test_one_word_is_a_shell_line_unless_it_names_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my script.sh").write_text("")
     assert verbs.as_command(["./my script.sh"]) == ["./my script.sh"]
-    assert verbs.as_command(["my script.sh"]) == ["my script.sh"]
+    assert verbs.as_command(["my script.sh"]) == "my script.sh"  # (no /: a command line; exec would search $PATH)
     assert verbs.as_command(["./other script.sh"]) == "./other script.sh"
     assert verbs.as_command(["ls -l | wc"]) == "ls -l | wc" and verbs.as_command(["ls", "-l"]) == ["ls", "-l"]
