@@ -19,6 +19,8 @@ def follow(client: Client, job_id: int, *, on_note=None, **how) -> int:
     had failed (not killed), else 1."""
     on_note, cut = on_note or (lambda text: None), []
     code = _follow(client, job_id, on_note=on_note, cut=cut, **how)
+    if cut and client.job(job_id)["state"] == J.LOST:  # (its node is gone: lost, not an input cut)
+        return code
     if len(cut) == 1:  # (its node never answered again)
         _cut_off(client, job_id, cut[0], on_note)
     job = client.job(job_id) if cut else {}
@@ -57,7 +59,8 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
     retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
     wrote, requeues = False, job.get("requeues", 0)  # (bytes of the run followed, `where`, reached our fds; its requeues)
     while True:
-        if one_run and wrote and job.get("requeues", 0) > requeues:  # (not a retry: that one is followed)
+        if one_run and wrote and job.get("requeues", 0) > requeues and job["state"] not in J.FINAL_STATES:  # (a retry,
+            # or a re-queued job killed before its next run: followed to that end)
             on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}) after its attempt "
                     f"{where[1]}'s output: not following the next (grun --attach {job_id} does)")
             if job.get("stdin") and job.get("node") and job["state"] not in J.UNSTARTED:  # (never waited for: review)
@@ -95,7 +98,7 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
                     from . import stage  # its node does not share our files, and waits for its inputs
                     if not stage.transfer(ticket["inputs"], job, on_note, False):
                         time.sleep(1)  # it broke before the node took it: the next ticket, not at once
-                if len(cut) == 1:  # its node answers again (the kill reaches it): said, and killed, once
+                if len(cut) == 1 and job["state"] != J.LOST:  # its node answers again (the kill reaches it): said, and killed, once
                     cut.append(_cut_off(client, job_id, cut[0], on_note))
                 for what, asked, key in (("output", out_off, "out_offset"), ("error output", err_off, "err_offset")):
                     if ticket.get(key, 0) > asked:  # the node keeps only spool_max of it
