@@ -1,13 +1,12 @@
-"""The ground Slurm's and SGE's commands stand on (grun/compat_slurm.py, grun/compat_sge.py), thin fronts to
-grun's client for the tools written for them: `main`, which goes by the name it was called by (`grun-compat install`,
-grun/integrate.py, puts each on PATH as a small script calling it); their option and directive parser; how a batch
-job is submitted; and how jobs are read back.
+"""The ground Slurm's and SGE's commands (grun/compat_slurm.py, grun/compat_sge.py) stand on, thin fronts to grun's
+client for the tools written for them: `main`, which goes by the name it was called by (`grun-compat install`,
+grun/integrate.py, puts each on PATH as a small script calling it); their option and directive parser; how a batch job
+is submitted; and how jobs are read back.
 
-A batch job runs as `/bin/sh -c WRAPPER NAME SCRIPT ARGS...`: the wrapper opens the output files Slurm or
-SGE would (their names may hold the job id, which the job learns only when it starts: $SLURM_JOB_ID or
-$JOB_ID, set by grun/spawner.py for jobs marked GRUN_COMPAT), then writes the script, as it was at submit,
-into the job's TMPDIR and runs it. $0 carries the job's name: grun's own names are unique, Slurm's and
-SGE's are not; squeue, sacct and qstat read it back from the command."""
+A batch job runs as `/bin/sh -c WRAPPER NAME SCRIPT ARGS...`: the wrapper opens the output files Slurm or SGE would
+(their names may hold the job id, which the job learns only when it starts: $SLURM_JOB_ID or $JOB_ID, set by
+grun/spawner.py for jobs marked GRUN_COMPAT), then writes the script, as it was at submit, into the job's TMPDIR and
+runs it. $0 carries the job's name (grun's are unique, Slurm's and SGE's not): squeue, sacct and qstat read it back."""
 
 import contextlib
 import os
@@ -238,9 +237,8 @@ def records(client: Client, refs: list[str]) -> dict[str, dict | None]:
 def act(client: Client, jobs: dict, states: tuple, verb: str, *args) -> dict:
     """The master's hold, resume or edit (`verb`, with `args`) of those of the jobs (records(): by ref) in `states`,
     in one call: {ref: why} of those refused (another user's)."""
-    if not (refs := [ref for ref, job in jobs.items() if job and job["state"] in states]):
-        return {}
-    return {str(k): why for k, why in refusals(getattr(client, verb), refs, *args)[1].items()}
+    refs = [ref for ref, job in jobs.items() if job and job["state"] in states]
+    return {str(k): why for k, why in refusals(getattr(client, verb), refs, *args)[1].items()} if refs else {}
 
 
 def job_list(client: Client, ids: list[str], finished_for: float | None = 300.0) -> tuple[list[dict], list[str]]:
