@@ -59,9 +59,8 @@ def _completer(view):
         def get_completions(self, document, complete_event):
             text = document.text_before_cursor
             words = text.split()
-            current = "" if not words or text[-1:].isspace() else words[-1]
-            seen = set()
-            for word, meta in _candidates(view, words[:-1] if current else words, current):
+            current, seen = words.pop() if text and not text[-1].isspace() else "", set()
+            for word, meta in _candidates(view, words, current):
                 if word.startswith(current) and word not in seen:
                     seen.add(word)
                     yield Completion(word, -len(current), display_meta=meta)
@@ -75,7 +74,7 @@ def _candidates(view, done: list[str], current: str) -> list[tuple[str, str]]:
         return [(name, verbs.NAMES.get(name).help) for name in sorted(verbs.NAMES)]
     if (v := verbs.NAMES.get(done[0])) is None:
         return []
-    if done[-1] in ("-H", "--hosts") and len(done) > 1:
+    if done[-1] in ("-H", "--hosts"):
         return [(n["name"], "up" if n["up"] else "down") for n in view.nodes]
     if current.startswith("-"):
         return [(f"--{o.long}", o.help) for o in OPTIONS if o.long in v.options]
