@@ -53,9 +53,8 @@ def parse(cmd: str | list[str], cwd: str) -> Make:
     inputs, outputs = _absolute(inputs, cwd), _absolute(outputs, cwd)
     if not inputs and not outputs:
         raise ValueError("-M: the command names no input or output (%i:FILE, %o:FILE, #i:, #o:, < FILE, > FILE)")
-    for path in outputs:
-        if os.path.isdir(path):
-            raise ValueError(f"-M: output {path} is a directory")
+    if folder := next((path for path in outputs if os.path.isdir(path)), None):
+        raise ValueError(f"-M: output {folder} is a directory")
     return Make(cmd, inputs, outputs, cwd)
 
 

@@ -46,7 +46,7 @@ def fmt_span(secs) -> str:
         return "-" if secs is None else "<1s"
     secs = round(secs)
     parts = [(secs // 86400, "d"), (secs % 86400 // 3600, "h"), (secs % 3600 // 60, "m"), (secs % 60, "s")]
-    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+    return "".join(f"{n}{unit}" for n, unit in parts if n)
 
 
 def fmt_rss(usage: dict) -> str:
