@@ -163,8 +163,7 @@ def decide(make: Make) -> Decision:
             reasons.append(f"# need {name(out)}: {why}")
     if not make.outputs:
         reasons.append("# need to run: no output to compare with its inputs")
-    return Decision(bool(reasons), missing,
-                    reasons or ["# up to date: " + " ".join(name(out) for out in make.outputs)])
+    return Decision(bool(reasons), missing, reasons or ["# up to date: " + " ".join(name(out) for out in make.outputs)])
 
 
 def _stat(path: str) -> os.stat_result | None:

@@ -230,8 +230,7 @@ def chosen(rows: list[list], header: list[str], records: list[dict], fields: lis
         return table(rows, header)
     at = {column_key(h): i for i, h in enumerate(header)}
     return table([[row[at[f]] if f in at else field_text(rec, "memory" if f == "mem" else f) for f in fields]
-                  for rec, row in zip(records, rows)],
-                 [f.upper() for f in fields])
+                  for rec, row in zip(records, rows)], [f.upper() for f in fields])
 
 
 def field_text(record: dict, name: str) -> str:
