@@ -77,11 +77,10 @@ class JobTable:
         state = job["state"]
         if op == "dispatch":
             self.pending.remove(job)
-            job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"])
+            job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"], attempt=job.get("attempt", 0) + 1)
             job.pop("devices", None)  # (kept past a re-queue: a lost node may come back with the job)
             if rec.get("devices"):
                 job["devices"] = rec["devices"]
-            job["attempt"] = job.get("attempt", 0) + 1
         elif op == "start" and state == J.DISPATCHED:
             job.update(state=J.RUNNING, start_time=rec["time"], pid=rec.get("pid"))
         elif op == "kill" and not J.asked_to_end(job):  # (a later USR1 keeps an earlier TERM)
@@ -95,7 +94,7 @@ class JobTable:
             job.update(state=J.RUNNING, node=rec["node"], lost_from=None, reclaimed=rec["time"])
             job.pop("requeue_time", None)  # (its run is the one before: its wait, from its submission)
         elif op == "finish":
-            return self._finish(job, rec)
+            self._finish(job, rec)
         elif op == "hold" and state in (J.QUEUED, J.WAITING):
             self.pending.remove(job)
             self.delayed.pop(job["id"], None)
@@ -133,7 +132,7 @@ class JobTable:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
         if op in ("hold", "suspend") and job["state"] != state and rec.get("by"):  # (by: the admin who held it)
             job["held_by"] = rec["by"]
-        if job["state"] not in (J.HELD, J.SUSPENDED):  # (released, killed, re-queued: no admin's hold holds it)
+        if job["state"] not in (J.HELD, J.SUSPENDED):  # (released, killed, re-queued, ended: no admin's hold holds it)
             job.pop("held_by", None)
         self._sync(job)
         return job
@@ -216,9 +215,8 @@ class JobTable:
                     if not ids:
                         del index[key]
 
-    def _finish(self, job: dict, rec: dict) -> dict:
+    def _finish(self, job: dict, rec: dict) -> None:
         self.pending.remove(job)
-        job.pop("held_by", None)  # (ended: no admin's hold holds it; history --long said "only an admin can release it")
         self._index(job, False, outputs=True)
         self.delayed.pop(job["id"], None)
         del self.jobs[job["id"]]
@@ -248,7 +246,6 @@ class JobTable:
         failed = result.get("limit") or job["exit"]  # (a limit met without a signal: the job failed)
         job["state"] = result.get("status") or (J.TIMEOUT if result.get("limit") == "time" else
                                                 J.KILLED if killed else J.FAILED if failed else J.DONE)
-        self._sync(job)  # (it holds nothing now)
         if "task" in job:  # counted in its array's record
             live = self.tasks.get(job["array"], {})
             live.pop(job["task"], None)
@@ -256,7 +253,6 @@ class JobTable:
                 self.tasks.pop(job["array"], None)
             if job["array"] in self.jobs:
                 A.ended(self.jobs[job["array"]], job)
-        return job
 
     def token_id(self, token: str | None) -> int | None:
         """The job a client token already named (live, or finished not long ago)."""
@@ -400,11 +396,8 @@ class JobTable:
     def snapshot(self) -> dict:
         """The live state as plain data; a shared environment once, under "envs" (60 % of a snapshot's bytes)."""
         envs: dict[int, tuple[int, dict]] = {}  # id() of a shared env dict -> (its index, the dict)
-        jobs = []
-        for job in self.jobs.values():
-            jobs.append(dict(job))
-            if job.get("env"):
-                jobs[-1]["env"] = envs.setdefault(id(job["env"]), (len(envs), job["env"]))[0]
+        index = lambda env: envs.setdefault(id(env), (len(envs), env))[0]
+        jobs = [dict(job, env=index(job["env"])) if job.get("env") else dict(job) for job in self.jobs.values()]
         return {"next_id": self.next_id, "jobs": jobs, "envs": [env for _, env in envs.values()],
                 "nodes": [_described(node) for node in self.nodes.values()],
                 "done_tokens": [[t, i, at] for t, (i, at) in self.done_tokens.items()], "learned": self.learned.dump()}
