@@ -36,10 +36,8 @@ class Monitor:
         # the window's start, the machine's busy cpu s then, and grun's cpu s since
         self.window_start, self.window_busy0, self.window_grun = time.monotonic(), _busy_seconds(), 0.0
         self.usage: dict[int, dict] = {}           # job id -> latest usage
-        self.outside_memory = 0
+        self.outside_memory, self.grun_cores, self._last_outside = 0, 0.0, (0.0, 0)
         self.available_mb = 1 << 40                # the machine's available memory at the last sample
-        self._last_outside = (0.0, 0)
-        self.grun_cores = 0.0
         self.machine = (psutil.cpu_count() or 1, psutil.virtual_memory().total // 2**20)  # (cores, MB): they stay
 
     def sample(self, sessions: dict[int, int]) -> dict[int, dict]:
@@ -60,8 +58,7 @@ class Monitor:
                 continue
             if job_id is None and pid not in own:
                 continue
-            got = self._read(pid)
-            if got is None:
+            if (got := self._read(pid)) is None:
                 continue
             key, cpu_total, delta, rss, anon, io, state = got
             seen[key] = state
@@ -95,8 +92,7 @@ class Monitor:
         key = (pid, created)
         own, reaped = t.user + t.system, t.children_user + t.children_system
         total = own + reaped
-        prev = self.prev_cpu.get(key)
-        if prev is None:
+        if (prev := self.prev_cpu.get(key)) is None:
             delta = total if created >= self.last_sample else 0.0  # new since the last sample: all of it
         else:
             # A reaped child's time lands in its parent's: what we counted of it is credited, not counted again
