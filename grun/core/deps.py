@@ -97,8 +97,7 @@ def followups(table, job: dict, now: float) -> list[dict]:
 
 
 def retry_or_finish(job: dict, rec: dict) -> dict:
-    """A finish record, or the retry replacing it: the job failed (not killed by its user, -t or -m, nor for its reader
-    gone) with retries left."""
+    """The finish record or its retry: it failed with retries left, not killed (by user, -t, -m) nor its reader gone."""
     result = rec["result"]
     tried = job.get("retried", 0) - len(job.get("exclude", ()))  # (a node without its cwd is not a failure)
     if (tried >= job.get("retries", 0) or result.get("status") or J.asked_to_end(job) or J.reader_gone(job)

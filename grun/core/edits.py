@@ -12,8 +12,7 @@ flat = lambda req: {**req, **{f"params.{k}": v for k, v in (req.get("params") or
 
 
 def may_raise(priority: int | None, who: dict, settings: dict) -> None:
-    """Only root, an admin or a rule raises a job's priority above default_priority (as Slurm's --nice): a ValueError
-    when `who` asks for one."""
+    """Only root, an admin or a rule raises a priority above default_priority (Slurm's --nice): else a ValueError."""
     if priority is not None and priority > (top := settings["default_priority"]) and who["uid"] and \
             who["user"] not in settings["admins"]:
         raise ValueError(f"priority {priority} is above this cluster's default_priority ({top}): only root, an admin "
