@@ -431,9 +431,8 @@ def _described(node: NodeView) -> dict:
 
 def late_end(job: dict | None, node: str, report: dict, result: dict, now: float) -> dict | None:
     """A job declared lost (or killed while lost: lost_record), not run again, with the end of that run its node reports
-    when it is back: still lost or killed (its dependants went by that), its exit and usage the run's (QA: ignored,
-    history said `lost 255`, "ran -"; killed, "signal 15", sent by no one). None for any other report, the end of a copy
-    the master killed when the node came back (superseded), or a run the node lost too (killed with its reaper)."""
+    when it is back: still lost or killed (its dependants went by that), with the run's exit and usage. None for any
+    other report, a copy the master killed when the node came back (superseded), or a run its node lost too."""
     if not job or job["state"] != J.LOST and "kill_signal" not in job or "late_end" in job or report.get("superseded") \
             or report.get("lost") or job.get("node") != node \
             or int(report.get("attempt") or job["attempt"]) != job["attempt"]:
