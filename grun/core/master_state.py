@@ -84,7 +84,6 @@ class MasterState:
         self.group_of = lambda user, gid: str(gid)  # -> a name; the master's: user's primary group (its passwd's)
 
     def configure(self, **changes) -> dict:
-        """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
         changed = {k: v for k, v in changes.items() if k in SETTINGS and self.settings[k] != v}
         self.settings.update(changed)
         if "limits" in changed:
@@ -404,7 +403,6 @@ class MasterState:
         step.reply = acked
 
     def _lose(self, step: Step, job: dict, now: float, why: str) -> dict:
-        """JobTable.lost_record, logged."""
         rec = self.table.lost_record(job, now, why, self.settings["requeue"])
         step.log("warning", f"job {job['id']}: {why}; {fate(rec)}")
         return rec
@@ -485,7 +483,6 @@ class MasterState:
         step.durable = bool(step.records)
 
     def on_renew(self, step: Step, job_ids: list, now: float) -> None:
-        """A caller renews the leases of its calls' jobs (grun.core.leases): nothing to journal."""
         step.durable, step.reply = False, self.leases.renew(self.table, job_ids, now)
 
     def view(self, job: dict) -> dict:
