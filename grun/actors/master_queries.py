@@ -168,8 +168,7 @@ class Queries:
                     for i in ids:
                         self.watchers.setdefault(i, set()).add(event)
                     watched.update(ids)
-                left = deadline - time.monotonic()
-                if not ids or left <= 0 or not event.wait(left):
+                if not ids or (left := deadline - time.monotonic()) <= 0 or not event.wait(left):
                     return
         finally:
             with self.lock:

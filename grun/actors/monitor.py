@@ -97,8 +97,7 @@ class Monitor:
         else:
             # A reaped child's time lands in its parent's: what we counted of it is credited, not counted again
             reaped_new = max(0.0, reaped - prev[1])
-            credit = self.credit.pop(pid, 0.0)
-            if credit > reaped_new:
+            if (credit := self.credit.pop(pid, 0.0)) > reaped_new:
                 self.credit[pid] = credit - reaped_new  # not reaped yet (a zombie): keep it for later
             delta = max(0.0, own - prev[0]) + max(0.0, reaped_new - credit)
         anon = max(0, mem.rss - getattr(mem, "shared", 0))  # resident and private: what the job holds

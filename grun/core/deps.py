@@ -113,8 +113,7 @@ def reaches(table, ids: list[int], target: int) -> bool:
     """Whether any of these jobs is the target or waits for it, directly or not (an edit's cycle)."""
     seen, todo = set(), list(ids)
     while todo:
-        job_id = todo.pop()
-        if job_id == target:
+        if (job_id := todo.pop()) == target:
             return True
         if job_id not in seen:
             seen.add(job_id)

@@ -451,8 +451,7 @@ class MasterState:
         due = itertools.takewhile(lambda i: self.unconfirmed[i] < now - START_RETRY_SECS, self.unconfirmed)
         for job_id in list(due):
             del self.unconfirmed[job_id]
-            job = self.table.jobs.get(job_id)
-            if job is not None and job["state"] == J.DISPATCHED:
+            if (job := self.table.jobs.get(job_id)) is not None and job["state"] == J.DISPATCHED:
                 self.unconfirmed[job_id] = now  # to the end: offered last
                 if getattr(self.table.nodes.get(job["node"]), "up", False):  # (a stopped node: when it registers)
                     offers["reoffer", job["node"]].append(dict(job))

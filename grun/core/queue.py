@@ -69,8 +69,7 @@ class JobTable:
             if rec["name"] in self.nodes and not self.nodes[rec["name"]].jobs:
                 del self.nodes[rec["name"]]
             return None
-        job = self.jobs.get(rec.get("id"))
-        if job is None:
+        if (job := self.jobs.get(rec.get("id"))) is None:
             return None
         if op in ("task", "stop"):
             return self._array(job, rec)
@@ -176,8 +175,7 @@ class JobTable:
             value = job.get(key)
             if type(value) is not kind or not value or key == "env" and "task" in job:  # (a task's is its own)
                 continue
-            last = self._last_shared.get(key)
-            if last is value or last == value:  # a run of jobs alike: no hashing of the whole value
+            if (last := self._last_shared.get(key)) is value or last == value:  # a run of jobs alike: no hashing of it
                 job[key] = last
                 continue
             if len(self._shared) >= SHARED_VALUES_MAX:
@@ -315,9 +313,8 @@ class JobTable:
     def finish_record(self, job_id: int, result: dict, now: float, node: str, attempt: int | None = None) -> dict | None:
         """The end of a job that `node` reported, or its retry (deps.retry_or_finish); None for a job unknown or ended
         (a repeated report), a report of an earlier run, or from a node not the job's (a stale copy)."""
-        job = self.jobs.get(job_id)
-        if job is None or (attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]) or (
-                node != (job.get("node") or job.get("lost_from"))):
+        if (job := self.jobs.get(job_id)) is None or node != (job.get("node") or job.get("lost_from")) or (
+                attempt is not None and job.get("attempt") and int(attempt) != job["attempt"]):
             return None
         return D.retry_or_finish(job, {"op": "finish", "id": job_id, "result": result, "time": now, "node": node})
 
@@ -374,8 +371,7 @@ class JobTable:
         return None if name in self.nodes and _described(self.nodes[name]) == rec else rec
 
     def _describe_node(self, rec: dict) -> NodeView:
-        node = self.nodes.get(rec["name"])
-        if node is None:  # being up is not journaled: down until it registers again
+        if (node := self.nodes.get(rec["name"])) is None:  # being up is not journaled: down until it registers again
             node = self.nodes[rec["name"]] = NodeView(rec["name"], rec["cpus"], rec["memory"], up=False)
         node.cpus, node.memory = float(rec["cpus"]), int(rec["memory"])
         node.heartbeat = float(rec.get("heartbeat") or 0)
