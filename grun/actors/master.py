@@ -268,8 +268,7 @@ class Master(Queries):
             self._prober.wake()
         # a snapshot costs O(live jobs): one per max(20,000, live jobs) records, flat per record (every 20,000 with
         # 100,000 queued was 16 % of the master's CPU while 10,000 nodes drained the queue)
-        every = max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs))
-        if self.records_since_snapshot >= every or (
+        if self.records_since_snapshot >= max(SNAPSHOT_EVERY_RECORDS, len(self.core.table.jobs)) or (
                 self.records_since_snapshot and time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_SECS):
             self._snapshot()
 

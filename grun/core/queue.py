@@ -334,7 +334,6 @@ class JobTable:
         others = {**job, "exclude": [*job.get("exclude", ()), node]}
         if not J.asked_to_end(job) and any(n.up and n.could_ever_fit(others) for n in self.nodes.values()):
             return {"op": "retry", "id": job["id"], "time": now, "at": now, "reason": why, "exclude": node}
-        return None
 
     def reconcile(self, name: str, running, finished=None, now: float = 0.0,
                   in_flight=(), requeue: bool = True) -> tuple[list[dict], list[dict], list[int]]:
