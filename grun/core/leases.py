@@ -37,11 +37,10 @@ class Leases(dict):
         for job in filter(None, map(table.jobs.get, ended)):
             if job["state"] in J.ON_NODE_STATES:
                 on_nodes.setdefault(job["node"], []).append(job["id"])
-                result = {"status": J.KILLED, "signal": 15, "exit_code": None}
+                result = {"status": J.KILLED, "signal": 15, "exit_code": None, "reason": REASON}
             else:
                 result = J.never_started(J.CANCELLED, None, REASON)
-            records.append({"op": "finish", "id": job["id"], "time": now, "result": {**result, "reason": REASON,
-                                                                                    "error": REASON}})
+            records.append({"op": "finish", "id": job["id"], "time": now, "result": {**result, "error": REASON}})
         for job_id in ended:
             del self[job_id]
         do = [("kill", node, ids, 15) for node, ids in on_nodes.items()]
