@@ -85,10 +85,8 @@ def shared(cwd_fs: dict | None, node_mounts: list[dict] | None) -> bool | None:
     want = _export(cwd_fs)  # (once: the master asks this per job and node)
     if any(m["type"] != AUTOFS and inside(want, _export(m)) for m in node_mounts):
         return True
-    if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and inside(cwd_fs["root"], m["root"])
-           for m in node_mounts):
-        return None
-    return False
+    return None if any(m["root"] == cwd_fs["root"] or m["type"] == AUTOFS and inside(cwd_fs["root"], m["root"])
+                       for m in node_mounts) else False
 
 
 def may_stage(job: dict, mode: str) -> bool:

@@ -32,11 +32,8 @@ PIPE_SIZE = 1 << 20                    # a client's stdout pipe while it carries
 # A peer that vanished (host down, network cut) is noticed within KEEPIDLE + KEEPINTVL * KEEPCNT seconds
 # even while the job prints nothing: the client goes back to the master, the node drops the connection.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 10, 5, 3
-
 # A CLI may restore SIGPIPE's default to die quietly under `| head`; a dead socket must not kill it.
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
-
-
 CLOSED = "connection closed before the exit status"
 
 
