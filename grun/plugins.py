@@ -144,7 +144,7 @@ class Plugins:
 
     def node_resources(self) -> dict:
         """The plugins' node_resources() merged (the first to name a resource wins), each checked as in the config;
-        while a plugin's call fails or is late, its last good answer stands (a slow one at a reload lost them: QA)."""
+        while a plugin's call fails or is late, its last good answer stands (a slow one at a reload lost them)."""
         found = {"resources": {}, "labels": {}}
         for plugin in self.hooks["node_resources"]:
             skipping = "skipped, keeping its last resources and labels" if plugin.name in self.offers else "skipped"

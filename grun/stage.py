@@ -163,10 +163,10 @@ class Staged:
                 continue
             except OSError as e:  # a symlink on the way (ELOOP, ENOTDIR): followed only within the work dir
                 real = os.path.realpath(os.path.join(self.work, name))
-                if under(real, self.work) is None:
+                if (inner := under(real, self.work)) is None:
                     return None, rel, f"is a symlink to {real}, outside the staged tree: not sent back"
                 try:
-                    fd = _open(self.work, under(real, self.work))
+                    fd = _open(self.work, inner)
                 except OSError:
                     return None, rel, f"cannot be read: {e.strerror}"
             if not stat.S_ISREG((st := os.fstat(fd)).st_mode) or self.ids and st.st_uid != self.ids[0]:
