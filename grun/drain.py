@@ -199,19 +199,15 @@ class Drain:
         with out.lock:
             for name in STREAMS:
                 try:
-                    pipe = spool.open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
-                    try:
-                        out.files[name] = spool.open_in(job_dir, name, os.O_WRONLY | os.O_CREAT)
-                    except OSError:
-                        os.close(pipe)
-                        raise
+                    out.pipes[name] = pipe = spool.open_in(job_dir, name + ".pipe", os.O_RDONLY | os.O_NONBLOCK)
+                    out.files[name] = spool.open_in(job_dir, name, os.O_WRONLY | os.O_CREAT)
                 except FileNotFoundError:  # no pipe: -o sent it to a file
+                    out._close(name)
                     continue
                 except OSError:  # (out of fds: undrained, the job would block: said)
                     self.outputs.pop(key, None)
-                    out.finish(unlink=False)  # stdout's pipe and file, when it was stderr's that failed
+                    out.finish(unlink=False)  # its pipes and files so far
                     raise
-                out.pipes[name] = pipe
                 self.fds[pipe] = (out, name)
                 self.poll.register(pipe, select.EPOLLIN)
 
