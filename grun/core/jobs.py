@@ -174,29 +174,25 @@ def script_words(script: str) -> list[str]:
     return words
 
 
-def batch_script(name: str, script: str, body: str) -> tuple[str, None, str] | None:
-    """A batch script keyed by its name: one of another interpreter (`#!/usr/bin/env python3`, `qsub -S python3`: all
-    keyed `import` before) or whose work is srun's or mpirun's (LAUNCHERS); None: a shell script, keyed as its lines."""
-    run = body.rsplit("&& exec ", 1)[-1]  # (`... && exec [SHELL] "$f" "$@"`: qsub -S SHELL)
+def batch_script(words: list[str]) -> tuple[str, None, str] | None:
+    """An sbatch or qsub script keyed by its name: one of another interpreter (`#!/usr/bin/env python3`, `qsub -S
+    python3`: all keyed `import` before) or whose work is srun's or mpirun's (LAUNCHERS); None: a shell script."""
+    if not (wrapper := wrapped(words)) or (script := wrapper[1]) is None:
+        return None
+    run = words[2].rsplit("&& exec ", 1)[-1]  # (`... && exec [SHELL] "$f" "$@"`: qsub -S SHELL)
     interpreter = split(run)[:-2] if run != '"$f" "$@"' else \
         split(script[2:].split("\n", 1)[0]) if script.startswith("#!") else []
     while interpreter[1:] and (os.path.basename(interpreter[0]) == "env" or interpreter[0].startswith("-")):
         interpreter = interpreter[1:]  # (`#!/usr/bin/env -S python3 -u`)
-    if (program := os.path.basename(interpreter[0]) if interpreter else "sh") not in SHELLS:
-        return name, None, program
-    return (name, None, program) if (program := run_of(commands_of(script_words(script), True)[0][0])[2]) in LAUNCHERS \
-        else None
+    program = os.path.basename(interpreter[0]) if interpreter else "sh"
+    if program not in SHELLS or (program := run_of(commands_of(script_words(script), True)[0][0])[2]) in LAUNCHERS:
+        return wrapper[0], None, program
+    return None
 
 
 def script_of(words: list[str], shell: bool = False) -> tuple[str | None, tuple | None, str]:
     """What a job's first command runs (run_of), or a batch script keyed by its name."""
-    return not shell and named_script(words) or run_of(commands_of(words, shell)[0][0])
-
-
-def named_script(words: list[str]) -> tuple[str, None, str] | None:
-    """An sbatch or qsub script keyed by its name (batch_script), else None."""
-    wrapper = wrapped(words)
-    return batch_script(*wrapper[:2], words[2]) if wrapper and wrapper[1] is not None else None
+    return not shell and batch_script(words) or run_of(commands_of(words, shell)[0][0])
 
 
 def run_of(words: list[str]) -> tuple[str | None, tuple | None, str]:

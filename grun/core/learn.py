@@ -15,7 +15,7 @@ from array import array
 
 from . import jobs as J
 from .explain import refusal
-from .jobs import HELD, KEYED, QUEUED, WAITING, argv, asked_to_end, commands_of, named_script, run_of
+from .jobs import HELD, KEYED, QUEUED, WAITING, argv, asked_to_end, batch_script, commands_of, run_of
 from .nodes import shape
 
 MIN_RUNS = 3           # runs of a key before its prediction is used
@@ -33,7 +33,7 @@ def program_of(job: dict) -> str:
     """What a job runs: `align.py` for `python3 -u /x/align.py ARGS`, `python3 -c 'CODE'`, else `sort`; a pipeline's or
     list's commands joined by their operators (`zcat|bwa`: not zcat's, which a big `zcat x | bwa mem` would inherit)."""
     words, shell = argv(job), job.get("shell")
-    if not shell and (named := named_script(words)):
+    if not shell and (named := batch_script(words)):
         return os.path.basename(named[0])
     return "".join(_program(command) + operator for command, operator in commands_of(words, shell)[:KEYED])
 
