@@ -14,7 +14,7 @@ a list, a mapping's keys or a string. A missing field, label, key or argument is
 comparison with null is false; a number and a numeric string compare as numbers (labels are strings).
 """
 
-import functools
+import fnmatch
 import operator
 import re
 
@@ -61,11 +61,9 @@ def _order(test):
 _any = lambda test: lambda a, p: a is not None and any(test(str(x), str(p))
                                                        for x in (a if isinstance(a, list) else [a]))
 _contains = lambda a, b: b is not None and (str(a) in b if isinstance(b, str) else a in b)
-_regex = functools.lru_cache(maxsize=512)(re.compile)
-_glob = functools.lru_cache(maxsize=512)(lambda p: re.compile(__import__("fnmatch").translate(p)))
 OPERATORS = {"==": _equal, "!=": lambda a, b: not _equal(a, b), "<": _order(operator.lt), "<=": _order(operator.le),
-             ">": _order(operator.gt), ">=": _order(operator.ge), "~": _any(lambda a, p: _regex(p).search(a)),
-             "!~": lambda a, b: not OPERATORS["~"](a, b), "like": _any(lambda a, p: _glob(p).match(a)),
+             ">": _order(operator.gt), ">=": _order(operator.ge), "~": _any(lambda a, p: re.search(p, a)),
+             "!~": lambda a, b: not OPERATORS["~"](a, b), "like": _any(fnmatch.fnmatchcase),
              "in": _contains, "not in": lambda a, b: not _contains(a, b)}
 FUNCTIONS = {"len": lambda env, x: None if x is None else len(x)}
 _JOIN = {"or": lambda a, b: lambda env: a(env) or b(env), "and": lambda a, b: lambda env: a(env) and b(env)}
@@ -125,7 +123,7 @@ class _Parser:
         self.i += op == "not in"
         token, right, test = self.tokens[self.i], self.value(), OPERATORS[op]
         try:
-            _regex(right.const) if op in ("~", "!~") and isinstance(getattr(right, "const", None), str) else None
+            re.compile(right.const) if op in ("~", "!~") and isinstance(getattr(right, "const", None), str) else None
         except re.error as e:
             raise self.error(f"bad regular expression ({e})", token) from None
         self.compares.append((op, left, right))
