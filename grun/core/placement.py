@@ -45,8 +45,7 @@ class PendingQueue:
     def remove(self, job: dict) -> None:
         user = job.get("user") or "?"
         for table in (self._main, self._late):
-            users = table.get(job["priority"], {})
-            if (bucket := users.get(user)) is not None and bucket.pop(job["id"], None) is not None:
+            if (bucket := table.get(job["priority"], {}).get(user)) and bucket.pop(job["id"], None) is not None:
                 if not bucket:
                     self._drop(table, job["priority"], user)
                 return
@@ -146,12 +145,11 @@ def place(ordered_jobs, index: NodeIndex, rng: random.Random = random, *, now: f
             continue
         misses += 1
         starving = starved is not None and job.get("queued_time", job.get("submit_time", now)) < starved
-        if kind in unreservable or not starving or len(claims) >= n_live and not job.get("reserved_node"):
-            pass
-        elif not job.get("reserved_node") and len(plan.reserve) >= MAX_RESERVING_PER_PASS:
-            plan.more = True
-        elif not _reserve(job, index, claims, plan, rng):
-            unreservable.add(kind)
+        if kind not in unreservable and starving and (len(claims) < n_live or job.get("reserved_node")):
+            if not job.get("reserved_node") and len(plan.reserve) >= MAX_RESERVING_PER_PASS:
+                plan.more = True
+            elif not _reserve(job, index, claims, plan, rng):
+                unreservable.add(kind)
         if misses >= MAX_MISSES_PER_PASS:
             break
     return plan

@@ -11,7 +11,6 @@ from ..values import close_to, expect, is_name, number, parse_memory
 from .nodes import EPS, consumables
 
 FIELDS = ("jobs", "cpus", "memory")
-_UNIT = {"jobs": "jobs", "cpus": "cpus", "memory": "MB of memory"}
 
 
 def owners(job: dict) -> tuple:
@@ -80,7 +79,7 @@ def typos(limits: dict) -> list[str]:
 def _text(owner: tuple, name: str, cap: float, have: float, need: float) -> str:
     kind, who = owner
     who, their = {"user": (f"user {who}", "their"), "group": (f"group {who}", "its")}.get(kind, ("the cluster", "its"))
-    unit = _UNIT.get(name, name)
+    unit = "MB of memory" if name == "memory" else name
     if need > cap + EPS:
         return f"{who} may run at most {cap:g} {unit} at once and this job alone asks for {need:g}"
     return f"{who} already runs {have:g} of {their} {cap:g} {unit}" + f" and this job needs {need:g}" * (name != "jobs")
