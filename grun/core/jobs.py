@@ -26,7 +26,6 @@ ON_NODE_STATES = (DISPATCHED, RUNNING, SUSPENDED)
 UNSTARTED = (QUEUED, HELD, WAITING, DISPATCHED)
 DEP_KINDS = ("after", "afterok", "afternotok")  # (grun.core.deps)
 
-NOBODY = 65534
 MAX_CMD_BYTES, MAX_ENV_BYTES = 1 << 20, 4 << 20
 MAX_CPUS, MAX_MEMORY_MB = 1_000_000, 1 << 40
 
@@ -48,7 +47,6 @@ SPEC_KEYS = {
 }
 MAX_PARAMS, MAX_NAME, MAX_PATH, MAX_FILES = 64, 200, 4096, 1000
 MAX_RETRIES, MAX_REFS = 100, 1000
-# What a killed-for-limit job shows in history instead of its exit code.
 LIMIT_WORDS = {"memory": "OUTOFMEM", "cpu": "CPULIMIT", "fsize": "FILESIZE", "time": "TIMEOUT"}
 INTERPRETERS = re.compile(r"(python|pypy|(ba|da|z|k)?sh|Rscript|perl|ruby|node|julia)[\d.]*")
 CODE_OPTIONS, ARG_OPTIONS = ("-c", "-e", "-m"), ("-W", "-X", "-o", "-I")  # the program follows / an argument follows
@@ -73,8 +71,7 @@ WORDS = re.compile(r"[;&|<>]+|[^ \t\r\n;&|<>]+")  # (shlex's punctuation_chars w
 
 
 def split(line: str) -> list[str]:
-    """A shell line's words as /bin/sh splits them, its operators words of their own (`a|b`: a, |, b); at blanks if its
-    quotes do not balance."""
+    """A shell line's words as /bin/sh splits them, operators words too (`a|b`: a, |, b); unbalanced: at blanks."""
     quoted = any(c in line for c in "'\"\\")  # (else as str.split or a regex: shlex costs 10-200 µs a line)
     with contextlib.suppress(ValueError):
         if any(c in line for c in ";&|"):  # (`zcat x|bwa mem`: not one command zcat)
@@ -99,9 +96,8 @@ MARK = "# grun-compat"  # heads a shim's job's script (grun.compat.submit) and t
 
 
 def working_commands(words: list[str]) -> list[tuple[list[str], str]]:
-    """A shell line's commands that do the work, each with the operator after it: not set-up (`cd DIR && python3 a.py`:
-    not cd, which every such line would share), `VAR=value` words and, but alone, RUN_NOTHING commands skipped; if only
-    set-up, its last."""
+    """A shell line's working commands, each with the operator after it: set-up (`cd DIR && python3 a.py`: not the cd
+    all such lines share), `VAR=value` words and (but alone) RUN_NOTHING commands skipped; all set-up: its last."""
     commands, current = [], []
     for word in words:
         if word in OPERATORS:
@@ -296,8 +292,7 @@ def validate_spec(spec: object, default_cpus: float = 1.0, default_memory: int =
     require(isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()),
             "env must map strings to strings")
     require(sum(len(k) + len(v) for k, v in env.items()) <= MAX_ENV_BYTES, "environment too large")
-    # A submission that does not say who it is runs as us, unless we are root: then as nobody.
-    uid, gid = os.getuid() or NOBODY, os.getgid() or NOBODY
+    uid, gid = os.getuid() or 65534, os.getgid() or 65534  # (a spec not saying runs as us; if we are root, as nobody)
     out = {
         "cmd": list(cmd),
         "shell": bool(spec.get("shell", False)),

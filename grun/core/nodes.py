@@ -136,10 +136,9 @@ class NodeView:
 class Hearing:
     """Whether the master hears its nodes at all. One that has heard none of several nodes for half node_timeout (or
     1.5 beats of the slowest: each beats 3 times in its timeout, so the first one cut off could not time out yet) is cut
-    off itself (its network, a wrong `bind:`), not facing lost nodes (QA: a master restarted with a wrong bind declared
-    all three lost; back, it ran their jobs again on the first to register): a node's silence counts only while another
-    is heard, and from when the master hears one again. With one node it cannot tell: that one is declared lost (a
-    re-queued job can only go back to it, which reclaims it when it registers). Its own pause is no node's silence (`stood`)."""
+    off itself (its network, a wrong `bind:`), not facing lost nodes (else it re-runs all their jobs on the first back):
+    a node's silence counts only while another is heard, and from when the master hears one again. With one node it
+    cannot tell: that one is lost (its jobs can only go back to it). Its own pause is no node's silence (`stood`)."""
 
     def __init__(self, now: float = 0.0):
         self.heard = self.since = now  # when a node was last heard; when the master began hearing them (again)
@@ -157,8 +156,7 @@ class Hearing:
     def deaf(self, nodes: dict, now: float, node_timeout: float, log, stood: float = 0.0) -> bool:
         """Whether no node's silence counts now (it hears none, and knows several; but those `gone`'s do); said once a
         spell. `stood`: how long since the master last looked (each second); longer, it stood still (SIGSTOP, asleep)."""
-        if stood > max(node_timeout / 2, 2.0):  # (QA: a one-node master stopped past node_timeout declared its own
-            # node lost; 2 s: it looks each second, so a shorter node_timeout (tests' 1 s) would read each look as a stall)
+        if stood > max(node_timeout / 2, 2.0):  # (2 s: it looks each second: node_timeout 1 read each look as a stall)
             log("warning", f"this master stood still for {stood:.0f} s: its nodes' silence counts from now")
             self.since = now
         beats = [n.heartbeat for n in nodes.values() if not n.lost]
@@ -309,8 +307,7 @@ class NodeIndex(dict):
             # rounded: 0.1 + 0.2 must not split equal nodes; consumables too, to pass over nodes whose GPUs are taken
             key = (round(node.free_cpus, 9), node.free_memory,
                    tuple((name, round(node.free(name), 9)) for name in sorted(node.resources))) if node.up else None
-            where = self._where.get(name)
-            if where is not None and where[0] == key:
+            if (where := self._where.get(name)) is not None and where[0] == key:
                 continue
             self._unfile(node)
             if key is not None:

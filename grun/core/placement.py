@@ -23,11 +23,10 @@ _job_id = operator.itemgetter("id")
 
 
 class PendingQueue:
-    """The queued jobs in run order: higher priority first; within a priority, with `fair` (a Quotas: config
-    fair_share), the oldest job of the user holding the fewest cpus now, counting those of the jobs read before it in
-    this read (an array: one job of its user), ties by id; without, FIFO. A re-queued job (an id below its user's
-    newest) waits in a side table, merged in id order when the queue is read: put in place, it rebuilt the main table,
-    O(queue) per job."""
+    """The queued jobs in run order: higher priority first; within a priority, with `fair` (a Quotas: fair_share), the
+    oldest job of the user holding the fewest cpus now, counting those of the jobs read before it in this read (an
+    array: one job of its user), ties by id; without, FIFO. A re-queued job (an id below its user's newest) waits in a
+    side table, merged in id order when the queue is read: put in place, it cost O(queue) per job."""
 
     FOLD_AT = 256  # side-table size at which a read folds it into the main table (once, not per read)
 
