@@ -336,11 +336,9 @@ class NodeIndex(dict):
             if key[1] < memory:  # not enough memory at this cpu level: skip to where there is
                 i = bisect_left(keys, (key[0], memory), i + 1)
                 continue
-            if needs and key[2] and any(needs.get(name, 0) > free + EPS for name, free in key[2]):
-                i += 1  # (a name the node has as a label is matched, not consumed: not in key[2])
-                continue
-            node = self._pick(self._buckets[key], job, rng, claims)
-            if node is not None:
+            # (too few of a consumable; a name the node has as a label is matched, not consumed: not in key[2])
+            short = needs and key[2] and any(needs.get(name, 0) > free + EPS for name, free in key[2])
+            if not short and (node := self._pick(self._buckets[key], job, rng, claims)) is not None:
                 return node
             i += 1
         return None
