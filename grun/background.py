@@ -51,7 +51,7 @@ class Worker:
     """Daemon threads that run the calls given them, each ending when idle (a call that never returns must not hold up
     the daemon's exit, as a ThreadPoolExecutor's thread would): one, in order (a plugin's notices); `parallel`: each on
     an idle thread or a new one, so a late call holds up no other (a plugin's hooks; on one thread, a job's on_start
-    waited out a late node_resources and was called late itself: QA)."""
+    waited out a late node_resources and was called late itself)."""
 
     def __init__(self, name: str, parallel: bool = False):
         self.name, self.parallel, self.queue, self.lock = name, parallel, queue.SimpleQueue(), threading.Lock()

@@ -115,7 +115,7 @@ class Services:
                     log.exception("reload: the %s service could not apply %s", service, ", ".join(asked))
         unread = [name for name in changed if KEYS[name].service in actors and actors[KEYS[name].service] is None]
         restart = [name for name in changed if name not in applied and name not in unread]
-        others = " and ".join(sorted({KEYS[name].service for name in unread}))  # (QA: read as a contradiction)
+        others = " and ".join(sorted({KEYS[name].service for name in unread}))
         for names, why in ((restart, "applied at the next restart (grun -d -R)"),
                            (unread, f"for the {others} service, which this daemon does not run")):
             if names:
@@ -297,7 +297,7 @@ def _last_line(path: str, pid: int) -> str:
 def ask_reload(cfg: Config, wait: float = 15.0) -> tuple[int | None, str | None]:
     """`grun -d -r`: SIGHUP to the running daemon; (its pid, its log's "reloaded ..."), None for what is not there in
     `wait` s, the lines it logged before on stderr; a DaemonError if it kept its running config. The daemon checks the
-    plugins (here, in the client's environment, one only the daemon's PYTHONPATH finds refused the reload: QA)."""
+    plugins: here, in the client's environment, one only the daemon's PYTHONPATH finds would refuse the reload."""
     if (pid := running_pid(cfg)) is None:
         return None, None
     start = os.path.getsize(path) if (path := cfg.log_file) and os.path.exists(path) else 0

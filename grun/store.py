@@ -271,7 +271,7 @@ class Store:
     def history(self, limit=50, predicate: Callable[[dict], bool] | None = None, after_id=0, since=0.0,
                 view: Callable[[dict], dict] = dict) -> list[dict]:
         """The newest `limit` matching jobs ended since `since`, each as `view` copies it (queries: without its env);
-        files whose ids all are <= `after_id` are skipped. Only those copies and one file are held at a time (QA: a full
+        files whose ids all are <= `after_id` are skipped. Only those copies and one file are held at a time (a full
         listing held every record whole, env too, twice: +100 MB a call, much of it kept by the allocator after)."""
         match = lambda job: (job.get("end_time") or 0) >= since and (predicate or bool)(job)
         newest: list[tuple] = []  # a heap of ((end time, id), view): the newest `limit` matches so far
@@ -323,8 +323,7 @@ class Store:
 
     def find_name(self, user: str, name: str) -> dict | None:
         """The newest finished job of this user with this name, among those indexed (see NAMES_KEPT)."""
-        job_id = self._names.get((user, name))
-        return None if job_id is None else self.find_history(job_id)
+        return None if (job_id := self._names.get((user, name))) is None else self.find_history(job_id)
 
     def flush(self) -> None:
         self._flush_history()
