@@ -21,6 +21,7 @@ from . import auth, plugins, registry
 from .config import KEYS, Config, ConfigError, checks, load_config, written
 from .files import locked, make_dirs, read_int
 from .journal import StoreError
+from .spool import process_name
 from .values import format_hostport
 
 log = logging.getLogger("grun.daemon")
@@ -325,24 +326,16 @@ def restart(cfg: Config, wait: float = 30.0) -> tuple[int | None, int]:
     return (old := running_pid(cfg)), start_background(cfg, wait=wait, replacing=old)
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
-
-
 def stop(cfg: Config, wait: float = 15.0) -> int | None:
     """Stop the daemon named by the pid file, with SIGKILL after `wait` seconds; its pid, 0 once it is gone (not its pid
     file: a node's exit took seconds after), None when none was running."""
     if (pid := running_pid(cfg)) is None:
         return None
     os.kill(pid, signal.SIGTERM)
-    if not _wait(lambda: _gone(pid), wait, 0.05):
+    if not _wait(lambda: process_name(pid) is None, wait, 0.05):
         with contextlib.suppress(ProcessLookupError):  # it has just gone
             os.kill(pid, signal.SIGKILL)
-    return 0 if _wait(lambda: _gone(pid), 5.0, 0.05) else pid
+    return 0 if _wait(lambda: process_name(pid) is None, 5.0, 0.05) else pid
 
 
 def ensure_personal_cluster(cfg: Config, client, announce) -> None:
