@@ -21,11 +21,11 @@ import threading
 
 from .background import Loop
 from .files import fsync_dir
+from .spool import disk_full
 
 # The journal only appends: fdatasync syncs the data and the new size, skipping the mtime update.
 _datasync = getattr(os, "fdatasync", os.fsync)
 encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators) builds one per call
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 RETRY_SECS = 1.0  # how often the writer tries again while the disk is full
 
 
@@ -189,7 +189,7 @@ class Journal:
                     self._release(durable)
         except OSError as exc:
             with self._lock:
-                if exc.errno in NO_ROOM:
+                if disk_full(exc):
                     self._pending[:0] = batch[done:]
                     if self.full is None:
                         self._log.critical("no room for its journal in %s (%s): %d records wait in memory; new jobs "
@@ -216,7 +216,7 @@ class Journal:
                 data = data[os.write(fd, data):]
             _datasync(fd)
         except OSError as exc:
-            if exc.errno in NO_ROOM:
+            if disk_full(exc):
                 try:
                     os.ftruncate(fd, size)
                 except OSError as cut:  # (the partial line stays: not for want of room, whatever its errno)
