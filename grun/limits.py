@@ -12,8 +12,7 @@ may be over the job's limit).
 
 Memory is RLIMIT_DATA (what a program allocates), not RLIMIT_AS, which counts address space that libraries, thread
 arenas and runtimes (Java, Go, OpenBLAS) reserve but never touch, failing ordinary threaded programs far below
-their real use. A refused allocation leaves no kernel record (a sampler's kill does): its last stderr lines tell.
-"""
+their real use. A refused allocation leaves no kernel record (a sampler's kill does): its last stderr lines tell."""
 
 import contextlib
 import errno
@@ -47,9 +46,8 @@ def job_limits(job: dict, hard_factor: float, ulimit: dict | None) -> dict:
                    memory_basis=f"-m {job['memory']} x hard_factor {hard_factor:g}")
     elif job.get("memory_limit"):  # a learned estimate x learn_memory_factor (grun.core.learn): the sampler's only
         out.update(memory_mb=job["memory_limit"], memory_basis=f"learned {job['memory']} MB x learn_memory_factor")
-    for name, value in (ulimit or {}).items():  # (grun.config checked the names)
-        if value is not None:
-            out[name if name in _RLIMITS else f"{name}_mb"] = int(value)
+    out.update({name if name in _RLIMITS else f"{name}_mb": int(value)  # (grun.config checked the names)
+                for name, value in (ulimit or {}).items() if value is not None})
     return out
 
 
@@ -114,8 +112,7 @@ def _tail(path: str | None, size: int = 8192, owner: int | None = None) -> bytes
 
 def limit_hit(status: dict, limits: dict, stderr_path: str | None, owner: int) -> dict:
     """{"limit": ..., "limit_detail": ...} when the job died of one of its limits, else {} (its stderr: owner's file)."""
-    sig, code = status.get("signal"), status.get("exit_code")
-    usage = status.get("usage") or {}
+    sig, code, usage = status.get("signal"), status.get("exit_code"), status.get("usage") or {}
     cpu = (usage.get("utime") or 0) + (usage.get("stime") or 0)
     if limits.get("cpu") and (sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits["cpu"])):
         return {"limit": "cpu", "limit_detail": f"used its cpu time limit of {limits['cpu']} s"}
@@ -134,7 +131,7 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None, owner: int) -
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int, found: dict,
                 moved: str = ""):
     """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants'
-    usage); returns it. ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
+    usage). ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
     storage I/O the job caused (page-cache hits are not reads). A limit is the sampler's (`found`: limit.json), or
     else told by the signal or the job's last stderr lines: its --err file's, or `moved`'s, the file the job itself
     sent its stderr to (sbatch's -o: its script's exec 2>&1), else its spool's. `lost`: output bytes a full spool
@@ -153,7 +150,6 @@ def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end
         job.get("limits") or {}, err or os.path.join(job_dir, "stderr"), owner))
     if lost:
         status["error"] = f"{lost} bytes of output lost: spool disk full"
-    return status
 
 
 def describe(result: dict, job_id, family: str | None = None) -> str | None:

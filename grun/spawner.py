@@ -5,8 +5,7 @@ The node daemon starts one reaper in a session of its own and sends it, on its s
 the job's `pid` file (grun.spool: exactly one reaper ever starts a job), starts it with Popen (vfork + exec)
 in its own session, waits for it with SIGCHLD + wait4 (exact usage), writes its `status.json` and pings the
 node. It outlives the node daemon, and exits once its input and its last job have ended, their ends written or
-forgotten (one that dies: grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after a crash.
-"""
+forgotten (one that dies: grun.actors.node_jobs). Imports nothing heavy: it starts at node start and after a crash."""
 
 import collections
 import contextlib
@@ -368,11 +367,11 @@ class Reaper:
             while info := os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 if (run := self.runs.pop(info.si_pid, None)) is None:  # something a job left: we are its subreaper
                     os.wait4(info.si_pid, 0)  # (it has ended: no wait)
-                else:
-                    if self.watched.pop(run.pipes.get("stderr"), None):  # (before _output_out closes it)
-                        self.poll.unregister(run.pipes["stderr"])
-                    moved = self.moved.pop(info.si_pid, "")  # (where its stderr went, if it moved it)
-                    self.ending.append(_Ending(run, *end_job(info.si_pid), time.time(), moved=moved))
+                    continue
+                if self.watched.pop(run.pipes.get("stderr"), None):  # (before _output_out closes it)
+                    self.poll.unregister(run.pipes["stderr"])
+                moved = self.moved.pop(info.si_pid, "")  # (where its stderr went, if it moved it)
+                self.ending.append(_Ending(run, *end_job(info.si_pid), time.time(), moved=moved))
         done = []
         for ending in list(self.ending):
             if not self._output_out(ending):

@@ -18,8 +18,7 @@ given to the job's user. So the user can rename, replace or link nothing in it. 
 <spool>/notify: the socket the node's reapers ping (a file, which only the node's user can make: see NodeJobs).
 <spool>/acks.log (Acks), so that a restarted node neither reports a job again nor keeps fetched output: `r <id>
 <attempt>` (the master has the job's end) and `f <id> <attempt>` (a client fetched it), appended; rewritten with only
-the jobs still here at each node start and past ACKS_COMPACT_BYTES (proportional to the spool, not to its history).
-"""
+the jobs still here at each node start and past ACKS_COMPACT_BYTES (proportional to the spool, not to its history)."""
 
 import contextlib
 import errno

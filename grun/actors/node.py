@@ -1,8 +1,7 @@
 """The node actor (`grun.node.<hostname>`) and its conversation with the master: registration (with the jobs it
 holds, for the master to reconcile), heartbeats, completion reports until acknowledged, the master's orders, a
 reloaded config. Its mixin grun.actors.node_jobs keeps its jobs, each an object `grun.job.<id>` of its Pyro5 daemon
-(not a name-server entry: that cost a registration and a removal per job).
-"""
+(not a name-server entry: that cost a registration and a removal per job)."""
 
 import contextlib
 import logging
@@ -51,8 +50,7 @@ class Node(NodeJobs):
         self.monitor = Monitor()
         # Launches are numbered within this process's life (its incarnation), so the master can tell a job list
         # made before a start it saw confirmed from one that really lacks the job.
-        self.incarnation = secrets.token_hex(8)
-        self.launch_seq = 0
+        self.incarnation, self.launch_seq = secrets.token_hex(8), 0
         self._stop = threading.Event()
         make_dir(spool, 0o755)  # (whatever our umask: the jobs reach their TMPDIR through it)
         self._init_jobs(spool)
@@ -99,7 +97,7 @@ class Node(NodeJobs):
             except Exception:
                 log.exception("cannot adopt job spool %s", entry)
         self._later_acks = acks
-        if self.live or self._later:  # (QA read "18 jobs" when 1 ran)
+        if self.live or self._later:
             log.info("re-adopted jobs from the spool: %d running, %d ended (their output or status not yet taken)",
                      sum(live.status is None for live in self.live.values()),
                      len(self._later) + sum(live.status is not None for live in self.live.values()))
@@ -175,8 +173,7 @@ class Node(NodeJobs):
         marked superseded, so an attached client follows the job to its new place."""
         auth.require("kill jobs on a node")
         for job_id in job_ids:
-            live = self.live.get(int(job_id))
-            if live is not None and live.status is None and not live.superseded:
+            if (live := self.live.get(int(job_id))) is not None and live.status is None and not live.superseded:
                 log.warning("job %s: killing this stale copy (the master re-ran or ended the job)", job_id)
                 live.superseded = True
                 self._kill(live, signal.SIGTERM)
@@ -264,8 +261,7 @@ class Node(NodeJobs):
             self.admins = frozenset(reply["admins"])
         self._next_beat = self._last_call + max(self.heartbeat, reply.get("heartbeat") or 0)
         for job_id, sig in (reply.get("kill") or {}).items():
-            live = self.live.get(int(job_id))
-            if live is not None:
+            if (live := self.live.get(int(job_id))) is not None:
                 self._kill(live, int(sig), once=True)
         self.kill_stale(reply.get("stale", []))
 
@@ -280,10 +276,10 @@ class Node(NodeJobs):
 
     def _register(self) -> dict:
         self.mounts = mounts.network(mounts.table())
-        reply = self._master.register_node({"name": self.name, "uri": self.uri, "cpus": self.cpus, "mounts": self.mounts,
-                                            "stage": self.stage, "memory": self.memory, **self._held(), "plugins": self.plugins.names,
-                                            "heartbeat": self.heartbeat,
-                                            **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
+        reply = self._master.register_node({
+            "name": self.name, "uri": self.uri, "cpus": self.cpus, "memory": self.memory, "mounts": self.mounts,
+            "stage": self.stage, "heartbeat": self.heartbeat, "plugins": self.plugins.names, **self._held(),
+            **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
         self._name_pending = True  # once per registration, not per job

@@ -2,8 +2,7 @@
 provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `min_free_memory`, `kill_grace`, `_stop` and
 `_report_now`). The node's reaper (grun.spawner) starts and waits for each job; its end comes back as a ping on the
 node's unix socket, or else in its status file (grun.spool). A job outlives its reaper (_reaperless, invariant 3)
-and the node (_adopt). The sampler enforces its limits.
-"""
+and the node (_adopt). The sampler enforces its limits."""
 
 import collections
 import contextlib
@@ -186,8 +185,7 @@ class NodeJobs:
         auth.require(f"{what} jobs on a node (ask the master)")
         out = dict.fromkeys(map(str, job_ids), False)
         for job_id in out:
-            live = self.live.get(int(job_id))
-            if live is not None and self.job_status(live) is None and (pid := self._job_pid(live)):
+            if (live := self.live.get(int(job_id))) and self.job_status(live) is None and (pid := self._job_pid(live)):
                 out[job_id] = spawner.killpg(pid, sig)
         return out
 
@@ -214,7 +212,8 @@ class NodeJobs:
             if once and sig in live.kills:
                 return True
             live.kills.add(sig)
-        if live.settling or self.job_status(live) is not None or live.stage and live.stage.fail(f"killed (signal {sig}) while staging", sig):
+        if live.settling or self.job_status(live) is not None or live.stage and live.stage.fail(
+                f"killed (signal {sig}) while staging", sig):
             return True
         asked = self._job_pid(live) is not None or spool.write(live.dir, spool.KILL, {"signal": sig})
         if (pid := self._job_pid(live)) is not None:  # (looked again, in case it just did)
@@ -318,8 +317,7 @@ class NodeJobs:
         for message in data.decode(errors="replace").split("\n"):
             what, _, rest = message.partition(" ")
             job_id, _, rest = rest.partition(" ")
-            live = self.live.get(int(job_id)) if job_id.isdigit() else None
-            if live is None:
+            if not job_id.isdigit() or (live := self.live.get(int(job_id))) is None:
                 continue
             if what == "started":
                 with self.lock:

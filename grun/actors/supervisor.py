@@ -1,7 +1,6 @@
 """The job supervisor actor (`grun.job.<id>`): a job's remote face, an object of its node's Pyro5 daemon (the
 node's URI with this object id). Clients ask it for the job's status, a one-time token to stream its output
-(grun.stream_server) or stage its files, and say when they have fetched the output.
-"""
+(grun.stream_server) or stage its files, and say when they have fetched the output."""
 
 import contextlib
 import os
