@@ -268,10 +268,9 @@ class Reaper:
         # A unix datagram queue holds only a few messages: a burst of pings waits for the node to read them; a
         # node that does not read for this long gets no more of the burst (it finds the status files: _check_jobs).
         self._sock.settimeout(PING_TIMEOUT)
-        self._ping_stalled_until = 0.0
+        self._ping_stalled_until = self._retry_at = 0.0
         self.unwritten: dict[str, _Run] = {}  # job dir -> an ended run whose status.json is not written yet
         self.ending: list[_Ending] = []       # ended runs whose output a full disk holds back (_output_out)
-        self._retry_at = 0.0
         # A job with a memory rlimit that moves its stderr off its pipe (sbatch's script: exec >"$o" 2>&1): where to,
         # read from /proc once the pipe has no writer left, for a MemoryError its last lines may say (limits.limit_hit)
         self.poll, self.watched, self.moved = select.poll(), {}, {}  # (its stderr pipe -> job pid; job pid -> path)

@@ -457,8 +457,7 @@ class NodeJobs:
         threading.Thread(target=settle, name=f"grun-settle-{live.id}", daemon=True).start()
 
     def _adopt_one(self, job_dir: str, live: LiveJob | None = None, acks: dict | None = None) -> None:
-        job = spool.read(job_dir, spool.JOB)
-        if job is None:
+        if (job := spool.read(job_dir, spool.JOB)) is None:
             spool.remove(job_dir)
             if live is not None:
                 raise RuntimeError("its spool was unreadable; removed")
