@@ -130,12 +130,11 @@ def limit_hit(status: dict, limits: dict, stderr_path: str | None, owner: int) -
 
 def exit_status(job_dir: str, job: dict, status: dict, wstatus: int, rusage, end: float, lost: int, found: dict,
                 moved: str = ""):
-    """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants'
-    usage). ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units:
-    storage I/O the job caused (page-cache hits are not reads). A limit is the sampler's (`found`: limit.json), or
-    else told by the signal or the job's last stderr lines: its --err file's, or `moved`'s, the file the job itself
-    sent its stderr to (sbatch's -o: its script's exec 2>&1), else its spool's. `lost`: output bytes a full spool
-    disk dropped."""
+    """Fill `status` (start_time, limits) from wait4's results (the job's and its waited-for descendants' usage).
+    ru_inblock/ru_oublock are /proc/PID/io's read_bytes/write_bytes in 512-byte units: storage I/O the job caused
+    (page-cache hits are not reads). A limit is the sampler's (`found`: limit.json), or else told by the signal or the
+    job's last stderr lines: its --err file's, or `moved`'s, the file the job itself sent its stderr to (sbatch's -o:
+    its script's exec 2>&1), else its spool's. `lost`: output bytes a full spool disk dropped."""
     status.update(exit_code=os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
                   signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None, end_time=end,
                   usage={"wall": round(end - status.get("start_time", end), 6), "utime": rusage.ru_utime,

@@ -46,10 +46,9 @@ def main(argv: list[str]) -> int:
     """The job's end (the module's docstring)."""
     import fcntl
     import termios
-    rows, _, cols = argv[0].partition("x")
     winsize = lambda rows, cols: struct.pack("HHHH", int(rows), int(cols), 0, 0)
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(rows, cols))  # before CMD reads it
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize(*argv[0].split("x", 1)))  # (ROWSxCOLS) before CMD reads it
     try:  # (we lead the job's session, the reaper's setsid; not under a --wrap that forks, `timeout 1h {cmd}`)
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         ours = True

@@ -260,9 +260,8 @@ def open_in(job_dir: str, name: str, flags: int = os.O_WRONLY | os.O_APPEND | os
 
 def claim(job_dir: str, reaper: str) -> tuple[int, int] | None:
     """Claim the job's start for this reaper: its pid file, open, and job.json, open and flock'ed; None when it was
-    claimed before (by any reaper) or the job is gone. On a full disk the pid file stays empty, still ours (O_EXCL);
-    the lock, taken before it and needing no disk, tells the node whether its claimant lives (claim_held): the
-    reaper holds it until the job's end is written."""
+    claimed before (by any reaper) or the job is gone. The lock, taken first and needing no disk, is held until the
+    job's end is written: when a full disk left the pid file empty (still ours: O_EXCL), claim_held asks it."""
     import fcntl  # (light: C)
     try:
         lock = open_in(job_dir, JOB, os.O_RDONLY)
