@@ -62,8 +62,7 @@ def spawn(limits: dict, argv: list[str], **popen) -> tuple[subprocess.Popen, dic
         old = resource.getrlimit(which)  # ours bound the job's: raising a hard limit needs privilege
         top = float("inf") if old[1] == resource.RLIM_INFINITY else old[1]
         soft = min(int(limits[key]) * unit, top)
-        # at the soft cpu limit the kernel sends SIGXCPU, at the hard one SIGKILL (which wins when they
-        # are equal): a grace period lets the job see SIGXCPU first
+        # SIGXCPU at the soft cpu limit, SIGKILL at the hard one (which wins if equal): a grace lets the job see SIGXCPU
         plan.append((key, which, soft, min(soft + max(5, soft // 10), top) if key == "cpu" else soft, unit))
         if old[0] == resource.RLIM_INFINITY or old[0] > soft:
             with contextlib.suppress(ValueError, OSError):

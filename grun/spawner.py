@@ -336,8 +336,7 @@ class Reaper:
         if not (in_file := spool.set_pid(claim[0], proc.pid)) and not spool.mark_pid(job_dir, proc.pid, self.name):
             killpg(proc.pid, signal.SIGKILL)  # (a node restarted later could neither signal nor find it)
             status["error"] = "the spool disk is full: its pid could not be recorded, so it was killed at its start"
-        # the node then lets go of its read end of the FIFO, or learns the pid a full disk kept from the pid file
-        # (to signal the job); others need no ping
+        # then the node closes its FIFO's read end, or learns the pid a full disk kept from the pid file (to signal it)
         if job.get("stdin") or not in_file:
             self._ping(notify, f"started {job['id']} {proc.pid}")
         if pending_kill := (spool.read(job_dir, spool.KILL) or {}).get("signal"):
