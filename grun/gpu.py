@@ -39,8 +39,7 @@ class GpuPlugin:
     budget = NVIDIA_SMI_TIMEOUT + 1  # (grun.plugins' time budget for a hook: nvidia-smi may take seconds)
 
     def node_resources(self) -> dict:
-        gpus = nvidia_gpus()
-        if not gpus:
+        if not (gpus := nvidia_gpus()):
             return {}
-        models = sorted({model for _, model in gpus})
-        return {"resources": {"gpu": [index for index, _ in gpus]}, "labels": {"gpu_model": ",".join(models)}}
+        return {"resources": {"gpu": [index for index, _ in gpus]},
+                "labels": {"gpu_model": ",".join(sorted({model for _, model in gpus}))}}
