@@ -1,8 +1,7 @@
 """The jobs of one node, from their start until the node forgets them: a mixin of the node actor (grun.actors.node.Node
-provides `advertise`, `daemon`, `stream`, `monitor`, `hard_factor`, `min_free_memory`, `kill_grace`, `_stop` and
-`_report_now`). The node's reaper (grun.spawner) starts and waits for each job; its end comes back as a ping on the
-node's unix socket, or else in its status file (grun.spool). A job outlives its reaper (_reaperless, invariant 3)
-and the node (_adopt). The sampler enforces its limits."""
+provides the settings, `advertise`, `daemon`, `stream`, `monitor`, `_stop` and `_report_now`). The node's reaper
+(grun.spawner) starts and waits for each job; its end comes back as a ping on the node's unix socket, or else in its
+status file (grun.spool). A job outlives its reaper (_reaperless, invariant 3) and the node (Node._adopt)."""
 
 import collections
 import contextlib
