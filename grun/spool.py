@@ -66,8 +66,7 @@ def socket_addr(path: str) -> str:
 
 
 def make_dir(path: str, mode: int = 0o711) -> None:
-    """A job's directory (or the jobs' own), `mode` whatever our umask (under UMask=077 a job reached neither its
-    TMPDIR nor work/)."""
+    """A job's directory (or the jobs' own), `mode` whatever our umask (UMask=077 kept jobs out of TMPDIR and work/)."""
     os.makedirs(path, exist_ok=True)
     os.chmod(path, mode)
 
@@ -371,8 +370,7 @@ class Acks:
         return acks
 
     def rewrite(self, current) -> None:
-        """Replace the log with `current()`, taken under the log's lock: an ack appended meanwhile had
-        set its job's flag first, so it is in it."""
+        """Replace the log with `current()`, read under its lock: an ack added meanwhile set its job's flag first."""
         with self.lock:
             write_atomic(self.path, "".join(f"{kind} {i} {a}\n" for (i, a), kinds in current().items()
                                             for kind in sorted(kinds)).encode(), durable=False)

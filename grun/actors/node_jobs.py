@@ -204,9 +204,8 @@ class NodeJobs:
         self._spawn(live, data)
 
     def _kill(self, live: LiveJob, sig: int, once: bool = False, grace: float = KILL_GRACE_SECS) -> bool:
-        """Signal the job (spawner.killpg), then SIGKILL it after `grace` seconds. `once`: unless this signal was
-        sent before (the master repeats its kills in every reply until the job has ended: a repeat must neither
-        signal again nor restart the escalation)."""
+        """Signal the job (spawner.killpg), then SIGKILL it after `grace` seconds. `once`: unless sent before (the
+        master repeats its kills until the job ends: a repeat neither signals again nor restarts the escalation)."""
         with self.lock:
             if once and sig in live.kills:
                 return True
