@@ -22,6 +22,15 @@ from util import (
 
 from grun.registry import CALL_TIMEOUT
 
+# A job's wait for a go-file, touched while its daemon is down or once the new one is up: a `sleep 1.5` ended it
+# before a restarted node (start_node returns at once: the master still lists the killed one) had adopted it.
+_AWAIT = "while [ ! -e {} ]; do sleep 0.05; done"
+
+
+def _log(cluster, name: str) -> str:
+    with open(f"{cluster.root}/{name}/grun.log") as f:
+        return f.read()
+
 
 def _history_ids(cluster) -> list[int]:
     return [j["id"] for j in json.loads(cluster.grun("-q", "history", "--json", "-c", "1000").stdout)]
@@ -46,9 +55,9 @@ def _reap(*procs) -> None:
 @pytest.mark.parametrize("finish_while_down", [False, True], ids=["finishes-after-restart", "finishes-while-down"])
 def test_master_restart_with_a_running_and_a_queued_job(fresh_cluster, tmp_path, finish_while_down):
     c = fresh_cluster
-    ran, queued_ran = tmp_path / "ran", tmp_path / "queued_ran"
+    ran, queued_ran, go = tmp_path / "ran", tmp_path / "queued_ran", tmp_path / "go"
     running, rid = _start_verbose(c, "-H", "small", "sh", "-c",
-                                  f"echo before; sleep 1.5; echo after; echo R >> {ran}; exit 5")
+                                  f"echo before; {_AWAIT.format(go)}; echo after; echo R >> {ran}; exit 5")
     queued = c.popen("-v", "-H", "small", "sh", "-c", f"echo Q >> {queued_ran}; echo queued-ran")
     try:
         assert read_line(running.stdout, 20) == b"before\n"
@@ -57,8 +66,10 @@ def test_master_restart_with_a_running_and_a_queued_job(fresh_cluster, tmp_path,
 
         c.kill("master", signal.SIGKILL)
         if finish_while_down:
+            go.touch()
             wait_for(ran.exists, 20, what="the running job to end while the master is down")
         c.start_master()
+        go.touch()
 
         out, err = running.communicate(timeout=60)
         assert (running.returncode, out) == (5, b"after\n"), err
@@ -92,19 +103,22 @@ def test_nowait_job_survives_an_immediate_master_kill(fresh_cluster, tmp_path):
 @pytest.mark.parametrize("finish_while_down", [False, True], ids=["finishes-after-restart", "finishes-while-down"])
 def test_node_daemon_kill_9_while_a_job_runs(fresh_cluster, tmp_path, finish_while_down):
     c = fresh_cluster
-    marker = tmp_path / "end"
+    marker, go = tmp_path / "end", tmp_path / "go"
     client, jid = _start_verbose(c, "-H", "small", "sh", "-c",
-                                 f"echo a; sleep 1.5; echo b; echo end >> {marker}; exit 6")
+                                 f"echo a; {_AWAIT.format(go)}; echo b; echo end >> {marker}; exit 6")
     try:
         assert read_line(client.stdout, 20) == b"a\n"
         pgid = job_pid(c, jid)
         c.kill("small", signal.SIGKILL)
         assert group_alive(pgid), "the job died with its node daemon"
         if finish_while_down:
+            go.touch()
             wait_for(marker.exists, 20, what="the job to end while its node is down")
-        else:
-            assert not marker.exists()
         c.start_node("small")
+        # (once the new daemon has registered: it has adopted the spool's jobs; the master may still list the old one)
+        wait_for(lambda: f"grun.node[{c.procs['small'].pid}] INFO registered" in _log(c, "small"), 20,
+                 what="the restarted node to register")
+        go.touch()
         out, err = client.communicate(timeout=60)
         assert (client.returncode, out) == (6, b"b\n"), err  # re-attached where it left off
     finally:
@@ -114,8 +128,7 @@ def test_node_daemon_kill_9_while_a_job_runs(fresh_cluster, tmp_path, finish_whi
     record = job(c, jid)
     assert (record["state"], record["exit"], record["node"], record["attempt"]) == ("failed", 6, "small", 1)
     assert _history_ids(c).count(jid) == 1
-    with open(f"{c.root}/small/grun.log") as f:
-        assert f"re-adopted jobs from the spool: {1 - finish_while_down} running, {int(finish_while_down)} ended" in f.read()
+    assert f"re-adopted jobs from the spool: {1 - finish_while_down} running, {int(finish_while_down)} ended" in _log(c, "small")
     # the restarted node takes new work
     r = c.grun("-H", "small", "printenv", "GRUN_NODE")
     assert (r.returncode, r.stdout) == (0, b"small\n")
