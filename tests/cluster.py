@@ -74,6 +74,14 @@ def _state(pid: int) -> bytes:
         return b""
 
 
+def _says(path: str, text: str) -> bool:
+    try:
+        with open(path) as f:
+            return text in f.read()
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,6 +140,12 @@ class LocalCluster:
         self._spawn(name, path)
         if wait:
             self.wait_nodes([name])
+            # a restart: the master may list the killed daemon as up still; this one has registered (and so adopted
+            # its spool's jobs) once its log says so
+            log, said = os.path.join(self.root, name, "grun.log"), f"grun.node[{self.procs[name].pid}] INFO registered"
+            deadline = time.monotonic() + 20
+            while not _says(log, said) and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def start(self) -> LocalCluster:
         self.start_master()
