@@ -232,11 +232,14 @@ class LocalCluster:
         for name in self.node_specs:
             jobs_dir = os.path.join(self.root, name, "node", "jobs")
             for entry in os.listdir(jobs_dir) if os.path.isdir(jobs_dir) else ():
-                # Read here, not through grun.spool: bench runs this file against older commits too.
+                # Read here, not through grun.spool: bench runs this file against older commits too. A reaper is
+                # named "PID" or "PID.START" (its start time); a full disk names the job in a file "pid.PID.REAPER".
+                job_dir = os.path.join(jobs_dir, entry)
                 with contextlib.suppress(OSError, ValueError, IndexError):  # no pid yet; or the job ended meanwhile
-                    pid, reaper = map(int, open(os.path.join(jobs_dir, entry, "pid")).read().split()[:2])
-                    reapers.add(reaper)
-                    os.killpg(pid, signal.SIGKILL)  # the job's process group
+                    marked = [n.split(".", 2)[1:] for n in os.listdir(job_dir) if n.startswith("pid.")]
+                    pid, reaper = (marked or [open(os.path.join(job_dir, "pid")).read().split()])[0][:2]
+                    reapers.add(int(reaper.split(".")[0]))
+                    os.killpg(int(pid), signal.SIGKILL)  # the job's process group
         deadline = time.monotonic() + 5  # its reaper writes the job's end: not into a tree removed meanwhile (it made
         while reapers and time.monotonic() < deadline:  # the job's directory again, left in /tmp)
             reapers = {r for r in reapers if _state(r) not in (b"", b"Z")}

@@ -109,3 +109,17 @@ def test_the_sweep_takes_what_a_dead_pytest_left_and_nothing_of_a_live_one(monke
             job.wait()
         for name in names:
             account("userdel", name, check=False)
+
+
+def test_a_cluster_s_stop_kills_the_jobs_still_running(tmp_path):
+    """Jobs outlive their daemons by design, so a cluster's stop kills them: its reader of the pid file missed the
+    reaper's "PID.START" name for two days of sessions and left every test's unfinished job running (a CPU burner
+    from test_scheduling ran on for good)."""
+    c = LocalCluster(nodes={"n1": {"cpus": 1, "memory": 500}})
+    with c:
+        pid_file = tmp_path / "pid"
+        assert c.grun("--nowait", "sh", "-c", f"echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file} && exec sleep 600"
+                      ).returncode == 0
+        pid = wait_for(lambda: pid_file.exists() and int(pid_file.read_text()), timeout=20, what="the job to start")
+        assert _alive(pid)
+    wait_for(lambda: not _alive(pid), timeout=10, what="the job to be killed with its cluster")
