@@ -303,6 +303,7 @@ class Store:
         return [job for _, job in sorted(newest, key=lambda item: item[0], reverse=True)]
 
     def find_history(self, job_id: int) -> dict | None:
+        """A finished job's record (for its state and end: one from a closed file comes without its env)."""
         with self._lock:
             job = self._buffer.get(job_id) or self._current_docs.get(job_id)
         if job is not None:
@@ -311,12 +312,13 @@ class Store:
         return next((dict(doc) for n in files if (doc := self._closed_file(n).get(job_id))), None)
 
     def _closed_file(self, n: int) -> dict[int, dict]:
-        """Closed history file n's jobs by id, the last two read kept (a closed file never changes): a wait on 3,000
-        jobs read a file of 2,000 per ended job, each pass (92 % of the master's cpu in bench/profile.py)."""
+        """Closed history file n's jobs by id, without their env (a file's 2,000 envs held 34 MB), the last two read
+        kept (a closed file never changes): a wait on 3,000 jobs read a file of 2,000 per ended job, each pass (92 % of
+        the master's cpu in bench/profile.py)."""
         with self._lock:
             if (docs := self._closed_docs.get(n)) is not None:
                 return docs
-        docs = {doc["id"]: doc for doc in self._read_file(n)}
+        docs = {doc["id"]: {k: v for k, v in doc.items() if k != "env"} for doc in self._read_file(n)}
         with self._lock:
             self._closed_docs = {**dict(list(self._closed_docs.items())[-1:]), n: docs}
         return docs

@@ -221,8 +221,8 @@ class LocalCluster:
         """Whether a daemon is killed at our stop, not stopped: its clean stop (0.2-0.5 s: a snapshot, its loops
         joined) would go with our spool; but not one with a secret, whose credential socket (in auth.CRED_DIR, which
         outlives us) its clean stop removes. (A test that means to stop a daemon cleanly does: c.kill(name, SIGTERM).)"""
-        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
-            return self._own_root and yaml.safe_load(open(self.configs[name])).get("auth") in (None, "none")
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError), open(self.configs[name]) as f:
+            return self._own_root and yaml.safe_load(f).get("auth") in (None, "none")
         return False
 
     def _kill_leftover_jobs(self) -> None:

@@ -137,7 +137,8 @@ class Queries:
         warnings = [*self.store.problems, *filter(None, [refusal, own and own[1]]), *disks]
         out = {"nodes": self.nodes(), "warnings": warnings, "master_spool": space}
         if long:
-            out["plugins"] = {"master": self.plugins.names, **{f"node {n}": p for n, p in sorted(self.node_plugins.items())}}
+            nodes = {f"node {n}": p for n, p in sorted(self.node_plugins.items())}
+            out["plugins"] = {"master": self.plugins.names, **nodes}
         return out
 
     def wait_started(self, job_id: int | list, timeout: float = 30.0) -> dict:

@@ -84,6 +84,7 @@ class MasterState:
         self.group_of = lambda user, gid: str(gid)  # -> a name; the master's: user's primary group (its passwd's)
 
     def configure(self, **changes) -> dict:
+        """Apply settings (SETTINGS' keys; others are ignored); returns those that changed."""
         changed = {k: v for k, v in changes.items() if k in SETTINGS and self.settings[k] != v}
         self.settings.update(changed)
         if "limits" in changed:

@@ -156,7 +156,8 @@ class Hearing:
     def deaf(self, nodes: dict, now: float, node_timeout: float, log, stood: float = 0.0) -> bool:
         """Whether no node's silence counts now (it hears none, and knows several; but those `gone`'s do); said once a
         spell. `stood`: how long since the master last looked (each second); longer, it stood still (SIGSTOP, asleep)."""
-        if stood > max(node_timeout / 2, 2.0):  # (2 s: it looks each second: node_timeout 1 read each look as a stall)
+        if stood > max(node_timeout / 2, 2.0):  # (a stopped one-node master declared its own node lost; at least 2 s:
+            # it looks each second, so a node_timeout of 1 s would read every look as a stall)
             log("warning", f"this master stood still for {stood:.0f} s: its nodes' silence counts from now")
             self.since = now
         beats = [n.heartbeat for n in nodes.values() if not n.lost]

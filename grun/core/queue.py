@@ -76,7 +76,8 @@ class JobTable:
         state = job["state"]
         if op == "dispatch":
             self.pending.remove(job)
-            job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"], attempt=job.get("attempt", 0) + 1)
+            job.update(state=J.DISPATCHED, node=rec["node"], dispatch_time=rec["time"],
+                       attempt=job.get("attempt", 0) + 1)
             job.pop("devices", None)  # (kept past a re-queue: a lost node may come back with the job)
             if rec.get("devices"):
                 job["devices"] = rec["devices"]
@@ -131,7 +132,8 @@ class JobTable:
             job.update(reserved_node=rec["node"], reserved_time=rec["time"])
         if op in ("hold", "suspend") and job["state"] != state and rec.get("by"):  # (by: the admin who held it)
             job["held_by"] = rec["by"]
-        if job["state"] not in (J.HELD, J.SUSPENDED):  # (released, killed, re-queued, ended: no admin's hold holds it)
+        if job["state"] not in (J.HELD, J.SUSPENDED):  # (released, killed, re-queued, ended: no admin's hold holds it;
+            # an ended one kept it, and history --long said "only an admin can release it")
             job.pop("held_by", None)
         self._sync(job)
         return job
