@@ -129,7 +129,7 @@ def _main(argv: list[str], stdin_closed: bool = False) -> int:
         from . import verbs
         from .client import Client
         TIMES["imported"] = time.time()
-        reload = bool(opts.get("daemon") and opts.get("reload"))  # (its daemon refuses a bad value, in its log too: QA)
+        reload = bool(opts.get("daemon") and opts.get("reload"))  # (its daemon refuses a bad value, in its log too)
         cfg = load_config(find_config_path(opts.pop("config", None)), lenient=reload)
         TIMES["config"] = time.time()
         if opts.pop("daemon", False):

@@ -19,12 +19,12 @@ def follow(client: Client, job_id: int, *, on_note=None, **how) -> int:
     had failed (not killed), else 1."""
     on_note, cut = on_note or (lambda text: None), []
     code = _follow(client, job_id, on_note=on_note, cut=cut, **how)
-    if cut and client.job(job_id)["state"] == J.LOST:  # (its node is gone: lost, not an input cut)
+    if not cut or client.job(job_id)["state"] == J.LOST:  # (its node is gone: lost, not an input cut)
         return code
     if len(cut) == 1:  # (its node never answered again)
         _cut_off(client, job_id, cut[0], on_note)
-    job = client.job(job_id) if cut else {}
-    return code if not cut else int(job.get("exit") or 1) if job["state"] == J.FAILED and not job.get("kill_signal") else 1
+    job = client.job(job_id)
+    return int(job.get("exit") or 1) if job["state"] == J.FAILED and not job.get("kill_signal") else 1
 
 
 def _cut_off(client: Client, job_id: int, broken: stream.StreamBroken, on_note) -> None:
@@ -63,7 +63,7 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
                 job["state"] not in J.FINAL_STATES or job.get("node")):  # before its next run: followed to that end)
             on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}) after its attempt "
                     f"{where[1]}'s output: not following the next (grun --attach {job_id} does)")
-            if job.get("stdin") and job.get("node") and job["state"] not in J.UNSTARTED:  # (never waited for: review)
+            if job.get("stdin") and job.get("node") and job["state"] not in J.UNSTARTED:
                 _end_input(client, job_id, job)  # (its next run would wait for ever for the input we gave the first)
             return 255
         if job["state"] in J.UNSTARTED:  # re-queued (its node was lost), or retried
@@ -113,10 +113,8 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
                 if ticket["outputs"] and not status.get("superseded"):  # (not a stale copy's)
                     from . import stage
                     what = stage.pull(sup, job, on_note, release)
-                try:  # the node drops the spool once the master has it
+                with contextlib.suppress(OSError):  # the node drops the spool once the master has it
                     what and sup._pyroOneway("release", what)
-                except OSError:
-                    pass
             last, code = _settle(client, job_id, where), J.exit_code_of(status)
             if last and (last.get("node"), last["attempt"]) != where and (  # re-run: follow the run that counts
                     status.get("superseded") or last.get("requeues", 0) > job.get("requeues", 0)):
