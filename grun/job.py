@@ -85,10 +85,9 @@ def _chunks(client: Client, job_id: int, which: str) -> Iterator[bytes]:
         fds = {"stdout_fd": lambda data: None, "stderr_fd": lambda data: None, f"{which}_fd": write_end}
         try:
             client.follow(job_id, **fds, release=False, require_output=True)
-        except BrokenPipeError:
-            pass
-        except Exception as exc:  # handed to the reading thread
-            failed.append(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
+        except Exception as exc:  # handed to the reading thread, unless it stopped reading (a broken pipe)
+            if not isinstance(exc, BrokenPipeError):
+                failed.append(exc if isinstance(exc, GrunError) else GrunError(f"job {job_id}: {exc}"))
         finally:
             os.close(write_end)
 
