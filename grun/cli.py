@@ -2,6 +2,7 @@
 dispatcher the shell uses (grun/verbs.py), or a daemon action. Every failure the user can cause ends
 in one line on stderr and a non-zero exit, never a traceback."""
 
+import _signal  # (signal's C core: signal itself imports enum, ~1.5 ms of each call)
 import atexit
 import os
 import sys
@@ -101,6 +102,8 @@ def fill_closed_std_fds() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """The `grun` command; as the program (argv None) it ends the process itself when it can (_exit_quickly)."""
     stdin_closed = argv is None and fill_closed_std_fds()
+    if argv is None and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # (not ignored: `grun &`)
+        _signal.signal(_signal.SIGINT, _interrupted)
     code = _main(sys.argv[1:] if argv is None else argv, stdin_closed)
     if argv is None:
         try:
@@ -112,8 +115,28 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("GRUN_TIMES"):
         print("grun: times:", " ".join(f"{step}={t:.6f}" for step, t in TIMES.items()), file=sys.stderr)
     if argv is None:
+        if code - 128 in SIGNALLED:  # bash stops a script at Ctrl-C only if its child died of SIGINT: as srun, sleep
+            _die_of(code - 128)
         _exit_quickly(code)
     return code
+
+
+SIGNALLED: list[int] = []  # the signals (INT, TERM) this run was stopped by: it ends by them (main)
+
+
+def _interrupted(sig, frame):  # Python's own SIGINT handler, remembering it
+    SIGNALLED.append(sig)
+    raise KeyboardInterrupt
+
+
+def _die_of(sig: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    _signal.signal(sig, _signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 
 
 def _main(argv: list[str], stdin_closed: bool = False) -> int:
@@ -231,5 +254,6 @@ def node_main(argv: list[str] | None = None) -> int:
         return say(str(exc))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # (python -m grun.cli: as grun.cli, the module its verbs import, whose SIGNALLED they fill)
+    from grun.cli import main as cli_main
+    sys.exit(cli_main())

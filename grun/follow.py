@@ -59,8 +59,9 @@ def _follow(client: Client, job_id: int, *, stdin_fd=None, stdout_fd=1, stderr_f
     retried = 1 if job.get("retries") else None  # the attempt we follow next, when the job is retried
     wrote, requeues = False, job.get("requeues", 0)  # (bytes of the run followed, `where`, reached our fds; its requeues)
     while True:
-        if one_run and wrote and job.get("requeues", 0) > requeues and (  # (a retry, or a re-queued job killed
-                job["state"] not in J.FINAL_STATES or job.get("node")):  # before its next run: followed to that end)
+        if one_run and wrote and job.get("requeues", 0) > requeues and (job.get("node"), job.get("attempt")) != where \
+                and (job["state"] not in J.FINAL_STATES or job.get("node")):  # (not a retry, a run reclaimed on its
+            # node come back, nor a re-queued job killed before its next run: followed to that end)
             on_note(f"job {job_id} was re-queued ({job.get('requeue_reason') or 'its node was lost'}) after its attempt "
                     f"{where[1]}'s output: not following the next (grun --attach {job_id} does)")
             if job.get("stdin") and job.get("node") and job["state"] not in J.UNSTARTED:

@@ -140,6 +140,8 @@ def _piped(fd: int | None) -> bool:
 
 
 def _raise_terminated(*_):
+    from .cli import SIGNALLED
+    SIGNALLED.append(15)
     raise Terminated()
 
 
@@ -167,6 +169,8 @@ def dies_with(ctx: Context, ids: list, body, before=lambda: None, wait_end: bool
             return ctx.say(f"could not kill {what()}: {exc}") and {}
 
     def interrupted(*_):  # (the kill by a thread: our main one may hold a lock it needs, and streams on meanwhile)
+        from .cli import SIGNALLED
+        SIGNALLED.append(2)
         if asked or not (wait_end and ids):
             raise KeyboardInterrupt
         asker = threading.Thread(target=kill, args=(signal.SIGINT,), daemon=True)

@@ -4,8 +4,11 @@ job that ended without running says why; task ids (12.7) and names wherever ids 
 at parse time in one line, saying the range."""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
+import sys
 
 import pytest
 from cluster import LocalCluster
@@ -126,13 +129,14 @@ def _started(cluster, *args: str, **kwargs) -> tuple[subprocess.Popen, int]:
 def test_ctrl_c_asks_for_the_kill_and_follows_the_job_to_its_real_end(cluster):
     """QA: Ctrl-C on `grun CMD` said "killed" and exited at once: a trap's last words never came, a job that ignores
     INT still ran (until SIGKILL, 5 s later), one that had already ended was said killed. The kill is asked, the job
-    followed to its real end, which is said (130 if our kill ended it); a second Ctrl-C stops waiting."""
+    followed to its real end, which is said (130 if our kill ended it); a second Ctrl-C stops waiting. grun then dies of
+    the SIGINT (not exit 130), as srun and sleep do: a bash script stops only if its child did (QA)."""
     trapper, jid = _started(cluster, "sh", "-c", "trap 'sleep 1; echo got INT >&2; exit 3' INT; echo ready; "
                                                  "while :; do sleep 0.1; done")
     assert read_line(trapper.stdout, 20) == b"ready\n"
     trapper.send_signal(signal.SIGINT)
     out, err = trapper.communicate(timeout=30)
-    assert trapper.returncode == 130 and err.endswith(f"got INT\ngrun: job {jid} killed\n".encode()), err
+    assert trapper.returncode == -signal.SIGINT and err.endswith(f"got INT\ngrun: job {jid} killed\n".encode()), err
     assert job(cluster, jid)["state"] == "killed"
 
     deaf, jid = _started(cluster, "sh", "-c", "trap '' INT; echo ready; sleep 60")
@@ -140,7 +144,7 @@ def test_ctrl_c_asks_for_the_kill_and_follows_the_job_to_its_real_end(cluster):
     deaf.send_signal(signal.SIGINT)
     assert b"Ctrl-C again: stop waiting" in read_line(deaf.stderr, 20)
     out, err = deaf.communicate(timeout=30)  # (its node's SIGKILL, 5 s after the INT it ignores)
-    assert deaf.returncode == 130 and err.endswith(f"grun: job {jid} killed\n".encode()), err
+    assert deaf.returncode == -signal.SIGINT and err.endswith(f"grun: job {jid} killed\n".encode()), err
     assert job(cluster, jid)["state"] == "killed"  # (when grun said so: not still running)
 
     deaf, jid = _started(cluster, "sh", "-c", "trap '' INT; echo ready; sleep 60")
@@ -149,7 +153,7 @@ def test_ctrl_c_asks_for_the_kill_and_follows_the_job_to_its_real_end(cluster):
     read_line(deaf.stderr, 20)
     deaf.send_signal(signal.SIGINT)
     out, err = deaf.communicate(timeout=30)  # (not waiting for its end: not said killed, as when it waits)
-    assert deaf.returncode == 130 and err.endswith(f"grun: job {jid} may still be running: grun -q wait {jid} gives "
+    assert deaf.returncode == -signal.SIGINT and err.endswith(f"grun: job {jid} may still be running: grun -q wait {jid} gives "
                                                    "its end\n".encode()), err
     wait_state(cluster, jid, "killed")
 
@@ -206,3 +210,20 @@ def test_sighup_on_grun_leaves_its_job_running_as_kill_9_does(cluster):
     hup.send_signal(signal.SIGHUP)
     assert hup.wait(10) == -signal.SIGHUP and job(cluster, jid)["state"] == "running"
     assert cluster.grun("--attach", str(jid)).stdout == b"ready\nbye\n"
+
+
+def test_ctrl_c_stops_the_bash_script_that_runs_grun(cluster, tmp_path):
+    """QA: Ctrl-C on a workflow script stopped `grun CMD` (exit 130) but the script went on to its next steps: bash
+    stops a script at SIGINT only if its child died of it, as `sleep` or srun do. grun now dies of the SIGINT."""
+    script = tmp_path / "wf.sh"
+    script.write_text(f"{sys.executable} -m grun.cli sh -c 'echo ready; sleep 60'; echo after $?\n")
+    proc = subprocess.Popen(["bash", str(script)], env=cluster.env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert read_line(proc.stdout, 20) == b"ready\n"
+        os.killpg(proc.pid, signal.SIGINT)  # (a terminal's Ctrl-C: the script and grun)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (proc.returncode, out) == (-signal.SIGINT, b""), err
