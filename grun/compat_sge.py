@@ -29,7 +29,9 @@ SHOW = {"p": {"qw", "hqw", "Eqw"}, "r": {"r", "t"}, "s": {"s"}, "z": {"z"}, "h":
 AFTER, AFTER_STATES = "100 : assumedly after job", ("killed", "lost", "timeout")
 # memory limits (grun's -m: reserved, limited at hard_factor x it), memory requests (reserved only), time limits
 MEMORY, REQUEST, TIME = ("h_vmem", "h_rss", "h_data", "mem"), ("mem_free", "virtual_free"), ("h_rt",)
-NOTIFY = 60  # SGE's default queue `notify`: after a USR1 at s_rt (or -notify's USR2), the KILL comes this much later
+NOTIFY, QDEL_NOTIFY = 60, 3  # SGE's queue `notify`: the KILL after a USR1 at s_rt or -notify's USR2 (qdel's: it waits)
+WARN = "(trap '' USR1 USR2; sleep {}; kill -{} 0) </dev/null >/dev/null 2>&1 &\n"  # (a signal the job sends itself)
+NOTIFIED = 't=${GRUN_TIME:-0}; [ "$t" -gt 0 ] && ' + WARN.format(f"$((t > {NOTIFY} ? t - {NOTIFY} : 0))", "USR2")
 ULIMITS = {"h_cpu": ("-t", 1), "h_fsize": ("-f", 512), "h_stack": ("-s", 1024)}  # (sh's ulimit: s, 512-byte blocks, KB)
 NOTED = {"-P": "projects", "-A": "accounts", "-m": "mail", "-M": "mail", "-js": "job shares", "-ckpt": "checkpoints"}
 REFUSED = {"-a": "grun cannot delay a job's start (-h queues it held till `grun -e resume ID`)",
@@ -81,13 +83,13 @@ def qsub(argv: list[str]) -> int:
     request: dict = {"cpus": int(slots), "requeue": yes(opts, "-r", "y"), "hosts": ",".join(hosts) or None,
                      "cwd": os.getcwd() if "cwd" in opts else last(opts, "wd", os.path.expanduser("~")),
                      **{arg: value(last(opts, key)) for key, (arg, value) in GRUN.items() if key in opts},
-                     **_limits(resources, int(slots), "notify" in opts), "time_signal": [int(signal.SIGKILL), 0]}
+                     **_limits(resources, int(slots)), "time_signal": [int(signal.SIGKILL), 0]}
     # SGE's TMP, output paths (the wrapper's o, e, opened: made whole) and, for a parallel job (-pe), its PE_HOSTFILE
     setup = 'e="$o"; ' * yes(opts, "-j") + 'case $o in /*) ;; *) o="$PWD/$o";; esac; case $e in /*) ;; *) e="$PWD/$e";; esac\n' \
         'export TMP="$TMPDIR" SGE_STDOUT_PATH="$o" SGE_STDERR_PATH="$e"\n' + \
         'export PE_HOSTFILE="$TMPDIR/pe_hostfile"; echo "$HOSTNAME $NSLOTS all.q@$HOSTNAME UNDEFINED" >"$PE_HOSTFILE"\n' \
-        * ("pe" in opts) + "".join(f"(trap '' USR1 USR2; sleep {at}; kill -{sig.name[3:]} 0) </dev/null >/dev/null 2>&1 &\n"
-                                   for sig, at in request.pop("warn", ()))  # (its KILL at h_rt: time_signal's, above)
+        * ("pe" in opts) + (WARN.format(request.pop("warn"), "USR1") if "warn" in request else "") + \
+        NOTIFIED * ("notify" in opts)  # (-notify's USR2 NOTIFY s before h_rt, timed as it starts: qalter's h_rt too)
     for key, value in resources.items():
         if key in ULIMITS and value:  # SGE's hard limits of each process: ulimit's in the job's shell
             amount = _seconds(value) if key == "h_cpu" else _bytes(value)
@@ -116,7 +118,7 @@ def qsub(argv: list[str]) -> int:
                SGE_TASK_ID="undefined", SGE_O_WORKDIR=os.getcwd(), SGE_O_HOST=os.uname().nodename,
                **dict(zip(("SGE_TASK_FIRST", "SGE_TASK_LAST", "SGE_TASK_STEPSIZE"),
                           re.split("[-:]", span) if tasks else ["undefined"] * 3)),
-               **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")})
+               **{f"SGE_O_{k}": os.environ.get(k, "") for k in ("HOME", "PATH", "SHELL", "LOGNAME")}, GRUN_TIME="0")
     request.update(env=env, pass_env=["*"] * ("allenv" in opts) + items(opts, "env"))  # (-v NAME=VALUE: set so)
     out, err = (_output(opts, key, name, request["cwd"]) for key in ("out", "err"))
     if binary and yes(opts, "-shell", "y"):
@@ -154,23 +156,19 @@ def _slots(opts: dict, resources: dict) -> str:
     return slots
 
 
-def _limits(resources: dict, slots: int, notify: bool = False) -> dict:
-    """-l's memory, per slot as SGE counts it (a limit, h_vmem, reserves and limits; a request alone, mem_free, only
-    reserves), and time (h_rt) as grun's request, taken out of `resources`; s_rt, as SGE's: USR1 at it, the KILL NOTIFY
-    s later (or at h_rt, if sooner); `warn`: the (signal, seconds) a job sends itself (-notify: USR2 NOTIFY s before)."""
+def _limits(resources: dict, slots: int) -> dict:
+    """-l's memory per slot as SGE counts it (h_vmem: reserved and limited; mem_free alone: reserved) and time (h_rt;
+    s_rt: `warn`, a USR1 the job sends itself, its KILL NOTIFY s later or at h_rt), as grun's request, out of `resources`."""
     request, memory = {}, {}
     soft, hard = (_seconds(resources.pop(k)) if resources.get(k) else None for k in ("s_rt", "h_rt"))
-    if soft is not None:
-        hard = soft + NOTIFY if hard is None else min(hard, soft + NOTIFY)
-    if hard is not None:  # (grun's one --time-signal is SGE's KILL at h_rt: the warnings are the job's own)
-        request.update(time=hard, warn=([(signal.SIGUSR1, round(soft))] if soft is not None and soft < hard else []) +
-                       [(signal.SIGUSR2, round(max(0, hard - NOTIFY)))] * notify)
+    hard = hard if soft is None else soft + NOTIFY if hard is None else min(hard, soft + NOTIFY)
+    if hard is not None:
+        request.update(time=hard, **{"warn": round(soft)} if soft is not None and soft < hard else {})
     for key, value in [(k, v) for k, v in resources.items() if v and k in (*MEMORY, *REQUEST)]:
         del resources[key]
         memory[key in MEMORY] = -(-_bytes(value) * slots // (1 << 20))
-    if memory:
-        request.update(memory=memory.get(True, memory.get(False)), reserve_only=True not in memory or None)
-    return request
+    return request | ({"memory": memory.get(True, memory.get(False)), "reserve_only": True not in memory or None}
+                      if memory else {})
 
 
 def _task_range(text: str) -> range:
@@ -365,7 +363,7 @@ def _unopened(client: Client, job: dict, down: set) -> None:
 def qdel(argv: list[str]) -> int:
     """qdel [-f] [-u USER,...] [ID|NAME|PATTERN,...] [-t TASKS]: `USER has registered the job N for deletion` (running)
     or `has deleted job N` (not started), `job-array task N.T` for a task (an array's running ones, N.T, -t's). As
-    SGE's, a running job is KILLed, with no TERM first."""
+    SGE's, a running job is KILLed, with no TERM first; one of qsub -notify's gets a USR2 QDEL_NOTIFY s before."""
     opts, words = parse(argv, table("user=-u force:-f tasks=-t"), False)
     ids = [i for w in words for i in w.split(",") if i]
     if not ids and ("user" not in opts or "tasks" in opts):
@@ -378,7 +376,11 @@ def qdel(argv: list[str]) -> int:
     by_label, asked = {label(j): j for j in live}, set(ids)
     ids += [label(j) for j in live if "task" not in j and j.get("user") in items(opts, "user")
             and label(j) not in asked]  # (jobs and arrays: an array's tasks go with it)
+    warned = {label(j) for j in live if j["state"] in ON_NODE_STATES and {label(j), str(j.get("array"))} & set(ids)
+              and NOTIFIED in "".join((j.get("cmd") or [])[2:3])}  # (qsub -notify's)
+    time.sleep(QDEL_NOTIFY * bool(warned and client.kill(list(warned), int(signal.SIGUSR2))))  # (then the KILL)
     found, refused = refusals(client.kill, ids, int(signal.SIGKILL), "force" in opts)  # (SGE's: no TERM first)
+    found.update((i, True) for i in found if str(i) in warned | {w.split(".")[0] for w in warned})  # (ended of USR2)
     found.update((n, False) for n, labels in named.items() if not labels)
     for job_id, ok in found.items():  # (N.T: one task; only an array's walk all the live jobs, not each job's)
         job = by_label.get(str(job_id), {})

@@ -35,10 +35,11 @@ HIDE_SECS = 5.0  # how long a failed -M job's end waits for its outputs to be re
 OUTPUT_GRACE_SECS = 5.0  # how long a full disk may hold an ended job's last output back without progress
 
 # What Slurm and SGE tell a job that grun knows only when it starts (id; node; array: an array task's array id, else its
-# own; cpus, memory: as edited since, if set at submit). Their shims set the rest (grun/compat.py). It gets a TMPDIR too.
+# own; cpus, memory, time: as edited since, if set at submit). Their shims set the rest (grun/compat.py); a TMPDIR too.
 COMPAT_ENV = {"slurm": {"SLURM_JOB_ID": "id", "SLURM_JOBID": "id", "SLURM_JOB_NODELIST": "node", "SLURMD_NODENAME": "node",
                         "SLURM_CPUS_ON_NODE": "cpus", "SLURM_JOB_CPUS_PER_NODE": "cpus", "SLURM_MEM_PER_NODE": "memory",
-                        "SLURM_CPUS_PER_TASK": "task_cpus"}, "sge": {"JOB_ID": "array", "HOSTNAME": "node", "NSLOTS": "cpus"}}
+                        "SLURM_CPUS_PER_TASK": "task_cpus"}, "sge": {"JOB_ID": "array", "HOSTNAME": "node", "NSLOTS": "cpus",
+                                                                       "GRUN_TIME": "time"}}  # (qsub -notify's: h_rt)
 
 # A job this reaper started and waits for (job is None for a job that never started).
 # `lock`: its claim's lock (grun.spool.claim), held until its end is written when its pid file is not whole.
@@ -304,6 +305,7 @@ class Reaper:
         if family := COMPAT_ENV.get(env.get("GRUN_COMPAT", "")):  # sent by Slurm's or SGE's shim (grun/compat.py)
             known = {"id": job["id"], "node": env["GRUN_NODE"], "array": job.get("array") or job["id"],
                      "cpus": (cpus := -int(-job.get("cpus", 1) // 1)), "memory": job.get("memory", 0),  # (0.5 cpus: 1)
+                     "time": round(job.get("time") or 0),
                      "task_cpus": max(1, cpus // int(env.get("SLURM_NTASKS", 1)))}  # (grun -e, qalter, scontrol update)
             env.update({name: str(known[key]) for name, key in family.items() if key in ("id", "node", "array") or name in env},
                        TMPDIR=os.path.join(job_dir, "tmp"))

@@ -126,7 +126,7 @@ def test_h_rt_kills_with_sigkill_as_sge_and_qacct_says_failed_100_of_any_job_a_s
     r = shims("qsub", "-terse", "-h", "-notify", "-l", "h_rt=0:01:05,s_rt=3", "-b", "y", "true", cwd=tmp_path)
     job = cluster.client().job(int(r.stdout))  # (-notify: SGE's USR2, notify (60 s) before the KILL; it was refused
     assert job["time_signal"] == [signal.SIGKILL, 0] and job["time"] == 63  # with s_rt, the one warning grun had)
-    assert "sleep 3; kill -USR1 0" in job["cmd"][2] and "sleep 3; kill -USR2 0" in job["cmd"][2]
+    assert "sleep 3; kill -USR1 0" in job["cmd"][2] and "kill -USR2 0" in job["cmd"][2]  # (USR2's time: at its start)
     cluster.client().kill([job["id"]])
 
 
@@ -164,3 +164,26 @@ def test_qstat_lists_running_jobs_first_as_sge(cluster, shims, tmp_path):  # noq
     rows = [line.split() for line in shims("qstat").stdout.splitlines()[2:]]
     assert [(r[0], r[4], r[-1]) for r in rows] == [(str(array), "r", "1"), (str(array), "qw", "2,3")], rows
     cluster.client().kill([array])
+
+
+TRAPS = "trap 'echo usr2 >> got' USR2; echo up > up; while :; do sleep 0.2; done"  # (a -notify job's: it runs on)
+
+
+def test_qdel_of_a_notify_job_sends_usr2_before_the_kill_as_sge(cluster, shims, tmp_path):  # noqa: F811
+    # SGE's qdel of a qsub -notify job: USR2 (notify_kill), the KILL the queue's notify later; grun's KILLed at once
+    job = int(shims("qsub", "-terse", "-notify", "-cwd", "-b", "y", TRAPS, cwd=tmp_path).stdout)
+    wait_for(lambda: (tmp_path / "up").exists(), timeout=20)
+    start = time.monotonic()
+    r = shims("qdel", str(job))
+    assert (r.returncode, r.stdout) == (0, f"{current_user()} has registered the job {job} for deletion\n"), r.stdout
+    assert time.monotonic() - start >= 2.5 and wait_end(cluster, job)["state"] == "killed"  # (its 3 s to end)
+    assert (tmp_path / "got").read_text() == "usr2\n"
+
+
+def test_qalter_h_rt_moves_the_notify_usr2_with_the_kill(cluster, shims, tmp_path):  # noqa: F811
+    # -notify's USR2 came at the h_rt of qsub (here 540 s), not the h_rt qalter set (62: the KILL at 62 s, USR2 at 2 s)
+    job = shims("qsub", "-terse", "-h", "-notify", "-cwd", "-l", "h_rt=600", "-b", "y", TRAPS, cwd=tmp_path).stdout.strip()
+    assert shims("qalter", "-l", "h_rt=62", job).returncode == 0 and shims("qrls", job).returncode == 0
+    wait_for(lambda: (tmp_path / "got").exists(), timeout=30)
+    assert cluster.client().job(int(job))["state"] == "running" and cluster.client().job(int(job))["time"] == 62
+    cluster.client().kill([int(job)], signal.SIGKILL)
