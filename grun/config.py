@@ -128,6 +128,8 @@ KEYS = {key.name: key for key in (
         True, "below this much available memory, the node kills the job furthest over its reservation",
         "5% of physical memory, at most 1G"),
     Key("kill_grace", parse_duration, 30.0, _X, True, "a job at its time limit (-t) gets TERM, then KILL this long after"),
+    Key("input_wait", parse_duration, 60.0, _X, True,
+        "a job's input ends (EOF) if no grun feeds it by this long after it starts"),
     Key("ulimit", parse_ulimit, lambda c: {}, _X, True, "limits for every job: cpu, fsize, nofile, nproc, core, stack"),
     Key("count_outside_load", parse_bool, True, _X, True,
         "cpu and memory non-grun programs use beyond what cpus/memory leave of the machine are not offered to jobs"),

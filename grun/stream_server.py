@@ -28,8 +28,9 @@ class _Attach:
     (its end, a hang-up, the job's exit, an offer never claimed): a job never waits for input that cannot come."""
 
     def __init__(self, job_key: str, job_dir: str, offsets: tuple[int, int], stdin_fd: int | None,
-                 get_status: Callable[[], dict | None], output):
+                 get_status: Callable[[], dict | None], output, note: str | None = None):
         self.job_key, self.stdin_fd, self.output, self.get_status = job_key, stdin_fd, output, get_status
+        self.note = note  # (said first, before the job's output)
         self.tails = [Tail(os.path.join(job_dir, name), offset, kind)
                       for name, offset, kind in zip(("stdout", "stderr"), offsets, (stream.OUT, stream.ERR))]
         if output is not None:  # (grun.drain) keeps what we have not sent, and starts us where it holds
@@ -62,6 +63,8 @@ class _Attach:
 
     def pump(self) -> None:
         tails, wait = self.tails, MIN_WAIT  # (their files are closed by release)
+        if self.note:
+            self._send(stream.NOTE, self.note.encode())
         while not self.closed:
             self.wake.clear()
             # Status before sizes: whatever the job wrote before it ended is in the sizes we see.
@@ -128,13 +131,13 @@ class StreamServer:
 
     def offer(self, job_key: str, job_dir: str, *, out_offset: int = 0, err_offset: int = 0,
               stdin_fd: int | None = None, get_status: Callable[[], dict | None], by_user: bool = False,
-              output=None) -> str:
+              output=None, note: str | None = None) -> str:
         """A one-time token for the job's output from these offsets (`output`, its grun.drain.Output, keeps what the
         offer has not sent); with stdin_fd (ours from now on), the client feeds the job's input. `by_user`: for a
-        user's credential, who has no secret to prove."""
+        user's credential, who has no secret to prove. `note`: said to the client first (attach's on_note)."""
         self.expire()  # here, so unused tokens cost nothing per job over the node's lifetime
-        return self.offer_other(_Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output),
-                                by_user)
+        return self.offer_other(_Attach(job_key, job_dir, (out_offset, err_offset), stdin_fd, get_status, output,
+                                        note), by_user)
 
     def offer_other(self, offer, by_user: bool = False) -> str:
         """A one-time token for `offer`: an _Attach, or a function that takes the connection (grun.stage)."""

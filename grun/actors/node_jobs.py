@@ -47,6 +47,7 @@ class LiveJob:
     tried: bool = False            # a client failed to fetch its staged outputs: its end is reported all the same
     stdin_w: int | None = None     # our end of the job's stdin FIFO, until a client takes it
     stdin_r: int | None = None     # held until the job has opened the FIFO, so early writes cannot fail
+    unfed: float | None = None     # when its input ends if no client has taken stdin_w (input_wait); 0: it did
     superseded: bool = False       # the master re-ran it elsewhere (or ended it): this copy is killed
     pid: int | None = None         # the job's pid (and session), once its reaper started it
     reaper: str | None = None      # the name (grun.spool.process_name) of the reaper it was sent to, or claimed by
@@ -103,9 +104,10 @@ class NodeJobs:
         with self.lock:  # one client feeds stdin, once: the FIFO's write end is the stream's now
             stdin_fd, live.stdin_w = (live.stdin_w, None) if want_stdin else (None, live.stdin_w)
         output = self.drain.outputs.get(str(live.id))  # (None: not started, its inputs still coming)
+        ended = f"its input had already been ended: no grun fed it within {self.input_wait:g} s of its start"
         token = self.stream.offer(str(live.id), live.dir, out_offset=out_offset, err_offset=err_offset,
-                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live),
-                                  by_user=isinstance(auth.caller(), dict), output=output)
+                                  stdin_fd=stdin_fd, get_status=lambda: self.job_status(live), output=output,
+                                  by_user=isinstance(auth.caller(), dict), note=ended if live.unfed == 0 else None)
         if output is not None:
             out_offset, err_offset = output.held_from(out_offset, err_offset)  # (the offer started there)
         return {"host": self.advertise, "port": self.stream.address[1], "token": token,
@@ -134,6 +136,8 @@ class NodeJobs:
         for job_id, live in running.items():
             live.peak_rss_mb = max(live.peak_rss_mb, rss[job_id])
             self._enforce(live, rss[job_id], now)
+            if live.stdin_w is not None:
+                self._end_unfed(live, now)
         dying = any((l.limit or {}).get("limit") == "memory" and l.status is None for l in running.values())
         victim = None if dying else node_memory_victim(
             {i: (rss[i], int(l.job.get("memory") or 0)) for i, l in running.items() if l.status is None},
@@ -171,6 +175,17 @@ class NodeJobs:
                              signal.SIGKILL if at_limit else signal.SIGTERM)
         elif (live.limit or {}).get("limit") == "time" and now >= live.deadline + self.kill_grace + 1:
             spawner.killpg(live.pid, signal.SIGKILL)  # its TERM was sent before we restarted
+
+    def _end_unfed(self, live: LiveJob, now: float) -> None:
+        """A run nobody feeds (its grun killed, or gone at a re-queue) sees its input end (EOF, as a Slurm batch step's
+        /dev/null) input_wait after its start, instead of waiting for ever on its cpus; a client that took it is never
+        cut. 60 s by default: a grun attaches within seconds of the start, and an unclaimed offer lives as long."""
+        live.unfed = live.unfed or (spool.started_at(live.dir) or now) + self.input_wait
+        with self.lock:
+            if now >= live.unfed and live.stdin_w is not None:  # (not taken meanwhile)
+                self._close_stdin(live, ("stdin_w",))
+                live.unfed = 0
+                log.info("job %s: no client fed its input within %g s of its start: ended", live.id, self.input_wait)
 
     def suspend(self, job_ids: list) -> dict:
         """SIGSTOP each running job (all its session: spawner.killpg); {id: done}."""
@@ -267,11 +282,11 @@ class NodeJobs:
         self.stream.wake(str(live.id))
         self._report_now.wake()
 
-    def _close_stdin(self, live: LiveJob) -> None:  # under the lock
-        for fd in (live.stdin_r, live.stdin_w):
-            if fd is not None:
+    def _close_stdin(self, live: LiveJob, ends: tuple = ("stdin_r", "stdin_w")) -> None:  # under the lock
+        for end in ends:
+            if (fd := getattr(live, end)) is not None:
                 os.close(fd)
-        live.stdin_r = live.stdin_w = None
+            setattr(live, end, None)
 
     def _forget(self, live: LiveJob) -> None:
         with self.lock:
@@ -321,9 +336,7 @@ class NodeJobs:
                 with self.lock:
                     if rest.isdigit() and live.pid is None:
                         live.pid = int(rest)
-                    if live.stdin_r is not None:
-                        os.close(live.stdin_r)
-                        live.stdin_r = None
+                    self._close_stdin(live, ("stdin_r",))  # (the job has it open: its FIFO's writes cannot fail)
             elif what in ("finished", "unwritten"):
                 if what == "unwritten" and live.status is None:  # (its reaper tries again, and tells us each time)
                     log.warning("job %s: ended, but the spool disk is full: its status.json is not written yet", job_id)
