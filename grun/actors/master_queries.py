@@ -33,7 +33,7 @@ class Queries:
             job = self.core.table.jobs.get(live or job_id) or self.core.recent.get(job_id)
             view = None if job is None else self.core.view(job)
         if view is None and (found := self.store.find_history(job_id)) is not None:
-            view = self._ended(found)
+            view = self._ended(found)[0]
         if view is None or self._only() not in (None, view.get("uid")):
             raise LookupError(f"no such job {job_id}")
         if task is None or (view.get("array"), view.get("task")) == (job_id, task) or has_task(view, task):
@@ -43,16 +43,20 @@ class Queries:
         ended = self.store.history(1, lambda j: (j.get("array"), j.get("task")) == (job_id, task), job_id)
         if not ended:
             raise LookupError(f"task {job_id}.{task} ended too long ago (see grun -q history)")
-        return self._ended(ended[0])
+        return self._ended(ended[0])[0]
 
-    def _ended(self, job: dict) -> dict:
-        """A job from history as queries show it: its dependencies named as core.view names them (from history too)."""
-        view = J.public_view(job)
-        if deps := job.get("deps"):
-            with self.lock:
-                found = {i: self.core.table.jobs.get(i) or self.core.recent.get(i) for _, i in deps}
-            view["deps"] = named(deps, lambda i: found[i] or self.store.find_history(i))
-        return view
+    def _ended(self, *jobs: dict) -> list[dict]:
+        """Jobs from history as queries show them: their dependencies named as core.view names them (from history too),
+        each looked up once and in id order, so a history file is read once (a dependency a row: 1,000 rows, 35 s)."""
+        ids = sorted({i for job in jobs for _, i in job.get("deps") or ()})
+        with self.lock:
+            found = {i: self.core.table.jobs.get(i) or self.core.recent.get(i) for i in ids}
+        found.update((i, self.store.find_history(i)) for i in ids if found[i] is None)
+        views = [J.public_view(job) for job in jobs]
+        for view in views:
+            if deps := view.get("deps"):
+                view["deps"] = named(deps, found.get)
+        return views
 
     def jobs(self) -> list[dict]:
         only = self._only()
@@ -81,7 +85,7 @@ class Queries:
         array = J.parse_job_id(array) if array else 0
         asked, only = J.history_filter(user, grep, array), self._only()
         chosen = asked if only is None else lambda job: job.get("uid") == only and (asked is None or asked(job))
-        return self.store.history(int(limit), chosen, array, float(since), self._ended)
+        return self._ended(*self.store.history(int(limit), chosen, array, float(since), J.public_view))
 
     def why(self, job_id: int, short: bool = False) -> str:
         """One paragraph: why the job is not running (or what became of it); `short`: a line (progress)."""
