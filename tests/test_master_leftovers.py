@@ -1,6 +1,7 @@
 """The master's jobs past its `recent` (the last 2,000 finished, kept whole): ended jobs older than that are the
 history files', and each verb and query must treat them as ended jobs all the same, and as fast."""
 
+import inspect
 import re
 import time
 
@@ -54,3 +55,10 @@ def test_history_names_dependencies_reading_each_file_once(old):
     assert {tuple(d) for r in rows for d in r["deps"]} == {("after", held[k % FILES * 1500 + k]) for k in range(1000)}
     assert took < 5.0, f"history of 1,000 rows with dependencies took {took:.1f} s"
 
+
+def test_the_cores_docstring_lists_each_instruction_it_emits():
+    """The master carries out what the core's steps say; its docstring is where a reader learns them ("history" was
+    left out)."""
+    emitted = set(re.findall(r'\.do(?:\.append\(| \+= \[)\("(\w+)"', inspect.getsource(MS)))
+    listed = set(re.findall(r'^    \("(\w+)"', MS.__doc__, re.MULTILINE))
+    assert {"history", "finished", "kill", "log"} <= emitted <= listed, emitted - listed

@@ -10,6 +10,7 @@ no socket, clock or file is touched here, and the tests assert on the instructio
     ("kill", node, ids, signal)    signal jobs there; heartbeat replies repeat it until the job ends
     ("signal", node, method, ids, by)  suspend or resume jobs there (by: an admin); the outcome: event "signalled"
     ("finished", job)              the job ended: history (written to disk after its record)
+    ("history", job)               a lost job's run ended later (queue.late_end): its history record anew
     ("forget", node)               the node left the tables: drop its connection
     ("log", level, message)        for the admin
 
