@@ -19,6 +19,7 @@ TYPE_CHECKING = False  # typing's, without importing typing
 if TYPE_CHECKING:
     from .job import Job
 
+JOBS_PAGE = 5000  # live jobs a call returns at most (the master's Queries.jobs)
 SENT_SUBMIT_WAIT = 600.0  # how long a submission that may have been accepted is retried (same token)
 
 
@@ -234,7 +235,6 @@ class Client:
 
     # the master's answers as they are (its docstrings say what each takes and returns; hold, resume: {id: found})
     job = _ask("job", "The job's record: id, state, cmd, cpus, memory, node, exit, usage, ...")
-    jobs = _ask("jobs", "A list of the records of the queued and running jobs.")
     nodes = _ask("nodes", "One record per node: name, up, cpus, memory, free_cpus, free_memory, running.")
     status = _ask("status", "{nodes, warnings (the master's problems, a line each), master_spool}; (True): plugins.")
     lookup = _ask("lookup", "The id of the live job with this name (grun -j NAME), or None.")
@@ -245,6 +245,13 @@ class Client:
     edit = _ask("edit", "Change queued jobs ({'priority': 5, 'cpus': 2, 'p.gpu': 1, ...}, as grun -e): {id: found}; what "
                 "the rules or plugins did otherwise than asked, and their warnings, through `warn`.", by_id=True)
     renew = _ask("renew", "Renew the leases of jobs submitted with lease=SECONDS: {id: renewed}.", by_id=True)
+
+    def jobs(self) -> list[dict]:
+        """A list of the records of the queued and running jobs, by id (the master's: JOBS_PAGE a call)."""
+        out = page = self.call("jobs", 0, JOBS_PAGE)
+        while len(page) == JOBS_PAGE:
+            out = out + (page := self.call("jobs", out[-1]["id"], JOBS_PAGE))
+        return out
 
     def history(self, limit=50, user: str | None = None, grep: str | None = None, array=0, since=0.0) -> list[dict]:
         """The latest finished jobs, newest first: only `user`'s, those whose command or name match `grep`, `array`'s

@@ -8,7 +8,7 @@ import time
 import pytest
 from cluster import LocalCluster
 
-from grun.client import job_spec
+from grun.client import JOBS_PAGE, job_spec
 from grun.core import master_state as MS
 
 FILES = 4  # history files of old jobs (2,000 each, grun.store's rotation): more than the 2 it keeps read
@@ -62,3 +62,17 @@ def test_the_cores_docstring_lists_each_instruction_it_emits():
     emitted = set(re.findall(r'\.do(?:\.append\(| \+= \[)\("(\w+)"', inspect.getsource(MS)))
     listed = set(re.findall(r'^    \("(\w+)"', MS.__doc__, re.MULTILINE))
     assert {"history", "finished", "kill", "log"} <= emitted <= listed, emitted - listed
+
+
+def test_the_live_jobs_come_a_page_a_call(old):
+    """jobs() sent every live job's record in one reply (100,000: 2 s under the master's lock, +74 MB to it); a call
+    now returns JOBS_PAGE at most, and Client.jobs (grun -q jobs) asks on from the last one's id."""
+    c, _, _ = old
+    client = c.client()
+    live = [i for _ in range(3) for i in client.submit_many([job_spec("sleep 1", hold=True)] * 2000)]
+    assert len(live) > JOBS_PAGE
+    assert [j["id"] for j in client.call("jobs")] == live[:JOBS_PAGE]
+    assert [j["id"] for j in client.jobs()] == live
+    r = c.grun("-q", "jobs")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == len(live) + 1
+    client.kill(live)

@@ -5,6 +5,7 @@ core, store and watchers (the waits' events, which the master's records wake) it
 """
 
 import fnmatch
+import heapq
 import re
 import threading
 import time
@@ -12,6 +13,7 @@ import time
 import Pyro5.api
 
 from .. import auth
+from ..client import JOBS_PAGE
 from ..core import jobs as J
 from ..core.arrays import has_task
 from ..core.deps import named
@@ -58,10 +60,14 @@ class Queries:
                 view["deps"] = named(deps, found.get)
         return views
 
-    def jobs(self) -> list[dict]:
-        only = self._only()
+    def jobs(self, after: int = 0, limit: int = JOBS_PAGE) -> list[dict]:
+        """The live jobs with ids above `after`, the first `limit` (JOBS_PAGE at most: Client.jobs asks on from the
+        last one's id). All at once, 100,000 held the master's lock 2 s and grew its memory by 74 MB."""
+        only, jobs = self._only(), self.core.table.jobs
         with self.lock:
-            return [self.core.view(j) for _, j in sorted(self.core.table.jobs.items()) if only in (None, j.get("uid"))]
+            ids = heapq.nsmallest(min(int(limit), JOBS_PAGE), (i for i, j in jobs.items() if i > int(after) and only
+                                                              in (None, j.get("uid"))))
+            return [self.core.view(jobs[i]) for i in ids]
 
     def makers(self, paths: list) -> list[int]:
         """The uids of the live jobs that make any of these files (grun -M: an input a job of yours remakes is not
