@@ -3,6 +3,7 @@ history files', and each verb and query must treat them as ended jobs all the sa
 
 import inspect
 import re
+import threading
 import time
 
 import pytest
@@ -76,3 +77,29 @@ def test_the_live_jobs_come_a_page_a_call(old):
     r = c.grun("-q", "jobs")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == len(live) + 1
     client.kill(live)
+
+
+def test_a_busy_master_on_a_nodes_host_is_grun_load_not_outside_load():
+    """A node counted the master's cpu on its host as other programs' (QA: a busy master stalled a one-host cluster);
+    the master's registration reply names its process, and the node counts it as grun's (grun_cpus)."""
+    with LocalCluster(nodes={"n": {"cpus": 1, "memory": 1000, "count_outside_load": True}}) as c:
+        client = c.client()
+        client.submit_many([job_spec("true", hold=True)] * 6000)
+        stop, seen = threading.Event(), []
+
+        def busy():
+            while not stop.is_set():
+                c.client().call("jobs", 0, JOBS_PAGE)
+        threads = [threading.Thread(target=busy) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline and max(seen, default=0) < 0.25:
+                time.sleep(0.3)
+                seen.append(client.nodes()[0]["grun_cpus"])
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert max(seen) >= 0.25, seen

@@ -34,6 +34,7 @@ from ..plugins import Plugins
 from ..store import Store, StoreError
 from ..values import task_ref
 from .master_queries import Queries
+from .monitor import this_process
 
 log = logging.getLogger("grun.master")
 
@@ -443,7 +444,7 @@ class Master(Queries):
             try:
                 reply = self._do("register", info, dead=dead)  # (its node record is on disk before the reply)
                 self.node_plugins[str(info["name"])] = plugins
-                return reply
+                return {**reply, "master": this_process()}  # (on the node's host, the master's cpu is grun's)
             except Rival as exc:
                 if registry.refused(dead := exc.uri):  # (probed unlocked; then the core judges again, knowing it)
                     continue

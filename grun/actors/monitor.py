@@ -1,7 +1,8 @@
 """What a node measures every second with psutil: each running job's usage (a job is its session, all its process
 groups: its reaper starts it as a session leader; what calls setsid escapes), and the load that is not grun's, so the
-scheduler never counts on cpus or memory other programs use (grun's processes: the node daemon, its descendants and
-every job's session); and which job goes when a memory limit is hit (its own, or the node's min_free_memory).
+scheduler never counts on cpus or memory other programs use (grun's processes: the node daemon, its descendants, every
+job's session, and the master's if it runs on this host); and which job goes when a memory limit is hit (its own, or
+the node's min_free_memory).
 
 Outside cpu load, over the heartbeat window: the machine's busy cpu time (all but idle and iowait) minus
 grun's, in whole cores, a core counting once it is BUSY_CORE busy, so a few percent of daemon noise never
@@ -23,6 +24,13 @@ BUSY_CORE = 0.7  # a core of outside load counts once it is this busy
 USAGE = ("procs", "rss_mb", "cpu", "cputime", "read_bytes", "write_bytes")  # of a job, in each sample
 
 
+def this_process() -> list:
+    """This process as another of its host's can tell it from any other: [boot id, pid, start time] (a pid alone may be
+    another pid namespace's; a master's registration reply carries it: Monitor.master)."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return [f.read().strip(), os.getpid(), psutil.Process().create_time()]
+
+
 def _busy_seconds() -> float:
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
@@ -39,6 +47,7 @@ class Monitor:
         self.outside_memory, self.grun_cores, self._last_outside = 0, 0.0, (0.0, 0)
         self.available_mb = 1 << 40                # the machine's available memory at the last sample
         self.machine = (psutil.cpu_count() or 1, psutil.virtual_memory().total // 2**20)  # (cores, MB): they stay
+        self.master, self.boot = None, this_process()[0]  # the master's this_process() (its registration reply)
 
     def sample(self, sessions: dict[int, int]) -> dict[int, dict]:
         """One sample. `sessions`: job id -> its session id (its pid). Returns job id -> usage, also kept in .usage."""
@@ -47,10 +56,9 @@ class Monitor:
         by_session = {sid: job_id for job_id, sid in sessions.items()}
         per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in sessions}
         grun_rss, seen = 0, {}
-        try:
-            own = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
-        except psutil.Error:
-            own = {os.getpid()}
+        own = self._tree(os.getpid())  # (QA: a busy master was other programs' load, and stalled a one-host cluster)
+        if (master := self.master) and master[0] == self.boot:  # (on this host)
+            own |= self._tree(master[1], master[2])
         for pid in psutil.pids():
             try:
                 job_id = by_session.get(os.getsid(pid))
@@ -76,6 +84,17 @@ class Monitor:
             u.update(rss_mb=int(u["rss_mb"]), cpu=round(u["cpu"], 2), cputime=round(u["cputime"], 2), time=now)
         self.usage = per_job
         return per_job
+
+    @staticmethod
+    def _tree(pid: int, started: float | None = None) -> set[int]:
+        """The process and its descendants; none if it is gone, or is not the process `started` then."""
+        try:
+            p = psutil.Process(pid)
+            if started is not None and abs(p.create_time() - started) > 0.05:
+                return set()
+            return {pid, *(c.pid for c in p.children(recursive=True))}
+        except psutil.Error:
+            return set() if started else {pid}
 
     def _read(self, pid: int):
         try:

@@ -282,6 +282,7 @@ class Node(NodeJobs):
             **{k: {**self.found[k], **getattr(self, k)} for k in self.found}})
         # jobs dispatched to us whose start never arrived (we, or the master, restarted meanwhile)
         self.start([j for j in reply.get("start", []) if int(j["id"]) not in self.live])
+        self.monitor.master = reply.get("master")  # (on our host, its cpu and memory are grun's, not outside load)
         self._name_pending = True  # once per registration, not per job
         log.info("registered with the master at %s:%s%s", self.master_host, self.master_port,
                  " after failures" if self._unreachable_told > -math.inf else "")
