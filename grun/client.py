@@ -248,7 +248,7 @@ class Client:
 
     def jobs(self) -> list[dict]:
         """A list of the records of the queued and running jobs, by id (the master's: JOBS_PAGE a call)."""
-        out = page = self.call("jobs", 0, JOBS_PAGE)
+        out = page = self.call("jobs")  # (a master before pages: all of them, more than JOBS_PAGE or fewer)
         while len(page) == JOBS_PAGE:
             out = out + (page := self.call("jobs", out[-1]["id"], JOBS_PAGE))
         return out
