@@ -133,6 +133,7 @@ NEW_VALUES.update(nfs_sync=False)  # NFS and the working directory (issue 14)
 NEW_VALUES.update(stage="never", fetch_path=["/data"], stage_wait="10m")  # staging (issue 14)
 NEW_VALUES.update(private_queries=True)  # issue 15
 NEW_VALUES.update(fair_share=False)  # fair share at equal priority (QA)
+NEW_VALUES.update(input_wait="2m")  # a job's input nobody feeds ends after this
 NEEDS_RESTART = {"hostname": "n1-renamed", "bind": "localhost"}  # changed too: each must be reported
 
 
