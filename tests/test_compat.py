@@ -3,6 +3,8 @@ run as a tool written for Slurm or SGE runs them, against a real cluster; their 
 parse it. The dask-jobqueue proof at the end skips when dask-jobqueue cannot be imported (not in CI)."""
 from __future__ import annotations
 
+import contextlib
+import glob
 import grp
 import os
 import re
@@ -724,6 +726,17 @@ def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, mon
     monkeypatch.setitem(dask.config.config, "temporary-directory", str(tmp_path))  # (else /tmp/dask-scratch-space stays)
     monkeypatch.setenv("GRUN_CONF", cluster.client_config)
     monkeypatch.chdir(tmp_path)
+    semaphores = set(glob.glob("/dev/shm/sem.mp-*"))
+    try:
+        _scale_dask_workers(cluster, jobqueue, kind, tmp_path, DaskClient)
+    finally:  # (dask's processes leave 12 named semaphores each run, its resource tracker killed with the workers)
+        for name in set(glob.glob("/dev/shm/sem.mp-*")) - semaphores:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+    assert not [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]]
+
+
+def _scale_dask_workers(cluster, jobqueue, kind, tmp_path, DaskClient) -> None:
     with getattr(jobqueue, kind)(cores=1, memory="1GB", processes=1, walltime="00:10:00", python=sys.executable,
                                  log_directory=str(tmp_path), local_directory=str(tmp_path), scheduler_options={"host": "127.0.0.1"}) as dask:
         dask.scale(2)
@@ -737,7 +750,6 @@ def test_dask_jobqueue_scales_workers_as_grun_jobs(cluster, shims, tmp_path, mon
         deadline = time.monotonic() + 30
         while [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]] and time.monotonic() < deadline:
             time.sleep(0.2)
-    assert not [j for j in cluster.client().jobs() if j["cmd"][3:4] == ["dask-worker"]]
 
 
 def test_squeue_and_scancel_on_array_tasks(cluster, shims, tmp_path):
