@@ -378,7 +378,7 @@ def qdel(argv: list[str]) -> int:
             and label(j) not in asked]  # (jobs and arrays: an array's tasks go with it)
     warned = {label(j) for j in live if j["state"] in ON_NODE_STATES and {label(j), str(j.get("array"))} & set(ids)
               and NOTIFIED in "".join((j.get("cmd") or [])[2:3])}  # (qsub -notify's)
-    time.sleep(QDEL_NOTIFY * bool(warned and client.kill(list(warned), int(signal.SIGUSR2))))  # (then the KILL)
+    time.sleep(QDEL_NOTIFY * any(refusals(client.kill, list(warned), int(signal.SIGUSR2))[0].values() if warned else ()))
     found, refused = refusals(client.kill, ids, int(signal.SIGKILL), "force" in opts)  # (SGE's: no TERM first)
     found.update((i, True) for i in found if str(i) in warned | {w.split(".")[0] for w in warned})  # (ended of USR2)
     found.update((n, False) for n, labels in named.items() if not labels)

@@ -24,11 +24,15 @@ BUSY_CORE = 0.7  # a core of outside load counts once it is this busy
 USAGE = ("procs", "rss_mb", "cpu", "cputime", "read_bytes", "write_bytes")  # of a job, in each sample
 
 
-def this_process() -> list:
-    """This process as another of its host's can tell it from any other: [boot id, pid, start time] (a pid alone may be
-    another pid namespace's; a master's registration reply carries it: Monitor.master)."""
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return [f.read().strip(), os.getpid(), psutil.Process().create_time()]
+def this_process() -> list | None:
+    """This process as another of its host's can tell it from any other: [boot id, pid, start time] (the start time
+    tells a reused pid or another namespace's apart; a master's registration reply carries it: Monitor.master)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:  # (no such file: not Linux; its master is then not recognised, as before)
+        return None
+    return [boot, os.getpid(), psutil.Process().create_time()]
 
 
 def _busy_seconds() -> float:
@@ -47,7 +51,7 @@ class Monitor:
         self.outside_memory, self.grun_cores, self._last_outside = 0, 0.0, (0.0, 0)
         self.available_mb = 1 << 40                # the machine's available memory at the last sample
         self.machine = (psutil.cpu_count() or 1, psutil.virtual_memory().total // 2**20)  # (cores, MB): they stay
-        self.master, self.boot = None, this_process()[0]  # the master's this_process() (its registration reply)
+        self.master, self.boot = None, (this_process() or [None])[0]  # the master's this_process() (its registration reply)
 
     def sample(self, sessions: dict[int, int]) -> dict[int, dict]:
         """One sample. `sessions`: job id -> its session id (its pid). Returns job id -> usage, also kept in .usage."""
@@ -57,7 +61,7 @@ class Monitor:
         per_job: dict[int, dict] = {job_id: dict.fromkeys(USAGE, 0) for job_id in sessions}
         grun_rss, seen = 0, {}
         own = self._tree(os.getpid())  # (QA: a busy master was other programs' load, and stalled a one-host cluster)
-        if (master := self.master) and master[0] == self.boot:  # (on this host)
+        if (master := self.master) and self.boot and master[0] == self.boot:  # (on this host)
             own |= self._tree(master[1], master[2])
         for pid in psutil.pids():
             try:
